@@ -1,0 +1,32 @@
+// swift-tools-version:6.1
+// libFuzzer targets for the YoMo wire decoders. Kept out of the main package:
+// they only link with `-sanitize=fuzzer`. Run them with scripts/fuzz.sh.
+import PackageDescription
+
+let fuzzerSettings: [SwiftSetting] = [.swiftLanguageMode(.v6), .unsafeFlags(["-parse-as-library"])]
+
+let package = Package(
+    name: "swift-yomo-fuzz",
+    dependencies: [
+        .package(name: "swift-yomo", path: ".."),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+    ],
+    targets: [
+        .executableTarget(
+            name: "FrameFuzzer",
+            dependencies: [
+                .product(name: "YoMoWire", package: "swift-yomo"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: fuzzerSettings
+        ),
+        .executableTarget(
+            name: "MetadataFuzzer",
+            dependencies: [
+                .product(name: "YoMoWire", package: "swift-yomo"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: fuzzerSettings
+        ),
+    ]
+)

@@ -1,0 +1,444 @@
+public import NIOCore
+
+/// The type of a YoMo frame: the first byte on the wire without its node bit.
+public struct FrameType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    public static let data = FrameType(rawValue: 0x3F)
+    public static let handshake = FrameType(rawValue: 0x31)
+    public static let handshakeAck = FrameType(rawValue: 0x29)
+    public static let rejected = FrameType(rawValue: 0x39)
+    public static let goaway = FrameType(rawValue: 0x2E)
+    public static let connectTo = FrameType(rawValue: 0x3E)
+
+    public var description: String {
+        switch self {
+        case .data: "DataFrame"
+        case .handshake: "HandshakeFrame"
+        case .handshakeAck: "HandshakeAckFrame"
+        case .rejected: "RejectedFrame"
+        case .goaway: "GoawayFrame"
+        case .connectTo: "ConnectToFrame"
+        default: "frame type 0x\(Y3.hex(rawValue))"
+        }
+    }
+}
+
+/// The kind of client announced in a handshake.
+public struct ClientType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    public static let source = ClientType(rawValue: 0x5F)
+    public static let upstreamZipper = ClientType(rawValue: 0x5E)
+    public static let streamFunction = ClientType(rawValue: 0x5D)
+
+    public var description: String {
+        switch self {
+        case .source: "source"
+        case .upstreamZipper: "upstream zipper"
+        case .streamFunction: "stream function"
+        default: "client type 0x\(Y3.hex(rawValue))"
+        }
+    }
+}
+
+/// Application data: a tag, msgpack metadata and a payload.
+///
+/// `metadata` holds the raw msgpack bytes, so a frame whose metadata is bad can
+/// still be read, reported and skipped; decode them with ``Metadata/init(decoding:)``.
+/// Decoded frames share storage with the bytes they came from: no payload copy.
+public struct DataFrame: Hashable, Sendable {
+    public var tag: UInt32
+    /// Raw msgpack metadata; empty when there is none.
+    public var metadata: ByteBuffer
+    public var payload: ByteBuffer
+
+    public init(tag: UInt32, metadata: ByteBuffer = ByteBuffer(), payload: ByteBuffer) {
+        self.tag = tag
+        self.metadata = metadata
+        self.payload = payload
+    }
+
+    /// Creates a frame, encoding `metadata` (keys in insertion order).
+    public init(tag: UInt32, metadata: Metadata, payload: ByteBuffer) {
+        self.init(tag: tag, metadata: metadata.encoded(), payload: payload)
+    }
+}
+
+/// The first frame a client sends. Every field is always encoded, as Go does.
+public struct HandshakeFrame: Hashable, Sendable {
+    public var name: String
+    /// `<nanoid>-<reconnect count>` for the Go SDK and ours.
+    public var id: String
+    public var clientType: ClientType
+    public var observedTags: [UInt32]
+    public var authName: String
+    public var authPayload: String
+    public var version: String
+    /// JSON bytes of an LLM function definition; usually empty.
+    public var functionDefinition: [UInt8]
+    public var wantedTarget: String
+
+    public init(
+        name: String,
+        id: String,
+        clientType: ClientType,
+        observedTags: [UInt32] = [],
+        authName: String = "",
+        authPayload: String = "",
+        version: String = "",
+        functionDefinition: [UInt8] = [],
+        wantedTarget: String = ""
+    ) {
+        self.name = name
+        self.id = id
+        self.clientType = clientType
+        self.observedTags = observedTags
+        self.authName = authName
+        self.authPayload = authPayload
+        self.version = version
+        self.functionDefinition = functionDefinition
+        self.wantedTarget = wantedTarget
+    }
+}
+
+/// The zipper refused the handshake (or the connection) and says why.
+public struct RejectedFrame: Hashable, Sendable {
+    public var message: String
+    public init(message: String) { self.message = message }
+}
+
+/// The peer is going away and says why.
+public struct GoawayFrame: Hashable, Sendable {
+    public var message: String
+    public init(message: String) { self.message = message }
+}
+
+/// The zipper asks the client to dial another endpoint (`host:port`).
+public struct ConnectToFrame: Hashable, Sendable {
+    public var endpoint: String
+    public init(endpoint: String) { self.endpoint = endpoint }
+}
+
+/// One YoMo frame: the closed set of frames of spec version `2024-01-03`.
+public enum Frame: Hashable, Sendable {
+    case data(DataFrame)
+    case handshake(HandshakeFrame)
+    case handshakeAck
+    case rejected(RejectedFrame)
+    case goaway(GoawayFrame)
+    case connectTo(ConnectToFrame)
+
+    public var type: FrameType {
+        switch self {
+        case .data: .data
+        case .handshake: .handshake
+        case .handshakeAck: .handshakeAck
+        case .rejected: .rejected
+        case .goaway: .goaway
+        case .connectTo: .connectTo
+        }
+    }
+}
+
+// MARK: - Encoding
+
+/// The number of bytes a primitive child with a `length`-byte value takes.
+@inlinable
+func childSize(_ length: Int) -> Int { 1 + Y3.encodedSize(ofLength: length) + length }
+
+extension ByteBuffer {
+    @inlinable
+    mutating func writeNodeHeader(_ type: FrameType, bodyLength: Int) {
+        writeInteger(type.rawValue | Y3.nodeBit)
+        Y3.writeLength(bodyLength, into: &self)
+    }
+
+    @inlinable
+    mutating func writeChildHeader(_ sequenceID: UInt8, length: Int) {
+        writeInteger(sequenceID)
+        Y3.writeLength(length, into: &self)
+    }
+
+    @inlinable
+    mutating func writeStringChild(_ sequenceID: UInt8, _ value: String) {
+        writeChildHeader(sequenceID, length: value.utf8.count)
+        writeString(value)
+    }
+}
+
+extension DataFrame {
+    @inlinable
+    var bodyLength: Int {
+        (2 + Y3.encodedSize(ofUInt32: tag)) + childSize(metadata.readableBytes) + childSize(payload.readableBytes)
+    }
+
+    /// The number of bytes ``encode(into:)`` writes.
+    @inlinable
+    public var encodedLength: Int {
+        let body = bodyLength
+        return 1 + Y3.encodedSize(ofLength: body) + body
+    }
+
+    /// Writes the frame: tag, metadata, payload, in the Go encoder's order.
+    public func encode(into buffer: inout ByteBuffer) {
+        buffer.reserveCapacity(minimumWritableBytes: encodedLength)
+        encodeHeader(into: &buffer)
+        buffer.writeImmutableBuffer(payload)
+    }
+
+    /// Writes every byte of the frame except the payload's, which come last on the
+    /// wire: a transport can then send the payload from its own buffer without a copy.
+    public func encodeHeader(into buffer: inout ByteBuffer) {
+        let body = bodyLength
+        let tagSize = Y3.encodedSize(ofUInt32: tag)
+        let metadataLength = metadata.readableBytes
+        let prefix = 1 + Y3.encodedSize(ofLength: body) + 2 + tagSize + 1 + Y3.encodedSize(ofLength: metadataLength)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: prefix) { output in
+            var writer = RawWriter(output)
+            writer.write(FrameType.data.rawValue | Y3.nodeBit)
+            writer.writeY3Length(body)
+            writer.write(0x01)
+            writer.write(UInt8(tagSize))
+            writer.writeY3UInt32(tag, size: tagSize)
+            writer.write(0x03)
+            writer.writeY3Length(metadataLength)
+            return writer.offset
+        }
+        buffer.writeImmutableBuffer(metadata)
+        let payloadLength = payload.readableBytes
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 1 + Y3.maximumLengthSize) { output in
+            var writer = RawWriter(output)
+            writer.write(0x02)
+            writer.writeY3Length(payloadLength)
+            return writer.offset
+        }
+    }
+}
+
+extension HandshakeFrame {
+    var bodyLength: Int {
+        childSize(name.utf8.count) + childSize(id.utf8.count) + childSize(1)
+            + childSize(observedTags.count * 4) + childSize(authName.utf8.count)
+            + childSize(authPayload.utf8.count) + childSize(version.utf8.count)
+            + childSize(functionDefinition.count) + childSize(wantedTarget.utf8.count)
+    }
+
+    /// Writes every field, in the Go encoder's order (01 03 02 06 04 05 07 09 08).
+    public func encode(into buffer: inout ByteBuffer) {
+        let body = bodyLength
+        buffer.reserveCapacity(minimumWritableBytes: 1 + Y3.encodedSize(ofLength: body) + body)
+        buffer.writeNodeHeader(.handshake, bodyLength: body)
+        buffer.writeStringChild(0x01, name)
+        buffer.writeStringChild(0x03, id)
+        buffer.writeChildHeader(0x02, length: 1)
+        buffer.writeInteger(clientType.rawValue)
+        buffer.writeChildHeader(0x06, length: observedTags.count * 4)
+        for tag in observedTags {
+            buffer.writeInteger(tag, endianness: .little)
+        }
+        buffer.writeStringChild(0x04, authName)
+        buffer.writeStringChild(0x05, authPayload)
+        buffer.writeStringChild(0x07, version)
+        buffer.writeChildHeader(0x09, length: functionDefinition.count)
+        buffer.writeBytes(functionDefinition)
+        buffer.writeStringChild(0x08, wantedTarget)
+    }
+}
+
+extension ByteBuffer {
+    /// A frame holding one string child with sequence id 1.
+    mutating func writeMessageFrame(_ type: FrameType, _ message: String) {
+        let body = childSize(message.utf8.count)
+        writeNodeHeader(type, bodyLength: body)
+        writeStringChild(0x01, message)
+    }
+}
+
+extension Frame {
+    /// Writes the frame's bytes, exactly as the Go YoMo encoder does.
+    public func encode(into buffer: inout ByteBuffer) {
+        switch self {
+        case .data(let frame): frame.encode(into: &buffer)
+        case .handshake(let frame): frame.encode(into: &buffer)
+        case .handshakeAck: buffer.writeNodeHeader(.handshakeAck, bodyLength: 0)
+        case .rejected(let frame): buffer.writeMessageFrame(.rejected, frame.message)
+        case .goaway(let frame): buffer.writeMessageFrame(.goaway, frame.message)
+        case .connectTo(let frame): buffer.writeMessageFrame(.connectTo, frame.endpoint)
+        }
+    }
+
+    /// The frame's bytes in a new buffer.
+    public func encoded(allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: 64)
+        encode(into: &buffer)
+        return buffer
+    }
+}
+
+// MARK: - Decoding
+
+extension Frame {
+    /// Decodes exactly one frame from the start of `bytes`; bytes after it are ignored.
+    ///
+    /// Use ``FrameDecoder`` for a stream, where frames arrive in pieces.
+    public init(decoding bytes: ByteBuffer, maximumFrameSize: Int = FrameDecoder.defaultMaximumFrameSize) throws(WireError) {
+        var buffer = bytes
+        var decoder = FrameDecoder(maximumFrameSize: maximumFrameSize)
+        guard let frame = try decoder.decodeFrame(buffer: &buffer) else {
+            throw WireError(.truncated, FrameDecoder.describeIncomplete(buffer))
+        }
+        self = frame
+    }
+
+    /// Decodes a frame whose node value (the children) is `body`.
+    @usableFromInline
+    static func decodeBody(type: FrameType, body: ByteBuffer) throws(WireError) -> Frame {
+        switch type {
+        case .data: return .data(try DataFrame(body: body))
+        case .handshake: return .handshake(try HandshakeFrame(body: body))
+        case .handshakeAck: return .handshakeAck
+        case .rejected: return .rejected(RejectedFrame(message: try body.messageChild(type)))
+        case .goaway: return .goaway(GoawayFrame(message: try body.messageChild(type)))
+        case .connectTo: return .connectTo(ConnectToFrame(endpoint: try body.messageChild(type)))
+        default: throw WireError(.unknownFrameType, "\(type) is not a YoMo frame")
+        }
+    }
+}
+
+extension DataFrame {
+    @inlinable
+    init(body: ByteBuffer) throws(WireError) {
+        var tag: UInt32?
+        var metadataRange = 0..<0
+        var payloadRange = 0..<0
+        try body.withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
+            // Go keys children by sequence id: the last duplicate wins, unknown ids are ignored.
+            try Y3.forEachChild(of: bytes) { (sequenceID, start, length) throws(WireError) in
+                switch sequenceID {
+                case 0x01:
+                    tag = try Y3.readUInt32(
+                        UnsafeRawBufferPointer(rebasing: bytes[start..<start + length]),
+                        field: "DataFrame tag"
+                    )
+                case 0x03: metadataRange = start..<start + length
+                case 0x02: payloadRange = start..<start + length
+                default: break
+                }
+            }
+        }
+        guard let tag else {
+            throw WireError(.emptyValue, "DataFrame has no tag field (0x01)")
+        }
+        self.tag = tag
+        // Slices share the frame's storage: the payload is not copied.
+        self.metadata = body.getSlice(at: body.readerIndex + metadataRange.lowerBound, length: metadataRange.count)!
+        self.payload = body.getSlice(at: body.readerIndex + payloadRange.lowerBound, length: payloadRange.count)!
+    }
+}
+
+extension HandshakeFrame {
+    init(body: ByteBuffer) throws(WireError) {
+        var frame = HandshakeFrame(name: "", id: "", clientType: ClientType(rawValue: 0))
+        var sawClientType = false
+        try body.withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
+            try Y3.forEachChild(of: bytes) { (sequenceID, start, length) throws(WireError) in
+                let value = UnsafeRawBufferPointer(rebasing: bytes[start..<start + length])
+                switch sequenceID {
+                case 0x01: frame.name = try decodeString(value, field: "handshake name")
+                case 0x03: frame.id = try decodeString(value, field: "handshake id")
+                case 0x02:
+                    guard let type = value.first else {
+                        throw WireError(.emptyValue, "handshake client type is empty; it needs one byte")
+                    }
+                    frame.clientType = ClientType(rawValue: type)
+                    sawClientType = true
+                case 0x06:
+                    guard length % 4 == 0 else {
+                        throw WireError(
+                            .invalidValue,
+                            "handshake observed tags have \(length) bytes, not a multiple of 4"
+                        )
+                    }
+                    frame.observedTags = stride(from: 0, to: length, by: 4).map { offset in
+                        value.loadUnaligned(fromByteOffset: offset, as: UInt32.self).littleEndian
+                    }
+                case 0x04: frame.authName = try decodeString(value, field: "handshake auth name")
+                case 0x05: frame.authPayload = try decodeString(value, field: "handshake auth payload")
+                case 0x07: frame.version = try decodeString(value, field: "handshake version")
+                case 0x09: frame.functionDefinition = Array(value)
+                case 0x08: frame.wantedTarget = try decodeString(value, field: "handshake wanted target")
+                default: break
+                }
+            }
+        }
+        guard sawClientType else {
+            throw WireError(.emptyValue, "handshake has no client type field (0x02)")
+        }
+        self = frame
+    }
+}
+
+extension ByteBuffer {
+    /// Like `withUnsafeReadableBytes`, but keeps the closure's typed throw.
+    @inlinable
+    func withUnsafeReadableBytesTyped<Result>(
+        _ body: (UnsafeRawBufferPointer) throws(WireError) -> Result
+    ) throws(WireError) -> Result {
+        let result: Swift.Result<Result, WireError> = withUnsafeReadableBytes { bytes in
+            do throws(WireError) {
+                return .success(try body(bytes))
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+
+    /// The string child with sequence id 1 of a Rejected, Goaway or ConnectTo frame.
+    func messageChild(_ type: FrameType) throws(WireError) -> String {
+        var message = ""
+        try withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
+            try Y3.forEachChild(of: bytes) { (sequenceID, start, length) throws(WireError) in
+                if sequenceID == 0x01 {
+                    message = try decodeString(
+                        UnsafeRawBufferPointer(rebasing: bytes[start..<start + length]),
+                        field: "\(type) message"
+                    )
+                }
+            }
+        }
+        return message
+    }
+}
+
+/// Decodes UTF-8, rejecting invalid bytes rather than silently repairing them.
+@inlinable
+func decodeString(_ bytes: UnsafeRawBufferPointer, field: @autoclosure () -> String) throws(WireError) -> String {
+    if bytes.isEmpty { return "" }
+    let utf8 = bytes.assumingMemoryBound(to: UInt8.self)
+    // Metadata is almost always ASCII, for which decoding cannot repair anything and
+    // is several times cheaper than validating.
+    if isASCII(bytes) { return String(decoding: utf8, as: UTF8.self) }
+    guard let string = String(validating: utf8, as: UTF8.self) else {
+        throw WireError(.invalidUTF8, "\(field()) is not valid UTF-8")
+    }
+    return string
+}
+
+@inlinable
+func isASCII(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    var index = 0
+    var bits: UInt64 = 0
+    while index + 8 <= bytes.count {
+        bits |= bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+        index += 8
+    }
+    while index < bytes.count {
+        bits |= UInt64(bytes[index])
+        index += 1
+    }
+    return bits & 0x8080_8080_8080_8080 == 0
+}

@@ -1,0 +1,357 @@
+public import NIOCore
+
+/// The metadata of a DataFrame: string keys to string values, carried as a
+/// msgpack map (fixmap/map16/map32 of fixstr/str8/str16/str32).
+///
+/// Behaves as the Go SDK's `metadata.M`: setting a key to `""` (or `nil`) deletes
+/// it, an empty map encodes to zero bytes, and decoding accepts any key order.
+/// Entries keep insertion order; equality ignores order.
+public struct Metadata: Hashable, Sendable, Sequence, ExpressibleByDictionaryLiteral, CustomStringConvertible {
+    /// The reserved keys of the YoMo protocol.
+    public typealias Key = String
+    public typealias Value = String
+
+    public enum ReservedKey {
+        public static let sourceID = "yomo-source-id"
+        public static let tid = "yomo-tid"
+        public static let traceID = "yomo-trace-id"
+        public static let spanID = "yomo-span-id"
+        public static let target = "yomo-target"
+        public static let wantedTarget = "yomo-wanted-target"
+    }
+
+    public typealias Element = (key: String, value: String)
+
+    @usableFromInline
+    struct Entry: Sendable {
+        @usableFromInline var key: String
+        @usableFromInline var value: String
+
+        @usableFromInline
+        init(key: String, value: String) {
+            self.key = key
+            self.value = value
+        }
+    }
+
+    // A handful of entries is the norm: a linear scan beats hashing here.
+    @usableFromInline var entries: [Entry]
+
+    public init() {
+        entries = []
+    }
+
+    @usableFromInline
+    func index(of key: String) -> Int? {
+        entries.firstIndex { $0.key == key }
+    }
+
+    public init(_ entries: [String: String]) {
+        // Dictionary keys are unique already: no scan per entry.
+        self.entries = entries.compactMap { $0.value.isEmpty ? nil : Entry(key: $0.key, value: $0.value) }
+    }
+
+    public init(dictionaryLiteral elements: (String, String)...) {
+        self.init()
+        for (key, value) in elements { self[key] = value }
+    }
+
+    public var count: Int { entries.count }
+    public var isEmpty: Bool { entries.isEmpty }
+
+    /// The value for `key`. Setting `nil` or `""` removes the key, as in Go.
+    @inlinable
+    public subscript(key: String) -> String? {
+        get {
+            guard let index = index(of: key) else { return nil }
+            return entries[index].value
+        }
+        set {
+            switch (index(of: key), newValue) {
+            case (let index?, let value?) where !value.isEmpty:
+                entries[index].value = value
+            case (let index?, _):
+                entries.remove(at: index)
+            case (nil, let value?) where !value.isEmpty:
+                entries.append(Entry(key: key, value: value))
+            case (nil, _):
+                break
+            }
+        }
+    }
+
+    /// Sets every entry of `other` over this one's (the zipper's merge of connection metadata).
+    public mutating func merge(_ other: Metadata) {
+        for (key, value) in other { self[key] = value }
+    }
+
+    public func makeIterator() -> some IteratorProtocol<Element> {
+        entries.lazy.map { (key: $0.key, value: $0.value) }.makeIterator()
+    }
+
+    public var dictionary: [String: String] {
+        Dictionary(entries.lazy.map { ($0.key, $0.value) }, uniquingKeysWith: { _, last in last })
+    }
+
+    /// Above this many entries, whole-map work hashes instead of scanning.
+    static let linearScanLimit = 16
+
+    public static func == (lhs: Metadata, rhs: Metadata) -> Bool {
+        guard lhs.count == rhs.count else { return false }
+        if lhs.count > linearScanLimit { return lhs.dictionary == rhs.dictionary }
+        return lhs.allSatisfy { rhs[$0.key] == $0.value }
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        // Order-independent, to agree with ==.
+        var combined = 0
+        for (key, value) in self {
+            var entryHasher = Hasher()
+            entryHasher.combine(key)
+            entryHasher.combine(value)
+            combined ^= entryHasher.finalize()
+        }
+        hasher.combine(count)
+        hasher.combine(combined)
+    }
+
+    public var description: String {
+        "[" + map { "\($0.key): \($0.value)" }.joined(separator: ", ") + "]"
+    }
+}
+
+// MARK: - msgpack
+
+extension Metadata {
+    /// Decodes msgpack metadata. Zero bytes are the empty map; anything but a map of
+    /// strings to strings, or bytes after the map, is an error that says what was found.
+    public init(decoding bytes: ByteBuffer) throws(WireError) {
+        self.init()
+        guard bytes.readableBytes > 0 else { return }
+        var entries: [Entry] = []
+        try bytes.withUnsafeReadableBytesTyped { (input) throws(WireError) in
+            var reader = MsgpackReader(bytes: input)
+            let count = try reader.readMapHeader()
+            // Never trust a count for allocation: each entry takes at least two bytes.
+            let capacity = Swift.min(count, input.count / 2)
+            entries.reserveCapacity(capacity)
+            // Large maps find duplicates by hashing, so a hostile map cannot make decoding quadratic.
+            var positions: [String: Int]? = count > Self.linearScanLimit ? [:] : nil
+            for index in 0..<count {
+                let key = try reader.readString(what: "key #\(index)")
+                let value = try reader.readString(what: "value of key \"\(key)\"")
+                // A duplicate key: the last one wins, as when Go decodes into a map.
+                let existing = positions == nil ? entries.firstIndex { $0.key == key } : positions![key]
+                if let existing {
+                    entries[existing].value = value
+                } else {
+                    positions?[key] = entries.count
+                    entries.append(Entry(key: key, value: value))
+                }
+            }
+            guard reader.offset == input.count else {
+                throw WireError(
+                    .invalidMetadata,
+                    "\(input.count - reader.offset) byte(s) follow the metadata map"
+                )
+            }
+        }
+        self.entries = entries
+    }
+
+    /// The number of bytes ``encode(into:sortedKeys:)`` writes.
+    public var encodedLength: Int {
+        if isEmpty { return 0 }
+        var length = count < 16 ? 1 : count <= 0xFFFF ? 3 : 5
+        for (key, value) in self {
+            length += MsgpackWriter.stringSize(key.utf8.count) + MsgpackWriter.stringSize(value.utf8.count)
+        }
+        return length
+    }
+
+    /// Writes the msgpack map; nothing at all when empty, as Go does.
+    ///
+    /// - Parameter sortedKeys: write keys in byte order (Go's `SetSortMapKeys(true)`),
+    ///   for reproducible bytes; otherwise in insertion order.
+    public func encode(into buffer: inout ByteBuffer, sortedKeys: Bool = false) {
+        guard !isEmpty else { return }
+        let ordered = sortedKeys ? entries.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) } : entries
+        let length = encodedLength
+        // One bounds check and one copy per string, straight into the buffer.
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { output in
+            var writer = RawWriter(output)
+            if count < 16 {
+                writer.write(UInt8(0x80 | count))
+            } else if count <= 0xFFFF {
+                writer.write(UInt8(0xDE))
+                writer.writeBigEndian(UInt16(count))
+            } else {
+                writer.write(UInt8(0xDF))
+                writer.writeBigEndian(UInt32(count))
+            }
+            for entry in ordered {
+                writer.writeMsgpackString(entry.key)
+                writer.writeMsgpackString(entry.value)
+            }
+            precondition(writer.offset == length, "metadata length miscounted")
+            return length
+        }
+    }
+
+    /// The msgpack bytes in a new buffer (empty for an empty map).
+    public func encoded(sortedKeys: Bool = false) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        encode(into: &buffer, sortedKeys: sortedKeys)
+        return buffer
+    }
+}
+
+enum MsgpackWriter {
+    static func stringSize(_ length: Int) -> Int {
+        length + (length < 32 ? 1 : length < 0x100 ? 2 : length < 0x1_0000 ? 3 : 5)
+    }
+}
+
+/// Writes into memory sized beforehand; callers guarantee the room.
+struct RawWriter {
+    let output: UnsafeMutableRawBufferPointer
+    var offset = 0
+
+    init(_ output: UnsafeMutableRawBufferPointer) { self.output = output }
+
+    mutating func write(_ byte: UInt8) {
+        output[offset] = byte
+        offset += 1
+    }
+
+    mutating func writeBigEndian<Integer: FixedWidthInteger>(_ value: Integer) {
+        output.storeBytes(of: value.bigEndian, toByteOffset: offset, as: Integer.self)
+        offset += MemoryLayout<Integer>.size
+    }
+
+    mutating func writeY3Length(_ length: Int) {
+        var shift = (Y3.encodedSize(ofLength: length) - 1) * 7
+        while shift > 0 {
+            write(UInt8(truncatingIfNeeded: 0x80 | ((length >> shift) & 0x7F)))
+            shift -= 7
+        }
+        write(UInt8(truncatingIfNeeded: length & 0x7F))
+    }
+
+    mutating func writeY3UInt32(_ value: UInt32, size: Int) {
+        var shift = (size - 1) * 8
+        while shift >= 0 {
+            write(UInt8(truncatingIfNeeded: value >> UInt32(shift)))
+            shift -= 8
+        }
+    }
+
+    mutating func writeMsgpackString(_ string: String) {
+        let length = string.utf8.count
+        if length < 32 {
+            write(UInt8(0xA0 | length))
+        } else if length < 0x100 {
+            write(0xD9)
+            write(UInt8(length))
+        } else if length < 0x1_0000 {
+            write(0xDA)
+            writeBigEndian(UInt16(length))
+        } else {
+            write(0xDB)
+            writeBigEndian(UInt32(length))
+        }
+        let copied = string.utf8.withContiguousStorageIfAvailable { utf8 in
+            UnsafeMutableRawBufferPointer(rebasing: output[offset..<offset + length]).copyMemory(from: UnsafeRawBufferPointer(utf8))
+        }
+        if copied == nil {
+            for (index, byte) in string.utf8.enumerated() { output[offset + index] = byte }
+        }
+        offset += length
+    }
+}
+
+struct MsgpackReader {
+    let bytes: UnsafeRawBufferPointer
+    var offset = 0
+
+    init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    mutating func readMapHeader() throws(WireError) -> Int {
+        let marker = try readByte(what: "map header")
+        switch marker {
+        case 0x80...0x8F: return Int(marker & 0x0F)
+        case 0xDE: return try readBigEndian(2, what: "map16 size")
+        case 0xDF: return try readBigEndian(4, what: "map32 size")
+        default:
+            throw WireError(
+                .invalidMetadata,
+                "metadata must be a msgpack map of strings, found \(Self.describe(marker)) (0x\(Y3.hex(marker)))"
+            )
+        }
+    }
+
+    mutating func readString(what: @autoclosure () -> String) throws(WireError) -> String {
+        let markerOffset = offset
+        let marker = try readByte(what: what())
+        let length: Int
+        switch marker {
+        case 0xA0...0xBF: length = Int(marker & 0x1F)
+        case 0xD9: length = try readBigEndian(1, what: what())
+        case 0xDA: length = try readBigEndian(2, what: what())
+        case 0xDB: length = try readBigEndian(4, what: what())
+        default:
+            throw WireError(
+                .invalidMetadata,
+                "metadata \(what()) at offset \(markerOffset) is \(Self.describe(marker)) (0x\(Y3.hex(marker))), not a string"
+            )
+        }
+        guard length <= bytes.count - offset else {
+            throw WireError(
+                .invalidMetadata,
+                "metadata \(what()) claims \(length) bytes but only \(bytes.count - offset) remain"
+            )
+        }
+        let string = try decodeString(
+            UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + length]),
+            field: "metadata \(what())"
+        )
+        offset += length
+        return string
+    }
+
+    private mutating func readByte(what: @autoclosure () -> String) throws(WireError) -> UInt8 {
+        guard offset < bytes.count else {
+            throw WireError(.invalidMetadata, "metadata ends before its \(what())")
+        }
+        defer { offset += 1 }
+        return bytes[offset]
+    }
+
+    private mutating func readBigEndian(_ size: Int, what: @autoclosure () -> String) throws(WireError) -> Int {
+        guard size <= bytes.count - offset else {
+            throw WireError(.invalidMetadata, "metadata ends inside the length of its \(what())")
+        }
+        var value = 0
+        for byte in bytes[offset..<offset + size] {
+            value = value << 8 | Int(byte)
+        }
+        offset += size
+        return value
+    }
+
+    /// Names a msgpack type by its first byte, for errors.
+    static func describe(_ marker: UInt8) -> String {
+        switch marker {
+        case 0x00...0x7F, 0xE0...0xFF, 0xCC...0xD3: "an integer"
+        case 0x80...0x8F, 0xDE, 0xDF: "a map"
+        case 0x90...0x9F, 0xDC, 0xDD: "an array"
+        case 0xA0...0xBF, 0xD9...0xDB: "a string"
+        case 0xC0: "nil"
+        case 0xC2, 0xC3: "a boolean"
+        case 0xC4...0xC6: "binary data"
+        case 0xCA, 0xCB: "a float"
+        case 0xC7...0xC9, 0xD4...0xD8: "an extension"
+        default: "an unused msgpack byte"
+        }
+    }
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Fuzzes the frame and metadata decoders with libFuzzer (+ AddressSanitizer) for a
+# bounded time, seeded with the golden vectors.
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 60)
+#
+# Exits non-zero if a target crashes; crash inputs land in fuzz-artifacts/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-60}"
+scratch=.build-fuzz
+
+swift build -c release --package-path Fuzz --scratch-path "$scratch" \
+    --sanitize=fuzzer --sanitize=address 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
+bin="$(swift build -c release --package-path Fuzz --scratch-path "$scratch" --sanitize=fuzzer --sanitize=address --show-bin-path)"
+
+# Seed corpora: every golden frame and metadata map, and every invalid/lenient input.
+corpus="$scratch/corpus"
+rm -rf "$corpus" && mkdir -p "$corpus/frames" "$corpus/metadata" fuzz-artifacts
+python3 - "$corpus" <<'PY'
+import json, sys, os, hashlib
+corpus = sys.argv[1]
+data = json.load(open("Tests/YoMoWireTests/Vectors/frames.json"))
+def write(kind, raw):
+    with open(os.path.join(corpus, kind, hashlib.sha1(raw).hexdigest()), "wb") as f:
+        f.write(raw)
+for case in data["cases"]:
+    if "hex" not in case: continue
+    raw = bytes.fromhex(case["hex"])
+    if case["kind"] == "metadata":
+        write("metadata", raw)
+    else:
+        write("frames", b"\x07" + raw)  # first byte picks the chunk size
+        if case["fields"].get("metadata_hex"):
+            write("metadata", bytes.fromhex(case["fields"]["metadata_hex"]))
+for case in data["invalid"] + data["lenient"]:
+    write("frames", b"\x01" + bytes.fromhex(case["hex"]))
+PY
+
+status=0
+for target in FrameFuzzer:frames MetadataFuzzer:metadata; do
+    name="${target%%:*}"; seeds="${target##*:}"
+    echo "== $name for ${seconds}s"
+    if ! "$bin/$name" "$corpus/$seeds" -max_total_time="$seconds" -max_len=4096 \
+        -artifact_prefix=fuzz-artifacts/ -print_final_stats=1 2>&1 \
+        | grep -E 'stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs|ERROR|SUMMARY|crash-|deadly'; then
+        :
+    fi
+    if [ "${PIPESTATUS[0]}" -ne 0 ]; then status=1; echo "== $name FAILED"; fi
+done
+exit "$status"
