@@ -10,9 +10,14 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 scratch=.build-fuzz
 
-swift build -c release --package-path Fuzz --scratch-path "$scratch" \
-    --sanitize=fuzzer --sanitize=address 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
-bin="$(swift build -c release --package-path Fuzz --scratch-path "$scratch" --sanitize=fuzzer --sanitize=address --show-bin-path)"
+build=(swift build -c release --package-path Fuzz --scratch-path "$scratch" --sanitize=fuzzer --sanitize=address)
+mkdir -p "$scratch"
+if ! "${build[@]}" > "$scratch/build.log" 2>&1; then
+    grep -E "error" -A3 "$scratch/build.log" | head -40
+    echo "fuzz: build failed (full log: $scratch/build.log)" >&2
+    exit 1
+fi
+bin="$("${build[@]}" --show-bin-path)"
 
 # Seed corpora: every golden frame and metadata map, and every invalid/lenient input.
 corpus="$scratch/corpus"
@@ -41,11 +46,14 @@ status=0
 for target in FrameFuzzer:frames MetadataFuzzer:metadata; do
     name="${target%%:*}"; seeds="${target##*:}"
     echo "== $name for ${seconds}s"
-    if ! "$bin/$name" "$corpus/$seeds" -max_total_time="$seconds" -max_len=4096 \
-        -artifact_prefix=fuzz-artifacts/ -print_final_stats=1 2>&1 \
-        | grep -E 'stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs|ERROR|SUMMARY|crash-|deadly'; then
-        :
+    log="$scratch/$name.log"
+    if "$bin/$name" "$corpus/$seeds" -max_total_time="$seconds" -max_len=4096 \
+        -artifact_prefix=fuzz-artifacts/ -print_final_stats=1 > "$log" 2>&1; then
+        grep -E 'stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs' "$log"
+    else
+        status=1
+        grep -E 'ERROR|SUMMARY|crash-|deadly|Test unit written' -A5 "$log" | head -60
+        echo "== $name FAILED (log: $log)"
     fi
-    if [ "${PIPESTATUS[0]}" -ne 0 ]; then status=1; echo "== $name FAILED"; fi
 done
 exit "$status"

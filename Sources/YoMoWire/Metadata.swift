@@ -260,7 +260,7 @@ struct RawWriter {
             write(0xDB)
             writeBigEndian(UInt32(length))
         }
-        let copied = string.utf8.withContiguousStorageIfAvailable { utf8 in
+        let copied: Void? = string.utf8.withContiguousStorageIfAvailable { utf8 in
             UnsafeMutableRawBufferPointer(rebasing: output[offset..<offset + length]).copyMemory(from: UnsafeRawBufferPointer(utf8))
         }
         if copied == nil {

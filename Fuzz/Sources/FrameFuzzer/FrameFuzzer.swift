@@ -35,7 +35,8 @@ func check(_ frame: Frame) {
         let again = try Frame(decoding: frame.encoded())
         precondition(again == frame, "re-encoded frame decodes differently: \(frame) vs \(again)")
         if case .data(let data) = frame, let metadata = try? Metadata(decoding: data.metadata) {
-            precondition(try Metadata(decoding: metadata.encoded()) == metadata, "metadata round trip differs")
+            let metadataAgain = try Metadata(decoding: metadata.encoded())
+            precondition(metadataAgain == metadata, "metadata round trip differs")
         }
     } catch {
         fatalError("a decoded frame did not survive re-encoding: \(error)")
