@@ -10,6 +10,10 @@ import NIOCore
 import YoMoWire
 
 let quick = CommandLine.arguments.contains("--quick")
+/// `--only TEXT` runs just the cases whose name contains TEXT (e.g. under callgrind).
+let only: String? = CommandLine.arguments.firstIndex(of: "--only").flatMap {
+    CommandLine.arguments.indices.contains($0 + 1) ? CommandLine.arguments[$0 + 1] : nil
+}
 
 let metadata: Metadata = [
     Metadata.ReservedKey.sourceID: NanoID.generate() + "-0",
@@ -29,6 +33,7 @@ struct Result {
 func blackHole<T>(_ value: T) { withExtendedLifetime(value) {} }
 
 func measure(_ name: String, bytesPerOp: Int, iterations: Int, _ body: () throws -> Void) rethrows -> Result {
+    if let only, !name.contains(only) { return Result(name: name, nanosecondsPerOp: .nan, bytesPerOp: bytesPerOp) }
     let clock = ContinuousClock()
     for _ in 0..<max(1, iterations / 10) { try body() }  // warm up caches and allocator
     var best = Duration.seconds(1_000_000)
@@ -132,7 +137,7 @@ do {
 }
 
 print("case                                              ns/op      frames/s        MB/s")
-for result in results {
+for result in results where !result.nanosecondsPerOp.isNaN {
     let perSecond = 1e9 / result.nanosecondsPerOp
     let megabytes = perSecond * Double(result.bytesPerOp) / 1e6
     print(
