@@ -39,6 +39,55 @@ targets += [
 // MARK: YoMoQUIC — QUIC over ngtcp2 + gnutls (owned by the QUIC work; edit only this section)
 
 // MARK: YoMoTracing — tracer provider, OTLP/HTTP export (owned by the tracing work; edit only this section)
+products += [.library(name: "YoMoTracing", targets: ["YoMoTracing"])]
+targets += [
+    // libcurl (HTTP) and zlib (gzip request bodies) with typed shims for their variadic/macro APIs.
+    .systemLibrary(name: "CCurl", path: "Sources/CCurl"),
+    // protobuf-c output for our OTLP .proto files (regenerate: scripts/generate-otlp-proto.sh).
+    .target(
+        name: "COTLPProto",
+        exclude: ["proto"],
+        sources: ["generated"],
+        linkerSettings: [.linkedLibrary("protobuf-c")]
+    ),
+    .target(
+        name: "YoMoTracing",
+        dependencies: [
+            "CCurl",
+            "COTLPProto",
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+            .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ],
+        swiftSettings: strictSwift
+    ),
+    .testTarget(
+        name: "YoMoTracingTests",
+        dependencies: [
+            "YoMoTracing",
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ],
+        exclude: ["otlp_receiver.py"],
+        swiftSettings: strictSwift
+    ),
+    // Benchmark, not a test: `swift run -c release yomo-tracing-bench`.
+    .executableTarget(
+        name: "yomo-tracing-bench",
+        dependencies: [
+            "YoMoTracing",
+            "COTLPProto",
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+            .product(name: "Logging", package: "swift-log"),
+        ],
+        path: "Benchmarks/TracingBench",
+        swiftSettings: strictSwift
+    ),
+]
+
+// MARK: YoMoLogging — swift-log handlers, trace correlation, OTLP logs
 
 // MARK: YoMo — StreamFunction, Source, Zipper, the `yomo` CLI and examples
 

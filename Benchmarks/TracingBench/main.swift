@@ -1,0 +1,212 @@
+// yomo-tracing-bench: the cost of a span with export on, and export throughput.
+//
+//   swift run -c release --scratch-path .build-tracing yomo-tracing-bench [--seconds 5] [--python]
+//
+// Not a test: numbers depend on the machine (docs/tracing.md records them).
+import Foundation
+import Logging
+import Tracing
+import YoMoTracing
+
+let arguments = CommandLine.arguments
+let seconds = arguments.firstIndex(of: "--seconds").flatMap { Double(arguments[$0 + 1]) } ?? 5
+let usePython = arguments.contains("--python")
+/// `--only noop|export|throughput` runs one part (for profiling).
+let only = arguments.firstIndex(of: "--only").map { arguments[$0 + 1] }
+
+let logger: Logger = {
+    var logger = Logger(label: "yomo-tracing-bench")
+    logger.logLevel = .error
+    return logger
+}()
+
+/// Where spans go: the native receiver (protobuf-c decode) or the Python one.
+final class Receiver {
+    let endpoint: String
+    private let native: NativeReceiver?
+    private let process: Process?
+    private let output: String?
+
+    init(python: Bool) throws {
+        if python {
+            let directory = NSTemporaryDirectory() + "yomo-bench-\(getpid())"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+                .appendingPathComponent("../../Tests/YoMoTracingTests/otlp_receiver.py").standardized.path
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["python3", script, "--count-only", "--port-file", directory + "/port", "--out", directory + "/out.jsonl"]
+            try process.run()
+            var port: Int?
+            for _ in 0..<500 where port == nil {
+                port = (try? String(contentsOfFile: directory + "/port", encoding: .utf8)).flatMap { Int($0) }
+                usleep(20_000)
+            }
+            guard let port else { throw BenchError("python receiver did not start") }
+            self.process = process
+            output = directory + "/out.jsonl"
+            endpoint = "http://127.0.0.1:\(port)"
+            native = nil
+        } else {
+            let native = try NativeReceiver()
+            self.native = native
+            endpoint = native.endpoint
+            process = nil
+            output = nil
+        }
+    }
+
+    var receivedSpans: Int {
+        if let native { return native.spans.load(ordering: .relaxed) }
+        guard let output, let text = try? String(contentsOfFile: output, encoding: .utf8) else { return 0 }
+        return text.split(separator: "\n").reduce(0) { total, line in
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return total }
+            return total + (object["spans"] as? Int ?? 0)
+        }
+    }
+
+    func stop() {
+        if let process, process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+}
+
+/// Isolates the batch processor's cost from encoding and HTTP.
+struct DiscardingExporter: SpanExporter {
+    func export(_ spans: [FinishedSpan], timeout: Duration) throws(TracingError) {}
+}
+
+func measureSpanCost(_ label: String, provider: TracerProvider, iterations: Int, guarded: Bool = false, attributes: Bool = true) -> Double {
+    let tracer = provider.tracer("bench")
+    for index in 0..<100_000 {
+        let span = tracer.startSpan("warmup")
+        span.attributes["index"] = index
+        span.end()
+    }
+    let clock = ContinuousClock()
+    let start = clock.now
+    let cpuStart = threadCPUNanoseconds()
+    for index in 0..<iterations {
+        let span = tracer.startSpan("operation")
+        // The idiom for hot paths: skip attribute work for non-recording spans.
+        if attributes && (!guarded || span.isRecording) {
+            span.attributes["iteration"] = index
+            span.attributes["payload"] = "value"
+            span.attributes["ok"] = true
+        }
+        span.end()
+    }
+    let elapsed = clock.now - start
+    let cpu = Double(threadCPUNanoseconds() - cpuStart) / Double(iterations)
+    let nanoseconds = Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9
+    let perOp = nanoseconds / Double(iterations)
+    print(String(format: "%@: %.0f ns/op wall, %.0f ns/op on-thread CPU, %d spans (dropped %d)",
+                 label, perOp, cpu, iterations, provider.droppedSpanCount))
+    return perOp
+}
+
+/// One hop of the YoMo scheme: extract the parent from frame metadata, start a
+/// span, inject it into the outgoing metadata, end it.
+func measurePropagation(provider: TracerProvider, iterations: Int) {
+    let tracer = provider.tracer("bench")
+    var incoming: [String: String] = [:]
+    tracer.inject(tracer.startSpan("parent").context, into: &incoming, using: DictionaryInjector())
+    let cpuStart = threadCPUNanoseconds()
+    for _ in 0..<iterations {
+        let span = tracer.startSpan("hop", extractingParentFrom: incoming, using: DictionaryExtractor())
+        var outgoing = incoming
+        tracer.inject(span.context, into: &outgoing, using: DictionaryInjector())
+        span.end()
+    }
+    let cpu = Double(threadCPUNanoseconds() - cpuStart) / Double(iterations)
+    print(String(format: "one hop (extract + startSpan + inject 4 keys + end, no processor): %.0f ns/op on-thread CPU", cpu))
+}
+
+/// CPU time of the whole process (all threads).
+func processCPUNanoseconds() -> UInt64 {
+    var spec = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &spec)
+    return UInt64(spec.tv_sec) * 1_000_000_000 + UInt64(spec.tv_nsec)
+}
+
+/// CPU time of the calling thread: unlike wall time, not inflated when other
+/// processes (or the export thread) compete for the cores.
+func threadCPUNanoseconds() -> UInt64 {
+    var spec = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &spec)
+    return UInt64(spec.tv_sec) * 1_000_000_000 + UInt64(spec.tv_nsec)
+}
+
+func runSpanCost(receiver: Receiver) async {
+    print("== span cost: startSpan + 3 attributes + end ==")
+    let iterations = 1_000_000
+    _ = measureSpanCost("tracing off (noop provider)", provider: .noop, iterations: iterations)
+    _ = measureSpanCost("tracing off, attributes guarded by isRecording", provider: .noop, iterations: iterations, guarded: true)
+    if only == "noop" { return }
+    let bare = TracerProvider(configuration: .init(environment: [:]), processors: [], logger: logger)
+    _ = measureSpanCost("recording, no processor", provider: bare, iterations: iterations)
+    _ = measureSpanCost("recording, no processor, no attributes", provider: bare, iterations: iterations, attributes: false)
+    measurePropagation(provider: bare, iterations: iterations)
+    if only == "bare" { return }
+    let discarding = TracerProvider(
+        configuration: .init(environment: [:]),
+        processors: [BatchSpanProcessor(exporter: DiscardingExporter(), logger: logger)],
+        logger: logger
+    )
+    _ = measureSpanCost("batch processor, discarding exporter", provider: discarding, iterations: iterations)
+    await discarding.shutdown()
+    if only == "discard" { return }
+
+    let defaults = TracerProvider.otlp(serviceName: "bench", environment: ["OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint], logger: logger)
+    _ = measureSpanCost("export on, default queue (2048)", provider: defaults, iterations: iterations)
+    _ = measureSpanCost("export on, default queue, no attributes", provider: defaults, iterations: iterations, attributes: false)
+    await defaults.shutdown()
+}
+
+func runThroughput(receiver: Receiver) async {
+    print("== export throughput: spans produced as fast as possible for \(seconds) s, default BSP settings ==")
+    let before = receiver.receivedSpans
+    let provider = TracerProvider.otlp(serviceName: "bench", environment: ["OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint], logger: logger)
+    let tracer = provider.tracer("bench")
+    let clock = ContinuousClock()
+    let start = clock.now
+    let processCPUStart = processCPUNanoseconds()
+    let producerCPUStart = threadCPUNanoseconds()
+    let deadline = start + .milliseconds(Int(seconds * 1000))
+    var produced = 0
+    while clock.now < deadline {
+        for _ in 0..<1_000 {
+            let span = tracer.startSpan("operation")
+            span.attributes["iteration"] = produced
+            span.attributes["payload"] = "value"
+            span.attributes["ok"] = true
+            span.end()
+            produced += 1
+        }
+    }
+    let dropped = provider.droppedSpanCount
+    let producerCPU = threadCPUNanoseconds() - producerCPUStart
+    await provider.shutdown()
+    let otherCPU = processCPUNanoseconds() - processCPUStart - producerCPU
+    let elapsed = clock.now - start
+    let elapsedSeconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    // The Python receiver writes asynchronously; give it a moment to settle.
+    var received = receiver.receivedSpans - before
+    for _ in 0..<50 where received < produced - dropped {
+        usleep(100_000)
+        received = receiver.receivedSpans - before
+    }
+    print(String(format: "produced %d spans in %.2f s (%.0f spans/s)", produced, elapsedSeconds, Double(produced) / elapsedSeconds))
+    print(String(format: "received %d spans: %.0f spans/s; dropped %d (%.1f%%)",
+                 received, Double(received) / elapsedSeconds, dropped, 100 * Double(dropped) / Double(max(produced, 1))))
+    // Load-independent: CPU the rest of the process (export thread, plus the
+    // native receiver when it runs in-process) spent per received span.
+    let perSpan = Double(otherCPU) / Double(max(received, 1))
+    print(String(format: "export thread%@ CPU: %.2f µs per received span (= %.0f spans/s per core)",
+                 usePython ? "" : " + in-process receiver", perSpan / 1000, 1e9 / max(perSpan, 1)))
+}
+
+let receiver = try Receiver(python: usePython)
+print("receiver: \(usePython ? "python (opentelemetry-proto)" : "native (protobuf-c)") at \(receiver.endpoint)")
+if only != "throughput" { await runSpanCost(receiver: receiver) }
+if only == nil || only == "throughput" { await runThroughput(receiver: receiver) }
+receiver.stop()

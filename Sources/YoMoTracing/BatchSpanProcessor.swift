@@ -1,0 +1,299 @@
+public import Logging
+
+/// Queues ended spans and exports them in batches from a dedicated thread.
+///
+/// `onEnd` (the data path) only takes a lock and appends to a bounded queue: it
+/// never waits for the exporter. When the queue is full the span is dropped and
+/// counted (`droppedSpanCount`, plus a warning per export round). A batch goes
+/// out when `maxExportBatchSize` spans are queued or `scheduleDelay` has passed,
+/// whichever comes first; `forceFlush` and `shutdown` export everything that
+/// ended before them.
+public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
+    /// The OTel batch span processor settings (`OTEL_BSP_*`).
+    public struct Configuration: Sendable, Hashable {
+        /// Longest wait between two exports. `OTEL_BSP_SCHEDULE_DELAY`, default 5000 ms.
+        public var scheduleDelay: Duration
+        /// Spans kept waiting for export; more are dropped. `OTEL_BSP_MAX_QUEUE_SIZE`, default 2048.
+        public var maxQueueSize: Int
+        /// Spans per export call. `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512.
+        public var maxExportBatchSize: Int
+        /// Time one export call may take, retries included. `OTEL_BSP_EXPORT_TIMEOUT`, default 30000 ms.
+        public var exportTimeout: Duration
+
+        public static let `default` = Configuration(environment: [:])
+
+        /// Reads the `OTEL_BSP_*` variables; malformed or out-of-range values keep the default.
+        public init(environment: [String: String] = ProcessEnvironment.current) {
+            func milliseconds(_ key: String, _ fallback: Int) -> Duration {
+                guard let value = parseInteger(environment[key]), value >= 0 else { return .milliseconds(fallback) }
+                return .milliseconds(value)
+            }
+            func positive(_ key: String, _ fallback: Int) -> Int {
+                guard let value = parseInteger(environment[key]), value > 0 else { return fallback }
+                return value
+            }
+            scheduleDelay = milliseconds("OTEL_BSP_SCHEDULE_DELAY", 5000)
+            maxQueueSize = positive("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+            maxExportBatchSize = min(positive("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), maxQueueSize)
+            exportTimeout = milliseconds("OTEL_BSP_EXPORT_TIMEOUT", 30000)
+        }
+    }
+
+    public let configuration: Configuration
+    private let exporter: any SpanExporter
+    private let logger: Logger
+    private let lock = ConditionLock()
+
+    // Guarded by `lock`.
+    private var queue: SpanRing
+    private var dropped = 0
+    private var droppedSinceLastLog = 0
+    private var flushRequested: UInt64 = 0
+    private var flushCompleted: UInt64 = 0
+    private var flushWaiters: [(generation: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
+    private var shutdownRequested = false
+    private var stopped = false
+    private var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Exported spans whose memory producers free, a few per `onEnd`: memory
+    /// then goes back to the allocator of the thread that allocated it, which
+    /// avoids malloc-arena contention between the data path and the export thread.
+    private var releasePending: [FinishedSpan] = []
+
+    /// Starts the export thread.
+    public init(exporter: any SpanExporter, configuration: Configuration = .default, logger: Logger) {
+        var configuration = configuration
+        configuration.maxQueueSize = max(configuration.maxQueueSize, 1)
+        configuration.maxExportBatchSize = min(max(configuration.maxExportBatchSize, 1), configuration.maxQueueSize)
+        self.configuration = configuration
+        self.exporter = exporter
+        var logger = logger
+        logger[metadataKey: "component"] = "BatchSpanProcessor"
+        self.logger = logger
+        queue = SpanRing(capacity: configuration.maxQueueSize)
+        startThread { [self] in exportLoop() }
+    }
+
+    /// Spans dropped because the queue was full, since creation.
+    public var droppedSpanCount: Int { lock.withLock { dropped } }
+
+    /// Spans waiting for the export thread.
+    public var queuedSpanCount: Int { lock.withLock { queue.count } }
+
+    public func onEnd(_ span: FinishedSpan) {
+        guard span.storage.spanContext.traceFlags.contains(.sampled) else { return }
+        lock.lock()
+        guard !shutdownRequested else {
+            lock.unlock()
+            return
+        }
+        guard queue.append(span) else {
+            dropped += 1
+            droppedSinceLastLog += 1
+            let freed = (releasePending.popLast(), releasePending.popLast())
+            lock.unlock()
+            withExtendedLifetime(freed) {}
+            return
+        }
+        if queue.count == configuration.maxExportBatchSize {
+            lock.signal()
+        }
+        // Take (at most) two exported spans to free (see `releasePending`), and
+        // free them after unlocking so other producers do not wait on it.
+        let freed = (releasePending.popLast(), releasePending.popLast())
+        lock.unlock()
+        withExtendedLifetime(freed) {}
+    }
+
+    public func forceFlush() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            lock.lock()
+            if stopped {
+                lock.unlock()
+                continuation.resume()
+                return
+            }
+            flushRequested += 1
+            flushWaiters.append((flushRequested, continuation))
+            lock.signal()
+            lock.unlock()
+        }
+    }
+
+    public func shutdown() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            lock.lock()
+            if stopped {
+                lock.unlock()
+                continuation.resume()
+                return
+            }
+            shutdownRequested = true
+            shutdownWaiters.append(continuation)
+            lock.signal()
+            lock.unlock()
+        }
+    }
+
+    private func exportLoop() {
+        let delay = UInt64(configuration.scheduleDelay.components.seconds) * 1_000_000_000
+            + UInt64(configuration.scheduleDelay.components.attoseconds / 1_000_000_000)
+        var deadline = monotonicNanoseconds() + delay
+        var batch: [FinishedSpan] = []
+        batch.reserveCapacity(configuration.maxExportBatchSize)
+        var drainRemaining = 0
+        var drainTarget: UInt64 = 0
+
+        lock.lock()
+        while true {
+            while queue.count < configuration.maxExportBatchSize, flushRequested == flushCompleted,
+                  !shutdownRequested, monotonicNanoseconds() < deadline {
+                lock.wait(untilMonotonicNanoseconds: deadline)
+            }
+            // A flush or shutdown exports what was queued when it was seen (not
+            // what producers add meanwhile, or it might never end); otherwise one
+            // batch per round.
+            let shuttingDown = shutdownRequested
+            let draining = flushRequested != flushCompleted || shuttingDown
+            if draining && drainRemaining == 0 {
+                drainRemaining = queue.count
+                drainTarget = flushRequested
+            }
+            let before = queue.count
+            queue.pop(upTo: configuration.maxExportBatchSize, into: &batch)
+            drainRemaining = max(drainRemaining - (before - queue.count), 0)
+            let more = draining && drainRemaining > 0
+            let flushTarget = draining ? drainTarget : flushCompleted
+            let droppedNow = droppedSinceLastLog
+            droppedSinceLastLog = 0
+            lock.unlock()
+
+            if droppedNow > 0 {
+                logger.warning("Dropped spans: export queue full", metadata: [
+                    "dropped_count": "\(droppedNow)",
+                    "max_queue_size": "\(configuration.maxQueueSize)",
+                ])
+            }
+            exportBatch(batch)
+            deadline = monotonicNanoseconds() + delay
+
+            lock.lock()
+            if releasePending.isEmpty {
+                swap(&releasePending, &batch)
+                batch.reserveCapacity(configuration.maxExportBatchSize)
+            }
+            // Producers have not kept up with freeing: free the rest here.
+            if !batch.isEmpty {
+                lock.unlock()
+                batch.removeAll(keepingCapacity: true)
+                lock.lock()
+            }
+            if more { continue }
+            flushCompleted = flushTarget
+            var ready: [CheckedContinuation<Void, Never>] = []
+            flushWaiters.removeAll { waiter in
+                guard waiter.generation <= flushTarget else { return false }
+                ready.append(waiter.continuation)
+                return true
+            }
+            if shuttingDown {
+                stopped = true
+                releasePending.removeAll()
+                ready += flushWaiters.map(\.continuation)
+                flushWaiters.removeAll()
+                let waiters = shutdownWaiters
+                shutdownWaiters.removeAll()
+                lock.unlock()
+                exporter.shutdown()
+                for continuation in ready { continuation.resume() }
+                for continuation in waiters { continuation.resume() }
+                logger.debug("Shut down")
+                return
+            }
+            if !ready.isEmpty {
+                lock.unlock()
+                exporter.forceFlush()
+                for continuation in ready { continuation.resume() }
+                lock.lock()
+            }
+        }
+    }
+
+    private func exportBatch(_ batch: [FinishedSpan]) {
+        guard !batch.isEmpty else { return }
+        do {
+            try exporter.export(batch, timeout: configuration.exportTimeout)
+        } catch {
+            // The exporter has logged the failure already.
+            logger.debug("Export failed", metadata: ["error": "\(error)", "batch_size": "\(batch.count)"])
+        }
+    }
+}
+
+/// A fixed-capacity FIFO ring of spans: O(1) append on the data path, and the
+/// export thread pops a batch without shifting the rest.
+struct SpanRing {
+    private var storage: [FinishedSpan?]
+    private var head = 0
+    private(set) var count = 0
+
+    init(capacity: Int) {
+        storage = Array(repeating: nil, count: capacity)
+    }
+
+    var capacity: Int { storage.count }
+    var isEmpty: Bool { count == 0 }
+
+    /// False when full.
+    mutating func append(_ span: FinishedSpan) -> Bool {
+        guard count < storage.count else { return false }
+        var index = head + count
+        if index >= storage.count { index -= storage.count }
+        storage[index] = span
+        count += 1
+        return true
+    }
+
+    mutating func pop(upTo limit: Int, into batch: inout [FinishedSpan]) {
+        let taken = min(limit, count)
+        for _ in 0..<taken {
+            batch.append(storage[head].take()!)
+            head += 1
+            if head == storage.count { head = 0 }
+        }
+        count -= taken
+    }
+}
+
+/// Hands each ended span straight to the exporter on the ending thread. For
+/// tests and the console; production uses `BatchSpanProcessor`.
+public final class SimpleSpanProcessor: SpanProcessor, @unchecked Sendable {
+    private let exporter: any SpanExporter
+    private let lock = ConditionLock()
+    private var isShutdown = false
+    private let timeout: Duration
+
+    public init(exporter: any SpanExporter, exportTimeout: Duration = .seconds(30)) {
+        self.exporter = exporter
+        self.timeout = exportTimeout
+    }
+
+    public func onEnd(_ span: FinishedSpan) {
+        guard span.context.isSampled else { return }
+        lock.withLock {
+            guard !isShutdown else { return }
+            try? exporter.export([span], timeout: timeout)
+        }
+    }
+
+    public func forceFlush() async {
+        lock.withLock { exporter.forceFlush() }
+    }
+
+    public func shutdown() async {
+        lock.withLock {
+            guard !isShutdown else { return }
+            isShutdown = true
+            exporter.shutdown()
+        }
+    }
+}

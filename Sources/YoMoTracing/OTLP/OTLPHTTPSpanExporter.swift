@@ -1,0 +1,37 @@
+public import Logging
+
+/// Exports spans as OTLP/HTTP binary protobuf (`POST <endpoint>/v1/traces`,
+/// `Content-Type: application/x-protobuf`), e.g. to Jaeger or an OTel collector.
+/// Blocking: the batch processor calls it from its export thread.
+public final class OTLPHTTPSpanExporter: SpanExporter {
+    public let configuration: OTLPExporterConfiguration
+    private let transport: OTLPHTTPTransport
+    private let logger: Logger
+
+    public init(configuration: OTLPExporterConfiguration = OTLPExporterConfiguration(signal: .traces), logger: Logger) {
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "component"] = "OTLPHTTPSpanExporter"
+        self.logger = logger
+        transport = OTLPHTTPTransport(configuration: configuration, signalName: "spans", logger: logger)
+    }
+
+    /// - Parameter timeout: the caller's budget; the exporter's own timeout caps it.
+    public func export(_ spans: [FinishedSpan], timeout: Duration) throws(TracingError) {
+        guard !spans.isEmpty else { return }
+        let body = OTLPTraceEncoding.encodeRequest(spans)
+        let response = try transport.send(body, timeout: min(timeout, configuration.timeout), itemCount: spans.count)
+        // A 2xx may still carry partial_success (OTLP spec "Partial Success").
+        if let partial = OTLPTraceEncoding.partialSuccess(in: response) {
+            logger.warning("OTLP export partially rejected", metadata: [
+                "rejected_spans": "\(partial.rejected)",
+                "error_message": "\(partial.message)",
+                "sent_spans": "\(spans.count)",
+            ])
+        }
+    }
+
+    public func shutdown() {
+        transport.shutdown()
+    }
+}

@@ -1,0 +1,338 @@
+import CCurl
+package import Logging
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+private let curlGlobalInit: CURLcode = curl_global_init(Int(CURL_GLOBAL_ALL))
+
+/// What one HTTP attempt produced.
+struct HTTPAttemptResult: Sendable {
+    /// 0 when no response arrived (see `curlCode`).
+    var status: Int
+    var curlCode: UInt32
+    var curlMessage: String
+    var body: [UInt8]
+    var retryAfter: String?
+}
+
+/// The retry policy of OTLP/HTTP (https://opentelemetry.io/docs/specs/otlp/#retryable-response-codes
+/// and #failures-1): retry 429, 502, 503, 504 and connection failures, waiting
+/// for `Retry-After` when the server sends it, else exponential backoff with
+/// jitter; never beyond the export's deadline. Pure, so tests need no sockets.
+struct OTLPRetryPolicy: Sendable {
+    var initialBackoff: Duration = .milliseconds(500)
+    var maxBackoff: Duration = .seconds(5)
+
+    static let retryableStatuses: Set<Int> = [429, 502, 503, 504]
+
+    enum Decision: Equatable {
+        case success
+        /// Not worth retrying (e.g. 400): report and drop the batch.
+        case fail
+        case retry(after: Duration)
+    }
+
+    /// - Parameters:
+    ///   - attempt: 0 for the first attempt.
+    ///   - nowSeconds: wall clock (for HTTP-date `Retry-After`).
+    ///   - random: jitter source in 0..<1.
+    func decide(_ result: HTTPAttemptResult, attempt: Int, nowSeconds: Int64, random: Double) -> Decision {
+        if result.status >= 200 && result.status < 300 { return .success }
+        let retryable: Bool
+        if result.status == 0 {
+            retryable = Self.isConnectionFailure(result.curlCode)
+        } else {
+            retryable = Self.retryableStatuses.contains(result.status)
+        }
+        guard retryable else { return .fail }
+        if let header = result.retryAfter, let delay = Self.parseRetryAfter(header, nowSeconds: nowSeconds) {
+            return .retry(after: delay)
+        }
+        let exponent = min(attempt, 16)
+        let base = min(initialBackoff * (1 << exponent), maxBackoff)
+        // Jitter in [50%, 100%] of the base keeps retries of many clients apart.
+        return .retry(after: base * (0.5 + 0.5 * random))
+    }
+
+    static func isConnectionFailure(_ code: UInt32) -> Bool {
+        switch CURLcode(rawValue: code) {
+        case CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY, CURLE_COULDNT_CONNECT,
+             CURLE_OPERATION_TIMEDOUT, CURLE_SEND_ERROR, CURLE_RECV_ERROR, CURLE_GOT_NOTHING,
+             CURLE_PARTIAL_FILE:
+            true
+        default:
+            false
+        }
+    }
+
+    /// `Retry-After` is either delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
+    static func parseRetryAfter(_ value: String, nowSeconds: Int64) -> Duration? {
+        let trimmed = value.trimmingSpaces()
+        if let seconds = Int64(trimmed) {
+            return seconds >= 0 ? .seconds(seconds) : nil
+        }
+        guard let date = parseHTTPDate(trimmed) else { return nil }
+        return .seconds(max(date - nowSeconds, 0))
+    }
+
+    /// Parses IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`, to Unix seconds.
+    static func parseHTTPDate(_ value: String) -> Int64? {
+        let parts = value.split(separator: " ")
+        guard parts.count == 6, parts[5] == "GMT",
+              let day = Int64(parts[1]), let year = Int64(parts[3]) else { return nil }
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        guard let monthIndex = months.firstIndex(of: String(parts[2])) else { return nil }
+        let time = parts[4].split(separator: ":")
+        guard time.count == 3, let hour = Int64(time[0]), let minute = Int64(time[1]), let second = Int64(time[2]),
+              (1...31).contains(day), (0...23).contains(hour), (0...59).contains(minute), (0...60).contains(second)
+        else { return nil }
+        // Days from civil (proleptic Gregorian), after H. Hinnant's algorithm.
+        let month = Int64(monthIndex + 1)
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yearOfEra = y - era * 400
+        let dayOfYear = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1
+        let dayOfEra = yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear
+        let days = era * 146_097 + dayOfEra - 719_468
+        return days * 86_400 + hour * 3_600 + minute * 60 + second
+    }
+}
+
+/// Collects a response's body and `Retry-After` header from curl callbacks.
+private final class ResponseCollector {
+    var body: [UInt8] = []
+    var retryAfter: String?
+    static let maxBody = 64 * 1024
+
+    func reset() {
+        body.removeAll(keepingCapacity: true)
+        retryAfter = nil
+    }
+}
+
+private let writeCallback: ccurl_data_callback = { data, size, count, userdata in
+    let length = size * count
+    guard let data, let userdata else { return length }
+    let collector = Unmanaged<ResponseCollector>.fromOpaque(userdata).takeUnretainedValue()
+    if collector.body.count < ResponseCollector.maxBody {
+        collector.body.append(contentsOf: UnsafeRawBufferPointer(start: data, count: length))
+    }
+    return length
+}
+
+private let headerCallback: ccurl_data_callback = { data, size, count, userdata in
+    let length = size * count
+    guard let data, let userdata else { return length }
+    let collector = Unmanaged<ResponseCollector>.fromOpaque(userdata).takeUnretainedValue()
+    let line = String(decoding: UnsafeRawBufferPointer(start: data, count: length), as: UTF8.self)
+    if line.count > 12, line.lowercased().hasPrefix("retry-after:") {
+        collector.retryAfter = String(line.dropFirst(12)).trimmingCharacters()
+    } else if line.hasPrefix("HTTP/") {
+        // A new response (after a redirect or 100-continue) starts over.
+        collector.retryAfter = nil
+    }
+    return length
+}
+
+extension String {
+    fileprivate func trimmingCharacters() -> String {
+        var slice = Substring(self)
+        while let last = slice.last, last == "\r\n" || last == "\n" || last == "\r" || last == " " { slice.removeLast() }
+        while let first = slice.first, first == " " || first == "\t" { slice.removeFirst() }
+        return String(slice)
+    }
+}
+
+/// POSTs OTLP protobuf bodies with libcurl, with the OTLP retry policy. Blocking:
+/// call it from an export thread, never from the data path. One connection is
+/// kept alive and reused; calls are serialized. Shared by the span exporter and
+/// (later) the logs exporter.
+package final class OTLPHTTPTransport: @unchecked Sendable {
+    package let configuration: OTLPExporterConfiguration
+    private let logger: Logger
+    private let signalName: String
+    private let lock = ConditionLock()
+    var retryPolicy = OTLPRetryPolicy()
+
+    // Guarded by `lock`.
+    private var handle: UnsafeMutableRawPointer?
+    private var headers: UnsafeMutablePointer<curl_slist>?
+    private let collector = ResponseCollector()
+    private var isShutdown = false
+
+    /// - Parameter signalName: what the bodies carry ("spans", "log records"), for log lines.
+    package init(configuration: OTLPExporterConfiguration, signalName: String, logger: Logger) {
+        _ = curlGlobalInit
+        self.configuration = configuration
+        self.signalName = signalName
+        var logger = logger
+        logger[metadataKey: "otlp_endpoint"] = "\(configuration.url)"
+        self.logger = logger
+    }
+
+    deinit {
+        if let handle { curl_easy_cleanup(handle) }
+        if let headers { curl_slist_free_all(headers) }
+    }
+
+    /// Sends `body` (an uncompressed protobuf message), retrying within `timeout`.
+    /// Returns the body of the 2xx response. Logs a failure once, then throws.
+    package func send(_ body: [UInt8], timeout: Duration, itemCount: Int) throws(TracingError) -> [UInt8] {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !isShutdown else { throw .shutdown("OTLP exporter is shut down") }
+        guard let handle = prepareHandle() else {
+            logger.error("OTLP export failed: cannot create a curl handle")
+            throw .exportFailed("curl_easy_init failed")
+        }
+
+        var payload = body
+        if configuration.compression == .gzip {
+            guard let compressed = gzip(body) else {
+                logger.error("OTLP export failed: gzip compression failed")
+                throw .encodingFailed("gzip failed")
+            }
+            payload = compressed
+        }
+
+        let start = monotonicNanoseconds()
+        let budget = UInt64(max(timeout.nanoseconds, 1_000_000))
+        var attempt = 0
+        while true {
+            let elapsed = monotonicNanoseconds() - start
+            let remaining = budget > elapsed ? budget - elapsed : 0
+            let result = perform(handle, payload, timeoutMilliseconds: max(Int(remaining / 1_000_000), 1))
+            let decision = retryPolicy.decide(
+                result, attempt: attempt,
+                nowSeconds: Int64(wallClockNanoseconds() / 1_000_000_000),
+                random: Double.random(in: 0..<1)
+            )
+            switch decision {
+            case .success:
+                if attempt > 0 {
+                    logger.debug("OTLP export succeeded after retries", metadata: ["attempts": "\(attempt + 1)"])
+                }
+                return result.body
+            case .fail:
+                let detail = describe(result)
+                logger.error("OTLP export failed, not retrying: \(detail)", metadata: [
+                    "http_status": "\(result.status)", "dropped_\(signalNameKey)": "\(itemCount)",
+                ])
+                if result.status == 0 { throw .connectionFailed(detail) }
+                throw .httpStatus(detail)
+            case .retry(let delay):
+                let delayNanoseconds = UInt64(max(delay.nanoseconds, 0))
+                let elapsedNow = monotonicNanoseconds() - start
+                guard elapsedNow + delayNanoseconds < budget else {
+                    let detail = describe(result)
+                    logger.error("OTLP export failed, giving up: retries would exceed the export timeout: \(detail)", metadata: [
+                        "attempts": "\(attempt + 1)", "dropped_\(signalNameKey)": "\(itemCount)",
+                    ])
+                    if result.status == 0 { throw .connectionFailed(detail) }
+                    throw .timeout(detail)
+                }
+                logger.debug("OTLP export will retry", metadata: [
+                    "reason": "\(describe(result))", "delay_ms": "\(delayNanoseconds / 1_000_000)",
+                    "attempt": "\(attempt + 1)",
+                ])
+                sleepNanoseconds(delayNanoseconds)
+                attempt += 1
+            }
+        }
+    }
+
+    package func shutdown() {
+        lock.withLock { isShutdown = true }
+    }
+
+    private var signalNameKey: String { signalName.replacingSpaces() }
+
+    private func describe(_ result: HTTPAttemptResult) -> String {
+        if result.status == 0 {
+            return "connection failed (curl \(result.curlCode): \(result.curlMessage))"
+        }
+        var text = "HTTP \(result.status)"
+        if !result.body.isEmpty {
+            // Error bodies are usually a protobuf google.rpc.Status; show printable bytes only.
+            let printable = String(decoding: result.body.prefix(200).map { $0 >= 0x20 && $0 < 0x7F ? $0 : UInt8(ascii: ".") }, as: UTF8.self)
+            text += " body: \(printable)"
+        }
+        return text
+    }
+
+    /// Call with the lock held.
+    private func prepareHandle() -> UnsafeMutableRawPointer? {
+        if let handle { return handle }
+        guard let handle = curl_easy_init() else { return nil }
+        var list: UnsafeMutablePointer<curl_slist>?
+        var lines = ["Content-Type: application/x-protobuf", "Expect:"]
+        if configuration.compression == .gzip { lines.append("Content-Encoding: gzip") }
+        for (name, value) in configuration.headers { lines.append("\(name): \(value)") }
+        for line in lines { list = curl_slist_append(list, line) }
+        headers = list
+        ccurl_setopt_string(handle, CURLOPT_URL, configuration.url)
+        ccurl_setopt_long(handle, CURLOPT_POST, 1)
+        ccurl_setopt_slist(handle, CURLOPT_HTTPHEADER, list)
+        ccurl_setopt_string(handle, CURLOPT_USERAGENT, configuration.userAgent)
+        // No signals: curl runs on our export thread, not the main thread.
+        ccurl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
+        ccurl_setopt_callback(handle, CURLOPT_WRITEFUNCTION, writeCallback)
+        ccurl_setopt_callback(handle, CURLOPT_HEADERFUNCTION, headerCallback)
+        let collectorPointer = Unmanaged.passUnretained(collector).toOpaque()
+        ccurl_setopt_pointer(handle, CURLOPT_WRITEDATA, collectorPointer)
+        ccurl_setopt_pointer(handle, CURLOPT_HEADERDATA, collectorPointer)
+        self.handle = handle
+        return handle
+    }
+
+    /// Call with the lock held.
+    private func perform(_ handle: UnsafeMutableRawPointer, _ payload: [UInt8], timeoutMilliseconds: Int) -> HTTPAttemptResult {
+        collector.reset()
+        ccurl_setopt_long(handle, CURLOPT_TIMEOUT_MS, timeoutMilliseconds)
+        ccurl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, timeoutMilliseconds)
+        let code: CURLcode = payload.withUnsafeBytes { bytes in
+            ccurl_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(bytes.count))
+            ccurl_setopt_pointer(handle, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress))
+            return curl_easy_perform(handle)
+        }
+        // POSTFIELDS only borrowed the payload for this perform.
+        ccurl_setopt_pointer(handle, CURLOPT_POSTFIELDS, nil)
+        var status = 0
+        if code == CURLE_OK {
+            ccurl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        }
+        return HTTPAttemptResult(
+            status: status,
+            curlCode: code.rawValue,
+            curlMessage: String(cString: curl_easy_strerror(code)),
+            body: collector.body,
+            retryAfter: collector.retryAfter
+        )
+    }
+
+    private func gzip(_ body: [UInt8]) -> [UInt8]? {
+        body.withUnsafeBufferPointer { input -> [UInt8]? in
+            var output: UnsafeMutablePointer<UInt8>?
+            var length = 0
+            guard ccurl_gzip(input.baseAddress, input.count, &output, &length) == 0, let output else { return nil }
+            defer { free(output) }
+            return Array(UnsafeBufferPointer(start: output, count: length))
+        }
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}
+
+extension String {
+    fileprivate func replacingSpaces() -> String {
+        String(map { $0 == " " ? "_" : $0 })
+    }
+}

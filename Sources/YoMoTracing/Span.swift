@@ -1,0 +1,285 @@
+public import Tracing
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Provider-wide state every span of a provider shares.
+final class TracerShared: Sendable {
+    let resource: Resource
+    let sampler: any Sampler
+    let limits: SpanLimits
+    let processors: [any SpanProcessor]
+    let isShutdown = Atomic<Bool>(false)
+
+    init(resource: Resource, sampler: any Sampler, limits: SpanLimits, processors: [any SpanProcessor]) {
+        self.resource = resource
+        self.sampler = sampler
+        self.limits = limits
+        self.processors = processors
+    }
+}
+
+/// A span of `YoMoTracer`. Copies share one span (reference semantics, as
+/// `Tracing.Span` requires). Dropped (unrecorded) and disabled spans carry no storage, so
+/// their methods cost a nil check.
+public struct YoMoSpan: Tracing.Span {
+    /// For a recording span, the parent's context (`context` adds the span);
+    /// otherwise the span's whole context.
+    private let baseContext: ServiceContext
+    let storage: SpanStorage?
+
+    init(context: ServiceContext, storage: SpanStorage?) {
+        self.baseContext = context
+        self.storage = storage
+    }
+
+    /// The span's context: the parent's context plus this span's `spanContext`.
+    /// Built on each read rather than at start, so spans whose context is never
+    /// propagated skip a dictionary insert (it cannot be cached in the storage:
+    /// the context holds the storage, which would make a cycle).
+    public var context: ServiceContext {
+        guard let storage else { return baseContext }
+        var context = baseContext
+        context.spanContextBox = storage
+        return context
+    }
+
+    /// This span's ids (for a disabled provider: the parent's, passed through).
+    public var spanContext: SpanContext? { storage?.spanContext ?? baseContext.spanContext }
+
+    public var operationName: String {
+        get { storage?.withLock { $0.name } ?? "" }
+        nonmutating set { storage?.withLock { if !$0.ended { $0.name = newValue } } }
+    }
+
+    public var attributes: SpanAttributes {
+        get { storage?.withLock { $0.attributes } ?? [:] }
+        nonmutating set {
+            guard let storage else { return }
+            storage.lock()
+            defer { storage.unlock() }
+            guard !storage.ended else { return }
+            let previousKeys = newValue.count > storage.limits.attributeCountLimit ? storage.attributeKeys() : nil
+            storage.attributes = newValue
+            storage.enforceAttributeLimit(previousKeys: previousKeys)
+        }
+        // In-place mutation under the span's lock: `span.attributes["k"] = v`
+        // neither copies the dictionary nor takes the lock twice.
+        nonmutating _modify {
+            guard let storage else {
+                // Discarded; sized so a few inserts do not regrow it. (Callers
+                // on hot paths check `isRecording` and skip the work entirely.)
+                var scratch = SpanAttributes([String: SpanAttribute](minimumCapacity: 6))
+                yield &scratch
+                return
+            }
+            storage.lock()
+            defer { storage.unlock() }
+            if storage.ended {
+                var scratch = storage.attributes
+                yield &scratch
+                return
+            }
+            // At the limit, remember which keys existed so that new ones (not old
+            // ones) are the ones dropped.
+            let previousKeys = storage.attributes.count >= storage.limits.attributeCountLimit
+                ? storage.attributeKeys() : nil
+            if storage.attributes.isEmpty {
+                // Most spans get a few attributes: one table with room for them
+                // beats growing it insert by insert (measured: ~80 ns per span).
+                storage.attributes = SpanAttributes([String: SpanAttribute](minimumCapacity: 6))
+            }
+            yield &storage.attributes
+            if storage.attributes.count > storage.limits.attributeCountLimit {
+                storage.enforceAttributeLimit(previousKeys: previousKeys)
+            }
+        }
+    }
+
+    public var isRecording: Bool {
+        guard let storage else { return false }
+        return storage.withLock { !$0.ended }
+    }
+
+    /// Ok is final; error replaces unset; unset is ignored (OTel API "Set Status").
+    public func setStatus(_ status: SpanStatus) {
+        storage?.withLock { storage in
+            guard !storage.ended else { return }
+            switch status.code {
+            case .ok:
+                storage.status = SpanStatus(code: .ok)
+            case .error:
+                if storage.status?.code != .ok { storage.status = status }
+            }
+        }
+    }
+
+    public func addEvent(_ event: SpanEvent) {
+        storage?.withLock { storage in
+            guard !storage.ended else { return }
+            storage.appendEvent(event)
+        }
+    }
+
+    /// Records an `exception` event with `exception.type` and `exception.message`
+    /// (OTel semantic conventions). Does not set the status; `withSpan` does.
+    public func recordError<Instant: TracerInstant>(
+        _ error: any Error,
+        attributes: SpanAttributes,
+        at instant: @autoclosure () -> Instant
+    ) {
+        guard let storage else { return }
+        var eventAttributes = attributes
+        eventAttributes["exception.type"] = String(reflecting: type(of: error))
+        eventAttributes["exception.message"] = String(describing: error)
+        let event = SpanEvent(name: "exception", at: instant(), attributes: eventAttributes)
+        storage.withLock { storage in
+            guard !storage.ended else { return }
+            storage.appendEvent(event)
+        }
+    }
+
+    /// Links to another span; a link whose context carries no span context is ignored.
+    public func addLink(_ link: SpanLink) {
+        guard let storage, let linked = link.context.spanContext, linked.isValid else { return }
+        storage.withLock { storage in
+            guard !storage.ended else { return }
+            guard storage.links.count < storage.limits.linkCountLimit else {
+                storage.droppedLinkCount += 1
+                return
+            }
+            var attributes = link.attributes
+            let dropped = trim(&attributes, to: storage.limits.attributePerLinkCountLimit)
+            storage.links.append(FinishedSpan.Link(context: linked, attributes: attributes, droppedAttributeCount: dropped))
+        }
+    }
+
+    /// Ends the span once; later calls and later mutations are ignored.
+    public func end<Instant: TracerInstant>(at instant: @autoclosure () -> Instant) {
+        guard let storage else { return }
+        let end = instant().nanosecondsSinceEpoch
+        guard let finished = storage.finish(at: end) else { return }
+        for processor in storage.shared.processors {
+            processor.onEnd(finished)
+        }
+    }
+}
+
+/// Drops attributes beyond `limit` (which ones is unspecified: SpanAttributes
+/// is unordered) and returns how many were dropped.
+func trim(_ attributes: inout SpanAttributes, to limit: Int) -> Int {
+    let excess = attributes.count - limit
+    guard excess > 0 else { return 0 }
+    var victims: [String] = []
+    victims.reserveCapacity(excess)
+    attributes.forEach { key, _ in if victims.count < excess { victims.append(key) } }
+    for key in victims { attributes[key] = nil }
+    return excess
+}
+
+/// The mutable part of a recording span, guarded by a tiny spin lock: spans are
+/// touched by one task at a time in practice, so the lock is almost never
+/// contended, and unlike a pthread mutex it needs no separate allocation.
+///
+/// Once `ended` is set (under the lock) no field changes again, so
+/// `FinishedSpan` reads them without the lock.
+final class SpanStorage: SpanContextBox, @unchecked Sendable {
+    let shared: TracerShared
+    let scope: InstrumentationScope
+    let parentSpanID: SpanID?
+    let parentIsRemote: Bool
+    let kind: SpanKind
+    let startTime: UInt64
+    private(set) var endTime: UInt64 = 0
+    var limits: SpanLimits { shared.limits }
+
+    private let locked = Atomic<Bool>(false)
+    var ended = false
+    var name: String
+    var attributes = SpanAttributes()
+    var droppedAttributeCount = 0
+    var events: [SpanEvent] = []
+    var droppedEventCount = 0
+    var links: [FinishedSpan.Link] = []
+    var droppedLinkCount = 0
+    var status: SpanStatus?
+
+    init(
+        shared: TracerShared, scope: InstrumentationScope, name: String, kind: SpanKind,
+        spanContext: SpanContext, parent: SpanContext?, startTime: UInt64
+    ) {
+        self.shared = shared
+        self.scope = scope
+        self.name = name
+        self.kind = kind
+        self.parentSpanID = parent?.spanID
+        self.parentIsRemote = parent?.isRemote ?? false
+        self.startTime = startTime
+        super.init(spanContext)
+    }
+
+    @inline(__always) func lock() {
+        while !locked.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
+            sched_yield()
+        }
+    }
+
+    @inline(__always) func unlock() {
+        locked.store(false, ordering: .releasing)
+    }
+
+    @inline(__always) func withLock<T>(_ body: (SpanStorage) throws -> T) rethrows -> T {
+        lock()
+        defer { unlock() }
+        return try body(self)
+    }
+
+    func attributeKeys() -> Set<String> {
+        var keys = Set<String>(minimumCapacity: attributes.count)
+        attributes.forEach { key, _ in keys.insert(key) }
+        return keys
+    }
+
+    /// Call with the lock held.
+    func enforceAttributeLimit(previousKeys: Set<String>?) {
+        let limit = limits.attributeCountLimit
+        guard attributes.count > limit else { return }
+        if let previousKeys {
+            var added: [String] = []
+            attributes.forEach { key, _ in if !previousKeys.contains(key) { added.append(key) } }
+            for key in added where attributes.count > limit {
+                attributes[key] = nil
+                droppedAttributeCount += 1
+            }
+        }
+        droppedAttributeCount += trim(&attributes, to: limit)
+    }
+
+    /// Call with the lock held.
+    func appendEvent(_ event: SpanEvent) {
+        guard events.count < limits.eventCountLimit else {
+            droppedEventCount += 1
+            return
+        }
+        if event.attributes.count > limits.attributePerEventCountLimit {
+            var trimmed = event
+            _ = trim(&trimmed.attributes, to: limits.attributePerEventCountLimit)
+            events.append(trimmed)
+        } else {
+            events.append(event)
+        }
+    }
+
+    /// Marks the span ended; nil if it had already ended.
+    func finish(at endTime: UInt64) -> FinishedSpan? {
+        lock()
+        defer { unlock() }
+        guard !ended else { return nil }
+        ended = true
+        self.endTime = max(endTime, startTime)
+        return FinishedSpan(storage: self)
+    }
+}

@@ -1,0 +1,107 @@
+public import Tracing
+
+/// A tracer of one instrumentation scope. Conforms to swift-distributed-tracing's
+/// `Tracer` (and so `Instrument`): `withSpan` makes children of
+/// `ServiceContext.current`, and `inject` / `extract` move trace context through
+/// any string-keyed carrier (see `TraceContextPropagator`).
+public struct YoMoTracer: Tracer {
+    public typealias Span = YoMoSpan
+
+    let shared: TracerShared?
+    public let scope: InstrumentationScope
+    private let propagator = TraceContextPropagator()
+
+    init(shared: TracerShared?, scope: InstrumentationScope) {
+        self.shared = shared
+        self.scope = scope
+    }
+
+    /// False for a disabled or no-op provider: spans then cost almost nothing and
+    /// carry the parent's context through unchanged.
+    public var isEnabled: Bool { shared != nil }
+
+    public func startSpan<Instant: TracerInstant>(
+        _ operationName: String,
+        context: @autoclosure () -> ServiceContext,
+        ofKind kind: SpanKind,
+        at instant: @autoclosure () -> Instant,
+        function: String,
+        file fileID: String,
+        line: UInt
+    ) -> YoMoSpan {
+        let parentContext = context()
+        guard let shared, !shared.isShutdown.load(ordering: .relaxed) else {
+            return YoMoSpan(context: parentContext, storage: nil)
+        }
+        // An empty context (the common root case) skips the dictionary lookup.
+        let parent = parentContext.isEmpty ? nil : parentContext.spanContext.flatMap { $0.isValid ? $0 : nil }
+        let traceID = parent?.traceID ?? TraceID.random()
+        let decision = shared.sampler.shouldSample(parent: parent, traceID: traceID, name: operationName, kind: kind)
+        let spanContext = SpanContext(
+            traceID: traceID,
+            spanID: SpanID.random(),
+            traceFlags: decision.isSampled ? .sampled : [],
+            isRemote: false,
+            traceState: parent?.traceState ?? ""
+        )
+        guard decision.isRecording else {
+            var spanServiceContext = parentContext
+            spanServiceContext.spanContext = spanContext
+            return YoMoSpan(context: spanServiceContext, storage: nil)
+        }
+        let storage = SpanStorage(
+            shared: shared, scope: scope, name: operationName, kind: kind,
+            spanContext: spanContext, parent: parent, startTime: instant().nanosecondsSinceEpoch
+        )
+        return YoMoSpan(context: parentContext, storage: storage)
+    }
+
+    /// Writes `context.spanContext` into the carrier as YoMo keys and W3C
+    /// `traceparent` / `tracestate`; writes nothing when there is no span context.
+    public func inject<Carrier, Inject: Injector>(
+        _ context: ServiceContext,
+        into carrier: inout Carrier,
+        using injector: Inject
+    ) where Inject.Carrier == Carrier {
+        guard let spanContext = context.spanContext else { return }
+        propagator.inject(spanContext, into: &carrier, using: injector)
+    }
+
+    /// Sets `context.spanContext` to the remote parent found in the carrier;
+    /// leaves the context as it was when the carrier holds no valid trace context.
+    public func extract<Carrier, Extract: Extractor>(
+        _ carrier: Carrier,
+        into context: inout ServiceContext,
+        using extractor: Extract
+    ) where Extract.Carrier == Carrier {
+        if let spanContext = propagator.extract(from: carrier, using: extractor) {
+            context.spanContext = spanContext
+        }
+    }
+
+    /// Starts a span whose parent is the trace context in `carrier` (W3C
+    /// `traceparent` or the YoMo keys), or, when the carrier has none,
+    /// `ServiceContext.current`. The YoMo layer calls this with a frame's
+    /// metadata; then `inject(span.context, into: &outgoing, using:)` hands the
+    /// span on as the parent of the next hop.
+    public func startSpan<Carrier, Extract: Extractor>(
+        _ operationName: String,
+        extractingParentFrom carrier: Carrier,
+        using extractor: Extract,
+        ofKind kind: SpanKind = .internal,
+        function: String = #function,
+        file fileID: String = #fileID,
+        line: UInt = #line
+    ) -> YoMoSpan where Extract.Carrier == Carrier {
+        var context = ServiceContext.current ?? .topLevel
+        extract(carrier, into: &context, using: extractor)
+        return startSpan(
+            operationName, context: context, ofKind: kind, at: DefaultTracerClock.now,
+            function: function, file: fileID, line: line
+        )
+    }
+
+    /// Part of the legacy synchronous tracer API; it cannot wait here. Use
+    /// `TracerProvider.forceFlush()`.
+    public func forceFlush() {}
+}

@@ -1,0 +1,181 @@
+public import Logging
+public import ServiceLifecycle
+public import Tracing
+
+/// Creates tracers and owns their span processors: the counterpart of the OTel
+/// SDK's TracerProvider (and of the Go SDK's `trace.NewTracerProviderWithJaeger`).
+///
+/// A library never installs it globally; an executable passes it to the YoMo
+/// components (or bootstraps `InstrumentationSystem` with one of its tracers).
+/// Call `shutdown()` before exit (or run the provider as a ServiceLifecycle
+/// `Service`) so every ended span is exported.
+public final class TracerProvider: Sendable {
+    public struct Configuration: Sendable {
+        /// `service.name`; when nil, `OTEL_SERVICE_NAME` or `unknown_service:<process>`.
+        public var serviceName: String?
+        /// Extra resource attributes; they win over detected ones.
+        public var resourceAttributes: SpanAttributes
+        /// Default: from `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (parent-based always-on).
+        public var sampler: any Sampler
+        public var spanLimits: SpanLimits
+        /// `OTEL_SDK_DISABLED=true`: the provider is a no-op.
+        public var isDisabled: Bool
+        /// The environment the resource is detected from.
+        public var environment: [String: String]
+        var samplerWarning: String?
+
+        public static var `default`: Configuration { Configuration() }
+
+        public init(environment: [String: String] = ProcessEnvironment.current) {
+            self.environment = environment
+            serviceName = nil
+            resourceAttributes = [:]
+            (sampler, samplerWarning) = Samplers.fromEnvironment(environment)
+            spanLimits = SpanLimits(environment: environment)
+            isDisabled = environment["OTEL_SDK_DISABLED"]?.trimmingSpaces().lowercased() == "true"
+        }
+    }
+
+    let shared: TracerShared?
+    public let resource: Resource
+    private let processors: [any SpanProcessor]
+
+    public init(
+        configuration: Configuration = .default,
+        processors: [any SpanProcessor],
+        logger: Logger = Logger(label: "swift-yomo.tracing")
+    ) {
+        resource = Resource.detect(
+            serviceName: configuration.serviceName,
+            attributes: configuration.resourceAttributes,
+            environment: configuration.environment
+        )
+        if let warning = configuration.samplerWarning {
+            logger.warning("Invalid sampler configuration", metadata: ["detail": "\(warning)"])
+        }
+        // Disabled: no spans reach the processors, but `shutdown()` still stops them.
+        shared = configuration.isDisabled ? nil : TracerShared(
+            resource: resource, sampler: configuration.sampler,
+            limits: configuration.spanLimits, processors: processors
+        )
+        self.processors = processors
+    }
+
+    private init(noop: Void) {
+        shared = nil
+        processors = []
+        resource = Resource()
+    }
+
+    /// A provider whose tracers make no spans (they pass the parent's context through).
+    public static let noop = TracerProvider(noop: ())
+
+    /// False for `noop` and disabled providers.
+    public var isEnabled: Bool { shared != nil }
+
+    public func tracer(scope: InstrumentationScope) -> YoMoTracer {
+        YoMoTracer(shared: shared, scope: scope)
+    }
+
+    public func tracer(_ name: String, version: String? = nil) -> YoMoTracer {
+        tracer(scope: InstrumentationScope(name: name, version: version))
+    }
+
+    /// Spans dropped by the batch processors because their queue was full.
+    public var droppedSpanCount: Int {
+        processors.reduce(0) { $0 + (($1 as? BatchSpanProcessor)?.droppedSpanCount ?? 0) }
+    }
+
+    /// Spans waiting in the batch processors' queues.
+    public var queuedSpanCount: Int {
+        processors.reduce(0) { $0 + (($1 as? BatchSpanProcessor)?.queuedSpanCount ?? 0) }
+    }
+
+    /// Returns once every span ended before the call has been exported (or its export failed).
+    public func forceFlush() async {
+        for processor in processors { await processor.forceFlush() }
+    }
+
+    /// Flushes, then shuts the processors and exporters down. Spans started
+    /// afterwards are non-recording. Idempotent.
+    public func shutdown() async {
+        shared?.isShutdown.store(true, ordering: .relaxed)
+        for processor in processors { await processor.shutdown() }
+    }
+}
+
+extension TracerProvider: Service {
+    /// Waits for graceful shutdown (or cancellation), then shuts the provider down.
+    /// Put it last in a `ServiceGroup` so it outlives the services that trace.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+}
+
+extension TracerProvider {
+    /// OTLP/HTTP protobuf export through a batch processor, configured from
+    /// `environment` (`OTEL_EXPORTER_OTLP_*`, `OTEL_BSP_*`, sampler, limits, resource).
+    public static func otlp(
+        serviceName: String? = nil,
+        environment: [String: String] = ProcessEnvironment.current,
+        logger: Logger = Logger(label: "swift-yomo.tracing")
+    ) -> TracerProvider {
+        var configuration = Configuration(environment: environment)
+        configuration.serviceName = serviceName
+        if configuration.isDisabled { return .noop }
+        let exporter = OTLPHTTPSpanExporter(
+            configuration: OTLPExporterConfiguration(signal: .traces, environment: environment),
+            logger: logger
+        )
+        let processor = BatchSpanProcessor(
+            exporter: exporter,
+            configuration: BatchSpanProcessor.Configuration(environment: environment),
+            logger: logger
+        )
+        return TracerProvider(configuration: configuration, processors: [processor], logger: logger)
+    }
+
+    /// The Go SDK's `trace.NewTracerProviderWithJaeger(serviceName)`: OTLP/HTTP to
+    /// Jaeger at `OTEL_EXPORTER_OTLP_ENDPOINT` (default `http://localhost:4318`).
+    public static func jaeger(
+        serviceName: String,
+        environment: [String: String] = ProcessEnvironment.current,
+        logger: Logger = Logger(label: "swift-yomo.tracing")
+    ) -> TracerProvider {
+        otlp(serviceName: serviceName, environment: environment, logger: logger)
+    }
+
+    /// What the environment asks for, and nothing otherwise: `noop` unless
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set
+    /// (then `otlp`), or `OTEL_TRACES_EXPORTER` is `otlp` or `console`.
+    /// `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` always give `noop`.
+    public static func fromEnvironment(
+        serviceName: String? = nil,
+        environment: [String: String] = ProcessEnvironment.current,
+        logger: Logger = Logger(label: "swift-yomo.tracing")
+    ) -> TracerProvider {
+        var configuration = Configuration(environment: environment)
+        configuration.serviceName = serviceName
+        if configuration.isDisabled { return .noop }
+        let exporterName = environment["OTEL_TRACES_EXPORTER"]?.trimmingSpaces().lowercased() ?? ""
+        func isSet(_ key: String) -> Bool { !(environment[key]?.trimmingSpaces().isEmpty ?? true) }
+        switch exporterName {
+        case "none":
+            return .noop
+        case "console":
+            return TracerProvider(
+                configuration: configuration,
+                processors: [SimpleSpanProcessor(exporter: ConsoleSpanExporter())],
+                logger: logger
+            )
+        case "otlp":
+            return otlp(serviceName: serviceName, environment: environment, logger: logger)
+        default:
+            if isSet("OTEL_EXPORTER_OTLP_ENDPOINT") || isSet("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+                return otlp(serviceName: serviceName, environment: environment, logger: logger)
+            }
+            return .noop
+        }
+    }
+}

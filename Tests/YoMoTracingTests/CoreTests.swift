@@ -1,0 +1,343 @@
+import Logging
+import ServiceLifecycle
+import Testing
+import Tracing
+@testable import YoMoTracing
+
+@Suite struct IdentifierTests {
+    @Test func randomTraceIDsAreValidLowercaseHexAndRoundTrip() {
+        var seen = Set<TraceID>()
+        for _ in 0..<2000 {
+            let id = TraceID.random()
+            #expect(id.isValid)
+            let hex = id.description
+            #expect(hex.count == 32)
+            #expect(hex.allSatisfy { "0123456789abcdef".contains($0) })
+            #expect(TraceID(hexString: hex) == id)
+            #expect(id.bytes.count == 16)
+            seen.insert(id)
+        }
+        #expect(seen.count == 2000)
+    }
+
+    @Test func randomSpanIDsAreValidLowercaseHexAndRoundTrip() {
+        for _ in 0..<2000 {
+            let id = SpanID.random()
+            #expect(id.isValid)
+            #expect(id.description.count == 16)
+            #expect(id.description == id.description.lowercased())
+            #expect(SpanID(hexString: id.description) == id)
+        }
+    }
+
+    @Test func parsingRejectsMalformedIDs() {
+        #expect(TraceID(hexString: "") == nil)
+        #expect(TraceID(hexString: "0af7651916cd43dd8448eb211c80319") == nil)
+        #expect(TraceID(hexString: "0af7651916cd43dd8448eb211c80319cc") == nil)
+        #expect(TraceID(hexString: "0af7651916cd43dd8448eb211c80319g") == nil)
+        #expect(TraceID(hexString: "0AF7651916CD43DD8448EB211C80319C", lowercaseOnly: true) == nil)
+        #expect(TraceID(hexString: "0AF7651916CD43DD8448EB211C80319C")?.description == "0af7651916cd43dd8448eb211c80319c")
+        #expect(SpanID(hexString: "b7ad6b716920333") == nil)
+        #expect(SpanID(hexString: "b7ad6b71692033-3") == nil)
+        #expect(TraceID(hexString: String(repeating: "0", count: 32))?.isValid == false)
+        #expect(TraceID(high: 1, low: 2).bytes == [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2])
+    }
+}
+
+@Suite struct SamplerTests {
+    let root = SpanContext(traceID: TraceID.random(), spanID: SpanID.random())
+
+    @Test func alwaysOnAndOff() {
+        #expect(AlwaysOnSampler().shouldSample(parent: nil, traceID: .random(), name: "x", kind: .internal) == .recordAndSample)
+        #expect(AlwaysOffSampler().shouldSample(parent: nil, traceID: .random(), name: "x", kind: .internal) == .drop)
+    }
+
+    @Test func traceIDRatioIsDeterministicAndProportional() {
+        let half = TraceIDRatioBasedSampler(ratio: 0.5)
+        var sampled = 0
+        for _ in 0..<20_000 {
+            let id = TraceID.random()
+            let decision = half.shouldSample(parent: nil, traceID: id, name: "x", kind: .internal)
+            #expect(decision == half.shouldSample(parent: nil, traceID: id, name: "y", kind: .server))
+            if decision.isSampled { sampled += 1 }
+        }
+        #expect(sampled > 9_000 && sampled < 11_000)
+        #expect(TraceIDRatioBasedSampler(ratio: 0).shouldSample(parent: nil, traceID: .random(), name: "x", kind: .internal) == .drop)
+        #expect(TraceIDRatioBasedSampler(ratio: 1).shouldSample(parent: nil, traceID: .random(), name: "x", kind: .internal) == .recordAndSample)
+        #expect(TraceIDRatioBasedSampler(ratio: 7).ratio == 1)
+    }
+
+    @Test func parentBasedFollowsTheParent() {
+        let sampler = ParentBasedSampler(root: AlwaysOffSampler())
+        var parent = root
+        #expect(sampler.shouldSample(parent: nil, traceID: .random(), name: "x", kind: .internal) == .drop)
+        #expect(sampler.shouldSample(parent: parent, traceID: parent.traceID, name: "x", kind: .internal) == .recordAndSample)
+        parent.traceFlags = []
+        #expect(sampler.shouldSample(parent: parent, traceID: parent.traceID, name: "x", kind: .internal) == .drop)
+        parent.isRemote = true
+        #expect(sampler.shouldSample(parent: parent, traceID: parent.traceID, name: "x", kind: .internal) == .drop)
+        parent.traceFlags = .sampled
+        #expect(sampler.shouldSample(parent: parent, traceID: parent.traceID, name: "x", kind: .internal) == .recordAndSample)
+    }
+
+    @Test func samplerFromEnvironment() {
+        #expect(Samplers.fromEnvironment([:]).sampler.description == "ParentBased{root:AlwaysOnSampler}")
+        #expect(Samplers.fromEnvironment(["OTEL_TRACES_SAMPLER": "always_off"]).sampler.description == "AlwaysOffSampler")
+        #expect(Samplers.fromEnvironment(["OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"])
+            .sampler.description == "TraceIDRatioBased{0.25}")
+        #expect(Samplers.fromEnvironment(["OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"])
+            .sampler.description == "ParentBased{root:TraceIDRatioBased{0.1}}")
+        let invalid = Samplers.fromEnvironment(["OTEL_TRACES_SAMPLER": "sometimes"])
+        #expect(invalid.warning != nil)
+        #expect(invalid.sampler.description == "ParentBased{root:AlwaysOnSampler}")
+        let badArgument = Samplers.fromEnvironment(["OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"])
+        #expect(badArgument.warning != nil)
+        #expect(badArgument.sampler.description == "TraceIDRatioBased{1.0}")
+    }
+
+    @Test func droppedRootSpansStillPropagateIDs() {
+        let exporter = InMemorySpanExporter()
+        let provider = makeProvider(environment: ["OTEL_TRACES_SAMPLER": "always_off"], exporter: exporter)
+        let tracer = provider.tracer("test")
+        let span = tracer.startSpan("dropped")
+        #expect(!span.isRecording)
+        let context = span.spanContext
+        #expect(context?.isValid == true)
+        #expect(context?.isSampled == false)
+        span.attributes["ignored"] = 1
+        span.end()
+        #expect(exporter.spans.isEmpty)
+    }
+}
+
+@Suite struct LimitsAndResourceTests {
+    @Test func spanLimitsFromEnvironment() {
+        #expect(SpanLimits.default.attributeCountLimit == 128)
+        #expect(SpanLimits.default.eventCountLimit == 128)
+        #expect(SpanLimits.default.linkCountLimit == 128)
+        let limits = SpanLimits(environment: [
+            "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "3", "OTEL_SPAN_EVENT_COUNT_LIMIT": "2",
+            "OTEL_SPAN_LINK_COUNT_LIMIT": "1", "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT": "-4",
+        ])
+        #expect(limits.attributeCountLimit == 3)
+        #expect(limits.eventCountLimit == 2)
+        #expect(limits.linkCountLimit == 1)
+        #expect(limits.attributePerEventCountLimit == 128)
+        #expect(SpanLimits(environment: ["OTEL_ATTRIBUTE_COUNT_LIMIT": "5"]).attributeCountLimit == 5)
+    }
+
+    @Test func limitsDropAndCountTheExcess() throws {
+        let exporter = InMemorySpanExporter()
+        let provider = makeProvider(environment: [
+            "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "3", "OTEL_SPAN_EVENT_COUNT_LIMIT": "2", "OTEL_SPAN_LINK_COUNT_LIMIT": "1",
+        ], exporter: exporter)
+        let tracer = provider.tracer("test")
+        let other = tracer.startSpan("other")
+        let span = tracer.startSpan("limited")
+        span.attributes["a"] = 1
+        span.attributes["b"] = 2
+        span.attributes["c"] = 3
+        span.attributes["d"] = 4
+        span.attributes["a"] = 10  // replacing an existing key is not an addition
+        span.updateAttributes { $0["e"] = 5; $0["f"] = 6 }
+        for index in 0..<5 { span.addEvent(SpanEvent(name: "event \(index)")) }
+        span.addLink(SpanLink(context: other.context, attributes: [:]))
+        span.addLink(SpanLink(context: other.context, attributes: [:]))
+        span.end()
+        let finished = try #require(exporter.spans.first)
+        #expect(finished.attributes.count == 3)
+        #expect(finished.attributes.get("a") == .int64(10))
+        #expect(finished.attributes.get("b") == .int64(2))
+        #expect(finished.attributes.get("c") == .int64(3))
+        #expect(finished.droppedAttributeCount == 3)
+        #expect(finished.events.map(\.name) == ["event 0", "event 1"])
+        #expect(finished.droppedEventCount == 3)
+        #expect(finished.links.count == 1)
+        #expect(finished.droppedLinkCount == 1)
+    }
+
+    @Test func resourceDetection() {
+        let resource = Resource.detect(environment: [
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=a%20b, bad ,service.name=from-attributes",
+        ])
+        #expect(resource.serviceName == "from-attributes")
+        #expect(resource.attributes.get("deployment.environment") == .string("prod"))
+        #expect(resource.attributes.get("team") == .string("a b"))
+        #expect(resource.attributes.get("telemetry.sdk.name") == .string("swift-yomo"))
+        #expect(resource.attributes.get("telemetry.sdk.language") == .string("swift"))
+        #expect(resource.attributes.get("telemetry.sdk.version") == .string(YoMoTracingSDK.version))
+        #expect(resource.attributes.get("host.name") != nil)
+        #expect(resource.attributes.get("process.pid") != nil)
+        let named = Resource.detect(environment: ["OTEL_SERVICE_NAME": "from-env", "OTEL_RESOURCE_ATTRIBUTES": "service.name=x"])
+        #expect(named.serviceName == "from-env")
+        #expect(Resource.detect(serviceName: "from-code", environment: ["OTEL_SERVICE_NAME": "from-env"]).serviceName == "from-code")
+        #expect(Resource.detect(environment: [:]).serviceName?.hasPrefix("unknown_service:") == true)
+    }
+}
+
+@Suite struct TracerTests {
+    @Test func withSpanMakesChildrenThroughServiceContext() async throws {
+        let exporter = InMemorySpanExporter()
+        let provider = makeProvider(exporter: exporter)
+        let tracer = provider.tracer(scope: InstrumentationScope(name: "StreamFunction", version: "1.0"))
+        try await tracer.withSpan("parent", ofKind: .consumer) { parent in
+            parent.attributes["recv_data_tag"] = 0x33
+            await tracer.withSpan("child") { child in
+                await Task.yield()
+                child.attributes["nested"] = true
+            }
+            tracer.withSpan("sync child") { _ in }
+            #expect(ServiceContext.current?.spanContext == parent.spanContext)
+            _ = try await Task { try #require(ServiceContext.current?.spanContext) }.value
+        }
+        let spans = exporter.spans
+        #expect(spans.map(\.name) == ["child", "sync child", "parent"])
+        let parent = spans[2]
+        #expect(parent.parentSpanID == nil)
+        #expect(parent.kind == .consumer)
+        #expect(parent.scope == InstrumentationScope(name: "StreamFunction", version: "1.0"))
+        #expect(parent.resource.serviceName == "test-service")
+        for child in spans[0..<2] {
+            #expect(child.context.traceID == parent.context.traceID)
+            #expect(child.parentSpanID == parent.context.spanID)
+            #expect(child.parentIsRemote == false)
+        }
+        #expect(parent.endTimeNanoseconds >= parent.startTimeNanoseconds)
+    }
+
+    /// What the YoMo layer does around a handler: the sfn tracer as the task-local
+    /// tracer (no global bootstrap) and the frame span as the current context, so
+    /// the free `withSpan` used by user code and libraries nests under the frame.
+    @Test func globalWithSpanInsideAHandlerJoinsTheFrameTrace() async throws {
+        let exporter = InMemorySpanExporter()
+        let tracer = makeProvider(exporter: exporter).tracer("StreamFunction")
+        let frameSpan = tracer.startSpan("uppercase", context: .topLevel, ofKind: .consumer)
+        await withTracer(tracer) {
+            await ServiceContext.withValue(frameSpan.context) {
+                await withSpan("library call") { span in
+                    await Task.yield()
+                    span.attributes["db.system"] = "redis"
+                }
+            }
+        }
+        frameSpan.end()
+        let spans = exporter.spans
+        #expect(spans.map(\.name) == ["library call", "uppercase"])
+        #expect(spans.first?.parentSpanID == frameSpan.spanContext?.spanID)
+        #expect(spans.first?.context.traceID == frameSpan.spanContext?.traceID)
+        #expect(spans.first?.scope.name == "StreamFunction")
+    }
+
+    @Test func thrownErrorsSetErrorStatusAndRecordAnException() throws {
+        struct HandlerFailed: Error {}
+        let exporter = InMemorySpanExporter()
+        let tracer = makeProvider(exporter: exporter).tracer("test")
+        #expect(throws: HandlerFailed.self) {
+            try tracer.withSpan("failing") { _ in throw HandlerFailed() }
+        }
+        let span = try #require(exporter.spans.first)
+        #expect(span.status?.code == .error)
+        #expect(span.events.first?.name == "exception")
+        #expect(span.events.first?.attributes.get("exception.type") != nil)
+    }
+
+    @Test func statusOkIsFinalAndEndIsOnce() throws {
+        let exporter = InMemorySpanExporter()
+        let tracer = makeProvider(exporter: exporter).tracer("test")
+        let span = tracer.startSpan("s")
+        span.setStatus(SpanStatus(code: .error, message: "boom"))
+        span.setStatus(SpanStatus(code: .ok))
+        span.setStatus(SpanStatus(code: .error, message: "later"))
+        span.operationName = "renamed"
+        span.end()
+        span.end()
+        span.attributes["after"] = "end"
+        #expect(!span.isRecording)
+        #expect(exporter.spans.count == 1)
+        let finished = try #require(exporter.spans.first)
+        #expect(finished.status?.code == .ok)
+        #expect(finished.name == "renamed")
+        #expect(finished.attributes.get("after") == nil)
+    }
+
+    @Test func typedAttributesEventsAndLinks() throws {
+        let exporter = InMemorySpanExporter()
+        let tracer = makeProvider(exporter: exporter).tracer("test")
+        let linked = tracer.startSpan("linked")
+        let span = tracer.startSpan("typed", ofKind: .producer)
+        span.attributes["string"] = "s"
+        span.attributes["int"] = 42
+        span.attributes["double"] = 1.5
+        span.attributes["bool"] = true
+        span.attributes["strings"] = ["a", "b"]
+        span.attributes["ints"] = [1, 2, 3]
+        span.attributes["doubles"] = [0.5, 1.5]
+        span.attributes["bools"] = [true, false]
+        span.addEvent(SpanEvent(name: "received", attributes: ["bytes": 10]))
+        span.addLink(SpanLink(context: linked.context, attributes: ["why": "batch"]))
+        span.end()
+        let finished = try #require(exporter.spans.first)
+        #expect(finished.attributes.count == 8)
+        #expect(finished.attributes.get("ints") != nil)  // exported as integers, see OTLPTests
+        #expect(finished.attributes.get("bools") == .boolArray([true, false]))
+        #expect(finished.events.first?.attributes.get("bytes") == .int64(10))
+        #expect(finished.links.first?.context.spanID == linked.spanContext?.spanID)
+        #expect(finished.kind == .producer)
+    }
+
+    @Test func disabledProviderPassesTheParentContextThrough() {
+        let exporter = InMemorySpanExporter()
+        let provider = makeProvider(environment: ["OTEL_SDK_DISABLED": "true"], exporter: exporter)
+        #expect(!provider.isEnabled)
+        let tracer = provider.tracer("test")
+        #expect(!tracer.isEnabled)
+        var incoming = ServiceContext.topLevel
+        incoming.spanContext = SpanContext(traceID: .random(), spanID: .random(), isRemote: true)
+        let span = tracer.startSpan("ignored", context: incoming)
+        #expect(!span.isRecording)
+        #expect(span.spanContext == incoming.spanContext)
+        span.end()
+        #expect(exporter.spans.isEmpty)
+        #expect(!TracerProvider.noop.isEnabled)
+        #expect(!TracerProvider.fromEnvironment(environment: [:]).isEnabled)
+        #expect(!TracerProvider.fromEnvironment(environment: ["OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
+                                                             "OTEL_SDK_DISABLED": "TRUE"]).isEnabled)
+        #expect(!TracerProvider.fromEnvironment(environment: ["OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
+                                                             "OTEL_TRACES_EXPORTER": "none"]).isEnabled)
+    }
+
+    @Test func fromEnvironmentEnablesOTLPWhenAnEndpointIsSet() async {
+        let provider = TracerProvider.fromEnvironment(
+            serviceName: "svc", environment: ["OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"]
+        )
+        #expect(provider.isEnabled)
+        #expect(provider.resource.serviceName == "svc")
+        await provider.shutdown()
+        #expect(!provider.tracer("x").startSpan("after shutdown").isRecording)
+    }
+
+    @Test func runsAsAServiceAndShutsDownWithTheGroup() async throws {
+        let exporter = InMemorySpanExporter()
+        let provider = makeProvider(exporter: exporter)
+        let group = ServiceGroup(services: [provider], logger: CapturedLogs().logger())
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            provider.tracer("svc").startSpan("during").end()
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+        }
+        #expect(exporter.spans.map(\.name) == ["during"])
+        #expect(exporter.isShutdown)
+    }
+
+    @Test func spansAfterShutdownAreNotRecorded() async {
+        let exporter = InMemorySpanExporter()
+        let provider = makeProvider(exporter: exporter)
+        await provider.shutdown()
+        #expect(exporter.isShutdown)
+        let span = provider.tracer("t").startSpan("late")
+        #expect(!span.isRecording)
+        span.end()
+        #expect(exporter.spans.isEmpty)
+    }
+}

@@ -1,0 +1,135 @@
+import Foundation
+import Logging
+import Synchronization
+import Tracing
+@testable import YoMoTracing
+
+/// Records log lines in memory so tests can count them.
+final class CapturedLogs: Sendable {
+    struct Record: Sendable {
+        var level: Logger.Level
+        var message: String
+        var metadata: [String: String]
+    }
+
+    private let records = Mutex<[Record]>([])
+
+    var all: [Record] { records.withLock { $0 } }
+
+    func append(_ record: Record) { records.withLock { $0.append(record) } }
+
+    func logger(label: String = "test", level: Logger.Level = .trace) -> Logger {
+        var logger = Logger(label: label) { _ in Handler(logs: self) }
+        logger.logLevel = level
+        return logger
+    }
+
+    private struct Handler: LogHandler {
+        let logs: CapturedLogs
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            var merged: [String: String] = [:]
+            for (key, value) in metadata { merged[key] = "\(value)" }
+            for (key, value) in event.metadata ?? [:] { merged[key] = "\(value)" }
+            logs.append(Record(level: event.level, message: "\(event.message)", metadata: merged))
+        }
+    }
+}
+
+/// The Python OTLP receiver (otlp_receiver.py) run as a subprocess on a free loopback port.
+final class OTLPReceiver {
+    let process = Process()
+    let directory: URL
+    let port: Int
+    var outputPath: String { directory.appendingPathComponent("received.jsonl").path }
+    var endpoint: String { "http://127.0.0.1:\(port)" }
+
+    init(arguments: [String] = []) throws {
+        directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("yomo-otlp-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let portFile = directory.appendingPathComponent("port").path
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("otlp_receiver.py").path
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", script, "--port-file", portFile,
+                             "--out", directory.appendingPathComponent("received.jsonl").path] + arguments
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(15)
+        var found: Int?
+        while Date() < deadline {
+            if let text = try? String(contentsOfFile: portFile, encoding: .utf8), let value = Int(text) {
+                found = value
+                break
+            }
+            usleep(20_000)
+        }
+        guard let found else {
+            process.terminate()
+            throw ReceiverError(message: "OTLP receiver did not start (python3 with opentelemetry-proto installed?)")
+        }
+        port = found
+    }
+
+    deinit { stop() }
+
+    func stop() {
+        if process.isRunning {
+            // SIGKILL: the child inherits the test thread's blocked-signal mask,
+            // so SIGTERM may never arrive. Poll rather than waitUntilExit, which
+            // spins a run loop on this (cooperative) thread.
+            kill(process.processIdentifier, SIGKILL)
+            let deadline = Date().addingTimeInterval(5)
+            while process.isRunning && Date() < deadline { usleep(5_000) }
+        }
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    func records(type: String) -> [[String: Any]] {
+        guard let text = try? String(contentsOfFile: outputPath, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                  object["type"] as? String == type else { return nil }
+            return object
+        }
+    }
+
+    var spans: [[String: Any]] { records(type: "span") }
+    var requests: [[String: Any]] { records(type: "request") }
+
+    /// Polls until `condition` holds or `timeout` passes (the receiver is another process).
+    func wait(timeout: TimeInterval = 10, until condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(20_000)
+        }
+        return condition()
+    }
+}
+
+struct ReceiverError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}
+
+/// A `[String: String]` carrier standing in for YoMo frame metadata.
+typealias Metadata = [String: String]
+
+func makeProvider(
+    environment: [String: String] = [:],
+    exporter: InMemorySpanExporter,
+    serviceName: String = "test-service"
+) -> TracerProvider {
+    var configuration = TracerProvider.Configuration(environment: environment)
+    configuration.serviceName = serviceName
+    return TracerProvider(configuration: configuration, processors: [SimpleSpanProcessor(exporter: exporter)])
+}

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""A tiny OTLP/HTTP receiver for the YoMoTracing tests and benchmark.
+
+Decodes every POST /v1/traces body with the official opentelemetry-proto
+package and appends what it received as JSON lines to --out:
+  {"type": "request", "status": 200, "spans": 3, "headers": {...}, "time": ...}
+  {"type": "span", "trace_id": "...", "name": "...", "attributes": {...}, ...}
+Writes the bound port to --port-file once listening (port 0 = a free port).
+"""
+import argparse
+import gzip
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+
+def any_value(value):
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "int_value":
+        return value.int_value
+    if kind == "double_value":
+        return value.double_value
+    if kind == "array_value":
+        return [any_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return None
+
+
+def attributes(key_values):
+    return {kv.key: any_value(kv.value) for kv in key_values}
+
+
+class State:
+    def __init__(self, args):
+        self.args = args
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.out = open(args.out, "a", buffering=1)
+
+    def write(self, record):
+        with self.lock:
+            self.out.write(json.dumps(record) + "\n")
+
+
+def make_handler(state):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length", "0"))
+            body = self.rfile.read(length)
+            with state.lock:
+                state.requests += 1
+                number = state.requests
+            args = state.args
+            status, retry_after = 200, None
+            if args.status:
+                status = args.status
+            elif number <= args.fail_first:
+                status = args.fail_status
+                retry_after = args.retry_after
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            request = trace_service_pb2.ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            state.write({
+                "type": "request", "number": number, "status": status, "spans": count,
+                "path": self.path, "time": time.time(),
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+            })
+            if status == 200 and not args.count_only:
+                for rs in request.resource_spans:
+                    resource = attributes(rs.resource.attributes)
+                    for ss in rs.scope_spans:
+                        for span in ss.spans:
+                            state.write({
+                                "type": "span",
+                                "trace_id": span.trace_id.hex(),
+                                "span_id": span.span_id.hex(),
+                                "parent_span_id": span.parent_span_id.hex(),
+                                "trace_state": span.trace_state,
+                                "flags": span.flags,
+                                "name": span.name,
+                                "kind": span.kind,
+                                "start": span.start_time_unix_nano,
+                                "end": span.end_time_unix_nano,
+                                "attributes": attributes(span.attributes),
+                                "dropped_attributes_count": span.dropped_attributes_count,
+                                "events": [{"name": e.name, "time": e.time_unix_nano,
+                                            "attributes": attributes(e.attributes)} for e in span.events],
+                                "links": [{"trace_id": l.trace_id.hex(), "span_id": l.span_id.hex()}
+                                          for l in span.links],
+                                "status": {"code": span.status.code, "message": span.status.message},
+                                "scope": {"name": ss.scope.name, "version": ss.scope.version},
+                                "resource": resource,
+                            })
+            response = trace_service_pb2.ExportTraceServiceResponse()
+            if status == 200 and args.partial_reject:
+                response.partial_success.rejected_spans = args.partial_reject
+                response.partial_success.error_message = "test rejection"
+            payload = response.SerializeToString() if status == 200 else b"rejected by test receiver"
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(payload)))
+            if retry_after is not None:
+                self.send_header("Retry-After", retry_after)
+            self.end_headers()
+            self.wfile.write(payload)
+
+    return Handler
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port-file", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--status", type=int, default=0, help="answer every request with this status")
+    parser.add_argument("--fail-first", type=int, default=0, help="answer the first N requests with --fail-status")
+    parser.add_argument("--fail-status", type=int, default=503)
+    parser.add_argument("--retry-after", default=None)
+    parser.add_argument("--partial-reject", type=int, default=0)
+    parser.add_argument("--count-only", action="store_true", help="write request lines only (benchmark)")
+    args = parser.parse_args()
+    # The parent may have spawned us with signals blocked; let SIGTERM/SIGINT work.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM, signal.SIGINT])
+
+    state = State(args)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(state))
+    server.daemon_threads = True
+    temporary = args.port_file + ".tmp"
+    with open(temporary, "w") as handle:
+        handle.write(str(server.server_address[1]))
+    os.replace(temporary, args.port_file)
+    try:
+        server.serve_forever(poll_interval=0.1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
