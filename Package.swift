@@ -37,6 +37,37 @@ targets += [
 ]
 
 // MARK: YoMoQUIC — QUIC over ngtcp2 + gnutls (owned by the QUIC work; edit only this section)
+// Needs apt: libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev; tests also gnutls-bin + pip aioquic.
+products += [.library(name: "YoMoQUIC", targets: ["YoMoQUIC"])]
+targets += [
+    .target(
+        name: "CNGTCP2",
+        // pkg-config for ngtcp2_crypto_gnutls lists no dependencies: link all three here.
+        linkerSettings: [
+            .linkedLibrary("ngtcp2_crypto_gnutls"), .linkedLibrary("ngtcp2"), .linkedLibrary("gnutls"),
+        ]
+    ),
+    .target(
+        name: "YoMoQUIC",
+        dependencies: [
+            "CNGTCP2", "YoMoWire",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ],
+        swiftSettings: strictSwift
+    ),
+    .testTarget(
+        name: "YoMoQUICTests",
+        dependencies: ["YoMoQUIC", "YoMoWire", .product(name: "NIOCore", package: "swift-nio")],
+        exclude: ["Resources"],
+        swiftSettings: strictSwift
+    ),
+    .executableTarget(
+        name: "yomo-quic-bench",
+        dependencies: ["YoMoQUIC", "YoMoWire", .product(name: "NIOCore", package: "swift-nio")],
+        path: "Benchmarks/QUICBench",
+        swiftSettings: strictSwift
+    ),
+]
 
 // MARK: YoMoTracing — tracer provider, OTLP/HTTP export (owned by the tracing work; edit only this section)
 products += [.library(name: "YoMoTracing", targets: ["YoMoTracing"])]
@@ -90,6 +121,98 @@ targets += [
 // MARK: YoMoLogging — swift-log handlers, trace correlation, OTLP logs
 
 // MARK: YoMo — StreamFunction, Source, Zipper, the `yomo` CLI and examples
+products += [
+    .library(name: "YoMo", targets: ["YoMo"]),
+    .executable(name: "yomo", targets: ["YoMoCLI"]),
+    .executable(name: "uppercase-sfn", targets: ["uppercase-sfn"]),
+    .executable(name: "llm-stream-sfn", targets: ["llm-stream-sfn"]),
+    .executable(name: "demo-source", targets: ["demo-source"]),
+]
+targets += [
+    .target(
+        name: "YoMo",
+        dependencies: [
+            "YoMoWire",
+            "YoMoQUIC",
+            "YoMoTracing",
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Yams", package: "Yams"),
+        ],
+        swiftSettings: strictSwift
+    ),
+    // The local trace viewer of `yomo trace-view`: an OTLP/HTTP receiver and a terminal waterfall.
+    .target(
+        name: "YoMoTraceView",
+        dependencies: [
+            "COTLPProto",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ],
+        swiftSettings: strictSwift
+    ),
+    .executableTarget(
+        name: "YoMoCLI",
+        dependencies: [
+            "YoMo",
+            "YoMoTraceView",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ],
+        swiftSettings: strictSwift
+    ),
+    .executableTarget(
+        name: "uppercase-sfn",
+        dependencies: [
+            "YoMo",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ],
+        path: "Examples/UppercaseSFN",
+        swiftSettings: strictSwift
+    ),
+    .executableTarget(
+        name: "llm-stream-sfn",
+        dependencies: [
+            "YoMo",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ],
+        path: "Examples/LLMStreamSFN",
+        swiftSettings: strictSwift
+    ),
+    .executableTarget(
+        name: "demo-source",
+        dependencies: [
+            "YoMo",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ],
+        path: "Examples/DemoSource",
+        swiftSettings: strictSwift
+    ),
+    .testTarget(
+        name: "YoMoTraceViewTests",
+        dependencies: [
+            "YoMoTraceView", "YoMoTracing",
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+        ],
+        swiftSettings: strictSwift
+    ),
+    .testTarget(
+        name: "YoMoTests",
+        dependencies: [
+            "YoMo", "YoMoWire", "YoMoQUIC", "YoMoTracing",
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ],
+        swiftSettings: strictSwift
+    ),
+]
 
 let package = Package(
     name: "swift-yomo",

@@ -1,0 +1,129 @@
+import Foundation
+
+/// QUIC transport settings: the Swift counterpart of the Go SDK's `WithClientQuicConfig`.
+/// The defaults are YoMo's.
+public struct QUICConfiguration: Sendable, Hashable {
+    /// Interval of keep-alive PINGs; `nil` disables them. 2 s keeps a link to the
+    /// Go zipper (idle timeout 5 s) alive.
+    public var keepAliveInterval: Duration?
+    /// Time allowed for the QUIC + TLS handshake.
+    public var handshakeTimeout: Duration
+    /// Idle timeout advertised to the peer (the smaller of both sides applies).
+    public var idleTimeout: Duration
+    /// Initial receive window of the stream, in bytes.
+    public var streamReceiveWindow: Int
+    /// Initial receive window of the connection, in bytes.
+    public var connectionReceiveWindow: Int
+    /// Upper bounds to which ngtcp2 may grow the receive windows as data is consumed.
+    public var maxStreamReceiveWindow: Int
+    public var maxConnectionReceiveWindow: Int
+    /// Bytes a writer may queue (unacknowledged) before `write` waits: the backpressure bound.
+    public var sendBufferSize: Int
+    /// Application protocol (TLS ALPN).
+    public var alpn: String
+
+    public init(
+        keepAliveInterval: Duration? = .seconds(2),
+        handshakeTimeout: Duration = .seconds(3),
+        idleTimeout: Duration = .seconds(40),
+        streamReceiveWindow: Int = 2 << 20,
+        connectionReceiveWindow: Int = 2 << 20,
+        maxStreamReceiveWindow: Int = 6 << 20,
+        maxConnectionReceiveWindow: Int = 15 << 20,
+        sendBufferSize: Int = 4 << 20,
+        alpn: String = "yomo"
+    ) {
+        self.keepAliveInterval = keepAliveInterval
+        self.handshakeTimeout = handshakeTimeout
+        self.idleTimeout = idleTimeout
+        self.streamReceiveWindow = streamReceiveWindow
+        self.connectionReceiveWindow = connectionReceiveWindow
+        self.maxStreamReceiveWindow = maxStreamReceiveWindow
+        self.maxConnectionReceiveWindow = maxConnectionReceiveWindow
+        self.sendBufferSize = sendBufferSize
+        self.alpn = alpn
+    }
+
+    public static let `default` = QUICConfiguration()
+
+    func validate() throws(QUICError) {
+        guard handshakeTimeout > .zero, idleTimeout > .zero else {
+            throw .invalidConfiguration("handshake and idle timeouts must be positive")
+        }
+        guard streamReceiveWindow > 0, connectionReceiveWindow > 0, sendBufferSize > 0 else {
+            throw .invalidConfiguration("windows and send buffer must be positive")
+        }
+        guard !alpn.isEmpty, alpn.utf8.count < 256 else { throw .invalidConfiguration("ALPN must be 1-255 bytes") }
+    }
+}
+
+extension Duration {
+    var nanoseconds: UInt64 {
+        let (s, atto) = components
+        return UInt64(max(0, s)) &* 1_000_000_000 &+ UInt64(max(0, atto) / 1_000_000_000)
+    }
+}
+
+/// Client TLS settings: the counterpart of the Go SDK's `WithClientTLSConfig`.
+/// By default the server certificate is not verified (as the Go SDK).
+public struct TLSConfiguration: Sendable, Hashable {
+    /// Verify the server's certificate chain (against `caFile`, else the system store)
+    /// and, when `serverName` (or the host connected to) is set, its name.
+    public var verifyPeer: Bool
+    /// PEM file of trusted CA certificates.
+    public var caFile: String?
+    /// Name sent as SNI and checked against the certificate; defaults to the host.
+    public var serverName: String?
+    /// PEM certificate and key presented to the server (mutual TLS).
+    public var certificateFile: String?
+    public var privateKeyFile: String?
+
+    public init(
+        verifyPeer: Bool = false, caFile: String? = nil, serverName: String? = nil,
+        certificateFile: String? = nil, privateKeyFile: String? = nil
+    ) {
+        self.verifyPeer = verifyPeer
+        self.caFile = caFile
+        self.serverName = serverName
+        self.certificateFile = certificateFile
+        self.privateKeyFile = privateKeyFile
+    }
+
+    public static let `default` = TLSConfiguration()
+
+    /// `fromEnvironment(_:)` with this process's environment.
+    public static func fromEnvironment() -> TLSConfiguration {
+        fromEnvironment(ProcessInfo.processInfo.environment)
+    }
+
+    /// Reads `YOMO_TLS_VERIFY_PEER` (`true`/`1`/`yes`/`on`), `YOMO_TLS_CACERT_FILE`,
+    /// `YOMO_TLS_CERT_FILE` and `YOMO_TLS_KEY_FILE`, like the Go SDK; empty values count as unset.
+    public static func fromEnvironment(_ environment: [String: String]) -> TLSConfiguration {
+        func value(_ key: String) -> String? {
+            guard let v = environment[key], !v.isEmpty else { return nil }
+            return v
+        }
+        let verify = value("YOMO_TLS_VERIFY_PEER").map { ["true", "1", "yes", "on"].contains($0.lowercased()) } ?? false
+        return TLSConfiguration(
+            verifyPeer: verify, caFile: value("YOMO_TLS_CACERT_FILE"),
+            certificateFile: value("YOMO_TLS_CERT_FILE"), privateKeyFile: value("YOMO_TLS_KEY_FILE"))
+    }
+}
+
+/// Server TLS settings.
+public struct ServerTLSConfiguration: Sendable, Hashable {
+    /// PEM certificate chain and key; both `nil` means a self-signed ECDSA P-256
+    /// certificate generated at start (as the Go zipper does).
+    public var certificateFile: String?
+    public var privateKeyFile: String?
+    /// When set, clients must present a certificate signed by one of these CAs.
+    public var clientCAFile: String?
+
+    public init(certificateFile: String? = nil, privateKeyFile: String? = nil, clientCAFile: String? = nil) {
+        self.certificateFile = certificateFile
+        self.privateKeyFile = privateKeyFile
+        self.clientCAFile = clientCAFile
+    }
+
+    public static let selfSigned = ServerTLSConfiguration()
+}

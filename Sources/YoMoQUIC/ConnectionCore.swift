@@ -1,0 +1,798 @@
+import CNGTCP2
+import Glibc
+import NIOCore
+import Synchronization
+
+/// Bytes written by the application, waiting for the loop or for acknowledgement.
+struct SendShared {
+    var pending: [ByteBuffer] = []
+    /// Whether the last pending buffer is ours to append small writes to.
+    var lastIsOwned = false
+    /// Queued plus unacknowledged bytes: what backpressure is measured on.
+    var buffered = 0
+    var waiters: [CheckedContinuation<QUICError?, Never>] = []
+    var flushScheduled = false
+    var finRequested = false
+    var finSent = false
+    /// Waiting in `finishWriting` for everything to be acknowledged.
+    var drainWaiters: [CheckedContinuation<QUICError?, Never>] = []
+    var error: QUICError?
+
+    /// Small writes are copied together so one packet carries many of them;
+    /// big ones are queued as they are (no copy).
+    mutating func append(_ buffer: ByteBuffer) {
+        let n = buffer.readableBytes
+        if n >= 4096 {
+            pending.append(buffer)
+            lastIsOwned = false
+        } else if n > 0 {
+            appendEncoded(length: n) { $0.writeImmutableBuffer(buffer) }
+        }
+    }
+
+    mutating func appendEncoded(length: Int, _ encode: (inout ByteBuffer) -> Void) {
+        if lastIsOwned, let last = pending.indices.last, pending[last].writableBytes >= length {
+            encode(&pending[last])
+        } else {
+            var b = ByteBufferAllocator().buffer(capacity: max(16384, length))
+            encode(&b)
+            pending.append(b)
+            lastIsOwned = true
+        }
+    }
+
+    /// Removes the drain waiters if everything written (and the FIN) went out and was acknowledged.
+    mutating func takeDrainedWaiters() -> [CheckedContinuation<QUICError?, Never>] {
+        guard finSent, buffered == 0, !drainWaiters.isEmpty else { return [] }
+        defer { drainWaiters = [] }
+        return drainWaiters
+    }
+}
+
+/// Received bytes waiting for the reader.
+struct RecvShared {
+    var chunks = CircularBuffer<ByteBuffer>()
+    var waiter: CheckedContinuation<Result<ByteBuffer?, QUICError>, Never>?
+    var finished = false
+    var error: QUICError?
+    /// Bytes the reader consumed that the loop has not yet returned to the peer as window.
+    var consumed = 0
+    var extendScheduled = false
+}
+
+/// `YOMO_QUIC_TRACE=1` prints why connections end to stderr; `YOMO_QUIC_DEBUG=1`
+/// adds every packet write and ngtcp2's own log.
+let debugFlush = getenv("YOMO_QUIC_DEBUG") != nil
+let traceEnabled = getenv("YOMO_QUIC_TRACE") != nil || getenv("YOMO_QUIC_DEBUG") != nil
+
+func trace(_ message: String) {
+    let line = "yomo-quic: \(message)\n"
+    _ = line.withCString { write(2, $0, strlen($0)) }
+}
+
+/// One QUIC connection's engine. Everything but the two `Mutex`-guarded shared
+/// states is confined to `loop`'s thread.
+final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendable {
+    enum Phase {
+        case handshaking
+        case established
+        /// We closed: answer the peer with the saved CONNECTION_CLOSE until the
+        /// deadline (3 PTO), in case the first one was lost.
+        case closing(until: UInt64)
+        /// The peer closed: stay silent until the deadline.
+        case draining(until: UInt64)
+        case closed
+    }
+
+    let loop: QUICEventLoop
+    let fd: Int32
+    /// Server connections share the listener's socket and send to `remote`, which
+    /// follows the peer when ngtcp2 migrates the path (NAT rebinding).
+    private let connectedSocket: Bool
+    private(set) var remote: UDPAddress
+    let isServer: Bool
+    let configuration: QUICConfiguration
+    private(set) var ng: NGConnection?
+    private(set) var phase = Phase.handshaking
+    private(set) var streamID: Int64?
+    private var deadline = UInt64.max
+    private var socketClosed = false
+    private var statelessResetReceived = false
+    private var closePacket: [UInt8] = []
+    private var packetsInClosing = 0
+    private(set) var terminalError: QUICError?
+
+    // Send side (loop thread).
+    private var inflight = CircularBuffer<ByteBuffer>()
+    /// Acknowledged bytes at the front of `inflight.first`.
+    private var ackedInHead = 0
+    /// The next unsent byte: buffer index from the head, and offset in it.
+    private var sendIndex = 0
+    private var sendOffset = 0
+    private var finQueued = false
+    private var finSent = false
+    private var finSentShared = false
+    private let vecs = UnsafeMutablePointer<ngtcp2_vec>.allocate(capacity: 32)
+    private var readerNeedsWake = false
+    /// Datagram trains the kernel refused with EAGAIN, oldest first.
+    private var blockedBatches: [(bytes: [UInt8], segment: Int, to: UDPAddress)] = []
+    private(set) var blockedSends = 0
+    private var simulatedSends = 0
+    /// Test hook: pretend every n-th send found the socket buffer full (0 = off).
+    var simulateFullSocketEvery = 0
+
+    let sendShared = Mutex(SendShared())
+    let recvShared = Mutex(RecvShared())
+
+    /// Client: told when the stream is open (or the connect failed).
+    var onEstablished: ((Result<Void, QUICError>) -> Void)?
+    /// Server hooks.
+    weak var server: ServerCore?
+    var routes: Set<ConnectionID> = []
+    var countedAsHandshaking = false
+    /// Server: told once the client opened its stream.
+    var onStreamOpened: (() -> Void)?
+
+    init(loop: QUICEventLoop, fd: Int32, connectedSocket: Bool, remote: UDPAddress, isServer: Bool, configuration: QUICConfiguration) {
+        self.loop = loop
+        self.fd = fd
+        self.connectedSocket = connectedSocket
+        self.remote = remote
+        self.isServer = isServer
+        self.configuration = configuration
+    }
+
+    deinit {
+        vecs.deallocate()
+        if connectedSocket && !socketClosed { close(fd) }
+    }
+
+    func attach(_ ng: NGConnection) {
+        self.ng = ng
+        if let interval = configuration.keepAliveInterval { ng.setKeepAlive(interval.nanoseconds) }
+    }
+
+    var peerDescription: String { remote.description }
+
+    // MARK: Loop events
+
+    func loopReadable() {
+        let rx = loop.rxBuffer
+        var from = sockaddr_storage()
+        var fromLength = socklen_t(0)
+        var segment = 0
+        for _ in 0..<64 {
+            let n = cngtcp2_recv(fd, rx.baseAddress!.assumingMemoryBound(to: UInt8.self), rx.count, &from, &fromLength, &segment)
+            if n < 0 {
+                if -n == EAGAIN || -n == EWOULDBLOCK { break }
+                if -n == ECONNREFUSED, case .handshaking = phase {
+                    // ICMP port unreachable before the handshake: nobody listens there.
+                    terminate(.socket("connect \(peerDescription)", errno: ECONNREFUSED), period: .closed)
+                    return
+                }
+                continue  // Later ICMP errors are left to the idle timer.
+            }
+            let address = UDPAddress(storage: from, length: fromLength)
+            var offset = 0
+            let step = max(1, segment)
+            while offset < n {
+                let length = min(step, n - offset)
+                receive(UnsafeRawBufferPointer(rebasing: rx[offset..<(offset + length)]), from: address)
+                offset += length
+            }
+            if case .closed = phase { return }
+        }
+        afterReceive()
+    }
+
+    /// Called after a burst of datagrams (client socket or server dispatch).
+    func afterReceive() {
+        wakeReader()
+        guard isActive else { return }
+        applyExtend()
+        flush()
+    }
+
+    var isActive: Bool {
+        switch phase {
+        case .handshaking, .established: return true
+        default: return false
+        }
+    }
+
+    /// One datagram for this connection.
+    func receive(_ datagram: UnsafeRawBufferPointer, from address: UDPAddress) {
+        switch phase {
+        case .closing:
+            // Answer a few more packets with the CONNECTION_CLOSE, then only every 8th.
+            packetsInClosing += 1
+            if packetsInClosing < 4 || packetsInClosing % 8 == 0 { sendRaw(closePacket) }
+            return
+        case .draining, .closed:
+            return
+        case .handshaking, .established:
+            break
+        }
+        guard let ng else { return }
+        let outcome = ng.read(datagram, from: address, now: monotonicNow())
+        handle(outcome)
+    }
+
+    private func handle(_ outcome: NGOutcome) {
+        switch outcome {
+        case .ok:
+            return
+        case .draining:
+            guard let ng else { return }
+            let error = statelessResetReceived ? QUICError.statelessReset : ng.peerCloseError()
+            terminate(error, period: .draining(until: monotonicNow() + 3 * ng.pto))
+        case .failed(let error):
+            sendClose(application: nil, reason: "")
+            terminate(error, period: closingPeriod())
+        case .drop(let error):
+            terminate(error, period: .closed)
+        }
+    }
+
+    var loopDeadline: UInt64 { deadline }
+
+    func loopTimerFired(now: UInt64) {
+        switch phase {
+        case .closing, .draining:
+            release()
+        case .closed:
+            deadline = .max
+        case .handshaking, .established:
+            guard let ng else { return }
+            handle(ng.handleExpiry(now: now))
+            if isActive { flush() }
+        }
+    }
+
+    private func updateDeadline() {
+        switch phase {
+        case .closing(let until), .draining(let until): deadline = until
+        case .closed: deadline = .max
+        case .handshaking, .established: deadline = ng?.expiry ?? .max
+        }
+    }
+
+    private func closingPeriod() -> Phase {
+        .closing(until: monotonicNow() + 3 * (ng?.pto ?? 1_000_000_000))
+    }
+
+    // MARK: Sending
+
+    /// Sends what ngtcp2 has: stream data, ACKs, retransmissions, PINGs.
+    func flush() {
+        // While the socket is full, new packets would only queue up behind the held ones.
+        guard isActive, let ng, blockedBatches.isEmpty else { return }
+        pullPending()
+        let tx = loop.txBuffer
+        let now = monotonicNow()
+        let maxPacket = min(ng.maxPacketSize, 65527)
+        let maxPackets = max(1, min(64, ng.sendQuantum / max(maxPacket, 1)))
+        var batchLength = 0
+        var segment = 0
+        var packets = 0
+        var streamBlocked = false
+        writing: while blockedBatches.isEmpty {
+            var count = 0
+            var total = 0
+            var fin = false
+            let useStream: Bool
+            if let _ = streamID, !streamBlocked, !finSent {
+                var i = sendIndex
+                var offset = sendOffset
+                while i < inflight.count && count < 32 {
+                    let buffer = inflight[inflight.index(inflight.startIndex, offsetBy: i)]
+                    let length = buffer.readableBytes - offset
+                    if length > 0 {
+                        buffer.withUnsafeReadableBytes { raw in
+                            vecs[count].base = UnsafeMutablePointer(mutating: raw.baseAddress!.assumingMemoryBound(to: UInt8.self)) + offset
+                        }
+                        vecs[count].len = length
+                        count += 1
+                        total += length
+                    }
+                    i += 1
+                    offset = 0
+                }
+                fin = finQueued && i == inflight.count
+                useStream = count > 0 || fin
+            } else {
+                useStream = false
+            }
+            let dest = UnsafeMutableRawBufferPointer(rebasing: tx[batchLength..<(batchLength + maxPacket)])
+            let result = ng.write(
+                into: dest, stream: useStream ? streamID : nil, data: useStream ? vecs : nil, count: useStream ? count : 0,
+                fin: fin, more: useStream, now: now)
+            if debugFlush { trace("flush \(isServer ? "S" : "C") stream=\(useStream) count=\(count) -> \(result)") }
+            switch result {
+            case .more(let consumed):
+                advance(consumed)
+                if fin && consumed == total { finSent = true }
+            case .packet(let length, let consumed):
+                if consumed >= 0 {
+                    advance(consumed)
+                    if fin && consumed == total { finSent = true }
+                }
+                if !connectedSocket && !ng.lastPacketGoes(to: remote) {
+                    // New path: send what was batched for the old one, then switch.
+                    if packets > 0 {
+                        sendBatch(tx, length: batchLength, segment: segment)
+                        memmove(tx.baseAddress!, tx.baseAddress! + batchLength, length)
+                        batchLength = 0
+                        packets = 0
+                    }
+                    remote = ng.lastPacketRemote()
+                }
+                if packets > 0 && length > segment {
+                    // Bigger than the batch's segment size: send the batch, restart with this one.
+                    sendBatch(tx, length: batchLength, segment: segment)
+                    memmove(tx.baseAddress!, tx.baseAddress! + batchLength, length)
+                    batchLength = 0
+                    packets = 0
+                }
+                if packets == 0 { segment = length }
+                batchLength += length
+                packets += 1
+                if length < segment || packets >= maxPackets || batchLength + maxPacket > tx.count {
+                    sendBatch(tx, length: batchLength, segment: segment)
+                    batchLength = 0
+                    packets = 0
+                }
+            case .streamBlocked:
+                streamBlocked = true
+            case .idle:
+                break writing
+            case .failed(let error):
+                if batchLength > 0 { sendBatch(tx, length: batchLength, segment: segment) }
+                sendClose(application: nil, reason: "")
+                terminate(error, period: closingPeriod())
+                return
+            }
+        }
+        if batchLength > 0 { sendBatch(tx, length: batchLength, segment: segment) }
+        ng.packetsSent(now: now)
+        updateDeadline()
+        if finSent && !finSentShared {
+            finSentShared = true
+            let drained = sendShared.withLock { s in
+                s.finSent = true
+                return s.takeDrainedWaiters()
+            }
+            for w in drained { w.resume(returning: nil) }
+        }
+    }
+
+    private func advance(_ consumed: Int) {
+        var remaining = consumed
+        while remaining > 0 && sendIndex < inflight.count {
+            let buffer = inflight[inflight.index(inflight.startIndex, offsetBy: sendIndex)]
+            let available = buffer.readableBytes - sendOffset
+            if remaining >= available {
+                remaining -= available
+                sendIndex += 1
+                sendOffset = 0
+            } else {
+                sendOffset += remaining
+                remaining = 0
+            }
+        }
+    }
+
+    /// Sends a train of equal-size datagrams (GSO). When the socket buffer is full
+    /// (EAGAIN) the bytes are kept and sent, in order, once the socket is writable.
+    private func sendBatch(_ tx: UnsafeMutableRawBufferPointer, length: Int, segment: Int) {
+        let bytes = UnsafeRawBufferPointer(rebasing: tx[0..<length])
+        if !blockedBatches.isEmpty {
+            blockedBatches.append((Array(bytes), segment, remote))
+            return
+        }
+        if !transmit(bytes, segment: segment, to: remote) {
+            blockedBatches.append((Array(bytes), segment, remote))
+            blockedSends += 1
+            if connectedSocket {
+                loop.setWantsWritable(fd: fd, true)
+            } else {
+                server?.watchWritable(self)
+            }
+        }
+    }
+
+    /// One send (with GSO fallback); false when the socket buffer is full.
+    private func transmit(_ bytes: UnsafeRawBufferPointer, segment: Int, to address: UDPAddress) -> Bool {
+        let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        func send(_ offset: Int, _ length: Int, _ segment: Int) -> Int {
+            let every = simulateFullSocketEvery
+            if every > 0 {
+                simulatedSends += 1
+                if simulatedSends % every == 0 { return -Int(EAGAIN) }
+            }
+            if connectedSocket { return cngtcp2_send(fd, base + offset, length, segment, nil, 0) }
+            return address.withSockaddr { cngtcp2_send(fd, base + offset, length, segment, $0, $1) }
+        }
+        let rv = send(0, bytes.count, segment)
+        if rv == -Int(EAGAIN) || rv == -Int(EWOULDBLOCK) { return false }
+        if (rv == -Int(EIO) || rv == -Int(EINVAL)) && bytes.count > segment {
+            // No GSO here (e.g. a NIC without checksum offload): send one by one.
+            var offset = 0
+            while offset < bytes.count {
+                let n = min(segment, bytes.count - offset)
+                _ = send(offset, n, 0)
+                offset += n
+            }
+        }
+        // Other errors (ENOBUFS, EHOSTUNREACH): the datagrams count as lost; ngtcp2 resends them.
+        return true
+    }
+
+    /// The socket became writable: send what was held back, then carry on.
+    func retryBlockedSends() -> Bool {
+        while let (bytes, segment, to) = blockedBatches.first {
+            let sent = bytes.withUnsafeBytes { transmit($0, segment: segment, to: to) }
+            if !sent { return false }
+            blockedBatches.removeFirst()
+        }
+        if connectedSocket { loop.setWantsWritable(fd: fd, false) }
+        flush()
+        return blockedBatches.isEmpty  // flush may have filled the socket again
+    }
+
+    func loopWritable() { _ = retryBlockedSends() }
+
+    private func sendRaw(_ packet: [UInt8]) {
+        guard !packet.isEmpty else { return }
+        packet.withUnsafeBytes { raw in
+            let base = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            if connectedSocket {
+                _ = cngtcp2_send(fd, base, raw.count, 0, nil, 0)
+            } else {
+                _ = remote.withSockaddr { cngtcp2_send(fd, base, raw.count, 0, $0, $1) }
+            }
+        }
+    }
+
+    /// Takes what writers queued.
+    private func pullPending() {
+        let (pending, fin) = sendShared.withLock { s -> ([ByteBuffer], Bool) in
+            s.flushScheduled = false
+            var taken: [ByteBuffer] = []
+            swap(&taken, &s.pending)
+            s.lastIsOwned = false
+            return (taken, s.finRequested)
+        }
+        for buffer in pending { inflight.append(buffer) }
+        if fin { finQueued = true }
+    }
+
+    /// Writes and sends a CONNECTION_CLOSE (application close when `code` is set, else the pending local error).
+    private func sendClose(application code: UInt64?, reason: String) {
+        guard let ng, !ng.isInClosingOrDraining else { return }
+        let tx = loop.txBuffer
+        let n = ng.writeClose(into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), application: code, reason: reason, now: monotonicNow())
+        guard n > 0 else { return }
+        closePacket = Array(UnsafeRawBufferPointer(rebasing: tx[0..<n]))
+        sendRaw(closePacket)
+    }
+
+    // MARK: Application requests (on the loop)
+
+    /// Closes with an application error code and reason.
+    func closeLocally(code: UInt64, reason: String) {
+        guard isActive else { return }
+        sendClose(application: code, reason: reason)
+        terminate(.closedLocally(code: code, reason: reason), period: closingPeriod())
+    }
+
+    func applyExtend() {
+        let n = recvShared.withLock { s -> Int in
+            s.extendScheduled = false
+            let n = s.consumed
+            s.consumed = 0
+            return n
+        }
+        if n > 0, let ng, let streamID, isActive { ng.extendReceiveWindow(stream: streamID, by: n) }
+    }
+
+    // MARK: Ending
+
+    /// Fails everything waiting on the connection and frees it (now, or after a closing/draining period).
+    func terminate(_ error: QUICError, period: Phase) {
+        guard isActive else { return }
+        if traceEnabled { trace("\(isServer ? "server" : "client") connection \(peerDescription) ended: \(error)") }
+        terminalError = error
+        phase = period
+        // Record the error on both sides before waking anyone: a woken reader may write at once.
+        let writers = sendShared.withLock { s -> [CheckedContinuation<QUICError?, Never>] in
+            s.error = error
+            let w = s.waiters + s.drainWaiters
+            s.waiters = []
+            s.drainWaiters = []
+            return w
+        }
+        let (readerWaiter, readerResult) = recvShared.withLock { s -> (CheckedContinuation<Result<ByteBuffer?, QUICError>, Never>?, Result<ByteBuffer?, QUICError>) in
+            if s.error == nil { s.error = error }
+            let w = s.waiter
+            s.waiter = nil
+            return (w, s.finished ? .success(nil) : .failure(error))
+        }
+        readerWaiter?.resume(returning: readerResult)
+        for w in writers { w.resume(returning: error) }
+        if let onEstablished {
+            self.onEstablished = nil
+            onEstablished(.failure(error))
+        }
+        if case .closed = period {
+            release()
+        } else {
+            updateDeadline()
+        }
+    }
+
+    /// Frees the ngtcp2 connection, TLS session and socket registration.
+    func release() {
+        phase = .closed
+        deadline = .max
+        if connectedSocket && !socketClosed {
+            loop.unregister(fd: fd)
+            close(fd)
+            socketClosed = true
+        }
+        loop.removeTimed(self)
+        server?.remove(self)
+        inflight.removeAll()
+        ng?.delegate = nil
+        ng = nil
+        onStreamOpened = nil
+    }
+
+    // MARK: NGConnectionDelegate (called from inside ngtcp2: no ngtcp2 calls that free state here)
+
+    func ngHandshakeCompleted() {
+        if debugFlush { trace("handshake completed \(isServer ? "S" : "C")") }
+        phase = .established
+        server?.handshakeEnded(self)
+        if !isServer, streamID == nil {
+            // Open the stream after the callback returns.
+            loop.execute { [self] in openClientStream() }
+        }
+    }
+
+    private func openClientStream() {
+        guard isActive, streamID == nil, let ng else { return }
+        if let id = ng.openBidiStream() {
+            streamID = id
+            if let onEstablished {
+                self.onEstablished = nil
+                onEstablished(.success(()))
+            }
+            flush()
+        }
+        // Otherwise wait for ngExtendMaxLocalBidiStreams.
+    }
+
+    func ngExtendMaxLocalBidiStreams() {
+        if !isServer, streamID == nil, case .established = phase {
+            loop.execute { [self] in openClientStream() }
+        }
+    }
+
+    func ngStreamOpened(_ id: Int64) {
+        // Client-initiated bidirectional streams have the two low bits 00.
+        guard isServer, streamID == nil, id & 0x3 == 0 else { return }
+        streamID = id
+        onStreamOpened?()
+        onStreamOpened = nil
+    }
+
+    func ngStreamData(_ id: Int64, _ data: UnsafeRawBufferPointer, fin: Bool) {
+        guard id == streamID else { return }
+        // Queued only: the reader is woken once per burst of datagrams (wakeReader),
+        // not once per packet, which would cost a thread wake-up each.
+        recvShared.withLock { s in
+            if fin { s.finished = true }
+            guard data.count > 0 else { return }
+            // Coalesce packet-sized pieces into bigger chunks for the reader.
+            if !s.chunks.isEmpty {
+                let last = s.chunks.index(before: s.chunks.endIndex)
+                if s.chunks[last].writableBytes >= data.count {
+                    s.chunks[last].writeBytes(data)
+                    return
+                }
+            }
+            // 64 KiB: bigger chunks measured slower (fresh pages per burst outweigh fewer copies).
+            var chunk = ByteBufferAllocator().buffer(capacity: max(65536, data.count))
+            chunk.writeBytes(data)
+            s.chunks.append(chunk)
+        }
+        readerNeedsWake = true
+    }
+
+    /// Hands queued data (or the end) to a waiting reader.
+    private func wakeReader() {
+        guard readerNeedsWake else { return }
+        readerNeedsWake = false
+        let handoff = recvShared.withLock { s -> (CheckedContinuation<Result<ByteBuffer?, QUICError>, Never>, Result<ByteBuffer?, QUICError>)? in
+            guard let w = s.waiter, let r = Self.take(&s) else { return nil }
+            s.waiter = nil
+            return (w, r)
+        }
+        if let (waiter, result) = handoff {
+            waiter.resume(returning: result)
+        }
+    }
+
+    func ngStreamAcked(_ id: Int64, length: UInt64) {
+        guard id == streamID else { return }
+        var remaining = Int(length)
+        while remaining > 0, let head = inflight.first {
+            let available = head.readableBytes - ackedInHead
+            if remaining >= available {
+                remaining -= available
+                inflight.removeFirst()
+                ackedInHead = 0
+                sendIndex -= 1
+            } else {
+                ackedInHead += remaining
+                remaining = 0
+            }
+        }
+        let limit = configuration.sendBufferSize / 2
+        let waiters = sendShared.withLock { s -> [CheckedContinuation<QUICError?, Never>] in
+            s.buffered -= Int(length)
+            var w = s.takeDrainedWaiters()
+            guard s.buffered <= limit, !s.waiters.isEmpty else { return w }
+            w += s.waiters
+            s.waiters = []
+            return w
+        }
+        for w in waiters { w.resume(returning: nil) }
+    }
+
+    func ngStreamClosed(_ id: Int64, appErrorCode: UInt64?) {}
+
+    func ngStreamReset(_ id: Int64, appErrorCode: UInt64) {
+        guard id == streamID else { return }
+        let error = QUICError.streamReset(code: appErrorCode)
+        let waiter = recvShared.withLock { s -> CheckedContinuation<Result<ByteBuffer?, QUICError>, Never>? in
+            if s.error == nil && !s.finished { s.error = error }
+            let w = s.waiter
+            s.waiter = nil
+            return w
+        }
+        waiter?.resume(returning: .failure(error))
+    }
+
+    func ngStatelessReset() { statelessResetReceived = true }
+
+    func ngNewConnectionID(_ cid: ConnectionID) {
+        guard isServer else { return }
+        routes.insert(cid)
+        server?.addRoute(cid, self)
+    }
+
+    func ngRemoveConnectionID(_ cid: ConnectionID) {
+        guard isServer else { return }
+        routes.remove(cid)
+        server?.removeRoute(cid)
+    }
+}
+
+// MARK: Application side (any thread)
+
+extension ConnectionCore {
+    nonisolated(nonsending) func write(_ buffer: ByteBuffer) async throws(QUICError) {
+        let n = buffer.readableBytes
+        guard n > 0 else { return }
+        try await enqueue(bytes: n) { $0.append(buffer) }
+    }
+
+    /// Writes two buffers back to back, with no other write between them.
+    nonisolated(nonsending) func write(_ first: ByteBuffer, _ second: ByteBuffer) async throws(QUICError) {
+        try await enqueue(bytes: first.readableBytes + second.readableBytes) {
+            $0.append(first)
+            $0.append(second)
+        }
+    }
+
+    /// Writes `length` bytes produced by `encode` straight into the send queue (no
+    /// intermediate buffer: small frames cost no allocation).
+    nonisolated(nonsending) func write(length: Int, _ encode: (inout ByteBuffer) -> Void) async throws(QUICError) {
+        try await enqueue(bytes: length) { $0.appendEncoded(length: length, encode) }
+    }
+
+    private nonisolated(nonsending) func enqueue(bytes n: Int, _ append: (inout SendShared) -> Void) async throws(QUICError) {
+        let limit = configuration.sendBufferSize
+        let (wake, mustWait) = try sendShared.withLock { s throws(QUICError) -> (Bool, Bool) in
+            if let error = s.error { throw error }
+            if s.finRequested { throw QUICError.invalidConfiguration("write after finishWriting()") }
+            append(&s)
+            s.buffered += n
+            let wake = !s.flushScheduled
+            s.flushScheduled = true
+            return (wake, s.buffered > limit)
+        }
+        if wake { loop.execute { [self] in flushFromApplication() } }
+        if mustWait {
+            let error = await withCheckedContinuation { (c: CheckedContinuation<QUICError?, Never>) in
+                let immediate = sendShared.withLock { s -> QUICError?? in
+                    if let e = s.error { return .some(e) }
+                    if s.buffered <= limit / 2 { return .some(nil) }
+                    s.waiters.append(c)
+                    return .none
+                }
+                if let immediate { c.resume(returning: immediate) }
+            }
+            if let error { throw error }
+        }
+    }
+
+    /// Sends FIN after the queued bytes and waits until all of it is acknowledged.
+    func finishWriting() async throws(QUICError) {
+        let wake = try sendShared.withLock { s throws(QUICError) -> Bool in
+            if let error = s.error { throw error }
+            s.finRequested = true
+            let wake = !s.flushScheduled
+            s.flushScheduled = true
+            return wake
+        }
+        if wake { loop.execute { [self] in flushFromApplication() } }
+        let error = await withCheckedContinuation { (c: CheckedContinuation<QUICError?, Never>) in
+            let immediate = sendShared.withLock { s -> QUICError?? in
+                if let e = s.error { return .some(e) }
+                if s.finSent && s.buffered == 0 { return .some(nil) }
+                s.drainWaiters.append(c)
+                return .none
+            }
+            if let immediate { c.resume(returning: immediate) }
+        }
+        if let error { throw error }
+    }
+
+    private func flushFromApplication() {
+        flush()
+    }
+
+    nonisolated(nonsending) func receive() async throws(QUICError) -> ByteBuffer? {
+        if let fast = takeChunk() { return try fast.get() }
+        let result = await withCheckedContinuation { (c: CheckedContinuation<Result<ByteBuffer?, QUICError>, Never>) in
+            let immediate = recvShared.withLock { s -> Result<ByteBuffer?, QUICError>? in
+                if let r = Self.take(&s) { return r }
+                precondition(s.waiter == nil, "QUICConnection.inbound supports one reader at a time")
+                s.waiter = c
+                return nil
+            }
+            if let immediate { c.resume(returning: immediate) }
+        }
+        scheduleExtend()
+        return try result.get()
+    }
+
+    private func takeChunk() -> Result<ByteBuffer?, QUICError>? {
+        let result = recvShared.withLock { Self.take(&$0) }
+        if result != nil { scheduleExtend() }
+        return result
+    }
+
+    /// Returns consumed bytes to the peer as flow-control window (manual in ngtcp2).
+    private func scheduleExtend() {
+        let schedule = recvShared.withLock { s -> Bool in
+            guard s.consumed > 0 && !s.extendScheduled else { return false }
+            s.extendScheduled = true
+            return true
+        }
+        if schedule { loop.execute { [self] in applyExtend(); flush() } }
+    }
+
+    private static func take(_ s: inout RecvShared) -> Result<ByteBuffer?, QUICError>? {
+        if let chunk = s.chunks.popFirst() {
+            s.consumed += chunk.readableBytes
+            return .success(chunk)
+        }
+        if s.finished { return .success(nil) }
+        if let error = s.error { return .failure(error) }
+        return nil
+    }
+}

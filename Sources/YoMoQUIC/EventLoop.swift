@@ -1,0 +1,204 @@
+import CNGTCP2
+import Foundation
+import Glibc
+import Synchronization
+
+/// Something the loop watches: a socket, a timer deadline, or both.
+/// All methods run on the loop's thread.
+protocol LoopSource: AnyObject {
+    /// The socket became readable / writable (after `setWantsWritable`).
+    func loopReadable()
+    func loopWritable()
+    /// Absolute monotonic nanoseconds, `UInt64.max` for none.
+    var loopDeadline: UInt64 { get }
+    func loopTimerFired(now: UInt64)
+}
+
+extension LoopSource {
+    func loopReadable() {}
+    func loopWritable() {}
+    var loopDeadline: UInt64 { .max }
+    func loopTimerFired(now: UInt64) {}
+}
+
+/// Monotonic clock in nanoseconds: the clock of every ngtcp2 timestamp here.
+@inline(__always)
+func monotonicNow() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+/// One thread running epoll. ngtcp2 connections are not thread-safe, so each
+/// connection lives on exactly one loop and is touched only from its thread;
+/// other threads hand work over with `execute`.
+final class QUICEventLoop: @unchecked Sendable {
+    private let epfd: Int32
+    private let wakeFD: Int32
+    private struct Inbox {
+        var tasks: [@Sendable () -> Void] = []
+        var wakePending = false
+        var stopped = false
+    }
+    private let inbox = Mutex(Inbox())
+    private let threadID = Mutex<pthread_t?>(nil)
+
+    // Loop-thread state.
+    private var sources: [Int32: any LoopSource] = [:]
+    private var timed: [ObjectIdentifier: any LoopSource] = [:]
+    private var running = true
+
+    /// Scratch buffers shared by every connection of this loop (one at a time).
+    let txBuffer: UnsafeMutableRawBufferPointer
+    let rxBuffer: UnsafeMutableRawBufferPointer
+    static let scratchSize = 65536 + 4096
+
+    private let exited = DispatchSemaphore(value: 0)
+
+    init(name: String) {
+        epfd = epoll_create1(Int32(EPOLL_CLOEXEC))
+        wakeFD = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        precondition(epfd >= 0 && wakeFD >= 0, "epoll/eventfd failed: errno \(errno)")
+        txBuffer = .allocate(byteCount: Self.scratchSize, alignment: 16)
+        rxBuffer = .allocate(byteCount: Self.scratchSize, alignment: 16)
+        var ev = epoll_event()
+        ev.events = EPOLLIN.rawValue
+        ev.data.fd = wakeFD
+        epoll_ctl(epfd, EPOLL_CTL_ADD, wakeFD, &ev)
+        let thread = Thread { [self] in self.run() }
+        thread.name = name
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    deinit {
+        txBuffer.deallocate()
+        rxBuffer.deallocate()
+        close(epfd)
+        close(wakeFD)
+    }
+
+    /// Loops shared by all client connections, started on first use and never stopped.
+    static let shared: [QUICEventLoop] = (0..<max(2, ProcessInfo.processInfo.activeProcessorCount)).map {
+        QUICEventLoop(name: "yomo-quic-\($0)")
+    }
+    private static let nextShared = Atomic<Int>(0)
+    static func nextSharedLoop() -> QUICEventLoop {
+        let i = nextShared.wrappingAdd(1, ordering: .relaxed).oldValue
+        return shared[i % shared.count]
+    }
+
+    var inLoop: Bool {
+        threadID.withLock { $0.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+    }
+
+    /// Runs `task` on the loop thread, soon. Safe from any thread. Returns false
+    /// (and drops the task) when the loop has stopped: callers that wait for the
+    /// task must then stop waiting.
+    @discardableResult
+    func execute(_ task: @escaping @Sendable () -> Void) -> Bool {
+        let (accepted, wake) = inbox.withLock { inbox -> (Bool, Bool) in
+            // A stopped loop drops work (and what it captured) instead of keeping it forever.
+            if inbox.stopped { return (false, false) }
+            inbox.tasks.append(task)
+            if inbox.wakePending { return (true, false) }
+            inbox.wakePending = true
+            return (true, true)
+        }
+        if wake {
+            var one: UInt64 = 1
+            _ = write(wakeFD, &one, 8)
+        }
+        return accepted
+    }
+
+    /// Stops the thread after the queued tasks ran; waits for it to exit.
+    func shutdownAndWait() {
+        if execute({ [self] in running = false }) { exited.wait() }
+    }
+
+    // MARK: Registration (loop thread only)
+
+    func register(fd: Int32, source: any LoopSource) {
+        sources[fd] = source
+        var ev = epoll_event()
+        ev.events = EPOLLIN.rawValue
+        ev.data.fd = fd
+        epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev)
+    }
+
+    /// Also report writability (to resume sends refused with EAGAIN).
+    func setWantsWritable(fd: Int32, _ on: Bool) {
+        var ev = epoll_event()
+        ev.events = EPOLLIN.rawValue | (on ? EPOLLOUT.rawValue : 0)
+        ev.data.fd = fd
+        epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev)
+    }
+
+    func unregister(fd: Int32) {
+        sources[fd] = nil
+        epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil)
+    }
+
+    func addTimed(_ source: any LoopSource) { timed[ObjectIdentifier(source)] = source }
+    func removeTimed(_ source: any LoopSource) { timed[ObjectIdentifier(source)] = nil }
+
+    // MARK: The loop
+
+    private func run() {
+        threadID.withLock { $0 = pthread_self() }
+        let maxEvents = 64
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: maxEvents)
+        defer { events.deallocate() }
+        while running {
+            var deadline = UInt64.max
+            for source in timed.values { deadline = min(deadline, source.loopDeadline) }
+            let hasTasks = inbox.withLock { !$0.tasks.isEmpty }
+            var timeout: Int64 = -1
+            if hasTasks {
+                timeout = 0
+            } else if deadline != .max {
+                let now = monotonicNow()
+                timeout = deadline > now ? Int64(min(deadline - now, UInt64(Int64.max))) : 0
+            }
+            let n = cngtcp2_epoll_wait(epfd, events, Int32(maxEvents), timeout)
+            if n > 0 {
+                for i in 0..<Int(n) {
+                    let ev = events[i]
+                    let fd = ev.data.fd
+                    if fd == wakeFD {
+                        var value: UInt64 = 0
+                        _ = read(wakeFD, &value, 8)
+                        continue
+                    }
+                    if ev.events & EPOLLOUT.rawValue != 0 { sources[fd]?.loopWritable() }
+                    if ev.events & (EPOLLIN.rawValue | EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 {
+                        sources[fd]?.loopReadable()
+                    }
+                }
+            }
+            runTasks()
+            if !timed.isEmpty {
+                let now = monotonicNow()
+                let due = timed.values.filter { $0.loopDeadline <= now }
+                for source in due { source.loopTimerFired(now: now) }
+            }
+        }
+        runTasks()
+        inbox.withLock { $0.stopped = true }
+        runTasks()
+        sources.removeAll()
+        timed.removeAll()
+        exited.signal()
+    }
+
+    private func runTasks() {
+        let tasks = inbox.withLock { inbox -> [@Sendable () -> Void] in
+            inbox.wakePending = false
+            var tasks: [@Sendable () -> Void] = []
+            swap(&tasks, &inbox.tasks)
+            return tasks
+        }
+        for task in tasks { task() }
+    }
+}

@@ -1,0 +1,157 @@
+import CNGTCP2
+import Foundation
+import Glibc
+public import NIOCore
+
+/// A QUIC connection carrying one bidirectional stream of bytes: the transport
+/// under a YoMo frame connection.
+///
+/// Writes wait while more than `QUICConfiguration.sendBufferSize` bytes are
+/// unacknowledged (nothing is dropped); `inbound` yields received bytes in order
+/// and returns the receive window to the peer as they are consumed.
+public final class QUICConnection: Sendable {
+    let core: ConnectionCore
+
+    /// The peer's address, e.g. `127.0.0.1:9000`.
+    public let remoteAddress: String
+
+    init(core: ConnectionCore) {
+        self.core = core
+        self.remoteAddress = core.peerDescription
+    }
+
+    deinit {
+        // Dropping the last reference closes the connection (and frees it).
+        let core = self.core
+        core.loop.execute { core.closeLocally(code: QUICError.yomoCloseCode, reason: "") }
+    }
+
+    /// Connects to `host:port` (a name, an IPv4 or an IPv6 address), completes the
+    /// QUIC + TLS handshake (ALPN `configuration.alpn`) and opens the stream.
+    public static func connect(
+        host: String, port: Int, configuration: QUICConfiguration = .default, tls: TLSConfiguration = .default
+    ) async throws(QUICError) -> QUICConnection {
+        try configuration.validate()
+        let addresses = try UDPAddress.resolve(host: host, port: port)
+        let credentials = try TLSCredentials(client: tls)
+        // Try each address in turn ("localhost" may be ::1 then 127.0.0.1); a refused
+        // port (ICMP unreachable) moves on at once, other failures end the attempt.
+        var lastError: QUICError?
+        for address in addresses {
+            do throws(QUICError) {
+                return try await connect(to: address, host: host, configuration: configuration, tls: tls, credentials: credentials)
+            } catch {
+                lastError = error
+                if error.kind != .socket { throw error }
+            }
+        }
+        throw lastError!
+    }
+
+    private static func connect(
+        to address: UDPAddress, host: String, configuration: QUICConfiguration, tls: TLSConfiguration, credentials: TLSCredentials
+    ) async throws(QUICError) -> QUICConnection {
+        let fd = try makeUDPSocket(family: address.family)
+        let rv = address.withSockaddr { Glibc.connect(fd, $0, $1) }
+        if rv != 0 {
+            let e = errno
+            Glibc.close(fd)
+            throw .socket("connect \(address)", errno: e)
+        }
+        let local: UDPAddress
+        do throws(QUICError) { local = try localAddress(of: fd) } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        let isIPLiteral = isIPAddress(host)
+        let sni = tls.serverName ?? (isIPLiteral ? nil : host)
+        let verifyName = tls.serverName ?? host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        let loop = QUICEventLoop.nextSharedLoop()
+        // The core owns (and closes) the socket from here on.
+        let core = ConnectionCore(loop: loop, fd: fd, connectedSocket: true, remote: address, isServer: false, configuration: configuration)
+        let debug = ProcessInfo.processInfo.environment["YOMO_QUIC_DEBUG"] != nil
+        let result = await withCheckedContinuation { (c: CheckedContinuation<Result<Void, QUICError>, Never>) in
+            loop.execute {
+                do throws(QUICError) {
+                    let ng = try NGConnection.client(
+                        local: local, remote: address, settings: NGSettings(quic: configuration, isServer: false, debugLog: debug),
+                        credentials: credentials, sni: sni, verifyName: verifyName, verify: tls.verifyPeer, delegate: core)
+                    core.attach(ng)
+                } catch {
+                    c.resume(returning: .failure(error))
+                    return
+                }
+                core.onEstablished = { c.resume(returning: $0) }
+                loop.register(fd: fd, source: core)
+                loop.addTimed(core)
+                core.flush()
+            }
+        }
+        try result.get()
+        return QUICConnection(core: core)
+    }
+
+    /// Queues `bytes` on the stream; waits while the send buffer is full.
+    /// Throws the connection's error once it has ended.
+    public nonisolated(nonsending) func write(_ bytes: ByteBuffer) async throws(QUICError) {
+        try await core.write(bytes)
+    }
+
+    /// Sends FIN after everything written so far (the peer's reader then ends) and
+    /// waits until the peer acknowledged all of it. Writing afterwards is an error.
+    public func finishWriting() async throws(QUICError) {
+        try await core.finishWriting()
+    }
+
+    /// Received bytes, in order. Ends (`nil`) at the peer's FIN; throws the
+    /// connection's error (idle timeout, closed by peer with code and reason, ...).
+    /// One iterator at a time.
+    public var inbound: Inbound { Inbound(core: core) }
+
+    /// Closes the connection with a QUIC application error code (YoMo: `0x13`) and
+    /// reason. Unsent data is discarded. Returns once the CONNECTION_CLOSE is sent.
+    public func close(errorCode: UInt64 = QUICError.yomoCloseCode, reason: String = "") async {
+        let core = self.core
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let queued = core.loop.execute {
+                core.closeLocally(code: errorCode, reason: reason)
+                c.resume()
+            }
+            if !queued { c.resume() }  // the server's loop is gone: nothing left to close
+        }
+    }
+
+    /// Why the connection ended, once it has.
+    public var closeReason: QUICError? {
+        core.sendShared.withLock { $0.error }
+    }
+
+    public struct Inbound: AsyncSequence, Sendable {
+        public typealias Element = ByteBuffer
+        public typealias Failure = QUICError
+        let core: ConnectionCore
+
+        public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(core: core) }
+
+        public struct AsyncIterator: AsyncIteratorProtocol {
+            public typealias Element = ByteBuffer
+            public typealias Failure = QUICError
+            let core: ConnectionCore
+
+            public mutating func next() async throws(QUICError) -> ByteBuffer? {
+                try await core.receive()
+            }
+
+            public mutating func next(isolation actor: isolated (any Actor)?) async throws(QUICError) -> ByteBuffer? {
+                try await core.receive()
+            }
+        }
+    }
+}
+
+func isIPAddress(_ host: String) -> Bool {
+    let h = host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+    var v4 = in_addr()
+    var v6 = in6_addr()
+    return inet_pton(AF_INET, h, &v4) == 1 || inet_pton(AF_INET6, h, &v6) == 1
+}

@@ -1,0 +1,181 @@
+import Glibc
+
+/// What went wrong on a QUIC connection or listener.
+///
+/// A struct wrapping a private code (adding a case is not an API break); match
+/// with `error.kind == .idleTimeout` etc. and read the details from the properties.
+public struct QUICError: Error, Sendable, Hashable, CustomStringConvertible {
+    fileprivate enum Code: Hashable, Sendable {
+        case addressResolution
+        case handshakeTimeout
+        case idleTimeout
+        case tlsAlert
+        case tls
+        case closedByPeer
+        case closedLocally
+        case statelessReset
+        case transport
+        case socket
+        case invalidConfiguration
+        case streamReset
+    }
+
+    /// The category of a `QUICError`.
+    public struct Kind: Hashable, Sendable, CustomStringConvertible {
+        fileprivate let code: Code
+        /// Host name could not be resolved to an address.
+        public static let addressResolution = Kind(code: .addressResolution)
+        /// The handshake did not complete within `QUICConfiguration.handshakeTimeout`.
+        public static let handshakeTimeout = Kind(code: .handshakeTimeout)
+        /// Nothing was received for the negotiated idle timeout.
+        public static let idleTimeout = Kind(code: .idleTimeout)
+        /// The TLS handshake failed with an alert (`tlsAlert`, `tlsAlertName`).
+        public static let tlsAlert = Kind(code: .tlsAlert)
+        /// TLS configuration or handshake failure without an alert (e.g. unreadable key file).
+        public static let tls = Kind(code: .tls)
+        /// The peer closed the connection (`applicationErrorCode`/`transportErrorCode`, `reason`).
+        public static let closedByPeer = Kind(code: .closedByPeer)
+        /// This side closed the connection.
+        public static let closedLocally = Kind(code: .closedLocally)
+        /// The peer answered with a stateless reset (it no longer knows the connection).
+        public static let statelessReset = Kind(code: .statelessReset)
+        /// A QUIC protocol error detected locally.
+        public static let transport = Kind(code: .transport)
+        /// A socket call failed.
+        public static let socket = Kind(code: .socket)
+        /// A configuration value is invalid.
+        public static let invalidConfiguration = Kind(code: .invalidConfiguration)
+        /// The peer reset the stream or stopped reading it.
+        public static let streamReset = Kind(code: .streamReset)
+
+        public var description: String { "\(code)" }
+    }
+
+    fileprivate let code: Code
+    /// Human-readable detail (the resolver message, the socket call, ...).
+    public let detail: String
+    /// The QUIC application error code, for `closedByPeer`/`closedLocally`/`streamReset`
+    /// when the close was an application close.
+    public let applicationErrorCode: UInt64?
+    /// The QUIC transport error code, for a transport-level CONNECTION_CLOSE.
+    public let transportErrorCode: UInt64?
+    /// The reason phrase of a CONNECTION_CLOSE.
+    public let reason: String?
+    /// The TLS alert number, for `tlsAlert` (and peer closes carrying a crypto error).
+    public let tlsAlert: UInt8?
+    /// Whether the alert or close came from the peer.
+    public let isRemote: Bool
+
+    public var kind: Kind { Kind(code: code) }
+
+    /// The YoMo application error code for a normal close (`0x13`).
+    public static let yomoCloseCode: UInt64 = 0x13
+
+    /// Whether the peer closed with application code 0 and no reason: the YoMo
+    /// zipper's listener shut down.
+    public var isListenerShutdown: Bool {
+        code == .closedByPeer && applicationErrorCode == 0 && (reason ?? "").isEmpty
+    }
+
+    /// The TLS alert's name, e.g. "bad certificate".
+    public var tlsAlertName: String? { tlsAlert.map(Self.alertName) }
+
+    private init(
+        _ code: Code, _ detail: String = "", application: UInt64? = nil, transport: UInt64? = nil,
+        reason: String? = nil, alert: UInt8? = nil, remote: Bool = false
+    ) {
+        self.code = code
+        self.detail = detail
+        self.applicationErrorCode = application
+        self.transportErrorCode = transport
+        self.reason = reason
+        self.tlsAlert = alert
+        self.isRemote = remote
+    }
+
+    static func addressResolution(_ host: String, _ message: String) -> QUICError {
+        QUICError(.addressResolution, "cannot resolve \"\(host)\": \(message)")
+    }
+    static func handshakeTimeout(_ peer: String) -> QUICError { QUICError(.handshakeTimeout, peer) }
+    static func idleTimeout(_ peer: String) -> QUICError { QUICError(.idleTimeout, peer) }
+    static func tlsAlert(_ alert: UInt8, remote: Bool, _ detail: String = "") -> QUICError {
+        QUICError(.tlsAlert, detail, alert: alert, remote: remote)
+    }
+    static func tls(_ detail: String) -> QUICError { QUICError(.tls, detail) }
+    static func closedByPeer(application code: UInt64, reason: String) -> QUICError {
+        QUICError(.closedByPeer, application: code, reason: reason, remote: true)
+    }
+    static func closedByPeer(transport code: UInt64, reason: String) -> QUICError {
+        // Transport codes 0x100–0x1FF carry a TLS alert (RFC 9001 §4.8).
+        if code >= 0x100 && code <= 0x1FF {
+            return QUICError(.tlsAlert, reason, transport: code, reason: reason, alert: UInt8(code - 0x100), remote: true)
+        }
+        return QUICError(.closedByPeer, transport: code, reason: reason, remote: true)
+    }
+    static func closedLocally(code: UInt64, reason: String) -> QUICError {
+        QUICError(.closedLocally, application: code, reason: reason)
+    }
+    static let statelessReset = QUICError(.statelessReset, remote: true)
+    static func transport(_ detail: String) -> QUICError { QUICError(.transport, detail) }
+    static func socket(_ call: String, errno: Int32) -> QUICError {
+        QUICError(.socket, "\(call): \(String(cString: strerror(errno)))")
+    }
+    static func invalidConfiguration(_ detail: String) -> QUICError { QUICError(.invalidConfiguration, detail) }
+    static func streamReset(code: UInt64) -> QUICError { QUICError(.streamReset, application: code, remote: true) }
+
+    public var description: String {
+        switch code {
+        case .addressResolution: return "QUIC: address resolution failed: \(detail)"
+        case .handshakeTimeout: return "QUIC: handshake timeout\(detail.isEmpty ? "" : " (\(detail))")"
+        case .idleTimeout: return "QUIC: idle timeout: no packets from the peer\(detail.isEmpty ? "" : " (\(detail))")"
+        case .tlsAlert:
+            let who = isRemote ? "sent by the peer" : "raised locally"
+            return "QUIC: TLS alert \"\(tlsAlertName ?? "?")\" (\(tlsAlert ?? 0), \(who))\(detail.isEmpty ? "" : ": \(detail)")"
+        case .tls: return "QUIC: TLS error: \(detail)"
+        case .closedByPeer:
+            if isListenerShutdown { return "QUIC: closed by peer: listener shut down (code 0)" }
+            if let app = applicationErrorCode {
+                return "QUIC: closed by peer with application error 0x\(String(app, radix: 16)): \(reason ?? "")"
+            }
+            return "QUIC: closed by peer with transport error 0x\(String(transportErrorCode ?? 0, radix: 16)): \(reason ?? "")"
+        case .closedLocally:
+            return "QUIC: connection closed locally (0x\(String(applicationErrorCode ?? 0, radix: 16)) \(reason ?? ""))"
+        case .statelessReset: return "QUIC: stateless reset by peer (it lost the connection state)"
+        case .transport: return "QUIC: transport error: \(detail)"
+        case .socket: return "QUIC: socket error: \(detail)"
+        case .invalidConfiguration: return "QUIC: invalid configuration: \(detail)"
+        case .streamReset: return "QUIC: stream reset by peer with code 0x\(String(applicationErrorCode ?? 0, radix: 16))"
+        }
+    }
+
+    static func alertName(_ alert: UInt8) -> String {
+        switch alert {
+        case 0: return "close notify"
+        case 10: return "unexpected message"
+        case 20: return "bad record mac"
+        case 40: return "handshake failure"
+        case 42: return "bad certificate"
+        case 43: return "unsupported certificate"
+        case 44: return "certificate revoked"
+        case 45: return "certificate expired"
+        case 46: return "certificate unknown"
+        case 47: return "illegal parameter"
+        case 48: return "unknown ca"
+        case 49: return "access denied"
+        case 50: return "decode error"
+        case 51: return "decrypt error"
+        case 70: return "protocol version"
+        case 71: return "insufficient security"
+        case 80: return "internal error"
+        case 86: return "inappropriate fallback"
+        case 90: return "user canceled"
+        case 109: return "missing extension"
+        case 110: return "unsupported extension"
+        case 112: return "unrecognized name"
+        case 115: return "unknown psk identity"
+        case 116: return "certificate required"
+        case 120: return "no application protocol"
+        default: return "alert \(alert)"
+        }
+    }
+}

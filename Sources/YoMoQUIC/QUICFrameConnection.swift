@@ -1,0 +1,161 @@
+import NIOCore
+public import YoMoWire
+
+/// A YoMo frame connection: y3 frames back to back on the QUIC connection's one
+/// bidirectional stream (PROTOCOL.md, Transport).
+public final class QUICFrameConnection: Sendable {
+    /// The byte stream underneath.
+    public let connection: QUICConnection
+    /// Frames longer than this fail the reader with `WireError.Code.frameTooLarge`.
+    public let maximumFrameSize: Int
+
+    public init(_ connection: QUICConnection, maximumFrameSize: Int = FrameDecoder.defaultMaximumFrameSize) {
+        self.connection = connection
+        self.maximumFrameSize = maximumFrameSize
+    }
+
+    /// Connects to a zipper (or any YoMo QUIC server) at `host:port`.
+    public static func connect(
+        host: String, port: Int, configuration: QUICConfiguration = .default, tls: TLSConfiguration = .default
+    ) async throws(QUICError) -> QUICFrameConnection {
+        QUICFrameConnection(try await QUICConnection.connect(host: host, port: port, configuration: configuration, tls: tls))
+    }
+
+    public var remoteAddress: String { connection.remoteAddress }
+
+    /// Writes one frame; waits while the send buffer is full (backpressure).
+    /// Concurrent writers never interleave the bytes of their frames.
+    public nonisolated(nonsending) func write(_ frame: Frame) async throws(QUICError) {
+        let core = connection.core
+        guard case .data(let data) = frame else {
+            // Control frames are rare: encode them on their own.
+            try await core.write(frame.encoded())
+            return
+        }
+        if data.payload.readableBytes >= 4096 {
+            // Big payloads go out from the caller's buffer: only the header is copied.
+            var header = ByteBufferAllocator().buffer(capacity: data.encodedLength - data.payload.readableBytes)
+            data.encodeHeader(into: &header)
+            try await core.write(header, data.payload)
+        } else {
+            // Small frames are encoded straight into the send queue.
+            try await core.write(length: data.encodedLength) { data.encode(into: &$0) }
+        }
+    }
+
+    /// Received frames, in order. Ends when the peer finishes the stream; throws a
+    /// `QUICError` when the connection fails or a `WireError` on a malformed frame.
+    /// One iterator at a time.
+    public var frames: Frames { Frames(inbound: connection.inbound, maximumFrameSize: maximumFrameSize) }
+
+    /// Closes with the YoMo application error `0x13` (or `errorCode`) and `reason`.
+    public func close(errorCode: UInt64 = QUICError.yomoCloseCode, reason: String = "") async {
+        await connection.close(errorCode: errorCode, reason: reason)
+    }
+
+    public struct Frames: AsyncSequence, Sendable {
+        public typealias Element = Frame
+        public typealias Failure = any Error
+        let inbound: QUICConnection.Inbound
+        let maximumFrameSize: Int
+
+        public func makeAsyncIterator() -> AsyncIterator {
+            AsyncIterator(inner: inbound.makeAsyncIterator(), decoder: FrameDecoder(maximumFrameSize: maximumFrameSize))
+        }
+
+        public struct AsyncIterator: AsyncIteratorProtocol {
+            public typealias Element = Frame
+            public typealias Failure = any Error
+            var inner: QUICConnection.Inbound.AsyncIterator
+            var decoder: FrameDecoder
+            /// The received chunk being decoded; frames are slices of it (no copy).
+            var chunk = ByteBuffer()
+            /// A frame that straddles chunks, completed by copying only its own bytes.
+            var partial = ByteBuffer()
+
+            init(inner: QUICConnection.Inbound.AsyncIterator, decoder: FrameDecoder) {
+                self.inner = inner
+                self.decoder = decoder
+            }
+
+            public mutating func next() async throws -> Frame? {
+                try await next(isolation: nil)
+            }
+
+            /// Runs on the caller's actor: no executor hop per frame.
+            public mutating func next(isolation actor: isolated (any Actor)?) async throws -> Frame? {
+                while true {
+                    if let frame = try decodeAvailable() { return frame }
+                    guard let next = try await inner.next(isolation: actor) else {
+                        if partial.readableBytes > 0 { return try decoder.decodeLast(buffer: &partial, seenEOF: true) }
+                        return try decoder.decodeLast(buffer: &chunk, seenEOF: true)
+                    }
+                    chunk = next
+                }
+            }
+
+            /// A frame from what has arrived, or nil when more bytes are needed.
+            private mutating func decodeAvailable() throws -> Frame? {
+                if partial.readableBytes > 0 {
+                    // Finish the straddling frame: its header first, then exactly its remaining bytes.
+                    while chunk.readableBytes > 0 {
+                        guard let size = Self.frameSize(partial) else {
+                            var byte = chunk.readSlice(length: 1)!
+                            partial.writeBuffer(&byte)
+                            continue
+                        }
+                        if size < 0 || size > decoder.maximumFrameSize {
+                            partial.writeBuffer(&chunk)  // malformed or too large: the decoder will say so
+                        } else {
+                            var piece = chunk.readSlice(length: Swift.min(Swift.max(size - partial.readableBytes, 0), chunk.readableBytes))!
+                            partial.writeBuffer(&piece)
+                        }
+                        break
+                    }
+                    guard let frame = try decoder.decode(buffer: &partial) else { return nil }
+                    if partial.readableBytes > 0 {
+                        // Only after the fallback above: keep the bytes after the frame in order.
+                        partial.writeBuffer(&chunk)
+                        chunk = partial
+                    }
+                    partial = ByteBuffer()
+                    return frame
+                }
+                guard chunk.readableBytes > 0 else { return nil }
+                let size = Self.frameSize(chunk)
+                if let size, size >= 0, size <= chunk.readableBytes {
+                    return try decoder.decode(buffer: &chunk)  // whole frame here: decoded as slices, no copy
+                }
+                if let size, size < 0 || size > decoder.maximumFrameSize {
+                    // Malformed or too large: the decoder throws the precise error.
+                    if let frame = try decoder.decode(buffer: &chunk) { return frame }
+                }
+                // Starts here, ends in a later chunk: copy this part once into a buffer of the frame's size.
+                partial = ByteBufferAllocator().buffer(capacity: Swift.max(size ?? 16, chunk.readableBytes))
+                partial.writeBuffer(&chunk)
+                return nil
+            }
+
+            /// Total size of the frame at the reader index (tag byte, y3 length, value);
+            /// nil when the length is not complete yet, -1 when it is malformed.
+            static func frameSize(_ buffer: ByteBuffer) -> Int? {
+                let count = buffer.readableBytes
+                guard count >= 2 else { return nil }
+                var value = 0
+                var index = 1
+                while true {
+                    guard index < count, let byte = buffer.getInteger(at: buffer.readerIndex + index, as: UInt8.self) else {
+                        return nil
+                    }
+                    // y3 PVarInt32: 7 bits per byte, 0x80 = more, 0x40 of the first byte = sign.
+                    if index == 1 { value = byte & 0x40 != 0 ? -1 : 0 }
+                    value = (value << 7) | Int(byte & 0x7F)
+                    index += 1
+                    if byte & 0x80 == 0 { break }
+                    if index > 6 { return -1 }
+                }
+                return value < 0 ? -1 : index + value
+            }
+        }
+    }
+}

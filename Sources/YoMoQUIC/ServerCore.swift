@@ -1,0 +1,254 @@
+import CNGTCP2
+import Glibc
+import Synchronization
+
+/// Accepted connections waiting for the application.
+struct AcceptShared {
+    var queue: [QUICConnection] = []
+    var waiter: CheckedContinuation<QUICConnection?, Never>?
+    var finished = false
+}
+
+/// The listener: one UDP socket on its own loop, datagrams routed to
+/// connections by destination connection id.
+final class ServerCore: LoopSource, @unchecked Sendable {
+    static let cidLength = 18
+    /// Connections still in their handshake at once; Initials beyond are dropped, so
+    /// a flood of (possibly spoofed) Initials cannot grow state without bound.
+    static let maxHandshaking = 4096
+
+    let loop: QUICEventLoop
+    let fd: Int32
+    let local: UDPAddress
+    let configuration: QUICConfiguration
+    let credentials: TLSCredentials
+    let verifyClient: Bool
+    private let resetSecret: [UInt8]
+    private let debugLog: Bool
+
+    // Loop thread.
+    private var routes: [ConnectionID: ConnectionCore] = [:]
+    private var connections: [ObjectIdentifier: ConnectionCore] = [:]
+    private var closed = false
+    private var handshaking = 0
+    /// Connections holding datagrams the full socket refused.
+    private var blocked: [ObjectIdentifier: ConnectionCore] = [:]
+    /// Test hooks: simulate a full socket on new connections; count held-back sends.
+    var simulateFullSocketEvery = 0
+    private(set) var blockedEvents = 0
+    private var statelessResetsThisTick = 0
+    private var statelessResetTick: UInt64 = 0
+
+    let accepted = Mutex(AcceptShared())
+    /// Counters for tests and diagnostics (atomics: bumped per datagram).
+    let stats = ServerStats()
+
+    init(loop: QUICEventLoop, fd: Int32, local: UDPAddress, configuration: QUICConfiguration, credentials: TLSCredentials, verifyClient: Bool, debugLog: Bool) {
+        self.loop = loop
+        self.fd = fd
+        self.local = local
+        self.configuration = configuration
+        self.credentials = credentials
+        self.verifyClient = verifyClient
+        self.debugLog = debugLog
+        var secret = [UInt8](repeating: 0, count: 32)
+        gnutls_rnd(GNUTLS_RND_RANDOM, &secret, 32)
+        resetSecret = secret
+    }
+
+    deinit { close(fd) }
+
+    func start() {
+        loop.register(fd: fd, source: self)
+    }
+
+    func loopReadable() {
+        let rx = loop.rxBuffer
+        var from = sockaddr_storage()
+        var fromLength = socklen_t(0)
+        var segment = 0
+        var touched: [ObjectIdentifier: ConnectionCore] = [:]
+        for _ in 0..<256 {
+            let n = cngtcp2_recv(fd, rx.baseAddress!.assumingMemoryBound(to: UInt8.self), rx.count, &from, &fromLength, &segment)
+            if n < 0 {
+                if -n == EAGAIN || -n == EWOULDBLOCK { break }
+                continue
+            }
+            let address = UDPAddress(storage: from, length: fromLength)
+            var offset = 0
+            let step = max(1, segment)
+            while offset < n {
+                let length = min(step, n - offset)
+                if let core = dispatch(UnsafeRawBufferPointer(rebasing: rx[offset..<(offset + length)]), from: address) {
+                    touched[ObjectIdentifier(core)] = core
+                }
+                offset += length
+            }
+        }
+        for core in touched.values { core.afterReceive() }
+    }
+
+    /// Routes one datagram; returns the connection that took it.
+    private func dispatch(_ datagram: UnsafeRawBufferPointer, from address: UDPAddress) -> ConnectionCore? {
+        stats.datagrams.add(1, ordering: .relaxed)
+        switch NGPacket.decode(datagram, shortDCIDLength: Self.cidLength) {
+        case .invalid:
+            stats.dropped.add(1, ordering: .relaxed)
+            return nil
+        case .versionNegotiation(_, let dcid, let scid):
+            // Only answer datagrams big enough to be an Initial (anti-amplification).
+            if datagram.count >= 1200 {
+                let tx = loop.txBuffer
+                let n = NGPacket.writeVersionNegotiation(into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), dcid: dcid, scid: scid)
+                if n > 0 {
+                    stats.versionNegotiations.add(1, ordering: .relaxed)
+                    send(UnsafeRawBufferPointer(rebasing: tx[0..<n]), to: address)
+                }
+            }
+            return nil
+        case .long(_, let dcid, _):
+            if let core = routes[dcid] {
+                core.receive(datagram, from: address)
+                return core
+            }
+            guard !closed, NGPacket.isInitial(datagram), datagram.count >= 1200, handshaking < Self.maxHandshaking else {
+                stats.dropped.add(1, ordering: .relaxed)
+                return nil
+            }
+            return accept(datagram, from: address, originalDCID: dcid)
+        case .short(let dcid):
+            if let core = routes[dcid] {
+                core.receive(datagram, from: address)
+                return core
+            }
+            sendStatelessReset(for: dcid, triggerLength: datagram.count, to: address)
+            return nil
+        }
+    }
+
+    private func accept(_ datagram: UnsafeRawBufferPointer, from address: UDPAddress, originalDCID: ConnectionID) -> ConnectionCore? {
+        let core = ConnectionCore(loop: loop, fd: fd, connectedSocket: false, remote: address, isServer: true, configuration: configuration)
+        core.server = self
+        core.simulateFullSocketEvery = simulateFullSocketEvery
+        let scid = ConnectionID.random(length: Self.cidLength)
+        do throws(QUICError) {
+            let ng = try NGConnection.server(
+                local: local, remote: address, initial: datagram,
+                settings: NGSettings(quic: configuration, isServer: true, debugLog: debugLog),
+                credentials: credentials, verifyClient: verifyClient, resetSecret: resetSecret, scid: scid, delegate: core)
+            core.attach(ng)
+        } catch {
+            stats.dropped.add(1, ordering: .relaxed)
+            return nil
+        }
+        connections[ObjectIdentifier(core)] = core
+        handshaking += 1
+        core.countedAsHandshaking = true
+        core.routes = [originalDCID, scid]
+        routes[originalDCID] = core
+        routes[scid] = core
+        loop.addTimed(core)
+        core.onStreamOpened = { [weak self, unowned core] in self?.streamOpened(core) }
+        stats.accepted.add(1, ordering: .relaxed)
+        core.receive(datagram, from: address)
+        return core
+    }
+
+    private func streamOpened(_ core: ConnectionCore) {
+        let connection = QUICConnection(core: core)
+        let waiter = accepted.withLock { a -> CheckedContinuation<QUICConnection?, Never>? in
+            if let w = a.waiter {
+                a.waiter = nil
+                return w
+            }
+            a.queue.append(connection)
+            return nil
+        }
+        waiter?.resume(returning: connection)
+    }
+
+    private func sendStatelessReset(for dcid: ConnectionID, triggerLength: Int, to address: UDPAddress) {
+        // At most 100 resets per 100 ms: a flood of junk must not turn into a flood of replies.
+        let now = monotonicNow()
+        if now - statelessResetTick > 100_000_000 {
+            statelessResetTick = now
+            statelessResetsThisTick = 0
+        }
+        guard statelessResetsThisTick < 100 else { return }
+        statelessResetsThisTick += 1
+        let tx = loop.txBuffer
+        let n = NGPacket.writeStatelessReset(
+            into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), dcid: dcid, secret: resetSecret, triggerLength: triggerLength)
+        if n > 0 {
+            stats.statelessResets.add(1, ordering: .relaxed)
+            send(UnsafeRawBufferPointer(rebasing: tx[0..<n]), to: address)
+        }
+    }
+
+    private func send(_ packet: UnsafeRawBufferPointer, to address: UDPAddress) {
+        _ = address.withSockaddr { cngtcp2_send(fd, packet.baseAddress!.assumingMemoryBound(to: UInt8.self), packet.count, 0, $0, $1) }
+    }
+
+    // MARK: Called by connections
+
+    func addRoute(_ cid: ConnectionID, _ core: ConnectionCore) { routes[cid] = core }
+    func removeRoute(_ cid: ConnectionID) { routes[cid] = nil }
+
+    func watchWritable(_ core: ConnectionCore) {
+        blockedEvents += 1
+        if blocked.isEmpty { loop.setWantsWritable(fd: fd, true) }
+        blocked[ObjectIdentifier(core)] = core
+    }
+
+    func loopWritable() {
+        for (id, core) in blocked where core.retryBlockedSends() {
+            blocked[id] = nil
+        }
+        if blocked.isEmpty { loop.setWantsWritable(fd: fd, false) }
+    }
+
+    /// A connection left its handshake (done or failed).
+    func handshakeEnded(_ core: ConnectionCore) {
+        guard core.countedAsHandshaking else { return }
+        core.countedAsHandshaking = false
+        handshaking -= 1
+    }
+
+    func remove(_ core: ConnectionCore) {
+        handshakeEnded(core)
+        blocked[ObjectIdentifier(core)] = nil
+        for cid in core.routes where routes[cid] === core { routes[cid] = nil }
+        core.routes = []
+        connections[ObjectIdentifier(core)] = nil
+    }
+
+    var connectionCount: Int { connections.count }
+
+    // MARK: Shutdown
+
+    /// Closes every connection with code 0 (listener shut down) and stops listening.
+    func shutdown() {
+        guard !closed else { return }
+        closed = true
+        for core in Array(connections.values) {
+            core.closeLocally(code: 0, reason: "")
+            core.release()
+        }
+        loop.unregister(fd: fd)
+        let waiter = accepted.withLock { a -> CheckedContinuation<QUICConnection?, Never>? in
+            a.finished = true
+            let w = a.waiter
+            a.waiter = nil
+            return w
+        }
+        waiter?.resume(returning: nil)
+    }
+}
+
+final class ServerStats: Sendable {
+    let datagrams = Atomic<Int>(0)
+    let dropped = Atomic<Int>(0)
+    let accepted = Atomic<Int>(0)
+    let versionNegotiations = Atomic<Int>(0)
+    let statelessResets = Atomic<Int>(0)
+}

@@ -1,0 +1,110 @@
+import CNGTCP2
+import Glibc
+
+/// A socket address in storage that can be copied into C structs.
+struct UDPAddress: Sendable, CustomStringConvertible {
+    var storage = sockaddr_storage()
+    var length: socklen_t = 0
+
+    init() {}
+
+    init(storage: sockaddr_storage, length: socklen_t) {
+        self.storage = storage
+        self.length = length
+    }
+
+    var family: Int32 { Int32(storage.ss_family) }
+
+    var port: Int {
+        withUnsafeBytes(of: storage) { raw in
+            switch family {
+            case AF_INET: return Int(UInt16(bigEndian: raw.load(fromByteOffset: 2, as: UInt16.self)))
+            case AF_INET6: return Int(UInt16(bigEndian: raw.load(fromByteOffset: 2, as: UInt16.self)))
+            default: return 0
+            }
+        }
+    }
+
+    var host: String {
+        var out = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+        return withUnsafeBytes(of: storage) { raw -> String in
+            let ok: Bool
+            switch family {
+            case AF_INET:
+                ok = inet_ntop(AF_INET, raw.baseAddress! + 4, &out, socklen_t(out.count)) != nil
+            case AF_INET6:
+                ok = inet_ntop(AF_INET6, raw.baseAddress! + 8, &out, socklen_t(out.count)) != nil
+            default: ok = false
+            }
+            return ok ? String(decoding: out.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
+        }
+    }
+
+    var description: String { family == AF_INET6 ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
+        try withUnsafeBytes(of: storage) { raw in
+            try body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), length)
+        }
+    }
+
+    /// Resolves a host and port for UDP (`getaddrinfo`), IPv4 and IPv6.
+    static func resolve(host: String, port: Int) throws(QUICError) -> [UDPAddress] {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_DGRAM.rawValue)
+        hints.ai_flags = AI_ADDRCONFIG
+        var result: UnsafeMutablePointer<addrinfo>?
+        // "[::1]" is the bracketed form of an IPv6 literal.
+        let name = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        var rv = getaddrinfo(name, String(port), &hints, &result)
+        if rv == EAI_NONAME {
+            // AI_ADDRCONFIG hides loopback-only families on hosts without a network.
+            hints.ai_flags = 0
+            rv = getaddrinfo(name, String(port), &hints, &result)
+        }
+        guard rv == 0, let first = result else {
+            throw .addressResolution(host, String(cString: gai_strerror(rv)))
+        }
+        defer { freeaddrinfo(first) }
+        var out: [UDPAddress] = []
+        var cursor: UnsafeMutablePointer<addrinfo>? = first
+        while let ai = cursor {
+            var address = UDPAddress()
+            withUnsafeMutableBytes(of: &address.storage) { raw in
+                raw.copyMemory(from: UnsafeRawBufferPointer(start: ai.pointee.ai_addr, count: Int(ai.pointee.ai_addrlen)))
+            }
+            address.length = ai.pointee.ai_addrlen
+            out.append(address)
+            cursor = ai.pointee.ai_next
+        }
+        if out.isEmpty { throw .addressResolution(host, "no addresses") }
+        return out
+    }
+}
+
+/// A non-blocking UDP socket with large buffers and receive coalescing.
+func makeUDPSocket(family: Int32) throws(QUICError) -> Int32 {
+    let fd = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    if fd < 0 { throw .socket("socket", errno: errno) }
+    var size: Int32 = 4 << 20
+    // FORCE variants exceed rmem_max when privileged; the plain ones are the fallback.
+    if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, 4) != 0 {
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, 4)
+    }
+    if setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, 4) != 0 {
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, 4)
+    }
+    _ = cngtcp2_enable_gro(fd)
+    return fd
+}
+
+func localAddress(of fd: Int32) throws(QUICError) -> UDPAddress {
+    var address = UDPAddress()
+    address.length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    let rv = withUnsafeMutableBytes(of: &address.storage) { raw in
+        getsockname(fd, raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &address.length)
+    }
+    if rv != 0 { throw .socket("getsockname", errno: errno) }
+    return address
+}

@@ -1,0 +1,51 @@
+import Foundation
+import NIOCore
+import Testing
+@testable import YoMoQUIC
+
+/// Our client and server against an independent QUIC stack (Python aioquic).
+@Suite("Interop with aioquic", .serialized)
+struct InteropTests {
+    @Test("client echoes 64 MiB byte-exact through an aioquic server")
+    func clientAgainstAioquic() async throws {
+        let (peer, port) = try PythonPeer.echoServer()
+        defer { peer.stop() }
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: port)
+        let total = 64 << 20
+        let received = try await withThrowingTaskGroup(of: Int.self) { group in
+            group.addTask { try await Fixture.send(connection, total: total); return -1 }
+            group.addTask { try await Fixture.receive(connection, total: total) }
+            var received = 0
+            for try await n in group where n >= 0 { received = n }
+            return received
+        }
+        #expect(received == total)
+        await connection.close(reason: "done")
+    }
+
+    @Test("server echoes for an aioquic client", arguments: [false, true])
+    func serverAgainstAioquic(bigClientHello: Bool) async throws {
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+        let echo = Task {
+            for await connection in server.connections {
+                Task {
+                    do {
+                        for try await chunk in connection.inbound { try await connection.write(chunk) }
+                        try await connection.finishWriting()
+                    } catch {}
+                }
+            }
+        }
+        let total = 8 << 20
+        // bigClientHello: the ClientHello spans two Initial datagrams, as Go's does with
+        // its post-quantum key share.
+        let client = try PythonPeer(
+            arguments: ["client", "127.0.0.1", String(server.port), String(total)] + (bigClientHello ? ["big"] : []))
+        let line = client.line(startingWith: "OK")
+        let status = client.waitForExit()
+        #expect(line == "OK \(total)")
+        #expect(status == 0)
+        await server.close()
+        echo.cancel()
+    }
+}

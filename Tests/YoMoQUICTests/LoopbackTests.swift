@@ -1,0 +1,334 @@
+import Foundation
+import NIOCore
+import Testing
+import YoMoWire
+@testable import YoMoQUIC
+
+/// Our client against our server on loopback.
+@Suite("Client and server on loopback")
+struct LoopbackTests {
+    @Test("16 MiB echoed byte-exact, both directions at once")
+    func bulkEcho() async throws {
+        let server = try await EchoServer()
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        let total = 16 << 20
+        let received = try await withThrowingTaskGroup(of: Int.self) { group in
+            group.addTask { try await Fixture.send(connection, total: total, chunk: 10_000); return -1 }
+            group.addTask { try await Fixture.receive(connection, total: total) }
+            var received = 0
+            for try await n in group where n >= 0 { received = n }
+            return received
+        }
+        #expect(received == total)
+        await connection.close()
+        await server.stop()
+    }
+
+    @Test("sends refused by a full socket (EAGAIN) are held and resent in order")
+    func fullSocketBuffer() async throws {
+        let server = try await EchoServer()
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        let core = connection.core
+        await withCheckedContinuation { c in
+            core.loop.execute {
+                core.simulateFullSocketEvery = 7
+                c.resume()
+            }
+        }
+        let total = 8 << 20
+        let received = try await withThrowingTaskGroup(of: Int.self) { group in
+            group.addTask { try await Fixture.send(connection, total: total); return -1 }
+            group.addTask { try await Fixture.receive(connection, total: total) }
+            var received = 0
+            for try await n in group where n >= 0 { received = n }
+            return received
+        }
+        #expect(received == total)
+        let blocked = await withCheckedContinuation { c in
+            connection.core.loop.execute { c.resume(returning: connection.core.blockedSends) }
+        }
+        #expect(blocked > 0, "the simulated full socket should have held sends back")
+        await connection.close()
+        await server.stop()
+    }
+
+    @Test("the server holds and resends datagrams a full socket refused")
+    func serverFullSocketBuffer() async throws {
+        let server = try await EchoServer()
+        let serverCore = server.server.core
+        await withCheckedContinuation { c in
+            serverCore.loop.execute {
+                serverCore.simulateFullSocketEvery = 5
+                c.resume()
+            }
+        }
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        let total = 8 << 20
+        let received = try await withThrowingTaskGroup(of: Int.self) { group in
+            group.addTask { try await Fixture.send(connection, total: total); return -1 }
+            group.addTask { try await Fixture.receive(connection, total: total) }
+            var received = 0
+            for try await n in group where n >= 0 { received = n }
+            return received
+        }
+        #expect(received == total)
+        let events = await withCheckedContinuation { c in
+            serverCore.loop.execute { c.resume(returning: serverCore.blockedEvents) }
+        }
+        #expect(events > 0)
+        await connection.close()
+        await server.stop()
+    }
+
+    @Test("IPv6, localhost and a wildcard listener resolve and connect", arguments: ["::1", "[::1]", "localhost", "0.0.0.0"])
+    func addressFamilies(host: String) async throws {
+        let listen = switch host {
+        case "localhost": "127.0.0.1"
+        case "0.0.0.0": "0.0.0.0"
+        default: "::1"
+        }
+        let server = try await EchoServer(host: listen)
+        let target = switch host {
+        case "localhost": "localhost"
+        case "0.0.0.0": "127.0.0.1"
+        default: host
+        }
+        let connection = try await QUICConnection.connect(host: target, port: server.port)
+        let reply = try await echo(connection, ByteBuffer(string: "hello \(host)"))
+        #expect(String(buffer: reply) == "hello \(host)")
+        await connection.close()
+        await server.stop()
+    }
+
+    @Test("frames round-trip through the frame connection, big and small")
+    func frames() async throws {
+        let server = try await EchoServer()
+        let connection = try await QUICFrameConnection.connect(host: "127.0.0.1", port: server.port)
+        var big = ByteBuffer()
+        big.writeRepeatingByte(0xAB, count: 300_000)
+        let sent: [Frame] = [
+            .handshake(HandshakeFrame(name: "sfn", id: "abc-0", clientType: .streamFunction, observedTags: [0x33], authName: "", authPayload: "", version: "2024-01-03", functionDefinition: [], wantedTarget: "")),
+            .data(DataFrame(tag: 0x33, payload: ByteBuffer(string: "small"))),
+            .data(DataFrame(tag: 0x34, payload: big)),
+            .handshakeAck,
+            .goaway(GoawayFrame(message: "bye")),
+        ]
+        for frame in sent { try await connection.write(frame) }
+        var received: [Frame] = []
+        for try await frame in connection.frames {
+            received.append(frame)
+            if received.count == sent.count { break }
+        }
+        #expect(received == sent)
+        await connection.close()
+        await server.stop()
+    }
+
+    @Test("a writer waits when the peer does not read, and nothing is lost")
+    func backpressure() async throws {
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+        var configuration = QUICConfiguration.default
+        configuration.sendBufferSize = 256 << 10
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port, configuration: configuration)
+        // The server accepts but does not read: after window (2 MiB) + send buffer the writer must block.
+        let written = ManagedCounter()
+        let writer = Task {
+            var sent = 0
+            while sent < (8 << 20) {
+                try await connection.write(Fixture.pattern(offset: sent, length: 65536))
+                sent += 65536
+                written.set(sent)
+            }
+        }
+        var iterator = server.connections.makeAsyncIterator()
+        let accepted = try #require(await iterator.next())
+        // The peer's 2 MiB stream window fills up...
+        let deadline = ContinuousClock.now + .seconds(20)
+        while written.get() < (2 << 20) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(written.get() >= 2 << 20, "the peer's 2 MiB window should have been filled")
+        // ...and then the writer can get at most its send buffer (plus one write) further.
+        try await Task.sleep(for: .milliseconds(300))
+        let stalled = written.get()
+        #expect(stalled <= (2 << 20) + (256 << 10) + 65536, "writer should be blocked by flow control, wrote \(stalled)")
+        // Now read everything: the writer completes and the bytes are exact.
+        let received = try await Fixture.receive(accepted, total: 8 << 20)
+        try await writer.value
+        #expect(received == 8 << 20)
+        await connection.close()
+        await server.close()
+    }
+
+    @Test("close with 0x13 and a reason reaches the peer")
+    func closeWithReason() async throws {
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        try await connection.write(ByteBuffer(string: "x"))
+        var iterator = server.connections.makeAsyncIterator()
+        let accepted = try #require(await iterator.next())
+        await accepted.close(errorCode: 0x13, reason: "sfn finished")
+        let error = await #expect(throws: QUICError.self) {
+            for try await _ in connection.inbound {}
+        }
+        #expect(error?.kind == .closedByPeer)
+        #expect(error?.applicationErrorCode == 0x13)
+        #expect(error?.reason == "sfn finished")
+        #expect(error?.isListenerShutdown == false)
+        #expect(error.map { "\($0)" }?.contains("sfn finished") == true)
+        await server.close()
+    }
+
+    @Test("listener shutdown reaches clients as code 0")
+    func listenerShutdown() async throws {
+        let server = try await EchoServer()
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        _ = try await echo(connection, ByteBuffer(string: "ping"))
+        await server.stop()
+        let error = await #expect(throws: QUICError.self) {
+            for try await _ in connection.inbound {}
+        }
+        #expect(error?.kind == .closedByPeer)
+        #expect(error?.isListenerShutdown == true)
+        await #expect(throws: QUICError.self) { try await connection.write(ByteBuffer(string: "late")) }
+    }
+
+    @Test("after the server closed: accepted connections fail and close() and a second server.close() return")
+    func useAfterServerClose() async throws {
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+        let client = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        try await client.write(ByteBuffer(string: "x"))
+        var iterator = server.connections.makeAsyncIterator()
+        let accepted = try #require(await iterator.next())
+        await server.close()
+        await server.close()
+        #expect(await iterator.next() == nil)
+        #expect(await server.connectionCount() == 0)
+        let error = await #expect(throws: QUICError.self) { try await accepted.write(ByteBuffer(string: "late")) }
+        #expect(error?.kind == .closedLocally)
+        await accepted.close()
+        await client.close()
+    }
+
+    @Test("keep-alive PINGs hold an idle link open past the peer's idle timeout", arguments: [true, false])
+    func keepAlive(enabled: Bool) async throws {
+        var serverConfiguration = QUICConfiguration.default
+        serverConfiguration.idleTimeout = .seconds(1)  // like the Go zipper's 5 s, shorter
+        let server = try await EchoServer(configuration: serverConfiguration)
+        var configuration = QUICConfiguration.default
+        configuration.keepAliveInterval = enabled ? .milliseconds(300) : nil
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port, configuration: configuration)
+        _ = try await echo(connection, ByteBuffer(string: "a"))
+        try await Task.sleep(for: .milliseconds(2500))  // silence: 2.5 idle timeouts
+        if enabled {
+            #expect(String(buffer: try await echo(connection, ByteBuffer(string: "b"))) == "b")
+        } else {
+            let error = await #expect(throws: QUICError.self) { _ = try await echo(connection, ByteBuffer(string: "b")) }
+            #expect(error?.kind == .idleTimeout)
+        }
+        await connection.close()
+        await server.stop()
+    }
+
+    @Test("a malformed byte stream fails the frame reader with a WireError")
+    func malformedFrames() async throws {
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        // A DataFrame tag byte with a negative y3 length.
+        try await connection.write(ByteBuffer(bytes: [0xBF, 0x7F, 0x01, 0x02]))
+        var iterator = server.connections.makeAsyncIterator()
+        let accepted = QUICFrameConnection(try #require(await iterator.next()))
+        await #expect(throws: WireError.self) {
+            for try await _ in accepted.frames {}
+        }
+        await connection.close()
+        await server.close()
+    }
+
+    @Test("address resolution failure says so")
+    func resolutionFailure() async throws {
+        let error = await #expect(throws: QUICError.self) {
+            _ = try await QUICConnection.connect(host: "no-such-host.invalid", port: 9000)
+        }
+        #expect(error?.kind == .addressResolution)
+        #expect(error.map { "\($0)" }?.contains("no-such-host.invalid") == true)
+    }
+
+    @Test("a closed port fails fast (ICMP unreachable), not after the handshake timeout")
+    func refused() async throws {
+        // Bind and close to get a port nobody listens on.
+        let probe = try makeUDPSocket(family: AF_INET)
+        var address = try UDPAddress.resolve(host: "127.0.0.1", port: 0)[0]
+        _ = address.withSockaddr { bind(probe, $0, $1) }
+        address = try localAddress(of: probe)
+        close(probe)
+        let start = ContinuousClock.now
+        let error = await #expect(throws: QUICError.self) {
+            _ = try await QUICConnection.connect(host: "127.0.0.1", port: address.port)
+        }
+        #expect(error?.kind == .socket)
+        #expect(ContinuousClock.now - start < .seconds(2))
+    }
+
+    @Test("wrong ALPN is refused with \"no application protocol\"")
+    func alpnMismatch() async throws {
+        let server = try await EchoServer()
+        var configuration = QUICConfiguration.default
+        configuration.alpn = "not-yomo"
+        let error = await #expect(throws: QUICError.self) {
+            _ = try await QUICConnection.connect(host: "127.0.0.1", port: server.port, configuration: configuration)
+        }
+        #expect(error?.kind == .tlsAlert)
+        #expect(error?.tlsAlertName == "no application protocol")
+        await server.stop()
+    }
+
+    @Test("handshake timeout when nobody answers")
+    func handshakeTimeout() async throws {
+        // A bound UDP socket that never answers.
+        let silent = try makeUDPSocket(family: AF_INET)
+        defer { close(silent) }
+        var address = try UDPAddress.resolve(host: "127.0.0.1", port: 0)[0]
+        _ = address.withSockaddr { bind(silent, $0, $1) }
+        address = try localAddress(of: silent)
+        var configuration = QUICConfiguration.default
+        configuration.handshakeTimeout = .milliseconds(500)
+        let start = ContinuousClock.now
+        let error = await #expect(throws: QUICError.self) {
+            _ = try await QUICConnection.connect(host: "127.0.0.1", port: address.port, configuration: configuration)
+        }
+        let elapsed = ContinuousClock.now - start
+        #expect(error?.kind == .handshakeTimeout)
+        #expect(elapsed < .seconds(2))
+    }
+
+    @Test("peer killed mid-stream: idle timeout within the configured time")
+    func idleTimeoutAfterPeerDies() async throws {
+        let (peer, port) = try PythonPeer.echoServer()
+        defer { peer.stop() }
+        var configuration = QUICConfiguration.default
+        configuration.idleTimeout = .seconds(1)
+        configuration.keepAliveInterval = .milliseconds(300)
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: configuration)
+        _ = try await echo(connection, ByteBuffer(string: "alive"))
+        let writer = Task { try? await Fixture.send(connection, total: 1 << 30) }
+        peer.stop()  // SIGKILL: no CONNECTION_CLOSE
+        let start = ContinuousClock.now
+        let error = await #expect(throws: QUICError.self) {
+            for try await _ in connection.inbound {}
+        }
+        let elapsed = ContinuousClock.now - start
+        writer.cancel()
+        #expect(error?.kind == .idleTimeout)
+        // ngtcp2 uses max(idle timeout, 3 PTO); on loopback the PTO is tiny.
+        #expect(elapsed < .milliseconds(2500), "reported after \(elapsed)")
+        await #expect(throws: QUICError.self) { try await connection.write(ByteBuffer(string: "x")) }
+    }
+}
+
+final class ManagedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func set(_ v: Int) { lock.lock(); value = v; lock.unlock() }
+    func get() -> Int { lock.lock(); defer { lock.unlock() }; return value }
+}
