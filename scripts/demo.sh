@@ -1,18 +1,56 @@
 #!/usr/bin/env bash
-# The main job: installs prerequisites, builds, and runs what swift-yomo has so far.
+# The main job: installs prerequisites, builds, then runs a zipper, the
+# uppercase stream function and a source on this machine, all traced, and shows
+# each frame's trace — source → zipper → stream function — as a waterfall in
+# the terminal (`yomo trace-view`, a local OTLP/HTTP receiver).
 #
-#   scripts/demo.sh
+#   scripts/demo.sh                 # 5 frames, then stops
+#   DEMO_FRAMES=0 scripts/demo.sh   # a frame a second until Ctrl-C
 #
-# Today that is the wire codec, measured on this machine. The traced
-# zipper → stream function → source demo replaces this once `yomo serve`
-# and the examples exist (see docs/roadmap.md).
+# DEMO_PORT (zipper, default 9000) and DEMO_OTLP_PORT (trace view, default 4318)
+# move the ports. To send the same traces to a real Jaeger instead, run the
+# programs with OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 (docs/observability.md).
+# Stops everything it started on exit or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-echo "demo: building (release)…"
-swift build -c release --product yomo-wire-bench 2>&1 | grep -E "error|warning: .*deprecated|Compiling|Build complete" | tail -3
-echo
-echo "demo: the zipper, stream function and source are not there yet (docs/roadmap.md)."
-echo "demo: meanwhile, the YoMo wire codec on this machine (frames with source id, tid, trace id, span id):"
-echo
-"$(swift build -c release --show-bin-path)/yomo-wire-bench" --quick
+port="${DEMO_PORT:-9000}"
+otlp_port="${DEMO_OTLP_PORT:-4318}"
+frames="${DEMO_FRAMES:-5}"
+logs="$(mktemp -d)"
+
+echo "demo: building (release; the first build takes a few minutes)…"
+for product in yomo uppercase-sfn demo-source; do
+    swift build -c release --product "$product" > "$logs/build.log" 2>&1 || { tail -30 "$logs/build.log"; exit 1; }
+done
+bin="$(swift build -c release --show-bin-path)"
+
+pids=()
+cleanup() {
+    trap - EXIT INT TERM
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    echo "demo: stopped (logs in $logs)"
+}
+trap cleanup EXIT INT TERM
+
+"$bin/yomo" trace-view --listen "127.0.0.1:$otlp_port" --quiet-ms 800 &
+pids+=($!)
+sleep 0.5
+
+export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
+export OTEL_BSP_SCHEDULE_DELAY=200
+"$bin/yomo" serve --host 127.0.0.1 --port "$port" 2> "$logs/zipper.log" &
+pids+=($!)
+"$bin/uppercase-sfn" --zipper "127.0.0.1:$port" --observe 0x33 --emit 0x34 2> "$logs/uppercase-sfn.log" &
+pids+=($!)
+sleep 1
+
+if [ "$frames" = "0" ]; then
+    echo "demo: a source writes a frame a second with tag 0x33; Ctrl-C stops everything"
+    "$bin/demo-source" --zipper "127.0.0.1:$port" --interval 1000 2> "$logs/source.log"
+else
+    echo "demo: a source writes $frames frames with tag 0x33; uppercase-sfn answers with tag 0x34"
+    "$bin/demo-source" --zipper "127.0.0.1:$port" --count "$frames" --interval 300 2> "$logs/source.log"
+    sleep 2.5  # the last spans' batch and the trace view's quiet period
+fi

@@ -1,0 +1,46 @@
+// A source that keeps writing frames, for demos: one frame every --interval
+// milliseconds (or --count frames, then it stops).
+//
+//   demo-source [--zipper HOST:PORT] [--tag 0x33] [--interval 1000] [--count N]
+import ArgumentParser
+import Foundation
+import Logging
+import YoMo
+
+@main
+struct DemoSource: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "demo-source", abstract: "Writes a frame every interval.")
+
+    @Option var zipper = "localhost:9000"
+    @Option var name = "demo-source"
+    @Option(transform: { text in
+        guard let value = text.lowercased().hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : UInt32(text) else {
+            throw ValidationError("\(text) is not a tag")
+        }
+        return value
+    }) var tag: UInt32 = 0x33
+    @Option(help: "Milliseconds between frames.") var interval = 1000
+    @Option(help: "Stop after this many frames (default: run until Ctrl-C).") var count: Int?
+    @Option var credential: String?
+
+    func run() async throws {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        let logger = Logger(label: "demo-source")
+        let source = Source(name: name, zipper: zipper, options: .init(credential: credential, retryConnect: true))
+        source.setErrorHandler { logger.warning("\($0)") }
+        try await source.connect()
+        var written = 0
+        while count.map({ written < $0 }) ?? true {
+            let text = "hello yomo #\(written)"
+            do {
+                try await source.write(tag: tag, data: Array(text.utf8))
+                logger.info("wrote", metadata: ["tag": "0x\(String(tag, radix: 16))", "data": "\(text)"])
+                written += 1
+            } catch let error as YoMoError where error.code == .notConnected {
+                logger.warning("not connected, retrying")
+            }
+            try await Task.sleep(for: .milliseconds(interval))
+        }
+        await source.close()
+    }
+}

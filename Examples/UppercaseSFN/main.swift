@@ -1,0 +1,59 @@
+// The README's example stream function: uppercases the ASCII letters of each
+// payload (length kept) and writes the result with the emit tag.
+//
+//   uppercase-sfn [--zipper HOST:PORT] [--name upper] [--observe 0x33] [--emit 0x34] [--pipe] [--credential C]
+import ArgumentParser
+import Foundation
+import Logging
+import YoMo
+
+@main
+struct UppercaseSFN: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "uppercase-sfn", abstract: "A stream function that uppercases payloads.")
+
+    @Option var zipper = "localhost:9000"
+    @Option var name = "upper"
+    @Option(transform: tag) var observe: UInt32 = 0x33
+    @Option(transform: tag) var emit: UInt32 = 0x34
+    @Flag(help: "Use the pipe handler (frames in order) instead of the async handler.") var pipe = false
+    @Option var credential: String?
+
+    func run() async throws {
+        let level = ProcessInfo.processInfo.environment["YOMO_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let sfn = StreamFunction(
+            name: name, zipper: zipper,
+            options: .init(observedTags: [observe], credential: credential, retryConnect: true))
+        let emit = self.emit
+        if pipe {
+            sfn.setPipeHandler { input, output in
+                for await frame in input {
+                    try await output.write(tag: emit, data: uppercased(frame.data))
+                }
+            }
+        } else {
+            sfn.setHandler { ctx in
+                try await ctx.write(tag: emit, data: uppercased(ctx.data))
+            }
+        }
+        sfn.setErrorHandler { error in
+            Logger(label: "uppercase-sfn").error("\(error)")
+        }
+        try await sfn.connect()
+        await sfn.wait()
+    }
+}
+
+func uppercased(_ bytes: [UInt8]) -> [UInt8] {
+    bytes.map { (97...122).contains($0) ? $0 - 32 : $0 }
+}
+
+func tag(_ text: String) throws -> UInt32 {
+    let value = text.lowercased().hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : UInt32(text)
+    guard let value else { throw ValidationError("\(text) is not a tag") }
+    return value
+}

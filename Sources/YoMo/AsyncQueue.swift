@@ -1,0 +1,109 @@
+import Synchronization
+
+/// A bounded FIFO between one producer and one consumer, with backpressure: `send`
+/// waits while the queue is full, `next` waits while it is empty. Used to feed a
+/// pipe handler in arrival order without dropping or buffering without bound.
+final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
+    private struct State {
+        var items: [Element] = []
+        var head = 0
+        var finished = false
+        var consumer: CheckedContinuation<Element?, Never>?
+        var producers: [CheckedContinuation<Void, Never>] = []
+        var count: Int { items.count - head }
+    }
+
+    private enum SendStep { case delivered(CheckedContinuation<Element?, Never>?), full, finished }
+    private enum NextStep { case value(Element, CheckedContinuation<Void, Never>?), end, wait }
+
+    private let capacity: Int
+    private let state = Mutex(State())
+
+    init(capacity: Int) {
+        precondition(capacity > 0)
+        self.capacity = capacity
+    }
+
+    /// Enqueues `element`, waiting while `capacity` elements are queued. Returns
+    /// `false` if the queue was finished (the element is dropped: nobody will read it).
+    @discardableResult
+    func send(_ element: Element) async -> Bool {
+        while true {
+            let step: SendStep = state.withLock { state in
+                if state.finished { return .finished }
+                if let consumer = state.consumer {
+                    state.consumer = nil
+                    return .delivered(consumer)
+                }
+                guard state.count < capacity else { return .full }
+                state.items.append(element)
+                return .delivered(nil)
+            }
+            switch step {
+            case .finished: return false
+            case .delivered(let consumer?):
+                consumer.resume(returning: element)
+                return true
+            case .delivered(nil): return true
+            case .full:
+                await withCheckedContinuation { continuation in
+                    let resumeNow = state.withLock { state -> Bool in
+                        if state.finished || state.count < capacity { return true }
+                        state.producers.append(continuation)
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
+                }
+            }
+        }
+    }
+
+    /// No more elements: the consumer sees the end after the queued ones.
+    func finish() {
+        let (consumer, producers) = state.withLock { state in
+            state.finished = true
+            let consumer = state.count == 0 ? state.consumer : nil
+            if consumer != nil { state.consumer = nil }
+            defer { state.producers.removeAll() }
+            return (consumer, state.producers)
+        }
+        consumer?.resume(returning: nil)
+        for producer in producers { producer.resume() }
+    }
+
+    func next() async -> Element? {
+        await withCheckedContinuation { continuation in
+            let step: NextStep = state.withLock { state in
+                if state.count > 0 {
+                    let element = state.items[state.head]
+                    state.head += 1
+                    if state.head > 64, state.head * 2 > state.items.count {
+                        state.items.removeFirst(state.head)
+                        state.head = 0
+                    }
+                    let producer = state.producers.isEmpty ? nil : state.producers.removeFirst()
+                    return .value(element, producer)
+                }
+                if state.finished { return .end }
+                state.consumer = continuation
+                return .wait
+            }
+            switch step {
+            case .value(let element, let producer):
+                producer?.resume()
+                continuation.resume(returning: element)
+            case .end:
+                continuation.resume(returning: nil)
+            case .wait:
+                break
+            }
+        }
+    }
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let queue: AsyncQueue
+        func next() async -> Element? { await queue.next() }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(queue: self) }
+}

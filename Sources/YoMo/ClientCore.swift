@@ -1,0 +1,119 @@
+internal import Logging
+internal import NIOCore
+public import YoMoQUIC
+internal import YoMoWire
+
+/// The spec version this SDK speaks.
+public let yomoSpecVersion = "2024-01-03"
+
+/// What a client announces in its handshake and how it connects.
+struct ClientSettings: Sendable {
+    var name: String
+    var clientType: ClientType
+    var observedTags: [UInt32]
+    var credential: Credential?
+    var wantedTarget: String
+    var zipper: ZipperAddress
+    var quic: QUICConfiguration
+    var tls: TLSConfiguration
+    var reconnect: ReconnectPolicy
+    var retryInitialConnect: Bool
+    var handshakeTimeout: Duration
+}
+
+/// One handshaken connection and the reader of its frames.
+final class ClientSession: @unchecked Sendable {
+    // Only the one serving loop reads `frames`; the connection itself is Sendable.
+    let connection: QUICFrameConnection
+    var frames: FrameReader
+    let clientID: String
+    let zipper: ZipperAddress
+
+    init(connection: QUICFrameConnection, frames: FrameReader, clientID: String, zipper: ZipperAddress) {
+        self.connection = connection
+        self.frames = frames
+        self.clientID = clientID
+        self.zipper = zipper
+    }
+}
+
+/// Dials, handshakes, follows ConnectTo redirects, and classifies how a session ended.
+enum ClientCore {
+    static let maximumRedirects = 4
+
+    static func dial(_ settings: ClientSettings, clientID: String, logger: Logger) async throws -> ClientSession {
+        var address = settings.zipper
+        for _ in 0...maximumRedirects {
+            let connection = try await QUICFrameConnection.connect(
+                host: address.host, port: address.port, configuration: settings.quic, tls: settings.tls)
+            do {
+                try await connection.write(.handshake(handshake(settings, clientID: clientID)))
+                var frames = FrameReader(connection)
+                let answer = try await frames.first(
+                    within: settings.handshakeTimeout,
+                    orFail: YoMoError(.notConnected, "zipper \(address) did not answer the handshake within \(settings.handshakeTimeout)"))
+                switch answer {
+                case .handshakeAck?:
+                    return ClientSession(connection: connection, frames: frames, clientID: clientID, zipper: address)
+                case .rejected(let rejected)?:
+                    await connection.close(reason: "rejected")
+                    throw YoMoError(.rejected, "zipper \(address) rejected the handshake: \(rejected.message)")
+                case .connectTo(let redirect)?:
+                    await connection.close(reason: "redirected")
+                    logger.info("zipper redirects", metadata: ["zipper_addr": "\(address)", "to": "\(redirect.endpoint)"])
+                    address = try ZipperAddress(redirect.endpoint)
+                    continue
+                case .goaway(let goaway)?:
+                    await connection.close(reason: "goaway")
+                    throw YoMoError(.goaway, "zipper \(address) went away: \(goaway.message)")
+                case let other?:
+                    await connection.close(reason: "unexpected \(other.type)")
+                    throw YoMoError(.protocolViolation, "zipper \(address) answered the handshake with a \(other.type)")
+                case nil:
+                    throw YoMoError(.closedByPeer, "zipper \(address) closed the stream during the handshake")
+                }
+            } catch {
+                await connection.close(reason: "handshake failed")
+                throw error
+            }
+        }
+        throw YoMoError(.protocolViolation, "zipper redirected more than \(maximumRedirects) times")
+    }
+
+    static func handshake(_ settings: ClientSettings, clientID: String) -> HandshakeFrame {
+        HandshakeFrame(
+            name: settings.name,
+            id: clientID,
+            clientType: settings.clientType,
+            observedTags: settings.observedTags,
+            authName: settings.credential?.name ?? "",
+            authPayload: settings.credential?.payload ?? "",
+            version: yomoSpecVersion,
+            wantedTarget: settings.wantedTarget
+        )
+    }
+
+    /// Whether a session that ended with `error` should be dialled again.
+    static func isFinal(_ error: any Error) -> Bool {
+        if let error = error as? YoMoError {
+            return [.rejected, .goaway, .closedByPeer, .listenerShutdown, .closed].contains(error.code)
+        }
+        if let error = error as? QUICError {
+            return error.isRemote && error.applicationErrorCode != nil
+        }
+        return false
+    }
+
+    /// Maps a transport error to what it means for a YoMo client.
+    static func describe(_ error: any Error, zipper: ZipperAddress) -> YoMoError {
+        if let error = error as? YoMoError { return error }
+        if let error = error as? QUICError, error.isRemote, let code = error.applicationErrorCode {
+            if error.isListenerShutdown {
+                return YoMoError(.listenerShutdown, "zipper \(zipper) shut down its listener")
+            }
+            let reason = error.reason.map { $0.isEmpty ? "" : ": \($0)" } ?? ""
+            return YoMoError(.closedByPeer, "zipper \(zipper) closed the connection (code 0x\(String(code, radix: 16)))\(reason)")
+        }
+        return YoMoError(.notConnected, "connection to zipper \(zipper) lost: \(error)")
+    }
+}

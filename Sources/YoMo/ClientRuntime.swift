@@ -1,0 +1,481 @@
+@preconcurrency import Dispatch
+import Foundation
+import Synchronization
+internal import Logging
+internal import ServiceLifecycle
+internal import NIOCore
+internal import YoMoQUIC
+internal import YoMoWire
+internal import YoMoTracing
+internal import Tracing
+
+/// The connection life of a client: dial, serve frames, reconnect, close. Shared by
+/// stream functions (which handle frames) and sources (which only write).
+final class ClientRuntime: Sendable {
+    struct Setup: Sendable {
+        var settings: ClientSettings
+        var tracing = DataPathTracer.disabled
+        /// A provider this client made from the environment: shut down when it ends.
+        var ownedProvider: TracerProvider? = nil
+        var handler: StreamFunction.Handler? = nil
+        var pipeHandler: StreamFunction.PipeHandler? = nil
+        var errorHandler: StreamFunction.ErrorHandler? = nil
+        var cron: (Schedule, StreamFunction.Handler)? = nil
+        var handlerConcurrency: Int? = nil
+    }
+
+    private enum Phase { case idle, running, closing, ended }
+
+    private struct State {
+        var phase = Phase.idle
+        var session: ClientSession?
+        var reconnectCount = 0
+        var endReason: YoMoError?
+        var endWaiters: [CheckedContinuation<Void, Never>] = []
+        var serveTask: Task<Void, Never>?
+        var tracing = DataPathTracer.disabled
+    }
+
+    let name: String
+    let zipper: String
+    let clientType: ClientType
+    let logger: Logger
+    /// The random part of the client id; a reconnect changes only the suffix.
+    let clientIDBase = NanoID.generate()
+    private let state = Mutex(State())
+
+    init(name: String, zipper: String, clientType: ClientType, logger: Logger) {
+        self.name = name
+        self.zipper = zipper
+        self.clientType = clientType
+        self.logger = logger
+    }
+
+    var clientID: String {
+        NanoID.clientID(base: clientIDBase, reconnectCount: state.withLock { $0.reconnectCount })
+    }
+
+    var endReason: YoMoError? { state.withLock { $0.endReason } }
+
+    var isConnectedForTesting: Bool { state.withLock { $0.session != nil } }
+
+    // MARK: Starting
+
+    /// Connects and serves in the background until `close()` or a final error.
+    func start(_ setup: Setup) async throws {
+        try beginRunning(setup)
+        let session: ClientSession
+        do {
+            session = try await dialInitial(setup)
+        } catch {
+            end(ClientCore.describe(error, zipper: setup.settings.zipper))
+            await setup.ownedProvider?.shutdown()
+            throw error
+        }
+        // Writable as soon as connect() returns, before the loop below runs.
+        state.withLock { $0.session = session }
+        // The serving loop outlives this call by design (Go's Connect-then-Wait);
+        // close() cancels and joins it, so it never leaks past the client.
+        let task = Task { await self.serve(setup, first: session) }
+        state.withLock { $0.serveTask = task }
+    }
+
+    /// Connects and serves in the caller's task until shutdown or a final error.
+    func run(_ setup: Setup) async throws {
+        try beginRunning(setup)
+        let session: ClientSession
+        do {
+            session = try await dialInitial(setup)
+        } catch {
+            end(ClientCore.describe(error, zipper: setup.settings.zipper))
+            await setup.ownedProvider?.shutdown()
+            throw error
+        }
+        await withTaskCancellationOrGracefulShutdownHandler {
+            await serve(setup, first: session)
+        } onCancelOrGracefulShutdown: {
+            self.beginClose()
+        }
+        if let reason = endReason, reason.code != .closed { throw reason }
+    }
+
+    private func beginRunning(_ setup: Setup) throws {
+        try state.withLock { state in
+            guard state.phase == .idle else {
+                throw YoMoError(.invalidConfiguration, "\(name) is already connected or closed; create a new client to connect again")
+            }
+            state.phase = .running
+            state.tracing = setup.tracing
+        }
+    }
+
+    private func dialInitial(_ setup: Setup) async throws -> ClientSession {
+        var attempt = 0
+        while true {
+            do {
+                let session = try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
+                logger.info("connected to zipper", metadata: ["zipper_addr": "\(session.zipper)", "conn_id": "\(session.clientID)"])
+                return session
+            } catch {
+                attempt += 1
+                guard setup.settings.retryInitialConnect, !ClientCore.isFinal(error), !isClosing,
+                    setup.settings.reconnect.maximumAttempts.map({ attempt < $0 }) ?? true
+                else { throw ClientCore.describe(error, zipper: setup.settings.zipper) }
+                let delay = setup.settings.reconnect.delay(beforeAttempt: attempt)
+                logger.warning("cannot connect to zipper, retrying", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)", "retry_in": "\(delay)"])
+                try await Task.sleep(for: delay)
+            }
+        }
+    }
+
+    // MARK: Serving
+
+    private func serve(_ setup: Setup, first: ClientSession) async {
+        await serveUntilEnd(setup, first: first)
+        // Every span ended before the client ended reaches the exporter.
+        await setup.ownedProvider?.shutdown()
+    }
+
+    private func serveUntilEnd(_ setup: Setup, first: ClientSession) async {
+        var session: ClientSession? = first
+        var attempt = 0
+        while true {
+            if let current = session {
+                state.withLock { $0.session = current }
+                let ended = await serveSession(current, setup)
+                state.withLock { $0.session = nil }
+                if isClosing {
+                    // The handlers' last writes are queued: deliver them before closing.
+                    await current.connection.closeAfterDelivery(reason: "\(clientType) closed")
+                    end(YoMoError(.closed, "\(name) closed"))
+                    return
+                }
+                let reason = ClientCore.describe(ended ?? YoMoError(.closedByPeer, "zipper closed the stream"), zipper: current.zipper)
+                if let ended, ClientCore.isFinal(ended) {
+                    logger.error("connection to zipper ended", metadata: ["zipper_addr": "\(current.zipper)", "error": "\(reason)"])
+                    await current.connection.close(reason: "ended")
+                    end(reason)
+                    return
+                }
+                logger.warning("connection to zipper lost, reconnecting", metadata: ["zipper_addr": "\(current.zipper)", "error": "\(reason)"])
+                setup.errorHandler?(reason)
+                await current.connection.close(reason: "reconnecting")
+                session = nil
+                state.withLock { $0.reconnectCount += 1 }
+            }
+            attempt += 1
+            if let maximum = setup.settings.reconnect.maximumAttempts, attempt > maximum {
+                end(YoMoError(.notConnected, "\(name) gave up reconnecting to \(setup.settings.zipper) after \(maximum) attempts"))
+                return
+            }
+            try? await Task.sleep(for: setup.settings.reconnect.delay(beforeAttempt: attempt))
+            if isClosing {
+                end(YoMoError(.closed, "\(name) closed"))
+                return
+            }
+            do {
+                session = try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
+                logger.info("reconnected to zipper", metadata: ["zipper_addr": "\(setup.settings.zipper)", "conn_id": "\(clientID)"])
+                attempt = 0
+            } catch {
+                if ClientCore.isFinal(error) {
+                    end(ClientCore.describe(error, zipper: setup.settings.zipper))
+                    return
+                }
+                logger.warning("reconnect failed", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Reads frames until the session ends; returns why (nil: the stream ended).
+    /// In-flight handlers finish, and their writes are queued, before it returns.
+    private func serveSession(_ session: ClientSession, _ setup: Setup) async -> (any Error)? {
+        let writer = FrameWriter { [self] frame in try await send(frame) }
+        let inFlight = InFlightCounter()
+        let queue = setup.pipeHandler.map { _ in AsyncQueue<PipeFrame>(capacity: 1024) }
+        var ended: (any Error)?
+        await withDiscardingTaskGroup { group in
+            if let pipe = setup.pipeHandler, let queue {
+                inFlight.enter()
+                group.addTask {
+                    defer { inFlight.leave() }
+                    do {
+                        let current = PipeCursor()
+                        try await pipe(PipeInput(queue: queue, cursor: current), PipeOutput(writer: writer, cursor: current))
+                        current.finish()
+                    } catch {
+                        self.report(YoMoError(.handlerFailed, "pipe handler of \(self.name) threw: \(error)"), setup)
+                    }
+                }
+            }
+            if let (schedule, handler) = setup.cron {
+                group.addTask { await self.runCron(schedule, handler, writer: writer, setup: setup) }
+            }
+            do {
+                while let frame = try await session.frames.next() {
+                    switch frame {
+                    case .data(let data):
+                        var metadata: Metadata
+                        do {
+                            metadata = try Metadata(decoding: data.metadata)
+                        } catch {
+                            report(YoMoError(.invalidMetadata, "frame with tag 0x\(String(data.tag, radix: 16)) skipped: \(error)"), setup)
+                            continue
+                        }
+                        let length = data.payload.readableBytes
+                        if let queue {
+                            let span = setup.tracing.functionSpan(
+                                name: name, handlerType: "pipe_handler", tag: data.tag, length: length, metadata: &metadata)
+                            await queue.send(PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span))
+                        } else if let handler = setup.handler {
+                            if let limit = setup.handlerConcurrency { await inFlight.waitUntilBelow(limit) }
+                            inFlight.enter()
+                            let span = setup.tracing.functionSpan(
+                                name: name, handlerType: "async_handler", tag: data.tag, length: length, metadata: &metadata)
+                            let context = Context(tag: data.tag, data: data.payload, metadata: metadata, writer: writer)
+                            group.addTask {
+                                defer { inFlight.leave() }
+                                do {
+                                    try await span.run { try await handler(context) }
+                                } catch {
+                                    self.report(YoMoError(.handlerFailed, "handler of \(self.name) threw on tag 0x\(String(data.tag, radix: 16)): \(error)"), setup)
+                                }
+                            }
+                        }
+                    case .goaway(let goaway):
+                        throw YoMoError(.goaway, "zipper went away: \(goaway.message)")
+                    case .rejected(let rejected):
+                        throw YoMoError(.rejected, "zipper rejected \(name): \(rejected.message)")
+                    case .handshake, .handshakeAck, .connectTo:
+                        logger.debug("ignoring unexpected frame", metadata: ["frame": "\(frame.type)"])
+                    }
+                }
+            } catch {
+                ended = error
+            }
+            queue?.finish()
+            await inFlight.waitUntilBelow(1)
+            group.cancelAll()  // the cron loop
+        }
+        return ended
+    }
+
+    private func runCron(_ schedule: Schedule, _ handler: @escaping StreamFunction.Handler, writer: FrameWriter, setup: Setup) async {
+        let clock = ContinuousClock()
+        var next = clock.now
+        while !Task.isCancelled {
+            let delay: Duration
+            if let interval = schedule.interval {
+                next = next.advanced(by: interval)
+                delay = next - clock.now
+            } else {
+                let now = Date().timeIntervalSince1970
+                guard let fire = schedule.nextFire(afterUnixSeconds: Int64(now.rounded(.down))) else { return }
+                delay = .milliseconds(Int64((Double(fire) - now) * 1000))
+            }
+            do { try await Task.sleep(for: max(delay, .zero)) } catch { return }
+            var metadata = Metadata()
+            metadata[Metadata.ReservedKey.tid] = NanoID.generate()
+            metadata[Metadata.ReservedKey.sourceID] = clientID
+            let span = setup.tracing.functionSpan(name: name, handlerType: "cron_handler", tag: 0, length: 0, metadata: &metadata)
+            do {
+                let context = Context(tag: 0, data: ByteBuffer(), metadata: metadata, writer: writer)
+                try await span.run { try await handler(context) }
+            } catch {
+                report(YoMoError(.handlerFailed, "cron handler of \(name) threw: \(error)"), setup)
+            }
+        }
+    }
+
+    private func report(_ error: YoMoError, _ setup: Setup) {
+        logger.error("\(error.message)")
+        setup.errorHandler?(error)
+    }
+
+    // MARK: Writing
+
+    /// Sends on the current connection; fails while there is none.
+    func send(_ frame: DataFrame) async throws {
+        guard let session = state.withLock({ $0.session }) else {
+            throw YoMoError(isEnded ? .closed : .notConnected, "\(name) is not connected to a zipper")
+        }
+        try await session.connection.write(.data(frame))
+    }
+
+    /// Writes a frame with a fresh tid and this client's id as the source id; a
+    /// source traces it with its own span.
+    func writeFresh(tag: UInt32, payload: ByteBuffer, target: String?) async throws {
+        let tracing = state.withLock { $0.tracing }
+        guard !RouteTable.isReserved(tag) else {
+            throw YoMoError(.reservedTag, "tag 0x\(String(tag, radix: 16)) is reserved (0xF000-0xFFFF belong to the system)")
+        }
+        var metadata = Metadata()
+        metadata[Metadata.ReservedKey.sourceID] = clientID
+        metadata[Metadata.ReservedKey.tid] = NanoID.generate()
+        if let target { metadata[Metadata.ReservedKey.target] = target }
+        guard clientType == .source else {
+            tracing.injectCurrent(into: &metadata)
+            try await send(DataFrame(tag: tag, metadata: metadata, payload: payload))
+            return
+        }
+        let span = tracing.sourceSpan(name: name, tag: tag, length: payload.readableBytes, metadata: &metadata)
+        defer { span?.end() }
+        do {
+            try await send(DataFrame(tag: tag, metadata: metadata, payload: payload))
+        } catch {
+            span?.fail(error)
+            throw error
+        }
+    }
+
+    // MARK: Ending
+
+    private var isClosing: Bool { state.withLock { $0.phase == .closing || $0.phase == .ended } }
+    private var isEnded: Bool { state.withLock { $0.phase == .ended } }
+
+    /// Stops reading; in-flight handlers finish and the connection closes.
+    func beginClose() {
+        let session = state.withLock { state -> ClientSession? in
+            if state.phase == .running { state.phase = .closing }
+            return state.session
+        }
+        session?.connection.stopReading()
+    }
+
+    func close() async {
+        let idle = state.withLock { state -> Bool in
+            if state.phase == .idle { state.phase = .ended }
+            return state.phase == .ended
+        }
+        if idle {
+            end(YoMoError(.closed, "\(name) closed"))
+            return
+        }
+        beginClose()
+        let task = state.withLock { $0.serveTask }
+        if state.withLock({ $0.session == nil }) { task?.cancel() }  // sleeping before a reconnect
+        await task?.value
+    }
+
+    private func end(_ reason: YoMoError) {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.phase = .ended
+            if state.endReason == nil { state.endReason = reason }
+            defer { state.endWaiters.removeAll() }
+            return state.endWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func waitForEnd() async {
+        await withCheckedContinuation { continuation in
+            let ended = state.withLock { state -> Bool in
+                if state.phase == .ended { return true }
+                state.endWaiters.append(continuation)
+                return false
+            }
+            if ended { continuation.resume() }
+        }
+    }
+
+    /// Returns when the client ends or the process gets SIGINT or SIGTERM (then closes it).
+    func waitForEndOrSignal() async {
+        let signals = SignalWatcher()
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask { await self.waitForEnd(); return false }
+            group.addTask { await signals.wait(); return true }
+            if await group.next() == true {
+                logger.info("signal received, closing")
+                await close()
+            }
+            signals.cancel()
+            group.cancelAll()
+            await group.waitForAll()
+        }
+    }
+}
+
+/// Counts running handlers so shutdown can wait for them, and a limit can hold reading.
+final class InFlightCounter: Sendable {
+    private struct State {
+        var count = 0
+        var waiters: [(limit: Int, continuation: CheckedContinuation<Void, Never>)] = []
+    }
+
+    private let state = Mutex(State())
+
+    func enter() { state.withLock { $0.count += 1 } }
+
+    func leave() {
+        let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.count -= 1
+            let count = state.count
+            let ready = state.waiters.filter { count < $0.limit }.map(\.continuation)
+            state.waiters.removeAll { count < $0.limit }
+            return ready
+        }
+        for waiter in ready { waiter.resume() }
+    }
+
+    func waitUntilBelow(_ limit: Int) async {
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { state -> Bool in
+                if state.count < limit { return true }
+                state.waiters.append((limit, continuation))
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, for `wait()`. The dispatch sources are set up in `init`
+/// and only cancelled afterwards, which Dispatch allows from any thread.
+final class SignalWatcher: @unchecked Sendable {
+    private final class Latch: Sendable {
+        let state = Mutex<(done: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+        func fire() {
+            let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+                state.done = true
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume()
+        }
+
+        func wait() async {
+            await withCheckedContinuation { continuation in
+                let done = state.withLock { state -> Bool in
+                    if state.done { return true }
+                    state.waiter = continuation
+                    return false
+                }
+                if done { continuation.resume() }
+            }
+        }
+    }
+
+    private let sources: [any DispatchSourceSignal]
+    private let latch = Latch()
+
+    init() {
+        var sources: [any DispatchSourceSignal] = []
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { [latch] in latch.fire() }
+            source.resume()
+            sources.append(source)
+        }
+        self.sources = sources
+    }
+
+    func wait() async { await latch.wait() }
+
+    func cancel() {
+        for source in sources { source.cancel() }
+        for number in [SIGINT, SIGTERM] { signal(number, SIG_DFL) }
+        latch.fire()
+    }
+}

@@ -1,0 +1,127 @@
+import Synchronization
+public import NIOCore
+internal import YoMoTracing
+public import YoMoWire
+
+/// What a handler gets for one DataFrame: its tag, data and metadata, and the
+/// means to write frames back to the zipper (the Go SDK's `serverless.Context`).
+///
+/// Frames written here carry the incoming frame's metadata (its tid, source id and
+/// target), so a frame's path stays one chain through chained functions.
+public struct Context: Sendable {
+    /// The tag of the frame being handled.
+    public let tag: UInt32
+    /// The payload, without a copy of the received bytes.
+    public let dataBuffer: ByteBuffer
+    /// The frame's metadata (tid, source id, trace ids, target, and any other keys).
+    public let metadata: Metadata
+    let writer: FrameWriter
+
+    init(tag: UInt32, data: ByteBuffer, metadata: Metadata, writer: FrameWriter) {
+        self.tag = tag
+        self.dataBuffer = data
+        self.metadata = metadata
+        self.writer = writer
+    }
+
+    /// The payload as bytes.
+    public var data: [UInt8] { Array(dataBuffer.readableBytesView) }
+
+    /// The value of a metadata key, e.g. `metadata("yomo-tid")`.
+    public func metadata(_ key: String) -> String? { metadata[key] }
+
+    /// The transaction id the source gave this frame.
+    public var tid: String? { metadata[Metadata.ReservedKey.tid] }
+
+    /// Writes a frame with `tag` to the zipper, carrying this frame's metadata.
+    public func write(tag: UInt32, data: some Sequence<UInt8>) async throws {
+        try await write(tag: tag, buffer: ByteBuffer(bytes: data))
+    }
+
+    public func write(tag: UInt32, buffer: ByteBuffer) async throws {
+        try await writer.write(tag: tag, payload: buffer, metadata: metadata)
+    }
+
+    /// Writes a frame that only stream functions whose wanted target is `target` receive.
+    public func writeWithTarget(tag: UInt32, data: some Sequence<UInt8>, target: String) async throws {
+        var metadata = metadata
+        metadata[Metadata.ReservedKey.target] = target
+        try await writer.write(tag: tag, payload: ByteBuffer(bytes: data), metadata: metadata)
+    }
+}
+
+/// Writes DataFrames on whatever connection a client has at the moment.
+struct FrameWriter: Sendable {
+    let send: @Sendable (DataFrame) async throws -> Void
+
+    func write(tag: UInt32, payload: ByteBuffer, metadata: Metadata) async throws {
+        guard !RouteTable.isReserved(tag) else {
+            throw YoMoError(.reservedTag, "tag 0x\(String(tag, radix: 16)) is reserved (0xF000-0xFFFF belong to the system)")
+        }
+        try await send(DataFrame(tag: tag, metadata: metadata, payload: payload))
+    }
+}
+
+/// One frame given to a pipe handler.
+public struct PipeFrame: Sendable {
+    public let tag: UInt32
+    public let dataBuffer: ByteBuffer
+    public let metadata: Metadata
+    public var data: [UInt8] { Array(dataBuffer.readableBytesView) }
+    /// This frame's stream-function span: ends when the handler asks for the next frame.
+    let span: YoMoSpan?
+}
+
+/// The frame a pipe handler works on: its span ends when the handler moves on,
+/// and results written meanwhile carry its metadata (tid, trace context).
+final class PipeCursor: Sendable {
+    private let current = Mutex<PipeFrame?>(nil)
+
+    func advance(to frame: PipeFrame?) {
+        let previous = current.withLock { state -> PipeFrame? in
+            defer { state = frame }
+            return state
+        }
+        previous?.span?.end()
+    }
+
+    func finish() { advance(to: nil) }
+
+    var metadata: Metadata { current.withLock { $0?.metadata } ?? Metadata() }
+}
+
+/// Where a pipe handler writes its results: frames leave in the order written,
+/// carrying the metadata of the frame being worked on.
+public struct PipeOutput: Sendable {
+    let writer: FrameWriter
+    let cursor: PipeCursor
+
+    public func write(tag: UInt32, data: some Sequence<UInt8>) async throws {
+        try await writer.write(tag: tag, payload: ByteBuffer(bytes: data), metadata: cursor.metadata)
+    }
+
+    public func write(tag: UInt32, buffer: ByteBuffer) async throws {
+        try await writer.write(tag: tag, payload: buffer, metadata: cursor.metadata)
+    }
+}
+
+/// The frames a pipe handler gets, in arrival order.
+public struct PipeInput: AsyncSequence, Sendable {
+    public typealias Element = PipeFrame
+    let queue: AsyncQueue<PipeFrame>
+    let cursor: PipeCursor
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let queue: AsyncQueue<PipeFrame>
+        let cursor: PipeCursor
+
+        public mutating func next() async -> PipeFrame? {
+            cursor.finish()  // the previous frame is done
+            let frame = await queue.next()
+            cursor.advance(to: frame)
+            return frame
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(queue: queue, cursor: cursor) }
+}

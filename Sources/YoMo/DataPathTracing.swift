@@ -1,0 +1,98 @@
+internal import Tracing
+internal import YoMoTracing
+internal import YoMoWire
+
+/// Frame metadata as a trace-context carrier: the YoMo keys (`yomo-trace-id`,
+/// `yomo-span-id`) for the Go side and W3C `traceparent` / `tracestate`.
+struct MetadataInjector: Injector {
+    func inject(_ value: String, forKey key: String, into carrier: inout Metadata) { carrier[key] = value }
+}
+
+struct MetadataExtractor: Extractor {
+    func extract(key: String, from carrier: Metadata) -> String? { carrier[key] }
+}
+
+/// The spans of the data path, as the last Go scheme that produced whole traces
+/// names them (PROTOCOL.md, "Tracing in metadata"). Each starts as a child of
+/// the frame's metadata and writes its own ids back before the frame goes on.
+struct DataPathTracer: Sendable {
+    let tracer: YoMoTracer
+
+    var isEnabled: Bool { tracer.isEnabled }
+
+    static let disabled = DataPathTracer(tracer: TracerProvider.noop.tracer("YoMo"))
+
+    /// The given provider, or one from the environment that the caller then owns
+    /// (and must shut down).
+    static func resolve(_ provider: TracerProvider?, serviceName: String, scope: String) -> (DataPathTracer, owned: TracerProvider?) {
+        if let provider { return (DataPathTracer(tracer: provider.tracer(scope)), nil) }
+        let fromEnvironment = TracerProvider.fromEnvironment(serviceName: serviceName)
+        return (DataPathTracer(tracer: fromEnvironment.tracer(scope)), fromEnvironment.isEnabled ? fromEnvironment : nil)
+    }
+
+    /// The source's span (scope "Source"), kind producer.
+    func sourceSpan(name: String, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
+        guard tracer.isEnabled else { return nil }
+        let span = tracer.startSpan(name, context: ServiceContext.current ?? .topLevel, ofKind: .producer)
+        if span.isRecording {
+            span.attributes["send_data_tag"] = Int(tag)
+            span.attributes["send_data_len"] = length
+        }
+        tracer.inject(span.context, into: &metadata, using: MetadataInjector())
+        return span
+    }
+
+    /// The zipper's span ("zipper endpoint", scope "Zipper").
+    func zipperSpan(tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
+        guard tracer.isEnabled else { return nil }
+        let span = tracer.startSpan("zipper endpoint", extractingParentFrom: metadata, using: MetadataExtractor(), ofKind: .internal)
+        if span.isRecording {
+            span.attributes["routing_data_tag"] = Int(tag)
+            span.attributes["routing_data_len"] = length
+        }
+        tracer.inject(span.context, into: &metadata, using: MetadataInjector())
+        return span
+    }
+
+    /// The stream function's span (scope "StreamFunction", named after it), kind consumer.
+    func functionSpan(name: String, handlerType: String, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
+        guard tracer.isEnabled else { return nil }
+        let span = tracer.startSpan(name, extractingParentFrom: metadata, using: MetadataExtractor(), ofKind: .consumer)
+        if span.isRecording {
+            span.attributes["sfn_handler_type"] = handlerType
+            span.attributes["recv_data_tag"] = Int(tag)
+            span.attributes["recv_data_len"] = length
+        }
+        tracer.inject(span.context, into: &metadata, using: MetadataInjector())
+        return span
+    }
+
+    /// Writes the current task's trace context (if any) into outgoing metadata.
+    func injectCurrent(into metadata: inout Metadata) {
+        guard tracer.isEnabled, let context = ServiceContext.current else { return }
+        tracer.inject(context, into: &metadata, using: MetadataInjector())
+    }
+}
+
+extension YoMoSpan {
+    /// Records a handler's error on its span: the error event and error status.
+    func fail(_ error: any Error) {
+        recordError(error)
+        setStatus(SpanStatus(code: .error, message: "\(error)"))
+    }
+}
+
+extension Optional where Wrapped == YoMoSpan {
+    /// Runs `body` with the span as the current context, so `withSpan` inside
+    /// makes its children; ends the span when `body` returns or throws.
+    func run<T>(_ body: () async throws -> T) async throws -> T {
+        guard let span = self else { return try await body() }
+        defer { span.end() }
+        do {
+            return try await ServiceContext.withValue(span.context) { try await body() }
+        } catch {
+            span.fail(error)
+            throw error
+        }
+    }
+}

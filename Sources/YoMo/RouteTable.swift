@@ -1,0 +1,97 @@
+internal import YoMoWire
+
+/// What the zipper knows of one connected client, from its handshake.
+struct RouteMember: Hashable, Sendable {
+    var connectionID: UInt64
+    var name: String
+    var clientID: String
+    var clientType: ClientType
+    var observedTags: Set<UInt32>
+    var wantedTarget: String
+}
+
+/// The zipper's routing rules, without I/O: which connections get a DataFrame.
+///
+/// - every stream function that observes the frame's tag gets it, same-name
+///   instances included (fan-out, no load balancing, as Go since v1.16);
+/// - with `yomo-target` set, only those whose wanted target equals it;
+/// - sources and upstream zippers receive nothing.
+struct RouteTable: Sendable {
+    private(set) var members: [UInt64: RouteMember] = [:]
+    private var observers: [UInt32: [UInt64]] = [:]
+
+    mutating func add(_ member: RouteMember) {
+        remove(member.connectionID)
+        members[member.connectionID] = member
+        guard member.clientType == .streamFunction else { return }
+        for tag in member.observedTags {
+            observers[tag, default: []].append(member.connectionID)
+        }
+    }
+
+    mutating func remove(_ connectionID: UInt64) {
+        guard let member = members.removeValue(forKey: connectionID) else { return }
+        for tag in member.observedTags {
+            observers[tag]?.removeAll { $0 == connectionID }
+            if observers[tag]?.isEmpty == true { observers[tag] = nil }
+        }
+    }
+
+    /// The connections a frame with `tag` (and `target`, if any) goes to, in the
+    /// order they connected.
+    func destinations(tag: UInt32, target: String?) -> [UInt64] {
+        guard let candidates = observers[tag] else { return [] }
+        guard let target, !target.isEmpty else { return candidates }
+        return candidates.filter { members[$0]?.wantedTarget == target }
+    }
+
+    /// Tags `0xF000`–`0xFFFF` belong to the system; a client that writes one is closed.
+    static func isReserved(_ tag: UInt32) -> Bool { (0xF000...0xFFFF).contains(tag) }
+}
+
+/// The zipper's handshake checks, in Go's order: version, then authentication.
+struct HandshakeAuthority: Sendable {
+    var version: String
+    var authentication: ZipperAuthentication?
+
+    /// `nil` when the client may connect, else the message of the RejectedFrame.
+    func rejection(for handshake: HandshakeFrame) -> String? {
+        guard handshake.version == version else {
+            return "version negotiation failed: client=\(handshake.version), server=\(version)"
+        }
+        guard let authentication else { return nil }
+        guard handshake.authName == authentication.name else {
+            return "authentication not found: \(handshake.authName)"
+        }
+        return authentication.accepts(payload: handshake.authPayload) ? nil : "invalid token: \(handshake.authPayload)"
+    }
+}
+
+/// How a zipper authenticates clients.
+public struct ZipperAuthentication: Hashable, Sendable, CustomStringConvertible {
+    private enum Method: Hashable, Sendable {
+        case token(String)
+    }
+
+    private let method: Method
+
+    /// Clients must present the credential `token:<token>`.
+    public static func token(_ token: String) -> ZipperAuthentication {
+        ZipperAuthentication(method: .token(token))
+    }
+
+    /// The auth name a client's credential must carry.
+    var name: String {
+        switch method {
+        case .token: "token"
+        }
+    }
+
+    func accepts(payload: String) -> Bool {
+        switch method {
+        case .token(let token): payload == token
+        }
+    }
+
+    public var description: String { "\(name) authentication" }
+}

@@ -1,0 +1,64 @@
+import Foundation
+import Synchronization
+internal import Logging
+public import NIOCore
+internal import YoMoQUIC
+internal import YoMoWire
+
+/// A YoMo source: connects to a zipper and writes DataFrames, each with the
+/// source's id and a fresh tid (the Go SDK's `yomo.NewSource`).
+public final class Source: Sendable {
+    public typealias Options = StreamFunction.Options
+    public typealias ErrorHandler = @Sendable (YoMoError) -> Void
+
+    public let name: String
+    let client: ClientRuntime
+    private let state: Mutex<(options: Options, errorHandler: ErrorHandler?)>
+
+    public init(name: String, zipper: String = "localhost:9000", options: Options = Options()) {
+        self.name = name
+        var options = options
+        options.logger[metadataKey: "service"] = "source"
+        self.state = Mutex((options, nil))
+        self.client = ClientRuntime(name: name, zipper: zipper, clientType: .source, logger: options.logger)
+    }
+
+    /// Gets errors that do not end the source, such as a lost connection.
+    public func setErrorHandler(_ handler: @escaping ErrorHandler) { state.withLock { $0.errorHandler = handler } }
+
+    /// Connects; returns once the zipper accepted the handshake.
+    public func connect() async throws {
+        var (options, errorHandler) = state.withLock { ($0.options, $0.errorHandler) }
+        options.observedTags = []  // sources receive nothing
+        let (tracing, ownedProvider) = DataPathTracer.resolve(options.tracerProvider, serviceName: name, scope: "Source")
+        let setup = ClientRuntime.Setup(
+            settings: try ClientSettings(name: name, clientType: .source, zipper: client.zipper, options: options),
+            tracing: tracing,
+            ownedProvider: ownedProvider,
+            errorHandler: errorHandler
+        )
+        try await client.start(setup)
+    }
+
+    /// This source's client id (`<nanoid>-<reconnect count>`), the `yomo-source-id` of its frames.
+    public var id: String { client.clientID }
+
+    /// Writes `data` with `tag`; waits while the zipper is slow, drops nothing.
+    public func write(tag: UInt32, data: some Sequence<UInt8>) async throws {
+        try await client.writeFresh(tag: tag, payload: ByteBuffer(bytes: data), target: nil)
+    }
+
+    public func write(tag: UInt32, buffer: ByteBuffer) async throws {
+        try await client.writeFresh(tag: tag, payload: buffer, target: nil)
+    }
+
+    /// Writes a frame that only stream functions with wanted target `target` get.
+    public func writeWithTarget(tag: UInt32, data: some Sequence<UInt8>, target: String) async throws {
+        try await client.writeFresh(tag: tag, payload: ByteBuffer(bytes: data), target: target)
+    }
+
+    public func close() async { await client.close() }
+
+    /// Why the source ended, once it has.
+    public var endReason: YoMoError? { client.endReason }
+}

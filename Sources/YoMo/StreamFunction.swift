@@ -1,0 +1,222 @@
+import Foundation
+import Synchronization
+public import Logging
+public import ServiceLifecycle
+internal import NIOCore
+public import YoMoQUIC
+public import YoMoTracing
+internal import YoMoWire
+
+/// A YoMo stream function: connects to a zipper, receives the DataFrames of the
+/// tags it observes, and hands each to your handler (the Go SDK's
+/// `yomo.NewStreamFunction`).
+///
+/// ```swift
+/// let sfn = StreamFunction(name: "upper", zipper: "localhost:9000", options: .init(observedTags: [0x33]))
+/// sfn.setHandler { ctx in
+///     try await ctx.write(tag: 0x34, data: ctx.data.map { ($0 >= 97 && $0 <= 122) ? $0 - 32 : $0 })
+/// }
+/// try await sfn.connect()
+/// await sfn.wait()
+/// ```
+public final class StreamFunction: Sendable {
+    public struct Options: Sendable {
+        /// The tags whose frames this function gets (`WithObserveDataTags`).
+        public var observedTags: [UInt32]
+        /// `name:payload`, e.g. `token:secret` (`WithCredential`).
+        public var credential: String?
+        /// Only frames written with this target reach this function (wanted target).
+        public var wantedTarget: String
+        /// TLS (`WithClientTLSConfig`); `nil` means what `YOMO_TLS_*` ask for, and by
+        /// default no verification, like Go.
+        public var tls: TLSConfiguration?
+        /// QUIC settings (`WithClientQuicConfig`).
+        public var quic: QUICConfiguration
+        /// The SDK's log records go here (`WithLogger`).
+        public var logger: Logger
+        /// How dropped connections are dialled again.
+        public var reconnect: ReconnectPolicy
+        /// Whether `connect()` itself retries until the zipper answers (`WithReConnect`).
+        public var retryConnect: Bool
+        /// At most this many async handlers run at once; `nil` is unlimited, like Go.
+        public var handlerConcurrency: Int?
+        /// How long to wait for the zipper's answer to the handshake.
+        public var handshakeTimeout: Duration
+        /// Where spans go (`WithSfnTracerProvider`). `nil`: what the environment asks
+        /// for (`OTEL_EXPORTER_OTLP_ENDPOINT`, …), else no tracing at all; a provider
+        /// made that way is flushed and shut down when the client closes.
+        public var tracerProvider: TracerProvider?
+
+        public init(
+            observedTags: [UInt32] = [],
+            credential: String? = nil,
+            wantedTarget: String = "",
+            tls: TLSConfiguration? = nil,
+            quic: QUICConfiguration = .default,
+            logger: Logger = Logger(label: "yomo"),
+            reconnect: ReconnectPolicy = .default,
+            retryConnect: Bool = false,
+            handlerConcurrency: Int? = nil,
+            handshakeTimeout: Duration = .seconds(10),
+            tracerProvider: TracerProvider? = nil
+        ) {
+            self.observedTags = observedTags
+            self.credential = credential
+            self.wantedTarget = wantedTarget
+            self.tls = tls
+            self.quic = quic
+            self.logger = logger
+            self.reconnect = reconnect
+            self.retryConnect = retryConnect
+            self.handlerConcurrency = handlerConcurrency
+            self.handshakeTimeout = handshakeTimeout
+            self.tracerProvider = tracerProvider
+        }
+    }
+
+    public typealias Handler = @Sendable (Context) async throws -> Void
+    public typealias PipeHandler = @Sendable (PipeInput, PipeOutput) async throws -> Void
+    public typealias ErrorHandler = @Sendable (YoMoError) -> Void
+    public typealias Initializer = @Sendable () async throws -> Void
+
+    public let name: String
+    let client: ClientRuntime
+    private let state: Mutex<State>
+
+    private struct State {
+        var options: Options
+        var handler: Handler?
+        var pipeHandler: PipeHandler?
+        var errorHandler: ErrorHandler?
+        var initializer: Initializer?
+        var cron: (Schedule, Handler)?
+    }
+
+    public init(name: String, zipper: String = "localhost:9000", options: Options = Options()) {
+        self.name = name
+        var options = options
+        options.logger[metadataKey: "service"] = "stream-function"
+        options.logger[metadataKey: "sfn_name"] = "\(name)"
+        self.state = Mutex(State(options: options))
+        self.client = ClientRuntime(name: name, zipper: zipper, clientType: .streamFunction, logger: options.logger)
+    }
+
+    // MARK: Configuration (before connect)
+
+    /// The tags to observe (`SetObserveDataTags`).
+    public func setObserveDataTags(_ tags: [UInt32]) { state.withLock { $0.options.observedTags = tags } }
+    public func setObserveDataTags(_ tags: UInt32...) { setObserveDataTags(tags) }
+
+    /// Only frames written with this target reach this function.
+    public func setWantedTarget(_ target: String) { state.withLock { $0.options.wantedTarget = target } }
+
+    /// Runs once before the first frame, e.g. to load a model (`Init`). If it
+    /// throws, `connect()` fails with that error.
+    public func setInit(_ initializer: @escaping Initializer) { state.withLock { $0.initializer = initializer } }
+
+    /// Handles each frame; frames are handled concurrently (`SetHandler`).
+    public func setHandler(_ handler: @escaping Handler) { state.withLock { $0.handler = handler } }
+
+    /// Gets frames in arrival order as a sequence and writes results whose order
+    /// is kept on the wire (`SetPipeHandler`). Replaces the async handler.
+    public func setPipeHandler(_ handler: @escaping PipeHandler) { state.withLock { $0.pipeHandler = handler } }
+
+    /// Gets every error that does not end the function: a throwing handler, a
+    /// frame with bad metadata, a lost connection (`SetErrorHandler`).
+    public func setErrorHandler(_ handler: @escaping ErrorHandler) { state.withLock { $0.errorHandler = handler } }
+
+    /// Runs `handler` on a schedule (`@every 1s` or a cron line) while connected
+    /// (`SetCronHandler`); its context has no incoming data.
+    public func setCronHandler(_ schedule: String, _ handler: @escaping Handler) throws {
+        let parsed = try Schedule(schedule)
+        state.withLock { $0.cron = (parsed, handler) }
+    }
+
+    public var wantedTarget: String { state.withLock { $0.options.wantedTarget } }
+
+    // MARK: Lifecycle
+
+    /// Runs the initializer, connects and starts serving in the background;
+    /// returns once the zipper accepted the handshake (`Connect`).
+    public func connect() async throws {
+        let setup = try await prepare()
+        try await client.start(setup)
+    }
+
+    /// Returns when the function has closed: `close()`, a final error, SIGINT or SIGTERM (`Wait`).
+    public func wait() async {
+        await client.waitForEndOrSignal()
+    }
+
+    /// Stops taking frames, lets in-flight handlers finish and their writes go
+    /// out, then closes the connection (`Close`).
+    public func close() async {
+        await client.close()
+    }
+
+    /// Writes a frame with a fresh tid (`Write`).
+    public func write(tag: UInt32, data: some Sequence<UInt8>) async throws {
+        try await client.writeFresh(tag: tag, payload: ByteBuffer(bytes: data), target: nil)
+    }
+
+    public func writeWithTarget(tag: UInt32, data: some Sequence<UInt8>, target: String) async throws {
+        try await client.writeFresh(tag: tag, payload: ByteBuffer(bytes: data), target: target)
+    }
+
+    /// Why the function ended, once it has.
+    public var endReason: YoMoError? { client.endReason }
+
+    /// Connects and serves until cancelled, graceful shutdown, or a final error,
+    /// which it throws (a swift-service-lifecycle `Service`'s `run()`).
+    public func run() async throws {
+        let setup = try await prepare()
+        try await client.run(setup)
+    }
+
+    private func prepare() async throws -> ClientRuntime.Setup {
+        let (options, handler, pipe, errorHandler, initializer, cron) = state.withLock {
+            ($0.options, $0.handler, $0.pipeHandler, $0.errorHandler, $0.initializer, $0.cron)
+        }
+        guard handler != nil || pipe != nil || cron != nil else {
+            throw YoMoError(.invalidConfiguration, "stream function \(name) has no handler: call setHandler, setPipeHandler or setCronHandler first")
+        }
+        if let initializer {
+            do {
+                try await initializer()
+            } catch {
+                throw YoMoError(.initializerFailed, "stream function \(name): initializer failed: \(error)")
+            }
+        }
+        let (tracing, ownedProvider) = DataPathTracer.resolve(options.tracerProvider, serviceName: name, scope: "StreamFunction")
+        return ClientRuntime.Setup(
+            settings: try ClientSettings(name: name, clientType: .streamFunction, zipper: client.zipper, options: options),
+            tracing: tracing,
+            ownedProvider: ownedProvider,
+            handler: handler,
+            pipeHandler: pipe,
+            errorHandler: errorHandler,
+            cron: cron,
+            handlerConcurrency: options.handlerConcurrency
+        )
+    }
+}
+
+extension ClientSettings {
+    init(name: String, clientType: ClientType, zipper: String, options: StreamFunction.Options) throws {
+        self.init(
+            name: name,
+            clientType: clientType,
+            observedTags: options.observedTags,
+            credential: options.credential.map(Credential.init),
+            wantedTarget: options.wantedTarget,
+            zipper: try ZipperAddress(zipper),
+            quic: options.quic,
+            tls: options.tls ?? .fromEnvironment(ProcessInfo.processInfo.environment),
+            reconnect: options.reconnect,
+            retryInitialConnect: options.retryConnect,
+            handshakeTimeout: options.handshakeTimeout
+        )
+    }
+}
+
+extension StreamFunction: Service {}

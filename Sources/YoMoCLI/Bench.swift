@@ -1,0 +1,143 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Synchronization
+import YoMo
+
+/// Round trips through a zipper and a stream function: a source writes frames with
+/// `--tag`, a stream function in this process observes `--reply-tag` (an
+/// `uppercase-sfn` in between turns one into the other).
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure round trips source → zipper → stream function → zipper → observer.",
+        discussion: "Last line: frames=N size=S throughput=F p50_us=A p99_us=B lost=L (throughput in frames/s)."
+    )
+
+    @Option(help: "Zipper address.") var zipper = "localhost:9000"
+    @Option(help: "Frames to send.") var frames = 10_000
+    @Option(help: "Payload bytes per frame (at least 12).") var size = 16
+    @Option(help: "Frames in flight at most.") var inflight = 1
+    @Option(help: "Tag of the frames sent.", transform: parseTag) var tag: UInt32 = 0x33
+    @Option(name: .customLong("reply-tag"), help: "Tag of the replies observed.", transform: parseTag) var replyTag: UInt32 = 0x34
+    @Option(help: "Seconds to wait for every reply.") var timeout = 60.0
+    @Option(help: "Credential, e.g. token:secret.") var credential: String?
+
+    func validate() throws {
+        guard size >= 12 else { throw ValidationError("--size must be at least 12 (the sequence number takes 12 bytes)") }
+        guard frames > 0, inflight > 0 else { throw ValidationError("--frames and --inflight must be positive") }
+    }
+
+    func run() async throws {
+        bootstrapLogging()
+        let recorder = Recorder(count: frames)
+        var options = StreamFunction.Options(observedTags: [replyTag], credential: credential)
+        options.logger = Logger(label: "yomo.bench")
+        let observer = StreamFunction(name: "yomo-bench-observer", zipper: zipper, options: options)
+        observer.setHandler { ctx in recorder.received(ctx.dataBuffer.getString(at: ctx.dataBuffer.readerIndex, length: 12)) }
+        try await observer.connect()
+        let source = Source(name: "yomo-bench-source", zipper: zipper, options: options)
+        try await source.connect()
+
+        let filler = [UInt8](repeating: UInt8(ascii: "x"), count: size - 12)
+        let clock = ContinuousClock()
+        let started = clock.now
+        for sequence in 0..<frames {
+            await recorder.waitForRoom(inflight)
+            let digits = String(sequence)
+            let payload = Array((String(repeating: "0", count: 12 - digits.count) + digits).utf8) + filler
+            recorder.sent(sequence)
+            try await source.write(tag: tag, data: payload)
+        }
+        let finished = await recorder.waitForAll(timeout: .milliseconds(Int64(timeout * 1000)))
+        let elapsed = clock.now - started
+        await source.close()
+        await observer.close()
+
+        let (latencies, received) = recorder.results()
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let sorted = latencies.sorted()
+        func percentile(_ p: Double) -> Int {
+            sorted.isEmpty ? 0 : Int(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] / 1000)
+        }
+        let lost = frames - received
+        print("frames=\(frames) size=\(size) throughput=\(Int(Double(received) / seconds)) p50_us=\(percentile(0.5)) p99_us=\(percentile(0.99)) lost=\(lost)")
+        if !finished || lost > 0 { throw ExitCode(1) }
+    }
+}
+
+func parseTag(_ text: String) throws -> UInt32 {
+    let value = text.lowercased().hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : UInt32(text)
+    guard let value else { throw ValidationError("\(text) is not a tag (e.g. 0x33 or 51)") }
+    return value
+}
+
+/// Send times and latencies by sequence number; the in-flight window.
+final class Recorder: Sendable {
+    private struct State {
+        var sentAt: [ContinuousClock.Instant?]
+        var latencies: [Int64] = []
+        var inFlight = 0
+        var received = 0
+        var roomWaiter: (limit: Int, continuation: CheckedContinuation<Void, Never>)?
+    }
+
+    private let state: Mutex<State>
+    private let total: Int
+    private let clock = ContinuousClock()
+
+    init(count: Int) {
+        total = count
+        state = Mutex(State(sentAt: Array(repeating: nil, count: count)))
+    }
+
+    func sent(_ sequence: Int) {
+        let now = clock.now
+        state.withLock { state in
+            state.sentAt[sequence] = now
+            state.inFlight += 1
+        }
+    }
+
+    func received(_ sequenceText: String?) {
+        let now = clock.now
+        guard let sequenceText, let sequence = Int(sequenceText) else { return }
+        let room = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard sequence < state.sentAt.count, let sentAt = state.sentAt[sequence] else { return nil }
+            state.sentAt[sequence] = nil  // a duplicate reply counts once
+            let elapsed = (now - sentAt).components
+            state.latencies.append(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
+            state.inFlight -= 1
+            state.received += 1
+            var room: CheckedContinuation<Void, Never>?
+            if let waiter = state.roomWaiter, state.inFlight < waiter.limit {
+                room = waiter.continuation
+                state.roomWaiter = nil
+            }
+            return room
+        }
+        room?.resume()
+    }
+
+    func waitForRoom(_ limit: Int) async {
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { state -> Bool in
+                if state.inFlight < limit { return true }
+                state.roomWaiter = (limit, continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    /// True when every reply came before the timeout. Polls: it runs once, at the end.
+    func waitForAll(timeout: Duration) async -> Bool {
+        let deadline = clock.now.advanced(by: timeout)
+        while clock.now < deadline {
+            if state.withLock({ $0.received == total }) { return true }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return state.withLock { $0.received == total }
+    }
+
+    func results() -> ([Int64], Int) { state.withLock { ($0.latencies, $0.received) } }
+}

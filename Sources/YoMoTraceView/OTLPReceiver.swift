@@ -1,0 +1,118 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// A minimal OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body is decoded
+/// and handed to `onSpans`; `/v1/logs` and `/v1/metrics` are accepted and
+/// ignored, so a program exporting every signal is not bothered with errors.
+public final class OTLPHTTPReceiver: Sendable {
+    let channel: any Channel
+    let group: MultiThreadedEventLoopGroup
+
+    /// The port it listens on.
+    public var port: Int { channel.localAddress?.port ?? 0 }
+
+    /// - Parameter decode: false accepts trace bodies without decoding them (for
+    ///   benchmarks: the receiver then costs the sender's machine almost nothing);
+    ///   `onSpans` is not called.
+    public static func start(
+        host: String, port: Int, decode: Bool = true, onSpans: @escaping @Sendable ([ReceivedSpan]) -> Void,
+        onError: @escaping @Sendable (String) -> Void
+    ) async throws -> OTLPHTTPReceiver {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(RequestHandler(decode: decode, onSpans: onSpans, onError: onError))
+                }
+            }
+        do {
+            let channel = try await bootstrap.bind(host: host, port: port).get()
+            return OTLPHTTPReceiver(channel: channel, group: group)
+        } catch {
+            try? await group.shutdownGracefully()
+            throw TraceViewError(description: "cannot listen on \(host):\(port): \(error)")
+        }
+    }
+
+    private init(channel: any Channel, group: MultiThreadedEventLoopGroup) {
+        self.channel = channel
+        self.group = group
+    }
+
+    public func close() async {
+        try? await channel.close()
+        try? await group.shutdownGracefully()
+    }
+}
+
+private final class RequestHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    let decode: Bool
+    let onSpans: @Sendable ([ReceivedSpan]) -> Void
+    let onError: @Sendable (String) -> Void
+    var head: HTTPRequestHead?
+    var body = ByteBuffer()
+
+    init(decode: Bool, onSpans: @escaping @Sendable ([ReceivedSpan]) -> Void, onError: @escaping @Sendable (String) -> Void) {
+        self.decode = decode
+        self.onSpans = onSpans
+        self.onError = onError
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            body.clear()
+        case .body(var chunk):
+            body.writeBuffer(&chunk)
+        case .end:
+            guard let head else { return }
+            let (status, message) = handle(head)
+            respond(context: context, status: status, message: message, keepAlive: head.isKeepAlive)
+            self.head = nil
+        }
+    }
+
+    private func handle(_ head: HTTPRequestHead) -> (HTTPResponseStatus, String) {
+        let path = head.uri.split(separator: "?").first.map(String.init) ?? head.uri
+        guard head.method == .POST else { return (.methodNotAllowed, "POST OTLP/HTTP protobuf here") }
+        switch path {
+        case "/v1/traces":
+            if let encoding = head.headers.first(name: "Content-Encoding"), encoding != "identity" {
+                onError("received a \(encoding) body: trace-view reads uncompressed bodies (unset OTEL_EXPORTER_OTLP_COMPRESSION)")
+                return (.unsupportedMediaType, "compressed bodies are not supported")
+            }
+            guard decode else { return (.ok, "") }
+            do {
+                onSpans(try OTLPTraceDecoder.decode(Array(body.readableBytesView)))
+                return (.ok, "")
+            } catch {
+                onError("\(error)")
+                return (.badRequest, "\(error)")
+            }
+        case "/v1/logs", "/v1/metrics":
+            return (.ok, "")
+        default:
+            return (.notFound, "no such OTLP endpoint")
+        }
+    }
+
+    private func respond(context: ChannelHandlerContext, status: HTTPResponseStatus, message: String, keepAlive: Bool) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: status == .ok ? "application/x-protobuf" : "text/plain")
+        headers.add(name: "Content-Length", value: "\(message.utf8.count)")
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        if !message.isEmpty {
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: message)))), promise: nil)
+        }
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if !keepAlive { done.whenComplete { [context] _ in context.close(promise: nil) } }
+    }
+}

@@ -1,0 +1,282 @@
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+import Testing
+import YoMoQUIC
+import YoMoWire
+
+@testable import YoMo
+
+/// Collects what arrives, and lets a test wait until enough did.
+final class Inbox<Element: Sendable>: Sendable {
+    private let state = Mutex<[Element]>([])
+
+    func append(_ element: Element) { state.withLock { $0.append(element) } }
+    var items: [Element] { state.withLock { $0 } }
+    var count: Int { state.withLock { $0.count } }
+
+    /// Waits until `count` items arrived; false after `timeout`.
+    func wait(for count: Int, timeout: Duration = .seconds(20)) async -> Bool {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        while clock.now < deadline {
+            if self.count >= count { return true }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return self.count >= count
+    }
+}
+
+/// A zipper on a free loopback port, closed at the end of the test.
+func withZipper<T>(
+    authentication: ZipperAuthentication? = nil,
+    _ body: (_ address: String, _ zipper: Zipper) async throws -> T
+) async throws -> T {
+    let zipper = Zipper(
+        configuration: ZipperConfiguration(host: "127.0.0.1", port: 0, authentication: authentication),
+        options: .init(logger: Logger(label: "test.zipper"))
+    )
+    try await zipper.start()
+    let address = try #require(zipper.address)
+    do {
+        let result = try await body(address, zipper)
+        await zipper.close()
+        return result
+    } catch {
+        await zipper.close()
+        throw error
+    }
+}
+
+func uppercase(_ bytes: [UInt8]) -> [UInt8] { bytes.map { (97...122).contains($0) ? $0 - 32 : $0 } }
+
+@Suite("End to end over QUIC on loopback", .serialized)
+struct EndToEndTests {
+    @Test("source → zipper → stream function → zipper → observer, with tid and source id kept")
+    func pipeline() async throws {
+        try await withZipper { address, _ in
+            let upper = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33]))
+            upper.setHandler { ctx in try await ctx.write(tag: 0x34, data: uppercase(ctx.data)) }
+            try await upper.connect()
+
+            let received = Inbox<(String, String?, String?)>()
+            let observer = StreamFunction(name: "observer", zipper: address, options: .init(observedTags: [0x34]))
+            observer.setHandler { ctx in
+                received.append((String(decoding: ctx.data, as: UTF8.self), ctx.tid, ctx.metadata(Metadata.ReservedKey.sourceID)))
+            }
+            try await observer.connect()
+
+            let source = Source(name: "source", zipper: address)
+            try await source.connect()
+            for index in 0..<50 {
+                try await source.write(tag: 0x33, data: Array("hello yomo \(index)".utf8))
+            }
+            #expect(await received.wait(for: 50))
+            let texts = Set(received.items.map(\.0))
+            #expect(texts == Set((0..<50).map { "HELLO YOMO \($0)" }))
+            #expect(received.items.allSatisfy { $0.1?.count == 21 })
+            #expect(Set(received.items.compactMap(\.1)).count == 50, "every write has its own tid")
+            #expect(received.items.allSatisfy { $0.2 == source.id })
+            await source.close()
+            await observer.close()
+            await upper.close()
+            #expect(upper.endReason?.code == .closed)
+        }
+    }
+
+    @Test("a wrong token is rejected with a clear error, and connect does not retry")
+    func wrongToken() async throws {
+        try await withZipper(authentication: .token("secret")) { address, zipper in
+            let sfn = StreamFunction(
+                name: "intruder", zipper: address,
+                options: .init(observedTags: [0x33], credential: "token:wrong", retryConnect: true))
+            sfn.setHandler { _ in }
+            let clock = ContinuousClock()
+            let started = clock.now
+            let error = await #expect(throws: YoMoError.self) { try await sfn.connect() }
+            #expect(error?.code == .rejected)
+            #expect(error?.message.contains("invalid token: wrong") == true, "\(error?.message ?? "")")
+            #expect(clock.now - started < .seconds(1), "a rejection must not be retried")
+            #expect(zipper.connectionCount == 0)
+
+            let good = Source(name: "friend", zipper: address, options: .init(credential: "token:secret"))
+            try await good.connect()
+            await good.close()
+        }
+    }
+
+    @Test("a handshake with another spec version is rejected with Go's message")
+    func versionMismatch() async throws {
+        try await withZipper { address, _ in
+            let target = try ZipperAddress(address)
+            let connection = try await QUICFrameConnection.connect(host: target.host, port: target.port)
+            try await connection.write(.handshake(HandshakeFrame(name: "old", id: "x-0", clientType: .source, version: "2023-01-01")))
+            var frames = connection.frames.makeAsyncIterator()
+            let answer = try await frames.next()
+            #expect(answer == .rejected(RejectedFrame(message: "version negotiation failed: client=2023-01-01, server=2024-01-03")))
+            await connection.close(reason: "done")
+        }
+    }
+
+    @Test("a target reaches only the function that wants it; same-name instances all get untargeted frames")
+    func targetAndFanOut() async throws {
+        try await withZipper { address, _ in
+            let alice = Inbox<String>()
+            let bob = Inbox<String>()
+            var functions: [StreamFunction] = []
+            for (inbox, target) in [(alice, "alice"), (bob, "bob")] {
+                let sfn = StreamFunction(name: "greeter", zipper: address, options: .init(observedTags: [0x40], wantedTarget: target))
+                sfn.setHandler { ctx in inbox.append(String(decoding: ctx.data, as: UTF8.self)) }
+                try await sfn.connect()
+                functions.append(sfn)
+            }
+            let source = Source(name: "source", zipper: address)
+            try await source.connect()
+            try await source.writeWithTarget(tag: 0x40, data: Array("for bob".utf8), target: "bob")
+            try await source.write(tag: 0x40, data: Array("for all".utf8))
+            #expect(await alice.wait(for: 1))
+            #expect(await bob.wait(for: 2))
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(alice.items == ["for all"])
+            #expect(Set(bob.items) == ["for bob", "for all"])
+            await source.close()
+            for sfn in functions { await sfn.close() }
+        }
+    }
+
+    @Test("the pipe handler keeps the order of 100,000 frames")
+    func pipeOrder() async throws {
+        try await withZipper { address, _ in
+            let count = 100_000
+            let echo = StreamFunction(name: "echo", zipper: address, options: .init(observedTags: [0x50]))
+            echo.setPipeHandler { input, output in
+                for await frame in input { try await output.write(tag: 0x51, buffer: frame.dataBuffer) }
+            }
+            try await echo.connect()
+            let order = Inbox<UInt32>()
+            let observer = StreamFunction(name: "observer", zipper: address, options: .init(observedTags: [0x51]))
+            observer.setPipeHandler { input, _ in
+                for await frame in input { order.append(frame.dataBuffer.getInteger(at: frame.dataBuffer.readerIndex, as: UInt32.self) ?? .max) }
+            }
+            try await observer.connect()
+            let source = Source(name: "source", zipper: address)
+            try await source.connect()
+            for index in 0..<UInt32(count) {
+                var buffer = ByteBuffer()
+                buffer.writeInteger(index)
+                try await source.write(tag: 0x50, buffer: buffer)
+            }
+            #expect(await order.wait(for: count, timeout: .seconds(120)))
+            #expect(order.items == Array(0..<UInt32(count)))
+            await source.close()
+            await observer.close()
+            await echo.close()
+        }
+    }
+
+    @Test("a throwing handler reaches the error handler and the function keeps serving")
+    func throwingHandler() async throws {
+        struct Boom: Error {}
+        try await withZipper { address, _ in
+            let errors = Inbox<YoMoError>()
+            let served = Inbox<Int>()
+            let sfn = StreamFunction(name: "flaky", zipper: address, options: .init(observedTags: [0x60]))
+            sfn.setHandler { ctx in
+                if ctx.data.first == 0 { throw Boom() }
+                served.append(Int(ctx.data.first!))
+            }
+            sfn.setErrorHandler { errors.append($0) }
+            try await sfn.connect()
+            let source = Source(name: "source", zipper: address)
+            try await source.connect()
+            for value: UInt8 in [0, 1, 0, 2, 3] { try await source.write(tag: 0x60, data: [value]) }
+            #expect(await served.wait(for: 3))
+            #expect(await errors.wait(for: 2))
+            #expect(errors.items.allSatisfy { $0.code == .handlerFailed && $0.message.contains("Boom") })
+            #expect(Set(served.items) == [1, 2, 3])
+            await source.close()
+            await sfn.close()
+        }
+    }
+
+    @Test("chained functions: the output of one is the input of the next")
+    func chain() async throws {
+        try await withZipper { address, _ in
+            let first = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x70]))
+            first.setHandler { ctx in try await ctx.write(tag: 0x71, data: uppercase(ctx.data)) }
+            let second = StreamFunction(name: "exclaim", zipper: address, options: .init(observedTags: [0x71]))
+            second.setHandler { ctx in try await ctx.write(tag: 0x72, data: ctx.data + Array("!".utf8)) }
+            let results = Inbox<(String, String?)>()
+            let observer = StreamFunction(name: "observer", zipper: address, options: .init(observedTags: [0x72]))
+            observer.setHandler { ctx in results.append((String(decoding: ctx.data, as: UTF8.self), ctx.tid)) }
+            for sfn in [first, second, observer] { try await sfn.connect() }
+            let source = Source(name: "source", zipper: address)
+            try await source.connect()
+            try await source.write(tag: 0x70, data: Array("chain".utf8))
+            #expect(await results.wait(for: 1))
+            #expect(results.items.first?.0 == "CHAIN!")
+            #expect(results.items.first?.1?.count == 21, "the tid travels along the chain")
+            await source.close()
+            for sfn in [first, second, observer] { await sfn.close() }
+        }
+    }
+
+    @Test("writing a reserved tag fails at once, and a zipper closes a client that sends one")
+    func reservedTag() async throws {
+        try await withZipper { address, zipper in
+            let source = Source(name: "source", zipper: address)
+            try await source.connect()
+            let error = await #expect(throws: YoMoError.self) { try await source.write(tag: 0xF001, data: [1]) }
+            #expect(error?.code == .reservedTag)
+            await source.close()
+
+            // A raw client bypassing the SDK's check is disconnected by the zipper.
+            let target = try ZipperAddress(address)
+            let connection = try await QUICFrameConnection.connect(host: target.host, port: target.port)
+            try await connection.write(.handshake(HandshakeFrame(name: "raw", id: "r-0", clientType: .source, version: yomoSpecVersion)))
+            var frames = connection.frames.makeAsyncIterator()
+            #expect(try await frames.next() == .handshakeAck)
+            try await connection.write(.data(DataFrame(tag: 0xF001, payload: ByteBuffer(bytes: [1]))))
+            let closed = await #expect(throws: QUICError.self) { _ = try await frames.next() }
+            #expect(closed?.applicationErrorCode == QUICError.yomoCloseCode)
+            #expect(closed?.reason?.contains("reserved") == true)
+            let clock = ContinuousClock()
+            let deadline = clock.now.advanced(by: .seconds(5))
+            while zipper.connectionCount > 0, clock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+            #expect(zipper.connectionCount == 0, "the zipper forgets the closed client")
+        }
+    }
+
+    @Test("a frame with undecodable metadata is reported and skipped; the connection stays up")
+    func badMetadata() async throws {
+        // A hand-driven zipper, so the function gets exactly the bytes we choose.
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+        let errors = Inbox<YoMoError>()
+        let served = Inbox<[UInt8]>()
+        let sfn = StreamFunction(name: "strict", zipper: "127.0.0.1:\(server.port)", options: .init(observedTags: [0x80]))
+        sfn.setHandler { ctx in served.append(ctx.data) }
+        sfn.setErrorHandler { errors.append($0) }
+        async let connected: Void = sfn.connect()
+        var accepted = server.connections.makeAsyncIterator()
+        let connection = QUICFrameConnection(try #require(await accepted.next()))
+        var frames = connection.frames.makeAsyncIterator()
+        guard case .handshake(let handshake)? = try await frames.next() else {
+            Issue.record("expected a handshake")
+            return
+        }
+        #expect(handshake.observedTags == [0x80])
+        #expect(handshake.version == yomoSpecVersion)
+        try await connection.write(.handshakeAck)
+        try await connected
+        try await connection.write(.data(DataFrame(tag: 0x80, metadata: ByteBuffer(bytes: [0xC0]), payload: ByteBuffer(bytes: [1]))))
+        try await connection.write(.data(DataFrame(tag: 0x80, payload: ByteBuffer(bytes: [2]))))
+        #expect(await served.wait(for: 1))
+        #expect(await errors.wait(for: 1))
+        #expect(served.items == [[2]])
+        #expect(errors.items.first?.code == .invalidMetadata)
+        #expect(errors.items.first?.message.contains("found nil") == true)
+        await sfn.close()
+        await server.close()
+    }
+}

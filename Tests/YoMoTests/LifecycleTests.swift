@@ -1,0 +1,216 @@
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Synchronization
+import Testing
+import YoMoQUIC
+import YoMoWire
+
+@testable import YoMo
+
+/// The `yomo` executable built beside the tests.
+func yomoExecutable() throws -> URL {
+    let candidates = [
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("yomo"),
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent(".build/debug/yomo"),
+    ]
+    guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
+        throw YoMoError(.invalidConfiguration, "yomo executable not found (build all products first): \(candidates.map(\.path))")
+    }
+    return found
+}
+
+/// A UDP port that was free a moment ago.
+func freePort() async throws -> Int {
+    let probe = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+    let port = probe.port
+    await probe.close()
+    return port
+}
+
+@Suite("Connection life", .serialized)
+struct LifecycleTests {
+    @Test("a killed and restarted zipper: the stream function reconnects and serves again")
+    func reconnect() async throws {
+        let port = try await freePort()
+        let yomo = try yomoExecutable()
+        func startZipper() throws -> Process {
+            let process = Process()
+            process.executableURL = yomo
+            process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"]
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+        var zipper = try startZipper()
+        defer { if zipper.isRunning { zipper.terminate() } }
+        let address = "127.0.0.1:\(port)"
+
+        var quic = QUICConfiguration.default
+        quic.idleTimeout = .seconds(3)
+        let reconnectFast = ReconnectPolicy(initialDelay: .milliseconds(200), maximumDelay: .seconds(1))
+        let received = Inbox<String>()
+        let lost = Inbox<YoMoError>()
+        let sfn = StreamFunction(
+            name: "survivor", zipper: address,
+            options: .init(observedTags: [0x33], quic: quic, reconnect: reconnectFast, retryConnect: true))
+        sfn.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        sfn.setErrorHandler { lost.append($0) }
+        try await sfn.connect()
+
+        func sendUntilReceived(_ text: String) async throws -> Bool {
+            let source = Source(name: "source", zipper: address, options: .init(quic: quic, reconnect: reconnectFast, retryConnect: true))
+            try await source.connect()
+            defer { Task { await source.close() } }
+            // The function may still be reconnecting: write until it sees one.
+            for _ in 0..<100 {
+                try await source.write(tag: 0x33, data: Array(text.utf8))
+                for _ in 0..<20 {
+                    if received.items.contains(text) { return true }
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+            }
+            return false
+        }
+
+        #expect(try await sendUntilReceived("before"))
+        // A hard kill: no CONNECTION_CLOSE, as when a machine dies.
+        kill(zipper.processIdentifier, SIGKILL)
+        zipper.waitUntilExit()
+        zipper = try startZipper()
+        #expect(try await sendUntilReceived("after"))
+        #expect(lost.items.contains { $0.code == .notConnected }, "the lost connection is reported: \(lost.items)")
+        #expect(sfn.endReason == nil, "still serving")
+        await sfn.close()
+        zipper.terminate()
+        zipper.waitUntilExit()
+    }
+
+    @Test("a zipper that shuts down ends its clients with that reason, without reconnecting")
+    func listenerShutdown() async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let sfn = StreamFunction(name: "f", zipper: try #require(zipper.address), options: .init(observedTags: [1]))
+        sfn.setHandler { _ in }
+        try await sfn.connect()
+        await zipper.close()
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: .seconds(10))
+        while sfn.endReason == nil, clock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(sfn.endReason?.code == .listenerShutdown, "\(String(describing: sfn.endReason))")
+        await sfn.wait()  // returns at once: the function has ended
+    }
+
+    @Test("close lets in-flight handlers finish and their writes reach the zipper")
+    func gracefulClose() async throws {
+        try await withZipper { address, _ in
+            let started = Inbox<Int>()
+            let slow = StreamFunction(name: "slow", zipper: address, options: .init(observedTags: [0x10]))
+            slow.setHandler { ctx in
+                started.append(1)
+                try await Task.sleep(for: .milliseconds(300))
+                try await ctx.write(tag: 0x11, data: ctx.data)
+            }
+            try await slow.connect()
+            let results = Inbox<[UInt8]>()
+            let observer = StreamFunction(name: "observer", zipper: address, options: .init(observedTags: [0x11]))
+            observer.setHandler { ctx in results.append(ctx.data) }
+            try await observer.connect()
+            let source = Source(name: "source", zipper: address)
+            try await source.connect()
+            for value: UInt8 in 1...5 { try await source.write(tag: 0x10, data: [value]) }
+            #expect(await started.wait(for: 5))
+            await slow.close()  // while all five handlers sleep
+            #expect(await results.wait(for: 5))
+            #expect(Set(results.items) == [[1], [2], [3], [4], [5]])
+            let error = await #expect(throws: YoMoError.self) { try await slow.write(tag: 0x11, data: [9]) }
+            #expect(error?.code == .closed)
+            await source.close()
+            await observer.close()
+        }
+    }
+
+    @Test("the initializer runs once before the first frame; if it throws, connect fails")
+    func initializer() async throws {
+        try await withZipper { address, _ in
+            let runs = Inbox<Int>()
+            let sfn = StreamFunction(name: "model", zipper: address, options: .init(observedTags: [0x20]))
+            sfn.setInit { runs.append(1) }
+            sfn.setHandler { _ in #expect(runs.count == 1) }
+            try await sfn.connect()
+            #expect(runs.count == 1)
+            await sfn.close()
+
+            struct ModelMissing: Error {}
+            let broken = StreamFunction(name: "broken", zipper: address, options: .init(observedTags: [0x20]))
+            broken.setInit { throw ModelMissing() }
+            broken.setHandler { _ in }
+            let error = await #expect(throws: YoMoError.self) { try await broken.connect() }
+            #expect(error?.code == .initializerFailed)
+            #expect(error?.message.contains("ModelMissing") == true)
+        }
+    }
+
+    @Test("the handler concurrency limit holds, and unlimited handlers run concurrently")
+    func concurrencyLimit() async throws {
+        try await withZipper { address, _ in
+            for (limit, expectedPeak) in [(2, 2), (nil, 8)] as [(Int?, Int)] {
+                let running = Mutex((now: 0, peak: 0))
+                let done = Inbox<Int>()
+                let sfn = StreamFunction(name: "busy", zipper: address, options: .init(observedTags: [0x30], handlerConcurrency: limit))
+                sfn.setHandler { _ in
+                    running.withLock { $0.now += 1; $0.peak = max($0.peak, $0.now) }
+                    try await Task.sleep(for: .milliseconds(100))
+                    running.withLock { $0.now -= 1 }
+                    done.append(1)
+                }
+                try await sfn.connect()
+                let source = Source(name: "source", zipper: address)
+                try await source.connect()
+                for _ in 0..<8 { try await source.write(tag: 0x30, data: [0]) }
+                #expect(await done.wait(for: 8))
+                #expect(running.withLock { $0.peak } == expectedPeak, "limit \(String(describing: limit))")
+                await source.close()
+                await sfn.close()
+            }
+        }
+    }
+
+    @Test("a cron handler runs on its schedule and can write")
+    func cron() async throws {
+        try await withZipper { address, _ in
+            let ticks = Inbox<String>()
+            let observer = StreamFunction(name: "observer", zipper: address, options: .init(observedTags: [0x90]))
+            observer.setHandler { ctx in ticks.append(String(decoding: ctx.data, as: UTF8.self)) }
+            try await observer.connect()
+            let ticker = StreamFunction(name: "ticker", zipper: address)
+            try ticker.setCronHandler("@every 100ms") { ctx in try await ctx.write(tag: 0x90, data: Array("tick".utf8)) }
+            try await ticker.connect()
+            #expect(await ticks.wait(for: 3, timeout: .seconds(10)))
+            await ticker.close()
+            await observer.close()
+            #expect(throws: YoMoError.self) { try ticker.setCronHandler("@every soon") { _ in } }
+        }
+    }
+
+    @Test("a stream function runs in a ServiceGroup and stops on graceful shutdown")
+    func serviceGroup() async throws {
+        try await withZipper { address, _ in
+            let sfn = StreamFunction(name: "service", zipper: address, options: .init(observedTags: [0x33]))
+            sfn.setHandler { _ in }
+            let group = ServiceGroup(services: [sfn], gracefulShutdownSignals: [], logger: Logger(label: "test"))
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                let clock = ContinuousClock()
+                let deadline = clock.now.advanced(by: .seconds(10))
+                while sfn.client.isConnectedForTesting == false, clock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+                #expect(sfn.client.isConnectedForTesting)
+                await group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+            }
+            #expect(sfn.endReason?.code == .closed)
+        }
+    }
+}

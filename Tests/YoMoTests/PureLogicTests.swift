@@ -1,0 +1,200 @@
+import Testing
+import YoMoWire
+
+@testable import YoMo
+
+@Suite("Credentials")
+struct CredentialTests {
+    @Test("a credential splits at the first colon, untrimmed", arguments: [
+        ("token:abc", "token", "abc"),
+        ("token:a:b:c", "token", "a:b:c"),
+        ("abc", "", "abc"),
+        (" token : x ", " token ", " x "),
+        (":x", "", "x"),
+        ("token:", "token", ""),
+    ])
+    func split(text: String, name: String, payload: String) {
+        let credential = Credential(text)
+        #expect(credential.name == name)
+        #expect(credential.payload == payload)
+        #expect(!credential.description.contains(payload) || payload.isEmpty || payload == " x ")
+    }
+}
+
+@Suite("Reconnect policy")
+struct ReconnectPolicyTests {
+    @Test("the first retry waits 1 s, later ones grow and stop at the cap, within the jitter")
+    func backoff() {
+        var rng = SystemRandomNumberGenerator()
+        let policy = ReconnectPolicy.default
+        #expect(policy.delay(beforeAttempt: 1, using: &rng) == .seconds(1))
+        for _ in 0..<200 {
+            let second = policy.delay(beforeAttempt: 2, using: &rng).seconds
+            #expect((1.6...2.4).contains(second))
+            let tenth = policy.delay(beforeAttempt: 10, using: &rng).seconds
+            #expect((24...36).contains(tenth))
+        }
+        let noJitter = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .seconds(1), multiplier: 3, jitter: 0)
+        #expect(noJitter.delay(beforeAttempt: 3, using: &rng) == .milliseconds(900))
+        #expect(noJitter.delay(beforeAttempt: 4, using: &rng) == .seconds(1))
+        #expect(noJitter.delay(beforeAttempt: 1000, using: &rng) == .seconds(1))
+    }
+}
+
+@Suite("Schedules")
+struct ScheduleTests {
+    @Test("Go durations parse", arguments: [
+        ("1s", Duration.seconds(1)), ("500ms", .milliseconds(500)), ("1m30s", .seconds(90)),
+        ("1.5h", .seconds(5400)), ("250us", .microseconds(250)), ("2h0m1s", .seconds(7201)),
+    ])
+    func every(text: String, duration: Duration) throws {
+        let schedule = try Schedule("@every \(text)")
+        #expect(schedule.interval == duration)
+    }
+
+    @Test("bad schedules say what is wrong", arguments: [
+        ("@every", "5 fields"),
+        ("@every 10", "is not a duration"),
+        ("@every 5x", "is not a duration"),
+        ("@every 0s", "must be positive"),
+        ("* * * *", "found 4"),
+        ("60 * * * *", "minute field \"60\" has 60 outside 0-59"),
+        ("* * * FOO *", "has \"FOO\", not a number"),
+        ("5-1 * * * *", "runs backwards"),
+        ("*/0 * * * *", "not a positive number"),
+    ])
+    func invalid(text: String, expected: String) {
+        let error = #expect(throws: YoMoError.self) { try Schedule(text) }
+        #expect(error?.message.contains(expected) == true, "got: \(error?.message ?? "nothing")")
+        #expect(error?.code == .invalidSchedule)
+    }
+
+    /// 2026-11-25T13:07:30Z, a Wednesday.
+    static let now: Int64 = 1_795_612_050
+
+    @Test("cron lines fire at the next matching minute (UTC)", arguments: [
+        ("* * * * *", "2026-11-25 13:08"),
+        ("*/15 * * * *", "2026-11-25 13:15"),
+        ("0 * * * *", "2026-11-25 14:00"),
+        ("30 9 * * *", "2026-11-26 09:30"),
+        ("0 0 1 * *", "2026-12-01 00:00"),
+        ("0 0 * * SUN", "2026-11-29 00:00"),
+        ("0 0 * * 7", "2026-11-29 00:00"),
+        ("0 12 * * MON-FRI", "2026-11-26 12:00"),
+        ("0 0 29 2 *", "2028-02-29 00:00"),
+        ("0 0 1 JAN *", "2027-01-01 00:00"),
+        ("@hourly", "2026-11-25 14:00"),
+        ("@weekly", "2026-11-29 00:00"),
+        ("0 0 13 * FRI", "2026-11-27 00:00"),  // either day field matches when both are set
+        ("5,10 13 * * *", "2026-11-25 13:10"),
+    ])
+    func nextFire(line: String, expected: String) throws {
+        let schedule = try Schedule(line)
+        let fire = try #require(schedule.nextFire(afterUnixSeconds: Self.now))
+        #expect(Self.format(fire) == expected)
+    }
+
+    @Test("an impossible date never fires")
+    func impossible() throws {
+        #expect(try Schedule("0 0 31 2 *").nextFire(afterUnixSeconds: Self.now) == nil)
+    }
+
+    static func format(_ seconds: Int64) -> String {
+        let days = seconds.floorDivided(by: 86_400)
+        let (year, month, day) = civilDate(daysSinceEpoch: days)
+        let minuteOfDay = (seconds - days * 86_400) / 60
+        func two(_ value: Int) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        return "\(year)-\(two(month))-\(two(day)) \(two(Int(minuteOfDay / 60))):\(two(Int(minuteOfDay % 60)))"
+    }
+}
+
+@Suite("Zipper routing rules")
+struct RouteTableTests {
+    static func sfn(_ id: UInt64, _ name: String, tags: Set<UInt32>, target: String = "") -> RouteMember {
+        RouteMember(connectionID: id, name: name, clientID: "c\(id)", clientType: .streamFunction, observedTags: tags, wantedTarget: target)
+    }
+
+    @Test("every observer gets the frame, same-name instances too; sources get nothing")
+    func fanOut() {
+        var table = RouteTable()
+        table.add(Self.sfn(1, "upper", tags: [0x33]))
+        table.add(Self.sfn(2, "upper", tags: [0x33, 0x34]))
+        table.add(Self.sfn(3, "other", tags: [0x34]))
+        table.add(RouteMember(connectionID: 4, name: "src", clientID: "s", clientType: .source, observedTags: [0x33], wantedTarget: ""))
+        #expect(table.destinations(tag: 0x33, target: nil) == [1, 2])
+        #expect(table.destinations(tag: 0x34, target: nil) == [2, 3])
+        #expect(table.destinations(tag: 0x35, target: nil) == [])
+        table.remove(1)
+        #expect(table.destinations(tag: 0x33, target: nil) == [2])
+        table.remove(2)
+        #expect(table.destinations(tag: 0x33, target: "") == [])
+    }
+
+    @Test("a target reaches only the functions that want it")
+    func target() {
+        var table = RouteTable()
+        table.add(Self.sfn(1, "f", tags: [0x33], target: "alice"))
+        table.add(Self.sfn(2, "f", tags: [0x33], target: "bob"))
+        table.add(Self.sfn(3, "f", tags: [0x33]))
+        #expect(table.destinations(tag: 0x33, target: "bob") == [2])
+        #expect(table.destinations(tag: 0x33, target: "carol") == [])
+        #expect(table.destinations(tag: 0x33, target: nil) == [1, 2, 3])
+    }
+
+    @Test("reserved tags are 0xF000-0xFFFF")
+    func reserved() {
+        #expect(RouteTable.isReserved(0xF000))
+        #expect(RouteTable.isReserved(0xFFFF))
+        #expect(!RouteTable.isReserved(0xEFFF))
+        #expect(!RouteTable.isReserved(0x1_0000))
+        #expect(!RouteTable.isReserved(0xE001))
+    }
+
+    @Test("handshakes are checked for version, then authentication, with Go's messages")
+    func authority() {
+        let authority = HandshakeAuthority(version: "2024-01-03", authentication: .token("secret"))
+        var handshake = HandshakeFrame(name: "f", id: "x-0", clientType: .streamFunction, authName: "token", authPayload: "secret", version: "2024-01-03")
+        #expect(authority.rejection(for: handshake) == nil)
+        handshake.authPayload = "wrong"
+        #expect(authority.rejection(for: handshake) == "invalid token: wrong")
+        handshake.authName = "jwt"
+        #expect(authority.rejection(for: handshake) == "authentication not found: jwt")
+        handshake.version = "2023-01-01"
+        #expect(authority.rejection(for: handshake) == "version negotiation failed: client=2023-01-01, server=2024-01-03")
+        let open = HandshakeAuthority(version: "2024-01-03", authentication: nil)
+        handshake.version = "2024-01-03"
+        #expect(open.rejection(for: handshake) == nil)
+    }
+}
+
+@Suite("Zipper configuration")
+struct ZipperConfigurationTests {
+    @Test("the Go zipper's YAML reads")
+    func yaml() throws {
+        let config = try ZipperConfiguration(yaml: """
+            name: edge
+            host: 0.0.0.0
+            port: 9100
+            auth:
+              type: token
+              token: Z2FyZmllbGQ=
+            """)
+        #expect(config.name == "edge")
+        #expect(config.host == "0.0.0.0")
+        #expect(config.port == 9100)
+        #expect(config.authentication == .token("Z2FyZmllbGQ="))
+        #expect(try ZipperConfiguration(yaml: "").port == 9000)
+    }
+
+    @Test("bad configs say what is wrong", arguments: [
+        ("port: 70000", "port must be a number from 1 to 65535"),
+        ("auth: {type: jwt}", "auth type \"jwt\" is not supported"),
+        ("auth: {type: token}", "needs a non-empty token"),
+        ("- a\n- b", "must be a YAML mapping"),
+        ("name: [", "not valid YAML"),
+    ])
+    func invalid(yaml: String, expected: String) {
+        let error = #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: yaml) }
+        #expect(error?.message.contains(expected) == true, "got: \(error?.message ?? "nothing")")
+    }
+}

@@ -1,0 +1,164 @@
+import Foundation
+import Logging
+import Testing
+import Tracing
+import YoMoTracing
+
+@testable import YoMo
+
+/// The OTLP receiver of the tracing tests (`Tests/YoMoTracingTests/otlp_receiver.py`,
+/// which decodes bodies with the official opentelemetry-proto package), run as a process.
+final class SpanReceiver {
+    let process = Process()
+    let directory: URL
+    let port: Int
+    var endpoint: String { "http://127.0.0.1:\(port)" }
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-e2e-otlp-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("YoMoTracingTests/otlp_receiver.py").path
+        let portFile = directory.appendingPathComponent("port").path
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", script, "--port-file", portFile, "--out", directory.appendingPathComponent("received.jsonl").path]
+        try process.run()
+        var found: Int?
+        for _ in 0..<750 where found == nil {
+            found = (try? String(contentsOfFile: portFile, encoding: .utf8)).flatMap { Int($0) }
+            usleep(20_000)
+        }
+        guard let found else {
+            process.terminate()
+            throw YoMoError(.invalidConfiguration, "the OTLP receiver did not start (python3 with opentelemetry-proto?)")
+        }
+        port = found
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// Every span received so far, as decoded by the receiver.
+    func spans() -> [[String: Any]] {
+        let path = directory.appendingPathComponent("received.jsonl").path
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
+        }.filter { $0["type"] as? String == "span" }
+    }
+
+    func provider(service: String) -> TracerProvider {
+        TracerProvider.otlp(serviceName: service, environment: [
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        ])
+    }
+}
+
+@Suite("Tracing on the data path", .serialized)
+struct TracingEndToEndTests {
+    @Test("source, zipper and stream function spans of one frame form one trace, with a user child span")
+    func oneTrace() async throws {
+        let receiver = try SpanReceiver()
+        let zipperProvider = receiver.provider(service: "test-zipper")
+        let functionProvider = receiver.provider(service: "test-sfn")
+        let sourceProvider = receiver.provider(service: "test-source")
+        let zipper = Zipper(
+            configuration: ZipperConfiguration(host: "127.0.0.1", port: 0),
+            options: .init(tracerProvider: zipperProvider))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+
+        let handled = Inbox<String>()
+        let userTracer = functionProvider.tracer("user-code")
+        let sfn = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33], tracerProvider: functionProvider))
+        sfn.setHandler { ctx in
+            try await userTracer.withSpan("user work") { _ in
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            handled.append(ctx.metadata(Metadata.ReservedKey.traceID) ?? "")
+        }
+        try await sfn.connect()
+        let source = Source(name: "sensor", zipper: address, options: .init(tracerProvider: sourceProvider))
+        try await source.connect()
+        try await source.write(tag: 0x33, data: Array("hello".utf8))
+        #expect(await handled.wait(for: 1))
+
+        await source.close()
+        await sfn.close()
+        await zipper.close()
+        for provider in [sourceProvider, functionProvider, zipperProvider] { await provider.shutdown() }
+
+        let spans = receiver.spans()
+        func span(_ name: String) throws -> [String: Any] {
+            try #require(spans.first { $0["name"] as? String == name }, "no span \(name) among \(spans.map { $0["name"] ?? "?" })")
+        }
+        let sourceSpan = try span("sensor")
+        let zipperSpan = try span("zipper endpoint")
+        let functionSpan = try span("upper")
+        let userSpan = try span("user work")
+        let traceID = try #require(sourceSpan["trace_id"] as? String)
+        #expect(traceID.count == 32)
+        for other in [zipperSpan, functionSpan, userSpan] { #expect(other["trace_id"] as? String == traceID) }
+        #expect(handled.items.first == traceID, "the handler sees the trace id in the metadata")
+        #expect(sourceSpan["parent_span_id"] as? String == "")
+        #expect(zipperSpan["parent_span_id"] as? String == sourceSpan["span_id"] as? String)
+        #expect(functionSpan["parent_span_id"] as? String == zipperSpan["span_id"] as? String)
+        #expect(userSpan["parent_span_id"] as? String == functionSpan["span_id"] as? String)
+
+        func attributes(_ span: [String: Any]) -> [String: Any] { span["attributes"] as? [String: Any] ?? [:] }
+        #expect(attributes(sourceSpan)["send_data_tag"] as? Int == 0x33)
+        #expect(attributes(sourceSpan)["send_data_len"] as? Int == 5)
+        #expect(attributes(zipperSpan)["routing_data_tag"] as? Int == 0x33)
+        #expect(attributes(zipperSpan)["routing_data_len"] as? Int == 5)
+        #expect(attributes(functionSpan)["sfn_handler_type"] as? String == "async_handler")
+        #expect(attributes(functionSpan)["recv_data_tag"] as? Int == 0x33)
+        #expect(attributes(functionSpan)["recv_data_len"] as? Int == 5)
+        // OTLP span kinds: 4 producer, 5 consumer.
+        #expect(sourceSpan["kind"] as? Int == 4)
+        #expect(functionSpan["kind"] as? Int == 5)
+        func scope(_ span: [String: Any]) -> String? { (span["scope"] as? [String: Any])?["name"] as? String }
+        #expect(scope(sourceSpan) == "Source")
+        #expect(scope(zipperSpan) == "Zipper")
+        #expect(scope(functionSpan) == "StreamFunction")
+        func service(_ span: [String: Any]) -> String? { (span["resource"] as? [String: Any])?["service.name"] as? String }
+        #expect(service(sourceSpan) == "test-source")
+        #expect(service(zipperSpan) == "test-zipper")
+        #expect(service(functionSpan) == "test-sfn")
+    }
+
+    @Test("a throwing handler's span has error status and the error recorded; pipe spans end")
+    func errorsAndPipes() async throws {
+        struct Boom: Error {}
+        let receiver = try SpanReceiver()
+        let provider = receiver.provider(service: "test-all")
+        try await withZipper { address, _ in
+            let failing = StreamFunction(name: "failing", zipper: address, options: .init(observedTags: [0x41], tracerProvider: provider))
+            failing.setHandler { _ in throw Boom() }
+            let piped = Inbox<Int>()
+            let pipe = StreamFunction(name: "piped", zipper: address, options: .init(observedTags: [0x42], tracerProvider: provider))
+            pipe.setPipeHandler { input, _ in for await _ in input { piped.append(1) } }
+            try await failing.connect()
+            try await pipe.connect()
+            let source = Source(name: "source", zipper: address, options: .init(tracerProvider: provider))
+            try await source.connect()
+            try await source.write(tag: 0x41, data: [1])
+            for _ in 0..<3 { try await source.write(tag: 0x42, data: [2]) }
+            #expect(await piped.wait(for: 3))
+            try await Task.sleep(for: .milliseconds(100))
+            await source.close()
+            await failing.close()
+            await pipe.close()
+        }
+        await provider.shutdown()
+        let spans = receiver.spans()
+        let failed = try #require(spans.first { $0["name"] as? String == "failing" })
+        #expect((failed["status"] as? [String: Any])?["code"] as? Int == 2, "STATUS_CODE_ERROR")
+        #expect((failed["events"] as? [[String: Any]])?.contains { $0["name"] as? String == "exception" } == true)
+        let pipeSpans = spans.filter { $0["name"] as? String == "piped" }
+        #expect(pipeSpans.count == 3, "every pipe frame's span ends and is exported")
+        #expect(pipeSpans.allSatisfy { ($0["attributes"] as? [String: Any])?["sfn_handler_type"] as? String == "pipe_handler" })
+    }
+}

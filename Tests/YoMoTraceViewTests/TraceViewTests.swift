@@ -1,0 +1,71 @@
+import Foundation
+import Synchronization
+import Testing
+import Tracing
+import YoMoTraceView
+import YoMoTracing
+
+@Suite("yomo trace-view")
+struct TraceViewTests {
+    struct Failure: Error {}
+
+    @Test("spans exported over OTLP/HTTP are received, decoded, grouped by trace and drawn as a tree")
+    func receiveAndRender() async throws {
+        let assembler = TraceAssembler()
+        let errors = Mutex<[String]>([])
+        let receiver = try await OTLPHTTPReceiver.start(
+            host: "127.0.0.1", port: 0, onSpans: { assembler.add($0) }, onError: { message in errors.withLock { $0.append(message) } })
+        let provider = TracerProvider.otlp(serviceName: "viewer-test", environment: [
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:\(receiver.port)",
+        ])
+        let tracer = provider.tracer("test-scope")
+        tracer.withSpan("root") { root in
+            root.attributes["frame.tag"] = 51
+            tracer.withSpan("child") { _ in
+                tracer.withSpan("grandchild") { span in
+                    span.setStatus(SpanStatus(code: .error, message: "boom"))
+                }
+            }
+        }
+        tracer.withSpan("other trace") { _ in }
+        await provider.shutdown()  // flushes to the receiver
+
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: .seconds(10))
+        var traces: [[ReceivedSpan]] = []
+        while traces.count < 2, clock.now < deadline {
+            traces += assembler.takeFinished(quiet: .milliseconds(50))
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        await receiver.close()
+        #expect(errors.withLock { $0 } == [])
+        try #require(traces.count == 2)
+        let tree = try #require(traces.first { $0.count == 3 })
+        let root = try #require(tree.first { $0.name == "root" })
+        let child = try #require(tree.first { $0.name == "child" })
+        let grandchild = try #require(tree.first { $0.name == "grandchild" })
+        #expect(child.parentSpanID == root.spanID)
+        #expect(grandchild.parentSpanID == child.spanID)
+        #expect(root.service == "viewer-test")
+        #expect(root.scope == "test-scope")
+        #expect(root.attributes.contains { $0.key == "frame.tag" && $0.value == "51" })
+        #expect(grandchild.isError && grandchild.statusMessage == "boom")
+        #expect(Set(tree.map(\.traceID)).count == 1)
+
+        let text = WaterfallRenderer(colour: false).render(tree)
+        let lines = text.split(separator: "\n").map(String.init)
+        #expect(lines.count == 4)
+        #expect(lines[0].hasPrefix("trace \(root.traceID)  3 spans"))
+        #expect(lines[0].contains("1 error"))
+        #expect(lines[1].contains("root") && lines[1].contains("frame.tag=51"))
+        #expect(lines[2].contains("└─ child"))
+        #expect(lines[3].contains("└─ grandchild") && lines[3].contains("✗ boom"))
+        #expect(WaterfallRenderer(colour: true).render(tree).contains("\u{1B}[31m"))
+    }
+
+    @Test("a body that is not OTLP is refused with a clear error")
+    func garbage() throws {
+        #expect(throws: TraceViewError.self) { try OTLPTraceDecoder.decode([0xFF, 0xFF, 0xFF, 0x01]) }
+        #expect(try OTLPTraceDecoder.decode([]).isEmpty)
+    }
+}
