@@ -236,7 +236,7 @@ final class ClientRuntime: Sendable {
                             group.addTask {
                                 defer { inFlight.leave() }
                                 do {
-                                    try await span.run { try await handler(context) }
+                                    try await setup.tracing.run(span) { try await handler(context) }
                                 } catch {
                                     self.report(YoMoError(.handlerFailed, "handler of \(self.name) threw on tag 0x\(String(data.tag, radix: 16)): \(error)"), setup)
                                 }
@@ -280,7 +280,7 @@ final class ClientRuntime: Sendable {
             let span = setup.tracing.functionSpan(name: name, handlerType: "cron_handler", tag: 0, length: 0, metadata: &metadata)
             do {
                 let context = Context(tag: 0, data: ByteBuffer(), metadata: metadata, writer: writer)
-                try await span.run { try await handler(context) }
+                try await setup.tracing.run(span) { try await handler(context) }
             } catch {
                 report(YoMoError(.handlerFailed, "cron handler of \(name) threw: \(error)"), setup)
             }

@@ -82,14 +82,18 @@ extension YoMoSpan {
     }
 }
 
-extension Optional where Wrapped == YoMoSpan {
-    /// Runs `body` with the span as the current context, so `withSpan` inside
-    /// makes its children; ends the span when `body` returns or throws.
-    func run<T>(_ body: () async throws -> T) async throws -> T {
-        guard let span = self else { return try await body() }
+extension DataPathTracer {
+    /// Runs `body` with the span as the current context and this tracer as the
+    /// task's tracer, so `withSpan` inside — ours, a library's, or the free
+    /// function — makes children of the frame's span without any global
+    /// bootstrap. Ends the span when `body` returns or throws.
+    func run<T>(_ span: YoMoSpan?, _ body: () async throws -> T) async throws -> T {
+        guard let span else { return try await body() }
         defer { span.end() }
         do {
-            return try await ServiceContext.withValue(span.context) { try await body() }
+            return try await withTracer(tracer) {
+                try await ServiceContext.withValue(span.context) { try await body() }
+            }
         } catch {
             span.fail(error)
             throw error

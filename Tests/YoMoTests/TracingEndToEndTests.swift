@@ -72,10 +72,11 @@ struct TracingEndToEndTests {
         let address = try #require(zipper.address)
 
         let handled = Inbox<String>()
-        let userTracer = functionProvider.tracer("user-code")
         let sfn = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33], tracerProvider: functionProvider))
         sfn.setHandler { ctx in
-            try await userTracer.withSpan("user work") { _ in
+            // The free `withSpan`, as user code and instrumented libraries call it:
+            // no global bootstrap, yet it joins the frame's trace.
+            try await withSpan("user work") { _ in
                 try await Task.sleep(for: .milliseconds(5))
             }
             handled.append(ctx.metadata(Metadata.ReservedKey.traceID) ?? "")
