@@ -119,6 +119,41 @@ targets += [
 ]
 
 // MARK: YoMoLogging — swift-log handlers, trace correlation, OTLP logs
+products += [.library(name: "YoMoLogging", targets: ["YoMoLogging"])]
+targets += [
+    .target(
+        name: "YoMoLogging",
+        dependencies: [
+            "YoMoTracing",
+            "COTLPProto",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+        ],
+        swiftSettings: strictSwift
+    ),
+    .testTarget(
+        name: "YoMoLoggingTests",
+        dependencies: [
+            "YoMoLogging",
+            "YoMoTracing",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+        ],
+        exclude: ["otlp_logs_receiver.py"],
+        swiftSettings: strictSwift
+    ),
+    // Benchmark, not a test: `swift run -c release yomo-logging-bench`.
+    .executableTarget(
+        name: "yomo-logging-bench",
+        dependencies: [
+            "YoMoLogging", "YoMoTracing",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+        ],
+        path: "Benchmarks/LoggingBench",
+        swiftSettings: strictSwift
+    ),
+]
 
 // MARK: YoMo — StreamFunction, Source, Zipper, the `yomo` CLI and examples
 products += [
