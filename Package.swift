@@ -170,6 +170,7 @@ targets += [
             "YoMoWire",
             "YoMoQUIC",
             "YoMoTracing",
+            "YoMoLogging",
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -193,6 +194,7 @@ targets += [
         name: "YoMoCLI",
         dependencies: [
             "YoMo",
+            "YoMoLogging",
             "YoMoTraceView",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -240,7 +242,7 @@ targets += [
     .testTarget(
         name: "YoMoTests",
         dependencies: [
-            "YoMo", "YoMoWire", "YoMoQUIC", "YoMoTracing",
+            "YoMo", "YoMoWire", "YoMoQUIC", "YoMoTracing", "YoMoLogging",
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

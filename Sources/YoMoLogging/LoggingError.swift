@@ -1,0 +1,52 @@
+/// An error of the logging SDK. Compare with the static members
+/// (`error == .sinkFailed`); new kinds can be added without breaking callers.
+public struct LoggingError: Error, Sendable, Hashable, CustomStringConvertible {
+    private enum Code: Sendable, Hashable {
+        case sinkFailed
+        case shutdown
+        case exportFailed
+    }
+
+    private let code: Code
+    /// Human-readable detail (errno, HTTP status, ...).
+    public let message: String
+    public let file: String
+    public let line: Int
+
+    private init(code: Code, message: String = "", file: String = #fileID, line: Int = #line) {
+        self.code = code
+        self.message = message
+        self.file = file
+        self.line = line
+    }
+
+    /// A sink could not take the bytes (e.g. `write(2)` failed).
+    public static let sinkFailed = LoggingError(code: .sinkFailed)
+    /// The writer or exporter was already shut down.
+    public static let shutdown = LoggingError(code: .shutdown)
+    /// An OTLP log export failed.
+    public static let exportFailed = LoggingError(code: .exportFailed)
+
+    /// For `LogSink` implementations: the bytes could not be written.
+    public static func sinkFailed(_ message: String, file: String = #fileID, line: Int = #line) -> LoggingError {
+        LoggingError(code: .sinkFailed, message: message, file: file, line: line)
+    }
+    static func shutdown(_ message: String, file: String = #fileID, line: Int = #line) -> LoggingError {
+        LoggingError(code: .shutdown, message: message, file: file, line: line)
+    }
+    static func exportFailed(_ message: String, file: String = #fileID, line: Int = #line) -> LoggingError {
+        LoggingError(code: .exportFailed, message: message, file: file, line: line)
+    }
+
+    public static func == (lhs: LoggingError, rhs: LoggingError) -> Bool { lhs.code == rhs.code }
+    public func hash(into hasher: inout Hasher) { hasher.combine(code) }
+
+    public var description: String {
+        let kind = switch code {
+        case .sinkFailed: "sink failed"
+        case .shutdown: "shut down"
+        case .exportFailed: "export failed"
+        }
+        return message.isEmpty ? "LoggingError(\(kind))" : "LoggingError(\(kind): \(message))"
+    }
+}

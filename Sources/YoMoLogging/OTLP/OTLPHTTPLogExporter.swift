@@ -1,0 +1,53 @@
+public import Logging
+public import YoMoTracing
+
+/// Exports log records as OTLP/HTTP binary protobuf (`POST <endpoint>/v1/logs`,
+/// `Content-Type: application/x-protobuf`) over YoMoTracing's libcurl transport:
+/// the same retry policy (429/502/503/504 and connection failures, `Retry-After`,
+/// backoff within the timeout), headers, compression and `OTEL_EXPORTER_OTLP_*`
+/// handling as the span exporter.
+public final class OTLPHTTPLogExporter: LogRecordExporter {
+    public let configuration: OTLPExporterConfiguration
+    public let resource: Resource
+    private let transport: OTLPHTTPTransport
+    private let logger: Logger
+
+    /// - Parameters:
+    ///   - configuration: default from `OTEL_EXPORTER_OTLP_LOGS_*` / `OTEL_EXPORTER_OTLP_*`.
+    ///   - logger: for export failures; must not route back into this exporter.
+    public init(
+        configuration: OTLPExporterConfiguration = OTLPExporterConfiguration(signal: .logs),
+        resource: Resource = .detect(),
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.resource = resource
+        var logger = logger
+        logger[metadataKey: "component"] = "OTLPHTTPLogExporter"
+        self.logger = logger
+        transport = OTLPHTTPTransport(configuration: configuration, signalName: "log records", logger: logger)
+    }
+
+    public func export(_ records: [OTLPLogRecord], timeout: Duration) throws(LoggingError) {
+        guard !records.isEmpty else { return }
+        let body = OTLPLogEncoding.encodeRequest(records, resource: resource)
+        let response: [UInt8]
+        do {
+            response = try transport.send(body, timeout: min(timeout, configuration.timeout), itemCount: records.count)
+        } catch {
+            throw error == .shutdown ? .shutdown(error.message) : .exportFailed(error.description)
+        }
+        // A 2xx may still carry partial_success (OTLP spec "Partial Success").
+        if let partial = OTLPLogEncoding.partialSuccess(in: response) {
+            logger.warning("OTLP log export partially rejected", metadata: [
+                "rejected_log_records": "\(partial.rejected)",
+                "error_message": "\(partial.message)",
+                "sent_log_records": "\(records.count)",
+            ])
+        }
+    }
+
+    public func shutdown() {
+        transport.shutdown()
+    }
+}
