@@ -6,6 +6,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import YoMo
+import YoMoLogging
 
 @main
 struct DemoSource: AsyncParsableCommand {
@@ -14,9 +15,7 @@ struct DemoSource: AsyncParsableCommand {
     @Option var zipper = "localhost:9000"
     @Option var name = "demo-source"
     @Option(transform: { text in
-        guard let value = text.lowercased().hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : UInt32(text) else {
-            throw ValidationError("\(text) is not a tag")
-        }
+        guard let value = UInt32(yomoTag: text) else { throw ValidationError("\(text) is not a tag (e.g. 0x33 or 51)") }
         return value
     }) var tag: UInt32 = 0x33
     @Option(help: "Milliseconds between frames.") var interval = 1000
@@ -24,7 +23,7 @@ struct DemoSource: AsyncParsableCommand {
     @Option var credential: String?
 
     func run() async throws {
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        let logging = YoMoLogging.bootstrap(serviceName: name)
         let logger = Logger(label: "demo-source")
         let source = Source(name: name, zipper: zipper, options: .init(credential: credential, retryConnect: true))
         source.setErrorHandler { logger.warning("\($0)") }
@@ -42,5 +41,6 @@ struct DemoSource: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(interval))
         }
         await source.close()
+        await logging.shutdown()
     }
 }

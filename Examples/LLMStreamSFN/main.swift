@@ -8,6 +8,7 @@ import Foundation
 import Logging
 import Synchronization
 import YoMo
+import YoMoLogging
 
 @main
 struct LLMStreamSFN: AsyncParsableCommand {
@@ -21,7 +22,7 @@ struct LLMStreamSFN: AsyncParsableCommand {
     @Option var credential: String?
 
     func run() async throws {
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        let logging = YoMoLogging.bootstrap(serviceName: name)
         let logger = Logger(label: "llm-stream-sfn")
         let model = Model()
         let sfn = StreamFunction(name: name, zipper: zipper, options: .init(observedTags: [observe], credential: credential, retryConnect: true))
@@ -42,6 +43,7 @@ struct LLMStreamSFN: AsyncParsableCommand {
         sfn.setErrorHandler { logger.error("\($0)") }
         try await sfn.connect()
         await sfn.wait()
+        await logging.shutdown()
     }
 }
 
@@ -63,7 +65,6 @@ final class Model: Sendable {
 }
 
 func parseTag(_ text: String) throws -> UInt32 {
-    let value = text.lowercased().hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : UInt32(text)
-    guard let value else { throw ValidationError("\(text) is not a tag") }
+    guard let value = UInt32(yomoTag: text) else { throw ValidationError("\(text) is not a tag (e.g. 0x33 or 51)") }
     return value
 }

@@ -6,6 +6,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import YoMo
+import YoMoLogging
 
 @main
 struct UppercaseSFN: AsyncParsableCommand {
@@ -19,12 +20,9 @@ struct UppercaseSFN: AsyncParsableCommand {
     @Option var credential: String?
 
     func run() async throws {
-        let level = ProcessInfo.processInfo.environment["YOMO_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        // Text at info on stderr by default; YOMO_LOG_LEVEL, YOMO_LOG_FORMAT=json|logfmt;
+        // every record written while handling a frame carries its trace_id and span_id.
+        let logging = YoMoLogging.bootstrap(serviceName: name)
         let sfn = StreamFunction(
             name: name, zipper: zipper,
             options: .init(observedTags: [observe], credential: credential, retryConnect: true))
@@ -45,6 +43,7 @@ struct UppercaseSFN: AsyncParsableCommand {
         }
         try await sfn.connect()
         await sfn.wait()
+        await logging.shutdown()
     }
 }
 
@@ -53,7 +52,6 @@ func uppercased(_ bytes: [UInt8]) -> [UInt8] {
 }
 
 func tag(_ text: String) throws -> UInt32 {
-    let value = text.lowercased().hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : UInt32(text)
-    guard let value else { throw ValidationError("\(text) is not a tag") }
+    guard let value = UInt32(yomoTag: text) else { throw ValidationError("\(text) is not a tag (e.g. 0x33 or 51)") }
     return value
 }

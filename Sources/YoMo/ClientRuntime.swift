@@ -2,6 +2,7 @@
 import Foundation
 import Synchronization
 internal import Logging
+internal import YoMoLogging
 internal import ServiceLifecycle
 internal import NIOCore
 internal import YoMoQUIC
@@ -48,7 +49,11 @@ final class ClientRuntime: Sendable {
         self.name = name
         self.zipper = zipper
         self.clientType = clientType
-        self.logger = logger
+        // The Go SDK's field names, set once on the logger rather than per record.
+        let firstID = NanoID.clientID(base: clientIDBase, reconnectCount: 0)
+        self.logger = clientType == .source
+            ? logger.yomoSource(id: firstID, zipperAddress: zipper)
+            : logger.yomoStreamFunction(name: name, id: firstID, zipperAddress: zipper)
     }
 
     var clientID: String {
@@ -63,15 +68,7 @@ final class ClientRuntime: Sendable {
 
     /// Connects and serves in the background until `close()` or a final error.
     func start(_ setup: Setup) async throws {
-        try beginRunning(setup)
-        let session: ClientSession
-        do {
-            session = try await dialInitial(setup)
-        } catch {
-            end(ClientCore.describe(error, zipper: setup.settings.zipper))
-            await setup.ownedProvider?.shutdown()
-            throw error
-        }
+        let session = try await connectFirst(setup)
         // Writable as soon as connect() returns, before the loop below runs.
         state.withLock { $0.session = session }
         // The serving loop outlives this call by design (Go's Connect-then-Wait);
@@ -82,21 +79,25 @@ final class ClientRuntime: Sendable {
 
     /// Connects and serves in the caller's task until shutdown or a final error.
     func run(_ setup: Setup) async throws {
-        try beginRunning(setup)
-        let session: ClientSession
-        do {
-            session = try await dialInitial(setup)
-        } catch {
-            end(ClientCore.describe(error, zipper: setup.settings.zipper))
-            await setup.ownedProvider?.shutdown()
-            throw error
-        }
+        let session = try await connectFirst(setup)
         await withTaskCancellationOrGracefulShutdownHandler {
             await serve(setup, first: session)
         } onCancelOrGracefulShutdown: {
             self.beginClose()
         }
         if let reason = endReason, reason.code != .closed { throw reason }
+    }
+
+    /// The first connection of `start` and `run`; a failure ends the client.
+    private func connectFirst(_ setup: Setup) async throws -> ClientSession {
+        try beginRunning(setup)
+        do {
+            return try await dialInitial(setup)
+        } catch {
+            end(ClientCore.describe(error, zipper: setup.settings.zipper))
+            await setup.ownedProvider?.shutdown()
+            throw error
+        }
     }
 
     private func beginRunning(_ setup: Setup) throws {
@@ -114,7 +115,7 @@ final class ClientRuntime: Sendable {
         while true {
             do {
                 let session = try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
-                logger.info("connected to zipper", metadata: ["zipper_addr": "\(session.zipper)", "conn_id": "\(session.clientID)"])
+                logger.info("connected to zipper", metadata: [YoMoLogField.connectionID: "\(session.clientID)"])
                 return session
             } catch {
                 attempt += 1
@@ -223,6 +224,8 @@ final class ClientRuntime: Sendable {
                             continue
                         }
                         let length = data.payload.readableBytes
+                        logger.debug("frame received", metadata: YoMoLogField.frame(
+                            tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: length))
                         if let queue {
                             let span = setup.tracing.functionSpan(
                                 name: name, handlerType: "pipe_handler", tag: data.tag, length: length, metadata: &metadata)

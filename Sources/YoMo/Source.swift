@@ -17,8 +17,6 @@ public final class Source: Sendable {
 
     public init(name: String, zipper: String = "localhost:9000", options: Options = Options()) {
         self.name = name
-        var options = options
-        options.logger[metadataKey: "service"] = "source"
         self.state = Mutex((options, nil))
         self.client = ClientRuntime(name: name, zipper: zipper, clientType: .source, logger: options.logger)
     }

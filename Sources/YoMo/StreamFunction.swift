@@ -94,9 +94,6 @@ public final class StreamFunction: Sendable {
 
     public init(name: String, zipper: String = "localhost:9000", options: Options = Options()) {
         self.name = name
-        var options = options
-        options.logger[metadataKey: "service"] = "stream-function"
-        options.logger[metadataKey: "sfn_name"] = "\(name)"
         self.state = Mutex(State(options: options))
         self.client = ClientRuntime(name: name, zipper: zipper, clientType: .streamFunction, logger: options.logger)
     }

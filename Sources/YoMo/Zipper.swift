@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 public import Logging
+internal import YoMoLogging
 public import ServiceLifecycle
 internal import NIOCore
 public import YoMoQUIC
@@ -62,9 +63,7 @@ public final class Zipper: Sendable {
     public init(configuration: ZipperConfiguration = ZipperConfiguration(), options: Options = Options()) {
         self.configuration = configuration
         self.options = options
-        var logger = options.logger
-        logger[metadataKey: "service"] = "zipper"
-        self.logger = logger
+        self.logger = options.logger.yomoZipper(address: "\(configuration.host):\(configuration.port)")
         self.authority = HandshakeAuthority(version: configuration.version, authentication: configuration.authentication)
         (tracing, ownedProvider) = DataPathTracer.resolve(options.tracerProvider, serviceName: configuration.name, scope: "Zipper")
     }
@@ -156,8 +155,8 @@ public final class Zipper: Sendable {
             return
         }
         var connectionLogger = logger
-        connectionLogger[metadataKey: "conn_id"] = "\(handshake.id)"
-        connectionLogger[metadataKey: "conn_name"] = "\(handshake.name)"
+        connectionLogger[metadataKey: YoMoLogField.connectionID] = "\(handshake.id)"
+        connectionLogger[metadataKey: YoMoLogField.connectionName] = "\(handshake.name)"
         if let rejection = authority.rejection(for: handshake) {
             connectionLogger.warning("handshake rejected", metadata: ["reason": "\(rejection)", "remote": "\(connection.remoteAddress)"])
             try? await connection.write(.rejected(RejectedFrame(message: rejection)))
@@ -219,10 +218,9 @@ public final class Zipper: Sendable {
         let destinations = state.withLock { state in
             state.routes.destinations(tag: data.tag, target: merged[Metadata.ReservedKey.target]).compactMap { state.peers[$0]?.connection }
         }
-        logger.debug("routing frame", metadata: [
-            "tag": "\(data.tag)", "tid": "\(merged[Metadata.ReservedKey.tid] ?? "")",
-            "data_length": "\(data.payload.readableBytes)", "to": "\(destinations.count)",
-        ])
+        logger.debug("routing frame", metadata: YoMoLogField.frame(
+            tid: merged[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: data.payload.readableBytes
+        ).merging(["destinations": "\(destinations.count)"]) { first, _ in first })
         guard !destinations.isEmpty else { return }
         // Metadata encoded once for every destination; the payload is never copied.
         let outgoing = Frame.data(DataFrame(tag: data.tag, metadata: merged, payload: data.payload))

@@ -28,7 +28,7 @@ struct Bench: AsyncParsableCommand {
     }
 
     func run() async throws {
-        bootstrapLogging()
+        let logging = bootstrapLogging(service: "yomo-bench")
         let recorder = Recorder(count: frames)
         var options = StreamFunction.Options(observedTags: [replyTag], credential: credential)
         options.logger = Logger(label: "yomo.bench")
@@ -59,6 +59,7 @@ struct Bench: AsyncParsableCommand {
         func percentile(_ p: Double) -> Int {
             sorted.isEmpty ? 0 : Int(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] / 1000)
         }
+        await logging.shutdown()
         let lost = frames - received
         print("frames=\(frames) size=\(size) throughput=\(Int(Double(received) / seconds)) p50_us=\(percentile(0.5)) p99_us=\(percentile(0.99)) lost=\(lost)")
         if !finished || lost > 0 { throw ExitCode(1) }
@@ -66,8 +67,7 @@ struct Bench: AsyncParsableCommand {
 }
 
 func parseTag(_ text: String) throws -> UInt32 {
-    let value = text.lowercased().hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : UInt32(text)
-    guard let value else { throw ValidationError("\(text) is not a tag (e.g. 0x33 or 51)") }
+    guard let value = UInt32(yomoTag: text) else { throw ValidationError("\(text) is not a tag (e.g. 0x33 or 51)") }
     return value
 }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import YoMo
+import YoMoLogging
 
 @main
 struct YoMoCommand: AsyncParsableCommand {
@@ -12,14 +13,10 @@ struct YoMoCommand: AsyncParsableCommand {
     )
 }
 
-/// Log level from YOMO_LOG_LEVEL (default info), to stderr.
-func bootstrapLogging() {
-    let level = ProcessInfo.processInfo.environment["YOMO_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? .info
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = level
-        return handler
-    }
+/// Logs as YOMO_LOG_LEVEL / YOMO_LOG_FORMAT ask (default: text at info on
+/// stderr), with trace ids on every record, and OTLP logs when OTEL_* ask.
+func bootstrapLogging(service: String) -> YoMoLogging.Installation {
+    YoMoLogging.bootstrap(serviceName: service)
 }
 
 struct Serve: AsyncParsableCommand {
@@ -38,7 +35,7 @@ struct Serve: AsyncParsableCommand {
     var token: String?
 
     func run() async throws {
-        bootstrapLogging()
+        let logging = bootstrapLogging(service: "yomo-zipper")
         var configuration = try config.map { try ZipperConfiguration(contentsOfFile: $0) } ?? ZipperConfiguration()
         if let host { configuration.host = host }
         if let port { configuration.port = port }
@@ -46,6 +43,7 @@ struct Serve: AsyncParsableCommand {
         let zipper = Zipper(configuration: configuration)
         try await zipper.start()
         await zipper.wait()
+        await logging.shutdown()
     }
 }
 

@@ -198,3 +198,12 @@ struct ZipperConfigurationTests {
         #expect(error?.message.contains(expected) == true, "got: \(error?.message ?? "nothing")")
     }
 }
+
+@Suite("Tags")
+struct TagTests {
+    @Test("tags parse as hex or decimal", arguments: [("0x33", UInt32(0x33)), ("0X34", 0x34), ("51", 51), ("0xFFFFFFFF", .max)])
+    func parse(text: String, value: UInt32) { #expect(UInt32(yomoTag: text) == value) }
+
+    @Test("anything else is not a tag", arguments: ["", "0x", "x33", "-1", "0x1FFFFFFFF", "3.5"])
+    func reject(text: String) { #expect(UInt32(yomoTag: text) == nil) }
+}

@@ -3,6 +3,7 @@ import Logging
 import Testing
 import Tracing
 import YoMoTracing
+import YoMoLogging
 
 @testable import YoMo
 
@@ -72,8 +73,16 @@ struct TracingEndToEndTests {
         let address = try #require(zipper.address)
 
         let handled = Inbox<String>()
-        let sfn = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33], tracerProvider: functionProvider))
+        // The function logs JSON lines to memory; the handler logs through the same logger.
+        let logs = InMemoryLogSink()
+        let logger = Logger(label: "upper") { label in
+            YoMoLogHandler(label: label, format: .json, writer: LogWriter(sink: logs, configuration: .init(isSynchronous: true)), logLevel: .debug)
+        }
+        let sfn = StreamFunction(
+            name: "upper", zipper: address,
+            options: .init(observedTags: [0x33], logger: logger, tracerProvider: functionProvider))
         sfn.setHandler { ctx in
+            logger.info("handled a frame", metadata: ["tid": "\(ctx.tid ?? "")"])
             // The free `withSpan`, as user code and instrumented libraries call it:
             // no global bootstrap, yet it joins the frame's trace.
             try await withSpan("user work") { _ in
@@ -108,6 +117,18 @@ struct TracingEndToEndTests {
         #expect(zipperSpan["parent_span_id"] as? String == sourceSpan["span_id"] as? String)
         #expect(functionSpan["parent_span_id"] as? String == zipperSpan["span_id"] as? String)
         #expect(userSpan["parent_span_id"] as? String == functionSpan["span_id"] as? String)
+
+        // The handler's log line carries the frame's trace and the function's span;
+        // the SDK's own records carry the Go SDK's field names.
+        let records = logs.lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+        let handledRecord = try #require(records.first { ($0["msg"] ?? $0["message"]) as? String == "handled a frame" }, "\(logs.lines)")
+        #expect(handledRecord["trace_id"] as? String == traceID)
+        #expect(handledRecord["span_id"] as? String == functionSpan["span_id"] as? String)
+        let frameRecord = try #require(records.first { ($0["msg"] ?? $0["message"]) as? String == "frame received" })
+        #expect(frameRecord["service"] as? String == "stream-function")
+        #expect(frameRecord["sfn_name"] as? String == "upper")
+        #expect((frameRecord["sfn_id"] as? String)?.hasSuffix("-0") == true)
+        #expect(frameRecord["tag"] != nil && frameRecord["data_length"] != nil && frameRecord["tid"] != nil)
 
         func attributes(_ span: [String: Any]) -> [String: Any] { span["attributes"] as? [String: Any] ?? [:] }
         #expect(attributes(sourceSpan)["send_data_tag"] as? Int == 0x33)
