@@ -1,4 +1,5 @@
 import Synchronization
+internal import YoMoTracing
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

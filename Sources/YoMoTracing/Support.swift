@@ -21,13 +21,14 @@ public enum ProcessEnvironment {
     }
 }
 
-/// A pthread mutex plus condition variable. The batch processor needs a lock that
-/// its export thread can also wait on; `Synchronization.Mutex` has no condition.
-final class ConditionLock: @unchecked Sendable {
+/// A pthread mutex plus condition variable. The batch processors (spans here,
+/// log records in YoMoLogging) and the log writer need a lock that their
+/// threads can also wait on; `Synchronization.Mutex` has no condition.
+package final class ConditionLock: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let condition: UnsafeMutablePointer<pthread_cond_t>
 
-    init() {
+    package init() {
         mutex = .allocate(capacity: 1)
         condition = .allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)
@@ -48,21 +49,27 @@ final class ConditionLock: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    @inline(__always) func lock() { pthread_mutex_lock(mutex) }
-    @inline(__always) func unlock() { pthread_mutex_unlock(mutex) }
+    @inline(__always) package func lock() { pthread_mutex_lock(mutex) }
+    @inline(__always) package func unlock() { pthread_mutex_unlock(mutex) }
 
-    @inline(__always) func withLock<T>(_ body: () throws -> T) rethrows -> T {
+    @inline(__always) package func withLock<T>(_ body: () throws -> T) rethrows -> T {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body()
     }
 
     /// Call with the lock held.
-    func signal() { pthread_cond_signal(condition) }
+    package func signal() { pthread_cond_signal(condition) }
+
+    /// Call with the lock held.
+    package func broadcast() { pthread_cond_broadcast(condition) }
+
+    /// Call with the lock held.
+    package func wait() { pthread_cond_wait(condition, mutex) }
 
     /// Call with the lock held. Waits until signalled or until the monotonic clock
     /// reaches `deadlineNanoseconds` (see `monotonicNanoseconds()`).
-    func wait(untilMonotonicNanoseconds deadline: UInt64) {
+    package func wait(untilMonotonicNanoseconds deadline: UInt64) {
         #if os(Linux)
         var spec = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
         pthread_cond_timedwait(condition, mutex, &spec)
@@ -75,13 +82,13 @@ final class ConditionLock: @unchecked Sendable {
     }
 }
 
-@inline(__always) func monotonicNanoseconds() -> UInt64 {
+@inline(__always) package func monotonicNanoseconds() -> UInt64 {
     var spec = timespec()
     clock_gettime(CLOCK_MONOTONIC, &spec)
     return UInt64(spec.tv_sec) &* 1_000_000_000 &+ UInt64(spec.tv_nsec)
 }
 
-@inline(__always) func wallClockNanoseconds() -> UInt64 {
+@inline(__always) package func wallClockNanoseconds() -> UInt64 {
     var spec = timespec()
     clock_gettime(CLOCK_REALTIME, &spec)
     return UInt64(spec.tv_sec) &* 1_000_000_000 &+ UInt64(spec.tv_nsec)
@@ -101,8 +108,9 @@ private final class ThreadBody {
 }
 
 /// Starts a detached OS thread. Export work (encoding, blocking HTTP, backoff
-/// sleeps) runs here so it never occupies the Swift concurrency pool or the data path.
-func startThread(_ body: @escaping @Sendable () -> Void) {
+/// sleeps) and log writing run here, so they never occupy the Swift concurrency
+/// pool or the data path.
+package func startThread(_ body: @escaping @Sendable () -> Void) {
     let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
     var attributes = pthread_attr_t()
     pthread_attr_init(&attributes)
