@@ -12,28 +12,32 @@ import YoMoLogging
 final class SpanReceiver {
     let process = Process()
     let directory: URL
-    let port: Int
+    private(set) var port = 0
+    let portFile: String
     var endpoint: String { "http://127.0.0.1:\(port)" }
 
-    init() throws {
+    /// Starts the receiver and waits (without holding a cooperative thread) for its port.
+    static func start() async throws -> SpanReceiver {
+        let receiver = try SpanReceiver()
+        for _ in 0..<750 where receiver.port == 0 {
+            receiver.port = (try? String(contentsOfFile: receiver.portFile, encoding: .utf8)).flatMap { Int($0) } ?? 0
+            if receiver.port == 0 { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        guard receiver.port != 0 else {
+            throw YoMoError(.invalidConfiguration, "the OTLP receiver did not start (python3 with opentelemetry-proto?)")
+        }
+        return receiver
+    }
+
+    private init() throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-e2e-otlp-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("YoMoTracingTests/otlp_receiver.py").path
-        let portFile = directory.appendingPathComponent("port").path
+        portFile = directory.appendingPathComponent("port").path
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", script, "--port-file", portFile, "--out", directory.appendingPathComponent("received.jsonl").path]
         try process.run()
-        var found: Int?
-        for _ in 0..<750 where found == nil {
-            found = (try? String(contentsOfFile: portFile, encoding: .utf8)).flatMap { Int($0) }
-            usleep(20_000)
-        }
-        guard let found else {
-            process.terminate()
-            throw YoMoError(.invalidConfiguration, "the OTLP receiver did not start (python3 with opentelemetry-proto?)")
-        }
-        port = found
     }
 
     deinit {
@@ -62,7 +66,7 @@ final class SpanReceiver {
 struct TracingEndToEndTests {
     @Test("source, zipper and stream function spans of one frame form one trace, with a user child span")
     func oneTrace() async throws {
-        let receiver = try SpanReceiver()
+        let receiver = try await SpanReceiver.start()
         let zipperProvider = receiver.provider(service: "test-zipper")
         let functionProvider = receiver.provider(service: "test-sfn")
         let sourceProvider = receiver.provider(service: "test-source")
@@ -154,7 +158,7 @@ struct TracingEndToEndTests {
     @Test("a throwing handler's span has error status and the error recorded; pipe spans end")
     func errorsAndPipes() async throws {
         struct Boom: Error {}
-        let receiver = try SpanReceiver()
+        let receiver = try await SpanReceiver.start()
         let provider = receiver.provider(service: "test-all")
         try await withZipper { address, _ in
             let failing = StreamFunction(name: "failing", zipper: address, options: .init(observedTags: [0x41], tracerProvider: provider))
