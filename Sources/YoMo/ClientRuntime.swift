@@ -142,7 +142,19 @@ final class ClientRuntime: Sendable {
         var attempt = 0
         while true {
             if let current = session {
-                state.withLock { $0.session = current }
+                // Published and checked under one lock: a close() that came while
+                // dialling found no session to stop, so it must be seen here.
+                let closing = state.withLock { state -> Bool in
+                    if state.phase == .closing || state.phase == .ended { return true }
+                    state.session = current
+                    return false
+                }
+                if closing {
+                    // Writes may have been queued before this loop first ran.
+                    await current.connection.closeAfterDelivery(reason: "\(clientType) closed")
+                    end(YoMoError(.closed, "\(name) closed"))
+                    return
+                }
                 let ended = await serveSession(current, setup)
                 state.withLock { $0.session = nil }
                 if isClosing {
@@ -176,7 +188,7 @@ final class ClientRuntime: Sendable {
             }
             do {
                 session = try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
-                logger.info("reconnected to zipper", metadata: ["zipper_addr": "\(setup.settings.zipper)", "conn_id": "\(clientID)"])
+                logger.info("reconnected to zipper", metadata: [YoMoLogField.connectionID: "\(clientID)"])
                 attempt = 0
             } catch {
                 if ClientCore.isFinal(error) {

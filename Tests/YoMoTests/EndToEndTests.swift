@@ -85,6 +85,26 @@ struct EndToEndTests {
         }
     }
 
+    @Test("a source closed right after its writes still delivers every frame")
+    func closeDelivers() async throws {
+        try await withZipper { address, _ in
+            let received = Inbox<Int>()
+            let observer = StreamFunction(name: "observer", zipper: address, options: .init(observedTags: [0x35]))
+            observer.setHandler { _ in received.append(1) }
+            try await observer.connect()
+            for _ in 0..<5 {
+                let source = Source(name: "burst", zipper: address)
+                try await source.connect()
+                for index in 0..<200 { try await source.write(tag: 0x35, data: Array(repeating: UInt8(index % 251), count: 2048)) }
+                await source.close()  // no pause: queued frames must still go out
+            }
+            #expect(await received.wait(for: 1000))
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(received.count == 1000)
+            await observer.close()
+        }
+    }
+
     @Test("a wrong token is rejected with a clear error, and connect does not retry")
     func wrongToken() async throws {
         try await withZipper(authentication: .token("secret")) { address, zipper in
