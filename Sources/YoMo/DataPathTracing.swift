@@ -18,8 +18,6 @@ struct MetadataExtractor: Extractor {
 struct DataPathTracer: Sendable {
     let tracer: YoMoTracer
 
-    var isEnabled: Bool { tracer.isEnabled }
-
     static let disabled = DataPathTracer(tracer: TracerProvider.noop.tracer("YoMo"))
 
     /// The given provider, or one from the environment that the caller then owns

@@ -1,3 +1,5 @@
+internal import YoMoTracing
+
 /// When a cron handler runs: `@every <duration>` (Go durations: `1h30m`, `500ms`,
 /// `1.5s`), the shorthands `@hourly`, `@daily`/`@midnight`, `@weekly`, `@monthly`,
 /// `@yearly`/`@annually`, or a 5-field cron line `minute hour day-of-month month
@@ -226,10 +228,4 @@ extension Int64 {
     }
 
     func floorModulo(_ divisor: Int64) -> Int64 { self - floorDivided(by: divisor) * divisor }
-}
-
-extension String {
-    func trimmingSpaces() -> String {
-        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
-    }
 }

@@ -136,7 +136,8 @@ func parseInteger(_ value: String?) -> Int? {
 }
 
 extension StringProtocol {
-    func trimmingSpaces() -> String {
+    /// Drops leading and trailing spaces and tabs (environment values, schedules).
+    package func trimmingSpaces() -> String {
         var slice = Substring(self)
         while let first = slice.first, first == " " || first == "\t" { slice.removeFirst() }
         while let last = slice.last, last == " " || last == "\t" { slice.removeLast() }
