@@ -99,7 +99,7 @@ public final class QUICFrameConnection: Sendable {
                 if partial.readableBytes > 0 {
                     // Finish the straddling frame: its header first, then exactly its remaining bytes.
                     while chunk.readableBytes > 0 {
-                        guard let size = Self.frameSize(partial) else {
+                        guard let size = FrameDecoder.frameSize(partial) else {
                             var byte = chunk.readSlice(length: 1)!
                             partial.writeBuffer(&byte)
                             continue
@@ -122,7 +122,7 @@ public final class QUICFrameConnection: Sendable {
                     return frame
                 }
                 guard chunk.readableBytes > 0 else { return nil }
-                let size = Self.frameSize(chunk)
+                let size = FrameDecoder.frameSize(chunk)
                 if let size, size >= 0, size <= chunk.readableBytes {
                     return try decoder.decode(buffer: &chunk)  // whole frame here: decoded as slices, no copy
                 }
@@ -134,27 +134,6 @@ public final class QUICFrameConnection: Sendable {
                 partial = ByteBufferAllocator().buffer(capacity: Swift.max(size ?? 16, chunk.readableBytes))
                 partial.writeBuffer(&chunk)
                 return nil
-            }
-
-            /// Total size of the frame at the reader index (tag byte, y3 length, value);
-            /// nil when the length is not complete yet, -1 when it is malformed.
-            static func frameSize(_ buffer: ByteBuffer) -> Int? {
-                let count = buffer.readableBytes
-                guard count >= 2 else { return nil }
-                var value = 0
-                var index = 1
-                while true {
-                    guard index < count, let byte = buffer.getInteger(at: buffer.readerIndex + index, as: UInt8.self) else {
-                        return nil
-                    }
-                    // y3 PVarInt32: 7 bits per byte, 0x80 = more, 0x40 of the first byte = sign.
-                    if index == 1 { value = byte & 0x40 != 0 ? -1 : 0 }
-                    value = (value << 7) | Int(byte & 0x7F)
-                    index += 1
-                    if byte & 0x80 == 0 { break }
-                    if index > 6 { return -1 }
-                }
-                return value < 0 ? -1 : index + value
             }
         }
     }

@@ -103,6 +103,19 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         }
     }
 
+    /// The total size (tag byte, length and value) of the frame at `buffer`'s reader
+    /// index: `nil` while its length is incomplete, `-1` when the bytes cannot start
+    /// a frame (decoding them then throws the precise error). Lets a transport size
+    /// a buffer for a frame that straddles received chunks.
+    public static func frameSize(_ buffer: ByteBuffer) -> Int? {
+        do {
+            guard let header = try readHeader(buffer) else { return nil }
+            return header.headerSize + header.bodyLength
+        } catch {
+            return -1
+        }
+    }
+
     /// Says how much of a frame `buffer` holds, for "truncated" errors.
     static func describeIncomplete(_ buffer: ByteBuffer) -> String {
         guard buffer.readableBytes > 0 else { return "no bytes: expected a frame" }

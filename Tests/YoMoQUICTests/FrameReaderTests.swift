@@ -11,11 +11,11 @@ struct FrameReaderTests {
             var payload = ByteBuffer()
             payload.writeRepeatingByte(7, count: payloadSize)
             let encoded = Frame.data(DataFrame(tag: 0x33, payload: payload)).encoded()
-            #expect(QUICFrameConnection.Frames.AsyncIterator.frameSize(encoded) == encoded.readableBytes, "payload \(payloadSize)")
+            #expect(FrameDecoder.frameSize(encoded) == encoded.readableBytes, "payload \(payloadSize)")
             // A cut header is "need more", never a wrong size.
-            #expect(QUICFrameConnection.Frames.AsyncIterator.frameSize(encoded.getSlice(at: 0, length: 1)!) == nil)
+            #expect(FrameDecoder.frameSize(encoded.getSlice(at: 0, length: 1)!) == nil)
         }
-        #expect(QUICFrameConnection.Frames.AsyncIterator.frameSize(ByteBuffer(bytes: [0xBF, 0x7F])) == -1)
+        #expect(FrameDecoder.frameSize(ByteBuffer(bytes: [0xBF, 0x7F])) == -1)
     }
 
     @Test("2,000 frames of random sizes (0 B to 300 KB) arrive exact and in order")
