@@ -1,6 +1,6 @@
 internal import Logging
 internal import NIOCore
-public import YoMoQUIC
+internal import YoMoQUIC
 internal import YoMoWire
 
 /// The spec version this SDK speaks.

@@ -32,11 +32,9 @@ struct DataPathTracer: Sendable {
     func sourceSpan(name: String, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
         let span = tracer.startSpan(name, context: ServiceContext.current ?? .topLevel, ofKind: .producer)
-        if span.isRecording {
-            span.attributes["send_data_tag"] = Int(tag)
-            span.attributes["send_data_len"] = length
-        }
-        tracer.inject(span.context, into: &metadata, using: MetadataInjector())
+        span.setAttribute("send_data_tag", .int64(Int64(tag)))
+        span.setAttribute("send_data_len", .int64(Int64(length)))
+        inject(span, into: &metadata)
         return span
     }
 
@@ -44,11 +42,9 @@ struct DataPathTracer: Sendable {
     func zipperSpan(tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
         let span = tracer.startSpan("zipper endpoint", extractingParentFrom: metadata, using: MetadataExtractor(), ofKind: .internal)
-        if span.isRecording {
-            span.attributes["routing_data_tag"] = Int(tag)
-            span.attributes["routing_data_len"] = length
-        }
-        tracer.inject(span.context, into: &metadata, using: MetadataInjector())
+        span.setAttribute("routing_data_tag", .int64(Int64(tag)))
+        span.setAttribute("routing_data_len", .int64(Int64(length)))
+        inject(span, into: &metadata)
         return span
     }
 
@@ -56,13 +52,19 @@ struct DataPathTracer: Sendable {
     func functionSpan(name: String, handlerType: String, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
         let span = tracer.startSpan(name, extractingParentFrom: metadata, using: MetadataExtractor(), ofKind: .consumer)
-        if span.isRecording {
-            span.attributes["sfn_handler_type"] = handlerType
-            span.attributes["recv_data_tag"] = Int(tag)
-            span.attributes["recv_data_len"] = length
-        }
-        tracer.inject(span.context, into: &metadata, using: MetadataInjector())
+        span.setAttribute("sfn_handler_type", .string(handlerType))
+        span.setAttribute("recv_data_tag", .int64(Int64(tag)))
+        span.setAttribute("recv_data_len", .int64(Int64(length)))
+        inject(span, into: &metadata)
         return span
+    }
+
+    /// Writes the span's ids straight from its span context: building
+    /// `span.context` (a `ServiceContext`) just to read them back would cost
+    /// a dictionary insert per frame.
+    private func inject(_ span: YoMoSpan, into metadata: inout Metadata) {
+        guard let spanContext = span.spanContext else { return }
+        TraceContextPropagator().inject(spanContext, into: &metadata, using: MetadataInjector())
     }
 
     /// Writes the current task's trace context (if any) into outgoing metadata.

@@ -26,7 +26,7 @@ public struct FinishedSpan: Sendable {
     public var parentIsRemote: Bool { storage.parentIsRemote }
     public var startTimeNanoseconds: UInt64 { storage.startTime }
     public var endTimeNanoseconds: UInt64 { storage.endTime }
-    public var attributes: SpanAttributes { storage.attributes }
+    public var attributes: SpanAttributes { storage.mergedAttributes }
     public var droppedAttributeCount: Int { storage.droppedAttributeCount }
     public var events: [SpanEvent] { storage.events }
     public var droppedEventCount: Int { storage.droppedEventCount }

@@ -100,9 +100,9 @@ public struct TraceContextPropagator: Sendable {
         } else if bytes.count > 55 {
             guard bytes[55] == UInt8(ascii: "-") else { return nil }
         }
-        guard let traceHigh = parseHex64(bytes[3..<19], lowercaseOnly: true),
-              let traceLow = parseHex64(bytes[19..<35], lowercaseOnly: true),
-              let spanID = parseHex64(bytes[36..<52], lowercaseOnly: true),
+        guard let traceHigh = parseHex64(contiguous: UnsafeBufferPointer(rebasing: bytes[3..<19]), lowercaseOnly: true),
+              let traceLow = parseHex64(contiguous: UnsafeBufferPointer(rebasing: bytes[19..<35]), lowercaseOnly: true),
+              let spanID = parseHex64(contiguous: UnsafeBufferPointer(rebasing: bytes[36..<52]), lowercaseOnly: true),
               let flagsHigh = hexValue(bytes[53]), let flagsLow = hexValue(bytes[54]),
               !isUppercaseHex(bytes[53]), !isUppercaseHex(bytes[54])
         else { return nil }

@@ -26,29 +26,46 @@ final class TracerShared: Sendable {
 /// `Tracing.Span` requires). Dropped (unrecorded) and disabled spans carry no storage, so
 /// their methods cost a nil check.
 public struct YoMoSpan: Tracing.Span {
-    /// For a recording span, the parent's context (`context` adds the span);
-    /// otherwise the span's whole context.
+    /// The parent's context (`context` adds this span's ids to it).
     private let baseContext: ServiceContext
-    let storage: SpanStorage?
+    /// This span's ids: its `SpanStorage` when recording, a plain box when
+    /// sampled out, nil when the provider is disabled (the parent's context
+    /// then passes through unchanged).
+    private let box: SpanContextBox?
+    private let recording: Bool
+
+    /// A recording span's mutable state; nil for other spans.
+    var storage: SpanStorage? {
+        recording ? unsafeDowncast(box.unsafelyUnwrapped, to: SpanStorage.self) : nil
+    }
 
     init(context: ServiceContext, storage: SpanStorage?) {
         self.baseContext = context
-        self.storage = storage
+        self.box = storage
+        self.recording = storage != nil
+    }
+
+    init(context: ServiceContext, unrecorded spanContext: SpanContext?) {
+        self.baseContext = context
+        self.box = spanContext.map(SpanContextBox.init)
+        self.recording = false
     }
 
     /// The span's context: the parent's context plus this span's `spanContext`.
     /// Built on each read rather than at start, so spans whose context is never
-    /// propagated skip a dictionary insert (it cannot be cached in the storage:
-    /// the context holds the storage, which would make a cycle).
+    /// read as a `ServiceContext` (the zipper's, or any span whose ids are
+    /// injected straight from `spanContext`) skip a dictionary insert. It
+    /// cannot be cached in the storage: the context holds the storage, which
+    /// would make a cycle.
     public var context: ServiceContext {
-        guard let storage else { return baseContext }
+        guard let box else { return baseContext }
         var context = baseContext
-        context.spanContextBox = storage
+        context.spanContextBox = box
         return context
     }
 
     /// This span's ids (for a disabled provider: the parent's, passed through).
-    public var spanContext: SpanContext? { storage?.spanContext ?? baseContext.spanContext }
+    public var spanContext: SpanContext? { box?.spanContext ?? baseContext.spanContext }
 
     public var operationName: String {
         get { storage?.withLock { $0.name } ?? "" }
@@ -56,12 +73,13 @@ public struct YoMoSpan: Tracing.Span {
     }
 
     public var attributes: SpanAttributes {
-        get { storage?.withLock { $0.attributes } ?? [:] }
+        get { storage?.withLock { $0.mergedAttributes } ?? [:] }
         nonmutating set {
             guard let storage else { return }
             storage.lock()
             defer { storage.unlock() }
             guard !storage.ended else { return }
+            storage.listedAttributes = []
             let previousKeys = newValue.count > storage.limits.attributeCountLimit ? storage.attributeKeys() : nil
             storage.attributes = newValue
             storage.enforceAttributeLimit(previousKeys: previousKeys)
@@ -79,10 +97,11 @@ public struct YoMoSpan: Tracing.Span {
             storage.lock()
             defer { storage.unlock() }
             if storage.ended {
-                var scratch = storage.attributes
+                var scratch = storage.mergedAttributes
                 yield &scratch
                 return
             }
+            storage.moveListedAttributesIntoMap()
             // At the limit, remember which keys existed so that new ones (not old
             // ones) are the ones dropped.
             let previousKeys = storage.attributes.count >= storage.limits.attributeCountLimit
@@ -96,6 +115,27 @@ public struct YoMoSpan: Tracing.Span {
             if storage.attributes.count > storage.limits.attributeCountLimit {
                 storage.enforceAttributeLimit(previousKeys: previousKeys)
             }
+        }
+    }
+
+    /// Sets one attribute without the `SpanAttributes` dictionary: for the few
+    /// attributes the data path sets right after starting a span, a short list
+    /// beats hashing each key here and copying values back out at export.
+    /// Same limits and last-write-wins as `attributes`.
+    package func setAttribute(_ key: String, _ value: SpanAttribute) {
+        guard let storage else { return }
+        storage.lock()
+        defer { storage.unlock() }
+        guard !storage.ended else { return }
+        if let index = storage.listedAttributes.firstIndex(where: { $0.key == key }) {
+            storage.listedAttributes[index].value = value
+        } else if !storage.attributes.isEmpty, storage.attributes[key] != nil {
+            storage.attributes[key] = value
+        } else if storage.listedAttributes.count + storage.attributes.count < storage.limits.attributeCountLimit {
+            if storage.listedAttributes.isEmpty { storage.listedAttributes.reserveCapacity(4) }
+            storage.listedAttributes.append((key, value))
+        } else {
+            storage.droppedAttributeCount += 1
         }
     }
 
@@ -199,6 +239,9 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
     private let locked = Atomic<Bool>(false)
     var ended = false
     var name: String
+    /// Attributes set with `YoMoSpan.setAttribute`; keys unique and absent from `attributes`.
+    var listedAttributes: [(key: String, value: SpanAttribute)] = []
+    /// Attributes set through `YoMoSpan.attributes`.
     var attributes = SpanAttributes()
     var droppedAttributeCount = 0
     var events: [SpanEvent] = []
@@ -235,6 +278,30 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
         lock()
         defer { unlock() }
         return try body(self)
+    }
+
+    /// Every attribute, as `SpanAttributes`.
+    var mergedAttributes: SpanAttributes {
+        guard !listedAttributes.isEmpty else { return attributes }
+        var merged = attributes
+        for (key, value) in listedAttributes { merged[key] = value }
+        return merged
+    }
+
+    /// Every attribute, listed ones first, without building a dictionary.
+    /// Read only after the span ended (exporters) or with the lock held.
+    func forEachAttribute(_ body: (String, SpanAttribute) -> Void) {
+        for (key, value) in listedAttributes { body(key, value) }
+        attributes.forEach(body)
+    }
+
+    var attributeCount: Int { listedAttributes.count + attributes.count }
+
+    /// Call with the lock held, before changing `attributes` in place.
+    func moveListedAttributesIntoMap() {
+        guard !listedAttributes.isEmpty else { return }
+        for (key, value) in listedAttributes { attributes[key] = value }
+        listedAttributes = []
     }
 
     func attributeKeys() -> Set<String> {

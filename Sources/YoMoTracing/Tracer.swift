@@ -30,11 +30,26 @@ public struct YoMoTracer: Tracer {
         line: UInt
     ) -> YoMoSpan {
         let parentContext = context()
+        // An empty context (the common root case) skips the dictionary lookup.
+        let parent = parentContext.isEmpty ? nil : parentContext.spanContext
+        return startSpan(operationName, parent: parent, context: parentContext, ofKind: kind, at: instant())
+    }
+
+    /// Starts a span with an explicit parent span context (nil or invalid: a
+    /// root) whose `context` extends `context`. The data path uses it with the
+    /// parent extracted from a frame, which saves putting that parent into a
+    /// `ServiceContext` only to read it back.
+    package func startSpan<Instant: TracerInstant>(
+        _ operationName: String,
+        parent: SpanContext?,
+        context parentContext: ServiceContext,
+        ofKind kind: SpanKind,
+        at instant: @autoclosure () -> Instant
+    ) -> YoMoSpan {
         guard let shared, !shared.isShutdown.load(ordering: .relaxed) else {
             return YoMoSpan(context: parentContext, storage: nil)
         }
-        // An empty context (the common root case) skips the dictionary lookup.
-        let parent = parentContext.isEmpty ? nil : parentContext.spanContext.flatMap { $0.isValid ? $0 : nil }
+        let parent = parent.flatMap { $0.isValid ? $0 : nil }
         let traceID = parent?.traceID ?? TraceID.random()
         let decision = shared.sampler.shouldSample(parent: parent, traceID: traceID, name: operationName, kind: kind)
         let spanContext = SpanContext(
@@ -45,9 +60,7 @@ public struct YoMoTracer: Tracer {
             traceState: parent?.traceState ?? ""
         )
         guard decision.isRecording else {
-            var spanServiceContext = parentContext
-            spanServiceContext.spanContext = spanContext
-            return YoMoSpan(context: spanServiceContext, storage: nil)
+            return YoMoSpan(context: parentContext, unrecorded: spanContext)
         }
         let storage = SpanStorage(
             shared: shared, scope: scope, name: operationName, kind: kind,
@@ -93,12 +106,17 @@ public struct YoMoTracer: Tracer {
         file fileID: String = #fileID,
         line: UInt = #line
     ) -> YoMoSpan where Extract.Carrier == Carrier {
-        var context = ServiceContext.current ?? .topLevel
-        extract(carrier, into: &context, using: extractor)
-        return startSpan(
-            operationName, context: context, ofKind: kind, at: DefaultTracerClock.now,
-            function: function, file: fileID, line: line
-        )
+        let context = ServiceContext.current ?? .topLevel
+        let extracted = propagator.extract(from: carrier, using: extractor)
+        guard let shared, !shared.isShutdown.load(ordering: .relaxed) else {
+            // Disabled: pass the carrier's parent through, as `extract` would.
+            var passedThrough = context
+            if let extracted { passedThrough.spanContext = extracted }
+            return YoMoSpan(context: passedThrough, storage: nil)
+        }
+        // The carrier's parent goes straight to the span, not through the context.
+        let parent = extracted ?? (context.isEmpty ? nil : context.spanContext)
+        return startSpan(operationName, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now)
     }
 
     /// Part of the legacy synchronous tracer API; it cannot wait here. Use

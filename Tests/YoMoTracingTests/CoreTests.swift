@@ -156,6 +156,28 @@ import Tracing
         #expect(finished.droppedLinkCount == 1)
     }
 
+    @Test func listedAttributesShareKeysAndTheLimitWithTheDictionary() throws {
+        let exporter = InMemorySpanExporter()
+        let provider = makeProvider(environment: ["OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "3"], exporter: exporter)
+        let span = provider.tracer("test").startSpan("mixed")
+        span.setAttribute("a", .int64(1))
+        span.setAttribute("b", .string("x"))
+        span.setAttribute("a", .int64(2))
+        #expect(span.attributes.get("a") == .int64(2))
+        #expect(span.attributes.count == 2)
+        span.attributes["c"] = 3
+        span.setAttribute("d", .int64(4))  // over the limit: dropped
+        span.setAttribute("b", .string("y"))  // a key the dictionary now holds: replaced
+        span.end()
+        span.setAttribute("e", .int64(5))  // after end: ignored
+        let finished = try #require(exporter.spans.first)
+        #expect(finished.attributes.count == 3)
+        #expect(finished.attributes.get("a") == .int64(2))
+        #expect(finished.attributes.get("b") == .string("y"))
+        #expect(finished.attributes.get("c") == .int64(3))
+        #expect(finished.droppedAttributeCount == 1)
+    }
+
     @Test func resourceDetection() {
         let resource = Resource.detect(environment: [
             "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=a%20b, bad ,service.name=from-attributes",

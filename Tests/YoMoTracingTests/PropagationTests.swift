@@ -185,3 +185,50 @@ import Tracing
         #expect(written["yomo-span-id"] == spans["uppercase"]?.context.spanID.description)
     }
 }
+
+/// The word-at-a-time hex parser against a digit-by-digit reference: every
+/// byte value at every position, in both case modes, and random digit strings.
+@Suite struct HexParsingTests {
+    static func reference(_ digits: [UInt8], lowercaseOnly: Bool) -> UInt64? {
+        guard digits.count == 16 else { return nil }
+        var value: UInt64 = 0
+        for byte in digits {
+            let nibble: UInt64
+            switch byte {
+            case 0x30...0x39: nibble = UInt64(byte - 0x30)
+            case 0x61...0x66: nibble = UInt64(byte - 0x61 + 10)
+            case 0x41...0x46 where !lowercaseOnly: nibble = UInt64(byte - 0x41 + 10)
+            default: return nil
+            }
+            value = value << 4 | nibble
+        }
+        return value
+    }
+
+    @Test(arguments: [true, false]) func everyByteAtEveryPosition(lowercaseOnly: Bool) {
+        let valid = Array("0123456789abcdef".utf8)
+        for position in 0..<16 {
+            for byte in UInt8.min...UInt8.max {
+                var digits = (0..<16).map { valid[($0 * 7) % 16] }
+                digits[position] = byte
+                let parsed = digits.withUnsafeBufferPointer { parseHex64(contiguous: $0, lowercaseOnly: lowercaseOnly) }
+                #expect(parsed == Self.reference(digits, lowercaseOnly: lowercaseOnly), "byte \(byte) at \(position)")
+            }
+        }
+    }
+
+    @Test func randomDigitStrings() {
+        var generator = SystemRandomNumberGenerator()
+        let alphabet = Array("0123456789abcdefABCDEF".utf8)
+        for _ in 0..<20_000 {
+            let digits = (0..<16).map { _ in alphabet.randomElement(using: &generator)! }
+            for lowercaseOnly in [true, false] {
+                let parsed = digits.withUnsafeBufferPointer { parseHex64(contiguous: $0, lowercaseOnly: lowercaseOnly) }
+                #expect(parsed == Self.reference(digits, lowercaseOnly: lowercaseOnly))
+            }
+        }
+        let value = UInt64.random(in: .min ... .max)
+        #expect(SpanID(hexString: SpanID(rawValue: value).description)?.rawValue == value)
+        #expect(parseHex64(Array("0123456789abcde".utf8), lowercaseOnly: false) == nil)
+    }
+}

@@ -10,19 +10,25 @@ enum OTLPTraceEncoding {
     static func encodeRequest(_ spans: [FinishedSpan]) -> [UInt8] {
         let arena = ProtobufArena()
 
-        // Group by resource, then by scope, keeping first-seen order.
-        var resources: [(resource: Resource, scopes: [InstrumentationScope], spansByScope: [InstrumentationScope: [Int]])] = []
+        // Group by resource, then by scope, keeping first-seen order. Spans of one
+        // provider share its resource, so an identity check settles most spans
+        // without comparing attribute dictionaries; scopes are few, so a linear
+        // search beats hashing their names for every span.
+        var resources: [(shared: TracerShared, resource: Resource, scopes: [(scope: InstrumentationScope, spans: [Int])])] = []
         for (index, span) in spans.enumerated() {
-            var resourceIndex = resources.lastIndex { $0.resource == span.resource }
-            if resourceIndex == nil {
-                resources.append((span.resource, [], [:]))
-                resourceIndex = resources.count - 1
+            let shared = span.storage.shared
+            let position: Int
+            if let found = resources.lastIndex(where: { $0.shared === shared || $0.resource == shared.resource }) {
+                position = found
+            } else {
+                resources.append((shared, shared.resource, []))
+                position = resources.count - 1
             }
-            let position = resourceIndex!
-            if resources[position].spansByScope[span.scope] == nil {
-                resources[position].scopes.append(span.scope)
+            if let scopePosition = resources[position].scopes.lastIndex(where: { $0.scope == span.storage.scope }) {
+                resources[position].scopes[scopePosition].spans.append(index)
+            } else {
+                resources[position].scopes.append((span.storage.scope, [index]))
             }
-            resources[position].spansByScope[span.scope, default: []].append(index)
         }
 
         let resourceSpans = arena.allocate(UnsafeMutablePointer<Opentelemetry__Proto__Trace__V1__ResourceSpans>?.self, count: resources.count)
@@ -31,8 +37,7 @@ enum OTLPTraceEncoding {
             opentelemetry__proto__trace__v1__resource_spans__init(message)
             message.pointee.resource = OTLPCommonEncoding.resource(group.resource, in: arena)
             let scopeSpans = arena.allocate(UnsafeMutablePointer<Opentelemetry__Proto__Trace__V1__ScopeSpans>?.self, count: group.scopes.count)
-            for (scopeIndex, scope) in group.scopes.enumerated() {
-                let indices = group.spansByScope[scope] ?? []
+            for (scopeIndex, (scope, indices)) in group.scopes.enumerated() {
                 let scopeMessage = arena.allocate(Opentelemetry__Proto__Trace__V1__ScopeSpans.self)
                 opentelemetry__proto__trace__v1__scope_spans__init(scopeMessage)
                 scopeMessage.pointee.scope = OTLPCommonEncoding.scope(scope, in: arena)
@@ -79,7 +84,7 @@ enum OTLPTraceEncoding {
         message.pointee.kind = Opentelemetry__Proto__Trace__V1__Span__SpanKind(rawValue: kindNumber(span.kind))
         message.pointee.start_time_unix_nano = span.startTimeNanoseconds
         message.pointee.end_time_unix_nano = span.endTimeNanoseconds
-        let attributes = OTLPCommonEncoding.keyValues(span.attributes, in: arena)
+        let attributes = OTLPCommonEncoding.keyValues(of: span.storage, in: arena)
         message.pointee.n_attributes = attributes.count
         message.pointee.attributes = attributes.pointer
         message.pointee.dropped_attributes_count = UInt32(clamping: span.droppedAttributeCount)

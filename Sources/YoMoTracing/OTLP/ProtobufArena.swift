@@ -101,6 +101,27 @@ package enum OTLPCommonEncoding {
         return (index, array)
     }
 
+    /// A span's attributes, read straight from its (ended) storage.
+    static func keyValues(
+        of span: SpanStorage,
+        in arena: ProtobufArena
+    ) -> (count: Int, pointer: UnsafeMutablePointer<UnsafeMutablePointer<PBKeyValue>?>?) {
+        let count = span.attributeCount
+        guard count > 0 else { return (0, nil) }
+        let array = arena.allocate(UnsafeMutablePointer<PBKeyValue>?.self, count: count)
+        let entries = arena.allocate(PBKeyValue.self, count: count)
+        var index = 0
+        span.forEachAttribute { key, value in
+            let entry = entries + index
+            opentelemetry__proto__common__v1__key_value__init(entry)
+            entry.pointee.key = arena.string(key)
+            entry.pointee.value = anyValue(value, in: arena)
+            array[index] = entry
+            index += 1
+        }
+        return (index, array)
+    }
+
     package static func keyValue(_ key: String, _ value: SpanAttribute, in arena: ProtobufArena) -> UnsafeMutablePointer<PBKeyValue> {
         let entry = arena.allocate(PBKeyValue.self)
         opentelemetry__proto__common__v1__key_value__init(entry)
