@@ -8,7 +8,8 @@
 #   DEMO_FRAMES=0 scripts/demo.sh   # a frame a second until Ctrl-C
 #
 # DEMO_PORT (zipper, default 9000) and DEMO_OTLP_PORT (trace view, default 4318)
-# move the ports. To send the same traces to a real Jaeger instead, run the
+# move the ports; DEMO_CONFIGURATION=debug reuses a debug build (CI does, after
+# building the tests). To send the same traces to a real Jaeger instead, run the
 # programs with OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 (docs/observability.md).
 # Stops everything it started on exit or Ctrl-C.
 set -euo pipefail
@@ -17,13 +18,14 @@ scripts/setup.sh
 port="${DEMO_PORT:-9000}"
 otlp_port="${DEMO_OTLP_PORT:-4318}"
 frames="${DEMO_FRAMES:-5}"
+configuration="${DEMO_CONFIGURATION:-release}"
 logs="$(mktemp -d)"
 
-echo "demo: building (release; the first build takes a few minutes)…"
+echo "demo: building ($configuration; the first build takes a few minutes)…"
 for product in yomo uppercase-sfn demo-source; do
-    swift build -c release --product "$product" > "$logs/build.log" 2>&1 || { tail -30 "$logs/build.log"; exit 1; }
+    swift build -c "$configuration" --product "$product" > "$logs/build.log" 2>&1 || { tail -30 "$logs/build.log"; exit 1; }
 done
-bin="$(swift build -c release --show-bin-path)"
+bin="$(swift build -c "$configuration" --show-bin-path)"
 
 pids=()
 cleanup() {
