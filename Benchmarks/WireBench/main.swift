@@ -102,6 +102,16 @@ results.append(try measure("metadata decode (4 keys)", bytesPerOp: encodedMetada
     blackHole(try Metadata(decoding: encodedMetadata))
 })
 
+// Tids: a source makes one per frame it writes. The baseline draws every word
+// from SystemRandomNumberGenerator (a getrandom call per 8 bytes).
+results.append(measure("tid (NanoID.generate, pooled system randomness)", bytesPerOp: 21, iterations: 400_000 / scale) {
+    blackHole(NanoID.generate())
+})
+results.append(measure("tid baseline (a getrandom call per word)", bytesPerOp: 21, iterations: 400_000 / scale) {
+    var generator = SystemRandomNumberGenerator()
+    blackHole(NanoID.generate(using: &generator))
+})
+
 // A stream of 1 KiB frames arriving in 1350-byte datagram-sized chunks.
 do {
     var payload = ByteBuffer()
