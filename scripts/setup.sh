@@ -10,7 +10,10 @@ APT_PACKAGES=(
     libcurl4-openssl-dev zlib1g-dev
     libprotobuf-c-dev protobuf-c-compiler
 )
-PIP_PACKAGES=(aioquic opentelemetry-proto)
+# aioquic and opentelemetry-proto: the independent QUIC peer and the OTLP
+# receiver of the tests; the rest: scripts/check-deploy.py (the Compose schema
+# ships with check-jsonschema, `dockerfile` is BuildKit's Dockerfile parser).
+PIP_PACKAGES=(aioquic opentelemetry-proto pyyaml jsonschema check-jsonschema dockerfile)
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
@@ -24,7 +27,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! python3 -c "import aioquic, opentelemetry.proto" 2>/dev/null; then
+if ! python3 -c "import aioquic, opentelemetry.proto, yaml, jsonschema, check_jsonschema, dockerfile" 2>/dev/null; then
     echo "setup: installing ${PIP_PACKAGES[*]}"
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${PIP_PACKAGES[@]}"
 fi
