@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The whole test suite: installs prerequisites, builds, runs every test.
+# The whole test suite: installs prerequisites, builds, runs every test, then
+# the checks of what is not Swift: the deploy files and dashboards, and the
+# README's main job (scripts/demo.sh) run for a few frames.
 #
 #   scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+python3 scripts/check-deploy.py
 swift build --build-tests
 # One test at a time: several suites start Python peers and wait on them
 # synchronously, which on a 2-core machine can hold both threads of the
 # cooperative pool long enough to break the timing assertions of others
 # (a 500 ms handshake timeout observed at 7 s). Serially the suite takes ~70 s.
 swift test --skip-build --no-parallel
+# The demo on the debug build just made: one whole trace, nothing left running.
+scripts/check-demo.sh
