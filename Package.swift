@@ -251,6 +251,27 @@ targets += [
     ),
 ]
 
+// MARK: DocSamples — every ```swift block of README.md and docs/*.md, compiled
+// Generated into Examples/DocSamples/ by scripts/check-doc-samples.py (CI checks the
+// files match the docs, then builds this target); never edit them by hand.
+targets += [
+    .target(
+        name: "DocSamples",
+        dependencies: [
+            "YoMo", "YoMoLogging", "YoMoTracing", "YoMoQUIC", "YoMoWire",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "NIOCore", package: "swift-nio"),
+        ],
+        path: "Examples/DocSamples",
+        // What a user's package gets (Swift 6 mode, no upcoming features): a sample is
+        // right when it compiles there. Each sample is its own file, so it must import
+        // the modules whose types it names.
+        swiftSettings: [.swiftLanguageMode(.v6)]
+    ),
+]
+
 let package = Package(
     name: "swift-yomo",
     platforms: [.macOS(.v15)],
