@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs prerequisites, builds, runs every test, then
-# the checks of what is not Swift: the deploy files and dashboards, and the
-# README's main job (scripts/demo.sh) run for a few frames.
+# the checks of what is not Swift: the deploy files and dashboards, the docs'
+# code samples, and the README's main job (scripts/demo.sh) run for a few frames.
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 python3 scripts/check-deploy.py
 swift build --build-tests
+# Every ```swift block of README.md and docs/ compiles (the DocSamples target,
+# just built) and docs/configuration.md names every option and variable.
+scripts/check-doc-samples.py
 # One test at a time: several suites start Python peers and wait on them
 # synchronously, which on a 2-core machine can hold both threads of the
 # cooperative pool long enough to break the timing assertions of others

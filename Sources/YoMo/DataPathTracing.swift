@@ -21,10 +21,19 @@ struct DataPathTracer: Sendable {
     static let disabled = DataPathTracer(tracer: TracerProvider.noop.tracer("YoMo"))
 
     /// The given provider, or one from the environment that the caller then owns
-    /// (and must shut down).
-    static func resolve(_ provider: TracerProvider?, serviceName: String, scope: String) -> (DataPathTracer, owned: TracerProvider?) {
+    /// (and must shut down). Its `service.name` is `OTEL_SERVICE_NAME` when set,
+    /// else the client's (or zipper's) name.
+    static func resolve(
+        _ provider: TracerProvider?,
+        serviceName: String,
+        scope: String,
+        environment: [String: String] = ProcessEnvironment.current
+    ) -> (DataPathTracer, owned: TracerProvider?) {
         if let provider { return (DataPathTracer(tracer: provider.tracer(scope)), nil) }
-        let fromEnvironment = TracerProvider.fromEnvironment(serviceName: serviceName)
+        let nameFromEnvironment = environment["OTEL_SERVICE_NAME"].map { !$0.trimmingSpaces().isEmpty } ?? false
+        let fromEnvironment = TracerProvider.fromEnvironment(
+            serviceName: nameFromEnvironment ? nil : serviceName, environment: environment
+        )
         return (DataPathTracer(tracer: fromEnvironment.tracer(scope)), fromEnvironment.isEnabled ? fromEnvironment : nil)
     }
 

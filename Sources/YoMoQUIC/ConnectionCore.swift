@@ -61,9 +61,15 @@ struct RecvShared {
 }
 
 /// `YOMO_QUIC_TRACE=1` prints why connections end to stderr; `YOMO_QUIC_DEBUG=1`
-/// adds every packet write and ngtcp2's own log.
-let debugFlush = getenv("YOMO_QUIC_DEBUG") != nil
-let traceEnabled = getenv("YOMO_QUIC_TRACE") != nil || getenv("YOMO_QUIC_DEBUG") != nil
+/// adds every packet write and ngtcp2's own log. Empty, `0` and `false` mean off.
+let debugFlush = environmentFlag("YOMO_QUIC_DEBUG")
+let traceEnabled = environmentFlag("YOMO_QUIC_TRACE") || debugFlush
+
+func environmentFlag(_ name: String) -> Bool {
+    guard let raw = getenv(name) else { return false }
+    let value = String(cString: raw).lowercased()
+    return !(value.isEmpty || value == "0" || value == "false")
+}
 
 func trace(_ message: String) {
     let line = "yomo-quic: \(message)\n"

@@ -106,7 +106,8 @@ public final class TracerProvider: Sendable {
 
 extension TracerProvider: Service {
     /// Waits for graceful shutdown (or cancellation), then shuts the provider down.
-    /// Put it last in a `ServiceGroup` so it outlives the services that trace.
+    /// List it first in a `ServiceGroup`: a group shuts its services down last
+    /// to first, so the provider then flushes after the services that trace.
     public func run() async throws {
         try? await gracefulShutdown()
         await shutdown()

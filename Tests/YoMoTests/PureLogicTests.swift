@@ -207,3 +207,20 @@ struct TagTests {
     @Test("anything else is not a tag", arguments: ["", "0x", "x33", "-1", "0x1FFFFFFFF", "3.5"])
     func reject(text: String) { #expect(UInt32(yomoTag: text) == nil) }
 }
+
+@Suite("Service name of the provider made from the environment")
+struct ServiceNameTests {
+    @Test func theClientsNameUnlessOTELServiceNameIsSet() async throws {
+        let base = ["OTEL_TRACES_EXPORTER": "console"]
+        let (_, named) = DataPathTracer.resolve(nil, serviceName: "upper", scope: "StreamFunction", environment: base)
+        var overridden = base
+        overridden["OTEL_SERVICE_NAME"] = "orders-upper"
+        let (_, renamed) = DataPathTracer.resolve(nil, serviceName: "upper", scope: "StreamFunction", environment: overridden)
+        let namedProvider = try #require(named)
+        let renamedProvider = try #require(renamed)
+        #expect(namedProvider.resource.serviceName == "upper")
+        #expect(renamedProvider.resource.serviceName == "orders-upper")
+        await namedProvider.shutdown()
+        await renamedProvider.shutdown()
+    }
+}
