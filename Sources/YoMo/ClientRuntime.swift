@@ -236,24 +236,37 @@ final class ClientRuntime: Sendable {
                             continue
                         }
                         let length = data.payload.readableBytes
-                        logger.debug("frame received", metadata: YoMoLogField.frame(
-                            tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: length))
+                        // Logged under the frame's span so the line carries its trace id;
+                        // the level check first spares the context switch when debug is off.
+                        func logReceived(_ span: YoMoSpan?) {
+                            guard logger.logLevel <= .debug else { return }
+                            setup.tracing.withCurrent(span) {
+                                logger.debug("frame received", metadata: YoMoLogField.frame(
+                                    tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: length))
+                            }
+                        }
                         if let queue {
                             let span = setup.tracing.functionSpan(
                                 name: name, handlerType: "pipe_handler", tag: data.tag, length: length, metadata: &metadata)
+                            logReceived(span)
                             await queue.send(PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span))
                         } else if let handler = setup.handler {
                             if let limit = setup.handlerConcurrency { await inFlight.waitUntilBelow(limit) }
                             inFlight.enter()
                             let span = setup.tracing.functionSpan(
                                 name: name, handlerType: "async_handler", tag: data.tag, length: length, metadata: &metadata)
+                            logReceived(span)
                             let context = Context(tag: data.tag, data: data.payload, metadata: metadata, writer: writer)
                             group.addTask {
                                 defer { inFlight.leave() }
                                 do {
                                     try await setup.tracing.run(span) { try await handler(context) }
                                 } catch {
-                                    self.report(YoMoError(.handlerFailed, "handler of \(self.name) threw on tag 0x\(String(data.tag, radix: 16)): \(error)"), setup)
+                                    // Under the frame's span: the error line and the error
+                                    // handler's own logs carry the frame's trace id.
+                                    setup.tracing.withCurrent(span) {
+                                        self.report(YoMoError(.handlerFailed, "handler of \(self.name) threw on tag 0x\(String(data.tag, radix: 16)): \(error)"), setup)
+                                    }
                                 }
                             }
                         }

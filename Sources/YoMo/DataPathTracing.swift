@@ -92,6 +92,14 @@ extension YoMoSpan {
 }
 
 extension DataPathTracer {
+    /// Runs synchronous `body` with the span as the current context, so that log
+    /// records written in it (the data path's own, an error handler's) carry the
+    /// frame's trace id.
+    func withCurrent<T>(_ span: YoMoSpan?, _ body: () throws -> T) rethrows -> T {
+        guard let span else { return try body() }
+        return try ServiceContext.withValue(span.context, operation: body)
+    }
+
     /// Runs `body` with the span as the current context and this tracer as the
     /// task's tracer, so `withSpan` inside — ours, a library's, or the free
     /// function — makes children of the frame's span without any global

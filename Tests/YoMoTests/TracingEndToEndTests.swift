@@ -70,14 +70,19 @@ struct TracingEndToEndTests {
         let zipperProvider = receiver.provider(service: "test-zipper")
         let functionProvider = receiver.provider(service: "test-sfn")
         let sourceProvider = receiver.provider(service: "test-source")
+        // Zipper and function log JSON lines to memory at debug; the handler logs
+        // through the function's logger.
+        let zipperLogs = InMemoryLogSink()
+        let zipperLogger = Logger(label: "yomo.zipper") { label in
+            YoMoLogHandler(label: label, format: .json, writer: LogWriter(sink: zipperLogs, configuration: .init(isSynchronous: true)), logLevel: .debug)
+        }
         let zipper = Zipper(
             configuration: ZipperConfiguration(host: "127.0.0.1", port: 0),
-            options: .init(tracerProvider: zipperProvider))
+            options: .init(logger: zipperLogger, tracerProvider: zipperProvider))
         try await zipper.start()
         let address = try #require(zipper.address)
 
         let handled = Inbox<String>()
-        // The function logs JSON lines to memory; the handler logs through the same logger.
         let logs = InMemoryLogSink()
         let logger = Logger(label: "upper") { label in
             YoMoLogHandler(label: label, format: .json, writer: LogWriter(sink: logs, configuration: .init(isSynchronous: true)), logLevel: .debug)
@@ -86,6 +91,10 @@ struct TracingEndToEndTests {
             name: "upper", zipper: address,
             options: .init(observedTags: [0x33], logger: logger, tracerProvider: functionProvider))
         sfn.setHandler { ctx in
+            if ctx.data == Array("boom".utf8) {
+                handled.append("boom")
+                throw Boom()
+            }
             logger.info("handled a frame", metadata: ["tid": "\(ctx.tid ?? "")"])
             // The free `withSpan`, as user code and instrumented libraries call it:
             // no global bootstrap, yet it joins the frame's trace.
@@ -94,28 +103,37 @@ struct TracingEndToEndTests {
             }
             handled.append(ctx.metadata(Metadata.ReservedKey.traceID) ?? "")
         }
+        let errorHandled = Inbox<String>()
+        sfn.setErrorHandler { error in
+            logger.warning("error handler saw it")
+            errorHandled.append("\(error)")
+        }
         try await sfn.connect()
         let source = Source(name: "sensor", zipper: address, options: .init(tracerProvider: sourceProvider))
         try await source.connect()
         try await source.write(tag: 0x33, data: Array("hello".utf8))
         #expect(await handled.wait(for: 1))
+        try await source.write(tag: 0x33, data: Array("boom".utf8))
+        #expect(await errorHandled.wait(for: 1))
 
         await source.close()
         await sfn.close()
         await zipper.close()
         for provider in [sourceProvider, functionProvider, zipperProvider] { await provider.shutdown() }
 
+        // Two frames, two traces: the one with the user's span is the good frame's.
         let spans = receiver.spans()
+        let userSpan = try #require(spans.first { $0["name"] as? String == "user work" }, "\(spans.map { $0["name"] ?? "?" })")
+        let traceID = try #require(userSpan["trace_id"] as? String)
+        #expect(traceID.count == 32)
         func span(_ name: String) throws -> [String: Any] {
-            try #require(spans.first { $0["name"] as? String == name }, "no span \(name) among \(spans.map { $0["name"] ?? "?" })")
+            try #require(spans.first { $0["name"] as? String == name && $0["trace_id"] as? String == traceID },
+                         "no span \(name) in trace \(traceID) among \(spans.map { $0["name"] ?? "?" })")
         }
         let sourceSpan = try span("sensor")
         let zipperSpan = try span("zipper endpoint")
         let functionSpan = try span("upper")
-        let userSpan = try span("user work")
-        let traceID = try #require(sourceSpan["trace_id"] as? String)
-        #expect(traceID.count == 32)
-        for other in [zipperSpan, functionSpan, userSpan] { #expect(other["trace_id"] as? String == traceID) }
+        #expect(spans.filter { $0["name"] as? String == "sensor" }.count == 2)
         #expect(handled.items.first == traceID, "the handler sees the trace id in the metadata")
         #expect(sourceSpan["parent_span_id"] as? String == "")
         #expect(zipperSpan["parent_span_id"] as? String == sourceSpan["span_id"] as? String)
@@ -129,10 +147,25 @@ struct TracingEndToEndTests {
         #expect(handledRecord["trace_id"] as? String == traceID)
         #expect(handledRecord["span_id"] as? String == functionSpan["span_id"] as? String)
         let frameRecord = try #require(records.first { ($0["msg"] ?? $0["message"]) as? String == "frame received" })
+        #expect(frameRecord["trace_id"] as? String == traceID, "the SDK's per-frame debug line carries the frame's trace")
+        #expect(frameRecord["span_id"] as? String == functionSpan["span_id"] as? String)
         #expect(frameRecord["service"] as? String == "stream-function")
         #expect(frameRecord["sfn_name"] as? String == "upper")
         #expect((frameRecord["sfn_id"] as? String)?.hasSuffix("-0") == true)
         #expect(frameRecord["tag"] != nil && frameRecord["data_length"] != nil && frameRecord["tid"] != nil)
+
+        let zipperRecords = zipperLogs.lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+        let routingRecord = try #require(zipperRecords.first { ($0["msg"] ?? $0["message"]) as? String == "routing frame" }, "\(zipperLogs.lines)")
+        #expect(routingRecord["trace_id"] as? String == traceID)
+        #expect(routingRecord["span_id"] as? String == zipperSpan["span_id"] as? String)
+
+        // A thrown handler error is logged, and reaches the error handler, under
+        // the failing frame's span: both lines carry that frame's trace id.
+        let failedSpan = try #require(spans.first { $0["name"] as? String == "upper" && $0["trace_id"] as? String != traceID })
+        let thrownRecord = try #require(records.first { (($0["msg"] ?? $0["message"]) as? String)?.contains("threw") == true }, "\(logs.lines)")
+        #expect(thrownRecord["trace_id"] as? String == failedSpan["trace_id"] as? String)
+        let errorHandlerRecord = try #require(records.first { ($0["msg"] ?? $0["message"]) as? String == "error handler saw it" })
+        #expect(errorHandlerRecord["trace_id"] as? String == failedSpan["trace_id"] as? String)
 
         func attributes(_ span: [String: Any]) -> [String: Any] { span["attributes"] as? [String: Any] ?? [:] }
         #expect(attributes(sourceSpan)["send_data_tag"] as? Int == 0x33)
@@ -188,3 +221,5 @@ struct TracingEndToEndTests {
         #expect(pipeSpans.allSatisfy { ($0["attributes"] as? [String: Any])?["sfn_handler_type"] as? String == "pipe_handler" })
     }
 }
+
+private struct Boom: Error {}
