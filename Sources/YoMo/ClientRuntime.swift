@@ -350,6 +350,13 @@ final class ClientRuntime: Sendable {
         defer { span?.end() }
         do {
             try await send(DataFrame(tag: tag, metadata: metadata, payload: payload))
+            // The source's step of the frame's path in the logs, with its trace id.
+            if logger.logLevel <= .debug {
+                tracing.withCurrent(span) {
+                    logger.debug("frame written", metadata: YoMoLogField.frame(
+                        tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: tag, dataLength: payload.readableBytes))
+                }
+            }
         } catch {
             span?.fail(error)
             throw error

@@ -109,7 +109,11 @@ struct TracingEndToEndTests {
             errorHandled.append("\(error)")
         }
         try await sfn.connect()
-        let source = Source(name: "sensor", zipper: address, options: .init(tracerProvider: sourceProvider))
+        let sourceLogs = InMemoryLogSink()
+        let sourceLogger = Logger(label: "yomo") { label in
+            YoMoLogHandler(label: label, format: .json, writer: LogWriter(sink: sourceLogs, configuration: .init(isSynchronous: true)), logLevel: .debug)
+        }
+        let source = Source(name: "sensor", zipper: address, options: .init(logger: sourceLogger, tracerProvider: sourceProvider))
         try await source.connect()
         try await source.write(tag: 0x33, data: Array("hello".utf8))
         #expect(await handled.wait(for: 1))
@@ -158,6 +162,10 @@ struct TracingEndToEndTests {
         let routingRecord = try #require(zipperRecords.first { ($0["msg"] ?? $0["message"]) as? String == "routing frame" }, "\(zipperLogs.lines)")
         #expect(routingRecord["trace_id"] as? String == traceID)
         #expect(routingRecord["span_id"] as? String == zipperSpan["span_id"] as? String)
+        let sourceRecords = sourceLogs.lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+        let writtenRecord = try #require(sourceRecords.first { ($0["msg"] ?? $0["message"]) as? String == "frame written" }, "\(sourceLogs.lines)")
+        #expect(writtenRecord["trace_id"] as? String == traceID)
+        #expect(writtenRecord["span_id"] as? String == sourceSpan["span_id"] as? String)
 
         // A thrown handler error is logged, and reaches the error handler, under
         // the failing frame's span: both lines carry that frame's trace id.
