@@ -36,17 +36,31 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# Waits (up to 60 s) until `check` succeeds: fixed sleeps raced slow starts
+# (a debug build on a busy machine connected its function after the source wrote).
+wait_for() {
+    local what="$1"; shift
+    for _ in $(seq 600); do
+        if "$@" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "demo: $what did not come up in 60 s (logs in $logs)" >&2
+    exit 1
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 "$bin/yomo" trace-view --listen "127.0.0.1:$otlp_port" --quiet-ms 800 &
 pids+=($!)
-sleep 0.5
+wait_for "the trace view" port_open "$otlp_port"
 
 export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
 export OTEL_BSP_SCHEDULE_DELAY=200
 "$bin/yomo" serve --host 127.0.0.1 --port "$port" 2> "$logs/zipper.log" &
 pids+=($!)
+wait_for "the zipper" grep -q "zipper listening" "$logs/zipper.log"
 "$bin/uppercase-sfn" --zipper "127.0.0.1:$port" --observe 0x33 --emit 0x34 2> "$logs/uppercase-sfn.log" &
 pids+=($!)
-sleep 1
+wait_for "uppercase-sfn" grep -q "connected to zipper" "$logs/uppercase-sfn.log"
 
 if [ "$frames" = "0" ]; then
     echo "demo: a source writes a frame a second with tag 0x33; Ctrl-C stops everything"
