@@ -6,9 +6,14 @@
 #
 #   Benchmarks/loop-tracing.sh [rounds] [frames]      # defaults: 3 rounds, 50000 frames
 #
-# LOOP_MODES (default "off propagation on") picks the modes; LOOP_SIZE and
-# LOOP_INFLIGHT the frame size (1024) and window (256). Needs release builds
-# of yomo and uppercase-sfn (built here if missing).
+# LOOP_MODES (default "off propagation on") picks the modes (also: ratio, head
+# sampling of LOOP_RATIO, default 0.1, of the traces); a mode written
+# base:MODE runs the binaries in LOOP_BASELINE_BIN instead (e.g. a release build
+# of an older commit in a git worktree), for before/after ratios in one run.
+# LOOP_SIZE and LOOP_INFLIGHT set the frame size (1024) and window (256).
+# Prints frames/s and the CPU time all four processes spent per frame (zipper,
+# stream function, bench, receiver): on a saturated machine the second is the
+# steadier measure. Needs release builds of yomo and uppercase-sfn (built here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
@@ -30,42 +35,67 @@ trap stop_all EXIT INT TERM
 "$bin/yomo" trace-view --listen "127.0.0.1:$otlp_port" --discard >/dev/null 2>&1 &
 receiver=$!
 
+cpu_seconds() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
+
+# Prints "<frames/s> <CPU µs per frame>".
 run_mode() {
-    local mode="$1"
-    local -a environment=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_TRACES_SAMPLER)
+    local mode="$1" programs="$bin"
+    if [[ "$mode" == base:* ]]; then
+        programs="${LOOP_BASELINE_BIN:?set LOOP_BASELINE_BIN for base: modes}"
+        mode="${mode#base:}"
+    fi
+    local -a environment=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG)
     case "$mode" in
         off) ;;
         propagation) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_TRACES_SAMPLER=always_off) ;;
         on) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port") ;;
+        ratio) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
+                   OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG="${LOOP_RATIO:-0.1}") ;;
         *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac
-    "${environment[@]}" "$bin/yomo" serve --host 127.0.0.1 --port "$port" 2>/dev/null &
-    pids=($!)
+    local receiver_before; receiver_before="$(cpu_seconds "$receiver")"
+    "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" 2>/dev/null &
+    local zipper=$!
+    pids=($zipper)
     sleep 0.3
-    "${environment[@]}" "$bin/uppercase-sfn" --zipper "127.0.0.1:$port" 2>/dev/null &
-    pids+=($!)
+    "${environment[@]}" "$programs/uppercase-sfn" --zipper "127.0.0.1:$port" 2>/dev/null &
+    local function=$!
+    pids+=($function)
     sleep 0.5
-    "${environment[@]}" "$bin/yomo" bench --zipper "127.0.0.1:$port" --size "$size" --inflight "$inflight" --frames "$frames" 2>/dev/null \
-        | tail -1 | sed -n 's/.*throughput=\([0-9]*\).*/\1/p'
+    local bench_output
+    bench_output="$(/usr/bin/time -f "bench_cpu=%U+%S" "${environment[@]}" "$programs/yomo" bench --zipper "127.0.0.1:$port" \
+        --size "$size" --inflight "$inflight" --frames "$frames" 2>&1)" || true
+    local rate; rate="$(sed -n 's/.*throughput=\([0-9]*\).*/\1/p' <<<"$bench_output")"
+    local bench_cpu; bench_cpu="$(sed -n 's/.*bench_cpu=\([0-9.+]*\).*/\1/p' <<<"$bench_output" | bc -l 2>/dev/null || echo 0)"
+    local total
+    total="$(awk -v z="$(cpu_seconds "$zipper")" -v f="$(cpu_seconds "$function")" -v b="$bench_cpu" \
+        -v r0="$receiver_before" -v r1="$(cpu_seconds "$receiver")" -v n="$frames" \
+        'BEGIN { printf "%.1f", (z + f + b + r1 - r0) * 1e6 / n }')"
     stop_all
+    echo "${rate:-0} $total"
 }
 
-declare -A results
+declare -A rates cpus
 for round in $(seq "$rounds"); do
     for mode in $modes; do
-        rate="$(run_mode "$mode")"
-        results[$mode]+="${rate:-0} "
-        echo "round $round $mode: ${rate:-failed} frames/s"
+        read -r rate cpu < <(run_mode "$mode")
+        rates[$mode]+="$rate "
+        cpus[$mode]+="$cpu "
+        echo "round $round $mode: $rate frames/s, $cpu µs CPU per frame"
     done
 done
 kill "$receiver" 2>/dev/null || true
 
 baseline_mode="${modes%% *}"
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
-baseline="$(echo "${results[$baseline_mode]}" | median)"
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+base_rate="$(echo "${rates[$baseline_mode]}" | median)"
+base_cpu="$(echo "${cpus[$baseline_mode]}" | median)"
 echo
-printf '%-12s %12s %8s   %s\n' mode "median f/s" ratio runs
+echo "medians of $rounds rounds, ratios to $baseline_mode:"
+printf '%-18s %10s %7s %12s %7s\n' mode "frames/s" ratio "CPU µs/frame" ratio
 for mode in $modes; do
-    value="$(echo "${results[$mode]}" | median)"
-    printf '%-12s %12s %8s   %s\n' "$mode" "$value" "$(awk -v v="$value" -v b="$baseline" 'BEGIN {printf "%.2f", (b > 0) ? v / b : 0}')" "${results[$mode]}"
+    rate="$(echo "${rates[$mode]}" | median)"
+    cpu="$(echo "${cpus[$mode]}" | median)"
+    printf '%-18s %10.0f %7.2f %12.1f %7.2f\n' "$mode" "$rate" "$(awk -v v="$rate" -v b="$base_rate" 'BEGIN {print (b > 0) ? v / b : 0}')" \
+        "$cpu" "$(awk -v v="$cpu" -v b="$base_cpu" 'BEGIN {print (b > 0) ? v / b : 0}')"
 done
