@@ -85,33 +85,30 @@ package enum OTLPCommonEncoding {
         _ attributes: SpanAttributes,
         in arena: ProtobufArena
     ) -> (count: Int, pointer: UnsafeMutablePointer<UnsafeMutablePointer<PBKeyValue>?>?) {
-        let count = attributes.count
-        guard count > 0 else { return (0, nil) }
-        let array = arena.allocate(UnsafeMutablePointer<PBKeyValue>?.self, count: count)
-        let entries = arena.allocate(PBKeyValue.self, count: count)
-        var index = 0
-        attributes.forEach { key, value in
-            let entry = entries + index
-            opentelemetry__proto__common__v1__key_value__init(entry)
-            entry.pointee.key = arena.string(key)
-            entry.pointee.value = anyValue(value, in: arena)
-            array[index] = entry
-            index += 1
-        }
-        return (index, array)
+        keyValues(count: attributes.count, in: arena) { attributes.forEach($0) }
     }
 
-    /// A span's attributes, read straight from its (ended) storage.
+    /// A span's attributes, read straight from its (ended) storage: listed ones
+    /// without going through a dictionary.
     static func keyValues(
         of span: SpanStorage,
         in arena: ProtobufArena
     ) -> (count: Int, pointer: UnsafeMutablePointer<UnsafeMutablePointer<PBKeyValue>?>?) {
-        let count = span.attributeCount
+        keyValues(count: span.attributeCount, in: arena) { span.forEachAttribute($0) }
+    }
+
+    /// At most `count` key-values, from whatever `forEach` hands over.
+    private static func keyValues(
+        count: Int,
+        in arena: ProtobufArena,
+        _ forEach: ((String, SpanAttribute) -> Void) -> Void
+    ) -> (count: Int, pointer: UnsafeMutablePointer<UnsafeMutablePointer<PBKeyValue>?>?) {
         guard count > 0 else { return (0, nil) }
         let array = arena.allocate(UnsafeMutablePointer<PBKeyValue>?.self, count: count)
         let entries = arena.allocate(PBKeyValue.self, count: count)
         var index = 0
-        span.forEachAttribute { key, value in
+        forEach { key, value in
+            guard index < count else { return }
             let entry = entries + index
             opentelemetry__proto__common__v1__key_value__init(entry)
             entry.pointee.key = arena.string(key)
