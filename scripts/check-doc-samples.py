@@ -469,21 +469,28 @@ def skip_string(text: str, i: int) -> int:
     return i + 1
 
 
+def skip_literal_or_comment(text: str, i: int) -> int | None:
+    """The index after the string literal or comment starting at `text[i]`, or
+    None when none starts there."""
+    if text[i] == '"':
+        return skip_string(text, i)
+    if text.startswith("//", i):
+        end = text.find("\n", i)
+        return len(text) if end < 0 else end
+    if text.startswith("/*", i):
+        end = text.find("*/", i)
+        return len(text) if end < 0 else end + 2
+    return None
+
+
 def matching(text: str, i: int, opening: str, closing: str) -> int:
     """`text[i]` is `opening`: the index of its `closing`, skipping strings and comments."""
     depth = 0
     while i < len(text):
         c = text[i]
-        if c == '"':
-            i = skip_string(text, i)
-            continue
-        if text.startswith("//", i):
-            i = text.find("\n", i)
-            if i < 0:
-                return len(text)
-            continue
-        if text.startswith("/*", i):
-            i = text.find("*/", i) + 2
+        skipped = skip_literal_or_comment(text, i)
+        if skipped is not None:
+            i = skipped
             continue
         if c == opening:
             depth += 1
@@ -546,11 +553,9 @@ def public_properties(outer: str | None, name: str) -> list[str] | None:
         i, stop = body[0] + 1, body[1]
         while i < stop:
             c = text[i]
-            if c == '"':
-                i = skip_string(text, i)
-                continue
-            if text.startswith("//", i):
-                i = text.find("\n", i)
+            skipped = skip_literal_or_comment(text, i)
+            if skipped is not None:
+                i = skipped
                 continue
             if c in "{(":
                 i = matching(text, i, c, "}" if c == "{" else ")") + 1
