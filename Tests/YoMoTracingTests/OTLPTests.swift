@@ -312,3 +312,44 @@ import Tracing
         #expect(logs.all.contains { $0.level == .error && $0.message.contains("connection failed") })
     }
 }
+
+@Suite struct ProtobufArenaTests {
+    @Test func resetReusesTheBlocksInOrderAndKeepsAlignment() {
+        let arena = ProtobufArena(blockSize: 1024)
+        func fill() -> [UnsafeMutableRawPointer] {
+            // Enough to need three blocks, one allocation larger than a block.
+            (0..<40).map { index in
+                let alignment = [1, 2, 4, 8, 16][index % 5]
+                let pointer = arena.allocateBytes(index == 17 ? 3000 : 60, alignment: alignment)
+                #expect(Int(bitPattern: pointer) % alignment == 0)
+                pointer.storeBytes(of: UInt8(index), as: UInt8.self)
+                return pointer
+            }
+        }
+        let first = fill()
+        arena.reset()
+        let second = fill()
+        #expect(first == second, "after reset the same requests get the same memory")
+        #expect(Set(second).count == second.count)
+        for (index, pointer) in second.enumerated() { #expect(pointer.load(as: UInt8.self) == UInt8(index)) }
+    }
+
+    @Test func bodiesEncodedInOneArenaTwiceAreIdentical() throws {
+        let exporter = InMemorySpanExporter()
+        let provider = makeProvider(exporter: exporter)
+        let tracer = provider.tracer("arena")
+        for index in 0..<300 {
+            let span = tracer.startSpan("span \(index)")
+            span.setAttribute("index", .int64(Int64(index)))
+            span.attributes["name"] = "n\(index)"
+            span.end()
+        }
+        let arena = ProtobufArena(blockSize: 4096)
+        let once = OTLPTraceEncoding.encodeRequest(exporter.spans, arena: arena)
+        let again = OTLPTraceEncoding.encodeRequest(exporter.spans, arena: arena)
+        let fresh = OTLPTraceEncoding.encodeRequest(exporter.spans)
+        #expect(once == again)
+        #expect(once == fresh)
+        #expect(once.count > 300 * 20)
+    }
+}

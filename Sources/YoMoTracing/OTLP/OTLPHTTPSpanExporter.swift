@@ -1,4 +1,5 @@
 public import Logging
+import Synchronization
 
 /// Exports spans as OTLP/HTTP binary protobuf (`POST <endpoint>/v1/traces`,
 /// `Content-Type: application/x-protobuf`), e.g. to Jaeger or an OTel collector.
@@ -7,6 +8,9 @@ public final class OTLPHTTPSpanExporter: SpanExporter {
     public let configuration: OTLPExporterConfiguration
     private let transport: OTLPHTTPTransport
     private let logger: Logger
+    /// Reused by every request (exports come one at a time; the lock only
+    /// satisfies `Sendable`).
+    private let arena = Mutex(ProtobufArena())
 
     public init(configuration: OTLPExporterConfiguration = OTLPExporterConfiguration(signal: .traces), logger: Logger) {
         self.configuration = configuration
@@ -19,7 +23,7 @@ public final class OTLPHTTPSpanExporter: SpanExporter {
     /// - Parameter timeout: the caller's budget; the exporter's own timeout caps it.
     public func export(_ spans: [FinishedSpan], timeout: Duration) throws(TracingError) {
         guard !spans.isEmpty else { return }
-        let body = OTLPTraceEncoding.encodeRequest(spans)
+        let body = arena.withLock { OTLPTraceEncoding.encodeRequest(spans, arena: $0) }
         let response = try transport.send(body, timeout: min(timeout, configuration.timeout), itemCount: spans.count)
         // A 2xx may still carry partial_success (OTLP spec "Partial Success").
         if let partial = OTLPTraceEncoding.partialSuccess(in: response) {

@@ -7,8 +7,9 @@ private typealias PBSpan = Opentelemetry__Proto__Trace__V1__Span
 /// https://opentelemetry.io/docs/specs/otlp/#otlphttp-request) and reads
 /// `ExportTraceServiceResponse` bodies.
 enum OTLPTraceEncoding {
-    static func encodeRequest(_ spans: [FinishedSpan]) -> [UInt8] {
-        let arena = ProtobufArena()
+    /// - Parameter arena: where the message tree is built; reset here first.
+    static func encodeRequest(_ spans: [FinishedSpan], arena: ProtobufArena = ProtobufArena()) -> [UInt8] {
+        arena.reset()
 
         // Group by resource, then by scope, keeping first-seen order. Spans of one
         // provider share its resource, so an identity check settles most spans

@@ -7,11 +7,15 @@ import Darwin
 #endif
 
 /// Bump allocator for the protobuf-c message tree of one request: every struct,
-/// pointer array, string and byte string of a batch lives in a few large blocks
-/// that are freed together once the body is packed. This keeps encoding to a
-/// handful of mallocs per batch instead of a dozen per span.
+/// pointer array, string and byte string of a batch lives in a few large blocks.
+/// This keeps encoding to a handful of mallocs per batch instead of a dozen per
+/// span. An exporter keeps one arena and calls `reset()` before each request:
+/// the blocks are reused, so a steady export touches no fresh pages (fresh
+/// 256 KiB blocks per batch cost ~9 % of encoding time in page faults).
 package final class ProtobufArena {
-    private var blocks: [UnsafeMutableRawPointer] = []
+    private var blocks: [(start: UnsafeMutableRawPointer, capacity: Int)] = []
+    /// The block `cursor` points into.
+    private var current = -1
     private var cursor: UnsafeMutableRawPointer?
     private var remaining = 0
     private let blockSize: Int
@@ -21,28 +25,42 @@ package final class ProtobufArena {
     }
 
     deinit {
-        for block in blocks { free(block) }
+        for block in blocks { free(block.start) }
+    }
+
+    /// Forgets every allocation (their memory is reused); keeps the blocks.
+    package func reset() {
+        current = -1
+        cursor = nil
+        remaining = 0
     }
 
     package func allocateBytes(_ size: Int, alignment: Int) -> UnsafeMutableRawPointer {
-        if let cursor {
-            let address = Int(bitPattern: cursor)
-            let padding = (alignment - address % alignment) % alignment
-            if padding + size <= remaining {
-                let result = cursor + padding
-                self.cursor = result + size
-                remaining -= padding + size
-                return result
-            }
+        if let result = carve(size, alignment: alignment) { return result }
+        // The next kept block that is big enough, else a new one.
+        while current + 1 < blocks.count {
+            current += 1
+            cursor = blocks[current].start
+            remaining = blocks[current].capacity
+            if let result = carve(size, alignment: alignment) { return result }
         }
         let capacity = max(blockSize, size + alignment)
         guard let block = malloc(capacity) else { fatalError("out of memory encoding an OTLP body") }
-        blocks.append(block)
-        let address = Int(bitPattern: block)
+        blocks.append((block, capacity))
+        current = blocks.count - 1
+        cursor = block
+        remaining = capacity
+        return carve(size, alignment: alignment)!
+    }
+
+    private func carve(_ size: Int, alignment: Int) -> UnsafeMutableRawPointer? {
+        guard let cursor else { return nil }
+        let address = Int(bitPattern: cursor)
         let padding = (alignment - address % alignment) % alignment
-        let result = block + padding
-        cursor = result + size
-        remaining = capacity - padding - size
+        guard padding + size <= remaining else { return nil }
+        let result = cursor + padding
+        self.cursor = result + size
+        remaining -= padding + size
         return result
     }
 
