@@ -1,5 +1,6 @@
 public import Logging
 public import YoMoTracing
+import Synchronization
 
 /// Exports log records as OTLP/HTTP binary protobuf (`POST <endpoint>/v1/logs`,
 /// `Content-Type: application/x-protobuf`) over YoMoTracing's libcurl transport:
@@ -11,6 +12,9 @@ public final class OTLPHTTPLogExporter: LogRecordExporter {
     public let resource: Resource
     private let transport: OTLPHTTPTransport
     private let logger: Logger
+    /// Reused by every request, as in the span exporter (exports come one at a
+    /// time; the lock only satisfies `Sendable`).
+    private let arena = Mutex(ProtobufArena())
 
     /// - Parameters:
     ///   - configuration: default from `OTEL_EXPORTER_OTLP_LOGS_*` / `OTEL_EXPORTER_OTLP_*`.
@@ -30,7 +34,7 @@ public final class OTLPHTTPLogExporter: LogRecordExporter {
 
     public func export(_ records: [OTLPLogRecord], timeout: Duration) throws(LoggingError) {
         guard !records.isEmpty else { return }
-        let body = OTLPLogEncoding.encodeRequest(records, resource: resource)
+        let body = arena.withLock { OTLPLogEncoding.encodeRequest(records, resource: resource, arena: $0) }
         let response: [UInt8]
         do {
             response = try transport.send(body, timeout: min(timeout, configuration.timeout), itemCount: records.count)

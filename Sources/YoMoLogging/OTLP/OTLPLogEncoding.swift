@@ -8,8 +8,9 @@ private typealias PBLogRecord = Opentelemetry__Proto__Logs__V1__LogRecord
 /// https://opentelemetry.io/docs/specs/otlp/#otlphttp-request) with protobuf-c,
 /// and reads `ExportLogsServiceResponse` bodies.
 enum OTLPLogEncoding {
-    static func encodeRequest(_ records: [OTLPLogRecord], resource: Resource) -> [UInt8] {
-        let arena = ProtobufArena()
+    /// - Parameter arena: where the message tree is built; reset here first.
+    static func encodeRequest(_ records: [OTLPLogRecord], resource: Resource, arena: ProtobufArena = ProtobufArena()) -> [UInt8] {
+        arena.reset()
 
         // One ResourceLogs; one ScopeLogs per logger label, in first-seen order.
         var scopes: [InstrumentationScope] = []
