@@ -87,6 +87,18 @@ int cngtcp2_enable_gro(int fd) {
   return setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof(on));
 }
 
+int cngtcp2_set_dont_fragment(int fd, int family) {
+  /* PROBE: set DF and never fragment, without the kernel's PMTU cache
+     shrinking our datagrams; ngtcp2's PMTUD finds the size itself. */
+  int probe4 = IP_PMTUDISC_PROBE;
+  int rv = setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &probe4, sizeof(probe4));
+  if (family == AF_INET6) {
+    int probe6 = IPV6_PMTUDISC_PROBE;
+    rv = setsockopt(fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &probe6, sizeof(probe6));
+  }
+  return rv;
+}
+
 int cngtcp2_set_self_signed(gnutls_certificate_credentials_t cred) {
   gnutls_x509_privkey_t key = NULL;
   gnutls_x509_crt_t crt = NULL;

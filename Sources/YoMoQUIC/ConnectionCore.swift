@@ -277,6 +277,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         let tx = loop.txBuffer
         let now = monotonicNow()
         let maxPacket = min(ng.maxPacketSize, 65527)
+        // Room for a PMTUD probe, or ngtcp2 never sends one and every packet
+        // stays at the 1200-byte minimum.
+        let room = min(max(ng.maxProbeSize, maxPacket), 65527)
         let maxPackets = max(1, min(64, ng.sendQuantum / max(maxPacket, 1)))
         var batchLength = 0
         var segment = 0
@@ -309,7 +312,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             } else {
                 useStream = false
             }
-            let dest = UnsafeMutableRawBufferPointer(rebasing: tx[batchLength..<(batchLength + maxPacket)])
+            let dest = UnsafeMutableRawBufferPointer(rebasing: tx[batchLength..<(batchLength + room)])
             let result = ng.write(
                 into: dest, stream: useStream ? streamID : nil, data: useStream ? vecs : nil, count: useStream ? count : 0,
                 fin: fin, more: useStream, now: now)
@@ -343,7 +346,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
                 if packets == 0 { segment = length }
                 batchLength += length
                 packets += 1
-                if length < segment || packets >= maxPackets || batchLength + maxPacket > tx.count {
+                if length < segment || packets >= maxPackets || batchLength + room > tx.count {
                     sendBatch(tx, length: batchLength, segment: segment)
                     batchLength = 0
                     packets = 0

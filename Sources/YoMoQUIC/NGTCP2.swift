@@ -383,6 +383,10 @@ final class NGConnection {
     var expiry: UInt64 { ngtcp2_conn_get_expiry(conn) }
     var pto: UInt64 { ngtcp2_conn_get_pto(conn) }
     var maxPacketSize: Int { ngtcp2_conn_get_path_max_tx_udp_payload_size(conn) }
+    /// The largest datagram ngtcp2 may write: a Path MTU Discovery probe. It
+    /// writes probes only into a buffer this big; other packets stay within
+    /// `maxPacketSize`, which grows as probes succeed.
+    var maxProbeSize: Int { ngtcp2_conn_get_max_tx_udp_payload_size(conn) }
     var sendQuantum: Int { ngtcp2_conn_get_send_quantum(conn) }
     var isHandshakeCompleted: Bool { ngtcp2_conn_get_handshake_completed(conn) != 0 }
 

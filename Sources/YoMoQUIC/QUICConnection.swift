@@ -121,6 +121,16 @@ public final class QUICConnection: Sendable {
         }
     }
 
+    /// The largest UDP payload the connection sends now: 1200 bytes until Path
+    /// MTU Discovery confirms more. (Tests and diagnostics; read on the loop.)
+    func currentMaxDatagramSize() async -> Int {
+        let core = self.core
+        return await withCheckedContinuation { (c: CheckedContinuation<Int, Never>) in
+            let queued = core.loop.execute { c.resume(returning: core.ng?.maxPacketSize ?? 0) }
+            if !queued { c.resume(returning: 0) }
+        }
+    }
+
     /// Why the connection ended, once it has.
     public var closeReason: QUICError? {
         core.sendShared.withLock { $0.error }

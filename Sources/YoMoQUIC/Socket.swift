@@ -96,6 +96,7 @@ func makeUDPSocket(family: Int32) throws(QUICError) -> Int32 {
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, 4)
     }
     _ = cngtcp2_enable_gro(fd)
+    _ = cngtcp2_set_dont_fragment(fd, family)
     return fd
 }
 

@@ -80,6 +80,36 @@ struct LoopbackTests {
         await server.stop()
     }
 
+    @Test("Path MTU Discovery raises the datagram size above 1200 bytes on loopback", arguments: ["127.0.0.1", "::1"])
+    func pathMTUDiscovery(host: String) async throws {
+        let server = try await EchoServer(host: host)
+        let connection = try await QUICConnection.connect(host: host, port: server.port)
+        // 1200 bytes (QUIC's minimum) until probed; probes go out once the
+        // handshake is confirmed, with ordinary traffic.
+        var size = 0
+        for round in 0..<50 {
+            let reply = try await echo(connection, ByteBuffer(string: "round \(round)"))
+            #expect(String(buffer: reply) == "round \(round)")
+            size = await connection.currentMaxDatagramSize()
+            if size > 1200 { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        // ngtcp2 probes up to 1452 bytes (an Ethernet path's IPv6 payload).
+        #expect(size > 1200 && size <= 1452, "max datagram size \(size)")
+        // Full-size datagrams then carry data both ways intact.
+        let total = 1 << 20
+        let echoed = try await withThrowingTaskGroup(of: Int.self) { group in
+            group.addTask { try await Fixture.send(connection, total: total, chunk: 10_000); return -1 }
+            group.addTask { try await Fixture.receive(connection, total: total) }
+            var received = 0
+            for try await n in group where n >= 0 { received = n }
+            return received
+        }
+        #expect(echoed == total)
+        await connection.close()
+        await server.stop()
+    }
+
     @Test("IPv6, localhost and a wildcard listener resolve and connect", arguments: ["::1", "[::1]", "localhost", "0.0.0.0"])
     func addressFamilies(host: String) async throws {
         let listen = switch host {

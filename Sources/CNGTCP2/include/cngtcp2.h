@@ -31,6 +31,9 @@ ssize_t cngtcp2_recv(int fd, uint8_t *buf, size_t cap,
 
 /// Asks the kernel to coalesce received datagrams (UDP GRO). 0 on success.
 int cngtcp2_enable_gro(int fd);
+/* Don't-fragment on the socket (IPv4, and IPv6 for AF_INET6), so that Path
+   MTU Discovery probes that are too big fail instead of being fragmented. */
+int cngtcp2_set_dont_fragment(int fd, int family);
 
 /// Fills `cred` with a fresh self-signed ECDSA P-256 certificate for
 /// "localhost", 127.0.0.1 and ::1 (what the Go zipper does at start).
