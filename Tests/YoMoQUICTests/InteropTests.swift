@@ -12,13 +12,7 @@ struct InteropTests {
         defer { peer.stop() }
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: port)
         let total = 64 << 20
-        let received = try await withThrowingTaskGroup(of: Int.self) { group in
-            group.addTask { try await Fixture.send(connection, total: total); return -1 }
-            group.addTask { try await Fixture.receive(connection, total: total) }
-            var received = 0
-            for try await n in group where n >= 0 { received = n }
-            return received
-        }
+        let received = try await Fixture.echo(connection, total: total)
         #expect(received == total)
         await connection.close(reason: "done")
     }

@@ -12,13 +12,7 @@ struct LoopbackTests {
         let server = try await EchoServer()
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
         let total = 16 << 20
-        let received = try await withThrowingTaskGroup(of: Int.self) { group in
-            group.addTask { try await Fixture.send(connection, total: total, chunk: 10_000); return -1 }
-            group.addTask { try await Fixture.receive(connection, total: total) }
-            var received = 0
-            for try await n in group where n >= 0 { received = n }
-            return received
-        }
+        let received = try await Fixture.echo(connection, total: total, chunk: 10_000)
         #expect(received == total)
         await connection.close()
         await server.stop()
@@ -36,13 +30,7 @@ struct LoopbackTests {
             }
         }
         let total = 8 << 20
-        let received = try await withThrowingTaskGroup(of: Int.self) { group in
-            group.addTask { try await Fixture.send(connection, total: total); return -1 }
-            group.addTask { try await Fixture.receive(connection, total: total) }
-            var received = 0
-            for try await n in group where n >= 0 { received = n }
-            return received
-        }
+        let received = try await Fixture.echo(connection, total: total)
         #expect(received == total)
         let blocked = await withCheckedContinuation { c in
             connection.core.loop.execute { c.resume(returning: connection.core.blockedSends) }
@@ -64,13 +52,7 @@ struct LoopbackTests {
         }
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
         let total = 8 << 20
-        let received = try await withThrowingTaskGroup(of: Int.self) { group in
-            group.addTask { try await Fixture.send(connection, total: total); return -1 }
-            group.addTask { try await Fixture.receive(connection, total: total) }
-            var received = 0
-            for try await n in group where n >= 0 { received = n }
-            return received
-        }
+        let received = try await Fixture.echo(connection, total: total)
         #expect(received == total)
         let events = await withCheckedContinuation { c in
             serverCore.loop.execute { c.resume(returning: serverCore.blockedEvents) }
@@ -98,13 +80,7 @@ struct LoopbackTests {
         #expect(size > 1200 && size <= 1452, "max datagram size \(size)")
         // Full-size datagrams then carry data both ways intact.
         let total = 1 << 20
-        let echoed = try await withThrowingTaskGroup(of: Int.self) { group in
-            group.addTask { try await Fixture.send(connection, total: total, chunk: 10_000); return -1 }
-            group.addTask { try await Fixture.receive(connection, total: total) }
-            var received = 0
-            for try await n in group where n >= 0 { received = n }
-            return received
-        }
+        let echoed = try await Fixture.echo(connection, total: total, chunk: 10_000)
         #expect(echoed == total)
         await connection.close()
         await server.stop()

@@ -89,13 +89,7 @@ struct MigrationTests {
         relay.rebind()
         print("migration: rebound")
         let total = 4 << 20
-        let received = try await withThrowingTaskGroup(of: Int.self) { group in
-            group.addTask { try await Fixture.send(connection, total: total); return -1 }
-            group.addTask { try await Fixture.receive(connection, total: total) }
-            var received = 0
-            for try await n in group where n >= 0 { received = n }
-            return received
-        }
+        let received = try await Fixture.echo(connection, total: total)
         #expect(received == total)
         #expect(relay.fromNewPort.load(ordering: .relaxed) > 100, "the server should send to the new address")
         await connection.close()

@@ -45,6 +45,18 @@ enum Fixture {
         }
     }
 
+    /// Sends `total` pattern bytes while reading the echo back; returns how many
+    /// came back intact.
+    static func echo(_ connection: QUICConnection, total: Int, chunk: Int = 65536) async throws -> Int {
+        try await withThrowingTaskGroup(of: Int.self) { group in
+            group.addTask { try await send(connection, total: total, chunk: chunk); return -1 }
+            group.addTask { try await receive(connection, total: total) }
+            var received = 0
+            for try await n in group where n >= 0 { received = n }
+            return received
+        }
+    }
+
     /// Reads until `total` bytes arrived, checking the pattern; returns the count.
     static func receive(_ connection: QUICConnection, total: Int) async throws -> Int {
         var received = 0
