@@ -24,18 +24,8 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
 
         /// Reads the `OTEL_BSP_*` variables; malformed or out-of-range values keep the default.
         public init(environment: [String: String] = ProcessEnvironment.current) {
-            func milliseconds(_ key: String, _ fallback: Int) -> Duration {
-                guard let value = parseInteger(environment[key]), value >= 0 else { return .milliseconds(fallback) }
-                return .milliseconds(value)
-            }
-            func positive(_ key: String, _ fallback: Int) -> Int {
-                guard let value = parseInteger(environment[key]), value > 0 else { return fallback }
-                return value
-            }
-            scheduleDelay = milliseconds("OTEL_BSP_SCHEDULE_DELAY", 5000)
-            maxQueueSize = positive("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
-            maxExportBatchSize = min(positive("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), maxQueueSize)
-            exportTimeout = milliseconds("OTEL_BSP_EXPORT_TIMEOUT", 30000)
+            (scheduleDelay, maxQueueSize, maxExportBatchSize, exportTimeout) =
+                batchSettings(environment, prefix: "OTEL_BSP", scheduleDelayMilliseconds: 5000)
         }
     }
 
@@ -48,12 +38,7 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
     private var queue: SpanRing
     private var dropped = 0
     private var droppedSinceLastLog = 0
-    private var flushRequested: UInt64 = 0
-    private var flushCompleted: UInt64 = 0
-    private var flushWaiters: [(generation: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
-    private var shutdownRequested = false
-    private var stopped = false
-    private var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
+    private var requests = ExportRequests()
     /// Exported spans whose memory producers free, a few per `onEnd`: memory
     /// then goes back to the allocator of the thread that allocated it, which
     /// avoids malloc-arena contention between the data path and the export thread.
@@ -82,7 +67,7 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
     public func onEnd(_ span: FinishedSpan) {
         guard span.storage.spanContext.traceFlags.contains(.sampled) else { return }
         lock.lock()
-        guard !shutdownRequested else {
+        guard !requests.shutdownRequested else {
             lock.unlock()
             return
         }
@@ -105,33 +90,11 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
     }
 
     public func forceFlush() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            lock.lock()
-            if stopped {
-                lock.unlock()
-                continuation.resume()
-                return
-            }
-            flushRequested += 1
-            flushWaiters.append((flushRequested, continuation))
-            lock.signal()
-            lock.unlock()
-        }
+        await withCheckedContinuation { lock.submit($0) { requests.addFlush($0) } }
     }
 
     public func shutdown() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            lock.lock()
-            if stopped {
-                lock.unlock()
-                continuation.resume()
-                return
-            }
-            shutdownRequested = true
-            shutdownWaiters.append(continuation)
-            lock.signal()
-            lock.unlock()
-        }
+        await withCheckedContinuation { lock.submit($0) { requests.addShutdown($0) } }
     }
 
     private func exportLoop() {
@@ -145,24 +108,24 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
 
         lock.lock()
         while true {
-            while queue.count < configuration.maxExportBatchSize, flushRequested == flushCompleted,
-                  !shutdownRequested, monotonicNanoseconds() < deadline {
+            while queue.count < configuration.maxExportBatchSize, !requests.isPending,
+                  monotonicNanoseconds() < deadline {
                 lock.wait(untilMonotonicNanoseconds: deadline)
             }
             // A flush or shutdown exports what was queued when it was seen (not
             // what producers add meanwhile, or it might never end); otherwise one
             // batch per round.
-            let shuttingDown = shutdownRequested
-            let draining = flushRequested != flushCompleted || shuttingDown
+            let shuttingDown = requests.shutdownRequested
+            let draining = requests.isPending
             if draining && drainRemaining == 0 {
                 drainRemaining = queue.count
-                drainTarget = flushRequested
+                drainTarget = requests.flushRequested
             }
             let before = queue.count
             queue.pop(upTo: configuration.maxExportBatchSize, into: &batch)
             drainRemaining = max(drainRemaining - (before - queue.count), 0)
             let more = draining && drainRemaining > 0
-            let flushTarget = draining ? drainTarget : flushCompleted
+            let flushTarget = draining ? drainTarget : requests.flushCompleted
             let droppedNow = droppedSinceLastLog
             droppedSinceLastLog = 0
             lock.unlock()
@@ -188,24 +151,13 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
                 lock.lock()
             }
             if more { continue }
-            flushCompleted = flushTarget
-            var ready: [CheckedContinuation<Void, Never>] = []
-            flushWaiters.removeAll { waiter in
-                guard waiter.generation <= flushTarget else { return false }
-                ready.append(waiter.continuation)
-                return true
-            }
+            let ready = requests.completeFlushes(upTo: flushTarget)
             if shuttingDown {
-                stopped = true
                 releasePending.removeAll()
-                ready += flushWaiters.map(\.continuation)
-                flushWaiters.removeAll()
-                let waiters = shutdownWaiters
-                shutdownWaiters.removeAll()
+                let waiters = ready + requests.stop()
                 lock.unlock()
                 exporter.shutdown()
-                for continuation in ready { continuation.resume() }
-                for continuation in waiters { continuation.resume() }
+                for waiter in waiters { waiter.resume() }
                 logger.debug("Shut down")
                 return
             }

@@ -24,21 +24,8 @@ public final class BatchLogRecordProcessor: @unchecked Sendable {
 
         /// Reads the `OTEL_BLRP_*` variables; malformed or out-of-range values keep the default.
         public init(environment: [String: String] = ProcessEnvironment.current) {
-            func milliseconds(_ key: String, _ fallback: Int) -> Duration {
-                guard let text = environment[key], let value = Int(text.trimmingSpaces()), value >= 0 else {
-                    return .milliseconds(fallback)
-                }
-                return .milliseconds(value)
-            }
-            func positive(_ key: String, _ fallback: Int) -> Int {
-                guard let text = environment[key], let value = Int(text.trimmingSpaces()), value > 0 else { return fallback }
-                return value
-            }
-            scheduleDelay = milliseconds("OTEL_BLRP_SCHEDULE_DELAY", 1000)
-            maxQueueSize = positive("OTEL_BLRP_MAX_QUEUE_SIZE", 2048)
-            // The spec: the batch size must not exceed the queue size.
-            maxExportBatchSize = min(positive("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512), maxQueueSize)
-            exportTimeout = milliseconds("OTEL_BLRP_EXPORT_TIMEOUT", 30000)
+            (scheduleDelay, maxQueueSize, maxExportBatchSize, exportTimeout) =
+                batchSettings(environment, prefix: "OTEL_BLRP", scheduleDelayMilliseconds: 1000)
         }
     }
 
@@ -51,12 +38,7 @@ public final class BatchLogRecordProcessor: @unchecked Sendable {
     private var queue: [OTLPLogRecord] = []
     private var dropped = 0
     private var droppedSinceLastLog = 0
-    private var flushRequested: UInt64 = 0
-    private var flushCompleted: UInt64 = 0
-    private var flushWaiters: [(generation: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
-    private var shutdownRequested = false
-    private var stopped = false
-    private var shutdownWaiters: [CheckedContinuation<Void, Never>] = []
+    private var requests = ExportRequests()
 
     /// Starts the export thread.
     /// - Parameter logger: for the processor's own warnings; must not route back
@@ -80,7 +62,7 @@ public final class BatchLogRecordProcessor: @unchecked Sendable {
     public func emit(_ record: OTLPLogRecord) {
         lock.lock()
         defer { lock.unlock() }
-        guard !shutdownRequested, queue.count < configuration.maxQueueSize else {
+        guard !requests.shutdownRequested, queue.count < configuration.maxQueueSize else {
             dropped += 1
             droppedSinceLastLog += 1
             return
@@ -91,34 +73,12 @@ public final class BatchLogRecordProcessor: @unchecked Sendable {
 
     /// Returns once every record emitted before the call has been exported (or its export failed).
     public func forceFlush() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            lock.lock()
-            if stopped {
-                lock.unlock()
-                continuation.resume()
-                return
-            }
-            flushRequested += 1
-            flushWaiters.append((flushRequested, continuation))
-            lock.broadcast()
-            lock.unlock()
-        }
+        await withCheckedContinuation { lock.submit($0) { requests.addFlush($0) } }
     }
 
     /// Exports what is queued, then shuts the exporter down; later records are dropped. Idempotent.
     public func shutdown() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            lock.lock()
-            if stopped {
-                lock.unlock()
-                continuation.resume()
-                return
-            }
-            shutdownRequested = true
-            shutdownWaiters.append(continuation)
-            lock.broadcast()
-            lock.unlock()
-        }
+        await withCheckedContinuation { lock.submit($0) { requests.addShutdown($0) } }
     }
 
     private func exportLoop() {
@@ -129,12 +89,12 @@ public final class BatchLogRecordProcessor: @unchecked Sendable {
 
         lock.lock()
         while true {
-            while queue.count < configuration.maxExportBatchSize, flushRequested == flushCompleted,
-                  !shutdownRequested, monotonicNanoseconds() < deadline {
+            while queue.count < configuration.maxExportBatchSize, !requests.isPending,
+                  monotonicNanoseconds() < deadline {
                 lock.wait(untilMonotonicNanoseconds: deadline)
             }
-            let flushTarget = flushRequested
-            let shuttingDown = shutdownRequested
+            let flushTarget = requests.flushRequested
+            let shuttingDown = requests.shutdownRequested
             swap(&queue, &batch)
             let droppedNow = droppedSinceLastLog
             droppedSinceLastLog = 0
@@ -150,23 +110,12 @@ public final class BatchLogRecordProcessor: @unchecked Sendable {
             deadline = monotonicNanoseconds() &+ delay
 
             lock.lock()
-            flushCompleted = flushTarget
-            var ready: [CheckedContinuation<Void, Never>] = []
-            flushWaiters.removeAll { waiter in
-                guard waiter.generation <= flushTarget else { return false }
-                ready.append(waiter.continuation)
-                return true
-            }
+            let ready = requests.completeFlushes(upTo: flushTarget)
             if shuttingDown {
-                stopped = true
-                ready += flushWaiters.map(\.continuation)
-                flushWaiters.removeAll()
-                let waiters = shutdownWaiters
-                shutdownWaiters.removeAll()
+                let waiters = ready + requests.stop()
                 lock.unlock()
                 exporter.shutdown()
-                for continuation in ready { continuation.resume() }
-                for continuation in waiters { continuation.resume() }
+                for waiter in waiters { waiter.resume() }
                 return
             }
             if !ready.isEmpty {
