@@ -19,28 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
-
-def any_value(value):
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "double_value":
-        return value.double_value
-    if kind == "array_value":
-        return [any_value(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
-    if kind == "bytes_value":
-        return value.bytes_value.hex()
-    return None
-
-
-def attributes(key_values):
-    return {kv.key: any_value(kv.value) for kv in key_values}
+# Attribute values are read exactly as the tracing tests' receiver reads them
+# (no bytecode cache: it would land in a SwiftPM test target's folder).
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "YoMoTracingTests"))
+from otlp_receiver import any_value, attributes  # noqa: E402
 
 
 def main():
