@@ -236,14 +236,9 @@ final class ClientRuntime: Sendable {
                             continue
                         }
                         let length = data.payload.readableBytes
-                        // Logged under the frame's span so the line carries its trace id;
-                        // the level check first spares the context switch when debug is off.
                         func logReceived(_ span: YoMoSpan?) {
-                            guard logger.logLevel <= .debug else { return }
-                            setup.tracing.withCurrent(span) {
-                                logger.debug("frame received", metadata: YoMoLogField.frame(
-                                    tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: length))
-                            }
+                            setup.tracing.debug(logger, under: span, "frame received", metadata: YoMoLogField.frame(
+                                tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: length))
                         }
                         if let queue {
                             let span = setup.tracing.functionSpan(
@@ -350,13 +345,8 @@ final class ClientRuntime: Sendable {
         defer { span?.end() }
         do {
             try await send(DataFrame(tag: tag, metadata: metadata, payload: payload))
-            // The source's step of the frame's path in the logs, with its trace id.
-            if logger.logLevel <= .debug {
-                tracing.withCurrent(span) {
-                    logger.debug("frame written", metadata: YoMoLogField.frame(
-                        tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: tag, dataLength: payload.readableBytes))
-                }
-            }
+            tracing.debug(logger, under: span, "frame written", metadata: YoMoLogField.frame(
+                tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: tag, dataLength: payload.readableBytes))
         } catch {
             span?.fail(error)
             throw error

@@ -1,3 +1,4 @@
+internal import Logging
 internal import Tracing
 internal import YoMoTracing
 internal import YoMoWire
@@ -98,6 +99,19 @@ extension DataPathTracer {
     func withCurrent<T>(_ span: YoMoSpan?, _ body: () throws -> T) rethrows -> T {
         guard let span else { return try body() }
         return try ServiceContext.withValue(span.context, operation: body)
+    }
+
+    /// A debug record of one step of a frame's path, written under the step's
+    /// span so it carries the frame's trace id. The level is checked first: with
+    /// debug off this costs neither the context switch nor the metadata.
+    func debug(
+        _ logger: Logger,
+        under span: YoMoSpan?,
+        _ message: @autoclosure () -> Logger.Message,
+        metadata: @autoclosure () -> Logger.Metadata
+    ) {
+        guard logger.logLevel <= .debug else { return }
+        withCurrent(span) { logger.debug(message(), metadata: metadata()) }
     }
 
     /// Runs `body` with the span as the current context and this tracer as the

@@ -218,15 +218,9 @@ public final class Zipper: Sendable {
         let destinations = state.withLock { state in
             state.routes.destinations(tag: data.tag, target: merged[Metadata.ReservedKey.target]).compactMap { state.peers[$0]?.connection }
         }
-        // Under the zipper's span, so the line carries the frame's trace id; the
-        // level check first spares the context switch when debug is off.
-        if logger.logLevel <= .debug {
-            tracing.withCurrent(span) {
-                logger.debug("routing frame", metadata: YoMoLogField.frame(
-                    tid: merged[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: data.payload.readableBytes
-                ).merging(["destinations": "\(destinations.count)"]) { first, _ in first })
-            }
-        }
+        tracing.debug(logger, under: span, "routing frame", metadata: YoMoLogField.frame(
+            tid: merged[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: data.payload.readableBytes
+        ).merging(["destinations": "\(destinations.count)"]) { first, _ in first })
         guard !destinations.isEmpty else { return }
         // Metadata encoded once for every destination; the payload is never copied.
         let outgoing = Frame.data(DataFrame(tag: data.tag, metadata: merged, payload: data.payload))
@@ -234,9 +228,8 @@ public final class Zipper: Sendable {
             do {
                 try await destination.write(outgoing)
             } catch {
-                tracing.withCurrent(span) {
-                    logger.debug("destination gone", metadata: ["remote": "\(destination.remoteAddress)", "error": "\(error)"])
-                }
+                tracing.debug(logger, under: span, "destination gone",
+                              metadata: ["remote": "\(destination.remoteAddress)", "error": "\(error)"])
             }
         }
     }
