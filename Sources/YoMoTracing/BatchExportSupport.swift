@@ -2,29 +2,30 @@
 /// share: their four OTel settings and the bookkeeping of `forceFlush` and
 /// `shutdown` callers waiting for the export thread.
 
-/// The OTel batch-processor settings under `prefix` (`OTEL_BSP`, `OTEL_BLRP`):
-/// `_SCHEDULE_DELAY` and `_EXPORT_TIMEOUT` in milliseconds (≥ 0),
-/// `_MAX_QUEUE_SIZE` and `_MAX_EXPORT_BATCH_SIZE` (> 0; the batch no larger than
-/// the queue, as the spec asks). Malformed or out-of-range values keep the default.
+/// The four OTel batch-processor settings, read from the variables named in
+/// `names` (whole names, so that a search for a variable finds its reader):
+/// schedule delay and export timeout in milliseconds (≥ 0), queue and batch
+/// size (> 0; the batch no larger than the queue, as the spec asks). Malformed
+/// or out-of-range values keep the default.
 package func batchSettings(
     _ environment: [String: String],
-    prefix: String,
+    names: (scheduleDelay: String, maxQueueSize: String, maxExportBatchSize: String, exportTimeout: String),
     scheduleDelayMilliseconds: Int
 ) -> (scheduleDelay: Duration, maxQueueSize: Int, maxExportBatchSize: Int, exportTimeout: Duration) {
     func milliseconds(_ name: String, _ fallback: Int) -> Duration {
-        guard let value = parseInteger(environment["\(prefix)_\(name)"]), value >= 0 else { return .milliseconds(fallback) }
+        guard let value = parseInteger(environment[name]), value >= 0 else { return .milliseconds(fallback) }
         return .milliseconds(value)
     }
     func positive(_ name: String, _ fallback: Int) -> Int {
-        guard let value = parseInteger(environment["\(prefix)_\(name)"]), value > 0 else { return fallback }
+        guard let value = parseInteger(environment[name]), value > 0 else { return fallback }
         return value
     }
-    let maxQueueSize = positive("MAX_QUEUE_SIZE", 2048)
+    let maxQueueSize = positive(names.maxQueueSize, 2048)
     return (
-        milliseconds("SCHEDULE_DELAY", scheduleDelayMilliseconds),
+        milliseconds(names.scheduleDelay, scheduleDelayMilliseconds),
         maxQueueSize,
-        min(positive("MAX_EXPORT_BATCH_SIZE", 512), maxQueueSize),
-        milliseconds("EXPORT_TIMEOUT", 30000)
+        min(positive(names.maxExportBatchSize, 512), maxQueueSize),
+        milliseconds(names.exportTimeout, 30000)
     )
 }
 

@@ -24,8 +24,10 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
 
         /// Reads the `OTEL_BSP_*` variables; malformed or out-of-range values keep the default.
         public init(environment: [String: String] = ProcessEnvironment.current) {
-            (scheduleDelay, maxQueueSize, maxExportBatchSize, exportTimeout) =
-                batchSettings(environment, prefix: "OTEL_BSP", scheduleDelayMilliseconds: 5000)
+            (scheduleDelay, maxQueueSize, maxExportBatchSize, exportTimeout) = batchSettings(
+                environment,
+                names: ("OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "OTEL_BSP_EXPORT_TIMEOUT"),
+                scheduleDelayMilliseconds: 5000)
         }
     }
 

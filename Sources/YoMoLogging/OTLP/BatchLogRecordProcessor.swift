@@ -24,8 +24,10 @@ public final class BatchLogRecordProcessor: @unchecked Sendable {
 
         /// Reads the `OTEL_BLRP_*` variables; malformed or out-of-range values keep the default.
         public init(environment: [String: String] = ProcessEnvironment.current) {
-            (scheduleDelay, maxQueueSize, maxExportBatchSize, exportTimeout) =
-                batchSettings(environment, prefix: "OTEL_BLRP", scheduleDelayMilliseconds: 1000)
+            (scheduleDelay, maxQueueSize, maxExportBatchSize, exportTimeout) = batchSettings(
+                environment,
+                names: ("OTEL_BLRP_SCHEDULE_DELAY", "OTEL_BLRP_MAX_QUEUE_SIZE", "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "OTEL_BLRP_EXPORT_TIMEOUT"),
+                scheduleDelayMilliseconds: 1000)
         }
     }
 
