@@ -164,6 +164,16 @@ products += [
     .executable(name: "demo-source", targets: ["demo-source"]),
 ]
 targets += [
+    .executableTarget(
+        name: "yomo-fault-bench",
+        dependencies: [
+            "YoMo",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ],
+        path: "Benchmarks/FaultBench",
+        swiftSettings: strictSwift
+    ),
     .target(
         name: "YoMo",
         dependencies: [
@@ -247,6 +257,7 @@ targets += [
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ],
+        exclude: ["Resources"],
         swiftSettings: strictSwift
     ),
 ]

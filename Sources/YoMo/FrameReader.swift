@@ -12,6 +12,8 @@ struct FrameReader: @unchecked Sendable {
 
     mutating func next() async throws -> Frame? { try await iterator.next() }
 
+    mutating func setMaximumFrameSize(_ size: Int) { iterator.setMaximumFrameSize(size) }
+
     /// The first frame, or an error when none comes within `timeout`.
     mutating func first(within timeout: Duration, orFail failure: @autoclosure () -> YoMoError) async throws -> Frame? {
         let reader = self

@@ -54,8 +54,28 @@ struct HandshakeAuthority: Sendable {
     var version: String
     var authentication: ZipperAuthentication?
 
+    /// Bounds on the handshake's fields, in bytes (tags: a count). Far above
+    /// what real clients send; they keep a hostile peer's strings out of the
+    /// route table and the logs.
+    static let fieldLimits: [(name: String, limit: Int, size: @Sendable (HandshakeFrame) -> Int)] = [
+        ("name", 512, { $0.name.utf8.count }),
+        ("id", 128, { $0.id.utf8.count }),
+        ("auth name", 64, { $0.authName.utf8.count }),
+        ("auth payload", 4096, { $0.authPayload.utf8.count }),
+        ("version", 64, { $0.version.utf8.count }),
+        ("wanted target", 512, { $0.wantedTarget.utf8.count }),
+        ("observed tags", 4096, { $0.observedTags.count }),
+    ]
+
     /// `nil` when the client may connect, else the message of the RejectedFrame.
     func rejection(for handshake: HandshakeFrame) -> String? {
+        for field in Self.fieldLimits {
+            let size = field.size(handshake)
+            if size > field.limit {
+                let unit = field.name == "observed tags" ? "" : " bytes"
+                return "handshake \(field.name) is too long: \(size)\(unit), at most \(field.limit)\(unit)"
+            }
+        }
         guard handshake.version == version else {
             return "version negotiation failed: client=\(handshake.version), server=\(version)"
         }

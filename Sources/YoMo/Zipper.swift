@@ -41,6 +41,8 @@ public final class Zipper: Sendable {
         var member: RouteMember
         /// Merged into every frame this peer writes (its wanted target).
         var metadata: Metadata
+        /// Frames not sent to it under the `drop` policy, since it last kept up.
+        var droppedInBurst = 0
     }
 
     private struct State {
@@ -50,6 +52,20 @@ public final class Zipper: Sendable {
         var nextConnectionID: UInt64 = 1
         var acceptTask: Task<Void, Never>?
         var closed = false
+        var pendingHandshakes = 0
+        var statistics = Statistics()
+    }
+
+    /// What the zipper refused or dropped since it started.
+    public struct Statistics: Hashable, Sendable {
+        /// Handshakes refused (rejected, malformed, too big, over a limit, timed out).
+        public var rejectedHandshakes = 0
+        /// Frames not delivered to a slow consumer under the `drop` policy.
+        public var droppedFrames = 0
+        /// Destinations closed under the `disconnect` policy.
+        public var slowConsumerDisconnects = 0
+        /// Connections closed for breaking the protocol after their handshake.
+        public var protocolViolations = 0
     }
 
     public let configuration: ZipperConfiguration
@@ -79,6 +95,12 @@ public final class Zipper: Sendable {
     /// Number of connected clients.
     public var connectionCount: Int { state.withLock { $0.peers.count } }
 
+    /// Refusals and drops so far.
+    public var statistics: Statistics { state.withLock { $0.statistics } }
+
+    /// QUIC connections the listener holds, including those that never handshake.
+    public func quicConnectionCount() async -> Int { await state.withLock { $0.server }?.connectionCount() ?? 0 }
+
     /// Binds and accepts connections in the background until `close()`.
     public func start() async throws {
         let server = try await bind()
@@ -93,7 +115,7 @@ public final class Zipper: Sendable {
             await accept(server)
         } onCancelOrGracefulShutdown: {
             // Closing ends `connections`, which ends the accept loop.
-            Task { await server.close() }
+            Task { await server.close(reason: Self.shutdownReason) }
         }
     }
 
@@ -103,10 +125,14 @@ public final class Zipper: Sendable {
             state.closed = true
             return (state.server, state.acceptTask)
         }
-        await server?.close()
+        await server?.close(reason: Self.shutdownReason)
         await task?.value
         await ownedProvider?.shutdown()
     }
+
+    /// Sent with application code 0, YoMo's "listener shut down".
+    static let shutdownReason = "zipper shutting down"
+
 
     /// Returns on SIGINT or SIGTERM, having closed the zipper (or at once if it was closed).
     public func wait() async {
@@ -119,8 +145,15 @@ public final class Zipper: Sendable {
     }
 
     private func bind() async throws -> QUICServer {
+        var quic = options.quic
+        // The block policy's bound: writers wait above it.
+        quic.sendBufferSize = configuration.slowConsumer.maximumBufferedBytes
+        let limits = QUICServer.Limits(
+            maximumConnections: configuration.limits.maximumConnections,
+            streamOpenTimeout: options.handshakeTimeout)
         let server = try await QUICServer.bind(
-            host: configuration.host, port: configuration.port, configuration: options.quic, tls: options.tls)
+            host: configuration.host, port: configuration.port, configuration: quic, tls: options.tls,
+            limits: limits, statelessResetKey: try configuration.loadStatelessResetKey())
         state.withLock { $0.server = server }
         logger.info("zipper listening", metadata: [
             "zipper_addr": "\(configuration.host):\(server.port)", "zipper_name": "\(configuration.name)",
@@ -138,31 +171,37 @@ public final class Zipper: Sendable {
     }
 
     private func serve(_ connection: QUICFrameConnection) async {
-        var frames = FrameReader(connection)
-        let handshake: HandshakeFrame
-        do {
-            let first = try await frames.first(
-                within: options.handshakeTimeout,
-                orFail: YoMoError(.protocolViolation, "no handshake within \(options.handshakeTimeout)"))
-            guard case .handshake(let frame)? = first else {
-                await connection.close(reason: "expected a handshake first")
-                return
+        let remote = connection.remoteAddress
+        let admitted = state.withLock { state -> Bool in
+            guard state.pendingHandshakes < configuration.limits.maximumPendingHandshakes else {
+                state.statistics.rejectedHandshakes += 1
+                return false
             }
-            handshake = frame
-        } catch {
-            logger.info("connection dropped before its handshake", metadata: ["remote": "\(connection.remoteAddress)", "error": "\(error)"])
-            await connection.close(reason: "\(error)")
+            state.pendingHandshakes += 1
+            return true
+        }
+        guard admitted else {
+            let reason = "too many handshakes in progress (\(configuration.limits.maximumPendingHandshakes))"
+            logger.warning("connection refused", metadata: ["remote": "\(remote)", "reason": "\(reason)"])
+            await connection.close(reason: reason)
             return
         }
+        let handshake = await readHandshake(connection)
+        state.withLock { $0.pendingHandshakes -= 1 }
+        guard let (handshake, frames) = handshake else { return }
+        var frameReader = frames
+
         var connectionLogger = logger
-        connectionLogger[metadataKey: YoMoLogField.connectionID] = "\(handshake.id)"
-        connectionLogger[metadataKey: YoMoLogField.connectionName] = "\(handshake.name)"
+        connectionLogger[metadataKey: YoMoLogField.connectionID] = "\(handshake.id.forLog)"
+        connectionLogger[metadataKey: YoMoLogField.connectionName] = "\(handshake.name.forLog)"
         if let rejection = authority.rejection(for: handshake) {
-            connectionLogger.warning("handshake rejected", metadata: ["reason": "\(rejection)", "remote": "\(connection.remoteAddress)"])
+            state.withLock { $0.statistics.rejectedHandshakes += 1 }
+            connectionLogger.warning("handshake rejected", metadata: ["reason": "\(rejection.forLog)", "remote": "\(remote)"])
             try? await connection.write(.rejected(RejectedFrame(message: rejection)))
-            await connection.closeAfterDelivery(reason: rejection)
+            await closeAfterDelivery(connection, reason: rejection)
             return
         }
+        frameReader.setMaximumFrameSize(configuration.limits.maximumFrameSize)
         var connectionMetadata = Metadata()
         connectionMetadata[Metadata.ReservedKey.wantedTarget] = handshake.wantedTarget
         let id = state.withLock { state -> UInt64 in
@@ -180,25 +219,83 @@ public final class Zipper: Sendable {
             state.peers[id] = nil
         } }
         connectionLogger.info("client connected", metadata: [
-            "client_type": "\(handshake.clientType)", "observed_tags": "\(handshake.observedTags.map { "0x" + String($0, radix: 16) })",
+            "client_type": "\(handshake.clientType)", "remote": "\(remote)",
+            "observed_tags": "\(handshake.observedTags.map { "0x" + String($0, radix: 16) })",
         ])
+        // Why this side closes, sent to the peer in the CONNECTION_CLOSE.
+        var closeReason = ""
         do {
             try await connection.write(.handshakeAck)
-            while let frame = try await frames.next() {
+            while let frame = try await frameReader.next() {
                 guard case .data(let data) = frame else { continue }
                 guard !RouteTable.isReserved(data.tag) else {
-                    let reason = "tag 0x\(String(data.tag, radix: 16)) is reserved"
-                    connectionLogger.warning("closing client that wrote a reserved tag", metadata: ["tag": "\(data.tag)"])
-                    await connection.close(reason: reason)
-                    return
+                    closeReason = "tag 0x\(String(data.tag, radix: 16)) is reserved (0xF000-0xFFFF)"
+                    state.withLock { $0.statistics.protocolViolations += 1 }
+                    connectionLogger.warning("closing client that wrote a reserved tag", metadata: ["tag": "\(data.tag)", "remote": "\(remote)"])
+                    break
                 }
                 try await route(data, from: id, connectionMetadata: connectionMetadata, logger: connectionLogger)
             }
-            connectionLogger.info("client disconnected")
+            if closeReason.isEmpty { connectionLogger.info("client disconnected") }
+        } catch let error as WireError {
+            closeReason = "bad frame: \(error)"
+            state.withLock { $0.statistics.protocolViolations += 1 }
+            connectionLogger.warning("closing client that sent a bad frame", metadata: ["error": "\(error)", "remote": "\(remote)"])
         } catch {
             connectionLogger.info("client disconnected", metadata: ["error": "\(error)"])
         }
-        await connection.close(reason: "")
+        await connection.close(reason: closeReason)
+    }
+
+    /// Reads the first frame, which must be a handshake, within the handshake
+    /// timeout and the handshake size limit. On failure: logged once with the
+    /// remote address, the connection closed with the reason, and nil.
+    private func readHandshake(_ connection: QUICFrameConnection) async -> (HandshakeFrame, FrameReader)? {
+        let remote = connection.remoteAddress
+        var frames = FrameReader(connection)
+        frames.setMaximumFrameSize(configuration.limits.maximumHandshakeSize)
+        let reason: String
+        do {
+            let first = try await frames.first(
+                within: options.handshakeTimeout,
+                orFail: YoMoError(.protocolViolation, "no handshake within \(options.handshakeTimeout)"))
+            switch first {
+            case .handshake(let frame)?:
+                return (frame, frames)
+            case nil:
+                logger.info("connection closed before its handshake", metadata: ["remote": "\(remote)"])
+                await connection.close(reason: "")
+                return nil
+            case let other?:
+                reason = "expected a handshake first, got a \(other.type)"
+            }
+        } catch let error as YoMoError {
+            reason = error.message
+        } catch let error as WireError where error.code == .frameTooLarge {
+            reason = "handshake too large: \(error.message) (limit \(configuration.limits.maximumHandshakeSize) bytes before the handshake)"
+        } catch let error as WireError {
+            reason = "bad handshake: \(error)"
+        } catch {
+            logger.info("connection dropped before its handshake", metadata: ["remote": "\(remote)", "error": "\(error)"])
+            await connection.close(reason: "")
+            return nil
+        }
+        state.withLock { $0.statistics.rejectedHandshakes += 1 }
+        logger.warning("connection refused before its handshake", metadata: ["remote": "\(remote)", "reason": "\(reason)"])
+        await connection.close(reason: reason)
+        return nil
+    }
+
+    /// Delivers the RejectedFrame, but never waits longer than the handshake
+    /// timeout for a peer that does not acknowledge it.
+    private func closeAfterDelivery(_ connection: QUICFrameConnection, reason: String) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await connection.connection.finishWriting() }
+            group.addTask { try? await Task.sleep(for: self.options.handshakeTimeout) }
+            await group.next()
+            group.cancelAll()
+        }
+        await connection.close(reason: reason)
     }
 
     /// Sends a frame to every observer; awaiting each write is what makes a slow
@@ -216,22 +313,81 @@ public final class Zipper: Sendable {
         let span = tracing.zipperSpan(tag: data.tag, length: data.payload.readableBytes, metadata: &merged)
         defer { span?.end() }
         let destinations = state.withLock { state in
-            state.routes.destinations(tag: data.tag, target: merged[Metadata.ReservedKey.target]).compactMap { state.peers[$0]?.connection }
+            state.routes.destinations(tag: data.tag, target: merged[Metadata.ReservedKey.target]).compactMap { id in
+                state.peers[id].map { (id, $0.connection) }
+            }
         }
         tracing.debug(logger, under: span, "routing frame", metadata: YoMoLogField.frame(
             tid: merged[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: data.payload.readableBytes
         ).merging(["destinations": "\(destinations.count)"]) { first, _ in first })
         guard !destinations.isEmpty else { return }
         // Metadata encoded once for every destination; the payload is never copied.
-        let outgoing = Frame.data(DataFrame(tag: data.tag, metadata: merged, payload: data.payload))
-        for destination in destinations {
+        let frame = DataFrame(tag: data.tag, metadata: merged, payload: data.payload)
+        let outgoing = Frame.data(frame)
+        let slow = configuration.slowConsumer
+        for (destinationID, destination) in destinations {
             do {
-                try await destination.write(outgoing)
+                if slow.policy == .block {
+                    try await destination.write(outgoing)
+                } else if try destination.tryWrite(frame, limit: slow.maximumBufferedBytes) {
+                    resumed(destinationID, logger: logger)
+                } else if slow.policy == .drop {
+                    dropped(destinationID, logger: logger)
+                } else {
+                    await disconnect(destinationID, destination, logger: logger)
+                }
             } catch {
                 tracing.debug(logger, under: span, "destination gone",
                               metadata: ["remote": "\(destination.remoteAddress)", "error": "\(error)"])
             }
         }
+    }
+
+    /// Counts a frame dropped for a slow consumer; logs the first of a burst.
+    private func dropped(_ id: UInt64, logger: Logger) {
+        let first = state.withLock { state -> RouteMember? in
+            state.statistics.droppedFrames += 1
+            guard var peer = state.peers[id] else { return nil }
+            peer.droppedInBurst += 1
+            state.peers[id] = peer
+            return peer.droppedInBurst == 1 ? peer.member : nil
+        }
+        if let first {
+            logger.warning("slow consumer: dropping frames for it until it catches up", metadata: [
+                YoMoLogField.toID: "\(first.clientID.forLog)", YoMoLogField.toName: "\(first.name.forLog)",
+                "max_buffered_bytes": "\(configuration.slowConsumer.maximumBufferedBytes)",
+            ])
+        }
+    }
+
+    /// Ends a burst of drops: one line with how many frames it missed.
+    private func resumed(_ id: UInt64, logger: Logger) {
+        guard configuration.slowConsumer.policy == .drop else { return }
+        let ended = state.withLock { state -> (RouteMember, Int)? in
+            guard var peer = state.peers[id], peer.droppedInBurst > 0 else { return nil }
+            defer { peer.droppedInBurst = 0; state.peers[id] = peer }
+            return (peer.member, peer.droppedInBurst)
+        }
+        if let (member, count) = ended {
+            logger.warning("slow consumer caught up", metadata: [
+                YoMoLogField.toID: "\(member.clientID.forLog)", YoMoLogField.toName: "\(member.name.forLog)", "dropped": "\(count)",
+            ])
+        }
+    }
+
+    private func disconnect(_ id: UInt64, _ destination: QUICFrameConnection, logger: Logger) async {
+        let member = state.withLock { state -> RouteMember? in
+            guard let peer = state.peers.removeValue(forKey: id) else { return nil }
+            state.routes.remove(id)
+            state.statistics.slowConsumerDisconnects += 1
+            return peer.member
+        }
+        guard let member else { return }
+        let reason = "slow consumer: more than \(configuration.slowConsumer.maximumBufferedBytes) bytes unacknowledged"
+        logger.warning("disconnecting slow consumer", metadata: [
+            YoMoLogField.toID: "\(member.clientID.forLog)", YoMoLogField.toName: "\(member.name.forLog)", "reason": "\(reason)",
+        ])
+        await destination.close(reason: reason)
     }
 }
 
@@ -246,3 +402,13 @@ extension QUICConfiguration {
 }
 
 extension Zipper: Service {}
+
+extension String {
+    /// A peer-supplied string as it goes into a log line: at most 64 characters,
+    /// with the full length said when cut.
+    var forLog: String {
+        let limit = 64
+        guard utf8.count > limit else { return self }
+        return "\(prefix(limit))… (\(utf8.count) bytes)"
+    }
+}

@@ -11,6 +11,9 @@ internal import Yams
 ///   type: token
 ///   token: Z2FyZmllbGQ=
 /// ```
+///
+/// and this SDK's own keys (the Go zipper ignores them): `limits`,
+/// `slow_consumer` and `stateless_reset_key_file`.
 public struct ZipperConfiguration: Hashable, Sendable {
     public var name: String
     public var host: String
@@ -18,21 +21,97 @@ public struct ZipperConfiguration: Hashable, Sendable {
     public var authentication: ZipperAuthentication?
     /// The spec version clients must announce (exact match).
     public var version: String
+    /// What a peer may cost the zipper before and after its handshake.
+    public var limits: Limits
+    /// What happens to frames for a stream function that does not keep up.
+    public var slowConsumer: SlowConsumer
+    /// A file holding the key of the QUIC stateless resets (created, mode 0600,
+    /// if missing). With the same key after a restart, clients of the previous
+    /// run learn at their next packet that the zipper lost their connection and
+    /// reconnect at once, instead of after the idle timeout. `nil`: a random
+    /// key per start (`yomo serve` defaults to a file, see docs/reliability.md).
+    public var statelessResetKeyFile: String?
 
     public static let specVersion = "2024-01-03"
+
+    /// Caps on what peers may hold, checked before they are trusted.
+    public struct Limits: Hashable, Sendable {
+        /// QUIC connections at once; new ones beyond are not answered (their
+        /// clients' handshakes time out and they retry).
+        public var maximumConnections: Int
+        /// Connections that have opened their stream but not finished the YoMo
+        /// handshake; beyond this, new ones are closed with a reason.
+        public var maximumPendingHandshakes: Int
+        /// The largest first frame (the handshake) a connection may send, in
+        /// bytes: bigger ones are refused as soon as their header arrives.
+        public var maximumHandshakeSize: Int
+        /// The largest frame after the handshake, in bytes.
+        public var maximumFrameSize: Int
+
+        public init(
+            maximumConnections: Int = 16384, maximumPendingHandshakes: Int = 1024,
+            maximumHandshakeSize: Int = 64 << 10, maximumFrameSize: Int = 16 << 20
+        ) {
+            self.maximumConnections = maximumConnections
+            self.maximumPendingHandshakes = maximumPendingHandshakes
+            self.maximumHandshakeSize = maximumHandshakeSize
+            self.maximumFrameSize = maximumFrameSize
+        }
+    }
+
+    /// The slow-consumer policy: what routing does when a destination already
+    /// has `maximumBufferedBytes` waiting to be acknowledged.
+    public struct SlowConsumer: Hashable, Sendable {
+        public struct Policy: Hashable, Sendable, CustomStringConvertible {
+            private enum Value: String, Hashable, Sendable { case block, drop, disconnect }
+            private let value: Value
+
+            /// Routing waits for the destination (backpressure up to the source; nothing lost). The default.
+            public static let block = Policy(value: .block)
+            /// The frame is not sent to that destination; drops are counted and logged.
+            public static let drop = Policy(value: .drop)
+            /// The destination is closed with reason "slow consumer"; it may reconnect.
+            public static let disconnect = Policy(value: .disconnect)
+
+            public init?(_ name: String) {
+                guard let value = Value(rawValue: name.lowercased()) else { return nil }
+                self.value = value
+            }
+
+            private init(value: Value) { self.value = value }
+
+            public var description: String { value.rawValue }
+        }
+
+        public var policy: Policy
+        /// Bytes queued for one destination before the policy applies. With
+        /// `block`, a writer waits above this (and is released at half of it).
+        public var maximumBufferedBytes: Int
+
+        public init(policy: Policy = .block, maximumBufferedBytes: Int = 1 << 20) {
+            self.policy = policy
+            self.maximumBufferedBytes = maximumBufferedBytes
+        }
+    }
 
     public init(
         name: String = "zipper",
         host: String = "127.0.0.1",
         port: Int = 9000,
         authentication: ZipperAuthentication? = nil,
-        version: String = ZipperConfiguration.specVersion
+        version: String = ZipperConfiguration.specVersion,
+        limits: Limits = Limits(),
+        slowConsumer: SlowConsumer = SlowConsumer(),
+        statelessResetKeyFile: String? = nil
     ) {
         self.name = name
         self.host = host
         self.port = port
         self.authentication = authentication
         self.version = version
+        self.limits = limits
+        self.slowConsumer = slowConsumer
+        self.statelessResetKeyFile = statelessResetKeyFile
     }
 
     /// Reads a YAML config; missing keys keep their defaults.
@@ -76,6 +155,45 @@ public struct ZipperConfiguration: Hashable, Sendable {
             }
             authentication = .token(token)
         }
+        if let limits = map["limits"] {
+            guard let limits = limits as? [String: Any] else {
+                throw YoMoError(.invalidConfiguration, "zipper config: limits must be a mapping")
+            }
+            func positive(_ key: String, _ target: inout Int) throws(YoMoError) {
+                guard let raw = limits[key] else { return }
+                guard let value = raw as? Int, value > 0 else {
+                    throw YoMoError(.invalidConfiguration, "zipper config: limits.\(key) must be a positive number")
+                }
+                target = value
+            }
+            try positive("max_connections", &self.limits.maximumConnections)
+            try positive("max_pending_handshakes", &self.limits.maximumPendingHandshakes)
+            try positive("max_handshake_size", &self.limits.maximumHandshakeSize)
+            try positive("max_frame_size", &self.limits.maximumFrameSize)
+        }
+        if let slow = map["slow_consumer"] {
+            guard let slow = slow as? [String: Any] else {
+                throw YoMoError(.invalidConfiguration, "zipper config: slow_consumer must be a mapping")
+            }
+            if let policy = slow["policy"] {
+                guard let name = policy as? String, let parsed = SlowConsumer.Policy(name) else {
+                    throw YoMoError(.invalidConfiguration, "zipper config: slow_consumer.policy must be block, drop or disconnect")
+                }
+                slowConsumer.policy = parsed
+            }
+            if let bytes = slow["max_buffered_bytes"] {
+                guard let bytes = bytes as? Int, bytes > 0 else {
+                    throw YoMoError(.invalidConfiguration, "zipper config: slow_consumer.max_buffered_bytes must be a positive number")
+                }
+                slowConsumer.maximumBufferedBytes = bytes
+            }
+        }
+        if let file = map["stateless_reset_key_file"] {
+            guard let file = file as? String, !file.isEmpty else {
+                throw YoMoError(.invalidConfiguration, "zipper config: stateless_reset_key_file must be a path")
+            }
+            statelessResetKeyFile = file
+        }
     }
 
     public init(contentsOfFile path: String) throws(YoMoError) {
@@ -86,5 +204,34 @@ public struct ZipperConfiguration: Hashable, Sendable {
             throw YoMoError(.invalidConfiguration, "cannot read zipper config \(path): \(error.localizedDescription)")
         }
         try self.init(yaml: text)
+    }
+}
+
+extension ZipperConfiguration {
+    /// The stateless reset key from `statelessResetKeyFile`: read, or made (32
+    /// random bytes, mode 0600) when the file does not exist yet.
+    func loadStatelessResetKey() throws(YoMoError) -> [UInt8]? {
+        guard let path = statelessResetKeyFile else { return nil }
+        let url = URL(fileURLWithPath: path)
+        if let data = try? Data(contentsOf: url) {
+            guard data.count >= 16 else {
+                throw YoMoError(.invalidConfiguration, "stateless reset key file \(path) holds \(data.count) bytes; at least 16 are needed")
+            }
+            return Array(data)
+        }
+        var key = [UInt8](repeating: 0, count: 32)
+        var generator = SystemRandomNumberGenerator()
+        for index in key.indices { key[index] = generator.next() }
+        do {
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            guard FileManager.default.createFile(atPath: path, contents: Data(key), attributes: [.posixPermissions: 0o600]) else {
+                throw YoMoError(.invalidConfiguration, "cannot create stateless reset key file \(path)")
+            }
+        } catch let error as YoMoError {
+            throw error
+        } catch {
+            throw YoMoError(.invalidConfiguration, "cannot create stateless reset key file \(path): \(error.localizedDescription)")
+        }
+        return key
     }
 }

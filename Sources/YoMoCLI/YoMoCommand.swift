@@ -34,12 +34,31 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Require clients to present credential token:<TOKEN>.")
     var token: String?
 
+    @Option(
+        name: .customLong("stateless-reset-key-file"),
+        help: "Key of QUIC stateless resets, kept across restarts so clients reconnect at once (default: $XDG_STATE_HOME/yomo/zipper-<port>.reset-key, else ~/.local/state/yomo/…; 'none': a random key per start).")
+    var statelessResetKeyFile: String?
+
+    @Option(name: .customLong("slow-consumer"), help: "What to do with a stream function that does not keep up: block (default), drop or disconnect.")
+    var slowConsumer: String?
+
     func run() async throws {
         let logging = bootstrapLogging(service: "yomo-zipper")
         var configuration = try config.map { try ZipperConfiguration(contentsOfFile: $0) } ?? ZipperConfiguration()
         if let host { configuration.host = host }
         if let port { configuration.port = port }
         if let token { configuration.authentication = .token(token) }
+        if let slowConsumer {
+            guard let policy = ZipperConfiguration.SlowConsumer.Policy(slowConsumer) else {
+                throw ValidationError("--slow-consumer must be block, drop or disconnect")
+            }
+            configuration.slowConsumer.policy = policy
+        }
+        if let statelessResetKeyFile {
+            configuration.statelessResetKeyFile = statelessResetKeyFile == "none" ? nil : statelessResetKeyFile
+        } else if configuration.statelessResetKeyFile == nil {
+            configuration.statelessResetKeyFile = defaultStatelessResetKeyFile(port: configuration.port)
+        }
         let zipper = Zipper(configuration: configuration)
         try await zipper.start()
         await zipper.wait()
@@ -47,3 +66,17 @@ struct Serve: AsyncParsableCommand {
     }
 }
 
+
+/// Where `yomo serve` keeps its stateless reset key unless told otherwise: the
+/// XDG state directory, so a restarted zipper resets its old clients' packets.
+func defaultStatelessResetKeyFile(port: Int, environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
+    let base: String
+    if let state = environment["XDG_STATE_HOME"], !state.isEmpty {
+        base = state
+    } else if let home = environment["HOME"], !home.isEmpty {
+        base = home + "/.local/state"
+    } else {
+        return nil
+    }
+    return "\(base)/yomo/zipper-\(port).reset-key"
+}

@@ -3,8 +3,10 @@ import Foundation
 /// QUIC transport settings: the Swift counterpart of the Go SDK's `WithClientQuicConfig`.
 /// The defaults are YoMo's.
 public struct QUICConfiguration: Sendable, Hashable {
-    /// Interval of keep-alive PINGs; `nil` disables them. 2 s keeps a link to the
-    /// Go zipper (idle timeout 5 s) alive.
+    /// Interval of keep-alive PINGs; `nil` disables them. 1 s keeps a link to the
+    /// Go zipper (idle timeout 5 s) alive, and an idle client learns within about
+    /// a second that a restarted zipper lost its connection (the PING is answered
+    /// with a stateless reset).
     public var keepAliveInterval: Duration?
     /// Time allowed for the QUIC + TLS handshake.
     public var handshakeTimeout: Duration
@@ -23,7 +25,7 @@ public struct QUICConfiguration: Sendable, Hashable {
     public var alpn: String
 
     public init(
-        keepAliveInterval: Duration? = .seconds(2),
+        keepAliveInterval: Duration? = .seconds(1),
         handshakeTimeout: Duration = .seconds(3),
         idleTimeout: Duration = .seconds(40),
         streamReceiveWindow: Int = 2 << 20,

@@ -10,7 +10,9 @@ struct SendShared {
     var lastIsOwned = false
     /// Queued plus unacknowledged bytes: what backpressure is measured on.
     var buffered = 0
-    var waiters: [CheckedContinuation<QUICError?, Never>] = []
+    /// Writers waiting for room, by ticket (a cancelled writer removes its own).
+    var waiters: [(ticket: UInt64, continuation: CheckedContinuation<QUICError?, Never>)] = []
+    var nextTicket: UInt64 = 0
     var flushScheduled = false
     var finRequested = false
     var finSent = false
@@ -31,14 +33,26 @@ struct SendShared {
     }
 
     mutating func appendEncoded(length: Int, _ encode: (inout ByteBuffer) -> Void) {
-        if lastIsOwned, let last = pending.indices.last, pending[last].writableBytes >= length {
+        if lastIsOwned, let last = pending.indices.last, pending[last].readableBytes + length <= Self.coalescingLimit {
+            // Nothing points into a queued buffer yet, so it may grow (and move).
             encode(&pending[last])
         } else {
-            var b = ByteBufferAllocator().buffer(capacity: max(16384, length))
+            // Sized to the data: a fixed 16 KiB per small write, held until
+            // acknowledged, cost a zipper fanning out to hundreds of peers
+            // hundreds of megabytes.
+            var b = ByteBufferAllocator().buffer(capacity: length)
             encode(&b)
             pending.append(b)
             lastIsOwned = true
         }
+    }
+
+    /// Small writes join one buffer up to this size.
+    static let coalescingLimit = 65536
+
+    mutating func takeAllWaiters() -> [CheckedContinuation<QUICError?, Never>] {
+        defer { waiters = [] }
+        return waiters.map(\.continuation)
     }
 
     /// Removes the drain waiters if everything written (and the FIN) went out and was acknowledged.
@@ -104,6 +118,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     private var deadline = UInt64.max
     private var socketClosed = false
     private var statelessResetReceived = false
+    /// ICMP port-unreachable reports since the last datagram from the peer.
+    private var refusalsInARow = 0
     private var closePacket: [UInt8] = []
     private var packetsInClosing = 0
     private(set) var terminalError: QUICError?
@@ -136,6 +152,10 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     weak var server: ServerCore?
     var routes: Set<ConnectionID> = []
     var countedAsHandshaking = false
+    /// Server: when a connection that has not opened its stream by then is closed
+    /// (a peer that completes the QUIC handshake and stays mute is reaped).
+    var streamDeadline = UInt64.max
+    var streamOpenTimeoutDescription = ""
     /// Server: told once the client opened its stream.
     var onStreamOpened: (() -> Void)?
 
@@ -176,8 +196,20 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
                     terminate(.socket("connect \(peerDescription)", errno: ECONNREFUSED), period: .closed)
                     return
                 }
-                continue  // Later ICMP errors are left to the idle timer.
+                if -n == ECONNREFUSED {
+                    // Port unreachable twice with nothing received in between: the
+                    // peer's process is gone (a crashed zipper). Ending now, instead
+                    // of at the idle timeout, stops writes from vanishing into a dead
+                    // connection. One refusal alone may be stale; it is ignored.
+                    refusalsInARow += 1
+                    if refusalsInARow >= 2 {
+                        terminate(.socket("peer \(peerDescription) unreachable", errno: ECONNREFUSED), period: .closed)
+                        return
+                    }
+                }
+                continue  // Other ICMP errors are left to the idle timer.
             }
+            refusalsInARow = 0
             let address = UDPAddress(storage: from, length: fromLength)
             var offset = 0
             let step = max(1, segment)
@@ -249,6 +281,11 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         case .closed:
             deadline = .max
         case .handshaking, .established:
+            if streamID == nil, now >= streamDeadline {
+                server?.stats.streamTimeouts.add(1, ordering: .relaxed)
+                closeLocally(code: QUICError.yomoCloseCode, reason: "no stream opened within \(streamOpenTimeoutDescription)")
+                return
+            }
             guard let ng else { return }
             handle(ng.handleExpiry(now: now))
             if isActive { flush() }
@@ -259,7 +296,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         switch phase {
         case .closing(let until), .draining(let until): deadline = until
         case .closed: deadline = .max
-        case .handshaking, .established: deadline = ng?.expiry ?? .max
+        case .handshaking, .established:
+            deadline = min(ng?.expiry ?? .max, streamID == nil ? streamDeadline : .max)
         }
     }
 
@@ -516,8 +554,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         // Record the error on both sides before waking anyone: a woken reader may write at once.
         let writers = sendShared.withLock { s -> [CheckedContinuation<QUICError?, Never>] in
             s.error = error
-            let w = s.waiters + s.drainWaiters
-            s.waiters = []
+            let w = s.takeAllWaiters() + s.drainWaiters
             s.drainWaiters = []
             return w
         }
@@ -653,8 +690,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             s.buffered -= Int(length)
             var w = s.takeDrainedWaiters()
             guard s.buffered <= limit, !s.waiters.isEmpty else { return w }
-            w += s.waiters
-            s.waiters = []
+            w += s.takeAllWaiters()
             return w
         }
         for w in waiters { w.resume(returning: nil) }
@@ -725,18 +761,54 @@ extension ConnectionCore {
         }
         if wake { loop.execute { [self] in flushFromApplication() } }
         if mustWait {
-            let error = await withCheckedContinuation { (c: CheckedContinuation<QUICError?, Never>) in
-                let immediate = sendShared.withLock { s -> QUICError?? in
-                    if let e = s.error { return .some(e) }
-                    if s.buffered <= limit / 2 { return .some(nil) }
-                    s.waiters.append(c)
-                    return .none
+            // The bytes are queued already: a cancelled wait returns without error,
+            // since the write did happen (only the backpressure wait is cut short).
+            let ticket = sendShared.withLock { s -> UInt64 in
+                s.nextTicket += 1
+                return s.nextTicket
+            }
+            let error = await withTaskCancellationHandler {
+                await withCheckedContinuation { (c: CheckedContinuation<QUICError?, Never>) in
+                    let immediate = sendShared.withLock { s -> QUICError?? in
+                        if let e = s.error { return .some(e) }
+                        if s.buffered <= limit / 2 || Task.isCancelled { return .some(nil) }
+                        s.waiters.append((ticket, c))
+                        return .none
+                    }
+                    if let immediate { c.resume(returning: immediate) }
                 }
-                if let immediate { c.resume(returning: immediate) }
+            } onCancel: {
+                let waiter = sendShared.withLock { s -> CheckedContinuation<QUICError?, Never>? in
+                    guard let index = s.waiters.firstIndex(where: { $0.ticket == ticket }) else { return nil }
+                    return s.waiters.remove(at: index).continuation
+                }
+                waiter?.resume(returning: nil)
             }
             if let error { throw error }
         }
     }
+
+    /// Queues a frame unless more than `limit` bytes are already buffered: the
+    /// zipper's non-blocking write for its drop and disconnect policies.
+    /// Returns false (and queues nothing) when over the limit.
+    func tryWrite(length: Int, limit: Int, _ encode: (inout ByteBuffer) -> Void) throws(QUICError) -> Bool {
+        let wake = try sendShared.withLock { s throws(QUICError) -> Bool? in
+            if let error = s.error { throw error }
+            if s.finRequested { throw QUICError.invalidConfiguration("write after finishWriting()") }
+            guard s.buffered + length <= limit || s.buffered == 0 else { return nil }
+            s.appendEncoded(length: length, encode)
+            s.buffered += length
+            let wake = !s.flushScheduled
+            s.flushScheduled = true
+            return wake
+        }
+        guard let wake else { return false }
+        if wake { loop.execute { [self] in flushFromApplication() } }
+        return true
+    }
+
+    /// Bytes written but not yet acknowledged by the peer.
+    var unacknowledgedBytes: Int { sendShared.withLock { $0.buffered } }
 
     /// Sends FIN after the queued bytes and waits until all of it is acknowledged.
     func finishWriting() async throws(QUICError) {
@@ -748,14 +820,24 @@ extension ConnectionCore {
             return wake
         }
         if wake { loop.execute { [self] in flushFromApplication() } }
-        let error = await withCheckedContinuation { (c: CheckedContinuation<QUICError?, Never>) in
-            let immediate = sendShared.withLock { s -> QUICError?? in
-                if let e = s.error { return .some(e) }
-                if s.finSent && s.buffered == 0 { return .some(nil) }
-                s.drainWaiters.append(c)
-                return .none
+        // Cancelling gives up waiting for the acknowledgements (a bounded close).
+        let error = await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<QUICError?, Never>) in
+                let immediate = sendShared.withLock { s -> QUICError?? in
+                    if let e = s.error { return .some(e) }
+                    if s.finSent && s.buffered == 0 { return .some(nil) }
+                    if Task.isCancelled { return .some(.cancelled) }
+                    s.drainWaiters.append(c)
+                    return .none
+                }
+                if let immediate { c.resume(returning: immediate) }
             }
-            if let immediate { c.resume(returning: immediate) }
+        } onCancel: {
+            let waiters = sendShared.withLock { s -> [CheckedContinuation<QUICError?, Never>] in
+                defer { s.drainWaiters = [] }
+                return s.drainWaiters
+            }
+            for waiter in waiters { waiter.resume(returning: .cancelled) }
         }
         if let error { throw error }
     }
@@ -764,16 +846,28 @@ extension ConnectionCore {
         flush()
     }
 
+    /// The next received bytes; a cancelled wait throws `QUICError.cancelled` and
+    /// loses nothing (bytes arriving later go to the next call).
     nonisolated(nonsending) func receive() async throws(QUICError) -> ByteBuffer? {
         if let fast = takeChunk() { return try fast.get() }
-        let result = await withCheckedContinuation { (c: CheckedContinuation<Result<ByteBuffer?, QUICError>, Never>) in
-            let immediate = recvShared.withLock { s -> Result<ByteBuffer?, QUICError>? in
-                if let r = Self.take(&s) { return r }
-                precondition(s.waiter == nil, "QUICConnection.inbound supports one reader at a time")
-                s.waiter = c
-                return nil
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Result<ByteBuffer?, QUICError>, Never>) in
+                let immediate = recvShared.withLock { s -> Result<ByteBuffer?, QUICError>? in
+                    if let r = Self.take(&s) { return r }
+                    // Checked under the lock that onCancel takes: no lost wake-up.
+                    if Task.isCancelled { return .failure(.cancelled) }
+                    precondition(s.waiter == nil, "QUICConnection.inbound supports one reader at a time")
+                    s.waiter = c
+                    return nil
+                }
+                if let immediate { c.resume(returning: immediate) }
             }
-            if let immediate { c.resume(returning: immediate) }
+        } onCancel: {
+            let waiter = recvShared.withLock { s -> CheckedContinuation<Result<ByteBuffer?, QUICError>, Never>? in
+                defer { s.waiter = nil }
+                return s.waiter
+            }
+            waiter?.resume(returning: .failure(.cancelled))
         }
         scheduleExtend()
         return try result.get()

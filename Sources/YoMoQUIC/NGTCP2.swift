@@ -543,7 +543,10 @@ enum NGPacket {
     static func writeStatelessReset(
         into dest: UnsafeMutableRawBufferPointer, dcid: ConnectionID, secret: [UInt8], triggerLength: Int
     ) -> Int {
-        let minimum = 41
+        // RFC 9000 §10.3: at least 21 bytes, and smaller than the packet that
+        // triggered it (so two endpoints cannot loop). A keep-alive PING is ~40
+        // bytes: answering it is how an idle client learns of a restart at once.
+        let minimum = 21
         guard triggerLength > minimum else { return 0 }
         var cid = dcid.ngtcp2
         var token = [UInt8](repeating: 0, count: Int(NGTCP2_STATELESS_RESET_TOKENLEN))

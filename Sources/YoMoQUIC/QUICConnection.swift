@@ -131,6 +131,10 @@ public final class QUICConnection: Sendable {
         }
     }
 
+    /// Bytes written but not yet acknowledged by the peer: what may be lost if
+    /// the connection dies now.
+    public var unacknowledgedBytes: Int { core.unacknowledgedBytes }
+
     /// Why the connection ended, once it has.
     public var closeReason: QUICError? {
         core.sendShared.withLock { $0.error }

@@ -18,6 +18,7 @@ public struct QUICError: Error, Sendable, Hashable, CustomStringConvertible {
         case socket
         case invalidConfiguration
         case streamReset
+        case cancelled
     }
 
     /// The category of a `QUICError`.
@@ -47,6 +48,8 @@ public struct QUICError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let invalidConfiguration = Kind(code: .invalidConfiguration)
         /// The peer reset the stream or stopped reading it.
         public static let streamReset = Kind(code: .streamReset)
+        /// The task waiting on the connection was cancelled (the connection is unaffected).
+        public static let cancelled = Kind(code: .cancelled)
 
         public var description: String { "\(code)" }
     }
@@ -71,10 +74,10 @@ public struct QUICError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The YoMo application error code for a normal close (`0x13`).
     public static let yomoCloseCode: UInt64 = 0x13
 
-    /// Whether the peer closed with application code 0 and no reason: the YoMo
-    /// zipper's listener shut down.
+    /// Whether the peer closed with application code 0: the YoMo zipper's listener
+    /// shut down (Go sends no reason; ours says why).
     public var isListenerShutdown: Bool {
-        code == .closedByPeer && applicationErrorCode == 0 && (reason ?? "").isEmpty
+        code == .closedByPeer && applicationErrorCode == 0
     }
 
     /// The TLS alert's name, e.g. "bad certificate".
@@ -122,6 +125,7 @@ public struct QUICError: Error, Sendable, Hashable, CustomStringConvertible {
     }
     static func invalidConfiguration(_ detail: String) -> QUICError { QUICError(.invalidConfiguration, detail) }
     static func streamReset(code: UInt64) -> QUICError { QUICError(.streamReset, application: code, remote: true) }
+    static let cancelled = QUICError(.cancelled)
 
     public var description: String {
         switch code {
@@ -133,7 +137,10 @@ public struct QUICError: Error, Sendable, Hashable, CustomStringConvertible {
             return "QUIC: TLS alert \"\(tlsAlertName ?? "?")\" (\(tlsAlert ?? 0), \(who))\(detail.isEmpty ? "" : ": \(detail)")"
         case .tls: return "QUIC: TLS error: \(detail)"
         case .closedByPeer:
-            if isListenerShutdown { return "QUIC: closed by peer: listener shut down (code 0)" }
+            if isListenerShutdown {
+                let why = (reason ?? "").isEmpty ? "" : ": \(reason!)"
+                return "QUIC: closed by peer: listener shut down (code 0)\(why)"
+            }
             if let app = applicationErrorCode {
                 return "QUIC: closed by peer with application error 0x\(String(app, radix: 16)): \(reason ?? "")"
             }
@@ -145,6 +152,7 @@ public struct QUICError: Error, Sendable, Hashable, CustomStringConvertible {
         case .socket: return "QUIC: socket error: \(detail)"
         case .invalidConfiguration: return "QUIC: invalid configuration: \(detail)"
         case .streamReset: return "QUIC: stream reset by peer with code 0x\(String(applicationErrorCode ?? 0, radix: 16))"
+        case .cancelled: return "QUIC: wait cancelled"
         }
     }
 

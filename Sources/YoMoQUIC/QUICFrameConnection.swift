@@ -43,6 +43,13 @@ public final class QUICFrameConnection: Sendable {
         }
     }
 
+    /// Queues a DataFrame only if at most `limit` bytes are waiting for the peer
+    /// (an idle connection takes any frame); never waits. False: not queued.
+    /// The zipper's write for its `drop` and `disconnect` slow-consumer policies.
+    public func tryWrite(_ data: DataFrame, limit: Int) throws(QUICError) -> Bool {
+        try connection.core.tryWrite(length: data.encodedLength, limit: limit) { data.encode(into: &$0) }
+    }
+
     /// Received frames, in order. Ends when the peer finishes the stream; throws a
     /// `QUICError` when the connection fails or a `WireError` on a malformed frame.
     /// One iterator at a time.
@@ -80,6 +87,12 @@ public final class QUICFrameConnection: Sendable {
 
             public mutating func next() async throws -> Frame? {
                 try await next(isolation: nil)
+            }
+
+            /// Changes the frame size limit for the frames still to come: a zipper
+            /// reads the first frame with a small limit until the handshake is accepted.
+            public mutating func setMaximumFrameSize(_ maximumFrameSize: Int) {
+                decoder = FrameDecoder(maximumFrameSize: maximumFrameSize)
             }
 
             /// Runs on the caller's actor: no executor hop per frame.

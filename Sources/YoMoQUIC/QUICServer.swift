@@ -21,11 +21,41 @@ public final class QUICServer: Sendable {
         self.port = core.local.port
     }
 
+    /// Caps that protect the listener from floods and mute peers.
+    public struct Limits: Sendable, Hashable {
+        /// Connections at once (handshaking, open, closing); Initials beyond are dropped.
+        public var maximumConnections: Int
+        /// Connections in their QUIC handshake at once; Initials beyond are dropped.
+        public var maximumHandshakes: Int
+        /// A connection that has not opened its stream this long after its first
+        /// packet is closed, even if it answers keep-alives.
+        public var streamOpenTimeout: Duration
+
+        public init(maximumConnections: Int = 16384, maximumHandshakes: Int = 4096, streamOpenTimeout: Duration = .seconds(10)) {
+            self.maximumConnections = maximumConnections
+            self.maximumHandshakes = maximumHandshakes
+            self.streamOpenTimeout = streamOpenTimeout
+        }
+
+        public static let `default` = Limits()
+    }
+
     /// Binds `host:port` (port 0 picks a free one).
+    ///
+    /// `statelessResetKey` (16 bytes or more) derives the stateless reset tokens;
+    /// give the same key after a restart so that clients of the previous run get
+    /// resets they recognise and reconnect at once. `nil`: a random key per bind.
     public static func bind(
-        host: String, port: Int, configuration: QUICConfiguration = .default, tls: ServerTLSConfiguration = .selfSigned
+        host: String, port: Int, configuration: QUICConfiguration = .default, tls: ServerTLSConfiguration = .selfSigned,
+        limits: Limits = .default, statelessResetKey: [UInt8]? = nil
     ) async throws(QUICError) -> QUICServer {
         try configuration.validate()
+        guard limits.maximumConnections > 0, limits.maximumHandshakes > 0, limits.streamOpenTimeout > .zero else {
+            throw .invalidConfiguration("server limits must be positive")
+        }
+        if let statelessResetKey, statelessResetKey.count < 16 {
+            throw .invalidConfiguration("the stateless reset key must be at least 16 bytes")
+        }
         let address = try UDPAddress.resolve(host: host, port: port)[0]
         let credentials = try TLSCredentials(server: tls)
         let fd = try makeUDPSocket(family: address.family)
@@ -46,7 +76,7 @@ public final class QUICServer: Sendable {
         let debug = ProcessInfo.processInfo.environment["YOMO_QUIC_DEBUG"] != nil
         let core = ServerCore(
             loop: loop, fd: fd, local: local, configuration: configuration, credentials: credentials,
-            verifyClient: tls.clientCAFile != nil, debugLog: debug)
+            verifyClient: tls.clientCAFile != nil, limits: limits, statelessResetKey: statelessResetKey, debugLog: debug)
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             loop.execute {
                 core.start()
@@ -60,12 +90,12 @@ public final class QUICServer: Sendable {
     public var connections: Connections { Connections(core: core) }
 
     /// Closes every connection with application code 0 (the YoMo "listener shut
-    /// down" signal), stops listening and ends `connections`.
-    public func close() async {
+    /// down" signal) and `reason`, stops listening and ends `connections`.
+    public func close(reason: String = "") async {
         let core = self.core
         let running = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
             let queued = core.loop.execute {
-                core.shutdown()
+                core.shutdown(reason: reason)
                 c.resume(returning: true)
             }
             if !queued { c.resume(returning: false) }  // closed before
@@ -94,7 +124,8 @@ public final class QUICServer: Sendable {
         return Statistics(
             datagrams: s.datagrams.load(ordering: .relaxed), dropped: s.dropped.load(ordering: .relaxed),
             accepted: s.accepted.load(ordering: .relaxed), versionNegotiations: s.versionNegotiations.load(ordering: .relaxed),
-            statelessResets: s.statelessResets.load(ordering: .relaxed))
+            statelessResets: s.statelessResets.load(ordering: .relaxed), streamTimeouts: s.streamTimeouts.load(ordering: .relaxed),
+            refusedOverLimit: s.refusedOverLimit.load(ordering: .relaxed))
     }
 
     public struct Statistics: Sendable, Hashable {
@@ -103,6 +134,10 @@ public final class QUICServer: Sendable {
         public var accepted: Int
         public var versionNegotiations: Int
         public var statelessResets: Int
+        /// Connections closed for opening no stream within `Limits.streamOpenTimeout`.
+        public var streamTimeouts: Int
+        /// Initials dropped at `Limits.maximumConnections` or `maximumHandshakes`.
+        public var refusedOverLimit: Int
     }
 
     public struct Connections: AsyncSequence, Sendable {

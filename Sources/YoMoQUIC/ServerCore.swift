@@ -13,9 +13,6 @@ struct AcceptShared {
 /// connections by destination connection id.
 final class ServerCore: LoopSource, @unchecked Sendable {
     static let cidLength = 18
-    /// Connections still in their handshake at once; Initials beyond are dropped, so
-    /// a flood of (possibly spoofed) Initials cannot grow state without bound.
-    static let maxHandshaking = 4096
 
     let loop: QUICEventLoop
     let fd: Int32
@@ -23,6 +20,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     let configuration: QUICConfiguration
     let credentials: TLSCredentials
     let verifyClient: Bool
+    let limits: QUICServer.Limits
     private let resetSecret: [UInt8]
     private let debugLog: Bool
 
@@ -43,17 +41,27 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// Counters for tests and diagnostics (atomics: bumped per datagram).
     let stats = ServerStats()
 
-    init(loop: QUICEventLoop, fd: Int32, local: UDPAddress, configuration: QUICConfiguration, credentials: TLSCredentials, verifyClient: Bool, debugLog: Bool) {
+    init(
+        loop: QUICEventLoop, fd: Int32, local: UDPAddress, configuration: QUICConfiguration, credentials: TLSCredentials,
+        verifyClient: Bool, limits: QUICServer.Limits, statelessResetKey: [UInt8]?, debugLog: Bool
+    ) {
         self.loop = loop
         self.fd = fd
         self.local = local
         self.configuration = configuration
         self.credentials = credentials
         self.verifyClient = verifyClient
+        self.limits = limits
         self.debugLog = debugLog
-        var secret = [UInt8](repeating: 0, count: 32)
-        gnutls_rnd(GNUTLS_RND_RANDOM, &secret, 32)
-        resetSecret = secret
+        if let statelessResetKey {
+            // The same key after a restart gives the same reset tokens, so clients
+            // of the previous run recognise our resets and reconnect at once.
+            resetSecret = statelessResetKey
+        } else {
+            var secret = [UInt8](repeating: 0, count: 32)
+            gnutls_rnd(GNUTLS_RND_RANDOM, &secret, 32)
+            resetSecret = secret
+        }
     }
 
     deinit { close(fd) }
@@ -111,8 +119,16 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                 core.receive(datagram, from: address)
                 return core
             }
-            guard !closed, NGPacket.isInitial(datagram), datagram.count >= 1200, handshaking < Self.maxHandshaking else {
+            // Beyond the caps, Initials are dropped: a flood of (possibly spoofed)
+            // Initials cannot grow state without bound, and a client over the
+            // connection cap times out its handshake and retries later.
+            guard !closed, NGPacket.isInitial(datagram), datagram.count >= 1200 else {
                 stats.dropped.add(1, ordering: .relaxed)
+                return nil
+            }
+            guard handshaking < limits.maximumHandshakes, connections.count < limits.maximumConnections else {
+                stats.dropped.add(1, ordering: .relaxed)
+                stats.refusedOverLimit.add(1, ordering: .relaxed)
                 return nil
             }
             return accept(datagram, from: address, originalDCID: dcid)
@@ -147,6 +163,8 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         core.routes = [originalDCID, scid]
         routes[originalDCID] = core
         routes[scid] = core
+        core.streamDeadline = monotonicNow() &+ limits.streamOpenTimeout.nanoseconds
+        core.streamOpenTimeoutDescription = "\(limits.streamOpenTimeout)"
         loop.addTimed(core)
         core.onStreamOpened = { [weak self, unowned core] in self?.streamOpened(core) }
         stats.accepted.add(1, ordering: .relaxed)
@@ -227,11 +245,11 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     // MARK: Shutdown
 
     /// Closes every connection with code 0 (listener shut down) and stops listening.
-    func shutdown() {
+    func shutdown(reason: String) {
         guard !closed else { return }
         closed = true
         for core in Array(connections.values) {
-            core.closeLocally(code: 0, reason: "")
+            core.closeLocally(code: 0, reason: reason)
             core.release()
         }
         loop.unregister(fd: fd)
@@ -251,4 +269,8 @@ final class ServerStats: Sendable {
     let accepted = Atomic<Int>(0)
     let versionNegotiations = Atomic<Int>(0)
     let statelessResets = Atomic<Int>(0)
+    /// Connections closed because they opened no stream in time.
+    let streamTimeouts = Atomic<Int>(0)
+    /// Initials dropped because a connection or handshake cap was reached.
+    let refusedOverLimit = Atomic<Int>(0)
 }

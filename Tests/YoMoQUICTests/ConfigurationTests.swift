@@ -3,10 +3,10 @@ import Testing
 
 @Suite("Configuration and errors")
 struct ConfigurationTests {
-    @Test("defaults are YoMo's: keep-alive 2 s, handshake 3 s, idle 40 s, 2 MiB windows, ALPN yomo")
+    @Test("defaults: keep-alive 1 s (fast restart detection), handshake 3 s, idle 40 s, 2 MiB windows, ALPN yomo")
     func defaults() {
         let c = QUICConfiguration.default
-        #expect(c.keepAliveInterval == .seconds(2))
+        #expect(c.keepAliveInterval == .seconds(1))
         #expect(c.handshakeTimeout == .seconds(3))
         #expect(c.idleTimeout == .seconds(40))
         #expect(c.streamReceiveWindow == 2 << 20)

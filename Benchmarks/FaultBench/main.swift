@@ -1,0 +1,258 @@
+// Fault figures for docs/reliability.md: fan-out memory at hundreds of
+// observers, reconnect time after a zipper restart, zipper memory per idle
+// connection. Each runs `yomo serve` as a child process (the build's own, or
+// --yomo) on a free loopback port, so its RSS is the zipper's alone.
+//
+//   swift run -c release yomo-fault-bench fanout --observers 300 --frames 1000 --size 64
+//   swift run -c release yomo-fault-bench reconnect --rounds 3
+//   swift run -c release yomo-fault-bench idle --connections 500
+import ArgumentParser
+import Foundation
+import Logging
+import Synchronization
+import YoMo
+
+@main
+struct FaultBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "yomo-fault-bench",
+        abstract: "Fault and memory figures of the zipper and its clients.",
+        subcommands: [Fanout.self, Reconnect.self, Idle.self])
+}
+
+struct ZipperOptions: ParsableArguments {
+    @Option(help: "The yomo executable (default: beside this one).") var yomo: String?
+    @Option(help: "UDP port for the zipper.") var port = 19_400
+    @Option(help: "Slow-consumer policy of the zipper.") var slowConsumer = "block"
+}
+
+/// `yomo serve` as a child process.
+final class ZipperProcess: @unchecked Sendable {
+    let process = Process()
+    let port: Int
+
+    init(_ options: ZipperOptions, keyFile: String) throws {
+        port = options.port
+        let yomo = options.yomo ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("yomo").path
+        process.executableURL = URL(fileURLWithPath: yomo)
+        process.arguments = [
+            "serve", "--host", "127.0.0.1", "--port", "\(port)", "--slow-consumer", options.slowConsumer,
+            "--stateless-reset-key-file", keyFile,
+        ]
+        if let log = ProcessInfo.processInfo.environment["FAULT_BENCH_ZIPPER_LOG"] {
+            FileManager.default.createFile(atPath: log, contents: nil)
+            let handle = FileHandle(forWritingAtPath: log)
+            handle?.seekToEndOfFile()
+            process.standardError = handle
+        } else {
+            process.standardError = FileHandle.nullDevice
+        }
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    var address: String { "127.0.0.1:\(port)" }
+
+    /// Resident and peak resident set, in MiB, from /proc.
+    var memory: (rss: Double, peak: Double) {
+        guard let status = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8) else { return (0, 0) }
+        func field(_ name: String) -> Double {
+            guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(name) }) else { return 0 }
+            return Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0").map { $0 / 1024 } ?? 0
+        }
+        return (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    func kill() {
+        Foundation.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+    }
+}
+
+/// Waits until `condition` holds, polling; false after `timeout`.
+func waitUntil(_ timeout: Duration, _ condition: () -> Bool) async -> Bool {
+    let clock = ContinuousClock()
+    let deadline = clock.now.advanced(by: timeout)
+    while clock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(2))
+    }
+    return condition()
+}
+
+func quietOptions(tags: [UInt32] = []) -> StreamFunction.Options {
+    var options = StreamFunction.Options(observedTags: tags)
+    options.logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
+    options.retryConnect = true
+    return options
+}
+
+func keyFile() -> String { NSTemporaryDirectory() + "yomo-fault-bench-\(getpid()).key" }
+
+/// Waits until the zipper answers a handshake.
+func waitForZipper(_ address: String) async throws {
+    for _ in 0..<500 {
+        let probe = Source(name: "probe", zipper: address, options: quietOptions())
+        if (try? await probe.connect()) != nil {
+            await probe.close()
+            return
+        }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    throw ValidationError("zipper at \(address) did not come up")
+}
+
+struct Fanout: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "N observers of one tag; a source writes M frames; zipper RSS before, at peak, after.")
+    @OptionGroup var zipperOptions: ZipperOptions
+    @Option var observers = 300
+    @Option var frames = 1000
+    @Option var size = 64
+    @Option var rounds = 3
+
+    func run() async throws {
+        let zipper = try ZipperProcess(zipperOptions, keyFile: keyFile())
+        defer { zipper.stop() }
+        try await waitForZipper(zipper.address)
+        let idle = zipper.memory.rss
+        print("zipper idle rss=\(String(format: "%.1f", idle)) MiB")
+        for round in 1...rounds {
+            let received = Atomic<Int>(0)
+            var sfns: [StreamFunction] = []
+            for index in 0..<observers {
+                let sfn = StreamFunction(name: "observer-\(index)", zipper: zipper.address, options: quietOptions(tags: [0x40]))
+                sfn.setHandler { _ in received.add(1, ordering: .relaxed) }
+                try await sfn.connect()
+                sfns.append(sfn)
+            }
+            let source = Source(name: "fanout-source", zipper: zipper.address, options: quietOptions())
+            try await source.connect()
+            let payload = [UInt8](repeating: 0x61, count: size)
+            let sampler = Task {
+                var peak = 0.0
+                while !Task.isCancelled {
+                    peak = max(peak, zipper.memory.rss)
+                    try? await Task.sleep(for: .milliseconds(20))
+                }
+                return peak
+            }
+            let clock = ContinuousClock()
+            let started = clock.now
+            for _ in 0..<frames { try await source.write(tag: 0x40, data: payload) }
+            let expected = observers * frames
+            let complete = await waitUntil(.seconds(120)) { received.load(ordering: .relaxed) >= expected }
+            let elapsed = (clock.now - started).components
+            let seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
+            sampler.cancel()
+            let peak = await sampler.value
+            await source.close()
+            for sfn in sfns { await sfn.close() }
+            // Give the zipper's closing periods (3 PTO) time to end.
+            try await Task.sleep(for: .seconds(2))
+            let after = zipper.memory.rss
+            print(String(
+                format: "round=%d observers=%d frames=%d size=%d delivered=%d/%d complete=%@ deliveries_per_s=%.0f rss_peak=%.1f MiB rss_after=%.1f MiB",
+                round, observers, frames, size, received.load(ordering: .relaxed), expected, complete ? "yes" : "no",
+                Double(received.load(ordering: .relaxed)) / seconds, peak, after))
+        }
+    }
+}
+
+struct Reconnect: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "kill -9 and restart the zipper while a source writes every 10 ms: time until frames flow again, frames lost.")
+    @OptionGroup var zipperOptions: ZipperOptions
+    @Option var rounds = 3
+
+    func run() async throws {
+        let key = keyFile()
+        var zipper = try ZipperProcess(zipperOptions, keyFile: key)
+        try await waitForZipper(zipper.address)
+        let received = Mutex<Set<Int>>([])
+        let lastReceivedAt = Mutex<ContinuousClock.Instant?>(nil)
+        let clock = ContinuousClock()
+        let sfn = StreamFunction(name: "survivor", zipper: zipper.address, options: quietOptions(tags: [0x41]))
+        sfn.setHandler { ctx in
+            if let sequence = Int(String(decoding: ctx.data, as: UTF8.self)) {
+                _ = received.withLock { $0.insert(sequence) }
+                lastReceivedAt.withLock { $0 = clock.now }
+            }
+        }
+        try await sfn.connect()
+        let source = Source(name: "writer", zipper: zipper.address, options: quietOptions())
+        // When the source learnt that its connection was gone.
+        let sourceLostAt = Mutex<ContinuousClock.Instant?>(nil)
+        source.setErrorHandler { _ in sourceLostAt.withLock { $0 = clock.now } }
+        try await source.connect()
+        let written = Mutex<[(sequence: Int, at: ContinuousClock.Instant)]>([])
+        let writer = Task {
+            var sequence = 0
+            while !Task.isCancelled {
+                sequence += 1
+                if (try? await source.write(tag: 0x41, data: Array("\(sequence)".utf8))) != nil {
+                    written.withLock { $0.append((sequence, clock.now)) }
+                }
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        var silentlyLost = 0
+        for round in 1...rounds {
+            _ = await waitUntil(.seconds(10)) { lastReceivedAt.withLock { $0 }.map { clock.now - $0 < .milliseconds(50) } ?? false }
+            sourceLostAt.withLock { $0 = nil }
+            zipper.kill()
+            let killedAt = clock.now
+            try await Task.sleep(for: .milliseconds(200))
+            zipper = try ZipperProcess(zipperOptions, keyFile: key)
+            let restartedAt = clock.now
+            let back = await waitUntil(.seconds(30)) { lastReceivedAt.withLock { $0 }.map { $0 > restartedAt } ?? false }
+            let backAt = lastReceivedAt.withLock { $0 } ?? clock.now
+            func ms(_ d: Duration) -> Int { Int(d.components.seconds * 1000 + d.components.attoseconds / 1_000_000_000_000_000) }
+            // Writes that returned success into the dead connection, before the
+            // source noticed: the frames that could be lost without a word.
+            let noticed = sourceLostAt.withLock { $0 } ?? backAt
+            let blind = written.withLock { $0.filter { $0.at > killedAt && $0.at < noticed }.map(\.sequence) }
+            let got = received.withLock { $0 }
+            let lostHere = blind.filter { !got.contains($0) }.count
+            silentlyLost += lostHere
+            print("round=\(round) back=\(back ? "yes" : "no") frames_again_after_restart_ms=\(ms(backAt - restartedAt)) outage_ms=\(ms(backAt - killedAt)) source_noticed_after_kill_ms=\(ms(noticed - killedAt)) written_ok_unnoticed=\(blind.count) of_them_lost=\(lostHere)")
+        }
+        writer.cancel()
+        _ = await writer.value
+        try await Task.sleep(for: .seconds(1))
+        let reported = written.withLock { $0.count }
+        print("written_ok=\(reported) received=\(received.withLock { $0.count }) silently_lost=\(silentlyLost)")
+        await source.close()
+        await sfn.close()
+        zipper.stop()
+        try? FileManager.default.removeItem(atPath: key)
+    }
+}
+
+struct Idle: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Zipper RSS per idle connected client.")
+    @OptionGroup var zipperOptions: ZipperOptions
+    @Option var connections = 500
+
+    func run() async throws {
+        let zipper = try ZipperProcess(zipperOptions, keyFile: keyFile())
+        defer { zipper.stop() }
+        try await waitForZipper(zipper.address)
+        try await Task.sleep(for: .milliseconds(500))
+        let before = zipper.memory.rss
+        var sources: [Source] = []
+        for index in 0..<connections {
+            let source = Source(name: "idle-\(index)", zipper: zipper.address, options: quietOptions())
+            try await source.connect()
+            sources.append(source)
+        }
+        try await Task.sleep(for: .seconds(2))
+        let after = zipper.memory.rss
+        print(String(format: "connections=%d rss_before=%.1f MiB rss_after=%.1f MiB per_connection=%.1f KiB",
+                     connections, before, after, (after - before) * 1024 / Double(connections)))
+        for source in sources { await source.close() }
+    }
+}

@@ -1,0 +1,174 @@
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+import Testing
+import YoMoQUIC
+import YoMoWire
+
+@testable import YoMo
+
+/// The aioquic hostile client (Resources/hostile_peer.py): runs `mode` against
+/// `port` with `count` connections, returns one line per connection.
+func runHostilePeer(_ mode: String, port: Int, count: Int = 1, wait: Double = 8) async throws -> [String] {
+    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Resources/hostile_peer.py")
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["python3", script.path, mode, "127.0.0.1", "\(port)", "\(count)", "\(wait)"]
+    let output = Pipe()
+    process.standardOutput = output
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    // Read on a plain thread: a blocking read must not hold the cooperative pool.
+    let data = await withCheckedContinuation { (continuation: CheckedContinuation<Data, Never>) in
+        Thread.detachNewThread { continuation.resume(returning: output.fileHandleForReading.readDataToEndOfFile()) }
+    }
+    await waitForExit(process)
+    return String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
+}
+
+/// Seconds in a hostile peer's `after=` field.
+func secondsAfter(_ line: String) -> Double? {
+    line.split(separator: " ").first { $0.hasPrefix("after=") }.flatMap { Double($0.dropFirst(6)) }
+}
+
+/// A zipper with a short handshake timeout and the given configuration.
+func withStrictZipper<T>(
+    _ configure: (inout ZipperConfiguration) -> Void = { _ in },
+    handshakeTimeout: Duration = .seconds(1),
+    logger: Logger = Logger(label: "test.zipper"),
+    _ body: (_ address: String, _ zipper: Zipper) async throws -> T
+) async throws -> T {
+    var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
+    configure(&configuration)
+    let zipper = Zipper(configuration: configuration, options: .init(logger: logger, handshakeTimeout: handshakeTimeout))
+    try await zipper.start()
+    let address = try #require(zipper.address)
+    do {
+        let result = try await body(address, zipper)
+        await zipper.close()
+        return result
+    } catch {
+        await zipper.close()
+        throw error
+    }
+}
+
+@Suite("Hostile peers against the zipper (aioquic)", .serialized)
+struct HostilePeerTests {
+    @Test("peers that never open a stream are closed at the handshake timeout, with a reason")
+    func muteWithoutStream() async throws {
+        try await withStrictZipper { _, zipper in
+            let lines = try await runHostilePeer("mute", port: try #require(zipper.port), count: 20)
+            #expect(lines.count == 20)
+            for line in lines {
+                #expect(line.hasPrefix("CLOSED code=0x13 reason=no stream opened within"), "\(line)")
+                // Timeout 1 s; closed well before the peer's own 8 s wait.
+                #expect((secondsAfter(line) ?? 99) < 4, "\(line)")
+            }
+            #expect(zipper.statistics.rejectedHandshakes == 0, "never reached the YoMo layer")
+        }
+    }
+
+    @Test("a peer that sends 5 bytes of a handshake is closed at the handshake timeout")
+    func partialHandshake() async throws {
+        try await withStrictZipper { _, zipper in
+            let lines = try await runHostilePeer("partial", port: try #require(zipper.port), count: 5)
+            #expect(lines.count == 5)
+            for line in lines {
+                #expect(line.hasPrefix("CLOSED code=0x13 reason=no handshake within"), "\(line)")
+                #expect((secondsAfter(line) ?? 99) < 4, "\(line)")
+            }
+            #expect(zipper.statistics.rejectedHandshakes == 5)
+            #expect(zipper.connectionCount == 0)
+        }
+    }
+
+    @Test("a first frame over the handshake limit is refused at its header, with a reason")
+    func oversizedFirstFrame() async throws {
+        try await withStrictZipper({ $0.limits.maximumHandshakeSize = 64 << 10 }, handshakeTimeout: .seconds(30)) { _, zipper in
+            let lines = try await runHostilePeer("oversized", port: try #require(zipper.port), count: 4)
+            #expect(lines.count == 4)
+            for line in lines {
+                #expect(line.contains("reason=handshake too large"), "\(line)")
+                #expect(line.contains("limit 65536 bytes"), "\(line)")
+                // Refused at once, not at the 30 s handshake timeout.
+                #expect((secondsAfter(line) ?? 99) < 4, "\(line)")
+            }
+            #expect(zipper.statistics.rejectedHandshakes == 4)
+        }
+    }
+
+    @Test("garbage, a DataFrame first and a 1 MiB name are each refused with a reason the peer sees")
+    func badFirstFrames() async throws {
+        try await withStrictZipper(handshakeTimeout: .seconds(30)) { _, zipper in
+            let port = try #require(zipper.port)
+            let garbage = try await runHostilePeer("garbage", port: port)
+            #expect(garbage.first?.contains("reason=bad handshake") == true, "\(garbage)")
+            let dataFirst = try await runHostilePeer("data-first", port: port)
+            #expect(dataFirst.first?.contains("reason=expected a handshake first, got a DataFrame") == true, "\(dataFirst)")
+            let huge = try await runHostilePeer("huge-name", port: port)
+            #expect(huge.first?.contains("reason=handshake too large") == true, "\(huge)")
+            #expect(zipper.statistics.rejectedHandshakes == 3)
+            #expect(zipper.connectionCount == 0)
+        }
+    }
+
+    @Test("a handshake field over its bound is rejected, and the log line carries a truncated name")
+    func longNameRejected() async throws {
+        let records = RecordedLines()
+        var logger = Logger(label: "test.zipper") { _ in RecordingHandler(records) }
+        logger.logLevel = .info
+        try await withStrictZipper(logger: logger) { _, zipper in
+            let lines = try await runHostilePeer("long-name", port: try #require(zipper.port))
+            #expect(lines.first?.contains("reason=handshake name is too long: 1000 bytes, at most 512 bytes") == true, "\(lines)")
+            #expect(zipper.statistics.rejectedHandshakes == 1)
+        }
+        let rejected = records.lines.filter { $0.contains("handshake rejected") }
+        #expect(rejected.count == 1, "logged once: \(records.lines)")
+        #expect(rejected.first?.contains("(1000 bytes)") == true, "truncated: \(rejected)")
+        #expect(rejected.first?.contains(String(repeating: "n", count: 100)) == false)
+        #expect(rejected.first?.contains("remote=127.0.0.1:") == true)
+    }
+
+    @Test("over the pending-handshake cap, new connections are closed with a reason")
+    func pendingHandshakeCap() async throws {
+        try await withStrictZipper({ $0.limits.maximumPendingHandshakes = 2 }, handshakeTimeout: .seconds(3)) { _, zipper in
+            let lines = try await runHostilePeer("partial", port: try #require(zipper.port), count: 6)
+            #expect(lines.count == 6)
+            let refused = lines.filter { $0.contains("reason=too many handshakes in progress (2)") }
+            let timedOut = lines.filter { $0.contains("reason=no handshake within") }
+            #expect(refused.count == 4, "\(lines)")
+            #expect(timedOut.count == 2, "\(lines)")
+        }
+    }
+}
+
+/// Log lines as "message key=value …", for assertions.
+final class RecordedLines: Sendable {
+    private let state = Mutex<[String]>([])
+    func append(_ line: String) { state.withLock { $0.append(line) } }
+    var lines: [String] { state.withLock { $0 } }
+}
+
+struct RecordingHandler: LogHandler {
+    let records: RecordedLines
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    init(_ records: RecordedLines) { self.records = records }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(
+        level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?,
+        source: String, file: String, function: String, line: UInt
+    ) {
+        let all = metadata.merging(extra ?? [:]) { _, new in new }
+        let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        records.append("\(message) \(fields)")
+    }
+}

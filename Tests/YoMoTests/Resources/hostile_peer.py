@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Hostile YoMo clients over an independent QUIC stack (aioquic), for the
+zipper's fault tests.
+
+  hostile_peer.py MODE HOST PORT [COUNT] [WAIT_SECONDS]
+
+opens COUNT connections (default 1) that each misbehave as MODE says, then
+waits up to WAIT_SECONDS (default 10) for the zipper to close each one. Prints
+one line per connection:
+
+  CLOSED code=0x13 reason=<reason phrase> after=<seconds>
+  OPEN after=<seconds>                       (still open when the wait ended)
+
+Modes:
+  mute        QUIC handshake, then nothing: no stream is ever opened
+  partial     opens the stream and sends 5 bytes of a handshake frame
+  oversized   a first frame whose header claims 15 MiB, then 256 KiB of it
+  garbage     random bytes that are not a y3 frame
+  data-first  a well-formed DataFrame instead of the handshake
+  long-name   a handshake whose name is 1000 bytes (under the frame limit)
+  huge-name   a handshake whose name is 1 MiB
+ALPN "yomo", TLS 1.3, no certificate verification.
+"""
+import asyncio
+import os
+import ssl
+import sys
+import time
+
+from aioquic.asyncio import QuicConnectionProtocol, connect
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated
+
+
+def length(n):
+    """y3 PVarInt32 of a non-negative length: 7-bit groups, sign bit 0x40 in the first."""
+    groups = 1
+    while n >= 1 << (7 * groups - 1):
+        groups += 1
+    out = bytearray()
+    for i in range(groups - 1, -1, -1):
+        byte = (n >> (7 * i)) & 0x7F
+        out.append(byte | (0x80 if i > 0 else 0))
+    return bytes(out)
+
+
+def primitive(seq, value):
+    return bytes([seq]) + length(len(value)) + value
+
+
+def node(frame_type, children):
+    body = b"".join(children)
+    return bytes([0x80 | frame_type]) + length(len(body)) + body
+
+
+def handshake(name):
+    return node(0x31, [
+        primitive(0x01, name),
+        primitive(0x03, b"hostile-0"),
+        primitive(0x02, bytes([0x5F])),
+        primitive(0x06, b""),
+        primitive(0x04, b""),
+        primitive(0x05, b""),
+        primitive(0x07, b"2024-01-03"),
+        primitive(0x09, b""),
+        primitive(0x08, b""),
+    ])
+
+
+def first_bytes(mode):
+    if mode == "partial":
+        return handshake(b"partial")[:5]
+    if mode == "oversized":
+        claimed = 15 << 20
+        return bytes([0x80 | 0x3F]) + length(claimed) + os.urandom(256 << 10)
+    if mode == "garbage":
+        return b"\xff\x00" + os.urandom(64)
+    if mode == "data-first":
+        return node(0x3F, [primitive(0x01, bytes([0x33])), primitive(0x03, b""), primitive(0x02, b"hello")])
+    if mode == "long-name":
+        return handshake(b"n" * 1000)
+    if mode == "huge-name":
+        return handshake(b"n" * (1 << 20))
+    raise SystemExit(f"unknown mode {mode}")
+
+
+class Watch(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.terminated = asyncio.get_event_loop().create_future()
+
+    def quic_event_received(self, event):
+        if isinstance(event, ConnectionTerminated) and not self.terminated.done():
+            self.terminated.set_result(event)
+
+
+async def one(mode, host, port, wait):
+    config = QuicConfiguration(is_client=True, alpn_protocols=["yomo"], verify_mode=ssl.CERT_NONE, idle_timeout=60)
+    started = time.monotonic()
+    async with connect(host, port, configuration=config, create_protocol=Watch, wait_connected=True) as client:
+        if mode != "mute":
+            stream = client._quic.get_next_available_stream_id()
+            client._quic.send_stream_data(stream, first_bytes(mode), end_stream=False)
+            client.transmit()
+        try:
+            event = await asyncio.wait_for(asyncio.shield(client.terminated), wait)
+            return f"CLOSED code=0x{event.error_code:x} reason={event.reason_phrase} after={time.monotonic() - started:.2f}"
+        except asyncio.TimeoutError:
+            return f"OPEN after={time.monotonic() - started:.2f}"
+
+
+async def main():
+    mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    count = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    wait = float(sys.argv[5]) if len(sys.argv) > 5 else 10.0
+    results = await asyncio.gather(*(one(mode, host, port, wait) for _ in range(count)), return_exceptions=True)
+    for result in results:
+        print(result if isinstance(result, str) else f"ERROR {result!r}", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
