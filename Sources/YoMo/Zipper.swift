@@ -163,10 +163,25 @@ public final class Zipper: Sendable {
     }
 
     private func accept(_ server: QUICServer) async {
+        let (departures, departed) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         await withDiscardingTaskGroup { group in
-            for await quic in server.connections {
-                group.addTask { await self.serve(QUICFrameConnection(quic)) }
+            group.addTask {
+                // After a wave of clients leaves, hand the memory their buffers
+                // used back to the system: glibc keeps freed heap in its per-thread
+                // arenas, so a zipper that once fanned out to hundreds of peers
+                // would otherwise stay at its peak size.
+                for await _ in departures {
+                    try? await Task.sleep(for: .milliseconds(250))
+                    QUICServer.releaseFreedMemory()
+                }
             }
+            for await quic in server.connections {
+                group.addTask {
+                    await self.serve(QUICFrameConnection(quic))
+                    departed.yield()
+                }
+            }
+            departed.finish()
         }
     }
 

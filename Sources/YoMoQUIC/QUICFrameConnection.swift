@@ -137,7 +137,11 @@ public final class QUICFrameConnection: Sendable {
                 guard chunk.readableBytes > 0 else { return nil }
                 let size = FrameDecoder.frameSize(chunk)
                 if let size, size >= 0, size <= chunk.readableBytes {
-                    return try decoder.decode(buffer: &chunk)  // whole frame here: decoded as slices, no copy
+                    let frame = try decoder.decode(buffer: &chunk)  // whole frame here: decoded as slices, no copy
+                    // A used-up chunk is let go: an idle connection would otherwise
+                    // pin its last 64 KiB receive buffer for as long as it lives.
+                    if chunk.readableBytes == 0 { chunk = ByteBuffer() }
+                    return frame
                 }
                 if let size, size < 0 || size > decoder.maximumFrameSize {
                     // Malformed or too large: the decoder throws the precise error.

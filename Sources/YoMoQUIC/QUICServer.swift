@@ -110,6 +110,10 @@ public final class QUICServer: Sendable {
         }
     }
 
+    /// Hands heap memory that was freed back to the system (glibc keeps it in
+    /// per-thread arenas otherwise). A server calls it after many connections left.
+    public static func releaseFreedMemory() { _ = malloc_trim(0) }
+
     /// Live connections (including those in their closing or draining period).
     public func connectionCount() async -> Int {
         let core = self.core
