@@ -193,10 +193,16 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
             lock.lock()
             if let failure {
                 dropped += batch.count
-                if shuttingDown {
+                // Also an export that began before the shutdown and was abandoned.
+                if requests.shutdownRequested {
                     shutdownLoss.count += batch.count
-                    shutdownLoss.lastFailure = failure
-                    if monotonicNanoseconds() >= giveUpAt { shutdownLoss.deadlineReached = true }
+                    // A bare "deadline reached" says less than the collector's answer.
+                    if !failure.abandoned || shutdownLoss.lastFailure == nil {
+                        shutdownLoss.lastFailure = failure.detail
+                    }
+                    if failure.abandoned || monotonicNanoseconds() >= requests.shutdownDeadline {
+                        shutdownLoss.deadlineReached = true
+                    }
                 }
             }
             if releasePending.isEmpty {
@@ -239,13 +245,14 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
     }
 
     /// Exports within the export timeout, clipped to `giveUpAt` (monotonic)
-    /// during a shutdown. Returns the failure's detail, nil on success.
-    private func exportBatch(_ batch: [FinishedSpan], giveUpAt: UInt64) -> String? {
+    /// during a shutdown. Returns the failure (nil on success): its detail and
+    /// whether the deadline cut it short.
+    private func exportBatch(_ batch: [FinishedSpan], giveUpAt: UInt64) -> (detail: String, abandoned: Bool)? {
         guard !batch.isEmpty else { return nil }
         var timeout = configuration.exportTimeout
         if giveUpAt != .max {
             let now = monotonicNanoseconds()
-            guard now < giveUpAt else { return "shutdown deadline reached" }
+            guard now < giveUpAt else { return ("shutdown deadline reached", true) }
             timeout = min(timeout, .nanoseconds(Int64(clamping: giveUpAt - now)))
         }
         do {
@@ -255,7 +262,7 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
             // The exporter has logged the failure already (or, while shutting
             // down, left it to the report).
             logger.debug("Export failed", metadata: ["error": "\(error)", "batch_size": "\(batch.count)"])
-            return error.message.isEmpty ? "\(error)" : error.message
+            return (error.message.isEmpty ? "\(error)" : error.message, error == .abandoned)
         }
     }
 }

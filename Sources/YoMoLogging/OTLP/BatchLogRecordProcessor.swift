@@ -151,10 +151,14 @@ public final class BatchLogRecordProcessor: @unchecked Sendable {
 
             lock.lock()
             dropped += outcome.lost
-            if shuttingDown && outcome.lost > 0 {
+            // Also an export that began before the shutdown and was abandoned.
+            if requests.shutdownRequested && outcome.lost > 0 {
                 shutdownLoss.count += outcome.lost
-                shutdownLoss.lastFailure = outcome.failure ?? shutdownLoss.lastFailure
-                shutdownLoss.deadlineReached = shutdownLoss.deadlineReached || monotonicNanoseconds() >= giveUpAt
+                if !outcome.abandoned || shutdownLoss.lastFailure == nil {
+                    shutdownLoss.lastFailure = outcome.failure ?? shutdownLoss.lastFailure
+                }
+                shutdownLoss.deadlineReached = shutdownLoss.deadlineReached || outcome.abandoned
+                    || monotonicNanoseconds() >= requests.shutdownDeadline
             }
             let ready = requests.completeFlushes(upTo: flushTarget)
             if shuttingDown {
@@ -184,10 +188,12 @@ public final class BatchLogRecordProcessor: @unchecked Sendable {
 
     /// Exports in batches, each within the export timeout clipped to
     /// `giveUpAt` (monotonic; set during a shutdown, after which nothing is
-    /// attempted). Returns the records not exported and the last failure.
-    private func exportAll(_ records: [OTLPLogRecord], giveUpAt: UInt64) -> (lost: Int, failure: String?) {
+    /// attempted). Returns the records not exported, the last failure, and
+    /// whether the deadline cut the exports short.
+    private func exportAll(_ records: [OTLPLogRecord], giveUpAt: UInt64) -> (lost: Int, failure: String?, abandoned: Bool) {
         var lost = 0
         var failure: String?
+        var abandoned = false
         var start = 0
         while start < records.count {
             var timeout = configuration.exportTimeout
@@ -195,6 +201,7 @@ public final class BatchLogRecordProcessor: @unchecked Sendable {
                 let now = monotonicNanoseconds()
                 guard now < giveUpAt else {
                     lost += records.count - start
+                    abandoned = true
                     break
                 }
                 timeout = min(timeout, .nanoseconds(Int64(clamping: giveUpAt - now)))
@@ -208,10 +215,14 @@ public final class BatchLogRecordProcessor: @unchecked Sendable {
                 // left it to the report); the records are lost.
                 logger.debug("Log export failed", metadata: ["error": "\(error)", "batch_size": "\(chunk.count)"])
                 lost += chunk.count
-                failure = error.message.isEmpty ? "\(error)" : error.message
+                // A bare "deadline reached" says less than the collector's answer.
+                if error != .abandoned || failure == nil {
+                    failure = error.message.isEmpty ? "\(error)" : error.message
+                }
+                abandoned = abandoned || error == .abandoned
             }
             start = end
         }
-        return (lost, failure)
+        return (lost, failure, abandoned)
     }
 }

@@ -39,7 +39,9 @@ public final class OTLPHTTPLogExporter: LogRecordExporter {
         do {
             response = try transport.send(body, timeout: min(timeout, configuration.timeout), itemCount: records.count)
         } catch {
-            throw error == .shutdown ? .shutdown(error.message) : .exportFailed(error.message)
+            if error == .shutdown { throw .shutdown(error.message) }
+            if error == .abandoned { throw .abandoned(error.message) }
+            throw .exportFailed(error.message)
         }
         // A 2xx may still carry partial_success (OTLP spec "Partial Success").
         if let partial = OTLPLogEncoding.partialSuccess(in: response) {

@@ -215,13 +215,13 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         var attempt = 0
         while true {
             // A shutdown deadline set meanwhile shortens what is left.
-            let abandonAt = abandonDeadlineNow
-            let end = min(exportEnd, abandonAt)
             let now = monotonicNanoseconds()
-            guard now < abandonAt else {
-                throw .timeout("collector \(configuration.url): shutdown deadline reached")
+            guard now < abandonDeadlineNow else {
+                throw .abandoned("collector \(configuration.url): shutdown deadline reached")
             }
-            let remaining = end > now ? end - now : 0
+            // curl times out at the export's own end; `perform` drops the
+            // transfer itself at the shutdown deadline (set now or later).
+            let remaining = exportEnd > now ? exportEnd - now : 0
             let result = perform(handle, payload, timeoutMilliseconds: max(Int(remaining / 1_000_000), 1))
             let decision = retryPolicy.decide(
                 result, attempt: attempt,
@@ -242,12 +242,19 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
                     "http_status": "\(result.status)", "dropped_\(signalNameKey)": "\(itemCount)",
                 ])
                 let message = "collector \(configuration.url): \(detail), not retrying"
+                if result.curlMessage == Self.abandonedMessage {
+                    throw .abandoned("collector \(configuration.url): \(detail)")
+                }
                 if result.status == 0 { throw .connectionFailed(message) }
                 throw .httpStatus(message)
             case .retry(let delay):
                 let delayNanoseconds = UInt64(max(delay.nanoseconds, 0))
                 let wakeAt = monotonicNanoseconds() + delayNanoseconds
-                let abandoning = abandonDeadlineNow < exportEnd
+                // The shutdown deadline stops a retry that an export without
+                // one would have made (the caller's timeout may already be
+                // clipped to the deadline, hence the configured timeout here).
+                let abandoning = wakeAt >= abandonDeadlineNow
+                    && wakeAt < start + UInt64(max(configuration.timeout.nanoseconds, 0))
                 guard wakeAt < min(exportEnd, abandonDeadlineNow) else {
                     let detail = describe(result)
                     let limit = abandoning ? "the shutdown deadline" : "the export timeout"
@@ -256,6 +263,7 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
                         "attempts": "\(attempt + 1)", "dropped_\(signalNameKey)": "\(itemCount)",
                     ])
                     let message = "collector \(configuration.url): \(detail)"
+                    if abandoning { throw .abandoned(message) }
                     if result.status == 0 { throw .connectionFailed(message) }
                     throw .timeout(message)
                 }
@@ -300,9 +308,14 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         }
     }
 
+    private static let abandonedMessage = "abandoned at the shutdown deadline"
+
     private var signalNameKey: String { signalName.replacingSpaces() }
 
     private func describe(_ result: HTTPAttemptResult) -> String {
+        if result.curlMessage == Self.abandonedMessage {
+            return "no answer before the shutdown deadline"
+        }
         if result.status == 0 {
             return "connection failed (curl \(result.curlCode): \(result.curlMessage))"
         }
@@ -378,7 +391,7 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         return HTTPAttemptResult(
             status: status,
             curlCode: code.rawValue,
-            curlMessage: abandoned ? "abandoned at the shutdown deadline" : String(cString: curl_easy_strerror(code)),
+            curlMessage: abandoned ? Self.abandonedMessage : String(cString: curl_easy_strerror(code)),
             body: collector.body,
             retryAfter: collector.retryAfter
         )
