@@ -380,6 +380,11 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
                     return CURLE_ABORTED_BY_CALLBACK
                 }
             }
+            // A timeout clipped to the deadline can beat the check above by
+            // a poll interval; it is the same event.
+            if code == CURLE_OPERATION_TIMEDOUT, monotonicNanoseconds() + 50_000_000 >= abandonDeadlineNow {
+                abandoned = true
+            }
             return code
         }
         // POSTFIELDS only borrowed the payload for this perform.
