@@ -38,6 +38,33 @@ static inline CURLcode ccurl_getinfo_long(CURL *handle, CURLINFO info, long *val
     return curl_easy_getinfo(handle, info, value);
 }
 
+// One round of a transfer driven through a multi handle: performs, then waits
+// up to `wait_ms` for socket activity. Returns 1 while the transfer runs, 0
+// once it is done (its result in *result), -1 on a multi-handle error. The
+// caller checks its own abort condition between rounds, which
+// curl_easy_perform cannot do (its progress callback may come a second late).
+static inline int ccurl_multi_step(CURLM *multi, int wait_ms, CURLcode *result) {
+    int running = 0;
+    if (curl_multi_perform(multi, &running) != CURLM_OK) {
+        *result = CURLE_FAILED_INIT;
+        return -1;
+    }
+    if (running == 0) {
+        int queued = 0;
+        CURLMsg *message;
+        *result = CURLE_GOT_NOTHING;
+        while ((message = curl_multi_info_read(multi, &queued)) != NULL) {
+            if (message->msg == CURLMSG_DONE) *result = message->data.result;
+        }
+        return 0;
+    }
+    if (curl_multi_poll(multi, NULL, 0, wait_ms, NULL) != CURLM_OK) {
+        *result = CURLE_FAILED_INIT;
+        return -1;
+    }
+    return 1;
+}
+
 // Gzips `input` into a malloc'ed buffer (caller frees with free()). Returns 0 on
 // success. OTLP/HTTP wants `Content-Encoding: gzip`, i.e. the gzip wrapper
 // (windowBits 15 + 16), not raw zlib.

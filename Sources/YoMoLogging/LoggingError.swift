@@ -5,6 +5,7 @@ public struct LoggingError: Error, Sendable, Hashable, CustomStringConvertible {
         case sinkFailed
         case shutdown
         case exportFailed
+        case abandoned
     }
 
     private let code: Code
@@ -26,6 +27,8 @@ public struct LoggingError: Error, Sendable, Hashable, CustomStringConvertible {
     public static let shutdown = LoggingError(code: .shutdown)
     /// An OTLP log export failed.
     public static let exportFailed = LoggingError(code: .exportFailed)
+    /// An OTLP log export was cut short by a shutdown deadline.
+    public static let abandoned = LoggingError(code: .abandoned)
 
     /// For `LogSink` implementations: the bytes could not be written.
     public static func sinkFailed(_ message: String, file: String = #fileID, line: Int = #line) -> LoggingError {
@@ -33,6 +36,9 @@ public struct LoggingError: Error, Sendable, Hashable, CustomStringConvertible {
     }
     static func shutdown(_ message: String, file: String = #fileID, line: Int = #line) -> LoggingError {
         LoggingError(code: .shutdown, message: message, file: file, line: line)
+    }
+    static func abandoned(_ message: String, file: String = #fileID, line: Int = #line) -> LoggingError {
+        LoggingError(code: .abandoned, message: message, file: file, line: line)
     }
     static func exportFailed(_ message: String, file: String = #fileID, line: Int = #line) -> LoggingError {
         LoggingError(code: .exportFailed, message: message, file: file, line: line)
@@ -45,6 +51,7 @@ public struct LoggingError: Error, Sendable, Hashable, CustomStringConvertible {
         let kind = switch code {
         case .sinkFailed: "sink failed"
         case .shutdown: "shut down"
+        case .abandoned: "abandoned at the shutdown deadline"
         case .exportFailed: "export failed"
         }
         return message.isEmpty ? "LoggingError(\(kind))" : "LoggingError(\(kind): \(message))"

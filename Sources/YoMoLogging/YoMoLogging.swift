@@ -98,9 +98,19 @@ public enum YoMoLogging {
         /// The OTLP log pipeline, when the environment asked for one.
         public let logProcessor: BatchLogRecordProcessor?
 
-        /// Exports queued OTLP records and stops the exporter, then flushes the writer.
+        /// Exports queued OTLP records and stops the exporter, then flushes the
+        /// writer. The OTLP part gives up after the processor's
+        /// `shutdownTimeout` (default 5 s, `YOMO_TELEMETRY_SHUTDOWN_TIMEOUT`)
+        /// whatever the collector does, and reports what it could not export
+        /// in one line, which this flush then writes out.
         public func shutdown() async {
             await logProcessor?.shutdown()
+            writer.flush(timeout: .seconds(5))
+        }
+
+        /// Like `shutdown()`, with the OTLP export giving up after `timeout`.
+        public func shutdown(timeout: Duration) async {
+            await logProcessor?.shutdown(timeout: timeout)
             writer.flush(timeout: .seconds(5))
         }
     }

@@ -7,7 +7,12 @@ public import Logging
 /// counted (`droppedSpanCount`, plus a warning per export round). A batch goes
 /// out when `maxExportBatchSize` spans are queued or `scheduleDelay` has passed,
 /// whichever comes first; `forceFlush` and `shutdown` export everything that
-/// ended before them.
+/// ended before them, within `shutdownTimeout`.
+///
+/// Shutdown is bounded whatever the collector does (answers 503, never
+/// answers, refuses): each export's timeout and retry waits are clipped to
+/// the time left, an export still in flight at the deadline is abandoned, and
+/// what was not exported is counted as dropped and reported in one error line.
 public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
     /// The OTel batch span processor settings (`OTEL_BSP_*`).
     public struct Configuration: Sendable, Hashable {
@@ -19,6 +24,9 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
         public var maxExportBatchSize: Int
         /// Time one export call may take, retries included. `OTEL_BSP_EXPORT_TIMEOUT`, default 30000 ms.
         public var exportTimeout: Duration
+        /// Longest time `shutdown()` and `forceFlush()` take, all exports included.
+        /// `YOMO_TELEMETRY_SHUTDOWN_TIMEOUT`, default 5000 ms.
+        public var shutdownTimeout: Duration
 
         public static let `default` = Configuration(environment: [:])
 
@@ -28,6 +36,7 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
                 environment,
                 names: ("OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "OTEL_BSP_EXPORT_TIMEOUT"),
                 scheduleDelayMilliseconds: 5000)
+            shutdownTimeout = shutdownTimeoutSetting(environment)
         }
     }
 
@@ -41,6 +50,7 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
     private var dropped = 0
     private var droppedSinceLastLog = 0
     private var requests = ExportRequests()
+    private var shutdownLoss = ShutdownLoss()
     /// Exported spans whose memory producers free, a few per `onEnd`: memory
     /// then goes back to the allocator of the thread that allocated it, which
     /// avoids malloc-arena contention between the data path and the export thread.
@@ -60,7 +70,8 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
         startThread { [self] in exportLoop() }
     }
 
-    /// Spans dropped because the queue was full, since creation.
+    /// Spans never exported, since creation: dropped because the queue was
+    /// full, lost in a failed export, or left when the shutdown deadline passed.
     public var droppedSpanCount: Int { lock.withLock { dropped } }
 
     /// Spans waiting for the export thread.
@@ -91,12 +102,40 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
         withExtendedLifetime(freed) {}
     }
 
+    /// `forceFlush(timeout: configuration.shutdownTimeout)`.
     public func forceFlush() async {
-        await withCheckedContinuation { lock.submit($0) { requests.addFlush($0) } }
+        await forceFlush(timeout: configuration.shutdownTimeout)
     }
 
+    /// Returns once every span ended before the call has been exported (or
+    /// its export failed), or after `timeout`; spans not exported by then stay
+    /// queued and their export goes on.
+    public func forceFlush(timeout: Duration) async {
+        await lock.submit(timeout: timeout, { requests.addFlush($0, id: $1) }, expire: expire)
+    }
+
+    /// `shutdown(timeout: configuration.shutdownTimeout)`.
     public func shutdown() async {
-        await withCheckedContinuation { lock.submit($0) { requests.addShutdown($0) } }
+        await shutdown(timeout: configuration.shutdownTimeout)
+    }
+
+    /// Exports what is queued, then shuts the exporter down, giving up after
+    /// `timeout`: spans not exported by then are counted in `droppedSpanCount`
+    /// and reported in one log line. Later spans are ignored. Idempotent.
+    public func shutdown(timeout: Duration) async {
+        // Before waiting: an export already in flight must also end in time.
+        exporter.abandonExports(after: timeout)
+        let deadline = monotonicNanoseconds(after: timeout)
+        // The export thread answers within ~50 ms of the deadline; the grace
+        // only matters for an exporter that ignores `abandonExports`.
+        await lock.submit(timeout: timeout + .milliseconds(500), {
+            requests.addShutdown($0, id: $1, deadline: deadline, timeout: timeout)
+        }, expire: expire)
+    }
+
+    /// Called under the lock by a waiter's timer.
+    private var expire: @Sendable (UInt64) -> ExportRequests.Waiter? {
+        { [self] id in requests.expire(id) }
     }
 
     private func exportLoop() {
@@ -118,14 +157,24 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
             // what producers add meanwhile, or it might never end); otherwise one
             // batch per round.
             let shuttingDown = requests.shutdownRequested
+            let giveUpAt = requests.shutdownDeadline
             let draining = requests.isPending
             if draining && drainRemaining == 0 {
                 drainRemaining = queue.count
                 drainTarget = requests.flushRequested
             }
-            let before = queue.count
-            queue.pop(upTo: configuration.maxExportBatchSize, into: &batch)
-            drainRemaining = max(drainRemaining - (before - queue.count), 0)
+            if shuttingDown && monotonicNanoseconds() >= giveUpAt {
+                // The shutdown's time is up: attempt nothing more.
+                let left = queue.removeAll()
+                dropped += left
+                shutdownLoss.count += left
+                shutdownLoss.deadlineReached = true
+                drainRemaining = 0
+            } else {
+                let before = queue.count
+                queue.pop(upTo: configuration.maxExportBatchSize, into: &batch)
+                drainRemaining = max(drainRemaining - (before - queue.count), 0)
+            }
             let more = draining && drainRemaining > 0
             let flushTarget = draining ? drainTarget : requests.flushCompleted
             let droppedNow = droppedSinceLastLog
@@ -138,10 +187,24 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
                     "max_queue_size": "\(configuration.maxQueueSize)",
                 ])
             }
-            exportBatch(batch)
+            let failure = exportBatch(batch, giveUpAt: shuttingDown ? giveUpAt : .max)
             deadline = monotonicNanoseconds() + delay
 
             lock.lock()
+            if let failure {
+                dropped += batch.count
+                // Also an export that began before the shutdown and was abandoned.
+                if requests.shutdownRequested {
+                    shutdownLoss.count += batch.count
+                    // A bare "deadline reached" says less than the collector's answer.
+                    if !failure.abandoned || shutdownLoss.lastFailure == nil {
+                        shutdownLoss.lastFailure = failure.detail
+                    }
+                    if failure.abandoned || monotonicNanoseconds() >= requests.shutdownDeadline {
+                        shutdownLoss.deadlineReached = true
+                    }
+                }
+            }
             if releasePending.isEmpty {
                 swap(&releasePending, &batch)
                 batch.reserveCapacity(configuration.maxExportBatchSize)
@@ -157,8 +220,17 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
             if shuttingDown {
                 releasePending.removeAll()
                 let waiters = ready + requests.stop()
+                let loss = shutdownLoss
+                let timeout = requests.shutdownTimeout
                 lock.unlock()
                 exporter.shutdown()
+                // Before resuming: the process may exit as soon as shutdown returns.
+                if loss.count > 0 {
+                    logger.error("\(loss.message(noun: "spans", timeout: timeout))", metadata: [
+                        "dropped_spans": "\(loss.count)",
+                        "shutdown_timeout_ms": "\(timeout.clampedNanoseconds / 1_000_000)",
+                    ])
+                }
                 for waiter in waiters { waiter.resume() }
                 logger.debug("Shut down")
                 return
@@ -172,13 +244,25 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
         }
     }
 
-    private func exportBatch(_ batch: [FinishedSpan]) {
-        guard !batch.isEmpty else { return }
+    /// Exports within the export timeout, clipped to `giveUpAt` (monotonic)
+    /// during a shutdown. Returns the failure (nil on success): its detail and
+    /// whether the deadline cut it short.
+    private func exportBatch(_ batch: [FinishedSpan], giveUpAt: UInt64) -> (detail: String, abandoned: Bool)? {
+        guard !batch.isEmpty else { return nil }
+        var timeout = configuration.exportTimeout
+        if giveUpAt != .max {
+            let now = monotonicNanoseconds()
+            guard now < giveUpAt else { return ("shutdown deadline reached", true) }
+            timeout = min(timeout, .nanoseconds(Int64(clamping: giveUpAt - now)))
+        }
         do {
-            try exporter.export(batch, timeout: configuration.exportTimeout)
+            try exporter.export(batch, timeout: timeout)
+            return nil
         } catch {
-            // The exporter has logged the failure already.
+            // The exporter has logged the failure already (or, while shutting
+            // down, left it to the report).
             logger.debug("Export failed", metadata: ["error": "\(error)", "batch_size": "\(batch.count)"])
+            return (error.message.isEmpty ? "\(error)" : error.message, error == .abandoned)
         }
     }
 }
@@ -205,6 +289,14 @@ struct SpanRing {
         storage[index] = span
         count += 1
         return true
+    }
+
+    /// Drops every queued span; returns how many.
+    mutating func removeAll() -> Int {
+        let removed = count
+        var scratch: [FinishedSpan] = []
+        pop(upTo: count, into: &scratch)
+        return removed
     }
 
     mutating func pop(upTo limit: Int, into batch: inout [FinishedSpan]) {

@@ -46,6 +46,19 @@ public protocol SpanProcessor: Sendable {
     func forceFlush() async
     /// Flushes, then shuts the exporter down; later spans are ignored.
     func shutdown() async
+    /// `forceFlush()` that returns after `timeout` at the latest, whatever the
+    /// exporter is doing (what is not exported yet stays queued).
+    func forceFlush(timeout: Duration) async
+    /// `shutdown()` that returns after `timeout` at the latest: what could not be
+    /// exported by then is dropped (and, by the batch processor, counted and reported).
+    func shutdown(timeout: Duration) async
+}
+
+extension SpanProcessor {
+    /// Default: unbounded, for processors that do not block.
+    public func forceFlush(timeout: Duration) async { await forceFlush() }
+    /// Default: unbounded, for processors that do not block.
+    public func shutdown(timeout: Duration) async { await shutdown() }
 }
 
 /// Sends batches of ended, sampled spans somewhere. Called from one thread at a
@@ -57,9 +70,17 @@ public protocol SpanExporter: Sendable {
     func export(_ spans: [FinishedSpan], timeout: Duration) throws(TracingError)
     func forceFlush()
     func shutdown()
+    /// The batch processor's shutdown has started and gives up `timeout` from
+    /// now: an export in flight then, or started later, should return by that
+    /// time (the processor cannot interrupt a blocked `export`). Failures from
+    /// then on may be left to the processor, which reports everything it could
+    /// not export in one line. Called from any thread, before `shutdown()`.
+    func abandonExports(after timeout: Duration)
 }
 
 extension SpanExporter {
     public func forceFlush() {}
     public func shutdown() {}
+    /// Default: nothing; each export's `timeout` is then its only bound.
+    public func abandonExports(after timeout: Duration) {}
 }

@@ -88,18 +88,27 @@ package final class ConditionLock: @unchecked Sendable {
     return UInt64(spec.tv_sec) &* 1_000_000_000 &+ UInt64(spec.tv_nsec)
 }
 
+/// The monotonic time `duration` from now, saturating (a huge or negative duration stays in range).
+package func monotonicNanoseconds(after duration: Duration) -> UInt64 {
+    let now = monotonicNanoseconds()
+    let delta = duration.clampedNanoseconds
+    return now > UInt64.max - 1 - delta ? UInt64.max - 1 : now + delta
+}
+
+extension Duration {
+    /// Whole nanoseconds, saturating at zero for negative durations.
+    package var clampedNanoseconds: UInt64 {
+        let (seconds, attoseconds) = components
+        guard seconds >= 0, attoseconds >= 0 else { return 0 }
+        let (product, overflow) = UInt64(seconds).multipliedReportingOverflow(by: 1_000_000_000)
+        return overflow ? .max : product &+ UInt64(attoseconds / 1_000_000_000)
+    }
+}
+
 @inline(__always) package func wallClockNanoseconds() -> UInt64 {
     var spec = timespec()
     clock_gettime(CLOCK_REALTIME, &spec)
     return UInt64(spec.tv_sec) &* 1_000_000_000 &+ UInt64(spec.tv_nsec)
-}
-
-func sleepNanoseconds(_ nanoseconds: UInt64) {
-    var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
-    var remaining = timespec()
-    while nanosleep(&request, &remaining) != 0 && errno == EINTR {
-        request = remaining
-    }
 }
 
 private final class ThreadBody {

@@ -81,7 +81,8 @@ public final class TracerProvider: Sendable {
         tracer(scope: InstrumentationScope(name: name, version: version))
     }
 
-    /// Spans dropped by the batch processors because their queue was full.
+    /// Spans the batch processors never exported: queue full, failed export,
+    /// or left at the shutdown deadline.
     public var droppedSpanCount: Int {
         processors.reduce(0) { $0 + (($1 as? BatchSpanProcessor)?.droppedSpanCount ?? 0) }
     }
@@ -91,16 +92,40 @@ public final class TracerProvider: Sendable {
         processors.reduce(0) { $0 + (($1 as? BatchSpanProcessor)?.queuedSpanCount ?? 0) }
     }
 
-    /// Returns once every span ended before the call has been exported (or its export failed).
+    /// Returns once every span ended before the call has been exported (or its
+    /// export failed), or once each processor's `shutdownTimeout` has passed
+    /// (a `BatchSpanProcessor`'s, default 5 s).
     public func forceFlush() async {
-        for processor in processors { await processor.forceFlush() }
+        await forEachProcessor { await $0.forceFlush() }
     }
 
-    /// Flushes, then shuts the processors and exporters down. Spans started
-    /// afterwards are non-recording. Idempotent.
+    /// Like `forceFlush()`, but returns after `timeout` at the latest.
+    public func forceFlush(timeout: Duration) async {
+        await forEachProcessor { await $0.forceFlush(timeout: timeout) }
+    }
+
+    /// Flushes, then shuts the processors and exporters down, within each
+    /// processor's `shutdownTimeout` (a `BatchSpanProcessor`'s: default 5 s,
+    /// `YOMO_TELEMETRY_SHUTDOWN_TIMEOUT`) whatever the collector does; spans not
+    /// exported by then are counted in `droppedSpanCount` and reported in one
+    /// log line. Spans started afterwards are non-recording. Idempotent.
     public func shutdown() async {
         shared?.isShutdown.store(true, ordering: .relaxed)
-        for processor in processors { await processor.shutdown() }
+        await forEachProcessor { await $0.shutdown() }
+    }
+
+    /// Like `shutdown()`, but every processor gives up after `timeout`.
+    public func shutdown(timeout: Duration) async {
+        shared?.isShutdown.store(true, ordering: .relaxed)
+        await forEachProcessor { await $0.shutdown(timeout: timeout) }
+    }
+
+    /// Side by side, so that the processors' deadlines run together rather than add up.
+    private func forEachProcessor(_ body: @escaping @Sendable (any SpanProcessor) async -> Void) async {
+        if processors.count == 1 { return await body(processors[0]) }
+        await withTaskGroup(of: Void.self) { group in
+            for processor in processors { group.addTask { await body(processor) } }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ public struct TracingError: Error, Sendable, Hashable, CustomStringConvertible {
         case invalidConfiguration
         case shutdown
         case exportFailed
+        case abandoned
     }
 
     private let code: Code
@@ -37,6 +38,8 @@ public struct TracingError: Error, Sendable, Hashable, CustomStringConvertible {
     public static let shutdown = TracingError(code: .shutdown)
     /// Any other export failure.
     public static let exportFailed = TracingError(code: .exportFailed)
+    /// The export was cut short by a shutdown deadline (`SpanExporter.abandonExports(after:)`).
+    public static let abandoned = TracingError(code: .abandoned)
 
     static func httpStatus(_ message: String, file: String = #fileID, line: Int = #line) -> TracingError {
         TracingError(code: .httpStatus, message: message, file: file, line: line)
@@ -56,6 +59,9 @@ public struct TracingError: Error, Sendable, Hashable, CustomStringConvertible {
     static func shutdown(_ message: String, file: String = #fileID, line: Int = #line) -> TracingError {
         TracingError(code: .shutdown, message: message, file: file, line: line)
     }
+    public static func abandoned(_ message: String, file: String = #fileID, line: Int = #line) -> TracingError {
+        TracingError(code: .abandoned, message: message, file: file, line: line)
+    }
     public static func exportFailed(_ message: String, file: String = #fileID, line: Int = #line) -> TracingError {
         TracingError(code: .exportFailed, message: message, file: file, line: line)
     }
@@ -72,6 +78,7 @@ public struct TracingError: Error, Sendable, Hashable, CustomStringConvertible {
         case .invalidConfiguration: "invalid configuration"
         case .shutdown: "shut down"
         case .exportFailed: "export failed"
+        case .abandoned: "abandoned at the shutdown deadline"
         }
         return message.isEmpty ? "TracingError(\(kind))" : "TracingError(\(kind): \(message))"
     }

@@ -6,12 +6,20 @@ package and appends what it received as JSON lines to --out:
   {"type": "request", "status": 200, "spans": 3, "headers": {...}, "time": ...}
   {"type": "span", "trace_id": "...", "name": "...", "attributes": {...}, ...}
 Writes the bound port to --port-file once listening (port 0 = a free port).
+
+Collector faults, for the shutdown tests and Benchmarks/fault-shutdown.sh:
+  --status 503 --retry-after 30   answer every POST with 503 (any signal; bodies
+                                  of failed requests are not decoded)
+  --fault blackhole               accept TCP, read, never answer
+  --fault refused                 hold a bound port without listening (connect
+                                  gets ECONNREFUSED, and no one else takes it)
 """
 import argparse
 import gzip
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -71,15 +79,17 @@ def make_handler(state):
             args = state.args
             status, retry_after = 200, None
             if args.status:
-                status = args.status
+                status, retry_after = args.status, args.retry_after
             elif number <= args.fail_first:
                 status = args.fail_status
                 retry_after = args.retry_after
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
             request = trace_service_pb2.ExportTraceServiceRequest()
-            request.ParseFromString(body)
-            count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            count = -1
+            if status == 200 or not args.status:
+                request.ParseFromString(body)
+                count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
             state.write({
                 "type": "request", "number": number, "status": status, "spans": count,
                 "path": self.path, "time": time.time(),
@@ -127,6 +137,41 @@ def make_handler(state):
     return Handler
 
 
+def write_port(port_file, port):
+    temporary = port_file + ".tmp"
+    with open(temporary, "w") as handle:
+        handle.write(str(port))
+    os.replace(temporary, port_file)
+
+
+def run_fault(args):
+    """--fault blackhole / refused: no HTTP at all."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", args.port))
+    if args.fault == "blackhole":
+        listener.listen(64)
+    write_port(args.port_file, listener.getsockname()[1])
+    held = []
+    out = open(args.out, "a", buffering=1)
+    while True:
+        if args.fault == "refused":
+            time.sleep(3600)
+            continue
+        connection, _ = listener.accept()
+        held.append(connection)  # never answered, never closed
+        out.write(json.dumps({"type": "connection", "time": time.time()}) + "\n")
+        threading.Thread(target=drain, args=(connection,), daemon=True).start()
+
+
+def drain(connection):
+    try:
+        while connection.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
@@ -138,17 +183,21 @@ def main():
     parser.add_argument("--retry-after", default=None)
     parser.add_argument("--partial-reject", type=int, default=0)
     parser.add_argument("--count-only", action="store_true", help="write request lines only (benchmark)")
+    parser.add_argument("--fault", choices=["blackhole", "refused"], help="no HTTP: see the module doc")
     args = parser.parse_args()
     # The parent may have spawned us with signals blocked; let SIGTERM/SIGINT work.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM, signal.SIGINT])
+    if args.fault:
+        try:
+            run_fault(args)
+        except KeyboardInterrupt:
+            pass
+        return 0
 
     state = State(args)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(state))
     server.daemon_threads = True
-    temporary = args.port_file + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.write(str(server.server_address[1]))
-    os.replace(temporary, args.port_file)
+    write_port(args.port_file, server.server_address[1])
     try:
         server.serve_forever(poll_interval=0.1)
     except KeyboardInterrupt:

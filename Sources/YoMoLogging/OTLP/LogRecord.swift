@@ -44,11 +44,16 @@ public protocol LogRecordExporter: Sendable {
     func export(_ records: [OTLPLogRecord], timeout: Duration) throws(LoggingError)
     func forceFlush()
     func shutdown()
+    /// As `SpanExporter.abandonExports(after:)`: the batch processor's shutdown
+    /// gives up `timeout` from now, and so should an export in flight or started later.
+    func abandonExports(after timeout: Duration)
 }
 
 extension LogRecordExporter {
     public func forceFlush() {}
     public func shutdown() {}
+    /// Default: nothing; each export's `timeout` is then its only bound.
+    public func abandonExports(after timeout: Duration) {}
 }
 
 /// Keeps exported records in memory, for tests.

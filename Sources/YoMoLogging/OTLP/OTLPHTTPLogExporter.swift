@@ -39,7 +39,9 @@ public final class OTLPHTTPLogExporter: LogRecordExporter {
         do {
             response = try transport.send(body, timeout: min(timeout, configuration.timeout), itemCount: records.count)
         } catch {
-            throw error == .shutdown ? .shutdown(error.message) : .exportFailed(error.description)
+            if error == .shutdown { throw .shutdown(error.message) }
+            if error == .abandoned { throw .abandoned(error.message) }
+            throw .exportFailed(error.message)
         }
         // A 2xx may still carry partial_success (OTLP spec "Partial Success").
         if let partial = OTLPLogEncoding.partialSuccess(in: response) {
@@ -53,5 +55,11 @@ public final class OTLPHTTPLogExporter: LogRecordExporter {
 
     public func shutdown() {
         transport.shutdown()
+    }
+
+    /// Clips request timeouts and retry waits to the deadline and drops a
+    /// request still waiting for the collector then (within 50 ms).
+    public func abandonExports(after timeout: Duration) {
+        transport.abandon(atMonotonicNanoseconds: monotonicNanoseconds(after: timeout))
     }
 }

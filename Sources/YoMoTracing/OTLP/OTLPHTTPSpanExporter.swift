@@ -38,4 +38,10 @@ public final class OTLPHTTPSpanExporter: SpanExporter {
     public func shutdown() {
         transport.shutdown()
     }
+
+    /// Clips request timeouts and retry waits to the deadline and drops a
+    /// request still waiting for the collector then (within 50 ms).
+    public func abandonExports(after timeout: Duration) {
+        transport.abandon(atMonotonicNanoseconds: monotonicNanoseconds(after: timeout))
+    }
 }

@@ -159,9 +159,19 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
 
     // Guarded by `lock`.
     private var handle: UnsafeMutableRawPointer?
+    /// Drives `handle`, so that a transfer can be abandoned between two polls
+    /// (see `abandon(atMonotonicNanoseconds:)`).
+    private var multi: UnsafeMutableRawPointer?
     private var headers: UnsafeMutablePointer<curl_slist>?
     private let collector = ResponseCollector()
     private var isShutdown = false
+
+    /// Guards `abandonDeadline`; separate from `lock`, which `send` holds
+    /// throughout, so that another thread can set the deadline mid-send.
+    private let abandonLock = ConditionLock()
+    /// Monotonic time at which every send gives up (`.max`: none). Set when
+    /// the owning processor's shutdown starts.
+    private var abandonDeadline = UInt64.max
 
     /// - Parameter signalName: what the bodies carry ("spans", "log records"), for log lines.
     package init(configuration: OTLPExporterConfiguration, signalName: String, logger: Logger) {
@@ -174,6 +184,8 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
     }
 
     deinit {
+        if let multi, let handle { curl_multi_remove_handle(multi, handle) }
+        if let multi { curl_multi_cleanup(multi) }
         if let handle { curl_easy_cleanup(handle) }
         if let headers { curl_slist_free_all(headers) }
     }
@@ -199,11 +211,17 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         }
 
         let start = monotonicNanoseconds()
-        let budget = UInt64(max(timeout.nanoseconds, 1_000_000))
+        let exportEnd = start + UInt64(max(timeout.nanoseconds, 1_000_000))
         var attempt = 0
         while true {
-            let elapsed = monotonicNanoseconds() - start
-            let remaining = budget > elapsed ? budget - elapsed : 0
+            // A shutdown deadline set meanwhile shortens what is left.
+            let now = monotonicNanoseconds()
+            guard now < abandonDeadlineNow else {
+                throw .abandoned("collector \(configuration.url): shutdown deadline reached")
+            }
+            // curl times out at the export's own end; `perform` drops the
+            // transfer itself at the shutdown deadline (set now or later).
+            let remaining = exportEnd > now ? exportEnd - now : 0
             let result = perform(handle, payload, timeoutMilliseconds: max(Int(remaining / 1_000_000), 1))
             let decision = retryPolicy.decide(
                 result, attempt: attempt,
@@ -218,27 +236,42 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
                 return result.body
             case .fail:
                 let detail = describe(result)
-                logger.error("OTLP export failed, not retrying: \(detail)", metadata: [
+                // While shutting down, the processor reports every loss in one line.
+                let level: Logger.Level = isAbandoning ? .debug : .error
+                logger.log(level: level, "OTLP export failed, not retrying: \(detail)", metadata: [
                     "http_status": "\(result.status)", "dropped_\(signalNameKey)": "\(itemCount)",
                 ])
-                if result.status == 0 { throw .connectionFailed(detail) }
-                throw .httpStatus(detail)
+                let message = "collector \(configuration.url): \(detail), not retrying"
+                if result.curlMessage == Self.abandonedMessage {
+                    throw .abandoned("collector \(configuration.url): \(detail)")
+                }
+                if result.status == 0 { throw .connectionFailed(message) }
+                throw .httpStatus(message)
             case .retry(let delay):
                 let delayNanoseconds = UInt64(max(delay.nanoseconds, 0))
-                let elapsedNow = monotonicNanoseconds() - start
-                guard elapsedNow + delayNanoseconds < budget else {
+                let wakeAt = monotonicNanoseconds() + delayNanoseconds
+                // The shutdown deadline stops a retry that an export without
+                // one would have made (the caller's timeout may already be
+                // clipped to the deadline, hence the configured timeout here).
+                let abandoning = wakeAt >= abandonDeadlineNow
+                    && wakeAt < start + UInt64(max(configuration.timeout.nanoseconds, 0))
+                guard wakeAt < min(exportEnd, abandonDeadlineNow) else {
                     let detail = describe(result)
-                    logger.error("OTLP export failed, giving up: retries would exceed the export timeout: \(detail)", metadata: [
+                    let limit = abandoning ? "the shutdown deadline" : "the export timeout"
+                    logger.log(level: isAbandoning ? .debug : .error,
+                               "OTLP export failed, giving up: retries would exceed \(limit): \(detail)", metadata: [
                         "attempts": "\(attempt + 1)", "dropped_\(signalNameKey)": "\(itemCount)",
                     ])
-                    if result.status == 0 { throw .connectionFailed(detail) }
-                    throw .timeout(detail)
+                    let message = "collector \(configuration.url): \(detail)"
+                    if abandoning { throw .abandoned(message) }
+                    if result.status == 0 { throw .connectionFailed(message) }
+                    throw .timeout(message)
                 }
                 logger.debug("OTLP export will retry", metadata: [
                     "reason": "\(describe(result))", "delay_ms": "\(delayNanoseconds / 1_000_000)",
                     "attempt": "\(attempt + 1)",
                 ])
-                sleepNanoseconds(delayNanoseconds)
+                pause(untilMonotonicNanoseconds: wakeAt)
                 attempt += 1
             }
         }
@@ -248,9 +281,41 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         lock.withLock { isShutdown = true }
     }
 
+    /// From `deadline` (monotonic, see `monotonicNanoseconds()`) on, a send in
+    /// progress gives up within a poll interval and later sends fail at once;
+    /// retry waits and request timeouts are clipped to it. Until then, failures
+    /// are logged at debug only: the processor that is shutting down reports
+    /// what it could not export in one line. Callable from any thread; the
+    /// earliest deadline wins.
+    package func abandon(atMonotonicNanoseconds deadline: UInt64) {
+        abandonLock.withLock {
+            abandonDeadline = min(abandonDeadline, deadline)
+            abandonLock.broadcast()
+        }
+    }
+
+    private var abandonDeadlineNow: UInt64 { abandonLock.withLock { abandonDeadline } }
+    private var isAbandoning: Bool { abandonDeadlineNow != .max }
+
+    /// Waits for a retry, returning early when the abandon deadline comes first.
+    private func pause(untilMonotonicNanoseconds wakeAt: UInt64) {
+        abandonLock.lock()
+        defer { abandonLock.unlock() }
+        while true {
+            let end = min(wakeAt, abandonDeadline)
+            guard monotonicNanoseconds() < end else { return }
+            abandonLock.wait(untilMonotonicNanoseconds: end)
+        }
+    }
+
+    private static let abandonedMessage = "abandoned at the shutdown deadline"
+
     private var signalNameKey: String { signalName.replacingSpaces() }
 
     private func describe(_ result: HTTPAttemptResult) -> String {
+        if result.curlMessage == Self.abandonedMessage {
+            return "no answer before the shutdown deadline"
+        }
         if result.status == 0 {
             return "connection failed (curl \(result.curlCode): \(result.curlMessage))"
         }
@@ -267,6 +332,11 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
     private func prepareHandle() -> UnsafeMutableRawPointer? {
         if let handle { return handle }
         guard let handle = curl_easy_init() else { return nil }
+        guard let multi = curl_multi_init() else {
+            curl_easy_cleanup(handle)
+            return nil
+        }
+        self.multi = multi
         var list: UnsafeMutablePointer<curl_slist>?
         var lines = ["Content-Type: application/x-protobuf", "Expect:"]
         if configuration.compression == .gzip { lines.append("Content-Encoding: gzip") }
@@ -293,10 +363,29 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         collector.reset()
         ccurl_setopt_long(handle, CURLOPT_TIMEOUT_MS, timeoutMilliseconds)
         ccurl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, timeoutMilliseconds)
+        var abandoned = false
         let code: CURLcode = payload.withUnsafeBytes { bytes in
             ccurl_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(bytes.count))
             ccurl_setopt_pointer(handle, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress))
-            return curl_easy_perform(handle)
+            guard let multi else { return curl_easy_perform(handle) }
+            // The multi interface instead of curl_easy_perform: between polls
+            // (50 ms at most) we can drop a transfer that a shutdown deadline
+            // has overtaken, e.g. one waiting on a collector that never answers.
+            curl_multi_add_handle(multi, handle)
+            defer { curl_multi_remove_handle(multi, handle) }
+            var code = CURLE_OK
+            while ccurl_multi_step(multi, 50, &code) > 0 {
+                if monotonicNanoseconds() >= abandonDeadlineNow {
+                    abandoned = true
+                    return CURLE_ABORTED_BY_CALLBACK
+                }
+            }
+            // A timeout clipped to the deadline can beat the check above by
+            // a poll interval; it is the same event.
+            if code == CURLE_OPERATION_TIMEDOUT, monotonicNanoseconds() + 50_000_000 >= abandonDeadlineNow {
+                abandoned = true
+            }
+            return code
         }
         // POSTFIELDS only borrowed the payload for this perform.
         ccurl_setopt_pointer(handle, CURLOPT_POSTFIELDS, nil)
@@ -307,7 +396,7 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         return HTTPAttemptResult(
             status: status,
             curlCode: code.rawValue,
-            curlMessage: String(cString: curl_easy_strerror(code)),
+            curlMessage: abandoned ? Self.abandonedMessage : String(cString: curl_easy_strerror(code)),
             body: collector.body,
             retryAfter: collector.retryAfter
         )
