@@ -1,0 +1,225 @@
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+import Testing
+import YoMoQUIC
+import YoMoWire
+
+@testable import YoMo
+
+/// Holds handlers until the test opens it.
+final class Gate: Sendable {
+    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let open = state.withLock { state -> Bool in
+                if state.open { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if open { continuation.resume() }
+        }
+    }
+
+    func open() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.open = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+}
+
+/// Options of a stream function that stops reading after its first frame: one
+/// handler at a time, a 64 KiB receive window, so the zipper's queue for it fills.
+func stalledOptions(tags: [UInt32]) -> StreamFunction.Options {
+    var quic = QUICConfiguration.default
+    quic.streamReceiveWindow = 64 << 10
+    quic.maxStreamReceiveWindow = 64 << 10
+    quic.connectionReceiveWindow = 64 << 10
+    quic.maxConnectionReceiveWindow = 64 << 10
+    return StreamFunction.Options(observedTags: tags, quic: quic, handlerConcurrency: 1)
+}
+
+@Suite("Faults: slow consumers, restarts, mute zippers", .serialized)
+struct FaultRecoveryTests {
+    @Test("drop policy: a stalled observer loses frames (counted), the other observer of the tag gets every one")
+    func dropPolicy() async throws {
+        try await withStrictZipper({
+            $0.slowConsumer = .init(policy: .drop, maximumBufferedBytes: 256 << 10)
+        }) { address, zipper in
+            let gate = Gate()
+            let stalledCount = Atomic<Int>(0)
+            let stalled = StreamFunction(name: "stalled", zipper: address, options: stalledOptions(tags: [0x50]))
+            stalled.setHandler { _ in
+                stalledCount.add(1, ordering: .relaxed)
+                await gate.wait()
+            }
+            try await stalled.connect()
+            let fast = Inbox<Int>()
+            let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x50]))
+            healthy.setHandler { ctx in fast.append(ctx.data.count) }
+            try await healthy.connect()
+            let source = Source(name: "firehose", zipper: address)
+            try await source.connect()
+            let frames = 1500
+            // Paced by the healthy observer, so only the stalled one falls behind.
+            for batch in 0..<(frames / 100) {
+                for _ in 0..<100 { try await source.write(tag: 0x50, data: [UInt8](repeating: 0x61, count: 1024)) }
+                #expect(await fast.wait(for: (batch + 1) * 100, timeout: .seconds(10)))
+            }
+            #expect(await fast.wait(for: frames, timeout: .seconds(30)), "local routing kept going: \(fast.count) of \(frames)")
+            let dropped = zipper.statistics.droppedFrames
+            #expect(dropped > 0, "frames for the stalled observer were dropped")
+            gate.open()
+            // Whatever was not dropped still reaches the stalled observer.
+            let delivered = frames - dropped
+            let clock = ContinuousClock()
+            let deadline = clock.now.advanced(by: .seconds(20))
+            while stalledCount.load(ordering: .relaxed) < delivered, clock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+            #expect(stalledCount.load(ordering: .relaxed) == delivered)
+            await source.close()
+            await healthy.close()
+            await stalled.close()
+        }
+    }
+
+    @Test("disconnect policy: a stalled observer is closed with a reason it sees; the rest keeps flowing")
+    func disconnectPolicy() async throws {
+        try await withStrictZipper({
+            $0.slowConsumer = .init(policy: .disconnect, maximumBufferedBytes: 256 << 10)
+        }) { address, zipper in
+            let gate = Gate()
+            let stalled = StreamFunction(name: "stalled", zipper: address, options: stalledOptions(tags: [0x51]))
+            stalled.setHandler { _ in await gate.wait() }
+            try await stalled.connect()
+            let fast = Inbox<Int>()
+            let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x51]))
+            healthy.setHandler { ctx in fast.append(ctx.data.count) }
+            try await healthy.connect()
+            let source = Source(name: "firehose", zipper: address)
+            try await source.connect()
+            let frames = 1500
+            for batch in 0..<(frames / 100) {
+                for _ in 0..<100 { try await source.write(tag: 0x51, data: [UInt8](repeating: 0x62, count: 1024)) }
+                #expect(await fast.wait(for: (batch + 1) * 100, timeout: .seconds(10)))
+            }
+            #expect(await fast.wait(for: frames, timeout: .seconds(30)))
+            #expect(zipper.statistics.slowConsumerDisconnects == 1)
+            gate.open()
+            await stalled.wait()
+            let reason = try #require(stalled.endReason)
+            #expect(reason.message.contains("slow consumer: more than 262144 bytes unacknowledged"), "\(reason)")
+            await source.close()
+            await healthy.close()
+        }
+    }
+
+    @Test("a stream function against a zipper that never answers the YoMo handshake fails at its handshake timeout")
+    func muteZipper() async throws {
+        // A QUIC server that accepts the stream and never says anything.
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+        let held = Mutex<[QUICConnection]>([])  // dropping one would close it
+        let holder = Task { for await connection in server.connections { held.withLock { $0.append(connection) } } }
+        defer { holder.cancel() }
+        let sfn = StreamFunction(
+            name: "patient", zipper: "127.0.0.1:\(server.port)",
+            options: .init(observedTags: [0x33], handshakeTimeout: .milliseconds(500)))
+        sfn.setHandler { _ in }
+        let clock = ContinuousClock()
+        let started = clock.now
+        let error = await #expect(throws: YoMoError.self) { try await sfn.connect() }
+        #expect(error?.message.contains("did not answer the handshake within 0.5 seconds") == true, "\(String(describing: error))")
+        #expect(clock.now - started < .seconds(5), "bounded by the 500 ms handshake timeout")
+        #expect(held.withLock { $0.count } == 1)
+        await server.close()
+    }
+
+    @Test("a zipper restarted with its reset key: an idle function learns of it by a stateless reset and is back fast")
+    func restartDetectedByStatelessReset() async throws {
+        let port = try await freePort()
+        let key = NSTemporaryDirectory() + "yomo-test-reset-\(UUID().uuidString).key"
+        defer { try? FileManager.default.removeItem(atPath: key) }
+        let yomo = try yomoExecutable()
+        func startZipper() throws -> Process {
+            let process = Process()
+            process.executableURL = yomo
+            process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)", "--stateless-reset-key-file", key]
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+        var zipper = try startZipper()
+        defer { if zipper.isRunning { zipper.terminate() } }
+        let address = "127.0.0.1:\(port)"
+        let errors = Inbox<YoMoError>()
+        let received = Inbox<String>()
+        let reconnectFast = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .milliseconds(500))
+        let sfn = StreamFunction(
+            name: "idle", zipper: address, options: .init(observedTags: [0x33], reconnect: reconnectFast, retryConnect: true))
+        sfn.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        sfn.setErrorHandler { errors.append($0) }
+        try await sfn.connect()
+        #expect(FileManager.default.fileExists(atPath: key), "the key file was made")
+
+        kill(zipper.processIdentifier, SIGKILL)
+        await waitForExit(zipper)
+        zipper = try startZipper()
+        // The function sends nothing but keep-alives (every 1 s): the restarted
+        // zipper answers one with a reset the function recognises.
+        #expect(await errors.wait(for: 1, timeout: .seconds(4)), "lost connection noticed well inside the 5 s idle timeout")
+        let lost = try #require(errors.items.first)
+        #expect(lost.message.contains("stateless reset"), "\(lost)")
+
+        let source = Source(name: "after-restart", zipper: address, options: .init(reconnect: reconnectFast, retryConnect: true))
+        try await source.connect()
+        for attempt in 0..<200 where !received.items.contains("back") {
+            try await source.write(tag: 0x33, data: Array("back".utf8))
+            _ = attempt
+            _ = await received.wait(for: 1, timeout: .milliseconds(50))
+        }
+        #expect(received.items.contains("back"))
+        await source.close()
+        await sfn.close()
+        zipper.terminate()
+        await waitForExit(zipper)
+    }
+
+    @Test("the stateless reset key file is made once (mode 0600) and read back the same")
+    func resetKeyFile() throws {
+        let path = NSTemporaryDirectory() + "yomo-test-key-\(UUID().uuidString)/zipper.key"
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        let configuration = ZipperConfiguration(statelessResetKeyFile: path)
+        let first = try #require(try configuration.loadStatelessResetKey())
+        let second = try #require(try configuration.loadStatelessResetKey())
+        #expect(first.count == 32)
+        #expect(first == second)
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        #expect(try ZipperConfiguration().loadStatelessResetKey() == nil)
+    }
+
+    @Test("limits, slow-consumer policy and reset key file come from the YAML; bad values are clear errors")
+    func yamlLimits() throws {
+        let configuration = try ZipperConfiguration(yaml: """
+            name: z
+            limits:
+              max_connections: 100
+              max_pending_handshakes: 7
+              max_handshake_size: 4096
+              max_frame_size: 1048576
+            slow_consumer:
+              policy: drop
+              max_buffered_bytes: 262144
+            stateless_reset_key_file: /var/lib/yomo/reset.key
+            """)
+        #expect(configuration.limits == .init(maximumConnections: 100, maximumPendingHandshakes: 7, maximumHandshakeSize: 4096, maximumFrameSize: 1 << 20))
+        #expect(configuration.slowConsumer == .init(policy: .drop, maximumBufferedBytes: 262_144))
+        #expect(configuration.statelessResetKeyFile == "/var/lib/yomo/reset.key")
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "slow_consumer: {policy: shed}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_connections: 0}") }
+    }
+}
