@@ -253,7 +253,7 @@ public final class Zipper: Sendable {
             }
             if closeReason.isEmpty { connectionLogger.info("client disconnected") }
         } catch let error as WireError {
-            closeReason = "bad frame: \(error)"
+            closeReason = "bad frame: \(error.message)"
             state.withLock { $0.statistics.protocolViolations += 1 }
             connectionLogger.warning("closing client that sent a bad frame", metadata: ["error": "\(error)", "remote": "\(remote)"])
         } catch {
@@ -289,7 +289,7 @@ public final class Zipper: Sendable {
         } catch let error as WireError where error.code == .frameTooLarge {
             reason = "handshake too large: \(error.message) (limit \(configuration.limits.maximumHandshakeSize) bytes before the handshake)"
         } catch let error as WireError {
-            reason = "bad handshake: \(error)"
+            reason = "bad handshake: \(error.message)"
         } catch {
             logger.info("connection dropped before its handshake", metadata: ["remote": "\(remote)", "error": "\(error)"])
             await connection.close(reason: "")

@@ -131,6 +131,57 @@ struct HostilePeerTests {
         #expect(rejected.first?.contains("remote=127.0.0.1:") == true)
     }
 
+    @Test("at the connection cap new QUIC handshakes go unanswered until mute peers are reaped")
+    func connectionCap() async throws {
+        try await withStrictZipper({ $0.limits.maximumConnections = 3 }) { _, zipper in
+            let port = try #require(zipper.port)
+            var quick = QUICConfiguration.default
+            quick.handshakeTimeout = .milliseconds(400)
+            // Three peers that finish the QUIC handshake and never open their stream.
+            var mute: [QUICConnection] = []
+            for _ in 0..<3 { mute.append(try await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: quick)) }
+            do {
+                _ = try await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: quick)
+                Issue.record("a fourth connection was accepted over the cap")
+            } catch {
+                #expect((error as? QUICError)?.kind == .handshakeTimeout, "\(error)")
+            }
+            // The zipper reaps them at its 1 s handshake timeout; then there is room.
+            var admitted = false
+            for _ in 0..<20 where !admitted {
+                admitted = (try? await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: quick)) != nil
+            }
+            #expect(admitted)
+            #expect(mute.allSatisfy { $0.closeReason != nil }, "the mute peers were closed")
+        }
+    }
+
+    @Test("after the handshake, a reserved tag and an oversized frame close the connection with a reason the peer reads",
+          arguments: ["reserved", "oversized"])
+    func closeReasonsAfterHandshake(_ fault: String) async throws {
+        try await withStrictZipper({ $0.limits.maximumFrameSize = 4096 }) { _, zipper in
+            let connection = try await QUICFrameConnection.connect(host: "127.0.0.1", port: try #require(zipper.port))
+            try await connection.write(.handshake(HandshakeFrame(
+                name: "rude", id: "rude-0", clientType: .source, version: ZipperConfiguration.specVersion)))
+            var frames = connection.frames.makeAsyncIterator()
+            #expect(try await frames.next() == .handshakeAck)
+            let frame = fault == "reserved"
+                ? DataFrame(tag: 0xF001, metadata: Metadata(), payload: ByteBuffer(string: "x"))
+                : DataFrame(tag: 0x33, metadata: Metadata(), payload: ByteBuffer(repeating: 0x61, count: 8192))
+            try await connection.write(.data(frame))
+            do {
+                while try await frames.next() != nil {}
+                Issue.record("the stream ended without a close")
+            } catch let error as QUICError {
+                #expect(error.kind == .closedByPeer)
+                #expect(error.applicationErrorCode == QUICError.yomoCloseCode)
+                let expected = fault == "reserved" ? "tag 0xf001 is reserved" : "bad frame: DataFrame of 8"
+                #expect(error.reason?.hasPrefix(expected) == true, "\(error)")
+            }
+            #expect(zipper.statistics.protocolViolations == 1)
+        }
+    }
+
     @Test("over the pending-handshake cap, new connections are closed with a reason")
     func pendingHandshakeCap() async throws {
         try await withStrictZipper({ $0.limits.maximumPendingHandshakes = 2 }, handshakeTimeout: .seconds(3)) { _, zipper in
