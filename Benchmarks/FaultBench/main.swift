@@ -24,6 +24,7 @@ struct ZipperOptions: ParsableArguments {
     @Option(help: "The yomo executable (default: beside this one).") var yomo: String?
     @Option(help: "UDP port for the zipper.") var port = 19_400
     @Option(help: "Slow-consumer policy of the zipper.") var slowConsumer = "block"
+    @Flag(help: "Pass no flags newer than the first release (to run an older yomo as the baseline).") var baseline = false
 }
 
 /// `yomo serve` as a child process.
@@ -35,10 +36,8 @@ final class ZipperProcess: @unchecked Sendable {
         port = options.port
         let yomo = options.yomo ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("yomo").path
         process.executableURL = URL(fileURLWithPath: yomo)
-        process.arguments = [
-            "serve", "--host", "127.0.0.1", "--port", "\(port)", "--slow-consumer", options.slowConsumer,
-            "--stateless-reset-key-file", keyFile,
-        ]
+        process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"]
+            + (options.baseline ? [] : ["--slow-consumer", options.slowConsumer, "--stateless-reset-key-file", keyFile])
         if let log = ProcessInfo.processInfo.environment["FAULT_BENCH_ZIPPER_LOG"] {
             FileManager.default.createFile(atPath: log, contents: nil)
             let handle = FileHandle(forWritingAtPath: log)
@@ -152,8 +151,8 @@ struct Fanout: AsyncParsableCommand {
             let peak = await sampler.value
             await source.close()
             for sfn in sfns { await sfn.close() }
-            // Give the zipper's closing periods (3 PTO) time to end.
-            try await Task.sleep(for: .seconds(2))
+            // The zipper's closing periods (3 PTO) end, then it trims its heap.
+            try await Task.sleep(for: .seconds(3))
             let after = zipper.memory.rss
             print(String(
                 format: "round=%d observers=%d frames=%d size=%d delivered=%d/%d complete=%@ deliveries_per_s=%.0f rss_peak=%.1f MiB rss_after=%.1f MiB",
@@ -254,5 +253,7 @@ struct Idle: AsyncParsableCommand {
         print(String(format: "connections=%d rss_before=%.1f MiB rss_after=%.1f MiB per_connection=%.1f KiB",
                      connections, before, after, (after - before) * 1024 / Double(connections)))
         for source in sources { await source.close() }
+        try await Task.sleep(for: .seconds(2))
+        print(String(format: "after the clients left: rss=%.1f MiB", zipper.memory.rss))
     }
 }

@@ -173,6 +173,10 @@ public final class Zipper: Sendable {
                 for await _ in departures {
                     try? await Task.sleep(for: .milliseconds(250))
                     QUICServer.releaseFreedMemory()
+                    // Again once the QUIC closing periods (3 PTO) have freed the
+                    // connections themselves.
+                    try? await Task.sleep(for: .seconds(2))
+                    QUICServer.releaseFreedMemory()
                 }
             }
             for await quic in server.connections {
