@@ -23,6 +23,9 @@ final class ClientRuntime: Sendable {
         var errorHandler: StreamFunction.ErrorHandler? = nil
         var cron: (Schedule, StreamFunction.Handler)? = nil
         var handlerConcurrency: Int? = nil
+        /// Limits of the outage buffer (0: writes fail while reconnecting).
+        var outageBufferFrames = 0
+        var outageBufferBytes = 0
     }
 
     private enum Phase { case idle, running, closing, ended }
@@ -35,6 +38,26 @@ final class ClientRuntime: Sendable {
         var endWaiters: [CheckedContinuation<Void, Never>] = []
         var serveTask: Task<Void, Never>?
         var tracing = DataPathTracer.disabled
+        /// Writes made while there is no connection, delivered first after a reconnect.
+        var outage = OutageBuffer(maximumFrames: 0, maximumBytes: 0)
+        /// Ended, and the owned tracer provider flushed and shut down: `wait()` may return.
+        var finished = false
+    }
+
+    /// Where one write goes.
+    private enum WriteRoute {
+        case session(ClientSession)
+        case buffered(firstOfOutage: Bool)
+        case refused(YoMoError, logBurst: Bool)
+    }
+
+    /// What `publish` found.
+    private enum Published {
+        case serving
+        /// close() came meanwhile: the session carries the held frames but no new writes.
+        case closing
+        /// The new connection failed while the held frames were written to it.
+        case failed(any Error)
     }
 
     let name: String
@@ -64,13 +87,15 @@ final class ClientRuntime: Sendable {
 
     var isConnectedForTesting: Bool { state.withLock { $0.session != nil } }
 
+    var outageStatistics: OutageStatistics { state.withLock { $0.outage.statistics } }
+
     // MARK: Starting
 
     /// Connects and serves in the background until `close()` or a final error.
     func start(_ setup: Setup) async throws {
         let session = try await connectFirst(setup)
         // Writable as soon as connect() returns, before the loop below runs.
-        state.withLock { $0.session = session }
+        _ = await publish(session)
         // The serving loop outlives this call by design (Go's Connect-then-Wait);
         // close() cancels and joins it, so it never leaks past the client.
         let task = Task { await self.serve(setup, first: session) }
@@ -96,6 +121,7 @@ final class ClientRuntime: Sendable {
         } catch {
             end(ClientCore.describe(error, zipper: setup.settings.zipper))
             await setup.ownedProvider?.shutdown()
+            finish()
             throw error
         }
     }
@@ -107,6 +133,7 @@ final class ClientRuntime: Sendable {
             }
             state.phase = .running
             state.tracing = setup.tracing
+            state.outage = OutageBuffer(maximumFrames: setup.outageBufferFrames, maximumBytes: setup.outageBufferBytes)
         }
     }
 
@@ -133,8 +160,11 @@ final class ClientRuntime: Sendable {
 
     private func serve(_ setup: Setup, first: ClientSession) async {
         await serveUntilEnd(setup, first: first)
-        // Every span ended before the client ended reaches the exporter.
+        // Every span ended before the client ended reaches the exporter, and
+        // before wait(), run() or close() return: a process that exits right
+        // after them loses nothing.
         await setup.ownedProvider?.shutdown()
+        finish()
     }
 
     private func serveUntilEnd(_ setup: Setup, first: ClientSession) async {
@@ -142,21 +172,19 @@ final class ClientRuntime: Sendable {
         var attempt = 0
         while true {
             if let current = session {
-                // Published and checked under one lock: a close() that came while
-                // dialling found no session to stop, so it must be seen here.
-                let closing = state.withLock { state -> Bool in
-                    if state.phase == .closing || state.phase == .ended { return true }
-                    state.session = current
-                    return false
-                }
-                if closing {
-                    // Writes may have been queued before this loop first ran.
+                let ended: (any Error)?
+                switch await publish(current) {
+                case .closing:
+                    // close() came while dialling: deliver what was held and written, then close.
                     await current.connection.closeAfterDelivery(reason: "\(clientType) closed")
                     end(YoMoError(.closed, "\(name) closed"))
                     return
+                case .failed(let error):
+                    ended = error
+                case .serving:
+                    ended = await serveSession(current, setup)
                 }
-                let ended = await serveSession(current, setup)
-                state.withLock { $0.session = nil }
+                state.withLock { if $0.session === current { $0.session = nil } }
                 if isClosing {
                     // The handlers' last writes are queued: deliver them before closing.
                     await current.connection.closeAfterDelivery(reason: "\(clientType) closed")
@@ -168,9 +196,18 @@ final class ClientRuntime: Sendable {
                     logger.error("connection to zipper ended", metadata: ["zipper_addr": "\(current.zipper)", "error": "\(reason)"])
                     await current.connection.close(reason: "ended")
                     end(reason)
+                    setup.errorHandler?(reason)
                     return
                 }
-                logger.warning("connection to zipper lost, reconnecting", metadata: ["zipper_addr": "\(current.zipper)", "error": "\(reason)"])
+                // Bytes queued in the dead connection and not yet acknowledged are
+                // lost; the QUIC layer does not expose their count, so log its bound:
+                // writes wait while the send buffer is full.
+                let (written, largest) = current.writtenBytes
+                logger.warning("connection to zipper lost, reconnecting", metadata: [
+                    "zipper_addr": "\(current.zipper)", "error": "\(reason)",
+                    "bytes_written": "\(written)",
+                    "unacknowledged_bytes_at_most": "\(min(written, setup.settings.quic.sendBufferSize + largest))",
+                ])
                 setup.errorHandler?(reason)
                 await current.connection.close(reason: "reconnecting")
                 session = nil
@@ -178,7 +215,9 @@ final class ClientRuntime: Sendable {
             }
             attempt += 1
             if let maximum = setup.settings.reconnect.maximumAttempts, attempt > maximum {
-                end(YoMoError(.notConnected, "\(name) gave up reconnecting to \(setup.settings.zipper) after \(maximum) attempts"))
+                let reason = YoMoError(.notConnected, "\(name) gave up reconnecting to \(setup.settings.zipper) after \(maximum) attempts")
+                end(reason)
+                setup.errorHandler?(reason)
                 return
             }
             try? await Task.sleep(for: setup.settings.reconnect.delay(beforeAttempt: attempt))
@@ -188,15 +227,56 @@ final class ClientRuntime: Sendable {
             }
             do {
                 session = try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
-                logger.info("reconnected to zipper", metadata: [YoMoLogField.connectionID: "\(clientID)"])
+                logger.info("reconnected to zipper", metadata: [YoMoLogField.connectionID: "\(clientID)", "attempts": "\(attempt)"])
                 attempt = 0
             } catch {
                 if ClientCore.isFinal(error) {
-                    end(ClientCore.describe(error, zipper: setup.settings.zipper))
+                    let reason = ClientCore.describe(error, zipper: setup.settings.zipper)
+                    logger.error("reconnect refused", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(reason)"])
+                    end(reason)
+                    setup.errorHandler?(reason)
                     return
                 }
                 logger.warning("reconnect failed", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)"])
             }
+        }
+    }
+
+    /// Writes the frames held during the outage to `session`, oldest first, then
+    /// makes it the one writes go to. Writes made meanwhile are held too (there is
+    /// no session yet), so they follow in order; the loop ends when none are left.
+    private func publish(_ session: ClientSession) async -> Published {
+        var delivered = 0
+        while true {
+            let (frames, closing, summary) = state.withLock { state -> ([DataFrame], Bool, (buffered: Int, dropped: Int)?) in
+                let closing = state.phase == .closing || state.phase == .ended
+                let frames = state.outage.takeAll()
+                guard frames.isEmpty else { return (frames, closing, nil) }
+                if !closing { state.session = session }
+                return ([], closing, state.outage.endOutage())
+            }
+            if frames.isEmpty {
+                if let summary, summary.buffered > 0 || summary.dropped > 0 {
+                    logger.info("delivered the frames written while disconnected", metadata: [
+                        "delivered": "\(delivered)", "dropped": "\(summary.dropped)",
+                    ])
+                }
+                return closing ? .closing : .serving
+            }
+            for (index, frame) in frames.enumerated() {
+                do {
+                    try await session.connection.write(.data(frame))
+                    session.recordWrite(frame.encodedLength)
+                } catch {
+                    state.withLock {
+                        $0.outage.delivered(index)
+                        $0.outage.putBack(frames[index...])
+                    }
+                    return .failed(error)
+                }
+            }
+            state.withLock { $0.outage.delivered(frames.count) }
+            delivered += frames.count
         }
     }
 
@@ -317,12 +397,73 @@ final class ClientRuntime: Sendable {
 
     // MARK: Writing
 
-    /// Sends on the current connection; fails while there is none.
+    /// Sends on the current connection; while reconnecting, holds the frame in the
+    /// outage buffer, or fails when that is full or disabled.
     func send(_ frame: DataFrame) async throws {
-        guard let session = state.withLock({ $0.session }) else {
-            throw YoMoError(isEnded ? .closed : .notConnected, "\(name) is not connected to a zipper")
+        var route = state.withLock { routeWrite(frame, &$0) }
+        while true {
+            switch route {
+            case .session(let session):
+                do {
+                    try await session.connection.write(.data(frame))
+                    session.recordWrite(frame.encodedLength)
+                    return
+                } catch {
+                    // The connection ended under this write: the serving loop will see
+                    // it too. Hold the frame for the next one instead of losing it (if
+                    // it was queued before the end, the zipper may get it twice).
+                    route = state.withLock { state in
+                        if state.session === session { state.session = nil }
+                        if state.phase == .closing {
+                            return .refused(ClientCore.describe(error, zipper: session.zipper), logBurst: false)
+                        }
+                        return self.routeWrite(frame, &state)
+                    }
+                    if case .session(let next) = route, next === session { throw ClientCore.describe(error, zipper: session.zipper) }
+                }
+            case .buffered(let first):
+                if first {
+                    let limits = state.withLock { ($0.outage.maximumFrames, $0.outage.maximumBytes) }
+                    logger.warning("not connected to zipper: holding writes until reconnected", metadata: [
+                        "max_frames": "\(limits.0)", "max_bytes": "\(limits.1)",
+                    ])
+                }
+                return
+            case .refused(let error, let logBurst):
+                if logBurst { logger.warning("dropping writes while reconnecting", metadata: ["error": "\(error)"]) }
+                throw error
+            }
         }
-        try await session.connection.write(.data(frame))
+    }
+
+    private func routeWrite(_ frame: DataFrame, _ state: inout State) -> WriteRoute {
+        switch state.phase {
+        case .idle:
+            return .refused(YoMoError(.notConnected, "\(name) is not connected to a zipper: call connect() first"), logBurst: false)
+        case .ended:
+            return .refused(YoMoError(.closed, "\(name) is closed"), logBurst: false)
+        case .running, .closing:
+            if let session = state.session { return .session(session) }
+            if state.phase == .closing {
+                return .refused(YoMoError(.closed, "\(name) is closing and has no connection to write on"), logBurst: false)
+            }
+            switch state.outage.admit(frame) {
+            case .buffered(let first):
+                return .buffered(firstOfOutage: first)
+            case .full(let first):
+                let held = state.outage.statistics
+                return .refused(YoMoError(.outageBufferFull, """
+                    \(name) is reconnecting to \(zipper) and its outage buffer is full \
+                    (\(held.pendingFrames) frames, \(held.pendingBytes) bytes held; \
+                    limits: outageBufferFrames \(state.outage.maximumFrames), outageBufferBytes \(state.outage.maximumBytes))
+                    """), logBurst: first)
+            case .disabled(let first):
+                return .refused(YoMoError(.notConnected, """
+                    \(name) is reconnecting to \(zipper), and writes are not held meanwhile \
+                    (the outage buffer is disabled: outageBufferFrames or outageBufferBytes is 0)
+                    """), logBurst: first)
+            }
+        }
     }
 
     /// Writes a frame with a fresh tid and this client's id as the source id; a
@@ -356,7 +497,6 @@ final class ClientRuntime: Sendable {
     // MARK: Ending
 
     private var isClosing: Bool { state.withLock { $0.phase == .closing || $0.phase == .ended } }
-    private var isEnded: Bool { state.withLock { $0.phase == .ended } }
 
     /// Stops reading; in-flight handlers finish and the connection closes.
     func beginClose() {
@@ -367,39 +507,60 @@ final class ClientRuntime: Sendable {
         session?.connection.stopReading()
     }
 
+    /// Returns once the client has ended and flushed the tracer provider it owns.
     func close() async {
         let idle = state.withLock { state -> Bool in
-            if state.phase == .idle { state.phase = .ended }
-            return state.phase == .ended
+            guard state.phase == .idle else { return false }
+            state.phase = .ended
+            return true
         }
         if idle {
             end(YoMoError(.closed, "\(name) closed"))
+            finish()
             return
         }
         beginClose()
         let task = state.withLock { $0.serveTask }
         if state.withLock({ $0.session == nil }) { task?.cancel() }  // sleeping before a reconnect
         await task?.value
+        // Also when the client already ended on its own and is still flushing its
+        // spans, or serves in run() (no task of ours to join).
+        await waitForEnd()
     }
 
+    /// The client is over: writes fail with `.closed` from now on. Waiters wake in
+    /// `finish()`, once the owned tracer provider has been flushed.
     private func end(_ reason: YoMoError) {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+        let discarded = state.withLock { state -> Int in
             state.phase = .ended
             if state.endReason == nil { state.endReason = reason }
+            return state.outage.discardAll()
+        }
+        if discarded > 0 {
+            logger.warning("dropped the frames written while disconnected: the client ended before it reconnected", metadata: [
+                "dropped": "\(discarded)", "error": "\(reason)",
+            ])
+        }
+    }
+
+    private func finish() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.finished = true
             defer { state.endWaiters.removeAll() }
             return state.endWaiters
         }
         for waiter in waiters { waiter.resume() }
     }
 
+    /// Returns once the client has ended and flushed its own tracer provider.
     func waitForEnd() async {
         await withCheckedContinuation { continuation in
-            let ended = state.withLock { state -> Bool in
-                if state.phase == .ended { return true }
+            let finished = state.withLock { state -> Bool in
+                if state.finished { return true }
                 state.endWaiters.append(continuation)
                 return false
             }
-            if ended { continuation.resume() }
+            if finished { continuation.resume() }
         }
     }
 

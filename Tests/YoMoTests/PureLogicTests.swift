@@ -1,4 +1,5 @@
 import Testing
+import NIOCore
 import YoMoWire
 
 @testable import YoMo
@@ -23,21 +24,44 @@ struct CredentialTests {
 
 @Suite("Reconnect policy")
 struct ReconnectPolicyTests {
-    @Test("the first retry waits 1 s, later ones grow and stop at the cap, within the jitter")
+    @Test("the first retry comes within 50–250 ms, later ones grow from 500 ms and stop at 1 s, within the jitter")
     func backoff() {
         var rng = SystemRandomNumberGenerator()
         let policy = ReconnectPolicy.default
-        #expect(policy.delay(beforeAttempt: 1, using: &rng) == .seconds(1))
         for _ in 0..<200 {
+            let first = policy.delay(beforeAttempt: 1, using: &rng).seconds
+            #expect((0.05...0.25).contains(first))
             let second = policy.delay(beforeAttempt: 2, using: &rng).seconds
-            #expect((1.6...2.4).contains(second))
+            #expect((0.4...0.6).contains(second))
             let tenth = policy.delay(beforeAttempt: 10, using: &rng).seconds
-            #expect((24...36).contains(tenth))
+            #expect((0.8...1.2).contains(tenth))
         }
-        let noJitter = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .seconds(1), multiplier: 3, jitter: 0)
-        #expect(noJitter.delay(beforeAttempt: 3, using: &rng) == .milliseconds(900))
-        #expect(noJitter.delay(beforeAttempt: 4, using: &rng) == .seconds(1))
+        // The injected generator decides the draw: the same seed, the same delays.
+        var a = SplitMix(seed: 7), b = SplitMix(seed: 7)
+        for attempt in 1...5 {
+            #expect(policy.delay(beforeAttempt: attempt, using: &a) == policy.delay(beforeAttempt: attempt, using: &b))
+        }
+        let noJitter = ReconnectPolicy(
+            firstRetryDelay: .milliseconds(10) ... .milliseconds(10), initialDelay: .milliseconds(100),
+            maximumDelay: .seconds(1), multiplier: 3, jitter: 0)
+        #expect(noJitter.delay(beforeAttempt: 1, using: &rng) == .milliseconds(10))
+        #expect(noJitter.delay(beforeAttempt: 2, using: &rng) == .milliseconds(100))
+        #expect(noJitter.delay(beforeAttempt: 4, using: &rng) == .milliseconds(900))
+        #expect(noJitter.delay(beforeAttempt: 5, using: &rng) == .seconds(1))
         #expect(noJitter.delay(beforeAttempt: 1000, using: &rng) == .seconds(1))
+    }
+}
+
+/// A seeded generator (SplitMix64): reproducible draws for tests.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
 
@@ -222,5 +246,57 @@ struct ServiceNameTests {
         #expect(renamedProvider.resource.serviceName == "orders-upper")
         await namedProvider.shutdown()
         await renamedProvider.shutdown()
+    }
+}
+
+@Suite("Outage buffer")
+struct OutageBufferTests {
+    func frame(_ byte: UInt8, size: Int = 1) -> DataFrame {
+        DataFrame(tag: 1, payload: ByteBuffer(bytes: [UInt8](repeating: byte, count: size)))
+    }
+
+    @Test("holds frames in order up to the frame limit, logs once per outage and once per burst of refusals")
+    func frameLimit() {
+        var buffer = OutageBuffer(maximumFrames: 3, maximumBytes: 1 << 20)
+        #expect(buffer.admit(frame(0)) == .buffered(firstOfOutage: true))
+        #expect(buffer.admit(frame(1)) == .buffered(firstOfOutage: false))
+        #expect(buffer.admit(frame(2)) == .buffered(firstOfOutage: false))
+        #expect(buffer.admit(frame(3)) == .full(firstOfBurst: true))
+        #expect(buffer.admit(frame(4)) == .full(firstOfBurst: false))
+        #expect(buffer.statistics.pendingFrames == 3)
+        #expect(buffer.statistics.dropped == 2)
+
+        let taken = buffer.takeAll()
+        #expect(taken.map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [0, 1, 2])
+        #expect(buffer.statistics.pendingFrames == 0 && buffer.statistics.pendingBytes == 0)
+        // A new connection failed after the first was written: the rest go back in
+        // front of a write made meanwhile.
+        #expect(buffer.admit(frame(5)) == .buffered(firstOfOutage: false))
+        buffer.delivered(1)
+        buffer.putBack(taken[1...])
+        #expect(buffer.takeAll().map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [1, 2, 5])
+        buffer.delivered(3)
+        #expect(buffer.endOutage() == (buffered: 4, dropped: 2))
+        #expect(buffer.admit(frame(6)) == .buffered(firstOfOutage: true), "a new outage logs again")
+        #expect(buffer.statistics.buffered == 5 && buffer.statistics.delivered == 4)
+        #expect(buffer.discardAll() == 1)
+        #expect(buffer.statistics.dropped == 3)
+    }
+
+    @Test("the byte limit holds; a limit of 0 disables holding")
+    func byteLimitAndDisabled() {
+        let size = frame(0, size: 100).encodedLength
+        var buffer = OutageBuffer(maximumFrames: 1000, maximumBytes: 2 * size)
+        #expect(buffer.admit(frame(0, size: 100)) == .buffered(firstOfOutage: true))
+        #expect(buffer.admit(frame(1, size: 100)) == .buffered(firstOfOutage: false))
+        #expect(buffer.admit(frame(2, size: 100)) == .full(firstOfBurst: true))
+        #expect(buffer.statistics.pendingBytes == 2 * size)
+
+        for limits in [(0, 1 << 20), (1000, 0)] {
+            var off = OutageBuffer(maximumFrames: limits.0, maximumBytes: limits.1)
+            #expect(off.admit(frame(0)) == .disabled(firstOfBurst: true))
+            #expect(off.admit(frame(0)) == .disabled(firstOfBurst: false))
+            #expect(off.statistics.dropped == 2 && off.isEmpty)
+        }
     }
 }
