@@ -28,10 +28,11 @@ final class ClientRuntime: Sendable {
         var outageBufferBytes = 0
     }
 
-    private enum Phase { case idle, running, closing, ended }
-
     private struct State {
-        var phase = Phase.idle
+        /// Connecting, serving, reconnecting, draining: decided by the pure machine.
+        var lifecycle = ClientLifecycle(policy: .default, retryInitialConnect: false, random: SystemRandomNumberGenerator())
+        /// `end()` ran: writes fail with `.closed` (the machine may close a moment earlier).
+        var ended = false
         var session: ClientSession?
         var reconnectCount = 0
         var endReason: YoMoError?
@@ -128,30 +129,34 @@ final class ClientRuntime: Sendable {
 
     private func beginRunning(_ setup: Setup) throws {
         try state.withLock { state in
-            guard state.phase == .idle else {
+            guard state.lifecycle.state == .idle else {
                 throw YoMoError(.invalidConfiguration, "\(name) is already connected or closed; create a new client to connect again")
             }
-            state.phase = .running
+            state.lifecycle = ClientLifecycle(
+                policy: setup.settings.reconnect, retryInitialConnect: setup.settings.retryInitialConnect,
+                random: SystemRandomNumberGenerator())
+            _ = state.lifecycle.start()
             state.tracing = setup.tracing
             state.outage = OutageBuffer(maximumFrames: setup.outageBufferFrames, maximumBytes: setup.outageBufferBytes)
         }
     }
 
     private func dialInitial(_ setup: Setup) async throws -> ClientSession {
-        var attempt = 0
         while true {
             do {
                 let session = try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
+                // .serve, or .drain when close() came meanwhile: publish() tells them apart.
+                _ = state.withLock { $0.lifecycle.dialSucceeded() }
                 logger.info("connected to zipper", metadata: [YoMoLogField.connectionID: "\(session.clientID)"])
                 return session
             } catch {
-                attempt += 1
-                guard setup.settings.retryInitialConnect, !ClientCore.isFinal(error), !isClosing,
-                    setup.settings.reconnect.maximumAttempts.map({ attempt < $0 }) ?? true
-                else { throw ClientCore.describe(error, zipper: setup.settings.zipper) }
-                let delay = setup.settings.reconnect.delay(beforeAttempt: attempt)
+                let action = state.withLock { $0.lifecycle.dialFailed(final: ClientCore.isFinal(error)) }
+                guard case .dialAfter(let delay) = action else { throw ClientCore.describe(error, zipper: setup.settings.zipper) }
                 logger.warning("cannot connect to zipper, retrying", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)", "retry_in": "\(delay)"])
                 try await Task.sleep(for: delay)
+                if case .end = state.withLock({ $0.lifecycle.waitEnded() }) {
+                    throw YoMoError(.closed, "\(name) closed while connecting")
+                }
             }
         }
     }
@@ -169,7 +174,7 @@ final class ClientRuntime: Sendable {
 
     private func serveUntilEnd(_ setup: Setup, first: ClientSession) async {
         var session: ClientSession? = first
-        var attempt = 0
+        var delay = Duration.zero
         while true {
             if let current = session {
                 let ended: (any Error)?
@@ -177,6 +182,7 @@ final class ClientRuntime: Sendable {
                 case .closing:
                     // close() came while dialling: deliver what was held and written, then close.
                     await current.connection.closeAfterDelivery(reason: "\(clientType) closed")
+                    _ = state.withLock { $0.lifecycle.drained() }
                     end(YoMoError(.closed, "\(name) closed"))
                     return
                 case .failed(let error):
@@ -185,61 +191,75 @@ final class ClientRuntime: Sendable {
                     ended = await serveSession(current, setup)
                 }
                 state.withLock { if $0.session === current { $0.session = nil } }
-                if isClosing {
+                // A stream the zipper finished without a reason is redialled, as in Go.
+                let action = state.withLock { $0.lifecycle.connectionLost(final: ended.map(ClientCore.isFinal) ?? false) }
+                let reason = ClientCore.describe(ended ?? YoMoError(.closedByPeer, "zipper closed the stream"), zipper: current.zipper)
+                switch action {
+                case .end(.closed):
                     // The handlers' last writes are queued: deliver them before closing.
                     await current.connection.closeAfterDelivery(reason: "\(clientType) closed")
                     end(YoMoError(.closed, "\(name) closed"))
                     return
-                }
-                let reason = ClientCore.describe(ended ?? YoMoError(.closedByPeer, "zipper closed the stream"), zipper: current.zipper)
-                if let ended, ClientCore.isFinal(ended) {
+                case .dialAfter(let wait):
+                    // Bytes queued in the dead connection and not yet acknowledged are
+                    // lost; the QUIC layer does not expose their count, so log its bound:
+                    // writes wait while the send buffer is full.
+                    let (written, largest) = current.writtenBytes
+                    logger.warning("connection to zipper lost, reconnecting", metadata: [
+                        "zipper_addr": "\(current.zipper)", "error": "\(reason)", "retry_in": "\(wait)",
+                        "bytes_written": "\(written)",
+                        "unacknowledged_bytes_at_most": "\(min(written, setup.settings.quic.sendBufferSize + largest))",
+                    ])
+                    setup.errorHandler?(reason)
+                    await current.connection.close(reason: "reconnecting")
+                    session = nil
+                    state.withLock { $0.reconnectCount += 1 }
+                    delay = wait
+                default:
                     logger.error("connection to zipper ended", metadata: ["zipper_addr": "\(current.zipper)", "error": "\(reason)"])
                     await current.connection.close(reason: "ended")
-                    end(reason)
-                    setup.errorHandler?(reason)
+                    finalEnd(action, reason, setup)
                     return
                 }
-                // Bytes queued in the dead connection and not yet acknowledged are
-                // lost; the QUIC layer does not expose their count, so log its bound:
-                // writes wait while the send buffer is full.
-                let (written, largest) = current.writtenBytes
-                logger.warning("connection to zipper lost, reconnecting", metadata: [
-                    "zipper_addr": "\(current.zipper)", "error": "\(reason)",
-                    "bytes_written": "\(written)",
-                    "unacknowledged_bytes_at_most": "\(min(written, setup.settings.quic.sendBufferSize + largest))",
-                ])
-                setup.errorHandler?(reason)
-                await current.connection.close(reason: "reconnecting")
-                session = nil
-                state.withLock { $0.reconnectCount += 1 }
             }
-            attempt += 1
-            if let maximum = setup.settings.reconnect.maximumAttempts, attempt > maximum {
-                let reason = YoMoError(.notConnected, "\(name) gave up reconnecting to \(setup.settings.zipper) after \(maximum) attempts")
-                end(reason)
-                setup.errorHandler?(reason)
-                return
-            }
-            try? await Task.sleep(for: setup.settings.reconnect.delay(beforeAttempt: attempt))
-            if isClosing {
+            try? await Task.sleep(for: delay)
+            if case .end = state.withLock({ $0.lifecycle.waitEnded() }) {
                 end(YoMoError(.closed, "\(name) closed"))
                 return
             }
             do {
                 session = try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
-                logger.info("reconnected to zipper", metadata: [YoMoLogField.connectionID: "\(clientID)", "attempts": "\(attempt)"])
-                attempt = 0
+                // .serve, or .drain when close() came meanwhile: publish() tells them apart.
+                _ = state.withLock { $0.lifecycle.dialSucceeded() }
+                logger.info("reconnected to zipper", metadata: [YoMoLogField.connectionID: "\(clientID)"])
             } catch {
-                if ClientCore.isFinal(error) {
-                    let reason = ClientCore.describe(error, zipper: setup.settings.zipper)
-                    logger.error("reconnect refused", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(reason)"])
-                    end(reason)
-                    setup.errorHandler?(reason)
+                let action = state.withLock { $0.lifecycle.dialFailed(final: ClientCore.isFinal(error)) }
+                let reason = ClientCore.describe(error, zipper: setup.settings.zipper)
+                switch action {
+                case .dialAfter(let wait):
+                    logger.warning("reconnect failed", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)", "retry_in": "\(wait)"])
+                    delay = wait
+                case .end(.closed):
+                    end(YoMoError(.closed, "\(name) closed"))
+                    return
+                default:
+                    logger.error("reconnect failed for good", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(reason)"])
+                    finalEnd(action, reason, setup)
                     return
                 }
-                logger.warning("reconnect failed", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)"])
             }
         }
+    }
+
+    /// Ends the client for a reason it did not choose, and tells the error handler.
+    private func finalEnd(_ action: ClientLifecycle<SystemRandomNumberGenerator>.Action, _ reason: YoMoError, _ setup: Setup) {
+        let error = if case .end(.gaveUp(let attempts)) = action {
+            YoMoError(.notConnected, "\(name) gave up reconnecting to \(setup.settings.zipper) after \(attempts) attempts: \(reason.message)")
+        } else {
+            reason
+        }
+        end(error)
+        setup.errorHandler?(error)
     }
 
     /// Writes the frames held during the outage to `session`, oldest first, then
@@ -249,7 +269,7 @@ final class ClientRuntime: Sendable {
         var delivered = 0
         while true {
             let (frames, closing, summary) = state.withLock { state -> ([DataFrame], Bool, (buffered: Int, dropped: Int)?) in
-                let closing = state.phase == .closing || state.phase == .ended
+                let closing = state.lifecycle.isClosing || state.ended
                 let frames = state.outage.takeAll()
                 guard frames.isEmpty else { return (frames, closing, nil) }
                 if !closing { state.session = session }
@@ -412,14 +432,17 @@ final class ClientRuntime: Sendable {
                     // The connection ended under this write: the serving loop will see
                     // it too. Hold the frame for the next one instead of losing it (if
                     // it was queued before the end, the zipper may get it twice).
+                    // A final end (the zipper closed with a reason) is not followed
+                    // by a reconnect: holding the frame would only drop it later.
+                    let final = ClientCore.isFinal(error)
                     route = state.withLock { state in
                         if state.session === session { state.session = nil }
-                        if state.phase == .closing {
-                            return .refused(ClientCore.describe(error, zipper: session.zipper), logBurst: false)
+                        if state.lifecycle.isClosing || state.ended {
+                            return .refused(YoMoError(.closed, "\(name) closed while this frame was written"), logBurst: false)
                         }
+                        if final { return .refused(ClientCore.describe(error, zipper: session.zipper), logBurst: false) }
                         return self.routeWrite(frame, &state)
                     }
-                    if case .session(let next) = route, next === session { throw ClientCore.describe(error, zipper: session.zipper) }
                 }
             case .buffered(let first):
                 if first {
@@ -437,16 +460,17 @@ final class ClientRuntime: Sendable {
     }
 
     private func routeWrite(_ frame: DataFrame, _ state: inout State) -> WriteRoute {
-        switch state.phase {
+        if state.ended || state.lifecycle.state == .closed {
+            return .refused(YoMoError(.closed, "\(name) is closed"), logBurst: false)
+        }
+        switch state.lifecycle.state {
         case .idle:
             return .refused(YoMoError(.notConnected, "\(name) is not connected to a zipper: call connect() first"), logBurst: false)
-        case .ended:
-            return .refused(YoMoError(.closed, "\(name) is closed"), logBurst: false)
-        case .running, .closing:
+        case .draining:
             if let session = state.session { return .session(session) }
-            if state.phase == .closing {
-                return .refused(YoMoError(.closed, "\(name) is closing and has no connection to write on"), logBurst: false)
-            }
+            return .refused(YoMoError(.closed, "\(name) is closing and has no connection to write on"), logBurst: false)
+        case .connecting, .serving, .reconnecting, .closed:
+            if let session = state.session { return .session(session) }
             switch state.outage.admit(frame) {
             case .buffered(let first):
                 return .buffered(firstOfOutage: first)
@@ -496,33 +520,26 @@ final class ClientRuntime: Sendable {
 
     // MARK: Ending
 
-    private var isClosing: Bool { state.withLock { $0.phase == .closing || $0.phase == .ended } }
-
-    /// Stops reading; in-flight handlers finish and the connection closes.
+    /// Stops reading (in-flight handlers finish, their writes go out, the
+    /// connection closes), or stops waiting to redial; `close()` also waits.
     func beginClose() {
-        let session = state.withLock { state -> ClientSession? in
-            if state.phase == .running { state.phase = .closing }
-            return state.session
+        let (action, session, task) = state.withLock { state in
+            (state.lifecycle.closeRequested(), state.session, state.serveTask)
         }
-        session?.connection.stopReading()
+        switch action {
+        case .stopReading: session?.connection.stopReading()
+        case .cancelWait: task?.cancel()  // wakes the wait before a redial
+        case .end:  // never connected
+            end(YoMoError(.closed, "\(name) closed"))
+            finish()
+        default: break
+        }
     }
 
     /// Returns once the client has ended and flushed the tracer provider it owns.
     func close() async {
-        let idle = state.withLock { state -> Bool in
-            guard state.phase == .idle else { return false }
-            state.phase = .ended
-            return true
-        }
-        if idle {
-            end(YoMoError(.closed, "\(name) closed"))
-            finish()
-            return
-        }
         beginClose()
-        let task = state.withLock { $0.serveTask }
-        if state.withLock({ $0.session == nil }) { task?.cancel() }  // sleeping before a reconnect
-        await task?.value
+        await state.withLock { $0.serveTask }?.value
         // Also when the client already ended on its own and is still flushing its
         // spans, or serves in run() (no task of ours to join).
         await waitForEnd()
@@ -532,7 +549,8 @@ final class ClientRuntime: Sendable {
     /// `finish()`, once the owned tracer provider has been flushed.
     private func end(_ reason: YoMoError) {
         let discarded = state.withLock { state -> Int in
-            state.phase = .ended
+            state.ended = true
+            state.lifecycle.ended()
             if state.endReason == nil { state.endReason = reason }
             return state.outage.discardAll()
         }

@@ -300,3 +300,115 @@ struct OutageBufferTests {
         }
     }
 }
+
+@Suite("Client lifecycle state machine")
+struct ClientLifecycleTests {
+    typealias Machine = ClientLifecycle<SplitMix>
+    let policy = ReconnectPolicy(maximumAttempts: 3)
+
+    func machine(retryInitialConnect: Bool = false, policy: ReconnectPolicy? = nil) -> Machine {
+        Machine(policy: policy ?? self.policy, retryInitialConnect: retryInitialConnect, random: SplitMix(seed: 42))
+    }
+
+    /// The delays a policy draws from the same seed, to compare with the machine's.
+    func expectedDelays(_ policy: ReconnectPolicy, attempts: ClosedRange<Int>) -> [Duration] {
+        var random = SplitMix(seed: 42)
+        return attempts.map { policy.delay(beforeAttempt: $0, using: &random) }
+    }
+
+    @Test("connect, serve, lose the connection, redial quickly with the injected randomness, serve again")
+    func reconnect() {
+        var m = machine()
+        #expect(m.start() == .dial)
+        #expect(m.start() == .none, "a second start does nothing")
+        #expect(m.state == .connecting(attempt: 1))
+        #expect(m.dialSucceeded() == .serve)
+        #expect(m.state == .serving)
+        let delays = expectedDelays(policy, attempts: 1...2)
+        #expect(m.connectionLost(final: false) == .dialAfter(delays[0]))
+        #expect((Duration.milliseconds(50) ... Duration.milliseconds(250)).contains(delays[0]), "the first redial is quick")
+        #expect(m.state == .reconnecting(attempt: 1))
+        #expect(m.waitEnded() == .dial)
+        #expect(m.dialFailed(final: false) == .dialAfter(delays[1]))
+        #expect(m.state == .reconnecting(attempt: 2))
+        #expect(m.waitEnded() == .dial)
+        #expect(m.dialSucceeded() == .serve)
+        #expect(m.state == .serving)
+    }
+
+    @Test("redials give up after maximumAttempts failures in a row; a final error ends at once")
+    func givingUp() {
+        var m = machine()
+        _ = m.start()
+        _ = m.dialSucceeded()
+        _ = m.connectionLost(final: false)
+        _ = m.dialFailed(final: false)  // attempt 1 failed: attempt 2 is due
+        _ = m.dialFailed(final: false)  // attempt 2 failed: attempt 3 is due
+        #expect(m.dialFailed(final: false) == .end(.gaveUp(attempts: 3)))
+        #expect(m.state == .closed)
+
+        var rejected = machine()
+        _ = rejected.start()
+        _ = rejected.dialSucceeded()
+        _ = rejected.connectionLost(final: false)
+        #expect(rejected.dialFailed(final: true) == .end(.failed))
+
+        var told = machine()
+        _ = told.start()
+        _ = told.dialSucceeded()
+        #expect(told.connectionLost(final: true) == .end(.failed), "the zipper closed with a reason: no redial")
+        #expect(told.state == .closed)
+    }
+
+    @Test("the first connect retries only when asked to, and never a final error")
+    func initialConnect() {
+        var once = machine()
+        _ = once.start()
+        #expect(once.dialFailed(final: false) == .end(.failed))
+
+        var retrying = machine(retryInitialConnect: true)
+        _ = retrying.start()
+        let delays = expectedDelays(policy, attempts: 1...2)
+        #expect(retrying.dialFailed(final: false) == .dialAfter(delays[0]))
+        #expect(retrying.state == .connecting(attempt: 2))
+        #expect(retrying.waitEnded() == .dial)
+        #expect(retrying.dialFailed(final: false) == .dialAfter(delays[1]))
+        #expect(retrying.dialFailed(final: false) == .end(.failed), "maximumAttempts covers the first connect too")
+
+        var refused = machine(retryInitialConnect: true)
+        _ = refused.start()
+        #expect(refused.dialFailed(final: true) == .end(.failed))
+    }
+
+    @Test("close while serving drains; while waiting to redial it cancels the wait; before start it ends")
+    func closing() {
+        var serving = machine()
+        _ = serving.start()
+        _ = serving.dialSucceeded()
+        #expect(serving.closeRequested() == .stopReading)
+        #expect(serving.state == .draining && serving.isClosing)
+        #expect(serving.closeRequested() == .none, "closing twice is harmless")
+        #expect(serving.connectionLost(final: false) == .end(.closed), "the stopped reader ends: close, no redial")
+        #expect(serving.state == .closed)
+
+        var waiting = machine()
+        _ = waiting.start()
+        _ = waiting.dialSucceeded()
+        _ = waiting.connectionLost(final: false)
+        #expect(waiting.closeRequested() == .cancelWait)
+        #expect(waiting.waitEnded() == .end(.closed))
+
+        var dialling = machine()
+        _ = dialling.start()
+        _ = dialling.dialSucceeded()
+        _ = dialling.connectionLost(final: false)
+        _ = dialling.waitEnded()
+        #expect(dialling.closeRequested() == .cancelWait)
+        #expect(dialling.dialSucceeded() == .drain, "a session that came up anyway delivers what is held, then closes")
+        #expect(dialling.drained() == .end(.closed))
+
+        var idle = machine()
+        #expect(idle.closeRequested() == .end(.closed))
+        #expect(idle.start() == .none, "a closed client does not connect again")
+    }
+}
