@@ -91,11 +91,13 @@ struct FaultTests {
         // back first and the held frames have somewhere to go.
         let slow = ReconnectPolicy(
             firstRetryDelay: .seconds(3) ... .seconds(3), initialDelay: .seconds(3), maximumDelay: .seconds(3))
+        let logs = Inbox<String>()
+        let logger = Logger(label: "test.sources") { _ in CapturingLogHandler(lines: logs) }
         func source(_ name: String, frames: Int = 1000) -> (Source, Inbox<YoMoError>) {
             let lost = Inbox<YoMoError>()
             let source = Source(
                 name: name, zipper: zipper.address,
-                options: .init(quic: quic, reconnect: slow, retryConnect: true, outageBufferFrames: frames))
+                options: .init(quic: quic, logger: logger, reconnect: slow, retryConnect: true, outageBufferFrames: frames))
             source.setErrorHandler { lost.append($0) }
             return (source, lost)
         }
@@ -154,6 +156,15 @@ struct FaultTests {
             expected.delivered = 50
             return expected
         }())
+        // One line when holding starts, one on delivery with the count, one per
+        // burst of refused writes: not one per frame.
+        func lines(_ text: String, of client: Source) -> [String] {
+            logs.items.filter { $0.contains(text) && $0.contains("source_id=\(client.client.clientIDBase)") }
+        }
+        #expect(lines("holding writes until reconnected", of: held).count == 1)
+        #expect(lines("delivered the frames written while disconnected", of: held).map { $0.contains("delivered=50") } == [true])
+        #expect(lines("dropping writes while reconnecting", of: small).count == 1, "\(logs.items)")
+        #expect(lines("dropping writes while reconnecting", of: unbuffered).count == 1)
         print("measurement: sink reconnected \(sinkBack) after the zipper restart")
 
         for client in [held, unbuffered, small] { await client.close() }
