@@ -35,8 +35,9 @@ struct DemoSource: AsyncParsableCommand {
                 try await source.write(tag: tag, data: Array(text.utf8))
                 logger.info("wrote", metadata: ["tag": "0x\(String(tag, radix: 16))", "data": "\(text)"])
                 written += 1
-            } catch let error as YoMoError where error.code == .notConnected {
-                logger.warning("not connected, retrying")
+            } catch let error as YoMoError where error.code == .outageBufferFull || error.code == .notConnected {
+                // Reconnecting: writes are held until the buffer fills up.
+                logger.warning("not connected, retrying", metadata: ["error": "\(error)"])
             }
             try await Task.sleep(for: .milliseconds(interval))
         }

@@ -19,7 +19,9 @@ func sample_docs_configuration_1() async throws {
         retryConnect: true,
         handlerConcurrency: 64,
         handshakeTimeout: .seconds(5),
-        tracerProvider: TracerProvider.jaeger(serviceName: "upper")
+        tracerProvider: TracerProvider.jaeger(serviceName: "upper"),
+        outageBufferFrames: 1000,
+        outageBufferBytes: 8 << 20
     )
     let sfn = StreamFunction(name: "upper", zipper: "zipper.internal:9000", options: options)
     let source = Source(name: "sensor", zipper: "zipper.internal:9000", options: .init(credential: "token:secret"))

@@ -1,3 +1,4 @@
+import Synchronization
 internal import Logging
 internal import NIOCore
 internal import YoMoQUIC
@@ -28,12 +29,25 @@ final class ClientSession: @unchecked Sendable {
     var frames: FrameReader
     let clientID: String
     let zipper: ZipperAddress
+    /// Bytes written on this connection and the largest frame: the bound of what
+    /// a lost connection may have taken with it (see `writtenBytes`).
+    private let written = Atomic<Int>(0)
+    private let largestFrame = Atomic<Int>(0)
 
     init(connection: QUICFrameConnection, frames: FrameReader, clientID: String, zipper: ZipperAddress) {
         self.connection = connection
         self.frames = frames
         self.clientID = clientID
         self.zipper = zipper
+    }
+
+    func recordWrite(_ bytes: Int) {
+        written.add(bytes, ordering: .relaxed)
+        largestFrame.max(bytes, ordering: .relaxed)
+    }
+
+    var writtenBytes: (total: Int, largestFrame: Int) {
+        (written.load(ordering: .relaxed), largestFrame.load(ordering: .relaxed))
     }
 }
 
@@ -108,10 +122,10 @@ enum ClientCore {
     static func describe(_ error: any Error, zipper: ZipperAddress) -> YoMoError {
         if let error = error as? YoMoError { return error }
         if let error = error as? QUICError, error.isRemote, let code = error.applicationErrorCode {
-            if error.isListenerShutdown {
-                return YoMoError(.listenerShutdown, "zipper \(zipper) shut down its listener")
-            }
             let reason = error.reason.map { $0.isEmpty ? "" : ": \($0)" } ?? ""
+            if error.isListenerShutdown {
+                return YoMoError(.listenerShutdown, "zipper \(zipper) shut down its listener\(reason)")
+            }
             return YoMoError(.closedByPeer, "zipper \(zipper) closed the connection (code 0x\(String(code, radix: 16)))\(reason)")
         }
         return YoMoError(.notConnected, "connection to zipper \(zipper) lost: \(error)")

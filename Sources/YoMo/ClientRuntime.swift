@@ -23,18 +23,42 @@ final class ClientRuntime: Sendable {
         var errorHandler: StreamFunction.ErrorHandler? = nil
         var cron: (Schedule, StreamFunction.Handler)? = nil
         var handlerConcurrency: Int? = nil
+        /// Limits of the outage buffer (0: writes fail while reconnecting).
+        var outageBufferFrames = 0
+        var outageBufferBytes = 0
     }
 
-    private enum Phase { case idle, running, closing, ended }
-
     private struct State {
-        var phase = Phase.idle
+        /// Connecting, serving, reconnecting, draining: decided by the pure machine.
+        var lifecycle = ClientLifecycle(policy: .default, retryInitialConnect: false, random: SystemRandomNumberGenerator())
+        /// `end()` ran: writes fail with `.closed` (the machine may close a moment earlier).
+        var ended = false
         var session: ClientSession?
         var reconnectCount = 0
         var endReason: YoMoError?
         var endWaiters: [CheckedContinuation<Void, Never>] = []
         var serveTask: Task<Void, Never>?
         var tracing = DataPathTracer.disabled
+        /// Writes made while there is no connection, delivered first after a reconnect.
+        var outage = OutageBuffer(maximumFrames: 0, maximumBytes: 0)
+        /// Ended, and the owned tracer provider flushed and shut down: `wait()` may return.
+        var finished = false
+    }
+
+    /// Where one write goes.
+    private enum WriteRoute {
+        case session(ClientSession)
+        case buffered(firstOfOutage: Bool)
+        case refused(YoMoError, logBurst: Bool)
+    }
+
+    /// What `publish` found.
+    private enum Published {
+        case serving
+        /// close() came meanwhile: the session carries the held frames but no new writes.
+        case closing
+        /// The new connection failed while the held frames were written to it.
+        case failed(any Error)
     }
 
     let name: String
@@ -64,13 +88,15 @@ final class ClientRuntime: Sendable {
 
     var isConnectedForTesting: Bool { state.withLock { $0.session != nil } }
 
+    var outageStatistics: OutageStatistics { state.withLock { $0.outage.statistics } }
+
     // MARK: Starting
 
     /// Connects and serves in the background until `close()` or a final error.
     func start(_ setup: Setup) async throws {
         let session = try await connectFirst(setup)
         // Writable as soon as connect() returns, before the loop below runs.
-        state.withLock { $0.session = session }
+        _ = await publish(session)
         // The serving loop outlives this call by design (Go's Connect-then-Wait);
         // close() cancels and joins it, so it never leaks past the client.
         let task = Task { await self.serve(setup, first: session) }
@@ -96,35 +122,41 @@ final class ClientRuntime: Sendable {
         } catch {
             end(ClientCore.describe(error, zipper: setup.settings.zipper))
             await setup.ownedProvider?.shutdown()
+            finish()
             throw error
         }
     }
 
     private func beginRunning(_ setup: Setup) throws {
         try state.withLock { state in
-            guard state.phase == .idle else {
+            guard state.lifecycle.state == .idle else {
                 throw YoMoError(.invalidConfiguration, "\(name) is already connected or closed; create a new client to connect again")
             }
-            state.phase = .running
+            state.lifecycle = ClientLifecycle(
+                policy: setup.settings.reconnect, retryInitialConnect: setup.settings.retryInitialConnect,
+                random: SystemRandomNumberGenerator())
+            _ = state.lifecycle.start()
             state.tracing = setup.tracing
+            state.outage = OutageBuffer(maximumFrames: setup.outageBufferFrames, maximumBytes: setup.outageBufferBytes)
         }
     }
 
     private func dialInitial(_ setup: Setup) async throws -> ClientSession {
-        var attempt = 0
         while true {
             do {
                 let session = try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
+                // .serve, or .drain when close() came meanwhile: publish() tells them apart.
+                _ = state.withLock { $0.lifecycle.dialSucceeded() }
                 logger.info("connected to zipper", metadata: [YoMoLogField.connectionID: "\(session.clientID)"])
                 return session
             } catch {
-                attempt += 1
-                guard setup.settings.retryInitialConnect, !ClientCore.isFinal(error), !isClosing,
-                    setup.settings.reconnect.maximumAttempts.map({ attempt < $0 }) ?? true
-                else { throw ClientCore.describe(error, zipper: setup.settings.zipper) }
-                let delay = setup.settings.reconnect.delay(beforeAttempt: attempt)
+                let action = state.withLock { $0.lifecycle.dialFailed(final: ClientCore.isFinal(error)) }
+                guard case .dialAfter(let delay) = action else { throw ClientCore.describe(error, zipper: setup.settings.zipper) }
                 logger.warning("cannot connect to zipper, retrying", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)", "retry_in": "\(delay)"])
                 try await Task.sleep(for: delay)
+                if case .end = state.withLock({ $0.lifecycle.waitEnded() }) {
+                    throw YoMoError(.closed, "\(name) closed while connecting")
+                }
             }
         }
     }
@@ -133,70 +165,138 @@ final class ClientRuntime: Sendable {
 
     private func serve(_ setup: Setup, first: ClientSession) async {
         await serveUntilEnd(setup, first: first)
-        // Every span ended before the client ended reaches the exporter.
+        // Every span ended before the client ended reaches the exporter, and
+        // before wait(), run() or close() return: a process that exits right
+        // after them loses nothing.
         await setup.ownedProvider?.shutdown()
+        finish()
     }
 
     private func serveUntilEnd(_ setup: Setup, first: ClientSession) async {
         var session: ClientSession? = first
-        var attempt = 0
+        var delay = Duration.zero
         while true {
             if let current = session {
-                // Published and checked under one lock: a close() that came while
-                // dialling found no session to stop, so it must be seen here.
-                let closing = state.withLock { state -> Bool in
-                    if state.phase == .closing || state.phase == .ended { return true }
-                    state.session = current
-                    return false
-                }
-                if closing {
-                    // Writes may have been queued before this loop first ran.
+                let ended: (any Error)?
+                switch await publish(current) {
+                case .closing:
+                    // close() came while dialling: deliver what was held and written, then close.
                     await current.connection.closeAfterDelivery(reason: "\(clientType) closed")
+                    _ = state.withLock { $0.lifecycle.drained() }
                     end(YoMoError(.closed, "\(name) closed"))
                     return
+                case .failed(let error):
+                    ended = error
+                case .serving:
+                    ended = await serveSession(current, setup)
                 }
-                let ended = await serveSession(current, setup)
-                state.withLock { $0.session = nil }
-                if isClosing {
+                state.withLock { if $0.session === current { $0.session = nil } }
+                // A stream the zipper finished without a reason is redialled, as in Go.
+                let action = state.withLock { $0.lifecycle.connectionLost(final: ended.map(ClientCore.isFinal) ?? false) }
+                let reason = ClientCore.describe(ended ?? YoMoError(.closedByPeer, "zipper closed the stream"), zipper: current.zipper)
+                switch action {
+                case .end(.closed):
                     // The handlers' last writes are queued: deliver them before closing.
                     await current.connection.closeAfterDelivery(reason: "\(clientType) closed")
                     end(YoMoError(.closed, "\(name) closed"))
                     return
-                }
-                let reason = ClientCore.describe(ended ?? YoMoError(.closedByPeer, "zipper closed the stream"), zipper: current.zipper)
-                if let ended, ClientCore.isFinal(ended) {
+                case .dialAfter(let wait):
+                    // Bytes queued in the dead connection and not yet acknowledged are
+                    // lost; the QUIC layer does not expose their count, so log its bound:
+                    // writes wait while the send buffer is full.
+                    let (written, largest) = current.writtenBytes
+                    logger.warning("connection to zipper lost, reconnecting", metadata: [
+                        "zipper_addr": "\(current.zipper)", "error": "\(reason)", "retry_in": "\(wait)",
+                        "bytes_written": "\(written)",
+                        "unacknowledged_bytes_at_most": "\(min(written, setup.settings.quic.sendBufferSize + largest))",
+                    ])
+                    setup.errorHandler?(reason)
+                    await current.connection.close(reason: "reconnecting")
+                    session = nil
+                    state.withLock { $0.reconnectCount += 1 }
+                    delay = wait
+                default:
                     logger.error("connection to zipper ended", metadata: ["zipper_addr": "\(current.zipper)", "error": "\(reason)"])
                     await current.connection.close(reason: "ended")
-                    end(reason)
+                    finalEnd(action, reason, setup)
                     return
                 }
-                logger.warning("connection to zipper lost, reconnecting", metadata: ["zipper_addr": "\(current.zipper)", "error": "\(reason)"])
-                setup.errorHandler?(reason)
-                await current.connection.close(reason: "reconnecting")
-                session = nil
-                state.withLock { $0.reconnectCount += 1 }
             }
-            attempt += 1
-            if let maximum = setup.settings.reconnect.maximumAttempts, attempt > maximum {
-                end(YoMoError(.notConnected, "\(name) gave up reconnecting to \(setup.settings.zipper) after \(maximum) attempts"))
-                return
-            }
-            try? await Task.sleep(for: setup.settings.reconnect.delay(beforeAttempt: attempt))
-            if isClosing {
+            try? await Task.sleep(for: delay)
+            if case .end = state.withLock({ $0.lifecycle.waitEnded() }) {
                 end(YoMoError(.closed, "\(name) closed"))
                 return
             }
             do {
                 session = try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
+                // .serve, or .drain when close() came meanwhile: publish() tells them apart.
+                _ = state.withLock { $0.lifecycle.dialSucceeded() }
                 logger.info("reconnected to zipper", metadata: [YoMoLogField.connectionID: "\(clientID)"])
-                attempt = 0
             } catch {
-                if ClientCore.isFinal(error) {
-                    end(ClientCore.describe(error, zipper: setup.settings.zipper))
+                let action = state.withLock { $0.lifecycle.dialFailed(final: ClientCore.isFinal(error)) }
+                let reason = ClientCore.describe(error, zipper: setup.settings.zipper)
+                switch action {
+                case .dialAfter(let wait):
+                    logger.warning("reconnect failed", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)", "retry_in": "\(wait)"])
+                    delay = wait
+                case .end(.closed):
+                    end(YoMoError(.closed, "\(name) closed"))
+                    return
+                default:
+                    logger.error("reconnect failed for good", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(reason)"])
+                    finalEnd(action, reason, setup)
                     return
                 }
-                logger.warning("reconnect failed", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)"])
             }
+        }
+    }
+
+    /// Ends the client for a reason it did not choose, and tells the error handler.
+    private func finalEnd(_ action: ClientLifecycle<SystemRandomNumberGenerator>.Action, _ reason: YoMoError, _ setup: Setup) {
+        let error = if case .end(.gaveUp(let attempts)) = action {
+            YoMoError(.notConnected, "\(name) gave up reconnecting to \(setup.settings.zipper) after \(attempts) attempts: \(reason.message)")
+        } else {
+            reason
+        }
+        end(error)
+        setup.errorHandler?(error)
+    }
+
+    /// Writes the frames held during the outage to `session`, oldest first, then
+    /// makes it the one writes go to. Writes made meanwhile are held too (there is
+    /// no session yet), so they follow in order; the loop ends when none are left.
+    private func publish(_ session: ClientSession) async -> Published {
+        var delivered = 0
+        while true {
+            let (frames, closing, summary) = state.withLock { state -> ([DataFrame], Bool, (buffered: Int, dropped: Int)?) in
+                let closing = state.lifecycle.isClosing || state.ended
+                let frames = state.outage.takeAll()
+                guard frames.isEmpty else { return (frames, closing, nil) }
+                if !closing { state.session = session }
+                return ([], closing, state.outage.endOutage())
+            }
+            if frames.isEmpty {
+                if let summary, summary.buffered > 0 || summary.dropped > 0 {
+                    logger.info("delivered the frames written while disconnected", metadata: [
+                        "delivered": "\(delivered)", "dropped": "\(summary.dropped)",
+                    ])
+                }
+                return closing ? .closing : .serving
+            }
+            for (index, frame) in frames.enumerated() {
+                do {
+                    try await session.connection.write(.data(frame))
+                    session.recordWrite(frame.encodedLength)
+                } catch {
+                    state.withLock {
+                        $0.outage.delivered(index)
+                        $0.outage.putBack(frames[index...])
+                    }
+                    return .failed(error)
+                }
+            }
+            state.withLock { $0.outage.delivered(frames.count) }
+            delivered += frames.count
         }
     }
 
@@ -317,12 +417,77 @@ final class ClientRuntime: Sendable {
 
     // MARK: Writing
 
-    /// Sends on the current connection; fails while there is none.
+    /// Sends on the current connection; while reconnecting, holds the frame in the
+    /// outage buffer, or fails when that is full or disabled.
     func send(_ frame: DataFrame) async throws {
-        guard let session = state.withLock({ $0.session }) else {
-            throw YoMoError(isEnded ? .closed : .notConnected, "\(name) is not connected to a zipper")
+        var route = state.withLock { routeWrite(frame, &$0) }
+        while true {
+            switch route {
+            case .session(let session):
+                do {
+                    try await session.connection.write(.data(frame))
+                    session.recordWrite(frame.encodedLength)
+                    return
+                } catch {
+                    // The connection ended under this write: the serving loop will see
+                    // it too. Hold the frame for the next one instead of losing it (if
+                    // it was queued before the end, the zipper may get it twice).
+                    // A final end (the zipper closed with a reason) is not followed
+                    // by a reconnect: holding the frame would only drop it later.
+                    let final = ClientCore.isFinal(error)
+                    route = state.withLock { state in
+                        if state.session === session { state.session = nil }
+                        if state.lifecycle.isClosing || state.ended {
+                            return .refused(YoMoError(.closed, "\(name) closed while this frame was written"), logBurst: false)
+                        }
+                        if final { return .refused(ClientCore.describe(error, zipper: session.zipper), logBurst: false) }
+                        return self.routeWrite(frame, &state)
+                    }
+                }
+            case .buffered(let first):
+                if first {
+                    let limits = state.withLock { ($0.outage.maximumFrames, $0.outage.maximumBytes) }
+                    logger.warning("not connected to zipper: holding writes until reconnected", metadata: [
+                        "max_frames": "\(limits.0)", "max_bytes": "\(limits.1)",
+                    ])
+                }
+                return
+            case .refused(let error, let logBurst):
+                if logBurst { logger.warning("dropping writes while reconnecting", metadata: ["error": "\(error)"]) }
+                throw error
+            }
         }
-        try await session.connection.write(.data(frame))
+    }
+
+    private func routeWrite(_ frame: DataFrame, _ state: inout State) -> WriteRoute {
+        if state.ended || state.lifecycle.state == .closed {
+            return .refused(YoMoError(.closed, "\(name) is closed"), logBurst: false)
+        }
+        switch state.lifecycle.state {
+        case .idle:
+            return .refused(YoMoError(.notConnected, "\(name) is not connected to a zipper: call connect() first"), logBurst: false)
+        case .draining:
+            if let session = state.session { return .session(session) }
+            return .refused(YoMoError(.closed, "\(name) is closing and has no connection to write on"), logBurst: false)
+        case .connecting, .serving, .reconnecting, .closed:
+            if let session = state.session { return .session(session) }
+            switch state.outage.admit(frame) {
+            case .buffered(let first):
+                return .buffered(firstOfOutage: first)
+            case .full(let first):
+                let held = state.outage.statistics
+                return .refused(YoMoError(.outageBufferFull, """
+                    \(name) is reconnecting to \(zipper) and its outage buffer is full \
+                    (\(held.pendingFrames) frames, \(held.pendingBytes) bytes held; \
+                    limits: outageBufferFrames \(state.outage.maximumFrames), outageBufferBytes \(state.outage.maximumBytes))
+                    """), logBurst: first)
+            case .disabled(let first):
+                return .refused(YoMoError(.notConnected, """
+                    \(name) is reconnecting to \(zipper), and writes are not held meanwhile \
+                    (the outage buffer is disabled: outageBufferFrames or outageBufferBytes is 0)
+                    """), logBurst: first)
+            }
+        }
     }
 
     /// Writes a frame with a fresh tid and this client's id as the source id; a
@@ -355,51 +520,65 @@ final class ClientRuntime: Sendable {
 
     // MARK: Ending
 
-    private var isClosing: Bool { state.withLock { $0.phase == .closing || $0.phase == .ended } }
-    private var isEnded: Bool { state.withLock { $0.phase == .ended } }
-
-    /// Stops reading; in-flight handlers finish and the connection closes.
+    /// Stops reading (in-flight handlers finish, their writes go out, the
+    /// connection closes), or stops waiting to redial; `close()` also waits.
     func beginClose() {
-        let session = state.withLock { state -> ClientSession? in
-            if state.phase == .running { state.phase = .closing }
-            return state.session
+        let (action, session, task) = state.withLock { state in
+            (state.lifecycle.closeRequested(), state.session, state.serveTask)
         }
-        session?.connection.stopReading()
-    }
-
-    func close() async {
-        let idle = state.withLock { state -> Bool in
-            if state.phase == .idle { state.phase = .ended }
-            return state.phase == .ended
-        }
-        if idle {
+        switch action {
+        case .stopReading: session?.connection.stopReading()
+        case .cancelWait: task?.cancel()  // wakes the wait before a redial
+        case .end:  // never connected
             end(YoMoError(.closed, "\(name) closed"))
-            return
+            finish()
+        default: break
         }
-        beginClose()
-        let task = state.withLock { $0.serveTask }
-        if state.withLock({ $0.session == nil }) { task?.cancel() }  // sleeping before a reconnect
-        await task?.value
     }
 
+    /// Returns once the client has ended and flushed the tracer provider it owns.
+    func close() async {
+        beginClose()
+        await state.withLock { $0.serveTask }?.value
+        // Also when the client already ended on its own and is still flushing its
+        // spans, or serves in run() (no task of ours to join).
+        await waitForEnd()
+    }
+
+    /// The client is over: writes fail with `.closed` from now on. Waiters wake in
+    /// `finish()`, once the owned tracer provider has been flushed.
     private func end(_ reason: YoMoError) {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.phase = .ended
+        let discarded = state.withLock { state -> Int in
+            state.ended = true
+            state.lifecycle.ended()
             if state.endReason == nil { state.endReason = reason }
+            return state.outage.discardAll()
+        }
+        if discarded > 0 {
+            logger.warning("dropped the frames written while disconnected: the client ended before it reconnected", metadata: [
+                "dropped": "\(discarded)", "error": "\(reason)",
+            ])
+        }
+    }
+
+    private func finish() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.finished = true
             defer { state.endWaiters.removeAll() }
             return state.endWaiters
         }
         for waiter in waiters { waiter.resume() }
     }
 
+    /// Returns once the client has ended and flushed its own tracer provider.
     func waitForEnd() async {
         await withCheckedContinuation { continuation in
-            let ended = state.withLock { state -> Bool in
-                if state.phase == .ended { return true }
+            let finished = state.withLock { state -> Bool in
+                if state.finished { return true }
                 state.endWaiters.append(continuation)
                 return false
             }
-            if ended { continuation.resume() }
+            if finished { continuation.resume() }
         }
     }
 

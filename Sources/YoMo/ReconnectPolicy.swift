@@ -1,9 +1,16 @@
 /// When a dropped connection is dialled again.
 ///
-/// The first retry waits `initialDelay` (1 s, as the Go SDK); each later one
-/// multiplies the delay by `multiplier` up to `maximumDelay`, then spreads it by
-/// ±`jitter` so that many clients cut off at once do not return at once.
+/// The first retry comes quickly, after a random delay in `firstRetryDelay`
+/// (50–250 ms): a zipper that restarts or a path that blips is usually back at
+/// once, and the randomness keeps many clients cut off together from returning
+/// in one burst. Each later retry waits `initialDelay` times `multiplier` per
+/// attempt, capped at `maximumDelay` (1 s: the Go SDK's fixed retry interval,
+/// so a client is back within about a second of a zipper's return however long
+/// it was away), spread by ±`jitter`.
 public struct ReconnectPolicy: Hashable, Sendable {
+    /// The range the first retry's delay is drawn from, uniformly.
+    public var firstRetryDelay: ClosedRange<Duration>
+    /// The delay before the second retry.
     public var initialDelay: Duration
     public var maximumDelay: Duration
     public var multiplier: Double
@@ -13,14 +20,17 @@ public struct ReconnectPolicy: Hashable, Sendable {
     public var maximumAttempts: Int?
 
     public init(
-        initialDelay: Duration = .seconds(1),
-        maximumDelay: Duration = .seconds(30),
+        firstRetryDelay: ClosedRange<Duration> = .milliseconds(50) ... .milliseconds(250),
+        initialDelay: Duration = .milliseconds(500),
+        maximumDelay: Duration = .seconds(1),
         multiplier: Double = 2,
         jitter: Double = 0.2,
         maximumAttempts: Int? = nil
     ) {
         precondition(multiplier >= 1, "multiplier must be at least 1")
         precondition((0...1).contains(jitter), "jitter must be between 0 and 1")
+        precondition(firstRetryDelay.lowerBound >= .zero, "firstRetryDelay must not be negative")
+        self.firstRetryDelay = firstRetryDelay
         self.initialDelay = initialDelay
         self.maximumDelay = maximumDelay
         self.multiplier = multiplier
@@ -32,9 +42,13 @@ public struct ReconnectPolicy: Hashable, Sendable {
 
     /// The delay before attempt `attempt` (1 is the first retry).
     public func delay(beforeAttempt attempt: Int, using generator: inout some RandomNumberGenerator) -> Duration {
-        guard attempt > 1 else { return initialDelay }
+        guard attempt > 1 else {
+            let low = firstRetryDelay.lowerBound.seconds, high = firstRetryDelay.upperBound.seconds
+            let drawn = low == high ? low : Double.random(in: low...high, using: &generator)
+            return .nanoseconds(Int64((drawn * 1e9).rounded()))
+        }
         let initial = initialDelay.seconds
-        let capped = min(initial * pow(multiplier, attempt - 1), maximumDelay.seconds)
+        let capped = min(initial * pow(multiplier, attempt - 2), maximumDelay.seconds)
         let spread = jitter == 0 ? 1 : Double.random(in: (1 - jitter)...(1 + jitter), using: &generator)
         return .nanoseconds(Int64((capped * spread * 1e9).rounded()))
     }

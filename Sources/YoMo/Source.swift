@@ -33,7 +33,9 @@ public final class Source: Sendable {
             settings: try ClientSettings(name: name, clientType: .source, zipper: client.zipper, options: options),
             tracing: tracing,
             ownedProvider: ownedProvider,
-            errorHandler: errorHandler
+            errorHandler: errorHandler,
+            outageBufferFrames: options.outageBufferFrames,
+            outageBufferBytes: options.outageBufferBytes
         )
         try await client.start(setup)
     }
@@ -41,7 +43,9 @@ public final class Source: Sendable {
     /// This source's client id (`<nanoid>-<reconnect count>`), the `yomo-source-id` of its frames.
     public var id: String { client.clientID }
 
-    /// Writes `data` with `tag`; waits while the zipper is slow, drops nothing.
+    /// Writes `data` with `tag`; waits while the zipper is slow. While reconnecting,
+    /// the frame is held and sent after the reconnect (`Options.outageBufferFrames`);
+    /// throws `.outageBufferFull` when that is full, `.closed` after `close()`.
     public func write(tag: UInt32, data: some Sequence<UInt8>) async throws {
         try await client.writeFresh(tag: tag, payload: ByteBuffer(bytes: data), target: nil)
     }
@@ -55,8 +59,13 @@ public final class Source: Sendable {
         try await client.writeFresh(tag: tag, payload: ByteBuffer(bytes: data), target: target)
     }
 
+    /// Delivers what was written, closes, and flushes a tracer provider the source
+    /// made from the environment before returning.
     public func close() async { await client.close() }
 
     /// Why the source ended, once it has.
     public var endReason: YoMoError? { client.endReason }
+
+    /// What happened to the frames written while reconnecting.
+    public var outageStatistics: OutageStatistics { client.outageStatistics }
 }

@@ -46,6 +46,12 @@ public final class StreamFunction: Sendable {
         /// for (`OTEL_EXPORTER_OTLP_ENDPOINT`, …), else no tracing at all; a provider
         /// made that way is flushed and shut down when the client closes.
         public var tracerProvider: TracerProvider?
+        /// While reconnecting, `write` holds up to this many frames and delivers them,
+        /// in order, before any later write once connected again; beyond it `write`
+        /// throws `.outageBufferFull`. 0 turns holding off: `write` throws `.notConnected`.
+        public var outageBufferFrames: Int
+        /// The same bound in bytes (encoded frames); 0 turns holding off.
+        public var outageBufferBytes: Int
 
         public init(
             observedTags: [UInt32] = [],
@@ -58,7 +64,9 @@ public final class StreamFunction: Sendable {
             retryConnect: Bool = false,
             handlerConcurrency: Int? = nil,
             handshakeTimeout: Duration = .seconds(10),
-            tracerProvider: TracerProvider? = nil
+            tracerProvider: TracerProvider? = nil,
+            outageBufferFrames: Int = 1000,
+            outageBufferBytes: Int = 8 << 20
         ) {
             self.observedTags = observedTags
             self.credential = credential
@@ -71,6 +79,8 @@ public final class StreamFunction: Sendable {
             self.handlerConcurrency = handlerConcurrency
             self.handshakeTimeout = handshakeTimeout
             self.tracerProvider = tracerProvider
+            self.outageBufferFrames = outageBufferFrames
+            self.outageBufferBytes = outageBufferBytes
         }
     }
 
@@ -85,6 +95,8 @@ public final class StreamFunction: Sendable {
 
     private struct State {
         var options: Options
+        /// Where an environment-made tracer provider reads its settings (tests set it).
+        var environment: [String: String]?
         var handler: Handler?
         var pipeHandler: PipeHandler?
         var errorHandler: ErrorHandler?
@@ -140,7 +152,9 @@ public final class StreamFunction: Sendable {
         try await client.start(setup)
     }
 
-    /// Returns when the function has closed: `close()`, a final error, SIGINT or SIGTERM (`Wait`).
+    /// Returns when the function has closed: `close()`, a final error, SIGINT or
+    /// SIGTERM (`Wait`); a tracer provider it made from the environment has been
+    /// flushed and shut down by then.
     public func wait() async {
         await client.waitForEndOrSignal()
     }
@@ -163,6 +177,12 @@ public final class StreamFunction: Sendable {
     /// Why the function ended, once it has.
     public var endReason: YoMoError? { client.endReason }
 
+    /// What happened to the frames written while reconnecting.
+    public var outageStatistics: OutageStatistics { client.outageStatistics }
+
+    /// Tests: the environment an environment-made tracer provider reads.
+    func setEnvironmentForTesting(_ environment: [String: String]) { state.withLock { $0.environment = environment } }
+
     /// Connects and serves until cancelled, graceful shutdown, or a final error,
     /// which it throws (a swift-service-lifecycle `Service`'s `run()`).
     public func run() async throws {
@@ -171,8 +191,8 @@ public final class StreamFunction: Sendable {
     }
 
     private func prepare() async throws -> ClientRuntime.Setup {
-        let (options, handler, pipe, errorHandler, initializer, cron) = state.withLock {
-            ($0.options, $0.handler, $0.pipeHandler, $0.errorHandler, $0.initializer, $0.cron)
+        let (options, handler, pipe, errorHandler, initializer, cron, environment) = state.withLock {
+            ($0.options, $0.handler, $0.pipeHandler, $0.errorHandler, $0.initializer, $0.cron, $0.environment)
         }
         guard handler != nil || pipe != nil || cron != nil else {
             throw YoMoError(.invalidConfiguration, "stream function \(name) has no handler: call setHandler, setPipeHandler or setCronHandler first")
@@ -184,7 +204,8 @@ public final class StreamFunction: Sendable {
                 throw YoMoError(.initializerFailed, "stream function \(name): initializer failed: \(error)")
             }
         }
-        let (tracing, ownedProvider) = DataPathTracer.resolve(options.tracerProvider, serviceName: name, scope: "StreamFunction")
+        let (tracing, ownedProvider) = DataPathTracer.resolve(
+            options.tracerProvider, serviceName: name, scope: "StreamFunction", environment: environment ?? ProcessEnvironment.current)
         return ClientRuntime.Setup(
             settings: try ClientSettings(name: name, clientType: .streamFunction, zipper: client.zipper, options: options),
             tracing: tracing,
@@ -193,7 +214,9 @@ public final class StreamFunction: Sendable {
             pipeHandler: pipe,
             errorHandler: errorHandler,
             cron: cron,
-            handlerConcurrency: options.handlerConcurrency
+            handlerConcurrency: options.handlerConcurrency,
+            outageBufferFrames: options.outageBufferFrames,
+            outageBufferBytes: options.outageBufferBytes
         )
     }
 }

@@ -8,6 +8,7 @@ public struct YoMoError: Error, Hashable, Sendable, CustomStringConvertible {
             case rejected, goaway, closedByPeer, listenerShutdown, closed, notConnected
             case invalidAddress, invalidConfiguration, invalidSchedule, reservedTag
             case handlerFailed, initializerFailed, invalidMetadata, protocolViolation
+            case outageBufferFull
         }
 
         private let value: Value
@@ -23,8 +24,13 @@ public struct YoMoError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let listenerShutdown = Code(.listenerShutdown)
         /// This side was closed: writes after `close()` fail with it.
         public static let closed = Code(.closed)
-        /// There is no connection (not connected yet, or reconnecting).
+        /// There is no connection (not connected yet, or reconnecting with the
+        /// outage buffer disabled), or reconnecting was given up.
         public static let notConnected = Code(.notConnected)
+        /// A write while reconnecting found the outage buffer full
+        /// (`StreamFunction.Options.outageBufferFrames` / `outageBufferBytes`): the
+        /// frame was not taken. Retry later or slow down.
+        public static let outageBufferFull = Code(.outageBufferFull)
         /// A `host:port` could not be parsed.
         public static let invalidAddress = Code(.invalidAddress)
         /// A configuration value (file, option) is not usable.

@@ -19,7 +19,7 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Frames in flight at most.") var inflight = 1
     @Option(help: "Tag of the frames sent.", transform: parseTag) var tag: UInt32 = 0x33
     @Option(name: .customLong("reply-tag"), help: "Tag of the replies observed.", transform: parseTag) var replyTag: UInt32 = 0x34
-    @Option(help: "Seconds to wait for every reply.") var timeout = 60.0
+    @Option(help: "Seconds the whole run may take (sending included); frames without a reply by then count as lost.") var timeout = 60.0
     @Option(help: "Credential, e.g. token:secret.") var credential: String?
 
     func validate() throws {
@@ -41,14 +41,36 @@ struct Bench: AsyncParsableCommand {
         let filler = [UInt8](repeating: UInt8(ascii: "x"), count: size - 12)
         let clock = ContinuousClock()
         let started = clock.now
-        for sequence in 0..<frames {
-            await recorder.waitForRoom(inflight)
-            let digits = String(sequence)
-            let payload = Array((String(repeating: "0", count: 12 - digits.count) + digits).utf8) + filler
-            recorder.sent(sequence)
-            try await source.write(tag: tag, data: payload)
+        let deadline = started.advanced(by: .milliseconds(Int64(timeout * 1000)))
+        // The deadline bounds everything below, also a wait for room in a full
+        // in-flight window (no function attached: no reply ever frees it).
+        let finished = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try? await Task.sleep(until: deadline, clock: clock)
+                recorder.stop()
+                return false
+            }
+            group.addTask {
+                for sequence in 0..<frames {
+                    guard await recorder.waitForRoom(inflight) else { return false }
+                    let digits = String(sequence)
+                    let payload = Array((String(repeating: "0", count: 12 - digits.count) + digits).utf8) + filler
+                    recorder.sent(sequence)
+                    do {
+                        try await source.write(tag: tag, data: payload)
+                    } catch {
+                        // Still print the summary: the frames not sent count as lost.
+                        Logger(label: "yomo.bench").error("write failed, stopping", metadata: ["error": "\(error)"])
+                        return false
+                    }
+                }
+                return await recorder.waitForAll()
+            }
+            defer { group.cancelAll() }
+            let first = await group.next() ?? false
+            recorder.stop()
+            return first
         }
-        let finished = await recorder.waitForAll(timeout: .milliseconds(Int64(timeout * 1000)))
         let elapsed = clock.now - started
         await source.close()
         await observer.close()
@@ -78,7 +100,10 @@ final class Recorder: Sendable {
         var latencies: [Int64] = []
         var inFlight = 0
         var received = 0
-        var roomWaiter: (limit: Int, continuation: CheckedContinuation<Void, Never>)?
+        var roomWaiter: (limit: Int, continuation: CheckedContinuation<Bool, Never>)?
+        var allWaiter: CheckedContinuation<Bool, Never>?
+        /// The run's time is up: waits return false at once.
+        var stopped = false
     }
 
     private let state: Mutex<State>
@@ -101,42 +126,67 @@ final class Recorder: Sendable {
     func received(_ sequenceText: String?) {
         let now = clock.now
         guard let sequenceText, let sequence = Int(sequenceText) else { return }
-        let room = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard sequence < state.sentAt.count, let sentAt = state.sentAt[sequence] else { return nil }
+        let (room, all) = state.withLock { state -> (CheckedContinuation<Bool, Never>?, CheckedContinuation<Bool, Never>?) in
+            guard sequence < state.sentAt.count, let sentAt = state.sentAt[sequence] else { return (nil, nil) }
             state.sentAt[sequence] = nil  // a duplicate reply counts once
             let elapsed = (now - sentAt).components
             state.latencies.append(elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000)
             state.inFlight -= 1
             state.received += 1
-            var room: CheckedContinuation<Void, Never>?
+            var room: CheckedContinuation<Bool, Never>?
             if let waiter = state.roomWaiter, state.inFlight < waiter.limit {
                 room = waiter.continuation
                 state.roomWaiter = nil
             }
-            return room
+            var all: CheckedContinuation<Bool, Never>?
+            if state.received == total {
+                all = state.allWaiter
+                state.allWaiter = nil
+            }
+            return (room, all)
         }
-        room?.resume()
+        room?.resume(returning: true)
+        all?.resume(returning: true)
     }
 
-    func waitForRoom(_ limit: Int) async {
+    /// True once fewer than `limit` frames are in flight; false when stopped.
+    func waitForRoom(_ limit: Int) async -> Bool {
         await withCheckedContinuation { continuation in
-            let now = state.withLock { state -> Bool in
+            let now = state.withLock { state -> Bool? in
+                if state.stopped { return false }
                 if state.inFlight < limit { return true }
                 state.roomWaiter = (limit, continuation)
-                return false
+                return nil
             }
-            if now { continuation.resume() }
+            if let now { continuation.resume(returning: now) }
         }
     }
 
-    /// True when every reply came before the timeout. Polls: it runs once, at the end.
-    func waitForAll(timeout: Duration) async -> Bool {
-        let deadline = clock.now.advanced(by: timeout)
-        while clock.now < deadline {
-            if state.withLock({ $0.received == total }) { return true }
-            try? await Task.sleep(for: .milliseconds(5))
+    /// True once every frame got its reply; false when stopped first.
+    func waitForAll() async -> Bool {
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { state -> Bool? in
+                if state.received == total { return true }
+                if state.stopped { return false }
+                state.allWaiter = continuation
+                return nil
+            }
+            if let now { continuation.resume(returning: now) }
         }
-        return state.withLock { $0.received == total }
+    }
+
+    /// Time is up: every wait, now and later, returns false.
+    func stop() {
+        let (room, all) = state.withLock { state in
+            state.stopped = true
+            defer {
+                state.roomWaiter = nil
+                state.allWaiter = nil
+            }
+            return (state.roomWaiter?.continuation, state.allWaiter)
+        }
+        room?.resume(returning: false)
+        all?.resume(returning: false)
     }
 
     func results() -> ([Int64], Int) { state.withLock { ($0.latencies, $0.received) } }

@@ -1,4 +1,5 @@
 import Testing
+import NIOCore
 import YoMoWire
 
 @testable import YoMo
@@ -23,21 +24,44 @@ struct CredentialTests {
 
 @Suite("Reconnect policy")
 struct ReconnectPolicyTests {
-    @Test("the first retry waits 1 s, later ones grow and stop at the cap, within the jitter")
+    @Test("the first retry comes within 50–250 ms, later ones grow from 500 ms and stop at 1 s, within the jitter")
     func backoff() {
         var rng = SystemRandomNumberGenerator()
         let policy = ReconnectPolicy.default
-        #expect(policy.delay(beforeAttempt: 1, using: &rng) == .seconds(1))
         for _ in 0..<200 {
+            let first = policy.delay(beforeAttempt: 1, using: &rng).seconds
+            #expect((0.05...0.25).contains(first))
             let second = policy.delay(beforeAttempt: 2, using: &rng).seconds
-            #expect((1.6...2.4).contains(second))
+            #expect((0.4...0.6).contains(second))
             let tenth = policy.delay(beforeAttempt: 10, using: &rng).seconds
-            #expect((24...36).contains(tenth))
+            #expect((0.8...1.2).contains(tenth))
         }
-        let noJitter = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .seconds(1), multiplier: 3, jitter: 0)
-        #expect(noJitter.delay(beforeAttempt: 3, using: &rng) == .milliseconds(900))
-        #expect(noJitter.delay(beforeAttempt: 4, using: &rng) == .seconds(1))
+        // The injected generator decides the draw: the same seed, the same delays.
+        var a = SplitMix(seed: 7), b = SplitMix(seed: 7)
+        for attempt in 1...5 {
+            #expect(policy.delay(beforeAttempt: attempt, using: &a) == policy.delay(beforeAttempt: attempt, using: &b))
+        }
+        let noJitter = ReconnectPolicy(
+            firstRetryDelay: .milliseconds(10) ... .milliseconds(10), initialDelay: .milliseconds(100),
+            maximumDelay: .seconds(1), multiplier: 3, jitter: 0)
+        #expect(noJitter.delay(beforeAttempt: 1, using: &rng) == .milliseconds(10))
+        #expect(noJitter.delay(beforeAttempt: 2, using: &rng) == .milliseconds(100))
+        #expect(noJitter.delay(beforeAttempt: 4, using: &rng) == .milliseconds(900))
+        #expect(noJitter.delay(beforeAttempt: 5, using: &rng) == .seconds(1))
         #expect(noJitter.delay(beforeAttempt: 1000, using: &rng) == .seconds(1))
+    }
+}
+
+/// A seeded generator (SplitMix64): reproducible draws for tests.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
 
@@ -222,5 +246,169 @@ struct ServiceNameTests {
         #expect(renamedProvider.resource.serviceName == "orders-upper")
         await namedProvider.shutdown()
         await renamedProvider.shutdown()
+    }
+}
+
+@Suite("Outage buffer")
+struct OutageBufferTests {
+    func frame(_ byte: UInt8, size: Int = 1) -> DataFrame {
+        DataFrame(tag: 1, payload: ByteBuffer(bytes: [UInt8](repeating: byte, count: size)))
+    }
+
+    @Test("holds frames in order up to the frame limit, logs once per outage and once per burst of refusals")
+    func frameLimit() {
+        var buffer = OutageBuffer(maximumFrames: 3, maximumBytes: 1 << 20)
+        #expect(buffer.admit(frame(0)) == .buffered(firstOfOutage: true))
+        #expect(buffer.admit(frame(1)) == .buffered(firstOfOutage: false))
+        #expect(buffer.admit(frame(2)) == .buffered(firstOfOutage: false))
+        #expect(buffer.admit(frame(3)) == .full(firstOfBurst: true))
+        #expect(buffer.admit(frame(4)) == .full(firstOfBurst: false))
+        #expect(buffer.statistics.pendingFrames == 3)
+        #expect(buffer.statistics.dropped == 2)
+
+        let taken = buffer.takeAll()
+        #expect(taken.map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [0, 1, 2])
+        #expect(buffer.statistics.pendingFrames == 0 && buffer.statistics.pendingBytes == 0)
+        // A new connection failed after the first was written: the rest go back in
+        // front of a write made meanwhile.
+        #expect(buffer.admit(frame(5)) == .buffered(firstOfOutage: false))
+        buffer.delivered(1)
+        buffer.putBack(taken[1...])
+        #expect(buffer.takeAll().map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [1, 2, 5])
+        buffer.delivered(3)
+        #expect(buffer.endOutage() == (buffered: 4, dropped: 2))
+        #expect(buffer.admit(frame(6)) == .buffered(firstOfOutage: true), "a new outage logs again")
+        #expect(buffer.statistics.buffered == 5 && buffer.statistics.delivered == 4)
+        #expect(buffer.discardAll() == 1)
+        #expect(buffer.statistics.dropped == 3)
+    }
+
+    @Test("the byte limit holds; a limit of 0 disables holding")
+    func byteLimitAndDisabled() {
+        let size = frame(0, size: 100).encodedLength
+        var buffer = OutageBuffer(maximumFrames: 1000, maximumBytes: 2 * size)
+        #expect(buffer.admit(frame(0, size: 100)) == .buffered(firstOfOutage: true))
+        #expect(buffer.admit(frame(1, size: 100)) == .buffered(firstOfOutage: false))
+        #expect(buffer.admit(frame(2, size: 100)) == .full(firstOfBurst: true))
+        #expect(buffer.statistics.pendingBytes == 2 * size)
+
+        for limits in [(0, 1 << 20), (1000, 0)] {
+            var off = OutageBuffer(maximumFrames: limits.0, maximumBytes: limits.1)
+            #expect(off.admit(frame(0)) == .disabled(firstOfBurst: true))
+            #expect(off.admit(frame(0)) == .disabled(firstOfBurst: false))
+            #expect(off.statistics.dropped == 2 && off.isEmpty)
+        }
+    }
+}
+
+@Suite("Client lifecycle state machine")
+struct ClientLifecycleTests {
+    typealias Machine = ClientLifecycle<SplitMix>
+    let policy = ReconnectPolicy(maximumAttempts: 3)
+
+    func machine(retryInitialConnect: Bool = false, policy: ReconnectPolicy? = nil) -> Machine {
+        Machine(policy: policy ?? self.policy, retryInitialConnect: retryInitialConnect, random: SplitMix(seed: 42))
+    }
+
+    /// The delays a policy draws from the same seed, to compare with the machine's.
+    func expectedDelays(_ policy: ReconnectPolicy, attempts: ClosedRange<Int>) -> [Duration] {
+        var random = SplitMix(seed: 42)
+        return attempts.map { policy.delay(beforeAttempt: $0, using: &random) }
+    }
+
+    @Test("connect, serve, lose the connection, redial quickly with the injected randomness, serve again")
+    func reconnect() {
+        var m = machine()
+        #expect(m.start() == .dial)
+        #expect(m.start() == .none, "a second start does nothing")
+        #expect(m.state == .connecting(attempt: 1))
+        #expect(m.dialSucceeded() == .serve)
+        #expect(m.state == .serving)
+        let delays = expectedDelays(policy, attempts: 1...2)
+        #expect(m.connectionLost(final: false) == .dialAfter(delays[0]))
+        #expect((Duration.milliseconds(50) ... Duration.milliseconds(250)).contains(delays[0]), "the first redial is quick")
+        #expect(m.state == .reconnecting(attempt: 1))
+        #expect(m.waitEnded() == .dial)
+        #expect(m.dialFailed(final: false) == .dialAfter(delays[1]))
+        #expect(m.state == .reconnecting(attempt: 2))
+        #expect(m.waitEnded() == .dial)
+        #expect(m.dialSucceeded() == .serve)
+        #expect(m.state == .serving)
+    }
+
+    @Test("redials give up after maximumAttempts failures in a row; a final error ends at once")
+    func givingUp() {
+        var m = machine()
+        _ = m.start()
+        _ = m.dialSucceeded()
+        _ = m.connectionLost(final: false)
+        _ = m.dialFailed(final: false)  // attempt 1 failed: attempt 2 is due
+        _ = m.dialFailed(final: false)  // attempt 2 failed: attempt 3 is due
+        #expect(m.dialFailed(final: false) == .end(.gaveUp(attempts: 3)))
+        #expect(m.state == .closed)
+
+        var rejected = machine()
+        _ = rejected.start()
+        _ = rejected.dialSucceeded()
+        _ = rejected.connectionLost(final: false)
+        #expect(rejected.dialFailed(final: true) == .end(.failed))
+
+        var told = machine()
+        _ = told.start()
+        _ = told.dialSucceeded()
+        #expect(told.connectionLost(final: true) == .end(.failed), "the zipper closed with a reason: no redial")
+        #expect(told.state == .closed)
+    }
+
+    @Test("the first connect retries only when asked to, and never a final error")
+    func initialConnect() {
+        var once = machine()
+        _ = once.start()
+        #expect(once.dialFailed(final: false) == .end(.failed))
+
+        var retrying = machine(retryInitialConnect: true)
+        _ = retrying.start()
+        let delays = expectedDelays(policy, attempts: 1...2)
+        #expect(retrying.dialFailed(final: false) == .dialAfter(delays[0]))
+        #expect(retrying.state == .connecting(attempt: 2))
+        #expect(retrying.waitEnded() == .dial)
+        #expect(retrying.dialFailed(final: false) == .dialAfter(delays[1]))
+        #expect(retrying.dialFailed(final: false) == .end(.failed), "maximumAttempts covers the first connect too")
+
+        var refused = machine(retryInitialConnect: true)
+        _ = refused.start()
+        #expect(refused.dialFailed(final: true) == .end(.failed))
+    }
+
+    @Test("close while serving drains; while waiting to redial it cancels the wait; before start it ends")
+    func closing() {
+        var serving = machine()
+        _ = serving.start()
+        _ = serving.dialSucceeded()
+        #expect(serving.closeRequested() == .stopReading)
+        #expect(serving.state == .draining && serving.isClosing)
+        #expect(serving.closeRequested() == .none, "closing twice is harmless")
+        #expect(serving.connectionLost(final: false) == .end(.closed), "the stopped reader ends: close, no redial")
+        #expect(serving.state == .closed)
+
+        var waiting = machine()
+        _ = waiting.start()
+        _ = waiting.dialSucceeded()
+        _ = waiting.connectionLost(final: false)
+        #expect(waiting.closeRequested() == .cancelWait)
+        #expect(waiting.waitEnded() == .end(.closed))
+
+        var dialling = machine()
+        _ = dialling.start()
+        _ = dialling.dialSucceeded()
+        _ = dialling.connectionLost(final: false)
+        _ = dialling.waitEnded()
+        #expect(dialling.closeRequested() == .cancelWait)
+        #expect(dialling.dialSucceeded() == .drain, "a session that came up anyway delivers what is held, then closes")
+        #expect(dialling.drained() == .end(.closed))
+
+        var idle = machine()
+        #expect(idle.closeRequested() == .end(.closed))
+        #expect(idle.start() == .none, "a closed client does not connect again")
     }
 }

@@ -1,0 +1,115 @@
+internal import YoMoWire
+
+/// What a client did with the frames written while it had no connection (see
+/// `StreamFunction.Options.outageBufferFrames`). Counts since the client was made.
+public struct OutageStatistics: Sendable, Hashable {
+    /// Frames written while disconnected and held for the next connection.
+    public var buffered = 0
+    /// Held frames written to a new connection after a reconnect.
+    public var delivered = 0
+    /// Writes refused because the buffer was full or disabled, plus held frames
+    /// discarded because the client ended before it reconnected.
+    public var dropped = 0
+    /// Frames held now, and their encoded size.
+    public var pendingFrames = 0
+    public var pendingBytes = 0
+
+    public init() {}
+}
+
+/// The frames a client holds while reconnecting, bounded in frames and bytes, and
+/// the counts and log decisions that go with them. Pure: no I/O, no locking (the
+/// client's state lock guards it), so it is tested without sockets.
+struct OutageBuffer {
+    let maximumFrames: Int
+    let maximumBytes: Int
+    private(set) var frames: [DataFrame] = []
+    private(set) var statistics = OutageStatistics()
+    /// Frames held and refused during the current outage (reset by `endOutage`).
+    private var outageBuffered = 0
+    private var outageDropped = 0
+    /// Whether the last write was refused: a burst of refusals logs once.
+    private var inDropBurst = false
+
+    init(maximumFrames: Int, maximumBytes: Int) {
+        self.maximumFrames = max(0, maximumFrames)
+        self.maximumBytes = max(0, maximumBytes)
+    }
+
+    var isEnabled: Bool { maximumFrames > 0 && maximumBytes > 0 }
+    var isEmpty: Bool { frames.isEmpty }
+
+    enum Admission: Equatable {
+        /// Held; `firstOfOutage`: the first held frame since the last connection (log it).
+        case buffered(firstOfOutage: Bool)
+        /// Refused: the buffer holds `maximumFrames` frames or `maximumBytes` bytes.
+        /// `firstOfBurst`: the first refusal since a frame was last held (log it).
+        case full(firstOfBurst: Bool)
+        /// Refused: buffering is off. `firstOfBurst` as for `full`.
+        case disabled(firstOfBurst: Bool)
+    }
+
+    /// Holds `frame` if it fits.
+    mutating func admit(_ frame: DataFrame) -> Admission {
+        guard isEnabled else {
+            statistics.dropped += 1
+            outageDropped += 1
+            defer { inDropBurst = true }
+            return .disabled(firstOfBurst: !inDropBurst)
+        }
+        let size = frame.encodedLength
+        guard frames.count < maximumFrames, statistics.pendingBytes + size <= maximumBytes else {
+            statistics.dropped += 1
+            outageDropped += 1
+            defer { inDropBurst = true }
+            return .full(firstOfBurst: !inDropBurst)
+        }
+        inDropBurst = false
+        frames.append(frame)
+        statistics.buffered += 1
+        statistics.pendingFrames += 1
+        statistics.pendingBytes += size
+        outageBuffered += 1
+        return .buffered(firstOfOutage: outageBuffered == 1)
+    }
+
+    /// Hands over every held frame, oldest first, to be written to a new connection.
+    mutating func takeAll() -> [DataFrame] {
+        defer {
+            frames = []
+            statistics.pendingFrames = 0
+            statistics.pendingBytes = 0
+        }
+        return frames
+    }
+
+    /// Frames taken that could not be written (the new connection failed too):
+    /// they go back in front of anything held since, keeping the write order.
+    /// They are held beyond the limits rather than dropped: they were accepted.
+    mutating func putBack(_ unsent: some Collection<DataFrame>) {
+        frames.insert(contentsOf: unsent, at: 0)
+        statistics.pendingFrames += unsent.count
+        statistics.pendingBytes += unsent.reduce(0) { $0 + $1.encodedLength }
+    }
+
+    /// `count` taken frames reached a connection.
+    mutating func delivered(_ count: Int) { statistics.delivered += count }
+
+    /// A connection is serving again: returns what the outage held and refused,
+    /// for the one log line of the flush, and starts counting afresh.
+    mutating func endOutage() -> (buffered: Int, dropped: Int) {
+        defer {
+            outageBuffered = 0
+            outageDropped = 0
+            inDropBurst = false
+        }
+        return (outageBuffered, outageDropped)
+    }
+
+    /// The client ended without reconnecting: the held frames will never be sent.
+    mutating func discardAll() -> Int {
+        let count = takeAll().count
+        statistics.dropped += count
+        return count
+    }
+}

@@ -1,0 +1,264 @@
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+import Testing
+import YoMoQUIC
+import YoMoTracing
+import YoMoWire
+
+@testable import YoMo
+
+/// A `yomo serve` child process on a fixed port, so that it can be killed and
+/// started again where its clients look for it.
+final class ZipperProcess {
+    let port: Int
+    private(set) var process: Process
+
+    init(port: Int) throws {
+        self.port = port
+        process = try Self.launch(port: port)
+    }
+
+    var address: String { "127.0.0.1:\(port)" }
+
+    private static func launch(port: Int) throws -> Process {
+        let process = Process()
+        process.executableURL = try yomoExecutable()
+        process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"]
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    /// A hard kill: no CONNECTION_CLOSE, as when a machine dies.
+    func kill() async {
+        Foundation.kill(process.processIdentifier, SIGKILL)
+        await waitForExit(process)
+    }
+
+    func restart() throws { process = try Self.launch(port: port) }
+
+    deinit { if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) } }
+}
+
+/// Log records as text lines, for asserting what a client logged.
+struct CapturingLogHandler: LogHandler {
+    let lines: Inbox<String>
+    var logLevel: Logger.Level = .info
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let merged = metadata.merging(event.metadata ?? [:]) { $1 }
+        lines.append("\(event.level) \(event.message) \(merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
+    }
+}
+
+/// Waits (polling, with an upper bound) until `condition` holds.
+func eventually(within timeout: Duration = .seconds(20), _ condition: () -> Bool) async -> Bool {
+    let clock = ContinuousClock()
+    let deadline = clock.now.advanced(by: timeout)
+    while clock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return condition()
+}
+
+@Suite("Faults: zipper loss, restart and shutdown", .serialized)
+struct FaultTests {
+    @Test("frames written while the zipper is away arrive once, in order, after it returns; a full or disabled buffer throws")
+    func outageBuffer() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        var quic = QUICConfiguration.default
+        quic.idleTimeout = .seconds(3)
+
+        let received = Inbox<String>()
+        let sinkLost = Inbox<YoMoError>()
+        let sink = StreamFunction(
+            name: "sink", zipper: zipper.address,
+            options: .init(observedTags: [0x33], quic: quic, retryConnect: true, handlerConcurrency: 1))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        sink.setErrorHandler { sinkLost.append($0) }
+        try await sink.connect()
+
+        // The held source redials only after 3 s, so the sink (default policy) is
+        // back first and the held frames have somewhere to go.
+        let slow = ReconnectPolicy(
+            firstRetryDelay: .seconds(3) ... .seconds(3), initialDelay: .seconds(3), maximumDelay: .seconds(3))
+        let logs = Inbox<String>()
+        let logger = Logger(label: "test.sources") { _ in CapturingLogHandler(lines: logs) }
+        func source(_ name: String, frames: Int = 1000) -> (Source, Inbox<YoMoError>) {
+            let lost = Inbox<YoMoError>()
+            let source = Source(
+                name: name, zipper: zipper.address,
+                options: .init(quic: quic, logger: logger, reconnect: slow, retryConnect: true, outageBufferFrames: frames))
+            source.setErrorHandler { lost.append($0) }
+            return (source, lost)
+        }
+        let (held, heldLost) = source("held")
+        let (unbuffered, unbufferedLost) = source("unbuffered", frames: 0)
+        let (small, smallLost) = source("small", frames: 3)
+        for client in [held, unbuffered, small] { try await client.connect() }
+
+        // Routes are up once one frame made it through.
+        var through = false
+        for _ in 0..<200 where !through {
+            try await held.write(tag: 0x33, data: Array("before".utf8))
+            through = await eventually(within: .milliseconds(100)) { received.items.contains("before") }
+        }
+        #expect(through)
+
+        await zipper.kill()
+        for lost in [sinkLost, heldLost, unbufferedLost, smallLost] {
+            #expect(await eventually { lost.count > 0 }, "each client notices the loss")
+        }
+
+        let outage = (0..<50).map { "outage-\($0)" }
+        for text in outage { try await held.write(tag: 0x33, data: Array(text.utf8)) }
+        #expect(held.outageStatistics.pendingFrames == 50)
+
+        let disabled = await #expect(throws: YoMoError.self) { try await unbuffered.write(tag: 0x33, data: [1]) }
+        #expect(disabled?.code == .notConnected)
+        #expect(disabled?.message.contains("outage buffer is disabled") == true, "\(String(describing: disabled))")
+
+        for value: UInt8 in 0..<3 { try await small.write(tag: 0x35, data: [value]) }
+        for value: UInt8 in 3..<5 {
+            let full = await #expect(throws: YoMoError.self) { try await small.write(tag: 0x35, data: [value]) }
+            #expect(full?.code == .outageBufferFull)
+        }
+        #expect(small.outageStatistics.buffered == 3)
+        #expect(small.outageStatistics.dropped == 2)
+
+        let clock = ContinuousClock()
+        try zipper.restart()
+        let restarted = clock.now
+        #expect(await eventually(within: .seconds(10)) { sink.client.isConnectedForTesting })
+        let sinkBack = clock.now - restarted
+        // The first redial came 50–250 ms after the loss, later ones at most ~1.2 s apart.
+        #expect(sinkBack < .milliseconds(2500), "the sink was back \(sinkBack) after the restart")
+
+        #expect(await eventually { held.client.isConnectedForTesting })
+        try await held.write(tag: 0x33, data: Array("after".utf8))
+        #expect(await eventually { received.items.contains("after") })
+        // The stream is ordered: a duplicate would have come before "after".
+        #expect(received.items.filter { $0.hasPrefix("outage-") } == outage)
+        let index = received.items.firstIndex(of: "after")
+        #expect(received.items.lastIndex(of: "outage-49").map { $0 < index! } == true, "held frames go before later writes")
+        #expect(held.outageStatistics == {
+            var expected = OutageStatistics()
+            expected.buffered = 50
+            expected.delivered = 50
+            return expected
+        }())
+        // One line when holding starts, one on delivery with the count, one per
+        // burst of refused writes: not one per frame.
+        func lines(_ text: String, of client: Source) -> [String] {
+            logs.items.filter { $0.contains(text) && $0.contains("source_id=\(client.client.clientIDBase)") }
+        }
+        #expect(lines("holding writes until reconnected", of: held).count == 1)
+        #expect(lines("delivered the frames written while disconnected", of: held).map { $0.contains("delivered=50") } == [true])
+        #expect(lines("dropping writes while reconnecting", of: small).count == 1, "\(logs.items)")
+        #expect(lines("dropping writes while reconnecting", of: unbuffered).count == 1)
+        print("measurement: sink reconnected \(sinkBack) after the zipper restart")
+
+        for client in [held, unbuffered, small] { await client.close() }
+        await sink.close()
+        let afterClose = await #expect(throws: YoMoError.self) { try await held.write(tag: 0x33, data: [0]) }
+        #expect(afterClose?.code == .closed)
+        await zipper.kill()
+    }
+
+    @Test("a zipper that shuts down first: wait() returns after the function's own tracer provider exported every span")
+    func spansFlushedBeforeWaitReturns() async throws {
+        let receiver = try await SpanReceiver.start()
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: .init(logger: Logger(label: "test.zipper")))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+
+        let handled = Inbox<Int>()
+        let sfn = StreamFunction(name: "flushed-sfn", zipper: address, options: .init(observedTags: [0x50]))
+        // A provider the function makes itself from the environment (it owns it);
+        // the default 5 s schedule delay: nothing is exported before shutdown.
+        sfn.setEnvironmentForTesting(["OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint])
+        sfn.setHandler { _ in handled.append(1) }
+        try await sfn.connect()
+        let source = Source(name: "source", zipper: address, options: .init(tracerProvider: .noop))
+        try await source.connect()
+        for value in 0..<200 { try await source.write(tag: 0x50, data: Array("\(value)".utf8)) }
+        #expect(await handled.wait(for: 200))
+        await source.close()
+
+        await zipper.close()
+        await sfn.wait()
+        let spans = receiver.spans().filter {
+            ($0["resource"] as? [String: Any])?["service.name"] as? String == "flushed-sfn"
+        }
+        #expect(spans.count == 200, "spans at the receiver when wait() returned")
+        #expect(sfn.endReason?.code == .listenerShutdown)
+    }
+
+    @Test("a zipper closing the connection with a reason: endReason, the error handler and the log line carry it")
+    func closeReason() async throws {
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+        // A stand-in zipper: acknowledges the handshake, and once the client has
+        // written a frame, closes with YoMo's code and a reason.
+        let serving = Task {
+            for await connection in server.connections {
+                let frames = QUICFrameConnection(connection)
+                var reader = frames.frames.makeAsyncIterator()
+                guard case .handshake? = try? await reader.next() else { continue }
+                try? await frames.write(.handshakeAck)
+                guard case .data? = try? await reader.next() else { continue }
+                await frames.close(errorCode: QUICError.yomoCloseCode, reason: "zipper draining for maintenance")
+            }
+        }
+        defer { serving.cancel() }
+
+        let lines = Inbox<String>()
+        let errors = Inbox<YoMoError>()
+        let logger = Logger(label: "test.sfn") { _ in CapturingLogHandler(lines: lines) }
+        let sfn = StreamFunction(name: "told", zipper: "127.0.0.1:\(server.port)", options: .init(observedTags: [1], logger: logger))
+        sfn.setHandler { _ in }
+        sfn.setErrorHandler { errors.append($0) }
+        try await sfn.connect()
+        try await sfn.write(tag: 2, data: [1])
+        await sfn.wait()
+
+        let reason = try #require(sfn.endReason)
+        #expect(reason.code == .closedByPeer)
+        #expect(reason.message.contains("zipper draining for maintenance"), "\(reason)")
+        #expect(errors.items.contains { $0.message.contains("zipper draining for maintenance") }, "\(errors.items)")
+        #expect(lines.items.contains { $0.contains("connection to zipper ended") && $0.contains("zipper draining for maintenance") }, "\(lines.items)")
+        await server.close()
+    }
+
+    @Test("yomo bench --timeout bounds the run while the in-flight window is full, and prints lost=N")
+    func benchTimeout() async throws {
+        try await withZipper { address, _ in
+            let process = Process()
+            process.executableURL = try yomoExecutable()
+            process.arguments = ["bench", "--zipper", address, "--frames", "500", "--inflight", "8", "--timeout", "2"]
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            let clock = ContinuousClock()
+            let started = clock.now
+            try process.run()
+            let exited = await eventually(within: .seconds(30)) { !process.isRunning }
+            if !exited { kill(process.processIdentifier, SIGKILL) }
+            await waitForExit(process)
+            let elapsed = clock.now - started
+            #expect(exited, "bench ignored --timeout 2 (killed after 30 s)")
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(text.contains("frames=500 ") && text.contains("lost=500"), "\(text)")
+            #expect(process.terminationStatus == 1)
+            print("measurement: bench --timeout 2 took \(elapsed)")
+        }
+    }
+}
