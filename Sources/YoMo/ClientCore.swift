@@ -29,10 +29,10 @@ final class ClientSession: @unchecked Sendable {
     var frames: FrameReader
     let clientID: String
     let zipper: ZipperAddress
-    /// Bytes written on this connection and the largest frame: the bound of what
-    /// a lost connection may have taken with it (see `writtenBytes`).
-    private let written = Atomic<Int>(0)
-    private let largestFrame = Atomic<Int>(0)
+    /// DataFrames written on this connection that the zipper's QUIC stack has
+    /// not acknowledged yet, with the stream offset each ends at: what to send
+    /// again on the next connection if this one dies.
+    private let unacknowledged = Mutex(CircularBuffer<(end: Int, frame: DataFrame)>())
 
     init(connection: QUICFrameConnection, frames: FrameReader, clientID: String, zipper: ZipperAddress) {
         self.connection = connection
@@ -41,13 +41,24 @@ final class ClientSession: @unchecked Sendable {
         self.zipper = zipper
     }
 
-    func recordWrite(_ bytes: Int) {
-        written.add(bytes, ordering: .relaxed)
-        largestFrame.max(bytes, ordering: .relaxed)
+    /// Remembers a written frame until it is acknowledged (dropping those that are).
+    func recordWrite(_ frame: DataFrame, endingAt end: Int) {
+        let acknowledged = connection.connection.acknowledgedBytes
+        unacknowledged.withLock { log in
+            while let first = log.first, first.end <= acknowledged { log.removeFirst() }
+            log.append((end, frame))
+        }
     }
 
-    var writtenBytes: (total: Int, largestFrame: Int) {
-        (written.load(ordering: .relaxed), largestFrame.load(ordering: .relaxed))
+    /// The frames written here that the zipper never acknowledged, in stream
+    /// order. Taken once, after the connection ended.
+    func takeUnacknowledged() -> [DataFrame] {
+        let acknowledged = connection.connection.acknowledgedBytes
+        return unacknowledged.withLock { log in
+            defer { log.removeAll() }
+            // Concurrent writers may have logged out of stream order.
+            return log.filter { $0.end > acknowledged }.sorted { $0.end < $1.end }.map(\.frame)
+        }
     }
 }
 

@@ -201,14 +201,16 @@ final class ClientRuntime: Sendable {
                     end(YoMoError(.closed, "\(name) closed"))
                     return
                 case .dialAfter(let wait):
-                    // Bytes queued in the dead connection and not yet acknowledged are
-                    // lost; the QUIC layer does not expose their count, so log its bound:
-                    // writes wait while the send buffer is full.
-                    let (written, largest) = current.writtenBytes
+                    // Frames the dead connection took without the zipper acknowledging
+                    // them go out again first on the next one: none is lost silently
+                    // (a frame whose acknowledgement alone was lost arrives twice).
+                    let unacknowledged = current.takeUnacknowledged()
+                    if !unacknowledged.isEmpty {
+                        state.withLock { $0.outage.resend(unacknowledged) }
+                    }
                     logger.warning("connection to zipper lost, reconnecting", metadata: [
                         "zipper_addr": "\(current.zipper)", "error": "\(reason)", "retry_in": "\(wait)",
-                        "bytes_written": "\(written)",
-                        "unacknowledged_bytes_at_most": "\(min(written, setup.settings.quic.sendBufferSize + largest))",
+                        "unacknowledged_frames_to_resend": "\(unacknowledged.count)",
                     ])
                     setup.errorHandler?(reason)
                     await current.connection.close(reason: "reconnecting")
@@ -285,8 +287,8 @@ final class ClientRuntime: Sendable {
             }
             for (index, frame) in frames.enumerated() {
                 do {
-                    try await session.connection.write(.data(frame))
-                    session.recordWrite(frame.encodedLength)
+                    let end = try await session.connection.write(.data(frame))
+                    session.recordWrite(frame, endingAt: end)
                 } catch {
                     state.withLock {
                         $0.outage.delivered(index)
@@ -425,8 +427,8 @@ final class ClientRuntime: Sendable {
             switch route {
             case .session(let session):
                 do {
-                    try await session.connection.write(.data(frame))
-                    session.recordWrite(frame.encodedLength)
+                    let end = try await session.connection.write(.data(frame))
+                    session.recordWrite(frame, endingAt: end)
                     return
                 } catch {
                     // The connection ended under this write: the serving loop will see

@@ -10,6 +10,9 @@ public struct OutageStatistics: Sendable, Hashable {
     /// Writes refused because the buffer was full or disabled, plus held frames
     /// discarded because the client ended before it reconnected.
     public var dropped = 0
+    /// Frames written to a connection that died before the zipper acknowledged
+    /// them, sent again on the next connection (ahead of the held ones).
+    public var resent = 0
     /// Frames held now, and their encoded size.
     public var pendingFrames = 0
     public var pendingBytes = 0
@@ -90,6 +93,13 @@ struct OutageBuffer {
         frames.insert(contentsOf: unsent, at: 0)
         statistics.pendingFrames += unsent.count
         statistics.pendingBytes += unsent.reduce(0) { $0 + $1.encodedLength }
+    }
+
+    /// Frames a lost connection never had acknowledged: they go first, whatever
+    /// the limits (they were accepted before the outage began).
+    mutating func resend(_ unacknowledged: [DataFrame]) {
+        putBack(unacknowledged)
+        statistics.resent += unacknowledged.count
     }
 
     /// `count` taken frames reached a connection.

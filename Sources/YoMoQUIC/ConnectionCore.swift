@@ -13,6 +13,8 @@ struct SendShared {
     /// Writers waiting for room, by ticket (a cancelled writer removes its own).
     var waiters: [(ticket: UInt64, continuation: CheckedContinuation<QUICError?, Never>)] = []
     var nextTicket: UInt64 = 0
+    /// Bytes ever queued: the stream offset after the last write.
+    var enqueuedTotal = 0
     var flushScheduled = false
     var finRequested = false
     var finSent = false
@@ -144,6 +146,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     var simulateFullSocketEvery = 0
 
     let sendShared = Mutex(SendShared())
+    /// Stream bytes the peer acknowledged, in order from the start (ngtcp2 reports
+    /// the contiguous prefix). Kept after the connection ends.
+    let acknowledgedTotal = Atomic<Int>(0)
     let recvShared = Mutex(RecvShared())
 
     /// Client: told when the stream is open (or the connect failed).
@@ -686,6 +691,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             }
         }
         let limit = configuration.sendBufferSize / 2
+        acknowledgedTotal.add(Int(length), ordering: .relaxed)
         let waiters = sendShared.withLock { s -> [CheckedContinuation<QUICError?, Never>] in
             s.buffered -= Int(length)
             var w = s.takeDrainedWaiters()
@@ -728,14 +734,16 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
 // MARK: Application side (any thread)
 
 extension ConnectionCore {
-    nonisolated(nonsending) func write(_ buffer: ByteBuffer) async throws(QUICError) {
+    @discardableResult
+    nonisolated(nonsending) func write(_ buffer: ByteBuffer) async throws(QUICError) -> Int {
         let n = buffer.readableBytes
-        guard n > 0 else { return }
-        try await enqueue(bytes: n) { $0.append(buffer) }
+        guard n > 0 else { return sendShared.withLock { $0.enqueuedTotal } }
+        return try await enqueue(bytes: n) { $0.append(buffer) }
     }
 
     /// Writes two buffers back to back, with no other write between them.
-    nonisolated(nonsending) func write(_ first: ByteBuffer, _ second: ByteBuffer) async throws(QUICError) {
+    @discardableResult
+    nonisolated(nonsending) func write(_ first: ByteBuffer, _ second: ByteBuffer) async throws(QUICError) -> Int {
         try await enqueue(bytes: first.readableBytes + second.readableBytes) {
             $0.append(first)
             $0.append(second)
@@ -744,20 +752,23 @@ extension ConnectionCore {
 
     /// Writes `length` bytes produced by `encode` straight into the send queue (no
     /// intermediate buffer: small frames cost no allocation).
-    nonisolated(nonsending) func write(length: Int, _ encode: (inout ByteBuffer) -> Void) async throws(QUICError) {
+    @discardableResult
+    nonisolated(nonsending) func write(length: Int, _ encode: (inout ByteBuffer) -> Void) async throws(QUICError) -> Int {
         try await enqueue(bytes: length) { $0.appendEncoded(length: length, encode) }
     }
 
-    private nonisolated(nonsending) func enqueue(bytes n: Int, _ append: (inout SendShared) -> Void) async throws(QUICError) {
+    /// Returns the stream offset just past these bytes (compare `acknowledgedTotal`).
+    private nonisolated(nonsending) func enqueue(bytes n: Int, _ append: (inout SendShared) -> Void) async throws(QUICError) -> Int {
         let limit = configuration.sendBufferSize
-        let (wake, mustWait) = try sendShared.withLock { s throws(QUICError) -> (Bool, Bool) in
+        let (wake, mustWait, end) = try sendShared.withLock { s throws(QUICError) -> (Bool, Bool, Int) in
             if let error = s.error { throw error }
             if s.finRequested { throw QUICError.invalidConfiguration("write after finishWriting()") }
             append(&s)
             s.buffered += n
+            s.enqueuedTotal += n
             let wake = !s.flushScheduled
             s.flushScheduled = true
-            return (wake, s.buffered > limit)
+            return (wake, s.buffered > limit, s.enqueuedTotal)
         }
         if wake { loop.execute { [self] in flushFromApplication() } }
         if mustWait {
@@ -786,6 +797,7 @@ extension ConnectionCore {
             }
             if let error { throw error }
         }
+        return end
     }
 
     /// Queues a frame unless more than `limit` bytes are already buffered: the
@@ -798,6 +810,7 @@ extension ConnectionCore {
             guard s.buffered + length <= limit || s.buffered == 0 else { return nil }
             s.appendEncoded(length: length, encode)
             s.buffered += length
+            s.enqueuedTotal += length
             let wake = !s.flushScheduled
             s.flushScheduled = true
             return wake

@@ -93,7 +93,9 @@ public final class QUICConnection: Sendable {
 
     /// Queues `bytes` on the stream; waits while the send buffer is full.
     /// Throws the connection's error once it has ended.
-    public nonisolated(nonsending) func write(_ bytes: ByteBuffer) async throws(QUICError) {
+    /// Returns the stream offset just past `bytes` (see `acknowledgedBytes`).
+    @discardableResult
+    public nonisolated(nonsending) func write(_ bytes: ByteBuffer) async throws(QUICError) -> Int {
         try await core.write(bytes)
     }
 
@@ -134,6 +136,11 @@ public final class QUICConnection: Sendable {
     /// Bytes written but not yet acknowledged by the peer: what may be lost if
     /// the connection dies now.
     public var unacknowledgedBytes: Int { core.unacknowledgedBytes }
+
+    /// The stream offset up to which the peer acknowledged every byte; still
+    /// readable after the connection ended. A write's returned offset at or
+    /// below it reached the peer's QUIC stack.
+    public var acknowledgedBytes: Int { core.acknowledgedTotal.load(ordering: .relaxed) }
 
     /// Why the connection ended, once it has.
     public var closeReason: QUICError? {

@@ -25,21 +25,23 @@ public final class QUICFrameConnection: Sendable {
 
     /// Writes one frame; waits while the send buffer is full (backpressure).
     /// Concurrent writers never interleave the bytes of their frames.
-    public nonisolated(nonsending) func write(_ frame: Frame) async throws(QUICError) {
+    /// Returns the stream offset just past the frame: once `connection.acknowledgedBytes`
+    /// reaches it, the peer's QUIC stack has the whole frame.
+    @discardableResult
+    public nonisolated(nonsending) func write(_ frame: Frame) async throws(QUICError) -> Int {
         let core = connection.core
         guard case .data(let data) = frame else {
             // Control frames are rare: encode them on their own.
-            try await core.write(frame.encoded())
-            return
+            return try await core.write(frame.encoded())
         }
         if data.payload.readableBytes >= 4096 {
             // Big payloads go out from the caller's buffer: only the header is copied.
             var header = ByteBufferAllocator().buffer(capacity: data.encodedLength - data.payload.readableBytes)
             data.encodeHeader(into: &header)
-            try await core.write(header, data.payload)
+            return try await core.write(header, data.payload)
         } else {
             // Small frames are encoded straight into the send queue.
-            try await core.write(length: data.encodedLength) { data.encode(into: &$0) }
+            return try await core.write(length: data.encodedLength) { data.encode(into: &$0) }
         }
     }
 

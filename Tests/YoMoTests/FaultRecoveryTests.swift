@@ -188,6 +188,42 @@ struct FaultRecoveryTests {
         await waitForExit(zipper)
     }
 
+    @Test("frames written to a zipper that froze and died are sent again after the reconnect, none lost")
+    func unacknowledgedFramesAreResent() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let received = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x35], retryConnect: true))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        // The source redials late, so the sink is back first and the resent frames have a route.
+        let slow = ReconnectPolicy(firstRetryDelay: .seconds(2) ... .seconds(2), initialDelay: .seconds(1), maximumDelay: .seconds(1))
+        let lost = Inbox<YoMoError>()
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: slow, retryConnect: true))
+        source.setErrorHandler { lost.append($0) }
+        try await source.connect()
+        var through = false
+        for _ in 0..<200 where !through {
+            try await source.write(tag: 0x35, data: Array("before".utf8))
+            through = await eventually(within: .milliseconds(100)) { received.items.contains("before") }
+        }
+        #expect(through)
+
+        // Frozen: it takes no packets and acknowledges nothing, so every write
+        // below returns (queued) but none is acknowledged.
+        kill(zipper.process.processIdentifier, SIGSTOP)
+        let texts = (0..<20).map { "frame-\($0)" }
+        for text in texts { try await source.write(tag: 0x35, data: Array(text.utf8)) }
+        await zipper.kill()
+        try zipper.restart()
+
+        #expect(await lost.wait(for: 1, timeout: .seconds(10)), "the source noticed the loss")
+        #expect(await eventually(within: .seconds(20)) { texts.allSatisfy(received.items.contains) }, "\(received.items)")
+        for text in texts { #expect(received.items.filter { $0 == text }.count == 1, "\(text) exactly once") }
+        #expect(source.outageStatistics.resent == 20)
+        await source.close()
+        await sink.close()
+    }
+
     @Test("the stateless reset key file is made once (mode 0600) and read back the same")
     func resetKeyFile() throws {
         let path = NSTemporaryDirectory() + "yomo-test-key-\(UUID().uuidString)/zipper.key"

@@ -214,12 +214,9 @@ struct RecordingHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    func log(
-        level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?,
-        source: String, file: String, function: String, line: UInt
-    ) {
-        let all = metadata.merging(extra ?? [:]) { _, new in new }
+    func log(event: LogEvent) {
+        let all = metadata.merging(event.metadata ?? [:]) { _, new in new }
         let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        records.append("\(message) \(fields)")
+        records.append("\(event.message) \(fields)")
     }
 }
