@@ -26,6 +26,8 @@ final class ClientRuntime: Sendable {
         /// Limits of the outage buffer (0: writes fail while reconnecting).
         var outageBufferFrames = 0
         var outageBufferBytes = 0
+        /// The whole close: queued frames delivered, owned provider flushed.
+        var shutdownTimeout: Duration = .seconds(5)
     }
 
     private struct State {
@@ -39,6 +41,9 @@ final class ClientRuntime: Sendable {
         var endWaiters: [CheckedContinuation<Void, Never>] = []
         var serveTask: Task<Void, Never>?
         var tracing = DataPathTracer.disabled
+        /// Set by the first close request: when delivery and the flush must be done.
+        var closeDeadline: ContinuousClock.Instant?
+        var shutdownTimeout: Duration = .seconds(5)
         /// Writes made while there is no connection, delivered first after a reconnect.
         var outage = OutageBuffer(maximumFrames: 0, maximumBytes: 0)
         /// Ended, and the owned tracer provider flushed and shut down: `wait()` may return.
@@ -138,6 +143,7 @@ final class ClientRuntime: Sendable {
             _ = state.lifecycle.start()
             state.tracing = setup.tracing
             state.outage = OutageBuffer(maximumFrames: setup.outageBufferFrames, maximumBytes: setup.outageBufferBytes)
+            state.shutdownTimeout = setup.shutdownTimeout
         }
     }
 
@@ -167,9 +173,45 @@ final class ClientRuntime: Sendable {
         await serveUntilEnd(setup, first: first)
         // Every span ended before the client ended reaches the exporter, and
         // before wait(), run() or close() return: a process that exits right
-        // after them loses nothing.
-        await setup.ownedProvider?.shutdown()
+        // after them loses nothing. Within what is left of the close deadline
+        // (a collector that hangs must not hold the process past it).
+        if let provider = setup.ownedProvider {
+            if let deadline = state.withLock({ $0.closeDeadline }) {
+                await provider.shutdown(timeout: max(deadline - ContinuousClock.now, .milliseconds(250)))
+            } else {
+                await provider.shutdown()
+            }
+        }
         finish()
+    }
+
+    /// Delivers what was written, then closes; gives up waiting for the zipper's
+    /// acknowledgements at the close deadline (a frozen zipper must not hold a
+    /// close for its whole idle timeout).
+    private func closeDelivering(_ session: ClientSession, reason: String, _ setup: Setup) async {
+        let deadline = state.withLock { state -> ContinuousClock.Instant in
+            if state.closeDeadline == nil { state.closeDeadline = ContinuousClock.now + setup.shutdownTimeout }
+            return state.closeDeadline!
+        }
+        let delivered = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                do { try await session.connection.connection.finishWriting() } catch { return (error as? QUICError)?.kind != .cancelled }
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                return false
+            }
+            defer { group.cancelAll() }
+            return await group.next() ?? false
+        }
+        if !delivered {
+            logger.warning("close deadline reached before the zipper acknowledged every frame", metadata: [
+                "unacknowledged_bytes": "\(session.connection.connection.unacknowledgedBytes)",
+                "shutdown_timeout": "\(setup.shutdownTimeout)",
+            ])
+        }
+        await session.connection.close(reason: reason)
     }
 
     private func serveUntilEnd(_ setup: Setup, first: ClientSession) async {
@@ -181,7 +223,7 @@ final class ClientRuntime: Sendable {
                 switch await publish(current) {
                 case .closing:
                     // close() came while dialling: deliver what was held and written, then close.
-                    await current.connection.closeAfterDelivery(reason: "\(clientType) closed")
+                    await closeDelivering(current, reason: "\(clientType) closed", setup)
                     _ = state.withLock { $0.lifecycle.drained() }
                     end(YoMoError(.closed, "\(name) closed"))
                     return
@@ -197,7 +239,7 @@ final class ClientRuntime: Sendable {
                 switch action {
                 case .end(.closed):
                     // The handlers' last writes are queued: deliver them before closing.
-                    await current.connection.closeAfterDelivery(reason: "\(clientType) closed")
+                    await closeDelivering(current, reason: "\(clientType) closed", setup)
                     end(YoMoError(.closed, "\(name) closed"))
                     return
                 case .dialAfter(let wait):
@@ -526,7 +568,8 @@ final class ClientRuntime: Sendable {
     /// connection closes), or stops waiting to redial; `close()` also waits.
     func beginClose() {
         let (action, session, task) = state.withLock { state in
-            (state.lifecycle.closeRequested(), state.session, state.serveTask)
+            if state.closeDeadline == nil { state.closeDeadline = ContinuousClock.now + state.shutdownTimeout }
+            return (state.lifecycle.closeRequested(), state.session, state.serveTask)
         }
         switch action {
         case .stopReading: session?.connection.stopReading()

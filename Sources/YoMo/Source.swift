@@ -35,7 +35,8 @@ public final class Source: Sendable {
             ownedProvider: ownedProvider,
             errorHandler: errorHandler,
             outageBufferFrames: options.outageBufferFrames,
-            outageBufferBytes: options.outageBufferBytes
+            outageBufferBytes: options.outageBufferBytes,
+            shutdownTimeout: options.shutdownTimeout
         )
         try await client.start(setup)
     }

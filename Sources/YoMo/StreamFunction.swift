@@ -52,6 +52,11 @@ public final class StreamFunction: Sendable {
         public var outageBufferFrames: Int
         /// The same bound in bytes (encoded frames); 0 turns holding off.
         public var outageBufferBytes: Int
+        /// How long `close()` (and SIGTERM in `wait()`) may take in all: delivering
+        /// the frames still queued, then flushing the tracer provider the client
+        /// made from the environment. At the deadline, what is left is dropped,
+        /// counted and reported in one log line.
+        public var shutdownTimeout: Duration
 
         public init(
             observedTags: [UInt32] = [],
@@ -66,7 +71,8 @@ public final class StreamFunction: Sendable {
             handshakeTimeout: Duration = .seconds(10),
             tracerProvider: TracerProvider? = nil,
             outageBufferFrames: Int = 1000,
-            outageBufferBytes: Int = 8 << 20
+            outageBufferBytes: Int = 8 << 20,
+            shutdownTimeout: Duration = .seconds(5)
         ) {
             self.observedTags = observedTags
             self.credential = credential
@@ -81,6 +87,7 @@ public final class StreamFunction: Sendable {
             self.tracerProvider = tracerProvider
             self.outageBufferFrames = outageBufferFrames
             self.outageBufferBytes = outageBufferBytes
+            self.shutdownTimeout = shutdownTimeout
         }
     }
 
@@ -216,7 +223,8 @@ public final class StreamFunction: Sendable {
             cron: cron,
             handlerConcurrency: options.handlerConcurrency,
             outageBufferFrames: options.outageBufferFrames,
-            outageBufferBytes: options.outageBufferBytes
+            outageBufferBytes: options.outageBufferBytes,
+            shutdownTimeout: options.shutdownTimeout
         )
     }
 }

@@ -20,14 +20,19 @@ public final class Zipper: Sendable {
         public var handshakeTimeout: Duration
         /// Where the zipper's spans go; `nil`: what the environment asks for, else none.
         public var tracerProvider: TracerProvider?
+        /// How long `close()` (and SIGTERM in `wait()`) may take in all, the flush
+        /// of a tracer provider made from the environment included.
+        public var shutdownTimeout: Duration
 
         public init(
             logger: Logger = Logger(label: "yomo.zipper"),
             tls: ServerTLSConfiguration = .selfSigned,
             quic: QUICConfiguration = .zipperDefault,
             handshakeTimeout: Duration = .seconds(10),
-            tracerProvider: TracerProvider? = nil
+            tracerProvider: TracerProvider? = nil,
+            shutdownTimeout: Duration = .seconds(5)
         ) {
+            self.shutdownTimeout = shutdownTimeout
             self.tracerProvider = tracerProvider
             self.logger = logger
             self.tls = tls
@@ -125,9 +130,10 @@ public final class Zipper: Sendable {
             state.closed = true
             return (state.server, state.acceptTask)
         }
+        let deadline = ContinuousClock.now + options.shutdownTimeout
         await server?.close(reason: Self.shutdownReason)
         await task?.value
-        await ownedProvider?.shutdown()
+        await ownedProvider?.shutdown(timeout: max(deadline - ContinuousClock.now, .milliseconds(250)))
     }
 
     /// Sent with application code 0, YoMo's "listener shut down".

@@ -224,6 +224,23 @@ struct FaultRecoveryTests {
         await sink.close()
     }
 
+    @Test("close() against a frozen zipper returns at its shutdown deadline, not after the idle timeout")
+    func boundedCloseAgainstFrozenZipper() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true, shutdownTimeout: .seconds(1)))
+        try await source.connect()
+        kill(zipper.process.processIdentifier, SIGSTOP)
+        defer { kill(zipper.process.processIdentifier, SIGCONT) }
+        for index in 0..<10 { try await source.write(tag: 0x36, data: Array("unacknowledged-\(index)".utf8)) }
+        let clock = ContinuousClock()
+        let started = clock.now
+        await source.close()
+        let took = clock.now - started
+        #expect(took >= .milliseconds(900), "it waited for the acknowledgements first: \(took)")
+        #expect(took < .seconds(3), "bounded by the 1 s shutdown timeout, not the zipper's 5 s idle timeout: \(took)")
+        await zipper.kill()
+    }
+
     @Test("the stateless reset key file is made once (mode 0600) and read back the same")
     func resetKeyFile() throws {
         let path = NSTemporaryDirectory() + "yomo-test-key-\(UUID().uuidString)/zipper.key"

@@ -213,7 +213,7 @@ struct FaultTests {
                 let frames = QUICFrameConnection(connection)
                 var reader = frames.frames.makeAsyncIterator()
                 guard case .handshake? = try? await reader.next() else { continue }
-                try? await frames.write(.handshakeAck)
+                _ = try? await frames.write(.handshakeAck)
                 guard case .data? = try? await reader.next() else { continue }
                 await frames.close(errorCode: QUICError.yomoCloseCode, reason: "zipper draining for maintenance")
             }
