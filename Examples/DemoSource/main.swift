@@ -42,6 +42,7 @@ struct DemoSource: AsyncParsableCommand {
             try await Task.sleep(for: .milliseconds(interval))
         }
         await source.close()
-        await logging.shutdown()
+        // The component already spent its shutdown budget; OTLP logs get 1 s more.
+        await logging.shutdown(timeout: .seconds(1))
     }
 }

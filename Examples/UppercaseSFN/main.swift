@@ -43,7 +43,8 @@ struct UppercaseSFN: AsyncParsableCommand {
         }
         try await sfn.connect()
         await sfn.wait()
-        await logging.shutdown()
+        // The component already spent its shutdown budget; OTLP logs get 1 s more.
+        await logging.shutdown(timeout: .seconds(1))
     }
 }
 

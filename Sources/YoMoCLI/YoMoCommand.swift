@@ -62,7 +62,8 @@ struct Serve: AsyncParsableCommand {
         let zipper = Zipper(configuration: configuration)
         try await zipper.start()
         await zipper.wait()
-        await logging.shutdown()
+        // The component already spent its shutdown budget; OTLP logs get 1 s more.
+        await logging.shutdown(timeout: .seconds(1))
     }
 }
 
