@@ -31,12 +31,14 @@ final class Inbox<Element: Sendable>: Sendable {
 /// A zipper on a free loopback port, closed at the end of the test.
 func withZipper<T>(
     authentication: ZipperAuthentication? = nil,
+    configure: (inout ZipperConfiguration) -> Void = { _ in },
+    handshakeTimeout: Duration = .seconds(10),
+    logger: Logger = Logger(label: "test.zipper"),
     _ body: (_ address: String, _ zipper: Zipper) async throws -> T
 ) async throws -> T {
-    let zipper = Zipper(
-        configuration: ZipperConfiguration(host: "127.0.0.1", port: 0, authentication: authentication),
-        options: .init(logger: Logger(label: "test.zipper"))
-    )
+    var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0, authentication: authentication)
+    configure(&configuration)
+    let zipper = Zipper(configuration: configuration, options: .init(logger: logger, handshakeTimeout: handshakeTimeout))
     try await zipper.start()
     let address = try #require(zipper.address)
     do {

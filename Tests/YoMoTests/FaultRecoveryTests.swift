@@ -33,6 +33,20 @@ final class Gate: Sendable {
     }
 }
 
+/// Stops `process` (SIGSTOP) and returns once the kernel reports it stopped:
+/// the signal is asynchronous, and a zipper still running for a moment would
+/// acknowledge what the test means it never to see.
+func freeze(_ process: Process) async throws {
+    kill(process.processIdentifier, SIGSTOP)
+    let stopped = await eventually(within: .seconds(5)) {
+        // /proc/PID/stat: "pid (comm) STATE …"; the command name may hold spaces.
+        guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        return stat[stat.index(close, offsetBy: 2)] == "T"
+    }
+    #expect(stopped, "the zipper stopped")
+}
+
 /// Options of a stream function that stops reading after its first frame: one
 /// handler at a time, a 64 KiB receive window, so the zipper's queue for it fills.
 func stalledOptions(tags: [UInt32]) -> StreamFunction.Options {
@@ -46,75 +60,60 @@ func stalledOptions(tags: [UInt32]) -> StreamFunction.Options {
 
 @Suite("Faults: slow consumers, restarts, mute zippers", .serialized)
 struct FaultRecoveryTests {
-    @Test("drop policy: a stalled observer loses frames (counted), the other observer of the tag gets every one")
-    func dropPolicy() async throws {
-        try await withStrictZipper({
-            $0.slowConsumer = .init(policy: .drop, maximumBufferedBytes: 256 << 10)
-        }) { address, zipper in
+    /// A stalled observer and a healthy one of `tag` under `policy`; a source
+    /// writes 1500 frames of 1 KiB, paced by the healthy one so that only the
+    /// stalled one falls behind. The stalled one's handler count and gate go to `check`.
+    private func stalledBesideHealthy(
+        _ policy: ZipperConfiguration.SlowConsumer.Policy, tag: UInt32,
+        check: (_ zipper: Zipper, _ stalled: StreamFunction, _ handled: Inbox<Int>, _ gate: Gate) async throws -> Void
+    ) async throws {
+        try await withStrictZipper({ $0.slowConsumer = .init(policy: policy, maximumBufferedBytes: 256 << 10) }) { address, zipper in
             let gate = Gate()
-            let stalledCount = Atomic<Int>(0)
-            let stalled = StreamFunction(name: "stalled", zipper: address, options: stalledOptions(tags: [0x50]))
-            stalled.setHandler { _ in
-                stalledCount.add(1, ordering: .relaxed)
+            let handled = Inbox<Int>()
+            let stalled = StreamFunction(name: "stalled", zipper: address, options: stalledOptions(tags: [tag]))
+            stalled.setHandler { ctx in
+                handled.append(ctx.data.count)
                 await gate.wait()
             }
             try await stalled.connect()
             let fast = Inbox<Int>()
-            let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x50]))
+            let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [tag]))
             healthy.setHandler { ctx in fast.append(ctx.data.count) }
             try await healthy.connect()
             let source = Source(name: "firehose", zipper: address)
             try await source.connect()
-            let frames = 1500
-            // Paced by the healthy observer, so only the stalled one falls behind.
-            for batch in 0..<(frames / 100) {
-                for _ in 0..<100 { try await source.write(tag: 0x50, data: [UInt8](repeating: 0x61, count: 1024)) }
-                #expect(await fast.wait(for: (batch + 1) * 100, timeout: .seconds(10)))
+            for batch in 0..<15 {
+                for _ in 0..<100 { try await source.write(tag: tag, data: [UInt8](repeating: 0x61, count: 1024)) }
+                #expect(await fast.wait(for: (batch + 1) * 100, timeout: .seconds(10)), "local routing kept going")
             }
-            #expect(await fast.wait(for: frames, timeout: .seconds(30)), "local routing kept going: \(fast.count) of \(frames)")
-            let dropped = zipper.statistics.droppedFrames
-            #expect(dropped > 0, "frames for the stalled observer were dropped")
+            try await check(zipper, stalled, handled, gate)
             gate.open()
-            // Whatever was not dropped still reaches the stalled observer.
-            let delivered = frames - dropped
-            let clock = ContinuousClock()
-            let deadline = clock.now.advanced(by: .seconds(20))
-            while stalledCount.load(ordering: .relaxed) < delivered, clock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
-            #expect(stalledCount.load(ordering: .relaxed) == delivered)
             await source.close()
             await healthy.close()
             await stalled.close()
         }
     }
 
+    @Test("drop policy: a stalled observer loses frames (counted), the other observer of the tag gets every one")
+    func dropPolicy() async throws {
+        try await stalledBesideHealthy(.drop, tag: 0x50) { zipper, _, handled, gate in
+            let dropped = zipper.statistics.droppedFrames
+            #expect(dropped > 0, "frames for the stalled observer were dropped")
+            gate.open()
+            // Whatever was not dropped still reaches the stalled observer.
+            #expect(await handled.wait(for: 1500 - dropped))
+            #expect(handled.count == 1500 - dropped)
+        }
+    }
+
     @Test("disconnect policy: a stalled observer is closed with a reason it sees; the rest keeps flowing")
     func disconnectPolicy() async throws {
-        try await withStrictZipper({
-            $0.slowConsumer = .init(policy: .disconnect, maximumBufferedBytes: 256 << 10)
-        }) { address, zipper in
-            let gate = Gate()
-            let stalled = StreamFunction(name: "stalled", zipper: address, options: stalledOptions(tags: [0x51]))
-            stalled.setHandler { _ in await gate.wait() }
-            try await stalled.connect()
-            let fast = Inbox<Int>()
-            let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x51]))
-            healthy.setHandler { ctx in fast.append(ctx.data.count) }
-            try await healthy.connect()
-            let source = Source(name: "firehose", zipper: address)
-            try await source.connect()
-            let frames = 1500
-            for batch in 0..<(frames / 100) {
-                for _ in 0..<100 { try await source.write(tag: 0x51, data: [UInt8](repeating: 0x62, count: 1024)) }
-                #expect(await fast.wait(for: (batch + 1) * 100, timeout: .seconds(10)))
-            }
-            #expect(await fast.wait(for: frames, timeout: .seconds(30)))
+        try await stalledBesideHealthy(.disconnect, tag: 0x51) { zipper, stalled, _, gate in
             #expect(zipper.statistics.slowConsumerDisconnects == 1)
             gate.open()
             await stalled.wait()
             let reason = try #require(stalled.endReason)
             #expect(reason.message.contains("slow consumer: more than 262144 bytes unacknowledged"), "\(reason)")
-            await source.close()
-            await healthy.close()
         }
     }
 
@@ -140,21 +139,10 @@ struct FaultRecoveryTests {
 
     @Test("a zipper restarted with its reset key: an idle function learns of it by a stateless reset and is back fast")
     func restartDetectedByStatelessReset() async throws {
-        let port = try await freePort()
         let key = NSTemporaryDirectory() + "yomo-test-reset-\(UUID().uuidString).key"
         defer { try? FileManager.default.removeItem(atPath: key) }
-        let yomo = try yomoExecutable()
-        func startZipper() throws -> Process {
-            let process = Process()
-            process.executableURL = yomo
-            process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)", "--stateless-reset-key-file", key]
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            return process
-        }
-        var zipper = try startZipper()
-        defer { if zipper.isRunning { zipper.terminate() } }
-        let address = "127.0.0.1:\(port)"
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--stateless-reset-key-file", key])
+        let address = zipper.address
         let errors = Inbox<YoMoError>()
         let received = Inbox<String>()
         let reconnectFast = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .milliseconds(500))
@@ -165,9 +153,8 @@ struct FaultRecoveryTests {
         try await sfn.connect()
         #expect(FileManager.default.fileExists(atPath: key), "the key file was made")
 
-        kill(zipper.processIdentifier, SIGKILL)
-        await waitForExit(zipper)
-        zipper = try startZipper()
+        await zipper.kill()
+        try zipper.restart()
         // The function sends nothing but keep-alives (every 1 s): the restarted
         // zipper answers one with a reset the function recognises.
         #expect(await errors.wait(for: 1, timeout: .seconds(4)), "lost connection noticed well inside the 5 s idle timeout")
@@ -184,8 +171,7 @@ struct FaultRecoveryTests {
         #expect(received.items.contains("back"))
         await source.close()
         await sfn.close()
-        zipper.terminate()
-        await waitForExit(zipper)
+        await zipper.kill()
     }
 
     @Test("frames written to a zipper that froze and died are sent again after the reconnect, none lost")
@@ -210,7 +196,7 @@ struct FaultRecoveryTests {
 
         // Frozen: it takes no packets and acknowledges nothing, so every write
         // below returns (queued) but none is acknowledged.
-        kill(zipper.process.processIdentifier, SIGSTOP)
+        try await freeze(zipper.process)
         let texts = (0..<20).map { "frame-\($0)" }
         for text in texts { try await source.write(tag: 0x35, data: Array(text.utf8)) }
         await zipper.kill()
@@ -229,7 +215,7 @@ struct FaultRecoveryTests {
         let zipper = try ZipperProcess(port: try await freePort())
         let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true, shutdownTimeout: .seconds(1)))
         try await source.connect()
-        kill(zipper.process.processIdentifier, SIGSTOP)
+        try await freeze(zipper.process)
         defer { kill(zipper.process.processIdentifier, SIGCONT) }
         for index in 0..<10 { try await source.write(tag: 0x36, data: Array("unacknowledged-\(index)".utf8)) }
         let clock = ContinuousClock()

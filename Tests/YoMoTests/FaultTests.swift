@@ -13,19 +13,22 @@ import YoMoWire
 /// started again where its clients look for it.
 final class ZipperProcess {
     let port: Int
+    /// Flags beyond host and port, kept for a restart.
+    let arguments: [String]
     private(set) var process: Process
 
-    init(port: Int) throws {
+    init(port: Int, arguments: [String] = []) throws {
         self.port = port
-        process = try Self.launch(port: port)
+        self.arguments = arguments
+        process = try Self.launch(port: port, arguments: arguments)
     }
 
     var address: String { "127.0.0.1:\(port)" }
 
-    private static func launch(port: Int) throws -> Process {
+    private static func launch(port: Int, arguments: [String]) throws -> Process {
         let process = Process()
         process.executableURL = try yomoExecutable()
-        process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"]
+        process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"] + arguments
         process.standardError = FileHandle.nullDevice
         try process.run()
         return process
@@ -37,7 +40,7 @@ final class ZipperProcess {
         await waitForExit(process)
     }
 
-    func restart() throws { process = try Self.launch(port: port) }
+    func restart() throws { process = try Self.launch(port: port, arguments: arguments) }
 
     deinit { if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) } }
 }

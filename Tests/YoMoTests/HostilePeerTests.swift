@@ -39,19 +39,7 @@ func withStrictZipper<T>(
     logger: Logger = Logger(label: "test.zipper"),
     _ body: (_ address: String, _ zipper: Zipper) async throws -> T
 ) async throws -> T {
-    var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
-    configure(&configuration)
-    let zipper = Zipper(configuration: configuration, options: .init(logger: logger, handshakeTimeout: handshakeTimeout))
-    try await zipper.start()
-    let address = try #require(zipper.address)
-    do {
-        let result = try await body(address, zipper)
-        await zipper.close()
-        return result
-    } catch {
-        await zipper.close()
-        throw error
-    }
+    try await withZipper(configure: configure, handshakeTimeout: handshakeTimeout, logger: logger, body)
 }
 
 @Suite("Hostile peers against the zipper (aioquic)", .serialized)
