@@ -192,6 +192,9 @@ public final class Zipper: Sendable {
                 }
             }
             departed.finish()
+            // The listener closed: stop the trimming (mid-sleep) and whatever
+            // connection is still winding down, so close() is not held.
+            group.cancelAll()
         }
     }
 

@@ -227,6 +227,21 @@ struct FaultRecoveryTests {
         await zipper.kill()
     }
 
+    @Test("a zipper's close() right after a client left is not held by its heap trimming")
+    func zipperCloseAfterDeparture() async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let source = Source(name: "passing", zipper: try #require(zipper.address))
+        try await source.connect()
+        await source.close()
+        #expect(await eventually { zipper.connectionCount == 0 })
+        let clock = ContinuousClock()
+        let started = clock.now
+        await zipper.close()
+        // The trimming waits 0.25 s + 2 s after a departure; close() must not.
+        #expect(clock.now - started < .seconds(1.5), "\(clock.now - started)")
+    }
+
     @Test("the stateless reset key file is made once (mode 0600) and read back the same")
     func resetKeyFile() throws {
         let path = NSTemporaryDirectory() + "yomo-test-key-\(UUID().uuidString)/zipper.key"
