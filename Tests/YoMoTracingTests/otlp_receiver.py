@@ -215,6 +215,19 @@ def make_certificates(directory):
                  "--load-ca-privkey", "ca.key", "--template", f"{name}.tmpl", "--outfile", f"{name}.pem")
 
 
+def linger_close(connection):
+    plain = socket.socket(fileno=os.dup(connection.fileno()))
+    connection.close()
+    try:
+        plain.shutdown(socket.SHUT_WR)
+        plain.settimeout(2)
+        while plain.recv(65536):
+            pass
+    except OSError:
+        pass
+    plain.close()
+
+
 def add_tls_arguments(parser):
     parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate")
     parser.add_argument("--tls-key")
@@ -241,7 +254,10 @@ def wrap_tls(server, args, write):
             connection.do_handshake()
         except (ssl.SSLError, OSError) as error:
             write({"type": "tls_error", "error": str(error), "time": time.time()})
-            connection.close()
+            # Closing at once, with the client's request unread, would send a
+            # TCP reset that can overtake the TLS alert, and the client would
+            # see only "connection reset". A collector that lingers lets it read why.
+            threading.Thread(target=linger_close, args=(connection,), daemon=True).start()
             raise
         connection.settimeout(None)
         return connection, address
