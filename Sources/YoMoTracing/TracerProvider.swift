@@ -159,7 +159,7 @@ extension TracerProvider {
         if configuration.isDisabled { return .noop }
         let exporterConfiguration = OTLPExporterConfiguration(signal: .traces, environment: environment)
         for warning in exporterConfiguration.unusableSettings {
-            logger.warning("Invalid OTLP exporter configuration", metadata: ["detail": "\(warning)"])
+            logger.warning("OTLP exporter setting ignored: \(warning)")
         }
         let exporter: OTLPHTTPSpanExporter
         do {

@@ -11,6 +11,7 @@ import Tracing
         #expect(defaults.certificateFile == nil && defaults.clientCertificateFile == nil && defaults.clientKeyFile == nil)
 
         let environment = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4318",
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
             "OTEL_EXPORTER_OTLP_CERTIFICATE": "/ca/general.pem",
@@ -30,6 +31,17 @@ import Tracing
         #expect(logs.certificateFile == "/ca/general.pem")
         #expect(logs.clientCertificateFile == "/client/logs.pem")
         #expect(logs.clientKeyFile == "/client/general.key")
+        #expect(traces.unusableSettings.isEmpty)
+
+        // Where a setting came from does not matter to equality.
+        #expect(OTLPExporterConfiguration(signal: .traces, environment: ["OTEL_EXPORTER_OTLP_CERTIFICATE": "/ca.pem"])
+            == OTLPExporterConfiguration(url: "http://localhost:4318/v1/traces", certificateFile: "/ca.pem"))
+        // Certificates with a plain http:// endpoint are not used: said once, not silently.
+        let plain = OTLPExporterConfiguration(signal: .logs, environment: [
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE": "/ca.pem",
+        ])
+        #expect(plain.unusableSettings
+            == ["OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE set but http://collector:4318/v1/logs is plain http://: no TLS, not used"])
     }
 
     @Test func validateRefusesOtherProtocolsAndUnreadableFilesNamingTheVariable() throws {

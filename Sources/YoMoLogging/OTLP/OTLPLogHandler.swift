@@ -89,7 +89,7 @@ extension BatchLogRecordProcessor {
     ) throws(LoggingError) -> BatchLogRecordProcessor {
         let exporterConfiguration = OTLPExporterConfiguration(signal: .logs, environment: environment)
         for warning in exporterConfiguration.unusableSettings {
-            logger.warning("Invalid OTLP exporter configuration", metadata: ["detail": "\(warning)"])
+            logger.warning("OTLP exporter setting ignored: \(warning)")
         }
         let exporter = try OTLPHTTPLogExporter(
             configuration: exporterConfiguration,

@@ -122,12 +122,16 @@ public struct OTLPExporterConfiguration: Sendable, Hashable, CustomStringConvert
         certificateFile = value("CERTIFICATE")
         clientCertificateFile = value("CLIENT_CERTIFICATE")
         clientKeyFile = value("CLIENT_KEY")
-        unusableSettings = warnings
+        let unusedFiles = ["CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY"].compactMap { origins[$0] }
+        if url.lowercased().hasPrefix("http://"), !unusedFiles.isEmpty {
+            warnings.append("\(unusedFiles.joined(separator: ", ")) set but \(url) is plain http://: no TLS, not used")
+        }
         // An unset setting is named by its general variable in messages.
         for suffix in ["PROTOCOL", "CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY"] where origins[suffix] == nil {
             origins[suffix] = "OTEL_EXPORTER_OTLP_\(suffix)"
         }
         self.origins = origins
+        unusableSettings = warnings
     }
 
     /// Configuration for an explicit URL (no environment).
@@ -223,6 +227,26 @@ public struct OTLPExporterConfiguration: Sendable, Hashable, CustomStringConvert
         if let clientCertificateFile { parts.append("clientCertificateFile: \(clientCertificateFile)") }
         if let clientKeyFile { parts.append("clientKeyFile: \(clientKeyFile)") }
         return "OTLPExporterConfiguration(\(parts.joined(separator: ", ")))"
+    }
+
+    /// The settings only: where they came from does not make two configurations differ.
+    public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs.url == rhs.url && lhs.headerStorage == rhs.headerStorage && lhs.timeout == rhs.timeout
+            && lhs.compression == rhs.compression && lhs.userAgent == rhs.userAgent
+            && lhs.wireProtocol == rhs.wireProtocol && lhs.certificateFile == rhs.certificateFile
+            && lhs.clientCertificateFile == rhs.clientCertificateFile && lhs.clientKeyFile == rhs.clientKeyFile
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(url)
+        hasher.combine(headerStorage)
+        hasher.combine(timeout)
+        hasher.combine(compression)
+        hasher.combine(userAgent)
+        hasher.combine(wireProtocol)
+        hasher.combine(certificateFile)
+        hasher.combine(clientCertificateFile)
+        hasher.combine(clientKeyFile)
     }
 
     /// Header values of this configuration, for scrubbing text that may echo them.
