@@ -47,7 +47,9 @@ struct OTLPRetryPolicy: Sendable {
             // collector refuses) fails the same way on every attempt.
             retryable = false
         } else if result.status == 0 {
-            retryable = Self.isConnectionFailure(result.curlCode)
+            // A handshake cut off by the network (not refused by TLS) is a
+            // connection failure, e.g. a collector restarting.
+            retryable = Self.isConnectionFailure(result.curlCode) || result.curlCode == CURLE_SSL_CONNECT_ERROR.rawValue
         } else {
             retryable = Self.retryableStatuses.contains(result.status)
         }
@@ -77,7 +79,9 @@ struct OTLPRetryPolicy: Sendable {
     /// so curl reports it as a receive (or send) error carrying the TLS alert.
     static func isTLSFailure(_ result: HTTPAttemptResult) -> Bool {
         switch CURLcode(rawValue: result.curlCode) {
-        case CURLE_SSL_CONNECT_ERROR, CURLE_SSL_CERTPROBLEM, CURLE_SSL_CIPHER, CURLE_PEER_FAILED_VERIFICATION,
+        case CURLE_SSL_CONNECT_ERROR:
+            !(result.curlMessage.contains("reset by peer") || result.curlMessage.contains("SSL_ERROR_SYSCALL"))
+        case CURLE_SSL_CERTPROBLEM, CURLE_SSL_CIPHER, CURLE_PEER_FAILED_VERIFICATION,
              CURLE_SSL_CACERT_BADFILE, CURLE_SSL_ISSUER_ERROR, CURLE_SSL_ENGINE_NOTFOUND,
              CURLE_SSL_ENGINE_SETFAILED, CURLE_SSL_CRL_BADFILE, CURLE_SSL_PINNEDPUBKEYNOTMATCH,
              CURLE_SSL_INVALIDCERTSTATUS, CURLE_SSL_CLIENTCERT:
