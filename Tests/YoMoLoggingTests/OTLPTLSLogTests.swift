@@ -94,6 +94,17 @@ private func waitFor(_ condition: () throws -> Bool) async throws -> Bool {
         #expect(failures.first?.contains("the collector's certificate did not verify against \(certificates.otherCA)") == true)
         #expect(failures.first?.contains("not retrying") == true)
         #expect(!sink.text.contains("s3cr3t"))
+
+        // The exporter itself says what failed.
+        let exporter = try OTLPHTTPLogExporter(
+            configuration: OTLPExporterConfiguration(signal: .logs, environment: environment),
+            logger: Logger(label: "quiet") { _ in SwiftLogNoOpLogHandler() }
+        )
+        let record = OTLPLogRecord(timeNanoseconds: 1, level: .info, body: "direct", attributes: [:], spanContext: nil,
+                                   scope: InstrumentationScope(name: "tls"))
+        let error = #expect(throws: LoggingError.tlsFailed) { try exporter.export([record], timeout: .seconds(5)) }
+        #expect(error?.message.contains("TLS failure") == true)
+        #expect(error?.message.contains("s3cr3t") == false)
     }
 
     @Test func gRPCIsRefusedWithOneLineAndNoPipeline() async throws {
