@@ -159,9 +159,9 @@ public struct OTLPExporterConfiguration: Sendable, Hashable, CustomStringConvert
     private var origins: [String: String]
 
     /// Throws `.invalidConfiguration` for what would make every export fail:
-    /// a protocol other than `http/protobuf`, a certificate or key file that
-    /// cannot be read, a key without a certificate, a header with a control
-    /// character. The exporters call it when they are made. The message names
+    /// a protocol other than `http/protobuf`, a header with a control
+    /// character and, for an `https://` URL, a certificate or key file that
+    /// cannot be read or a key without a certificate. The exporters call it when they are made. The message names
     /// the setting (and the file), never a header value.
     public func validate() throws(TracingError) {
         guard wireProtocol.isSupported else {
@@ -173,6 +173,8 @@ public struct OTLPExporterConfiguration: Sendable, Hashable, CustomStringConvert
         for header in headerStorage where !Self.isValidHeader(name: header.name, value: header.value) {
             throw .invalidConfiguration("header \(Self.printableName(header.name)) has a control character")
         }
+        // Plain http:// uses none of the files (a warning says so).
+        if url.lowercased().hasPrefix("http://") { return }
         if clientKeyFile != nil && clientCertificateFile == nil {
             throw .invalidConfiguration(
                 "\(setting("CLIENT_KEY", "clientKeyFile")) is set without \(setting("CLIENT_CERTIFICATE", "clientCertificateFile"))"
