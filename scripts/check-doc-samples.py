@@ -85,7 +85,7 @@ CONFIG_TYPES = [
 # OTLPExporterConfiguration builds these names by interpolation
 # ("OTEL_EXPORTER_OTLP_\(signal.environmentInfix)_\(suffix)"), so no literal holds them.
 OTLP_SIGNALS = ["TRACES", "LOGS"]
-OTLP_SUFFIXES = ["ENDPOINT", "HEADERS", "TIMEOUT", "COMPRESSION"]
+OTLP_SUFFIXES = ["ENDPOINT", "HEADERS", "TIMEOUT", "COMPRESSION", "PROTOCOL", "CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY"]
 OTLP_INTERPOLATION = "OTEL_EXPORTER_OTLP_\\(signal.environmentInfix)_"
 
 

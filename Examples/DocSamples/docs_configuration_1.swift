@@ -44,8 +44,12 @@ func sample_docs_configuration_1() async throws {
     tracing.serviceName = "upper"
     tracing.resourceAttributes["deployment.environment"] = "production"
     tracing.sampler = ParentBasedSampler(root: TraceIDRatioBasedSampler(ratio: 0.1))
-    let exporter = OTLPHTTPSpanExporter(
-        configuration: OTLPExporterConfiguration(url: "http://collector:4318/v1/traces", compression: .gzip),
+    // Throws if the CA file cannot be read.
+    let exporter = try OTLPHTTPSpanExporter(
+        configuration: OTLPExporterConfiguration(
+            url: "https://collector:4318/v1/traces", compression: .gzip,
+            certificateFile: "/etc/yomo/collector-ca.pem"
+        ),
         logger: tracingLogger
     )
     var batching = BatchSpanProcessor.Configuration(environment: [:])

@@ -6,6 +6,8 @@ public struct LoggingError: Error, Sendable, Hashable, CustomStringConvertible {
         case shutdown
         case exportFailed
         case abandoned
+        case tlsFailed
+        case invalidConfiguration
     }
 
     private let code: Code
@@ -29,6 +31,11 @@ public struct LoggingError: Error, Sendable, Hashable, CustomStringConvertible {
     public static let exportFailed = LoggingError(code: .exportFailed)
     /// An OTLP log export was cut short by a shutdown deadline.
     public static let abandoned = LoggingError(code: .abandoned)
+    /// The TLS connection to the collector failed (certificate not verified,
+    /// client certificate refused). Never retried.
+    public static let tlsFailed = LoggingError(code: .tlsFailed)
+    /// An OTLP exporter setting that would make every export fail.
+    public static let invalidConfiguration = LoggingError(code: .invalidConfiguration)
 
     /// For `LogSink` implementations: the bytes could not be written.
     public static func sinkFailed(_ message: String, file: String = #fileID, line: Int = #line) -> LoggingError {
@@ -39,6 +46,12 @@ public struct LoggingError: Error, Sendable, Hashable, CustomStringConvertible {
     }
     static func abandoned(_ message: String, file: String = #fileID, line: Int = #line) -> LoggingError {
         LoggingError(code: .abandoned, message: message, file: file, line: line)
+    }
+    static func tlsFailed(_ message: String, file: String = #fileID, line: Int = #line) -> LoggingError {
+        LoggingError(code: .tlsFailed, message: message, file: file, line: line)
+    }
+    static func invalidConfiguration(_ message: String, file: String = #fileID, line: Int = #line) -> LoggingError {
+        LoggingError(code: .invalidConfiguration, message: message, file: file, line: line)
     }
     static func exportFailed(_ message: String, file: String = #fileID, line: Int = #line) -> LoggingError {
         LoggingError(code: .exportFailed, message: message, file: file, line: line)
@@ -53,6 +66,8 @@ public struct LoggingError: Error, Sendable, Hashable, CustomStringConvertible {
         case .shutdown: "shut down"
         case .abandoned: "abandoned at the shutdown deadline"
         case .exportFailed: "export failed"
+        case .tlsFailed: "TLS failed"
+        case .invalidConfiguration: "invalid configuration"
         }
         return message.isEmpty ? "LoggingError(\(kind))" : "LoggingError(\(kind): \(message))"
     }

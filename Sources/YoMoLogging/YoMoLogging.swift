@@ -120,6 +120,8 @@ public enum YoMoLogging {
     /// `OTEL_LOGS_EXPORTER` is unset; never with `OTEL_SDK_DISABLED=true` or
     /// `OTEL_LOGS_EXPORTER=none`. The generic `OTEL_EXPORTER_OTLP_ENDPOINT` alone
     /// does not enable it: it often points at Jaeger, which takes no logs.
+    /// A setting that would make every export fail (see `BatchLogRecordProcessor.otlp`)
+    /// gives nil and one error line through `writer`.
     /// - Parameter writer: where the pipeline reports its own failures (never to itself).
     public static func otlpProcessorFromEnvironment(
         serviceName: String? = nil,
@@ -135,7 +137,14 @@ public enum YoMoLogging {
         let internalLogger = Logger(label: "swift-yomo.logging.otlp") { label in
             makeHandler(label: label, configuration: configuration, writer: writer, traceCorrelation: false)
         }
-        return BatchLogRecordProcessor.otlp(serviceName: serviceName, environment: environment, logger: internalLogger)
+        do {
+            return try BatchLogRecordProcessor.otlp(serviceName: serviceName, environment: environment, logger: internalLogger)
+        } catch {
+            // Made from the environment: the process logs on (to stderr)
+            // rather than fail, and says once why nothing is exported.
+            internalLogger.error("OTLP log export disabled: \(error.message)")
+            return nil
+        }
     }
 
     /// Installs the SDK's handlers as the process's logging backend: text, JSON

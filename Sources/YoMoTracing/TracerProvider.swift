@@ -142,6 +142,13 @@ extension TracerProvider: Service {
 extension TracerProvider {
     /// OTLP/HTTP protobuf export through a batch processor, configured from
     /// `environment` (`OTEL_EXPORTER_OTLP_*`, `OTEL_BSP_*`, sampler, limits, resource).
+    ///
+    /// A setting that would make every export fail (`OTEL_EXPORTER_OTLP_PROTOCOL`
+    /// other than `http/protobuf`, an unreadable `…_CERTIFICATE`, `…_CLIENT_CERTIFICATE`
+    /// or `…_CLIENT_KEY` file) is logged as one error line and gives `noop`:
+    /// the process runs on untraced rather than fail, and nothing goes out in
+    /// a protocol or over a connection the user did not ask for. Build an
+    /// `OTLPHTTPSpanExporter` yourself to get the error thrown instead.
     public static func otlp(
         serviceName: String? = nil,
         environment: [String: String] = ProcessEnvironment.current,
@@ -150,10 +157,17 @@ extension TracerProvider {
         var configuration = Configuration(environment: environment)
         configuration.serviceName = serviceName
         if configuration.isDisabled { return .noop }
-        let exporter = OTLPHTTPSpanExporter(
-            configuration: OTLPExporterConfiguration(signal: .traces, environment: environment),
-            logger: logger
-        )
+        let exporterConfiguration = OTLPExporterConfiguration(signal: .traces, environment: environment)
+        for warning in exporterConfiguration.unusableSettings {
+            logger.warning("OTLP exporter setting ignored: \(warning)")
+        }
+        let exporter: OTLPHTTPSpanExporter
+        do {
+            exporter = try OTLPHTTPSpanExporter(configuration: exporterConfiguration, logger: logger)
+        } catch {
+            logger.error("OTLP span export disabled: \(error.message)")
+            return .noop
+        }
         let processor = BatchSpanProcessor(
             exporter: exporter,
             configuration: BatchSpanProcessor.Configuration(environment: environment),

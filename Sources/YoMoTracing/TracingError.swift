@@ -10,6 +10,7 @@ public struct TracingError: Error, Sendable, Hashable, CustomStringConvertible {
         case shutdown
         case exportFailed
         case abandoned
+        case tlsFailed
     }
 
     private let code: Code
@@ -33,11 +34,16 @@ public struct TracingError: Error, Sendable, Hashable, CustomStringConvertible {
     public static let timeout = TracingError(code: .timeout)
     /// The request body could not be built.
     public static let encodingFailed = TracingError(code: .encodingFailed)
+    /// A setting that would make every export fail (an unsupported protocol,
+    /// an unreadable certificate file): the exporter refuses to start.
     public static let invalidConfiguration = TracingError(code: .invalidConfiguration)
     /// The exporter was already shut down.
     public static let shutdown = TracingError(code: .shutdown)
     /// Any other export failure.
     public static let exportFailed = TracingError(code: .exportFailed)
+    /// The TLS connection to the collector failed: its certificate did not
+    /// verify, or it refused the client certificate. Never retried.
+    public static let tlsFailed = TracingError(code: .tlsFailed)
     /// The export was cut short by a shutdown deadline (`SpanExporter.abandonExports(after:)`).
     public static let abandoned = TracingError(code: .abandoned)
 
@@ -55,6 +61,9 @@ public struct TracingError: Error, Sendable, Hashable, CustomStringConvertible {
     }
     static func invalidConfiguration(_ message: String, file: String = #fileID, line: Int = #line) -> TracingError {
         TracingError(code: .invalidConfiguration, message: message, file: file, line: line)
+    }
+    static func tlsFailed(_ message: String, file: String = #fileID, line: Int = #line) -> TracingError {
+        TracingError(code: .tlsFailed, message: message, file: file, line: line)
     }
     static func shutdown(_ message: String, file: String = #fileID, line: Int = #line) -> TracingError {
         TracingError(code: .shutdown, message: message, file: file, line: line)
@@ -79,6 +88,7 @@ public struct TracingError: Error, Sendable, Hashable, CustomStringConvertible {
         case .shutdown: "shut down"
         case .exportFailed: "export failed"
         case .abandoned: "abandoned at the shutdown deadline"
+        case .tlsFailed: "TLS failed"
         }
         return message.isEmpty ? "TracingError(\(kind))" : "TracingError(\(kind): \(message))"
     }

@@ -13,7 +13,8 @@ final class LogsReceiver {
     let port: Int
     let outputURL: URL
 
-    init(failFirst: Int = 0) async throws {
+    /// - Parameter arguments: more receiver flags, e.g. `TestCertificates.receiverArguments`.
+    init(failFirst: Int = 0, arguments: [String] = []) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-logs-\(UUID().uuidString)")
         let outputURL = directory.appendingPathComponent("records.jsonl")
         self.directory = directory
@@ -22,7 +23,7 @@ final class LogsReceiver {
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("otlp_logs_receiver.py")
         let portFile = directory.appendingPathComponent("port")
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", script.path, "--port-file", portFile.path, "--out", outputURL.path, "--fail-first", "\(failFirst)"]
+        process.arguments = ["python3", script.path, "--port-file", portFile.path, "--out", outputURL.path, "--fail-first", "\(failFirst)"] + arguments
         // The receiver exits when its stdin closes: on deinit, or if the test process dies.
         process.standardInput = stdin
         try process.run()
@@ -89,7 +90,7 @@ final class LogsReceiver {
             "OTEL_SERVICE_NAME": "logging-test",
         ]
         let quiet = Logger(label: "quiet") { _ in SwiftLogNoOpLogHandler() }
-        let processor = BatchLogRecordProcessor.otlp(environment: environment, logger: quiet)
+        let processor = try BatchLogRecordProcessor.otlp(environment: environment, logger: quiet)
         let spanExporter = InMemorySpanExporter()
         let tracerProvider = TracerProvider(
             configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: spanExporter)]

@@ -7,6 +7,7 @@ and appends one JSON line per log record to --out:
    "severity_text": "INFO", "body": "...", "attributes": {...},
    "scope": "label", "resource": {...}, "content_type": "application/x-protobuf"}
 A line {"rejected_with": 503} records each request refused by --fail-first.
+A failed TLS handshake (--tls-cert, see otlp_receiver.py) adds {"type": "tls_error", ...}.
 Writes the bound port to --port-file once listening.
 """
 import argparse
@@ -23,7 +24,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 # (no bytecode cache: it would land in a SwiftPM test target's folder).
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "YoMoTracingTests"))
-from otlp_receiver import any_value, attributes  # noqa: E402
+from otlp_receiver import add_tls_arguments, any_value, attributes, wrap_tls  # noqa: E402
 
 
 def main():
@@ -32,6 +33,7 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--fail-first", type=int, default=0,
                         help="answer this many requests with 503 and Retry-After: 0 first")
+    add_tls_arguments(parser)  # --tls-cert, --tls-key, --tls-client-ca: see otlp_receiver.py
     args = parser.parse_args()
     failures = {"left": args.fail_first}
     lock = threading.Lock()
@@ -94,6 +96,12 @@ def main():
     threading.Thread(target=watch_stdin, daemon=True).start()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    def write(record):
+        with lock:
+            out.write(json.dumps(record) + "\n")
+
+    wrap_tls(server, args, write)
     with open(args.port_file + ".tmp", "w") as f:
         f.write(str(server.server_address[1]))
     os.replace(args.port_file + ".tmp", args.port_file)

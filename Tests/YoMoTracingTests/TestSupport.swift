@@ -49,9 +49,12 @@ final class OTLPReceiver {
     let directory: URL
     let port: Int
     var outputPath: String { directory.appendingPathComponent("received.jsonl").path }
-    var endpoint: String { "http://127.0.0.1:\(port)" }
+    /// `https://` when started with `--tls-cert`.
+    var endpoint: String { "\(scheme)://127.0.0.1:\(port)" }
+    private let scheme: String
 
     init(arguments: [String] = []) throws {
+        scheme = arguments.contains("--tls-cert") ? "https" : "http"
         directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("yomo-otlp-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -104,6 +107,8 @@ final class OTLPReceiver {
 
     var spans: [[String: Any]] { records(type: "span") }
     var requests: [[String: Any]] { records(type: "request") }
+    /// Failed TLS handshakes (`--tls-cert`), with the server's reason.
+    var tlsErrors: [[String: Any]] { records(type: "tls_error") }
 
     /// Polls until `condition` holds or `timeout` passes (the receiver is another process).
     func wait(timeout: TimeInterval = 10, until condition: () -> Bool) -> Bool {
@@ -132,4 +137,37 @@ func makeProvider(
     var configuration = TracerProvider.Configuration(environment: environment)
     configuration.serviceName = serviceName
     return TracerProvider(configuration: configuration, processors: [SimpleSpanProcessor(exporter: exporter)])
+}
+
+/// The TLS receiver's certificates, made once per test run by
+/// `otlp_receiver.py --make-certificates` (certtool): a CA, a server
+/// certificate for 127.0.0.1 and a client certificate signed by it, and an
+/// unrelated CA.
+struct TestCertificates: Sendable {
+    let directory: String
+    var ca: String { directory + "/ca.pem" }
+    var otherCA: String { directory + "/other-ca.pem" }
+    var serverCertificate: String { directory + "/server.pem" }
+    var serverKey: String { directory + "/server.key" }
+    var clientCertificate: String { directory + "/client.pem" }
+    var clientKey: String { directory + "/client.key" }
+
+    /// Receiver arguments: HTTPS, and with `requireClientCertificate` mutual TLS.
+    func receiverArguments(requireClientCertificate: Bool = false) -> [String] {
+        ["--tls-cert", serverCertificate, "--tls-key", serverKey] + (requireClientCertificate ? ["--tls-client-ca", ca] : [])
+    }
+
+    static let shared: TestCertificates = {
+        let directory = NSTemporaryDirectory() + "yomo-otlp-certs-\(getpid())"
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("otlp_receiver.py").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", script, "--make-certificates", directory]
+        try! process.run()
+        // Polled: waitUntilExit spins a run loop on this (cooperative) thread.
+        while process.isRunning { usleep(10_000) }
+        precondition(process.terminationStatus == 0, "certtool (gnutls-bin) failed to make the test certificates")
+        return TestCertificates(directory: directory)
+    }()
 }

@@ -13,6 +13,19 @@ Collector faults, for the shutdown tests and Benchmarks/fault-shutdown.sh:
   --fault blackhole               accept TCP, read, never answer
   --fault refused                 hold a bound port without listening (connect
                                   gets ECONNREFUSED, and no one else takes it)
+
+TLS, for the exporter's certificate tests:
+  --tls-cert server.pem --tls-key server.key   serve HTTPS
+  --tls-client-ca ca.pem                       and demand a client certificate
+                                               signed by that CA
+  A failed handshake is written as {"type": "tls_error", "error": "..."}.
+  --echo-auth                     put the Authorization header received into the
+                                  body of a refusal (a collector that echoes it)
+
+  otlp_receiver.py --make-certificates DIR   writes, with certtool (gnutls-bin):
+    ca.pem/.key, a server certificate for localhost and 127.0.0.1 (server.pem/.key)
+    and a client certificate (client.pem/.key) signed by it, and an unrelated
+    other-ca.pem/.key; then exits. Both test targets use it.
 """
 import argparse
 import gzip
@@ -20,6 +33,8 @@ import json
 import os
 import signal
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -126,6 +141,8 @@ def make_handler(state):
                 response.partial_success.rejected_spans = args.partial_reject
                 response.partial_success.error_message = "test rejection"
             payload = response.SerializeToString() if status == 200 else b"rejected by test receiver"
+            if status != 200 and args.echo_auth:
+                payload += b": bad credentials " + self.headers.get("Authorization", "").encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/x-protobuf")
             self.send_header("Content-Length", str(len(payload)))
@@ -172,7 +189,86 @@ def drain(connection):
         pass
 
 
+def make_certificates(directory):
+    os.makedirs(directory, exist_ok=True)
+    templates = {
+        "ca.tmpl": 'cn = "YoMo OTLP Test CA"\nca\ncert_signing_key\nexpiration_days = 30\n',
+        "server.tmpl": 'cn = "localhost"\ndns_name = "localhost"\nip_address = "127.0.0.1"\n'
+                       "tls_www_server\nsigning_key\nexpiration_days = 30\n",
+        "client.tmpl": 'cn = "yomo-otlp-client"\ntls_www_client\nsigning_key\nexpiration_days = 30\n',
+    }
+    for name, text in templates.items():
+        with open(os.path.join(directory, name), "w") as handle:
+            handle.write(text)
+
+    def certtool(*arguments):
+        subprocess.run(["certtool", *arguments], cwd=directory, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    for name in ["ca", "other-ca", "server", "client"]:
+        certtool("--generate-privkey", "--key-type=ecdsa", "--outfile", f"{name}.key")
+    for name in ["ca", "other-ca"]:
+        certtool("--generate-self-signed", "--load-privkey", f"{name}.key", "--template", "ca.tmpl",
+                 "--outfile", f"{name}.pem")
+    for name in ["server", "client"]:
+        certtool("--generate-certificate", "--load-privkey", f"{name}.key", "--load-ca-certificate", "ca.pem",
+                 "--load-ca-privkey", "ca.key", "--template", f"{name}.tmpl", "--outfile", f"{name}.pem")
+
+
+def linger_close(connection):
+    plain = socket.socket(fileno=os.dup(connection.fileno()))
+    connection.close()
+    try:
+        plain.shutdown(socket.SHUT_WR)
+        plain.settimeout(2)
+        while plain.recv(65536):
+            pass
+    except OSError:
+        pass
+    plain.close()
+
+
+def add_tls_arguments(parser):
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
+
+
+def wrap_tls(server, args, write):
+    """Serves `server` over TLS when --tls-cert is given; each failed handshake
+    is reported through `write` (the tests wait for that line)."""
+    if not args.tls_cert:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(args.tls_client_ca)
+    server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    plain_get_request = server.get_request
+
+    def get_request():
+        connection, address = plain_get_request()
+        connection.settimeout(10)
+        try:
+            connection.do_handshake()
+        except (ssl.SSLError, OSError) as error:
+            write({"type": "tls_error", "error": str(error), "time": time.time()})
+            # Closing at once, with the client's request unread, would send a
+            # TCP reset that can overtake the TLS alert, and the client would
+            # see only "connection reset". A collector that lingers lets it read why.
+            threading.Thread(target=linger_close, args=(connection,), daemon=True).start()
+            raise
+        connection.settimeout(None)
+        return connection, address
+
+    server.get_request = get_request
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--make-certificates":
+        make_certificates(sys.argv[2])
+        return 0
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", required=True)
@@ -184,6 +280,8 @@ def main():
     parser.add_argument("--partial-reject", type=int, default=0)
     parser.add_argument("--count-only", action="store_true", help="write request lines only (benchmark)")
     parser.add_argument("--fault", choices=["blackhole", "refused"], help="no HTTP: see the module doc")
+    parser.add_argument("--echo-auth", action="store_true", help="echo the Authorization header in refusals")
+    add_tls_arguments(parser)
     args = parser.parse_args()
     # The parent may have spawned us with signals blocked; let SIGTERM/SIGINT work.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM, signal.SIGINT])
@@ -197,6 +295,7 @@ def main():
     state = State(args)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(state))
     server.daemon_threads = True
+    wrap_tls(server, args, state.write)
     write_port(args.port_file, server.server_address[1])
     try:
         server.serve_forever(poll_interval=0.1)

@@ -19,11 +19,18 @@ public final class OTLPHTTPLogExporter: LogRecordExporter {
     /// - Parameters:
     ///   - configuration: default from `OTEL_EXPORTER_OTLP_LOGS_*` / `OTEL_EXPORTER_OTLP_*`.
     ///   - logger: for export failures; must not route back into this exporter.
+    /// - Throws: `.invalidConfiguration` when `configuration.validate()` does
+    ///   (a protocol other than `http/protobuf`, an unreadable certificate or key file).
     public init(
         configuration: OTLPExporterConfiguration = OTLPExporterConfiguration(signal: .logs),
         resource: Resource = .detect(),
         logger: Logger
-    ) {
+    ) throws(LoggingError) {
+        do {
+            try configuration.validate()
+        } catch {
+            throw .invalidConfiguration(error.message)
+        }
         self.configuration = configuration
         self.resource = resource
         var logger = logger
@@ -41,13 +48,14 @@ public final class OTLPHTTPLogExporter: LogRecordExporter {
         } catch {
             if error == .shutdown { throw .shutdown(error.message) }
             if error == .abandoned { throw .abandoned(error.message) }
+            if error == .tlsFailed { throw .tlsFailed(error.message) }
             throw .exportFailed(error.message)
         }
         // A 2xx may still carry partial_success (OTLP spec "Partial Success").
         if let partial = OTLPLogEncoding.partialSuccess(in: response) {
             logger.warning("OTLP log export partially rejected", metadata: [
                 "rejected_log_records": "\(partial.rejected)",
-                "error_message": "\(partial.message)",
+                "error_message": "\(transport.redacting(partial.message))",
                 "sent_log_records": "\(records.count)",
             ])
         }

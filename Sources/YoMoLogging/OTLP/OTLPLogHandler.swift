@@ -79,13 +79,20 @@ extension BatchLogRecordProcessor {
     /// `environment` (`OTEL_EXPORTER_OTLP_LOGS_*` / `OTEL_EXPORTER_OTLP_*`,
     /// `OTEL_BLRP_*`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`).
     /// - Parameter logger: for export failures; must not route back into the processor.
+    /// - Throws: `.invalidConfiguration` for a setting that would make every
+    ///   export fail (`OTEL_EXPORTER_OTLP_[LOGS_]PROTOCOL` other than
+    ///   `http/protobuf`, an unreadable certificate or key file).
     public static func otlp(
         serviceName: String? = nil,
         environment: [String: String] = ProcessEnvironment.current,
         logger: Logger
-    ) -> BatchLogRecordProcessor {
-        let exporter = OTLPHTTPLogExporter(
-            configuration: OTLPExporterConfiguration(signal: .logs, environment: environment),
+    ) throws(LoggingError) -> BatchLogRecordProcessor {
+        let exporterConfiguration = OTLPExporterConfiguration(signal: .logs, environment: environment)
+        for warning in exporterConfiguration.unusableSettings {
+            logger.warning("OTLP exporter setting ignored: \(warning)")
+        }
+        let exporter = try OTLPHTTPLogExporter(
+            configuration: exporterConfiguration,
             resource: .detect(serviceName: serviceName, environment: environment),
             logger: logger
         )

@@ -12,7 +12,14 @@ public final class OTLPHTTPSpanExporter: SpanExporter {
     /// satisfies `Sendable`).
     private let arena = Mutex(ProtobufArena())
 
-    public init(configuration: OTLPExporterConfiguration = OTLPExporterConfiguration(signal: .traces), logger: Logger) {
+    /// Throws `.invalidConfiguration` when `configuration.validate()` does (a
+    /// protocol other than `http/protobuf`, an unreadable certificate or key
+    /// file), so that a setting that would fail every export fails here once.
+    public init(
+        configuration: OTLPExporterConfiguration = OTLPExporterConfiguration(signal: .traces),
+        logger: Logger
+    ) throws(TracingError) {
+        try configuration.validate()
         self.configuration = configuration
         var logger = logger
         logger[metadataKey: "component"] = "OTLPHTTPSpanExporter"
@@ -29,7 +36,7 @@ public final class OTLPHTTPSpanExporter: SpanExporter {
         if let partial = OTLPTraceEncoding.partialSuccess(in: response) {
             logger.warning("OTLP export partially rejected", metadata: [
                 "rejected_spans": "\(partial.rejected)",
-                "error_message": "\(partial.message)",
+                "error_message": "\(transport.redacting(partial.message))",
                 "sent_spans": "\(spans.count)",
             ])
         }

@@ -42,8 +42,14 @@ struct OTLPRetryPolicy: Sendable {
     func decide(_ result: HTTPAttemptResult, attempt: Int, nowSeconds: Int64, random: Double) -> Decision {
         if result.status >= 200 && result.status < 300 { return .success }
         let retryable: Bool
-        if result.status == 0 {
-            retryable = Self.isConnectionFailure(result.curlCode)
+        if result.status == 0 && Self.isTLSFailure(result) {
+            // A certificate that does not verify (or a client certificate the
+            // collector refuses) fails the same way on every attempt.
+            retryable = false
+        } else if result.status == 0 {
+            // A handshake cut off by the network (not refused by TLS) is a
+            // connection failure, e.g. a collector restarting.
+            retryable = Self.isConnectionFailure(result.curlCode) || result.curlCode == CURLE_SSL_CONNECT_ERROR.rawValue
         } else {
             retryable = Self.retryableStatuses.contains(result.status)
         }
@@ -63,6 +69,25 @@ struct OTLPRetryPolicy: Sendable {
              CURLE_OPERATION_TIMEDOUT, CURLE_SEND_ERROR, CURLE_RECV_ERROR, CURLE_GOT_NOTHING,
              CURLE_PARTIAL_FILE:
             true
+        default:
+            false
+        }
+    }
+
+    /// The TLS errors of libcurl (OpenSSL backend). Under TLS 1.3 a collector
+    /// refuses a missing or untrusted client certificate after the handshake,
+    /// so curl reports it as a receive (or send) error carrying the TLS alert.
+    static func isTLSFailure(_ result: HTTPAttemptResult) -> Bool {
+        switch CURLcode(rawValue: result.curlCode) {
+        case CURLE_SSL_CONNECT_ERROR:
+            !(result.curlMessage.contains("reset by peer") || result.curlMessage.contains("SSL_ERROR_SYSCALL"))
+        case CURLE_SSL_CERTPROBLEM, CURLE_SSL_CIPHER, CURLE_PEER_FAILED_VERIFICATION,
+             CURLE_SSL_CACERT_BADFILE, CURLE_SSL_ISSUER_ERROR, CURLE_SSL_ENGINE_NOTFOUND,
+             CURLE_SSL_ENGINE_SETFAILED, CURLE_SSL_CRL_BADFILE, CURLE_SSL_PINNEDPUBKEYNOTMATCH,
+             CURLE_SSL_INVALIDCERTSTATUS, CURLE_SSL_CLIENTCERT:
+            true
+        case CURLE_RECV_ERROR, CURLE_SEND_ERROR:
+            result.curlMessage.lowercased().contains(" alert ")
         default:
             false
         }
@@ -165,6 +190,9 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
     private var headers: UnsafeMutablePointer<curl_slist>?
     private let collector = ResponseCollector()
     private var isShutdown = false
+    /// curl's detailed message of the last failure (CURLOPT_ERRORBUFFER), e.g.
+    /// which certificate check failed; `curl_easy_strerror` only names the code.
+    private let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
 
     /// Guards `abandonDeadline`; separate from `lock`, which `send` holds
     /// throughout, so that another thread can set the deadline mid-send.
@@ -173,6 +201,8 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
     /// the owning processor's shutdown starts.
     private var abandonDeadline = UInt64.max
 
+    /// Call `configuration.validate()` first: the transport trusts it (files
+    /// readable, protocol `http/protobuf`).
     /// - Parameter signalName: what the bodies carry ("spans", "log records"), for log lines.
     package init(configuration: OTLPExporterConfiguration, signalName: String, logger: Logger) {
         _ = curlGlobalInit
@@ -181,6 +211,18 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         var logger = logger
         logger[metadataKey: "otlp_endpoint"] = "\(configuration.url)"
         self.logger = logger
+        errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
+    }
+
+    /// `text` with every header value of the configuration blanked out: a
+    /// collector may echo the credentials it refused in its error body or in
+    /// a partial-success message, and such text goes to logs and errors.
+    package func redacting(_ text: String) -> String {
+        var text = text
+        for secret in configuration.secrets where text.contains(secret) {
+            text = text.replacing(secret, with: "<redacted>")
+        }
+        return text
     }
 
     deinit {
@@ -188,6 +230,7 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         if let multi { curl_multi_cleanup(multi) }
         if let handle { curl_easy_cleanup(handle) }
         if let headers { curl_slist_free_all(headers) }
+        errorBuffer.deallocate()
     }
 
     /// Sends `body` (an uncompressed protobuf message), retrying within `timeout`.
@@ -245,6 +288,7 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
                 if result.curlMessage == Self.abandonedMessage {
                     throw .abandoned("collector \(configuration.url): \(detail)")
                 }
+                if result.status == 0 && OTLPRetryPolicy.isTLSFailure(result) { throw .tlsFailed(message) }
                 if result.status == 0 { throw .connectionFailed(message) }
                 throw .httpStatus(message)
             case .retry(let delay):
@@ -312,9 +356,25 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
 
     private var signalNameKey: String { signalName.replacingSpaces() }
 
+    /// Never holds a header value: see `redacting(_:)`.
     private func describe(_ result: HTTPAttemptResult) -> String {
+        redacting(describeUnredacted(result))
+    }
+
+    private func describeUnredacted(_ result: HTTPAttemptResult) -> String {
         if result.curlMessage == Self.abandonedMessage {
             return "no answer before the shutdown deadline"
+        }
+        if result.status == 0 && OTLPRetryPolicy.isTLSFailure(result) {
+            let what = switch CURLcode(rawValue: result.curlCode) {
+            case CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_ISSUER_ERROR:
+                "the collector's certificate did not verify"
+                    + (configuration.certificateFile.map { " against \($0)" } ?? " against the system CAs")
+            case CURLE_SSL_CACERT_BADFILE: "the CA file could not be loaded"
+            case CURLE_SSL_CERTPROBLEM: "the client certificate or key could not be loaded"
+            default: "the TLS handshake failed"
+            }
+            return "TLS failure: \(what) (curl \(result.curlCode): \(result.curlMessage))"
         }
         if result.status == 0 {
             return "connection failed (curl \(result.curlCode): \(result.curlMessage))"
@@ -354,6 +414,15 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         let collectorPointer = Unmanaged.passUnretained(collector).toOpaque()
         ccurl_setopt_pointer(handle, CURLOPT_WRITEDATA, collectorPointer)
         ccurl_setopt_pointer(handle, CURLOPT_HEADERDATA, collectorPointer)
+        ccurl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer)
+        // TLS (https:// endpoints), per the OTLP exporter spec's certificate
+        // settings: always verify the collector and its name; a private CA
+        // replaces the system store; a client certificate for mutual TLS.
+        ccurl_setopt_long(handle, CURLOPT_SSL_VERIFYPEER, 1)
+        ccurl_setopt_long(handle, CURLOPT_SSL_VERIFYHOST, 2)
+        if let file = configuration.certificateFile { ccurl_setopt_string(handle, CURLOPT_CAINFO, file) }
+        if let file = configuration.clientCertificateFile { ccurl_setopt_string(handle, CURLOPT_SSLCERT, file) }
+        if let file = configuration.clientKeyFile { ccurl_setopt_string(handle, CURLOPT_SSLKEY, file) }
         self.handle = handle
         return handle
     }
@@ -361,6 +430,7 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
     /// Call with the lock held.
     private func perform(_ handle: UnsafeMutableRawPointer, _ payload: [UInt8], timeoutMilliseconds: Int) -> HTTPAttemptResult {
         collector.reset()
+        errorBuffer[0] = 0
         ccurl_setopt_long(handle, CURLOPT_TIMEOUT_MS, timeoutMilliseconds)
         ccurl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, timeoutMilliseconds)
         var abandoned = false
@@ -396,10 +466,17 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         return HTTPAttemptResult(
             status: status,
             curlCode: code.rawValue,
-            curlMessage: abandoned ? Self.abandonedMessage : String(cString: curl_easy_strerror(code)),
+            curlMessage: abandoned ? Self.abandonedMessage : curlMessage(code),
             body: collector.body,
             retryAfter: collector.retryAfter
         )
+    }
+
+    private func curlMessage(_ code: CURLcode) -> String {
+        let summary = String(cString: curl_easy_strerror(code))
+        var detail = String(cString: errorBuffer)
+        while detail.last == "\n" { detail.removeLast() }
+        return detail.isEmpty || detail == summary ? summary : "\(summary): \(detail)"
     }
 
     private func gzip(_ body: [UInt8]) -> [UInt8]? {
