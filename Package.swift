@@ -156,6 +156,32 @@ targets += [
 ]
 
 // MARK: YoMo — StreamFunction, Source, Zipper, the `yomo` CLI and examples
+// MARK: YoMoMetrics — meter provider, instruments with exemplars, Prometheus/OpenMetrics endpoint, swift-metrics backend.
+products += [.library(name: "YoMoMetrics", targets: ["YoMoMetrics"])]
+targets += [
+    .target(
+        name: "YoMoMetrics",
+        dependencies: [
+            "YoMoTracing",
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ],
+        swiftSettings: strictSwift
+    ),
+    .testTarget(
+        name: "YoMoMetricsTests",
+        dependencies: [
+            "YoMoMetrics", "YoMoTracing",
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
+        ],
+        swiftSettings: strictSwift
+    ),
+]
+
 products += [
     .library(name: "YoMo", targets: ["YoMo"]),
     .executable(name: "yomo", targets: ["YoMoCLI"]),
@@ -290,6 +316,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),

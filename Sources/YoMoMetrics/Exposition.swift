@@ -1,0 +1,171 @@
+import Foundation
+public import YoMoTracing
+import Tracing
+
+/// Renders snapshots in the Prometheus text format (0.0.4) or OpenMetrics 1.0
+/// (with exemplars), naming metrics by the OpenTelemetry → Prometheus rules:
+/// dots become underscores, the unit becomes a suffix (`s` → `_seconds`),
+/// counters end in `_total`, and the resource goes into `target_info`.
+public enum PrometheusExposition {
+    public enum Format: Sendable {
+        case text
+        case openMetrics
+
+        public var contentType: String {
+            switch self {
+            case .text: "text/plain; version=0.0.4; charset=utf-8"
+            case .openMetrics: "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            }
+        }
+
+        /// OpenMetrics when the scraper's `Accept` header asks for it.
+        public init(accept: String?) {
+            self = (accept ?? "").contains("application/openmetrics-text") ? .openMetrics : .text
+        }
+    }
+
+    public static func render(_ snapshots: [MetricSnapshot], resource: Resource, format: Format) -> String {
+        var out = ""
+        renderTargetInfo(resource, format: format, into: &out)
+        for snapshot in snapshots where !snapshot.points.isEmpty {
+            render(snapshot, format: format, into: &out)
+        }
+        if format == .openMetrics { out += "# EOF\n" }
+        return out
+    }
+
+    /// `messaging.process.duration` with unit `s` → `messaging_process_duration_seconds`.
+    public static func metricName(_ name: String, unit: String) -> String {
+        var base = sanitize(name)
+        let suffix = unitSuffix(unit)
+        if let suffix, !base.hasSuffix("_" + suffix) { base += "_" + suffix }
+        return base
+    }
+
+    static func unitSuffix(_ unit: String) -> String? {
+        // Annotations in braces ({message}) carry no unit.
+        let bare = String(unit[..<(unit.firstIndex(of: "{") ?? unit.endIndex)]).trimmingCharacters(in: [" "])
+        switch bare {
+        case "": return nil
+        case "1": return "ratio"
+        case "s": return "seconds"
+        case "ms": return "milliseconds"
+        case "us": return "microseconds"
+        case "ns": return "nanoseconds"
+        case "By": return "bytes"
+        case "KiBy": return "kibibytes"
+        case "MiBy": return "mebibytes"
+        case "%": return "percent"
+        default: return sanitize(bare)
+        }
+    }
+
+    static func sanitize(_ name: String) -> String {
+        var result = ""
+        for (index, scalar) in name.unicodeScalars.enumerated() {
+            let allowed = ("a"..."z").contains(scalar) || ("A"..."Z").contains(scalar) || scalar == "_" || scalar == ":"
+                || (index > 0 && ("0"..."9").contains(scalar))
+            result.unicodeScalars.append(allowed ? scalar : "_")
+        }
+        // Runs of underscores from e.g. "a..b" collapse, as the spec asks.
+        while result.contains("__") { result = result.replacingOccurrences(of: "__", with: "_") }
+        return result
+    }
+
+    static func labelName(_ key: String) -> String { sanitize(key) }
+
+    static func escapeLabel(_ value: String) -> String {
+        var out = ""
+        for character in value {
+            switch character {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            default: out.append(character)
+            }
+        }
+        return out
+    }
+
+    static func escapeHelp(_ value: String) -> String {
+        value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\n", with: "\\n")
+    }
+
+    static func number(_ value: Double) -> String {
+        if value.isNaN { return "NaN" }
+        if value == .infinity { return "+Inf" }
+        if value == -.infinity { return "-Inf" }
+        if value == value.rounded(), abs(value) < 1e15 { return String(Int64(value)) }
+        return "\(value)"
+    }
+
+    static func text(_ attribute: SpanAttribute) -> String {
+        switch attribute {
+        case .string(let value): value
+        case .int64(let value): String(value)
+        case .int32(let value): String(value)
+        case .double(let value): number(value)
+        case .bool(let value): String(value)
+        case .stringArray(let values): values.joined(separator: ",")
+        default: "\(attribute)"
+        }
+    }
+
+    static func labels(_ pairs: [(String, String)]) -> String {
+        guard !pairs.isEmpty else { return "" }
+        return "{" + pairs.map { "\(labelName($0.0))=\"\(escapeLabel($0.1))\"" }.joined(separator: ",") + "}"
+    }
+
+    private static func renderTargetInfo(_ resource: Resource, format: Format, into out: inout String) {
+        var pairs: [(String, String)] = []
+        resource.attributes.forEach { key, attribute in pairs.append((key, text(attribute))) }
+        guard !pairs.isEmpty else { return }
+        pairs.sort { $0.0 < $1.0 }
+        if format == .openMetrics {
+            out += "# TYPE target info\n# HELP target Target metadata\ntarget_info\(labels(pairs)) 1\n"
+        } else {
+            out += "# HELP target_info Target metadata\n# TYPE target_info gauge\ntarget_info\(labels(pairs)) 1\n"
+        }
+    }
+
+    private static func render(_ snapshot: MetricSnapshot, format: Format, into out: inout String) {
+        let descriptor = snapshot.descriptor
+        let name = metricName(descriptor.name, unit: descriptor.unit)
+        let type: String
+        switch descriptor.kind {
+        case .counter: type = "counter"
+        case .upDownCounter, .gauge: type = "gauge"
+        case .histogram: type = "histogram"
+        }
+        let isCounter = descriptor.kind == .counter
+        // OpenMetrics names the counter family without `_total`; the 0.0.4 text
+        // format names it as its sample.
+        let family = isCounter && format == .text ? name + "_total" : name
+        if !descriptor.description.isEmpty { out += "# HELP \(family) \(escapeHelp(descriptor.description))\n" }
+        out += "# TYPE \(family) \(type)\n"
+        if format == .openMetrics, let unit = unitSuffix(descriptor.unit), name.hasSuffix("_" + unit) {
+            out += "# UNIT \(family) \(unit)\n"
+        }
+        let scope: [(String, String)] = descriptor.scope.isEmpty ? [] : [("otel_scope_name", descriptor.scope)]
+        for point in snapshot.points {
+            let pairs = point.attributes.pairs.map { ($0.key, $0.value) } + scope
+            switch point.value {
+            case .scalar(let value):
+                out += "\(isCounter ? name + "_total" : name)\(labels(pairs)) \(number(value))\n"
+            case .histogram(let histogram):
+                var cumulative = 0
+                for (index, count) in histogram.counts.enumerated() {
+                    cumulative += count
+                    let bound = index < histogram.boundaries.count ? number(histogram.boundaries[index]) : "+Inf"
+                    out += "\(name)_bucket\(labels(pairs + [("le", bound)])) \(cumulative)"
+                    if format == .openMetrics, let exemplar = histogram.exemplars[index] {
+                        out += " # {trace_id=\"\(exemplar.traceID)\",span_id=\"\(exemplar.spanID)\"} \(number(exemplar.value)) \(exemplar.timestamp)"
+                    }
+                    out += "\n"
+                }
+                out += "\(name)_sum\(labels(pairs)) \(number(histogram.sum))\n"
+                out += "\(name)_count\(labels(pairs)) \(histogram.count)\n"
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+import Glibc
+import Synchronization
+public import YoMoTracing
+import Tracing
+
+/// Attributes of one time series: string keys and values, kept sorted so equal
+/// sets compare and hash equal whatever order they were given in.
+public struct MetricAttributes: Hashable, Sendable, ExpressibleByDictionaryLiteral, CustomStringConvertible {
+    public private(set) var pairs: [(key: String, value: String)]
+
+    public init(_ pairs: [(String, String)]) {
+        var unique: [String: String] = [:]
+        for (key, value) in pairs { unique[key] = value }
+        self.pairs = unique.sorted { $0.key < $1.key }.map { (key: $0.key, value: $0.value) }
+    }
+
+    public init(dictionaryLiteral elements: (String, String)...) { self.init(elements) }
+
+    public static let empty = MetricAttributes([])
+
+    /// A copy with `key` set to `value`.
+    public func with(_ key: String, _ value: String) -> MetricAttributes {
+        MetricAttributes(pairs.map { ($0.key, $0.value) } + [(key, value)])
+    }
+
+    public static func == (lhs: MetricAttributes, rhs: MetricAttributes) -> Bool {
+        lhs.pairs.count == rhs.pairs.count && zip(lhs.pairs, rhs.pairs).allSatisfy { $0.key == $1.key && $0.value == $1.value }
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        for pair in pairs {
+            hasher.combine(pair.key)
+            hasher.combine(pair.value)
+        }
+    }
+
+    public var description: String { pairs.map { "\($0.key)=\($0.value)" }.joined(separator: ",") }
+}
+
+/// What an instrument is: its name (OpenTelemetry style, dots), unit (UCUM, e.g.
+/// `s`, `By`, `{message}`), description, kind and, for histograms, bucket bounds.
+public struct InstrumentDescriptor: Hashable, Sendable {
+    public enum Kind: String, Sendable {
+        case counter, upDownCounter, gauge, histogram
+    }
+
+    public var name: String
+    public var unit: String
+    public var description: String
+    public var kind: Kind
+    /// Upper bounds of the explicit buckets (histograms), ascending; +Inf is implied.
+    public var boundaries: [Double]
+    /// Instrumentation scope (the meter's name).
+    public var scope: String
+}
+
+/// A measurement kept with a histogram bucket: the trace of a recent sampled
+/// measurement made under a span, so a latency bucket links to a trace.
+public struct Exemplar: Hashable, Sendable {
+    public var value: Double
+    public var traceID: String
+    public var spanID: String
+    /// Unix seconds.
+    public var timestamp: Double
+}
+
+/// A value that is added to atomically (a compare-and-swap loop on the bits).
+final class AtomicDouble: Sendable {
+    private let bits = Atomic<UInt64>(0)
+
+    func add(_ value: Double) {
+        var current = bits.load(ordering: .relaxed)
+        while true {
+            let next = (Double(bitPattern: current) + value).bitPattern
+            let (exchanged, original) = bits.compareExchange(expected: current, desired: next, ordering: .relaxed)
+            if exchanged { return }
+            current = original
+        }
+    }
+
+    func store(_ value: Double) { bits.store(value.bitPattern, ordering: .relaxed) }
+    var value: Double { Double(bitPattern: bits.load(ordering: .relaxed)) }
+}
+
+/// One histogram series: counts per bucket, sum, count, and an exemplar per bucket.
+final class HistogramCell: Sendable {
+    struct State {
+        var counts: [Int]
+        var sum = 0.0
+        var count = 0
+        var minimum = Double.infinity
+        var maximum = -Double.infinity
+        var exemplars: [Exemplar?]
+    }
+
+    let boundaries: [Double]
+    let state: Mutex<State>
+
+    init(boundaries: [Double]) {
+        self.boundaries = boundaries
+        state = Mutex(State(counts: Array(repeating: 0, count: boundaries.count + 1), exemplars: Array(repeating: nil, count: boundaries.count + 1)))
+    }
+
+    func record(_ value: Double, exemplar spanContext: SpanContext?) {
+        // Bucket i holds (bounds[i-1], bounds[i]]: the first bound >= value.
+        var low = 0
+        var high = boundaries.count
+        while low < high {
+            let middle = (low + high) / 2
+            if boundaries[middle] < value { low = middle + 1 } else { high = middle }
+        }
+        let exemplar = spanContext.flatMap { context -> Exemplar? in
+            guard context.isSampled else { return nil }
+            return Exemplar(value: value, traceID: context.traceID.description, spanID: context.spanID.description, timestamp: unixSeconds())
+        }
+        state.withLock { state in
+            state.counts[low] += 1
+            state.sum += value
+            state.count += 1
+            if value < state.minimum { state.minimum = value }
+            if value > state.maximum { state.maximum = value }
+            if let exemplar { state.exemplars[low] = exemplar }
+        }
+    }
+}
+
+func unixSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
+
+/// The current span's context, for exemplars.
+func currentSpanContext() -> SpanContext? { ServiceContext.current?.spanContext }
+
+/// Where an instrument keeps its series; created once per name by the provider.
+final class InstrumentStorage: Sendable {
+    let descriptor: InstrumentDescriptor
+    private let scalars = Mutex<[MetricAttributes: AtomicDouble]>([:])
+    private let histograms = Mutex<[MetricAttributes: HistogramCell]>([:])
+    private let callbacks = Mutex<[@Sendable () -> [(MetricAttributes, Double)]]>([])
+
+    init(_ descriptor: InstrumentDescriptor) { self.descriptor = descriptor }
+
+    func scalar(_ attributes: MetricAttributes) -> AtomicDouble {
+        scalars.withLock { cells in
+            if let cell = cells[attributes] { return cell }
+            let cell = AtomicDouble()
+            cells[attributes] = cell
+            return cell
+        }
+    }
+
+    func histogram(_ attributes: MetricAttributes) -> HistogramCell {
+        histograms.withLock { cells in
+            if let cell = cells[attributes] { return cell }
+            let cell = HistogramCell(boundaries: descriptor.boundaries)
+            cells[attributes] = cell
+            return cell
+        }
+    }
+
+    func addCallback(_ callback: @escaping @Sendable () -> [(MetricAttributes, Double)]) {
+        callbacks.withLock { $0.append(callback) }
+    }
+
+    func remove(_ attributes: MetricAttributes) {
+        scalars.withLock { _ = $0.removeValue(forKey: attributes) }
+        histograms.withLock { _ = $0.removeValue(forKey: attributes) }
+    }
+
+    func snapshot() -> MetricSnapshot {
+        var points: [MetricSnapshot.Point] = []
+        for (attributes, cell) in scalars.withLock({ $0 }) {
+            points.append(.init(attributes: attributes, value: .scalar(cell.value)))
+        }
+        for callback in callbacks.withLock({ $0 }) {
+            for (attributes, value) in callback() { points.append(.init(attributes: attributes, value: .scalar(value))) }
+        }
+        for (attributes, cell) in histograms.withLock({ $0 }) {
+            let state = cell.state.withLock { $0 }
+            points.append(.init(attributes: attributes, value: .histogram(.init(
+                boundaries: cell.boundaries, counts: state.counts, sum: state.sum, count: state.count,
+                minimum: state.count > 0 ? state.minimum : nil, maximum: state.count > 0 ? state.maximum : nil,
+                exemplars: state.exemplars))))
+        }
+        points.sort { $0.attributes.description < $1.attributes.description }
+        return MetricSnapshot(descriptor: descriptor, points: points)
+    }
+}
+
+/// The state of one instrument at collection time (cumulative since start).
+public struct MetricSnapshot: Sendable {
+    public struct Histogram: Sendable, Hashable {
+        public var boundaries: [Double]
+        /// One more than `boundaries`: the last is the +Inf bucket. Not cumulative.
+        public var counts: [Int]
+        public var sum: Double
+        public var count: Int
+        public var minimum: Double?
+        public var maximum: Double?
+        public var exemplars: [Exemplar?]
+    }
+
+    public enum Value: Sendable, Hashable {
+        case scalar(Double)
+        case histogram(Histogram)
+    }
+
+    public struct Point: Sendable {
+        public var attributes: MetricAttributes
+        public var value: Value
+    }
+
+    public var descriptor: InstrumentDescriptor
+    public var points: [Point]
+}
+
+/// A monotonic sum. Bind the attributes of a hot path once (`bind`), then `add`.
+public struct Counter: Sendable {
+    let storage: InstrumentStorage?
+
+    /// The series for `attributes`, to add to without a lookup per call.
+    public func bind(_ attributes: MetricAttributes = .empty) -> BoundCounter { BoundCounter(cell: storage?.scalar(attributes)) }
+
+    public func add(_ value: Double = 1, attributes: MetricAttributes = .empty) { bind(attributes).add(value) }
+}
+
+public struct BoundCounter: Sendable {
+    let cell: AtomicDouble?
+
+    /// Adds `value` (negative values are ignored: a counter only grows).
+    public func add(_ value: Double = 1) {
+        guard value >= 0 else { return }
+        cell?.add(value)
+    }
+}
+
+/// A sum that goes up and down (connections open, items queued).
+public struct UpDownCounter: Sendable {
+    let storage: InstrumentStorage?
+
+    public func bind(_ attributes: MetricAttributes = .empty) -> BoundUpDownCounter { BoundUpDownCounter(cell: storage?.scalar(attributes)) }
+    public func add(_ value: Double, attributes: MetricAttributes = .empty) { bind(attributes).add(value) }
+}
+
+public struct BoundUpDownCounter: Sendable {
+    let cell: AtomicDouble?
+    public func add(_ value: Double) { cell?.add(value) }
+}
+
+/// The last value set.
+public struct Gauge: Sendable {
+    let storage: InstrumentStorage?
+
+    public func bind(_ attributes: MetricAttributes = .empty) -> BoundGauge { BoundGauge(cell: storage?.scalar(attributes)) }
+    public func set(_ value: Double, attributes: MetricAttributes = .empty) { bind(attributes).set(value) }
+}
+
+public struct BoundGauge: Sendable {
+    let cell: AtomicDouble?
+    public func set(_ value: Double) { cell?.store(value) }
+    public func add(_ value: Double) { cell?.add(value) }
+}
+
+/// A distribution over explicit buckets, with exemplars.
+public struct Histogram: Sendable {
+    let storage: InstrumentStorage?
+
+    public func bind(_ attributes: MetricAttributes = .empty) -> BoundHistogram { BoundHistogram(cell: storage?.histogram(attributes)) }
+
+    public func record(_ value: Double, attributes: MetricAttributes = .empty) { bind(attributes).record(value) }
+}
+
+public struct BoundHistogram: Sendable {
+    let cell: HistogramCell?
+
+    /// Records `value`; under a sampled span (the current one) its bucket keeps
+    /// the span's ids as the exemplar.
+    public func record(_ value: Double) {
+        guard let cell else { return }
+        cell.record(value, exemplar: currentSpanContext())
+    }
+
+    /// Records `value` with the exemplar taken from `spanContext` (when the caller
+    /// is no longer inside the span, e.g. timing a handler after it ended).
+    public func record(_ value: Double, spanContext: SpanContext?) {
+        cell?.record(value, exemplar: spanContext)
+    }
+
+    /// Whether recording does anything (a disabled provider's instruments do not).
+    public var isEnabled: Bool { cell != nil }
+}
+
+/// Makes instruments of one instrumentation scope.
+public struct Meter: Sendable {
+    let provider: MeterProvider
+    public let scope: String
+
+    public func counter(_ name: String, unit: String = "", description: String = "") -> Counter {
+        Counter(storage: provider.storage(name, unit: unit, description: description, kind: .counter, boundaries: [], scope: scope))
+    }
+
+    public func upDownCounter(_ name: String, unit: String = "", description: String = "") -> UpDownCounter {
+        UpDownCounter(storage: provider.storage(name, unit: unit, description: description, kind: .upDownCounter, boundaries: [], scope: scope))
+    }
+
+    public func gauge(_ name: String, unit: String = "", description: String = "") -> Gauge {
+        Gauge(storage: provider.storage(name, unit: unit, description: description, kind: .gauge, boundaries: [], scope: scope))
+    }
+
+    /// A gauge read when metrics are collected (scraped or exported).
+    public func observableGauge(
+        _ name: String, unit: String = "", description: String = "",
+        _ observe: @escaping @Sendable () -> [(MetricAttributes, Double)]
+    ) {
+        provider.storage(name, unit: unit, description: description, kind: .gauge, boundaries: [], scope: scope)?.addCallback(observe)
+    }
+
+    /// A counter whose cumulative value is read when metrics are collected.
+    public func observableCounter(
+        _ name: String, unit: String = "", description: String = "",
+        _ observe: @escaping @Sendable () -> [(MetricAttributes, Double)]
+    ) {
+        provider.storage(name, unit: unit, description: description, kind: .counter, boundaries: [], scope: scope)?.addCallback(observe)
+    }
+
+    public func histogram(
+        _ name: String, unit: String = "", description: String = "", boundaries: [Double] = Histogram.defaultBoundaries
+    ) -> Histogram {
+        Histogram(storage: provider.storage(name, unit: unit, description: description, kind: .histogram, boundaries: boundaries.sorted(), scope: scope))
+    }
+}
+
+extension Histogram {
+    /// The OpenTelemetry SDK's default explicit bucket bounds.
+    public static let defaultBoundaries: [Double] = [0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000]
+    /// The messaging semantic conventions' advised bounds for durations in seconds.
+    public static let durationBoundaries: [Double] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+}

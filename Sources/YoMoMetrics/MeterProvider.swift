@@ -1,0 +1,91 @@
+import Synchronization
+public import YoMoTracing
+
+/// Owns the instruments of a process (or of a component given its own), their
+/// resource, and what reads them: the Prometheus/OpenMetrics endpoint today.
+///
+/// Recording is cheap enough for the data path: instruments are looked up once
+/// by name, their series once per attribute set (`bind`), and a bound counter
+/// adds with one atomic operation; a bound histogram takes one uncontended lock.
+/// A disabled provider (`MeterProvider.noop`, `OTEL_SDK_DISABLED=true`) hands out
+/// instruments that record nothing.
+public final class MeterProvider: Sendable {
+    public struct Configuration: Sendable {
+        /// `service.name` and the other resource attributes, as the tracer provider's.
+        public var resource: Resource
+        /// Record nothing.
+        public var isDisabled: Bool
+
+        public init(resource: Resource = .detect(), isDisabled: Bool = false) {
+            self.resource = resource
+            self.isDisabled = isDisabled
+        }
+
+        /// The resource from `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`
+        /// (`serviceName` as the default name), disabled by `OTEL_SDK_DISABLED=true`.
+        public init(serviceName: String? = nil, environment: [String: String] = ProcessEnvironment.current) {
+            let disabled = environment["OTEL_SDK_DISABLED"]?.lowercased().trimmingCharacters(in: [" ", "\t"]) == "true"
+            var resource = Resource.detect(environment: environment)
+            if let serviceName, !serviceName.isEmpty, environment["OTEL_SERVICE_NAME"]?.isEmpty ?? true {
+                resource.attributes["service.name"] = serviceName
+            }
+            self.init(resource: resource, isDisabled: disabled)
+        }
+    }
+
+    public let configuration: Configuration
+    private let instruments = Mutex<[String: InstrumentStorage]>([:])
+    /// Instrument names in the order they were made, for stable exposition.
+    private let order = Mutex<[String]>([])
+
+    public init(configuration: Configuration) {
+        self.configuration = configuration
+    }
+
+    /// Records nothing.
+    public static let noop = MeterProvider(configuration: Configuration(resource: Resource(), isDisabled: true))
+
+    public var isEnabled: Bool { !configuration.isDisabled }
+
+    public func meter(_ scope: String) -> Meter { Meter(provider: self, scope: scope) }
+
+    /// The instrument named `name`, made on first use; later calls with the
+    /// same name get the same series (whatever unit or kind they ask for).
+    func storage(
+        _ name: String, unit: String, description: String, kind: InstrumentDescriptor.Kind, boundaries: [Double], scope: String
+    ) -> InstrumentStorage? {
+        guard isEnabled else { return nil }
+        return instruments.withLock { instruments in
+            if let existing = instruments[name] { return existing }
+            let storage = InstrumentStorage(InstrumentDescriptor(
+                name: name, unit: unit, description: description, kind: kind, boundaries: boundaries, scope: scope))
+            instruments[name] = storage
+            order.withLock { $0.append(name) }
+            return storage
+        }
+    }
+
+    /// Forgets a series (swift-metrics' `destroy`).
+    func remove(_ name: String, _ attributes: MetricAttributes) {
+        instruments.withLock { $0[name] }?.remove(attributes)
+    }
+
+    /// Every instrument's current state, cumulative since the provider began.
+    public func collect() -> [MetricSnapshot] {
+        let names = order.withLock { $0 }
+        let all = instruments.withLock { $0 }
+        return names.compactMap { all[$0]?.snapshot() }
+    }
+}
+
+/// The provider that components use when none is given in code:
+/// `MeterProvider.noop` until an executable installs one
+/// (`YoMoMetrics.bootstrap`), as swift-metrics' `MetricsSystem` does.
+public enum GlobalMeterProvider {
+    private static let current = Mutex<MeterProvider>(.noop)
+
+    public static var provider: MeterProvider { current.withLock { $0 } }
+
+    /// Only executables call this (libraries accept a provider).
+    public static func set(_ provider: MeterProvider) { current.withLock { $0 = provider } }
+}
