@@ -207,6 +207,7 @@ targets += [
             "YoMoQUIC",
             "YoMoTracing",
             "YoMoLogging",
+            "YoMoMetrics",
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -278,7 +279,7 @@ targets += [
     .testTarget(
         name: "YoMoTests",
         dependencies: [
-            "YoMo", "YoMoWire", "YoMoQUIC", "YoMoTracing", "YoMoLogging",
+            "YoMo", "YoMoWire", "YoMoQUIC", "YoMoTracing", "YoMoLogging", "YoMoMetrics",
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

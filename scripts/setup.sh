@@ -10,13 +10,16 @@ APT_PACKAGES=(
     libcurl4-openssl-dev zlib1g-dev
     libprotobuf-c-dev protobuf-c-compiler
 )
+# Test-only servers: a real Prometheus (2.42) scrapes the metrics endpoints in
+# the tests. Kept apart from APT_PACKAGES, which the Docker image mirrors.
+TEST_APT_PACKAGES=(prometheus)
 # aioquic and opentelemetry-proto: the independent QUIC peer and the OTLP
 # receiver of the tests; the rest: scripts/check-deploy.py (the Compose schema
 # ships with check-jsonschema, `dockerfile` is BuildKit's Dockerfile parser).
 PIP_PACKAGES=(aioquic opentelemetry-proto pyyaml jsonschema check-jsonschema dockerfile)
 
 missing=()
-for package in "${APT_PACKAGES[@]}"; do
+for package in "${APT_PACKAGES[@]}" "${TEST_APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

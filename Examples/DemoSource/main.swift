@@ -21,9 +21,11 @@ struct DemoSource: AsyncParsableCommand {
     @Option(help: "Milliseconds between frames.") var interval = 1000
     @Option(help: "Stop after this many frames (default: run until Ctrl-C).") var count: Int?
     @Option var credential: String?
+    @Option(help: "Serve /metrics, /healthz and /readyz on HOST:PORT (default: YOMO_METRICS_LISTEN, else off).") var metrics: String?
 
     func run() async throws {
         let logging = YoMoLogging.bootstrap(serviceName: name)
+        let metricsInstallation = try await YoMoMetrics.bootstrap(serviceName: name, listen: metrics)
         let logger = Logger(label: "demo-source")
         let source = Source(name: name, zipper: zipper, options: .init(credential: credential, retryConnect: true))
         source.setErrorHandler { logger.warning("\($0)") }
@@ -43,6 +45,7 @@ struct DemoSource: AsyncParsableCommand {
         }
         await source.close()
         // The component already spent its shutdown budget; OTLP logs get 1 s more.
+        await metricsInstallation.shutdown()
         await logging.shutdown(timeout: .seconds(1))
     }
 }

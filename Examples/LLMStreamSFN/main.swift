@@ -20,9 +20,11 @@ struct LLMStreamSFN: AsyncParsableCommand {
     @Option(transform: parseTag) var emit: UInt32 = 0x11
     @Option(help: "Response chunks per request.") var chunks = 5
     @Option var credential: String?
+    @Option(help: "Serve /metrics, /healthz and /readyz on HOST:PORT (default: YOMO_METRICS_LISTEN, else off).") var metrics: String?
 
     func run() async throws {
         let logging = YoMoLogging.bootstrap(serviceName: name)
+        let metricsInstallation = try await YoMoMetrics.bootstrap(serviceName: name, listen: metrics)
         let logger = Logger(label: "llm-stream-sfn")
         let model = Model()
         let sfn = StreamFunction(name: name, zipper: zipper, options: .init(observedTags: [observe], credential: credential, retryConnect: true))
@@ -44,6 +46,7 @@ struct LLMStreamSFN: AsyncParsableCommand {
         try await sfn.connect()
         await sfn.wait()
         // The component already spent its shutdown budget; OTLP logs get 1 s more.
+        await metricsInstallation.shutdown()
         await logging.shutdown(timeout: .seconds(1))
     }
 }

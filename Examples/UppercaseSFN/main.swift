@@ -18,11 +18,13 @@ struct UppercaseSFN: AsyncParsableCommand {
     @Option(transform: tag) var emit: UInt32 = 0x34
     @Flag(help: "Use the pipe handler (frames in order) instead of the async handler.") var pipe = false
     @Option var credential: String?
+    @Option(help: "Serve /metrics, /healthz and /readyz on HOST:PORT (default: YOMO_METRICS_LISTEN, else off).") var metrics: String?
 
     func run() async throws {
         // Text at info on stderr by default; YOMO_LOG_LEVEL, YOMO_LOG_FORMAT=json|logfmt;
         // every record written while handling a frame carries its trace_id and span_id.
         let logging = YoMoLogging.bootstrap(serviceName: name)
+        let metricsInstallation = try await YoMoMetrics.bootstrap(serviceName: name, listen: metrics)
         let sfn = StreamFunction(
             name: name, zipper: zipper,
             options: .init(observedTags: [observe], credential: credential, retryConnect: true))
@@ -44,6 +46,7 @@ struct UppercaseSFN: AsyncParsableCommand {
         try await sfn.connect()
         await sfn.wait()
         // The component already spent its shutdown budget; OTLP logs get 1 s more.
+        await metricsInstallation.shutdown()
         await logging.shutdown(timeout: .seconds(1))
     }
 }

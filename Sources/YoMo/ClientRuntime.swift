@@ -28,6 +28,7 @@ final class ClientRuntime: Sendable {
         var outageBufferBytes = 0
         /// The whole close: queued frames delivered, owned provider flushed.
         var shutdownTimeout: Duration = .seconds(5)
+        var metrics = DataPathMetrics.disabled
     }
 
     private struct State {
@@ -44,6 +45,9 @@ final class ClientRuntime: Sendable {
         /// Set by the first close request: when delivery and the flush must be done.
         var closeDeadline: ContinuousClock.Instant?
         var shutdownTimeout: Duration = .seconds(5)
+        var metrics = DataPathMetrics.disabled
+        /// This client's line in `/readyz`, removed when it ends.
+        var readinessProbe: Int?
         /// Writes made while there is no connection, delivered first after a reconnect.
         var outage = OutageBuffer(maximumFrames: 0, maximumBytes: 0)
         /// Ended, and the owned tracer provider flushed and shut down: `wait()` may return.
@@ -100,6 +104,7 @@ final class ClientRuntime: Sendable {
     /// Connects and serves in the background until `close()` or a final error.
     func start(_ setup: Setup) async throws {
         let session = try await connectFirst(setup)
+        registerReadiness()
         // Writable as soon as connect() returns, before the loop below runs.
         _ = await publish(session)
         // The serving loop outlives this call by design (Go's Connect-then-Wait);
@@ -111,6 +116,7 @@ final class ClientRuntime: Sendable {
     /// Connects and serves in the caller's task until shutdown or a final error.
     func run(_ setup: Setup) async throws {
         let session = try await connectFirst(setup)
+        registerReadiness()
         await withTaskCancellationOrGracefulShutdownHandler {
             await serve(setup, first: session)
         } onCancelOrGracefulShutdown: {
@@ -144,6 +150,7 @@ final class ClientRuntime: Sendable {
             state.tracing = setup.tracing
             state.outage = OutageBuffer(maximumFrames: setup.outageBufferFrames, maximumBytes: setup.outageBufferBytes)
             state.shutdownTimeout = setup.shutdownTimeout
+            state.metrics = setup.metrics
         }
     }
 
@@ -276,6 +283,7 @@ final class ClientRuntime: Sendable {
                 // .serve, or .drain when close() came meanwhile: publish() tells them apart.
                 _ = state.withLock { $0.lifecycle.dialSucceeded() }
                 logger.info("reconnected to zipper", metadata: [YoMoLogField.connectionID: "\(clientID)"])
+                setup.metrics.reconnected()
             } catch {
                 let action = state.withLock { $0.lifecycle.dialFailed(final: ClientCore.isFinal(error)) }
                 let reason = ClientCore.describe(error, zipper: setup.settings.zipper)
@@ -388,6 +396,7 @@ final class ClientRuntime: Sendable {
                             let span = setup.tracing.functionSpan(
                                 name: name, handlerType: "pipe_handler", tag: data.tag, length: length, metadata: &metadata)
                             logReceived(span)
+                            if setup.metrics.isEnabled { setup.metrics.consumer(tag: data.tag, handlerType: "pipe_handler").consumed.add() }
                             await queue.send(PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span))
                         } else if let handler = setup.handler {
                             if let limit = setup.handlerConcurrency { await inFlight.waitUntilBelow(limit) }
@@ -396,11 +405,23 @@ final class ClientRuntime: Sendable {
                                 name: name, handlerType: "async_handler", tag: data.tag, length: length, metadata: &metadata)
                             logReceived(span)
                             let context = Context(tag: data.tag, data: data.payload, metadata: metadata, writer: writer)
+                            let consumer = setup.metrics.isEnabled ? setup.metrics.consumer(tag: data.tag, handlerType: "async_handler") : nil
                             group.addTask {
                                 defer { inFlight.leave() }
+                                let started = ContinuousClock.now
                                 do {
                                     try await setup.tracing.run(span) { try await handler(context) }
+                                    if let consumer {
+                                        consumer.consumed.add()
+                                        consumer.duration.record(secondsSince(started), spanContext: span?.spanContext)
+                                    }
                                 } catch {
+                                    if consumer != nil {
+                                        setup.metrics.consumer(tag: data.tag, handlerType: "async_handler").consumed.add()
+                                        setup.metrics.recordFailure(
+                                            tag: data.tag, handlerType: "async_handler", seconds: secondsSince(started), error: error,
+                                            spanContext: span?.spanContext)
+                                    }
                                     // Under the frame's span: the error line and the error
                                     // handler's own logs carry the frame's trace id.
                                     setup.tracing.withCurrent(span) {
@@ -464,13 +485,22 @@ final class ClientRuntime: Sendable {
     /// Sends on the current connection; while reconnecting, holds the frame in the
     /// outage buffer, or fails when that is full or disabled.
     func send(_ frame: DataFrame) async throws {
-        var route = state.withLock { routeWrite(frame, &$0) }
+        let (firstRoute, metrics) = state.withLock { (routeWrite(frame, &$0), $0.metrics) }
+        var route = firstRoute
+        let started = metrics.isEnabled ? ContinuousClock.now : nil
+        func sent() {
+            guard let started else { return }
+            let producer = metrics.producer(tag: frame.tag)
+            producer.sent.add()
+            producer.duration.record(secondsSince(started))
+        }
         while true {
             switch route {
             case .session(let session):
                 do {
                     let end = try await session.connection.write(.data(frame))
                     session.recordWrite(frame, endingAt: end)
+                    sent()
                     return
                 } catch {
                     // The connection ended under this write: the serving loop will see
@@ -606,7 +636,14 @@ final class ClientRuntime: Sendable {
         }
     }
 
+    /// `/readyz` says this client is ready while it has a connection.
+    private func registerReadiness() {
+        let id = Readiness.shared.register("\(clientType) \(name)") { [weak self] in self?.isConnectedForTesting ?? false }
+        state.withLock { $0.readinessProbe = id }
+    }
+
     private func finish() {
+        if let probe = state.withLock({ $0.readinessProbe }) { Readiness.shared.remove(probe) }
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.finished = true
             defer { state.endWaiters.removeAll() }

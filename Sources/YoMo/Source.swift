@@ -4,6 +4,7 @@ internal import Logging
 public import NIOCore
 internal import YoMoQUIC
 internal import YoMoWire
+internal import YoMoMetrics
 
 /// A YoMo source: connects to a zipper and writes DataFrames, each with the
 /// source's id and a fresh tid (the Go SDK's `yomo.NewSource`).
@@ -36,7 +37,9 @@ public final class Source: Sendable {
             errorHandler: errorHandler,
             outageBufferFrames: options.outageBufferFrames,
             outageBufferBytes: options.outageBufferBytes,
-            shutdownTimeout: options.shutdownTimeout
+            shutdownTimeout: options.shutdownTimeout,
+            metrics: DataPathMetrics(
+                provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "Source", component: ["yomo.source.name": name])
         )
         try await client.start(setup)
     }

@@ -5,6 +5,7 @@ public import ServiceLifecycle
 internal import NIOCore
 public import YoMoQUIC
 public import YoMoTracing
+public import YoMoMetrics
 internal import YoMoWire
 
 /// A YoMo stream function: connects to a zipper, receives the DataFrames of the
@@ -57,6 +58,10 @@ public final class StreamFunction: Sendable {
         /// made from the environment. At the deadline, what is left is dropped,
         /// counted and reported in one log line.
         public var shutdownTimeout: Duration
+        /// Where the data path's metrics go (`messaging.process.duration`, …).
+        /// `nil`: the process's provider (`YoMoMetrics.bootstrap`), which records
+        /// nothing unless an executable turned metrics on.
+        public var meterProvider: MeterProvider?
 
         public init(
             observedTags: [UInt32] = [],
@@ -72,8 +77,10 @@ public final class StreamFunction: Sendable {
             tracerProvider: TracerProvider? = nil,
             outageBufferFrames: Int = 1000,
             outageBufferBytes: Int = 8 << 20,
-            shutdownTimeout: Duration = .seconds(5)
+            shutdownTimeout: Duration = .seconds(5),
+            meterProvider: MeterProvider? = nil
         ) {
+            self.meterProvider = meterProvider
             self.observedTags = observedTags
             self.credential = credential
             self.wantedTarget = wantedTarget
@@ -224,7 +231,10 @@ public final class StreamFunction: Sendable {
             handlerConcurrency: options.handlerConcurrency,
             outageBufferFrames: options.outageBufferFrames,
             outageBufferBytes: options.outageBufferBytes,
-            shutdownTimeout: options.shutdownTimeout
+            shutdownTimeout: options.shutdownTimeout,
+            metrics: DataPathMetrics(
+                provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "StreamFunction",
+                component: ["messaging.consumer.group.name": name])
         )
     }
 }

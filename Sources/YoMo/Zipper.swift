@@ -6,6 +6,7 @@ public import ServiceLifecycle
 internal import NIOCore
 public import YoMoQUIC
 public import YoMoTracing
+public import YoMoMetrics
 internal import YoMoWire
 
 /// A YoMo zipper: accepts sources and stream functions over QUIC and routes each
@@ -23,6 +24,9 @@ public final class Zipper: Sendable {
         /// How long `close()` (and SIGTERM in `wait()`) may take in all, the flush
         /// of a tracer provider made from the environment included.
         public var shutdownTimeout: Duration
+        /// Where routing metrics go (`yomo.zipper.routed.messages`, …); `nil`: the
+        /// process's provider (`YoMoMetrics.bootstrap`), off unless turned on.
+        public var meterProvider: MeterProvider?
 
         public init(
             logger: Logger = Logger(label: "yomo.zipper"),
@@ -30,9 +34,11 @@ public final class Zipper: Sendable {
             quic: QUICConfiguration = .zipperDefault,
             handshakeTimeout: Duration = .seconds(10),
             tracerProvider: TracerProvider? = nil,
-            shutdownTimeout: Duration = .seconds(5)
+            shutdownTimeout: Duration = .seconds(5),
+            meterProvider: MeterProvider? = nil
         ) {
             self.shutdownTimeout = shutdownTimeout
+            self.meterProvider = meterProvider
             self.tracerProvider = tracerProvider
             self.logger = logger
             self.tls = tls
@@ -59,6 +65,7 @@ public final class Zipper: Sendable {
         var closed = false
         var pendingHandshakes = 0
         var statistics = Statistics()
+        var readinessProbe: Int?
     }
 
     /// What the zipper refused or dropped since it started.
@@ -79,6 +86,7 @@ public final class Zipper: Sendable {
     private let authority: HandshakeAuthority
     private let tracing: DataPathTracer
     private let ownedProvider: TracerProvider?
+    private let metrics: DataPathMetrics
     private let state = Mutex(State())
 
     public init(configuration: ZipperConfiguration = ZipperConfiguration(), options: Options = Options()) {
@@ -87,6 +95,8 @@ public final class Zipper: Sendable {
         self.logger = options.logger.yomoZipper(address: "\(configuration.host):\(configuration.port)")
         self.authority = HandshakeAuthority(version: configuration.version, authentication: configuration.authentication)
         (tracing, ownedProvider) = DataPathTracer.resolve(options.tracerProvider, serviceName: configuration.name, scope: "Zipper")
+        metrics = DataPathMetrics(
+            provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "Zipper", component: ["yomo.zipper.name": configuration.name])
     }
 
     /// The port it listens on (the bound one when configured with port 0), once started.
@@ -131,6 +141,7 @@ public final class Zipper: Sendable {
             return (state.server, state.acceptTask)
         }
         let deadline = ContinuousClock.now + options.shutdownTimeout
+        if let probe = state.withLock({ $0.readinessProbe }) { Readiness.shared.remove(probe) }
         await server?.close(reason: Self.shutdownReason)
         await task?.value
         await ownedProvider?.shutdown(timeout: max(deadline - ContinuousClock.now, .milliseconds(250)))
@@ -160,7 +171,13 @@ public final class Zipper: Sendable {
         let server = try await QUICServer.bind(
             host: configuration.host, port: configuration.port, configuration: quic, tls: options.tls,
             limits: limits, statelessResetKey: try configuration.loadStatelessResetKey())
-        state.withLock { $0.server = server }
+        let probe = Readiness.shared.register("zipper \(configuration.name)") { [weak self] in
+            self?.state.withLock { $0.server != nil && !$0.closed } ?? false
+        }
+        state.withLock {
+            $0.server = server
+            $0.readinessProbe = probe
+        }
         logger.info("zipper listening", metadata: [
             "zipper_addr": "\(configuration.host):\(server.port)", "zipper_name": "\(configuration.name)",
             "auth": "\(configuration.authentication.map { "\($0)" } ?? "none")",
@@ -209,6 +226,7 @@ public final class Zipper: Sendable {
             return true
         }
         guard admitted else {
+            metrics.rejected(reason: "pending_handshakes_limit")
             let reason = "too many handshakes in progress (\(configuration.limits.maximumPendingHandshakes))"
             logger.warning("connection refused", metadata: ["remote": "\(remote)", "reason": "\(reason)"])
             await connection.close(reason: reason)
@@ -224,6 +242,7 @@ public final class Zipper: Sendable {
         connectionLogger[metadataKey: YoMoLogField.connectionName] = "\(handshake.name.forLog)"
         if let rejection = authority.rejection(for: handshake) {
             state.withLock { $0.statistics.rejectedHandshakes += 1 }
+            metrics.rejected(reason: "rejected")
             connectionLogger.warning("handshake rejected", metadata: ["reason": "\(rejection.forLog)", "remote": "\(remote)"])
             try? await connection.write(.rejected(RejectedFrame(message: rejection)))
             await closeAfterDelivery(connection, reason: rejection)
@@ -246,6 +265,8 @@ public final class Zipper: Sendable {
             state.routes.remove(id)
             state.peers[id] = nil
         } }
+        metrics.connection(handshake.clientType, delta: 1)
+        defer { metrics.connection(handshake.clientType, delta: -1) }
         connectionLogger.info("client connected", metadata: [
             "client_type": "\(handshake.clientType)", "remote": "\(remote)",
             "observed_tags": "\(handshake.observedTags.map { "0x" + String($0, radix: 16) })",
@@ -283,6 +304,7 @@ public final class Zipper: Sendable {
         var frames = FrameReader(connection)
         frames.setMaximumFrameSize(configuration.limits.maximumHandshakeSize)
         let reason: String
+        let category: String
         do {
             let first = try await frames.first(
                 within: options.handshakeTimeout,
@@ -296,19 +318,24 @@ public final class Zipper: Sendable {
                 return nil
             case let other?:
                 reason = "expected a handshake first, got a \(other.type)"
+                category = "not_a_handshake"
             }
         } catch let error as YoMoError {
             reason = error.message
+            category = "timeout"
         } catch let error as WireError where error.code == .frameTooLarge {
             reason = "handshake too large: \(error.message) (limit \(configuration.limits.maximumHandshakeSize) bytes before the handshake)"
+            category = "too_large"
         } catch let error as WireError {
             reason = "bad handshake: \(error.message)"
+            category = "malformed"
         } catch {
             logger.info("connection dropped before its handshake", metadata: ["remote": "\(remote)", "error": "\(error)"])
             await connection.close(reason: "")
             return nil
         }
         state.withLock { $0.statistics.rejectedHandshakes += 1 }
+        metrics.rejected(reason: category)
         logger.warning("connection refused before its handshake", metadata: ["remote": "\(remote)", "reason": "\(reason)"])
         await connection.close(reason: reason)
         return nil
@@ -340,6 +367,11 @@ public final class Zipper: Sendable {
         merged.merge(metadata)
         let span = tracing.zipperSpan(tag: data.tag, length: data.payload.readableBytes, metadata: &merged)
         defer { span?.end() }
+        let router = metrics.isEnabled ? metrics.router(tag: data.tag) : nil
+        let started = router != nil ? ContinuousClock.now : nil
+        defer {
+            if let router, let started { router.duration.record(secondsSince(started), spanContext: span?.spanContext) }
+        }
         let destinations = state.withLock { state in
             state.routes.destinations(tag: data.tag, target: merged[Metadata.ReservedKey.target]).compactMap { id in
                 state.peers[id].map { (id, $0.connection) }
@@ -348,7 +380,10 @@ public final class Zipper: Sendable {
         tracing.debug(logger, under: span, "routing frame", metadata: YoMoLogField.frame(
             tid: merged[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: data.payload.readableBytes
         ).merging(["destinations": "\(destinations.count)"]) { first, _ in first })
-        guard !destinations.isEmpty else { return }
+        guard !destinations.isEmpty else {
+            router?.noRoute.add()
+            return
+        }
         // Metadata encoded once for every destination; the payload is never copied.
         let frame = DataFrame(tag: data.tag, metadata: merged, payload: data.payload)
         let outgoing = Frame.data(frame)
@@ -357,14 +392,19 @@ public final class Zipper: Sendable {
             do {
                 if slow.policy == .block {
                     try await destination.write(outgoing)
+                    router?.delivered.add()
                 } else if try destination.tryWrite(frame, limit: slow.maximumBufferedBytes) {
+                    router?.delivered.add()
                     resumed(destinationID, logger: logger)
                 } else if slow.policy == .drop {
+                    router?.dropped.add()
                     dropped(destinationID, logger: logger)
                 } else {
+                    router?.dropped.add()
                     await disconnect(destinationID, destination, logger: logger)
                 }
             } catch {
+                router?.failed.add()
                 tracing.debug(logger, under: span, "destination gone",
                               metadata: ["remote": "\(destination.remoteAddress)", "error": "\(error)"])
             }

@@ -21,6 +21,7 @@ struct Bench: AsyncParsableCommand {
     @Option(name: .customLong("reply-tag"), help: "Tag of the replies observed.", transform: parseTag) var replyTag: UInt32 = 0x34
     @Option(help: "Seconds the whole run may take (sending included); frames without a reply by then count as lost.") var timeout = 60.0
     @Option(help: "Credential, e.g. token:secret.") var credential: String?
+    @Option(help: "Serve /metrics, /healthz and /readyz on HOST:PORT (default: YOMO_METRICS_LISTEN, else off).") var metrics: String?
 
     func validate() throws {
         guard size >= 12 else { throw ValidationError("--size must be at least 12 (the sequence number takes 12 bytes)") }
@@ -29,6 +30,7 @@ struct Bench: AsyncParsableCommand {
 
     func run() async throws {
         let logging = bootstrapLogging(service: "yomo-bench")
+        let metricsInstallation = try await YoMoMetrics.bootstrap(serviceName: "yomo-bench", listen: metrics)
         let recorder = Recorder(count: frames)
         var options = StreamFunction.Options(observedTags: [replyTag], credential: credential)
         options.logger = Logger(label: "yomo.bench")
@@ -81,6 +83,7 @@ struct Bench: AsyncParsableCommand {
         func percentile(_ p: Double) -> Int {
             sorted.isEmpty ? 0 : Int(sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] / 1000)
         }
+        await metricsInstallation.shutdown()
         await logging.shutdown()
         let lost = frames - received
         print("frames=\(frames) size=\(size) throughput=\(Int(Double(received) / seconds)) p50_us=\(percentile(0.5)) p99_us=\(percentile(0.99)) lost=\(lost)")

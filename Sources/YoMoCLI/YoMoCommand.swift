@@ -41,9 +41,11 @@ struct Serve: AsyncParsableCommand {
 
     @Option(name: .customLong("slow-consumer"), help: "What to do with a stream function that does not keep up: block (default), drop or disconnect.")
     var slowConsumer: String?
+    @Option(help: "Serve /metrics, /healthz and /readyz on HOST:PORT (default: YOMO_METRICS_LISTEN, else off).") var metrics: String?
 
     func run() async throws {
         let logging = bootstrapLogging(service: "yomo-zipper")
+        let metricsInstallation = try await YoMoMetrics.bootstrap(serviceName: "yomo-zipper", listen: metrics)
         var configuration = try config.map { try ZipperConfiguration(contentsOfFile: $0) } ?? ZipperConfiguration()
         if let host { configuration.host = host }
         if let port { configuration.port = port }
@@ -63,6 +65,7 @@ struct Serve: AsyncParsableCommand {
         try await zipper.start()
         await zipper.wait()
         // The component already spent its shutdown budget; OTLP logs get 1 s more.
+        await metricsInstallation.shutdown()
         await logging.shutdown(timeout: .seconds(1))
     }
 }

@@ -1,0 +1,150 @@
+internal import Synchronization
+internal import YoMoMetrics
+internal import YoMoTracing
+internal import YoMoWire
+
+/// The data path's instruments, named by the OpenTelemetry messaging semantic
+/// conventions (`messaging.system` = `yomo`, the tag as `messaging.destination.name`,
+/// e.g. `0x33`). Series are bound once per tag and kept, so recording a frame
+/// is a dictionary read under a lock and one atomic add (or one histogram lock).
+final class DataPathMetrics: Sendable {
+    private let meter: Meter
+    private let enabled: Bool
+    private let baseAttributes: MetricAttributes
+
+    private let processDuration: Histogram
+    private let consumed: Counter
+    private let sent: Counter
+    private let operationDuration: Histogram
+    private let reconnects: Counter
+    private let routed: Counter
+    private let routingDuration: Histogram
+    let connections: UpDownCounter
+    let rejectedHandshakes: Counter
+
+    struct Consumer: Sendable {
+        let duration: BoundHistogram
+        let consumed: BoundCounter
+    }
+
+    struct Producer: Sendable {
+        let sent: BoundCounter
+        let duration: BoundHistogram
+    }
+
+    struct Router: Sendable {
+        let delivered: BoundCounter
+        let noRoute: BoundCounter
+        let failed: BoundCounter
+        let dropped: BoundCounter
+        let duration: BoundHistogram
+    }
+
+    private let consumers = Mutex<[String: Consumer]>([:])
+    private let producers = Mutex<[UInt32: Producer]>([:])
+    private let routers = Mutex<[UInt32: Router]>([:])
+
+    static let disabled = DataPathMetrics(provider: .noop, scope: "YoMo", component: [:])
+
+    /// `component`: attributes every series of this component carries (e.g. the
+    /// stream function's name as `messaging.consumer.group.name`).
+    init(provider: MeterProvider, scope: String, component: MetricAttributes) {
+        meter = provider.meter(scope)
+        enabled = provider.isEnabled
+        baseAttributes = component.with("messaging.system", "yomo")
+        processDuration = meter.histogram(
+            "messaging.process.duration", unit: "s", description: "Time a stream function's handler took per frame.",
+            boundaries: Histogram.durationBoundaries)
+        consumed = meter.counter("messaging.client.consumed.messages", unit: "{message}", description: "Frames handed to a handler.")
+        sent = meter.counter("messaging.client.sent.messages", unit: "{message}", description: "Frames written to the zipper.")
+        operationDuration = meter.histogram(
+            "messaging.client.operation.duration", unit: "s", description: "Time a write took until the frame was queued.",
+            boundaries: Histogram.durationBoundaries)
+        reconnects = meter.counter("yomo.client.reconnects", unit: "{reconnect}", description: "Connections to the zipper made again after one was lost.")
+        routed = meter.counter(
+            "yomo.zipper.routed.messages", unit: "{message}",
+            description: "Deliveries by outcome: a frame sent to two observers counts two; no_route counts the frame once.")
+        routingDuration = meter.histogram(
+            "yomo.zipper.routing.duration", unit: "s", description: "Time the zipper took to route a frame to every destination.",
+            boundaries: Histogram.durationBoundaries)
+        connections = meter.upDownCounter("yomo.zipper.connections", unit: "{connection}", description: "Clients connected, by client type.")
+        rejectedHandshakes = meter.counter(
+            "yomo.zipper.rejected.handshakes", unit: "{handshake}", description: "Connections refused before or at their handshake, by reason.")
+    }
+
+    var isEnabled: Bool { enabled }
+
+    static func tagName(_ tag: UInt32) -> String { "0x" + String(tag, radix: 16) }
+
+    private func attributes(tag: UInt32) -> MetricAttributes {
+        baseAttributes.with("messaging.destination.name", Self.tagName(tag))
+    }
+
+    func consumer(tag: UInt32, handlerType: String) -> Consumer {
+        let key = "\(tag)/\(handlerType)"
+        return consumers.withLock { cache in
+            if let bound = cache[key] { return bound }
+            let attributes = attributes(tag: tag).with("yomo.handler.type", handlerType)
+            let bound = Consumer(duration: processDuration.bind(attributes), consumed: consumed.bind(attributes))
+            cache[key] = bound
+            return bound
+        }
+    }
+
+    /// A handler that threw: its duration goes to the series with `error.type`.
+    func recordFailure(tag: UInt32, handlerType: String, seconds: Double, error: any Error, spanContext: SpanContext?) {
+        let attributes = attributes(tag: tag).with("yomo.handler.type", handlerType)
+            .with("error.type", String(describing: type(of: error)))
+        processDuration.bind(attributes).record(seconds, spanContext: spanContext)
+    }
+
+    func producer(tag: UInt32) -> Producer {
+        producers.withLock { cache in
+            if let bound = cache[tag] { return bound }
+            let attributes = attributes(tag: tag).with("messaging.operation.name", "send")
+            let bound = Producer(sent: sent.bind(attributes), duration: operationDuration.bind(attributes))
+            cache[tag] = bound
+            return bound
+        }
+    }
+
+    func router(tag: UInt32) -> Router {
+        routers.withLock { cache in
+            if let bound = cache[tag] { return bound }
+            let attributes = attributes(tag: tag)
+            let bound = Router(
+                delivered: routed.bind(attributes.with("outcome", "delivered")),
+                noRoute: routed.bind(attributes.with("outcome", "no_route")),
+                failed: routed.bind(attributes.with("outcome", "failed")),
+                dropped: routed.bind(attributes.with("outcome", "dropped")),
+                duration: routingDuration.bind(attributes))
+            cache[tag] = bound
+            return bound
+        }
+    }
+
+    func reconnected() { reconnects.add(1, attributes: baseAttributes) }
+
+    func connection(_ clientType: ClientType, delta: Double) {
+        connections.add(delta, attributes: baseAttributes.with("yomo.client.type", clientTypeName(clientType)))
+    }
+
+    func rejected(reason: String) {
+        rejectedHandshakes.add(1, attributes: baseAttributes.with("reason", reason))
+    }
+
+    private func clientTypeName(_ type: ClientType) -> String {
+        switch type {
+        case .source: "source"
+        case .streamFunction: "stream_function"
+        case .upstreamZipper: "upstream_zipper"
+        default: "unknown"
+        }
+    }
+}
+
+/// Seconds since `start` on the monotonic clock.
+func secondsSince(_ start: ContinuousClock.Instant) -> Double {
+    let elapsed = (ContinuousClock.now - start).components
+    return Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
+}

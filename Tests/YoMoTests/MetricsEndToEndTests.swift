@@ -1,0 +1,240 @@
+import Foundation
+import Logging
+import Testing
+import YoMoMetrics
+import YoMoTracing
+
+@testable import YoMo
+
+/// A real Prometheus (Debian's 2.42, installed by scripts/setup.sh) scraping the
+/// given targets every 200 ms with exemplar storage on, killed at the end.
+final class PrometheusServer {
+    let process = Process()
+    let directory: URL
+    let port: Int
+
+    init(targets: [String]) async throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-prometheus-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        port = try await freeTCPPort()
+        let config = """
+            global:
+              scrape_interval: 200ms
+              scrape_timeout: 150ms
+            scrape_configs:
+              - job_name: yomo
+                static_configs:
+                  - targets: [\(targets.map { "\"\($0)\"" }.joined(separator: ", "))]
+            """
+        let configPath = directory.appendingPathComponent("prometheus.yml").path
+        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/prometheus")
+        process.arguments = [
+            "--config.file=\(configPath)", "--storage.tsdb.path=\(directory.appendingPathComponent("data").path)",
+            "--web.listen-address=127.0.0.1:\(port)", "--enable-feature=exemplar-storage",
+        ]
+        process.standardError = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// `GET /api/v1/<path>` as JSON, nil while Prometheus is not up.
+    func api(_ path: String, _ query: [String: String]) async -> [String: Any]? {
+        var components = URLComponents(string: "http://127.0.0.1:\(port)/api/v1/\(path)")!
+        components.queryItems = query.map { URLQueryItem(name: $0.key, value: $0.value) }
+        guard let data = await httpGet(components.url!.absoluteString)?.body else { return nil }
+        return (try? JSONSerialization.jsonObject(with: Data(data.utf8))) as? [String: Any]
+    }
+
+    /// The value of an instant query that returns one sample.
+    func scalar(_ query: String) async -> Double? {
+        guard let result = (await api("query", ["query": query]))?["data"] as? [String: Any],
+              let vector = result["result"] as? [[String: Any]], let first = vector.first,
+              let value = first["value"] as? [Any], value.count == 2, let text = value[1] as? String
+        else { return nil }
+        return Double(text)
+    }
+}
+
+/// A TCP port that was free a moment ago.
+func freeTCPPort() async throws -> Int {
+    let probe = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop)
+    let port = probe.port
+    await probe.close()
+    return port
+}
+
+/// A GET on a plain thread (URLSession is not on every Linux machine here).
+func httpGet(_ url: String, accept: String? = nil) async -> (status: Int, body: String)? {
+    await withCheckedContinuation { continuation in
+        Thread.detachNewThread {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["python3", "-c", """
+                import sys, urllib.request, urllib.error
+                req = urllib.request.Request(sys.argv[1], headers={"Accept": sys.argv[2]} if sys.argv[2] else {})
+                try:
+                    r = urllib.request.urlopen(req, timeout=5); print(r.status); sys.stdout.write(r.read().decode())
+                except urllib.error.HTTPError as e:
+                    print(e.code); sys.stdout.write(e.read().decode())
+                except Exception:
+                    sys.exit(1)
+                """, url, accept ?? ""]
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            do { try process.run() } catch {
+                continuation.resume(returning: nil)
+                return
+            }
+            let data = output.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else {
+                continuation.resume(returning: nil)
+                return
+            }
+            let text = String(decoding: data, as: UTF8.self)
+            guard let newline = text.firstIndex(of: "\n"), let status = Int(text[..<newline]) else {
+                continuation.resume(returning: nil)
+                return
+            }
+            continuation.resume(returning: (status, String(text[text.index(after: newline)...])))
+        }
+    }
+}
+
+@Suite("Metrics on the data path, scraped by a real Prometheus", .serialized)
+struct MetricsEndToEndTests {
+    @Test("Prometheus counts every frame at the zipper and the function, and its exemplars are traces that were exported")
+    func prometheusScrape() async throws {
+        let receiver = try await SpanReceiver.start()
+        let zipperMetrics = MeterProvider(configuration: .init(serviceName: "zipper-m", environment: [:]))
+        let functionMetrics = MeterProvider(configuration: .init(serviceName: "upper-m", environment: [:]))
+        let zipperEndpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: zipperMetrics)
+        let functionEndpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: functionMetrics)
+        defer { Task { await zipperEndpoint.close(); await functionEndpoint.close() } }
+        let prometheus = try await PrometheusServer(targets: ["127.0.0.1:\(zipperEndpoint.port)", "127.0.0.1:\(functionEndpoint.port)"])
+
+        let zipper = Zipper(
+            configuration: ZipperConfiguration(host: "127.0.0.1", port: 0),
+            options: .init(tracerProvider: receiver.provider(service: "zipper-m"), meterProvider: zipperMetrics))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let functionTracing = receiver.provider(service: "upper-m")
+        let sfn = StreamFunction(
+            name: "upper-m", zipper: address,
+            options: .init(observedTags: [0x33], tracerProvider: functionTracing, meterProvider: functionMetrics))
+        sfn.setHandler { ctx in try await ctx.write(tag: 0x34, data: ctx.data) }
+        try await sfn.connect()
+        let source = Source(name: "source-m", zipper: address, options: .init(tracerProvider: TracerProvider.noop))
+        try await source.connect()
+        let frames = 40
+        for index in 0..<frames { try await source.write(tag: 0x33, data: Array("frame \(index)".utf8)) }
+
+        // Every frame handled, counted at the function; at the zipper, 0x33 delivered
+        // once each and the 0x34 replies with no observer.
+        let consumed = "sum(messaging_client_consumed_messages_total{messaging_destination_name=\"0x33\"})"
+        var consumedValue: Double?
+        for _ in 0..<300 where consumedValue != Double(frames) {
+            consumedValue = await prometheus.scalar(consumed)
+            if consumedValue != Double(frames) { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(consumedValue == Double(frames))
+        #expect(await prometheus.scalar("sum(yomo_zipper_routed_messages_total{messaging_destination_name=\"0x33\",outcome=\"delivered\"})") == Double(frames))
+        #expect(await prometheus.scalar("sum(yomo_zipper_routed_messages_total{messaging_destination_name=\"0x34\",outcome=\"no_route\"})") == Double(frames))
+        #expect(await prometheus.scalar("sum(messaging_client_sent_messages_total{messaging_destination_name=\"0x34\"})") == Double(frames))
+        #expect(await prometheus.scalar("sum(messaging_process_duration_seconds_count{messaging_consumer_group_name=\"upper-m\"})") == Double(frames))
+        #expect(await prometheus.scalar("yomo_zipper_connections{yomo_client_type=\"stream_function\"}") == 1)
+
+        // Exemplars: trace ids of spans the function exported.
+        await sfn.close()
+        await source.close()
+        await zipper.close()
+        await functionTracing.shutdown()
+        let now = Date().timeIntervalSince1970
+        var exemplarTraceIDs: Set<String> = []
+        for _ in 0..<100 where exemplarTraceIDs.isEmpty {
+            let answer = await prometheus.api("query_exemplars", [
+                "query": "messaging_process_duration_seconds_bucket", "start": "\(now - 120)", "end": "\(now + 10)",
+            ])
+            for series in (answer?["data"] as? [[String: Any]]) ?? [] {
+                for exemplar in (series["exemplars"] as? [[String: Any]]) ?? [] {
+                    if let labels = exemplar["labels"] as? [String: String], let id = labels["trace_id"] { exemplarTraceIDs.insert(id) }
+                }
+            }
+            if exemplarTraceIDs.isEmpty { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(!exemplarTraceIDs.isEmpty, "Prometheus stored exemplars")
+        let exported = Set(receiver.spans().filter { $0["name"] as? String == "upper-m" }.compactMap { $0["trace_id"] as? String })
+        #expect(exported.count == frames)
+        #expect(exemplarTraceIDs.isSubset(of: exported), "\(exemplarTraceIDs.subtracting(exported))")
+    }
+
+    @Test("/readyz: 200 while the function is connected, 503 while its zipper is away, 200 when it is back; /healthz 200")
+    func readiness() async throws {
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop)
+        defer { Task { await endpoint.close() } }
+        let zipper = try ZipperProcess(port: try await freePort())
+        let sfn = StreamFunction(name: "ready-check", zipper: zipper.address, options: .init(observedTags: [0x33], retryConnect: true))
+        sfn.setHandler { _ in }
+        try await sfn.connect()
+        let readyz = "http://127.0.0.1:\(endpoint.port)/readyz"
+        func state() async -> (Int, Bool)? {
+            guard let answer = await httpGet(readyz) else { return nil }
+            return (answer.status, answer.body.contains("stream function ready-check: ready"))
+        }
+        #expect(await httpGet("http://127.0.0.1:\(endpoint.port)/healthz")?.status == 200)
+        var now = await state()
+        #expect(now?.0 == 200 && now?.1 == true, "\(String(describing: now))")
+
+        await zipper.kill()
+        for _ in 0..<100 where now?.0 != 503 {
+            try await Task.sleep(for: .milliseconds(50))
+            now = await state()
+        }
+        #expect(now?.0 == 503 && now?.1 == false, "not ready while reconnecting: \(String(describing: now))")
+
+        try zipper.restart()
+        for _ in 0..<200 where now?.0 != 200 {
+            try await Task.sleep(for: .milliseconds(50))
+            now = await state()
+        }
+        #expect(now?.0 == 200 && now?.1 == true, "ready again: \(String(describing: now))")
+        await sfn.close()
+        let after = await httpGet(readyz)
+        #expect(after?.body.contains("ready-check") == false, "a closed client leaves /readyz")
+        await zipper.kill()
+    }
+
+    @Test("the endpoint answers OpenMetrics with exemplars when asked, the text format otherwise")
+    func contentNegotiation() async throws {
+        let provider = MeterProvider(configuration: .init(serviceName: "neg", environment: [:]))
+        let span = SpanContext(traceID: .random(), spanID: .random(), traceFlags: .sampled)
+        provider.meter("t").histogram("h", unit: "s", boundaries: [1]).bind().record(0.5, spanContext: span)
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: provider)
+        defer { Task { await endpoint.close() } }
+        let url = "http://127.0.0.1:\(endpoint.port)/metrics"
+        let open = try #require(await httpGet(url, accept: "application/openmetrics-text;version=1.0.0"))
+        #expect(open.status == 200)
+        #expect(open.body.contains("trace_id=\"\(span.traceID)\""))
+        #expect(open.body.hasSuffix("# EOF\n"))
+        let text = try #require(await httpGet(url))
+        #expect(text.body.contains("h_seconds_bucket{otel_scope_name=\"t\",le=\"1\"} 1"))
+        #expect(!text.body.contains("trace_id"))
+        #expect(await httpGet("http://127.0.0.1:\(endpoint.port)/nope")?.status == 404)
+    }
+
+    @Test("binding a taken port is a clear error")
+    func bindFailure() async throws {
+        let first = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop)
+        defer { Task { await first.close() } }
+        await #expect(throws: MetricsError.self) {
+            _ = try await MetricsEndpoint.start(host: "127.0.0.1", port: first.port, provider: .noop)
+        }
+    }
+}
