@@ -296,7 +296,7 @@ targets += [
     .target(
         name: "DocSamples",
         dependencies: [
-            "YoMo", "YoMoLogging", "YoMoTracing", "YoMoQUIC", "YoMoWire",
+            "YoMo", "YoMoLogging", "YoMoTracing", "YoMoQUIC", "YoMoWire", "YoMoMetrics",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
