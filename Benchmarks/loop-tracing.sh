@@ -7,7 +7,8 @@
 #   Benchmarks/loop-tracing.sh [rounds] [frames]      # defaults: 3 rounds, 50000 frames
 #
 # LOOP_MODES (default "off propagation on") picks the modes (also: ratio, head
-# sampling of LOOP_RATIO, default 0.1, of the traces); a mode written
+# sampling of LOOP_RATIO, default 0.1, of the traces; metrics, tracing off and
+# every process serving /metrics, scraped once a second); a mode written
 # base:MODE runs the binaries in LOOP_BASELINE_BIN instead (e.g. a release build
 # of an older commit in a git worktree), for before/after ratios in one run.
 # LOOP_SIZE and LOOP_INFLIGHT set the frame size (1024) and window (256).
@@ -24,9 +25,14 @@ inflight="${LOOP_INFLIGHT:-256}"
 port=9611
 otlp_port=4411
 
-swift build -c release --product yomo >/dev/null
-swift build -c release --product uppercase-sfn >/dev/null
-bin="$(swift build -c release --show-bin-path)"
+# LOOP_BIN: a directory with release builds of yomo and uppercase-sfn (default: built here).
+if [[ -n "${LOOP_BIN:-}" ]]; then
+    bin="$LOOP_BIN"
+else
+    swift build -c release --product yomo >/dev/null
+    swift build -c release --product uppercase-sfn >/dev/null
+    bin="$(swift build -c release --show-bin-path)"
+fi
 
 pids=()
 stop_all() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
@@ -44,9 +50,20 @@ run_mode() {
         programs="${LOOP_BASELINE_BIN:?set LOOP_BASELINE_BIN for base: modes}"
         mode="${mode#base:}"
     fi
-    local -a environment=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG)
+    local -a environment=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG -u YOMO_METRICS_LISTEN)
+    local -a zipper_args=() function_args=() bench_args=()
+    local scraper=""
     case "$mode" in
         off) ;;
+        metrics)
+            zipper_args=(--metrics "127.0.0.1:$((port + 1))")
+            function_args=(--metrics "127.0.0.1:$((port + 2))")
+            bench_args=(--metrics "127.0.0.1:$((port + 3))")
+            ( while sleep 1; do
+                for p in 1 2 3; do curl -s -H 'Accept: application/openmetrics-text' "http://127.0.0.1:$((port + p))/metrics" >/dev/null || true; done
+              done ) &
+            scraper=$!
+            ;;
         propagation) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_TRACES_SAMPLER=always_off) ;;
         on) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port") ;;
         ratio) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
@@ -54,17 +71,18 @@ run_mode() {
         *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac
     local receiver_before; receiver_before="$(cpu_seconds "$receiver")"
-    "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" 2>/dev/null &
+    "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" "${zipper_args[@]}" 2>/dev/null &
     local zipper=$!
     pids=($zipper)
     sleep 0.3
-    "${environment[@]}" "$programs/uppercase-sfn" --zipper "127.0.0.1:$port" 2>/dev/null &
+    "${environment[@]}" "$programs/uppercase-sfn" --zipper "127.0.0.1:$port" "${function_args[@]}" 2>/dev/null &
     local function=$!
     pids+=($function)
     sleep 0.5
     local bench_output
     bench_output="$(/usr/bin/time -f "bench_cpu=%U+%S" "${environment[@]}" "$programs/yomo" bench --zipper "127.0.0.1:$port" \
-        --size "$size" --inflight "$inflight" --frames "$frames" 2>&1)" || true
+        --size "$size" --inflight "$inflight" --frames "$frames" "${bench_args[@]}" 2>&1)" || true
+    if [[ -n "$scraper" ]]; then kill "$scraper" 2>/dev/null || true; fi
     local rate; rate="$(sed -n 's/.*throughput=\([0-9]*\).*/\1/p' <<<"$bench_output")"
     local bench_cpu; bench_cpu="$(sed -n 's/.*bench_cpu=\([0-9.+]*\).*/\1/p' <<<"$bench_output" | bc -l 2>/dev/null || echo 0)"
     local total

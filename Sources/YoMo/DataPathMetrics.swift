@@ -40,7 +40,12 @@ final class DataPathMetrics: Sendable {
         let duration: BoundHistogram
     }
 
-    private let consumers = Mutex<[String: Consumer]>([:])
+    private struct ConsumerKey: Hashable {
+        var tag: UInt32
+        var handlerType: String
+    }
+
+    private let consumers = Mutex<[ConsumerKey: Consumer]>([:])
     private let producers = Mutex<[UInt32: Producer]>([:])
     private let routers = Mutex<[UInt32: Router]>([:])
 
@@ -81,7 +86,8 @@ final class DataPathMetrics: Sendable {
     }
 
     func consumer(tag: UInt32, handlerType: String) -> Consumer {
-        let key = "\(tag)/\(handlerType)"
+        // handlerType is a literal: the key costs no allocation.
+        let key = ConsumerKey(tag: tag, handlerType: handlerType)
         return consumers.withLock { cache in
             if let bound = cache[key] { return bound }
             let attributes = attributes(tag: tag).with("yomo.handler.type", handlerType)

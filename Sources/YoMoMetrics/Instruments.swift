@@ -58,10 +58,15 @@ public struct InstrumentDescriptor: Hashable, Sendable {
 /// measurement made under a span, so a latency bucket links to a trace.
 public struct Exemplar: Hashable, Sendable {
     public var value: Double
-    public var traceID: String
-    public var spanID: String
+    /// The ids as recorded; formatted as hex only when exposed (no string per measurement).
+    public var trace: TraceID
+    public var span: SpanID
     /// Unix seconds.
     public var timestamp: Double
+
+    /// Lower-case hex, as OpenMetrics and OTLP-JSON show them.
+    public var traceID: String { trace.description }
+    public var spanID: String { span.description }
 }
 
 /// A value that is added to atomically (a compare-and-swap loop on the bits).
@@ -111,7 +116,7 @@ final class HistogramCell: Sendable {
         }
         let exemplar = spanContext.flatMap { context -> Exemplar? in
             guard context.isSampled else { return nil }
-            return Exemplar(value: value, traceID: context.traceID.description, spanID: context.spanID.description, timestamp: unixSeconds())
+            return Exemplar(value: value, trace: context.traceID, span: context.spanID, timestamp: unixSeconds())
         }
         state.withLock { state in
             state.counts[low] += 1
