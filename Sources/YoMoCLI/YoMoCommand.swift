@@ -42,9 +42,21 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("slow-consumer"), help: "What to do with a stream function that does not keep up: block (default), drop or disconnect.")
     var slowConsumer: String?
 
+    @Option(
+        name: .customLong("mesh"),
+        help: "A zipper of the mesh to forward to, NAME=HOST:PORT (repeatable; adds to the config's mesh:, replacing an entry of the same name; an entry named like this zipper is skipped).")
+    var mesh: [String] = []
+
+    @Option(name: .customLong("mesh-credential"), help: "Credential (e.g. token:secret) for the --mesh zippers.")
+    var meshCredential: String?
+
+    @Option(help: "This zipper's name (overrides the config; its mesh entry is skipped).")
+    var name: String?
+
     func run() async throws {
         let logging = bootstrapLogging(service: "yomo-zipper")
         var configuration = try config.map { try ZipperConfiguration(contentsOfFile: $0) } ?? ZipperConfiguration()
+        if let name { configuration.name = name }
         if let host { configuration.host = host }
         if let port { configuration.port = port }
         if let token { configuration.authentication = .token(token) }
@@ -54,6 +66,12 @@ struct Serve: AsyncParsableCommand {
             }
             configuration.slowConsumer.policy = policy
         }
+        for entry in mesh {
+            let peer = try meshPeer(entry, credential: meshCredential)
+            configuration.mesh.removeAll { $0.name == peer.name }
+            configuration.mesh.append(peer)
+        }
+        configuration.mesh.sort { $0.name < $1.name }
         if let statelessResetKeyFile {
             configuration.statelessResetKeyFile = statelessResetKeyFile == "none" ? nil : statelessResetKeyFile
         } else if configuration.statelessResetKeyFile == nil {
@@ -66,6 +84,22 @@ struct Serve: AsyncParsableCommand {
     }
 }
 
+/// A `--mesh NAME=HOST:PORT` flag (port 9000 when left out).
+func meshPeer(_ text: String, credential: String?) throws -> ZipperConfiguration.MeshPeer {
+    let invalid = ValidationError("--mesh \(text): expected NAME=HOST:PORT, e.g. zipper-b=10.0.0.2:9000")
+    guard let equals = text.firstIndex(of: "="), equals != text.startIndex else { throw invalid }
+    let name = String(text[..<equals])
+    var address = String(text[text.index(after: equals)...])
+    var port = 9000
+    if let colon = address.lastIndex(of: ":"), !address.hasSuffix("]"), address.firstIndex(of: ":") == colon || address.hasPrefix("[") {
+        guard let parsed = Int(address[address.index(after: colon)...]), (1...65535).contains(parsed) else { throw invalid }
+        port = parsed
+        address = String(address[..<colon])
+    }
+    if address.hasPrefix("["), address.hasSuffix("]") { address = String(address.dropFirst().dropLast()) }
+    guard !address.isEmpty else { throw invalid }
+    return ZipperConfiguration.MeshPeer(name: name, host: address, port: port, credential: credential)
+}
 
 /// Where `yomo serve` keeps its stateless reset key unless told otherwise: the
 /// XDG state directory, so a restarted zipper resets its old clients' packets.
