@@ -287,7 +287,7 @@ struct MeshHostsTests {
         #expect(parent(sinkSpan) == id(replyA))
 
         // Phase 2: frames flow while the a–c link is cut, then restored.
-        let second = try hosts.run(on: "a", log: "source-2", credential + ["--name", "sensor-2", "--interval", "20", "--count", "1500"])
+        let second = try hosts.run(on: "a", log: "source-2", [source, "--name", "sensor-2", "--interval", "20", "--count", "1500"] + credential)
         let logA = zippers["a"]!
         #expect(await upper.wait { _ in received(upper, tag: 0x33).count >= count + 10 }, "frames flow before the cut")
         try await hosts.setLink("a", towards: "c", up: false)
