@@ -109,9 +109,9 @@ final class MeshLink: Sendable {
         switch admission {
         case .queued, .dropped(firstOfBurst: false): break
         case .dropped(firstOfBurst: true):
+            let limits = state.withLock { $0.backlog.limits }
             logger.warning("mesh downstream is slow or unreachable: dropping frames for it until it catches up", metadata: [
-                "max_frames": "\(state.withLock { $0.backlog.limits.maximumFrames })",
-                "max_bytes": "\(state.withLock { $0.backlog.limits.maximumBytes })",
+                "max_frames": "\(limits.maximumFrames)", "max_bytes": "\(limits.maximumBytes)",
             ])
         }
     }

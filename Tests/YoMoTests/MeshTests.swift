@@ -156,6 +156,52 @@ struct MeshLoopbackTests {
         await b.close()
     }
 
+    @Test("the link handshakes as an upstream zipper and forwards the frame with the zipper's own span ids")
+    func forwardedFrame() async throws {
+        // A stand-in downstream: records the handshake and the first DataFrame.
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+        let handshakes = Inbox<HandshakeFrame>(), frames = Inbox<DataFrame>()
+        let serving = Task {
+            for await connection in server.connections {
+                let link = QUICFrameConnection(connection)
+                var reader = link.frames.makeAsyncIterator()
+                guard case .handshake(let handshake)? = try? await reader.next() else { continue }
+                handshakes.append(handshake)
+                try? await link.write(.handshakeAck)
+                while case .data(let frame)? = try? await reader.next() { frames.append(frame) }
+            }
+        }
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let port = try await freePort()
+        let zipper = Self.zipper("zipper-a", port: port, mesh: [.init(name: "zipper-b", host: "127.0.0.1", port: server.port, credential: "token:b-secret")],
+                                 tracerProvider: provider)
+        try await zipper.start()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(port)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        try await source.write(tag: 0x33, data: Array("traced".utf8))
+        #expect(await frames.wait(for: 1))
+
+        let handshake = try #require(handshakes.items.first)
+        #expect(handshake.clientType == .upstreamZipper)
+        #expect(handshake.name == "zipper-a" && handshake.observedTags.isEmpty)
+        #expect(handshake.authName == "token" && handshake.authPayload == "b-secret")
+        let frame = try #require(frames.items.first)
+        #expect(frame.tag == 0x33 && String(buffer: frame.payload) == "traced")
+        let metadata = try Metadata(decoding: frame.metadata)
+        let span = try #require(exporter.spans.first { $0.name == "zipper endpoint" })
+        let traceID = span.context.traceID.description, spanID = span.context.spanID.description
+        #expect(metadata[Metadata.ReservedKey.traceID] == traceID)
+        #expect(metadata[Metadata.ReservedKey.spanID] == spanID, "zipper-a's own span, not the source's")
+        #expect(metadata["traceparent"]?.contains("\(traceID)-\(spanID)") == true, "\(metadata["traceparent"] ?? "none")")
+        #expect(metadata[Metadata.ReservedKey.sourceID] == source.id && metadata[Metadata.ReservedKey.tid] != nil)
+
+        await source.close()
+        await zipper.close()
+        serving.cancel()
+        await server.close(reason: "")
+    }
+
     @Test("a downstream that never answers slows nothing: frames for it are dropped and counted")
     func blackhole() async throws {
         // A UDP port that takes packets and never answers.
