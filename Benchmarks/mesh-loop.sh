@@ -30,7 +30,7 @@ trap stop_all EXIT INT TERM
 cpu_seconds() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
 quiet=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_TRACES_EXPORTER)
 
-# Prints "<frames/s> <CPU µs per frame>".
+# Prints "<frames/s> <CPU µs per frame> <frames lost>".
 run_mode() {
     local mode="$1" size="$2" sfn_port="$port1"
     local -a zippers=()
@@ -56,6 +56,7 @@ run_mode() {
     bench_output="$(/usr/bin/time -f "bench_cpu=%U+%S" "${quiet[@]}" "$bin/yomo" bench --zipper "127.0.0.1:$port1" \
         --size "$size" --inflight "$inflight" --frames "$frames" 2>&1)" || true
     local rate; rate="$(sed -n 's/.*throughput=\([0-9]*\).*/\1/p' <<<"$bench_output")"
+    local lost; lost="$(sed -n 's/.*lost=\([0-9]*\).*/\1/p' <<<"$bench_output")"
     local bench_cpu; bench_cpu="$(sed -n 's/.*bench_cpu=\([0-9.+]*\).*/\1/p' <<<"$bench_output" | bc -l 2>/dev/null || echo 0)"
     local zipper_cpu=0 z
     for z in "${zippers[@]}"; do zipper_cpu="$(awk -v a="$zipper_cpu" -v b="$(cpu_seconds "$z")" 'BEGIN { print a + b }')"; done
@@ -63,17 +64,17 @@ run_mode() {
     total="$(awk -v z="$zipper_cpu" -v f="$(cpu_seconds "$function")" -v b="$bench_cpu" -v n="$frames" \
         'BEGIN { printf "%.1f", (z + f + b) * 1e6 / n }')"
     stop_all
-    echo "${rate:-0} $total"
+    echo "${rate:-0} $total ${lost:-?}"
 }
 
 declare -A rates cpus
 for round in $(seq "$rounds"); do
     for size in $sizes; do
         for mode in one two; do
-            read -r rate cpu < <(run_mode "$mode" "$size")
+            read -r rate cpu lost < <(run_mode "$mode" "$size")
             rates[$mode/$size]+="$rate "
             cpus[$mode/$size]+="$cpu "
-            echo "round $round size $size $mode zipper(s): $rate frames/s, $cpu µs CPU per frame"
+            echo "round $round size $size $mode zipper(s): $rate frames/s, $cpu µs CPU per frame, lost $lost"
         done
     done
 done
