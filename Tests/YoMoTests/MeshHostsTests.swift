@@ -197,6 +197,9 @@ struct MeshHostsTests {
                 let address = peer == host ? "10.213.99.99" : MeshHosts.address(peer, towards: host)
                 return "  zipper-\(peer): {host: \(address), port: 9000, credential: \"token:mesh-secret\"}"
             }.joined(separator: "\n")
+            // a also forwards to a zipper that never answers (no host has that
+            // address), with a small queue: it must cost a's local routing nothing.
+            let void = host == "a" ? "\n  zipper-void: {host: 10.213.12.99, port: 9000}\nmesh_queue: {max_frames: 16, max_bytes: 1048576}" : ""
             let config = hosts.directory.appendingPathComponent("zipper-\(host).yaml")
             try """
                 name: zipper-\(host)
@@ -204,7 +207,7 @@ struct MeshHostsTests {
                 port: 9000
                 auth: {type: token, token: mesh-secret}
                 mesh:
-                \(mesh)
+                \(mesh)\(void)
                 """.write(to: config, atomically: true, encoding: .utf8)
             zippers[host] = try hosts.run(on: host, log: "zipper-\(host)", environment: tracing(host),
                                           [yomo, "serve", "--config", config.path, "--stateless-reset-key-file", "none"])
@@ -307,6 +310,14 @@ struct MeshHostsTests {
         #expect(await upper.wait { _ in received(upper, tag: 0x33).count > upperAtRestore + 20 }, "forwarding resumed after the reconnect")
         second.process.terminate()
         await waitForExit(second.process)
+        let dropping = logA.records("mesh downstream is slow or unreachable: dropping frames for it until it catches up")
+        #expect(dropping.contains { $0["mesh_downstream"] as? String == "zipper-void" && $0["mesh_downstream_addr"] as? String == "10.213.12.99:9000" },
+                "frames for the silent downstream were dropped, and said so")
+        #expect(dropping.filter { $0["mesh_downstream"] as? String == "zipper-void" }.count == 1, "logged once per burst")
+        // Local routing kept up with the source all along, silent downstream or cut link.
+        let written = second.records("wrote").count
+        let nearTotal = received(near, tag: 0x33).count - count
+        #expect(nearTotal >= written - 2 && written > 100, "near got \(nearTotal) of \(written) frames")
 
         // Nothing crashed, and no frame of phase 1 arrived twice anywhere.
         for (host, log) in zippers { #expect(log.process.isRunning, "zipper-\(host) still runs") }
