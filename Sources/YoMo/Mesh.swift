@@ -206,7 +206,8 @@ final class MeshLink: Sendable {
             state.withLock { if $0.client === client { $0.client = nil } }
             if state.withLock({ $0.closed }) { return }
             attempt += 1
-            let delay = policy.delay(beforeAttempt: min(attempt, 8) + 1)
+            // A rejected link (a wrong credential) waits longer: retrying fast would only flood both logs.
+            let delay = client.endReason?.code == .rejected ? .seconds(5) : policy.delay(beforeAttempt: min(attempt, 8) + 1)
             logger.warning("mesh link down, starting over", metadata: [
                 "error": "\(client.endReason.map { "\($0)" } ?? "none")", "retry_in": "\(delay)",
             ])

@@ -117,6 +117,20 @@ public struct ZipperConfiguration: Hashable, Sendable {
             self.credential = credential
         }
 
+        /// Reads `NAME=HOST:PORT` (`yomo serve --mesh`); the port defaults to 9000.
+        public init(_ text: String, credential: String? = nil) throws(YoMoError) {
+            let invalid = YoMoError(.invalidAddress, "mesh entry \"\(text)\" is not NAME=HOST:PORT (e.g. zipper-b=10.0.0.2:9000)")
+            guard let equals = text.firstIndex(of: "="), equals != text.startIndex else { throw invalid }
+            let address: ZipperAddress
+            do {
+                address = try ZipperAddress(String(text[text.index(after: equals)...]))
+            } catch {
+                throw invalid
+            }
+            guard !address.host.isEmpty, (1...65535).contains(address.port) else { throw invalid }
+            self.init(name: String(text[..<equals]), host: address.host, port: address.port, credential: credential)
+        }
+
         /// `host:port`, bracketed for IPv6.
         public var address: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
     }

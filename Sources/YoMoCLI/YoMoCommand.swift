@@ -67,7 +67,12 @@ struct Serve: AsyncParsableCommand {
             configuration.slowConsumer.policy = policy
         }
         for entry in mesh {
-            let peer = try meshPeer(entry, credential: meshCredential)
+            let peer: ZipperConfiguration.MeshPeer
+            do {
+                peer = try ZipperConfiguration.MeshPeer(entry, credential: meshCredential)
+            } catch {
+                throw ValidationError("--mesh: \(error.message)")
+            }
             configuration.mesh.removeAll { $0.name == peer.name }
             configuration.mesh.append(peer)
         }
@@ -82,23 +87,6 @@ struct Serve: AsyncParsableCommand {
         await zipper.wait()
         await logging.shutdown()
     }
-}
-
-/// A `--mesh NAME=HOST:PORT` flag (port 9000 when left out).
-func meshPeer(_ text: String, credential: String?) throws -> ZipperConfiguration.MeshPeer {
-    let invalid = ValidationError("--mesh \(text): expected NAME=HOST:PORT, e.g. zipper-b=10.0.0.2:9000")
-    guard let equals = text.firstIndex(of: "="), equals != text.startIndex else { throw invalid }
-    let name = String(text[..<equals])
-    var address = String(text[text.index(after: equals)...])
-    var port = 9000
-    if let colon = address.lastIndex(of: ":"), !address.hasSuffix("]"), address.firstIndex(of: ":") == colon || address.hasPrefix("[") {
-        guard let parsed = Int(address[address.index(after: colon)...]), (1...65535).contains(parsed) else { throw invalid }
-        port = parsed
-        address = String(address[..<colon])
-    }
-    if address.hasPrefix("["), address.hasSuffix("]") { address = String(address.dropFirst().dropLast()) }
-    guard !address.isEmpty else { throw invalid }
-    return ZipperConfiguration.MeshPeer(name: name, host: address, port: port, credential: credential)
 }
 
 /// Where `yomo serve` keeps its stateless reset key unless told otherwise: the

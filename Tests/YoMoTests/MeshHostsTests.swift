@@ -87,7 +87,7 @@ final class MeshHosts: @unchecked Sendable {
         env.merge(environment) { _, new in new }
         process.environment = env
         let file = directory.appendingPathComponent("\(log).log")
-        FileManager.default.createFile(atPath: file.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: file.path, contents: nil)
         let handle = try FileHandle(forWritingTo: file)
         process.standardOutput = handle
         process.standardError = handle
@@ -144,7 +144,6 @@ struct LogFile: Sendable {
     }
 }
 
-extension Process: @retroactive @unchecked Sendable {}
 
 func executable(_ name: String) throws -> String {
     let path = try yomoExecutable().deletingLastPathComponent().appendingPathComponent(name).path

@@ -43,6 +43,17 @@ struct MeshLogicTests {
         #expect(try ZipperConfiguration(yaml: "name: x").mesh.isEmpty)
     }
 
+    @Test("--mesh NAME=HOST:PORT entries")
+    func flag() throws {
+        #expect(try ZipperConfiguration.MeshPeer("zipper-b=10.0.0.2:9100") == .init(name: "zipper-b", host: "10.0.0.2", port: 9100))
+        #expect(try ZipperConfiguration.MeshPeer("b=host.example", credential: "token:x")
+                == .init(name: "b", host: "host.example", port: 9000, credential: "token:x"))
+        #expect(try ZipperConfiguration.MeshPeer("v6=[fd00::2]:9001").address == "[fd00::2]:9001")
+        for bad in ["10.0.0.2:9000", "=h:1", "b=h:x", "b=h:70000", "b="] {
+            #expect(throws: YoMoError.self, "\(bad)") { try ZipperConfiguration.MeshPeer(bad) }
+        }
+    }
+
     @Test("bad mesh entries say what is wrong", arguments: [
         ("mesh: [a, b]", "mesh must be a mapping"),
         ("mesh: {b: 1}", "mesh.b must be a mapping"),
