@@ -161,10 +161,13 @@ struct MeshHostsTests {
         do {
             try await scenario(hosts)
         } catch {
+            // The logs stay in hosts.directory for a look.
             await hosts.tearDown()
             throw error
         }
         await hosts.tearDown()
+        // Failed expectations quote the logs they are about.
+        try? FileManager.default.removeItem(at: hosts.directory)
     }
 
     private func scenario(_ hosts: MeshHosts) async throws {
