@@ -66,8 +66,9 @@ public final class Zipper: Sendable {
         public var slowConsumerDisconnects = 0
         /// Connections closed for breaking the protocol after their handshake.
         public var protocolViolations = 0
-        /// Frames not forwarded to a mesh downstream because its queue was full
-        /// (it is slow or unreachable), summed over the downstreams.
+        /// Frames not forwarded to a mesh downstream because it is slow or
+        /// unreachable (its queue, or its link's buffer while reconnecting, was
+        /// full), summed over the downstreams.
         public var meshDroppedFrames = 0
     }
 
