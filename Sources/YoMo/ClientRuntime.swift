@@ -84,9 +84,12 @@ final class ClientRuntime: Sendable {
         self.clientType = clientType
         // The Go SDK's field names, set once on the logger rather than per record.
         let firstID = NanoID.clientID(base: clientIDBase, reconnectCount: 0)
-        self.logger = clientType == .source
-            ? logger.yomoSource(id: firstID, zipperAddress: zipper)
-            : logger.yomoStreamFunction(name: name, id: firstID, zipperAddress: zipper)
+        switch clientType {
+        case .source: self.logger = logger.yomoSource(id: firstID, zipperAddress: zipper)
+        // A zipper's mesh link: the zipper's logger, which names the downstream.
+        case .upstreamZipper: self.logger = logger
+        default: self.logger = logger.yomoStreamFunction(name: name, id: firstID, zipperAddress: zipper)
+        }
     }
 
     var clientID: String {
@@ -123,6 +126,27 @@ final class ClientRuntime: Sendable {
             self.beginClose()
         }
         if let reason = endReason, reason.code != .closed { throw reason }
+    }
+
+    /// Connects (retrying as the setup says) and serves in the background
+    /// without waiting for the first connection: writes are held in the outage
+    /// buffer until it is up. For a zipper's mesh links, which must not hold
+    /// up the zipper's start.
+    func launch(_ setup: Setup) throws {
+        try beginRunning(setup)
+        let task = Task {
+            let session: ClientSession
+            do {
+                session = try await self.dialInitial(setup)
+            } catch {
+                self.end(ClientCore.describe(error, zipper: setup.settings.zipper))
+                await setup.ownedProvider?.shutdown()
+                self.finish()
+                return
+            }
+            await self.serve(setup, first: session)
+        }
+        state.withLock { $0.serveTask = task }
     }
 
     /// The first connection of `start` and `run`; a failure ends the client.

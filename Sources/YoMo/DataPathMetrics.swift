@@ -129,6 +129,17 @@ final class DataPathMetrics: Sendable {
         }
     }
 
+    /// Frames a mesh link dropped because its downstream did not keep up, per
+    /// downstream name; read when metrics are collected.
+    func observeMeshDrops(_ read: @escaping @Sendable () -> [(downstream: String, dropped: Int)]) {
+        guard enabled else { return }
+        let base = baseAttributes
+        meter.observableCounter(
+            "yomo.zipper.mesh.dropped.messages", unit: "{message}",
+            description: "Frames not forwarded to a mesh downstream because its queue was full."
+        ) { read().map { (base.with("yomo.mesh.downstream", $0.downstream), Double($0.dropped)) } }
+    }
+
     func reconnected() { reconnects.add(1, attributes: baseAttributes) }
 
     func connection(_ clientType: ClientType, delta: Double) {

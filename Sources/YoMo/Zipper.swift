@@ -78,6 +78,10 @@ public final class Zipper: Sendable {
         public var slowConsumerDisconnects = 0
         /// Connections closed for breaking the protocol after their handshake.
         public var protocolViolations = 0
+        /// Frames not forwarded to a mesh downstream because it is slow or
+        /// unreachable (its queue, or its link's buffer while reconnecting, was
+        /// full), summed over the downstreams.
+        public var meshDroppedFrames = 0
     }
 
     public let configuration: ZipperConfiguration
@@ -88,15 +92,25 @@ public final class Zipper: Sendable {
     private let ownedProvider: TracerProvider?
     private let metrics: DataPathMetrics
     private let state = Mutex(State())
+    /// One per downstream zipper of the mesh (empty without a mesh).
+    private let links: [MeshLink]
 
     public init(configuration: ZipperConfiguration = ZipperConfiguration(), options: Options = Options()) {
         self.configuration = configuration
         self.options = options
-        self.logger = options.logger.yomoZipper(address: "\(configuration.host):\(configuration.port)")
+        let logger = options.logger.yomoZipper(address: "\(configuration.host):\(configuration.port)")
+        self.logger = logger
         self.authority = HandshakeAuthority(version: configuration.version, authentication: configuration.authentication)
         (tracing, ownedProvider) = DataPathTracer.resolve(options.tracerProvider, serviceName: configuration.name, scope: "Zipper")
         metrics = DataPathMetrics(
             provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "Zipper", component: ["yomo.zipper.name": configuration.name])
+        links = configuration.downstreams.map { peer in
+            MeshLink(peer: peer, zipperName: configuration.name, limits: configuration.meshQueue, logger: logger)
+        }
+        if !links.isEmpty {
+            let links = self.links
+            metrics.observeMeshDrops { links.map { ($0.peer.name, $0.dropped) } }
+        }
     }
 
     /// The port it listens on (the bound one when configured with port 0), once started.
@@ -111,7 +125,11 @@ public final class Zipper: Sendable {
     public var connectionCount: Int { state.withLock { $0.peers.count } }
 
     /// Refusals and drops so far.
-    public var statistics: Statistics { state.withLock { $0.statistics } }
+    public var statistics: Statistics {
+        var statistics = state.withLock { $0.statistics }
+        statistics.meshDroppedFrames = links.reduce(0) { $0 + $1.dropped }
+        return statistics
+    }
 
     /// QUIC connections the listener holds, including those that never handshake.
     public func quicConnectionCount() async -> Int { await state.withLock { $0.server }?.connectionCount() ?? 0 }
@@ -181,6 +199,7 @@ public final class Zipper: Sendable {
         logger.info("zipper listening", metadata: [
             "zipper_addr": "\(configuration.host):\(server.port)", "zipper_name": "\(configuration.name)",
             "auth": "\(configuration.authentication.map { "\($0)" } ?? "none")",
+            "mesh": "\(links.map { "\($0.peer.name)=\($0.peer.address)" })",
         ])
         return server
     }
@@ -188,6 +207,9 @@ public final class Zipper: Sendable {
     private func accept(_ server: QUICServer) async {
         let (departures, departed) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         await withDiscardingTaskGroup { group in
+            for link in links {
+                group.addTask { await link.run() }
+            }
             group.addTask {
                 // After a wave of clients leaves, hand the memory their buffers
                 // used back to the system: glibc keeps freed heap in its per-thread
@@ -209,8 +231,10 @@ public final class Zipper: Sendable {
                 }
             }
             departed.finish()
-            // The listener closed: stop the trimming (mid-sleep) and whatever
-            // connection is still winding down, so close() is not held.
+            // The listener is closed: so are the links to the mesh.
+            for link in links { await link.close() }
+            // Stop the trimming (mid-sleep) and whatever connection is still
+            // winding down, so close() is not held.
             group.cancelAll()
         }
     }
@@ -249,6 +273,7 @@ public final class Zipper: Sendable {
             return
         }
         frameReader.setMaximumFrameSize(configuration.limits.maximumFrameSize)
+        let forwardsToMesh = !links.isEmpty && MeshForwarding.forwards(from: handshake.clientType)
         var connectionMetadata = Metadata()
         connectionMetadata[Metadata.ReservedKey.wantedTarget] = handshake.wantedTarget
         let id = state.withLock { state -> UInt64 in
@@ -283,7 +308,7 @@ public final class Zipper: Sendable {
                     connectionLogger.warning("closing client that wrote a reserved tag", metadata: ["tag": "\(data.tag)", "remote": "\(remote)"])
                     break
                 }
-                try await route(data, from: id, connectionMetadata: connectionMetadata, logger: connectionLogger)
+                try await route(data, from: id, connectionMetadata: connectionMetadata, forwardsToMesh: forwardsToMesh, logger: connectionLogger)
             }
             if closeReason.isEmpty { connectionLogger.info("client disconnected") }
         } catch let error as WireError {
@@ -355,7 +380,9 @@ public final class Zipper: Sendable {
 
     /// Sends a frame to every observer; awaiting each write is what makes a slow
     /// stream function slow its senders down instead of losing frames.
-    private func route(_ data: DataFrame, from id: UInt64, connectionMetadata: Metadata, logger: Logger) async throws {
+    /// With `forwardsToMesh`, the frame is also queued (never awaited) for every
+    /// mesh downstream, carrying this zipper's span ids.
+    private func route(_ data: DataFrame, from id: UInt64, connectionMetadata: Metadata, forwardsToMesh: Bool, logger: Logger) async throws {
         var metadata: Metadata
         do {
             metadata = try Metadata(decoding: data.metadata)
@@ -379,13 +406,15 @@ public final class Zipper: Sendable {
         }
         tracing.debug(logger, under: span, "routing frame", metadata: YoMoLogField.frame(
             tid: merged[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: data.payload.readableBytes
-        ).merging(["destinations": "\(destinations.count)"]) { first, _ in first })
-        guard !destinations.isEmpty else {
-            router?.noRoute.add()
-            return
-        }
+        ).merging(["destinations": "\(destinations.count)", "mesh": "\(forwardsToMesh ? links.count : 0)"]) { first, _ in first })
+        // no_route: no observer here (the mesh may still take the frame).
+        if destinations.isEmpty { router?.noRoute.add() }
+        guard !destinations.isEmpty || forwardsToMesh else { return }
         // Metadata encoded once for every destination; the payload is never copied.
         let frame = DataFrame(tag: data.tag, metadata: merged, payload: data.payload)
+        if forwardsToMesh {
+            for link in links { link.forward(frame) }
+        }
         let outgoing = Frame.data(frame)
         let slow = configuration.slowConsumer
         for (destinationID, destination) in destinations {

@@ -10,10 +10,12 @@ internal import Yams
 /// auth:
 ///   type: token
 ///   token: Z2FyZmllbGQ=
+/// mesh:
+///   zipper-b: {host: 10.0.0.2, port: 9000, credential: "token:secret"}
 /// ```
 ///
 /// and this SDK's own keys (the Go zipper ignores them): `limits`,
-/// `slow_consumer` and `stateless_reset_key_file`.
+/// `slow_consumer`, `mesh_queue` and `stateless_reset_key_file`.
 public struct ZipperConfiguration: Hashable, Sendable {
     public var name: String
     public var host: String
@@ -31,6 +33,12 @@ public struct ZipperConfiguration: Hashable, Sendable {
     /// reconnect at once, instead of after the idle timeout. `nil`: a random
     /// key per start (`yomo serve` defaults to a file, see docs/reliability.md).
     public var statelessResetKeyFile: String?
+    /// The zippers of the mesh (Go's `mesh:`), sorted by name. Every frame a
+    /// source or stream function writes here is also forwarded to each of them
+    /// but the one named like this zipper (see `downstreams`).
+    public var mesh: [MeshPeer]
+    /// What one mesh downstream may hold while it is slow or unreachable.
+    public var meshQueue: MeshQueue
 
     public static let specVersion = "2024-01-03"
 
@@ -94,6 +102,56 @@ public struct ZipperConfiguration: Hashable, Sendable {
         }
     }
 
+    /// One zipper of the mesh: where to dial it and the credential it wants.
+    public struct MeshPeer: Hashable, Sendable {
+        public var name: String
+        public var host: String
+        public var port: Int
+        /// `authName:authPayload` (e.g. `token:secret`); `nil` for a zipper without auth.
+        public var credential: String?
+
+        public init(name: String, host: String, port: Int = 9000, credential: String? = nil) {
+            self.name = name
+            self.host = host
+            self.port = port
+            self.credential = credential
+        }
+
+        /// Reads `NAME=HOST:PORT` (`yomo serve --mesh`); the port defaults to 9000.
+        public init(_ text: String, credential: String? = nil) throws(YoMoError) {
+            let invalid = YoMoError(.invalidAddress, "mesh entry \"\(text)\" is not NAME=HOST:PORT (e.g. zipper-b=10.0.0.2:9000)")
+            guard let equals = text.firstIndex(of: "="), equals != text.startIndex else { throw invalid }
+            let address: ZipperAddress
+            do {
+                address = try ZipperAddress(String(text[text.index(after: equals)...]))
+            } catch {
+                throw invalid
+            }
+            guard !address.host.isEmpty, (1...65535).contains(address.port) else { throw invalid }
+            self.init(name: String(text[..<equals]), host: address.host, port: address.port, credential: credential)
+        }
+
+        /// `host:port`, bracketed for IPv6.
+        public var address: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    }
+
+    /// Frames queued for one downstream zipper that has not taken them yet;
+    /// beyond either bound new frames for it are dropped (and counted), so a
+    /// slow or unreachable downstream never holds up local routing.
+    public struct MeshQueue: Hashable, Sendable {
+        public var maximumFrames: Int
+        public var maximumBytes: Int
+
+        public init(maximumFrames: Int = 1024, maximumBytes: Int = 4 << 20) {
+            self.maximumFrames = maximumFrames
+            self.maximumBytes = maximumBytes
+        }
+    }
+
+    /// The mesh zippers this one forwards to: every entry but its own name, so
+    /// that all zippers of a mesh can share one file.
+    public var downstreams: [MeshPeer] { mesh.filter { $0.name != name } }
+
     public init(
         name: String = "zipper",
         host: String = "127.0.0.1",
@@ -102,8 +160,12 @@ public struct ZipperConfiguration: Hashable, Sendable {
         version: String = ZipperConfiguration.specVersion,
         limits: Limits = Limits(),
         slowConsumer: SlowConsumer = SlowConsumer(),
-        statelessResetKeyFile: String? = nil
+        statelessResetKeyFile: String? = nil,
+        mesh: [MeshPeer] = [],
+        meshQueue: MeshQueue = MeshQueue()
     ) {
+        self.mesh = mesh.sorted { $0.name < $1.name }
+        self.meshQueue = meshQueue
         self.name = name
         self.host = host
         self.port = port
@@ -194,6 +256,50 @@ public struct ZipperConfiguration: Hashable, Sendable {
             }
             statelessResetKeyFile = file
         }
+        if let mesh = map["mesh"] {
+            self.mesh = try Self.parseMesh(mesh)
+        }
+        if let queue = map["mesh_queue"] {
+            guard let queue = queue as? [String: Any] else {
+                throw YoMoError(.invalidConfiguration, "zipper config: mesh_queue must be a mapping")
+            }
+            for (key, target) in [("max_frames", \MeshQueue.maximumFrames), ("max_bytes", \MeshQueue.maximumBytes)] {
+                guard let raw = queue[key] else { continue }
+                guard let value = raw as? Int, value > 0 else {
+                    throw YoMoError(.invalidConfiguration, "zipper config: mesh_queue.\(key) must be a positive number")
+                }
+                meshQueue[keyPath: target] = value
+            }
+        }
+    }
+
+    /// Go's `mesh:` section: name → {host, port, credential}. `null` or an
+    /// empty mapping means no mesh.
+    static func parseMesh(_ raw: Any) throws(YoMoError) -> [MeshPeer] {
+        if raw is NSNull { return [] }
+        guard let entries = raw as? [String: Any] else {
+            throw YoMoError(.invalidConfiguration, "zipper config: mesh must be a mapping of zipper names to {host, port, credential}")
+        }
+        var peers: [MeshPeer] = []
+        for (name, value) in entries {
+            guard let entry = value as? [String: Any] else {
+                throw YoMoError(.invalidConfiguration, "zipper config: mesh.\(name) must be a mapping with host, port and credential")
+            }
+            guard let host = entry["host"] as? String, !host.isEmpty else {
+                throw YoMoError(.invalidConfiguration, "zipper config: mesh.\(name).host must be a host name or address")
+            }
+            var port = 9000
+            if let raw = entry["port"] {
+                guard let value = raw as? Int, (1...65535).contains(value) else {
+                    throw YoMoError(.invalidConfiguration, "zipper config: mesh.\(name).port must be a number from 1 to 65535")
+                }
+                port = value
+            }
+            // A number or bool written without quotes is still meant as text.
+            let credential = entry["credential"].flatMap { $0 is NSNull ? nil : "\($0)" }
+            peers.append(MeshPeer(name: name, host: host, port: port, credential: credential?.isEmpty == true ? nil : credential))
+        }
+        return peers.sorted { $0.name < $1.name }
     }
 
     public init(contentsOfFile path: String) throws(YoMoError) {

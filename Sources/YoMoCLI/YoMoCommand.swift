@@ -43,10 +43,22 @@ struct Serve: AsyncParsableCommand {
     var slowConsumer: String?
     @Option(help: "Serve /metrics, /healthz and /readyz on HOST:PORT (default: YOMO_METRICS_LISTEN, else off).") var metrics: String?
 
+    @Option(
+        name: .customLong("mesh"),
+        help: "A zipper of the mesh to forward to, NAME=HOST:PORT (repeatable; adds to the config's mesh:, replacing an entry of the same name; an entry named like this zipper is skipped).")
+    var mesh: [String] = []
+
+    @Option(name: .customLong("mesh-credential"), help: "Credential (e.g. token:secret) for the --mesh zippers.")
+    var meshCredential: String?
+
+    @Option(help: "This zipper's name (overrides the config; its mesh entry is skipped).")
+    var name: String?
+
     func run() async throws {
         let logging = bootstrapLogging(service: "yomo-zipper")
         let metricsInstallation = try await YoMoMetrics.bootstrap(serviceName: "yomo-zipper", listen: metrics)
         var configuration = try config.map { try ZipperConfiguration(contentsOfFile: $0) } ?? ZipperConfiguration()
+        if let name { configuration.name = name }
         if let host { configuration.host = host }
         if let port { configuration.port = port }
         if let token { configuration.authentication = .token(token) }
@@ -56,6 +68,17 @@ struct Serve: AsyncParsableCommand {
             }
             configuration.slowConsumer.policy = policy
         }
+        for entry in mesh {
+            let peer: ZipperConfiguration.MeshPeer
+            do {
+                peer = try ZipperConfiguration.MeshPeer(entry, credential: meshCredential)
+            } catch {
+                throw ValidationError("--mesh: \(error.message)")
+            }
+            configuration.mesh.removeAll { $0.name == peer.name }
+            configuration.mesh.append(peer)
+        }
+        configuration.mesh.sort { $0.name < $1.name }
         if let statelessResetKeyFile {
             configuration.statelessResetKeyFile = statelessResetKeyFile == "none" ? nil : statelessResetKeyFile
         } else if configuration.statelessResetKeyFile == nil {
@@ -69,7 +92,6 @@ struct Serve: AsyncParsableCommand {
         await logging.shutdown(timeout: .seconds(1))
     }
 }
-
 
 /// Where `yomo serve` keeps its stateless reset key unless told otherwise: the
 /// XDG state directory, so a restarted zipper resets its old clients' packets.

@@ -165,7 +165,7 @@ def run_fault(args):
     """--fault blackhole / refused: no HTTP at all."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", args.port))
+    listener.bind((args.host, args.port))
     if args.fault == "blackhole":
         listener.listen(64)
     write_port(args.port_file, listener.getsockname()[1])
@@ -270,6 +270,7 @@ def main():
         make_certificates(sys.argv[2])
         return 0
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (the mesh test: 0.0.0.0 inside a namespace)")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", required=True)
     parser.add_argument("--out", required=True)
@@ -293,7 +294,7 @@ def main():
         return 0
 
     state = State(args)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(state))
+    server = ThreadingHTTPServer((args.host, args.port), make_handler(state))
     server.daemon_threads = True
     wrap_tls(server, args, state.write)
     write_port(args.port_file, server.server_address[1])

@@ -1,0 +1,229 @@
+import Foundation
+import Synchronization
+internal import Logging
+internal import NIOCore
+internal import YoMoQUIC
+internal import YoMoWire
+
+/// The mesh's forwarding rule (Go's zipper): frames that sources and stream
+/// functions write go to every downstream zipper; frames that came from an
+/// upstream zipper are routed locally only, so no frame loops or is delivered twice.
+enum MeshForwarding {
+    static func forwards(from clientType: ClientType) -> Bool { clientType != .upstreamZipper }
+}
+
+/// The frames waiting for one downstream zipper, bounded in frames and bytes,
+/// with the drop count and the once-per-burst log decision. Pure: the link's
+/// lock guards it, so it is tested without sockets.
+struct MeshBacklog {
+    let limits: ZipperConfiguration.MeshQueue
+    private(set) var frames = CircularBuffer<DataFrame>()
+    private(set) var bytes = 0
+    private(set) var dropped = 0
+    /// Frames dropped since one was last accepted.
+    private(set) var droppedInBurst = 0
+
+    init(limits: ZipperConfiguration.MeshQueue) { self.limits = limits }
+
+    enum Admission: Equatable {
+        case queued
+        /// Dropped; `firstOfBurst`: the first drop since the link last caught up (log it).
+        case dropped(firstOfBurst: Bool)
+    }
+
+    mutating func offer(_ frame: DataFrame) -> Admission {
+        let size = frame.encodedLength
+        guard frames.count < limits.maximumFrames, bytes + size <= limits.maximumBytes else {
+            return drop(count: 1)
+        }
+        frames.append(frame)
+        bytes += size
+        return .queued
+    }
+
+    /// The link took a frame. Returns the size of the burst of drops this ends,
+    /// if any: a burst ends only once the queue is down to half, so a link that
+    /// keeps up just barely logs one burst, not one per frame.
+    mutating func delivered() -> Int? {
+        guard droppedInBurst > 0, frames.count <= limits.maximumFrames / 2 else { return nil }
+        defer { droppedInBurst = 0 }
+        return droppedInBurst
+    }
+
+    /// Frames lost on the way (the link could not take them): counted as drops.
+    mutating func drop(count: Int) -> Admission {
+        dropped += count
+        droppedInBurst += count
+        return .dropped(firstOfBurst: droppedInBurst == count)
+    }
+
+    mutating func take() -> DataFrame? {
+        guard let frame = frames.popFirst() else { return nil }
+        bytes -= frame.encodedLength
+        return frame
+    }
+}
+
+/// One downstream of the mesh: the routing path queues frames for it without
+/// waiting, and a client of type "upstream zipper" (the SDK's ordinary client:
+/// handshake, reconnects, outage buffer) takes them over the link.
+final class MeshLink: Sendable {
+    private struct State {
+        var backlog: MeshBacklog
+        var waiter: CheckedContinuation<Void, Never>?
+        var client: ClientRuntime?
+        var closed = false
+    }
+
+    let peer: ZipperConfiguration.MeshPeer
+    private let zipperName: String
+    private let logger: Logger
+    private let state: Mutex<State>
+
+    init(peer: ZipperConfiguration.MeshPeer, zipperName: String, limits: ZipperConfiguration.MeshQueue, logger: Logger) {
+        self.peer = peer
+        self.zipperName = zipperName
+        var logger = logger
+        logger[metadataKey: "mesh_downstream"] = "\(peer.name)"
+        logger[metadataKey: "mesh_downstream_addr"] = "\(peer.address)"
+        self.logger = logger
+        self.state = Mutex(State(backlog: MeshBacklog(limits: limits)))
+    }
+
+    /// Frames dropped for this downstream so far.
+    var dropped: Int { state.withLock { $0.backlog.dropped } }
+
+    /// Queues a frame for the downstream; never waits.
+    func forward(_ frame: DataFrame) {
+        let (admission, waiter) = state.withLock { state -> (MeshBacklog.Admission, CheckedContinuation<Void, Never>?) in
+            guard !state.closed else { return (.queued, nil) }
+            let admission = state.backlog.offer(frame)
+            defer { state.waiter = nil }
+            return (admission, state.waiter)
+        }
+        waiter?.resume()
+        report(admission)
+    }
+
+    private func report(_ admission: MeshBacklog.Admission) {
+        switch admission {
+        case .queued, .dropped(firstOfBurst: false): break
+        case .dropped(firstOfBurst: true):
+            let limits = state.withLock { $0.backlog.limits }
+            logger.warning("mesh downstream is slow or unreachable: dropping frames for it until it catches up", metadata: [
+                "max_frames": "\(limits.maximumFrames)", "max_bytes": "\(limits.maximumBytes)",
+            ])
+        }
+    }
+
+    private func delivered() {
+        if let count = state.withLock({ $0.backlog.delivered() }) {
+            logger.warning("mesh downstream caught up", metadata: ["dropped": "\(count)"])
+        }
+    }
+
+    /// The next queued frame; nil once closed.
+    private func next() async -> DataFrame? {
+        while true {
+            let frame = state.withLock { state -> DataFrame?? in
+                if let frame = state.backlog.take() { return .some(frame) }
+                return state.closed ? .some(nil) : nil
+            }
+            if let frame { return frame }
+            await withCheckedContinuation { continuation in
+                let ready = state.withLock { state -> Bool in
+                    if state.closed || !state.backlog.frames.isEmpty { return true }
+                    state.waiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        }
+    }
+
+    /// Keeps a client to the downstream and feeds it the queue, until `close()`.
+    func run() async {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.keepConnected() }
+            while let frame = await next() {
+                guard let client = state.withLock({ $0.client }) else {
+                    report(state.withLock { $0.backlog.drop(count: 1) })
+                    continue
+                }
+                do {
+                    // Awaits only this link: a slow downstream fills its own queue.
+                    try await client.send(frame)
+                    delivered()
+                } catch {
+                    // Reconnecting with a full outage buffer, or the client ended.
+                    report(state.withLock { $0.backlog.drop(count: 1) })
+                }
+            }
+        }
+    }
+
+    /// One client after another: a client ends for good when the downstream
+    /// rejects it or shuts down (as Go's clients do), but a mesh link must come
+    /// back when that zipper does.
+    private func keepConnected() async {
+        let policy = ReconnectPolicy.default
+        var attempt = 0
+        let address: ZipperAddress
+        do {
+            address = try ZipperAddress(peer.address)
+        } catch {
+            logger.error("mesh link not started: bad address", metadata: ["error": "\(error)"])
+            return
+        }
+        while !state.withLock({ $0.closed }) {
+            let client = ClientRuntime(name: zipperName, zipper: peer.address, clientType: .upstreamZipper, logger: logger)
+            let installed = state.withLock { state -> Bool in
+                guard !state.closed else { return false }
+                state.client = client
+                return true
+            }
+            guard installed else { return }
+            var quic = QUICConfiguration.zipperDefault
+            quic.keepAliveInterval = .seconds(1)
+            let settings = ClientSettings(
+                name: zipperName, clientType: .upstreamZipper, observedTags: [],
+                credential: peer.credential.map(Credential.init), wantedTarget: "",
+                zipper: address, quic: quic,
+                tls: .fromEnvironment(ProcessInfo.processInfo.environment), reconnect: policy,
+                retryInitialConnect: true, handshakeTimeout: .seconds(3))
+            // Frames taken while reconnecting wait here, bounded like the queue.
+            let limits = state.withLock { $0.backlog.limits }
+            let setup = ClientRuntime.Setup(
+                settings: settings, outageBufferFrames: limits.maximumFrames, outageBufferBytes: limits.maximumBytes)
+            logger.info("mesh link starting")
+            do {
+                try client.launch(setup)
+            } catch {
+                logger.error("mesh link cannot start", metadata: ["error": "\(error)"])
+                return
+            }
+            await client.waitForEnd()
+            state.withLock { if $0.client === client { $0.client = nil } }
+            if state.withLock({ $0.closed }) { return }
+            attempt += 1
+            // A rejected link (a wrong credential) waits longer: retrying fast would only flood both logs.
+            let delay = client.endReason?.code == .rejected ? .seconds(5) : policy.delay(beforeAttempt: min(attempt, 8) + 1)
+            logger.warning("mesh link down, starting over", metadata: [
+                "error": "\(client.endReason.map { "\($0)" } ?? "none")", "retry_in": "\(delay)",
+            ])
+            try? await Task.sleep(for: delay)
+            if Task.isCancelled { return }
+        }
+    }
+
+    /// Stops the link: the client closes (delivering what it has) and `run` returns.
+    func close() async {
+        let (client, waiter) = state.withLock { state -> (ClientRuntime?, CheckedContinuation<Void, Never>?) in
+            state.closed = true
+            defer { state.waiter = nil }
+            return (state.client, state.waiter)
+        }
+        waiter?.resume()
+        await client?.close()
+    }
+}

@@ -1,0 +1,334 @@
+import Foundation
+import Synchronization
+import Testing
+
+@testable import YoMo
+
+/// Three hosts, each a Linux network namespace, joined pairwise by veth pairs
+/// (a full mesh of links): zipper a (10.213.12.1, 10.213.13.1), zipper b
+/// (10.213.12.2, 10.213.23.2), zipper c (10.213.13.3, 10.213.23.3). Every
+/// process runs in its host's namespace; the OTLP receiver runs on b. Removed
+/// at the end, also when the test fails.
+final class MeshHosts: @unchecked Sendable {
+    // Set up once in `make`, then only read; processes are appended from the test's task only.
+    let prefix: String
+    let directory: URL
+    private(set) var namespaces: [String] = []
+    private var processes: [Process] = []
+
+    static let hostNames = ["a", "b", "c"]
+    /// Each pair's subnet and the veth names on either side.
+    static let links: [(String, String, Int)] = [("a", "b", 12), ("a", "c", 13), ("b", "c", 23)]
+
+    private init() throws {
+        prefix = "ym" + String(UInt32.random(in: 0..<0xFFFFFF), radix: 16)
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-mesh-\(prefix)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    func namespace(_ host: String) -> String { "\(prefix)\(host)" }
+    /// The veth of `host` towards `peer` (at most 15 characters).
+    func veth(_ host: String, towards peer: String) -> String { "\(prefix)\(host)\(peer)" }
+
+    /// `host`'s address on the link to `peer`.
+    static func address(_ host: String, towards peer: String) -> String {
+        let (first, second) = host < peer ? (host, peer) : (peer, host)
+        let subnet = links.first { $0.0 == first && $0.1 == second }!.2
+        return "10.213.\(subnet).\(["a": 1, "b": 2, "c": 3][host]!)"
+    }
+
+    static func make() async throws -> MeshHosts {
+        let hosts = try MeshHosts()
+        do {
+            for host in hostNames {
+                try await ip(["netns", "add", hosts.namespace(host)])
+                hosts.namespaces.append(hosts.namespace(host))
+                try await ip(["-n", hosts.namespace(host), "link", "set", "lo", "up"])
+            }
+            for (first, second, _) in links {
+                let left = hosts.veth(first, towards: second), right = hosts.veth(second, towards: first)
+                try await ip(["link", "add", left, "netns", hosts.namespace(first), "type", "veth",
+                              "peer", "name", right, "netns", hosts.namespace(second)])
+                for (host, peer, name) in [(first, second, left), (second, first, right)] {
+                    try await ip(["-n", hosts.namespace(host), "addr", "add", "\(address(host, towards: peer))/24", "dev", name])
+                    try await ip(["-n", hosts.namespace(host), "link", "set", name, "up"])
+                }
+            }
+        } catch {
+            await hosts.tearDown()
+            throw error
+        }
+        return hosts
+    }
+
+    static func ip(_ arguments: [String]) async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        if !FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") { process.executableURL = URL(fileURLWithPath: "/sbin/ip") }
+        process.arguments = arguments
+        let errors = Pipe()
+        process.standardError = errors
+        try process.run()
+        await waitForExit(process)
+        guard process.terminationStatus == 0 else {
+            let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            throw YoMoError(.invalidConfiguration, "ip \(arguments.joined(separator: " ")) failed: \(message)")
+        }
+    }
+
+    /// Starts `arguments` in `host`'s namespace; stdout and stderr go to `<log>.log`.
+    @discardableResult
+    func run(on host: String, log: String, environment: [String: String] = [:], _ arguments: [String]) throws -> LogFile {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        process.arguments = ["netns", "exec", namespace(host)] + arguments
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("OTEL_") && !$0.key.hasPrefix("YOMO_") }
+        env["YOMO_LOG_FORMAT"] = "json"
+        env.merge(environment) { _, new in new }
+        process.environment = env
+        let file = directory.appendingPathComponent("\(log).log")
+        _ = FileManager.default.createFile(atPath: file.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: file)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        processes.append(process)
+        return LogFile(url: file, process: process)
+    }
+
+    /// Cuts (or restores) the link between two hosts at `host`'s end.
+    func setLink(_ host: String, towards peer: String, up: Bool) async throws {
+        try await Self.ip(["-n", namespace(host), "link", "set", veth(host, towards: peer), up ? "up" : "down"])
+    }
+
+    func tearDown() async {
+        for process in processes where process.isRunning { process.terminate() }
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: .seconds(5))
+        for process in processes {
+            while process.isRunning && clock.now < deadline { try? await Task.sleep(for: .milliseconds(10)) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
+        for process in processes { await waitForExit(process) }
+        // Deleting a namespace deletes its veths (and so their peers).
+        for namespace in namespaces { try? await Self.ip(["netns", "del", namespace]) }
+        namespaces = []
+    }
+}
+
+/// A process's JSON log, read as it grows.
+struct LogFile: Sendable {
+    let url: URL
+    let process: Process
+
+    var records: [[String: Any]] {
+        let text = (try? String(contentsOf: url, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap {
+            (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any]
+        }
+    }
+
+    func records(_ message: String) -> [[String: Any]] { records.filter { $0["msg"] as? String == message } }
+
+    var text: String { (try? String(contentsOf: url, encoding: .utf8)) ?? "" }
+
+    /// Waits until `condition` holds on the records (polled); false after `timeout`.
+    func wait(timeout: Duration = .seconds(20), until condition: ([[String: Any]]) -> Bool) async -> Bool {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        while clock.now < deadline {
+            if condition(records) { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return condition(records)
+    }
+}
+
+
+func executable(_ name: String) throws -> String {
+    let path = try yomoExecutable().deletingLastPathComponent().appendingPathComponent(name).path
+    guard FileManager.default.isExecutableFile(atPath: path) else {
+        throw YoMoError(.invalidConfiguration, "\(name) not built beside yomo (build all products): \(path)")
+    }
+    return path
+}
+
+@Suite("Mesh across hosts (network namespaces)", .serialized, .enabled(if: getuid() == 0, "needs root for ip netns"))
+struct MeshHostsTests {
+    @Test("three zippers in a full mesh: frames once, replies back, one trace hop by hop, a cut link heals")
+    func fullMesh() async throws {
+        let hosts = try await MeshHosts.make()
+        do {
+            try await scenario(hosts)
+        } catch {
+            // The logs stay in hosts.directory for a look.
+            await hosts.tearDown()
+            throw error
+        }
+        await hosts.tearDown()
+        // Failed expectations quote the logs they are about.
+        try? FileManager.default.removeItem(at: hosts.directory)
+    }
+
+    private func scenario(_ hosts: MeshHosts) async throws {
+        let yomo = try yomoExecutable().path
+        let source = try executable("demo-source"), sfn = try executable("uppercase-sfn")
+
+        // The OTLP receiver on b, reachable from a and c over their links to b.
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("YoMoTracingTests/otlp_receiver.py").path
+        let portFile = hosts.directory.appendingPathComponent("otlp.port").path
+        let spansFile = hosts.directory.appendingPathComponent("spans.jsonl")
+        try hosts.run(on: "b", log: "receiver", ["python3", script, "--host", "0.0.0.0", "--port-file", portFile, "--out", spansFile.path])
+        var otlpPort = 0
+        for _ in 0..<500 where otlpPort == 0 {
+            otlpPort = (try? String(contentsOfFile: portFile, encoding: .utf8)).flatMap { Int($0) } ?? 0
+            if otlpPort == 0 { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        try #require(otlpPort != 0, "the OTLP receiver did not start")
+        func tracing(_ host: String) -> [String: String] {
+            let receiver = host == "b" ? "127.0.0.1" : MeshHosts.address("b", towards: host)
+            return ["OTEL_EXPORTER_OTLP_ENDPOINT": "http://\(receiver):\(otlpPort)", "OTEL_BSP_SCHEDULE_DELAY": "100"]
+        }
+
+        // One config per host (addresses differ per link); each lists all three,
+        // its own entry included, which it skips.
+        var zippers: [String: LogFile] = [:]
+        for host in MeshHosts.hostNames {
+            let mesh = MeshHosts.hostNames.map { peer in
+                let address = peer == host ? "10.213.99.99" : MeshHosts.address(peer, towards: host)
+                return "  zipper-\(peer): {host: \(address), port: 9000, credential: \"token:mesh-secret\"}"
+            }.joined(separator: "\n")
+            // a also forwards to a zipper that never answers (no host has that
+            // address), with a small queue: it must cost a's local routing nothing.
+            let void = host == "a" ? "\n  zipper-void: {host: 10.213.12.99, port: 9000}\nmesh_queue: {max_frames: 16, max_bytes: 1048576}" : ""
+            let config = hosts.directory.appendingPathComponent("zipper-\(host).yaml")
+            try """
+                name: zipper-\(host)
+                host: 0.0.0.0
+                port: 9000
+                auth: {type: token, token: mesh-secret}
+                mesh:
+                \(mesh)\(void)
+                """.write(to: config, atomically: true, encoding: .utf8)
+            zippers[host] = try hosts.run(on: host, log: "zipper-\(host)", environment: tracing(host),
+                                          [yomo, "serve", "--config", config.path, "--stateless-reset-key-file", "none"])
+        }
+        // Every zipper has both others as upstream-zipper clients.
+        for (host, log) in zippers {
+            let linked = await log.wait { records in
+                records.filter { $0["msg"] as? String == "client connected" && $0["client_type"] as? String == "upstream zipper" }.count >= 2
+            }
+            try #require(linked, "zipper-\(host) did not get both mesh links: \(log.text)")
+            let up = await log.wait { $0.filter { $0["msg"] as? String == "connected to zipper" }.count >= 2 }
+            try #require(up, "zipper-\(host)'s own links are not up: \(log.text)")
+            let names = Set(log.records("connected to zipper").compactMap { $0["mesh_downstream"] as? String })
+            #expect(names == Set(MeshHosts.hostNames.filter { $0 != host }.map { "zipper-\($0)" }), "the link logs name the downstream")
+        }
+
+        // upper on c; on a: a local observer of the source's tag and a sink of upper's replies.
+        let credential = ["--credential", "token:mesh-secret", "--zipper", "127.0.0.1:9000"]
+        let debug = ["YOMO_LOG_LEVEL": "debug"]
+        let upper = try hosts.run(on: "c", log: "upper", environment: tracing("c").merging(debug) { $1 },
+                                  [sfn, "--name", "upper", "--observe", "0x33", "--emit", "0x34"] + credential)
+        let near = try hosts.run(on: "a", log: "near", environment: debug,
+                                 [sfn, "--name", "near", "--observe", "0x33", "--emit", "0x36"] + credential)
+        let sink = try hosts.run(on: "a", log: "sink", environment: tracing("a").merging(debug) { $1 },
+                                 [sfn, "--name", "sink", "--observe", "0x34", "--emit", "0x35"] + credential)
+        for log in [upper, near, sink] {
+            let connected = await log.wait { !$0.filter { $0["msg"] as? String == "connected to zipper" }.isEmpty }
+            try #require(connected, "\(log.text)")
+        }
+        func received(_ log: LogFile, tag: Int) -> [String] {
+            log.records("frame received").filter { $0["tag"] as? Int == tag || $0["tag"] as? String == "\(tag)" }
+                .compactMap { $0["tid"] as? String }
+        }
+
+        // Phase 1: 20 frames from a, traced.
+        let count = 20
+        let first = try hosts.run(on: "a", log: "source-1", environment: tracing("a").merging(debug) { $1 },
+                                  [source, "--name", "sensor", "--interval", "20", "--count", "\(count)"] + credential)
+        #expect(await upper.wait { _ in received(upper, tag: 0x33).count >= count }, "upper got \(received(upper, tag: 0x33).count): \(upper.text)")
+        #expect(await near.wait { _ in received(near, tag: 0x33).count >= count })
+        #expect(await sink.wait { _ in received(sink, tag: 0x34).count >= count }, "the replies come back to a")
+        await waitForExit(first.process)
+        let phaseOne = Set(first.records("frame written").compactMap { $0["tid"] as? String })
+
+        // The trace of one frame: source → zipper-a → zipper-c → upper, and the
+        // reply upper → zipper-c → zipper-a → sink; zipper-b hears both once.
+        var spans: [[String: Any]] = []
+        func service(_ span: [String: Any]) -> String? { (span["resource"] as? [String: Any])?["service.name"] as? String }
+        func tag(_ span: [String: Any]) -> Int? { (span["attributes"] as? [String: Any])?["routing_data_tag"] as? Int }
+        var traced = false
+        for _ in 0..<500 where !traced {
+            let text = (try? String(contentsOf: spansFile, encoding: .utf8)) ?? ""
+            spans = text.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+                .filter { $0["type"] as? String == "span" }
+            // A whole trace: the sink's span of some reply is there.
+            traced = spans.contains { service($0) == "sink" } && spans.contains { service($0) == "zipper-b" && tag($0) == 0x34 }
+            if !traced { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        try #require(traced, "spans: \(spans.map { "\(service($0) ?? "?")/\($0["name"] ?? "?")" })")
+        let sinkSpan = try #require(spans.first { service($0) == "sink" })
+        let trace = spans.filter { $0["trace_id"] as? String == sinkSpan["trace_id"] as? String }
+        func one(_ service: String, tag wanted: Int? = nil) throws -> [String: Any] {
+            let found = trace.filter { service == serviceName($0) && (wanted == nil || tag($0) == wanted) }
+            #expect(found.count == 1, "\(service) tag \(wanted ?? -1): \(found.count) spans in the trace")
+            return try #require(found.first, "no \(service) span in \(trace.map { serviceName($0) ?? "?" })")
+        }
+        func serviceName(_ span: [String: Any]) -> String? { service(span) }
+        func id(_ span: [String: Any]) -> String? { span["span_id"] as? String }
+        func parent(_ span: [String: Any]) -> String? { span["parent_span_id"] as? String }
+        let sourceSpan = try one("sensor")
+        let zipperA = try one("zipper-a", tag: 0x33), zipperB = try one("zipper-b", tag: 0x33), zipperC = try one("zipper-c", tag: 0x33)
+        let upperSpan = try one("upper")
+        let replyC = try one("zipper-c", tag: 0x34), replyA = try one("zipper-a", tag: 0x34), replyB = try one("zipper-b", tag: 0x34)
+        #expect(parent(zipperA) == id(sourceSpan))
+        #expect(parent(zipperC) == id(zipperA), "zipper-c's span is a child of zipper-a's: a forwarded its own ids")
+        #expect(parent(zipperB) == id(zipperA))
+        #expect(parent(upperSpan) == id(zipperC))
+        #expect(parent(replyC) == id(upperSpan))
+        #expect(parent(replyA) == id(replyC) && parent(replyB) == id(replyC))
+        #expect(parent(sinkSpan) == id(replyA))
+
+        // Phase 2: frames flow while the a–c link is cut, then restored.
+        let second = try hosts.run(on: "a", log: "source-2", [source, "--name", "sensor-2", "--interval", "20", "--count", "1500"] + credential)
+        let logA = zippers["a"]!
+        #expect(await upper.wait { _ in received(upper, tag: 0x33).count >= count + 10 }, "frames flow before the cut")
+        try await hosts.setLink("a", towards: "c", up: false)
+        let nearAtCut = received(near, tag: 0x33).count
+        let lost = await logA.wait { records in
+            records.contains { ($0["msg"] as? String)?.contains("reconnecting") == true && $0["mesh_downstream"] as? String == "zipper-c" }
+        }
+        #expect(lost, "zipper-a noticed the cut: \(logA.text.suffix(3000))")
+        #expect(received(near, tag: 0x33).count > nearAtCut + 20, "local routing kept going during the cut")
+        let upperAtRestore = received(upper, tag: 0x33).count
+        try await hosts.setLink("a", towards: "c", up: true)
+        let healed = await logA.wait { records in
+            records.filter { ["reconnected to zipper", "connected to zipper"].contains($0["msg"] as? String)
+                && $0["mesh_downstream"] as? String == "zipper-c" }.count >= 2
+        }
+        #expect(healed, "zipper-a reconnected to zipper-c: \(logA.text.suffix(3000))")
+        #expect(await upper.wait { _ in received(upper, tag: 0x33).count > upperAtRestore + 20 }, "forwarding resumed after the reconnect")
+        second.process.terminate()
+        await waitForExit(second.process)
+        let dropping = logA.records("mesh downstream is slow or unreachable: dropping frames for it until it catches up")
+        #expect(dropping.contains { $0["mesh_downstream"] as? String == "zipper-void" && $0["mesh_downstream_addr"] as? String == "10.213.12.99:9000" },
+                "frames for the silent downstream were dropped, and said so")
+        #expect(dropping.filter { $0["mesh_downstream"] as? String == "zipper-void" }.count == 1, "logged once per burst")
+        // Local routing kept up with the source all along, silent downstream or cut link.
+        let written = second.records("wrote").count
+        let nearTotal = received(near, tag: 0x33).count - count
+        #expect(nearTotal >= written - 2 && written > 100, "near got \(nearTotal) of \(written) frames")
+
+        // Nothing crashed, and no frame of phase 1 arrived twice anywhere.
+        for (host, log) in zippers { #expect(log.process.isRunning, "zipper-\(host) still runs") }
+        for log in [upper, near, sink] { #expect(log.process.isRunning) }
+        let upperTids = received(upper, tag: 0x33).filter(phaseOne.contains)
+        #expect(upperTids.count == count && Set(upperTids).count == count, "each frame once at upper")
+        let nearTids = received(near, tag: 0x33).filter(phaseOne.contains)
+        #expect(nearTids.count == count && Set(nearTids).count == count, "each frame once at near")
+        let all = received(near, tag: 0x33)
+        #expect(all.count == Set(all).count, "no frame twice at near, cut or not")
+    }
+}

@@ -1,0 +1,267 @@
+import Foundation
+import Logging
+import NIOCore
+import Synchronization
+import Testing
+import YoMoQUIC
+import YoMoTracing
+import YoMoWire
+
+@testable import YoMo
+
+@Suite("Mesh configuration and forwarding rule")
+struct MeshLogicTests {
+    @Test("Go's mesh: section reads; the zipper's own entry is skipped; credentials kept")
+    func yaml() throws {
+        let yaml = """
+            name: zipper-a
+            host: 0.0.0.0
+            port: 9000
+            mesh:
+              zipper-a: {host: 10.0.0.1, port: 9000, credential: "token:secret"}
+              zipper-b: {host: 10.0.0.2, port: 9000, credential: "token:secret"}
+              zipper-c:
+                host: 10.0.0.3
+                port: 9100
+              zipper-d: {host: "fd00::4", credential: ""}
+            mesh_queue: {max_frames: 10, max_bytes: 2048}
+            """
+        let config = try ZipperConfiguration(yaml: yaml)
+        #expect(config.mesh.map(\.name) == ["zipper-a", "zipper-b", "zipper-c", "zipper-d"])
+        #expect(config.downstreams.map(\.name) == ["zipper-b", "zipper-c", "zipper-d"])
+        let b = try #require(config.downstreams.first)
+        #expect(b == .init(name: "zipper-b", host: "10.0.0.2", port: 9000, credential: "token:secret"))
+        #expect(Credential(try #require(b.credential)) == Credential(name: "token", payload: "secret"))
+        #expect(config.downstreams[1].credential == nil && config.downstreams[1].port == 9100)
+        #expect(config.downstreams[2].address == "[fd00::4]:9000", "port 9000 when left out; empty credential: none")
+        #expect(config.meshQueue == .init(maximumFrames: 10, maximumBytes: 2048))
+
+        // The same file serves every zipper of the mesh.
+        let asB = try ZipperConfiguration(yaml: yaml.replacingOccurrences(of: "name: zipper-a", with: "name: zipper-b"))
+        #expect(asB.downstreams.map(\.name) == ["zipper-a", "zipper-c", "zipper-d"])
+        #expect(try ZipperConfiguration(yaml: "mesh:").mesh.isEmpty)
+        #expect(try ZipperConfiguration(yaml: "name: x").mesh.isEmpty)
+    }
+
+    @Test("--mesh NAME=HOST:PORT entries")
+    func flag() throws {
+        #expect(try ZipperConfiguration.MeshPeer("zipper-b=10.0.0.2:9100") == .init(name: "zipper-b", host: "10.0.0.2", port: 9100))
+        #expect(try ZipperConfiguration.MeshPeer("b=host.example", credential: "token:x")
+                == .init(name: "b", host: "host.example", port: 9000, credential: "token:x"))
+        #expect(try ZipperConfiguration.MeshPeer("v6=[fd00::2]:9001").address == "[fd00::2]:9001")
+        for bad in ["10.0.0.2:9000", "=h:1", "b=h:x", "b=h:70000", "b="] {
+            #expect(throws: YoMoError.self, "\(bad)") { try ZipperConfiguration.MeshPeer(bad) }
+        }
+    }
+
+    @Test("bad mesh entries say what is wrong", arguments: [
+        ("mesh: [a, b]", "mesh must be a mapping"),
+        ("mesh: {b: 1}", "mesh.b must be a mapping"),
+        ("mesh: {b: {port: 9000}}", "mesh.b.host"),
+        ("mesh: {b: {host: h, port: 0}}", "mesh.b.port"),
+        ("mesh_queue: {max_frames: 0}", "mesh_queue.max_frames"),
+    ])
+    func invalid(yaml: String, expected: String) {
+        let error = #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: yaml) }
+        #expect(error?.message.contains(expected) == true, "got: \(error?.message ?? "nothing")")
+    }
+
+    @Test("frames of sources and stream functions go to the mesh; an upstream zipper's stay local")
+    func forwardingRule() {
+        #expect(MeshForwarding.forwards(from: .source))
+        #expect(MeshForwarding.forwards(from: .streamFunction))
+        #expect(!MeshForwarding.forwards(from: .upstreamZipper))
+        // Upstream zippers observe nothing, so a zipper never routes back to one.
+        var routes = RouteTable()
+        routes.add(RouteMember(connectionID: 1, name: "zipper-b", clientID: "b", clientType: .upstreamZipper,
+                               observedTags: [0x33], wantedTarget: ""))
+        #expect(routes.destinations(tag: 0x33, target: nil).isEmpty)
+    }
+
+    @Test("the per-downstream queue is bounded in frames and bytes; drops counted, logged once per burst")
+    func backlog() {
+        var backlog = MeshBacklog(limits: .init(maximumFrames: 4, maximumBytes: 1 << 20))
+        let frame = DataFrame(tag: 0x33, payload: ByteBuffer(bytes: Array(repeating: 1, count: 100)))
+        for _ in 0..<4 { #expect(backlog.offer(frame) == .queued) }
+        #expect(backlog.offer(frame) == .dropped(firstOfBurst: true))
+        #expect(backlog.offer(frame) == .dropped(firstOfBurst: false))
+        // The link takes one: still 3 of 4 queued, so the burst goes on, unlogged.
+        #expect(backlog.take() != nil)
+        #expect(backlog.delivered() == nil)
+        #expect(backlog.offer(frame) == .queued)
+        #expect(backlog.drop(count: 1) == .dropped(firstOfBurst: false), "the link refused one: same burst")
+        // Down to half: the burst ends with its count.
+        _ = backlog.take(); _ = backlog.take()
+        #expect(backlog.delivered() == 3)
+        #expect(backlog.delivered() == nil)
+        #expect(backlog.dropped == 3)
+        _ = backlog.take(); _ = backlog.take()
+        for _ in 0..<4 { _ = backlog.offer(frame) }
+        #expect(backlog.offer(frame) == .dropped(firstOfBurst: true), "a new burst is logged again")
+
+        var bytes = MeshBacklog(limits: .init(maximumFrames: 100, maximumBytes: frame.encodedLength * 2))
+        #expect(bytes.offer(frame) == .queued)
+        #expect(bytes.offer(frame) == .queued)
+        #expect(bytes.offer(frame) == .dropped(firstOfBurst: true))
+        _ = bytes.take()
+        _ = bytes.take()
+        #expect(bytes.take() == nil && bytes.bytes == 0)
+    }
+}
+
+/// Zippers of a mesh on loopback, in this process.
+@Suite("Mesh on loopback", .serialized)
+struct MeshLoopbackTests {
+    static func zipper(_ name: String, port: Int, mesh: [ZipperConfiguration.MeshPeer], queue: ZipperConfiguration.MeshQueue = .init(),
+                       tracerProvider: TracerProvider? = nil) -> Zipper {
+        Zipper(
+            configuration: ZipperConfiguration(name: name, host: "127.0.0.1", port: port, authentication: .token("mesh"),
+                                               mesh: mesh, meshQueue: queue),
+            options: .init(logger: Logger(label: "test.\(name)"), tracerProvider: tracerProvider))
+    }
+
+    @Test("two zippers listing each other: every frame once on both sides, replies come back, no loop")
+    func twoWay() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        let a = Self.zipper("a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh"),
+                                                    .init(name: "a", host: "127.0.0.1", port: portA)])
+        let b = Self.zipper("b", port: portB, mesh: [.init(name: "a", host: "127.0.0.1", port: portA, credential: "token:mesh")])
+        try await a.start()
+        try await b.start()
+        // Both links up: each zipper has the other as a client.
+        for _ in 0..<1000 where a.connectionCount < 1 || b.connectionCount < 1 { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(a.connectionCount == 1 && b.connectionCount == 1)
+
+        let remote = Inbox<String>(), local = Inbox<String>(), replies = Inbox<String>()
+        let upper = StreamFunction(name: "upper", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x33], credential: "token:mesh"))
+        upper.setHandler { ctx in
+            remote.append(String(decoding: ctx.data, as: UTF8.self))
+            try await ctx.write(tag: 0x34, data: uppercase(ctx.data))
+        }
+        let near = StreamFunction(name: "near", zipper: "127.0.0.1:\(portA)", options: .init(observedTags: [0x33], credential: "token:mesh"))
+        near.setHandler { ctx in local.append(String(decoding: ctx.data, as: UTF8.self)) }
+        let sink = StreamFunction(name: "sink", zipper: "127.0.0.1:\(portA)", options: .init(observedTags: [0x34], credential: "token:mesh"))
+        sink.setHandler { ctx in replies.append(String(decoding: ctx.data, as: UTF8.self)) }
+        for sfn in [upper, near, sink] { try await sfn.connect() }
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+
+        let count = 30
+        for index in 0..<count { try await source.write(tag: 0x33, data: Array("frame \(index)".utf8)) }
+        #expect(await remote.wait(for: count))
+        #expect(await local.wait(for: count))
+        #expect(await replies.wait(for: count))
+        // A marker written last: once it is back, anything looping would have shown.
+        try await source.write(tag: 0x33, data: Array("last".utf8))
+        #expect(await replies.wait(for: count + 1))
+        #expect(replies.items.last == "LAST")
+        for inbox in [remote, local] {
+            #expect(inbox.count == count + 1, "each frame exactly once: \(inbox.count)")
+            #expect(Set(inbox.items).count == count + 1)
+        }
+        #expect(replies.count == count + 1)
+        #expect(a.statistics.meshDroppedFrames == 0 && b.statistics.meshDroppedFrames == 0)
+        await source.close()
+        for sfn in [upper, near, sink] { await sfn.close() }
+        await a.close()
+        await b.close()
+    }
+
+    @Test("the link handshakes as an upstream zipper and forwards the frame with the zipper's own span ids")
+    func forwardedFrame() async throws {
+        // A stand-in downstream: records the handshake and the first DataFrame.
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+        let handshakes = Inbox<HandshakeFrame>(), frames = Inbox<DataFrame>()
+        let serving = Task {
+            for await connection in server.connections {
+                let link = QUICFrameConnection(connection)
+                var reader = link.frames.makeAsyncIterator()
+                guard case .handshake(let handshake)? = try? await reader.next() else { continue }
+                handshakes.append(handshake)
+                try? await link.write(.handshakeAck)
+                while case .data(let frame)? = try? await reader.next() { frames.append(frame) }
+            }
+        }
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let port = try await freePort()
+        let zipper = Self.zipper("zipper-a", port: port, mesh: [.init(name: "zipper-b", host: "127.0.0.1", port: server.port, credential: "token:b-secret")],
+                                 tracerProvider: provider)
+        try await zipper.start()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(port)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        try await source.write(tag: 0x33, data: Array("traced".utf8))
+        #expect(await frames.wait(for: 1))
+
+        let handshake = try #require(handshakes.items.first)
+        #expect(handshake.clientType == .upstreamZipper)
+        #expect(handshake.name == "zipper-a" && handshake.observedTags.isEmpty)
+        #expect(handshake.authName == "token" && handshake.authPayload == "b-secret")
+        let frame = try #require(frames.items.first)
+        #expect(frame.tag == 0x33 && String(buffer: frame.payload) == "traced")
+        let metadata = try Metadata(decoding: frame.metadata)
+        let span = try #require(exporter.spans.first { $0.name == "zipper endpoint" })
+        let traceID = span.context.traceID.description, spanID = span.context.spanID.description
+        #expect(metadata[Metadata.ReservedKey.traceID] == traceID)
+        #expect(metadata[Metadata.ReservedKey.spanID] == spanID, "zipper-a's own span, not the source's")
+        #expect(metadata["traceparent"]?.contains("\(traceID)-\(spanID)") == true, "\(metadata["traceparent"] ?? "none")")
+        #expect(metadata[Metadata.ReservedKey.sourceID] == source.id && metadata[Metadata.ReservedKey.tid] != nil)
+
+        await source.close()
+        await zipper.close()
+        serving.cancel()
+        await server.close(reason: "")
+    }
+
+    @Test("a downstream that never answers slows nothing: frames for it are dropped and counted")
+    func blackhole() async throws {
+        // A UDP port that takes packets and never answers.
+        let hole = try Socket.udpBlackhole()
+        defer { hole.close() }
+        let port = try await freePort()
+        let zipper = Self.zipper("a", port: port, mesh: [.init(name: "void", host: "127.0.0.1", port: hole.port)],
+                                 queue: .init(maximumFrames: 8, maximumBytes: 1 << 20))
+        try await zipper.start()
+        let received = Inbox<Int>()
+        let near = StreamFunction(name: "near", zipper: "127.0.0.1:\(port)", options: .init(observedTags: [0x33], credential: "token:mesh"))
+        near.setHandler { _ in received.append(1) }
+        try await near.connect()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(port)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        let clock = ContinuousClock()
+        let started = clock.now
+        let count = 3000
+        for index in 0..<count { try await source.write(tag: 0x33, data: Array("frame \(index)".utf8)) }
+        #expect(await received.wait(for: count))
+        let elapsed = clock.now - started
+        // Held: the queue (8) and the link's outage buffer (8); the rest dropped.
+        #expect(zipper.statistics.meshDroppedFrames >= count - 16, "\(zipper.statistics)")
+        #expect(elapsed < .seconds(10), "local routing took \(elapsed)")
+        await source.close()
+        await near.close()
+        await zipper.close()
+    }
+}
+
+/// A bound UDP socket that reads nothing and answers nothing.
+struct Socket {
+    let descriptor: Int32
+    let port: Int
+
+    static func udpBlackhole() throws -> Socket {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { throw YoMoError(.invalidConfiguration, "socket() failed") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { Glibc.close(fd); throw YoMoError(.invalidConfiguration, "bind() failed") }
+        return Socket(descriptor: fd, port: Int(UInt16(bigEndian: address.sin_port)))
+    }
+
+    func close() { _ = Glibc.close(descriptor) }
+}
