@@ -163,6 +163,8 @@ targets += [
         name: "YoMoMetrics",
         dependencies: [
             "YoMoTracing",
+            "COTLPProto",
+            .product(name: "Logging", package: "swift-log"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "NIOCore", package: "swift-nio"),

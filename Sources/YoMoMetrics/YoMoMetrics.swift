@@ -1,5 +1,6 @@
 public import CoreMetrics
 import Foundation
+public import Logging
 import Synchronization
 
 private let swiftMetricsBootstrapped = Atomic<Bool>(false)
@@ -16,29 +17,68 @@ public enum YoMoMetrics {
         public let provider: MeterProvider
         /// The endpoint, when one was asked for.
         public let endpoint: MetricsEndpoint?
+        /// The OTLP export, when the environment asks for it.
+        public let reader: PeriodicMetricReader?
 
-        public func shutdown() async { await endpoint?.close() }
+        /// A last OTLP export (bounded by `timeout`), then the endpoint closes.
+        public func shutdown(timeout: Duration = .seconds(2)) async {
+            await reader?.shutdown(timeout: timeout)
+            await endpoint?.close()
+        }
     }
 
     /// - Parameters:
     ///   - listen: `HOST:PORT` for the endpoint (a `--metrics` flag); wins over
-    ///     `YOMO_METRICS_LISTEN`. `nil` and no variable: no endpoint, no metrics.
+    ///     `YOMO_METRICS_LISTEN`.
+    ///   - environment: also decides OTLP export: when `OTEL_EXPORTER_OTLP_ENDPOINT`
+    ///     or `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set (or `OTEL_METRICS_EXPORTER`
+    ///     names `otlp`), metrics go to `/v1/metrics` every `OTEL_METRIC_EXPORT_INTERVAL`,
+    ///     unless `OTEL_METRICS_EXPORTER` is `none`. Neither endpoint nor export:
+    ///     metrics stay off (`MeterProvider.noop`).
     /// - Throws: `MetricsError` when the address is malformed or cannot be bound.
     public static func bootstrap(
-        serviceName: String, listen: String? = nil, environment: [String: String] = ProcessEnvironment.current
+        serviceName: String, listen: String? = nil, environment: [String: String] = ProcessEnvironment.current,
+        logger: Logger = Logger(label: "swift-yomo.metrics")
     ) async throws -> Installation {
         let address = listen ?? environment["YOMO_METRICS_LISTEN"].flatMap { $0.isEmpty ? nil : $0 }
-        guard let address else { return Installation(provider: .noop, endpoint: nil) }
-        let (host, port) = try parseListen(address)
+        let export = wantsOTLPExport(environment)
+        guard address != nil || export else { return Installation(provider: .noop, endpoint: nil, reader: nil) }
         let provider = MeterProvider(configuration: .init(serviceName: serviceName, environment: environment))
-        guard provider.isEnabled else { return Installation(provider: .noop, endpoint: nil) }
-        let endpoint = try await MetricsEndpoint.start(host: host, port: port, provider: provider)
+        guard provider.isEnabled else { return Installation(provider: .noop, endpoint: nil, reader: nil) }
+        var endpoint: MetricsEndpoint?
+        if let address {
+            let (host, port) = try parseListen(address)
+            endpoint = try await MetricsEndpoint.start(host: host, port: port, provider: provider)
+        }
+        var reader: PeriodicMetricReader?
+        if export {
+            do {
+                let exporter = try OTLPHTTPMetricExporter(
+                    configuration: OTLPExporterConfiguration(signal: .metrics, environment: environment), logger: logger)
+                reader = PeriodicMetricReader(
+                    provider: provider, exporter: exporter, configuration: .init(environment: environment), logger: logger)
+            } catch {
+                // As for traces: one clear line, and no export rather than a wrong one.
+                logger.error("OTLP metrics export is off: \(error)")
+            }
+        }
         GlobalMeterProvider.set(provider)
         // swift-metrics allows one bootstrap per process (a second traps).
         if !swiftMetricsBootstrapped.exchange(true, ordering: .relaxed) {
             MetricsSystem.bootstrap(SwiftMetricsFactory(provider))
         }
-        return Installation(provider: provider, endpoint: endpoint)
+        return Installation(provider: provider, endpoint: endpoint, reader: reader)
+    }
+
+    /// `OTEL_METRICS_EXPORTER` (a list; `none` turns export off), else whether
+    /// an OTLP endpoint is set.
+    static func wantsOTLPExport(_ environment: [String: String]) -> Bool {
+        func isSet(_ key: String) -> Bool { !(environment[key]?.trimmingCharacters(in: [" ", "\t"]).isEmpty ?? true) }
+        if let exporters = environment["OTEL_METRICS_EXPORTER"]?.lowercased(), !exporters.trimmingCharacters(in: [" "]).isEmpty {
+            let names = exporters.split(separator: ",").map { $0.trimmingCharacters(in: [" ", "\t"]) }
+            return names.contains("otlp")
+        }
+        return isSet("OTEL_EXPORTER_OTLP_ENDPOINT") || isSet("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
     }
 
     /// `HOST:PORT`, `[v6]:PORT` or `:PORT` (all interfaces).

@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import Testing
-import YoMoMetrics
+@testable import YoMoMetrics
 import YoMoTracing
 
 @testable import YoMo
@@ -227,6 +227,79 @@ struct MetricsEndToEndTests {
         #expect(text.body.contains("h_seconds_bucket{otel_scope_name=\"t\",le=\"1\"} 1"))
         #expect(!text.body.contains("trace_id"))
         #expect(await httpGet("http://127.0.0.1:\(endpoint.port)/nope")?.status == 404)
+    }
+
+    @Test("OTLP export: names, units, attributes, bucket bounds and exemplars decode with opentelemetry-proto; delta temporality sends differences")
+    func otlpExport() async throws {
+        let receiver = try await SpanReceiver.start()
+        for temporality in [AggregationTemporality.cumulative, .delta] {
+            let provider = MeterProvider(configuration: .init(serviceName: "otlp-m", environment: [:]))
+            let meter = provider.meter("StreamFunction")
+            let counter = meter.counter("messaging.client.consumed.messages", unit: "{message}").bind(["messaging.destination.name": "0x33"])
+            let histogram = meter.histogram("messaging.process.duration", unit: "s", boundaries: [0.01, 0.1]).bind(["messaging.destination.name": "0x33"])
+            meter.upDownCounter("yomo.zipper.connections", unit: "{connection}").add(2, attributes: ["yomo.client.type": "source"])
+            let span = SpanContext(traceID: .random(), spanID: .random(), traceFlags: .sampled)
+            counter.add(3)
+            histogram.record(0.005, spanContext: span)
+            histogram.record(0.05, spanContext: nil)
+            let exporter = try OTLPHTTPMetricExporter(
+                configuration: OTLPExporterConfiguration(signal: .metrics, environment: ["OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint]),
+                logger: Logger(label: "test"))
+            let reader = PeriodicMetricReader(
+                provider: provider, exporter: exporter,
+                configuration: .init(interval: .seconds(3600), timeout: .seconds(5), temporality: temporality), logger: Logger(label: "test"))
+            let before = receiver.metrics().count
+            await reader.forceFlush()
+            counter.add(2)
+            histogram.record(0.5, spanContext: nil)
+            await reader.shutdown(timeout: .seconds(5))
+            let records = Array(receiver.metrics().dropFirst(before))
+            let sums = records.filter { $0["name"] as? String == "messaging.client.consumed.messages" }
+            #expect(sums.count == 2, "one per export: \(records.count) records")
+            #expect(sums.first?["unit"] as? String == "{message}")
+            #expect(sums.first?["monotonic"] as? Bool == true)
+            #expect(sums.first?["temporality"] as? Int == (temporality == .delta ? 1 : 2))
+            let values = sums.compactMap { ($0["points"] as? [[String: Any]])?.first?["value"] as? Double }
+            #expect(values == (temporality == .delta ? [3, 2] : [3, 5]), "\(temporality)")
+            let attributes = (sums.first?["points"] as? [[String: Any]])?.first?["attributes"] as? [String: String]
+            #expect(attributes == ["messaging.destination.name": "0x33"])
+            #expect((sums.first?["resource"] as? [String: Any])?["service.name"] as? String == "otlp-m")
+
+            let histograms = records.filter { $0["name"] as? String == "messaging.process.duration" }
+            let first = try #require((histograms.first?["points"] as? [[String: Any]])?.first)
+            #expect(histograms.first?["unit"] as? String == "s")
+            #expect(first["explicit_bounds"] as? [Double] == [0.01, 0.1])
+            #expect(first["bucket_counts"] as? [Int] == [1, 1, 0])
+            #expect(first["count"] as? Int == 2)
+            #expect(first["min"] as? Double == 0.005)
+            let exemplars = try #require(first["exemplars"] as? [[String: Any]])
+            #expect(exemplars.count == 1)
+            #expect(exemplars.first?["trace_id"] as? String == span.traceID.description)
+            #expect(exemplars.first?["span_id"] as? String == span.spanID.description)
+            let second = try #require((histograms.last?["points"] as? [[String: Any]])?.first)
+            #expect(second["bucket_counts"] as? [Int] == (temporality == .delta ? [0, 0, 1] : [1, 1, 1]))
+
+            let gauge = records.first { $0["name"] as? String == "yomo.zipper.connections" }
+            #expect(gauge?["monotonic"] as? Bool == false)
+            #expect(gauge?["temporality"] as? Int == 2, "up-down counters stay cumulative")
+        }
+    }
+
+    @Test("OTLP metrics export follows OTEL_METRICS_EXPORTER and the endpoints")
+    func exportDecision() {
+        #expect(!YoMoMetrics.wantsOTLPExport([:]))
+        #expect(YoMoMetrics.wantsOTLPExport(["OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"]))
+        #expect(YoMoMetrics.wantsOTLPExport(["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://c:4318/v1/metrics"]))
+        #expect(!YoMoMetrics.wantsOTLPExport(["OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_METRICS_EXPORTER": "none"]))
+        #expect(YoMoMetrics.wantsOTLPExport(["OTEL_METRICS_EXPORTER": "prometheus, otlp"]))
+        let configuration = PeriodicMetricReader.Configuration(environment: [
+            "OTEL_METRIC_EXPORT_INTERVAL": "1500", "OTEL_METRIC_EXPORT_TIMEOUT": "700",
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "Delta",
+        ])
+        #expect(configuration.interval == .milliseconds(1500))
+        #expect(configuration.timeout == .milliseconds(700))
+        #expect(configuration.temporality == .delta)
+        #expect(PeriodicMetricReader.Configuration(environment: [:]).interval == .seconds(60))
     }
 
     @Test("binding a taken port is a clear error")

@@ -54,6 +54,15 @@ final class SpanReceiver {
         }.filter { $0["type"] as? String == "span" }
     }
 
+    /// Every metric record received (one per metric per export).
+    func metrics() -> [[String: Any]] {
+        let path = directory.appendingPathComponent("received.jsonl").path
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
+        }.filter { $0["type"] as? String == "metric" }
+    }
+
     func provider(service: String) -> TracerProvider {
         TracerProvider.otlp(serviceName: service, environment: [
             "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,

@@ -5,6 +5,10 @@ Decodes every POST /v1/traces body with the official opentelemetry-proto
 package and appends what it received as JSON lines to --out:
   {"type": "request", "status": 200, "spans": 3, "headers": {...}, "time": ...}
   {"type": "span", "trace_id": "...", "name": "...", "attributes": {...}, ...}
+POST /v1/metrics bodies are decoded too, a line per metric:
+  {"type": "metric", "name": "...", "unit": "...", "kind": "sum|gauge|histogram",
+   "temporality": 2, "monotonic": true, "points": [...], "resource": {...}}
+Other paths (/v1/logs) are answered 200 and only counted.
 Writes the bound port to --port-file once listening (port 0 = a free port).
 
 Collector faults, for the shutdown tests and Benchmarks/fault-shutdown.sh:
@@ -40,6 +44,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 
@@ -100,6 +105,9 @@ def make_handler(state):
                 retry_after = args.retry_after
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
+            if not self.path.endswith("/v1/traces"):
+                self.other_signal(body, number, status, retry_after)
+                return
             request = trace_service_pb2.ExportTraceServiceRequest()
             count = -1
             if status == 200 or not args.status:
@@ -151,7 +159,63 @@ def make_handler(state):
             self.end_headers()
             self.wfile.write(payload)
 
+        def other_signal(self, body, number, status, retry_after):
+            points = -1
+            if self.path.endswith("/v1/metrics") and status == 200:
+                request = metrics_service_pb2.ExportMetricsServiceRequest()
+                request.ParseFromString(body)
+                points = 0
+                for rm in request.resource_metrics:
+                    resource = attributes(rm.resource.attributes)
+                    for sm in rm.scope_metrics:
+                        for metric in sm.metrics:
+                            record = metric_record(metric)
+                            points += len(record["points"])
+                            record.update({"type": "metric", "scope": sm.scope.name, "resource": resource})
+                            state.write(record)
+            state.write({
+                "type": "request", "number": number, "status": status, "points": points,
+                "path": self.path, "time": time.time(),
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+            })
+            payload = b"" if status == 200 else b"rejected by test receiver"
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(payload)))
+            if retry_after is not None:
+                self.send_header("Retry-After", retry_after)
+            self.end_headers()
+            self.wfile.write(payload)
+
     return Handler
+
+
+def metric_record(metric):
+    kind = metric.WhichOneof("data")
+    record = {"name": metric.name, "unit": metric.unit, "description": metric.description, "kind": kind, "points": []}
+    if kind in ("sum", "gauge"):
+        data = getattr(metric, kind)
+        if kind == "sum":
+            record["temporality"] = data.aggregation_temporality
+            record["monotonic"] = data.is_monotonic
+        for point in data.data_points:
+            value = point.as_double if point.WhichOneof("value") == "as_double" else point.as_int
+            record["points"].append({"attributes": attributes(point.attributes), "value": value,
+                                     "start": point.start_time_unix_nano, "time": point.time_unix_nano})
+    elif kind == "histogram":
+        record["temporality"] = metric.histogram.aggregation_temporality
+        for point in metric.histogram.data_points:
+            record["points"].append({
+                "attributes": attributes(point.attributes), "count": point.count,
+                "sum": point.sum if point.HasField("sum") else None,
+                "min": point.min if point.HasField("min") else None,
+                "max": point.max if point.HasField("max") else None,
+                "bucket_counts": list(point.bucket_counts), "explicit_bounds": list(point.explicit_bounds),
+                "exemplars": [{"trace_id": e.trace_id.hex(), "span_id": e.span_id.hex(), "value": e.as_double,
+                               "time": e.time_unix_nano} for e in point.exemplars],
+                "start": point.start_time_unix_nano, "time": point.time_unix_nano,
+            })
+    return record
 
 
 def write_port(port_file, port):

@@ -16,6 +16,7 @@ public struct OTLPExporterConfiguration: Sendable, Hashable, CustomStringConvert
 
         public static let traces = Signal(path: "traces", environmentInfix: "TRACES")
         public static let logs = Signal(path: "logs", environmentInfix: "LOGS")
+        public static let metrics = Signal(path: "metrics", environmentInfix: "METRICS")
     }
 
     /// Request body compression (`OTEL_EXPORTER_OTLP_COMPRESSION`: `gzip` or `none`).
