@@ -308,17 +308,43 @@ struct LoopbackTests {
         #expect(elapsed < .seconds(2))
     }
 
-    @Test("peer killed mid-stream: idle timeout within the configured time")
-    func idleTimeoutAfterPeerDies() async throws {
+    @Test("peer killed mid-stream: ICMP port unreachable ends the connection at once, not after the idle timeout")
+    func peerKilledIsUnreachable() async throws {
         let (peer, port) = try PythonPeer.echoServer()
         defer { peer.stop() }
+        var configuration = QUICConfiguration.default
+        configuration.idleTimeout = .seconds(30)
+        configuration.keepAliveInterval = .milliseconds(300)
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: configuration)
+        _ = try await echo(connection, ByteBuffer(string: "alive"))
+        let writer = Task { try? await Fixture.send(connection, total: 1 << 30) }
+        peer.stop()  // SIGKILL: no CONNECTION_CLOSE, and its port closes
+        let start = ContinuousClock.now
+        let error = await #expect(throws: QUICError.self) {
+            for try await _ in connection.inbound {}
+        }
+        let elapsed = ContinuousClock.now - start
+        writer.cancel()
+        #expect(error?.kind == .socket)
+        #expect(error?.description.contains("unreachable") == true, "\(String(describing: error))")
+        #expect(elapsed < .seconds(5), "reported after \(elapsed), long before the 30 s idle timeout")
+        await #expect(throws: QUICError.self) { try await connection.write(ByteBuffer(string: "x")) }
+    }
+
+    @Test("peer frozen mid-stream (no packets, no ICMP): idle timeout within the configured time")
+    func idleTimeoutAfterPeerFreezes() async throws {
+        let (peer, port) = try PythonPeer.echoServer()
+        defer {
+            kill(peer.process.processIdentifier, SIGCONT)
+            peer.stop()
+        }
         var configuration = QUICConfiguration.default
         configuration.idleTimeout = .seconds(1)
         configuration.keepAliveInterval = .milliseconds(300)
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: configuration)
         _ = try await echo(connection, ByteBuffer(string: "alive"))
         let writer = Task { try? await Fixture.send(connection, total: 1 << 30) }
-        peer.stop()  // SIGKILL: no CONNECTION_CLOSE
+        kill(peer.process.processIdentifier, SIGSTOP)  // its socket stays open: no ICMP
         let start = ContinuousClock.now
         let error = await #expect(throws: QUICError.self) {
             for try await _ in connection.inbound {}
