@@ -8,8 +8,8 @@ import YoMoLogging
 struct YoMoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "yomo",
-        abstract: "swift-yomo: run a YoMo zipper, benchmark a pipeline.",
-        subcommands: [Serve.self, Bench.self, TraceView.self]
+        abstract: "swift-yomo: run a YoMo zipper, benchmark a pipeline, watch its traces and metrics.",
+        subcommands: [Serve.self, Bench.self, TraceView.self, Top.self]
     )
 }
 

@@ -302,6 +302,58 @@ struct MetricsEndToEndTests {
         #expect(PeriodicMetricReader.Configuration(environment: [:]).interval == .seconds(60))
     }
 
+    @Test("yomo top --once shows each component's rates from their /metrics")
+    func top() async throws {
+        let zipperMetrics = MeterProvider(configuration: .init(serviceName: "top-zipper", environment: [:]))
+        let functionMetrics = MeterProvider(configuration: .init(serviceName: "top-upper", environment: [:]))
+        let zipperEndpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: zipperMetrics)
+        let functionEndpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: functionMetrics)
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: .init(meterProvider: zipperMetrics))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let sfn = StreamFunction(name: "top-upper", zipper: address, options: .init(observedTags: [0x33], meterProvider: functionMetrics))
+        sfn.setHandler { ctx in try await ctx.write(tag: 0x34, data: ctx.data) }
+        try await sfn.connect()
+        let source = Source(name: "top-source", zipper: address)
+        try await source.connect()
+        // Frames keep flowing while `yomo top` takes its two scrapes.
+        let writer = Task {
+            while !Task.isCancelled {
+                try? await source.write(tag: 0x33, data: Array("tick".utf8))
+                try? await Task.sleep(for: .milliseconds(2))
+            }
+        }
+        let process = Process()
+        process.executableURL = try yomoExecutable()
+        process.arguments = ["top", "--once", "--interval", "1", "--targets", "127.0.0.1:\(zipperEndpoint.port),127.0.0.1:\(functionEndpoint.port),127.0.0.1:1"]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = await withCheckedContinuation { (continuation: CheckedContinuation<Data, Never>) in
+            Thread.detachNewThread { continuation.resume(returning: output.fileHandleForReading.readDataToEndOfFile()) }
+        }
+        await waitForExit(process)
+        writer.cancel()
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
+        #expect(process.terminationStatus == 0)
+        let zipperLine = try #require(lines.first { $0.hasPrefix("top-zipper") }, "\(lines)")
+        let functionLine = try #require(lines.first { $0.hasPrefix("top-upper") }, "\(lines)")
+        #expect(lines.contains { $0.contains("127.0.0.1:1") && $0.contains("unreachable") })
+        func fields(_ line: String) -> [String] { line.split(separator: " ").map(String.init) }
+        // component target in/s out/s err% p50 p99 conns reconn noroute/s drop/s
+        #expect((Double(fields(functionLine)[2]) ?? 0) > 10, "\(functionLine)")
+        #expect((Double(fields(functionLine)[3]) ?? 0) > 10, "\(functionLine)")
+        #expect(fields(functionLine)[5] != "-", "a p50: \(functionLine)")
+        #expect((Double(fields(zipperLine)[2]) ?? 0) > 10, "\(zipperLine)")
+        #expect(fields(zipperLine)[7] == "2", "a source and a function connected: \(zipperLine)")
+        #expect((Double(fields(zipperLine)[9]) ?? 0) > 10, "replies have no observer: \(zipperLine)")
+        await source.close()
+        await sfn.close()
+        await zipper.close()
+        await zipperEndpoint.close()
+        await functionEndpoint.close()
+    }
+
     @Test("binding a taken port is a clear error")
     func bindFailure() async throws {
         let first = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop)

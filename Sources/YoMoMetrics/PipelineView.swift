@@ -1,0 +1,154 @@
+import Foundation
+
+/// One sample of a scraped `/metrics` page (Prometheus text format).
+public struct ScrapedSample: Sendable, Hashable {
+    public var name: String
+    public var labels: [String: String]
+    public var value: Double
+}
+
+/// Reads the Prometheus text format (what `/metrics` serves without an
+/// `Accept` header): comments skipped, label values unescaped.
+public enum PrometheusTextParser {
+    public static func parse(_ text: String) -> [ScrapedSample] {
+        var samples: [ScrapedSample] = []
+        for rawLine in text.split(separator: "\n") {
+            let line = rawLine.trimmingCharacters(in: .whitespaces)
+            guard !line.isEmpty, !line.hasPrefix("#") else { continue }
+            var name = ""
+            var labels: [String: String] = [:]
+            var rest = Substring(line)
+            if let brace = line.firstIndex(of: "{") {
+                name = String(line[..<brace])
+                rest = line[line.index(after: brace)...]
+                // key="value",… until the closing brace, values with \\ \" \n escapes.
+                while let equals = rest.firstIndex(of: "=") {
+                    let key = rest[..<equals].trimmingCharacters(in: CharacterSet(charactersIn: ", "))
+                    rest = rest[rest.index(after: equals)...]
+                    guard rest.first == "\"" else { break }
+                    rest = rest.dropFirst()
+                    var value = ""
+                    var escaped = false
+                    while let character = rest.first {
+                        rest = rest.dropFirst()
+                        if escaped {
+                            value.append(character == "n" ? "\n" : character)
+                            escaped = false
+                        } else if character == "\\" {
+                            escaped = true
+                        } else if character == "\"" {
+                            break
+                        } else {
+                            value.append(character)
+                        }
+                    }
+                    labels[key] = value
+                    if rest.first == "," { rest = rest.dropFirst() }
+                    if rest.first == "}" {
+                        rest = rest.dropFirst()
+                        break
+                    }
+                }
+            } else if let space = line.firstIndex(of: " ") {
+                name = String(line[..<space])
+                rest = line[space...]
+            }
+            let fields = rest.split(separator: " ", omittingEmptySubsequences: true)
+            guard let first = fields.first else { continue }
+            let value: Double? = switch first {
+            case "+Inf": .infinity
+            case "-Inf": -.infinity
+            case "NaN": .nan
+            default: Double(first)
+            }
+            if let value { samples.append(ScrapedSample(name: name, labels: labels, value: value)) }
+        }
+        return samples
+    }
+}
+
+/// What `yomo top` shows for one component, from two scrapes of its `/metrics`.
+public struct PipelineRow: Sendable, Hashable {
+    public var target: String
+    public var service: String
+    /// Frames handed to handlers (functions) or delivered (zippers), per second.
+    public var inRate: Double
+    /// Frames written per second.
+    public var outRate: Double
+    /// Share of handled frames whose handler threw, 0–100.
+    public var errorPercent: Double
+    /// Handler time quantiles over the interval, seconds (nil: nothing handled).
+    public var p50: Double?
+    public var p99: Double?
+    public var connections: Double?
+    public var reconnects: Double
+    /// Zipper: frames with no observer, and frames dropped (slow consumers, mesh), per second.
+    public var noRouteRate: Double
+    public var droppedRate: Double
+
+    /// The row for `target` from `previous` and `current` scrapes `seconds` apart.
+    public static func compute(target: String, previous: [ScrapedSample], current: [ScrapedSample], seconds: Double) -> PipelineRow {
+        func total(_ samples: [ScrapedSample], _ name: String, _ match: (([String: String]) -> Bool)? = nil) -> Double {
+            samples.filter { $0.name == name && (match?($0.labels) ?? true) }.reduce(0) { $0 + $1.value }
+        }
+        func rate(_ name: String, _ match: (([String: String]) -> Bool)? = nil) -> Double {
+            guard seconds > 0 else { return 0 }
+            return max(0, total(current, name, match) - total(previous, name, match)) / seconds
+        }
+        let service = current.first { $0.name == "target_info" }?.labels["service_name"] ?? target
+        let consumed = rate("messaging_client_consumed_messages_total")
+        let delivered = rate("yomo_zipper_routed_messages_total") { $0["outcome"] == "delivered" }
+        let handled = rate("messaging_process_duration_seconds_count")
+        let failed = rate("messaging_process_duration_seconds_count") { $0["error_type"] != nil }
+        let isZipper = current.contains { $0.name.hasPrefix("yomo_zipper_") }
+        let quantiles = intervalQuantiles(previous: previous, current: current, name: "messaging_process_duration_seconds")
+        return PipelineRow(
+            target: target, service: service,
+            inRate: isZipper ? delivered : consumed,
+            outRate: rate("messaging_client_sent_messages_total"),
+            errorPercent: handled > 0 ? failed / handled * 100 : 0,
+            p50: quantiles.map { $0.0 }, p99: quantiles.map { $0.1 },
+            connections: isZipper ? total(current, "yomo_zipper_connections") : nil,
+            reconnects: total(current, "yomo_client_reconnects_total"),
+            noRouteRate: rate("yomo_zipper_routed_messages_total") { $0["outcome"] == "no_route" },
+            droppedRate: rate("yomo_zipper_routed_messages_total") { $0["outcome"] == "dropped" }
+                + rate("yomo_zipper_mesh_dropped_messages_total"))
+    }
+
+    /// p50 and p99 of a histogram over the interval between two scrapes, all
+    /// series summed, interpolated linearly inside a bucket (as PromQL's
+    /// `histogram_quantile`).
+    static func intervalQuantiles(previous: [ScrapedSample], current: [ScrapedSample], name: String) -> (Double, Double)? {
+        func buckets(_ samples: [ScrapedSample]) -> [Double: Double] {
+            var result: [Double: Double] = [:]
+            for sample in samples where sample.name == name + "_bucket" {
+                guard let text = sample.labels["le"] else { continue }
+                let bound = text == "+Inf" ? Double.infinity : Double(text) ?? .nan
+                result[bound, default: 0] += sample.value
+            }
+            return result
+        }
+        let now = buckets(current)
+        let before = buckets(previous)
+        let bounds = now.keys.filter { !$0.isNaN }.sorted()
+        let cumulative = bounds.map { max(0, now[$0, default: 0] - before[$0, default: 0]) }
+        guard let count = cumulative.last, count > 0 else { return nil }
+        func quantile(_ q: Double) -> Double {
+            let rank = q * count
+            var lowerBound = 0.0
+            var lowerCount = 0.0
+            for (index, bound) in bounds.enumerated() {
+                let upTo = cumulative[index]
+                if upTo >= rank {
+                    if bound.isInfinite { return lowerBound }
+                    let inBucket = upTo - lowerCount
+                    return inBucket > 0 ? lowerBound + (bound - lowerBound) * (rank - lowerCount) / inBucket : bound
+                }
+                lowerBound = bound
+                lowerCount = upTo
+            }
+            return lowerBound
+        }
+        return (quantile(0.5), quantile(0.99))
+    }
+}

@@ -1,0 +1,49 @@
+import Testing
+import YoMoTracing
+
+@testable import YoMoMetrics
+
+@Suite("yomo top's arithmetic: parsing scrapes, rates, quantiles")
+struct PipelineViewTests {
+    @Test("the text format parses back what the exposition renders, escapes included")
+    func roundTrip() {
+        let provider = MeterProvider(configuration: .init(resource: Resource(attributes: ["service.name": "svc"])))
+        provider.meter("s").counter("c", unit: "{x}").add(4, attributes: ["k": "a\"b\\c\nd"])
+        provider.meter("s").histogram("h", unit: "s", boundaries: [1]).record(0.5)
+        let text = PrometheusExposition.render(provider.collect(), resource: provider.configuration.resource, format: .text)
+        let samples = PrometheusTextParser.parse(text)
+        #expect(samples.contains { $0.name == "c_total" && $0.labels["k"] == "a\"b\\c\nd" && $0.value == 4 })
+        #expect(samples.contains { $0.name == "h_seconds_bucket" && $0.labels["le"] == "+Inf" && $0.value == 1 })
+        #expect(samples.contains { $0.name == "target_info" && $0.labels["service_name"] == "svc" })
+    }
+
+    @Test("rates, error share and interval quantiles from two scrapes")
+    func rows() throws {
+        func page(consumed: Double, sent: Double, failed: Double, buckets: [Double]) -> [ScrapedSample] {
+            var samples = [
+                ScrapedSample(name: "target_info", labels: ["service_name": "upper"], value: 1),
+                ScrapedSample(name: "messaging_client_consumed_messages_total", labels: [:], value: consumed),
+                ScrapedSample(name: "messaging_client_sent_messages_total", labels: [:], value: sent),
+                ScrapedSample(name: "messaging_process_duration_seconds_count", labels: [:], value: consumed - failed),
+                ScrapedSample(name: "messaging_process_duration_seconds_count", labels: ["error_type": "E"], value: failed),
+            ]
+            for (bound, count) in zip(["0.01", "0.1", "+Inf"], buckets) {
+                samples.append(ScrapedSample(name: "messaging_process_duration_seconds_bucket", labels: ["le": bound], value: count))
+            }
+            return samples
+        }
+        let before = page(consumed: 100, sent: 100, failed: 0, buckets: [100, 100, 100])
+        let after = page(consumed: 300, sent: 290, failed: 10, buckets: [100, 300, 300])
+        let row = PipelineRow.compute(target: "h:1", previous: before, current: after, seconds: 2)
+        #expect(row.service == "upper")
+        #expect(row.inRate == 100)
+        #expect(row.outRate == 95)
+        #expect(row.errorPercent == 5)
+        // All 200 handled in the interval fell in (0.01, 0.1]: p50 halfway, p99 near the top.
+        #expect(abs(try #require(row.p50) - 0.055) < 1e-9)
+        #expect(abs(try #require(row.p99) - 0.0991) < 1e-9)
+        #expect(row.connections == nil)
+        let idle = PipelineRow.compute(target: "h:1", previous: after, current: after, seconds: 1)
+        #expect(idle.p50 == nil && idle.inRate == 0)
+    }
+}
