@@ -140,6 +140,21 @@ final class DataPathMetrics: Sendable {
         ) { read().map { (base.with("yomo.mesh.downstream", $0.downstream), Double($0.dropped)) } }
     }
 
+    /// The SDK's own health: spans waiting for export and spans lost (queue
+    /// full, failed or abandoned exports), read when metrics are collected. The
+    /// provider is held weakly: a closed component's series simply vanish.
+    func observeTracing(_ provider: TracerProvider?) {
+        guard enabled, let provider, provider.isEnabled else { return }
+        let base = baseAttributes
+        meter.observableGauge(
+            "otel.sdk.processor.span.queue.size", unit: "{span}", description: "Spans waiting in the batch processor."
+        ) { [weak provider] in provider.map { [(base, Double($0.queuedSpanCount))] } ?? [] }
+        meter.observableCounter(
+            "yomo.sdk.spans.dropped", unit: "{span}",
+            description: "Spans never exported: queue full, export failed or cut short at shutdown."
+        ) { [weak provider] in provider.map { [(base, Double($0.droppedSpanCount))] } ?? [] }
+    }
+
     func reconnected() { reconnects.add(1, attributes: baseAttributes) }
 
     func connection(_ clientType: ClientType, delta: Double) {

@@ -30,6 +30,9 @@ public final class Source: Sendable {
         var (options, errorHandler) = state.withLock { ($0.options, $0.errorHandler) }
         options.observedTags = []  // sources receive nothing
         let (tracing, ownedProvider) = DataPathTracer.resolve(options.tracerProvider, serviceName: name, scope: "Source")
+        let metrics = DataPathMetrics(
+            provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "Source", component: ["yomo.source.name": name])
+        metrics.observeTracing(options.tracerProvider ?? ownedProvider)
         let setup = ClientRuntime.Setup(
             settings: try ClientSettings(name: name, clientType: .source, zipper: client.zipper, options: options),
             tracing: tracing,
@@ -38,8 +41,7 @@ public final class Source: Sendable {
             outageBufferFrames: options.outageBufferFrames,
             outageBufferBytes: options.outageBufferBytes,
             shutdownTimeout: options.shutdownTimeout,
-            metrics: DataPathMetrics(
-                provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "Source", component: ["yomo.source.name": name])
+            metrics: metrics
         )
         try await client.start(setup)
     }

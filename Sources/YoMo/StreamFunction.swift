@@ -220,6 +220,10 @@ public final class StreamFunction: Sendable {
         }
         let (tracing, ownedProvider) = DataPathTracer.resolve(
             options.tracerProvider, serviceName: name, scope: "StreamFunction", environment: environment ?? ProcessEnvironment.current)
+        let metrics = DataPathMetrics(
+            provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "StreamFunction",
+            component: ["messaging.consumer.group.name": name])
+        metrics.observeTracing(options.tracerProvider ?? ownedProvider)
         return ClientRuntime.Setup(
             settings: try ClientSettings(name: name, clientType: .streamFunction, zipper: client.zipper, options: options),
             tracing: tracing,
@@ -232,9 +236,7 @@ public final class StreamFunction: Sendable {
             outageBufferFrames: options.outageBufferFrames,
             outageBufferBytes: options.outageBufferBytes,
             shutdownTimeout: options.shutdownTimeout,
-            metrics: DataPathMetrics(
-                provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "StreamFunction",
-                component: ["messaging.consumer.group.name": name])
+            metrics: metrics
         )
     }
 }

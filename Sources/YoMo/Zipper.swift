@@ -107,6 +107,7 @@ public final class Zipper: Sendable {
         links = configuration.downstreams.map { peer in
             MeshLink(peer: peer, zipperName: configuration.name, limits: configuration.meshQueue, logger: logger)
         }
+        metrics.observeTracing(options.tracerProvider ?? ownedProvider)
         if !links.isEmpty {
             let links = self.links
             metrics.observeMeshDrops { links.map { ($0.peer.name, $0.dropped) } }

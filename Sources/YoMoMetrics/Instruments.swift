@@ -179,9 +179,13 @@ final class InstrumentStorage: Sendable {
         for (attributes, cell) in scalars.withLock({ $0 }) {
             points.append(.init(attributes: attributes, value: .scalar(cell.value)))
         }
+        // Two callbacks naming the same series would make a page Prometheus
+        // rejects (duplicate series): the later one wins.
+        var observed: [MetricAttributes: Double] = [:]
         for callback in callbacks.withLock({ $0 }) {
-            for (attributes, value) in callback() { points.append(.init(attributes: attributes, value: .scalar(value))) }
+            for (attributes, value) in callback() { observed[attributes] = value }
         }
+        for (attributes, value) in observed { points.append(.init(attributes: attributes, value: .scalar(value))) }
         for (attributes, cell) in histograms.withLock({ $0 }) {
             let state = cell.state.withLock { $0 }
             points.append(.init(attributes: attributes, value: .histogram(.init(

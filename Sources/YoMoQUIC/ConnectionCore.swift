@@ -202,15 +202,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
                     return
                 }
                 if -n == ECONNREFUSED {
-                    // Port unreachable twice with nothing received in between: the
-                    // peer's process is gone (a crashed zipper). Ending now, instead
-                    // of at the idle timeout, stops writes from vanishing into a dead
-                    // connection. One refusal alone may be stale; it is ignored.
                     refusalsInARow += 1
-                    if refusalsInARow >= 2 {
-                        terminate(.socket("peer \(peerDescription) unreachable", errno: ECONNREFUSED), period: .closed)
-                        return
-                    }
+                    if endIfUnreachable() { return }
                 }
                 continue  // Other ICMP errors are left to the idle timer.
             }
@@ -407,6 +400,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         }
         if batchLength > 0 { sendBatch(tx, length: batchLength, segment: segment) }
         ng.packetsSent(now: now)
+        if endIfUnreachable() { return }
         updateDeadline()
         if finSent && !finSentShared {
             finSentShared = true
@@ -476,7 +470,20 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
                 offset += n
             }
         }
+        // A pending ICMP error is reported by whichever call comes next, a
+        // send as often as a receive: count it here too.
+        if rv == -Int(ECONNREFUSED) && connectedSocket { refusalsInARow += 1 }
         // Other errors (ENOBUFS, EHOSTUNREACH): the datagrams count as lost; ngtcp2 resends them.
+        return true
+    }
+
+    /// Port unreachable twice with nothing received in between: the peer's
+    /// process is gone (a crashed zipper). Ending now, instead of at the idle
+    /// timeout, stops writes from vanishing into a dead connection. One refusal
+    /// alone may be stale; it is ignored.
+    private func endIfUnreachable() -> Bool {
+        guard refusalsInARow >= 2, connectedSocket, case .established = phase else { return false }
+        terminate(.socket("peer \(peerDescription) unreachable", errno: ECONNREFUSED), period: .closed)
         return true
     }
 

@@ -150,6 +150,9 @@ struct MetricsEndToEndTests {
         #expect(await prometheus.scalar("sum(messaging_client_sent_messages_total{messaging_destination_name=\"0x34\"})") == Double(frames))
         #expect(await prometheus.scalar("sum(messaging_process_duration_seconds_count{messaging_consumer_group_name=\"upper-m\"})") == Double(frames))
         #expect(await prometheus.scalar("yomo_zipper_connections{yomo_client_type=\"stream_function\"}") == 1)
+        // The SDK's own health: the function's span queue and its (no) losses.
+        #expect(await prometheus.scalar("sum(yomo_sdk_spans_dropped_total{messaging_consumer_group_name=\"upper-m\"})") == 0)
+        #expect(await prometheus.scalar("count(otel_sdk_processor_span_queue_size{messaging_consumer_group_name=\"upper-m\"})") == 1)
 
         // Exemplars: trace ids of spans the function exported.
         await sfn.close()
