@@ -17,9 +17,14 @@ What it checks, and why each rule exists, is in docs/deployment.md
 - deploy/zipper.yaml: keys and types as ZipperConfiguration reads them.
 - deploy/jaeger/config.yaml: pipelines wired; from its spanmetrics connector
   and prometheus exporter, the metric and label names Prometheus will hold.
+- the SDK's own metrics: from Sources/YoMo/DataPathMetrics.swift (instrument
+  names, units, kinds, attribute keys) and the `component:` attributes
+  StreamFunction, Source and Zipper give it, the names /metrics serves, by
+  Exposition.swift's rules (reimplemented here); every service run with
+  `--metrics` is a Prometheus target and every yomo target such a service.
 - dashboards/: every dashboard parses; every data source uid is provisioned;
   every metric and label a PromQL query names (panels, template variables,
-  data-source links) is one those names allow.
+  data-source links) is one the span metrics or the SDK's metrics have.
 
 Needs PyYAML, jsonschema and check-jsonschema (whose package carries the
 compose-spec schema), and `dockerfile` (BuildKit's own Dockerfile parser):
@@ -861,7 +866,7 @@ def check_promql(where: str, expr: str, series: dict[str, set[str]], label_only:
     for label in grouping + ([label_only] if label_only else []):
         if selectors and not unknown_metric and label not in available and label not in reported:
             problems.append(f"label {label} is on none of {', '.join(sorted({m for m, _ in selectors}))}")
-    for problem in problems:
+    for problem in dict.fromkeys(problems):   # once each, though two selectors may repeat it
         fail(where, f"{problem}: {expr}")
     if not problems:
         ok()
