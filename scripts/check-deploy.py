@@ -904,7 +904,11 @@ def check_dashboards(series: dict[str, set[str]], compose_services: dict) -> lis
                 label = tag.get("value") or tag.get("key")
                 if label not in set().union(*series.values()):
                     fail(path, f"{uid} tracesToMetrics maps a span tag to label {label}, which no span metric has")
-            for destination in (source.get("jsonData") or {}).get("exemplarTraceIdDestinations", []) or []:
+            destinations = (source.get("jsonData") or {}).get("exemplarTraceIdDestinations", []) or []
+            if kind == "prometheus" and not any(d.get("name") == "trace_id" and d.get("datasourceUid") for d in destinations):
+                # Both the spanmetrics connector and the SDK name the exemplar's label trace_id.
+                fail(path, f"{uid}: exemplarTraceIdDestinations has no trace_id → Jaeger link, so exemplars link nowhere")
+            for destination in destinations:
                 if destination.get("datasourceUid") and destination["datasourceUid"] not in {s.get("uid") for s in config["datasources"]}:
                     fail(path, f"{uid} sends exemplars to unknown data source {destination['datasourceUid']}")
     if not provisioned:
