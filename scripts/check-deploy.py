@@ -17,9 +17,14 @@ What it checks, and why each rule exists, is in docs/deployment.md
 - deploy/zipper.yaml: keys and types as ZipperConfiguration reads them.
 - deploy/jaeger/config.yaml: pipelines wired; from its spanmetrics connector
   and prometheus exporter, the metric and label names Prometheus will hold.
+- the SDK's own metrics: from Sources/YoMo/DataPathMetrics.swift (instrument
+  names, units, kinds, attribute keys) and the `component:` attributes
+  StreamFunction, Source and Zipper give it, the names /metrics serves, by
+  Exposition.swift's rules (reimplemented here); every service run with
+  `--metrics` is a Prometheus target and every yomo target such a service.
 - dashboards/: every dashboard parses; every data source uid is provisioned;
   every metric and label a PromQL query names (panels, template variables,
-  data-source links) is one those names allow.
+  data-source links) is one the span metrics or the SDK's metrics have.
 
 Needs PyYAML, jsonschema and check-jsonschema (whose package carries the
 compose-spec schema), and `dockerfile` (BuildKit's own Dockerfile parser):
@@ -28,6 +33,7 @@ a Compose v2 CLI is on PATH it also runs them; otherwise it says it skipped them
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -47,6 +53,8 @@ ZIPPER = DEPLOY / "zipper.yaml"
 JAEGER = DEPLOY / "jaeger" / "config.yaml"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 DOC = ROOT / "docs" / "deployment.md"
+SDK_METRICS = ROOT / "Sources" / "YoMo" / "DataPathMetrics.swift"
+SDK_COMPONENTS = [ROOT / "Sources" / "YoMo" / f"{name}.swift" for name in ("StreamFunction", "Source", "Zipper")]
 SETUP = ROOT / "scripts" / "setup.sh"
 
 try:
@@ -290,6 +298,27 @@ def check_compose(compose: dict, built_programs: set[str], zipper_config: dict |
         for host_ip, published, target, protocol in published_ports(service):
             if host_ip != "127.0.0.1":
                 fail(COMPOSE, f"service {name} publishes {published}/{protocol} on {host_ip or 'every interface'}, not 127.0.0.1")
+    # Prometheus scrapes every program's --metrics endpoint, and nothing else but Jaeger.
+    metrics_targets = {}
+    for name, service in services.items():
+        listen = option(command_of(service), "--metrics")
+        if listen is None:
+            continue
+        host, _, port = listen.rpartition(":")
+        if host != "0.0.0.0" or not port.isdigit():
+            fail(COMPOSE, f"service {name}: --metrics {listen} must be 0.0.0.0:<port>: Prometheus connects from another container")
+        metrics_targets[f"{name}:{port}"] = name
+    for target in sorted(set(metrics_targets) - scrape_targets):
+        fail(PROMETHEUS, f"does not scrape {target} (service {metrics_targets[target]} serves /metrics there)")
+    for target in sorted(scrape_targets - set(metrics_targets) - {f"jaeger:{jaeger_ports.get('prometheus_exporter')}"}):
+        fail(PROMETHEUS, f"scrapes {target}, where no compose service serves metrics (--metrics 0.0.0.0:PORT)")
+    if not metrics_targets:
+        fail(COMPOSE, "no swift-yomo service serves its metrics (--metrics 0.0.0.0:PORT)")
+    else:
+        ok()
+    # The exemplars the latency panels link to Jaeger with are kept only with this flag.
+    if "--enable-feature=exemplar-storage" not in command_of(services.get("prometheus", {})):
+        fail(COMPOSE, "service prometheus: needs --enable-feature=exemplar-storage (exemplars link to Jaeger)")
     # Prometheus scrapes the exporter where Jaeger's config puts it.
     expected_target = f"jaeger:{jaeger_ports.get('prometheus_exporter')}"
     if "jaeger" not in services or expected_target not in scrape_targets:
@@ -594,6 +623,142 @@ def check_prometheus() -> set[str]:
     return targets
 
 
+# ---------------------------------------------------------------- the SDK's own metrics
+
+# Prometheus adds these series to every scrape.
+SCRAPE_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+
+
+def balanced(text: str, start: int) -> str:
+    """The text from the bracket at `start` to its closing bracket, inclusive."""
+    pairs = {"(": ")", "{": "}", "[": "]"}
+    stack = []
+    for end in range(start, len(text)):
+        if text[end] in pairs:
+            stack.append(pairs[text[end]])
+        elif stack and text[end] == stack[-1]:
+            stack.pop()
+            if not stack:
+                return text[start:end + 1]
+    raise ValueError(f"unbalanced bracket at {start}")
+
+
+def otel_prometheus_name(name: str) -> str:
+    """PrometheusExposition.sanitize: anything but [a-zA-Z_:] (digits after the
+    first character) becomes "_", runs of "_" collapse."""
+    name = re.sub(r"[^a-zA-Z0-9_:]", "_", name)
+    name = ("_" + name[1:]) if name[:1].isdigit() else name
+    return re.sub(r"_+", "_", name)
+
+
+OTEL_UNIT_SUFFIX = {"1": "ratio", "s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds",
+                    "By": "bytes", "KiBy": "kibibytes", "MiBy": "mebibytes", "%": "percent"}
+
+
+def otel_metric_name(name: str, unit: str) -> str:
+    """PrometheusExposition.metricName: the unit (its {annotation} dropped) as a suffix."""
+    bare = unit.split("{", 1)[0].strip(" ")
+    base, suffix = otel_prometheus_name(name), (OTEL_UNIT_SUFFIX.get(bare) or otel_prometheus_name(bare)) if bare else None
+    return base + "_" + suffix if suffix and not base.endswith("_" + suffix) else base
+
+
+def sdk_series() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """The series the SDK's /metrics serves (metric -> labels), read from
+    DataPathMetrics.swift, and the values of labels only ever set to literals.
+
+    Instruments: `prop = meter.counter|histogram|upDownCounter("name", unit: "u"`,
+    and `meter.observableCounter("name", unit: "u"` with its attributes in the
+    closure. A series' attributes: the component's (`component: [...]` where
+    StreamFunction, Source and Zipper make their DataPathMetrics, plus what
+    `init` adds to it), the `.with("key", …)` inside the `bind(…)`/`add(…)`
+    argument, and, when that argument uses a local `attributes`, the keys the
+    function's `let attributes = …` adds (through `attributes(tag:)` too)."""
+    text = SDK_METRICS.read_text()
+    kinds = {"counter": "counter", "observableCounter": "counter", "histogram": "histogram",
+             "upDownCounter": "gauge", "gauge": "gauge", "observableGauge": "gauge"}
+    instruments: dict[str, tuple[str, str, str]] = {}   # property (or name) -> (name, unit, kind)
+    for match in re.finditer(r'(?:(\w+)\s*=\s*)?meter\.(\w+)\(\s*"([^"]+)"\s*(?:,\s*unit:\s*"([^"]*)")?', text):
+        if match.group(2) not in kinds:
+            fail(SDK_METRICS, f"meter.{match.group(2)}(…) is not an instrument kind this script knows")
+            continue
+        instruments[match.group(1) or match.group(3)] = (match.group(3), match.group(4) or "", kinds[match.group(2)])
+    if not instruments:
+        fail(SDK_METRICS, "no meter.counter/histogram/upDownCounter(\"name\", unit: …) calls found")
+        return {}, {}
+    with_key = re.compile(r'\.with\(\s*"([^"]+)"\s*,\s*("[^"]*"|[^)]*)\)')
+    values: dict[str, set[str]] = {}
+    dynamic: set[str] = set()
+
+    def keys_in(fragment: str) -> set[str]:
+        found = set()
+        for key, value in with_key.findall(fragment):
+            found.add(key)
+            if value.startswith('"'):
+                values.setdefault(key, set()).add(value.strip('"'))
+            else:
+                dynamic.add(key)
+        return found
+
+    # Component attributes: what each component passes, and what init adds (baseAttributes).
+    base: set[str] = set()
+    for source in SDK_COMPONENTS:
+        for match in re.finditer(r"DataPathMetrics\(", source.read_text()):
+            call = balanced(source.read_text(), match.end() - 1)
+            component = re.search(r"component:\s*\[(.*?)\]", call, re.S)
+            if not component:
+                fail(source, "DataPathMetrics(…) without a component: [\"key\": …] dictionary")
+                continue
+            base |= set(re.findall(r'"([^"]+)"\s*:', component.group(1)))
+    base_line = re.search(r"baseAttributes\s*=\s*component([^\n]*)", text)
+    base |= keys_in(base_line.group(1)) if base_line else set()
+    if not base_line:
+        fail(SDK_METRICS, "no `baseAttributes = component…` line in init")
+    # Functions, by brace depth.
+    functions = {}
+    for match in re.finditer(r"\bfunc\s+(\w+)\s*\(", text):
+        open_brace = text.find("{", match.end() + len(balanced(text, match.end() - 1)) - 1)
+        functions.setdefault(match.group(1), []).append(balanced(text, open_brace))
+    helper = set().union(*(keys_in(body) for body in functions.get("attributes", [])))
+    labels: dict[str, set[str]] = {}
+    for name, bodies in functions.items():
+        if name == "attributes":
+            continue
+        for body in bodies:
+            local = set()
+            for let in re.finditer(r"let attributes\s*=\s*(.*?)(?=\n\s*(?!\.)\S)", body, re.S):
+                local |= keys_in(let.group(1)) | (helper if "attributes(tag:" in let.group(1) else set())
+            for prop, (metric, _, _) in instruments.items():
+                for use in re.finditer(rf"\b{prop}\.(?:bind|add|record)\(", body):
+                    argument = balanced(body, use.end() - 1)
+                    keys = keys_in(argument) | (local if re.search(r"\battributes\b(?!:)", argument) else set())
+                    labels.setdefault(metric, set()).update(keys)
+            for call in re.finditer(r"meter\.observable\w+\(\s*\"([^\"]+)\"", body):
+                after = call.start() + body[call.start():].index("(")
+                after += len(balanced(body, after))
+                closure = balanced(body, body.index("{", after))   # the trailing closure
+                labels.setdefault(call.group(1), set()).update(keys_in(closure))
+    series: dict[str, set[str]] = {}
+    for metric, unit, kind in instruments.values():
+        if metric not in labels:
+            fail(SDK_METRICS, f"instrument {metric} is never recorded with attributes this script can see")
+            continue
+        names = {otel_prometheus_name(k) for k in labels[metric] | base} | {"otel_scope_name"} | TARGET_LABELS
+        prometheus = otel_metric_name(metric, unit)
+        if kind == "counter":
+            series[prometheus + "_total"] = names
+        elif kind == "histogram":
+            series |= {prometheus + "_bucket": names | {"le"}, prometheus + "_sum": names, prometheus + "_count": names}
+        else:
+            series[prometheus] = names
+    # target_info: the resource, for joins by service name.
+    series["target_info"] = {"service_name"} | TARGET_LABELS
+    for name in SCRAPE_SERIES:
+        series[name] = set(TARGET_LABELS)
+    enums = {otel_prometheus_name(k): v for k, v in values.items() if k not in dynamic}
+    ok()
+    return series, enums
+
+
 # ---------------------------------------------------------------- PromQL
 
 FUNCTIONS = set("""abs absent absent_over_time acos acosh asin asinh atan atanh avg_over_time ceil changes clamp
@@ -684,7 +849,10 @@ def check_promql(where: str, expr: str, series: dict[str, set[str]], label_only:
     reported: set[str] = set()
     for metric, matchers in selectors:
         if metric not in series:
-            problems.append(f"metric {metric} is not produced (the span-metrics pipeline makes {', '.join(sorted(series))})")
+            near = difflib.get_close_matches(metric, list(series), n=2, cutoff=0.6)
+            problems.append(f"metric {metric} is produced neither by the span-metrics pipeline (deploy/jaeger/config.yaml) "
+                            f"nor by the SDK (Sources/YoMo/DataPathMetrics.swift)"
+                            + (f"; did you mean {' or '.join(near)}?" if near else ""))
             continue
         available |= series[metric]
         for label, conditions in matchers.items():
@@ -698,7 +866,7 @@ def check_promql(where: str, expr: str, series: dict[str, set[str]], label_only:
     for label in grouping + ([label_only] if label_only else []):
         if selectors and not unknown_metric and label not in available and label not in reported:
             problems.append(f"label {label} is on none of {', '.join(sorted({m for m, _ in selectors}))}")
-    for problem in problems:
+    for problem in dict.fromkeys(problems):   # once each, though two selectors may repeat it
         fail(where, f"{problem}: {expr}")
     if not problems:
         ok()
@@ -736,7 +904,11 @@ def check_dashboards(series: dict[str, set[str]], compose_services: dict) -> lis
                 label = tag.get("value") or tag.get("key")
                 if label not in set().union(*series.values()):
                     fail(path, f"{uid} tracesToMetrics maps a span tag to label {label}, which no span metric has")
-            for destination in (source.get("jsonData") or {}).get("exemplarTraceIdDestinations", []) or []:
+            destinations = (source.get("jsonData") or {}).get("exemplarTraceIdDestinations", []) or []
+            if kind == "prometheus" and not any(d.get("name") == "trace_id" and d.get("datasourceUid") for d in destinations):
+                # Both the spanmetrics connector and the SDK name the exemplar's label trace_id.
+                fail(path, f"{uid}: exemplarTraceIdDestinations has no trace_id → Jaeger link, so exemplars link nowhere")
+            for destination in destinations:
                 if destination.get("datasourceUid") and destination["datasourceUid"] not in {s.get("uid") for s in config["datasources"]}:
                     fail(path, f"{uid} sends exemplars to unknown data source {destination['datasourceUid']}")
     if not provisioned:
@@ -891,12 +1063,19 @@ def main() -> int:
     check_dockerignore()
     zipper_config = check_zipper()
     series, jaeger_ports = check_jaeger()
+    sdk, sdk_values = sdk_series()
+    ENUM_VALUES.update(sdk_values)
+    ENUM_VALUES["job"] = {job.get("job_name") for job in (load_yaml(PROMETHEUS) or {}).get("scrape_configs", []) or []}
     scrape_targets = check_prometheus()
     services = {}
     if isinstance(compose, dict):
         services = check_compose(compose, built, zipper_config, jaeger_ports, scrape_targets)
         check_ports_table(services)
-    expressions = check_dashboards(series, services) if series else []
+    # A query may name what either pipeline produces; the names do not overlap.
+    overlap = set(series) & set(sdk)
+    if overlap:
+        fail(JAEGER, f"span metrics and SDK metrics share names {sorted(overlap)}")
+    expressions = check_dashboards(series | sdk, services) if series and sdk else []
     if not errors:
         run_optional_tools(expressions)
     for note in notes:
@@ -908,6 +1087,7 @@ def main() -> int:
         return 1
     names = ", ".join(sorted(series))
     print(f"check-deploy: span metrics: {names}")
+    print(f"check-deploy: SDK metrics: {', '.join(sorted(n for n in sdk if n not in SCRAPE_SERIES))}")
     print(f"check-deploy: {checked} passed, 0 failed")
     return 0
 
