@@ -61,20 +61,24 @@ public enum PrometheusExposition {
     }
 
     static func sanitize(_ name: String) -> String {
-        var result = ""
-        for (index, scalar) in name.unicodeScalars.enumerated() {
-            let allowed = ("a"..."z").contains(scalar) || ("A"..."Z").contains(scalar) || scalar == "_" || scalar == ":"
-                || (index > 0 && ("0"..."9").contains(scalar))
-            result.unicodeScalars.append(allowed ? scalar : "_")
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(name.utf8.count)
+        for (index, byte) in name.utf8.enumerated() {
+            let allowed = (byte >= 97 && byte <= 122) || (byte >= 65 && byte <= 90) || byte == 95 || byte == 58
+                || (index > 0 && byte >= 48 && byte <= 57)
+            let out: UInt8 = allowed ? byte : 95
+            // Runs of underscores from e.g. "a..b" collapse, as the spec asks.
+            if out == 95, bytes.last == 95 { continue }
+            bytes.append(out)
         }
-        // Runs of underscores from e.g. "a..b" collapse, as the spec asks.
-        while result.contains("__") { result = result.replacingOccurrences(of: "__", with: "_") }
-        return result
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     static func labelName(_ key: String) -> String { sanitize(key) }
 
     static func escapeLabel(_ value: String) -> String {
+        // Most values need nothing escaped.
+        if !value.utf8.contains(where: { $0 == 92 || $0 == 34 || $0 == 10 }) { return value }
         var out = ""
         for character in value {
             switch character {
@@ -113,7 +117,16 @@ public enum PrometheusExposition {
 
     static func labels(_ pairs: [(String, String)]) -> String {
         guard !pairs.isEmpty else { return "" }
-        return "{" + pairs.map { "\(labelName($0.0))=\"\(escapeLabel($0.1))\"" }.joined(separator: ",") + "}"
+        var out = "{"
+        for (index, pair) in pairs.enumerated() {
+            if index > 0 { out += "," }
+            out += labelName(pair.0)
+            out += "=\""
+            out += escapeLabel(pair.1)
+            out += "\""
+        }
+        out += "}"
+        return out
     }
 
     private static func renderTargetInfo(_ resource: Resource, format: Format, into out: inout String) {
@@ -147,24 +160,38 @@ public enum PrometheusExposition {
             out += "# UNIT \(family) \(unit)\n"
         }
         let scope: [(String, String)] = descriptor.scope.isEmpty ? [] : [("otel_scope_name", descriptor.scope)]
+        let bucketName = name + "_bucket"
+        let sampleName = isCounter ? name + "_total" : name
         for point in snapshot.points {
             let pairs = point.attributes.pairs.map { ($0.key, $0.value) } + scope
+            let pointLabels = labels(pairs)
             switch point.value {
             case .scalar(let value):
-                out += "\(isCounter ? name + "_total" : name)\(labels(pairs)) \(number(value))\n"
+                out += sampleName
+                out += pointLabels
+                out += " "
+                out += number(value)
+                out += "\n"
             case .histogram(let histogram):
+                // The bucket labels are the point's with `le` added: built once.
+                let open = pointLabels.isEmpty ? "{" : String(pointLabels.dropLast()) + ","
                 var cumulative = 0
                 for (index, count) in histogram.counts.enumerated() {
                     cumulative += count
                     let bound = index < histogram.boundaries.count ? number(histogram.boundaries[index]) : "+Inf"
-                    out += "\(name)_bucket\(labels(pairs + [("le", bound)])) \(cumulative)"
+                    out += bucketName
+                    out += open
+                    out += "le=\""
+                    out += bound
+                    out += "\"} "
+                    out += String(cumulative)
                     if format == .openMetrics, let exemplar = histogram.exemplars[index] {
                         out += " # {trace_id=\"\(exemplar.traceID)\",span_id=\"\(exemplar.spanID)\"} \(number(exemplar.value)) \(exemplar.timestamp)"
                     }
                     out += "\n"
                 }
-                out += "\(name)_sum\(labels(pairs)) \(number(histogram.sum))\n"
-                out += "\(name)_count\(labels(pairs)) \(histogram.count)\n"
+                out += "\(name)_sum\(pointLabels) \(number(histogram.sum))\n"
+                out += "\(name)_count\(pointLabels) \(histogram.count)\n"
             }
         }
     }

@@ -193,8 +193,9 @@ final class InstrumentStorage: Sendable {
                 minimum: state.count > 0 ? state.minimum : nil, maximum: state.count > 0 ? state.maximum : nil,
                 exemplars: state.exemplars))))
         }
-        points.sort { $0.attributes.description < $1.attributes.description }
-        return MetricSnapshot(descriptor: descriptor, points: points)
+        // A stable order for the page; each key built once, not per comparison.
+        let ordered = points.map { ($0.attributes.description, $0) }.sorted { $0.0 < $1.0 }.map(\.1)
+        return MetricSnapshot(descriptor: descriptor, points: ordered)
     }
 }
 
