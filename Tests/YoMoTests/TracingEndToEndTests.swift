@@ -46,21 +46,18 @@ final class SpanReceiver {
     }
 
     /// Every span received so far, as decoded by the receiver.
-    func spans() -> [[String: Any]] {
-        let path = directory.appendingPathComponent("received.jsonl").path
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
-        return text.split(separator: "\n").compactMap { line in
-            (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
-        }.filter { $0["type"] as? String == "span" }
-    }
+    func spans() -> [[String: Any]] { records(ofType: "span") }
 
     /// Every metric record received (one per metric per export).
-    func metrics() -> [[String: Any]] {
+    func metrics() -> [[String: Any]] { records(ofType: "metric") }
+
+    /// The receiver's JSON lines of one `type`.
+    private func records(ofType type: String) -> [[String: Any]] {
         let path = directory.appendingPathComponent("received.jsonl").path
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
         return text.split(separator: "\n").compactMap { line in
             (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
-        }.filter { $0["type"] as? String == "metric" }
+        }.filter { $0["type"] as? String == type }
     }
 
     func provider(service: String) -> TracerProvider {

@@ -151,6 +151,9 @@ def make_handler(state):
             payload = response.SerializeToString() if status == 200 else b"rejected by test receiver"
             if status != 200 and args.echo_auth:
                 payload += b": bad credentials " + self.headers.get("Authorization", "").encode()
+            self.reply(status, payload, retry_after)
+
+        def reply(self, status, payload, retry_after):
             self.send_response(status)
             self.send_header("Content-Type", "application/x-protobuf")
             self.send_header("Content-Length", str(len(payload)))
@@ -178,14 +181,7 @@ def make_handler(state):
                 "path": self.path, "time": time.time(),
                 "headers": {k.lower(): v for k, v in self.headers.items()},
             })
-            payload = b"" if status == 200 else b"rejected by test receiver"
-            self.send_response(status)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", str(len(payload)))
-            if retry_after is not None:
-                self.send_header("Retry-After", retry_after)
-            self.end_headers()
-            self.wfile.write(payload)
+            self.reply(status, b"" if status == 200 else b"rejected by test receiver", retry_after)
 
     return Handler
 
