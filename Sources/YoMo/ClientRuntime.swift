@@ -660,8 +660,12 @@ final class ClientRuntime: Sendable {
         }
     }
 
-    /// `/readyz` says this client is ready while it has a connection.
+    /// `/readyz` says this client is ready while it has a connection; its QUIC
+    /// health goes to the metrics.
     private func registerReadiness() {
+        state.withLock { $0.metrics }.observeQUIC { [weak self] in
+            self?.state.withLock { $0.session }?.connection.connection.statistics
+        }
         let id = Readiness.shared.register("\(clientType) \(name)") { [weak self] in self?.isConnectedForTesting ?? false }
         state.withLock { $0.readinessProbe = id }
     }

@@ -2,6 +2,7 @@ internal import Synchronization
 internal import YoMoMetrics
 internal import YoMoTracing
 internal import YoMoWire
+internal import YoMoQUIC
 
 /// The data path's instruments, named by the OpenTelemetry messaging semantic
 /// conventions (`messaging.system` = `yomo`, the tag as `messaging.destination.name`,
@@ -153,6 +154,23 @@ final class DataPathMetrics: Sendable {
             "yomo.sdk.spans.dropped", unit: "{span}",
             description: "Spans never exported: queue full, export failed or cut short at shutdown."
         ) { [weak provider] in provider.map { [(base, Double($0.droppedSpanCount))] } ?? [] }
+    }
+
+    /// The health of a client's connection to its zipper (from ngtcp2's
+    /// statistics), read when metrics are collected; nothing while disconnected.
+    func observeQUIC(_ read: @escaping @Sendable () -> QUICConnection.Statistics?) {
+        guard enabled else { return }
+        let base = baseAttributes
+        func gauge(_ name: String, _ unit: String, _ description: String, _ value: @escaping @Sendable (QUICConnection.Statistics) -> Double) {
+            meter.observableGauge(name, unit: unit, description: description) { read().map { [(base, value($0))] } ?? [] }
+        }
+        gauge("yomo.quic.smoothed_rtt", "s", "Smoothed round-trip time to the zipper.") { $0.smoothedRTT.seconds }
+        gauge("yomo.quic.min_rtt", "s", "Smallest round-trip time seen to the zipper.") { $0.minimumRTT.seconds }
+        gauge("yomo.quic.congestion_window", "By", "Bytes the congestion controller allows in flight.") { Double($0.congestionWindow) }
+        gauge("yomo.quic.bytes_in_flight", "By", "Bytes sent and not yet acknowledged or declared lost.") { Double($0.bytesInFlight) }
+        gauge("yomo.quic.probe_timeouts", "{timeout}", "Probe timeouts in a row: loss or a silent peer.") { Double($0.probeTimeouts) }
+        gauge("yomo.quic.sent", "By", "UDP payload bytes sent on the current connection.") { Double($0.bytesSent) }
+        gauge("yomo.quic.received", "By", "UDP payload bytes received on the current connection.") { Double($0.bytesReceived) }
     }
 
     func reconnected() { reconnects.add(1, attributes: baseAttributes) }

@@ -146,6 +146,12 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     var simulateFullSocketEvery = 0
 
     let sendShared = Mutex(SendShared())
+    /// Health for metrics: ngtcp2's statistics copied out by the loop now and
+    /// then, and byte counters bumped per datagram.
+    let healthSnapshot = Mutex(QUICConnection.Statistics())
+    let bytesSent = Atomic<Int>(0)
+    let bytesReceived = Atomic<Int>(0)
+    private var lastHealthUpdate: UInt64 = 0
     /// Stream bytes the peer acknowledged, in order from the start (ngtcp2 reports
     /// the contiguous prefix). Kept after the connection ends.
     let acknowledgedTotal = Atomic<Int>(0)
@@ -250,6 +256,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             break
         }
         guard let ng else { return }
+        bytesReceived.add(datagram.count, ordering: .relaxed)
         let outcome = ng.read(datagram, from: address, now: monotonicNow())
         handle(outcome)
     }
@@ -401,6 +408,10 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         if batchLength > 0 { sendBatch(tx, length: batchLength, segment: segment) }
         ng.packetsSent(now: now)
         if endIfUnreachable() { return }
+        if now &- lastHealthUpdate > 100_000_000 {
+            lastHealthUpdate = now
+            healthSnapshot.withLock { ng.readStatistics(into: &$0) }
+        }
         updateDeadline()
         if finSent && !finSentShared {
             finSentShared = true
@@ -461,6 +472,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         }
         let rv = send(0, bytes.count, segment)
         if rv == -Int(EAGAIN) || rv == -Int(EWOULDBLOCK) { return false }
+        if rv >= 0 { bytesSent.add(bytes.count, ordering: .relaxed) }
         if (rv == -Int(EIO) || rv == -Int(EINVAL)) && bytes.count > segment {
             // No GSO here (e.g. a NIC without checksum offload): send one by one.
             var offset = 0

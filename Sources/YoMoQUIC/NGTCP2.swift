@@ -382,6 +382,17 @@ final class NGConnection {
 
     var expiry: UInt64 { ngtcp2_conn_get_expiry(conn) }
     var pto: UInt64 { ngtcp2_conn_get_pto(conn) }
+
+    /// RTT, congestion window and the like, from ngtcp2's connection statistics.
+    func readStatistics(into statistics: inout QUICConnection.Statistics) {
+        var stat = ngtcp2_conn_stat()
+        ngtcp2_conn_get_conn_stat_versioned(conn, NGTCP2_CONN_STAT_VERSION, &stat)
+        statistics.smoothedRTT = .nanoseconds(Int64(stat.smoothed_rtt))
+        statistics.minimumRTT = stat.min_rtt == UInt64.max ? .zero : .nanoseconds(Int64(stat.min_rtt))
+        statistics.congestionWindow = Int(stat.cwnd)
+        statistics.bytesInFlight = Int(stat.bytes_in_flight)
+        statistics.probeTimeouts = Int(stat.pto_count)
+    }
     var maxPacketSize: Int { ngtcp2_conn_get_path_max_tx_udp_payload_size(conn) }
     /// The largest datagram ngtcp2 may write: a Path MTU Discovery probe. It
     /// writes probes only into a buffer this big; other packets stay within

@@ -142,6 +142,30 @@ public final class QUICConnection: Sendable {
     /// below it reached the peer's QUIC stack.
     public var acknowledgedBytes: Int { core.acknowledgedTotal.load(ordering: .relaxed) }
 
+    /// The connection's health, refreshed by its loop at most every 100 ms
+    /// while it sends (zero before the first refresh).
+    public var statistics: Statistics {
+        var snapshot = core.healthSnapshot.withLock { $0 }
+        snapshot.bytesSent = core.bytesSent.load(ordering: .relaxed)
+        snapshot.bytesReceived = core.bytesReceived.load(ordering: .relaxed)
+        return snapshot
+    }
+
+    public struct Statistics: Sendable, Hashable {
+        public var smoothedRTT: Duration = .zero
+        public var minimumRTT: Duration = .zero
+        /// Bytes the congestion controller allows in flight.
+        public var congestionWindow = 0
+        public var bytesInFlight = 0
+        /// Probe timeouts in a row (a sign of loss or a silent peer).
+        public var probeTimeouts = 0
+        /// UDP payload bytes sent and received on this connection.
+        public var bytesSent = 0
+        public var bytesReceived = 0
+
+        public init() {}
+    }
+
     /// Why the connection ended, once it has.
     public var closeReason: QUICError? {
         core.sendShared.withLock { $0.error }

@@ -308,6 +308,28 @@ struct LoopbackTests {
         #expect(elapsed < .seconds(2))
     }
 
+    @Test("connection statistics: RTT, congestion window and byte counts after traffic")
+    func statistics() async throws {
+        let server = try await EchoServer()
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        for _ in 0..<5 { _ = try await echo(connection, ByteBuffer(repeating: 0x61, count: 20_000)) }
+        // Refreshed by the loop at most every 100 ms while it sends.
+        var statistics = connection.statistics
+        // (Until the first RTT sample ngtcp2 reports its 333 ms initial estimate and no minimum.)
+        for _ in 0..<100 where statistics.minimumRTT == .zero {
+            _ = try await echo(connection, ByteBuffer(string: "ping"))
+            try await Task.sleep(for: .milliseconds(20))
+            statistics = connection.statistics
+        }
+        #expect(statistics.smoothedRTT > .zero)
+        #expect(statistics.smoothedRTT < .milliseconds(100), "loopback, measured: \(statistics.smoothedRTT)")
+        #expect(statistics.minimumRTT > .zero && statistics.minimumRTT <= statistics.smoothedRTT * 4)
+        #expect(statistics.congestionWindow > 0)
+        #expect(statistics.bytesSent > 100_000)
+        #expect(statistics.bytesReceived > 100_000)
+        await connection.close()
+    }
+
     @Test("peer killed mid-stream: ICMP port unreachable ends the connection at once, not after the idle timeout")
     func peerKilledIsUnreachable() async throws {
         let (peer, port) = try PythonPeer.echoServer()

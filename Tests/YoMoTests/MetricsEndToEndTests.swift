@@ -153,6 +153,9 @@ struct MetricsEndToEndTests {
         // The SDK's own health: the function's span queue and its (no) losses.
         #expect(await prometheus.scalar("sum(yomo_sdk_spans_dropped_total{messaging_consumer_group_name=\"upper-m\"})") == 0)
         #expect(await prometheus.scalar("count(otel_sdk_processor_span_queue_size{messaging_consumer_group_name=\"upper-m\"})") == 1)
+        // Its QUIC health: a round-trip time and bytes sent on its connection.
+        #expect((await prometheus.scalar("yomo_quic_smoothed_rtt_seconds{messaging_consumer_group_name=\"upper-m\"}") ?? 0) > 0)
+        #expect((await prometheus.scalar("yomo_quic_sent_bytes{messaging_consumer_group_name=\"upper-m\"}") ?? 0) > 0)
 
         // Exemplars: trace ids of spans the function exported.
         await sfn.close()
