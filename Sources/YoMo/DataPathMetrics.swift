@@ -161,16 +161,28 @@ final class DataPathMetrics: Sendable {
     func observeQUIC(_ read: @escaping @Sendable () -> QUICConnection.Statistics?) {
         guard enabled else { return }
         let base = baseAttributes
-        func gauge(_ name: String, _ unit: String, _ description: String, _ value: @escaping @Sendable (QUICConnection.Statistics) -> Double) {
-            meter.observableGauge(name, unit: unit, description: description) { read().map { [(base, value($0))] } ?? [] }
+        // Literal names and trailing closures: scripts/check-deploy.py reads them from here.
+        meter.observableGauge("yomo.quic.smoothed_rtt", unit: "s", description: "Smoothed round-trip time to the zipper.") {
+            read().map { [(base, $0.smoothedRTT.seconds)] } ?? []
         }
-        gauge("yomo.quic.smoothed_rtt", "s", "Smoothed round-trip time to the zipper.") { $0.smoothedRTT.seconds }
-        gauge("yomo.quic.min_rtt", "s", "Smallest round-trip time seen to the zipper.") { $0.minimumRTT.seconds }
-        gauge("yomo.quic.congestion_window", "By", "Bytes the congestion controller allows in flight.") { Double($0.congestionWindow) }
-        gauge("yomo.quic.bytes_in_flight", "By", "Bytes sent and not yet acknowledged or declared lost.") { Double($0.bytesInFlight) }
-        gauge("yomo.quic.probe_timeouts", "{timeout}", "Probe timeouts in a row: loss or a silent peer.") { Double($0.probeTimeouts) }
-        gauge("yomo.quic.sent", "By", "UDP payload bytes sent on the current connection.") { Double($0.bytesSent) }
-        gauge("yomo.quic.received", "By", "UDP payload bytes received on the current connection.") { Double($0.bytesReceived) }
+        meter.observableGauge("yomo.quic.min_rtt", unit: "s", description: "Smallest round-trip time seen to the zipper.") {
+            read().map { [(base, $0.minimumRTT.seconds)] } ?? []
+        }
+        meter.observableGauge("yomo.quic.congestion_window", unit: "By", description: "Bytes the congestion controller allows in flight.") {
+            read().map { [(base, Double($0.congestionWindow))] } ?? []
+        }
+        meter.observableGauge("yomo.quic.in_flight", unit: "By", description: "Bytes sent and not yet acknowledged or declared lost.") {
+            read().map { [(base, Double($0.bytesInFlight))] } ?? []
+        }
+        meter.observableGauge("yomo.quic.probe_timeouts", unit: "{timeout}", description: "Probe timeouts in a row: loss or a silent peer.") {
+            read().map { [(base, Double($0.probeTimeouts))] } ?? []
+        }
+        meter.observableGauge("yomo.quic.sent", unit: "By", description: "UDP payload bytes sent on the current connection.") {
+            read().map { [(base, Double($0.bytesSent))] } ?? []
+        }
+        meter.observableGauge("yomo.quic.received", unit: "By", description: "UDP payload bytes received on the current connection.") {
+            read().map { [(base, Double($0.bytesReceived))] } ?? []
+        }
     }
 
     func reconnected() { reconnects.add(1, attributes: baseAttributes) }
