@@ -154,6 +154,12 @@ final class DataPathMetrics: Sendable {
             "yomo.sdk.spans.dropped", unit: "{span}",
             description: "Spans never exported: queue full, export failed or cut short at shutdown."
         ) { [weak provider] in provider.map { [(base, Double($0.droppedSpanCount))] } ?? [] }
+        meter.observableCounter(
+            "otel.sdk.exporter.span.exported", unit: "{span}", description: "Spans the exporter took without an error."
+        ) { [weak provider] in provider.map { [(base, Double($0.exportedSpanCount))] } ?? [] }
+        meter.observableCounter(
+            "yomo.sdk.span.export.failures", unit: "{export}", description: "Span export calls that failed (their spans are dropped)."
+        ) { [weak provider] in provider.map { [(base, Double($0.failedExportCount))] } ?? [] }
     }
 
     /// The health of a client's connection to its zipper (from ngtcp2's
@@ -182,6 +188,12 @@ final class DataPathMetrics: Sendable {
         }
         meter.observableGauge("yomo.quic.received", unit: "By", description: "UDP payload bytes received on the current connection.") {
             read().map { [(base, Double($0.bytesReceived))] } ?? []
+        }
+        meter.observableGauge("yomo.quic.packets_sent", unit: "{packet}", description: "QUIC packets sent on the current connection.") {
+            read().map { [(base, Double($0.datagramsSent))] } ?? []
+        }
+        meter.observableGauge("yomo.quic.packets_received", unit: "{packet}", description: "QUIC packets received on the current connection.") {
+            read().map { [(base, Double($0.datagramsReceived))] } ?? []
         }
     }
 

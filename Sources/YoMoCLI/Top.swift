@@ -6,7 +6,7 @@ import YoMoMetrics
 /// endpoints (each started with `--metrics HOST:PORT`), refreshed every second.
 struct Top: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Watch a pipeline: rates, errors, handler latency, connections, from each component's /metrics.",
+        abstract: "Watch a pipeline: rates, errors, handler latency, connections, RTT, span drops, from each component's /metrics.",
         discussion: "Start each component with --metrics HOST:PORT (or YOMO_METRICS_LISTEN) and list those addresses."
     )
 
@@ -48,7 +48,7 @@ struct Top: AsyncParsableCommand {
         }
     }
 
-    static let header = "component               target                  in/s     out/s   err%    p50 ms    p99 ms  conns  reconn  noroute/s  drop/s"
+    static let header = "component               target                  in/s     out/s   err%    p50 ms    p99 ms  conns  reconn  noroute/s  drop/s  rtt ms  span drops"
 
     static func format(_ row: PipelineRow) -> String {
         func milliseconds(_ value: Double?) -> String { value.map { String(format: "%.2f", $0 * 1000) } ?? "-" }
@@ -58,6 +58,7 @@ struct Top: AsyncParsableCommand {
             + padLeft(milliseconds(row.p50), 10) + padLeft(milliseconds(row.p99), 10)
             + padLeft(row.connections.map { String(Int($0)) } ?? "-", 7) + padLeft(String(Int(row.reconnects)), 8)
             + padLeft(number(row.noRouteRate), 11) + padLeft(number(row.droppedRate), 8)
+            + padLeft(milliseconds(row.rtt), 8) + padLeft(String(Int(row.exporterDrops)), 12)
     }
 
     static func pad(_ text: String, _ width: Int) -> String { text + String(repeating: " ", count: max(0, width - text.count)) }

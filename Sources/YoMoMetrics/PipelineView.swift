@@ -85,6 +85,10 @@ public struct PipelineRow: Sendable, Hashable {
     /// Zipper: frames with no observer, and frames dropped (slow consumers, mesh), per second.
     public var noRouteRate: Double
     public var droppedRate: Double
+    /// Smoothed RTT of a client's connection to its zipper, seconds.
+    public var rtt: Double?
+    /// Spans the component's exporter lost (queue full, failed, cut at shutdown), in all.
+    public var exporterDrops: Double
 
     /// The row for `target` from `previous` and `current` scrapes `seconds` apart.
     public static func compute(target: String, previous: [ScrapedSample], current: [ScrapedSample], seconds: Double) -> PipelineRow {
@@ -112,7 +116,10 @@ public struct PipelineRow: Sendable, Hashable {
             reconnects: total(current, "yomo_client_reconnects_total"),
             noRouteRate: rate("yomo_zipper_routed_messages_total") { $0["outcome"] == "no_route" },
             droppedRate: rate("yomo_zipper_routed_messages_total") { $0["outcome"] == "dropped" }
-                + rate("yomo_zipper_mesh_dropped_messages_total"))
+                + rate("yomo_zipper_mesh_dropped_messages_total"),
+            rtt: current.contains { $0.name == "yomo_quic_smoothed_rtt_seconds" } ? total(current, "yomo_quic_smoothed_rtt_seconds")
+                / Double(max(1, current.filter { $0.name == "yomo_quic_smoothed_rtt_seconds" }.count)) : nil,
+            exporterDrops: total(current, "yomo_sdk_spans_dropped_total"))
     }
 
     /// p50 and p99 of a histogram over the interval between two scrapes, all

@@ -151,6 +151,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     let healthSnapshot = Mutex(QUICConnection.Statistics())
     let bytesSent = Atomic<Int>(0)
     let bytesReceived = Atomic<Int>(0)
+    let datagramsSent = Atomic<Int>(0)
+    let datagramsReceived = Atomic<Int>(0)
     private var lastHealthUpdate: UInt64 = 0
     /// Stream bytes the peer acknowledged, in order from the start (ngtcp2 reports
     /// the contiguous prefix). Kept after the connection ends.
@@ -257,6 +259,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         }
         guard let ng else { return }
         bytesReceived.add(datagram.count, ordering: .relaxed)
+        datagramsReceived.add(1, ordering: .relaxed)
         let outcome = ng.read(datagram, from: address, now: monotonicNow())
         handle(outcome)
     }
@@ -472,7 +475,10 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         }
         let rv = send(0, bytes.count, segment)
         if rv == -Int(EAGAIN) || rv == -Int(EWOULDBLOCK) { return false }
-        if rv >= 0 { bytesSent.add(bytes.count, ordering: .relaxed) }
+        if rv >= 0 {
+            bytesSent.add(bytes.count, ordering: .relaxed)
+            datagramsSent.add(segment > 0 ? (bytes.count + segment - 1) / segment : 1, ordering: .relaxed)
+        }
         if (rv == -Int(EIO) || rv == -Int(EINVAL)) && bytes.count > segment {
             // No GSO here (e.g. a NIC without checksum offload): send one by one.
             var offset = 0

@@ -148,6 +148,8 @@ public final class QUICConnection: Sendable {
         var snapshot = core.healthSnapshot.withLock { $0 }
         snapshot.bytesSent = core.bytesSent.load(ordering: .relaxed)
         snapshot.bytesReceived = core.bytesReceived.load(ordering: .relaxed)
+        snapshot.datagramsSent = core.datagramsSent.load(ordering: .relaxed)
+        snapshot.datagramsReceived = core.datagramsReceived.load(ordering: .relaxed)
         return snapshot
     }
 
@@ -162,6 +164,9 @@ public final class QUICConnection: Sendable {
         /// UDP payload bytes sent and received on this connection.
         public var bytesSent = 0
         public var bytesReceived = 0
+        /// UDP datagrams (QUIC packets, one each here) sent and received.
+        public var datagramsSent = 0
+        public var datagramsReceived = 0
 
         public init() {}
     }

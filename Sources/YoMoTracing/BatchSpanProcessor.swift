@@ -48,6 +48,8 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
     // Guarded by `lock`.
     private var queue: SpanRing
     private var dropped = 0
+    private var exported = 0
+    private var failedExports = 0
     private var droppedSinceLastLog = 0
     private var requests = ExportRequests()
     private var shutdownLoss = ShutdownLoss()
@@ -73,6 +75,12 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
     /// Spans never exported, since creation: dropped because the queue was
     /// full, lost in a failed export, or left when the shutdown deadline passed.
     public var droppedSpanCount: Int { lock.withLock { dropped } }
+
+    /// Spans the exporter took without an error, since creation.
+    public var exportedSpanCount: Int { lock.withLock { exported } }
+
+    /// Export calls that failed (their spans are in `droppedSpanCount`).
+    public var failedExportCount: Int { lock.withLock { failedExports } }
 
     /// Spans waiting for the export thread.
     public var queuedSpanCount: Int { lock.withLock { queue.count } }
@@ -191,7 +199,9 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
             deadline = monotonicNanoseconds() + delay
 
             lock.lock()
+            if failure == nil { exported += batch.count }
             if let failure {
+                failedExports += 1
                 dropped += batch.count
                 // Also an export that began before the shutdown and was abandoned.
                 if requests.shutdownRequested {

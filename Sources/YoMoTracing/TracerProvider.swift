@@ -87,6 +87,16 @@ public final class TracerProvider: Sendable {
         processors.reduce(0) { $0 + (($1 as? BatchSpanProcessor)?.droppedSpanCount ?? 0) }
     }
 
+    /// Spans the batch processors' exporters took without an error.
+    public var exportedSpanCount: Int {
+        processors.reduce(0) { $0 + (($1 as? BatchSpanProcessor)?.exportedSpanCount ?? 0) }
+    }
+
+    /// Export calls of the batch processors that failed.
+    public var failedExportCount: Int {
+        processors.reduce(0) { $0 + (($1 as? BatchSpanProcessor)?.failedExportCount ?? 0) }
+    }
+
     /// Spans waiting in the batch processors' queues.
     public var queuedSpanCount: Int {
         processors.reduce(0) { $0 + (($1 as? BatchSpanProcessor)?.queuedSpanCount ?? 0) }

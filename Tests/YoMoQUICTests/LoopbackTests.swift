@@ -327,6 +327,7 @@ struct LoopbackTests {
         #expect(statistics.congestionWindow > 0)
         #expect(statistics.bytesSent > 100_000)
         #expect(statistics.bytesReceived > 100_000)
+        #expect(statistics.datagramsSent > 50 && statistics.datagramsReceived > 50)
         await connection.close()
     }
 

@@ -156,6 +156,13 @@ struct MetricsEndToEndTests {
         // Its QUIC health: a round-trip time and bytes sent on its connection.
         #expect((await prometheus.scalar("yomo_quic_smoothed_rtt_seconds{messaging_consumer_group_name=\"upper-m\"}") ?? 0) > 0)
         #expect((await prometheus.scalar("yomo_quic_sent_bytes{messaging_consumer_group_name=\"upper-m\"}") ?? 0) > 0)
+        var exportedSpans = 0.0
+        for _ in 0..<100 where exportedSpans < Double(frames) {
+            exportedSpans = await prometheus.scalar("otel_sdk_exporter_span_exported_total{messaging_consumer_group_name=\"upper-m\"}") ?? 0
+            if exportedSpans < Double(frames) { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(exportedSpans == Double(frames), "the function's exporter reports every span exported")
+        #expect(await prometheus.scalar("yomo_sdk_span_export_failures_total{messaging_consumer_group_name=\"upper-m\"}") == 0)
 
         // Exemplars: trace ids of spans the function exported.
         await sfn.close()
@@ -346,10 +353,12 @@ struct MetricsEndToEndTests {
         let functionLine = try #require(lines.first { $0.hasPrefix("top-upper") }, "\(lines)")
         #expect(lines.contains { $0.contains("127.0.0.1:1") && $0.contains("unreachable") })
         func fields(_ line: String) -> [String] { line.split(separator: " ").map(String.init) }
-        // component target in/s out/s err% p50 p99 conns reconn noroute/s drop/s
+        // component target in/s out/s err% p50 p99 conns reconn noroute/s drop/s rtt spandrops
         #expect((Double(fields(functionLine)[2]) ?? 0) > 10, "\(functionLine)")
         #expect((Double(fields(functionLine)[3]) ?? 0) > 10, "\(functionLine)")
         #expect(fields(functionLine)[5] != "-", "a p50: \(functionLine)")
+        #expect((Double(fields(functionLine)[11]) ?? 0) > 0, "an RTT: \(functionLine)")
+        #expect(fields(functionLine)[12] == "0", "no span drops: \(functionLine)")
         #expect((Double(fields(zipperLine)[2]) ?? 0) > 10, "\(zipperLine)")
         #expect(fields(zipperLine)[7] == "2", "a source and a function connected: \(zipperLine)")
         #expect((Double(fields(zipperLine)[9]) ?? 0) > 10, "replies have no observer: \(zipperLine)")
