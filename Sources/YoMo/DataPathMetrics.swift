@@ -160,6 +160,12 @@ final class DataPathMetrics: Sendable {
         meter.observableCounter(
             "yomo.sdk.span.export.failures", unit: "{export}", description: "Span export calls that failed (their spans are dropped)."
         ) { [weak provider] in provider.map { [(base, Double($0.failedExportCount))] } ?? [] }
+        let duration = meter.histogram(
+            "otel.sdk.exporter.operation.duration", unit: "s", description: "Time one span export call took.",
+            boundaries: Histogram.durationBoundaries)
+        let succeeded = duration.bind(base)
+        let failed = duration.bind(base.with("error.type", "export_failed"))
+        provider.observeExports { seconds, didFail in (didFail ? failed : succeeded).record(seconds, spanContext: nil) }
     }
 
     /// The health of a client's connection to its zipper (from ngtcp2's

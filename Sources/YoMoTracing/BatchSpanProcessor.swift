@@ -1,4 +1,5 @@
 public import Logging
+import Synchronization
 
 /// Queues ended spans and exports them in batches from a dedicated thread.
 ///
@@ -49,6 +50,8 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
     private var queue: SpanRing
     private var dropped = 0
     private var exported = 0
+    /// Told of every export call: its seconds and whether it failed (metrics).
+    private let exportObservers = Mutex<[@Sendable (Double, Bool) -> Void]>([])
     private var failedExports = 0
     private var droppedSinceLastLog = 0
     private var requests = ExportRequests()
@@ -75,6 +78,12 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
     /// Spans never exported, since creation: dropped because the queue was
     /// full, lost in a failed export, or left when the shutdown deadline passed.
     public var droppedSpanCount: Int { lock.withLock { dropped } }
+
+    /// Calls `observer` after every export call with its duration in seconds and
+    /// whether it failed (for the SDK's own metrics).
+    package func observeExports(_ observer: @escaping @Sendable (Double, Bool) -> Void) {
+        exportObservers.withLock { $0.append(observer) }
+    }
 
     /// Spans the exporter took without an error, since creation.
     public var exportedSpanCount: Int { lock.withLock { exported } }
@@ -195,7 +204,12 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
                     "max_queue_size": "\(configuration.maxQueueSize)",
                 ])
             }
+            let exportStart = monotonicNanoseconds()
             let failure = exportBatch(batch, giveUpAt: shuttingDown ? giveUpAt : .max)
+            if !batch.isEmpty {
+                let seconds = Double(monotonicNanoseconds() &- exportStart) / 1e9
+                for observer in exportObservers.withLock({ $0 }) { observer(seconds, failure != nil) }
+            }
             deadline = monotonicNanoseconds() + delay
 
             lock.lock()

@@ -97,6 +97,11 @@ public final class TracerProvider: Sendable {
         processors.reduce(0) { $0 + (($1 as? BatchSpanProcessor)?.failedExportCount ?? 0) }
     }
 
+    /// Every batch processor's export calls: seconds and whether it failed.
+    package func observeExports(_ observer: @escaping @Sendable (Double, Bool) -> Void) {
+        for case let processor as BatchSpanProcessor in processors { processor.observeExports(observer) }
+    }
+
     /// Spans waiting in the batch processors' queues.
     public var queuedSpanCount: Int {
         processors.reduce(0) { $0 + (($1 as? BatchSpanProcessor)?.queuedSpanCount ?? 0) }

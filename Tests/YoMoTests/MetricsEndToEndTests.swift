@@ -163,6 +163,8 @@ struct MetricsEndToEndTests {
         }
         #expect(exportedSpans == Double(frames), "the function's exporter reports every span exported")
         #expect(await prometheus.scalar("yomo_sdk_span_export_failures_total{messaging_consumer_group_name=\"upper-m\"}") == 0)
+        #expect((await prometheus.scalar("sum(otel_sdk_exporter_operation_duration_seconds_count{messaging_consumer_group_name=\"upper-m\"})") ?? 0) > 0,
+                "export calls timed")
 
         // Exemplars: trace ids of spans the function exported.
         await sfn.close()
