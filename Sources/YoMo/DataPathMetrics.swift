@@ -201,6 +201,9 @@ final class DataPathMetrics: Sendable {
         meter.observableGauge("yomo.quic.packets_received", unit: "{packet}", description: "QUIC packets received on the current connection.") {
             read().map { [(base, Double($0.datagramsReceived))] } ?? []
         }
+        meter.observableGauge("yomo.quic.packets_lost", unit: "{packet}", description: "Packets with stream data declared lost on the current connection.") {
+            read().map { [(base, Double($0.packetsLost))] } ?? []
+        }
     }
 
     func reconnected() { reconnects.add(1, attributes: baseAttributes) }

@@ -144,6 +144,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     private var simulatedSends = 0
     /// Test hook: pretend every n-th send found the socket buffer full (0 = off).
     var simulateFullSocketEvery = 0
+    /// Test hook: silently drop every n-th datagram train, as a lossy path would (0 = off).
+    var simulateLossEvery = 0
+    private var simulatedLossSends = 0
 
     let sendShared = Mutex(SendShared())
     /// Health for metrics: ngtcp2's statistics copied out by the loop now and
@@ -413,7 +416,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         if endIfUnreachable() { return }
         if now &- lastHealthUpdate > 100_000_000 {
             lastHealthUpdate = now
-            healthSnapshot.withLock { ng.readStatistics(into: &$0) }
+            healthSnapshot.withLock { ng.readStatistics(into: &$0, stream: streamID) }
         }
         updateDeadline()
         if finSent && !finSentShared {
@@ -465,6 +468,10 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     private func transmit(_ bytes: UnsafeRawBufferPointer, segment: Int, to address: UDPAddress) -> Bool {
         let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
         func send(_ offset: Int, _ length: Int, _ segment: Int) -> Int {
+            if simulateLossEvery > 0 {
+                simulatedLossSends += 1
+                if simulatedLossSends % simulateLossEvery == 0 { return length }
+            }
             let every = simulateFullSocketEvery
             if every > 0 {
                 simulatedSends += 1

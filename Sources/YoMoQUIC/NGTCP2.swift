@@ -384,7 +384,10 @@ final class NGConnection {
     var pto: UInt64 { ngtcp2_conn_get_pto(conn) }
 
     /// RTT, congestion window and the like, from ngtcp2's connection statistics.
-    func readStatistics(into statistics: inout QUICConnection.Statistics) {
+    func readStatistics(into statistics: inout QUICConnection.Statistics, stream: Int64?) {
+        // Packets carrying the stream's data that were declared lost (spurious
+        // losses included): ngtcp2 0.12.1 keeps no other loss count.
+        if let stream { statistics.packetsLost = ngtcp2_conn_get_stream_loss_count(conn, stream) }
         var stat = ngtcp2_conn_stat()
         ngtcp2_conn_get_conn_stat_versioned(conn, NGTCP2_CONN_STAT_VERSION, &stat)
         statistics.smoothedRTT = .nanoseconds(Int64(stat.smoothed_rtt))

@@ -167,6 +167,9 @@ public final class QUICConnection: Sendable {
         /// UDP datagrams (QUIC packets, one each here) sent and received.
         public var datagramsSent = 0
         public var datagramsReceived = 0
+        /// Packets with the stream's data that ngtcp2 declared lost (spurious
+        /// losses included): what was sent again.
+        public var packetsLost = 0
 
         public init() {}
     }

@@ -331,6 +331,30 @@ struct LoopbackTests {
         await connection.close()
     }
 
+    @Test("lost packets (a simulated lossy path) are counted, and every byte still arrives")
+    func lossIsCounted() async throws {
+        let server = try await EchoServer()
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        let core = connection.core
+        await withCheckedContinuation { c in
+            core.loop.execute {
+                core.simulateLossEvery = 9
+                c.resume()
+            }
+        }
+        let total = 2 << 20
+        #expect(try await Fixture.echo(connection, total: total) == total)
+        var statistics = connection.statistics
+        for _ in 0..<100 where statistics.packetsLost == 0 {
+            _ = try await echo(connection, ByteBuffer(string: "ping"))
+            try await Task.sleep(for: .milliseconds(20))
+            statistics = connection.statistics
+        }
+        #expect(statistics.packetsLost > 0)
+        await connection.close()
+        await server.stop()
+    }
+
     @Test("peer killed mid-stream: ICMP port unreachable ends the connection at once, not after the idle timeout")
     func peerKilledIsUnreachable() async throws {
         let (peer, port) = try PythonPeer.echoServer()
