@@ -23,18 +23,11 @@ struct LoopbackTests {
         let server = try await EchoServer()
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
         let core = connection.core
-        await withCheckedContinuation { c in
-            core.loop.execute {
-                core.simulateFullSocketEvery = 7
-                c.resume()
-            }
-        }
+        await onLoop(core.loop) { core.simulateFullSocketEvery = 7 }
         let total = 8 << 20
         let received = try await Fixture.echo(connection, total: total)
         #expect(received == total)
-        let blocked = await withCheckedContinuation { c in
-            connection.core.loop.execute { c.resume(returning: connection.core.blockedSends) }
-        }
+        let blocked = await onLoop(core.loop) { core.blockedSends }
         #expect(blocked > 0, "the simulated full socket should have held sends back")
         await connection.close()
         await server.stop()
@@ -44,19 +37,12 @@ struct LoopbackTests {
     func serverFullSocketBuffer() async throws {
         let server = try await EchoServer()
         let serverCore = server.server.core
-        await withCheckedContinuation { c in
-            serverCore.loop.execute {
-                serverCore.simulateFullSocketEvery = 5
-                c.resume()
-            }
-        }
+        await onLoop(serverCore.loop) { serverCore.simulateFullSocketEvery = 5 }
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
         let total = 8 << 20
         let received = try await Fixture.echo(connection, total: total)
         #expect(received == total)
-        let events = await withCheckedContinuation { c in
-            serverCore.loop.execute { c.resume(returning: serverCore.blockedEvents) }
-        }
+        let events = await onLoop(serverCore.loop) { serverCore.blockedEvents }
         #expect(events > 0)
         await connection.close()
         await server.stop()
@@ -336,12 +322,7 @@ struct LoopbackTests {
         let server = try await EchoServer()
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
         let core = connection.core
-        await withCheckedContinuation { c in
-            core.loop.execute {
-                core.simulateLossEvery = 9
-                c.resume()
-            }
-        }
+        await onLoop(core.loop) { core.simulateLossEvery = 9 }
         let total = 2 << 20
         #expect(try await Fixture.echo(connection, total: total) == total)
         var statistics = connection.statistics

@@ -253,3 +253,11 @@ func echo(_ connection: QUICConnection, _ payload: ByteBuffer) async throws -> B
     }
     return received
 }
+
+/// Runs `body` on a connection's (or the server's) loop thread, where their
+/// state lives, and returns its result.
+func onLoop<T: Sendable>(_ loop: QUICEventLoop, _ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        loop.execute { continuation.resume(returning: body()) }
+    }
+}
