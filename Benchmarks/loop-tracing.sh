@@ -50,7 +50,10 @@ run_mode() {
         programs="${LOOP_BASELINE_BIN:?set LOOP_BASELINE_BIN for base: modes}"
         mode="${mode#base:}"
     fi
-    local -a environment=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG -u YOMO_METRICS_LISTEN)
+    # OTLP metric export stays off in every mode (an OTLP endpoint would turn it
+    # on): the tracing modes measure tracing alone; `metrics` measures the pull endpoint.
+    local -a environment=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG -u YOMO_METRICS_LISTEN
+        OTEL_METRICS_EXPORTER=none)
     local -a zipper_args=() function_args=() bench_args=()
     local scraper=""
     case "$mode" in
