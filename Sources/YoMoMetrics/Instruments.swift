@@ -61,8 +61,11 @@ public struct Exemplar: Hashable, Sendable {
     /// The ids as recorded; formatted as hex only when exposed (no string per measurement).
     public var trace: TraceID
     public var span: SpanID
-    /// Unix seconds.
-    public var timestamp: Double
+    /// When it was recorded, Unix nanoseconds (OTLP's unit).
+    public var timeUnixNanoseconds: UInt64
+
+    /// Unix seconds (OpenMetrics' unit).
+    public var timestamp: Double { Double(timeUnixNanoseconds) / 1e9 }
 
     /// Lower-case hex, as OpenMetrics and OTLP-JSON show them.
     public var traceID: String { trace.description }
@@ -116,7 +119,7 @@ final class HistogramCell: Sendable {
         }
         let exemplar = spanContext.flatMap { context -> Exemplar? in
             guard context.isSampled else { return nil }
-            return Exemplar(value: value, trace: context.traceID, span: context.spanID, timestamp: unixSeconds())
+            return Exemplar(value: value, trace: context.traceID, span: context.spanID, timeUnixNanoseconds: wallClockNanoseconds())
         }
         state.withLock { state in
             state.counts[low] += 1
@@ -127,12 +130,6 @@ final class HistogramCell: Sendable {
             if let exemplar { state.exemplars[low] = exemplar }
         }
     }
-}
-
-func unixSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_REALTIME, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }
 
 /// The current span's context, for exemplars.

@@ -185,7 +185,7 @@ enum OTLPMetricEncoding {
             for (index, exemplar) in exemplars.enumerated() {
                 let entry = arena.allocate(PBExemplar.self)
                 opentelemetry__proto__metrics__v1__exemplar__init(entry)
-                entry.pointee.time_unix_nano = UInt64(exemplar.timestamp * 1e9)
+                entry.pointee.time_unix_nano = exemplar.timeUnixNanoseconds
                 entry.pointee.value_case = OPENTELEMETRY__PROTO__METRICS__V1__EXEMPLAR__VALUE_AS_DOUBLE
                 entry.pointee.as_double = exemplar.value
                 entry.pointee.trace_id = arena.bytes(exemplar.trace)
@@ -272,7 +272,7 @@ public final class OTLPHTTPMetricExporter: Sendable {
 /// default 60 s) and exports it, on a thread of its own so the data path never
 /// waits for the collector; `forceFlush()` exports now; `shutdown(timeout:)`
 /// exports one last time within the timeout.
-public final class PeriodicMetricReader: Sendable {
+public final class PeriodicMetricReader: @unchecked Sendable {
     public struct Configuration: Sendable {
         public var interval: Duration
         /// Time for one export (`OTEL_METRIC_EXPORT_TIMEOUT`, default 30 s).
@@ -299,74 +299,72 @@ public final class PeriodicMetricReader: Sendable {
         }
     }
 
+    /// Guarded by `lock`, which the export thread also waits on.
     private struct State {
         var wakeups = 0
         var stopping = false
         var exportsDone = 0
         var waiters: [(target: Int, continuation: CheckedContinuation<Void, Never>)] = []
         var failures = 0
+        /// Set by `shutdown(timeout:)` for the last export.
+        var shutdownTimeout: Duration?
+        /// When the last successful export was taken (the start of a delta interval).
+        var lastExport: UInt64?
     }
 
     public let configuration: Configuration
     private let provider: MeterProvider
     private let exporter: OTLPHTTPMetricExporter
-    private let logger: Logger
-    private let state = Mutex(State())
-    private let condition = ConditionVariable()
-    private let start = wallNanoseconds()
-    private let deltas = Mutex(DeltaTracker())
+    private let lock = ConditionLock()
+    private var state = State()
+    private let start = wallClockNanoseconds()
+    /// Touched only by the export thread.
+    private var deltas = DeltaTracker()
 
-    public init(provider: MeterProvider, exporter: OTLPHTTPMetricExporter, configuration: Configuration, logger: Logger) {
+    public init(provider: MeterProvider, exporter: OTLPHTTPMetricExporter, configuration: Configuration) {
         self.provider = provider
         self.exporter = exporter
         self.configuration = configuration
-        self.logger = logger
-        let thread = Thread { [self] in loop() }
-        thread.name = "yomo-metric-export"
-        thread.start()
+        startThread { [self] in loop() }
     }
 
     /// Exports now; returns when that export is done (or failed).
     public func forceFlush() async {
         await withCheckedContinuation { continuation in
-            condition.withLock {
-                state.withLock { state in
-                    state.wakeups += 1
-                    state.waiters.append((state.exportsDone + 1, continuation))
-                }
+            lock.withLock {
+                state.wakeups += 1
+                state.waiters.append((state.exportsDone + 1, continuation))
+                lock.signal()
             }
-            condition.signal()
         }
     }
 
     /// A last export, then the exporter stops. Bounded by `timeout`.
     public func shutdown(timeout: Duration = .seconds(5)) async {
-        exporterTimeout.withLock { $0 = timeout }
         await withCheckedContinuation { continuation in
-            condition.withLock {
-                state.withLock { state in
-                    state.stopping = true
-                    state.waiters.append((Int.max, continuation))
-                }
+            lock.withLock {
+                state.shutdownTimeout = timeout
+                state.stopping = true
+                state.waiters.append((Int.max, continuation))
+                lock.signal()
             }
-            condition.signal()
         }
         exporter.shutdown()
     }
 
-    private let exporterTimeout = Mutex<Duration?>(nil)
-
     private func loop() {
         while true {
-            _ = condition.wait(seconds: configuration.interval) {
-                state.withLock { $0.wakeups > 0 || $0.stopping }
+            lock.lock()
+            let due = monotonicNanoseconds(after: configuration.interval)
+            while state.wakeups == 0, !state.stopping, monotonicNanoseconds() < due {
+                lock.wait(untilMonotonicNanoseconds: due)
             }
-            let isStopping = state.withLock { state -> Bool in
-                state.wakeups = 0
-                return state.stopping
-            }
-            exportOnce(timeout: exporterTimeout.withLock { $0 } ?? configuration.timeout)
-            let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.wakeups = 0
+            let isStopping = state.stopping
+            let timeout = state.shutdownTimeout ?? configuration.timeout
+            lock.unlock()
+            exportOnce(timeout: timeout)
+            let ready = lock.withLock { () -> [CheckedContinuation<Void, Never>] in
                 state.exportsDone += 1
                 let done = state.exportsDone
                 let ready = state.waiters.filter { $0.target <= done || isStopping }.map(\.continuation)
@@ -382,78 +380,22 @@ public final class PeriodicMetricReader: Sendable {
         var snapshots = provider.collect()
         var start = self.start
         if configuration.temporality == .delta {
-            snapshots = deltas.withLock { $0.deltas(snapshots) }
-            start = lastExport.withLock { $0 ?? self.start }
+            snapshots = deltas.deltas(snapshots)
+            start = lock.withLock { state.lastExport } ?? self.start
         }
-        let now = wallNanoseconds()
+        let now = wallClockNanoseconds()
         do {
             try exporter.export(
                 snapshots, resource: provider.configuration.resource, start: start, now: now,
                 temporality: configuration.temporality, timeout: timeout)
-            lastExport.withLock { $0 = now }
+            lock.withLock { state.lastExport = now }
         } catch {
             // The transport logged the failure; metrics are cumulative, so the
             // next export carries what this one could not.
-            state.withLock { $0.failures += 1 }
+            lock.withLock { state.failures += 1 }
         }
     }
-
-    private let lastExport = Mutex<UInt64?>(nil)
 
     /// Exports that failed, since creation.
-    public var failedExports: Int { state.withLock { $0.failures } }
-}
-
-/// A pthread condition variable with a predicate, for the export thread.
-final class ConditionVariable: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    private var condition = pthread_cond_t()
-
-    init() {
-        pthread_mutex_init(&mutex, nil)
-        var attributes = pthread_condattr_t()
-        pthread_condattr_init(&attributes)
-        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
-        pthread_cond_init(&condition, &attributes)
-    }
-
-    deinit {
-        pthread_cond_destroy(&condition)
-        pthread_mutex_destroy(&mutex)
-    }
-
-    func withLock<T>(_ body: () -> T) -> T {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return body()
-    }
-
-    func signal() {
-        pthread_mutex_lock(&mutex)
-        pthread_cond_signal(&condition)
-        pthread_mutex_unlock(&mutex)
-    }
-
-    /// Waits until `ready()` or `seconds` pass; true when `ready()` held.
-    func wait(seconds duration: Duration, until ready: () -> Bool) -> Bool {
-        var deadline = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &deadline)
-        let (seconds, attoseconds) = duration.components
-        var nanoseconds = Int(deadline.tv_nsec) + Int(attoseconds / 1_000_000_000)
-        deadline.tv_sec += Int(seconds) + nanoseconds / 1_000_000_000
-        nanoseconds %= 1_000_000_000
-        deadline.tv_nsec = nanoseconds
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        while !ready() {
-            if pthread_cond_timedwait(&condition, &mutex, &deadline) == ETIMEDOUT { return ready() }
-        }
-        return true
-    }
-}
-
-func wallNanoseconds() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_REALTIME, &now)
-    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    public var failedExports: Int { lock.withLock { state.failures } }
 }

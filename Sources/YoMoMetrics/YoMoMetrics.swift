@@ -56,7 +56,7 @@ public enum YoMoMetrics {
                 let exporter = try OTLPHTTPMetricExporter(
                     configuration: OTLPExporterConfiguration(signal: .metrics, environment: environment), logger: logger)
                 reader = PeriodicMetricReader(
-                    provider: provider, exporter: exporter, configuration: .init(environment: environment), logger: logger)
+                    provider: provider, exporter: exporter, configuration: .init(environment: environment))
             } catch {
                 // As for traces: one clear line, and no export rather than a wrong one.
                 logger.error("OTLP metrics export is off: \(error)")

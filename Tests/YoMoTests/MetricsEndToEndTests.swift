@@ -262,7 +262,7 @@ struct MetricsEndToEndTests {
                 logger: Logger(label: "test"))
             let reader = PeriodicMetricReader(
                 provider: provider, exporter: exporter,
-                configuration: .init(interval: .seconds(3600), timeout: .seconds(5), temporality: temporality), logger: Logger(label: "test"))
+                configuration: .init(interval: .seconds(3600), timeout: .seconds(5), temporality: temporality))
             let before = receiver.metrics().count
             await reader.forceFlush()
             counter.add(2)
