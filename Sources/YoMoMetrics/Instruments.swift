@@ -166,11 +166,6 @@ final class InstrumentStorage: Sendable {
         callbacks.withLock { $0.append(callback) }
     }
 
-    func remove(_ attributes: MetricAttributes) {
-        scalars.withLock { _ = $0.removeValue(forKey: attributes) }
-        histograms.withLock { _ = $0.removeValue(forKey: attributes) }
-    }
-
     func snapshot() -> MetricSnapshot {
         var points: [MetricSnapshot.Point] = []
         for (attributes, cell) in scalars.withLock({ $0 }) {

@@ -24,19 +24,17 @@ public final class MeterProvider: Sendable {
         /// The resource from `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`
         /// (`serviceName` as the default name), disabled by `OTEL_SDK_DISABLED=true`.
         public init(serviceName: String? = nil, environment: [String: String] = ProcessEnvironment.current) {
-            let disabled = environment["OTEL_SDK_DISABLED"]?.lowercased().trimmingCharacters(in: [" ", "\t"]) == "true"
-            var resource = Resource.detect(environment: environment)
-            if let serviceName, !serviceName.isEmpty, environment["OTEL_SERVICE_NAME"]?.isEmpty ?? true {
-                resource.attributes["service.name"] = serviceName
-            }
+            let disabled = environment["OTEL_SDK_DISABLED"]?.trimmingSpaces().lowercased() == "true"
+            // OTEL_SERVICE_NAME wins over the component's name, as for its spans.
+            let nameFromEnvironment = !(environment["OTEL_SERVICE_NAME"]?.trimmingSpaces().isEmpty ?? true)
+            let resource = Resource.detect(serviceName: nameFromEnvironment ? nil : serviceName, environment: environment)
             self.init(resource: resource, isDisabled: disabled)
         }
     }
 
     public let configuration: Configuration
-    private let instruments = Mutex<[String: InstrumentStorage]>([:])
-    /// Instrument names in the order they were made, for stable exposition.
-    private let order = Mutex<[String]>([])
+    /// By name, and in the order they were made (a stable page).
+    private let instruments = Mutex<(byName: [String: InstrumentStorage], ordered: [InstrumentStorage])>(([:], []))
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -56,25 +54,18 @@ public final class MeterProvider: Sendable {
     ) -> InstrumentStorage? {
         guard isEnabled else { return nil }
         return instruments.withLock { instruments in
-            if let existing = instruments[name] { return existing }
+            if let existing = instruments.byName[name] { return existing }
             let storage = InstrumentStorage(InstrumentDescriptor(
                 name: name, unit: unit, description: description, kind: kind, boundaries: boundaries, scope: scope))
-            instruments[name] = storage
-            order.withLock { $0.append(name) }
+            instruments.byName[name] = storage
+            instruments.ordered.append(storage)
             return storage
         }
     }
 
-    /// Forgets a series (swift-metrics' `destroy`).
-    func remove(_ name: String, _ attributes: MetricAttributes) {
-        instruments.withLock { $0[name] }?.remove(attributes)
-    }
-
     /// Every instrument's current state, cumulative since the provider began.
     public func collect() -> [MetricSnapshot] {
-        let names = order.withLock { $0 }
-        let all = instruments.withLock { $0 }
-        return names.compactMap { all[$0]?.snapshot() }
+        instruments.withLock { $0.ordered }.map { $0.snapshot() }
     }
 }
 
