@@ -224,25 +224,12 @@ final class ClientRuntime: Sendable {
             if state.closeDeadline == nil { state.closeDeadline = ContinuousClock.now + setup.shutdownTimeout }
             return state.closeDeadline!
         }
-        let delivered = await withTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                do { try await session.connection.connection.finishWriting() } catch { return (error as? QUICError)?.kind != .cancelled }
-                return true
-            }
-            group.addTask {
-                try? await Task.sleep(until: deadline, clock: .continuous)
-                return false
-            }
-            defer { group.cancelAll() }
-            return await group.next() ?? false
-        }
-        if !delivered {
+        if !(await session.connection.closeAfterDelivery(reason: reason, until: deadline)) {
             logger.warning("close deadline reached before the zipper acknowledged every frame", metadata: [
                 "unacknowledged_bytes": "\(session.connection.connection.unacknowledgedBytes)",
                 "shutdown_timeout": "\(setup.shutdownTimeout)",
             ])
         }
-        await session.connection.close(reason: reason)
     }
 
     private func serveUntilEnd(_ setup: Setup, first: ClientSession) async {

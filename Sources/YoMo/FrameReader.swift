@@ -40,11 +40,27 @@ extension QUICFrameConnection {
     /// frames while its last writes go out.
     func stopReading() { connection.stopReading() }
 
-    /// Sends FIN after everything written, waits for the peer to acknowledge it
-    /// all, then closes with YoMo's code `0x13` and `reason`.
-    func closeAfterDelivery(reason: String) async {
-        try? await connection.finishWriting()
+    /// Sends FIN after everything written, waits until the peer acknowledged it
+    /// all (or the connection ended) but never past `deadline`, then closes with
+    /// YoMo's code `0x13` and `reason`. False when the deadline cut the wait short.
+    @discardableResult
+    func closeAfterDelivery(reason: String, until deadline: ContinuousClock.Instant) async -> Bool {
+        let delivered = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                // A connection that ended needs no more waiting: only a cancelled
+                // wait (the deadline won) counts as not delivered.
+                do { try await self.connection.finishWriting() } catch { return (error as? QUICError)?.kind != .cancelled }
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                return false
+            }
+            defer { group.cancelAll() }
+            return await group.next() ?? false
+        }
         await close(reason: reason)
+        return delivered
     }
 }
 

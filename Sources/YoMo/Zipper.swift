@@ -243,15 +243,12 @@ public final class Zipper: Sendable {
     private func serve(_ connection: QUICFrameConnection) async {
         let remote = connection.remoteAddress
         let admitted = state.withLock { state -> Bool in
-            guard state.pendingHandshakes < configuration.limits.maximumPendingHandshakes else {
-                state.statistics.rejectedHandshakes += 1
-                return false
-            }
+            guard state.pendingHandshakes < configuration.limits.maximumPendingHandshakes else { return false }
             state.pendingHandshakes += 1
             return true
         }
         guard admitted else {
-            metrics.rejected(reason: "pending_handshakes_limit")
+            countRefusal("pending_handshakes_limit")
             let reason = "too many handshakes in progress (\(configuration.limits.maximumPendingHandshakes))"
             logger.warning("connection refused", metadata: ["remote": "\(remote)", "reason": "\(reason)"])
             await connection.close(reason: reason)
@@ -266,11 +263,11 @@ public final class Zipper: Sendable {
         connectionLogger[metadataKey: YoMoLogField.connectionID] = "\(handshake.id.forLog)"
         connectionLogger[metadataKey: YoMoLogField.connectionName] = "\(handshake.name.forLog)"
         if let rejection = authority.rejection(for: handshake) {
-            state.withLock { $0.statistics.rejectedHandshakes += 1 }
-            metrics.rejected(reason: "rejected")
+            countRefusal("rejected")
             connectionLogger.warning("handshake rejected", metadata: ["reason": "\(rejection.forLog)", "remote": "\(remote)"])
             try? await connection.write(.rejected(RejectedFrame(message: rejection)))
-            await closeAfterDelivery(connection, reason: rejection)
+            // A peer that does not acknowledge the RejectedFrame gets the handshake timeout, no more.
+            await connection.closeAfterDelivery(reason: rejection, until: .now + options.handshakeTimeout)
             return
         }
         frameReader.setMaximumFrameSize(configuration.limits.maximumFrameSize)
@@ -322,6 +319,12 @@ public final class Zipper: Sendable {
         await connection.close(reason: closeReason)
     }
 
+    /// A connection refused before or at its handshake: `statistics` and the metric.
+    private func countRefusal(_ reason: String) {
+        state.withLock { $0.statistics.rejectedHandshakes += 1 }
+        metrics.rejected(reason: reason)
+    }
+
     /// Reads the first frame, which must be a handshake, within the handshake
     /// timeout and the handshake size limit. On failure: logged once with the
     /// remote address, the connection closed with the reason, and nil.
@@ -360,8 +363,7 @@ public final class Zipper: Sendable {
             await connection.close(reason: "")
             return nil
         }
-        state.withLock { $0.statistics.rejectedHandshakes += 1 }
-        metrics.rejected(reason: category)
+        countRefusal(category)
         logger.warning("connection refused before its handshake", metadata: ["remote": "\(remote)", "reason": "\(reason)"])
         await connection.close(reason: reason)
         return nil
@@ -369,16 +371,6 @@ public final class Zipper: Sendable {
 
     /// Delivers the RejectedFrame, but never waits longer than the handshake
     /// timeout for a peer that does not acknowledge it.
-    private func closeAfterDelivery(_ connection: QUICFrameConnection, reason: String) async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { try? await connection.connection.finishWriting() }
-            group.addTask { try? await Task.sleep(for: self.options.handshakeTimeout) }
-            await group.next()
-            group.cancelAll()
-        }
-        await connection.close(reason: reason)
-    }
-
     /// Sends a frame to every observer; awaiting each write is what makes a slow
     /// stream function slow its senders down instead of losing frames.
     /// With `forwardsToMesh`, the frame is also queued (never awaited) for every
