@@ -52,6 +52,14 @@ final class ClientRuntime: Sendable {
         var outage = OutageBuffer(maximumFrames: 0, maximumBytes: 0)
         /// Ended, and the owned tracer provider flushed and shut down: `wait()` may return.
         var finished = false
+
+        /// The close deadline, set by the first close request (or the first close).
+        mutating func startCloseClock() -> ContinuousClock.Instant {
+            if let closeDeadline { return closeDeadline }
+            let deadline = ContinuousClock.now + shutdownTimeout
+            closeDeadline = deadline
+            return deadline
+        }
     }
 
     /// Where one write goes.
@@ -139,9 +147,7 @@ final class ClientRuntime: Sendable {
             do {
                 session = try await self.dialInitial(setup)
             } catch {
-                self.end(ClientCore.describe(error, zipper: setup.settings.zipper))
-                await setup.ownedProvider?.shutdown()
-                self.finish()
+                await self.endUnconnected(error, setup)
                 return
             }
             await self.serve(setup, first: session)
@@ -155,11 +161,16 @@ final class ClientRuntime: Sendable {
         do {
             return try await dialInitial(setup)
         } catch {
-            end(ClientCore.describe(error, zipper: setup.settings.zipper))
-            await setup.ownedProvider?.shutdown()
-            finish()
+            await endUnconnected(error, setup)
             throw error
         }
+    }
+
+    /// The first connection failed for good: the client ends, its own provider flushed.
+    private func endUnconnected(_ error: any Error, _ setup: Setup) async {
+        end(ClientCore.describe(error, zipper: setup.settings.zipper))
+        await setup.ownedProvider?.shutdown()
+        finish()
     }
 
     private func beginRunning(_ setup: Setup) throws {
@@ -220,10 +231,7 @@ final class ClientRuntime: Sendable {
     /// acknowledgements at the close deadline (a frozen zipper must not hold a
     /// close for its whole idle timeout).
     private func closeDelivering(_ session: ClientSession, reason: String, _ setup: Setup) async {
-        let deadline = state.withLock { state -> ContinuousClock.Instant in
-            if state.closeDeadline == nil { state.closeDeadline = ContinuousClock.now + setup.shutdownTimeout }
-            return state.closeDeadline!
-        }
+        let deadline = state.withLock { $0.startCloseClock() }
         if !(await session.connection.closeAfterDelivery(reason: reason, until: deadline)) {
             logger.warning("close deadline reached before the zipper acknowledged every frame", metadata: [
                 "unacknowledged_bytes": "\(session.connection.connection.unacknowledgedBytes)",
@@ -427,8 +435,8 @@ final class ClientRuntime: Sendable {
                                         consumer.duration.record(secondsSince(started), spanContext: span?.spanContext)
                                     }
                                 } catch {
-                                    if consumer != nil {
-                                        setup.metrics.consumer(tag: data.tag, handlerType: "async_handler").consumed.add()
+                                    if let consumer {
+                                        consumer.consumed.add()
                                         setup.metrics.recordFailure(
                                             tag: data.tag, handlerType: "async_handler", seconds: secondsSince(started), error: error,
                                             spanContext: span?.spanContext)
@@ -609,7 +617,7 @@ final class ClientRuntime: Sendable {
     /// connection closes), or stops waiting to redial; `close()` also waits.
     func beginClose() {
         let (action, session, task) = state.withLock { state in
-            if state.closeDeadline == nil { state.closeDeadline = ContinuousClock.now + state.shutdownTimeout }
+            _ = state.startCloseClock()
             return (state.lifecycle.closeRequested(), state.session, state.serveTask)
         }
         switch action {
