@@ -49,6 +49,23 @@ struct SendShared {
         }
     }
 
+    /// Queues `n` bytes that `append` adds (writes and `tryWrite`); true when the
+    /// loop must be woken to send them.
+    mutating func accept(_ n: Int, _ append: (inout SendShared) -> Void) throws(QUICError) -> Bool {
+        if let error { throw error }
+        if finRequested { throw QUICError.invalidConfiguration("write after finishWriting()") }
+        append(&self)
+        buffered += n
+        enqueuedTotal += n
+        return scheduleFlush()
+    }
+
+    /// True when no flush was scheduled yet (the caller wakes the loop).
+    mutating func scheduleFlush() -> Bool {
+        defer { flushScheduled = true }
+        return !flushScheduled
+    }
+
     /// Small writes join one buffer up to this size.
     static let coalescingLimit = 65536
 
@@ -793,13 +810,7 @@ extension ConnectionCore {
     private nonisolated(nonsending) func enqueue(bytes n: Int, _ append: (inout SendShared) -> Void) async throws(QUICError) -> Int {
         let limit = configuration.sendBufferSize
         let (wake, mustWait, end) = try sendShared.withLock { s throws(QUICError) -> (Bool, Bool, Int) in
-            if let error = s.error { throw error }
-            if s.finRequested { throw QUICError.invalidConfiguration("write after finishWriting()") }
-            append(&s)
-            s.buffered += n
-            s.enqueuedTotal += n
-            let wake = !s.flushScheduled
-            s.flushScheduled = true
+            let wake = try s.accept(n, append)
             return (wake, s.buffered > limit, s.enqueuedTotal)
         }
         if wake { loop.execute { [self] in flushFromApplication() } }
@@ -837,15 +848,9 @@ extension ConnectionCore {
     /// Returns false (and queues nothing) when over the limit.
     func tryWrite(length: Int, limit: Int, _ encode: (inout ByteBuffer) -> Void) throws(QUICError) -> Bool {
         let wake = try sendShared.withLock { s throws(QUICError) -> Bool? in
-            if let error = s.error { throw error }
-            if s.finRequested { throw QUICError.invalidConfiguration("write after finishWriting()") }
-            guard s.buffered + length <= limit || s.buffered == 0 else { return nil }
-            s.appendEncoded(length: length, encode)
-            s.buffered += length
-            s.enqueuedTotal += length
-            let wake = !s.flushScheduled
-            s.flushScheduled = true
-            return wake
+            // Errors first, as for any write; then the limit (an idle connection takes any frame).
+            if s.error == nil, !s.finRequested, s.buffered + length > limit, s.buffered > 0 { return nil }
+            return try s.accept(length) { $0.appendEncoded(length: length, encode) }
         }
         guard let wake else { return false }
         if wake { loop.execute { [self] in flushFromApplication() } }
@@ -860,9 +865,7 @@ extension ConnectionCore {
         let wake = try sendShared.withLock { s throws(QUICError) -> Bool in
             if let error = s.error { throw error }
             s.finRequested = true
-            let wake = !s.flushScheduled
-            s.flushScheduled = true
-            return wake
+            return s.scheduleFlush()
         }
         if wake { loop.execute { [self] in flushFromApplication() } }
         // Cancelling gives up waiting for the acknowledgements (a bounded close).
