@@ -105,6 +105,8 @@ public struct PipelineRow: Sendable, Hashable {
         let handled = rate("messaging_process_duration_seconds_count")
         let failed = rate("messaging_process_duration_seconds_count") { $0["error_type"] != nil }
         let isZipper = current.contains { $0.name.hasPrefix("yomo_zipper_") }
+        // A client has one connection; several clients in one process: their mean.
+        let rtts = current.filter { $0.name == "yomo_quic_smoothed_rtt_seconds" }
         let quantiles = intervalQuantiles(previous: previous, current: current, name: "messaging_process_duration_seconds")
         return PipelineRow(
             target: target, service: service,
@@ -117,8 +119,7 @@ public struct PipelineRow: Sendable, Hashable {
             noRouteRate: rate("yomo_zipper_routed_messages_total") { $0["outcome"] == "no_route" },
             droppedRate: rate("yomo_zipper_routed_messages_total") { $0["outcome"] == "dropped" }
                 + rate("yomo_zipper_mesh_dropped_messages_total"),
-            rtt: current.contains { $0.name == "yomo_quic_smoothed_rtt_seconds" } ? total(current, "yomo_quic_smoothed_rtt_seconds")
-                / Double(max(1, current.filter { $0.name == "yomo_quic_smoothed_rtt_seconds" }.count)) : nil,
+            rtt: rtts.isEmpty ? nil : rtts.reduce(0) { $0 + $1.value } / Double(rtts.count),
             exporterDrops: total(current, "yomo_sdk_spans_dropped_total"))
     }
 
