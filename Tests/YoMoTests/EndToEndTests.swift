@@ -18,13 +18,7 @@ final class Inbox<Element: Sendable>: Sendable {
 
     /// Waits until `count` items arrived; false after `timeout`.
     func wait(for count: Int, timeout: Duration = .seconds(20)) async -> Bool {
-        let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: timeout)
-        while clock.now < deadline {
-            if self.count >= count { return true }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        return self.count >= count
+        await eventually(within: timeout) { self.count >= count }
     }
 }
 

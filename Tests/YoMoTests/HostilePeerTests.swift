@@ -104,16 +104,16 @@ struct HostilePeerTests {
 
     @Test("a handshake field over its bound is rejected, and the log line carries a truncated name")
     func longNameRejected() async throws {
-        let records = RecordedLines()
-        var logger = Logger(label: "test.zipper") { _ in RecordingHandler(records) }
+        let records = Inbox<String>()
+        var logger = Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) }
         logger.logLevel = .info
         try await withStrictZipper(logger: logger) { _, zipper in
             let lines = try await runHostilePeer("long-name", port: try #require(zipper.port))
             #expect(lines.first?.contains("reason=handshake name is too long: 1000 bytes, at most 512 bytes") == true, "\(lines)")
             #expect(zipper.statistics.rejectedHandshakes == 1)
         }
-        let rejected = records.lines.filter { $0.contains("handshake rejected") }
-        #expect(rejected.count == 1, "logged once: \(records.lines)")
+        let rejected = records.items.filter { $0.contains("handshake rejected") }
+        #expect(rejected.count == 1, "logged once: \(records.items)")
         #expect(rejected.first?.contains("(1000 bytes)") == true, "truncated: \(rejected)")
         #expect(rejected.first?.contains(String(repeating: "n", count: 100)) == false)
         #expect(rejected.first?.contains("remote=127.0.0.1:") == true)
@@ -180,31 +180,5 @@ struct HostilePeerTests {
             #expect(refused.count == 4, "\(lines)")
             #expect(timedOut.count == 2, "\(lines)")
         }
-    }
-}
-
-/// Log lines as "message key=value …", for assertions.
-final class RecordedLines: Sendable {
-    private let state = Mutex<[String]>([])
-    func append(_ line: String) { state.withLock { $0.append(line) } }
-    var lines: [String] { state.withLock { $0 } }
-}
-
-struct RecordingHandler: LogHandler {
-    let records: RecordedLines
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-
-    init(_ records: RecordedLines) { self.records = records }
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        let all = metadata.merging(event.metadata ?? [:]) { _, new in new }
-        let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        records.append("\(event.message) \(fields)")
     }
 }
