@@ -188,7 +188,6 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// Server: when a connection that has not opened its stream by then is closed
     /// (a peer that completes the QUIC handshake and stays mute is reaped).
     var streamDeadline = UInt64.max
-    var streamOpenTimeoutDescription = ""
     /// Server: told once the client opened its stream.
     var onStreamOpened: (() -> Void)?
 
@@ -311,7 +310,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         case .handshaking, .established:
             if streamID == nil, now >= streamDeadline {
                 server?.stats.streamTimeouts.add(1, ordering: .relaxed)
-                closeLocally(code: QUICError.yomoCloseCode, reason: "no stream opened within \(streamOpenTimeoutDescription)")
+                let timeout = server.map { "\($0.limits.streamOpenTimeout)" } ?? "its deadline"
+                closeLocally(code: QUICError.yomoCloseCode, reason: "no stream opened within \(timeout)")
                 return
             }
             guard let ng else { return }

@@ -164,7 +164,6 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         routes[originalDCID] = core
         routes[scid] = core
         core.streamDeadline = monotonicNow() &+ limits.streamOpenTimeout.nanoseconds
-        core.streamOpenTimeoutDescription = "\(limits.streamOpenTimeout)"
         loop.addTimed(core)
         core.onStreamOpened = { [weak self, unowned core] in self?.streamOpened(core) }
         stats.accepted.add(1, ordering: .relaxed)
