@@ -180,6 +180,24 @@ extension ConditionLock {
     }
 }
 
+extension ConditionLock {
+    /// A batch processor's shutdown: tells the exporter to abandon exports at
+    /// the deadline, then submits the request that `register` adds (waiter, id,
+    /// monotonic deadline) and waits for the export thread to serve it.
+    package func submitShutdown(
+        timeout: Duration, abandonExports: (Duration) -> Void,
+        _ register: (ExportRequests.Waiter, UInt64, UInt64) -> Bool,
+        expire: @escaping @Sendable (UInt64) -> ExportRequests.Waiter?
+    ) async {
+        // Before waiting: an export already in flight must also end in time.
+        abandonExports(timeout)
+        let deadline = monotonicNanoseconds(after: timeout)
+        // The export thread answers within ~50 ms of the deadline; the grace
+        // only matters for an exporter that ignores `abandonExports`.
+        await submit(timeout: timeout + .milliseconds(500), { register($0, $1, deadline) }, expire: expire)
+    }
+}
+
 /// Runs an action on its own thread at a monotonic time, unless cancelled first.
 package final class OneShotTimer: @unchecked Sendable {
     private let lock = ConditionLock()

@@ -106,12 +106,8 @@ public final class BatchLogRecordProcessor: @unchecked Sendable {
     /// `droppedRecordCount` and reported in one log line. Later records are
     /// dropped. Idempotent.
     public func shutdown(timeout: Duration) async {
-        // Before waiting: an export already in flight must also end in time.
-        exporter.abandonExports(after: timeout)
-        let deadline = monotonicNanoseconds(after: timeout)
-        // The grace only matters for an exporter that ignores `abandonExports`.
-        await lock.submit(timeout: timeout + .milliseconds(500), {
-            requests.addShutdown($0, id: $1, deadline: deadline, timeout: timeout)
+        await lock.submitShutdown(timeout: timeout, abandonExports: exporter.abandonExports(after:), {
+            requests.addShutdown($0, id: $1, deadline: $2, timeout: timeout)
         }, expire: expire)
     }
 
