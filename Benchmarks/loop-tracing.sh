@@ -11,7 +11,8 @@
 # every process serving /metrics, scraped once a second); a mode written
 # base:MODE runs the binaries in LOOP_BASELINE_BIN instead (e.g. a release build
 # of an older commit in a git worktree), for before/after ratios in one run.
-# LOOP_SIZE and LOOP_INFLIGHT set the frame size (1024) and window (256).
+# LOOP_SIZE and LOOP_INFLIGHT set the frame size (1024) and window (256);
+# LOOP_VERBOSE=1 also prints each process's CPU per frame.
 # Prints frames/s and the CPU time all four processes spent per frame (zipper,
 # stream function, bench, receiver): on a saturated machine the second is the
 # steadier measure. Needs release builds of yomo and uppercase-sfn (built here).
@@ -92,6 +93,11 @@ run_mode() {
     total="$(awk -v z="$(cpu_seconds "$zipper")" -v f="$(cpu_seconds "$function")" -v b="$bench_cpu" \
         -v r0="$receiver_before" -v r1="$(cpu_seconds "$receiver")" -v n="$frames" \
         'BEGIN { printf "%.1f", (z + f + b + r1 - r0) * 1e6 / n }')"
+    if [[ -n "${LOOP_VERBOSE:-}" ]]; then
+        awk -v z="$(cpu_seconds "$zipper")" -v f="$(cpu_seconds "$function")" -v b="$bench_cpu" \
+            -v r="$(awk -v r0="$receiver_before" -v r1="$(cpu_seconds "$receiver")" 'BEGIN { print r1 - r0 }')" -v n="$frames" \
+            'BEGIN { printf "  µs CPU per frame: zipper %.1f, function %.1f, bench %.1f, receiver %.1f\n", z * 1e6 / n, f * 1e6 / n, b * 1e6 / n, r * 1e6 / n }' >&2
+    fi
     stop_all
     echo "${rate:-0} $total"
 }
