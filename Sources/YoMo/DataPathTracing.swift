@@ -51,9 +51,11 @@ struct DataPathTracer: Sendable {
     /// The zipper's span ("zipper endpoint", scope "Zipper").
     func zipperSpan(tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
-        let span = tracer.startSpan("zipper endpoint", extractingParentFrom: metadata, using: MetadataExtractor(), ofKind: .internal)
-        span.setAttribute("routing_data_tag", .int64(Int64(tag)))
-        span.setAttribute("routing_data_len", .int64(Int64(length)))
+        let span = startSpan("zipper endpoint", parentIn: metadata, ofKind: .internal)
+        if span.isRecording {
+            span.setAttribute("routing_data_tag", .int64(Int64(tag)))
+            span.setAttribute("routing_data_len", .int64(Int64(length)))
+        }
         inject(span, into: &metadata)
         return span
     }
@@ -61,12 +63,60 @@ struct DataPathTracer: Sendable {
     /// The stream function's span (scope "StreamFunction", named after it), kind consumer.
     func functionSpan(name: String, handlerType: String, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
-        let span = tracer.startSpan(name, extractingParentFrom: metadata, using: MetadataExtractor(), ofKind: .consumer)
-        span.setAttribute("sfn_handler_type", .string(handlerType))
-        span.setAttribute("recv_data_tag", .int64(Int64(tag)))
-        span.setAttribute("recv_data_len", .int64(Int64(length)))
+        let span = startSpan(name, parentIn: metadata, ofKind: .consumer)
+        if span.isRecording {
+            span.setAttribute("sfn_handler_type", .string(handlerType))
+            span.setAttribute("recv_data_tag", .int64(Int64(tag)))
+            span.setAttribute("recv_data_len", .int64(Int64(length)))
+        }
         inject(span, into: &metadata)
         return span
+    }
+
+    /// A span whose parent is the frame's trace context, or else the current
+    /// task's (what `startSpan(extractingParentFrom:)` does, without strings).
+    private func startSpan(_ name: String, parentIn metadata: Metadata, ofKind kind: SpanKind) -> YoMoSpan {
+        let context = ServiceContext.current ?? .topLevel
+        let parent = extractParent(from: metadata) ?? (context.isEmpty ? nil : context.spanContext)
+        return tracer.startSpan(name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now)
+    }
+
+    /// The remote parent in a frame's metadata, as `TraceContextPropagator.extract`
+    /// finds it. Trace values held as numbers (their usual, canonical form) are
+    /// read without making strings; any other form goes to the propagator.
+    func extractParent(from metadata: Metadata) -> SpanContext? {
+        let propagator = tracer.propagator
+        if propagator.formats.contains(.traceContext) {
+            switch metadata.traceparentValue {
+            case .fields(let fields):
+                let traceID = TraceID(high: fields.traceIDHigh, low: fields.traceIDLow)
+                // An invalid one is ignored: the YoMo keys are read next, as the propagator does.
+                if traceID.isValid && fields.spanID != 0 {
+                    var parent = SpanContext(
+                        traceID: traceID, spanID: SpanID(rawValue: fields.spanID),
+                        traceFlags: TraceFlags(rawValue: fields.flags & TraceFlags.sampled.rawValue), isRemote: true
+                    )
+                    if let traceState = metadata[TraceContextPropagator.tracestateKey],
+                       traceState.utf8.count <= TraceContextPropagator.maxTraceStateLength {
+                        parent.traceState = traceState.trimmingSpaces()
+                    }
+                    return parent
+                }
+            case .text:
+                return propagator.extract(from: metadata, using: MetadataExtractor())
+            case .absent:
+                break
+            }
+        }
+        if propagator.formats.contains(.yomo),
+           case .fields(let traceID) = metadata.yomoTraceIDValue, case .fields(let spanID) = metadata.yomoSpanIDValue,
+           traceID.high != 0 || traceID.low != 0, spanID != 0 {
+            return SpanContext(
+                traceID: TraceID(high: traceID.high, low: traceID.low), spanID: SpanID(rawValue: spanID),
+                traceFlags: .sampled, isRemote: true
+            )
+        }
+        return propagator.extract(from: metadata, using: MetadataExtractor())
     }
 
     /// Writes the span's ids straight from its span context: building
@@ -74,13 +124,34 @@ struct DataPathTracer: Sendable {
     /// a dictionary insert per frame.
     private func inject(_ span: YoMoSpan, into metadata: inout Metadata) {
         guard let spanContext = span.spanContext else { return }
-        TraceContextPropagator().inject(spanContext, into: &metadata, using: MetadataInjector())
+        inject(spanContext, into: &metadata)
+    }
+
+    /// What `TraceContextPropagator.inject` writes, with the ids written as
+    /// numbers (formatted only when the metadata is encoded or read as text).
+    func inject(_ spanContext: SpanContext, into metadata: inout Metadata) {
+        guard spanContext.isValid else { return }
+        let formats = tracer.propagator.formats
+        if formats.contains(.traceContext) {
+            metadata.setTraceparent(TraceparentFields(
+                traceIDHigh: spanContext.traceID.high, traceIDLow: spanContext.traceID.low,
+                spanID: spanContext.spanID.rawValue, flags: spanContext.isSampled ? 1 : 0
+            ))
+            if !spanContext.traceState.isEmpty {
+                metadata[TraceContextPropagator.tracestateKey] = spanContext.traceState
+            }
+        }
+        if formats.contains(.yomo) {
+            metadata.setYomoTraceIDs(
+                traceIDHigh: spanContext.traceID.high, traceIDLow: spanContext.traceID.low, spanID: spanContext.spanID.rawValue
+            )
+        }
     }
 
     /// Writes the current task's trace context (if any) into outgoing metadata.
     func injectCurrent(into metadata: inout Metadata) {
-        guard tracer.isEnabled, let context = ServiceContext.current else { return }
-        tracer.inject(context, into: &metadata, using: MetadataInjector())
+        guard tracer.isEnabled, let spanContext = ServiceContext.current?.spanContext else { return }
+        inject(spanContext, into: &metadata)
     }
 }
 

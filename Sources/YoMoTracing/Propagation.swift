@@ -3,21 +3,63 @@ public import Instrumentation
 /// Reads and writes trace context in string-keyed carriers (YoMo frame metadata,
 /// HTTP headers) through swift-distributed-tracing's `Injector` / `Extractor`.
 ///
-/// Writes both the YoMo keys (`yomo-trace-id`, `yomo-span-id`, read by the Go SDK)
-/// and W3C `traceparent` / `tracestate`. Reads `traceparent` when it is valid,
-/// else the YoMo keys; a YoMo-only parent has no flags on the wire and counts as
-/// sampled (PROTOCOL.md "Tracing in metadata"). Malformed values are ignored.
+/// By default writes both the YoMo keys (`yomo-trace-id`, `yomo-span-id`, read by
+/// the Go SDK) and W3C `traceparent` / `tracestate`, and reads `traceparent` when
+/// it is valid, else the YoMo keys; a YoMo-only parent has no flags on the wire
+/// and counts as sampled (PROTOCOL.md "Tracing in metadata"). `formats` (from
+/// `OTEL_PROPAGATORS`) narrows both to one of the two. Malformed values are ignored.
 public struct TraceContextPropagator: Sendable {
     public static let traceparentKey = "traceparent"
     public static let tracestateKey = "tracestate"
     public static let yomoTraceIDKey = "yomo-trace-id"
     public static let yomoSpanIDKey = "yomo-span-id"
 
+    /// Which trace-context formats travel: the `OTEL_PROPAGATORS` choice.
+    public struct Formats: OptionSet, Sendable, Hashable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+        /// W3C `traceparent` / `tracestate` (`OTEL_PROPAGATORS=tracecontext`).
+        public static let traceContext = Formats(rawValue: 1)
+        /// The YoMo keys `yomo-trace-id` / `yomo-span-id`, what the Go SDK reads (`OTEL_PROPAGATORS=yomo`).
+        public static let yomo = Formats(rawValue: 2)
+        /// Both, the default: Go components follow the trace, and the sampled
+        /// flag still travels between Swift ones.
+        public static let all: Formats = [.traceContext, .yomo]
+
+        /// `OTEL_PROPAGATORS`: a comma-separated list of `tracecontext`, `yomo`,
+        /// or `none`; unset or empty means both. Names this SDK does not
+        /// implement (`baggage`, `b3`, …) are ignored and reported in the warning;
+        /// a list with none that it does implement falls back to both.
+        public static func fromEnvironment(_ environment: [String: String]) -> (Formats, warning: String?) {
+            guard let value = environment["OTEL_PROPAGATORS"], !value.trimmingSpaces().isEmpty else { return (.all, nil) }
+            var formats: Formats = []
+            var unknown: [String] = []
+            var none = false
+            for name in value.split(separator: ",").map({ String($0).trimmingSpaces().lowercased() }) where !name.isEmpty {
+                switch name {
+                case "tracecontext": formats.insert(.traceContext)
+                case "yomo": formats.insert(.yomo)
+                case "none": none = true
+                default: unknown.append(name)
+                }
+            }
+            if none && formats.isEmpty { return ([], nil) }
+            let warning = unknown.isEmpty ? nil
+                : "OTEL_PROPAGATORS: \(unknown.joined(separator: ", ")) not supported (supported: tracecontext, yomo, none)"
+            return (formats.isEmpty ? .all : formats, warning)
+        }
+    }
+
     /// W3C trace-context caps tracestate at 32 members; longer values are dropped
     /// rather than forwarded.
-    static let maxTraceStateLength = 512
+    package static let maxTraceStateLength = 512
 
-    public init() {}
+    public let formats: Formats
+
+    public init(formats: Formats = .all) {
+        self.formats = formats
+    }
 
     public func inject<Carrier, Inject: Injector>(
         _ spanContext: SpanContext,
@@ -25,12 +67,16 @@ public struct TraceContextPropagator: Sendable {
         using injector: Inject
     ) where Inject.Carrier == Carrier {
         guard spanContext.isValid else { return }
-        injector.inject(Self.formatTraceparent(spanContext), forKey: Self.traceparentKey, into: &carrier)
-        if !spanContext.traceState.isEmpty {
-            injector.inject(spanContext.traceState, forKey: Self.tracestateKey, into: &carrier)
+        if formats.contains(.traceContext) {
+            injector.inject(Self.formatTraceparent(spanContext), forKey: Self.traceparentKey, into: &carrier)
+            if !spanContext.traceState.isEmpty {
+                injector.inject(spanContext.traceState, forKey: Self.tracestateKey, into: &carrier)
+            }
         }
-        injector.inject(spanContext.traceID.description, forKey: Self.yomoTraceIDKey, into: &carrier)
-        injector.inject(spanContext.spanID.description, forKey: Self.yomoSpanIDKey, into: &carrier)
+        if formats.contains(.yomo) {
+            injector.inject(spanContext.traceID.description, forKey: Self.yomoTraceIDKey, into: &carrier)
+            injector.inject(spanContext.spanID.description, forKey: Self.yomoSpanIDKey, into: &carrier)
+        }
     }
 
     /// `00-<32 hex>-<16 hex>-<2 hex>`, written in one buffer (this runs for every frame).
@@ -55,7 +101,8 @@ public struct TraceContextPropagator: Sendable {
         from carrier: Carrier,
         using extractor: Extract
     ) -> SpanContext? where Extract.Carrier == Carrier {
-        if let traceparent = extractor.extract(key: Self.traceparentKey, from: carrier),
+        if formats.contains(.traceContext),
+           let traceparent = extractor.extract(key: Self.traceparentKey, from: carrier),
            var context = Self.parseTraceparent(traceparent) {
             if let traceState = extractor.extract(key: Self.tracestateKey, from: carrier),
                traceState.utf8.count <= Self.maxTraceStateLength {
@@ -63,7 +110,8 @@ public struct TraceContextPropagator: Sendable {
             }
             return context
         }
-        guard let traceIDString = extractor.extract(key: Self.yomoTraceIDKey, from: carrier),
+        guard formats.contains(.yomo),
+              let traceIDString = extractor.extract(key: Self.yomoTraceIDKey, from: carrier),
               let spanIDString = extractor.extract(key: Self.yomoSpanIDKey, from: carrier),
               let traceID = TraceID(hexString: traceIDString), traceID.isValid,
               let spanID = SpanID(hexString: spanIDString), spanID.isValid

@@ -12,13 +12,18 @@ final class TracerShared: Sendable {
     let sampler: any Sampler
     let limits: SpanLimits
     let processors: [any SpanProcessor]
+    let propagator: TraceContextPropagator
     let isShutdown = Atomic<Bool>(false)
 
-    init(resource: Resource, sampler: any Sampler, limits: SpanLimits, processors: [any SpanProcessor]) {
+    init(
+        resource: Resource, sampler: any Sampler, limits: SpanLimits, processors: [any SpanProcessor],
+        propagation: TraceContextPropagator.Formats = .all
+    ) {
         self.resource = resource
         self.sampler = sampler
         self.limits = limits
         self.processors = processors
+        self.propagator = TraceContextPropagator(formats: propagation)
     }
 }
 

@@ -9,11 +9,13 @@ public struct YoMoTracer: Tracer {
 
     let shared: TracerShared?
     public let scope: InstrumentationScope
-    private let propagator = TraceContextPropagator()
+    /// The provider's propagation choice (both formats for a no-op provider).
+    public let propagator: TraceContextPropagator
 
     init(shared: TracerShared?, scope: InstrumentationScope) {
         self.shared = shared
         self.scope = scope
+        self.propagator = shared?.propagator ?? TraceContextPropagator()
     }
 
     /// False for a disabled or no-op provider: spans then cost almost nothing and

@@ -20,9 +20,13 @@ public final class TracerProvider: Sendable {
         public var spanLimits: SpanLimits
         /// `OTEL_SDK_DISABLED=true`: the provider is a no-op.
         public var isDisabled: Bool
+        /// Which trace-context formats go into (and are read from) carriers.
+        /// Default: from `OTEL_PROPAGATORS` (both W3C and the YoMo keys).
+        public var propagation: TraceContextPropagator.Formats
         /// The environment the resource is detected from.
         public var environment: [String: String]
         var samplerWarning: String?
+        var propagationWarning: String?
 
         public static var `default`: Configuration { Configuration() }
 
@@ -32,6 +36,7 @@ public final class TracerProvider: Sendable {
             resourceAttributes = [:]
             (sampler, samplerWarning) = Samplers.fromEnvironment(environment)
             spanLimits = SpanLimits(environment: environment)
+            (propagation, propagationWarning) = TraceContextPropagator.Formats.fromEnvironment(environment)
             isDisabled = environment["OTEL_SDK_DISABLED"]?.trimmingSpaces().lowercased() == "true"
         }
     }
@@ -53,10 +58,13 @@ public final class TracerProvider: Sendable {
         if let warning = configuration.samplerWarning {
             logger.warning("Invalid sampler configuration", metadata: ["detail": "\(warning)"])
         }
+        if let warning = configuration.propagationWarning {
+            logger.warning("Invalid propagator configuration", metadata: ["detail": "\(warning)"])
+        }
         // Disabled: no spans reach the processors, but `shutdown()` still stops them.
         shared = configuration.isDisabled ? nil : TracerShared(
             resource: resource, sampler: configuration.sampler,
-            limits: configuration.spanLimits, processors: processors
+            limits: configuration.spanLimits, processors: processors, propagation: configuration.propagation
         )
         self.processors = processors
     }

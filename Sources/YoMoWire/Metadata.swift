@@ -25,13 +25,20 @@ public struct Metadata: Hashable, Sendable, Sequence, ExpressibleByDictionaryLit
     @usableFromInline
     struct Entry: Sendable {
         @usableFromInline var key: String
-        @usableFromInline var value: String
+        @usableFromInline var stored: StoredValue
 
         @usableFromInline
         init(key: String, value: String) {
             self.key = key
-            self.value = value
+            self.stored = .text(value)
         }
+
+        init(key: String, stored: StoredValue) {
+            self.key = key
+            self.stored = stored
+        }
+
+        @usableFromInline var value: String { stored.string }
     }
 
     // A handful of entries is the norm: a linear scan beats hashing here.
@@ -69,7 +76,7 @@ public struct Metadata: Hashable, Sendable, Sequence, ExpressibleByDictionaryLit
         set {
             switch (index(of: key), newValue) {
             case (let index?, let value?) where !value.isEmpty:
-                entries[index].value = value
+                entries[index].stored = .text(value)
             case (let index?, _):
                 entries.remove(at: index)
             case (nil, let value?) where !value.isEmpty:
@@ -99,7 +106,10 @@ public struct Metadata: Hashable, Sendable, Sequence, ExpressibleByDictionaryLit
     public static func == (lhs: Metadata, rhs: Metadata) -> Bool {
         guard lhs.count == rhs.count else { return false }
         if lhs.count > linearScanLimit { return lhs.dictionary == rhs.dictionary }
-        return lhs.allSatisfy { rhs[$0.key] == $0.value }
+        return lhs.entries.allSatisfy { entry in
+            guard let index = rhs.index(of: entry.key) else { return false }
+            return rhs.entries[index].stored == entry.stored
+        }
     }
 
     public func hash(into hasher: inout Hasher) {
@@ -139,14 +149,14 @@ extension Metadata {
             var positions: [String: Int]? = count > Self.linearScanLimit ? [:] : nil
             for index in 0..<count {
                 let key = try reader.readString(what: "key #\(index)")
-                let value = try reader.readString(what: "value of key \"\(key)\"")
+                let value = try reader.readValue(forKey: key)
                 // A duplicate key: the last one wins, as when Go decodes into a map.
                 let existing = positions == nil ? entries.firstIndex { $0.key == key } : positions![key]
                 if let existing {
-                    entries[existing].value = value
+                    entries[existing].stored = value
                 } else {
                     positions?[key] = entries.count
-                    entries.append(Entry(key: key, value: value))
+                    entries.append(Entry(key: key, stored: value))
                 }
             }
             guard reader.offset == input.count else {
@@ -163,8 +173,8 @@ extension Metadata {
     public var encodedLength: Int {
         if isEmpty { return 0 }
         var length = count < 16 ? 1 : count <= 0xFFFF ? 3 : 5
-        for (key, value) in self {
-            length += MsgpackWriter.stringSize(key.utf8.count) + MsgpackWriter.stringSize(value.utf8.count)
+        for entry in entries {
+            length += MsgpackWriter.stringSize(entry.key.utf8.count) + MsgpackWriter.stringSize(entry.stored.utf8Count)
         }
         return length
     }
@@ -191,7 +201,7 @@ extension Metadata {
             }
             for entry in ordered {
                 writer.writeMsgpackString(entry.key)
-                writer.writeMsgpackString(entry.value)
+                entry.stored.write(into: &writer)
             }
             precondition(writer.offset == length, "metadata length miscounted")
             return length
@@ -248,6 +258,17 @@ struct RawWriter {
 
     mutating func writeMsgpackString(_ string: String) {
         let length = string.utf8.count
+        writeMsgpackStringHeader(length)
+        let copied: Void? = string.utf8.withContiguousStorageIfAvailable { utf8 in
+            UnsafeMutableRawBufferPointer(rebasing: output[offset..<offset + length]).copyMemory(from: UnsafeRawBufferPointer(utf8))
+        }
+        if copied == nil {
+            for (index, byte) in string.utf8.enumerated() { output[offset + index] = byte }
+        }
+        offset += length
+    }
+
+    mutating func writeMsgpackStringHeader(_ length: Int) {
         if length < 32 {
             write(UInt8(0xA0 | length))
         } else if length < 0x100 {
@@ -260,13 +281,18 @@ struct RawWriter {
             write(0xDB)
             writeBigEndian(UInt32(length))
         }
-        let copied: Void? = string.utf8.withContiguousStorageIfAvailable { utf8 in
-            UnsafeMutableRawBufferPointer(rebasing: output[offset..<offset + length]).copyMemory(from: UnsafeRawBufferPointer(utf8))
+    }
+
+    /// 16 lowercase hex digits.
+    mutating func writeHex(_ value: UInt64) {
+        for shift in stride(from: 60, through: 0, by: -4) {
+            write(lowercaseHexDigits[Int(truncatingIfNeeded: value >> UInt64(shift)) & 0xF])
         }
-        if copied == nil {
-            for (index, byte) in string.utf8.enumerated() { output[offset + index] = byte }
-        }
-        offset += length
+    }
+
+    mutating func writeHex(byte value: UInt8) {
+        write(lowercaseHexDigits[Int(value >> 4)])
+        write(lowercaseHexDigits[Int(value & 0xF)])
     }
 }
 
@@ -319,6 +345,25 @@ struct MsgpackReader {
         return string
     }
 
+    /// A value, kept as numbers when it is a trace id in its canonical form
+    /// (see `StoredValue`), else as a string.
+    mutating func readValue(forKey key: String) throws(WireError) -> StoredValue {
+        let start = offset
+        // Only the trace keys' values can be numbers; their markers are one or two bytes.
+        if let kind = StoredValue.TraceKey(key), offset < bytes.count {
+            let marker = bytes[offset]
+            let (length, header) = marker & 0xE0 == 0xA0 ? (Int(marker & 0x1F), 1)
+                : marker == 0xD9 && offset + 1 < bytes.count ? (Int(bytes[offset + 1]), 2) : (-1, 0)
+            if length > 0, length <= bytes.count - offset - header,
+               let stored = StoredValue(kind, UnsafeRawBufferPointer(rebasing: bytes[offset + header..<offset + header + length])) {
+                offset += header + length
+                return stored
+            }
+        }
+        offset = start
+        return .text(try readString(what: "value of key \"\(key)\""))
+    }
+
     private mutating func readByte(what: @autoclosure () -> String) throws(WireError) -> UInt8 {
         guard offset < bytes.count else {
             throw WireError(.invalidMetadata, "metadata ends before its \(what())")
@@ -352,6 +397,210 @@ struct MsgpackReader {
         case 0xCA, 0xCB: "a float"
         case 0xC7...0xC9, 0xD4...0xD8: "an extension"
         default: "an unused msgpack byte"
+        }
+    }
+}
+
+// MARK: - Trace ids kept as numbers
+
+let lowercaseHexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
+/// The W3C `traceparent` of version 00 as numbers: `00-<trace id>-<span id>-<flags>`.
+@usableFromInline
+package struct TraceparentFields: Hashable, Sendable {
+    package var traceIDHigh: UInt64
+    package var traceIDLow: UInt64
+    package var spanID: UInt64
+    package var flags: UInt8
+
+    package init(traceIDHigh: UInt64, traceIDLow: UInt64, spanID: UInt64, flags: UInt8) {
+        self.traceIDHigh = traceIDHigh
+        self.traceIDLow = traceIDLow
+        self.spanID = spanID
+        self.flags = flags
+    }
+}
+
+/// A metadata value. The trace keys' values are kept as numbers when they are in
+/// the one form that formats back to the same bytes (lowercase hex, version 00),
+/// so carrying and replacing trace context on every frame makes no strings;
+/// every other value, and any other form of these, is text. Both read as the
+/// same string.
+@usableFromInline
+enum StoredValue: Sendable {
+    case text(String)
+    /// `yomo-trace-id`: 32 lowercase hex digits.
+    case traceID(high: UInt64, low: UInt64)
+    /// `yomo-span-id`: 16 lowercase hex digits.
+    case spanID(UInt64)
+    /// `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`, lowercase.
+    case traceparent(TraceparentFields)
+
+    enum TraceKey {
+        case traceID, spanID, traceparent
+
+        init?(_ key: String) {
+            switch key {
+            case Metadata.ReservedKey.traceID: self = .traceID
+            case Metadata.ReservedKey.spanID: self = .spanID
+            case Metadata.traceparentKey: self = .traceparent
+            default: return nil
+            }
+        }
+    }
+
+    /// The numbers in `bytes` if they are the canonical form of `kind`'s value.
+    init?(_ kind: TraceKey, _ bytes: UnsafeRawBufferPointer) {
+        switch kind {
+        case .traceID:
+            guard bytes.count == 32, let high = Self.hex64(bytes, at: 0), let low = Self.hex64(bytes, at: 16) else { return nil }
+            self = .traceID(high: high, low: low)
+        case .spanID:
+            guard bytes.count == 16, let value = Self.hex64(bytes, at: 0) else { return nil }
+            self = .spanID(value)
+        case .traceparent:
+            guard bytes.count == 55, bytes[0] == UInt8(ascii: "0"), bytes[1] == UInt8(ascii: "0"),
+                  bytes[2] == UInt8(ascii: "-"), bytes[35] == UInt8(ascii: "-"), bytes[52] == UInt8(ascii: "-"),
+                  let high = Self.hex64(bytes, at: 3), let low = Self.hex64(bytes, at: 19),
+                  let span = Self.hex64(bytes, at: 36),
+                  let flagsHigh = Self.lowercaseHexValue(bytes[53]), let flagsLow = Self.lowercaseHexValue(bytes[54])
+            else { return nil }
+            self = .traceparent(TraceparentFields(traceIDHigh: high, traceIDLow: low, spanID: span, flags: flagsHigh << 4 | flagsLow))
+        }
+    }
+
+    @inline(__always)
+    static func lowercaseHexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte &- UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte &- UInt8(ascii: "a") &+ 10
+        default: nil
+        }
+    }
+
+    static func hex64(_ bytes: UnsafeRawBufferPointer, at start: Int) -> UInt64? {
+        var value: UInt64 = 0
+        for index in start..<start + 16 {
+            guard let digit = lowercaseHexValue(bytes[index]) else { return nil }
+            value = value << 4 | UInt64(digit)
+        }
+        return value
+    }
+
+    var utf8Count: Int {
+        switch self {
+        case .text(let string): string.utf8.count
+        case .traceID: 32
+        case .spanID: 16
+        case .traceparent: 55
+        }
+    }
+
+    @usableFromInline
+    var string: String {
+        switch self {
+        case .text(let string): return string
+        default:
+            return String(unsafeUninitializedCapacity: utf8Count) { buffer in
+                var writer = RawWriter(UnsafeMutableRawBufferPointer(buffer))
+                writeDigits(into: &writer)
+                return writer.offset
+            }
+        }
+    }
+
+    func write(into writer: inout RawWriter) {
+        guard case .text(let string) = self else {
+            writer.writeMsgpackStringHeader(utf8Count)
+            writeDigits(into: &writer)
+            return
+        }
+        writer.writeMsgpackString(string)
+    }
+
+    private func writeDigits(into writer: inout RawWriter) {
+        switch self {
+        case .text: preconditionFailure("text has no digits")
+        case .traceID(let high, let low):
+            writer.writeHex(high)
+            writer.writeHex(low)
+        case .spanID(let value):
+            writer.writeHex(value)
+        case .traceparent(let fields):
+            writer.write(UInt8(ascii: "0"))
+            writer.write(UInt8(ascii: "0"))
+            writer.write(UInt8(ascii: "-"))
+            writer.writeHex(fields.traceIDHigh)
+            writer.writeHex(fields.traceIDLow)
+            writer.write(UInt8(ascii: "-"))
+            writer.writeHex(fields.spanID)
+            writer.write(UInt8(ascii: "-"))
+            writer.writeHex(byte: fields.flags)
+        }
+    }
+}
+
+extension StoredValue: Equatable {
+    /// Equal when they read as the same string.
+    @usableFromInline
+    static func == (lhs: StoredValue, rhs: StoredValue) -> Bool {
+        switch (lhs, rhs) {
+        case (.text(let left), .text(let right)): left == right
+        case (.traceID(let leftHigh, let leftLow), .traceID(let rightHigh, let rightLow)): leftHigh == rightHigh && leftLow == rightLow
+        case (.spanID(let left), .spanID(let right)): left == right
+        case (.traceparent(let left), .traceparent(let right)): left == right
+        default: lhs.string == rhs.string
+        }
+    }
+}
+
+extension Metadata {
+    /// The W3C trace-context key (not a YoMo key, but carried by both SDKs' frames).
+    package static let traceparentKey = "traceparent"
+
+    /// How a trace key's value is held: absent, as numbers, or as other text.
+    package enum TraceValue<Fields> {
+        case absent
+        case fields(Fields)
+        case text
+    }
+
+    private func traceValue<Fields>(_ key: String, _ fields: (StoredValue) -> Fields?) -> TraceValue<Fields> {
+        guard let index = index(of: key) else { return .absent }
+        return fields(entries[index].stored).map { .fields($0) } ?? .text
+    }
+
+    /// `traceparent` without making a string.
+    package var traceparentValue: TraceValue<TraceparentFields> {
+        traceValue(Self.traceparentKey) { if case .traceparent(let fields) = $0 { fields } else { nil } }
+    }
+
+    /// `yomo-trace-id` without making a string.
+    package var yomoTraceIDValue: TraceValue<(high: UInt64, low: UInt64)> {
+        traceValue(ReservedKey.traceID) { if case .traceID(let high, let low) = $0 { (high, low) } else { nil } }
+    }
+
+    /// `yomo-span-id` without making a string.
+    package var yomoSpanIDValue: TraceValue<UInt64> {
+        traceValue(ReservedKey.spanID) { if case .spanID(let value) = $0 { value } else { nil } }
+    }
+
+    /// Sets `traceparent` (version 00) without making a string.
+    package mutating func setTraceparent(_ fields: TraceparentFields) {
+        set(.traceparent(fields), forKey: Self.traceparentKey)
+    }
+
+    /// Sets `yomo-trace-id` and `yomo-span-id` without making strings.
+    package mutating func setYomoTraceIDs(traceIDHigh: UInt64, traceIDLow: UInt64, spanID: UInt64) {
+        set(.traceID(high: traceIDHigh, low: traceIDLow), forKey: ReservedKey.traceID)
+        set(.spanID(spanID), forKey: ReservedKey.spanID)
+    }
+
+    private mutating func set(_ stored: StoredValue, forKey key: String) {
+        if let index = index(of: key) {
+            entries[index].stored = stored
+        } else {
+            entries.append(Entry(key: key, stored: stored))
         }
     }
 }

@@ -41,6 +41,48 @@ import Tracing
         #expect(metadata.count == 3)
     }
 
+    @Test(arguments: [
+        (nil, TraceContextPropagator.Formats.all, false),
+        ("", .all, false),
+        ("tracecontext", .traceContext, false),
+        (" yomo ", .yomo, false),
+        ("tracecontext,yomo", .all, false),
+        ("YOMO,TraceContext", .all, false),
+        ("tracecontext,baggage", .traceContext, true),
+        ("b3", .all, true),
+        ("none", [], false),
+        ("none,yomo", .yomo, false),
+    ] as [(String?, TraceContextPropagator.Formats, Bool)])
+    func propagatorsFromEnvironment(value: String?, formats: TraceContextPropagator.Formats, warns: Bool) {
+        let (parsed, warning) = TraceContextPropagator.Formats.fromEnvironment(value.map { ["OTEL_PROPAGATORS": $0] } ?? [:])
+        #expect(parsed == formats)
+        #expect((warning != nil) == warns)
+        if warns { #expect(warning?.contains("supported: tracecontext, yomo, none") == true) }
+    }
+
+    @Test func oneFormatWritesAndReadsOnlyItsKeys() throws {
+        let spanContext = SpanContext(traceID: .random(), spanID: .random(), traceFlags: .sampled, traceState: "a=1")
+        var w3c: Metadata = [:]
+        TraceContextPropagator(formats: .traceContext).inject(spanContext, into: &w3c, using: DictionaryInjector())
+        #expect(Set(w3c.keys) == ["traceparent", "tracestate"])
+        var yomo: Metadata = [:]
+        TraceContextPropagator(formats: .yomo).inject(spanContext, into: &yomo, using: DictionaryInjector())
+        #expect(Set(yomo.keys) == ["yomo-trace-id", "yomo-span-id"])
+        var none: Metadata = [:]
+        TraceContextPropagator(formats: []).inject(spanContext, into: &none, using: DictionaryInjector())
+        #expect(none.isEmpty)
+        // Each reads only its own keys.
+        #expect(TraceContextPropagator(formats: .yomo).extract(from: w3c, using: DictionaryExtractor()) == nil)
+        #expect(TraceContextPropagator(formats: .traceContext).extract(from: yomo, using: DictionaryExtractor()) == nil)
+        #expect(TraceContextPropagator(formats: .traceContext).extract(from: w3c, using: DictionaryExtractor())?.spanID == spanContext.spanID)
+        #expect(TraceContextPropagator(formats: .yomo).extract(from: yomo, using: DictionaryExtractor())?.spanID == spanContext.spanID)
+        // A provider's tracers use its choice.
+        var configuration = TracerProvider.Configuration(environment: ["OTEL_PROPAGATORS": "yomo"])
+        #expect(configuration.propagation == .yomo)
+        configuration.propagation = .traceContext
+        #expect(TracerProvider(configuration: configuration, processors: []).tracer("t").propagator.formats == .traceContext)
+    }
+
     @Test func yomoOnlyParentIsSampledAndRemote() throws {
         let metadata: Metadata = ["yomo-trace-id": "4bf92f3577b34da6a3ce929d0e0e4736", "yomo-span-id": "00f067aa0ba902b7"]
         var context = ServiceContext.topLevel
