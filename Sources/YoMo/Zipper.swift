@@ -376,35 +376,27 @@ public final class Zipper: Sendable {
     /// With `forwardsToMesh`, the frame is also queued (never awaited) for every
     /// mesh downstream, carrying this zipper's span ids.
     private func route(_ data: DataFrame, from id: UInt64, connectionMetadata: Metadata, forwardsToMesh: Bool, logger: Logger) async throws {
-        var metadata: Metadata
-        do {
-            metadata = try Metadata(decoding: data.metadata)
-        } catch {
-            logger.warning("frame with bad metadata skipped", metadata: ["tag": "\(data.tag)", "error": "\(error)"])
-            return
-        }
-        var merged = connectionMetadata
-        merged.merge(metadata)
-        let span = tracing.zipperSpan(tag: data.tag, length: data.payload.readableBytes, metadata: &merged)
+        guard let (metadata, span) = outgoingMetadata(of: data, connectionMetadata: connectionMetadata, logger: logger) else { return }
         defer { span?.end() }
         let router = metrics.isEnabled ? metrics.router(tag: data.tag) : nil
         let started = router != nil ? ContinuousClock.now : nil
         defer {
             if let router, let started { router.duration.record(secondsSince(started), spanContext: span?.spanContext) }
         }
+        let target = metadata.value(.target, connectionMetadata)
         let destinations = state.withLock { state in
-            state.routes.destinations(tag: data.tag, target: merged[Metadata.ReservedKey.target]).compactMap { id in
+            state.routes.destinations(tag: data.tag, target: target).compactMap { id in
                 state.peers[id].map { (id, $0.connection) }
             }
         }
         tracing.debug(logger, under: span, "routing frame", metadata: YoMoLogField.frame(
-            tid: merged[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: data.payload.readableBytes
+            tid: metadata.value(.tid, connectionMetadata) ?? "", tag: data.tag, dataLength: data.payload.readableBytes
         ).merging(["destinations": "\(destinations.count)", "mesh": "\(forwardsToMesh ? links.count : 0)"]) { first, _ in first })
         // no_route: no observer here (the mesh may still take the frame).
         if destinations.isEmpty { router?.noRoute.add() }
         guard !destinations.isEmpty || forwardsToMesh else { return }
         // Metadata encoded once for every destination; the payload is never copied.
-        let frame = DataFrame(tag: data.tag, metadata: merged, payload: data.payload)
+        let frame = DataFrame(tag: data.tag, metadata: metadata.bytes, payload: data.payload)
         if forwardsToMesh {
             for link in links { link.forward(frame) }
         }
@@ -431,6 +423,48 @@ public final class Zipper: Sendable {
                               metadata: ["remote": "\(destination.remoteAddress)", "error": "\(error)"])
             }
         }
+    }
+
+    /// The frame's metadata as it leaves: the sender connection's metadata merged
+    /// in (the frame's own values win) and this zipper's span handed on. Usually
+    /// written over a copy of the received bytes (new span ids have the old ones'
+    /// width); decoded and encoded again only when that cannot be done. Nil for
+    /// metadata that does not decode (the frame is skipped, and logged).
+    private func outgoingMetadata(
+        of data: DataFrame, connectionMetadata: Metadata, logger: Logger
+    ) -> (RoutedMetadata, YoMoSpan?)? {
+        let length = data.payload.readableBytes
+        var span: YoMoSpan?
+        // Connection metadata is only ever the wanted target; trace keys in it
+        // would change the parent, which only the decoding path handles.
+        let connectionCarriesTrace = !connectionMetadata.isEmpty
+            && MetadataView.Key.traceKeys.contains { connectionMetadata[$0.string] != nil }
+        if let view = MetadataView(data.metadata), !connectionCarriesTrace {
+            var changes = Metadata()
+            for (key, value) in connectionMetadata where !(MetadataView.Key(key).map(view.contains) ?? false) {
+                changes[key] = value
+            }
+            if tracing.tracer.isEnabled {
+                var trace = view.traceMetadata
+                span = tracing.zipperSpan(tag: data.tag, length: length, metadata: &trace)
+                changes.merge(trace)
+            }
+            if let bytes = view.applying(changes) { return (.view(view, bytes), span) }
+        }
+        var merged = connectionMetadata
+        do {
+            merged.merge(try Metadata(decoding: data.metadata))
+        } catch {
+            span?.end()
+            logger.warning("frame with bad metadata skipped", metadata: ["tag": "\(data.tag)", "error": "\(error)"])
+            return nil
+        }
+        if let spanContext = span?.spanContext {
+            tracing.inject(spanContext, into: &merged)
+        } else {
+            span = tracing.zipperSpan(tag: data.tag, length: length, metadata: &merged)
+        }
+        return (.decoded(merged, merged.encoded()), span)
     }
 
     /// Counts a frame dropped for a slow consumer; logs the first of a burst.
@@ -492,6 +526,26 @@ extension QUICConfiguration {
 }
 
 extension Zipper: Service {}
+
+/// A routed frame's outgoing metadata and where its values are read from.
+private enum RoutedMetadata {
+    case view(MetadataView, ByteBuffer)
+    case decoded(Metadata, ByteBuffer)
+
+    var bytes: ByteBuffer {
+        switch self {
+        case .view(_, let bytes), .decoded(_, let bytes): bytes
+        }
+    }
+
+    /// A key's value after the merge: the frame's, else the connection's.
+    func value(_ key: MetadataView.Key, _ connectionMetadata: Metadata) -> String? {
+        switch self {
+        case .view(let view, _): view.string(key) ?? connectionMetadata[key.string]
+        case .decoded(let metadata, _): metadata[key.string]
+        }
+    }
+}
 
 extension String {
     /// A peer-supplied string as it goes into a log line: at most 64 characters,

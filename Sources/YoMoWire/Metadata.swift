@@ -89,7 +89,18 @@ public struct Metadata: Hashable, Sendable, Sequence, ExpressibleByDictionaryLit
 
     /// Sets every entry of `other` over this one's (the zipper's merge of connection metadata).
     public mutating func merge(_ other: Metadata) {
-        for (key, value) in other { self[key] = value }
+        if isEmpty {
+            self = other
+            return
+        }
+        // Entries as they are: trace values stay numbers, no strings are made.
+        for entry in other.entries {
+            if let index = index(of: entry.key) {
+                entries[index].stored = entry.stored
+            } else {
+                entries.append(entry)
+            }
+        }
     }
 
     public func makeIterator() -> some IteratorProtocol<Element> {
@@ -257,8 +268,12 @@ struct RawWriter {
     }
 
     mutating func writeMsgpackString(_ string: String) {
+        writeMsgpackStringHeader(string.utf8.count)
+        writeUTF8(string)
+    }
+
+    mutating func writeUTF8(_ string: String) {
         let length = string.utf8.count
-        writeMsgpackStringHeader(length)
         let copied: Void? = string.utf8.withContiguousStorageIfAvailable { utf8 in
             UnsafeMutableRawBufferPointer(rebasing: output[offset..<offset + length]).copyMemory(from: UnsafeRawBufferPointer(utf8))
         }
@@ -516,6 +531,15 @@ enum StoredValue: Sendable {
             return
         }
         writer.writeMsgpackString(string)
+    }
+
+    /// The value's bytes without the msgpack header.
+    func writeContent(into writer: inout RawWriter) {
+        guard case .text(let string) = self else {
+            writeDigits(into: &writer)
+            return
+        }
+        writer.writeUTF8(string)
     }
 
     private func writeDigits(into writer: inout RawWriter) {

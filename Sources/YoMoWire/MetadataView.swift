@@ -1,0 +1,252 @@
+public import NIOCore
+
+/// Encoded metadata read in place: what a zipper needs to route a frame and to
+/// hand its trace context on, without decoding every value into a string and
+/// encoding the map again. Values of a few known keys are found by position;
+/// changes to them are written into a copy of the bytes (fixed-width trace ids
+/// in place) or appended as new entries.
+package struct MetadataView {
+    /// The keys whose values a zipper reads or may change.
+    package enum Key: Int, CaseIterable, Sendable {
+        case target, wantedTarget, tid, traceparent, tracestate, traceID, spanID
+
+        package var string: String {
+            switch self {
+            case .target: Metadata.ReservedKey.target
+            case .wantedTarget: Metadata.ReservedKey.wantedTarget
+            case .tid: Metadata.ReservedKey.tid
+            case .traceparent: Metadata.traceparentKey
+            case .tracestate: "tracestate"
+            case .traceID: Metadata.ReservedKey.traceID
+            case .spanID: Metadata.ReservedKey.spanID
+            }
+        }
+
+        package static let traceKeys: [Key] = [.traceparent, .tracestate, .traceID, .spanID]
+
+        package init?(_ key: String) {
+            guard let match = Self.allCases.first(where: { $0.string == key }) else { return nil }
+            self = match
+        }
+
+        /// The key whose UTF-8 is `bytes`, compared without making a string.
+        init?(utf8 bytes: UnsafeRawBufferPointer) {
+            let first: Key, second: Key?
+            switch bytes.count {
+            case 8: (first, second) = (.tid, nil)
+            case 10: (first, second) = (.tracestate, nil)
+            case 11: (first, second) = (.target, .traceparent)
+            case 12: (first, second) = (.spanID, nil)
+            case 13: (first, second) = (.traceID, nil)
+            case 18: (first, second) = (.wantedTarget, nil)
+            default: return nil
+            }
+            if first.matches(bytes) {
+                self = first
+            } else if let second, second.matches(bytes) {
+                self = second
+            } else {
+                return nil
+            }
+        }
+
+        private func matches(_ bytes: UnsafeRawBufferPointer) -> Bool {
+            var key = string
+            return key.withUTF8 { utf8 in
+                utf8.count == bytes.count && memcmp(utf8.baseAddress!, bytes.baseAddress!, bytes.count) == 0
+            }
+        }
+    }
+
+    /// Where a value lies in `bytes` (offsets from its reader index): the whole
+    /// string, header included, and its content.
+    typealias Location = (whole: Range<Int>, content: Range<Int>)
+
+    /// One slot per `Key`, inline: a dictionary would allocate for every frame.
+    struct Locations {
+        private var slots: (Location?, Location?, Location?, Location?, Location?, Location?, Location?)
+            = (nil, nil, nil, nil, nil, nil, nil)
+
+        subscript(key: Key) -> Location? {
+            get {
+                switch key {
+                case .target: slots.0
+                case .wantedTarget: slots.1
+                case .tid: slots.2
+                case .traceparent: slots.3
+                case .tracestate: slots.4
+                case .traceID: slots.5
+                case .spanID: slots.6
+                }
+            }
+            set {
+                switch key {
+                case .target: slots.0 = newValue
+                case .wantedTarget: slots.1 = newValue
+                case .tid: slots.2 = newValue
+                case .traceparent: slots.3 = newValue
+                case .tracestate: slots.4 = newValue
+                case .traceID: slots.5 = newValue
+                case .spanID: slots.6 = newValue
+                }
+            }
+        }
+    }
+
+    /// The metadata bytes (empty: the empty map).
+    package let bytes: ByteBuffer
+    private var count = 0
+    private var headerSize = 0
+    private var values = Locations()
+
+    /// Nil when `bytes` are not what `Metadata(decoding:)` accepts, or when a
+    /// known key appears twice (both leave the frame to the decoding path,
+    /// which reports the error or keeps the last value).
+    package init?(_ bytes: ByteBuffer) {
+        self.bytes = bytes
+        guard bytes.readableBytes > 0 else { return }
+        let scanned: Bool = bytes.withUnsafeReadableBytes { input in
+            var offset = 0
+            func byte(at index: Int) -> Int? { index < input.count ? Int(input[index]) : nil }
+            func bigEndian(at index: Int, size: Int) -> Int? {
+                guard index + size <= input.count else { return nil }
+                var value = 0
+                for position in index..<index + size { value = value << 8 | Int(input[position]) }
+                return value
+            }
+            /// The next string's content range, checked as the decoder checks it.
+            func string() -> (whole: Range<Int>, content: Range<Int>)? {
+                let start = offset
+                guard let marker = byte(at: offset) else { return nil }
+                let length: Int
+                let header: Int
+                switch marker {
+                case 0xA0...0xBF: (length, header) = (marker & 0x1F, 1)
+                case 0xD9: guard let value = bigEndian(at: offset + 1, size: 1) else { return nil }; (length, header) = (value, 2)
+                case 0xDA: guard let value = bigEndian(at: offset + 1, size: 2) else { return nil }; (length, header) = (value, 3)
+                case 0xDB: guard let value = bigEndian(at: offset + 1, size: 4) else { return nil }; (length, header) = (value, 5)
+                default: return nil
+                }
+                let contentStart = start + header
+                guard length <= input.count - contentStart else { return nil }
+                let content = UnsafeRawBufferPointer(rebasing: input[contentStart..<contentStart + length])
+                guard isASCII(content) || String(validating: content.assumingMemoryBound(to: UInt8.self), as: UTF8.self) != nil else {
+                    return nil
+                }
+                offset = contentStart + length
+                return (start..<offset, contentStart..<offset)
+            }
+            guard let marker = byte(at: 0) else { return false }
+            switch marker {
+            case 0x80...0x8F: (count, headerSize) = (marker & 0x0F, 1)
+            case 0xDE: guard let value = bigEndian(at: 1, size: 2) else { return false }; (count, headerSize) = (value, 3)
+            case 0xDF: guard let value = bigEndian(at: 1, size: 4) else { return false }; (count, headerSize) = (value, 5)
+            default: return false
+            }
+            offset = headerSize
+            for _ in 0..<count {
+                guard let key = string(), let value = string() else { return false }
+                if let known = Key(utf8: UnsafeRawBufferPointer(rebasing: input[key.content])) {
+                    guard values[known] == nil else { return false }
+                    values[known] = value
+                }
+            }
+            return offset == input.count
+        }
+        guard scanned else { return nil }
+    }
+
+    /// Whether the map has `key`.
+    package func contains(_ key: Key) -> Bool { values[key] != nil }
+
+    /// The value of `key` as a string; only this makes one.
+    package func string(_ key: Key) -> String? {
+        guard let content = values[key]?.content else { return nil }
+        return bytes.getString(at: bytes.readerIndex + content.lowerBound, length: content.count)
+    }
+
+    /// The values of the trace keys present, as `Metadata` (trace ids as
+    /// numbers, so reading them makes no strings).
+    package var traceMetadata: Metadata {
+        var metadata = Metadata()
+        for key in Key.traceKeys {
+            guard let content = values[key]?.content else { continue }
+            let stored = bytes.withUnsafeReadableBytes { input in
+                let slice = UnsafeRawBufferPointer(rebasing: input[content])
+                return StoredValue.TraceKey(key.string).flatMap { StoredValue($0, slice) }
+                    ?? .text(String(decoding: slice, as: UTF8.self))
+            }
+            metadata.entries.append(Metadata.Entry(key: key.string, stored: stored))
+        }
+        return metadata
+    }
+
+    /// The bytes with `changes` applied: a key already present gets its new value
+    /// written over the old one, which must have the same encoded length (trace
+    /// ids do); a key not present is appended. Nil when a value would change
+    /// length, or a key is not one of `Key`: the caller then re-encodes.
+    package func applying(_ changes: Metadata) -> ByteBuffer? {
+        guard !changes.isEmpty else { return bytes }
+        // First pass: can it be done, and how long is the result?
+        var appendedCount = 0
+        var appendedLength = 0
+        for entry in changes.entries {
+            guard let key = Key(entry.key) else { return nil }
+            let valueLength = MsgpackWriter.stringSize(entry.stored.utf8Count)
+            if let existing = values[key] {
+                // Same content length and same header size: the header bytes are the same too.
+                guard existing.content.count == entry.stored.utf8Count, existing.whole.count == valueLength else { return nil }
+            } else {
+                appendedCount += 1
+                appendedLength += MsgpackWriter.stringSize(entry.key.utf8.count) + valueLength
+            }
+        }
+        let newCount = count + appendedCount
+        let newHeaderSize = newCount < 16 ? 1 : newCount <= 0xFFFF ? 3 : 5
+        let entriesLength = bytes.readableBytes - headerSize
+        let totalLength = newHeaderSize + entriesLength + appendedLength
+        var output = ByteBuffer()
+        output.writeWithUnsafeMutableBytes(minimumWritableBytes: totalLength) { buffer in
+            var writer = RawWriter(buffer)
+            if newCount < 16 {
+                writer.write(UInt8(0x80 | newCount))
+            } else if newCount <= 0xFFFF {
+                writer.write(UInt8(0xDE))
+                writer.writeBigEndian(UInt16(newCount))
+            } else {
+                writer.write(UInt8(0xDF))
+                writer.writeBigEndian(UInt32(newCount))
+            }
+            if entriesLength > 0 {
+                bytes.withUnsafeReadableBytes { input in
+                    UnsafeMutableRawBufferPointer(rebasing: buffer[newHeaderSize..<newHeaderSize + entriesLength])
+                        .copyMemory(from: UnsafeRawBufferPointer(rebasing: input[headerSize...]))
+                }
+            }
+            // Second pass: new values over old ones (same length), new keys at the end.
+            var end = newHeaderSize + entriesLength
+            for entry in changes.entries {
+                let key = Key(entry.key)!
+                if let existing = values[key] {
+                    var patcher = RawWriter(buffer)
+                    patcher.offset = existing.content.lowerBound - headerSize + newHeaderSize
+                    entry.stored.writeContent(into: &patcher)
+                } else {
+                    writer.offset = end
+                    writer.writeMsgpackString(entry.key)
+                    entry.stored.write(into: &writer)
+                    end = writer.offset
+                }
+            }
+            precondition(end == totalLength, "metadata length miscounted")
+            return totalLength
+        }
+        return output
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif

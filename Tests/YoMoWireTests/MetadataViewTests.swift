@@ -1,0 +1,139 @@
+import NIOCore
+import Testing
+@testable import YoMoWire
+
+/// `MetadataView` lets a zipper change a frame's metadata without decoding it;
+/// the result must always decode to what decoding, merging and encoding give.
+@Suite("Metadata read and changed in place")
+struct MetadataViewTests {
+    static let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    /// A random map: some known keys in canonical or odd forms, some other keys,
+    /// sometimes enough entries to need a map16 header.
+    static func randomMetadata<G: RandomNumberGenerator>(_ generator: inout G) -> Metadata {
+        var metadata = Metadata()
+        let candidates: [(String, [String])] = [
+            ("yomo-tid", ["V1StGXR8_Z5jdHi6B-myT", "t"]),
+            ("yomo-source-id", ["source-1"]),
+            ("yomo-target", ["alice", "b"]),
+            ("yomo-wanted-target", ["bob"]),
+            ("traceparent", [traceparent, "garbage", " " + traceparent]),
+            ("tracestate", ["a=1", " spaced=2 "]),
+            ("yomo-trace-id", ["4bf92f3577b34da6a3ce929d0e0e4736", "4BF92F3577B34DA6A3CE929D0E0E4736"]),
+            ("yomo-span-id", ["00f067aa0ba902b7", "short"]),
+            ("ünïcode", ["välue"]),
+        ]
+        for (key, values) in candidates where Bool.random(using: &generator) {
+            metadata[key] = values.randomElement(using: &generator)!
+        }
+        for index in 0..<Int.random(in: 0...(Bool.random(using: &generator) ? 3 : 16), using: &generator) {
+            metadata["extra-\(index)"] = String(repeating: "x", count: Int.random(in: 1...300, using: &generator))
+        }
+        return metadata
+    }
+
+    /// Changes as a zipper makes them: connection metadata and new trace values.
+    static func randomChanges<G: RandomNumberGenerator>(_ generator: inout G) -> Metadata {
+        var changes = Metadata()
+        if Bool.random(using: &generator) { changes["yomo-wanted-target"] = "carol" }
+        if Bool.random(using: &generator) {
+            changes.setTraceparent(TraceparentFields(traceIDHigh: generator.next(), traceIDLow: generator.next(), spanID: generator.next(), flags: 1))
+        }
+        if Bool.random(using: &generator) {
+            changes.setYomoTraceIDs(traceIDHigh: generator.next(), traceIDLow: generator.next(), spanID: generator.next())
+        }
+        if Bool.random(using: &generator) { changes["tracestate"] = "a=1" }
+        if Bool.random(using: &generator) && Bool.random(using: &generator) { changes["not-a-known-key"] = "v" }
+        return changes
+    }
+
+    @Test("changes applied in place decode to what merging and re-encoding gives")
+    func applyingMatchesMerge() throws {
+        var generator = SystemRandomNumberGenerator()
+        var applied = 0, refused = 0
+        for _ in 0..<3_000 {
+            let original = Self.randomMetadata(&generator)
+            let changes = Self.randomChanges(&generator)
+            let bytes = original.encoded()
+            let view = try #require(MetadataView(bytes))
+            var expected = original
+            expected.merge(changes)
+            if let result = view.applying(changes) {
+                applied += 1
+                #expect(try Metadata(decoding: result) == expected, "\(original) + \(changes)")
+                // Known values read straight from the bytes.
+                let resultView = try #require(MetadataView(result))
+                for key in MetadataView.Key.allCases {
+                    #expect(resultView.string(key) == expected[key.string])
+                }
+            } else {
+                refused += 1
+                // Refused only for an unknown key or a value that changes length.
+                let unknown = changes.contains { MetadataView.Key($0.key) == nil }
+                let resized = changes.contains { change in original[change.key].map { $0.utf8.count != change.value.utf8.count } ?? false }
+                #expect(unknown || resized, "refused \(original) + \(changes)")
+            }
+        }
+        #expect(applied > 1_000 && refused > 100)
+    }
+
+    @Test("known values and trace metadata are read without decoding")
+    func reading() throws {
+        var metadata = Metadata()
+        metadata["yomo-target"] = "alice"
+        metadata["traceparent"] = Self.traceparent
+        metadata["yomo-span-id"] = "00f067aa0ba902b7"
+        metadata["other"] = "o"
+        let view = try #require(MetadataView(metadata.encoded()))
+        #expect(view.string(.target) == "alice")
+        #expect(view.string(.tid) == nil)
+        #expect(view.contains(.spanID) && !view.contains(.traceID))
+        let trace = view.traceMetadata
+        #expect(trace.count == 2)
+        #expect(trace["traceparent"] == Self.traceparent)
+        guard case .fields = trace.traceparentValue else {
+            Issue.record("traceparent not held as numbers")
+            return
+        }
+        // Nothing to change: the very same bytes.
+        #expect(view.applying(Metadata()) == metadata.encoded())
+    }
+
+    @Test("appending past 15 entries switches to a map16 header; empty metadata gains a map")
+    func headerGrowth() throws {
+        var metadata = Metadata()
+        for index in 0..<15 { metadata["k\(index)"] = "v" }
+        var changes = Metadata()
+        changes["yomo-wanted-target"] = "w"
+        let result = try #require(MetadataView(metadata.encoded())?.applying(changes))
+        #expect(result.getInteger(at: result.readerIndex, as: UInt8.self) == 0xDE)
+        var expected = metadata
+        expected.merge(changes)
+        #expect(try Metadata(decoding: result) == expected)
+        let fromEmpty = try #require(MetadataView(ByteBuffer())?.applying(changes))
+        #expect(try Metadata(decoding: fromEmpty) == changes)
+    }
+
+    @Test("what decoding rejects, the view rejects; a known key twice is left to decoding")
+    func rejects() throws {
+        for hex in ["c0", "91a161", "a3616263", "81a16101", "8101a161", "81a161c403616263", "81a161c3", "81a161a2",
+                    "82a161a162", "81a161a162ff", "de00", "dfffffffff", "81a161a2c328"] {
+            let bytes = ByteBuffer(hex: hex)
+            #expect(throws: WireError.self) { try Metadata(decoding: bytes) }
+            #expect(MetadataView(bytes) == nil, "\(hex)")
+        }
+        var twice = ByteBuffer(hex: "82")
+        for value in ["a", "b"] { twice.writeBytes([0xAB] + Array("yomo-target".utf8) + [0xA1] + Array(value.utf8)) }
+        #expect(MetadataView(twice) == nil)
+        #expect(try Metadata(decoding: twice)["yomo-target"] == "b")
+        // Random bytes: whenever the view accepts, decoding accepts too.
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            let count = Int.random(in: 0...24, using: &generator)
+            var bytes = ByteBuffer(bytes: (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) })
+            if Bool.random(using: &generator) { bytes = ByteBuffer(bytes: [0x81, 0xA1, 0x61] + bytes.readableBytesView) }
+            if MetadataView(bytes) != nil { #expect(throws: Never.self) { try Metadata(decoding: bytes) } }
+        }
+    }
+}
+
