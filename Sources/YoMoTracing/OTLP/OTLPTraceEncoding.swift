@@ -18,8 +18,14 @@ package enum OTLPTraceEncoding {
     /// a linear search beats hashing their names for every span.
     static func group(_ spans: [FinishedSpan]) -> [Group] {
         var resources: [Group] = []
+        // Runs of spans from one tracer are the rule: same group as the span before.
+        var last: (shared: TracerShared, scope: InstrumentationScope, position: Int, scopePosition: Int)?
         for (index, span) in spans.enumerated() {
             let shared = span.storage.shared
+            if let last, last.shared === shared, last.scope == span.storage.scope {
+                resources[last.position].scopes[last.scopePosition].spans.append(index)
+                continue
+            }
             let position: Int
             if let found = resources.lastIndex(where: { $0.shared === shared || $0.resource == shared.resource }) {
                 position = found
@@ -29,8 +35,10 @@ package enum OTLPTraceEncoding {
             }
             if let scopePosition = resources[position].scopes.lastIndex(where: { $0.scope == span.storage.scope }) {
                 resources[position].scopes[scopePosition].spans.append(index)
+                last = (shared, span.storage.scope, position, scopePosition)
             } else {
                 resources[position].scopes.append((span.storage.scope, [index]))
+                last = (shared, span.storage.scope, position, resources[position].scopes.count - 1)
             }
         }
         return resources
