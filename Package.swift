@@ -114,7 +114,9 @@ targets += [
             .product(name: "Logging", package: "swift-log"),
         ],
         path: "Benchmarks/TracingBench",
-        swiftSettings: strictSwift
+        swiftSettings: strictSwift,
+        // MallocCounter.swift's malloc must be in the dynamic symbol table to interpose glibc's.
+        linkerSettings: [.unsafeFlags(["-Xlinker", "--export-dynamic"], .when(platforms: [.linux]))]
     ),
 ]
 

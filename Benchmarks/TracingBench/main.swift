@@ -1,6 +1,6 @@
 // yomo-tracing-bench: the cost of a span with export on, and export throughput.
 //
-//   swift run -c release --scratch-path .build-tracing yomo-tracing-bench [--seconds 5] [--python]
+//   swift run -c release --scratch-path .build-tracing yomo-tracing-bench [--seconds 5] [--python] [--only PART]
 //
 // Not a test: numbers depend on the machine (docs/tracing.md records them).
 import Foundation
@@ -11,7 +11,7 @@ import YoMoTracing
 let arguments = CommandLine.arguments
 let seconds = arguments.firstIndex(of: "--seconds").flatMap { Double(arguments[$0 + 1]) } ?? 5
 let usePython = arguments.contains("--python")
-/// `--only noop|export|throughput` runs one part (for profiling).
+/// `--only noop|bare|discard|encode|throughput` runs one part (for profiling).
 let only = arguments.firstIndex(of: "--only").map { arguments[$0 + 1] }
 
 let logger: Logger = {
@@ -85,6 +85,7 @@ func measureSpanCost(_ label: String, provider: TracerProvider, iterations: Int,
     let clock = ContinuousClock()
     let start = clock.now
     let cpuStart = threadCPUNanoseconds()
+    let mallocsStart = mallocCount()
     for index in 0..<iterations {
         let span = tracer.startSpan("operation")
         // The idiom for hot paths: skip attribute work for non-recording spans.
@@ -102,10 +103,12 @@ func measureSpanCost(_ label: String, provider: TracerProvider, iterations: Int,
     }
     let elapsed = clock.now - start
     let cpu = Double(threadCPUNanoseconds() - cpuStart) / Double(iterations)
+    // Whole process: with a batch processor, the export thread's too.
+    let mallocs = Double(mallocCount() - mallocsStart) / Double(iterations)
     let nanoseconds = Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9
     let perOp = nanoseconds / Double(iterations)
-    print(String(format: "%@: %.0f ns/op wall, %.0f ns/op on-thread CPU, %d spans (dropped %d)",
-                 label, perOp, cpu, iterations, provider.droppedSpanCount))
+    print(String(format: "%@: %.0f ns/op wall, %.0f ns/op on-thread CPU, %.2f mallocs/op, %d spans (dropped %d)",
+                 label, perOp, cpu, mallocs, iterations, provider.droppedSpanCount))
     return perOp
 }
 
@@ -212,8 +215,56 @@ func runThroughput(receiver: Receiver) async {
                  usePython ? "" : " + in-process receiver", perSpan / 1000, 1e9 / max(perSpan, 1)))
 }
 
+/// The exporter's encoding alone: batches of 512 data-path spans (remote
+/// parent, the zipper's two listed attributes) encoded over and over, by the
+/// protobuf-c reference and by the writer the exporter uses.
+func runEncode() {
+    print("== export encoding: batches of 512 data-path spans ==")
+    let exporter = InMemorySpanExporter()
+    let provider = TracerProvider(
+        configuration: .init(environment: ["OTEL_SERVICE_NAME": "bench"]),
+        processors: [SimpleSpanProcessor(exporter: exporter)], logger: logger)
+    let tracer = provider.tracer("yomo")
+    let parent = SpanContext(traceID: .random(), spanID: .random(), isRemote: true)
+    for index in 0..<512 {
+        let span = tracer.startSpan("zipper routing", parent: parent, context: .topLevel, ofKind: .internal, at: DefaultTracerClock.now)
+        span.setAttribute("routing_data_tag", .int64(0x33))
+        span.setAttribute("routing_data_len", .int64(Int64(1024 + index % 3)))
+        span.end()
+    }
+    let spans = exporter.spans
+    let arena = ProtobufArena()
+    var writer = OTLPTraceWriter()
+    let reference = OTLPTraceEncoding.encodeRequest(spans, arena: arena)
+    guard writer.encodeRequest(spans) == reference else { fatalError("writer and protobuf-c bytes differ") }
+    func measure(_ label: String, _ encode: () -> [UInt8]) {
+        for _ in 0..<200 { _ = encode() }
+        var rounds = 0
+        let cpuStart = threadCPUNanoseconds()
+        let mallocsStart = mallocCount()
+        while threadCPUNanoseconds() - cpuStart < UInt64(seconds * 4e8) {
+            for _ in 0..<100 { _ = encode() }
+            rounds += 100
+        }
+        let perSpan = Double(threadCPUNanoseconds() - cpuStart) / Double(rounds * spans.count)
+        let mallocs = Double(mallocCount() - mallocsStart) / Double(rounds * spans.count)
+        print(String(format: "%@: %.0f ns/span CPU, %.3f mallocs/span, %d bytes/span",
+                     label, perSpan, mallocs, reference.count / spans.count))
+    }
+    measure("protobuf-c tree in a reused arena, then pack (reference)") {
+        OTLPTraceEncoding.encodeRequest(spans, arena: arena)
+    }
+    measure("OTLPTraceWriter, reused buffer (exporter)") { writer.encodeRequest(spans) }
+}
+
+if only == "encode" {
+    runEncode()
+    exit(0)
+}
+
 let receiver = try Receiver(python: usePython)
 print("receiver: \(usePython ? "python (opentelemetry-proto)" : "native (protobuf-c)") at \(receiver.endpoint)")
 if only != "throughput" { await runSpanCost(receiver: receiver) }
+if only == nil { runEncode() }
 if only == nil || only == "throughput" { await runThroughput(receiver: receiver) }
 receiver.stop()

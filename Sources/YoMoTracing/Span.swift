@@ -238,22 +238,25 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
     let parentIsRemote: Bool
     let kind: SpanKind
     let startTime: UInt64
-    private(set) var endTime: UInt64 = 0
+    @exclusivity(unchecked) private(set) var endTime: UInt64 = 0
     var limits: SpanLimits { shared.limits }
 
     private let locked = Atomic<Bool>(false)
-    var ended = false
-    var name: String
+    // The fields below change only under `locked` (and not at all once
+    // `ended`), so Swift's dynamic exclusivity checks on every access, a
+    // runtime call each, guard nothing here: `@exclusivity(unchecked)`.
+    @exclusivity(unchecked) var ended = false
+    @exclusivity(unchecked) var name: String
     /// Attributes set with `YoMoSpan.setAttribute`; keys unique and absent from `attributes`.
-    var listedAttributes: [(key: String, value: SpanAttribute)] = []
+    @exclusivity(unchecked) var listedAttributes: [(key: String, value: SpanAttribute)] = []
     /// Attributes set through `YoMoSpan.attributes`.
-    var attributes = SpanAttributes()
-    var droppedAttributeCount = 0
-    var events: [SpanEvent] = []
-    var droppedEventCount = 0
-    var links: [FinishedSpan.Link] = []
-    var droppedLinkCount = 0
-    var status: SpanStatus?
+    @exclusivity(unchecked) var attributes = SpanAttributes()
+    @exclusivity(unchecked) var droppedAttributeCount = 0
+    @exclusivity(unchecked) var events: [SpanEvent] = []
+    @exclusivity(unchecked) var droppedEventCount = 0
+    @exclusivity(unchecked) var links: [FinishedSpan.Link] = []
+    @exclusivity(unchecked) var droppedLinkCount = 0
+    @exclusivity(unchecked) var status: SpanStatus?
 
     init(
         shared: TracerShared, scope: InstrumentationScope, name: String, kind: SpanKind,

@@ -9,8 +9,8 @@ public final class OTLPHTTPSpanExporter: SpanExporter {
     private let transport: OTLPHTTPTransport
     private let logger: Logger
     /// Reused by every request (exports come one at a time; the lock only
-    /// satisfies `Sendable`).
-    private let arena = Mutex(ProtobufArena())
+    /// satisfies `Sendable`): a steady export writes into warm memory.
+    private let writer = Mutex(OTLPTraceWriter())
 
     /// Throws `.invalidConfiguration` when `configuration.validate()` does (a
     /// protocol other than `http/protobuf`, an unreadable certificate or key
@@ -30,7 +30,7 @@ public final class OTLPHTTPSpanExporter: SpanExporter {
     /// - Parameter timeout: the caller's budget; the exporter's own timeout caps it.
     public func export(_ spans: [FinishedSpan], timeout: Duration) throws(TracingError) {
         guard !spans.isEmpty else { return }
-        let body = arena.withLock { OTLPTraceEncoding.encodeRequest(spans, arena: $0) }
+        let body = writer.withLock { $0.encodeRequest(spans) }
         let response = try transport.send(body, timeout: min(timeout, configuration.timeout), itemCount: spans.count)
         // A 2xx may still carry partial_success (OTLP spec "Partial Success").
         if let partial = OTLPTraceEncoding.partialSuccess(in: response) {

@@ -6,18 +6,26 @@ private typealias PBSpan = Opentelemetry__Proto__Trace__V1__Span
 /// Builds `ExportTraceServiceRequest` bodies (OTLP/HTTP binary protobuf,
 /// https://opentelemetry.io/docs/specs/otlp/#otlphttp-request) and reads
 /// `ExportTraceServiceResponse` bodies.
-enum OTLPTraceEncoding {
-    /// - Parameter arena: where the message tree is built; reset here first.
-    static func encodeRequest(_ spans: [FinishedSpan], arena: ProtobufArena = ProtobufArena()) -> [UInt8] {
-        arena.reset()
+///
+/// Exporters write bodies with `OTLPTraceWriter`; `encodeRequest` here builds
+/// the same message with protobuf-c, the reference its output is tested against.
+package enum OTLPTraceEncoding {
+    /// Spans grouped by resource, then by scope, in first-seen order.
+    typealias Group = (shared: TracerShared, resource: Resource, scopes: [(scope: InstrumentationScope, spans: [Int])])
 
-        // Group by resource, then by scope, keeping first-seen order. Spans of one
-        // provider share its resource, so an identity check settles most spans
-        // without comparing attribute dictionaries; scopes are few, so a linear
-        // search beats hashing their names for every span.
-        var resources: [(shared: TracerShared, resource: Resource, scopes: [(scope: InstrumentationScope, spans: [Int])])] = []
+    /// Spans of one provider share its resource, so an identity check settles
+    /// most spans without comparing attribute dictionaries; scopes are few, so
+    /// a linear search beats hashing their names for every span.
+    static func group(_ spans: [FinishedSpan]) -> [Group] {
+        var resources: [Group] = []
+        // Runs of spans from one tracer are the rule: same group as the span before.
+        var last: (shared: TracerShared, scope: InstrumentationScope, position: Int, scopePosition: Int)?
         for (index, span) in spans.enumerated() {
             let shared = span.storage.shared
+            if let last, last.shared === shared, last.scope == span.storage.scope {
+                resources[last.position].scopes[last.scopePosition].spans.append(index)
+                continue
+            }
             let position: Int
             if let found = resources.lastIndex(where: { $0.shared === shared || $0.resource == shared.resource }) {
                 position = found
@@ -27,11 +35,25 @@ enum OTLPTraceEncoding {
             }
             if let scopePosition = resources[position].scopes.lastIndex(where: { $0.scope == span.storage.scope }) {
                 resources[position].scopes[scopePosition].spans.append(index)
+                last = (shared, span.storage.scope, position, scopePosition)
             } else {
                 resources[position].scopes.append((span.storage.scope, [index]))
+                last = (shared, span.storage.scope, position, resources[position].scopes.count - 1)
             }
         }
+        return resources
+    }
 
+    /// SpanFlags: W3C flags in bits 0-7; bit 8 says bit 9 (remote) is known.
+    static func flags(_ traceFlags: TraceFlags, remote: Bool) -> UInt32 {
+        UInt32(traceFlags.rawValue) | 0x100 | (remote ? 0x200 : 0)
+    }
+
+    /// - Parameter arena: where the message tree is built; reset here first.
+    package static func encodeRequest(_ spans: [FinishedSpan], arena: ProtobufArena = ProtobufArena()) -> [UInt8] {
+        arena.reset()
+
+        let resources = group(spans)
         let resourceSpans = arena.allocate(UnsafeMutablePointer<Opentelemetry__Proto__Trace__V1__ResourceSpans>?.self, count: resources.count)
         for (resourceIndex, group) in resources.enumerated() {
             let message = arena.allocate(Opentelemetry__Proto__Trace__V1__ResourceSpans.self)
@@ -79,8 +101,7 @@ enum OTLPTraceEncoding {
         if let parent = span.parentSpanID {
             message.pointee.parent_span_id = arena.bytes(parent)
         }
-        // SpanFlags: W3C flags in bits 0-7; bit 8 says bit 9 (parent is remote) is known.
-        message.pointee.flags = UInt32(span.context.traceFlags.rawValue) | 0x100 | (span.parentIsRemote ? 0x200 : 0)
+        message.pointee.flags = flags(span.context.traceFlags, remote: span.parentIsRemote)
         message.pointee.name = arena.string(span.name)
         message.pointee.kind = Opentelemetry__Proto__Trace__V1__Span__SpanKind(rawValue: kindNumber(span.kind))
         message.pointee.start_time_unix_nano = span.startTimeNanoseconds
@@ -121,7 +142,7 @@ enum OTLPTraceEncoding {
                 linkMessage.pointee.n_attributes = linkAttributes.count
                 linkMessage.pointee.attributes = linkAttributes.pointer
                 linkMessage.pointee.dropped_attributes_count = UInt32(clamping: link.droppedAttributeCount)
-                linkMessage.pointee.flags = UInt32(link.context.traceFlags.rawValue) | 0x100 | (link.context.isRemote ? 0x200 : 0)
+                linkMessage.pointee.flags = flags(link.context.traceFlags, remote: link.context.isRemote)
                 pointers[index] = linkMessage
             }
             message.pointee.n_links = span.links.count
@@ -138,7 +159,7 @@ enum OTLPTraceEncoding {
         }
     }
 
-    private static func kindNumber(_ kind: SpanKind) -> UInt32 {
+    static func kindNumber(_ kind: SpanKind) -> UInt32 {
         switch kind {
         case .internal: 1
         case .server: 2
@@ -150,7 +171,7 @@ enum OTLPTraceEncoding {
 
     /// `partial_success` of an `ExportTraceServiceResponse`: rejected count and
     /// message, or nil when the body is empty, unreadable or reports full success.
-    static func partialSuccess(in body: [UInt8]) -> (rejected: Int64, message: String)? {
+    package static func partialSuccess(in body: [UInt8]) -> (rejected: Int64, message: String)? {
         guard !body.isEmpty else { return nil }
         return body.withUnsafeBufferPointer { buffer -> (Int64, String)? in
             guard let response = opentelemetry__proto__collector__trace__v1__export_trace_service_response__unpack(

@@ -176,7 +176,7 @@ package enum OTLPCommonEncoding {
 
     /// `span.attributes["k"] = [1, 2]` arrives as a string-convertible array
     /// (swift-distributed-tracing's Array fallback); keep numbers numeric.
-    private static func scalarAttribute(_ element: any CustomStringConvertible & Sendable) -> SpanAttribute {
+    package static func scalarAttribute(_ element: any CustomStringConvertible & Sendable) -> SpanAttribute {
         switch element {
         case let value as Int: .int64(Int64(value))
         case let value as Int64: .int64(value)

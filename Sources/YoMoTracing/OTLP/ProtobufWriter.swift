@@ -1,0 +1,163 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Protobuf wire format written straight into one growable buffer: the fast
+/// path for OTLP request bodies (`OTLPTraceWriter`), which builds no message
+/// tree. Its output must equal protobuf-c's packing of the same message, so it
+/// follows protobuf-c 1.4's rules (tests compare the two byte for byte):
+/// fields in field-number order; proto3 scalars and strings left out when zero
+/// or empty, except inside a oneof; strings cut at their first NUL (protobuf-c
+/// packs C strings).
+///
+/// A message's length goes before its body but is known only after it, so
+/// `beginMessage` reserves a guess of its varint size and `endMessage` moves
+/// the body when the guess was wrong (rare: guesses fit the usual sizes).
+///
+/// Not copyable: it owns its buffer, which it keeps across `reset()`s.
+package struct ProtobufWriter: ~Copyable {
+    private var base: UnsafeMutablePointer<UInt8>
+    private var capacity: Int
+    package private(set) var count = 0
+
+    package init(capacity: Int = 64 * 1024) {
+        self.capacity = max(capacity, 64)
+        base = .allocate(capacity: self.capacity)
+    }
+
+    deinit { base.deallocate() }
+
+    /// Forgets what was written; keeps the buffer.
+    package mutating func reset() { count = 0 }
+
+    /// The bytes written so far.
+    package var bytes: [UInt8] {
+        [UInt8](UnsafeBufferPointer(start: base, count: count))
+    }
+
+    @inline(__always) private mutating func reserve(_ extra: Int) {
+        if _slowPath(count + extra > capacity) { grow(to: count + extra) }
+    }
+
+    @inline(never) private mutating func grow(to needed: Int) {
+        let newCapacity = max(capacity * 2, needed)
+        let newBase = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
+        newBase.update(from: base, count: count)
+        base.deallocate()
+        base = newBase
+        capacity = newCapacity
+    }
+
+    @inline(__always) private mutating func putVarint(_ value: UInt64) {
+        var value = value
+        while value >= 0x80 {
+            base[count] = UInt8(truncatingIfNeeded: value) | 0x80
+            count += 1
+            value >>= 7
+        }
+        base[count] = UInt8(truncatingIfNeeded: value)
+        count += 1
+    }
+
+    @inline(__always) static func varintSize(_ value: UInt64) -> Int {
+        // 1 byte per started group of 7 bits; 0 takes one byte.
+        (64 - (value | 1).leadingZeroBitCount + 6) / 7
+    }
+
+    @inline(__always) private mutating func putTag(_ field: UInt32, _ wireType: UInt32) {
+        putVarint(UInt64(field << 3 | wireType))
+    }
+
+    @inline(__always) package mutating func varint(_ field: UInt32, _ value: UInt64) {
+        reserve(15)
+        putTag(field, 0)
+        putVarint(value)
+    }
+
+    /// int32 and enum fields: negative values take 10 bytes (sign-extended), as protobuf-c packs them.
+    @inline(__always) package mutating func int32(_ field: UInt32, _ value: Int32) {
+        varint(field, UInt64(bitPattern: Int64(value)))
+    }
+
+    @inline(__always) package mutating func int64(_ field: UInt32, _ value: Int64) {
+        varint(field, UInt64(bitPattern: value))
+    }
+
+    @inline(__always) package mutating func bool(_ field: UInt32, _ value: Bool) {
+        varint(field, value ? 1 : 0)
+    }
+
+    @inline(__always) package mutating func fixed64(_ field: UInt32, _ value: UInt64) {
+        reserve(13)
+        putTag(field, 1)
+        UnsafeMutableRawPointer(base + count).storeBytes(of: value.littleEndian, as: UInt64.self)
+        count += 8
+    }
+
+    @inline(__always) package mutating func fixed32(_ field: UInt32, _ value: UInt32) {
+        reserve(9)
+        putTag(field, 5)
+        UnsafeMutableRawPointer(base + count).storeBytes(of: value.littleEndian, as: UInt32.self)
+        count += 4
+    }
+
+    @inline(__always) package mutating func double(_ field: UInt32, _ value: Double) {
+        fixed64(field, value.bitPattern)
+    }
+
+    package mutating func bytes(_ field: UInt32, _ value: UnsafeRawBufferPointer) {
+        reserve(15 + value.count)
+        putTag(field, 2)
+        putVarint(UInt64(value.count))
+        if let source = value.baseAddress {
+            UnsafeMutableRawPointer(base + count).copyMemory(from: source, byteCount: value.count)
+        }
+        count += value.count
+    }
+
+    /// - Parameter always: true for a oneof member, which protobuf-c sends even
+    ///   when empty; other string fields are left out when empty.
+    package mutating func string(_ field: UInt32, _ value: String, always: Bool = false) {
+        var value = value
+        value.withUTF8 { utf8 in
+            var length = utf8.count
+            if let start = utf8.baseAddress, let nul = memchr(start, 0, length) {
+                length = UnsafeRawPointer(start).distance(to: UnsafeRawPointer(nul))
+            }
+            guard length > 0 || always else { return }
+            bytes(field, UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(utf8)[0..<length]))
+        }
+    }
+
+    /// Starts a length-delimited sub-message; pass the result to `endMessage`.
+    /// - Parameter lengthGuess: bytes reserved for the length varint (1 up to 127 bytes of body, 2 up to 16383, 3 up to 2 MiB).
+    @inline(__always) package mutating func beginMessage(_ field: UInt32, lengthGuess: Int = 1) -> MessageMark {
+        reserve(5 + lengthGuess)
+        putTag(field, 2)
+        let mark = MessageMark(lengthAt: count, bodyAt: count + lengthGuess)
+        count += lengthGuess
+        return mark
+    }
+
+    package mutating func endMessage(_ mark: MessageMark) {
+        let length = count - mark.bodyAt
+        let size = Self.varintSize(UInt64(length))
+        let reserved = mark.bodyAt - mark.lengthAt
+        if _slowPath(size != reserved) {
+            if size > reserved { reserve(size - reserved) }
+            memmove(base + mark.lengthAt + size, base + mark.bodyAt, length)
+            count += size - reserved
+        }
+        let end = count
+        count = mark.lengthAt
+        putVarint(UInt64(length))
+        count = end
+    }
+
+    package struct MessageMark {
+        fileprivate let lengthAt: Int
+        fileprivate let bodyAt: Int
+    }
+}

@@ -1,0 +1,216 @@
+import Foundation
+import Testing
+import Tracing
+@testable import YoMoTracing
+
+/// The exporters' hand-written protobuf (`OTLPTraceWriter`) must produce the
+/// bytes protobuf-c packs for the same spans (`OTLPTraceEncoding.encodeRequest`).
+/// `OTLPReceiverTests` decode what the exporter sends with the official
+/// opentelemetry-proto package.
+@Suite struct OTLPTraceWriterTests {
+    struct FixedInstant: TracerInstant {
+        var nanosecondsSinceEpoch: UInt64
+        static func < (lhs: Self, rhs: Self) -> Bool { lhs.nanosecondsSinceEpoch < rhs.nanosecondsSinceEpoch }
+    }
+
+    struct Custom: CustomStringConvertible, Sendable {
+        var description: String { "custom ✓" }
+    }
+
+    func reference(_ spans: [FinishedSpan]) -> [UInt8] {
+        OTLPTraceEncoding.encodeRequest(spans)
+    }
+
+    func written(_ spans: [FinishedSpan]) -> [UInt8] {
+        var writer = OTLPTraceWriter(capacity: 64)
+        return writer.encodeRequest(spans)
+    }
+
+    /// Where two bodies first differ (nil when equal): a short failure message
+    /// instead of two printed bodies.
+    func mismatch(_ spans: [FinishedSpan]) -> String? {
+        let (actual, expected) = (written(spans), reference(spans))
+        guard actual != expected else { return nil }
+        let offset = actual.indices.first { $0 >= expected.count || actual[$0] != expected[$0] } ?? expected.count
+        return "\(actual.count) vs \(expected.count) bytes, first difference at \(offset): "
+            + "\(actual[offset...].prefix(8)) vs \(expected[offset...].prefix(8))"
+    }
+
+    /// Every value type, at the sizes where varints and length prefixes change width.
+    static let values: [SpanAttribute] = [
+        .string(""), .string("x"), .string("ünïcødé 🚀"), .string(String(repeating: "a", count: 127)),
+        .string(String(repeating: "b", count: 128)), .string(String(repeating: "c", count: 16_383)),
+        .string(String(repeating: "d", count: 16_384)), .string("before\0after"),
+        .bool(true), .bool(false),
+        .int32(0), .int32(-1), .int32(.min), .int32(.max),
+        .int64(0), .int64(1), .int64(127), .int64(128), .int64(-1), .int64(.min), .int64(.max),
+        .double(0), .double(-0.0), .double(1.5), .double(-2.25e300), .double(.infinity), .double(.nan),
+        .double(.leastNonzeroMagnitude),
+        .stringArray([]), .stringArray(["", "a", "ü"]), .stringArray((0..<40).map { "element \($0)" }),
+        .boolArray([true, false]), .int32Array([0, -5, .max]), .int64Array([.min, 0, 300]),
+        .doubleArray([0, -1.5, 3e-10]),
+        .stringConvertible(Custom()), .stringConvertible(42),
+        .stringConvertibleArray([1, Int64(-2), Int32(3), UInt32(4), 5.5, Float(6.5), true, "seven", Custom()]),
+    ]
+
+    func variedSpans(exporter: InMemorySpanExporter) -> [TracerProvider] {
+        var limited = TracerProvider.Configuration(environment: [
+            "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "3", "OTEL_SPAN_EVENT_COUNT_LIMIT": "2",
+            "OTEL_SPAN_LINK_COUNT_LIMIT": "1", "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT": "1",
+            "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT": "1",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=tëst,empty=",
+        ])
+        limited.serviceName = "limited"
+        let providers = [
+            makeProvider(exporter: exporter, serviceName: "üñí service"),
+            TracerProvider(configuration: limited, processors: [SimpleSpanProcessor(exporter: exporter)]),
+            makeProvider(exporter: exporter, serviceName: ""),
+        ]
+        let scopes = [
+            InstrumentationScope(name: "plain"), InstrumentationScope(name: "versioned", version: "1.2.3"),
+            InstrumentationScope(name: "", version: ""), InstrumentationScope(name: "zero\0byte", version: "\0"),
+        ]
+        let kinds: [SpanKind] = [.internal, .server, .client, .producer, .consumer]
+        let remoteParent = SpanContext(
+            traceID: TraceID(hexString: "4bf92f3577b34da6a3ce929d0e0e4736")!, spanID: SpanID(hexString: "00f067aa0ba902b7")!,
+            traceFlags: .sampled, isRemote: true, traceState: "vendor=value,other=ü")
+        var index = 0
+        for provider in providers {
+            for scope in scopes {
+                let tracer = provider.tracer(scope: scope)
+                let linked = tracer.startSpan("linked")
+                for value in Self.values {
+                    index += 1
+                    let names = ["", "span \(index)", "ünïcødé", String(repeating: "n", count: 200), "nul\0name"]
+                    let parent: SpanContext? = switch index % 3 {
+                    case 0: nil
+                    case 1: remoteParent
+                    default: linked.spanContext
+                    }
+                    let start = index % 7 == 0 ? 0 : UInt64(index) * 1_000_003
+                    let span = tracer.startSpan(
+                        names[index % names.count], parent: parent, context: .topLevel,
+                        ofKind: kinds[index % kinds.count], at: FixedInstant(nanosecondsSinceEpoch: start))
+                    switch index % 4 {
+                    case 0:
+                        span.setAttribute("listed", value)
+                        span.setAttribute("", .int64(Int64(index)))
+                    case 1:
+                        span.attributes["value"] = value.toSpanAttribute()
+                        span.attributes["ü key"] = "v"
+                    case 2:
+                        span.setAttribute("listed", value)
+                        span.attributes["mapped"] = value.toSpanAttribute()
+                        span.attributes["more"] = 1
+                        span.attributes["even more"] = 2
+                        span.attributes["over the limit"] = 3
+                    default: break
+                    }
+                    if index % 5 == 0 {
+                        span.addEvent(SpanEvent(name: "event", at: FixedInstant(nanosecondsSinceEpoch: UInt64(index)),
+                                                attributes: ["value": value, "second": "x"]))
+                        span.addEvent(SpanEvent(name: "", at: FixedInstant(nanosecondsSinceEpoch: 0), attributes: [:]))
+                        span.addEvent(SpanEvent(name: "third", attributes: [:]))
+                    }
+                    if index % 6 == 0 {
+                        span.addLink(SpanLink(context: linked.context, attributes: ["value": value, "b": true]))
+                        span.addLink(SpanLink(context: linked.context, attributes: [:]))
+                    }
+                    switch index % 5 {
+                    case 0: span.setStatus(SpanStatus(code: .ok))
+                    case 1: span.setStatus(SpanStatus(code: .error, message: "failed: ü"))
+                    case 2: span.setStatus(SpanStatus(code: .error, message: ""))
+                    case 3: span.setStatus(SpanStatus(code: .error))
+                    default: break
+                    }
+                    let end = index % 11 == 0 ? 0 : start + UInt64(index)
+                    span.end(at: FixedInstant(nanosecondsSinceEpoch: end))
+                }
+                linked.end()
+            }
+        }
+        return providers
+    }
+
+    @Test func variedSpansEncodeToProtobufCBytes() async {
+        let exporter = InMemorySpanExporter()
+        let providers = variedSpans(exporter: exporter)
+        let spans = exporter.spans
+        #expect(spans.count > 400)
+        #expect(spans.contains { $0.droppedAttributeCount > 0 } && spans.contains { $0.droppedEventCount > 0 }
+            && spans.contains { $0.droppedLinkCount > 0 } && spans.contains { !$0.context.traceState.isEmpty })
+
+        // Whole batch (three resources, four scopes each), then each span alone.
+        #expect(mismatch(spans) == nil)
+        for span in spans {
+            let difference = mismatch([span])
+            #expect(difference == nil, "span \(span.name.debugDescription)")
+            if difference != nil { break }
+        }
+        // Interleaved resources and scopes group as the reference groups them.
+        let shuffled = spans.enumerated().sorted { ($0.offset % 13, $0.offset) < ($1.offset % 13, $1.offset) }.map(\.element)
+        #expect(mismatch(shuffled) == nil)
+        #expect(mismatch([]) == nil)
+        for provider in providers { await provider.shutdown() }
+    }
+
+    @Test func aReusedWriterGivesTheSameBytes() {
+        let exporter = InMemorySpanExporter()
+        let provider = makeProvider(exporter: exporter)
+        let tracer = provider.tracer("reuse")
+        for index in 0..<300 {
+            let span = tracer.startSpan("span \(index)")
+            span.setAttribute("index", .int64(Int64(index)))
+            span.attributes["name"] = "n\(index)"
+            span.end()
+        }
+        var writer = OTLPTraceWriter(capacity: 64)
+        let big = writer.encodeRequest(exporter.spans)
+        let small = writer.encodeRequest(Array(exporter.spans.prefix(2)))
+        let again = writer.encodeRequest(exporter.spans)
+        #expect(big == reference(exporter.spans))
+        #expect(small == reference(Array(exporter.spans.prefix(2))))
+        #expect(again == big)
+    }
+}
+
+@Suite struct ProtobufWriterTests {
+    /// Varints and message lengths at every width boundary, against the
+    /// textbook encoding.
+    @Test func varintsAndLengthPrefixesAtEveryWidth() {
+        func varint(_ value: UInt64) -> [UInt8] {
+            var value = value
+            var bytes: [UInt8] = []
+            repeat {
+                bytes.append(UInt8(value & 0x7f) | (value >= 0x80 ? 0x80 : 0))
+                value >>= 7
+            } while value != 0
+            return bytes
+        }
+        var boundaries: [UInt64] = [0, .max]
+        for bits in stride(from: 7, through: 63, by: 7) {
+            boundaries += [(1 << UInt64(bits)) - 1, 1 << UInt64(bits)]
+        }
+        var writer = ProtobufWriter(capacity: 1)
+        for value in boundaries {
+            writer.reset()
+            writer.varint(1, value)
+            #expect(writer.bytes == [0x08] + varint(value))
+            #expect(ProtobufWriter.varintSize(value) == varint(value).count)
+        }
+        for length in [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152] {
+            for guess in 1...3 {
+                writer.reset()
+                writer.varint(1, 1)
+                let mark = writer.beginMessage(2, lengthGuess: guess)
+                let body = [UInt8](repeating: 0x5a, count: length)
+                body.withUnsafeBytes { writer.bytes(3, $0) }
+                writer.endMessage(mark)
+                writer.fixed32(16, 7)
+                let inner = [0x1a] + varint(UInt64(length)) + body
+                #expect(writer.bytes == [0x08, 0x01, 0x12] + varint(UInt64(inner.count)) + inner + [0x85, 0x01, 7, 0, 0, 0],
+                        "length \(length), guess \(guess)")
+            }
+        }
+    }
+}
