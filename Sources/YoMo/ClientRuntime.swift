@@ -378,7 +378,8 @@ final class ClientRuntime: Sendable {
         let inFlight = InFlightCounter()
         let queue = setup.pipeHandler.map { _ in AsyncQueue<PipeFrame>(capacity: 1024) }
         var ended: (any Error)?
-        await withDiscardingTaskGroup { group in
+        // The tracer is the task's for every handler task the group starts.
+        await setup.tracing.withTaskTracer { await withDiscardingTaskGroup { group in
             if let pipe = setup.pipeHandler, let queue {
                 inFlight.enter()
                 group.addTask {
@@ -463,7 +464,7 @@ final class ClientRuntime: Sendable {
             queue?.finish()
             await inFlight.waitUntilBelow(1)
             group.cancelAll()  // the cron loop
-        }
+        } }
         return ended
     }
 

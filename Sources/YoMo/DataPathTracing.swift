@@ -185,17 +185,22 @@ extension DataPathTracer {
         withCurrent(span) { logger.debug(message(), metadata: metadata()) }
     }
 
-    /// Runs `body` with the span as the current context and this tracer as the
-    /// task's tracer, so `withSpan` inside — ours, a library's, or the free
-    /// function — makes children of the frame's span without any global
-    /// bootstrap. Ends the span when `body` returns or throws.
+    /// Runs `body` with this tracer as the task's tracer, which the tasks it
+    /// starts inherit: a client sets it once around all its handlers, not per frame.
+    func withTaskTracer<T>(_ body: () async -> T) async -> T {
+        guard tracer.isEnabled else { return await body() }
+        return await withTracer(tracer) { await body() }
+    }
+
+    /// Runs `body` with the span as the current context, so `withSpan` inside —
+    /// ours, a library's, or the free function, under `withTaskTracer` — makes
+    /// children of the frame's span without any global bootstrap. Ends the span
+    /// when `body` returns or throws.
     func run<T>(_ span: YoMoSpan?, _ body: () async throws -> T) async throws -> T {
         guard let span else { return try await body() }
         defer { span.end() }
         do {
-            return try await withTracer(tracer) {
-                try await ServiceContext.withValue(span.context) { try await body() }
-            }
+            return try await ServiceContext.withValue(span.context) { try await body() }
         } catch {
             span.fail(error)
             throw error

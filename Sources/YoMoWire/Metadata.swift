@@ -301,13 +301,19 @@ struct RawWriter {
     /// 16 lowercase hex digits.
     mutating func writeHex(_ value: UInt64) {
         for shift in stride(from: 60, through: 0, by: -4) {
-            write(lowercaseHexDigits[Int(truncatingIfNeeded: value >> UInt64(shift)) & 0xF])
+            write(Self.hexDigit(UInt8(truncatingIfNeeded: value >> UInt64(shift)) & 0xF))
         }
     }
 
     mutating func writeHex(byte value: UInt8) {
-        write(lowercaseHexDigits[Int(value >> 4)])
-        write(lowercaseHexDigits[Int(value & 0xF)])
+        write(Self.hexDigit(value >> 4))
+        write(Self.hexDigit(value & 0xF))
+    }
+
+    /// Computed rather than looked up: a global table costs a lazy-initialisation check per digit.
+    @inline(__always)
+    static func hexDigit(_ nibble: UInt8) -> UInt8 {
+        nibble &+ (nibble < 10 ? UInt8(ascii: "0") : UInt8(ascii: "a") &- 10)
     }
 }
 
@@ -418,8 +424,6 @@ struct MsgpackReader {
 
 // MARK: - Trace ids kept as numbers
 
-let lowercaseHexDigits: [UInt8] = Array("0123456789abcdef".utf8)
-
 /// The W3C `traceparent` of version 00 as numbers: `00-<trace id>-<span id>-<flags>`.
 @usableFromInline
 package struct TraceparentFields: Hashable, Sendable {
@@ -493,13 +497,18 @@ enum StoredValue: Sendable {
         }
     }
 
+    /// 16 lowercase hex digits at `start`, without a branch per digit (this runs
+    /// for every id of every frame).
     static func hex64(_ bytes: UnsafeRawBufferPointer, at start: Int) -> UInt64? {
         var value: UInt64 = 0
+        var valid = true
         for index in start..<start + 16 {
-            guard let digit = lowercaseHexValue(bytes[index]) else { return nil }
-            value = value << 4 | UInt64(digit)
+            let byte = bytes[index]
+            valid = valid && (byte &- UInt8(ascii: "0") < 10 || byte &- UInt8(ascii: "a") < 6)
+            // '0'...'9' → 0...9; 'a'...'f' (bit 6 set) → 10...15.
+            value = value << 4 | UInt64((byte & 0xF) &+ 9 &* (byte >> 6))
         }
-        return value
+        return valid ? value : nil
     }
 
     var utf8Count: Int {
