@@ -298,11 +298,23 @@ struct RawWriter {
         }
     }
 
-    /// 16 lowercase hex digits.
+    /// 16 lowercase hex digits, eight at a time.
     mutating func writeHex(_ value: UInt64) {
-        for shift in stride(from: 60, through: 0, by: -4) {
-            write(Self.hexDigit(UInt8(truncatingIfNeeded: value >> UInt64(shift)) & 0xF))
-        }
+        writeBigEndian(Self.hexCharacters(UInt32(truncatingIfNeeded: value >> 32)))
+        writeBigEndian(Self.hexCharacters(UInt32(truncatingIfNeeded: value)))
+    }
+
+    /// The eight lowercase hex digits of `value`, the first in the top byte.
+    @inline(__always)
+    static func hexCharacters(_ value: UInt32) -> UInt64 {
+        // Spread the nibbles one per byte, the top nibble in the top byte.
+        var spread = UInt64(value)
+        spread = (spread | spread << 16) & 0x0000_FFFF_0000_FFFF
+        spread = (spread | spread << 8) & 0x00FF_00FF_00FF_00FF
+        spread = (spread | spread << 4) & 0x0F0F_0F0F_0F0F_0F0F
+        // A nibble of 10 or more carries into bit 4 when 6 is added: those become letters.
+        let letters = ((spread &+ 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101
+        return spread &+ 0x3030_3030_3030_3030 &+ letters &* UInt64(UInt8(ascii: "a") - UInt8(ascii: "0") - 10)
     }
 
     mutating func writeHex(byte value: UInt8) {
@@ -497,18 +509,33 @@ enum StoredValue: Sendable {
         }
     }
 
-    /// 16 lowercase hex digits at `start`, without a branch per digit (this runs
-    /// for every id of every frame).
+    /// 16 lowercase hex digits at `start`, eight at a time (this runs for every
+    /// id of every frame).
     static func hex64(_ bytes: UnsafeRawBufferPointer, at start: Int) -> UInt64? {
-        var value: UInt64 = 0
-        var valid = true
-        for index in start..<start + 16 {
-            let byte = bytes[index]
-            valid = valid && (byte &- UInt8(ascii: "0") < 10 || byte &- UInt8(ascii: "a") < 6)
-            // '0'...'9' → 0...9; 'a'...'f' (bit 6 set) → 10...15.
-            value = value << 4 | UInt64((byte & 0xF) &+ 9 &* (byte >> 6))
-        }
-        return valid ? value : nil
+        guard let high = hex32(bytes.loadUnaligned(fromByteOffset: start, as: UInt64.self).bigEndian),
+              let low = hex32(bytes.loadUnaligned(fromByteOffset: start + 8, as: UInt64.self).bigEndian)
+        else { return nil }
+        return UInt64(high) << 32 | UInt64(low)
+    }
+
+    /// Eight ASCII characters, the first in the top byte, read as lowercase hex.
+    @inline(__always)
+    static func hex32(_ characters: UInt64) -> UInt32? {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let high = ones &* 0x80
+        guard characters & high == 0 else { return nil }
+        // Per byte, with no carries between bytes (all are below 0x80): the top
+        // bit of `byte + 0x80 - low` is set when byte >= low.
+        func atLeast(_ low: UInt8) -> UInt64 { (characters &+ ones &* UInt64(0x80 - low)) & high }
+        let digit = atLeast(UInt8(ascii: "0")) & ~atLeast(UInt8(ascii: "9") + 1)
+        let letter = atLeast(UInt8(ascii: "a")) & ~atLeast(UInt8(ascii: "f") + 1)
+        guard digit | letter == high else { return nil }
+        // '0'...'9' → 0...9; 'a'...'f' (bit 6 set) → 10...15; then pack the nibbles.
+        var value = (characters & (ones &* 0x0F)) &+ ((characters >> 6) & ones) &* 9
+        value = (value | value >> 4) & 0x00FF_00FF_00FF_00FF
+        value = (value | value >> 8) & 0x0000_FFFF_0000_FFFF
+        value = (value | value >> 16) & 0x0000_0000_FFFF_FFFF
+        return UInt32(truncatingIfNeeded: value)
     }
 
     var utf8Count: Int {

@@ -25,8 +25,19 @@ package struct MetadataView {
         package static let traceKeys: [Key] = [.traceparent, .tracestate, .traceID, .spanID]
 
         package init?(_ key: String) {
-            guard let match = Self.allCases.first(where: { $0.string == key }) else { return nil }
+            var key = key
+            guard let match = key.withUTF8({ Key(utf8: UnsafeRawBufferPointer($0)) }) else { return nil }
             self = match
+        }
+
+        /// The key's form as a value kept as numbers, for the trace keys that have one.
+        var traceKey: StoredValue.TraceKey? {
+            switch self {
+            case .traceparent: .traceparent
+            case .traceID: .traceID
+            case .spanID: .spanID
+            default: nil
+            }
         }
 
         /// The key whose UTF-8 is `bytes`, compared without making a string.
@@ -169,11 +180,12 @@ package struct MetadataView {
     /// numbers, so reading them makes no strings).
     package var traceMetadata: Metadata {
         var metadata = Metadata()
-        for key in Key.traceKeys {
+        metadata.entries.reserveCapacity(4)
+        for key in [Key.traceparent, .tracestate, .traceID, .spanID] {
             guard let content = values[key]?.content else { continue }
             let stored = bytes.withUnsafeReadableBytes { input in
                 let slice = UnsafeRawBufferPointer(rebasing: input[content])
-                return StoredValue.TraceKey(key.string).flatMap { StoredValue($0, slice) }
+                return key.traceKey.flatMap { StoredValue($0, slice) }
                     ?? .text(String(decoding: slice, as: UTF8.self))
             }
             metadata.entries.append(Metadata.Entry(key: key.string, stored: stored))

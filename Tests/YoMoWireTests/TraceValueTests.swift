@@ -107,6 +107,26 @@ struct TraceValueTests {
         }
     }
 
+    @Test("every byte at every position of a span id: numbers only for lowercase hex, with the right value")
+    func everyByte() {
+        let base = Array(Self.spanID.utf8)
+        for position in 0..<16 {
+            for byte in UInt8.min...UInt8.max {
+                var digits = base
+                digits[position] = byte
+                let parsed = digits.withUnsafeBytes { StoredValue(.spanID, $0) }
+                let isHex = (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
+                guard case .spanID(let value)? = parsed else {
+                    #expect(!isHex, "\(byte) at \(position) refused")
+                    continue
+                }
+                #expect(isHex, "\(byte) at \(position) accepted")
+                #expect(value == UInt64(String(decoding: digits, as: UTF8.self), radix: 16))
+                #expect(StoredValue.spanID(value).string == String(decoding: digits, as: UTF8.self))
+            }
+        }
+    }
+
     @Test("random trace values round-trip through bytes")
     func randomValues() throws {
         var generator = SystemRandomNumberGenerator()
