@@ -7,15 +7,17 @@
 #   Benchmarks/loop-tracing.sh [rounds] [frames]      # defaults: 3 rounds, 50000 frames
 #
 # LOOP_MODES (default "off propagation on") picks the modes (also: ratio, head
-# sampling of LOOP_RATIO, default 0.1, of the traces; metrics, tracing off and
+# sampling of LOOP_RATIO, default 0.1, of the traces; propagation-tracecontext
+# and propagation-yomo, propagation with one format (OTEL_PROPAGATORS); metrics, tracing off and
 # every process serving /metrics, scraped once a second); a mode written
 # base:MODE runs the binaries in LOOP_BASELINE_BIN instead (e.g. a release build
 # of an older commit in a git worktree), for before/after ratios in one run.
 # LOOP_SIZE and LOOP_INFLIGHT set the frame size (1024) and window (256);
 # LOOP_VERBOSE=1 also prints each process's CPU per frame.
-# Prints frames/s and the CPU time all four processes spent per frame (zipper,
-# stream function, bench, receiver): on a saturated machine the second is the
-# steadier measure. Needs release builds of yomo and uppercase-sfn (built here).
+# Prints frames/s, the CPU time all four processes spent per frame (zipper,
+# stream function, bench, receiver; on a saturated machine the steadier
+# measure) and the median round-trip latency (for the latency-bound case:
+# LOOP_SIZE=16 LOOP_INFLIGHT=1). Needs release builds of yomo and uppercase-sfn (built here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
@@ -69,6 +71,9 @@ run_mode() {
             scraper=$!
             ;;
         propagation) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_TRACES_SAMPLER=always_off) ;;
+        propagation-tracecontext | propagation-yomo)
+            environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_TRACES_SAMPLER=always_off
+                OTEL_PROPAGATORS="${mode#propagation-}") ;;
         on) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port") ;;
         ratio) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
                    OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG="${LOOP_RATIO:-0.1}") ;;
@@ -88,6 +93,7 @@ run_mode() {
         --size "$size" --inflight "$inflight" --frames "$frames" "${bench_args[@]}" 2>&1)" || true
     if [[ -n "$scraper" ]]; then kill "$scraper" 2>/dev/null || true; fi
     local rate; rate="$(sed -n 's/.*throughput=\([0-9]*\).*/\1/p' <<<"$bench_output")"
+    local p50; p50="$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$bench_output")"
     local bench_cpu; bench_cpu="$(sed -n 's/.*bench_cpu=\([0-9.+]*\).*/\1/p' <<<"$bench_output" | bc -l 2>/dev/null || echo 0)"
     local total
     total="$(awk -v z="$(cpu_seconds "$zipper")" -v f="$(cpu_seconds "$function")" -v b="$bench_cpu" \
@@ -99,16 +105,17 @@ run_mode() {
             'BEGIN { printf "  µs CPU per frame: zipper %.1f, function %.1f, bench %.1f, receiver %.1f\n", z * 1e6 / n, f * 1e6 / n, b * 1e6 / n, r * 1e6 / n }' >&2
     fi
     stop_all
-    echo "${rate:-0} $total"
+    echo "${rate:-0} $total ${p50:-0}"
 }
 
-declare -A rates cpus
+declare -A rates cpus p50s
 for round in $(seq "$rounds"); do
     for mode in $modes; do
-        read -r rate cpu < <(run_mode "$mode")
+        read -r rate cpu p50 < <(run_mode "$mode")
         rates[$mode]+="$rate "
         cpus[$mode]+="$cpu "
-        echo "round $round $mode: $rate frames/s, $cpu µs CPU per frame"
+        p50s[$mode]+="$p50 "
+        echo "round $round $mode: $rate frames/s, $cpu µs CPU per frame, p50 $p50 µs"
     done
 done
 kill "$receiver" 2>/dev/null || true
@@ -119,10 +126,13 @@ base_rate="$(echo "${rates[$baseline_mode]}" | median)"
 base_cpu="$(echo "${cpus[$baseline_mode]}" | median)"
 echo
 echo "medians of $rounds rounds, ratios to $baseline_mode:"
-printf '%-18s %10s %7s %12s %7s\n' mode "frames/s" ratio "CPU µs/frame" ratio
+base_p50="$(echo "${p50s[$baseline_mode]}" | median)"
+printf '%-24s %10s %7s %12s %7s %9s %7s\n' mode "frames/s" ratio "CPU µs/frame" ratio "p50 µs" ratio
 for mode in $modes; do
     rate="$(echo "${rates[$mode]}" | median)"
     cpu="$(echo "${cpus[$mode]}" | median)"
-    printf '%-18s %10.0f %7.2f %12.1f %7.2f\n' "$mode" "$rate" "$(awk -v v="$rate" -v b="$base_rate" 'BEGIN {print (b > 0) ? v / b : 0}')" \
-        "$cpu" "$(awk -v v="$cpu" -v b="$base_cpu" 'BEGIN {print (b > 0) ? v / b : 0}')"
+    p50="$(echo "${p50s[$mode]}" | median)"
+    printf '%-24s %10.0f %7.2f %12.1f %7.2f %9.0f %7.2f\n' "$mode" "$rate" "$(awk -v v="$rate" -v b="$base_rate" 'BEGIN {print (b > 0) ? v / b : 0}')" \
+        "$cpu" "$(awk -v v="$cpu" -v b="$base_cpu" 'BEGIN {print (b > 0) ? v / b : 0}')" \
+        "$p50" "$(awk -v v="$p50" -v b="$base_p50" 'BEGIN {print (b > 0) ? v / b : 0}')"
 done

@@ -591,7 +591,7 @@ final class ClientRuntime: Sendable {
         guard !RouteTable.isReserved(tag) else {
             throw YoMoError(.reservedTag, "tag 0x\(String(tag, radix: 16)) is reserved (0xF000-0xFFFF belong to the system)")
         }
-        var metadata = Metadata()
+        var metadata = Metadata(minimumCapacity: 6)  // with room for the trace keys
         metadata[Metadata.ReservedKey.sourceID] = clientID
         metadata[Metadata.ReservedKey.tid] = NanoID.generate()
         if let target { metadata[Metadata.ReservedKey.target] = target }

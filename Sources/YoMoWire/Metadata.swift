@@ -48,9 +48,17 @@ public struct Metadata: Hashable, Sendable, Sequence, ExpressibleByDictionaryLit
         entries = []
     }
 
+    /// An empty map with room for `minimumCapacity` entries before it grows.
+    public init(minimumCapacity: Int) {
+        entries = []
+        entries.reserveCapacity(minimumCapacity)
+    }
+
     @usableFromInline
     func index(of key: String) -> Int? {
-        entries.firstIndex { $0.key == key }
+        // Lengths first: a String comparison that fails is a call, a length is not.
+        let length = key.utf8.count
+        return entries.firstIndex { $0.key.utf8.count == length && $0.key == key }
     }
 
     public init(_ entries: [String: String]) {
@@ -471,10 +479,11 @@ enum StoredValue: Sendable {
         case traceID, spanID, traceparent
 
         init?(_ key: String) {
-            switch key {
-            case Metadata.ReservedKey.traceID: self = .traceID
-            case Metadata.ReservedKey.spanID: self = .spanID
-            case Metadata.traceparentKey: self = .traceparent
+            // By length first: every decoded key is checked, and most are none of these.
+            switch key.utf8.count {
+            case 13 where key == Metadata.ReservedKey.traceID: self = .traceID
+            case 12 where key == Metadata.ReservedKey.spanID: self = .spanID
+            case 11 where key == Metadata.traceparentKey: self = .traceparent
             default: return nil
             }
         }

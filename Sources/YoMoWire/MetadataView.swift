@@ -62,10 +62,13 @@ package struct MetadataView {
         }
 
         private func matches(_ bytes: UnsafeRawBufferPointer) -> Bool {
-            var key = string
-            return key.withUTF8 { utf8 in
-                utf8.count == bytes.count && memcmp(utf8.baseAddress!, bytes.baseAddress!, bytes.count) == 0
+            // Byte by byte: these keys are at most 18 bytes, shorter than a memcmp call is worth.
+            var index = 0
+            for byte in string.utf8 {
+                guard index < bytes.count, bytes[index] == byte else { return false }
+                index += 1
             }
+            return index == bytes.count
         }
     }
 
