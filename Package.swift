@@ -73,7 +73,8 @@ targets += [
 products += [.library(name: "YoMoTracing", targets: ["YoMoTracing"])]
 targets += [
     // libcurl (HTTP) and zlib (gzip request bodies) with typed shims for their variadic/macro APIs.
-    .systemLibrary(name: "CCurl", path: "Sources/CCurl"),
+    // libcurl is loaded on first use (lazy_curl.c), so it is not linked here; zlib is.
+    .target(name: "CCurl", linkerSettings: [.linkedLibrary("z")]),
     // protobuf-c output for our OTLP .proto files (regenerate: scripts/generate-otlp-proto.sh).
     .target(
         name: "COTLPProto",
