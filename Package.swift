@@ -197,6 +197,7 @@ targets += [
 
 products += [
     .library(name: "YoMo", targets: ["YoMo"]),
+    .library(name: "YoMoZipperYAML", targets: ["YoMoZipperYAML"]),
     .executable(name: "yomo", targets: ["YoMoCLI"]),
     .executable(name: "uppercase-sfn", targets: ["uppercase-sfn"]),
     .executable(name: "llm-stream-sfn", targets: ["llm-stream-sfn"]),
@@ -225,8 +226,14 @@ targets += [
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
-            .product(name: "Yams", package: "Yams"),
         ],
+        swiftSettings: strictSwift
+    ),
+    // ZipperConfiguration from YAML: apart, so that only programs that read a
+    // config link Yams and the full Foundation it imports (about 4 MB resident).
+    .target(
+        name: "YoMoZipperYAML",
+        dependencies: ["YoMo", .product(name: "Yams", package: "Yams")],
         swiftSettings: strictSwift
     ),
     // The local trace viewer of `yomo trace-view`: an OTLP/HTTP receiver and a terminal waterfall.
@@ -246,6 +253,7 @@ targets += [
             "YoMo",
             "YoMoLogging",
             "YoMoTraceView",
+            "YoMoZipperYAML",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ],
@@ -296,7 +304,7 @@ targets += [
     .testTarget(
         name: "YoMoTests",
         dependencies: [
-            "YoMo", "YoMoWire", "YoMoQUIC", "YoMoTracing", "YoMoLogging", "YoMoMetrics",
+            "YoMo", "YoMoWire", "YoMoQUIC", "YoMoTracing", "YoMoLogging", "YoMoMetrics", "YoMoZipperYAML",
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -313,7 +321,7 @@ targets += [
     .target(
         name: "DocSamples",
         dependencies: [
-            "YoMo", "YoMoLogging", "YoMoTracing", "YoMoQUIC", "YoMoWire", "YoMoMetrics",
+            "YoMo", "YoMoLogging", "YoMoTracing", "YoMoQUIC", "YoMoWire", "YoMoMetrics", "YoMoZipperYAML",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
