@@ -11,6 +11,16 @@ let strictSwift: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
+// The shipped executables pack their relative relocations (DT_RELR, glibc
+// 2.36+): a static-stdlib binary carries ~100,000 of them, and as RELA entries
+// (2.3 MB) all of them are read at every start and stay resident; packed they
+// take 19 KB. GNU ld, since gold cannot pack them and lld's layout left more
+// text resident. Executables only: a library product with unsafe flags could
+// not be used as a dependency.
+let compactExecutable: [LinkerSetting] = [
+    .unsafeFlags(["-use-ld=bfd", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"])
+]
+
 var products: [Product] = []
 var targets: [Target] = []
 
@@ -73,7 +83,8 @@ targets += [
 products += [.library(name: "YoMoTracing", targets: ["YoMoTracing"])]
 targets += [
     // libcurl (HTTP) and zlib (gzip request bodies) with typed shims for their variadic/macro APIs.
-    .systemLibrary(name: "CCurl", path: "Sources/CCurl"),
+    // libcurl is loaded on first use (lazy_curl.c), so it is not linked here; zlib is.
+    .target(name: "CCurl", linkerSettings: [.linkedLibrary("z")]),
     // protobuf-c output for our OTLP .proto files (regenerate: scripts/generate-otlp-proto.sh).
     .target(
         name: "COTLPProto",
@@ -188,6 +199,7 @@ targets += [
 
 products += [
     .library(name: "YoMo", targets: ["YoMo"]),
+    .library(name: "YoMoZipperYAML", targets: ["YoMoZipperYAML"]),
     .executable(name: "yomo", targets: ["YoMoCLI"]),
     .executable(name: "uppercase-sfn", targets: ["uppercase-sfn"]),
     .executable(name: "llm-stream-sfn", targets: ["llm-stream-sfn"]),
@@ -216,8 +228,14 @@ targets += [
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
-            .product(name: "Yams", package: "Yams"),
         ],
+        swiftSettings: strictSwift
+    ),
+    // ZipperConfiguration from YAML: apart, so that only programs that read a
+    // config link Yams and the full Foundation it imports (about 4 MB resident).
+    .target(
+        name: "YoMoZipperYAML",
+        dependencies: ["YoMo", .product(name: "Yams", package: "Yams")],
         swiftSettings: strictSwift
     ),
     // The local trace viewer of `yomo trace-view`: an OTLP/HTTP receiver and a terminal waterfall.
@@ -237,10 +255,12 @@ targets += [
             "YoMo",
             "YoMoLogging",
             "YoMoTraceView",
+            "YoMoZipperYAML",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ],
-        swiftSettings: strictSwift
+        swiftSettings: strictSwift,
+        linkerSettings: compactExecutable
     ),
     .executableTarget(
         name: "uppercase-sfn",
@@ -250,7 +270,8 @@ targets += [
             .product(name: "Logging", package: "swift-log"),
         ],
         path: "Examples/UppercaseSFN",
-        swiftSettings: strictSwift
+        swiftSettings: strictSwift,
+        linkerSettings: compactExecutable
     ),
     .executableTarget(
         name: "llm-stream-sfn",
@@ -260,7 +281,8 @@ targets += [
             .product(name: "Logging", package: "swift-log"),
         ],
         path: "Examples/LLMStreamSFN",
-        swiftSettings: strictSwift
+        swiftSettings: strictSwift,
+        linkerSettings: compactExecutable
     ),
     .executableTarget(
         name: "demo-source",
@@ -270,7 +292,8 @@ targets += [
             .product(name: "Logging", package: "swift-log"),
         ],
         path: "Examples/DemoSource",
-        swiftSettings: strictSwift
+        swiftSettings: strictSwift,
+        linkerSettings: compactExecutable
     ),
     .testTarget(
         name: "YoMoTraceViewTests",
@@ -283,7 +306,7 @@ targets += [
     .testTarget(
         name: "YoMoTests",
         dependencies: [
-            "YoMo", "YoMoWire", "YoMoQUIC", "YoMoTracing", "YoMoLogging", "YoMoMetrics",
+            "YoMo", "YoMoWire", "YoMoQUIC", "YoMoTracing", "YoMoLogging", "YoMoMetrics", "YoMoZipperYAML",
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -300,7 +323,7 @@ targets += [
     .target(
         name: "DocSamples",
         dependencies: [
-            "YoMo", "YoMoLogging", "YoMoTracing", "YoMoQUIC", "YoMoWire", "YoMoMetrics",
+            "YoMo", "YoMoLogging", "YoMoTracing", "YoMoQUIC", "YoMoWire", "YoMoMetrics", "YoMoZipperYAML",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

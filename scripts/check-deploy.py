@@ -142,7 +142,7 @@ def swift_program_flags() -> dict[str, set[str]]:
 
 def zipper_keys() -> set[str]:
     """The top-level keys ZipperConfiguration(yaml:) reads."""
-    text = (ROOT / "Sources" / "YoMo" / "ZipperConfiguration.swift").read_text()
+    text = (ROOT / "Sources" / "YoMoZipperYAML" / "ZipperConfiguration+YAML.swift").read_text()
     return set(re.findall(r'map\["(\w+)"\]', text))
 
 

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 python3 scripts/check-deploy.py
 swift build --build-tests
+# The programs pack their relocations and load libcurl lazily (resident memory).
+scripts/check-binaries.sh
 # Every ```swift block of README.md and docs/ compiles (the DocSamples target,
 # just built) and docs/configuration.md names every option and variable.
 scripts/check-doc-samples.py

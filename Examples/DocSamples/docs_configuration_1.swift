@@ -3,6 +3,7 @@
 
 import Logging
 import YoMo
+import YoMoZipperYAML
 
 func sample_docs_configuration_1() async throws {
     // docs/configuration.md, sample 1

@@ -3,7 +3,6 @@
 //
 //   uppercase-sfn [--zipper HOST:PORT] [--name upper] [--observe 0x33] [--emit 0x34] [--pipe] [--credential C]
 import ArgumentParser
-import Foundation
 import Logging
 import YoMo
 import YoMoLogging

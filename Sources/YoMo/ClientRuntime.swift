@@ -1,5 +1,6 @@
 @preconcurrency import Dispatch
-import Foundation
+import FoundationEssentials
+import Glibc
 import Synchronization
 internal import Logging
 internal import YoMoLogging

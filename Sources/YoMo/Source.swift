@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Synchronization
 internal import Logging
 public import NIOCore

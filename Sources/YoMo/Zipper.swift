@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Synchronization
 public import Logging
 internal import YoMoLogging

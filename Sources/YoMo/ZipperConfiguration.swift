@@ -1,7 +1,7 @@
-internal import Foundation
-internal import Yams
+internal import FoundationEssentials
 
-/// A zipper's settings, readable from the Go zipper's YAML config:
+/// A zipper's settings, readable from the Go zipper's YAML config (with
+/// `import YoMoZipperYAML`: `ZipperConfiguration(yaml:)`, `(contentsOfFile:)`):
 ///
 /// ```yaml
 /// name: zipper
@@ -175,142 +175,6 @@ public struct ZipperConfiguration: Hashable, Sendable {
         self.slowConsumer = slowConsumer
         self.statelessResetKeyFile = statelessResetKeyFile
     }
-
-    /// Reads a YAML config; missing keys keep their defaults.
-    public init(yaml: String) throws(YoMoError) {
-        self.init()
-        let root: Any?
-        do {
-            root = try Yams.load(yaml: yaml)
-        } catch {
-            throw YoMoError(.invalidConfiguration, "zipper config is not valid YAML: \(error)")
-        }
-        guard let map = root as? [String: Any] else {
-            if root == nil { return }
-            throw YoMoError(.invalidConfiguration, "zipper config must be a YAML mapping")
-        }
-        if let name = map["name"] {
-            guard let name = name as? String else { throw YoMoError(.invalidConfiguration, "zipper config: name must be a string") }
-            self.name = name
-        }
-        if let host = map["host"] {
-            guard let host = host as? String else { throw YoMoError(.invalidConfiguration, "zipper config: host must be a string") }
-            self.host = host
-        }
-        if let port = map["port"] {
-            guard let port = port as? Int, (1...65535).contains(port) else {
-                throw YoMoError(.invalidConfiguration, "zipper config: port must be a number from 1 to 65535")
-            }
-            self.port = port
-        }
-        if let auth = map["auth"] {
-            guard let auth = auth as? [String: Any] else {
-                throw YoMoError(.invalidConfiguration, "zipper config: auth must be a mapping with type and token")
-            }
-            let type = auth["type"] as? String ?? ""
-            guard type == "token" else {
-                throw YoMoError(.invalidConfiguration, "zipper config: auth type \"\(type)\" is not supported (use token)")
-            }
-            let token = auth["token"].map { "\($0)" } ?? ""
-            guard !token.isEmpty else {
-                throw YoMoError(.invalidConfiguration, "zipper config: token auth needs a non-empty token")
-            }
-            authentication = .token(token)
-        }
-        if let limits = map["limits"] {
-            guard let limits = limits as? [String: Any] else {
-                throw YoMoError(.invalidConfiguration, "zipper config: limits must be a mapping")
-            }
-            func positive(_ key: String, _ target: inout Int) throws(YoMoError) {
-                guard let raw = limits[key] else { return }
-                guard let value = raw as? Int, value > 0 else {
-                    throw YoMoError(.invalidConfiguration, "zipper config: limits.\(key) must be a positive number")
-                }
-                target = value
-            }
-            try positive("max_connections", &self.limits.maximumConnections)
-            try positive("max_pending_handshakes", &self.limits.maximumPendingHandshakes)
-            try positive("max_handshake_size", &self.limits.maximumHandshakeSize)
-            try positive("max_frame_size", &self.limits.maximumFrameSize)
-        }
-        if let slow = map["slow_consumer"] {
-            guard let slow = slow as? [String: Any] else {
-                throw YoMoError(.invalidConfiguration, "zipper config: slow_consumer must be a mapping")
-            }
-            if let policy = slow["policy"] {
-                guard let name = policy as? String, let parsed = SlowConsumer.Policy(name) else {
-                    throw YoMoError(.invalidConfiguration, "zipper config: slow_consumer.policy must be block, drop or disconnect")
-                }
-                slowConsumer.policy = parsed
-            }
-            if let bytes = slow["max_buffered_bytes"] {
-                guard let bytes = bytes as? Int, bytes > 0 else {
-                    throw YoMoError(.invalidConfiguration, "zipper config: slow_consumer.max_buffered_bytes must be a positive number")
-                }
-                slowConsumer.maximumBufferedBytes = bytes
-            }
-        }
-        if let file = map["stateless_reset_key_file"] {
-            guard let file = file as? String, !file.isEmpty else {
-                throw YoMoError(.invalidConfiguration, "zipper config: stateless_reset_key_file must be a path")
-            }
-            statelessResetKeyFile = file
-        }
-        if let mesh = map["mesh"] {
-            self.mesh = try Self.parseMesh(mesh)
-        }
-        if let queue = map["mesh_queue"] {
-            guard let queue = queue as? [String: Any] else {
-                throw YoMoError(.invalidConfiguration, "zipper config: mesh_queue must be a mapping")
-            }
-            for (key, target) in [("max_frames", \MeshQueue.maximumFrames), ("max_bytes", \MeshQueue.maximumBytes)] {
-                guard let raw = queue[key] else { continue }
-                guard let value = raw as? Int, value > 0 else {
-                    throw YoMoError(.invalidConfiguration, "zipper config: mesh_queue.\(key) must be a positive number")
-                }
-                meshQueue[keyPath: target] = value
-            }
-        }
-    }
-
-    /// Go's `mesh:` section: name → {host, port, credential}. `null` or an
-    /// empty mapping means no mesh.
-    static func parseMesh(_ raw: Any) throws(YoMoError) -> [MeshPeer] {
-        if raw is NSNull { return [] }
-        guard let entries = raw as? [String: Any] else {
-            throw YoMoError(.invalidConfiguration, "zipper config: mesh must be a mapping of zipper names to {host, port, credential}")
-        }
-        var peers: [MeshPeer] = []
-        for (name, value) in entries {
-            guard let entry = value as? [String: Any] else {
-                throw YoMoError(.invalidConfiguration, "zipper config: mesh.\(name) must be a mapping with host, port and credential")
-            }
-            guard let host = entry["host"] as? String, !host.isEmpty else {
-                throw YoMoError(.invalidConfiguration, "zipper config: mesh.\(name).host must be a host name or address")
-            }
-            var port = 9000
-            if let raw = entry["port"] {
-                guard let value = raw as? Int, (1...65535).contains(value) else {
-                    throw YoMoError(.invalidConfiguration, "zipper config: mesh.\(name).port must be a number from 1 to 65535")
-                }
-                port = value
-            }
-            // A number or bool written without quotes is still meant as text.
-            let credential = entry["credential"].flatMap { $0 is NSNull ? nil : "\($0)" }
-            peers.append(MeshPeer(name: name, host: host, port: port, credential: credential?.isEmpty == true ? nil : credential))
-        }
-        return peers.sorted { $0.name < $1.name }
-    }
-
-    public init(contentsOfFile path: String) throws(YoMoError) {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw YoMoError(.invalidConfiguration, "cannot read zipper config \(path): \(error.localizedDescription)")
-        }
-        try self.init(yaml: text)
-    }
 }
 
 extension ZipperConfiguration {
@@ -336,7 +200,7 @@ extension ZipperConfiguration {
         } catch let error as YoMoError {
             throw error
         } catch {
-            throw YoMoError(.invalidConfiguration, "cannot create stateless reset key file \(path): \(error.localizedDescription)")
+            throw YoMoError(.invalidConfiguration, "cannot create stateless reset key file \(path): \((error as? any LocalizedError)?.errorDescription ?? "\(error)")")
         }
         return key
     }

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import YoMo
 import YoMoLogging
+import YoMoZipperYAML
 
 @main
 struct YoMoCommand: AsyncParsableCommand {

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 public import YoMoTracing
 import Tracing
 
@@ -44,7 +44,7 @@ public enum PrometheusExposition {
 
     static func unitSuffix(_ unit: String) -> String? {
         // Annotations in braces ({message}) carry no unit.
-        let bare = String(unit[..<(unit.firstIndex(of: "{") ?? unit.endIndex)]).trimmingCharacters(in: [" "])
+        let bare = String(unit[..<(unit.firstIndex(of: "{") ?? unit.endIndex)]).trimming { $0 == " " }
         switch bare {
         case "": return nil
         case "1": return "ratio"
@@ -92,7 +92,7 @@ public enum PrometheusExposition {
     }
 
     static func escapeHelp(_ value: String) -> String {
-        value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\n", with: "\\n")
+        value.replacing("\\", with: "\\\\").replacing("\n", with: "\\n")
     }
 
     static func number(_ value: Double) -> String {

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// One sample of a scraped `/metrics` page (Prometheus text format).
 public struct ScrapedSample: Sendable, Hashable {
@@ -13,7 +13,7 @@ public enum PrometheusTextParser {
     public static func parse(_ text: String) -> [ScrapedSample] {
         var samples: [ScrapedSample] = []
         for rawLine in text.split(separator: "\n") {
-            let line = rawLine.trimmingCharacters(in: .whitespaces)
+            let line = rawLine.trimming(\.isHorizontalSpace)
             guard !line.isEmpty, !line.hasPrefix("#") else { continue }
             var name = ""
             var labels: [String: String] = [:]
@@ -23,7 +23,7 @@ public enum PrometheusTextParser {
                 rest = line[line.index(after: brace)...]
                 // key="value",… until the closing brace, values with \\ \" \n escapes.
                 while let equals = rest.firstIndex(of: "=") {
-                    let key = rest[..<equals].trimmingCharacters(in: CharacterSet(charactersIn: ", "))
+                    let key = rest[..<equals].trimming { $0 == "," || $0 == " " }
                     rest = rest[rest.index(after: equals)...]
                     guard rest.first == "\"" else { break }
                     rest = rest.dropFirst()

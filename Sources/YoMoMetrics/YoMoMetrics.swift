@@ -1,5 +1,5 @@
 public import CoreMetrics
-import Foundation
+import FoundationEssentials
 public import Logging
 import Synchronization
 
@@ -73,9 +73,9 @@ public enum YoMoMetrics {
     /// `OTEL_METRICS_EXPORTER` (a list; `none` turns export off), else whether
     /// an OTLP endpoint is set.
     static func wantsOTLPExport(_ environment: [String: String]) -> Bool {
-        func isSet(_ key: String) -> Bool { !(environment[key]?.trimmingCharacters(in: [" ", "\t"]).isEmpty ?? true) }
-        if let exporters = environment["OTEL_METRICS_EXPORTER"]?.lowercased(), !exporters.trimmingCharacters(in: [" "]).isEmpty {
-            let names = exporters.split(separator: ",").map { $0.trimmingCharacters(in: [" ", "\t"]) }
+        func isSet(_ key: String) -> Bool { !(environment[key]?.trimming { $0 == " " || $0 == "\t" }.isEmpty ?? true) }
+        if let exporters = environment["OTEL_METRICS_EXPORTER"]?.lowercased(), !exporters.trimming { $0 == " " }.isEmpty {
+            let names = exporters.split(separator: ",").map { $0.trimming { $0 == " " || $0 == "\t" } }
             return names.contains("otlp")
         }
         return isSet("OTEL_EXPORTER_OTLP_ENDPOINT") || isSet("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
@@ -91,5 +91,20 @@ public enum YoMoMetrics {
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         if host.isEmpty { host = "0.0.0.0" }
         return (host, port)
+    }
+}
+
+extension StringProtocol {
+    /// The text without leading and trailing characters that match: what
+    /// `trimmingCharacters(in:)` did, which FoundationEssentials does not have.
+    func trimming(_ isTrimmed: (Character) -> Bool) -> String {
+        String(drop(while: isTrimmed).reversed().drop(while: isTrimmed).reversed())
+    }
+}
+
+extension Character {
+    /// `CharacterSet.whitespaces`: tab and the Unicode space separators (Zs), not line breaks.
+    var isHorizontalSpace: Bool {
+        self == "\t" || (unicodeScalars.count == 1 && unicodeScalars.first!.properties.generalCategory == .spaceSeparator)
     }
 }

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// QUIC transport settings: the Swift counterpart of the Go SDK's `WithClientQuicConfig`.
 /// The defaults are YoMo's.

@@ -1,5 +1,6 @@
 import CNGTCP2
-import Foundation
+import Dispatch
+import FoundationEssentials
 import Glibc
 import Synchronization
 
@@ -65,10 +66,7 @@ final class QUICEventLoop: @unchecked Sendable {
         ev.events = EPOLLIN.rawValue
         ev.data.fd = wakeFD
         epoll_ctl(epfd, EPOLL_CTL_ADD, wakeFD, &ev)
-        let thread = Thread { [self] in self.run() }
-        thread.name = name
-        thread.stackSize = 1 << 20
-        thread.start()
+        startLoopThread(stackSize: 1 << 20) { [self] in self.run() }
     }
 
     deinit {
@@ -201,4 +199,25 @@ final class QUICEventLoop: @unchecked Sendable {
         }
         for task in tasks { task() }
     }
+}
+
+/// Starts a detached thread that runs `body`: a pthread, since Foundation's
+/// `Thread` is not in FoundationEssentials.
+func startLoopThread(stackSize: Int, _ body: @escaping @Sendable () -> Void) {
+    final class Start {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+    let start = Unmanaged.passRetained(Start(body)).toOpaque()
+    var attributes = pthread_attr_t()
+    pthread_attr_init(&attributes)
+    defer { pthread_attr_destroy(&attributes) }
+    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+    pthread_attr_setstacksize(&attributes, stackSize)
+    var thread = pthread_t()
+    let result = pthread_create(&thread, &attributes, { argument in
+        Unmanaged<Start>.fromOpaque(argument!).takeRetainedValue().body()
+        return nil
+    }, start)
+    precondition(result == 0, "pthread_create failed: \(result)")
 }

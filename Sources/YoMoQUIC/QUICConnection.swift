@@ -1,5 +1,5 @@
 import CNGTCP2
-import Foundation
+import FoundationEssentials
 import Glibc
 public import NIOCore
 
@@ -65,7 +65,7 @@ public final class QUICConnection: Sendable {
         }
         let isIPLiteral = isIPAddress(host)
         let sni = tls.serverName ?? (isIPLiteral ? nil : host)
-        let verifyName = tls.serverName ?? host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        let verifyName = tls.serverName ?? withoutBrackets(host)
         let loop = QUICEventLoop.nextSharedLoop()
         // The core owns (and closes) the socket from here on.
         let core = ConnectionCore(loop: loop, fd: fd, connectedSocket: true, remote: address, isServer: false, configuration: configuration)
@@ -202,8 +202,15 @@ public final class QUICConnection: Sendable {
     }
 }
 
+/// `host` without the brackets around an IPv6 literal (`[::1]` → `::1`), as
+/// `trimmingCharacters(in: "[]")` did (not in FoundationEssentials).
+func withoutBrackets(_ host: String) -> String {
+    let isBracket: (Character) -> Bool = { $0 == "[" || $0 == "]" }
+    return String(host.drop(while: isBracket).reversed().drop(while: isBracket).reversed())
+}
+
 func isIPAddress(_ host: String) -> Bool {
-    let h = host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+    let h = withoutBrackets(host)
     var v4 = in_addr()
     var v6 = in6_addr()
     return inet_pton(AF_INET, h, &v4) == 1 || inet_pton(AF_INET6, h, &v6) == 1

@@ -1,5 +1,5 @@
 import CNGTCP2
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// A QUIC listener for YoMo: accepts many connections on one UDP socket and hands
@@ -103,7 +103,7 @@ public final class QUICServer: Sendable {
         guard running else { return }
         // Join the loop thread off the cooperative pool.
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            Thread.detachNewThread {
+            startLoopThread(stackSize: 1 << 16) {
                 core.loop.shutdownAndWait()
                 c.resume()
             }

@@ -7,6 +7,7 @@ import YoMoQUIC
 import YoMoWire
 
 @testable import YoMo
+import YoMoZipperYAML
 
 /// Holds handlers until the test opens it.
 final class Gate: Sendable {

@@ -8,6 +8,7 @@ import YoMoTracing
 import YoMoWire
 
 @testable import YoMo
+import YoMoZipperYAML
 
 @Suite("Mesh configuration and forwarding rule")
 struct MeshLogicTests {

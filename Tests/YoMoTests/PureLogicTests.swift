@@ -3,6 +3,7 @@ import NIOCore
 import YoMoWire
 
 @testable import YoMo
+import YoMoZipperYAML
 
 @Suite("Credentials")
 struct CredentialTests {

@@ -1,4 +1,5 @@
-// Small typed wrappers for the libcurl and zlib calls that Swift cannot import:
+// Small typed wrappers for the libcurl and zlib calls that Swift cannot import
+// (libcurl itself is loaded on first use: lazy_curl.c):
 // curl_easy_setopt/curl_easy_getinfo are variadic, deflateInit2 is a macro.
 #ifndef CCURL_SHIM_H
 #define CCURL_SHIM_H
