@@ -191,7 +191,7 @@ extension Metadata {
     /// The number of bytes ``encode(into:sortedKeys:)`` writes.
     public var encodedLength: Int {
         if isEmpty { return 0 }
-        var length = count < 16 ? 1 : count <= 0xFFFF ? 3 : 5
+        var length = MsgpackWriter.mapHeaderSize(count)
         for entry in entries {
             length += MsgpackWriter.stringSize(entry.key.utf8.count) + MsgpackWriter.stringSize(entry.stored.utf8Count)
         }
@@ -209,15 +209,7 @@ extension Metadata {
         // One bounds check and one copy per string, straight into the buffer.
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { output in
             var writer = RawWriter(output)
-            if count < 16 {
-                writer.write(UInt8(0x80 | count))
-            } else if count <= 0xFFFF {
-                writer.write(UInt8(0xDE))
-                writer.writeBigEndian(UInt16(count))
-            } else {
-                writer.write(UInt8(0xDF))
-                writer.writeBigEndian(UInt32(count))
-            }
+            writer.writeMsgpackMapHeader(count)
             for entry in ordered {
                 writer.writeMsgpackString(entry.key)
                 entry.stored.write(into: &writer)
@@ -236,6 +228,8 @@ extension Metadata {
 }
 
 enum MsgpackWriter {
+    static func mapHeaderSize(_ count: Int) -> Int { count < 16 ? 1 : count <= 0xFFFF ? 3 : 5 }
+
     static func stringSize(_ length: Int) -> Int {
         length + (length < 32 ? 1 : length < 0x100 ? 2 : length < 0x1_0000 ? 3 : 5)
     }
@@ -272,6 +266,18 @@ struct RawWriter {
         while shift >= 0 {
             write(UInt8(truncatingIfNeeded: value >> UInt32(shift)))
             shift -= 8
+        }
+    }
+
+    mutating func writeMsgpackMapHeader(_ count: Int) {
+        if count < 16 {
+            write(UInt8(0x80 | count))
+        } else if count <= 0xFFFF {
+            write(UInt8(0xDE))
+            writeBigEndian(UInt16(count))
+        } else {
+            write(UInt8(0xDF))
+            writeBigEndian(UInt32(count))
         }
     }
 

@@ -217,21 +217,13 @@ package struct MetadataView {
             }
         }
         let newCount = count + appendedCount
-        let newHeaderSize = newCount < 16 ? 1 : newCount <= 0xFFFF ? 3 : 5
+        let newHeaderSize = MsgpackWriter.mapHeaderSize(newCount)
         let entriesLength = bytes.readableBytes - headerSize
         let totalLength = newHeaderSize + entriesLength + appendedLength
         var output = ByteBuffer()
         output.writeWithUnsafeMutableBytes(minimumWritableBytes: totalLength) { buffer in
             var writer = RawWriter(buffer)
-            if newCount < 16 {
-                writer.write(UInt8(0x80 | newCount))
-            } else if newCount <= 0xFFFF {
-                writer.write(UInt8(0xDE))
-                writer.writeBigEndian(UInt16(newCount))
-            } else {
-                writer.write(UInt8(0xDF))
-                writer.writeBigEndian(UInt32(newCount))
-            }
+            writer.writeMsgpackMapHeader(newCount)
             if entriesLength > 0 {
                 bytes.withUnsafeReadableBytes { input in
                     UnsafeMutableRawBufferPointer(rebasing: buffer[newHeaderSize..<newHeaderSize + entriesLength])
