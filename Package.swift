@@ -112,7 +112,7 @@ targets += [
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ],
-        exclude: ["otlp_receiver.py"],
+        exclude: ["otlp_receiver.py", "http_quirks_server.py"],
         swiftSettings: strictSwift
     ),
     // Benchmark, not a test: `swift run -c release yomo-tracing-bench`.

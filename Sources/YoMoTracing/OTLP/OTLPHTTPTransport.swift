@@ -171,7 +171,8 @@ extension String {
     }
 }
 
-/// POSTs OTLP protobuf bodies with libcurl, with the OTLP retry policy. Blocking:
+/// POSTs OTLP protobuf bodies (plain http:// without libcurl, see
+/// `PlainHTTPClient`; https:// with libcurl), with the OTLP retry policy. Blocking:
 /// call it from an export thread, never from the data path. One connection is
 /// kept alive and reused; calls are serialized. Shared by the span exporter and
 /// (later) the logs exporter.
@@ -189,6 +190,8 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
     private var multi: UnsafeMutableRawPointer?
     private var headers: UnsafeMutablePointer<curl_slist>?
     private let collector = ResponseCollector()
+    /// For plain http:// collectors: no libcurl at all (see `PlainHTTPClient`).
+    private let plain: PlainHTTPClient?
     private var isShutdown = false
     /// curl's detailed message of the last failure (CURLOPT_ERRORBUFFER), e.g.
     /// which certificate check failed; `curl_easy_strerror` only names the code.
@@ -205,8 +208,11 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
     /// readable, protocol `http/protobuf`).
     /// - Parameter signalName: what the bodies carry ("spans", "log records"), for log lines.
     package init(configuration: OTLPExporterConfiguration, signalName: String, logger: Logger) {
-        _ = curlGlobalInit
         self.configuration = configuration
+        var lines = [("User-Agent", configuration.userAgent), ("Content-Type", "application/x-protobuf")]
+        if configuration.compression == .gzip { lines.append(("Content-Encoding", "gzip")) }
+        lines += configuration.headers.map { ($0.0, $0.1) }
+        plain = PlainHTTPClient(url: configuration.url, headers: lines)
         self.signalName = signalName
         var logger = logger
         logger[metadataKey: "otlp_endpoint"] = "\(configuration.url)"
@@ -239,9 +245,15 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard !isShutdown else { throw .shutdown("OTLP exporter is shut down") }
-        guard let handle = prepareHandle() else {
-            logger.error("OTLP export failed: cannot create a curl handle")
-            throw .exportFailed("curl_easy_init failed")
+        let handle: UnsafeMutableRawPointer?
+        if plain == nil {
+            handle = prepareHandle()
+            guard handle != nil else {
+                logger.error("OTLP export failed: cannot create a curl handle")
+                throw .exportFailed("curl_easy_init failed")
+            }
+        } else {
+            handle = nil
         }
 
         var payload = body
@@ -265,7 +277,11 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
             // curl times out at the export's own end; `perform` drops the
             // transfer itself at the shutdown deadline (set now or later).
             let remaining = exportEnd > now ? exportEnd - now : 0
-            let result = perform(handle, payload, timeoutMilliseconds: max(Int(remaining / 1_000_000), 1))
+            let result = if let plain {
+                perform(plain, payload, deadline: now + max(remaining, 1_000_000))
+            } else {
+                perform(handle!, payload, timeoutMilliseconds: max(Int(remaining / 1_000_000), 1))
+            }
             let decision = retryPolicy.decide(
                 result, attempt: attempt,
                 nowSeconds: Int64(wallClockNanoseconds() / 1_000_000_000),
@@ -388,8 +404,21 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         return text
     }
 
+    /// Call with the lock held. What curl reports for the same failures, so
+    /// the retry policy and the messages do not depend on the path.
+    private func perform(_ plain: PlainHTTPClient, _ payload: [UInt8], deadline: UInt64) -> HTTPAttemptResult {
+        var (result, abandoned) = plain.post(payload, deadline: deadline) { monotonicNanoseconds() >= abandonDeadlineNow }
+        // A timeout clipped to the deadline is the same event (as on the curl path).
+        if result.curlCode == CURLE_OPERATION_TIMEDOUT.rawValue, monotonicNanoseconds() + 50_000_000 >= abandonDeadlineNow {
+            abandoned = true
+        }
+        if abandoned { result.curlMessage = Self.abandonedMessage }
+        return result
+    }
+
     /// Call with the lock held.
     private func prepareHandle() -> UnsafeMutableRawPointer? {
+        _ = curlGlobalInit  // loads libcurl (see CCurl): only https:// and proxied exports need it
         if let handle { return handle }
         guard let handle = curl_easy_init() else { return nil }
         guard let multi = curl_multi_init() else {
