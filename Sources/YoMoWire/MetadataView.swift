@@ -25,9 +25,19 @@ package struct MetadataView {
         package static let traceKeys: [Key] = [.traceparent, .tracestate, .traceID, .spanID]
 
         package init?(_ key: String) {
-            var key = key
-            guard let match = key.withUTF8({ Key(utf8: UnsafeRawBufferPointer($0)) }) else { return nil }
-            self = match
+            // By length, then one comparison: equal small strings compare as two words.
+            let candidate: Key
+            switch key.utf8.count {
+            case 8: candidate = .tid
+            case 10: candidate = .tracestate
+            case 11: candidate = key == Key.target.string ? .target : .traceparent
+            case 12: candidate = .spanID
+            case 13: candidate = .traceID
+            case 18: candidate = .wantedTarget
+            default: return nil
+            }
+            guard key == candidate.string else { return nil }
+            self = candidate
         }
 
         /// The key's form as a value kept as numbers, for the trace keys that have one.
@@ -61,14 +71,25 @@ package struct MetadataView {
             }
         }
 
+        /// The keys are 8 to 18 bytes long: their first and last eight bytes (and,
+        /// at 18, the eight after the first) compared as words decide a match.
         private func matches(_ bytes: UnsafeRawBufferPointer) -> Bool {
-            // Byte by byte: these keys are at most 18 bytes, shorter than a memcmp call is worth.
-            var index = 0
-            for byte in string.utf8 {
-                guard index < bytes.count, bytes[index] == byte else { return false }
-                index += 1
+            let count = bytes.count
+            let signature = Self.signatures[rawValue]
+            guard count == signature.count, count >= 8 else { return false }
+            return bytes.loadUnaligned(as: UInt64.self) == signature.first
+                && bytes.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self) == signature.last
+                && (count <= 16 || bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self) == signature.middle)
+        }
+
+        private static let signatures: [(count: Int, first: UInt64, middle: UInt64, last: UInt64)] = allCases.map { key in
+            let utf8 = Array(key.string.utf8)
+            return utf8.withUnsafeBytes { bytes in
+                let count = bytes.count
+                return (count, bytes.loadUnaligned(as: UInt64.self),
+                        count >= 16 ? bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self) : 0,
+                        bytes.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self))
             }
-            return index == bytes.count
         }
     }
 
@@ -251,9 +272,3 @@ package struct MetadataView {
         return output
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif

@@ -99,6 +99,23 @@ struct MetadataViewTests {
         #expect(view.applying(Metadata()) == metadata.encoded())
     }
 
+    @Test("known keys are recognised exactly: a key one byte off, longer or shorter is not one")
+    func keyMatching() {
+        for key in MetadataView.Key.allCases {
+            let utf8 = Array(key.string.utf8)
+            #expect(utf8.withUnsafeBytes { MetadataView.Key(utf8: $0) } == key)
+            #expect(MetadataView.Key(key.string) == key)
+            for position in utf8.indices {
+                var changed = utf8
+                changed[position] ^= 0x20
+                #expect(changed.withUnsafeBytes { MetadataView.Key(utf8: $0) } == nil, "\(key) changed at \(position)")
+                #expect(MetadataView.Key(String(decoding: changed, as: UTF8.self)) == nil)
+            }
+            #expect((utf8 + [0x61]).withUnsafeBytes { MetadataView.Key(utf8: $0) } == nil)
+            #expect(Array(utf8.dropLast()).withUnsafeBytes { MetadataView.Key(utf8: $0) } == nil)
+        }
+    }
+
     @Test("appending past 15 entries switches to a map16 header; empty metadata gains a map")
     func headerGrowth() throws {
         var metadata = Metadata()
