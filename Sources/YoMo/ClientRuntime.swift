@@ -39,6 +39,8 @@ final class ClientRuntime: Sendable {
         var ended = false
         var session: ClientSession?
         var reconnectCount = 0
+        /// `<base>-<reconnectCount>`, kept rather than built for every frame written.
+        var clientID = ""
         var endReason: YoMoError?
         var endWaiters: [CheckedContinuation<Void, Never>] = []
         var serveTask: Task<Void, Never>?
@@ -93,6 +95,7 @@ final class ClientRuntime: Sendable {
         self.clientType = clientType
         // The Go SDK's field names, set once on the logger rather than per record.
         let firstID = NanoID.clientID(base: clientIDBase, reconnectCount: 0)
+        state.withLock { $0.clientID = firstID }
         switch clientType {
         case .source: self.logger = logger.yomoSource(id: firstID, zipperAddress: zipper)
         // A zipper's mesh link: the zipper's logger, which names the downstream.
@@ -101,9 +104,7 @@ final class ClientRuntime: Sendable {
         }
     }
 
-    var clientID: String {
-        NanoID.clientID(base: clientIDBase, reconnectCount: state.withLock { $0.reconnectCount })
-    }
+    var clientID: String { state.withLock { $0.clientID } }
 
     var endReason: YoMoError? { state.withLock { $0.endReason } }
 
@@ -284,7 +285,10 @@ final class ClientRuntime: Sendable {
                     setup.errorHandler?(reason)
                     await current.connection.close(reason: "reconnecting")
                     session = nil
-                    state.withLock { $0.reconnectCount += 1 }
+                    state.withLock {
+                        $0.reconnectCount += 1
+                        $0.clientID = NanoID.clientID(base: clientIDBase, reconnectCount: $0.reconnectCount)
+                    }
                     delay = wait
                 default:
                     logger.error("connection to zipper ended", metadata: ["zipper_addr": "\(current.zipper)", "error": "\(reason)"])
