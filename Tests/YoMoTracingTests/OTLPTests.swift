@@ -335,15 +335,7 @@ import Tracing
     }
 
     @Test func bodiesEncodedInOneArenaTwiceAreIdentical() throws {
-        let exporter = InMemorySpanExporter()
-        let provider = makeProvider(exporter: exporter)
-        let tracer = provider.tracer("arena")
-        for index in 0..<300 {
-            let span = tracer.startSpan("span \(index)")
-            span.setAttribute("index", .int64(Int64(index)))
-            span.attributes["name"] = "n\(index)"
-            span.end()
-        }
+        let exporter = finishedNumberedSpans(scope: "arena")
         let arena = ProtobufArena(blockSize: 4096)
         let once = OTLPTraceEncoding.encodeRequest(exporter.spans, arena: arena)
         let again = OTLPTraceEncoding.encodeRequest(exporter.spans, arena: arena)

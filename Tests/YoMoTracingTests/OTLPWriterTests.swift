@@ -155,15 +155,7 @@ import Tracing
     }
 
     @Test func aReusedWriterGivesTheSameBytes() {
-        let exporter = InMemorySpanExporter()
-        let provider = makeProvider(exporter: exporter)
-        let tracer = provider.tracer("reuse")
-        for index in 0..<300 {
-            let span = tracer.startSpan("span \(index)")
-            span.setAttribute("index", .int64(Int64(index)))
-            span.attributes["name"] = "n\(index)"
-            span.end()
-        }
+        let exporter = finishedNumberedSpans(scope: "reuse")
         var writer = OTLPTraceWriter(capacity: 64)
         let big = writer.encodeRequest(exporter.spans)
         let small = writer.encodeRequest(Array(exporter.spans.prefix(2)))

@@ -171,3 +171,17 @@ struct TestCertificates: Sendable {
         return TestCertificates(directory: directory)
     }()
 }
+
+/// 300 ended spans of one scope, each with a listed and a mapped attribute:
+/// enough to fill several encoder blocks.
+func finishedNumberedSpans(scope: String) -> InMemorySpanExporter {
+    let exporter = InMemorySpanExporter()
+    let tracer = makeProvider(exporter: exporter).tracer(scope)
+    for index in 0..<300 {
+        let span = tracer.startSpan("span \(index)")
+        span.setAttribute("index", .int64(Int64(index)))
+        span.attributes["name"] = "n\(index)"
+        span.end()
+    }
+    return exporter
+}
