@@ -231,11 +231,12 @@ targets += [
         ],
         swiftSettings: strictSwift
     ),
-    // ZipperConfiguration from YAML: apart, so that only programs that read a
-    // config link Yams and the full Foundation it imports (about 4 MB resident).
+    // ZipperConfiguration from YAML, with its own reader of the YAML configs
+    // use: Yams would link full Foundation into `yomo serve` (about 4 MB
+    // resident). The tests hold the reader to Yams.
     .target(
         name: "YoMoZipperYAML",
-        dependencies: ["YoMo", .product(name: "Yams", package: "Yams")],
+        dependencies: ["YoMo"],
         swiftSettings: strictSwift
     ),
     // The local trace viewer of `yomo trace-view`: an OTLP/HTTP receiver and a terminal waterfall.
@@ -310,6 +311,8 @@ targets += [
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            // The reference the zipper's YAML reader is checked against.
+            .product(name: "Yams", package: "Yams"),
         ],
         exclude: ["Resources"],
         swiftSettings: strictSwift

@@ -4,8 +4,9 @@
 # relative relocations (DT_RELR; RELA entries would be read and kept resident at
 # every start) and does not link libcurl (loaded only when an OTLP exporter
 # first sends; linked, it maps OpenSSL, Kerberos, LDAP... into every process);
-# the runtime modules import at most FoundationEssentials, so a stream function
-# links no full Foundation (CoreFoundation's start-up alone costs ~4 MB).
+# every module of the programs imports at most FoundationEssentials, so neither
+# the zipper nor a stream function links full Foundation (CoreFoundation's
+# start-up alone costs ~4 MB).
 #
 #   scripts/check-binaries.sh [BIN_DIR]     # default: the debug build's bin path
 set -euo pipefail
@@ -20,15 +21,21 @@ for program in yomo uppercase-sfn; do
     if grep -q 'NEEDED.*libcurl' <<<"$dynamic"; then
         echo "$bin/$program: links libcurl (it should be loaded on first export)" >&2; status=1
     fi
+    # A dynamic build names the library; a static one carries CoreFoundation (below).
+    if grep -q 'NEEDED.*\[libFoundation\.so\]' <<<"$dynamic"; then
+        echo "$bin/$program: links full Foundation (libFoundation.so)" >&2; status=1
+    fi
 done
-# Only YoMoZipperYAML (Yams needs it) and the programs may import full Foundation.
+# No module of the shipped programs imports full Foundation.
 if grep -n '^\(internal \|public \|package \)\?import Foundation$' \
-    Sources/{YoMo,YoMoWire,YoMoQUIC,YoMoTracing,YoMoLogging,YoMoMetrics}/*.swift Sources/YoMoTracing/OTLP/*.swift \
-    Sources/YoMoLogging/OTLP/*.swift Examples/UppercaseSFN/*.swift >&2; then
+    Sources/{YoMo,YoMoWire,YoMoQUIC,YoMoTracing,YoMoLogging,YoMoMetrics,YoMoTraceView,YoMoZipperYAML,YoMoCLI}/*.swift \
+    Sources/YoMoTracing/OTLP/*.swift Sources/YoMoLogging/OTLP/*.swift Examples/UppercaseSFN/*.swift >&2; then
     echo "the lines above import full Foundation (use FoundationEssentials)" >&2; status=1
 fi
-if nm --defined-only "$bin/uppercase-sfn" | grep ' __CFInitialize$' >/dev/null; then  # not -q: nm would die of SIGPIPE
-    echo "$bin/uppercase-sfn: links full Foundation (CoreFoundation)" >&2; status=1
-fi
-if (( status == 0 )); then echo "binaries in $bin: relocations packed, libcurl not linked, uppercase-sfn without full Foundation"; fi
+for program in yomo uppercase-sfn; do
+    if nm --defined-only "$bin/$program" | grep ' __CFInitialize$' >/dev/null; then  # not -q: nm would die of SIGPIPE
+        echo "$bin/$program: links full Foundation (CoreFoundation)" >&2; status=1
+    fi
+done
+if (( status == 0 )); then echo "binaries in $bin: relocations packed, libcurl not linked, no full Foundation"; fi
 exit $status

@@ -1,6 +1,9 @@
 import ArgumentParser
-import Foundation
+import Dispatch
+import FoundationEssentials
+import Glibc
 import YoMoMetrics
+import YoMoTraceView
 
 /// `yomo top`: a live view of a pipeline from its components' `/metrics`
 /// endpoints (each started with `--metrics HOST:PORT`), refreshed every second.
@@ -20,7 +23,7 @@ struct Top: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let list = targets.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let list = targets.split(separator: ",").map { $0.trimmingCharacters(while: { $0 == " " || $0 == "\t" }) }.filter { !$0.isEmpty }
         var previous = await scrapeAll(list)
         var previousAt = Date()
         while true {
@@ -30,7 +33,7 @@ struct Top: AsyncParsableCommand {
             let seconds = now.timeIntervalSince(previousAt)
             var lines: [String] = []
             if !once { lines.append("\u{1B}[H\u{1B}[2J") }  // clear the screen
-            lines.append("yomo top  \(ISO8601DateFormatter().string(from: now))  every \(interval) s")
+            lines.append("yomo top  \(now.formatted(.iso8601))  every \(interval) s")
             lines.append(Self.header)
             for target in list {
                 guard let samples = current[target] else {
@@ -51,8 +54,8 @@ struct Top: AsyncParsableCommand {
     static let header = "component               target                  in/s     out/s   err%    p50 ms    p99 ms  conns  reconn  noroute/s  drop/s  rtt ms  span drops"
 
     static func format(_ row: PipelineRow) -> String {
-        func milliseconds(_ value: Double?) -> String { value.map { String(format: "%.2f", $0 * 1000) } ?? "-" }
-        func number(_ value: Double) -> String { String(format: "%.1f", value) }
+        func milliseconds(_ value: Double?) -> String { value.map { fixed($0 * 1000, decimals: 2) } ?? "-" }
+        func number(_ value: Double) -> String { fixed(value, decimals: 1) }
         return pad(String(row.service.prefix(23)), 23) + " " + pad(String(row.target.prefix(21)), 21)
             + padLeft(number(row.inRate), 8) + padLeft(number(row.outRate), 10) + padLeft(number(row.errorPercent), 7)
             + padLeft(milliseconds(row.p50), 10) + padLeft(milliseconds(row.p99), 10)
@@ -80,7 +83,8 @@ struct Top: AsyncParsableCommand {
     static func scrape(_ target: String) async -> [ScrapedSample]? {
         guard let (host, port) = try? YoMoMetrics.parseListen(target) else { return nil }
         return await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
+            // Blocking socket I/O: a Dispatch worker, not the cooperative pool.
+            DispatchQueue.global().async {
                 continuation.resume(returning: httpGet(host: host, port: port, path: "/metrics").map(PrometheusTextParser.parse))
             }
         }
@@ -110,7 +114,13 @@ struct Top: AsyncParsableCommand {
         }
         let text = String(decoding: data, as: UTF8.self)
         guard text.hasPrefix("HTTP/1.") , text.split(separator: " ", maxSplits: 2).dropFirst().first == "200",
-              let bodyStart = text.range(of: "\r\n\r\n") else { return nil }
+              let bodyStart = text.firstRange(of: "\r\n\r\n") else { return nil }
         return String(text[bodyStart.upperBound...])
+    }
+}
+
+extension StringProtocol {
+    func trimmingCharacters(while drop: (Character) -> Bool) -> String {
+        String(self.drop(while: drop).reversed().drop(while: drop).reversed())
     }
 }

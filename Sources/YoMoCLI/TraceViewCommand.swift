@@ -1,5 +1,7 @@
 import ArgumentParser
-import Foundation
+import Dispatch
+import FoundationEssentials
+import Glibc
 import Synchronization
 import YoMoTraceView
 
@@ -23,12 +25,15 @@ struct TraceView: AsyncParsableCommand {
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
             throw ValidationError("--listen must be host:port")
         }
-        let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        let host = listen[..<colon].trimmingCharacters(while: { $0 == "[" || $0 == "]" })
         let assembler = TraceAssembler()
         let receiver = try await OTLPHTTPReceiver.start(
             host: host, port: port, decode: !discard,
             onSpans: { assembler.add($0) },
-            onError: { FileHandle.standardError.write(Data("trace-view: \($0)\n".utf8)) })
+            onError: { message in
+                let line = Array("trace-view: \(message)\n".utf8)
+                _ = line.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+            })
         print("trace-view: listening on http://\(host):\(receiver.port) (OTLP/HTTP protobuf, POST /v1/traces)")
         fflush(nil)
         let renderer = WaterfallRenderer(colour: colour)

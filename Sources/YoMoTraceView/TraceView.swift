@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Synchronization
 
 /// Groups received spans by trace and renders a finished trace as a waterfall:
@@ -98,9 +98,9 @@ public struct WaterfallRenderer: Sendable {
     }
 
     static func format(_ nanoseconds: UInt64) -> String {
-        if nanoseconds < 1_000_000 { return String(format: "%.0f µs", Double(nanoseconds) / 1e3) }
-        if nanoseconds < 1_000_000_000 { return String(format: "%.2f ms", Double(nanoseconds) / 1e6) }
-        return String(format: "%.2f s", Double(nanoseconds) / 1e9)
+        if nanoseconds < 1_000_000 { return fixed(Double(nanoseconds) / 1e3, decimals: 0) + " µs" }
+        if nanoseconds < 1_000_000_000 { return fixed(Double(nanoseconds) / 1e6, decimals: 2) + " ms" }
+        return fixed(Double(nanoseconds) / 1e9, decimals: 2) + " s"
     }
 
     private func pad(_ text: String, _ width: Int, left: Bool = false) -> String {
@@ -111,4 +111,33 @@ public struct WaterfallRenderer: Sendable {
 
     private func red(_ text: String) -> String { colour ? "\u{1B}[31m\(text)\u{1B}[0m" : text }
     private func bold(_ text: String) -> String { colour ? "\u{1B}[1m\(text)\u{1B}[0m" : text }
+}
+
+/// `value` rounded to `decimals` places, as `String(format: "%.Nf")` prints it
+/// (which needs full Foundation): from the exact binary value, ties to even;
+/// "-" for non-finite values.
+package func fixed(_ value: Double, decimals: Int) -> String {
+    guard value.isFinite else { return "-" }
+    var scale: Double = 1
+    for _ in 0..<decimals { scale *= 10 }
+    let magnitude = abs(value)
+    let product = magnitude * scale
+    guard product < 9e18 else { return "\(value)" }
+    // The product's rounding error, exactly: the true product is product + error.
+    let error = (-product).addingProduct(magnitude, scale)
+    let lower = product.rounded(.down)
+    let fraction = product - lower
+    var units = UInt64(lower)
+    if fraction > 0.5 || (fraction == 0.5 && (error > 0 || (error == 0 && units % 2 == 1))) {
+        // (Away from 0.5 the error, under half a unit in the last place, cannot
+        // change the side: fraction and 0.5 are both whole multiples of that unit.)
+        units += 1
+    }
+    let divisor = UInt64(scale)
+    var text = (value.sign == .minus ? "-" : "") + String(units / divisor)
+    if decimals > 0 {
+        let digits = String(units % divisor)
+        text += "." + String(repeating: "0", count: decimals - digits.count) + digits
+    }
+    return text
 }

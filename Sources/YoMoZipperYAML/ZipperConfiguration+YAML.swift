@@ -1,61 +1,60 @@
-// Reading a zipper's YAML config: its own module so that only the programs
-// that read one (`yomo serve`) link Yams, and with it full Foundation (Yams
-// needs NSRegularExpression and DateFormatter); a stream function or source
-// that imports YoMo does not. Linked, Foundation costs each process about 4 MB
-// of resident memory at start (docs/performance.md, "Footprint (RSS)").
-internal import Foundation
+// Reading a zipper's YAML config (the Go zipper's format). Its own module,
+// and with its own reader of the YAML such configs use (ConfigYAML.swift):
+// Yams would bring full Foundation into `yomo serve` (docs/performance.md,
+// "Footprint (RSS)").
+internal import FoundationEssentials
 public import YoMo
-internal import Yams
 
 extension ZipperConfiguration {
     /// Reads a YAML config; missing keys keep their defaults.
     public init(yaml: String) throws(YoMoError) {
         self.init()
-        let root: Any?
+        let root: YAMLValue
         do {
-            root = try Yams.load(yaml: yaml)
+            root = try ConfigYAML.parse(yaml)
         } catch {
             throw YoMoError(.invalidConfiguration, "zipper config is not valid YAML: \(error)")
         }
-        guard let map = root as? [String: Any] else {
-            if root == nil { return }
+        guard root.isMapping else {
+            if root == .null { return }
             throw YoMoError(.invalidConfiguration, "zipper config must be a YAML mapping")
         }
+        let map = root
         if let name = map["name"] {
-            guard let name = name as? String else { throw YoMoError(.invalidConfiguration, "zipper config: name must be a string") }
+            guard let name = name.string else { throw YoMoError(.invalidConfiguration, "zipper config: name must be a string") }
             self.name = name
         }
         if let host = map["host"] {
-            guard let host = host as? String else { throw YoMoError(.invalidConfiguration, "zipper config: host must be a string") }
+            guard let host = host.string else { throw YoMoError(.invalidConfiguration, "zipper config: host must be a string") }
             self.host = host
         }
         if let port = map["port"] {
-            guard let port = port as? Int, (1...65535).contains(port) else {
+            guard let port = port.int, (1...65535).contains(port) else {
                 throw YoMoError(.invalidConfiguration, "zipper config: port must be a number from 1 to 65535")
             }
             self.port = port
         }
         if let auth = map["auth"] {
-            guard let auth = auth as? [String: Any] else {
+            guard auth.isMapping else {
                 throw YoMoError(.invalidConfiguration, "zipper config: auth must be a mapping with type and token")
             }
-            let type = auth["type"] as? String ?? ""
+            let type = auth["type"]?.string ?? ""
             guard type == "token" else {
                 throw YoMoError(.invalidConfiguration, "zipper config: auth type \"\(type)\" is not supported (use token)")
             }
-            let token = auth["token"].map { "\($0)" } ?? ""
+            let token = auth["token"]?.text ?? ""
             guard !token.isEmpty else {
                 throw YoMoError(.invalidConfiguration, "zipper config: token auth needs a non-empty token")
             }
             authentication = .token(token)
         }
         if let limits = map["limits"] {
-            guard let limits = limits as? [String: Any] else {
+            guard limits.isMapping else {
                 throw YoMoError(.invalidConfiguration, "zipper config: limits must be a mapping")
             }
             func positive(_ key: String, _ target: inout Int) throws(YoMoError) {
                 guard let raw = limits[key] else { return }
-                guard let value = raw as? Int, value > 0 else {
+                guard let value = raw.int, value > 0 else {
                     throw YoMoError(.invalidConfiguration, "zipper config: limits.\(key) must be a positive number")
                 }
                 target = value
@@ -66,24 +65,24 @@ extension ZipperConfiguration {
             try positive("max_frame_size", &self.limits.maximumFrameSize)
         }
         if let slow = map["slow_consumer"] {
-            guard let slow = slow as? [String: Any] else {
+            guard slow.isMapping else {
                 throw YoMoError(.invalidConfiguration, "zipper config: slow_consumer must be a mapping")
             }
             if let policy = slow["policy"] {
-                guard let name = policy as? String, let parsed = SlowConsumer.Policy(name) else {
+                guard let name = policy.string, let parsed = SlowConsumer.Policy(name) else {
                     throw YoMoError(.invalidConfiguration, "zipper config: slow_consumer.policy must be block, drop or disconnect")
                 }
                 slowConsumer.policy = parsed
             }
             if let bytes = slow["max_buffered_bytes"] {
-                guard let bytes = bytes as? Int, bytes > 0 else {
+                guard let bytes = bytes.int, bytes > 0 else {
                     throw YoMoError(.invalidConfiguration, "zipper config: slow_consumer.max_buffered_bytes must be a positive number")
                 }
                 slowConsumer.maximumBufferedBytes = bytes
             }
         }
         if let file = map["stateless_reset_key_file"] {
-            guard let file = file as? String, !file.isEmpty else {
+            guard let file = file.string, !file.isEmpty else {
                 throw YoMoError(.invalidConfiguration, "zipper config: stateless_reset_key_file must be a path")
             }
             statelessResetKeyFile = file
@@ -92,12 +91,12 @@ extension ZipperConfiguration {
             self.mesh = try Self.parseMesh(mesh)
         }
         if let queue = map["mesh_queue"] {
-            guard let queue = queue as? [String: Any] else {
+            guard queue.isMapping else {
                 throw YoMoError(.invalidConfiguration, "zipper config: mesh_queue must be a mapping")
             }
             for (key, target) in [("max_frames", \MeshQueue.maximumFrames), ("max_bytes", \MeshQueue.maximumBytes)] {
                 guard let raw = queue[key] else { continue }
-                guard let value = raw as? Int, value > 0 else {
+                guard let value = raw.int, value > 0 else {
                     throw YoMoError(.invalidConfiguration, "zipper config: mesh_queue.\(key) must be a positive number")
                 }
                 meshQueue[keyPath: target] = value
@@ -107,28 +106,29 @@ extension ZipperConfiguration {
 
     /// Go's `mesh:` section: name → {host, port, credential}. `null` or an
     /// empty mapping means no mesh.
-    static func parseMesh(_ raw: Any) throws(YoMoError) -> [MeshPeer] {
-        if raw is NSNull { return [] }
-        guard let entries = raw as? [String: Any] else {
+    static func parseMesh(_ raw: YAMLValue) throws(YoMoError) -> [MeshPeer] {
+        if raw == .null { return [] }
+        guard case .mapping(let entries) = raw else {
             throw YoMoError(.invalidConfiguration, "zipper config: mesh must be a mapping of zipper names to {host, port, credential}")
         }
         var peers: [MeshPeer] = []
         for (name, value) in entries {
-            guard let entry = value as? [String: Any] else {
+            guard value.isMapping else {
                 throw YoMoError(.invalidConfiguration, "zipper config: mesh.\(name) must be a mapping with host, port and credential")
             }
-            guard let host = entry["host"] as? String, !host.isEmpty else {
+            let entry = value
+            guard let host = entry["host"]?.string, !host.isEmpty else {
                 throw YoMoError(.invalidConfiguration, "zipper config: mesh.\(name).host must be a host name or address")
             }
             var port = 9000
             if let raw = entry["port"] {
-                guard let value = raw as? Int, (1...65535).contains(value) else {
+                guard let value = raw.int, (1...65535).contains(value) else {
                     throw YoMoError(.invalidConfiguration, "zipper config: mesh.\(name).port must be a number from 1 to 65535")
                 }
                 port = value
             }
             // A number or bool written without quotes is still meant as text.
-            let credential = entry["credential"].flatMap { $0 is NSNull ? nil : "\($0)" }
+            let credential = entry["credential"]?.text
             peers.append(MeshPeer(name: name, host: host, port: port, credential: credential?.isEmpty == true ? nil : credential))
         }
         return peers.sorted { $0.name < $1.name }
@@ -139,7 +139,7 @@ extension ZipperConfiguration {
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
-            throw YoMoError(.invalidConfiguration, "cannot read zipper config \(path): \(error.localizedDescription)")
+            throw YoMoError(.invalidConfiguration, "cannot read zipper config \(path): \(error)")
         }
         try self.init(yaml: text)
     }

@@ -69,3 +69,26 @@ struct TraceViewTests {
         #expect(try OTLPTraceDecoder.decode([]).isEmpty)
     }
 }
+
+/// `fixed(_:decimals:)` replaces `String(format: "%.Nf")`, which needs full Foundation.
+@Suite("Fixed-point formatting")
+struct FixedFormattingTests {
+    @Test("prints what %.Nf prints", arguments: [0, 1, 2])
+    func matchesPrintf(decimals: Int) {
+        let values: [Double] = [0, 1, -1, 0.5, 1.5, 2.5, 0.125, 0.375, 1.005, 12.345, 999.995, 1234.5678, -0.004, -2.75,
+                                0.001, 59.99, 100, 1e6 + 0.25, 3_600_000.125, 42.0625]
+        for value in values {
+            #expect(fixed(value, decimals: decimals) == String(format: "%.\(decimals)f", value), "\(value)")
+        }
+        // Random values, and values a hair from the ties (binary ties fall either side).
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            let value = Bool.random(using: &generator)
+                ? Double.random(in: -1e6...1e6, using: &generator)
+                : Double(Int.random(in: -100_000...100_000, using: &generator)) / 1000 + 0.0005
+            #expect(fixed(value, decimals: decimals) == String(format: "%.\(decimals)f", value), "\(value)")
+        }
+        #expect(fixed(.nan, decimals: decimals) == "-")
+        #expect(fixed(.infinity, decimals: decimals) == "-")
+    }
+}
