@@ -23,7 +23,7 @@ struct Top: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let list = targets.split(separator: ",").map { $0.trimmingCharacters(while: { $0 == " " || $0 == "\t" }) }.filter { !$0.isEmpty }
+        let list = targets.split(separator: ",").map { $0.trimming(\.isHorizontalSpace) }.filter { !$0.isEmpty }
         var previous = await scrapeAll(list)
         var previousAt = Date()
         while true {
@@ -116,11 +116,5 @@ struct Top: AsyncParsableCommand {
         guard text.hasPrefix("HTTP/1.") , text.split(separator: " ", maxSplits: 2).dropFirst().first == "200",
               let bodyStart = text.firstRange(of: "\r\n\r\n") else { return nil }
         return String(text[bodyStart.upperBound...])
-    }
-}
-
-extension StringProtocol {
-    func trimmingCharacters(while drop: (Character) -> Bool) -> String {
-        String(self.drop(while: drop).reversed().drop(while: drop).reversed())
     }
 }

@@ -3,6 +3,7 @@ import Dispatch
 import FoundationEssentials
 import Glibc
 import Synchronization
+import YoMoMetrics
 import YoMoTraceView
 
 /// `yomo trace-view`: a local OTLP/HTTP receiver that prints each finished trace
@@ -25,7 +26,7 @@ struct TraceView: AsyncParsableCommand {
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
             throw ValidationError("--listen must be host:port")
         }
-        let host = listen[..<colon].trimmingCharacters(while: { $0 == "[" || $0 == "]" })
+        let host = listen[..<colon].trimming { $0 == "[" || $0 == "]" }
         let assembler = TraceAssembler()
         let receiver = try await OTLPHTTPReceiver.start(
             host: host, port: port, decode: !discard,
