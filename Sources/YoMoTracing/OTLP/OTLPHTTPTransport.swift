@@ -209,10 +209,8 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
     /// - Parameter signalName: what the bodies carry ("spans", "log records"), for log lines.
     package init(configuration: OTLPExporterConfiguration, signalName: String, logger: Logger) {
         self.configuration = configuration
-        var lines = [("User-Agent", configuration.userAgent), ("Content-Type", "application/x-protobuf")]
-        if configuration.compression == .gzip { lines.append(("Content-Encoding", "gzip")) }
-        lines += configuration.headers.map { ($0.0, $0.1) }
-        plain = PlainHTTPClient(url: configuration.url, headers: lines)
+        plain = PlainHTTPClient(
+            url: configuration.url, headers: [("User-Agent", configuration.userAgent)] + Self.requestHeaders(configuration))
         self.signalName = signalName
         var logger = logger
         logger[metadataKey: "otlp_endpoint"] = "\(configuration.url)"
@@ -404,6 +402,14 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         return text
     }
 
+    /// The headers of every request on both paths (the user agent is set apart:
+    /// curl has an option for it).
+    private static func requestHeaders(_ configuration: OTLPExporterConfiguration) -> [(String, String)] {
+        var headers = [("Content-Type", "application/x-protobuf")]
+        if configuration.compression == .gzip { headers.append(("Content-Encoding", "gzip")) }
+        return headers + configuration.headers.map { ($0.name, $0.value) }
+    }
+
     /// Call with the lock held. What curl reports for the same failures, so
     /// the retry policy and the messages do not depend on the path.
     private func perform(_ plain: PlainHTTPClient, _ payload: [UInt8], deadline: UInt64) -> HTTPAttemptResult {
@@ -427,9 +433,8 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         }
         self.multi = multi
         var list: UnsafeMutablePointer<curl_slist>?
-        var lines = ["Content-Type: application/x-protobuf", "Expect:"]
-        if configuration.compression == .gzip { lines.append("Content-Encoding: gzip") }
-        for (name, value) in configuration.headers { lines.append("\(name): \(value)") }
+        // "Expect:" stops curl from waiting for a 100 Continue before large bodies.
+        let lines = Self.requestHeaders(configuration).map { "\($0): \($1)" } + ["Expect:"]
         for line in lines { list = curl_slist_append(list, line) }
         headers = list
         ccurl_setopt_string(handle, CURLOPT_URL, configuration.url)
