@@ -205,7 +205,7 @@ package struct MetadataView {
     package var traceMetadata: Metadata {
         var metadata = Metadata()
         metadata.entries.reserveCapacity(4)
-        for key in [Key.traceparent, .tracestate, .traceID, .spanID] {
+        for key in Key.traceKeys {
             guard let content = values[key]?.content else { continue }
             let stored = bytes.withUnsafeReadableBytes { input in
                 let slice = UnsafeRawBufferPointer(rebasing: input[content])

@@ -158,12 +158,9 @@ final class PlainHTTPClient {
                 setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
                 socket = descriptor
                 return nil
-            case .timedOut:
+            case let stopped:
                 close(descriptor)
-                return (failure(CURLE_OPERATION_TIMEDOUT, "Connection timed out to \(endpoint.authority)"), false)
-            case .abandoned:
-                close(descriptor)
-                return (failure(CURLE_ABORTED_BY_CALLBACK, "abandoned"), true)
+                return gaveUp(stopped, "Connection timed out to \(endpoint.authority)")
             }
         }
         let reason = String(cString: strerror(lastError))
@@ -190,11 +187,12 @@ final class PlainHTTPClient {
                 continue
             }
             if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-                switch wait(socket, for: Int16(POLLOUT), deadline: deadline, abandon: abandon) {
-                case .ready: continue
-                case .timedOut: return .failed(failure(CURLE_OPERATION_TIMEDOUT, "Operation timed out sending to \(endpoint.authority)"), abandoned: false)
-                case .abandoned: return .failed(failure(CURLE_ABORTED_BY_CALLBACK, "abandoned"), abandoned: true)
+                let waited = wait(socket, for: Int16(POLLOUT), deadline: deadline, abandon: abandon)
+                guard waited == .ready else {
+                    let (result, abandoned) = gaveUp(waited, "Operation timed out sending to \(endpoint.authority)")
+                    return .failed(result, abandoned: abandoned)
                 }
+                continue
             }
             // Reset or broken pipe: on a kept-alive connection, the collector closed it.
             if sent == 0 || errno == EPIPE || errno == ECONNRESET { return .staleConnection }
@@ -228,10 +226,10 @@ final class PlainHTTPClient {
                 if count == 0, parser.finishAtEndOfStream() { break }
                 return .failed(failure(CURLE_RECV_ERROR, reset ? "Recv failure: Connection reset by peer" : "Connection closed mid-response"), abandoned: false)
             }
-            switch wait(socket, for: Int16(POLLIN), deadline: deadline, abandon: abandon) {
-            case .ready: continue
-            case .timedOut: return .failed(failure(CURLE_OPERATION_TIMEDOUT, "Operation timed out waiting for \(endpoint.authority)"), abandoned: false)
-            case .abandoned: return .failed(failure(CURLE_ABORTED_BY_CALLBACK, "abandoned"), abandoned: true)
+            let waited = wait(socket, for: Int16(POLLIN), deadline: deadline, abandon: abandon)
+            guard waited == .ready else {
+                let (result, abandoned) = gaveUp(waited, "Operation timed out waiting for \(endpoint.authority)")
+                return .failed(result, abandoned: abandoned)
             }
         }
         pending = parser.leftover
@@ -240,6 +238,13 @@ final class PlainHTTPClient {
     }
 
     private enum Wait { case ready, timedOut, abandoned }
+
+    /// A wait that did not end ready: curl's timeout, or an abandon.
+    private func gaveUp(_ wait: Wait, _ timeoutMessage: String) -> (result: HTTPAttemptResult, abandoned: Bool) {
+        wait == .abandoned
+            ? (failure(CURLE_ABORTED_BY_CALLBACK, "abandoned"), true)
+            : (failure(CURLE_OPERATION_TIMEDOUT, timeoutMessage), false)
+    }
 
     /// Polls in slices of at most 50 ms, so that an abandon is seen soon.
     private func wait(_ descriptor: Int32, for events: Int16, deadline: UInt64, abandon: () -> Bool) -> Wait {
