@@ -11,14 +11,27 @@ let strictSwift: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
-// The shipped executables pack their relative relocations (DT_RELR, glibc
-// 2.36+): a static-stdlib binary carries ~100,000 of them, and as RELA entries
-// (2.3 MB) all of them are read at every start and stay resident; packed they
-// take 19 KB. GNU ld, since gold cannot pack them and lld's layout left more
-// text resident. Executables only: a library product with unsafe flags could
-// not be used as a dependency.
+// What keeps the shipped executables' resident memory down (docs/performance.md,
+// "Footprint (RSS)"):
+// - packed relative relocations (DT_RELR, glibc 2.36+): a static-stdlib binary
+//   carries ~100,000; as RELA entries (2.3 MB) all are read at every start and
+//   stay resident, packed they take 19 KB;
+// - no exported symbols: --static-swift-stdlib passes -export-dynamic, which put
+//   17,000 symbols (1.7 MB of tables) in the binary that the loader then reads;
+//   nothing looks our symbols up at run time;
+// - the code the programs run laid out together (deploy/text-order.txt, made by
+//   scripts/text-order.py): the kernel maps 64 KB around each page fault, so
+//   scattered code kept ~9 MB of a 14 MB text resident for ~3 MB run. Only
+//   functions in sections of their own move, so scripts/static-build.sh (and
+//   deploy/Dockerfile) compile with function sections; lld reads the order.
+// Executables only: a library product with unsafe flags could not be used as a
+// dependency.
 let compactExecutable: [LinkerSetting] = [
-    .unsafeFlags(["-use-ld=bfd", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"])
+    .unsafeFlags([
+        "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic",
+        "-Xlinker", "--symbol-ordering-file=\(Context.packageDirectory)/deploy/text-order.txt",
+        "-Xlinker", "--no-warn-symbol-ordering",
+    ])
 ]
 
 var products: [Product] = []

@@ -7,8 +7,8 @@
 #   Benchmarks/footprint.sh [rounds] [frames]      # defaults: 3 rounds, 100000 frames
 #
 # FOOTPRINT_BIN: a directory with static release builds of yomo and
-# uppercase-sfn (default: built here into .build-static, so the normal .build
-# stays valid). FOOTPRINT_BASELINE_BIN: another such directory (e.g. builds of
+# uppercase-sfn (default: built here into .build-static by scripts/static-build.sh,
+# as the Dockerfile builds them, so the normal .build stays valid). FOOTPRINT_BASELINE_BIN: another such directory (e.g. builds of
 # an older commit); each round then runs both, for before/after in one run.
 # FOOTPRINT_MODES (default "off on"); FOOTPRINT_SIZE (1024) and
 # FOOTPRINT_INFLIGHT (256) shape the bench load; FOOTPRINT_SMAPS=DIR keeps
@@ -30,10 +30,7 @@ otlp_port=4431
 if [[ -n "${FOOTPRINT_BIN:-}" ]]; then
     bin="$FOOTPRINT_BIN"
 else
-    for product in yomo uppercase-sfn; do
-        swift build -c release --static-swift-stdlib --scratch-path .build-static --product "$product" >/dev/null
-    done
-    bin="$(swift build -c release --static-swift-stdlib --scratch-path .build-static --show-bin-path)"
+    bin="$(scripts/static-build.sh yomo uppercase-sfn 2>/dev/null)"
 fi
 builds="new"
 if [[ -n "${FOOTPRINT_BASELINE_BIN:-}" ]]; then builds="base new"; fi

@@ -2,7 +2,8 @@
 # What keeps the shipped programs' resident memory down (docs/performance.md,
 # "Footprint (RSS)") and could silently come undone: each binary packs its
 # relative relocations (DT_RELR; RELA entries would be read and kept resident at
-# every start) and does not link libcurl (loaded only when an OTLP exporter
+# every start), exports no symbols of its own (the dynamic symbol table would be
+# read at every start) and does not link libcurl (loaded only when an OTLP exporter
 # first sends; linked, it maps OpenSSL, Kerberos, LDAP... into every process);
 # every module of the programs imports at most FoundationEssentials, so neither
 # the zipper nor a stream function links full Foundation (CoreFoundation's
@@ -17,6 +18,12 @@ for program in yomo uppercase-sfn; do
     dynamic="$(readelf -d "$bin/$program")"
     if ! grep -q '(RELR)' <<<"$dynamic"; then
         echo "$bin/$program: no DT_RELR (relative relocations not packed)" >&2; status=1
+    fi
+    # -export-dynamic (which --static-swift-stdlib passes) put ~17,000 symbols in
+    # the dynamic table, read by the loader at every start; none are needed.
+    exported="$(readelf --dyn-syms -W "$bin/$program" | awk '$7 ~ /^[0-9]+$/' | wc -l)"
+    if (( exported > 1000 )); then
+        echo "$bin/$program: exports $exported symbols (linked with -export-dynamic?)" >&2; status=1
     fi
     if grep -q 'NEEDED.*libcurl' <<<"$dynamic"; then
         echo "$bin/$program: links libcurl (it should be loaded on first export)" >&2; status=1
@@ -37,5 +44,5 @@ for program in yomo uppercase-sfn; do
         echo "$bin/$program: links full Foundation (CoreFoundation)" >&2; status=1
     fi
 done
-if (( status == 0 )); then echo "binaries in $bin: relocations packed, libcurl not linked, no full Foundation"; fi
+if (( status == 0 )); then echo "binaries in $bin: relocations packed, no symbols exported, libcurl not linked, no full Foundation"; fi
 exit $status

@@ -471,6 +471,10 @@ def check_dockerfile() -> set[str]:
                 fail(DOCKERFILE, f"builds {uncopied} but does not copy them to /out")
     if not programs:
         fail(DOCKERFILE, "builds no products (expected `for product in …; do swift build … --static-swift-stdlib`)")
+    # The link order (deploy/text-order.txt) moves only functions in sections of their own.
+    for flag in ("-Xswiftc -Xfrontend -Xswiftc -function-sections", "-Xcc -ffunction-sections"):
+        if not any(flag in " ".join(run.split()) for run in builder["runs"]):
+            fail(DOCKERFILE, f"the static build does not pass `{flag}` (scripts/static-build.sh does)")
     return programs
 
 
@@ -483,6 +487,8 @@ def check_dockerignore() -> None:
         return
     manifest = (ROOT / "Package.swift").read_text()
     needed = {"Package.swift", "Sources", "Tests"} | {p.split("/")[0] for p in re.findall(r'path:\s*"([^"]+)"', manifest)}
+    # Files the manifest names by path (the link order) must be let in one by one.
+    needed |= set(re.findall(r'Context\.packageDirectory\)/([^"]+)"', manifest))
     missing = sorted(needed - allowed)
     if missing:
         fail(DOCKERIGNORE, f"keeps {missing} out of the build context, but Package.swift needs them")
