@@ -7,7 +7,13 @@ import Logging
 import YoMo
 import YoMoLogging
 
+// Not an async main: runAsyncMain keeps the main thread parked instead of
+// exiting it, which keeps ~2 MB of unwind tables out of memory.
 @main
+enum Main {
+    static func main() { runAsyncMain { await UppercaseSFN.main() } }
+}
+
 struct UppercaseSFN: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "uppercase-sfn", abstract: "A stream function that uppercases payloads.")
 

@@ -7,7 +7,13 @@ import YoMo
 import YoMoLogging
 import YoMoZipperYAML
 
+// Not an async main: runAsyncMain keeps the main thread parked instead of
+// exiting it, which keeps ~2 MB of unwind tables out of memory.
 @main
+enum Main {
+    static func main() { runAsyncMain { await YoMoCommand.main() } }
+}
+
 struct YoMoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "yomo",
