@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Instructions per round trip of the zipper and of the stream function on the
+# YoMo loop, counted by valgrind's callgrind: the same from run to run, where
+# times on a shared VM vary by ±10–20 %, so a change of a few hundred
+# instructions per frame shows. One process at a time runs under callgrind
+# (counting only while `yomo bench` sends the measured frames); the others run
+# natively. Also prints where the most instructions went.
+#
+#   Benchmarks/loop-instructions.sh [frames]        # default 2000 (1 KiB, 16 in flight)
+#
+# LOOP_BIN: a directory with release builds of yomo and uppercase-sfn (default:
+# built here); LOOP_BASELINE_BIN: another (e.g. an older commit), measured the
+# same way, for before/after. LOOP_MODES (default "off propagation on", as in
+# Benchmarks/loop-tracing.sh); LOOP_PROCESSES (default "zipper function");
+# LOOP_SIZE (1024) and LOOP_INFLIGHT (16); LOOP_TOP (8) functions listed per
+# run, LOOP_KEEP=DIR keeps the callgrind files. Needs valgrind (apt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+frames="${1:-2000}"
+modes="${LOOP_MODES:-off propagation on}"
+processes="${LOOP_PROCESSES:-zipper function}"
+size="${LOOP_SIZE:-1024}"
+inflight="${LOOP_INFLIGHT:-16}"
+top="${LOOP_TOP:-8}"
+port=9661
+otlp_port=4461
+command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 2; }
+
+if [[ -n "${LOOP_BIN:-}" ]]; then
+    bin="$LOOP_BIN"
+else
+    swift build -c release --product yomo >/dev/null
+    swift build -c release --product uppercase-sfn >/dev/null
+    bin="$(swift build -c release --show-bin-path)"
+fi
+builds="new"
+if [[ -n "${LOOP_BASELINE_BIN:-}" ]]; then builds="new base"; fi
+bin_of() { if [[ "$1" == base ]]; then echo "$LOOP_BASELINE_BIN"; else echo "$bin"; fi; }
+
+work="$(mktemp -d)"
+pids=()
+stop_all() {
+    if (( ${#pids[@]} )); then kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; fi
+    pids=()
+}
+receiver=""
+cleanup() {
+    stop_all
+    if [[ -n "$receiver" ]]; then kill "$receiver" 2>/dev/null || true; fi
+    if [[ -n "${LOOP_KEEP:-}" ]]; then mkdir -p "$LOOP_KEEP" && cp "$work"/*.callgrind "$LOOP_KEEP"/ 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+"$bin/yomo" trace-view --listen "127.0.0.1:$otlp_port" --discard >/dev/null 2>&1 &
+receiver=$!
+
+# valgrind cannot read the toolchain's debug info: copies without it.
+for build in $builds; do
+    mkdir -p "$work/$build"
+    for program in yomo uppercase-sfn; do strip --strip-debug -o "$work/$build/$program" "$(bin_of "$build")/$program"; done
+done
+
+# Waits until FILE has a line containing TEXT (or fails after 120 s).
+wait_for() {
+    for _ in $(seq 600); do
+        if grep -q "$2" "$1" 2>/dev/null; then return 0; fi
+        sleep 0.2
+    done
+    echo "no '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+
+# Prints the instructions per round trip of PROCESS in MODE with BUILD.
+measure() {
+    local build="$1" mode="$2" process="$3" programs
+    programs="$(bin_of "$build")"
+    local -a environment=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG -u YOMO_METRICS_LISTEN
+        OTEL_METRICS_EXPORTER=none)
+    case "$mode" in
+        off) ;;
+        propagation) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_TRACES_SAMPLER=always_off) ;;
+        on) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port") ;;
+        *) echo "unknown mode $mode" >&2; exit 2 ;;
+    esac
+    local out="$work/$build-$mode-$process.callgrind" log="$work/log"
+    local -a counted=(valgrind --tool=callgrind --instr-atstart=no --demangle=no "--callgrind-out-file=$out")
+    : >"$log"
+    if [[ "$process" == zipper ]]; then
+        "${environment[@]}" "${counted[@]}" "$work/$build/yomo" serve --host 127.0.0.1 --port "$port" >"$log" 2>&1 &
+    else
+        "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" >"$log" 2>&1 &
+    fi
+    local zipper=$!
+    pids=($zipper)
+    wait_for "$log" "zipper listening"
+    if [[ "$process" == function ]]; then
+        "${environment[@]}" "${counted[@]}" "$work/$build/uppercase-sfn" --zipper "127.0.0.1:$port" >>"$log" 2>&1 &
+    else
+        "${environment[@]}" "$programs/uppercase-sfn" --zipper "127.0.0.1:$port" >>"$log" 2>&1 &
+    fi
+    local function=$!
+    pids+=($function)
+    wait_for "$log" "client connected.*stream function"
+    local counted_pid=$zipper
+    if [[ "$process" == function ]]; then counted_pid=$function; fi
+    local -a bench=("${environment[@]}" "$programs/yomo" bench --zipper "127.0.0.1:$port" --size "$size" --inflight "$inflight" --timeout 300)
+    "${bench[@]}" --frames 200 >/dev/null 2>&1  # first frames: lazy set-up, not counted
+    callgrind_control -i on "$counted_pid" >/dev/null 2>&1
+    "${bench[@]}" --frames "$frames" >/dev/null 2>&1
+    callgrind_control -i off "$counted_pid" >/dev/null 2>&1
+    stop_all
+    local total
+    total="$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')"
+    awk -v t="$total" -v n="$frames" 'BEGIN { printf "%.0f", t / n }'
+}
+
+declare -A results
+for build in $builds; do
+    for mode in $modes; do
+        for process in $processes; do
+            results[$build,$mode,$process]="$(measure "$build" "$mode" "$process")"
+            echo "$build $mode $process: ${results[$build,$mode,$process]} instructions per round trip" >&2
+            if (( top > 0 )); then
+                callgrind_annotate "$work/$build-$mode-$process.callgrind" 2>/dev/null \
+                    | awk -v n="$frames" -v top="$top" '!/PROGRAM TOTALS/ && shown < top && match($0, /^ *[0-9,]+ +\( *[0-9.]+%\) +/) {
+                        count = $1; gsub(",", "", count); name = substr($0, RLENGTH + 1); sub(/ \[.*/, "", name)
+                        printf "    %8.0f  %s\n", count / n, substr(name, 1, 120); shown++ }' >&2
+            fi
+        done
+    done
+done
+
+echo
+echo "instructions per round trip (${size} B, ${inflight} in flight, $frames frames), ratios to off of the same build:"
+printf '%-6s %-12s' build mode
+for process in $processes; do printf ' %12s %6s' "$process" ratio; done
+echo
+first_mode="${modes%% *}"
+for build in $builds; do
+    for mode in $modes; do
+        printf '%-6s %-12s' "$build" "$mode"
+        for process in $processes; do
+            value="${results[$build,$mode,$process]}"
+            base="${results[$build,$first_mode,$process]}"
+            printf ' %12s %6.2f' "$value" "$(awk -v v="$value" -v b="$base" 'BEGIN { print (b > 0) ? v / b : 0 }')"
+        done
+        echo
+    done
+done
