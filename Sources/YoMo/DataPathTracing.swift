@@ -60,6 +60,72 @@ struct DataPathTracer: Sendable {
         return span
     }
 
+    /// The zipper's span for metadata read in place whose trace values are all
+    /// canonical (`MetadataView.canonicalTrace`), and the digits to write over
+    /// them: what `zipperSpan(metadata:)` does with `traceMetadata`, without
+    /// building a `Metadata`. Nil, with no span started, when the general path
+    /// is needed: no parent found this way, or a key the formats write absent.
+    /// A nil patch with a span: hand that span on by the general path.
+    func zipperSpan(
+        tag: UInt32, length: Int, trace: MetadataView.CanonicalTrace
+    ) -> (span: YoMoSpan, patch: MetadataView.TracePatch?)? {
+        let formats = tracer.propagator.formats
+        guard tracer.isEnabled, let parent = parent(in: trace, formats: formats),
+              !formats.contains(.traceContext) || trace.traceparent != nil,
+              !formats.contains(.yomo) || (trace.traceID != nil && trace.spanID != nil)
+        else { return nil }
+        let span = tracer.startSpan(
+            "zipper endpoint", parent: parent, context: ServiceContext.current ?? .topLevel, ofKind: .internal,
+            at: DefaultTracerClock.now
+        )
+        if span.isRecording {
+            span.setAttribute("routing_data_tag", .int64(Int64(tag)))
+            span.setAttribute("routing_data_len", .int64(Int64(length)))
+        }
+        guard let spanContext = span.spanContext, spanContext.isValid else { return (span, MetadataView.TracePatch()) }
+        return (span, Self.patch(spanContext, formats: formats))
+    }
+
+    /// The parent `extractParent(from:)` finds in canonical trace values, or nil
+    /// where it would ask the propagator (which the general path then does).
+    func parent(in trace: MetadataView.CanonicalTrace, formats: TraceContextPropagator.Formats) -> SpanContext? {
+        if formats.contains(.traceContext), let fields = trace.traceparent {
+            let traceID = TraceID(high: fields.traceIDHigh, low: fields.traceIDLow)
+            if traceID.isValid && fields.spanID != 0 {
+                // No tracestate: canonicalTrace is nil when the frame has one.
+                return SpanContext(
+                    traceID: traceID, spanID: SpanID(rawValue: fields.spanID),
+                    traceFlags: TraceFlags(rawValue: fields.flags & TraceFlags.sampled.rawValue), isRemote: true
+                )
+            }
+        }
+        if formats.contains(.yomo), let traceID = trace.traceID, let spanID = trace.spanID,
+           traceID.high != 0 || traceID.low != 0, spanID != 0 {
+            return SpanContext(
+                traceID: TraceID(high: traceID.high, low: traceID.low), spanID: SpanID(rawValue: spanID),
+                traceFlags: .sampled, isRemote: true
+            )
+        }
+        return nil
+    }
+
+    /// What `inject(_:into:)` writes, as digits over the values present; nil
+    /// when it would also write a `tracestate`.
+    static func patch(_ spanContext: SpanContext, formats: TraceContextPropagator.Formats) -> MetadataView.TracePatch? {
+        guard spanContext.traceState.isEmpty || !formats.contains(.traceContext) else { return nil }
+        var patch = MetadataView.TracePatch()
+        if formats.contains(.traceContext) {
+            patch.traceparent = TraceparentFields(
+                traceIDHigh: spanContext.traceID.high, traceIDLow: spanContext.traceID.low,
+                spanID: spanContext.spanID.rawValue, flags: spanContext.isSampled ? 1 : 0
+            )
+        }
+        if formats.contains(.yomo) {
+            patch.yomo = (spanContext.traceID.high, spanContext.traceID.low, spanContext.spanID.rawValue)
+        }
+        return patch
+    }
+
     /// The stream function's span (scope "StreamFunction", named after it), kind consumer.
     func functionSpan(name: String, handlerType: String, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }

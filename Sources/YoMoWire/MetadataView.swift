@@ -217,12 +217,82 @@ package struct MetadataView {
         return metadata
     }
 
+    /// The trace values as numbers, when every trace key present holds its
+    /// canonical form (lowercase hex; `traceparent` version 00) and there is no
+    /// `tracestate`: what the zipper hands on by writing digits over digits.
+    /// Nil otherwise (the caller takes `traceMetadata`'s general path).
+    package struct CanonicalTrace: Sendable {
+        package var traceparent: TraceparentFields?
+        package var traceID: (high: UInt64, low: UInt64)?
+        package var spanID: UInt64?
+    }
+
+    package var canonicalTrace: CanonicalTrace? {
+        guard values[.tracestate] == nil else { return nil }
+        var trace = CanonicalTrace()
+        // Each present value parsed; .some(nil) when one is present but not canonical.
+        func parsed(_ key: Key) -> StoredValue?? {
+            guard let content = values[key]?.content else { return .none }
+            return bytes.withUnsafeReadableBytes { input in
+                StoredValue(key.traceKey!, UnsafeRawBufferPointer(rebasing: input[content]))
+            }
+        }
+        switch parsed(.traceparent) {
+        case .none: break
+        case .some(.traceparent(let fields)): trace.traceparent = fields
+        default: return nil
+        }
+        switch parsed(.traceID) {
+        case .none: break
+        case .some(.traceID(let high, let low)): trace.traceID = (high, low)
+        default: return nil
+        }
+        switch parsed(.spanID) {
+        case .none: break
+        case .some(.spanID(let value)): trace.spanID = value
+        default: return nil
+        }
+        return trace
+    }
+
+    /// New trace values for keys the metadata already holds in canonical form:
+    /// written digit over digit, the lengths being fixed.
+    package struct TracePatch: Sendable {
+        package var traceparent: TraceparentFields?
+        package var yomo: (traceIDHigh: UInt64, traceIDLow: UInt64, spanID: UInt64)?
+
+        package init(
+            traceparent: TraceparentFields? = nil, yomo: (traceIDHigh: UInt64, traceIDLow: UInt64, spanID: UInt64)? = nil
+        ) {
+            self.traceparent = traceparent
+            self.yomo = yomo
+        }
+
+        fileprivate var isEmpty: Bool { traceparent == nil && yomo == nil }
+
+        /// Calls `body` with each value to write and its key (no array: this runs per frame).
+        fileprivate func forEach(_ body: (Key, StoredValue) -> Void) {
+            if let traceparent { body(.traceparent, .traceparent(traceparent)) }
+            if let yomo {
+                body(.traceID, .traceID(high: yomo.traceIDHigh, low: yomo.traceIDLow))
+                body(.spanID, .spanID(yomo.spanID))
+            }
+        }
+    }
+
     /// The bytes with `changes` applied: a key already present gets its new value
     /// written over the old one, which must have the same encoded length (trace
-    /// ids do); a key not present is appended. Nil when a value would change
-    /// length, or a key is not one of `Key`: the caller then re-encodes.
-    package func applying(_ changes: Metadata) -> ByteBuffer? {
-        guard !changes.isEmpty else { return bytes }
+    /// ids do); a key not present is appended. `trace` is written over trace
+    /// values present (nil when one is absent or of another length). Nil when a
+    /// value would change length, or a key is not one of `Key`: the caller then
+    /// re-encodes.
+    package func applying(_ changes: Metadata, trace: TracePatch = TracePatch()) -> ByteBuffer? {
+        guard !changes.isEmpty || !trace.isEmpty else { return bytes }
+        var patchFits = true
+        trace.forEach { key, value in
+            if values[key]?.content.count != value.utf8Count { patchFits = false }
+        }
+        guard patchFits else { return nil }
         // First pass: can it be done, and how long is the result?
         var appendedCount = 0
         var appendedLength = 0
@@ -265,6 +335,11 @@ package struct MetadataView {
                     entry.stored.write(into: &writer)
                     end = writer.offset
                 }
+            }
+            trace.forEach { key, value in
+                var patcher = RawWriter(buffer)
+                patcher.offset = values[key]!.content.lowerBound - headerSize + newHeaderSize
+                value.writeContent(into: &patcher)
             }
             precondition(end == totalLength, "metadata length miscounted")
             return totalLength

@@ -2,7 +2,7 @@ import NIOCore
 import Testing
 import Tracing
 import YoMoTracing
-import YoMoWire
+@testable import YoMoWire
 
 @testable import YoMo
 
@@ -102,6 +102,93 @@ struct PropagationFastPathTests {
                 }
             }
         }
+    }
+
+    @Test("the zipper's in-place path finds the parent extraction finds, or leaves the frame to it")
+    func inPlaceParentAgrees() throws {
+        let carriers = try Self.carriers()
+        for formats in Self.formatChoices {
+            let tracing = Self.tracer(formats)
+            var inPlace = 0
+            for carrier in carriers {
+                let view = try #require(MetadataView(carrier.encoded()))
+                guard let trace = view.canonicalTrace else {
+                    // Only a tracestate or a value not in canonical form sends a frame to the general path.
+                    let canonical = [MetadataView.Key.traceparent, .traceID, .spanID].allSatisfy { key in
+                        guard let text = view.string(key) else { return true }
+                        return Array(text.utf8).withUnsafeBytes { StoredValue(key.traceKey!, $0) } != nil
+                    }
+                    #expect(view.contains(.tracestate) || !canonical, "\(carrier)")
+                    continue
+                }
+                #expect(!view.contains(.tracestate))
+                guard let parent = tracing.parent(in: trace, formats: formats) else { continue }
+                inPlace += 1
+                #expect(parent == tracing.extractParent(from: view.traceMetadata), "\(formats.rawValue): \(carrier)")
+                #expect(parent == tracing.extractParent(from: carrier), "\(formats.rawValue): \(carrier)")
+            }
+            // The corpus has canonical parents for every choice that reads any format.
+            if !formats.isEmpty { #expect(inPlace >= 5, "\(formats.rawValue): \(inPlace)") }
+        }
+    }
+
+    @Test("digits written in place are the bytes the general path writes")
+    func inPlacePatchAgrees() throws {
+        var generator = SystemRandomNumberGenerator()
+        var compared = 0
+        for formats in Self.formatChoices {
+            let tracing = Self.tracer(formats)
+            for carrier in try Self.carriers() {
+                let view = try #require(MetadataView(carrier.encoded()))
+                guard let trace = view.canonicalTrace else { continue }
+                for wantedTarget in [nil, "sink"] {
+                    let spanContext = SpanContext(
+                        traceID: TraceID(high: generator.next(), low: generator.next() | 1),
+                        spanID: SpanID(rawValue: generator.next() | 1), traceFlags: Bool.random() ? .sampled : [])
+                    var changes = Metadata()
+                    if let wantedTarget { changes[Metadata.ReservedKey.wantedTarget] = wantedTarget }
+                    var general = view.traceMetadata
+                    tracing.inject(spanContext, into: &general)
+                    var merged = changes
+                    merged.merge(general)
+                    let expected = view.applying(merged)
+                    let patch = try #require(DataPathTracer.patch(spanContext, formats: formats))
+                    let inPlace = view.applying(changes, trace: patch)
+                    // The in-place path runs only when every key it writes is there; then it agrees.
+                    let keysPresent = (!formats.contains(.traceContext) || trace.traceparent != nil)
+                        && (!formats.contains(.yomo) || (trace.traceID != nil && trace.spanID != nil))
+                    if keysPresent {
+                        #expect(inPlace != nil && inPlace == expected, "\(formats.rawValue): \(carrier)")
+                        compared += 1
+                    } else {
+                        #expect(inPlace == nil)
+                    }
+                }
+            }
+        }
+        #expect(compared > 50)
+        // A tracestate to hand on is left to the general path.
+        let withState = SpanContext(traceID: TraceID(high: 1, low: 2), spanID: SpanID(rawValue: 3), traceState: "vendor=1")
+        #expect(DataPathTracer.patch(withState, formats: .all) == nil)
+        #expect(DataPathTracer.patch(withState, formats: .yomo) != nil)
+    }
+
+    @Test("the in-place zipper span starts nothing when the frame lacks a key the formats write")
+    func inPlaceLeavesMissingKeys() throws {
+        let tracing = Self.tracer(.all)
+        let onlyTraceparent = try #require(MetadataView(
+            Self.decoded([("traceparent", "00-\(Self.traceID)-\(Self.spanID)-01")]).encoded()))
+        let trace = try #require(onlyTraceparent.canonicalTrace)
+        #expect(tracing.zipperSpan(tag: 1, length: 1, trace: trace) == nil)
+        let both = try #require(MetadataView(Self.decoded([
+            ("traceparent", "00-\(Self.traceID)-\(Self.spanID)-01"),
+            ("yomo-trace-id", Self.traceID), ("yomo-span-id", Self.spanID),
+        ]).encoded()))
+        let bothTrace = try #require(both.canonicalTrace)
+        let started = try #require(tracing.zipperSpan(tag: 1, length: 1, trace: bothTrace))
+        #expect(started.patch != nil)
+        #expect(started.span.spanContext?.traceID.description == Self.traceID)
+        started.span.end()
     }
 
     @Test("an invalid span context writes nothing")
