@@ -430,15 +430,20 @@ func decodeString(_ bytes: UnsafeRawBufferPointer, field: @autoclosure () -> Str
 
 @inlinable
 func isASCII(_ bytes: UnsafeRawBufferPointer) -> Bool {
-    var index = 0
+    let count = bytes.count
     var bits: UInt64 = 0
-    while index + 8 <= bytes.count {
-        bits |= bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)
-        index += 8
-    }
-    while index < bytes.count {
-        bits |= UInt64(bytes[index])
-        index += 1
+    if count >= 8 {
+        var index = 0
+        while index + 8 <= count {
+            bits |= bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            index += 8
+        }
+        // The tail as the last eight bytes, overlapping the words already read:
+        // metadata strings are short, and a byte loop over tails cost as much
+        // as the words.
+        bits |= bytes.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self)
+    } else {
+        for index in 0..<count { bits |= UInt64(bytes[index]) }
     }
     return bits & 0x8080_8080_8080_8080 == 0
 }

@@ -146,3 +146,21 @@ struct TraceValueTests {
         }
     }
 }
+
+@Suite("ASCII check")
+struct ASCIICheckTests {
+    @Test("a byte of 0x80 or more at any position of any length up to 40 is found; all-ASCII passes")
+    func everyPosition() {
+        for length in 0...40 {
+            let ascii = [UInt8]((0..<length).map { UInt8(truncatingIfNeeded: 32 + $0 * 7 % 95) })
+            #expect(ascii.withUnsafeBytes { isASCII($0) }, "length \(length)")
+            for position in 0..<length {
+                for high: UInt8 in [0x80, 0xC3, 0xFF] {
+                    var bytes = ascii
+                    bytes[position] = high
+                    #expect(!bytes.withUnsafeBytes { isASCII($0) }, "length \(length), 0x\(String(high, radix: 16)) at \(position)")
+                }
+            }
+        }
+    }
+}
