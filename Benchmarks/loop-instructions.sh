@@ -8,6 +8,10 @@
 #
 #   Benchmarks/loop-instructions.sh [frames]        # default 2000 (1 KiB, 16 in flight)
 #
+# Each process is counted over two runs of `yomo bench`, of N and 3N frames;
+# the figures are their difference over 2N frames, so a run's fixed costs (a
+# new connection's TLS handshake) do not count.
+#
 # LOOP_BIN: a directory with release builds of yomo and uppercase-sfn (default:
 # built here); LOOP_BASELINE_BIN: another (e.g. an older commit), measured the
 # same way, for before/after. LOOP_MODES (default "off propagation on", as in
@@ -47,7 +51,7 @@ receiver=""
 cleanup() {
     stop_all
     if [[ -n "$receiver" ]]; then kill "$receiver" 2>/dev/null || true; fi
-    if [[ -n "${LOOP_KEEP:-}" ]]; then mkdir -p "$LOOP_KEEP" && cp "$work"/*.callgrind "$LOOP_KEEP"/ 2>/dev/null || true; fi
+    if [[ -n "${LOOP_KEEP:-}" ]]; then mkdir -p "$LOOP_KEEP" && cp "$work"/*.callgrind* "$LOOP_KEEP"/ 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
@@ -105,13 +109,42 @@ measure() {
     if [[ "$process" == function ]]; then counted_pid=$function; fi
     local -a bench=("${environment[@]}" "$programs/yomo" bench --zipper "127.0.0.1:$port" --size "$size" --inflight "$inflight" --timeout 300)
     "${bench[@]}" --frames 200 >/dev/null 2>&1  # first frames: lazy set-up, not counted
+    # Two counted runs, of N and 3N frames, each dumped on its own: every run of
+    # `yomo bench` is a new connection (a TLS handshake: key exchange and
+    # signatures), which their difference cancels along with other fixed costs.
     callgrind_control -i on "$counted_pid" >/dev/null 2>&1
     "${bench[@]}" --frames "$frames" >/dev/null 2>&1
+    callgrind_control -d "$counted_pid" >/dev/null 2>&1
+    "${bench[@]}" --frames $((3 * frames)) >/dev/null 2>&1
+    callgrind_control -d "$counted_pid" >/dev/null 2>&1
     callgrind_control -i off "$counted_pid" >/dev/null 2>&1
     stop_all
-    local total
-    total="$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')"
-    awk -v t="$total" -v n="$frames" 'BEGIN { printf "%.0f", t / n }'
+    # Dumps land in $out.1 and $out.2 (counters restart at each); per function, run 2 minus run 1.
+    python3 - "$out.1" "$out.2" "$((2 * frames))" "$out.per-frame" <<'PY'
+import re, subprocess, sys
+first, second, frames, output = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def costs(path):
+    listing = subprocess.run(["callgrind_annotate", "--threshold=100", path], capture_output=True, text=True).stdout
+    found, total = {}, 0
+    for line in listing.splitlines():
+        match = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)$", line)
+        if not match:
+            continue
+        count = int(match.group(1).replace(",", ""))
+        if "PROGRAM TOTALS" in line:
+            total = count
+        else:
+            found[re.sub(r"\s*\[/.*?\]$", "", match.group(2))] = count
+    return found, total
+before, before_total = costs(first)
+after, after_total = costs(second)
+rows = sorted(((after.get(k, 0) - before.get(k, 0)) / frames, k) for k in set(before) | set(after))
+with open(output, "w") as f:
+    f.write(f"{(after_total - before_total) / frames:.0f}\n")
+    for cost, name in reversed(rows):
+        f.write(f"{cost:.0f}\t{name}\n")
+PY
+    head -1 "$out.per-frame"
 }
 
 declare -A results
@@ -121,17 +154,15 @@ for build in $builds; do
             results[$build,$mode,$process]="$(measure "$build" "$mode" "$process")"
             echo "$build $mode $process: ${results[$build,$mode,$process]} instructions per round trip" >&2
             if (( top > 0 )); then
-                callgrind_annotate "$work/$build-$mode-$process.callgrind" 2>/dev/null \
-                    | awk -v n="$frames" -v top="$top" '!/PROGRAM TOTALS/ && shown < top && match($0, /^ *[0-9,]+ +\( *[0-9.]+%\) +/) {
-                        count = $1; gsub(",", "", count); name = substr($0, RLENGTH + 1); sub(/ \[.*/, "", name)
-                        printf "    %8.0f  %s\n", count / n, substr(name, 1, 120); shown++ }' >&2
+                sed -n "2,$((top + 1))p" "$work/$build-$mode-$process.callgrind.per-frame" \
+                    | awk -F '\t' '{ printf "    %8s  %s\n", $1, substr($2, 1, 120) }' >&2
             fi
         done
     done
 done
 
 echo
-echo "instructions per round trip (${size} B, ${inflight} in flight, $frames frames), ratios to off of the same build:"
+echo "instructions per round trip (${size} B, ${inflight} in flight; runs of $frames and $((3 * frames)) frames, their difference), ratios to the first mode of the same build:"
 printf '%-6s %-12s' build mode
 for process in $processes; do printf ' %12s %6s' "$process" ratio; done
 echo
