@@ -30,13 +30,8 @@ port=9661
 otlp_port=4461
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 
-if [[ -n "${LOOP_BIN:-}" ]]; then
-    bin="$LOOP_BIN"
-else
-    swift build -c release --product yomo >/dev/null
-    swift build -c release --product uppercase-sfn >/dev/null
-    bin="$(swift build -c release --show-bin-path)"
-fi
+# LOOP_BIN: a directory with release builds of yomo and uppercase-sfn (default: built here).
+source Benchmarks/release-bin.sh
 builds="new"
 if [[ -n "${LOOP_BASELINE_BIN:-}" ]]; then builds="new base"; fi
 bin_of() { if [[ "$1" == base ]]; then echo "$LOOP_BASELINE_BIN"; else echo "$bin"; fi; }

@@ -29,13 +29,7 @@ port=9611
 otlp_port=4411
 
 # LOOP_BIN: a directory with release builds of yomo and uppercase-sfn (default: built here).
-if [[ -n "${LOOP_BIN:-}" ]]; then
-    bin="$LOOP_BIN"
-else
-    swift build -c release --product yomo >/dev/null
-    swift build -c release --product uppercase-sfn >/dev/null
-    bin="$(swift build -c release --show-bin-path)"
-fi
+source Benchmarks/release-bin.sh
 
 pids=()
 stop_all() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
