@@ -16,10 +16,17 @@ functions they hold. A function is listed if it overlaps such a page, except
 in the few big sections that cannot be split (the static Swift libraries'
 bulk .text) where the listed part is under 30 %: moving all of such a section
 to the front would cost more pages than the few it saves. Needs root (pagemap
-addresses, the disk's read_ahead_kb). Rebuild afterwards
-(scripts/static-build.sh) to link with the new order.
+addresses, the disk's read_ahead_kb, restored on exit).
 
-    scripts/text-order.py
+A stale order still links and runs, with less gain. SwiftPM does not relink
+for a changed order alone, so remove the binaries to link with the new one:
+
+    python3 scripts/text-order.py
+    rm .build-static/release/{yomo,uppercase-sfn}; scripts/static-build.sh yomo uppercase-sfn
+
+(Listing exactly the functions valgrind's callgrind sees run was tried and
+was no better: valgrind serialises threads, and misses code that concurrency
+reaches in real runs.)
 """
 import os, re, signal, struct, subprocess, sys, tempfile, time
 
