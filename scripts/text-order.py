@@ -24,9 +24,10 @@ for a changed order alone, so remove the binaries to link with the new one:
     python3 scripts/text-order.py
     rm .build-static/release/{yomo,uppercase-sfn}; scripts/static-build.sh yomo uppercase-sfn
 
-(Listing exactly the functions valgrind's callgrind sees run was tried and
-was no better: valgrind serialises threads, and misses code that concurrency
-reaches in real runs.)
+(Tried and no better: listing exactly the functions valgrind's callgrind sees
+run, since valgrind serialises threads and misses code that concurrency reaches
+in real runs; and dropping those `-profile-generate` counts as never run, since
+most of the listed code is prebuilt and not instrumented.)
 """
 import os, re, signal, struct, subprocess, sys, tempfile, time
 
