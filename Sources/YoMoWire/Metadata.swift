@@ -395,20 +395,34 @@ struct MsgpackReader {
     /// A value, kept as numbers when it is a trace id in its canonical form
     /// (see `StoredValue`), else as a string.
     mutating func readValue(forKey key: String) throws(WireError) -> StoredValue {
-        let start = offset
         // Only the trace keys' values can be numbers; their markers are one or two bytes.
-        if let kind = StoredValue.TraceKey(key), offset < bytes.count {
-            let marker = bytes[offset]
-            let (length, header) = marker & 0xE0 == 0xA0 ? (Int(marker & 0x1F), 1)
-                : marker == 0xD9 && offset + 1 < bytes.count ? (Int(bytes[offset + 1]), 2) : (-1, 0)
-            if length > 0, length <= bytes.count - offset - header,
-               let stored = StoredValue(kind, UnsafeRawBufferPointer(rebasing: bytes[offset + header..<offset + header + length])) {
-                offset += header + length
-                return stored
-            }
+        if let kind = StoredValue.TraceKey(key), let (length, header) = Self.stringHeader(in: bytes, at: offset),
+           header <= 2, length > 0, length <= bytes.count - offset - header,
+           let stored = StoredValue(kind, UnsafeRawBufferPointer(rebasing: bytes[offset + header..<offset + header + length])) {
+            offset += header + length
+            return stored
         }
-        offset = start
         return .text(try readString(what: "value of key \"\(key)\""))
+    }
+
+    /// The length and header size of the msgpack string starting at `offset`;
+    /// nil when no string starts there or its header is cut short. Whether the
+    /// content fits, and what to say when nothing does, are the caller's.
+    static func stringHeader(in bytes: UnsafeRawBufferPointer, at offset: Int) -> (length: Int, header: Int)? {
+        guard offset < bytes.count else { return nil }
+        let marker = bytes[offset]
+        let size: Int
+        switch marker {
+        case 0xA0...0xBF: return (Int(marker & 0x1F), 1)
+        case 0xD9: size = 1
+        case 0xDA: size = 2
+        case 0xDB: size = 4
+        default: return nil
+        }
+        guard size < bytes.count - offset else { return nil }
+        var length = 0
+        for byte in bytes[offset + 1...offset + size] { length = length << 8 | Int(byte) }
+        return (length, 1 + size)
     }
 
     private mutating func readByte(what: @autoclosure () -> String) throws(WireError) -> UInt8 {

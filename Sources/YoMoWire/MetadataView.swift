@@ -152,16 +152,7 @@ package struct MetadataView {
             /// The next string's content range, checked as the decoder checks it.
             func string() -> (whole: Range<Int>, content: Range<Int>)? {
                 let start = offset
-                guard let marker = byte(at: offset) else { return nil }
-                let length: Int
-                let header: Int
-                switch marker {
-                case 0xA0...0xBF: (length, header) = (marker & 0x1F, 1)
-                case 0xD9: guard let value = bigEndian(at: offset + 1, size: 1) else { return nil }; (length, header) = (value, 2)
-                case 0xDA: guard let value = bigEndian(at: offset + 1, size: 2) else { return nil }; (length, header) = (value, 3)
-                case 0xDB: guard let value = bigEndian(at: offset + 1, size: 4) else { return nil }; (length, header) = (value, 5)
-                default: return nil
-                }
+                guard let (length, header) = MsgpackReader.stringHeader(in: input, at: offset) else { return nil }
                 let contentStart = start + header
                 guard length <= input.count - contentStart else { return nil }
                 let content = UnsafeRawBufferPointer(rebasing: input[contentStart..<contentStart + length])
