@@ -51,12 +51,17 @@ struct DataPathTracer: Sendable {
     /// The zipper's span ("zipper endpoint", scope "Zipper").
     func zipperSpan(tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
-        let span = startSpan("zipper endpoint", parentIn: metadata, ofKind: .internal)
+        let span = startZipperSpan(tag: tag, length: length, parent: extractParent(from: metadata))
+        inject(span, into: &metadata)
+        return span
+    }
+
+    private func startZipperSpan(tag: UInt32, length: Int, parent: SpanContext?) -> YoMoSpan {
+        let span = startSpan("zipper endpoint", parent: parent, ofKind: .internal)
         if span.isRecording {
             span.setAttribute("routing_data_tag", .int64(Int64(tag)))
             span.setAttribute("routing_data_len", .int64(Int64(length)))
         }
-        inject(span, into: &metadata)
         return span
     }
 
@@ -74,14 +79,7 @@ struct DataPathTracer: Sendable {
               !formats.contains(.traceContext) || trace.traceparent != nil,
               !formats.contains(.yomo) || (trace.traceID != nil && trace.spanID != nil)
         else { return nil }
-        let span = tracer.startSpan(
-            "zipper endpoint", parent: parent, context: ServiceContext.current ?? .topLevel, ofKind: .internal,
-            at: DefaultTracerClock.now
-        )
-        if span.isRecording {
-            span.setAttribute("routing_data_tag", .int64(Int64(tag)))
-            span.setAttribute("routing_data_len", .int64(Int64(length)))
-        }
+        let span = startZipperSpan(tag: tag, length: length, parent: parent)
         guard let spanContext = span.spanContext, spanContext.isValid else { return (span, MetadataView.TracePatch()) }
         return (span, Self.patch(spanContext, formats: formats))
     }
@@ -89,47 +87,64 @@ struct DataPathTracer: Sendable {
     /// The parent `extractParent(from:)` finds in canonical trace values, or nil
     /// where it would ask the propagator (which the general path then does).
     func parent(in trace: MetadataView.CanonicalTrace, formats: TraceContextPropagator.Formats) -> SpanContext? {
-        if formats.contains(.traceContext), let fields = trace.traceparent {
-            let traceID = TraceID(high: fields.traceIDHigh, low: fields.traceIDLow)
-            if traceID.isValid && fields.spanID != 0 {
-                // No tracestate: canonicalTrace is nil when the frame has one.
-                return SpanContext(
-                    traceID: traceID, spanID: SpanID(rawValue: fields.spanID),
-                    traceFlags: TraceFlags(rawValue: fields.flags & TraceFlags.sampled.rawValue), isRemote: true
-                )
-            }
+        // No tracestate: canonicalTrace is nil when the frame has one.
+        if formats.contains(.traceContext), let fields = trace.traceparent, let parent = Self.remoteParent(fields) {
+            return parent
         }
-        if formats.contains(.yomo), let traceID = trace.traceID, let spanID = trace.spanID,
-           traceID.high != 0 || traceID.low != 0, spanID != 0 {
-            return SpanContext(
-                traceID: TraceID(high: traceID.high, low: traceID.low), spanID: SpanID(rawValue: spanID),
-                traceFlags: .sampled, isRemote: true
-            )
+        if formats.contains(.yomo), let traceID = trace.traceID, let spanID = trace.spanID {
+            return Self.remoteParent(yomoTraceID: traceID, spanID: spanID)
         }
         return nil
+    }
+
+    /// The parent a valid `traceparent` names (flags other than sampled dropped);
+    /// nil for a zero trace or span id, which the propagator ignores too.
+    private static func remoteParent(_ fields: TraceparentFields) -> SpanContext? {
+        let traceID = TraceID(high: fields.traceIDHigh, low: fields.traceIDLow)
+        guard traceID.isValid && fields.spanID != 0 else { return nil }
+        return SpanContext(
+            traceID: traceID, spanID: SpanID(rawValue: fields.spanID),
+            traceFlags: TraceFlags(rawValue: fields.flags & TraceFlags.sampled.rawValue), isRemote: true
+        )
+    }
+
+    /// The parent the YoMo keys name (always sampled: they carry no flags); nil for zero ids.
+    private static func remoteParent(yomoTraceID traceID: (high: UInt64, low: UInt64), spanID: UInt64) -> SpanContext? {
+        guard traceID.high != 0 || traceID.low != 0, spanID != 0 else { return nil }
+        return SpanContext(
+            traceID: TraceID(high: traceID.high, low: traceID.low), spanID: SpanID(rawValue: spanID),
+            traceFlags: .sampled, isRemote: true
+        )
     }
 
     /// What `inject(_:into:)` writes, as digits over the values present; nil
     /// when it would also write a `tracestate`.
     static func patch(_ spanContext: SpanContext, formats: TraceContextPropagator.Formats) -> MetadataView.TracePatch? {
         guard spanContext.traceState.isEmpty || !formats.contains(.traceContext) else { return nil }
-        var patch = MetadataView.TracePatch()
+        return traceValues(spanContext, formats: formats)
+    }
+
+    /// The trace values `formats` carry for `spanContext`, `tracestate` aside.
+    private static func traceValues(
+        _ spanContext: SpanContext, formats: TraceContextPropagator.Formats
+    ) -> MetadataView.TracePatch {
+        var values = MetadataView.TracePatch()
         if formats.contains(.traceContext) {
-            patch.traceparent = TraceparentFields(
+            values.traceparent = TraceparentFields(
                 traceIDHigh: spanContext.traceID.high, traceIDLow: spanContext.traceID.low,
                 spanID: spanContext.spanID.rawValue, flags: spanContext.isSampled ? 1 : 0
             )
         }
         if formats.contains(.yomo) {
-            patch.yomo = (spanContext.traceID.high, spanContext.traceID.low, spanContext.spanID.rawValue)
+            values.yomo = (spanContext.traceID.high, spanContext.traceID.low, spanContext.spanID.rawValue)
         }
-        return patch
+        return values
     }
 
     /// The stream function's span (scope "StreamFunction", named after it), kind consumer.
     func functionSpan(name: String, handlerType: String, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
-        let span = startSpan(name, parentIn: metadata, ofKind: .consumer)
+        let span = startSpan(name, parent: extractParent(from: metadata), ofKind: .consumer)
         if span.isRecording {
             span.setAttribute("sfn_handler_type", .string(handlerType))
             span.setAttribute("recv_data_tag", .int64(Int64(tag)))
@@ -139,11 +154,12 @@ struct DataPathTracer: Sendable {
         return span
     }
 
-    /// A span whose parent is the frame's trace context, or else the current
-    /// task's (what `startSpan(extractingParentFrom:)` does, without strings).
-    private func startSpan(_ name: String, parentIn metadata: Metadata, ofKind kind: SpanKind) -> YoMoSpan {
+    /// A span whose parent is the frame's (`parent`, from its trace context), or
+    /// else the current task's: what `startSpan(extractingParentFrom:)` does,
+    /// without strings.
+    private func startSpan(_ name: String, parent: SpanContext?, ofKind kind: SpanKind) -> YoMoSpan {
         let context = ServiceContext.current ?? .topLevel
-        let parent = extractParent(from: metadata) ?? (context.isEmpty ? nil : context.spanContext)
+        let parent = parent ?? (context.isEmpty ? nil : context.spanContext)
         return tracer.startSpan(name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now)
     }
 
@@ -155,13 +171,8 @@ struct DataPathTracer: Sendable {
         if propagator.formats.contains(.traceContext) {
             switch metadata.traceparentValue {
             case .fields(let fields):
-                let traceID = TraceID(high: fields.traceIDHigh, low: fields.traceIDLow)
                 // An invalid one is ignored: the YoMo keys are read next, as the propagator does.
-                if traceID.isValid && fields.spanID != 0 {
-                    var parent = SpanContext(
-                        traceID: traceID, spanID: SpanID(rawValue: fields.spanID),
-                        traceFlags: TraceFlags(rawValue: fields.flags & TraceFlags.sampled.rawValue), isRemote: true
-                    )
+                if var parent = Self.remoteParent(fields) {
                     if let traceState = metadata[TraceContextPropagator.tracestateKey],
                        traceState.utf8.count <= TraceContextPropagator.maxTraceStateLength {
                         parent.traceState = traceState.trimmingSpaces()
@@ -176,11 +187,8 @@ struct DataPathTracer: Sendable {
         }
         if propagator.formats.contains(.yomo),
            case .fields(let traceID) = metadata.yomoTraceIDValue, case .fields(let spanID) = metadata.yomoSpanIDValue,
-           traceID.high != 0 || traceID.low != 0, spanID != 0 {
-            return SpanContext(
-                traceID: TraceID(high: traceID.high, low: traceID.low), spanID: SpanID(rawValue: spanID),
-                traceFlags: .sampled, isRemote: true
-            )
+           let parent = Self.remoteParent(yomoTraceID: traceID, spanID: spanID) {
+            return parent
         }
         return propagator.extract(from: metadata, using: MetadataExtractor())
     }
@@ -197,20 +205,15 @@ struct DataPathTracer: Sendable {
     /// numbers (formatted only when the metadata is encoded or read as text).
     func inject(_ spanContext: SpanContext, into metadata: inout Metadata) {
         guard spanContext.isValid else { return }
-        let formats = tracer.propagator.formats
-        if formats.contains(.traceContext) {
-            metadata.setTraceparent(TraceparentFields(
-                traceIDHigh: spanContext.traceID.high, traceIDLow: spanContext.traceID.low,
-                spanID: spanContext.spanID.rawValue, flags: spanContext.isSampled ? 1 : 0
-            ))
+        let values = Self.traceValues(spanContext, formats: tracer.propagator.formats)
+        if let traceparent = values.traceparent {
+            metadata.setTraceparent(traceparent)
             if !spanContext.traceState.isEmpty {
                 metadata[TraceContextPropagator.tracestateKey] = spanContext.traceState
             }
         }
-        if formats.contains(.yomo) {
-            metadata.setYomoTraceIDs(
-                traceIDHigh: spanContext.traceID.high, traceIDLow: spanContext.traceID.low, spanID: spanContext.spanID.rawValue
-            )
+        if let yomo = values.yomo {
+            metadata.setYomoTraceIDs(traceIDHigh: yomo.traceIDHigh, traceIDLow: yomo.traceIDLow, spanID: yomo.spanID)
         }
     }
 
