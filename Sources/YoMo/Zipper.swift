@@ -444,19 +444,19 @@ public final class Zipper: Sendable {
             for (key, value) in connectionMetadata where !(MetadataView.Key(key).map(view.contains) ?? false) {
                 changes[key] = value
             }
-            if tracing.tracer.isEnabled, let trace = view.canonicalTrace,
-               let (started, patch) = tracing.zipperSpan(tag: data.tag, length: length, trace: trace) {
-                // The usual case: digits over digits, no Metadata built.
-                span = started
-                if let patch, let bytes = view.applying(changes, trace: patch) { return (.view(view, bytes), span) }
-            } else {
-                if tracing.tracer.isEnabled {
+            // Nil: this zipper's span is handed on by the decoding path below.
+            var patch: MetadataView.TracePatch? = MetadataView.TracePatch()
+            if tracing.tracer.isEnabled {
+                if let trace = view.canonicalTrace, let started = tracing.zipperSpan(tag: data.tag, length: length, trace: trace) {
+                    // The usual case: digits over digits, no Metadata built.
+                    (span, patch) = started
+                } else {
                     var trace = view.traceMetadata
                     span = tracing.zipperSpan(tag: data.tag, length: length, metadata: &trace)
                     changes.merge(trace)
                 }
-                if let bytes = view.applying(changes) { return (.view(view, bytes), span) }
             }
+            if let patch, let bytes = view.applying(changes, trace: patch) { return (.view(view, bytes), span) }
         }
         var merged = connectionMetadata
         do {
