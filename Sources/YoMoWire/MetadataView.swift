@@ -187,8 +187,11 @@ package struct MetadataView {
 
     /// The value of `key` as a string; only this makes one.
     package func string(_ key: Key) -> String? {
-        guard let content = values[key]?.content else { return nil }
-        return bytes.getString(at: bytes.readerIndex + content.lowerBound, length: content.count)
+        values[key].map { text(at: $0.content) }
+    }
+
+    private func text(at content: Range<Int>) -> String {
+        bytes.withUnsafeReadableBytes { String(decoding: UnsafeRawBufferPointer(rebasing: $0[content]), as: UTF8.self) }
     }
 
     /// The values of the trace keys present, as `Metadata` (trace ids as
@@ -198,14 +201,17 @@ package struct MetadataView {
         metadata.entries.reserveCapacity(4)
         for key in Key.traceKeys {
             guard let content = values[key]?.content else { continue }
-            let stored = bytes.withUnsafeReadableBytes { input in
-                let slice = UnsafeRawBufferPointer(rebasing: input[content])
-                return key.traceKey.flatMap { StoredValue($0, slice) }
-                    ?? .text(String(decoding: slice, as: UTF8.self))
-            }
+            let stored = canonicalValue(key, at: content) ?? .text(text(at: content))
             metadata.entries.append(Metadata.Entry(key: key.string, stored: stored))
         }
         return metadata
+    }
+
+    /// The value at `content` as numbers, if `key` has a numeric form and the
+    /// value is in it.
+    private func canonicalValue(_ key: Key, at content: Range<Int>) -> StoredValue? {
+        guard let kind = key.traceKey else { return nil }
+        return bytes.withUnsafeReadableBytes { StoredValue(kind, UnsafeRawBufferPointer(rebasing: $0[content])) }
     }
 
     /// The trace values as numbers, when every trace key present holds its
@@ -221,27 +227,14 @@ package struct MetadataView {
     package var canonicalTrace: CanonicalTrace? {
         guard values[.tracestate] == nil else { return nil }
         var trace = CanonicalTrace()
-        // Each present value parsed; .some(nil) when one is present but not canonical.
-        func parsed(_ key: Key) -> StoredValue?? {
-            guard let content = values[key]?.content else { return .none }
-            return bytes.withUnsafeReadableBytes { input in
-                StoredValue(key.traceKey!, UnsafeRawBufferPointer(rebasing: input[content]))
+        for key in Key.traceKeys {
+            guard let content = values[key]?.content else { continue }
+            switch canonicalValue(key, at: content) {
+            case .traceparent(let fields): trace.traceparent = fields
+            case .traceID(let high, let low): trace.traceID = (high, low)
+            case .spanID(let value): trace.spanID = value
+            case .text, nil: return nil  // not canonical (tracestate is ruled out above)
             }
-        }
-        switch parsed(.traceparent) {
-        case .none: break
-        case .some(.traceparent(let fields)): trace.traceparent = fields
-        default: return nil
-        }
-        switch parsed(.traceID) {
-        case .none: break
-        case .some(.traceID(let high, let low)): trace.traceID = (high, low)
-        default: return nil
-        }
-        switch parsed(.spanID) {
-        case .none: break
-        case .some(.spanID(let value)): trace.spanID = value
-        default: return nil
         }
         return trace
     }
