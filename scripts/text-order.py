@@ -101,21 +101,22 @@ def functions(executable):
     return sorted(found)
 
 
+def static_build(products, extra):
+    """scripts/static-build.sh; returns the directory of the programs."""
+    out = subprocess.run([os.path.join(root, "scripts/static-build.sh"), *products, "--", *extra],
+                         stdout=subprocess.PIPE, text=True, check=True).stdout
+    return out.strip().splitlines()[-1]
+
+
 def build(work):
     """Links both programs as the Dockerfile does, each with a link map; returns the maps."""
     global bin_dir
+    bin_dir = static_build(programs, [])
     maps = {}
     for program in programs:
         maps[program] = os.path.join(work, f"{program}.map")
-        if bin_dir:  # removed so that it is linked again, and the map describes it
-            os.remove(os.path.join(bin_dir, program))
-        out = subprocess.run([os.path.join(root, "scripts/static-build.sh"), program, "--", "-Xlinker", f"-Map={maps[program]}"],
-                             stdout=subprocess.PIPE, text=True, check=True).stdout
-        bin_dir = out.strip().splitlines()[-1]
-        if not os.path.exists(maps[program]):
-            os.remove(os.path.join(bin_dir, program))
-            subprocess.run([os.path.join(root, "scripts/static-build.sh"), program, "--", "-Xlinker", f"-Map={maps[program]}"],
-                           stdout=subprocess.DEVNULL, check=True)
+        os.remove(os.path.join(bin_dir, program))  # linked again, so that the map describes it
+        static_build([program], ["-Xlinker", f"-Map={maps[program]}"])
     return maps
 
 
@@ -161,7 +162,8 @@ def wait_for_port(number, timeout=10.0):
 
 
 def profile(work, mode):
-    """Phases [(name, zipper pages, function pages)] of one cold run in mode."""
+    """Phases [(name, zipper pages, function pages)] of one cold run in mode
+    (page addresses as linked, so the same for every copy of a program)."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "YOMO_"))}
     environment["OTEL_METRICS_EXPORTER"] = "none"
     if mode == "on":
@@ -180,7 +182,7 @@ def profile(work, mode):
                             "--inflight", str(inflight), "--frames", "3000"],
                            env=environment, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         phases.append(("busy", resident_pages(zipper), resident_pages(function)))
-        return phases, zipper_binary, function_binary
+        return phases
     finally:
         for process in (function, zipper):
             if process:
@@ -207,13 +209,12 @@ def main():
             receiver.terminate()
             receiver.wait(timeout=20)
         ordered, seen = [], set()
-        symbol_tables = {}
+        tables = {program: functions(os.path.join(bin_dir, program)) for program in programs}
         # Start-up and idle code of both programs first, then what load adds.
         for phase in (0, 1):
-            for phases, zipper_binary, function_binary in runs:
-                for binary, pages in ((zipper_binary, phases[phase][1]), (function_binary, phases[phase][2])):
-                    table = symbol_tables.setdefault(binary, functions(binary))
-                    for address, size, name in table:
+            for phases in runs:
+                for program, pages in zip(programs, phases[phase][1:]):
+                    for address, size, name in tables[program]:
                         first, last = address // 4096 * 4096, (address + max(size, 1) - 1) // 4096 * 4096
                         if name not in seen and any(page in pages for page in range(first, last + 1, 4096)):
                             seen.add(name)
@@ -222,7 +223,7 @@ def main():
         ordered = [name for name in ordered if name not in sparse]
     with open(output, "w") as f:
         f.write("\n".join(ordered) + "\n")
-    for phases, _, _ in runs:
+    for phases in runs:
         for name, zipper_pages, function_pages in phases:
             print(f"{name}: zipper {len(zipper_pages) * 4} kB of text resident, function {len(function_pages) * 4} kB")
     print(f"{output}: {len(ordered)} functions ({len(sparse)} left out: they sit in big sections mostly not run)")
