@@ -31,7 +31,7 @@ otlp_port=4461
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 
 # LOOP_BIN: a directory with release builds of yomo and uppercase-sfn (default: built here).
-source Benchmarks/release-bin.sh
+source Benchmarks/loop-common.sh
 builds="new"
 if [[ -n "${LOOP_BASELINE_BIN:-}" ]]; then builds="new base"; fi
 bin_of() { if [[ "$1" == base ]]; then echo "$LOOP_BASELINE_BIN"; else echo "$bin"; fi; }
@@ -73,30 +73,20 @@ wait_for() {
 measure() {
     local build="$1" mode="$2" process="$3" programs
     programs="$(bin_of "$build")"
-    local -a environment=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG -u YOMO_METRICS_LISTEN
-        OTEL_METRICS_EXPORTER=none)
-    case "$mode" in
-        off) ;;
-        propagation) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_TRACES_SAMPLER=always_off) ;;
-        on) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port") ;;
-        *) echo "unknown mode $mode" >&2; exit 2 ;;
-    esac
+    local -a environment
+    tracing_environment "$mode" || { echo "unknown mode $mode" >&2; exit 2; }
     local out="$work/$build-$mode-$process.callgrind" log="$work/log"
     local -a counted=(valgrind --tool=callgrind --instr-atstart=no --demangle=no "--callgrind-out-file=$out")
     : >"$log"
-    if [[ "$process" == zipper ]]; then
-        "${environment[@]}" "${counted[@]}" "$work/$build/yomo" serve --host 127.0.0.1 --port "$port" >"$log" 2>&1 &
-    else
-        "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" >"$log" 2>&1 &
-    fi
+    # The process counted runs under callgrind, from its copy without debug info.
+    local -a zipper_command=("$programs/yomo") function_command=("$programs/uppercase-sfn")
+    if [[ "$process" == zipper ]]; then zipper_command=("${counted[@]}" "$work/$build/yomo")
+    else function_command=("${counted[@]}" "$work/$build/uppercase-sfn"); fi
+    "${environment[@]}" "${zipper_command[@]}" serve --host 127.0.0.1 --port "$port" >"$log" 2>&1 &
     local zipper=$!
     pids=($zipper)
     wait_for "$log" "zipper listening"
-    if [[ "$process" == function ]]; then
-        "${environment[@]}" "${counted[@]}" "$work/$build/uppercase-sfn" --zipper "127.0.0.1:$port" >>"$log" 2>&1 &
-    else
-        "${environment[@]}" "$programs/uppercase-sfn" --zipper "127.0.0.1:$port" >>"$log" 2>&1 &
-    fi
+    "${environment[@]}" "${function_command[@]}" --zipper "127.0.0.1:$port" >>"$log" 2>&1 &
     local function=$!
     pids+=($function)
     wait_for "$log" "client connected.*stream function"

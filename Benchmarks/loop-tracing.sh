@@ -29,7 +29,7 @@ port=9611
 otlp_port=4411
 
 # LOOP_BIN: a directory with release builds of yomo and uppercase-sfn (default: built here).
-source Benchmarks/release-bin.sh
+source Benchmarks/loop-common.sh
 
 pids=()
 stop_all() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
@@ -47,32 +47,22 @@ run_mode() {
         programs="${LOOP_BASELINE_BIN:?set LOOP_BASELINE_BIN for base: modes}"
         mode="${mode#base:}"
     fi
-    # OTLP metric export stays off in every mode (an OTLP endpoint would turn it
-    # on): the tracing modes measure tracing alone; `metrics` measures the pull endpoint.
-    local -a environment=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG -u YOMO_METRICS_LISTEN
-        OTEL_METRICS_EXPORTER=none)
+    local -a environment
     local -a zipper_args=() function_args=() bench_args=()
     local scraper=""
-    case "$mode" in
-        off) ;;
-        metrics)
-            zipper_args=(--metrics "127.0.0.1:$((port + 1))")
-            function_args=(--metrics "127.0.0.1:$((port + 2))")
-            bench_args=(--metrics "127.0.0.1:$((port + 3))")
-            ( while sleep 1; do
-                for p in 1 2 3; do curl -s -H 'Accept: application/openmetrics-text' "http://127.0.0.1:$((port + p))/metrics" >/dev/null || true; done
-              done ) &
-            scraper=$!
-            ;;
-        propagation) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_TRACES_SAMPLER=always_off) ;;
-        propagation-tracecontext | propagation-yomo)
-            environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port" OTEL_TRACES_SAMPLER=always_off
-                OTEL_PROPAGATORS="${mode#propagation-}") ;;
-        on) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port") ;;
-        ratio) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
-                   OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG="${LOOP_RATIO:-0.1}") ;;
-        *) echo "unknown mode $mode" >&2; exit 2 ;;
-    esac
+    if [[ "$mode" == metrics ]]; then
+        # Tracing off, every process serving /metrics, scraped once a second.
+        tracing_environment off
+        zipper_args=(--metrics "127.0.0.1:$((port + 1))")
+        function_args=(--metrics "127.0.0.1:$((port + 2))")
+        bench_args=(--metrics "127.0.0.1:$((port + 3))")
+        ( while sleep 1; do
+            for p in 1 2 3; do curl -s -H 'Accept: application/openmetrics-text' "http://127.0.0.1:$((port + p))/metrics" >/dev/null || true; done
+          done ) &
+        scraper=$!
+    elif ! tracing_environment "$mode"; then
+        echo "unknown mode $mode" >&2; exit 2
+    fi
     local receiver_before; receiver_before="$(cpu_seconds "$receiver")"
     "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" "${zipper_args[@]}" 2>/dev/null &
     local zipper=$!
