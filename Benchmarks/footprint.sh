@@ -19,6 +19,7 @@
 # FOOTPRINT_BIN one) drives every run so the load is the same.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source Benchmarks/loop-common.sh
 rounds="${1:-3}"
 frames="${2:-100000}"
 modes="${FOOTPRINT_MODES:-off on}"
@@ -59,13 +60,8 @@ status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 # function_busy function_hwm" (kB, threads) for one run.
 run_once() {
     local build="$1" mode="$2" programs; programs="$(bin_of "$build")"
-    local -a environment=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG
-        -u YOMO_METRICS_LISTEN OTEL_METRICS_EXPORTER=none)
-    case "$mode" in
-        off) ;;
-        on) environment+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port") ;;
-        *) echo "unknown mode $mode" >&2; exit 2 ;;
-    esac
+    local -a environment
+    tracing_environment "$mode" || { echo "unknown mode $mode" >&2; exit 2; }
     "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" >/dev/null 2>&1 &
     local zipper=$!
     pids=($zipper)

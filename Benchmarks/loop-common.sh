@@ -1,14 +1,14 @@
-# Sourced by the loop scripts (loop-tracing.sh, loop-instructions.sh).
+# Sourced by the benchmark scripts that run the loop (loop-tracing.sh,
+# loop-instructions.sh, footprint.sh).
 
-# `bin`: LOOP_BIN, a directory with release builds of yomo and uppercase-sfn,
-# or else builds them here and uses those.
-if [[ -n "${LOOP_BIN:-}" ]]; then
-    bin="$LOOP_BIN"
-else
+# Prints LOOP_BIN, a directory with release builds of yomo and uppercase-sfn,
+# or else builds them here and prints where.
+release_bin() {
+    if [[ -n "${LOOP_BIN:-}" ]]; then echo "$LOOP_BIN"; return; fi
     swift build -c release --product yomo >/dev/null
     swift build -c release --product uppercase-sfn >/dev/null
-    bin="$(swift build -c release --show-bin-path)"
-fi
+    swift build -c release --show-bin-path
+}
 
 # Sets `environment`, the env prefix of every process, for tracing mode $1
 # (off, propagation, propagation-tracecontext, propagation-yomo, ratio, on),

@@ -32,6 +32,7 @@ command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgri
 
 # LOOP_BIN: a directory with release builds of yomo and uppercase-sfn (default: built here).
 source Benchmarks/loop-common.sh
+bin="$(release_bin)"
 builds="new"
 if [[ -n "${LOOP_BASELINE_BIN:-}" ]]; then builds="new base"; fi
 bin_of() { if [[ "$1" == base ]]; then echo "$LOOP_BASELINE_BIN"; else echo "$bin"; fi; }

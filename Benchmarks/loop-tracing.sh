@@ -30,6 +30,7 @@ otlp_port=4411
 
 # LOOP_BIN: a directory with release builds of yomo and uppercase-sfn (default: built here).
 source Benchmarks/loop-common.sh
+bin="$(release_bin)"
 
 pids=()
 stop_all() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
