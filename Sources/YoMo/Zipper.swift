@@ -446,17 +446,18 @@ public final class Zipper: Sendable {
             }
             // Nil: this zipper's span is handed on by the decoding path below.
             var patch: MetadataView.TracePatch? = MetadataView.TracePatch()
+            var present: MetadataView.CanonicalTrace?
             if tracing.tracer.isEnabled {
                 if let trace = view.canonicalTrace, let started = tracing.zipperSpan(tag: data.tag, length: length, trace: trace) {
                     // The usual case: digits over digits, no Metadata built.
-                    (span, patch) = started
+                    (span, patch, present) = (started.span, started.patch, trace)
                 } else {
                     var trace = view.traceMetadata
                     span = tracing.zipperSpan(tag: data.tag, length: length, metadata: &trace)
                     changes.merge(trace)
                 }
             }
-            if let patch, let bytes = view.applying(changes, trace: patch) { return (.view(view, bytes), span) }
+            if let patch, let bytes = view.applying(changes, trace: patch, over: present) { return (.view(view, bytes), span) }
         }
         var merged = connectionMetadata
         do {

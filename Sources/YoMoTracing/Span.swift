@@ -33,27 +33,24 @@ final class TracerShared: Sendable {
 public struct YoMoSpan: Tracing.Span {
     /// The parent's context (`context` adds this span's ids to it).
     private let baseContext: ServiceContext
-    /// This span's ids: its `SpanStorage` when recording, a plain box when
-    /// sampled out, nil when the provider is disabled (the parent's context
-    /// then passes through unchanged).
-    private let box: SpanContextBox?
-    private let recording: Bool
-
     /// A recording span's mutable state; nil for other spans.
-    var storage: SpanStorage? {
-        recording ? unsafeDowncast(box.unsafelyUnwrapped, to: SpanStorage.self) : nil
-    }
+    let storage: SpanStorage?
+    /// A sampled-out span's ids, held inline rather than boxed: with low
+    /// sampling these are most spans, and a box would be an allocation each.
+    /// Nil for recording spans and when the provider is disabled (the parent's
+    /// context then passes through unchanged).
+    private let unrecordedContext: SpanContext?
 
     init(context: ServiceContext, storage: SpanStorage?) {
         self.baseContext = context
-        self.box = storage
-        self.recording = storage != nil
+        self.storage = storage
+        self.unrecordedContext = nil
     }
 
     init(context: ServiceContext, unrecorded spanContext: SpanContext?) {
         self.baseContext = context
-        self.box = spanContext.map(SpanContextBox.init)
-        self.recording = false
+        self.storage = nil
+        self.unrecordedContext = spanContext
     }
 
     /// The span's context: the parent's context plus this span's `spanContext`.
@@ -63,14 +60,17 @@ public struct YoMoSpan: Tracing.Span {
     /// cannot be cached in the storage: the context holds the storage, which
     /// would make a cycle.
     public var context: ServiceContext {
-        guard let box else { return baseContext }
         var context = baseContext
-        context.spanContextBox = box
+        if let storage {
+            context.spanContextBox = storage
+        } else if let unrecordedContext {
+            context.spanContextBox = SpanContextBox(unrecordedContext)
+        }
         return context
     }
 
     /// This span's ids (for a disabled provider: the parent's, passed through).
-    public var spanContext: SpanContext? { box?.spanContext ?? baseContext.spanContext }
+    public var spanContext: SpanContext? { storage?.spanContext ?? unrecordedContext ?? baseContext.spanContext }
 
     public var operationName: String {
         get { storage?.withLock { $0.name } ?? "" }
@@ -138,7 +138,7 @@ public struct YoMoSpan: Tracing.Span {
             storage.attributes[key] = value
         } else if storage.listedAttributes.count + storage.attributes.count < storage.limits.attributeCountLimit {
             if storage.listedAttributes.isEmpty { storage.listedAttributes.reserveCapacity(4) }
-            storage.listedAttributes.append((key, value))
+            storage.listedAttributes.append(ListedAttribute(key: key, value: value))
         } else {
             storage.droppedAttributeCount += 1
         }
@@ -225,6 +225,14 @@ func trim(_ attributes: inout SpanAttributes, to limit: Int) -> Int {
     return excess
 }
 
+/// An attribute set with `YoMoSpan.setAttribute`. A struct, not a tuple: an
+/// array of tuples is copied and destroyed through the runtime's generic tuple
+/// witnesses, an array of structs through specialised code.
+struct ListedAttribute {
+    var key: String
+    var value: SpanAttribute
+}
+
 /// The mutable part of a recording span, guarded by a tiny spin lock: spans are
 /// touched by one task at a time in practice, so the lock is almost never
 /// contended, and unlike a pthread mutex it needs no separate allocation.
@@ -248,7 +256,7 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
     @exclusivity(unchecked) var ended = false
     @exclusivity(unchecked) var name: String
     /// Attributes set with `YoMoSpan.setAttribute`; keys unique and absent from `attributes`.
-    @exclusivity(unchecked) var listedAttributes: [(key: String, value: SpanAttribute)] = []
+    @exclusivity(unchecked) var listedAttributes: [ListedAttribute] = []
     /// Attributes set through `YoMoSpan.attributes`.
     @exclusivity(unchecked) var attributes = SpanAttributes()
     @exclusivity(unchecked) var droppedAttributeCount = 0
@@ -292,14 +300,14 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
     var mergedAttributes: SpanAttributes {
         guard !listedAttributes.isEmpty else { return attributes }
         var merged = attributes
-        for (key, value) in listedAttributes { merged[key] = value }
+        for listed in listedAttributes { merged[listed.key] = listed.value }
         return merged
     }
 
     /// Every attribute, listed ones first, without building a dictionary.
     /// Read only after the span ended (exporters) or with the lock held.
     func forEachAttribute(_ body: (String, SpanAttribute) -> Void) {
-        for (key, value) in listedAttributes { body(key, value) }
+        for listed in listedAttributes { body(listed.key, listed.value) }
         attributes.forEach(body)
     }
 
@@ -308,7 +316,7 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
     /// Call with the lock held, before changing `attributes` in place.
     func moveListedAttributesIntoMap() {
         guard !listedAttributes.isEmpty else { return }
-        for (key, value) in listedAttributes { attributes[key] = value }
+        for listed in listedAttributes { attributes[listed.key] = listed.value }
         listedAttributes = []
     }
 

@@ -167,8 +167,11 @@ extension Metadata {
             // Large maps find duplicates by hashing, so a hostile map cannot make decoding quadratic.
             var positions: [String: Int]? = count > Self.linearScanLimit ? [:] : nil
             for index in 0..<count {
-                let key = try reader.readString(what: "key #\(index)")
-                let value = try reader.readValue(forKey: key)
+                // The keys YoMo itself writes are matched as bytes and taken as
+                // constants: no string is made (or validated) for them.
+                let known = reader.knownKey()
+                let key = if let known { known.string } else { try reader.readString(what: "key #\(index)") }
+                let value = try reader.readValue(forKey: key, kind: known?.traceKey)
                 // A duplicate key: the last one wins, as when Go decodes into a map.
                 let existing = positions == nil ? entries.firstIndex { $0.key == key } : positions![key]
                 if let existing {
@@ -394,15 +397,27 @@ struct MsgpackReader {
 
     /// A value, kept as numbers when it is a trace id in its canonical form
     /// (see `StoredValue`), else as a string.
-    mutating func readValue(forKey key: String) throws(WireError) -> StoredValue {
-        // Only the trace keys' values can be numbers; their markers are one or two bytes.
-        if let kind = StoredValue.TraceKey(key), let (length, header) = Self.stringHeader(in: bytes, at: offset),
+    /// The key at `offset` if it is one of `MetadataView.Key`, read past; nil
+    /// (nothing read) for any other key, or for bytes that are no string.
+    mutating func knownKey() -> MetadataView.Key? {
+        guard let (length, header) = Self.stringHeader(in: bytes, at: offset), length <= bytes.count - offset - header,
+              let key = MetadataView.Key(utf8: UnsafeRawBufferPointer(rebasing: bytes[offset + header..<offset + header + length]))
+        else { return nil }
+        offset += header + length
+        return key
+    }
+
+    /// The value of `key`; `kind` is the key's trace kind, when it has one
+    /// (only the trace keys' values can be held as numbers).
+    mutating func readValue(forKey key: @autoclosure () -> String, kind: StoredValue.TraceKey?) throws(WireError) -> StoredValue {
+        // Markers of canonical trace values are one or two bytes.
+        if let kind, let (length, header) = Self.stringHeader(in: bytes, at: offset),
            header <= 2, length > 0, length <= bytes.count - offset - header,
            let stored = StoredValue(kind, UnsafeRawBufferPointer(rebasing: bytes[offset + header..<offset + header + length])) {
             offset += header + length
             return stored
         }
-        return .text(try readString(what: "value of key \"\(key)\""))
+        return .text(try readString(what: "value of key \"\(key())\""))
     }
 
     /// The length and header size of the msgpack string starting at `offset`;
@@ -495,18 +510,9 @@ enum StoredValue: Sendable {
     /// `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`, lowercase.
     case traceparent(TraceparentFields)
 
+    /// The keys whose values have a numeric form (`MetadataView.Key.traceKey`).
     enum TraceKey {
         case traceID, spanID, traceparent
-
-        init?(_ key: String) {
-            // By length first: every decoded key is checked, and most are none of these.
-            switch key.utf8.count {
-            case 13 where key == Metadata.ReservedKey.traceID: self = .traceID
-            case 12 where key == Metadata.ReservedKey.spanID: self = .spanID
-            case 11 where key == Metadata.traceparentKey: self = .traceparent
-            default: return nil
-            }
-        }
     }
 
     /// The numbers in `bytes` if they are the canonical form of `kind`'s value.

@@ -226,17 +226,42 @@ package struct MetadataView {
 
     package var canonicalTrace: CanonicalTrace? {
         guard values[.tracestate] == nil else { return nil }
-        var trace = CanonicalTrace()
-        for key in Key.traceKeys {
-            guard let content = values[key]?.content else { continue }
-            switch canonicalValue(key, at: content) {
-            case .traceparent(let fields): trace.traceparent = fields
-            case .traceID(let high, let low): trace.traceID = (high, low)
-            case .spanID(let value): trace.spanID = value
-            case .text, nil: return nil  // not canonical (tracestate is ruled out above)
+        return bytes.withUnsafeReadableBytes { input -> CanonicalTrace? in
+            func content(_ key: Key) -> UnsafeRawBufferPointer? {
+                values[key].map { UnsafeRawBufferPointer(rebasing: input[$0.content]) }
             }
+            var trace = CanonicalTrace()
+            let traceparent = content(.traceparent)
+            if let traceparent {
+                guard case .traceparent(let fields)? = StoredValue(.traceparent, traceparent) else { return nil }
+                trace.traceparent = fields
+            }
+            if let traceID = content(.traceID) {
+                // Both formats usually carry the same trace id: equal digits are read once.
+                if let fields = trace.traceparent, let traceparent, traceID.count == 32,
+                   Self.equal32(traceID, UnsafeRawBufferPointer(rebasing: traceparent[3..<35])) {
+                    trace.traceID = (fields.traceIDHigh, fields.traceIDLow)
+                } else {
+                    guard case .traceID(let high, let low)? = StoredValue(.traceID, traceID) else { return nil }
+                    trace.traceID = (high, low)
+                }
+            }
+            if let spanID = content(.spanID) {
+                guard case .spanID(let value)? = StoredValue(.spanID, spanID) else { return nil }
+                trace.spanID = value
+            }
+            return trace
         }
-        return trace
+    }
+
+    /// Whether two 32-byte runs are equal, four words at a time.
+    private static func equal32(_ left: UnsafeRawBufferPointer, _ right: UnsafeRawBufferPointer) -> Bool {
+        var different: UInt64 = 0
+        for offset in stride(from: 0, to: 32, by: 8) {
+            different |= left.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+                ^ right.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+        }
+        return different == 0
     }
 
     /// New trace values for keys the metadata already holds in canonical form:
@@ -270,7 +295,11 @@ package struct MetadataView {
     /// values present (nil when one is absent or of another length). Nil when a
     /// value would change length, or a key is not one of `Key`: the caller then
     /// re-encodes.
-    package func applying(_ changes: Metadata, trace: TracePatch = TracePatch()) -> ByteBuffer? {
+    ///
+    /// `present`, the values `canonicalTrace` read from these bytes, lets the
+    /// patch skip digits that stay the same: a child span keeps its parent's
+    /// trace id, so usually only span ids (and flags) are written.
+    package func applying(_ changes: Metadata, trace: TracePatch = TracePatch(), over present: CanonicalTrace? = nil) -> ByteBuffer? {
         guard !changes.isEmpty || !trace.isEmpty else { return bytes }
         var patchFits = true
         trace.forEach { key, value in
@@ -320,10 +349,31 @@ package struct MetadataView {
                     end = writer.offset
                 }
             }
-            trace.forEach { key, value in
+            func patcher(at key: Key, offset: Int = 0) -> RawWriter {
                 var patcher = RawWriter(buffer)
-                patcher.offset = values[key]!.content.lowerBound - headerSize + newHeaderSize
-                value.writeContent(into: &patcher)
+                patcher.offset = values[key]!.content.lowerBound - headerSize + newHeaderSize + offset
+                return patcher
+            }
+            if let fields = trace.traceparent {
+                if let old = present?.traceparent, old.traceIDHigh == fields.traceIDHigh, old.traceIDLow == fields.traceIDLow {
+                    // `00-<trace id>-<span id>-<flags>`: the span id at 36, the flags at 53.
+                    var writer = patcher(at: .traceparent, offset: 36)
+                    writer.writeHex(fields.spanID)
+                    writer.offset += 1
+                    writer.writeHex(byte: fields.flags)
+                } else {
+                    var writer = patcher(at: .traceparent)
+                    StoredValue.traceparent(fields).writeContent(into: &writer)
+                }
+            }
+            if let yomo = trace.yomo {
+                let sameTraceID = present?.traceID.map { $0 == (yomo.traceIDHigh, yomo.traceIDLow) } ?? false
+                if !sameTraceID {
+                    var writer = patcher(at: .traceID)
+                    StoredValue.traceID(high: yomo.traceIDHigh, low: yomo.traceIDLow).writeContent(into: &writer)
+                }
+                var writer = patcher(at: .spanID)
+                writer.writeHex(yomo.spanID)
             }
             precondition(end == totalLength, "metadata length miscounted")
             return totalLength

@@ -122,6 +122,14 @@ struct PropagationFastPathTests {
                     continue
                 }
                 #expect(!view.contains(.tracestate))
+                // Each value as parsing it alone reads it (a trace id equal to
+                // traceparent's is read once, from traceparent).
+                func parsed(_ key: MetadataView.Key) -> StoredValue? {
+                    view.string(key).flatMap { text in Array(text.utf8).withUnsafeBytes { StoredValue(key.traceKey!, $0) } }
+                }
+                #expect(trace.traceparent.map(StoredValue.traceparent) == parsed(.traceparent))
+                #expect(trace.traceID.map { StoredValue.traceID(high: $0.high, low: $0.low) } == parsed(.traceID))
+                #expect(trace.spanID.map(StoredValue.spanID) == parsed(.spanID))
                 guard let parent = tracing.parent(in: trace, formats: formats) else { continue }
                 inPlace += 1
                 #expect(parent == tracing.extractParent(from: view.traceMetadata), "\(formats.rawValue): \(carrier)")
@@ -141,10 +149,15 @@ struct PropagationFastPathTests {
             for carrier in try Self.carriers() {
                 let view = try #require(MetadataView(carrier.encoded()))
                 guard let trace = view.canonicalTrace else { continue }
+                // A new trace id, and each trace id present: a child keeps its
+                // parent's, which the patch then leaves as it is.
+                let traceIDs = [TraceID(high: generator.next(), low: generator.next() | 1)]
+                    + [trace.traceparent.map { TraceID(high: $0.traceIDHigh, low: $0.traceIDLow) },
+                       trace.traceID.map { TraceID(high: $0.high, low: $0.low) }].compactMap { $0 }.filter(\.isValid)
                 for wantedTarget in [nil, "sink"] {
+                  for traceID in traceIDs {
                     let spanContext = SpanContext(
-                        traceID: TraceID(high: generator.next(), low: generator.next() | 1),
-                        spanID: SpanID(rawValue: generator.next() | 1), traceFlags: Bool.random() ? .sampled : [])
+                        traceID: traceID, spanID: SpanID(rawValue: generator.next() | 1), traceFlags: Bool.random() ? .sampled : [])
                     var changes = Metadata()
                     if let wantedTarget { changes[Metadata.ReservedKey.wantedTarget] = wantedTarget }
                     var general = view.traceMetadata
@@ -154,15 +167,19 @@ struct PropagationFastPathTests {
                     let expected = view.applying(merged)
                     let patch = try #require(DataPathTracer.patch(spanContext, formats: formats))
                     let inPlace = view.applying(changes, trace: patch)
+                    // Skipping the digits that stay the same changes no byte.
+                    let overPresent = view.applying(changes, trace: patch, over: trace)
                     // The in-place path runs only when every key it writes is there; then it agrees.
                     let keysPresent = (!formats.contains(.traceContext) || trace.traceparent != nil)
                         && (!formats.contains(.yomo) || (trace.traceID != nil && trace.spanID != nil))
                     if keysPresent {
                         #expect(inPlace != nil && inPlace == expected, "\(formats.rawValue): \(carrier)")
+                        #expect(overPresent == expected, "\(formats.rawValue), \(traceID): \(carrier)")
                         compared += 1
                     } else {
-                        #expect(inPlace == nil)
+                        #expect(inPlace == nil && overPresent == nil)
                     }
+                  }
                 }
             }
         }

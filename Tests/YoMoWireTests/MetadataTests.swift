@@ -44,6 +44,41 @@ struct MetadataTests {
         #expect(duplicate["a"] == "2")
     }
 
+    @Test("keys decode to exactly their bytes: YoMo's own (taken as constants), near misses, any header width")
+    func knownKeysDecodeExactly() throws {
+        var keys: [String] = []
+        for key in MetadataView.Key.allCases {
+            let utf8 = Array(key.string.utf8)
+            keys.append(key.string)
+            for position in utf8.indices {
+                var changed = utf8
+                changed[position] ^= 0x20
+                keys.append(String(decoding: changed, as: UTF8.self))
+            }
+            keys.append(key.string + "a")
+            keys.append(String(key.string.dropLast()))
+        }
+        for key in keys {
+            // fixstr and str8 headers for the key; a trace value in canonical form and one not.
+            let keyBytes = Array(key.utf8)
+            for header in [[UInt8(0xA0 | keyBytes.count)], [0xD9, UInt8(keyBytes.count)]] {
+                for value in ["4bf92f3577b34da6a3ce929d0e0e4736", "x"] {
+                    var encoded = ByteBuffer(bytes: [0x82] + header + keyBytes)
+                    let length = value.utf8.count
+                    encoded.writeBytes((length < 32 ? [UInt8(0xA0 | length)] : [0xD9, UInt8(length)]) + Array(value.utf8))
+                    encoded.writeBytes([0xA1, 0x7A, 0xA1, 0x31])  // "z": "1"
+                    let decoded = try Metadata(decoding: encoded)
+                    #expect(Array(decoded.map(\.key)) == [key, "z"], "\(key)")
+                    #expect(decoded[key] == value && decoded["z"] == "1", "\(key)")
+                }
+            }
+        }
+        // A known key twice keeps the last value, as any key does.
+        var twice = ByteBuffer(bytes: [0x82])
+        for value in ["a", "b"] { twice.writeBytes([0xA8] + Array("yomo-tid".utf8) + [0xA1] + Array(value.utf8)) }
+        #expect(try Metadata(decoding: twice)["yomo-tid"] == "b")
+    }
+
     @Test("setting a key to an empty string deletes it, as in Go")
     func emptyValueDeletes() {
         var metadata: Metadata = ["yomo-tid": "abc", "x": "1"]
