@@ -48,16 +48,18 @@ struct DataPathTracer: Sendable {
         return span
     }
 
-    /// The zipper's span ("zipper endpoint", scope "Zipper").
-    func zipperSpan(tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
+    /// The zipper's span ("zipper endpoint", scope "Zipper"). `context` is the
+    /// task's (`ServiceContext.current`), which the zipper reads once per
+    /// connection rather than once per frame.
+    func zipperSpan(tag: UInt32, length: Int, metadata: inout Metadata, context: ServiceContext) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
-        let span = startZipperSpan(tag: tag, length: length, parent: extractParent(from: metadata))
+        let span = startZipperSpan(tag: tag, length: length, parent: extractParent(from: metadata), context: context)
         inject(span, into: &metadata)
         return span
     }
 
-    private func startZipperSpan(tag: UInt32, length: Int, parent: SpanContext?) -> YoMoSpan {
-        let span = startSpan("zipper endpoint", parent: parent, ofKind: .internal)
+    private func startZipperSpan(tag: UInt32, length: Int, parent: SpanContext?, context: ServiceContext) -> YoMoSpan {
+        let span = startSpan("zipper endpoint", parent: parent, context: context, ofKind: .internal)
         if span.isRecording {
             span.setAttribute("routing_data_tag", .int64(Int64(tag)))
             span.setAttribute("routing_data_len", .int64(Int64(length)))
@@ -72,14 +74,14 @@ struct DataPathTracer: Sendable {
     /// is needed: no parent found this way, or a key the formats write absent.
     /// A nil patch with a span: hand that span on by the general path.
     func zipperSpan(
-        tag: UInt32, length: Int, trace: MetadataView.CanonicalTrace
+        tag: UInt32, length: Int, trace: MetadataView.CanonicalTrace, context: ServiceContext
     ) -> (span: YoMoSpan, patch: MetadataView.TracePatch?)? {
         let formats = tracer.propagator.formats
         guard tracer.isEnabled, let parent = parent(in: trace, formats: formats),
               !formats.contains(.traceContext) || trace.traceparent != nil,
               !formats.contains(.yomo) || (trace.traceID != nil && trace.spanID != nil)
         else { return nil }
-        let span = startZipperSpan(tag: tag, length: length, parent: parent)
+        let span = startZipperSpan(tag: tag, length: length, parent: parent, context: context)
         guard let spanContext = span.spanContext, spanContext.isValid else { return (span, MetadataView.TracePatch()) }
         return (span, Self.patch(spanContext, formats: formats))
     }
@@ -144,7 +146,7 @@ struct DataPathTracer: Sendable {
     /// The stream function's span (scope "StreamFunction", named after it), kind consumer.
     func functionSpan(name: String, handlerType: String, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
-        let span = startSpan(name, parent: extractParent(from: metadata), ofKind: .consumer)
+        let span = startSpan(name, parent: extractParent(from: metadata), context: ServiceContext.current ?? .topLevel, ofKind: .consumer)
         if span.isRecording {
             span.setAttribute("sfn_handler_type", .string(handlerType))
             span.setAttribute("recv_data_tag", .int64(Int64(tag)))
@@ -155,10 +157,9 @@ struct DataPathTracer: Sendable {
     }
 
     /// A span whose parent is the frame's (`parent`, from its trace context), or
-    /// else the current task's: what `startSpan(extractingParentFrom:)` does,
+    /// else the task's (`context`): what `startSpan(extractingParentFrom:)` does,
     /// without strings.
-    private func startSpan(_ name: String, parent: SpanContext?, ofKind kind: SpanKind) -> YoMoSpan {
-        let context = ServiceContext.current ?? .topLevel
+    private func startSpan(_ name: String, parent: SpanContext?, context: ServiceContext, ofKind kind: SpanKind) -> YoMoSpan {
         let parent = parent ?? (context.isEmpty ? nil : context.spanContext)
         return tracer.startSpan(name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now)
     }

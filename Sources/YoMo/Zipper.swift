@@ -2,6 +2,7 @@ import FoundationEssentials
 import Synchronization
 public import Logging
 internal import YoMoLogging
+internal import Tracing
 public import ServiceLifecycle
 internal import NIOCore
 public import YoMoQUIC
@@ -298,6 +299,8 @@ public final class Zipper: Sendable {
         var closeReason = ""
         do {
             try await connection.write(.handshakeAck)
+            // The task's context is the same for every frame: read once, not per span.
+            let taskContext = ServiceContext.current ?? .topLevel
             while let frame = try await frameReader.next() {
                 guard case .data(let data) = frame else { continue }
                 guard !RouteTable.isReserved(data.tag) else {
@@ -306,7 +309,9 @@ public final class Zipper: Sendable {
                     connectionLogger.warning("closing client that wrote a reserved tag", metadata: ["tag": "\(data.tag)", "remote": "\(remote)"])
                     break
                 }
-                try await route(data, from: id, connectionMetadata: connectionMetadata, forwardsToMesh: forwardsToMesh, logger: connectionLogger)
+                try await route(
+                    data, from: id, connectionMetadata: connectionMetadata, forwardsToMesh: forwardsToMesh,
+                    taskContext: taskContext, logger: connectionLogger)
             }
             if closeReason.isEmpty { connectionLogger.info("client disconnected") }
         } catch let error as WireError {
@@ -375,8 +380,12 @@ public final class Zipper: Sendable {
     /// stream function slow its senders down instead of losing frames.
     /// With `forwardsToMesh`, the frame is also queued (never awaited) for every
     /// mesh downstream, carrying this zipper's span ids.
-    private func route(_ data: DataFrame, from id: UInt64, connectionMetadata: Metadata, forwardsToMesh: Bool, logger: Logger) async throws {
-        guard let (metadata, span) = outgoingMetadata(of: data, connectionMetadata: connectionMetadata, logger: logger) else { return }
+    private func route(
+        _ data: DataFrame, from id: UInt64, connectionMetadata: Metadata, forwardsToMesh: Bool, taskContext: ServiceContext,
+        logger: Logger
+    ) async throws {
+        guard let (metadata, span) = outgoingMetadata(
+            of: data, connectionMetadata: connectionMetadata, taskContext: taskContext, logger: logger) else { return }
         defer { span?.end() }
         let router = metrics.isEnabled ? metrics.router(tag: data.tag) : nil
         let started = router != nil ? ContinuousClock.now : nil
@@ -395,19 +404,21 @@ public final class Zipper: Sendable {
         // no_route: no observer here (the mesh may still take the frame).
         if destinations.isEmpty { router?.noRoute.add() }
         guard !destinations.isEmpty || forwardsToMesh else { return }
-        // Metadata encoded once for every destination; the payload is never copied.
-        let frame = DataFrame(tag: data.tag, metadata: metadata.bytes, payload: data.payload)
-        if forwardsToMesh {
-            for link in links { link.forward(frame) }
+        // Metadata made once for every destination (or patched as each copy is
+        // encoded); the payload is never copied.
+        let (frame, patch) = metadata.frame(tag: data.tag, payload: data.payload)
+        if forwardsToMesh, !links.isEmpty {
+            // The mesh queues frames: they leave with the patch already written.
+            let whole = patch.map { DataFrame(tag: frame.tag, metadata: $0.applied(to: frame.metadata), payload: frame.payload) } ?? frame
+            for link in links { link.forward(whole) }
         }
-        let outgoing = Frame.data(frame)
         let slow = configuration.slowConsumer
         for (destinationID, destination) in destinations {
             do {
                 if slow.policy == .block {
-                    try await destination.write(outgoing)
+                    try await destination.write(frame, patch: patch)
                     router?.delivered.add()
-                } else if try destination.tryWrite(frame, limit: slow.maximumBufferedBytes) {
+                } else if try destination.tryWrite(frame, limit: slow.maximumBufferedBytes, patch: patch) {
                     router?.delivered.add()
                     resumed(destinationID, logger: logger)
                 } else if slow.policy == .drop {
@@ -431,7 +442,7 @@ public final class Zipper: Sendable {
     /// width); decoded and encoded again only when that cannot be done. Nil for
     /// metadata that does not decode (the frame is skipped, and logged).
     private func outgoingMetadata(
-        of data: DataFrame, connectionMetadata: Metadata, logger: Logger
+        of data: DataFrame, connectionMetadata: Metadata, taskContext: ServiceContext, logger: Logger
     ) -> (RoutedMetadata, YoMoSpan?)? {
         let length = data.payload.readableBytes
         var span: YoMoSpan?
@@ -448,16 +459,22 @@ public final class Zipper: Sendable {
             var patch: MetadataView.TracePatch? = MetadataView.TracePatch()
             var present: MetadataView.CanonicalTrace?
             if tracing.tracer.isEnabled {
-                if let trace = view.canonicalTrace, let started = tracing.zipperSpan(tag: data.tag, length: length, trace: trace) {
+                if let trace = view.canonicalTrace, let started = tracing.zipperSpan(tag: data.tag, length: length, trace: trace, context: taskContext) {
                     // The usual case: digits over digits, no Metadata built.
                     (span, patch, present) = (started.span, started.patch, trace)
                 } else {
                     var trace = view.traceMetadata
-                    span = tracing.zipperSpan(tag: data.tag, length: length, metadata: &trace)
+                    span = tracing.zipperSpan(tag: data.tag, length: length, metadata: &trace, context: taskContext)
                     changes.merge(trace)
                 }
             }
-            if let patch, let bytes = view.applying(changes, trace: patch, over: present) { return (.view(view, bytes), span) }
+            if let patch {
+                // Nothing else to change: the digits are written as each copy of the frame is encoded.
+                if changes.isEmpty, !patch.isEmpty, let inPlace = view.patch(patch, over: present) {
+                    return (.patched(view, inPlace), span)
+                }
+                if let bytes = view.applying(changes, trace: patch, over: present) { return (.view(view, bytes), span) }
+            }
         }
         var merged = connectionMetadata
         do {
@@ -470,7 +487,7 @@ public final class Zipper: Sendable {
         if let spanContext = span?.spanContext {
             tracing.inject(spanContext, into: &merged)
         } else {
-            span = tracing.zipperSpan(tag: data.tag, length: length, metadata: &merged)
+            span = tracing.zipperSpan(tag: data.tag, length: length, metadata: &merged, context: taskContext)
         }
         return (.decoded(merged, merged.encoded()), span)
     }
@@ -537,19 +554,24 @@ extension Zipper: Service {}
 
 /// A routed frame's outgoing metadata and where its values are read from.
 private enum RoutedMetadata {
+    /// The received bytes, with the patch written over them wherever the frame is encoded.
+    case patched(MetadataView, MetadataPatch)
+    /// Read in place, sent as these bytes.
     case view(MetadataView, ByteBuffer)
     case decoded(Metadata, ByteBuffer)
 
-    var bytes: ByteBuffer {
+    /// The frame to send, and what each write of it must write over its metadata.
+    func frame(tag: UInt32, payload: ByteBuffer) -> (DataFrame, MetadataPatch?) {
         switch self {
-        case .view(_, let bytes), .decoded(_, let bytes): bytes
+        case .patched(let view, let patch): (DataFrame(tag: tag, metadata: view.bytes, payload: payload), patch)
+        case .view(_, let bytes), .decoded(_, let bytes): (DataFrame(tag: tag, metadata: bytes, payload: payload), nil)
         }
     }
 
     /// A key's value after the merge: the frame's, else the connection's.
     func value(_ key: MetadataView.Key, _ connectionMetadata: Metadata) -> String? {
         switch self {
-        case .view(let view, _): view.string(key) ?? connectionMetadata[key.string]
+        case .patched(let view, _), .view(let view, _): view.string(key) ?? connectionMetadata[key.string]
         case .decoded(let metadata, _): metadata[key.string]
         }
     }

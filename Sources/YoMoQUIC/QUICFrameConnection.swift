@@ -29,19 +29,26 @@ public final class QUICFrameConnection: Sendable {
     /// reaches it, the peer's QUIC stack has the whole frame.
     @discardableResult
     public nonisolated(nonsending) func write(_ frame: Frame) async throws(QUICError) -> Int {
-        let core = connection.core
         guard case .data(let data) = frame else {
             // Control frames are rare: encode them on their own.
-            return try await core.write(frame.encoded())
+            return try await connection.core.write(frame.encoded())
         }
+        return try await write(data, patch: nil)
+    }
+
+    /// Writes a DataFrame with `patch` written over its metadata where the frame
+    /// is encoded (the zipper's way to hand its span on; see `MetadataPatch`).
+    @discardableResult
+    package nonisolated(nonsending) func write(_ data: DataFrame, patch: MetadataPatch?) async throws(QUICError) -> Int {
+        let core = connection.core
         if data.payload.readableBytes >= 4096 {
             // Big payloads go out from the caller's buffer: only the header is copied.
             var header = ByteBufferAllocator().buffer(capacity: data.encodedLength - data.payload.readableBytes)
-            data.encodeHeader(into: &header)
+            data.encodeHeader(into: &header, patch: patch)
             return try await core.write(header, data.payload)
         } else {
             // Small frames are encoded straight into the send queue.
-            return try await core.write(length: data.encodedLength) { data.encode(into: &$0) }
+            return try await core.write(length: data.encodedLength) { data.encode(into: &$0, patch: patch) }
         }
     }
 
@@ -49,7 +56,12 @@ public final class QUICFrameConnection: Sendable {
     /// (an idle connection takes any frame); never waits. False: not queued.
     /// The zipper's write for its `drop` and `disconnect` slow-consumer policies.
     public func tryWrite(_ data: DataFrame, limit: Int) throws(QUICError) -> Bool {
-        try connection.core.tryWrite(length: data.encodedLength, limit: limit) { data.encode(into: &$0) }
+        try tryWrite(data, limit: limit, patch: nil)
+    }
+
+    /// `tryWrite(_:limit:)` with `patch` written over the frame's metadata.
+    package func tryWrite(_ data: DataFrame, limit: Int, patch: MetadataPatch?) throws(QUICError) -> Bool {
+        try connection.core.tryWrite(length: data.encodedLength, limit: limit) { data.encode(into: &$0, patch: patch) }
     }
 
     /// Received frames, in order. Ends when the peer finishes the stream; throws a

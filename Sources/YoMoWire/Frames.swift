@@ -184,14 +184,25 @@ extension DataFrame {
 
     /// Writes the frame: tag, metadata, payload, in the Go encoder's order.
     public func encode(into buffer: inout ByteBuffer) {
+        encode(into: &buffer, patch: nil)
+    }
+
+    /// Writes the frame with `patch` written over its metadata as it lands in
+    /// `buffer`: a zipper hands its span on without a metadata buffer per frame.
+    package func encode(into buffer: inout ByteBuffer, patch: MetadataPatch?) {
         buffer.reserveCapacity(minimumWritableBytes: encodedLength)
-        encodeHeader(into: &buffer)
+        encodeHeader(into: &buffer, patch: patch)
         buffer.writeImmutableBuffer(payload)
     }
 
     /// Writes every byte of the frame except the payload's, which come last on the
     /// wire: a transport can then send the payload from its own buffer without a copy.
     public func encodeHeader(into buffer: inout ByteBuffer) {
+        encodeHeader(into: &buffer, patch: nil)
+    }
+
+    /// `encodeHeader(into:)` with `patch` written over the metadata.
+    package func encodeHeader(into buffer: inout ByteBuffer, patch: MetadataPatch?) {
         let body = bodyLength
         let tagSize = Y3.encodedSize(ofUInt32: tag)
         let metadataLength = metadata.readableBytes
@@ -208,6 +219,12 @@ extension DataFrame {
             return writer.offset
         }
         buffer.writeImmutableBuffer(metadata)
+        if let patch {
+            let end = buffer.readableBytes
+            buffer.withUnsafeMutableReadableBytes { written in
+                patch.apply(to: UnsafeMutableRawBufferPointer(rebasing: written[(end - metadataLength)..<end]))
+            }
+        }
         let payloadLength = payload.readableBytes
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 1 + Y3.maximumLengthSize) { output in
             var writer = RawWriter(output)

@@ -94,17 +94,30 @@ package struct MetadataView {
     }
 
     /// Where a value lies in `bytes` (offsets from its reader index): the whole
-    /// string, header included, and its content.
-    typealias Location = (whole: Range<Int>, content: Range<Int>)
+    /// string, header included, and its content. Three 32-bit offsets, so that
+    /// the view (copied along with each frame it routes) stays small.
+    struct Location {
+        private let start: UInt32, contentStart: UInt32, end: UInt32
+
+        init(whole: Range<Int>, content: Range<Int>) {
+            (start, contentStart, end) = (UInt32(whole.lowerBound), UInt32(content.lowerBound), UInt32(whole.upperBound))
+        }
+
+        /// No value ends at 0: the map header comes first.
+        static let absent = Location(whole: 0..<0, content: 0..<0)
+        var isAbsent: Bool { end == 0 }
+        var whole: Range<Int> { Int(start)..<Int(end) }
+        var content: Range<Int> { Int(contentStart)..<Int(end) }
+    }
 
     /// One slot per `Key`, inline: a dictionary would allocate for every frame.
     struct Locations {
-        private var slots: (Location?, Location?, Location?, Location?, Location?, Location?, Location?)
-            = (nil, nil, nil, nil, nil, nil, nil)
+        private var slots: (Location, Location, Location, Location, Location, Location, Location)
+            = (.absent, .absent, .absent, .absent, .absent, .absent, .absent)
 
         subscript(key: Key) -> Location? {
             get {
-                switch key {
+                let slot = switch key {
                 case .target: slots.0
                 case .wantedTarget: slots.1
                 case .tid: slots.2
@@ -113,16 +126,18 @@ package struct MetadataView {
                 case .traceID: slots.5
                 case .spanID: slots.6
                 }
+                return slot.isAbsent ? nil : slot
             }
             set {
+                let slot = newValue ?? .absent
                 switch key {
-                case .target: slots.0 = newValue
-                case .wantedTarget: slots.1 = newValue
-                case .tid: slots.2 = newValue
-                case .traceparent: slots.3 = newValue
-                case .tracestate: slots.4 = newValue
-                case .traceID: slots.5 = newValue
-                case .spanID: slots.6 = newValue
+                case .target: slots.0 = slot
+                case .wantedTarget: slots.1 = slot
+                case .tid: slots.2 = slot
+                case .traceparent: slots.3 = slot
+                case .tracestate: slots.4 = slot
+                case .traceID: slots.5 = slot
+                case .spanID: slots.6 = slot
                 }
             }
         }
@@ -140,6 +155,8 @@ package struct MetadataView {
     package init?(_ bytes: ByteBuffer) {
         self.bytes = bytes
         guard bytes.readableBytes > 0 else { return }
+        // Offsets are kept in 32 bits; longer metadata takes the decoding path.
+        guard bytes.readableBytes < UInt32.max else { return nil }
         let scanned: Bool = bytes.withUnsafeReadableBytes { input in
             var offset = 0
             func byte(at index: Int) -> Int? { index < input.count ? Int(input[index]) : nil }
@@ -174,7 +191,7 @@ package struct MetadataView {
                 guard let key = string(), let value = string() else { return false }
                 if let known = Key(utf8: UnsafeRawBufferPointer(rebasing: input[key.content])) {
                     guard values[known] == nil else { return false }
-                    values[known] = value
+                    values[known] = Location(whole: value.whole, content: value.content)
                 }
             }
             return offset == input.count
@@ -277,7 +294,7 @@ package struct MetadataView {
             self.yomo = yomo
         }
 
-        fileprivate var isEmpty: Bool { traceparent == nil && yomo == nil }
+        package var isEmpty: Bool { traceparent == nil && yomo == nil }
 
         /// Calls `body` with each value to write and its key (no array: this runs per frame).
         fileprivate func forEach(_ body: (Key, StoredValue) -> Void) {
@@ -289,23 +306,35 @@ package struct MetadataView {
         }
     }
 
-    /// The bytes with `changes` applied: a key already present gets its new value
-    /// written over the old one, which must have the same encoded length (trace
-    /// ids do); a key not present is appended. `trace` is written over trace
-    /// values present (nil when one is absent or of another length). Nil when a
-    /// value would change length, or a key is not one of `Key`: the caller then
-    /// re-encodes.
+    /// `trace` as digits to write over these very bytes, wherever they are copied
+    /// to (`DataFrame.encode(into:patch:)` writes them as it encodes a frame, so
+    /// the zipper makes no buffer of its own per frame). Nil when a value the
+    /// patch writes is absent or of another length.
     ///
     /// `present`, the values `canonicalTrace` read from these bytes, lets the
     /// patch skip digits that stay the same: a child span keeps its parent's
     /// trace id, so usually only span ids (and flags) are written.
+    package func patch(_ trace: TracePatch, over present: CanonicalTrace? = nil) -> MetadataPatch? {
+        var fits = true
+        trace.forEach { key, value in
+            if values[key]?.content.count != value.utf8Count { fits = false }
+        }
+        guard fits else { return nil }
+        return MetadataPatch(
+            trace: trace, present: present, traceparentAt: values[.traceparent]?.content.lowerBound ?? 0,
+            traceIDAt: values[.traceID]?.content.lowerBound ?? 0, spanIDAt: values[.spanID]?.content.lowerBound ?? 0
+        )
+    }
+
+    /// The bytes with `changes` applied: a key already present gets its new value
+    /// written over the old one, which must have the same encoded length (trace
+    /// ids do); a key not present is appended. `trace` is written over trace
+    /// values present, as `patch(_:over:)` writes it. Nil when a value would
+    /// change length, a key is not one of `Key`, or `trace` does not fit: the
+    /// caller then re-encodes.
     package func applying(_ changes: Metadata, trace: TracePatch = TracePatch(), over present: CanonicalTrace? = nil) -> ByteBuffer? {
         guard !changes.isEmpty || !trace.isEmpty else { return bytes }
-        var patchFits = true
-        trace.forEach { key, value in
-            if values[key]?.content.count != value.utf8Count { patchFits = false }
-        }
-        guard patchFits else { return nil }
+        guard let patch = patch(trace, over: present) else { return nil }
         // First pass: can it be done, and how long is the result?
         var appendedCount = 0
         var appendedLength = 0
@@ -349,35 +378,66 @@ package struct MetadataView {
                     end = writer.offset
                 }
             }
-            func patcher(at key: Key, offset: Int = 0) -> RawWriter {
-                var patcher = RawWriter(buffer)
-                patcher.offset = values[key]!.content.lowerBound - headerSize + newHeaderSize + offset
-                return patcher
-            }
-            if let fields = trace.traceparent {
-                if let old = present?.traceparent, old.traceIDHigh == fields.traceIDHigh, old.traceIDLow == fields.traceIDLow {
-                    // `00-<trace id>-<span id>-<flags>`: the span id at 36, the flags at 53.
-                    var writer = patcher(at: .traceparent, offset: 36)
-                    writer.writeHex(fields.spanID)
-                    writer.offset += 1
-                    writer.writeHex(byte: fields.flags)
-                } else {
-                    var writer = patcher(at: .traceparent)
-                    StoredValue.traceparent(fields).writeContent(into: &writer)
-                }
-            }
-            if let yomo = trace.yomo {
-                let sameTraceID = present?.traceID.map { $0 == (yomo.traceIDHigh, yomo.traceIDLow) } ?? false
-                if !sameTraceID {
-                    var writer = patcher(at: .traceID)
-                    StoredValue.traceID(high: yomo.traceIDHigh, low: yomo.traceIDLow).writeContent(into: &writer)
-                }
-                var writer = patcher(at: .spanID)
-                writer.writeHex(yomo.spanID)
-            }
+            // A longer map header moves every value by the difference.
+            patch.apply(to: buffer, shift: newHeaderSize - headerSize)
             precondition(end == totalLength, "metadata length miscounted")
             return totalLength
         }
         return output
+    }
+}
+
+/// Trace digits to write over encoded metadata (`MetadataView.patch(_:over:)`):
+/// where its trace values start, and what to write there.
+package struct MetadataPatch: Sendable {
+    fileprivate let trace: MetadataView.TracePatch
+    fileprivate let present: MetadataView.CanonicalTrace?
+    /// Where the values' contents start (0 for a value the patch does not write).
+    fileprivate let traceparentAt: Int, traceIDAt: Int, spanIDAt: Int
+
+    /// Writes the digits over `metadata`, a copy of the view's bytes.
+    package func apply(to metadata: UnsafeMutableRawBufferPointer) {
+        apply(to: metadata, shift: 0)
+    }
+
+    /// A copy of `bytes` (the view's) with the digits written over it.
+    package func applied(to bytes: ByteBuffer) -> ByteBuffer {
+        var copy = ByteBuffer()
+        copy.writeWithUnsafeMutableBytes(minimumWritableBytes: bytes.readableBytes) { output in
+            bytes.withUnsafeReadableBytes { UnsafeMutableRawBufferPointer(rebasing: output[..<$0.count]).copyMemory(from: $0) }
+            apply(to: UnsafeMutableRawBufferPointer(rebasing: output[..<bytes.readableBytes]))
+            return bytes.readableBytes
+        }
+        return copy
+    }
+
+    /// `shift`: how far the values moved in `buffer` from where they were in the view's bytes.
+    fileprivate func apply(to buffer: UnsafeMutableRawBufferPointer, shift: Int) {
+        func writer(at offset: Int) -> RawWriter {
+            var writer = RawWriter(buffer)
+            writer.offset = offset + shift
+            return writer
+        }
+        if let fields = trace.traceparent {
+            if let old = present?.traceparent, old.traceIDHigh == fields.traceIDHigh, old.traceIDLow == fields.traceIDLow {
+                // `00-<trace id>-<span id>-<flags>`: the span id at 36, the flags at 53.
+                var writer = writer(at: traceparentAt + 36)
+                writer.writeHex(fields.spanID)
+                writer.offset += 1
+                writer.writeHex(byte: fields.flags)
+            } else {
+                var writer = writer(at: traceparentAt)
+                StoredValue.traceparent(fields).writeContent(into: &writer)
+            }
+        }
+        if let yomo = trace.yomo {
+            let sameTraceID = present?.traceID.map { $0 == (yomo.traceIDHigh, yomo.traceIDLow) } ?? false
+            if !sameTraceID {
+                var writer = writer(at: traceIDAt)
+                StoredValue.traceID(high: yomo.traceIDHigh, low: yomo.traceIDLow).writeContent(into: &writer)
+            }
+            var writer = writer(at: spanIDAt)
+            writer.writeHex(yomo.spanID)
+        }
     }
 }

@@ -175,6 +175,11 @@ struct PropagationFastPathTests {
                     if keysPresent {
                         #expect(inPlace != nil && inPlace == expected, "\(formats.rawValue): \(carrier)")
                         #expect(overPresent == expected, "\(formats.rawValue), \(traceID): \(carrier)")
+                        if changes.isEmpty {
+                            // The zipper's usual case: the digits written as the frame is encoded.
+                            let whileEncoding = view.patch(patch, over: trace).map { $0.applied(to: view.bytes) }
+                            #expect(whileEncoding == expected, "\(formats.rawValue), \(traceID): \(carrier)")
+                        }
                         compared += 1
                     } else {
                         #expect(inPlace == nil && overPresent == nil)
@@ -196,13 +201,13 @@ struct PropagationFastPathTests {
         let onlyTraceparent = try #require(MetadataView(
             Self.decoded([("traceparent", "00-\(Self.traceID)-\(Self.spanID)-01")]).encoded()))
         let trace = try #require(onlyTraceparent.canonicalTrace)
-        #expect(tracing.zipperSpan(tag: 1, length: 1, trace: trace) == nil)
+        #expect(tracing.zipperSpan(tag: 1, length: 1, trace: trace, context: .topLevel) == nil)
         let both = try #require(MetadataView(Self.decoded([
             ("traceparent", "00-\(Self.traceID)-\(Self.spanID)-01"),
             ("yomo-trace-id", Self.traceID), ("yomo-span-id", Self.spanID),
         ]).encoded()))
         let bothTrace = try #require(both.canonicalTrace)
-        let started = try #require(tracing.zipperSpan(tag: 1, length: 1, trace: bothTrace))
+        let started = try #require(tracing.zipperSpan(tag: 1, length: 1, trace: bothTrace, context: .topLevel))
         #expect(started.patch != nil)
         #expect(started.span.spanContext?.traceID.description == Self.traceID)
         started.span.end()

@@ -77,6 +77,43 @@ struct MetadataViewTests {
         #expect(applied > 1_000 && refused > 100)
     }
 
+    @Test("a frame encoded with a patch carries the patched metadata, at any buffer position and payload size")
+    func patchWhileEncoding() throws {
+        var generator = SystemRandomNumberGenerator()
+        let metadata: Metadata = [
+            "yomo-tid": "V1StGXR8_Z5jdHi6B-myT", "traceparent": Self.traceparent,
+            "yomo-trace-id": "4bf92f3577b34da6a3ce929d0e0e4736", "yomo-span-id": "00f067aa0ba902b7",
+        ]
+        let view = try #require(MetadataView(metadata.encoded()))
+        let present = try #require(view.canonicalTrace)
+        for sameTrace in [true, false] {
+            let (high, low) = sameTrace ? (present.traceID!.high, present.traceID!.low) : (generator.next(), generator.next())
+            let trace = MetadataView.TracePatch(
+                traceparent: TraceparentFields(traceIDHigh: high, traceIDLow: low, spanID: generator.next(), flags: 0),
+                yomo: (high, low, generator.next()))
+            let patch = try #require(view.patch(trace, over: present))
+            let expected = try #require(view.applying(Metadata(), trace: trace))
+            #expect(patch.applied(to: view.bytes) == expected)
+            #expect(view.bytes != expected)  // the view's own bytes are left as they were
+            for payloadSize in [0, 10, 5000] {
+                let payload = ByteBuffer(repeating: 0x61, count: payloadSize)
+                let frame = DataFrame(tag: 0x33, metadata: view.bytes, payload: payload)
+                let wanted = Frame.data(DataFrame(tag: 0x33, metadata: expected, payload: payload)).encoded()
+                // Into a buffer that already holds bytes, some of them read.
+                var buffer = ByteBuffer(bytes: [1, 2, 3, 4, 5])
+                buffer.moveReaderIndex(forwardBy: 2)
+                frame.encode(into: &buffer, patch: patch)
+                #expect(buffer.readableBytesView.dropFirst(3).elementsEqual(wanted.readableBytesView))
+                var header = ByteBuffer(bytes: [9])
+                frame.encodeHeader(into: &header, patch: patch)
+                #expect(header.readableBytesView.dropFirst().elementsEqual(wanted.readableBytesView.prefix(header.readableBytes - 1)))
+            }
+        }
+        // A patch whose key is absent does not fit.
+        let onlyTid = try #require(MetadataView(Metadata(["yomo-tid": "t"]).encoded()))
+        #expect(onlyTid.patch(MetadataView.TracePatch(yomo: (1, 2, 3))) == nil)
+    }
+
     @Test("known values and trace metadata are read without decoding")
     func reading() throws {
         var metadata = Metadata()
