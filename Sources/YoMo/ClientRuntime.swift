@@ -406,8 +406,9 @@ final class ClientRuntime: Sendable {
                     switch frame {
                     case .data(let data):
                         var metadata: Metadata
+                        var view: MetadataView?
                         do {
-                            metadata = try Metadata(decoding: data.metadata)
+                            metadata = try Metadata(decoding: data.metadata, view: &view)
                         } catch {
                             report(YoMoError(.invalidMetadata, "frame with tag 0x\(String(data.tag, radix: 16)) skipped: \(error)"), setup)
                             continue
@@ -429,7 +430,9 @@ final class ClientRuntime: Sendable {
                             let span = setup.tracing.functionSpan(
                                 name: name, handlerType: "async_handler", tag: data.tag, length: length, metadata: &metadata)
                             logReceived(span)
-                            let context = Context(tag: data.tag, data: data.payload, metadata: metadata, writer: writer)
+                            let context = Context(
+                                tag: data.tag, data: data.payload, metadata: metadata, writer: writer,
+                                resendable: setup.tracing.resendable(view, after: span))
                             let consumer = setup.metrics.isEnabled ? setup.metrics.consumer(tag: data.tag, handlerType: "async_handler") : nil
                             group.addTask {
                                 defer { inFlight.leave() }

@@ -16,12 +16,16 @@ public struct Context: Sendable {
     /// The frame's metadata (tid, source id, trace ids, target, and any other keys).
     public let metadata: Metadata
     let writer: FrameWriter
+    /// `metadata` as the received bytes with this function's span ids written
+    /// over them, when it can be sent that way (nil: encode `metadata`).
+    let resendable: ResendableMetadata?
 
-    init(tag: UInt32, data: ByteBuffer, metadata: Metadata, writer: FrameWriter) {
+    init(tag: UInt32, data: ByteBuffer, metadata: Metadata, writer: FrameWriter, resendable: ResendableMetadata? = nil) {
         self.tag = tag
         self.dataBuffer = data
         self.metadata = metadata
         self.writer = writer
+        self.resendable = resendable
     }
 
     /// The payload as bytes.
@@ -39,7 +43,11 @@ public struct Context: Sendable {
     }
 
     public func write(tag: UInt32, buffer: ByteBuffer) async throws {
-        try await writer.write(tag: tag, payload: buffer, metadata: metadata)
+        if let resendable {
+            try await writer.write(tag: tag, payload: buffer, metadataBytes: resendable.patched)
+        } else {
+            try await writer.write(tag: tag, payload: buffer, metadata: metadata)
+        }
     }
 
     /// Writes a frame that only stream functions whose wanted target is `target` receive.
@@ -55,10 +63,15 @@ struct FrameWriter: Sendable {
     let send: @Sendable (DataFrame) async throws -> Void
 
     func write(tag: UInt32, payload: ByteBuffer, metadata: Metadata) async throws {
+        try await write(tag: tag, payload: payload, metadataBytes: metadata.encoded())
+    }
+
+    /// Metadata already encoded.
+    func write(tag: UInt32, payload: ByteBuffer, metadataBytes: ByteBuffer) async throws {
         guard !RouteTable.isReserved(tag) else {
             throw YoMoError(.reservedTag, "tag 0x\(String(tag, radix: 16)) is reserved (0xF000-0xFFFF belong to the system)")
         }
-        try await send(DataFrame(tag: tag, metadata: metadata, payload: payload))
+        try await send(DataFrame(tag: tag, metadata: metadataBytes, payload: payload))
     }
 }
 

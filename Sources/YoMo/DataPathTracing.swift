@@ -2,6 +2,7 @@ internal import Logging
 internal import Tracing
 internal import YoMoTracing
 internal import YoMoWire
+internal import NIOCore
 
 /// Frame metadata as a trace-context carrier: the YoMo keys (`yomo-trace-id`,
 /// `yomo-span-id`) for the Go side and W3C `traceparent` / `tracestate`.
@@ -156,6 +157,19 @@ struct DataPathTracer: Sendable {
         return span
     }
 
+    /// The bytes a handler's writes carry as metadata, when they can be the
+    /// received bytes (`view`) with the function's span ids written over the
+    /// old ones: what `functionSpan` left in the decoded metadata, without
+    /// encoding it again. Nil when the metadata must be encoded (a trace key
+    /// was absent, or a tracestate is to be written).
+    func resendable(_ view: MetadataView?, after span: YoMoSpan?) -> ResendableMetadata? {
+        guard let view else { return nil }
+        // No span, or no valid ids: functionSpan wrote nothing.
+        guard let spanContext = span?.spanContext, spanContext.isValid else { return ResendableMetadata(bytes: view.bytes, patch: nil) }
+        guard let trace = Self.patch(spanContext, formats: tracer.propagator.formats), let patch = view.patch(trace) else { return nil }
+        return ResendableMetadata(bytes: view.bytes, patch: patch)
+    }
+
     /// A span whose parent is the frame's (`parent`, from its trace context), or
     /// else the task's (`context`): what `startSpan(extractingParentFrom:)` does,
     /// without strings.
@@ -276,4 +290,19 @@ extension DataPathTracer {
             throw error
         }
     }
+}
+
+/// Received metadata bytes to send on, with digits to write over them first.
+/// A class: a `Context` carries it into its handler's task, whose first
+/// frames must stay small (a larger one costs the task an extra allocation).
+final class ResendableMetadata: Sendable {
+    let bytes: ByteBuffer
+    let patch: MetadataPatch?
+
+    init(bytes: ByteBuffer, patch: MetadataPatch?) {
+        self.bytes = bytes
+        self.patch = patch
+    }
+
+    var patched: ByteBuffer { patch?.applied(to: bytes) ?? bytes }
 }

@@ -33,24 +33,27 @@ final class TracerShared: Sendable {
 public struct YoMoSpan: Tracing.Span {
     /// The parent's context (`context` adds this span's ids to it).
     private let baseContext: ServiceContext
+    /// This span's ids: its `SpanStorage` when recording, a plain box when
+    /// sampled out, nil when the provider is disabled (the parent's context
+    /// then passes through unchanged).
+    private let box: SpanContextBox?
+    private let recording: Bool
+
     /// A recording span's mutable state; nil for other spans.
-    let storage: SpanStorage?
-    /// A sampled-out span's ids, held inline rather than boxed: with low
-    /// sampling these are most spans, and a box would be an allocation each.
-    /// Nil for recording spans and when the provider is disabled (the parent's
-    /// context then passes through unchanged).
-    private let unrecordedContext: SpanContext?
+    var storage: SpanStorage? {
+        recording ? unsafeDowncast(box.unsafelyUnwrapped, to: SpanStorage.self) : nil
+    }
 
     init(context: ServiceContext, storage: SpanStorage?) {
         self.baseContext = context
-        self.storage = storage
-        self.unrecordedContext = nil
+        self.box = storage
+        self.recording = storage != nil
     }
 
     init(context: ServiceContext, unrecorded spanContext: SpanContext?) {
         self.baseContext = context
-        self.storage = nil
-        self.unrecordedContext = spanContext
+        self.box = spanContext.map(SpanContextBox.init)
+        self.recording = false
     }
 
     /// The span's context: the parent's context plus this span's `spanContext`.
@@ -60,17 +63,14 @@ public struct YoMoSpan: Tracing.Span {
     /// cannot be cached in the storage: the context holds the storage, which
     /// would make a cycle.
     public var context: ServiceContext {
+        guard let box else { return baseContext }
         var context = baseContext
-        if let storage {
-            context.spanContextBox = storage
-        } else if let unrecordedContext {
-            context.spanContextBox = SpanContextBox(unrecordedContext)
-        }
+        context.spanContextBox = box
         return context
     }
 
     /// This span's ids (for a disabled provider: the parent's, passed through).
-    public var spanContext: SpanContext? { storage?.spanContext ?? unrecordedContext ?? baseContext.spanContext }
+    public var spanContext: SpanContext? { box?.spanContext ?? baseContext.spanContext }
 
     public var operationName: String {
         get { storage?.withLock { $0.name } ?? "" }

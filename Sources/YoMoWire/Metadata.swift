@@ -155,12 +155,33 @@ extension Metadata {
     /// Decodes msgpack metadata. Zero bytes are the empty map; anything but a map of
     /// strings to strings, or bytes after the map, is an error that says what was found.
     public init(decoding bytes: ByteBuffer) throws(WireError) {
+        var unused: MetadataView?
+        try self.init(decoding: bytes, recordingView: false, view: &unused)
+    }
+
+    /// Decodes, and gives the bytes as a `MetadataView` as well (nil when a key
+    /// of `MetadataView.Key` appears twice): a stream function sends the map on
+    /// as these bytes, its new span ids written over the old, rather than
+    /// encoding it again. Costs the decoding a few offsets per known key.
+    package init(decoding bytes: ByteBuffer, view: inout MetadataView?) throws(WireError) {
+        try self.init(decoding: bytes, recordingView: true, view: &view)
+    }
+
+    private init(decoding bytes: ByteBuffer, recordingView: Bool, view: inout MetadataView?) throws(WireError) {
         self.init()
-        guard bytes.readableBytes > 0 else { return }
+        view = nil
+        guard bytes.readableBytes > 0 else {
+            if recordingView { view = MetadataView(bytes) }
+            return
+        }
         var entries: [Entry] = []
-        try bytes.withUnsafeReadableBytesTyped { (input) throws(WireError) in
+        var locations = MetadataView.Locations()
+        var headerSize = 0
+        var viewable = recordingView && bytes.readableBytes < UInt32.max
+        let count = try bytes.withUnsafeReadableBytesTyped { (input) throws(WireError) -> Int in
             var reader = MsgpackReader(bytes: input)
             let count = try reader.readMapHeader()
+            headerSize = reader.offset
             // Never trust a count for allocation: each entry takes at least two bytes.
             let capacity = Swift.min(count, input.count / 2)
             entries.reserveCapacity(capacity)
@@ -171,7 +192,15 @@ extension Metadata {
                 // constants: no string is made (or validated) for them.
                 let known = reader.knownKey()
                 let key = if let known { known.string } else { try reader.readString(what: "key #\(index)") }
+                let valueStart = reader.offset
                 let value = try reader.readValue(forKey: key, kind: known?.traceKey)
+                if viewable, let known {
+                    // A known key twice: the view would not know which value counts.
+                    if locations[known] != nil { viewable = false }
+                    // A string was read there: its marker gives the header's size.
+                    let header = switch input[valueStart] { case 0xD9: 2; case 0xDA: 3; case 0xDB: 5; default: 1 }
+                    locations[known] = .init(start: valueStart, contentStart: valueStart + header, end: reader.offset)
+                }
                 // A duplicate key: the last one wins, as when Go decodes into a map.
                 let existing = positions == nil ? entries.firstIndex { $0.key == key } : positions![key]
                 if let existing {
@@ -187,8 +216,10 @@ extension Metadata {
                     "\(input.count - reader.offset) byte(s) follow the metadata map"
                 )
             }
+            return count
         }
         self.entries = entries
+        if viewable { view = MetadataView(decoded: bytes, count: count, headerSize: headerSize, values: locations) }
     }
 
     /// The number of bytes ``encode(into:sortedKeys:)`` writes.

@@ -100,11 +100,17 @@ package struct MetadataView {
         private let start: UInt32, contentStart: UInt32, end: UInt32
 
         init(whole: Range<Int>, content: Range<Int>) {
-            (start, contentStart, end) = (UInt32(whole.lowerBound), UInt32(content.lowerBound), UInt32(whole.upperBound))
+            self.init(start: whole.lowerBound, contentStart: content.lowerBound, end: whole.upperBound)
+        }
+
+        /// Offsets below 2^32 (the view's bytes are shorter), in order.
+        init(start: Int, contentStart: Int, end: Int) {
+            (self.start, self.contentStart, self.end) =
+                (UInt32(truncatingIfNeeded: start), UInt32(truncatingIfNeeded: contentStart), UInt32(truncatingIfNeeded: end))
         }
 
         /// No value ends at 0: the map header comes first.
-        static let absent = Location(whole: 0..<0, content: 0..<0)
+        static let absent = Location(start: 0, contentStart: 0, end: 0)
         var isAbsent: Bool { end == 0 }
         var whole: Range<Int> { Int(start)..<Int(end) }
         var content: Range<Int> { Int(contentStart)..<Int(end) }
@@ -197,6 +203,14 @@ package struct MetadataView {
             return offset == input.count
         }
         guard scanned else { return nil }
+    }
+
+    /// A view of bytes that `Metadata(decoding:view:)` has just read and checked.
+    init(decoded bytes: ByteBuffer, count: Int, headerSize: Int, values: Locations) {
+        self.bytes = bytes
+        self.count = count
+        self.headerSize = headerSize
+        self.values = values
     }
 
     /// Whether the map has `key`.

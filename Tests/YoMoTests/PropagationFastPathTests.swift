@@ -195,6 +195,39 @@ struct PropagationFastPathTests {
         #expect(DataPathTracer.patch(withState, formats: .yomo) != nil)
     }
 
+    @Test("a stream function's writes carry the received bytes with its ids written over them: the bytes encoding gives")
+    func functionResendsReceivedBytes() throws {
+        for formats in Self.formatChoices {
+            let tracing = Self.tracer(formats)
+            var resent = 0, encoded = 0
+            for carrier in try Self.carriers() {
+                let received = carrier.encoded()
+                var view: MetadataView?
+                var metadata = try Metadata(decoding: received, view: &view)
+                #expect(metadata == carrier && view != nil)
+                let span = tracing.functionSpan(name: "f", handlerType: "async_handler", tag: 1, length: 1, metadata: &metadata)
+                defer { span?.end() }
+                guard let resendable = tracing.resendable(view, after: span) else {
+                    // Only a key the formats write being absent or odd-sized, or a tracestate, sends it to encoding.
+                    #expect(view!.contains(.tracestate) || !formats.isEmpty, "\(formats.rawValue): \(carrier)")
+                    encoded += 1
+                    continue
+                }
+                resent += 1
+                #expect(resendable.patched == metadata.encoded(), "\(formats.rawValue): \(carrier)")
+                #expect(resendable.bytes == received)  // the received bytes themselves are left as they were
+            }
+            #expect(resent > 20, "\(formats.rawValue): \(resent) resent, \(encoded) encoded")
+            if !formats.isEmpty { #expect(encoded > 20, "\(formats.rawValue): \(resent) resent, \(encoded) encoded") }
+        }
+        // Tracing off: the received bytes go out unchanged.
+        var view: MetadataView?
+        var metadata = try Metadata(decoding: Self.carriers()[7].encoded(), view: &view)
+        #expect(DataPathTracer.disabled.functionSpan(name: "f", handlerType: "h", tag: 1, length: 1, metadata: &metadata) == nil)
+        let expected = try Self.carriers()[7].encoded()
+        #expect(DataPathTracer.disabled.resendable(view, after: nil)?.patched == expected)
+    }
+
     @Test("the in-place zipper span starts nothing when the frame lacks a key the formats write")
     func inPlaceLeavesMissingKeys() throws {
         let tracing = Self.tracer(.all)
