@@ -88,6 +88,11 @@ final class ClientRuntime: Sendable {
     /// The random part of the client id; a reconnect changes only the suffix.
     let clientIDBase = NanoID.generate()
     private let state = Mutex(State())
+    /// Whether a handler has written a frame yet: until one has, frames are
+    /// decoded without the offsets their writes would reuse
+    /// (`Metadata(decoding:view:)`), which a function that only consumes
+    /// would pay for nothing.
+    private let handlersWrite = Atomic<Bool>(false)
 
     init(name: String, zipper: String, clientType: ClientType, logger: Logger) {
         self.name = name
@@ -379,7 +384,10 @@ final class ClientRuntime: Sendable {
     /// Reads frames until the session ends; returns why (nil: the stream ended).
     /// In-flight handlers finish, and their writes are queued, before it returns.
     private func serveSession(_ session: ClientSession, _ setup: Setup) async -> (any Error)? {
-        let writer = FrameWriter { [self] frame in try await send(frame) }
+        let writer = FrameWriter { [self] frame in
+            if !handlersWrite.load(ordering: .relaxed) { handlersWrite.store(true, ordering: .relaxed) }
+            try await send(frame)
+        }
         let inFlight = InFlightCounter()
         let queue = setup.pipeHandler.map { _ in AsyncQueue<PipeFrame>(capacity: 1024) }
         var ended: (any Error)?
@@ -408,7 +416,8 @@ final class ClientRuntime: Sendable {
                         var metadata: Metadata
                         var view: MetadataView?
                         do {
-                            metadata = try Metadata(decoding: data.metadata, view: &view)
+                            metadata = handlersWrite.load(ordering: .relaxed)
+                                ? try Metadata(decoding: data.metadata, view: &view) : try Metadata(decoding: data.metadata)
                         } catch {
                             report(YoMoError(.invalidMetadata, "frame with tag 0x\(String(data.tag, radix: 16)) skipped: \(error)"), setup)
                             continue
