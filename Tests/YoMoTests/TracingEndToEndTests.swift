@@ -202,6 +202,54 @@ struct TracingEndToEndTests {
         #expect(service(functionSpan) == "test-sfn")
     }
 
+    @Test("a function's replies are children of its span, frame after frame (its writes reuse the received metadata bytes)")
+    func repliesStayInTheirFramesTraces() async throws {
+        let receiver = try await SpanReceiver.start()
+        let providers = ["zipper", "echo", "source", "sink"].map { receiver.provider(service: "test-\($0)") }
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: .init(tracerProvider: providers[0]))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let echo = StreamFunction(name: "echo", zipper: address, options: .init(observedTags: [0x40], tracerProvider: providers[1]))
+        echo.setHandler { ctx in try await ctx.write(tag: 0x41, data: ctx.data) }
+        try await echo.connect()
+        let received = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x41], tracerProvider: providers[3]))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        let source = Source(name: "feeder", zipper: address, options: .init(tracerProvider: providers[2]))
+        try await source.connect()
+        let texts = (0..<5).map { "frame-\($0)" }
+        for text in texts {
+            try await source.write(tag: 0x40, data: Array(text.utf8))
+            #expect(await received.wait(for: received.items.count + 1))
+        }
+        #expect(received.items == texts)
+        await source.close()
+        await sink.close()
+        await echo.close()
+        await zipper.close()
+        for provider in providers { await provider.shutdown() }
+
+        let spans = receiver.spans()
+        func named(_ name: String) -> [[String: Any]] { spans.filter { $0["name"] as? String == name } }
+        let feeds = named("feeder")
+        #expect(feeds.count == 5)
+        for feed in feeds {
+            let traceID = try #require(feed["trace_id"] as? String)
+            let inTrace = spans.filter { $0["trace_id"] as? String == traceID }
+            func child(of parent: [String: Any], named name: String) throws -> [String: Any] {
+                try #require(inTrace.first { $0["name"] as? String == name && $0["parent_span_id"] as? String == parent["span_id"] as? String },
+                             "no \(name) under \(parent["name"] ?? "?") in \(inTrace.map { "\($0["name"] ?? "?")" })")
+            }
+            // source → zipper → echo → zipper → sink, one chain per frame.
+            let toEcho = try child(of: feed, named: "zipper endpoint")
+            let echoed = try child(of: toEcho, named: "echo")
+            let toSink = try child(of: echoed, named: "zipper endpoint")
+            _ = try child(of: toSink, named: "sink")
+            #expect(inTrace.count == 5)
+        }
+    }
+
     @Test("a throwing handler's span has error status and the error recorded; pipe spans end")
     func errorsAndPipes() async throws {
         struct Boom: Error {}
