@@ -221,15 +221,9 @@ struct DataPathTracer: Sendable {
     func inject(_ spanContext: SpanContext, into metadata: inout Metadata) {
         guard spanContext.isValid else { return }
         let values = Self.traceValues(spanContext, formats: tracer.propagator.formats)
-        if let traceparent = values.traceparent {
-            metadata.setTraceparent(traceparent)
-            if !spanContext.traceState.isEmpty {
-                metadata[TraceContextPropagator.tracestateKey] = spanContext.traceState
-            }
-        }
-        if let yomo = values.yomo {
-            metadata.setYomoTraceIDs(traceIDHigh: yomo.traceIDHigh, traceIDLow: yomo.traceIDLow, spanID: yomo.spanID)
-        }
+        // tracestate travels with traceparent only.
+        metadata.setTrace(
+            traceparent: values.traceparent, tracestate: values.traceparent != nil ? spanContext.traceState : nil, yomo: values.yomo)
     }
 
     /// Writes the current task's trace context (if any) into outgoing metadata.

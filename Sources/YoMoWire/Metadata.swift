@@ -187,13 +187,30 @@ extension Metadata {
             entries.reserveCapacity(capacity)
             // Large maps find duplicates by hashing, so a hostile map cannot make decoding quadratic.
             var positions: [String: Int]? = count > Self.linearScanLimit ? [:] : nil
+            // Where the digits of a canonical traceparent's trace id lie, and their value.
+            var traceparentRead: (digits: Range<Int>, fields: TraceparentFields)?
             for index in 0..<count {
                 // The keys YoMo itself writes are matched as bytes and taken as
                 // constants: no string is made (or validated) for them.
                 let known = reader.knownKey()
                 let key = if let known { known.string } else { try reader.readString(what: "key #\(index)") }
                 let valueStart = reader.offset
-                let value = try reader.readValue(forKey: key, kind: known?.traceKey)
+                let value: StoredValue
+                if known == .traceID, let (digits, fields) = traceparentRead, input.count - valueStart >= 34,
+                   input[valueStart] == 0xD9, input[valueStart + 1] == 32,
+                   MetadataView.equal32(
+                    UnsafeRawBufferPointer(rebasing: input[valueStart + 2..<valueStart + 34]),
+                    UnsafeRawBufferPointer(rebasing: input[digits])) {
+                    // The trace id traceparent carried, digit for digit: read once.
+                    value = .traceID(high: fields.traceIDHigh, low: fields.traceIDLow)
+                    reader.offset += 34
+                } else {
+                    value = try reader.readValue(forKey: key, kind: known?.traceKey)
+                }
+                if case .traceparent(let fields) = value {
+                    // Canonical, so 55 bytes after a two-byte str8 header; the trace id is at 3.
+                    traceparentRead = (valueStart + 2 + 3..<valueStart + 2 + 35, fields)
+                }
                 if viewable, let known {
                     // A known key twice: the view would not know which value counts.
                     if locations[known] != nil { viewable = false }
@@ -720,6 +737,36 @@ extension Metadata {
     package mutating func setYomoTraceIDs(traceIDHigh: UInt64, traceIDLow: UInt64, spanID: UInt64) {
         set(.traceID(high: traceIDHigh, low: traceIDLow), forKey: ReservedKey.traceID)
         set(.spanID(spanID), forKey: ReservedKey.spanID)
+    }
+
+    /// Sets `traceparent`, then `tracestate` (when given), then `yomo-trace-id`
+    /// and `yomo-span-id` (the order `TraceContextPropagator.inject` writes
+    /// them in), finding the keys present in one pass over the entries rather
+    /// than one per key.
+    package mutating func setTrace(
+        traceparent: TraceparentFields?, tracestate: String?,
+        yomo: (traceIDHigh: UInt64, traceIDLow: UInt64, spanID: UInt64)?
+    ) {
+        var traceparentIndex: Int?, traceIDIndex: Int?, spanIDIndex: Int?
+        for index in entries.indices {
+            let key = entries[index].key
+            switch key.utf8.count {
+            case 11 where key == Self.traceparentKey: traceparentIndex = index
+            case 13 where key == ReservedKey.traceID: traceIDIndex = index
+            case 12 where key == ReservedKey.spanID: spanIDIndex = index
+            default: break
+            }
+        }
+        // Appending moves no entry, so the indices found stay right.
+        func put(_ stored: StoredValue, _ key: String, at index: Int?) {
+            if let index { entries[index].stored = stored } else { entries.append(Entry(key: key, stored: stored)) }
+        }
+        if let traceparent { put(.traceparent(traceparent), Self.traceparentKey, at: traceparentIndex) }
+        if let tracestate, !tracestate.isEmpty { self["tracestate"] = tracestate }
+        if let yomo {
+            put(.traceID(high: yomo.traceIDHigh, low: yomo.traceIDLow), ReservedKey.traceID, at: traceIDIndex)
+            put(.spanID(yomo.spanID), ReservedKey.spanID, at: spanIDIndex)
+        }
     }
 
     private mutating func set(_ stored: StoredValue, forKey key: String) {

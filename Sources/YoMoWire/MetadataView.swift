@@ -286,7 +286,7 @@ package struct MetadataView {
     }
 
     /// Whether two 32-byte runs are equal, four words at a time.
-    private static func equal32(_ left: UnsafeRawBufferPointer, _ right: UnsafeRawBufferPointer) -> Bool {
+    static func equal32(_ left: UnsafeRawBufferPointer, _ right: UnsafeRawBufferPointer) -> Bool {
         var different: UInt64 = 0
         for offset in stride(from: 0, to: 32, by: 8) {
             different |= left.loadUnaligned(fromByteOffset: offset, as: UInt64.self)

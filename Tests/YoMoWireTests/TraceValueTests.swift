@@ -57,6 +57,28 @@ struct TraceValueTests {
         }
     }
 
+    @Test("a yomo-trace-id after traceparent decodes to its own digits, equal to traceparent's or not, in either order")
+    func traceIDBesideTraceparent() throws {
+        let traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+        var others = [traceID.replacingOccurrences(of: "36", with: "37"), "0" + traceID.dropFirst(), traceID.uppercased()]
+        for position in [0, 15, 16, 31] {
+            var digits = Array(traceID.utf8)
+            digits[position] = digits[position] == UInt8(ascii: "a") ? UInt8(ascii: "b") : UInt8(ascii: "a")
+            others.append(String(decoding: digits, as: UTF8.self))
+        }
+        for yomo in [traceID] + others {
+            for traceparentFirst in [true, false] {
+                var metadata = Metadata()
+                let entries = [("traceparent", "00-\(traceID)-00f067aa0ba902b7-01"), ("yomo-trace-id", yomo)]
+                for (key, value) in traceparentFirst ? entries : entries.reversed() { metadata[key] = value }
+                let decoded = try Metadata(decoding: metadata.encoded())
+                #expect(decoded["yomo-trace-id"] == yomo, "\(yomo), traceparent first: \(traceparentFirst)")
+                #expect(decoded["traceparent"] == "00-\(traceID)-00f067aa0ba902b7-01")
+                #expect(decoded.encoded() == metadata.encoded())
+            }
+        }
+    }
+
     @Test("str8-encoded short values and fixstr-encoded ones both decode")
     func markers() throws {
         // Go encodes a 16-byte string as fixstr; a peer may use str8 for it: same value.
