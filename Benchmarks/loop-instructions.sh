@@ -15,7 +15,8 @@
 # LOOP_BIN: a directory with release builds of yomo and uppercase-sfn (default:
 # built here); LOOP_BASELINE_BIN: another (e.g. an older commit), measured the
 # same way, for before/after. LOOP_MODES (default "off propagation on", as in
-# Benchmarks/loop-tracing.sh); LOOP_PROCESSES (default "zipper function");
+# Benchmarks/loop-tracing.sh); LOOP_PROCESSES (default "zipper function"; "bench"
+# counts the `yomo bench` process, the source and observer, a third of the loop);
 # LOOP_SIZE (1024) and LOOP_INFLIGHT (16); LOOP_TOP (8) functions listed per
 # run, LOOP_KEEP=DIR keeps the callgrind files. Needs valgrind (apt).
 set -euo pipefail
@@ -82,7 +83,7 @@ measure() {
     # The process counted runs under callgrind, from its copy without debug info.
     local -a zipper_command=("$programs/yomo") function_command=("$programs/uppercase-sfn")
     if [[ "$process" == zipper ]]; then zipper_command=("${counted[@]}" "$work/$build/yomo")
-    else function_command=("${counted[@]}" "$work/$build/uppercase-sfn"); fi
+    elif [[ "$process" == function ]]; then function_command=("${counted[@]}" "$work/$build/uppercase-sfn"); fi
     "${environment[@]}" "${zipper_command[@]}" serve --host 127.0.0.1 --port "$port" >"$log" 2>&1 &
     local zipper=$!
     pids=($zipper)
@@ -98,12 +99,23 @@ measure() {
     # Two counted runs, of N and 3N frames, each dumped on its own: every run of
     # `yomo bench` is a new connection (a TLS handshake: key exchange and
     # signatures), which their difference cancels along with other fixed costs.
-    callgrind_control -i on "$counted_pid" >/dev/null 2>&1
-    "${bench[@]}" --frames "$frames" >/dev/null 2>&1
-    callgrind_control -d "$counted_pid" >/dev/null 2>&1
-    "${bench[@]}" --frames $((3 * frames)) >/dev/null 2>&1
-    callgrind_control -d "$counted_pid" >/dev/null 2>&1
-    callgrind_control -i off "$counted_pid" >/dev/null 2>&1
+    if [[ "$process" == bench ]]; then
+        # The bench process itself (source and observer): each run is counted whole,
+        # so its start-up cancels in the difference too.
+        local run
+        for run in 1 2; do
+            "${environment[@]}" valgrind --tool=callgrind --demangle=no "--callgrind-out-file=$out.$run" "$work/$build/yomo" bench \
+                --zipper "127.0.0.1:$port" --size "$size" --inflight "$inflight" --timeout 300 \
+                --frames $(( run == 1 ? frames : 3 * frames )) >/dev/null 2>&1
+        done
+    else
+        callgrind_control -i on "$counted_pid" >/dev/null 2>&1
+        "${bench[@]}" --frames "$frames" >/dev/null 2>&1
+        callgrind_control -d "$counted_pid" >/dev/null 2>&1
+        "${bench[@]}" --frames $((3 * frames)) >/dev/null 2>&1
+        callgrind_control -d "$counted_pid" >/dev/null 2>&1
+        callgrind_control -i off "$counted_pid" >/dev/null 2>&1
+    fi
     stop_all
     # Dumps land in $out.1 and $out.2 (counters restart at each); per function, run 2 minus run 1.
     python3 - "$out.1" "$out.2" "$((2 * frames))" "$out.per-frame" <<'PY'
