@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Instructions per round trip of the zipper and of the stream function on the
-# YoMo loop, counted by valgrind's callgrind: the same from run to run, where
-# times on a shared VM vary by ±10–20 %, so a change of a few hundred
-# instructions per frame shows. One process at a time runs under callgrind
+# YoMo loop, counted by valgrind's callgrind: within about 2 % from run to run
+# (how frames share packets and acknowledgements varies), where times on a
+# shared VM vary by ±10–20 %. Compare builds within one run, and a single
+# function's inclusive count (LOOP_KEEP, callgrind_annotate --inclusive=yes)
+# for changes of a few hundred instructions. One process at a time runs under callgrind
 # (counting only while `yomo bench` sends the measured frames); the others run
 # natively. Also prints where the most instructions went.
 #
