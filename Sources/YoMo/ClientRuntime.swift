@@ -416,7 +416,8 @@ final class ClientRuntime: Sendable {
                         var metadata: Metadata
                         var view: MetadataView?
                         do {
-                            metadata = handlersWrite.load(ordering: .relaxed)
+                            // Only an async handler's writes reuse the received bytes.
+                            metadata = queue == nil && handlersWrite.load(ordering: .relaxed)
                                 ? try Metadata(decoding: data.metadata, view: &view) : try Metadata(decoding: data.metadata)
                         } catch {
                             report(YoMoError(.invalidMetadata, "frame with tag 0x\(String(data.tag, radix: 16)) skipped: \(error)"), setup)
