@@ -278,7 +278,7 @@ extension DataPathTracer {
         guard let span else { return try await body() }
         defer { span.end() }
         do {
-            return try await ServiceContext.withValue(span.context) { try await body() }
+            return try await ServiceContext.withValue(span.context, operation: body)
         } catch {
             span.fail(error)
             throw error
