@@ -187,8 +187,8 @@ extension Metadata {
             entries.reserveCapacity(capacity)
             // Large maps find duplicates by hashing, so a hostile map cannot make decoding quadratic.
             var positions: [String: Int]? = count > Self.linearScanLimit ? [:] : nil
-            // Where the digits of a canonical traceparent's trace id lie, and their value.
-            var traceparentRead: (digits: Range<Int>, fields: TraceparentFields)?
+            // Where a canonical traceparent's content lies, and its value.
+            var traceparentRead: (content: Range<Int>, fields: TraceparentFields)?
             for index in 0..<count {
                 // The keys YoMo itself writes are matched as bytes and taken as
                 // constants: no string is made (or validated) for them.
@@ -196,26 +196,27 @@ extension Metadata {
                 let key = if let known { known.string } else { try reader.readString(what: "key #\(index)") }
                 let valueStart = reader.offset
                 let value: StoredValue
-                if known == .traceID, let (digits, fields) = traceparentRead, input.count - valueStart >= 34,
-                   input[valueStart] == 0xD9, input[valueStart + 1] == 32,
-                   MetadataView.equal32(
-                    UnsafeRawBufferPointer(rebasing: input[valueStart + 2..<valueStart + 34]),
-                    UnsafeRawBufferPointer(rebasing: input[digits])) {
-                    // The trace id traceparent carried, digit for digit: read once.
-                    value = .traceID(high: fields.traceIDHigh, low: fields.traceIDLow)
-                    reader.offset += 34
+                // Headers of values held as numbers are one or two bytes, as `readValue` takes them.
+                if known == .traceID, let (content, fields) = traceparentRead,
+                   let (length, header) = MsgpackReader.stringHeader(in: input, at: valueStart),
+                   header <= 2, length <= input.count - valueStart - header,
+                   let traceID = MetadataView.traceID(
+                    UnsafeRawBufferPointer(rebasing: input[valueStart + header..<valueStart + header + length]),
+                    repeating: UnsafeRawBufferPointer(rebasing: input[content]), fields) {
+                    value = .traceID(high: traceID.high, low: traceID.low)
+                    reader.offset = valueStart + header + length
                 } else {
                     value = try reader.readValue(forKey: key, kind: known?.traceKey)
                 }
                 if case .traceparent(let fields) = value {
-                    // Canonical, so 55 bytes after a two-byte str8 header; the trace id is at 3.
-                    traceparentRead = (valueStart + 2 + 3..<valueStart + 2 + 35, fields)
+                    // Held as numbers: its content is the 55 bytes just read.
+                    traceparentRead = (reader.offset - 55..<reader.offset, fields)
                 }
                 if viewable, let known {
                     // A known key twice: the view would not know which value counts.
                     if locations[known] != nil { viewable = false }
                     // A string was read there: its marker gives the header's size.
-                    let header = switch input[valueStart] { case 0xD9: 2; case 0xDA: 3; case 0xDB: 5; default: 1 }
+                    let header = MsgpackReader.stringHeaderSize(marker: input[valueStart]) ?? 1
                     locations[known] = .init(start: valueStart, contentStart: valueStart + header, end: reader.offset)
                 }
                 // A duplicate key: the last one wins, as when Go decodes into a map.
@@ -472,20 +473,24 @@ struct MsgpackReader {
     /// nil when no string starts there or its header is cut short. Whether the
     /// content fits, and what to say when nothing does, are the caller's.
     static func stringHeader(in bytes: UnsafeRawBufferPointer, at offset: Int) -> (length: Int, header: Int)? {
-        guard offset < bytes.count else { return nil }
-        let marker = bytes[offset]
-        let size: Int
-        switch marker {
-        case 0xA0...0xBF: return (Int(marker & 0x1F), 1)
-        case 0xD9: size = 1
-        case 0xDA: size = 2
-        case 0xDB: size = 4
-        default: return nil
-        }
-        guard size < bytes.count - offset else { return nil }
+        guard offset < bytes.count, let header = stringHeaderSize(marker: bytes[offset]) else { return nil }
+        if header == 1 { return (Int(bytes[offset] & 0x1F), 1) }
+        guard header <= bytes.count - offset else { return nil }
         var length = 0
-        for byte in bytes[offset + 1...offset + size] { length = length << 8 | Int(byte) }
-        return (length, 1 + size)
+        for byte in bytes[offset + 1..<offset + header] { length = length << 8 | Int(byte) }
+        return (length, header)
+    }
+
+    /// The size of the header a msgpack string with this first byte has, length
+    /// included; nil when no string starts with it.
+    static func stringHeaderSize(marker: UInt8) -> Int? {
+        switch marker {
+        case 0xA0...0xBF: 1
+        case 0xD9: 2
+        case 0xDA: 3
+        case 0xDB: 5
+        default: nil
+        }
     }
 
     private mutating func readByte(what: @autoclosure () -> String) throws(WireError) -> UInt8 {

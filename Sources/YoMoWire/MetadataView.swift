@@ -268,10 +268,9 @@ package struct MetadataView {
                 trace.traceparent = fields
             }
             if let traceID = content(.traceID) {
-                // Both formats usually carry the same trace id: equal digits are read once.
-                if let fields = trace.traceparent, let traceparent, traceID.count == 32,
-                   Self.equal32(traceID, UnsafeRawBufferPointer(rebasing: traceparent[3..<35])) {
-                    trace.traceID = (fields.traceIDHigh, fields.traceIDLow)
+                if let fields = trace.traceparent, let traceparent,
+                   let same = Self.traceID(traceID, repeating: traceparent, fields) {
+                    trace.traceID = same
                 } else {
                     guard case .traceID(let high, let low)? = StoredValue(.traceID, traceID) else { return nil }
                     trace.traceID = (high, low)
@@ -285,14 +284,22 @@ package struct MetadataView {
         }
     }
 
-    /// Whether two 32-byte runs are equal, four words at a time.
-    static func equal32(_ left: UnsafeRawBufferPointer, _ right: UnsafeRawBufferPointer) -> Bool {
+    /// The trace id a `yomo-trace-id` value (`traceID`, its content) holds when
+    /// its digits are those of a canonical `traceparent` (`traceparent`, whose
+    /// numbers are `fields`): both formats usually carry the same trace id, and
+    /// equal digits are read once (a 32-byte compare) instead of parsed again.
+    /// Nil when they differ.
+    static func traceID(
+        _ traceID: UnsafeRawBufferPointer, repeating traceparent: UnsafeRawBufferPointer, _ fields: TraceparentFields
+    ) -> (high: UInt64, low: UInt64)? {
+        guard traceID.count == 32, traceparent.count == 55 else { return nil }
+        // `00-<trace id>-…`: the digits at 3, compared four words at a time.
         var different: UInt64 = 0
         for offset in stride(from: 0, to: 32, by: 8) {
-            different |= left.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
-                ^ right.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+            different |= traceID.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+                ^ traceparent.loadUnaligned(fromByteOffset: 3 + offset, as: UInt64.self)
         }
-        return different == 0
+        return different == 0 ? (fields.traceIDHigh, fields.traceIDLow) : nil
     }
 
     /// New trace values for keys the metadata already holds in canonical form:
