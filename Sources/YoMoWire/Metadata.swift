@@ -733,32 +733,20 @@ extension Metadata {
         traceValue(ReservedKey.spanID) { if case .spanID(let value) = $0 { value } else { nil } }
     }
 
-    /// Sets `traceparent` (version 00) without making a string.
-    package mutating func setTraceparent(_ fields: TraceparentFields) {
-        set(.traceparent(fields), forKey: Self.traceparentKey)
-    }
-
-    /// Sets `yomo-trace-id` and `yomo-span-id` without making strings.
-    package mutating func setYomoTraceIDs(traceIDHigh: UInt64, traceIDLow: UInt64, spanID: UInt64) {
-        set(.traceID(high: traceIDHigh, low: traceIDLow), forKey: ReservedKey.traceID)
-        set(.spanID(spanID), forKey: ReservedKey.spanID)
-    }
-
     /// Sets `traceparent`, then `tracestate` (when given), then `yomo-trace-id`
     /// and `yomo-span-id` (the order `TraceContextPropagator.inject` writes
     /// them in), finding the keys present in one pass over the entries rather
     /// than one per key.
     package mutating func setTrace(
-        traceparent: TraceparentFields?, tracestate: String?,
-        yomo: (traceIDHigh: UInt64, traceIDLow: UInt64, spanID: UInt64)?
+        traceparent: TraceparentFields? = nil, tracestate: String? = nil,
+        yomo: (traceIDHigh: UInt64, traceIDLow: UInt64, spanID: UInt64)? = nil
     ) {
         var traceparentIndex: Int?, traceIDIndex: Int?, spanIDIndex: Int?
         for index in entries.indices {
-            let key = entries[index].key
-            switch key.utf8.count {
-            case 11 where key == Self.traceparentKey: traceparentIndex = index
-            case 13 where key == ReservedKey.traceID: traceIDIndex = index
-            case 12 where key == ReservedKey.spanID: spanIDIndex = index
+            switch MetadataView.Key(entries[index].key) {
+            case .traceparent?: traceparentIndex = index
+            case .traceID?: traceIDIndex = index
+            case .spanID?: spanIDIndex = index
             default: break
             }
         }
@@ -767,18 +755,10 @@ extension Metadata {
             if let index { entries[index].stored = stored } else { entries.append(Entry(key: key, stored: stored)) }
         }
         if let traceparent { put(.traceparent(traceparent), Self.traceparentKey, at: traceparentIndex) }
-        if let tracestate, !tracestate.isEmpty { self["tracestate"] = tracestate }
+        if let tracestate, !tracestate.isEmpty { self[MetadataView.Key.tracestate.string] = tracestate }
         if let yomo {
             put(.traceID(high: yomo.traceIDHigh, low: yomo.traceIDLow), ReservedKey.traceID, at: traceIDIndex)
             put(.spanID(yomo.spanID), ReservedKey.spanID, at: spanIDIndex)
-        }
-    }
-
-    private mutating func set(_ stored: StoredValue, forKey key: String) {
-        if let index = index(of: key) {
-            entries[index].stored = stored
-        } else {
-            entries.append(Entry(key: key, stored: stored))
         }
     }
 }

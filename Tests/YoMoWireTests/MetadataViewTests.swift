@@ -37,10 +37,10 @@ struct MetadataViewTests {
         var changes = Metadata()
         if Bool.random(using: &generator) { changes["yomo-wanted-target"] = "carol" }
         if Bool.random(using: &generator) {
-            changes.setTraceparent(TraceparentFields(traceIDHigh: generator.next(), traceIDLow: generator.next(), spanID: generator.next(), flags: 1))
+            changes.setTrace(traceparent: TraceparentFields(traceIDHigh: generator.next(), traceIDLow: generator.next(), spanID: generator.next(), flags: 1))
         }
         if Bool.random(using: &generator) {
-            changes.setYomoTraceIDs(traceIDHigh: generator.next(), traceIDLow: generator.next(), spanID: generator.next())
+            changes.setTrace(yomo: (generator.next(), generator.next(), generator.next()))
         }
         if Bool.random(using: &generator) { changes["tracestate"] = "a=1" }
         if Bool.random(using: &generator) && Bool.random(using: &generator) { changes["not-a-known-key"] = "v" }

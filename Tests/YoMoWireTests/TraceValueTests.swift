@@ -96,8 +96,8 @@ struct TraceValueTests {
     func setters() {
         var numbers = Metadata()
         numbers["yomo-tid"] = "t"
-        numbers.setTraceparent(TraceparentFields(traceIDHigh: 0x4bf9_2f35_77b3_4da6, traceIDLow: 0xa3ce_929d_0e0e_4736, spanID: 0x00f0_67aa_0ba9_02b7, flags: 1))
-        numbers.setYomoTraceIDs(traceIDHigh: 0x4bf9_2f35_77b3_4da6, traceIDLow: 0xa3ce_929d_0e0e_4736, spanID: 0x00f0_67aa_0ba9_02b7)
+        numbers.setTrace(traceparent: TraceparentFields(traceIDHigh: 0x4bf9_2f35_77b3_4da6, traceIDLow: 0xa3ce_929d_0e0e_4736, spanID: 0x00f0_67aa_0ba9_02b7, flags: 1))
+        numbers.setTrace(yomo: (0x4bf9_2f35_77b3_4da6, 0xa3ce_929d_0e0e_4736, 0x00f0_67aa_0ba9_02b7))
         var text = Metadata()
         text["yomo-tid"] = "t"
         text["traceparent"] = Self.traceparent
@@ -115,7 +115,7 @@ struct TraceValueTests {
         }
         #expect(fields.spanID == span && fields.traceIDHigh == trace.high && fields.traceIDLow == trace.low)
         // Replacing a text value with numbers keeps its place; other values differ.
-        text.setYomoTraceIDs(traceIDHigh: 1, traceIDLow: 2, spanID: 3)
+        text.setTrace(yomo: (1, 2, 3))
         #expect(text["yomo-span-id"] == "0000000000000003")
         #expect(text["yomo-trace-id"] == "00000000000000010000000000000002")
         #expect(Array(text.map { $0.key }) == ["yomo-tid", "traceparent", "yomo-trace-id", "yomo-span-id"])
@@ -154,9 +154,9 @@ struct TraceValueTests {
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<2_000 {
             var metadata = Metadata()
-            metadata.setTraceparent(TraceparentFields(
+            metadata.setTrace(traceparent: TraceparentFields(
                 traceIDHigh: generator.next(), traceIDLow: generator.next(), spanID: generator.next(), flags: UInt8.random(in: 0...255)))
-            metadata.setYomoTraceIDs(traceIDHigh: generator.next(), traceIDLow: generator.next(), spanID: generator.next())
+            metadata.setTrace(yomo: (generator.next(), generator.next(), generator.next()))
             let bytes = metadata.encoded()
             let decoded = try Metadata(decoding: bytes)
             #expect(decoded == metadata)
