@@ -96,7 +96,8 @@ measure() {
     wait_for "$log" "client connected.*stream function"
     local counted_pid=$zipper
     if [[ "$process" == function ]]; then counted_pid=$function; fi
-    local -a bench=("${environment[@]}" "$programs/yomo" bench --zipper "127.0.0.1:$port" --size "$size" --inflight "$inflight" --timeout 300)
+    local -a load=(bench --zipper "127.0.0.1:$port" --size "$size" --inflight "$inflight" --timeout 300)
+    local -a bench=("${environment[@]}" "$programs/yomo" "${load[@]}")
     "${bench[@]}" --frames 200 >/dev/null 2>&1  # first frames: lazy set-up, not counted
     # Two counted runs, of N and 3N frames, each dumped on its own: every run of
     # `yomo bench` is a new connection (a TLS handshake: key exchange and
@@ -106,9 +107,8 @@ measure() {
         # so its start-up cancels in the difference too.
         local run
         for run in 1 2; do
-            "${environment[@]}" valgrind --tool=callgrind --demangle=no "--callgrind-out-file=$out.$run" "$work/$build/yomo" bench \
-                --zipper "127.0.0.1:$port" --size "$size" --inflight "$inflight" --timeout 300 \
-                --frames $(( run == 1 ? frames : 3 * frames )) >/dev/null 2>&1
+            "${environment[@]}" valgrind --tool=callgrind --demangle=no "--callgrind-out-file=$out.$run" "$work/$build/yomo" \
+                "${load[@]}" --frames $(( run == 1 ? frames : 3 * frames )) >/dev/null 2>&1
         done
     else
         callgrind_control -i on "$counted_pid" >/dev/null 2>&1
