@@ -196,15 +196,14 @@ extension Metadata {
                 let key = if let known { known.string } else { try reader.readString(what: "key #\(index)") }
                 let valueStart = reader.offset
                 let value: StoredValue
-                // Headers of values held as numbers are one or two bytes, as `readValue` takes them.
-                if known == .traceID, let (content, fields) = traceparentRead,
-                   let (length, header) = MsgpackReader.stringHeader(in: input, at: valueStart),
-                   header <= 2, length <= input.count - valueStart - header,
+                // A trace id held as numbers has the str8 header of 32 bytes (`readValue`).
+                if known == .traceID, let (content, fields) = traceparentRead, input.count - valueStart >= 34,
+                   input[valueStart] == 0xD9, input[valueStart + 1] == 32,
                    let traceID = MetadataView.traceID(
-                    UnsafeRawBufferPointer(rebasing: input[valueStart + header..<valueStart + header + length]),
+                    UnsafeRawBufferPointer(rebasing: input[valueStart + 2..<valueStart + 34]),
                     repeating: UnsafeRawBufferPointer(rebasing: input[content]), fields) {
                     value = .traceID(high: traceID.high, low: traceID.low)
-                    reader.offset = valueStart + header + length
+                    reader.offset = valueStart + 34
                 } else {
                     value = try reader.readValue(forKey: key, kind: known?.traceKey)
                 }
