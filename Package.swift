@@ -19,20 +19,24 @@ let strictSwift: [SwiftSetting] = [
 // - no exported symbols: --static-swift-stdlib passes -export-dynamic, which put
 //   17,000 symbols (1.7 MB of tables) in the binary that the loader then reads;
 //   nothing looks our symbols up at run time;
-// - the code the programs run laid out together (deploy/text-order.txt, made by
-//   scripts/text-order.py): the kernel maps 64 KB around each page fault, so
-//   scattered code kept ~9 MB of a 14 MB text resident for ~3 MB run. Only
-//   functions in sections of their own move, so scripts/static-build.sh (and
-//   deploy/Dockerfile) compile with function sections; lld reads the order.
+// - the code each program runs laid out together (deploy/text-order/<program>.txt,
+//   made by scripts/text-order.py): the kernel maps 64 KB around each page
+//   fault, so scattered code kept ~9 MB of a 14 MB text resident for ~3 MB run.
+//   Only functions in sections of their own move, so scripts/static-build.sh
+//   (and deploy/Dockerfile) compile with function sections; lld reads the order.
+//   The other clients (demo-source, llm-stream-sfn) take the stream function's:
+//   they run the same client runtime.
 // Executables only: a library product with unsafe flags could not be used as a
 // dependency.
-let compactExecutable: [LinkerSetting] = [
-    .unsafeFlags([
-        "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic",
-        "-Xlinker", "--symbol-ordering-file=\(Context.packageDirectory)/deploy/text-order.txt",
-        "-Xlinker", "--no-warn-symbol-ordering",
-    ])
-]
+func compactExecutable(order program: String) -> [LinkerSetting] {
+    [
+        .unsafeFlags([
+            "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic",
+            "-Xlinker", "--symbol-ordering-file=\(Context.packageDirectory)/deploy/text-order/\(program).txt",
+            "-Xlinker", "--no-warn-symbol-ordering",
+        ])
+    ]
+}
 
 var products: [Product] = []
 var targets: [Target] = []
@@ -274,7 +278,7 @@ targets += [
             .product(name: "Logging", package: "swift-log"),
         ],
         swiftSettings: strictSwift,
-        linkerSettings: compactExecutable
+        linkerSettings: compactExecutable(order: "yomo")
     ),
     .executableTarget(
         name: "uppercase-sfn",
@@ -285,7 +289,7 @@ targets += [
         ],
         path: "Examples/UppercaseSFN",
         swiftSettings: strictSwift,
-        linkerSettings: compactExecutable
+        linkerSettings: compactExecutable(order: "uppercase-sfn")
     ),
     .executableTarget(
         name: "llm-stream-sfn",
@@ -296,7 +300,7 @@ targets += [
         ],
         path: "Examples/LLMStreamSFN",
         swiftSettings: strictSwift,
-        linkerSettings: compactExecutable
+        linkerSettings: compactExecutable(order: "uppercase-sfn")
     ),
     .executableTarget(
         name: "demo-source",
@@ -307,7 +311,7 @@ targets += [
         ],
         path: "Examples/DemoSource",
         swiftSettings: strictSwift,
-        linkerSettings: compactExecutable
+        linkerSettings: compactExecutable(order: "uppercase-sfn")
     ),
     .testTarget(
         name: "YoMoTraceViewTests",

@@ -471,7 +471,7 @@ def check_dockerfile() -> set[str]:
                 fail(DOCKERFILE, f"builds {uncopied} but does not copy them to /out")
     if not programs:
         fail(DOCKERFILE, "builds no products (expected `for product in …; do swift build … --static-swift-stdlib`)")
-    # The link order (deploy/text-order.txt) moves only functions in sections of their own.
+    # The link order (deploy/text-order/) moves only functions in sections of their own.
     for flag in ("-Xswiftc -Xfrontend -Xswiftc -function-sections", "-Xcc -ffunction-sections"):
         if not any(flag in " ".join(run.split()) for run in builder["runs"]):
             fail(DOCKERFILE, f"the static build does not pass `{flag}` (scripts/static-build.sh does)")
@@ -488,7 +488,12 @@ def check_dockerignore() -> None:
     manifest = (ROOT / "Package.swift").read_text()
     needed = {"Package.swift", "Sources", "Tests"} | {p.split("/")[0] for p in re.findall(r'path:\s*"([^"]+)"', manifest)}
     # Files the manifest names by path (the link order) must be let in one by one.
-    needed |= set(re.findall(r'Context\.packageDirectory\)/([^"]+)"', manifest))
+    # A path built with an interpolation (the per-program link order) needs its folder.
+    for path in re.findall(r'Context\.packageDirectory\)/([^"]+)"', manifest):
+        needed.add(path.split("\\(")[0].rstrip("/"))
+    for program in re.findall(r'compactExecutable\(order: "([^"]+)"\)', manifest):
+        if not (ROOT / "deploy/text-order" / f"{program}.txt").is_file():
+            fail(ROOT / "Package.swift", f"links with deploy/text-order/{program}.txt, which does not exist")
     missing = sorted(needed - allowed)
     if missing:
         fail(DOCKERIGNORE, f"keeps {missing} out of the build context, but Package.swift needs them")

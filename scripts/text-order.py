@@ -1,40 +1,45 @@
 #!/usr/bin/env python3
-"""Writes deploy/text-order.txt: the functions `yomo serve` and `uppercase-sfn`
-run at start, idle and under load, in that order, for lld's
+"""Writes deploy/text-order/yomo.txt and deploy/text-order/uppercase-sfn.txt:
+the functions each program runs, those of start-up and idle first, for lld's
 --symbol-ordering-file (docs/performance.md, "Footprint (RSS)").
 
 Why: the kernel maps file pages around each fault (64 KB windows), so code
-touched here and there across a 14 MB text segment keeps ~9 MB of it resident
-although the programs run ~3 MB of it. Laid out together, that code takes a
-few windows.
+run here and there across a 14 MB text segment keeps whole windows of it
+resident. Laid out together, the code a program runs takes few windows.
 
 How: scripts/static-build.sh builds both programs with a link map. Each
-program then runs from a fresh copy written with O_DIRECT (none of its pages
-cached) while the disk's read-ahead is 0, so a page is resident only if it was
-run or read; /proc/PID/pagemap says which text pages are, and `nm` which
-functions they hold. A function is listed if it overlaps such a page, except
-in the few big sections that cannot be split (the static Swift libraries'
-bulk .text) where the listed part is under 30 %: moving all of such a section
-to the front would cost more pages than the few it saves. Needs root (pagemap
-addresses, the disk's read_ahead_kb, restored on exit).
+program's list has three parts:
+1. what valgrind's callgrind sees it run at start-up and idle (both programs
+   connected, nothing flowing), tracing off and on: exactly the functions run;
+2. what callgrind sees it run under load (`yomo bench`, 1 KiB x 256 and
+   16 B x 1);
+3. the functions on the text pages resident after the same runs without
+   valgrind, from a copy written with O_DIRECT (none of its pages cached)
+   while the disk's read-ahead is 0, so that a page is resident only if it
+   was run or read (/proc/PID/pagemap says which). Callgrind serialises
+   threads, so code only concurrency reaches can be missing from 1 and 2;
+   this part keeps it near. It lists whole pages, so alone (as this script
+   did before) it also listed the unrun functions beside each run one: the
+   idle block was 2.7 MB for ~0.8 MB run.
+Functions in the big sections that cannot be split (the static Swift
+libraries' bulk .text) are left out where what runs in the section falls in
+fewer 64 KB windows than the section is long: there, moving all of it to the
+front would cost more pages than it saves.
+Needs root (pagemap addresses, the disk's read_ahead_kb, restored on exit)
+and valgrind.
 
 A stale order still links and runs, with less gain. SwiftPM does not relink
 for a changed order alone, so remove the binaries to link with the new one:
 
     python3 scripts/text-order.py
     rm .build-static/release/{yomo,uppercase-sfn}; scripts/static-build.sh yomo uppercase-sfn
-
-(Tried and no better: listing exactly the functions valgrind's callgrind sees
-run, since valgrind serialises threads and misses code that concurrency reaches
-in real runs; and dropping those `-profile-generate` counts as never run, since
-most of the listed code is prebuilt and not instrumented.)
 """
-import os, re, signal, struct, subprocess, sys, tempfile, time
+import bisect, os, re, signal, struct, subprocess, sys, tempfile, time
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 programs = ("yomo", "uppercase-sfn")
 bin_dir = None  # set by build()
-output = os.path.join(root, "deploy/text-order.txt")
+output_dir = os.path.join(root, "deploy/text-order")
 port, otlp_port = 9651, 4451
 
 
@@ -120,9 +125,13 @@ def build(work):
     return maps
 
 
-def sparse_symbols(map_file, listed):
-    """Listed symbols that sit in big text sections mostly not listed."""
-    sections, current = [], None
+def big_sections(map_file):
+    """The text input sections of 32 KB or more that were not split into a
+    section a function, as [(address, size, [(address, symbol)])], and the
+    names defined more than once in the program (local helpers such as
+    `block_copy_helper`: the order moves every section that defines a listed
+    name)."""
+    sections, current, seen, repeated = [], None, set(), set()
     with open(map_file) as f:
         for line in f:
             match = re.match(r"\s*([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+\s+(.*)$", line)
@@ -130,25 +139,52 @@ def sparse_symbols(map_file, listed):
                 continue
             address, size, what = int(match.group(1), 16), int(match.group(2), 16), match.group(3)
             if ":(" in what and not what.startswith("."):
-                current = (address, size, what, []) if "(.text" in what else None
+                current = (address, size, []) if "(.text" in what and size >= 32 * 1024 else None
                 if current:
                     sections.append(current)
-            elif current is not None:
-                current[3].append((address, what.strip()))
-    sparse = set()
-    for address, size, _, symbols in sections:
-        if size < 32 * 1024:
-            continue
+                continue
+            name = what.strip()
+            if name in seen:
+                repeated.add(name)
+            seen.add(name)
+            if current is not None:
+                current[2].append((address, name))
+    return sections, repeated
+
+
+def unlisted_symbols(map_file, run):
+    """Symbols not to list: those of big sections better left where they are,
+    and names defined more than once of which one is in a big section (listed,
+    they would move it whatever ran). A big section is better left where the
+    functions run in it fall in fewer 64 KB windows than it is long: its
+    resident cost where it is (those windows) is less than moving all of it
+    into the block of code run (its length)."""
+    sections, repeated = big_sections(map_file)
+    in_big = {name for _, _, symbols in sections for _, name in symbols}
+    unlisted = repeated & in_big
+    for address, size, symbols in sections:
         symbols.sort()
         ends = [a for a, _ in symbols[1:]] + [address + size]
-        listed_bytes = sum(end - a for (a, name), end in zip(symbols, ends) if name in listed)
-        if listed_bytes < 0.3 * size:
-            sparse |= {name for _, name in symbols if name in listed}
-    return sparse
+        windows = set()
+        for (start, name), end in zip(symbols, ends):
+            if name in run and name not in unlisted:
+                windows.update(range((start - address) // 65536, (end - 1 - address) // 65536 + 1))
+        if size > len(windows) * 65536:
+            unlisted |= {name for _, name in symbols}
+    return unlisted
 
 
-def run(command, environment):
-    return subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def environment_for(mode):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "YOMO_"))}
+    environment["OTEL_METRICS_EXPORTER"] = "none"
+    if mode == "on":
+        environment["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{otlp_port}"
+    return environment
+
+
+def run(command, environment, log=None):
+    output = open(log, "w") if log else subprocess.DEVNULL
+    return subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=output)
 
 
 def wait_for_port(number, timeout=10.0):
@@ -161,13 +197,36 @@ def wait_for_port(number, timeout=10.0):
     sys.exit(f"nothing listened on udp port {number}")
 
 
-def profile(work, mode):
-    """Phases [(name, zipper pages, function pages)] of one cold run in mode
-    (page addresses as linked, so the same for every copy of a program)."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "YOMO_"))}
-    environment["OTEL_METRICS_EXPORTER"] = "none"
-    if mode == "on":
-        environment["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{otlp_port}"
+def wait_for_line(log, text, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(log) as f:
+            if text in f.read():
+                return
+        time.sleep(0.2)
+    sys.exit(f"{log}: no \"{text}\" within {timeout} s")
+
+
+def load(environment):
+    """The load both profiles run: 1 KiB x 256 in flight and 16 B x 1, through native yomo bench."""
+    bench = os.path.join(bin_dir, "yomo")
+    for size, inflight, frames in ((1024, 256, 3000), (16, 1, 300)):
+        subprocess.run([bench, "bench", "--zipper", f"127.0.0.1:{port}", "--size", str(size),
+                        "--inflight", str(inflight), "--frames", str(frames)],
+                       env=environment, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(processes):
+    for process in processes:
+        if process:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=120)
+
+
+def cold_profile(work, mode):
+    """{program: (idle pages, busy pages)} of one cold run in mode (page
+    addresses as linked, so the same for every copy of a program)."""
+    environment = environment_for(mode)
     zipper_binary, function_binary = cold_copy(programs[0], work), cold_copy(programs[1], work)
     zipper = run([zipper_binary, "serve", "--host", "127.0.0.1", "--port", str(port)], environment)
     function = None
@@ -175,19 +234,86 @@ def profile(work, mode):
         wait_for_port(port)
         function = run([function_binary, "--zipper", f"127.0.0.1:{port}"], environment)
         time.sleep(2)  # connected and idle, as Benchmarks/footprint.sh measures
-        phases = [("idle", resident_pages(zipper), resident_pages(function))]
-        bench = os.path.join(bin_dir, "yomo")
-        for size, inflight in ((1024, 256), (16, 1)):
-            subprocess.run([bench, "bench", "--zipper", f"127.0.0.1:{port}", "--size", str(size),
-                            "--inflight", str(inflight), "--frames", "3000"],
-                           env=environment, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        phases.append(("busy", resident_pages(zipper), resident_pages(function)))
-        return phases
+        idle = (resident_pages(zipper), resident_pages(function))
+        load(environment)
+        busy = (resident_pages(zipper), resident_pages(function))
+        return {program: (idle[i], busy[i]) for i, program in enumerate(programs)}
     finally:
-        for process in (function, zipper):
-            if process:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=20)
+        stop((function, zipper))
+
+
+def callgrind_functions(path, program_path, table):
+    """Functions of the program that a callgrind output file records as run.
+    Callgrind names a function by its symbol (`'2` marks a recursion level) or,
+    without one, by its address: that is looked up in the symbol table."""
+    starts = [address for address, _, _ in table]
+    names, objects, current, found = {}, {}, None, set()
+    with open(path, errors="replace") as f:
+        for line in f:
+            match = re.match(r"(c?ob|c?fn)=\((\d+)\)(?: (.*))?", line)
+            if not match:
+                continue
+            kind, key, text = match.groups()
+            if kind.endswith("ob"):
+                if text:
+                    objects[key] = text.strip()
+                if kind == "ob":
+                    current = objects.get(key)
+                continue
+            if text:
+                names[key] = re.sub(r"'\d+$", "", text.strip())
+            if kind == "fn" and current and os.path.realpath(current) == program_path:
+                name = names[key]
+                if name.startswith("0x"):
+                    index = bisect.bisect_right(starts, int(name, 16)) - 1
+                    if index < 0:
+                        continue
+                    name = table[index][2]
+                found.add(name)
+    return found
+
+
+def callgrind_profile(work, mode, tables):
+    """{program: (idle functions, busy functions)} that callgrind sees run in mode."""
+    environment = environment_for(mode)
+    copies, outputs, processes = {}, {}, {}
+    for program in programs:
+        copies[program] = os.path.join(work, f"{program}.callgrind")
+        subprocess.run(["strip", "--strip-debug", "-o", copies[program], os.path.join(bin_dir, program)], check=True)
+        outputs[program] = os.path.join(work, f"callgrind.{program}.{mode}")
+    valgrind = ["valgrind", "--tool=callgrind", "--demangle=no"]
+    zipper_log = os.path.join(work, f"zipper.{mode}.log")
+    try:
+        processes["yomo"] = run([*valgrind, f"--callgrind-out-file={outputs['yomo']}", copies["yomo"],
+                                 "serve", "--host", "127.0.0.1", "--port", str(port)], environment, zipper_log)
+        wait_for_port(port, timeout=120)
+        processes["uppercase-sfn"] = run([*valgrind, f"--callgrind-out-file={outputs['uppercase-sfn']}",
+                                          copies["uppercase-sfn"], "--zipper", f"127.0.0.1:{port}"], environment)
+        wait_for_line(zipper_log, "client connected", timeout=120)
+        time.sleep(2)
+        for program in programs:  # what ran up to here goes to <output>.1; the rest to <output> at exit
+            subprocess.run(["callgrind_control", "--dump=idle", str(processes[program].pid)],
+                           check=True, stdout=subprocess.DEVNULL)
+        load(environment)
+    finally:
+        stop((processes.get("uppercase-sfn"), processes.get("yomo")))
+    found = {}
+    for program in programs:
+        path = os.path.realpath(copies[program])
+        idle = callgrind_functions(outputs[program] + ".1", path, tables[program])
+        busy = callgrind_functions(outputs[program], path, tables[program])
+        found[program] = (idle, busy - idle)
+    return found
+
+
+def on_pages(table, pages):
+    """Functions of table that overlap a page of pages."""
+    listed = []
+    for address, size, name in table:
+        first, last = address // 4096 * 4096, (address + max(size, 1) - 1) // 4096 * 4096
+        if any(page in pages for page in range(first, last + 1, 4096)):
+            listed.append(name)
+    return listed
 
 
 def main():
@@ -195,38 +321,44 @@ def main():
         sys.exit("needs root: pagemap addresses and the disk's read_ahead_kb")
     with tempfile.TemporaryDirectory(dir=root, prefix=".text-order-") as work:
         maps = build(work)
-        knob = device_read_ahead_file(work)
-        saved = open(knob).read().strip()
+        tables = {program: functions(os.path.join(bin_dir, program)) for program in programs}
         receiver = run([os.path.join(bin_dir, "yomo"), "trace-view", "--listen", f"127.0.0.1:{otlp_port}", "--discard"],
                        dict(os.environ))
         try:
-            with open(knob, "w") as f:
-                f.write("0")
-            runs = [profile(work, mode) for mode in ("off", "on")]
+            exact = [callgrind_profile(work, mode, tables) for mode in ("off", "on")]
+            knob = device_read_ahead_file(work)
+            saved = open(knob).read().strip()
+            try:
+                with open(knob, "w") as f:
+                    f.write("0")
+                cold = [cold_profile(work, mode) for mode in ("off", "on")]
+            finally:
+                with open(knob, "w") as f:
+                    f.write(saved)
         finally:
-            with open(knob, "w") as f:
-                f.write(saved)
             receiver.terminate()
             receiver.wait(timeout=20)
-        ordered, seen = [], set()
-        tables = {program: functions(os.path.join(bin_dir, program)) for program in programs}
-        # Start-up and idle code of both programs first, then what load adds.
-        for phase in (0, 1):
-            for phases in runs:
-                for program, pages in zip(programs, phases[phase][1:]):
-                    for address, size, name in tables[program]:
-                        first, last = address // 4096 * 4096, (address + max(size, 1) - 1) // 4096 * 4096
-                        if name not in seen and any(page in pages for page in range(first, last + 1, 4096)):
-                            seen.add(name)
-                            ordered.append(name)
-        sparse = set().union(*(sparse_symbols(maps[p], seen) for p in programs))
-        ordered = [name for name in ordered if name not in sparse]
-    with open(output, "w") as f:
-        f.write("\n".join(ordered) + "\n")
-    for phases in runs:
-        for name, zipper_pages, function_pages in phases:
-            print(f"{name}: zipper {len(zipper_pages) * 4} kB of text resident, function {len(function_pages) * 4} kB")
-    print(f"{output}: {len(ordered)} functions ({len(sparse)} left out: they sit in big sections mostly not run)")
+        os.makedirs(output_dir, exist_ok=True)
+        for program in programs:
+            address = {name: a for a, _, name in tables[program]}
+            # Exact parts in address order (code of one source file stays together), then the pages.
+            parts = [sorted(set().union(*(run[program][0] for run in exact)) & address.keys(), key=address.get),
+                     sorted(set().union(*(run[program][1] for run in exact)) & address.keys(), key=address.get),
+                     [name for run in cold for name in on_pages(tables[program], run[program][0] | run[program][1])]]
+            run_functions = set(parts[0]) | set(parts[1])
+            unlisted = unlisted_symbols(maps[program], run_functions)
+            ordered, seen = [], set()
+            for part in parts:
+                for name in part:
+                    if name not in seen and name not in unlisted:
+                        seen.add(name)
+                        ordered.append(name)
+            with open(os.path.join(output_dir, f"{program}.txt"), "w") as f:
+                f.write("\n".join(ordered) + "\n")
+            idle_kb = sum(size for _, size, name in tables[program] if name in set(parts[0])) // 1024
+            print(f"{program}: {len(parts[0])} functions ({idle_kb} kB) run at start-up and idle, "
+                  f"{len(parts[1])} more under load, {len(ordered)} listed in all; "
+                  f"cold, {len(cold[0][program][0]) * 4} kB of text resident idle")
 
 
 main()
