@@ -255,6 +255,30 @@ struct FaultRecoveryTests {
         let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
         #expect(mode == 0o600)
         #expect(try ZipperConfiguration().loadStatelessResetKey() == nil)
+        // No temporary file is left beside the key.
+        let directory = (path as NSString).deletingLastPathComponent
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["zipper.key"])
+    }
+
+    @Test("a reset key file too short, or one that cannot be made, is a clear configuration error")
+    func resetKeyFileErrors() throws {
+        let directory = NSTemporaryDirectory() + "yomo-test-key-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let short = directory + "/short.key"
+        #expect(FileManager.default.createFile(atPath: short, contents: Data(repeating: 7, count: 8)))
+        let tooShort = #expect(throws: YoMoError.self) { try ZipperConfiguration(statelessResetKeyFile: short).loadStatelessResetKey() }
+        #expect(tooShort?.code == .invalidConfiguration)
+        #expect(tooShort?.message.contains("holds 8 bytes") == true)
+        // A longer file is taken as it is.
+        let long = directory + "/long.key"
+        #expect(FileManager.default.createFile(atPath: long, contents: Data((0..<48).map { UInt8($0) })))
+        #expect(try ZipperConfiguration(statelessResetKeyFile: long).loadStatelessResetKey() == (0..<48).map { UInt8($0) })
+        // A directory in the way is a file: neither the directory nor the key can be made.
+        let blocked = short + "/zipper.key"
+        let cannot = #expect(throws: YoMoError.self) { try ZipperConfiguration(statelessResetKeyFile: blocked).loadStatelessResetKey() }
+        #expect(cannot?.code == .invalidConfiguration)
+        #expect(cannot?.message.contains(blocked) == true)
     }
 
     @Test("limits, slow-consumer policy and reset key file come from the YAML; bad values are clear errors")
