@@ -2,7 +2,7 @@
 # Builds products as deploy/Dockerfile does: release, the Swift runtime linked
 # in (--static-swift-stdlib), every function in a section of its own so that
 # the link can lay out the code the programs run together
-# (deploy/text-order.txt; docs/performance.md, "Footprint (RSS)").
+# (deploy/text-order/; docs/performance.md, "Footprint (RSS)").
 # Prints the directory holding the programs.
 #
 #   scripts/static-build.sh [--scratch-path DIR] PRODUCT... [-- EXTRA swift build ARGS]
