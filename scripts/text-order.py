@@ -136,75 +136,70 @@ def build(work):
     return maps
 
 
-def big_sections(map_file):
-    """The text input sections of 32 KB or more that were not split into a
-    section a function, as [(address, size, [(address, symbol)], section)], and the
-    names defined more than once in the program (local helpers such as
-    `block_copy_helper`: the order moves every section that defines a listed
-    name)."""
-    sections, current, seen, repeated = [], None, set(), set()
-    with open(map_file) as f:
-        for line in f:
-            match = re.match(r"\s*([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+\s+(.*)$", line)
-            if not match:
-                continue
-            address, size, what = int(match.group(1), 16), int(match.group(2), 16), match.group(3)
-            if ":(" in what and not what.startswith("."):
-                current = (address, size, [], what.strip()) if "(.text" in what and size >= 32 * 1024 else None
-                if current:
-                    sections.append(current)
-                continue
-            name = what.strip()
-            if name in seen:
-                repeated.add(name)
-            seen.add(name)
-            if current is not None:
-                current[2].append((address, name))
-    return sections, repeated
+class LinkMap:
+    """The input sections of a link map (lld's -Map) with the symbols each
+    defines, and the names defined more than once in the program (local
+    helpers such as `block_copy_helper`: an order moves every section that
+    defines a listed name)."""
+
+    def __init__(self, map_file):
+        self.sections = []  # (address, size, "file:(section)", [(address, symbol)])
+        seen, self.repeated, current = set(), set(), None
+        with open(map_file) as f:
+            for line in f:
+                match = re.match(r"\s*([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+\s+(.*)$", line)
+                if not match:
+                    continue
+                address, size, what = int(match.group(1), 16), int(match.group(2), 16), match.group(3).strip()
+                if what.startswith("."):  # an output section
+                    current = None
+                elif ":(" in what:
+                    current = (address, size, what, [])
+                    self.sections.append(current)
+                elif current is not None:
+                    if what in seen:
+                        self.repeated.add(what)
+                    seen.add(what)
+                    current[3].append((address, what))
+
+    def big_text(self):
+        """Text sections of 32 KB or more: code not split a function a section."""
+        return [s for s in self.sections if "(.text" in s[2] and s[1] >= 32 * 1024]
+
+    def unsplit_objects(self):
+        """Objects of this package's build whose code sits in one big `.text`."""
+        return [what for _, _, what, _ in self.big_text() if "/.build" in what and what.endswith(":(.text)")]
 
 
-def read_only_data(map_file, pages):
+def read_only_data(link_map, pages):
     """One symbol for each `.rodata` input section that the idle programs read
     (on pages resident in the cold runs), so that the link puts those sections
     together too, where it is worth it by the same 64 KB windows as code. A
     section is named by a symbol defined once in it; one without is left."""
-    chosen, sections, current, counts = [], [], None, {}
-    with open(map_file) as f:
-        for line in f:
-            match = re.match(r"\s*([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+\s+(.*)$", line)
-            if not match:
-                continue
-            address, size, what = int(match.group(1), 16), int(match.group(2), 16), match.group(3).strip()
-            if ":(" in what and not what.startswith("."):
-                current = (address, size, []) if ":(.rodata" in what and size else None
-                if current:
-                    sections.append(current)
-                continue
-            counts[what] = counts.get(what, 0) + 1
-            if current is not None:
-                current[2].append(what)
-    for address, size, symbols in sections:
+    chosen = []
+    for address, size, what, symbols in link_map.sections:
+        if ":(.rodata" not in what or not size:
+            continue
         touched = {page for page in range(address // 4096 * 4096, address + size, 4096) if page in pages}
         if not touched or size > len({page // 65536 for page in touched}) * 65536:
             continue
-        unique = [name for name in symbols if counts[name] == 1]
+        unique = [name for _, name in symbols if name not in link_map.repeated]
         if unique:
             chosen.append(unique[0])
     return chosen
 
 
-def unlisted_symbols(map_file, run):
+def unlisted_symbols(link_map, run):
     """Symbols not to list: those of big sections better left where they are,
     and names defined more than once of which one is in a big section (listed,
     they would move it whatever ran). A big section is better left where the
     functions run in it fall in fewer 64 KB windows than it is long: its
     resident cost where it is (those windows) is less than moving all of it
     into the block of code run (its length)."""
-    sections, repeated = big_sections(map_file)
-    in_big = {name for _, _, symbols, _ in sections for _, name in symbols}
-    unlisted = repeated & in_big
-    for address, size, symbols, _ in sections:
-        symbols.sort()
+    sections = link_map.big_text()
+    unlisted = link_map.repeated & {name for _, _, _, symbols in sections for _, name in symbols}
+    for address, size, _, symbols in sections:
+        symbols = sorted(symbols)
         ends = [a for a, _ in symbols[1:]] + [address + size]
         windows = set()
         for (start, name), end in zip(symbols, ends):
@@ -364,9 +359,9 @@ def main():
         sys.exit("needs root: pagemap addresses and the disk's read_ahead_kb")
     with tempfile.TemporaryDirectory(dir=root, prefix=".text-order-") as work:
         maps = build(work)
+        link_maps = {program: LinkMap(maps[program]) for program in programs}
         for program in programs:
-            unsplit = [what for _, _, _, what in big_sections(maps[program])[0]
-                       if "/.build" in what and what.endswith(":(.text)")]
+            unsplit = link_maps[program].unsplit_objects()
             if unsplit:
                 sys.exit(f"{unsplit[0]}: compiled without function sections; remove the scratch directory and run again")
         tables = {program: functions(os.path.join(bin_dir, program)) for program in programs}
@@ -394,9 +389,9 @@ def main():
                      sorted(set().union(*(run[program][1] for run in exact)) & address.keys(), key=address.get),
                      [name for run in cold for name in on_pages(tables[program], run[program][0] | run[program][1])]]
             run_functions = set(parts[0]) | set(parts[1])
-            unlisted = unlisted_symbols(maps[program], run_functions)
+            unlisted = unlisted_symbols(link_maps[program], run_functions)
             ordered, seen = [], set()
-            parts.append(read_only_data(maps[program], set().union(*(run[program][2] for run in cold))))
+            parts.append(read_only_data(link_maps[program], set().union(*(run[program][2] for run in cold))))
             for part in parts:
                 for name in part:
                     if name not in seen and name not in unlisted:
