@@ -42,9 +42,10 @@ struct DataPathTracer: Sendable {
     /// The source's span (scope "Source"), kind producer.
     func sourceSpan(name: String, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
-        let span = tracer.startSpan(name, context: ServiceContext.current ?? .topLevel, ofKind: .producer)
-        span.setAttribute("send_data_tag", .int64(Int64(tag)))
-        span.setAttribute("send_data_len", .int64(Int64(length)))
+        let span = startSpan(
+            name, parent: nil, context: ServiceContext.current ?? .topLevel, ofKind: .producer,
+            attributes: [.init(key: "send_data_tag", value: .int64(Int64(tag))), .init(key: "send_data_len", value: .int64(Int64(length)))]
+        )
         inject(span, into: &metadata)
         return span
     }
@@ -60,12 +61,10 @@ struct DataPathTracer: Sendable {
     }
 
     private func startZipperSpan(tag: UInt32, length: Int, parent: SpanContext?, context: ServiceContext) -> YoMoSpan {
-        let span = startSpan("zipper endpoint", parent: parent, context: context, ofKind: .internal)
-        if span.isRecording {
-            span.setAttribute("routing_data_tag", .int64(Int64(tag)))
-            span.setAttribute("routing_data_len", .int64(Int64(length)))
-        }
-        return span
+        startSpan(
+            "zipper endpoint", parent: parent, context: context, ofKind: .internal,
+            attributes: [.init(key: "routing_data_tag", value: .int64(Int64(tag))), .init(key: "routing_data_len", value: .int64(Int64(length)))]
+        )
     }
 
     /// The zipper's span for metadata read in place whose trace values are all
@@ -147,12 +146,13 @@ struct DataPathTracer: Sendable {
     /// The stream function's span (scope "StreamFunction", named after it), kind consumer.
     func functionSpan(name: String, handlerType: String, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
-        let span = startSpan(name, parent: extractParent(from: metadata), context: ServiceContext.current ?? .topLevel, ofKind: .consumer)
-        if span.isRecording {
-            span.setAttribute("sfn_handler_type", .string(handlerType))
-            span.setAttribute("recv_data_tag", .int64(Int64(tag)))
-            span.setAttribute("recv_data_len", .int64(Int64(length)))
-        }
+        let span = startSpan(
+            name, parent: extractParent(from: metadata), context: ServiceContext.current ?? .topLevel, ofKind: .consumer,
+            attributes: [
+                .init(key: "sfn_handler_type", value: .string(handlerType)),
+                .init(key: "recv_data_tag", value: .int64(Int64(tag))), .init(key: "recv_data_len", value: .int64(Int64(length))),
+            ]
+        )
         inject(span, into: &metadata)
         return span
     }
@@ -172,10 +172,13 @@ struct DataPathTracer: Sendable {
 
     /// A span whose parent is the frame's (`parent`, from its trace context), or
     /// else the task's (`context`): what `startSpan(extractingParentFrom:)` does,
-    /// without strings.
-    private func startSpan(_ name: String, parent: SpanContext?, context: ServiceContext, ofKind kind: SpanKind) -> YoMoSpan {
+    /// without strings. `attributes` are built only for a recording span.
+    private func startSpan(
+        _ name: String, parent: SpanContext?, context: ServiceContext, ofKind kind: SpanKind,
+        attributes: @autoclosure () -> [ListedAttribute]
+    ) -> YoMoSpan {
         let parent = parent ?? (context.isEmpty ? nil : context.spanContext)
-        return tracer.startSpan(name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now)
+        return tracer.startSpan(name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now, attributes: attributes())
     }
 
     /// The remote parent in a frame's metadata, as `TraceContextPropagator.extract`

@@ -225,12 +225,18 @@ func trim(_ attributes: inout SpanAttributes, to limit: Int) -> Int {
     return excess
 }
 
-/// An attribute set with `YoMoSpan.setAttribute`. A struct, not a tuple: an
-/// array of tuples is copied and destroyed through the runtime's generic tuple
-/// witnesses, an array of structs through specialised code.
-struct ListedAttribute {
+/// An attribute set with `YoMoSpan.setAttribute`, or given when the span
+/// starts. A struct, not a tuple: an array of tuples is copied and destroyed
+/// through the runtime's generic tuple witnesses, an array of structs through
+/// specialised code.
+package struct ListedAttribute {
     var key: String
     var value: SpanAttribute
+
+    package init(key: String, value: SpanAttribute) {
+        self.key = key
+        self.value = value
+    }
 }
 
 /// The mutable part of a recording span, guarded by a tiny spin lock: spans are
@@ -266,9 +272,10 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
     @exclusivity(unchecked) var droppedLinkCount = 0
     @exclusivity(unchecked) var status: SpanStatus?
 
+    /// `attributes`: keys unique; those beyond the attribute count limit are dropped (and counted).
     init(
         shared: TracerShared, scope: InstrumentationScope, name: String, kind: SpanKind,
-        spanContext: SpanContext, parent: SpanContext?, startTime: UInt64
+        spanContext: SpanContext, parent: SpanContext?, startTime: UInt64, attributes: [ListedAttribute] = []
     ) {
         self.shared = shared
         self.scope = scope
@@ -277,6 +284,13 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
         self.parentSpanID = parent?.spanID
         self.parentIsRemote = parent?.isRemote ?? false
         self.startTime = startTime
+        let limit = shared.limits.attributeCountLimit
+        if attributes.count <= limit {
+            self.listedAttributes = attributes
+        } else {
+            self.listedAttributes = Array(attributes.prefix(max(limit, 0)))
+            self.droppedAttributeCount = attributes.count - max(limit, 0)
+        }
         super.init(spanContext)
     }
 

@@ -40,13 +40,16 @@ public struct YoMoTracer: Tracer {
     /// Starts a span with an explicit parent span context (nil or invalid: a
     /// root) whose `context` extends `context`. The data path uses it with the
     /// parent extracted from a frame, which saves putting that parent into a
-    /// `ServiceContext` only to read it back.
+    /// `ServiceContext` only to read it back; and with its attributes (keys
+    /// unique), evaluated only for a recording span and set as it starts, which
+    /// saves a `setAttribute` (a lock and a search) each.
     package func startSpan<Instant: TracerInstant>(
         _ operationName: String,
         parent: SpanContext?,
         context parentContext: ServiceContext,
         ofKind kind: SpanKind,
-        at instant: @autoclosure () -> Instant
+        at instant: @autoclosure () -> Instant,
+        attributes: @autoclosure () -> [ListedAttribute] = []
     ) -> YoMoSpan {
         guard let shared, !shared.isShutdown.load(ordering: .relaxed) else {
             return YoMoSpan(context: parentContext, storage: nil)
@@ -66,7 +69,8 @@ public struct YoMoTracer: Tracer {
         }
         let storage = SpanStorage(
             shared: shared, scope: scope, name: operationName, kind: kind,
-            spanContext: spanContext, parent: parent, startTime: instant().nanosecondsSinceEpoch
+            spanContext: spanContext, parent: parent, startTime: instant().nanosecondsSinceEpoch,
+            attributes: attributes()
         )
         return YoMoSpan(context: parentContext, storage: storage)
     }

@@ -1,5 +1,6 @@
 import Logging
 import ServiceLifecycle
+import Synchronization
 import Testing
 import Tracing
 @testable import YoMoTracing
@@ -176,6 +177,42 @@ import Tracing
         #expect(finished.attributes.get("b") == .string("y"))
         #expect(finished.attributes.get("c") == .int64(3))
         #expect(finished.droppedAttributeCount == 1)
+    }
+
+    @Test func attributesGivenAtStartCountAndChangeLikeSetOnes() throws {
+        let exporter = InMemorySpanExporter()
+        let provider = makeProvider(environment: ["OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "2"], exporter: exporter)
+        let tracer = provider.tracer("test")
+        let given = [
+            ListedAttribute(key: "a", value: .int64(1)), ListedAttribute(key: "b", value: .string("x")),
+            ListedAttribute(key: "c", value: .int64(3)),
+        ]
+        let span = tracer.startSpan("given", parent: nil, context: .topLevel, ofKind: .internal, at: DefaultTracerClock.now, attributes: given)
+        #expect(span.attributes.count == 2)  // the third is over the limit
+        span.setAttribute("a", .int64(2))  // last write wins
+        span.setAttribute("d", .int64(4))  // over the limit: dropped
+        span.end()
+        let finished = try #require(exporter.spans.first)
+        #expect(finished.attributes.count == 2)
+        #expect(finished.attributes.get("a") == .int64(2))
+        #expect(finished.attributes.get("b") == .string("x"))
+        #expect(finished.droppedAttributeCount == 2)
+
+        // A span sampled out never builds them.
+        let off = makeProvider(environment: ["OTEL_TRACES_SAMPLER": "always_off"], exporter: InMemorySpanExporter())
+        let built = Atomic<Int>(0)
+        func counted() -> [ListedAttribute] {
+            built.add(1, ordering: .relaxed)
+            return given
+        }
+        let unrecorded = off.tracer("test").startSpan(
+            "off", parent: nil, context: .topLevel, ofKind: .internal, at: DefaultTracerClock.now, attributes: counted()
+        )
+        #expect(!unrecorded.isRecording)
+        #expect(built.load(ordering: .relaxed) == 0)
+        let recorded = tracer.startSpan("on", parent: nil, context: .topLevel, ofKind: .internal, at: DefaultTracerClock.now, attributes: counted())
+        #expect(built.load(ordering: .relaxed) == 1)
+        recorded.end()
     }
 
     @Test func resourceDetection() {
