@@ -99,10 +99,6 @@ package struct MetadataView {
     struct Location {
         private let start: UInt32, contentStart: UInt32, end: UInt32
 
-        init(whole: Range<Int>, content: Range<Int>) {
-            self.init(start: whole.lowerBound, contentStart: content.lowerBound, end: whole.upperBound)
-        }
-
         /// Offsets below 2^32 (the view's bytes are shorter), in order.
         init(start: Int, contentStart: Int, end: Int) {
             (self.start, self.contentStart, self.end) =
@@ -172,8 +168,8 @@ package struct MetadataView {
                 for position in index..<index + size { value = value << 8 | Int(input[position]) }
                 return value
             }
-            /// The next string's content range, checked as the decoder checks it.
-            func string() -> (whole: Range<Int>, content: Range<Int>)? {
+            /// Where the next string lies, checked as the decoder checks it.
+            func string() -> Location? {
                 let start = offset
                 guard let (length, header) = MsgpackReader.stringHeader(in: input, at: offset) else { return nil }
                 let contentStart = start + header
@@ -183,7 +179,7 @@ package struct MetadataView {
                     return nil
                 }
                 offset = contentStart + length
-                return (start..<offset, contentStart..<offset)
+                return Location(start: start, contentStart: contentStart, end: offset)
             }
             guard let marker = byte(at: 0) else { return false }
             switch marker {
@@ -197,7 +193,7 @@ package struct MetadataView {
                 guard let key = string(), let value = string() else { return false }
                 if let known = Key(utf8: UnsafeRawBufferPointer(rebasing: input[key.content])) {
                     guard values[known] == nil else { return false }
-                    values[known] = Location(whole: value.whole, content: value.content)
+                    values[known] = value
                 }
             }
             return offset == input.count
