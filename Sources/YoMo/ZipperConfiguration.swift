@@ -1,5 +1,6 @@
 internal import FoundationEssentials
 internal import Glibc
+internal import YoMoLogging
 
 /// A zipper's settings, readable from the Go zipper's YAML config (with
 /// `import YoMoZipperYAML`: `ZipperConfiguration(yaml:)`, `(contentsOfFile:)`):
@@ -217,17 +218,13 @@ extension ZipperConfiguration {
         let temporary = "\(path).\(getpid()).tmp"
         let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else { throw failure("create") }
-        var written = 0
-        while written < key.count {
-            let count = key.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + written, $0.count - written) }
-            if count < 0, errno == EINTR { continue }
-            guard count > 0 else {
-                let error = failure("write")
-                close(descriptor)
-                unlink(temporary)
-                throw error
-            }
-            written += count
+        do {
+            try key.withUnsafeBytes { try writeAll(descriptor, $0) }
+        } catch {
+            let error = failure("write")
+            close(descriptor)
+            unlink(temporary)
+            throw error
         }
         guard close(descriptor) == 0, rename(temporary, path) == 0 else {
             let error = failure("create")

@@ -38,7 +38,9 @@ public struct FileDescriptorSink: LogSink {
     }
 }
 
-private func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) throws(LoggingError) {
+/// Writes all of `bytes` to `descriptor`, again after a short write or EINTR;
+/// on a failure, `errno` says why.
+package func writeAll(_ descriptor: Int32, _ bytes: UnsafeRawBufferPointer) throws(LoggingError) {
     guard var base = bytes.baseAddress else { return }
     var remaining = bytes.count
     while remaining > 0 {
