@@ -11,8 +11,13 @@
 # and propagation-yomo, propagation with one format (OTEL_PROPAGATORS); metrics, tracing off and
 # every process serving /metrics, scraped once a second); a mode written
 # base:MODE runs the binaries in LOOP_BASELINE_BIN instead (e.g. a release build
-# of an older commit in a git worktree), for before/after ratios in one run.
+# of an older commit in a git worktree), for before/after ratios in one run, and
+# alt:MODE those in LOOP_ALT_BIN (default: the new ones); LOOP_BASELINE_ENV and
+# LOOP_ALT_ENV add NAME=VALUE words to their processes' environment, so one
+# build can be compared with itself under other settings (e.g.
+# LOOP_BASELINE_BIN=<the same> LOOP_BASELINE_ENV="YOMO_QUIC_POLL_US=0").
 # LOOP_SIZE and LOOP_INFLIGHT set the frame size (1024) and window (256);
+# LOOP_RATE paces the frames (frames/s), for CPU per frame under a light load;
 # LOOP_VERBOSE=1 also prints each process's CPU per frame.
 # Prints frames/s, the CPU time all four processes spent per frame (zipper,
 # stream function, bench, receiver; on a saturated machine the steadier
@@ -44,9 +49,15 @@ cpu_seconds() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
 # Prints "<frames/s> <CPU µs per frame>".
 run_mode() {
     local mode="$1" programs="$bin"
+    local -a settings=()
     if [[ "$mode" == base:* ]]; then
         programs="${LOOP_BASELINE_BIN:?set LOOP_BASELINE_BIN for base: modes}"
+        read -r -a settings <<<"${LOOP_BASELINE_ENV:-}"
         mode="${mode#base:}"
+    elif [[ "$mode" == alt:* ]]; then
+        programs="${LOOP_ALT_BIN:-$bin}"
+        read -r -a settings <<<"${LOOP_ALT_ENV:-}"
+        mode="${mode#alt:}"
     fi
     local -a environment
     local -a zipper_args=() function_args=() bench_args=()
@@ -64,6 +75,7 @@ run_mode() {
     elif ! tracing_environment "$mode"; then
         echo "unknown mode $mode" >&2; exit 2
     fi
+    environment+=("${settings[@]}")
     local receiver_before; receiver_before="$(cpu_seconds "$receiver")"
     "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" "${zipper_args[@]}" 2>/dev/null &
     local zipper=$!
@@ -75,7 +87,7 @@ run_mode() {
     sleep 0.5
     local bench_output
     bench_output="$(/usr/bin/time -f "bench_cpu=%U+%S" "${environment[@]}" "$programs/yomo" bench --zipper "127.0.0.1:$port" \
-        --size "$size" --inflight "$inflight" --frames "$frames" "${bench_args[@]}" 2>&1)" || true
+        --size "$size" --inflight "$inflight" --frames "$frames" ${LOOP_RATE:+--rate "$LOOP_RATE"} "${bench_args[@]}" 2>&1)" || true
     if [[ -n "$scraper" ]]; then kill "$scraper" 2>/dev/null || true; fi
     local rate; rate="$(sed -n 's/.*throughput=\([0-9]*\).*/\1/p' <<<"$bench_output")"
     local p50; p50="$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$bench_output")"

@@ -19,6 +19,7 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Frames to send.") var frames = 10_000
     @Option(help: "Payload bytes per frame (at least 12).") var size = 16
     @Option(help: "Frames in flight at most.") var inflight = 1
+    @Option(help: "Frames sent per second at most, evenly paced (default: as fast as --inflight allows).") var rate: Double?
     @Option(help: "Tag of the frames sent.", transform: parseTag) var tag: UInt32 = 0x33
     @Option(name: .customLong("reply-tag"), help: "Tag of the replies observed.", transform: parseTag) var replyTag: UInt32 = 0x34
     @Option(help: "Seconds the whole run may take (sending included); frames without a reply by then count as lost.") var timeout = 60.0
@@ -28,6 +29,7 @@ struct Bench: AsyncParsableCommand {
     func validate() throws {
         guard size >= 12 else { throw ValidationError("--size must be at least 12 (the sequence number takes 12 bytes)") }
         guard frames > 0, inflight > 0 else { throw ValidationError("--frames and --inflight must be positive") }
+        if let rate, !(rate > 0 && rate.isFinite) { throw ValidationError("--rate must be a positive number of frames per second") }
     }
 
     func run() async throws {
@@ -56,6 +58,10 @@ struct Bench: AsyncParsableCommand {
             }
             group.addTask {
                 for sequence in 0..<frames {
+                    if let rate {
+                        // Paced from the start, so a late frame does not delay the ones after it.
+                        try? await Task.sleep(until: started.advanced(by: .seconds(Double(sequence) / rate)), clock: clock)
+                    }
                     guard await recorder.waitForRoom(inflight) else { return false }
                     let digits = String(sequence)
                     let payload = Array((String(repeating: "0", count: 12 - digits.count) + digits).utf8) + filler

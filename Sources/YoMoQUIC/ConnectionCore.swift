@@ -723,6 +723,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     private func wakeReader() {
         guard readerNeedsWake else { return }
         readerNeedsWake = false
+        loop.expectAnswer()
         let handoff = recvShared.withLock { s -> (CheckedContinuation<Result<ByteBuffer?, QUICError>, Never>, Result<ByteBuffer?, QUICError>)? in
             guard let w = s.waiter, let r = Self.take(&s) else { return nil }
             s.waiter = nil

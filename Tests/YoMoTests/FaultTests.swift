@@ -241,6 +241,23 @@ struct FaultTests {
         await server.close()
     }
 
+    @Test("yomo bench refuses a --rate that is not a positive number of frames per second")
+    func benchRateValidation() async throws {
+        for rate in ["0", "nan", "inf"] {
+            let process = Process()
+            process.executableURL = try yomoExecutable()
+            process.arguments = ["bench", "--zipper", "127.0.0.1:9", "--rate", rate]
+            let errorOutput = Pipe()
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = errorOutput
+            try process.run()
+            await waitForExit(process)
+            let text = String(decoding: errorOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus != 0, "--rate \(rate) was accepted")
+            #expect(text.contains("--rate must be a positive number"), "\(text)")
+        }
+    }
+
     @Test("yomo bench --timeout bounds the run while the in-flight window is full, and prints lost=N")
     func benchTimeout() async throws {
         try await withZipper { address, _ in
