@@ -321,8 +321,13 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
     /// Every attribute, listed ones first, without building a dictionary.
     /// Read only after the span ended (exporters) or with the lock held.
     func forEachAttribute(_ body: (String, SpanAttribute) -> Void) {
-        for listed in listedAttributes { body(listed.key, listed.value) }
-        attributes.forEach(body)
+        // Borrowed in place: iterating the array copies (retains) each element.
+        listedAttributes.withUnsafeBufferPointer { listed in
+            for index in listed.indices { body(listed[index].key, listed[index].value) }
+        }
+        // The data path's spans have only listed attributes; the map's
+        // iteration costs even when it is empty.
+        if !attributes.isEmpty { attributes.forEach(body) }
     }
 
     var attributeCount: Int { listedAttributes.count + attributes.count }

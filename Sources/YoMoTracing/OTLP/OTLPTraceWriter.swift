@@ -46,10 +46,10 @@ package struct OTLPTraceWriter: ~Copyable {
     private mutating func writeSpan(_ span: FinishedSpan) {
         let storage = span.storage
         let context = storage.spanContext
-        context.traceID.withBytes { writer.bytes(1, $0) }
-        context.spanID.withBytes { writer.bytes(2, $0) }
+        writer.id(1, high: context.traceID.high, low: context.traceID.low)
+        writer.id(2, context.spanID.rawValue)
         writer.string(3, context.traceState)
-        if let parent = storage.parentSpanID { parent.withBytes { writer.bytes(4, $0) } }
+        if let parent = storage.parentSpanID { writer.id(4, parent.rawValue) }
         writer.string(5, storage.name)
         writer.int32(6, Int32(OTLPTraceEncoding.kindNumber(storage.kind)))
         if storage.startTime != 0 { writer.fixed64(7, storage.startTime) }
@@ -66,8 +66,8 @@ package struct OTLPTraceWriter: ~Copyable {
         if storage.droppedEventCount != 0 { writer.varint(12, UInt64(UInt32(clamping: storage.droppedEventCount))) }
         for link in storage.links {
             let mark = writer.beginMessage(13, lengthGuess: 2)
-            link.context.traceID.withBytes { writer.bytes(1, $0) }
-            link.context.spanID.withBytes { writer.bytes(2, $0) }
+            writer.id(1, high: link.context.traceID.high, low: link.context.traceID.low)
+            writer.id(2, link.context.spanID.rawValue)
             writer.string(3, link.context.traceState)
             writeKeyValues(4, link.attributes)
             if link.droppedAttributeCount != 0 { writer.varint(5, UInt64(UInt32(clamping: link.droppedAttributeCount))) }

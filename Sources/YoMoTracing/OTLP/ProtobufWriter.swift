@@ -120,15 +120,45 @@ package struct ProtobufWriter: ~Copyable {
     /// - Parameter always: true for a oneof member, which protobuf-c sends even
     ///   when empty; other string fields are left out when empty.
     package mutating func string(_ field: UInt32, _ value: String, always: Bool = false) {
-        var value = value
-        value.withUTF8 { utf8 in
-            var length = utf8.count
-            if let start = utf8.baseAddress, let nul = memchr(start, 0, length) {
-                length = UnsafeRawPointer(start).distance(to: UnsafeRawPointer(nul))
-            }
-            guard length > 0 || always else { return }
-            bytes(field, UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(utf8)[0..<length]))
+        if value.isEmpty && !always { return }
+        // Native strings (all of them on Linux) lend their bytes without the
+        // copy `withUTF8` needs (it is mutating); a bridged one is copied.
+        let lent: Void? = value.utf8.withContiguousStorageIfAvailable { utf8 in
+            stringBytes(field, UnsafeRawBufferPointer(utf8), always: always)
         }
+        if lent == nil {
+            var copy = value
+            copy.withUTF8 { stringBytes(field, UnsafeRawBufferPointer($0), always: always) }
+        }
+    }
+
+    /// The bytes of a string up to its first NUL (protobuf-c packs C strings).
+    private mutating func stringBytes(_ field: UInt32, _ utf8: UnsafeRawBufferPointer, always: Bool) {
+        var length = utf8.count
+        if let start = utf8.baseAddress, let nul = memchr(start, 0, length) {
+            length = start.distance(to: UnsafeRawPointer(nul))
+        }
+        guard length > 0 || always else { return }
+        bytes(field, UnsafeRawBufferPointer(rebasing: utf8[0..<length]))
+    }
+
+    /// A 16-byte trace id (`high` first), as `bytes` of its big-endian form.
+    @inline(__always) package mutating func id(_ field: UInt32, high: UInt64, low: UInt64) {
+        reserve(7 + 16)
+        putTag(field, 2)
+        putVarint(16)
+        UnsafeMutableRawPointer(base + count).storeBytes(of: high.bigEndian, as: UInt64.self)
+        UnsafeMutableRawPointer(base + count + 8).storeBytes(of: low.bigEndian, as: UInt64.self)
+        count += 16
+    }
+
+    /// An 8-byte span id, as `bytes` of its big-endian form.
+    @inline(__always) package mutating func id(_ field: UInt32, _ value: UInt64) {
+        reserve(7 + 8)
+        putTag(field, 2)
+        putVarint(8)
+        UnsafeMutableRawPointer(base + count).storeBytes(of: value.bigEndian, as: UInt64.self)
+        count += 8
     }
 
     /// Starts a length-delimited sub-message; pass the result to `endMessage`.
