@@ -48,6 +48,9 @@ final class QUICEventLoop: @unchecked Sendable {
     }
     private let inbox = Mutex(Inbox())
     private let threadID = Mutex<pthread_t?>(nil)
+    /// The loop thread's `pthread_self()` (0 before it starts): `execute` from
+    /// the loop itself (a task running on it as its executor) needs no wake-up.
+    private let loopThread = Atomic<UInt>(0)
 
     // Loop-thread state.
     private var sources: [Int32: any LoopSource] = [:]
@@ -120,6 +123,8 @@ final class QUICEventLoop: @unchecked Sendable {
             if inbox.stopped { return (false, false) }
             inbox.tasks.append(task)
             if inbox.wakePending || inbox.polling { return (true, false) }
+            // On the loop thread: it runs queued tasks before it sleeps.
+            if loopThread.load(ordering: .relaxed) == UInt(pthread_self()) { return (true, false) }
             inbox.wakePending = true
             inbox.wakeUps += 1
             return (true, true)
@@ -166,6 +171,7 @@ final class QUICEventLoop: @unchecked Sendable {
 
     private func run() {
         threadID.withLock { $0 = pthread_self() }
+        loopThread.store(UInt(pthread_self()), ordering: .relaxed)
         let maxEvents = 64
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: maxEvents)
         defer { events.deallocate() }
@@ -264,6 +270,21 @@ final class QUICEventLoop: @unchecked Sendable {
         }
         for task in tasks { task() }
         return !tasks.isEmpty
+    }
+}
+
+/// Tasks that prefer a loop (`withTaskExecutorPreference`, `addTask(executorPreference:)`)
+/// run on its thread between its events: a frame a reader resumes on is then
+/// handled without waking another thread, and its writes need no wake-up.
+extension QUICEventLoop: TaskExecutor {
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = asUnownedTaskExecutor()
+        if !execute({ job.runSynchronously(on: executor) }) {
+            // A stopped loop runs nothing more: finish the task elsewhere
+            // rather than leave it suspended for ever.
+            DispatchQueue.global().async { job.runSynchronously(on: executor) }
+        }
     }
 }
 

@@ -86,6 +86,10 @@ public final class QUICServer: Sendable {
         return QUICServer(core: core)
     }
 
+    /// The executor of the server's loop thread: tasks that prefer it handle
+    /// its connections' frames without a thread hop per frame.
+    package var taskExecutor: any TaskExecutor { core.loop }
+
     /// Accepted connections, each with its stream open. Ends after `close()`.
     public var connections: Connections { Connections(core: core) }
 

@@ -73,3 +73,37 @@ import Testing
         #expect(await answerWakeUps(pollWindow: 0, rounds: 100) == 100)
     }
 }
+
+/// A loop as a task executor: what the zipper routes on.
+@Suite struct EventLoopExecutorTests {
+    @Test(.timeLimit(.minutes(1)))
+    func tasksThatPreferALoopRunOnItsThreadAndQueueWorkWithoutWakingIt() async {
+        let loop = QUICEventLoop(name: "yomo-executor-test", polling: .off)
+        defer { loop.shutdownAndWait() }
+        let (onLoopThread, wakeUps) = await withTaskExecutorPreference(loop) { () async -> (Bool, Int) in
+            await Task.yield()
+            let before = loop.wakeUpCount
+            // Work handed to the loop from its own thread, and the task resumed there.
+            for _ in 0..<10 { await onLoop(loop) {} }
+            return (loop.inLoop, loop.wakeUpCount - before)
+        }
+        #expect(onLoopThread)
+        #expect(wakeUps == 0)
+        // Outside the preference, work from another thread wakes the loop.
+        let before = loop.wakeUpCount
+        await onLoop(loop) {}
+        #expect(loop.wakeUpCount - before == 1)
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aStoppedLoopStillFinishesTheTasksThatPreferIt() async {
+        let loop = QUICEventLoop(name: "yomo-executor-stopped", polling: .off)
+        loop.shutdownAndWait()
+        // Hangs (and the time limit fails the test) if the job is dropped.
+        let finished = await withTaskExecutorPreference(loop) { () async -> Bool in
+            await Task.yield()
+            return true
+        }
+        #expect(finished)
+    }
+}

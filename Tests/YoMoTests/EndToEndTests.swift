@@ -28,11 +28,13 @@ func withZipper<T>(
     configure: (inout ZipperConfiguration) -> Void = { _ in },
     handshakeTimeout: Duration = .seconds(10),
     logger: Logger = Logger(label: "test.zipper"),
+    routing: Zipper.Routing = .loop,
     _ body: (_ address: String, _ zipper: Zipper) async throws -> T
 ) async throws -> T {
     var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0, authentication: authentication)
     configure(&configuration)
-    let zipper = Zipper(configuration: configuration, options: .init(logger: logger, handshakeTimeout: handshakeTimeout))
+    let zipper = Zipper(
+        configuration: configuration, options: .init(logger: logger, handshakeTimeout: handshakeTimeout, routing: routing))
     try await zipper.start()
     let address = try #require(zipper.address)
     do {
@@ -49,9 +51,10 @@ func uppercase(_ bytes: [UInt8]) -> [UInt8] { bytes.map { (97...122).contains($0
 
 @Suite("End to end over QUIC on loopback", .serialized)
 struct EndToEndTests {
-    @Test("source → zipper → stream function → zipper → observer, with tid and source id kept")
-    func pipeline() async throws {
-        try await withZipper { address, _ in
+    @Test("source → zipper → stream function → zipper → observer, with tid and source id kept, routed on either kind of thread",
+          arguments: [Zipper.Routing.loop, .pool])
+    func pipeline(routing: Zipper.Routing) async throws {
+        try await withZipper(routing: routing) { address, _ in
             let upper = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33]))
             upper.setHandler { ctx in try await ctx.write(tag: 0x34, data: uppercase(ctx.data)) }
             try await upper.connect()
