@@ -47,7 +47,6 @@ final class QUICEventLoop: @unchecked Sendable {
         var wakeUps = 0
     }
     private let inbox = Mutex(Inbox())
-    private let threadID = Mutex<pthread_t?>(nil)
     /// The loop thread's `pthread_self()` (0 before it starts): `execute` from
     /// the loop itself (a task running on it as its executor) needs no wake-up.
     private let loopThread = Atomic<UInt>(0)
@@ -109,9 +108,7 @@ final class QUICEventLoop: @unchecked Sendable {
     /// How many times `execute` had to wake the loop.
     var wakeUpCount: Int { inbox.withLock { $0.wakeUps } }
 
-    var inLoop: Bool {
-        threadID.withLock { $0.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
-    }
+    var inLoop: Bool { loopThread.load(ordering: .relaxed) == UInt(pthread_self()) }
 
     /// Runs `task` on the loop thread, soon. Safe from any thread. Returns false
     /// (and drops the task) when the loop has stopped: callers that wait for the
@@ -124,7 +121,7 @@ final class QUICEventLoop: @unchecked Sendable {
             inbox.tasks.append(task)
             if inbox.wakePending || inbox.polling { return (true, false) }
             // On the loop thread: it runs queued tasks before it sleeps.
-            if loopThread.load(ordering: .relaxed) == UInt(pthread_self()) { return (true, false) }
+            if inLoop { return (true, false) }
             inbox.wakePending = true
             inbox.wakeUps += 1
             return (true, true)
@@ -170,7 +167,6 @@ final class QUICEventLoop: @unchecked Sendable {
     // MARK: The loop
 
     private func run() {
-        threadID.withLock { $0 = pthread_self() }
         loopThread.store(UInt(pthread_self()), ordering: .relaxed)
         let maxEvents = 64
         let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: maxEvents)
