@@ -32,7 +32,8 @@ final class ClientSession: @unchecked Sendable {
     /// DataFrames written on this connection that the zipper's QUIC stack has
     /// not acknowledged yet, with the stream offset each ends at: what to send
     /// again on the next connection if this one dies.
-    private let unacknowledged = Mutex(CircularBuffer<(end: Int, frame: DataFrame)>())
+    /// A frame sent with a patch keeps it: applied only if the frame goes out again.
+    private let unacknowledged = Mutex(CircularBuffer<(end: Int, frame: DataFrame, patch: MetadataPatch?)>())
 
     init(connection: QUICFrameConnection, frames: FrameReader, clientID: String, zipper: ZipperAddress) {
         self.connection = connection
@@ -42,11 +43,11 @@ final class ClientSession: @unchecked Sendable {
     }
 
     /// Remembers a written frame until it is acknowledged (dropping those that are).
-    func recordWrite(_ frame: DataFrame, endingAt end: Int) {
+    func recordWrite(_ frame: DataFrame, patch: MetadataPatch? = nil, endingAt end: Int) {
         let acknowledged = connection.connection.acknowledgedBytes
         unacknowledged.withLock { log in
             while let first = log.first, first.end <= acknowledged { log.removeFirst() }
-            log.append((end, frame))
+            log.append((end, frame, patch))
         }
     }
 
@@ -57,7 +58,7 @@ final class ClientSession: @unchecked Sendable {
         return unacknowledged.withLock { log in
             defer { log.removeAll() }
             // Concurrent writers may have logged out of stream order.
-            return log.filter { $0.end > acknowledged }.sorted { $0.end < $1.end }.map(\.frame)
+            return log.filter { $0.end > acknowledged }.sorted { $0.end < $1.end }.map { $0.frame.applying($0.patch) }
         }
     }
 }

@@ -384,9 +384,9 @@ final class ClientRuntime: Sendable {
     /// Reads frames until the session ends; returns why (nil: the stream ended).
     /// In-flight handlers finish, and their writes are queued, before it returns.
     private func serveSession(_ session: ClientSession, _ setup: Setup) async -> (any Error)? {
-        let writer = FrameWriter { [self] frame in
+        let writer = FrameWriter { [self] frame, patch in
             if !handlersWrite.load(ordering: .relaxed) { handlersWrite.store(true, ordering: .relaxed) }
-            try await send(frame)
+            try await send(frame, patch: patch)
         }
         let inFlight = InFlightCounter()
         let queue = setup.pipeHandler.map { _ in AsyncQueue<PipeFrame>(capacity: 1024) }
@@ -521,9 +521,10 @@ final class ClientRuntime: Sendable {
     // MARK: Writing
 
     /// Sends on the current connection; while reconnecting, holds the frame in the
-    /// outage buffer, or fails when that is full or disabled.
-    func send(_ frame: DataFrame) async throws {
-        let (firstRoute, metrics) = state.withLock { (routeWrite(frame, &$0), $0.metrics) }
+    /// outage buffer, or fails when that is full or disabled. `patch` is written
+    /// over the frame's metadata as it is encoded (or, for a frame held, first).
+    func send(_ frame: DataFrame, patch: MetadataPatch? = nil) async throws {
+        let (firstRoute, metrics) = state.withLock { (routeWrite(frame, patch, &$0), $0.metrics) }
         var route = firstRoute
         let started = metrics.isEnabled ? ContinuousClock.now : nil
         func sent() {
@@ -536,8 +537,8 @@ final class ClientRuntime: Sendable {
             switch route {
             case .session(let session):
                 do {
-                    let end = try await session.connection.write(.data(frame))
-                    session.recordWrite(frame, endingAt: end)
+                    let end = try await session.connection.write(frame, patch: patch)
+                    session.recordWrite(frame, patch: patch, endingAt: end)
                     sent()
                     return
                 } catch {
@@ -553,7 +554,7 @@ final class ClientRuntime: Sendable {
                             return .refused(YoMoError(.closed, "\(name) closed while this frame was written"), logBurst: false)
                         }
                         if final { return .refused(ClientCore.describe(error, zipper: session.zipper), logBurst: false) }
-                        return self.routeWrite(frame, &state)
+                        return self.routeWrite(frame, patch, &state)
                     }
                 }
             case .buffered(let first):
@@ -571,7 +572,7 @@ final class ClientRuntime: Sendable {
         }
     }
 
-    private func routeWrite(_ frame: DataFrame, _ state: inout State) -> WriteRoute {
+    private func routeWrite(_ frame: DataFrame, _ patch: MetadataPatch?, _ state: inout State) -> WriteRoute {
         if state.ended || state.lifecycle.state == .closed {
             return .refused(YoMoError(.closed, "\(name) is closed"), logBurst: false)
         }
@@ -583,7 +584,7 @@ final class ClientRuntime: Sendable {
             return .refused(YoMoError(.closed, "\(name) is closing and has no connection to write on"), logBurst: false)
         case .connecting, .serving, .reconnecting, .closed:
             if let session = state.session { return .session(session) }
-            switch state.outage.admit(frame) {
+            switch state.outage.admit(frame.applying(patch)) {
             case .buffered(let first):
                 return .buffered(firstOfOutage: first)
             case .full(let first):

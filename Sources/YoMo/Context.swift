@@ -44,7 +44,8 @@ public struct Context: Sendable {
 
     public func write(tag: UInt32, buffer: ByteBuffer) async throws {
         if let resendable {
-            try await writer.write(tag: tag, payload: buffer, metadataBytes: resendable.patched)
+            // The new ids are written as the frame is encoded: no copy of the metadata.
+            try await writer.write(tag: tag, payload: buffer, metadataBytes: resendable.bytes, patch: resendable.patch)
         } else {
             try await writer.write(tag: tag, payload: buffer, metadata: metadata)
         }
@@ -60,18 +61,19 @@ public struct Context: Sendable {
 
 /// Writes DataFrames on whatever connection a client has at the moment.
 struct FrameWriter: Sendable {
-    let send: @Sendable (DataFrame) async throws -> Void
+    /// Sends the frame with the patch (if any) written over its metadata.
+    let send: @Sendable (DataFrame, MetadataPatch?) async throws -> Void
 
     func write(tag: UInt32, payload: ByteBuffer, metadata: Metadata) async throws {
         try await write(tag: tag, payload: payload, metadataBytes: metadata.encoded())
     }
 
-    /// Metadata already encoded.
-    func write(tag: UInt32, payload: ByteBuffer, metadataBytes: ByteBuffer) async throws {
+    /// Metadata already encoded, with `patch` to write over it as the frame is encoded.
+    func write(tag: UInt32, payload: ByteBuffer, metadataBytes: ByteBuffer, patch: MetadataPatch? = nil) async throws {
         guard !RouteTable.isReserved(tag) else {
             throw YoMoError(.reservedTag, "tag 0x\(String(tag, radix: 16)) is reserved (0xF000-0xFFFF belong to the system)")
         }
-        try await send(DataFrame(tag: tag, metadata: metadataBytes, payload: payload))
+        try await send(DataFrame(tag: tag, metadata: metadataBytes, payload: payload), patch)
     }
 }
 

@@ -456,7 +456,7 @@ public final class Zipper: Sendable {
         let (frame, patch) = metadata.frame(tag: data.tag, payload: data.payload)
         if forwardsToMesh, !links.isEmpty {
             // The mesh queues frames: they leave with the patch already written.
-            let whole = patch.map { DataFrame(tag: frame.tag, metadata: $0.applied(to: frame.metadata), payload: frame.payload) } ?? frame
+            let whole = frame.applying(patch)
             for link in links { link.forward(whole) }
         }
         let slow = configuration.slowConsumer

@@ -35,14 +35,18 @@ struct SendShared {
     }
 
     mutating func appendEncoded(length: Int, _ encode: (inout ByteBuffer) -> Void) {
-        if lastIsOwned, let last = pending.indices.last, pending[last].readableBytes + length <= Self.coalescingLimit {
-            // Nothing points into a queued buffer yet, so it may grow (and move).
+        if lastIsOwned, let last = pending.indices.last, pending[last].writableBytes >= length {
             encode(&pending[last])
         } else {
-            // Sized to the data: a fixed 16 KiB per small write, held until
-            // acknowledged, cost a zipper fanning out to hundreds of peers
-            // hundreds of megabytes.
-            var b = ByteBufferAllocator().buffer(capacity: length)
+            // A full buffer is followed by a new one rather than grown: growing
+            // copies all it holds, which under a burst cost every byte queued an
+            // extra copy. Sized to the data when the queue is empty (a fixed
+            // 16 KiB per small write, held until acknowledged, cost a zipper
+            // fanning out to hundreds of peers hundreds of megabytes); in a
+            // burst, each new buffer doubles the last, so a burst takes a few
+            // buffers and at most twice its bytes.
+            let previous = lastIsOwned ? pending.last?.capacity ?? 0 : 0
+            var b = ByteBufferAllocator().buffer(capacity: max(length, min(previous * 2, Self.coalescingLimit)))
             encode(&b)
             pending.append(b)
             lastIsOwned = true
@@ -66,7 +70,7 @@ struct SendShared {
         return !flushScheduled
     }
 
-    /// Small writes join one buffer up to this size.
+    /// Small writes share buffers of up to this size.
     static let coalescingLimit = 65536
 
     mutating func takeAllWaiters() -> [CheckedContinuation<QUICError?, Never>] {

@@ -458,3 +458,12 @@ package struct MetadataPatch: Sendable {
         }
     }
 }
+
+extension DataFrame {
+    /// This frame with `patch` written over a copy of its metadata: for a frame
+    /// that is held (queued, or kept for a resend) rather than encoded now.
+    package func applying(_ patch: MetadataPatch?) -> DataFrame {
+        guard let patch else { return self }
+        return DataFrame(tag: tag, metadata: patch.applied(to: metadata), payload: payload)
+    }
+}

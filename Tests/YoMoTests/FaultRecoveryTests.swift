@@ -3,7 +3,9 @@ import Logging
 import NIOCore
 import Synchronization
 import Testing
+import Tracing
 import YoMoQUIC
+import YoMoTracing
 import YoMoWire
 
 @testable import YoMo
@@ -208,6 +210,64 @@ struct FaultRecoveryTests {
         for text in texts { #expect(received.items.filter { $0 == text }.count == 1, "\(text) exactly once") }
         #expect(source.outageStatistics.resent == 20)
         await source.close()
+        await sink.close()
+    }
+
+    @Test("a traced function's replies that a dying zipper never acknowledged are sent again with the function's span ids")
+    func resentRepliesKeepTheirSpanIDs() async throws {
+        // The zipper traces nothing, so what the sink sees is what the function wrote.
+        let zipper = try ZipperProcess(port: try await freePort(), environment: ["OTEL_SDK_DISABLED": "true"])
+        let received = Inbox<(text: String, spanID: String?, traceparent: String?)>()
+        let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x38], retryConnect: true))
+        sink.setHandler { ctx in
+            received.append((String(decoding: ctx.data, as: UTF8.self), ctx.metadata("yomo-span-id"), ctx.metadata("traceparent")))
+        }
+        try await sink.connect()
+        // The function redials late, so the sink is back first and the resent replies have a route.
+        let slow = ReconnectPolicy(firstRetryDelay: .seconds(2) ... .seconds(2), initialDelay: .seconds(1), maximumDelay: .seconds(1))
+        let tracing = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: InMemorySpanExporter())])
+        let gate = Gate()
+        let handled = Inbox<(text: String, spanID: String)>()
+        let wrote = Inbox<String>()
+        let relay = StreamFunction(name: "relay", zipper: zipper.address, options: .init(
+            observedTags: [0x37], reconnect: slow, retryConnect: true, tracerProvider: tracing))
+        relay.setHandler { ctx in
+            // The function's own span ids, which its writes must carry.
+            let spanID = ServiceContext.current?.spanContext?.spanID.description ?? ""
+            let text = String(decoding: ctx.data, as: UTF8.self)
+            handled.append((text, spanID))
+            if text != "warm-up" { await gate.wait() }
+            try await ctx.write(tag: 0x38, data: ctx.data)
+            wrote.append(String(decoding: ctx.data, as: UTF8.self))
+        }
+        try await relay.connect()
+        let source = Source(name: "traced", zipper: zipper.address, options: .init(tracerProvider: TracerProvider(
+            configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: InMemorySpanExporter())])))
+        try await source.connect()
+        // Once the function has written, it sends what it received on with its ids written over (a patch).
+        try await source.write(tag: 0x37, data: Array("warm-up".utf8))
+        #expect(await eventually { received.items.contains { $0.text == "warm-up" } })
+        let texts = (0..<8).map { "reply-\($0)" }
+        for text in texts { try await source.write(tag: 0x37, data: Array(text.utf8)) }
+        #expect(await handled.wait(for: texts.count + 1))
+        await source.close()
+
+        // Frozen, the zipper acknowledges none of the replies the handlers now write.
+        try await freeze(zipper.process)
+        gate.open()
+        #expect(await wrote.wait(for: texts.count + 1), "the writes are queued, not acknowledged")
+        await zipper.kill()
+        try zipper.restart()
+
+        #expect(await eventually(within: .seconds(20)) { Set(received.items.map(\.text)).isSuperset(of: texts) }, "\(received.items.map(\.text))")
+        #expect(relay.outageStatistics.resent > 0, "the replies went out before the freeze: nothing was resent")
+        let written = Dictionary(handled.items.map { ($0.text, $0.spanID) }) { first, _ in first }
+        for reply in received.items {
+            let spanID = try #require(written[reply.text])
+            #expect(reply.spanID == spanID, "\(reply.text): yomo-span-id")
+            #expect(reply.traceparent?.split(separator: "-").dropFirst(2).first.map(String.init) == spanID, "\(reply.text): traceparent")
+        }
+        await relay.close()
         await sink.close()
     }
 

@@ -15,20 +15,24 @@ final class ZipperProcess {
     let port: Int
     /// Flags beyond host and port, kept for a restart.
     let arguments: [String]
+    let environment: [String: String]
     private(set) var process: Process
 
-    init(port: Int, arguments: [String] = []) throws {
+    /// `environment`: variables set for the zipper on top of the test's own.
+    init(port: Int, arguments: [String] = [], environment: [String: String] = [:]) throws {
         self.port = port
         self.arguments = arguments
-        process = try Self.launch(port: port, arguments: arguments)
+        self.environment = environment
+        process = try Self.launch(port: port, arguments: arguments, environment: environment)
     }
 
     var address: String { "127.0.0.1:\(port)" }
 
-    private static func launch(port: Int, arguments: [String]) throws -> Process {
+    private static func launch(port: Int, arguments: [String], environment: [String: String]) throws -> Process {
         let process = Process()
         process.executableURL = try yomoExecutable()
         process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"] + arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         process.standardError = FileHandle.nullDevice
         try process.run()
         return process
@@ -40,7 +44,7 @@ final class ZipperProcess {
         await waitForExit(process)
     }
 
-    func restart() throws { process = try Self.launch(port: port, arguments: arguments) }
+    func restart() throws { process = try Self.launch(port: port, arguments: arguments, environment: environment) }
 
     deinit { if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) } }
 }
