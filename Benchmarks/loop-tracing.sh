@@ -16,6 +16,10 @@
 # LOOP_ALT_ENV add NAME=VALUE words to their processes' environment, so one
 # build can be compared with itself under other settings (e.g.
 # LOOP_BASELINE_BIN=<the same> LOOP_BASELINE_ENV="YOMO_QUIC_POLL_US=0").
+# bytes: tracing off with each payload LOOP_PAD bytes (default 147, what both
+# formats' keys and values add to a frame's metadata) bigger, for what the trace
+# context's bytes alone cost (the function also uppercases them: ~19
+# instructions a byte, about 1.5 % of a 1 KiB round trip).
 # LOOP_SIZE and LOOP_INFLIGHT set the frame size (1024) and window (256);
 # LOOP_RATE paces the frames (frames/s), for CPU per frame under a light load;
 # LOOP_VERBOSE=1 also prints each process's CPU per frame.
@@ -61,8 +65,13 @@ run_mode() {
     fi
     local -a environment
     local -a zipper_args=() function_args=() bench_args=()
-    local scraper=""
-    if [[ "$mode" == metrics ]]; then
+    local scraper="" payload="$size"
+    if [[ "$mode" == bytes ]]; then
+        # Tracing off, each frame LOOP_PAD bytes bigger: what the trace keys'
+        # bytes alone cost through QUIC, crypto and the kernel.
+        tracing_environment off
+        payload=$((size + ${LOOP_PAD:-147}))
+    elif [[ "$mode" == metrics ]]; then
         # Tracing off, every process serving /metrics, scraped once a second.
         tracing_environment off
         zipper_args=(--metrics "127.0.0.1:$((port + 1))")
@@ -87,7 +96,7 @@ run_mode() {
     sleep 0.5
     local bench_output
     bench_output="$(/usr/bin/time -f "bench_cpu=%U+%S" "${environment[@]}" "$programs/yomo" bench --zipper "127.0.0.1:$port" \
-        --size "$size" --inflight "$inflight" --frames "$frames" ${LOOP_RATE:+--rate "$LOOP_RATE"} "${bench_args[@]}" 2>&1)" || true
+        --size "$payload" --inflight "$inflight" --frames "$frames" ${LOOP_RATE:+--rate "$LOOP_RATE"} "${bench_args[@]}" 2>&1)" || true
     if [[ -n "$scraper" ]]; then kill "$scraper" 2>/dev/null || true; fi
     local rate; rate="$(sed -n 's/.*throughput=\([0-9]*\).*/\1/p' <<<"$bench_output")"
     local p50; p50="$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$bench_output")"

@@ -44,7 +44,7 @@ struct DataPathTracer: Sendable {
         guard tracer.isEnabled else { return nil }
         let span = startSpan(
             name, parent: nil, context: ServiceContext.current ?? .topLevel, ofKind: .producer,
-            attributes: [.init(key: "send_data_tag", value: .int64(Int64(tag))), .init(key: "send_data_len", value: .int64(Int64(length)))]
+            attributes: FixedAttributes(.init("send_data_tag", .int64(Int64(tag))), .init("send_data_len", .int64(Int64(length))))
         )
         inject(span, into: &metadata)
         return span
@@ -63,7 +63,7 @@ struct DataPathTracer: Sendable {
     private func startZipperSpan(tag: UInt32, length: Int, parent: SpanContext?, context: ServiceContext) -> YoMoSpan {
         startSpan(
             "zipper endpoint", parent: parent, context: context, ofKind: .internal,
-            attributes: [.init(key: "routing_data_tag", value: .int64(Int64(tag))), .init(key: "routing_data_len", value: .int64(Int64(length)))]
+            attributes: FixedAttributes(.init("routing_data_tag", .int64(Int64(tag))), .init("routing_data_len", .int64(Int64(length))))
         )
     }
 
@@ -144,14 +144,13 @@ struct DataPathTracer: Sendable {
     }
 
     /// The stream function's span (scope "StreamFunction", named after it), kind consumer.
-    func functionSpan(name: String, handlerType: String, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
+    func functionSpan(name: String, handlerType: StaticString, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
         let span = startSpan(
             name, parent: extractParent(from: metadata), context: ServiceContext.current ?? .topLevel, ofKind: .consumer,
-            attributes: [
-                .init(key: "sfn_handler_type", value: .string(handlerType)),
-                .init(key: "recv_data_tag", value: .int64(Int64(tag))), .init(key: "recv_data_len", value: .int64(Int64(length))),
-            ]
+            attributes: FixedAttributes(
+                .init("sfn_handler_type", .string(handlerType)),
+                .init("recv_data_tag", .int64(Int64(tag))), .init("recv_data_len", .int64(Int64(length))))
         )
         inject(span, into: &metadata)
         return span
@@ -175,10 +174,10 @@ struct DataPathTracer: Sendable {
     /// without strings. `attributes` are built only for a recording span.
     private func startSpan(
         _ name: String, parent: SpanContext?, context: ServiceContext, ofKind kind: SpanKind,
-        attributes: @autoclosure () -> [ListedAttribute]
+        attributes: @autoclosure () -> FixedAttributes
     ) -> YoMoSpan {
         let parent = parent ?? (context.isEmpty ? nil : context.spanContext)
-        return tracer.startSpan(name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now, attributes: attributes())
+        return tracer.startSpan(name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now, fixedAttributes: attributes())
     }
 
     /// The remote parent in a frame's metadata, as `TraceContextPropagator.extract`

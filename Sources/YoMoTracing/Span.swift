@@ -132,6 +132,7 @@ public struct YoMoSpan: Tracing.Span {
         storage.lock()
         defer { storage.unlock() }
         guard !storage.ended else { return }
+        storage.moveFixedAttributesIntoList()
         if let index = storage.listedAttributes.firstIndex(where: { $0.key == key }) {
             storage.listedAttributes[index].value = value
         } else if !storage.attributes.isEmpty, storage.attributes[key] != nil {
@@ -239,6 +240,68 @@ package struct ListedAttribute {
     }
 }
 
+/// An attribute whose key (and string value) are literals: what the data
+/// path's spans carry (`recv_data_tag`, …). Plain values, no references, so
+/// a span holds them inline and drops them without a release; exporters
+/// write the literal bytes straight.
+package struct FixedAttribute: Sendable {
+    package enum Value: Sendable {
+        case int64(Int64)
+        case string(StaticString)
+    }
+
+    package let key: StaticString
+    package let value: Value
+
+    package init(_ key: StaticString, _ value: Value) {
+        self.key = key
+        self.value = value
+    }
+
+    var keyString: String { key.withUTF8Buffer { String(decoding: $0, as: UTF8.self) } }
+
+    var attribute: SpanAttribute {
+        switch value {
+        case .int64(let int): .int64(int)
+        case .string(let string): .string(string.withUTF8Buffer { String(decoding: $0, as: UTF8.self) })
+        }
+    }
+}
+
+/// Up to three `FixedAttribute`s, inline (keys unique).
+package struct FixedAttributes: Sendable {
+    private var first, second, third: FixedAttribute?
+    package private(set) var count = 0
+
+    package static let maximumCount = 3
+
+    package init() {}
+
+    package init(_ first: FixedAttribute, _ second: FixedAttribute, _ third: FixedAttribute? = nil) {
+        (self.first, self.second, self.third) = (first, second, third)
+        count = third == nil ? 2 : 3
+    }
+
+    package var isEmpty: Bool { count == 0 }
+
+    /// The first `limit`; how many were left out.
+    mutating func keepFirst(_ limit: Int) -> Int {
+        guard count > limit else { return 0 }
+        let dropped = count - max(limit, 0)
+        if limit < 3 { third = nil }
+        if limit < 2 { second = nil }
+        if limit < 1 { first = nil }
+        count = max(limit, 0)
+        return dropped
+    }
+
+    @inline(__always) func forEach(_ body: (FixedAttribute) -> Void) {
+        if let first { body(first) }
+        if let second { body(second) }
+        if let third { body(third) }
+    }
+}
+
 /// The mutable part of a recording span, guarded by a tiny spin lock: spans are
 /// touched by one task at a time in practice, so the lock is almost never
 /// contended, and unlike a pthread mutex it needs no separate allocation.
@@ -261,6 +324,10 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
     // runtime call each, guard nothing here: `@exclusivity(unchecked)`.
     @exclusivity(unchecked) var ended = false
     @exclusivity(unchecked) var name: String
+    /// Attributes given as the span started, as literals; keys unique and
+    /// absent from `listedAttributes` and `attributes` (any change to the
+    /// attributes first moves them to `listedAttributes`).
+    @exclusivity(unchecked) var fixedAttributes = FixedAttributes()
     /// Attributes set with `YoMoSpan.setAttribute`; keys unique and absent from `attributes`.
     @exclusivity(unchecked) var listedAttributes: [ListedAttribute] = []
     /// Attributes set through `YoMoSpan.attributes`.
@@ -275,7 +342,8 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
     /// `attributes`: keys unique; those beyond the attribute count limit are dropped (and counted).
     init(
         shared: TracerShared, scope: InstrumentationScope, name: String, kind: SpanKind,
-        spanContext: SpanContext, parent: SpanContext?, startTime: UInt64, attributes: [ListedAttribute] = []
+        spanContext: SpanContext, parent: SpanContext?, startTime: UInt64, attributes: [ListedAttribute] = [],
+        fixedAttributes: FixedAttributes = FixedAttributes()
     ) {
         self.shared = shared
         self.scope = scope
@@ -285,11 +353,15 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
         self.parentIsRemote = parent?.isRemote ?? false
         self.startTime = startTime
         let limit = shared.limits.attributeCountLimit
-        if attributes.count <= limit {
+        var fixed = fixedAttributes
+        self.droppedAttributeCount = fixed.keepFirst(limit)
+        self.fixedAttributes = fixed
+        let room = max(limit - fixed.count, 0)
+        if attributes.count <= room {
             self.listedAttributes = attributes
         } else {
-            self.listedAttributes = Array(attributes.prefix(max(limit, 0)))
-            self.droppedAttributeCount = attributes.count - max(limit, 0)
+            self.listedAttributes = Array(attributes.prefix(room))
+            self.droppedAttributeCount += attributes.count - room
         }
         super.init(spanContext)
     }
@@ -312,28 +384,46 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
 
     /// Every attribute, as `SpanAttributes`.
     var mergedAttributes: SpanAttributes {
-        guard !listedAttributes.isEmpty else { return attributes }
+        guard !listedAttributes.isEmpty || !fixedAttributes.isEmpty else { return attributes }
         var merged = attributes
+        fixedAttributes.forEach { merged[$0.keyString] = $0.attribute }
         for listed in listedAttributes { merged[listed.key] = listed.value }
         return merged
     }
 
-    /// Every attribute, listed ones first, without building a dictionary.
-    /// Read only after the span ended (exporters) or with the lock held.
+    /// Every attribute, fixed ones first, then listed ones, without building
+    /// a dictionary. Read only after the span ended (exporters) or with the lock held.
     func forEachAttribute(_ body: (String, SpanAttribute) -> Void) {
+        fixedAttributes.forEach { body($0.keyString, $0.attribute) }
+        forEachChangeableAttribute(body)
+    }
+
+    /// The attributes other than the fixed ones, listed ones first.
+    func forEachChangeableAttribute(_ body: (String, SpanAttribute) -> Void) {
         // Borrowed in place: iterating the array copies (retains) each element.
         listedAttributes.withUnsafeBufferPointer { listed in
             for index in listed.indices { body(listed[index].key, listed[index].value) }
         }
-        // The data path's spans have only listed attributes; the map's
-        // iteration costs even when it is empty.
+        // The data path's spans have no others; the map's iteration costs even when it is empty.
         if !attributes.isEmpty { attributes.forEach(body) }
     }
 
-    var attributeCount: Int { listedAttributes.count + attributes.count }
+    var attributeCount: Int { fixedAttributes.count + listedAttributes.count + attributes.count }
+
+    /// Call with the lock held, before changing attributes: the fixed ones
+    /// join the listed ones, which hold keys that may change.
+    func moveFixedAttributesIntoList() {
+        guard !fixedAttributes.isEmpty else { return }
+        var moved: [ListedAttribute] = []
+        moved.reserveCapacity(fixedAttributes.count + listedAttributes.count + 1)
+        fixedAttributes.forEach { moved.append(ListedAttribute(key: $0.keyString, value: $0.attribute)) }
+        listedAttributes = moved + listedAttributes
+        fixedAttributes = FixedAttributes()
+    }
 
     /// Call with the lock held, before changing `attributes` in place.
     func moveListedAttributesIntoMap() {
+        moveFixedAttributesIntoList()
         guard !listedAttributes.isEmpty else { return }
         for listed in listedAttributes { attributes[listed.key] = listed.value }
         listedAttributes = []

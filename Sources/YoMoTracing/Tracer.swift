@@ -42,14 +42,16 @@ public struct YoMoTracer: Tracer {
     /// parent extracted from a frame, which saves putting that parent into a
     /// `ServiceContext` only to read it back; and with its attributes (keys
     /// unique), evaluated only for a recording span and set as it starts, which
-    /// saves a `setAttribute` (a lock and a search) each.
+    /// saves a `setAttribute` (a lock and a search) each. `fixedAttributes`
+    /// (literals, kept inline) come first; keys unique across both.
     package func startSpan<Instant: TracerInstant>(
         _ operationName: String,
         parent: SpanContext?,
         context parentContext: ServiceContext,
         ofKind kind: SpanKind,
         at instant: @autoclosure () -> Instant,
-        attributes: @autoclosure () -> [ListedAttribute] = []
+        attributes: @autoclosure () -> [ListedAttribute] = [],
+        fixedAttributes: @autoclosure () -> FixedAttributes = FixedAttributes()
     ) -> YoMoSpan {
         guard let shared, !shared.isShutdown.load(ordering: .relaxed) else {
             return YoMoSpan(context: parentContext, storage: nil)
@@ -70,7 +72,7 @@ public struct YoMoTracer: Tracer {
         let storage = SpanStorage(
             shared: shared, scope: scope, name: operationName, kind: kind,
             spanContext: spanContext, parent: parent, startTime: instant().nanosecondsSinceEpoch,
-            attributes: attributes()
+            attributes: attributes(), fixedAttributes: fixedAttributes()
         )
         return YoMoSpan(context: parentContext, storage: storage)
     }

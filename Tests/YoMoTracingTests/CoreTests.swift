@@ -215,6 +215,41 @@ import Tracing
         recorded.end()
     }
 
+    @Test func fixedAttributesCountAndChangeLikeOthers() throws {
+        let exporter = InMemorySpanExporter()
+        let provider = makeProvider(environment: ["OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "4"], exporter: exporter)
+        let tracer = provider.tracer("test")
+        let fixed = FixedAttributes(.init("tag", .int64(0x33)), .init("type", .string("async_handler")), .init("length", .int64(-1)))
+
+        // Read back as ordinary attributes, and exported as given.
+        let plain = tracer.startSpan("plain", parent: nil, context: .topLevel, ofKind: .internal, at: DefaultTracerClock.now, fixedAttributes: fixed)
+        #expect(plain.attributes.get("type") == .string("async_handler"))
+        plain.end()
+        var finished = try #require(exporter.spans.last)
+        #expect(finished.attributes.count == 3)
+        #expect(finished.attributes.get("tag") == .int64(0x33) && finished.attributes.get("length") == .int64(-1))
+
+        // A set attribute replaces a fixed one of its key; all share the limit.
+        let changed = tracer.startSpan("changed", parent: nil, context: .topLevel, ofKind: .internal, at: DefaultTracerClock.now, fixedAttributes: fixed)
+        changed.setAttribute("tag", .string("replaced"))
+        changed.setAttribute("new", .int64(1))
+        changed.setAttribute("over", .int64(2))  // a fifth: dropped
+        changed.attributes["type"] = "mapped"
+        changed.end()
+        finished = try #require(exporter.spans.last)
+        #expect(finished.attributes.count == 4)
+        #expect(finished.attributes.get("tag") == .string("replaced") && finished.attributes.get("type") == .string("mapped"))
+        #expect(finished.attributes.get("length") == .int64(-1) && finished.attributes.get("new") == .int64(1))
+        #expect(finished.droppedAttributeCount == 1)
+
+        // Beyond the limit, the last ones given are dropped and counted.
+        let tight = makeProvider(environment: ["OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "1"], exporter: exporter).tracer("test")
+        tight.startSpan("tight", parent: nil, context: .topLevel, ofKind: .internal, at: DefaultTracerClock.now, fixedAttributes: fixed).end()
+        finished = try #require(exporter.spans.last)
+        #expect(finished.attributes.count == 1 && finished.attributes.get("tag") == .int64(0x33))
+        #expect(finished.droppedAttributeCount == 2)
+    }
+
     @Test func resourceDetection() {
         let resource = Resource.detect(environment: [
             "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=a%20b, bad ,service.name=from-attributes",

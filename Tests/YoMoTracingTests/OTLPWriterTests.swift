@@ -53,6 +53,13 @@ import Tracing
         .stringConvertibleArray([1, Int64(-2), Int32(3), UInt32(4), 5.5, Float(6.5), true, "seven", Custom()]),
     ]
 
+    static let fixedSets = [
+        FixedAttributes(.init("recv_data_tag", .int64(0x33)), .init("recv_data_len", .int64(0))),
+        FixedAttributes(.init("sfn_handler_type", .string("async_handler")), .init("negative", .int64(-1)), .init("max", .int64(.max))),
+        FixedAttributes(.init("", .string("")), .init("nul\0key", .string("nul\0value")), .init("ünï", .string("ünïcødé"))),
+        FixedAttributes(.init("routing_data_tag", .int64(127)), .init("routing_data_len", .int64(128)), .init("listed", .int64(16384))),
+    ]
+
     func variedSpans(exporter: InMemorySpanExporter) -> [TracerProvider] {
         var limited = TracerProvider.Configuration(environment: [
             "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "3", "OTEL_SPAN_EVENT_COUNT_LIMIT": "2",
@@ -88,9 +95,12 @@ import Tracing
                     default: linked.spanContext
                     }
                     let start = index % 7 == 0 ? 0 : UInt64(index) * 1_000_003
+                    // Two spans in three start with fixed attributes, which the
+                    // attribute changes below then move into the list or the map.
                     let span = tracer.startSpan(
                         names[index % names.count], parent: parent, context: .topLevel,
-                        ofKind: kinds[index % kinds.count], at: FixedInstant(nanosecondsSinceEpoch: start))
+                        ofKind: kinds[index % kinds.count], at: FixedInstant(nanosecondsSinceEpoch: start),
+                        fixedAttributes: index % 3 != 1 ? Self.fixedSets[index / 3 % Self.fixedSets.count] : FixedAttributes())
                     switch index % 4 {
                     case 0:
                         span.setAttribute("listed", value)

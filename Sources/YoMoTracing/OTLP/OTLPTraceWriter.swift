@@ -54,7 +54,8 @@ package struct OTLPTraceWriter: ~Copyable {
         writer.int32(6, Int32(OTLPTraceEncoding.kindNumber(storage.kind)))
         if storage.startTime != 0 { writer.fixed64(7, storage.startTime) }
         if storage.endTime != 0 { writer.fixed64(8, storage.endTime) }
-        storage.forEachAttribute { key, value in writeKeyValue(9, key, value) }
+        storage.fixedAttributes.forEach { writeKeyValue(9, $0) }
+        storage.forEachChangeableAttribute { key, value in writeKeyValue(9, key, value) }
         if storage.droppedAttributeCount != 0 { writer.varint(10, UInt64(UInt32(clamping: storage.droppedAttributeCount))) }
         for event in storage.events {
             let mark = writer.beginMessage(11, lengthGuess: 2)
@@ -83,6 +84,18 @@ package struct OTLPTraceWriter: ~Copyable {
             writer.endMessage(mark)
         }
         writer.fixed32(16, OTLPTraceEncoding.flags(context.traceFlags, remote: storage.parentIsRemote))
+    }
+
+    /// A fixed attribute as KeyValue `field`: its literal bytes, written straight.
+    private mutating func writeKeyValue(_ field: UInt32, _ attribute: FixedAttribute) {
+        attribute.key.withUTF8Buffer { key in
+            switch attribute.value {
+            case .int64(let int):
+                writer.keyValue(field, key: UnsafeRawBufferPointer(key), int: int)
+            case .string(let string):
+                string.withUTF8Buffer { writer.keyValue(field, key: UnsafeRawBufferPointer(key), string: UnsafeRawBufferPointer($0)) }
+            }
+        }
     }
 
     /// Repeated KeyValue `field`.

@@ -161,6 +161,52 @@ package struct ProtobufWriter: ~Copyable {
         count += 8
     }
 
+    /// A KeyValue (key = 1, value = 2: an AnyValue) as repeated `field`, its
+    /// value an int_value (3) or, with `string` set, a string_value (1), both
+    /// oneof members (sent even when zero or empty). The lengths are known up
+    /// front, so nothing is reserved or moved as with `beginMessage`: what
+    /// `beginMessage`/`string`/`int64`/`endMessage` write, for literal keys.
+    package mutating func keyValue(_ field: UInt32, key: UnsafeRawBufferPointer, int: Int64 = 0, string: UnsafeRawBufferPointer? = nil) {
+        let keyLength = Self.cString(key)
+        let anyLength: Int
+        if let string {
+            let length = Self.cString(string)
+            anyLength = 1 + Self.varintSize(UInt64(length)) + length
+        } else {
+            anyLength = 1 + Self.varintSize(UInt64(bitPattern: int))
+        }
+        let keyValueLength = (keyLength > 0 ? 1 + Self.varintSize(UInt64(keyLength)) + keyLength : 0)
+            + 1 + Self.varintSize(UInt64(anyLength)) + anyLength
+        reserve(5 + 5 + keyValueLength)
+        putTag(field, 2)
+        putVarint(UInt64(keyValueLength))
+        if keyLength > 0 { put(1, UnsafeRawBufferPointer(rebasing: key[0..<keyLength])) }
+        putTag(2, 2)
+        putVarint(UInt64(anyLength))
+        if let string {
+            put(1, UnsafeRawBufferPointer(rebasing: string[0..<Self.cString(string)]))
+        } else {
+            putTag(3, 0)
+            putVarint(UInt64(bitPattern: int))
+        }
+    }
+
+    /// How many bytes of `utf8` come before its first NUL (protobuf-c packs C strings).
+    private static func cString(_ utf8: UnsafeRawBufferPointer) -> Int {
+        guard let start = utf8.baseAddress, let nul = memchr(start, 0, utf8.count) else { return utf8.count }
+        return start.distance(to: UnsafeRawPointer(nul))
+    }
+
+    /// A length-delimited `field` into room already reserved.
+    @inline(__always) private mutating func put(_ field: UInt32, _ value: UnsafeRawBufferPointer) {
+        putTag(field, 2)
+        putVarint(UInt64(value.count))
+        if let source = value.baseAddress {
+            UnsafeMutableRawPointer(base + count).copyMemory(from: source, byteCount: value.count)
+        }
+        count += value.count
+    }
+
     /// Starts a length-delimited sub-message; pass the result to `endMessage`.
     /// - Parameter lengthGuess: bytes reserved for the length varint (1 up to 127 bytes of body, 2 up to 16383, 3 up to 2 MiB).
     @inline(__always) package mutating func beginMessage(_ field: UInt32, lengthGuess: Int = 1) -> MessageMark {
