@@ -189,6 +189,8 @@ extension Metadata {
             var positions: [String: Int]? = count > Self.linearScanLimit ? [:] : nil
             // Where a canonical traceparent's content lies, and its value.
             var traceparentRead: (content: Range<Int>, fields: TraceparentFields)?
+            // The known keys read so far, a bit each (`MetadataView.Key.rawValue`).
+            var knownSeen: UInt8 = 0
             for index in 0..<count {
                 // The keys YoMo itself writes are matched as bytes and taken as
                 // constants: no string is made (or validated) for them.
@@ -219,7 +221,19 @@ extension Metadata {
                     locations[known] = .init(start: valueStart, contentStart: valueStart + header, end: reader.offset)
                 }
                 // A duplicate key: the last one wins, as when Go decodes into a map.
-                let existing = positions == nil ? entries.firstIndex { $0.key == key } : positions![key]
+                // A known key is found by its flag, without comparing strings; another
+                // is compared only with keys of its length (a failed comparison is a call).
+                let existing: Int?
+                if let known {
+                    let flag: UInt8 = 1 << known.rawValue
+                    existing = knownSeen & flag != 0 ? entries.firstIndex { $0.key == key } : nil
+                    knownSeen |= flag
+                } else if positions == nil {
+                    let length = key.utf8.count
+                    existing = entries.firstIndex { $0.key.utf8.count == length && $0.key == key }
+                } else {
+                    existing = positions![key]
+                }
                 if let existing {
                     entries[existing].stored = value
                 } else {

@@ -77,6 +77,13 @@ struct MetadataTests {
         var twice = ByteBuffer(bytes: [0x82])
         for value in ["a", "b"] { twice.writeBytes([0xA8] + Array("yomo-tid".utf8) + [0xA1] + Array(value.utf8)) }
         #expect(try Metadata(decoding: twice)["yomo-tid"] == "b")
+        // Among keys of one length, known and not, each duplicate finds its own first entry.
+        let pairs = [("yomo-tid", "1"), ("xomo-tid", "2"), ("yomo-tid", "3"), ("ab", "4"), ("cd", "5"), ("xomo-tid", "6"), ("ab", "7")]
+        var mixed = ByteBuffer(bytes: [0x80 | UInt8(pairs.count)])
+        for (key, value) in pairs { mixed.writeBytes([0xA0 | UInt8(key.utf8.count)] + Array(key.utf8) + [0xA1] + Array(value.utf8)) }
+        let decoded = try Metadata(decoding: mixed)
+        #expect(decoded.map(\.key) == ["yomo-tid", "xomo-tid", "ab", "cd"])
+        #expect(decoded.map(\.value) == ["3", "6", "7", "5"])
     }
 
     @Test("setting a key to an empty string deletes it, as in Go")

@@ -168,10 +168,10 @@ package struct ProtobufWriter: ~Copyable {
     /// `beginMessage`/`string`/`int64`/`endMessage` write, for literal keys.
     package mutating func keyValue(_ field: UInt32, key: UnsafeRawBufferPointer, int: Int64 = 0, string: UnsafeRawBufferPointer? = nil) {
         let keyLength = Self.cString(key)
+        let stringLength = string.map(Self.cString) ?? 0
         let anyLength: Int
-        if let string {
-            let length = Self.cString(string)
-            anyLength = 1 + Self.varintSize(UInt64(length)) + length
+        if string != nil {
+            anyLength = 1 + Self.varintSize(UInt64(stringLength)) + stringLength
         } else {
             anyLength = 1 + Self.varintSize(UInt64(bitPattern: int))
         }
@@ -184,7 +184,7 @@ package struct ProtobufWriter: ~Copyable {
         putTag(2, 2)
         putVarint(UInt64(anyLength))
         if let string {
-            put(1, UnsafeRawBufferPointer(rebasing: string[0..<Self.cString(string)]))
+            put(1, UnsafeRawBufferPointer(rebasing: string[0..<stringLength]))
         } else {
             putTag(3, 0)
             putVarint(UInt64(bitPattern: int))
