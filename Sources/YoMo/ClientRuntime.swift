@@ -14,6 +14,22 @@ internal import Tracing
 /// The connection life of a client: dial, serve frames, reconnect, close. Shared by
 /// stream functions (which handle frames) and sources (which only write).
 final class ClientRuntime: Sendable {
+    /// What a handler's task needs of `Setup`, in one object: the task
+    /// captures it with one reference count update instead of one per field
+    /// of `Setup` (every frame's task did; with the handler on other threads,
+    /// each of those was an atomic operation on a cache line they share).
+    final class HandlerSupport: Sendable {
+        let tracing: DataPathTracer
+        let metrics: DataPathMetrics
+        let errorHandler: StreamFunction.ErrorHandler?
+
+        init(_ setup: Setup) {
+            tracing = setup.tracing
+            metrics = setup.metrics
+            errorHandler = setup.errorHandler
+        }
+    }
+
     struct Setup: Sendable {
         var settings: ClientSettings
         var tracing = DataPathTracer.disabled
@@ -389,6 +405,7 @@ final class ClientRuntime: Sendable {
             try await send(frame, patch: patch)
         }
         let inFlight = InFlightCounter()
+        let handling = HandlerSupport(setup)
         let queue = setup.pipeHandler.map { _ in AsyncQueue<PipeFrame>(capacity: 1024) }
         var ended: (any Error)?
         // The tracer is the task's for every handler task the group starts.
@@ -444,11 +461,12 @@ final class ClientRuntime: Sendable {
                                 tag: data.tag, data: data.payload, metadata: metadata, writer: writer,
                                 resendable: setup.tracing.resendable(view, after: span))
                             let consumer = setup.metrics.isEnabled ? setup.metrics.consumer(tag: data.tag, handlerType: "async_handler") : nil
+                            let tag = data.tag
                             group.addTask {
                                 defer { inFlight.leave() }
                                 let started = ContinuousClock.now
                                 do {
-                                    try await setup.tracing.run(span) { try await handler(context) }
+                                    try await handling.tracing.run(span) { try await handler(context) }
                                     if let consumer {
                                         consumer.consumed.add()
                                         consumer.duration.record(secondsSince(started), spanContext: span?.spanContext)
@@ -456,14 +474,14 @@ final class ClientRuntime: Sendable {
                                 } catch {
                                     if let consumer {
                                         consumer.consumed.add()
-                                        setup.metrics.recordFailure(
-                                            tag: data.tag, handlerType: "async_handler", seconds: secondsSince(started), error: error,
+                                        handling.metrics.recordFailure(
+                                            tag: tag, handlerType: "async_handler", seconds: secondsSince(started), error: error,
                                             spanContext: span?.spanContext)
                                     }
                                     // Under the frame's span: the error line and the error
                                     // handler's own logs carry the frame's trace id.
-                                    setup.tracing.withCurrent(span) {
-                                        self.report(YoMoError(.handlerFailed, "handler of \(self.name) threw on tag 0x\(String(data.tag, radix: 16)): \(error)"), setup)
+                                    handling.tracing.withCurrent(span) {
+                                        self.report(YoMoError(.handlerFailed, "handler of \(self.name) threw on tag 0x\(String(tag, radix: 16)): \(error)"), handling.errorHandler)
                                     }
                                 }
                             }
@@ -514,8 +532,12 @@ final class ClientRuntime: Sendable {
     }
 
     private func report(_ error: YoMoError, _ setup: Setup) {
+        report(error, setup.errorHandler)
+    }
+
+    private func report(_ error: YoMoError, _ errorHandler: StreamFunction.ErrorHandler?) {
         logger.error("\(error.message)")
-        setup.errorHandler?(error)
+        errorHandler?(error)
     }
 
     // MARK: Writing

@@ -18,27 +18,32 @@ package enum OTLPTraceEncoding {
     /// a linear search beats hashing their names for every span.
     static func group(_ spans: [FinishedSpan]) -> [Group] {
         var resources: [Group] = []
-        // Runs of spans from one tracer are the rule: same group as the span before.
-        var last: (shared: TracerShared, scope: InstrumentationScope, position: Int, scopePosition: Int)?
-        for (index, span) in spans.enumerated() {
-            let shared = span.storage.shared
-            if let last, last.shared === shared, last.scope == span.storage.scope {
+        // Runs of spans from one tracer are the rule: same group as the span
+        // before. The provider is compared by identity, not held: every span
+        // the data path starts retains it, and the export thread retaining it
+        // too, span by span, made its reference count a cache line the cores
+        // fought over.
+        var last: (shared: ObjectIdentifier, scope: InstrumentationScope, position: Int, scopePosition: Int)?
+        for index in spans.indices {
+            let storage = spans[index].storage
+            let shared = ObjectIdentifier(storage.shared)
+            if let last, last.shared == shared, last.scope == storage.scope {
                 resources[last.position].scopes[last.scopePosition].spans.append(index)
                 continue
             }
             let position: Int
-            if let found = resources.lastIndex(where: { $0.shared === shared || $0.resource == shared.resource }) {
+            if let found = resources.lastIndex(where: { ObjectIdentifier($0.shared) == shared || $0.resource == storage.shared.resource }) {
                 position = found
             } else {
-                resources.append((shared, shared.resource, []))
+                resources.append((storage.shared, storage.shared.resource, []))
                 position = resources.count - 1
             }
-            if let scopePosition = resources[position].scopes.lastIndex(where: { $0.scope == span.storage.scope }) {
+            if let scopePosition = resources[position].scopes.lastIndex(where: { $0.scope == storage.scope }) {
                 resources[position].scopes[scopePosition].spans.append(index)
-                last = (shared, span.storage.scope, position, scopePosition)
+                last = (shared, storage.scope, position, scopePosition)
             } else {
-                resources[position].scopes.append((span.storage.scope, [index]))
-                last = (shared, span.storage.scope, position, resources[position].scopes.count - 1)
+                resources[position].scopes.append((storage.scope, [index]))
+                last = (shared, storage.scope, position, resources[position].scopes.count - 1)
             }
         }
         return resources
