@@ -641,10 +641,10 @@ final class ClientRuntime: Sendable {
             try await send(DataFrame(tag: tag, metadata: metadata, payload: payload))
             return
         }
-        let span = tracing.sourceSpan(name: name, tag: tag, length: payload.readableBytes, metadata: &metadata)
+        let span = tracing.sourceSpan(name: name, tag: tag, length: payload.readableBytes)
         defer { span?.end() }
         do {
-            try await send(DataFrame(tag: tag, metadata: metadata, payload: payload))
+            try await send(DataFrame(tag: tag, metadata: tracing.metadata(metadata, carrying: span), payload: payload))
             tracing.debug(logger, under: span, "frame written", metadata: YoMoLogField.frame(
                 tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: tag, dataLength: payload.readableBytes))
         } catch {

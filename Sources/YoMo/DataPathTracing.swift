@@ -39,15 +39,28 @@ struct DataPathTracer: Sendable {
         return (DataPathTracer(tracer: fromEnvironment.tracer(scope)), fromEnvironment.isEnabled ? fromEnvironment : nil)
     }
 
-    /// The source's span (scope "Source"), kind producer.
-    func sourceSpan(name: String, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
+    /// The source's span (scope "Source"), kind producer. `metadata(_:carrying:)`
+    /// gives the frame's metadata with its ids.
+    func sourceSpan(name: String, tag: UInt32, length: Int) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
-        let span = startSpan(
+        return startSpan(
             name, parent: nil, context: ServiceContext.current ?? .topLevel, ofKind: .producer,
             attributes: FixedAttributes(.init("send_data_tag", .int64(Int64(tag))), .init("send_data_len", .int64(Int64(length))))
         )
-        inject(span, into: &metadata)
-        return span
+    }
+
+    /// `metadata` encoded with the span's ids injected, as `inject` then
+    /// `encoded()` give them; the ids are written straight after the entries
+    /// when the metadata holds no trace key and no `tracestate` is to be written.
+    func metadata(_ metadata: Metadata, carrying span: YoMoSpan?) -> ByteBuffer {
+        guard let spanContext = span?.spanContext, spanContext.isValid else { return metadata.encoded() }
+        if let values = Self.patch(spanContext, formats: tracer.propagator.formats),
+           let encoded = metadata.encoded(appending: values) {
+            return encoded
+        }
+        var injected = metadata
+        inject(spanContext, into: &injected)
+        return injected.encoded()
     }
 
     /// The zipper's span ("zipper endpoint", scope "Zipper"). `context` is the

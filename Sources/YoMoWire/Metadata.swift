@@ -284,6 +284,47 @@ extension Metadata {
         }
     }
 
+    /// What `setTrace` with `trace`'s values and then `encoded()` give, for
+    /// metadata holding none of the trace keys: the trace values written
+    /// straight after the entries, with no entries made for them. Nil when the
+    /// metadata holds a trace key (then `setTrace` must replace it). A source
+    /// writes every frame's trace context this way.
+    package func encoded(appending trace: MetadataView.TracePatch) -> ByteBuffer? {
+        for entry in entries {
+            switch MetadataView.Key(entry.key) {
+            case .traceparent?, .tracestate?, .traceID?, .spanID?: return nil
+            default: continue
+            }
+        }
+        var traceCount = 0, traceLength = 0
+        trace.forEach { key, value in
+            traceCount += 1
+            traceLength += MsgpackWriter.stringSize(key.string.utf8.count) + MsgpackWriter.stringSize(value.utf8Count)
+        }
+        let total = count + traceCount
+        guard total > 0 else { return ByteBuffer() }
+        var length = MsgpackWriter.mapHeaderSize(total) + traceLength
+        for entry in entries {
+            length += MsgpackWriter.stringSize(entry.key.utf8.count) + MsgpackWriter.stringSize(entry.stored.utf8Count)
+        }
+        var buffer = ByteBuffer()
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { output in
+            var writer = RawWriter(output)
+            writer.writeMsgpackMapHeader(total)
+            for entry in entries {
+                writer.writeMsgpackString(entry.key)
+                entry.stored.write(into: &writer)
+            }
+            trace.forEach { key, value in
+                writer.writeMsgpackString(key.string)
+                value.write(into: &writer)
+            }
+            precondition(writer.offset == length, "metadata length miscounted")
+            return length
+        }
+        return buffer
+    }
+
     /// The msgpack bytes in a new buffer (empty for an empty map).
     public func encoded(sortedKeys: Bool = false) -> ByteBuffer {
         var buffer = ByteBuffer()

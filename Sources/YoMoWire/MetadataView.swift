@@ -314,7 +314,7 @@ package struct MetadataView {
         package var isEmpty: Bool { traceparent == nil && yomo == nil }
 
         /// Calls `body` with each value to write and its key (no array: this runs per frame).
-        fileprivate func forEach(_ body: (Key, StoredValue) -> Void) {
+        func forEach(_ body: (Key, StoredValue) -> Void) {
             if let traceparent { body(.traceparent, .traceparent(traceparent)) }
             if let yomo {
                 body(.traceID, .traceID(high: yomo.traceIDHigh, low: yomo.traceIDLow))

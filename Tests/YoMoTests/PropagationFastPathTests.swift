@@ -104,6 +104,39 @@ struct PropagationFastPathTests {
         }
     }
 
+    @Test("a source's metadata with its span's ids written after the entries is the bytes injection then encoding give")
+    func sourceMetadataAgrees() throws {
+        var fifteen = Metadata()
+        for index in 0..<15 { fifteen["key-\(index)"] = "value-\(index)" }
+        let starts: [Metadata] = [
+            Metadata(), ["yomo-source-id": "V1StGXR8_Z5jdHi6B-myT", "yomo-tid": "abc", "yomo-target": "t"], fifteen,
+            // Trace keys already there (a writer's own): replaced in place by the general path.
+            try Self.carriers()[7], try Self.decoded([("traceparent", "00-\(Self.traceID)-\(Self.spanID)-01")]),
+        ]
+        var generator = SystemRandomNumberGenerator()
+        for formats in Self.formatChoices {
+            let tracing = Self.tracer(formats)
+            for start in starts {
+                for traceState in ["", "vendor=1"] {
+                    var parent = ServiceContext.topLevel
+                    parent.spanContext = SpanContext(
+                        traceID: TraceID(high: generator.next(), low: generator.next() | 1), spanID: SpanID(rawValue: generator.next() | 1),
+                        traceFlags: .sampled, traceState: traceState)
+                    let span = try #require(ServiceContext.withValue(parent) { tracing.sourceSpan(name: "source", tag: 0x33, length: 16) })
+                    var injected = start
+                    tracing.inject(try #require(span.spanContext), into: &injected)
+                    let written = tracing.metadata(start, carrying: span)
+                    #expect(written == injected.encoded(), "\(formats.rawValue), \(start.count) entries, tracestate \(traceState)")
+                    #expect(try Metadata(decoding: written) == injected)
+                    span.end()
+                }
+            }
+        }
+        // No span, or a disabled tracer: the metadata as it is.
+        let plain: Metadata = ["yomo-tid": "abc"]
+        #expect(Self.tracer(.all).metadata(plain, carrying: nil) == plain.encoded())
+    }
+
     @Test("the zipper's in-place path finds the parent extraction finds, or leaves the frame to it")
     func inPlaceParentAgrees() throws {
         let carriers = try Self.carriers()
