@@ -131,6 +131,10 @@ final class ClientRuntime: Sendable {
 
     var isConnectedForTesting: Bool { state.withLock { $0.session != nil } }
 
+    /// The current session's connection has ended, and this client has not let go of it yet
+    /// (it does once its in-flight handlers finish, or a write on it fails).
+    var sessionEndedForTesting: Bool { state.withLock { $0.session?.connection.connection.closeReason != nil } }
+
     var outageStatistics: OutageStatistics { state.withLock { $0.outage.statistics } }
 
     // MARK: Starting

@@ -213,8 +213,16 @@ struct FaultRecoveryTests {
         await sink.close()
     }
 
-    @Test("a traced function's replies that a dying zipper never acknowledged are sent again with the function's span ids")
-    func resentRepliesKeepTheirSpanIDs() async throws {
+    /// How a traced function's replies miss the zipper they were written for.
+    enum ReplyFault: String, CaseIterable, Sendable {
+        /// Written to a frozen zipper that then dies: sent again from the unacknowledged log.
+        case unacknowledged
+        /// Written while the function redials a dead zipper: held in the outage buffer.
+        case heldWhileReconnecting
+    }
+
+    @Test("a traced function's replies that miss a restarting zipper reach it later with the function's span ids", arguments: ReplyFault.allCases)
+    func repliesKeepTheirSpanIDsAcrossARestart(_ fault: ReplyFault) async throws {
         // The zipper traces nothing, so what the sink sees is what the function wrote.
         let zipper = try ZipperProcess(port: try await freePort(), environment: ["OTEL_SDK_DISABLED": "true"])
         let received = Inbox<(text: String, spanID: String?, traceparent: String?)>()
@@ -223,14 +231,16 @@ struct FaultRecoveryTests {
             received.append((String(decoding: ctx.data, as: UTF8.self), ctx.metadata("yomo-span-id"), ctx.metadata("traceparent")))
         }
         try await sink.connect()
-        // The function redials late, so the sink is back first and the resent replies have a route.
+        // The function redials late, so the sink is back first and the replies have a route.
         let slow = ReconnectPolicy(firstRetryDelay: .seconds(2) ... .seconds(2), initialDelay: .seconds(1), maximumDelay: .seconds(1))
         let tracing = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: InMemorySpanExporter())])
         let gate = Gate()
         let handled = Inbox<(text: String, spanID: String)>()
         let wrote = Inbox<String>()
+        let lost = Inbox<YoMoError>()
         let relay = StreamFunction(name: "relay", zipper: zipper.address, options: .init(
             observedTags: [0x37], reconnect: slow, retryConnect: true, tracerProvider: tracing))
+        relay.setErrorHandler { lost.append($0) }
         relay.setHandler { ctx in
             // The function's own span ids, which its writes must carry.
             let spanID = ServiceContext.current?.spanContext?.spanID.description ?? ""
@@ -238,7 +248,7 @@ struct FaultRecoveryTests {
             handled.append((text, spanID))
             if text != "warm-up" { await gate.wait() }
             try await ctx.write(tag: 0x38, data: ctx.data)
-            wrote.append(String(decoding: ctx.data, as: UTF8.self))
+            wrote.append(text)
         }
         try await relay.connect()
         let source = Source(name: "traced", zipper: zipper.address, options: .init(tracerProvider: TracerProvider(
@@ -252,15 +262,32 @@ struct FaultRecoveryTests {
         #expect(await handled.wait(for: texts.count + 1))
         await source.close()
 
-        // Frozen, the zipper acknowledges none of the replies the handlers now write.
-        try await freeze(zipper.process)
-        gate.open()
-        #expect(await wrote.wait(for: texts.count + 1), "the writes are queued, not acknowledged")
-        await zipper.kill()
-        try zipper.restart()
+        switch fault {
+        case .unacknowledged:
+            // Frozen, the zipper acknowledges none of the replies the handlers now write.
+            try await freeze(zipper.process)
+            gate.open()
+            #expect(await wrote.wait(for: texts.count + 1), "the writes are queued, not acknowledged")
+            await zipper.kill()
+            try zipper.restart()
+        case .heldWhileReconnecting:
+            // Restarted, the zipper resets the function's old connection. The
+            // handlers' writes then fail on it and wait in the outage buffer
+            // until the function has redialled (after its handlers finish).
+            await zipper.kill()
+            try zipper.restart()
+            #expect(await eventually(within: .seconds(10)) { relay.client.sessionEndedForTesting }, "the old connection was reset")
+            gate.open()
+            #expect(await wrote.wait(for: texts.count + 1))
+            #expect(relay.outageStatistics.buffered == texts.count, "\(relay.outageStatistics)")
+            #expect(await lost.wait(for: 1, timeout: .seconds(10)), "the function reported the loss")
+        }
 
         #expect(await eventually(within: .seconds(20)) { Set(received.items.map(\.text)).isSuperset(of: texts) }, "\(received.items.map(\.text))")
-        #expect(relay.outageStatistics.resent > 0, "the replies went out before the freeze: nothing was resent")
+        switch fault {
+        case .unacknowledged: #expect(relay.outageStatistics.resent > 0, "the replies went out before the freeze: nothing was resent")
+        case .heldWhileReconnecting: #expect(relay.outageStatistics.delivered == texts.count, "\(relay.outageStatistics)")
+        }
         let written = Dictionary(handled.items.map { ($0.text, $0.spanID) }) { first, _ in first }
         for reply in received.items {
             let spanID = try #require(written[reply.text])
