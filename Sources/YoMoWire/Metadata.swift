@@ -255,12 +255,35 @@ extension Metadata {
 
     /// The number of bytes ``encode(into:sortedKeys:)`` writes.
     public var encodedLength: Int {
-        if isEmpty { return 0 }
-        var length = MsgpackWriter.mapHeaderSize(count)
+        isEmpty ? 0 : MsgpackWriter.mapHeaderSize(count) + entriesLength
+    }
+
+    /// The bytes the entries take, without the map header.
+    private var entriesLength: Int {
+        var length = 0
         for entry in entries {
             length += MsgpackWriter.stringSize(entry.key.utf8.count) + MsgpackWriter.stringSize(entry.stored.utf8Count)
         }
         return length
+    }
+
+    /// Writes a map header for `count` entries, `entries`, then what `more`
+    /// writes: `length` bytes in all, in one bounds check and one copy per string.
+    private static func writeMap(
+        _ entries: [Entry], count: Int, length: Int, into buffer: inout ByteBuffer,
+        then more: (inout RawWriter) -> Void = { _ in }
+    ) {
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { output in
+            var writer = RawWriter(output)
+            writer.writeMsgpackMapHeader(count)
+            for entry in entries {
+                writer.writeMsgpackString(entry.key)
+                entry.stored.write(into: &writer)
+            }
+            more(&writer)
+            precondition(writer.offset == length, "metadata length miscounted")
+            return length
+        }
     }
 
     /// Writes the msgpack map; nothing at all when empty, as Go does.
@@ -270,18 +293,7 @@ extension Metadata {
     public func encode(into buffer: inout ByteBuffer, sortedKeys: Bool = false) {
         guard !isEmpty else { return }
         let ordered = sortedKeys ? entries.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) } : entries
-        let length = encodedLength
-        // One bounds check and one copy per string, straight into the buffer.
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { output in
-            var writer = RawWriter(output)
-            writer.writeMsgpackMapHeader(count)
-            for entry in ordered {
-                writer.writeMsgpackString(entry.key)
-                entry.stored.write(into: &writer)
-            }
-            precondition(writer.offset == length, "metadata length miscounted")
-            return length
-        }
+        Self.writeMap(ordered, count: count, length: encodedLength, into: &buffer)
     }
 
     /// What `setTrace` with `trace`'s values and then `encoded()` give, for
@@ -303,24 +315,12 @@ extension Metadata {
         }
         let total = count + traceCount
         guard total > 0 else { return ByteBuffer() }
-        var length = MsgpackWriter.mapHeaderSize(total) + traceLength
-        for entry in entries {
-            length += MsgpackWriter.stringSize(entry.key.utf8.count) + MsgpackWriter.stringSize(entry.stored.utf8Count)
-        }
         var buffer = ByteBuffer()
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { output in
-            var writer = RawWriter(output)
-            writer.writeMsgpackMapHeader(total)
-            for entry in entries {
-                writer.writeMsgpackString(entry.key)
-                entry.stored.write(into: &writer)
-            }
+        Self.writeMap(entries, count: total, length: MsgpackWriter.mapHeaderSize(total) + entriesLength + traceLength, into: &buffer) { writer in
             trace.forEach { key, value in
                 writer.writeMsgpackString(key.string)
                 value.write(into: &writer)
             }
-            precondition(writer.offset == length, "metadata length miscounted")
-            return length
         }
         return buffer
     }
