@@ -258,13 +258,17 @@ package struct FixedAttribute: Sendable {
         self.value = value
     }
 
-    var keyString: String { key.withUTF8Buffer { String(decoding: $0, as: UTF8.self) } }
+    var keyString: String { Self.string(key) }
 
     var attribute: SpanAttribute {
         switch value {
         case .int64(let int): .int64(int)
-        case .string(let string): .string(string.withUTF8Buffer { String(decoding: $0, as: UTF8.self) })
+        case .string(let string): .string(Self.string(string))
         }
+    }
+
+    private static func string(_ literal: StaticString) -> String {
+        literal.withUTF8Buffer { String(decoding: $0, as: UTF8.self) }
     }
 }
 
@@ -272,8 +276,6 @@ package struct FixedAttribute: Sendable {
 package struct FixedAttributes: Sendable {
     private var first, second, third: FixedAttribute?
     package private(set) var count = 0
-
-    package static let maximumCount = 3
 
     package init() {}
 
@@ -417,7 +419,8 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
         var moved: [ListedAttribute] = []
         moved.reserveCapacity(fixedAttributes.count + listedAttributes.count + 1)
         fixedAttributes.forEach { moved.append(ListedAttribute(key: $0.keyString, value: $0.attribute)) }
-        listedAttributes = moved + listedAttributes
+        moved.append(contentsOf: listedAttributes)
+        listedAttributes = moved
         fixedAttributes = FixedAttributes()
     }
 

@@ -109,12 +109,7 @@ package struct ProtobufWriter: ~Copyable {
 
     package mutating func bytes(_ field: UInt32, _ value: UnsafeRawBufferPointer) {
         reserve(15 + value.count)
-        putTag(field, 2)
-        putVarint(UInt64(value.count))
-        if let source = value.baseAddress {
-            UnsafeMutableRawPointer(base + count).copyMemory(from: source, byteCount: value.count)
-        }
-        count += value.count
+        put(field, value)
     }
 
     /// - Parameter always: true for a oneof member, which protobuf-c sends even
@@ -134,10 +129,7 @@ package struct ProtobufWriter: ~Copyable {
 
     /// The bytes of a string up to its first NUL (protobuf-c packs C strings).
     private mutating func stringBytes(_ field: UInt32, _ utf8: UnsafeRawBufferPointer, always: Bool) {
-        var length = utf8.count
-        if let start = utf8.baseAddress, let nul = memchr(start, 0, length) {
-            length = start.distance(to: UnsafeRawPointer(nul))
-        }
+        let length = Self.cString(utf8)
         guard length > 0 || always else { return }
         bytes(field, UnsafeRawBufferPointer(rebasing: utf8[0..<length]))
     }
