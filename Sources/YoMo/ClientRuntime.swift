@@ -459,11 +459,14 @@ final class ClientRuntime: Sendable {
                             if let limit = setup.handlerConcurrency { await inFlight.waitUntilBelow(limit) }
                             inFlight.enter()
                             let span = setup.tracing.functionSpan(
-                                name: name, handlerType: "async_handler", tag: data.tag, length: length, metadata: &metadata)
+                                name: name, handlerType: "async_handler", tag: data.tag, length: length, received: metadata)
                             logReceived(span)
+                            // The span's ids go into the decoded metadata only if the
+                            // handler reads it, unless the received bytes cannot carry them.
+                            let resendable = setup.tracing.resendable(view, after: span)
+                            if resendable == nil { setup.tracing.inject(span, into: &metadata) }
                             let context = Context(
-                                tag: data.tag, data: data.payload, metadata: metadata, writer: writer,
-                                resendable: setup.tracing.resendable(view, after: span))
+                                tag: data.tag, data: data.payload, metadata: metadata, writer: writer, resendable: resendable)
                             let consumer = setup.metrics.isEnabled ? setup.metrics.consumer(tag: data.tag, handlerType: "async_handler") : nil
                             let tag = data.tag
                             group.addTask {

@@ -13,8 +13,12 @@ public struct Context: Sendable {
     public let tag: UInt32
     /// The payload, without a copy of the received bytes.
     public let dataBuffer: ByteBuffer
-    /// The frame's metadata (tid, source id, trace ids, target, and any other keys).
-    public let metadata: Metadata
+    /// The frame's metadata (tid, source id, trace ids, target, and any other
+    /// keys). With tracing, its trace ids are this function's span's: what the
+    /// frames it writes carry.
+    public var metadata: Metadata { resendable?.metadata(over: received) ?? received }
+    /// As decoded, or with the span's ids already in when `resendable` does not hold them.
+    private let received: Metadata
     let writer: FrameWriter
     /// `metadata` as the received bytes with this function's span ids written
     /// over them, when it can be sent that way (nil: encode `metadata`).
@@ -23,7 +27,7 @@ public struct Context: Sendable {
     init(tag: UInt32, data: ByteBuffer, metadata: Metadata, writer: FrameWriter, resendable: ResendableMetadata? = nil) {
         self.tag = tag
         self.dataBuffer = data
-        self.metadata = metadata
+        self.received = metadata
         self.writer = writer
         self.resendable = resendable
     }
@@ -32,10 +36,12 @@ public struct Context: Sendable {
     public var data: [UInt8] { Array(dataBuffer.readableBytesView) }
 
     /// The value of a metadata key, e.g. `metadata("yomo-tid")`.
-    public func metadata(_ key: String) -> String? { metadata[key] }
+    public func metadata(_ key: String) -> String? {
+        resendable?.overlays(key) == true ? metadata[key] : received[key]
+    }
 
     /// The transaction id the source gave this frame.
-    public var tid: String? { metadata[Metadata.ReservedKey.tid] }
+    public var tid: String? { received[Metadata.ReservedKey.tid] }
 
     /// Writes a frame with `tag` to the zipper, carrying this frame's metadata.
     public func write(tag: UInt32, data: some Sequence<UInt8>) async throws {

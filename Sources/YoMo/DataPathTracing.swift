@@ -156,30 +156,39 @@ struct DataPathTracer: Sendable {
         return values
     }
 
-    /// The stream function's span (scope "StreamFunction", named after it), kind consumer.
+    /// The stream function's span (scope "StreamFunction", named after it),
+    /// kind consumer, with its ids written into `metadata`.
     func functionSpan(name: String, handlerType: StaticString, tag: UInt32, length: Int, metadata: inout Metadata) -> YoMoSpan? {
+        let span = functionSpan(name: name, handlerType: handlerType, tag: tag, length: length, received: metadata)
+        inject(span, into: &metadata)
+        return span
+    }
+
+    /// The stream function's span, its ids not yet written anywhere: an async
+    /// handler's `Context` writes them into its metadata only when read
+    /// (`ResendableMetadata.metadata(over:)`).
+    func functionSpan(name: String, handlerType: StaticString, tag: UInt32, length: Int, received metadata: Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
-        let span = startSpan(
+        return startSpan(
             name, parent: extractParent(from: metadata), context: ServiceContext.current ?? .topLevel, ofKind: .consumer,
             attributes: FixedAttributes(
                 .init("sfn_handler_type", .string(handlerType)),
                 .init("recv_data_tag", .int64(Int64(tag))), .init("recv_data_len", .int64(Int64(length))))
         )
-        inject(span, into: &metadata)
-        return span
     }
 
     /// The bytes a handler's writes carry as metadata, when they can be the
     /// received bytes (`view`) with the function's span ids written over the
-    /// old ones: what `functionSpan` left in the decoded metadata, without
+    /// old ones: what `functionSpan` writes into the decoded metadata, without
     /// encoding it again. Nil when the metadata must be encoded (a trace key
     /// was absent, or a tracestate is to be written).
     func resendable(_ view: MetadataView?, after span: YoMoSpan?) -> ResendableMetadata? {
         guard let view else { return nil }
-        // No span, or no valid ids: functionSpan wrote nothing.
+        // No span, or no valid ids: functionSpan writes nothing.
         guard let spanContext = span?.spanContext, spanContext.isValid else { return ResendableMetadata(bytes: view.bytes, patch: nil) }
-        guard let trace = Self.patch(spanContext, formats: tracer.propagator.formats), let patch = view.patch(trace) else { return nil }
-        return ResendableMetadata(bytes: view.bytes, patch: patch)
+        let formats = tracer.propagator.formats
+        guard let trace = Self.patch(spanContext, formats: formats), let patch = view.patch(trace) else { return nil }
+        return ResendableMetadata(bytes: view.bytes, patch: patch, ids: trace)
     }
 
     /// A span whose parent is the frame's (`parent`, from its trace context), or
@@ -226,8 +235,8 @@ struct DataPathTracer: Sendable {
     /// Writes the span's ids straight from its span context: building
     /// `span.context` (a `ServiceContext`) just to read them back would cost
     /// a dictionary insert per frame.
-    private func inject(_ span: YoMoSpan, into metadata: inout Metadata) {
-        guard let spanContext = span.spanContext else { return }
+    func inject(_ span: YoMoSpan?, into metadata: inout Metadata) {
+        guard let spanContext = span?.spanContext else { return }
         inject(spanContext, into: &metadata)
     }
 
@@ -304,14 +313,40 @@ extension DataPathTracer {
 /// Received metadata bytes to send on, with digits to write over them first.
 /// A class: a `Context` carries it into its handler's task, whose first
 /// frames must stay small (a larger one costs the task an extra allocation).
+///
+/// It also holds the function's ids for the decoded metadata: a handler that
+/// reads `Context.metadata` gets them written in then, and one that does not
+/// (most only write) costs no key search and no digits per frame.
 final class ResendableMetadata: Sendable {
     let bytes: ByteBuffer
     let patch: MetadataPatch?
+    /// The values `patch` writes, for the decoded metadata (nil: leave it as
+    /// received). There is no tracestate to write: with one, a patch is not made.
+    private let ids: MetadataView.TracePatch?
 
-    init(bytes: ByteBuffer, patch: MetadataPatch?) {
+    init(bytes: ByteBuffer, patch: MetadataPatch?, ids: MetadataView.TracePatch? = nil) {
         self.bytes = bytes
         self.patch = patch
+        self.ids = ids
     }
 
     var patched: ByteBuffer { patch?.applied(to: bytes) ?? bytes }
+
+    /// The received metadata with the function's ids written in, as
+    /// `DataPathTracer.functionSpan(metadata:)` writes them.
+    func metadata(over received: Metadata) -> Metadata {
+        guard let ids else { return received }
+        var metadata = received
+        metadata.setTrace(traceparent: ids.traceparent, yomo: ids.yomo)
+        return metadata
+    }
+
+    /// Whether `metadata(over:)` may change `key`'s value.
+    func overlays(_ key: String) -> Bool {
+        guard ids != nil else { return false }
+        switch MetadataView.Key(key) {
+        case .traceparent?, .traceID?, .spanID?: return true
+        default: return false
+        }
+    }
 }

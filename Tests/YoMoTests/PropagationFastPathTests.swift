@@ -248,6 +248,11 @@ struct PropagationFastPathTests {
                 }
                 resent += 1
                 #expect(resendable.patched == metadata.encoded(), "\(formats.rawValue): \(carrier)")
+                // A handler reading its metadata gets the ids written in then, as functionSpan writes them.
+                #expect(resendable.metadata(over: carrier) == metadata, "\(formats.rawValue): \(carrier)")
+                for (key, value) in metadata where !resendable.overlays(key) {
+                    #expect(carrier[key] == value, "\(key) changed, but it is read as received")
+                }
                 #expect(resendable.bytes == received)  // the received bytes themselves are left as they were
             }
             #expect(resent > 20, "\(formats.rawValue): \(resent) resent, \(encoded) encoded")

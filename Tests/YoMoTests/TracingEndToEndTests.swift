@@ -210,7 +210,17 @@ struct TracingEndToEndTests {
         try await zipper.start()
         let address = try #require(zipper.address)
         let echo = StreamFunction(name: "echo", zipper: address, options: .init(observedTags: [0x40], tracerProvider: providers[1]))
-        echo.setHandler { ctx in try await ctx.write(tag: 0x41, data: ctx.data) }
+        // What the handler reads as its metadata: its own span's ids, whether they
+        // were written in as the frame came (the first) or as it is read (the rest,
+        // once the handler has written).
+        let seen = Inbox<[String]>()
+        echo.setHandler { ctx in
+            try await ctx.write(tag: 0x41, data: ctx.data)
+            seen.append([
+                ctx.metadata(Metadata.ReservedKey.spanID) ?? "", ctx.metadata[Metadata.ReservedKey.spanID] ?? "",
+                ctx.metadata("traceparent") ?? "", ctx.metadata(Metadata.ReservedKey.traceID) ?? "", ctx.tid ?? "",
+            ])
+        }
         try await echo.connect()
         let received = Inbox<String>()
         let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x41], tracerProvider: providers[3]))
@@ -249,7 +259,14 @@ struct TracingEndToEndTests {
             let toSink = try child(of: echoed, named: "zipper endpoint")
             _ = try child(of: toSink, named: "sink")
             #expect(inTrace.count == 5)
+            let spanID = try #require(echoed["span_id"] as? String)
+            let read = try #require(seen.items.first { $0[0] == spanID }, "the handler never read its span id \(spanID): \(seen.items)")
+            #expect(read[1] == spanID)
+            #expect(read[2] == "00-\(traceID)-\(spanID)-01")
+            #expect(read[3] == traceID)
+            #expect(!read[4].isEmpty)
         }
+        #expect(seen.items.count == 5)
     }
 
     @Test("a throwing handler's span has error status and the error recorded; pipe spans end")
