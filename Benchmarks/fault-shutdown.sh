@@ -23,8 +23,9 @@ port=9621
 if [[ $# -ge 1 ]]; then
     bin="$1"
 else
-    for product in yomo uppercase-sfn demo-source; do swift build -c release --product "$product" >/dev/null; done
-    bin="$(swift build -c release --show-bin-path)"
+    source Benchmarks/loop-common.sh
+    for product in yomo uppercase-sfn demo-source; do "${release_build[@]}" --product "$product" >/dev/null; done
+    bin="$("${release_build[@]}" --show-bin-path)"
 fi
 receiver_script="Tests/YoMoTracingTests/otlp_receiver.py"
 work="$(mktemp -d)"

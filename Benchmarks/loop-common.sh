@@ -1,13 +1,17 @@
 # Sourced by the benchmark scripts that run the loop (loop-tracing.sh,
-# loop-instructions.sh, footprint.sh).
+# loop-instructions.sh, footprint.sh, mesh-loop.sh, fault-shutdown.sh).
+
+# Release builds here are optimized across modules, as deploy/Dockerfile and
+# scripts/static-build.sh build: what users run is what is measured.
+release_build=(swift build -c release -Xswiftc -cross-module-optimization)
 
 # Prints LOOP_BIN, a directory with release builds of yomo and uppercase-sfn,
 # or else builds them here and prints where.
 release_bin() {
     if [[ -n "${LOOP_BIN:-}" ]]; then echo "$LOOP_BIN"; return; fi
-    swift build -c release --product yomo >/dev/null
-    swift build -c release --product uppercase-sfn >/dev/null
-    swift build -c release --show-bin-path
+    "${release_build[@]}" --product yomo >/dev/null
+    "${release_build[@]}" --product uppercase-sfn >/dev/null
+    "${release_build[@]}" --show-bin-path
 }
 
 # Sets `environment`, the env prefix of every process, for tracing mode $1

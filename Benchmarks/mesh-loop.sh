@@ -9,7 +9,8 @@
 #
 # MESH_SIZES (default "1024 16") and MESH_INFLIGHT (default 256) set the frame
 # sizes and window. Prints frames/s and the CPU time all processes spent per
-# frame (zippers, stream function, bench). Needs release builds (built here).
+# frame (zippers, stream function, bench). Needs release builds of yomo and
+# uppercase-sfn: LOOP_BIN, or built here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
@@ -19,9 +20,8 @@ inflight="${MESH_INFLIGHT:-256}"
 port1=9621
 port2=9622
 
-swift build -c release --product yomo >/dev/null
-swift build -c release --product uppercase-sfn >/dev/null
-bin="$(swift build -c release --show-bin-path)"
+source Benchmarks/loop-common.sh
+bin="$(release_bin)"
 
 pids=()
 stop_all() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }

@@ -445,14 +445,16 @@ final class ClientRuntime: Sendable {
                             continue
                         }
                         let length = data.payload.readableBytes
-                        func logReceived(_ span: YoMoSpan?) {
+                        // The metadata is passed, not captured: a captured `var` costs a
+                        // dynamic exclusivity check on every access in this loop.
+                        func logReceived(_ span: YoMoSpan?, _ metadata: Metadata) {
                             setup.tracing.debug(logger, under: span, "frame received", metadata: YoMoLogField.frame(
                                 tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: length))
                         }
                         if let queue {
                             let span = setup.tracing.functionSpan(
                                 name: name, handlerType: "pipe_handler", tag: data.tag, length: length, metadata: &metadata)
-                            logReceived(span)
+                            logReceived(span, metadata)
                             if setup.metrics.isEnabled { setup.metrics.consumer(tag: data.tag, handlerType: "pipe_handler").consumed.add() }
                             await queue.send(PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span))
                         } else if let handler = setup.handler {
@@ -460,7 +462,7 @@ final class ClientRuntime: Sendable {
                             inFlight.enter()
                             let span = setup.tracing.functionSpan(
                                 name: name, handlerType: "async_handler", tag: data.tag, length: length, received: metadata)
-                            logReceived(span)
+                            logReceived(span, metadata)
                             // The span's ids go into the decoded metadata only if the
                             // handler reads it, unless the received bytes cannot carry them.
                             let resendable = setup.tracing.resendable(view, after: span)
