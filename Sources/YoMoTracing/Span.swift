@@ -25,6 +25,12 @@ final class TracerShared: Sendable {
         self.processors = processors
         self.propagator = TraceContextPropagator(formats: propagation)
     }
+
+    /// The sampler's decision, asked in place (reading `sampler` from outside
+    /// copies the existential, retaining what it holds).
+    func shouldSample(parent: SpanContext?, traceID: TraceID, name: String, kind: SpanKind) -> SamplingDecision {
+        sampler.shouldSample(parent: parent, traceID: traceID, name: name, kind: kind)
+    }
 }
 
 /// A span of `YoMoTracer`. Copies share one span (reference semantics, as

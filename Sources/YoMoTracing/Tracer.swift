@@ -53,28 +53,34 @@ public struct YoMoTracer: Tracer {
         attributes: @autoclosure () -> [ListedAttribute] = [],
         fixedAttributes: @autoclosure () -> FixedAttributes = FixedAttributes()
     ) -> YoMoSpan {
-        guard let shared, !shared.isShutdown.load(ordering: .relaxed) else {
-            return YoMoSpan(context: parentContext, storage: nil)
+        guard self.shared != nil else { return YoMoSpan(context: parentContext, storage: nil) }
+        // Borrowed, not retained: `self` holds it for the call. Every thread that
+        // starts spans shares this object, so a retain and release per span
+        // contend for its cache line; only a recording span's storage keeps it.
+        return Unmanaged.passUnretained(self.shared.unsafelyUnwrapped)._withUnsafeGuaranteedRef { shared in
+            guard !shared.isShutdown.load(ordering: .relaxed) else {
+                return YoMoSpan(context: parentContext, storage: nil)
+            }
+            let parent = parent.flatMap { $0.isValid ? $0 : nil }
+            let traceID = parent?.traceID ?? TraceID.random()
+            let decision = shared.shouldSample(parent: parent, traceID: traceID, name: operationName, kind: kind)
+            let spanContext = SpanContext(
+                traceID: traceID,
+                spanID: SpanID.random(),
+                traceFlags: decision.isSampled ? .sampled : [],
+                isRemote: false,
+                traceState: parent?.traceState ?? ""
+            )
+            guard decision.isRecording else {
+                return YoMoSpan(context: parentContext, unrecorded: spanContext)
+            }
+            let storage = SpanStorage(
+                shared: shared, scope: scope, name: operationName, kind: kind,
+                spanContext: spanContext, parent: parent, startTime: instant().nanosecondsSinceEpoch,
+                attributes: attributes(), fixedAttributes: fixedAttributes()
+            )
+            return YoMoSpan(context: parentContext, storage: storage)
         }
-        let parent = parent.flatMap { $0.isValid ? $0 : nil }
-        let traceID = parent?.traceID ?? TraceID.random()
-        let decision = shared.sampler.shouldSample(parent: parent, traceID: traceID, name: operationName, kind: kind)
-        let spanContext = SpanContext(
-            traceID: traceID,
-            spanID: SpanID.random(),
-            traceFlags: decision.isSampled ? .sampled : [],
-            isRemote: false,
-            traceState: parent?.traceState ?? ""
-        )
-        guard decision.isRecording else {
-            return YoMoSpan(context: parentContext, unrecorded: spanContext)
-        }
-        let storage = SpanStorage(
-            shared: shared, scope: scope, name: operationName, kind: kind,
-            spanContext: spanContext, parent: parent, startTime: instant().nanosecondsSinceEpoch,
-            attributes: attributes(), fixedAttributes: fixedAttributes()
-        )
-        return YoMoSpan(context: parentContext, storage: storage)
     }
 
     /// Writes `context.spanContext` into the carrier as YoMo keys and W3C
