@@ -223,8 +223,13 @@ struct TracingEndToEndTests {
         }
         try await echo.connect()
         let received = Inbox<String>()
+        // A handler that never writes reads its own span's ids too.
+        let sinkSeen = Inbox<String>()
         let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x41], tracerProvider: providers[3]))
-        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        sink.setHandler { ctx in
+            sinkSeen.append(ctx.metadata(Metadata.ReservedKey.spanID) ?? "")
+            received.append(String(decoding: ctx.data, as: UTF8.self))
+        }
         try await sink.connect()
         let source = Source(name: "feeder", zipper: address, options: .init(tracerProvider: providers[2]))
         try await source.connect()
@@ -257,8 +262,9 @@ struct TracingEndToEndTests {
             let toEcho = try child(of: feed, named: "zipper endpoint")
             let echoed = try child(of: toEcho, named: "echo")
             let toSink = try child(of: echoed, named: "zipper endpoint")
-            _ = try child(of: toSink, named: "sink")
+            let sunk = try child(of: toSink, named: "sink")
             #expect(inTrace.count == 5)
+            #expect(sinkSeen.items.contains(try #require(sunk["span_id"] as? String)), "the sink read another span id: \(sinkSeen.items)")
             let spanID = try #require(echoed["span_id"] as? String)
             let read = try #require(seen.items.first { $0[0] == spanID }, "the handler never read its span id \(spanID): \(seen.items)")
             #expect(read[1] == spanID)
