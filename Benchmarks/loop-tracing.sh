@@ -26,7 +26,11 @@
 # Prints frames/s, the CPU time all four processes spent per frame (zipper,
 # stream function, bench, receiver; on a saturated machine the steadier
 # measure) and the median round-trip latency (for the latency-bound case:
-# LOOP_SIZE=16 LOOP_INFLIGHT=1). Needs release builds of yomo and uppercase-sfn (built here).
+# LOOP_SIZE=16 LOOP_INFLIGHT=1): medians against the first mode's, then the
+# medians of each round's ratio to the same build's off in that round.
+# Benchmarks/loop-pool.py pools the output of several runs: on this kind of VM
+# a few percent needs tens of rounds. Needs release builds of yomo and
+# uppercase-sfn (built here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
@@ -141,4 +145,28 @@ for mode in $modes; do
     printf '%-24s %10.0f %7.2f %12.1f %7.2f %9.0f %7.2f\n' "$mode" "$rate" "$(awk -v v="$rate" -v b="$base_rate" 'BEGIN {print (b > 0) ? v / b : 0}')" \
         "$cpu" "$(awk -v v="$cpu" -v b="$base_cpu" 'BEGIN {print (b > 0) ? v / b : 0}')" \
         "$p50" "$(awk -v v="$p50" -v b="$base_p50" 'BEGIN {print (b > 0) ? v / b : 0}')"
+done
+
+# Paired: each round's ratio to the same build's off in that round (base:off
+# for base: modes, alt:off for alt: modes, else off), then their median. The
+# host's drift hits a round's modes alike, so this moves less between runs
+# than the ratio of medians above. Benchmarks/loop-pool.py pools several runs.
+paired() { # $1, $2: per-round values of a mode and of its reference
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " "); m = 0
+        for (i = 1; i <= n; i++) if (y[i] > 0) r[++m] = x[i] / y[i]
+        if (m == 0) { print 0; exit }
+        for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+        print (m % 2) ? r[(m + 1) / 2] : (r[m / 2] + r[m / 2 + 1]) / 2 }'
+}
+echo
+echo "medians of each round's ratio to the same build's off in that round:"
+printf '%-24s %10s %12s %9s\n' mode "frames/s" "CPU µs/frame" "p50 µs"
+for mode in $modes; do
+    prefix=""
+    if [[ "$mode" == *:* ]]; then prefix="${mode%%:*}:"; fi
+    reference="${prefix}off"
+    if [[ -z "${rates[$reference]:-}" || "$mode" == "$reference" ]]; then continue; fi
+    printf '%-24s %10.2f %12.2f %9.2f\n' "$mode" "$(paired "${rates[$mode]}" "${rates[$reference]}")" \
+        "$(paired "${cpus[$mode]}" "${cpus[$reference]}")" "$(paired "${p50s[$mode]}" "${p50s[$reference]}")"
 done
