@@ -302,12 +302,7 @@ extension Metadata {
     /// metadata holds a trace key (then `setTrace` must replace it). A source
     /// writes every frame's trace context this way.
     package func encoded(appending trace: MetadataView.TracePatch) -> ByteBuffer? {
-        for entry in entries {
-            switch MetadataView.Key(entry.key) {
-            case .traceparent?, .tracestate?, .traceID?, .spanID?: return nil
-            default: continue
-            }
-        }
+        for entry in entries where MetadataView.Key(entry.key)?.isTraceKey == true { return nil }
         var traceCount = 0, traceLength = 0
         trace.forEach { key, value in
             traceCount += 1

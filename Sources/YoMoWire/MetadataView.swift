@@ -22,7 +22,15 @@ package struct MetadataView {
             }
         }
 
-        package static let traceKeys: [Key] = [.traceparent, .tracestate, .traceID, .spanID]
+        /// The keys that carry trace context.
+        package var isTraceKey: Bool {
+            switch self {
+            case .traceparent, .tracestate, .traceID, .spanID: true
+            case .target, .wantedTarget, .tid: false
+            }
+        }
+
+        package static let traceKeys: [Key] = allCases.filter(\.isTraceKey)
 
         package init?(_ key: String) {
             // By length, then one comparison: equal small strings compare as two words.
