@@ -119,13 +119,14 @@ run_mode() {
 }
 
 declare -A rates cpus p50s
+results="$(mktemp)"
 for round in $(seq "$rounds"); do
     for mode in $modes; do
         read -r rate cpu p50 < <(run_mode "$mode")
         rates[$mode]+="$rate "
         cpus[$mode]+="$cpu "
         p50s[$mode]+="$p50 "
-        echo "round $round $mode: $rate frames/s, $cpu µs CPU per frame, p50 $p50 µs"
+        echo "round $round $mode: $rate frames/s, $cpu µs CPU per frame, p50 $p50 µs" | tee -a "$results"
     done
 done
 kill "$receiver" 2>/dev/null || true
@@ -147,26 +148,9 @@ for mode in $modes; do
         "$p50" "$(awk -v v="$p50" -v b="$base_p50" 'BEGIN {print (b > 0) ? v / b : 0}')"
 done
 
-# Paired: each round's ratio to the same build's off in that round (base:off
-# for base: modes, alt:off for alt: modes, else off), then their median. The
-# host's drift hits a round's modes alike, so this moves less between runs
-# than the ratio of medians above. Benchmarks/loop-pool.py pools several runs.
-paired() { # $1, $2: per-round values of a mode and of its reference
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        n = split(a, x, " "); split(b, y, " "); m = 0
-        for (i = 1; i <= n; i++) if (y[i] > 0) r[++m] = x[i] / y[i]
-        if (m == 0) { print 0; exit }
-        for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
-        print (m % 2) ? r[(m + 1) / 2] : (r[m / 2] + r[m / 2 + 1]) / 2 }'
-}
+# Paired: each round's ratio to the same build's off in that round, then their
+# median, which moves less between runs than the ratio of medians above (the
+# host's drift hits a round's modes alike); as Benchmarks/loop-pool.py pools runs.
 echo
-echo "medians of each round's ratio to the same build's off in that round:"
-printf '%-24s %10s %12s %9s\n' mode "frames/s" "CPU µs/frame" "p50 µs"
-for mode in $modes; do
-    prefix=""
-    if [[ "$mode" == *:* ]]; then prefix="${mode%%:*}:"; fi
-    reference="${prefix}off"
-    if [[ -z "${rates[$reference]:-}" || "$mode" == "$reference" ]]; then continue; fi
-    printf '%-24s %10.2f %12.2f %9.2f\n' "$mode" "$(paired "${rates[$mode]}" "${rates[$reference]}")" \
-        "$(paired "${cpus[$mode]}" "${cpus[$reference]}")" "$(paired "${p50s[$mode]}" "${p50s[$reference]}")"
-done
+python3 Benchmarks/loop-pool.py "$results"
+rm -f "$results"
