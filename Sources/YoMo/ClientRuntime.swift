@@ -654,10 +654,10 @@ final class ClientRuntime: Sendable {
         defer { span?.end() }
         do {
             try await send(DataFrame(tag: tag, metadata: tracing.metadata(metadata, carrying: span), payload: payload))
-            tracing.debug(logger, under: span, "frame written", metadata: YoMoLogField.frame(
+            tracing.debug(logger, under: span, in: ServiceContext.current ?? .topLevel, "frame written", metadata: YoMoLogField.frame(
                 tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: tag, dataLength: payload.readableBytes))
         } catch {
-            span?.fail(error)
+            span?.recording?.fail(error)
             throw error
         }
     }

@@ -41,9 +41,9 @@ struct DataPathTracer: Sendable {
 
     /// The source's span (scope "Source"), kind producer. `metadata(_:carrying:)`
     /// gives the frame's metadata with its ids.
-    func sourceSpan(name: String, tag: UInt32, length: Int) -> YoMoSpan? {
+    func sourceSpan(name: String, tag: UInt32, length: Int) -> HopSpan? {
         guard tracer.isEnabled else { return nil }
-        return startSpan(
+        return startHopSpan(
             name, parent: nil, context: ServiceContext.current ?? .topLevel, ofKind: .producer,
             attributes: FixedAttributes(.init("send_data_tag", .int64(Int64(tag))), .init("send_data_len", .int64(Int64(length))))
         )
@@ -52,7 +52,7 @@ struct DataPathTracer: Sendable {
     /// `metadata` encoded with the span's ids injected, as `inject` then
     /// `encoded()` give them; the ids are written straight after the entries
     /// when the metadata holds no trace key and no `tracestate` is to be written.
-    func metadata(_ metadata: Metadata, carrying span: YoMoSpan?) -> ByteBuffer {
+    func metadata(_ metadata: Metadata, carrying span: HopSpan?) -> ByteBuffer {
         guard let spanContext = span?.spanContext, spanContext.isValid else { return metadata.encoded() }
         if let values = Self.patch(spanContext, formats: tracer.propagator.formats),
            let encoded = metadata.encoded(appending: values) {
@@ -66,15 +66,15 @@ struct DataPathTracer: Sendable {
     /// The zipper's span ("zipper endpoint", scope "Zipper"). `context` is the
     /// task's (`ServiceContext.current`), which the zipper reads once per
     /// connection rather than once per frame.
-    func zipperSpan(tag: UInt32, length: Int, metadata: inout Metadata, context: ServiceContext) -> YoMoSpan? {
+    func zipperSpan(tag: UInt32, length: Int, metadata: inout Metadata, context: ServiceContext) -> HopSpan? {
         guard tracer.isEnabled else { return nil }
         let span = startZipperSpan(tag: tag, length: length, parent: extractParent(from: metadata), context: context)
         inject(span, into: &metadata)
         return span
     }
 
-    private func startZipperSpan(tag: UInt32, length: Int, parent: SpanContext?, context: ServiceContext) -> YoMoSpan {
-        startSpan(
+    private func startZipperSpan(tag: UInt32, length: Int, parent: SpanContext?, context: ServiceContext) -> HopSpan? {
+        startHopSpan(
             "zipper endpoint", parent: parent, context: context, ofKind: .internal,
             attributes: FixedAttributes(.init("routing_data_tag", .int64(Int64(tag))), .init("routing_data_len", .int64(Int64(length))))
         )
@@ -88,14 +88,14 @@ struct DataPathTracer: Sendable {
     /// A nil patch with a span: hand that span on by the general path.
     func zipperSpan(
         tag: UInt32, length: Int, trace: MetadataView.CanonicalTrace, context: ServiceContext
-    ) -> (span: YoMoSpan, patch: MetadataView.TracePatch?)? {
+    ) -> (span: HopSpan?, patch: MetadataView.TracePatch?)? {
         let formats = tracer.propagator.formats
         guard tracer.isEnabled, let parent = parent(in: trace, formats: formats),
               !formats.contains(.traceContext) || trace.traceparent != nil,
               !formats.contains(.yomo) || (trace.traceID != nil && trace.spanID != nil)
         else { return nil }
         let span = startZipperSpan(tag: tag, length: length, parent: parent, context: context)
-        guard let spanContext = span.spanContext, spanContext.isValid else { return (span, MetadataView.TracePatch()) }
+        guard let spanContext = span?.spanContext, spanContext.isValid else { return (span, MetadataView.TracePatch()) }
         return (span, Self.patch(spanContext, formats: formats))
     }
 
@@ -191,6 +191,16 @@ struct DataPathTracer: Sendable {
         return ResendableMetadata(bytes: view.bytes, patch: patch, ids: trace)
     }
 
+    /// `startSpan` for a span whose context is never read: sampled out, it is
+    /// only its ids (no object).
+    private func startHopSpan(
+        _ name: String, parent: SpanContext?, context: ServiceContext, ofKind kind: SpanKind,
+        attributes: @autoclosure () -> FixedAttributes
+    ) -> HopSpan? {
+        let parent = parent ?? (context.isEmpty ? nil : context.spanContext)
+        return tracer.startHopSpan(name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now, fixedAttributes: attributes())
+    }
+
     /// A span whose parent is the frame's (`parent`, from its trace context), or
     /// else the task's (`context`): what `startSpan(extractingParentFrom:)` does,
     /// without strings. `attributes` are built only for a recording span.
@@ -240,6 +250,11 @@ struct DataPathTracer: Sendable {
         inject(spanContext, into: &metadata)
     }
 
+    func inject(_ span: HopSpan?, into metadata: inout Metadata) {
+        guard let span else { return }
+        inject(span.spanContext, into: &metadata)
+    }
+
     /// What `TraceContextPropagator.inject` writes, with the ids written as
     /// numbers (formatted only when the metadata is encoded or read as text).
     func inject(_ spanContext: SpanContext, into metadata: inout Metadata) {
@@ -285,6 +300,19 @@ extension DataPathTracer {
     ) {
         guard logger.logLevel <= .debug else { return }
         withCurrent(span) { logger.debug(message(), metadata: metadata()) }
+    }
+
+    /// `debug(_:under:...)` under a hop's span; `context` is the one the span
+    /// started in (read only when debug records are written).
+    func debug(
+        _ logger: Logger,
+        under span: HopSpan?,
+        in context: @autoclosure () -> ServiceContext,
+        _ message: @autoclosure () -> Logger.Message,
+        metadata: @autoclosure () -> Logger.Metadata
+    ) {
+        guard logger.logLevel <= .debug else { return }
+        withCurrent(span?.span(in: context())) { logger.debug(message(), metadata: metadata()) }
     }
 
     /// Runs `body` with this tracer as the task's tracer, which the tasks it

@@ -445,7 +445,7 @@ public final class Zipper: Sendable {
                 state.peers[id].map { (id, $0.connection) }
             }
         }
-        tracing.debug(logger, under: span, "routing frame", metadata: YoMoLogField.frame(
+        tracing.debug(logger, under: span, in: taskContext, "routing frame", metadata: YoMoLogField.frame(
             tid: metadata.value(.tid, connectionMetadata) ?? "", tag: data.tag, dataLength: data.payload.readableBytes
         ).merging(["destinations": "\(destinations.count)", "mesh": "\(forwardsToMesh ? links.count : 0)"]) { first, _ in first })
         // no_route: no observer here (the mesh may still take the frame).
@@ -477,7 +477,7 @@ public final class Zipper: Sendable {
                 }
             } catch {
                 router?.failed.add()
-                tracing.debug(logger, under: span, "destination gone",
+                tracing.debug(logger, under: span, in: taskContext, "destination gone",
                               metadata: ["remote": "\(destination.remoteAddress)", "error": "\(error)"])
             }
         }
@@ -491,9 +491,9 @@ public final class Zipper: Sendable {
     /// metadata that does not decode (the frame is skipped, and logged).
     private func outgoingMetadata(
         of data: DataFrame, connectionMetadata: Metadata, taskContext: ServiceContext, logger: Logger
-    ) -> (RoutedMetadata, YoMoSpan?)? {
+    ) -> (RoutedMetadata, HopSpan?)? {
         let length = data.payload.readableBytes
-        var span: YoMoSpan?
+        var span: HopSpan?
         // Connection metadata is only ever the wanted target; trace keys in it
         // would change the parent, which only the decoding path handles.
         let connectionCarriesTrace = !connectionMetadata.isEmpty
@@ -601,27 +601,40 @@ extension QUICConfiguration {
 extension Zipper: Service {}
 
 /// A routed frame's outgoing metadata and where its values are read from.
-private enum RoutedMetadata {
+/// A struct, not an enum with payloads: copying a case's payload out went
+/// through the runtime's generic tuple copy (~500 instructions per frame).
+private struct RoutedMetadata {
+    /// Values are read from the received bytes in place (`view`), or else
+    /// from the decoded merge.
+    private let view: MetadataView?
+    private let decoded: Metadata?
+    /// The metadata sent, and the digits each write of it writes over it.
+    private let bytes: ByteBuffer
+    private let patch: MetadataPatch?
+
     /// The received bytes, with the patch written over them wherever the frame is encoded.
-    case patched(MetadataView, MetadataPatch)
+    static func patched(_ view: MetadataView, _ patch: MetadataPatch) -> Self {
+        Self(view: view, decoded: nil, bytes: view.bytes, patch: patch)
+    }
+
     /// Read in place, sent as these bytes.
-    case view(MetadataView, ByteBuffer)
-    case decoded(Metadata, ByteBuffer)
+    static func view(_ view: MetadataView, _ bytes: ByteBuffer) -> Self {
+        Self(view: view, decoded: nil, bytes: bytes, patch: nil)
+    }
+
+    static func decoded(_ metadata: Metadata, _ bytes: ByteBuffer) -> Self {
+        Self(view: nil, decoded: metadata, bytes: bytes, patch: nil)
+    }
 
     /// The frame to send, and what each write of it must write over its metadata.
     func frame(tag: UInt32, payload: ByteBuffer) -> (DataFrame, MetadataPatch?) {
-        switch self {
-        case .patched(let view, let patch): (DataFrame(tag: tag, metadata: view.bytes, payload: payload), patch)
-        case .view(_, let bytes), .decoded(_, let bytes): (DataFrame(tag: tag, metadata: bytes, payload: payload), nil)
-        }
+        (DataFrame(tag: tag, metadata: bytes, payload: payload), patch)
     }
 
     /// A key's value after the merge: the frame's, else the connection's.
     func value(_ key: MetadataView.Key, _ connectionMetadata: Metadata) -> String? {
-        switch self {
-        case .patched(let view, _), .view(let view, _): view.string(key) ?? connectionMetadata[key.string]
-        case .decoded(let metadata, _): metadata[key.string]
-        }
+        if let view { return view.string(key) ?? connectionMetadata[key.string] }
+        return decoded?[key.string]
     }
 }
 

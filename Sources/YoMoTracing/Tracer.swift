@@ -53,14 +53,55 @@ public struct YoMoTracer: Tracer {
         attributes: @autoclosure () -> [ListedAttribute] = [],
         fixedAttributes: @autoclosure () -> FixedAttributes = FixedAttributes()
     ) -> YoMoSpan {
-        guard self.shared != nil else { return YoMoSpan(context: parentContext, storage: nil) }
+        switch start(
+            operationName, parent: parent, ofKind: kind, at: instant(), attributes: attributes(), fixedAttributes: fixedAttributes()
+        ) {
+        case .recording(let storage): YoMoSpan(context: parentContext, storage: storage)
+        case .unrecorded(let spanContext): YoMoSpan(context: parentContext, unrecorded: spanContext)
+        case .disabled: YoMoSpan(context: parentContext, storage: nil)
+        }
+    }
+
+    /// `startSpan(_:parent:context:...)` for a span whose `context` is never
+    /// read (the zipper's, a source's): a sampled-out one is only its ids, with
+    /// no object made for them. Nil when the provider is disabled (or shut
+    /// down) and `context` holds no span.
+    package func startHopSpan<Instant: TracerInstant>(
+        _ operationName: String,
+        parent: SpanContext?,
+        context parentContext: @autoclosure () -> ServiceContext,
+        ofKind kind: SpanKind,
+        at instant: @autoclosure () -> Instant,
+        fixedAttributes: @autoclosure () -> FixedAttributes = FixedAttributes()
+    ) -> HopSpan? {
+        switch start(operationName, parent: parent, ofKind: kind, at: instant(), attributes: [], fixedAttributes: fixedAttributes()) {
+        case .recording(let storage): HopSpan(recording: YoMoSpan(context: parentContext(), storage: storage))
+        case .unrecorded(let spanContext): HopSpan(unrecorded: spanContext)
+        // As a span of a disabled provider: the context's ids pass through.
+        case .disabled: parentContext().spanContext.map(HopSpan.init(unrecorded:))
+        }
+    }
+
+    private enum Started {
+        case recording(SpanStorage)
+        case unrecorded(SpanContext)
+        case disabled
+    }
+
+    private func start<Instant: TracerInstant>(
+        _ operationName: String,
+        parent: SpanContext?,
+        ofKind kind: SpanKind,
+        at instant: @autoclosure () -> Instant,
+        attributes: @autoclosure () -> [ListedAttribute],
+        fixedAttributes: @autoclosure () -> FixedAttributes
+    ) -> Started {
+        guard self.shared != nil else { return .disabled }
         // Borrowed, not retained: `self` holds it for the call. Every thread that
         // starts spans shares this object, so a retain and release per span
         // contend for its cache line; only a recording span's storage keeps it.
         return Unmanaged.passUnretained(self.shared.unsafelyUnwrapped)._withUnsafeGuaranteedRef { shared in
-            guard !shared.isShutdown.load(ordering: .relaxed) else {
-                return YoMoSpan(context: parentContext, storage: nil)
-            }
+            guard !shared.isShutdown.load(ordering: .relaxed) else { return .disabled }
             let parent = parent.flatMap { $0.isValid ? $0 : nil }
             let traceID = parent?.traceID ?? TraceID.random()
             let decision = shared.shouldSample(parent: parent, traceID: traceID, name: operationName, kind: kind)
@@ -71,15 +112,12 @@ public struct YoMoTracer: Tracer {
                 isRemote: false,
                 traceState: parent?.traceState ?? ""
             )
-            guard decision.isRecording else {
-                return YoMoSpan(context: parentContext, unrecorded: spanContext)
-            }
-            let storage = SpanStorage(
+            guard decision.isRecording else { return .unrecorded(spanContext) }
+            return .recording(SpanStorage(
                 shared: shared, scope: scope, name: operationName, kind: kind,
                 spanContext: spanContext, parent: parent, startTime: instant().nanosecondsSinceEpoch,
                 attributes: attributes(), fixedAttributes: fixedAttributes()
-            )
-            return YoMoSpan(context: parentContext, storage: storage)
+            ))
         }
     }
 

@@ -109,6 +109,49 @@ import Tracing
         span.end()
         #expect(exporter.spans.isEmpty)
     }
+
+    @Test func hopSpansAreIDsWhenSampledOutAndSpansWhenRecorded() async throws {
+        let parent = SpanContext(
+            traceID: .random(), spanID: .random(), traceFlags: [], isRemote: true, traceState: "vendor=1")
+        var incoming = ServiceContext.topLevel
+        incoming.spanContext = SpanContext(traceID: .random(), spanID: .random())
+
+        // Sampled out: no span object, only ids that continue the parent's trace.
+        let offExporter = InMemorySpanExporter()
+        let off = makeProvider(environment: ["OTEL_TRACES_SAMPLER": "always_off"], exporter: offExporter).tracer("hop")
+        let dropped = try #require(off.startHopSpan("z", parent: parent, context: incoming, ofKind: .internal, at: DefaultTracerClock.now))
+        #expect(dropped.recording == nil)
+        #expect(dropped.spanContext.traceID == parent.traceID)
+        #expect(dropped.spanContext.spanID != parent.spanID && dropped.spanContext.spanID.isValid)
+        #expect(!dropped.spanContext.isSampled && !dropped.spanContext.isRemote)
+        #expect(dropped.spanContext.traceState == "vendor=1")
+        // Read as a span (for a log record under it), it carries the same ids.
+        #expect(dropped.span(in: incoming).context.spanContext == dropped.spanContext)
+        dropped.end()
+        #expect(offExporter.spans.isEmpty)
+
+        // Recorded: the span, with the ids it exports.
+        let onExporter = InMemorySpanExporter()
+        let onProvider = makeProvider(exporter: onExporter)
+        let recorded = try #require(onProvider.tracer("hop").startHopSpan(
+            "z", parent: nil, context: incoming, ofKind: .internal, at: DefaultTracerClock.now,
+            fixedAttributes: FixedAttributes(.init("k", .int64(1)), .init("l", .int64(2)))))
+        let span = try #require(recorded.recording)
+        #expect(span.spanContext == recorded.spanContext)
+        // No parent given: a root (the data path passes the context's span as the parent itself).
+        #expect(recorded.spanContext.traceID != incoming.spanContext?.traceID && recorded.spanContext.isValid)
+        recorded.end()
+        let exported = try #require(onExporter.spans.first)
+        #expect(exported.context == recorded.spanContext)
+        #expect(exported.attributes.get("k") == .int64(1) && exported.attributes.get("l") == .int64(2))
+
+        // Shut down: the context's ids pass through, as for any span of a disabled provider.
+        await onProvider.shutdown()
+        let late = onProvider.tracer("hop")
+        #expect(late.startHopSpan("z", parent: parent, context: incoming, ofKind: .internal, at: DefaultTracerClock.now)?.spanContext
+                == incoming.spanContext)
+        #expect(late.startHopSpan("z", parent: parent, context: .topLevel, ofKind: .internal, at: DefaultTracerClock.now) == nil)
+    }
 }
 
 @Suite struct LimitsAndResourceTests {
