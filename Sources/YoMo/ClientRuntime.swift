@@ -104,11 +104,6 @@ final class ClientRuntime: Sendable {
     /// The random part of the client id; a reconnect changes only the suffix.
     let clientIDBase = NanoID.generate()
     private let state = Mutex(State())
-    /// Whether a handler has written a frame yet: until one has, frames are
-    /// decoded without the offsets their writes would reuse
-    /// (`Metadata(decoding:view:)`), which a function that only consumes
-    /// would pay for nothing.
-    private let handlersWrite = Atomic<Bool>(false)
 
     init(name: String, zipper: String, clientType: ClientType, logger: Logger) {
         self.name = name
@@ -404,10 +399,7 @@ final class ClientRuntime: Sendable {
     /// Reads frames until the session ends; returns why (nil: the stream ended).
     /// In-flight handlers finish, and their writes are queued, before it returns.
     private func serveSession(_ session: ClientSession, _ setup: Setup) async -> (any Error)? {
-        let writer = FrameWriter { [self] frame, patch in
-            if !handlersWrite.load(ordering: .relaxed) { handlersWrite.store(true, ordering: .relaxed) }
-            try await send(frame, patch: patch)
-        }
+        let writer = FrameWriter { [self] frame, patch in try await send(frame, patch: patch) }
         let inFlight = InFlightCounter()
         let handling = HandlerSupport(setup)
         let queue = setup.pipeHandler.map { _ in AsyncQueue<PipeFrame>(capacity: 1024) }
@@ -434,39 +426,49 @@ final class ClientRuntime: Sendable {
                 while let frame = try await session.frames.next() {
                     switch frame {
                     case .data(let data):
-                        var metadata: Metadata
-                        var view: MetadataView?
-                        do {
-                            // Only an async handler's writes reuse the received bytes.
-                            metadata = queue == nil && handlersWrite.load(ordering: .relaxed)
-                                ? try Metadata(decoding: data.metadata, view: &view) : try Metadata(decoding: data.metadata)
-                        } catch {
-                            report(YoMoError(.invalidMetadata, "frame with tag 0x\(String(data.tag, radix: 16)) skipped: \(error)"), setup)
-                            continue
+                        // An async handler's metadata is read in place (decoded
+                        // only if the handler reads it); a pipe handler's, or
+                        // metadata the view cannot read, is decoded here.
+                        let view = queue == nil ? MetadataView(data.metadata) : nil
+                        var metadata = Metadata()
+                        if view == nil {
+                            do {
+                                metadata = try Metadata(decoding: data.metadata)
+                            } catch {
+                                report(YoMoError(.invalidMetadata, "frame with tag 0x\(String(data.tag, radix: 16)) skipped: \(error)"), setup)
+                                continue
+                            }
                         }
                         let length = data.payload.readableBytes
-                        // The metadata is passed, not captured: a captured `var` costs a
+                        // The tid is passed, not read from a captured `var`: that costs a
                         // dynamic exclusivity check on every access in this loop.
-                        func logReceived(_ span: YoMoSpan?, _ metadata: Metadata) {
+                        func logReceived(_ span: YoMoSpan?, tid: @autoclosure () -> String?) {
                             setup.tracing.debug(logger, under: span, "frame received", metadata: YoMoLogField.frame(
-                                tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: data.tag, dataLength: length))
+                                tid: tid() ?? "", tag: data.tag, dataLength: length))
                         }
                         if let queue {
                             let span = setup.tracing.functionSpan(
                                 name: name, handlerType: "pipe_handler", tag: data.tag, length: length, metadata: &metadata)
-                            logReceived(span, metadata)
+                            logReceived(span, tid: metadata[Metadata.ReservedKey.tid])
                             if setup.metrics.isEnabled { setup.metrics.consumer(tag: data.tag, handlerType: "pipe_handler").consumed.add() }
                             await queue.send(PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span))
                         } else if let handler = setup.handler {
                             if let limit = setup.handlerConcurrency { await inFlight.waitUntilBelow(limit) }
                             inFlight.enter()
-                            let span = setup.tracing.functionSpan(
-                                name: name, handlerType: "async_handler", tag: data.tag, length: length, received: metadata)
-                            logReceived(span, metadata)
+                            let span = if let view {
+                                setup.tracing.functionSpan(name: name, handlerType: "async_handler", tag: data.tag, length: length, view: view)
+                            } else {
+                                setup.tracing.functionSpan(name: name, handlerType: "async_handler", tag: data.tag, length: length, received: metadata)
+                            }
+                            logReceived(span, tid: view.map { $0.string(.tid) } ?? metadata[Metadata.ReservedKey.tid])
                             // The span's ids go into the decoded metadata only if the
                             // handler reads it, unless the received bytes cannot carry them.
                             let resendable = setup.tracing.resendable(view, after: span)
-                            if resendable == nil { setup.tracing.inject(span, into: &metadata) }
+                            if resendable == nil {
+                                // The view's bytes are what decoding accepts.
+                                if let view { metadata = (try? Metadata(decoding: view.bytes)) ?? Metadata() }
+                                setup.tracing.inject(span, into: &metadata)
+                            }
                             let context = Context(
                                 tag: data.tag, data: data.payload, metadata: metadata, writer: writer, resendable: resendable)
                             let consumer = setup.metrics.isEnabled ? setup.metrics.consumer(tag: data.tag, handlerType: "async_handler") : nil

@@ -15,13 +15,16 @@ public struct Context: Sendable {
     public let dataBuffer: ByteBuffer
     /// The frame's metadata (tid, source id, trace ids, target, and any other
     /// keys). With tracing, its trace ids are this function's span's: what the
-    /// frames it writes carry.
-    public var metadata: Metadata { resendable?.metadata(over: received) ?? received }
-    /// As decoded, or with the span's ids already in when `resendable` does not hold them.
+    /// frames it writes carry. Decoded from the received bytes on each read (a
+    /// handler that never reads it pays nothing): to read several keys, read it
+    /// once, or call `metadata(_:)`, which reads the keys YoMo uses in place.
+    public var metadata: Metadata { resendable?.metadata() ?? received }
+    /// As decoded, with the span's ids already in; empty when `resendable` holds the metadata.
     private let received: Metadata
     let writer: FrameWriter
     /// `metadata` as the received bytes with this function's span ids written
-    /// over them, when it can be sent that way (nil: encode `metadata`).
+    /// over them, when it can be sent that way (nil: encode `metadata`); then
+    /// also where `metadata` is read from, decoded only when read.
     let resendable: ResendableMetadata?
 
     init(tag: UInt32, data: ByteBuffer, metadata: Metadata, writer: FrameWriter, resendable: ResendableMetadata? = nil) {
@@ -37,11 +40,12 @@ public struct Context: Sendable {
 
     /// The value of a metadata key, e.g. `metadata("yomo-tid")`.
     public func metadata(_ key: String) -> String? {
-        resendable?.overlays(key) == true ? metadata[key] : received[key]
+        if let resendable { return resendable.value(key) }
+        return received[key]
     }
 
     /// The transaction id the source gave this frame.
-    public var tid: String? { received[Metadata.ReservedKey.tid] }
+    public var tid: String? { metadata(Metadata.ReservedKey.tid) }
 
     /// Writes a frame with `tag` to the zipper, carrying this frame's metadata.
     public func write(tag: UInt32, data: some Sequence<UInt8>) async throws {

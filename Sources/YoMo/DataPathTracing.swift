@@ -166,15 +166,35 @@ struct DataPathTracer: Sendable {
 
     /// The stream function's span, its ids not yet written anywhere: an async
     /// handler's `Context` writes them into its metadata only when read
-    /// (`ResendableMetadata.metadata(over:)`).
+    /// (`ResendableMetadata.metadata()`).
     func functionSpan(name: String, handlerType: StaticString, tag: UInt32, length: Int, received metadata: Metadata) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
-        return startSpan(
-            name, parent: extractParent(from: metadata), context: ServiceContext.current ?? .topLevel, ofKind: .consumer,
+        return startFunctionSpan(name: name, handlerType: handlerType, tag: tag, length: length, parent: extractParent(from: metadata))
+    }
+
+    /// The stream function's span for metadata read in place: the parent that
+    /// `extractParent` finds in the decoded metadata, read without decoding it.
+    func functionSpan(name: String, handlerType: StaticString, tag: UInt32, length: Int, view: MetadataView) -> YoMoSpan? {
+        guard tracer.isEnabled else { return nil }
+        return startFunctionSpan(name: name, handlerType: handlerType, tag: tag, length: length, parent: extractParent(from: view))
+    }
+
+    private func startFunctionSpan(name: String, handlerType: StaticString, tag: UInt32, length: Int, parent: SpanContext?) -> YoMoSpan {
+        startSpan(
+            name, parent: parent, context: ServiceContext.current ?? .topLevel, ofKind: .consumer,
             attributes: FixedAttributes(
                 .init("sfn_handler_type", .string(handlerType)),
                 .init("recv_data_tag", .int64(Int64(tag))), .init("recv_data_len", .int64(Int64(length))))
         )
+    }
+
+    /// `extractParent(from:)` of the decoded metadata: canonical values are
+    /// read as numbers in place; any other form goes through the trace keys
+    /// alone (all `extractParent` reads).
+    func extractParent(from view: MetadataView) -> SpanContext? {
+        guard MetadataView.Key.traceKeys.contains(where: view.contains) else { return nil }
+        if let trace = view.canonicalTrace, let parent = parent(in: trace, formats: tracer.propagator.formats) { return parent }
+        return extractParent(from: view.traceMetadata)
     }
 
     /// The bytes a handler's writes carry as metadata, when they can be the
@@ -185,10 +205,10 @@ struct DataPathTracer: Sendable {
     func resendable(_ view: MetadataView?, after span: YoMoSpan?) -> ResendableMetadata? {
         guard let view else { return nil }
         // No span, or no valid ids: functionSpan writes nothing.
-        guard let spanContext = span?.spanContext, spanContext.isValid else { return ResendableMetadata(bytes: view.bytes, patch: nil) }
+        guard let spanContext = span?.spanContext, spanContext.isValid else { return ResendableMetadata(view: view, patch: nil) }
         let formats = tracer.propagator.formats
         guard let trace = Self.patch(spanContext, formats: formats), let patch = view.patch(trace) else { return nil }
-        return ResendableMetadata(bytes: view.bytes, patch: patch, ids: trace)
+        return ResendableMetadata(view: view, patch: patch, ids: trace)
     }
 
     /// `startSpan` for a span whose context is never read: sampled out, it is
@@ -342,39 +362,41 @@ extension DataPathTracer {
 /// A class: a `Context` carries it into its handler's task, whose first
 /// frames must stay small (a larger one costs the task an extra allocation).
 ///
-/// It also holds the function's ids for the decoded metadata: a handler that
-/// reads `Context.metadata` gets them written in then, and one that does not
-/// (most only write) costs no key search and no digits per frame.
+/// It is also the handler's metadata, decoded only if the handler reads it
+/// (most only write, and a key YoMo knows is read in place), with the
+/// function's ids written in: such a handler costs no decoding, no key
+/// search and no digits per frame.
 final class ResendableMetadata: Sendable {
-    let bytes: ByteBuffer
+    /// The received metadata, read in place.
+    let view: MetadataView
     let patch: MetadataPatch?
     /// The values `patch` writes, for the decoded metadata (nil: leave it as
     /// received). There is no tracestate to write: with one, a patch is not made.
     private let ids: MetadataView.TracePatch?
 
-    init(bytes: ByteBuffer, patch: MetadataPatch?, ids: MetadataView.TracePatch? = nil) {
-        self.bytes = bytes
+    init(view: MetadataView, patch: MetadataPatch?, ids: MetadataView.TracePatch? = nil) {
+        self.view = view
         self.patch = patch
         self.ids = ids
     }
 
+    var bytes: ByteBuffer { view.bytes }
+
     var patched: ByteBuffer { patch?.applied(to: bytes) ?? bytes }
 
     /// The received metadata with the function's ids written in, as
-    /// `DataPathTracer.functionSpan(metadata:)` writes them.
-    func metadata(over received: Metadata) -> Metadata {
-        guard let ids else { return received }
-        var metadata = received
-        metadata.setTrace(traceparent: ids.traceparent, yomo: ids.yomo)
+    /// `DataPathTracer.functionSpan(metadata:)` writes them. The view's bytes
+    /// are what `Metadata(decoding:)` accepts, so the decoding cannot fail.
+    func metadata() -> Metadata {
+        var metadata = (try? Metadata(decoding: view.bytes)) ?? Metadata()
+        if let ids { metadata.setTrace(traceparent: ids.traceparent, yomo: ids.yomo) }
         return metadata
     }
 
-    /// Whether `metadata(over:)` may change `key`'s value.
-    func overlays(_ key: String) -> Bool {
-        guard ids != nil else { return false }
-        switch MetadataView.Key(key) {
-        case .traceparent?, .traceID?, .spanID?: return true
-        default: return false
-        }
+    /// `metadata()[key]`; a key the view knows, and the ids do not change, is
+    /// read in place.
+    func value(_ key: String) -> String? {
+        guard let known = MetadataView.Key(key), ids == nil || !known.isTraceKey else { return metadata()[key] }
+        return view.string(known)
     }
 }

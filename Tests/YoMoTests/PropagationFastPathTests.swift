@@ -228,6 +228,27 @@ struct PropagationFastPathTests {
         #expect(DataPathTracer.patch(withState, formats: .yomo) != nil)
     }
 
+    @Test("the function's parent read in place is the decoded metadata's, for every carrier and format choice")
+    func functionParentInPlace() throws {
+        for formats in Self.formatChoices {
+            let tracing = Self.tracer(formats)
+            var found = 0, absent = 0
+            for carrier in try Self.carriers() {
+                let bytes = carrier.encoded()
+                // The view reads what decoding accepts (a known key twice aside, left to decoding).
+                guard let view = MetadataView(bytes) else {
+                    #expect(throws: Never.self) { try Metadata(decoding: bytes) }
+                    continue
+                }
+                let parent = tracing.extractParent(from: view)
+                #expect(parent == tracing.extractParent(from: try Metadata(decoding: bytes)), "\(formats.rawValue): \(carrier)")
+                if parent == nil { absent += 1 } else { found += 1 }
+            }
+            // Both outcomes occur often enough to mean something (no format: never a parent).
+            #expect(formats.isEmpty ? found == 0 : found > 20 && absent > 20, "\(formats.rawValue): \(found) parents found, \(absent) not")
+        }
+    }
+
     @Test("a stream function's writes carry the received bytes with its ids written over them: the bytes encoding gives")
     func functionResendsReceivedBytes() throws {
         for formats in Self.formatChoices {
@@ -248,10 +269,11 @@ struct PropagationFastPathTests {
                 }
                 resent += 1
                 #expect(resendable.patched == metadata.encoded(), "\(formats.rawValue): \(carrier)")
-                // A handler reading its metadata gets the ids written in then, as functionSpan writes them.
-                #expect(resendable.metadata(over: carrier) == metadata, "\(formats.rawValue): \(carrier)")
-                for (key, value) in metadata where !resendable.overlays(key) {
-                    #expect(carrier[key] == value, "\(key) changed, but it is read as received")
+                // A handler reading its metadata gets it decoded then, with the ids
+                // written in as functionSpan writes them; keys read one by one agree.
+                #expect(resendable.metadata() == metadata, "\(formats.rawValue): \(carrier)")
+                for key in metadata.map(\.key) + MetadataView.Key.allCases.map(\.string) + ["absent", ""] {
+                    #expect(resendable.value(key) == metadata[key], "\(formats.rawValue): \(key) in \(carrier)")
                 }
                 #expect(resendable.bytes == received)  // the received bytes themselves are left as they were
             }
