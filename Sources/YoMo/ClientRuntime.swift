@@ -455,15 +455,18 @@ final class ClientRuntime: Sendable {
                         } else if let handler = setup.handler {
                             if let limit = setup.handlerConcurrency { await inFlight.waitUntilBelow(limit) }
                             inFlight.enter()
+                            // The trace values as numbers, read once for the parent and the patch.
+                            let trace = setup.tracing.tracer.isEnabled ? view?.canonicalTrace : nil
                             let span = if let view {
-                                setup.tracing.functionSpan(name: name, handlerType: "async_handler", tag: data.tag, length: length, view: view)
+                                setup.tracing.functionSpan(
+                                    name: name, handlerType: "async_handler", tag: data.tag, length: length, view: view, trace: trace)
                             } else {
                                 setup.tracing.functionSpan(name: name, handlerType: "async_handler", tag: data.tag, length: length, received: metadata)
                             }
                             logReceived(span, tid: view.map { $0.string(.tid) } ?? metadata[Metadata.ReservedKey.tid])
                             // The span's ids go into the decoded metadata only if the
                             // handler reads it, unless the received bytes cannot carry them.
-                            let resendable = setup.tracing.resendable(view, after: span)
+                            let resendable = setup.tracing.resendable(view, after: span, over: trace)
                             if resendable == nil {
                                 // The view's bytes are what decoding accepts.
                                 if let view { metadata = (try? Metadata(decoding: view.bytes)) ?? Metadata() }

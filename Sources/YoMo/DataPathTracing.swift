@@ -174,9 +174,13 @@ struct DataPathTracer: Sendable {
 
     /// The stream function's span for metadata read in place: the parent that
     /// `extractParent` finds in the decoded metadata, read without decoding it.
-    func functionSpan(name: String, handlerType: StaticString, tag: UInt32, length: Int, view: MetadataView) -> YoMoSpan? {
+    /// `trace`: the view's `canonicalTrace`, when read.
+    func functionSpan(
+        name: String, handlerType: StaticString, tag: UInt32, length: Int, view: MetadataView, trace: MetadataView.CanonicalTrace?
+    ) -> YoMoSpan? {
         guard tracer.isEnabled else { return nil }
-        return startFunctionSpan(name: name, handlerType: handlerType, tag: tag, length: length, parent: extractParent(from: view))
+        return startFunctionSpan(
+            name: name, handlerType: handlerType, tag: tag, length: length, parent: extractParent(from: view, trace: trace))
     }
 
     private func startFunctionSpan(name: String, handlerType: StaticString, tag: UInt32, length: Int, parent: SpanContext?) -> YoMoSpan {
@@ -188,12 +192,12 @@ struct DataPathTracer: Sendable {
         )
     }
 
-    /// `extractParent(from:)` of the decoded metadata: canonical values are
-    /// read as numbers in place; any other form goes through the trace keys
-    /// alone (all `extractParent` reads).
-    func extractParent(from view: MetadataView) -> SpanContext? {
+    /// `extractParent(from:)` of the decoded metadata: canonical values
+    /// (`trace`, the view's `canonicalTrace`) are read as numbers in place; any
+    /// other form goes through the trace keys alone (all `extractParent` reads).
+    func extractParent(from view: MetadataView, trace: MetadataView.CanonicalTrace?) -> SpanContext? {
         guard MetadataView.Key.traceKeys.contains(where: view.contains) else { return nil }
-        if let trace = view.canonicalTrace, let parent = parent(in: trace, formats: tracer.propagator.formats) { return parent }
+        if let trace, let parent = parent(in: trace, formats: tracer.propagator.formats) { return parent }
         return extractParent(from: view.traceMetadata)
     }
 
@@ -202,12 +206,14 @@ struct DataPathTracer: Sendable {
     /// old ones: what `functionSpan` writes into the decoded metadata, without
     /// encoding it again. Nil when the metadata must be encoded (a trace key
     /// was absent, or a tracestate is to be written).
-    func resendable(_ view: MetadataView?, after span: YoMoSpan?) -> ResendableMetadata? {
+    /// `present`: the view's `canonicalTrace`, when read (digits that stay
+    /// the same, usually the trace id, are then not written again).
+    func resendable(_ view: MetadataView?, after span: YoMoSpan?, over present: MetadataView.CanonicalTrace? = nil) -> ResendableMetadata? {
         guard let view else { return nil }
         // No span, or no valid ids: functionSpan writes nothing.
         guard let spanContext = span?.spanContext, spanContext.isValid else { return ResendableMetadata(view: view, patch: nil) }
         let formats = tracer.propagator.formats
-        guard let trace = Self.patch(spanContext, formats: formats), let patch = view.patch(trace) else { return nil }
+        guard let trace = Self.patch(spanContext, formats: formats), let patch = view.patch(trace, over: present) else { return nil }
         return ResendableMetadata(view: view, patch: patch, ids: trace)
     }
 
