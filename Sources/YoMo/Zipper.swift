@@ -601,8 +601,9 @@ extension QUICConfiguration {
 extension Zipper: Service {}
 
 /// A routed frame's outgoing metadata and where its values are read from.
-/// A struct, not an enum with payloads: copying a case's payload out went
-/// through the runtime's generic tuple copy (~500 instructions per frame).
+/// A struct, not an enum with payloads: taking a case's payload out went
+/// through the runtime's generic tuple copy and destroy (callgrind: 270–600
+/// instructions per round trip).
 private struct RoutedMetadata {
     /// Values are read from the received bytes in place (`view`), or else
     /// from the decoded merge.
