@@ -155,33 +155,12 @@ extension Metadata {
     /// Decodes msgpack metadata. Zero bytes are the empty map; anything but a map of
     /// strings to strings, or bytes after the map, is an error that says what was found.
     public init(decoding bytes: ByteBuffer) throws(WireError) {
-        var unused: MetadataView?
-        try self.init(decoding: bytes, recordingView: false, view: &unused)
-    }
-
-    /// Decodes, and gives the bytes as a `MetadataView` as well (nil when a key
-    /// of `MetadataView.Key` appears twice): a stream function sends the map on
-    /// as these bytes, its new span ids written over the old, rather than
-    /// encoding it again. Costs the decoding a few offsets per known key.
-    package init(decoding bytes: ByteBuffer, view: inout MetadataView?) throws(WireError) {
-        try self.init(decoding: bytes, recordingView: true, view: &view)
-    }
-
-    private init(decoding bytes: ByteBuffer, recordingView: Bool, view: inout MetadataView?) throws(WireError) {
         self.init()
-        view = nil
-        guard bytes.readableBytes > 0 else {
-            if recordingView { view = MetadataView(bytes) }
-            return
-        }
+        guard bytes.readableBytes > 0 else { return }
         var entries: [Entry] = []
-        var locations = MetadataView.Locations()
-        var headerSize = 0
-        var viewable = recordingView && bytes.readableBytes < UInt32.max
-        let count = try bytes.withUnsafeReadableBytesTyped { (input) throws(WireError) -> Int in
+        try bytes.withUnsafeReadableBytesTyped { (input) throws(WireError) in
             var reader = MsgpackReader(bytes: input)
             let count = try reader.readMapHeader()
-            headerSize = reader.offset
             // Never trust a count for allocation: each entry takes at least two bytes.
             let capacity = Swift.min(count, input.count / 2)
             entries.reserveCapacity(capacity)
@@ -213,13 +192,6 @@ extension Metadata {
                     // Held as numbers: its content is the 55 bytes just read.
                     traceparentRead = (reader.offset - 55..<reader.offset, fields)
                 }
-                if viewable, let known {
-                    // A known key twice: the view would not know which value counts.
-                    if locations[known] != nil { viewable = false }
-                    // A string was read there: its marker gives the header's size.
-                    let header = MsgpackReader.stringHeaderSize(marker: input[valueStart]) ?? 1
-                    locations[known] = .init(start: valueStart, contentStart: valueStart + header, end: reader.offset)
-                }
                 // A duplicate key: the last one wins, as when Go decodes into a map.
                 // A known key is found by its flag, without comparing strings; another
                 // is compared only with keys of its length (a failed comparison is a call).
@@ -247,10 +219,8 @@ extension Metadata {
                     "\(input.count - reader.offset) byte(s) follow the metadata map"
                 )
             }
-            return count
         }
         self.entries = entries
-        if viewable { view = MetadataView(decoded: bytes, count: count, headerSize: headerSize, values: locations) }
     }
 
     /// The number of bytes ``encode(into:sortedKeys:)`` writes.

@@ -209,14 +209,6 @@ package struct MetadataView {
         guard scanned else { return nil }
     }
 
-    /// A view of bytes that `Metadata(decoding:view:)` has just read and checked.
-    init(decoded bytes: ByteBuffer, count: Int, headerSize: Int, values: Locations) {
-        self.bytes = bytes
-        self.count = count
-        self.headerSize = headerSize
-        self.values = values
-    }
-
     /// Whether the map has `key`.
     package func contains(_ key: Key) -> Bool { values[key] != nil }
 

@@ -257,8 +257,8 @@ struct PropagationFastPathTests {
             var resent = 0, encoded = 0
             for carrier in try Self.carriers() {
                 let received = carrier.encoded()
-                var view: MetadataView?
-                var metadata = try Metadata(decoding: received, view: &view)
+                var metadata = try Metadata(decoding: received)
+                let view = MetadataView(received)
                 #expect(metadata == carrier && view != nil)
                 let span = tracing.functionSpan(name: "f", handlerType: "async_handler", tag: 1, length: 1, metadata: &metadata)
                 defer { span?.end() }
@@ -285,8 +285,8 @@ struct PropagationFastPathTests {
             if !formats.isEmpty { #expect(encoded > 20, "\(formats.rawValue): \(resent) resent, \(encoded) encoded") }
         }
         // Tracing off: the received bytes go out unchanged.
-        var view: MetadataView?
-        var metadata = try Metadata(decoding: Self.carriers()[7].encoded(), view: &view)
+        let view = MetadataView(try Self.carriers()[7].encoded())
+        var metadata = try Metadata(decoding: Self.carriers()[7].encoded())
         #expect(DataPathTracer.disabled.functionSpan(name: "f", handlerType: "h", tag: 1, length: 1, metadata: &metadata) == nil)
         let expected = try Self.carriers()[7].encoded()
         #expect(DataPathTracer.disabled.resendable(view, after: nil)?.patched == expected)
