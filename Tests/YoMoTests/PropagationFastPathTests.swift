@@ -228,38 +228,24 @@ struct PropagationFastPathTests {
         #expect(DataPathTracer.patch(withState, formats: .yomo) != nil)
     }
 
-    @Test("the function's parent read in place is the decoded metadata's, for every carrier and format choice")
-    func functionParentInPlace() throws {
-        for formats in Self.formatChoices {
-            let tracing = Self.tracer(formats)
-            var found = 0, absent = 0
-            for carrier in try Self.carriers() {
-                let bytes = carrier.encoded()
-                // The view reads what decoding accepts (a known key twice aside, left to decoding).
-                guard let view = MetadataView(bytes) else {
-                    #expect(throws: Never.self) { try Metadata(decoding: bytes) }
-                    continue
-                }
-                let parent = tracing.extractParent(from: view, trace: view.canonicalTrace)
-                #expect(parent == tracing.extractParent(from: try Metadata(decoding: bytes)), "\(formats.rawValue): \(carrier)")
-                #expect(parent == tracing.extractParent(from: view, trace: nil), "\(formats.rawValue): \(carrier)")
-                if parent == nil { absent += 1 } else { found += 1 }
-            }
-            // Both outcomes occur often enough to mean something (no format: never a parent).
-            #expect(formats.isEmpty ? found == 0 : found > 20 && absent > 20, "\(formats.rawValue): \(found) parents found, \(absent) not")
-        }
-    }
-
-    @Test("a stream function's writes carry the received bytes with its ids written over them: the bytes encoding gives")
+    @Test("""
+        a stream function finds the decoded metadata's parent in place, and its writes carry the received bytes \
+        with its ids written over them: the bytes encoding gives
+        """)
     func functionResendsReceivedBytes() throws {
         for formats in Self.formatChoices {
             let tracing = Self.tracer(formats)
-            var resent = 0, encoded = 0
+            var resent = 0, encoded = 0, parents = 0
             for carrier in try Self.carriers() {
                 let received = carrier.encoded()
                 var metadata = try Metadata(decoding: received)
                 let view = MetadataView(received)
                 #expect(metadata == carrier && view != nil)
+                // The parent read in place (with or without the canonical values) is the decoding path's.
+                let parent = tracing.extractParent(from: view!, trace: view!.canonicalTrace)
+                #expect(parent == tracing.extractParent(from: metadata), "\(formats.rawValue): \(carrier)")
+                #expect(parent == tracing.extractParent(from: view!, trace: nil), "\(formats.rawValue): \(carrier)")
+                if parent != nil { parents += 1 }
                 let span = tracing.functionSpan(name: "f", handlerType: "async_handler", tag: 1, length: 1, metadata: &metadata)
                 defer { span?.end() }
                 guard let resendable = tracing.resendable(view, after: span) else {
@@ -282,6 +268,9 @@ struct PropagationFastPathTests {
                 #expect(resendable.bytes == received)  // the received bytes themselves are left as they were
             }
             #expect(resent > 20, "\(formats.rawValue): \(resent) resent, \(encoded) encoded")
+            // Found often, and not always (no format: never).
+            let carriers = try Self.carriers().count
+            #expect(formats.isEmpty ? parents == 0 : parents > 20 && parents < carriers - 20, "\(formats.rawValue): \(parents) of \(carriers)")
             if !formats.isEmpty { #expect(encoded > 20, "\(formats.rawValue): \(resent) resent, \(encoded) encoded") }
         }
         // Tracing off: the received bytes go out unchanged.
