@@ -297,4 +297,41 @@ struct EndToEndTests {
         await sfn.close()
         await server.close()
     }
+
+    @Test("a handler reads metadata as decoding gives it, whether read in place or decoded (a key YoMo uses, twice)")
+    func handlerMetadataReadInPlaceOrDecoded() async throws {
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+        let seen = Inbox<[String?]>()
+        let sfn = StreamFunction(name: "reader", zipper: "127.0.0.1:\(server.port)", options: .init(observedTags: [0x80]))
+        sfn.setHandler { ctx in
+            seen.append([ctx.tid, ctx.metadata("custom"), ctx.metadata["yomo-tid"], ctx.metadata("absent"), "\(ctx.metadata.count)"])
+        }
+        async let connected: Void = sfn.connect()
+        var accepted = server.connections.makeAsyncIterator()
+        let connection = QUICFrameConnection(try #require(await accepted.next()))
+        var frames = connection.frames.makeAsyncIterator()
+        guard case .handshake? = try await frames.next() else {
+            Issue.record("expected a handshake")
+            return
+        }
+        try await connection.write(.handshakeAck)
+        try await connected
+        // Read in place: a map the view reads.
+        var plain = Metadata()
+        plain["yomo-tid"] = "t1"
+        plain["custom"] = "c"
+        try await connection.write(.data(DataFrame(tag: 0x80, metadata: plain.encoded(), payload: ByteBuffer(bytes: [1]))))
+        // Decoded on arrival: yomo-tid twice, which the view leaves to decoding (the last value wins, as in Go).
+        var twice = ByteBuffer(bytes: [0x83])
+        for (key, value) in [("yomo-tid", "a"), ("custom", "d"), ("yomo-tid", "b")] {
+            twice.writeBytes([0xA0 | UInt8(key.utf8.count)] + Array(key.utf8) + [0xA0 | UInt8(value.utf8.count)] + Array(value.utf8))
+        }
+        #expect(MetadataView(twice) == nil)
+        try await connection.write(.data(DataFrame(tag: 0x80, metadata: twice, payload: ByteBuffer(bytes: [2]))))
+        #expect(await seen.wait(for: 2))
+        #expect(seen.items.first == ["t1", "c", "t1", nil, "2"])
+        #expect(seen.items.last == ["b", "d", "b", nil, "2"])
+        await sfn.close()
+        await server.close()
+    }
 }
