@@ -17,7 +17,7 @@ public struct Context: Sendable {
     /// keys). With tracing, its trace ids are this function's span's: what the
     /// frames it writes carry. Decoded from the received bytes on each read (a
     /// handler that never reads it pays nothing): to read several keys, read it
-    /// once, or call `metadata(_:)`, which reads the keys YoMo uses in place.
+    /// once, or call `metadata(_:)`, which reads one key in place.
     public var metadata: Metadata { resendable?.metadata() ?? received }
     /// As decoded, with the span's ids already in; empty when `resendable` holds the metadata.
     private let received: Metadata

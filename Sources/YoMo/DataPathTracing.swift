@@ -399,10 +399,9 @@ final class ResendableMetadata: Sendable {
         return metadata
     }
 
-    /// `metadata()[key]`; a key the view knows, and the ids do not change, is
-    /// read in place.
+    /// `metadata()[key]`, read in place unless the ids change it (a trace key).
     func value(_ key: String) -> String? {
-        guard let known = MetadataView.Key(key), ids == nil || !known.isTraceKey else { return metadata()[key] }
-        return view.string(known)
+        if ids != nil, let known = MetadataView.Key(key), known.isTraceKey { return metadata()[key] }
+        return view.string(forKey: key)
     }
 }

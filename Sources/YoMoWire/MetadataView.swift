@@ -217,6 +217,34 @@ package struct MetadataView {
         values[key].map { text(at: $0.content) }
     }
 
+    /// The value of any key, as decoding gives it (the last of a key written
+    /// twice), found by walking the map: no map is built.
+    package func string(forKey key: String) -> String? {
+        if let known = Key(key) { return string(known) }
+        var key = key
+        return key.withUTF8 { wanted -> String? in
+            bytes.withUnsafeReadableBytes { input -> String? in
+                // The bytes were checked when the view was made: every string is whole.
+                func nextString(at offset: inout Int) -> Range<Int> {
+                    let (length, header) = MsgpackReader.stringHeader(in: input, at: offset)!
+                    defer { offset += header + length }
+                    return offset + header..<offset + header + length
+                }
+                var offset = headerSize
+                var found: Range<Int>?
+                for _ in 0..<count {
+                    let candidate = nextString(at: &offset)
+                    let value = nextString(at: &offset)
+                    if candidate.count == wanted.count,
+                       UnsafeRawBufferPointer(rebasing: input[candidate]).elementsEqual(UnsafeRawBufferPointer(wanted)) {
+                        found = value
+                    }
+                }
+                return found.map { String(decoding: UnsafeRawBufferPointer(rebasing: input[$0]), as: UTF8.self) }
+            }
+        }
+    }
+
     private func text(at content: Range<Int>) -> String {
         bytes.withUnsafeReadableBytes { String(decoding: UnsafeRawBufferPointer(rebasing: $0[content]), as: UTF8.self) }
     }

@@ -125,7 +125,20 @@ struct MetadataViewTests {
                 #expect(view.string(key) == decoded[key.string], "\(key)")
             }
             #expect(view.traceMetadata.entries.allSatisfy { decoded[$0.key] == $0.value })
+            // Any key, found by walking the map.
+            for key in decoded.map(\.key) + ["absent", "", "yomo-ti", "yomo-tidx"] {
+                #expect(view.string(forKey: key) == decoded[key], "\(key)")
+            }
         }
+        // An unknown key twice: the last value, as decoding keeps it.
+        var repeated = ByteBuffer(bytes: [0x83])
+        for (key, value) in [("k", "1"), ("", "e"), ("k", "2")] {
+            repeated.writeBytes([0xA0 | UInt8(key.utf8.count)] + Array(key.utf8) + [0xA0 | UInt8(value.utf8.count)] + Array(value.utf8))
+        }
+        let repeatedView = try #require(MetadataView(repeated))
+        let repeatedDecoded = try Metadata(decoding: repeated)
+        #expect(repeatedView.string(forKey: "k") == "2" && repeatedDecoded["k"] == "2")
+        #expect(repeatedView.string(forKey: "") == "e" && repeatedView.string(forKey: "kk") == nil)
         // Known keys' values under every header width (str8 for a short one is
         // what other encoders may write): the view finds their contents.
         for (header, value) in [([UInt8(0xD9), 3], "abc"), ([0xDA, 0x01, 0x2C], String(repeating: "t", count: 300)),
