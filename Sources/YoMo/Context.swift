@@ -15,9 +15,9 @@ public struct Context: Sendable {
     public let dataBuffer: ByteBuffer
     /// The frame's metadata (tid, source id, trace ids, target, and any other
     /// keys). With tracing, its trace ids are this function's span's: what the
-    /// frames it writes carry. Decoded from the received bytes on each read (a
-    /// handler that never reads it pays nothing): to read several keys, read it
-    /// once, or call `metadata(_:)`, which reads one key in place.
+    /// frames it writes carry. Decoded from the received bytes when first read
+    /// (a handler that never reads it pays nothing); `metadata(_:)` reads one
+    /// key in place without decoding the rest.
     public var metadata: Metadata { resendable?.metadata() ?? received }
     /// As decoded, with the span's ids already in; empty when `resendable` holds the metadata.
     private let received: Metadata

@@ -3,6 +3,7 @@ internal import Tracing
 internal import YoMoTracing
 internal import YoMoWire
 internal import NIOCore
+import Synchronization
 
 /// Frame metadata as a trace-context carrier: the YoMo keys (`yomo-trace-id`,
 /// `yomo-span-id`) for the Go side and W3C `traceparent` / `tracestate`.
@@ -379,6 +380,8 @@ final class ResendableMetadata: Sendable {
     /// The values `patch` writes, for the decoded metadata (nil: leave it as
     /// received). There is no tracestate to write: with one, a patch is not made.
     private let ids: MetadataView.TracePatch?
+    /// `metadata()`, once a handler has read it.
+    private let decoded = Mutex<Metadata?>(nil)
 
     init(view: MetadataView, patch: MetadataPatch?, ids: MetadataView.TracePatch? = nil) {
         self.view = view
@@ -391,12 +394,17 @@ final class ResendableMetadata: Sendable {
     var patched: ByteBuffer { patch?.applied(to: bytes) ?? bytes }
 
     /// The received metadata with the function's ids written in, as
-    /// `DataPathTracer.functionSpan(metadata:)` writes them. The view's bytes
-    /// are what `Metadata(decoding:)` accepts, so the decoding cannot fail.
+    /// `DataPathTracer.functionSpan(metadata:)` writes them: decoded on the
+    /// first read, then kept. The view's bytes are what `Metadata(decoding:)`
+    /// accepts, so the decoding cannot fail.
     func metadata() -> Metadata {
-        var metadata = (try? Metadata(decoding: view.bytes)) ?? Metadata()
-        if let ids { metadata.setTrace(traceparent: ids.traceparent, yomo: ids.yomo) }
-        return metadata
+        decoded.withLock { decoded in
+            if let decoded { return decoded }
+            var metadata = (try? Metadata(decoding: view.bytes)) ?? Metadata()
+            if let ids { metadata.setTrace(traceparent: ids.traceparent, yomo: ids.yomo) }
+            decoded = metadata
+            return metadata
+        }
     }
 
     /// `metadata()[key]`, read in place unless the ids change it (a trace key).

@@ -262,6 +262,7 @@ struct PropagationFastPathTests {
                 // A handler reading its metadata gets it decoded then, with the ids
                 // written in as functionSpan writes them; keys read one by one agree.
                 #expect(resendable.metadata() == metadata, "\(formats.rawValue): \(carrier)")
+                #expect(resendable.metadata() == metadata, "read again (kept): \(formats.rawValue): \(carrier)")
                 for key in metadata.map(\.key) + MetadataView.Key.allCases.map(\.string) + ["absent", ""] {
                     #expect(resendable.value(key) == metadata[key], "\(formats.rawValue): \(key) in \(carrier)")
                 }
