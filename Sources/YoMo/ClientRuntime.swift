@@ -468,8 +468,7 @@ final class ClientRuntime: Sendable {
                             // handler reads it, unless the received bytes cannot carry them.
                             let resendable = setup.tracing.resendable(view, after: span, over: trace)
                             if resendable == nil {
-                                // The view's bytes are what decoding accepts.
-                                if let view { metadata = (try? Metadata(decoding: view.bytes)) ?? Metadata() }
+                                if let view { metadata = view.decoded }
                                 setup.tracing.inject(span, into: &metadata)
                             }
                             let context = Context(

@@ -370,7 +370,7 @@ extension DataPathTracer {
 /// frames must stay small (a larger one costs the task an extra allocation).
 ///
 /// It is also the handler's metadata, decoded only if the handler reads it
-/// (most only write, and a key YoMo knows is read in place), with the
+/// whole (most only write, and a single key is read in place), with the
 /// function's ids written in: such a handler costs no decoding, no key
 /// search and no digits per frame.
 final class ResendableMetadata: Sendable {
@@ -395,12 +395,11 @@ final class ResendableMetadata: Sendable {
 
     /// The received metadata with the function's ids written in, as
     /// `DataPathTracer.functionSpan(metadata:)` writes them: decoded on the
-    /// first read, then kept. The view's bytes are what `Metadata(decoding:)`
-    /// accepts, so the decoding cannot fail.
+    /// first read, then kept.
     func metadata() -> Metadata {
         decoded.withLock { decoded in
             if let decoded { return decoded }
-            var metadata = (try? Metadata(decoding: view.bytes)) ?? Metadata()
+            var metadata = view.decoded
             if let ids { metadata.setTrace(traceparent: ids.traceparent, yomo: ids.yomo) }
             decoded = metadata
             return metadata

@@ -222,8 +222,8 @@ package struct MetadataView {
     package func string(forKey key: String) -> String? {
         if let known = Key(key) { return string(known) }
         var key = key
-        return key.withUTF8 { wanted -> String? in
-            bytes.withUnsafeReadableBytes { input -> String? in
+        let content = key.withUTF8 { wanted -> Range<Int>? in
+            bytes.withUnsafeReadableBytes { input -> Range<Int>? in
                 // The bytes were checked when the view was made: every string is whole.
                 func nextString(at offset: inout Int) -> Range<Int> {
                     let (length, header) = MsgpackReader.stringHeader(in: input, at: offset)!
@@ -240,9 +240,16 @@ package struct MetadataView {
                         found = value
                     }
                 }
-                return found.map { String(decoding: UnsafeRawBufferPointer(rebasing: input[$0]), as: UTF8.self) }
+                return found
             }
         }
+        return content.map(text(at:))
+    }
+
+    /// The map, decoded. The view's bytes were checked as decoding checks
+    /// them, so this cannot fail.
+    package var decoded: Metadata {
+        (try? Metadata(decoding: bytes)) ?? Metadata()
     }
 
     private func text(at content: Range<Int>) -> String {

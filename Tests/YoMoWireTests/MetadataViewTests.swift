@@ -121,6 +121,7 @@ struct MetadataViewTests {
             let bytes = Self.randomMetadata(&generator).encoded()
             let decoded = try Metadata(decoding: bytes)
             let view = try #require(MetadataView(bytes))
+            #expect(view.decoded == decoded)
             for key in MetadataView.Key.allCases {
                 #expect(view.string(key) == decoded[key.string], "\(key)")
             }
