@@ -210,9 +210,8 @@ struct TracingEndToEndTests {
         try await zipper.start()
         let address = try #require(zipper.address)
         let echo = StreamFunction(name: "echo", zipper: address, options: .init(observedTags: [0x40], tracerProvider: providers[1]))
-        // What the handler reads as its metadata: its own span's ids, whether they
-        // were written in as the frame came (the first) or as it is read (the rest,
-        // once the handler has written).
+        // What the handler reads as its metadata: its own span's ids, written in
+        // when it reads them (one key, or the whole map), after it has written.
         let seen = Inbox<[String]>()
         echo.setHandler { ctx in
             try await ctx.write(tag: 0x41, data: ctx.data)
