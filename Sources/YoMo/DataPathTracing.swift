@@ -74,10 +74,14 @@ struct DataPathTracer: Sendable {
         return span
     }
 
+    /// A hop the zipper does not record, under a parent not sampled, is the
+    /// parent's ids (`HopSpan.isForwarded`): the frame's trace context goes on
+    /// as it came, as a W3C intermediary that does not trace may hand it on.
     private func startZipperSpan(tag: UInt32, length: Int, parent: SpanContext?, context: ServiceContext) -> HopSpan? {
         startHopSpan(
             "zipper endpoint", parent: parent, context: context, ofKind: .internal,
-            attributes: FixedAttributes(.init("routing_data_tag", .int64(Int64(tag))), .init("routing_data_len", .int64(Int64(length))))
+            attributes: FixedAttributes(.init("routing_data_tag", .int64(Int64(tag))), .init("routing_data_len", .int64(Int64(length)))),
+            forwardsUnsampledParent: true
         )
     }
 
@@ -97,7 +101,26 @@ struct DataPathTracer: Sendable {
         else { return nil }
         let span = startZipperSpan(tag: tag, length: length, parent: parent, context: context)
         guard let spanContext = span?.spanContext, spanContext.isValid else { return (span, MetadataView.TracePatch()) }
+        // A forwarded parent already written as `inject` writes it: nothing to write.
+        if span?.isForwarded == true, Self.holds(trace, spanContext, formats: formats) { return (span, MetadataView.TracePatch()) }
         return (span, Self.patch(spanContext, formats: formats))
+    }
+
+    /// Whether `trace` holds exactly the values `inject` writes for
+    /// `spanContext` with `formats` (a patch of them would change nothing).
+    static func holds(
+        _ trace: MetadataView.CanonicalTrace, _ spanContext: SpanContext, formats: TraceContextPropagator.Formats
+    ) -> Bool {
+        // A canonical trace has no tracestate.
+        guard spanContext.traceState.isEmpty else { return false }
+        let values = traceValues(spanContext, formats: formats)
+        if let traceparent = values.traceparent, trace.traceparent != traceparent { return false }
+        if let yomo = values.yomo {
+            guard let traceID = trace.traceID, traceID == (yomo.traceIDHigh, yomo.traceIDLow), trace.spanID == yomo.spanID else {
+                return false
+            }
+        }
+        return true
     }
 
     /// The parent `extractParent(from:)` finds in canonical trace values, or nil
@@ -222,10 +245,12 @@ struct DataPathTracer: Sendable {
     /// only its ids (no object).
     private func startHopSpan(
         _ name: String, parent: SpanContext?, context: ServiceContext, ofKind kind: SpanKind,
-        attributes: @autoclosure () -> FixedAttributes
+        attributes: @autoclosure () -> FixedAttributes, forwardsUnsampledParent: Bool = false
     ) -> HopSpan? {
         let parent = parent ?? (context.isEmpty ? nil : context.spanContext)
-        return tracer.startHopSpan(name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now, fixedAttributes: attributes())
+        return tracer.startHopSpan(
+            name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now, fixedAttributes: attributes(),
+            forwardsUnsampledParent: forwardsUnsampledParent)
     }
 
     /// A span whose parent is the frame's (`parent`, from its trace context), or

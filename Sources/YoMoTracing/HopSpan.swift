@@ -10,14 +10,26 @@ package struct HopSpan: Sendable {
     /// This span's ids, which the next hop's span takes as its parent.
     package let spanContext: SpanContext
 
+    /// Whether this span is its unsampled parent's ids, handed on as they came
+    /// (`YoMoTracer.startHopSpan(forwardsUnsampledParent:)`).
+    package let isForwarded: Bool
+
     init(recording: YoMoSpan) {
         self.recording = recording
         self.spanContext = recording.spanContext.unsafelyUnwrapped
+        self.isForwarded = false
     }
 
     init(unrecorded spanContext: SpanContext) {
         self.recording = nil
         self.spanContext = spanContext
+        self.isForwarded = false
+    }
+
+    init(forwarding parent: SpanContext) {
+        self.recording = nil
+        self.spanContext = parent
+        self.isForwarded = true
     }
 
     /// The span as a `YoMoSpan` in `context`, for code that reads its context

@@ -57,7 +57,7 @@ public struct YoMoTracer: Tracer {
             operationName, parent: parent, ofKind: kind, at: instant(), attributes: attributes(), fixedAttributes: fixedAttributes()
         ) {
         case .recording(let storage): YoMoSpan(context: parentContext, storage: storage)
-        case .unrecorded(let spanContext): YoMoSpan(context: parentContext, unrecorded: spanContext)
+        case .unrecorded(let spanContext), .forwarded(let spanContext): YoMoSpan(context: parentContext, unrecorded: spanContext)
         case .disabled: YoMoSpan(context: parentContext, storage: nil)
         }
     }
@@ -66,17 +66,28 @@ public struct YoMoTracer: Tracer {
     /// read (the zipper's, a source's): a sampled-out one is only its ids, with
     /// no object made for them. Nil when the provider is disabled (or shut
     /// down) and `context` holds no span.
+    ///
+    /// `forwardsUnsampledParent`: a hop the sampler does not record, under a
+    /// parent that was not sampled, is its parent's ids (`HopSpan.isForwarded`)
+    /// rather than a new span id that names a span nobody records under a
+    /// parent nobody recorded. The sampled flag the next hop sees is the same
+    /// either way; a hop that forwards need not write the frame's trace context.
     package func startHopSpan<Instant: TracerInstant>(
         _ operationName: String,
         parent: SpanContext?,
         context parentContext: @autoclosure () -> ServiceContext,
         ofKind kind: SpanKind,
         at instant: @autoclosure () -> Instant,
-        fixedAttributes: @autoclosure () -> FixedAttributes = FixedAttributes()
+        fixedAttributes: @autoclosure () -> FixedAttributes = FixedAttributes(),
+        forwardsUnsampledParent: Bool = false
     ) -> HopSpan? {
-        switch start(operationName, parent: parent, ofKind: kind, at: instant(), attributes: [], fixedAttributes: fixedAttributes()) {
+        switch start(
+            operationName, parent: parent, ofKind: kind, at: instant(), attributes: [], fixedAttributes: fixedAttributes(),
+            forwardsUnsampledParent: forwardsUnsampledParent
+        ) {
         case .recording(let storage): HopSpan(recording: YoMoSpan(context: parentContext(), storage: storage))
         case .unrecorded(let spanContext): HopSpan(unrecorded: spanContext)
+        case .forwarded(let parent): HopSpan(forwarding: parent)
         // As a span of a disabled provider: the context's ids pass through.
         case .disabled: parentContext().spanContext.map(HopSpan.init(unrecorded:))
         }
@@ -85,6 +96,8 @@ public struct YoMoTracer: Tracer {
     private enum Started {
         case recording(SpanStorage)
         case unrecorded(SpanContext)
+        /// Not recorded, under a parent not sampled: the parent's ids stand for the span.
+        case forwarded(SpanContext)
         case disabled
     }
 
@@ -94,7 +107,8 @@ public struct YoMoTracer: Tracer {
         ofKind kind: SpanKind,
         at instant: @autoclosure () -> Instant,
         attributes: @autoclosure () -> [ListedAttribute],
-        fixedAttributes: @autoclosure () -> FixedAttributes
+        fixedAttributes: @autoclosure () -> FixedAttributes,
+        forwardsUnsampledParent: Bool = false
     ) -> Started {
         guard self.shared != nil else { return .disabled }
         // Borrowed, not retained: `self` holds it for the call. Every thread that
@@ -105,6 +119,7 @@ public struct YoMoTracer: Tracer {
             let parent = parent.flatMap { $0.isValid ? $0 : nil }
             let traceID = parent?.traceID ?? TraceID.random()
             let decision = shared.shouldSample(parent: parent, traceID: traceID, name: operationName, kind: kind)
+            if forwardsUnsampledParent, !decision.isRecording, let parent, !parent.isSampled { return .forwarded(parent) }
             let spanContext = SpanContext(
                 traceID: traceID,
                 spanID: SpanID.random(),

@@ -282,6 +282,44 @@ struct PropagationFastPathTests {
         #expect(DataPathTracer.disabled.resendable(view, after: nil)?.patched == expected)
     }
 
+    @Test("""
+        a zipper hop that records nothing, under a parent not sampled, hands the parent's ids on: in place, \
+        nothing is written when the frame already carries them, and otherwise the bytes are the general path's
+        """)
+    func unrecordedHopForwardsUnsampledParent() throws {
+        var forwardedUnchanged = 0, forwardedRewritten = 0
+        for formats in Self.formatChoices {
+            let tracing = Self.tracer(formats)  // parentbased_always_on: an unsampled parent is not recorded
+            for carrier in try Self.carriers() {
+                let view = try #require(MetadataView(carrier.encoded()))
+                guard let trace = view.canonicalTrace,
+                      let started = tracing.zipperSpan(tag: 1, length: 1, trace: trace, context: .topLevel),
+                      let span = started.span, let patch = started.patch
+                else { continue }
+                let parent = try #require(tracing.parent(in: trace, formats: formats))
+                #expect(span.isForwarded == !parent.isSampled, "\(formats.rawValue): \(carrier)")
+                guard span.isForwarded else { span.end(); continue }
+                #expect(span.spanContext == parent)
+                // The general path (decode, inject, encode) forwards the same parent.
+                var general = view.traceMetadata
+                let generalSpan = try #require(tracing.zipperSpan(tag: 1, length: 1, metadata: &general, context: .topLevel))
+                #expect(generalSpan.isForwarded && generalSpan.spanContext == parent)
+                let expected = view.applying(general)
+                #expect(view.applying(Metadata(), trace: patch, over: trace) == expected, "\(formats.rawValue): \(carrier)")
+                if patch.isEmpty {
+                    // Nothing to write: the frame already carries what inject writes.
+                    #expect(expected == view.bytes, "\(formats.rawValue): \(carrier)")
+                    forwardedUnchanged += 1
+                } else {
+                    // E.g. YoMo keys that disagree with traceparent: written as the parent's.
+                    #expect(expected != view.bytes)
+                    forwardedRewritten += 1
+                }
+            }
+        }
+        #expect(forwardedUnchanged >= 3 && forwardedRewritten >= 1, "\(forwardedUnchanged), \(forwardedRewritten)")
+    }
+
     @Test("the in-place zipper span starts nothing when the frame lacks a key the formats write")
     func inPlaceLeavesMissingKeys() throws {
         let tracing = Self.tracer(.all)

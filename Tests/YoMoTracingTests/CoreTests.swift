@@ -152,6 +152,37 @@ import Tracing
                 == incoming.spanContext)
         #expect(late.startHopSpan("z", parent: parent, context: .topLevel, ofKind: .internal, at: DefaultTracerClock.now) == nil)
     }
+
+    @Test func hopSpansForwardAnUnsampledParentOnlyWhenTheyDoNotRecord() throws {
+        let unsampled = SpanContext(traceID: .random(), spanID: .random(), traceFlags: [], isRemote: true, traceState: "vendor=1")
+        let sampled = SpanContext(traceID: .random(), spanID: .random(), traceFlags: .sampled, isRemote: true)
+        func hop(_ sampler: String, parent: SpanContext?, forwards: Bool = true) throws -> HopSpan {
+            let tracer = makeProvider(environment: ["OTEL_TRACES_SAMPLER": sampler], exporter: InMemorySpanExporter()).tracer("hop")
+            return try #require(tracer.startHopSpan(
+                "z", parent: parent, context: .topLevel, ofKind: .internal, at: DefaultTracerClock.now, forwardsUnsampledParent: forwards))
+        }
+        // Not recorded, under a parent not sampled: the parent's ids, as they came.
+        for sampler in ["parentbased_always_on", "always_off", "parentbased_traceidratio"] {
+            let forwarded = try hop(sampler, parent: unsampled)
+            #expect(forwarded.isForwarded && forwarded.recording == nil, "\(sampler)")
+            #expect(forwarded.spanContext == unsampled, "\(sampler)")
+        }
+        // Under a sampled parent, a hop that records nothing still has its own
+        // ids: it tells the next hop not to sample, which the parent did not.
+        let dropped = try hop("always_off", parent: sampled)
+        #expect(!dropped.isForwarded && dropped.recording == nil)
+        #expect(dropped.spanContext.traceID == sampled.traceID && dropped.spanContext.spanID != sampled.spanID)
+        #expect(!dropped.spanContext.isSampled)
+        // A hop that records is its own span whatever its parent said.
+        let recorded = try hop("always_on", parent: unsampled)
+        #expect(!recorded.isForwarded && recorded.recording != nil && recorded.spanContext.spanID != unsampled.spanID)
+        recorded.end()
+        // A root has no parent to forward; without the option nothing is forwarded.
+        let root = try hop("always_off", parent: nil)
+        #expect(!root.isForwarded && root.spanContext.isValid)
+        let own = try hop("always_off", parent: unsampled, forwards: false)
+        #expect(!own.isForwarded && own.spanContext.spanID != unsampled.spanID && own.spanContext.traceID == unsampled.traceID)
+    }
 }
 
 @Suite struct LimitsAndResourceTests {
