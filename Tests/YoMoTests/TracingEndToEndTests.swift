@@ -274,6 +274,78 @@ struct TracingEndToEndTests {
         #expect(seen.items.count == 5)
     }
 
+    @Test("""
+        a zipper hop that records nothing hands an unsampled frame's trace context on as it came; \
+        a sampled frame gets the zipper's own ids, unsampled, as before
+        """)
+    func unrecordedZipperHops() async throws {
+        let receiver = try await SpanReceiver.start()
+        func provider(_ service: String, sampler: String) -> TracerProvider {
+            TracerProvider.otlp(serviceName: service, environment: [
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_TRACES_SAMPLER": sampler,
+            ])
+        }
+        func debugLogger(_ label: String, _ sink: InMemoryLogSink) -> Logger {
+            Logger(label: label) { label in
+                YoMoLogHandler(label: label, format: .json, writer: LogWriter(sink: sink, configuration: .init(isSynchronous: true)), logLevel: .debug)
+            }
+        }
+        // Propagation only at the zipper; the function records every frame, whatever its parent says.
+        let providers = [
+            provider("test-zipper", sampler: "always_off"), provider("test-sfn", sampler: "always_on"),
+            provider("test-quiet", sampler: "always_off"), provider("test-loud", sampler: "always_on"),
+        ]
+        let zipperLogs = InMemoryLogSink()
+        let zipper = Zipper(
+            configuration: ZipperConfiguration(host: "127.0.0.1", port: 0),
+            options: .init(logger: debugLogger("yomo.zipper", zipperLogs), tracerProvider: providers[0]))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let handled = Inbox<String>()
+        let sfn = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33], tracerProvider: providers[1]))
+        sfn.setHandler { ctx in handled.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sfn.connect()
+        let quietLogs = InMemoryLogSink()
+        let quiet = Source(name: "quiet", zipper: address, options: .init(logger: debugLogger("yomo", quietLogs), tracerProvider: providers[2]))
+        let loud = Source(name: "loud", zipper: address, options: .init(tracerProvider: providers[3]))
+        try await quiet.connect()
+        try await loud.connect()
+        try await quiet.write(tag: 0x33, data: Array("unsampled".utf8))
+        #expect(await handled.wait(for: 1))
+        try await loud.write(tag: 0x33, data: Array("sampled".utf8))
+        #expect(await handled.wait(for: 2))
+        await quiet.close()
+        await loud.close()
+        await sfn.close()
+        await zipper.close()
+        for provider in providers { await provider.shutdown() }
+
+        let spans = receiver.spans()
+        func named(_ name: String) -> [[String: Any]] { spans.filter { $0["name"] as? String == name } }
+        #expect(named("zipper endpoint").isEmpty && named("quiet").isEmpty, "sampled out: nothing exported")
+        let functionSpans = named("upper")
+        #expect(functionSpans.count == 2)
+        func records(_ sink: InMemoryLogSink, _ message: String) -> [[String: Any]] {
+            sink.lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+                .filter { ($0["msg"] ?? $0["message"]) as? String == message }
+        }
+        // Unsampled: the function's parent is the quiet source's own (unrecorded)
+        // span, whose ids the zipper handed on; its debug line carries them too.
+        let written = try #require(records(quietLogs, "frame written").first, "\(quietLogs.lines)")
+        let quietTraceID = try #require(written["trace_id"] as? String)
+        let quietSpanID = try #require(written["span_id"] as? String)
+        let underQuiet = try #require(functionSpans.first { $0["trace_id"] as? String == quietTraceID }, "\(functionSpans)")
+        #expect(underQuiet["parent_span_id"] as? String == quietSpanID)
+        let routed = try #require(records(zipperLogs, "routing frame").first { $0["trace_id"] as? String == quietTraceID })
+        #expect(routed["span_id"] as? String == quietSpanID)
+        // Sampled: the zipper's hop, recording nothing, still names itself (and
+        // tells the function's parent-based samplers not to sample, as before).
+        let loudSpan = try #require(named("loud").first)
+        let underLoud = try #require(functionSpans.first { $0["trace_id"] as? String == loudSpan["trace_id"] as? String })
+        let zipperHopID = try #require(underLoud["parent_span_id"] as? String)
+        #expect(zipperHopID.count == 16 && zipperHopID != loudSpan["span_id"] as? String)
+    }
+
     @Test("a throwing handler's span has error status and the error recorded; pipe spans end")
     func errorsAndPipes() async throws {
         struct Boom: Error {}
