@@ -95,6 +95,14 @@ struct DataPathTracer: Sendable {
         tag: UInt32, length: Int, trace: MetadataView.CanonicalTrace, context: ServiceContext
     ) -> (span: HopSpan?, patch: MetadataView.TracePatch?)? {
         let formats = tracer.propagator.formats
+        // Propagation only, decided from the frame alone: an unsampled
+        // `traceparent` (which the YoMo keys repeat) under a sampler that drops
+        // such children is forwarded as it came, as `startZipperSpan` would.
+        if formats.contains(.traceContext), let fields = trace.traceparent, fields.flags == 0,
+           !formats.contains(.yomo) || (trace.spanID == fields.spanID && trace.traceID.map { $0 == (fields.traceIDHigh, fields.traceIDLow) } == true),
+           tracer.forwardsEveryUnsampledParent, let parent = Self.remoteParent(fields) {
+            return (HopSpan(forwarding: parent), MetadataView.TracePatch())
+        }
         guard tracer.isEnabled, let parent = parent(in: trace, formats: formats),
               !formats.contains(.traceContext) || trace.traceparent != nil,
               !formats.contains(.yomo) || (trace.traceID != nil && trace.spanID != nil)

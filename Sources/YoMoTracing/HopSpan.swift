@@ -26,7 +26,7 @@ package struct HopSpan: Sendable {
         self.isForwarded = false
     }
 
-    init(forwarding parent: SpanContext) {
+    package init(forwarding parent: SpanContext) {
         self.recording = nil
         self.spanContext = parent
         self.isForwarded = true

@@ -14,6 +14,10 @@ final class TracerShared: Sendable {
     let processors: [any SpanProcessor]
     let propagator: TraceContextPropagator
     let isShutdown = Atomic<Bool>(false)
+    /// Whether the sampler is known to drop every span whose remote parent was
+    /// not sampled (always_off, or parent-based with the default for such
+    /// parents): then a hop can decide from the frame alone, asking nothing.
+    let dropsUnsampledRemoteChildren: Bool
 
     init(
         resource: Resource, sampler: any Sampler, limits: SpanLimits, processors: [any SpanProcessor],
@@ -24,6 +28,8 @@ final class TracerShared: Sendable {
         self.limits = limits
         self.processors = processors
         self.propagator = TraceContextPropagator(formats: propagation)
+        self.dropsUnsampledRemoteChildren = sampler is AlwaysOffSampler
+            || (sampler as? ParentBasedSampler)?.remoteParentNotSampled is AlwaysOffSampler
     }
 
     /// The sampler's decision, asked in place (reading `sampler` from outside

@@ -22,6 +22,15 @@ public struct YoMoTracer: Tracer {
     /// carry the parent's context through unchanged.
     public var isEnabled: Bool { shared != nil }
 
+    /// Whether `startHopSpan(forwardsUnsampledParent: true)` is sure to forward
+    /// any valid remote parent that was not sampled: the provider is running
+    /// and its sampler is one known to drop such children. False says nothing
+    /// (a custom sampler is asked span by span).
+    package var forwardsEveryUnsampledParent: Bool {
+        guard let shared else { return false }
+        return shared.dropsUnsampledRemoteChildren && !shared.isShutdown.load(ordering: .relaxed)
+    }
+
     public func startSpan<Instant: TracerInstant>(
         _ operationName: String,
         context: @autoclosure () -> ServiceContext,

@@ -287,9 +287,20 @@ struct PropagationFastPathTests {
         nothing is written when the frame already carries them, and otherwise the bytes are the general path's
         """)
     func unrecordedHopForwardsUnsampledParent() throws {
+        /// Not one the tracer knows: asked span by span (the general route).
+        struct DropsEverything: Sampler {
+            func shouldSample(parent: SpanContext?, traceID: TraceID, name: String, kind: SpanKind) -> SamplingDecision { .drop }
+            var description: String { "DropsEverything" }
+        }
+        // parentbased_always_on and always_off are decided from the frame alone.
+        let samplers: [any Sampler] = [ParentBasedSampler(root: AlwaysOnSampler()), AlwaysOffSampler(), DropsEverything()]
         var forwardedUnchanged = 0, forwardedRewritten = 0
-        for formats in Self.formatChoices {
-            let tracing = Self.tracer(formats)  // parentbased_always_on: an unsampled parent is not recorded
+        for (formats, sampler) in Self.formatChoices.flatMap({ formats in samplers.map { (formats, $0) } }) {
+            var configuration = TracerProvider.Configuration(environment: [:])
+            configuration.propagation = formats
+            configuration.sampler = sampler
+            let tracing = DataPathTracer(tracer: TracerProvider(configuration: configuration, processors: []).tracer("test"))
+            #expect(tracing.tracer.forwardsEveryUnsampledParent == !(sampler is DropsEverything))
             for carrier in try Self.carriers() {
                 let view = try #require(MetadataView(carrier.encoded()))
                 guard let trace = view.canonicalTrace,
@@ -317,7 +328,7 @@ struct PropagationFastPathTests {
                 }
             }
         }
-        #expect(forwardedUnchanged >= 3 && forwardedRewritten >= 1, "\(forwardedUnchanged), \(forwardedRewritten)")
+        #expect(forwardedUnchanged >= 9 && forwardedRewritten >= 3, "\(forwardedUnchanged), \(forwardedRewritten)")
     }
 
     @Test("the in-place zipper span starts nothing when the frame lacks a key the formats write")

@@ -183,6 +183,21 @@ import Tracing
         let own = try hop("always_off", parent: unsampled, forwards: false)
         #expect(!own.isForwarded && own.spanContext.spanID != unsampled.spanID && own.spanContext.traceID == unsampled.traceID)
     }
+
+    @Test func samplersKnownToDropUnsampledRemoteChildrenLetHopsDecideAlone() async {
+        func forwardsEvery(_ environment: [String: String]) -> Bool {
+            makeProvider(environment: environment, exporter: InMemorySpanExporter()).tracer("hop").forwardsEveryUnsampledParent
+        }
+        #expect(forwardsEvery([:]))  // parentbased_always_on
+        #expect(forwardsEvery(["OTEL_TRACES_SAMPLER": "always_off"]))
+        #expect(forwardsEvery(["OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"]))
+        #expect(!forwardsEvery(["OTEL_TRACES_SAMPLER": "always_on"]))
+        #expect(!forwardsEvery(["OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"]))
+        #expect(!TracerProvider.noop.tracer("hop").forwardsEveryUnsampledParent)
+        let provider = makeProvider(exporter: InMemorySpanExporter())
+        await provider.shutdown()
+        #expect(!provider.tracer("hop").forwardsEveryUnsampledParent, "shut down: no span, nothing to forward")
+    }
 }
 
 @Suite struct LimitsAndResourceTests {
