@@ -180,10 +180,10 @@ extension Metadata {
                 // A trace id held as numbers has the str8 header of 32 bytes (`readValue`).
                 if known == .traceID, let (content, fields) = traceparentRead, input.count - valueStart >= 34,
                    input[valueStart] == 0xD9, input[valueStart + 1] == 32,
-                   let traceID = MetadataView.traceID(
+                   MetadataView.sameBytes(
                     UnsafeRawBufferPointer(rebasing: input[valueStart + 2..<valueStart + 34]),
-                    repeating: UnsafeRawBufferPointer(rebasing: input[content]), fields) {
-                    value = .traceID(high: traceID.high, low: traceID.low)
+                    UnsafeRawBufferPointer(rebasing: input[content]), at: 3) {
+                    value = .traceID(high: fields.traceIDHigh, low: fields.traceIDLow)
                     reader.offset = valueStart + 34
                 } else {
                     value = try reader.readValue(forKey: key, kind: known?.traceKey)
@@ -567,6 +567,20 @@ package struct TraceparentFields: Hashable, Sendable {
     }
 }
 
+extension TraceparentFields {
+    /// The numbers of a canonical `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`,
+    /// lowercase); nil for any other form.
+    init?(canonical bytes: UnsafeRawBufferPointer) {
+        guard bytes.count == 55, bytes[0] == UInt8(ascii: "0"), bytes[1] == UInt8(ascii: "0"),
+              bytes[2] == UInt8(ascii: "-"), bytes[35] == UInt8(ascii: "-"), bytes[52] == UInt8(ascii: "-"),
+              let high = StoredValue.hex64(bytes, at: 3), let low = StoredValue.hex64(bytes, at: 19),
+              let span = StoredValue.hex64(bytes, at: 36),
+              let flagsHigh = StoredValue.lowercaseHexValue(bytes[53]), let flagsLow = StoredValue.lowercaseHexValue(bytes[54])
+        else { return nil }
+        self.init(traceIDHigh: high, traceIDLow: low, spanID: span, flags: flagsHigh << 4 | flagsLow)
+    }
+}
+
 /// A metadata value. The trace keys' values are kept as numbers when they are in
 /// the one form that formats back to the same bytes (lowercase hex, version 00),
 /// so carrying and replacing trace context on every frame makes no strings;
@@ -597,13 +611,8 @@ enum StoredValue: Sendable {
             guard bytes.count == 16, let value = Self.hex64(bytes, at: 0) else { return nil }
             self = .spanID(value)
         case .traceparent:
-            guard bytes.count == 55, bytes[0] == UInt8(ascii: "0"), bytes[1] == UInt8(ascii: "0"),
-                  bytes[2] == UInt8(ascii: "-"), bytes[35] == UInt8(ascii: "-"), bytes[52] == UInt8(ascii: "-"),
-                  let high = Self.hex64(bytes, at: 3), let low = Self.hex64(bytes, at: 19),
-                  let span = Self.hex64(bytes, at: 36),
-                  let flagsHigh = Self.lowercaseHexValue(bytes[53]), let flagsLow = Self.lowercaseHexValue(bytes[54])
-            else { return nil }
-            self = .traceparent(TraceparentFields(traceIDHigh: high, traceIDLow: low, spanID: span, flags: flagsHigh << 4 | flagsLow))
+            guard let fields = TraceparentFields(canonical: bytes) else { return nil }
+            self = .traceparent(fields)
         }
     }
 

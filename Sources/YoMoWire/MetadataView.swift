@@ -288,49 +288,50 @@ package struct MetadataView {
 
     package var canonicalTrace: CanonicalTrace? {
         guard values[.tracestate] == nil else { return nil }
+        let traceparentAt = values[.traceparent]?.content, traceIDAt = values[.traceID]?.content, spanIDAt = values[.spanID]?.content
         return bytes.withUnsafeReadableBytes { input -> CanonicalTrace? in
-            func content(_ key: Key) -> UnsafeRawBufferPointer? {
-                values[key].map { UnsafeRawBufferPointer(rebasing: input[$0.content]) }
-            }
             var trace = CanonicalTrace()
-            let traceparent = content(.traceparent)
-            if let traceparent {
-                guard case .traceparent(let fields)? = StoredValue(.traceparent, traceparent) else { return nil }
-                trace.traceparent = fields
+            var traceparent: UnsafeRawBufferPointer?
+            if let traceparentAt {
+                let content = UnsafeRawBufferPointer(rebasing: input[traceparentAt])
+                guard let fields = TraceparentFields(canonical: content) else { return nil }
+                (trace.traceparent, traceparent) = (fields, content)
             }
-            if let traceID = content(.traceID) {
-                if let fields = trace.traceparent, let traceparent,
-                   let same = Self.traceID(traceID, repeating: traceparent, fields) {
-                    trace.traceID = same
+            // The YoMo keys usually repeat traceparent's digits: equal bytes are
+            // the same numbers, compared instead of parsed again.
+            if let traceIDAt {
+                let content = UnsafeRawBufferPointer(rebasing: input[traceIDAt])
+                guard content.count == 32 else { return nil }
+                if let fields = trace.traceparent, let traceparent, Self.sameBytes(content, traceparent, at: 3) {
+                    trace.traceID = (fields.traceIDHigh, fields.traceIDLow)
                 } else {
-                    guard case .traceID(let high, let low)? = StoredValue(.traceID, traceID) else { return nil }
+                    guard let high = StoredValue.hex64(content, at: 0), let low = StoredValue.hex64(content, at: 16) else { return nil }
                     trace.traceID = (high, low)
                 }
             }
-            if let spanID = content(.spanID) {
-                guard case .spanID(let value)? = StoredValue(.spanID, spanID) else { return nil }
-                trace.spanID = value
+            if let spanIDAt {
+                let content = UnsafeRawBufferPointer(rebasing: input[spanIDAt])
+                guard content.count == 16 else { return nil }
+                if let fields = trace.traceparent, let traceparent, Self.sameBytes(content, traceparent, at: 36) {
+                    trace.spanID = fields.spanID
+                } else {
+                    guard let value = StoredValue.hex64(content, at: 0) else { return nil }
+                    trace.spanID = value
+                }
             }
             return trace
         }
     }
 
-    /// The trace id a `yomo-trace-id` value (`traceID`, its content) holds when
-    /// its digits are those of a canonical `traceparent` (`traceparent`, whose
-    /// numbers are `fields`): both formats usually carry the same trace id, and
-    /// equal digits are read once (a 32-byte compare) instead of parsed again.
-    /// Nil when they differ.
-    static func traceID(
-        _ traceID: UnsafeRawBufferPointer, repeating traceparent: UnsafeRawBufferPointer, _ fields: TraceparentFields
-    ) -> (high: UInt64, low: UInt64)? {
-        guard traceID.count == 32, traceparent.count == 55 else { return nil }
-        // `00-<trace id>-…`: the digits at 3, compared four words at a time.
+    /// Whether `digits` (16 or 32 bytes) are the bytes of `traceparent` at
+    /// `offset`: compared a word at a time.
+    static func sameBytes(_ digits: UnsafeRawBufferPointer, _ traceparent: UnsafeRawBufferPointer, at offset: Int) -> Bool {
         var different: UInt64 = 0
-        for offset in stride(from: 0, to: 32, by: 8) {
-            different |= traceID.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
-                ^ traceparent.loadUnaligned(fromByteOffset: 3 + offset, as: UInt64.self)
+        for word in stride(from: 0, to: digits.count, by: 8) {
+            different |= digits.loadUnaligned(fromByteOffset: word, as: UInt64.self)
+                ^ traceparent.loadUnaligned(fromByteOffset: offset + word, as: UInt64.self)
         }
-        return different == 0 ? (fields.traceIDHigh, fields.traceIDLow) : nil
+        return different == 0
     }
 
     /// New trace values for keys the metadata already holds in canonical form:
