@@ -273,19 +273,13 @@ extension Metadata {
     /// writes every frame's trace context this way.
     package func encoded(appending trace: MetadataView.TracePatch) -> ByteBuffer? {
         for entry in entries where MetadataView.Key(entry.key)?.isTraceKey == true { return nil }
-        var traceCount = 0, traceLength = 0
-        trace.forEach { key, value in
-            traceCount += 1
-            traceLength += MsgpackWriter.stringSize(key.string.utf8.count) + MsgpackWriter.stringSize(value.utf8Count)
-        }
-        let total = count + traceCount
+        let total = count + trace.entryCount
         guard total > 0 else { return ByteBuffer() }
         var buffer = ByteBuffer()
-        Self.writeMap(entries, count: total, length: MsgpackWriter.mapHeaderSize(total) + entriesLength + traceLength, into: &buffer) { writer in
-            trace.forEach { key, value in
-                writer.writeMsgpackString(key.string)
-                value.write(into: &writer)
-            }
+        Self.writeMap(
+            entries, count: total, length: MsgpackWriter.mapHeaderSize(total) + entriesLength + trace.encodedLength, into: &buffer
+        ) { writer in
+            trace.writeEntries(into: &writer)
         }
         return buffer
     }
@@ -306,6 +300,59 @@ enum MsgpackWriter {
     }
 }
 
+extension MetadataView.TracePatch {
+    /// How many entries `writeEntries` writes.
+    var entryCount: Int { (traceparent == nil ? 0 : 1) + (yomo == nil ? 0 : 2) }
+
+    /// The length of what `writeEntries` writes: each entry's key, value header and digits.
+    var encodedLength: Int { (traceparent == nil ? 0 : 12 + 2 + 55) + (yomo == nil ? 0 : (14 + 2 + 32) + (13 + 1 + 16)) }
+
+    /// The entries `forEach` gives, encoded in its order. Every length is
+    /// fixed, so the keys with their headers are written as constant words,
+    /// and the trace id's digits are made once for both formats.
+    func writeEntries(into writer: inout RawWriter) {
+        let traceID = traceparent.map { ($0.traceIDHigh, $0.traceIDLow) } ?? yomo.map { ($0.traceIDHigh, $0.traceIDLow) }
+        guard let (high, low) = traceID else { return }
+        let digits = (
+            RawWriter.hexCharacters(UInt32(truncatingIfNeeded: high >> 32)), RawWriter.hexCharacters(UInt32(truncatingIfNeeded: high)),
+            RawWriter.hexCharacters(UInt32(truncatingIfNeeded: low >> 32)), RawWriter.hexCharacters(UInt32(truncatingIfNeeded: low))
+        )
+        func writeTraceID(_ writer: inout RawWriter) {
+            writer.writeBigEndian(digits.0)
+            writer.writeBigEndian(digits.1)
+            writer.writeBigEndian(digits.2)
+            writer.writeBigEndian(digits.3)
+        }
+        if let fields = traceparent {
+            // AB "traceparent", D9 37 (55 bytes follow), "00-" : 17 bytes.
+            writer.writeLittleEndian(0x6170_6563_6172_74AB as UInt64)
+            writer.writeLittleEndian(0x3030_37D9_746E_6572 as UInt64)
+            writer.write(UInt8(ascii: "-"))
+            writeTraceID(&writer)
+            writer.write(UInt8(ascii: "-"))
+            writer.writeHex(fields.spanID)
+            writer.write(UInt8(ascii: "-"))
+            writer.writeHex(byte: fields.flags)
+        }
+        if let yomo {
+            // AD "yomo-trace-id", D9 20 (32 bytes follow): 16 bytes.
+            writer.writeLittleEndian(0x7274_2D6F_6D6F_79AD as UInt64)
+            writer.writeLittleEndian(0x20D9_6469_2D65_6361 as UInt64)
+            if traceparent == nil || (yomo.traceIDHigh, yomo.traceIDLow) == (high, low) {
+                writeTraceID(&writer)
+            } else {
+                writer.writeHex(yomo.traceIDHigh)
+                writer.writeHex(yomo.traceIDLow)
+            }
+            // AC "yomo-span-id", B0 (16 bytes follow): 14 bytes.
+            writer.writeLittleEndian(0x7073_2D6F_6D6F_79AC as UInt64)
+            writer.writeLittleEndian(0x692D_6E61 as UInt32)
+            writer.writeLittleEndian(0xB064 as UInt16)
+            writer.writeHex(yomo.spanID)
+        }
+    }
+}
+
 /// Writes into memory sized beforehand; callers guarantee the room.
 struct RawWriter {
     let output: UnsafeMutableRawBufferPointer
@@ -316,6 +363,12 @@ struct RawWriter {
     mutating func write(_ byte: UInt8) {
         output[offset] = byte
         offset += 1
+    }
+
+    /// `value`'s bytes, lowest first: constant bytes packed into a word.
+    mutating func writeLittleEndian<Integer: FixedWidthInteger>(_ value: Integer) {
+        output.storeBytes(of: value.littleEndian, toByteOffset: offset, as: Integer.self)
+        offset += MemoryLayout<Integer>.size
     }
 
     mutating func writeBigEndian<Integer: FixedWidthInteger>(_ value: Integer) {

@@ -198,6 +198,31 @@ struct MetadataViewTests {
         }
     }
 
+    @Test("trace entries written from constant words are the bytes setting the values and encoding give")
+    func traceEntriesAsEncoded() throws {
+        var generator = SystemRandomNumberGenerator()
+        let starts: [Metadata] = [Metadata(), ["yomo-tid": "abc"], Metadata(Dictionary(uniqueKeysWithValues: (0..<14).map { ("key-\($0)", "value") }))]
+        var compared = 0
+        for start in starts {
+            for _ in 0..<50 {
+                let traceID = (generator.next() as UInt64, generator.next() as UInt64)
+                let traceparent = Bool.random() ? nil : TraceparentFields(
+                    traceIDHigh: traceID.0, traceIDLow: traceID.1, spanID: generator.next(), flags: UInt8.random(in: 0...255))
+                // Usually both formats carry the same trace id; a patch may also give two.
+                let yomoTraceID = Bool.random() ? traceID : (generator.next(), generator.next())
+                let yomo = Bool.random() ? nil : (traceIDHigh: yomoTraceID.0, traceIDLow: yomoTraceID.1, spanID: generator.next() as UInt64)
+                let patch = MetadataView.TracePatch(traceparent: traceparent, yomo: yomo)
+                var expected = start
+                expected.setTrace(traceparent: traceparent, yomo: yomo)
+                let written = try #require(start.encoded(appending: patch))
+                #expect(written == expected.encoded(), "\(patch)")
+                #expect(try Metadata(decoding: written) == expected)
+                compared += 1
+            }
+        }
+        #expect(compared == 150)
+    }
+
     @Test("appending past 15 entries switches to a map16 header; empty metadata gains a map")
     func headerGrowth() throws {
         var metadata = Metadata()
