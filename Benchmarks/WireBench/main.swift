@@ -102,6 +102,24 @@ results.append(try measure("metadata decode (4 keys)", bytesPerOp: encodedMetada
     blackHole(try Metadata(decoding: encodedMetadata))
 })
 
+// What a zipper and a stream function do with every traced frame's metadata:
+// scan it in place, then read its trace values as numbers.
+let tracedMetadata: Metadata = [
+    Metadata.ReservedKey.sourceID: NanoID.generate() + "-0",
+    Metadata.ReservedKey.tid: NanoID.generate(),
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+    Metadata.ReservedKey.traceID: "4bf92f3577b34da6a3ce929d0e0e4736",
+    Metadata.ReservedKey.spanID: "00f067aa0ba902b7",
+]
+let encodedTracedMetadata = tracedMetadata.encoded()
+results.append(measure("metadata view scan (5 keys, traced)", bytesPerOp: encodedTracedMetadata.readableBytes, iterations: 1_000_000 / scale) {
+    blackHole(MetadataView(encodedTracedMetadata))
+})
+let tracedView = MetadataView(encodedTracedMetadata)!
+results.append(measure("metadata view canonicalTrace", bytesPerOp: encodedTracedMetadata.readableBytes, iterations: 1_000_000 / scale) {
+    blackHole(tracedView.canonicalTrace)
+})
+
 // Tids: a source makes one per frame it writes. The baseline draws every word
 // from SystemRandomNumberGenerator (a getrandom call per 8 bytes).
 results.append(measure("tid (NanoID.generate, pooled system randomness)", bytesPerOp: 21, iterations: 400_000 / scale) {

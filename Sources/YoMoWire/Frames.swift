@@ -446,14 +446,16 @@ func decodeString(_ bytes: UnsafeRawBufferPointer, field: @autoclosure () -> Str
 }
 
 @inlinable
+@inline(__always)
 func isASCII(_ bytes: UnsafeRawBufferPointer) -> Bool {
     let count = bytes.count
     var bits: UInt64 = 0
     if count >= 8 {
         var index = 0
-        while index + 8 <= count {
+        // `index + 8 <= count` cannot overflow: both are below the buffer's size.
+        while index &+ 8 <= count {
             bits |= bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)
-            index += 8
+            index &+= 8
         }
         // The tail as the last eight bytes, overlapping the words already read:
         // metadata strings are short, and a byte loop over tails cost as much

@@ -83,20 +83,25 @@ package struct MetadataView {
         /// at 18, the eight after the first) compared as words decide a match.
         private func matches(_ bytes: UnsafeRawBufferPointer) -> Bool {
             let count = bytes.count
-            let signature = Self.signatures[rawValue]
+            let signature = self.signature
             guard count == signature.count, count >= 8 else { return false }
             return bytes.loadUnaligned(as: UInt64.self) == signature.first
                 && bytes.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self) == signature.last
                 && (count <= 16 || bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self) == signature.middle)
         }
 
-        private static let signatures: [(count: Int, first: UInt64, middle: UInt64, last: UInt64)] = allCases.map { key in
-            let utf8 = Array(key.string.utf8)
-            return utf8.withUnsafeBytes { bytes in
-                let count = bytes.count
-                return (count, bytes.loadUnaligned(as: UInt64.self),
-                        count >= 16 ? bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self) : 0,
-                        bytes.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self))
+        /// The key's length and words (little-endian) as `matches` compares
+        /// them: constants, so a frame's scan reads no table (a test derives
+        /// them from `string`).
+        var signature: (count: Int, first: UInt64, middle: UInt64, last: UInt64) {
+            switch self {
+            case .target: (11, 0x7261_742D_6F6D_6F79, 0, 0x7465_6772_6174_2D6F)
+            case .wantedTarget: (18, 0x6E61_772D_6F6D_6F79, 0x6772_6174_2D64_6574, 0x7465_6772_6174_2D64)
+            case .tid: (8, 0x6469_742D_6F6D_6F79, 0, 0x6469_742D_6F6D_6F79)
+            case .traceparent: (11, 0x7261_7065_6361_7274, 0, 0x746E_6572_6170_6563)
+            case .tracestate: (10, 0x6174_7365_6361_7274, 0, 0x6574_6174_7365_6361)
+            case .traceID: (13, 0x6172_742D_6F6D_6F79, 0, 0x6469_2D65_6361_7274)
+            case .spanID: (12, 0x6170_732D_6F6D_6F79, 0, 0x6469_2D6E_6170_732D)
             }
         }
     }
@@ -168,45 +173,59 @@ package struct MetadataView {
         // Offsets are kept in 32 bits; longer metadata takes the decoding path.
         guard bytes.readableBytes < UInt32.max else { return nil }
         let scanned: Bool = bytes.withUnsafeReadableBytes { input in
-            var offset = 0
-            func byte(at index: Int) -> Int? { index < input.count ? Int(input[index]) : nil }
             func bigEndian(at index: Int, size: Int) -> Int? {
                 guard index + size <= input.count else { return nil }
                 var value = 0
                 for position in index..<index + size { value = value << 8 | Int(input[position]) }
                 return value
             }
-            /// Where the next string lies, checked as the decoder checks it.
-            func string() -> Location? {
-                let start = offset
-                guard let (length, header) = MsgpackReader.stringHeader(in: input, at: offset) else { return nil }
-                let contentStart = start + header
-                guard length <= input.count - contentStart else { return nil }
-                let content = UnsafeRawBufferPointer(rebasing: input[contentStart..<contentStart + length])
-                guard isASCII(content) || String(validating: content.assumingMemoryBound(to: UInt8.self), as: UTF8.self) != nil else {
-                    return nil
-                }
-                offset = contentStart + length
-                return Location(start: start, contentStart: contentStart, end: offset)
-            }
-            guard let marker = byte(at: 0) else { return false }
+            let marker = Int(input[0])
             switch marker {
             case 0x80...0x8F: (count, headerSize) = (marker & 0x0F, 1)
             case 0xDE: guard let value = bigEndian(at: 1, size: 2) else { return false }; (count, headerSize) = (value, 3)
             case 0xDF: guard let value = bigEndian(at: 1, size: 4) else { return false }; (count, headerSize) = (value, 5)
             default: return false
             }
-            offset = headerSize
+            var offset = headerSize
             for _ in 0..<count {
-                guard let key = string(), let value = string() else { return false }
-                if let known = Key(utf8: UnsafeRawBufferPointer(rebasing: input[key.content])) {
+                guard let key = Self.string(in: input, at: offset), let value = Self.string(in: input, at: key.end) else { return false }
+                offset = value.end
+                if let known = Key(utf8: UnsafeRawBufferPointer(rebasing: input[key.contentStart..<key.end])) {
                     guard values[known] == nil else { return false }
-                    values[known] = value
+                    values[known] = Location(start: key.end, contentStart: value.contentStart, end: value.end)
                 }
             }
             return offset == input.count
         }
         guard scanned else { return nil }
+    }
+
+    /// Where the msgpack string at `offset` has its content and ends, checked
+    /// as decoding checks it (whole, valid UTF-8); nil otherwise. Inlined into
+    /// the scan, which runs for every frame: most strings are short and ASCII.
+    @inline(__always)
+    private static func string(in input: UnsafeRawBufferPointer, at offset: Int) -> (contentStart: Int, end: Int)? {
+        guard offset < input.count else { return nil }
+        let marker = input[offset]
+        let length: Int, header: Int
+        if marker & 0xE0 == 0xA0 {
+            (length, header) = (Int(marker & 0x1F), 1)
+        } else if marker == 0xD9, offset &+ 1 < input.count {
+            // str8: traceparent and trace ids (32 to 255 bytes).
+            (length, header) = (Int(input[offset &+ 1]), 2)
+        } else {
+            guard let (longer, size) = MsgpackReader.stringHeader(in: input, at: offset) else { return nil }
+            (length, header) = (longer, size)
+        }
+        // The header fits (checked above), so neither difference can be negative.
+        let contentStart = offset &+ header
+        guard length <= input.count &- contentStart else { return nil }
+        let end = contentStart &+ length
+        let content = UnsafeRawBufferPointer(rebasing: input[contentStart..<end])
+        guard isASCII(content) || String(validating: content.assumingMemoryBound(to: UInt8.self), as: UTF8.self) != nil else {
+            return nil
+        }
+        return (contentStart, end)
     }
 
     /// Whether the map has `key`.

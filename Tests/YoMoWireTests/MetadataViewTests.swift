@@ -185,6 +185,14 @@ struct MetadataViewTests {
     func keyMatching() {
         for key in MetadataView.Key.allCases {
             let utf8 = Array(key.string.utf8)
+            // The constant words are the key's own bytes.
+            let signature = key.signature
+            utf8.withUnsafeBytes { bytes in
+                #expect(signature.count == bytes.count)
+                #expect(signature.first == bytes.loadUnaligned(as: UInt64.self))
+                #expect(signature.last == bytes.loadUnaligned(fromByteOffset: bytes.count - 8, as: UInt64.self))
+                #expect(signature.middle == (bytes.count >= 16 ? bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self) : 0))
+            }
             #expect(utf8.withUnsafeBytes { MetadataView.Key(utf8: $0) } == key)
             #expect(MetadataView.Key(key.string) == key)
             for position in utf8.indices {
@@ -250,6 +258,28 @@ struct MetadataViewTests {
         for value in ["a", "b"] { twice.writeBytes([0xAB] + Array("yomo-target".utf8) + [0xA1] + Array(value.utf8)) }
         #expect(MetadataView(twice) == nil)
         #expect(try Metadata(decoding: twice)["yomo-target"] == "b")
+        // Traced metadata (str8 values) cut anywhere, headers included, or with
+        // a byte changed: the view accepts exactly what decoding accepts.
+        let traced: Metadata = [
+            "yomo-tid": "V1StGXR8_Z5jdHi6B-myT", "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "yomo-trace-id": "4bf92f3577b34da6a3ce929d0e0e4736", "yomo-span-id": "00f067aa0ba902b7", "note": "é",
+        ]
+        let whole = Array(traced.encoded().readableBytesView)
+        #expect(MetadataView(ByteBuffer(bytes: whole)) != nil)
+        for cut in 1..<whole.count {
+            let prefix = ByteBuffer(bytes: whole[..<cut])
+            #expect(throws: WireError.self) { try Metadata(decoding: prefix) }
+            #expect(MetadataView(prefix) == nil, "cut at \(cut)")
+        }
+        var changes = SystemRandomNumberGenerator()
+        for _ in 0..<5_000 {
+            var changed = whole
+            changed[Int.random(in: 0..<whole.count, using: &changes)] = UInt8.random(in: 0...255, using: &changes)
+            let bytes = ByteBuffer(bytes: changed)
+            let decodes = (try? Metadata(decoding: bytes)) != nil
+            // A known key appearing twice is the one thing decoding takes and the view leaves to it.
+            #expect(MetadataView(bytes) == nil || decodes, "\(changed)")
+        }
         // Random bytes: whenever the view accepts, decoding accepts too.
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<20_000 {
