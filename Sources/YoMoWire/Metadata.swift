@@ -323,6 +323,11 @@ extension MetadataView.TracePatch {
             writer.writeBigEndian(digits.2)
             writer.writeBigEndian(digits.3)
         }
+        func hex(_ spanID: UInt64) -> (UInt64, UInt64) {
+            (RawWriter.hexCharacters(UInt32(truncatingIfNeeded: spanID >> 32)), RawWriter.hexCharacters(UInt32(truncatingIfNeeded: spanID)))
+        }
+        // Both formats usually carry the same span id too.
+        let spanDigits = hex(traceparent?.spanID ?? yomo?.spanID ?? 0)
         if let fields = traceparent {
             // AB "traceparent", D9 37 (55 bytes follow), "00-" : 17 bytes.
             writer.writeLittleEndian(0x6170_6563_6172_74AB as UInt64)
@@ -330,7 +335,8 @@ extension MetadataView.TracePatch {
             writer.write(UInt8(ascii: "-"))
             writeTraceID(&writer)
             writer.write(UInt8(ascii: "-"))
-            writer.writeHex(fields.spanID)
+            writer.writeBigEndian(spanDigits.0)
+            writer.writeBigEndian(spanDigits.1)
             writer.write(UInt8(ascii: "-"))
             writer.writeHex(byte: fields.flags)
         }
@@ -348,7 +354,9 @@ extension MetadataView.TracePatch {
             writer.writeLittleEndian(0x7073_2D6F_6D6F_79AC as UInt64)
             writer.writeLittleEndian(0x692D_6E61 as UInt32)
             writer.writeLittleEndian(0xB064 as UInt16)
-            writer.writeHex(yomo.spanID)
+            let digits = traceparent == nil || traceparent?.spanID == yomo.spanID ? spanDigits : hex(yomo.spanID)
+            writer.writeBigEndian(digits.0)
+            writer.writeBigEndian(digits.1)
         }
     }
 }

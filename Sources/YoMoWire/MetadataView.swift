@@ -172,32 +172,45 @@ package struct MetadataView {
         guard bytes.readableBytes > 0 else { return }
         // Offsets are kept in 32 bits; longer metadata takes the decoding path.
         guard bytes.readableBytes < UInt32.max else { return nil }
-        let scanned: Bool = bytes.withUnsafeReadableBytes { input in
-            func bigEndian(at index: Int, size: Int) -> Int? {
-                guard index + size <= input.count else { return nil }
-                var value = 0
-                for position in index..<index + size { value = value << 8 | Int(input[position]) }
-                return value
-            }
-            let marker = Int(input[0])
-            switch marker {
-            case 0x80...0x8F: (count, headerSize) = (marker & 0x0F, 1)
-            case 0xDE: guard let value = bigEndian(at: 1, size: 2) else { return false }; (count, headerSize) = (value, 3)
-            case 0xDF: guard let value = bigEndian(at: 1, size: 4) else { return false }; (count, headerSize) = (value, 5)
-            default: return false
-            }
-            var offset = headerSize
-            for _ in 0..<count {
-                guard let key = Self.string(in: input, at: offset), let value = Self.string(in: input, at: key.end) else { return false }
-                offset = value.end
-                if let known = Key(utf8: UnsafeRawBufferPointer(rebasing: input[key.contentStart..<key.end])) {
-                    guard values[known] == nil else { return false }
-                    values[known] = Location(start: key.end, contentStart: value.contentStart, end: value.end)
-                }
-            }
-            return offset == input.count
+        // Scanned into locals, then stored once: writing `self` from inside the
+        // closure made every frame pay a dynamic exclusivity check and copies.
+        // The locations are written through a reference: held as a value in
+        // the loop, their seven slots were spilled and reloaded every entry.
+        var values = Locations()
+        guard let scanned = bytes.withUnsafeReadableBytes({ Self.scan($0, into: &values) }) else { return nil }
+        (count, headerSize) = scanned
+        self.values = values
+    }
+
+    /// The map's entry count and header size, the known values' locations in
+    /// `values`; nil
+    /// when `input` is not what `Metadata(decoding:)` accepts, or a known key
+    /// appears twice.
+    private static func scan(_ input: UnsafeRawBufferPointer, into values: inout Locations) -> (count: Int, headerSize: Int)? {
+        func bigEndian(at index: Int, size: Int) -> Int? {
+            guard index + size <= input.count else { return nil }
+            var value = 0
+            for position in index..<index + size { value = value << 8 | Int(input[position]) }
+            return value
         }
-        guard scanned else { return nil }
+        let count: Int, headerSize: Int
+        let marker = Int(input[0])
+        switch marker {
+        case 0x80...0x8F: (count, headerSize) = (marker & 0x0F, 1)
+        case 0xDE: guard let value = bigEndian(at: 1, size: 2) else { return nil }; (count, headerSize) = (value, 3)
+        case 0xDF: guard let value = bigEndian(at: 1, size: 4) else { return nil }; (count, headerSize) = (value, 5)
+        default: return nil
+        }
+        var offset = headerSize
+        for _ in 0..<count {
+            guard let key = string(in: input, at: offset), let value = string(in: input, at: key.end) else { return nil }
+            offset = value.end
+            if let known = Key(utf8: UnsafeRawBufferPointer(rebasing: input[key.contentStart..<key.end])) {
+                guard values[known] == nil else { return nil }
+                values[known] = Location(start: key.end, contentStart: value.contentStart, end: value.end)
+            }
+        }
+        return offset == input.count ? (count, headerSize) : nil
     }
 
     /// Where the msgpack string at `offset` has its content and ends, checked
@@ -344,12 +357,14 @@ package struct MetadataView {
 
     /// Whether `digits` (16 or 32 bytes) are the bytes of `traceparent` at
     /// `offset`: compared a word at a time.
+    @inline(__always)
     static func sameBytes(_ digits: UnsafeRawBufferPointer, _ traceparent: UnsafeRawBufferPointer, at offset: Int) -> Bool {
-        var different: UInt64 = 0
-        for word in stride(from: 0, to: digits.count, by: 8) {
-            different |= digits.loadUnaligned(fromByteOffset: word, as: UInt64.self)
-                ^ traceparent.loadUnaligned(fromByteOffset: offset + word, as: UInt64.self)
+        func word(_ index: Int) -> UInt64 {
+            digits.loadUnaligned(fromByteOffset: index, as: UInt64.self)
+                ^ traceparent.loadUnaligned(fromByteOffset: offset &+ index, as: UInt64.self)
         }
+        var different = word(0) | word(8)
+        if digits.count == 32 { different |= word(16) | word(24) }
         return different == 0
     }
 
