@@ -33,9 +33,13 @@ final class TracerShared: Sendable {
     }
 
     /// The sampler's decision, asked in place (reading `sampler` from outside
-    /// copies the existential, retaining what it holds).
+    /// copies the existential, retaining what it holds). A remote parent not
+    /// sampled, under a sampler known to drop its children, is decided here:
+    /// the usual case with propagation only, where asking costs two dynamic
+    /// calls through existentials per span.
     func shouldSample(parent: SpanContext?, traceID: TraceID, name: String, kind: SpanKind) -> SamplingDecision {
-        sampler.shouldSample(parent: parent, traceID: traceID, name: name, kind: kind)
+        if dropsUnsampledRemoteChildren, let parent, parent.isRemote, !parent.isSampled, parent.isValid { return .drop }
+        return sampler.shouldSample(parent: parent, traceID: traceID, name: name, kind: kind)
     }
 }
 

@@ -313,21 +313,13 @@ extension MetadataView.TracePatch {
     func writeEntries(into writer: inout RawWriter) {
         let traceID = traceparent.map { ($0.traceIDHigh, $0.traceIDLow) } ?? yomo.map { ($0.traceIDHigh, $0.traceIDLow) }
         guard let (high, low) = traceID else { return }
-        let digits = (
-            RawWriter.hexCharacters(UInt32(truncatingIfNeeded: high >> 32)), RawWriter.hexCharacters(UInt32(truncatingIfNeeded: high)),
-            RawWriter.hexCharacters(UInt32(truncatingIfNeeded: low >> 32)), RawWriter.hexCharacters(UInt32(truncatingIfNeeded: low))
-        )
+        let digits = (RawWriter.hexDigits(high), RawWriter.hexDigits(low))
         func writeTraceID(_ writer: inout RawWriter) {
-            writer.writeBigEndian(digits.0)
-            writer.writeBigEndian(digits.1)
-            writer.writeBigEndian(digits.2)
-            writer.writeBigEndian(digits.3)
-        }
-        func hex(_ spanID: UInt64) -> (UInt64, UInt64) {
-            (RawWriter.hexCharacters(UInt32(truncatingIfNeeded: spanID >> 32)), RawWriter.hexCharacters(UInt32(truncatingIfNeeded: spanID)))
+            writer.writeHex(digits: digits.0)
+            writer.writeHex(digits: digits.1)
         }
         // Both formats usually carry the same span id too.
-        let spanDigits = hex(traceparent?.spanID ?? yomo?.spanID ?? 0)
+        let spanDigits = RawWriter.hexDigits(traceparent?.spanID ?? yomo?.spanID ?? 0)
         if let fields = traceparent {
             // AB "traceparent", D9 37 (55 bytes follow), "00-" : 17 bytes.
             writer.writeLittleEndian(0x6170_6563_6172_74AB as UInt64)
@@ -335,8 +327,7 @@ extension MetadataView.TracePatch {
             writer.write(UInt8(ascii: "-"))
             writeTraceID(&writer)
             writer.write(UInt8(ascii: "-"))
-            writer.writeBigEndian(spanDigits.0)
-            writer.writeBigEndian(spanDigits.1)
+            writer.writeHex(digits: spanDigits)
             writer.write(UInt8(ascii: "-"))
             writer.writeHex(byte: fields.flags)
         }
@@ -354,9 +345,7 @@ extension MetadataView.TracePatch {
             writer.writeLittleEndian(0x7073_2D6F_6D6F_79AC as UInt64)
             writer.writeLittleEndian(0x692D_6E61 as UInt32)
             writer.writeLittleEndian(0xB064 as UInt16)
-            let digits = traceparent == nil || traceparent?.spanID == yomo.spanID ? spanDigits : hex(yomo.spanID)
-            writer.writeBigEndian(digits.0)
-            writer.writeBigEndian(digits.1)
+            writer.writeHex(digits: traceparent == nil || traceparent?.spanID == yomo.spanID ? spanDigits : RawWriter.hexDigits(yomo.spanID))
         }
     }
 }
@@ -446,8 +435,21 @@ struct RawWriter {
 
     /// 16 lowercase hex digits, eight at a time.
     mutating func writeHex(_ value: UInt64) {
-        writeBigEndian(Self.hexCharacters(UInt32(truncatingIfNeeded: value >> 32)))
-        writeBigEndian(Self.hexCharacters(UInt32(truncatingIfNeeded: value)))
+        writeHex(digits: Self.hexDigits(value))
+    }
+
+    /// `hexDigits(value)`, written: digits made once and written twice (an id
+    /// both formats carry).
+    mutating func writeHex(digits: (UInt64, UInt64)) {
+        writeBigEndian(digits.0)
+        writeBigEndian(digits.1)
+    }
+
+    /// The 16 lowercase hex digits of `value` as two words, the first digit in
+    /// the first word's top byte.
+    @inline(__always)
+    static func hexDigits(_ value: UInt64) -> (UInt64, UInt64) {
+        (hexCharacters(UInt32(truncatingIfNeeded: value >> 32)), hexCharacters(UInt32(truncatingIfNeeded: value)))
     }
 
     /// The eight lowercase hex digits of `value`, the first in the top byte.

@@ -505,11 +505,14 @@ package struct MetadataPatch: Sendable {
             writer.offset = offset + shift
             return writer
         }
+        // Both formats usually carry the same span id: its digits are made once.
+        let spanID = trace.traceparent?.spanID ?? trace.yomo?.spanID ?? 0
+        let spanDigits = RawWriter.hexDigits(spanID)
         if let fields = trace.traceparent {
             if let old = present?.traceparent, old.traceIDHigh == fields.traceIDHigh, old.traceIDLow == fields.traceIDLow {
                 // `00-<trace id>-<span id>-<flags>`: the span id at 36, the flags at 53.
                 var writer = writer(at: traceparentAt + 36)
-                writer.writeHex(fields.spanID)
+                writer.writeHex(digits: spanDigits)
                 writer.offset += 1
                 writer.writeHex(byte: fields.flags)
             } else {
@@ -524,7 +527,7 @@ package struct MetadataPatch: Sendable {
                 StoredValue.traceID(high: yomo.traceIDHigh, low: yomo.traceIDLow).writeContent(into: &writer)
             }
             var writer = writer(at: spanIDAt)
-            writer.writeHex(yomo.spanID)
+            writer.writeHex(digits: yomo.spanID == spanID ? spanDigits : RawWriter.hexDigits(yomo.spanID))
         }
     }
 }

@@ -184,6 +184,34 @@ import Tracing
         #expect(!own.isForwarded && own.spanContext.spanID != unsampled.spanID && own.spanContext.traceID == unsampled.traceID)
     }
 
+    @Test func decisionsTakenWithoutAskingAreTheSamplersOwn() {
+        struct Custom: Sampler {
+            func shouldSample(parent: SpanContext?, traceID: TraceID, name: String, kind: SpanKind) -> SamplingDecision { .recordOnly }
+            var description: String { "Custom" }
+        }
+        let samplers: [any Sampler] = [
+            AlwaysOffSampler(), AlwaysOnSampler(), TraceIDRatioBasedSampler(ratio: 0.5), Custom(),
+            ParentBasedSampler(root: AlwaysOnSampler()), ParentBasedSampler(root: TraceIDRatioBasedSampler(ratio: 0.5)),
+            ParentBasedSampler(root: AlwaysOnSampler(), remoteParentNotSampled: AlwaysOnSampler()),
+            ParentBasedSampler(root: AlwaysOffSampler(), remoteParentNotSampled: Custom()),
+        ]
+        var parents: [SpanContext?] = [nil]
+        for isRemote in [true, false] {
+            for flags in [TraceFlags(), .sampled] {
+                parents.append(SpanContext(traceID: .random(), spanID: .random(), traceFlags: flags, isRemote: isRemote))
+                parents.append(SpanContext(traceID: .zero, spanID: .random(), traceFlags: flags, isRemote: isRemote))
+            }
+        }
+        for sampler in samplers {
+            let shared = TracerShared(resource: Resource(), sampler: sampler, limits: .default, processors: [])
+            for parent in parents {
+                let traceID = parent?.traceID ?? .random()
+                #expect(shared.shouldSample(parent: parent, traceID: traceID, name: "s", kind: .internal)
+                        == sampler.shouldSample(parent: parent, traceID: traceID, name: "s", kind: .internal), "\(sampler), \(String(describing: parent))")
+            }
+        }
+    }
+
     @Test func samplersKnownToDropUnsampledRemoteChildrenLetHopsDecideAlone() async {
         func forwardsEvery(_ environment: [String: String]) -> Bool {
             makeProvider(environment: environment, exporter: InMemorySpanExporter()).tracer("hop").forwardsEveryUnsampledParent
