@@ -70,6 +70,13 @@ final class SpanReceiver {
 
 @Suite("Tracing on the data path", .serialized)
 struct TracingEndToEndTests {
+    /// A logger writing JSON lines at debug level to `sink`, synchronously.
+    static func debugLogger(_ label: String, _ sink: InMemoryLogSink) -> Logger {
+        Logger(label: label) { label in
+            YoMoLogHandler(label: label, format: .json, writer: LogWriter(sink: sink, configuration: .init(isSynchronous: true)), logLevel: .debug)
+        }
+    }
+
     @Test("source, zipper and stream function spans of one frame form one trace, with a user child span")
     func oneTrace() async throws {
         let receiver = try await SpanReceiver.start()
@@ -79,9 +86,7 @@ struct TracingEndToEndTests {
         // Zipper and function log JSON lines to memory at debug; the handler logs
         // through the function's logger.
         let zipperLogs = InMemoryLogSink()
-        let zipperLogger = Logger(label: "yomo.zipper") { label in
-            YoMoLogHandler(label: label, format: .json, writer: LogWriter(sink: zipperLogs, configuration: .init(isSynchronous: true)), logLevel: .debug)
-        }
+        let zipperLogger = Self.debugLogger("yomo.zipper", zipperLogs)
         let zipper = Zipper(
             configuration: ZipperConfiguration(host: "127.0.0.1", port: 0),
             options: .init(logger: zipperLogger, tracerProvider: zipperProvider))
@@ -90,9 +95,7 @@ struct TracingEndToEndTests {
 
         let handled = Inbox<String>()
         let logs = InMemoryLogSink()
-        let logger = Logger(label: "upper") { label in
-            YoMoLogHandler(label: label, format: .json, writer: LogWriter(sink: logs, configuration: .init(isSynchronous: true)), logLevel: .debug)
-        }
+        let logger = Self.debugLogger("upper", logs)
         let sfn = StreamFunction(
             name: "upper", zipper: address,
             options: .init(observedTags: [0x33], logger: logger, tracerProvider: functionProvider))
@@ -116,9 +119,7 @@ struct TracingEndToEndTests {
         }
         try await sfn.connect()
         let sourceLogs = InMemoryLogSink()
-        let sourceLogger = Logger(label: "yomo") { label in
-            YoMoLogHandler(label: label, format: .json, writer: LogWriter(sink: sourceLogs, configuration: .init(isSynchronous: true)), logLevel: .debug)
-        }
+        let sourceLogger = Self.debugLogger("yomo", sourceLogs)
         let source = Source(name: "sensor", zipper: address, options: .init(logger: sourceLogger, tracerProvider: sourceProvider))
         try await source.connect()
         try await source.write(tag: 0x33, data: Array("hello".utf8))
@@ -285,11 +286,6 @@ struct TracingEndToEndTests {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_TRACES_SAMPLER": sampler,
             ])
         }
-        func debugLogger(_ label: String, _ sink: InMemoryLogSink) -> Logger {
-            Logger(label: label) { label in
-                YoMoLogHandler(label: label, format: .json, writer: LogWriter(sink: sink, configuration: .init(isSynchronous: true)), logLevel: .debug)
-            }
-        }
         // Propagation only at the zipper; the function records every frame, whatever its parent says.
         let providers = [
             provider("test-zipper", sampler: "always_off"), provider("test-sfn", sampler: "always_on"),
@@ -298,7 +294,7 @@ struct TracingEndToEndTests {
         let zipperLogs = InMemoryLogSink()
         let zipper = Zipper(
             configuration: ZipperConfiguration(host: "127.0.0.1", port: 0),
-            options: .init(logger: debugLogger("yomo.zipper", zipperLogs), tracerProvider: providers[0]))
+            options: .init(logger: Self.debugLogger("yomo.zipper", zipperLogs), tracerProvider: providers[0]))
         try await zipper.start()
         let address = try #require(zipper.address)
         let handled = Inbox<String>()
@@ -306,7 +302,7 @@ struct TracingEndToEndTests {
         sfn.setHandler { ctx in handled.append(String(decoding: ctx.data, as: UTF8.self)) }
         try await sfn.connect()
         let quietLogs = InMemoryLogSink()
-        let quiet = Source(name: "quiet", zipper: address, options: .init(logger: debugLogger("yomo", quietLogs), tracerProvider: providers[2]))
+        let quiet = Source(name: "quiet", zipper: address, options: .init(logger: Self.debugLogger("yomo", quietLogs), tracerProvider: providers[2]))
         let loud = Source(name: "loud", zipper: address, options: .init(tracerProvider: providers[3]))
         try await quiet.connect()
         try await loud.connect()
