@@ -14,10 +14,14 @@ final class TracerShared: Sendable {
     let processors: [any SpanProcessor]
     let propagator: TraceContextPropagator
     let isShutdown = Atomic<Bool>(false)
-    /// Whether the sampler is known to drop every span whose remote parent was
-    /// not sampled (always_off, or parent-based with the default for such
-    /// parents): then a hop can decide from the frame alone, asking nothing.
-    let dropsUnsampledRemoteChildren: Bool
+    /// The sampler's decision for a span whose valid remote parent was (or was
+    /// not) sampled, when it is known without asking: always_on, always_off,
+    /// or parent-based with one of those for such parents (the defaults).
+    /// Nil: ask the sampler.
+    private let remoteSampledDecision, remoteNotSampledDecision: SamplingDecision?
+    /// Whether every span whose remote parent was not sampled is dropped: then
+    /// a hop can decide from the frame alone, asking nothing.
+    var dropsUnsampledRemoteChildren: Bool { remoteNotSampledDecision == .drop }
 
     init(
         resource: Resource, sampler: any Sampler, limits: SpanLimits, processors: [any SpanProcessor],
@@ -28,17 +32,31 @@ final class TracerShared: Sendable {
         self.limits = limits
         self.processors = processors
         self.propagator = TraceContextPropagator(formats: propagation)
-        self.dropsUnsampledRemoteChildren = sampler is AlwaysOffSampler
-            || (sampler as? ParentBasedSampler)?.remoteParentNotSampled is AlwaysOffSampler
+        func fixedDecision(_ sampler: any Sampler) -> SamplingDecision? {
+            switch sampler {
+            case is AlwaysOnSampler: .recordAndSample
+            case is AlwaysOffSampler: .drop
+            default: nil
+            }
+        }
+        if let parentBased = sampler as? ParentBasedSampler {
+            remoteSampledDecision = fixedDecision(parentBased.remoteParentSampled)
+            remoteNotSampledDecision = fixedDecision(parentBased.remoteParentNotSampled)
+        } else {
+            (remoteSampledDecision, remoteNotSampledDecision) = (fixedDecision(sampler), fixedDecision(sampler))
+        }
     }
 
     /// The sampler's decision, asked in place (reading `sampler` from outside
-    /// copies the existential, retaining what it holds). A remote parent not
-    /// sampled, under a sampler known to drop its children, is decided here:
-    /// the usual case with propagation only, where asking costs two dynamic
-    /// calls through existentials per span.
+    /// copies the existential, retaining what it holds). A span under a remote
+    /// parent, the usual case on the data path, is decided here when the
+    /// sampler's answer is known: asking costs two dynamic calls through
+    /// existentials per span.
     func shouldSample(parent: SpanContext?, traceID: TraceID, name: String, kind: SpanKind) -> SamplingDecision {
-        if dropsUnsampledRemoteChildren, let parent, parent.isRemote, !parent.isSampled, parent.isValid { return .drop }
+        if let parent, parent.isRemote, parent.isValid,
+           let decision = parent.isSampled ? remoteSampledDecision : remoteNotSampledDecision {
+            return decision
+        }
         return sampler.shouldSample(parent: parent, traceID: traceID, name: name, kind: kind)
     }
 }

@@ -194,6 +194,8 @@ import Tracing
             ParentBasedSampler(root: AlwaysOnSampler()), ParentBasedSampler(root: TraceIDRatioBasedSampler(ratio: 0.5)),
             ParentBasedSampler(root: AlwaysOnSampler(), remoteParentNotSampled: AlwaysOnSampler()),
             ParentBasedSampler(root: AlwaysOffSampler(), remoteParentNotSampled: Custom()),
+            ParentBasedSampler(root: AlwaysOnSampler(), remoteParentSampled: AlwaysOffSampler()),
+            ParentBasedSampler(root: AlwaysOnSampler(), remoteParentSampled: Custom(), localParentSampled: Custom()),
         ]
         var parents: [SpanContext?] = [nil]
         for isRemote in [true, false] {
