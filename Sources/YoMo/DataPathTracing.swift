@@ -95,12 +95,11 @@ struct DataPathTracer: Sendable {
         tag: UInt32, length: Int, trace: MetadataView.CanonicalTrace, context: ServiceContext
     ) -> (span: HopSpan?, patch: MetadataView.TracePatch?)? {
         let formats = tracer.propagator.formats
-        // Propagation only, decided from the frame alone: an unsampled
-        // `traceparent` (which the YoMo keys repeat) under a sampler that drops
-        // such children is forwarded as it came, as `startZipperSpan` would.
-        if formats.contains(.traceContext), let fields = trace.traceparent, fields.flags == 0,
-           !formats.contains(.yomo) || (trace.spanID == fields.spanID && trace.traceID.map { $0 == (fields.traceIDHigh, fields.traceIDLow) } == true),
-           tracer.forwardsEveryUnsampledParent, let parent = Self.remoteParent(fields) {
+        // Propagation only, decided from the frame alone: an unsampled parent
+        // under a sampler that drops such children is forwarded as it came, as
+        // `startZipperSpan` would.
+        if let fields = Self.unsampledParentAsWritten(in: trace, formats: formats), tracer.forwardsEveryUnsampledParent,
+           let parent = Self.remoteParent(fields) {
             return (HopSpan(forwarding: parent), MetadataView.TracePatch())
         }
         guard tracer.isEnabled, let parent = parent(in: trace, formats: formats),
@@ -109,26 +108,29 @@ struct DataPathTracer: Sendable {
         else { return nil }
         let span = startZipperSpan(tag: tag, length: length, parent: parent, context: context)
         guard let spanContext = span?.spanContext, spanContext.isValid else { return (span, MetadataView.TracePatch()) }
-        // A forwarded parent already written as `inject` writes it: nothing to write.
-        if span?.isForwarded == true, Self.holds(trace, spanContext, formats: formats) { return (span, MetadataView.TracePatch()) }
+        // A forwarded parent (unsampled: only `traceparent` names one) already
+        // written as `inject` writes it: nothing to write.
+        if span?.isForwarded == true, Self.unsampledParentAsWritten(in: trace, formats: formats) != nil {
+            return (span, MetadataView.TracePatch())
+        }
         return (span, Self.patch(spanContext, formats: formats))
     }
 
-    /// Whether `trace` holds exactly the values `inject` writes for
-    /// `spanContext` with `formats` (a patch of them would change nothing).
-    static func holds(
-        _ trace: MetadataView.CanonicalTrace, _ spanContext: SpanContext, formats: TraceContextPropagator.Formats
-    ) -> Bool {
-        // A canonical trace has no tracestate.
-        guard spanContext.traceState.isEmpty else { return false }
-        let values = traceValues(spanContext, formats: formats)
-        if let traceparent = values.traceparent, trace.traceparent != traceparent { return false }
-        if let yomo = values.yomo {
-            guard let traceID = trace.traceID, traceID == (yomo.traceIDHigh, yomo.traceIDLow), trace.spanID == yomo.spanID else {
-                return false
+    /// The unsampled parent `trace`'s `traceparent` names, when the frame holds
+    /// exactly what `inject` writes for it with `formats` (flags 00, the YoMo
+    /// keys repeating its ids): a hop that forwards it writes nothing. Nil
+    /// otherwise (a sampled parent, other flags, keys that disagree, or a
+    /// format that does not carry `traceparent`).
+    static func unsampledParentAsWritten(
+        in trace: MetadataView.CanonicalTrace, formats: TraceContextPropagator.Formats
+    ) -> TraceparentFields? {
+        guard formats.contains(.traceContext), let fields = trace.traceparent, fields.flags == 0 else { return nil }
+        if formats.contains(.yomo) {
+            guard let traceID = trace.traceID, traceID == (fields.traceIDHigh, fields.traceIDLow), trace.spanID == fields.spanID else {
+                return nil
             }
         }
-        return true
+        return fields
     }
 
     /// The parent `extractParent(from:)` finds in canonical trace values, or nil

@@ -182,10 +182,9 @@ package struct MetadataView {
         self.values = values
     }
 
-    /// The map's entry count and header size, the known values' locations in
-    /// `values`; nil
-    /// when `input` is not what `Metadata(decoding:)` accepts, or a known key
-    /// appears twice.
+    /// The map's entry count and header size, with the known values'
+    /// locations written into `values`; nil when `input` is not what
+    /// `Metadata(decoding:)` accepts, or a known key appears twice.
     private static func scan(_ input: UnsafeRawBufferPointer, into values: inout Locations) -> (count: Int, headerSize: Int)? {
         func bigEndian(at index: Int, size: Int) -> Int? {
             guard index + size <= input.count else { return nil }

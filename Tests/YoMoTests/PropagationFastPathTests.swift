@@ -30,7 +30,7 @@ struct PropagationFastPathTests {
     static let traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
     static let spanID = "00f067aa0ba902b7"
     static let traceparents = [
-        "00-\(traceID)-\(spanID)-01", "00-\(traceID)-\(spanID)-00", "00-\(traceID)-\(spanID)-03",
+        "00-\(traceID)-\(spanID)-01", "00-\(traceID)-\(spanID)-00", "00-\(traceID)-\(spanID)-03", "00-\(traceID)-\(spanID)-02",
         "00-00000000000000000000000000000000-\(spanID)-01", "00-\(traceID)-0000000000000000-01",
         "00-\(traceID.uppercased())-\(spanID)-01", " 00-\(traceID)-\(spanID)-01 ", "01-\(traceID)-\(spanID)-01-future",
         "ff-\(traceID)-\(spanID)-01", "garbage",
