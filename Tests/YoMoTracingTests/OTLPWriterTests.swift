@@ -58,6 +58,9 @@ import Tracing
         FixedAttributes(.init("sfn_handler_type", .string("async_handler")), .init("negative", .int64(-1)), .init("max", .int64(.max))),
         FixedAttributes(.init("", .string("")), .init("nul\0key", .string("nul\0value")), .init("ünï", .string("ünïcødé"))),
         FixedAttributes(.init("routing_data_tag", .int64(127)), .init("routing_data_len", .int64(128)), .init("listed", .int64(16384))),
+        // Around the short-value path's 16-byte limit, and a NUL in a word's last byte.
+        FixedAttributes(.init("seventeen_bytes_k", .string("sixteen_bytes_vv")), .init("k", .string("seventeen_bytes_v")),
+                        .init("eight_b\0", .string("1234567\0"))),
     ]
 
     func variedSpans(exporter: InMemorySpanExporter) -> [TracerProvider] {
@@ -177,18 +180,70 @@ import Tracing
 }
 
 @Suite struct ProtobufWriterTests {
+    static func varint(_ value: UInt64) -> [UInt8] {
+        var value = value
+        var bytes: [UInt8] = []
+        repeat {
+            bytes.append(UInt8(value & 0x7f) | (value >= 0x80 ? 0x80 : 0))
+            value >>= 7
+        } while value != 0
+        return bytes
+    }
+
+    /// A length-delimited field as protobuf-c packs a C string: cut at the first NUL.
+    static func delimited(_ field: UInt32, _ bytes: [UInt8]) -> [UInt8] {
+        let cut = Array(bytes.prefix { $0 != 0 })
+        return varint(UInt64(field << 3 | 2)) + varint(UInt64(cut.count)) + cut
+    }
+
+    /// Every key and string length from 0 to 20 (the short path takes up to
+    /// 16), each without a NUL and with one at each position, in fields below
+    /// and above 16, against the textbook encoding.
+    @Test func keyValuesAndStringsOfEveryShortLength() {
+        var writer = ProtobufWriter(capacity: 1)
+        var cases: [[UInt8]] = []
+        for length in 0...20 {
+            let plain = (0..<length).map { UInt8(ascii: "a") + UInt8($0) }
+            cases.append(plain)
+            for nul in plain.indices {
+                var withNUL = plain
+                withNUL[nul] = 0
+                cases.append(withNUL)
+            }
+        }
+        let values: [Int64] = [0, 1, 127, 128, 16_384, -1, .max]
+        for field: UInt32 in [1, 9, 15, 16, 20] {
+            for bytes in cases {
+                let cut = Array(bytes.prefix { $0 != 0 })
+                let key = cut.isEmpty ? [] : Self.delimited(1, bytes)
+                func expectKeyValue(_ any: [UInt8], _ label: String) {
+                    let body = key + [0x12] + Self.varint(UInt64(any.count)) + any
+                    #expect(writer.bytes == Self.varint(UInt64(field << 3 | 2)) + Self.varint(UInt64(body.count)) + body, "\(label), field \(field), \(bytes)")
+                }
+                for value in values {
+                    writer.reset()
+                    bytes.withUnsafeBytes { writer.keyValue(field, key: $0, int: value) }
+                    expectKeyValue([0x18] + Self.varint(UInt64(bitPattern: value)), "int \(value)")
+                }
+                for string in [[], Array("x".utf8), bytes, Array(repeating: UInt8(ascii: "s"), count: 17)] {
+                    writer.reset()
+                    bytes.withUnsafeBytes { key in string.withUnsafeBytes { writer.keyValue(field, key: key, string: $0) } }
+                    expectKeyValue(Self.delimited(1, string), "string \(string)")
+                }
+                writer.reset()
+                writer.string(field, String(decoding: bytes, as: UTF8.self))
+                #expect(writer.bytes == (cut.isEmpty ? [] : Self.delimited(field, bytes)), "string field \(field), \(bytes)")
+                writer.reset()
+                writer.string(field, String(decoding: bytes, as: UTF8.self), always: true)
+                #expect(writer.bytes == Self.delimited(field, bytes), "always, field \(field), \(bytes)")
+            }
+        }
+    }
+
     /// Varints and message lengths at every width boundary, against the
     /// textbook encoding.
     @Test func varintsAndLengthPrefixesAtEveryWidth() {
-        func varint(_ value: UInt64) -> [UInt8] {
-            var value = value
-            var bytes: [UInt8] = []
-            repeat {
-                bytes.append(UInt8(value & 0x7f) | (value >= 0x80 ? 0x80 : 0))
-                value >>= 7
-            } while value != 0
-            return bytes
-        }
+        let varint = Self.varint
         var boundaries: [UInt64] = [0, .max]
         for bits in stride(from: 7, through: 63, by: 7) {
             boundaries += [(1 << UInt64(bits)) - 1, 1 << UInt64(bits)]

@@ -88,12 +88,19 @@ package struct OTLPTraceWriter: ~Copyable {
 
     /// A fixed attribute as KeyValue `field`: its literal bytes, written straight.
     private mutating func writeKeyValue(_ field: UInt32, _ attribute: FixedAttribute) {
-        attribute.key.withUTF8Buffer { key in
+        // A literal of more than one scalar lends its bytes in place;
+        // `withUTF8Buffer` (which also encodes a one-scalar literal) costs a
+        // closure call per literal.
+        func bytes<T>(_ literal: StaticString, _ body: (UnsafeRawBufferPointer) -> T) -> T {
+            guard literal.hasPointerRepresentation else { return literal.withUTF8Buffer { body(UnsafeRawBufferPointer($0)) } }
+            return body(UnsafeRawBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount))
+        }
+        bytes(attribute.key) { key in
             switch attribute.value {
             case .int64(let int):
-                writer.keyValue(field, key: UnsafeRawBufferPointer(key), int: int)
+                writer.keyValue(field, key: key, int: int)
             case .string(let string):
-                string.withUTF8Buffer { writer.keyValue(field, key: UnsafeRawBufferPointer(key), string: UnsafeRawBufferPointer($0)) }
+                bytes(string) { writer.keyValue(field, key: key, string: $0) }
             }
         }
     }

@@ -129,6 +129,17 @@ package struct ProtobufWriter: ~Copyable {
 
     /// The bytes of a string up to its first NUL (protobuf-c packs C strings).
     private mutating func stringBytes(_ field: UInt32, _ utf8: UnsafeRawBufferPointer, always: Bool) {
+        // Short ones (span names): word copies, their NUL check included.
+        if field < 16, Self.isShort(utf8.count) {
+            reserve(2 + 16)
+            let start = UnsafeMutableRawPointer(base + count)
+            if Self.copyShort(utf8, to: start + 2) {
+                start.storeBytes(of: UInt8(truncatingIfNeeded: field << 3 | 2), as: UInt8.self)
+                start.storeBytes(of: UInt8(truncatingIfNeeded: utf8.count), toByteOffset: 1, as: UInt8.self)
+                count &+= 2 &+ utf8.count
+                return
+            }
+        }
         let length = Self.cString(utf8)
         guard length > 0 || always else { return }
         bytes(field, UnsafeRawBufferPointer(rebasing: utf8[0..<length]))
@@ -154,11 +165,28 @@ package struct ProtobufWriter: ~Copyable {
     }
 
     /// A KeyValue (key = 1, value = 2: an AnyValue) as repeated `field`, its
-    /// value an int_value (3) or, with `string` set, a string_value (1), both
-    /// oneof members (sent even when zero or empty). The lengths are known up
-    /// front, so nothing is reserved or moved as with `beginMessage`: what
-    /// `beginMessage`/`string`/`int64`/`endMessage` write, for literal keys.
-    package mutating func keyValue(_ field: UInt32, key: UnsafeRawBufferPointer, int: Int64 = 0, string: UnsafeRawBufferPointer? = nil) {
+    /// value an int_value (3), a oneof member (sent even when zero). The
+    /// lengths are known up front, so nothing is reserved or moved as with
+    /// `beginMessage`: what `beginMessage`/`string`/`int64`/`endMessage`
+    /// write, for literal keys.
+    @inline(__always) package mutating func keyValue(_ field: UInt32, key: UnsafeRawBufferPointer, int: Int64) {
+        // The data path's attributes (keys of up to 16 bytes): a few word
+        // stores, with no NUL search or copy call.
+        if _fastPath(field < 16 && Self.isShort(key.count)), shortKeyValue(field, key: key, int: int, string: nil) { return }
+        anyKeyValue(field, key: key, int: int, string: nil)
+    }
+
+    /// `keyValue(_:key:int:)` with a string_value (1), sent even when empty.
+    @inline(__always) package mutating func keyValue(_ field: UInt32, key: UnsafeRawBufferPointer, string: UnsafeRawBufferPointer) {
+        if _fastPath(field < 16 && Self.isShort(key.count) && string.count <= 16),
+           shortKeyValue(field, key: key, int: 0, string: string) {
+            return
+        }
+        anyKeyValue(field, key: key, int: 0, string: string)
+    }
+
+    /// `keyValue` for any lengths, and strings cut at a NUL.
+    @inline(never) private mutating func anyKeyValue(_ field: UInt32, key: UnsafeRawBufferPointer, int: Int64, string: UnsafeRawBufferPointer?) {
         let keyLength = Self.cString(key)
         let stringLength = string.map(Self.cString) ?? 0
         let anyLength: Int
@@ -181,6 +209,66 @@ package struct ProtobufWriter: ~Copyable {
             putTag(3, 0)
             putVarint(UInt64(bitPattern: int))
         }
+    }
+
+    /// `keyValue` for `field` < 16 and a key and string of at most 16 bytes
+    /// (the key not empty); false, with `count` unchanged, when either holds
+    /// a NUL (then `anyKeyValue` cuts it as protobuf-c does).
+    @inline(__always) private mutating func shortKeyValue(
+        _ field: UInt32, key: UnsafeRawBufferPointer, int: Int64, string: UnsafeRawBufferPointer?
+    ) -> Bool {
+        let keyLength = key.count
+        let anyLength = if let string { 2 &+ string.count } else { 1 &+ Self.varintSize(UInt64(bitPattern: int)) }
+        // At most 2 + 16 + 2 + 18: a one-byte length.
+        let keyValueLength = 2 &+ keyLength &+ 2 &+ anyLength
+        reserve(2 + keyValueLength)
+        let start = UnsafeMutableRawPointer(base + count)
+        guard Self.copyShort(key, to: start + 4) else { return false }
+        start.storeBytes(of: UInt8(truncatingIfNeeded: field << 3 | 2), as: UInt8.self)
+        start.storeBytes(of: UInt8(truncatingIfNeeded: keyValueLength), toByteOffset: 1, as: UInt8.self)
+        start.storeBytes(of: 0x0A, toByteOffset: 2, as: UInt8.self)  // key = 1
+        start.storeBytes(of: UInt8(truncatingIfNeeded: keyLength), toByteOffset: 3, as: UInt8.self)
+        var at = 4 &+ keyLength
+        start.storeBytes(of: 0x12, toByteOffset: at, as: UInt8.self)  // value = 2
+        start.storeBytes(of: UInt8(truncatingIfNeeded: anyLength), toByteOffset: at &+ 1, as: UInt8.self)
+        at &+= 2
+        if let string {
+            guard Self.copyShort(string, to: start + (at &+ 2)) else { return false }
+            start.storeBytes(of: 0x0A, toByteOffset: at, as: UInt8.self)  // string_value = 1
+            start.storeBytes(of: UInt8(truncatingIfNeeded: string.count), toByteOffset: at &+ 1, as: UInt8.self)
+            count &+= at &+ 2 &+ string.count
+        } else {
+            start.storeBytes(of: 0x18, toByteOffset: at, as: UInt8.self)  // int_value = 3
+            count &+= at &+ 1
+            putVarint(UInt64(bitPattern: int))
+        }
+        return true
+    }
+
+    /// 1 to 16 (bytes).
+    @inline(__always) private static func isShort(_ count: Int) -> Bool { UInt(bitPattern: count &- 1) < 16 }
+
+    /// Copies up to 16 bytes with (overlapping) word loads and stores into room
+    /// already reserved; false if they hold a NUL (what was copied is then left).
+    @inline(__always) private static func copyShort(_ source: UnsafeRawBufferPointer, to destination: UnsafeMutableRawPointer) -> Bool {
+        let length = source.count
+        guard let from = source.baseAddress else { return true }
+        // Per byte, the top bit set where the byte is zero (exact for "any"),
+        // on the bytes read.
+        func zeroBytes(_ word: UInt64) -> UInt64 { (word &- 0x0101_0101_0101_0101) & ~word & 0x8080_8080_8080_8080 }
+        if length >= 8 {
+            let first = from.loadUnaligned(as: UInt64.self), last = from.loadUnaligned(fromByteOffset: length &- 8, as: UInt64.self)
+            destination.storeBytes(of: first, as: UInt64.self)
+            destination.storeBytes(of: last, toByteOffset: length &- 8, as: UInt64.self)
+            return zeroBytes(first) | zeroBytes(last) == 0
+        }
+        var zero = false
+        for index in 0..<length {
+            let byte = from.load(fromByteOffset: index, as: UInt8.self)
+            destination.storeBytes(of: byte, toByteOffset: index, as: UInt8.self)
+            zero = zero || byte == 0
+        }
+        return !zero
     }
 
     /// How many bytes of `utf8` come before its first NUL (protobuf-c packs C strings).
