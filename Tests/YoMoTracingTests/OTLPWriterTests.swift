@@ -167,6 +167,53 @@ import Tracing
         for provider in providers { await provider.shutdown() }
     }
 
+    /// Grouping, which the writer and the protobuf-c reference share, against
+    /// a plain one: resources, then scopes, in first-seen order, spans in order.
+    /// A resource is one provider's, or equal attributes from another provider.
+    @Test func spansGroupByResourceThenScopeInFirstSeenOrder() async {
+        let exporter = InMemorySpanExporter()
+        let providers = [
+            makeProvider(exporter: exporter, serviceName: "one"), makeProvider(exporter: exporter, serviceName: "two"),
+            makeProvider(exporter: exporter, serviceName: "one"),
+        ]
+        let tracers = providers.flatMap { provider in ["a", "b"].map { provider.tracer($0) } }
+        // Runs of one tracer, then single spans of alternating tracers.
+        let order = [0, 0, 0, 3, 3, 1, 0, 5, 2, 4, 4, 1, 3, 0, 5, 5, 2]
+        for (index, tracer) in order.enumerated() { tracers[tracer].startSpan("span \(index)").end() }
+        let spans = exporter.spans
+        #expect(spans.map(\.name) == order.indices.map { "span \($0)" })
+
+        func plain(_ spans: [FinishedSpan]) -> [(service: String, scopes: [(scope: String, spans: [Int])])] {
+            var groups: [(service: String, scopes: [(scope: String, spans: [Int])])] = []
+            for (index, span) in spans.enumerated() {
+                let service = "\(span.resource.attributes["service.name"].map { "\($0)" } ?? "")"
+                let group = groups.firstIndex { $0.service == service } ?? {
+                    groups.append((service, []))
+                    return groups.count - 1
+                }()
+                if let scope = groups[group].scopes.firstIndex(where: { $0.scope == span.scope.name }) {
+                    groups[group].scopes[scope].spans.append(index)
+                } else {
+                    groups[group].scopes.append((span.scope.name, [index]))
+                }
+            }
+            return groups
+        }
+        func grouped(_ spans: [FinishedSpan]) -> [(service: String, scopes: [(scope: String, spans: [Int])])] {
+            OTLPTraceEncoding.group(spans).map { group in
+                ("\(group.resource.attributes["service.name"].map { "\($0)" } ?? "")", group.scopes.map { ($0.scope.name, $0.spans) })
+            }
+        }
+        for batch in [spans, Array(spans.prefix(3)), Array(spans.prefix(5)), Array(spans.reversed()), []] {
+            let expected = plain(batch), actual = grouped(batch)
+            #expect(actual.map(\.service) == expected.map(\.service))
+            #expect(actual.map { $0.scopes.map(\.scope) } == expected.map { $0.scopes.map(\.scope) })
+            #expect(actual.map { $0.scopes.map(\.spans) } == expected.map { $0.scopes.map(\.spans) })
+        }
+        #expect(plain(spans).count == 2 && plain(spans).allSatisfy { $0.scopes.count == 2 })
+        for provider in providers { await provider.shutdown() }
+    }
+
     @Test func aReusedWriterGivesTheSameBytes() {
         let exporter = finishedNumberedSpans(scope: "reuse")
         var writer = OTLPTraceWriter(capacity: 64)
