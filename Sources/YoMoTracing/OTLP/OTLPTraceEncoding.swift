@@ -17,56 +17,43 @@ package enum OTLPTraceEncoding {
     /// most spans without comparing attribute dictionaries; scopes are few, so
     /// a linear search beats hashing their names for every span.
     static func group(_ spans: [FinishedSpan]) -> [Group] {
-        guard let first = spans.first?.storage else { return [] }
-        // A batch from one tracer (a zipper's, a stream function's) is one group.
         // The provider is compared by identity, not held: every span the data
         // path starts retains it, and the export thread retaining it too, span
         // by span, made its reference count a cache line the cores fought over.
+        guard let first = spans.first?.storage else { return [] }
         let firstShared = ObjectIdentifier(first.shared)
+        // A batch from one tracer (a zipper's, a stream function's) is one
+        // group: checked in one pass, without building its index list span by
+        // span below (about 150 instructions a span there, 40 here).
         if spans.allSatisfy({ ObjectIdentifier($0.storage.shared) == firstShared && $0.storage.scope == first.scope }) {
             return [(first.shared, first.shared.resource, [(first.scope, Array(spans.indices))])]
         }
-        // Each (resource, scope) pair is a slot, numbered as first seen; runs
-        // of spans from one tracer are the rule: same slot as the span before.
-        var resources: [(shared: TracerShared, resource: Resource, scopes: [(scope: InstrumentationScope, slot: Int)])] = []
-        var slots = [Int](repeating: 0, count: spans.count)
-        var slotSizes: [Int] = []
-        var last: (shared: ObjectIdentifier, scope: InstrumentationScope, slot: Int)?
+        var resources: [Group] = []
+        // Runs of spans from one tracer are the rule: same group as the span before.
+        var last: (shared: ObjectIdentifier, scope: InstrumentationScope, position: Int, scopePosition: Int)?
         for index in spans.indices {
             let storage = spans[index].storage
             let shared = ObjectIdentifier(storage.shared)
-            let slot: Int
             if let last, last.shared == shared, last.scope == storage.scope {
-                slot = last.slot
-            } else {
-                let position: Int
-                if let found = resources.lastIndex(where: { ObjectIdentifier($0.shared) == shared || $0.resource == storage.shared.resource }) {
-                    position = found
-                } else {
-                    resources.append((storage.shared, storage.shared.resource, []))
-                    position = resources.count - 1
-                }
-                if let known = resources[position].scopes.last(where: { $0.scope == storage.scope }) {
-                    slot = known.slot
-                } else {
-                    slot = slotSizes.count
-                    slotSizes.append(0)
-                    resources[position].scopes.append((storage.scope, slot))
-                }
-                last = (shared, storage.scope, slot)
+                resources[last.position].scopes[last.scopePosition].spans.append(index)
+                continue
             }
-            slots[index] = slot
-            slotSizes[slot] += 1
+            let position: Int
+            if let found = resources.lastIndex(where: { ObjectIdentifier($0.shared) == shared || $0.resource == storage.shared.resource }) {
+                position = found
+            } else {
+                resources.append((storage.shared, storage.shared.resource, []))
+                position = resources.count - 1
+            }
+            if let scopePosition = resources[position].scopes.lastIndex(where: { $0.scope == storage.scope }) {
+                resources[position].scopes[scopePosition].spans.append(index)
+                last = (shared, storage.scope, position, scopePosition)
+            } else {
+                resources[position].scopes.append((storage.scope, [index]))
+                last = (shared, storage.scope, position, resources[position].scopes.count - 1)
+            }
         }
-        var members = slotSizes.map { size in
-            var indices: [Int] = []
-            indices.reserveCapacity(size)
-            return indices
-        }
-        for index in spans.indices { members[slots[index]].append(index) }
-        return resources.map { resource in
-            (resource.shared, resource.resource, resource.scopes.map { ($0.scope, members[$0.slot]) })
-        }
+        return resources
     }
 
     /// SpanFlags: W3C flags in bits 0-7; bit 8 says bit 9 (remote) is known.

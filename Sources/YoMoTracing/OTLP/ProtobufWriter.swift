@@ -132,10 +132,7 @@ package struct ProtobufWriter: ~Copyable {
         // Short ones (span names): word copies, their NUL check included.
         if field < 16, Self.isShort(utf8.count) {
             reserve(2 + 16)
-            let start = UnsafeMutableRawPointer(base + count)
-            if Self.copyShort(utf8, to: start + 2) {
-                start.storeBytes(of: UInt8(truncatingIfNeeded: field << 3 | 2), as: UInt8.self)
-                start.storeBytes(of: UInt8(truncatingIfNeeded: utf8.count), toByteOffset: 1, as: UInt8.self)
+            if Self.putShort(field, utf8, at: UnsafeMutableRawPointer(base + count)) {
                 count &+= 2 &+ utf8.count
                 return
             }
@@ -223,19 +220,15 @@ package struct ProtobufWriter: ~Copyable {
         let keyValueLength = 2 &+ keyLength &+ 2 &+ anyLength
         reserve(2 + keyValueLength)
         let start = UnsafeMutableRawPointer(base + count)
-        guard Self.copyShort(key, to: start + 4) else { return false }
+        guard Self.putShort(1, key, at: start + 2) else { return false }  // key = 1
         start.storeBytes(of: UInt8(truncatingIfNeeded: field << 3 | 2), as: UInt8.self)
         start.storeBytes(of: UInt8(truncatingIfNeeded: keyValueLength), toByteOffset: 1, as: UInt8.self)
-        start.storeBytes(of: 0x0A, toByteOffset: 2, as: UInt8.self)  // key = 1
-        start.storeBytes(of: UInt8(truncatingIfNeeded: keyLength), toByteOffset: 3, as: UInt8.self)
         var at = 4 &+ keyLength
         start.storeBytes(of: 0x12, toByteOffset: at, as: UInt8.self)  // value = 2
         start.storeBytes(of: UInt8(truncatingIfNeeded: anyLength), toByteOffset: at &+ 1, as: UInt8.self)
         at &+= 2
         if let string {
-            guard Self.copyShort(string, to: start + (at &+ 2)) else { return false }
-            start.storeBytes(of: 0x0A, toByteOffset: at, as: UInt8.self)  // string_value = 1
-            start.storeBytes(of: UInt8(truncatingIfNeeded: string.count), toByteOffset: at &+ 1, as: UInt8.self)
+            guard Self.putShort(1, string, at: start + at) else { return false }  // string_value = 1
             count &+= at &+ 2 &+ string.count
         } else {
             start.storeBytes(of: 0x18, toByteOffset: at, as: UInt8.self)  // int_value = 3
@@ -247,6 +240,16 @@ package struct ProtobufWriter: ~Copyable {
 
     /// 1 to 16 (bytes).
     @inline(__always) private static func isShort(_ count: Int) -> Bool { UInt(bitPattern: count &- 1) < 16 }
+
+    /// A length-delimited `field` (< 16) of up to 16 bytes at `destination`, in
+    /// room already reserved: tag, one-byte length, bytes. False if the bytes
+    /// hold a NUL (what was written is then left, uncounted).
+    @inline(__always) private static func putShort(_ field: UInt32, _ bytes: UnsafeRawBufferPointer, at destination: UnsafeMutableRawPointer) -> Bool {
+        guard copyShort(bytes, to: destination + 2) else { return false }
+        destination.storeBytes(of: UInt8(truncatingIfNeeded: field << 3 | 2), as: UInt8.self)
+        destination.storeBytes(of: UInt8(truncatingIfNeeded: bytes.count), toByteOffset: 1, as: UInt8.self)
+        return true
+    }
 
     /// Copies up to 16 bytes with (overlapping) word loads and stores into room
     /// already reserved; false if they hold a NUL (what was copied is then left).
