@@ -83,6 +83,21 @@ import Tracing
         #expect(policy.decide(result(status: 503, retryAfter: "soon"), attempt: 0, nowSeconds: 0, random: 1) == .retry(after: .milliseconds(500)))
     }
 
+    /// A random draw is a system call: an export that succeeds, or fails for
+    /// good, draws none; a backoff draws one; a Retry-After needs none.
+    @Test func jitterAndClockAreReadOnlyForARetry() {
+        var draws = 0, clockReads = 0
+        func draw() -> Double { draws += 1; return 0.5 }
+        func clock() -> Int64 { clockReads += 1; return 0 }
+        #expect(policy.decide(result(status: 200), attempt: 0, nowSeconds: clock(), random: draw()) == .success)
+        #expect(policy.decide(result(status: 400), attempt: 0, nowSeconds: clock(), random: draw()) == .fail)
+        #expect(draws == 0 && clockReads == 0)
+        #expect(policy.decide(result(status: 503, retryAfter: "2"), attempt: 0, nowSeconds: clock(), random: draw()) == .retry(after: .seconds(2)))
+        #expect(draws == 0 && clockReads == 1)
+        #expect(policy.decide(result(status: 503), attempt: 0, nowSeconds: clock(), random: draw()) == .retry(after: .milliseconds(375)))
+        #expect(draws == 1)
+    }
+
     @Test func backoffGrowsWithJitterAndIsCapped() {
         func delay(_ attempt: Int, _ random: Double) -> Duration? {
             if case .retry(let delay) = policy.decide(result(status: 503), attempt: attempt, nowSeconds: 0, random: random) {

@@ -39,7 +39,11 @@ struct OTLPRetryPolicy: Sendable {
     ///   - attempt: 0 for the first attempt.
     ///   - nowSeconds: wall clock (for HTTP-date `Retry-After`).
     ///   - random: jitter source in 0..<1.
-    func decide(_ result: HTTPAttemptResult, attempt: Int, nowSeconds: Int64, random: Double) -> Decision {
+    /// Both are read only for a retry: a random draw is a `getrandom` system
+    /// call, which every successful export paid for nothing.
+    func decide(
+        _ result: HTTPAttemptResult, attempt: Int, nowSeconds: @autoclosure () -> Int64, random: @autoclosure () -> Double
+    ) -> Decision {
         if result.status >= 200 && result.status < 300 { return .success }
         let retryable: Bool
         if result.status == 0 && Self.isTLSFailure(result) {
@@ -54,13 +58,13 @@ struct OTLPRetryPolicy: Sendable {
             retryable = Self.retryableStatuses.contains(result.status)
         }
         guard retryable else { return .fail }
-        if let header = result.retryAfter, let delay = Self.parseRetryAfter(header, nowSeconds: nowSeconds) {
+        if let header = result.retryAfter, let delay = Self.parseRetryAfter(header, nowSeconds: nowSeconds()) {
             return .retry(after: delay)
         }
         let exponent = min(attempt, 16)
         let base = min(initialBackoff * (1 << exponent), maxBackoff)
         // Jitter in [50%, 100%] of the base keeps retries of many clients apart.
-        return .retry(after: base * (0.5 + 0.5 * random))
+        return .retry(after: base * (0.5 + 0.5 * random()))
     }
 
     static func isConnectionFailure(_ code: UInt32) -> Bool {
