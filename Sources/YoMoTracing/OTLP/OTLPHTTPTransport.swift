@@ -35,12 +35,13 @@ struct OTLPRetryPolicy: Sendable {
         case retry(after: Duration)
     }
 
+    /// The clock and the jitter are read only for a retry: a random draw is a
+    /// `getrandom` system call, which a successful export need not make.
+    ///
     /// - Parameters:
     ///   - attempt: 0 for the first attempt.
     ///   - nowSeconds: wall clock (for HTTP-date `Retry-After`).
     ///   - random: jitter source in 0..<1.
-    /// Both are read only for a retry: a random draw is a `getrandom` system
-    /// call, which every successful export paid for nothing.
     func decide(
         _ result: HTTPAttemptResult, attempt: Int, nowSeconds: @autoclosure () -> Int64, random: @autoclosure () -> Double
     ) -> Decision {
