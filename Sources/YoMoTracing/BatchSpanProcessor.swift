@@ -97,13 +97,18 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
     public var queuedSpanCount: Int { lock.withLock { queue.count } }
 
     public func onEnd(_ span: FinishedSpan) {
+        enqueue(span)
+    }
+
+    /// `onEnd` for a span handed over, not lent: it moves into the queue.
+    func enqueue(_ span: consuming FinishedSpan) {
         guard span.storage.spanContext.traceFlags.contains(.sampled) else { return }
         lock.lock()
         guard !requests.shutdownRequested else {
             lock.unlock()
             return
         }
-        guard queue.append(span) else {
+        guard queue.append(consume span) else {
             dropped += 1
             droppedSinceLastLog += 1
             let freed = (releasePending.popLast(), releasePending.popLast())
@@ -303,7 +308,7 @@ struct SpanRing {
     var isEmpty: Bool { count == 0 }
 
     /// False when full.
-    mutating func append(_ span: FinishedSpan) -> Bool {
+    mutating func append(_ span: consuming FinishedSpan) -> Bool {
         guard count < storage.count else { return false }
         var index = head + count
         if index >= storage.count { index -= storage.count }

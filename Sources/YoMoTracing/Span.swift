@@ -12,6 +12,11 @@ final class TracerShared: Sendable {
     let sampler: any Sampler
     let limits: SpanLimits
     let processors: [any SpanProcessor]
+    /// `processors` when it is one batch processor (the usual set-up): ended
+    /// spans go to it directly, moved into its queue, with no dynamic call
+    /// and no reference count taken and dropped on the way. Unmanaged:
+    /// `processors` keeps it alive, and a strong read is a retain per span.
+    private let onlyBatchProcessor: Unmanaged<BatchSpanProcessor>?
     let propagator: TraceContextPropagator
     let isShutdown = Atomic<Bool>(false)
     /// The sampler's decision for a span whose valid remote parent was (or was
@@ -31,6 +36,7 @@ final class TracerShared: Sendable {
         self.sampler = sampler
         self.limits = limits
         self.processors = processors
+        self.onlyBatchProcessor = (processors.count == 1 ? processors[0] as? BatchSpanProcessor : nil).map(Unmanaged.passUnretained)
         self.propagator = TraceContextPropagator(formats: propagation)
         func fixedDecision(_ sampler: any Sampler) -> SamplingDecision? {
             switch sampler {
@@ -44,6 +50,18 @@ final class TracerShared: Sendable {
             remoteNotSampledDecision = fixedDecision(parentBased.remoteParentNotSampled)
         } else {
             (remoteSampledDecision, remoteNotSampledDecision) = (fixedDecision(sampler), fixedDecision(sampler))
+        }
+    }
+
+    /// Hands a span that has just ended to the processors.
+    @inline(__always) func submit(_ storage: SpanStorage) {
+        if let onlyBatchProcessor {
+            onlyBatchProcessor._withUnsafeGuaranteedRef { $0.enqueue(FinishedSpan(storage: storage)) }
+            return
+        }
+        let finished = FinishedSpan(storage: storage)
+        for processor in processors {
+            processor.onEnd(finished)
         }
     }
 
@@ -239,11 +257,15 @@ public struct YoMoSpan: Tracing.Span {
 
     /// Ends the span once; later calls and later mutations are ignored.
     public func end<Instant: TracerInstant>(at instant: @autoclosure () -> Instant) {
-        guard let storage else { return }
+        guard recording else { return }
         let end = instant().nanosecondsSinceEpoch
-        guard let finished = storage.finish(at: end) else { return }
-        for processor in storage.shared.processors {
-            processor.onEnd(finished)
+        // Borrowed, not retained: `self` holds the storage, and the storage
+        // its provider. A span's reference count is written on the thread
+        // that ends it, then on the export thread: each retain here was an
+        // atomic on a line the export thread also writes.
+        Unmanaged.passUnretained(unsafeDowncast(box.unsafelyUnwrapped, to: SpanStorage.self))._withUnsafeGuaranteedRef { storage in
+            guard storage.markEnded(at: end) else { return }
+            Unmanaged.passUnretained(storage.shared)._withUnsafeGuaranteedRef { $0.submit(storage) }
         }
     }
 }
@@ -502,13 +524,13 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
         }
     }
 
-    /// Marks the span ended; nil if it had already ended.
-    func finish(at endTime: UInt64) -> FinishedSpan? {
+    /// Marks the span ended; false if it had already ended.
+    func markEnded(at endTime: UInt64) -> Bool {
         lock()
         defer { unlock() }
-        guard !ended else { return nil }
+        guard !ended else { return false }
         ended = true
         self.endTime = max(endTime, startTime)
-        return FinishedSpan(storage: self)
+        return true
     }
 }

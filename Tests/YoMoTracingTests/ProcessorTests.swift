@@ -69,6 +69,42 @@ final class GatedExporter: SpanExporter {
         #expect(logs.all.contains { $0.level == .warning && $0.metadata["dropped_count"] != nil })
     }
 
+    /// A span's end hands it to the processors with borrowed references (and,
+    /// for a lone batch processor, moves it into the queue): each processor
+    /// sees each span once, a second `end` nothing, and once exported and
+    /// dropped by the exporter no span's storage is left alive (nor freed
+    /// early: that would crash here).
+    @Test(arguments: [false, true])
+    func endedSpansReachEveryProcessorOnceAndAreFreedAfterExport(besideASimpleProcessor: Bool) async {
+        let batched = InMemorySpanExporter()
+        let simple = InMemorySpanExporter()
+        var processors: [any SpanProcessor] = [BatchSpanProcessor(
+            exporter: batched,
+            configuration: BatchSpanProcessor.Configuration(environment: ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "7"]),
+            logger: CapturedLogs().logger())]
+        if besideASimpleProcessor { processors.append(SimpleSpanProcessor(exporter: simple)) }
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: processors)
+        let tracer = provider.tracer("ends")
+        final class Weak: @unchecked Sendable { weak var storage: SpanStorage? }
+        var weakStorages: [Weak] = []
+        for index in 0..<50 {
+            let span = tracer.startSpan("span-\(index)")
+            let weak = Weak()
+            weak.storage = span.storage
+            weakStorages.append(weak)
+            span.end()
+            span.end()
+        }
+        await provider.forceFlush()
+        let expected = (0..<50).map { "span-\($0)" }
+        #expect(batched.spans.map(\.name) == expected)
+        #expect(simple.spans.map(\.name) == (besideASimpleProcessor ? expected : []))
+        batched.reset()
+        simple.reset()
+        await provider.shutdown()
+        #expect(weakStorages.allSatisfy { $0.storage == nil })
+    }
+
     @Test func forceFlushExportsEverythingEndedBefore() async {
         let exporter = InMemorySpanExporter()
         let processor = BatchSpanProcessor(

@@ -33,7 +33,10 @@ package struct OTLPTraceWriter: ~Copyable {
                 for index in indices {
                     // ScopeSpans.spans = 2
                     let span = writer.beginMessage(2, lengthGuess: 2)
-                    writeSpan(spans[index])
+                    // Borrowed: the batch holds every span. A retain and release
+                    // per span here wrote the reference counts of spans that
+                    // data-path threads made and will free.
+                    Unmanaged.passUnretained(spans[index].storage)._withUnsafeGuaranteedRef { writeSpan($0) }
                     writer.endMessage(span)
                 }
                 writer.endMessage(scopeSpans)
@@ -43,8 +46,7 @@ package struct OTLPTraceWriter: ~Copyable {
         return writer.bytes
     }
 
-    private mutating func writeSpan(_ span: FinishedSpan) {
-        let storage = span.storage
+    private mutating func writeSpan(_ storage: SpanStorage) {
         let context = storage.spanContext
         writer.id(1, high: context.traceID.high, low: context.traceID.low)
         writer.id(2, context.spanID.rawValue)
