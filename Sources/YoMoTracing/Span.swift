@@ -258,7 +258,14 @@ public struct YoMoSpan: Tracing.Span {
     /// Ends the span once; later calls and later mutations are ignored.
     public func end<Instant: TracerInstant>(at instant: @autoclosure () -> Instant) {
         guard recording else { return }
-        let end = instant().nanosecondsSinceEpoch
+        endRecording(at: instant().nanosecondsSinceEpoch)
+    }
+
+    /// Out of line, so that `end` stays small where it is inlined (a
+    /// handler's task: larger, the task's closure stopped inlining its
+    /// runner and copied the handler's `Context` once more per frame).
+    @inline(never)
+    private func endRecording(at end: UInt64) {
         // Borrowed, not retained: `self` holds the storage, and the storage
         // its provider. A span's reference count is written on the thread
         // that ends it, then on the export thread: each retain here was an
