@@ -388,6 +388,7 @@ extension DataPathTracer {
     /// ours, a library's, or the free function, under `withTaskTracer` — makes
     /// children of the frame's span without any global bootstrap. Ends the span
     /// when `body` returns or throws.
+    ///
     /// Always inlined into the handler's task: called out of line, it is an
     /// extra async frame per frame, and the handler's `Context` is copied into
     /// the closure it is given.
