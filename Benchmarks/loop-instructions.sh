@@ -20,7 +20,9 @@
 # Benchmarks/loop-tracing.sh); LOOP_PROCESSES (default "zipper function"; "bench"
 # counts the `yomo bench` process, the source and observer, a third of the loop);
 # LOOP_SIZE (1024) and LOOP_INFLIGHT (16); LOOP_TOP (8) functions listed per
-# run, LOOP_KEEP=DIR keeps the callgrind files. Needs valgrind (apt).
+# run, LOOP_KEEP=DIR keeps the callgrind files (Benchmarks/loop-calls.py counts
+# retains, releases, mallocs, locks and clock reads per round trip in them, and
+# who calls them). Needs valgrind (apt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 frames="${1:-2000}"
