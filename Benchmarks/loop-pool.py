@@ -6,7 +6,10 @@ rounds can land 0.1 away from the next; ratios of a few percent need tens of
 rounds. This reads the "round N MODE: …" lines of every file given and prints,
 per mode, over all rounds: the median against the median of the same build's
 off (`base:off` for `base:` modes, `alt:off` for `alt:` modes, else `off`),
-and the median of each round's own ratio to that round's off.
+and the median of each round's own ratio to that round's off. Where a mode
+also ran as `base:MODE` (or `alt:MODE`), it then prints the median of each
+round's ratio of the two builds in that mode: the before/after that the VM's
+drift between rounds does not move.
 
     Benchmarks/loop-tracing.sh 7 30000 | tee run1.txt   # and run2.txt, …
     Benchmarks/loop-pool.py run1.txt run2.txt run3.txt
@@ -57,6 +60,23 @@ def main(paths: list[str]) -> int:
                 cells.append(f"{median:>9.1f} {of_medians:5.2f} {statistics.median(paired):5.2f}")
         print(f"{mode:24s} " + " ".join(cells))
     print("each traced cell: median, median / its off's median, median of the rounds' own ratios to their off")
+    # Builds compared mode by mode: MODE against base:MODE (or alt:MODE) in the
+    # same round, which cancels what the VM's phase does to both.
+    pairs = [(mode, prefix + mode) for prefix in ("base:", "alt:") for mode in order
+             if ":" not in mode and prefix + mode in order]
+    if pairs:
+        print()
+        print(f"{'same round, build against build':32s} " + " ".join(f"{name:>14s}" for name in FIELDS))
+        for mode, other in pairs:
+            cells = []
+            for field in range(3):
+                ratios = sorted(r[mode][field] / r[other][field] for r in rounds.values()
+                                if mode in r and other in r and r[other][field] > 0)
+                cells.append(f"{statistics.median(ratios):>14.3f}" if ratios else f"{'':>14s}")
+            spread = sorted(r[mode][0] / r[other][0] for r in rounds.values() if mode in r and other in r and r[other][0] > 0)
+            span = f"  (frames/s ratios {spread[0]:.2f}–{spread[-1]:.2f}, {len(spread)} rounds)" if spread else ""
+            print(f"{mode + ' / ' + other:32s} " + " ".join(cells) + span)
+        print("medians of each round's ratio of the two builds (or settings) in the same mode")
     return 0
 
 
