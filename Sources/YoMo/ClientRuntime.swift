@@ -654,14 +654,14 @@ final class ClientRuntime: Sendable {
             try await send(DataFrame(tag: tag, metadata: metadata, payload: payload))
             return
         }
-        let span = tracing.sourceSpan(name: name, tag: tag, length: payload.readableBytes)
-        defer { span?.end() }
+        let span = tracing.sourceSpan(name: name)
         do {
             try await send(DataFrame(tag: tag, metadata: tracing.metadata(metadata, carrying: span), payload: payload))
             tracing.debug(logger, under: span, in: ServiceContext.current ?? .topLevel, "frame written", metadata: YoMoLogField.frame(
                 tid: metadata[Metadata.ReservedKey.tid] ?? "", tag: tag, dataLength: payload.readableBytes))
+            tracing.endSourceSpan(span, name: name, tag: tag, length: payload.readableBytes)
         } catch {
-            span?.recording?.fail(error)
+            tracing.endSourceSpan(span, name: name, tag: tag, length: payload.readableBytes, failing: error)
             throw error
         }
     }

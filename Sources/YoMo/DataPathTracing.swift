@@ -41,13 +41,19 @@ struct DataPathTracer: Sendable {
     }
 
     /// The source's span (scope "Source"), kind producer. `metadata(_:carrying:)`
-    /// gives the frame's metadata with its ids.
-    func sourceSpan(name: String, tag: UInt32, length: Int) -> HopSpan? {
+    /// gives the frame's metadata with its ids; `endSourceSpan` ends it.
+    func sourceSpan(name: String) -> HopSpan? {
         guard tracer.isEnabled else { return nil }
-        return startHopSpan(
-            name, parent: nil, context: ServiceContext.current ?? .topLevel, ofKind: .producer,
-            attributes: FixedAttributes(.init("send_data_tag", .int64(Int64(tag))), .init("send_data_len", .int64(Int64(length))))
-        )
+        return startHopSpan(name, parent: nil, context: ServiceContext.current ?? .topLevel, ofKind: .producer)
+    }
+
+    /// Ends `sourceSpan(name:)`'s span, recording `error` (the write failed) on it.
+    func endSourceSpan(_ span: HopSpan?, name: String, tag: UInt32, length: Int, failing error: (any Error)? = nil) {
+        guard let span, span.isRecording else { return }
+        tracer.endHopSpan(
+            span, name, ofKind: .producer, at: DefaultTracerClock.now,
+            fixedAttributes: FixedAttributes(.init("send_data_tag", .int64(Int64(tag))), .init("send_data_len", .int64(Int64(length)))),
+            error.map { error in { $0.fail(error) } })
     }
 
     /// `metadata` encoded with the span's ids injected, as `inject` then
@@ -64,12 +70,13 @@ struct DataPathTracer: Sendable {
         return injected.encoded()
     }
 
-    /// The zipper's span ("zipper endpoint", scope "Zipper"). `context` is the
-    /// task's (`ServiceContext.current`), which the zipper reads once per
-    /// connection rather than once per frame.
-    func zipperSpan(tag: UInt32, length: Int, metadata: inout Metadata, context: ServiceContext) -> HopSpan? {
+    /// The zipper's span ("zipper endpoint", scope "Zipper"), ended by
+    /// `endZipperSpan` once the frame is routed. `context` is the task's
+    /// (`ServiceContext.current`), which the zipper reads once per connection
+    /// rather than once per frame.
+    func zipperSpan(metadata: inout Metadata, context: ServiceContext) -> HopSpan? {
         guard tracer.isEnabled else { return nil }
-        let span = startZipperSpan(tag: tag, length: length, parent: extractParent(from: metadata), context: context)
+        let span = startZipperSpan(parent: extractParent(from: metadata), context: context)
         inject(span, into: &metadata)
         return span
     }
@@ -77,12 +84,17 @@ struct DataPathTracer: Sendable {
     /// A hop the zipper does not record, under a parent not sampled, is the
     /// parent's ids (`HopSpan.isForwarded`): the frame's trace context goes on
     /// as it came, as a W3C intermediary that does not trace may hand it on.
-    private func startZipperSpan(tag: UInt32, length: Int, parent: SpanContext?, context: ServiceContext) -> HopSpan? {
-        startHopSpan(
-            "zipper endpoint", parent: parent, context: context, ofKind: .internal,
-            attributes: FixedAttributes(.init("routing_data_tag", .int64(Int64(tag))), .init("routing_data_len", .int64(Int64(length)))),
-            forwardsUnsampledParent: true
-        )
+    private func startZipperSpan(parent: SpanContext?, context: ServiceContext) -> HopSpan? {
+        startHopSpan("zipper endpoint", parent: parent, context: context, ofKind: .internal, forwardsUnsampledParent: true)
+    }
+
+    /// Ends a zipper span (a recorded one is made now, with the frame's tag
+    /// and length as its attributes).
+    func endZipperSpan(_ span: HopSpan?, tag: UInt32, length: Int) {
+        guard let span, span.isRecording else { return }
+        tracer.endHopSpan(
+            span, "zipper endpoint", ofKind: .internal, at: DefaultTracerClock.now,
+            fixedAttributes: FixedAttributes(.init("routing_data_tag", .int64(Int64(tag))), .init("routing_data_len", .int64(Int64(length)))))
     }
 
     /// The zipper's span for metadata read in place whose trace values are all
@@ -92,7 +104,7 @@ struct DataPathTracer: Sendable {
     /// is needed: no parent found this way, or a key the formats write absent.
     /// A nil patch with a span: hand that span on by the general path.
     func zipperSpan(
-        tag: UInt32, length: Int, trace: MetadataView.CanonicalTrace, context: ServiceContext
+        trace: MetadataView.CanonicalTrace, context: ServiceContext
     ) -> (span: HopSpan?, patch: MetadataView.TracePatch?)? {
         let formats = tracer.propagator.formats
         // Propagation only, decided from the frame alone: an unsampled parent
@@ -106,7 +118,7 @@ struct DataPathTracer: Sendable {
               !formats.contains(.traceContext) || trace.traceparent != nil,
               !formats.contains(.yomo) || (trace.traceID != nil && trace.spanID != nil)
         else { return nil }
-        let span = startZipperSpan(tag: tag, length: length, parent: parent, context: context)
+        let span = startZipperSpan(parent: parent, context: context)
         guard let spanContext = span?.spanContext, spanContext.isValid else { return (span, MetadataView.TracePatch()) }
         // A forwarded parent (unsampled: only `traceparent` names one) already
         // written as `inject` writes it: nothing to write.
@@ -254,12 +266,11 @@ struct DataPathTracer: Sendable {
     /// `startSpan` for a span whose context is never read: sampled out, it is
     /// only its ids (no object).
     private func startHopSpan(
-        _ name: String, parent: SpanContext?, context: ServiceContext, ofKind kind: SpanKind,
-        attributes: @autoclosure () -> FixedAttributes, forwardsUnsampledParent: Bool = false
+        _ name: String, parent: SpanContext?, context: ServiceContext, ofKind kind: SpanKind, forwardsUnsampledParent: Bool = false
     ) -> HopSpan? {
         let parent = parent ?? (context.isEmpty ? nil : context.spanContext)
         return tracer.startHopSpan(
-            name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now, fixedAttributes: attributes(),
+            name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now,
             forwardsUnsampledParent: forwardsUnsampledParent)
     }
 

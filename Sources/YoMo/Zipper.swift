@@ -433,7 +433,7 @@ public final class Zipper: Sendable {
     ) async throws -> Int {
         guard let (metadata, span) = outgoingMetadata(
             of: data, connectionMetadata: connectionMetadata, taskContext: taskContext, logger: logger) else { return 0 }
-        defer { span?.end() }
+        defer { tracing.endZipperSpan(span, tag: data.tag, length: data.payload.readableBytes) }
         let router = metrics.isEnabled ? metrics.router(tag: data.tag) : nil
         let started = router != nil ? ContinuousClock.now : nil
         defer {
@@ -507,12 +507,12 @@ public final class Zipper: Sendable {
             var patch: MetadataView.TracePatch? = MetadataView.TracePatch()
             var present: MetadataView.CanonicalTrace?
             if tracing.tracer.isEnabled {
-                if let trace = view.canonicalTrace, let started = tracing.zipperSpan(tag: data.tag, length: length, trace: trace, context: taskContext) {
+                if let trace = view.canonicalTrace, let started = tracing.zipperSpan(trace: trace, context: taskContext) {
                     // The usual case: digits over digits, no Metadata built.
                     (span, patch, present) = (started.span, started.patch, trace)
                 } else {
                     var trace = view.traceMetadata
-                    span = tracing.zipperSpan(tag: data.tag, length: length, metadata: &trace, context: taskContext)
+                    span = tracing.zipperSpan(metadata: &trace, context: taskContext)
                     changes.merge(trace)
                 }
             }
@@ -528,14 +528,14 @@ public final class Zipper: Sendable {
         do {
             merged.merge(try Metadata(decoding: data.metadata))
         } catch {
-            span?.end()
+            tracing.endZipperSpan(span, tag: data.tag, length: length)
             logger.warning("frame with bad metadata skipped", metadata: ["tag": "\(data.tag)", "error": "\(error)"])
             return nil
         }
         if let spanContext = span?.spanContext {
             tracing.inject(spanContext, into: &merged)
         } else {
-            span = tracing.zipperSpan(tag: data.tag, length: length, metadata: &merged, context: taskContext)
+            span = tracing.zipperSpan(metadata: &merged, context: taskContext)
         }
         return (.decoded(merged, merged.encoded()), span)
     }

@@ -265,7 +265,7 @@ public struct YoMoSpan: Tracing.Span {
     /// handler's task: larger, the task's closure stopped inlining its
     /// runner and copied the handler's `Context` once more per frame).
     @inline(never)
-    private func endRecording(at end: UInt64) {
+    func endRecording(at end: UInt64) {
         // Borrowed, not retained: `self` holds the storage, and the storage
         // its provider. A span's reference count is written on the thread
         // that ends it, then on the export thread: each retain here was an
@@ -405,17 +405,28 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
     @exclusivity(unchecked) var status: SpanStatus?
 
     /// `attributes`: keys unique; those beyond the attribute count limit are dropped (and counted).
-    init(
+    convenience init(
         shared: TracerShared, scope: InstrumentationScope, name: String, kind: SpanKind,
         spanContext: SpanContext, parent: SpanContext?, startTime: UInt64, attributes: [ListedAttribute] = [],
         fixedAttributes: FixedAttributes = FixedAttributes()
+    ) {
+        self.init(
+            shared: shared, scope: scope, name: name, kind: kind, spanContext: spanContext,
+            parentSpanID: parent?.spanID, parentIsRemote: parent?.isRemote ?? false, startTime: startTime,
+            attributes: attributes, fixedAttributes: fixedAttributes)
+    }
+
+    init(
+        shared: TracerShared, scope: InstrumentationScope, name: String, kind: SpanKind,
+        spanContext: SpanContext, parentSpanID: SpanID?, parentIsRemote: Bool, startTime: UInt64,
+        attributes: [ListedAttribute] = [], fixedAttributes: FixedAttributes = FixedAttributes()
     ) {
         self.shared = shared
         self.scope = scope
         self.name = name
         self.kind = kind
-        self.parentSpanID = parent?.spanID
-        self.parentIsRemote = parent?.isRemote ?? false
+        self.parentSpanID = parentSpanID
+        self.parentIsRemote = parentIsRemote
         self.startTime = startTime
         let limit = shared.limits.attributeCountLimit
         var fixed = fixedAttributes
@@ -529,6 +540,12 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
         } else {
             events.append(event)
         }
+    }
+
+    /// Marks a span nothing else holds yet ended (a hop's, made as it ends).
+    func markEndedUnshared(at endTime: UInt64) {
+        ended = true
+        self.endTime = max(endTime, startTime)
     }
 
     /// Marks the span ended; false if it had already ended.

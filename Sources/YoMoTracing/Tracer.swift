@@ -62,19 +62,22 @@ public struct YoMoTracer: Tracer {
         attributes: @autoclosure () -> [ListedAttribute] = [],
         fixedAttributes: @autoclosure () -> FixedAttributes = FixedAttributes()
     ) -> YoMoSpan {
-        switch start(
-            operationName, parent: parent, ofKind: kind, at: instant(), attributes: attributes(), fixedAttributes: fixedAttributes()
-        ) {
-        case .recording(let storage): YoMoSpan(context: parentContext, storage: storage)
+        switch start(operationName, parent: parent, ofKind: kind, at: instant()) {
+        case .recording(let spanContext, let parent, let startTime):
+            YoMoSpan(context: parentContext, storage: SpanStorage(
+                shared: shared.unsafelyUnwrapped, scope: scope, name: operationName, kind: kind,
+                spanContext: spanContext, parent: parent, startTime: startTime,
+                attributes: attributes(), fixedAttributes: fixedAttributes()
+            ))
         case .unrecorded(let spanContext), .forwarded(let spanContext): YoMoSpan(context: parentContext, unrecorded: spanContext)
         case .disabled: YoMoSpan(context: parentContext, storage: nil)
         }
     }
 
     /// `startSpan(_:parent:context:...)` for a span whose `context` is never
-    /// read (the zipper's, a source's): a sampled-out one is only its ids, with
-    /// no object made for them. Nil when the provider is disabled (or shut
-    /// down) and `context` holds no span.
+    /// read (the zipper's, a source's): its ids, and, when it records, its
+    /// start; `endHopSpan` makes the recorded span as the hop ends. Nil when
+    /// the provider is disabled (or shut down) and `context` holds no span.
     ///
     /// `forwardsUnsampledParent`: a hop the sampler does not record, under a
     /// parent that was not sampled, is its parent's ids (`HopSpan.isForwarded`)
@@ -87,14 +90,11 @@ public struct YoMoTracer: Tracer {
         context parentContext: @autoclosure () -> ServiceContext,
         ofKind kind: SpanKind,
         at instant: @autoclosure () -> Instant,
-        fixedAttributes: @autoclosure () -> FixedAttributes = FixedAttributes(),
         forwardsUnsampledParent: Bool = false
     ) -> HopSpan? {
-        switch start(
-            operationName, parent: parent, ofKind: kind, at: instant(), attributes: [], fixedAttributes: fixedAttributes(),
-            forwardsUnsampledParent: forwardsUnsampledParent
-        ) {
-        case .recording(let storage): HopSpan(recording: YoMoSpan(context: parentContext(), storage: storage))
+        switch start(operationName, parent: parent, ofKind: kind, at: instant(), forwardsUnsampledParent: forwardsUnsampledParent) {
+        case .recording(let spanContext, let parent, let startTime):
+            HopSpan(recording: spanContext, parent: parent, startTime: startTime)
         case .unrecorded(let spanContext): HopSpan(unrecorded: spanContext)
         case .forwarded(let parent): HopSpan(forwarding: parent)
         // As a span of a disabled provider: the context's ids pass through.
@@ -102,8 +102,41 @@ public struct YoMoTracer: Tracer {
         }
     }
 
+    /// Ends a hop span, once: a recorded one is made now, already ended
+    /// (nothing else holds it, so without its lock), and handed to the
+    /// processors. `operationName`, `kind` and `fixedAttributes` are the
+    /// span's, as `startSpan` would have been given them; `body`, when given,
+    /// changes the span before it ends (an error recorded, a status set).
+    package func endHopSpan<Instant: TracerInstant>(
+        _ span: HopSpan,
+        _ operationName: String,
+        ofKind kind: SpanKind,
+        at instant: @autoclosure () -> Instant,
+        fixedAttributes: @autoclosure () -> FixedAttributes = FixedAttributes(),
+        _ body: ((YoMoSpan) -> Void)? = nil
+    ) {
+        guard let start = span.recordedStart, self.shared != nil else { return }
+        let end = instant().nanosecondsSinceEpoch
+        // Borrowed for the call (see `start`); the storage keeps its own reference.
+        Unmanaged.passUnretained(self.shared.unsafelyUnwrapped)._withUnsafeGuaranteedRef { shared in
+            let storage = SpanStorage(
+                shared: shared, scope: scope, name: operationName, kind: kind, spanContext: span.spanContext,
+                parentSpanID: start.parentSpanID, parentIsRemote: start.parentIsRemote, startTime: start.startTime,
+                fixedAttributes: fixedAttributes())
+            if let body {
+                let recorded = YoMoSpan(context: .topLevel, storage: storage)
+                body(recorded)
+                recorded.endRecording(at: end)
+                return
+            }
+            storage.markEndedUnshared(at: end)
+            shared.submit(storage)
+        }
+    }
+
     private enum Started {
-        case recording(SpanStorage)
+        /// Recorded: the caller makes the span (at once, or as a hop ends).
+        case recording(SpanContext, parent: SpanContext?, startTime: UInt64)
         case unrecorded(SpanContext)
         /// Not recorded, under a parent not sampled: the parent's ids stand for the span.
         case forwarded(SpanContext)
@@ -115,8 +148,6 @@ public struct YoMoTracer: Tracer {
         parent: SpanContext?,
         ofKind kind: SpanKind,
         at instant: @autoclosure () -> Instant,
-        attributes: @autoclosure () -> [ListedAttribute],
-        fixedAttributes: @autoclosure () -> FixedAttributes,
         forwardsUnsampledParent: Bool = false
     ) -> Started {
         guard self.shared != nil else { return .disabled }
@@ -137,11 +168,7 @@ public struct YoMoTracer: Tracer {
                 traceState: parent?.traceState ?? ""
             )
             guard decision.isRecording else { return .unrecorded(spanContext) }
-            return .recording(SpanStorage(
-                shared: shared, scope: scope, name: operationName, kind: kind,
-                spanContext: spanContext, parent: parent, startTime: instant().nanosecondsSinceEpoch,
-                attributes: attributes(), fixedAttributes: fixedAttributes()
-            ))
+            return .recording(spanContext, parent: parent, startTime: instant().nanosecondsSinceEpoch)
         }
     }
 

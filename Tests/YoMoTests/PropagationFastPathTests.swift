@@ -122,13 +122,13 @@ struct PropagationFastPathTests {
                     parent.spanContext = SpanContext(
                         traceID: TraceID(high: generator.next(), low: generator.next() | 1), spanID: SpanID(rawValue: generator.next() | 1),
                         traceFlags: .sampled, traceState: traceState)
-                    let span = try #require(ServiceContext.withValue(parent) { tracing.sourceSpan(name: "source", tag: 0x33, length: 16) })
+                    let span = try #require(ServiceContext.withValue(parent) { tracing.sourceSpan(name: "source") })
                     var injected = start
                     tracing.inject(span.spanContext, into: &injected)
                     let written = tracing.metadata(start, carrying: span)
                     #expect(written == injected.encoded(), "\(formats.rawValue), \(start.count) entries, tracestate \(traceState)")
                     #expect(try Metadata(decoding: written) == injected)
-                    span.end()
+                    tracing.endSourceSpan(span, name: "source", tag: 0x33, length: 16)
                 }
             }
         }
@@ -304,16 +304,16 @@ struct PropagationFastPathTests {
             for carrier in try Self.carriers() {
                 let view = try #require(MetadataView(carrier.encoded()))
                 guard let trace = view.canonicalTrace,
-                      let started = tracing.zipperSpan(tag: 1, length: 1, trace: trace, context: .topLevel),
+                      let started = tracing.zipperSpan(trace: trace, context: .topLevel),
                       let span = started.span, let patch = started.patch
                 else { continue }
                 let parent = try #require(tracing.parent(in: trace, formats: formats))
                 #expect(span.isForwarded == !parent.isSampled, "\(formats.rawValue): \(carrier)")
-                guard span.isForwarded else { span.end(); continue }
+                guard span.isForwarded else { tracing.endZipperSpan(span, tag: 1, length: 1); continue }
                 #expect(span.spanContext == parent)
                 // The general path (decode, inject, encode) forwards the same parent.
                 var general = view.traceMetadata
-                let generalSpan = try #require(tracing.zipperSpan(tag: 1, length: 1, metadata: &general, context: .topLevel))
+                let generalSpan = try #require(tracing.zipperSpan(metadata: &general, context: .topLevel))
                 #expect(generalSpan.isForwarded && generalSpan.spanContext == parent)
                 let expected = view.applying(general)
                 #expect(view.applying(Metadata(), trace: patch, over: trace) == expected, "\(formats.rawValue): \(carrier)")
@@ -337,16 +337,16 @@ struct PropagationFastPathTests {
         let onlyTraceparent = try #require(MetadataView(
             Self.decoded([("traceparent", "00-\(Self.traceID)-\(Self.spanID)-01")]).encoded()))
         let trace = try #require(onlyTraceparent.canonicalTrace)
-        #expect(tracing.zipperSpan(tag: 1, length: 1, trace: trace, context: .topLevel) == nil)
+        #expect(tracing.zipperSpan(trace: trace, context: .topLevel) == nil)
         let both = try #require(MetadataView(Self.decoded([
             ("traceparent", "00-\(Self.traceID)-\(Self.spanID)-01"),
             ("yomo-trace-id", Self.traceID), ("yomo-span-id", Self.spanID),
         ]).encoded()))
         let bothTrace = try #require(both.canonicalTrace)
-        let started = try #require(tracing.zipperSpan(tag: 1, length: 1, trace: bothTrace, context: .topLevel))
+        let started = try #require(tracing.zipperSpan(trace: bothTrace, context: .topLevel))
         #expect(started.patch != nil)
         #expect(started.span?.spanContext.traceID.description == Self.traceID)
-        started.span?.end()
+        tracing.endZipperSpan(started.span, tag: 1, length: 1)
     }
 
     @Test("an invalid span context writes nothing")

@@ -120,30 +120,55 @@ import Tracing
         let offExporter = InMemorySpanExporter()
         let off = makeProvider(environment: ["OTEL_TRACES_SAMPLER": "always_off"], exporter: offExporter).tracer("hop")
         let dropped = try #require(off.startHopSpan("z", parent: parent, context: incoming, ofKind: .internal, at: DefaultTracerClock.now))
-        #expect(dropped.recording == nil)
+        #expect(!dropped.isRecording)
         #expect(dropped.spanContext.traceID == parent.traceID)
         #expect(dropped.spanContext.spanID != parent.spanID && dropped.spanContext.spanID.isValid)
         #expect(!dropped.spanContext.isSampled && !dropped.spanContext.isRemote)
         #expect(dropped.spanContext.traceState == "vendor=1")
         // Read as a span (for a log record under it), it carries the same ids.
         #expect(dropped.span(in: incoming).context.spanContext == dropped.spanContext)
-        dropped.end()
+        off.endHopSpan(dropped, "z", ofKind: .internal, at: DefaultTracerClock.now)
         #expect(offExporter.spans.isEmpty)
 
-        // Recorded: the span, with the ids it exports.
+        // Recorded: only its ids and start while the hop runs; the span, made
+        // as it ends, is what `startSpan` and `end` give for the same inputs.
         let onExporter = InMemorySpanExporter()
         let onProvider = makeProvider(exporter: onExporter)
-        let recorded = try #require(onProvider.tracer("hop").startHopSpan(
-            "z", parent: nil, context: incoming, ofKind: .internal, at: DefaultTracerClock.now,
-            fixedAttributes: FixedAttributes(.init("k", .int64(1)), .init("l", .int64(2)))))
-        let span = try #require(recorded.recording)
-        #expect(span.spanContext == recorded.spanContext)
+        let onTracer = onProvider.tracer("hop")
+        let recorded = try #require(onTracer.startHopSpan("z", parent: nil, context: incoming, ofKind: .internal, at: DefaultTracerClock.now))
+        #expect(recorded.isRecording && recorded.spanContext.isSampled)
         // No parent given: a root (the data path passes the context's span as the parent itself).
         #expect(recorded.spanContext.traceID != incoming.spanContext?.traceID && recorded.spanContext.isValid)
-        recorded.end()
+        let fixed = FixedAttributes(.init("k", .int64(1)), .init("l", .int64(2)))
+        onTracer.endHopSpan(recorded, "z", ofKind: .producer, at: DefaultTracerClock.now, fixedAttributes: fixed)
+        await onProvider.forceFlush()
+        #expect(onExporter.spans.count == 1)
         let exported = try #require(onExporter.spans.first)
-        #expect(exported.context == recorded.spanContext)
+        #expect(exported.context == recorded.spanContext && exported.name == "z" && exported.kind == .producer)
+        #expect(exported.parentSpanID == nil)
+        #expect(exported.startTimeNanoseconds > 0 && exported.startTimeNanoseconds <= exported.endTimeNanoseconds)
         #expect(exported.attributes.get("k") == .int64(1) && exported.attributes.get("l") == .int64(2))
+        // Under a remote parent, with an error recorded as it ends: the same
+        // parent fields, event and status a started span gets.
+        let remote = SpanContext(traceID: .random(), spanID: .random(), traceFlags: .sampled, isRemote: true)
+        onExporter.reset()
+        let child = try #require(onTracer.startHopSpan("c", parent: remote, context: .topLevel, ofKind: .internal, at: DefaultTracerClock.now))
+        onTracer.endHopSpan(child, "c", ofKind: .internal, at: DefaultTracerClock.now, fixedAttributes: fixed) {
+            $0.recordError(TracingError.shutdown("failed write"))
+            $0.setStatus(SpanStatus(code: .error, message: "failed write"))
+        }
+        let reference = onTracer.startSpan("c", parent: remote, context: .topLevel, ofKind: .internal, at: DefaultTracerClock.now, fixedAttributes: fixed)
+        reference.recordError(TracingError.shutdown("failed write"))
+        reference.setStatus(SpanStatus(code: .error, message: "failed write"))
+        reference.end()
+        await onProvider.forceFlush()
+        try #require(onExporter.spans.count == 2)
+        let (hop, started) = (onExporter.spans[0], onExporter.spans[1])
+        #expect(hop.context.traceID == remote.traceID && hop.parentSpanID == remote.spanID && hop.parentIsRemote)
+        #expect(hop.parentSpanID == started.parentSpanID && hop.parentIsRemote == started.parentIsRemote)
+        #expect(hop.name == started.name && hop.kind == started.kind && hop.status == started.status)
+        #expect(hop.events.map(\.name) == started.events.map(\.name) && hop.events.count == 1)
+        #expect(hop.attributes == started.attributes)
 
         // Shut down: the context's ids pass through, as for any span of a disabled provider.
         await onProvider.shutdown()
@@ -164,19 +189,18 @@ import Tracing
         // Not recorded, under a parent not sampled: the parent's ids, as they came.
         for sampler in ["parentbased_always_on", "always_off", "parentbased_traceidratio"] {
             let forwarded = try hop(sampler, parent: unsampled)
-            #expect(forwarded.isForwarded && forwarded.recording == nil, "\(sampler)")
+            #expect(forwarded.isForwarded && !forwarded.isRecording, "\(sampler)")
             #expect(forwarded.spanContext == unsampled, "\(sampler)")
         }
         // Under a sampled parent, a hop that records nothing still has its own
         // ids: it tells the next hop not to sample, which the parent did not.
         let dropped = try hop("always_off", parent: sampled)
-        #expect(!dropped.isForwarded && dropped.recording == nil)
+        #expect(!dropped.isForwarded && !dropped.isRecording)
         #expect(dropped.spanContext.traceID == sampled.traceID && dropped.spanContext.spanID != sampled.spanID)
         #expect(!dropped.spanContext.isSampled)
         // A hop that records is its own span whatever its parent said.
         let recorded = try hop("always_on", parent: unsampled)
-        #expect(!recorded.isForwarded && recorded.recording != nil && recorded.spanContext.spanID != unsampled.spanID)
-        recorded.end()
+        #expect(!recorded.isForwarded && recorded.isRecording && recorded.spanContext.spanID != unsampled.spanID)
         // A root has no parent to forward; without the option nothing is forwarded.
         let root = try hop("always_off", parent: nil)
         #expect(!root.isForwarded && root.spanContext.isValid)
