@@ -49,7 +49,7 @@ struct DataPathTracer: Sendable {
 
     /// Ends `sourceSpan(name:)`'s span, recording `error` (the write failed) on it.
     func endSourceSpan(_ span: HopSpan?, name: String, tag: UInt32, length: Int, failing error: (any Error)? = nil) {
-        guard let span, span.isRecording else { return }
+        guard let span else { return }
         tracer.endHopSpan(
             span, name, ofKind: .producer, at: DefaultTracerClock.now,
             fixedAttributes: FixedAttributes(.init("send_data_tag", .int64(Int64(tag))), .init("send_data_len", .int64(Int64(length)))),
@@ -91,7 +91,7 @@ struct DataPathTracer: Sendable {
     /// Ends a zipper span (a recorded one is made now, with the frame's tag
     /// and length as its attributes).
     func endZipperSpan(_ span: HopSpan?, tag: UInt32, length: Int) {
-        guard let span, span.isRecording else { return }
+        guard let span else { return }
         tracer.endHopSpan(
             span, "zipper endpoint", ofKind: .internal, at: DefaultTracerClock.now,
             fixedAttributes: FixedAttributes(.init("routing_data_tag", .int64(Int64(tag))), .init("routing_data_len", .int64(Int64(length)))))

@@ -405,17 +405,6 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
     @exclusivity(unchecked) var status: SpanStatus?
 
     /// `attributes`: keys unique; those beyond the attribute count limit are dropped (and counted).
-    convenience init(
-        shared: TracerShared, scope: InstrumentationScope, name: String, kind: SpanKind,
-        spanContext: SpanContext, parent: SpanContext?, startTime: UInt64, attributes: [ListedAttribute] = [],
-        fixedAttributes: FixedAttributes = FixedAttributes()
-    ) {
-        self.init(
-            shared: shared, scope: scope, name: name, kind: kind, spanContext: spanContext,
-            parentSpanID: parent?.spanID, parentIsRemote: parent?.isRemote ?? false, startTime: startTime,
-            attributes: attributes, fixedAttributes: fixedAttributes)
-    }
-
     init(
         shared: TracerShared, scope: InstrumentationScope, name: String, kind: SpanKind,
         spanContext: SpanContext, parentSpanID: SpanID?, parentIsRemote: Bool, startTime: UInt64,
@@ -542,7 +531,8 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
         }
     }
 
-    /// Marks a span nothing else holds yet ended (a hop's, made as it ends).
+    /// Marks the span ended without taking its lock: for a span nothing else
+    /// holds yet (a hop's, made as it ends), or with the lock held.
     func markEndedUnshared(at endTime: UInt64) {
         ended = true
         self.endTime = max(endTime, startTime)
@@ -553,8 +543,7 @@ final class SpanStorage: SpanContextBox, @unchecked Sendable {
         lock()
         defer { unlock() }
         guard !ended else { return false }
-        ended = true
-        self.endTime = max(endTime, startTime)
+        markEndedUnshared(at: endTime)
         return true
     }
 }

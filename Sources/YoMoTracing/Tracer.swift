@@ -66,8 +66,8 @@ public struct YoMoTracer: Tracer {
         case .recording(let spanContext, let parent, let startTime):
             YoMoSpan(context: parentContext, storage: SpanStorage(
                 shared: shared.unsafelyUnwrapped, scope: scope, name: operationName, kind: kind,
-                spanContext: spanContext, parent: parent, startTime: startTime,
-                attributes: attributes(), fixedAttributes: fixedAttributes()
+                spanContext: spanContext, parentSpanID: parent?.spanID, parentIsRemote: parent?.isRemote ?? false,
+                startTime: startTime, attributes: attributes(), fixedAttributes: fixedAttributes()
             ))
         case .unrecorded(let spanContext), .forwarded(let spanContext): YoMoSpan(context: parentContext, unrecorded: spanContext)
         case .disabled: YoMoSpan(context: parentContext, storage: nil)
