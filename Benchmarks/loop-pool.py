@@ -68,12 +68,10 @@ def main(paths: list[str]) -> int:
         print()
         print(f"{'same round, build against build':32s} " + " ".join(f"{name:>14s}" for name in FIELDS))
         for mode, other in pairs:
-            cells = []
-            for field in range(3):
-                ratios = sorted(r[mode][field] / r[other][field] for r in rounds.values()
-                                if mode in r and other in r and r[other][field] > 0)
-                cells.append(f"{statistics.median(ratios):>14.3f}" if ratios else f"{'':>14s}")
-            spread = sorted(r[mode][0] / r[other][0] for r in rounds.values() if mode in r and other in r and r[other][0] > 0)
+            ratios = [sorted(r[mode][field] / r[other][field] for r in rounds.values()
+                             if mode in r and other in r and r[other][field] > 0) for field in range(3)]
+            cells = [f"{statistics.median(values):>14.3f}" if values else f"{'':>14s}" for values in ratios]
+            spread = ratios[0]
             span = f"  (frames/s ratios {spread[0]:.2f}–{spread[-1]:.2f}, {len(spread)} rounds)" if spread else ""
             print(f"{mode + ' / ' + other:32s} " + " ".join(cells) + span)
         print("medians of each round's ratio of the two builds (or settings) in the same mode")

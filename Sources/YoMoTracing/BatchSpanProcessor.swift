@@ -108,16 +108,11 @@ public final class BatchSpanProcessor: SpanProcessor, @unchecked Sendable {
             lock.unlock()
             return
         }
-        guard queue.append(consume span) else {
+        if queue.append(consume span) {
+            if queue.count == configuration.maxExportBatchSize { lock.signal() }
+        } else {
             dropped += 1
             droppedSinceLastLog += 1
-            let freed = (releasePending.popLast(), releasePending.popLast())
-            lock.unlock()
-            withExtendedLifetime(freed) {}
-            return
-        }
-        if queue.count == configuration.maxExportBatchSize {
-            lock.signal()
         }
         // Take (at most) two exported spans to free (see `releasePending`), and
         // free them after unlocking so other producers do not wait on it.
