@@ -55,6 +55,21 @@ struct PlainHTTPTests {
         }
     }
 
+    @Test("what is left to send of a head and a body after any number of bytes went out")
+    func unsentParts() {
+        let head: [UInt8] = Array("POST / HTTP/1.1\r\n\r\n".utf8), body: [UInt8] = (0..<40).map { UInt8($0) }
+        head.withUnsafeBytes { head in
+            body.withUnsafeBytes { body in
+                for offset in 0...(head.count + body.count) {
+                    let (first, second) = PlainHTTPClient.unsent(head, body, after: offset)
+                    #expect(Array(first) + Array(second) == Array((Array(head) + Array(body))[offset...]), "after \(offset)")
+                    // The body is never split in two pieces, nor copied: the second part, when there is one, is all of it.
+                    #expect(second.isEmpty || (second.baseAddress == body.baseAddress && second.count == body.count))
+                }
+            }
+        }
+    }
+
     @Test("a body without length ends with the connection; bad responses are errors; big bodies are cut")
     func parserEdges() {
         var untilClose = ResponseParser(maxBody: 1024)
@@ -103,9 +118,20 @@ struct PlainHTTPTests {
         try #require(port != 0, "the test server did not start")
         let client = try #require(PlainHTTPClient(url: "http://127.0.0.1:\(port)/v1/traces", headers: [("X-Test", "1")], environment: [:]))
         let deadline = { monotonicNanoseconds() + 5_000_000_000 }
-        let payload = [UInt8](repeating: 7, count: 100_000)
+        // Byte i is i mod 251 (the server checks): the body is sent from where
+        // it lies behind the head, over as many sends as the socket takes.
+        func pattern(_ count: Int) -> [UInt8] {
+            let block = (0..<251).map { UInt8($0) }
+            var bytes = [UInt8]()
+            bytes.reserveCapacity(count)
+            while bytes.count < count { bytes.append(contentsOf: block.prefix(count - bytes.count)) }
+            return bytes
+        }
+        let payload = pattern(100_000)
 
-        let first = client.post(payload, deadline: deadline()) { false }
+        // Eight megabytes are more than loopback takes in one send (about 4 MB
+        // while the server does not read): sent in pieces, resumed after each wait.
+        let first = client.post(pattern(8_000_000), deadline: deadline()) { false }
         #expect(first.result.status == 200 && first.result.body == Array("ok".utf8) && !first.abandoned)
         // The server closed that connection after answering: the client finds out and redials.
         let second = client.post(payload, deadline: deadline()) { false }
@@ -117,10 +143,10 @@ struct PlainHTTPTests {
         server.waitUntilExit()
         let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
         #expect(lines == [
-            "connection=1 request=1 line=POST /v1/traces HTTP/1.1 body=100000",
-            "connection=2 request=2 line=POST /v1/traces HTTP/1.1 body=100000",
-            "connection=2 request=3 line=POST /v1/traces HTTP/1.1 body=100000",
-            "connection=2 request=4 line=POST /v1/traces HTTP/1.1 body=0",
+            "connection=1 request=1 line=POST /v1/traces HTTP/1.1 body=8000000 pattern=ok",
+            "connection=2 request=2 line=POST /v1/traces HTTP/1.1 body=100000 pattern=ok",
+            "connection=2 request=3 line=POST /v1/traces HTTP/1.1 body=100000 pattern=ok",
+            "connection=2 request=4 line=POST /v1/traces HTTP/1.1 body=0 pattern=ok",
         ])
         // Nobody listens now: refused, with curl's code for it, at once.
         let refused = client.post(payload, deadline: deadline()) { false }

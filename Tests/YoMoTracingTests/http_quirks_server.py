@@ -1,7 +1,8 @@
 """An HTTP/1.1 server with the manners PlainHTTPClient must cope with.
 
 Connections are served one at a time; each request's body is checked against
-its Content-Length and logged. Responses, in order of the requests:
+its Content-Length, compared with the pattern the test sends (byte i is
+i mod 251, so a byte sent twice, lost or out of order shows), and logged. Responses, in order of the requests:
   1. 200 with Content-Length, then the server closes the connection without
      saying so (a kept-alive connection that went stale);
   2. 200 sent in pieces: a 100 Continue first, then a chunked body with a
@@ -10,7 +11,7 @@ its Content-Length and logged. Responses, in order of the requests:
   4. 200 as HTTP/1.0 with no length: the body runs to the end of the connection.
 Writes "<port>" to --port-file and one line per request to stdout.
 """
-import argparse, socket, sys
+import argparse, socket, sys, time
 
 RESPONSES = [
     (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", True),
@@ -26,7 +27,8 @@ def read_request(conn, buffer):
         if not data:
             return None, buffer
         buffer += data
-    head, _, rest = buffer.partition(b"\r\n\r\n")
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    rest = bytearray(rest)
     length = 0
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
@@ -37,7 +39,7 @@ def read_request(conn, buffer):
         if not data:
             return None, b""
         rest += data
-    return (head, rest[:length]), rest[length:]
+    return (head, bytes(rest[:length])), bytes(rest[length:])
 
 def main():
     parser = argparse.ArgumentParser()
@@ -56,6 +58,10 @@ def main():
     while served < len(RESPONSES):
         conn, _ = server.accept()
         connection_number += 1
+        if connection_number == 1:
+            # Slow to read at first: the client's socket buffer fills, so its
+            # first request goes out over several sends.
+            time.sleep(0.3)
         buffer = b""
         while served < len(RESPONSES):
             request, buffer = read_request(conn, buffer)
@@ -63,7 +69,10 @@ def main():
                 break
             head, body = request
             first_line = head.split(b"\r\n")[0].decode()
-            print(f"connection={connection_number} request={served + 1} line={first_line} body={len(body)}", flush=True)
+            pattern = (bytes(range(251)) * (len(body) // 251 + 1))[:len(body)]
+            verdict = "ok" if body == pattern else "bad"
+            print(f"connection={connection_number} request={served + 1} line={first_line} body={len(body)} pattern={verdict}",
+                  flush=True)
             response, close_after = RESPONSES[served]
             served += 1
             conn.sendall(response)

@@ -29,6 +29,9 @@ final class PlainHTTPClient {
     private var socket: Int32 = -1
     /// Bytes read past the end of the previous response (none expected; kept for correctness).
     private var pending: [UInt8] = []
+    /// Where responses are read into: made at the first response, then kept
+    /// (one post per batch; a fresh zeroed 16 KiB each time was for nothing).
+    private var receiveBuffer: [UInt8] = []
 
     /// Responses larger than this are read but not kept (as the curl path does).
     static let maxBody = 64 * 1024
@@ -87,15 +90,16 @@ final class PlainHTTPClient {
     func post(
         _ payload: [UInt8], deadline: UInt64, abandon: () -> Bool
     ) -> (result: HTTPAttemptResult, abandoned: Bool) {
-        var request = requestHead
-        request.append(contentsOf: "Content-Length: \(payload.count)\r\n\r\n".utf8)
-        request.append(contentsOf: payload)
+        // The head alone: the body (tens of kilobytes per batch) goes out from
+        // where it lies, after the head in the same `sendmsg`, not copied behind it.
+        var head = requestHead
+        head.append(contentsOf: "Content-Length: \(payload.count)\r\n\r\n".utf8)
         // A kept-alive connection the collector closed meanwhile fails at once
         // (or answers nothing): then once more on a fresh one.
         for attempt in 0..<2 {
             let reused = socket >= 0
             if !reused, let failure = connect(deadline: deadline, abandon: abandon) { return failure }
-            let outcome = exchange(request, deadline: deadline, abandon: abandon)
+            let outcome = exchange(head, payload, deadline: deadline, abandon: abandon)
             switch outcome {
             case .response(let result, let keepAlive):
                 if !keepAlive { closeConnection() }
@@ -176,11 +180,11 @@ final class PlainHTTPClient {
         case failed(HTTPAttemptResult, abandoned: Bool)
     }
 
-    private func exchange(_ request: [UInt8], deadline: UInt64, abandon: () -> Bool) -> Outcome {
+    private func exchange(_ head: [UInt8], _ body: [UInt8], deadline: UInt64, abandon: () -> Bool) -> Outcome {
         var sent = 0
-        while sent < request.count {
-            let count = request.withUnsafeBytes { bytes in
-                send(socket, bytes.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL))
+        while sent < head.count + body.count {
+            let count = head.withUnsafeBytes { head in
+                body.withUnsafeBytes { body in Self.send(Self.unsent(head, body, after: sent), on: socket) }
             }
             if count > 0 {
                 sent += count
@@ -199,7 +203,7 @@ final class PlainHTTPClient {
             return .failed(failure(CURLE_SEND_ERROR, "Send failure: \(String(cString: strerror(errno)))"), abandoned: false)
         }
         var parser = ResponseParser(maxBody: Self.maxBody)
-        var buffer = [UInt8](repeating: 0, count: 16 * 1024)
+        if receiveBuffer.isEmpty { receiveBuffer = [UInt8](repeating: 0, count: 16 * 1024) }
         var receivedAny = false
         while true {
             if !pending.isEmpty {
@@ -210,10 +214,10 @@ final class PlainHTTPClient {
                 }
             }
             if parser.isComplete { break }
-            let count = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
+            let count = receiveBuffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
             if count > 0 {
                 receivedAny = true
-                if case .failed(let message) = parser.feed(buffer[0..<count]) {
+                if case .failed(let message) = parser.feed(receiveBuffer[0..<count]) {
                     return .failed(failure(CURLE_WEIRD_SERVER_REPLY, message), abandoned: false)
                 }
                 if parser.isComplete { break }
@@ -235,6 +239,31 @@ final class PlainHTTPClient {
         pending = parser.leftover
         let result = HTTPAttemptResult(status: parser.status, curlCode: CURLE_OK.rawValue, curlMessage: "", body: parser.body, retryAfter: parser.retryAfter)
         return .response(result, keepAlive: parser.keepAlive)
+    }
+
+    /// What is left to send of `head` followed by `body` once `offset` bytes of
+    /// the two went out: the rest of the head and the whole body, or the rest
+    /// of the body (and an empty second part).
+    static func unsent(
+        _ head: UnsafeRawBufferPointer, _ body: UnsafeRawBufferPointer, after offset: Int
+    ) -> (UnsafeRawBufferPointer, UnsafeRawBufferPointer) {
+        if offset < head.count { return (UnsafeRawBufferPointer(rebasing: head[offset...]), body) }
+        return (UnsafeRawBufferPointer(rebasing: body[(offset - head.count)...]), UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
+    /// One `sendmsg` of both parts (an empty second one is left out); what
+    /// `send` returns.
+    private static func send(_ parts: (UnsafeRawBufferPointer, UnsafeRawBufferPointer), on socket: Int32) -> Int {
+        var vectors = (
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: parts.0.baseAddress), iov_len: parts.0.count),
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: parts.1.baseAddress), iov_len: parts.1.count)
+        )
+        return withUnsafeMutableBytes(of: &vectors) { vectors in
+            var message = msghdr()
+            message.msg_iov = vectors.baseAddress!.assumingMemoryBound(to: iovec.self)
+            message.msg_iovlen = numericCast(parts.1.isEmpty ? 1 : 2)
+            return sendmsg(socket, &message, Int32(MSG_NOSIGNAL))
+        }
     }
 
     private enum Wait { case ready, timedOut, abandoned }
