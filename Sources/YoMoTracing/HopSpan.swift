@@ -1,4 +1,4 @@
-public import Tracing
+package import Tracing
 
 /// The span of one hop of a frame's path whose `context` the hop never reads
 /// (the zipper's, a source's). While the hop runs it is only its ids and, when

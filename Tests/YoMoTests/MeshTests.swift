@@ -179,7 +179,7 @@ struct MeshLoopbackTests {
                 var reader = link.frames.makeAsyncIterator()
                 guard case .handshake(let handshake)? = try? await reader.next() else { continue }
                 handshakes.append(handshake)
-                try? await link.write(.handshakeAck)
+                _ = try? await link.write(.handshakeAck)
                 while case .data(let frame)? = try? await reader.next() { frames.append(frame) }
             }
         }

@@ -224,6 +224,19 @@ import Tracing
         #expect(small == reference(Array(exporter.spans.prefix(2))))
         #expect(again == big)
     }
+
+    /// The exporter posts the body from the writer's buffer (no copy out):
+    /// what it lends is the request, after the buffer grew and after a
+    /// shorter request reused it.
+    @Test func aLentBodyIsTheEncodedRequest() {
+        let exporter = finishedNumberedSpans(scope: "lent")
+        var writer = OTLPTraceWriter(capacity: 64)
+        let lentBig = writer.withEncodedRequest(exporter.spans) { [UInt8]($0) }
+        let lentSmall = writer.withEncodedRequest(Array(exporter.spans.prefix(1))) { [UInt8]($0) }
+        #expect(lentBig.count > 64)
+        #expect(lentBig == reference(exporter.spans))
+        #expect(lentSmall == reference(Array(exporter.spans.prefix(1))))
+    }
 }
 
 @Suite struct ProtobufWriterTests {

@@ -169,3 +169,12 @@ struct PlainHTTPTests {
         #expect(timedOut.result.curlCode == 28 && !timedOut.abandoned)
     }
 }
+
+extension PlainHTTPClient {
+    /// The client posts borrowed bytes; the tests' payloads are arrays.
+    fileprivate func post(
+        _ payload: [UInt8], deadline: UInt64, abandon: () -> Bool
+    ) -> (result: HTTPAttemptResult, abandoned: Bool) {
+        payload.withUnsafeBytes { post($0, deadline: deadline, abandon: abandon) }
+    }
+}

@@ -30,8 +30,14 @@ public final class OTLPHTTPSpanExporter: SpanExporter {
     /// - Parameter timeout: the caller's budget; the exporter's own timeout caps it.
     public func export(_ spans: [FinishedSpan], timeout: Duration) throws(TracingError) {
         guard !spans.isEmpty else { return }
-        let body = writer.withLock { $0.encodeRequest(spans) }
-        let response = try transport.send(body, timeout: min(timeout, configuration.timeout), itemCount: spans.count)
+        // Posted from the writer's buffer, so the lock is held through the
+        // post: exports are one at a time anyway (the transport's lock), and
+        // the transport never takes this one.
+        let response = try writer.withLock { writer throws(TracingError) in
+            try writer.withEncodedRequest(spans) { body throws(TracingError) in
+                try transport.send(body, timeout: min(timeout, configuration.timeout), itemCount: spans.count)
+            }
+        }
         // A 2xx may still carry partial_success (OTLP spec "Partial Success").
         if let partial = OTLPTraceEncoding.partialSuccess(in: response) {
             logger.warning("OTLP export partially rejected", metadata: [

@@ -245,6 +245,11 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
     /// Sends `body` (an uncompressed protobuf message), retrying within `timeout`.
     /// Returns the body of the 2xx response. Logs a failure once, then throws.
     package func send(_ body: [UInt8], timeout: Duration, itemCount: Int) throws(TracingError) -> [UInt8] {
+        try body.withTypedThrowingBytes { bytes throws(TracingError) in try send(bytes, timeout: timeout, itemCount: itemCount) }
+    }
+
+    /// Sends `body`, borrowed for the call (retries resend it from where it lies).
+    package func send(_ body: UnsafeRawBufferPointer, timeout: Duration, itemCount: Int) throws(TracingError) -> [UInt8] {
         lock.lock()
         defer { lock.unlock() }
         guard !isShutdown else { throw .shutdown("OTLP exporter is shut down") }
@@ -259,14 +264,24 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
             handle = nil
         }
 
-        var payload = body
+        var compressed: [UInt8] = []
         if configuration.compression == .gzip {
-            guard let compressed = gzip(body) else {
+            guard let output = gzip(body) else {
                 logger.error("OTLP export failed: gzip compression failed")
                 throw .encodingFailed("gzip failed")
             }
-            payload = compressed
+            compressed = output
         }
+        return try compressed.withTypedThrowingBytes { compressedBytes throws(TracingError) in
+            let payload = configuration.compression == .gzip ? compressedBytes : body
+            return try post(payload, handle: handle, timeout: timeout, itemCount: itemCount)
+        }
+    }
+
+    /// Call with the lock held: the attempts and retries of one export.
+    private func post(
+        _ payload: UnsafeRawBufferPointer, handle: UnsafeMutableRawPointer?, timeout: Duration, itemCount: Int
+    ) throws(TracingError) -> [UInt8] {
 
         let start = monotonicNanoseconds()
         let exportEnd = start + UInt64(max(timeout.nanoseconds, 1_000_000))
@@ -417,7 +432,7 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
 
     /// Call with the lock held. What curl reports for the same failures, so
     /// the retry policy and the messages do not depend on the path.
-    private func perform(_ plain: PlainHTTPClient, _ payload: [UInt8], deadline: UInt64) -> HTTPAttemptResult {
+    private func perform(_ plain: PlainHTTPClient, _ payload: UnsafeRawBufferPointer, deadline: UInt64) -> HTTPAttemptResult {
         var (result, abandoned) = plain.post(payload, deadline: deadline) { monotonicNanoseconds() >= abandonDeadlineNow }
         // A timeout clipped to the deadline is the same event (as on the curl path).
         if result.curlCode == CURLE_OPERATION_TIMEDOUT.rawValue, monotonicNanoseconds() + 50_000_000 >= abandonDeadlineNow {
@@ -467,13 +482,13 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
     }
 
     /// Call with the lock held.
-    private func perform(_ handle: UnsafeMutableRawPointer, _ payload: [UInt8], timeoutMilliseconds: Int) -> HTTPAttemptResult {
+    private func perform(_ handle: UnsafeMutableRawPointer, _ payload: UnsafeRawBufferPointer, timeoutMilliseconds: Int) -> HTTPAttemptResult {
         collector.reset()
         errorBuffer[0] = 0
         ccurl_setopt_long(handle, CURLOPT_TIMEOUT_MS, timeoutMilliseconds)
         ccurl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, timeoutMilliseconds)
         var abandoned = false
-        let code: CURLcode = payload.withUnsafeBytes { bytes in
+        let code: CURLcode = { (bytes: UnsafeRawBufferPointer) in
             ccurl_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(bytes.count))
             ccurl_setopt_pointer(handle, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress))
             guard let multi else { return curl_easy_perform(handle) }
@@ -495,7 +510,7 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
                 abandoned = true
             }
             return code
-        }
+        }(payload)
         // POSTFIELDS only borrowed the payload for this perform.
         ccurl_setopt_pointer(handle, CURLOPT_POSTFIELDS, nil)
         var status = 0
@@ -518,14 +533,23 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         return detail.isEmpty || detail == summary ? summary : "\(summary): \(detail)"
     }
 
-    private func gzip(_ body: [UInt8]) -> [UInt8]? {
-        body.withUnsafeBufferPointer { input -> [UInt8]? in
-            var output: UnsafeMutablePointer<UInt8>?
-            var length = 0
-            guard ccurl_gzip(input.baseAddress, input.count, &output, &length) == 0, let output else { return nil }
-            defer { free(output) }
-            return Array(UnsafeBufferPointer(start: output, count: length))
-        }
+    private func gzip(_ input: UnsafeRawBufferPointer) -> [UInt8]? {
+        var output: UnsafeMutablePointer<UInt8>?
+        var length = 0
+        let start = input.baseAddress?.assumingMemoryBound(to: UInt8.self)
+        guard ccurl_gzip(start, input.count, &output, &length) == 0, let output else { return nil }
+        defer { free(output) }
+        return Array(UnsafeBufferPointer(start: output, count: length))
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// `withUnsafeBytes` rethrows untyped errors; the transport throws `TracingError`.
+    fileprivate func withTypedThrowingBytes<Result>(
+        _ body: (UnsafeRawBufferPointer) throws(TracingError) -> Result
+    ) throws(TracingError) -> Result {
+        let outcome = withUnsafeBytes { bytes in Swift.Result { () throws(TracingError) in try body(bytes) } }
+        return try outcome.get()
     }
 }
 

@@ -14,6 +14,20 @@ package struct OTLPTraceWriter: ~Copyable {
     }
 
     package mutating func encodeRequest(_ spans: [FinishedSpan]) -> [UInt8] {
+        write(spans)
+        return writer.bytes
+    }
+
+    /// Encodes `spans` and lends the body to `send` from the writer's own
+    /// buffer: what `encodeRequest` returns, without copying it out.
+    package mutating func withEncodedRequest<Result, Failure: Error>(
+        _ spans: [FinishedSpan], _ send: (UnsafeRawBufferPointer) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        write(spans)
+        return try writer.withBytes(send)
+    }
+
+    private mutating func write(_ spans: [FinishedSpan]) {
         writer.reset()
         for group in OTLPTraceEncoding.group(spans) {
             // ExportTraceServiceRequest.resource_spans = 1
@@ -43,7 +57,6 @@ package struct OTLPTraceWriter: ~Copyable {
             }
             writer.endMessage(resourceSpans)
         }
-        return writer.bytes
     }
 
     private mutating func writeSpan(_ storage: SpanStorage) {

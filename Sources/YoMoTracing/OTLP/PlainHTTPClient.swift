@@ -88,7 +88,7 @@ final class PlainHTTPClient {
     /// curl's timeout code) or, polling every 50 ms, once `abandon()` says so
     /// (curl's "aborted" code; the caller names it).
     func post(
-        _ payload: [UInt8], deadline: UInt64, abandon: () -> Bool
+        _ payload: UnsafeRawBufferPointer, deadline: UInt64, abandon: () -> Bool
     ) -> (result: HTTPAttemptResult, abandoned: Bool) {
         // The head alone: the body (tens of kilobytes per batch) goes out from
         // where it lies, after the head in the same `sendmsg`, not copied behind it.
@@ -180,12 +180,10 @@ final class PlainHTTPClient {
         case failed(HTTPAttemptResult, abandoned: Bool)
     }
 
-    private func exchange(_ head: [UInt8], _ body: [UInt8], deadline: UInt64, abandon: () -> Bool) -> Outcome {
+    private func exchange(_ head: [UInt8], _ body: UnsafeRawBufferPointer, deadline: UInt64, abandon: () -> Bool) -> Outcome {
         var sent = 0
         while sent < head.count + body.count {
-            let count = head.withUnsafeBytes { head in
-                body.withUnsafeBytes { body in Self.send(Self.unsent(head, body, after: sent), on: socket) }
-            }
+            let count = head.withUnsafeBytes { head in Self.send(Self.unsent(head, body, after: sent), on: socket) }
             if count > 0 {
                 sent += count
                 continue

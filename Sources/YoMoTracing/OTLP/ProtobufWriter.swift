@@ -37,6 +37,14 @@ package struct ProtobufWriter: ~Copyable {
         [UInt8](UnsafeBufferPointer(start: base, count: count))
     }
 
+    /// The bytes written so far, lent to `body` without a copy (an export body
+    /// is tens of kilobytes); valid only inside it.
+    package func withBytes<Result, Failure: Error>(
+        _ body: (UnsafeRawBufferPointer) throws(Failure) -> Result
+    ) throws(Failure) -> Result {
+        try body(UnsafeRawBufferPointer(start: base, count: count))
+    }
+
     @inline(__always) private mutating func reserve(_ extra: Int) {
         if _slowPath(count + extra > capacity) { grow(to: count + extra) }
     }
