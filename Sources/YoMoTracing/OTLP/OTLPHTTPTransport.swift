@@ -264,17 +264,15 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
             handle = nil
         }
 
-        var compressed: [UInt8] = []
-        if configuration.compression == .gzip {
-            guard let output = gzip(body) else {
-                logger.error("OTLP export failed: gzip compression failed")
-                throw .encodingFailed("gzip failed")
-            }
-            compressed = output
+        guard configuration.compression == .gzip else {
+            return try post(body, handle: handle, timeout: timeout, itemCount: itemCount)
         }
-        return try compressed.withTypedThrowingBytes { compressedBytes throws(TracingError) in
-            let payload = configuration.compression == .gzip ? compressedBytes : body
-            return try post(payload, handle: handle, timeout: timeout, itemCount: itemCount)
+        guard let compressed = gzip(body) else {
+            logger.error("OTLP export failed: gzip compression failed")
+            throw .encodingFailed("gzip failed")
+        }
+        return try compressed.withTypedThrowingBytes { compressed throws(TracingError) in
+            try post(compressed, handle: handle, timeout: timeout, itemCount: itemCount)
         }
     }
 
@@ -488,9 +486,9 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         ccurl_setopt_long(handle, CURLOPT_TIMEOUT_MS, timeoutMilliseconds)
         ccurl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, timeoutMilliseconds)
         var abandoned = false
-        let code: CURLcode = { (bytes: UnsafeRawBufferPointer) in
-            ccurl_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(bytes.count))
-            ccurl_setopt_pointer(handle, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress))
+        ccurl_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(payload.count))
+        ccurl_setopt_pointer(handle, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: payload.baseAddress))
+        let code: CURLcode = {
             guard let multi else { return curl_easy_perform(handle) }
             // The multi interface instead of curl_easy_perform: between polls
             // (50 ms at most) we can drop a transfer that a shutdown deadline
@@ -510,7 +508,7 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
                 abandoned = true
             }
             return code
-        }(payload)
+        }()
         // POSTFIELDS only borrowed the payload for this perform.
         ccurl_setopt_pointer(handle, CURLOPT_POSTFIELDS, nil)
         var status = 0
