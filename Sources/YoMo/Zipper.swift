@@ -31,6 +31,9 @@ public final class Zipper: Sendable {
         /// Which threads read and route the connections' frames (default:
         /// `YOMO_ZIPPER_ROUTING`, else `.loop`).
         public var routing: Routing
+        /// A `YOMO_ZIPPER_ROUTING` value that is neither `loop` nor `pool`, when
+        /// `routing` came from the environment: the zipper warns about it.
+        var ignoredRoutingSetting: String?
 
         public init(
             logger: Logger = Logger(label: "yomo.zipper"),
@@ -42,7 +45,13 @@ public final class Zipper: Sendable {
             meterProvider: MeterProvider? = nil,
             routing: Routing? = nil
         ) {
-            self.routing = routing ?? Routing.fromEnvironment ?? .loop
+            if let routing {
+                self.routing = routing
+            } else {
+                let setting = Routing.fromEnvironment(ProcessInfo.processInfo.environment)
+                self.routing = setting.routing ?? .loop
+                ignoredRoutingSetting = setting.ignored
+            }
             self.shutdownTimeout = shutdownTimeout
             self.meterProvider = meterProvider
             self.tracerProvider = tracerProvider
@@ -65,9 +74,12 @@ public final class Zipper: Sendable {
         /// core, for a zipper with many busy peers on a machine with cores to spare.
         case pool
 
-        /// `YOMO_ZIPPER_ROUTING` (`loop` or `pool`); nil when unset or neither.
-        static var fromEnvironment: Routing? {
-            ProcessInfo.processInfo.environment["YOMO_ZIPPER_ROUTING"].flatMap(Routing.init(rawValue:))
+        /// `YOMO_ZIPPER_ROUTING` (`loop` or `pool`), read once: nil when unset,
+        /// and nil with the value as `ignored` when it is neither.
+        static func fromEnvironment(_ environment: [String: String]) -> (routing: Routing?, ignored: String?) {
+            guard let value = environment["YOMO_ZIPPER_ROUTING"] else { return (nil, nil) }
+            guard let routing = Routing(rawValue: value) else { return (nil, value) }
+            return (routing, nil)
         }
     }
 
@@ -132,7 +144,7 @@ public final class Zipper: Sendable {
             MeshLink(peer: peer, zipperName: configuration.name, limits: configuration.meshQueue, logger: logger)
         }
         metrics.observeTracing(options.tracerProvider ?? ownedProvider)
-        if let value = ProcessInfo.processInfo.environment["YOMO_ZIPPER_ROUTING"], Routing(rawValue: value) == nil {
+        if let value = options.ignoredRoutingSetting {
             logger.warning("YOMO_ZIPPER_ROUTING is neither loop nor pool: ignored", metadata: ["value": "\(value)", "routing": "\(options.routing)"])
         }
         if !links.isEmpty {

@@ -1,6 +1,7 @@
 import Testing
 import NIOCore
 import YoMoWire
+import Logging
 
 @testable import YoMo
 import YoMoZipperYAML
@@ -411,5 +412,30 @@ struct ClientLifecycleTests {
         var idle = machine()
         #expect(idle.closeRequested() == .end(.closed))
         #expect(idle.start() == .none, "a closed client does not connect again")
+    }
+}
+
+@Suite("Zipper routing from the environment")
+struct ZipperRoutingSettingTests {
+    @Test("YOMO_ZIPPER_ROUTING: loop, pool, unset, or ignored with its value kept")
+    func parsing() {
+        #expect(Zipper.Routing.fromEnvironment(["YOMO_ZIPPER_ROUTING": "pool"]) == (.pool, nil))
+        #expect(Zipper.Routing.fromEnvironment(["YOMO_ZIPPER_ROUTING": "loop"]) == (.loop, nil))
+        #expect(Zipper.Routing.fromEnvironment([:]) == (nil, nil))
+        #expect(Zipper.Routing.fromEnvironment(["YOMO_ZIPPER_ROUTING": "Pool"]) == (nil, "Pool"))
+    }
+
+    @Test("routing set in code is not the environment's; an ignored value is warned about once, by the zipper")
+    func warning() {
+        #expect(Zipper.Options(routing: .pool).ignoredRoutingSetting == nil)
+        let lines = Inbox<String>()
+        var options = Zipper.Options(logger: Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: lines) })
+        options.ignoredRoutingSetting = "threads"
+        options.routing = .loop
+        _ = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: options)
+        let warnings = lines.items.filter { $0.contains("YOMO_ZIPPER_ROUTING") }
+        #expect(warnings.count == 1)
+        #expect(warnings.first?.hasPrefix("warning YOMO_ZIPPER_ROUTING is neither loop nor pool: ignored") == true)
+        #expect(warnings.first?.contains("value=threads") == true && warnings.first?.contains("routing=loop") == true)
     }
 }
