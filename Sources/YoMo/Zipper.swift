@@ -306,7 +306,7 @@ public final class Zipper: Sendable {
         if let rejection = authority.rejection(for: handshake) {
             countRefusal("rejected")
             connectionLogger.warning("handshake rejected", metadata: ["reason": "\(rejection.forLog)", "remote": "\(remote)"])
-            try? await connection.write(.rejected(RejectedFrame(message: rejection)))
+            _ = try? await connection.write(.rejected(RejectedFrame(message: rejection)))
             // A peer that does not acknowledge the RejectedFrame gets the handshake timeout, no more.
             await connection.closeAfterDelivery(reason: rejection, until: .now + options.handshakeTimeout)
             return

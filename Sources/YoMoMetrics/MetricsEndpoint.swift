@@ -2,7 +2,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Synchronization
-public import YoMoTracing
+import YoMoTracing
 
 /// Who is ready: each component of the process (a stream function connected
 /// to its zipper, a zipper listening) registers a probe; `/readyz` answers 200

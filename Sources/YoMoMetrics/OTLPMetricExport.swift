@@ -289,7 +289,7 @@ public final class PeriodicMetricReader: @unchecked Sendable {
         /// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`.
         public init(environment: [String: String]) {
             func milliseconds(_ key: String) -> Duration? {
-                guard let text = environment[key]?.trimming { $0 == " " || $0 == "\t" }, let value = Int64(text), value > 0 else { return nil }
+                guard let text = environment[key]?.trimming({ $0 == " " || $0 == "\t" }), let value = Int64(text), value > 0 else { return nil }
                 return .milliseconds(value)
             }
             self.init(

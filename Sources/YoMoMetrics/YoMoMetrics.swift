@@ -1,4 +1,4 @@
-public import CoreMetrics
+import CoreMetrics
 import FoundationEssentials
 public import Logging
 import Synchronization
@@ -74,7 +74,7 @@ public enum YoMoMetrics {
     /// an OTLP endpoint is set.
     static func wantsOTLPExport(_ environment: [String: String]) -> Bool {
         func isSet(_ key: String) -> Bool { !(environment[key]?.trimming { $0 == " " || $0 == "\t" }.isEmpty ?? true) }
-        if let exporters = environment["OTEL_METRICS_EXPORTER"]?.lowercased(), !exporters.trimming { $0 == " " }.isEmpty {
+        if let exporters = environment["OTEL_METRICS_EXPORTER"]?.lowercased(), !exporters.trimming({ $0 == " " }).isEmpty {
             let names = exporters.split(separator: ",").map { $0.trimming { $0 == " " || $0 == "\t" } }
             return names.contains("otlp")
         }

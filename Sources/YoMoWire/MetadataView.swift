@@ -1,4 +1,4 @@
-public import NIOCore
+package import NIOCore
 
 /// Encoded metadata read in place: what a zipper needs to route a frame and to
 /// hand its trace context on, without decoding every value into a string and
