@@ -245,7 +245,7 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
     /// Sends `body` (an uncompressed protobuf message), retrying within `timeout`.
     /// Returns the body of the 2xx response. Logs a failure once, then throws.
     package func send(_ body: [UInt8], timeout: Duration, itemCount: Int) throws(TracingError) -> [UInt8] {
-        try body.withTypedThrowingBytes { bytes throws(TracingError) in try send(bytes, timeout: timeout, itemCount: itemCount) }
+        try body.withUnsafeBytesTyped { bytes throws(TracingError) in try send(bytes, timeout: timeout, itemCount: itemCount) }
     }
 
     /// Sends `body`, borrowed for the call (retries resend it from where it lies).
@@ -271,7 +271,7 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
             logger.error("OTLP export failed: gzip compression failed")
             throw .encodingFailed("gzip failed")
         }
-        return try compressed.withTypedThrowingBytes { compressed throws(TracingError) in
+        return try compressed.withUnsafeBytesTyped { compressed throws(TracingError) in
             try post(compressed, handle: handle, timeout: timeout, itemCount: itemCount)
         }
     }
@@ -280,7 +280,6 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
     private func post(
         _ payload: UnsafeRawBufferPointer, handle: UnsafeMutableRawPointer?, timeout: Duration, itemCount: Int
     ) throws(TracingError) -> [UInt8] {
-
         let start = monotonicNanoseconds()
         let exportEnd = start + UInt64(max(timeout.nanoseconds, 1_000_000))
         var attempt = 0
@@ -542,8 +541,10 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
 }
 
 extension Array where Element == UInt8 {
-    /// `withUnsafeBytes` rethrows untyped errors; the transport throws `TracingError`.
-    fileprivate func withTypedThrowingBytes<Result>(
+    /// `withUnsafeBytes` rethrows untyped errors; the transport throws
+    /// `TracingError` (as YoMoWire's `withUnsafeReadableBytesTyped` does for
+    /// `ByteBuffer` and `WireError`).
+    fileprivate func withUnsafeBytesTyped<Result>(
         _ body: (UnsafeRawBufferPointer) throws(TracingError) -> Result
     ) throws(TracingError) -> Result {
         let outcome = withUnsafeBytes { bytes in Swift.Result { () throws(TracingError) in try body(bytes) } }
