@@ -132,18 +132,21 @@ targets += [
         exclude: ["otlp_receiver.py", "http_quirks_server.py"],
         swiftSettings: strictSwift
     ),
+    // Counts the process's heap allocations for yomo-tracing-bench by interposing libc's malloc.
+    .target(name: "CMallocCounter", path: "Benchmarks/CMallocCounter"),
     // Benchmark, not a test: `swift run -c release yomo-tracing-bench`.
     .executableTarget(
         name: "yomo-tracing-bench",
         dependencies: [
             "YoMoTracing",
             "COTLPProto",
+            "CMallocCounter",
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "Logging", package: "swift-log"),
         ],
         path: "Benchmarks/TracingBench",
         swiftSettings: strictSwift,
-        // MallocCounter.swift's malloc must be in the dynamic symbol table to interpose glibc's.
+        // CMallocCounter's malloc must be in the dynamic symbol table to interpose glibc's.
         linkerSettings: [.unsafeFlags(["-Xlinker", "--export-dynamic"], .when(platforms: [.linux]))]
     ),
 ]

@@ -3,6 +3,7 @@
 //   swift run -c release --scratch-path .build-tracing yomo-tracing-bench [--seconds 5] [--python] [--only PART]
 //
 // Not a test: numbers depend on the machine (docs/tracing.md records them).
+import CMallocCounter
 import Foundation
 import Logging
 import Tracing
@@ -13,6 +14,7 @@ let seconds = arguments.firstIndex(of: "--seconds").flatMap { Double(arguments[$
 let usePython = arguments.contains("--python")
 /// `--only noop|bare|discard|encode|throughput` runs one part (for profiling).
 let only = arguments.firstIndex(of: "--only").map { arguments[$0 + 1] }
+checkMallocCounter()
 
 let logger: Logger = {
     var logger = Logger(label: "yomo-tracing-bench")
@@ -283,3 +285,22 @@ if only != "throughput" { await runSpanCost(receiver: receiver) }
 if only == nil { runEncode() }
 if only == nil || only == "throughput" { await runThroughput(receiver: receiver) }
 receiver.stop()
+
+/// Heap allocations (malloc, calloc, realloc, posix_memalign) so far, in every thread.
+func mallocCount() -> Int {
+    Int(yomo_bench_malloc_calls())
+}
+
+/// A counter that silently stayed at 0 would report every path as allocation-free,
+/// so check once that an allocation made inside a shared library (libc's own
+/// `strdup`) reaches it.
+func checkMallocCounter() {
+    #if canImport(Glibc)
+    let before = mallocCount()
+    free(strdup("interposed?"))
+    if mallocCount() == before {
+        FileHandle.standardError.write(Data("yomo-tracing-bench: the malloc counter does not see allocations; mallocs/op would read 0\n".utf8))
+        exit(1)
+    }
+    #endif
+}
