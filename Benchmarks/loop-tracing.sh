@@ -27,7 +27,8 @@
 # stream function, bench, receiver; on a saturated machine the steadier
 # measure) and the median round-trip latency (for the latency-bound case:
 # LOOP_SIZE=16 LOOP_INFLIGHT=1): medians against the first mode's, then the
-# medians of each round's ratio to the same build's off in that round.
+# medians of each round's ratio to the same build's off in that round, with a
+# 95 % confidence interval for each (from 6 rounds on).
 # Benchmarks/loop-pool.py pools the output of several runs: on this kind of VM
 # a few percent needs tens of rounds. Needs release builds of yomo and
 # uppercase-sfn (built here).
