@@ -98,9 +98,13 @@ def main(paths: list[str]) -> int:
     print(f"{len(rounds)} rounds from {len(paths)} runs")
     print(f"{'mode':24s} " + " ".join(f"{name:>22s}" for name in FIELDS))
     print(f"{'':24s} " + " ".join(f"{'median (to off)':>22s}" for _ in FIELDS))
+    # The paired ratios' 95 % intervals, printed after the table: an aim
+    # outside one is met or missed; inside, this many rounds cannot tell.
+    intervals = []
     for mode in order:
         reference = (mode.split(":", 1)[0] + ":off") if ":" in mode else "off"
         cells = []
+        interval_cells = []
         for field in range(3):
             values = [r[mode][field] for r in rounds.values() if mode in r]
             base = [r[reference][field] for r in rounds.values() if reference in r]
@@ -112,21 +116,11 @@ def main(paths: list[str]) -> int:
             else:
                 of_medians = median / statistics.median(base)
                 cells.append(f"{median:>9.1f} {of_medians:5.2f} {statistics.median(paired):5.2f}")
+            interval_cells.append(f"{interval_text(paired):>22s}" if paired else f"{'':>22s}")
         print(f"{mode:24s} " + " ".join(cells))
+        if mode != reference:
+            intervals.append(f"{mode:24s} " + " ".join(interval_cells))
     print("each traced cell: median, median / its off's median, median of the rounds' own ratios to their off")
-    # The paired ratios' 95 % intervals: an aim outside one is met or missed;
-    # inside, this many rounds cannot tell.
-    intervals = []
-    for mode in order:
-        reference = (mode.split(":", 1)[0] + ":off") if ":" in mode else "off"
-        if mode == reference:
-            continue
-        cells = []
-        for field in range(3):
-            paired = [r[mode][field] / r[reference][field] for r in rounds.values()
-                      if mode in r and reference in r and r[reference][field] > 0]
-            cells.append(f"{interval_text(paired):>22s}" if paired else f"{'':>22s}")
-        intervals.append(f"{mode:24s} " + " ".join(cells))
     if intervals:
         print()
         print("95 % intervals of the median of the rounds' own ratios to their off")
