@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 python3 scripts/check-deploy.py
 python3 Benchmarks/loop-pool.py --self-test
+python3 Benchmarks/zipper-hop.py --self-test
 swift build --build-tests
 # The programs pack their relocations and load libcurl lazily (resident memory).
 scripts/check-binaries.sh
