@@ -70,7 +70,8 @@ def summary(path: str) -> int:
     modes: list[str] = []
     for line in open(path):
         fields = line.split()
-        if len(fields) != 5:
+        # A round whose trace held no hops (see `passes`) is left out.
+        if len(fields) != 5 or fields[4] == "0":
             continue
         round_, mode, routing = fields[0], fields[1], float(fields[2])
         rounds.setdefault(round_, {})[mode] = routing
