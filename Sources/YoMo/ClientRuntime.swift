@@ -130,6 +130,9 @@ final class ClientRuntime: Sendable {
     /// (it does once its in-flight handlers finish, or a write on it fails).
     var sessionEndedForTesting: Bool { state.withLock { $0.session?.connection.connection.closeReason != nil } }
 
+    /// Bytes written on the current session that the zipper has not acknowledged (0 without one).
+    var unacknowledgedBytesForTesting: Int { state.withLock { $0.session?.connection.connection.unacknowledgedBytes ?? 0 } }
+
     var outageStatistics: OutageStatistics { state.withLock { $0.outage.statistics } }
 
     // MARK: Starting
