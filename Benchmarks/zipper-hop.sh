@@ -65,6 +65,7 @@ for round in $(seq "$rounds"); do
         echo "$round $mode $routing $flush $hops" | tee -a "$work/results"
     done
 done
+# Before the exit trap: its stop_all waits for every child, the receiver too.
 kill "$receiver" 2>/dev/null || true
 echo
 python3 Benchmarks/zipper-hop.py summary "$work/results"
