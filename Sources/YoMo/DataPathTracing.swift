@@ -229,12 +229,16 @@ struct DataPathTracer: Sendable {
             name: name, handlerType: handlerType, tag: tag, length: length, parent: extractParent(from: view, trace: trace))
     }
 
+    /// Not recorded, under a parent not sampled, the span is the parent's ids
+    /// (as the zipper's hop is): no new span id names a span nobody records,
+    /// and a reply carries the frame's trace context as it came.
     private func startFunctionSpan(name: String, handlerType: StaticString, tag: UInt32, length: Int, parent: SpanContext?) -> YoMoSpan {
         startSpan(
             name, parent: parent, context: ServiceContext.current ?? .topLevel, ofKind: .consumer,
             attributes: FixedAttributes(
                 .init("sfn_handler_type", .string(handlerType)),
-                .init("recv_data_tag", .int64(Int64(tag))), .init("recv_data_len", .int64(Int64(length))))
+                .init("recv_data_tag", .int64(Int64(tag))), .init("recv_data_len", .int64(Int64(length)))),
+            forwardsUnsampledParent: true
         )
     }
 
@@ -259,6 +263,12 @@ struct DataPathTracer: Sendable {
         // No span, or no valid ids: functionSpan writes nothing.
         guard let spanContext = span?.spanContext, spanContext.isValid else { return ResendableMetadata(view: view, patch: nil) }
         let formats = tracer.propagator.formats
+        // A forwarded parent already written as `inject` writes it: the bytes go on as they came.
+        if let present, let fields = Self.unsampledParentAsWritten(in: present, formats: formats),
+           spanContext.spanID.rawValue == fields.spanID, !spanContext.isSampled,
+           spanContext.traceID == TraceID(high: fields.traceIDHigh, low: fields.traceIDLow) {
+            return ResendableMetadata(view: view, patch: nil)
+        }
         guard let trace = Self.patch(spanContext, formats: formats), let patch = view.patch(trace, over: present) else { return nil }
         return ResendableMetadata(view: view, patch: patch, ids: trace)
     }
@@ -279,10 +289,12 @@ struct DataPathTracer: Sendable {
     /// without strings. `attributes` are built only for a recording span.
     private func startSpan(
         _ name: String, parent: SpanContext?, context: ServiceContext, ofKind kind: SpanKind,
-        attributes: @autoclosure () -> FixedAttributes
+        attributes: @autoclosure () -> FixedAttributes, forwardsUnsampledParent: Bool = false
     ) -> YoMoSpan {
         let parent = parent ?? (context.isEmpty ? nil : context.spanContext)
-        return tracer.startSpan(name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now, fixedAttributes: attributes())
+        return tracer.startSpan(
+            name, parent: parent, context: context, ofKind: kind, at: DefaultTracerClock.now, fixedAttributes: attributes(),
+            forwardsUnsampledParent: forwardsUnsampledParent)
     }
 
     /// The remote parent in a frame's metadata, as `TraceContextPropagator.extract`

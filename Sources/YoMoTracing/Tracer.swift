@@ -53,6 +53,8 @@ public struct YoMoTracer: Tracer {
     /// unique), evaluated only for a recording span and set as it starts, which
     /// saves a `setAttribute` (a lock and a search) each. `fixedAttributes`
     /// (literals, kept inline) come first; keys unique across both.
+    /// `forwardsUnsampledParent`: as for `startHopSpan`; the span's context
+    /// then holds the parent's ids.
     package func startSpan<Instant: TracerInstant>(
         _ operationName: String,
         parent: SpanContext?,
@@ -60,9 +62,10 @@ public struct YoMoTracer: Tracer {
         ofKind kind: SpanKind,
         at instant: @autoclosure () -> Instant,
         attributes: @autoclosure () -> [ListedAttribute] = [],
-        fixedAttributes: @autoclosure () -> FixedAttributes = FixedAttributes()
+        fixedAttributes: @autoclosure () -> FixedAttributes = FixedAttributes(),
+        forwardsUnsampledParent: Bool = false
     ) -> YoMoSpan {
-        switch start(operationName, parent: parent, ofKind: kind, at: instant()) {
+        switch start(operationName, parent: parent, ofKind: kind, at: instant(), forwardsUnsampledParent: forwardsUnsampledParent) {
         case .recording(let spanContext, let parent, let startTime):
             YoMoSpan(context: parentContext, storage: SpanStorage(
                 shared: shared.unsafelyUnwrapped, scope: scope, name: operationName, kind: kind,

@@ -230,12 +230,12 @@ struct PropagationFastPathTests {
 
     @Test("""
         a stream function finds the decoded metadata's parent in place, and its writes carry the received bytes \
-        with its ids written over them: the bytes encoding gives
+        with its ids written over them: the bytes encoding gives; under a parent not sampled, the parent's ids
         """)
     func functionResendsReceivedBytes() throws {
         for formats in Self.formatChoices {
             let tracing = Self.tracer(formats)
-            var resent = 0, encoded = 0, parents = 0
+            var resent = 0, encoded = 0, parents = 0, forwardedAsCame = 0
             for carrier in try Self.carriers() {
                 let received = carrier.encoded()
                 var metadata = try Metadata(decoding: received)
@@ -259,6 +259,16 @@ struct PropagationFastPathTests {
                 // Digits that stay the same may be skipped: the same bytes.
                 let overPresent = tracing.resendable(view, after: span, over: view!.canonicalTrace)
                 #expect(overPresent?.patched == metadata.encoded(), "\(formats.rawValue): \(carrier)")
+                // Under a parent not sampled (the default sampler records none of
+                // its children) the span is the parent's ids, and a frame that
+                // already carries them as written goes on with nothing to write.
+                if let parent, !parent.isSampled {
+                    #expect(span?.spanContext == parent, "\(formats.rawValue): \(carrier)")
+                    if let trace = view!.canonicalTrace, DataPathTracer.unsampledParentAsWritten(in: trace, formats: formats) != nil {
+                        #expect(overPresent?.patch == nil && overPresent?.patched == received, "\(formats.rawValue): \(carrier)")
+                        forwardedAsCame += 1
+                    }
+                }
                 // A handler reading its metadata gets it decoded then, with the ids
                 // written in as functionSpan writes them; keys read one by one agree.
                 #expect(resendable.metadata() == metadata, "\(formats.rawValue): \(carrier)")
@@ -273,6 +283,8 @@ struct PropagationFastPathTests {
             let carriers = try Self.carriers().count
             #expect(formats.isEmpty ? parents == 0 : parents > 20 && parents < carriers - 20, "\(formats.rawValue): \(parents) of \(carriers)")
             if !formats.isEmpty { #expect(encoded > 20, "\(formats.rawValue): \(resent) resent, \(encoded) encoded") }
+            // Only traceparent says "not sampled" (the YoMo keys carry no flags).
+            #expect(formats.contains(.traceContext) ? forwardedAsCame >= 1 : forwardedAsCame == 0, "\(formats.rawValue): \(forwardedAsCame)")
         }
         // Tracing off: the received bytes go out unchanged.
         let view = MetadataView(try Self.carriers()[7].encoded())

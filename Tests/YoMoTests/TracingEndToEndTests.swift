@@ -342,6 +342,62 @@ struct TracingEndToEndTests {
         #expect(zipperHopID.count == 16 && zipperHopID != loudSpan["span_id"] as? String)
     }
 
+    @Test("""
+        a stream function that records nothing, under a frame not sampled, replies with the frame's trace context \
+        as it came: the next recorded span's parent is the source's
+        """)
+    func unrecordedFunctionForwardsUnsampledParent() async throws {
+        let receiver = try await SpanReceiver.start()
+        func provider(_ service: String, sampler: String) -> TracerProvider {
+            TracerProvider.otlp(serviceName: service, environment: [
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_TRACES_SAMPLER": sampler,
+            ])
+        }
+        // Propagation only everywhere but the last function, which records every frame.
+        let providers = [
+            provider("test-zipper", sampler: "always_off"), provider("test-relay", sampler: "always_off"),
+            provider("test-sink", sampler: "always_on"), provider("test-quiet", sampler: "always_off"),
+        ]
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: .init(tracerProvider: providers[0]))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let relayLogs = InMemoryLogSink()
+        let relay = StreamFunction(name: "relay", zipper: address, options: .init(
+            observedTags: [0x35], logger: Self.debugLogger("yomo", relayLogs), tracerProvider: providers[1]))
+        relay.setHandler { ctx in try await ctx.write(tag: 0x36, data: ctx.data) }
+        try await relay.connect()
+        let handled = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x36], tracerProvider: providers[2]))
+        sink.setHandler { ctx in handled.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        let quietLogs = InMemoryLogSink()
+        let quiet = Source(name: "quiet", zipper: address, options: .init(logger: Self.debugLogger("yomo", quietLogs), tracerProvider: providers[3]))
+        try await quiet.connect()
+        try await quiet.write(tag: 0x35, data: Array("relayed".utf8))
+        #expect(await handled.wait(for: 1))
+        await quiet.close()
+        await sink.close()
+        await relay.close()
+        await zipper.close()
+        for provider in providers { await provider.shutdown() }
+
+        let spans = receiver.spans()
+        #expect(spans.allSatisfy { $0["name"] as? String == "sink" } && spans.count == 1, "\(spans)")
+        func records(_ sink: InMemoryLogSink, _ message: String) -> [[String: Any]] {
+            sink.lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+                .filter { ($0["msg"] ?? $0["message"]) as? String == message }
+        }
+        let written = try #require(records(quietLogs, "frame written").first, "\(quietLogs.lines)")
+        let quietTraceID = try #require(written["trace_id"] as? String)
+        let quietSpanID = try #require(written["span_id"] as? String)
+        let sinkSpan = try #require(spans.first)
+        #expect(sinkSpan["trace_id"] as? String == quietTraceID)
+        #expect(sinkSpan["parent_span_id"] as? String == quietSpanID)
+        // The relay's own log lines carry the ids it forwards.
+        let received = try #require(records(relayLogs, "frame received").first, "\(relayLogs.lines)")
+        #expect(received["trace_id"] as? String == quietTraceID && received["span_id"] as? String == quietSpanID)
+    }
+
     @Test("a throwing handler's span has error status and the error recorded; pipe spans end")
     func errorsAndPipes() async throws {
         struct Boom: Error {}
