@@ -35,6 +35,13 @@ public struct SpanContext: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { traceparent }
+
+    /// The same context, as one of this process's spans holds it.
+    var local: SpanContext {
+        var context = self
+        context.isRemote = false
+        return context
+    }
 }
 
 /// Holds a span context inside a `ServiceContext`. A class, so storing it is a

@@ -72,7 +72,11 @@ public struct YoMoTracer: Tracer {
                 spanContext: spanContext, parentSpanID: parent?.spanID, parentIsRemote: parent?.isRemote ?? false,
                 startTime: startTime, attributes: attributes(), fixedAttributes: fixedAttributes()
             ))
-        case .unrecorded(let spanContext), .forwarded(let spanContext): YoMoSpan(context: parentContext, unrecorded: spanContext)
+        case .unrecorded(let spanContext): YoMoSpan(context: parentContext, unrecorded: spanContext)
+        // Still this process's span, on its parent's ids: children started
+        // under it are sampled as children of a local parent, as they were
+        // under a span id of its own.
+        case .forwarded(let parent): YoMoSpan(context: parentContext, unrecorded: parent.local)
         case .disabled: YoMoSpan(context: parentContext, storage: nil)
         }
     }

@@ -208,6 +208,30 @@ import Tracing
         #expect(!own.isForwarded && own.spanContext.spanID != unsampled.spanID && own.spanContext.traceID == unsampled.traceID)
     }
 
+    @Test func spansForwardAnUnsampledParentAsALocalSpanOnItsIds() throws {
+        let unsampled = SpanContext(traceID: .random(), spanID: .random(), traceFlags: [], isRemote: true, traceState: "vendor=1")
+        // Children of an unsampled local parent are recorded; of a remote one, not.
+        let exporter = InMemorySpanExporter()
+        var configuration = TracerProvider.Configuration(environment: [:])
+        configuration.sampler = ParentBasedSampler(root: AlwaysOnSampler(), localParentNotSampled: AlwaysOnSampler())
+        let tracer = TracerProvider(configuration: configuration, processors: [SimpleSpanProcessor(exporter: exporter)]).tracer("f")
+        let handler = tracer.startSpan(
+            "handler", parent: unsampled, context: .topLevel, ofKind: .consumer, at: DefaultTracerClock.now, forwardsUnsampledParent: true)
+        // Not recorded: the parent's ids, flags and tracestate, held as this process's.
+        #expect(!handler.isRecording)
+        let ids = try #require(handler.spanContext)
+        #expect(ids.traceID == unsampled.traceID && ids.spanID == unsampled.spanID && ids.traceFlags == unsampled.traceFlags)
+        #expect(ids.traceState == unsampled.traceState && !ids.isRemote)
+        // A child is sampled as a child of a local span, as under a span id of the handler's own.
+        let child = tracer.startSpan("child", context: handler.context, ofKind: .internal, at: DefaultTracerClock.now)
+        #expect(child.isRecording)
+        child.end()
+        #expect(exporter.spans.map(\.parentSpanID) == [unsampled.spanID])
+        // Without the option the handler's span has an id of its own.
+        let own = tracer.startSpan("handler", parent: unsampled, context: .topLevel, ofKind: .consumer, at: DefaultTracerClock.now)
+        #expect(own.spanContext?.spanID != unsampled.spanID && own.spanContext?.traceID == unsampled.traceID)
+    }
+
     @Test func decisionsTakenWithoutAskingAreTheSamplersOwn() {
         struct Custom: Sampler {
             func shouldSample(parent: SpanContext?, traceID: TraceID, name: String, kind: SpanKind) -> SamplingDecision { .recordOnly }
