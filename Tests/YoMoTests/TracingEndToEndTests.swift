@@ -60,11 +60,11 @@ final class SpanReceiver {
         }.filter { $0["type"] as? String == type }
     }
 
-    func provider(service: String) -> TracerProvider {
-        TracerProvider.otlp(serviceName: service, environment: [
-            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        ])
+    /// A provider exporting here; `sampler`: an `OTEL_TRACES_SAMPLER` value (default: the SDK's).
+    func provider(service: String, sampler: String? = nil) -> TracerProvider {
+        var environment = ["OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"]
+        if let sampler { environment["OTEL_TRACES_SAMPLER"] = sampler }
+        return TracerProvider.otlp(serviceName: service, environment: environment)
     }
 }
 
@@ -75,6 +75,12 @@ struct TracingEndToEndTests {
         Logger(label: label) { label in
             YoMoLogHandler(label: label, format: .json, writer: LogWriter(sink: sink, configuration: .init(isSynchronous: true)), logLevel: .debug)
         }
+    }
+
+    /// The JSON records in `sink` whose message is `message`.
+    static func records(_ sink: InMemoryLogSink, _ message: String) -> [[String: Any]] {
+        sink.lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+            .filter { ($0["msg"] ?? $0["message"]) as? String == message }
     }
 
     @Test("source, zipper and stream function spans of one frame form one trace, with a user child span")
@@ -281,15 +287,10 @@ struct TracingEndToEndTests {
         """)
     func unrecordedZipperHops() async throws {
         let receiver = try await SpanReceiver.start()
-        func provider(_ service: String, sampler: String) -> TracerProvider {
-            TracerProvider.otlp(serviceName: service, environment: [
-                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_TRACES_SAMPLER": sampler,
-            ])
-        }
         // Propagation only at the zipper; the function records every frame, whatever its parent says.
         let providers = [
-            provider("test-zipper", sampler: "always_off"), provider("test-sfn", sampler: "always_on"),
-            provider("test-quiet", sampler: "always_off"), provider("test-loud", sampler: "always_on"),
+            receiver.provider(service: "test-zipper", sampler: "always_off"), receiver.provider(service: "test-sfn", sampler: "always_on"),
+            receiver.provider(service: "test-quiet", sampler: "always_off"), receiver.provider(service: "test-loud", sampler: "always_on"),
         ]
         let zipperLogs = InMemoryLogSink()
         let zipper = Zipper(
@@ -321,18 +322,14 @@ struct TracingEndToEndTests {
         #expect(named("zipper endpoint").isEmpty && named("quiet").isEmpty, "sampled out: nothing exported")
         let functionSpans = named("upper")
         #expect(functionSpans.count == 2)
-        func records(_ sink: InMemoryLogSink, _ message: String) -> [[String: Any]] {
-            sink.lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
-                .filter { ($0["msg"] ?? $0["message"]) as? String == message }
-        }
         // Unsampled: the function's parent is the quiet source's own (unrecorded)
         // span, whose ids the zipper handed on; its debug line carries them too.
-        let written = try #require(records(quietLogs, "frame written").first, "\(quietLogs.lines)")
+        let written = try #require(Self.records(quietLogs, "frame written").first, "\(quietLogs.lines)")
         let quietTraceID = try #require(written["trace_id"] as? String)
         let quietSpanID = try #require(written["span_id"] as? String)
         let underQuiet = try #require(functionSpans.first { $0["trace_id"] as? String == quietTraceID }, "\(functionSpans)")
         #expect(underQuiet["parent_span_id"] as? String == quietSpanID)
-        let routed = try #require(records(zipperLogs, "routing frame").first { $0["trace_id"] as? String == quietTraceID })
+        let routed = try #require(Self.records(zipperLogs, "routing frame").first { $0["trace_id"] as? String == quietTraceID })
         #expect(routed["span_id"] as? String == quietSpanID)
         // Sampled: the zipper's hop, recording nothing, still names itself (and
         // tells the function's parent-based samplers not to sample, as before).
@@ -348,15 +345,10 @@ struct TracingEndToEndTests {
         """)
     func unrecordedFunctionForwardsUnsampledParent() async throws {
         let receiver = try await SpanReceiver.start()
-        func provider(_ service: String, sampler: String) -> TracerProvider {
-            TracerProvider.otlp(serviceName: service, environment: [
-                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_TRACES_SAMPLER": sampler,
-            ])
-        }
         // Propagation only everywhere but the last function, which records every frame.
         let providers = [
-            provider("test-zipper", sampler: "always_off"), provider("test-relay", sampler: "always_off"),
-            provider("test-sink", sampler: "always_on"), provider("test-quiet", sampler: "always_off"),
+            receiver.provider(service: "test-zipper", sampler: "always_off"), receiver.provider(service: "test-relay", sampler: "always_off"),
+            receiver.provider(service: "test-sink", sampler: "always_on"), receiver.provider(service: "test-quiet", sampler: "always_off"),
         ]
         let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: .init(tracerProvider: providers[0]))
         try await zipper.start()
@@ -383,18 +375,14 @@ struct TracingEndToEndTests {
 
         let spans = receiver.spans()
         #expect(spans.allSatisfy { $0["name"] as? String == "sink" } && spans.count == 1, "\(spans)")
-        func records(_ sink: InMemoryLogSink, _ message: String) -> [[String: Any]] {
-            sink.lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
-                .filter { ($0["msg"] ?? $0["message"]) as? String == message }
-        }
-        let written = try #require(records(quietLogs, "frame written").first, "\(quietLogs.lines)")
+        let written = try #require(Self.records(quietLogs, "frame written").first, "\(quietLogs.lines)")
         let quietTraceID = try #require(written["trace_id"] as? String)
         let quietSpanID = try #require(written["span_id"] as? String)
         let sinkSpan = try #require(spans.first)
         #expect(sinkSpan["trace_id"] as? String == quietTraceID)
         #expect(sinkSpan["parent_span_id"] as? String == quietSpanID)
         // The relay's own log lines carry the ids it forwards.
-        let received = try #require(records(relayLogs, "frame received").first, "\(relayLogs.lines)")
+        let received = try #require(Self.records(relayLogs, "frame received").first, "\(relayLogs.lines)")
         #expect(received["trace_id"] as? String == quietTraceID && received["span_id"] as? String == quietSpanID)
     }
 
