@@ -37,12 +37,6 @@ builds="new"
 if [[ -n "${FOOTPRINT_BASELINE_BIN:-}" ]]; then builds="base new"; fi
 bin_of() { if [[ "$1" == base ]]; then echo "$FOOTPRINT_BASELINE_BIN"; else echo "$bin"; fi; }
 
-pids=()
-# Waits for these pids only: a bare `wait` would also wait for the receiver.
-stop_all() {
-    if (( ${#pids[@]} )); then kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; fi
-    pids=()
-}
 receiver=""
 cleanup() { stop_all; if [[ -n "$receiver" ]]; then kill "$receiver" 2>/dev/null || true; fi; }
 trap cleanup EXIT INT TERM
@@ -62,14 +56,9 @@ run_once() {
     local build="$1" mode="$2" programs; programs="$(bin_of "$build")"
     local -a environment
     tracing_environment "$mode" || { echo "unknown mode $mode" >&2; exit 2; }
-    "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" >/dev/null 2>&1 &
-    local zipper=$!
-    pids=($zipper)
-    sleep 0.3
-    "${environment[@]}" "$programs/uppercase-sfn" --zipper "127.0.0.1:$port" >/dev/null 2>&1 &
-    local function=$!
-    pids+=($function)
-    sleep 2
+    local zipper function
+    start_zipper_and_function "$programs"
+    sleep 1.5  # idle: 2 s after the function started
     local idle=()
     for pid in $zipper $function; do
         idle+=("$(status_kb "$pid" VmRSS)" "$(status_kb "$pid" RssAnon)" "$(status_kb "$pid" RssFile)" "$(status_kb "$pid" Threads)")

@@ -1,5 +1,6 @@
 # Sourced by the benchmark scripts that run the loop (loop-tracing.sh,
-# loop-instructions.sh, footprint.sh, mesh-loop.sh, fault-shutdown.sh).
+# loop-instructions.sh, zipper-hop.sh, footprint.sh, mesh-loop.sh,
+# fault-shutdown.sh, which keeps its own stop_all: it kills with SIGKILL).
 
 # Release builds here are optimized across modules, as deploy/Dockerfile and
 # scripts/static-build.sh build: what users run is what is measured.
@@ -12,6 +13,30 @@ release_bin() {
     "${release_build[@]}" --product yomo >/dev/null
     "${release_build[@]}" --product uppercase-sfn >/dev/null
     "${release_build[@]}" --show-bin-path
+}
+
+# The processes of the current run; stop_all stops them and waits for them
+# alone (a bare `wait` would also wait for a receiver left running).
+pids=()
+stop_all() {
+    if (( ${#pids[@]} )); then kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; fi
+    pids=()
+}
+
+# Starts `yomo serve` on $port and uppercase-sfn attached to it, both from
+# directory $1 under `environment` (see tracing_environment), with the
+# arguments in `zipper_args` and `function_args` when set. Sets `zipper` and
+# `function` to their pids, adds them to `pids`, and gives each time to come up.
+start_zipper_and_function() {
+    local programs="$1"
+    "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" ${zipper_args[@]+"${zipper_args[@]}"} >/dev/null 2>&1 &
+    zipper=$!
+    pids+=("$zipper")
+    sleep 0.3
+    "${environment[@]}" "$programs/uppercase-sfn" --zipper "127.0.0.1:$port" ${function_args[@]+"${function_args[@]}"} >/dev/null 2>&1 &
+    function=$!
+    pids+=("$function")
+    sleep 0.5
 }
 
 # Sets `environment`, the env prefix of every process, for tracing mode $1

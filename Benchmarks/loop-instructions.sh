@@ -43,11 +43,6 @@ if [[ -n "${LOOP_BASELINE_BIN:-}" ]]; then builds="new base"; fi
 bin_of() { if [[ "$1" == base ]]; then echo "$LOOP_BASELINE_BIN"; else echo "$bin"; fi; }
 
 work="$(mktemp -d)"
-pids=()
-stop_all() {
-    if (( ${#pids[@]} )); then kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; fi
-    pids=()
-}
 receiver=""
 cleanup() {
     stop_all

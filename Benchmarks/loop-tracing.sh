@@ -46,9 +46,8 @@ otlp_port=4411
 source Benchmarks/loop-common.sh
 bin="$(release_bin)"
 
-pids=()
-stop_all() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
-trap stop_all EXIT INT TERM
+receiver=""
+trap 'stop_all; [[ -n "$receiver" ]] && kill "$receiver" 2>/dev/null' EXIT INT TERM
 
 "$bin/yomo" trace-view --listen "127.0.0.1:$otlp_port" --discard >/dev/null 2>&1 &
 receiver=$!
@@ -91,14 +90,8 @@ run_mode() {
     fi
     environment+=("${settings[@]}")
     local receiver_before; receiver_before="$(cpu_seconds "$receiver")"
-    "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" "${zipper_args[@]}" 2>/dev/null &
-    local zipper=$!
-    pids=($zipper)
-    sleep 0.3
-    "${environment[@]}" "$programs/uppercase-sfn" --zipper "127.0.0.1:$port" "${function_args[@]}" 2>/dev/null &
-    local function=$!
-    pids+=($function)
-    sleep 0.5
+    local zipper function
+    start_zipper_and_function "$programs"
     local bench_output
     bench_output="$(/usr/bin/time -f "bench_cpu=%U+%S" "${environment[@]}" "$programs/yomo" bench --zipper "127.0.0.1:$port" \
         --size "$payload" --inflight "$inflight" --frames "$frames" ${LOOP_RATE:+--rate "$LOOP_RATE"} "${bench_args[@]}" 2>&1)" || true
@@ -130,7 +123,6 @@ for round in $(seq "$rounds"); do
         echo "round $round $mode: $rate frames/s, $cpu µs CPU per frame, p50 $p50 µs" | tee -a "$results"
     done
 done
-kill "$receiver" 2>/dev/null || true
 
 baseline_mode="${modes%% *}"
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }

@@ -23,8 +23,6 @@ port2=9622
 source Benchmarks/loop-common.sh
 bin="$(release_bin)"
 
-pids=()
-stop_all() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 trap stop_all EXIT INT TERM
 
 cpu_seconds() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }

@@ -25,9 +25,7 @@ command -v perf >/dev/null || { echo "zipper-hop.sh needs perf (apt install linu
 source Benchmarks/loop-common.sh
 bin="$(release_bin)"
 work="$(mktemp -d)"
-pids=()
 receiver=""
-stop_all() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 trap 'stop_all; [[ -n "$receiver" ]] && kill "$receiver" 2>/dev/null; rm -rf "$work"' EXIT INT TERM
 
 "$bin/yomo" trace-view --listen "127.0.0.1:$otlp_port" --discard >/dev/null 2>&1 &
@@ -41,13 +39,8 @@ run_mode() {
         mode="${mode#base:}"
     fi
     tracing_environment "$mode" || { echo "unknown mode $mode" >&2; exit 2; }
-    "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" 2>/dev/null &
-    local zipper=$!
-    pids=($zipper)
-    sleep 0.3
-    "${environment[@]}" "$programs/uppercase-sfn" --zipper "127.0.0.1:$port" 2>/dev/null &
-    pids+=($!)
-    sleep 0.5
+    local zipper function
+    start_zipper_and_function "$programs"
     perf record -q -e raw_syscalls:sys_enter,raw_syscalls:sys_exit -p "$zipper" -o "$work/perf.data" 2>/dev/null &
     local recorder=$!
     sleep 0.3
@@ -65,7 +58,5 @@ for round in $(seq "$rounds"); do
         echo "$round $mode $routing $flush $hops" | tee -a "$work/results"
     done
 done
-# Before the exit trap: its stop_all waits for every child, the receiver too.
-kill "$receiver" 2>/dev/null || true
 echo
 python3 Benchmarks/zipper-hop.py summary "$work/results"
