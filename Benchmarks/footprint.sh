@@ -37,14 +37,9 @@ builds="new"
 if [[ -n "${FOOTPRINT_BASELINE_BIN:-}" ]]; then builds="base new"; fi
 bin_of() { if [[ "$1" == base ]]; then echo "$FOOTPRINT_BASELINE_BIN"; else echo "$bin"; fi; }
 
-receiver=""
-cleanup() { stop_all; if [[ -n "$receiver" ]]; then kill "$receiver" 2>/dev/null || true; fi; }
-trap cleanup EXIT INT TERM
+trap 'stop_all; stop_receiver' EXIT INT TERM
 
-if [[ " $modes " == *" on "* ]]; then
-    "$bin/yomo" trace-view --listen "127.0.0.1:$otlp_port" --discard >/dev/null 2>&1 &
-    receiver=$!
-fi
+if [[ " $modes " == *" on "* ]]; then start_receiver "$bin"; fi
 
 # kB of a /proc/PID/status field.
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }

@@ -16,11 +16,40 @@ release_bin() {
 }
 
 # The processes of the current run; stop_all stops them and waits for them
-# alone (a bare `wait` would also wait for a receiver left running).
+# alone (a bare `wait` would also wait for the receiver, which outlives runs).
 pids=()
 stop_all() {
     if (( ${#pids[@]} )); then kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; fi
     pids=()
+}
+
+# Starts `yomo trace-view --discard` from directory $1 on $otlp_port as
+# `receiver` and returns once it accepts connections. A receiver that cannot
+# listen (one of an earlier run still holding the port) stops the script with
+# its error, rather than leaving every later mode to read a dead pid.
+receiver=""
+start_receiver() {
+    local log; log="$(mktemp)"
+    "$1/yomo" trace-view --listen "127.0.0.1:$otlp_port" --discard >/dev/null 2>"$log" &
+    receiver=$!
+    local attempt
+    for attempt in $(seq 100); do
+        if ! kill -0 "$receiver" 2>/dev/null; then
+            echo "the span receiver did not start on port $otlp_port: $(cat "$log")" >&2
+            rm -f "$log"; receiver=""; exit 1
+        fi
+        if ss -Hltnp "sport = :$otlp_port" | grep -q "pid=$receiver,"; then rm -f "$log"; return; fi
+        sleep 0.05
+    done
+    echo "the span receiver did not listen on port $otlp_port within 5 s" >&2
+    rm -f "$log"; exit 1
+}
+
+# Stops the receiver and waits for it, so a run started right after this one
+# finds its port free.
+stop_receiver() {
+    if [[ -n "$receiver" ]]; then kill "$receiver" 2>/dev/null || true; wait "$receiver" 2>/dev/null || true; fi
+    receiver=""
 }
 
 # Starts `yomo serve` on $port and uppercase-sfn attached to it, both from

@@ -43,17 +43,15 @@ if [[ -n "${LOOP_BASELINE_BIN:-}" ]]; then builds="new base"; fi
 bin_of() { if [[ "$1" == base ]]; then echo "$LOOP_BASELINE_BIN"; else echo "$bin"; fi; }
 
 work="$(mktemp -d)"
-receiver=""
 cleanup() {
     stop_all
-    if [[ -n "$receiver" ]]; then kill "$receiver" 2>/dev/null || true; fi
+    stop_receiver
     if [[ -n "${LOOP_KEEP:-}" ]]; then mkdir -p "$LOOP_KEEP" && cp "$work"/*.callgrind* "$LOOP_KEEP"/ 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
 
-"$bin/yomo" trace-view --listen "127.0.0.1:$otlp_port" --discard >/dev/null 2>&1 &
-receiver=$!
+start_receiver "$bin"
 
 # valgrind cannot read the toolchain's debug info: copies without it.
 for build in $builds; do

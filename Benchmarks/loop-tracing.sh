@@ -46,11 +46,8 @@ otlp_port=4411
 source Benchmarks/loop-common.sh
 bin="$(release_bin)"
 
-receiver=""
-trap 'stop_all; [[ -n "$receiver" ]] && kill "$receiver" 2>/dev/null' EXIT INT TERM
-
-"$bin/yomo" trace-view --listen "127.0.0.1:$otlp_port" --discard >/dev/null 2>&1 &
-receiver=$!
+trap 'stop_all; stop_receiver' EXIT INT TERM
+start_receiver "$bin"
 
 cpu_seconds() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
 

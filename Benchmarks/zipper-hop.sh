@@ -25,11 +25,8 @@ command -v perf >/dev/null || { echo "zipper-hop.sh needs perf (apt install linu
 source Benchmarks/loop-common.sh
 bin="$(release_bin)"
 work="$(mktemp -d)"
-receiver=""
-trap 'stop_all; [[ -n "$receiver" ]] && kill "$receiver" 2>/dev/null; rm -rf "$work"' EXIT INT TERM
-
-"$bin/yomo" trace-view --listen "127.0.0.1:$otlp_port" --discard >/dev/null 2>&1 &
-receiver=$!
+trap 'stop_all; stop_receiver; rm -rf "$work"' EXIT INT TERM
+start_receiver "$bin"
 
 # Prints "<routing µs> <flush µs> <hops>" for one mode.
 run_mode() {
