@@ -16,10 +16,12 @@ scripts/check-binaries.sh
 # Every ```swift block of README.md and docs/ compiles (the DocSamples target,
 # just built) and docs/configuration.md names every option and variable.
 scripts/check-doc-samples.py
-# One test at a time: several suites start Python peers and wait on them
-# synchronously, which on a 2-core machine can hold both threads of the
-# cooperative pool long enough to break the timing assertions of others
-# (a 500 ms handshake timeout observed at 7 s). Serially the suite takes ~70 s.
+# One test at a time. The tests no longer hold a thread of the cooperative
+# pool while a Python peer starts or runs, and the wire tests' fixtures no
+# longer take seconds unoptimized (a parallel run went from 15 s stalls of
+# every async test to about 2 s). But several tests bound wall-clock times
+# (a 2 s handshake timeout, a loopback RTT under 100 ms) that 333 tests
+# sharing two cores can still miss.
 swift test --skip-build --no-parallel
 # The demo on the debug build just made: one whole trace, nothing left running.
 scripts/check-demo.sh

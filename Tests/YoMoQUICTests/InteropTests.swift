@@ -8,7 +8,7 @@ import Testing
 struct InteropTests {
     @Test("client echoes 64 MiB byte-exact through an aioquic server")
     func clientAgainstAioquic() async throws {
-        let (peer, port) = try PythonPeer.echoServer()
+        let (peer, port) = try await PythonPeer.echoServer()
         defer { peer.stop() }
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: port)
         let total = 64 << 20
@@ -35,8 +35,8 @@ struct InteropTests {
         // its post-quantum key share.
         let client = try PythonPeer(
             arguments: ["client", "127.0.0.1", String(server.port), String(total)] + (bigClientHello ? ["big"] : []))
-        let line = client.line(startingWith: "OK")
-        let status = client.waitForExit()
+        let line = await client.line(startingWith: "OK")
+        let status = await client.waitForExit()
         #expect(line == "OK \(total)")
         #expect(status == 0)
         await server.close()

@@ -338,7 +338,7 @@ struct LoopbackTests {
 
     @Test("peer killed mid-stream: ICMP port unreachable ends the connection at once, not after the idle timeout")
     func peerKilledIsUnreachable() async throws {
-        let (peer, port) = try PythonPeer.echoServer()
+        let (peer, port) = try await PythonPeer.echoServer()
         defer { peer.stop() }
         var configuration = QUICConfiguration.default
         configuration.idleTimeout = .seconds(30)
@@ -361,7 +361,7 @@ struct LoopbackTests {
 
     @Test("peer frozen mid-stream (no packets, no ICMP): idle timeout within the configured time")
     func idleTimeoutAfterPeerFreezes() async throws {
-        let (peer, port) = try PythonPeer.echoServer()
+        let (peer, port) = try await PythonPeer.echoServer()
         defer {
             kill(peer.process.processIdentifier, SIGCONT)
             peer.stop()

@@ -148,9 +148,18 @@ final class PythonPeer: @unchecked Sendable {
     }
 
     /// Reads stdout until a line starting with `prefix` (or EOF); returns it.
-    func line(startingWith prefix: String) -> String? {
-        var text = ""
+    /// The blocking reads run on a thread of their own: on one of the
+    /// cooperative pool's two threads they would stall every other test's
+    /// tasks in a parallel run for as long as the peer takes.
+    func line(startingWith prefix: String) async -> String? {
         let fd = output.fileHandleForReading.fileDescriptor
+        return await withCheckedContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(returning: Self.readLine(fd, startingWith: prefix)) }
+        }
+    }
+
+    private static func readLine(_ fd: Int32, startingWith prefix: String) -> String? {
+        var text = ""
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
             let n = read(fd, &buffer, buffer.count)
@@ -161,10 +170,10 @@ final class PythonPeer: @unchecked Sendable {
         }
     }
 
-    static func echoServer() throws -> (PythonPeer, Int) {
+    static func echoServer() async throws -> (PythonPeer, Int) {
         let certs = Certificates.shared
         let peer = try PythonPeer(arguments: ["server", certs.serverCert, certs.serverKey])
-        guard let line = peer.line(startingWith: "PORT "), let port = Int(line.dropFirst(5)) else {
+        guard let line = await peer.line(startingWith: "PORT "), let port = Int(line.dropFirst(5)) else {
             peer.stop()
             throw QUICTestError("aioquic server did not start")
         }
@@ -178,8 +187,9 @@ final class PythonPeer: @unchecked Sendable {
         process.waitUntilExit()
     }
 
-    func waitForExit() -> Int32 {
-        process.waitUntilExit()
+    /// Polled with `Task.sleep`, for the same reason as `line(startingWith:)`.
+    func waitForExit() async -> Int32 {
+        while process.isRunning { try? await Task.sleep(for: .milliseconds(5)) }
         return process.terminationStatus
     }
 }

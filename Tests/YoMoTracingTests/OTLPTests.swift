@@ -123,7 +123,7 @@ import Tracing
     }
 
     @Test func exportsSpansWithParentsAttributesResourceAndScope() async throws {
-        let receiver = try OTLPReceiver()
+        let receiver = try await OTLPReceiver.start()
         defer { receiver.stop() }
         let logs = CapturedLogs()
         let provider = TracerProvider.jaeger(
@@ -161,7 +161,7 @@ import Tracing
         }
         await provider.shutdown()
 
-        #expect(receiver.wait { receiver.spans.count == 2 })
+        #expect(await receiver.wait { receiver.spans.count == 2 })
         let spans = Dictionary(uniqueKeysWithValues: receiver.spans.map { ($0["name"] as! String, $0) })
         let sfn = try #require(spans["uppercase"])
         let child = try #require(spans["user child"])
@@ -208,7 +208,7 @@ import Tracing
     }
 
     @Test func retriesAfter503WithRetryAfter() async throws {
-        let receiver = try OTLPReceiver(arguments: ["--fail-first", "1", "--fail-status", "503", "--retry-after", "1"])
+        let receiver = try await OTLPReceiver.start(arguments: ["--fail-first", "1", "--fail-status", "503", "--retry-after", "1"])
         defer { receiver.stop() }
         let logs = CapturedLogs()
         let provider = TracerProvider.otlp(serviceName: "retry", environment: environment(receiver), logger: logs.logger())
@@ -225,7 +225,7 @@ import Tracing
     }
 
     @Test func retryAfterHTTPDateInThePastRetriesAtOnce() async throws {
-        let receiver = try OTLPReceiver(arguments: [
+        let receiver = try await OTLPReceiver.start(arguments: [
             "--fail-first", "2", "--fail-status", "429", "--retry-after", "Thu, 01 Jan 1970 00:00:00 GMT",
         ])
         defer { receiver.stop() }
@@ -241,7 +241,7 @@ import Tracing
     }
 
     @Test func doesNotRetry400AndLogsOneLine() async throws {
-        let receiver = try OTLPReceiver(arguments: ["--status", "400"])
+        let receiver = try await OTLPReceiver.start(arguments: ["--status", "400"])
         defer { receiver.stop() }
         let logs = CapturedLogs()
         let provider = TracerProvider.otlp(serviceName: "bad", environment: environment(receiver), logger: logs.logger())
@@ -256,7 +256,7 @@ import Tracing
     }
 
     @Test func logsPartialSuccess() async throws {
-        let receiver = try OTLPReceiver(arguments: ["--partial-reject", "2"])
+        let receiver = try await OTLPReceiver.start(arguments: ["--partial-reject", "2"])
         defer { receiver.stop() }
         let logs = CapturedLogs()
         let provider = TracerProvider.otlp(serviceName: "partial", environment: environment(receiver), logger: logs.logger())
@@ -268,7 +268,7 @@ import Tracing
     }
 
     @Test func cleanShutdownFlushesEverySpanEndedBeforeIt() async throws {
-        let receiver = try OTLPReceiver(arguments: ["--count-only"])
+        let receiver = try await OTLPReceiver.start(arguments: ["--count-only"])
         defer { receiver.stop() }
         // A long schedule delay: only batch-size triggers and shutdown export.
         let provider = TracerProvider.otlp(
@@ -292,7 +292,7 @@ import Tracing
 
     @Test func receiverDownKeepsEndingSpansFastAndCountsDrops() async throws {
         // A port nothing listens on: bind a receiver, note its port, stop it.
-        let gone = try OTLPReceiver()
+        let gone = try await OTLPReceiver.start()
         let endpoint = gone.endpoint
         gone.stop()
         let logs = CapturedLogs()

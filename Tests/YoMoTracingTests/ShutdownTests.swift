@@ -37,7 +37,7 @@ import Tracing
     ]
 
     @Test(arguments: cases) func shutdownEndsInTimeCountsAndReportsOnce(_ fault: Case) async throws {
-        let collector = try OTLPReceiver(arguments: fault.receiverArguments)
+        let collector = try await OTLPReceiver.start(arguments: fault.receiverArguments)
         defer { collector.stop() }
         let logs = CapturedLogs()
         let provider = TracerProvider.otlp(
@@ -75,7 +75,7 @@ import Tracing
     }
 
     @Test func forceFlushReturnsInTimeAndKeepsTheSpans() async throws {
-        let collector = try OTLPReceiver(arguments: ["--fault", "blackhole"])
+        let collector = try await OTLPReceiver.start(arguments: ["--fault", "blackhole"])
         defer { collector.stop() }
         let logs = CapturedLogs()
         let provider = TracerProvider.otlp(
@@ -108,7 +108,7 @@ import Tracing
     /// The configured timeout applies to `shutdown()` without an argument,
     /// which is what the YoMo components call.
     @Test func shutdownWithoutArgumentUsesTheConfiguredTimeout() async throws {
-        let collector = try OTLPReceiver(arguments: ["--fault", "blackhole"])
+        let collector = try await OTLPReceiver.start(arguments: ["--fault", "blackhole"])
         defer { collector.stop() }
         let logs = CapturedLogs()
         let provider = TracerProvider.otlp(

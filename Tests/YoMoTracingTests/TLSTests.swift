@@ -126,7 +126,7 @@ import Tracing
     }
 
     @Test func exportsWithThePrivateCA() async throws {
-        let receiver = try OTLPReceiver(arguments: certificates.receiverArguments())
+        let receiver = try await OTLPReceiver.start(arguments: certificates.receiverArguments())
         defer { receiver.stop() }
         let logs = CapturedLogs()
         let provider = TracerProvider.fromEnvironment(serviceName: "tls", environment: [
@@ -136,14 +136,14 @@ import Tracing
         #expect(receiver.endpoint.hasPrefix("https://"))
         provider.tracer("t").startSpan("over tls").end()
         await provider.shutdown()
-        #expect(receiver.wait { receiver.spans.count == 1 })
+        #expect(await receiver.wait { receiver.spans.count == 1 })
         #expect(receiver.spans.first?["name"] as? String == "over tls")
         #expect(receiver.tlsErrors.isEmpty)
         #expect(logs.all.filter { $0.level >= .warning }.isEmpty, "\(logs.all.map(\.message))")
     }
 
     @Test func wrongCAFailsOnceLoggedAndNotRetriedAndTheTokenIsNeverLogged() async throws {
-        let receiver = try OTLPReceiver(arguments: certificates.receiverArguments())
+        let receiver = try await OTLPReceiver.start(arguments: certificates.receiverArguments())
         defer { receiver.stop() }
         let logs = CapturedLogs()
         let configuration = OTLPExporterConfiguration(signal: .traces, environment: [
@@ -155,7 +155,7 @@ import Tracing
         let error = #expect(throws: TracingError.tlsFailed) {
             try exporter.export(finishedSpans("unverified"), timeout: .seconds(5))
         }
-        #expect(receiver.wait { receiver.tlsErrors.count == 1 })
+        #expect(await receiver.wait { receiver.tlsErrors.count == 1 })
         #expect(receiver.tlsErrors.count == 1, "one handshake: not retried")
         #expect(receiver.requests.isEmpty)
         let problems = logs.all.filter { $0.level >= .warning }
@@ -172,7 +172,7 @@ import Tracing
     }
 
     @Test func mutualTLSSucceedsOnlyWithTheClientCertificateAndKey() async throws {
-        let receiver = try OTLPReceiver(arguments: certificates.receiverArguments(requireClientCertificate: true))
+        let receiver = try await OTLPReceiver.start(arguments: certificates.receiverArguments(requireClientCertificate: true))
         defer { receiver.stop() }
         let base = ["OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_EXPORTER_OTLP_CERTIFICATE": certificates.ca]
 
@@ -183,7 +183,7 @@ import Tracing
         #expect(throws: TracingError.tlsFailed) {
             try anonymous.export(finishedSpans("no client certificate"), timeout: .seconds(5))
         }
-        #expect(receiver.wait { receiver.tlsErrors.count == 1 })
+        #expect(await receiver.wait { receiver.tlsErrors.count == 1 })
         #expect(receiver.tlsErrors.count == 1, "refused once, not retried")
         #expect((receiver.tlsErrors.first?["error"] as? String)?.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE") == true)
         #expect(logs.all.filter { $0.level == .error }.count == 1)
@@ -195,13 +195,13 @@ import Tracing
         ]) { $1 }, logger: logs.logger())
         provider.tracer("t").startSpan("with client certificate").end()
         await provider.shutdown()
-        #expect(receiver.wait { receiver.spans.count == 1 })
+        #expect(await receiver.wait { receiver.spans.count == 1 })
         #expect(receiver.spans.first?["name"] as? String == "with client certificate")
         #expect(receiver.tlsErrors.count == 1)
     }
 
     @Test func perSignalVariablesOverrideTheGeneralOnes() async throws {
-        let receiver = try OTLPReceiver(arguments: certificates.receiverArguments(requireClientCertificate: true))
+        let receiver = try await OTLPReceiver.start(arguments: certificates.receiverArguments(requireClientCertificate: true))
         defer { receiver.stop() }
         let logs = CapturedLogs()
         // The general settings alone would fail (wrong CA, a file that does
@@ -219,13 +219,13 @@ import Tracing
         ], logger: logs.logger())
         provider.tracer("t").startSpan("per signal").end()
         await provider.shutdown()
-        #expect(receiver.wait { receiver.spans.count == 1 })
+        #expect(await receiver.wait { receiver.spans.count == 1 })
         #expect(receiver.tlsErrors.isEmpty)
         #expect(logs.all.filter { $0.level >= .warning }.isEmpty, "\(logs.all.map(\.message))")
     }
 
     @Test func anUnreadableCertificateFileDisablesExportWithOneLine() async throws {
-        let receiver = try OTLPReceiver(arguments: certificates.receiverArguments())
+        let receiver = try await OTLPReceiver.start(arguments: certificates.receiverArguments())
         defer { receiver.stop() }
         let logs = CapturedLogs()
         let provider = TracerProvider.fromEnvironment(serviceName: "missing", environment: [
@@ -247,7 +247,7 @@ import Tracing
 @Suite(.serialized) struct OTLPProtocolAndSecretTests {
     @Test(arguments: ["grpc", "http/json"])
     func unsupportedProtocolIsRefusedWithOneLineAndNothingIsExported(_ name: String) async throws {
-        let receiver = try OTLPReceiver()
+        let receiver = try await OTLPReceiver.start()
         defer { receiver.stop() }
         let logs = CapturedLogs()
         let provider = TracerProvider.fromEnvironment(serviceName: "proto", environment: [
@@ -265,7 +265,7 @@ import Tracing
     }
 
     @Test func aBearerTokenEchoedByTheCollectorAppearsInNoLogLine() async throws {
-        let receiver = try OTLPReceiver(arguments: ["--status", "401", "--echo-auth"])
+        let receiver = try await OTLPReceiver.start(arguments: ["--status", "401", "--echo-auth"])
         defer { receiver.stop() }
         let logs = CapturedLogs()
         let provider = TracerProvider.otlp(serviceName: "token", environment: [
@@ -275,7 +275,7 @@ import Tracing
         provider.tracer("t").startSpan("refused").end()
         await provider.shutdown()
 
-        #expect(receiver.wait { receiver.requests.count == 1 })
+        #expect(await receiver.wait { receiver.requests.count == 1 })
         let headers = try #require(receiver.requests.first?["headers"] as? [String: String])
         #expect(headers["authorization"] == "Bearer s3cr3t-t0ken", "percent-decoded and sent")
         let failure = try #require(logs.all.first { $0.level == .error && $0.message.contains("HTTP 401") })

@@ -47,13 +47,33 @@ final class CapturedLogs: Sendable {
 final class OTLPReceiver {
     let process = Process()
     let directory: URL
-    let port: Int
+    private(set) var port = 0
     var outputPath: String { directory.appendingPathComponent("received.jsonl").path }
     /// `https://` when started with `--tls-cert`.
     var endpoint: String { "\(scheme)://127.0.0.1:\(port)" }
     private let scheme: String
 
-    init(arguments: [String] = []) throws {
+    /// Starts the receiver and returns once it listens. The waits here use
+    /// `Task.sleep`: a `usleep` loop would hold one of the cooperative pool's
+    /// threads (two on a 2-core machine) for as long as Python takes to start,
+    /// and two receivers starting at once in a parallel run stalled every
+    /// other test's tasks for seconds (QUIC handshakes and idle timers timed out).
+    static func start(arguments: [String] = []) async throws -> OTLPReceiver {
+        let receiver = try OTLPReceiver(arguments: arguments)
+        let portFile = receiver.directory.appendingPathComponent("port").path
+        let deadline = ContinuousClock.now + .seconds(15)
+        while ContinuousClock.now < deadline {
+            if let text = try? String(contentsOfFile: portFile, encoding: .utf8), let value = Int(text) {
+                receiver.port = value
+                return receiver
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        receiver.stop()
+        throw ReceiverError(message: "OTLP receiver did not start (python3 with opentelemetry-proto installed?)")
+    }
+
+    private init(arguments: [String]) throws {
         scheme = arguments.contains("--tls-cert") ? "https" : "http"
         directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("yomo-otlp-\(UUID().uuidString)")
@@ -66,20 +86,6 @@ final class OTLPReceiver {
                              "--out", directory.appendingPathComponent("received.jsonl").path] + arguments
         process.standardOutput = FileHandle.nullDevice
         try process.run()
-        let deadline = Date().addingTimeInterval(15)
-        var found: Int?
-        while Date() < deadline {
-            if let text = try? String(contentsOfFile: portFile, encoding: .utf8), let value = Int(text) {
-                found = value
-                break
-            }
-            usleep(20_000)
-        }
-        guard let found else {
-            process.terminate()
-            throw ReceiverError(message: "OTLP receiver did not start (python3 with opentelemetry-proto installed?)")
-        }
-        port = found
     }
 
     deinit { stop() }
@@ -110,12 +116,13 @@ final class OTLPReceiver {
     /// Failed TLS handshakes (`--tls-cert`), with the server's reason.
     var tlsErrors: [[String: Any]] { records(type: "tls_error") }
 
-    /// Polls until `condition` holds or `timeout` passes (the receiver is another process).
-    func wait(timeout: TimeInterval = 10, until condition: () -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
+    /// Polls until `condition` holds or `timeout` passes (the receiver is
+    /// another process); sleeps without holding a cooperative thread.
+    func wait(timeout: Duration = .seconds(10), until condition: () -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
             if condition() { return true }
-            usleep(20_000)
+            try? await Task.sleep(for: .milliseconds(20))
         }
         return condition()
     }

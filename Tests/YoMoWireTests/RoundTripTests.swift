@@ -24,9 +24,11 @@ enum RandomFrames {
     }
 
     static func bytes(_ rng: inout SplitMix64, length: Int) -> ByteBuffer {
-        var buffer = ByteBuffer()
-        for _ in 0..<length { buffer.writeInteger(UInt8.random(in: 0...255, using: &rng)) }
-        return buffer
+        // Eight bytes per draw: byte by byte, unoptimized, was most of these tests' time.
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(length + 8)
+        while bytes.count < length { withUnsafeBytes(of: rng.next().littleEndian) { bytes.append(contentsOf: $0) } }
+        return ByteBuffer(bytes: bytes.prefix(length))
     }
 
     static func metadata(_ rng: inout SplitMix64) -> Metadata {
