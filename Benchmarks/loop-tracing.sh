@@ -22,7 +22,8 @@
 # instructions a byte, about 1.5 % of a 1 KiB round trip).
 # LOOP_SIZE and LOOP_INFLIGHT set the frame size (1024) and window (256);
 # LOOP_RATE paces the frames (frames/s), for CPU per frame under a light load;
-# LOOP_VERBOSE=1 also prints each process's CPU per frame.
+# LOOP_VERBOSE=1 also prints each process's CPU per frame, and the four
+# processes' user and system time per frame.
 # Prints frames/s, the CPU time all four processes spent per frame (zipper,
 # stream function, bench, receiver; on a saturated machine the steadier
 # measure) and the median round-trip latency (for the latency-bound case:
@@ -50,6 +51,8 @@ trap 'stop_all; stop_receiver' EXIT INT TERM
 start_receiver "$bin"
 
 cpu_seconds() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
+# Prints "<user seconds> <system seconds>" of pid $1.
+cpu_split() { awk '{ printf "%.2f %.2f", $14 / 100, $15 / 100 }' "/proc/$1/stat"; }
 
 # Prints "<frames/s> <CPU µs per frame>".
 run_mode() {
@@ -87,10 +90,11 @@ run_mode() {
     fi
     environment+=("${settings[@]}")
     local receiver_before; receiver_before="$(cpu_seconds "$receiver")"
+    local receiver_split_before; receiver_split_before="$(cpu_split "$receiver")"
     local zipper function
     start_zipper_and_function "$programs"
     local bench_output
-    bench_output="$(/usr/bin/time -f "bench_cpu=%U+%S" "${environment[@]}" "$programs/yomo" bench --zipper "127.0.0.1:$port" \
+    bench_output="$(/usr/bin/time -f "bench_cpu=%U+%S bench_split=%U %S" "${environment[@]}" "$programs/yomo" bench --zipper "127.0.0.1:$port" \
         --size "$payload" --inflight "$inflight" --frames "$frames" ${LOOP_RATE:+--rate "$LOOP_RATE"} "${bench_args[@]}" 2>&1)" || true
     if [[ -n "$scraper" ]]; then kill "$scraper" 2>/dev/null || true; fi
     local rate; rate="$(sed -n 's/.*throughput=\([0-9]*\).*/\1/p' <<<"$bench_output")"
@@ -104,6 +108,9 @@ run_mode() {
         awk -v z="$(cpu_seconds "$zipper")" -v f="$(cpu_seconds "$function")" -v b="$bench_cpu" \
             -v r="$(awk -v r0="$receiver_before" -v r1="$(cpu_seconds "$receiver")" 'BEGIN { print r1 - r0 }')" -v n="$frames" \
             'BEGIN { printf "  µs CPU per frame: zipper %.1f, function %.1f, bench %.1f, receiver %.1f\n", z * 1e6 / n, f * 1e6 / n, b * 1e6 / n, r * 1e6 / n }' >&2
+        local bench_split; bench_split="$(sed -n 's/.*bench_split=\([0-9.]* [0-9.]*\).*/\1/p' <<<"$bench_output")"
+        echo "$(cpu_split "$zipper") $(cpu_split "$function") ${bench_split:-0 0} $receiver_split_before $(cpu_split "$receiver")" |
+            awk -v n="$frames" '{ printf "  µs per frame, all four: user %.1f, system %.1f\n", ($1 + $3 + $5 + $9 - $7) * 1e6 / n, ($2 + $4 + $6 + $10 - $8) * 1e6 / n }' >&2
     fi
     stop_all
     echo "${rate:-0} $total ${p50:-0}"
