@@ -32,8 +32,7 @@ start_receiver() {
     local log; log="$(mktemp)"
     "$1/yomo" trace-view --listen "127.0.0.1:$otlp_port" --discard >/dev/null 2>"$log" &
     receiver=$!
-    local attempt
-    for attempt in $(seq 100); do
+    for _ in $(seq 100); do
         if ! kill -0 "$receiver" 2>/dev/null; then
             echo "the span receiver did not start on port $otlp_port: $(cat "$log")" >&2
             rm -f "$log"; receiver=""; exit 1
@@ -51,6 +50,11 @@ stop_receiver() {
     if [[ -n "$receiver" ]]; then kill "$receiver" 2>/dev/null || true; wait "$receiver" 2>/dev/null || true; fi
     receiver=""
 }
+
+# Prints "<user seconds> <system seconds>" that pid $1 has used (10 ms ticks).
+cpu_split() { awk '{ printf "%.2f %.2f", $14 / 100, $15 / 100 }' "/proc/$1/stat"; }
+# Prints the CPU seconds, user and system, that pid $1 has used.
+cpu_seconds() { cpu_split "$1" | awk '{ printf "%.2f", $1 + $2 }'; }
 
 # Starts `yomo serve` on $port and uppercase-sfn attached to it, both from
 # directory $1 under `environment` (see tracing_environment), with the

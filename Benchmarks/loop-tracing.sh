@@ -50,10 +50,6 @@ bin="$(release_bin)"
 trap 'stop_all; stop_receiver' EXIT INT TERM
 start_receiver "$bin"
 
-cpu_seconds() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
-# Prints "<user seconds> <system seconds>" of pid $1.
-cpu_split() { awk '{ printf "%.2f %.2f", $14 / 100, $15 / 100 }' "/proc/$1/stat"; }
-
 # Prints "<frames/s> <CPU µs per frame>".
 run_mode() {
     local mode="$1" programs="$bin"
@@ -89,28 +85,28 @@ run_mode() {
         echo "unknown mode $mode" >&2; exit 2
     fi
     environment+=("${settings[@]}")
-    local receiver_before; receiver_before="$(cpu_seconds "$receiver")"
-    local receiver_split_before; receiver_split_before="$(cpu_split "$receiver")"
+    local receiver_before; receiver_before="$(cpu_split "$receiver")"
     local zipper function
     start_zipper_and_function "$programs"
     local bench_output
-    bench_output="$(/usr/bin/time -f "bench_cpu=%U+%S bench_split=%U %S" "${environment[@]}" "$programs/yomo" bench --zipper "127.0.0.1:$port" \
+    bench_output="$(/usr/bin/time -f "bench_cpu=%U %S" "${environment[@]}" "$programs/yomo" bench --zipper "127.0.0.1:$port" \
         --size "$payload" --inflight "$inflight" --frames "$frames" ${LOOP_RATE:+--rate "$LOOP_RATE"} "${bench_args[@]}" 2>&1)" || true
     if [[ -n "$scraper" ]]; then kill "$scraper" 2>/dev/null || true; fi
     local rate; rate="$(sed -n 's/.*throughput=\([0-9]*\).*/\1/p' <<<"$bench_output")"
     local p50; p50="$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$bench_output")"
-    local bench_cpu; bench_cpu="$(sed -n 's/.*bench_cpu=\([0-9.+]*\).*/\1/p' <<<"$bench_output" | bc -l 2>/dev/null || echo 0)"
+    local bench_cpu; bench_cpu="$(sed -n 's/.*bench_cpu=\([0-9.]* [0-9.]*\).*/\1/p' <<<"$bench_output")"
+    # Each process's CPU seconds read once: "<user> <system>" of the zipper,
+    # the function, bench, and the receiver during this run.
+    local used
+    used="$(echo "$(cpu_split "$zipper") $(cpu_split "$function") ${bench_cpu:-0 0} $receiver_before $(cpu_split "$receiver")" |
+        awk '{ print $1, $2, $3, $4, $5, $6, $9 - $7, $10 - $8 }')"
     local total
-    total="$(awk -v z="$(cpu_seconds "$zipper")" -v f="$(cpu_seconds "$function")" -v b="$bench_cpu" \
-        -v r0="$receiver_before" -v r1="$(cpu_seconds "$receiver")" -v n="$frames" \
-        'BEGIN { printf "%.1f", (z + f + b + r1 - r0) * 1e6 / n }')"
+    total="$(awk -v n="$frames" '{ printf "%.1f", ($1 + $2 + $3 + $4 + $5 + $6 + $7 + $8) * 1e6 / n }' <<<"$used")"
     if [[ -n "${LOOP_VERBOSE:-}" ]]; then
-        awk -v z="$(cpu_seconds "$zipper")" -v f="$(cpu_seconds "$function")" -v b="$bench_cpu" \
-            -v r="$(awk -v r0="$receiver_before" -v r1="$(cpu_seconds "$receiver")" 'BEGIN { print r1 - r0 }')" -v n="$frames" \
-            'BEGIN { printf "  µs CPU per frame: zipper %.1f, function %.1f, bench %.1f, receiver %.1f\n", z * 1e6 / n, f * 1e6 / n, b * 1e6 / n, r * 1e6 / n }' >&2
-        local bench_split; bench_split="$(sed -n 's/.*bench_split=\([0-9.]* [0-9.]*\).*/\1/p' <<<"$bench_output")"
-        echo "$(cpu_split "$zipper") $(cpu_split "$function") ${bench_split:-0 0} $receiver_split_before $(cpu_split "$receiver")" |
-            awk -v n="$frames" '{ printf "  µs per frame, all four: user %.1f, system %.1f\n", ($1 + $3 + $5 + $9 - $7) * 1e6 / n, ($2 + $4 + $6 + $10 - $8) * 1e6 / n }' >&2
+        awk -v n="$frames" '{
+            printf "  µs CPU per frame: zipper %.1f, function %.1f, bench %.1f, receiver %.1f\n", ($1 + $2) * 1e6 / n, ($3 + $4) * 1e6 / n, ($5 + $6) * 1e6 / n, ($7 + $8) * 1e6 / n
+            printf "  µs per frame, all four: user %.1f, system %.1f\n", ($1 + $3 + $5 + $7) * 1e6 / n, ($2 + $4 + $6 + $8) * 1e6 / n
+        }' <<<"$used" >&2
     fi
     stop_all
     echo "${rate:-0} $total ${p50:-0}"

@@ -25,7 +25,6 @@ bin="$(release_bin)"
 
 trap stop_all EXIT INT TERM
 
-cpu_seconds() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
 quiet=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_TRACES_EXPORTER)
 
 # Prints "<frames/s> <CPU µs per frame> <frames lost>".
