@@ -140,7 +140,12 @@ struct HostilePeerTests {
                 admitted = (try? await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: quick)) != nil
             }
             #expect(admitted)
-            #expect(mute.allSatisfy { $0.closeReason != nil }, "the mute peers were closed")
+            // Room opens when the zipper sends its close; each peer reads that close on its own loop, a moment later.
+            #expect(await eventually { mute.allSatisfy { $0.closeReason != nil } }, "the mute peers were closed")
+            for peer in mute {
+                #expect(peer.closeReason.map { "\($0)".contains("no stream opened within 1.0 seconds") } == true,
+                        "closed with the zipper's reason: \(String(describing: peer.closeReason))")
+            }
         }
     }
 
