@@ -70,7 +70,7 @@ struct FaultRecoveryTests {
         _ policy: ZipperConfiguration.SlowConsumer.Policy, tag: UInt32,
         check: (_ zipper: Zipper, _ stalled: StreamFunction, _ handled: Inbox<Int>, _ gate: Gate) async throws -> Void
     ) async throws {
-        try await withStrictZipper({ $0.slowConsumer = .init(policy: policy, maximumBufferedBytes: 256 << 10) }) { address, zipper in
+        try await withZipper(configure: { $0.slowConsumer = .init(policy: policy, maximumBufferedBytes: 256 << 10) }) { address, zipper in
             let gate = Gate()
             let handled = Inbox<Int>()
             let stalled = StreamFunction(name: "stalled", zipper: address, options: stalledOptions(tags: [tag]))
