@@ -97,6 +97,39 @@ import Tracing
         #expect(logs.all.filter { $0.level >= .error }.map(\.message).count == 1)
     }
 
+    /// A shutdown that ends a retry wait reports what the attempt before the
+    /// wait met, not only that the deadline came (a loaded machine can wake
+    /// the export thread after the deadline, as a parallel test run showed).
+    @Test func deadlineDuringARetryWaitReportsTheFailureBeforeIt() async throws {
+        let collector = try await OTLPReceiver.start(arguments: ["--fault", "refused"])
+        defer { collector.stop() }
+        let logs = CapturedLogs()
+        let exporter = try OTLPHTTPSpanExporter(
+            configuration: OTLPExporterConfiguration(signal: .traces, environment: ["OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint]),
+            logger: logs.logger())
+        let spans = finishedSpans("lost")
+        // The export blocks its thread, as on the processor's export thread (its 10 s timeout bounds it).
+        async let outcome: TracingError? = withCheckedContinuation { continuation in
+            Thread {
+                do throws(TracingError) {
+                    try exporter.export(spans, timeout: .seconds(10))
+                    continuation.resume(returning: nil)
+                } catch {
+                    continuation.resume(returning: error)
+                }
+            }.start()
+        }
+        let clock = ContinuousClock()
+        let waitUntil = clock.now + .seconds(10)
+        while !logs.all.contains(where: { $0.message == "OTLP export will retry" }) && clock.now < waitUntil {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        exporter.abandonExports(after: .zero)
+        let error = try #require(await outcome)
+        #expect(error == .abandoned)
+        #expect(error.message.contains("collector \(collector.endpoint)/v1/traces: connection failed"), "\(error.message)")
+    }
+
     @Test func shutdownTimeoutDefaultsToFiveSecondsAndReadsTheEnvironment() {
         #expect(BatchSpanProcessor.Configuration(environment: [:]).shutdownTimeout == .seconds(5))
         #expect(BatchSpanProcessor.Configuration(environment: ["YOMO_TELEMETRY_SHUTDOWN_TIMEOUT": " 1500 "]).shutdownTimeout

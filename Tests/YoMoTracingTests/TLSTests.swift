@@ -117,14 +117,6 @@ import Tracing
 @Suite(.serialized) struct OTLPTLSReceiverTests {
     let certificates = TestCertificates.shared
 
-    /// Spans to export directly, so a test can see the error an export throws.
-    func finishedSpans(_ names: String...) -> [FinishedSpan] {
-        let memory = InMemorySpanExporter()
-        let tracer = makeProvider(exporter: memory).tracer("tls")
-        for name in names { tracer.startSpan(name).end() }
-        return memory.spans
-    }
-
     @Test func exportsWithThePrivateCA() async throws {
         let receiver = try await OTLPReceiver.start(arguments: certificates.receiverArguments())
         defer { receiver.stop() }

@@ -136,6 +136,14 @@ struct ReceiverError: Error, CustomStringConvertible {
 /// A `[String: String]` carrier standing in for YoMo frame metadata.
 typealias Metadata = [String: String]
 
+/// Spans to export directly, so a test can see the error an export throws.
+func finishedSpans(_ names: String...) -> [FinishedSpan] {
+    let memory = InMemorySpanExporter()
+    let tracer = makeProvider(exporter: memory).tracer("direct")
+    for name in names { tracer.startSpan(name).end() }
+    return memory.spans
+}
+
 func makeProvider(
     environment: [String: String] = [:],
     exporter: InMemorySpanExporter,

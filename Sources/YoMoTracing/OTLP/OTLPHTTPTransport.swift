@@ -283,11 +283,14 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         let start = monotonicNanoseconds()
         let exportEnd = start + UInt64(max(timeout.nanoseconds, 1_000_000))
         var attempt = 0
+        // What the attempt before a retry wait met: the deadline may end the
+        // wait, and the report should still say why the export failed.
+        var failureBeforeWait: String?
         while true {
             // A shutdown deadline set meanwhile shortens what is left.
             let now = monotonicNanoseconds()
             guard now < abandonDeadlineNow else {
-                throw .abandoned("collector \(configuration.url): shutdown deadline reached")
+                throw .abandoned("collector \(configuration.url): \(failureBeforeWait ?? "shutdown deadline reached")")
             }
             // curl times out at the export's own end; `perform` drops the
             // transfer itself at the shutdown deadline (set now or later).
@@ -342,8 +345,10 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
                     if result.status == 0 { throw .connectionFailed(message) }
                     throw .timeout(message)
                 }
+                let detail = describe(result)
+                failureBeforeWait = detail
                 logger.debug("OTLP export will retry", metadata: [
-                    "reason": "\(describe(result))", "delay_ms": "\(delayNanoseconds / 1_000_000)",
+                    "reason": "\(detail)", "delay_ms": "\(delayNanoseconds / 1_000_000)",
                     "attempt": "\(attempt + 1)",
                 ])
                 pause(untilMonotonicNanoseconds: wakeAt)
