@@ -97,11 +97,17 @@ import Tracing
         #expect(logs.all.filter { $0.level >= .error }.map(\.message).count == 1)
     }
 
-    /// A shutdown that ends a retry wait reports what the attempt before the
-    /// wait met, not only that the deadline came (a loaded machine can wake
-    /// the export thread after the deadline, as a parallel test run showed).
-    @Test func deadlineDuringARetryWaitReportsTheFailureBeforeIt() async throws {
-        let collector = try await OTLPReceiver.start(arguments: ["--fault", "refused"])
+    /// A shutdown deadline that ends an export after a failed attempt reports
+    /// what that attempt met, not only that the deadline came (a loaded machine
+    /// can wake the export thread after the deadline, as a parallel test run
+    /// showed): ending the retry wait (the collector refuses connections), or
+    /// the next attempt (the collector answered 503, then stopped answering).
+    @Test(arguments: [
+        (["--fault", "refused"], 0, "connection failed"),
+        (["--fail-first", "1", "--then-hang"], 2, "no answer before the shutdown deadline (the attempt before: HTTP 503"),
+    ])
+    func deadlineAfterAFailedAttemptReportsThatFailure(receiverArguments: [String], requestsRead: Int, detail: String) async throws {
+        let collector = try await OTLPReceiver.start(arguments: receiverArguments)
         defer { collector.stop() }
         let logs = CapturedLogs()
         let exporter = try OTLPHTTPSpanExporter(
@@ -119,15 +125,15 @@ import Tracing
                 }
             }.start()
         }
-        let clock = ContinuousClock()
-        let waitUntil = clock.now + .seconds(10)
-        while !logs.all.contains(where: { $0.message == "OTLP export will retry" }) && clock.now < waitUntil {
-            try await Task.sleep(for: .milliseconds(5))
-        }
+        // Abandon once the attempts are where the case needs them: a retry
+        // planned (refused), or the second request read and left unanswered.
+        #expect(await collector.wait {
+            logs.all.contains { $0.message == "OTLP export will retry" } && collector.requests.count >= requestsRead
+        })
         exporter.abandonExports(after: .zero)
         let error = try #require(await outcome)
         #expect(error == .abandoned)
-        #expect(error.message.contains("collector \(collector.endpoint)/v1/traces: connection failed"), "\(error.message)")
+        #expect(error.message.contains("collector \(collector.endpoint)/v1/traces: \(detail)"), "\(error.message)")
     }
 
     @Test func shutdownTimeoutDefaultsToFiveSecondsAndReadsTheEnvironment() {

@@ -15,6 +15,8 @@ Collector faults, for the shutdown tests and Benchmarks/fault-shutdown.sh:
   --status 503 --retry-after 30   answer every POST with 503 (any signal; bodies
                                   of failed requests are not decoded)
   --fault blackhole               accept TCP, read, never answer
+  --fail-first 1 --then-hang      answer the first request 503, read the later
+                                  ones and never answer them (written as status 0)
   --fault refused                 hold a bound port without listening (connect
                                   gets ECONNREFUSED, and no one else takes it)
 
@@ -103,6 +105,10 @@ def make_handler(state):
             elif number <= args.fail_first:
                 status = args.fail_status
                 retry_after = args.retry_after
+            elif args.then_hang:
+                state.write({"type": "request", "number": number, "status": 0, "spans": -1,
+                             "path": self.path, "time": time.time(), "headers": {}})
+                threading.Event().wait()
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
             if not self.path.endswith("/v1/traces"):
@@ -337,6 +343,7 @@ def main():
     parser.add_argument("--status", type=int, default=0, help="answer every request with this status")
     parser.add_argument("--fail-first", type=int, default=0, help="answer the first N requests with --fail-status")
     parser.add_argument("--fail-status", type=int, default=503)
+    parser.add_argument("--then-hang", action="store_true", help="after --fail-first, read requests and never answer")
     parser.add_argument("--retry-after", default=None)
     parser.add_argument("--partial-reject", type=int, default=0)
     parser.add_argument("--count-only", action="store_true", help="write request lines only (benchmark)")

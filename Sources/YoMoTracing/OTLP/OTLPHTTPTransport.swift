@@ -284,7 +284,8 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
         let exportEnd = start + UInt64(max(timeout.nanoseconds, 1_000_000))
         var attempt = 0
         // What the attempt before a retry wait met: the deadline may end the
-        // wait, and the report should still say why the export failed.
+        // wait or the next attempt, and the report should still say why the
+        // export failed.
         var failureBeforeWait: String?
         while true {
             // A shutdown deadline set meanwhile shortens what is left.
@@ -320,7 +321,8 @@ package final class OTLPHTTPTransport: @unchecked Sendable {
                 ])
                 let message = "collector \(configuration.url): \(detail), not retrying"
                 if result.curlMessage == Self.abandonedMessage {
-                    throw .abandoned("collector \(configuration.url): \(detail)")
+                    let before = failureBeforeWait.map { " (the attempt before: \($0))" } ?? ""
+                    throw .abandoned("collector \(configuration.url): \(detail)\(before)")
                 }
                 if result.status == 0 && OTLPRetryPolicy.isTLSFailure(result) { throw .tlsFailed(message) }
                 if result.status == 0 { throw .connectionFailed(message) }
