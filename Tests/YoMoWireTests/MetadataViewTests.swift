@@ -159,6 +159,53 @@ struct MetadataViewTests {
         #expect(MetadataView(ByteBuffer())?.bytes.readableBytes == 0)
     }
 
+    /// The zipper scans every frame's metadata from peers it does not trust.
+    /// Damaged maps (bits flipped, bytes set to msgpack markers, cut short,
+    /// bytes inserted) must never be read past their end (a debug build traps
+    /// on it), and a view, when one is made, must read what decoding reads.
+    @Test("damaged metadata: a view is made only of what decodes, and reads it as decoding does")
+    func damagedMetadata() throws {
+        let seed = UInt64.random(in: 0...UInt64.max)
+        var generator = SplitMix64(seed: seed)
+        let markers: [UInt8] = [0x00, 0x7F, 0x80, 0x8F, 0xA0, 0xBF, 0xC0, 0xD9, 0xDA, 0xDB, 0xDE, 0xDF, 0xFF]
+        var views = 0, mutations = 0
+        for _ in 0..<400 {
+            let original = Array(Self.randomMetadata(&generator).encoded().readableBytesView)
+            for _ in 0..<10 where !original.isEmpty {
+                var damaged = original
+                let position = Int.random(in: 0..<damaged.count, using: &generator)
+                switch Int.random(in: 0..<4, using: &generator) {
+                case 0: damaged[position] ^= 1 << UInt8.random(in: 0..<8, using: &generator)
+                case 1: damaged[position] = markers.randomElement(using: &generator)!
+                case 2: damaged.removeSubrange(position...)
+                default: damaged.insert(markers.randomElement(using: &generator)!, at: position)
+                }
+                mutations += 1
+                let bytes = ByteBuffer(bytes: damaged)
+                let decoded = try? Metadata(decoding: bytes)
+                guard let view = MetadataView(bytes) else { continue }
+                views += 1
+                let context = "seed \(seed), input \(damaged.map { String($0, radix: 16) })"
+                let decodedAlike = try #require(decoded, "a view of bytes that do not decode: \(context)")
+                #expect(view.decoded == decodedAlike, "\(context)")
+                for key in MetadataView.Key.allCases {
+                    #expect(view.string(key) == decodedAlike[key.string], "\(key): \(context)")
+                }
+                // Trace ids read in place, written back as read, leave the bytes as they were.
+                if let trace = view.canonicalTrace {
+                    let asRead = MetadataView.TracePatch(
+                        traceparent: trace.traceparent,
+                        yomo: trace.traceID.flatMap { id in trace.spanID.map { (id.high, id.low, $0) } })
+                    if let patch = view.patch(asRead) {
+                        #expect(patch.applied(to: bytes) == bytes, "\(context)")
+                    }
+                }
+            }
+        }
+        // Most damage breaks the map; enough must survive for the comparison to mean something.
+        #expect(views > mutations / 20, "\(views) views of \(mutations) damaged maps")
+    }
+
     @Test("known values and trace metadata are read without decoding")
     func reading() throws {
         var metadata = Metadata()
