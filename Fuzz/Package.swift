@@ -20,6 +20,18 @@ let package = Package(
             ],
             swiftSettings: fuzzerSettings
         ),
+        // The wire sources again (a symlink to ../Sources/YoMoWire), built in
+        // this package so that a fuzzer reaches their package-level API.
+        .target(
+            name: "YoMoWireInFuzz",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .executableTarget(
+            name: "MetadataViewFuzzer",
+            dependencies: ["YoMoWireInFuzz", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: fuzzerSettings
+        ),
         .executableTarget(
             name: "MetadataFuzzer",
             dependencies: [

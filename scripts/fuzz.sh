@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes the frame and metadata decoders with libFuzzer (+ AddressSanitizer) for a
-# bounded time, seeded with the golden vectors.
+# Fuzzes the frame and metadata decoders, and the zipper's in-place metadata view,
+# with libFuzzer (+ AddressSanitizer) for a bounded time, seeded with the golden
+# vectors and with trace metadata as the SDK writes it.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 60)
 #
@@ -40,10 +41,24 @@ for case in data["cases"]:
             write("metadata", bytes.fromhex(case["fields"]["metadata_hex"]))
 for case in data["invalid"] + data["lenient"]:
     write("frames", b"\x01" + bytes.fromhex(case["hex"]))
+# Trace metadata as the SDK writes it (the Go vectors carry no traceparent), for
+# the view's in-place trace reads: ids that agree, that differ, an unsampled
+# flag, uppercase digits, a tracestate.
+def packed(text):
+    raw = text.encode()
+    return (bytes([0xA0 | len(raw)]) if len(raw) < 32 else bytes([0xD9, len(raw)])) + raw
+def metadata(pairs):
+    return bytes([0x80 | len(pairs)]) + b"".join(packed(k) + packed(v) for k, v in pairs)
+trace, span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+for extra, trace_id, flags in [([], trace, "01"), ([("yomo-tid", "t-1")], trace, "00"),
+                               ([], "0" * 31 + "1", "01"), ([], trace.upper(), "01"),
+                               ([("tracestate", "a=1")], trace, "01")]:
+    write("metadata", metadata(extra + [("traceparent", f"00-{trace}-{span}-{flags}"),
+                                        ("yomo-trace-id", trace_id), ("yomo-span-id", span)]))
 PY
 
 status=0
-for target in FrameFuzzer:frames MetadataFuzzer:metadata; do
+for target in FrameFuzzer:frames MetadataFuzzer:metadata MetadataViewFuzzer:metadata; do
     name="${target%%:*}"; seeds="${target##*:}"
     echo "== $name for ${seconds}s"
     log="$scratch/$name.log"
