@@ -52,17 +52,39 @@ public final class MetricsEndpoint: Sendable {
     /// The bound port (useful with port 0).
     public var port: Int { channel.localAddress?.port ?? 0 }
 
+    /// What one client may hold of the endpoint, which is plain HTTP on a port
+    /// that anyone who reaches it can open (it shares the process with a
+    /// zipper or stream function).
+    public struct Limits: Sendable {
+        /// A connection that has not sent a whole request within this long of
+        /// opening, or of its last answer, is closed: a client that trickles a
+        /// request, or an idle keep-alive connection (a scraper reconnects).
+        public var requestTimeout: Duration
+        /// Connections past this many at once are closed as they are accepted.
+        public var maximumConnections: Int
+
+        public init(requestTimeout: Duration = .seconds(10), maximumConnections: Int = 64) {
+            self.requestTimeout = requestTimeout
+            self.maximumConnections = maximumConnections
+        }
+    }
+
     /// Binds `host:port`; a failure to bind is a clear error.
     public static func start(
-        host: String, port: Int, provider: MeterProvider, readiness: Readiness = .shared
+        host: String, port: Int, provider: MeterProvider, readiness: Readiness = .shared, limits: Limits = Limits()
     ) async throws -> MetricsEndpoint {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let open = ConnectionCount(maximum: limits.maximumConnections)
+        let requestTimeout = TimeAmount.nanoseconds(Int64(clamping: limits.requestTimeout.clampedNanoseconds))
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                guard open.admit() else { return channel.close() }
+                channel.closeFuture.whenComplete { _ in open.release() }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(EndpointHandler(provider: provider, readiness: readiness))
+                    try channel.pipeline.syncOperations.addHandler(
+                        EndpointHandler(provider: provider, readiness: readiness, requestTimeout: requestTimeout))
                 }
             }
         do {
@@ -85,6 +107,22 @@ public final class MetricsEndpoint: Sendable {
     }
 }
 
+/// The endpoint's open connections, against its limit.
+private final class ConnectionCount: Sendable {
+    private let count = Atomic<Int>(0)
+    private let maximum: Int
+
+    init(maximum: Int) { self.maximum = maximum }
+
+    func admit() -> Bool {
+        if count.add(1, ordering: .relaxed).newValue <= maximum { return true }
+        count.subtract(1, ordering: .relaxed)
+        return false
+    }
+
+    func release() { count.subtract(1, ordering: .relaxed) }
+}
+
 /// A metrics setting or endpoint failed.
 public struct MetricsError: Error, Sendable, CustomStringConvertible {
     public let description: String
@@ -97,11 +135,43 @@ private final class EndpointHandler: ChannelInboundHandler {
 
     let provider: MeterProvider
     let readiness: Readiness
+    let requestTimeout: TimeAmount
     var head: HTTPRequestHead?
+    /// Closes the connection unless a whole request arrives first.
+    var deadline: Scheduled<Void>?
 
-    init(provider: MeterProvider, readiness: Readiness) {
+    init(provider: MeterProvider, readiness: Readiness, requestTimeout: TimeAmount) {
         self.provider = provider
         self.readiness = readiness
+        self.requestTimeout = requestTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { armDeadline(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        armDeadline(context: context)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+        context.fireChannelInactive()
+    }
+
+    /// A request the HTTP parser refused (answered 400 already, with
+    /// `Connection: close`, by swift-nio's error handler, which leaves the
+    /// closing to us) or a broken connection: done with it.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    private func armDeadline(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        let channel = context.channel
+        deadline = context.eventLoop.scheduleTask(in: requestTimeout) { channel.close(promise: nil) }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -109,6 +179,8 @@ private final class EndpointHandler: ChannelInboundHandler {
         case .head(let head): self.head = head
         case .body: break
         case .end:
+            deadline?.cancel()
+            deadline = nil
             guard let head else { return }
             self.head = nil
             respond(context: context, head: head)
@@ -147,6 +219,9 @@ private final class EndpointHandler: ChannelInboundHandler {
         if !keepAlive {
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            // The next request gets its own time, from this answer on.
+            armDeadline(context: context)
         }
     }
 }

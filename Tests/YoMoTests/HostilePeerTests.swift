@@ -11,10 +11,15 @@ import YoMoWire
 /// The aioquic hostile client (Resources/hostile_peer.py): runs `mode` against
 /// `port` with `count` connections, returns one line per connection.
 func runHostilePeer(_ mode: String, port: Int, count: Int = 1, wait: Double = 8) async throws -> [String] {
-    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Resources/hostile_peer.py")
+    try await runResourceScript("hostile_peer.py", [mode, "127.0.0.1", "\(port)", "\(count)", "\(wait)"])
+}
+
+/// Runs a Python script of Resources/ to its end; returns its output lines.
+func runResourceScript(_ name: String, _ arguments: [String]) async throws -> [String] {
+    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Resources/\(name)")
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    process.arguments = ["python3", script.path, mode, "127.0.0.1", "\(port)", "\(count)", "\(wait)"]
+    process.arguments = ["python3", script.path] + arguments
     let output = Pipe()
     process.standardOutput = output
     process.standardError = FileHandle.nullDevice

@@ -1,0 +1,55 @@
+import Foundation
+import Testing
+import YoMoMetrics
+
+/// The metrics endpoint is plain HTTP on a port anyone who reaches it can open,
+/// in the same process as a zipper: clients that hold connections without
+/// finishing a request must not keep them, nor take more than the limit.
+/// Driven by Resources/hostile_http.py, plain sockets from another process.
+@Suite("Metrics endpoint limits against hostile HTTP clients", .serialized)
+struct MetricsEndpointLimitsTests {
+    @Test("a request not finished within the request timeout, or an idle keep-alive connection, is closed; the endpoint keeps answering")
+    func requestTimeout() async throws {
+        let limits = MetricsEndpoint.Limits(requestTimeout: .milliseconds(300))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop, limits: limits)
+        let slow = try await runResourceScript("hostile_http.py", ["slow", "\(endpoint.port)", "3", "10"])
+        #expect(slow.count == 3)
+        for line in slow {
+            #expect(line.hasPrefix("CLOSED"), "\(line)")
+            // Never before its time (a loaded machine may close it later).
+            #expect((secondsAfter(line) ?? 0) >= 0.25, "\(line)")
+        }
+        let idle = try await runResourceScript("hostile_http.py", ["idle", "\(endpoint.port)", "2", "10"])
+        #expect(idle.count == 2)
+        for line in idle {
+            #expect(line.hasPrefix("ANSWERED status=200 CLOSED"), "\(line)")
+            #expect((secondsAfter(line) ?? 0) >= 0.25, "\(line)")
+        }
+        #expect(await httpGet("http://127.0.0.1:\(endpoint.port)/healthz")?.status == 200)
+        await endpoint.close()
+    }
+
+    @Test("bytes that are not HTTP get a 400 and the connection closes; the endpoint keeps answering")
+    func malformedRequests() async throws {
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop)
+        let lines = try await runResourceScript("hostile_http.py", ["garbage", "\(endpoint.port)", "2", "10"])
+        #expect(lines.count == 2)
+        // Closed right after the answer, well before the 10 s request timeout.
+        for line in lines {
+            #expect(line.hasPrefix("ANSWERED status=400 CLOSED"), "\(line)")
+            #expect((secondsAfter(line) ?? 99) < 5, "\(line)")
+        }
+        #expect(await httpGet("http://127.0.0.1:\(endpoint.port)/healthz")?.status == 200)
+        await endpoint.close()
+    }
+
+    @Test("connections past the limit are closed as accepted; one freed lets the next in")
+    func connectionLimit() async throws {
+        // A request timeout far above the test's run: only the limit closes anything.
+        let limits = MetricsEndpoint.Limits(requestTimeout: .seconds(60), maximumConnections: 3)
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop, limits: limits)
+        let lines = try await runResourceScript("hostile_http.py", ["cap", "\(endpoint.port)", "3", "10"])
+        #expect(lines == ["EXTRA CLOSED unanswered", "AFTER-RELEASE ANSWERED status=200"], "\(lines)")
+        await endpoint.close()
+    }
+}
