@@ -327,7 +327,7 @@ targets += [
     .testTarget(
         name: "YoMoTests",
         dependencies: [
-            "YoMo", "YoMoWire", "YoMoQUIC", "YoMoTracing", "YoMoLogging", "YoMoMetrics", "YoMoZipperYAML",
+            "YoMo", "YoMoWire", "YoMoQUIC", "YoMoTracing", "YoMoLogging", "YoMoMetrics", "YoMoTraceView", "YoMoZipperYAML",
             .product(name: "Tracing", package: "swift-distributed-tracing"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

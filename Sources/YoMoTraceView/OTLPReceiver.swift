@@ -12,12 +12,15 @@ public final class OTLPHTTPReceiver: Sendable {
     /// The port it listens on.
     public var port: Int { channel.localAddress?.port ?? 0 }
 
-    /// - Parameter decode: false accepts trace bodies without decoding them (for
-    ///   benchmarks: the receiver then costs the sender's machine almost nothing);
-    ///   `onSpans` is not called.
+    /// - Parameters:
+    ///   - decode: false accepts trace bodies without decoding them (for
+    ///     benchmarks: the receiver then costs the sender's machine almost
+    ///     nothing); `onSpans` is not called.
+    ///   - maximumBodySize: a bigger request is answered 413 and its connection
+    ///     closed (an exporter's batch of 512 spans is a few hundred KB).
     public static func start(
-        host: String, port: Int, decode: Bool = true, onSpans: @escaping @Sendable ([ReceivedSpan]) -> Void,
-        onError: @escaping @Sendable (String) -> Void
+        host: String, port: Int, decode: Bool = true, maximumBodySize: Int = 64 << 20,
+        onSpans: @escaping @Sendable ([ReceivedSpan]) -> Void, onError: @escaping @Sendable (String) -> Void
     ) async throws -> OTLPHTTPReceiver {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let bootstrap = ServerBootstrap(group: group)
@@ -25,7 +28,8 @@ public final class OTLPHTTPReceiver: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(RequestHandler(decode: decode, onSpans: onSpans, onError: onError))
+                    try channel.pipeline.syncOperations.addHandler(RequestHandler(
+                        decode: decode, maximumBodySize: maximumBodySize, onSpans: onSpans, onError: onError))
                 }
             }
         do {
@@ -53,13 +57,18 @@ private final class RequestHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     let decode: Bool
+    let maximumBodySize: Int
     let onSpans: @Sendable ([ReceivedSpan]) -> Void
     let onError: @Sendable (String) -> Void
     var head: HTTPRequestHead?
     var body = ByteBuffer()
 
-    init(decode: Bool, onSpans: @escaping @Sendable ([ReceivedSpan]) -> Void, onError: @escaping @Sendable (String) -> Void) {
+    init(
+        decode: Bool, maximumBodySize: Int, onSpans: @escaping @Sendable ([ReceivedSpan]) -> Void,
+        onError: @escaping @Sendable (String) -> Void
+    ) {
         self.decode = decode
+        self.maximumBodySize = maximumBodySize
         self.onSpans = onSpans
         self.onError = onError
     }
@@ -70,6 +79,14 @@ private final class RequestHandler: ChannelInboundHandler {
             self.head = head
             body.clear()
         case .body(var chunk):
+            guard head != nil else { return }  // refused already: the rest is dropped
+            guard body.readableBytes + chunk.readableBytes <= maximumBodySize else {
+                head = nil
+                body = ByteBuffer()
+                onError("refused a request body over \(maximumBodySize) bytes")
+                respond(context: context, status: .payloadTooLarge, message: "body over \(maximumBodySize) bytes", keepAlive: false)
+                return
+            }
             body.writeBuffer(&chunk)
         case .end:
             guard let head else { return }
@@ -77,6 +94,12 @@ private final class RequestHandler: ChannelInboundHandler {
             respond(context: context, status: status, message: message, keepAlive: head.isKeepAlive)
             self.head = nil
         }
+    }
+
+    /// A request the HTTP parser refused (swift-nio's error handler answered
+    /// 400 and leaves the closing to us) or a broken connection.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 
     private func handle(_ head: HTTPRequestHead) -> (HTTPResponseStatus, String) {

@@ -14,6 +14,9 @@ finished writing, or read its answer):
            ANSWERED status=<code> CLOSED after=<seconds> | ... OPEN after=<seconds>
   garbage  COUNT connections each send bytes that are not HTTP:
            ANSWERED status=<code> CLOSED after=<seconds> | ... OPEN after=<seconds>
+  big    one POST /v1/traces whose body is COUNT MiB, sent whole unless the
+         server answers first:
+           ANSWERED status=<code> CLOSED after=<seconds> | ... OPEN after=<seconds>
   cap    COUNT connections hold unfinished heads; one more asks GET /healthz:
            EXTRA CLOSED unanswered | EXTRA ANSWERED status=<code>
          then one held connection closes and GET /healthz is retried (a fresh
@@ -95,6 +98,24 @@ def main():
         deadline = time.monotonic() + wait
         for sock, (status, since) in zip(socks, answers):
             print(f"ANSWERED status={status} {line(wait_closed(sock, since, deadline))}", flush=True)
+    elif mode == "big":
+        sock = connect(port)
+        size = count << 20
+        sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: hostile\r\n"
+                     b"Content-Type: application/x-protobuf\r\nContent-Length: %d\r\n\r\n" % size)
+        try:
+            sent = 0
+            while sent < size:
+                sock.sendall(b"\x0a" * min(65536, size - sent))
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed first
+        try:
+            status = answer(sock)
+        except ConnectionResetError:
+            status = None
+        since = time.monotonic()
+        print(f"ANSWERED status={status} {line(wait_closed(sock, since, since + wait))}", flush=True)
     elif mode == "cap":
         held = [connect(port) for _ in range(count)]
         for sock in held:

@@ -1,13 +1,15 @@
 import Foundation
 import Testing
 import YoMoMetrics
+import YoMoTraceView
 
 /// The metrics endpoint is plain HTTP on a port anyone who reaches it can open,
 /// in the same process as a zipper: clients that hold connections without
 /// finishing a request must not keep them, nor take more than the limit.
+/// `yomo trace-view`'s receiver bounds what a request may make it hold.
 /// Driven by Resources/hostile_http.py, plain sockets from another process.
-@Suite("Metrics endpoint limits against hostile HTTP clients", .serialized)
-struct MetricsEndpointLimitsTests {
+@Suite("HTTP endpoints (metrics, trace-view) against hostile clients", .serialized)
+struct HostileHTTPClientTests {
     @Test("a request not finished within the request timeout, or an idle keep-alive connection, is closed; the endpoint keeps answering")
     func requestTimeout() async throws {
         let limits = MetricsEndpoint.Limits(requestTimeout: .milliseconds(300))
@@ -41,6 +43,25 @@ struct MetricsEndpointLimitsTests {
         }
         #expect(await httpGet("http://127.0.0.1:\(endpoint.port)/healthz")?.status == 200)
         await endpoint.close()
+    }
+
+    @Test("trace-view's receiver: a body over its limit gets a 413 and the connection closes, bytes that are not HTTP a 400; it keeps receiving")
+    func traceViewReceiver() async throws {
+        let errors = Inbox<String>()
+        let receiver = try await OTLPHTTPReceiver.start(
+            host: "127.0.0.1", port: 0, maximumBodySize: 1 << 20, onSpans: { _ in }, onError: { errors.append($0) })
+        let big = try await runResourceScript("hostile_http.py", ["big", "\(receiver.port)", "4", "10"])
+        #expect(big.count == 1 && big[0].hasPrefix("ANSWERED status=413 CLOSED"), "\(big)")
+        #expect(errors.items == ["refused a request body over 1048576 bytes"])
+        let garbage = try await runResourceScript("hostile_http.py", ["garbage", "\(receiver.port)", "2", "10"])
+        for line in garbage {
+            #expect(line.hasPrefix("ANSWERED status=400 CLOSED"), "\(line)")
+            #expect((secondsAfter(line) ?? 99) < 5, "\(line)")
+        }
+        // A body within the limit is still received (empty: no spans, answered 200).
+        let fine = try await runResourceScript("hostile_http.py", ["big", "\(receiver.port)", "0", "1"])
+        #expect(fine.first?.hasPrefix("ANSWERED status=200") == true, "\(fine)")
+        await receiver.close()
     }
 
     @Test("connections past the limit are closed as accepted; one freed lets the next in")
