@@ -67,23 +67,41 @@ struct HandshakeAuthority: Sendable {
         ("observed tags", 4096, { $0.observedTags.count }),
     ]
 
-    /// `nil` when the client may connect, else the message of the RejectedFrame.
-    func rejection(for handshake: HandshakeFrame) -> String? {
+    /// Why a handshake is refused: `message` for the RejectedFrame and the
+    /// close (Go's words: the client sees what it sent), `logged` for the
+    /// zipper's log, which never holds a presented token.
+    struct Rejection: Equatable {
+        var message: String
+        var logged: String
+
+        init(_ message: String, logged: String? = nil) {
+            self.message = message
+            self.logged = logged ?? message
+        }
+    }
+
+    /// `nil` when the client may connect.
+    func rejection(for handshake: HandshakeFrame) -> Rejection? {
         for field in Self.fieldLimits {
             let size = field.size(handshake)
             if size > field.limit {
                 let unit = field.name == "observed tags" ? "" : " bytes"
-                return "handshake \(field.name) is too long: \(size)\(unit), at most \(field.limit)\(unit)"
+                return Rejection("handshake \(field.name) is too long: \(size)\(unit), at most \(field.limit)\(unit)")
             }
         }
         guard handshake.version == version else {
-            return "version negotiation failed: client=\(handshake.version), server=\(version)"
+            return Rejection("version negotiation failed: client=\(handshake.version), server=\(version)")
         }
         guard let authentication else { return nil }
         guard handshake.authName == authentication.name else {
-            return "authentication not found: \(handshake.authName)"
+            return Rejection("authentication not found: \(handshake.authName)")
         }
-        return authentication.accepts(payload: handshake.authPayload) ? nil : "invalid token: \(handshake.authPayload)"
+        guard authentication.accepts(payload: handshake.authPayload) else {
+            // A wrong token may be a near miss of the right one, or another deployment's.
+            return Rejection(
+                "invalid token: \(handshake.authPayload)", logged: "invalid token (\(handshake.authPayload.utf8.count) bytes)")
+        }
+        return nil
     }
 }
 
@@ -109,9 +127,20 @@ public struct ZipperAuthentication: Hashable, Sendable, CustomStringConvertible 
 
     func accepts(payload: String) -> Bool {
         switch method {
-        case .token(let token): payload == token
+        case .token(let token): constantTimeEqual(payload, token)
         }
     }
 
     public var description: String { "\(name) authentication" }
+}
+
+/// Equal bytes, compared in a time that depends on the lengths only, not on
+/// where the first difference is (a token is checked against guesses).
+func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+    let a = Array(a.utf8), b = Array(b.utf8)
+    var difference: UInt8 = a.count == b.count ? 0 : 1
+    for index in 0..<max(a.count, b.count) {
+        difference |= (index < a.count ? a[index] : 0) ^ (index < b.count ? b[index] : 0)
+    }
+    return difference == 0
 }

@@ -305,10 +305,10 @@ public final class Zipper: Sendable {
         connectionLogger[metadataKey: YoMoLogField.connectionName] = "\(handshake.name.forLog)"
         if let rejection = authority.rejection(for: handshake) {
             countRefusal("rejected")
-            connectionLogger.warning("handshake rejected", metadata: ["reason": "\(rejection.forLog)", "remote": "\(remote)"])
-            _ = try? await connection.write(.rejected(RejectedFrame(message: rejection)))
+            connectionLogger.warning("handshake rejected", metadata: ["reason": "\(rejection.logged.forLog)", "remote": "\(remote)"])
+            _ = try? await connection.write(.rejected(RejectedFrame(message: rejection.message)))
             // A peer that does not acknowledge the RejectedFrame gets the handshake timeout, no more.
-            await connection.closeAfterDelivery(reason: rejection, until: .now + options.handshakeTimeout)
+            await connection.closeAfterDelivery(reason: rejection.message, until: .now + options.handshakeTimeout)
             return
         }
         frameReader.setMaximumFrameSize(configuration.limits.maximumFrameSize)

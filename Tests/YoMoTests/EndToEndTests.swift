@@ -104,9 +104,12 @@ struct EndToEndTests {
         }
     }
 
-    @Test("a wrong token is rejected with a clear error, and connect does not retry")
+    @Test("a wrong token is rejected with a clear error, and connect does not retry; the zipper's log names no token")
     func wrongToken() async throws {
-        try await withZipper(authentication: .token("secret")) { address, zipper in
+        let records = Inbox<String>()
+        var logger = Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) }
+        logger.logLevel = .trace
+        try await withZipper(authentication: .token("secret"), logger: logger) { address, zipper in
             let sfn = StreamFunction(
                 name: "intruder", zipper: address,
                 options: .init(observedTags: [0x33], credential: "token:wrong", retryConnect: true))
@@ -122,6 +125,9 @@ struct EndToEndTests {
             try await good.connect()
             await good.close()
         }
+        let rejected = records.items.filter { $0.contains("handshake rejected") }
+        #expect(rejected.count == 1 && rejected[0].contains("reason=invalid token (5 bytes)"), "\(rejected)")
+        #expect(!records.items.contains { $0.contains("wrong") || $0.contains("secret") }, "\(records.items)")
     }
 
     @Test("a handshake with another spec version is rejected with Go's message")

@@ -176,17 +176,32 @@ struct RouteTableTests {
         #expect(!RouteTable.isReserved(0xE001))
     }
 
+    @Test("tokens compare equal exactly when their bytes are equal")
+    func tokenComparison() {
+        #expect(constantTimeEqual("secret", "secret"))
+        #expect(constantTimeEqual("", ""))
+        for (a, b) in [("secret", "secreT"), ("secret", "secre"), ("secre", "secret"), ("", "x"), ("é", "e"), ("ab", "ba")] {
+            #expect(!constantTimeEqual(a, b), "\(a) \(b)")
+        }
+    }
+
     @Test("handshakes are checked for version, then authentication, with Go's messages")
     func authority() {
         let authority = HandshakeAuthority(version: "2024-01-03", authentication: .token("secret"))
         var handshake = HandshakeFrame(name: "f", id: "x-0", clientType: .streamFunction, authName: "token", authPayload: "secret", version: "2024-01-03")
         #expect(authority.rejection(for: handshake) == nil)
         handshake.authPayload = "wrong"
-        #expect(authority.rejection(for: handshake) == "invalid token: wrong")
+        // Go's message to the client; the zipper's log names no token.
+        #expect(authority.rejection(for: handshake)?.message == "invalid token: wrong")
+        #expect(authority.rejection(for: handshake)?.logged == "invalid token (5 bytes)")
+        for nearMiss in ["secre", "secret ", "Secret", "", "secreT"] {
+            handshake.authPayload = nearMiss
+            #expect(authority.rejection(for: handshake) != nil, "\(nearMiss)")
+        }
         handshake.authName = "jwt"
-        #expect(authority.rejection(for: handshake) == "authentication not found: jwt")
+        #expect(authority.rejection(for: handshake) == .init("authentication not found: jwt"))
         handshake.version = "2023-01-01"
-        #expect(authority.rejection(for: handshake) == "version negotiation failed: client=2023-01-01, server=2024-01-03")
+        #expect(authority.rejection(for: handshake) == .init("version negotiation failed: client=2023-01-01, server=2024-01-03"))
         let open = HandshakeAuthority(version: "2024-01-03", authentication: nil)
         handshake.version = "2024-01-03"
         #expect(open.rejection(for: handshake) == nil)
