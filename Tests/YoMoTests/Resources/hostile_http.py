@@ -3,8 +3,8 @@
 
   hostile_http.py MODE PORT COUNT WAIT_SECONDS
 
-Modes, one line per connection (seconds measured from when the client
-finished writing, or read its answer):
+Modes, one line per connection (seconds measured from before the client
+connected, or sent its request: never less than the server's own count):
 
   slow   COUNT connections each send an unfinished request head and wait up to
          WAIT_SECONDS for the server to close them:
@@ -81,20 +81,25 @@ def line(closed):
 def main():
     mode, port, count, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     if mode == "slow":
-        socks = [connect(port) for _ in range(count)]
-        written = []
+        # Timed from before each connect: the server's clock for a connection
+        # cannot start earlier, so a close is never seen as earlier than it was.
+        socks, opened = [], []
+        for _ in range(count):
+            opened.append(time.monotonic())
+            socks.append(connect(port))
         for sock in socks:
             sock.sendall(UNFINISHED)
-            written.append(time.monotonic())
         deadline = time.monotonic() + wait
-        for sock, since in zip(socks, written):
+        for sock, since in zip(socks, opened):
             print(line(wait_closed(sock, since, deadline)), flush=True)
     elif mode in ("idle", "garbage"):
         socks = [connect(port) for _ in range(count)]
         answers = []
         for sock in socks:
+            # Timed from before the request: the server cannot answer earlier.
+            since = time.monotonic()
             sock.sendall(HEALTHZ if mode == "idle" else b"\x16\x03\x01 NOT HTTP AT ALL\r\n\r\n")
-            answers.append((answer(sock), time.monotonic()))
+            answers.append((answer(sock), since))
         deadline = time.monotonic() + wait
         for sock, (status, since) in zip(socks, answers):
             print(f"ANSWERED status={status} {line(wait_closed(sock, since, deadline))}", flush=True)
