@@ -83,6 +83,13 @@ struct TracingEndToEndTests {
             .filter { ($0["msg"] ?? $0["message"]) as? String == message }
     }
 
+    /// The ids a source's first "frame written" debug line carries: its span's
+    /// even when nothing is recorded.
+    static func writtenIDs(_ sink: InMemoryLogSink) throws -> (traceID: String, spanID: String) {
+        let written = try #require(records(sink, "frame written").first, "\(sink.lines)")
+        return (try #require(written["trace_id"] as? String), try #require(written["span_id"] as? String))
+    }
+
     @Test("source, zipper and stream function spans of one frame form one trace, with a user child span")
     func oneTrace() async throws {
         let receiver = try await SpanReceiver.start()
@@ -324,9 +331,7 @@ struct TracingEndToEndTests {
         #expect(functionSpans.count == 2)
         // Unsampled: the function's parent is the quiet source's own (unrecorded)
         // span, whose ids the zipper handed on; its debug line carries them too.
-        let written = try #require(Self.records(quietLogs, "frame written").first, "\(quietLogs.lines)")
-        let quietTraceID = try #require(written["trace_id"] as? String)
-        let quietSpanID = try #require(written["span_id"] as? String)
+        let (quietTraceID, quietSpanID) = try Self.writtenIDs(quietLogs)
         let underQuiet = try #require(functionSpans.first { $0["trace_id"] as? String == quietTraceID }, "\(functionSpans)")
         #expect(underQuiet["parent_span_id"] as? String == quietSpanID)
         let routed = try #require(Self.records(zipperLogs, "routing frame").first { $0["trace_id"] as? String == quietTraceID })
@@ -375,9 +380,7 @@ struct TracingEndToEndTests {
 
         let spans = receiver.spans()
         #expect(spans.allSatisfy { $0["name"] as? String == "sink" } && spans.count == 1, "\(spans)")
-        let written = try #require(Self.records(quietLogs, "frame written").first, "\(quietLogs.lines)")
-        let quietTraceID = try #require(written["trace_id"] as? String)
-        let quietSpanID = try #require(written["span_id"] as? String)
+        let (quietTraceID, quietSpanID) = try Self.writtenIDs(quietLogs)
         let sinkSpan = try #require(spans.first)
         #expect(sinkSpan["trace_id"] as? String == quietTraceID)
         #expect(sinkSpan["parent_span_id"] as? String == quietSpanID)
