@@ -10,32 +10,57 @@ public final class TraceAssembler: Sendable {
         var lastArrival: ContinuousClock.Instant
     }
 
-    private let pending = Mutex<[String: Pending]>([:])
-    private let clock = ContinuousClock()
+    private struct State {
+        var traces: [String: Pending] = [:]
+        var spanCount = 0
+    }
 
-    public init() {}
+    private let state = Mutex(State())
+    private let clock = ContinuousClock()
+    /// Held spans beyond which the least recently extended traces are handed
+    /// out before they are quiet: printed early, never dropped.
+    public let maximumPendingSpans: Int
+
+    public init(maximumPendingSpans: Int = 200_000) {
+        self.maximumPendingSpans = max(1, maximumPendingSpans)
+    }
 
     public func add(_ spans: [ReceivedSpan]) {
         let now = clock.now
-        pending.withLock { pending in
+        state.withLock { state in
             for span in spans {
-                pending[span.traceID, default: Pending(lastArrival: now)].spans.append(span)
-                pending[span.traceID]?.lastArrival = now
+                state.traces[span.traceID, default: Pending(lastArrival: now)].spans.append(span)
+                state.traces[span.traceID]?.lastArrival = now
             }
+            state.spanCount += spans.count
         }
     }
 
-    /// Traces that got no new span for `quiet`: taken out, oldest first.
+    /// Traces that got no new span for `quiet`, and while more than
+    /// `maximumPendingSpans` are held, the least recently extended others:
+    /// taken out, oldest first.
     public func takeFinished(quiet: Duration) -> [[ReceivedSpan]] {
         let now = clock.now
-        return pending.withLock { pending in
-            let done = pending.filter { now - $0.value.lastArrival >= quiet }
-            for key in done.keys { pending[key] = nil }
+        return state.withLock { state in
+            var done = state.traces.filter { now - $0.value.lastArrival >= quiet }
+            var held = state.spanCount - done.values.reduce(0) { $0 + $1.spans.count }
+            if held > maximumPendingSpans {
+                let waiting = state.traces.filter { done[$0.key] == nil }.sorted { $0.value.lastArrival < $1.value.lastArrival }
+                for (traceID, trace) in waiting where held > maximumPendingSpans {
+                    done[traceID] = trace
+                    held -= trace.spans.count
+                }
+            }
+            for key in done.keys { state.traces[key] = nil }
+            state.spanCount = held
             return done.values.map(\.spans).sorted { ($0.map(\.startNanoseconds).min() ?? 0) < ($1.map(\.startNanoseconds).min() ?? 0) }
         }
     }
 
-    public var pendingCount: Int { pending.withLock { $0.count } }
+    public var pendingCount: Int { state.withLock { $0.traces.count } }
+
+    /// Spans held, of all pending traces.
+    public var pendingSpanCount: Int { state.withLock { $0.spanCount } }
 }
 
 public struct WaterfallRenderer: Sendable {
@@ -46,30 +71,19 @@ public struct WaterfallRenderer: Sendable {
 
     public init(colour: Bool) { self.colour = colour }
 
+    /// Spans come from whoever can reach the receiver: any timestamps, ids
+    /// that repeat, parents that form a cycle or a chain a million deep. Each
+    /// span is drawn once, and none of that can trap or exhaust the stack.
     public func render(_ spans: [ReceivedSpan]) -> String {
         guard let first = spans.first else { return "" }
+        let barWidth = max(1, self.barWidth)
         let start = spans.map(\.startNanoseconds).min() ?? 0
-        let end = max(spans.map(\.endNanoseconds).max() ?? start, start + 1)
-        let total = end - start
-        let ids = Set(spans.map(\.spanID))
-        let children = Dictionary(grouping: spans.filter { ids.contains($0.parentSpanID) }, by: \.parentSpanID)
-        // Roots: no parent, or a parent this trace view never saw.
-        let roots = spans.filter { !ids.contains($0.parentSpanID) }.sorted { $0.startNanoseconds < $1.startNanoseconds }
-
-        var rows: [(service: String, tree: String, span: ReceivedSpan)] = []
-        func walk(_ span: ReceivedSpan, prefix: String, isLast: Bool, depth: Int) {
-            let branch = depth == 0 ? "" : prefix + (isLast ? "└─ " : "├─ ")
-            rows.append((span.service, branch + span.name, span))
-            let next = (children[span.spanID] ?? []).sorted { $0.startNanoseconds < $1.startNanoseconds }
-            let childPrefix = depth == 0 ? "" : prefix + (isLast ? "   " : "│  ")
-            for (index, child) in next.enumerated() {
-                walk(child, prefix: childPrefix, isLast: index == next.count - 1, depth: depth + 1)
-            }
-        }
-        for root in roots { walk(root, prefix: "", isLast: true, depth: 0) }
+        let latest = spans.map(\.endNanoseconds).max() ?? start
+        let total = latest > start ? latest - start : 1
+        let rows = Self.treeRows(spans)
 
         let serviceWidth = min(24, rows.map(\.service.count).max() ?? 0)
-        let treeWidth = min(40, rows.map(\.tree.count).max() ?? 0)
+        let treeWidth = min(Self.treeColumns, rows.map(\.tree.count).max() ?? 0)
         let errors = spans.filter(\.isError).count
         var lines: [String] = []
         let header = "trace \(first.traceID)  \(spans.count) span\(spans.count == 1 ? "" : "s")  \(Self.format(total))"
@@ -77,10 +91,11 @@ public struct WaterfallRenderer: Sendable {
         lines.append(bold(header))
         for row in rows {
             let span = row.span
-            let offset = Int(Double(span.startNanoseconds - start) / Double(total) * Double(barWidth))
-            let length = max(1, Int((Double(span.durationNanoseconds) / Double(total) * Double(barWidth)).rounded()))
-            let barStart = min(offset, barWidth - 1)
-            let barLength = min(length, barWidth - barStart)
+            // Clamped as doubles: a span may start after every other span ends.
+            let offset = min(Double(span.startNanoseconds - start) / Double(total) * Double(barWidth), Double(barWidth - 1))
+            let length = min((Double(span.durationNanoseconds) / Double(total) * Double(barWidth)).rounded(), Double(barWidth))
+            let barStart = Int(offset)
+            let barLength = max(1, min(Int(length), barWidth - barStart))
             let bar = String(repeating: "·", count: barStart) + String(repeating: "█", count: barLength)
                 + String(repeating: "·", count: barWidth - barStart - barLength)
             let attributes = span.attributes.filter { !Self.hiddenAttributes.contains($0.key) }
@@ -95,6 +110,54 @@ public struct WaterfallRenderer: Sendable {
             lines.append(line)
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// The tree column's width: rows deeper than it holds are clipped.
+    static let treeColumns = 40
+
+    /// Each span once, as a row of the tree: roots (no parent, or one this view
+    /// never saw) first, by start time, each followed by its subtree; then
+    /// whatever a cycle kept from any root, the same way. Walked with an
+    /// explicit stack, and the indentation stops growing past what the column
+    /// shows, so a hostile chain costs neither stack nor quadratic memory.
+    static func treeRows(_ spans: [ReceivedSpan]) -> [(service: String, tree: String, span: ReceivedSpan)] {
+        let ids = Set(spans.map(\.spanID))
+        var children: [String: [Int]] = [:]
+        var roots: [Int] = []
+        for index in spans.indices {
+            let span = spans[index]
+            if ids.contains(span.parentSpanID) {
+                children[span.parentSpanID, default: []].append(index)
+            } else {
+                roots.append(index)
+            }
+        }
+        let byStart = { (left: Int, right: Int) in spans[left].startNanoseconds < spans[right].startNanoseconds }
+        for key in children.keys { children[key]?.sort(by: byStart) }
+        // Children are listed under their parent's id: a repeated id lists them once.
+        var listed = Set<String>()
+
+        var rows: [(service: String, tree: String, span: ReceivedSpan)] = []
+        rows.reserveCapacity(spans.count)
+        var drawn = [Bool](repeating: false, count: spans.count)
+        var stack: [(index: Int, prefix: String, isLast: Bool, depth: Int)] = []
+        func walk(from root: Int) {
+            stack.append((root, "", true, 0))
+            while let (index, prefix, isLast, depth) = stack.popLast() {
+                guard !drawn[index] else { continue }
+                drawn[index] = true
+                let span = spans[index]
+                rows.append((span.service, (depth == 0 ? "" : prefix + (isLast ? "└─ " : "├─ ")) + span.name, span))
+                guard listed.insert(span.spanID).inserted, let next = children[span.spanID] else { continue }
+                let childPrefix = depth == 0 || prefix.count >= treeColumns ? prefix : prefix + (isLast ? "   " : "│  ")
+                for (position, child) in next.enumerated().reversed() where !drawn[child] {
+                    stack.append((child, childPrefix, position == next.count - 1, depth + 1))
+                }
+            }
+        }
+        for root in roots.sorted(by: byStart) { walk(from: root) }
+        for index in spans.indices.sorted(by: byStart) where !drawn[index] { walk(from: index) }
+        return rows
     }
 
     static func format(_ nanoseconds: UInt64) -> String {

@@ -64,6 +64,61 @@ struct HostileHTTPClientTests {
         await receiver.close()
     }
 
+    @Test("yomo trace-view draws spans with hostile times, ids and parents, each once, and keeps receiving")
+    func traceViewHostileSpans() async throws {
+        let port = try await freeTCPPort()
+        let process = Process()
+        process.executableURL = try yomoExecutable()
+        process.arguments = ["trace-view", "--listen", "127.0.0.1:\(port)", "--quiet-ms", "200", "--max-traces", "4",
+                             "--seconds", "120", "--no-colour"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        let printed = Task.detached {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Data, Never>) in
+                Thread.detachNewThread { continuation.resume(returning: output.fileHandleForReading.readDataToEndOfFile()) }
+            }
+        }
+        let depth = 50_000
+        let posted = try await runResourceScript("hostile_otlp.py", ["\(port)", "\(depth)", "20"])
+        #expect(posted.prefix(2) == ["ANSWERED status=200", "ANSWERED status=200"], "\(posted)")
+        // It exits by itself after the fourth trace.
+        await waitForExit(process)
+        #expect(process.terminationReason == .exit && process.terminationStatus == 0)
+
+        // Each trace: its header, then a row per span, then a blank line.
+        let text = String(decoding: await printed.value, as: UTF8.self)
+        var traces: [String: (header: String, rows: [String])] = [:]
+        var current: String?
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init) {
+            if line.hasPrefix("trace ") {
+                current = String(line.split(separator: " ")[1])
+                traces[current!] = (line, [])
+            } else if line.isEmpty {
+                current = nil
+            } else if let current {
+                traces[current]?.rows.append(line)
+            }
+        }
+        let expected = posted.filter { $0.hasPrefix("TRACE ") }.map { $0.split(separator: " ").map(String.init) }
+        try #require(expected.count == 4, "\(posted)")
+        for fields in expected {
+            let (name, id, count) = (fields[1], fields[2], Int(fields[3]) ?? -1)
+            let trace = try #require(traces[id], "trace \(name) printed: \(text.prefix(2_000))")
+            #expect(trace.header.hasPrefix("trace \(id)  \(count) span"), "\(name): \(trace.header)")
+            #expect(trace.rows.count == count, "\(name): a row per span")
+        }
+        // The graph's odd spans, and the chain's head, each on one row of their own.
+        let graph = try #require(traces[expected[2][2]]).rows
+        for name in ["link-0", "own-parent", "cycle-a", "cycle-b", "same-id"] {
+            #expect(graph.filter { $0.contains(" \(name) ") || $0.contains("─ \(name) ") }.count == 1, "\(name)")
+        }
+        // The deepest rows are clipped to the tree's column, not indented a step per level.
+        #expect(graph.allSatisfy { $0.count < 200 })
+    }
+
     @Test("connections past the limit are closed as accepted; one freed lets the next in")
     func connectionLimit() async throws {
         // A request timeout far above the test's run: only the limit closes anything.

@@ -2,7 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 import Tracing
-import YoMoTraceView
+@testable import YoMoTraceView
 import YoMoTracing
 
 @Suite("yomo trace-view")
@@ -61,6 +61,99 @@ struct TraceViewTests {
         #expect(lines[2].contains("└─ child"))
         #expect(lines[3].contains("└─ grandchild") && lines[3].contains("✗ boom"))
         #expect(WaterfallRenderer(colour: true).render(tree).contains("\u{1B}[31m"))
+    }
+
+    static func span(_ name: String, id: String, parent: String = "", start: UInt64, end: UInt64) -> ReceivedSpan {
+        ReceivedSpan(traceID: "t", spanID: id, parentSpanID: parent, name: name, service: "s", scope: "", kind: 1,
+                     startNanoseconds: start, endNanoseconds: end, attributes: [], isError: false, statusMessage: "", eventNames: [])
+    }
+
+    /// The rows' names and depths, as `WaterfallRenderer.treeRows` orders them.
+    static func shape(_ spans: [ReceivedSpan]) -> [String] {
+        WaterfallRenderer.treeRows(spans).map { row in
+            row.tree.replacingOccurrences(of: "└─ ", with: "+").replacingOccurrences(of: "├─ ", with: "+")
+                .replacingOccurrences(of: "│  ", with: ".").replacingOccurrences(of: "   ", with: ".")
+        }
+    }
+
+    @Test("spans with hostile times, repeated ids, cycles and a deep chain are drawn once each, without trapping")
+    func hostileSpans() {
+        let last = UInt64.max
+        let renderer = WaterfallRenderer(colour: false)
+        // A span that starts long after every span ends; a span at the clock's very end.
+        let times = [Self.span("early", id: "a", start: 0, end: 0), Self.span("late", id: "b", start: 1 << 63, end: 0)]
+        #expect(renderer.render(times).split(separator: "\n").count == 3)
+        #expect(renderer.render([Self.span("end", id: "c", start: last, end: last)]).split(separator: "\n").count == 2)
+        #expect(renderer.render([Self.span("wide", id: "w", start: 0, end: last), Self.span("at-end", id: "x", start: last, end: 1)])
+            .split(separator: "\n").count == 3)
+        var narrow = renderer
+        narrow.barWidth = 0
+        #expect(narrow.render(times).split(separator: "\n").count == 3)
+
+        // A span its own parent, a cycle of two, an id repeated: each once, the cycle from its earliest span.
+        let odd = [
+            Self.span("root", id: "r", start: 1, end: 9),
+            Self.span("own", id: "o", parent: "o", start: 2, end: 3),
+            Self.span("cycle-b", id: "cb", parent: "ca", start: 5, end: 6),
+            Self.span("cycle-a", id: "ca", parent: "cb", start: 4, end: 6),
+            Self.span("child", id: "k", parent: "r", start: 2, end: 4),
+            Self.span("again", id: "r", start: 3, end: 4),
+        ]
+        #expect(Self.shape(odd) == ["root", "+child", "again", "own", "cycle-a", "+cycle-b"])
+
+        // A chain deeper than any stack: every link once, in order, indentation bounded.
+        let depth = 200_000
+        let chain = (0..<depth).map { Self.span("l\($0)", id: "\($0)", parent: $0 == 0 ? "" : "\($0 - 1)", start: UInt64($0), end: UInt64($0) + 1) }
+        let rows = WaterfallRenderer.treeRows(chain)
+        #expect(rows.count == depth)
+        #expect(rows.indices.allSatisfy { rows[$0].span.spanID == "\($0)" })
+        #expect(rows.allSatisfy { $0.tree.count <= WaterfallRenderer.treeColumns + 5 + $0.span.name.count })
+        let lines = renderer.render(chain).split(separator: "\n")
+        #expect(lines.count == depth + 1)
+        #expect(lines.allSatisfy { $0.count < 120 })
+    }
+
+    @Test("random span graphs: every span is drawn exactly once, whatever its ids, parents and times")
+    func randomGraphs() {
+        var generator = SystemRandomNumberGenerator()
+        let extremes: [UInt64] = [0, 1, 1 << 63, UInt64.max - 1, UInt64.max]
+        for _ in 0..<300 {
+            let count = Int.random(in: 1...40, using: &generator)
+            let ids = (0..<Int.random(in: 1...count, using: &generator)).map { "\($0)" }
+            let spans = (0..<count).map { index -> ReceivedSpan in
+                func time() -> UInt64 {
+                    Bool.random(using: &generator) ? extremes.randomElement(using: &generator)! : UInt64.random(in: 0...1000, using: &generator)
+                }
+                return Self.span("n\(index)", id: ids.randomElement(using: &generator)!,
+                                 parent: Bool.random(using: &generator) ? ids.randomElement(using: &generator)! : "none",
+                                 start: time(), end: time())
+            }
+            // A failure shows the graph: (id, parent, start, end) per span.
+            let graph = "\(spans.map { ($0.spanID, $0.parentSpanID, $0.startNanoseconds, $0.endNanoseconds) })"
+            let rows = WaterfallRenderer.treeRows(spans)
+            #expect(rows.map(\.span.name).sorted() == spans.map(\.name).sorted(), "\(graph)")
+            #expect(WaterfallRenderer(colour: false).render(spans).split(separator: "\n").count == count + 1, "\(graph)")
+        }
+    }
+
+    @Test("the assembler holds at most its span limit: the least recently extended traces are handed out early, none lost")
+    func assemblerLimit() {
+        let assembler = TraceAssembler(maximumPendingSpans: 6)
+        func trace(_ id: String) -> [ReceivedSpan] {
+            (0..<4).map { ReceivedSpan(traceID: id, spanID: "\(id)\($0)", parentSpanID: "", name: "n", service: "s", scope: "", kind: 1,
+                                       startNanoseconds: 0, endNanoseconds: 1, attributes: [], isError: false, statusMessage: "", eventNames: []) }
+        }
+        assembler.add(trace("a"))
+        #expect(assembler.takeFinished(quiet: .seconds(3600)).isEmpty, "under the limit, nothing is quiet yet")
+        assembler.add(trace("b"))
+        assembler.add(trace("c"))
+        #expect(assembler.pendingSpanCount == 12)
+        let early = assembler.takeFinished(quiet: .seconds(3600))
+        #expect(early.count == 2 && early.allSatisfy { $0.count == 4 })
+        #expect(assembler.pendingSpanCount == 4 && assembler.pendingCount == 1)
+        let rest = assembler.takeFinished(quiet: .zero)
+        #expect(Set((early + rest).flatMap { $0 }.map(\.spanID)) == Set(["a", "b", "c"].flatMap(trace).map(\.spanID)))
+        #expect(assembler.pendingSpanCount == 0)
     }
 
     @Test("a body that is not OTLP is refused with a clear error")
