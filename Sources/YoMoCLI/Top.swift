@@ -36,12 +36,15 @@ struct Top: AsyncParsableCommand {
             lines.append("yomo top  \(now.formatted(.iso8601))  every \(interval) s")
             lines.append(Self.header)
             for target in list {
-                guard let samples = current[target] else {
+                switch current[target] {
+                case .success(let samples)?:
+                    let before = (try? previous[target]?.get()) ?? []
+                    lines.append(Self.format(PipelineRow.compute(target: target, previous: before, current: samples, seconds: seconds)))
+                case .failure(let failure)?:
+                    lines.append(Self.pad("-", 23) + " " + Self.pad(target, 21) + "  " + failure.description)
+                case nil:
                     lines.append(Self.pad("-", 23) + " " + Self.pad(target, 21) + "  unreachable")
-                    continue
                 }
-                let row = PipelineRow.compute(target: target, previous: previous[target] ?? [], current: samples, seconds: seconds)
-                lines.append(Self.format(row))
             }
             print(lines.joined(separator: "\n"))
             fflush(nil)  // every stream: `stdout` is a global Swift 6 rejects
@@ -53,35 +56,51 @@ struct Top: AsyncParsableCommand {
 
     static let header = "component               target                  in/s     out/s   err%    p50 ms    p99 ms  conns  reconn  noroute/s  drop/s  rtt ms  span drops"
 
+    /// Values come from whatever answers at a target: `fixed` prints any
+    /// double (NaN, infinities and huge counts too), where `Int(_:)` would trap.
     static func format(_ row: PipelineRow) -> String {
         func milliseconds(_ value: Double?) -> String { value.map { fixed($0 * 1000, decimals: 2) } ?? "-" }
         func number(_ value: Double) -> String { fixed(value, decimals: 1) }
-        return pad(String(row.service.prefix(23)), 23) + " " + pad(String(row.target.prefix(21)), 21)
+        func count(_ value: Double) -> String { fixed(value, decimals: 0) }
+        return pad(String(terminalSafe(row.service).prefix(23)), 23) + " " + pad(String(row.target.prefix(21)), 21)
             + padLeft(number(row.inRate), 8) + padLeft(number(row.outRate), 10) + padLeft(number(row.errorPercent), 7)
             + padLeft(milliseconds(row.p50), 10) + padLeft(milliseconds(row.p99), 10)
-            + padLeft(row.connections.map { String(Int($0)) } ?? "-", 7) + padLeft(String(Int(row.reconnects)), 8)
+            + padLeft(row.connections.map(count) ?? "-", 7) + padLeft(count(row.reconnects), 8)
             + padLeft(number(row.noRouteRate), 11) + padLeft(number(row.droppedRate), 8)
-            + padLeft(milliseconds(row.rtt), 8) + padLeft(String(Int(row.exporterDrops)), 12)
+            + padLeft(milliseconds(row.rtt), 8) + padLeft(count(row.exporterDrops), 12)
     }
 
     static func pad(_ text: String, _ width: Int) -> String { text + String(repeating: " ", count: max(0, width - text.count)) }
     static func padLeft(_ text: String, _ width: Int) -> String { String(repeating: " ", count: max(1, width - text.count)) + text }
 
-    /// Each target's samples; a target that does not answer is missing.
-    func scrapeAll(_ list: [String]) async -> [String: [ScrapedSample]] {
-        await withTaskGroup(of: (String, [ScrapedSample]?).self) { group in
+    /// Why a target gave no samples, as its row says it.
+    struct ScrapeFailure: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// A whole answer within this, or the target's row says why not: a
+    /// target that trickles or never stops must not freeze the table.
+    static let scrapeDeadline: Duration = .seconds(2)
+    /// `/metrics` pages are kilobytes; anything this big is not one.
+    static let maximumAnswerBytes = 16 << 20
+
+    /// Each target's samples, or why there are none.
+    func scrapeAll(_ list: [String]) async -> [String: Result<[ScrapedSample], ScrapeFailure>] {
+        await withTaskGroup(of: (String, Result<[ScrapedSample], ScrapeFailure>).self) { group in
             for target in list {
                 group.addTask { (target, await Self.scrape(target)) }
             }
-            var result: [String: [ScrapedSample]] = [:]
-            for await (target, samples) in group { if let samples { result[target] = samples } }
+            var result: [String: Result<[ScrapedSample], ScrapeFailure>] = [:]
+            for await (target, samples) in group { result[target] = samples }
             return result
         }
     }
 
     /// `GET /metrics` over a plain socket (HTTP/1.0, so the server closes), off the cooperative pool.
-    static func scrape(_ target: String) async -> [ScrapedSample]? {
-        guard let (host, port) = try? YoMoMetrics.parseListen(target) else { return nil }
+    static func scrape(_ target: String) async -> Result<[ScrapedSample], ScrapeFailure> {
+        guard let (host, port) = try? YoMoMetrics.parseListen(target) else {
+            return .failure(ScrapeFailure(description: "not HOST:PORT"))
+        }
         return await withCheckedContinuation { continuation in
             // Blocking socket I/O: a Dispatch worker, not the cooperative pool.
             DispatchQueue.global().async {
@@ -90,31 +109,51 @@ struct Top: AsyncParsableCommand {
         }
     }
 
-    static func httpGet(host: String, port: Int, path: String) -> String? {
+    static func httpGet(host: String, port: Int, path: String) -> Result<String, ScrapeFailure> {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: scrapeDeadline)
+        let unreachable = Result<String, ScrapeFailure>.failure(ScrapeFailure(description: "unreachable"))
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var info: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host == "0.0.0.0" ? "127.0.0.1" : host, String(port), &hints, &info) == 0, let first = info else { return nil }
+        guard getaddrinfo(host == "0.0.0.0" ? "127.0.0.1" : host, String(port), &hints, &info) == 0, let first = info else { return unreachable }
         defer { freeaddrinfo(info) }
         let fd = socket(first.pointee.ai_family, first.pointee.ai_socktype, first.pointee.ai_protocol)
-        guard fd >= 0 else { return nil }
+        guard fd >= 0 else { return unreachable }
         defer { close(fd) }
-        var timeout = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        // Bounds the connect and the send; the reads are bounded by the deadline below.
+        var timeout = timeval(tv_sec: Int(scrapeDeadline.components.seconds), tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        guard connect(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0 else { return nil }
+        guard connect(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0 else { return unreachable }
         let request = "GET \(path) HTTP/1.0\r\nHost: \(host)\r\n\r\n"
-        guard request.withCString({ send(fd, $0, strlen($0), 0) }) > 0 else { return nil }
+        guard request.withCString({ send(fd, $0, strlen($0), 0) }) > 0 else { return unreachable }
         var data = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
+            let left = clock.now.duration(to: deadline)
+            guard left > .zero else {
+                return .failure(ScrapeFailure(description: "no whole answer within \(scrapeDeadline.components.seconds) s"))
+            }
+            var ready = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let milliseconds = Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+            guard poll(&ready, 1, milliseconds) >= 0 || errno == EINTR else { return unreachable }
+            guard ready.revents != 0 else { continue }
             let n = recv(fd, &buffer, buffer.count, 0)
             if n <= 0 { break }
+            guard data.count + n <= maximumAnswerBytes else {
+                return .failure(ScrapeFailure(description: "answer over \(maximumAnswerBytes >> 20) MiB"))
+            }
             data.append(contentsOf: buffer[0..<n])
         }
         let text = String(decoding: data, as: UTF8.self)
-        guard text.hasPrefix("HTTP/1.") , text.split(separator: " ", maxSplits: 2).dropFirst().first == "200",
-              let bodyStart = text.firstRange(of: "\r\n\r\n") else { return nil }
-        return String(text[bodyStart.upperBound...])
+        guard text.hasPrefix("HTTP/1."), let bodyStart = text.firstRange(of: "\r\n\r\n") else {
+            return .failure(ScrapeFailure(description: data.isEmpty ? "closed without an answer" : "not an HTTP answer"))
+        }
+        let status = text.split(separator: " ", maxSplits: 2).dropFirst().first.map(String.init) ?? ""
+        guard status.count == 3, status.allSatisfy(\.isASCII), status.allSatisfy(\.isNumber) else {
+            return .failure(ScrapeFailure(description: "not an HTTP answer"))
+        }
+        guard status == "200" else { return .failure(ScrapeFailure(description: "HTTP \(status)")) }
+        return .success(String(text[bodyStart.upperBound...]))
     }
 }

@@ -86,7 +86,7 @@ public struct WaterfallRenderer: Sendable {
         let treeWidth = min(Self.treeColumns, rows.map(\.tree.count).max() ?? 0)
         let errors = spans.filter(\.isError).count
         var lines: [String] = []
-        let header = "trace \(first.traceID)  \(spans.count) span\(spans.count == 1 ? "" : "s")  \(Self.format(total))"
+        let header = "trace \(terminalSafe(first.traceID))  \(spans.count) span\(spans.count == 1 ? "" : "s")  \(Self.format(total))"
             + (errors > 0 ? "  \(errors) error\(errors == 1 ? "" : "s")" : "")
         lines.append(bold(header))
         for row in rows {
@@ -100,11 +100,11 @@ public struct WaterfallRenderer: Sendable {
                 + String(repeating: "·", count: barWidth - barStart - barLength)
             let attributes = span.attributes.filter { !Self.hiddenAttributes.contains($0.key) }
                 .sorted { $0.key < $1.key }
-                .map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+                .map { terminalSafe("\($0.key)=\($0.value)") }.joined(separator: " ")
             var line = "  " + pad(row.service, serviceWidth) + "  " + pad(row.tree, treeWidth) + "  " + bar + "  "
                 + pad(Self.format(span.durationNanoseconds), 9, left: true) + "  " + attributes
             if span.isError {
-                line += "  ✗ " + (span.statusMessage.isEmpty ? "error" : span.statusMessage)
+                line += "  ✗ " + (span.statusMessage.isEmpty ? "error" : terminalSafe(span.statusMessage))
                 line = red(line)
             }
             lines.append(line)
@@ -147,7 +147,7 @@ public struct WaterfallRenderer: Sendable {
                 guard !drawn[index] else { continue }
                 drawn[index] = true
                 let span = spans[index]
-                rows.append((span.service, (depth == 0 ? "" : prefix + (isLast ? "└─ " : "├─ ")) + span.name, span))
+                rows.append((terminalSafe(span.service), (depth == 0 ? "" : prefix + (isLast ? "└─ " : "├─ ")) + terminalSafe(span.name), span))
                 guard listed.insert(span.spanID).inserted, let next = children[span.spanID] else { continue }
                 let childPrefix = depth == 0 || prefix.count >= treeColumns ? prefix : prefix + (isLast ? "   " : "│  ")
                 for (position, child) in next.enumerated().reversed() where !drawn[child] {
@@ -174,6 +174,28 @@ public struct WaterfallRenderer: Sendable {
 
     private func red(_ text: String) -> String { colour ? "\u{1B}[31m\(text)\u{1B}[0m" : text }
     private func bold(_ text: String) -> String { colour ? "\u{1B}[1m\(text)\u{1B}[0m" : text }
+}
+
+/// `text` as a terminal shows it literally: control characters (which a
+/// sender could use to move the cursor, clear the screen or retitle the
+/// window) written as escapes, `\n` for a newline, `\x1b` for ESC.
+package func terminalSafe(_ text: String) -> String {
+    func isControl(_ scalar: Unicode.Scalar) -> Bool { scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) }
+    guard text.unicodeScalars.contains(where: isControl) else { return text }
+    var safe = ""
+    safe.unicodeScalars.reserveCapacity(text.unicodeScalars.count)
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\n": safe += "\\n"
+        case "\r": safe += "\\r"
+        case "\t": safe += "\\t"
+        case _ where isControl(scalar):
+            let hex = String(scalar.value, radix: 16)
+            safe += "\\x" + (hex.count < 2 ? "0" : "") + hex
+        default: safe.unicodeScalars.append(scalar)
+        }
+    }
+    return safe
 }
 
 /// `value` rounded to `decimals` places, as `String(format: "%.Nf")` prints it

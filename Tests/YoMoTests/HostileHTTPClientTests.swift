@@ -8,7 +8,7 @@ import YoMoTraceView
 /// finishing a request must not keep them, nor take more than the limit.
 /// `yomo trace-view`'s receiver bounds what a request may make it hold.
 /// Driven by Resources/hostile_http.py, plain sockets from another process.
-@Suite("HTTP endpoints (metrics, trace-view) against hostile clients", .serialized)
+@Suite("HTTP ends (metrics endpoint, trace-view, yomo top) against hostile peers", .serialized)
 struct HostileHTTPClientTests {
     @Test("a request not finished within the request timeout, or an idle keep-alive connection, is closed; the endpoint keeps answering")
     func requestTimeout() async throws {
@@ -117,6 +117,48 @@ struct HostileHTTPClientTests {
         }
         // The deepest rows are clipped to the tree's column, not indented a step per level.
         #expect(graph.allSatisfy { $0.count < 200 })
+    }
+
+    @Test("yomo top against hostile endpoints: odd values and escapes shown literally, a trickle or a flood bounded, each row says why")
+    func topAgainstHostileEndpoints() async throws {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Resources/hostile_metrics.py")
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["python3", script.path, "60"]
+        let announced = Pipe()
+        server.standardOutput = announced
+        try server.run()
+        defer { server.terminate() }
+        let ports = await withCheckedContinuation { (continuation: CheckedContinuation<[String: String], Never>) in
+            Thread.detachNewThread {
+                var line = [UInt8]()
+                while let byte = announced.fileHandleForReading.readData(ofLength: 1).first, byte != 10 { line.append(byte) }
+                let fields = String(decoding: line, as: UTF8.self).split(separator: " ").dropFirst().map { $0.split(separator: "=") }
+                continuation.resume(returning: Dictionary(uniqueKeysWithValues: fields.map { (String($0[0]), String($0[1])) }))
+            }
+        }
+        let modes = ["odd", "trickle", "endless", "status", "garbage"]
+        try #require(Set(ports.keys) == Set(modes), "\(ports)")
+
+        let process = Process()
+        process.executableURL = try yomoExecutable()
+        process.arguments = ["top", "--once", "--interval", "0.2", "--targets", modes.map { "127.0.0.1:\(ports[$0]!)" }.joined(separator: ",")]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = await withCheckedContinuation { (continuation: CheckedContinuation<Data, Never>) in
+            Thread.detachNewThread { continuation.resume(returning: output.fileHandleForReading.readDataToEndOfFile()) }
+        }
+        await waitForExit(process)
+        #expect(process.terminationReason == .exit && process.terminationStatus == 0)
+        let text = String(decoding: data, as: UTF8.self)
+        #expect(!text.contains("\u{1B}"), "no escape from a target reaches the terminal")
+        func row(_ mode: String) -> String { text.split(separator: "\n").map(String.init).first { $0.contains(":\(ports[mode]!)") } ?? "" }
+        #expect(row("odd").hasPrefix("evil\\x1b[2J "), "\(row("odd"))")
+        #expect(row("trickle").hasSuffix("no whole answer within 2 s"), "\(row("trickle"))")
+        #expect(row("endless").hasSuffix("answer over 16 MiB"), "\(row("endless"))")
+        #expect(row("status").hasSuffix("HTTP 503"), "\(row("status"))")
+        #expect(row("garbage").hasSuffix("not an HTTP answer"), "\(row("garbage"))")
     }
 
     @Test("connections past the limit are closed as accepted; one freed lets the next in")
