@@ -113,6 +113,21 @@ struct TraceViewTests {
         #expect(lines.allSatisfy { $0.count < 120 })
     }
 
+    @Test("control characters a sender put in names, attributes and messages are drawn as escapes")
+    func controlCharacters() {
+        #expect(terminalSafe("plain: ünïcode ✓") == "plain: ünïcode ✓")
+        #expect(terminalSafe("a\u{1B}[2Jb\nc\td\re\u{7F}f\u{9B}g\u{0}") == "a\\x1b[2Jb\\nc\\td\\re\\x7ff\\x9bg\\x00")
+        var span = Self.span("name\u{1B}]0;title\u{7}", id: "a", start: 0, end: 1)
+        span.service = "svc\u{1B}[31m"
+        span.attributes = [("key\u{1B}", "value\nsecond line")]
+        span.isError = true
+        span.statusMessage = "boom\u{1B}[2J"
+        let text = WaterfallRenderer(colour: false).render([span])
+        #expect(!text.contains("\u{1B}") && text.split(separator: "\n").count == 2, "\(text)")
+        #expect(text.contains("name\\x1b]0;title\\x07") && text.contains("svc\\x1b[31m"), "\(text)")
+        #expect(text.contains("key\\x1b=value\\nsecond line") && text.contains("✗ boom\\x1b[2J"), "\(text)")
+    }
+
     @Test("random span graphs: every span is drawn exactly once, whatever its ids, parents and times")
     func randomGraphs() {
         var generator = SystemRandomNumberGenerator()
