@@ -50,7 +50,7 @@ struct RecordEncoder {
                 out.append(contentsOf: label.utf8)
                 out.append(contentsOf: ": ".utf8)
             }
-            out.append(contentsOf: message.utf8)
+            appendTextMessage(message, &out)
         }
     }
 
@@ -238,6 +238,23 @@ private func appendEscape(_ byte: UInt8, _ out: inout [UInt8]) {
 
 @inline(__always) private func hexDigit(_ nibble: UInt8) -> UInt8 {
     nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
+}
+
+/// The text format's message as written, but for control characters (a tab
+/// aside), escaped as in JSON: one record stays one line, and a message that
+/// carries a peer's words (a zipper's close reason) cannot drive the terminal.
+func appendTextMessage(_ message: String, _ out: inout [UInt8]) {
+    withUTF8(message) { bytes in
+        var start = 0
+        for index in 0..<bytes.count {
+            let byte = bytes[index]
+            guard (byte < 0x20 && byte != UInt8(ascii: "\t")) || byte == 0x7F else { continue }
+            if start < index { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start..<index])) }
+            appendEscape(byte, &out)
+            start = index + 1
+        }
+        if start < bytes.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[start...])) }
+    }
 }
 
 /// A logfmt value, quoted (like Go's slog text handler) when empty or when it

@@ -97,6 +97,16 @@ import Testing
         #expect(line.range(of: #"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z "#, options: .regularExpression) != nil)
     }
 
+    @Test("the text format writes a message's control characters as escapes: one record, one line, no terminal codes")
+    func textEscapesControlCharacters() {
+        let (logger, sink) = memoryLogger(.text)
+        logger.warning("closed: \u{1B}[2J\u{1B}]0;owned\u{7}\nERROR forged line\r\tand a tab \u{7F}")
+        #expect(sink.lines.count == 1)
+        let line = sink.lines.first ?? ""
+        #expect(line.hasSuffix(#"closed: \u001b[2J\u001b]0;owned\u0007\nERROR forged line\r"# + "\tand a tab " + #"\u007f"#), "\(line)")
+        #expect(!line.unicodeScalars.contains { $0.value < 0x20 && $0 != "\t" })
+    }
+
     @Test func colourWhenAsked() {
         let sink = InMemoryLogSink()
         let writer = LogWriter(sink: sink, configuration: .synchronous)
