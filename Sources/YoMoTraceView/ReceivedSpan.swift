@@ -36,7 +36,14 @@ public struct TraceViewError: Error, CustomStringConvertible {
 
 /// Decodes an OTLP `ExportTraceServiceRequest` protobuf body (protobuf-c).
 public enum OTLPTraceDecoder {
+    /// Messages nested deeper than this are refused before decoding (the
+    /// schema's own paths take 7 levels; the rest is values within values).
+    public static let maximumNesting = 64
+
     public static func decode(_ body: [UInt8]) throws -> [ReceivedSpan] {
+        guard !body.withUnsafeBytes({ OTLPNesting.exceeds(maximumNesting, in: $0) }) else {
+            throw TraceViewError(description: "the body nests messages deeper than \(maximumNesting) levels (\(body.count) bytes)")
+        }
         let unpacked = body.withUnsafeBufferPointer { bytes in
             opentelemetry__proto__collector__trace__v1__export_trace_service_request__unpack(nil, bytes.count, bytes.baseAddress)
         }

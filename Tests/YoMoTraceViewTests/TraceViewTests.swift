@@ -171,6 +171,49 @@ struct TraceViewTests {
         #expect(assembler.pendingSpanCount == 0)
     }
 
+    /// A request of one span whose attribute `k` is `levels` arrays deep around "x":
+    /// 6 + 2 × levels messages deep, counting the request.
+    static func nestedRequest(levels: Int) -> [UInt8] {
+        func varint(_ number: Int) -> [UInt8] {
+            var (number, out) = (UInt64(number), [UInt8]())
+            repeat {
+                out.append(UInt8(number & 0x7F) | (number > 0x7F ? 0x80 : 0))
+                number >>= 7
+            } while number > 0
+            return out
+        }
+        func field(_ number: Int, _ payload: [UInt8]) -> [UInt8] { varint(number << 3 | 2) + varint(payload.count) + payload }
+        var value = field(1, Array("x".utf8))
+        for _ in 0..<levels { value = field(5, field(1, value)) }
+        let span = field(1, [UInt8](repeating: 1, count: 16)) + field(2, [UInt8](repeating: 2, count: 8)) + field(5, Array("deep".utf8))
+            + field(9, field(1, Array("k".utf8)) + field(2, value))
+        return field(1, field(2, field(2, span)))
+    }
+
+    @Test("values nested past the limit are refused before protobuf-c unpacks them; up to it they decode")
+    func nestingLimit() throws {
+        // 6 + 2 × 29 = 64 levels: the limit itself decodes.
+        let within = try OTLPTraceDecoder.decode(Self.nestedRequest(levels: 29))
+        #expect(within.first?.attributes.first?.value == String(repeating: "[", count: 29) + "x" + String(repeating: "]", count: 29))
+        #expect(throws: TraceViewError.self) { try OTLPTraceDecoder.decode(Self.nestedRequest(levels: 30)) }
+        // Unchecked, protobuf-c's recursion through this overflows a thread's stack.
+        let error = #expect(throws: TraceViewError.self) { try OTLPTraceDecoder.decode(Self.nestedRequest(levels: 20_000)) }
+        #expect(error?.description.hasPrefix("the body nests messages deeper than 64 levels") == true)
+        // Every prefix of a body, and damaged copies: the check ends, and decoding answers or throws.
+        let body = Self.nestedRequest(levels: 40)
+        for end in 0...body.count {
+            _ = try? OTLPTraceDecoder.decode(Array(body[..<end]))
+        }
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<2_000 {
+            var damaged = body
+            for _ in 0..<Int.random(in: 1...4, using: &generator) {
+                damaged[Int.random(in: 0..<damaged.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
+            }
+            _ = try? OTLPTraceDecoder.decode(damaged)
+        }
+    }
+
     @Test("a body that is not OTLP is refused with a clear error")
     func garbage() throws {
         #expect(throws: TraceViewError.self) { try OTLPTraceDecoder.decode([0xFF, 0xFF, 0xFF, 0x01]) }

@@ -13,9 +13,12 @@ WAIT_SECONDS). The first request holds three traces:
          is its own parent, two spans that are each other's parent, and a
          span whose id repeats the chain's first
 
-The second request, sent once the first is answered, holds one ordinary span
-(trace `after`). One line per request: ANSWERED status=<code>. Then one line
-per trace: TRACE <name> <trace id hex> <span count>.
+The second request is a span whose attribute value nests arrays 5,000 deep
+(written by hand: the protobuf package refuses to build it), which protobuf-c
+would unpack recursively past the end of its stack. The third, sent once the
+others are answered, holds one ordinary span (trace `after`). One line per
+request: ANSWERED status=<code>. Then one line per trace that should be drawn:
+TRACE <name> <trace id hex> <span count>.
 """
 import http.client
 import sys
@@ -53,6 +56,34 @@ def request(traces):
     return body.SerializeToString()
 
 
+def varint(number):
+    out = bytearray()
+    while True:
+        byte, number = number & 0x7F, number >> 7
+        out.append(byte | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
+
+
+def field(number, payload):
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def nested(levels):
+    """A request whose one span's attribute is an array of an array of ... of "x"."""
+    inner = field(1, b"x")  # AnyValue.string_value
+    length, headers = len(inner), []
+    for _ in range(levels):  # AnyValue.array_value (5) holding ArrayValue.values (1)
+        values = varint(1 << 3 | 2) + varint(length)
+        length += len(values)
+        array = varint(5 << 3 | 2) + varint(length)
+        length += len(array)
+        headers.append(array + values)
+    value = b"".join(reversed(headers)) + inner
+    span = field(1, trace_id(5)) + field(2, span_id(30)) + field(5, b"deep") + field(9, field(1, b"k") + field(2, value))
+    return field(1, field(2, field(2, span)))
+
+
 def post(body):
     deadline = time.monotonic() + wait
     while True:
@@ -76,6 +107,7 @@ graph = (3, chain + odd)
 after = (4, [("after", 20, None, 1_000, 2_000)])
 
 print(f"ANSWERED status={post(request([times, maximum, graph]))}", flush=True)
+print(f"ANSWERED status={post(nested(5000))}", flush=True)
 print(f"ANSWERED status={post(request([after]))}", flush=True)
 for name, (trace, spans) in [("times", times), ("max", maximum), ("graph", graph), ("after", after)]:
     print(f"TRACE {name} {trace_id(trace).hex()} {len(spans)}", flush=True)
