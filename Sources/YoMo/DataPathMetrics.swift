@@ -7,7 +7,8 @@ internal import YoMoQUIC
 /// The data path's instruments, named by the OpenTelemetry messaging semantic
 /// conventions (`messaging.system` = `yomo`, the tag as `messaging.destination.name`,
 /// e.g. `0x33`). Series are bound once per tag and kept, so recording a frame
-/// is a dictionary read under a lock and one atomic add (or one histogram lock).
+/// is a dictionary read under a lock and one atomic add (or one histogram lock);
+/// how many tags get series of their own is bounded (`cardinalityLimit`).
 final class DataPathMetrics: Sendable {
     private let meter: Meter
     private let enabled: Bool
@@ -49,6 +50,10 @@ final class DataPathMetrics: Sendable {
     private let consumers = Mutex<[ConsumerKey: Consumer]>([:])
     private let producers = Mutex<[UInt32: Producer]>([:])
     private let routers = Mutex<[UInt32: Router]>([:])
+    /// Tags a cache keeps. Tags come from peers: past this many, a frame binds
+    /// its series again (by then they are the overflow series, past the
+    /// instruments' cardinality limit) rather than growing the cache.
+    static let maximumCachedTags = 2048
 
     static let disabled = DataPathMetrics(provider: .noop, scope: "YoMo", component: [:])
 
@@ -93,7 +98,7 @@ final class DataPathMetrics: Sendable {
             if let bound = cache[key] { return bound }
             let attributes = attributes(tag: tag).with("yomo.handler.type", handlerType)
             let bound = Consumer(duration: processDuration.bind(attributes), consumed: consumed.bind(attributes))
-            cache[key] = bound
+            if cache.count < Self.maximumCachedTags { cache[key] = bound }
             return bound
         }
     }
@@ -110,7 +115,7 @@ final class DataPathMetrics: Sendable {
             if let bound = cache[tag] { return bound }
             let attributes = attributes(tag: tag).with("messaging.operation.name", "send")
             let bound = Producer(sent: sent.bind(attributes), duration: operationDuration.bind(attributes))
-            cache[tag] = bound
+            if cache.count < Self.maximumCachedTags { cache[tag] = bound }
             return bound
         }
     }
@@ -125,7 +130,7 @@ final class DataPathMetrics: Sendable {
                 failed: routed.bind(attributes.with("outcome", "failed")),
                 dropped: routed.bind(attributes.with("outcome", "dropped")),
                 duration: routingDuration.bind(attributes))
-            cache[tag] = bound
+            if cache.count < Self.maximumCachedTags { cache[tag] = bound }
             return bound
         }
     }

@@ -1,4 +1,5 @@
 import Glibc
+import Logging
 import Synchronization
 public import YoMoTracing
 import Tracing
@@ -135,31 +136,75 @@ final class HistogramCell: Sendable {
 /// The current span's context, for exemplars.
 func currentSpanContext() -> SpanContext? { ServiceContext.current?.spanContext }
 
+extension MetricAttributes {
+    /// The series that holds what an instrument past its cardinality limit
+    /// records for new attribute sets (OpenTelemetry's `otel.metric.overflow`).
+    public static let overflow: MetricAttributes = ["otel.metric.overflow": "true"]
+}
+
+/// An instrument's series by attribute set, at most `limit` of them: attributes
+/// can come from peers (a frame's tag), and each new set would otherwise cost
+/// memory and a line of every page for the life of the process. Past the
+/// limit, new sets share the overflow series, so nothing recorded is lost.
+struct SeriesTable<Cell> {
+    private(set) var series: [MetricAttributes: Cell] = [:]
+    private(set) var overflow: Cell?
+
+    /// The cell of `attributes`, made on first use; `reachedLimit` is true
+    /// only the first time the overflow series is handed out.
+    mutating func cell(_ attributes: MetricAttributes, limit: Int, make: () -> Cell) -> (cell: Cell, reachedLimit: Bool) {
+        if let cell = series[attributes] { return (cell, false) }
+        // The overflow series counts toward the limit.
+        guard series.count < limit - 1 else {
+            if let overflow { return (overflow, false) }
+            let cell = make()
+            overflow = cell
+            return (cell, true)
+        }
+        let cell = make()
+        series[attributes] = cell
+        return (cell, false)
+    }
+
+    var all: [(MetricAttributes, Cell)] {
+        series.map { ($0.key, $0.value) } + (overflow.map { [(MetricAttributes.overflow, $0)] } ?? [])
+    }
+}
+
 /// Where an instrument keeps its series; created once per name by the provider.
 final class InstrumentStorage: Sendable {
     let descriptor: InstrumentDescriptor
-    private let scalars = Mutex<[MetricAttributes: AtomicDouble]>([:])
-    private let histograms = Mutex<[MetricAttributes: HistogramCell]>([:])
+    /// Series per instrument, the overflow series included (at least 2).
+    let cardinalityLimit: Int
+    private let scalars = Mutex(SeriesTable<AtomicDouble>())
+    private let histograms = Mutex(SeriesTable<HistogramCell>())
     private let callbacks = Mutex<[@Sendable () -> [(MetricAttributes, Double)]]>([])
 
-    init(_ descriptor: InstrumentDescriptor) { self.descriptor = descriptor }
+    init(_ descriptor: InstrumentDescriptor, cardinalityLimit: Int = MeterProvider.Configuration.defaultCardinalityLimit) {
+        self.descriptor = descriptor
+        self.cardinalityLimit = max(2, cardinalityLimit)
+    }
 
     func scalar(_ attributes: MetricAttributes) -> AtomicDouble {
-        scalars.withLock { cells in
-            if let cell = cells[attributes] { return cell }
-            let cell = AtomicDouble()
-            cells[attributes] = cell
-            return cell
-        }
+        let (cell, reachedLimit) = scalars.withLock { $0.cell(attributes, limit: cardinalityLimit, make: AtomicDouble.init) }
+        if reachedLimit { warnOverflow() }
+        return cell
     }
 
     func histogram(_ attributes: MetricAttributes) -> HistogramCell {
-        histograms.withLock { cells in
-            if let cell = cells[attributes] { return cell }
-            let cell = HistogramCell(boundaries: descriptor.boundaries)
-            cells[attributes] = cell
-            return cell
+        let boundaries = descriptor.boundaries
+        let (cell, reachedLimit) = histograms.withLock {
+            $0.cell(attributes, limit: cardinalityLimit) { HistogramCell(boundaries: boundaries) }
         }
+        if reachedLimit { warnOverflow() }
+        return cell
+    }
+
+    /// Once per instrument: the page alone would not say why series stopped appearing.
+    private func warnOverflow() {
+        Logger(label: "swift-yomo.metrics").warning(
+            "metric reached its cardinality limit: new attribute sets are counted in the series with otel.metric.overflow=true",
+            metadata: ["metric": "\(descriptor.name)", "limit": "\(cardinalityLimit)"])
     }
 
     func addCallback(_ callback: @escaping @Sendable () -> [(MetricAttributes, Double)]) {
@@ -168,7 +213,7 @@ final class InstrumentStorage: Sendable {
 
     func snapshot() -> MetricSnapshot {
         var points: [MetricSnapshot.Point] = []
-        for (attributes, cell) in scalars.withLock({ $0 }) {
+        for (attributes, cell) in scalars.withLock({ $0.all }) {
             points.append(.init(attributes: attributes, value: .scalar(cell.value)))
         }
         // Two callbacks naming the same series would make a page Prometheus
@@ -178,7 +223,7 @@ final class InstrumentStorage: Sendable {
             for (attributes, value) in callback() { observed[attributes] = value }
         }
         for (attributes, value) in observed { points.append(.init(attributes: attributes, value: .scalar(value))) }
-        for (attributes, cell) in histograms.withLock({ $0 }) {
+        for (attributes, cell) in histograms.withLock({ $0.all }) {
             let state = cell.state.withLock { $0 }
             points.append(.init(attributes: attributes, value: .histogram(.init(
                 boundaries: cell.boundaries, counts: state.counts, sum: state.sum, count: state.count,

@@ -15,10 +15,19 @@ public final class MeterProvider: Sendable {
         public var resource: Resource
         /// Record nothing.
         public var isDisabled: Bool
+        /// Series one instrument may hold, the overflow series included
+        /// (OpenTelemetry's aggregation cardinality limit). Past it, new
+        /// attribute sets are counted together in the series with
+        /// `otel.metric.overflow=true`, and a warning is logged once.
+        public var cardinalityLimit: Int
 
-        public init(resource: Resource = .detect(), isDisabled: Bool = false) {
+        /// OpenTelemetry's default.
+        public static let defaultCardinalityLimit = 2000
+
+        public init(resource: Resource = .detect(), isDisabled: Bool = false, cardinalityLimit: Int = Configuration.defaultCardinalityLimit) {
             self.resource = resource
             self.isDisabled = isDisabled
+            self.cardinalityLimit = cardinalityLimit
         }
 
         /// The resource from `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`
@@ -56,7 +65,8 @@ public final class MeterProvider: Sendable {
         return instruments.withLock { instruments in
             if let existing = instruments.byName[name] { return existing }
             let storage = InstrumentStorage(InstrumentDescriptor(
-                name: name, unit: unit, description: description, kind: kind, boundaries: boundaries, scope: scope))
+                name: name, unit: unit, description: description, kind: kind, boundaries: boundaries, scope: scope),
+                cardinalityLimit: configuration.cardinalityLimit)
             instruments.byName[name] = storage
             instruments.ordered.append(storage)
             return storage

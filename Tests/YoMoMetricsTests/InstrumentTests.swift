@@ -26,6 +26,33 @@ struct InstrumentTests {
         #expect(snapshot.points.first { $0.attributes == ["a": "x"] }?.value == .scalar(1))
     }
 
+    @Test("past the cardinality limit, new attribute sets share the overflow series: the limit holds and nothing is lost")
+    func cardinalityLimit() throws {
+        let provider = MeterProvider(configuration: .init(resource: Resource(attributes: ["service.name": "t"]), cardinalityLimit: 4))
+        let meter = provider.meter("t")
+        let counter = meter.counter("frames", unit: "{frame}")
+        let histogram = meter.histogram("latency", unit: "s", boundaries: [1])
+        for index in 0..<10 {
+            counter.add(Double(index + 1), attributes: ["tag": "\(index)"])
+            histogram.record(0.5, attributes: ["tag": "\(index)"])
+        }
+        // A set that has its own series keeps it after the limit is reached.
+        counter.add(100, attributes: ["tag": "0"])
+        let snapshots = provider.collect()
+        let frames = try #require(snapshots.first { $0.descriptor.name == "frames" })
+        #expect(frames.points.count == 4)
+        #expect(frames.points.first { $0.attributes == ["tag": "0"] }?.value == .scalar(101))
+        #expect(frames.points.first { $0.attributes == ["tag": "2"] }?.value == .scalar(3))
+        #expect(frames.points.first { $0.attributes == .overflow }?.value == .scalar(Double((4...10).reduce(0, +))))
+        let latency = try #require(snapshots.first { $0.descriptor.name == "latency" })
+        #expect(latency.points.count == 4)
+        guard case .histogram(let overflow)? = latency.points.first(where: { $0.attributes == .overflow })?.value else {
+            Issue.record("no overflow histogram series")
+            return
+        }
+        #expect(overflow.count == 7 && overflow.counts == [7, 0])
+    }
+
     @Test("histogram buckets: upper bounds inclusive, +Inf last, sum, count, min, max")
     func histogramBuckets() throws {
         let provider = testProvider()

@@ -380,6 +380,43 @@ struct MetricsEndToEndTests {
         await functionEndpoint.close()
     }
 
+    @Test("a source writing thousands of distinct tags: the zipper's series stop at the cardinality limit and the overflow series counts the rest")
+    func tagCardinality() async throws {
+        let limit = MeterProvider.Configuration.defaultCardinalityLimit
+        let metrics = MeterProvider(configuration: .init(serviceName: "zipper-tags", environment: [:]))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: metrics)
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: .init(meterProvider: metrics))
+        try await zipper.start()
+        let source = Source(name: "many-tags", zipper: try #require(zipper.address), options: .init(tracerProvider: TracerProvider.noop))
+        try await source.connect()
+        // Four routed series per tag (one per outcome) and one histogram series: well past the limit.
+        let tags = 3_000
+        for tag in 1...UInt32(tags) { try await source.write(tag: tag, data: [0x2A]) }
+
+        func routed(_ samples: [ScrapedSample]) -> [ScrapedSample] { samples.filter { $0.name == "yomo_zipper_routed_messages_total" } }
+        var samples: [ScrapedSample] = []
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: .seconds(30))
+        // Every frame has no route: counted once each, in its tag's series or in the overflow series.
+        while routed(samples).reduce(0, { $0 + $1.value }) < Double(tags), clock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+            samples = (await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body).map(PrometheusTextParser.parse) ?? []
+        }
+        await source.close()
+        await zipper.close()
+        await endpoint.close()
+
+        let series = routed(samples)
+        #expect(series.reduce(0) { $0 + $1.value } == Double(tags), "no frame lost from the counts")
+        #expect(series.count == limit, "\(series.count) series")
+        let overflow = try #require(series.first { $0.labels["otel_metric_overflow"] == "true" })
+        #expect(Set(overflow.labels.keys) == ["otel_metric_overflow", "otel_scope_name"], "only its marker and the scope: \(overflow.labels)")
+        // 500 tags fill the other 1,999 routed series (four outcomes each, the last tag with three).
+        #expect(overflow.value == Double(tags - (limit - 1 + 3) / 4))
+        let durations = samples.filter { $0.name == "yomo_zipper_routing_duration_seconds_count" }
+        #expect(durations.count == limit && durations.reduce(0) { $0 + $1.value } == Double(tags))
+    }
+
     @Test("binding a taken port is a clear error")
     func bindFailure() async throws {
         let first = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop)
