@@ -67,20 +67,9 @@ struct HostileHTTPClientTests {
     @Test("yomo trace-view draws spans with hostile times, ids and parents, each once, refuses values nested past its limit, and keeps receiving")
     func traceViewHostileSpans() async throws {
         let port = try await freeTCPPort()
-        let process = Process()
-        process.executableURL = try yomoExecutable()
-        process.arguments = ["trace-view", "--listen", "127.0.0.1:\(port)", "--quiet-ms", "200", "--max-traces", "4",
-                             "--seconds", "120", "--no-colour"]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let (process, printed) = try startYomo(["trace-view", "--listen", "127.0.0.1:\(port)", "--quiet-ms", "200", "--max-traces", "4",
+                                                "--seconds", "120", "--no-colour"])
         defer { if process.isRunning { process.terminate() } }
-        let printed = Task.detached {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Data, Never>) in
-                Thread.detachNewThread { continuation.resume(returning: output.fileHandleForReading.readDataToEndOfFile()) }
-            }
-        }
         let depth = 50_000
         let posted = try await runResourceScript("hostile_otlp.py", ["\(port)", "\(depth)", "20"])
         // The second nests values 5,000 deep: refused before protobuf-c recurses through it.
@@ -90,7 +79,7 @@ struct HostileHTTPClientTests {
         #expect(process.terminationReason == .exit && process.terminationStatus == 0)
 
         // Each trace: its header, then a row per span, then a blank line.
-        let text = String(decoding: await printed.value, as: UTF8.self)
+        let text = await printed.value
         var traces: [String: (header: String, rows: [String])] = [:]
         var current: String?
         for line in text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init) {
@@ -141,18 +130,11 @@ struct HostileHTTPClientTests {
         let modes = ["odd", "trickle", "endless", "status", "garbage"]
         try #require(Set(ports.keys) == Set(modes), "\(ports)")
 
-        let process = Process()
-        process.executableURL = try yomoExecutable()
-        process.arguments = ["top", "--once", "--interval", "0.2", "--targets", modes.map { "127.0.0.1:\(ports[$0]!)" }.joined(separator: ",")]
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = await withCheckedContinuation { (continuation: CheckedContinuation<Data, Never>) in
-            Thread.detachNewThread { continuation.resume(returning: output.fileHandleForReading.readDataToEndOfFile()) }
-        }
+        let (process, output) = try startYomo(["top", "--once", "--interval", "0.2", "--targets",
+                                               modes.map { "127.0.0.1:\(ports[$0]!)" }.joined(separator: ",")])
+        let text = await output.value
         await waitForExit(process)
         #expect(process.terminationReason == .exit && process.terminationStatus == 0)
-        let text = String(decoding: data, as: UTF8.self)
         #expect(!text.contains("\u{1B}"), "no escape from a target reaches the terminal")
         func row(_ mode: String) -> String { text.split(separator: "\n").map(String.init).first { $0.contains(":\(ports[mode]!)") } ?? "" }
         #expect(row("odd").hasPrefix("evil\\x1b[2J "), "\(row("odd"))")

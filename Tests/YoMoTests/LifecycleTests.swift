@@ -28,6 +28,25 @@ func waitForExit(_ process: Process) async {
     while process.isRunning { try? await Task.sleep(for: .milliseconds(5)) }
 }
 
+/// Starts `yomo` with `arguments`; the task returns all it printed (stdout) once it ends.
+func startYomo(_ arguments: [String]) throws -> (process: Process, output: Task<String, Never>) {
+    let process = Process()
+    process.executableURL = try yomoExecutable()
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    let output = Task.detached {
+        // Read on a plain thread: a blocking read must not hold the cooperative pool.
+        let data = await withCheckedContinuation { (continuation: CheckedContinuation<Data, Never>) in
+            Thread.detachNewThread { continuation.resume(returning: pipe.fileHandleForReading.readDataToEndOfFile()) }
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+    return (process, output)
+}
+
 /// A UDP port that was free a moment ago.
 func freePort() async throws -> Int {
     let probe = try await QUICServer.bind(host: "127.0.0.1", port: 0)

@@ -347,18 +347,11 @@ struct MetricsEndToEndTests {
                 try? await Task.sleep(for: .milliseconds(2))
             }
         }
-        let process = Process()
-        process.executableURL = try yomoExecutable()
-        process.arguments = ["top", "--once", "--interval", "1", "--targets", "127.0.0.1:\(zipperEndpoint.port),127.0.0.1:\(functionEndpoint.port),127.0.0.1:1"]
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = await withCheckedContinuation { (continuation: CheckedContinuation<Data, Never>) in
-            Thread.detachNewThread { continuation.resume(returning: output.fileHandleForReading.readDataToEndOfFile()) }
-        }
+        let (process, output) = try startYomo(
+            ["top", "--once", "--interval", "1", "--targets", "127.0.0.1:\(zipperEndpoint.port),127.0.0.1:\(functionEndpoint.port),127.0.0.1:1"])
+        let lines = await output.value.split(separator: "\n").map(String.init)
         await waitForExit(process)
         writer.cancel()
-        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
         #expect(process.terminationStatus == 0)
         let zipperLine = try #require(lines.first { $0.hasPrefix("top-zipper") }, "\(lines)")
         let functionLine = try #require(lines.first { $0.hasPrefix("top-upper") }, "\(lines)")
