@@ -191,6 +191,7 @@ targets += [
 // MARK: YoMo — StreamFunction, Source, Zipper, the `yomo` CLI and examples
 // MARK: YoMoMetrics — meter provider, instruments with exemplars, Prometheus/OpenMetrics endpoint, swift-metrics backend.
 products += [.library(name: "YoMoMetrics", targets: ["YoMoMetrics"])]
+products += [.library(name: "YoMoTraceView", targets: ["YoMoTraceView"])]
 targets += [
     .target(
         name: "YoMoMetrics",
@@ -259,7 +260,8 @@ targets += [
         dependencies: ["YoMo"],
         swiftSettings: strictSwift
     ),
-    // The local trace viewer of `yomo trace-view`: an OTLP/HTTP receiver and a terminal waterfall.
+    // The local trace viewer of `yomo trace-view`: an OTLP/HTTP receiver and a
+    // terminal waterfall (a library product too: the fuzz package feeds it bodies).
     .target(
         name: "YoMoTraceView",
         dependencies: [

@@ -1,5 +1,5 @@
 // swift-tools-version:6.1
-// libFuzzer targets for the YoMo wire decoders. Kept out of the main package:
+// libFuzzer targets for the YoMo wire decoders and trace-view's body decoding. Kept out of the main package:
 // they only link with `-sanitize=fuzzer`. Run them with scripts/fuzz.sh.
 import PackageDescription
 
@@ -30,6 +30,13 @@ let package = Package(
         .executableTarget(
             name: "MetadataViewFuzzer",
             dependencies: ["YoMoWireInFuzz", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: fuzzerSettings
+        ),
+        // What `yomo trace-view` does with a body anyone may post: decode it
+        // (the nesting check, then protobuf-c) and draw its spans.
+        .executableTarget(
+            name: "TraceViewFuzzer",
+            dependencies: [.product(name: "YoMoTraceView", package: "swift-yomo")],
             swiftSettings: fuzzerSettings
         ),
         .executableTarget(

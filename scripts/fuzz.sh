@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Fuzzes the frame and metadata decoders, and the zipper's in-place metadata view,
-# with libFuzzer (+ AddressSanitizer) for a bounded time, seeded with the golden
-# vectors and with trace metadata as the SDK writes it.
+# Fuzzes the frame and metadata decoders, the zipper's in-place metadata view and
+# trace-view's body decoding and drawing, with libFuzzer (+ AddressSanitizer) for
+# a bounded time, seeded with the golden vectors, trace metadata as the SDK
+# writes it, and OTLP trace bodies.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 60)
 #
@@ -22,7 +23,7 @@ bin="$("${build[@]}" --show-bin-path)"
 
 # Seed corpora: every golden frame and metadata map, and every invalid/lenient input.
 corpus="$scratch/corpus"
-rm -rf "$corpus" && mkdir -p "$corpus/frames" "$corpus/metadata" fuzz-artifacts
+rm -rf "$corpus" && mkdir -p "$corpus/frames" "$corpus/metadata" "$corpus/otlp" fuzz-artifacts
 python3 - "$corpus" <<'PY'
 import json, sys, os, hashlib
 corpus = sys.argv[1]
@@ -55,10 +56,41 @@ for extra, trace_id, flags in [([], trace, "01"), ([("yomo-tid", "t-1")], trace,
                                ([("tracestate", "a=1")], trace, "01")]:
     write("metadata", metadata(extra + [("traceparent", f"00-{trace}-{span}-{flags}"),
                                         ("yomo-trace-id", trace_id), ("yomo-span-id", span)]))
+# OTLP trace bodies for trace-view: every attribute value type, events, links,
+# a status, parents, and values nested a few levels deep.
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+def otlp(spans_per_scope, nesting):
+    request = ExportTraceServiceRequest()
+    resource = request.resource_spans.add()
+    resource.resource.attributes.add(key="service.name").value.string_value = "fuzz"
+    scope = resource.scope_spans.add()
+    scope.scope.name = "seed"
+    for index in range(spans_per_scope):
+        span = scope.spans.add(trace_id=bytes([1] * 16), span_id=bytes([index + 1] * 8), name=f"span-{index}", kind=index % 6,
+                               start_time_unix_nano=index * 1000, end_time_unix_nano=index * 1000 + 500)
+        if index:
+            span.parent_span_id = bytes([index] * 8)
+        span.attributes.add(key="s").value.string_value = "text"
+        span.attributes.add(key="b").value.bool_value = True
+        span.attributes.add(key="i").value.int_value = -7
+        span.attributes.add(key="d").value.double_value = 2.5
+        span.attributes.add(key="x").value.bytes_value = b"\x00\xff"
+        value = span.attributes.add(key="nested").value
+        for _ in range(nesting):
+            value = value.array_value.values.add()
+        value.string_value = "deep"
+        listed = span.attributes.add(key="kv").value.kvlist_value.values.add(key="inner")
+        listed.value.int_value = 1
+        span.events.add(name="event", time_unix_nano=index * 1000 + 10).attributes.add(key="e").value.string_value = "v"
+        span.links.add(trace_id=bytes([2] * 16), span_id=bytes([9] * 8)).attributes.add(key="l").value.bool_value = False
+        span.status.code, span.status.message = (2, "failed") if index % 2 else (1, "")
+    return request.SerializeToString()
+for spans, nesting in [(1, 0), (3, 2), (5, 8), (2, 30)]:
+    write("otlp", otlp(spans, nesting))
 PY
 
 status=0
-for target in FrameFuzzer:frames MetadataFuzzer:metadata MetadataViewFuzzer:metadata; do
+for target in FrameFuzzer:frames MetadataFuzzer:metadata MetadataViewFuzzer:metadata TraceViewFuzzer:otlp; do
     name="${target%%:*}"; seeds="${target##*:}"
     echo "== $name for ${seconds}s"
     log="$scratch/$name.log"
