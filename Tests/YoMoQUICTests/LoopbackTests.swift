@@ -211,10 +211,20 @@ struct LoopbackTests {
         configuration.keepAliveInterval = enabled ? .milliseconds(300) : nil
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port, configuration: configuration)
         _ = try await echo(connection, ByteBuffer(string: "a"))
-        try await Task.sleep(for: .milliseconds(2500))  // silence: 2.5 idle timeouts
         if enabled {
+            try await Task.sleep(for: .milliseconds(2500))  // silence: 2.5 idle timeouts
             #expect(String(buffer: try await echo(connection, ByteBuffer(string: "b"))) == "b")
         } else {
+            // Without PINGs the idle timeout (the smaller side's, 1 s) ends it: waited
+            // for, not slept through and then probed (a late probe can meet the
+            // server's stateless reset instead).
+            let clock = ContinuousClock()
+            let silent = clock.now
+            while connection.closeReason == nil, clock.now < silent.advanced(by: .seconds(20)) {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(clock.now - silent >= .milliseconds(900), "not before the idle timeout")
+            #expect(connection.closeReason?.kind == .idleTimeout, "\(String(describing: connection.closeReason))")
             let error = await #expect(throws: QUICError.self) { _ = try await echo(connection, ByteBuffer(string: "b")) }
             #expect(error?.kind == .idleTimeout)
         }
