@@ -39,6 +39,17 @@ let package = Package(
             dependencies: [.product(name: "YoMoTraceView", package: "swift-yomo")],
             swiftSettings: fuzzerSettings
         ),
+        // What `yomo top` does with whatever a target answers: the page parser
+        // again (a symlink to ../Sources/YoMoMetrics/PipelineView.swift). With
+        // the YoMoMetrics product as a dependency instead, no target of this
+        // package was built with coverage counters (libFuzzer: "no interesting
+        // inputs... Is the code instrumented for coverage?").
+        .target(name: "MetricsPageInFuzz", swiftSettings: [.swiftLanguageMode(.v6)]),
+        .executableTarget(
+            name: "MetricsPageFuzzer",
+            dependencies: ["MetricsPageInFuzz"],
+            swiftSettings: fuzzerSettings
+        ),
         .executableTarget(
             name: "MetadataFuzzer",
             dependencies: [

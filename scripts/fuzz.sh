@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Fuzzes the frame and metadata decoders, the zipper's in-place metadata view and
-# trace-view's body decoding and drawing, with libFuzzer (+ AddressSanitizer) for
-# a bounded time, seeded with the golden vectors, trace metadata as the SDK
-# writes it, and OTLP trace bodies.
+# Fuzzes the frame and metadata decoders, the zipper's in-place metadata view,
+# trace-view's body decoding and drawing, and `yomo top`'s reading of pages,
+# with libFuzzer (+ AddressSanitizer) for a bounded time, seeded with the golden
+# vectors, trace metadata as the SDK writes it, OTLP trace bodies and /metrics
+# pages.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 60)
 #
@@ -23,7 +24,7 @@ bin="$("${build[@]}" --show-bin-path)"
 
 # Seed corpora: every golden frame and metadata map, and every invalid/lenient input.
 corpus="$scratch/corpus"
-rm -rf "$corpus" && mkdir -p "$corpus/frames" "$corpus/metadata" "$corpus/otlp" fuzz-artifacts
+rm -rf "$corpus" && mkdir -p "$corpus/frames" "$corpus/metadata" "$corpus/otlp" "$corpus/pages" fuzz-artifacts
 python3 - "$corpus" <<'PY'
 import json, sys, os, hashlib
 corpus = sys.argv[1]
@@ -87,10 +88,31 @@ def otlp(spans_per_scope, nesting):
     return request.SerializeToString()
 for spans, nesting in [(1, 0), (3, 2), (5, 8), (2, 30)]:
     write("otlp", otlp(spans, nesting))
+# /metrics pages as `yomo top` reads them: ours (text and OpenMetrics with an
+# exemplar), escapes in label values, and values that are not plain numbers.
+page = """# HELP yomo_zipper_routed_messages_total Deliveries by outcome.
+# TYPE yomo_zipper_routed_messages_total counter
+target_info{service_name="zipper",host_name="h"} 1
+yomo_zipper_routed_messages_total{messaging_destination_name="0x33",outcome="delivered",otel_scope_name="Zipper"} 40
+yomo_zipper_routed_messages_total{messaging_destination_name="0x34",outcome="no_route"} 40
+messaging_client_consumed_messages_total{messaging_destination_name="0x33"} 12
+messaging_client_sent_messages_total 7
+messaging_process_duration_seconds_bucket{le="0.005"} 3
+messaging_process_duration_seconds_bucket{le="0.01"} 5 # {trace_id="4bf92f3577b34da6a3ce929d0e0e4736",span_id="00f067aa0ba902b7"} 0.007 1764077485.123
+messaging_process_duration_seconds_bucket{le="+Inf"} 6
+messaging_process_duration_seconds_count{error_type="X"} 1
+yomo_zipper_connections{yomo_client_type="source"} 2
+yomo_quic_smoothed_rtt_seconds 0.0004
+yomo_sdk_spans_dropped_total NaN
+label_escapes{a="x\\"y\\\\z\\n",b=""} -Inf
+# EOF
+"""
+write("pages", page.encode())
+write("pages", page.replace("40", "41").encode() + page.encode())
 PY
 
 status=0
-for target in FrameFuzzer:frames MetadataFuzzer:metadata MetadataViewFuzzer:metadata TraceViewFuzzer:otlp; do
+for target in FrameFuzzer:frames MetadataFuzzer:metadata MetadataViewFuzzer:metadata TraceViewFuzzer:otlp MetricsPageFuzzer:pages; do
     name="${target%%:*}"; seeds="${target##*:}"
     echo "== $name for ${seconds}s"
     log="$scratch/$name.log"

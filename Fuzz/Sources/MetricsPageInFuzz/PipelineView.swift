@@ -1,0 +1,1 @@
+../../../Sources/YoMoMetrics/PipelineView.swift
