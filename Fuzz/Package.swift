@@ -40,10 +40,8 @@ let package = Package(
             swiftSettings: fuzzerSettings
         ),
         // What `yomo top` does with whatever a target answers: the page parser
-        // again (a symlink to ../Sources/YoMoMetrics/PipelineView.swift). With
-        // the YoMoMetrics product as a dependency instead, no target of this
-        // package was built with coverage counters (libFuzzer: "no interesting
-        // inputs... Is the code instrumented for coverage?").
+        // and its trimming helpers again (symlinks to ../Sources/YoMoMetrics),
+        // so the target builds without the metrics runtime behind them.
         .target(name: "MetricsPageInFuzz", swiftSettings: [.swiftLanguageMode(.v6)]),
         .executableTarget(
             name: "MetricsPageFuzzer",
