@@ -196,6 +196,9 @@ struct FaultRecoveryTests {
             through = await eventually(within: .milliseconds(100)) { received.items.contains("before") }
         }
         #expect(through)
+        // A later "before" may still be unacknowledged when an earlier one arrived,
+        // and would be resent too (21, in a parallel run): freeze once all are acknowledged.
+        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
 
         // Frozen: it takes no packets and acknowledges nothing, so every write
         // below returns (queued) but none is acknowledged.
