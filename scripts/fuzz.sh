@@ -7,7 +7,8 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]     (default 60)
 #
-# Exits non-zero if a target crashes; crash inputs land in fuzz-artifacts/.
+# Exits non-zero if a target crashes (crash inputs land in fuzz-artifacts/) or
+# was built without coverage counters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"

@@ -24,12 +24,9 @@ func runResourceScript(_ name: String, _ arguments: [String]) async throws -> [S
     process.standardOutput = output
     process.standardError = FileHandle.nullDevice
     try process.run()
-    // Read on a plain thread: a blocking read must not hold the cooperative pool.
-    let data = await withCheckedContinuation { (continuation: CheckedContinuation<Data, Never>) in
-        Thread.detachNewThread { continuation.resume(returning: output.fileHandleForReading.readDataToEndOfFile()) }
-    }
+    let text = await readToEnd(output)
     await waitForExit(process)
-    return String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
+    return text.split(separator: "\n").map(String.init)
 }
 
 /// Seconds in a hostile peer's `after=` field.

@@ -37,14 +37,16 @@ func startYomo(_ arguments: [String]) throws -> (process: Process, output: Task<
     process.standardOutput = pipe
     process.standardError = FileHandle.nullDevice
     try process.run()
-    let output = Task.detached {
-        // Read on a plain thread: a blocking read must not hold the cooperative pool.
-        let data = await withCheckedContinuation { (continuation: CheckedContinuation<Data, Never>) in
-            Thread.detachNewThread { continuation.resume(returning: pipe.fileHandleForReading.readDataToEndOfFile()) }
-        }
-        return String(decoding: data, as: UTF8.self)
+    return (process, Task.detached { await readToEnd(pipe) })
+}
+
+/// All that `pipe` carries until its writers close it, read on a plain thread:
+/// a blocking read must not hold a thread of the cooperative pool.
+func readToEnd(_ pipe: Pipe) async -> String {
+    let data = await withCheckedContinuation { (continuation: CheckedContinuation<Data, Never>) in
+        Thread.detachNewThread { continuation.resume(returning: pipe.fileHandleForReading.readDataToEndOfFile()) }
     }
-    return (process, output)
+    return String(decoding: data, as: UTF8.self)
 }
 
 /// A UDP port that was free a moment ago.

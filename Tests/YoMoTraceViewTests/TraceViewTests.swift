@@ -63,8 +63,8 @@ struct TraceViewTests {
         #expect(WaterfallRenderer(colour: true).render(tree).contains("\u{1B}[31m"))
     }
 
-    static func span(_ name: String, id: String, parent: String = "", start: UInt64, end: UInt64) -> ReceivedSpan {
-        ReceivedSpan(traceID: "t", spanID: id, parentSpanID: parent, name: name, service: "s", scope: "", kind: 1,
+    static func span(_ name: String, id: String, parent: String = "", start: UInt64, end: UInt64, trace: String = "t") -> ReceivedSpan {
+        ReceivedSpan(traceID: trace, spanID: id, parentSpanID: parent, name: name, service: "s", scope: "", kind: 1,
                      startNanoseconds: start, endNanoseconds: end, attributes: [], isError: false, statusMessage: "", eventNames: [])
     }
 
@@ -155,8 +155,7 @@ struct TraceViewTests {
     func assemblerLimit() {
         let assembler = TraceAssembler(maximumPendingSpans: 6)
         func trace(_ id: String) -> [ReceivedSpan] {
-            (0..<4).map { ReceivedSpan(traceID: id, spanID: "\(id)\($0)", parentSpanID: "", name: "n", service: "s", scope: "", kind: 1,
-                                       startNanoseconds: 0, endNanoseconds: 1, attributes: [], isError: false, statusMessage: "", eventNames: []) }
+            (0..<4).map { Self.span("n", id: "\(id)\($0)", start: 0, end: 1, trace: id) }
         }
         assembler.add(trace("a"))
         #expect(assembler.takeFinished(quiet: .seconds(3600)).isEmpty, "under the limit, nothing is quiet yet")
