@@ -266,6 +266,7 @@ targets += [
         name: "YoMoTraceView",
         dependencies: [
             "COTLPProto",
+            "YoMoWire",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -278,6 +279,7 @@ targets += [
             "YoMo",
             "YoMoLogging",
             "YoMoTraceView",
+            "YoMoWire",
             "YoMoZipperYAML",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -321,7 +323,7 @@ targets += [
     .testTarget(
         name: "YoMoTraceViewTests",
         dependencies: [
-            "YoMoTraceView", "YoMoTracing",
+            "YoMoTraceView", "YoMoTracing", "YoMoWire",
             .product(name: "Tracing", package: "swift-distributed-tracing"),
         ],
         swiftSettings: strictSwift

@@ -66,6 +66,9 @@ final class ClientSession: @unchecked Sendable {
 /// Dials, handshakes, follows ConnectTo redirects, and classifies how a session ended.
 enum ClientCore {
     static let maximumRedirects = 4
+    /// The most of a zipper's rejection or goaway message that goes into an
+    /// error: as much as a QUIC close reason carries. The frames may hold 16 MiB.
+    static let peerMessageLimit = 512
 
     static func dial(_ settings: ClientSettings, clientID: String, logger: Logger) async throws -> ClientSession {
         var address = settings.zipper
@@ -83,15 +86,15 @@ enum ClientCore {
                     return ClientSession(connection: connection, frames: frames, clientID: clientID, zipper: address)
                 case .rejected(let rejected)?:
                     await connection.close(reason: "rejected")
-                    throw YoMoError(.rejected, "zipper \(address) rejected the handshake: \(rejected.message)")
+                    throw YoMoError(.rejected, "zipper \(address) rejected the handshake: \(rejected.message.peerText(limit: peerMessageLimit))")
                 case .connectTo(let redirect)?:
                     await connection.close(reason: "redirected")
-                    logger.info("zipper redirects", metadata: ["zipper_addr": "\(address)", "to": "\(redirect.endpoint)"])
+                    logger.info("zipper redirects", metadata: ["zipper_addr": "\(address)", "to": "\(redirect.endpoint.forLog)"])
                     address = try ZipperAddress(redirect.endpoint)
                     continue
                 case .goaway(let goaway)?:
                     await connection.close(reason: "goaway")
-                    throw YoMoError(.goaway, "zipper \(address) went away: \(goaway.message)")
+                    throw YoMoError(.goaway, "zipper \(address) went away: \(goaway.message.peerText(limit: peerMessageLimit))")
                 case let other?:
                     await connection.close(reason: "unexpected \(other.type)")
                     throw YoMoError(.protocolViolation, "zipper \(address) answered the handshake with a \(other.type)")
@@ -99,7 +102,7 @@ enum ClientCore {
                     throw YoMoError(.closedByPeer, "zipper \(address) closed the stream during the handshake")
                 }
             } catch {
-                await connection.close(reason: "handshake failed")
+                await connection.close(reason: closeReason(after: error, otherwise: "handshake failed"))
                 throw error
             }
         }
@@ -130,9 +133,19 @@ enum ClientCore {
         return false
     }
 
+    /// What a client tells the zipper when it closes after `error`: a bad frame
+    /// is named, as the zipper names one to its clients; else `reason`.
+    static func closeReason(after error: (any Error)?, otherwise reason: String) -> String {
+        guard let error = error as? WireError else { return reason }
+        return "bad frame: \(error.message.peerText(limit: peerMessageLimit))"
+    }
+
     /// Maps a transport error to what it means for a YoMo client.
     static func describe(_ error: any Error, zipper: ZipperAddress) -> YoMoError {
         if let error = error as? YoMoError { return error }
+        if let error = error as? WireError {
+            return YoMoError(.protocolViolation, "zipper \(zipper) sent a bad frame: \(error.message.peerText(limit: peerMessageLimit))")
+        }
         if let error = error as? QUICError, error.isRemote, let code = error.applicationErrorCode {
             let reason = error.reason.map { $0.isEmpty ? "" : ": \($0)" } ?? ""
             if error.isListenerShutdown {

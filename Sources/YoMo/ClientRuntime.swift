@@ -306,7 +306,7 @@ final class ClientRuntime: Sendable {
                         "unacknowledged_frames_to_resend": "\(unacknowledged.count)",
                     ])
                     setup.errorHandler?(reason)
-                    await current.connection.close(reason: "reconnecting")
+                    await current.connection.close(reason: ClientCore.closeReason(after: ended, otherwise: "reconnecting"))
                     session = nil
                     state.withLock {
                         $0.reconnectCount += 1
@@ -315,7 +315,7 @@ final class ClientRuntime: Sendable {
                     delay = wait
                 default:
                     logger.error("connection to zipper ended", metadata: ["zipper_addr": "\(current.zipper)", "error": "\(reason)"])
-                    await current.connection.close(reason: "ended")
+                    await current.connection.close(reason: ClientCore.closeReason(after: ended, otherwise: "ended"))
                     finalEnd(action, reason, setup)
                     return
                 }
@@ -503,9 +503,9 @@ final class ClientRuntime: Sendable {
                             }
                         }
                     case .goaway(let goaway):
-                        throw YoMoError(.goaway, "zipper went away: \(goaway.message)")
+                        throw YoMoError(.goaway, "zipper went away: \(goaway.message.peerText(limit: ClientCore.peerMessageLimit))")
                     case .rejected(let rejected):
-                        throw YoMoError(.rejected, "zipper rejected \(name): \(rejected.message)")
+                        throw YoMoError(.rejected, "zipper rejected \(name): \(rejected.message.peerText(limit: ClientCore.peerMessageLimit))")
                     case .handshake, .handshakeAck, .connectTo:
                         logger.debug("ignoring unexpected frame", metadata: ["frame": "\(frame.type)"])
                     }

@@ -70,7 +70,8 @@ struct ZipperAddress: Hashable, Sendable, CustomStringConvertible {
     var port: Int
 
     init(_ text: String) throws(YoMoError) {
-        let invalid = YoMoError(.invalidAddress, "zipper address \"\(text)\" is not host:port")
+        // A redirect's address comes from the zipper: cut and escaped.
+        let invalid = YoMoError(.invalidAddress, "zipper address \"\(text.peerText(limit: 512))\" is not host:port")
         if text.hasPrefix("[") {
             guard let close = text.firstIndex(of: "]") else { throw invalid }
             host = String(text[text.index(after: text.startIndex)..<close])

@@ -653,10 +653,6 @@ private struct RoutedMetadata {
 
 extension String {
     /// A peer-supplied string as it goes into a log line: at most 64 characters,
-    /// with the full length said when cut.
-    var forLog: String {
-        let limit = 64
-        guard utf8.count > limit else { return self }
-        return "\(prefix(limit))… (\(utf8.count) bytes)"
-    }
+    /// with the full length said when cut, and no control characters.
+    var forLog: String { peerText(limit: 64) }
 }

@@ -4,6 +4,7 @@ import FoundationEssentials
 import Glibc
 import YoMoMetrics
 import YoMoTraceView
+import YoMoWire
 
 /// `yomo top`: a live view of a pipeline from its components' `/metrics`
 /// endpoints (each started with `--metrics HOST:PORT`), refreshed every second.

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Synchronization
+import YoMoWire
 
 /// Groups received spans by trace and renders a finished trace as a waterfall:
 /// service, span tree, a duration bar on the trace's time line, key attributes,
@@ -174,28 +175,6 @@ public struct WaterfallRenderer: Sendable {
 
     private func red(_ text: String) -> String { colour ? "\u{1B}[31m\(text)\u{1B}[0m" : text }
     private func bold(_ text: String) -> String { colour ? "\u{1B}[1m\(text)\u{1B}[0m" : text }
-}
-
-/// `text` as a terminal shows it literally: control characters (which a
-/// sender could use to move the cursor, clear the screen or retitle the
-/// window) written as escapes, `\n` for a newline, `\x1b` for ESC.
-package func terminalSafe(_ text: String) -> String {
-    func isControl(_ scalar: Unicode.Scalar) -> Bool { scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) }
-    guard text.unicodeScalars.contains(where: isControl) else { return text }
-    var safe = ""
-    safe.unicodeScalars.reserveCapacity(text.unicodeScalars.count)
-    for scalar in text.unicodeScalars {
-        switch scalar {
-        case "\n": safe += "\\n"
-        case "\r": safe += "\\r"
-        case "\t": safe += "\\t"
-        case _ where isControl(scalar):
-            let hex = String(scalar.value, radix: 16)
-            safe += "\\x" + (hex.count < 2 ? "0" : "") + hex
-        default: safe.unicodeScalars.append(scalar)
-        }
-    }
-    return safe
 }
 
 /// `value` rounded to `decimals` places, as `String(format: "%.Nf")` prints it

@@ -4,6 +4,7 @@ import Testing
 import Tracing
 @testable import YoMoTraceView
 import YoMoTracing
+import YoMoWire
 
 @Suite("yomo trace-view")
 struct TraceViewTests {
