@@ -323,7 +323,7 @@ targets += [
     .testTarget(
         name: "YoMoTraceViewTests",
         dependencies: [
-            "YoMoTraceView", "YoMoTracing", "YoMoWire",
+            "YoMoTraceView", "YoMoTracing",
             .product(name: "Tracing", package: "swift-distributed-tracing"),
         ],
         swiftSettings: strictSwift

@@ -6,6 +6,7 @@
 //   swift run -c release yomo-fault-bench fanout --observers 300 --frames 1000 --size 64
 //   swift run -c release yomo-fault-bench reconnect --rounds 3
 //   swift run -c release yomo-fault-bench idle --connections 500
+//   swift run -c release yomo-fault-bench backlog --frames 4000 --size 65536
 import ArgumentParser
 import Foundation
 import Logging
@@ -17,7 +18,7 @@ struct FaultBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "yomo-fault-bench",
         abstract: "Fault and memory figures of the zipper and its clients.",
-        subcommands: [Fanout.self, Reconnect.self, Idle.self])
+        subcommands: [Fanout.self, Reconnect.self, Idle.self, Backlog.self])
 }
 
 struct ZipperOptions: ParsableArguments {
@@ -255,5 +256,96 @@ struct Idle: AsyncParsableCommand {
         for source in sources { await source.close() }
         try await Task.sleep(for: .seconds(2))
         print(String(format: "after the clients left: rss=%.1f MiB", zipper.memory.rss))
+    }
+}
+
+/// This process's resident set, in MiB.
+func ownRSS() -> Double {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+    return Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0").map { $0 / 1024 } ?? 0
+}
+
+/// Opens once; every waiter, before or after, goes on.
+final class Gate: Sendable {
+    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let open = state.withLock { state in
+                if !state.open { state.waiters.append(continuation) }
+                return state.open
+            }
+            if open { continuation.resume() }
+        }
+    }
+
+    func open() {
+        for waiter in state.withLock({ state in defer { state.waiters = [] }; state.open = true; return state.waiters }) {
+            waiter.resume()
+        }
+    }
+}
+
+struct Backlog: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "A stream function whose async handlers stall while a source writes: what the function holds, in frames and RSS.")
+    @OptionGroup var zipperOptions: ZipperOptions
+    @Option var frames = 4000
+    @Option var size = 65536
+    @Option(help: "The function's maximumHandlerBytes in bytes; 0: unbounded.") var maximumHandlerBytes = -1
+
+    func run() async throws {
+        let zipper = try ZipperProcess(zipperOptions, keyFile: keyFile())
+        defer { zipper.stop() }
+        try await waitForZipper(zipper.address)
+        let gate = Gate()
+        let entered = Atomic<Int>(0)
+        let finished = Atomic<Int>(0)
+        var options = quietOptions(tags: [0x40])
+        if maximumHandlerBytes >= 0 { options.maximumHandlerBytes = maximumHandlerBytes == 0 ? nil : maximumHandlerBytes }
+        let sfn = StreamFunction(name: "stalled", zipper: zipper.address, options: options)
+        sfn.setHandler { _ in
+            entered.add(1, ordering: .relaxed)
+            await gate.wait()
+            finished.add(1, ordering: .relaxed)
+        }
+        try await sfn.connect()
+        let source = Source(name: "backlog-source", zipper: zipper.address, options: quietOptions())
+        try await source.connect()
+        try await Task.sleep(for: .milliseconds(500))
+        let before = ownRSS()
+        let payload = [UInt8](repeating: 0x61, count: size)
+        let written = Atomic<Int>(0)
+        let writer = Task {
+            for _ in 0..<frames {
+                try await source.write(tag: 0x40, data: payload)
+                written.add(1, ordering: .relaxed)
+            }
+        }
+        // Until every frame is in a handler, or nothing moved for 2 s (the function stopped reading).
+        var peak = before
+        var last = -1
+        var still = ContinuousClock.now
+        while entered.load(ordering: .relaxed) < frames {
+            peak = max(peak, ownRSS())
+            let now = entered.load(ordering: .relaxed) + written.load(ordering: .relaxed)
+            if now != last { (last, still) = (now, .now) } else if ContinuousClock.now - still > .seconds(2) { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        peak = max(peak, ownRSS())
+        print(String(
+            format: "frames=%d size=%d maximum_handler_bytes=%@ stalled: handlers=%d written=%d rss_before=%.1f MiB rss_peak=%.1f MiB held=%.1f MiB",
+            frames, size, options.maximumHandlerBytes.map { "\($0)" } ?? "none", entered.load(ordering: .relaxed),
+            written.load(ordering: .relaxed), before, peak, peak - before))
+        let clock = ContinuousClock()
+        let released = clock.now
+        gate.open()
+        try await writer.value
+        let complete = await waitUntil(.seconds(120)) { finished.load(ordering: .relaxed) >= frames }
+        print(String(format: "released: handled=%d/%d complete=%@ in %.2f s", finished.load(ordering: .relaxed), frames,
+                     complete ? "yes" : "no", Double((clock.now - released).components.attoseconds) / 1e18 + Double((clock.now - released).components.seconds)))
+        await source.close()
+        await sfn.close()
     }
 }

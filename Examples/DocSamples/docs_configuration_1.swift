@@ -19,6 +19,7 @@ func sample_docs_configuration_1() async throws {
         reconnect: ReconnectPolicy(initialDelay: .milliseconds(500), maximumAttempts: 20),
         retryConnect: true,
         handlerConcurrency: 64,
+        maximumHandlerBytes: 32 << 20,
         handshakeTimeout: .seconds(5),
         tracerProvider: TracerProvider.jaeger(serviceName: "upper"),
         outageBufferFrames: 1000,

@@ -40,6 +40,7 @@ final class ClientRuntime: Sendable {
         var errorHandler: StreamFunction.ErrorHandler? = nil
         var cron: (Schedule, StreamFunction.Handler)? = nil
         var handlerConcurrency: Int? = nil
+        var maximumHandlerBytes: Int? = nil
         /// Limits of the outage buffer (0: writes fail while reconnecting).
         var outageBufferFrames = 0
         var outageBufferBytes = 0
@@ -406,6 +407,7 @@ final class ClientRuntime: Sendable {
         let inFlight = InFlightCounter()
         let handling = HandlerSupport(setup)
         let queue = setup.pipeHandler.map { _ in AsyncQueue<PipeFrame>(capacity: 1024) }
+        let handlerLimits = InFlightCounter.Limits(count: setup.handlerConcurrency, bytes: setup.maximumHandlerBytes)
         var ended: (any Error)?
         // The tracer is the task's for every handler task the group starts.
         await setup.tracing.withTaskTracer { await withDiscardingTaskGroup { group in
@@ -456,8 +458,11 @@ final class ClientRuntime: Sendable {
                             if setup.metrics.isEnabled { setup.metrics.consumer(tag: data.tag, handlerType: "pipe_handler").consumed.add() }
                             await queue.send(PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span))
                         } else if let handler = setup.handler {
-                            if let limit = setup.handlerConcurrency { await inFlight.waitUntilBelow(limit) }
-                            inFlight.enter()
+                            // What the handler holds until it returns: its frame and its task.
+                            let held = length + data.metadata.readableBytes + StreamFunction.Options.handlerOverheadBytes
+                            if !inFlight.tryEnter(bytes: held, within: handlerLimits) {
+                                await inFlight.enter(bytes: held, within: handlerLimits)
+                            }
                             // The trace values as numbers, read once for the parent and the patch.
                             let trace = setup.tracing.tracer.isEnabled ? view?.canonicalTrace : nil
                             let span = if let view {
@@ -479,7 +484,7 @@ final class ClientRuntime: Sendable {
                             let consumer = setup.metrics.isEnabled ? setup.metrics.consumer(tag: data.tag, handlerType: "async_handler") : nil
                             let tag = data.tag
                             group.addTask {
-                                defer { inFlight.leave() }
+                                defer { inFlight.leave(bytes: held) }
                                 let started = ContinuousClock.now
                                 do {
                                     try await handling.tracing.run(span) { try await handler(context) }
@@ -514,7 +519,7 @@ final class ClientRuntime: Sendable {
                 ended = error
             }
             queue?.finish()
-            await inFlight.waitUntilBelow(1)
+            await inFlight.waitUntilEmpty()
             group.cancelAll()  // the cron loop
         } }
         return ended
@@ -764,31 +769,66 @@ final class ClientRuntime: Sendable {
 
 /// Counts running handlers so shutdown can wait for them, and a limit can hold reading.
 final class InFlightCounter: Sendable {
+    /// A handler is let in while fewer than `count` run and they hold fewer
+    /// than `bytes`; `nil` is no limit.
+    struct Limits: Sendable {
+        var count: Int?
+        var bytes: Int?
+
+        static let none = Limits(count: nil, bytes: nil)
+
+        func admit(count running: Int, bytes held: Int) -> Bool {
+            running < (count ?? .max) && held < (bytes ?? .max)
+        }
+    }
+
     private struct State {
         var count = 0
-        var waiters: [(limit: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        var bytes = 0
+        var waiters: [(limits: Limits, continuation: CheckedContinuation<Void, Never>)] = []
     }
 
     private let state = Mutex(State())
 
+    /// Counts one more, at once, whatever the limits.
     func enter() { state.withLock { $0.count += 1 } }
 
-    func leave() {
+    /// Counts one more holding `bytes` if `limits` let it in now.
+    func tryEnter(bytes: Int, within limits: Limits) -> Bool {
+        state.withLock { state in
+            guard limits.admit(count: state.count, bytes: state.bytes) else { return false }
+            state.count += 1
+            state.bytes += bytes
+            return true
+        }
+    }
+
+    /// Counts one more holding `bytes`, once `limits` let it in.
+    func enter(bytes: Int, within limits: Limits) async {
+        while !tryEnter(bytes: bytes, within: limits) { await waitUntilAdmitted(limits) }
+    }
+
+    func leave(bytes: Int = 0) {
         let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.count -= 1
-            let count = state.count
-            let ready = state.waiters.filter { count < $0.limit }.map(\.continuation)
-            state.waiters.removeAll { count < $0.limit }
+            state.bytes -= bytes
+            guard !state.waiters.isEmpty else { return [] }
+            let (count, held) = (state.count, state.bytes)
+            let ready = state.waiters.filter { $0.limits.admit(count: count, bytes: held) }.map(\.continuation)
+            state.waiters.removeAll { $0.limits.admit(count: count, bytes: held) }
             return ready
         }
         for waiter in ready { waiter.resume() }
     }
 
-    func waitUntilBelow(_ limit: Int) async {
+    /// Returns once nothing is counted.
+    func waitUntilEmpty() async { await waitUntilAdmitted(Limits(count: 1, bytes: nil)) }
+
+    private func waitUntilAdmitted(_ limits: Limits) async {
         await withCheckedContinuation { continuation in
             let now = state.withLock { state -> Bool in
-                if state.count < limit { return true }
-                state.waiters.append((limit, continuation))
+                if limits.admit(count: state.count, bytes: state.bytes) { return true }
+                state.waiters.append((limits, continuation))
                 return false
             }
             if now { continuation.resume() }

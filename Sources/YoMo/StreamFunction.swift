@@ -41,6 +41,13 @@ public final class StreamFunction: Sendable {
         public var retryConnect: Bool
         /// At most this many async handlers run at once; `nil` is unlimited, like Go.
         public var handlerConcurrency: Int?
+        /// At most this many bytes of frames are held by running async handlers:
+        /// each counts its payload, its metadata and ``handlerOverheadBytes`` for
+        /// its task. Past it the function reads no more frames until handlers
+        /// finish, so the zipper's slow-consumer policy applies (by default the
+        /// source is slowed) instead of this process growing without bound. A
+        /// frame is always taken when nothing is held. `nil` is unlimited, like Go.
+        public var maximumHandlerBytes: Int?
         /// How long to wait for the zipper's answer to the handshake.
         public var handshakeTimeout: Duration
         /// Where spans go (`WithSfnTracerProvider`). `nil`: what the environment asks
@@ -63,6 +70,10 @@ public final class StreamFunction: Sendable {
         /// nothing unless an executable turned metrics on.
         public var meterProvider: MeterProvider?
 
+        /// What ``maximumHandlerBytes`` counts for a running handler besides its
+        /// frame: its task and context (measured: `yomo-fault-bench backlog`).
+        public static let handlerOverheadBytes = 4096
+
         public init(
             observedTags: [UInt32] = [],
             credential: String? = nil,
@@ -73,6 +84,7 @@ public final class StreamFunction: Sendable {
             reconnect: ReconnectPolicy = .default,
             retryConnect: Bool = false,
             handlerConcurrency: Int? = nil,
+            maximumHandlerBytes: Int? = 64 << 20,
             handshakeTimeout: Duration = .seconds(10),
             tracerProvider: TracerProvider? = nil,
             outageBufferFrames: Int = 1000,
@@ -90,6 +102,7 @@ public final class StreamFunction: Sendable {
             self.reconnect = reconnect
             self.retryConnect = retryConnect
             self.handlerConcurrency = handlerConcurrency
+            self.maximumHandlerBytes = maximumHandlerBytes
             self.handshakeTimeout = handshakeTimeout
             self.tracerProvider = tracerProvider
             self.outageBufferFrames = outageBufferFrames
@@ -233,6 +246,7 @@ public final class StreamFunction: Sendable {
             errorHandler: errorHandler,
             cron: cron,
             handlerConcurrency: options.handlerConcurrency,
+            maximumHandlerBytes: options.maximumHandlerBytes,
             outageBufferFrames: options.outageBufferFrames,
             outageBufferBytes: options.outageBufferBytes,
             shutdownTimeout: options.shutdownTimeout,

@@ -67,13 +67,13 @@ struct FaultRecoveryTests {
     /// writes 1500 frames of 1 KiB, paced by the healthy one so that only the
     /// stalled one falls behind. The stalled one's handler count and gate go to `check`.
     private func stalledBesideHealthy(
-        _ policy: ZipperConfiguration.SlowConsumer.Policy, tag: UInt32,
+        _ policy: ZipperConfiguration.SlowConsumer.Policy, tag: UInt32, stalledOptions options: StreamFunction.Options? = nil,
         check: (_ zipper: Zipper, _ stalled: StreamFunction, _ handled: Inbox<Int>, _ gate: Gate) async throws -> Void
     ) async throws {
         try await withZipper(configure: { $0.slowConsumer = .init(policy: policy, maximumBufferedBytes: 256 << 10) }) { address, zipper in
             let gate = Gate()
             let handled = Inbox<Int>()
-            let stalled = StreamFunction(name: "stalled", zipper: address, options: stalledOptions(tags: [tag]))
+            let stalled = StreamFunction(name: "stalled", zipper: address, options: options ?? stalledOptions(tags: [tag]))
             stalled.setHandler { ctx in
                 handled.append(ctx.data.count)
                 await gate.wait()
@@ -104,6 +104,25 @@ struct FaultRecoveryTests {
             #expect(dropped > 0, "frames for the stalled observer were dropped")
             gate.open()
             // Whatever was not dropped still reaches the stalled observer.
+            #expect(await handled.wait(for: 1500 - dropped))
+            #expect(handled.count == 1500 - dropped)
+        }
+    }
+
+    @Test("stalled handlers hold at most maximumHandlerBytes: the function stops reading, and the zipper's policy takes over")
+    func handlerBytesBound() async throws {
+        var options = stalledOptions(tags: [0x52])
+        options.handlerConcurrency = nil
+        options.maximumHandlerBytes = 512 << 10
+        try await stalledBesideHealthy(.drop, tag: 0x52, stalledOptions: options) { zipper, _, handled, gate in
+            // Each 1 KiB frame counts its payload, its metadata (under 512 bytes)
+            // and `handlerOverheadBytes` for its task; one more is let in while less is held.
+            let held = handled.count
+            #expect(held <= (512 << 10) / (1024 + StreamFunction.Options.handlerOverheadBytes) + 1, "\(held) handlers")
+            #expect(held >= (512 << 10) / (1536 + StreamFunction.Options.handlerOverheadBytes), "\(held) handlers")
+            let dropped = zipper.statistics.droppedFrames
+            #expect(dropped > 0, "the function stopped reading, so the zipper's drop policy applied")
+            gate.open()
             #expect(await handled.wait(for: 1500 - dropped))
             #expect(handled.count == 1500 - dropped)
         }

@@ -4,7 +4,6 @@ import Testing
 import Tracing
 @testable import YoMoTraceView
 import YoMoTracing
-import YoMoWire
 
 @Suite("yomo trace-view")
 struct TraceViewTests {
@@ -116,8 +115,6 @@ struct TraceViewTests {
 
     @Test("control characters a sender put in names, attributes and messages are drawn as escapes")
     func controlCharacters() {
-        #expect(terminalSafe("plain: ünïcode ✓") == "plain: ünïcode ✓")
-        #expect(terminalSafe("a\u{1B}[2Jb\nc\td\re\u{7F}f\u{9B}g\u{0}") == "a\\x1b[2Jb\\nc\\td\\re\\x7ff\\x9bg\\x00")
         var span = Self.span("name\u{1B}]0;title\u{7}", id: "a", start: 0, end: 1)
         span.service = "svc\u{1B}[31m"
         span.attributes = [("key\u{1B}", "value\nsecond line")]
