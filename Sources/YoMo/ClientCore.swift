@@ -147,7 +147,7 @@ enum ClientCore {
             return YoMoError(.protocolViolation, "zipper \(zipper) sent a bad frame: \(error.message.peerText(limit: peerMessageLimit))")
         }
         if let error = error as? QUICError, error.isRemote, let code = error.applicationErrorCode {
-            let reason = error.reason.map { $0.isEmpty ? "" : ": \($0)" } ?? ""
+            let reason = error.reason.map { $0.isEmpty ? "" : ": \($0.peerText(limit: peerMessageLimit))" } ?? ""
             if error.isListenerShutdown {
                 return YoMoError(.listenerShutdown, "zipper \(zipper) shut down its listener\(reason)")
             }

@@ -24,9 +24,11 @@ final class HostileZipper: Sendable {
     var address: String { "127.0.0.1:\(server.port)" }
 
     /// `send(n)` gives what the n-th connection (from 0) gets after its handshake ack.
-    /// The handshake is answered with `answer` (a HandshakeAckFrame unless told).
+    /// The handshake is answered with `answer` (a HandshakeAckFrame unless told);
+    /// with `closingWith`, each connection is closed with that reason after its bytes.
     init(
-        answer: ByteBuffer = Frame.handshakeAck.encoded(), _ send: @escaping @Sendable (Int) -> [ByteBuffer] = { _ in [] }
+        answer: ByteBuffer = Frame.handshakeAck.encoded(), closingWith reason: String? = nil,
+        _ send: @escaping @Sendable (Int) -> [ByteBuffer] = { _ in [] }
     ) async throws {
         let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
         self.server = server
@@ -45,6 +47,7 @@ final class HostileZipper: Sendable {
                             handshakes.append(handshake)
                             _ = try await connection.write(answer)
                             for bytes in send(number) { _ = try await connection.write(bytes) }
+                            if let reason { await connection.close(reason: reason) }
                             while let frame = try await reader.next() {
                                 if case .data(let data) = frame { received.append(data) }
                             }
@@ -162,7 +165,7 @@ struct HostileZipperTests {
         await zipper.close()
     }
 
-    @Test("a rejection and a goaway carry the zipper's words cut to 512 characters and escaped, never raw control characters")
+    @Test("a rejection, a goaway and a close reason carry the zipper's words cut to 512 characters and escaped, never raw control characters")
     func peerMessagesCutAndEscaped() async throws {
         let long = "no\u{1B}]0;owned\u{07}" + String(repeating: "y", count: 200_000)
         let rejecting = try await HostileZipper(answer: Frame.rejected(RejectedFrame(message: long)).encoded())
@@ -191,6 +194,25 @@ struct HostileZipperTests {
         #expect(!hasControlCharacters(goaway.message))
         #expect(leaving.handshakes.count == 1, "a goaway is final: no redial")
         await leaving.close()
+
+        // A close reason is at most what a packet holds, but may hold escapes too.
+        let closing = try await HostileZipper(closingWith: "bye\u{1B}[2J\u{1B}]0;owned\u{07}")
+        let closed = StreamFunction(name: "victim", zipper: closing.address, options: .init(observedTags: [0x33]))
+        let reasons = Inbox<YoMoError>()
+        closed.setHandler { _ in }
+        closed.setErrorHandler { reasons.append($0) }
+        // The close may beat connect()'s return: then connect() throws it.
+        let reason: YoMoError
+        do {
+            try await closed.connect()
+            await closed.wait()
+            reason = try #require(reasons.items.first)
+        } catch let error as YoMoError {
+            reason = error
+        }
+        #expect(reason.message.hasSuffix("closed the connection (code 0x13): bye\\x1b[2J\\x1b]0;owned\\x07"), "\(reason.message)")
+        #expect(!hasControlCharacters(reason.message))
+        await closing.close()
     }
 
     @Test("metadata that is no map costs its frame, reported; hostile trace values start a new trace; the connection serves on")
