@@ -66,8 +66,9 @@ final class ClientSession: @unchecked Sendable {
 /// Dials, handshakes, follows ConnectTo redirects, and classifies how a session ended.
 enum ClientCore {
     static let maximumRedirects = 4
-    /// The most of a zipper's rejection or goaway message that goes into an
-    /// error: as much as a QUIC close reason carries. The frames may hold 16 MiB.
+    /// The most of a zipper's words (a rejection, a goaway, a redirect, a close
+    /// reason) that goes into an error: as much as a QUIC close reason carries.
+    /// The frames may hold 16 MiB.
     static let peerMessageLimit = 512
 
     static func dial(_ settings: ClientSettings, clientID: String, logger: Logger) async throws -> ClientSession {

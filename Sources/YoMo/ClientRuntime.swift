@@ -775,8 +775,6 @@ final class InFlightCounter: Sendable {
         var count: Int?
         var bytes: Int?
 
-        static let none = Limits(count: nil, bytes: nil)
-
         func admit(count running: Int, bytes held: Int) -> Bool {
             running < (count ?? .max) && held < (bytes ?? .max)
         }

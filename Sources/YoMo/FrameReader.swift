@@ -71,7 +71,7 @@ struct ZipperAddress: Hashable, Sendable, CustomStringConvertible {
 
     init(_ text: String) throws(YoMoError) {
         // A redirect's address comes from the zipper: cut and escaped.
-        let invalid = YoMoError(.invalidAddress, "zipper address \"\(text.peerText(limit: 512))\" is not host:port")
+        let invalid = YoMoError(.invalidAddress, "zipper address \"\(text.peerText(limit: ClientCore.peerMessageLimit))\" is not host:port")
         if text.hasPrefix("[") {
             guard let close = text.firstIndex(of: "]") else { throw invalid }
             host = String(text[text.index(after: text.startIndex)..<close])
