@@ -408,6 +408,9 @@ final class ClientRuntime: Sendable {
         let handling = HandlerSupport(setup)
         let queue = setup.pipeHandler.map { _ in AsyncQueue<PipeFrame>(capacity: 1024) }
         let handlerLimits = InFlightCounter.Limits(count: setup.handlerConcurrency, bytes: setup.maximumHandlerBytes)
+        // Reading held by the limits is said at most every 10 s, with how often it was.
+        var lastHeldWarning: ContinuousClock.Instant?
+        var heldSinceWarning = 0
         var ended: (any Error)?
         // The tracer is the task's for every handler task the group starts.
         await setup.tracing.withTaskTracer { await withDiscardingTaskGroup { group in
@@ -461,6 +464,16 @@ final class ClientRuntime: Sendable {
                             // What the handler holds until it returns: its frame and its task.
                             let held = length + data.metadata.readableBytes + StreamFunction.Options.handlerOverheadBytes
                             if !inFlight.tryEnter(bytes: held, within: handlerLimits) {
+                                heldSinceWarning += 1
+                                let now = ContinuousClock.now
+                                if lastHeldWarning.map({ now - $0 >= .seconds(10) }) ?? true {
+                                    logger.warning("async handlers are at their limit: reading no frames until one finishes", metadata: [
+                                        "max_handler_bytes": "\(setup.maximumHandlerBytes.map { "\($0)" } ?? "none")",
+                                        "handler_concurrency": "\(setup.handlerConcurrency.map { "\($0)" } ?? "none")",
+                                        "times_held": "\(heldSinceWarning)",
+                                    ])
+                                    (lastHeldWarning, heldSinceWarning) = (now, 0)
+                                }
                                 await inFlight.enter(bytes: held, within: handlerLimits)
                             }
                             // The trace values as numbers, read once for the parent and the patch.

@@ -4,6 +4,7 @@ import NIOCore
 import Synchronization
 import Testing
 import Tracing
+import YoMoLogging
 import YoMoQUIC
 import YoMoTracing
 import YoMoWire
@@ -114,6 +115,8 @@ struct FaultRecoveryTests {
         var options = stalledOptions(tags: [0x52])
         options.handlerConcurrency = nil
         options.maximumHandlerBytes = 512 << 10
+        let logs = InMemoryLogSink()
+        options.logger = TracingEndToEndTests.debugLogger("yomo", logs)
         try await stalledBesideHealthy(.drop, tag: 0x52, stalledOptions: options) { zipper, _, handled, gate in
             // Each 1 KiB frame counts its payload, its metadata (under 512 bytes)
             // and `handlerOverheadBytes` for its task; one more is let in while less is held.
@@ -122,6 +125,10 @@ struct FaultRecoveryTests {
             #expect(held >= (512 << 10) / (1536 + StreamFunction.Options.handlerOverheadBytes), "\(held) handlers")
             let dropped = zipper.statistics.droppedFrames
             #expect(dropped > 0, "the function stopped reading, so the zipper's drop policy applied")
+            // Said once (at most every 10 s), not once per frame held back.
+            let warnings = TracingEndToEndTests.records(logs, "async handlers are at their limit: reading no frames until one finishes")
+            #expect(warnings.count == 1)
+            #expect(warnings.first?["max_handler_bytes"] as? String == "524288")
             gate.open()
             #expect(await handled.wait(for: 1500 - dropped))
             #expect(handled.count == 1500 - dropped)
