@@ -266,6 +266,7 @@ targets += [
         name: "YoMoTraceView",
         dependencies: [
             "COTLPProto",
+            "YoMoMetrics",
             "YoMoWire",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -74,18 +74,11 @@ public final class MetricsEndpoint: Sendable {
         host: String, port: Int, provider: MeterProvider, readiness: Readiness = .shared, limits: Limits = Limits()
     ) async throws -> MetricsEndpoint {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let open = ConnectionCount(maximum: limits.maximumConnections)
-        let requestTimeout = TimeAmount.nanoseconds(Int64(clamping: limits.requestTimeout.clampedNanoseconds))
+        let guarded = HTTPServerGuard(requestTimeout: limits.requestTimeout, maximumConnections: limits.maximumConnections)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                guard open.admit() else { return channel.close() }
-                channel.closeFuture.whenComplete { _ in open.release() }
-                return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(
-                        EndpointHandler(provider: provider, readiness: readiness, requestTimeout: requestTimeout))
-                }
+                guarded.initialize(channel) { EndpointHandler(provider: provider, readiness: readiness) }
             }
         do {
             let channel = try await bootstrap.bind(host: host, port: port).get()
@@ -107,22 +100,6 @@ public final class MetricsEndpoint: Sendable {
     }
 }
 
-/// The endpoint's open connections, against its limit.
-private final class ConnectionCount: Sendable {
-    private let count = Atomic<Int>(0)
-    private let maximum: Int
-
-    init(maximum: Int) { self.maximum = maximum }
-
-    func admit() -> Bool {
-        if count.add(1, ordering: .relaxed).newValue <= maximum { return true }
-        count.subtract(1, ordering: .relaxed)
-        return false
-    }
-
-    func release() { count.subtract(1, ordering: .relaxed) }
-}
-
 /// A metrics setting or endpoint failed.
 public struct MetricsError: Error, Sendable, CustomStringConvertible {
     public let description: String
@@ -135,30 +112,11 @@ private final class EndpointHandler: ChannelInboundHandler {
 
     let provider: MeterProvider
     let readiness: Readiness
-    let requestTimeout: TimeAmount
     var head: HTTPRequestHead?
-    /// Closes the connection unless a whole request arrives first.
-    var deadline: Scheduled<Void>?
 
-    init(provider: MeterProvider, readiness: Readiness, requestTimeout: TimeAmount) {
+    init(provider: MeterProvider, readiness: Readiness) {
         self.provider = provider
         self.readiness = readiness
-        self.requestTimeout = requestTimeout
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { armDeadline(context: context) }
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        armDeadline(context: context)
-        context.fireChannelActive()
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        deadline?.cancel()
-        deadline = nil
-        context.fireChannelInactive()
     }
 
     /// A request the HTTP parser refused (answered 400 already, with
@@ -168,19 +126,11 @@ private final class EndpointHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
-    private func armDeadline(context: ChannelHandlerContext) {
-        deadline?.cancel()
-        let channel = context.channel
-        deadline = context.eventLoop.scheduleTask(in: requestTimeout) { channel.close(promise: nil) }
-    }
-
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head): self.head = head
         case .body: break
         case .end:
-            deadline?.cancel()
-            deadline = nil
             guard let head else { return }
             self.head = nil
             respond(context: context, head: head)
@@ -219,9 +169,6 @@ private final class EndpointHandler: ChannelInboundHandler {
         if !keepAlive {
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
-        } else {
-            // The next request gets its own time, from this answer on.
-            armDeadline(context: context)
         }
     }
 }

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import YoMoMetrics
 
 /// A minimal OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body is decoded
 /// and handed to `onSpans`; `/v1/logs` and `/v1/metrics` are accepted and
@@ -18,18 +19,22 @@ public final class OTLPHTTPReceiver: Sendable {
     ///     nothing); `onSpans` is not called.
     ///   - maximumBodySize: a bigger request is answered 413 and its connection
     ///     closed (an exporter's batch of 512 spans is a few hundred KB).
+    ///   - requestTimeout: a connection that has not sent a whole request within
+    ///     this long of opening, or of its last answer, is closed (a client that
+    ///     trickles; an idle keep-alive connection, which an exporter reopens).
+    ///   - maximumConnections: connections past this many are closed as accepted.
     public static func start(
         host: String, port: Int, decode: Bool = true, maximumBodySize: Int = 64 << 20,
+        requestTimeout: Duration = .seconds(30), maximumConnections: Int = 64,
         onSpans: @escaping @Sendable ([ReceivedSpan]) -> Void, onError: @escaping @Sendable (String) -> Void
     ) async throws -> OTLPHTTPReceiver {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let guarded = HTTPServerGuard(requestTimeout: requestTimeout, maximumConnections: maximumConnections)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(RequestHandler(
-                        decode: decode, maximumBodySize: maximumBodySize, onSpans: onSpans, onError: onError))
+                guarded.initialize(channel) {
+                    RequestHandler(decode: decode, maximumBodySize: maximumBodySize, onSpans: onSpans, onError: onError)
                 }
             }
         do {

@@ -4,16 +4,39 @@ import YoMoMetrics
 import YoMoTraceView
 
 /// The metrics endpoint is plain HTTP on a port anyone who reaches it can open,
-/// in the same process as a zipper: clients that hold connections without
-/// finishing a request must not keep them, nor take more than the limit.
-/// `yomo trace-view`'s receiver bounds what a request may make it hold.
+/// in the same process as a zipper, and `yomo trace-view`'s receiver takes
+/// spans from whoever reaches its port: clients that hold connections without
+/// finishing a request must not keep them, nor take more than the limit, and
+/// the receiver bounds what a request may make it hold.
 /// Driven by Resources/hostile_http.py, plain sockets from another process.
 @Suite("HTTP ends (metrics endpoint, trace-view, yomo top) against hostile peers", .serialized)
 struct HostileHTTPClientTests {
-    @Test("a request not finished within the request timeout, or an idle keep-alive connection, is closed; the endpoint keeps answering")
-    func requestTimeout() async throws {
-        let limits = MetricsEndpoint.Limits(requestTimeout: .milliseconds(300))
-        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop, limits: limits)
+    /// The two servers that share the request timeout and the connection cap.
+    enum GuardedServer: String, CaseIterable, Sendable {
+        case metricsEndpoint, traceViewReceiver
+
+        /// Its port, what it answers `GET /healthz`, and how to close it.
+        func start(
+            requestTimeout: Duration, maximumConnections: Int = 64
+        ) async throws -> (port: Int, healthz: Int, close: @Sendable () async -> Void) {
+            switch self {
+            case .metricsEndpoint:
+                let limits = MetricsEndpoint.Limits(requestTimeout: requestTimeout, maximumConnections: maximumConnections)
+                let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop, limits: limits)
+                return (endpoint.port, 200, { await endpoint.close() })
+            case .traceViewReceiver:
+                let receiver = try await OTLPHTTPReceiver.start(
+                    host: "127.0.0.1", port: 0, requestTimeout: requestTimeout, maximumConnections: maximumConnections,
+                    onSpans: { _ in }, onError: { _ in })
+                return (receiver.port, 405, { await receiver.close() })  // it takes POSTs only
+            }
+        }
+    }
+
+    @Test("a request not finished within the request timeout, or an idle keep-alive connection, is closed; the server keeps answering",
+          arguments: GuardedServer.allCases)
+    func requestTimeout(_ server: GuardedServer) async throws {
+        let endpoint = try await server.start(requestTimeout: .milliseconds(300))
         let slow = try await runResourceScript("hostile_http.py", ["slow", "\(endpoint.port)", "3", "10"])
         #expect(slow.count == 3)
         for line in slow {
@@ -24,10 +47,10 @@ struct HostileHTTPClientTests {
         let idle = try await runResourceScript("hostile_http.py", ["idle", "\(endpoint.port)", "2", "10"])
         #expect(idle.count == 2)
         for line in idle {
-            #expect(line.hasPrefix("ANSWERED status=200 CLOSED"), "\(line)")
+            #expect(line.hasPrefix("ANSWERED status=\(endpoint.healthz) CLOSED"), "\(line)")
             #expect((secondsAfter(line) ?? 0) >= 0.25, "\(line)")
         }
-        #expect(await httpGet("http://127.0.0.1:\(endpoint.port)/healthz")?.status == 200)
+        #expect(await httpGet("http://127.0.0.1:\(endpoint.port)/healthz")?.status == endpoint.healthz)
         await endpoint.close()
     }
 
@@ -144,13 +167,12 @@ struct HostileHTTPClientTests {
         #expect(row("garbage").hasSuffix("not an HTTP answer"), "\(row("garbage"))")
     }
 
-    @Test("connections past the limit are closed as accepted; one freed lets the next in")
-    func connectionLimit() async throws {
+    @Test("connections past the limit are closed as accepted; one freed lets the next in", arguments: GuardedServer.allCases)
+    func connectionLimit(_ server: GuardedServer) async throws {
         // A request timeout far above the test's run: only the limit closes anything.
-        let limits = MetricsEndpoint.Limits(requestTimeout: .seconds(60), maximumConnections: 3)
-        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop, limits: limits)
+        let endpoint = try await server.start(requestTimeout: .seconds(60), maximumConnections: 3)
         let lines = try await runResourceScript("hostile_http.py", ["cap", "\(endpoint.port)", "3", "10"])
-        #expect(lines == ["EXTRA CLOSED unanswered", "AFTER-RELEASE ANSWERED status=200"], "\(lines)")
+        #expect(lines == ["EXTRA CLOSED unanswered", "AFTER-RELEASE ANSWERED status=\(endpoint.healthz)"], "\(lines)")
         await endpoint.close()
     }
 }
