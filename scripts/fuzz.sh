@@ -15,7 +15,12 @@ seconds="${1:-60}"
 scratch=.build-fuzz
 
 targets=(FrameFuzzer:frames MetadataFuzzer:metadata MetadataViewFuzzer:metadata TraceViewFuzzer:otlp MetricsPageFuzzer:pages)
-build=(swift build -c release --package-path Fuzz --scratch-path "$scratch" --sanitize=fuzzer --sanitize=address)
+# swiftc keeps only the last of several -sanitize= flags, and SwiftPM writes
+# one per --sanitize in an order that changes from run to run: half the builds
+# had coverage without AddressSanitizer, half ASan without coverage. One
+# combined flag, last on the command line, gives every Swift file both.
+build=(swift build -c release --package-path Fuzz --scratch-path "$scratch" --sanitize=fuzzer --sanitize=address
+       -Xswiftc -sanitize=fuzzer,address)
 build_fuzzers() {
     mkdir -p "$scratch"
     if ! "${build[@]}" > "$scratch/build.log" 2>&1; then
@@ -26,9 +31,7 @@ build_fuzzers() {
     bin="$("${build[@]}" --show-bin-path)"
 }
 # Whether every target has coverage counters: libFuzzer's first line reports
-# "cov:" only then. Builds of this package have come out without them, clean
-# and incremental, now and then (blind mutation, about five times the rate,
-# finding little); why is not known. A fresh build has fixed it each time.
+# "cov:" only then (a guard against the flag order above coming back).
 instrumented() {
     local target
     for target in "${targets[@]}"; do
