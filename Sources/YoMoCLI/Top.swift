@@ -37,14 +37,13 @@ struct Top: AsyncParsableCommand {
             lines.append("yomo top  \(now.formatted(.iso8601))  every \(interval) s")
             lines.append(Self.header)
             for target in list {
-                switch current[target] {
-                case .success(let samples)?:
+                // `scrapeAll` answers for every target it was given.
+                switch current[target, default: .failure(ScrapeFailure(description: "unreachable"))] {
+                case .success(let samples):
                     let before = (try? previous[target]?.get()) ?? []
                     lines.append(Self.format(PipelineRow.compute(target: target, previous: before, current: samples, seconds: seconds)))
-                case .failure(let failure)?:
+                case .failure(let failure):
                     lines.append(Self.pad("-", 23) + " " + Self.pad(target, 21) + "  " + failure.description)
-                case nil:
-                    lines.append(Self.pad("-", 23) + " " + Self.pad(target, 21) + "  unreachable")
                 }
             }
             print(lines.joined(separator: "\n"))
