@@ -21,8 +21,9 @@ package struct HTTPServerGuard: Sendable {
     }
 
     /// For a server's `childChannelInitializer`: closes a connection past the
-    /// limit, else sets up the HTTP server pipeline, the request deadline, then
-    /// the handler `makeHandler` gives.
+    /// limit, else sets up the HTTP server pipeline, the request deadline (which
+    /// also closes the connection on a parse error), then the handler
+    /// `makeHandler` gives.
     package func initialize(
         _ channel: any Channel, _ makeHandler: () -> any ChannelHandler
     ) -> EventLoopFuture<Void> {
@@ -54,7 +55,8 @@ private final class ConnectionCount: Sendable {
 }
 
 /// Closes the connection unless a whole request arrives within the timeout of
-/// its opening or of the last answer's end; passes everything through.
+/// its opening or of the last answer's end, and on any error; passes
+/// everything else through.
 private final class RequestDeadline: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -79,6 +81,13 @@ private final class RequestDeadline: ChannelDuplexHandler {
         deadline?.cancel()
         deadline = nil
         context.fireChannelInactive()
+    }
+
+    /// A request the HTTP parser refused (swift-nio's error handler answered
+    /// 400, with `Connection: close`, and leaves the closing to us) or a
+    /// broken connection: done with it.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -119,13 +119,6 @@ private final class EndpointHandler: ChannelInboundHandler {
         self.readiness = readiness
     }
 
-    /// A request the HTTP parser refused (answered 400 already, with
-    /// `Connection: close`, by swift-nio's error handler, which leaves the
-    /// closing to us) or a broken connection: done with it.
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
-    }
-
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head): self.head = head

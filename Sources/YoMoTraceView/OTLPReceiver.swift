@@ -101,12 +101,6 @@ private final class RequestHandler: ChannelInboundHandler {
         }
     }
 
-    /// A request the HTTP parser refused (swift-nio's error handler answered
-    /// 400 and leaves the closing to us) or a broken connection.
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
-    }
-
     private func handle(_ head: HTTPRequestHead) -> (HTTPResponseStatus, String) {
         let path = head.uri.split(separator: "?").first.map(String.init) ?? head.uri
         guard head.method == .POST else { return (.methodNotAllowed, "POST OTLP/HTTP protobuf here") }
