@@ -55,12 +55,8 @@ final class ZipperProcess: @unchecked Sendable {
 
     /// Resident and peak resident set, in MiB, from /proc.
     var memory: (rss: Double, peak: Double) {
-        guard let status = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8) else { return (0, 0) }
-        func field(_ name: String) -> Double {
-            guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(name) }) else { return 0 }
-            return Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0").map { $0 / 1024 } ?? 0
-        }
-        return (field("VmRSS:"), field("VmHWM:"))
+        let status = processStatus("\(process.processIdentifier)")
+        return (status("VmRSS:"), status("VmHWM:"))
     }
 
     func kill() {
@@ -146,8 +142,7 @@ struct Fanout: AsyncParsableCommand {
             for _ in 0..<frames { try await source.write(tag: 0x40, data: payload) }
             let expected = observers * frames
             let complete = await waitUntil(.seconds(120)) { received.load(ordering: .relaxed) >= expected }
-            let elapsed = (clock.now - started).components
-            let seconds = Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
+            let elapsed = seconds(clock.now - started)
             sampler.cancel()
             let peak = await sampler.value
             await source.close()
@@ -158,7 +153,7 @@ struct Fanout: AsyncParsableCommand {
             print(String(
                 format: "round=%d observers=%d frames=%d size=%d delivered=%d/%d complete=%@ deliveries_per_s=%.0f rss_peak=%.1f MiB rss_after=%.1f MiB",
                 round, observers, frames, size, received.load(ordering: .relaxed), expected, complete ? "yes" : "no",
-                Double(received.load(ordering: .relaxed)) / seconds, peak, after))
+                Double(received.load(ordering: .relaxed)) / elapsed, peak, after))
         }
     }
 }
@@ -259,11 +254,22 @@ struct Idle: AsyncParsableCommand {
     }
 }
 
+/// A process's `/proc/<process>/status` read once: each kB field asked for,
+/// in MiB (0 when missing).
+func processStatus(_ process: String) -> (String) -> Double {
+    let status = (try? String(contentsOfFile: "/proc/\(process)/status", encoding: .utf8)) ?? ""
+    return { name in
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix(name) }) else { return 0 }
+        return Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0").map { $0 / 1024 } ?? 0
+    }
+}
+
 /// This process's resident set, in MiB.
-func ownRSS() -> Double {
-    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
-    return Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0").map { $0 / 1024 } ?? 0
+func ownRSS() -> Double { processStatus("self")("VmRSS:") }
+
+/// A duration in seconds.
+func seconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
 }
 
 /// Opens once; every waiter, before or after, goes on.
@@ -344,7 +350,7 @@ struct Backlog: AsyncParsableCommand {
         try await writer.value
         let complete = await waitUntil(.seconds(120)) { finished.load(ordering: .relaxed) >= frames }
         print(String(format: "released: handled=%d/%d complete=%@ in %.2f s", finished.load(ordering: .relaxed), frames,
-                     complete ? "yes" : "no", Double((clock.now - released).components.attoseconds) / 1e18 + Double((clock.now - released).components.seconds)))
+                     complete ? "yes" : "no", seconds(clock.now - released)))
         await source.close()
         await sfn.close()
     }
