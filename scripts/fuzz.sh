@@ -21,30 +21,21 @@ targets=(FrameFuzzer:frames MetadataFuzzer:metadata MetadataViewFuzzer:metadata 
 # combined flag, last on the command line, gives every Swift file both.
 build=(swift build -c release --package-path Fuzz --scratch-path "$scratch" --sanitize=fuzzer --sanitize=address
        -Xswiftc -sanitize=fuzzer,address)
-build_fuzzers() {
-    mkdir -p "$scratch"
-    if ! "${build[@]}" > "$scratch/build.log" 2>&1; then
-        grep -E "error" -A3 "$scratch/build.log" | head -40
-        echo "fuzz: build failed (full log: $scratch/build.log)" >&2
+mkdir -p "$scratch"
+if ! "${build[@]}" > "$scratch/build.log" 2>&1; then
+    grep -E "error" -A3 "$scratch/build.log" | head -40
+    echo "fuzz: build failed (full log: $scratch/build.log)" >&2
+    exit 1
+fi
+bin="$("${build[@]}" --show-bin-path)"
+# Every target must have coverage counters (libFuzzer's first line reports
+# "cov:" only then): a guard against the flag order above coming back.
+for target in "${targets[@]}"; do
+    if [[ "$("$bin/${target%%:*}" -runs=0 2>&1 | grep -m1 INITED || true)" != *"cov:"* ]]; then
+        echo "fuzz: ${target%%:*} was built without coverage counters (log: $scratch/build.log)" >&2
         exit 1
     fi
-    bin="$("${build[@]}" --show-bin-path)"
-}
-# Whether every target has coverage counters: libFuzzer's first line reports
-# "cov:" only then (a guard against the flag order above coming back).
-instrumented() {
-    local target
-    for target in "${targets[@]}"; do
-        [[ "$("$bin/${target%%:*}" -runs=0 2>&1 | grep -m1 INITED || true)" == *"cov:"* ]] || return 1
-    done
-}
-build_fuzzers
-if ! instrumented; then
-    echo "fuzz: the build has no coverage counters; building again from scratch"
-    rm -rf "$scratch"
-    build_fuzzers
-    instrumented || { echo "fuzz: still no coverage counters (log: $scratch/build.log)" >&2; exit 1; }
-fi
+done
 
 # Seed corpora: every golden frame and metadata map, and every invalid/lenient input.
 corpus="$scratch/corpus"
@@ -143,13 +134,8 @@ for target in "${targets[@]}"; do
     if "$bin/$name" "$corpus/$seeds" -max_total_time="$seconds" -max_len=4096 \
         -artifact_prefix=fuzz-artifacts/ -print_final_stats=1 > "$log" 2>&1; then
         grep -E 'stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs' "$log"
-        # Coverage at the start and the end (none: the build lost its counters).
-        if [[ "$(grep -m1 'INITED' "$log" || true)" != *"cov:"* ]]; then
-            status=1
-            echo "== $name ran without coverage counters: the build lost its instrumentation (log: $log)"
-        else
-            grep -E 'INITED|DONE' "$log" | grep -oE '^#[0-9]+[[:space:]]+[A-Z]+[[:space:]]+cov: [0-9]+' | sed 's/^/   /'
-        fi
+        # Coverage at the start and the end.
+        grep -E 'INITED|DONE' "$log" | grep -oE '^#[0-9]+[[:space:]]+[A-Z]+[[:space:]]+cov: [0-9]+' | sed 's/^/   /' 
     else
         status=1
         grep -E 'ERROR|SUMMARY|crash-|deadly|Test unit written' -A5 "$log" | head -60
