@@ -3,10 +3,15 @@ import Synchronization
 /// A bounded FIFO between one producer and one consumer, with backpressure: `send`
 /// waits while the queue is full, `next` waits while it is empty. Used to feed a
 /// pipe handler in arrival order without dropping or buffering without bound.
+///
+/// Full means `capacity` elements, or elements weighing `maximumWeight` in all
+/// (a pipe handler's frames, in bytes); one element is always let in when none
+/// is queued, whatever it weighs.
 final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
     private struct State {
-        var items: [Element] = []
+        var items: [(element: Element, weight: Int)] = []
         var head = 0
+        var weight = 0
         var finished = false
         var consumer: CheckedContinuation<Element?, Never>?
         var producers: [CheckedContinuation<Void, Never>] = []
@@ -17,17 +22,23 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
     private enum NextStep { case value(Element, CheckedContinuation<Void, Never>?), end, wait }
 
     private let capacity: Int
+    private let maximumWeight: Int
     private let state = Mutex(State())
 
-    init(capacity: Int) {
-        precondition(capacity > 0)
+    init(capacity: Int, maximumWeight: Int? = nil) {
+        precondition(capacity > 0 && (maximumWeight ?? 1) > 0)
         self.capacity = capacity
+        self.maximumWeight = maximumWeight ?? .max
     }
 
-    /// Enqueues `element`, waiting while `capacity` elements are queued. Returns
-    /// `false` if the queue was finished (the element is dropped: nobody will read it).
+    private func isFull(_ state: State) -> Bool { state.count >= capacity || state.weight >= maximumWeight }
+
+    /// Enqueues `element`, waiting while the queue is full; `whenFull` runs
+    /// before the first wait. Returns `false` if the queue was finished (the
+    /// element is dropped: nobody will read it).
     @discardableResult
-    func send(_ element: Element) async -> Bool {
+    func send(_ element: Element, weight: Int = 0, whenFull: () -> Void = {}) async -> Bool {
+        var waited = false
         while true {
             let step: SendStep = state.withLock { state in
                 if state.finished { return .finished }
@@ -35,8 +46,9 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
                     state.consumer = nil
                     return .delivered(consumer)
                 }
-                guard state.count < capacity else { return .full }
-                state.items.append(element)
+                guard !isFull(state) else { return .full }
+                state.items.append((element, weight))
+                state.weight += weight
                 return .delivered(nil)
             }
             switch step {
@@ -46,9 +58,11 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
                 return true
             case .delivered(nil): return true
             case .full:
+                if !waited { whenFull() }
+                waited = true
                 await withCheckedContinuation { continuation in
                     let resumeNow = state.withLock { state -> Bool in
-                        if state.finished || state.count < capacity { return true }
+                        if state.finished || !isFull(state) { return true }
                         state.producers.append(continuation)
                         return false
                     }
@@ -71,12 +85,26 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
         for producer in producers { producer.resume() }
     }
 
+    /// Finishes the queue and drops what it holds; returns how many.
+    func discardQueued() -> Int {
+        let (dropped, producers) = state.withLock { state in
+            state.finished = true
+            let dropped = state.count
+            (state.items, state.head, state.weight) = ([], 0, 0)
+            defer { state.producers.removeAll() }
+            return (dropped, state.producers)
+        }
+        for producer in producers { producer.resume() }
+        return dropped
+    }
+
     func next() async -> Element? {
         await withCheckedContinuation { continuation in
             let step: NextStep = state.withLock { state in
                 if state.count > 0 {
-                    let element = state.items[state.head]
+                    let (element, weight) = state.items[state.head]
                     state.head += 1
+                    state.weight -= weight
                     if state.head > 64, state.head * 2 > state.items.count {
                         state.items.removeFirst(state.head)
                         state.head = 0

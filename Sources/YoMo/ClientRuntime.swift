@@ -30,6 +30,58 @@ final class ClientRuntime: Sendable {
         }
     }
 
+    /// What a client's handlers share across its connections: their limits,
+    /// the pipe handler's queue, and how their frames are written.
+    final class Handlers: Sendable {
+        let writer: FrameWriter
+        let support: HandlerSupport
+        let inFlight = InFlightCounter()
+        let limits: InFlightCounter.Limits
+        /// A pipe handler's frames wait here, at most 1,024 of them and
+        /// `maximumHandlerBytes` of payload and metadata.
+        let pipeQueue: AsyncQueue<PipeFrame>?
+        private let draining = Atomic(false)
+
+        init(_ setup: Setup, writer: FrameWriter) {
+            self.writer = writer
+            support = HandlerSupport(setup)
+            limits = InFlightCounter.Limits(count: setup.handlerConcurrency, bytes: setup.maximumHandlerBytes)
+            pipeQueue = setup.pipeHandler.map { _ in AsyncQueue(capacity: 1024, maximumWeight: setup.maximumHandlerBytes) }
+        }
+
+        /// No more frames are taken: one waiting for the limits is turned away,
+        /// and the pipe handler's input ends after the frames queued.
+        func stopTaking() {
+            inFlight.stopAdmitting()
+            pipeQueue?.finish()
+        }
+
+        /// True the first time only: that caller waits for the handlers.
+        func beginDrain() -> Bool {
+            stopTaking()
+            return !draining.exchange(true, ordering: .relaxed)
+        }
+    }
+
+    /// Says that the handlers' limits hold reading, at most every 10 s, with
+    /// how often they did, so a slowed source can be traced to this function.
+    struct HeldReadingNotice {
+        private var lastSaid: ContinuousClock.Instant?
+        private var heldSinceSaid = 0
+
+        mutating func held(_ logger: Logger, _ message: Logger.Message, _ setup: Setup) {
+            heldSinceSaid += 1
+            let now = ContinuousClock.now
+            guard lastSaid.map({ now - $0 >= .seconds(10) }) ?? true else { return }
+            logger.warning(message, metadata: [
+                "max_handler_bytes": "\(setup.maximumHandlerBytes.map { "\($0)" } ?? "none")",
+                "handler_concurrency": "\(setup.handlerConcurrency.map { "\($0)" } ?? "none")",
+                "times_held": "\(heldSinceSaid)",
+            ])
+            (lastSaid, heldSinceSaid) = (now, 0)
+        }
+    }
+
     struct Setup: Sendable {
         var settings: ClientSettings
         var tracing = DataPathTracer.disabled
@@ -72,6 +124,8 @@ final class ClientRuntime: Sendable {
         var outage = OutageBuffer(maximumFrames: 0, maximumBytes: 0)
         /// Ended, and the owned tracer provider flushed and shut down: `wait()` may return.
         var finished = false
+        /// Set while serving: close() stops them taking frames.
+        var handlers: Handlers?
 
         /// The close deadline, set by the first close request (or the first close).
         mutating func startCloseClock() -> ContinuousClock.Instant {
@@ -144,8 +198,9 @@ final class ClientRuntime: Sendable {
         registerReadiness()
         // Writable as soon as connect() returns, before the loop below runs.
         _ = await publish(session)
-        // The serving loop outlives this call by design (Go's Connect-then-Wait);
-        // close() cancels and joins it, so it never leaks past the client.
+        // The serving loop outlives this call by design (Go's Connect-then-Wait).
+        // It ends with the client; only handlers that ignored their cancellation
+        // at the close deadline keep it alive after close() returned.
         let task = Task { await self.serve(setup, first: session) }
         state.withLock { $0.serveTask = task }
     }
@@ -154,8 +209,12 @@ final class ClientRuntime: Sendable {
     func run(_ setup: Setup) async throws {
         let session = try await connectFirst(setup)
         registerReadiness()
+        // Served in a task of its own, joined by waiting for the end: run()
+        // returns at the close deadline even if handlers ignore cancellation.
+        let task = Task { await self.serve(setup, first: session) }
+        state.withLock { $0.serveTask = task }
         await withTaskCancellationOrGracefulShutdownHandler {
-            await serve(setup, first: session)
+            await waitForEnd()
         } onCancelOrGracefulShutdown: {
             self.beginClose()
         }
@@ -238,19 +297,58 @@ final class ClientRuntime: Sendable {
     // MARK: Serving
 
     private func serve(_ setup: Setup, first: ClientSession) async {
-        await serveUntilEnd(setup, first: first)
-        // Every span ended before the client ended reaches the exporter, and
-        // before wait(), run() or close() return: a process that exits right
-        // after them loses nothing. Within what is left of the close deadline
-        // (a collector that hangs must not hold the process past it).
-        if let provider = setup.ownedProvider {
-            if let deadline = state.withLock({ $0.closeDeadline }) {
-                await provider.shutdown(timeout: max(deadline - ContinuousClock.now, .milliseconds(250)))
-            } else {
-                await provider.shutdown()
+        let handlers = Handlers(setup, writer: FrameWriter { [self] frame, patch in try await send(frame, patch: patch) })
+        state.withLock { $0.handlers = handlers }
+        // The tracer is the task's for every handler task the group starts. The
+        // group outlives every connection: a handler's frame may come from one
+        // and its writes go out on the next.
+        await setup.tracing.withTaskTracer { await withDiscardingTaskGroup { group in
+            if let pipe = setup.pipeHandler, let queue = handlers.pipeQueue {
+                // One pipe handler for the client's life, as in Go: its frames
+                // come in order across reconnects.
+                handlers.inFlight.enter()
+                group.addTask {
+                    defer { handlers.inFlight.leave() }
+                    do {
+                        let current = PipeCursor()
+                        try await pipe(PipeInput(queue: queue, cursor: current), PipeOutput(writer: handlers.writer, cursor: current))
+                        current.finish()
+                    } catch {
+                        self.report(YoMoError(.handlerFailed, "pipe handler of \(self.name) threw: \(error)"), setup)
+                    }
+                }
             }
-        }
-        finish()
+            await serveUntilEnd(setup, first: first, handlers, &group)
+            // Ended otherwise than by close(): handlers of the last connection may still run.
+            await drainHandlers(handlers, setup, &group)
+            // Every span ended before the client ended reaches the exporter, and
+            // before wait(), run() or close() return: a process that exits right
+            // after them loses nothing. Within what is left of the close deadline
+            // (a collector that hangs must not hold the process past it).
+            if let provider = setup.ownedProvider {
+                if let deadline = state.withLock({ $0.closeDeadline }) {
+                    await provider.shutdown(timeout: max(deadline - ContinuousClock.now, .milliseconds(250)))
+                } else {
+                    await provider.shutdown()
+                }
+            }
+            // Before the group's end, which waits for handlers that ignored
+            // cancellation: close() returns at its deadline all the same.
+            finish()
+        } }
+    }
+
+    /// Stops taking frames and lets running handlers finish, their writes
+    /// queued, until the close deadline; then cancels those left, says how
+    /// many, and stops waiting for them.
+    private func drainHandlers(_ handlers: Handlers, _ setup: Setup, _ group: inout DiscardingTaskGroup) async {
+        guard handlers.beginDrain() else { return }  // drained already
+        let deadline = state.withLock { $0.startCloseClock() }
+        guard !(await handlers.inFlight.waitUntilEmpty(until: deadline)) else { return }
+        var metadata: Logger.Metadata = ["handlers": "\(handlers.inFlight.count)", "shutdown_timeout": "\(setup.shutdownTimeout)"]
+        if let queue = handlers.pipeQueue { metadata["pipe_frames_dropped"] = "\(queue.discardQueued())" }
+        logger.warning("handlers still running at the close deadline: cancelled, and closing without them", metadata: metadata)
+        group.cancelAll()
     }
 
     /// Delivers what was written, then closes; gives up waiting for the zipper's
@@ -266,7 +364,7 @@ final class ClientRuntime: Sendable {
         }
     }
 
-    private func serveUntilEnd(_ setup: Setup, first: ClientSession) async {
+    private func serveUntilEnd(_ setup: Setup, first: ClientSession, _ handlers: Handlers, _ group: inout DiscardingTaskGroup) async {
         var session: ClientSession? = first
         var delay = Duration.zero
         while true {
@@ -274,7 +372,11 @@ final class ClientRuntime: Sendable {
                 let ended: (any Error)?
                 switch await publish(current) {
                 case .closing:
-                    // close() came while dialling: deliver what was held and written, then close.
+                    // close() came while dialling: deliver what was held and written, and
+                    // what handlers still running from the last connection write, then close.
+                    state.withLock { $0.session = current }
+                    await drainHandlers(handlers, setup, &group)
+                    state.withLock { $0.session = nil }
                     await closeDelivering(current, reason: "\(clientType) closed", setup)
                     _ = state.withLock { $0.lifecycle.drained() }
                     end(YoMoError(.closed, "\(name) closed"))
@@ -282,8 +384,10 @@ final class ClientRuntime: Sendable {
                 case .failed(let error):
                     ended = error
                 case .serving:
-                    ended = await serveSession(current, setup)
+                    ended = await serveSession(current, setup, handlers, &group)
                 }
+                // Closing: the handlers' last writes go out on this connection.
+                if state.withLock({ $0.lifecycle.isClosing }) { await drainHandlers(handlers, setup, &group) }
                 state.withLock { if $0.session === current { $0.session = nil } }
                 // A stream the zipper finished without a reason is redialled, as in Go.
                 let action = state.withLock { $0.lifecycle.connectionLost(final: ended.map(ClientCore.isFinal) ?? false) }
@@ -401,37 +505,22 @@ final class ClientRuntime: Sendable {
     }
 
     /// Reads frames until the session ends; returns why (nil: the stream ended).
-    /// In-flight handlers finish, and their writes are queued, before it returns.
-    private func serveSession(_ session: ClientSession, _ setup: Setup) async -> (any Error)? {
-        let writer = FrameWriter { [self] frame, patch in try await send(frame, patch: patch) }
-        let inFlight = InFlightCounter()
-        let handling = HandlerSupport(setup)
-        let queue = setup.pipeHandler.map { _ in AsyncQueue<PipeFrame>(capacity: 1024) }
-        let handlerLimits = InFlightCounter.Limits(count: setup.handlerConcurrency, bytes: setup.maximumHandlerBytes)
-        // Reading held by the limits is said at most every 10 s, with how often it was.
-        var lastHeldWarning: ContinuousClock.Instant?
-        var heldSinceWarning = 0
+    /// The handlers it starts go into `group` and may outlive it: a lost
+    /// connection is redialled at once, not after the slowest handler.
+    private func serveSession(
+        _ session: ClientSession, _ setup: Setup, _ handlers: Handlers, _ group: inout DiscardingTaskGroup
+    ) async -> (any Error)? {
+        let (writer, inFlight, handling, queue, handlerLimits) =
+            (handlers.writer, handlers.inFlight, handlers.support, handlers.pipeQueue, handlers.limits)
+        var heldNotice = HeldReadingNotice()
         var ended: (any Error)?
-        // The tracer is the task's for every handler task the group starts.
-        await setup.tracing.withTaskTracer { await withDiscardingTaskGroup { group in
-            if let pipe = setup.pipeHandler, let queue {
-                inFlight.enter()
-                group.addTask {
-                    defer { inFlight.leave() }
-                    do {
-                        let current = PipeCursor()
-                        try await pipe(PipeInput(queue: queue, cursor: current), PipeOutput(writer: writer, cursor: current))
-                        current.finish()
-                    } catch {
-                        self.report(YoMoError(.handlerFailed, "pipe handler of \(self.name) threw: \(error)"), setup)
-                    }
-                }
-            }
+        // The cron loop is this session's: it stops when the session ends.
+        await withDiscardingTaskGroup { sessionTasks in
             if let (schedule, handler) = setup.cron {
-                group.addTask { await self.runCron(schedule, handler, writer: writer, setup: setup) }
+                sessionTasks.addTask { await self.runCron(schedule, handler, writer: writer, setup: setup) }
             }
             do {
-                while let frame = try await session.frames.next() {
+                reading: while let frame = try await session.frames.next() {
                     switch frame {
                     case .data(let data):
                         // An async handler's metadata is read in place (decoded
@@ -459,22 +548,24 @@ final class ClientRuntime: Sendable {
                                 name: name, handlerType: "pipe_handler", tag: data.tag, length: length, metadata: &metadata)
                             logReceived(span, tid: metadata[Metadata.ReservedKey.tid])
                             if setup.metrics.isEnabled { setup.metrics.consumer(tag: data.tag, handlerType: "pipe_handler").consumed.add() }
-                            await queue.send(PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span))
+                            let pipeFrame = PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span)
+                            let taken = await queue.send(pipeFrame, weight: length + data.metadata.readableBytes) {
+                                heldNotice.held(logger, "the pipe handler is at its limit: reading no frames until it takes one", setup)
+                            }
+                            if !taken {
+                                span?.end()
+                                notHandledWhileClosing(tag: data.tag)
+                                break reading
+                            }
                         } else if let handler = setup.handler {
                             // What the handler holds until it returns: its frame and its task.
                             let held = length + data.metadata.readableBytes + StreamFunction.Options.handlerOverheadBytes
                             if !inFlight.tryEnter(bytes: held, within: handlerLimits) {
-                                heldSinceWarning += 1
-                                let now = ContinuousClock.now
-                                if lastHeldWarning.map({ now - $0 >= .seconds(10) }) ?? true {
-                                    logger.warning("async handlers are at their limit: reading no frames until one finishes", metadata: [
-                                        "max_handler_bytes": "\(setup.maximumHandlerBytes.map { "\($0)" } ?? "none")",
-                                        "handler_concurrency": "\(setup.handlerConcurrency.map { "\($0)" } ?? "none")",
-                                        "times_held": "\(heldSinceWarning)",
-                                    ])
-                                    (lastHeldWarning, heldSinceWarning) = (now, 0)
+                                heldNotice.held(logger, "async handlers are at their limit: reading no frames until one finishes", setup)
+                                guard await inFlight.enter(bytes: held, within: handlerLimits) else {
+                                    notHandledWhileClosing(tag: data.tag)
+                                    break reading
                                 }
-                                await inFlight.enter(bytes: held, within: handlerLimits)
                             }
                             // The trace values as numbers, read once for the parent and the patch.
                             let trace = setup.tracing.tracer.isEnabled ? view?.canonicalTrace : nil
@@ -531,11 +622,17 @@ final class ClientRuntime: Sendable {
             } catch {
                 ended = error
             }
-            queue?.finish()
-            await inFlight.waitUntilEmpty()
-            group.cancelAll()  // the cron loop
-        } }
+            sessionTasks.cancelAll()  // the cron loop
+        }
         return ended
+    }
+
+    /// close() came while a frame waited for the handlers' limits: it is not
+    /// handled, as the frames the connection had not yet read.
+    private func notHandledWhileClosing(tag: UInt32) {
+        logger.info("closing: a frame that waited for the handlers' limits is not handled", metadata: [
+            "tag": "0x\(String(tag, radix: 16))",
+        ])
     }
 
     private func runCron(_ schedule: Schedule, _ handler: @escaping StreamFunction.Handler, writer: FrameWriter, setup: Setup) async {
@@ -692,10 +789,12 @@ final class ClientRuntime: Sendable {
     /// Stops reading (in-flight handlers finish, their writes go out, the
     /// connection closes), or stops waiting to redial; `close()` also waits.
     func beginClose() {
-        let (action, session, task) = state.withLock { state in
+        let (action, session, task, handlers) = state.withLock { state in
             _ = state.startCloseClock()
-            return (state.lifecycle.closeRequested(), state.session, state.serveTask)
+            return (state.lifecycle.closeRequested(), state.session, state.serveTask, state.handlers)
         }
+        // Reading may be held by the handlers' limits rather than waiting for a frame.
+        handlers?.stopTaking()
         switch action {
         case .stopReading: session?.connection.stopReading()
         case .cancelWait: task?.cancel()  // wakes the wait before a redial
@@ -707,11 +806,10 @@ final class ClientRuntime: Sendable {
     }
 
     /// Returns once the client has ended and flushed the tracer provider it owns.
+    /// Not after its serving task: that also waits for handlers that ignored
+    /// cancellation at the close deadline.
     func close() async {
         beginClose()
-        await state.withLock { $0.serveTask }?.value
-        // Also when the client already ended on its own and is still flushing its
-        // spans, or serves in run() (no task of ours to join).
         await waitForEnd()
     }
 
@@ -793,10 +891,20 @@ final class InFlightCounter: Sendable {
         }
     }
 
+    private struct Waiter {
+        var id: Int
+        var limits: Limits
+        /// A frame waiting to be let in, which `stopAdmitting()` turns away.
+        var admission: Bool
+        var continuation: CheckedContinuation<Bool, Never>
+    }
+
     private struct State {
         var count = 0
         var bytes = 0
-        var waiters: [(limits: Limits, continuation: CheckedContinuation<Void, Never>)] = []
+        var admitting = true
+        var nextWaiterID = 0
+        var waiters: [Waiter] = []
     }
 
     private let state = Mutex(State())
@@ -807,20 +915,24 @@ final class InFlightCounter: Sendable {
     /// Counts one more holding `bytes` if `limits` let it in now.
     func tryEnter(bytes: Int, within limits: Limits) -> Bool {
         state.withLock { state in
-            guard limits.admit(count: state.count, bytes: state.bytes) else { return false }
+            guard state.admitting, limits.admit(count: state.count, bytes: state.bytes) else { return false }
             state.count += 1
             state.bytes += bytes
             return true
         }
     }
 
-    /// Counts one more holding `bytes`, once `limits` let it in.
-    func enter(bytes: Int, within limits: Limits) async {
-        while !tryEnter(bytes: bytes, within: limits) { await waitUntilAdmitted(limits) }
+    /// Counts one more holding `bytes`, once `limits` let it in; false when
+    /// `stopAdmitting()` came first.
+    func enter(bytes: Int, within limits: Limits) async -> Bool {
+        while !tryEnter(bytes: bytes, within: limits) {
+            guard await waitUntil(limits, admission: true, deadline: nil) else { return false }
+        }
+        return true
     }
 
     func leave(bytes: Int = 0) {
-        let ready = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+        let ready = state.withLock { state -> [CheckedContinuation<Bool, Never>] in
             state.count -= 1
             state.bytes -= bytes
             guard !state.waiters.isEmpty else { return [] }
@@ -829,20 +941,55 @@ final class InFlightCounter: Sendable {
             state.waiters.removeAll { $0.limits.admit(count: count, bytes: held) }
             return ready
         }
-        for waiter in ready { waiter.resume() }
+        for waiter in ready { waiter.resume(returning: true) }
     }
 
-    /// Returns once nothing is counted.
-    func waitUntilEmpty() async { await waitUntilAdmitted(Limits(count: 1, bytes: nil)) }
+    /// Lets nothing more in: a frame waiting for the limits is turned away (the client is closing).
+    func stopAdmitting() {
+        let turnedAway = state.withLock { state -> [CheckedContinuation<Bool, Never>] in
+            state.admitting = false
+            let turnedAway = state.waiters.filter(\.admission).map(\.continuation)
+            state.waiters.removeAll(where: \.admission)
+            return turnedAway
+        }
+        for waiter in turnedAway { waiter.resume(returning: false) }
+    }
 
-    private func waitUntilAdmitted(_ limits: Limits) async {
-        await withCheckedContinuation { continuation in
-            let now = state.withLock { state -> Bool in
-                if limits.admit(count: state.count, bytes: state.bytes) { return true }
-                state.waiters.append((limits, continuation))
-                return false
+    /// How many are counted now.
+    var count: Int { state.withLock { $0.count } }
+
+    /// True once nothing is counted; false if `deadline` comes first.
+    func waitUntilEmpty(until deadline: ContinuousClock.Instant) async -> Bool {
+        await waitUntil(Limits(count: 1, bytes: nil), admission: false, deadline: deadline)
+    }
+
+    private func waitUntil(_ limits: Limits, admission: Bool, deadline: ContinuousClock.Instant?) async -> Bool {
+        let id = state.withLock { state in
+            defer { state.nextWaiterID += 1 }
+            return state.nextWaiterID
+        }
+        // The timer resumes this waiter alone, if it is still waiting.
+        let timer = deadline.map { deadline in
+            Task { [self] in
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                let expired = state.withLock { state -> CheckedContinuation<Bool, Never>? in
+                    guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                    return state.waiters.remove(at: index).continuation
+                }
+                expired?.resume(returning: false)
             }
-            if now { continuation.resume() }
+        }
+        defer { timer?.cancel() }
+        return await withCheckedContinuation { continuation in
+            let now = state.withLock { state -> Bool? in
+                if admission && !state.admitting { return false }
+                if limits.admit(count: state.count, bytes: state.bytes) { return true }
+                // Past the deadline the timer has looked already (or is about to find nothing).
+                if let deadline, ContinuousClock.now >= deadline { return false }
+                state.waiters.append(Waiter(id: id, limits: limits, admission: admission, continuation: continuation))
+                return nil
+            }
+            if let now { continuation.resume(returning: now) }
         }
     }
 }

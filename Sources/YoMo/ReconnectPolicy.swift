@@ -45,12 +45,12 @@ public struct ReconnectPolicy: Hashable, Sendable {
         guard attempt > 1 else {
             let low = firstRetryDelay.lowerBound.seconds, high = firstRetryDelay.upperBound.seconds
             let drawn = low == high ? low : Double.random(in: low...high, using: &generator)
-            return .nanoseconds(Int64((drawn * 1e9).rounded()))
+            return .clamped(seconds: drawn)
         }
         let initial = initialDelay.seconds
         let capped = min(initial * pow(multiplier, attempt - 2), maximumDelay.seconds)
-        let spread = jitter == 0 ? 1 : Double.random(in: (1 - jitter)...(1 + jitter), using: &generator)
-        return .nanoseconds(Int64((capped * spread * 1e9).rounded()))
+        let spread = (0...1).contains(jitter) && jitter > 0 ? Double.random(in: (1 - jitter)...(1 + jitter), using: &generator) : 1
+        return .clamped(seconds: capped * spread)
     }
 
     public func delay(beforeAttempt attempt: Int) -> Duration {
@@ -66,6 +66,14 @@ public struct ReconnectPolicy: Hashable, Sendable {
 }
 
 extension Duration {
+    /// Never negative, and saturated where nanoseconds would leave Int64 (a
+    /// policy's fields may hold anything; the delay must not trap).
+    static func clamped(seconds: Double) -> Duration {
+        guard seconds > 0 else { return .zero }  // also NaN
+        guard seconds < 9e9 else { return .seconds(9_000_000_000) }
+        return .nanoseconds(Int64((seconds * 1e9).rounded()))
+    }
+
     var seconds: Double {
         let (seconds, attoseconds) = components
         return Double(seconds) + Double(attoseconds) / 1e18

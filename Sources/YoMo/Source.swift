@@ -29,12 +29,14 @@ public final class Source: Sendable {
     public func connect() async throws {
         var (options, errorHandler) = state.withLock { ($0.options, $0.errorHandler) }
         options.observedTags = []  // sources receive nothing
+        // Before a tracer provider is made.
+        let settings = try ClientSettings(name: name, clientType: .source, zipper: client.zipper, options: options)
         let (tracing, ownedProvider) = DataPathTracer.resolve(options.tracerProvider, serviceName: name, scope: "Source")
         let metrics = DataPathMetrics(
             provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "Source", component: ["yomo.source.name": name])
         metrics.observeTracing(options.tracerProvider ?? ownedProvider)
         let setup = ClientRuntime.Setup(
-            settings: try ClientSettings(name: name, clientType: .source, zipper: client.zipper, options: options),
+            settings: settings,
             tracing: tracing,
             ownedProvider: ownedProvider,
             errorHandler: errorHandler,

@@ -224,6 +224,8 @@ public final class StreamFunction: Sendable {
         guard handler != nil || pipe != nil || cron != nil else {
             throw YoMoError(.invalidConfiguration, "stream function \(name) has no handler: call setHandler, setPipeHandler or setCronHandler first")
         }
+        // Before the initializer runs and a tracer provider is made.
+        let settings = try ClientSettings(name: name, clientType: .streamFunction, zipper: client.zipper, options: options)
         if let initializer {
             do {
                 try await initializer()
@@ -238,7 +240,7 @@ public final class StreamFunction: Sendable {
             component: ["messaging.consumer.group.name": name])
         metrics.observeTracing(options.tracerProvider ?? ownedProvider)
         return ClientRuntime.Setup(
-            settings: try ClientSettings(name: name, clientType: .streamFunction, zipper: client.zipper, options: options),
+            settings: settings,
             tracing: tracing,
             ownedProvider: ownedProvider,
             handler: handler,
@@ -257,6 +259,7 @@ public final class StreamFunction: Sendable {
 
 extension ClientSettings {
     init(name: String, clientType: ClientType, zipper: String, options: StreamFunction.Options) throws {
+        try options.validate("\(clientType) \(name)")
         self.init(
             name: name,
             clientType: clientType,

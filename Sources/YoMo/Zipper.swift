@@ -220,6 +220,7 @@ public final class Zipper: Sendable {
     }
 
     private func bind() async throws -> QUICServer {
+        try validate()
         var quic = options.quic
         // The block policy's bound: writers wait above it.
         quic.sendBufferSize = configuration.slowConsumer.maximumBufferedBytes

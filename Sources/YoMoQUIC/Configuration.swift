@@ -48,7 +48,7 @@ public struct QUICConfiguration: Sendable, Hashable {
 
     public static let `default` = QUICConfiguration()
 
-    func validate() throws(QUICError) {
+    package func validate() throws(QUICError) {
         guard handshakeTimeout > .zero, idleTimeout > .zero else {
             throw .invalidConfiguration("handshake and idle timeouts must be positive")
         }

@@ -69,15 +69,25 @@ struct FaultRecoveryTests {
     /// stalled one falls behind. The stalled one's handler count and gate go to `check`.
     private func stalledBesideHealthy(
         _ policy: ZipperConfiguration.SlowConsumer.Policy, tag: UInt32, stalledOptions options: StreamFunction.Options? = nil,
+        pipe: Bool = false,
         check: (_ zipper: Zipper, _ stalled: StreamFunction, _ handled: Inbox<Int>, _ gate: Gate) async throws -> Void
     ) async throws {
         try await withZipper(configure: { $0.slowConsumer = .init(policy: policy, maximumBufferedBytes: 256 << 10) }) { address, zipper in
             let gate = Gate()
             let handled = Inbox<Int>()
             let stalled = StreamFunction(name: "stalled", zipper: address, options: options ?? stalledOptions(tags: [tag]))
-            stalled.setHandler { ctx in
-                handled.append(ctx.data.count)
-                await gate.wait()
+            if pipe {
+                stalled.setPipeHandler { input, _ in
+                    for await frame in input {
+                        handled.append(frame.data.count)
+                        await gate.wait()
+                    }
+                }
+            } else {
+                stalled.setHandler { ctx in
+                    handled.append(ctx.data.count)
+                    await gate.wait()
+                }
             }
             try await stalled.connect()
             let fast = Inbox<Int>()
@@ -132,6 +142,32 @@ struct FaultRecoveryTests {
             gate.open()
             #expect(await handled.wait(for: 1500 - dropped))
             #expect(handled.count == 1500 - dropped)
+        }
+    }
+
+    @Test("a stalled pipe handler's queue holds at most maximumHandlerBytes: the function stops reading, and the zipper's policy takes over")
+    func pipeQueueBytesBound() async throws {
+        var options = stalledOptions(tags: [0x53])
+        options.handlerConcurrency = nil
+        options.maximumHandlerBytes = 128 << 10
+        let logs = InMemoryLogSink()
+        options.logger = TracingEndToEndTests.debugLogger("yomo", logs)
+        try await stalledBesideHealthy(.drop, tag: 0x53, stalledOptions: options, pipe: true) { zipper, _, handled, gate in
+            #expect(handled.count == 1, "the pipe handler waits on its first frame")
+            let dropped = zipper.statistics.droppedFrames
+            // The function took its first frame, about 128 KiB of frames of
+            // more than 1 KiB into the queue, and what its 64 KiB receive window
+            // and the zipper's 256 KiB for it held (450 frames, give or take a
+            // few in flight): the rest of the 1500 was dropped. Bounded by its
+            // count alone (`nil`), 1,355 were taken and 145 dropped.
+            let taken = 1500 - dropped
+            #expect(taken > 1 + 90 && taken < 600, "\(taken) frames taken, \(dropped) dropped")
+            let warnings = TracingEndToEndTests.records(logs, "the pipe handler is at its limit: reading no frames until it takes one")
+            #expect(warnings.count == 1)
+            #expect(warnings.first?["max_handler_bytes"] as? String == "131072")
+            gate.open()
+            #expect(await handled.wait(for: taken))
+            #expect(handled.count == taken)
         }
     }
 
@@ -301,15 +337,14 @@ struct FaultRecoveryTests {
             try zipper.restart()
         case .heldWhileReconnecting:
             // Restarted, the zipper resets the function's old connection. The
-            // handlers' writes then fail on it and wait in the outage buffer
-            // until the function has redialled (after its handlers finish).
+            // function reports the loss without waiting for its handlers, whose
+            // writes then wait in the outage buffer until it has redialled.
             await zipper.kill()
             try zipper.restart()
-            #expect(await eventually(within: .seconds(10)) { relay.client.sessionEndedForTesting }, "the old connection was reset")
+            #expect(await lost.wait(for: 1, timeout: .seconds(10)), "the function reported the loss")
             gate.open()
             #expect(await wrote.wait(for: texts.count + 1))
             #expect(relay.outageStatistics.buffered == texts.count, "\(relay.outageStatistics)")
-            #expect(await lost.wait(for: 1, timeout: .seconds(10)), "the function reported the loss")
         }
 
         #expect(await eventually(within: .seconds(20)) { Set(received.items.map(\.text)).isSuperset(of: texts) }, "\(received.items.map(\.text))")

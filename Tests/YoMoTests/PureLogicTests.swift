@@ -52,6 +52,25 @@ struct ReconnectPolicyTests {
         #expect(noJitter.delay(beforeAttempt: 5, using: &rng) == .seconds(1))
         #expect(noJitter.delay(beforeAttempt: 1000, using: &rng) == .seconds(1))
     }
+
+    @Test("fields set after init to anything give a delay, never a trap: negative is 0, beyond Int64 nanoseconds saturates")
+    func extremeFields() {
+        var rng = SplitMix(seed: 3)
+        var negative = ReconnectPolicy()
+        negative.initialDelay = .seconds(-1)
+        negative.maximumDelay = .seconds(-1)
+        // The delay that trapped: -1 s times 2^62 is below Int64.min nanoseconds.
+        for attempt in [2, 40, 64, 1000] { #expect(negative.delay(beforeAttempt: attempt, using: &rng) == .zero) }
+        var huge = ReconnectPolicy()
+        huge.maximumDelay = .seconds(Int64.max / 2)
+        huge.jitter = 0
+        #expect(huge.delay(beforeAttempt: 200, using: &rng) == .seconds(9_000_000_000))
+        var nonsense = ReconnectPolicy()
+        nonsense.multiplier = .nan
+        nonsense.jitter = 7
+        #expect(nonsense.delay(beforeAttempt: 5, using: &rng) == .zero)
+        #expect(negative.validate() != nil && huge.validate() == nil && nonsense.validate() != nil)
+    }
 }
 
 /// A seeded generator (SplitMix64): reproducible draws for tests.

@@ -1,0 +1,64 @@
+internal import YoMoQUIC
+
+extension StreamFunction.Options {
+    /// Refuses values that would make a client misbehave rather than fail: a
+    /// handler limit of 0 took no frame and never closed; a negative retry
+    /// delay redialled without pause until the delay's arithmetic trapped.
+    func validate(_ client: String) throws(YoMoError) {
+        func invalid(_ what: String) -> YoMoError { YoMoError(.invalidConfiguration, "\(client): \(what)") }
+        if let count = handlerConcurrency, count < 1 {
+            throw invalid("handlerConcurrency must be at least 1 (nil: no limit), not \(count)")
+        }
+        if let bytes = maximumHandlerBytes, bytes < 1 {
+            throw invalid("maximumHandlerBytes must be at least 1 (nil: no limit), not \(bytes)")
+        }
+        guard handshakeTimeout > .zero else { throw invalid("handshakeTimeout must be positive, not \(handshakeTimeout)") }
+        guard shutdownTimeout >= .zero else { throw invalid("shutdownTimeout must not be negative, not \(shutdownTimeout)") }
+        guard outageBufferFrames >= 0, outageBufferBytes >= 0 else {
+            throw invalid("outageBufferFrames and outageBufferBytes must not be negative (0 turns holding off)")
+        }
+        if let problem = reconnect.validate() { throw invalid("reconnect: \(problem)") }
+        do {
+            try quic.validate()
+        } catch {
+            throw invalid("\(error)")
+        }
+    }
+}
+
+extension ReconnectPolicy {
+    /// What is wrong with the policy, if anything (its fields may be set after `init`).
+    func validate() -> String? {
+        if firstRetryDelay.lowerBound < .zero { return "firstRetryDelay must not be negative" }
+        if initialDelay < .zero || maximumDelay < .zero { return "initialDelay and maximumDelay must not be negative" }
+        if !(multiplier >= 1 && multiplier.isFinite) { return "multiplier must be a finite number of at least 1, not \(multiplier)" }
+        if !(0...1).contains(jitter) { return "jitter must be between 0 and 1, not \(jitter)" }
+        if let attempts = maximumAttempts, attempts < 0 { return "maximumAttempts must not be negative (nil: retry forever)" }
+        return nil
+    }
+}
+
+extension Zipper {
+    /// Refuses what the YAML loader refuses, for a configuration built in code.
+    func validate() throws(YoMoError) {
+        func invalid(_ what: String) -> YoMoError { YoMoError(.invalidConfiguration, "zipper \(configuration.name): \(what)") }
+        guard (0...65535).contains(configuration.port) else { throw invalid("port must be from 0 to 65535, not \(configuration.port)") }
+        let limits = configuration.limits
+        for (name, value) in [
+            ("maximumConnections", limits.maximumConnections), ("maximumPendingHandshakes", limits.maximumPendingHandshakes),
+            ("maximumHandshakeSize", limits.maximumHandshakeSize), ("maximumFrameSize", limits.maximumFrameSize),
+            ("slowConsumer.maximumBufferedBytes", configuration.slowConsumer.maximumBufferedBytes),
+            ("meshQueue.maximumFrames", configuration.meshQueue.maximumFrames),
+            ("meshQueue.maximumBytes", configuration.meshQueue.maximumBytes),
+        ] where value < 1 {
+            throw invalid("\(name) must be positive, not \(value)")
+        }
+        guard options.handshakeTimeout > .zero else { throw invalid("handshakeTimeout must be positive, not \(options.handshakeTimeout)") }
+        guard options.shutdownTimeout >= .zero else { throw invalid("shutdownTimeout must not be negative, not \(options.shutdownTimeout)") }
+        do {
+            try options.quic.validate()
+        } catch {
+            throw invalid("\(error)")
+        }
+    }
+}

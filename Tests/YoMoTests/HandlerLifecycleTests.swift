@@ -1,0 +1,248 @@
+import Foundation
+import Logging
+import Synchronization
+import Testing
+import YoMoLogging
+import YoMoQUIC
+
+@testable import YoMo
+
+/// Handlers that never finish must not hold a function's close or its
+/// reconnect; options that cannot work are refused at `connect()`.
+@Suite("Handlers that never finish, and options that cannot work", .serialized)
+struct HandlerLifecycleTests {
+    enum Stuck: String, CaseIterable, Sendable {
+        /// Async handlers, no limit: every frame's handler waits.
+        case unlimited
+        /// Two handlers wait and a third frame waits for `handlerConcurrency`.
+        case atConcurrencyLimit
+        /// One handler waits and the next frame waits for `maximumHandlerBytes`.
+        case atByteLimit
+        /// The pipe handler waits on its first frame; the rest stay queued.
+        case pipe
+        /// Async handlers that sleep for an hour: cancelled at the deadline.
+        case cancellable
+
+        /// Handlers running when close() is called.
+        var running: Int {
+            switch self {
+            case .unlimited, .cancellable: 6
+            case .atConcurrencyLimit: 2
+            case .atByteLimit, .pipe: 1
+            }
+        }
+    }
+
+    @Test("close() returns at the shutdown deadline while handlers never finish, and says how many it left", arguments: Stuck.allCases)
+    func closeReturnsAtTheDeadline(_ stuck: Stuck) async throws {
+        let logs = InMemoryLogSink()
+        var options = StreamFunction.Options(observedTags: [0x61], shutdownTimeout: .seconds(1))
+        options.logger = TracingEndToEndTests.debugLogger("yomo", logs)
+        switch stuck {
+        case .atConcurrencyLimit: options.handlerConcurrency = 2
+        case .atByteLimit: options.maximumHandlerBytes = 1
+        default: break
+        }
+        try await withZipper { address, _ in
+            let gate = Gate()
+            let entered = Inbox<Int>()
+            let writeErrors = Inbox<YoMoError.Code>()
+            let handlerErrors = Inbox<String>()
+            let sfn = StreamFunction(name: "stuck", zipper: address, options: options)
+            sfn.setErrorHandler { handlerErrors.append($0.message) }
+            if stuck == .pipe {
+                sfn.setPipeHandler { input, output in
+                    for await frame in input {
+                        entered.append(frame.data.count)
+                        await gate.wait()
+                        do { try await output.write(tag: 0x62, data: frame.data) } catch let error as YoMoError { writeErrors.append(error.code) }
+                    }
+                }
+            } else {
+                sfn.setHandler { ctx in
+                    entered.append(ctx.data.count)
+                    if stuck == .cancellable { try await Task.sleep(for: .seconds(3600)) }
+                    await gate.wait()
+                    do { try await ctx.write(tag: 0x62, data: ctx.data) } catch let error as YoMoError { writeErrors.append(error.code) }
+                }
+            }
+            try await sfn.connect()
+            let source = Source(name: "six", zipper: address)
+            try await source.connect()
+            for index in 0..<6 { try await source.write(tag: 0x61, data: Array("frame-\(index)".utf8)) }
+            #expect(await entered.wait(for: stuck.running))
+            if stuck == .atConcurrencyLimit || stuck == .atByteLimit {
+                // The next frame waits for the limits, so reading is held, not waiting for a frame.
+                #expect(await eventually { !TracingEndToEndTests.records(logs, "async handlers are at their limit: reading no frames until one finishes").isEmpty })
+            }
+
+            let closed = Inbox<Void>()
+            let closing = Task {
+                await sfn.close()
+                closed.append(())
+            }
+            // Before, close() waited for the handlers and never returned.
+            #expect(await closed.wait(for: 1, timeout: .seconds(15)), "close() returned")
+            let warnings = TracingEndToEndTests.records(logs, "handlers still running at the close deadline: cancelled, and closing without them")
+            #expect(warnings.count == 1)
+            // The pipe handler is one handler, whatever it holds.
+            #expect(warnings.first?["handlers"] as? String == "\(stuck.running)")
+            #expect(sfn.endReason?.code == .closed)
+            if stuck == .cancellable {
+                // Cancelled, each sleeping handler threw, and the error handler heard of it.
+                #expect(await handlerErrors.wait(for: stuck.running))
+                #expect(handlerErrors.items.allSatisfy { $0.contains("CancellationError") }, "\(handlerErrors.items)")
+            } else {
+                // Released late, the handlers' writes fail with `.closed`: nothing is lost unreported.
+                gate.open()
+                #expect(await writeErrors.wait(for: stuck.running))
+                #expect(writeErrors.items.allSatisfy { $0 == .closed }, "\(writeErrors.items)")
+            }
+            #expect(entered.count == stuck.running, "no frame was taken after close()")
+            await closing.value
+            await source.close()
+        }
+    }
+
+    @Test("a lost connection is redialled while handlers of the old one still run, and the pipe handler carries on", arguments: [false, true])
+    func redialWhileHandlersRun(pipe: Bool) async throws {
+        let key = NSTemporaryDirectory() + "yomo-test-reset-\(UUID().uuidString).key"
+        defer { try? FileManager.default.removeItem(atPath: key) }
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--stateless-reset-key-file", key])
+        let fast = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .milliseconds(500))
+        let gate = Gate()
+        let received = Inbox<String>()
+        let lost = Inbox<YoMoError>()
+        let pipeRuns = Atomic(0)
+        let sfn = StreamFunction(name: "patient", zipper: zipper.address, options: .init(observedTags: [0x63], reconnect: fast, retryConnect: true))
+        sfn.setErrorHandler { lost.append($0) }
+        if pipe {
+            sfn.setPipeHandler { input, _ in
+                pipeRuns.add(1, ordering: .relaxed)
+                for await frame in input {
+                    let text = String(decoding: frame.data, as: UTF8.self)
+                    received.append(text)
+                    if text == "stall" { await gate.wait() }
+                }
+            }
+        } else {
+            sfn.setHandler { ctx in
+                let text = String(decoding: ctx.data, as: UTF8.self)
+                received.append(text)
+                if text == "stall" { await gate.wait() }
+            }
+        }
+        try await sfn.connect()
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: fast, retryConnect: true))
+        try await source.connect()
+        try await source.write(tag: 0x63, data: Array("stall".utf8))
+        #expect(await received.wait(for: 1))
+
+        await zipper.kill()
+        try zipper.restart()
+        // Before, the function reported the loss and redialled only once its handlers had finished.
+        #expect(await lost.wait(for: 1, timeout: .seconds(10)), "the loss was reported while the handler waits")
+        #expect(await eventually { sfn.client.isConnectedForTesting && !sfn.client.sessionEndedForTesting }, "redialled")
+        if pipe {
+            for index in 0..<3 { try await source.write(tag: 0x63, data: Array("after-\(index)".utf8)) }
+            gate.open()
+            #expect(await received.wait(for: 4))
+            // One pipe handler for the function's life: its frames in order across the reconnect.
+            #expect(received.items == ["stall", "after-0", "after-1", "after-2"])
+            #expect(pipeRuns.load(ordering: .relaxed) == 1)
+        } else {
+            // Frames written after the restart are handled while the first handler still waits.
+            var through = false
+            for _ in 0..<200 where !through {
+                try await source.write(tag: 0x63, data: Array("after".utf8))
+                through = await eventually(within: .milliseconds(100)) { received.items.contains("after") }
+            }
+            #expect(through)
+            gate.open()
+        }
+        await source.close()
+        await sfn.close()
+        await zipper.kill()
+    }
+
+    enum BadOption: String, CaseIterable, Sendable {
+        case noConcurrency, negativeBytes, zeroHandshake, negativeShutdown, negativeOutage, negativeDelay, jitter, sendBuffer
+
+        var expected: String {
+            switch self {
+            case .noConcurrency: "handlerConcurrency must be at least 1 (nil: no limit), not 0"
+            case .negativeBytes: "maximumHandlerBytes must be at least 1 (nil: no limit), not -1"
+            case .zeroHandshake: "handshakeTimeout must be positive"
+            case .negativeShutdown: "shutdownTimeout must not be negative"
+            case .negativeOutage: "outageBufferFrames and outageBufferBytes must not be negative"
+            case .negativeDelay: "reconnect: initialDelay and maximumDelay must not be negative"
+            case .jitter: "reconnect: jitter must be between 0 and 1, not 2.0"
+            case .sendBuffer: "QUIC: invalid configuration: windows and send buffer must be positive"
+            }
+        }
+
+        func apply(to options: inout StreamFunction.Options) {
+            switch self {
+            case .noConcurrency: options.handlerConcurrency = 0
+            case .negativeBytes: options.maximumHandlerBytes = -1
+            case .zeroHandshake: options.handshakeTimeout = .zero
+            case .negativeShutdown: options.shutdownTimeout = .seconds(-1)
+            case .negativeOutage: options.outageBufferBytes = -1
+            case .negativeDelay: options.reconnect.maximumDelay = .seconds(-1)
+            case .jitter: options.reconnect.jitter = 2
+            case .sendBuffer: options.quic.sendBufferSize = 0
+            }
+        }
+    }
+
+    @Test("options that cannot work are refused at connect() with the field and the value", arguments: BadOption.allCases)
+    func invalidOptions(_ bad: BadOption) async throws {
+        var options = StreamFunction.Options(observedTags: [0x64], retryConnect: true)
+        bad.apply(to: &options)
+        let initialized = Mutex(false)
+        let sfn = StreamFunction(name: "misconfigured", zipper: "127.0.0.1:9", options: options)
+        sfn.setHandler { _ in }
+        sfn.setInit { initialized.withLock { $0 = true } }
+        // Thrown at once, though retryConnect would redial a zipper that is not there.
+        let error = await #expect(throws: YoMoError.self) { try await sfn.connect() }
+        #expect(error?.code == .invalidConfiguration)
+        #expect(error?.message.hasPrefix("stream function misconfigured: \(bad.expected)") == true, "\(String(describing: error))")
+        let ranInitializer = initialized.withLock { $0 }
+        #expect(!ranInitializer, "the initializer did not run")
+        let source = Source(name: "misconfigured", zipper: "127.0.0.1:9", options: options)
+        let sourceError = await #expect(throws: YoMoError.self) { try await source.connect() }
+        #expect(sourceError?.message.hasPrefix("source misconfigured: \(bad.expected)") == true, "\(String(describing: sourceError))")
+    }
+
+    enum BadZipperSetting: String, CaseIterable, Sendable {
+        case slowConsumerBytes, frameSize, meshQueueFrames, port
+
+        var expected: String {
+            switch self {
+            case .slowConsumerBytes: "slowConsumer.maximumBufferedBytes must be positive, not 0"
+            case .frameSize: "maximumFrameSize must be positive, not -1"
+            case .meshQueueFrames: "meshQueue.maximumFrames must be positive, not 0"
+            case .port: "port must be from 0 to 65535, not 70000"
+            }
+        }
+
+        func apply(to configuration: inout ZipperConfiguration) {
+            switch self {
+            case .slowConsumerBytes: configuration.slowConsumer.maximumBufferedBytes = 0
+            case .frameSize: configuration.limits.maximumFrameSize = -1
+            case .meshQueueFrames: configuration.meshQueue.maximumFrames = 0
+            case .port: configuration.port = 70000
+            }
+        }
+    }
+
+    @Test("a zipper built in code with settings that cannot work is refused at start()", arguments: BadZipperSetting.allCases)
+    func invalidZipperConfiguration(_ bad: BadZipperSetting) async throws {
+        var configuration = ZipperConfiguration(name: "odd", host: "127.0.0.1", port: 0)
+        bad.apply(to: &configuration)
+        let zipper = Zipper(configuration: configuration)
+        let error = await #expect(throws: YoMoError.self) { try await zipper.start() }
+        #expect(error?.code == .invalidConfiguration)
+        #expect(error?.message == "zipper odd: \(bad.expected)", "\(String(describing: error))")
+    }
+}
