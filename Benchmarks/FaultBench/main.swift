@@ -300,6 +300,7 @@ struct Backlog: AsyncParsableCommand {
     @Option var frames = 4000
     @Option var size = 65536
     @Option(help: "The function's maximumHandlerBytes in bytes; 0: unbounded.") var maximumHandlerBytes = -1
+    @Flag(help: "A pipe handler that waits on its first frame, instead of async handlers that each wait.") var pipe = false
 
     func run() async throws {
         let zipper = try ZipperProcess(zipperOptions, keyFile: keyFile())
@@ -311,10 +312,20 @@ struct Backlog: AsyncParsableCommand {
         var options = quietOptions(tags: [0x40])
         if maximumHandlerBytes >= 0 { options.maximumHandlerBytes = maximumHandlerBytes == 0 ? nil : maximumHandlerBytes }
         let sfn = StreamFunction(name: "stalled", zipper: zipper.address, options: options)
-        sfn.setHandler { _ in
-            entered.add(1, ordering: .relaxed)
-            await gate.wait()
-            finished.add(1, ordering: .relaxed)
+        if pipe {
+            sfn.setPipeHandler { input, _ in
+                for await _ in input {
+                    entered.add(1, ordering: .relaxed)
+                    await gate.wait()
+                    finished.add(1, ordering: .relaxed)
+                }
+            }
+        } else {
+            sfn.setHandler { _ in
+                entered.add(1, ordering: .relaxed)
+                await gate.wait()
+                finished.add(1, ordering: .relaxed)
+            }
         }
         try await sfn.connect()
         let source = Source(name: "backlog-source", zipper: zipper.address, options: quietOptions())
@@ -341,8 +352,8 @@ struct Backlog: AsyncParsableCommand {
         }
         peak = max(peak, ownRSS())
         print(String(
-            format: "frames=%d size=%d maximum_handler_bytes=%@ stalled: handlers=%d written=%d rss_before=%.1f MiB rss_peak=%.1f MiB held=%.1f MiB",
-            frames, size, options.maximumHandlerBytes.map { "\($0)" } ?? "none", entered.load(ordering: .relaxed),
+            format: "frames=%d size=%d maximum_handler_bytes=%@ %@ stalled: handlers=%d written=%d rss_before=%.1f MiB rss_peak=%.1f MiB held=%.1f MiB",
+            frames, size, options.maximumHandlerBytes.map { "\($0)" } ?? "none", pipe ? "pipe" : "async", entered.load(ordering: .relaxed),
             written.load(ordering: .relaxed), before, peak, peak - before))
         let clock = ContinuousClock()
         let released = clock.now

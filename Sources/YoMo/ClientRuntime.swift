@@ -124,8 +124,10 @@ final class ClientRuntime: Sendable {
         var outage = OutageBuffer(maximumFrames: 0, maximumBytes: 0)
         /// Ended, and the owned tracer provider flushed and shut down: `wait()` may return.
         var finished = false
-        /// Set while serving: close() stops them taking frames.
+        /// Set while serving, so that close() stops them taking frames.
         var handlers: Handlers?
+        /// A redial's wait and dial, which close() cancels.
+        var redialAttempt: Task<ClientSession?, any Error>?
 
         /// The close deadline, set by the first close request (or the first close).
         mutating func startCloseClock() -> ContinuousClock.Instant {
@@ -180,6 +182,8 @@ final class ClientRuntime: Sendable {
     var endReason: YoMoError? { state.withLock { $0.endReason } }
 
     var isConnectedForTesting: Bool { state.withLock { $0.session != nil } }
+
+    var isClosingForTesting: Bool { state.withLock { $0.lifecycle.isClosing } }
 
     /// The current session's connection has ended, and this client has not let go of it yet
     /// (it does once its in-flight handlers finish, or a write on it fails).
@@ -425,13 +429,12 @@ final class ClientRuntime: Sendable {
                     return
                 }
             }
-            try? await Task.sleep(for: delay)
-            if case .end = state.withLock({ $0.lifecycle.waitEnded() }) {
-                end(YoMoError(.closed, "\(name) closed"))
-                return
-            }
             do {
-                session = try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
+                guard let redialled = try await redial(after: delay, setup) else {
+                    end(YoMoError(.closed, "\(name) closed"))
+                    return
+                }
+                session = redialled
                 // .serve, or .drain when close() came meanwhile: publish() tells them apart.
                 _ = state.withLock { $0.lifecycle.dialSucceeded() }
                 logger.info("reconnected to zipper", metadata: [YoMoLogField.connectionID: "\(clientID)"])
@@ -453,6 +456,26 @@ final class ClientRuntime: Sendable {
                 }
             }
         }
+    }
+
+    /// Waits `delay`, then dials; nil when close() came first. In a task of
+    /// its own, which close() cancels: cancelling the serving task would also
+    /// cancel the handlers still running from the last connection.
+    private func redial(after delay: Duration, _ setup: Setup) async throws -> ClientSession? {
+        let clientID = self.clientID
+        let attempt = Task { [self] () async throws -> ClientSession? in
+            try? await Task.sleep(for: delay)
+            if case .end = state.withLock({ $0.lifecycle.waitEnded() }) { return nil }
+            return try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
+        }
+        // close() cancels the attempt it finds here; one that came before it was stored is seen now.
+        let closing = state.withLock { state in
+            state.redialAttempt = attempt
+            return state.lifecycle.isClosing
+        }
+        if closing { attempt.cancel() }
+        defer { state.withLock { $0.redialAttempt = nil } }
+        return try await attempt.value
     }
 
     /// Ends the client for a reason it did not choose, and tells the error handler.
@@ -789,15 +812,18 @@ final class ClientRuntime: Sendable {
     /// Stops reading (in-flight handlers finish, their writes go out, the
     /// connection closes), or stops waiting to redial; `close()` also waits.
     func beginClose() {
-        let (action, session, task, handlers) = state.withLock { state in
+        let (action, session, task, handlers, redialAttempt) = state.withLock { state in
             _ = state.startCloseClock()
-            return (state.lifecycle.closeRequested(), state.session, state.serveTask, state.handlers)
+            return (state.lifecycle.closeRequested(), state.session, state.serveTask, state.handlers, state.redialAttempt)
         }
         // Reading may be held by the handlers' limits rather than waiting for a frame.
         handlers?.stopTaking()
         switch action {
         case .stopReading: session?.connection.stopReading()
-        case .cancelWait: task?.cancel()  // wakes the wait before a redial
+        case .cancelWait:
+            // Wakes the wait before a redial, or ends the dial. Once serving, not
+            // the serving task: its handlers get until the deadline to finish.
+            if handlers != nil { redialAttempt?.cancel() } else { task?.cancel() }
         case .end:  // never connected
             end(YoMoError(.closed, "\(name) closed"))
             finish()
@@ -843,6 +869,7 @@ final class ClientRuntime: Sendable {
         if let probe = state.withLock({ $0.readinessProbe }) { Readiness.shared.remove(probe) }
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.finished = true
+            state.handlers = nil  // their writer holds this client
             defer { state.endWaiters.removeAll() }
             return state.endWaiters
         }

@@ -165,6 +165,48 @@ struct HandlerLifecycleTests {
         await zipper.kill()
     }
 
+    @Test("close() while waiting to redial lets the last connection's handlers finish, without waiting out the redial delay")
+    func closeWhileWaitingToRedial() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let lazy = ReconnectPolicy(firstRetryDelay: .seconds(60) ... .seconds(60))
+        let gate = Gate()
+        let entered = Inbox<Int>()
+        let cancelled = Inbox<Int>()
+        let finished = Inbox<Int>()
+        let lost = Inbox<YoMoError>()
+        let sfn = StreamFunction(name: "closing", zipper: zipper.address, options: .init(
+            observedTags: [0x65], reconnect: lazy, shutdownTimeout: .seconds(20)))
+        sfn.setErrorHandler { lost.append($0) }
+        sfn.setHandler { ctx in
+            entered.append(ctx.data.count)
+            await withTaskCancellationHandler { await gate.wait() } onCancel: { cancelled.append(1) }
+            finished.append(ctx.data.count)
+        }
+        // The source first, with the default policy: the function's first retry would come after a minute.
+        let source = Source(name: "once", zipper: zipper.address, options: .init(retryConnect: true))
+        try await source.connect()
+        try await sfn.connect()
+        try await source.write(tag: 0x65, data: Array("wait".utf8))
+        #expect(await entered.wait(for: 1))
+        await source.close()
+        await zipper.kill()
+        // Lost, the function waits a minute before it redials, the handler still running.
+        #expect(await lost.wait(for: 1, timeout: .seconds(15)))
+        let closed = Inbox<Int>()
+        let closing = Task {
+            await sfn.close()
+            closed.append(1)
+        }
+        #expect(await eventually { sfn.client.isClosingForTesting })
+        // close() woke the wait, not by cancelling the handler, which may finish.
+        #expect(cancelled.count == 0)
+        gate.open()
+        #expect(await finished.wait(for: 1))
+        #expect(await closed.wait(for: 1, timeout: .seconds(15)), "close() did not wait out the minute")
+        #expect(cancelled.count == 0)
+        await closing.value
+    }
+
     enum BadOption: String, CaseIterable, Sendable {
         case noConcurrency, negativeBytes, zeroHandshake, negativeShutdown, negativeOutage, negativeDelay, jitter, sendBuffer
 
