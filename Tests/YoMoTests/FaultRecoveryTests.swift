@@ -120,13 +120,19 @@ struct FaultRecoveryTests {
         }
     }
 
-    @Test("stalled handlers hold at most maximumHandlerBytes: the function stops reading, and the zipper's policy takes over")
-    func handlerBytesBound() async throws {
-        var options = stalledOptions(tags: [0x52])
+    /// A stalled function bounded by bytes alone, logging where the test reads it.
+    private func byteBoundedOptions(tag: UInt32, maximumHandlerBytes: Int) -> (StreamFunction.Options, InMemoryLogSink) {
+        var options = stalledOptions(tags: [tag])
         options.handlerConcurrency = nil
-        options.maximumHandlerBytes = 512 << 10
+        options.maximumHandlerBytes = maximumHandlerBytes
         let logs = InMemoryLogSink()
         options.logger = TracingEndToEndTests.debugLogger("yomo", logs)
+        return (options, logs)
+    }
+
+    @Test("stalled handlers hold at most maximumHandlerBytes: the function stops reading, and the zipper's policy takes over")
+    func handlerBytesBound() async throws {
+        let (options, logs) = byteBoundedOptions(tag: 0x52, maximumHandlerBytes: 512 << 10)
         try await stalledBesideHealthy(.drop, tag: 0x52, stalledOptions: options) { zipper, _, handled, gate in
             // Each 1 KiB frame counts its payload, its metadata (under 512 bytes)
             // and `handlerOverheadBytes` for its task; one more is let in while less is held.
@@ -147,11 +153,7 @@ struct FaultRecoveryTests {
 
     @Test("a stalled pipe handler's queue holds at most maximumHandlerBytes: the function stops reading, and the zipper's policy takes over")
     func pipeQueueBytesBound() async throws {
-        var options = stalledOptions(tags: [0x53])
-        options.handlerConcurrency = nil
-        options.maximumHandlerBytes = 128 << 10
-        let logs = InMemoryLogSink()
-        options.logger = TracingEndToEndTests.debugLogger("yomo", logs)
+        let (options, logs) = byteBoundedOptions(tag: 0x53, maximumHandlerBytes: 128 << 10)
         try await stalledBesideHealthy(.drop, tag: 0x53, stalledOptions: options, pipe: true) { zipper, _, handled, gate in
             #expect(handled.count == 1, "the pipe handler waits on its first frame")
             let dropped = zipper.statistics.droppedFrames
