@@ -85,6 +85,9 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
         for producer in producers { producer.resume() }
     }
 
+    /// What the queued elements weigh together.
+    var queuedWeight: Int { state.withLock { $0.weight } }
+
     /// Finishes the queue and drops what it holds; returns how many.
     func discardQueued() -> Int {
         let (dropped, producers) = state.withLock { state in

@@ -41,6 +41,9 @@ final class ClientRuntime: Sendable {
         /// `maximumHandlerBytes` of payload and metadata.
         let pipeQueue: AsyncQueue<PipeFrame>?
         private let draining = Atomic(false)
+        /// How often the limits held reading, for the metrics; the notice says it in the log.
+        private let readingHeldCount = Atomic(0)
+        private let heldNotice = Mutex(HeldReadingNotice())
 
         init(_ setup: Setup, writer: FrameWriter) {
             self.writer = writer
@@ -60,6 +63,21 @@ final class ClientRuntime: Sendable {
         func beginDrain() -> Bool {
             stopTaking()
             return !draining.exchange(true, ordering: .relaxed)
+        }
+
+        /// The limits hold reading: counted, and said at most every 10 s.
+        func readingHeld(_ logger: Logger, _ message: Logger.Message, _ setup: Setup) {
+            readingHeldCount.add(1, ordering: .relaxed)
+            heldNotice.withLock { $0.held(logger, message, setup) }
+        }
+
+        /// What the metrics show: handlers running (the pipe handler is one),
+        /// the bytes they hold or that wait for the pipe handler, and how often
+        /// the limits held reading.
+        var statistics: DataPathMetrics.HandlerStatistics {
+            DataPathMetrics.HandlerStatistics(
+                running: inFlight.count, heldBytes: inFlight.bytes + (pipeQueue?.queuedWeight ?? 0),
+                readingHeld: readingHeldCount.load(ordering: .relaxed))
         }
     }
 
@@ -303,6 +321,9 @@ final class ClientRuntime: Sendable {
     private func serve(_ setup: Setup, first: ClientSession) async {
         let handlers = Handlers(setup, writer: FrameWriter { [self] frame, patch in try await send(frame, patch: patch) })
         state.withLock { $0.handlers = handlers }
+        if setup.handler != nil || setup.pipeHandler != nil {
+            setup.metrics.observeHandlers { [weak self] in self?.state.withLock { $0.handlers }?.statistics }
+        }
         // The tracer is the task's for every handler task the group starts. The
         // group outlives every connection: a handler's frame may come from one
         // and its writes go out on the next.
@@ -535,7 +556,6 @@ final class ClientRuntime: Sendable {
     ) async -> (any Error)? {
         let (writer, inFlight, handling, queue, handlerLimits) =
             (handlers.writer, handlers.inFlight, handlers.support, handlers.pipeQueue, handlers.limits)
-        var heldNotice = HeldReadingNotice()
         var ended: (any Error)?
         // The cron loop is this session's: it stops when the session ends.
         await withDiscardingTaskGroup { sessionTasks in
@@ -573,7 +593,7 @@ final class ClientRuntime: Sendable {
                             if setup.metrics.isEnabled { setup.metrics.consumer(tag: data.tag, handlerType: "pipe_handler").consumed.add() }
                             let pipeFrame = PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span)
                             let taken = await queue.send(pipeFrame, weight: length + data.metadata.readableBytes) {
-                                heldNotice.held(logger, "the pipe handler is at its limit: reading no frames until it takes one", setup)
+                                handlers.readingHeld(logger, "the pipe handler is at its limit: reading no frames until it takes one", setup)
                             }
                             if !taken {
                                 span?.end()
@@ -584,7 +604,7 @@ final class ClientRuntime: Sendable {
                             // What the handler holds until it returns: its frame and its task.
                             let held = length + data.metadata.readableBytes + StreamFunction.Options.handlerOverheadBytes
                             if !inFlight.tryEnter(bytes: held, within: handlerLimits) {
-                                heldNotice.held(logger, "async handlers are at their limit: reading no frames until one finishes", setup)
+                                handlers.readingHeld(logger, "async handlers are at their limit: reading no frames until one finishes", setup)
                                 guard await inFlight.enter(bytes: held, within: handlerLimits) else {
                                     notHandledWhileClosing(tag: data.tag)
                                     break reading
@@ -982,8 +1002,9 @@ final class InFlightCounter: Sendable {
         for waiter in turnedAway { waiter.resume(returning: false) }
     }
 
-    /// How many are counted now.
+    /// How many are counted now, and the bytes they hold.
     var count: Int { state.withLock { $0.count } }
+    var bytes: Int { state.withLock { $0.bytes } }
 
     /// True once nothing is counted; false if `deadline` comes first.
     func waitUntilEmpty(until deadline: ContinuousClock.Instant) async -> Bool {

@@ -211,6 +211,30 @@ final class DataPathMetrics: Sendable {
         }
     }
 
+    struct HandlerStatistics: Sendable {
+        var running: Int
+        var heldBytes: Int
+        var readingHeld: Int
+    }
+
+    /// A stream function's handlers, read when metrics are collected: the
+    /// signs of a function whose handlers stall before its source slows down.
+    func observeHandlers(_ read: @escaping @Sendable () -> HandlerStatistics?) {
+        guard enabled else { return }
+        let base = baseAttributes
+        meter.observableGauge("yomo.handlers.running", unit: "{handler}", description: "Handlers running: async handlers, or the pipe handler.") {
+            read().map { [(base, Double($0.running))] } ?? []
+        }
+        meter.observableGauge(
+            "yomo.handlers.held", unit: "By",
+            description: "Bytes held by running async handlers or queued for the pipe handler, as maximumHandlerBytes counts them."
+        ) { read().map { [(base, Double($0.heldBytes))] } ?? [] }
+        meter.observableCounter(
+            "yomo.handlers.reading.held", unit: "{hold}",
+            description: "Frames that waited because the handlers were at maximumHandlerBytes or handlerConcurrency."
+        ) { read().map { [(base, Double($0.readingHeld))] } ?? [] }
+    }
+
     func reconnected() { reconnects.add(1, attributes: baseAttributes) }
 
     func connection(_ clientType: ClientType, delta: Double) {

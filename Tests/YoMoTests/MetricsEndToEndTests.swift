@@ -410,6 +410,55 @@ struct MetricsEndToEndTests {
         #expect(durations.count == limit && durations.reduce(0) { $0 + $1.value } == Double(tags))
     }
 
+    @Test("a stream function's handler metrics show handlers stalled at their limit, and clear when they finish")
+    func handlerMetrics() async throws {
+        let metrics = MeterProvider(configuration: .init(serviceName: "handlers", environment: [:]))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: metrics)
+        try await withZipper { address, _ in
+            let gate = Gate()
+            let handled = Inbox<Int>()
+            let sfn = StreamFunction(name: "stalling", zipper: address, options: .init(
+                observedTags: [0x66], handlerConcurrency: 2, tracerProvider: TracerProvider.noop, meterProvider: metrics))
+            sfn.setHandler { ctx in
+                await gate.wait()
+                handled.append(ctx.data.count)
+            }
+            try await sfn.connect()
+            let source = Source(name: "five", zipper: address, options: .init(tracerProvider: TracerProvider.noop))
+            try await source.connect()
+            for _ in 0..<5 { try await source.write(tag: 0x66, data: [UInt8](repeating: 0x61, count: 1000)) }
+
+            func value(_ name: String) async -> Double? {
+                let samples = (await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body).map(PrometheusTextParser.parse) ?? []
+                return samples.first { $0.name == name && $0.labels["messaging_consumer_group_name"] == "stalling" }?.value
+            }
+            // Two handlers wait at the limit of two, and the third frame waits for them.
+            var (running, held, waited) = (0.0, 0.0, 0.0)
+            for _ in 0..<400 where waited < 1 {
+                running = await value("yomo_handlers_running") ?? 0
+                held = await value("yomo_handlers_held_bytes") ?? 0
+                waited = await value("yomo_handlers_reading_held_total") ?? 0
+                if waited < 1 { try await Task.sleep(for: .milliseconds(25)) }
+            }
+            #expect(running == 2 && waited >= 1, "running \(running), reading held \(waited)")
+            // Each counts its payload, its metadata and `handlerOverheadBytes`.
+            let each = Double(1000 + StreamFunction.Options.handlerOverheadBytes)
+            #expect(held >= 2 * each && held < 2 * (each + 512), "\(held) bytes")
+            gate.open()
+            #expect(await handled.wait(for: 5))
+            var cleared = false
+            for _ in 0..<400 where !cleared {
+                let (running, held) = (await value("yomo_handlers_running"), await value("yomo_handlers_held_bytes"))
+                cleared = running == 0 && held == 0
+                if !cleared { try await Task.sleep(for: .milliseconds(25)) }
+            }
+            #expect(cleared, "nothing runs or is held once the handlers finished")
+            await source.close()
+            await sfn.close()
+        }
+        await endpoint.close()
+    }
+
     @Test("binding a taken port is a clear error")
     func bindFailure() async throws {
         let first = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop)
