@@ -41,8 +41,8 @@ final class ClientRuntime: Sendable {
         /// `maximumHandlerBytes` of payload and metadata.
         let pipeQueue: AsyncQueue<PipeFrame>?
         private let draining = Atomic(false)
-        /// How often the limits held reading, for the metrics; the notice says it in the log.
-        private let readingHeldCount = Atomic(0)
+        /// How long the limits held reading, for the metrics; the notice says it in the log.
+        private let hold = Mutex<(since: ContinuousClock.Instant?, total: Duration)>((nil, .zero))
         private let heldNotice = Mutex(HeldReadingNotice())
 
         init(_ setup: Setup, writer: FrameWriter) {
@@ -65,19 +65,27 @@ final class ClientRuntime: Sendable {
             return !draining.exchange(true, ordering: .relaxed)
         }
 
-        /// The limits hold reading: counted, and said at most every 10 s.
+        /// The limits hold reading from now on; said at most every 10 s.
         func readingHeld(_ logger: Logger, _ message: Logger.Message, _ setup: Setup) {
-            readingHeldCount.add(1, ordering: .relaxed)
+            hold.withLock { $0.since = .now }
             heldNotice.withLock { $0.held(logger, message, setup) }
         }
 
+        /// Reading goes on: the time it was held is counted.
+        func readingResumed() {
+            hold.withLock { hold in
+                guard let since = hold.since else { return }
+                hold = (nil, hold.total + (.now - since))
+            }
+        }
+
         /// What the metrics show: handlers running (the pipe handler is one),
-        /// the bytes they hold or that wait for the pipe handler, and how often
-        /// the limits held reading.
+        /// the bytes they hold or that wait for the pipe handler, and how long
+        /// the limits held reading, a hold still going on included.
         var statistics: DataPathMetrics.HandlerStatistics {
-            DataPathMetrics.HandlerStatistics(
-                running: inFlight.count, heldBytes: inFlight.bytes + (pipeQueue?.queuedWeight ?? 0),
-                readingHeld: readingHeldCount.load(ordering: .relaxed))
+            let held = hold.withLock { $0.total + ($0.since.map { .now - $0 } ?? .zero) }
+            return DataPathMetrics.HandlerStatistics(
+                running: inFlight.count, heldBytes: inFlight.bytes + (pipeQueue?.queuedWeight ?? 0), readingHeldSeconds: held.seconds)
         }
     }
 
@@ -592,9 +600,12 @@ final class ClientRuntime: Sendable {
                             logReceived(span, tid: metadata[Metadata.ReservedKey.tid])
                             if setup.metrics.isEnabled { setup.metrics.consumer(tag: data.tag, handlerType: "pipe_handler").consumed.add() }
                             let pipeFrame = PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span)
+                            var waited = false
                             let taken = await queue.send(pipeFrame, weight: length + data.metadata.readableBytes) {
+                                waited = true
                                 handlers.readingHeld(logger, "the pipe handler is at its limit: reading no frames until it takes one", setup)
                             }
+                            if waited { handlers.readingResumed() }
                             if !taken {
                                 span?.end()
                                 notHandledWhileClosing(tag: data.tag)
@@ -605,7 +616,9 @@ final class ClientRuntime: Sendable {
                             let held = length + data.metadata.readableBytes + StreamFunction.Options.handlerOverheadBytes
                             if !inFlight.tryEnter(bytes: held, within: handlerLimits) {
                                 handlers.readingHeld(logger, "async handlers are at their limit: reading no frames until one finishes", setup)
-                                guard await inFlight.enter(bytes: held, within: handlerLimits) else {
+                                let admitted = await inFlight.enter(bytes: held, within: handlerLimits)
+                                handlers.readingResumed()
+                                guard admitted else {
                                     notHandledWhileClosing(tag: data.tag)
                                     break reading
                                 }

@@ -214,7 +214,7 @@ final class DataPathMetrics: Sendable {
     struct HandlerStatistics: Sendable {
         var running: Int
         var heldBytes: Int
-        var readingHeld: Int
+        var readingHeldSeconds: Double
     }
 
     /// A stream function's handlers, read when metrics are collected: the
@@ -230,9 +230,9 @@ final class DataPathMetrics: Sendable {
             description: "Bytes held by running async handlers or queued for the pipe handler, as maximumHandlerBytes counts them."
         ) { read().map { [(base, Double($0.heldBytes))] } ?? [] }
         meter.observableCounter(
-            "yomo.handlers.reading.held", unit: "{hold}",
-            description: "Frames that waited because the handlers were at maximumHandlerBytes or handlerConcurrency."
-        ) { read().map { [(base, Double($0.readingHeld))] } ?? [] }
+            "yomo.handlers.reading.held.time", unit: "s",
+            description: "Time reading was held because the handlers were at maximumHandlerBytes or handlerConcurrency."
+        ) { read().map { [(base, $0.readingHeldSeconds)] } ?? [] }
     }
 
     func reconnected() { reconnects.add(1, attributes: baseAttributes) }

@@ -54,7 +54,7 @@ struct Top: AsyncParsableCommand {
         }
     }
 
-    static let header = "component               target                  in/s     out/s   err%    p50 ms    p99 ms  conns  reconn  noroute/s  drop/s  rtt ms  span drops"
+    static let header = "component               target                  in/s     out/s   err%    p50 ms    p99 ms  conns  reconn  noroute/s  drop/s  rtt ms  span drops  held%"
 
     /// Values come from whatever answers at a target: `fixed` prints any
     /// double (NaN, infinities and huge counts too), where `Int(_:)` would trap.
@@ -67,7 +67,7 @@ struct Top: AsyncParsableCommand {
             + padLeft(milliseconds(row.p50), 10) + padLeft(milliseconds(row.p99), 10)
             + padLeft(row.connections.map(count) ?? "-", 7) + padLeft(count(row.reconnects), 8)
             + padLeft(number(row.noRouteRate), 11) + padLeft(number(row.droppedRate), 8)
-            + padLeft(milliseconds(row.rtt), 8) + padLeft(count(row.exporterDrops), 12)
+            + padLeft(milliseconds(row.rtt), 8) + padLeft(count(row.exporterDrops), 12) + padLeft(number(row.heldPercent), 7)
     }
 
     static func pad(_ text: String, _ width: Int) -> String { text + String(repeating: " ", count: max(0, width - text.count)) }

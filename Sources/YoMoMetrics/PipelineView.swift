@@ -89,6 +89,8 @@ public struct PipelineRow: Sendable, Hashable {
     public var rtt: Double?
     /// Spans the component's exporter lost (queue full, failed, cut at shutdown), in all.
     public var exporterDrops: Double
+    /// Function: share of the interval its handlers' limits held reading, 0–100.
+    public var heldPercent: Double = 0
 
     /// The row for `target` from `previous` and `current` scrapes `seconds` apart.
     public static func compute(target: String, previous: [ScrapedSample], current: [ScrapedSample], seconds: Double) -> PipelineRow {
@@ -120,7 +122,8 @@ public struct PipelineRow: Sendable, Hashable {
             droppedRate: rate("yomo_zipper_routed_messages_total") { $0["outcome"] == "dropped" }
                 + rate("yomo_zipper_mesh_dropped_messages_total"),
             rtt: rtts.isEmpty ? nil : rtts.reduce(0) { $0 + $1.value } / Double(rtts.count),
-            exporterDrops: total(current, "yomo_sdk_spans_dropped_total"))
+            exporterDrops: total(current, "yomo_sdk_spans_dropped_total"),
+            heldPercent: min(100, rate("yomo_handlers_reading_held_time_seconds_total") * 100))
     }
 
     /// p50 and p99 of a histogram over the interval between two scrapes, all

@@ -19,9 +19,10 @@ struct PipelineViewTests {
 
     @Test("rates, error share and interval quantiles from two scrapes")
     func rows() throws {
-        func page(consumed: Double, sent: Double, failed: Double, buckets: [Double]) -> [ScrapedSample] {
+        func page(consumed: Double, sent: Double, failed: Double, buckets: [Double], held: Double) -> [ScrapedSample] {
             var samples = [
                 ScrapedSample(name: "target_info", labels: ["service_name": "upper"], value: 1),
+                ScrapedSample(name: "yomo_handlers_reading_held_time_seconds_total", labels: ["messaging_consumer_group_name": "upper"], value: held),
                 ScrapedSample(name: "messaging_client_consumed_messages_total", labels: [:], value: consumed),
                 ScrapedSample(name: "messaging_client_sent_messages_total", labels: [:], value: sent),
                 ScrapedSample(name: "messaging_process_duration_seconds_count", labels: [:], value: consumed - failed),
@@ -32,8 +33,8 @@ struct PipelineViewTests {
             }
             return samples
         }
-        let before = page(consumed: 100, sent: 100, failed: 0, buckets: [100, 100, 100])
-        let after = page(consumed: 300, sent: 290, failed: 10, buckets: [100, 300, 300])
+        let before = page(consumed: 100, sent: 100, failed: 0, buckets: [100, 100, 100], held: 4.5)
+        let after = page(consumed: 300, sent: 290, failed: 10, buckets: [100, 300, 300], held: 5.5)
         let row = PipelineRow.compute(target: "h:1", previous: before, current: after, seconds: 2)
         #expect(row.service == "upper")
         #expect(row.inRate == 100)
@@ -43,6 +44,7 @@ struct PipelineViewTests {
         #expect(abs(try #require(row.p50) - 0.055) < 1e-9)
         #expect(abs(try #require(row.p99) - 0.0991) < 1e-9)
         #expect(row.connections == nil)
+        #expect(row.heldPercent == 50, "reading held 1 s of the 2")
         let idle = PipelineRow.compute(target: "h:1", previous: after, current: after, seconds: 1)
         #expect(idle.p50 == nil && idle.inRate == 0)
     }

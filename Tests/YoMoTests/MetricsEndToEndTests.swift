@@ -357,12 +357,13 @@ struct MetricsEndToEndTests {
         let functionLine = try #require(lines.first { $0.hasPrefix("top-upper") }, "\(lines)")
         #expect(lines.contains { $0.contains("127.0.0.1:1") && $0.contains("unreachable") })
         func fields(_ line: String) -> [String] { line.split(separator: " ").map(String.init) }
-        // component target in/s out/s err% p50 p99 conns reconn noroute/s drop/s rtt spandrops
+        // component target in/s out/s err% p50 p99 conns reconn noroute/s drop/s rtt spandrops held%
         #expect((Double(fields(functionLine)[2]) ?? 0) > 10, "\(functionLine)")
         #expect((Double(fields(functionLine)[3]) ?? 0) > 10, "\(functionLine)")
         #expect(fields(functionLine)[5] != "-", "a p50: \(functionLine)")
         #expect((Double(fields(functionLine)[11]) ?? 0) > 0, "an RTT: \(functionLine)")
         #expect(fields(functionLine)[12] == "0", "no span drops: \(functionLine)")
+        #expect(fields(functionLine)[13] == "0.0", "no limit held reading: \(functionLine)")
         #expect((Double(fields(zipperLine)[2]) ?? 0) > 10, "\(zipperLine)")
         #expect(fields(zipperLine)[7] == "2", "a source and a function connected: \(zipperLine)")
         #expect((Double(fields(zipperLine)[9]) ?? 0) > 10, "replies have no observer: \(zipperLine)")
@@ -432,18 +433,25 @@ struct MetricsEndToEndTests {
                 let samples = (await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body).map(PrometheusTextParser.parse) ?? []
                 return samples.first { $0.name == name && $0.labels["messaging_consumer_group_name"] == "stalling" }?.value
             }
-            // Two handlers wait at the limit of two, and the third frame waits for them.
-            var (running, held, waited) = (0.0, 0.0, 0.0)
-            for _ in 0..<400 where waited < 1 {
+            // Two handlers wait at the limit of two, and the third frame waits for them:
+            // the time reading is held grows while the hold goes on.
+            var (running, held, heldSeconds) = (0.0, 0.0, 0.0)
+            for _ in 0..<400 where heldSeconds < 0.2 {
                 running = await value("yomo_handlers_running") ?? 0
                 held = await value("yomo_handlers_held_bytes") ?? 0
-                waited = await value("yomo_handlers_reading_held_total") ?? 0
-                if waited < 1 { try await Task.sleep(for: .milliseconds(25)) }
+                heldSeconds = await value("yomo_handlers_reading_held_time_seconds_total") ?? 0
+                if heldSeconds < 0.2 { try await Task.sleep(for: .milliseconds(25)) }
             }
-            #expect(running == 2 && waited >= 1, "running \(running), reading held \(waited)")
+            #expect(running == 2 && heldSeconds >= 0.2, "running \(running), reading held \(heldSeconds) s")
             // Each counts its payload, its metadata and `handlerOverheadBytes`.
             let each = Double(1000 + StreamFunction.Options.handlerOverheadBytes)
             #expect(held >= 2 * each && held < 2 * (each + 512), "\(held) bytes")
+            // `yomo top` shows the share of its interval that reading was held: all of it.
+            let (process, output) = try startYomo(["top", "--once", "--interval", "1", "--targets", "127.0.0.1:\(endpoint.port)"])
+            let line = await output.value.split(separator: "\n").map(String.init).first { $0.hasPrefix("handlers ") } ?? ""
+            await waitForExit(process)
+            let fields = line.split(separator: " ").map(String.init)
+            #expect(fields.count == 14 && (Double(fields[13]) ?? 0) > 90, "held%: \(line)")
             gate.open()
             #expect(await handled.wait(for: 5))
             var cleared = false
