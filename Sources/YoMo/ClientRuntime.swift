@@ -733,6 +733,14 @@ final class ClientRuntime: Sendable {
     /// outage buffer, or fails when that is full or disabled. `patch` is written
     /// over the frame's metadata as it is encoded (or, for a frame held, first).
     func send(_ frame: DataFrame, patch: MetadataPatch? = nil) async throws {
+        // A zipper closes the connection on a frame past its limit, and the
+        // client ends (redialling would send it again): refused here instead.
+        guard frame.encodedLength <= FrameDecoder.defaultMaximumFrameSize else {
+            throw YoMoError(.frameTooLarge, """
+                frame of \(frame.encodedLength) bytes (tag 0x\(String(frame.tag, radix: 16)), payload \(frame.payload.readableBytes) bytes) \
+                is larger than \(FrameDecoder.defaultMaximumFrameSize) bytes, the largest a zipper takes: not sent
+                """)
+        }
         let (firstRoute, metrics) = state.withLock { (routeWrite(frame, patch, &$0), $0.metrics) }
         var route = firstRoute
         let started = metrics.isEnabled ? ContinuousClock.now : nil

@@ -8,7 +8,7 @@ public struct YoMoError: Error, Hashable, Sendable, CustomStringConvertible {
             case rejected, goaway, closedByPeer, listenerShutdown, closed, notConnected
             case invalidAddress, invalidConfiguration, invalidSchedule, reservedTag
             case handlerFailed, initializerFailed, invalidMetadata, protocolViolation
-            case outageBufferFull
+            case outageBufferFull, frameTooLarge
         }
 
         private let value: Value
@@ -31,6 +31,10 @@ public struct YoMoError: Error, Hashable, Sendable, CustomStringConvertible {
         /// (`StreamFunction.Options.outageBufferFrames` / `outageBufferBytes`): the
         /// frame was not taken. Retry later or slow down.
         public static let outageBufferFull = Code(.outageBufferFull)
+        /// A write whose frame would be larger than 16 MiB, the largest a
+        /// zipper takes by default (it closes the connection on a bigger one):
+        /// the frame was not sent, and the connection serves on.
+        public static let frameTooLarge = Code(.frameTooLarge)
         /// A `host:port` could not be parsed.
         public static let invalidAddress = Code(.invalidAddress)
         /// A configuration value (file, option) is not usable.

@@ -207,6 +207,38 @@ struct HandlerLifecycleTests {
         await closing.value
     }
 
+    @Test("a write larger than a zipper takes is refused before it is sent; the source and the handler's connection serve on")
+    func oversizedWritesRefused() async throws {
+        try await withZipper { address, _ in
+            let tooLarge = [UInt8](repeating: 0x61, count: 16 << 20)
+            let handlerErrors = Inbox<YoMoError.Code>()
+            let replies = Inbox<String>()
+            let relay = StreamFunction(name: "relay", zipper: address, options: .init(observedTags: [0x72]))
+            relay.setHandler { ctx in
+                do { try await ctx.write(tag: 0x73, data: tooLarge) } catch let error as YoMoError { handlerErrors.append(error.code) }
+                try await ctx.write(tag: 0x73, data: ctx.data)
+            }
+            try await relay.connect()
+            let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x73]))
+            sink.setHandler { ctx in replies.append(String(decoding: ctx.data, as: UTF8.self)) }
+            try await sink.connect()
+            let source = Source(name: "big", zipper: address)
+            try await source.connect()
+            // Before, the zipper closed the connection on the frame's header and the source ended for good.
+            let error = await #expect(throws: YoMoError.self) { try await source.write(tag: 0x72, data: tooLarge) }
+            #expect(error?.code == .frameTooLarge)
+            #expect(error?.message.contains("is larger than 16777216 bytes, the largest a zipper takes: not sent") == true, "\(String(describing: error))")
+            try await source.write(tag: 0x72, data: Array("small".utf8))
+            #expect(await replies.wait(for: 1))
+            #expect(replies.items == ["small"])
+            #expect(handlerErrors.items == [.frameTooLarge])
+            #expect(source.endReason == nil && relay.endReason == nil)
+            await source.close()
+            await sink.close()
+            await relay.close()
+        }
+    }
+
     enum BadOption: String, CaseIterable, Sendable {
         case noConcurrency, negativeBytes, zeroHandshake, negativeShutdown, negativeOutage, negativeDelay, jitter, sendBuffer
 
