@@ -19,6 +19,8 @@ public struct ReconnectPolicy: Hashable, Sendable {
     /// Give up after this many failed attempts in a row; `nil` retries forever.
     public var maximumAttempts: Int?
 
+    /// Values that cannot work (a negative delay, a multiplier below 1, a
+    /// jitter outside 0…1) are refused by `connect()` with the field named.
     public init(
         firstRetryDelay: ClosedRange<Duration> = .milliseconds(50) ... .milliseconds(250),
         initialDelay: Duration = .milliseconds(500),
@@ -27,9 +29,6 @@ public struct ReconnectPolicy: Hashable, Sendable {
         jitter: Double = 0.2,
         maximumAttempts: Int? = nil
     ) {
-        precondition(multiplier >= 1, "multiplier must be at least 1")
-        precondition((0...1).contains(jitter), "jitter must be between 0 and 1")
-        precondition(firstRetryDelay.lowerBound >= .zero, "firstRetryDelay must not be negative")
         self.firstRetryDelay = firstRetryDelay
         self.initialDelay = initialDelay
         self.maximumDelay = maximumDelay

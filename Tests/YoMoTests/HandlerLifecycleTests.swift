@@ -240,7 +240,7 @@ struct HandlerLifecycleTests {
     }
 
     enum BadOption: String, CaseIterable, Sendable {
-        case noConcurrency, negativeBytes, zeroHandshake, negativeShutdown, negativeOutage, negativeDelay, jitter, sendBuffer
+        case noConcurrency, negativeBytes, zeroHandshake, negativeShutdown, negativeOutage, negativeDelay, jitter, multiplier, sendBuffer
 
         var expected: String {
             switch self {
@@ -251,6 +251,7 @@ struct HandlerLifecycleTests {
             case .negativeOutage: "outageBufferFrames and outageBufferBytes must not be negative"
             case .negativeDelay: "reconnect: initialDelay and maximumDelay must not be negative"
             case .jitter: "reconnect: jitter must be between 0 and 1, not 2.0"
+            case .multiplier: "reconnect: multiplier must be a finite number of at least 1, not 0.5"
             case .sendBuffer: "QUIC: invalid configuration: windows and send buffer must be positive"
             }
         }
@@ -264,6 +265,8 @@ struct HandlerLifecycleTests {
             case .negativeOutage: options.outageBufferBytes = -1
             case .negativeDelay: options.reconnect.maximumDelay = .seconds(-1)
             case .jitter: options.reconnect.jitter = 2
+            // Given to init, which trapped on it before.
+            case .multiplier: options.reconnect = ReconnectPolicy(multiplier: 0.5)
             case .sendBuffer: options.quic.sendBufferSize = 0
             }
         }
