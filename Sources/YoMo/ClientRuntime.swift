@@ -41,9 +41,8 @@ final class ClientRuntime: Sendable {
         /// `maximumHandlerBytes` of payload and metadata.
         let pipeQueue: AsyncQueue<PipeFrame>?
         private let draining = Atomic(false)
-        /// How long the limits held reading, for the metrics; the notice says it in the log.
-        private let hold = Mutex<(since: ContinuousClock.Instant?, total: Duration)>((nil, .zero))
-        private let heldNotice = Mutex(HeldReadingNotice())
+        /// When and how long the limits held reading: for the log and the metrics.
+        private let holds = Mutex(ReadingHolds())
 
         init(_ setup: Setup, writer: FrameWriter) {
             self.writer = writer
@@ -67,37 +66,36 @@ final class ClientRuntime: Sendable {
 
         /// The limits hold reading from now on; said at most every 10 s.
         func readingHeld(_ logger: Logger, _ message: Logger.Message, _ setup: Setup) {
-            hold.withLock { $0.since = .now }
-            heldNotice.withLock { $0.held(logger, message, setup) }
+            holds.withLock { $0.began(logger, message, setup) }
         }
 
         /// Reading goes on: the time it was held is counted.
-        func readingResumed() {
-            hold.withLock { hold in
-                guard let since = hold.since else { return }
-                hold = (nil, hold.total + (.now - since))
-            }
-        }
+        func readingResumed() { holds.withLock { $0.ended() } }
 
         /// What the metrics show: handlers running (the pipe handler is one),
         /// the bytes they hold or that wait for the pipe handler, and how long
         /// the limits held reading, a hold still going on included.
         var statistics: DataPathMetrics.HandlerStatistics {
-            let held = hold.withLock { $0.total + ($0.since.map { .now - $0 } ?? .zero) }
+            let counted = inFlight.counted
             return DataPathMetrics.HandlerStatistics(
-                running: inFlight.count, heldBytes: inFlight.bytes + (pipeQueue?.queuedWeight ?? 0), readingHeldSeconds: held.seconds)
+                running: counted.handlers, heldBytes: counted.bytes + (pipeQueue?.queuedWeight ?? 0),
+                readingHeldSeconds: holds.withLock { $0.heldTime(at: .now) }.seconds)
         }
     }
 
-    /// Says that the handlers' limits hold reading, at most every 10 s, with
-    /// how often they did, so a slowed source can be traced to this function.
-    struct HeldReadingNotice {
+    /// The times the handlers' limits held reading: how long in all, for the
+    /// metrics, and said in the log at most every 10 s with how often, so a
+    /// slowed source can be traced to this function.
+    struct ReadingHolds {
+        private var since: ContinuousClock.Instant?
+        private var total = Duration.zero
         private var lastSaid: ContinuousClock.Instant?
         private var heldSinceSaid = 0
 
-        mutating func held(_ logger: Logger, _ message: Logger.Message, _ setup: Setup) {
-            heldSinceSaid += 1
+        mutating func began(_ logger: Logger, _ message: Logger.Message, _ setup: Setup) {
             let now = ContinuousClock.now
+            since = now
+            heldSinceSaid += 1
             guard lastSaid.map({ now - $0 >= .seconds(10) }) ?? true else { return }
             logger.warning(message, metadata: [
                 "max_handler_bytes": "\(setup.maximumHandlerBytes.map { "\($0)" } ?? "none")",
@@ -106,6 +104,14 @@ final class ClientRuntime: Sendable {
             ])
             (lastSaid, heldSinceSaid) = (now, 0)
         }
+
+        mutating func ended() {
+            guard let since else { return }
+            (total, self.since) = (total + (.now - since), nil)
+        }
+
+        /// The time held until `now`, a hold still going on included.
+        func heldTime(at now: ContinuousClock.Instant) -> Duration { total + (since.map { now - $0 } ?? .zero) }
     }
 
     struct Setup: Sendable {
@@ -378,7 +384,7 @@ final class ClientRuntime: Sendable {
         guard handlers.beginDrain() else { return }  // drained already
         let deadline = state.withLock { $0.startCloseClock() }
         guard !(await handlers.inFlight.waitUntilEmpty(until: deadline)) else { return }
-        var metadata: Logger.Metadata = ["handlers": "\(handlers.inFlight.count)", "shutdown_timeout": "\(setup.shutdownTimeout)"]
+        var metadata: Logger.Metadata = ["handlers": "\(handlers.inFlight.counted.handlers)", "shutdown_timeout": "\(setup.shutdownTimeout)"]
         if let queue = handlers.pipeQueue { metadata["pipe_frames_dropped"] = "\(queue.discardQueued())" }
         logger.warning("handlers still running at the close deadline: cancelled, and closing without them", metadata: metadata)
         group.cancelAll()
@@ -1023,9 +1029,8 @@ final class InFlightCounter: Sendable {
         for waiter in turnedAway { waiter.resume(returning: false) }
     }
 
-    /// How many are counted now, and the bytes they hold.
-    var count: Int { state.withLock { $0.count } }
-    var bytes: Int { state.withLock { $0.bytes } }
+    /// How many are counted now, and the bytes they hold, read together.
+    var counted: (handlers: Int, bytes: Int) { state.withLock { ($0.count, $0.bytes) } }
 
     /// True once nothing is counted; false if `deadline` comes first.
     func waitUntilEmpty(until deadline: ContinuousClock.Instant) async -> Bool {
