@@ -230,12 +230,7 @@ struct FaultRecoveryTests {
 
         let source = Source(name: "after-restart", zipper: address, options: .init(reconnect: reconnectFast, retryConnect: true))
         try await source.connect()
-        for attempt in 0..<200 where !received.items.contains("back") {
-            try await source.write(tag: 0x33, data: Array("back".utf8))
-            _ = attempt
-            _ = await received.wait(for: 1, timeout: .milliseconds(50))
-        }
-        #expect(received.items.contains("back"))
+        #expect(try await writeUntilReceived(source, tag: 0x33, "back", received, every: .milliseconds(50)))
         await source.close()
         await sfn.close()
         await zipper.kill()
@@ -254,12 +249,7 @@ struct FaultRecoveryTests {
         let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: slow, retryConnect: true))
         source.setErrorHandler { lost.append($0) }
         try await source.connect()
-        var through = false
-        for _ in 0..<200 where !through {
-            try await source.write(tag: 0x35, data: Array("before".utf8))
-            through = await eventually(within: .milliseconds(100)) { received.items.contains("before") }
-        }
-        #expect(through)
+        #expect(try await writeUntilReceived(source, tag: 0x35, "before", received))
         // A later "before" may still be unacknowledged when an earlier one arrived,
         // and would be resent too (21, in a parallel run): freeze once all are acknowledged.
         #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })

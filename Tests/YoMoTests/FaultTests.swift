@@ -66,6 +66,19 @@ struct CapturingLogHandler: LogHandler {
     }
 }
 
+/// Writes `text` on `tag` until `received` holds it, at most 200 times, each
+/// followed by a wait of up to `every`: while routes come up or a client
+/// redials, a single frame may find no observer. False if it never arrived.
+func writeUntilReceived(
+    _ source: Source, tag: UInt32, _ text: String, _ received: Inbox<String>, every: Duration = .milliseconds(100)
+) async throws -> Bool {
+    for _ in 0..<200 {
+        try await source.write(tag: tag, data: Array(text.utf8))
+        if await eventually(within: every, { received.items.contains(text) }) { return true }
+    }
+    return false
+}
+
 /// Waits (polling, with an upper bound) until `condition` holds.
 func eventually(within timeout: Duration = .seconds(20), _ condition: () -> Bool) async -> Bool {
     let clock = ContinuousClock()
@@ -114,12 +127,7 @@ struct FaultTests {
         for client in [held, unbuffered, small] { try await client.connect() }
 
         // Routes are up once one frame made it through.
-        var through = false
-        for _ in 0..<200 where !through {
-            try await held.write(tag: 0x33, data: Array("before".utf8))
-            through = await eventually(within: .milliseconds(100)) { received.items.contains("before") }
-        }
-        #expect(through)
+        #expect(try await writeUntilReceived(held, tag: 0x33, "before", received))
         // A later "before" may still be in flight when an earlier one arrived: the
         // source would then resend it after the restart (at least once), which the
         // counts below do not expect. The loss comes once the zipper has them all.

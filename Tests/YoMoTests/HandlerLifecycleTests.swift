@@ -152,12 +152,7 @@ struct HandlerLifecycleTests {
             #expect(pipeRuns.load(ordering: .relaxed) == 1)
         } else {
             // Frames written after the restart are handled while the first handler still waits.
-            var through = false
-            for _ in 0..<200 where !through {
-                try await source.write(tag: 0x63, data: Array("after".utf8))
-                through = await eventually(within: .milliseconds(100)) { received.items.contains("after") }
-            }
-            #expect(through)
+            #expect(try await writeUntilReceived(source, tag: 0x63, "after", received))
             gate.open()
         }
         await source.close()
