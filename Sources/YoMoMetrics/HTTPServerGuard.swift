@@ -1,4 +1,5 @@
 package import NIOCore
+import Glibc
 import NIOHTTP1
 import Synchronization
 import YoMoTracing
@@ -109,4 +110,11 @@ private final class RequestDeadline: ChannelDuplexHandler {
         let channel = context.channel
         deadline = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
     }
+}
+
+/// Why binding a listener failed, in the words of `strerror` ("Address already
+/// in use") rather than NIO's description of the system call.
+package func bindFailureText(_ error: any Error) -> String {
+    guard let io = error as? IOError else { return "\(error)" }
+    return String(cString: strerror(io.errnoCode))
 }

@@ -85,7 +85,7 @@ public final class MetricsEndpoint: Sendable {
             return MetricsEndpoint(channel: channel, group: group)
         } catch {
             try? await group.shutdownGracefully()
-            throw MetricsError("cannot serve metrics on \(host):\(port): \(error)")
+            throw MetricsError("cannot serve metrics on \(host):\(port): \(bindFailureText(error))")
         }
     }
 

@@ -120,8 +120,8 @@ public struct QUICError: Error, Sendable, Hashable, CustomStringConvertible {
     }
     static let statelessReset = QUICError(.statelessReset, remote: true)
     static func transport(_ detail: String) -> QUICError { QUICError(.transport, detail) }
-    static func socket(_ call: String, errno: Int32) -> QUICError {
-        QUICError(.socket, "\(call): \(String(cString: strerror(errno)))")
+    static func socket(_ call: String, errno: Int32, hint: String? = nil) -> QUICError {
+        QUICError(.socket, "\(call): \(String(cString: strerror(errno)))" + (hint.map { " (\($0))" } ?? ""))
     }
     static func invalidConfiguration(_ detail: String) -> QUICError { QUICError(.invalidConfiguration, detail) }
     static func streamReset(code: UInt64) -> QUICError { QUICError(.streamReset, application: code, remote: true) }

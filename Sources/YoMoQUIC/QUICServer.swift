@@ -59,12 +59,14 @@ public final class QUICServer: Sendable {
         let address = try UDPAddress.resolve(host: host, port: port)[0]
         let credentials = try TLSCredentials(server: tls)
         let fd = try makeUDPSocket(family: address.family)
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, 4)
+        // No SO_REUSEADDR: on Linux it lets a second UDP socket bind the same
+        // port, and a second zipper started there took over every connection
+        // of the first (their packets went to it) while the first ran on, idle.
         let rv = address.withSockaddr { Glibc.bind(fd, $0, $1) }
         if rv != 0 {
             let e = errno
             Glibc.close(fd)
+            if e == EADDRINUSE { throw .socket("bind \(address)", errno: e, hint: "another process listens on this UDP port") }
             throw .socket("bind \(address)", errno: e)
         }
         let local: UDPAddress
@@ -94,7 +96,8 @@ public final class QUICServer: Sendable {
     public var connections: Connections { Connections(core: core) }
 
     /// Closes every connection with application code 0 (the YoMo "listener shut
-    /// down" signal) and `reason`, stops listening and ends `connections`.
+    /// down" signal) and `reason`, stops listening and ends `connections`. When
+    /// it returns the port is free: a new server may bind it at once.
     public func close(reason: String = "") async {
         let core = self.core
         let running = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
@@ -109,6 +112,7 @@ public final class QUICServer: Sendable {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             startLoopThread(stackSize: 1 << 16) {
                 core.loop.shutdownAndWait()
+                core.closeSocket()
                 c.resume()
             }
         }

@@ -64,7 +64,17 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         }
     }
 
-    deinit { close(fd) }
+    /// Set once the socket is closed: by `QUICServer.close()` once the loop has
+    /// stopped (so the port is free when it returns), else by `deinit`.
+    private let socketClosed = Atomic<Bool>(false)
+
+    deinit { closeSocket() }
+
+    /// Closes the listening socket once. Only after the loop has stopped: a
+    /// connection still running could otherwise send on a reused descriptor.
+    func closeSocket() {
+        if !socketClosed.exchange(true, ordering: .acquiringAndReleasing) { close(fd) }
+    }
 
     func start() {
         loop.register(fd: fd, source: self)

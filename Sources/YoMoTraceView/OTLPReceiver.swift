@@ -42,7 +42,7 @@ public final class OTLPHTTPReceiver: Sendable {
             return OTLPHTTPReceiver(channel: channel, group: group)
         } catch {
             try? await group.shutdownGracefully()
-            throw TraceViewError(description: "cannot listen on \(host):\(port): \(error)")
+            throw TraceViewError(description: "cannot listen on \(host):\(port): \(bindFailureText(error))")
         }
     }
 

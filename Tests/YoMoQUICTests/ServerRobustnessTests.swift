@@ -115,6 +115,37 @@ struct ServerRobustnessTests {
 
 @Suite("Many connections", .serialized)
 struct ScaleTests {
+    @Test("a second server on a port in use fails to bind and the first keeps its connections; once closed, the port is free at once")
+    func portInUse() async throws {
+        let first = try await EchoServer()
+        let port = first.port
+        let before = try await QUICConnection.connect(host: "127.0.0.1", port: port)
+        #expect(String(buffer: try await echo(before, ByteBuffer(string: "before"))) == "before")
+        // With SO_REUSEADDR this bind succeeded, and the first server's
+        // connections were lost to the second.
+        do {
+            let second = try await QUICServer.bind(host: "127.0.0.1", port: port)
+            await second.close()
+            Issue.record("a second server bound port \(port)")
+        } catch {
+            #expect(error.kind == .socket)
+            #expect(error.description.contains("127.0.0.1:\(port)") && error.description.contains("Address already in use"),
+                    "\(error)")
+        }
+        #expect(String(buffer: try await echo(before, ByteBuffer(string: "again"))) == "again")
+        let after = try await QUICConnection.connect(host: "127.0.0.1", port: port)
+        #expect(String(buffer: try await echo(after, ByteBuffer(string: "after"))) == "after")
+        await before.close()
+        await after.close()
+        // The first server object is still referenced: its socket must be
+        // closed by close(), not left to deinit, for a restart in the same process.
+        await first.stop()
+        let restarted = try await QUICServer.bind(host: "127.0.0.1", port: port)
+        #expect(restarted.port == port)
+        await restarted.close()
+        withExtendedLifetime(first) {}
+    }
+
     @Test("1,000 concurrent client connections to our server")
     func thousandConcurrent() async throws {
         var configuration = QUICConfiguration.default

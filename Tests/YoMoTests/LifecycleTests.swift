@@ -115,6 +115,43 @@ struct LifecycleTests {
         await waitForExit(zipper)
     }
 
+    @Test("a second zipper on a port in use exits saying so, and the first keeps its clients")
+    func portInUse() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let received = Inbox<String>()
+        let lost = Inbox<YoMoError>()
+        let sfn = StreamFunction(name: "first", zipper: zipper.address, options: .init(observedTags: [0x33], retryConnect: true))
+        sfn.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        sfn.setErrorHandler { lost.append($0) }
+        try await sfn.connect()
+        let source = Source(name: "source", zipper: zipper.address)
+        try await source.connect()
+        #expect(try await writeUntilReceived(source, tag: 0x33, "before", received))
+
+        let second = Process()
+        second.executableURL = try yomoExecutable()
+        second.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(zipper.port)", "--stateless-reset-key-file", "none"]
+        let errors = Pipe()
+        second.standardError = errors
+        second.standardOutput = FileHandle.nullDevice
+        try second.run()
+        let said = Task.detached { await readToEnd(errors) }
+        let exited = await eventually(within: .seconds(20)) { !second.isRunning }
+        if !exited { second.terminate() }
+        #expect(exited, "the second zipper ran on the port in use")
+        #expect(exited && second.terminationStatus != 0)
+        let text = await said.value
+        #expect(text.contains("bind 127.0.0.1:\(zipper.port): Address already in use"), "\(text)")
+
+        // The first zipper's connections were not taken over: frames still flow,
+        // on the same connections.
+        #expect(try await writeUntilReceived(source, tag: 0x33, "after", received))
+        #expect(lost.items.isEmpty, "\(lost.items)")
+        await source.close()
+        await sfn.close()
+        await zipper.kill()
+    }
+
     @Test("a zipper that shuts down ends its clients with that reason, without reconnecting")
     func listenerShutdown() async throws {
         let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
