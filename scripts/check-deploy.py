@@ -479,6 +479,41 @@ def check_dockerfile() -> set[str]:
     return programs
 
 
+def check_zipper_state(services: dict) -> None:
+    """The image's user has no home, so yomo serve's default stateless reset key
+    needs XDG_STATE_HOME on a directory that user owns, and the compose zipper a
+    volume there to keep the key across restarts of its container."""
+    try:
+        commands = dockerfile.parse_file(str(DOCKERFILE))
+    except dockerfile.GoParseError:
+        return  # reported by check_dockerfile
+    user, state, made = None, None, []
+    for command in commands:
+        if command.cmd == "FROM":
+            user, state, made = None, None, []
+        elif command.cmd == "USER":
+            user = command.value[0]
+        elif command.cmd == "ENV":
+            pairs = dict(zip(command.value[::2], command.value[1::2]))
+            state = pairs.get("XDG_STATE_HOME", state)
+        elif command.cmd == "RUN":
+            made += re.findall(r"install -d -o (\S+)(?: -g \S+)?(?: -m \S+)? (\S+)", " ".join(command.value))
+    if state is None:
+        fail(DOCKERFILE, "the runtime stage sets no XDG_STATE_HOME: yomo serve's reset key needs a writable directory")
+        return
+    if (user, state) not in made:
+        fail(DOCKERFILE, f"XDG_STATE_HOME={state} is not made by `install -d -o {user} … {state}` for USER {user}")
+    else:
+        ok()
+    zippers = [name for name, service in services.items() if "serve" in command_of(service)]
+    for name in zippers:
+        targets = [str(v).split(":")[1] for v in services[name].get("volumes", []) if not isinstance(v, dict) and ":" in str(v)]
+        if state not in targets:
+            fail(COMPOSE, f"service {name}: no volume at {state} (XDG_STATE_HOME): its reset key is lost at each restart")
+        else:
+            ok()
+
+
 def check_dockerignore() -> None:
     """An allowlist: every folder a target of Package.swift lives in must be let in."""
     lines = [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")]
@@ -1083,6 +1118,7 @@ def main() -> int:
     if isinstance(compose, dict):
         services = check_compose(compose, built, zipper_config, jaeger_ports, scrape_targets)
         check_ports_table(services)
+        check_zipper_state(services)
     # A query may name what either pipeline produces; the names do not overlap.
     overlap = set(series) & set(sdk)
     if overlap:

@@ -187,7 +187,7 @@ extension ZipperConfiguration {
     /// Plain system calls rather than Foundation's `Data(contentsOf:)` and
     /// `FileManager`: nothing else in the zipper runs Foundation's URL and file
     /// code, and running it at every start kept ~0.3 MB of it resident.
-    func loadStatelessResetKey() throws(YoMoError) -> [UInt8]? {
+    package func loadStatelessResetKey() throws(YoMoError) -> [UInt8]? {
         guard let path = statelessResetKeyFile else { return nil }
         func failure(_ what: String) -> YoMoError {
             YoMoError(.invalidConfiguration, "cannot \(what) stateless reset key file \(path): \(String(cString: strerror(errno)))")

@@ -91,7 +91,7 @@ struct Serve: AsyncParsableCommand {
         if let statelessResetKeyFile {
             configuration.statelessResetKeyFile = statelessResetKeyFile == "none" ? nil : statelessResetKeyFile
         } else if configuration.statelessResetKeyFile == nil {
-            configuration.statelessResetKeyFile = defaultStatelessResetKeyFile(port: configuration.port)
+            configuration.useDefaultStatelessResetKey(at: defaultStatelessResetKeyFile(port: configuration.port))
         }
         let zipper = Zipper(configuration: configuration)
         try await zipper.start()
@@ -102,9 +102,32 @@ struct Serve: AsyncParsableCommand {
     }
 }
 
+extension ZipperConfiguration {
+    /// Takes the key file at `path` (made if missing) as the stateless reset key.
+    /// The default is a convenience, not a requirement: where it cannot be kept
+    /// (a read-only file system, a home that does not exist), the zipper serves
+    /// with a random key, as `none`, and says what that costs. A file named in
+    /// the config or on the command line still fails the start.
+    mutating func useDefaultStatelessResetKey(at path: String?, logger: Logger = Logger(label: "yomo.zipper")) {
+        guard let path else { return }
+        statelessResetKeyFile = path
+        do {
+            _ = try loadStatelessResetKey()
+        } catch {
+            statelessResetKeyFile = nil
+            logger.warning(
+                "the stateless reset key cannot be kept across restarts: serving with a random key, so clients notice a restart of this zipper only at their idle timeout (--stateless-reset-key-file names a writable file, or none)",
+                metadata: ["error": "\(error.message)", "zipper_name": "\(name)"])
+        }
+    }
+}
+
 /// Where `yomo serve` keeps its stateless reset key unless told otherwise: the
 /// XDG state directory, so a restarted zipper resets its old clients' packets.
 func defaultStatelessResetKeyFile(port: Int, environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
+    // A zipper on an ephemeral port is found at another port after a restart:
+    // no client would recognise its resets.
+    guard port != 0 else { return nil }
     let base: String
     if let state = environment["XDG_STATE_HOME"], !state.isEmpty {
         base = state

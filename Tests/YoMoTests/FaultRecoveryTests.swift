@@ -424,6 +424,66 @@ struct FaultRecoveryTests {
         #expect(cannot?.message.contains(blocked) == true)
     }
 
+    @Test("yomo serve where its default reset key file cannot be made serves with a random key and says so; a named file still fails the start")
+    func unwritableDefaultResetKey() async throws {
+        let directory = NSTemporaryDirectory() + "yomo-test-state-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // A file where a directory is needed: as a read-only file system or a
+        // home that does not exist, the directory of the key cannot be made.
+        let blocked = directory + "/not-a-directory"
+        #expect(FileManager.default.createFile(atPath: blocked, contents: Data()))
+        func serve(_ arguments: [String], state: String) throws -> (Process, Task<String, Never>) {
+            let process = Process()
+            process.executableURL = try yomoExecutable()
+            process.arguments = ["serve", "--host", "127.0.0.1"] + arguments
+            process.environment = ProcessInfo.processInfo.environment.merging(["XDG_STATE_HOME": state]) { $1 }
+            let errors = Pipe()
+            process.standardError = errors
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            return (process, Task.detached { await readToEnd(errors) })
+        }
+
+        let port = try await freePort()
+        let (zipper, said) = try serve(["--port", "\(port)"], state: blocked + "/state")
+        defer { if zipper.isRunning { zipper.terminate() } }
+        // Dialled until it answers, or until it has exited (it did, before).
+        var served = false
+        for _ in 0..<200 where zipper.isRunning && !served {
+            let sfn = StreamFunction(name: "f", zipper: "127.0.0.1:\(port)", options: .init(observedTags: [1]))
+            sfn.setHandler { _ in }
+            if (try? await sfn.connect()) != nil {
+                served = true
+                await sfn.close()
+            } else {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        #expect(served, "the zipper serves")
+        zipper.terminate()
+        await waitForExit(zipper)
+        let log = await said.value
+        #expect(zipper.terminationStatus == 0, "\(log)")
+        #expect(log.contains("the stateless reset key cannot be kept across restarts: serving with a random key"), "\(log)")
+        #expect(log.contains("not-a-directory/state/yomo/zipper-\(port).reset-key"), "\(log)")
+
+        // Named on the command line, the same path is an error, as before.
+        let (named, namedSaid) = try serve(
+            ["--port", "\(try await freePort())", "--stateless-reset-key-file", blocked + "/zipper.key"], state: directory)
+        let exited = await eventually(within: .seconds(20)) { !named.isRunning }
+        if !exited { named.terminate() }
+        #expect(exited && named.terminationStatus != 0)
+        #expect(await namedSaid.value.contains("stateless reset key file \(blocked)/zipper.key: Not a directory"))
+
+        // An ephemeral port has no key to keep: nothing is written.
+        let (ephemeral, _) = try serve(["--port", "0"], state: directory + "/state")
+        try await Task.sleep(for: .milliseconds(300))
+        ephemeral.terminate()
+        await waitForExit(ephemeral)
+        #expect(!FileManager.default.fileExists(atPath: directory + "/state"))
+    }
+
     @Test("limits, slow-consumer policy and reset key file come from the YAML; bad values are clear errors")
     func yamlLimits() throws {
         let configuration = try ZipperConfiguration(yaml: """

@@ -32,7 +32,7 @@ final class ZipperProcess {
         let process = Process()
         process.executableURL = try yomoExecutable()
         process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"] + arguments
-        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+        process.environment = zipperEnvironment(environment)
         process.standardError = FileHandle.nullDevice
         try process.run()
         return process

@@ -49,6 +49,15 @@ func readToEnd(_ pipe: Pipe) async -> String {
     return String(decoding: data, as: UTF8.self)
 }
 
+/// The environment of a `yomo serve` the tests start: its default stateless
+/// reset key goes under a temporary directory, not into the user's
+/// `~/.local/state` (one file per random port otherwise).
+func zipperEnvironment(_ extra: [String: String] = [:]) -> [String: String] {
+    ProcessInfo.processInfo.environment
+        .merging(["XDG_STATE_HOME": NSTemporaryDirectory() + "swift-yomo-tests-state"]) { $1 }
+        .merging(extra) { $1 }
+}
+
 /// A UDP port that was free a moment ago.
 func freePort() async throws -> Int {
     let probe = try await QUICServer.bind(host: "127.0.0.1", port: 0)
@@ -67,6 +76,7 @@ struct LifecycleTests {
             let process = Process()
             process.executableURL = yomo
             process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"]
+            process.environment = zipperEnvironment()
             process.standardError = FileHandle.nullDevice
             try process.run()
             return process
