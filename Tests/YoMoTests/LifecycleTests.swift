@@ -162,6 +162,23 @@ struct LifecycleTests {
         await zipper.kill()
     }
 
+    @Test("a zipper on an IPv6 address writes it in brackets, in its address and its log lines, and serves clients there")
+    func ipv6Address() async throws {
+        let records = Inbox<String>()
+        let logger = Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) }
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "::1", port: 0), options: .init(logger: logger))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        #expect(address.hasPrefix("[::1]:"), "\(address)")
+        let listening = records.items.first { $0.contains("zipper listening") } ?? ""
+        #expect(listening.contains("zipper_addr=\(address)"), "\(listening)")
+        let source = Source(name: "v6", zipper: address)
+        try await source.connect()
+        #expect(zipper.connectionCount == 1)
+        await source.close()
+        await zipper.close()
+    }
+
     @Test("a zipper that shuts down ends its clients with that reason, without reconnecting")
     func listenerShutdown() async throws {
         let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
