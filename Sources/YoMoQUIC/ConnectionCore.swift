@@ -206,6 +206,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
 
     /// Client: told when the stream is open (or the connect failed).
     var onEstablished: ((Result<Void, QUICError>) -> Void)?
+    /// Client: the task that connects was cancelled, possibly before
+    /// `onEstablished` was set (both run on the loop, in order).
+    private var establishingCancelled = false
     /// Server hooks.
     weak var server: ServerCore?
     var routes: Set<ConnectionID> = []
@@ -684,6 +687,21 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             loop.execute { [self] in openClientStream() }
         }
     }
+
+    /// Client: the connecting task was cancelled. A connect still under way
+    /// ends now with `cancelled` (the peer is told, as by `close`), not at the
+    /// handshake timeout: a peer that drops every packet held a cancelled
+    /// `connect()` for that long.
+    func cancelEstablishing() {
+        establishingCancelled = true
+        guard let pending = onEstablished else { return }
+        onEstablished = nil
+        closeLocally(code: QUICError.yomoCloseCode, reason: "cancelled")
+        pending(.failure(.cancelled))
+    }
+
+    /// Client: whether `cancelEstablishing()` came before `onEstablished` was set.
+    var isEstablishingCancelled: Bool { establishingCancelled }
 
     private func openClientStream() {
         guard isActive, streamID == nil, let ng else { return }

@@ -70,22 +70,27 @@ public final class QUICConnection: Sendable {
         // The core owns (and closes) the socket from here on.
         let core = ConnectionCore(loop: loop, fd: fd, connectedSocket: true, remote: address, isServer: false, configuration: configuration)
         let debug = ProcessInfo.processInfo.environment["YOMO_QUIC_DEBUG"] != nil
-        let result = await withCheckedContinuation { (c: CheckedContinuation<Result<Void, QUICError>, Never>) in
-            loop.execute {
-                do throws(QUICError) {
-                    let ng = try NGConnection.client(
-                        local: local, remote: address, settings: NGSettings(quic: configuration, isServer: false, debugLog: debug),
-                        credentials: credentials, sni: sni, verifyName: verifyName, verify: tls.verifyPeer, delegate: core)
-                    core.attach(ng)
-                } catch {
-                    c.resume(returning: .failure(error))
-                    return
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Result<Void, QUICError>, Never>) in
+                loop.execute {
+                    do throws(QUICError) {
+                        let ng = try NGConnection.client(
+                            local: local, remote: address, settings: NGSettings(quic: configuration, isServer: false, debugLog: debug),
+                            credentials: credentials, sni: sni, verifyName: verifyName, verify: tls.verifyPeer, delegate: core)
+                        core.attach(ng)
+                    } catch {
+                        c.resume(returning: .failure(error))
+                        return
+                    }
+                    core.onEstablished = { c.resume(returning: $0) }
+                    loop.register(fd: fd, source: core)
+                    loop.addTimed(core)
+                    core.flush()
+                    if core.isEstablishingCancelled { core.cancelEstablishing() }
                 }
-                core.onEstablished = { c.resume(returning: $0) }
-                loop.register(fd: fd, source: core)
-                loop.addTimed(core)
-                core.flush()
             }
+        } onCancel: {
+            loop.execute { core.cancelEstablishing() }
         }
         try result.get()
         return QUICConnection(core: core)

@@ -289,6 +289,32 @@ struct LoopbackTests {
         await server.stop()
     }
 
+    @Test("a cancelled connect to a peer that drops every packet ends at once, not at the handshake timeout")
+    func cancelledConnect() async throws {
+        let silent = try makeUDPSocket(family: AF_INET)
+        defer { close(silent) }
+        var address = try UDPAddress.resolve(host: "127.0.0.1", port: 0)[0]
+        _ = address.withSockaddr { bind(silent, $0, $1) }
+        address = try localAddress(of: silent)
+        let port = address.port
+        var configuration = QUICConfiguration.default
+        configuration.handshakeTimeout = .seconds(60)
+        let attempt = Task { () throws(QUICError) -> QUICConnection in
+            try await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: configuration)
+        }
+        // Cancelled once its first Initial has arrived: the handshake is under way.
+        var buffer = [UInt8](repeating: 0, count: 2048)
+        while recv(silent, &buffer, buffer.count, Int32(MSG_DONTWAIT)) <= 0 { try await Task.sleep(for: .milliseconds(5)) }
+        attempt.cancel()
+        // Before, this waited out the 60 s handshake timeout and failed with it.
+        let outcome = await attempt.result
+        if case .failure(let error) = outcome {
+            #expect((error as? QUICError)?.kind == .cancelled, "\(error)")
+        } else {
+            Issue.record("connected to a peer that never answered")
+        }
+    }
+
     @Test("handshake timeout when nobody answers")
     func handshakeTimeout() async throws {
         // A bound UDP socket that never answers.

@@ -204,6 +204,33 @@ struct FaultRecoveryTests {
         await server.close()
     }
 
+    @Test("connect() and run() against an address that drops every packet end when cancelled, not at the QUIC handshake timeout")
+    func cancelledWhileDialling() async throws {
+        let silent = try SilentUDPPeer()
+        var quic = QUICConfiguration.default
+        quic.handshakeTimeout = .seconds(60)
+        quic.idleTimeout = .seconds(120)
+        let source = Source(name: "patient", zipper: "127.0.0.1:\(silent.port)", options: .init(quic: quic, retryConnect: true))
+        let sfn = StreamFunction(
+            name: "patient", zipper: "127.0.0.1:\(silent.port)", options: .init(observedTags: [1], quic: quic, retryConnect: true))
+        sfn.setHandler { _ in }
+        let attempts: [Task<Void, any Error>] = [
+            Task { try await source.connect() },
+            Task { try await sfn.run() },
+        ]
+        for attempt in attempts {
+            // Cancelled once its QUIC handshake is under way (its first Initial arrived).
+            await silent.nextDatagram()
+            attempt.cancel()
+            // Before, each waited out the 60 s handshake timeout: the error is a
+            // CancellationError either way, so what tells them apart is when.
+            let ended = Mutex<Result<Void, any Error>?>(nil)
+            Task { let outcome = await attempt.result; ended.withLock { $0 = outcome } }
+            #expect(await eventually(within: .seconds(20)) { ended.withLock { $0 != nil } }, "not ended 20 s after its cancellation")
+            await #expect(throws: CancellationError.self) { try await attempt.value }
+        }
+    }
+
     @Test("a zipper restarted with its reset key: an idle function learns of it by a stateless reset and is back fast")
     func restartDetectedByStatelessReset() async throws {
         let key = NSTemporaryDirectory() + "yomo-test-reset-\(UUID().uuidString).key"
@@ -503,5 +530,34 @@ struct FaultRecoveryTests {
         #expect(configuration.statelessResetKeyFile == "/var/lib/yomo/reset.key")
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "slow_consumer: {policy: shed}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_connections: 0}") }
+    }
+}
+
+/// A UDP socket on loopback that reads what arrives and never answers, as a
+/// host behind a firewall that drops packets.
+final class SilentUDPPeer: Sendable {
+    private let descriptor: Int32
+    let port: Int
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        descriptor = fd
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard fd >= 0, bound else { throw YoMoError(.invalidConfiguration, "no UDP socket for the silent peer") }
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    deinit { close(descriptor) }
+
+    /// Waits until a datagram arrives, and drops it.
+    func nextDatagram() async {
+        var buffer = [UInt8](repeating: 0, count: 2048)
+        while recv(descriptor, &buffer, buffer.count, 0) <= 0 { try? await Task.sleep(for: .milliseconds(5)) }
     }
 }
