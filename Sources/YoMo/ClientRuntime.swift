@@ -243,7 +243,15 @@ final class ClientRuntime: Sendable {
 
     /// Connects and serves in the caller's task until shutdown or a final error.
     func run(_ setup: Setup) async throws {
-        let session = try await connectFirst(setup)
+        let session: ClientSession
+        do {
+            // A graceful shutdown (SIGTERM to a ServiceGroup) must end the dialling
+            // too: against a zipper that never answered, run() redialled for good.
+            session = try await cancelWhenGracefulShutdown { try await self.connectFirst(setup) }
+        } catch {
+            if Task.isShuttingDownGracefully, endReason?.code == .closed { return }
+            throw error
+        }
         registerReadiness()
         // Served in a task of its own, joined by waiting for the end: run()
         // returns at the close deadline even if handlers ignore cancellation.
@@ -282,7 +290,9 @@ final class ClientRuntime: Sendable {
         do {
             return try await dialInitial(setup)
         } catch {
-            await endUnconnected(error, setup)
+            // Cancelled (or shut down) before the zipper answered: closed, not lost.
+            let cancelled = error is CancellationError || (error as? QUICError)?.kind == .cancelled
+            await endUnconnected(cancelled ? YoMoError(.closed, "\(name) closed while connecting") : error, setup)
             throw error
         }
     }

@@ -304,4 +304,35 @@ struct LifecycleTests {
             #expect(sfn.endReason?.code == .closed)
         }
     }
+
+    @Test("a stream function in a ServiceGroup stops on graceful shutdown while its zipper never answers",
+          arguments: ["refused", "silent"])
+    func serviceGroupWhileDialling(zipper: String) async throws {
+        let silent = try SilentUDPPeer()
+        // A closed port (ICMP unreachable), or an address that drops every packet.
+        let address = zipper == "refused" ? "127.0.0.1:\(try await freePort())" : "127.0.0.1:\(silent.port)"
+        let lines = Inbox<String>()
+        var options = StreamFunction.Options(observedTags: [0x33], retryConnect: true)
+        options.logger = Logger(label: "test.sfn") { _ in CapturingLogHandler(lines: lines) }
+        let sfn = StreamFunction(name: "service", zipper: address, options: options)
+        sfn.setHandler { _ in }
+        let group = ServiceGroup(services: [sfn], gracefulShutdownSignals: [], logger: Logger(label: "test"))
+        let outcome = Mutex<Result<Void, any Error>?>(nil)
+        let running = Task {
+            do { try await group.run(); outcome.withLock { $0 = .success(()) } } catch { outcome.withLock { $0 = .failure(error) } }
+        }
+        // Shut down while it dials: its first Initial arrived, or a dial failed.
+        if zipper == "silent" {
+            await silent.nextDatagram()
+        } else {
+            #expect(await eventually { lines.items.contains { $0.contains("cannot connect to zipper, retrying") } })
+        }
+        await group.triggerGracefulShutdown()
+        // Before, run() went on redialling: the group never returned.
+        let ended = await eventually(within: .seconds(20)) { outcome.withLock { $0 != nil } }
+        #expect(ended, "the group still runs 20 s after its graceful shutdown")
+        if !ended { running.cancel() }
+        #expect(throws: Never.self) { try outcome.withLock { $0 }?.get() }
+        #expect(sfn.endReason?.code == .closed, "\(String(describing: sfn.endReason))")
+    }
 }
