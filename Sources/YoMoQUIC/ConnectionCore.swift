@@ -206,8 +206,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
 
     /// Client: told when the stream is open (or the connect failed).
     var onEstablished: ((Result<Void, QUICError>) -> Void)?
-    /// Client: the task that connects was cancelled, possibly before
-    /// `onEstablished` was set (both run on the loop, in order).
+    /// Client: the task that connects was cancelled, possibly before the
+    /// connect began on the loop (both run there, in order).
     private var establishingCancelled = false
     /// Server hooks.
     weak var server: ServerCore?
@@ -700,7 +700,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         pending(.failure(.cancelled))
     }
 
-    /// Client: whether `cancelEstablishing()` came before `onEstablished` was set.
+    /// Client: whether `cancelEstablishing()` came before the connect began.
     var isEstablishingCancelled: Bool { establishingCancelled }
 
     private func openClientStream() {

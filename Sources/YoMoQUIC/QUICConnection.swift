@@ -73,6 +73,11 @@ public final class QUICConnection: Sendable {
         let result = await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Result<Void, QUICError>, Never>) in
                 loop.execute {
+                    // Cancelled before it began: send nothing (deinit closes the socket).
+                    if core.isEstablishingCancelled {
+                        c.resume(returning: .failure(.cancelled))
+                        return
+                    }
                     do throws(QUICError) {
                         let ng = try NGConnection.client(
                             local: local, remote: address, settings: NGSettings(quic: configuration, isServer: false, debugLog: debug),
@@ -86,7 +91,6 @@ public final class QUICConnection: Sendable {
                     loop.register(fd: fd, source: core)
                     loop.addTimed(core)
                     core.flush()
-                    if core.isEstablishingCancelled { core.cancelEstablishing() }
                 }
             }
         } onCancel: {
