@@ -160,6 +160,8 @@ final class ClientRuntime: Sendable {
         var handlers: Handlers?
         /// A redial's wait and dial, which close() cancels.
         var redialAttempt: Task<ClientSession?, any Error>?
+        /// The first connect's dialling (retries included), which close() cancels.
+        var initialDial: Task<ClientSession, any Error>?
 
         /// The close deadline, set by the first close request (or the first close).
         mutating func startCloseClock() -> ContinuousClock.Instant {
@@ -320,7 +322,22 @@ final class ClientRuntime: Sendable {
         }
     }
 
+    /// Dials in a task of its own, which close() cancels: the caller's task is
+    /// not the client's to cancel, and close() used to wait out the retry delay
+    /// or a QUIC handshake with a zipper that drops every packet.
     private func dialInitial(_ setup: Setup) async throws -> ClientSession {
+        let attempt = Task { try await self.dialUntilConnected(setup) }
+        // A close() that came before the task was stored is seen here.
+        let closing = state.withLock { state in
+            state.initialDial = attempt
+            return state.lifecycle.isClosing
+        }
+        if closing { attempt.cancel() }
+        defer { state.withLock { $0.initialDial = nil } }
+        return try await withTaskCancellationHandler { try await attempt.value } onCancel: { attempt.cancel() }
+    }
+
+    private func dialUntilConnected(_ setup: Setup) async throws -> ClientSession {
         while true {
             do {
                 let session = try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
@@ -330,12 +347,15 @@ final class ClientRuntime: Sendable {
                 return session
             } catch {
                 let action = state.withLock { $0.lifecycle.dialFailed(final: ClientCore.isFinal(error)) }
+                if case .end(.closed) = action { throw YoMoError(.closed, "\(name) closed while connecting") }
                 guard case .dialAfter(let delay) = action else { throw ClientCore.describe(error, zipper: setup.settings.zipper) }
                 logger.warning("cannot connect to zipper, retrying", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)", "retry_in": "\(delay)"])
-                try await Task.sleep(for: delay)
+                // Woken early by close() (closed) or by the caller's cancellation.
+                try? await Task.sleep(for: delay)
                 if case .end = state.withLock({ $0.lifecycle.waitEnded() }) {
                     throw YoMoError(.closed, "\(name) closed while connecting")
                 }
+                try Task.checkCancellation()
             }
         }
     }
@@ -869,9 +889,12 @@ final class ClientRuntime: Sendable {
     /// Stops reading (in-flight handlers finish, their writes go out, the
     /// connection closes), or stops waiting to redial; `close()` also waits.
     func beginClose() {
-        let (action, session, task, handlers, redialAttempt) = state.withLock { state in
+        let (action, session, task, handlers, redialAttempt, initialDial) = state.withLock { state in
             _ = state.startCloseClock()
-            return (state.lifecycle.closeRequested(), state.session, state.serveTask, state.handlers, state.redialAttempt)
+            return (
+                state.lifecycle.closeRequested(), state.session, state.serveTask, state.handlers, state.redialAttempt,
+                state.initialDial
+            )
         }
         // Reading may be held by the handlers' limits rather than waiting for a frame.
         handlers?.stopTaking()
@@ -881,6 +904,7 @@ final class ClientRuntime: Sendable {
             // Wakes the wait before a redial, or ends the dial. Once serving, not
             // the serving task: its handlers get until the deadline to finish.
             if handlers != nil { redialAttempt?.cancel() } else { task?.cancel() }
+            initialDial?.cancel()
         case .end:  // never connected
             end(YoMoError(.closed, "\(name) closed"))
             finish()

@@ -231,6 +231,38 @@ struct FaultRecoveryTests {
         }
     }
 
+    @Test("close() while connect() retries ends the dialling at once: between tries and during a QUIC handshake nobody answers",
+          arguments: ["refused", "silent"])
+    func closeWhileDialling(zipper: String) async throws {
+        let silent = try SilentUDPPeer()
+        let address = zipper == "refused" ? "127.0.0.1:\(try await freePort())" : "127.0.0.1:\(silent.port)"
+        var quic = QUICConfiguration.default
+        quic.handshakeTimeout = .seconds(60)
+        quic.idleTimeout = .seconds(120)
+        let lines = Inbox<String>()
+        var options = StreamFunction.Options(
+            observedTags: [1], quic: quic,
+            reconnect: ReconnectPolicy(firstRetryDelay: .seconds(60) ... .seconds(60), initialDelay: .seconds(60), maximumDelay: .seconds(60)),
+            retryConnect: true)
+        options.logger = Logger(label: "test.sfn") { _ in CapturingLogHandler(lines: lines) }
+        let sfn = StreamFunction(name: "patient", zipper: address, options: options)
+        sfn.setHandler { _ in }
+        let connecting = Task { try await sfn.connect() }
+        // Closed during the minute's wait before the next try, or during the handshake.
+        if zipper == "silent" {
+            await silent.nextDatagram()
+        } else {
+            #expect(await eventually { lines.items.contains { $0.contains("cannot connect to zipper, retrying") } })
+        }
+        let closed = Mutex(false)
+        Task { await sfn.close(); closed.withLock { $0 = true } }
+        // Before, close() waited out the wait or the handshake (a minute each here).
+        #expect(await eventually(within: .seconds(20)) { closed.withLock { $0 } }, "close() still waits 20 s later")
+        let error = await #expect(throws: YoMoError.self) { try await connecting.value }
+        #expect(error?.code == .closed, "\(String(describing: error))")
+        #expect(sfn.endReason?.code == .closed, "\(String(describing: sfn.endReason))")
+    }
+
     @Test("a zipper restarted with its reset key: an idle function learns of it by a stateless reset and is back fast")
     func restartDetectedByStatelessReset() async throws {
         let key = NSTemporaryDirectory() + "yomo-test-reset-\(UUID().uuidString).key"
