@@ -291,12 +291,8 @@ struct LoopbackTests {
 
     @Test("a cancelled connect to a peer that drops every packet ends at once, not at the handshake timeout")
     func cancelledConnect() async throws {
-        let silent = try makeUDPSocket(family: AF_INET)
+        let (silent, port) = try silentUDPSocket()
         defer { close(silent) }
-        var address = try UDPAddress.resolve(host: "127.0.0.1", port: 0)[0]
-        _ = address.withSockaddr { bind(silent, $0, $1) }
-        address = try localAddress(of: silent)
-        let port = address.port
         var configuration = QUICConfiguration.default
         configuration.handshakeTimeout = .seconds(60)
         let attempt = Task { () throws(QUICError) -> QUICConnection in
@@ -317,16 +313,11 @@ struct LoopbackTests {
 
     @Test("handshake timeout when nobody answers")
     func handshakeTimeout() async throws {
-        // A bound UDP socket that never answers.
-        let silent = try makeUDPSocket(family: AF_INET)
+        let (silent, port) = try silentUDPSocket()
         defer { close(silent) }
-        var address = try UDPAddress.resolve(host: "127.0.0.1", port: 0)[0]
-        _ = address.withSockaddr { bind(silent, $0, $1) }
-        address = try localAddress(of: silent)
         // Two attempts side by side with different timeouts: each must end at
         // its own, in that order. (The order, not an upper bound on the time,
         // since a loaded machine may deliver a failure late, never early.)
-        let port = address.port
         let clock = ContinuousClock()
         let start = clock.now
         let outcomes = await withTaskGroup(of: (timeout: Duration, kind: QUICError.Kind?, elapsed: Duration).self) { group in
@@ -462,4 +453,13 @@ final class ManagedCounter: @unchecked Sendable {
     private var value = 0
     func set(_ v: Int) { lock.lock(); value = v; lock.unlock() }
     func get() -> Int { lock.lock(); defer { lock.unlock() }; return value }
+}
+
+/// A UDP socket bound on loopback that never answers (the caller closes it), and its port.
+func silentUDPSocket() throws(QUICError) -> (descriptor: Int32, port: Int) {
+    let silent = try makeUDPSocket(family: AF_INET)
+    var address = try UDPAddress.resolve(host: "127.0.0.1", port: 0)[0]
+    _ = address.withSockaddr { bind(silent, $0, $1) }
+    address = try localAddress(of: silent)
+    return (silent, address.port)
 }
