@@ -93,6 +93,12 @@ final class MeshLink: Sendable {
     /// Frames dropped for this downstream so far.
     var dropped: Int { state.withLock { $0.backlog.dropped } }
 
+    /// Whether `clientID` is the id this link's client is dialling with: a
+    /// zipper that meets it in a handshake is this link's own downstream.
+    func isDialling(asClientID clientID: String) -> Bool {
+        state.withLock { $0.client?.clientID == clientID }
+    }
+
     /// Queues a frame for the downstream; never waits.
     func forward(_ frame: DataFrame) {
         let (admission, waiter) = state.withLock { state -> (MeshBacklog.Admission, CheckedContinuation<Void, Never>?) in

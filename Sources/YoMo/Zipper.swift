@@ -312,6 +312,10 @@ public final class Zipper: Sendable {
             await connection.closeAfterDelivery(reason: rejection.message, until: .now + options.handshakeTimeout)
             return
         }
+        if handshake.clientType == .upstreamZipper, let link = links.first(where: { $0.isDialling(asClientID: handshake.id) }) {
+            await refuseSelfLink(link, connection, connectionLogger)
+            return
+        }
         frameReader.setMaximumFrameSize(configuration.limits.maximumFrameSize)
         let forwardsToMesh = !links.isEmpty && MeshForwarding.forwards(from: handshake.clientType)
         var connectionMetadata = Metadata()
@@ -384,6 +388,19 @@ public final class Zipper: Sendable {
     static let bytesRoutedPerYield = 256 * 1024
 
     /// A connection refused before or at its handshake: `statistics` and the metric.
+    /// A mesh entry that names this zipper's own address under another name
+    /// (a zipper not given its entry's name skips no entry): the link reached
+    /// this zipper, and would bring every frame back to be delivered twice. The
+    /// link is stopped for good; the configuration must change.
+    private func refuseSelfLink(_ link: MeshLink, _ connection: QUICFrameConnection, _ logger: Logger) async {
+        countRefusal("mesh_self")
+        let message = "mesh entry \(link.peer.name) (\(link.peer.address)) is this zipper (\(configuration.name)) itself"
+        logger.error("\(message): its link is stopped, or every frame would be delivered here twice; give this zipper the entry's name (name:, --name) so that it skips its own entry, or remove the entry")
+        _ = try? await connection.write(.rejected(RejectedFrame(message: message)))
+        await connection.closeAfterDelivery(reason: message, until: .now + options.handshakeTimeout)
+        await link.close()
+    }
+
     private func countRefusal(_ reason: String) {
         state.withLock { $0.statistics.rejectedHandshakes += 1 }
         metrics.rejected(reason: reason)

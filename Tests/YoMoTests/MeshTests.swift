@@ -121,6 +121,38 @@ struct MeshLoopbackTests {
             options: .init(logger: Logger(label: "test.\(name)"), tracerProvider: tracerProvider))
     }
 
+    @Test("a mesh entry with this zipper's own address under another name: the link is refused and stopped, frames delivered once")
+    func selfLink() async throws {
+        let port = try await freePort()
+        let records = Inbox<String>()
+        let logger = Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) }
+        // Named "zipper", so it does not skip the entry "self", which is itself.
+        let zipper = Zipper(
+            configuration: ZipperConfiguration(host: "127.0.0.1", port: port, mesh: [.init(name: "self", host: "127.0.0.1", port: port)]),
+            options: .init(logger: logger))
+        try await zipper.start()
+        #expect(await eventually { records.items.contains { $0.contains("mesh entry self (127.0.0.1:\(port)) is this zipper (zipper) itself") } },
+                "\(records.items)")
+        #expect(zipper.statistics.rejectedHandshakes == 1)
+
+        let received = Inbox<String>()
+        let sfn = StreamFunction(name: "f", zipper: "127.0.0.1:\(port)", options: .init(observedTags: [0x33]))
+        sfn.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sfn.connect()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(port)")
+        try await source.connect()
+        // The function and the source only: the link to itself is gone for good.
+        #expect(zipper.connectionCount == 2)
+        let count = 20
+        for index in 0..<count { try await source.write(tag: 0x33, data: Array("frame \(index)".utf8)) }
+        #expect(await received.wait(for: count))
+        #expect(received.items == (0..<count).map { "frame \($0)" }, "each frame once, in order")
+        #expect(records.items.filter { $0.contains("mesh link starting") }.count == 1)
+        await source.close()
+        await sfn.close()
+        await zipper.close()
+    }
+
     @Test("two zippers listing each other: every frame once on both sides, replies come back, no loop")
     func twoWay() async throws {
         let portA = try await freePort(), portB = try await freePort()
