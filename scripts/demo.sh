@@ -43,10 +43,16 @@ trap cleanup EXIT INT TERM
 
 # Waits (up to 60 s) until `check` succeeds: fixed sleeps raced slow starts
 # (a debug build on a busy machine connected its function after the source wrote).
+# A program that exits meanwhile (a port in use) ends the wait at once, with its
+# last words.
 wait_for() {
-    local what="$1"; shift
+    local what="$1" pid="$2" log="$3"; shift 3
     for _ in $(seq 600); do
         if "$@" 2>/dev/null; then return 0; fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "demo: $what exited${log:+: $(tail -n 2 "$log")}" >&2
+            exit 1
+        fi
         sleep 0.1
     done
     echo "demo: $what did not come up in 60 s (logs in $logs)" >&2
@@ -56,16 +62,16 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 "$bin/yomo" trace-view --listen "127.0.0.1:$otlp_port" --quiet-ms 800 &
 pids+=($!)
-wait_for "the trace view" port_open "$otlp_port"
+wait_for "the trace view" "$!" "" port_open "$otlp_port"
 
 export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp_port"
 export OTEL_BSP_SCHEDULE_DELAY=200
 "$bin/yomo" serve --host 127.0.0.1 --port "$port" --metrics "127.0.0.1:$metrics_port" 2> "$logs/zipper.log" &
 pids+=($!)
-wait_for "the zipper" grep -q "zipper listening" "$logs/zipper.log"
+wait_for "the zipper" "$!" "$logs/zipper.log" grep -q "zipper listening" "$logs/zipper.log"
 "$bin/uppercase-sfn" --zipper "127.0.0.1:$port" --observe 0x33 --emit 0x34 --metrics "127.0.0.1:$((metrics_port + 1))" 2> "$logs/uppercase-sfn.log" &
 pids+=($!)
-wait_for "uppercase-sfn" grep -q "connected to zipper" "$logs/uppercase-sfn.log"
+wait_for "uppercase-sfn" "$!" "$logs/uppercase-sfn.log" grep -q "connected to zipper" "$logs/uppercase-sfn.log"
 
 targets="127.0.0.1:$metrics_port,127.0.0.1:$((metrics_port + 1))"
 if [ "$frames" = "0" ]; then
