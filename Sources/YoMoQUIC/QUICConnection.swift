@@ -32,20 +32,29 @@ public final class QUICConnection: Sendable {
         host: String, port: Int, configuration: QUICConfiguration = .default, tls: TLSConfiguration = .default
     ) async throws(QUICError) -> QUICConnection {
         try configuration.validate()
-        let addresses = try UDPAddress.resolve(host: host, port: port)
+        let addresses = try UDPAddress.resolve(host: host, port: port).preferringIPv4()
+        return try await connect(toAny: addresses, host: host, configuration: configuration, tls: tls)
+    }
+
+    /// Tries each address in turn, IPv4 first as Go's resolver orders them. A
+    /// refused port (ICMP unreachable) moves on at once; so does an address
+    /// that never answers (a black-holed IPv6 route), after the handshake
+    /// timeout: before, it ended the attempt, and retries met it again. TLS
+    /// and protocol failures end the attempt.
+    static func connect(
+        toAny addresses: [UDPAddress], host: String, configuration: QUICConfiguration, tls: TLSConfiguration
+    ) async throws(QUICError) -> QUICConnection {
         let credentials = try TLSCredentials(client: tls)
-        // Try each address in turn ("localhost" may be ::1 then 127.0.0.1); a refused
-        // port (ICMP unreachable) moves on at once, other failures end the attempt.
         var lastError: QUICError?
         for address in addresses {
             do throws(QUICError) {
                 return try await connect(to: address, host: host, configuration: configuration, tls: tls, credentials: credentials)
             } catch {
                 lastError = error
-                if error.kind != .socket { throw error }
+                guard [.socket, .handshakeTimeout, .idleTimeout].contains(error.kind) else { throw error }
             }
         }
-        throw lastError!
+        throw lastError ?? .addressResolution(host, "no addresses")
     }
 
     private static func connect(

@@ -83,6 +83,15 @@ struct UDPAddress: Sendable, CustomStringConvertible {
     }
 }
 
+extension [UDPAddress] {
+    /// IPv4 addresses first, each family in the resolver's order: what Go's
+    /// `ResolveUDPAddr` picks, so a name the Go SDK reaches over IPv4 is not
+    /// tried over a broken IPv6 route first.
+    func preferringIPv4() -> [UDPAddress] {
+        filter { $0.family == AF_INET } + filter { $0.family != AF_INET }
+    }
+}
+
 /// A non-blocking UDP socket with large buffers and receive coalescing.
 func makeUDPSocket(family: Int32) throws(QUICError) -> Int32 {
     let fd = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

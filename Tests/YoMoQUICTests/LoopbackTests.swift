@@ -311,6 +311,27 @@ struct LoopbackTests {
         }
     }
 
+    @Test("an address that never answers is passed over for the next one after the handshake timeout; IPv4 comes first")
+    func silentAddressPassedOver() async throws {
+        let (silent, silentPort) = try silentUDPSocket()
+        defer { close(silent) }
+        let server = try await EchoServer()
+        let addresses = [
+            try UDPAddress.resolve(host: "127.0.0.1", port: silentPort)[0], try UDPAddress.resolve(host: "127.0.0.1", port: server.port)[0],
+        ]
+        var configuration = QUICConfiguration.default
+        configuration.handshakeTimeout = .milliseconds(300)
+        // Before, the silent address's handshake timeout ended the attempt.
+        let connection = try await QUICConnection.connect(toAny: addresses, host: "127.0.0.1", configuration: configuration, tls: .default)
+        #expect(String(buffer: try await echo(connection, ByteBuffer(string: "second"))) == "second")
+        await connection.close()
+        await server.stop()
+
+        let v6 = try UDPAddress.resolve(host: "::1", port: 1)[0], v4 = try UDPAddress.resolve(host: "127.0.0.1", port: 2)[0]
+        let v6b = try UDPAddress.resolve(host: "::1", port: 3)[0], v4b = try UDPAddress.resolve(host: "127.0.0.2", port: 4)[0]
+        #expect([v6, v4, v6b, v4b].preferringIPv4().map(\.description) == ["127.0.0.1:2", "127.0.0.2:4", "[::1]:1", "[::1]:3"])
+    }
+
     @Test("handshake timeout when nobody answers")
     func handshakeTimeout() async throws {
         let (silent, port) = try silentUDPSocket()
