@@ -142,7 +142,8 @@ enum ClientCore {
     }
 
     /// Maps a transport error to what it means for a YoMo client.
-    static func describe(_ error: any Error, zipper: ZipperAddress) -> YoMoError {
+    /// `dialling`: the error ended a dial, not a connection that was up.
+    static func describe(_ error: any Error, zipper: ZipperAddress, dialling: Bool = false) -> YoMoError {
         if let error = error as? YoMoError { return error }
         if let error = error as? WireError {
             return YoMoError(.protocolViolation, "zipper \(zipper) sent a bad frame: \(error.message.peerText(limit: peerMessageLimit))")
@@ -154,6 +155,7 @@ enum ClientCore {
             }
             return YoMoError(.closedByPeer, "zipper \(zipper) closed the connection (code 0x\(String(code, radix: 16)))\(reason)")
         }
+        if dialling { return YoMoError(.notConnected, "cannot connect to zipper \(zipper): \(error)") }
         return YoMoError(.notConnected, "connection to zipper \(zipper) lost: \(error)")
     }
 }

@@ -301,7 +301,7 @@ final class ClientRuntime: Sendable {
 
     /// The first connection failed for good: the client ends, its own provider flushed.
     private func endUnconnected(_ error: any Error, _ setup: Setup) async {
-        end(ClientCore.describe(error, zipper: setup.settings.zipper))
+        end(ClientCore.describe(error, zipper: setup.settings.zipper, dialling: true))
         await setup.ownedProvider?.shutdown()
         finish()
     }
@@ -348,7 +348,7 @@ final class ClientRuntime: Sendable {
             } catch {
                 let action = state.withLock { $0.lifecycle.dialFailed(final: ClientCore.isFinal(error)) }
                 if case .end(.closed) = action { throw YoMoError(.closed, "\(name) closed while connecting") }
-                guard case .dialAfter(let delay) = action else { throw ClientCore.describe(error, zipper: setup.settings.zipper) }
+                guard case .dialAfter(let delay) = action else { throw ClientCore.describe(error, zipper: setup.settings.zipper, dialling: true) }
                 logger.warning("cannot connect to zipper, retrying", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)", "retry_in": "\(delay)"])
                 // Woken early by close() (closed) or by the caller's cancellation.
                 try? await Task.sleep(for: delay)
@@ -506,7 +506,7 @@ final class ClientRuntime: Sendable {
                 setup.metrics.reconnected()
             } catch {
                 let action = state.withLock { $0.lifecycle.dialFailed(final: ClientCore.isFinal(error)) }
-                let reason = ClientCore.describe(error, zipper: setup.settings.zipper)
+                let reason = ClientCore.describe(error, zipper: setup.settings.zipper, dialling: true)
                 switch action {
                 case .dialAfter(let wait):
                     logger.warning("reconnect failed", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)", "retry_in": "\(wait)"])

@@ -179,6 +179,16 @@ struct LifecycleTests {
         await zipper.close()
     }
 
+    @Test("a connect() that fails says it could not connect, not that a connection was lost")
+    func connectFailureWording() async throws {
+        let port = try await freePort()
+        let source = Source(name: "s", zipper: "127.0.0.1:\(port)")
+        let error = await #expect(throws: YoMoError.self) { try await source.connect() }
+        #expect(error?.code == .notConnected)
+        #expect(error?.message.hasPrefix("cannot connect to zipper 127.0.0.1:\(port): ") == true, "\(String(describing: error))")
+        #expect(source.endReason?.message == error?.message)
+    }
+
     @Test("a zipper that shuts down ends its clients with that reason, without reconnecting")
     func listenerShutdown() async throws {
         let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
