@@ -43,6 +43,7 @@ extension Zipper {
     func validate() throws(YoMoError) {
         func invalid(_ what: String) -> YoMoError { YoMoError(.invalidConfiguration, "zipper \(configuration.name): \(what)") }
         guard (0...65535).contains(configuration.port) else { throw invalid("port must be from 0 to 65535, not \(configuration.port)") }
+        if let problem = configuration.authentication?.problem { throw invalid(problem) }
         let limits = configuration.limits
         for (name, value) in [
             ("maximumConnections", limits.maximumConnections), ("maximumPendingHandshakes", limits.maximumPendingHandshakes),

@@ -131,6 +131,14 @@ public struct ZipperAuthentication: Hashable, Sendable, CustomStringConvertible 
         }
     }
 
+    /// What makes this method unusable, if anything: an empty token (the YAML
+    /// refuses one; `--token "$UNSET"` gave one) lets in whoever sends `token:`.
+    var problem: String? {
+        switch method {
+        case .token(let token): token.isEmpty ? "token authentication needs a non-empty token" : nil
+        }
+    }
+
     public var description: String { "\(name) authentication" }
 }
 

@@ -287,7 +287,7 @@ struct HandlerLifecycleTests {
     }
 
     enum BadZipperSetting: String, CaseIterable, Sendable {
-        case slowConsumerBytes, frameSize, meshQueueFrames, port
+        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken
 
         var expected: String {
             switch self {
@@ -295,6 +295,7 @@ struct HandlerLifecycleTests {
             case .frameSize: "maximumFrameSize must be positive, not -1"
             case .meshQueueFrames: "meshQueue.maximumFrames must be positive, not 0"
             case .port: "port must be from 0 to 65535, not 70000"
+            case .emptyToken: "token authentication needs a non-empty token"
             }
         }
 
@@ -304,6 +305,7 @@ struct HandlerLifecycleTests {
             case .frameSize: configuration.limits.maximumFrameSize = -1
             case .meshQueueFrames: configuration.meshQueue.maximumFrames = 0
             case .port: configuration.port = 70000
+            case .emptyToken: configuration.authentication = .token("")
             }
         }
     }
