@@ -23,6 +23,7 @@ final class DataPathMetrics: Sendable {
     private let routingDuration: Histogram
     let connections: UpDownCounter
     let rejectedHandshakes: Counter
+    private let unacknowledgedLost: Counter
 
     struct Consumer: Sendable {
         let duration: BoundHistogram
@@ -81,6 +82,9 @@ final class DataPathMetrics: Sendable {
         connections = meter.upDownCounter("yomo.zipper.connections", unit: "{connection}", description: "Clients connected, by client type.")
         rejectedHandshakes = meter.counter(
             "yomo.zipper.rejected.handshakes", unit: "{handshake}", description: "Connections refused before or at their handshake, by reason.")
+        unacknowledgedLost = meter.counter(
+            "yomo.zipper.unacknowledged.lost", unit: "By",
+            description: "Bytes written to clients whose connections ended before they acknowledged them: lost with the connection.")
     }
 
     var isEnabled: Bool { enabled }
@@ -243,6 +247,10 @@ final class DataPathMetrics: Sendable {
 
     func rejected(reason: String) {
         rejectedHandshakes.add(1, attributes: baseAttributes.with("reason", reason))
+    }
+
+    func lostUnacknowledged(_ bytes: Int, clientType: ClientType) {
+        unacknowledgedLost.add(Double(bytes), attributes: baseAttributes.with("yomo.client.type", clientTypeName(clientType)))
     }
 
     private func clientTypeName(_ type: ClientType) -> String {

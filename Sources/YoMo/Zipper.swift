@@ -118,6 +118,10 @@ public final class Zipper: Sendable {
         /// unreachable (its queue, or its link's buffer while reconnecting, was
         /// full), summed over the downstreams.
         public var meshDroppedFrames = 0
+        /// Bytes written to clients whose connections ended before they
+        /// acknowledged them (a function frozen, killed or cut off): the
+        /// frames in them were lost with the connection.
+        public var unacknowledgedBytesLost = 0
     }
 
     public let configuration: ZipperConfiguration
@@ -381,6 +385,17 @@ public final class Zipper: Sendable {
             connectionLogger.info("client disconnected", metadata: ["error": "\(error)"])
         }
         await connection.close(reason: closeReason)
+        // Frames written to it and never acknowledged went with the connection
+        // (nothing resends toward a client): a frozen or killed function's
+        // share was counted as delivered and lost without a word.
+        let unacknowledged = connection.connection.unacknowledgedBytes
+        if unacknowledged > 0 {
+            state.withLock { $0.statistics.unacknowledgedBytesLost += unacknowledged }
+            metrics.lostUnacknowledged(unacknowledged, clientType: handshake.clientType)
+            connectionLogger.warning(
+                "frames written to this client were not acknowledged before its connection ended: lost with it",
+                metadata: ["unacknowledged_bytes": "\(unacknowledged)"])
+        }
     }
 
     /// Bytes a connection's task queues for its destinations on the loop

@@ -5,6 +5,7 @@ import Synchronization
 import Testing
 import Tracing
 import YoMoLogging
+import YoMoMetrics
 import YoMoQUIC
 import YoMoTracing
 import YoMoWire
@@ -261,6 +262,51 @@ struct FaultRecoveryTests {
         let error = await #expect(throws: YoMoError.self) { try await connecting.value }
         #expect(error?.code == .closed, "\(String(describing: error))")
         #expect(sfn.endReason?.code == .closed, "\(String(describing: sfn.endReason))")
+    }
+
+    @Test("frames written to a stream function that froze are counted and reported lost when its connection ends")
+    func frozenFunctionLoss() async throws {
+        let records = Inbox<String>()
+        let metrics = MeterProvider(configuration: .init(serviceName: "zipper", environment: [:]))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: metrics)
+        defer { Task { await endpoint.close() } }
+        var options = Zipper.Options(logger: Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) }, meterProvider: metrics)
+        options.quic.idleTimeout = .seconds(1)
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: options)
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        // A real process, so that it can be frozen (SIGSTOP): its QUIC stack
+        // then acknowledges nothing, as a hung machine's would.
+        let function = Process()
+        function.executableURL = try builtExecutable("uppercase-sfn")
+        function.arguments = ["--zipper", address]
+        function.standardError = FileHandle.nullDevice
+        try function.run()
+        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+        #expect(await eventually { zipper.connectionCount == 1 })
+        let source = Source(name: "source", zipper: address)
+        try await source.connect()
+        kill(function.processIdentifier, SIGSTOP)
+        // Frames keep going to it until the zipper's 1 s idle timeout ends the connection.
+        var written = 0
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(20)
+        while zipper.statistics.unacknowledgedBytesLost == 0, clock.now < deadline {
+            try await source.write(tag: 0x33, data: Array("frame \(written)".utf8))
+            written += 1
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let lost = zipper.statistics.unacknowledgedBytesLost
+        #expect(lost > 0, "nothing reported lost after \(written) frames to a frozen function")
+        #expect(records.items.contains { $0.contains("not acknowledged before its connection ended") && $0.contains("unacknowledged_bytes=\(lost)") },
+                "\(records.items.filter { $0.contains("acknowledged") })")
+        let page = await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body ?? ""
+        let series = page.split(separator: "\n").filter { $0.hasPrefix("yomo_zipper_unacknowledged_lost_bytes_total{") }
+        #expect(series.contains { $0.contains("yomo_client_type=\"stream_function\"") && $0.hasSuffix(" \(lost)") }, "\(series)")
+        kill(function.processIdentifier, SIGKILL)
+        await waitForExit(function)
+        await source.close()
+        await zipper.close()
     }
 
     @Test("a zipper restarted with its reset key: an idle function learns of it by a stateless reset and is back fast")

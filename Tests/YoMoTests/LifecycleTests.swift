@@ -10,14 +10,17 @@ import YoMoWire
 @testable import YoMo
 
 /// The `yomo` executable built beside the tests.
-func yomoExecutable() throws -> URL {
+func yomoExecutable() throws -> URL { try builtExecutable("yomo") }
+
+/// A product of the package (`yomo`, `uppercase-sfn`) built beside the tests.
+func builtExecutable(_ name: String) throws -> URL {
     let candidates = [
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("yomo"),
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name),
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent(".build/debug/yomo"),
+            .appendingPathComponent(".build/debug/\(name)"),
     ]
     guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
-        throw YoMoError(.invalidConfiguration, "yomo executable not found (build all products first): \(candidates.map(\.path))")
+        throw YoMoError(.invalidConfiguration, "\(name) executable not found (build all products first): \(candidates.map(\.path))")
     }
     return found
 }
