@@ -102,6 +102,9 @@ public final class Zipper: Sendable {
         var pendingHandshakes = 0
         var statistics = Statistics()
         var readinessProbe: Int?
+        /// Unacknowledged bytes of the connections that ended with the zipper's
+        /// close, and how many: one line for all, not one per client.
+        var lostAtClose = (clients: 0, bytes: 0)
     }
 
     /// What the zipper refused or dropped since it started.
@@ -192,8 +195,10 @@ public final class Zipper: Sendable {
             await accept(server)
         } onCancelOrGracefulShutdown: {
             // Closing ends `connections`, which ends the accept loop.
+            self.state.withLock { $0.closed = true }
             Task { await server.close(reason: Self.shutdownReason) }
         }
+        reportLostAtClose()
     }
 
     /// Closes every connection with the listener-shutdown signal (code 0) and stops listening.
@@ -206,7 +211,21 @@ public final class Zipper: Sendable {
         if let probe = state.withLock({ $0.readinessProbe }) { Readiness.shared.remove(probe) }
         await server?.close(reason: Self.shutdownReason)
         await task?.value
+        reportLostAtClose()
         await ownedProvider?.shutdown(timeout: max(deadline - ContinuousClock.now, .milliseconds(250)))
+    }
+
+    /// One line for what the connections closed with the zipper had not
+    /// acknowledged, rather than one per client (thousands at a shutdown).
+    private func reportLostAtClose() {
+        let lost = state.withLock { state in
+            defer { state.lostAtClose = (0, 0) }
+            return state.lostAtClose
+        }
+        guard lost.clients > 0 else { return }
+        logger.warning("frames written to clients were not acknowledged before the zipper closed their connections: lost with them", metadata: [
+            "clients": "\(lost.clients)", "unacknowledged_bytes": "\(lost.bytes)",
+        ])
     }
 
     /// Sent with application code 0, YoMo's "listener shut down".
@@ -390,11 +409,20 @@ public final class Zipper: Sendable {
         // share was counted as delivered and lost without a word.
         let unacknowledged = connection.connection.unacknowledgedBytes
         if unacknowledged > 0 {
-            state.withLock { $0.statistics.unacknowledgedBytesLost += unacknowledged }
+            let closing = state.withLock { state -> Bool in
+                state.statistics.unacknowledgedBytesLost += unacknowledged
+                if state.closed {
+                    state.lostAtClose.clients += 1
+                    state.lostAtClose.bytes += unacknowledged
+                }
+                return state.closed
+            }
             metrics.lostUnacknowledged(unacknowledged, clientType: handshake.clientType)
-            connectionLogger.warning(
-                "frames written to this client were not acknowledged before its connection ended: lost with it",
-                metadata: ["unacknowledged_bytes": "\(unacknowledged)"])
+            if !closing {
+                connectionLogger.warning(
+                    "frames written to this client were not acknowledged before its connection ended: lost with it",
+                    metadata: ["unacknowledged_bytes": "\(unacknowledged)"])
+            }
         }
     }
 

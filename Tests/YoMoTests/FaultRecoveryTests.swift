@@ -309,6 +309,46 @@ struct FaultRecoveryTests {
         await zipper.close()
     }
 
+    @Test("frames unacknowledged by frozen functions when the zipper closes: one line for all of them")
+    func frozenFunctionsAtClose() async throws {
+        let records = Inbox<String>()
+        var options = Zipper.Options(logger: Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) })
+        options.quic.idleTimeout = .seconds(30)
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: options)
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        var frozen: [Process] = []
+        defer { for process in frozen where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        for _ in 0..<2 {
+            let function = Process()
+            function.executableURL = try builtExecutable("uppercase-sfn")
+            function.arguments = ["--zipper", address]
+            function.standardError = FileHandle.nullDevice
+            try function.run()
+            frozen.append(function)
+        }
+        #expect(await eventually { zipper.connectionCount == 2 })
+        // A healthy observer of the same tag: once it has every frame, the
+        // zipper has written them to the frozen two as well.
+        let received = Inbox<String>()
+        let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x33]))
+        healthy.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await healthy.connect()
+        for process in frozen { kill(process.processIdentifier, SIGSTOP) }
+        let source = Source(name: "source", zipper: address)
+        try await source.connect()
+        for index in 0..<20 { try await source.write(tag: 0x33, data: Array("frame \(index)".utf8)) }
+        #expect(await received.wait(for: 20))
+        await zipper.close()
+        let lines = records.items.filter { $0.contains("not acknowledged") }
+        #expect(lines.count == 1, "\(lines)")
+        #expect(lines.first?.contains("before the zipper closed their connections") == true && lines.first?.contains("clients=2") == true,
+                "\(lines)")
+        #expect(lines.first?.contains("unacknowledged_bytes=\(zipper.statistics.unacknowledgedBytesLost)") == true, "\(lines)")
+        await source.close()
+        await healthy.close()
+    }
+
     @Test("a zipper restarted with its reset key: an idle function learns of it by a stateless reset and is back fast")
     func restartDetectedByStatelessReset() async throws {
         let key = NSTemporaryDirectory() + "yomo-test-reset-\(UUID().uuidString).key"
