@@ -158,10 +158,9 @@ final class ClientRuntime: Sendable {
         var finished = false
         /// Set while serving, so that close() stops them taking frames.
         var handlers: Handlers?
-        /// A redial's wait and dial, which close() cancels.
-        var redialAttempt: Task<ClientSession?, any Error>?
-        /// The first connect's dialling (retries included), which close() cancels.
-        var initialDial: Task<ClientSession, any Error>?
+        /// Cancels the dial under way (the first connect's, with its retries, or
+        /// a redial's wait and dial): close() calls it.
+        var cancelDial: (@Sendable () -> Void)?
 
         /// The close deadline, set by the first close request (or the first close).
         mutating func startCloseClock() -> ContinuousClock.Instant {
@@ -322,18 +321,24 @@ final class ClientRuntime: Sendable {
         }
     }
 
-    /// Dials in a task of its own, which close() cancels: the caller's task is
-    /// not the client's to cancel, and close() used to wait out the retry delay
-    /// or a QUIC handshake with a zipper that drops every packet.
+    /// Without it, close() waited out the retry delay or a QUIC handshake with
+    /// a zipper that drops every packet.
     private func dialInitial(_ setup: Setup) async throws -> ClientSession {
-        let attempt = Task { try await self.dialUntilConnected(setup) }
+        try await dialCancelledByClose { try await self.dialUntilConnected(setup) }
+    }
+
+    /// Runs a dial (its waits included) in a task of its own, which close()
+    /// cancels: the task awaiting it is not close()'s to cancel (the caller's,
+    /// or the serving task, which also holds the handlers still running).
+    private func dialCancelledByClose<T: Sendable>(_ dial: @escaping @Sendable () async throws -> T) async throws -> T {
+        let attempt = Task { try await dial() }
         // A close() that came before the task was stored is seen here.
         let closing = state.withLock { state in
-            state.initialDial = attempt
+            state.cancelDial = { attempt.cancel() }
             return state.lifecycle.isClosing
         }
         if closing { attempt.cancel() }
-        defer { state.withLock { $0.initialDial = nil } }
+        defer { state.withLock { $0.cancelDial = nil } }
         return try await withTaskCancellationHandler { try await attempt.value } onCancel: { attempt.cancel() }
     }
 
@@ -523,24 +528,14 @@ final class ClientRuntime: Sendable {
         }
     }
 
-    /// Waits `delay`, then dials; nil when close() came first. In a task of
-    /// its own, which close() cancels: cancelling the serving task would also
-    /// cancel the handlers still running from the last connection.
+    /// Waits `delay`, then dials; nil when close() came first.
     private func redial(after delay: Duration, _ setup: Setup) async throws -> ClientSession? {
         let clientID = self.clientID
-        let attempt = Task { [self] () async throws -> ClientSession? in
+        return try await dialCancelledByClose { [self] () async throws -> ClientSession? in
             try? await Task.sleep(for: delay)
             if case .end = state.withLock({ $0.lifecycle.waitEnded() }) { return nil }
             return try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
         }
-        // close() cancels the attempt it finds here; one that came before it was stored is seen now.
-        let closing = state.withLock { state in
-            state.redialAttempt = attempt
-            return state.lifecycle.isClosing
-        }
-        if closing { attempt.cancel() }
-        defer { state.withLock { $0.redialAttempt = nil } }
-        return try await attempt.value
     }
 
     /// Ends the client for a reason it did not choose, and tells the error handler.
@@ -889,12 +884,9 @@ final class ClientRuntime: Sendable {
     /// Stops reading (in-flight handlers finish, their writes go out, the
     /// connection closes), or stops waiting to redial; `close()` also waits.
     func beginClose() {
-        let (action, session, task, handlers, redialAttempt, initialDial) = state.withLock { state in
+        let (action, session, task, handlers, cancelDial) = state.withLock { state in
             _ = state.startCloseClock()
-            return (
-                state.lifecycle.closeRequested(), state.session, state.serveTask, state.handlers, state.redialAttempt,
-                state.initialDial
-            )
+            return (state.lifecycle.closeRequested(), state.session, state.serveTask, state.handlers, state.cancelDial)
         }
         // Reading may be held by the handlers' limits rather than waiting for a frame.
         handlers?.stopTaking()
@@ -903,8 +895,8 @@ final class ClientRuntime: Sendable {
         case .cancelWait:
             // Wakes the wait before a redial, or ends the dial. Once serving, not
             // the serving task: its handlers get until the deadline to finish.
-            if handlers != nil { redialAttempt?.cancel() } else { task?.cancel() }
-            initialDial?.cancel()
+            cancelDial?()
+            if handlers == nil { task?.cancel() }
         case .end:  // never connected
             end(YoMoError(.closed, "\(name) closed"))
             finish()
