@@ -99,5 +99,8 @@ struct ZipperAddress: Hashable, Sendable, CustomStringConvertible {
         guard !host.isEmpty, (1...65535).contains(port) else { throw invalid }
     }
 
-    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    var description: String { Self.format(host: host, port: port) }
+
+    /// `host:port`, an IPv6 host in brackets (`[::1]:9000`), as clients write it.
+    static func format(host: String, port: Int) -> String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }

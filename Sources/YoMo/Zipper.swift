@@ -141,7 +141,7 @@ public final class Zipper: Sendable {
     public init(configuration: ZipperConfiguration = ZipperConfiguration(), options: Options = Options()) {
         self.configuration = configuration
         self.options = options
-        let logger = options.logger.yomoZipper(address: configuration.hostAndPort(configuration.port))
+        let logger = options.logger.yomoZipper(address: ZipperAddress.format(host: configuration.host, port: configuration.port))
         self.logger = logger
         self.authority = HandshakeAuthority(version: configuration.version, authentication: configuration.authentication)
         (tracing, ownedProvider) = DataPathTracer.resolve(options.tracerProvider, serviceName: configuration.name, scope: "Zipper")
@@ -165,7 +165,7 @@ public final class Zipper: Sendable {
 
     /// `host:port` clients can dial, once started.
     public var address: String? {
-        state.withLock { state in state.server.map { configuration.hostAndPort($0.port) } }
+        state.withLock { state in state.server.map { ZipperAddress.format(host: configuration.host, port: $0.port) } }
     }
 
     /// Number of connected clients.
@@ -261,7 +261,7 @@ public final class Zipper: Sendable {
             $0.readinessProbe = probe
         }
         logger.info("zipper listening", metadata: [
-            "zipper_addr": "\(configuration.hostAndPort(server.port))", "zipper_name": "\(configuration.name)",
+            "zipper_addr": "\(ZipperAddress.format(host: configuration.host, port: server.port))", "zipper_name": "\(configuration.name)",
             "auth": "\(configuration.authentication.map { "\($0)" } ?? "none")",
             "mesh": "\(links.map { "\($0.peer.name)=\($0.peer.address)" })",
         ])
@@ -716,11 +716,4 @@ extension String {
     /// A peer-supplied string as it goes into a log line: at most 64 characters,
     /// with the full length said when cut, and no control characters.
     var forLog: String { peerText(limit: 64) }
-}
-
-extension ZipperConfiguration {
-    /// `host:port`, an IPv6 host in brackets (`[::]:9000`), as clients write it.
-    func hostAndPort(_ port: Int) -> String {
-        "\(host.contains(":") ? "[\(host)]" : host):\(port)"
-    }
 }

@@ -134,7 +134,7 @@ public struct ZipperConfiguration: Hashable, Sendable {
         }
 
         /// `host:port`, bracketed for IPv6.
-        public var address: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+        public var address: String { ZipperAddress.format(host: host, port: port) }
     }
 
     /// Frames queued for one downstream zipper that has not taken them yet;
