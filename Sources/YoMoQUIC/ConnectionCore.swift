@@ -208,7 +208,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     var onEstablished: ((Result<Void, QUICError>) -> Void)?
     /// Client: the task that connects was cancelled, possibly before the
     /// connect began on the loop (both run there, in order).
-    private var establishingCancelled = false
+    private(set) var isEstablishingCancelled = false
     /// Server hooks.
     weak var server: ServerCore?
     var routes: Set<ConnectionID> = []
@@ -693,15 +693,12 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// handshake timeout: a peer that drops every packet held a cancelled
     /// `connect()` for that long.
     func cancelEstablishing() {
-        establishingCancelled = true
+        isEstablishingCancelled = true
         guard let pending = onEstablished else { return }
         onEstablished = nil
         closeLocally(code: QUICError.yomoCloseCode, reason: "cancelled")
         pending(.failure(.cancelled))
     }
-
-    /// Client: whether `cancelEstablishing()` came before the connect began.
-    var isEstablishingCancelled: Bool { establishingCancelled }
 
     private func openClientStream() {
         guard isActive, streamID == nil, let ng else { return }

@@ -32,11 +32,11 @@ public final class QUICConnection: Sendable {
         host: String, port: Int, configuration: QUICConfiguration = .default, tls: TLSConfiguration = .default
     ) async throws(QUICError) -> QUICConnection {
         try configuration.validate()
-        let addresses = try UDPAddress.resolve(host: host, port: port).preferringIPv4()
+        let addresses = try UDPAddress.resolve(host: host, port: port)
         return try await connect(toAny: addresses, host: host, configuration: configuration, tls: tls)
     }
 
-    /// Tries each address in turn, IPv4 first as Go's resolver orders them. A
+    /// Tries each address in turn (`resolve` puts IPv4 first, as Go's resolver does). A
     /// refused port (ICMP unreachable) moves on at once; so does an address
     /// that never answers (a black-holed IPv6 route), after the handshake
     /// timeout: before, it ended the attempt, and retries met it again. TLS

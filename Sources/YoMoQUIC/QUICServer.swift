@@ -56,7 +56,7 @@ public final class QUICServer: Sendable {
         if let statelessResetKey, statelessResetKey.count < 16 {
             throw .invalidConfiguration("the stateless reset key must be at least 16 bytes")
         }
-        let address = try UDPAddress.resolve(host: host, port: port).preferringIPv4()[0]
+        let address = try UDPAddress.resolve(host: host, port: port)[0]
         let credentials = try TLSCredentials(server: tls)
         let fd = try makeUDPSocket(family: address.family)
         // No SO_REUSEADDR: on Linux it lets a second UDP socket bind the same

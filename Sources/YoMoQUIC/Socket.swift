@@ -48,7 +48,8 @@ struct UDPAddress: Sendable, CustomStringConvertible {
         }
     }
 
-    /// Resolves a host and port for UDP (`getaddrinfo`), IPv4 and IPv6.
+    /// Resolves a host and port for UDP (`getaddrinfo`), IPv4 and IPv6, the
+    /// IPv4 addresses first (`preferringIPv4()`).
     static func resolve(host: String, port: Int) throws(QUICError) -> [UDPAddress] {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
@@ -79,7 +80,7 @@ struct UDPAddress: Sendable, CustomStringConvertible {
             cursor = ai.pointee.ai_next
         }
         if out.isEmpty { throw .addressResolution(host, "no addresses") }
-        return out
+        return out.preferringIPv4()
     }
 }
 
