@@ -277,11 +277,7 @@ struct FaultRecoveryTests {
         let address = try #require(zipper.address)
         // A real process, so that it can be frozen (SIGSTOP): its QUIC stack
         // then acknowledges nothing, as a hung machine's would.
-        let function = Process()
-        function.executableURL = try builtExecutable("uppercase-sfn")
-        function.arguments = ["--zipper", address]
-        function.standardError = FileHandle.nullDevice
-        try function.run()
+        let function = try startFunctionProcess(zipper: address)
         defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
         #expect(await eventually { zipper.connectionCount == 1 })
         let source = Source(name: "source", zipper: address)
@@ -319,14 +315,7 @@ struct FaultRecoveryTests {
         let address = try #require(zipper.address)
         var frozen: [Process] = []
         defer { for process in frozen where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-        for _ in 0..<2 {
-            let function = Process()
-            function.executableURL = try builtExecutable("uppercase-sfn")
-            function.arguments = ["--zipper", address]
-            function.standardError = FileHandle.nullDevice
-            try function.run()
-            frozen.append(function)
-        }
+        for _ in 0..<2 { frozen.append(try startFunctionProcess(zipper: address)) }
         #expect(await eventually { zipper.connectionCount == 2 })
         // A healthy observer of the same tag: once it has every frame, the
         // zipper has written them to the frozen two as well.
@@ -578,20 +567,9 @@ struct FaultRecoveryTests {
         // home that does not exist, the directory of the key cannot be made.
         let blocked = directory + "/not-a-directory"
         #expect(FileManager.default.createFile(atPath: blocked, contents: Data()))
-        func serve(_ arguments: [String], state: String) throws -> (Process, Task<String, Never>) {
-            let process = Process()
-            process.executableURL = try yomoExecutable()
-            process.arguments = ["serve", "--host", "127.0.0.1"] + arguments
-            process.environment = ProcessInfo.processInfo.environment.merging(["XDG_STATE_HOME": state]) { $1 }
-            let errors = Pipe()
-            process.standardError = errors
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
-            return (process, Task.detached { await readToEnd(errors) })
-        }
 
         let port = try await freePort()
-        let (zipper, said) = try serve(["--port", "\(port)"], state: blocked + "/state")
+        let (zipper, said) = try startServe(["--port", "\(port)"], environment: ["XDG_STATE_HOME": blocked + "/state"])
         defer { if zipper.isRunning { zipper.terminate() } }
         // Dialled until it answers, or until it has exited (it did, before).
         var served = false
@@ -614,15 +592,15 @@ struct FaultRecoveryTests {
         #expect(log.contains("not-a-directory/state/yomo/zipper-\(port).reset-key"), "\(log)")
 
         // Named on the command line, the same path is an error, as before.
-        let (named, namedSaid) = try serve(
-            ["--port", "\(try await freePort())", "--stateless-reset-key-file", blocked + "/zipper.key"], state: directory)
+        let (named, namedSaid) = try startServe(
+            ["--port", "\(try await freePort())", "--stateless-reset-key-file", blocked + "/zipper.key"], environment: ["XDG_STATE_HOME": directory])
         let exited = await eventually(within: .seconds(20)) { !named.isRunning }
         if !exited { named.terminate() }
         #expect(exited && named.terminationStatus != 0)
         #expect(await namedSaid.value.contains("stateless reset key file \(blocked)/zipper.key: Not a directory"))
 
         // An ephemeral port has no key to keep: nothing is written.
-        let (ephemeral, _) = try serve(["--port", "0"], state: directory + "/state")
+        let (ephemeral, _) = try startServe(["--port", "0"], environment: ["XDG_STATE_HOME": directory + "/state"])
         try await Task.sleep(for: .milliseconds(300))
         ephemeral.terminate()
         await waitForExit(ephemeral)

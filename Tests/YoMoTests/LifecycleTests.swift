@@ -61,6 +61,32 @@ func zipperEnvironment(_ extra: [String: String] = [:]) -> [String: String] {
         .merging(extra) { $1 }
 }
 
+/// Starts `yomo serve --host 127.0.0.1` with `arguments` and `environment`
+/// (over `zipperEnvironment()`); the task returns what it wrote to stderr (its
+/// log, or why it stopped) once it ends.
+func startServe(_ arguments: [String], environment: [String: String] = [:]) throws -> (process: Process, errors: Task<String, Never>) {
+    let process = Process()
+    process.executableURL = try yomoExecutable()
+    process.arguments = ["serve", "--host", "127.0.0.1"] + arguments
+    process.environment = zipperEnvironment(environment)
+    let errors = Pipe()
+    process.standardError = errors
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    return (process, Task.detached { await readToEnd(errors) })
+}
+
+/// A stream function in a process of its own (the `uppercase-sfn` example,
+/// observing 0x33), so that a test can freeze or kill it.
+func startFunctionProcess(zipper: String) throws -> Process {
+    let process = Process()
+    process.executableURL = try builtExecutable("uppercase-sfn")
+    process.arguments = ["--zipper", zipper]
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    return process
+}
+
 /// A UDP port that was free a moment ago.
 func freePort() async throws -> Int {
     let probe = try await QUICServer.bind(host: "127.0.0.1", port: 0)
@@ -73,20 +99,8 @@ func freePort() async throws -> Int {
 struct LifecycleTests {
     @Test("a killed and restarted zipper: the stream function reconnects and serves again")
     func reconnect() async throws {
-        let port = try await freePort()
-        let yomo = try yomoExecutable()
-        func startZipper() throws -> Process {
-            let process = Process()
-            process.executableURL = yomo
-            process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"]
-            process.environment = zipperEnvironment()
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            return process
-        }
-        var zipper = try startZipper()
-        defer { if zipper.isRunning { zipper.terminate() } }
-        let address = "127.0.0.1:\(port)"
+        let zipper = try ZipperProcess(port: try await freePort())
+        let address = zipper.address
 
         var quic = QUICConfiguration.default
         quic.idleTimeout = .seconds(3)
@@ -117,15 +131,13 @@ struct LifecycleTests {
 
         #expect(try await sendUntilReceived("before"))
         // A hard kill: no CONNECTION_CLOSE, as when a machine dies.
-        kill(zipper.processIdentifier, SIGKILL)
-        await waitForExit(zipper)
-        zipper = try startZipper()
+        await zipper.kill()
+        try zipper.restart()
         #expect(try await sendUntilReceived("after"))
         #expect(lost.items.contains { $0.code == .notConnected }, "the lost connection is reported: \(lost.items)")
         #expect(sfn.endReason == nil, "still serving")
         await sfn.close()
-        zipper.terminate()
-        await waitForExit(zipper)
+        await zipper.kill()
     }
 
     @Test("a second zipper on a port in use exits saying so, and the first keeps its clients")
@@ -141,14 +153,7 @@ struct LifecycleTests {
         try await source.connect()
         #expect(try await writeUntilReceived(source, tag: 0x33, "before", received))
 
-        let second = Process()
-        second.executableURL = try yomoExecutable()
-        second.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(zipper.port)", "--stateless-reset-key-file", "none"]
-        let errors = Pipe()
-        second.standardError = errors
-        second.standardOutput = FileHandle.nullDevice
-        try second.run()
-        let said = Task.detached { await readToEnd(errors) }
+        let (second, said) = try startServe(["--port", "\(zipper.port)", "--stateless-reset-key-file", "none"])
         let exited = await eventually(within: .seconds(20)) { !second.isRunning }
         if !exited { second.terminate() }
         #expect(exited, "the second zipper ran on the port in use")
