@@ -150,6 +150,20 @@ final class DataPathMetrics: Sendable {
         ) { read().map { (base.with("yomo.mesh.downstream", $0.downstream), Double($0.dropped)) } }
     }
 
+    /// Frames the zipper holds for a stream function on its way back, and
+    /// their bytes, read when metrics are collected.
+    func observeHeldFrames(_ read: @escaping @Sendable () -> (frames: Int, bytes: Int)) {
+        guard enabled else { return }
+        let base = baseAttributes
+        meter.observableGauge(
+            "yomo.zipper.held.messages", unit: "{message}",
+            description: "Frames with no stream function, held for one on its way back."
+        ) { [(base, Double(read().frames))] }
+        meter.observableGauge(
+            "yomo.zipper.held.size", unit: "By", description: "Bytes of the frames held for a stream function on its way back."
+        ) { [(base, Double(read().bytes))] }
+    }
+
     /// The SDK's own health: spans waiting for export and spans lost (queue
     /// full, failed or abandoned exports), read when metrics are collected. The
     /// provider is held weakly: a closed component's series simply vanish.

@@ -56,6 +56,13 @@ extension Zipper {
         }
         guard options.handshakeTimeout > .zero else { throw invalid("handshakeTimeout must be positive, not \(options.handshakeTimeout)") }
         guard options.shutdownTimeout >= .zero else { throw invalid("shutdownTimeout must not be negative, not \(options.shutdownTimeout)") }
+        let hold = configuration.unroutedHold
+        guard hold.duration >= .zero, hold.afterLastObserver >= .zero else {
+            throw invalid("unroutedHold.duration and unroutedHold.afterLastObserver must not be negative (a zero duration turns holding off)")
+        }
+        if hold.isOn, hold.maximumBytes < 1 {
+            throw invalid("unroutedHold.maximumBytes must be positive, not \(hold.maximumBytes) (a zero duration turns holding off)")
+        }
         do {
             try options.quic.validate()
         } catch {

@@ -105,6 +105,12 @@ public final class Zipper: Sendable {
         /// Unacknowledged bytes of the connections that ended with the zipper's
         /// close, and how many: one line for all, not one per client.
         var lostAtClose = (clients: 0, bytes: 0)
+        /// Frames with no stream function, held for one on its way back.
+        var held: HeldFrames
+        /// The hold reached its byte limit: logged once until a frame is held again.
+        var heldFull = false
+        var heldDropReports = HeldDropReports()
+        var heldLines = HeldLineBudget()
     }
 
     /// What the zipper refused or dropped since it started.
@@ -125,6 +131,15 @@ public final class Zipper: Sendable {
         /// acknowledged them (a function frozen, killed or cut off): the
         /// frames in them were lost with the connection.
         public var unacknowledgedBytesLost = 0
+        /// Frames held because no stream function observed their tag
+        /// (`ZipperConfiguration.unroutedHold`).
+        public var heldFrames = 0
+        /// Held frames a stream function then received.
+        public var heldFramesDelivered = 0
+        /// Frames with no stream function that were dropped although the hold
+        /// was on: no function came within its duration, the hold was full,
+        /// or the zipper closed.
+        public var heldFramesDropped = 0
     }
 
     public let configuration: ZipperConfiguration
@@ -134,13 +149,18 @@ public final class Zipper: Sendable {
     private let tracing: DataPathTracer
     private let ownedProvider: TracerProvider?
     private let metrics: DataPathMetrics
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     /// One per downstream zipper of the mesh (empty without a mesh).
     private let links: [MeshLink]
+    /// Wakes the task that drops held frames at their deadline when the hold
+    /// stops being empty.
+    private let heldWakeups: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
 
     public init(configuration: ZipperConfiguration = ZipperConfiguration(), options: Options = Options()) {
         self.configuration = configuration
         self.options = options
+        state = Mutex(State(held: HeldFrames(settings: configuration.unroutedHold, startedAt: .now)))
+        heldWakeups = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         let logger = options.logger.yomoZipper(address: ZipperAddress.format(host: configuration.host, port: configuration.port))
         self.logger = logger
         self.authority = HandshakeAuthority(version: configuration.version, authentication: configuration.authentication)
@@ -157,6 +177,9 @@ public final class Zipper: Sendable {
         if !links.isEmpty {
             let links = self.links
             metrics.observeMeshDrops { links.map { ($0.peer.name, $0.dropped) } }
+        }
+        if configuration.unroutedHold.isOn {
+            metrics.observeHeldFrames { [weak self] in self?.state.withLock { ($0.held.entries.count, $0.held.bytes) } ?? (0, 0) }
         }
     }
 
@@ -199,6 +222,7 @@ public final class Zipper: Sendable {
             Task { await server.close(reason: Self.shutdownReason) }
         }
         reportLostAtClose()
+        dropHeldAtClose()
     }
 
     /// Closes every connection with the listener-shutdown signal (code 0) and stops listening.
@@ -212,6 +236,7 @@ public final class Zipper: Sendable {
         await server?.close(reason: Self.shutdownReason)
         await task?.value
         reportLostAtClose()
+        dropHeldAtClose()
         await ownedProvider?.shutdown(timeout: max(deadline - ContinuousClock.now, .milliseconds(250)))
     }
 
@@ -259,6 +284,8 @@ public final class Zipper: Sendable {
         state.withLock {
             $0.server = server
             $0.readinessProbe = probe
+            // The first `duration` after the start holds every tag: the functions of a previous run are on their way.
+            $0.held = HeldFrames(settings: configuration.unroutedHold, startedAt: .now)
         }
         logger.info("zipper listening", metadata: [
             "zipper_addr": "\(ZipperAddress.format(host: configuration.host, port: server.port))", "zipper_name": "\(configuration.name)",
@@ -274,6 +301,7 @@ public final class Zipper: Sendable {
             for link in links {
                 group.addTask { await link.run() }
             }
+            group.addTask { await self.expireHeldFrames() }
             group.addTask {
                 // After a wave of clients leaves, hand the memory their buffers
                 // used back to the system: glibc keeps freed heap in its per-thread
@@ -343,19 +371,22 @@ public final class Zipper: Sendable {
         let forwardsToMesh = !links.isEmpty && MeshForwarding.forwards(from: handshake.clientType)
         var connectionMetadata = Metadata()
         connectionMetadata[Metadata.ReservedKey.wantedTarget] = handshake.wantedTarget
-        let id = state.withLock { state -> UInt64 in
+        let (id, member, held) = state.withLock { state -> (UInt64, RouteMember, [DataFrame]) in
             let id = state.nextConnectionID
             state.nextConnectionID += 1
             let member = RouteMember(
                 connectionID: id, name: handshake.name, clientID: handshake.id, clientType: handshake.clientType,
                 observedTags: Set(handshake.observedTags), wantedTarget: handshake.wantedTarget)
-            state.routes.add(member)
             state.peers[id] = Peer(connection: connection, member: member, metadata: connectionMetadata)
-            return id
+            // Frames held for this function go first: it joins the routes once they are written.
+            let held = state.held.take(for: member)
+            if held.isEmpty { state.routes.add(member) } else { state.held.beginArriving(member.observedTags) }
+            return (id, member, held)
         }
         defer { state.withLock { state in
             state.routes.remove(id)
             state.peers[id] = nil
+            if member.clientType == .streamFunction { state.held.observerLeft(member.observedTags, now: .now) }
         } }
         metrics.connection(handshake.clientType, delta: 1)
         defer { metrics.connection(handshake.clientType, delta: -1) }
@@ -366,7 +397,13 @@ public final class Zipper: Sendable {
         // Why this side closes, sent to the peer in the CONNECTION_CLOSE.
         var closeReason = ""
         do {
-            try await connection.write(.handshakeAck)
+            do {
+                try await connection.write(.handshakeAck)
+            } catch {
+                if !held.isEmpty { abandonArrival(of: member, delivered: 0, lost: held.count) }
+                throw error
+            }
+            if !held.isEmpty { try await deliverHeld(held, to: member, connection, logger: connectionLogger) }
             // The task's context is the same for every frame: read once, not per span.
             let taskContext = ServiceContext.current ?? .topLevel
             // Routed on the loop thread, a burst of received frames would hold
@@ -513,20 +550,32 @@ public final class Zipper: Sendable {
             if let router, let started { router.duration.record(secondsSince(started), spanContext: span?.spanContext) }
         }
         let target = metadata.value(.target, connectionMetadata)
-        let destinations = state.withLock { state in
-            state.routes.destinations(tag: data.tag, target: target).compactMap { id in
+        var (destinations, holds) = state.withLock { state in
+            let destinations = state.routes.destinations(tag: data.tag, target: target).compactMap { id in
                 state.peers[id].map { (id, $0.connection) }
             }
+            return (destinations, destinations.isEmpty && state.held.holds(tag: data.tag, now: .now))
         }
-        tracing.debug(logger, under: span, in: taskContext, "routing frame", metadata: YoMoLogField.frame(
-            tid: metadata.value(.tid, connectionMetadata) ?? "", tag: data.tag, dataLength: data.payload.readableBytes
-        ).merging(["destinations": "\(destinations.count)", "mesh": "\(forwardsToMesh ? links.count : 0)"]) { first, _ in first })
-        // no_route: no observer here (the mesh may still take the frame).
-        if destinations.isEmpty { router?.noRoute.add() }
-        guard !destinations.isEmpty || forwardsToMesh else { return 0 }
         // Metadata made once for every destination (or patched as each copy is
         // encoded); the payload is never copied.
         let (frame, patch) = metadata.frame(tag: data.tag, payload: data.payload)
+        var held = false
+        if holds {
+            switch hold(frame.applying(patch), target: target, logger: logger) {
+            case .held: held = true
+            case .dropped: router?.noRoute.add()
+            case .routable(let now): destinations = now
+            }
+        } else if destinations.isEmpty {
+            // no_route: no observer here (the mesh may still take the frame).
+            router?.noRoute.add()
+        }
+        tracing.debug(logger, under: span, in: taskContext, "routing frame", metadata: YoMoLogField.frame(
+            tid: metadata.value(.tid, connectionMetadata) ?? "", tag: data.tag, dataLength: data.payload.readableBytes
+        ).merging([
+            "destinations": "\(destinations.count)", "mesh": "\(forwardsToMesh ? links.count : 0)", "held": "\(held)",
+        ]) { first, _ in first })
+        guard !destinations.isEmpty || forwardsToMesh else { return 0 }
         if forwardsToMesh, !links.isEmpty {
             // The mesh queues frames: they leave with the patch already written.
             let whole = frame.applying(patch)
@@ -611,6 +660,165 @@ public final class Zipper: Sendable {
             span = tracing.zipperSpan(metadata: &merged, context: taskContext)
         }
         return (.decoded(merged, merged.encoded()), span)
+    }
+
+    private enum HoldOutcome {
+        case held
+        /// Not held: the hold is full.
+        case dropped
+        /// A stream function for it arrived meanwhile: route it to these.
+        case routable([(UInt64, QUICFrameConnection)])
+    }
+
+    /// Holds a frame that has no destination for a stream function on its way
+    /// back; logs the first of a tag's burst, and the first frame the full hold refused.
+    private func hold(_ frame: DataFrame, target: String?, logger: Logger) -> HoldOutcome {
+        // Its own buffers: a slice of the read buffer would keep all of that alive.
+        let owned = DataFrame(tag: frame.tag, metadata: ByteBuffer(buffer: frame.metadata), payload: ByteBuffer(buffer: frame.payload))
+        let bytes = owned.metadata.readableBytes + owned.payload.readableBytes
+        let (outcome, wasEmpty, firstOfBurst, firstRefused) = state.withLock { state -> (HoldOutcome, Bool, Bool, Bool) in
+            let destinations = state.routes.destinations(tag: frame.tag, target: target).compactMap { id in
+                state.peers[id].map { (id, $0.connection) }
+            }
+            guard destinations.isEmpty else { return (.routable(destinations), false, false, false) }
+            let wasEmpty = state.held.isEmpty
+            switch state.held.hold(owned, target: target, bytes: bytes, now: .now) {
+            case .held(let first):
+                state.statistics.heldFrames += 1
+                state.heldFull = false
+                return (.held, wasEmpty, first, false)
+            case .full:
+                state.statistics.heldFramesDropped += 1
+                defer { state.heldFull = true }
+                return (.dropped, false, false, !state.heldFull)
+            }
+        }
+        if wasEmpty { heldWakeups.continuation.yield() }
+        let hold = configuration.unroutedHold
+        if firstOfBurst, mayLogAboutHeldFrames() {
+            logger.info("no stream function observes this tag now: holding its frames for one on its way back", metadata: [
+                "tag": "\(DataPathMetrics.tagName(frame.tag))", "hold": "\(hold.duration)",
+            ])
+        }
+        if firstRefused {
+            logger.warning("frames held for stream functions reached their limit: frames with no stream function are dropped until some are taken or expire", metadata: [
+                "tag": "\(DataPathMetrics.tagName(frame.tag))", "max_bytes": "\(hold.maximumBytes)",
+            ])
+        }
+        return outcome
+    }
+
+    /// Writes the frames held for a stream function that arrived, then any held
+    /// while they were written, and only then lets routing send it new ones, so
+    /// that it receives them in order.
+    private func deliverHeld(_ first: [DataFrame], to member: RouteMember, _ connection: QUICFrameConnection, logger: Logger) async throws {
+        var batch = first
+        var delivered = 0, writtenOfBatch = 0
+        do {
+            while !batch.isEmpty {
+                writtenOfBatch = 0
+                for frame in batch {
+                    _ = try await connection.write(frame, patch: nil)
+                    delivered += 1
+                    writtenOfBatch += 1
+                    if metrics.isEnabled { metrics.router(tag: frame.tag).delivered.add() }
+                }
+                batch = state.withLock { state in
+                    let more = state.held.take(for: member)
+                    if more.isEmpty {
+                        state.routes.add(member)
+                        state.held.endArriving(member.observedTags)
+                    }
+                    return more
+                }
+            }
+        } catch {
+            abandonArrival(of: member, delivered: delivered, lost: batch.count - writtenOfBatch)
+            throw error
+        }
+        state.withLock { $0.statistics.heldFramesDelivered += delivered }
+        logger.info("delivered the frames held for this stream function", metadata: ["frames": "\(delivered)"])
+    }
+
+    /// A function whose connection failed while it took its held frames: what
+    /// it took and was not written to it is lost with it.
+    private func abandonArrival(of member: RouteMember, delivered: Int, lost: Int) {
+        state.withLock { state in
+            state.held.endArriving(member.observedTags)
+            state.statistics.heldFramesDelivered += delivered
+            state.statistics.heldFramesDropped += lost
+        }
+    }
+
+    /// Drops held frames whose wait is over, waking when the hold fills and
+    /// 100 ms after each next deadline, so that frames held within 100 ms of
+    /// each other are dropped (and said) together; ends when the zipper
+    /// closes (cancelled).
+    private func expireHeldFrames() async {
+        var lastRound = ContinuousClock.now
+        for await _ in heldWakeups.stream {
+            while let wake = state.withLock({ state in
+                [state.held.nextDeadline, state.heldDropReports.nextDue].compactMap { $0 }.min()
+            }) {
+                do {
+                    try await Task.sleep(until: max(wake, lastRound) + .milliseconds(100), clock: .continuous)
+                } catch {
+                    return
+                }
+                lastRound = .now
+                let (dropped, report) = state.withLock { state in
+                    let dropped = state.held.expire(now: lastRound)
+                    state.statistics.heldFramesDropped += dropped.reduce(0) { $0 + $1.frames }
+                    return (dropped, state.heldDropReports.add(dropped, now: lastRound) + state.heldDropReports.due(now: lastRound))
+                }
+                if metrics.isEnabled {
+                    for tag in dropped { metrics.router(tag: tag.tag).noRoute.add(Double(tag.frames)) }
+                }
+                for tag in report { logDropped(tag) }
+            }
+        }
+    }
+
+    /// Whether a per-tag line about held frames is within its budget; says
+    /// once how many were not written in the last window.
+    private func mayLogAboutHeldFrames() -> Bool {
+        let (allowed, suppressed) = state.withLock { $0.heldLines.allow(now: .now) }
+        if suppressed > 0 {
+            logger.warning("lines about held frames were not written: more tags than the budget in its window (the counts are in Zipper.statistics and the metrics)", metadata: [
+                "lines": "\(suppressed)", "budget": "\(HeldLineBudget().limit) per \(HeldLineBudget().window)",
+            ])
+        }
+        return allowed
+    }
+
+    private func logDropped(_ tag: HeldFrames.Dropped) {
+        guard mayLogAboutHeldFrames() else { return }
+        let metadata: Logger.Metadata = [
+            "tag": "\(DataPathMetrics.tagName(tag.tag))", "frames": "\(tag.frames)", "bytes": "\(tag.bytes)",
+            "hold": "\(configuration.unroutedHold.duration)",
+        ]
+        if tag.wasObserved {
+            logger.warning("no stream function came back for this tag in time: frames held for it were dropped", metadata: metadata)
+        } else {
+            // A tag no function here has observed: maybe the end of a pipeline, whose frames Go drops at once.
+            logger.info("no stream function came for this tag: frames held for it were dropped", metadata: metadata)
+        }
+    }
+
+    /// The frames still held when the zipper closes: dropped, in one line
+    /// (with the drops not yet reported).
+    private func dropHeldAtClose() {
+        let (dropped, unreported) = state.withLock { state in
+            let dropped = state.held.removeAll()
+            state.statistics.heldFramesDropped += dropped.reduce(0) { $0 + $1.frames }
+            return (dropped, state.heldDropReports.removeAll())
+        }
+        for tag in unreported { logDropped(tag) }
+        guard !dropped.isEmpty else { return }
+        for tag in dropped where metrics.isEnabled { metrics.router(tag: tag.tag).noRoute.add(Double(tag.frames)) }
+        logger.warning("frames held for stream functions were dropped: the zipper closed", metadata: [
+            "frames": "\(dropped.reduce(0) { $0 + $1.frames })", "tags": "\(dropped.map { DataPathMetrics.tagName($0.tag) })",
+        ])
     }
 
     /// Counts a frame dropped for a slow consumer; logs the first of a burst.

@@ -17,7 +17,7 @@ internal import YoMoLogging
 /// ```
 ///
 /// and this SDK's own keys (the Go zipper ignores them): `limits`,
-/// `slow_consumer`, `mesh_queue` and `stateless_reset_key_file`.
+/// `slow_consumer`, `mesh_queue`, `unrouted_hold` and `stateless_reset_key_file`.
 public struct ZipperConfiguration: Hashable, Sendable {
     public var name: String
     public var host: String
@@ -41,6 +41,9 @@ public struct ZipperConfiguration: Hashable, Sendable {
     public var mesh: [MeshPeer]
     /// What one mesh downstream may hold while it is slow or unreachable.
     public var meshQueue: MeshQueue
+    /// Frames with no stream function to go to, held for one that is on its
+    /// way back (`.off`: dropped at once, as the Go zipper does).
+    public var unroutedHold: UnroutedHold
 
     public static let specVersion = "2024-01-03"
 
@@ -164,10 +167,12 @@ public struct ZipperConfiguration: Hashable, Sendable {
         slowConsumer: SlowConsumer = SlowConsumer(),
         statelessResetKeyFile: String? = nil,
         mesh: [MeshPeer] = [],
-        meshQueue: MeshQueue = MeshQueue()
+        meshQueue: MeshQueue = MeshQueue(),
+        unroutedHold: UnroutedHold = UnroutedHold()
     ) {
         self.mesh = mesh.sorted { $0.name < $1.name }
         self.meshQueue = meshQueue
+        self.unroutedHold = unroutedHold
         self.name = name
         self.host = host
         self.port = port

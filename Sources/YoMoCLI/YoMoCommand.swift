@@ -50,6 +50,10 @@ struct Serve: AsyncParsableCommand {
 
     @Option(name: .customLong("slow-consumer"), help: "What to do with a stream function that does not keep up: block (default), drop or disconnect.")
     var slowConsumer: String?
+    @Option(
+        name: .customLong("unrouted-hold"),
+        help: "How long frames with no stream function wait for one on its way back, e.g. 5s (the default) or 500ms; 0 drops them at once, as the Go zipper does.")
+    var unroutedHold: String?
     @Option(help: "Serve /metrics, /healthz and /readyz on HOST:PORT (default: YOMO_METRICS_LISTEN, else off).") var metrics: String?
 
     @Option(
@@ -76,6 +80,12 @@ struct Serve: AsyncParsableCommand {
                 throw ValidationError("--slow-consumer must be block, drop or disconnect")
             }
             configuration.slowConsumer.policy = policy
+        }
+        if let unroutedHold {
+            guard let duration = ZipperConfiguration.UnroutedHold.parseDuration(unroutedHold) else {
+                throw ValidationError("--unrouted-hold must be a duration such as 5s or 500ms (0: off)")
+            }
+            configuration.unroutedHold.duration = duration
         }
         for entry in mesh {
             let peer: ZipperConfiguration.MeshPeer

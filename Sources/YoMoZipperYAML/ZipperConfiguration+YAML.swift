@@ -102,6 +102,24 @@ extension ZipperConfiguration {
                 meshQueue[keyPath: target] = value
             }
         }
+        if let hold = map["unrouted_hold"] {
+            guard hold.isMapping else {
+                throw YoMoError(.invalidConfiguration, "zipper config: unrouted_hold must be a mapping (duration, max_bytes, after_last_observer)")
+            }
+            for (key, target) in [("duration", \UnroutedHold.duration), ("after_last_observer", \UnroutedHold.afterLastObserver)] {
+                guard let raw = hold[key] else { continue }
+                guard let value = raw.text.flatMap(UnroutedHold.parseDuration) else {
+                    throw YoMoError(.invalidConfiguration, "zipper config: unrouted_hold.\(key) must be a duration such as 5s or 500ms")
+                }
+                unroutedHold[keyPath: target] = value
+            }
+            if let raw = hold["max_bytes"] {
+                guard let value = raw.int, value > 0 else {
+                    throw YoMoError(.invalidConfiguration, "zipper config: unrouted_hold.max_bytes must be a positive number")
+                }
+                unroutedHold.maximumBytes = value
+            }
+        }
     }
 
     /// Go's `mesh:` section: name → {host, port, credential}. `null` or an

@@ -1,0 +1,291 @@
+internal import NIOCore
+internal import YoMoWire
+
+extension ZipperConfiguration {
+    /// Frames that arrive while no stream function observes their tag, held for
+    /// one that is on its way back, rather than dropped at once as the Go
+    /// zipper does. A function that restarts, or reconnects after a lost
+    /// connection, and the functions of a zipper that restarted, come back a
+    /// second or so after the sources, whose outage buffers are delivered the
+    /// moment they reconnect: without the hold, all of that was dropped.
+    ///
+    /// A tag's frames are held during the zipper's first `duration` after it
+    /// started (it cannot know which tags its functions observed before a
+    /// restart), and for `afterLastObserver` after the last stream function
+    /// observing the tag left. Tags nobody observes (a pipeline's last tag) are
+    /// dropped at once after that, as before.
+    public struct UnroutedHold: Hashable, Sendable {
+        /// How long a held frame waits for a stream function before it is
+        /// dropped (counted and logged). Zero: nothing is held.
+        public var duration: Duration
+        /// Bytes held at most, all tags together; a frame beyond it is dropped.
+        public var maximumBytes: Int
+        /// How long after a tag's last stream function left its frames are
+        /// still held: past it, the function is taken to be gone for good.
+        public var afterLastObserver: Duration
+
+        public init(duration: Duration = .seconds(5), maximumBytes: Int = 16 << 20, afterLastObserver: Duration = .seconds(60)) {
+            self.duration = duration
+            self.maximumBytes = maximumBytes
+            self.afterLastObserver = afterLastObserver
+        }
+
+        /// Nothing held: frames with no stream function are dropped at once (the Go zipper's behaviour).
+        public static let off = UnroutedHold(duration: .zero)
+
+        var isOn: Bool { duration > .zero }
+
+        /// A duration as the config and `yomo serve` write it: `5s`, `500ms`,
+        /// `1m`, `1.5s`, or a bare number of seconds (`0`: off). Nil when it is none.
+        package static func parseDuration(_ text: String) -> Duration? {
+            let trimmed = String(text.filter { $0 != " " })
+            for (suffix, scale) in [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("", 1.0)] where trimmed.hasSuffix(suffix) {
+                guard let value = Double(trimmed.dropLast(suffix.count)), value.isFinite, value >= 0, value * scale <= 86_400 else { return nil }
+                return .milliseconds(Int64((value * scale * 1000).rounded()))
+            }
+            return nil
+        }
+    }
+}
+
+/// The zipper's held frames: which to hold, which a stream function that
+/// arrives takes, which have waited too long. Times are passed in; the
+/// zipper keeps it under its lock.
+struct HeldFrames {
+    typealias Instant = ContinuousClock.Instant
+
+    struct Entry {
+        var frame: DataFrame
+        var target: String?
+        var bytes: Int
+        var deadline: Instant
+    }
+
+    /// Frames of one tag dropped together (expired, or at the zipper's close).
+    struct Dropped: Equatable {
+        var tag: UInt32
+        var frames = 0
+        var bytes = 0
+        /// Whether a stream function ever observed the tag here: then the drop
+        /// is a loss to report; else the tag may simply have no consumer.
+        var wasObserved = false
+    }
+
+    let settings: ZipperConfiguration.UnroutedHold
+    let startedAt: Instant
+    private(set) var entries = CircularBuffer<Entry>()
+    private(set) var bytes = 0
+    /// Frames held per tag (a burst of a tag starts when its count leaves zero).
+    private var heldPerTag: [UInt32: Int] = [:]
+    /// When each tag's last observer left. Bounded: tags come from peers' handshakes.
+    private var lastObserverLeft: [UInt32: Instant] = [:]
+    static let maximumRememberedTags = 4096
+    /// Tags whose arriving function is taking their frames: held whatever the
+    /// rules say, so nothing overtakes what it takes.
+    private var arriving: [UInt32: Int] = [:]
+
+    init(settings: ZipperConfiguration.UnroutedHold, startedAt: Instant) {
+        self.settings = settings
+        self.startedAt = startedAt
+    }
+
+    var isEmpty: Bool { entries.isEmpty }
+    var nextDeadline: Instant? { entries.first?.deadline }
+    func count(tag: UInt32) -> Int { heldPerTag[tag] ?? 0 }
+
+    /// Whether a frame with `tag` that has no destination now is held.
+    func holds(tag: UInt32, now: Instant) -> Bool {
+        guard settings.isOn else { return false }
+        if arriving[tag] != nil || now < startedAt + settings.duration { return true }
+        guard let left = lastObserverLeft[tag] else { return false }
+        return now < left + settings.afterLastObserver
+    }
+
+    enum HoldResult: Equatable {
+        /// Held; `first` when it is the only frame of its tag held (a burst starts).
+        case held(first: Bool)
+        /// Not held: `maximumBytes` is reached.
+        case full
+    }
+
+    /// Holds `frame` (its buffers should be its own: a slice of a read buffer would keep all of it).
+    mutating func hold(_ frame: DataFrame, target: String?, bytes: Int, now: Instant) -> HoldResult {
+        guard self.bytes + bytes <= settings.maximumBytes else { return .full }
+        entries.append(Entry(frame: frame, target: target, bytes: bytes, deadline: now + settings.duration))
+        self.bytes += bytes
+        heldPerTag[frame.tag, default: 0] += 1
+        return .held(first: heldPerTag[frame.tag] == 1)
+    }
+
+    /// Takes, in the order they were held, the frames `member` would have been
+    /// routed (its tags; a targeted frame only if its target is the member's).
+    mutating func take(for member: RouteMember) -> [DataFrame] {
+        guard !entries.isEmpty, member.clientType == .streamFunction else { return [] }
+        var taken: [DataFrame] = []
+        var kept = CircularBuffer<Entry>(initialCapacity: entries.count)
+        for entry in entries {
+            let target = entry.target ?? ""
+            if member.observedTags.contains(entry.frame.tag), target.isEmpty || target == member.wantedTarget {
+                taken.append(entry.frame)
+                forget(entry)
+            } else {
+                kept.append(entry)
+            }
+        }
+        if !taken.isEmpty { entries = kept }
+        return taken
+    }
+
+    /// Drops the frames whose wait is over, by tag in the order they expired.
+    mutating func expire(now: Instant) -> [Dropped] {
+        var dropped: [Dropped] = []
+        while let first = entries.first, first.deadline <= now {
+            entries.removeFirst()
+            count(first, into: &dropped)
+        }
+        return dropped
+    }
+
+    /// Drops everything (the zipper closes).
+    mutating func removeAll() -> [Dropped] {
+        var dropped: [Dropped] = []
+        while let first = entries.popFirst() { count(first, into: &dropped) }
+        return dropped
+    }
+
+    private mutating func forget(_ entry: Entry) {
+        bytes -= entry.bytes
+        let left = (heldPerTag[entry.frame.tag] ?? 1) - 1
+        heldPerTag[entry.frame.tag] = left > 0 ? left : nil
+    }
+
+    private mutating func count(_ entry: Entry, into dropped: inout [Dropped]) {
+        forget(entry)
+        let tag = entry.frame.tag
+        if let index = dropped.firstIndex(where: { $0.tag == tag }) {
+            dropped[index].frames += 1
+            dropped[index].bytes += entry.bytes
+        } else {
+            dropped.append(Dropped(tag: tag, frames: 1, bytes: entry.bytes, wasObserved: lastObserverLeft[tag] != nil))
+        }
+    }
+
+    /// A stream function observing `tags` left.
+    mutating func observerLeft(_ tags: Set<UInt32>, now: Instant) {
+        for tag in tags {
+            if lastObserverLeft[tag] == nil, lastObserverLeft.count >= Self.maximumRememberedTags {
+                // Forget the tag that has been without its function longest.
+                if let oldest = lastObserverLeft.min(by: { $0.value < $1.value })?.key { lastObserverLeft[oldest] = nil }
+            }
+            lastObserverLeft[tag] = now
+        }
+    }
+
+    mutating func beginArriving(_ tags: Set<UInt32>) {
+        for tag in tags { arriving[tag, default: 0] += 1 }
+    }
+
+    mutating func endArriving(_ tags: Set<UInt32>) {
+        for tag in tags {
+            let count = (arriving[tag] ?? 1) - 1
+            arriving[tag] = count > 0 ? count : nil
+        }
+    }
+}
+
+/// When to log held frames that were dropped: a tag's first drop at once, its
+/// later ones at most every `interval`, as one line with the count since, so
+/// that frames expiring one by one do not make a line each.
+struct HeldDropReports {
+    typealias Instant = ContinuousClock.Instant
+    typealias Dropped = HeldFrames.Dropped
+
+    let interval: Duration
+    private var tags: [UInt32: (reportedAt: Instant, pending: Dropped?)] = [:]
+
+    init(interval: Duration = .seconds(10)) {
+        self.interval = interval
+    }
+
+    /// When the earliest pending count is due.
+    var nextDue: Instant? {
+        tags.values.lazy.filter { $0.pending != nil }.map { $0.reportedAt + interval }.min()
+    }
+
+    /// Adds a round's drops; returns what to log now.
+    mutating func add(_ dropped: [Dropped], now: Instant) -> [Dropped] {
+        var report: [Dropped] = []
+        for drop in dropped {
+            guard let known = tags[drop.tag], now < known.reportedAt + interval else {
+                var total = tags[drop.tag]?.pending ?? Dropped(tag: drop.tag, wasObserved: drop.wasObserved)
+                total.frames += drop.frames
+                total.bytes += drop.bytes
+                total.wasObserved = total.wasObserved || drop.wasObserved
+                tags[drop.tag] = (now, nil)
+                report.append(total)
+                continue
+            }
+            var pending = known.pending ?? Dropped(tag: drop.tag, wasObserved: drop.wasObserved)
+            pending.frames += drop.frames
+            pending.bytes += drop.bytes
+            pending.wasObserved = pending.wasObserved || drop.wasObserved
+            tags[drop.tag] = (known.reportedAt, pending)
+        }
+        return report
+    }
+
+    /// Pending counts whose interval has passed; forgets tags with nothing pending for an interval.
+    mutating func due(now: Instant) -> [Dropped] {
+        var report: [Dropped] = []
+        for (tag, entry) in tags where now >= entry.reportedAt + interval {
+            if let pending = entry.pending {
+                report.append(pending)
+                tags[tag] = (now, nil)
+            } else {
+                tags[tag] = nil
+            }
+        }
+        return report.sorted { $0.tag < $1.tag }
+    }
+
+    /// Every pending count (the zipper closes).
+    mutating func removeAll() -> [Dropped] {
+        defer { tags = [:] }
+        return tags.values.compactMap(\.pending).sorted { $0.tag < $1.tag }
+    }
+}
+
+/// A budget of log lines about held frames: the lines are per tag, and tags
+/// come from peers, so a source writing thousands of tags nobody observes
+/// would otherwise make thousands of lines. At most `limit` per `window`;
+/// the rest are counted and said in one line when the next window opens.
+struct HeldLineBudget {
+    typealias Instant = ContinuousClock.Instant
+
+    let limit: Int
+    let window: Duration
+    private var windowStart: Instant?
+    private var used = 0
+    private var suppressed = 0
+
+    init(limit: Int = 20, window: Duration = .seconds(10)) {
+        self.limit = limit
+        self.window = window
+    }
+
+    /// Whether a line may be written now, and how many were suppressed in the
+    /// window that just ended (to be said once).
+    mutating func allow(now: Instant) -> (allowed: Bool, suppressedBefore: Int) {
+        var suppressedBefore = 0
+        if windowStart.map({ now >= $0 + window }) ?? true {
+            suppressedBefore = suppressed
+            (windowStart, used, suppressed) = (now, 0, 0)
+        }
+        guard used < limit else {
+            suppressed += 1
+            return (false, suppressedBefore)
+        }
+        used += 1
+        return (true, suppressedBefore)
+    }
+}

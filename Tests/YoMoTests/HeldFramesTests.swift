@@ -1,0 +1,322 @@
+import Foundation
+import Logging
+import NIOCore
+import Testing
+import YoMoLogging
+import YoMoMetrics
+import YoMoWire
+import YoMoZipperYAML
+
+@testable import YoMo
+
+@Suite("Held frames: which are held, taken and dropped (pure logic)")
+struct HeldFramesLogicTests {
+    typealias Hold = ZipperConfiguration.UnroutedHold
+    let start = ContinuousClock.now
+
+    func frame(_ tag: UInt32, _ text: String) -> DataFrame { DataFrame(tag: tag, payload: ByteBuffer(string: text)) }
+
+    func function(_ tags: Set<UInt32>, target: String = "") -> RouteMember {
+        RouteMember(connectionID: 9, name: "f", clientID: "f", clientType: .streamFunction, observedTags: tags, wantedTarget: target)
+    }
+
+    @Test("every tag is held in the zipper's first `duration`; later only tags whose last function left within `afterLastObserver`")
+    func whichTagsAreHeld() {
+        var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start)
+        #expect(held.holds(tag: 0x33, now: start + .seconds(4)))
+        #expect(!held.holds(tag: 0x33, now: start + .seconds(5)), "never observed, past the start window")
+        held.observerLeft([0x33], now: start + .seconds(10))
+        #expect(held.holds(tag: 0x33, now: start + .seconds(69)))
+        #expect(!held.holds(tag: 0x33, now: start + .seconds(70)), "gone for good after afterLastObserver")
+        #expect(!held.holds(tag: 0x34, now: start + .seconds(20)))
+        held.beginArriving([0x34])
+        #expect(held.holds(tag: 0x34, now: start + .seconds(20)), "a function taking its frames: held whatever the rules")
+        held.endArriving([0x34])
+        #expect(!held.holds(tag: 0x34, now: start + .seconds(20)))
+        let off = HeldFrames(settings: .off, startedAt: start)
+        #expect(!off.holds(tag: 0x33, now: start))
+    }
+
+    @Test("an arriving function takes its tags' frames in order; a targeted frame only if the target is its own")
+    func takeInOrder() {
+        var held = HeldFrames(settings: Hold(), startedAt: start)
+        for (tag, text, target) in [(0x33, "a", nil), (0x34, "b", nil), (0x33, "c", "t1"), (0x33, "d", "t2"), (0x33, "e", nil)] as [(UInt32, String, String?)] {
+            #expect(held.hold(frame(tag, text), target: target, bytes: 10, now: start) != .full)
+        }
+        #expect(held.count(tag: 0x33) == 4)
+        let source = RouteMember(connectionID: 1, name: "s", clientID: "s", clientType: .source, observedTags: [0x33], wantedTarget: "")
+        #expect(held.take(for: source).isEmpty, "sources receive nothing")
+        let taken = held.take(for: function([0x33], target: "t1")).map { String(buffer: $0.payload) }
+        #expect(taken == ["a", "c", "e"])
+        #expect(held.count(tag: 0x33) == 1 && held.bytes == 20)
+        #expect(held.take(for: function([0x34, 0x33], target: "t2")).map { String(buffer: $0.payload) } == ["b", "d"])
+        #expect(held.isEmpty && held.bytes == 0)
+    }
+
+    @Test("frames expire at their deadline, counted by tag; the byte limit refuses what does not fit")
+    func expiryAndLimit() {
+        var held = HeldFrames(settings: Hold(duration: .seconds(5), maximumBytes: 25), startedAt: start)
+        held.observerLeft([0x33], now: start)
+        #expect(held.hold(frame(0x33, "a"), target: nil, bytes: 10, now: start) == .held(first: true))
+        #expect(held.hold(frame(0x34, "b"), target: nil, bytes: 10, now: start + .seconds(1)) == .held(first: true))
+        #expect(held.hold(frame(0x33, "c"), target: nil, bytes: 10, now: start + .seconds(2)) == .full)
+        #expect(held.hold(frame(0x33, "c"), target: nil, bytes: 5, now: start + .seconds(2)) == .held(first: false))
+        #expect(held.nextDeadline == start + .seconds(5))
+        #expect(held.expire(now: start + .seconds(4)).isEmpty)
+        #expect(held.expire(now: start + .seconds(6)) == [
+            HeldFrames.Dropped(tag: 0x33, frames: 1, bytes: 10, wasObserved: true),
+            HeldFrames.Dropped(tag: 0x34, frames: 1, bytes: 10, wasObserved: false),
+        ])
+        #expect(held.removeAll() == [HeldFrames.Dropped(tag: 0x33, frames: 1, bytes: 5, wasObserved: true)])
+        #expect(held.isEmpty && held.bytes == 0 && held.count(tag: 0x33) == 0)
+    }
+
+    @Test("drops are logged at once for a tag, then at most every interval with the count since")
+    func dropReports() {
+        var reports = HeldDropReports(interval: .seconds(10))
+        let drop = HeldFrames.Dropped(tag: 0x33, frames: 2, bytes: 20, wasObserved: true)
+        #expect(reports.add([drop], now: start) == [drop])
+        #expect(reports.add([drop], now: start + .seconds(1)).isEmpty)
+        #expect(reports.add([drop], now: start + .seconds(2)).isEmpty)
+        #expect(reports.nextDue == start + .seconds(10))
+        #expect(reports.due(now: start + .seconds(9)).isEmpty)
+        #expect(reports.due(now: start + .seconds(10)) == [HeldFrames.Dropped(tag: 0x33, frames: 4, bytes: 40, wasObserved: true)])
+        #expect(reports.nextDue == nil)
+        #expect(reports.add([drop], now: start + .seconds(11)).isEmpty)
+        #expect(reports.removeAll() == [drop])
+    }
+
+    @Test("durations as the config and yomo serve write them")
+    func durations() {
+        #expect(Hold.parseDuration("5s") == .seconds(5))
+        #expect(Hold.parseDuration("500ms") == .milliseconds(500))
+        #expect(Hold.parseDuration("1.5s") == .milliseconds(1500))
+        #expect(Hold.parseDuration("2m") == .seconds(120))
+        #expect(Hold.parseDuration("3") == .seconds(3))
+        #expect(Hold.parseDuration("0") == .zero)
+        for bad in ["", "s", "-1s", "5x", "fives", "nan", "1e9s"] { #expect(Hold.parseDuration(bad) == nil, "\(bad)") }
+    }
+
+    @Test("unrouted_hold comes from the YAML; bad values are clear errors")
+    func yaml() throws {
+        let configuration = try ZipperConfiguration(yaml: "unrouted_hold: {duration: 2s, max_bytes: 4096, after_last_observer: 90s}")
+        #expect(configuration.unroutedHold == Hold(duration: .seconds(2), maximumBytes: 4096, afterLastObserver: .seconds(90)))
+        #expect(try ZipperConfiguration(yaml: "unrouted_hold: {duration: 0}").unroutedHold.duration == .zero)
+        #expect(try ZipperConfiguration(yaml: "name: z").unroutedHold == Hold())
+        for (yaml, message) in [
+            ("unrouted_hold: 5s", "unrouted_hold must be a mapping"),
+            ("unrouted_hold: {duration: soon}", "unrouted_hold.duration must be a duration"),
+            ("unrouted_hold: {max_bytes: 0}", "unrouted_hold.max_bytes must be a positive number"),
+        ] {
+            let error = #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: yaml) }
+            #expect(error?.message.contains(message) == true, "\(String(describing: error))")
+        }
+    }
+}
+
+@Suite("Frames with no stream function wait for one on its way back", .serialized)
+struct HeldFramesTests {
+    /// A padded payload's text before its `:`.
+    static func label(_ data: [UInt8]) -> String { String(String(decoding: data, as: UTF8.self).prefix { $0 != ":" }) }
+
+    static func jsonLogger(_ sink: InMemoryLogSink) -> Logger {
+        TracingEndToEndTests.debugLogger("test.zipper", sink)
+    }
+
+    @Test("a stream function that restarts misses nothing: frames written meanwhile reach the next one first, in order")
+    func functionRestart() async throws {
+        let logs = InMemoryLogSink()
+        try await withZipper(logger: Self.jsonLogger(logs)) { address, zipper in
+            let first = Inbox<String>()
+            let before = StreamFunction(name: "worker", zipper: address, options: .init(observedTags: [0x60]))
+            before.setHandler { ctx in first.append(Self.label(ctx.data)) }
+            try await before.connect()
+            let source = Source(name: "feed", zipper: address)
+            try await source.connect()
+            let texts = (0..<1150).map { "f-\($0)" }
+            // 2 KiB each: the 1000 held are more than the zipper queues for one
+            // function at once (1 MiB), so writing them to it waits on the way.
+            let padding = ":" + String(repeating: "x", count: 2048)
+            func write(_ text: String) async throws { try await source.write(tag: 0x60, data: Array((text + padding).utf8)) }
+            for text in texts[0..<50] { try await write(text) }
+            #expect(await first.wait(for: 50))
+            await before.close()
+            // Gone from the routes: nothing more is written into its closing connection.
+            #expect(await eventually { zipper.connectionCount == 1 })
+            for text in texts[50..<1050] { try await write(text) }
+            #expect(await eventually { zipper.statistics.heldFrames == 1000 })
+
+            // The next instance arrives and the source writes on at once: the
+            // zipper is still writing the held frames to it, and what is
+            // written meanwhile must not overtake them.
+            let second = Inbox<String>()
+            let after = StreamFunction(name: "worker", zipper: address, options: .init(observedTags: [0x60]))
+            after.setPipeHandler { input, _ in
+                for await frame in input { second.append(Self.label(frame.data)) }
+            }
+            try await after.connect()
+            for text in texts[1050...] { try await write(text) }
+            #expect(await second.wait(for: 1100, timeout: .seconds(20)), "\(second.count) of 1100")
+            #expect(first.items.sorted() == Array(texts[0..<50]).sorted())
+            #expect(second.items == Array(texts[50...]), "held first, then the rest, in the order written")
+            let statistics = zipper.statistics
+            #expect(statistics.heldFrames >= 1000 && statistics.heldFramesDelivered == statistics.heldFrames)
+            #expect(statistics.heldFramesDropped == 0)
+            let delivered = TracingEndToEndTests.records(logs, "delivered the frames held for this stream function")
+            #expect(delivered.count == 1 && Int(delivered.first?["frames"] as? String ?? "") == statistics.heldFrames, "\(delivered)")
+            await after.close()
+            await source.close()
+        }
+    }
+
+    /// A zipper killed and restarted while a source writes; the function
+    /// redials `functionDelay` after it noticed, long after the source, which
+    /// delivers what it held at once.
+    private func restartWithFunctionBackLast(holdArguments: [String]) async throws -> (written: [String], received: [String]) {
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: holdArguments)
+        let received = Inbox<String>()
+        let late = ReconnectPolicy(firstRetryDelay: .seconds(2) ... .seconds(2), initialDelay: .seconds(1), maximumDelay: .seconds(1))
+        let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x62], reconnect: late, retryConnect: true))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        let fast = ReconnectPolicy(firstRetryDelay: .milliseconds(50) ... .milliseconds(50), initialDelay: .milliseconds(100), maximumDelay: .milliseconds(200))
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: fast, retryConnect: true))
+        try await source.connect()
+        #expect(try await writeUntilReceived(source, tag: 0x62, "before", received))
+        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
+
+        await zipper.kill()
+        try zipper.restart()
+        let texts = (0..<20).map { "outage-\($0)" }
+        // Written while the source notices and redials: held in its outage
+        // buffer or sent again unacknowledged, then delivered on its new connection.
+        for text in texts { try await source.write(tag: 0x62, data: Array(text.utf8)) }
+        // The function is back: a frame written now reaches it, after whatever was held for it.
+        #expect(try await writeUntilReceived(source, tag: 0x62, "after", received))
+        await source.close()
+        await sink.close()
+        await zipper.kill()
+        return (texts, received.items)
+    }
+
+    @Test("a zipper restart loses nothing when the source is back before the stream function")
+    func zipperRestartFunctionBackLast() async throws {
+        // 30 s rather than the default 5 s: the function comes back ~3 s after the restart, later on a loaded machine.
+        let (written, received) = try await restartWithFunctionBackLast(holdArguments: ["--unrouted-hold", "30s"])
+        for text in written { #expect(received.filter { $0 == text }.count == 1, "\(text) exactly once: \(received)") }
+    }
+
+    @Test("yomo serve --unrouted-hold 0: the same restart drops what came before the function, as the Go zipper does")
+    func zipperRestartWithoutHold() async throws {
+        let (written, received) = try await restartWithFunctionBackLast(holdArguments: ["--unrouted-hold", "0"])
+        #expect(!written.contains(where: received.contains), "\(received)")
+    }
+
+    @Test("held frames no function comes for are dropped at the deadline: counted, logged, never delivered late")
+    func expiry() async throws {
+        let logs = InMemoryLogSink()
+        let meters = MeterProvider(configuration: .init(serviceName: "held-z", environment: [:]))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: meters)
+        defer { Task { await endpoint.close() } }
+        var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0, unroutedHold: .init(duration: .milliseconds(500)))
+        configuration.name = "held-z"
+        let zipper = Zipper(configuration: configuration, options: .init(logger: Self.jsonLogger(logs), meterProvider: meters))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let gone = StreamFunction(name: "gone", zipper: address, options: .init(observedTags: [0x61]))
+        gone.setHandler { _ in }
+        try await gone.connect()
+        await gone.close()
+        let source = Source(name: "feed", zipper: address)
+        try await source.connect()
+        for index in 0..<3 { try await source.write(tag: 0x61, data: Array("old-\(index)".utf8)) }
+        #expect(await eventually { zipper.statistics.heldFrames == 3 })
+        let metrics = await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body ?? ""
+        #expect(metrics.contains("yomo_zipper_held_messages{messaging_system=\"yomo\",yomo_zipper_name=\"held-z\",otel_scope_name=\"Zipper\"} 3"), "\(metrics)")
+
+        let message = "no stream function came back for this tag in time: frames held for it were dropped"
+        #expect(await eventually { !TracingEndToEndTests.records(logs, message).isEmpty })
+        let dropped = TracingEndToEndTests.records(logs, message)
+        #expect(dropped.count == 1 && dropped.first?["tag"] as? String == "0x61" && dropped.first?["frames"] as? String == "3", "\(dropped)")
+        #expect(dropped.first?["level"] as? String == "WARN", "\(dropped)")
+        #expect(zipper.statistics.heldFramesDropped == 3 && zipper.statistics.heldFramesDelivered == 0)
+        let after = await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body ?? ""
+        #expect(after.contains("yomo_zipper_held_messages{messaging_system=\"yomo\",yomo_zipper_name=\"held-z\",otel_scope_name=\"Zipper\"} 0"), "\(after)")
+        #expect(after.contains("outcome=\"no_route\",yomo_zipper_name=\"held-z\",otel_scope_name=\"Zipper\"} 3"), "\(after)")
+
+        let received = Inbox<String>()
+        let next = StreamFunction(name: "next", zipper: address, options: .init(observedTags: [0x61]))
+        next.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await next.connect()
+        #expect(try await writeUntilReceived(source, tag: 0x61, "new", received))
+        #expect(!received.items.contains { $0.hasPrefix("old-") }, "\(received.items)")
+        await next.close()
+        await source.close()
+        await zipper.close()
+    }
+
+    @Test("the hold keeps at most maxBytes: beyond it frames are dropped, said once; the next function gets the first ones")
+    func byteLimit() async throws {
+        let logs = InMemoryLogSink()
+        let hold = ZipperConfiguration.UnroutedHold(duration: .seconds(60), maximumBytes: 1000)
+        try await withZipper(configure: { $0.unroutedHold = hold }, logger: Self.jsonLogger(logs)) { address, zipper in
+            let source = Source(name: "feed", zipper: address)
+            try await source.connect()
+            let texts = (0..<20).map { "frame-\($0)-" + String(repeating: "x", count: 100) }
+            for text in texts { try await source.write(tag: 0x63, data: Array(text.utf8)) }
+            #expect(await eventually { zipper.statistics.heldFrames + zipper.statistics.heldFramesDropped == 20 })
+            let held = zipper.statistics.heldFrames
+            #expect(held > 0 && held < 10, "\(held) frames of ~110 bytes in 1000")
+            let full = TracingEndToEndTests.records(
+                logs, "frames held for stream functions reached their limit: frames with no stream function are dropped until some are taken or expire")
+            #expect(full.count == 1, "said once: \(full.count)")
+            let received = Inbox<String>()
+            let late = StreamFunction(name: "late", zipper: address, options: .init(observedTags: [0x63]))
+            late.setPipeHandler { input, _ in
+                for await frame in input { received.append(String(decoding: frame.data, as: UTF8.self)) }
+            }
+            try await late.connect()
+            #expect(await received.wait(for: held))
+            #expect(received.items == Array(texts.prefix(held)))
+            await late.close()
+            await source.close()
+        }
+    }
+
+    @Test("frames still held when the zipper closes are dropped in one line")
+    func heldAtClose() async throws {
+        let logs = InMemoryLogSink()
+        let hold = ZipperConfiguration.UnroutedHold(duration: .seconds(60))
+        try await withZipper(configure: { $0.unroutedHold = hold }, logger: Self.jsonLogger(logs)) { address, zipper in
+            let source = Source(name: "feed", zipper: address)
+            try await source.connect()
+            for tag: UInt32 in [0x64, 0x65, 0x64] { try await source.write(tag: tag, data: Array("x".utf8)) }
+            #expect(await eventually { zipper.statistics.heldFrames == 3 })
+            await source.close()
+            await zipper.close()
+            let lines = TracingEndToEndTests.records(logs, "frames held for stream functions were dropped: the zipper closed")
+            #expect(lines.count == 1 && lines.first?["frames"] as? String == "3", "\(lines)")
+            #expect(zipper.statistics.heldFramesDropped == 3)
+        }
+    }
+
+    @Test("with the hold off, frames with no stream function are dropped at once, as in Go")
+    func off() async throws {
+        let logs = InMemoryLogSink()
+        try await withZipper(configure: { $0.unroutedHold = .off }, logger: Self.jsonLogger(logs)) { address, zipper in
+            let source = Source(name: "feed", zipper: address)
+            try await source.connect()
+            for index in 0..<5 { try await source.write(tag: 0x66, data: Array("early-\(index)".utf8)) }
+            #expect(await eventually { TracingEndToEndTests.records(logs, "routing frame").count == 5 }, "routed (nowhere) before the function comes")
+            let received = Inbox<String>()
+            let late = StreamFunction(name: "late", zipper: address, options: .init(observedTags: [0x66]))
+            late.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+            try await late.connect()
+            #expect(try await writeUntilReceived(source, tag: 0x66, "now", received))
+            #expect(!received.items.contains { $0.hasPrefix("early-") }, "\(received.items)")
+            #expect(zipper.statistics.heldFrames == 0)
+            await late.close()
+            await source.close()
+        }
+    }
+}
