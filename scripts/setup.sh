@@ -10,9 +10,11 @@ APT_PACKAGES=(
     libcurl4-openssl-dev zlib1g-dev
     libprotobuf-c-dev protobuf-c-compiler
 )
-# Test-only servers: a real Prometheus (2.42) scrapes the metrics endpoints in
-# the tests. Kept apart from APT_PACKAGES, which the Docker image mirrors.
-TEST_APT_PACKAGES=(prometheus)
+# Test-only: a real Prometheus (2.42) scrapes the metrics endpoints in the
+# tests; nftables cuts links between the tests' network namespaces (a
+# partition that drops packets silently). Kept apart from APT_PACKAGES, which
+# the Docker image mirrors.
+TEST_APT_PACKAGES=(prometheus nftables)
 # aioquic and opentelemetry-proto: the independent QUIC peer and the OTLP
 # receiver of the tests; the rest: scripts/check-deploy.py (the Compose schema
 # ships with check-jsonschema, `dockerfile` is BuildKit's Dockerfile parser).

@@ -9,6 +9,11 @@
 ///                   │ dialFailed (retry)        │ closeRequested             │ dialFailed (retry, backoff)
 ///                   ▼                           ▼                            ▼
 ///                 closed ◀──────drained────── draining ◀──closeRequested── (any waiting state)
+///
+/// reconnecting ─closeRequested (frames held)─▶ delivering ─dialSucceeded─▶ draining (deliver, then close)
+///                                                 │ closeDeadlinePassed
+///                                                 ▼
+///                                              draining (the dial is cancelled: the held frames are dropped)
 /// ```
 struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
     enum State: Hashable, Sendable {
@@ -20,6 +25,9 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
         case reconnecting(attempt: Int)
         /// `close()` came: handlers finish and writes go out, then the connection closes.
         case draining
+        /// `close()` came while reconnecting with frames held: redial on (attempt
+        /// `attempt` is due or under way) to deliver them, until the close deadline.
+        case delivering(attempt: Int)
         case closed
     }
 
@@ -35,6 +43,9 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
         case stopReading
         /// Wake a wait before a (re)dial: the client closes instead of dialling.
         case cancelWait
+        /// Keep redialling to deliver the held frames; at the close deadline
+        /// report `closeDeadlinePassed()`.
+        case deliverBeforeClosing
         case end(Ending)
         case none
     }
@@ -59,8 +70,14 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
         self.random = random
     }
 
-    /// Draining or closed: no new work, writes without a session fail.
-    var isClosing: Bool { state == .draining || state == .closed }
+    /// Draining or closed (or delivering before closing): no new work, writes fail.
+    var isClosing: Bool {
+        if case .delivering = state { return true }
+        return state == .draining || state == .closed
+    }
+
+    /// Whether a dial must stop: closing, and not redialling to deliver held frames.
+    var cancelsDials: Bool { state == .draining || state == .closed }
 
     mutating func start() -> Action {
         guard state == .idle else { return .none }
@@ -74,6 +91,9 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
             state = .serving
             return .serve
         case .draining:
+            return .drain
+        case .delivering:
+            state = .draining
             return .drain
         case .idle, .serving, .closed:
             return .none
@@ -98,6 +118,13 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
         case .draining:
             state = .closed
             return .end(.closed)
+        case .delivering(let attempt):
+            guard !final, policy.maximumAttempts.map({ attempt < $0 }) ?? true else {
+                state = .closed
+                return .end(.closed)
+            }
+            state = .delivering(attempt: attempt + 1)
+            return .dialAfter(policy.delay(beforeAttempt: attempt + 1, using: &random))
         case .idle, .serving, .closed:
             return .none
         }
@@ -115,7 +142,7 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
         case .draining:
             state = .closed
             return .end(.closed)
-        case .idle, .connecting, .reconnecting, .closed:
+        case .idle, .connecting, .reconnecting, .delivering, .closed:
             return .none
         }
     }
@@ -123,7 +150,7 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
     /// A `dialAfter` wait is over (or was cancelled).
     mutating func waitEnded() -> Action {
         switch state {
-        case .connecting, .reconnecting:
+        case .connecting, .reconnecting, .delivering:
             return .dial
         case .draining:
             state = .closed
@@ -133,7 +160,10 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
         }
     }
 
-    mutating func closeRequested() -> Action {
+    /// `holdingFrames`: writes are held for the next connection (the outage
+    /// buffer, frames to send again): a reconnect is then pursued until the
+    /// close deadline to deliver them, rather than dropping them at once.
+    mutating func closeRequested(holdingFrames: Bool = false) -> Action {
         switch state {
         case .idle:
             state = .closed
@@ -141,12 +171,22 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
         case .serving:
             state = .draining
             return .stopReading
+        case .reconnecting(let attempt) where holdingFrames:
+            state = .delivering(attempt: attempt)
+            return .deliverBeforeClosing
         case .connecting, .reconnecting:
             state = .draining
             return .cancelWait
-        case .draining, .closed:
+        case .draining, .delivering, .closed:
             return .none
         }
+    }
+
+    /// The close deadline came while still redialling to deliver held frames.
+    mutating func closeDeadlinePassed() -> Action {
+        guard case .delivering = state else { return .none }
+        state = .draining
+        return .cancelWait
     }
 
     /// The last session was closed after delivering its writes.

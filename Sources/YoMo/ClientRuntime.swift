@@ -335,7 +335,7 @@ final class ClientRuntime: Sendable {
         // A close() that came before the task was stored is seen here.
         let closing = state.withLock { state in
             state.cancelDial = { attempt.cancel() }
-            return state.lifecycle.isClosing
+            return state.lifecycle.cancelsDials
         }
         if closing { attempt.cancel() }
         defer { state.withLock { $0.cancelDial = nil } }
@@ -830,7 +830,8 @@ final class ClientRuntime: Sendable {
         case .draining:
             if let session = state.session { return .session(session) }
             return .refused(YoMoError(.closed, "\(name) is closing and has no connection to write on"), logBurst: false)
-        case .connecting, .serving, .reconnecting, .closed:
+        case .connecting, .serving, .reconnecting, .delivering, .closed:
+            // While delivering before the close, a running handler's writes join the held frames.
             if let session = state.session { return .session(session) }
             switch state.outage.admit(frame.applying(patch)) {
             case .buffered(let first):
@@ -884,24 +885,39 @@ final class ClientRuntime: Sendable {
     /// Stops reading (in-flight handlers finish, their writes go out, the
     /// connection closes), or stops waiting to redial; `close()` also waits.
     func beginClose() {
-        let (action, session, task, handlers, cancelDial) = state.withLock { state in
-            _ = state.startCloseClock()
-            return (state.lifecycle.closeRequested(), state.session, state.serveTask, state.handlers, state.cancelDial)
+        let (action, session, deadline, held) = state.withLock { state in
+            let deadline = state.startCloseClock()
+            let held = state.outage.count
+            return (state.lifecycle.closeRequested(holdingFrames: held > 0), state.session, deadline, held)
         }
         // Reading may be held by the handlers' limits rather than waiting for a frame.
-        handlers?.stopTaking()
+        state.withLock { $0.handlers }?.stopTaking()
         switch action {
         case .stopReading: session?.connection.stopReading()
-        case .cancelWait:
-            // Wakes the wait before a redial, or ends the dial. Once serving, not
-            // the serving task: its handlers get until the deadline to finish.
-            cancelDial?()
-            if handlers == nil { task?.cancel() }
+        case .cancelWait: cancelWaitForClose()
+        case .deliverBeforeClosing:
+            // Dropping them at once would lose what a source wrote during a blip
+            // only because it is done writing: the reconnect goes on until the deadline.
+            logger.info("closing: reconnecting until the close deadline to deliver the frames held", metadata: [
+                "held_frames": "\(held)", "shutdown_timeout": "\(state.withLock { $0.shutdownTimeout })",
+            ])
+            Task {
+                try? await Task.sleep(until: deadline, clock: .continuous)
+                if state.withLock({ $0.lifecycle.closeDeadlinePassed() }) == .cancelWait { cancelWaitForClose() }
+            }
         case .end:  // never connected
             end(YoMoError(.closed, "\(name) closed"))
             finish()
         default: break
         }
+    }
+
+    /// Wakes the wait before a redial, or ends the dial. Once serving, not the
+    /// serving task: its handlers get until the deadline to finish.
+    private func cancelWaitForClose() {
+        let (task, handlers, cancelDial) = state.withLock { ($0.serveTask, $0.handlers, $0.cancelDial) }
+        cancelDial?()
+        if handlers == nil { task?.cancel() }
     }
 
     /// Returns once the client has ended and flushed the tracer provider it owns.

@@ -41,6 +41,7 @@ struct OutageBuffer {
 
     var isEnabled: Bool { maximumFrames > 0 && maximumBytes > 0 }
     var isEmpty: Bool { frames.isEmpty }
+    var count: Int { frames.count }
 
     enum Admission: Equatable {
         /// Held; `firstOfOutage`: the first held frame since the last connection (log it).

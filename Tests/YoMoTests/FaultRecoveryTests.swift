@@ -404,6 +404,50 @@ struct FaultRecoveryTests {
         await sink.close()
     }
 
+    @Test("close() while reconnecting with frames held redials until the close deadline to deliver them; past it they are dropped, said once",
+          arguments: [true, false])
+    func closeDeliversHeldFrames(zipperComesBack: Bool) async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let received = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x37], retryConnect: true))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        let lines = Inbox<String>()
+        var logger = Logger(label: "test.source") { _ in CapturingLogHandler(lines: lines) }
+        logger.logLevel = .info
+        let lost = Inbox<YoMoError>()
+        let source = Source(name: "batch", zipper: zipper.address, options: .init(
+            logger: logger, reconnect: ReconnectPolicy(initialDelay: .milliseconds(200), maximumDelay: .milliseconds(200)),
+            retryConnect: true, shutdownTimeout: .seconds(3)))
+        source.setErrorHandler { lost.append($0) }
+        try await source.connect()
+        #expect(try await writeUntilReceived(source, tag: 0x37, "before", received))
+
+        await zipper.kill()
+        try await source.write(tag: 0x37, data: Array("probe".utf8))
+        #expect(await lost.wait(for: 1, timeout: .seconds(10)), "the source noticed the zipper is gone")
+        let texts = (0..<10).map { "last-\($0)" }
+        for text in texts { try await source.write(tag: 0x37, data: Array(text.utf8)) }
+        // A batch job done writing during an outage: close() rather than wait.
+        let started = ContinuousClock.now
+        let closing = Task { await source.close() }
+        #expect(await eventually { lines.items.contains { $0.contains("reconnecting until the close deadline to deliver the frames held") } })
+        if zipperComesBack { try zipper.restart() }
+        await closing.value
+        let took = ContinuousClock.now - started
+        #expect(took < .seconds(6), "close() returned within its 3 s deadline (and a margin): \(took)")
+        let dropped = lines.items.filter { $0.contains("dropped the frames written while disconnected") }
+        if zipperComesBack {
+            #expect(await eventually { texts.allSatisfy(received.items.contains) }, "\(received.items)")
+            #expect(dropped.isEmpty, "\(dropped)")
+        } else {
+            #expect(dropped.count == 1 && dropped.first?.contains("dropped=") == true, "\(lines.items)")
+            #expect(source.endReason?.code == .closed)
+        }
+        await sink.close()
+        await zipper.kill()
+    }
+
     /// How a traced function's replies miss the zipper they were written for.
     enum ReplyFault: String, CaseIterable, Sendable {
         /// Written to a frozen zipper that then dies: sent again from the unacknowledged log.

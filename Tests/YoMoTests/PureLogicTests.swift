@@ -447,6 +447,41 @@ struct ClientLifecycleTests {
         #expect(idle.closeRequested() == .end(.closed))
         #expect(idle.start() == .none, "a closed client does not connect again")
     }
+
+    @Test("close while reconnecting with frames held redials on to deliver them, until the deadline")
+    func closingWithFramesHeld() {
+        func reconnecting() -> Machine {
+            var machine = machine()
+            _ = machine.start()
+            _ = machine.dialSucceeded()
+            _ = machine.connectionLost(final: false)
+            return machine
+        }
+        var delivered = reconnecting()
+        #expect(delivered.closeRequested(holdingFrames: true) == .deliverBeforeClosing)
+        #expect(delivered.state == .delivering(attempt: 1) && delivered.isClosing && !delivered.cancelsDials, "writes fail, dials go on")
+        #expect(delivered.closeRequested(holdingFrames: true) == .none, "closing twice is harmless")
+        #expect(delivered.waitEnded() == .dial)
+        if case .dialAfter = delivered.dialFailed(final: false) {} else { Issue.record("a failed dial is retried: \(delivered.state)") }
+        #expect(delivered.state == .delivering(attempt: 2))
+        #expect(delivered.dialSucceeded() == .drain, "connected: deliver, then close")
+        #expect(delivered.state == .draining && delivered.cancelsDials)
+        #expect(delivered.closeDeadlinePassed() == .none, "the deadline after the reconnect changes nothing here")
+        #expect(delivered.drained() == .end(.closed))
+
+        var late = reconnecting()
+        _ = late.closeRequested(holdingFrames: true)
+        #expect(late.closeDeadlinePassed() == .cancelWait, "at the deadline the dial is cancelled")
+        #expect(late.state == .draining)
+        #expect(late.dialFailed(final: false) == .end(.closed), "the cancelled dial ends the client")
+
+        var refused = reconnecting()
+        _ = refused.closeRequested(holdingFrames: true)
+        #expect(refused.dialFailed(final: true) == .end(.closed), "a final refusal ends the delivery at once")
+
+        var nothingHeld = reconnecting()
+        #expect(nothingHeld.closeRequested(holdingFrames: false) == .cancelWait)
+    }
 }
 
 @Suite("Zipper routing from the environment")
