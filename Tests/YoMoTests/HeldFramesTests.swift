@@ -119,6 +119,18 @@ struct HeldFramesTests {
     /// A padded payload's text before its `:`.
     static func label(_ data: [UInt8]) -> String { String(String(decoding: data, as: UTF8.self).prefix { $0 != ":" }) }
 
+    /// A function for `tag` that starts now gets `fresh` (written until it
+    /// arrives) and none of the earlier frames, whose texts start with `stale`.
+    private func expectOnlyFresh(_ source: Source, address: String, tag: UInt32, fresh: String, notStartingWith stale: String) async throws {
+        let received = Inbox<String>()
+        let late = StreamFunction(name: "late", zipper: address, options: .init(observedTags: [tag]))
+        late.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await late.connect()
+        #expect(try await writeUntilReceived(source, tag: tag, fresh, received))
+        #expect(!received.items.contains { $0.hasPrefix(stale) }, "\(received.items)")
+        await late.close()
+    }
+
     static func jsonLogger(_ sink: InMemoryLogSink) -> Logger {
         TracingEndToEndTests.debugLogger("test.zipper", sink)
     }
@@ -244,13 +256,7 @@ struct HeldFramesTests {
         #expect(after.contains("yomo_zipper_held_messages{messaging_system=\"yomo\",yomo_zipper_name=\"held-z\",otel_scope_name=\"Zipper\"} 0"), "\(after)")
         #expect(after.contains("outcome=\"no_route\",yomo_zipper_name=\"held-z\",otel_scope_name=\"Zipper\"} 3"), "\(after)")
 
-        let received = Inbox<String>()
-        let next = StreamFunction(name: "next", zipper: address, options: .init(observedTags: [0x61]))
-        next.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await next.connect()
-        #expect(try await writeUntilReceived(source, tag: 0x61, "new", received))
-        #expect(!received.items.contains { $0.hasPrefix("old-") }, "\(received.items)")
-        await next.close()
+        try await expectOnlyFresh(source, address: address, tag: 0x61, fresh: "new", notStartingWith: "old-")
         await source.close()
         await zipper.close()
     }
@@ -308,14 +314,8 @@ struct HeldFramesTests {
             try await source.connect()
             for index in 0..<5 { try await source.write(tag: 0x66, data: Array("early-\(index)".utf8)) }
             #expect(await eventually { TracingEndToEndTests.records(logs, "routing frame").count == 5 }, "routed (nowhere) before the function comes")
-            let received = Inbox<String>()
-            let late = StreamFunction(name: "late", zipper: address, options: .init(observedTags: [0x66]))
-            late.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
-            try await late.connect()
-            #expect(try await writeUntilReceived(source, tag: 0x66, "now", received))
-            #expect(!received.items.contains { $0.hasPrefix("early-") }, "\(received.items)")
+            try await expectOnlyFresh(source, address: address, tag: 0x66, fresh: "now", notStartingWith: "early-")
             #expect(zipper.statistics.heldFrames == 0)
-            await late.close()
             await source.close()
         }
     }

@@ -61,6 +61,21 @@ final class MeshHosts: @unchecked Sendable {
         return hosts
     }
 
+    /// Runs `scenario` on new hosts, and removes them afterwards.
+    static func with(_ scenario: (MeshHosts) async throws -> Void) async throws {
+        let hosts = try await make()
+        do {
+            try await scenario(hosts)
+        } catch {
+            // The logs stay in hosts.directory for a look.
+            await hosts.tearDown()
+            throw error
+        }
+        await hosts.tearDown()
+        // Failed expectations quote the logs they are about.
+        try? FileManager.default.removeItem(at: hosts.directory)
+    }
+
     static func ip(_ arguments: [String]) async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
@@ -186,17 +201,7 @@ func executable(_ name: String) throws -> String {
 struct MeshHostsTests {
     @Test("three zippers in a full mesh: frames once, replies back, one trace hop by hop, a cut link heals")
     func fullMesh() async throws {
-        let hosts = try await MeshHosts.make()
-        do {
-            try await scenario(hosts)
-        } catch {
-            // The logs stay in hosts.directory for a look.
-            await hosts.tearDown()
-            throw error
-        }
-        await hosts.tearDown()
-        // Failed expectations quote the logs they are about.
-        try? FileManager.default.removeItem(at: hosts.directory)
+        try await MeshHosts.with(scenario)
     }
 
     private func scenario(_ hosts: MeshHosts) async throws {
@@ -366,15 +371,7 @@ struct MeshHostsTests {
 struct PartitionTests {
     @Test("a partition longer than the idle timeout loses no frame: the source sends again, the zipper holds them for the function back last")
     func partitionLongerThanTheIdleTimeout() async throws {
-        let hosts = try await MeshHosts.make()
-        do {
-            try await scenario(hosts)
-        } catch {
-            await hosts.tearDown()
-            throw error
-        }
-        await hosts.tearDown()
-        try? FileManager.default.removeItem(at: hosts.directory)
+        try await MeshHosts.with(scenario)
     }
 
     /// The zipper on a, a source on b, a stream function on c. Both links of a
