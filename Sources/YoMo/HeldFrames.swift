@@ -9,19 +9,21 @@ extension ZipperConfiguration {
     /// second or so after the sources, whose outage buffers are delivered the
     /// moment they reconnect: without the hold, all of that was dropped.
     ///
-    /// A tag's frames are held during the zipper's first `duration` after it
-    /// started (it cannot know which tags its functions observed before a
-    /// restart), and for `afterLastObserver` after the last stream function
-    /// observing the tag left. Tags nobody observes (a pipeline's last tag) are
-    /// dropped at once after that, as before.
+    /// A tag's frames are held for `afterLastObserver` after the last stream
+    /// function observing it left, and during the zipper's first
+    /// `afterLastObserver` for every tag (it cannot know which tags its
+    /// functions observed before a restart, nor which come up after their
+    /// sources in a new deployment). Tags nobody observes (a pipeline's last
+    /// tag) are dropped at once after that, as before.
     public struct UnroutedHold: Hashable, Sendable {
         /// How long a held frame waits for a stream function before it is
         /// dropped (counted and logged). Zero: nothing is held.
         public var duration: Duration
         /// Bytes held at most, all tags together; a frame beyond it is dropped.
         public var maximumBytes: Int
-        /// How long after a tag's last stream function left its frames are
-        /// still held: past it, the function is taken to be gone for good.
+        /// How long after a tag's last stream function left (or after the
+        /// zipper started) its frames are still held: past it, the function is
+        /// taken to be gone for good.
         public var afterLastObserver: Duration
 
         public init(duration: Duration = .seconds(5), maximumBytes: Int = 16 << 20, afterLastObserver: Duration = .seconds(60)) {
@@ -96,7 +98,7 @@ struct HeldFrames {
     /// Whether a frame with `tag` that has no destination now is held.
     func holds(tag: UInt32, now: Instant) -> Bool {
         guard settings.isOn else { return false }
-        if arriving[tag] != nil || now < startedAt + settings.duration { return true }
+        if arriving[tag] != nil || now < startedAt + settings.afterLastObserver { return true }
         guard let left = lastObserverLeft[tag] else { return false }
         return now < left + settings.afterLastObserver
     }
@@ -169,6 +171,10 @@ struct HeldFrames {
             dropped.append(Dropped(tag: tag, frames: 1, bytes: entry.bytes, wasObserved: lastObserverLeft[tag] != nil))
         }
     }
+
+    /// Whether a stream function observing `tag` ever left here (a frame of a
+    /// tag none did may simply have no consumer).
+    func wasObserved(tag: UInt32) -> Bool { lastObserverLeft[tag] != nil }
 
     /// A stream function observing `tags` left.
     mutating func observerLeft(_ tags: Set<UInt32>, now: Instant) {

@@ -107,8 +107,10 @@ public final class Zipper: Sendable {
         var lostAtClose = (clients: 0, bytes: 0)
         /// Frames with no stream function, held for one on its way back.
         var held: HeldFrames
-        /// The hold reached its byte limit: logged once until a frame is held again.
-        var heldFull = false
+        /// The hold reached its byte limit, said for a frame of a tag some
+        /// function observed (a warning) and of one none did (info): each once
+        /// until a frame is held again.
+        var heldFull = (observed: false, unobserved: false)
         var heldDropReports = HeldDropReports()
         var heldLines = HeldLineBudget()
     }
@@ -284,7 +286,7 @@ public final class Zipper: Sendable {
         state.withLock {
             $0.server = server
             $0.readinessProbe = probe
-            // The first `duration` after the start holds every tag: the functions of a previous run are on their way.
+            // Every tag is held in the first `afterLastObserver` after the start: the functions of a previous run are on their way.
             $0.held = HeldFrames(settings: configuration.unroutedHold, startedAt: .now)
         }
         logger.info("zipper listening", metadata: [
@@ -676,21 +678,26 @@ public final class Zipper: Sendable {
         // Its own buffers: a slice of the read buffer would keep all of that alive.
         let owned = DataFrame(tag: frame.tag, metadata: ByteBuffer(buffer: frame.metadata), payload: ByteBuffer(buffer: frame.payload))
         let bytes = owned.metadata.readableBytes + owned.payload.readableBytes
-        let (outcome, wasEmpty, firstOfBurst, firstRefused) = state.withLock { state -> (HoldOutcome, Bool, Bool, Bool) in
+        let (outcome, wasEmpty, firstOfBurst, firstRefused) = state.withLock { state -> (HoldOutcome, Bool, Bool, Logger.Level?) in
             let destinations = state.routes.destinations(tag: frame.tag, target: target).compactMap { id in
                 state.peers[id].map { (id, $0.connection) }
             }
-            guard destinations.isEmpty else { return (.routable(destinations), false, false, false) }
+            guard destinations.isEmpty else { return (.routable(destinations), false, false, nil) }
             let wasEmpty = state.held.isEmpty
             switch state.held.hold(owned, target: target, bytes: bytes, now: .now) {
             case .held(let first):
                 state.statistics.heldFrames += 1
-                state.heldFull = false
-                return (.held, wasEmpty, first, false)
+                state.heldFull = (false, false)
+                return (.held, wasEmpty, first, nil)
             case .full:
                 state.statistics.heldFramesDropped += 1
-                defer { state.heldFull = true }
-                return (.dropped, false, false, !state.heldFull)
+                // A pipeline's last tag filling the hold in the zipper's first minute is no loss to warn about.
+                if state.held.wasObserved(tag: frame.tag) {
+                    defer { state.heldFull.observed = true }
+                    return (.dropped, false, false, state.heldFull.observed ? nil : .warning)
+                }
+                defer { state.heldFull.unobserved = true }
+                return (.dropped, false, false, state.heldFull.unobserved ? nil : .info)
             }
         }
         if wasEmpty { heldWakeups.continuation.yield() }
@@ -700,8 +707,8 @@ public final class Zipper: Sendable {
                 "tag": "\(DataPathMetrics.tagName(frame.tag))", "hold": "\(hold.duration)",
             ])
         }
-        if firstRefused {
-            logger.warning("frames held for stream functions reached their limit: frames with no stream function are dropped until some are taken or expire", metadata: [
+        if let level = firstRefused {
+            logger.log(level: level, "frames held for stream functions reached their limit: frames with no stream function are dropped until some are taken or expire", metadata: [
                 "tag": "\(DataPathMetrics.tagName(frame.tag))", "max_bytes": "\(hold.maximumBytes)",
             ])
         }
