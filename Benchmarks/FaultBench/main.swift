@@ -18,7 +18,7 @@ struct FaultBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "yomo-fault-bench",
         abstract: "Fault and memory figures of the zipper and its clients.",
-        subcommands: [Fanout.self, Reconnect.self, Idle.self, Backlog.self])
+        subcommands: [Fanout.self, Reconnect.self, Idle.self, Backlog.self, Held.self])
 }
 
 struct ZipperOptions: ParsableArguments {
@@ -33,12 +33,12 @@ final class ZipperProcess: @unchecked Sendable {
     let process = Process()
     let port: Int
 
-    init(_ options: ZipperOptions, keyFile: String) throws {
+    init(_ options: ZipperOptions, keyFile: String, extraArguments: [String] = []) throws {
         port = options.port
         let yomo = options.yomo ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("yomo").path
         process.executableURL = URL(fileURLWithPath: yomo)
         process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"]
-            + (options.baseline ? [] : ["--slow-consumer", options.slowConsumer, "--stateless-reset-key-file", keyFile])
+            + (options.baseline ? [] : ["--slow-consumer", options.slowConsumer, "--stateless-reset-key-file", keyFile]) + extraArguments
         if let log = ProcessInfo.processInfo.environment["FAULT_BENCH_ZIPPER_LOG"] {
             FileManager.default.createFile(atPath: log, contents: nil)
             let handle = FileHandle(forWritingAtPath: log)
@@ -364,5 +364,30 @@ struct Backlog: AsyncParsableCommand {
                      complete ? "yes" : "no", seconds(clock.now - released)))
         await source.close()
         await sfn.close()
+    }
+}
+
+struct Held: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "A source writes N small frames of a tag no function observes, in the zipper's first minute: the zipper holds them for one (unrouted_hold); its RSS before and after, against the hold's 16 MiB.")
+    @OptionGroup var zipperOptions: ZipperOptions
+    @Option var frames = 200_000
+    @Option var size = 8
+
+    func run() async throws {
+        // Held long enough that none expires during the run.
+        let zipper = try ZipperProcess(zipperOptions, keyFile: keyFile(), extraArguments: ["--unrouted-hold", "120s"])
+        defer { zipper.stop() }
+        try await waitForZipper(zipper.address)
+        let idle = zipper.memory.rss
+        let source = Source(name: "spray", zipper: zipper.address, options: quietOptions())
+        try await source.connect()
+        let payload = [UInt8](repeating: 0x61, count: size)
+        for _ in 0..<frames { try await source.write(tag: 0x71, data: payload) }
+        // close() returns once the zipper acknowledged every frame, so routed them (held, or refused by the full hold).
+        await source.close()
+        try await Task.sleep(for: .milliseconds(500))
+        let after = zipper.memory
+        print(String(format: "frames=%d size=%d zipper rss idle=%.1f MiB after=%.1f MiB (growth %.1f MiB) peak=%.1f MiB", frames, size, idle, after.rss, after.rss - idle, after.peak))
     }
 }

@@ -677,7 +677,7 @@ public final class Zipper: Sendable {
     private func hold(_ frame: DataFrame, target: String?, logger: Logger) -> HoldOutcome {
         // Its own buffers: a slice of the read buffer would keep all of that alive.
         let owned = DataFrame(tag: frame.tag, metadata: ByteBuffer(buffer: frame.metadata), payload: ByteBuffer(buffer: frame.payload))
-        let bytes = owned.metadata.readableBytes + owned.payload.readableBytes
+        let bytes = owned.metadata.readableBytes + owned.payload.readableBytes + HeldFrames.entryOverhead
         let (outcome, wasEmpty, firstOfBurst, firstRefused) = state.withLock { state -> (HoldOutcome, Bool, Bool, Logger.Level?) in
             let destinations = state.routes.destinations(tag: frame.tag, target: target).compactMap { id in
                 state.peers[id].map { (id, $0.connection) }
