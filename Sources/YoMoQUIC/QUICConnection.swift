@@ -32,7 +32,7 @@ public final class QUICConnection: Sendable {
         host: String, port: Int, configuration: QUICConfiguration = .default, tls: TLSConfiguration = .default
     ) async throws(QUICError) -> QUICConnection {
         try configuration.validate()
-        let addresses = try UDPAddress.resolve(host: host, port: port)
+        let addresses = try await UDPAddress.resolveOffPool(host: host, port: port)
         return try await connect(toAny: addresses, host: host, configuration: configuration, tls: tls)
     }
 

@@ -1,5 +1,6 @@
 import CNGTCP2
 import Glibc
+import Synchronization
 
 /// A socket address in storage that can be copied into C structs.
 struct UDPAddress: Sendable, CustomStringConvertible {
@@ -81,6 +82,93 @@ struct UDPAddress: Sendable, CustomStringConvertible {
         }
         if out.isEmpty { throw .addressResolution(host, "no addresses") }
         return out.preferringIPv4()
+    }
+}
+
+extension UDPAddress {
+    /// `resolve` on a thread of its own, for a name: `getaddrinfo` blocks (a
+    /// DNS server that does not answer holds it for seconds, 5 s per try by
+    /// default) and cannot be interrupted. On a thread of Swift's cooperative
+    /// pool, which has one thread per core, a zipper whose two mesh entries
+    /// were names on a 2-core machine took no client's handshake until both
+    /// lookups gave up (5.2 s). Addresses written as numbers resolve inline;
+    /// a cancelled task returns at once with `cancelled`, and the thread
+    /// finishes its lookup alone.
+    static func resolveOffPool(host: String, port: Int) async throws(QUICError) -> [UDPAddress] {
+        if isNumeric(host) { return try resolve(host: host, port: port) }
+        let lookup = ResolverThread(host: host, port: port)
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in lookup.start(continuation) }
+        } onCancel: {
+            lookup.finish(.failure(.cancelled))
+        }
+        return try result.get()
+    }
+
+    /// An IPv4 or IPv6 literal (bracketed or not): no lookup needed.
+    static func isNumeric(_ host: String) -> Bool {
+        let name = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        var ipv4 = in_addr(), ipv6 = in6_addr()
+        return inet_pton(AF_INET, name, &ipv4) == 1 || inet_pton(AF_INET6, name, &ipv6) == 1
+    }
+}
+
+/// One lookup on a detached thread; whichever of its result and a
+/// cancellation comes first resumes the waiting task.
+private final class ResolverThread: Sendable {
+    typealias Outcome = Result<[UDPAddress], QUICError>
+    let host: String
+    let port: Int
+    private let waiter = Mutex<CheckedContinuation<Outcome, Never>?>(nil)
+    /// A cancellation that came before the continuation was stored.
+    private let early = Mutex<Outcome?>(nil)
+
+    init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    func start(_ continuation: CheckedContinuation<Outcome, Never>) {
+        if let outcome = early.withLock({ $0 }) {
+            continuation.resume(returning: outcome)
+            return
+        }
+        waiter.withLock { $0 = continuation }
+        if let outcome = early.withLock({ $0 }) { return finish(outcome) }
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        let created = pthread_create(&thread, nil, { raw in
+            let lookup = Unmanaged<ResolverThread>.fromOpaque(raw!).takeRetainedValue()
+            let outcome: Outcome
+            do throws(QUICError) {
+                outcome = .success(try UDPAddress.resolve(host: lookup.host, port: lookup.port))
+            } catch {
+                outcome = .failure(error)
+            }
+            lookup.finish(outcome)
+            return nil
+        }, context)
+        if created == 0 {
+            pthread_detach(thread)
+        } else {
+            // No thread to be had: look up here rather than fail.
+            Unmanaged<ResolverThread>.fromOpaque(context).release()
+            do throws(QUICError) {
+                finish(.success(try UDPAddress.resolve(host: host, port: port)))
+            } catch {
+                finish(.failure(error))
+            }
+        }
+    }
+
+    /// Resumes the waiting task once; later outcomes are dropped.
+    func finish(_ outcome: Outcome) {
+        early.withLock { if $0 == nil { $0 = outcome } }
+        let continuation = waiter.withLock { waiter in
+            defer { waiter = nil }
+            return waiter
+        }
+        continuation?.resume(returning: outcome)
     }
 }
 

@@ -143,6 +143,17 @@ final class MeshHosts: @unchecked Sendable {
         }
     }
 
+    /// Gives `host`'s processes a resolver that never answers (`ip netns exec`
+    /// puts /etc/netns/<namespace>/resolv.conf over /etc/resolv.conf): every
+    /// lookup of a name there takes `seconds`, then fails.
+    func silentResolver(on host: String, seconds: Int) throws {
+        let directory = URL(fileURLWithPath: "/etc/netns/\(namespace(host))")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        // An address of the a–b link that no host has: queries to it go nowhere.
+        try "nameserver 10.213.12.99\noptions timeout:\(seconds) attempts:1\n"
+            .write(to: directory.appendingPathComponent("resolv.conf"), atomically: true, encoding: .utf8)
+    }
+
     static let nft = FileManager.default.isExecutableFile(atPath: "/usr/sbin/nft") ? "/usr/sbin/nft" : "/sbin/nft"
 
     func tearDown() async {
@@ -155,7 +166,10 @@ final class MeshHosts: @unchecked Sendable {
         }
         for process in processes { await waitForExit(process) }
         // Deleting a namespace deletes its veths (and so their peers).
-        for namespace in namespaces { try? await Self.ip(["netns", "del", namespace]) }
+        for namespace in namespaces {
+            try? await Self.ip(["netns", "del", namespace])
+            try? FileManager.default.removeItem(atPath: "/etc/netns/\(namespace)")
+        }
         namespaces = []
     }
 }
@@ -418,6 +432,40 @@ struct PartitionTests {
         // At least once: a frame whose acknowledgement the cut swallowed is sent again.
         #expect(received().count - Set(received()).count <= 5, "\(received().count - Set(received()).count) frames twice")
         #expect(!zipper.records("delivered the frames held for this stream function").isEmpty, "\(zipper.text.suffix(3000))")
+        #expect(function.process.isRunning && zipper.process.isRunning)
+    }
+}
+
+@Suite("A zipper whose DNS does not answer (network namespaces)", .serialized, .enabled(if: getuid() == 0, "needs root for ip netns"))
+struct SilentResolverTests {
+    @Test("mesh entries given as names that a silent DNS server holds for seconds do not hold up the zipper's clients")
+    func meshNamesDoNotStallTheZipper() async throws {
+        try await MeshHosts.with(scenario)
+    }
+
+    /// Four mesh entries are names, and every lookup takes 10 s: more lookups
+    /// than a machine of up to four cores has threads in Swift's cooperative
+    /// pool, where they used to block the zipper's accepting and handshakes.
+    private func scenario(_ hosts: MeshHosts) async throws {
+        try hosts.silentResolver(on: "a", seconds: 10)
+        let mesh = ["w", "x", "y", "z"].flatMap { ["--mesh", "zipper-\($0)=zipper-\($0).example:9000"] }
+        let zipper = try hosts.run(on: "a", log: "zipper", [
+            try yomoExecutable().path, "serve", "--host", "127.0.0.1", "--port", "9000", "--stateless-reset-key-file", "none",
+        ] + mesh)
+        #expect(await zipper.wait { !$0.filter { $0["msg"] as? String == "zipper listening" }.isEmpty }, "\(zipper.text)")
+        let function = try hosts.run(on: "a", log: "upper", [try executable("uppercase-sfn"), "--zipper", "127.0.0.1:9000"])
+        let connected = await zipper.wait(timeout: .seconds(30)) { $0.contains { $0["msg"] as? String == "client connected" } }
+        #expect(connected, "\(zipper.text.suffix(3000))")
+        // The resolver is silent indeed: a lookup gives up after its 10 s.
+        let gaveUp = await zipper.wait(timeout: .seconds(30)) { records in
+            records.contains { $0["msg"] as? String == "cannot connect to zipper, retrying" && ($0["error"] as? String)?.contains("address resolution failed") == true }
+        }
+        #expect(gaveUp, "\(zipper.text.suffix(3000))")
+        // Events in the zipper's log, in order: the function was in before any lookup had given up.
+        let messages = zipper.records.compactMap { $0["msg"] as? String }
+        let admitted = messages.firstIndex(of: "client connected")
+        let resolutionFailed = messages.firstIndex(of: "cannot connect to zipper, retrying")
+        #expect(admitted != nil && resolutionFailed != nil && admitted! < resolutionFailed!, "\(messages)")
         #expect(function.process.isRunning && zipper.process.isRunning)
     }
 }
