@@ -113,6 +113,16 @@ public final class Zipper: Sendable {
         var heldFull = (observed: false, unobserved: false)
         var heldDropReports = HeldDropReports()
         var heldLines = HeldLineBudget()
+
+        /// The connected peers a frame with `tag` (and `target`) goes to.
+        func destinations(tag: UInt32, target: String?) -> [(UInt64, QUICFrameConnection)] {
+            routes.destinations(tag: tag, target: target).compactMap { id in peers[id].map { (id, $0.connection) } }
+        }
+
+        /// Counts held frames that were dropped.
+        mutating func countHeldDropped(_ dropped: [HeldFrames.Dropped]) {
+            statistics.heldFramesDropped += dropped.reduce(0) { $0 + $1.frames }
+        }
     }
 
     /// What the zipper refused or dropped since it started.
@@ -223,8 +233,7 @@ public final class Zipper: Sendable {
             self.state.withLock { $0.closed = true }
             Task { await server.close(reason: Self.shutdownReason) }
         }
-        reportLostAtClose()
-        dropHeldAtClose()
+        reportWhatTheCloseLost()
     }
 
     /// Closes every connection with the listener-shutdown signal (code 0) and stops listening.
@@ -237,9 +246,14 @@ public final class Zipper: Sendable {
         if let probe = state.withLock({ $0.readinessProbe }) { Readiness.shared.remove(probe) }
         await server?.close(reason: Self.shutdownReason)
         await task?.value
+        reportWhatTheCloseLost()
+        await ownedProvider?.shutdown(timeout: max(deadline - ContinuousClock.now, .milliseconds(250)))
+    }
+
+    /// What the zipper's close lost: unacknowledged bytes, held frames.
+    private func reportWhatTheCloseLost() {
         reportLostAtClose()
         dropHeldAtClose()
-        await ownedProvider?.shutdown(timeout: max(deadline - ContinuousClock.now, .milliseconds(250)))
     }
 
     /// One line for what the connections closed with the zipper had not
@@ -553,9 +567,7 @@ public final class Zipper: Sendable {
         }
         let target = metadata.value(.target, connectionMetadata)
         var (destinations, holds) = state.withLock { state in
-            let destinations = state.routes.destinations(tag: data.tag, target: target).compactMap { id in
-                state.peers[id].map { (id, $0.connection) }
-            }
+            let destinations = state.destinations(tag: data.tag, target: target)
             return (destinations, destinations.isEmpty && state.held.holds(tag: data.tag, now: .now))
         }
         // Metadata made once for every destination (or patched as each copy is
@@ -679,9 +691,7 @@ public final class Zipper: Sendable {
         let owned = DataFrame(tag: frame.tag, metadata: ByteBuffer(buffer: frame.metadata), payload: ByteBuffer(buffer: frame.payload))
         let bytes = owned.metadata.readableBytes + owned.payload.readableBytes + HeldFrames.entryOverhead
         let (outcome, wasEmpty, firstOfBurst, firstRefused) = state.withLock { state -> (HoldOutcome, Bool, Bool, Logger.Level?) in
-            let destinations = state.routes.destinations(tag: frame.tag, target: target).compactMap { id in
-                state.peers[id].map { (id, $0.connection) }
-            }
+            let destinations = state.destinations(tag: frame.tag, target: target)
             guard destinations.isEmpty else { return (.routable(destinations), false, false, nil) }
             let wasEmpty = state.held.isEmpty
             switch state.held.hold(owned, target: target, bytes: bytes, now: .now) {
@@ -775,24 +785,31 @@ public final class Zipper: Sendable {
                 lastRound = .now
                 let (dropped, report) = state.withLock { state in
                     let dropped = state.held.expire(now: lastRound)
-                    state.statistics.heldFramesDropped += dropped.reduce(0) { $0 + $1.frames }
+                    state.countHeldDropped(dropped)
                     return (dropped, state.heldDropReports.add(dropped, now: lastRound) + state.heldDropReports.due(now: lastRound))
                 }
-                if metrics.isEnabled {
-                    for tag in dropped { metrics.router(tag: tag.tag).noRoute.add(Double(tag.frames)) }
-                }
+                countNoRoute(dropped)
                 for tag in report { logDropped(tag) }
             }
         }
     }
 
+    /// Held frames finally dropped for want of a stream function: `no_route`.
+    private func countNoRoute(_ dropped: [HeldFrames.Dropped]) {
+        guard metrics.isEnabled else { return }
+        for tag in dropped { metrics.router(tag: tag.tag).noRoute.add(Double(tag.frames)) }
+    }
+
     /// Whether a per-tag line about held frames is within its budget; says
     /// once how many were not written in the last window.
     private func mayLogAboutHeldFrames() -> Bool {
-        let (allowed, suppressed) = state.withLock { $0.heldLines.allow(now: .now) }
+        let (allowed, suppressed, budget) = state.withLock { state in
+            let (allowed, suppressed) = state.heldLines.allow(now: .now)
+            return (allowed, suppressed, (state.heldLines.limit, state.heldLines.window))
+        }
         if suppressed > 0 {
             logger.warning("lines about held frames were not written: more tags than the budget in its window (the counts are in Zipper.statistics and the metrics)", metadata: [
-                "lines": "\(suppressed)", "budget": "\(HeldLineBudget().limit) per \(HeldLineBudget().window)",
+                "lines": "\(suppressed)", "budget": "\(budget.0) per \(budget.1)",
             ])
         }
         return allowed
@@ -817,12 +834,12 @@ public final class Zipper: Sendable {
     private func dropHeldAtClose() {
         let (dropped, unreported) = state.withLock { state in
             let dropped = state.held.removeAll()
-            state.statistics.heldFramesDropped += dropped.reduce(0) { $0 + $1.frames }
+            state.countHeldDropped(dropped)
             return (dropped, state.heldDropReports.removeAll())
         }
         for tag in unreported { logDropped(tag) }
         guard !dropped.isEmpty else { return }
-        for tag in dropped where metrics.isEnabled { metrics.router(tag: tag.tag).noRoute.add(Double(tag.frames)) }
+        countNoRoute(dropped)
         logger.warning("frames held for stream functions were dropped: the zipper closed", metadata: [
             "frames": "\(dropped.reduce(0) { $0 + $1.frames })", "tags": "\(dropped.map { DataPathMetrics.tagName($0.tag) })",
         ])
