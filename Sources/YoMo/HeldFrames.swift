@@ -133,8 +133,7 @@ struct HeldFrames {
         var taken: [DataFrame] = []
         var kept = CircularBuffer<Entry>(initialCapacity: entries.count)
         for entry in entries {
-            let target = entry.target ?? ""
-            if member.observedTags.contains(entry.frame.tag), target.isEmpty || target == member.wantedTarget {
+            if member.receives(tag: entry.frame.tag, target: entry.target) {
                 taken.append(entry.frame)
                 forget(entry)
             } else {
@@ -175,7 +174,7 @@ struct HeldFrames {
             dropped[index].frames += 1
             dropped[index].bytes += entry.bytes
         } else {
-            dropped.append(Dropped(tag: tag, frames: 1, bytes: entry.bytes, wasObserved: lastObserverLeft[tag] != nil))
+            dropped.append(Dropped(tag: tag, frames: 1, bytes: entry.bytes, wasObserved: wasObserved(tag: tag)))
         }
     }
 

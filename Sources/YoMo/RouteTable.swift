@@ -8,6 +8,14 @@ struct RouteMember: Hashable, Sendable {
     var clientType: ClientType
     var observedTags: Set<UInt32>
     var wantedTarget: String
+
+    /// Whether a frame with `tag` and `target` goes to this client: a stream
+    /// function observing the tag, and with a target, only one that wants it.
+    func receives(tag: UInt32, target: String?) -> Bool {
+        guard clientType == .streamFunction, observedTags.contains(tag) else { return false }
+        guard let target, !target.isEmpty else { return true }
+        return wantedTarget == target
+    }
 }
 
 /// The zipper's routing rules, without I/O: which connections get a DataFrame.
@@ -42,7 +50,7 @@ struct RouteTable: Sendable {
     func destinations(tag: UInt32, target: String?) -> [UInt64] {
         guard let candidates = observers[tag] else { return [] }
         guard let target, !target.isEmpty else { return candidates }
-        return candidates.filter { members[$0]?.wantedTarget == target }
+        return candidates.filter { members[$0]?.receives(tag: tag, target: target) == true }
     }
 
     /// Tags `0xF000`–`0xFFFF` belong to the system; a client that writes one is closed.
