@@ -57,8 +57,7 @@ struct UDPAddress: Sendable, CustomStringConvertible {
         hints.ai_socktype = Int32(SOCK_DGRAM.rawValue)
         hints.ai_flags = AI_ADDRCONFIG
         var result: UnsafeMutablePointer<addrinfo>?
-        // "[::1]" is the bracketed form of an IPv6 literal.
-        let name = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        let name = unbracketed(host)
         var rv = getaddrinfo(name, String(port), &hints, &result)
         if rv == EAI_NONAME {
             // AI_ADDRCONFIG hides loopback-only families on hosts without a network.
@@ -105,9 +104,14 @@ extension UDPAddress {
         return try result.get()
     }
 
+    /// "[::1]" is the bracketed form of an IPv6 literal.
+    static func unbracketed(_ host: String) -> String {
+        host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+    }
+
     /// An IPv4 or IPv6 literal (bracketed or not): no lookup needed.
     static func isNumeric(_ host: String) -> Bool {
-        let name = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        let name = unbracketed(host)
         var ipv4 = in_addr(), ipv6 = in6_addr()
         return inet_pton(AF_INET, name, &ipv4) == 1 || inet_pton(AF_INET6, name, &ipv6) == 1
     }
@@ -119,9 +123,8 @@ private final class ResolverThread: Sendable {
     typealias Outcome = Result<[UDPAddress], QUICError>
     let host: String
     let port: Int
-    private let waiter = Mutex<CheckedContinuation<Outcome, Never>?>(nil)
-    /// A cancellation that came before the continuation was stored.
-    private let early = Mutex<Outcome?>(nil)
+    /// The task waiting, until an outcome resumes it; the first outcome, once there is one.
+    private let state = Mutex<(waiter: CheckedContinuation<Outcome, Never>?, outcome: Outcome?)>((nil, nil))
 
     init(host: String, port: Int) {
         self.host = host
@@ -129,23 +132,16 @@ private final class ResolverThread: Sendable {
     }
 
     func start(_ continuation: CheckedContinuation<Outcome, Never>) {
-        if let outcome = early.withLock({ $0 }) {
-            continuation.resume(returning: outcome)
-            return
+        // A cancellation may have come before the task waited.
+        let early = state.withLock { state -> Outcome? in
+            if state.outcome == nil { state.waiter = continuation }
+            return state.outcome
         }
-        waiter.withLock { $0 = continuation }
-        if let outcome = early.withLock({ $0 }) { return finish(outcome) }
+        if let early { return continuation.resume(returning: early) }
         let context = Unmanaged.passRetained(self).toOpaque()
         var thread = pthread_t()
         let created = pthread_create(&thread, nil, { raw in
-            let lookup = Unmanaged<ResolverThread>.fromOpaque(raw!).takeRetainedValue()
-            let outcome: Outcome
-            do throws(QUICError) {
-                outcome = .success(try UDPAddress.resolve(host: lookup.host, port: lookup.port))
-            } catch {
-                outcome = .failure(error)
-            }
-            lookup.finish(outcome)
+            Unmanaged<ResolverThread>.fromOpaque(raw!).takeRetainedValue().lookUp()
             return nil
         }, context)
         if created == 0 {
@@ -153,22 +149,27 @@ private final class ResolverThread: Sendable {
         } else {
             // No thread to be had: look up here rather than fail.
             Unmanaged<ResolverThread>.fromOpaque(context).release()
-            do throws(QUICError) {
-                finish(.success(try UDPAddress.resolve(host: host, port: port)))
-            } catch {
-                finish(.failure(error))
-            }
+            lookUp()
         }
     }
 
-    /// Resumes the waiting task once; later outcomes are dropped.
-    func finish(_ outcome: Outcome) {
-        early.withLock { if $0 == nil { $0 = outcome } }
-        let continuation = waiter.withLock { waiter in
-            defer { waiter = nil }
-            return waiter
+    private func lookUp() {
+        do throws(QUICError) {
+            finish(.success(try UDPAddress.resolve(host: host, port: port)))
+        } catch {
+            finish(.failure(error))
         }
-        continuation?.resume(returning: outcome)
+    }
+
+    /// Resumes the waiting task with the first outcome; later ones are dropped.
+    func finish(_ outcome: Outcome) {
+        let waiter = state.withLock { state -> CheckedContinuation<Outcome, Never>? in
+            guard state.outcome == nil else { return nil }
+            state.outcome = outcome
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(returning: outcome)
     }
 }
 
