@@ -885,13 +885,13 @@ final class ClientRuntime: Sendable {
     /// Stops reading (in-flight handlers finish, their writes go out, the
     /// connection closes), or stops waiting to redial; `close()` also waits.
     func beginClose() {
-        let (action, session, deadline, held) = state.withLock { state in
+        let (action, session, handlers, deadline, held, shutdownTimeout) = state.withLock { state in
             let deadline = state.startCloseClock()
             let held = state.outage.count
-            return (state.lifecycle.closeRequested(holdingFrames: held > 0), state.session, deadline, held)
+            return (state.lifecycle.closeRequested(holdingFrames: held > 0), state.session, state.handlers, deadline, held, state.shutdownTimeout)
         }
         // Reading may be held by the handlers' limits rather than waiting for a frame.
-        state.withLock { $0.handlers }?.stopTaking()
+        handlers?.stopTaking()
         switch action {
         case .stopReading: session?.connection.stopReading()
         case .cancelWait: cancelWaitForClose()
@@ -899,7 +899,7 @@ final class ClientRuntime: Sendable {
             // Dropping them at once would lose what a source wrote during a blip
             // only because it is done writing: the reconnect goes on until the deadline.
             logger.info("closing: reconnecting until the close deadline to deliver the frames held", metadata: [
-                "held_frames": "\(held)", "shutdown_timeout": "\(state.withLock { $0.shutdownTimeout })",
+                "held_frames": "\(held)", "shutdown_timeout": "\(shutdownTimeout)",
             ])
             Task {
                 try? await Task.sleep(until: deadline, clock: .continuous)
