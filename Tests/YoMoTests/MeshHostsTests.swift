@@ -188,6 +188,11 @@ struct LogFile: Sendable {
 
     func records(_ message: String) -> [[String: Any]] { records.filter { $0["msg"] as? String == message } }
 
+    /// Waits until `count` records say `message`; false after `timeout`.
+    func wait(for message: String, count: Int = 1, timeout: Duration = .seconds(20)) async -> Bool {
+        await wait(timeout: timeout) { $0.filter { $0["msg"] as? String == message }.count >= count }
+    }
+
     var text: String { (try? String(contentsOf: url, encoding: .utf8)) ?? "" }
 
     /// Waits until `condition` holds on the records (polled); false after `timeout`.
@@ -268,7 +273,7 @@ struct MeshHostsTests {
                 records.filter { $0["msg"] as? String == "client connected" && $0["client_type"] as? String == "upstream zipper" }.count >= 2
             }
             try #require(linked, "zipper-\(host) did not get both mesh links: \(log.text)")
-            let up = await log.wait { $0.filter { $0["msg"] as? String == "connected to zipper" }.count >= 2 }
+            let up = await log.wait(for: "connected to zipper", count: 2)
             try #require(up, "zipper-\(host)'s own links are not up: \(log.text)")
             let names = Set(log.records("connected to zipper").compactMap { $0["mesh_downstream"] as? String })
             #expect(names == Set(MeshHosts.hostNames.filter { $0 != host }.map { "zipper-\($0)" }), "the link logs name the downstream")
@@ -284,7 +289,7 @@ struct MeshHostsTests {
         let sink = try hosts.run(on: "a", log: "sink", environment: tracing("a").merging(debug) { $1 },
                                  [sfn, "--name", "sink", "--observe", "0x34", "--emit", "0x35"] + credential)
         for log in [upper, near, sink] {
-            let connected = await log.wait { !$0.filter { $0["msg"] as? String == "connected to zipper" }.isEmpty }
+            let connected = await log.wait(for: "connected to zipper")
             try #require(connected, "\(log.text)")
         }
         func received(_ log: LogFile, tag: Int) -> [String] {
@@ -400,12 +405,12 @@ struct PartitionTests {
         let zipper = try hosts.run(on: "a", log: "zipper", [
             yomo, "serve", "--host", "0.0.0.0", "--port", "9000", "--stateless-reset-key-file", "none", "--unrouted-hold", "30s",
         ])
-        #expect(await zipper.wait { !$0.filter { $0["msg"] as? String == "zipper listening" }.isEmpty }, "\(zipper.text)")
+        #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)")
         let debug = ["YOMO_LOG_LEVEL": "debug"]
         let function = try hosts.run(on: "c", log: "upper", environment: debug, [
             try executable("uppercase-sfn"), "--zipper", "\(MeshHosts.address("a", towards: "c")):9000", "--observe", "0x33", "--emit", "0x34",
         ])
-        #expect(await function.wait { !$0.filter { $0["msg"] as? String == "connected to zipper" }.isEmpty }, "\(function.text)")
+        #expect(await function.wait(for: "connected to zipper"), "\(function.text)")
         let frames = 300
         let source = try hosts.run(on: "b", log: "source", environment: debug, [
             try executable("demo-source"), "--zipper", "\(MeshHosts.address("a", towards: "b")):9000", "--interval", "30", "--count", "\(frames)",
@@ -417,11 +422,11 @@ struct PartitionTests {
 
         try await hosts.partition("a", from: "b", true)
         try await hosts.partition("a", from: "c", true)
-        let ended = await zipper.wait { $0.filter { $0["msg"] as? String == "client disconnected" }.count >= 2 }
+        let ended = await zipper.wait(for: "client disconnected", count: 2)
         try await hosts.partition("a", from: "b", false)
         #expect(ended, "the zipper ended both connections at its idle timeout: \(zipper.text.suffix(3000))")
         // Back, it sends again at once what the zipper had not acknowledged, then what it held.
-        let back = await source.wait { !$0.filter { $0["msg"] as? String == "reconnected to zipper" }.isEmpty }
+        let back = await source.wait(for: "reconnected to zipper")
         try await hosts.partition("a", from: "c", false)
         #expect(back, "the source reconnected: \(source.text.suffix(2000))")
 
@@ -452,9 +457,9 @@ struct SilentResolverTests {
         let zipper = try hosts.run(on: "a", log: "zipper", [
             try yomoExecutable().path, "serve", "--host", "127.0.0.1", "--port", "9000", "--stateless-reset-key-file", "none",
         ] + mesh)
-        #expect(await zipper.wait { !$0.filter { $0["msg"] as? String == "zipper listening" }.isEmpty }, "\(zipper.text)")
+        #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)")
         let function = try hosts.run(on: "a", log: "upper", [try executable("uppercase-sfn"), "--zipper", "127.0.0.1:9000"])
-        let connected = await zipper.wait(timeout: .seconds(30)) { $0.contains { $0["msg"] as? String == "client connected" } }
+        let connected = await zipper.wait(for: "client connected", timeout: .seconds(30))
         #expect(connected, "\(zipper.text.suffix(3000))")
         // The resolver is silent indeed: a lookup gives up after its 10 s.
         let gaveUp = await zipper.wait(timeout: .seconds(30)) { records in
