@@ -1,4 +1,5 @@
 internal import Synchronization
+internal import YoMoLogging
 internal import YoMoMetrics
 internal import YoMoTracing
 internal import YoMoWire
@@ -85,6 +86,7 @@ final class DataPathMetrics: Sendable {
         unacknowledgedLost = meter.counter(
             "yomo.zipper.unacknowledged.lost", unit: "By",
             description: "Bytes written to clients whose connections ended before they acknowledged them: lost with the connection.")
+        observeLogging(provider)
     }
 
     var isEnabled: Bool { enabled }
@@ -189,6 +191,28 @@ final class DataPathMetrics: Sendable {
         let succeeded = duration.bind(base)
         let failed = duration.bind(base.with("error.type", "export_failed"))
         provider.observeExports { seconds, didFail in (didFail ? failed : succeeded).record(seconds, spanContext: nil) }
+    }
+
+    /// Log records the process's logging (what `YoMoLogging.bootstrap`
+    /// installed) lost: never written by its writer (queue full, or a sink
+    /// failing, such as a pipe nobody reads) or never exported over OTLP. One
+    /// count for the process, so registered once per provider and without the
+    /// component's attributes; nothing when the process did not bootstrap it.
+    private func observeLogging(_ provider: MeterProvider) {
+        guard enabled, provider.isFirstRegistration(of: "yomo.sdk.log.records.dropped") else { return }
+        meter.observableCounter(
+            "yomo.sdk.log.records.dropped", unit: "{record}",
+            description: "Log records never written (queue full, sink failing) or never exported over OTLP."
+        ) {
+            guard let installed = YoMoLogging.installed else { return [] }
+            var series: [(MetricAttributes, Double)] = [
+                (["yomo.log.pipeline": "writer"], Double(installed.writer.droppedRecordCount))
+            ]
+            if let processor = installed.logProcessor {
+                series.append((["yomo.log.pipeline": "otlp"], Double(processor.droppedRecordCount)))
+            }
+            return series
+        }
     }
 
     /// The health of a client's connection to its zipper (from ngtcp2's

@@ -1,8 +1,11 @@
+import Synchronization
 public import Logging
 public import YoMoTracing
 
 /// Entry points for executables and examples. A library never calls
 /// `bootstrap`: it accepts a `Logger` from its caller.
+private let installedPipeline = Mutex<YoMoLogging.Installation?>(nil)
+
 public enum YoMoLogging {
     /// Level and format of the SDK's handlers.
     public struct Configuration: Sendable, Hashable {
@@ -185,8 +188,14 @@ public enum YoMoLogging {
             let logger = Logger(label: "swift-yomo.logging")
             for warning in configuration.warnings { logger.warning("\(warning)") }
         }
-        return Installation(configuration: configuration, writer: writer, logProcessor: processor)
+        let installation = Installation(configuration: configuration, writer: writer, logProcessor: processor)
+        installedPipeline.withLock { $0 = installation }
+        return installation
     }
+
+    /// What the last `bootstrap` installed, or nil: the components' metrics
+    /// read its losses from it (`yomo.sdk.log.records.dropped`).
+    public static var installed: Installation? { installedPipeline.withLock { $0 } }
 
     /// What `bootstrap` installs, separate so tests can run it (swift-log allows one bootstrap per process).
     static func handlerFactory(

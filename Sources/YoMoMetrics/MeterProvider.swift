@@ -45,8 +45,17 @@ public final class MeterProvider: Sendable {
     /// By name, and in the order they were made (a stable page).
     private let instruments = Mutex<(byName: [String: InstrumentStorage], ordered: [InstrumentStorage])>(([:], []))
 
+    /// Readings registered once per provider: process-wide ones, which several
+    /// components sharing the provider would otherwise each report.
+    private let registeredOnce = Mutex<Set<String>>([])
+
     public init(configuration: Configuration) {
         self.configuration = configuration
+    }
+
+    /// True the first time `key` is asked for on this provider.
+    package func isFirstRegistration(of key: String) -> Bool {
+        registeredOnce.withLock { $0.insert(key).inserted }
     }
 
     /// Records nothing.

@@ -69,12 +69,15 @@ struct CapturingLogHandler: LogHandler {
 /// Writes `text` on `tag` until `received` holds it, at most 200 times, each
 /// followed by a wait of up to `every`: while routes come up or a client
 /// redials, a single frame may find no observer. False if it never arrived.
+/// Writes `text` until `received` holds it (or `expecting`, what a function
+/// in between makes of it).
 func writeUntilReceived(
-    _ source: Source, tag: UInt32, _ text: String, _ received: Inbox<String>, every: Duration = .milliseconds(100)
+    _ source: Source, tag: UInt32, _ text: String, _ received: Inbox<String>, expecting: String? = nil,
+    every: Duration = .milliseconds(100)
 ) async throws -> Bool {
     for _ in 0..<200 {
         try await source.write(tag: tag, data: Array(text.utf8))
-        if await eventually(within: every, { received.items.contains(text) }) { return true }
+        if await eventually(within: every, { received.items.contains(expecting ?? text) }) { return true }
     }
     return false
 }
