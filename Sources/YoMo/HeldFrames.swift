@@ -51,20 +51,48 @@ extension ZipperConfiguration {
     }
 }
 
-/// The zipper's held frames: which to hold, which a stream function that
-/// arrives takes, which have waited too long. Times are passed in; the
-/// zipper keeps it under its lock.
+/// The zipper's held frames: which to hold and for whom, which a stream
+/// function that arrives takes, which have waited too long. Times are passed
+/// in; the zipper keeps it under its lock.
+///
+/// A frame is held for two kinds of arrival. For stream functions that left
+/// and are expected back, by name: a function observing the tag left within
+/// `afterLastObserver` and none of its name observes it now, whether or not
+/// other functions receive the frame (a fan-out whose one function restarts).
+/// And, when no function at all receives the frame, for whichever arrive
+/// before its deadline, each name once: in the zipper's first
+/// `afterLastObserver` (it cannot know the names of a previous run), or after
+/// the tag's last function left. A held frame is dropped once every name it
+/// was held for has taken it, or at its deadline.
 struct HeldFrames {
     typealias Instant = ContinuousClock.Instant
+
+    /// For whom a frame is held.
+    struct Claim: Equatable {
+        /// Stream functions (by name) that left and are expected back.
+        var owed: Set<String> = []
+        /// Any stream function that arrives before the deadline, each name once.
+        var forAnyArrival = false
+    }
 
     struct Entry {
         var frame: DataFrame
         var target: String?
         var bytes: Int
         var deadline: Instant
+        var owed: Set<String>
+        var forAnyArrival: Bool
+        /// Names that took it.
+        var deliveredTo: Set<String> = []
+        /// Whether other functions received it when it was routed.
+        var wasRouted: Bool
+
+        /// Whether its wait ended short of someone it was held for.
+        var missedSomeone: Bool { !owed.isEmpty || (forAnyArrival && deliveredTo.isEmpty) }
     }
 
-    /// Frames of one tag dropped together (expired, or at the zipper's close).
+    /// Frames of one tag whose wait ended short of someone they were held for
+    /// (expired, or at the zipper's close).
     struct Dropped: Equatable {
         var tag: UInt32
         var frames = 0
@@ -72,6 +100,25 @@ struct HeldFrames {
         /// Whether a stream function ever observed the tag here: then the drop
         /// is a loss to report; else the tag may simply have no consumer.
         var wasObserved = false
+        /// Of `frames`, those no stream function received at all (`no_route`).
+        var unrouted = 0
+        /// Names they were held for that did not come back.
+        var missing: Set<String> = []
+
+        /// Counts `other`'s frames (of the same tag) in these.
+        mutating func add(_ other: Dropped) {
+            frames += other.frames
+            bytes += other.bytes
+            wasObserved = wasObserved || other.wasObserved
+            unrouted += other.unrouted
+            missing.formUnion(other.missing)
+        }
+    }
+
+    /// A stream function that left: its name is owed the frames of `tag` it would have received.
+    private struct Absence {
+        var left: Instant
+        var member: RouteMember
     }
 
     let settings: ZipperConfiguration.UnroutedHold
@@ -82,10 +129,14 @@ struct HeldFrames {
     private var heldPerTag: [UInt32: Int] = [:]
     /// When each tag's last observer left. Bounded: tags come from peers' handshakes.
     private var lastObserverLeft: [UInt32: Instant] = [:]
+    /// By tag, the names that left it (none of their name observes it now).
+    /// Bounded like `lastObserverLeft`, in (tag, name) pairs.
+    private var absent: [UInt32: [String: Absence]] = [:]
+    private var absentPairs = 0
     static let maximumRememberedTags = 4096
-    /// Tags whose arriving function is taking their frames: held whatever the
-    /// rules say, so nothing overtakes what it takes.
-    private var arriving: [UInt32: Int] = [:]
+    /// Functions taking their held frames: what is routed meanwhile is held
+    /// for them too, so nothing overtakes what they take.
+    private var arriving: [UInt64: RouteMember] = [:]
 
     init(settings: ZipperConfiguration.UnroutedHold, startedAt: Instant) {
         self.settings = settings
@@ -102,12 +153,24 @@ struct HeldFrames {
     /// frames held about 160 MiB.
     static let entryOverhead = 512
 
-    /// Whether a frame with `tag` that has no destination now is held.
-    func holds(tag: UInt32, now: Instant) -> Bool {
-        guard settings.isOn else { return false }
-        if arriving[tag] != nil || now < startedAt + settings.afterLastObserver { return true }
-        guard let left = lastObserverLeft[tag] else { return false }
-        return now < left + settings.afterLastObserver
+    /// For whom a frame with `tag` and `target` is held, `routed` saying
+    /// whether some stream function receives it now; nil: for nobody.
+    func claim(tag: UInt32, target: String?, routed: Bool, now clock: @autoclosure () -> Instant) -> Claim? {
+        guard settings.isOn else { return nil }
+        // The data path's case, without reading the clock: functions connected, none away or arriving.
+        if routed && absent.isEmpty && arriving.isEmpty { return nil }
+        let now = clock()
+        var claim = Claim()
+        for (name, absence) in absent[tag] ?? [:]
+        where now < absence.left + settings.afterLastObserver && absence.member.receives(tag: tag, target: target) {
+            claim.owed.insert(name)
+        }
+        for member in arriving.values where member.receives(tag: tag, target: target) { claim.owed.insert(member.name) }
+        if !routed {
+            let lastLeft = lastObserverLeft[tag].map { now < $0 + settings.afterLastObserver } ?? false
+            claim.forAnyArrival = lastLeft || now < startedAt + settings.afterLastObserver
+        }
+        return claim.owed.isEmpty && !claim.forAnyArrival ? nil : claim
     }
 
     enum HoldResult: Equatable {
@@ -117,47 +180,57 @@ struct HeldFrames {
         case full
     }
 
-    /// Holds `frame` (its buffers should be its own: a slice of a read buffer would keep all of it).
-    mutating func hold(_ frame: DataFrame, target: String?, bytes: Int, now: Instant) -> HoldResult {
+    /// Holds `frame` for `claim` (its buffers should be its own: a slice of a
+    /// read buffer would keep all of it).
+    mutating func hold(_ frame: DataFrame, target: String?, bytes: Int, for claim: Claim, routed: Bool, now: Instant) -> HoldResult {
         guard self.bytes + bytes <= settings.maximumBytes else { return .full }
-        entries.append(Entry(frame: frame, target: target, bytes: bytes, deadline: now + settings.duration))
+        entries.append(Entry(
+            frame: frame, target: target, bytes: bytes, deadline: now + settings.duration,
+            owed: claim.owed, forAnyArrival: claim.forAnyArrival, wasRouted: routed))
         self.bytes += bytes
         heldPerTag[frame.tag, default: 0] += 1
         return .held(first: heldPerTag[frame.tag] == 1)
     }
 
-    /// Takes, in the order they were held, the frames `member` would have been
-    /// routed (its tags; a targeted frame only if its target is the member's).
+    /// Takes, in the order they were held, the frames held for `member` that
+    /// it would have been routed (its tags; a targeted frame only if its
+    /// target is the member's).
     mutating func take(for member: RouteMember) -> [DataFrame] {
         guard !entries.isEmpty, member.clientType == .streamFunction else { return [] }
         var taken: [DataFrame] = []
         var kept = CircularBuffer<Entry>(initialCapacity: entries.count)
-        for entry in entries {
-            if member.receives(tag: entry.frame.tag, target: entry.target) {
+        for var entry in entries {
+            if member.receives(tag: entry.frame.tag, target: entry.target),
+               entry.owed.contains(member.name) || (entry.forAnyArrival && !entry.deliveredTo.contains(member.name)) {
                 taken.append(entry.frame)
-                forget(entry)
-            } else {
-                kept.append(entry)
+                entry.owed.remove(member.name)
+                entry.deliveredTo.insert(member.name)
+                if entry.owed.isEmpty && !entry.forAnyArrival {
+                    forget(entry)
+                    continue
+                }
             }
+            kept.append(entry)
         }
         if !taken.isEmpty { entries = kept }
         return taken
     }
 
-    /// Drops the frames whose wait is over, by tag in the order they expired.
+    /// Ends the waits that are over: the frames that missed someone, by tag in
+    /// the order they expired.
     mutating func expire(now: Instant) -> [Dropped] {
         var dropped: [Dropped] = []
         while let first = entries.first, first.deadline <= now {
             entries.removeFirst()
-            count(first, into: &dropped)
+            end(first, into: &dropped)
         }
         return dropped
     }
 
-    /// Drops everything (the zipper closes).
+    /// Ends every wait (the zipper closes).
     mutating func removeAll() -> [Dropped] {
         var dropped: [Dropped] = []
-        while let first = entries.popFirst() { count(first, into: &dropped) }
+        while let first = entries.popFirst() { end(first, into: &dropped) }
         return dropped
     }
 
@@ -167,42 +240,69 @@ struct HeldFrames {
         heldPerTag[entry.frame.tag] = left > 0 ? left : nil
     }
 
-    private mutating func count(_ entry: Entry, into dropped: inout [Dropped]) {
+    private mutating func end(_ entry: Entry, into dropped: inout [Dropped]) {
         forget(entry)
+        guard entry.missedSomeone else { return }
         let tag = entry.frame.tag
-        if let index = dropped.firstIndex(where: { $0.tag == tag }) {
-            dropped[index].frames += 1
-            dropped[index].bytes += entry.bytes
-        } else {
-            dropped.append(Dropped(tag: tag, frames: 1, bytes: entry.bytes, wasObserved: wasObserved(tag: tag)))
-        }
+        let index = dropped.firstIndex { $0.tag == tag } ?? {
+            dropped.append(Dropped(tag: tag, wasObserved: wasObserved(tag: tag)))
+            return dropped.count - 1
+        }()
+        dropped[index].add(Dropped(
+            tag: tag, frames: 1, bytes: entry.bytes,
+            unrouted: !entry.wasRouted && entry.deliveredTo.isEmpty ? 1 : 0, missing: entry.owed))
     }
 
     /// Whether a stream function observing `tag` ever left here (a frame of a
     /// tag none did may simply have no consumer).
     func wasObserved(tag: UInt32) -> Bool { lastObserverLeft[tag] != nil }
 
-    /// A stream function observing `tags` left.
-    mutating func observerLeft(_ tags: Set<UInt32>, now: Instant) {
-        for tag in tags {
+    /// A stream function left; `stillObserved`: the tags another connection of
+    /// its name still observes (those it is not owed).
+    mutating func observerLeft(_ member: RouteMember, stillObserved: Set<UInt32> = [], now: Instant) {
+        forgetStaleAbsences(now: now)
+        for tag in member.observedTags {
             if lastObserverLeft[tag] == nil, lastObserverLeft.count >= Self.maximumRememberedTags {
                 // Forget the tag that has been without its function longest.
                 if let oldest = lastObserverLeft.min(by: { $0.value < $1.value })?.key { lastObserverLeft[oldest] = nil }
             }
             lastObserverLeft[tag] = now
+            guard !stillObserved.contains(tag) else { continue }
+            if absent[tag]?[member.name] == nil {
+                if absentPairs >= Self.maximumRememberedTags { forgetOldestAbsence() }
+                absentPairs += 1
+            }
+            absent[tag, default: [:]][member.name] = Absence(left: now, member: member)
         }
     }
 
-    mutating func beginArriving(_ tags: Set<UInt32>) {
-        for tag in tags { arriving[tag, default: 0] += 1 }
-    }
-
-    mutating func endArriving(_ tags: Set<UInt32>) {
-        for tag in tags {
-            let count = (arriving[tag] ?? 1) - 1
-            arriving[tag] = count > 0 ? count : nil
+    /// A stream function arrived: its name is no longer away from its tags.
+    mutating func arrived(_ member: RouteMember) {
+        for tag in member.observedTags where absent[tag]?.removeValue(forKey: member.name) != nil {
+            absentPairs -= 1
+            if absent[tag]?.isEmpty == true { absent[tag] = nil }
         }
     }
+
+    private mutating func forgetStaleAbsences(now: Instant) {
+        for (tag, names) in absent {
+            let current = names.filter { now < $0.value.left + settings.afterLastObserver }
+            absentPairs -= names.count - current.count
+            absent[tag] = current.isEmpty ? nil : current
+        }
+    }
+
+    private mutating func forgetOldestAbsence() {
+        let oldest = absent.flatMap { tag, names in names.map { (tag, $0.key, $0.value.left) } }.min { $0.2 < $1.2 }
+        guard let (tag, name, _) = oldest else { return }
+        absent[tag]?[name] = nil
+        if absent[tag]?.isEmpty == true { absent[tag] = nil }
+        absentPairs -= 1
+    }
+
+    mutating func beginArriving(_ member: RouteMember) { arriving[member.connectionID] = member }
+
+    mutating func endArriving(_ member: RouteMember) { arriving[member.connectionID] = nil }
 }
 
 /// When to log held frames that were dropped: a tag's first drop at once, its
@@ -229,18 +329,14 @@ struct HeldDropReports {
         var report: [Dropped] = []
         for drop in dropped {
             guard let known = tags[drop.tag], now < known.reportedAt + interval else {
-                var total = tags[drop.tag]?.pending ?? Dropped(tag: drop.tag, wasObserved: drop.wasObserved)
-                total.frames += drop.frames
-                total.bytes += drop.bytes
-                total.wasObserved = total.wasObserved || drop.wasObserved
+                var total = tags[drop.tag]?.pending ?? Dropped(tag: drop.tag)
+                total.add(drop)
                 tags[drop.tag] = (now, nil)
                 report.append(total)
                 continue
             }
-            var pending = known.pending ?? Dropped(tag: drop.tag, wasObserved: drop.wasObserved)
-            pending.frames += drop.frames
-            pending.bytes += drop.bytes
-            pending.wasObserved = pending.wasObserved || drop.wasObserved
+            var pending = known.pending ?? Dropped(tag: drop.tag)
+            pending.add(drop)
             tags[drop.tag] = (known.reportedAt, pending)
         }
         return report

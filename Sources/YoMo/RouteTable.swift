@@ -27,11 +27,14 @@ struct RouteMember: Hashable, Sendable {
 struct RouteTable: Sendable {
     private(set) var members: [UInt64: RouteMember] = [:]
     private var observers: [UInt32: [UInt64]] = [:]
+    /// Stream functions connected per name (same-name instances are allowed).
+    private var functionsNamed: [String: Int] = [:]
 
     mutating func add(_ member: RouteMember) {
         remove(member.connectionID)
         members[member.connectionID] = member
         guard member.clientType == .streamFunction else { return }
+        functionsNamed[member.name, default: 0] += 1
         for tag in member.observedTags {
             observers[tag, default: []].append(member.connectionID)
         }
@@ -39,9 +42,21 @@ struct RouteTable: Sendable {
 
     mutating func remove(_ connectionID: UInt64) {
         guard let member = members.removeValue(forKey: connectionID) else { return }
+        if member.clientType == .streamFunction {
+            let left = (functionsNamed[member.name] ?? 1) - 1
+            functionsNamed[member.name] = left > 0 ? left : nil
+        }
         for tag in member.observedTags {
             observers[tag]?.removeAll { $0 == connectionID }
             if observers[tag]?.isEmpty == true { observers[tag] = nil }
+        }
+    }
+
+    /// The tags the connected stream functions named `name` observe.
+    func tagsObserved(byName name: String) -> Set<UInt32> {
+        guard functionsNamed[name] != nil else { return [] }
+        return members.values.reduce(into: []) { tags, member in
+            if member.clientType == .streamFunction && member.name == name { tags.formUnion(member.observedTags) }
         }
     }
 

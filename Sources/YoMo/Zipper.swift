@@ -395,14 +395,17 @@ public final class Zipper: Sendable {
                 observedTags: Set(handshake.observedTags), wantedTarget: handshake.wantedTarget)
             state.peers[id] = Peer(connection: connection, member: member, metadata: connectionMetadata)
             // Frames held for this function go first: it joins the routes once they are written.
+            if member.clientType == .streamFunction { state.held.arrived(member) }
             let held = state.held.take(for: member)
-            if held.isEmpty { state.routes.add(member) } else { state.held.beginArriving(member.observedTags) }
+            if held.isEmpty { state.routes.add(member) } else { state.held.beginArriving(member) }
             return (id, member, held)
         }
         defer { state.withLock { state in
             state.routes.remove(id)
             state.peers[id] = nil
-            if member.clientType == .streamFunction { state.held.observerLeft(member.observedTags, now: .now) }
+            if member.clientType == .streamFunction {
+                state.held.observerLeft(member, stillObserved: state.routes.tagsObserved(byName: member.name), now: .now)
+            }
         } }
         metrics.connection(handshake.clientType, delta: 1)
         defer { metrics.connection(handshake.clientType, delta: -1) }
@@ -568,18 +571,15 @@ public final class Zipper: Sendable {
         let target = metadata.value(.target, connectionMetadata)
         var (destinations, holds) = state.withLock { state in
             let destinations = state.destinations(tag: data.tag, target: target)
-            return (destinations, destinations.isEmpty && state.held.holds(tag: data.tag, now: .now))
+            return (destinations, state.held.claim(tag: data.tag, target: target, routed: !destinations.isEmpty, now: .now) != nil)
         }
         // Metadata made once for every destination (or patched as each copy is
         // encoded); the payload is never copied.
         let (frame, patch) = metadata.frame(tag: data.tag, payload: data.payload)
         var held = false
         if holds {
-            switch hold(frame.applying(patch), target: target, logger: logger) {
-            case .held: held = true
-            case .dropped: router?.noRoute.add()
-            case .routable(let now): destinations = now
-            }
+            (held, destinations) = hold(frame.applying(patch), target: target, logger: logger)
+            if !held && destinations.isEmpty { router?.noRoute.add() }
         } else if destinations.isEmpty {
             // no_route: no observer here (the mesh may still take the frame).
             router?.noRoute.add()
@@ -676,53 +676,66 @@ public final class Zipper: Sendable {
         return (.decoded(merged, merged.encoded()), span)
     }
 
-    private enum HoldOutcome {
-        case held
-        /// Not held: the hold is full.
-        case dropped
-        /// A stream function for it arrived meanwhile: route it to these.
-        case routable([(UInt64, QUICFrameConnection)])
-    }
-
-    /// Holds a frame that has no destination for a stream function on its way
-    /// back; logs the first of a tag's burst, and the first frame the full hold refused.
-    private func hold(_ frame: DataFrame, target: String?, logger: Logger) -> HoldOutcome {
+    /// Holds a frame for the stream functions on their way back that it is
+    /// held for (see `HeldFrames`); logs the first of a tag's burst, and the
+    /// first frame the full hold refused. Returns whether it was held, and the
+    /// functions to route it to now.
+    private func hold(_ frame: DataFrame, target: String?, logger: Logger) -> (held: Bool, destinations: [(UInt64, QUICFrameConnection)]) {
         // Its own buffers: a slice of the read buffer would keep all of that alive.
         let owned = DataFrame(tag: frame.tag, metadata: ByteBuffer(buffer: frame.metadata), payload: ByteBuffer(buffer: frame.payload))
         let bytes = owned.metadata.readableBytes + owned.payload.readableBytes + HeldFrames.entryOverhead
-        let (outcome, wasEmpty, firstOfBurst, firstRefused) = state.withLock { state -> (HoldOutcome, Bool, Bool, Logger.Level?) in
+        typealias Outcome = (held: Bool, destinations: [(UInt64, QUICFrameConnection)], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?)
+        let outcome = state.withLock { state -> Outcome in
             let destinations = state.destinations(tag: frame.tag, target: target)
-            guard destinations.isEmpty else { return (.routable(destinations), false, false, nil) }
+            let routed = !destinations.isEmpty
+            // Checked again: a function may have arrived or left since the caller looked.
+            guard let claim = state.held.claim(tag: frame.tag, target: target, routed: routed, now: .now) else {
+                return (false, destinations, false, nil, nil)
+            }
             let wasEmpty = state.held.isEmpty
-            switch state.held.hold(owned, target: target, bytes: bytes, now: .now) {
+            switch state.held.hold(owned, target: target, bytes: bytes, for: claim, routed: routed, now: .now) {
             case .held(let first):
                 state.statistics.heldFrames += 1
                 state.heldFull = (false, false)
-                return (.held, wasEmpty, first, nil)
+                return (true, destinations, wasEmpty, first ? claim : nil, nil)
             case .full:
                 state.statistics.heldFramesDropped += 1
                 // A pipeline's last tag filling the hold in the zipper's first minute is no loss to warn about.
                 if state.held.wasObserved(tag: frame.tag) {
                     defer { state.heldFull.observed = true }
-                    return (.dropped, false, false, state.heldFull.observed ? nil : .warning)
+                    return (false, destinations, false, nil, state.heldFull.observed ? nil : .warning)
                 }
                 defer { state.heldFull.unobserved = true }
-                return (.dropped, false, false, state.heldFull.unobserved ? nil : .info)
+                return (false, destinations, false, nil, state.heldFull.unobserved ? nil : .info)
             }
         }
-        if wasEmpty { heldWakeups.continuation.yield() }
+        if outcome.wasEmpty { heldWakeups.continuation.yield() }
         let hold = configuration.unroutedHold
-        if firstOfBurst, mayLogAboutHeldFrames() {
-            logger.info("no stream function observes this tag now: holding its frames for one on its way back", metadata: [
-                "tag": "\(DataPathMetrics.tagName(frame.tag))", "hold": "\(hold.duration)",
-            ])
+        if let claim = outcome.firstFor, mayLogAboutHeldFrames() {
+            if claim.owed.isEmpty || outcome.destinations.isEmpty {
+                logger.info("no stream function observes this tag now: holding its frames for one on its way back", metadata: [
+                    "tag": "\(DataPathMetrics.tagName(frame.tag))", "hold": "\(hold.duration)",
+                ])
+            } else {
+                logger.info("a stream function observing this tag is away: holding its frames for it, the others receive them", metadata: [
+                    "tag": "\(DataPathMetrics.tagName(frame.tag))", "hold": "\(hold.duration)",
+                    "functions": "\(Self.names(claim.owed))",
+                ])
+            }
         }
-        if let level = firstRefused {
+        if let level = outcome.firstRefused {
             logger.log(level: level, "frames held for stream functions reached their limit: frames with no stream function are dropped until some are taken or expire", metadata: [
                 "tag": "\(DataPathMetrics.tagName(frame.tag))", "max_bytes": "\(hold.maximumBytes)",
             ])
         }
-        return outcome
+        return (outcome.held, outcome.destinations)
+    }
+
+    /// Names for a log line: sorted, at most five (they come from peers).
+    static func names(_ names: Set<String>) -> String {
+        let sorted = names.sorted()
+        let shown = sorted.prefix(5).joined(separator: ",")
+        return sorted.count > 5 ? shown + ",… (\(sorted.count))" : shown
     }
 
     /// Writes the frames held for a stream function that arrived, then any held
@@ -744,7 +757,7 @@ public final class Zipper: Sendable {
                     let more = state.held.take(for: member)
                     if more.isEmpty {
                         state.routes.add(member)
-                        state.held.endArriving(member.observedTags)
+                        state.held.endArriving(member)
                     }
                     return more
                 }
@@ -761,7 +774,7 @@ public final class Zipper: Sendable {
     /// it took and was not written to it is lost with it.
     private func abandonArrival(of member: RouteMember, delivered: Int, lost: Int) {
         state.withLock { state in
-            state.held.endArriving(member.observedTags)
+            state.held.endArriving(member)
             state.statistics.heldFramesDelivered += delivered
             state.statistics.heldFramesDropped += lost
         }
@@ -794,10 +807,10 @@ public final class Zipper: Sendable {
         }
     }
 
-    /// Held frames finally dropped for want of a stream function: `no_route`.
+    /// Held frames finally dropped that no stream function received: `no_route`.
     private func countNoRoute(_ dropped: [HeldFrames.Dropped]) {
         guard metrics.isEnabled else { return }
-        for tag in dropped { metrics.router(tag: tag.tag).noRoute.add(Double(tag.frames)) }
+        for tag in dropped where tag.unrouted > 0 { metrics.router(tag: tag.tag).noRoute.add(Double(tag.unrouted)) }
     }
 
     /// Whether a per-tag line about held frames is within its budget; says
@@ -817,10 +830,11 @@ public final class Zipper: Sendable {
 
     private func logDropped(_ tag: HeldFrames.Dropped) {
         guard mayLogAboutHeldFrames() else { return }
-        let metadata: Logger.Metadata = [
+        var metadata: Logger.Metadata = [
             "tag": "\(DataPathMetrics.tagName(tag.tag))", "frames": "\(tag.frames)", "bytes": "\(tag.bytes)",
             "hold": "\(configuration.unroutedHold.duration)",
         ]
+        if !tag.missing.isEmpty { metadata["functions"] = "\(Self.names(tag.missing))" }
         if tag.wasObserved {
             logger.warning("no stream function came back for this tag in time: frames held for it were dropped", metadata: metadata)
         } else {

@@ -16,60 +16,102 @@ struct HeldFramesLogicTests {
 
     func frame(_ tag: UInt32, _ text: String) -> DataFrame { DataFrame(tag: tag, payload: ByteBuffer(string: text)) }
 
-    func function(_ tags: Set<UInt32>, target: String = "") -> RouteMember {
-        RouteMember(connectionID: 9, name: "f", clientID: "f", clientType: .streamFunction, observedTags: tags, wantedTarget: target)
+    func function(_ tags: Set<UInt32>, target: String = "", name: String = "f", id: UInt64 = 9) -> RouteMember {
+        RouteMember(connectionID: id, name: name, clientID: name, clientType: .streamFunction, observedTags: tags, wantedTarget: target)
     }
 
-    @Test("every tag is held in the zipper's first `afterLastObserver`; later only tags whose last function left within it")
+    /// Held for any arrival (no function received it).
+    let anyArrival = HeldFrames.Claim(forAnyArrival: true)
+
+    @Test("with no function: every tag held in the zipper's first `afterLastObserver`, later only tags whose last function left within it")
     func whichTagsAreHeld() {
         var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start)
-        #expect(held.holds(tag: 0x33, now: start + .seconds(59)))
-        #expect(!held.holds(tag: 0x33, now: start + .seconds(60)), "never observed, past the start window")
+        #expect(held.claim(tag: 0x33, target: nil, routed: false, now: start + .seconds(59)) == anyArrival)
+        #expect(held.claim(tag: 0x33, target: nil, routed: false, now: start + .seconds(60)) == nil, "never observed, past the start window")
+        #expect(held.claim(tag: 0x33, target: nil, routed: true, now: start) == nil, "received by a function, none away")
         #expect(!held.wasObserved(tag: 0x33))
-        held.observerLeft([0x33], now: start + .seconds(70))
+        held.observerLeft(function([0x33]), now: start + .seconds(70))
         #expect(held.wasObserved(tag: 0x33))
-        #expect(held.holds(tag: 0x33, now: start + .seconds(129)))
-        #expect(!held.holds(tag: 0x33, now: start + .seconds(130)), "gone for good after afterLastObserver")
-        #expect(!held.holds(tag: 0x34, now: start + .seconds(80)))
-        held.beginArriving([0x34])
-        #expect(held.holds(tag: 0x34, now: start + .seconds(80)), "a function taking its frames: held whatever the rules")
-        held.endArriving([0x34])
-        #expect(!held.holds(tag: 0x34, now: start + .seconds(80)))
+        #expect(held.claim(tag: 0x33, target: nil, routed: false, now: start + .seconds(129)) == .init(owed: ["f"], forAnyArrival: true))
+        #expect(held.claim(tag: 0x33, target: nil, routed: false, now: start + .seconds(130)) == nil, "gone for good after afterLastObserver")
+        #expect(held.claim(tag: 0x34, target: nil, routed: false, now: start + .seconds(80)) == nil)
+        let arriving = function([0x34], name: "g", id: 3)
+        held.beginArriving(arriving)
+        #expect(held.claim(tag: 0x34, target: nil, routed: false, now: start + .seconds(80)) == .init(owed: ["g"]),
+                "a function taking its frames: held for it whatever the rules")
+        held.endArriving(arriving)
+        #expect(held.claim(tag: 0x34, target: nil, routed: false, now: start + .seconds(80)) == nil)
         let off = HeldFrames(settings: .off, startedAt: start)
-        #expect(!off.holds(tag: 0x33, now: start))
+        #expect(off.claim(tag: 0x33, target: nil, routed: false, now: start) == nil)
     }
 
-    @Test("an arriving function takes its tags' frames in order; a targeted frame only if the target is its own")
+    @Test("a function that left is owed its tags' frames by name while others receive them, unless a namesake still observes the tag")
+    func owedByName() {
+        var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
+        let away = function([0x33, 0x34], target: "t1", name: "away")
+        held.observerLeft(away, stillObserved: [0x34], now: start)
+        #expect(held.claim(tag: 0x33, target: nil, routed: true, now: start + .seconds(1)) == .init(owed: ["away"]))
+        #expect(held.claim(tag: 0x33, target: "t1", routed: true, now: start + .seconds(1)) == .init(owed: ["away"]))
+        #expect(held.claim(tag: 0x33, target: "t2", routed: true, now: start + .seconds(1)) == nil, "a target that is not its own")
+        #expect(held.claim(tag: 0x34, target: nil, routed: true, now: start + .seconds(1)) == nil, "a namesake still observes 0x34")
+        #expect(held.claim(tag: 0x33, target: nil, routed: true, now: start + .seconds(60)) == nil, "not expected back after afterLastObserver")
+        held.arrived(function([0x33], name: "away"))
+        #expect(held.claim(tag: 0x33, target: nil, routed: true, now: start + .seconds(2)) == nil, "back")
+    }
+
+    @Test("an arriving function takes the frames held for it in order; a targeted frame only if the target is its own")
     func takeInOrder() {
         var held = HeldFrames(settings: Hold(), startedAt: start)
         for (tag, text, target) in [(0x33, "a", nil), (0x34, "b", nil), (0x33, "c", "t1"), (0x33, "d", "t2"), (0x33, "e", nil)] as [(UInt32, String, String?)] {
-            #expect(held.hold(frame(tag, text), target: target, bytes: 10, now: start) != .full)
+            #expect(held.hold(frame(tag, text), target: target, bytes: 10, for: anyArrival, routed: false, now: start) != .full)
         }
         #expect(held.count(tag: 0x33) == 4)
         let source = RouteMember(connectionID: 1, name: "s", clientID: "s", clientType: .source, observedTags: [0x33], wantedTarget: "")
         #expect(held.take(for: source).isEmpty, "sources receive nothing")
         let taken = held.take(for: function([0x33], target: "t1")).map { String(buffer: $0.payload) }
         #expect(taken == ["a", "c", "e"])
-        #expect(held.count(tag: 0x33) == 1 && held.bytes == 20)
-        #expect(held.take(for: function([0x34, 0x33], target: "t2")).map { String(buffer: $0.payload) } == ["b", "d"])
+        #expect(held.take(for: function([0x33], target: "t1", id: 10)).isEmpty, "each name once: the same function reconnecting")
+        #expect(held.take(for: function([0x34, 0x33], target: "t2", name: "other")).map { String(buffer: $0.payload) } == ["a", "b", "d", "e"],
+                "another function arriving before the deadline gets what it would have been routed")
+        #expect(held.count(tag: 0x33) == 4 && held.bytes == 50, "held for any arrival: kept until the deadline")
+        #expect(held.expire(now: start + .seconds(5)).isEmpty, "delivered: no loss")
         #expect(held.isEmpty && held.bytes == 0)
+    }
+
+    @Test("a frame held for names is gone once each has taken it; at the deadline the names that did not come are the loss")
+    func owedFramesLeaveWhenTaken() {
+        var held = HeldFrames(settings: Hold(duration: .seconds(5)), startedAt: start - .seconds(100))
+        held.observerLeft(function([0x33], name: "a"), now: start)
+        held.observerLeft(function([0x33], name: "b"), now: start)
+        let claim = held.claim(tag: 0x33, target: nil, routed: true, now: start)
+        #expect(claim == .init(owed: ["a", "b"]))
+        #expect(held.hold(frame(0x33, "x"), target: nil, bytes: 10, for: claim!, routed: true, now: start) == .held(first: true))
+        #expect(held.take(for: function([0x33], name: "a")).map { String(buffer: $0.payload) } == ["x"])
+        #expect(held.take(for: function([0x33], name: "a")).isEmpty)
+        #expect(held.count(tag: 0x33) == 1, "still held for b")
+        #expect(held.expire(now: start + .seconds(5)) == [
+            HeldFrames.Dropped(tag: 0x33, frames: 1, bytes: 10, wasObserved: true, unrouted: 0, missing: ["b"]),
+        ], "b missed it; others received it when it came, so it is no no_route")
+        #expect(held.hold(frame(0x33, "y"), target: nil, bytes: 10, for: .init(owed: ["a"]), routed: true, now: start) == .held(first: true))
+        #expect(held.take(for: function([0x33], name: "a")).count == 1)
+        #expect(held.isEmpty && held.bytes == 0, "taken by every name it was held for")
     }
 
     @Test("frames expire at their deadline, counted by tag; the byte limit refuses what does not fit")
     func expiryAndLimit() {
         var held = HeldFrames(settings: Hold(duration: .seconds(5), maximumBytes: 25), startedAt: start)
-        held.observerLeft([0x33], now: start)
-        #expect(held.hold(frame(0x33, "a"), target: nil, bytes: 10, now: start) == .held(first: true))
-        #expect(held.hold(frame(0x34, "b"), target: nil, bytes: 10, now: start + .seconds(1)) == .held(first: true))
-        #expect(held.hold(frame(0x33, "c"), target: nil, bytes: 10, now: start + .seconds(2)) == .full)
-        #expect(held.hold(frame(0x33, "c"), target: nil, bytes: 5, now: start + .seconds(2)) == .held(first: false))
+        held.observerLeft(function([0x33]), stillObserved: [0x33], now: start)
+        #expect(held.hold(frame(0x33, "a"), target: nil, bytes: 10, for: anyArrival, routed: false, now: start) == .held(first: true))
+        #expect(held.hold(frame(0x34, "b"), target: nil, bytes: 10, for: anyArrival, routed: false, now: start + .seconds(1)) == .held(first: true))
+        #expect(held.hold(frame(0x33, "c"), target: nil, bytes: 10, for: anyArrival, routed: false, now: start + .seconds(2)) == .full)
+        #expect(held.hold(frame(0x33, "c"), target: nil, bytes: 5, for: anyArrival, routed: false, now: start + .seconds(2)) == .held(first: false))
         #expect(held.nextDeadline == start + .seconds(5))
         #expect(held.expire(now: start + .seconds(4)).isEmpty)
         #expect(held.expire(now: start + .seconds(6)) == [
-            HeldFrames.Dropped(tag: 0x33, frames: 1, bytes: 10, wasObserved: true),
-            HeldFrames.Dropped(tag: 0x34, frames: 1, bytes: 10, wasObserved: false),
+            HeldFrames.Dropped(tag: 0x33, frames: 1, bytes: 10, wasObserved: true, unrouted: 1),
+            HeldFrames.Dropped(tag: 0x34, frames: 1, bytes: 10, wasObserved: false, unrouted: 1),
         ])
-        #expect(held.removeAll() == [HeldFrames.Dropped(tag: 0x33, frames: 1, bytes: 5, wasObserved: true)])
+        #expect(held.removeAll() == [HeldFrames.Dropped(tag: 0x33, frames: 1, bytes: 5, wasObserved: true, unrouted: 1)])
         #expect(held.isEmpty && held.bytes == 0 && held.count(tag: 0x33) == 0)
     }
 
@@ -179,6 +221,78 @@ struct HeldFramesTests {
             let delivered = TracingEndToEndTests.records(logs, "delivered the frames held for this stream function")
             #expect(delivered.count == 1 && Int(delivered.first?["frames"] as? String ?? "") == statistics.heldFrames, "\(delivered)")
             await after.close()
+            await source.close()
+        }
+    }
+
+    @Test("in a fan-out, a function that restarts while another receives its tag gets what it missed, first and in order")
+    func fanOutFunctionRestart() async throws {
+        let logs = InMemoryLogSink()
+        try await withZipper(logger: Self.jsonLogger(logs)) { address, zipper in
+            let stays = Inbox<String>()
+            let stayer = StreamFunction(name: "recorder", zipper: address, options: .init(observedTags: [0x64]))
+            stayer.setHandler { ctx in stays.append(Self.label(ctx.data)) }
+            try await stayer.connect()
+            let first = Inbox<String>()
+            let before = StreamFunction(name: "alerter", zipper: address, options: .init(observedTags: [0x64]))
+            before.setHandler { ctx in first.append(Self.label(ctx.data)) }
+            try await before.connect()
+            let source = Source(name: "feed", zipper: address)
+            try await source.connect()
+            let texts = (0..<300).map { "g-\($0)" }
+            func write(_ text: String) async throws { try await source.write(tag: 0x64, data: Array((text + ":").utf8)) }
+            for text in texts[0..<50] { try await write(text) }
+            #expect(await first.wait(for: 50))
+            await before.close()
+            #expect(await eventually { zipper.connectionCount == 2 })
+            // The recorder receives these at once; the alerter's copies wait for it.
+            for text in texts[50..<250] { try await write(text) }
+            #expect(await eventually { zipper.statistics.heldFrames == 200 })
+
+            let second = Inbox<String>()
+            let after = StreamFunction(name: "alerter", zipper: address, options: .init(observedTags: [0x64]))
+            after.setPipeHandler { input, _ in
+                for await frame in input { second.append(Self.label(frame.data)) }
+            }
+            try await after.connect()
+            for text in texts[250...] { try await write(text) }
+            #expect(await second.wait(for: 250, timeout: .seconds(20)), "\(second.count) of 250")
+            #expect(await stays.wait(for: 300, timeout: .seconds(20)))
+            #expect(second.items == Array(texts[50...]), "held first, then the rest, in the order written")
+            #expect(stays.items.sorted() == texts.sorted(), "the recorder got each frame once")
+            let statistics = zipper.statistics
+            #expect(statistics.heldFramesDelivered == 200 && statistics.heldFramesDropped == 0, "\(statistics)")
+            let holding = TracingEndToEndTests.records(logs, "a stream function observing this tag is away: holding its frames for it, the others receive them")
+            #expect(holding.first?["functions"] as? String == "alerter", "\(holding)")
+            await after.close()
+            await stayer.close()
+            await source.close()
+        }
+    }
+
+    @Test("frames that came while no function observed their tag reach every function that arrives in time, not only the first")
+    func heldFramesReachEveryArrival() async throws {
+        try await withZipper { address, zipper in
+            let source = Source(name: "feed", zipper: address)
+            try await source.connect()
+            let texts = (0..<20).map { "h-\($0)" }
+            for text in texts { try await source.write(tag: 0x65, data: Array((text + ":").utf8)) }
+            // The zipper's first minute: held for whichever functions come.
+            #expect(await eventually { zipper.statistics.heldFrames == 20 })
+            var inboxes: [Inbox<String>] = []
+            var functions: [StreamFunction] = []
+            for name in ["alerter", "recorder"] {
+                let inbox = Inbox<String>()
+                let function = StreamFunction(name: name, zipper: address, options: .init(observedTags: [0x65]))
+                function.setHandler { ctx in inbox.append(Self.label(ctx.data)) }
+                try await function.connect()
+                #expect(await inbox.wait(for: 20), "\(name): \(inbox.count) of 20")
+                inboxes.append(inbox)
+                functions.append(function)
+            }
+            for inbox in inboxes { #expect(inbox.items.sorted() == texts.sorted()) }
+            #expect(zipper.statistics.heldFramesDelivered == 40)
+            for function in functions { await function.close() }
             await source.close()
         }
     }
