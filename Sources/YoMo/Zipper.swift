@@ -724,7 +724,7 @@ public final class Zipper: Sendable {
             }
         }
         if let level = outcome.firstRefused {
-            logger.log(level: level, "frames held for stream functions reached their limit: frames with no stream function are dropped until some are taken or expire", metadata: [
+            logger.log(level: level, "frames held for stream functions reached their limit: frames for stream functions on their way back are dropped until some are taken or expire", metadata: [
                 "tag": "\(DataPathMetrics.tagName(frame.tag))", "max_bytes": "\(hold.maximumBytes)",
             ])
         }

@@ -67,6 +67,10 @@ public final class LogWriter: Sendable {
     /// Records lost because the queue was full, the sink threw, or the writer was shut down.
     public var droppedRecordCount: Int { state.lock.withLock { state.dropped } }
 
+    /// Whether a flush gave up and the sink has finished no write since: the
+    /// exit's flush is then skipped rather than waited out.
+    package var sinkIsStuck: Bool { state.sinkIsStuck }
+
     /// Sink writes that threw (each may have carried several records).
     public var failedWriteCount: Int { state.lock.withLock { state.failedWrites } }
 
@@ -119,6 +123,8 @@ final class WriterState: @unchecked Sendable {
     /// True while the writer thread sleeps until a producer signals it.
     private var writerIdle = false
     private var flushWaiters = 0
+    /// `finished` when a flush last gave up; nil once a write completed after it.
+    private var finishedWhenFlushGaveUp: UInt64?
 
     /// After a write, the writer thread lets records collect this long before
     /// writing again: under load producers then never make a wake-up syscall,
@@ -174,10 +180,26 @@ final class WriterState: @unchecked Sendable {
         lock.broadcast()
         defer { flushWaiters -= 1 }
         while finished < target {
-            guard monotonicNanoseconds() < deadline else { return false }
+            guard monotonicNanoseconds() < deadline else {
+                finishedWhenFlushGaveUp = finished
+                return false
+            }
             lock.wait(untilMonotonicNanoseconds: deadline)
         }
         return true
+    }
+
+    /// Whether the flush at exit would only wait in vain: a flush already gave
+    /// up and the sink has not finished a write since (a log reader that
+    /// stalls). Waiting again would add its second to every exit.
+    var sinkIsStuck: Bool {
+        lock.withLock { !configuration.isSynchronous && finishedWhenFlushGaveUp == finished && accepted > finished }
+    }
+
+    /// The flush at exit: bounded, and skipped when the sink is stuck.
+    func flushAtExit() {
+        guard !sinkIsStuck else { return }
+        _ = flush(timeout: .seconds(1))
     }
 
     func stop() {
@@ -266,7 +288,7 @@ private func registerForExitFlush(_ state: WriterState) {
     if exitHookInstalled.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged {
         atexit {
             let states = liveWriters.withLock { Array($0.values) }
-            for state in states { _ = state.flush(timeout: .seconds(1)) }
+            for state in states { state.flushAtExit() }
         }
     }
 }

@@ -63,6 +63,21 @@ struct FailingSink: LogSink {
         #expect(notice["dropped_count"] == "990")
     }
 
+    @Test("a sink stuck in one write since a flush gave up is not waited for again at exit; one that moved on is")
+    func stuckSinkIsNotWaitedForAgain() throws {
+        let sink = GatedSink()
+        let writer = LogWriter(sink: sink)
+        writer.enqueue(Array("first\n".utf8))
+        sink.entered.wait()
+        #expect(!writer.sinkIsStuck, "no flush has given up yet")
+        #expect(!writer.flush(timeout: .milliseconds(50)))
+        #expect(writer.sinkIsStuck)
+        sink.gate.signal()
+        #expect(writer.flush(timeout: .seconds(10)))
+        #expect(!writer.sinkIsStuck, "the write finished")
+        #expect(sink.inner.lines == ["first"])
+    }
+
     @Test func failingSinkCountsDrops() {
         let writer = LogWriter(sink: FailingSink())
         let logger = Logger(label: "fail") { YoMoLogHandler(label: $0, format: .json, writer: writer) }

@@ -390,7 +390,7 @@ struct HeldFramesTests {
             let held = zipper.statistics.heldFrames
             #expect(held > 0 && held <= 4000 / (HeldFrames.entryOverhead + 110), "\(held) frames of ~110 bytes and 512 of bookkeeping in 4000")
             let full = TracingEndToEndTests.records(
-                logs, "frames held for stream functions reached their limit: frames with no stream function are dropped until some are taken or expire")
+                logs, "frames held for stream functions reached their limit: frames for stream functions on their way back are dropped until some are taken or expire")
             #expect(full.count == 1, "said once: \(full.count)")
             #expect(full.first?["level"] as? String == "INFO", "a tag no function observed yet: no loss to warn about")
             let received = Inbox<String>()
