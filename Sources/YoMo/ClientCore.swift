@@ -33,7 +33,7 @@ final class ClientSession: @unchecked Sendable {
     /// not acknowledged yet, with the stream offset each ends at: what to send
     /// again on the next connection if this one dies.
     /// A frame sent with a patch keeps it: applied only if the frame goes out again.
-    private let unacknowledged = Mutex(CircularBuffer<(end: Int, frame: DataFrame, patch: MetadataPatch?)>())
+    private let unacknowledged = Mutex<(frames: CircularBuffer<(end: Int, frame: DataFrame, patch: MetadataPatch?)>, taken: Bool)>(([], false))
 
     init(connection: QUICFrameConnection, frames: FrameReader, clientID: String, zipper: ZipperAddress) {
         self.connection = connection
@@ -42,23 +42,30 @@ final class ClientSession: @unchecked Sendable {
         self.zipper = zipper
     }
 
-    /// Remembers a written frame until it is acknowledged (dropping those that are).
-    func recordWrite(_ frame: DataFrame, patch: MetadataPatch? = nil, endingAt end: Int) {
+    /// Remembers a written frame until it is acknowledged (dropping those that
+    /// are). False when the connection's unacknowledged frames were already
+    /// taken (it ended while this frame was written): the caller holds the
+    /// frame for the next connection, or it would be lost without a word.
+    @discardableResult
+    func recordWrite(_ frame: DataFrame, patch: MetadataPatch? = nil, endingAt end: Int) -> Bool {
         let acknowledged = connection.connection.acknowledgedBytes
-        unacknowledged.withLock { log in
-            while let first = log.first, first.end <= acknowledged { log.removeFirst() }
-            log.append((end, frame, patch))
+        return unacknowledged.withLock { log in
+            guard !log.taken else { return false }
+            while let first = log.frames.first, first.end <= acknowledged { log.frames.removeFirst() }
+            log.frames.append((end, frame, patch))
+            return true
         }
     }
 
     /// The frames written here that the zipper never acknowledged, in stream
-    /// order. Taken once, after the connection ended.
+    /// order. Taken once, after the connection ended; later writes are not
+    /// recorded (`recordWrite` says so).
     func takeUnacknowledged() -> [DataFrame] {
         let acknowledged = connection.connection.acknowledgedBytes
         return unacknowledged.withLock { log in
-            defer { log.removeAll() }
+            defer { log = ([], true) }
             // Concurrent writers may have logged out of stream order.
-            return log.filter { $0.end > acknowledged }.sorted { $0.end < $1.end }.map { $0.frame.applying($0.patch) }
+            return log.frames.filter { $0.end > acknowledged }.sorted { $0.end < $1.end }.map { $0.frame.applying($0.patch) }
         }
     }
 }

@@ -227,6 +227,19 @@ final class ClientRuntime: Sendable {
 
     var outageStatistics: OutageStatistics { state.withLock { $0.outage.statistics } }
 
+    /// Connections lost and redialled so far.
+    var reconnectCountForTesting: Int { state.withLock { $0.reconnectCount } }
+
+    /// Runs once, between a write's return and its record as unacknowledged:
+    /// lets a test end the connection there, which timing alone seldom does.
+    private let afterWriteHook = Mutex<(@Sendable () async -> Void)?>(nil)
+    private let hasAfterWriteHook = Atomic<Bool>(false)
+
+    func setAfterWriteHookForTesting(_ hook: @escaping @Sendable () async -> Void) {
+        afterWriteHook.withLock { $0 = hook }
+        hasAfterWriteHook.store(true, ordering: .releasing)
+    }
+
     // MARK: Starting
 
     /// Connects and serves in the background until `close()` or a final error.
@@ -784,26 +797,38 @@ final class ClientRuntime: Sendable {
         while true {
             switch route {
             case .session(let session):
+                let failure: any Error
                 do {
                     let end = try await session.connection.write(frame, patch: patch)
-                    session.recordWrite(frame, patch: patch, endingAt: end)
-                    sent()
-                    return
-                } catch {
-                    // The connection ended under this write: the serving loop will see
-                    // it too. Hold the frame for the next one instead of losing it (if
-                    // it was queued before the end, the zipper may get it twice).
-                    // A final end (the zipper closed with a reason) is not followed
-                    // by a reconnect: holding the frame would only drop it later.
-                    let final = ClientCore.isFinal(error)
-                    route = state.withLock { state in
-                        if state.session === session { state.session = nil }
-                        if state.lifecycle.isClosing || state.ended {
-                            return .refused(YoMoError(.closed, "\(name) closed while this frame was written"), logBurst: false)
-                        }
-                        if final { return .refused(ClientCore.describe(error, zipper: session.zipper), logBurst: false) }
-                        return self.routeWrite(frame, patch, &state)
+                    if hasAfterWriteHook.load(ordering: .relaxed),
+                       let hook = afterWriteHook.withLock({ hook in defer { hook = nil }; return hook }) {
+                        hasAfterWriteHook.store(false, ordering: .relaxed)
+                        await hook()
                     }
+                    if session.recordWrite(frame, patch: patch, endingAt: end) {
+                        sent()
+                        return
+                    }
+                    // Queued, but the serving loop had already taken the ended
+                    // connection's unacknowledged frames: this one was not among
+                    // them (until the twenty-fifth round of issue 14, lost unsaid).
+                    failure = YoMoError(.notConnected, "the connection ended while this frame was written")
+                } catch {
+                    failure = error
+                }
+                // The connection ended under this write: the serving loop will see
+                // it too. Hold the frame for the next one instead of losing it (if
+                // it was queued before the end, the zipper may get it twice).
+                // A final end (the zipper closed with a reason) is not followed
+                // by a reconnect: holding the frame would only drop it later.
+                let final = ClientCore.isFinal(failure)
+                route = state.withLock { state in
+                    if state.session === session { state.session = nil }
+                    if state.lifecycle.isClosing || state.ended {
+                        return .refused(YoMoError(.closed, "\(name) closed while this frame was written"), logBurst: false)
+                    }
+                    if final { return .refused(ClientCore.describe(failure, zipper: session.zipper), logBurst: false) }
+                    return self.routeWrite(frame, patch, &state)
                 }
             case .buffered(let first):
                 if first {

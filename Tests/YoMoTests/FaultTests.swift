@@ -196,6 +196,34 @@ struct FaultTests {
         await zipper.kill()
     }
 
+    @Test("a frame whose write returns just after the client took its dead connection's unacknowledged frames is sent again, not lost")
+    func writeRacingTheConnectionsEnd() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let received = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x35], retryConnect: true))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        let fast = ReconnectPolicy(firstRetryDelay: .milliseconds(50) ... .milliseconds(50), initialDelay: .milliseconds(100), maximumDelay: .milliseconds(200))
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: fast, retryConnect: true))
+        try await source.connect()
+        #expect(try await writeUntilReceived(source, tag: 0x35, "before", received))
+        // Between the next write's return and its record: the zipper dies and
+        // the source's serving loop takes what its connection left unacknowledged.
+        let pid = zipper.process.processIdentifier
+        source.client.setAfterWriteHookForTesting {
+            kill(pid, SIGKILL)
+            _ = await eventually { source.client.reconnectCountForTesting > 0 }
+        }
+        try await source.write(tag: 0x35, data: Array("raced".utf8))
+        #expect(source.client.reconnectCountForTesting > 0, "the connection ended inside the write")
+        await waitForExit(zipper.process)
+        try zipper.restart()
+        #expect(await eventually { received.items.contains("raced") }, "\(received.items)")
+        await source.close()
+        await sink.close()
+        await zipper.kill()
+    }
+
     @Test("a zipper that shuts down first: wait() returns after the function's own tracer provider exported every span")
     func spansFlushedBeforeWaitReturns() async throws {
         let receiver = try await SpanReceiver.start()
