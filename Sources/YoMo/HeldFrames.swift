@@ -284,6 +284,24 @@ struct HeldFrames {
         }
     }
 
+    /// The stream functions of a previous run (`RememberedFunctions`): each is
+    /// owed its tags' frames from `now`, as if it had just left.
+    mutating func expectBack(_ functions: [RouteMember], now: Instant) {
+        for function in functions { observerLeft(function, now: now) }
+    }
+
+    /// The stream functions away now and still expected back, one per name
+    /// (its tags together).
+    func absentFunctions(now: Instant) -> [RouteMember] {
+        var byName: [String: RouteMember] = [:]
+        for (tag, names) in absent {
+            for (name, absence) in names where now < absence.left + settings.afterLastObserver {
+                byName[name, default: absence.member].observedTags.insert(tag)
+            }
+        }
+        return Array(byName.values)
+    }
+
     private mutating func forgetStaleAbsences(now: Instant) {
         for (tag, names) in absent {
             let current = names.filter { now < $0.value.left + settings.afterLastObserver }

@@ -119,6 +119,22 @@ public final class Zipper: Sendable {
             routes.destinations(tag: tag, target: target).compactMap { id in peers[id].map { (id, $0.connection) } }
         }
 
+        /// Whether the stream functions to remember changed since the file was written.
+        var functionsChanged = false
+
+        /// The stream functions to remember across a restart: those connected
+        /// and those still expected back, one per name.
+        func functionsToRemember(now: ContinuousClock.Instant) -> [RouteMember] {
+            var byName: [String: RouteMember] = [:]
+            for function in held.absentFunctions(now: now) { byName[function.name] = function }
+            for peer in peers.values where peer.member.clientType == .streamFunction {
+                var function = peer.member
+                if let away = byName[function.name] { function.observedTags.formUnion(away.observedTags) }
+                byName[function.name] = function
+            }
+            return Array(byName.values)
+        }
+
         /// Counts held frames that were dropped.
         mutating func countHeldDropped(_ dropped: [HeldFrames.Dropped]) {
             statistics.heldFramesDropped += dropped.reduce(0) { $0 + $1.frames }
@@ -167,12 +183,18 @@ public final class Zipper: Sendable {
     /// Wakes the task that drops held frames at their deadline when the hold
     /// stops being empty.
     private let heldWakeups: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
+    /// Wakes the task that writes `functionsFile` when stream functions come or go.
+    private let functionsChanges: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
+    /// One writer of `functionsFile` at a time (the task, or the close), so the
+    /// last snapshot taken is the last one written.
+    private let functionsFileWriter = Mutex(false)
 
     public init(configuration: ZipperConfiguration = ZipperConfiguration(), options: Options = Options()) {
         self.configuration = configuration
         self.options = options
         state = Mutex(State(held: HeldFrames(settings: configuration.unroutedHold, startedAt: .now)))
         heldWakeups = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+        functionsChanges = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         let logger = options.logger.yomoZipper(address: ZipperAddress.format(host: configuration.host, port: configuration.port))
         self.logger = logger
         self.authority = HandshakeAuthority(version: configuration.version, authentication: configuration.authentication)
@@ -231,6 +253,7 @@ public final class Zipper: Sendable {
         } onCancelOrGracefulShutdown: {
             // Closing ends `connections`, which ends the accept loop.
             self.state.withLock { $0.closed = true }
+            self.rememberFunctionsBeforeClosing()
             Task { await server.close(reason: Self.shutdownReason) }
         }
         reportWhatTheCloseLost()
@@ -243,6 +266,7 @@ public final class Zipper: Sendable {
             return (state.server, state.acceptTask)
         }
         let deadline = ContinuousClock.now + options.shutdownTimeout
+        rememberFunctionsBeforeClosing()
         if let probe = state.withLock({ $0.readinessProbe }) { Readiness.shared.remove(probe) }
         await server?.close(reason: Self.shutdownReason)
         await task?.value
@@ -294,6 +318,7 @@ public final class Zipper: Sendable {
         let server = try await QUICServer.bind(
             host: configuration.host, port: configuration.port, configuration: quic, tls: options.tls,
             limits: limits, statelessResetKey: try configuration.loadStatelessResetKey())
+        let expected = rememberedFunctions()
         let probe = Readiness.shared.register("zipper \(configuration.name)") { [weak self] in
             self?.state.withLock { $0.server != nil && !$0.closed } ?? false
         }
@@ -302,14 +327,81 @@ public final class Zipper: Sendable {
             $0.readinessProbe = probe
             // Every tag is held in the first `afterLastObserver` after the start: the functions of a previous run are on their way.
             $0.held = HeldFrames(settings: configuration.unroutedHold, startedAt: .now)
+            // And those it remembers are owed their tags' frames by name.
+            $0.held.expectBack(expected, now: $0.held.startedAt)
         }
         logger.info("zipper listening", metadata: [
             "zipper_addr": "\(ZipperAddress.format(host: configuration.host, port: server.port))", "zipper_name": "\(configuration.name)",
             "auth": "\(configuration.authentication.map { "\($0)" } ?? "none")",
             "mesh": "\(links.map { "\($0.peer.name)=\($0.peer.address)" })",
         ])
+        if !expected.isEmpty {
+            logger.info("expecting the stream functions of the previous run back: their frames are held for each until it is", metadata: [
+                "functions": "\(Self.names(Set(expected.map(\.name))))", "hold": "\(configuration.unroutedHold.afterLastObserver)",
+            ])
+        }
         return server
     }
+
+    /// The stream functions `functionsFile` remembers from the previous run
+    /// (none when the hold is off). A file that cannot be read costs what it
+    /// held, not the start.
+    private func rememberedFunctions() -> [RouteMember] {
+        guard let path = configuration.functionsFile, configuration.unroutedHold.isOn else { return [] }
+        do {
+            guard let (functions, skipped) = try RememberedFunctions.read(from: path) else { return [] }
+            if skipped > 0 {
+                logger.warning("lines of the stream functions file were not understood and are skipped", metadata: [
+                    "file": "\(path)", "lines": "\(skipped)",
+                ])
+            }
+            return functions
+        } catch {
+            logger.warning("the stream functions of the previous run are not known: their frames are not held for them", metadata: [
+                "error": "\(error.message)",
+            ])
+            return []
+        }
+    }
+
+    /// Writes `functionsFile` when the stream functions changed, at most once a
+    /// second; ends when the zipper closes (cancelled).
+    private func rememberFunctions() async {
+        guard configuration.functionsFile != nil, configuration.unroutedHold.isOn else { return }
+        for await _ in functionsChanges.stream {
+            writeFunctionsFile()
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+
+    /// Writes the functions to remember if they changed; warns at the first
+    /// failure after a success (the flag under `functionsFileWriter`).
+    private func writeFunctionsFile() {
+        guard let path = configuration.functionsFile, configuration.unroutedHold.isOn else { return }
+        functionsFileWriter.withLock { failed in
+            let functions = state.withLock { state -> [RouteMember]? in
+                guard state.functionsChanged else { return nil }
+                state.functionsChanged = false
+                return state.functionsToRemember(now: .now)
+            }
+            guard let functions else { return }
+            do throws(YoMoError) {
+                try RememberedFunctions.write(functions, to: path)
+                failed = false
+            } catch {
+                if !failed {
+                    logger.warning("the stream functions cannot be remembered across a restart: after one, a function back later than another of its tag may miss frames", metadata: [
+                        "error": "\(error.message)",
+                    ])
+                }
+                failed = true
+            }
+        }
+    }
+
+    /// The functions as they are before the close ends their connections:
+    /// they are the ones a restarted zipper expects back.
+    private func rememberFunctionsBeforeClosing() { writeFunctionsFile() }
 
     private func accept(_ server: QUICServer) async {
         let (departures, departed) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
@@ -318,6 +410,7 @@ public final class Zipper: Sendable {
                 group.addTask { await link.run() }
             }
             group.addTask { await self.expireHeldFrames() }
+            group.addTask { await self.rememberFunctions() }
             group.addTask {
                 // After a wave of clients leaves, hand the memory their buffers
                 // used back to the system: glibc keeps freed heap in its per-thread
@@ -395,18 +488,26 @@ public final class Zipper: Sendable {
                 observedTags: Set(handshake.observedTags), wantedTarget: handshake.wantedTarget)
             state.peers[id] = Peer(connection: connection, member: member, metadata: connectionMetadata)
             // Frames held for this function go first: it joins the routes once they are written.
-            if member.clientType == .streamFunction { state.held.arrived(member) }
+            if member.clientType == .streamFunction {
+                state.held.arrived(member)
+                if !state.closed { state.functionsChanged = true }
+            }
             let held = state.held.take(for: member)
             if held.isEmpty { state.routes.add(member) } else { state.held.beginArriving(member) }
             return (id, member, held)
         }
-        defer { state.withLock { state in
-            state.routes.remove(id)
-            state.peers[id] = nil
-            if member.clientType == .streamFunction {
-                state.held.observerLeft(member, stillObserved: state.routes.tagsObserved(byName: member.name), now: .now)
+        defer {
+            state.withLock { state in
+                state.routes.remove(id)
+                state.peers[id] = nil
+                if member.clientType == .streamFunction {
+                    state.held.observerLeft(member, stillObserved: state.routes.tagsObserved(byName: member.name), now: .now)
+                    if !state.closed { state.functionsChanged = true }
+                }
             }
-        } }
+            if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
+        }
+        if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
         metrics.connection(handshake.clientType, delta: 1)
         defer { metrics.connection(handshake.clientType, delta: -1) }
         connectionLogger.info("client connected", metadata: [

@@ -17,7 +17,8 @@ internal import YoMoLogging
 /// ```
 ///
 /// and this SDK's own keys (the Go zipper ignores them): `limits`,
-/// `slow_consumer`, `mesh_queue`, `unrouted_hold` and `stateless_reset_key_file`.
+/// `slow_consumer`, `mesh_queue`, `unrouted_hold`, `stateless_reset_key_file`
+/// and `functions_file`.
 public struct ZipperConfiguration: Hashable, Sendable {
     public var name: String
     public var host: String
@@ -35,6 +36,13 @@ public struct ZipperConfiguration: Hashable, Sendable {
     /// reconnect at once, instead of after the idle timeout. `nil`: a random
     /// key per start (`yomo serve` defaults to a file, see docs/reliability.md).
     public var statelessResetKeyFile: String?
+    /// A file remembering the stream functions connected, and those that left
+    /// within `unroutedHold.afterLastObserver` (rewritten at most every second
+    /// while they come and go). A restarted zipper holds their tags' frames for
+    /// each of them by name until it is back, so that in a fan-out a function
+    /// back later than another of its tag misses nothing. `nil` (the default):
+    /// nothing remembered; `yomo serve` keeps one beside its stateless reset key.
+    public var functionsFile: String?
     /// The zippers of the mesh (Go's `mesh:`), sorted by name. Every frame a
     /// source or stream function writes here is also forwarded to each of them
     /// but the one named like this zipper (see `downstreams`).
@@ -166,6 +174,7 @@ public struct ZipperConfiguration: Hashable, Sendable {
         limits: Limits = Limits(),
         slowConsumer: SlowConsumer = SlowConsumer(),
         statelessResetKeyFile: String? = nil,
+        functionsFile: String? = nil,
         mesh: [MeshPeer] = [],
         meshQueue: MeshQueue = MeshQueue(),
         unroutedHold: UnroutedHold = UnroutedHold()
@@ -181,6 +190,7 @@ public struct ZipperConfiguration: Hashable, Sendable {
         self.limits = limits
         self.slowConsumer = slowConsumer
         self.statelessResetKeyFile = statelessResetKeyFile
+        self.functionsFile = functionsFile
     }
 }
 
@@ -194,59 +204,16 @@ extension ZipperConfiguration {
     /// code, and running it at every start kept ~0.3 MB of it resident.
     package func loadStatelessResetKey() throws(YoMoError) -> [UInt8]? {
         guard let path = statelessResetKeyFile else { return nil }
-        func failure(_ what: String) -> YoMoError {
-            YoMoError(.invalidConfiguration, "cannot \(what) stateless reset key file \(path): \(String(cString: strerror(errno)))")
-        }
-        let existing = open(path, O_RDONLY | O_CLOEXEC)
-        if existing >= 0 {
-            defer { close(existing) }
-            var key = [UInt8](repeating: 0, count: 64)
-            var count = 0
-            while count < key.count {
-                let read = key.withUnsafeMutableBytes { Glibc.read(existing, $0.baseAddress! + count, $0.count - count) }
-                if read < 0, errno == EINTR { continue }
-                guard read >= 0 else { throw failure("read") }
-                if read == 0 { break }
-                count += read
+        if let existing = try readWholeFile(path, maximumBytes: 1 << 16, what: "stateless reset key file") {
+            guard existing.count >= 16 else {
+                throw YoMoError(.invalidConfiguration, "stateless reset key file \(path) holds \(existing.count) bytes; at least 16 are needed")
             }
-            guard count >= 16 else {
-                throw YoMoError(.invalidConfiguration, "stateless reset key file \(path) holds \(count) bytes; at least 16 are needed")
-            }
-            return Array(key.prefix(count))
+            return Array(existing.prefix(64))
         }
-        guard errno == ENOENT else { throw failure("read") }
         var key = [UInt8](repeating: 0, count: 32)
         var generator = SystemRandomNumberGenerator()
         for index in key.indices { key[index] = generator.next() }
-        try Self.makeDirectories(leadingTo: path, failure)
-        // Written under another name and renamed, so a crash never leaves a short key behind.
-        let temporary = "\(path).\(getpid()).tmp"
-        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw failure("create") }
-        do {
-            try key.withUnsafeBytes { try writeAll(descriptor, $0) }
-        } catch {
-            let error = failure("write")
-            close(descriptor)
-            unlink(temporary)
-            throw error
-        }
-        guard close(descriptor) == 0, rename(temporary, path) == 0 else {
-            let error = failure("create")
-            unlink(temporary)
-            throw error
-        }
+        try writeFileAtomically(path, key, mode: 0o600, what: "stateless reset key file")
         return key
-    }
-
-    /// `mkdir -p` of the directory holding `path`.
-    private static func makeDirectories(leadingTo path: String, _ failure: (String) -> YoMoError) throws(YoMoError) {
-        var directory = ""
-        let components = path.split(separator: "/", omittingEmptySubsequences: false).dropLast()
-        for (index, component) in components.enumerated() {
-            directory += index == 0 ? String(component) : "/\(component)"
-            guard !directory.isEmpty, !component.isEmpty, component != "." else { continue }
-            if mkdir(directory, 0o755) != 0, errno != EEXIST { throw failure("create the directory of the") }
-        }
     }
 }

@@ -48,6 +48,11 @@ struct Serve: AsyncParsableCommand {
         help: "Key of QUIC stateless resets, kept across restarts so clients reconnect at once (default: $XDG_STATE_HOME/yomo/zipper-<port>.reset-key, else ~/.local/state/yomo/…; 'none': a random key per start).")
     var statelessResetKeyFile: String?
 
+    @Option(
+        name: .customLong("functions-file"),
+        help: "Where to remember the stream functions connected, so that after a restart each one's frames are held for it until it is back (default: beside the default stateless reset key, zipper-<port>.functions; 'none': nothing remembered).")
+    var functionsFile: String?
+
     @Option(name: .customLong("slow-consumer"), help: "What to do with a stream function that does not keep up: block (default), drop or disconnect.")
     var slowConsumer: String?
     @Option(
@@ -102,6 +107,13 @@ struct Serve: AsyncParsableCommand {
             configuration.statelessResetKeyFile = statelessResetKeyFile == "none" ? nil : statelessResetKeyFile
         } else if configuration.statelessResetKeyFile == nil {
             configuration.useDefaultStatelessResetKey(at: defaultStatelessResetKeyFile(port: configuration.port))
+        }
+        if let functionsFile {
+            configuration.functionsFile = functionsFile == "none" ? nil : functionsFile
+        } else if configuration.functionsFile == nil, let keyFile = configuration.statelessResetKeyFile,
+                  keyFile == defaultStatelessResetKeyFile(port: configuration.port) {
+            // Beside the default key, which could be kept: the directory is writable.
+            configuration.functionsFile = String(keyFile.dropLast(".reset-key".count)) + ".functions"
         }
         let zipper = Zipper(configuration: configuration)
         try await zipper.start()

@@ -87,6 +87,12 @@ extension ZipperConfiguration {
             }
             statelessResetKeyFile = file
         }
+        if let file = map["functions_file"] {
+            guard let file = file.string, !file.isEmpty else {
+                throw YoMoError(.invalidConfiguration, "zipper config: functions_file must be a path")
+            }
+            functionsFile = file
+        }
         if let mesh = map["mesh"] {
             self.mesh = try Self.parseMesh(mesh)
         }

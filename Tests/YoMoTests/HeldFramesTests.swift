@@ -141,16 +141,58 @@ struct HeldFramesLogicTests {
         for bad in ["", "s", "-1s", "5x", "fives", "nan", "1e9s"] { #expect(Hold.parseDuration(bad) == nil, "\(bad)") }
     }
 
+    @Test("the functions file keeps names and targets whatever bytes they hold, and skips lines it does not understand")
+    func functionsFileFormat() {
+        let functions = [
+            function([0x33, 0x1F0], target: "t\t1", name: "alert\ner %41 é"),
+            function([0x34], name: "recorder"),
+        ]
+        let bytes = RememberedFunctions.encode(functions)
+        let text = String(decoding: bytes, as: UTF8.self)
+        #expect(text.hasPrefix(RememberedFunctions.header + "\n"))
+        #expect(text.split(separator: "\n").count == 3, "one line per function: \(text)")
+        let (decoded, skipped) = RememberedFunctions.decode(bytes)
+        #expect(skipped == 0)
+        #expect(decoded.map(\.name).sorted() == ["alert\ner %41 é", "recorder"])
+        #expect(decoded.first { $0.name == "recorder" }?.observedTags == [0x34])
+        let alerter = decoded.first { $0.name != "recorder" }
+        #expect(alerter?.observedTags == [0x33, 0x1F0] && alerter?.wantedTarget == "t\t1" && alerter?.clientType == .streamFunction)
+
+        let damaged = Array((RememberedFunctions.header + "\nok\t\t0x33\nno tags\t\t\nbad%zz\t\t0x34\nbad tag\t\tnope\n\t\t0x35\n").utf8)
+        let (kept, dropped) = RememberedFunctions.decode(damaged)
+        #expect(kept.map(\.name) == ["ok"] && dropped == 4)
+        #expect(RememberedFunctions.decode(Array("something else\nok\t\t0x33\n".utf8)).functions.isEmpty, "not our file")
+
+        let many = (0..<3000).map { function([UInt32($0), UInt32($0) + 5000], name: "f\($0)") }
+        let bounded = RememberedFunctions.decode(RememberedFunctions.encode(many)).functions
+        #expect(bounded.reduce(0) { $0 + $1.observedTags.count } <= RememberedFunctions.maximumPairs)
+    }
+
+    @Test("functions remembered from a previous run are owed their tags' frames from the start, by name")
+    func expectBack() {
+        var held = HeldFrames(settings: Hold(afterLastObserver: .seconds(60)), startedAt: start)
+        held.expectBack([function([0x33], name: "recorder")], now: start)
+        #expect(held.wasObserved(tag: 0x33))
+        #expect(held.claim(tag: 0x33, target: nil, routed: true, now: start + .seconds(1)) == .init(owed: ["recorder"]))
+        #expect(held.absentFunctions(now: start + .seconds(1)).map(\.name) == ["recorder"])
+        #expect(held.absentFunctions(now: start + .seconds(60)).isEmpty, "not expected after afterLastObserver")
+        held.arrived(function([0x33], name: "recorder"))
+        #expect(held.claim(tag: 0x33, target: nil, routed: true, now: start + .seconds(2)) == nil)
+    }
+
     @Test("unrouted_hold comes from the YAML; bad values are clear errors")
     func yaml() throws {
         let configuration = try ZipperConfiguration(yaml: "unrouted_hold: {duration: 2s, max_bytes: 4096, after_last_observer: 90s}")
         #expect(configuration.unroutedHold == Hold(duration: .seconds(2), maximumBytes: 4096, afterLastObserver: .seconds(90)))
         #expect(try ZipperConfiguration(yaml: "unrouted_hold: {duration: 0}").unroutedHold.duration == .zero)
         #expect(try ZipperConfiguration(yaml: "name: z").unroutedHold == Hold())
+        #expect(try ZipperConfiguration(yaml: "functions_file: /var/lib/yomo/z.functions").functionsFile == "/var/lib/yomo/z.functions")
+        #expect(try ZipperConfiguration(yaml: "name: z").functionsFile == nil)
         for (yaml, message) in [
             ("unrouted_hold: 5s", "unrouted_hold must be a mapping"),
             ("unrouted_hold: {duration: soon}", "unrouted_hold.duration must be a duration"),
             ("unrouted_hold: {max_bytes: 0}", "unrouted_hold.max_bytes must be a positive number"),
+            ("functions_file: [a]", "functions_file must be a path"),
         ] {
             let error = #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: yaml) }
             #expect(error?.message.contains(message) == true, "\(String(describing: error))")
@@ -295,6 +337,121 @@ struct HeldFramesTests {
             for function in functions { await function.close() }
             await source.close()
         }
+    }
+
+    /// A fan-out across a `yomo serve` kill and restart: "alerter" redials at
+    /// once, "recorder" 2 s later, while a source writes every 20 ms. Returns
+    /// what was written after the kill, and what each function received.
+    private func fanOutAcrossRestart(functionsFile: String) async throws -> (written: [String], alerter: [String], recorder: [String]) {
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", functionsFile, "--unrouted-hold", "30s"])
+        let fast = ReconnectPolicy(firstRetryDelay: .milliseconds(50) ... .milliseconds(50), initialDelay: .milliseconds(100), maximumDelay: .milliseconds(200))
+        let late = ReconnectPolicy(firstRetryDelay: .seconds(2) ... .seconds(2), initialDelay: .seconds(1), maximumDelay: .seconds(1))
+        var inboxes: [Inbox<String>] = []
+        var functions: [StreamFunction] = []
+        for (name, policy) in [("alerter", fast), ("recorder", late)] {
+            let inbox = Inbox<String>()
+            let function = StreamFunction(name: name, zipper: zipper.address, options: .init(observedTags: [0x67], reconnect: policy, retryConnect: true))
+            // The pipe handler: frames in the order they arrive (async handlers run side by side).
+            function.setPipeHandler { input, _ in
+                for await frame in input { inbox.append(Self.label(frame.data)) }
+            }
+            try await function.connect()
+            inboxes.append(inbox)
+            functions.append(function)
+        }
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: fast, retryConnect: true))
+        try await source.connect()
+        func write(_ text: String) async throws { try await source.write(tag: 0x67, data: Array((text + ":").utf8)) }
+        let (alerter, recorder) = (inboxes[0], inboxes[1])
+        #expect(try await writeUntilReceived(source, tag: 0x67, "before", recorder, expecting: "before"))
+        #expect(await eventually { alerter.items.contains("before") })
+        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
+        if functionsFile != "none" {
+            // Written within a second of the last change.
+            #expect(await eventually {
+                let text = (try? String(contentsOfFile: functionsFile, encoding: .utf8)) ?? ""
+                return text.contains("alerter\t") && text.contains("recorder\t")
+            })
+        }
+
+        await zipper.kill()
+        try zipper.restart()
+        var written: [String] = []
+        // Until the recorder, back last, receives what is written now, and some more.
+        var index = 0
+        while index < 1000 {
+            let text = "t-\(index)"
+            try await write(text)
+            written.append(text)
+            index += 1
+            // Back, and 30 more written since what it received.
+            if written.count > 30, recorder.items.contains(written[written.count - 30]) { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        for text in ["after-1", "after-2"] {
+            try await write(text)
+            written.append(text)
+        }
+        #expect(await eventually { recorder.items.contains("after-2") })
+        #expect(await eventually { alerter.items.contains("after-2") })
+        await source.close()
+        for function in functions { await function.close() }
+        await zipper.kill()
+        return (written, alerter.items, recorder.items)
+    }
+
+    @Test("after a zipper restart, a function of a fan-out back later than the other misses nothing: the zipper remembered it")
+    func fanOutZipperRestart() async throws {
+        let file = NSTemporaryDirectory() + "swift-yomo-tests-state/functions-\(UUID().uuidString)"
+        defer { unlink(file) }
+        let (written, alerter, recorder) = try await fanOutAcrossRestart(functionsFile: file)
+        for text in written {
+            #expect(recorder.contains(text), "the later function got \(text): \(recorder.suffix(5))")
+            #expect(alerter.contains(text), "\(text)")
+        }
+        let ticks = recorder.filter { $0.hasPrefix("t-") }
+        #expect(recorder.filter { $0.hasPrefix("t-") } == written.filter { $0.hasPrefix("t-") }, "in order, each once")
+    }
+
+    @Test("yomo serve remembers its stream functions beside its default stateless reset key")
+    func defaultFunctionsFile() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let file = NSTemporaryDirectory() + "swift-yomo-tests-state/yomo/zipper-\(zipper.port).functions"
+        unlink(file)
+        defer { unlink(file) }
+        let function = StreamFunction(name: "remembered", zipper: zipper.address, options: .init(observedTags: [0x68], retryConnect: true))
+        function.setHandler { _ in }
+        try await function.connect()
+        #expect(await eventually {
+            ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").contains("remembered\t\t0x68\n")
+        }, "\(file)")
+        await function.close()
+        await zipper.kill()
+    }
+
+    @Test("a functions file that cannot be read or written costs a warning, not the start")
+    func unusableFunctionsFile() async throws {
+        let logs = InMemoryLogSink()
+        let directory = NSTemporaryDirectory() + "swift-yomo-tests-state/a-directory-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try await withZipper(configure: { $0.functionsFile = directory }, logger: Self.jsonLogger(logs)) { address, _ in
+            #expect(!TracingEndToEndTests.records(logs, "the stream functions of the previous run are not known: their frames are not held for them").isEmpty)
+            let function = StreamFunction(name: "f", zipper: address, options: .init(observedTags: [0x69]))
+            function.setHandler { _ in }
+            try await function.connect()
+            let message = "the stream functions cannot be remembered across a restart: after one, a function back later than another of its tag may miss frames"
+            #expect(await eventually { TracingEndToEndTests.records(logs, message).count == 1 })
+            await function.close()
+        }
+    }
+
+    @Test("--functions-file none: the function back later misses what the other received meanwhile")
+    func fanOutZipperRestartForgetting() async throws {
+        let (written, alerter, recorder) = try await fanOutAcrossRestart(functionsFile: "none")
+        let missed = written.filter { !recorder.contains($0) }
+        #expect(!missed.isEmpty, "\(recorder)")
+        #expect(written.allSatisfy(alerter.contains))
     }
 
     /// A zipper killed and restarted while a source writes; the function
