@@ -205,11 +205,10 @@ final class DataPathMetrics: Sendable {
             description: "Log records never written (queue full, sink failing) or never exported over OTLP."
         ) {
             guard let installed = YoMoLogging.installed else { return [] }
-            var series: [(MetricAttributes, Double)] = [
-                (["yomo.log.pipeline": "writer"], Double(installed.writer.droppedRecordCount))
-            ]
+            let process: MetricAttributes = [:]
+            var series = [(process.with("yomo.log.pipeline", "writer"), Double(installed.writer.droppedRecordCount))]
             if let processor = installed.logProcessor {
-                series.append((["yomo.log.pipeline": "otlp"], Double(processor.droppedRecordCount)))
+                series.append((process.with("yomo.log.pipeline", "otlp"), Double(processor.droppedRecordCount)))
             }
             return series
         }
