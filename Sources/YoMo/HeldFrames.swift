@@ -263,13 +263,16 @@ struct HeldFrames {
         forgetStaleAbsences(now: now)
         for tag in member.observedTags {
             if lastObserverLeft[tag] == nil, lastObserverLeft.count >= Self.maximumRememberedTags {
-                // Forget the tag that has been without its function longest.
-                if let oldest = lastObserverLeft.min(by: { $0.value < $1.value })?.key { lastObserverLeft[oldest] = nil }
+                // Forget the older half, the tags without their functions longest:
+                // one sort per half of the bound, not a scan per tag (a handshake
+                // may name 4096 tags, and this runs under the zipper's lock).
+                let older = lastObserverLeft.sorted { $0.value < $1.value }.prefix(lastObserverLeft.count / 2)
+                for (oldTag, _) in older { lastObserverLeft[oldTag] = nil }
             }
             lastObserverLeft[tag] = now
             guard !stillObserved.contains(tag) else { continue }
             if absent[tag]?[member.name] == nil {
-                if absentPairs >= Self.maximumRememberedTags { forgetOldestAbsence() }
+                if absentPairs >= Self.maximumRememberedTags { forgetOlderAbsences() }
                 absentPairs += 1
             }
             absent[tag, default: [:]][member.name] = Absence(left: now, member: member)
@@ -310,12 +313,14 @@ struct HeldFrames {
         }
     }
 
-    private mutating func forgetOldestAbsence() {
-        let oldest = absent.flatMap { tag, names in names.map { (tag, $0.key, $0.value.left) } }.min { $0.2 < $1.2 }
-        guard let (tag, name, _) = oldest else { return }
-        absent[tag]?[name] = nil
-        if absent[tag]?.isEmpty == true { absent[tag] = nil }
-        absentPairs -= 1
+    /// Forgets the older half of the absences, as `observerLeft` does for tags.
+    private mutating func forgetOlderAbsences() {
+        let pairs = absent.flatMap { tag, names in names.map { (tag: tag, name: $0.key, left: $0.value.left) } }
+        for pair in pairs.sorted(by: { $0.left < $1.left }).prefix(pairs.count / 2) {
+            absent[pair.tag]?[pair.name] = nil
+            if absent[pair.tag]?.isEmpty == true { absent[pair.tag] = nil }
+            absentPairs -= 1
+        }
     }
 
     mutating func beginArriving(_ member: RouteMember) { arriving[member.connectionID] = member }

@@ -59,6 +59,19 @@ struct HeldFramesLogicTests {
         #expect(held.claim(tag: 0x33, target: nil, routed: true, now: start + .seconds(2)) == nil, "back")
     }
 
+    @Test("what the hold remembers of functions that left is bounded; past the bound the older half goes, the newest stay")
+    func absencesAreBounded() {
+        var held = HeldFrames(settings: Hold(afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
+        let tags = Set<UInt32>(0..<4096)
+        for (index, name) in ["a", "b", "c"].enumerated() {
+            held.observerLeft(function(tags, name: name), now: start + .milliseconds(index))
+        }
+        let remembered = held.absentFunctions(now: start + .seconds(1))
+        #expect(remembered.reduce(0) { $0 + $1.observedTags.count } <= HeldFrames.maximumRememberedTags)
+        #expect(remembered.first { $0.name == "c" }?.observedTags == tags, "the last to leave is remembered whole")
+        #expect(held.claim(tag: 7, target: nil, routed: true, now: start + .seconds(1))?.owed.contains("c") == true)
+    }
+
     @Test("an arriving function takes the frames held for it in order; a targeted frame only if the target is its own")
     func takeInOrder() {
         var held = HeldFrames(settings: Hold(), startedAt: start)
