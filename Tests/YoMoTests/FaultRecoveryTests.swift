@@ -378,7 +378,7 @@ struct FaultRecoveryTests {
         sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
         try await sink.connect()
         // The source redials late, so the sink is back first and the resent frames have a route.
-        let slow = ReconnectPolicy(firstRetryDelay: .seconds(2) ... .seconds(2), initialDelay: .seconds(1), maximumDelay: .seconds(1))
+        let slow = ReconnectPolicy.redialsLate
         let lost = Inbox<YoMoError>()
         let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: slow, retryConnect: true))
         source.setErrorHandler { lost.append($0) }
@@ -467,7 +467,7 @@ struct FaultRecoveryTests {
         }
         try await sink.connect()
         // The function redials late, so the sink is back first and the replies have a route.
-        let slow = ReconnectPolicy(firstRetryDelay: .seconds(2) ... .seconds(2), initialDelay: .seconds(1), maximumDelay: .seconds(1))
+        let slow = ReconnectPolicy.redialsLate
         let tracing = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: InMemorySpanExporter())])
         let gate = Gate()
         let handled = Inbox<(text: String, spanID: String)>()

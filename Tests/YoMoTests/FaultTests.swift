@@ -82,6 +82,14 @@ func writeUntilReceived(
     return false
 }
 
+extension ReconnectPolicy {
+    /// Redials 50 ms after a loss, then every 100–200 ms: back first after a restart.
+    static let redialsAtOnce = ReconnectPolicy(
+        firstRetryDelay: .milliseconds(50) ... .milliseconds(50), initialDelay: .milliseconds(100), maximumDelay: .milliseconds(200))
+    /// Redials 2 s after a loss, then every second: back last after a restart.
+    static let redialsLate = ReconnectPolicy(firstRetryDelay: .seconds(2) ... .seconds(2), initialDelay: .seconds(1), maximumDelay: .seconds(1))
+}
+
 /// Waits (polling, with an upper bound) until `condition` holds.
 func eventually(within timeout: Duration = .seconds(20), _ condition: () -> Bool) async -> Bool {
     let clock = ContinuousClock()
@@ -203,7 +211,7 @@ struct FaultTests {
         let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x35], retryConnect: true))
         sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
         try await sink.connect()
-        let fast = ReconnectPolicy(firstRetryDelay: .milliseconds(50) ... .milliseconds(50), initialDelay: .milliseconds(100), maximumDelay: .milliseconds(200))
+        let fast = ReconnectPolicy.redialsAtOnce
         let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: fast, retryConnect: true))
         try await source.connect()
         #expect(try await writeUntilReceived(source, tag: 0x35, "before", received))

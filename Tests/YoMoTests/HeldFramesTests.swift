@@ -357,8 +357,8 @@ struct HeldFramesTests {
     /// what was written after the kill, and what each function received.
     private func fanOutAcrossRestart(functionsFile: String) async throws -> (written: [String], alerter: [String], recorder: [String]) {
         let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", functionsFile, "--unrouted-hold", "30s"])
-        let fast = ReconnectPolicy(firstRetryDelay: .milliseconds(50) ... .milliseconds(50), initialDelay: .milliseconds(100), maximumDelay: .milliseconds(200))
-        let late = ReconnectPolicy(firstRetryDelay: .seconds(2) ... .seconds(2), initialDelay: .seconds(1), maximumDelay: .seconds(1))
+        let fast = ReconnectPolicy.redialsAtOnce
+        let late = ReconnectPolicy.redialsLate
         var inboxes: [Inbox<String>] = []
         var functions: [StreamFunction] = []
         for (name, policy) in [("alerter", fast), ("recorder", late)] {
@@ -473,11 +473,11 @@ struct HeldFramesTests {
     private func restartWithFunctionBackLast(holdArguments: [String]) async throws -> (written: [String], received: [String]) {
         let zipper = try ZipperProcess(port: try await freePort(), arguments: holdArguments)
         let received = Inbox<String>()
-        let late = ReconnectPolicy(firstRetryDelay: .seconds(2) ... .seconds(2), initialDelay: .seconds(1), maximumDelay: .seconds(1))
+        let late = ReconnectPolicy.redialsLate
         let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x62], reconnect: late, retryConnect: true))
         sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
         try await sink.connect()
-        let fast = ReconnectPolicy(firstRetryDelay: .milliseconds(50) ... .milliseconds(50), initialDelay: .milliseconds(100), maximumDelay: .milliseconds(200))
+        let fast = ReconnectPolicy.redialsAtOnce
         let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: fast, retryConnect: true))
         try await source.connect()
         #expect(try await writeUntilReceived(source, tag: 0x62, "before", received))
