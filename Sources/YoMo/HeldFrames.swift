@@ -299,7 +299,11 @@ struct HeldFrames {
         var byName: [String: RouteMember] = [:]
         for (tag, names) in absent {
             for (name, absence) in names where now < absence.left + settings.afterLastObserver {
-                byName[name, default: absence.member].observedTags.insert(tag)
+                // Only the tags it is away from: a namesake may still observe others.
+                var function = byName[name] ?? absence.member
+                if byName[name] == nil { function.observedTags = [] }
+                function.observedTags.insert(tag)
+                byName[name] = function
             }
         }
         return Array(byName.values)

@@ -54,6 +54,7 @@ struct HeldFramesLogicTests {
         #expect(held.claim(tag: 0x33, target: "t1", routed: true, now: start + .seconds(1)) == .init(owed: ["away"]))
         #expect(held.claim(tag: 0x33, target: "t2", routed: true, now: start + .seconds(1)) == nil, "a target that is not its own")
         #expect(held.claim(tag: 0x34, target: nil, routed: true, now: start + .seconds(1)) == nil, "a namesake still observes 0x34")
+        #expect(held.absentFunctions(now: start + .seconds(1)).map(\.observedTags) == [[0x33]], "away from 0x33 only")
         #expect(held.claim(tag: 0x33, target: nil, routed: true, now: start + .seconds(60)) == nil, "not expected back after afterLastObserver")
         held.arrived(function([0x33], name: "away"))
         #expect(held.claim(tag: 0x33, target: nil, routed: true, now: start + .seconds(2)) == nil, "back")
