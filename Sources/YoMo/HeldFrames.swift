@@ -180,10 +180,13 @@ struct HeldFrames {
         case full
     }
 
+    /// Whether a frame counted as `bytes` fits within `maximumBytes` now.
+    func fits(_ bytes: Int) -> Bool { self.bytes + bytes <= settings.maximumBytes }
+
     /// Holds `frame` for `claim` (its buffers should be its own: a slice of a
     /// read buffer would keep all of it).
     mutating func hold(_ frame: DataFrame, target: String?, bytes: Int, for claim: Claim, routed: Bool, now: Instant) -> HoldResult {
-        guard self.bytes + bytes <= settings.maximumBytes else { return .full }
+        guard fits(bytes) else { return .full }
         entries.append(Entry(
             frame: frame, target: target, bytes: bytes, deadline: now + settings.duration,
             owed: claim.owed, forAnyArrival: claim.forAnyArrival, wasRouted: routed))

@@ -135,6 +135,20 @@ public final class Zipper: Sendable {
             return Array(byName.values)
         }
 
+        /// Counts a frame the full hold refused; the level of the line to write
+        /// about it, nil when one was written since the hold last took a frame.
+        /// A pipeline's last tag filling the hold in the zipper's first minute
+        /// is no loss to warn about.
+        mutating func refuseHeld(tag: UInt32) -> Logger.Level? {
+            statistics.heldFramesDropped += 1
+            if held.wasObserved(tag: tag) {
+                defer { heldFull.observed = true }
+                return heldFull.observed ? nil : .warning
+            }
+            defer { heldFull.unobserved = true }
+            return heldFull.unobserved ? nil : .info
+        }
+
         /// Counts held frames that were dropped.
         mutating func countHeldDropped(_ dropped: [HeldFrames.Dropped]) {
             statistics.heldFramesDropped += dropped.reduce(0) { $0 + $1.frames }
@@ -782,34 +796,37 @@ public final class Zipper: Sendable {
     /// first frame the full hold refused. Returns whether it was held, and the
     /// functions to route it to now.
     private func hold(_ frame: DataFrame, target: String?, logger: Logger) -> (held: Bool, destinations: [(UInt64, QUICFrameConnection)]) {
-        // Its own buffers: a slice of the read buffer would keep all of that alive.
-        let owned = DataFrame(tag: frame.tag, metadata: ByteBuffer(buffer: frame.metadata), payload: ByteBuffer(buffer: frame.payload))
-        let bytes = owned.metadata.readableBytes + owned.payload.readableBytes + HeldFrames.entryOverhead
+        let bytes = frame.metadata.readableBytes + frame.payload.readableBytes + HeldFrames.entryOverhead
         typealias Outcome = (held: Bool, destinations: [(UInt64, QUICFrameConnection)], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?)
-        let outcome = state.withLock { state -> Outcome in
+        // A full hold refuses before the copy: a function away for a minute
+        // under a fast source would otherwise have each frame copied in vain.
+        let refused = state.withLock { state -> Outcome? in
             let destinations = state.destinations(tag: frame.tag, target: target)
-            let routed = !destinations.isEmpty
-            // Checked again: a function may have arrived or left since the caller looked.
-            guard let claim = state.held.claim(tag: frame.tag, target: target, routed: routed, now: .now) else {
-                return (false, destinations, false, nil, nil)
-            }
-            let wasEmpty = state.held.isEmpty
-            switch state.held.hold(owned, target: target, bytes: bytes, for: claim, routed: routed, now: .now) {
-            case .held(let first):
-                state.statistics.heldFrames += 1
-                state.heldFull = (false, false)
-                return (true, destinations, wasEmpty, first ? claim : nil, nil)
-            case .full:
-                state.statistics.heldFramesDropped += 1
-                // A pipeline's last tag filling the hold in the zipper's first minute is no loss to warn about.
-                if state.held.wasObserved(tag: frame.tag) {
-                    defer { state.heldFull.observed = true }
-                    return (false, destinations, false, nil, state.heldFull.observed ? nil : .warning)
-                }
-                defer { state.heldFull.unobserved = true }
-                return (false, destinations, false, nil, state.heldFull.unobserved ? nil : .info)
-            }
+            guard state.held.claim(tag: frame.tag, target: target, routed: !destinations.isEmpty, now: .now) != nil,
+                  !state.held.fits(bytes) else { return nil }
+            return (false, destinations, false, nil, state.refuseHeld(tag: frame.tag))
         }
+        let outcome = refused ?? {
+            // Its own buffers: a slice of the read buffer would keep all of that alive.
+            let owned = DataFrame(tag: frame.tag, metadata: ByteBuffer(buffer: frame.metadata), payload: ByteBuffer(buffer: frame.payload))
+            return state.withLock { state -> Outcome in
+                let destinations = state.destinations(tag: frame.tag, target: target)
+                let routed = !destinations.isEmpty
+                // Checked again: a function may have arrived or left since the caller looked.
+                guard let claim = state.held.claim(tag: frame.tag, target: target, routed: routed, now: .now) else {
+                    return (false, destinations, false, nil, nil)
+                }
+                let wasEmpty = state.held.isEmpty
+                switch state.held.hold(owned, target: target, bytes: bytes, for: claim, routed: routed, now: .now) {
+                case .held(let first):
+                    state.statistics.heldFrames += 1
+                    state.heldFull = (false, false)
+                    return (true, destinations, wasEmpty, first ? claim : nil, nil)
+                case .full:
+                    return (false, destinations, false, nil, state.refuseHeld(tag: frame.tag))
+                }
+            }
+        }()
         if outcome.wasEmpty { heldWakeups.continuation.yield() }
         let hold = configuration.unroutedHold
         if let claim = outcome.firstFor, mayLogAboutHeldFrames() {
