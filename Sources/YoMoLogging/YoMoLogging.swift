@@ -111,10 +111,12 @@ public enum YoMoLogging {
             writer.flush(timeout: .seconds(5))
         }
 
-        /// Like `shutdown()`, with the OTLP export giving up after `timeout`.
+        /// Like `shutdown()`, with the OTLP export giving up after `timeout`, and
+        /// the writer's flush after `timeout` more (a log reader that stalls
+        /// held every exit 5 s).
         public func shutdown(timeout: Duration) async {
             await logProcessor?.shutdown(timeout: timeout)
-            writer.flush(timeout: .seconds(5))
+            writer.flush(timeout: timeout)
         }
     }
 

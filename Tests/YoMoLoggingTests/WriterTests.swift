@@ -2,7 +2,7 @@ import Dispatch
 import Logging
 import Synchronization
 import Testing
-import YoMoLogging
+@testable import YoMoLogging
 
 /// A sink that blocks every write until the test opens the gate.
 final class GatedSink: LogSink {
@@ -76,6 +76,22 @@ struct FailingSink: LogSink {
         #expect(writer.flush(timeout: .seconds(10)))
         #expect(!writer.sinkIsStuck, "the write finished")
         #expect(sink.inner.lines == ["first"])
+    }
+
+    @Test("Installation.shutdown(timeout:) waits for a stuck writer no longer than its timeout")
+    func shutdownBoundsTheWritersFlush() async throws {
+        let sink = GatedSink()
+        let writer = LogWriter(sink: sink)
+        writer.enqueue(Array("stuck\n".utf8))
+        sink.entered.wait()
+        let installation = YoMoLogging.Installation(configuration: .init(environment: [:]), writer: writer, logProcessor: nil)
+        let clock = ContinuousClock()
+        let start = clock.now
+        await installation.shutdown(timeout: .milliseconds(200))
+        let elapsed = clock.now - start
+        #expect(elapsed < .seconds(3), "the flush waited \(elapsed)")
+        #expect(writer.sinkIsStuck)
+        sink.gate.signal()
     }
 
     @Test func failingSinkCountsDrops() {
