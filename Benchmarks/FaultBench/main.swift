@@ -59,6 +59,16 @@ final class ZipperProcess: @unchecked Sendable {
         return (status("VmRSS:"), status("VmHWM:"))
     }
 
+    /// CPU time the zipper used so far (user and system), from /proc/PID/stat.
+    var cpuSeconds: Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/stat", encoding: .utf8),
+              let afterName = stat.lastIndex(of: ")") else { return 0 }
+        // Fields after the name: state is the 3rd of the line, utime and stime the 14th and 15th.
+        let fields = stat[stat.index(after: afterName)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
     func kill() {
         Foundation.kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
@@ -380,6 +390,7 @@ struct Held: AsyncParsableCommand {
         defer { zipper.stop() }
         try await waitForZipper(zipper.address)
         let idle = zipper.memory.rss
+        let cpuBefore = zipper.cpuSeconds
         let source = Source(name: "spray", zipper: zipper.address, options: quietOptions())
         try await source.connect()
         let payload = [UInt8](repeating: 0x61, count: size)
@@ -388,6 +399,8 @@ struct Held: AsyncParsableCommand {
         await source.close()
         try await Task.sleep(for: .milliseconds(500))
         let after = zipper.memory
-        print(String(format: "frames=%d size=%d zipper rss idle=%.1f MiB after=%.1f MiB (growth %.1f MiB) peak=%.1f MiB", frames, size, idle, after.rss, after.rss - idle, after.peak))
+        print(String(
+            format: "frames=%d size=%d zipper rss idle=%.1f MiB after=%.1f MiB (growth %.1f MiB) peak=%.1f MiB cpu=%.2f s",
+            frames, size, idle, after.rss, after.rss - idle, after.peak, zipper.cpuSeconds - cpuBefore))
     }
 }
