@@ -153,6 +153,12 @@ struct HeldFrames {
     /// frames held about 160 MiB.
     static let entryOverhead = 512
 
+    /// What holding `frame` counts against `maximumBytes` (a patch to its
+    /// metadata keeps its length).
+    static func bytes(of frame: DataFrame) -> Int {
+        frame.metadata.readableBytes + frame.payload.readableBytes + entryOverhead
+    }
+
     /// For whom a frame with `tag` and `target` is held, `routed` saying
     /// whether some stream function receives it now; nil: for nobody.
     func claim(tag: UInt32, target: String?, routed: Bool, now clock: @autoclosure () -> Instant) -> Claim? {

@@ -135,6 +135,26 @@ public final class Zipper: Sendable {
             return Array(byName.values)
         }
 
+        enum HoldDecision {
+            /// Not held for anyone.
+            case none
+            /// Held for someone, and it fits: copy it and hold it.
+            case hold
+            /// Held for someone, but the hold is full: refused (counted), with
+            /// the level of the line to write about it.
+            case refused(Logger.Level?)
+        }
+
+        /// Whether `frame` is to be held. A full hold refuses it here, before
+        /// anyone copies it: a function away for a minute under a fast source
+        /// would otherwise have each frame copied in vain. The data path's
+        /// case (functions connected, none away) reads no clock.
+        mutating func holdDecision(for frame: DataFrame, target: String?, routed: Bool) -> HoldDecision {
+            guard held.claim(tag: frame.tag, target: target, routed: routed, now: .now) != nil else { return .none }
+            guard held.fits(HeldFrames.bytes(of: frame)) else { return .refused(refuseHeld(tag: frame.tag)) }
+            return .hold
+        }
+
         /// Counts a frame the full hold refused; the level of the line to write
         /// about it, nil when one was written since the hold last took a frame.
         /// A pipeline's last tag filling the hold in the zipper's first minute
@@ -684,21 +704,21 @@ public final class Zipper: Sendable {
             if let router, let started { router.duration.record(secondsSince(started), spanContext: span?.spanContext) }
         }
         let target = metadata.value(.target, connectionMetadata)
-        var (destinations, holds) = state.withLock { state in
-            let destinations = state.destinations(tag: data.tag, target: target)
-            return (destinations, state.held.claim(tag: data.tag, target: target, routed: !destinations.isEmpty, now: .now) != nil)
-        }
         // Metadata made once for every destination (or patched as each copy is
         // encoded); the payload is never copied.
         let (frame, patch) = metadata.frame(tag: data.tag, payload: data.payload)
-        var held = false
-        if holds {
-            (held, destinations) = hold(frame.applying(patch), target: target, logger: logger)
-            if !held && destinations.isEmpty { router?.noRoute.add() }
-        } else if destinations.isEmpty {
-            // no_route: no observer here (the mesh may still take the frame).
-            router?.noRoute.add()
+        var (destinations, decision) = state.withLock { state in
+            let destinations = state.destinations(tag: data.tag, target: target)
+            return (destinations, state.holdDecision(for: frame, target: target, routed: !destinations.isEmpty))
         }
+        var held = false
+        switch decision {
+        case .none: break
+        case .hold: (held, destinations) = hold(frame, patch: patch, target: target, logger: logger)
+        case .refused(let level): logHoldFull(level, tag: frame.tag, logger: logger)
+        }
+        // no_route: no observer here, none held for (the mesh may still take the frame).
+        if !held && destinations.isEmpty { router?.noRoute.add() }
         tracing.debug(logger, under: span, in: taskContext, "routing frame", metadata: YoMoLogField.frame(
             tid: metadata.value(.tid, connectionMetadata) ?? "", tag: data.tag, dataLength: data.payload.readableBytes
         ).merging([
@@ -791,62 +811,60 @@ public final class Zipper: Sendable {
         return (.decoded(merged, merged.encoded()), span)
     }
 
-    /// Holds a frame for the stream functions on their way back that it is
-    /// held for (see `HeldFrames`); logs the first of a tag's burst, and the
-    /// first frame the full hold refused. Returns whether it was held, and the
-    /// functions to route it to now.
-    private func hold(_ frame: DataFrame, target: String?, logger: Logger) -> (held: Bool, destinations: [(UInt64, QUICFrameConnection)]) {
-        let bytes = frame.metadata.readableBytes + frame.payload.readableBytes + HeldFrames.entryOverhead
+    /// Holds a frame `State.holdDecision` found room for, for the stream
+    /// functions on their way back that it is held for (see `HeldFrames`);
+    /// logs the first of a tag's burst, and the first frame the full hold
+    /// refused. Returns whether it was held, and the functions to route it to now.
+    private func hold(
+        _ frame: DataFrame, patch: MetadataPatch?, target: String?, logger: Logger
+    ) -> (held: Bool, destinations: [(UInt64, QUICFrameConnection)]) {
+        // Its own buffers: a slice of the read buffer would keep all of that
+        // alive. A patch writes the metadata into a copy already.
+        let metadata = patch == nil ? ByteBuffer(buffer: frame.metadata) : frame.applying(patch).metadata
+        let owned = DataFrame(tag: frame.tag, metadata: metadata, payload: ByteBuffer(buffer: frame.payload))
         typealias Outcome = (held: Bool, destinations: [(UInt64, QUICFrameConnection)], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?)
-        // A full hold refuses before the copy: a function away for a minute
-        // under a fast source would otherwise have each frame copied in vain.
-        let refused = state.withLock { state -> Outcome? in
+        let outcome = state.withLock { state -> Outcome in
             let destinations = state.destinations(tag: frame.tag, target: target)
-            guard state.held.claim(tag: frame.tag, target: target, routed: !destinations.isEmpty, now: .now) != nil,
-                  !state.held.fits(bytes) else { return nil }
-            return (false, destinations, false, nil, state.refuseHeld(tag: frame.tag))
-        }
-        let outcome = refused ?? {
-            // Its own buffers: a slice of the read buffer would keep all of that alive.
-            let owned = DataFrame(tag: frame.tag, metadata: ByteBuffer(buffer: frame.metadata), payload: ByteBuffer(buffer: frame.payload))
-            return state.withLock { state -> Outcome in
-                let destinations = state.destinations(tag: frame.tag, target: target)
-                let routed = !destinations.isEmpty
-                // Checked again: a function may have arrived or left since the caller looked.
-                guard let claim = state.held.claim(tag: frame.tag, target: target, routed: routed, now: .now) else {
-                    return (false, destinations, false, nil, nil)
-                }
-                let wasEmpty = state.held.isEmpty
-                switch state.held.hold(owned, target: target, bytes: bytes, for: claim, routed: routed, now: .now) {
-                case .held(let first):
-                    state.statistics.heldFrames += 1
-                    state.heldFull = (false, false)
-                    return (true, destinations, wasEmpty, first ? claim : nil, nil)
-                case .full:
-                    return (false, destinations, false, nil, state.refuseHeld(tag: frame.tag))
-                }
+            let routed = !destinations.isEmpty
+            // Checked again: a function may have arrived or left since the caller looked.
+            guard let claim = state.held.claim(tag: frame.tag, target: target, routed: routed, now: .now) else {
+                return (false, destinations, false, nil, nil)
             }
-        }()
+            let wasEmpty = state.held.isEmpty
+            switch state.held.hold(owned, target: target, bytes: HeldFrames.bytes(of: frame), for: claim, routed: routed, now: .now) {
+            case .held(let first):
+                state.statistics.heldFrames += 1
+                state.heldFull = (false, false)
+                return (true, destinations, wasEmpty, first ? claim : nil, nil)
+            case .full:
+                return (false, destinations, false, nil, state.refuseHeld(tag: frame.tag))
+            }
+        }
         if outcome.wasEmpty { heldWakeups.continuation.yield() }
-        let hold = configuration.unroutedHold
         if let claim = outcome.firstFor, mayLogAboutHeldFrames() {
+            let duration = configuration.unroutedHold.duration
             if claim.owed.isEmpty || outcome.destinations.isEmpty {
                 logger.info("no stream function observes this tag now: holding its frames for one on its way back", metadata: [
-                    "tag": "\(DataPathMetrics.tagName(frame.tag))", "hold": "\(hold.duration)",
+                    "tag": "\(DataPathMetrics.tagName(frame.tag))", "hold": "\(duration)",
                 ])
             } else {
                 logger.info("a stream function observing this tag is away: holding its frames for it, the others receive them", metadata: [
-                    "tag": "\(DataPathMetrics.tagName(frame.tag))", "hold": "\(hold.duration)",
+                    "tag": "\(DataPathMetrics.tagName(frame.tag))", "hold": "\(duration)",
                     "functions": "\(Self.names(claim.owed))",
                 ])
             }
         }
-        if let level = outcome.firstRefused {
-            logger.log(level: level, "frames held for stream functions reached their limit: frames for stream functions on their way back are dropped until some are taken or expire", metadata: [
-                "tag": "\(DataPathMetrics.tagName(frame.tag))", "max_bytes": "\(hold.maximumBytes)",
-            ])
-        }
+        logHoldFull(outcome.firstRefused, tag: frame.tag, logger: logger)
         return (outcome.held, outcome.destinations)
+    }
+
+    /// The line for the first frame a full hold refused (`level` nil: one was
+    /// written since the hold last took a frame).
+    private func logHoldFull(_ level: Logger.Level?, tag: UInt32, logger: Logger) {
+        guard let level else { return }
+        logger.log(level: level, "frames held for stream functions reached their limit: frames for stream functions on their way back are dropped until some are taken or expire", metadata: [
+            "tag": "\(DataPathMetrics.tagName(tag))", "max_bytes": "\(configuration.unroutedHold.maximumBytes)",
+        ])
     }
 
     /// Names for a log line: sorted, at most five (they come from peers).
