@@ -123,7 +123,7 @@ final class WriterState: @unchecked Sendable {
     /// True while the writer thread sleeps until a producer signals it.
     private var writerIdle = false
     private var flushWaiters = 0
-    /// `finished` when a flush last gave up; nil once a write completed after it.
+    /// `finished` when a flush last gave up (a write finished since makes them differ).
     private var finishedWhenFlushGaveUp: UInt64?
 
     /// After a write, the writer thread lets records collect this long before
