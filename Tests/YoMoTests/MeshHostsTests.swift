@@ -4,6 +4,11 @@ import Testing
 
 @testable import YoMo
 
+extension Trait where Self == ConditionTrait {
+    /// Suites whose hosts are network namespaces: `ip netns` needs root (CI runs as root).
+    static var needsNetworkNamespaces: Self { .enabled(if: getuid() == 0, "needs root for ip netns") }
+}
+
 /// Three hosts, each a Linux network namespace, joined pairwise by veth pairs
 /// (a full mesh of links): zipper a (10.213.12.1, 10.213.13.1), zipper b
 /// (10.213.12.2, 10.213.23.2), zipper c (10.213.13.3, 10.213.23.3). Every
@@ -216,7 +221,7 @@ func executable(_ name: String) throws -> String {
     return path
 }
 
-@Suite("Mesh across hosts (network namespaces)", .serialized, .enabled(if: getuid() == 0, "needs root for ip netns"))
+@Suite("Mesh across hosts (network namespaces)", .serialized, .needsNetworkNamespaces)
 struct MeshHostsTests {
     @Test("three zippers in a full mesh: frames once, replies back, one trace hop by hop, a cut link heals")
     func fullMesh() async throws {
@@ -386,7 +391,7 @@ struct MeshHostsTests {
     }
 }
 
-@Suite("A partition between hosts (network namespaces, nftables)", .serialized, .enabled(if: getuid() == 0, "needs root for ip netns"))
+@Suite("A partition between hosts (network namespaces, nftables)", .serialized, .needsNetworkNamespaces)
 struct PartitionTests {
     @Test("a partition longer than the idle timeout loses no frame: the source sends again, the zipper holds them for the function back last")
     func partitionLongerThanTheIdleTimeout() async throws {
@@ -441,7 +446,7 @@ struct PartitionTests {
     }
 }
 
-@Suite("A zipper whose DNS does not answer (network namespaces)", .serialized, .enabled(if: getuid() == 0, "needs root for ip netns"))
+@Suite("A zipper whose DNS does not answer (network namespaces)", .serialized, .needsNetworkNamespaces)
 struct SilentResolverTests {
     @Test("mesh entries given as names that a silent DNS server holds for seconds do not hold up the zipper's clients")
     func meshNamesDoNotStallTheZipper() async throws {
