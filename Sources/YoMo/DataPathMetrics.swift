@@ -25,6 +25,7 @@ final class DataPathMetrics: Sendable {
     let connections: UpDownCounter
     let rejectedHandshakes: Counter
     private let unacknowledgedLost: Counter
+    private let unacknowledgedHeld: Counter
 
     struct Consumer: Sendable {
         let duration: BoundHistogram
@@ -86,6 +87,9 @@ final class DataPathMetrics: Sendable {
         unacknowledgedLost = meter.counter(
             "yomo.zipper.unacknowledged.lost", unit: "By",
             description: "Bytes written to clients whose connections ended before they acknowledged them: lost with the connection.")
+        unacknowledgedHeld = meter.counter(
+            "yomo.zipper.unacknowledged.held.messages", unit: "{message}",
+            description: "Frames written to stream functions whose connections ended before they acknowledged them, held for their return.")
         observeLogging(provider)
     }
 
@@ -288,6 +292,10 @@ final class DataPathMetrics: Sendable {
 
     func lostUnacknowledged(_ bytes: Int, clientType: ClientType) {
         unacknowledgedLost.add(Double(bytes), attributes: baseAttributes.with("yomo.client.type", clientTypeName(clientType)))
+    }
+
+    func heldUnacknowledged(_ frames: Int) {
+        unacknowledgedHeld.add(Double(frames), attributes: baseAttributes)
     }
 
     private func clientTypeName(_ type: ClientType) -> String {

@@ -1,4 +1,5 @@
 internal import NIOCore
+internal import YoMoQUIC
 internal import YoMoWire
 
 extension ZipperConfiguration {
@@ -157,6 +158,25 @@ struct HeldFrames {
     /// metadata keeps its length).
     static func bytes(of frame: DataFrame) -> Int {
         frame.metadata.readableBytes + frame.payload.readableBytes + entryOverhead
+    }
+
+    /// The data frames in what a connection had not acknowledged, each in
+    /// buffers of its own, with how many of its bytes were not acknowledged
+    /// (a frame its peer acknowledged whole is left out).
+    static func dataFrames(in unacknowledged: QUICConnection.Unacknowledged) -> [(frame: DataFrame, target: String?, notAcknowledged: Int)] {
+        var buffer = unacknowledged.bytes
+        let start = buffer.readerIndex
+        // The zipper wrote these frames whole: any size it let in decodes.
+        var decoder = FrameDecoder(maximumFrameSize: Int(Int32.max))
+        var frames: [(DataFrame, String?, Int)] = []
+        while let frame = try? decoder.decodeFrame(buffer: &buffer) {
+            let end = buffer.readerIndex - start
+            guard end > unacknowledged.acknowledgedPrefix, case .data(let data) = frame else { continue }
+            let length = data.encodedLength
+            let owned = DataFrame(tag: data.tag, metadata: ByteBuffer(buffer: data.metadata), payload: ByteBuffer(buffer: data.payload))
+            frames.append((owned, MetadataView(data.metadata)?.string(.target), min(length, end - unacknowledged.acknowledgedPrefix)))
+        }
+        return frames
     }
 
     /// For whom a frame with `tag` and `target` is held, `routed` saying

@@ -90,6 +90,9 @@ public final class Zipper: Sendable {
         var metadata: Metadata
         /// Frames not sent to it under the `drop` policy, since it last kept up.
         var droppedInBurst = 0
+        /// Frames whose write found its connection ended, before it left the
+        /// routes: held with what it had not acknowledged when it leaves.
+        var unwritten: [(frame: DataFrame, target: String?)] = []
     }
 
     private struct State {
@@ -113,6 +116,10 @@ public final class Zipper: Sendable {
         var heldFull = (observed: false, unobserved: false)
         var heldDropReports = HeldDropReports()
         var heldLines = HeldLineBudget()
+        /// The last stream functions to leave, by connection: a frame routed to
+        /// one just before it left may find its connection ended just after.
+        var departed = CircularBuffer<RouteMember>()
+        static let departedRemembered = 64
 
         /// The connected peers a frame with `tag` (and `target`) goes to.
         func destinations(tag: UInt32, target: String?) -> [(UInt64, QUICFrameConnection)] {
@@ -169,6 +176,32 @@ public final class Zipper: Sendable {
             return heldFull.unobserved ? nil : .info
         }
 
+        /// Holds for `function`'s name the frames its ended connection had not
+        /// acknowledged (or never took), each with its unacknowledged bytes,
+        /// for the tags no namesake still observes (one that does received
+        /// every frame since: the held ones would come after newer ones).
+        mutating func holdForReturn(
+            _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int)], of function: RouteMember, stillObserved: Set<UInt32>
+        ) -> UnacknowledgedAtEnd {
+            var outcome = UnacknowledgedAtEnd(bytes: 0)
+            let now = ContinuousClock.now
+            let claim = HeldFrames.Claim(owed: [function.name])
+            for (frame, target, notAcknowledged) in frames {
+                guard !stillObserved.contains(frame.tag), function.receives(tag: frame.tag, target: target) else { continue }
+                switch held.hold(frame, target: target, bytes: HeldFrames.bytes(of: frame), for: claim, routed: true, now: now) {
+                case .held:
+                    statistics.heldFrames += 1
+                    statistics.unacknowledgedFramesHeld += 1
+                    outcome.heldFrames += 1
+                    outcome.heldUnacknowledgedBytes += notAcknowledged
+                    heldFull = (false, false)
+                case .full:
+                    if let level = refuseHeld(tag: frame.tag) { (outcome.refusedLevel, outcome.refusedTag) = (level, frame.tag) }
+                }
+            }
+            return outcome
+        }
+
         /// Counts held frames that were dropped.
         mutating func countHeldDropped(_ dropped: [HeldFrames.Dropped]) {
             statistics.heldFramesDropped += dropped.reduce(0) { $0 + $1.frames }
@@ -193,6 +226,10 @@ public final class Zipper: Sendable {
         /// acknowledged them (a function frozen, killed or cut off): the
         /// frames in them were lost with the connection.
         public var unacknowledgedBytesLost = 0
+        /// Frames written to stream functions whose connections ended before
+        /// they acknowledged them (frozen, killed, cut off), held for their
+        /// return rather than lost (also counted in `heldFrames`).
+        public var unacknowledgedFramesHeld = 0
         /// Frames held because no stream function observed their tag
         /// (`ZipperConfiguration.unroutedHold`).
         public var heldFrames = 0
@@ -530,16 +567,40 @@ public final class Zipper: Sendable {
             if held.isEmpty { state.routes.add(member) } else { state.held.beginArriving(member) }
             return (id, member, held)
         }
+        // The frames the connection had not acknowledged when it ended (taken below).
+        var unacknowledged: [(frame: DataFrame, target: String?, notAcknowledged: Int)] = []
         defer {
-            state.withLock { state in
+            // One lock for the leaving and the hold of what it had not
+            // acknowledged: a frame routed meanwhile, held for its name as one
+            // away, would overtake them.
+            let (left, wasEmpty) = state.withLock { state -> (UnacknowledgedAtEnd, Bool) in
+                // Gone already: closed as a slow consumer, whose backlog is not kept.
+                let unwritten = state.peers[id]?.unwritten
                 state.routes.remove(id)
                 state.peers[id] = nil
+                let wasEmpty = state.held.isEmpty
+                var left = UnacknowledgedAtEnd(bytes: connection.connection.unacknowledgedBytes)
                 if member.clientType == .streamFunction {
-                    state.held.observerLeft(member, stillObserved: state.routes.tagsObserved(byName: member.name), now: .now)
+                    let stillObserved = state.routes.tagsObserved(byName: member.name)
+                    state.held.observerLeft(member, stillObserved: stillObserved, now: .now)
                     if !state.closed { state.functionsChanged = true }
+                    if let unwritten, !state.closed {
+                        if state.departed.count >= State.departedRemembered { state.departed.removeFirst() }
+                        state.departed.append(member)
+                        let frames = unacknowledged + unwritten.map { ($0.frame, $0.target, 0) }
+                        left = state.holdForReturn(frames, of: member, stillObserved: stillObserved)
+                        left.lostBytes = max(0, connection.connection.unacknowledgedBytes - left.heldUnacknowledgedBytes)
+                    }
                 }
+                state.statistics.unacknowledgedBytesLost += left.lostBytes
+                if left.lostBytes > 0, state.closed {
+                    state.lostAtClose.clients += 1
+                    state.lostAtClose.bytes += left.lostBytes
+                }
+                return (left, wasEmpty)
             }
             if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
+            report(left, wasEmpty: wasEmpty, clientType: handshake.clientType, logger: connectionLogger)
         }
         if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
         metrics.connection(handshake.clientType, delta: 1)
@@ -595,26 +656,74 @@ public final class Zipper: Sendable {
             connectionLogger.info("client disconnected", metadata: ["error": "\(error)"])
         }
         await connection.close(reason: closeReason)
-        // Frames written to it and never acknowledged went with the connection
-        // (nothing resends toward a client): a frozen or killed function's
-        // share was counted as delivered and lost without a word.
-        let unacknowledged = connection.connection.unacknowledgedBytes
-        if unacknowledged > 0 {
-            let closing = state.withLock { state -> Bool in
-                state.statistics.unacknowledgedBytesLost += unacknowledged
-                if state.closed {
-                    state.lostAtClose.clients += 1
-                    state.lostAtClose.bytes += unacknowledged
-                }
-                return state.closed
-            }
-            metrics.lostUnacknowledged(unacknowledged, clientType: handshake.clientType)
-            if !closing {
-                connectionLogger.warning(
-                    "frames written to this client were not acknowledged before its connection ended: lost with it",
-                    metadata: ["unacknowledged_bytes": "\(unacknowledged)"])
-            }
+        // Frames written to a stream function and never acknowledged (it froze,
+        // crashed or was cut off) are held for its return when it leaves (the
+        // defer above); until the twenty-sixth round of issue 14 they went with
+        // the connection, as in Go.
+        // Decoded here, not under the lock the defer takes.
+        if member.clientType == .streamFunction, configuration.unroutedHold.isOn, let taken = connection.connection.takeUnacknowledged() {
+            unacknowledged = HeldFrames.dataFrames(in: taken)
         }
+    }
+
+    /// A frame whose write found a stream function's connection ended: held
+    /// for its return after what it had not acknowledged (with it, if it has
+    /// not left the routes yet), as a frame routed after it left would be.
+    private func holdUnwritten(_ frame: DataFrame, patch: MetadataPatch?, target: String?, for id: UInt64, logger: Logger) {
+        let owned = DataFrame(
+            tag: frame.tag, metadata: patch == nil ? ByteBuffer(buffer: frame.metadata) : frame.applying(patch).metadata,
+            payload: ByteBuffer(buffer: frame.payload))
+        let (left, wasEmpty) = state.withLock { state -> (UnacknowledgedAtEnd, Bool) in
+            var left = UnacknowledgedAtEnd(bytes: 0)
+            guard !state.closed else { return (left, false) }
+            if var peer = state.peers[id] {
+                if peer.member.clientType == .streamFunction, state.held.fits(HeldFrames.bytes(of: owned)) {
+                    peer.unwritten.append((owned, target))
+                    state.peers[id] = peer
+                }
+                return (left, false)
+            }
+            guard let function = state.departed.first(where: { $0.connectionID == id }) else { return (left, false) }
+            let wasEmpty = state.held.isEmpty
+            left = state.holdForReturn([(owned, target, 0)], of: function, stillObserved: state.routes.tagsObserved(byName: function.name))
+            return (left, wasEmpty)
+        }
+        // No line per frame: these are few, and the connection's end says what it held.
+        report(left, wasEmpty: wasEmpty, clientType: .streamFunction, logger: logger, says: false)
+    }
+
+    /// What a connection had not acknowledged when it ended: held for its
+    /// return, or lost.
+    struct UnacknowledgedAtEnd {
+        /// Unacknowledged bytes not held.
+        var lostBytes: Int
+        var heldFrames = 0
+        /// Of the frames held, the bytes the peer had not acknowledged.
+        var heldUnacknowledgedBytes = 0
+        /// The hold was full for some.
+        var refusedLevel: Logger.Level?
+        var refusedTag: UInt32 = 0
+
+        init(bytes: Int) { lostBytes = bytes }
+    }
+
+    /// Says what a connection's end did with what it had not acknowledged.
+    private func report(_ left: UnacknowledgedAtEnd, wasEmpty: Bool, clientType: ClientType, logger: Logger, says: Bool = true) {
+        if left.heldFrames > 0 {
+            if wasEmpty { heldWakeups.continuation.yield() }
+            metrics.heldUnacknowledged(left.heldFrames)
+            if says { logger.info("frames written to this stream function were not acknowledged before its connection ended: held for its return", metadata: [
+                "frames": "\(left.heldFrames)", "hold": "\(configuration.unroutedHold.duration)",
+            ]) }
+        }
+        logHoldFull(left.refusedLevel, tag: left.refusedTag, logger: logger)
+        guard left.lostBytes > 0 else { return }
+        metrics.lostUnacknowledged(left.lostBytes, clientType: clientType)
+        // At the zipper's close, one line for every client (reportLostAtClose).
+        guard !state.withLock({ $0.closed }) else { return }
+        logger.warning(
+            "frames written to this client were not acknowledged before its connection ended: lost with it",
+            metadata: ["unacknowledged_bytes": "\(left.lostBytes)"])
     }
 
     /// Bytes a connection's task queues for its destinations on the loop
@@ -734,7 +843,9 @@ public final class Zipper: Sendable {
         for (destinationID, destination) in destinations {
             do {
                 if slow.policy == .block {
-                    try await destination.write(frame, patch: patch)
+                    // A throw: not queued (one queued as its connection ended
+                    // is among what it had not acknowledged).
+                    try await destination.write(frame, patch: patch, endingAfterQueueingThrows: false)
                     router?.delivered.add()
                 } else if try destination.tryWrite(frame, limit: slow.maximumBufferedBytes, patch: patch) {
                     router?.delivered.add()
@@ -748,6 +859,7 @@ public final class Zipper: Sendable {
                 }
             } catch {
                 router?.failed.add()
+                if configuration.unroutedHold.isOn { holdUnwritten(frame, patch: patch, target: target, for: destinationID, logger: logger) }
                 tracing.debug(logger, under: span, in: taskContext, "destination gone",
                               metadata: ["remote": "\(destination.remoteAddress)", "error": "\(error)"])
             }

@@ -21,6 +21,14 @@ struct SendShared {
     /// Waiting in `finishWriting` for everything to be acknowledged.
     var drainWaiters: [CheckedContinuation<QUICError?, Never>] = []
     var error: QUICError?
+    /// Writes made of two buffers whose second may begin a buffer of its own
+    /// (a big frame's payload after its header), until the peer acknowledged
+    /// all of it: if the connection ends while such a second part heads what is
+    /// unacknowledged, its first part is needed to make the bytes whole again.
+    var splitWrites = CircularBuffer<(secondStart: Int, end: Int, first: ByteBuffer)>()
+    /// What the peer had not acknowledged when the connection ended, from the
+    /// start of a write (`takeUnacknowledged`).
+    var unacknowledgedAtEnd: QUICConnection.Unacknowledged?
 
     /// Small writes are copied together so one packet carries many of them;
     /// big ones are queued as they are (no copy).
@@ -634,8 +642,10 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         terminalError = error
         phase = period
         // Record the error on both sides before waking anyone: a woken reader may write at once.
+        let headStart = acknowledgedTotal.load(ordering: .relaxed) - ackedInHead
         let writers = sendShared.withLock { s -> [CheckedContinuation<QUICError?, Never>] in
             s.error = error
+            keepUnacknowledged(&s, headStart: headStart)
             let w = s.takeAllWaiters() + s.drainWaiters
             s.drainWaiters = []
             return w
@@ -657,6 +667,24 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         } else {
             updateDeadline()
         }
+    }
+
+    /// Keeps what was written and not acknowledged (sent or not), from the
+    /// start of the write it begins in, for `takeUnacknowledged`: the buffers
+    /// themselves, no copy.
+    private func keepUnacknowledged(_ s: inout SendShared, headStart: Int) {
+        defer { s.splitWrites.removeAll() }
+        guard s.buffered > 0 else { return }
+        var parts: [ByteBuffer] = []
+        var acknowledged = ackedInHead
+        if let split = s.splitWrites.first(where: { $0.secondStart == headStart }) {
+            // The head is a write's second part; its first part was acknowledged and freed.
+            parts.append(split.first)
+            acknowledged += split.first.readableBytes
+        }
+        parts.append(contentsOf: inflight)
+        parts.append(contentsOf: s.pending)
+        s.unacknowledgedAtEnd = QUICConnection.Unacknowledged(parts: parts, acknowledgedPrefix: acknowledged)
     }
 
     /// Frees the ngtcp2 connection, TLS session and socket registration.
@@ -769,9 +797,10 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             }
         }
         let limit = configuration.sendBufferSize / 2
-        acknowledgedTotal.add(Int(length), ordering: .relaxed)
+        let acknowledged = acknowledgedTotal.add(Int(length), ordering: .relaxed).newValue
         let waiters = sendShared.withLock { s -> [CheckedContinuation<QUICError?, Never>] in
             s.buffered -= Int(length)
+            while let split = s.splitWrites.first, split.end <= acknowledged { s.splitWrites.removeFirst() }
             var w = s.takeDrainedWaiters()
             guard s.buffered <= limit, !s.waiters.isEmpty else { return w }
             w += s.takeAllWaiters()
@@ -821,22 +850,34 @@ extension ConnectionCore {
 
     /// Writes two buffers back to back, with no other write between them.
     @discardableResult
-    nonisolated(nonsending) func write(_ first: ByteBuffer, _ second: ByteBuffer) async throws(QUICError) -> Int {
-        try await enqueue(bytes: first.readableBytes + second.readableBytes) {
+    nonisolated(nonsending) func write(
+        _ first: ByteBuffer, _ second: ByteBuffer, endingAfterQueueingThrows: Bool = true
+    ) async throws(QUICError) -> Int {
+        try await enqueue(bytes: first.readableBytes + second.readableBytes, endingAfterQueueingThrows: endingAfterQueueingThrows) {
+            let secondStart = $0.enqueuedTotal + first.readableBytes
             $0.append(first)
             $0.append(second)
+            if first.readableBytes > 0, second.readableBytes > 0 {
+                $0.splitWrites.append((secondStart, secondStart + second.readableBytes, first))
+            }
         }
     }
 
     /// Writes `length` bytes produced by `encode` straight into the send queue (no
     /// intermediate buffer: small frames cost no allocation).
     @discardableResult
-    nonisolated(nonsending) func write(length: Int, _ encode: (inout ByteBuffer) -> Void) async throws(QUICError) -> Int {
-        try await enqueue(bytes: length) { $0.appendEncoded(length: length, encode) }
+    nonisolated(nonsending) func write(
+        length: Int, endingAfterQueueingThrows: Bool = true, _ encode: (inout ByteBuffer) -> Void
+    ) async throws(QUICError) -> Int {
+        try await enqueue(bytes: length, endingAfterQueueingThrows: endingAfterQueueingThrows) { $0.appendEncoded(length: length, encode) }
     }
 
     /// Returns the stream offset just past these bytes (compare `acknowledgedTotal`).
-    private nonisolated(nonsending) func enqueue(bytes n: Int, _ append: (inout SendShared) -> Void) async throws(QUICError) -> Int {
+    /// `endingAfterQueueingThrows` false: the connection's end during the wait
+    /// for room returns (the bytes were queued: see `takeUnacknowledged`).
+    private nonisolated(nonsending) func enqueue(
+        bytes n: Int, endingAfterQueueingThrows: Bool = true, _ append: (inout SendShared) -> Void
+    ) async throws(QUICError) -> Int {
         let limit = configuration.sendBufferSize
         let (wake, mustWait, end) = try sendShared.withLock { s throws(QUICError) -> (Bool, Bool, Int) in
             let wake = try s.accept(n, append)
@@ -867,7 +908,7 @@ extension ConnectionCore {
                 }
                 waiter?.resume(returning: nil)
             }
-            if let error { throw error }
+            if let error, endingAfterQueueingThrows { throw error }
         }
         return end
     }
@@ -888,6 +929,13 @@ extension ConnectionCore {
 
     /// Bytes written but not yet acknowledged by the peer.
     var unacknowledgedBytes: Int { sendShared.withLock { $0.buffered } }
+
+    func takeUnacknowledged() -> QUICConnection.Unacknowledged? {
+        sendShared.withLock { s in
+            defer { s.unacknowledgedAtEnd = nil }
+            return s.unacknowledgedAtEnd
+        }
+    }
 
     /// Sends FIN after the queued bytes and waits until all of it is acknowledged.
     func finishWriting() async throws(QUICError) {

@@ -155,6 +155,34 @@ public final class QUICConnection: Sendable {
     /// the connection dies now.
     public var unacknowledgedBytes: Int { core.unacknowledgedBytes }
 
+    /// What the peer had not acknowledged when the connection ended, kept for
+    /// whoever wants to send it again elsewhere (the zipper, toward a stream
+    /// function that comes back); nil while the connection lives, when all was
+    /// acknowledged, or once taken. Only the first call gets it.
+    package func takeUnacknowledged() -> Unacknowledged? { core.takeUnacknowledged() }
+
+    /// Stream bytes the peer had not acknowledged when the connection ended.
+    package struct Unacknowledged: Sendable {
+        /// The bytes, from the start of the write the first unacknowledged byte
+        /// belongs to, in order.
+        package var parts: [ByteBuffer]
+        /// How many leading bytes of `parts` the peer did acknowledge (a write
+        /// that ends within them reached it whole).
+        package var acknowledgedPrefix: Int
+
+        package init(parts: [ByteBuffer], acknowledgedPrefix: Int) {
+            self.parts = parts
+            self.acknowledgedPrefix = acknowledgedPrefix
+        }
+
+        /// The bytes in one buffer.
+        package var bytes: ByteBuffer {
+            var all = ByteBufferAllocator().buffer(capacity: parts.reduce(0) { $0 + $1.readableBytes })
+            for part in parts { all.writeImmutableBuffer(part) }
+            return all
+        }
+    }
+
     /// The stream offset up to which the peer acknowledged every byte; still
     /// readable after the connection ended. A write's returned offset at or
     /// below it reached the peer's QUIC stack.

@@ -38,17 +38,25 @@ public final class QUICFrameConnection: Sendable {
 
     /// Writes a DataFrame with `patch` written over its metadata where the frame
     /// is encoded (the zipper's way to hand its span on; see `MetadataPatch`).
+    ///
+    /// `endingAfterQueueingThrows` false: a frame that was queued returns even
+    /// if the connection ends while the write waits for room (it is then among
+    /// `connection.takeUnacknowledged()`), so that a throw means it was not queued.
     @discardableResult
-    package nonisolated(nonsending) func write(_ data: DataFrame, patch: MetadataPatch?) async throws(QUICError) -> Int {
+    package nonisolated(nonsending) func write(
+        _ data: DataFrame, patch: MetadataPatch?, endingAfterQueueingThrows: Bool = true
+    ) async throws(QUICError) -> Int {
         let core = connection.core
         if data.payload.readableBytes >= 4096 {
             // Big payloads go out from the caller's buffer: only the header is copied.
             var header = ByteBufferAllocator().buffer(capacity: data.encodedLength - data.payload.readableBytes)
             data.encodeHeader(into: &header, patch: patch)
-            return try await core.write(header, data.payload)
+            return try await core.write(header, data.payload, endingAfterQueueingThrows: endingAfterQueueingThrows)
         } else {
             // Small frames are encoded straight into the send queue.
-            return try await core.write(length: data.encodedLength) { data.encode(into: &$0, patch: patch) }
+            return try await core.write(length: data.encodedLength, endingAfterQueueingThrows: endingAfterQueueingThrows) {
+                data.encode(into: &$0, patch: patch)
+            }
         }
     }
 

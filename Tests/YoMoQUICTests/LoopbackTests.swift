@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import NIOCore
 import Testing
 import YoMoWire
@@ -438,6 +439,56 @@ struct LoopbackTests {
         // Half the idle timeout: a loaded machine (parallel test runs) reported it after 5 s.
         #expect(elapsed < .seconds(15), "reported after \(elapsed), long before the 30 s idle timeout")
         await #expect(throws: QUICError.self) { try await connection.write(ByteBuffer(string: "x")) }
+    }
+
+    @Test("what a frozen peer had not acknowledged is kept whole, from the first frame it lacks, big frames' headers included")
+    func unacknowledgedKeptWhole() async throws {
+        let (peer, port) = try await PythonPeer.echoServer()
+        defer {
+            kill(peer.process.processIdentifier, SIGCONT)
+            peer.stop()
+        }
+        var configuration = QUICConfiguration.default
+        configuration.idleTimeout = .seconds(1)
+        configuration.keepAliveInterval = .milliseconds(300)
+        let connection = QUICFrameConnection(try await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: configuration))
+        #expect(connection.connection.takeUnacknowledged() == nil, "nothing while it lives")
+        // Frame i ends at ends[i]; big payloads go out as a header and the
+        // caller's buffer (two parts), small ones coalesced.
+        let ends = Mutex<[Int]>([])
+        let writer = Task {
+            var index = 0
+            while true {
+                let size = index % 3 == 2 ? 16 : 5000
+                var payload = ByteBuffer(string: "\(index):")
+                payload.writeRepeatingByte(UInt8(ascii: "x"), count: size)
+                guard let end = try? await connection.write(DataFrame(tag: 0x33, payload: payload), patch: nil, endingAfterQueueingThrows: false)
+                else { return }
+                ends.withLock { $0.append(end) }
+                index += 1
+            }
+        }
+        while ends.withLock({ $0.count }) < 200 { try await Task.sleep(for: .milliseconds(5)) }
+        kill(peer.process.processIdentifier, SIGSTOP)
+        await #expect(throws: QUICError.self) { for try await _ in connection.connection.inbound {} }
+        await writer.value
+        let acknowledged = connection.connection.acknowledgedBytes
+        let lacking = ends.withLock { ends in ends.indices.filter { ends[$0] > acknowledged } }
+        #expect(!lacking.isEmpty, "the frozen peer acknowledged everything")
+        let kept = try #require(connection.connection.takeUnacknowledged())
+        #expect(connection.connection.takeUnacknowledged() == nil, "taken once")
+        var bytes = kept.bytes
+        var decoder = FrameDecoder()
+        var recovered: [(index: Int, end: Int)] = []
+        let start = bytes.readerIndex
+        while let frame = try decoder.decodeFrame(buffer: &bytes) {
+            guard case .data(let data) = frame else { continue }
+            let label = String(decoding: data.payload.readableBytesView.prefix { $0 != UInt8(ascii: ":") }, as: UTF8.self)
+            recovered.append((try #require(Int(label)), bytes.readerIndex - start))
+        }
+        #expect(bytes.readableBytes == 0, "ends at a frame's end")
+        let keptWhole = recovered.filter { $0.end > kept.acknowledgedPrefix }.map(\.index)
+        #expect(keptWhole == lacking, "every frame the peer lacked, whole and in order")
     }
 
     @Test("peer frozen mid-stream (no packets, no ICMP): idle timeout within the configured time")

@@ -264,7 +264,7 @@ struct FaultRecoveryTests {
         #expect(sfn.endReason?.code == .closed, "\(String(describing: sfn.endReason))")
     }
 
-    @Test("frames written to a stream function that froze are counted and reported lost when its connection ends")
+    @Test("without the hold, frames written to a stream function that froze are counted and reported lost when its connection ends")
     func frozenFunctionLoss() async throws {
         let records = Inbox<String>()
         let metrics = MeterProvider(configuration: .init(serviceName: "zipper", environment: [:]))
@@ -272,7 +272,8 @@ struct FaultRecoveryTests {
         defer { Task { await endpoint.close() } }
         var options = Zipper.Options(logger: Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) }, meterProvider: metrics)
         options.quic.idleTimeout = .seconds(1)
-        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: options)
+        // Go's behaviour: with the hold, these frames wait for the function's return (next test).
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0, unroutedHold: .off), options: options)
         try await zipper.start()
         let address = try #require(zipper.address)
         // A real process, so that it can be frozen (SIGSTOP): its QUIC stack
@@ -302,6 +303,75 @@ struct FaultRecoveryTests {
         kill(function.processIdentifier, SIGKILL)
         await waitForExit(function)
         await source.close()
+        await zipper.close()
+    }
+
+    @Test("a stream function that froze gets, when it is back, the frames its connection had not acknowledged", arguments: [16, 6000])
+    func frozenFunctionGetsItsFramesBack(payloadSize: Int) async throws {
+        let records = Inbox<String>()
+        let metrics = MeterProvider(configuration: .init(serviceName: "zipper", environment: [:]))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: metrics)
+        defer { Task { await endpoint.close() } }
+        var options = Zipper.Options(logger: Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) }, meterProvider: metrics)
+        options.quic.idleTimeout = .seconds(1)
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: options)
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        // Upper-cases 0x33 into 0x34 with a pipe handler: in the order received.
+        let function = Process()
+        function.executableURL = try builtExecutable("uppercase-sfn")
+        function.arguments = ["--zipper", address, "--pipe"]
+        function.standardError = FileHandle.nullDevice
+        try function.run()
+        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+        let received = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x34]))
+        sink.setPipeHandler { input, _ in
+            for await frame in input { received.append(String(decoding: frame.data.prefix(while: { $0 != UInt8(ascii: ":") }), as: UTF8.self)) }
+        }
+        try await sink.connect()
+        #expect(await eventually { zipper.connectionCount == 2 })
+        let source = Source(name: "source", zipper: address)
+        try await source.connect()
+        var written: [String] = []
+        func write() async throws {
+            let label = "frame-\(written.count)"
+            written.append(label.uppercased())
+            try await source.write(tag: 0x33, data: Array((label + ":").utf8) + Array(repeating: UInt8(ascii: "x"), count: payloadSize))
+        }
+        for _ in 0..<10 { try await write() }
+        #expect(await received.wait(for: 10))
+        kill(function.processIdentifier, SIGSTOP)
+        // Frames keep going to it until the zipper's 1 s idle timeout ends its connection.
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(20)
+        while zipper.statistics.unacknowledgedFramesHeld == 0, clock.now < deadline {
+            try await write()
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let recovered = zipper.statistics.unacknowledgedFramesHeld
+        #expect(recovered > 0, "nothing held after \(written.count) frames to a frozen function")
+        // Away now: what comes meanwhile is held for it by name.
+        for _ in 0..<10 { try await write() }
+        kill(function.processIdentifier, SIGCONT)
+        for _ in 0..<10 { try await write() }
+        #expect(await eventually(within: .seconds(20)) { Set(received.items).isSuperset(of: written) },
+                "missing \(Set(written).subtracting(received.items).sorted())")
+        var firstSeen: [String] = []
+        var seen: Set<String> = []
+        for item in received.items where seen.insert(item).inserted { firstSeen.append(item) }
+        #expect(firstSeen == written, "each frame's first arrival in the order written")
+        let statistics = zipper.statistics
+        #expect(statistics.unacknowledgedBytesLost == 0 && statistics.heldFramesDropped == 0, "\(statistics)")
+        #expect(records.items.contains { $0.contains("not acknowledged before its connection ended: held for its return") && $0.contains("frames=\(recovered)") },
+                "\(records.items.filter { $0.contains("acknowledged") })")
+        let page = await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body ?? ""
+        #expect(page.split(separator: "\n").contains { $0.hasPrefix("yomo_zipper_unacknowledged_held_messages_total{") && $0.hasSuffix(" \(recovered)") },
+                "\(page.split(separator: "\n").filter { $0.contains("unacknowledged") })")
+        await source.close()
+        await sink.close()
+        kill(function.processIdentifier, SIGTERM)
+        await waitForExit(function)
         await zipper.close()
     }
 
