@@ -8,6 +8,7 @@
 #include <time.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <linux/errqueue.h>
 
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
@@ -97,6 +98,47 @@ int cngtcp2_set_dont_fragment(int fd, int family) {
     rv = setsockopt(fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &probe6, sizeof(probe6));
   }
   return rv;
+}
+
+int cngtcp2_enable_recverr(int fd, int family) {
+  int on = 1;
+  /* On an IPv6 socket the IPv4 option covers its v4-mapped peers. */
+  int rv = setsockopt(fd, IPPROTO_IP, IP_RECVERR, &on, sizeof(on));
+  if (family == AF_INET6) rv = setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &on, sizeof(on));
+  return rv;
+}
+
+ssize_t cngtcp2_recv_unreachable(int fd, struct sockaddr_storage *addr, socklen_t *addrlen) {
+  uint8_t payload[64]; /* the refused datagram's start: not needed */
+  struct iovec iov = {payload, sizeof(payload)};
+  union {
+    char buf[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in6))];
+    struct cmsghdr align;
+  } control;
+  struct msghdr msg;
+  memset(&msg, 0, sizeof(msg));
+  msg.msg_name = addr;
+  msg.msg_namelen = sizeof(*addr);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.buf;
+  msg.msg_controllen = sizeof(control.buf);
+  ssize_t n;
+  do {
+    n = recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return -errno;
+  *addrlen = msg.msg_namelen;
+  for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+    int v4 = cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR;
+    int v6 = cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR;
+    if (!v4 && !v6) continue;
+    struct sock_extended_err err;
+    memcpy(&err, CMSG_DATA(cm), sizeof(err));
+    if (err.ee_origin == SO_EE_ORIGIN_ICMP && err.ee_type == 3 && err.ee_code == 3) return 1;
+    if (err.ee_origin == SO_EE_ORIGIN_ICMP6 && err.ee_type == 1 && err.ee_code == 4) return 1;
+  }
+  return 0;
 }
 
 int cngtcp2_set_self_signed(gnutls_certificate_credentials_t cred) {

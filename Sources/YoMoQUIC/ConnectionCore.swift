@@ -313,6 +313,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             break
         }
         guard let ng else { return }
+        refusalsInARow = 0
         bytesReceived.add(datagram.count, ordering: .relaxed)
         datagramsReceived.add(1, ordering: .relaxed)
         let outcome = ng.read(datagram, from: address, now: monotonicNow())
@@ -533,7 +534,12 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             if connectedSocket { return cngtcp2_send(fd, base + offset, length, segment, nil, 0) }
             return address.withSockaddr { cngtcp2_send(fd, base + offset, length, segment, $0, $1) }
         }
-        let rv = send(0, bytes.count, segment)
+        var rv = send(0, bytes.count, segment)
+        // A server's shared socket reports an ICMP error queued for any of its
+        // peers (IP_RECVERR) on its next call, this send perhaps: the error is
+        // taken from the queue by the server (`loopError`), the datagram is
+        // sent again.
+        if rv == -Int(ECONNREFUSED) && !connectedSocket { rv = send(0, bytes.count, segment) }
         if rv == -Int(EAGAIN) || rv == -Int(EWOULDBLOCK) { return false }
         if rv >= 0 {
             bytesSent.add(bytes.count, ordering: .relaxed)
@@ -555,12 +561,22 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         return true
     }
 
+    /// Whether the server's socket sends this connection's datagrams to `address`.
+    func isRemote(_ address: UDPAddress) -> Bool { remote.isSameEndpoint(as: address) }
+
+    /// The server's socket had a datagram to the peer refused (ICMP port
+    /// unreachable): counted as a client's connected socket counts them.
+    func peerRefused() {
+        refusalsInARow += 1
+        _ = endIfUnreachable()
+    }
+
     /// Port unreachable twice with nothing received in between: the peer's
-    /// process is gone (a crashed zipper). Ending now, instead of at the idle
-    /// timeout, stops writes from vanishing into a dead connection. One refusal
-    /// alone may be stale; it is ignored.
+    /// process is gone (a crashed zipper, or a killed client of a server).
+    /// Ending now, instead of at the idle timeout, stops writes from vanishing
+    /// into a dead connection. One refusal alone may be stale; it is ignored.
     private func endIfUnreachable() -> Bool {
-        guard refusalsInARow >= 2, connectedSocket, case .established = phase else { return false }
+        guard refusalsInARow >= 2, case .established = phase else { return false }
         terminate(.socket("peer \(peerDescription) unreachable", errno: ECONNREFUSED), period: .closed)
         return true
     }

@@ -11,6 +11,9 @@ protocol LoopSource: AnyObject {
     /// The socket became readable / writable (after `setWantsWritable`).
     func loopReadable()
     func loopWritable()
+    /// The socket reported an error (before `loopReadable`): for a server's
+    /// socket, ICMP errors waiting in its error queue.
+    func loopError()
     /// Absolute monotonic nanoseconds, `UInt64.max` for none.
     var loopDeadline: UInt64 { get }
     func loopTimerFired(now: UInt64)
@@ -19,6 +22,7 @@ protocol LoopSource: AnyObject {
 extension LoopSource {
     func loopReadable() {}
     func loopWritable() {}
+    func loopError() {}
     var loopDeadline: UInt64 { .max }
     func loopTimerFired(now: UInt64) {}
 }
@@ -201,6 +205,7 @@ final class QUICEventLoop: @unchecked Sendable {
                         continue
                     }
                     if ev.events & EPOLLOUT.rawValue != 0 { sources[fd]?.loopWritable() }
+                    if ev.events & EPOLLERR.rawValue != 0 { sources[fd]?.loopError() }
                     if ev.events & (EPOLLIN.rawValue | EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 {
                         sources[fd]?.loopReadable()
                     }

@@ -106,6 +106,26 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         for core in touched.values { core.afterReceive() }
     }
 
+    /// Reads the ICMP errors the socket queued (`IP_RECVERR`): a port
+    /// unreachable for a connection's peer is a refusal counted by it (two in a
+    /// row with nothing received between end it). Without this a killed
+    /// client's connection lived on until the idle timeout, and what the
+    /// zipper wrote to it meanwhile went nowhere. Each error counts (a burst
+    /// of datagrams to the dead port makes a burst of errors): a peer that
+    /// died with the path full draws only probes, further apart each time.
+    /// Drained whole: the error is level-triggered while the queue holds any.
+    func loopError() {
+        var from = sockaddr_storage()
+        var fromLength = socklen_t(0)
+        for _ in 0..<1024 {
+            let n = cngtcp2_recv_unreachable(fd, &from, &fromLength)
+            if n < 0 { break }
+            guard n == 1 else { continue }
+            let address = UDPAddress(storage: from, length: fromLength)
+            for core in connections.values where core.isRemote(address) { core.peerRefused() }
+        }
+    }
+
     /// Routes one datagram; returns the connection that took it.
     private func dispatch(_ datagram: UnsafeRawBufferPointer, from address: UDPAddress) -> ConnectionCore? {
         stats.datagrams.add(1, ordering: .relaxed)

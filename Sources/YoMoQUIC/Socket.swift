@@ -43,6 +43,20 @@ struct UDPAddress: Sendable, CustomStringConvertible {
 
     var description: String { family == AF_INET6 ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
+    /// Same family, address and port (an IPv6 scope or flow label aside).
+    func isSameEndpoint(as other: UDPAddress) -> Bool {
+        guard family == other.family else { return false }
+        return withUnsafeBytes(of: storage) { a in
+            withUnsafeBytes(of: other.storage) { b in
+                switch family {
+                case AF_INET: return a[2..<8].elementsEqual(b[2..<8])
+                case AF_INET6: return a[2..<4].elementsEqual(b[2..<4]) && a[8..<24].elementsEqual(b[8..<24])
+                default: return false
+                }
+            }
+        }
+    }
+
     func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
         try withUnsafeBytes(of: storage) { raw in
             try body(raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), length)

@@ -375,6 +375,67 @@ struct FaultRecoveryTests {
         await zipper.close()
     }
 
+    @Test("a stream function killed and restarted gets every frame: the zipper learns of the kill from ICMP, not at its idle timeout")
+    func killedFunctionRestarted() async throws {
+        var options = Zipper.Options()
+        // Far longer than the test waits: only the ICMP port unreachable can end the connection in time.
+        options.quic.idleTimeout = .seconds(60)
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: options)
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        func startFunction() throws -> Process {
+            let function = Process()
+            function.executableURL = try builtExecutable("uppercase-sfn")
+            function.arguments = ["--zipper", address, "--pipe"]
+            function.standardError = FileHandle.nullDevice
+            try function.run()
+            return function
+        }
+        var function = try startFunction()
+        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+        let received = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x34]))
+        sink.setPipeHandler { input, _ in
+            for await frame in input { received.append(String(decoding: frame.data, as: UTF8.self)) }
+        }
+        try await sink.connect()
+        #expect(await eventually { zipper.connectionCount == 2 })
+        let source = Source(name: "source", zipper: address)
+        try await source.connect()
+        var written: [String] = []
+        func write() async throws {
+            written.append("K-\(written.count)")
+            try await source.write(tag: 0x33, data: Array("k-\(written.count - 1)".utf8))
+        }
+        for _ in 0..<20 { try await write() }
+        #expect(await received.wait(for: 20))
+        kill(function.processIdentifier, SIGKILL)
+        await waitForExit(function)
+        // Frames go to its dead port until the zipper's socket reports it unreachable.
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(20)
+        while zipper.connectionCount > 2, clock.now < deadline {
+            try await write()
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(zipper.connectionCount == 2, "the killed function's connection is still there")
+        for _ in 0..<20 { try await write() }
+        function = try startFunction()
+        for _ in 0..<20 { try await write() }
+        #expect(await eventually(within: .seconds(20)) { Set(received.items).isSuperset(of: written) },
+                "missing \(Set(written).subtracting(received.items).count) of \(written.count)")
+        var firstSeen: [String] = []
+        var seen: Set<String> = []
+        for item in received.items where seen.insert(item).inserted { firstSeen.append(item) }
+        #expect(firstSeen == written, "each frame's first arrival in the order written")
+        #expect(zipper.statistics.heldFramesDropped == 0 && zipper.statistics.unacknowledgedBytesLost == 0, "\(zipper.statistics)")
+        await source.close()
+        await sink.close()
+        kill(function.processIdentifier, SIGTERM)
+        await waitForExit(function)
+        await zipper.close()
+    }
+
     @Test("frames unacknowledged by frozen functions when the zipper closes: one line for all of them")
     func frozenFunctionsAtClose() async throws {
         let records = Inbox<String>()
