@@ -996,7 +996,9 @@ public final class Zipper: Sendable {
             while !batch.isEmpty {
                 writtenOfBatch = 0
                 for frame in batch {
-                    _ = try await connection.write(frame, patch: nil)
+                    // Queued counts as delivered: if the connection ends
+                    // unacknowledged, the frame is held for the function again.
+                    _ = try await connection.write(frame, patch: nil, endingAfterQueueingThrows: false)
                     delivered += 1
                     writtenOfBatch += 1
                     if metrics.isEnabled { metrics.router(tag: frame.tag).delivered.add() }
