@@ -221,6 +221,32 @@ struct HeldFrames {
         return .held(first: heldPerTag[frame.tag] == 1)
     }
 
+    /// Holds `frames`, which `name` lacks, for it alone and ahead of any frame
+    /// already held that it would take: those are newer (held while it was
+    /// taking these, in a connection that then ended). Ahead of them, they
+    /// share the first one's deadline, so that deadlines stay in order; else
+    /// they wait the whole duration. Frames beyond `maximumBytes` are refused.
+    mutating func holdAhead(
+        _ frames: [(frame: DataFrame, target: String?, bytes: Int)], for name: String, now: Instant
+    ) -> [HoldResult] {
+        let newer = entries.firstIndex { $0.owed.contains(name) || ($0.forAnyArrival && !$0.deliveredTo.contains(name)) }
+        let deadline = newer.map { entries[$0].deadline } ?? now + settings.duration
+        var results: [HoldResult] = []
+        var ahead: [Entry] = []
+        for (frame, target, bytes) in frames {
+            guard fits(bytes) else {
+                results.append(.full)
+                continue
+            }
+            ahead.append(Entry(frame: frame, target: target, bytes: bytes, deadline: deadline, owed: [name], forAnyArrival: false, wasRouted: true))
+            self.bytes += bytes
+            heldPerTag[frame.tag, default: 0] += 1
+            results.append(.held(first: heldPerTag[frame.tag] == 1))
+        }
+        entries.insert(contentsOf: ahead, at: newer ?? entries.endIndex)
+        return results
+    }
+
     /// Takes, in the order they were held, the frames held for `member` that
     /// it would have been routed (its tags; a targeted frame only if its
     /// target is the member's).

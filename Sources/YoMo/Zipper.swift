@@ -184,11 +184,10 @@ public final class Zipper: Sendable {
             _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int)], of function: RouteMember, stillObserved: Set<UInt32>
         ) -> UnacknowledgedAtEnd {
             var outcome = UnacknowledgedAtEnd(bytes: 0)
-            let now = ContinuousClock.now
-            let claim = HeldFrames.Claim(owed: [function.name])
-            for (frame, target, notAcknowledged) in frames {
-                guard !stillObserved.contains(frame.tag), function.receives(tag: frame.tag, target: target) else { continue }
-                switch held.hold(frame, target: target, bytes: HeldFrames.bytes(of: frame), for: claim, routed: true, now: now) {
+            let kept = frames.filter { !stillObserved.contains($0.frame.tag) && function.receives(tag: $0.frame.tag, target: $0.target) }
+            let results = held.holdAhead(kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame)) }, for: function.name, now: .now)
+            for ((frame, _, notAcknowledged), result) in zip(kept, results) {
+                switch result {
                 case .held:
                     statistics.heldFrames += 1
                     statistics.unacknowledgedFramesHeld += 1
@@ -615,7 +614,7 @@ public final class Zipper: Sendable {
             do {
                 try await connection.write(.handshakeAck)
             } catch {
-                if !held.isEmpty { abandonArrival(of: member, delivered: 0, lost: held.count) }
+                if !held.isEmpty { abandonArrival(of: member, delivered: 0, unwritten: held) }
                 throw error
             }
             if !held.isEmpty { try await deliverHeld(held, to: member, connection, logger: connectionLogger) }
@@ -1013,7 +1012,7 @@ public final class Zipper: Sendable {
                 }
             }
         } catch {
-            abandonArrival(of: member, delivered: delivered, lost: batch.count - writtenOfBatch)
+            abandonArrival(of: member, delivered: delivered, unwritten: Array(batch[writtenOfBatch...]))
             throw error
         }
         state.withLock { $0.statistics.heldFramesDelivered += delivered }
@@ -1022,11 +1021,20 @@ public final class Zipper: Sendable {
 
     /// A function whose connection failed while it took its held frames: what
     /// it took and was not written to it is lost with it.
-    private func abandonArrival(of member: RouteMember, delivered: Int, lost: Int) {
+    /// A function's connection ended while it took its held frames: those not
+    /// written are held for it again when it leaves, after what it had not
+    /// acknowledged and ahead of what was held for it meanwhile (in order);
+    /// until the twenty-sixth round of issue 14 they were dropped.
+    private func abandonArrival(of member: RouteMember, delivered: Int, unwritten: [DataFrame]) {
         state.withLock { state in
             state.held.endArriving(member)
             state.statistics.heldFramesDelivered += delivered
-            state.statistics.heldFramesDropped += lost
+            if !state.closed, var peer = state.peers[member.connectionID] {
+                peer.unwritten += unwritten.map { ($0, MetadataView($0.metadata)?.string(.target)) }
+                state.peers[member.connectionID] = peer
+            } else {
+                state.statistics.heldFramesDropped += unwritten.count
+            }
         }
     }
 

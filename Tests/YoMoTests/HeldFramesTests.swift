@@ -45,6 +45,26 @@ struct HeldFramesLogicTests {
         #expect(off.claim(tag: 0x33, target: nil, routed: false, now: start) == nil)
     }
 
+    @Test("frames a function lacked are held ahead of the newer ones held for it, with their deadline; else at the end, for the whole duration")
+    func heldAhead() {
+        var held = HeldFrames(settings: Hold(duration: .seconds(5), maximumBytes: 600 * 4, afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
+        let f = function([0x33], name: "f")
+        held.observerLeft(f, now: start)
+        #expect(held.hold(frame(0x33, "other"), target: nil, bytes: 600, for: .init(owed: ["g"]), routed: true, now: start) == .held(first: true))
+        for (index, text) in ["new-1", "new-2"].enumerated() {
+            #expect(held.hold(frame(0x33, text), target: nil, bytes: 600, for: .init(owed: ["f"]), routed: true, now: start + .seconds(index + 1)) == .held(first: false))
+        }
+        let results = held.holdAhead([(frame(0x33, "old-1"), nil, 600), (frame(0x33, "old-2"), nil, 600)], for: "f", now: start + .seconds(3))
+        #expect(results == [.held(first: false), .full], "the byte limit still counts")
+        #expect(held.entries.map(\.deadline) == held.entries.map(\.deadline).sorted(), "deadlines in order")
+        #expect(held.entries.map { String(buffer: $0.frame.payload) } == ["other", "old-1", "new-1", "new-2"])
+        #expect(held.take(for: f).map { String(buffer: $0.payload) } == ["old-1", "new-1", "new-2"])
+        #expect(held.expire(now: start + .seconds(6)).isEmpty == false, "g's frame expires")
+        let late = held.holdAhead([(frame(0x33, "old-3"), nil, 600)], for: "f", now: start + .seconds(7))
+        #expect(late == [.held(first: true)])
+        #expect(held.nextDeadline == start + .seconds(12), "nothing newer for it: the whole duration")
+    }
+
     @Test("a function that left is owed its tags' frames by name while others receive them, unless a namesake still observes the tag")
     func owedByName() {
         var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
@@ -322,6 +342,58 @@ struct HeldFramesTests {
             #expect(holding.first?["functions"] as? String == "alerter", "\(holding)")
             await after.close()
             await stayer.close()
+            await source.close()
+        }
+    }
+
+    @Test("a function whose connection ends while it takes its held frames gets the rest when it is back: in order, after what it had, before what came meanwhile")
+    func arrivalCutShort() async throws {
+        try await withZipper(configure: { $0.unroutedHold = .init(duration: .seconds(60), maximumBytes: 256 << 20) }) { address, zipper in
+            let source = Source(name: "feed", zipper: address)
+            try await source.connect()
+            let leaver = StreamFunction(name: "slow", zipper: address, options: .init(observedTags: [0x66]))
+            leaver.setHandler { _ in }
+            try await leaver.connect()
+            await leaver.close()
+            #expect(await eventually { zipper.connectionCount == 1 })
+            // Away: held for it by name. 30 KB each, far more than the windows and buffers between.
+            let padding = [UInt8](repeating: UInt8(ascii: "x"), count: 30_000)
+            var expected: [String] = []
+            func write(_ label: String) async throws {
+                expected.append(label)
+                try await source.write(tag: 0x66, data: Array((label + ":").utf8) + padding)
+            }
+            for index in 0..<1000 { try await write("s-\(index)") }
+            #expect(await eventually { zipper.statistics.heldFrames == 1000 })
+            // Back, but it stops reading after one frame: the zipper's delivery waits for room.
+            var options = StreamFunction.Options(observedTags: [0x66])
+            options.maximumHandlerBytes = 1 << 20
+            options.shutdownTimeout = .milliseconds(200)
+            let stuck = StreamFunction(name: "slow", zipper: address, options: options)
+            stuck.setPipeHandler { input, _ in
+                for await _ in input { try? await Task.sleep(for: .seconds(3600)) }
+            }
+            try await stuck.connect()
+            #expect(await eventually { zipper.connectionCount == 2 })
+            // Routed while it takes its frames: held for it, behind them.
+            for index in 0..<20 { try await write("n-\(index)") }
+            #expect(await eventually { zipper.statistics.heldFrames >= 1020 })
+            await stuck.close()
+            #expect(await eventually { zipper.connectionCount == 1 })
+            let got = Inbox<String>()
+            let back = StreamFunction(name: "slow", zipper: address, options: .init(observedTags: [0x66]))
+            back.setPipeHandler { input, _ in
+                for await frame in input { got.append(Self.label(frame.data)) }
+            }
+            try await back.connect()
+            for index in 20..<30 { try await write("n-\(index)") }
+            #expect(await got.wait(for: 1, timeout: .seconds(20)))
+            #expect(await eventually(within: .seconds(30)) { got.items.last == "n-29" }, "\(got.count) frames, last \(String(describing: got.items.last))")
+            // What the stuck one's QUIC stack acknowledged it never handled (lost with it); from there, everything, in order.
+            let from = try #require(expected.firstIndex(of: got.items.first ?? ""))
+            #expect(from < 1000, "it gets some of the frames held before its first return")
+            #expect(got.items == Array(expected[from...]), "from \(expected[from]): in order, none missing")
+            await back.close()
             await source.close()
         }
     }
