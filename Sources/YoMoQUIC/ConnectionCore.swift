@@ -184,6 +184,11 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     private var sendIndex = 0
     private var sendOffset = 0
     private var finQueued = false
+    /// Whether what the peer had not acknowledged is kept when the connection
+    /// ends (`takeUnacknowledged`): a server's connections, whose application
+    /// (the zipper) sends it again elsewhere. A client keeps its own record of
+    /// what to resend; its buffers are not held past the end for nobody.
+    var keepsUnacknowledgedAtEnd: Bool
     private var finSent = false
     private var finSentShared = false
     private let vecs = UnsafeMutablePointer<ngtcp2_vec>.allocate(capacity: 32)
@@ -233,6 +238,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         self.connectedSocket = connectedSocket
         self.remote = remote
         self.isServer = isServer
+        keepsUnacknowledgedAtEnd = isServer
         self.configuration = configuration
     }
 
@@ -690,7 +696,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// themselves, no copy.
     private func keepUnacknowledged(_ s: inout SendShared, headStart: Int) {
         defer { s.splitWrites.removeAll() }
-        guard s.buffered > 0 else { return }
+        guard keepsUnacknowledgedAtEnd, s.buffered > 0 else { return }
         var parts: [ByteBuffer] = []
         var acknowledged = ackedInHead
         if let split = s.splitWrites.first(where: { $0.secondStart == headStart }) {

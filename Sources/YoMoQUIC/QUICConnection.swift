@@ -158,7 +158,8 @@ public final class QUICConnection: Sendable {
     /// What the peer had not acknowledged when the connection ended, kept for
     /// whoever wants to send it again elsewhere (the zipper, toward a stream
     /// function that comes back); nil while the connection lives, when all was
-    /// acknowledged, or once taken. Only the first call gets it.
+    /// acknowledged, or once taken. Only the first call gets it. Kept for a
+    /// server's connections only.
     package func takeUnacknowledged() -> Unacknowledged? { core.takeUnacknowledged() }
 
     /// Stream bytes the peer had not acknowledged when the connection ended.

@@ -452,6 +452,10 @@ struct LoopbackTests {
         configuration.idleTimeout = .seconds(1)
         configuration.keepAliveInterval = .milliseconds(300)
         let connection = QUICFrameConnection(try await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: configuration))
+        let core = connection.connection.core
+        // A server's connections keep it; this client is the side a frozen peer can be made for.
+        #expect(await onLoop(core.loop) { core.keepsUnacknowledgedAtEnd } == false, "a client's own are not kept by default")
+        await onLoop(core.loop) { core.keepsUnacknowledgedAtEnd = true }
         #expect(connection.connection.takeUnacknowledged() == nil, "nothing while it lives")
         // Frame i ends at ends[i]; big payloads go out as a header and the
         // caller's buffer (two parts), small ones coalesced.
