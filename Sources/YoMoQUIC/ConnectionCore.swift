@@ -541,11 +541,11 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             return address.withSockaddr { cngtcp2_send(fd, base + offset, length, segment, $0, $1) }
         }
         var rv = send(0, bytes.count, segment)
-        // A server's shared socket reports an ICMP error queued for any of its
-        // peers (IP_RECVERR) on its next call, this send perhaps: the error is
-        // taken from the queue by the server (`loopError`), the datagram is
-        // sent again.
-        if rv == -Int(ECONNREFUSED) && !connectedSocket { rv = send(0, bytes.count, segment) }
+        // A server's shared socket reports an ICMP error about any of its peers
+        // (IP_RECVERR: port, host or network unreachable) on its next call,
+        // this send perhaps: the error belongs to the server (`loopError`
+        // reads it from the queue), the datagram is sent again.
+        if !connectedSocket, Self.icmpErrors.contains(-rv) { rv = send(0, bytes.count, segment) }
         if rv == -Int(EAGAIN) || rv == -Int(EWOULDBLOCK) { return false }
         if rv >= 0 {
             bytesSent.add(bytes.count, ordering: .relaxed)
@@ -566,6 +566,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         // Other errors (ENOBUFS, EHOSTUNREACH): the datagrams count as lost; ngtcp2 resends them.
         return true
     }
+
+    /// What an ICMP error about a peer turns into on a socket (`icmp_err_convert`).
+    static let icmpErrors: Set<Int> = [Int(ECONNREFUSED), Int(EHOSTUNREACH), Int(ENETUNREACH), Int(EHOSTDOWN), Int(EPROTO)]
 
     /// Whether the server's socket sends this connection's datagrams to `address`.
     func isRemote(_ address: UDPAddress) -> Bool { remote.isSameEndpoint(as: address) }
