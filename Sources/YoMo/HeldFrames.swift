@@ -221,15 +221,19 @@ struct HeldFrames {
         return .held(first: heldPerTag[frame.tag] == 1)
     }
 
-    /// Holds `frames`, which `name` lacks, for it alone and ahead of any frame
-    /// already held that it would take: those are newer (held while it was
-    /// taking these, in a connection that then ended). Ahead of them, they
-    /// share the first one's deadline, so that deadlines stay in order; else
-    /// they wait the whole duration. Frames beyond `maximumBytes` are refused.
+    /// Holds `frames`, which `function` lacks, for its name alone and ahead of
+    /// any frame already held that it would take: those are newer (held while
+    /// it was taking these, in a connection that then ended). Ahead of them,
+    /// they share the first one's deadline, so that deadlines stay in order;
+    /// else they wait the whole duration. Frames beyond `maximumBytes` are refused.
     mutating func holdAhead(
-        _ frames: [(frame: DataFrame, target: String?, bytes: Int)], for name: String, now: Instant
+        _ frames: [(frame: DataFrame, target: String?, bytes: Int)], for function: RouteMember, now: Instant
     ) -> [HoldResult] {
-        let newer = entries.firstIndex { $0.owed.contains(name) || ($0.forAnyArrival && !$0.deliveredTo.contains(name)) }
+        let name = function.name
+        let newer = entries.firstIndex { entry in
+            function.receives(tag: entry.frame.tag, target: entry.target)
+                && (entry.owed.contains(name) || (entry.forAnyArrival && !entry.deliveredTo.contains(name)))
+        }
         let deadline = newer.map { entries[$0].deadline } ?? now + settings.duration
         var results: [HoldResult] = []
         var ahead: [Entry] = []

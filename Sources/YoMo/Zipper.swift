@@ -185,7 +185,7 @@ public final class Zipper: Sendable {
         ) -> UnacknowledgedAtEnd {
             var outcome = UnacknowledgedAtEnd(bytes: 0)
             let kept = frames.filter { !stillObserved.contains($0.frame.tag) && function.receives(tag: $0.frame.tag, target: $0.target) }
-            let results = held.holdAhead(kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame)) }, for: function.name, now: .now)
+            let results = held.holdAhead(kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame)) }, for: function, now: .now)
             for ((frame, _, notAcknowledged), result) in zip(kept, results) {
                 switch result {
                 case .held:

@@ -47,20 +47,23 @@ struct HeldFramesLogicTests {
 
     @Test("frames a function lacked are held ahead of the newer ones held for it, with their deadline; else at the end, for the whole duration")
     func heldAhead() {
-        var held = HeldFrames(settings: Hold(duration: .seconds(5), maximumBytes: 600 * 4, afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
+        var held = HeldFrames(settings: Hold(duration: .seconds(5), maximumBytes: 600 * 4 + 1, afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
         let f = function([0x33], name: "f")
         held.observerLeft(f, now: start)
         #expect(held.hold(frame(0x33, "other"), target: nil, bytes: 600, for: .init(owed: ["g"]), routed: true, now: start) == .held(first: true))
+        // Held for any arrival, but of a tag f does not observe: not newer for f, its deadline not theirs.
+        #expect(held.hold(frame(0x99, "unrelated"), target: nil, bytes: 1, for: anyArrival, routed: false, now: start) == .held(first: true))
         for (index, text) in ["new-1", "new-2"].enumerated() {
             #expect(held.hold(frame(0x33, text), target: nil, bytes: 600, for: .init(owed: ["f"]), routed: true, now: start + .seconds(index + 1)) == .held(first: false))
         }
-        let results = held.holdAhead([(frame(0x33, "old-1"), nil, 600), (frame(0x33, "old-2"), nil, 600)], for: "f", now: start + .seconds(3))
+        let results = held.holdAhead([(frame(0x33, "old-1"), nil, 600), (frame(0x33, "old-2"), nil, 600)], for: f, now: start + .seconds(3))
         #expect(results == [.held(first: false), .full], "the byte limit still counts")
         #expect(held.entries.map(\.deadline) == held.entries.map(\.deadline).sorted(), "deadlines in order")
-        #expect(held.entries.map { String(buffer: $0.frame.payload) } == ["other", "old-1", "new-1", "new-2"])
+        #expect(held.entries.map { String(buffer: $0.frame.payload) } == ["other", "unrelated", "old-1", "new-1", "new-2"])
+        #expect(held.entries.map(\.deadline)[2] == start + .seconds(6), "new-1's deadline")
         #expect(held.take(for: f).map { String(buffer: $0.payload) } == ["old-1", "new-1", "new-2"])
         #expect(held.expire(now: start + .seconds(6)).isEmpty == false, "g's frame expires")
-        let late = held.holdAhead([(frame(0x33, "old-3"), nil, 600)], for: "f", now: start + .seconds(7))
+        let late = held.holdAhead([(frame(0x33, "old-3"), nil, 600)], for: f, now: start + .seconds(7))
         #expect(late == [.held(first: true)])
         #expect(held.nextDeadline == start + .seconds(12), "nothing newer for it: the whole duration")
     }
