@@ -7,6 +7,7 @@
 //   swift run -c release yomo-fault-bench reconnect --rounds 3
 //   swift run -c release yomo-fault-bench idle --connections 500
 //   swift run -c release yomo-fault-bench backlog --frames 4000 --size 65536
+//   swift run -c release yomo-fault-bench function --restart-after-ms 1000 --rounds 3
 import ArgumentParser
 import Foundation
 import Logging
@@ -18,7 +19,7 @@ struct FaultBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "yomo-fault-bench",
         abstract: "Fault and memory figures of the zipper and its clients.",
-        subcommands: [Fanout.self, Reconnect.self, Idle.self, Backlog.self, Held.self])
+        subcommands: [Fanout.self, Reconnect.self, Idle.self, Backlog.self, Held.self, Function.self])
 }
 
 struct ZipperOptions: ParsableArguments {
@@ -234,6 +235,75 @@ struct Reconnect: AsyncParsableCommand {
         await sfn.close()
         zipper.stop()
         try? FileManager.default.removeItem(atPath: key)
+    }
+}
+
+struct Function: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "kill -9 a stream function (uppercase-sfn) and start it again while a source writes every 10 ms: frames it never turned into output.")
+    @OptionGroup var zipperOptions: ZipperOptions
+    @Option(help: "The uppercase-sfn executable (default: beside this one).") var function: String?
+    @Option var rounds = 3
+    @Option(help: "How long the function is away before it starts again.") var restartAfterMs = 1000
+    @Option(help: "The zipper's unrouted_hold duration (`yomo serve --unrouted-hold`); none: its default.") var hold: String?
+
+    func run() async throws {
+        let key = keyFile()
+        defer { try? FileManager.default.removeItem(atPath: key) }
+        let zipper = try ZipperProcess(zipperOptions, keyFile: key, extraArguments: hold.map { ["--unrouted-hold", $0] } ?? [])
+        defer { zipper.stop() }
+        try await waitForZipper(zipper.address)
+        let executable = function ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("uppercase-sfn").path
+        func startFunction() throws -> Process {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = ["--zipper", zipper.address, "--observe", "0x41", "--emit", "0x42", "--pipe"]
+            process.standardError = FileHandle.nullDevice
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+        var process = try startFunction()
+        let received = Mutex<Set<Int>>([])
+        let sink = StreamFunction(name: "sink", zipper: zipper.address, options: quietOptions(tags: [0x42]))
+        sink.setHandler { ctx in
+            if let sequence = Int(String(decoding: ctx.data, as: UTF8.self)) { _ = received.withLock { $0.insert(sequence) } }
+        }
+        try await sink.connect()
+        let source = Source(name: "writer", zipper: zipper.address, options: quietOptions())
+        try await source.connect()
+        let written = Mutex(0)
+        let writer = Task {
+            while !Task.isCancelled {
+                let sequence = written.withLock { $0 } + 1
+                guard (try? await source.write(tag: 0x41, data: Array("\(sequence)".utf8))) != nil else { continue }
+                written.withLock { $0 = sequence }
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        for round in 1...rounds {
+            let flowing = await waitUntil(.seconds(10)) { received.withLock { $0.contains(written.withLock { $0 } - 5) } }
+            let before = written.withLock { $0 }
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            try await Task.sleep(for: .milliseconds(restartAfterMs))
+            process = try startFunction()
+            let restartedAt = written.withLock { $0 }
+            _ = await waitUntil(.seconds(30)) { received.withLock { $0.contains(restartedAt + 20) } }
+            let after = written.withLock { $0 }
+            let missing = received.withLock { got in (before...after).filter { !got.contains($0) }.count }
+            print("round=\(round) flowing_before=\(flowing ? "yes" : "no") written_around_the_kill=\(after - before + 1) missing=\(missing)")
+        }
+        writer.cancel()
+        _ = await writer.value
+        let total = written.withLock { $0 }
+        _ = await waitUntil(.seconds(5)) { received.withLock { $0.contains(total) } }
+        let missing = received.withLock { got in (1...total).filter { !got.contains($0) }.count }
+        print("written=\(total) missing=\(missing)")
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        await source.close()
+        await sink.close()
     }
 }
 
