@@ -160,6 +160,15 @@ struct HeldFrames {
         frame.metadata.readableBytes + frame.payload.readableBytes + entryOverhead
     }
 
+    /// `frame` (with `patch` written over its metadata) in buffers of its own,
+    /// as the hold keeps frames: a slice of a read buffer, or of what a
+    /// connection had not acknowledged, would keep all of that alive. A patch
+    /// writes the metadata into a copy already.
+    static func owned(_ frame: DataFrame, patch: MetadataPatch? = nil) -> DataFrame {
+        let metadata = patch == nil ? ByteBuffer(buffer: frame.metadata) : frame.applying(patch).metadata
+        return DataFrame(tag: frame.tag, metadata: metadata, payload: ByteBuffer(buffer: frame.payload))
+    }
+
     /// The data frames in what a connection had not acknowledged, each in
     /// buffers of its own, with how many of its bytes were not acknowledged
     /// (a frame its peer acknowledged whole is left out).
@@ -173,8 +182,7 @@ struct HeldFrames {
             let end = buffer.readerIndex - start
             guard end > unacknowledged.acknowledgedPrefix, case .data(let data) = frame else { continue }
             let length = data.encodedLength
-            let owned = DataFrame(tag: data.tag, metadata: ByteBuffer(buffer: data.metadata), payload: ByteBuffer(buffer: data.payload))
-            frames.append((owned, MetadataView(data.metadata)?.string(.target), min(length, end - unacknowledged.acknowledgedPrefix)))
+            frames.append((owned(data), MetadataView(data.metadata)?.string(.target), min(length, end - unacknowledged.acknowledgedPrefix)))
         }
         return frames
     }
@@ -213,12 +221,11 @@ struct HeldFrames {
     /// read buffer would keep all of it).
     mutating func hold(_ frame: DataFrame, target: String?, bytes: Int, for claim: Claim, routed: Bool, now: Instant) -> HoldResult {
         guard fits(bytes) else { return .full }
-        entries.append(Entry(
+        let entry = Entry(
             frame: frame, target: target, bytes: bytes, deadline: now + settings.duration,
-            owed: claim.owed, forAnyArrival: claim.forAnyArrival, wasRouted: routed))
-        self.bytes += bytes
-        heldPerTag[frame.tag, default: 0] += 1
-        return .held(first: heldPerTag[frame.tag] == 1)
+            owed: claim.owed, forAnyArrival: claim.forAnyArrival, wasRouted: routed)
+        entries.append(entry)
+        return count(entry)
     }
 
     /// Holds `frames`, which `function` lacks, for its name alone and ahead of
@@ -242,10 +249,9 @@ struct HeldFrames {
                 results.append(.full)
                 continue
             }
-            ahead.append(Entry(frame: frame, target: target, bytes: bytes, deadline: deadline, owed: [name], forAnyArrival: false, wasRouted: true))
-            self.bytes += bytes
-            heldPerTag[frame.tag, default: 0] += 1
-            results.append(.held(first: heldPerTag[frame.tag] == 1))
+            let entry = Entry(frame: frame, target: target, bytes: bytes, deadline: deadline, owed: [name], forAnyArrival: false, wasRouted: true)
+            ahead.append(entry)
+            results.append(count(entry))
         }
         entries.insert(contentsOf: ahead, at: newer ?? entries.endIndex)
         return results
@@ -291,6 +297,13 @@ struct HeldFrames {
         var dropped: [Dropped] = []
         while let first = entries.popFirst() { end(first, into: &dropped) }
         return dropped
+    }
+
+    /// Counts a frame taken into `entries` (`forget` undoes it).
+    private mutating func count(_ entry: Entry) -> HoldResult {
+        bytes += entry.bytes
+        heldPerTag[entry.frame.tag, default: 0] += 1
+        return .held(first: heldPerTag[entry.frame.tag] == 1)
     }
 
     private mutating func forget(_ entry: Entry) {

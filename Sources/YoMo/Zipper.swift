@@ -669,9 +669,7 @@ public final class Zipper: Sendable {
     /// for its return after what it had not acknowledged (with it, if it has
     /// not left the routes yet), as a frame routed after it left would be.
     private func holdUnwritten(_ frame: DataFrame, patch: MetadataPatch?, target: String?, for id: UInt64, logger: Logger) {
-        let owned = DataFrame(
-            tag: frame.tag, metadata: patch == nil ? ByteBuffer(buffer: frame.metadata) : frame.applying(patch).metadata,
-            payload: ByteBuffer(buffer: frame.payload))
+        let owned = HeldFrames.owned(frame, patch: patch)
         let (left, wasEmpty) = state.withLock { state -> (UnacknowledgedAtEnd, Bool) in
             var left = UnacknowledgedAtEnd(bytes: 0)
             guard !state.closed else { return (left, false) }
@@ -929,10 +927,7 @@ public final class Zipper: Sendable {
     private func hold(
         _ frame: DataFrame, patch: MetadataPatch?, target: String?, logger: Logger
     ) -> (held: Bool, destinations: [(UInt64, QUICFrameConnection)]) {
-        // Its own buffers: a slice of the read buffer would keep all of that
-        // alive. A patch writes the metadata into a copy already.
-        let metadata = patch == nil ? ByteBuffer(buffer: frame.metadata) : frame.applying(patch).metadata
-        let owned = DataFrame(tag: frame.tag, metadata: metadata, payload: ByteBuffer(buffer: frame.payload))
+        let owned = HeldFrames.owned(frame, patch: patch)
         typealias Outcome = (held: Bool, destinations: [(UInt64, QUICFrameConnection)], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?)
         let outcome = state.withLock { state -> Outcome in
             let destinations = state.destinations(tag: frame.tag, target: target)
@@ -1019,8 +1014,6 @@ public final class Zipper: Sendable {
         logger.info("delivered the frames held for this stream function", metadata: ["frames": "\(delivered)"])
     }
 
-    /// A function whose connection failed while it took its held frames: what
-    /// it took and was not written to it is lost with it.
     /// A function's connection ended while it took its held frames: those not
     /// written are held for it again when it leaves, after what it had not
     /// acknowledged and ahead of what was held for it meanwhile (in order);
