@@ -48,6 +48,28 @@ ssize_t cngtcp2_send(int fd, const uint8_t *buf, size_t len, size_t segment,
   return n < 0 ? -errno : n;
 }
 
+/* One recvmsg without waiting, retried on EINTR, into `msg` (for its control
+   messages and flags); *addr gets the message's address: the sender, or from
+   the error queue the refused datagram's destination. -errno on failure. */
+static ssize_t recv_message(int fd, int flags, struct msghdr *msg, struct iovec *iov,
+                            void *control, size_t control_length,
+                            struct sockaddr_storage *addr, socklen_t *addrlen) {
+  memset(msg, 0, sizeof(*msg));
+  msg->msg_name = addr;
+  msg->msg_namelen = sizeof(*addr);
+  msg->msg_iov = iov;
+  msg->msg_iovlen = 1;
+  msg->msg_control = control;
+  msg->msg_controllen = control_length;
+  ssize_t n;
+  do {
+    n = recvmsg(fd, msg, flags | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return -errno;
+  *addrlen = msg->msg_namelen;
+  return n;
+}
+
 ssize_t cngtcp2_recv(int fd, uint8_t *buf, size_t cap,
                      struct sockaddr_storage *addr, socklen_t *addrlen,
                      size_t *segment) {
@@ -57,19 +79,8 @@ ssize_t cngtcp2_recv(int fd, uint8_t *buf, size_t cap,
     struct cmsghdr align;
   } control;
   struct msghdr msg;
-  memset(&msg, 0, sizeof(msg));
-  msg.msg_name = addr;
-  msg.msg_namelen = sizeof(*addr);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.buf;
-  msg.msg_controllen = sizeof(control.buf);
-  ssize_t n;
-  do {
-    n = recvmsg(fd, &msg, MSG_DONTWAIT);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return -errno;
-  *addrlen = msg.msg_namelen;
+  ssize_t n = recv_message(fd, 0, &msg, &iov, control.buf, sizeof(control.buf), addr, addrlen);
+  if (n < 0) return n;
   *segment = (size_t)n;
   for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
     if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
@@ -116,19 +127,8 @@ ssize_t cngtcp2_recv_unreachable(int fd, struct sockaddr_storage *addr, socklen_
     struct cmsghdr align;
   } control;
   struct msghdr msg;
-  memset(&msg, 0, sizeof(msg));
-  msg.msg_name = addr;
-  msg.msg_namelen = sizeof(*addr);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.buf;
-  msg.msg_controllen = sizeof(control.buf);
-  ssize_t n;
-  do {
-    n = recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return -errno;
-  *addrlen = msg.msg_namelen;
+  ssize_t n = recv_message(fd, MSG_ERRQUEUE, &msg, &iov, control.buf, sizeof(control.buf), addr, addrlen);
+  if (n < 0) return n;
   for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
     int v4 = cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR;
     int v6 = cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR;

@@ -270,13 +270,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
                     terminate(.socket("connect \(peerDescription)", errno: ECONNREFUSED), period: .closed)
                     return
                 }
-                if -n == ECONNREFUSED {
-                    refusalsInARow += 1
-                    if endIfUnreachable() { return }
-                }
+                if -n == ECONNREFUSED, peerRefused() { return }
                 continue  // Other ICMP errors are left to the idle timer.
             }
-            refusalsInARow = 0
             let address = UDPAddress(storage: from, length: fromLength)
             var offset = 0
             let step = max(1, segment)
@@ -573,11 +569,13 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// Whether the server's socket sends this connection's datagrams to `address`.
     func isRemote(_ address: UDPAddress) -> Bool { remote.isSameEndpoint(as: address) }
 
-    /// The server's socket had a datagram to the peer refused (ICMP port
-    /// unreachable): counted as a client's connected socket counts them.
-    func peerRefused() {
+    /// A datagram to the peer was refused (ICMP port unreachable, reported by
+    /// a client's connected socket or read from a server's error queue); true
+    /// when that ended the connection. `receive` resets the count.
+    @discardableResult
+    func peerRefused() -> Bool {
         refusalsInARow += 1
-        _ = endIfUnreachable()
+        return endIfUnreachable()
     }
 
     /// Port unreachable twice with nothing received in between: the peer's
