@@ -443,15 +443,9 @@ struct LoopbackTests {
 
     @Test("what a frozen peer had not acknowledged is kept whole, from the first frame it lacks, big frames' headers included")
     func unacknowledgedKeptWhole() async throws {
-        let (peer, port) = try await PythonPeer.echoServer()
-        defer {
-            kill(peer.process.processIdentifier, SIGCONT)
-            peer.stop()
-        }
-        var configuration = QUICConfiguration.default
-        configuration.idleTimeout = .seconds(1)
-        configuration.keepAliveInterval = .milliseconds(300)
-        let connection = QUICFrameConnection(try await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: configuration))
+        let (peer, quic) = try await connectToFreezablePeer()
+        defer { peer.thawAndStop() }
+        let connection = QUICFrameConnection(quic)
         let core = connection.connection.core
         // A server's connections keep it; this client is the side a frozen peer can be made for.
         #expect(await onLoop(core.loop) { core.keepsUnacknowledgedAtEnd } == false, "a client's own are not kept by default")
@@ -497,15 +491,8 @@ struct LoopbackTests {
 
     @Test("peer frozen mid-stream (no packets, no ICMP): idle timeout within the configured time")
     func idleTimeoutAfterPeerFreezes() async throws {
-        let (peer, port) = try await PythonPeer.echoServer()
-        defer {
-            kill(peer.process.processIdentifier, SIGCONT)
-            peer.stop()
-        }
-        var configuration = QUICConfiguration.default
-        configuration.idleTimeout = .seconds(1)
-        configuration.keepAliveInterval = .milliseconds(300)
-        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: configuration)
+        let (peer, connection) = try await connectToFreezablePeer()
+        defer { peer.thawAndStop() }
         _ = try await echo(connection, ByteBuffer(string: "alive"))
         let writer = Task { try? await Fixture.send(connection, total: 1 << 30) }
         kill(peer.process.processIdentifier, SIGSTOP)  // its socket stays open: no ICMP
@@ -521,6 +508,29 @@ struct LoopbackTests {
         // machine (parallel test runs) reported the 1 s after 4–5 s.
         #expect(elapsed < .seconds(10), "reported after \(elapsed)")
         await #expect(throws: QUICError.self) { try await connection.write(ByteBuffer(string: "x")) }
+    }
+}
+
+/// An aioquic echo peer to freeze with SIGSTOP (no packets, no ICMP), and a
+/// connection to it that notices within its 1 s idle timeout.
+private func connectToFreezablePeer() async throws -> (PythonPeer, QUICConnection) {
+    let (peer, port) = try await PythonPeer.echoServer()
+    var configuration = QUICConfiguration.default
+    configuration.idleTimeout = .seconds(1)
+    configuration.keepAliveInterval = .milliseconds(300)
+    do {
+        return (peer, try await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: configuration))
+    } catch {
+        peer.stop()
+        throw error
+    }
+}
+
+extension PythonPeer {
+    /// Resumes a peer that may be frozen, then stops it.
+    func thawAndStop() {
+        kill(process.processIdentifier, SIGCONT)
+        stop()
     }
 }
 
