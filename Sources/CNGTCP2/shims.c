@@ -119,7 +119,7 @@ int cngtcp2_enable_recverr(int fd, int family) {
   return rv;
 }
 
-ssize_t cngtcp2_recv_unreachable(int fd, struct sockaddr_storage *addr, socklen_t *addrlen) {
+ssize_t cngtcp2_recv_icmp_error(int fd, struct sockaddr_storage *addr, socklen_t *addrlen, uint32_t *mtu) {
   uint8_t payload[64]; /* the refused datagram's start: not needed */
   struct iovec iov = {payload, sizeof(payload)};
   union {
@@ -135,10 +135,14 @@ ssize_t cngtcp2_recv_unreachable(int fd, struct sockaddr_storage *addr, socklen_
     if (!v4 && !v6) continue;
     struct sock_extended_err err;
     memcpy(&err, CMSG_DATA(cm), sizeof(err));
-    if (err.ee_origin == SO_EE_ORIGIN_ICMP && err.ee_type == 3 && err.ee_code == 3) return 1;
-    if (err.ee_origin == SO_EE_ORIGIN_ICMP6 && err.ee_type == 1 && err.ee_code == 4) return 1;
+    if (err.ee_origin == SO_EE_ORIGIN_ICMP && err.ee_type == 3 && err.ee_code == 3) return CNGTCP2_ICMP_UNREACHABLE;
+    if (err.ee_origin == SO_EE_ORIGIN_ICMP6 && err.ee_type == 1 && err.ee_code == 4) return CNGTCP2_ICMP_UNREACHABLE;
+    if (err.ee_errno == EMSGSIZE && err.ee_info > 0) {
+      *mtu = err.ee_info;
+      return CNGTCP2_ICMP_TOO_BIG;
+    }
   }
-  return 0;
+  return CNGTCP2_ICMP_OTHER;
 }
 
 int cngtcp2_set_self_signed(gnutls_certificate_credentials_t cred) {

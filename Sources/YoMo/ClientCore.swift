@@ -1,5 +1,6 @@
 import Synchronization
 internal import Logging
+internal import YoMoLogging
 internal import NIOCore
 internal import YoMoQUIC
 internal import YoMoWire
@@ -70,6 +71,24 @@ final class ClientSession: @unchecked Sendable {
     }
 }
 
+extension QUICFrameConnection {
+    /// Warns once if the connection finds that the path drops its bigger
+    /// datagrams (the path's MTU shrank after Path MTU Discovery): until it
+    /// did, nothing written got through, though the connection lived on.
+    /// `noticed` runs after the warning, on the connection's loop thread.
+    func warnIfPathDropsBigDatagrams(logger: Logger, metadata: Logger.Metadata, noticed: (@Sendable () -> Void)? = nil) {
+        connection.onDatagramSizeLowered { lostSize, size, stalled in
+            var metadata = metadata
+            metadata["lost_size"] = "\(lostSize)"
+            metadata["size"] = "\(size)"
+            // Found by waiting for acknowledgements that never came, or told.
+            metadata["found_by"] = stalled.map { "nothing acknowledged for \($0)" } ?? "too big, said ICMP or the interface"
+            logger.warning("the path drops big datagrams (a smaller MTU): sending smaller ones", metadata: metadata)
+            noticed?()
+        }
+    }
+}
+
 /// Dials, handshakes, follows ConnectTo redirects, and classifies how a session ended.
 enum ClientCore {
     static let maximumRedirects = 4
@@ -91,6 +110,8 @@ enum ClientCore {
                     orFail: YoMoError(.notConnected, "zipper \(address) did not answer the handshake within \(settings.handshakeTimeout)"))
                 switch answer {
                 case .handshakeAck?:
+                    connection.warnIfPathDropsBigDatagrams(
+                        logger: logger, metadata: [YoMoLogField.connectionID: "\(clientID)", YoMoLogField.zipperAddress: "\(address)"])
                     return ClientSession(connection: connection, frames: frames, clientID: clientID, zipper: address)
                 case .rejected(let rejected)?:
                     await connection.close(reason: "rejected")

@@ -26,6 +26,7 @@ final class DataPathMetrics: Sendable {
     let rejectedHandshakes: Counter
     private let unacknowledgedLost: Counter
     private let unacknowledgedHeld: Counter
+    private let pathMTUBlackHoles: Counter
 
     struct Consumer: Sendable {
         let duration: BoundHistogram
@@ -90,6 +91,9 @@ final class DataPathMetrics: Sendable {
         unacknowledgedHeld = meter.counter(
             "yomo.zipper.unacknowledged.held.messages", unit: "{message}",
             description: "Frames written to stream functions whose connections ended before they acknowledged them, held for their return.")
+        pathMTUBlackHoles = meter.counter(
+            "yomo.zipper.path_mtu.black_holes", unit: "{connection}",
+            description: "Connections that found their path dropping their bigger datagrams and went on with 1200-byte ones.")
         observeLogging(provider)
     }
 
@@ -254,6 +258,12 @@ final class DataPathMetrics: Sendable {
         meter.observableGauge("yomo.quic.packets_lost", unit: "{packet}", description: "Packets with stream data declared lost on the current connection.") {
             read().map { [(base, Double($0.packetsLost))] } ?? []
         }
+        meter.observableGauge(
+            "yomo.quic.max_datagram_size", unit: "By",
+            description: "Largest UDP payload the current connection sends: 1200 until Path MTU Discovery confirms more, or after a black hole."
+        ) {
+            read().map { [(base, Double($0.maximumDatagramSize))] } ?? []
+        }
     }
 
     struct HandlerStatistics: Sendable {
@@ -296,6 +306,10 @@ final class DataPathMetrics: Sendable {
 
     func heldUnacknowledged(_ frames: Int) {
         unacknowledgedHeld.add(Double(frames), attributes: baseAttributes)
+    }
+
+    func pathMTUBlackHole() {
+        pathMTUBlackHoles.add(1, attributes: baseAttributes)
     }
 
     private func clientTypeName(_ type: ClientType) -> String {

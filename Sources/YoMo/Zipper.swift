@@ -232,6 +232,9 @@ public final class Zipper: Sendable {
         /// Frames held because no stream function observed their tag
         /// (`ZipperConfiguration.unroutedHold`).
         public var heldFrames = 0
+        /// Connections that found their path dropping their bigger datagrams
+        /// (a path MTU that shrank) and went on with 1200-byte ones.
+        public var pathMTUBlackHoles = 0
         /// Held frames a stream function then received.
         public var heldFramesDelivered = 0
         /// Frames with no stream function that were dropped although the hold
@@ -608,6 +611,10 @@ public final class Zipper: Sendable {
             "client_type": "\(handshake.clientType)", "remote": "\(remote)",
             "observed_tags": "\(handshake.observedTags.map { "0x" + String($0, radix: 16) })",
         ])
+        connection.warnIfPathDropsBigDatagrams(logger: connectionLogger, metadata: ["remote": "\(remote)"]) { [self] in
+            state.withLock { $0.statistics.pathMTUBlackHoles += 1 }
+            metrics.pathMTUBlackHole()
+        }
         // Why this side closes, sent to the peer in the CONNECTION_CLOSE.
         var closeReason = ""
         do {

@@ -172,6 +172,19 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     private var statelessResetReceived = false
     /// ICMP port-unreachable reports since the last datagram from the peer.
     private var refusalsInARow = 0
+    /// When the last datagram from the peer arrived.
+    private var lastReceivedAt: UInt64 = 0
+    /// Since when stream bytes sent have waited with no acknowledgement (0:
+    /// none waits); `acknowledgedSinceFlush` restarts it.
+    private var stalledSince: UInt64 = 0
+    private var acknowledgedSinceFlush = false
+    /// The largest datagram sent, once a black hole was found (below): ngtcp2
+    /// 0.12.1 confirms a path MTU once and never lowers it.
+    private(set) var datagramLimit = Int.max
+    /// Told on the loop when `datagramLimit` is set: (the size that stopped
+    /// getting through, the size sent from now on, how long nothing was
+    /// acknowledged, nil when an ICMP error said so).
+    var onDatagramLimitLowered: (@Sendable (Int, Int, Duration?) -> Void)?
     private var closePacket: [UInt8] = []
     private var packetsInClosing = 0
     private(set) var terminalError: QUICError?
@@ -265,13 +278,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             let n = cngtcp2_recv(fd, rx.baseAddress!.assumingMemoryBound(to: UInt8.self), rx.count, &from, &fromLength, &segment)
             if n < 0 {
                 if -n == EAGAIN || -n == EWOULDBLOCK { break }
-                if -n == ECONNREFUSED, case .handshaking = phase {
-                    // ICMP port unreachable before the handshake: nobody listens there.
-                    terminate(.socket("connect \(peerDescription)", errno: ECONNREFUSED), period: .closed)
-                    return
-                }
-                if -n == ECONNREFUSED, peerRefused() { return }
-                continue  // Other ICMP errors are left to the idle timer.
+                continue  // An ICMP error: the error queue holds it too (`loopError`).
             }
             let address = UDPAddress(storage: from, length: fromLength)
             var offset = 0
@@ -318,7 +325,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         refusalsInARow = 0
         bytesReceived.add(datagram.count, ordering: .relaxed)
         datagramsReceived.add(1, ordering: .relaxed)
-        let outcome = ng.read(datagram, from: address, now: monotonicNow())
+        let now = monotonicNow()
+        lastReceivedAt = now
+        let outcome = ng.read(datagram, from: address, now: now)
         handle(outcome)
     }
 
@@ -381,10 +390,10 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         pullPending()
         let tx = loop.txBuffer
         let now = monotonicNow()
-        let maxPacket = min(ng.maxPacketSize, 65527)
+        let maxPacket = min(ng.maxPacketSize, 65527, datagramLimit)
         // Room for a PMTUD probe, or ngtcp2 never sends one and every packet
-        // stays at the 1200-byte minimum.
-        let room = min(max(ng.maxProbeSize, maxPacket), 65527)
+        // stays at the 1200-byte minimum (none once a black hole was found).
+        let room = min(max(ng.maxProbeSize, maxPacket), 65527, datagramLimit)
         let maxPackets = max(1, min(64, ng.sendQuantum / max(maxPacket, 1)))
         var batchLength = 0
         var segment = 0
@@ -470,9 +479,14 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         if batchLength > 0 { sendBatch(tx, length: batchLength, segment: segment) }
         ng.packetsSent(now: now)
         if endIfUnreachable() { return }
+        watchForBlackHole(ng, now: now, maxPacket: maxPacket)
         if now &- lastHealthUpdate > 100_000_000 {
             lastHealthUpdate = now
-            healthSnapshot.withLock { ng.readStatistics(into: &$0, stream: streamID) }
+            let datagramSize = min(ng.maxPacketSize, datagramLimit)
+            healthSnapshot.withLock {
+                ng.readStatistics(into: &$0, stream: streamID)
+                $0.maximumDatagramSize = datagramSize
+            }
         }
         updateDeadline()
         if finSent && !finSentShared {
@@ -484,6 +498,84 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             for w in drained { w.resume(returning: nil) }
         }
     }
+
+    /// Finds a path MTU black hole (RFC 9000 section 14.4): after Path MTU
+    /// Discovery confirmed big datagrams, the path shrank (a route through a
+    /// tunnel, a link with a smaller MTU) and drops every datagram over its
+    /// new size, with no ICMP reaching us, or ignored. ngtcp2 0.12.1 goes on
+    /// sending at the confirmed size, so stream data never gets through while
+    /// the small packets (ACKs, PINGs) keep the connection alive: before,
+    /// writes stalled silently until the connection was closed. Sent bytes
+    /// unacknowledged for `blackHoleAfter` while the peer is still heard
+    /// from: from then on every datagram is at most 1200 bytes, the size
+    /// every QUIC path carries. Kept for the connection's life (a new
+    /// connection discovers the path again).
+    private func watchForBlackHole(_ ng: NGConnection, now: UInt64, maxPacket: Int) {
+        if acknowledgedSinceFlush {
+            acknowledgedSinceFlush = false
+            stalledSince = 0
+        }
+        guard stalledSince != 0 else {
+            if sendIndex > 0 || sendOffset > ackedInHead { stalledSince = now }
+            return
+        }
+        guard maxPacket > Self.minimumDatagramSize, lastReceivedAt > stalledSince else { return }
+        let stalled = now &- stalledSince
+        guard stalled >= max(Self.blackHoleAfter, 3 &* ng.pto) else { return }
+        datagramLimit = Self.minimumDatagramSize
+        onDatagramLimitLowered?(maxPacket, datagramLimit, .nanoseconds(Int64(stalled)))
+        // What was lost goes out again at the new size when ngtcp2 next sends.
+        stalledSince = now
+    }
+
+    /// An ICMP error (fragmentation needed, packet too big) or the local
+    /// interface says a datagram to the peer was too big for an MTU of `mtu`.
+    /// Smaller than what Path MTU Discovery confirmed: the path shrank, and
+    /// datagrams are kept within it from now on, without waiting for the
+    /// stall above. Not smaller: it is about a discovery probe, which ngtcp2
+    /// counts as lost on its own. Never below 1200 bytes, so a forged ICMP
+    /// error costs at most the bigger datagrams.
+    func pathTooBig(mtu: Int) {
+        guard isActive, let ng else { return }
+        let current = min(ng.maxPacketSize, datagramLimit)
+        let headers = remote.family == AF_INET6 ? 48 : 28
+        let fits = max(Self.minimumDatagramSize, mtu - headers)
+        guard fits < current else { return }
+        datagramLimit = fits
+        onDatagramLimitLowered?(current, fits, nil)
+        flush()
+    }
+
+    /// A client's socket: its error queue (IP_RECVERR) holds what ICMP said
+    /// about its datagrams, one entry each (a receive or send reports only
+    /// the latest, and reading the queue clears that). A port unreachable
+    /// before the handshake: nobody listens there; after it, a refusal
+    /// (`peerRefused`). A datagram too big: `pathTooBig`, with the path's MTU.
+    func loopError() {
+        guard connectedSocket else { return }
+        var from = sockaddr_storage()
+        var fromLength = socklen_t(0)
+        var mtu: UInt32 = 0
+        for _ in 0..<1024 {
+            let n = cngtcp2_recv_icmp_error(fd, &from, &fromLength, &mtu)
+            if n < 0 { break }
+            if n == CNGTCP2_ICMP_UNREACHABLE {
+                if case .handshaking = phase {
+                    terminate(.socket("connect \(peerDescription)", errno: ECONNREFUSED), period: .closed)
+                    return
+                }
+                if peerRefused() { return }
+            } else if n == CNGTCP2_ICMP_TOO_BIG {
+                pathTooBig(mtu: Int(mtu))
+            }
+        }
+    }
+
+    /// The datagram size every QUIC path must carry (RFC 9000 section 14).
+    static let minimumDatagramSize = 1200
+    /// The shortest stall taken for a black hole, far above a loss's recovery
+    /// on any path this runs on (a PTO is round trips plus 25 ms).
+    static let blackHoleAfter: UInt64 = 1_000_000_000
 
     private func advance(_ consumed: Int) {
         var remaining = consumed
@@ -537,11 +629,12 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             return address.withSockaddr { cngtcp2_send(fd, base + offset, length, segment, $0, $1) }
         }
         var rv = send(0, bytes.count, segment)
-        // A server's shared socket reports an ICMP error about any of its peers
-        // (IP_RECVERR: port, host or network unreachable) on its next call,
-        // this send perhaps: the error belongs to the server (`loopError`
-        // reads it from the queue), the datagram is sent again.
-        if !connectedSocket, Self.icmpErrors.contains(-rv) { rv = send(0, bytes.count, segment) }
+        // A socket reports a pending ICMP error (port, host or network
+        // unreachable, too big; on a server's shared socket about any of its
+        // peers) on its next call, this send perhaps: the error is read from
+        // the error queue (`loopError`), the datagram is sent again. One that
+        // is too big itself fails again, and the queue says for which MTU.
+        if Self.icmpErrors.contains(-rv) || rv == -Int(EMSGSIZE) { rv = send(0, bytes.count, segment) }
         if rv == -Int(EAGAIN) || rv == -Int(EWOULDBLOCK) { return false }
         if rv >= 0 {
             bytesSent.add(bytes.count, ordering: .relaxed)
@@ -556,9 +649,6 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
                 offset += n
             }
         }
-        // A pending ICMP error is reported by whichever call comes next, a
-        // send as often as a receive: count it here too.
-        if rv == -Int(ECONNREFUSED) && connectedSocket { refusalsInARow += 1 }
         // Other errors (ENOBUFS, EHOSTUNREACH): the datagrams count as lost; ngtcp2 resends them.
         return true
     }
@@ -806,6 +896,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
 
     func ngStreamAcked(_ id: Int64, length: UInt64) {
         guard id == streamID else { return }
+        acknowledgedSinceFlush = true
         var remaining = Int(length)
         while remaining > 0, let head = inflight.first {
             let available = head.readableBytes - ackedInHead

@@ -11,8 +11,8 @@ protocol LoopSource: AnyObject {
     /// The socket became readable / writable (after `setWantsWritable`).
     func loopReadable()
     func loopWritable()
-    /// The socket reported an error (before `loopReadable`): for a server's
-    /// socket, ICMP errors waiting in its error queue.
+    /// The socket reported an error (before `loopReadable`): ICMP errors
+    /// waiting in its error queue (IP_RECVERR).
     func loopError()
     /// Absolute monotonic nanoseconds, `UInt64.max` for none.
     var loopDeadline: UInt64 { get }

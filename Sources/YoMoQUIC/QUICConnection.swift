@@ -61,6 +61,8 @@ public final class QUICConnection: Sendable {
         to address: UDPAddress, host: String, configuration: QUICConfiguration, tls: TLSConfiguration, credentials: TLSCredentials
     ) async throws(QUICError) -> QUICConnection {
         let fd = try makeUDPSocket(family: address.family)
+        // A datagram too big for the path is reported in the error queue with the path's MTU (ConnectionCore.loopError).
+        _ = cngtcp2_enable_recverr(fd, address.family)
         let rv = address.withSockaddr { Glibc.connect(fd, $0, $1) }
         if rv != 0 {
             let e = errno
@@ -146,9 +148,21 @@ public final class QUICConnection: Sendable {
     func currentMaxDatagramSize() async -> Int {
         let core = self.core
         return await withCheckedContinuation { (c: CheckedContinuation<Int, Never>) in
-            let queued = core.loop.execute { c.resume(returning: core.ng?.maxPacketSize ?? 0) }
+            let queued = core.loop.execute { c.resume(returning: min(core.ng?.maxPacketSize ?? 0, core.datagramLimit)) }
             if !queued { c.resume(returning: 0) }
         }
+    }
+
+    /// Calls `handler` on the connection's loop thread (keep it short) if the
+    /// connection finds that the path drops its bigger datagrams (a path MTU
+    /// black hole) and sends at most 1200 bytes each from then on: the size
+    /// that stopped getting through, the size sent now, and how long nothing
+    /// sent was acknowledged.
+    /// `stalled` is nil when an ICMP error (or the local interface) said the
+    /// datagrams were too big.
+    package func onDatagramSizeLowered(_ handler: @escaping @Sendable (_ from: Int, _ to: Int, _ stalled: Duration?) -> Void) {
+        let core = self.core
+        _ = core.loop.execute { core.onDatagramLimitLowered = handler }
     }
 
     /// Bytes written but not yet acknowledged by the peer: what may be lost if
@@ -217,6 +231,10 @@ public final class QUICConnection: Sendable {
         /// Packets with the stream's data that ngtcp2 declared lost (spurious
         /// losses included): what was sent again.
         public var packetsLost = 0
+        /// The largest UDP payload the connection sends now: 1200 bytes until
+        /// Path MTU Discovery confirms more, and 1200 again for good once the
+        /// path was found to drop the bigger datagrams (a black hole).
+        public var maximumDatagramSize = 0
 
         public init() {}
     }

@@ -114,15 +114,20 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// of datagrams to the dead port makes a burst of errors): a peer that
     /// died with the path full draws only probes, further apart each time.
     /// Drained whole: the error is level-triggered while the queue holds any.
+    /// A datagram too big for the path is news for its connection
+    /// (`ConnectionCore.pathTooBig`).
     func loopError() {
         var from = sockaddr_storage()
         var fromLength = socklen_t(0)
+        var mtu: UInt32 = 0
         for _ in 0..<1024 {
-            let n = cngtcp2_recv_unreachable(fd, &from, &fromLength)
+            let n = cngtcp2_recv_icmp_error(fd, &from, &fromLength, &mtu)
             if n < 0 { break }
-            guard n == 1 else { continue }
+            guard n == CNGTCP2_ICMP_UNREACHABLE || n == CNGTCP2_ICMP_TOO_BIG else { continue }
             let address = UDPAddress(storage: from, length: fromLength)
-            for core in connections.values where core.isRemote(address) { core.peerRefused() }
+            for core in connections.values where core.isRemote(address) {
+                if n == CNGTCP2_ICMP_UNREACHABLE { core.peerRefused() } else { core.pathTooBig(mtu: Int(mtu)) }
+            }
         }
     }
 

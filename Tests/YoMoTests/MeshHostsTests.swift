@@ -126,13 +126,27 @@ final class MeshHosts: @unchecked Sendable {
     /// link set down, tells the sender nothing.
     func partition(_ host: String, from peer: String, _ on: Bool) async throws {
         let device = veth(host, towards: peer), table = "partition_\(peer)"
-        let commands: [[String]] = on ? [
+        try await nft(on: host, on ? [
             ["add", "table", "inet", table],
             ["add", "chain", "inet", table, "input", "{ type filter hook input priority 0; }"],
             ["add", "chain", "inet", table, "output", "{ type filter hook output priority 0; }"],
             ["add", "rule", "inet", table, "input", "iifname", device, "drop"],
             ["add", "rule", "inet", table, "output", "oifname", device, "drop"],
-        ] : [["delete", "table", "inet", table]]
+        ] : [["delete", "table", "inet", table]])
+    }
+
+    /// Stops `host` from sending "destination unreachable" ICMP errors, as a
+    /// firewall that drops them on the way would (for a router: "fragmentation
+    /// needed" among them).
+    func dropUnreachables(from host: String) async throws {
+        try await nft(on: host, [
+            ["add", "table", "inet", "no_unreachables"],
+            ["add", "chain", "inet", "no_unreachables", "output", "{ type filter hook output priority 0; }"],
+            ["add", "rule", "inet", "no_unreachables", "output", "icmp", "type", "destination-unreachable", "drop"],
+        ])
+    }
+
+    private func nft(on host: String, _ commands: [[String]]) async throws {
         for command in commands {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
@@ -157,6 +171,37 @@ final class MeshHosts: @unchecked Sendable {
         // An address of the a–b link that no host has: queries to it go nowhere.
         try "nameserver 10.213.12.99\noptions timeout:\(seconds) attempts:1\n"
             .write(to: directory.appendingPathComponent("resolv.conf"), atomically: true, encoding: .utf8)
+    }
+
+    /// Routes `first`'s and `second`'s traffic to each other's address on
+    /// their links to `via` through `via`, which forwards it: what `via`'s
+    /// links do (a smaller MTU, say) then applies on the way.
+    func route(_ first: String, _ second: String, through via: String) async throws {
+        try await Self.ip(["netns", "exec", namespace(via), "/bin/sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
+        for (host, peer) in [(first, second), (second, first)] {
+            try await Self.ip(["-n", namespace(host), "route", "add", "\(Self.address(peer, towards: via))/32", "via", Self.address(via, towards: host)])
+        }
+    }
+
+    /// Sets the MTU of `host`'s link to `peer` (at `host`'s end).
+    func setMTU(_ host: String, towards peer: String, _ mtu: Int) async throws {
+        try await Self.ip(["-n", namespace(host), "link", "set", veth(host, towards: peer), "mtu", "\(mtu)"])
+    }
+
+    /// What `url` answers, fetched from `host` (a process's metrics endpoint
+    /// on that host's loopback, say); empty when it cannot be reached.
+    func fetch(_ url: String, on host: String) async throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+        process.arguments = ["netns", "exec", namespace(host), "python3", "-c",
+                             "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())", url]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        await waitForExit(process)
+        return text
     }
 
     static let nft = FileManager.default.isExecutableFile(atPath: "/usr/sbin/nft") ? "/usr/sbin/nft" : "/sbin/nft"
@@ -489,6 +534,73 @@ struct KilledFunctionHostTests {
         // process's QUIC stack and never read (YoMo has no acknowledgement from the handler).
         #expect(all, "\(received(first).union(received(second)).count) of \(frames): \(zipper.text.suffix(3000))")
         #expect(!zipper.records("delivered the frames held for this stream function").isEmpty, "\(zipper.text.suffix(3000))")
+    }
+}
+
+@Suite("A path whose MTU shrinks under a connection (network namespaces)", .serialized, .needsNetworkNamespaces)
+struct ShrinkingPathMTUTests {
+    @Test("told by the router's ICMP, each side sends smaller datagrams at once: no frame is lost, each side says so")
+    func pathMTUShrinks() async throws {
+        try await MeshHosts.with { try await scenario($0, icmp: true) }
+    }
+
+    @Test("with the router's ICMP dropped, big datagrams that stop getting through are found out all the same")
+    func pathMTUBlackHole() async throws {
+        try await MeshHosts.with { try await scenario($0, icmp: false) }
+    }
+
+    /// The zipper on c; a stream function and `yomo bench` on a, whose traffic
+    /// to c goes through b. Once Path MTU Discovery confirmed 1444-byte
+    /// datagrams, b's links drop to an MTU of 1280 and b drops every bigger
+    /// datagram, with an ICMP error back or (`icmp` false) without, as
+    /// behind a firewall that drops them: before, either way, the connections
+    /// lived on with nothing written getting through.
+    private func scenario(_ hosts: MeshHosts, icmp: Bool) async throws {
+        try await hosts.route("a", "c", through: "b")
+        if !icmp { try await hosts.dropUnreachables(from: "b") }
+        let zipperAddress = "\(MeshHosts.address("c", towards: "b")):9000"
+        let zipper = try hosts.run(on: "c", log: "zipper", [
+            try yomoExecutable().path, "serve", "--host", "0.0.0.0", "--port", "9000", "--stateless-reset-key-file", "none",
+            "--functions-file", "none", "--metrics", "127.0.0.1:9464",
+        ])
+        #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)")
+        let function = try hosts.run(on: "a", log: "upper", [try executable("uppercase-sfn"), "--zipper", zipperAddress])
+        #expect(await function.wait(for: "connected to zipper"), "\(function.text)")
+        let frames = 1000
+        let bench = try hosts.run(on: "a", log: "bench", [
+            try yomoExecutable().path, "bench", "--zipper", zipperAddress, "--frames", "\(frames)", "--size", "1300",
+            "--rate", "100", "--inflight", "64", "--timeout", "40", "--metrics", "127.0.0.1:9465",
+        ])
+        // Each 1,300-byte frame fits one datagram once discovery is done.
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: .seconds(20))
+        var discovered = false
+        while !discovered && clock.now < deadline && bench.process.isRunning {
+            let metrics = try await hosts.fetch("http://127.0.0.1:9465/metrics", on: "a")
+            discovered = metrics.split(separator: "\n").contains {
+                $0.hasPrefix("yomo_quic_max_datagram_size_bytes{") && $0.contains("yomo-bench-source") && !$0.hasSuffix(" 1200") && !$0.hasSuffix(" 0")
+            }
+            if !discovered { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        #expect(discovered, "no datagram size over 1200 confirmed: \(bench.text.suffix(2000))")
+        for peer in ["a", "c"] { try await hosts.setMTU("b", towards: peer, 1280) }
+        await waitForExit(bench.process)
+        let summary = bench.text.split(separator: "\n").last.map(String.init) ?? ""
+        #expect(summary.hasPrefix("frames=\(frames) ") && summary.hasSuffix(" lost=0"), "\(bench.text.suffix(3000))\n\(zipper.text.suffix(3000))")
+        // Told by ICMP: within the path's 1280-byte MTU (IPv4 and UDP headers
+        // off). Found out: the 1200 bytes every QUIC path carries.
+        let warning = "the path drops big datagrams (a smaller MTU): sending smaller ones"
+        let (size, foundBy) = icmp ? ("1252", "too big") : ("1200", "nothing acknowledged")
+        func said(_ log: LogFile) -> Bool {
+            log.records(warning).contains { "\($0["size"] ?? "")" == size && ($0["found_by"] as? String)?.hasPrefix(foundBy) == true }
+        }
+        #expect(said(bench), "\(bench.text.suffix(3000))")
+        #expect(said(zipper), "\(zipper.text.suffix(3000))")
+        let counted = try await hosts.fetch("http://127.0.0.1:9464/metrics", on: "c").split(separator: "\n").contains {
+            $0.hasPrefix("yomo_zipper_path_mtu_black_holes_total") && !$0.hasSuffix(" 0")
+        }
+        #expect(counted, "the zipper's yomo.zipper.path_mtu.black_holes")
+        #expect(zipper.process.isRunning && function.process.isRunning)
     }
 }
 

@@ -35,13 +35,22 @@ int cngtcp2_enable_gro(int fd);
 /* Don't-fragment on the socket (IPv4, and IPv6 for AF_INET6), so that Path
    MTU Discovery probes that are too big fail instead of being fragmented. */
 int cngtcp2_set_dont_fragment(int fd, int family);
-/* Queues ICMP errors for the datagrams an unconnected socket sent (IP_RECVERR,
-   IPV6_RECVERR), to be read with cngtcp2_recv_unreachable. */
+/* Queues ICMP errors for the datagrams a socket sent (IP_RECVERR,
+   IPV6_RECVERR), to be read with cngtcp2_recv_icmp_error. */
 int cngtcp2_enable_recverr(int fd, int family);
-/* Reads one error from the socket's error queue: 1 when it is an ICMP or
-   ICMPv6 port unreachable, with *addr the address the refused datagram went
-   to; 0 for any other error; -errno (-EAGAIN once the queue is empty). */
-ssize_t cngtcp2_recv_unreachable(int fd, struct sockaddr_storage *addr, socklen_t *addrlen);
+/* What an error from the socket's error queue says. */
+enum {
+  CNGTCP2_ICMP_OTHER = 0,
+  /* ICMP or ICMPv6 port unreachable. */
+  CNGTCP2_ICMP_UNREACHABLE = 1,
+  /* The datagram was too big for the path: ICMP fragmentation needed, ICMPv6
+     packet too big, or the local interface's MTU; *mtu is the MTU reported. */
+  CNGTCP2_ICMP_TOO_BIG = 2,
+};
+/* Reads one error from the socket's error queue: one of the values above,
+   with *addr the address the datagram went to; -errno (-EAGAIN once the
+   queue is empty). */
+ssize_t cngtcp2_recv_icmp_error(int fd, struct sockaddr_storage *addr, socklen_t *addrlen, uint32_t *mtu);
 
 /// Fills `cred` with a fresh self-signed ECDSA P-256 certificate for
 /// "localhost", 127.0.0.1 and ::1 (what the Go zipper does at start).
