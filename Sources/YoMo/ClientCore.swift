@@ -77,12 +77,15 @@ extension QUICFrameConnection {
     /// did, nothing written got through, though the connection lived on.
     /// `noticed` runs after the warning, on the connection's loop thread.
     func warnIfPathDropsBigDatagrams(logger: Logger, metadata: Logger.Metadata, noticed: (@Sendable () -> Void)? = nil) {
-        connection.onDatagramSizeLowered { lostSize, size, stalled in
+        connection.onDatagramSizeLowered { lowered in
             var metadata = metadata
-            metadata["lost_size"] = "\(lostSize)"
-            metadata["size"] = "\(size)"
-            // Found by waiting for acknowledgements that never came, or told.
-            metadata["found_by"] = stalled.map { "nothing acknowledged for \($0)" } ?? "too big, said ICMP or the interface"
+            metadata["lost_size"] = "\(lowered.from)"
+            metadata["size"] = "\(lowered.to)"
+            switch lowered.cause {
+            case .tooBig: metadata["found_by"] = "too big, said ICMP or the interface"
+            case .unacknowledged(let stalled): metadata["found_by"] = "nothing acknowledged for \(stalled)"
+            case .sameHost: metadata["found_by"] = "another connection to the same host"
+            }
             logger.warning("the path drops big datagrams (a smaller MTU): sending smaller ones", metadata: metadata)
             noticed?()
         }

@@ -181,10 +181,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// The largest datagram sent, once a black hole was found (below): ngtcp2
     /// 0.12.1 confirms a path MTU once and never lowers it.
     private(set) var datagramLimit = Int.max
-    /// Told on the loop when `datagramLimit` is set: (the size that stopped
-    /// getting through, the size sent from now on, how long nothing was
-    /// acknowledged, nil when an ICMP error said so).
-    var onDatagramLimitLowered: (@Sendable (Int, Int, Duration?) -> Void)?
+    /// Told on the loop when `datagramLimit` is lowered.
+    var onDatagramLimitLowered: (@Sendable (QUICConnection.DatagramSizeLowered) -> Void)?
     private var closePacket: [UInt8] = []
     private var packetsInClosing = 0
     private(set) var terminalError: QUICError?
@@ -522,10 +520,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         guard maxPacket > Self.minimumDatagramSize, lastReceivedAt > stalledSince else { return }
         let stalled = now &- stalledSince
         guard stalled >= max(Self.blackHoleAfter, 3 &* ng.pto) else { return }
-        datagramLimit = Self.minimumDatagramSize
-        onDatagramLimitLowered?(maxPacket, datagramLimit, .nanoseconds(Int64(stalled)))
         // What was lost goes out again at the new size when ngtcp2 next sends.
         stalledSince = now
+        lowerDatagramLimit(to: Self.minimumDatagramSize, because: .unacknowledged(for: .nanoseconds(Int64(stalled))))
     }
 
     /// An ICMP error (fragmentation needed, packet too big) or the local
@@ -536,14 +533,23 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// counts as lost on its own. Never below 1200 bytes, so a forged ICMP
     /// error costs at most the bigger datagrams.
     func pathTooBig(mtu: Int) {
-        guard isActive, let ng else { return }
-        let current = min(ng.maxPacketSize, datagramLimit)
         let headers = remote.family == AF_INET6 ? 48 : 28
-        let fits = max(Self.minimumDatagramSize, mtu - headers)
-        guard fits < current else { return }
-        datagramLimit = fits
-        onDatagramLimitLowered?(current, fits, nil)
-        flush()
+        if lowerDatagramLimit(to: max(Self.minimumDatagramSize, mtu - headers), because: .tooBig) { flush() }
+    }
+
+    /// Sends datagrams of at most `limit` bytes from now on (the next flush),
+    /// if that is less than now; true if so. A server's other connections to
+    /// the same host follow (the path to it is theirs too, as the kernel's
+    /// per-destination MTU cache assumes): each would otherwise stall first.
+    @discardableResult
+    func lowerDatagramLimit(to limit: Int, because cause: QUICConnection.DatagramSizeLowered.Cause) -> Bool {
+        guard isActive, let ng else { return false }
+        let current = min(ng.maxPacketSize, datagramLimit)
+        guard limit < current else { return false }
+        datagramLimit = limit
+        onDatagramLimitLowered?(.init(from: current, to: limit, cause: cause))
+        if cause != .sameHost { server?.datagramLimitLowered(to: limit, by: self) }
+        return true
     }
 
     /// A client's socket: its error queue (IP_RECVERR) holds what ICMP said

@@ -153,14 +153,30 @@ public final class QUICConnection: Sendable {
         }
     }
 
-    /// Calls `handler` on the connection's loop thread (keep it short) if the
-    /// connection finds that the path drops its bigger datagrams (a path MTU
-    /// black hole) and sends at most 1200 bytes each from then on: the size
-    /// that stopped getting through, the size sent now, and how long nothing
-    /// sent was acknowledged.
-    /// `stalled` is nil when an ICMP error (or the local interface) said the
-    /// datagrams were too big.
-    package func onDatagramSizeLowered(_ handler: @escaping @Sendable (_ from: Int, _ to: Int, _ stalled: Duration?) -> Void) {
+    /// The connection found that the path drops its bigger datagrams (its
+    /// MTU shrank after Path MTU Discovery) and sends smaller ones from now on.
+    package struct DatagramSizeLowered: Sendable, Hashable {
+        /// The largest datagram sent until now, and from now on.
+        package var from: Int
+        package var to: Int
+        package var cause: Cause
+
+        package enum Cause: Sendable, Hashable {
+            /// An ICMP error (fragmentation needed, packet too big) or the
+            /// local interface said a datagram was too big: `to` fits the MTU it gave.
+            case tooBig
+            /// Nothing sent was acknowledged for this long while the peer was
+            /// still heard from (no ICMP came): `to` is 1200 bytes, which every QUIC path carries.
+            case unacknowledged(for: Duration)
+            /// Another connection of the server to the same host found it.
+            case sameHost
+        }
+    }
+
+    /// Calls `handler` on the connection's loop thread (keep it short) when the
+    /// connection finds that the path drops its bigger datagrams (a shrunk
+    /// path MTU) and sends smaller ones from then on.
+    package func onDatagramSizeLowered(_ handler: @escaping @Sendable (DatagramSizeLowered) -> Void) {
         let core = self.core
         _ = core.loop.execute { core.onDatagramLimitLowered = handler }
     }

@@ -131,6 +131,14 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         }
     }
 
+    /// `core` found its path dropping bigger datagrams: its host's other
+    /// connections send within `limit` too.
+    func datagramLimitLowered(to limit: Int, by core: ConnectionCore) {
+        for other in connections.values where other !== core && other.remote.isSameHost(as: core.remote) {
+            if other.lowerDatagramLimit(to: limit, because: .sameHost) { other.flush() }
+        }
+    }
+
     /// Routes one datagram; returns the connection that took it.
     private func dispatch(_ datagram: UnsafeRawBufferPointer, from address: UDPAddress) -> ConnectionCore? {
         stats.datagrams.add(1, ordering: .relaxed)

@@ -45,12 +45,17 @@ struct UDPAddress: Sendable, CustomStringConvertible {
 
     /// Same family, address and port (an IPv6 scope or flow label aside).
     func isSameEndpoint(as other: UDPAddress) -> Bool {
+        isSameHost(as: other) && port == other.port
+    }
+
+    /// Same family and address, whatever the port.
+    func isSameHost(as other: UDPAddress) -> Bool {
         guard family == other.family else { return false }
         return withUnsafeBytes(of: storage) { a in
             withUnsafeBytes(of: other.storage) { b in
                 switch family {
-                case AF_INET: return a[2..<8].elementsEqual(b[2..<8])
-                case AF_INET6: return a[2..<4].elementsEqual(b[2..<4]) && a[8..<24].elementsEqual(b[8..<24])
+                case AF_INET: return a[4..<8].elementsEqual(b[4..<8])
+                case AF_INET6: return a[8..<24].elementsEqual(b[8..<24])
                 default: return false
                 }
             }

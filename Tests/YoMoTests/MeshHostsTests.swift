@@ -596,6 +596,12 @@ struct ShrinkingPathMTUTests {
         }
         #expect(said(bench), "\(bench.text.suffix(3000))")
         #expect(said(zipper), "\(zipper.text.suffix(3000))")
+        // The zipper sends the source only acknowledgements, which pass: its
+        // connection follows the others to the same host.
+        let followed = zipper.records(warning).contains {
+            $0["conn_name"] as? String == "yomo-bench-source" && $0["found_by"] as? String == "another connection to the same host"
+        }
+        #expect(followed, "\(zipper.text.suffix(3000))")
         let counted = try await hosts.fetch("http://127.0.0.1:9464/metrics", on: "c").split(separator: "\n").contains {
             $0.hasPrefix("yomo_zipper_path_mtu_black_holes_total") && !$0.hasSuffix(" 0")
         }
