@@ -27,9 +27,19 @@ public enum PrometheusExposition {
     public static func render(_ snapshots: [MetricSnapshot], resource: Resource, format: Format) -> String {
         var out = ""
         renderTargetInfo(resource, format: format, into: &out)
+        // One family per name, whichever meters (scopes) have series in it:
+        // a name must not come twice on a page.
+        var families: [(name: String, members: [MetricSnapshot])] = []
+        var index: [String: Int] = [:]
         for snapshot in snapshots where !snapshot.points.isEmpty {
-            render(snapshot, format: format, into: &out)
+            if let at = index[snapshot.descriptor.name] {
+                families[at].members.append(snapshot)
+            } else {
+                index[snapshot.descriptor.name] = families.count
+                families.append((snapshot.descriptor.name, [snapshot]))
+            }
         }
+        for family in families { render(family.members, format: format, into: &out) }
         if format == .openMetrics { out += "# EOF\n" }
         return out
     }
@@ -141,8 +151,10 @@ public enum PrometheusExposition {
         }
     }
 
-    private static func render(_ snapshot: MetricSnapshot, format: Format, into out: inout String) {
-        let descriptor = snapshot.descriptor
+    /// One family: the first member's type and help, every member's series
+    /// with its own scope.
+    private static func render(_ members: [MetricSnapshot], format: Format, into out: inout String) {
+        let descriptor = members[0].descriptor
         let name = metricName(descriptor.name, unit: descriptor.unit)
         let type: String
         switch descriptor.kind {
@@ -159,39 +171,41 @@ public enum PrometheusExposition {
         if format == .openMetrics, let unit = unitSuffix(descriptor.unit), name.hasSuffix("_" + unit) {
             out += "# UNIT \(family) \(unit)\n"
         }
-        let scope: [(String, String)] = descriptor.scope.isEmpty ? [] : [("otel_scope_name", descriptor.scope)]
         let bucketName = name + "_bucket"
         let sampleName = isCounter ? name + "_total" : name
-        for point in snapshot.points {
-            let pairs = point.attributes.pairs.map { ($0.key, $0.value) } + scope
-            let pointLabels = labels(pairs)
-            switch point.value {
-            case .scalar(let value):
-                out += sampleName
-                out += pointLabels
-                out += " "
-                out += number(value)
-                out += "\n"
-            case .histogram(let histogram):
-                // The bucket labels are the point's with `le` added: built once.
-                let open = pointLabels.isEmpty ? "{" : String(pointLabels.dropLast()) + ","
-                var cumulative = 0
-                for (index, count) in histogram.counts.enumerated() {
-                    cumulative += count
-                    let bound = index < histogram.boundaries.count ? number(histogram.boundaries[index]) : "+Inf"
-                    out += bucketName
-                    out += open
-                    out += "le=\""
-                    out += bound
-                    out += "\"} "
-                    out += String(cumulative)
-                    if format == .openMetrics, let exemplar = histogram.exemplars[index] {
-                        out += " # {trace_id=\"\(exemplar.traceID)\",span_id=\"\(exemplar.spanID)\"} \(number(exemplar.value)) \(exemplar.timestamp)"
-                    }
+        for snapshot in members {
+            let scope: [(String, String)] = snapshot.descriptor.scope.isEmpty ? [] : [("otel_scope_name", snapshot.descriptor.scope)]
+            for point in snapshot.points {
+                let pairs = point.attributes.pairs.map { ($0.key, $0.value) } + scope
+                let pointLabels = labels(pairs)
+                switch point.value {
+                case .scalar(let value):
+                    out += sampleName
+                    out += pointLabels
+                    out += " "
+                    out += number(value)
                     out += "\n"
+                case .histogram(let histogram):
+                    // The bucket labels are the point's with `le` added: built once.
+                    let open = pointLabels.isEmpty ? "{" : String(pointLabels.dropLast()) + ","
+                    var cumulative = 0
+                    for (index, count) in histogram.counts.enumerated() {
+                        cumulative += count
+                        let bound = index < histogram.boundaries.count ? number(histogram.boundaries[index]) : "+Inf"
+                        out += bucketName
+                        out += open
+                        out += "le=\""
+                        out += bound
+                        out += "\"} "
+                        out += String(cumulative)
+                        if format == .openMetrics, let exemplar = histogram.exemplars[index] {
+                            out += " # {trace_id=\"\(exemplar.traceID)\",span_id=\"\(exemplar.spanID)\"} \(number(exemplar.value)) \(exemplar.timestamp)"
+                        }
+                        out += "\n"
+                    }
+                    out += "\(name)_sum\(pointLabels) \(number(histogram.sum))\n"
+                    out += "\(name)_count\(pointLabels) \(histogram.count)\n"
                 }
-                out += "\(name)_sum\(pointLabels) \(number(histogram.sum))\n"
-                out += "\(name)_count\(pointLabels) \(histogram.count)\n"
             }
         }
     }

@@ -43,7 +43,8 @@ public final class MeterProvider: Sendable {
 
     public let configuration: Configuration
     /// By name, and in the order they were made (a stable page).
-    private let instruments = Mutex<(byName: [String: InstrumentStorage], ordered: [InstrumentStorage])>(([:], []))
+    /// By scope and name, the first of each name, and all in the order made.
+    private let instruments = Mutex<(byKey: [String: InstrumentStorage], byName: [String: InstrumentStorage], ordered: [InstrumentStorage])>(([:], [:], []))
 
     /// Readings registered once per provider: process-wide ones, which several
     /// components sharing the provider would otherwise each report.
@@ -65,18 +66,28 @@ public final class MeterProvider: Sendable {
 
     public func meter(_ scope: String) -> Meter { Meter(provider: self, scope: scope) }
 
-    /// The instrument named `name`, made on first use; later calls with the
-    /// same name get the same series (whatever unit or kind they ask for).
+    /// The instrument named `name` in `scope` (a meter), made on first use;
+    /// later calls get the same series. Meters of one provider may each have
+    /// an instrument of a name (a process with a Source and a StreamFunction:
+    /// each series keeps its own scope), if they agree on its kind, unit and
+    /// buckets; one that does not gets the first one's, as one metric family
+    /// of Prometheus has one type.
     func storage(
         _ name: String, unit: String, description: String, kind: InstrumentDescriptor.Kind, boundaries: [Double], scope: String
     ) -> InstrumentStorage? {
         guard isEnabled else { return nil }
+        let key = scope + "\u{0}" + name
         return instruments.withLock { instruments in
-            if let existing = instruments.byName[name] { return existing }
+            if let existing = instruments.byKey[key] { return existing }
+            if let first = instruments.byName[name] {
+                let other = first.descriptor
+                guard other.kind == kind, other.unit == unit, other.boundaries == boundaries else { return first }
+            }
             let storage = InstrumentStorage(InstrumentDescriptor(
                 name: name, unit: unit, description: description, kind: kind, boundaries: boundaries, scope: scope),
                 cardinalityLimit: configuration.cardinalityLimit)
-            instruments.byName[name] = storage
+            instruments.byKey[key] = storage
+            if instruments.byName[name] == nil { instruments.byName[name] = storage }
             instruments.ordered.append(storage)
             return storage
         }

@@ -68,6 +68,46 @@ struct ExpositionTests {
         #expect(open.contains("# TYPE yomo_zipper_routed_messages counter\nyomo_zipper_routed_messages_total{outcome=\"delivered\"} 5\n"))
     }
 
+    @Test("two meters with an instrument of one name: one family on the page, each series under its own scope; promtool accepts the text page")
+    func oneNameInTwoScopes() throws {
+        let provider = MeterProvider(configuration: .init(resource: Resource()))
+        // A process with a Source and a StreamFunction (`yomo bench`): both count sent frames.
+        let description = "Frames written to the zipper."
+        provider.meter("Source").counter("messaging.client.sent.messages", unit: "{message}", description: description)
+            .add(2, attributes: ["yomo.source.name": "bench"])
+        provider.meter("StreamFunction").counter("messaging.client.sent.messages", unit: "{message}", description: description)
+            .add(3, attributes: ["messaging.consumer.group.name": "upper"])
+        // Another kind under the same name would give the family two types: it gets the first.
+        provider.meter("Other").gauge("messaging.client.sent.messages", unit: "{message}").set(7, attributes: ["x": "y"])
+        let snapshots = provider.collect()
+        #expect(snapshots.map(\.descriptor.scope) == ["Source", "StreamFunction"])
+        for format in [PrometheusExposition.Format.text, .openMetrics] {
+            let page = PrometheusExposition.render(snapshots, resource: Resource(), format: format)
+            #expect(page.components(separatedBy: "# TYPE messaging_client_sent_messages").count == 2, "\(page)")
+            #expect(page.contains(#"messaging_client_sent_messages_total{yomo_source_name="bench",otel_scope_name="Source"} 2"#), "\(page)")
+            #expect(page.contains(#"messaging_client_sent_messages_total{messaging_consumer_group_name="upper",otel_scope_name="StreamFunction"} 3"#), "\(page)")
+            #expect(page.contains(#"messaging_client_sent_messages_total{x="y",otel_scope_name="Source"} 7"#), "\(page)")
+            // promtool reads the text format only.
+            if format == .text { #expect(try promtoolAccepts(page), "\(page)") }
+        }
+    }
+
+    /// `promtool check metrics` (Debian's prometheus package) reads the page as Prometheus would.
+    private func promtoolAccepts(_ page: String) throws -> Bool {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/promtool")
+        process.arguments = ["check", "metrics"]
+        let input = Pipe()
+        process.standardInput = input
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        input.fileHandleForWriting.write(Data(page.utf8))
+        try input.fileHandleForWriting.close()
+        process.waitUntilExit()
+        return process.terminationStatus == 0
+    }
+
     @Test("the Accept header picks the format")
     func accept() {
         #expect(PrometheusExposition.Format(accept: "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5") == .openMetrics)
