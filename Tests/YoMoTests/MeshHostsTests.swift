@@ -11,7 +11,8 @@ extension Trait where Self == ConditionTrait {
 
 /// Three hosts, each a Linux network namespace, joined pairwise by veth pairs
 /// (a full mesh of links): zipper a (10.213.12.1, 10.213.13.1), zipper b
-/// (10.213.12.2, 10.213.23.2), zipper c (10.213.13.3, 10.213.23.3). Every
+/// (10.213.12.2, 10.213.23.2), zipper c (10.213.13.3, 10.213.23.3), and on
+/// each link an IPv6 address too (fd00:213:12::1, …). Every
 /// process runs in its host's namespace; the OTLP receiver runs on b. Removed
 /// at the end, also when the test fails.
 final class MeshHosts: @unchecked Sendable {
@@ -37,9 +38,17 @@ final class MeshHosts: @unchecked Sendable {
 
     /// `host`'s address on the link to `peer`.
     static func address(_ host: String, towards peer: String) -> String {
+        "10.213.\(subnet(host, peer)).\(["a": 1, "b": 2, "c": 3][host]!)"
+    }
+
+    /// `host`'s IPv6 address on the link to `peer` (each link has one of each).
+    static func address6(_ host: String, towards peer: String) -> String {
+        "fd00:213:\(subnet(host, peer))::\(["a": 1, "b": 2, "c": 3][host]!)"
+    }
+
+    private static func subnet(_ host: String, _ peer: String) -> Int {
         let (first, second) = host < peer ? (host, peer) : (peer, host)
-        let subnet = links.first { $0.0 == first && $0.1 == second }!.2
-        return "10.213.\(subnet).\(["a": 1, "b": 2, "c": 3][host]!)"
+        return links.first { $0.0 == first && $0.1 == second }!.2
     }
 
     static func make() async throws -> MeshHosts {
@@ -56,6 +65,8 @@ final class MeshHosts: @unchecked Sendable {
                               "peer", "name", right, "netns", hosts.namespace(second)])
                 for (host, peer, name) in [(first, second, left), (second, first, right)] {
                     try await ip(["-n", hosts.namespace(host), "addr", "add", "\(address(host, towards: peer))/24", "dev", name])
+                    // nodad: usable at once, without duplicate address detection's wait.
+                    try await ip(["-n", hosts.namespace(host), "addr", "add", "\(address6(host, towards: peer))/64", "dev", name, "nodad"])
                     try await ip(["-n", hosts.namespace(host), "link", "set", name, "up"])
                 }
             }
@@ -177,9 +188,11 @@ final class MeshHosts: @unchecked Sendable {
     /// their links to `via` through `via`, which forwards it: what `via`'s
     /// links do (a smaller MTU, say) then applies on the way.
     func route(_ first: String, _ second: String, through via: String) async throws {
-        try await Self.ip(["netns", "exec", namespace(via), "/bin/sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
+        try await Self.ip(["netns", "exec", namespace(via), "/bin/sh", "-c",
+                           "echo 1 > /proc/sys/net/ipv4/ip_forward && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"])
         for (host, peer) in [(first, second), (second, first)] {
             try await Self.ip(["-n", namespace(host), "route", "add", "\(Self.address(peer, towards: via))/32", "via", Self.address(via, towards: host)])
+            try await Self.ip(["-n", namespace(host), "-6", "route", "add", "\(Self.address6(peer, towards: via))/128", "via", Self.address6(via, towards: host)])
         }
     }
 
@@ -549,18 +562,23 @@ struct ShrinkingPathMTUTests {
         try await MeshHosts.with { try await scenario($0, icmp: false) }
     }
 
+    @Test("over IPv6, told by the router's ICMPv6 packet too big")
+    func pathMTUShrinksIPv6() async throws {
+        try await MeshHosts.with { try await scenario($0, icmp: true, ipv6: true) }
+    }
+
     /// The zipper on c; a stream function and `yomo bench` on a, whose traffic
     /// to c goes through b. Once Path MTU Discovery confirmed 1444-byte
     /// datagrams, b's links drop to an MTU of 1280 and b drops every bigger
     /// datagram, with an ICMP error back or (`icmp` false) without, as
     /// behind a firewall that drops them: before, either way, the connections
     /// lived on with nothing written getting through.
-    private func scenario(_ hosts: MeshHosts, icmp: Bool) async throws {
+    private func scenario(_ hosts: MeshHosts, icmp: Bool, ipv6: Bool = false) async throws {
         try await hosts.route("a", "c", through: "b")
         if !icmp { try await hosts.dropUnreachables(from: "b") }
-        let zipperAddress = "\(MeshHosts.address("c", towards: "b")):9000"
+        let zipperAddress = ipv6 ? "[\(MeshHosts.address6("c", towards: "b"))]:9000" : "\(MeshHosts.address("c", towards: "b")):9000"
         let zipper = try hosts.run(on: "c", log: "zipper", [
-            try yomoExecutable().path, "serve", "--host", "0.0.0.0", "--port", "9000", "--stateless-reset-key-file", "none",
+            try yomoExecutable().path, "serve", "--host", ipv6 ? "::" : "0.0.0.0", "--port", "9000", "--stateless-reset-key-file", "none",
             "--functions-file", "none", "--metrics", "127.0.0.1:9464",
         ])
         #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)")
@@ -587,10 +605,10 @@ struct ShrinkingPathMTUTests {
         await waitForExit(bench.process)
         let summary = bench.text.split(separator: "\n").last.map(String.init) ?? ""
         #expect(summary.hasPrefix("frames=\(frames) ") && summary.hasSuffix(" lost=0"), "\(bench.text.suffix(3000))\n\(zipper.text.suffix(3000))")
-        // Told by ICMP: within the path's 1280-byte MTU (IPv4 and UDP headers
+        // Told by ICMP: within the path's 1280-byte MTU (IP and UDP headers
         // off). Found out: the 1200 bytes every QUIC path carries.
         let warning = "the path drops big datagrams (a smaller MTU): sending smaller ones"
-        let (size, foundBy) = icmp ? ("1252", "too big") : ("1200", "nothing acknowledged")
+        let (size, foundBy) = icmp ? (ipv6 ? "1232" : "1252", "too big") : ("1200", "nothing acknowledged")
         func said(_ log: LogFile) -> Bool {
             log.records(warning).contains { "\($0["size"] ?? "")" == size && ($0["found_by"] as? String)?.hasPrefix(foundBy) == true }
         }
