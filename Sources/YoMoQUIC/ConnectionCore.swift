@@ -178,8 +178,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// none waits); `acknowledgedSinceFlush` restarts it.
     private var stalledSince: UInt64 = 0
     private var acknowledgedSinceFlush = false
-    /// The largest datagram sent, once a black hole was found (below): ngtcp2
-    /// 0.12.1 confirms a path MTU once and never lowers it.
+    /// The largest datagram sent, once the path was found to drop bigger
+    /// ones (`lowerDatagramLimit`): ngtcp2 0.12.1 confirms a path MTU once
+    /// and never lowers it.
     private(set) var datagramLimit = Int.max
     /// Told on the loop when `datagramLimit` is lowered.
     var onDatagramLimitLowered: (@Sendable (QUICConnection.DatagramSizeLowered) -> Void)?
@@ -476,7 +477,6 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         }
         if batchLength > 0 { sendBatch(tx, length: batchLength, segment: segment) }
         ng.packetsSent(now: now)
-        if endIfUnreachable() { return }
         watchForBlackHole(ng, now: now, maxPacket: maxPacket)
         if now &- lastHealthUpdate > 100_000_000 {
             lastHealthUpdate = now
@@ -665,9 +665,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// Whether the server's socket sends this connection's datagrams to `address`.
     func isRemote(_ address: UDPAddress) -> Bool { remote.isSameEndpoint(as: address) }
 
-    /// A datagram to the peer was refused (ICMP port unreachable, reported by
-    /// a client's connected socket or read from a server's error queue); true
-    /// when that ended the connection. `receive` resets the count.
+    /// A datagram to the peer was refused (ICMP port unreachable, read from
+    /// the socket's error queue); true when that ended the connection.
+    /// `receive` resets the count.
     @discardableResult
     func peerRefused() -> Bool {
         refusalsInARow += 1
