@@ -559,20 +559,17 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// (`peerRefused`). A datagram too big: `pathTooBig`, with the path's MTU.
     func loopError() {
         guard connectedSocket else { return }
-        var from = sockaddr_storage()
-        var fromLength = socklen_t(0)
-        var mtu: UInt32 = 0
-        for _ in 0..<1024 {
-            let n = cngtcp2_recv_icmp_error(fd, &from, &fromLength, &mtu)
-            if n < 0 { break }
-            if n == CNGTCP2_ICMP_UNREACHABLE {
+        readICMPErrors(fd) { error in
+            switch error {
+            case .unreachable:
                 if case .handshaking = phase {
                     terminate(.socket("connect \(peerDescription)", errno: ECONNREFUSED), period: .closed)
-                    return
+                    return false
                 }
-                if peerRefused() { return }
-            } else if n == CNGTCP2_ICMP_TOO_BIG {
-                pathTooBig(mtu: Int(mtu))
+                return !peerRefused()
+            case .tooBig(_, let mtu):
+                pathTooBig(mtu: mtu)
+                return true
             }
         }
     }

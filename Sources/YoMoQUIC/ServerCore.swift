@@ -117,17 +117,14 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// A datagram too big for the path is news for its connection
     /// (`ConnectionCore.pathTooBig`).
     func loopError() {
-        var from = sockaddr_storage()
-        var fromLength = socklen_t(0)
-        var mtu: UInt32 = 0
-        for _ in 0..<1024 {
-            let n = cngtcp2_recv_icmp_error(fd, &from, &fromLength, &mtu)
-            if n < 0 { break }
-            guard n == CNGTCP2_ICMP_UNREACHABLE || n == CNGTCP2_ICMP_TOO_BIG else { continue }
-            let address = UDPAddress(storage: from, length: fromLength)
-            for core in connections.values where core.isRemote(address) {
-                if n == CNGTCP2_ICMP_UNREACHABLE { core.peerRefused() } else { core.pathTooBig(mtu: Int(mtu)) }
+        readICMPErrors(fd) { error in
+            switch error {
+            case .unreachable(let address):
+                for core in connections.values where core.isRemote(address) { core.peerRefused() }
+            case .tooBig(let address, let mtu):
+                for core in connections.values where core.isRemote(address) { core.pathTooBig(mtu: mtu) }
             }
+            return true
         }
     }
 

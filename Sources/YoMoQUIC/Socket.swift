@@ -227,3 +227,33 @@ func localAddress(of fd: Int32) throws(QUICError) -> UDPAddress {
     if rv != 0 { throw .socket("getsockname", errno: errno) }
     return address
 }
+
+/// What an ICMP error in a socket's error queue (IP_RECVERR) says about a
+/// datagram sent to `address`.
+enum ICMPError {
+    /// Port unreachable: nobody listens there (any more).
+    case unreachable(UDPAddress)
+    /// Too big for the path's MTU (ICMP, ICMPv6 or the local interface).
+    case tooBig(UDPAddress, mtu: Int)
+}
+
+/// Reads the errors `fd`'s error queue holds, up to 1024 at a time, and hands
+/// each that says something to `body`, which returns false to stop. Others
+/// (host or network unreachable: the idle timer's business) are skipped.
+/// What is left reports itself again: the socket's error is level-triggered.
+func readICMPErrors(_ fd: Int32, _ body: (ICMPError) -> Bool) {
+    var from = sockaddr_storage()
+    var fromLength = socklen_t(0)
+    var mtu: UInt32 = 0
+    for _ in 0..<1024 {
+        let n = cngtcp2_recv_icmp_error(fd, &from, &fromLength, &mtu)
+        if n < 0 { return }
+        let error: ICMPError
+        switch n {
+        case CNGTCP2_ICMP_UNREACHABLE: error = .unreachable(UDPAddress(storage: from, length: fromLength))
+        case CNGTCP2_ICMP_TOO_BIG: error = .tooBig(UDPAddress(storage: from, length: fromLength), mtu: Int(mtu))
+        default: continue
+        }
+        if !body(error) { return }
+    }
+}
