@@ -372,7 +372,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         case .closing(let until), .draining(let until): deadline = until
         case .closed: deadline = .max
         case .handshaking, .established:
-            deadline = min(ng?.expiry ?? .max, streamID == nil ? streamDeadline : .max)
+            deadline = min(ng?.expiry ?? .max, streamID == nil ? streamDeadline : .max, ng.map(blackHoleDeadline) ?? .max)
         }
     }
 
@@ -477,7 +477,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         }
         if batchLength > 0 { sendBatch(tx, length: batchLength, segment: segment) }
         ng.packetsSent(now: now)
-        watchForBlackHole(ng, now: now, maxPacket: maxPacket)
+        watchForBlackHole(ng, now: now)
         if now &- lastHealthUpdate > 100_000_000 {
             lastHealthUpdate = now
             let datagramSize = min(ng.maxPacketSize, datagramLimit)
@@ -508,7 +508,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// from: from then on every datagram is at most 1200 bytes, the size
     /// every QUIC path carries. Kept for the connection's life (a new
     /// connection discovers the path again).
-    private func watchForBlackHole(_ ng: NGConnection, now: UInt64, maxPacket: Int) {
+    private func watchForBlackHole(_ ng: NGConnection, now: UInt64) {
         if acknowledgedSinceFlush {
             acknowledgedSinceFlush = false
             stalledSince = 0
@@ -517,12 +517,22 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             if sendIndex > 0 || sendOffset > ackedInHead { stalledSince = now }
             return
         }
-        guard maxPacket > Self.minimumDatagramSize, lastReceivedAt > stalledSince else { return }
+        guard now >= blackHoleDeadline(ng) else { return }
         let stalled = now &- stalledSince
-        guard stalled >= max(Self.blackHoleAfter, 3 &* ng.pto) else { return }
         // What was lost goes out again at the new size when ngtcp2 next sends.
         stalledSince = now
         lowerDatagramLimit(to: Self.minimumDatagramSize, because: .unacknowledged(for: .nanoseconds(Int64(stalled))))
+    }
+
+    /// When the stall under way, if any, counts as a black hole: sent bytes
+    /// wait, the peer was heard from since they began to, and datagrams are
+    /// over 1200 bytes. The loop's timer wakes for it too (`updateDeadline`),
+    /// rather than at ngtcp2's next probe timeout, which backs off.
+    private func blackHoleDeadline(_ ng: NGConnection) -> UInt64 {
+        guard stalledSince != 0, lastReceivedAt > stalledSince, min(ng.maxPacketSize, datagramLimit) > Self.minimumDatagramSize else {
+            return .max
+        }
+        return stalledSince &+ max(Self.blackHoleAfter, 3 &* ng.pto)
     }
 
     /// An ICMP error (fragmentation needed, packet too big) or the local
