@@ -120,6 +120,8 @@ public final class Zipper: Sendable {
         /// one just before it left may find its connection ended just after.
         var departed = CircularBuffer<RouteMember>()
         static let departedRemembered = 64
+        /// Told when a connection has left (`supersedeEarlier` waits on them).
+        var departureWaiters: [UInt64: [DepartureWaiter]] = [:]
 
         /// The connected peers a frame with `tag` (and `target`) goes to.
         func destinations(tag: UInt32, target: String?) -> [(UInt64, QUICFrameConnection)] {
@@ -549,6 +551,7 @@ public final class Zipper: Sendable {
             await refuseSelfLink(link, connection, connectionLogger)
             return
         }
+        await supersedeEarlier(handshake, logger: connectionLogger)
         frameReader.setMaximumFrameSize(configuration.limits.maximumFrameSize)
         let forwardsToMesh = !links.isEmpty && MeshForwarding.forwards(from: handshake.clientType)
         var connectionMetadata = Metadata()
@@ -575,11 +578,13 @@ public final class Zipper: Sendable {
             // One lock for the leaving and the hold of what it had not
             // acknowledged: a frame routed meanwhile, held for its name as one
             // away, would overtake them.
+            var waiters: [DepartureWaiter] = []
             let (left, wasEmpty) = state.withLock { state -> (UnacknowledgedAtEnd, Bool) in
                 // Gone already: closed as a slow consumer, whose backlog is not kept.
                 let unwritten = state.peers[id]?.unwritten
                 state.routes.remove(id)
                 state.peers[id] = nil
+                waiters = state.departureWaiters.removeValue(forKey: id) ?? []
                 let wasEmpty = state.held.isEmpty
                 var left = UnacknowledgedAtEnd(bytes: connection.connection.unacknowledgedBytes)
                 if member.clientType == .streamFunction {
@@ -603,6 +608,7 @@ public final class Zipper: Sendable {
             }
             if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
             report(left, wasEmpty: wasEmpty, clientType: handshake.clientType, logger: connectionLogger)
+            for waiter in waiters { waiter.resume() }
         }
         if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
         metrics.connection(handshake.clientType, delta: 1)
@@ -739,6 +745,48 @@ public final class Zipper: Sendable {
     /// (a zipper not given its entry's name skips no entry): the link reached
     /// this zipper, and would bring every frame back to be delivered twice. The
     /// link is stopped for good; the configuration must change.
+    /// A client that reconnects (its id the same before `-<reconnect count>`,
+    /// the count higher, the same name and type) has given up on its earlier
+    /// connection, which this side may not know for seconds yet: its idle
+    /// timer started later (a path that failed one way, a client whose
+    /// address changed). That connection ends now, and the new one waits
+    /// until it has left (at most `handshakeTimeout`), so that what a stream
+    /// function's earlier connection had not acknowledged is held for the new
+    /// one and delivered first, in order. Before, the new connection was a
+    /// second instance of the name, and those frames were lost.
+    private func supersedeEarlier(_ handshake: HandshakeFrame, logger: Logger) async {
+        guard let (base, count) = Self.reconnection(of: handshake.id) else { return }
+        let earlier = state.withLock { state -> [(id: String, connection: QUICFrameConnection, waiter: DepartureWaiter)] in
+            var earlier: [(id: String, connection: QUICFrameConnection, waiter: DepartureWaiter)] = []
+            for (id, peer) in state.peers where peer.member.name == handshake.name && peer.member.clientType == handshake.clientType {
+                guard let previous = Self.reconnection(of: peer.member.clientID), previous.base == base, previous.count < count else { continue }
+                let waiter = DepartureWaiter()
+                state.departureWaiters[id, default: []].append(waiter)
+                earlier.append((peer.member.clientID, peer.connection, waiter))
+            }
+            return earlier
+        }
+        guard !earlier.isEmpty else { return }
+        for (id, connection, _) in earlier {
+            logger.info("closing the connection this client reconnected from", metadata: ["earlier_conn_id": "\(id.forLog)"])
+            await connection.close(reason: "superseded: its client reconnected")
+        }
+        let waiters = earlier.map(\.waiter)
+        let deadline = Task { [timeout = options.handshakeTimeout] in
+            try? await Task.sleep(for: timeout)
+            for waiter in waiters { waiter.resume() }
+        }
+        for waiter in waiters { await waiter.wait() }
+        deadline.cancel()
+    }
+
+    /// `<base>-<reconnect count>`, the client ids of YoMo's SDKs (PROTOCOL.md).
+    static func reconnection(of clientID: String) -> (base: Substring, count: Int)? {
+        guard let dash = clientID.lastIndex(of: "-"), dash > clientID.startIndex,
+              let count = Int(clientID[clientID.index(after: dash)...]) else { return nil }
+        return (clientID[..<dash], count)
+    }
+
     private func refuseSelfLink(_ link: MeshLink, _ connection: QUICFrameConnection, _ logger: Logger) async {
         countRefusal("mesh_self")
         let message = "mesh entry \(link.peer.name) (\(link.peer.address)) is this zipper (\(configuration.name)) itself"
@@ -1220,4 +1268,29 @@ extension String {
     /// A peer-supplied string as it goes into a log line: at most 64 characters,
     /// with the full length said when cut, and no control characters.
     var forLog: String { peerText(limit: 64) }
+}
+
+/// Resumed once a connection has left, or at a deadline, whichever is first.
+final class DepartureWaiter: Sendable {
+    private let state = Mutex<(resumed: Bool, continuation: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let resumed = state.withLock { state -> Bool in
+                if !state.resumed { state.continuation = continuation }
+                return state.resumed
+            }
+            if resumed { continuation.resume() }
+        }
+    }
+
+    func resume() {
+        let continuation = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard !state.resumed else { return nil }
+            state.resumed = true
+            defer { state.continuation = nil }
+            return state.continuation
+        }
+        continuation?.resume()
+    }
 }

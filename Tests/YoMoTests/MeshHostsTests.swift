@@ -157,6 +157,17 @@ final class MeshHosts: @unchecked Sendable {
         ])
     }
 
+    /// Drops every UDP datagram `host` receives for its `port`: the path of
+    /// one connection fails one way, other connections (a new one) pass.
+    func dropUDP(on host: String, toPort port: Int) async throws {
+        let table = "cut_\(port)"
+        try await nft(on: host, [
+            ["add", "table", "inet", table],
+            ["add", "chain", "inet", table, "input", "{ type filter hook input priority 0; }"],
+            ["add", "rule", "inet", table, "input", "udp", "dport", "\(port)", "drop"],
+        ])
+    }
+
     private func nft(on host: String, _ commands: [[String]]) async throws {
         for command in commands {
             let process = Process()
@@ -625,6 +636,50 @@ struct ShrinkingPathMTUTests {
         }
         #expect(counted, "the zipper's yomo.zipper.path_mtu.black_holes")
         #expect(zipper.process.isRunning && function.process.isRunning)
+    }
+}
+
+@Suite("A client that reconnects before the zipper notices (network namespaces)", .serialized, .needsNetworkNamespaces)
+struct ReconnectBeforeTheZipperNoticesTests {
+    @Test("the earlier connection is closed at the reconnection, and what it had not acknowledged is held for the new one: every frame arrives")
+    func reconnectBeforeTheZipperNotices() async throws {
+        try await MeshHosts.with(scenario)
+    }
+
+    /// The zipper on b, a stream function on a, a source on c. Datagrams to
+    /// the function's port are dropped on a: its connection hears nothing
+    /// and ends at the idle timeout (5 s), while the zipper still hears from
+    /// it and would keep the connection 5 s longer. The function reconnects
+    /// at once, from a new port.
+    private func scenario(_ hosts: MeshHosts) async throws {
+        let zipper = try hosts.run(on: "b", log: "zipper", [
+            try yomoExecutable().path, "serve", "--host", "0.0.0.0", "--port", "9000", "--stateless-reset-key-file", "none",
+            "--functions-file", "none",
+        ])
+        #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)")
+        let function = try hosts.run(on: "a", log: "upper", environment: ["YOMO_LOG_LEVEL": "debug"], [
+            try executable("uppercase-sfn"), "--zipper", "\(MeshHosts.address("b", towards: "a")):9000", "--pipe",
+        ])
+        #expect(await function.wait(for: "connected to zipper"), "\(function.text)")
+        let frames = 400
+        let source = try hosts.run(on: "c", log: "source", [
+            try executable("demo-source"), "--zipper", "\(MeshHosts.address("b", towards: "c")):9000", "--interval", "20", "--count", "\(frames)",
+        ])
+        func received() -> [String] {
+            function.records("frame received").filter { $0["tag"] as? Int == 0x33 || $0["tag"] as? String == "51" }.compactMap { $0["tid"] as? String }
+        }
+        #expect(await function.wait { _ in received().count >= 20 }, "frames flow: \(function.text.suffix(2000))")
+        let connected = zipper.records("client connected").first { $0["conn_name"] as? String == "upper" }
+        let port = (connected?["remote"] as? String)?.split(separator: ":").last.flatMap { Int($0) }
+        let functionPort = try #require(port, "the function's port: \(zipper.text.suffix(2000))")
+        try await hosts.dropUDP(on: "a", toPort: functionPort)
+        #expect(await function.wait(for: "reconnected to zipper", timeout: .seconds(20)), "\(function.text.suffix(2000))")
+        await waitForExit(source.process)
+        let all = await function.wait(timeout: .seconds(20)) { _ in Set(received()).count >= frames }
+        #expect(all, "\(Set(received()).count) of \(frames) frames: \(zipper.text.suffix(3000))")
+        #expect(!zipper.records("closing the connection this client reconnected from").isEmpty, "\(zipper.text.suffix(3000))")
+        #expect(zipper.records("frames written to this client were not acknowledged before its connection ended: lost with it").isEmpty,
+                "\(zipper.text.suffix(3000))")
     }
 }
 

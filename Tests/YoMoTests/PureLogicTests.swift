@@ -24,6 +24,20 @@ struct CredentialTests {
     }
 }
 
+@Suite("A client's reconnection, from its id")
+struct ReconnectionIDTests {
+    @Test("<base>-<count>: the base (which may hold dashes) and the count; anything else is no reconnection")
+    func parse() {
+        let parsed = Zipper.reconnection(of: "V1StGXR8_Z5jdHi6B-myT-3")
+        #expect(parsed?.base == "V1StGXR8_Z5jdHi6B-myT" && parsed?.count == 3)
+        #expect(Zipper.reconnection(of: "abc-0")?.count == 0)
+        #expect(Zipper.reconnection(of: "abc") == nil)
+        #expect(Zipper.reconnection(of: "-3") == nil)
+        #expect(Zipper.reconnection(of: "abc-x") == nil)
+        #expect(Zipper.reconnection(of: "abc-") == nil)
+    }
+}
+
 @Suite("Reconnect policy")
 struct ReconnectPolicyTests {
     @Test("the first retry comes within 50–250 ms, later ones grow from 500 ms and stop at 1 s, within the jitter")
