@@ -174,6 +174,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     private var refusalsInARow = 0
     /// When the last datagram from the peer arrived.
     private var lastReceivedAt: UInt64 = 0
+    /// A client's local address is no longer this host's (`transmit` finds
+    /// out when sends fail): the connection ends at the flush's end.
+    private var localAddressGone = false
     /// Since when stream bytes sent have waited with no acknowledgement (0:
     /// none waits); `acknowledgedSinceFlush` restarts it.
     private var stalledSince: UInt64 = 0
@@ -477,6 +480,13 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         }
         if batchLength > 0 { sendBatch(tx, length: batchLength, segment: segment) }
         ng.packetsSent(now: now)
+        if localAddressGone {
+            // Every send fails from here: the client reconnects from an address
+            // it has, at once, instead of at the idle timeout.
+            let local = (try? localAddress(of: fd))?.host ?? "?"
+            terminate(.socket("local address \(local) gone", errno: EADDRNOTAVAIL), period: .closed)
+            return
+        }
         watchForBlackHole(ng, now: now)
         if now &- lastHealthUpdate > 100_000_000 {
             lastHealthUpdate = now
@@ -661,6 +671,11 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
                 _ = send(offset, n, 0)
                 offset += n
             }
+        }
+        // A client's socket keeps the address it connected from: once the host
+        // no longer has it, every send fails so.
+        if connectedSocket, rv == -Int(ENETUNREACH) || rv == -Int(EADDRNOTAVAIL), !localAddressGone {
+            localAddressGone = !localAddressIsStillHere(fd)
         }
         // Other errors (ENOBUFS, EHOSTUNREACH): the datagrams count as lost; ngtcp2 resends them.
         return true

@@ -228,6 +228,22 @@ func localAddress(of fd: Int32) throws(QUICError) -> UDPAddress {
     return address
 }
 
+/// Whether `fd`'s local address is still one of this host's: false once it
+/// is gone (a DHCP lease that ended, a network switched), which a UDP socket
+/// connected from it cannot leave. Anything unclear counts as still here.
+func localAddressIsStillHere(_ fd: Int32) -> Bool {
+    guard var address = try? localAddress(of: fd) else { return true }
+    let probe = socket(Int32(address.family), Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard probe >= 0 else { return true }
+    defer { close(probe) }
+    // Any port: only the address matters.
+    withUnsafeMutableBytes(of: &address.storage) { raw in
+        raw.storeBytes(of: 0, toByteOffset: 2, as: UInt16.self)
+    }
+    let rv = address.withSockaddr { bind(probe, $0, $1) }
+    return rv == 0 || errno != EADDRNOTAVAIL
+}
+
 /// What an ICMP error in a socket's error queue (IP_RECVERR) says about a
 /// datagram sent to `address`.
 enum ICMPError {

@@ -157,6 +157,13 @@ final class MeshHosts: @unchecked Sendable {
         ])
     }
 
+    /// Gives `host` `address` on its link to `peer` in place of the one it had.
+    func readdress(_ host: String, towards peer: String, to address: String) async throws {
+        let device = veth(host, towards: peer)
+        try await Self.ip(["-n", namespace(host), "addr", "del", "\(Self.address(host, towards: peer))/24", "dev", device])
+        try await Self.ip(["-n", namespace(host), "addr", "add", "\(address)/24", "dev", device])
+    }
+
     /// Drops every UDP datagram `host` receives for its `port`: the path of
     /// one connection fails one way, other connections (a new one) pass.
     func dropUDP(on host: String, toPort port: Int) async throws {
@@ -641,17 +648,33 @@ struct ShrinkingPathMTUTests {
 
 @Suite("A client that reconnects before the zipper notices (network namespaces)", .serialized, .needsNetworkNamespaces)
 struct ReconnectBeforeTheZipperNoticesTests {
+    /// Datagrams to the function's port are dropped on its host: its
+    /// connection hears nothing and ends at the idle timeout (5 s), while
+    /// the zipper still hears from it and would keep the connection 5 s
+    /// longer. The function reconnects at once, from a new port.
     @Test("the earlier connection is closed at the reconnection, and what it had not acknowledged is held for the new one: every frame arrives")
     func reconnectBeforeTheZipperNotices() async throws {
-        try await MeshHosts.with(scenario)
+        try await MeshHosts.with { hosts in
+            try await scenario(hosts, cause: "idle timeout") { try await hosts.dropUDP(on: "a", toPort: $0) }
+        }
     }
 
-    /// The zipper on b, a stream function on a, a source on c. Datagrams to
-    /// the function's port are dropped on a: its connection hears nothing
-    /// and ends at the idle timeout (5 s), while the zipper still hears from
-    /// it and would keep the connection 5 s longer. The function reconnects
-    /// at once, from a new port.
-    private func scenario(_ hosts: MeshHosts) async throws {
+    /// The function's host gets another address on its link to the zipper's
+    /// (a DHCP lease, a network switched): its socket's sends fail from then
+    /// on, and its connection ends at the first, not at the idle timeout.
+    @Test("a client whose address changes reconnects at once from the new one, and every frame arrives")
+    func addressChanged() async throws {
+        try await MeshHosts.with { hosts in
+            try await scenario(hosts, cause: "local address \(MeshHosts.address("a", towards: "b")) gone") { _ in
+                try await hosts.readdress("a", towards: "b", to: "10.213.12.11")
+            }
+        }
+    }
+
+    /// The zipper on b, a stream function on a, a source on c; `cut` (given
+    /// the function's port) ends the function's connection for it, and its
+    /// error names `cause`.
+    private func scenario(_ hosts: MeshHosts, cause: String, cut: (Int) async throws -> Void) async throws {
         let zipper = try hosts.run(on: "b", log: "zipper", [
             try yomoExecutable().path, "serve", "--host", "0.0.0.0", "--port", "9000", "--stateless-reset-key-file", "none",
             "--functions-file", "none",
@@ -672,8 +695,10 @@ struct ReconnectBeforeTheZipperNoticesTests {
         let connected = zipper.records("client connected").first { $0["conn_name"] as? String == "upper" }
         let port = (connected?["remote"] as? String)?.split(separator: ":").last.flatMap { Int($0) }
         let functionPort = try #require(port, "the function's port: \(zipper.text.suffix(2000))")
-        try await hosts.dropUDP(on: "a", toPort: functionPort)
+        try await cut(functionPort)
         #expect(await function.wait(for: "reconnected to zipper", timeout: .seconds(20)), "\(function.text.suffix(2000))")
+        let lost = function.records("connection to zipper lost, reconnecting").first?["error"] as? String
+        #expect(lost?.contains(cause) == true, "\(function.text.suffix(2000))")
         await waitForExit(source.process)
         let all = await function.wait(timeout: .seconds(20)) { _ in Set(received()).count >= frames }
         #expect(all, "\(Set(received()).count) of \(frames) frames: \(zipper.text.suffix(3000))")
