@@ -19,6 +19,12 @@
 
 ssize_t cngtcp2_send(int fd, const uint8_t *buf, size_t len, size_t segment,
                      const struct sockaddr *addr, socklen_t addrlen) {
+  return cngtcp2_send_from(fd, buf, len, segment, addr, addrlen, NULL);
+}
+
+ssize_t cngtcp2_send_from(int fd, const uint8_t *buf, size_t len, size_t segment,
+                          const struct sockaddr *addr, socklen_t addrlen,
+                          const struct sockaddr *from) {
   struct iovec iov = {(void *)buf, len};
   struct msghdr msg;
   memset(&msg, 0, sizeof(msg));
@@ -27,19 +33,47 @@ ssize_t cngtcp2_send(int fd, const uint8_t *buf, size_t len, size_t segment,
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   union {
-    char buf[CMSG_SPACE(sizeof(uint16_t))];
+    char buf[CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(struct in6_pktinfo))];
     struct cmsghdr align;
   } control;
+  memset(&control, 0, sizeof(control));
+  size_t used = 0;
   if (segment > 0 && segment < len) {
-    memset(&control, 0, sizeof(control));
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof(control.buf);
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    struct cmsghdr *cm = (struct cmsghdr *)(control.buf + used);
     cm->cmsg_level = SOL_UDP;
     cm->cmsg_type = UDP_SEGMENT;
     cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
     uint16_t seg = (uint16_t)segment;
     memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
+    used += CMSG_SPACE(sizeof(uint16_t));
+  }
+  /* The source address, for a socket bound to a wildcard address on a host
+     with several: the one the peer wrote to, else its connected socket drops
+     what comes from another. */
+  if (from && from->sa_family == AF_INET) {
+    struct cmsghdr *cm = (struct cmsghdr *)(control.buf + used);
+    cm->cmsg_level = IPPROTO_IP;
+    cm->cmsg_type = IP_PKTINFO;
+    cm->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
+    struct in_pktinfo info;
+    memset(&info, 0, sizeof(info));
+    info.ipi_spec_dst = ((const struct sockaddr_in *)from)->sin_addr;
+    memcpy(CMSG_DATA(cm), &info, sizeof(info));
+    used += CMSG_SPACE(sizeof(struct in_pktinfo));
+  } else if (from && from->sa_family == AF_INET6) {
+    struct cmsghdr *cm = (struct cmsghdr *)(control.buf + used);
+    cm->cmsg_level = IPPROTO_IPV6;
+    cm->cmsg_type = IPV6_PKTINFO;
+    cm->cmsg_len = CMSG_LEN(sizeof(struct in6_pktinfo));
+    struct in6_pktinfo info;
+    memset(&info, 0, sizeof(info));
+    info.ipi6_addr = ((const struct sockaddr_in6 *)from)->sin6_addr;
+    memcpy(CMSG_DATA(cm), &info, sizeof(info));
+    used += CMSG_SPACE(sizeof(struct in6_pktinfo));
+  }
+  if (used > 0) {
+    msg.msg_control = control.buf;
+    msg.msg_controllen = used;
   }
   ssize_t n;
   do {
@@ -73,20 +107,41 @@ static ssize_t recv_message(int fd, int flags, struct msghdr *msg, struct iovec 
 ssize_t cngtcp2_recv(int fd, uint8_t *buf, size_t cap,
                      struct sockaddr_storage *addr, socklen_t *addrlen,
                      size_t *segment) {
+  return cngtcp2_recv_to(fd, buf, cap, addr, addrlen, segment, NULL);
+}
+
+ssize_t cngtcp2_recv_to(int fd, uint8_t *buf, size_t cap,
+                        struct sockaddr_storage *addr, socklen_t *addrlen,
+                        size_t *segment, struct sockaddr_storage *to) {
   struct iovec iov = {buf, cap};
   union {
-    char buf[CMSG_SPACE(sizeof(int))];
+    char buf[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(struct in_pktinfo))];
     struct cmsghdr align;
   } control;
   struct msghdr msg;
   ssize_t n = recv_message(fd, 0, &msg, &iov, control.buf, sizeof(control.buf), addr, addrlen);
   if (n < 0) return n;
   *segment = (size_t)n;
+  if (to) to->ss_family = AF_UNSPEC;
   for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
     if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
       int seg;
       memcpy(&seg, CMSG_DATA(cm), sizeof(seg));
       if (seg > 0) *segment = (size_t)seg;
+    } else if (to && cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO) {
+      struct in_pktinfo info;
+      memcpy(&info, CMSG_DATA(cm), sizeof(info));
+      struct sockaddr_in *sin = (struct sockaddr_in *)to;
+      memset(sin, 0, sizeof(*sin));
+      sin->sin_family = AF_INET;
+      sin->sin_addr = info.ipi_addr;
+    } else if (to && cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO) {
+      struct in6_pktinfo info;
+      memcpy(&info, CMSG_DATA(cm), sizeof(info));
+      struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)to;
+      memset(sin6, 0, sizeof(*sin6));
+      sin6->sin6_family = AF_INET6;
+      sin6->sin6_addr = info.ipi6_addr;
     }
   }
   // A truncated datagram is useless to QUIC; report it as such.
@@ -111,6 +166,13 @@ int cngtcp2_set_dont_fragment(int fd, int family) {
   return rv;
 }
 
+int cngtcp2_enable_pktinfo(int fd, int family) {
+  int on = 1;
+  int rv = setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, sizeof(on));
+  if (family == AF_INET6) rv = setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, sizeof(on));
+  return rv;
+}
+
 int cngtcp2_enable_recverr(int fd, int family) {
   int on = 1;
   /* On an IPv6 socket the IPv4 option covers its v4-mapped peers. */
@@ -122,8 +184,11 @@ int cngtcp2_enable_recverr(int fd, int family) {
 ssize_t cngtcp2_recv_icmp_error(int fd, struct sockaddr_storage *addr, socklen_t *addrlen, uint32_t *mtu) {
   uint8_t payload[64]; /* the refused datagram's start: not needed */
   struct iovec iov = {payload, sizeof(payload)};
+  /* Room for the packet-info messages that come first on a socket that asks
+     for them (cngtcp2_enable_pktinfo): cut short, the error would be lost. */
   union {
-    char buf[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in6))];
+    char buf[CMSG_SPACE(sizeof(struct sock_extended_err) + sizeof(struct sockaddr_in6)) +
+             CMSG_SPACE(sizeof(struct in6_pktinfo)) + CMSG_SPACE(sizeof(struct in_pktinfo)) + 64];
     struct cmsghdr align;
   } control;
   struct msghdr msg;

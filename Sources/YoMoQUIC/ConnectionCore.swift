@@ -162,6 +162,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// follows the peer when ngtcp2 migrates the path (NAT rebinding).
     private let connectedSocket: Bool
     private(set) var remote: UDPAddress
+    /// A server's connection on a listener bound to every address: the
+    /// address its client wrote to, which its answers go from.
+    var sourceAddress: UDPAddress?
     let isServer: Bool
     let configuration: QUICConfiguration
     private(set) var ng: NGConnection?
@@ -649,7 +652,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
                 if simulatedSends % every == 0 { return -Int(EAGAIN) }
             }
             if connectedSocket { return cngtcp2_send(fd, base + offset, length, segment, nil, 0) }
-            return address.withSockaddr { cngtcp2_send(fd, base + offset, length, segment, $0, $1) }
+            return address.send(UnsafeRawBufferPointer(start: base + offset, count: length), segment: segment, on: fd, from: sourceAddress)
         }
         var rv = send(0, bytes.count, segment)
         // A socket reports a pending ICMP error (port, host or network
@@ -727,7 +730,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             if connectedSocket {
                 _ = cngtcp2_send(fd, base, raw.count, 0, nil, 0)
             } else {
-                _ = remote.withSockaddr { cngtcp2_send(fd, base, raw.count, 0, $0, $1) }
+                _ = remote.send(raw, segment: 0, on: fd, from: sourceAddress)
             }
         }
     }

@@ -61,6 +61,8 @@ public final class QUICServer: Sendable {
         let fd = try makeUDPSocket(family: address.family)
         // ICMP port unreachable for a peer's address ends its connection (ServerCore.loopError).
         _ = cngtcp2_enable_recverr(fd, address.family)
+        // Bound to every address: each answer goes from the one its client wrote to (ServerCore.answersFrom).
+        if address.isWildcard { _ = cngtcp2_enable_pktinfo(fd, address.family) }
         // No SO_REUSEADDR: on Linux it lets a second UDP socket bind the same
         // port, and a second zipper started there took over every connection
         // of the first (their packets went to it) while the first ran on, idle.

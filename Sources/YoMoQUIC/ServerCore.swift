@@ -84,20 +84,23 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         let rx = loop.rxBuffer
         var from = sockaddr_storage()
         var fromLength = socklen_t(0)
+        var to = sockaddr_storage()
         var segment = 0
         var touched: [ObjectIdentifier: ConnectionCore] = [:]
         for _ in 0..<256 {
-            let n = cngtcp2_recv(fd, rx.baseAddress!.assumingMemoryBound(to: UInt8.self), rx.count, &from, &fromLength, &segment)
+            let n = cngtcp2_recv_to(fd, rx.baseAddress!.assumingMemoryBound(to: UInt8.self), rx.count, &from, &fromLength, &segment, &to)
             if n < 0 {
                 if -n == EAGAIN || -n == EWOULDBLOCK { break }
                 continue
             }
             let address = UDPAddress(storage: from, length: fromLength)
+            // Set only on a wildcard listener (cngtcp2_enable_pktinfo).
+            let destination = to.ss_family == sa_family_t(AF_UNSPEC) ? nil : UDPAddress(storage: to, length: socklen_t(MemoryLayout<sockaddr_storage>.size))
             var offset = 0
             let step = max(1, segment)
             while offset < n {
                 let length = min(step, n - offset)
-                if let core = dispatch(UnsafeRawBufferPointer(rebasing: rx[offset..<(offset + length)]), from: address) {
+                if let core = dispatch(UnsafeRawBufferPointer(rebasing: rx[offset..<(offset + length)]), from: address, to: destination) {
                     touched[ObjectIdentifier(core)] = core
                 }
                 offset += length
@@ -136,8 +139,9 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         }
     }
 
-    /// Routes one datagram; returns the connection that took it.
-    private func dispatch(_ datagram: UnsafeRawBufferPointer, from address: UDPAddress) -> ConnectionCore? {
+    /// Routes one datagram; returns the connection that took it. `destination`:
+    /// the address it was sent to, on a listener bound to every address.
+    private func dispatch(_ datagram: UnsafeRawBufferPointer, from address: UDPAddress, to destination: UDPAddress?) -> ConnectionCore? {
         stats.datagrams.add(1, ordering: .relaxed)
         switch NGPacket.decode(datagram, shortDCIDLength: Self.cidLength) {
         case .invalid:
@@ -150,7 +154,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                 let n = NGPacket.writeVersionNegotiation(into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), dcid: dcid, scid: scid)
                 if n > 0 {
                     stats.versionNegotiations.add(1, ordering: .relaxed)
-                    send(UnsafeRawBufferPointer(rebasing: tx[0..<n]), to: address)
+                    send(UnsafeRawBufferPointer(rebasing: tx[0..<n]), to: address, from: destination)
                 }
             }
             return nil
@@ -171,20 +175,24 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                 stats.refusedOverLimit.add(1, ordering: .relaxed)
                 return nil
             }
-            return accept(datagram, from: address, originalDCID: dcid)
+            return accept(datagram, from: address, to: destination, originalDCID: dcid)
         case .short(let dcid):
             if let core = routes[dcid] {
                 core.receive(datagram, from: address)
                 return core
             }
-            sendStatelessReset(for: dcid, triggerLength: datagram.count, to: address)
+            sendStatelessReset(for: dcid, triggerLength: datagram.count, to: address, from: destination)
             return nil
         }
     }
 
-    private func accept(_ datagram: UnsafeRawBufferPointer, from address: UDPAddress, originalDCID: ConnectionID) -> ConnectionCore? {
+    private func accept(_ datagram: UnsafeRawBufferPointer, from address: UDPAddress, to destination: UDPAddress?, originalDCID: ConnectionID) -> ConnectionCore? {
         let core = ConnectionCore(loop: loop, fd: fd, connectedSocket: false, remote: address, isServer: true, configuration: configuration)
         core.server = self
+        // On a host with several addresses the kernel would answer from the one
+        // its route prefers, and a client whose socket is connected to another
+        // drops every answer: its handshake timed out, again and again.
+        core.sourceAddress = destination
         core.simulateFullSocketEvery = simulateFullSocketEvery
         let scid = ConnectionID.random(length: Self.cidLength)
         do throws(QUICError) {
@@ -224,7 +232,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         waiter?.resume(returning: connection)
     }
 
-    private func sendStatelessReset(for dcid: ConnectionID, triggerLength: Int, to address: UDPAddress) {
+    private func sendStatelessReset(for dcid: ConnectionID, triggerLength: Int, to address: UDPAddress, from source: UDPAddress?) {
         // At most 100 resets per 100 ms: a flood of junk must not turn into a flood of replies.
         let now = monotonicNow()
         if now - statelessResetTick > 100_000_000 {
@@ -238,12 +246,12 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), dcid: dcid, secret: resetSecret, triggerLength: triggerLength)
         if n > 0 {
             stats.statelessResets.add(1, ordering: .relaxed)
-            send(UnsafeRawBufferPointer(rebasing: tx[0..<n]), to: address)
+            send(UnsafeRawBufferPointer(rebasing: tx[0..<n]), to: address, from: source)
         }
     }
 
-    private func send(_ packet: UnsafeRawBufferPointer, to address: UDPAddress) {
-        _ = address.withSockaddr { cngtcp2_send(fd, packet.baseAddress!.assumingMemoryBound(to: UInt8.self), packet.count, 0, $0, $1) }
+    private func send(_ packet: UnsafeRawBufferPointer, to address: UDPAddress, from source: UDPAddress?) {
+        _ = address.send(packet, segment: 0, on: fd, from: source)
     }
 
     // MARK: Called by connections

@@ -48,6 +48,29 @@ struct UDPAddress: Sendable, CustomStringConvertible {
         isSameHost(as: other) && port == other.port
     }
 
+    /// Sends `bytes` (equal datagrams of `segment` bytes when it is above 0)
+    /// to this address on the unconnected socket `fd`, from `source` if given
+    /// (a listener bound to every address answers from the one written to).
+    /// Bytes sent or -errno.
+    func send(_ bytes: UnsafeRawBufferPointer, segment: Int, on fd: Int32, from source: UDPAddress?) -> Int {
+        let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        return withSockaddr { to, toLength in
+            guard let source else { return cngtcp2_send(fd, base, bytes.count, segment, to, toLength) }
+            return source.withSockaddr { from, _ in cngtcp2_send_from(fd, base, bytes.count, segment, to, toLength, from) }
+        }
+    }
+
+    /// 0.0.0.0 or ::, which a socket binds to listen on every address.
+    var isWildcard: Bool {
+        withUnsafeBytes(of: storage) { raw in
+            switch family {
+            case AF_INET: return raw[4..<8].allSatisfy { $0 == 0 }
+            case AF_INET6: return raw[8..<24].allSatisfy { $0 == 0 }
+            default: return false
+            }
+        }
+    }
+
     /// Same family and address, whatever the port.
     func isSameHost(as other: UDPAddress) -> Bool {
         guard family == other.family else { return false }

@@ -157,6 +157,12 @@ final class MeshHosts: @unchecked Sendable {
         ])
     }
 
+    /// Gives `host` one more address on its link to `peer` (`prefix` bits:
+    /// 24 for IPv4, 64 for IPv6).
+    func addAddress(_ host: String, towards peer: String, _ address: String, prefix: Int) async throws {
+        try await Self.ip(["-n", namespace(host), "addr", "add", "\(address)/\(prefix)", "dev", veth(host, towards: peer), "nodad"])
+    }
+
     /// Gives `host` `address` on its link to `peer` in place of the one it had.
     func readdress(_ host: String, towards peer: String, to address: String) async throws {
         let device = veth(host, towards: peer)
@@ -705,6 +711,41 @@ struct ReconnectBeforeTheZipperNoticesTests {
         #expect(!zipper.records("closing the connection this client reconnected from").isEmpty, "\(zipper.text.suffix(3000))")
         #expect(zipper.records("frames written to this client were not acknowledged before its connection ended: lost with it").isEmpty,
                 "\(zipper.text.suffix(3000))")
+    }
+}
+
+@Suite("A zipper on a host with several addresses (network namespaces)", .serialized, .needsNetworkNamespaces)
+struct SeveralAddressesTests {
+    @Test("clients that dial its second address (IPv4, IPv6) are answered from it", arguments: [false, true])
+    func secondAddress(ipv6: Bool) async throws {
+        try await MeshHosts.with { try await scenario($0, ipv6: ipv6) }
+    }
+
+    /// The zipper on b, listening on every address, which b's link to a has
+    /// two of; a stream function and `yomo bench` on a dial the second. The
+    /// kernel would answer from the first (its route's choice), which their
+    /// connected sockets drop: every handshake timed out (IPv4; IPv6's source
+    /// address selection happened to pick the second here, and the case
+    /// checks that answers given an IPv6 source go out).
+    private func scenario(_ hosts: MeshHosts, ipv6: Bool) async throws {
+        let second = ipv6 ? "fd00:213:12::22" : "10.213.12.22"
+        try await hosts.addAddress("b", towards: "a", second, prefix: ipv6 ? 64 : 24)
+        let zipper = try hosts.run(on: "b", log: "zipper", [
+            try yomoExecutable().path, "serve", "--host", ipv6 ? "::" : "0.0.0.0", "--port", "9000", "--stateless-reset-key-file", "none",
+            "--functions-file", "none",
+        ])
+        #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)")
+        let address = ipv6 ? "[\(second)]:9000" : "\(second):9000"
+        let function = try hosts.run(on: "a", log: "upper", [try executable("uppercase-sfn"), "--zipper", address])
+        #expect(await function.wait(for: "connected to zipper"), "\(function.text.suffix(2000))")
+        let frames = 200
+        let bench = try hosts.run(on: "a", log: "bench", [
+            try yomoExecutable().path, "bench", "--zipper", address, "--frames", "\(frames)", "--size", "1300", "--rate", "200",
+            "--inflight", "16", "--timeout", "20",
+        ])
+        await waitForExit(bench.process)
+        let summary = bench.text.split(separator: "\n").last.map(String.init) ?? ""
+        #expect(summary.hasPrefix("frames=\(frames) ") && summary.hasSuffix(" lost=0"), "\(bench.text.suffix(3000))")
     }
 }
 

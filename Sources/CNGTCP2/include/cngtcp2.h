@@ -23,12 +23,26 @@
 /// a connected socket. Returns bytes sent or -errno.
 ssize_t cngtcp2_send(int fd, const uint8_t *buf, size_t len, size_t segment,
                      const struct sockaddr *addr, socklen_t addrlen);
+/// The same, from the source address `from` (its address only; NULL: the
+/// kernel's choice), for a socket bound to a wildcard address.
+ssize_t cngtcp2_send_from(int fd, const uint8_t *buf, size_t len, size_t segment,
+                          const struct sockaddr *addr, socklen_t addrlen,
+                          const struct sockaddr *from);
 
 /// Receives one datagram (or a GRO-coalesced train of them: `*segment` is then
 /// set to their size, else to the returned length). Returns bytes or -errno.
 ssize_t cngtcp2_recv(int fd, uint8_t *buf, size_t cap,
                      struct sockaddr_storage *addr, socklen_t *addrlen,
                      size_t *segment);
+/// The same, with `*to` set to the address the datagram was sent to (its
+/// address only, port 0) when the socket reports it (cngtcp2_enable_pktinfo),
+/// else to family AF_UNSPEC.
+ssize_t cngtcp2_recv_to(int fd, uint8_t *buf, size_t cap,
+                        struct sockaddr_storage *addr, socklen_t *addrlen,
+                        size_t *segment, struct sockaddr_storage *to);
+/* Reports each received datagram's destination address (IP_PKTINFO,
+   IPV6_RECVPKTINFO): a socket bound to a wildcard address answers from it. */
+int cngtcp2_enable_pktinfo(int fd, int family);
 
 /// Asks the kernel to coalesce received datagrams (UDP GRO). 0 on success.
 int cngtcp2_enable_gro(int fd);
