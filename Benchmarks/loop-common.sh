@@ -62,7 +62,9 @@ cpu_seconds() { cpu_split "$1" | awk '{ printf "%.2f", $1 + $2 }'; }
 # `function` to their pids, adds them to `pids`, and gives each time to come up.
 start_zipper_and_function() {
     local programs="$1"
-    "${environment[@]}" "$programs/yomo" serve --host 127.0.0.1 --port "$port" ${zipper_args[@]+"${zipper_args[@]}"} >/dev/null 2>&1 &
+    # LOOP_ZIPPER_HOST=0.0.0.0: the zipper listens on every address (and
+    # answers each client from the address it wrote to); its clients still dial 127.0.0.1.
+    "${environment[@]}" "$programs/yomo" serve --host "${LOOP_ZIPPER_HOST:-127.0.0.1}" --port "$port" ${zipper_args[@]+"${zipper_args[@]}"} >/dev/null 2>&1 &
     zipper=$!
     pids+=("$zipper")
     sleep 0.3

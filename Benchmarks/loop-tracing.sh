@@ -22,6 +22,8 @@
 # instructions a byte, about 1.5 % of a 1 KiB round trip).
 # LOOP_SIZE and LOOP_INFLIGHT set the frame size (1024) and window (256);
 # LOOP_RATE paces the frames (frames/s), for CPU per frame under a light load;
+# LOOP_ZIPPER_HOST (default 127.0.0.1) is where the zipper listens (0.0.0.0:
+# every address, each client answered from the one it dialled);
 # LOOP_VERBOSE=1 also prints each process's CPU per frame, and the four
 # processes' user and system time per frame.
 # Prints frames/s, the CPU time all four processes spent per frame (zipper,
