@@ -750,7 +750,7 @@ public final class Zipper: Sendable {
     /// connection, which this side may not know for seconds yet: its idle
     /// timer started later (a path that failed one way, a client whose
     /// address changed). That connection ends now, and the new one waits
-    /// until it has left (at most `handshakeTimeout`), so that what a stream
+    /// until it has left (`supersedeWait`), so that what a stream
     /// function's earlier connection had not acknowledged is held for the new
     /// one and delivered first, in order. Before, the new connection was a
     /// second instance of the name, and those frames were lost.
@@ -772,13 +772,19 @@ public final class Zipper: Sendable {
             await connection.close(reason: "superseded: its client reconnected")
         }
         let waiters = earlier.map(\.waiter)
-        let deadline = Task { [timeout = options.handshakeTimeout] in
+        let deadline = Task { [timeout = supersedeWait] in
             try? await Task.sleep(for: timeout)
             for waiter in waiters { waiter.resume() }
         }
         for waiter in waiters { await waiter.wait() }
         deadline.cancel()
     }
+
+    /// How long a reconnection waits for its earlier connection to leave: a
+    /// task that routes for it may be held up by a slow destination (under
+    /// `block`), and the client's own handshake timeout must not run out
+    /// first. Past it, the new connection comes in as a second instance.
+    private var supersedeWait: Duration { min(options.handshakeTimeout / 2, .seconds(2)) }
 
     /// `<base>-<reconnect count>`, the client ids of YoMo's SDKs (PROTOCOL.md).
     static func reconnection(of clientID: String) -> (base: Substring, count: Int)? {
