@@ -93,7 +93,7 @@ final class DataPathMetrics: Sendable {
             description: "Frames written to stream functions whose connections ended before they acknowledged them, held for their return.")
         pathMTUBlackHoles = meter.counter(
             "yomo.zipper.path_mtu.black_holes", unit: "{connection}",
-            description: "Connections that found their path dropping their bigger datagrams and went on with 1200-byte ones.")
+            description: "Connections that went on with smaller datagrams because their path dropped the bigger ones (said by ICMP, found by a stall, or by another connection to the same host).")
         observeLogging(provider)
     }
 

@@ -234,8 +234,9 @@ public final class Zipper: Sendable {
         /// Frames held because no stream function observed their tag
         /// (`ZipperConfiguration.unroutedHold`).
         public var heldFrames = 0
-        /// Connections that found their path dropping their bigger datagrams
-        /// (a path MTU that shrank) and went on with 1200-byte ones.
+        /// Connections that went on with smaller datagrams because their path
+        /// dropped the bigger ones (a path MTU that shrank): said by ICMP,
+        /// found by a stall, or by another connection to the same host.
         public var pathMTUBlackHoles = 0
         /// Held frames a stream function then received.
         public var heldFramesDelivered = 0
