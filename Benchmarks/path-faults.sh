@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The path under live connections: three network namespaces (a client host
+# with `uppercase-sfn` and `yomo bench`, a router, a zipper host), a fault
+# applied five seconds into a run of 1,300-byte frames at 100/s, and the
+# bench's summary (lost=N, p99) with every "the path drops big datagrams"
+# warning and reconnection the programs logged. Needs root (ip netns).
+#
+#   Benchmarks/path-faults.sh FAULT [BIN]
+#
+# FAULT is one of
+#   mtu          the router's links drop to MTU 1280 (it answers with ICMP)
+#   mtu-silent   the same, the router's ICMP dropped by nftables
+#   mtu-local    the two hosts' own links drop to MTU 1280
+#   mtu6         `mtu` over IPv6 (ICMPv6 "packet too big")
+#   readdress    the client host's address changes (10.99.1.2 -> 10.99.1.3)
+#   second       no fault: the zipper listens on every address and the
+#                clients dial the zipper host's second one
+# BIN is the directory of `yomo` and `uppercase-sfn` (default .build/debug).
+# Measured in the twenty-seventh round of issue 14 (docs/quic.md, "A path
+# whose MTU shrinks"; docs/reliability.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fault="${1:?usage: $0 mtu|mtu-silent|mtu-local|mtu6|readdress|second [BIN]}"
+bin="$(cd "${2:-.build/debug}" && pwd)"
+prefix="pf$$"
+work="$(mktemp -d)"
+ipv6=false
+[[ "$fault" == mtu6 ]] && ipv6=true
+
+cleanup() {
+    for host in c r z; do
+        for pid in $(ip netns pids "$prefix$host" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+    done
+    wait 2>/dev/null || true
+    for host in c r z; do ip netns del "$prefix$host" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+for host in c r z; do
+    ip netns add "$prefix$host"
+    ip -n "$prefix$host" link set lo up
+done
+ip link add "${prefix}cr" netns "${prefix}c" type veth peer name "${prefix}rc" netns "${prefix}r"
+ip link add "${prefix}rz" netns "${prefix}r" type veth peer name "${prefix}zr" netns "${prefix}z"
+ip netns exec "${prefix}r" /bin/sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding'
+# host device address/prefix
+for link in "c ${prefix}cr 10.99.1.2/24 fd99:1::2/64" "r ${prefix}rc 10.99.1.1/24 fd99:1::1/64" \
+            "r ${prefix}rz 10.99.2.1/24 fd99:2::1/64" "z ${prefix}zr 10.99.2.2/24 fd99:2::2/64"; do
+    read -r host device v4 v6 <<<"$link"
+    ip -n "$prefix$host" addr add "$v4" dev "$device"
+    ip -n "$prefix$host" addr add "$v6" dev "$device" nodad
+    ip -n "$prefix$host" link set "$device" up
+done
+ip -n "${prefix}c" route add default via 10.99.1.1
+ip -n "${prefix}z" route add default via 10.99.2.1
+ip -n "${prefix}c" -6 route add default via fd99:1::1
+ip -n "${prefix}z" -6 route add default via fd99:2::1
+
+listen=10.99.2.2 dial=10.99.2.2:9000
+if $ipv6; then listen=fd99:2::2 dial="[fd99:2::2]:9000"; fi
+if [[ "$fault" == second ]]; then
+    ip -n "${prefix}z" addr add 10.99.2.3/24 dev "${prefix}zr"
+    listen=0.0.0.0 dial=10.99.2.3:9000
+fi
+ip netns exec "${prefix}z" "$bin/yomo" serve --host "$listen" --port 9000 --functions-file none \
+    --stateless-reset-key-file none >"$work/zipper.log" 2>&1 &
+sleep 1
+ip netns exec "${prefix}c" "$bin/uppercase-sfn" --zipper "$dial" >"$work/function.log" 2>&1 &
+sleep 1
+ip netns exec "${prefix}c" "$bin/yomo" bench --zipper "$dial" --frames 1500 --size 1300 --rate 100 --inflight 64 \
+    --timeout 40 >"$work/bench.log" 2>&1 &
+bench=$!
+sleep 5
+case "$fault" in
+    mtu|mtu6) ip -n "${prefix}r" link set "${prefix}rc" mtu 1280; ip -n "${prefix}r" link set "${prefix}rz" mtu 1280 ;;
+    mtu-silent)
+        ip netns exec "${prefix}r" nft add table inet silent
+        ip netns exec "${prefix}r" nft add chain inet silent output '{ type filter hook output priority 0; }'
+        ip netns exec "${prefix}r" nft add rule inet silent output icmp type destination-unreachable drop
+        ip -n "${prefix}r" link set "${prefix}rc" mtu 1280; ip -n "${prefix}r" link set "${prefix}rz" mtu 1280 ;;
+    mtu-local) ip -n "${prefix}c" link set "${prefix}cr" mtu 1280; ip -n "${prefix}z" link set "${prefix}zr" mtu 1280 ;;
+    readdress)
+        ip -n "${prefix}c" addr del 10.99.1.2/24 dev "${prefix}cr"
+        ip -n "${prefix}c" addr add 10.99.1.3/24 dev "${prefix}cr"
+        ip -n "${prefix}c" route add default via 10.99.1.1 ;;
+    second) ;;
+    *) echo "unknown fault $fault" >&2; exit 2 ;;
+esac
+wait "$bench" || true
+echo "fault=$fault $(tail -n 1 "$work/bench.log")"
+grep -h 'path drops big datagrams\|reconnected from\|reconnecting' "$work"/*.log | cut -c1-300 || true
