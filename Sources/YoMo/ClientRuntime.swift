@@ -1135,33 +1135,35 @@ final class InFlightCounter: Sendable {
     }
 }
 
+/// Opens once, for good: `wait()` returns once `fire()` was called, before or
+/// after (a signal; a connection that has left, or a deadline). One waiter.
+final class Latch: Sendable {
+    private let state = Mutex<(done: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func fire() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.done = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let done = state.withLock { state -> Bool in
+                if state.done { return true }
+                state.waiter = continuation
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+}
+
 /// SIGINT and SIGTERM, for `wait()`. The dispatch sources are set up in `init`
 /// and only cancelled afterwards, which Dispatch allows from any thread.
 final class SignalWatcher: @unchecked Sendable {
-    private final class Latch: Sendable {
-        let state = Mutex<(done: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
-
-        func fire() {
-            let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-                state.done = true
-                defer { state.waiter = nil }
-                return state.waiter
-            }
-            waiter?.resume()
-        }
-
-        func wait() async {
-            await withCheckedContinuation { continuation in
-                let done = state.withLock { state -> Bool in
-                    if state.done { return true }
-                    state.waiter = continuation
-                    return false
-                }
-                if done { continuation.resume() }
-            }
-        }
-    }
-
     private let sources: [any DispatchSourceSignal]
     private let latch = Latch()
 

@@ -121,7 +121,7 @@ public final class Zipper: Sendable {
         var departed = CircularBuffer<RouteMember>()
         static let departedRemembered = 64
         /// Told when a connection has left (`supersedeEarlier` waits on them).
-        var departureWaiters: [UInt64: [DepartureWaiter]] = [:]
+        var departureWaiters: [UInt64: [Latch]] = [:]
 
         /// The connected peers a frame with `tag` (and `target`) goes to.
         func destinations(tag: UInt32, target: String?) -> [(UInt64, QUICFrameConnection)] {
@@ -579,7 +579,7 @@ public final class Zipper: Sendable {
             // One lock for the leaving and the hold of what it had not
             // acknowledged: a frame routed meanwhile, held for its name as one
             // away, would overtake them.
-            var waiters: [DepartureWaiter] = []
+            var waiters: [Latch] = []
             let (left, wasEmpty) = state.withLock { state -> (UnacknowledgedAtEnd, Bool) in
                 // Gone already: closed as a slow consumer, whose backlog is not kept.
                 let unwritten = state.peers[id]?.unwritten
@@ -609,7 +609,7 @@ public final class Zipper: Sendable {
             }
             if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
             report(left, wasEmpty: wasEmpty, clientType: handshake.clientType, logger: connectionLogger)
-            for waiter in waiters { waiter.resume() }
+            for waiter in waiters { waiter.fire() }
         }
         if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
         metrics.connection(handshake.clientType, delta: 1)
@@ -741,11 +741,6 @@ public final class Zipper: Sendable {
     /// thread before it lets the loop send them and serve other connections.
     static let bytesRoutedPerYield = 256 * 1024
 
-    /// A connection refused before or at its handshake: `statistics` and the metric.
-    /// A mesh entry that names this zipper's own address under another name
-    /// (a zipper not given its entry's name skips no entry): the link reached
-    /// this zipper, and would bring every frame back to be delivered twice. The
-    /// link is stopped for good; the configuration must change.
     /// A client that reconnects (its id the same before `-<reconnect count>`,
     /// the count higher, the same name and type) has given up on its earlier
     /// connection, which this side may not know for seconds yet: its idle
@@ -757,11 +752,11 @@ public final class Zipper: Sendable {
     /// second instance of the name, and those frames were lost.
     private func supersedeEarlier(_ handshake: HandshakeFrame, logger: Logger) async {
         guard let (base, count) = Self.reconnection(of: handshake.id) else { return }
-        let earlier = state.withLock { state -> [(id: String, connection: QUICFrameConnection, waiter: DepartureWaiter)] in
-            var earlier: [(id: String, connection: QUICFrameConnection, waiter: DepartureWaiter)] = []
+        let earlier = state.withLock { state -> [(id: String, connection: QUICFrameConnection, waiter: Latch)] in
+            var earlier: [(id: String, connection: QUICFrameConnection, waiter: Latch)] = []
             for (id, peer) in state.peers where peer.member.name == handshake.name && peer.member.clientType == handshake.clientType {
                 guard let previous = Self.reconnection(of: peer.member.clientID), previous.base == base, previous.count < count else { continue }
-                let waiter = DepartureWaiter()
+                let waiter = Latch()
                 state.departureWaiters[id, default: []].append(waiter)
                 earlier.append((peer.member.clientID, peer.connection, waiter))
             }
@@ -775,7 +770,7 @@ public final class Zipper: Sendable {
         let waiters = earlier.map(\.waiter)
         let deadline = Task { [timeout = supersedeWait] in
             try? await Task.sleep(for: timeout)
-            for waiter in waiters { waiter.resume() }
+            for waiter in waiters { waiter.fire() }
         }
         for waiter in waiters { await waiter.wait() }
         deadline.cancel()
@@ -794,6 +789,10 @@ public final class Zipper: Sendable {
         return (clientID[..<dash], count)
     }
 
+    /// A mesh entry that names this zipper's own address under another name
+    /// (a zipper not given its entry's name skips no entry): the link reached
+    /// this zipper, and would bring every frame back to be delivered twice. The
+    /// link is stopped for good; the configuration must change.
     private func refuseSelfLink(_ link: MeshLink, _ connection: QUICFrameConnection, _ logger: Logger) async {
         countRefusal("mesh_self")
         let message = "mesh entry \(link.peer.name) (\(link.peer.address)) is this zipper (\(configuration.name)) itself"
@@ -803,6 +802,7 @@ public final class Zipper: Sendable {
         await link.close()
     }
 
+    /// A connection refused before or at its handshake: `statistics` and the metric.
     private func countRefusal(_ reason: String) {
         state.withLock { $0.statistics.rejectedHandshakes += 1 }
         metrics.rejected(reason: reason)
@@ -1275,29 +1275,4 @@ extension String {
     /// A peer-supplied string as it goes into a log line: at most 64 characters,
     /// with the full length said when cut, and no control characters.
     var forLog: String { peerText(limit: 64) }
-}
-
-/// Resumed once a connection has left, or at a deadline, whichever is first.
-final class DepartureWaiter: Sendable {
-    private let state = Mutex<(resumed: Bool, continuation: CheckedContinuation<Void, Never>?)>((false, nil))
-
-    func wait() async {
-        await withCheckedContinuation { continuation in
-            let resumed = state.withLock { state -> Bool in
-                if !state.resumed { state.continuation = continuation }
-                return state.resumed
-            }
-            if resumed { continuation.resume() }
-        }
-    }
-
-    func resume() {
-        let continuation = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard !state.resumed else { return nil }
-            state.resumed = true
-            defer { state.continuation = nil }
-            return state.continuation
-        }
-        continuation?.resume()
-    }
 }
