@@ -188,6 +188,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// ones (`lowerDatagramLimit`): ngtcp2 0.12.1 confirms a path MTU once
     /// and never lowers it.
     private(set) var datagramLimit = Int.max
+    /// The largest datagram the connection sends now: what Path MTU Discovery
+    /// confirmed, within `datagramLimit`.
+    func datagramSize(_ ng: NGConnection) -> Int { min(ng.maxPacketSize, datagramLimit) }
     /// Told on the loop when `datagramLimit` is lowered.
     var onDatagramLimitLowered: (@Sendable (QUICConnection.DatagramSizeLowered) -> Void)?
     private var closePacket: [UInt8] = []
@@ -395,7 +398,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         pullPending()
         let tx = loop.txBuffer
         let now = monotonicNow()
-        let maxPacket = min(ng.maxPacketSize, 65527, datagramLimit)
+        let maxPacket = min(datagramSize(ng), 65527)
         // Room for a PMTUD probe, or ngtcp2 never sends one and every packet
         // stays at the 1200-byte minimum (none once a black hole was found).
         let room = min(max(ng.maxProbeSize, maxPacket), 65527, datagramLimit)
@@ -493,10 +496,10 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         watchForBlackHole(ng, now: now)
         if now &- lastHealthUpdate > 100_000_000 {
             lastHealthUpdate = now
-            let datagramSize = min(ng.maxPacketSize, datagramLimit)
+            let size = datagramSize(ng)
             healthSnapshot.withLock {
                 ng.readStatistics(into: &$0, stream: streamID)
-                $0.maximumDatagramSize = datagramSize
+                $0.maximumDatagramSize = size
             }
         }
         updateDeadline()
@@ -542,7 +545,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// over 1200 bytes. The loop's timer wakes for it too (`updateDeadline`),
     /// rather than at ngtcp2's next probe timeout, which backs off.
     private func blackHoleDeadline(_ ng: NGConnection) -> UInt64 {
-        guard stalledSince != 0, lastReceivedAt > stalledSince, min(ng.maxPacketSize, datagramLimit) > Self.minimumDatagramSize else {
+        guard stalledSince != 0, lastReceivedAt > stalledSince, datagramSize(ng) > Self.minimumDatagramSize else {
             return .max
         }
         return stalledSince &+ max(Self.blackHoleAfter, 3 &* ng.pto)
@@ -567,7 +570,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     @discardableResult
     func lowerDatagramLimit(to limit: Int, because cause: QUICConnection.DatagramSizeLowered.Cause) -> Bool {
         guard isActive, let ng else { return false }
-        let current = min(ng.maxPacketSize, datagramLimit)
+        let current = datagramSize(ng)
         guard limit < current else { return false }
         datagramLimit = limit
         onDatagramLimitLowered?(.init(from: current, to: limit, cause: cause))

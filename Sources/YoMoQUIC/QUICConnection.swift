@@ -148,7 +148,7 @@ public final class QUICConnection: Sendable {
     func currentMaxDatagramSize() async -> Int {
         let core = self.core
         return await withCheckedContinuation { (c: CheckedContinuation<Int, Never>) in
-            let queued = core.loop.execute { c.resume(returning: min(core.ng?.maxPacketSize ?? 0, core.datagramLimit)) }
+            let queued = core.loop.execute { c.resume(returning: core.ng.map(core.datagramSize) ?? 0) }
             if !queued { c.resume(returning: 0) }
         }
     }
@@ -248,8 +248,9 @@ public final class QUICConnection: Sendable {
         /// losses included): what was sent again.
         public var packetsLost = 0
         /// The largest UDP payload the connection sends now: 1200 bytes until
-        /// Path MTU Discovery confirms more, and 1200 again for good once the
-        /// path was found to drop the bigger datagrams (a black hole).
+        /// Path MTU Discovery confirms more, and less again for good once the
+        /// path was found to drop the bigger datagrams (what an ICMP error's
+        /// MTU allows, or 1200 bytes).
         public var maximumDatagramSize = 0
 
         public init() {}

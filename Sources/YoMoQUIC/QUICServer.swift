@@ -61,7 +61,7 @@ public final class QUICServer: Sendable {
         let fd = try makeUDPSocket(family: address.family)
         // ICMP port unreachable for a peer's address ends its connection (ServerCore.loopError).
         _ = cngtcp2_enable_recverr(fd, address.family)
-        // Bound to every address: each answer goes from the one its client wrote to (ServerCore.answersFrom).
+        // Bound to every address: each answer goes from the one its client wrote to (ServerCore.accept).
         if address.isWildcard { _ = cngtcp2_enable_pktinfo(fd, address.family) }
         // No SO_REUSEADDR: on Linux it lets a second UDP socket bind the same
         // port, and a second zipper started there took over every connection

@@ -121,11 +121,11 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// (`ConnectionCore.pathTooBig`).
     func loopError() {
         readICMPErrors(fd) { error in
-            switch error {
-            case .unreachable(let address):
-                for core in connections.values where core.isRemote(address) { core.peerRefused() }
-            case .tooBig(let address, let mtu):
-                for core in connections.values where core.isRemote(address) { core.pathTooBig(mtu: mtu) }
+            for core in connections.values where core.isRemote(error.address) {
+                switch error {
+                case .unreachable: core.peerRefused()
+                case .tooBig(_, let mtu): core.pathTooBig(mtu: mtu)
+                }
             }
             return true
         }

@@ -274,6 +274,13 @@ enum ICMPError {
     case unreachable(UDPAddress)
     /// Too big for the path's MTU (ICMP, ICMPv6 or the local interface).
     case tooBig(UDPAddress, mtu: Int)
+
+    /// Where the datagram went.
+    var address: UDPAddress {
+        switch self {
+        case .unreachable(let address), .tooBig(let address, _): return address
+        }
+    }
 }
 
 /// Reads the errors `fd`'s error queue holds, up to 1024 at a time, and hands
