@@ -157,6 +157,18 @@ final class MeshHosts: @unchecked Sendable {
         ])
     }
 
+    /// `yomo serve` on `host`, listening on `listen` port 9000 with no stateless
+    /// reset key file, and `arguments`; waits until it listens.
+    func startZipper(
+        on host: String, listen: String, _ arguments: [String] = [], sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws -> LogFile {
+        let zipper = try run(on: host, log: "zipper", [
+            try yomoExecutable().path, "serve", "--host", listen, "--port", "9000", "--stateless-reset-key-file", "none",
+        ] + arguments)
+        #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)", sourceLocation: sourceLocation)
+        return zipper
+    }
+
     /// Gives `host` one more address on its link to `peer` (`prefix` bits:
     /// 24 for IPv4, 64 for IPv6).
     func addAddress(_ host: String, towards peer: String, _ address: String, prefix: Int) async throws {
@@ -281,6 +293,12 @@ struct LogFile: Sendable {
     }
 
     var text: String { (try? String(contentsOf: url, encoding: .utf8)) ?? "" }
+
+    /// Whether `yomo bench`'s summary, its last line, counts `frames` frames and none lost.
+    func benchLostNone(of frames: Int) -> Bool {
+        let summary = text.split(separator: "\n").last.map(String.init) ?? ""
+        return summary.hasPrefix("frames=\(frames) ") && summary.hasSuffix(" lost=0")
+    }
 
     /// Waits until `condition` holds on the records (polled); false after `timeout`.
     func wait(timeout: Duration = .seconds(20), until condition: ([[String: Any]]) -> Bool) async -> Bool {
@@ -487,12 +505,8 @@ struct PartitionTests {
     /// the order in which clients come back after a partition or a restart
     /// is a matter of their timers, and here it is the worst one.
     private func scenario(_ hosts: MeshHosts) async throws {
-        let yomo = try yomoExecutable().path
         // 30 s rather than the default 5 s: the function redials on its own schedule, later on a loaded machine.
-        let zipper = try hosts.run(on: "a", log: "zipper", [
-            yomo, "serve", "--host", "0.0.0.0", "--port", "9000", "--stateless-reset-key-file", "none", "--unrouted-hold", "30s",
-        ])
-        #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)")
+        let zipper = try await hosts.startZipper(on: "a", listen: "0.0.0.0", ["--unrouted-hold", "30s"])
         let debug = ["YOMO_LOG_LEVEL": "debug"]
         let function = try hosts.run(on: "c", log: "upper", environment: debug, [
             try executable("uppercase-sfn"), "--zipper", "\(MeshHosts.address("a", towards: "c")):9000", "--observe", "0x33", "--emit", "0x34",
@@ -539,11 +553,7 @@ struct KilledFunctionHostTests {
     /// SIGKILL and started again: the ICMP port unreachable crosses the veth
     /// (rate-limited per host, unlike loopback) and ends its connection.
     private func scenario(_ hosts: MeshHosts) async throws {
-        let zipper = try hosts.run(on: "a", log: "zipper", [
-            try yomoExecutable().path, "serve", "--host", "0.0.0.0", "--port", "9000", "--stateless-reset-key-file", "none",
-            "--functions-file", "none", "--unrouted-hold", "30s",
-        ])
-        #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)")
+        let zipper = try await hosts.startZipper(on: "a", listen: "0.0.0.0", ["--functions-file", "none", "--unrouted-hold", "30s"])
         let debug = ["YOMO_LOG_LEVEL": "debug"]
         let functionArguments = [try executable("uppercase-sfn"), "--zipper", "\(MeshHosts.address("a", towards: "c")):9000", "--pipe"]
         let first = try hosts.run(on: "c", log: "upper-1", environment: debug, functionArguments)
@@ -601,11 +611,8 @@ struct ShrinkingPathMTUTests {
         try await hosts.route("a", "c", through: "b")
         if !icmp { try await hosts.dropUnreachables(from: "b") }
         let zipperAddress = ipv6 ? "[\(MeshHosts.address6("c", towards: "b"))]:9000" : "\(MeshHosts.address("c", towards: "b")):9000"
-        let zipper = try hosts.run(on: "c", log: "zipper", [
-            try yomoExecutable().path, "serve", "--host", ipv6 ? "::" : "0.0.0.0", "--port", "9000", "--stateless-reset-key-file", "none",
-            "--functions-file", "none", "--metrics", "127.0.0.1:9464",
-        ])
-        #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)")
+        let zipper = try await hosts.startZipper(
+            on: "c", listen: ipv6 ? "::" : "0.0.0.0", ["--functions-file", "none", "--metrics", "127.0.0.1:9464"])
         let function = try hosts.run(on: "a", log: "upper", [try executable("uppercase-sfn"), "--zipper", zipperAddress])
         #expect(await function.wait(for: "connected to zipper"), "\(function.text)")
         let frames = 1000
@@ -627,8 +634,7 @@ struct ShrinkingPathMTUTests {
         #expect(discovered, "no datagram size over 1200 confirmed: \(bench.text.suffix(2000))")
         for peer in ["a", "c"] { try await hosts.setMTU("b", towards: peer, 1280) }
         await waitForExit(bench.process)
-        let summary = bench.text.split(separator: "\n").last.map(String.init) ?? ""
-        #expect(summary.hasPrefix("frames=\(frames) ") && summary.hasSuffix(" lost=0"), "\(bench.text.suffix(3000))\n\(zipper.text.suffix(3000))")
+        #expect(bench.benchLostNone(of: frames), "\(bench.text.suffix(3000))\n\(zipper.text.suffix(3000))")
         // Told by ICMP: within the path's 1280-byte MTU (IP and UDP headers
         // off). Found out: the 1200 bytes every QUIC path carries.
         let warning = "the path drops big datagrams (a smaller MTU): sending smaller ones"
@@ -681,11 +687,7 @@ struct ReconnectBeforeTheZipperNoticesTests {
     /// the function's port) ends the function's connection for it, and its
     /// error names `cause`.
     private func scenario(_ hosts: MeshHosts, cause: String, cut: (Int) async throws -> Void) async throws {
-        let zipper = try hosts.run(on: "b", log: "zipper", [
-            try yomoExecutable().path, "serve", "--host", "0.0.0.0", "--port", "9000", "--stateless-reset-key-file", "none",
-            "--functions-file", "none",
-        ])
-        #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)")
+        let zipper = try await hosts.startZipper(on: "b", listen: "0.0.0.0", ["--functions-file", "none"])
         let function = try hosts.run(on: "a", log: "upper", environment: ["YOMO_LOG_LEVEL": "debug"], [
             try executable("uppercase-sfn"), "--zipper", "\(MeshHosts.address("b", towards: "a")):9000", "--pipe",
         ])
@@ -730,11 +732,7 @@ struct SeveralAddressesTests {
     private func scenario(_ hosts: MeshHosts, ipv6: Bool) async throws {
         let second = ipv6 ? "fd00:213:12::22" : "10.213.12.22"
         try await hosts.addAddress("b", towards: "a", second, prefix: ipv6 ? 64 : 24)
-        let zipper = try hosts.run(on: "b", log: "zipper", [
-            try yomoExecutable().path, "serve", "--host", ipv6 ? "::" : "0.0.0.0", "--port", "9000", "--stateless-reset-key-file", "none",
-            "--functions-file", "none",
-        ])
-        #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)")
+        let zipper = try await hosts.startZipper(on: "b", listen: ipv6 ? "::" : "0.0.0.0", ["--functions-file", "none"])
         let address = ipv6 ? "[\(second)]:9000" : "\(second):9000"
         let function = try hosts.run(on: "a", log: "upper", [try executable("uppercase-sfn"), "--zipper", address])
         #expect(await function.wait(for: "connected to zipper"), "\(function.text.suffix(2000))")
@@ -744,8 +742,7 @@ struct SeveralAddressesTests {
             "--inflight", "16", "--timeout", "20",
         ])
         await waitForExit(bench.process)
-        let summary = bench.text.split(separator: "\n").last.map(String.init) ?? ""
-        #expect(summary.hasPrefix("frames=\(frames) ") && summary.hasSuffix(" lost=0"), "\(bench.text.suffix(3000))")
+        #expect(bench.benchLostNone(of: frames), "\(bench.text.suffix(3000))\n\(zipper.text.suffix(3000))")
     }
 }
 
@@ -762,10 +759,7 @@ struct SilentResolverTests {
     private func scenario(_ hosts: MeshHosts) async throws {
         try hosts.silentResolver(on: "a", seconds: 10)
         let mesh = ["w", "x", "y", "z"].flatMap { ["--mesh", "zipper-\($0)=zipper-\($0).example:9000"] }
-        let zipper = try hosts.run(on: "a", log: "zipper", [
-            try yomoExecutable().path, "serve", "--host", "127.0.0.1", "--port", "9000", "--stateless-reset-key-file", "none",
-        ] + mesh)
-        #expect(await zipper.wait(for: "zipper listening"), "\(zipper.text)")
+        let zipper = try await hosts.startZipper(on: "a", listen: "127.0.0.1", mesh)
         let function = try hosts.run(on: "a", log: "upper", [try executable("uppercase-sfn"), "--zipper", "127.0.0.1:9000"])
         let connected = await zipper.wait(for: "client connected", timeout: .seconds(30))
         #expect(connected, "\(zipper.text.suffix(3000))")
