@@ -237,6 +237,9 @@ final class DataPathMetrics: Sendable {
         meter.observableGauge("yomo.quic.congestion_window", unit: "By", description: "Bytes the congestion controller allows in flight.") {
             read().map { [(base, Double($0.congestionWindow))] } ?? []
         }
+        meter.observableGauge("yomo.quic.pacing_rate", unit: "By/s", description: "Rate the congestion controller paces at (BBR); 0 for CUBIC and Reno.") {
+            read().map { [(base, Double($0.pacingRate))] } ?? []
+        }
         meter.observableGauge("yomo.quic.in_flight", unit: "By", description: "Bytes sent and not yet acknowledged or declared lost.") {
             read().map { [(base, Double($0.bytesInFlight))] } ?? []
         }

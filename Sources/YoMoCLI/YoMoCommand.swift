@@ -72,6 +72,11 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "This zipper's name (overrides the config; its mesh entry is skipped).")
     var name: String?
 
+    @Option(
+        name: .customLong("congestion-control"),
+        help: "How the zipper paces what it sends: bbr (the default; keeps up on a path that loses packets at random), cubic (the Go zipper's) or reno (default: YOMO_QUIC_CONGESTION_CONTROL, else bbr).")
+    var congestionControl: String?
+
     func run() async throws {
         let logging = bootstrapLogging(service: "yomo-zipper")
         let metricsInstallation = try await YoMoMetrics.bootstrap(serviceName: "yomo-zipper", listen: metrics)
@@ -115,7 +120,14 @@ struct Serve: AsyncParsableCommand {
             // Beside the default key, which could be kept: the directory is writable.
             configuration.functionsFile = String(keyFile.dropLast(".reset-key".count)) + ".functions"
         }
-        let zipper = Zipper(configuration: configuration)
+        var options = Zipper.Options()
+        if let congestionControl {
+            guard let chosen = QUICConfiguration.CongestionControl(congestionControl) else {
+                throw ValidationError("--congestion-control must be bbr, cubic or reno")
+            }
+            options.quic.congestionControl = chosen
+        }
+        let zipper = Zipper(configuration: configuration, options: options)
         try await zipper.start()
         await zipper.wait()
         // The component already spent its shutdown budget; OTLP logs get 1 s more.

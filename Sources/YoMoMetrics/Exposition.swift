@@ -53,8 +53,19 @@ public enum PrometheusExposition {
     }
 
     static func unitSuffix(_ unit: String) -> String? {
-        // Annotations in braces ({message}) carry no unit.
-        let bare = String(unit[..<(unit.firstIndex(of: "{") ?? unit.endIndex)]).trimming { $0 == " " }
+        // Annotations in braces ({message}, {request}/min) carry no unit.
+        var bare = ""
+        var inBraces = false
+        for character in unit {
+            if character == "{" { inBraces = true } else if character == "}" { inBraces = false } else if !inBraces { bare.append(character) }
+        }
+        bare = bare.trimming { $0 == " " }
+        if let slash = bare.firstIndex(of: "/") {
+            // A rate (By/s): "bytes_per_second", the OpenTelemetry way.
+            let over = String(bare[bare.index(after: slash)...])
+            let perUnit = ["s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week", "mo": "month", "y": "year"][over]
+            return (unitSuffix(String(bare[..<slash])).map { $0 + "_" } ?? "") + "per_" + (perUnit ?? sanitize(over))
+        }
         switch bare {
         case "": return nil
         case "1": return "ratio"

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Glibc
 
 /// QUIC transport settings: the Swift counterpart of the Go SDK's `WithClientQuicConfig`.
 /// The defaults are YoMo's.
@@ -23,6 +24,9 @@ public struct QUICConfiguration: Sendable, Hashable {
     public var sendBufferSize: Int
     /// Application protocol (TLS ALPN).
     public var alpn: String
+    /// How this side paces what it sends and reacts to loss. Local to each
+    /// sender: the peer may use another, a Go peer included.
+    public var congestionControl: CongestionControl
 
     public init(
         keepAliveInterval: Duration? = .seconds(1),
@@ -33,7 +37,8 @@ public struct QUICConfiguration: Sendable, Hashable {
         maxStreamReceiveWindow: Int = 6 << 20,
         maxConnectionReceiveWindow: Int = 15 << 20,
         sendBufferSize: Int = 4 << 20,
-        alpn: String = "yomo"
+        alpn: String = "yomo",
+        congestionControl: CongestionControl = .fromEnvironment
     ) {
         self.keepAliveInterval = keepAliveInterval
         self.handshakeTimeout = handshakeTimeout
@@ -44,6 +49,7 @@ public struct QUICConfiguration: Sendable, Hashable {
         self.maxConnectionReceiveWindow = maxConnectionReceiveWindow
         self.sendBufferSize = sendBufferSize
         self.alpn = alpn
+        self.congestionControl = congestionControl
     }
 
     public static let `default` = QUICConfiguration()
@@ -56,6 +62,61 @@ public struct QUICConfiguration: Sendable, Hashable {
             throw .invalidConfiguration("windows and send buffer must be positive")
         }
         guard !alpn.isEmpty, alpn.utf8.count < 256 else { throw .invalidConfiguration("ALPN must be 1-255 bytes") }
+    }
+}
+
+extension QUICConfiguration {
+    /// A congestion controller of ngtcp2's. It decides how fast a connection
+    /// sends, so it matters most on a path that loses packets at random (a
+    /// radio link, a congested uplink): a controller that takes every loss for
+    /// congestion (CUBIC, Reno) slows down to a crawl there, and what waits
+    /// behind a lost packet waits for seconds (docs/quic.md, "A lossy path").
+    public struct CongestionControl: Sendable, Hashable, CustomStringConvertible {
+        enum Algorithm: String, CaseIterable { case cubic, reno, bbr }
+        let algorithm: Algorithm
+
+        /// BBR (version 2, as ngtcp2 0.12.1 has it; later ngtcp2 calls it
+        /// plain BBR): paces at the bottleneck rate it measures and reacts to
+        /// loss only above a few percent. The default.
+        public static let bbr = CongestionControl(algorithm: .bbr)
+        /// CUBIC (RFC 9438): halves its window at a loss and grows it again
+        /// over round trips; what quic-go, and so the Go SDK, uses.
+        public static let cubic = CongestionControl(algorithm: .cubic)
+        /// NewReno (RFC 9002's own): as CUBIC, growing more slowly.
+        public static let reno = CongestionControl(algorithm: .reno)
+
+        /// The default when the program sets none: `YOMO_QUIC_CONGESTION_CONTROL`
+        /// (`bbr`, `cubic` or `reno`), read once per process, else `.bbr`.
+        public static let fromEnvironment = CongestionControl(
+            environmentValue: getenv("YOMO_QUIC_CONGESTION_CONTROL").map { String(cString: $0) })
+
+        /// `bbr`, `cubic` or `reno`, in any case; nil for anything else.
+        public init?(_ name: String) {
+            guard let algorithm = Algorithm(rawValue: name.lowercased()) else { return nil }
+            self.algorithm = algorithm
+        }
+
+        init(algorithm: Algorithm) { self.algorithm = algorithm }
+
+        /// A value that names no controller keeps the default, with a line on
+        /// stderr: a typo must not stop a process from starting.
+        init(environmentValue value: String?) {
+            guard let value, !value.isEmpty else {
+                self = .bbr
+                return
+            }
+            guard let chosen = CongestionControl(value) else {
+                trace("YOMO_QUIC_CONGESTION_CONTROL=\(value) is none of bbr, cubic, reno; using bbr")
+                self = .bbr
+                return
+            }
+            self = chosen
+        }
+
+        /// Every controller there is, by name.
+        public static let all: [CongestionControl] = Algorithm.allCases.map(CongestionControl.init(algorithm:))
+
+        public var description: String { algorithm.rawValue }
     }
 }
 

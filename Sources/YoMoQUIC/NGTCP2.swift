@@ -226,6 +226,11 @@ final class NGConnection {
         s.handshake_timeout = settings.quic.handshakeTimeout.nanoseconds
         s.max_stream_window = UInt64(max(settings.quic.maxStreamReceiveWindow, settings.quic.streamReceiveWindow))
         s.max_window = UInt64(max(settings.quic.maxConnectionReceiveWindow, settings.quic.connectionReceiveWindow))
+        switch settings.quic.congestionControl.algorithm {
+        case .bbr: s.cc_algo = NGTCP2_CC_ALGO_BBR2
+        case .cubic: s.cc_algo = NGTCP2_CC_ALGO_CUBIC
+        case .reno: s.cc_algo = NGTCP2_CC_ALGO_RENO
+        }
         if settings.debugLog { cngtcp2_settings_enable_log(&s) }
         return s
     }
@@ -387,7 +392,7 @@ final class NGConnection {
     func readStatistics(into statistics: inout QUICConnection.Statistics, stream: Int64?) {
         // Packets carrying the stream's data that were declared lost (spurious
         // losses included): ngtcp2 0.12.1 keeps no other loss count.
-        if let stream { statistics.packetsLost = ngtcp2_conn_get_stream_loss_count(conn, stream) }
+        if let stream { statistics.packetsLost = lossCount(stream: stream) }
         var stat = ngtcp2_conn_stat()
         ngtcp2_conn_get_conn_stat_versioned(conn, NGTCP2_CONN_STAT_VERSION, &stat)
         statistics.smoothedRTT = .nanoseconds(Int64(stat.smoothed_rtt))
@@ -395,7 +400,17 @@ final class NGConnection {
         statistics.congestionWindow = Int(stat.cwnd)
         statistics.bytesInFlight = Int(stat.bytes_in_flight)
         statistics.probeTimeouts = Int(stat.pto_count)
+        let pacing = stat.pacing_rate * Double(NGTCP2_SECONDS)
+        statistics.pacingRate = pacing.isFinite && pacing > 0 ? Int(min(pacing, 1e15)) : 0
     }
+    /// Probe timeouts in a row now (reset by an acknowledgement).
+    var probeTimeoutsInARow: Int {
+        var stat = ngtcp2_conn_stat()
+        ngtcp2_conn_get_conn_stat_versioned(conn, NGTCP2_CONN_STAT_VERSION, &stat)
+        return Int(stat.pto_count)
+    }
+    /// Packets with the stream's data declared lost so far.
+    func lossCount(stream: Int64) -> Int { Int(ngtcp2_conn_get_stream_loss_count(conn, stream)) }
     var maxPacketSize: Int { ngtcp2_conn_get_path_max_tx_udp_payload_size(conn) }
     /// The largest datagram ngtcp2 may write: a Path MTU Discovery probe. It
     /// writes probes only into a buffer this big; other packets stay within

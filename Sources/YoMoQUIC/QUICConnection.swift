@@ -166,7 +166,10 @@ public final class QUICConnection: Sendable {
             /// local interface said a datagram was too big: `to` fits the MTU it gave.
             case tooBig
             /// Nothing sent was acknowledged for this long while the peer was
-            /// still heard from (no ICMP came): `to` is 1200 bytes, which every QUIC path carries.
+            /// still heard from (no ICMP came), and then 1200-byte datagrams,
+            /// which every QUIC path carries, got through with little loss:
+            /// `to` is 1200 bytes. (Small ones lost as often mean a lossy
+            /// path: the size goes back, and nothing is told.)
             case unacknowledged(for: Duration)
             /// Another connection of the server to the same host found it.
             case sameHost
@@ -252,6 +255,10 @@ public final class QUICConnection: Sendable {
         /// path was found to drop the bigger datagrams (what an ICMP error's
         /// MTU allows, or 1200 bytes).
         public var maximumDatagramSize = 0
+        /// Bytes per second the congestion controller paces at: BBR's
+        /// estimate of the path's rate times its gain; 0 for CUBIC and Reno,
+        /// which send as fast as their window allows.
+        public var pacingRate = 0
 
         public init() {}
     }

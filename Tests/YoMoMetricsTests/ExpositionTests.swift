@@ -13,6 +13,8 @@ struct ExpositionTests {
         #expect(PrometheusExposition.metricName("messaging.client.consumed.messages", unit: "{message}") == "messaging_client_consumed_messages")
         #expect(PrometheusExposition.metricName("yomo.zipper.routed.messages", unit: "{message}") == "yomo_zipper_routed_messages")
         #expect(PrometheusExposition.metricName("queue.size", unit: "By") == "queue_size_bytes")
+        #expect(PrometheusExposition.metricName("yomo.quic.pacing_rate", unit: "By/s") == "yomo_quic_pacing_rate_bytes_per_second")
+        #expect(PrometheusExposition.metricName("requests", unit: "{request}/min") == "requests_per_min")
         #expect(PrometheusExposition.metricName("cpu.utilization", unit: "1") == "cpu_utilization_ratio")
         #expect(PrometheusExposition.metricName("already_seconds", unit: "s") == "already_seconds")
         #expect(PrometheusExposition.metricName("9lives..x-y", unit: "") == "_lives_x_y")

@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 @testable import YoMoQUIC
 
@@ -13,6 +14,20 @@ struct ConfigurationTests {
         #expect(c.connectionReceiveWindow == 2 << 20)
         #expect(c.alpn == "yomo")
         #expect(TLSConfiguration.default.verifyPeer == false)
+    }
+
+    @Test("congestion control: bbr by default; YOMO_QUIC_CONGESTION_CONTROL names another in any case, and a name that is none keeps bbr")
+    func congestionControlNames() {
+        #expect(QUICConfiguration.CongestionControl(environmentValue: nil) == .bbr)
+        #expect(QUICConfiguration.CongestionControl(environmentValue: "") == .bbr)
+        #expect(QUICConfiguration.CongestionControl(environmentValue: "CUBIC") == .cubic)
+        #expect(QUICConfiguration.CongestionControl(environmentValue: "reno") == .reno)
+        #expect(QUICConfiguration.CongestionControl(environmentValue: "vegas") == .bbr)
+        #expect(QUICConfiguration.CongestionControl("Bbr") == .bbr)
+        #expect(QUICConfiguration.CongestionControl("bbr2") == nil)
+        #expect(QUICConfiguration.CongestionControl.all.map(\.description) == ["cubic", "reno", "bbr"])
+        // The test process sets no variable: the default is bbr.
+        #expect(getenv("YOMO_QUIC_CONGESTION_CONTROL") != nil || QUICConfiguration.default.congestionControl == .bbr)
     }
 
     @Test("invalid settings are refused before any socket is made")
