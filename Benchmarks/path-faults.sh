@@ -15,12 +15,15 @@
 #   readdress    the client host's address changes (10.99.1.2 -> 10.99.1.3)
 #   second       no fault: the zipper listens on every address and the
 #                clients dial the zipper host's second one
+#   lossN        the router drops N % of the packets it forwards, at random,
+#                both ways (nftables), e.g. loss20
 # BIN is the directory of `yomo` and `uppercase-sfn` (default .build/debug).
+# YOMO_QUIC_CONGESTION_CONTROL (bbr, cubic, reno) reaches every program.
 # Measured in the twenty-seventh round of issue 14 (docs/quic.md, "A path
 # whose MTU shrinks"; docs/reliability.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-fault="${1:?usage: $0 mtu|mtu-silent|mtu-local|mtu6|readdress|second [BIN]}"
+fault="${1:?usage: $0 mtu|mtu-silent|mtu-local|mtu6|readdress|second|lossN [BIN]}"
 bin="$(cd "${2:-.build/debug}" && pwd)"
 prefix="pf$$"
 work="$(mktemp -d)"
@@ -85,8 +88,12 @@ case "$fault" in
         ip -n "${prefix}c" addr add 10.99.1.3/24 dev "${prefix}cr"
         ip -n "${prefix}c" route add default via 10.99.1.1 ;;
     second) ;;
+    loss[0-9]*)
+        ip netns exec "${prefix}r" nft add table inet lossy
+        ip netns exec "${prefix}r" nft add chain inet lossy forward '{ type filter hook forward priority 0; }'
+        ip netns exec "${prefix}r" nft add rule inet lossy forward numgen random mod 100 "<" "${fault#loss}" drop ;;
     *) echo "unknown fault $fault" >&2; exit 2 ;;
 esac
 wait "$bench" || true
-echo "fault=$fault $(tail -n 1 "$work/bench.log")"
+echo "fault=$fault congestion_control=${YOMO_QUIC_CONGESTION_CONTROL:-bbr} $(tail -n 1 "$work/bench.log")"
 grep -h 'path drops big datagrams\|reconnected from\|reconnecting' "$work"/*.log | cut -c1-300 || true

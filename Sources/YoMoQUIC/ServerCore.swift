@@ -134,9 +134,23 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// `core` found its path dropping bigger datagrams: its host's other
     /// connections send within `limit` too.
     func datagramLimitLowered(to limit: Int, by core: ConnectionCore) {
-        for other in connections.values where other !== core && other.remote.isSameHost(as: core.remote) {
+        for other in sameHost(as: core) {
             if other.lowerDatagramLimit(to: limit, because: .sameHost) { other.flush() }
         }
+    }
+
+    /// `core` sends smaller datagrams on trial after a stall: so do its host's
+    /// other connections at once (each would otherwise stall first), and
+    /// `core`'s verdict is theirs (`datagramLimitLowered`, or this with
+    /// `ended` true: a lossy path, and they go back).
+    func smallerDatagramsOnTrial(by core: ConnectionCore, ended: Bool = false) {
+        for other in sameHost(as: core) {
+            if ended { other.endFollowedTrial() } else { other.followTrial() }
+        }
+    }
+
+    private func sameHost(as core: ConnectionCore) -> [ConnectionCore] {
+        connections.values.filter { $0 !== core && $0.remote.isSameHost(as: core.remote) }
     }
 
     /// Routes one datagram; returns the connection that took it. `destination`:

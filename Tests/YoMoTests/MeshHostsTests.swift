@@ -157,6 +157,33 @@ final class MeshHosts: @unchecked Sendable {
         ])
     }
 
+    /// Makes `host` drop `percent` % of the packets it forwards, at random,
+    /// both ways: a lossy link (a radio, a congested uplink) on the path.
+    func dropAtRandom(on host: String, percent: Int) async throws {
+        try await nft(on: host, [
+            ["add", "table", "inet", "lossy"],
+            ["add", "chain", "inet", "lossy", "forward", "{ type filter hook forward priority 0; }"],
+            ["add", "rule", "inet", "lossy", "forward", "numgen", "random", "mod", "100", "<", "\(percent)", "drop"],
+        ])
+    }
+
+    /// Waits until the `yomo bench` whose metrics are at `metricsURL` on
+    /// `host` sends datagrams over 1200 bytes (Path MTU Discovery confirmed
+    /// more), while it runs, for at most 20 s; true if it does.
+    func pathMTUDiscovered(by bench: LogFile, metricsURL: String, on host: String) async throws -> Bool {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: .seconds(20))
+        while clock.now < deadline && bench.process.isRunning {
+            let metrics = try await fetch(metricsURL, on: host)
+            let discovered = metrics.split(separator: "\n").contains {
+                $0.hasPrefix("yomo_quic_max_datagram_size_bytes{") && $0.contains("yomo-bench-source") && !$0.hasSuffix(" 1200") && !$0.hasSuffix(" 0")
+            }
+            if discovered { return true }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return false
+    }
+
     /// `yomo serve` on `host`, listening on `listen` port 9000 with no stateless
     /// reset key file, and `arguments`; waits until it listens.
     func startZipper(
@@ -621,16 +648,7 @@ struct ShrinkingPathMTUTests {
             "--rate", "100", "--inflight", "64", "--timeout", "40", "--metrics", "127.0.0.1:9465",
         ])
         // Each 1,300-byte frame fits one datagram once discovery is done.
-        let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: .seconds(20))
-        var discovered = false
-        while !discovered && clock.now < deadline && bench.process.isRunning {
-            let metrics = try await hosts.fetch("http://127.0.0.1:9465/metrics", on: "a")
-            discovered = metrics.split(separator: "\n").contains {
-                $0.hasPrefix("yomo_quic_max_datagram_size_bytes{") && $0.contains("yomo-bench-source") && !$0.hasSuffix(" 1200") && !$0.hasSuffix(" 0")
-            }
-            if !discovered { try await Task.sleep(for: .milliseconds(50)) }
-        }
+        let discovered = try await hosts.pathMTUDiscovered(by: bench, metricsURL: "http://127.0.0.1:9465/metrics", on: "a")
         #expect(discovered, "no datagram size over 1200 confirmed: \(bench.text.suffix(2000))")
         for peer in ["a", "c"] { try await hosts.setMTU("b", towards: peer, 1280) }
         await waitForExit(bench.process)
@@ -655,6 +673,51 @@ struct ShrinkingPathMTUTests {
         }
         #expect(counted, "the zipper's yomo.zipper.path_mtu.black_holes")
         #expect(zipper.process.isRunning && function.process.isRunning)
+    }
+}
+
+@Suite("A path that loses packets at random (network namespaces)", .serialized, .needsNetworkNamespaces)
+struct LossyPathTests {
+    /// The zipper on c; a stream function and `yomo bench` on a, whose
+    /// traffic to c goes through b. Once Path MTU Discovery confirmed big
+    /// datagrams, b drops a quarter of what it forwards, at random, both ways.
+    /// Under CUBIC a lost packet's resend was lost again often enough that a
+    /// stream stalled for a second while the peer was heard: taken for a path
+    /// that drops big datagrams, said in a warning on every connection and
+    /// counted. Every frame must arrive, and nothing may be called a smaller MTU.
+    @Test("every frame arrives, and random loss is not taken for a smaller MTU", arguments: ["bbr", "cubic"])
+    func randomLoss(_ controller: String) async throws {
+        try await MeshHosts.with { hosts in
+            try await hosts.route("a", "c", through: "b")
+            let zipperAddress = "\(MeshHosts.address("c", towards: "b")):9000"
+            let zipper = try await hosts.startZipper(
+                on: "c", listen: "0.0.0.0",
+                ["--functions-file", "none", "--metrics", "127.0.0.1:9464", "--congestion-control", controller])
+            let chosen = ["YOMO_QUIC_CONGESTION_CONTROL": controller]
+            let function = try hosts.run(on: "a", log: "upper", environment: chosen, [
+                try executable("uppercase-sfn"), "--zipper", zipperAddress,
+            ])
+            #expect(await function.wait(for: "connected to zipper"), "\(function.text)")
+            let frames = 800
+            let bench = try hosts.run(on: "a", log: "bench", environment: chosen, [
+                try yomoExecutable().path, "bench", "--zipper", zipperAddress, "--frames", "\(frames)", "--size", "1300",
+                "--rate", "100", "--inflight", "64", "--timeout", "60", "--metrics", "127.0.0.1:9465",
+            ])
+            let discovered = try await hosts.pathMTUDiscovered(by: bench, metricsURL: "http://127.0.0.1:9465/metrics", on: "a")
+            #expect(discovered, "no datagram size over 1200 confirmed: \(bench.text.suffix(2000))")
+            try await hosts.dropAtRandom(on: "b", percent: 25)
+            await waitForExit(bench.process)
+            #expect(bench.benchLostNone(of: frames), "\(bench.text.suffix(3000))\n\(zipper.text.suffix(3000))")
+            let warning = "the path drops big datagrams (a smaller MTU): sending smaller ones"
+            for log in [bench, function, zipper] {
+                #expect(log.records(warning).isEmpty, "\(log.text.suffix(3000))")
+            }
+            let counted = try await hosts.fetch("http://127.0.0.1:9464/metrics", on: "c").split(separator: "\n").contains {
+                $0.hasPrefix("yomo_zipper_path_mtu_black_holes_total") && !$0.hasSuffix(" 0")
+            }
+            #expect(!counted, "the zipper's yomo.zipper.path_mtu.black_holes")
+            #expect(zipper.process.isRunning && function.process.isRunning)
+        }
     }
 }
 
