@@ -400,37 +400,44 @@ struct LoopbackTests {
 
     @Test("the congestion controller chosen is the one ngtcp2 runs: BBR paces at a rate it reports, CUBIC and Reno set none", arguments: QUICConfiguration.CongestionControl.all)
     func congestionControlChosen(_ controller: QUICConfiguration.CongestionControl) async throws {
-        var configuration = QUICConfiguration.default
-        configuration.congestionControl = controller
-        let server = try await EchoServer(configuration: configuration)
-        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port, configuration: configuration)
-        #expect(try await Fixture.echo(connection, total: 1 << 20) == 1 << 20)
-        // Refreshed by the loop at most every 100 ms while it sends.
-        var statistics = connection.statistics
-        for _ in 0..<100 where statistics.smoothedRTT == .zero || (controller == .bbr && statistics.pacingRate == 0) {
-            _ = try await echo(connection, ByteBuffer(repeating: 0x61, count: 20_000))
-            try await Task.sleep(for: .milliseconds(20))
-            statistics = connection.statistics
+        try await withEchoConnection(controller) { connection in
+            let echoed = try await Fixture.echo(connection, total: 1 << 20)
+            #expect(echoed == 1 << 20)
+            // Refreshed by the loop at most every 100 ms while it sends.
+            var statistics = connection.statistics
+            for _ in 0..<100 where statistics.smoothedRTT == .zero || (controller == .bbr && statistics.pacingRate == 0) {
+                _ = try await echo(connection, ByteBuffer(repeating: 0x61, count: 20_000))
+                try await Task.sleep(for: .milliseconds(20))
+                statistics = connection.statistics
+            }
+            #expect(statistics.smoothedRTT > .zero)
+            if controller == .bbr {
+                #expect(statistics.pacingRate > 100_000, "\(statistics)")
+            } else {
+                #expect(statistics.pacingRate == 0, "\(statistics)")
+            }
         }
-        #expect(statistics.smoothedRTT > .zero)
-        if controller == .bbr {
-            #expect(statistics.pacingRate > 100_000, "\(statistics)")
-        } else {
-            #expect(statistics.pacingRate == 0, "\(statistics)")
-        }
-        await connection.close()
-        await server.stop()
     }
 
     @Test("on a lossy path (every fifth packet lost) every byte arrives with each congestion controller", arguments: QUICConfiguration.CongestionControl.all)
     func lossyPathEachController(_ controller: QUICConfiguration.CongestionControl) async throws {
+        try await withEchoConnection(controller) { connection in
+            let core = connection.core
+            await onLoop(core.loop) { core.simulateLossEvery = 5 }
+            let echoed = try await Fixture.echo(connection, total: 1 << 20)
+            #expect(echoed == 1 << 20)
+        }
+    }
+
+    /// An echo server and a connection to it, both with `controller`.
+    private func withEchoConnection(
+        _ controller: QUICConfiguration.CongestionControl, _ body: (QUICConnection) async throws -> Void
+    ) async throws {
         var configuration = QUICConfiguration.default
         configuration.congestionControl = controller
         let server = try await EchoServer(configuration: configuration)
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port, configuration: configuration)
-        let core = connection.core
-        await onLoop(core.loop) { core.simulateLossEvery = 5 }
-        #expect(try await Fixture.echo(connection, total: 1 << 20) == 1 << 20)
+        try await body(connection)
         await connection.close()
         await server.stop()
     }
