@@ -17,13 +17,15 @@
 #                clients dial the zipper host's second one
 #   lossN        the router drops N % of the packets it forwards, at random,
 #                both ways (nftables), e.g. loss20
+#   downN        the router drops everything for N seconds, then nothing
+#                (a link that flapped), e.g. down3
 # BIN is the directory of `yomo` and `uppercase-sfn` (default .build/debug).
 # YOMO_QUIC_CONGESTION_CONTROL (bbr, cubic, reno) reaches every program.
 # Measured in the twenty-seventh round of issue 14 (docs/quic.md, "A path
 # whose MTU shrinks"; docs/reliability.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-fault="${1:?usage: $0 mtu|mtu-silent|mtu-local|mtu6|readdress|second|lossN [BIN]}"
+fault="${1:?usage: $0 mtu|mtu-silent|mtu-local|mtu6|readdress|second|lossN|downN [BIN]}"
 bin="$(cd "${2:-.build/debug}" && pwd)"
 prefix="pf$$"
 work="$(mktemp -d)"
@@ -88,6 +90,12 @@ case "$fault" in
         ip -n "${prefix}c" addr add 10.99.1.3/24 dev "${prefix}cr"
         ip -n "${prefix}c" route add default via 10.99.1.1 ;;
     second) ;;
+    down[0-9]*)
+        ip netns exec "${prefix}r" nft add table inet down
+        ip netns exec "${prefix}r" nft add chain inet down forward '{ type filter hook forward priority 0; }'
+        ip netns exec "${prefix}r" nft add rule inet down forward drop
+        sleep "${fault#down}"
+        ip netns exec "${prefix}r" nft delete table inet down ;;
     loss[0-9]*)
         ip netns exec "${prefix}r" nft add table inet lossy
         ip netns exec "${prefix}r" nft add chain inet lossy forward '{ type filter hook forward priority 0; }'

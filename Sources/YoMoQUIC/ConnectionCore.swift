@@ -184,6 +184,13 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// none waits); `acknowledgedSinceFlush` restarts it.
     private var stalledSince: UInt64 = 0
     private var acknowledgedSinceFlush = false
+    /// Datagrams over 1200 bytes sent (only those can fall into a black hole).
+    private var bigDatagramsSent = 0
+    /// During a stall: how many big datagrams had been sent when the peer was
+    /// first heard from (nil: not yet heard), and when the first one after
+    /// that went out (0: none yet).
+    private var bigSentWhenHeard: Int?
+    private var bigSentAfterHeardAt: UInt64 = 0
     /// The largest datagram sent, once the path was found to drop bigger
     /// ones (`lowerDatagramLimit`): ngtcp2 0.12.1 confirms a path MTU once
     /// and never lowers it.
@@ -470,6 +477,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
                     packets = 0
                 }
                 if packets == 0 { segment = length }
+                if length > Self.minimumDatagramSize { bigDatagramsSent &+= 1 }
                 batchLength += length
                 packets += 1
                 if length < segment || packets >= maxPackets || batchLength + room > tx.count {
@@ -532,7 +540,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     private func watchForBlackHole(_ ng: NGConnection, now: UInt64) {
         if acknowledgedSinceFlush {
             acknowledgedSinceFlush = false
-            stalledSince = 0
+            restartStall(at: 0)
             if let trial = smallerDatagramTrial, trial.stalled != nil, trial.lostBefore == nil, let streamID {
                 // The acknowledgement that ended the stall also declared the
                 // big datagrams before it lost: the trial counts from here.
@@ -543,13 +551,15 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         }
         if smallerDatagramTrial?.lostBefore != nil { judgeSmallerDatagrams(ng) }
         guard stalledSince != 0 else {
-            if sendIndex > 0 || sendOffset > ackedInHead { stalledSince = now }
+            if sendIndex > 0 || sendOffset > ackedInHead { restartStall(at: now) }
             return
         }
+        if bigSentWhenHeard == nil, lastReceivedAt > stalledSince { bigSentWhenHeard = bigDatagramsSent }
+        if let heard = bigSentWhenHeard, bigSentAfterHeardAt == 0, bigDatagramsSent > heard { bigSentAfterHeardAt = now }
         guard now >= blackHoleDeadline(ng) else { return }
         let stalled = now &- stalledSince
         // What was lost goes out again at the new size when ngtcp2 next sends.
-        stalledSince = now
+        restartStall(at: now)
         smallerDatagramTrial = SmallerDatagramTrial(
             from: datagramSize(ng), limitBefore: datagramLimit, stalled: .nanoseconds(Int64(stalled)))
         datagramLimit = Self.minimumDatagramSize
@@ -606,15 +616,27 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         }
     }
 
+    private func restartStall(at now: UInt64) {
+        stalledSince = now
+        bigSentWhenHeard = nil
+        bigSentAfterHeardAt = 0
+    }
+
     /// When the stall under way, if any, counts as a black hole: sent bytes
-    /// wait, the peer was heard from since they began to, and datagrams are
-    /// over 1200 bytes. The loop's timer wakes for it too (`updateDeadline`),
-    /// rather than at ngtcp2's next probe timeout, which backs off.
+    /// wait, the peer was heard from since they began to, a big datagram was
+    /// sent after that and had 3 PTO to be acknowledged, and datagrams are
+    /// over 1200 bytes. The datagram sent after the peer was heard tells a
+    /// black hole from a path that was down both ways and is back (a link
+    /// that flapped, a handover): there ngtcp2's next probe, backed off to
+    /// seconds, is acknowledged at once; taken for a black hole before. The
+    /// loop's timer wakes for the moment (`updateDeadline`), rather than at
+    /// ngtcp2's next probe timeout, which backs off.
     private func blackHoleDeadline(_ ng: NGConnection) -> UInt64 {
-        guard stalledSince != 0, lastReceivedAt > stalledSince, datagramSize(ng) > Self.minimumDatagramSize else {
+        guard stalledSince != 0, bigSentAfterHeardAt != 0, datagramSize(ng) > Self.minimumDatagramSize else {
             return .max
         }
-        return stalledSince &+ max(Self.blackHoleAfter, 3 &* ng.pto)
+        let pto3 = 3 &* ng.pto
+        return max(stalledSince &+ max(Self.blackHoleAfter, pto3), bigSentAfterHeardAt &+ pto3)
     }
 
     /// An ICMP error (fragmentation needed, packet too big) or the local

@@ -158,13 +158,19 @@ final class MeshHosts: @unchecked Sendable {
     }
 
     /// Makes `host` drop `percent` % of the packets it forwards, at random,
-    /// both ways: a lossy link (a radio, a congested uplink) on the path.
+    /// both ways: a lossy link (a radio, a congested uplink) on the path; at
+    /// 100, a path that is down.
     func dropAtRandom(on host: String, percent: Int) async throws {
         try await nft(on: host, [
             ["add", "table", "inet", "lossy"],
             ["add", "chain", "inet", "lossy", "forward", "{ type filter hook forward priority 0; }"],
-            ["add", "rule", "inet", "lossy", "forward", "numgen", "random", "mod", "100", "<", "\(percent)", "drop"],
+            ["add", "rule", "inet", "lossy", "forward"] + (percent >= 100 ? [] : ["numgen", "random", "mod", "100", "<", "\(percent)"]) + ["drop"],
         ])
+    }
+
+    /// Ends `dropAtRandom(on:percent:)`.
+    func stopDropping(on host: String) async throws {
+        try await nft(on: host, [["delete", "table", "inet", "lossy"]])
     }
 
     /// Waits until the `yomo bench` whose metrics are at `metricsURL` on
@@ -676,48 +682,69 @@ struct ShrinkingPathMTUTests {
     }
 }
 
-@Suite("A path that loses packets at random (network namespaces)", .serialized, .needsNetworkNamespaces)
+@Suite("A path that loses packets at random, or goes down and comes back (network namespaces)", .serialized, .needsNetworkNamespaces)
 struct LossyPathTests {
-    /// The zipper on c; a stream function and `yomo bench` on a, whose
-    /// traffic to c goes through b. Once Path MTU Discovery confirmed big
-    /// datagrams, b drops a quarter of what it forwards, at random, both ways.
-    /// Under CUBIC a lost packet's resend was lost again often enough that a
+    /// b drops a quarter of what it forwards, at random, both ways. Under
+    /// CUBIC a lost packet's resend was lost again often enough that a
     /// stream stalled for a second while the peer was heard: taken for a path
     /// that drops big datagrams, said in a warning on every connection and
     /// counted. Every frame must arrive, and nothing may be called a smaller MTU.
     @Test("every frame arrives, and random loss is not taken for a smaller MTU", arguments: ["bbr", "cubic"])
     func randomLoss(_ controller: String) async throws {
         try await MeshHosts.with { hosts in
-            try await hosts.route("a", "c", through: "b")
-            let zipperAddress = "\(MeshHosts.address("c", towards: "b")):9000"
-            let zipper = try await hosts.startZipper(
-                on: "c", listen: "0.0.0.0",
-                ["--functions-file", "none", "--metrics", "127.0.0.1:9464", "--congestion-control", controller])
-            let chosen = ["YOMO_QUIC_CONGESTION_CONTROL": controller]
-            let function = try hosts.run(on: "a", log: "upper", environment: chosen, [
-                try executable("uppercase-sfn"), "--zipper", zipperAddress,
-            ])
-            #expect(await function.wait(for: "connected to zipper"), "\(function.text)")
-            let frames = 800
-            let bench = try hosts.run(on: "a", log: "bench", environment: chosen, [
-                try yomoExecutable().path, "bench", "--zipper", zipperAddress, "--frames", "\(frames)", "--size", "1300",
-                "--rate", "100", "--inflight", "64", "--timeout", "60", "--metrics", "127.0.0.1:9465",
-            ])
-            let discovered = try await hosts.pathMTUDiscovered(by: bench, metricsURL: "http://127.0.0.1:9465/metrics", on: "a")
-            #expect(discovered, "no datagram size over 1200 confirmed: \(bench.text.suffix(2000))")
-            try await hosts.dropAtRandom(on: "b", percent: 25)
-            await waitForExit(bench.process)
-            #expect(bench.benchLostNone(of: frames), "\(bench.text.suffix(3000))\n\(zipper.text.suffix(3000))")
-            let warning = "the path drops big datagrams (a smaller MTU): sending smaller ones"
-            for log in [bench, function, zipper] {
-                #expect(log.records(warning).isEmpty, "\(log.text.suffix(3000))")
-            }
-            let counted = try await hosts.fetch("http://127.0.0.1:9464/metrics", on: "c").split(separator: "\n").contains {
-                $0.hasPrefix("yomo_zipper_path_mtu_black_holes_total") && !$0.hasSuffix(" 0")
-            }
-            #expect(!counted, "the zipper's yomo.zipper.path_mtu.black_holes")
-            #expect(zipper.process.isRunning && function.process.isRunning)
+            try await scenario(hosts, controller: controller) { try await hosts.dropAtRandom(on: "b", percent: 25) }
         }
+    }
+
+    /// b drops everything for 3 s, then nothing (a link that flapped, a
+    /// handover), less than the zipper's 5 s idle timeout: the connections
+    /// live on. When the path came back, the peer was heard while sent
+    /// bytes still waited for ngtcp2's next probe, backed off to seconds:
+    /// taken for a black hole, on every connection.
+    @Test("a path down both ways for 3 s and back: every frame arrives, and the outage is not taken for a smaller MTU")
+    func pathDownAndBack() async throws {
+        try await MeshHosts.with { hosts in
+            try await scenario(hosts, controller: "bbr") {
+                try await hosts.dropAtRandom(on: "b", percent: 100)
+                try await Task.sleep(for: .seconds(3))
+                try await hosts.stopDropping(on: "b")
+            }
+        }
+    }
+
+    /// The zipper on c; a stream function and `yomo bench` on a, whose
+    /// traffic to c goes through b, all with `controller`. Once Path MTU
+    /// Discovery confirmed big datagrams, `fault` runs.
+    private func scenario(_ hosts: MeshHosts, controller: String, fault: () async throws -> Void) async throws {
+        try await hosts.route("a", "c", through: "b")
+        let zipperAddress = "\(MeshHosts.address("c", towards: "b")):9000"
+        let zipper = try await hosts.startZipper(
+            on: "c", listen: "0.0.0.0",
+            ["--functions-file", "none", "--metrics", "127.0.0.1:9464", "--congestion-control", controller])
+        let chosen = ["YOMO_QUIC_CONGESTION_CONTROL": controller]
+        let function = try hosts.run(on: "a", log: "upper", environment: chosen, [
+            try executable("uppercase-sfn"), "--zipper", zipperAddress,
+        ])
+        #expect(await function.wait(for: "connected to zipper"), "\(function.text)")
+        let frames = 800
+        let bench = try hosts.run(on: "a", log: "bench", environment: chosen, [
+            try yomoExecutable().path, "bench", "--zipper", zipperAddress, "--frames", "\(frames)", "--size", "1300",
+            "--rate", "100", "--inflight", "64", "--timeout", "60", "--metrics", "127.0.0.1:9465",
+        ])
+        let discovered = try await hosts.pathMTUDiscovered(by: bench, metricsURL: "http://127.0.0.1:9465/metrics", on: "a")
+        #expect(discovered, "no datagram size over 1200 confirmed: \(bench.text.suffix(2000))")
+        try await fault()
+        await waitForExit(bench.process)
+        #expect(bench.benchLostNone(of: frames), "\(bench.text.suffix(3000))\n\(zipper.text.suffix(3000))")
+        let warning = "the path drops big datagrams (a smaller MTU): sending smaller ones"
+        for log in [bench, function, zipper] {
+            #expect(log.records(warning).isEmpty, "\(log.text.suffix(3000))")
+        }
+        let counted = try await hosts.fetch("http://127.0.0.1:9464/metrics", on: "c").split(separator: "\n").contains {
+            $0.hasPrefix("yomo_zipper_path_mtu_black_holes_total") && !$0.hasSuffix(" 0")
+        }
+        #expect(!counted, "the zipper's yomo.zipper.path_mtu.black_holes")
+        #expect(zipper.process.isRunning && function.process.isRunning)
     }
 }
 
