@@ -293,10 +293,42 @@ final class DataPathMetrics: Sendable {
         ) { read().map { [(base, $0.readingHeldSeconds)] } ?? [] }
     }
 
+    /// The zipper's side of each client's connection (from ngtcp2's
+    /// statistics, and what the client has not acknowledged), read when
+    /// metrics are collected: a series per connection while it lasts, so a
+    /// client on a lossy or slow path shows up by name at the zipper.
+    func observeClientConnections(_ read: @escaping @Sendable () -> [ClientConnectionHealth]) {
+        guard enabled else { return }
+        let base = baseAttributes
+        @Sendable func series(_ value: @escaping @Sendable (ClientConnectionHealth) -> Double) -> [(MetricAttributes, Double)] {
+            read().map { client in
+                let attributes = base.with("yomo.client.type", Self.clientTypeName(client.member.clientType))
+                    .with("yomo.client.name", client.member.name).with("yomo.client.id", client.member.clientID)
+                return (attributes, value(client))
+            }
+        }
+        // Literal names and trailing closures: scripts/check-deploy.py reads them from here.
+        meter.observableGauge("yomo.zipper.client.smoothed_rtt", unit: "s", description: "Smoothed round-trip time to each connected client.") {
+            series { $0.statistics.smoothedRTT.seconds }
+        }
+        meter.observableGauge("yomo.zipper.client.packets_lost", unit: "{packet}", description: "Packets with stream data to each client declared lost on its current connection.") {
+            series { Double($0.statistics.packetsLost) }
+        }
+        meter.observableGauge("yomo.zipper.client.pacing_rate", unit: "By/s", description: "Rate the congestion controller paces at toward each client (BBR); 0 for CUBIC and Reno.") {
+            series { Double($0.statistics.pacingRate) }
+        }
+        meter.observableGauge("yomo.zipper.client.max_datagram_size", unit: "By", description: "Largest datagram sent to each client.") {
+            series { Double($0.statistics.maximumDatagramSize) }
+        }
+        meter.observableGauge("yomo.zipper.client.unacknowledged", unit: "By", description: "Bytes written to each client that its QUIC stack has not acknowledged.") {
+            series { Double($0.unacknowledgedBytes) }
+        }
+    }
+
     func reconnected() { reconnects.add(1, attributes: baseAttributes) }
 
     func connection(_ clientType: ClientType, delta: Double) {
-        connections.add(delta, attributes: baseAttributes.with("yomo.client.type", clientTypeName(clientType)))
+        connections.add(delta, attributes: baseAttributes.with("yomo.client.type", Self.clientTypeName(clientType)))
     }
 
     func rejected(reason: String) {
@@ -304,7 +336,7 @@ final class DataPathMetrics: Sendable {
     }
 
     func lostUnacknowledged(_ bytes: Int, clientType: ClientType) {
-        unacknowledgedLost.add(Double(bytes), attributes: baseAttributes.with("yomo.client.type", clientTypeName(clientType)))
+        unacknowledgedLost.add(Double(bytes), attributes: baseAttributes.with("yomo.client.type", Self.clientTypeName(clientType)))
     }
 
     func heldUnacknowledged(_ frames: Int) {
@@ -315,7 +347,7 @@ final class DataPathMetrics: Sendable {
         pathMTUBlackHoles.add(1, attributes: baseAttributes)
     }
 
-    private func clientTypeName(_ type: ClientType) -> String {
+    private static func clientTypeName(_ type: ClientType) -> String {
         switch type {
         case .source: "source"
         case .streamFunction: "stream_function"
@@ -329,4 +361,11 @@ final class DataPathMetrics: Sendable {
 func secondsSince(_ start: ContinuousClock.Instant) -> Double {
     let elapsed = (ContinuousClock.now - start).components
     return Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
+}
+
+/// One client connection's health as the zipper sees it.
+struct ClientConnectionHealth: Sendable {
+    var member: RouteMember
+    var statistics: QUICConnection.Statistics
+    var unacknowledgedBytes: Int
 }

@@ -288,6 +288,11 @@ public final class Zipper: Sendable {
             let links = self.links
             metrics.observeMeshDrops { links.map { ($0.peer.name, $0.dropped) } }
         }
+        metrics.observeClientConnections { [weak self] in
+            // Read outside the zipper's lock: each connection's statistics have their own.
+            let peers = self?.state.withLock { $0.peers.values.map { ($0.member, $0.connection.connection) } } ?? []
+            return peers.map { ClientConnectionHealth(member: $0.0, statistics: $0.1.statistics, unacknowledgedBytes: $0.1.unacknowledgedBytes) }
+        }
         if configuration.unroutedHold.isOn {
             metrics.observeHeldFrames { [weak self] in self?.state.withLock { ($0.held.entries.count, $0.held.bytes) } ?? (0, 0) }
         }

@@ -179,6 +179,7 @@ final class InstrumentStorage: Sendable {
     private let scalars = Mutex(SeriesTable<AtomicDouble>())
     private let histograms = Mutex(SeriesTable<HistogramCell>())
     private let callbacks = Mutex<[@Sendable () -> [(MetricAttributes, Double)]]>([])
+    private let observedOverLimitSaid = Atomic<Bool>(false)
 
     init(_ descriptor: InstrumentDescriptor, cardinalityLimit: Int = MeterProvider.Configuration.defaultCardinalityLimit) {
         self.descriptor = descriptor
@@ -221,6 +222,18 @@ final class InstrumentStorage: Sendable {
         var observed: [MetricAttributes: Double] = [:]
         for callback in callbacks.withLock({ $0 }) {
             for (attributes, value) in callback() { observed[attributes] = value }
+        }
+        if observed.count > cardinalityLimit {
+            // One series per connection, say, on a zipper with thousands: the
+            // page stays bounded. The first by attributes are kept; the rest
+            // are left out (gauges' values do not add up into an overflow series).
+            let kept = observed.sorted { $0.key.description < $1.key.description }.prefix(cardinalityLimit)
+            observed = Dictionary(uniqueKeysWithValues: kept.map { ($0.key, $0.value) })
+            if !observedOverLimitSaid.exchange(true, ordering: .relaxed) {
+                Logger(label: "swift-yomo.metrics").warning(
+                    "metric observed more series than its cardinality limit: the rest are left out of each collection",
+                    metadata: ["metric": "\(descriptor.name)", "limit": "\(cardinalityLimit)"])
+            }
         }
         for (attributes, value) in observed { points.append(.init(attributes: attributes, value: .scalar(value))) }
         for (attributes, cell) in histograms.withLock({ $0.all }) {

@@ -53,6 +53,15 @@ struct InstrumentTests {
         #expect(overflow.count == 7 && overflow.counts == [7, 0])
     }
 
+    @Test("an observed gauge with more series than the cardinality limit reports the limit's worth, the first by attributes")
+    func observedCardinalityLimit() throws {
+        let provider = MeterProvider(configuration: .init(resource: Resource(attributes: ["service.name": "t"]), cardinalityLimit: 4))
+        provider.meter("t").observableGauge("rtt", unit: "s") { (0..<10).map { (["conn": "\($0)"], Double($0)) } }
+        let rtt = try #require(provider.collect().first { $0.descriptor.name == "rtt" })
+        #expect(rtt.points.map(\.attributes) == (0..<4).map { ["conn": "\($0)"] })
+        #expect(rtt.points.map(\.value) == (0..<4).map { .scalar(Double($0)) })
+    }
+
     @Test("histogram buckets: upper bounds inclusive, +Inf last, sum, count, min, max")
     func histogramBuckets() throws {
         let provider = testProvider()

@@ -157,6 +157,12 @@ struct MetricsEndToEndTests {
         // Its QUIC health: a round-trip time and bytes sent on its connection.
         #expect((await prometheus.scalar("yomo_quic_smoothed_rtt_seconds{messaging_consumer_group_name=\"upper-m\"}") ?? 0) > 0)
         #expect((await prometheus.scalar("yomo_quic_sent_bytes{messaging_consumer_group_name=\"upper-m\"}") ?? 0) > 0)
+        // The zipper's side of each client's connection: one series per connection, by name and type.
+        #expect(await prometheus.scalar("count(yomo_zipper_client_smoothed_rtt_seconds)") == 2)
+        #expect((await prometheus.scalar("yomo_zipper_client_smoothed_rtt_seconds{yomo_client_type=\"stream_function\",yomo_client_name=\"upper-m\"}") ?? 0) > 0)
+        #expect((await prometheus.scalar("yomo_zipper_client_pacing_rate_bytes_per_second{yomo_client_name=\"upper-m\"}") ?? 0) > 0, "BBR paces")
+        #expect((await prometheus.scalar("yomo_zipper_client_max_datagram_size_bytes{yomo_client_type=\"source\"}") ?? 0) >= 1200)
+        #expect(await prometheus.scalar("yomo_zipper_client_unacknowledged_bytes{yomo_client_name=\"upper-m\"}") != nil)
         var exportedSpans = 0.0
         for _ in 0..<100 where exportedSpans < Double(frames) {
             exportedSpans = await prometheus.scalar("otel_sdk_exporter_span_exported_total{messaging_consumer_group_name=\"upper-m\"}") ?? 0
