@@ -702,10 +702,22 @@ OTEL_UNIT_SUFFIX = {"1": "ratio", "s": "seconds", "ms": "milliseconds", "us": "m
                     "By": "bytes", "KiBy": "kibibytes", "MiBy": "mebibytes", "%": "percent"}
 
 
+OTEL_PER_UNIT = {"s": "second", "m": "minute", "h": "hour", "d": "day", "w": "week", "mo": "month", "y": "year"}
+
+
+def otel_unit_suffix(unit: str) -> str | None:
+    """PrometheusExposition.unitSuffix: {annotations} dropped, a rate (By/s) as bytes_per_second."""
+    bare = re.sub(r"\{[^}]*\}?", "", unit).strip(" ")
+    if "/" in bare:
+        left, over = bare.split("/", 1)
+        prefix = otel_unit_suffix(left)
+        return (prefix + "_" if prefix else "") + "per_" + (OTEL_PER_UNIT.get(over) or otel_prometheus_name(over))
+    return (OTEL_UNIT_SUFFIX.get(bare) or otel_prometheus_name(bare)) if bare else None
+
+
 def otel_metric_name(name: str, unit: str) -> str:
-    """PrometheusExposition.metricName: the unit (its {annotation} dropped) as a suffix."""
-    bare = unit.split("{", 1)[0].strip(" ")
-    base, suffix = otel_prometheus_name(name), (OTEL_UNIT_SUFFIX.get(bare) or otel_prometheus_name(bare)) if bare else None
+    """PrometheusExposition.metricName: the unit as a suffix."""
+    base, suffix = otel_prometheus_name(name), otel_unit_suffix(unit)
     return base + "_" + suffix if suffix and not base.endswith("_" + suffix) else base
 
 
@@ -719,7 +731,9 @@ def sdk_series() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     StreamFunction, Source and Zipper make their DataPathMetrics, plus what
     `init` adds to it), the `.with("key", …)` inside the `bind(…)`/`add(…)`
     argument, and, when that argument uses a local `attributes`, the keys the
-    function's `let attributes = …` adds (through `attributes(tag:)` too)."""
+    function's `let attributes = …` adds (through `attributes(tag:)` too); for
+    an observed instrument, those in its closure and in the functions of this
+    file it calls."""
     text = SDK_METRICS.read_text()
     kinds = {"counter": "counter", "observableCounter": "counter", "histogram": "histogram",
              "upDownCounter": "gauge", "gauge": "gauge", "observableGauge": "gauge"}
@@ -783,7 +797,12 @@ def sdk_series() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
                 after = call.start() + body[call.start():].index("(")
                 after += len(balanced(body, after))
                 closure = balanced(body, body.index("{", after))   # the trailing closure
-                labels.setdefault(call.group(1), set()).update(keys_in(closure))
+                keys = keys_in(closure)
+                # A helper of this file the closure calls (`series { … }`) adds its keys.
+                for called in set(re.findall(r"\b(\w+)\s*[({]", closure)) - {name}:
+                    for helper_body in functions.get(called, []):
+                        keys |= keys_in(helper_body)
+                labels.setdefault(call.group(1), set()).update(keys)
     series: dict[str, set[str]] = {}
     for metric, unit, kind in instruments.values():
         if metric not in labels:
