@@ -17,6 +17,8 @@
 #                clients dial the zipper host's second one
 #   lossN        the router drops N % of the packets it forwards, at random,
 #                both ways (nftables), e.g. loss20
+#   onewayN      the router drops N % of what the client host sends, at
+#                random (the uplink of a radio link), e.g. oneway40
 #   downN        the router drops everything for N seconds, then nothing
 #                (a link that flapped), e.g. down3
 # BIN is the directory of `yomo` and `uppercase-sfn` (default .build/debug).
@@ -25,7 +27,7 @@
 # whose MTU shrinks"; docs/reliability.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-fault="${1:?usage: $0 mtu|mtu-silent|mtu-local|mtu6|readdress|second|lossN|downN [BIN]}"
+fault="${1:?usage: $0 mtu|mtu-silent|mtu-local|mtu6|readdress|second|lossN|onewayN|downN [BIN]}"
 bin="$(cd "${2:-.build/debug}" && pwd)"
 prefix="pf$$"
 work="$(mktemp -d)"
@@ -90,6 +92,10 @@ case "$fault" in
         ip -n "${prefix}c" addr add 10.99.1.3/24 dev "${prefix}cr"
         ip -n "${prefix}c" route add default via 10.99.1.1 ;;
     second) ;;
+    oneway[0-9]*)
+        ip netns exec "${prefix}r" nft add table inet oneway
+        ip netns exec "${prefix}r" nft add chain inet oneway forward '{ type filter hook forward priority 0; }'
+        ip netns exec "${prefix}r" nft add rule inet oneway forward iifname "${prefix}rc" numgen random mod 100 "<" "${fault#oneway}" drop ;;
     down[0-9]*)
         ip netns exec "${prefix}r" nft add table inet down
         ip netns exec "${prefix}r" nft add chain inet down forward '{ type filter hook forward priority 0; }'
