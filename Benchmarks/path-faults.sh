@@ -79,12 +79,17 @@ ip netns exec "${prefix}c" "$bin/yomo" bench --zipper "$dial" --frames 1500 --si
     --timeout 40 >"$work/bench.log" 2>&1 &
 bench=$!
 sleep 5
+# The fault as an nftables table on the router: a chain on HOOK with one RULE.
+router_drops() {
+    local hook="$1"; shift
+    ip netns exec "${prefix}r" nft add table inet fault
+    ip netns exec "${prefix}r" nft add chain inet fault "$hook" "{ type filter hook $hook priority 0; }"
+    ip netns exec "${prefix}r" nft add rule inet fault "$hook" "$@"
+}
 case "$fault" in
     mtu|mtu6) ip -n "${prefix}r" link set "${prefix}rc" mtu 1280; ip -n "${prefix}r" link set "${prefix}rz" mtu 1280 ;;
     mtu-silent)
-        ip netns exec "${prefix}r" nft add table inet silent
-        ip netns exec "${prefix}r" nft add chain inet silent output '{ type filter hook output priority 0; }'
-        ip netns exec "${prefix}r" nft add rule inet silent output icmp type destination-unreachable drop
+        router_drops output icmp type destination-unreachable drop
         ip -n "${prefix}r" link set "${prefix}rc" mtu 1280; ip -n "${prefix}r" link set "${prefix}rz" mtu 1280 ;;
     mtu-local) ip -n "${prefix}c" link set "${prefix}cr" mtu 1280; ip -n "${prefix}z" link set "${prefix}zr" mtu 1280 ;;
     readdress)
@@ -93,19 +98,13 @@ case "$fault" in
         ip -n "${prefix}c" route add default via 10.99.1.1 ;;
     second) ;;
     oneway[0-9]*)
-        ip netns exec "${prefix}r" nft add table inet oneway
-        ip netns exec "${prefix}r" nft add chain inet oneway forward '{ type filter hook forward priority 0; }'
-        ip netns exec "${prefix}r" nft add rule inet oneway forward iifname "${prefix}rc" numgen random mod 100 "<" "${fault#oneway}" drop ;;
+        router_drops forward iifname "${prefix}rc" numgen random mod 100 "<" "${fault#oneway}" drop ;;
     down[0-9]*)
-        ip netns exec "${prefix}r" nft add table inet down
-        ip netns exec "${prefix}r" nft add chain inet down forward '{ type filter hook forward priority 0; }'
-        ip netns exec "${prefix}r" nft add rule inet down forward drop
+        router_drops forward drop
         sleep "${fault#down}"
-        ip netns exec "${prefix}r" nft delete table inet down ;;
+        ip netns exec "${prefix}r" nft delete table inet fault ;;
     loss[0-9]*)
-        ip netns exec "${prefix}r" nft add table inet lossy
-        ip netns exec "${prefix}r" nft add chain inet lossy forward '{ type filter hook forward priority 0; }'
-        ip netns exec "${prefix}r" nft add rule inet lossy forward numgen random mod 100 "<" "${fault#loss}" drop ;;
+        router_drops forward numgen random mod 100 "<" "${fault#loss}" drop ;;
     *) echo "unknown fault $fault" >&2; exit 2 ;;
 esac
 wait "$bench" || true

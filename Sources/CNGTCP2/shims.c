@@ -22,6 +22,16 @@ ssize_t cngtcp2_send(int fd, const uint8_t *buf, size_t len, size_t segment,
   return cngtcp2_send_from(fd, buf, len, segment, addr, addrlen, NULL);
 }
 
+/* Appends one control message at `*used` bytes into `control`. */
+static void append_cmsg(char *control, size_t *used, int level, int type, const void *data, size_t len) {
+  struct cmsghdr *cm = (struct cmsghdr *)(control + *used);
+  cm->cmsg_level = level;
+  cm->cmsg_type = type;
+  cm->cmsg_len = CMSG_LEN(len);
+  memcpy(CMSG_DATA(cm), data, len);
+  *used += CMSG_SPACE(len);
+}
+
 ssize_t cngtcp2_send_from(int fd, const uint8_t *buf, size_t len, size_t segment,
                           const struct sockaddr *addr, socklen_t addrlen,
                           const struct sockaddr *from) {
@@ -39,37 +49,22 @@ ssize_t cngtcp2_send_from(int fd, const uint8_t *buf, size_t len, size_t segment
   memset(&control, 0, sizeof(control));
   size_t used = 0;
   if (segment > 0 && segment < len) {
-    struct cmsghdr *cm = (struct cmsghdr *)(control.buf + used);
-    cm->cmsg_level = SOL_UDP;
-    cm->cmsg_type = UDP_SEGMENT;
-    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
     uint16_t seg = (uint16_t)segment;
-    memcpy(CMSG_DATA(cm), &seg, sizeof(seg));
-    used += CMSG_SPACE(sizeof(uint16_t));
+    append_cmsg(control.buf, &used, SOL_UDP, UDP_SEGMENT, &seg, sizeof(seg));
   }
   /* The source address, for a socket bound to a wildcard address on a host
      with several: the one the peer wrote to, else its connected socket drops
      what comes from another. */
   if (from && from->sa_family == AF_INET) {
-    struct cmsghdr *cm = (struct cmsghdr *)(control.buf + used);
-    cm->cmsg_level = IPPROTO_IP;
-    cm->cmsg_type = IP_PKTINFO;
-    cm->cmsg_len = CMSG_LEN(sizeof(struct in_pktinfo));
     struct in_pktinfo info;
     memset(&info, 0, sizeof(info));
     info.ipi_spec_dst = ((const struct sockaddr_in *)from)->sin_addr;
-    memcpy(CMSG_DATA(cm), &info, sizeof(info));
-    used += CMSG_SPACE(sizeof(struct in_pktinfo));
+    append_cmsg(control.buf, &used, IPPROTO_IP, IP_PKTINFO, &info, sizeof(info));
   } else if (from && from->sa_family == AF_INET6) {
-    struct cmsghdr *cm = (struct cmsghdr *)(control.buf + used);
-    cm->cmsg_level = IPPROTO_IPV6;
-    cm->cmsg_type = IPV6_PKTINFO;
-    cm->cmsg_len = CMSG_LEN(sizeof(struct in6_pktinfo));
     struct in6_pktinfo info;
     memset(&info, 0, sizeof(info));
     info.ipi6_addr = ((const struct sockaddr_in6 *)from)->sin6_addr;
-    memcpy(CMSG_DATA(cm), &info, sizeof(info));
-    used += CMSG_SPACE(sizeof(struct in6_pktinfo));
+    append_cmsg(control.buf, &used, IPPROTO_IPV6, IPV6_PKTINFO, &info, sizeof(info));
   }
   if (used > 0) {
     msg.msg_control = control.buf;

@@ -227,8 +227,8 @@ final class InstrumentStorage: Sendable {
             // One series per connection, say, on a zipper with thousands: the
             // page stays bounded. The first by attributes are kept; the rest
             // are left out (gauges' values do not add up into an overflow series).
-            let kept = observed.sorted { $0.key.description < $1.key.description }.prefix(cardinalityLimit)
-            observed = Dictionary(uniqueKeysWithValues: kept.map { ($0.key, $0.value) })
+            let kept = observed.map { ($0.key.description, $0) }.sorted { $0.0 < $1.0 }.prefix(cardinalityLimit)
+            observed = Dictionary(uniqueKeysWithValues: kept.map { ($0.1.key, $0.1.value) })
             if !observedOverLimitSaid.exchange(true, ordering: .relaxed) {
                 Logger(label: "swift-yomo.metrics").warning(
                     "metric observed more series than its cardinality limit: the rest are left out of each collection",

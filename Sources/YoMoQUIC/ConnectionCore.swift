@@ -560,18 +560,22 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         let stalled = now &- stalledSince
         // What was lost goes out again at the new size when ngtcp2 next sends.
         restartStall(at: now)
-        smallerDatagramTrial = SmallerDatagramTrial(
-            from: datagramSize(ng), limitBefore: datagramLimit, stalled: .nanoseconds(Int64(stalled)))
-        datagramLimit = Self.minimumDatagramSize
+        startTrial(ng, stalled: .nanoseconds(Int64(stalled)))
         server?.smallerDatagramsOnTrial(by: self)
+    }
+
+    /// 1200-byte datagrams until the trial is judged (`stalled` nil: another
+    /// connection's trial, whose verdict this one takes).
+    private func startTrial(_ ng: NGConnection, stalled: Duration?) {
+        smallerDatagramTrial = SmallerDatagramTrial(from: datagramSize(ng), limitBefore: datagramLimit, stalled: stalled)
+        datagramLimit = Self.minimumDatagramSize
     }
 
     /// Another connection to the same host tries smaller datagrams: this one
     /// too, on its verdict.
     func followTrial() {
         guard isActive, let ng, smallerDatagramTrial == nil, datagramSize(ng) > Self.minimumDatagramSize else { return }
-        smallerDatagramTrial = SmallerDatagramTrial(from: datagramSize(ng), limitBefore: datagramLimit, stalled: nil)
-        datagramLimit = Self.minimumDatagramSize
+        startTrial(ng, stalled: nil)
     }
 
     /// The trial this connection followed found a lossy path.

@@ -393,8 +393,7 @@ final class NGConnection {
         // Packets carrying the stream's data that were declared lost (spurious
         // losses included): ngtcp2 0.12.1 keeps no other loss count.
         if let stream { statistics.packetsLost = lossCount(stream: stream) }
-        var stat = ngtcp2_conn_stat()
-        ngtcp2_conn_get_conn_stat_versioned(conn, NGTCP2_CONN_STAT_VERSION, &stat)
+        let stat = connectionStatistics
         statistics.smoothedRTT = .nanoseconds(Int64(stat.smoothed_rtt))
         statistics.minimumRTT = stat.min_rtt == UInt64.max ? .zero : .nanoseconds(Int64(stat.min_rtt))
         statistics.congestionWindow = Int(stat.cwnd)
@@ -404,10 +403,11 @@ final class NGConnection {
         statistics.pacingRate = pacing.isFinite && pacing > 0 ? Int(min(pacing, 1e15)) : 0
     }
     /// Probe timeouts in a row now (reset by an acknowledgement).
-    var probeTimeoutsInARow: Int {
+    var probeTimeoutsInARow: Int { Int(connectionStatistics.pto_count) }
+    private var connectionStatistics: ngtcp2_conn_stat {
         var stat = ngtcp2_conn_stat()
         ngtcp2_conn_get_conn_stat_versioned(conn, NGTCP2_CONN_STAT_VERSION, &stat)
-        return Int(stat.pto_count)
+        return stat
     }
     /// Packets with the stream's data declared lost so far.
     func lossCount(stream: Int64) -> Int { Int(ngtcp2_conn_get_stream_loss_count(conn, stream)) }

@@ -257,7 +257,7 @@ public final class QUICConnection: Sendable {
         public var maximumDatagramSize = 0
         /// Bytes per second the congestion controller paces at: BBR's
         /// estimate of the path's rate times its gain; 0 for CUBIC and Reno,
-        /// which send as fast as their window allows.
+        /// which set none (ngtcp2 then paces from the window and the RTT).
         public var pacingRate = 0
 
         public init() {}

@@ -190,6 +190,14 @@ final class MeshHosts: @unchecked Sendable {
         return false
     }
 
+    /// Whether the zipper whose metrics are at `metricsURL` on `host` counted a
+    /// path that dropped big datagrams (`yomo.zipper.path_mtu.black_holes`).
+    func zipperCountedBlackHoles(metricsURL: String, on host: String) async throws -> Bool {
+        try await fetch(metricsURL, on: host).split(separator: "\n").contains {
+            $0.hasPrefix("yomo_zipper_path_mtu_black_holes_total") && !$0.hasSuffix(" 0")
+        }
+    }
+
     /// `yomo serve` on `host`, listening on `listen` port 9000 with no stateless
     /// reset key file, and `arguments`; waits until it listens.
     func startZipper(
@@ -674,9 +682,7 @@ struct ShrinkingPathMTUTests {
             $0["conn_name"] as? String == "yomo-bench-source" && $0["found_by"] as? String == "another connection to the same host"
         }
         #expect(followed, "\(zipper.text.suffix(3000))")
-        let counted = try await hosts.fetch("http://127.0.0.1:9464/metrics", on: "c").split(separator: "\n").contains {
-            $0.hasPrefix("yomo_zipper_path_mtu_black_holes_total") && !$0.hasSuffix(" 0")
-        }
+        let counted = try await hosts.zipperCountedBlackHoles(metricsURL: "http://127.0.0.1:9464/metrics", on: "c")
         #expect(counted, "the zipper's yomo.zipper.path_mtu.black_holes")
         #expect(zipper.process.isRunning && function.process.isRunning)
     }
@@ -740,9 +746,7 @@ struct LossyPathTests {
         for log in [bench, function, zipper] {
             #expect(log.records(warning).isEmpty, "\(log.text.suffix(3000))")
         }
-        let counted = try await hosts.fetch("http://127.0.0.1:9464/metrics", on: "c").split(separator: "\n").contains {
-            $0.hasPrefix("yomo_zipper_path_mtu_black_holes_total") && !$0.hasSuffix(" 0")
-        }
+        let counted = try await hosts.zipperCountedBlackHoles(metricsURL: "http://127.0.0.1:9464/metrics", on: "c")
         #expect(!counted, "the zipper's yomo.zipper.path_mtu.black_holes")
         #expect(zipper.process.isRunning && function.process.isRunning)
     }
