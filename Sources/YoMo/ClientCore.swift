@@ -160,6 +160,8 @@ enum ClientCore {
             return [.rejected, .goaway, .closedByPeer, .listenerShutdown, .closed].contains(error.code)
         }
         if let error = error as? QUICError {
+            // A frame the zipper stopped waiting for: dial again and send it whole.
+            if error.reason?.hasPrefix(Zipper.stalledFrameReason) == true { return false }
             return error.isRemote && error.applicationErrorCode != nil
         }
         return false

@@ -27,6 +27,7 @@ final class DataPathMetrics: Sendable {
     private let unacknowledgedLost: Counter
     private let unacknowledgedHeld: Counter
     private let pathMTUBlackHoles: Counter
+    private let stalledFrames: Counter
 
     struct Consumer: Sendable {
         let duration: BoundHistogram
@@ -91,6 +92,9 @@ final class DataPathMetrics: Sendable {
         unacknowledgedHeld = meter.counter(
             "yomo.zipper.unacknowledged.held.messages", unit: "{message}",
             description: "Frames written to stream functions whose connections ended before they acknowledged them, held for their return.")
+        stalledFrames = meter.counter(
+            "yomo.zipper.incomplete_frames.stalled", unit: "{connection}",
+            description: "Connections closed because a frame they were sending received nothing while others waited for room.")
         pathMTUBlackHoles = meter.counter(
             "yomo.zipper.path_mtu.black_holes", unit: "{connection}",
             description: "Connections that went on with smaller datagrams because their path dropped the bigger ones (said by ICMP, found by a stall, or by another connection to the same host).")
@@ -159,6 +163,23 @@ final class DataPathMetrics: Sendable {
             description: "Frames not forwarded to a mesh downstream because its queue was full."
         ) { read().map { (base.with("yomo.mesh.downstream", $0.downstream), Double($0.dropped)) } }
     }
+
+    /// The room frames still arriving take, and the connections waiting for
+    /// some, read when metrics are collected.
+    func observeIncompleteFrames(_ read: @escaping @Sendable () -> (bytes: Int, waiting: Int)) {
+        guard enabled else { return }
+        let base = baseAttributes
+        meter.observableGauge(
+            "yomo.zipper.incomplete_frames.size", unit: "By",
+            description: "Bytes reserved for frames over 64 KiB still arriving, across connections."
+        ) { [(base, Double(read().bytes))] }
+        meter.observableGauge(
+            "yomo.zipper.incomplete_frames.waiting", unit: "{connection}",
+            description: "Connections whose next frame waits for room (maximumIncompleteFrameBytes)."
+        ) { [(base, Double(read().waiting))] }
+    }
+
+    func stalledFrame() { stalledFrames.add(1, attributes: baseAttributes) }
 
     /// Frames the zipper holds for a stream function on its way back, and
     /// their bytes, read when metrics are collected.

@@ -14,6 +14,10 @@ struct FrameReader: @unchecked Sendable {
 
     mutating func setMaximumFrameSize(_ size: Int) { iterator.setMaximumFrameSize(size) }
 
+    mutating func share(_ budget: IncompleteFrameBudget, onStall: @escaping @Sendable (_ received: Int, _ size: Int) -> Void) {
+        iterator.share(budget, onStall: onStall)
+    }
+
     /// The first frame, or an error when none comes within `timeout`.
     mutating func first(within timeout: Duration, orFail failure: @autoclosure () -> YoMoError) async throws -> Frame? {
         let reader = self

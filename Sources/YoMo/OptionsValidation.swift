@@ -48,11 +48,15 @@ extension Zipper {
         for (name, value) in [
             ("maximumConnections", limits.maximumConnections), ("maximumPendingHandshakes", limits.maximumPendingHandshakes),
             ("maximumHandshakeSize", limits.maximumHandshakeSize), ("maximumFrameSize", limits.maximumFrameSize),
+            ("maximumIncompleteFrameBytes", limits.maximumIncompleteFrameBytes),
             ("slowConsumer.maximumBufferedBytes", configuration.slowConsumer.maximumBufferedBytes),
             ("meshQueue.maximumFrames", configuration.meshQueue.maximumFrames),
             ("meshQueue.maximumBytes", configuration.meshQueue.maximumBytes),
         ] where value < 1 {
             throw invalid("\(name) must be positive, not \(value)")
+        }
+        guard limits.stalledFrameTimeout > .zero else {
+            throw invalid("stalledFrameTimeout must be positive, not \(limits.stalledFrameTimeout)")
         }
         guard options.handshakeTimeout > .zero else { throw invalid("handshakeTimeout must be positive, not \(options.handshakeTimeout)") }
         guard options.shutdownTimeout >= .zero else { throw invalid("shutdownTimeout must not be negative, not \(options.shutdownTimeout)") }

@@ -240,6 +240,9 @@ public final class Zipper: Sendable {
         public var pathMTUBlackHoles = 0
         /// Held frames a stream function then received.
         public var heldFramesDelivered = 0
+        /// Connections closed because a frame they were sending stalled while
+        /// others waited for room (`Limits.stalledFrameTimeout`).
+        public var stalledFrames = 0
         /// Frames with no stream function that were dropped although the hold
         /// was on: no function came within its duration, the hold was full,
         /// or the zipper closed.
@@ -254,6 +257,8 @@ public final class Zipper: Sendable {
     private let ownedProvider: TracerProvider?
     private let metrics: DataPathMetrics
     private let state: Mutex<State>
+    /// Room for frames still arriving, shared by every connection.
+    let incompleteFrames: IncompleteFrameBudget
     /// One per downstream zipper of the mesh (empty without a mesh).
     private let links: [MeshLink]
     /// Wakes the task that drops held frames at their deadline when the hold
@@ -269,6 +274,9 @@ public final class Zipper: Sendable {
         self.configuration = configuration
         self.options = options
         state = Mutex(State(held: HeldFrames(settings: configuration.unroutedHold, startedAt: .now)))
+        incompleteFrames = IncompleteFrameBudget(
+            bytes: max(1, configuration.limits.maximumIncompleteFrameBytes),
+            stallTimeout: max(.nanoseconds(1), configuration.limits.stalledFrameTimeout))
         heldWakeups = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         functionsChanges = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         let logger = options.logger.yomoZipper(address: ZipperAddress.format(host: configuration.host, port: configuration.port))
@@ -288,11 +296,9 @@ public final class Zipper: Sendable {
             let links = self.links
             metrics.observeMeshDrops { links.map { ($0.peer.name, $0.dropped) } }
         }
-        metrics.observeClientConnections { [weak self] in
-            // Read outside the zipper's lock: each connection's statistics have their own.
-            let peers = self?.state.withLock { $0.peers.values.map { ($0.member, $0.connection.connection) } } ?? []
-            return peers.map { ClientConnectionHealth(member: $0.0, statistics: $0.1.statistics, unacknowledgedBytes: $0.1.unacknowledgedBytes) }
-        }
+        metrics.observeClientConnections { [weak self] in self?.clientConnections() ?? [] }
+        let incompleteFrames = self.incompleteFrames
+        metrics.observeIncompleteFrames { (incompleteFrames.heldBytes, incompleteFrames.waitingConnections) }
         if configuration.unroutedHold.isOn {
             metrics.observeHeldFrames { [weak self] in self?.state.withLock { ($0.held.entries.count, $0.held.bytes) } ?? (0, 0) }
         }
@@ -376,6 +382,9 @@ public final class Zipper: Sendable {
 
     /// Sent with application code 0, YoMo's "listener shut down".
     static let shutdownReason = "zipper shutting down"
+    /// How a close for a stalled frame begins: this SDK's clients redial on
+    /// it and send the frame again (any other close with a reason is final).
+    static let stalledFrameReason = "frame stalled:"
 
 
     /// Returns on SIGINT or SIGTERM, having closed the zipper (or at once if it was closed).
@@ -559,6 +568,14 @@ public final class Zipper: Sendable {
         }
         await supersedeEarlier(handshake, logger: connectionLogger)
         frameReader.setMaximumFrameSize(configuration.limits.maximumFrameSize)
+        frameReader.share(incompleteFrames) { [self, connectionLogger] received, size in
+            // From the budget's watch, not this task: the close ends this task's read.
+            let reason = "\(Self.stalledFrameReason) \(received) of \(size) bytes, nothing more for \(configuration.limits.stalledFrameTimeout) while other connections waited for room"
+            state.withLock { $0.statistics.stalledFrames += 1 }
+            metrics.stalledFrame()
+            connectionLogger.warning("closing client whose frame stalled", metadata: ["reason": "\(reason)", "remote": "\(remote)"])
+            Task { await connection.close(reason: reason) }
+        }
         let forwardsToMesh = !links.isEmpty && MeshForwarding.forwards(from: handshake.clientType)
         var connectionMetadata = Metadata()
         connectionMetadata[Metadata.ReservedKey.wantedTarget] = handshake.wantedTarget
@@ -808,6 +825,13 @@ public final class Zipper: Sendable {
     }
 
     /// A connection refused before or at its handshake: `statistics` and the metric.
+    /// Each connected client's connection, as the zipper sees it.
+    func clientConnections() -> [ClientConnectionHealth] {
+        // Read outside the zipper's lock: each connection's statistics have their own.
+        let peers = state.withLock { $0.peers.values.map { ($0.member, $0.connection.connection) } }
+        return peers.map { ClientConnectionHealth(member: $0.0, statistics: $0.1.statistics, unacknowledgedBytes: $0.1.unacknowledgedBytes) }
+    }
+
     private func countRefusal(_ reason: String) {
         state.withLock { $0.statistics.rejectedHandshakes += 1 }
         metrics.rejected(reason: reason)

@@ -68,15 +68,29 @@ public struct ZipperConfiguration: Hashable, Sendable {
         public var maximumHandshakeSize: Int
         /// The largest frame after the handshake, in bytes.
         public var maximumFrameSize: Int
+        /// Bytes that frames still arriving may take across all connections.
+        /// A frame over 64 KiB is assembled in a buffer of its size; one that
+        /// does not fit waits, its connection read no further (QUIC flow
+        /// control holds its client back), first come first served. A frame
+        /// bigger than this is taken when no other frame is arriving.
+        public var maximumIncompleteFrameBytes: Int
+        /// While connections wait for that room, a frame that received no byte
+        /// for this long gives its room back and its connection is closed
+        /// (`frame stalled: …`): a peer cannot hold the room by sending half a
+        /// frame and then only keep-alives.
+        public var stalledFrameTimeout: Duration
 
         public init(
             maximumConnections: Int = 16384, maximumPendingHandshakes: Int = 1024,
-            maximumHandshakeSize: Int = 64 << 10, maximumFrameSize: Int = 16 << 20
+            maximumHandshakeSize: Int = 64 << 10, maximumFrameSize: Int = 16 << 20,
+            maximumIncompleteFrameBytes: Int = 256 << 20, stalledFrameTimeout: Duration = .seconds(10)
         ) {
             self.maximumConnections = maximumConnections
             self.maximumPendingHandshakes = maximumPendingHandshakes
             self.maximumHandshakeSize = maximumHandshakeSize
             self.maximumFrameSize = maximumFrameSize
+            self.maximumIncompleteFrameBytes = maximumIncompleteFrameBytes
+            self.stalledFrameTimeout = stalledFrameTimeout
         }
     }
 

@@ -101,6 +101,11 @@ public final class QUICFrameConnection: Sendable {
             var chunk = ByteBuffer()
             /// A frame that straddles chunks, completed by copying only its own bytes.
             var partial = ByteBuffer()
+            var budget: (shared: IncompleteFrameBudget, onStall: @Sendable (_ received: Int, _ size: Int) -> Void)?
+            /// The room `partial` holds in the budget, for a frame over its counted size.
+            var reservation: IncompleteFrameBudget.Reservation?
+            /// A frame of this size waits for room before its bytes are copied.
+            var waitsForRoom: Int?
 
             init(inner: QUICConnection.Inbound.AsyncIterator, decoder: FrameDecoder) {
                 self.inner = inner
@@ -117,16 +122,38 @@ public final class QUICFrameConnection: Sendable {
                 decoder = FrameDecoder(maximumFrameSize: maximumFrameSize)
             }
 
+            /// Frames bigger than one received chunk take room in `budget` while
+            /// they arrive (shared with other connections); a frame that does not
+            /// fit waits, reading nothing. `onStall` is called (from another task)
+            /// when the frame lost its room for receiving nothing while others
+            /// waited: it should close the connection.
+            public mutating func share(
+                _ budget: IncompleteFrameBudget, onStall: @escaping @Sendable (_ received: Int, _ size: Int) -> Void
+            ) {
+                self.budget = (budget, onStall)
+            }
+
             /// Runs on the caller's actor: no executor hop per frame.
             public mutating func next(isolation actor: isolated (any Actor)?) async throws -> Frame? {
                 while true {
                     if let frame = try decodeAvailable() { return frame }
+                    if let size = waitsForRoom, let budget {
+                        reservation = try await budget.shared.reserve(size, onStall: budget.onStall)
+                        continue
+                    }
                     guard let next = try await inner.next(isolation: actor) else {
                         if partial.readableBytes > 0 { return try decoder.decodeLast(buffer: &partial, seenEOF: true) }
                         return try decoder.decodeLast(buffer: &chunk, seenEOF: true)
                     }
                     chunk = next
+                    reservation?.progress(received: partial.readableBytes + chunk.readableBytes)
                 }
+            }
+
+            /// True when a frame of `size` must wait for room before its bytes are copied.
+            private mutating func needsRoom(_ size: Int) -> Bool {
+                waitsForRoom = size > IncompleteFrameBudget.countedFrameSize && budget != nil && reservation == nil ? size : nil
+                return waitsForRoom != nil
             }
 
             /// A frame from what has arrived, or nil when more bytes are needed.
@@ -142,12 +169,15 @@ public final class QUICFrameConnection: Sendable {
                         if size < 0 || size > decoder.maximumFrameSize {
                             partial.writeBuffer(&chunk)  // malformed or too large: the decoder will say so
                         } else {
+                            // A header cut between chunks: the frame's size is known only now.
+                            if needsRoom(size) { return nil }
                             var piece = chunk.readSlice(length: Swift.min(Swift.max(size - partial.readableBytes, 0), chunk.readableBytes))!
                             partial.writeBuffer(&piece)
                         }
                         break
                     }
                     guard let frame = try decoder.decode(buffer: &partial) else { return nil }
+                    reservation = nil
                     if partial.readableBytes > 0 {
                         // Only after the fallback above: keep the bytes after the frame in order.
                         partial.writeBuffer(&chunk)
@@ -169,7 +199,9 @@ public final class QUICFrameConnection: Sendable {
                     // Malformed or too large: the decoder throws the precise error.
                     if let frame = try decoder.decode(buffer: &chunk) { return frame }
                 }
-                // Starts here, ends in a later chunk: copy this part once into a buffer of the frame's size.
+                // Starts here, ends in a later chunk: copy this part once into a buffer
+                // of the frame's size, once a big one has room for it.
+                if let size, needsRoom(size) { return nil }
                 partial = ByteBufferAllocator().buffer(capacity: Swift.max(size ?? 16, chunk.readableBytes))
                 partial.writeBuffer(&chunk)
                 return nil

@@ -63,6 +63,13 @@ extension ZipperConfiguration {
             try positive("max_pending_handshakes", &self.limits.maximumPendingHandshakes)
             try positive("max_handshake_size", &self.limits.maximumHandshakeSize)
             try positive("max_frame_size", &self.limits.maximumFrameSize)
+            try positive("max_incomplete_frame_bytes", &self.limits.maximumIncompleteFrameBytes)
+            if let raw = limits["stalled_frame_timeout"] {
+                guard let value = raw.text.flatMap(UnroutedHold.parseDuration), value > .zero else {
+                    throw YoMoError(.invalidConfiguration, "zipper config: limits.stalled_frame_timeout must be a positive duration such as 10s")
+                }
+                self.limits.stalledFrameTimeout = value
+            }
         }
         if let slow = map["slow_consumer"] {
             guard slow.isMapping else {

@@ -766,16 +766,23 @@ struct FaultRecoveryTests {
               max_pending_handshakes: 7
               max_handshake_size: 4096
               max_frame_size: 1048576
+              max_incomplete_frame_bytes: 33554432
+              stalled_frame_timeout: 2500ms
             slow_consumer:
               policy: drop
               max_buffered_bytes: 262144
             stateless_reset_key_file: /var/lib/yomo/reset.key
             """)
-        #expect(configuration.limits == .init(maximumConnections: 100, maximumPendingHandshakes: 7, maximumHandshakeSize: 4096, maximumFrameSize: 1 << 20))
+        #expect(configuration.limits == .init(
+            maximumConnections: 100, maximumPendingHandshakes: 7, maximumHandshakeSize: 4096, maximumFrameSize: 1 << 20,
+            maximumIncompleteFrameBytes: 32 << 20, stalledFrameTimeout: .milliseconds(2500)))
         #expect(configuration.slowConsumer == .init(policy: .drop, maximumBufferedBytes: 262_144))
         #expect(configuration.statelessResetKeyFile == "/var/lib/yomo/reset.key")
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "slow_consumer: {policy: shed}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_connections: 0}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_incomplete_frame_bytes: 0}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {stalled_frame_timeout: 0s}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {stalled_frame_timeout: soon}") }
     }
 }
 

@@ -177,6 +177,57 @@ struct HostilePeerTests {
         }
     }
 
+    @Test("frames still arriving share the zipper's room: past it a peer waits, held by flow control; a frame that stalls gives its room to one that waits")
+    func incompleteFramesShareTheRoom() async throws {
+        try await withStrictZipper({
+            $0.limits.maximumIncompleteFrameBytes = 8 << 20
+            $0.limits.stalledFrameTimeout = .seconds(1)
+        }) { address, zipper in
+            let received = Inbox<[UInt8]>()
+            let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x33]))
+            sink.setHandler { received.append($0.data) }
+            try await sink.connect()
+            // Four peers each send all but 1000 bytes of a 6 MiB frame, then only
+            // PINGs: one fits in 8 MiB, three wait. Two cut the frame's header
+            // between two reads, so its size is known only from the second.
+            let port = try #require(zipper.port)
+            async let whole = runHostilePeer("big-partial", port: port, count: 2, wait: 40)
+            async let split = runHostilePeer("big-partial-split", port: port, count: 2, wait: 40)
+            #expect(await eventually { zipper.incompleteFrames.waitingConnections == 3 }, "three peers wait for room")
+            #expect(zipper.incompleteFrames.heldBytes == (6 << 20) + 5, "one frame with its 5-byte header")
+            // The one with room sent its frame; those waiting sent no more than
+            // their stream's first window (2 MiB): nothing was read to open it.
+            var peers: [Int] = []
+            #expect(await eventually {
+                peers = zipper.clientConnections().filter { $0.member.name == "big" }.map(\.statistics.bytesReceived).sorted()
+                return (peers.last ?? 0) > 6 << 20
+            }, "the peer with room sent its frame: \(peers)")
+            #expect(peers.count == 4)
+            #expect(peers.prefix(3).allSatisfy { $0 < 3 << 20 }, "\(peers)")
+            // An honest source's 1 MiB frame waits behind them, and gets in once
+            // each stalled frame in front has lost its room.
+            let source = Source(name: "honest", zipper: address)
+            try await source.connect()
+            let payload = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            try await source.write(tag: 0x33, data: payload)
+            #expect(await received.wait(for: 1, timeout: .seconds(30)))
+            #expect(received.items.first == payload)
+            await zipper.close()  // the peer still sending gets the zipper's close: the script ends
+            let lines = try await whole + split
+            #expect(lines.count == 4)
+            let stalled = lines.filter { $0.contains("reason=frame stalled: ") && $0.contains(" bytes, nothing more for 1.0 seconds while other connections waited for room") }
+            #expect(stalled.count >= 3, "\(lines)")
+            // A peer lost its room only after sending all it had: the zipper had let it send the whole frame.
+            for line in stalled {
+                let granted = line.split(separator: " ").first { $0.hasPrefix("granted=") }.flatMap { Int($0.dropFirst(8)) }
+                #expect((granted ?? 0) >= 6 << 20, "\(line)")
+            }
+            #expect(zipper.statistics.stalledFrames == stalled.count)
+            await source.close()
+            await sink.close()
+        }
+    }
+
     @Test("over the pending-handshake cap, new connections are closed with a reason")
     func pendingHandshakeCap() async throws {
         try await withStrictZipper({ $0.limits.maximumPendingHandshakes = 2 }, handshakeTimeout: .seconds(3)) { _, zipper in

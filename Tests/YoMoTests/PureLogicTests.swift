@@ -5,6 +5,7 @@ import Logging
 
 @testable import YoMo
 import YoMoZipperYAML
+@testable import YoMoQUIC
 
 @Suite("Credentials")
 struct CredentialTests {
@@ -520,5 +521,19 @@ struct ZipperRoutingSettingTests {
         #expect(warnings.count == 1)
         #expect(warnings.first?.hasPrefix("warning YOMO_ZIPPER_ROUTING is neither loop nor pool: ignored") == true)
         #expect(warnings.first?.contains("value=threads") == true && warnings.first?.contains("routing=loop") == true)
+    }
+}
+
+@Suite("How a client takes the end of its connection")
+struct ClientEndTests {
+    @Test("a zipper's close for a stalled frame is redialled (the frame goes again); other closes with a reason are final")
+    func stalledFrameIsRedialled() {
+        let stalled = QUICError.closedByPeer(
+            application: QUICError.yomoCloseCode,
+            reason: "frame stalled: 10 of 6291461 bytes, nothing more for 10.0 seconds while other connections waited for room")
+        #expect(!ClientCore.isFinal(stalled))
+        #expect(ClientCore.isFinal(QUICError.closedByPeer(application: QUICError.yomoCloseCode, reason: "slow consumer: more than 1 bytes unacknowledged")))
+        #expect(ClientCore.isFinal(QUICError.closedByPeer(application: 0, reason: "zipper shutting down")))
+        #expect(!ClientCore.isFinal(QUICError.statelessReset))
     }
 }

@@ -11,6 +11,9 @@ one line per connection:
   CLOSED code=0x13 reason=<reason phrase> after=<seconds>
   OPEN after=<seconds>                       (still open when the wait ended)
 
+big-partial(-split) lines end with granted=<bytes>: how far into its stream the
+zipper's flow control let the peer send.
+
 Modes:
   mute        QUIC handshake, then nothing: no stream is ever opened
   partial     opens the stream and sends 5 bytes of a handshake frame
@@ -19,6 +22,12 @@ Modes:
   data-first  a well-formed DataFrame instead of the handshake
   long-name   a handshake whose name is 1000 bytes (under the frame limit)
   huge-name   a handshake whose name is 1 MiB
+  big-partial a handshake, then all but 1000 bytes of a 6 MiB DataFrame
+              (BIG_PARTIAL_BYTES, for benchmarks), and
+              then only PINGs (every 0.5 s, so the idle timeout never ends it)
+  big-partial-split
+              the same, the DataFrame's header cut after its first 2 bytes
+              and the rest sent 0.3 s later (the zipper reads it in two pieces)
 ALPN "yomo", TLS 1.3, no certificate verification.
 """
 import asyncio
@@ -81,6 +90,9 @@ def first_bytes(mode):
         return handshake(b"n" * 1000)
     if mode == "huge-name":
         return handshake(b"n" * (1 << 20))
+    if mode.startswith("big-partial"):
+        claimed = int(os.environ.get("BIG_PARTIAL_BYTES", 6 << 20))
+        return handshake(b"big") + bytes([0x80 | 0x3F]) + length(claimed) + os.urandom(claimed - 1000)
     raise SystemExit(f"unknown mode {mode}")
 
 
@@ -98,15 +110,36 @@ async def one(mode, host, port, wait):
     config = QuicConfiguration(is_client=True, alpn_protocols=["yomo"], verify_mode=ssl.CERT_NONE, idle_timeout=60)
     started = time.monotonic()
     async with connect(host, port, configuration=config, create_protocol=Watch, wait_connected=True) as client:
+        stream = None
         if mode != "mute":
             stream = client._quic.get_next_available_stream_id()
-            client._quic.send_stream_data(stream, first_bytes(mode), end_stream=False)
+            data = first_bytes(mode)
+            if mode == "big-partial-split":
+                cut = len(handshake(b"big")) + 2
+                client._quic.send_stream_data(stream, data[:cut], end_stream=False)
+                client.transmit()
+                await asyncio.sleep(0.3)
+                data = data[cut:]
+            client._quic.send_stream_data(stream, data, end_stream=False)
             client.transmit()
+        pinging = asyncio.ensure_future(keep_alive(client)) if mode.startswith("big-partial") else None
+        granted = ""
         try:
             event = await asyncio.wait_for(asyncio.shield(client.terminated), wait)
-            return f"CLOSED code=0x{event.error_code:x} reason={event.reason_phrase} after={time.monotonic() - started:.2f}"
+            line = f"CLOSED code=0x{event.error_code:x} reason={event.reason_phrase} after={time.monotonic() - started:.2f}"
         except asyncio.TimeoutError:
-            return f"OPEN after={time.monotonic() - started:.2f}"
+            line = f"OPEN after={time.monotonic() - started:.2f}"
+        if pinging:
+            pinging.cancel()
+            granted = f" granted={client._quic._streams[stream].max_stream_data_remote}"
+        return line + granted
+
+
+async def keep_alive(client):
+    while True:
+        await asyncio.sleep(0.5)
+        client._quic.send_ping(0)
+        client.transmit()
 
 
 async def main():
