@@ -25,6 +25,10 @@ What it checks, and why each rule exists, is in docs/deployment.md
 - dashboards/: every dashboard parses; every data source uid is provisioned;
   every metric and label a PromQL query names (panels, template variables,
   data-source links) is one the span metrics or the SDK's metrics have.
+- deploy/prometheus/alerts.yml: prometheus.yml loads it and the compose file
+  mounts it beside; every rule has a severity, a summary and a description,
+  and every metric and label its expression names is one the SDK has; with
+  promtool, `promtool check rules` and the unit tests of alerts_test.yml.
 
 Needs PyYAML, jsonschema and check-jsonschema (whose package carries the
 compose-spec schema), and `dockerfile` (BuildKit's own Dockerfile parser):
@@ -52,6 +56,8 @@ DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 ZIPPER = DEPLOY / "zipper.yaml"
 JAEGER = DEPLOY / "jaeger" / "config.yaml"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
 DOC = ROOT / "docs" / "deployment.md"
 SDK_METRICS = ROOT / "Sources" / "YoMo" / "DataPathMetrics.swift"
 SDK_COMPONENTS = [ROOT / "Sources" / "YoMo" / f"{name}.swift" for name in ("StreamFunction", "Source", "Zipper")]
@@ -661,6 +667,42 @@ def check_jaeger() -> tuple[dict[str, set[str]], dict[str, int]]:
     return series, ports
 
 
+def check_alerts(series: dict[str, set[str]], compose: dict) -> None:
+    config = load_yaml(PROMETHEUS) or {}
+    if "alerts.yml" not in (config.get("rule_files") or []):
+        fail(PROMETHEUS, "rule_files does not load alerts.yml")
+    else:
+        ok()
+    prometheus = ((compose or {}).get("services") or {}).get("prometheus") or {}
+    if ("./prometheus/alerts.yml", "/etc/prometheus/alerts.yml") not in volume_sources(prometheus):
+        fail(COMPOSE, "prometheus does not mount ./prometheus/alerts.yml at /etc/prometheus/alerts.yml (beside its config)")
+    else:
+        ok()
+    rules = load_yaml(ALERTS) or {}
+    names = set()
+    for group in rules.get("groups", []) or []:
+        for rule in group.get("rules", []) or []:
+            name = rule.get("alert") or rule.get("record") or "?"
+            where = f"{ALERTS.name} {name}"
+            if name in names:
+                fail(where, "two rules of this name")
+            names.add(name)
+            if rule.get("alert"):
+                missing = [key for key, value in (("labels.severity", (rule.get("labels") or {}).get("severity")),
+                                                  ("annotations.summary", (rule.get("annotations") or {}).get("summary")),
+                                                  ("annotations.description", (rule.get("annotations") or {}).get("description")))
+                           if not value]
+                if missing:
+                    fail(where, f"has no {', '.join(missing)}")
+            check_promql(where, rule.get("expr", ""), series)
+    tested = set(re.findall(r"alertname: (\w+)", ALERTS_TEST.read_text()))
+    untested = sorted(n for n in names if n not in tested)
+    if untested:
+        fail(ALERTS_TEST, f"no unit test of {', '.join(untested)}")
+    else:
+        ok()
+
+
 def check_prometheus() -> set[str]:
     config = load_yaml(PROMETHEUS) or {}
     targets = set()
@@ -876,7 +918,7 @@ def analyse_promql(expr: str):
                 if tokens[i][0] == "ident":
                     grouping.append(tokens[i][1])
                 i += 1
-        elif kind == "ident" and (following == "(" or (text in AGGREGATIONS and following in ("by", "without"))):
+        elif kind == "ident" and text not in KEYWORDS and (following == "(" or (text in AGGREGATIONS and following in ("by", "without"))):
             if text not in FUNCTIONS and text not in AGGREGATIONS:
                 raise ValueError(f"{text}() is not a PromQL function")
         elif kind == "ident" and text not in KEYWORDS or (kind == "op" and text == "{"):
@@ -1097,7 +1139,14 @@ def run_optional_tools(expressions: list[str]) -> None:
             fail("dashboards", "promtool finds PromQL it cannot parse: " + (result.stderr or result.stdout).strip())
         else:
             ok()
-        notes.append(f"promtool: checked prometheus.yml and the syntax of {len(expressions)} PromQL expressions")
+        for command in (["check", "rules", str(ALERTS)], ["test", "rules", str(ALERTS_TEST)]):
+            result = subprocess.run([promtool] + command, capture_output=True, text=True, cwd=ALERTS.parent)
+            if result.returncode != 0:
+                fail(ALERTS, f"promtool {' '.join(command[:2])}: " + (result.stdout + result.stderr).strip())
+            else:
+                ok()
+        notes.append(f"promtool: checked prometheus.yml, the syntax of {len(expressions)} PromQL expressions, "
+                     "and alerts.yml against its unit tests")
     else:
         notes.append("promtool not on PATH: PromQL syntax checked by this script's own reader only")
     for cli in (["docker", "compose"], ["docker-compose"]):
@@ -1143,6 +1192,8 @@ def main() -> int:
     if overlap:
         fail(JAEGER, f"span metrics and SDK metrics share names {sorted(overlap)}")
     expressions = check_dashboards(series | sdk, services) if series and sdk else []
+    if sdk:
+        check_alerts(sdk, compose if isinstance(compose, dict) else {})
     if not errors:
         run_optional_tools(expressions)
     for note in notes:

@@ -7,13 +7,14 @@ import YoMoTracing
 @testable import YoMo
 
 /// A real Prometheus (Debian's 2.42, installed by scripts/setup.sh) scraping the
-/// given targets every 200 ms with exemplar storage on, killed at the end.
+/// given targets every 200 ms with exemplar storage on, evaluating `ruleFiles`
+/// as often, killed at the end.
 final class PrometheusServer {
     let process = Process()
     let directory: URL
     let port: Int
 
-    init(targets: [String]) async throws {
+    init(targets: [String], ruleFiles: [String] = []) async throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-prometheus-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         port = try await freeTCPPort()
@@ -21,6 +22,8 @@ final class PrometheusServer {
             global:
               scrape_interval: 200ms
               scrape_timeout: 150ms
+              evaluation_interval: 200ms
+            rule_files: [\(ruleFiles.map { "\"\($0)\"" }.joined(separator: ", "))]
             scrape_configs:
               - job_name: yomo
                 static_configs:
@@ -49,6 +52,14 @@ final class PrometheusServer {
         components.queryItems = query.map { URLQueryItem(name: $0.key, value: $0.value) }
         guard let data = await httpGet(components.url!.absoluteString)?.body else { return nil }
         return (try? JSONSerialization.jsonObject(with: Data(data.utf8))) as? [String: Any]
+    }
+
+    /// The alerts firing now (pending ones left out): each one's labels.
+    func firingAlerts() async -> [[String: String]]? {
+        guard let data = (await api("alerts", [:]))?["data"] as? [String: Any], let alerts = data["alerts"] as? [[String: Any]] else {
+            return nil
+        }
+        return alerts.filter { $0["state"] as? String == "firing" }.compactMap { $0["labels"] as? [String: String] }
     }
 
     /// The value of an instant query that returns one sample.
@@ -195,6 +206,70 @@ struct MetricsEndToEndTests {
         let exported = Set(receiver.spans().filter { $0["name"] as? String == "upper-m" }.compactMap { $0["trace_id"] as? String })
         #expect(exported.count == frames)
         #expect(exemplarTraceIDs.isSubset(of: exported), "\(exemplarTraceIDs.subtracting(exported))")
+    }
+
+    @Test("the shipped alert rules on a real Prometheus: a healthy zipper fires none, peers whose frames stall fire YoMoStalledFrames")
+    func shippedAlertsFire() async throws {
+        let rules = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../deploy/prometheus/alerts.yml").standardized.path
+        let metrics = MeterProvider(configuration: .init(serviceName: "zipper-a", environment: [:]))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: metrics)
+        defer { Task { await endpoint.close() } }
+        let prometheus = try await PrometheusServer(targets: ["127.0.0.1:\(endpoint.port)"], ruleFiles: [rules])
+        var configuration = ZipperConfiguration(name: "edge-a", host: "127.0.0.1", port: 0)
+        configuration.limits.maximumIncompleteFrameBytes = 8 << 20
+        configuration.limits.stalledFrameTimeout = .seconds(1)
+        let zipper = Zipper(configuration: configuration, options: .init(meterProvider: metrics))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+
+        // Healthy traffic, with a tag nobody observes (no_route by design): nothing fires.
+        let handled = Inbox<Int>()
+        let sfn = StreamFunction(name: "upper-a", zipper: address, options: .init(observedTags: [0x33], meterProvider: metrics))
+        sfn.setHandler { ctx in
+            handled.append(1)
+            try await ctx.write(tag: 0x34, data: ctx.data)
+        }
+        try await sfn.connect()
+        let source = Source(name: "source-a", zipper: address)
+        try await source.connect()
+        for index in 0..<20 { try await source.write(tag: 0x33, data: Array("frame \(index)".utf8)) }
+        #expect(await handled.wait(for: 20))
+        var routedSeen = false
+        for _ in 0..<100 where !routedSeen {
+            routedSeen = await prometheus.scalar("sum(yomo_zipper_routed_messages_total{outcome=\"no_route\"})") == 20
+            if !routedSeen { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(routedSeen, "Prometheus scraped the zipper's counters")
+        // Every group evaluated over those series, five evaluations (1 s of Prometheus's time) after they were seen.
+        let seen = try #require(await prometheus.scalar("vector(time())"))
+        let timestamps = ISO8601DateFormatter()
+        timestamps.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        var rulesEvaluated = false
+        for _ in 0..<100 where !rulesEvaluated {
+            let groups = ((await prometheus.api("rules", [:]))?["data"] as? [String: Any])?["groups"] as? [[String: Any]] ?? []
+            rulesEvaluated = groups.count == 3 && groups.allSatisfy { group in
+                (group["lastEvaluation"] as? String).flatMap { timestamps.date(from: $0) }.map { $0.timeIntervalSince1970 > seen + 1 } ?? false
+            }
+            if !rulesEvaluated { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(rulesEvaluated, "Prometheus loaded the three groups of alerts.yml and evaluated them over the healthy zipper")
+        #expect(await prometheus.firingAlerts() == [], "a healthy zipper fires nothing")
+
+        // Two peers each send most of a 6 MiB frame into 8 MiB of room and stop:
+        // the second waits, the first loses its room after a second.
+        async let peers = runHostilePeer("big-partial", port: try #require(zipper.port), count: 2, wait: 40)
+        var fired: [String: String]?
+        for _ in 0..<300 where fired == nil {
+            fired = await prometheus.firingAlerts()?.first { $0["alertname"] == "YoMoStalledFrames" }
+            if fired == nil { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(fired?["yomo_zipper_name"] == "edge-a", "\(String(describing: fired))")
+        #expect(fired?["severity"] == "warning")
+        #expect(zipper.statistics.stalledFrames >= 1)
+        await source.close()
+        await sfn.close()
+        await zipper.close()
+        _ = try await peers
     }
 
     @Test("/readyz: 200 while the function is connected, 503 while its zipper is away, 200 when it is back; /healthz 200")
