@@ -214,7 +214,10 @@ final class ClientRuntime: Sendable {
 
     var endReason: YoMoError? { state.withLock { $0.endReason } }
 
-    var isConnectedForTesting: Bool { state.withLock { $0.session != nil } }
+    /// A session is up: handshake done, not yet lost.
+    var isConnected: Bool { state.withLock { $0.session != nil } }
+
+    var isConnectedForTesting: Bool { isConnected }
 
     var isClosingForTesting: Bool { state.withLock { $0.lifecycle.isClosing } }
 

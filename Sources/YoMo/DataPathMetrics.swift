@@ -181,6 +181,26 @@ final class DataPathMetrics: Sendable {
 
     func stalledFrame() { stalledFrames.add(1, attributes: baseAttributes) }
 
+    /// Each mesh link's state, read when metrics are collected: whether it is
+    /// connected to its downstream, and what waits to be forwarded.
+    func observeMeshLinks(_ read: @escaping @Sendable () -> [MeshLinkHealth]) {
+        guard enabled else { return }
+        let base = baseAttributes
+        @Sendable func series(_ value: @escaping @Sendable (MeshLinkHealth) -> Double) -> [(MetricAttributes, Double)] {
+            read().map { (base.with("yomo.mesh.downstream", $0.downstream), value($0)) }
+        }
+        meter.observableGauge(
+            "yomo.zipper.mesh.connected", unit: "{link}", description: "1 while the link to a mesh downstream is connected, 0 while it dials."
+        ) { series { $0.connected ? 1 : 0 } }
+        meter.observableGauge(
+            "yomo.zipper.mesh.queued.messages", unit: "{message}",
+            description: "Frames waiting to be forwarded to a mesh downstream: queued, or held while its link reconnects."
+        ) { series { Double($0.queuedFrames) } }
+        meter.observableGauge(
+            "yomo.zipper.mesh.queued.size", unit: "By", description: "Bytes of the frames waiting to be forwarded to a mesh downstream."
+        ) { series { Double($0.queuedBytes) } }
+    }
+
     /// Frames the zipper holds for a stream function on its way back, and
     /// their bytes, read when metrics are collected.
     func observeHeldFrames(_ read: @escaping @Sendable () -> (frames: Int, bytes: Int)) {

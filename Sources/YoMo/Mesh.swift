@@ -64,6 +64,13 @@ struct MeshBacklog {
     }
 }
 
+struct MeshLinkHealth: Sendable {
+    var downstream: String
+    var connected: Bool
+    var queuedFrames: Int
+    var queuedBytes: Int
+}
+
 /// One downstream of the mesh: the routing path queues frames for it without
 /// waiting, and a client of type "upstream zipper" (the SDK's ordinary client:
 /// handshake, reconnects, outage buffer) takes them over the link.
@@ -92,6 +99,17 @@ final class MeshLink: Sendable {
 
     /// Frames dropped for this downstream so far.
     var dropped: Int { state.withLock { $0.backlog.dropped } }
+
+    /// Whether the link is connected now, and the frames waiting for it: in
+    /// its queue, and held by its client while it reconnects.
+    var health: MeshLinkHealth {
+        let (client, frames, bytes) = state.withLock { ($0.client, $0.backlog.frames.count, $0.backlog.bytes) }
+        // The client's own lock, outside the link's.
+        let held = client?.outageStatistics
+        return MeshLinkHealth(
+            downstream: peer.name, connected: client?.isConnected ?? false,
+            queuedFrames: frames + (held?.pendingFrames ?? 0), queuedBytes: bytes + (held?.pendingBytes ?? 0))
+    }
 
     /// Whether `clientID` is the id this link's client is dialling with: a
     /// zipper that meets it in a handshake is this link's own downstream.

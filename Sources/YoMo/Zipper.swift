@@ -295,6 +295,7 @@ public final class Zipper: Sendable {
         if !links.isEmpty {
             let links = self.links
             metrics.observeMeshDrops { links.map { ($0.peer.name, $0.dropped) } }
+            metrics.observeMeshLinks { links.map(\.health) }
         }
         metrics.observeClientConnections { [weak self] in self?.clientConnections() ?? [] }
         let incompleteFrames = self.incompleteFrames
@@ -825,6 +826,9 @@ public final class Zipper: Sendable {
     }
 
     /// A connection refused before or at its handshake: `statistics` and the metric.
+    /// Each mesh link's state (empty without a mesh).
+    var meshLinkHealth: [MeshLinkHealth] { links.map(\.health) }
+
     /// Each connected client's connection, as the zipper sees it.
     func clientConnections() -> [ClientConnectionHealth] {
         // Read outside the zipper's lock: each connection's statistics have their own.

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import Synchronization
 import Testing
+import YoMoMetrics
 import YoMoQUIC
 import YoMoTracing
 import YoMoWire
@@ -114,11 +115,54 @@ struct MeshLogicTests {
 @Suite("Mesh on loopback", .serialized)
 struct MeshLoopbackTests {
     static func zipper(_ name: String, port: Int, mesh: [ZipperConfiguration.MeshPeer], queue: ZipperConfiguration.MeshQueue = .init(),
-                       tracerProvider: TracerProvider? = nil) -> Zipper {
+                       tracerProvider: TracerProvider? = nil, meterProvider: MeterProvider? = nil) -> Zipper {
         Zipper(
             configuration: ZipperConfiguration(name: name, host: "127.0.0.1", port: port, authentication: .token("mesh"),
                                                mesh: mesh, meshQueue: queue),
-            options: .init(logger: Logger(label: "test.\(name)"), tracerProvider: tracerProvider))
+            options: .init(logger: Logger(label: "test.\(name)"), tracerProvider: tracerProvider, meterProvider: meterProvider))
+    }
+
+    @Test("each link's state on /metrics: not connected with frames waiting while its downstream is down; connected and drained once it is up")
+    func linkStateOnMetrics() async throws {
+        let meters = MeterProvider(configuration: .init(serviceName: "mesh-a", environment: [:]))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: meters)
+        defer { Task { await endpoint.close() } }
+        let portA = try await freePort(), portB = try await freePort()
+        let a = Self.zipper("a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")],
+                            queue: .init(maximumFrames: 100, maximumBytes: 1 << 20), meterProvider: meters)
+        try await a.start()
+        /// The value of `name`'s series for downstream b on a's /metrics.
+        func gauge(_ name: String) async -> Double? {
+            let page = await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body ?? ""
+            let line = page.split(separator: "\n").first { $0.hasPrefix(name + "{") && $0.contains("yomo_mesh_downstream=\"b\"") }
+            return line?.split(separator: " ").last.flatMap { Double($0) }
+        }
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        for index in 0..<10 { try await source.write(tag: 0x33, data: Array("frame \(index)".utf8)) }
+        // b is not there: the link dials, and the ten frames wait for it.
+        #expect(await eventually { a.statistics.meshDroppedFrames == 0 && a.meshLinkHealth.first?.queuedFrames == 10 })
+        #expect(await gauge("yomo_zipper_mesh_connected") == 0)
+        #expect(await gauge("yomo_zipper_mesh_queued_messages") == 10)
+        #expect((await gauge("yomo_zipper_mesh_queued_size_bytes") ?? 0) > 10 * 7)
+
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let remote = Inbox<String>()
+        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x33], credential: "token:mesh"))
+        far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await far.connect()
+        #expect(await eventually { a.meshLinkHealth.first?.connected == true && a.meshLinkHealth.first?.queuedFrames == 0 })
+        #expect(await gauge("yomo_zipper_mesh_connected") == 1)
+        #expect(await gauge("yomo_zipper_mesh_queued_messages") == 0)
+        // What waited reached b (held there for its function, in its first minute), then what came after.
+        try await source.write(tag: 0x33, data: Array("after".utf8))
+        #expect(await remote.wait(for: 11))
+        #expect(Set(remote.items) == Set((0..<10).map { "frame \($0)" } + ["after"]), "async handlers: any order")
+        await source.close()
+        await far.close()
+        await a.close()
+        await b.close()
     }
 
     @Test("a mesh entry with this zipper's own address under another name: the link is refused and stopped, frames delivered once")
