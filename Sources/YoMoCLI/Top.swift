@@ -17,10 +17,13 @@ struct Top: AsyncParsableCommand {
     @Option(help: "Comma-separated HOST:PORT of the components' metrics endpoints.") var targets: String
     @Option(help: "Seconds between refreshes.") var interval = 1.0
     @Flag(help: "Print one table (two scrapes, --interval apart) and exit: for scripts.") var once = false
+    @Option(help: "Also list up to N clients of each zipper target, from the zipper's side of their connections: the most backlogged first, then the slowest (0: none).")
+    var clients = 0
 
     func validate() throws {
         guard !targets.isEmpty else { throw ValidationError("--targets needs at least one HOST:PORT") }
         guard interval > 0 else { throw ValidationError("--interval must be positive") }
+        guard clients >= 0 else { throw ValidationError("--clients must be 0 or more") }
     }
 
     func run() async throws {
@@ -46,6 +49,7 @@ struct Top: AsyncParsableCommand {
                     lines.append(Self.pad("-", 23) + " " + Self.pad(target, 21) + "  " + failure.description)
                 }
             }
+            if clients > 0 { lines += clientLines(list, previous: previous, current: current, seconds: seconds) }
             print(lines.joined(separator: "\n"))
             fflush(nil)  // every stream: `stdout` is a global Swift 6 rejects
             if once { return }
@@ -68,6 +72,35 @@ struct Top: AsyncParsableCommand {
             + padLeft(row.connections.map(count) ?? "-", 7) + padLeft(count(row.reconnects), 8)
             + padLeft(number(row.noRouteRate), 11) + padLeft(number(row.droppedRate), 8)
             + padLeft(milliseconds(row.rtt), 8) + padLeft(count(row.exporterDrops), 12) + padLeft(number(row.heldPercent), 7)
+    }
+
+    /// Each zipper target's clients, one line each, under a header.
+    func clientLines(
+        _ list: [String], previous: [String: Result<[ScrapedSample], ScrapeFailure>],
+        current: [String: Result<[ScrapedSample], ScrapeFailure>], seconds: Double
+    ) -> [String] {
+        var lines: [String] = []
+        for target in list {
+            guard let samples = try? current[target]?.get() else { continue }
+            let rows = ClientRow.compute(previous: (try? previous[target]?.get()) ?? [], current: samples, seconds: seconds)
+            guard !rows.isEmpty else { continue }
+            lines.append("")
+            lines.append("clients of \(target)")
+            lines.append(Self.clientHeader)
+            lines += rows.prefix(clients).map(Self.format)
+            if rows.count > clients { lines.append("… and \(rows.count - clients) more") }
+        }
+        return lines
+    }
+
+    static let clientHeader = "zipper            type             name                  id                        rtt ms  lost/s  pace Mbit/s  datagram  unacked KiB"
+
+    static func format(_ row: ClientRow) -> String {
+        func field(_ text: String, _ width: Int) -> String { pad(String(terminalSafe(text).prefix(width - 1)), width) }
+        return field(row.zipper, 18) + field(row.clientType, 17) + field(row.name, 22) + field(row.id, 24)
+            + padLeft(fixed(row.rtt * 1000, decimals: 2), 8) + padLeft(row.lostRate.map { fixed($0, decimals: 1) } ?? "-", 8)
+            + padLeft(fixed(row.pacingRate * 8 / 1_000_000, decimals: 1), 13) + padLeft(fixed(row.datagramSize, decimals: 0), 10)
+            + padLeft(fixed(row.unacknowledged / 1024, decimals: 1), 13)
     }
 
     static func pad(_ text: String, _ width: Int) -> String { text + String(repeating: " ", count: max(0, width - text.count)) }

@@ -163,3 +163,62 @@ public struct PipelineRow: Sendable, Hashable {
         return (quantile(0.5), quantile(0.99))
     }
 }
+
+/// What `yomo top --clients` shows for one client of a zipper: the zipper's
+/// side of its connection (the `yomo_zipper_client_*` gauges).
+public struct ClientRow: Sendable, Hashable {
+    public var zipper: String
+    public var clientType: String
+    public var name: String
+    public var id: String
+    /// Smoothed round-trip time, seconds.
+    public var rtt: Double
+    /// Packets toward it declared lost per second over the interval; nil for a
+    /// connection the previous scrape did not see.
+    public var lostRate: Double?
+    /// Bytes per second BBR paces at toward it (0 under CUBIC or Reno).
+    public var pacingRate: Double
+    public var datagramSize: Double
+    /// Bytes written to it that it has not acknowledged: a slow consumer's backlog.
+    public var unacknowledged: Double
+
+    /// One row per connected client in `current`, the most backlogged first,
+    /// then the slowest.
+    public static func compute(previous: [ScrapedSample], current: [ScrapedSample], seconds: Double) -> [ClientRow] {
+        struct Key: Hashable { var zipper, clientType, name, id: String }
+        func values(_ samples: [ScrapedSample], _ suffix: String) -> [Key: Double] {
+            var result: [Key: Double] = [:]
+            for sample in samples where sample.name == "yomo_zipper_client_" + suffix {
+                let labels = sample.labels
+                let key = Key(
+                    zipper: labels["yomo_zipper_name"] ?? "", clientType: labels["yomo_client_type"] ?? "",
+                    name: labels["yomo_client_name"] ?? "", id: labels["yomo_client_id"] ?? "")
+                result[key] = sample.value
+            }
+            return result
+        }
+        let rtts = values(current, "smoothed_rtt_seconds")
+        let lost = values(current, "packets_lost"), lostBefore = values(previous, "packets_lost")
+        let pacing = values(current, "pacing_rate_bytes_per_second")
+        let datagrams = values(current, "max_datagram_size_bytes")
+        let unacknowledged = values(current, "unacknowledged_bytes")
+        let rows = rtts.map { key, rtt in
+            let lostRate: Double? = if let now = lost[key], let before = lostBefore[key], seconds > 0 {
+                max(0, now - before) / seconds
+            } else {
+                nil
+            }
+            return ClientRow(
+                zipper: key.zipper, clientType: key.clientType, name: key.name, id: key.id, rtt: rtt, lostRate: lostRate,
+                pacingRate: pacing[key] ?? 0, datagramSize: datagrams[key] ?? 0, unacknowledged: unacknowledged[key] ?? 0)
+        }
+        // A page may hold NaN, which compares false with everything: sorted
+        // as the smallest value, so the order stays a strict one.
+        func key(_ value: Double) -> Double { value.isNaN ? -.infinity : value }
+        return rows.sorted {
+            if key($0.unacknowledged) != key($1.unacknowledged) { return key($0.unacknowledged) > key($1.unacknowledged) }
+            if key($0.rtt) != key($1.rtt) { return key($0.rtt) > key($1.rtt) }
+            return ($0.zipper, $0.name, $0.id) < ($1.zipper, $1.name, $1.id)
+        }
+    }
+}

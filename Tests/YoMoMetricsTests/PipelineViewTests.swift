@@ -48,4 +48,30 @@ struct PipelineViewTests {
         let idle = PipelineRow.compute(target: "h:1", previous: after, current: after, seconds: 1)
         #expect(idle.p50 == nil && idle.inRate == 0)
     }
+
+    @Test("each client of a zipper: its connection's gauges, lost packets as a rate, the most backlogged first")
+    func clientRows() {
+        func client(_ name: String, id: String, rtt: Double, lost: Double, unacknowledged: Double) -> [ScrapedSample] {
+            let labels = ["yomo_zipper_name": "edge", "yomo_client_type": "stream_function", "yomo_client_name": name, "yomo_client_id": id]
+            return [
+                ScrapedSample(name: "yomo_zipper_client_smoothed_rtt_seconds", labels: labels, value: rtt),
+                ScrapedSample(name: "yomo_zipper_client_packets_lost", labels: labels, value: lost),
+                ScrapedSample(name: "yomo_zipper_client_pacing_rate_bytes_per_second", labels: labels, value: 1_250_000),
+                ScrapedSample(name: "yomo_zipper_client_max_datagram_size_bytes", labels: labels, value: 1452),
+                ScrapedSample(name: "yomo_zipper_client_unacknowledged_bytes", labels: labels, value: unacknowledged),
+            ]
+        }
+        let before = client("fast", id: "f-0", rtt: 0.001, lost: 10, unacknowledged: 0)
+            + client("slow", id: "s-0", rtt: 0.2, lost: 5, unacknowledged: 0)
+        let after = client("fast", id: "f-0", rtt: 0.001, lost: 30, unacknowledged: 0)
+            + client("slow", id: "s-0", rtt: 0.25, lost: 5, unacknowledged: 65536)
+            + client("new", id: "n-1", rtt: 0.01, lost: 3, unacknowledged: 0)
+        let rows = ClientRow.compute(previous: before, current: after, seconds: 2)
+        #expect(rows.map(\.name) == ["slow", "new", "fast"], "backlog first, then round-trip time")
+        #expect(rows[0].unacknowledged == 65536 && rows[0].rtt == 0.25 && rows[0].lostRate == 0)
+        #expect(rows[1].lostRate == nil, "a connection the first scrape did not see has no rate yet")
+        #expect(rows[2].lostRate == 10, "20 packets in 2 s")
+        #expect(rows[2].pacingRate == 1_250_000 && rows[2].datagramSize == 1452 && rows[2].clientType == "stream_function")
+        #expect(ClientRow.compute(previous: [], current: [], seconds: 1).isEmpty)
+    }
 }

@@ -153,7 +153,7 @@ struct HostileHTTPClientTests {
         let modes = ["odd", "trickle", "endless", "status", "garbage"]
         try #require(Set(ports.keys) == Set(modes), "\(ports)")
 
-        let (process, output) = try startYomo(["top", "--once", "--interval", "0.2", "--targets",
+        let (process, output) = try startYomo(["top", "--once", "--interval", "0.2", "--clients", "10", "--targets",
                                                modes.map { "127.0.0.1:\(ports[$0]!)" }.joined(separator: ",")])
         let text = await output.value
         await waitForExit(process)
@@ -165,6 +165,13 @@ struct HostileHTTPClientTests {
         #expect(row("endless").hasSuffix("answer over 16 MiB"), "\(row("endless"))")
         #expect(row("status").hasSuffix("HTTP 503"), "\(row("status"))")
         #expect(row("garbage").hasSuffix("not an HTTP answer"), "\(row("garbage"))")
+        // --clients: the odd page's three clients, names escaped, in order
+        // (an infinite backlog first; NaN as the smallest value, not a broken sort).
+        let lines = text.split(separator: "\n").map(String.init)
+        let header = try #require(lines.firstIndex(of: "clients of 127.0.0.1:\(ports["odd"]!)"), "\(text)")
+        let clients = lines.dropFirst(header + 2).prefix(3).map { $0.split(separator: " ").map(String.init) }
+        #expect(clients.map { $0.first ?? "" } == ["c\\x1b]0;pwned\\x07", "d", "e"], "\(text)")
+        #expect(clients.dropFirst().first?.dropFirst().first == "b\\x1b[2J", "\(text)")
     }
 
     @Test("connections past the limit are closed as accepted; one freed lets the next in", arguments: GuardedServer.allCases)

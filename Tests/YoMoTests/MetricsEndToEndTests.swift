@@ -432,7 +432,8 @@ struct MetricsEndToEndTests {
             }
         }
         let (process, output) = try startYomo(
-            ["top", "--once", "--interval", "1", "--targets", "127.0.0.1:\(zipperEndpoint.port),127.0.0.1:\(functionEndpoint.port),127.0.0.1:1"])
+            ["top", "--once", "--interval", "1", "--clients", "5",
+             "--targets", "127.0.0.1:\(zipperEndpoint.port),127.0.0.1:\(functionEndpoint.port),127.0.0.1:1"])
         let lines = await output.value.split(separator: "\n").map(String.init)
         await waitForExit(process)
         writer.cancel()
@@ -451,6 +452,17 @@ struct MetricsEndToEndTests {
         #expect((Double(fields(zipperLine)[2]) ?? 0) > 10, "\(zipperLine)")
         #expect(fields(zipperLine)[7] == "2", "a source and a function connected: \(zipperLine)")
         #expect((Double(fields(zipperLine)[9]) ?? 0) > 10, "replies have no observer: \(zipperLine)")
+        // --clients: the zipper's two clients, under its target (the function's page has none).
+        #expect(lines.contains("clients of 127.0.0.1:\(zipperEndpoint.port)"), "\(lines)")
+        #expect(!lines.contains("clients of 127.0.0.1:\(functionEndpoint.port)"))
+        let functionClient = try #require(lines.first { $0.contains("stream_function") && $0.contains("top-upper") }, "\(lines)")
+        let sourceClient = try #require(lines.first { $0.contains(" source ") && $0.contains("top-source") }, "\(lines)")
+        // zipper type name id rtt lost/s pace datagram unacked
+        for line in [functionClient, sourceClient] {
+            #expect((Double(fields(line)[4]) ?? 0) > 0, "an RTT: \(line)")
+            #expect(fields(line)[5] != "-", "both scrapes saw the connection: \(line)")
+            #expect((Double(fields(line)[7]) ?? 0) >= 1200, "a datagram size: \(line)")
+        }
         await source.close()
         await sfn.close()
         await zipper.close()

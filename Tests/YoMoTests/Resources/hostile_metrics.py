@@ -10,7 +10,8 @@ Listens on five ports of 127.0.0.1, prints one line
 and serves each connection until the client closes, for up to SECONDS in all:
 
   odd      a 200 whose page has NaN, infinite and huge values where `yomo top`
-           shows whole numbers, and a service name with terminal escapes
+           shows whole numbers, and a service name and clients' names with
+           terminal escapes
   trickle  a 200 head, then one byte of page every 100 ms
   endless  a 200 head, then page bytes as fast as the client reads them
   status   a 503
@@ -29,6 +30,14 @@ ODD_PAGE = (
     b'yomo_zipper_routed_messages_total{outcome="delivered"} -Inf\n'
     b'messaging_process_duration_seconds_bucket{le="NaN"} 5\n'
     b'messaging_process_duration_seconds_bucket{le="+Inf"} NaN\n'
+    # Clients of a "zipper", for `--clients`: odd values, and names that try escapes.
+    b'yomo_zipper_client_smoothed_rtt_seconds{yomo_client_name="c\x1b]0;pwned\x07",yomo_client_id="a"} NaN\n'
+    b'yomo_zipper_client_unacknowledged_bytes{yomo_client_name="c\x1b]0;pwned\x07",yomo_client_id="a"} +Inf\n'
+    b'yomo_zipper_client_smoothed_rtt_seconds{yomo_client_name="d",yomo_client_id="b\x1b[2J"} 1e300\n'
+    b'yomo_zipper_client_unacknowledged_bytes{yomo_client_name="d",yomo_client_id="b\x1b[2J"} NaN\n'
+    b'yomo_zipper_client_packets_lost{yomo_client_name="d",yomo_client_id="b\x1b[2J"} -1e308\n'
+    b'yomo_zipper_client_smoothed_rtt_seconds{yomo_client_name="e",yomo_client_id="c"} NaN\n'
+    b'yomo_zipper_client_unacknowledged_bytes{yomo_client_name="e",yomo_client_id="c"} NaN\n'
 )
 HEAD = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"
 
