@@ -153,16 +153,6 @@ final class DataPathMetrics: Sendable {
         }
     }
 
-    /// Frames a mesh link dropped because its downstream did not keep up, per
-    /// downstream name; read when metrics are collected.
-    func observeMeshDrops(_ read: @escaping @Sendable () -> [(downstream: String, dropped: Int)]) {
-        guard enabled else { return }
-        let base = baseAttributes
-        meter.observableCounter(
-            "yomo.zipper.mesh.dropped.messages", unit: "{message}",
-            description: "Frames not forwarded to a mesh downstream because its queue was full."
-        ) { read().map { (base.with("yomo.mesh.downstream", $0.downstream), Double($0.dropped)) } }
-    }
 
     /// The room frames still arriving take, and the connections waiting for
     /// some, read when metrics are collected.
@@ -181,14 +171,19 @@ final class DataPathMetrics: Sendable {
 
     func stalledFrame() { stalledFrames.add(1, attributes: baseAttributes) }
 
-    /// Each mesh link's state, read when metrics are collected: whether it is
-    /// connected to its downstream, and what waits to be forwarded.
+    /// Each mesh link's state, per downstream name, read when metrics are
+    /// collected: what it dropped because its downstream did not keep up,
+    /// whether it is connected, and what waits to be forwarded.
     func observeMeshLinks(_ read: @escaping @Sendable () -> [MeshLinkHealth]) {
         guard enabled else { return }
         let base = baseAttributes
         @Sendable func series(_ value: @escaping @Sendable (MeshLinkHealth) -> Double) -> [(MetricAttributes, Double)] {
             read().map { (base.with("yomo.mesh.downstream", $0.downstream), value($0)) }
         }
+        meter.observableCounter(
+            "yomo.zipper.mesh.dropped.messages", unit: "{message}",
+            description: "Frames not forwarded to a mesh downstream because its queue was full."
+        ) { series { Double($0.dropped) } }
         meter.observableGauge(
             "yomo.zipper.mesh.connected", unit: "{link}", description: "1 while the link to a mesh downstream is connected, 0 while it dials."
         ) { series { $0.connected ? 1 : 0 } }

@@ -66,6 +66,7 @@ struct MeshBacklog {
 
 struct MeshLinkHealth: Sendable {
     var downstream: String
+    var dropped: Int
     var connected: Bool
     var queuedFrames: Int
     var queuedBytes: Int
@@ -100,15 +101,15 @@ final class MeshLink: Sendable {
     /// Frames dropped for this downstream so far.
     var dropped: Int { state.withLock { $0.backlog.dropped } }
 
-    /// Whether the link is connected now, and the frames waiting for it: in
-    /// its queue, and held by its client while it reconnects.
+    /// What the link dropped, whether it is connected now, and the frames
+    /// waiting for it: in its queue, and held by its client while it reconnects.
     var health: MeshLinkHealth {
-        let (client, frames, bytes) = state.withLock { ($0.client, $0.backlog.frames.count, $0.backlog.bytes) }
+        let (client, backlog) = state.withLock { ($0.client, $0.backlog) }
         // The client's own lock, outside the link's.
         let held = client?.outageStatistics
         return MeshLinkHealth(
-            downstream: peer.name, connected: client?.isConnected ?? false,
-            queuedFrames: frames + (held?.pendingFrames ?? 0), queuedBytes: bytes + (held?.pendingBytes ?? 0))
+            downstream: peer.name, dropped: backlog.dropped, connected: client?.isConnected ?? false,
+            queuedFrames: backlog.frames.count + (held?.pendingFrames ?? 0), queuedBytes: backlog.bytes + (held?.pendingBytes ?? 0))
     }
 
     /// Whether `clientID` is the id this link's client is dialling with: a

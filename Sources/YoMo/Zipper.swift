@@ -294,7 +294,6 @@ public final class Zipper: Sendable {
         }
         if !links.isEmpty {
             let links = self.links
-            metrics.observeMeshDrops { links.map { ($0.peer.name, $0.dropped) } }
             metrics.observeMeshLinks { links.map(\.health) }
         }
         metrics.observeClientConnections { [weak self] in self?.clientConnections() ?? [] }

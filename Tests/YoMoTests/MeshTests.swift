@@ -144,6 +144,7 @@ struct MeshLoopbackTests {
         #expect(await eventually { a.statistics.meshDroppedFrames == 0 && a.meshLinkHealth.first?.queuedFrames == 10 })
         #expect(await gauge("yomo_zipper_mesh_connected") == 0)
         #expect(await gauge("yomo_zipper_mesh_queued_messages") == 10)
+        #expect(await gauge("yomo_zipper_mesh_dropped_messages_total") == 0, "within the queue's bounds")
         #expect((await gauge("yomo_zipper_mesh_queued_size_bytes") ?? 0) > 10 * 7)
 
         let b = Self.zipper("b", port: portB, mesh: [])
