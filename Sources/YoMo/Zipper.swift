@@ -824,7 +824,6 @@ public final class Zipper: Sendable {
         await link.close()
     }
 
-    /// A connection refused before or at its handshake: `statistics` and the metric.
     /// Each mesh link's state (empty without a mesh).
     var meshLinkHealth: [MeshLinkHealth] { links.map(\.health) }
 
@@ -835,6 +834,7 @@ public final class Zipper: Sendable {
         return peers.map { ClientConnectionHealth(member: $0.0, statistics: $0.1.statistics, unacknowledgedBytes: $0.1.unacknowledgedBytes) }
     }
 
+    /// A connection refused before or at its handshake: `statistics` and the metric.
     private func countRefusal(_ reason: String) {
         state.withLock { $0.statistics.rejectedHandshakes += 1 }
         metrics.rejected(reason: reason)
