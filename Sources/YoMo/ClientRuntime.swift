@@ -973,11 +973,13 @@ final class ClientRuntime: Sendable {
     }
 
     /// `/readyz` says this client is ready while it has a connection; its QUIC
-    /// health goes to the metrics.
+    /// health and its outage buffer go to the metrics.
     private func registerReadiness() {
-        state.withLock { $0.metrics }.observeQUIC { [weak self] in
+        let metrics = state.withLock { $0.metrics }
+        metrics.observeQUIC { [weak self] in
             self?.state.withLock { $0.session }?.connection.connection.statistics
         }
+        metrics.observeOutage { [weak self] in self?.outageStatistics ?? OutageStatistics() }
         let id = Readiness.shared.register("\(clientType) \(name)") { [weak self] in self?.isConnectedForTesting ?? false }
         state.withLock { $0.readinessProbe = id }
     }

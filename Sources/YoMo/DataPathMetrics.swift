@@ -258,6 +258,29 @@ final class DataPathMetrics: Sendable {
         }
     }
 
+    /// What a client's outage buffer holds while it reconnects, what it could
+    /// not hold (lost), and what it sent again after a reconnect, read when
+    /// metrics are collected.
+    func observeOutage(_ read: @escaping @Sendable () -> OutageStatistics) {
+        guard enabled else { return }
+        let base = baseAttributes
+        meter.observableGauge(
+            "yomo.client.outage.held.messages", unit: "{message}",
+            description: "Frames written while disconnected, held for the next connection."
+        ) { [(base, Double(read().pendingFrames))] }
+        meter.observableGauge(
+            "yomo.client.outage.held.size", unit: "By", description: "Bytes of the frames held for the next connection."
+        ) { [(base, Double(read().pendingBytes))] }
+        meter.observableCounter(
+            "yomo.client.outage.dropped.messages", unit: "{message}",
+            description: "Frames lost while reconnecting: writes refused with the outage buffer full or off, and held frames discarded when the client ended."
+        ) { [(base, Double(read().dropped))] }
+        meter.observableCounter(
+            "yomo.client.outage.resent.messages", unit: "{message}",
+            description: "Frames a lost connection had not had acknowledged, sent again on the next one (the zipper may see them twice)."
+        ) { [(base, Double(read().resent))] }
+    }
+
     /// The health of a client's connection to its zipper (from ngtcp2's
     /// statistics), read when metrics are collected; nothing while disconnected.
     func observeQUIC(_ read: @escaping @Sendable () -> QUICConnection.Statistics?) {

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import Synchronization
 import Testing
+import YoMoMetrics
 import YoMoQUIC
 import YoMoTracing
 import YoMoWire
@@ -124,11 +125,21 @@ struct FaultTests {
             firstRetryDelay: .seconds(3) ... .seconds(3), initialDelay: .seconds(3), maximumDelay: .seconds(3))
         let logs = Inbox<String>()
         let logger = Logger(label: "test.sources") { _ in CapturingLogHandler(lines: logs) }
+        // The sources' outage buffers on /metrics too.
+        let meters = MeterProvider(configuration: .init(serviceName: "sources", environment: [:]))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: meters)
+        defer { Task { await endpoint.close() } }
+        func metric(_ name: String, source: String) async -> Double? {
+            let page = await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body ?? ""
+            let line = page.split(separator: "\n").first { $0.hasPrefix(name + "{") && $0.contains("yomo_source_name=\"\(source)\"") }
+            return line?.split(separator: " ").last.flatMap { Double($0) }
+        }
         func source(_ name: String, frames: Int = 1000) -> (Source, Inbox<YoMoError>) {
             let lost = Inbox<YoMoError>()
             let source = Source(
                 name: name, zipper: zipper.address,
-                options: .init(quic: quic, logger: logger, reconnect: slow, retryConnect: true, outageBufferFrames: frames))
+                options: .init(
+                    quic: quic, logger: logger, reconnect: slow, retryConnect: true, outageBufferFrames: frames, meterProvider: meters))
             source.setErrorHandler { lost.append($0) }
             return (source, lost)
         }
@@ -164,6 +175,11 @@ struct FaultTests {
         }
         #expect(small.outageStatistics.buffered == 3)
         #expect(small.outageStatistics.dropped == 2)
+        #expect(await metric("yomo_client_outage_dropped_messages_total", source: "small") == 2)
+        #expect(await metric("yomo_client_outage_held_messages", source: "small") == 3)
+        #expect(await metric("yomo_client_outage_held_messages", source: "held") == 50)
+        #expect((await metric("yomo_client_outage_held_size_bytes", source: "held") ?? 0) > 50 * 8)
+        #expect(await metric("yomo_client_outage_dropped_messages_total", source: "unbuffered") == 1)
 
         let clock = ContinuousClock()
         try zipper.restart()
@@ -186,6 +202,8 @@ struct FaultTests {
             expected.delivered = 50
             return expected
         }())
+        #expect(await metric("yomo_client_outage_held_messages", source: "held") == 0)
+        #expect(await metric("yomo_client_outage_dropped_messages_total", source: "held") == 0)
         // One line when holding starts, one on delivery with the count, one per
         // burst of refused writes: not one per frame.
         func lines(_ text: String, of client: Source) -> [String] {
