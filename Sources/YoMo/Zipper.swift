@@ -477,6 +477,7 @@ public final class Zipper: Sendable {
             guard let functions else { return }
             do throws(YoMoError) {
                 try RememberedFunctions.write(functions, to: path)
+                if failed { logger.info("the stream functions are remembered again", metadata: ["functions_file": "\(path)"]) }
                 failed = false
             } catch {
                 if !failed {
@@ -485,6 +486,10 @@ public final class Zipper: Sendable {
                     ])
                 }
                 failed = true
+                // Tried again at rememberFunctions' pace (a second), not only at
+                // the next change: a disk that was full, a directory made later.
+                state.withLock { $0.functionsChanged = true }
+                functionsChanges.continuation.yield()
             }
         }
     }

@@ -239,6 +239,34 @@ struct HeldFramesLogicTests {
 
 @Suite("Frames with no stream function wait for one on its way back", .serialized)
 struct HeldFramesTests {
+    @Test("a functions file that cannot be written is tried again each second, not only at the next change: written once it can be")
+    func functionsFileRetried() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-functions-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // Its directory is a regular file for now (root writes anywhere, so no permission would stop it).
+        let blocker = directory + "/state"
+        FileManager.default.createFile(atPath: blocker, contents: Data("not a directory".utf8))
+        let file = blocker + "/zipper.functions"
+        let lines = Inbox<String>()
+        let logger = Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: lines) }
+        try await withZipper(configure: { $0.functionsFile = file }, logger: logger) { address, _ in
+            let recorder = StreamFunction(name: "recorder", zipper: address, options: .init(observedTags: [0x66]))
+            recorder.setHandler { _ in }
+            try await recorder.connect()
+            #expect(await eventually { lines.items.contains { $0.contains("the stream functions cannot be remembered across a restart") } })
+            try FileManager.default.removeItem(atPath: blocker)
+            try FileManager.default.createDirectory(atPath: blocker, withIntermediateDirectories: true)
+            // No function comes or goes: only the retry writes it.
+            #expect(await eventually(within: .seconds(10)) {
+                ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").contains("recorder")
+            })
+            #expect(await eventually { lines.items.contains { $0.contains("the stream functions are remembered again") } })
+            #expect(lines.items.filter { $0.contains("cannot be remembered") }.count == 1, "warned once")
+            await recorder.close()
+        }
+    }
+
     /// A padded payload's text before its `:`.
     static func label(_ data: [UInt8]) -> String { String(String(decoding: data, as: UTF8.self).prefix { $0 != ":" }) }
 
