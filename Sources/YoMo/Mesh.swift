@@ -64,6 +64,7 @@ struct MeshBacklog {
     }
 }
 
+/// A mesh link as `/metrics` shows it.
 struct MeshLinkHealth: Sendable {
     var downstream: String
     var dropped: Int
