@@ -60,6 +60,7 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
 DOC = ROOT / "docs" / "deployment.md"
 SDK_METRICS = ROOT / "Sources" / "YoMo" / "DataPathMetrics.swift"
+PROCESS_METRICS = ROOT / "Sources" / "YoMoMetrics" / "ProcessMetrics.swift"
 SDK_COMPONENTS = [ROOT / "Sources" / "YoMo" / f"{name}.swift" for name in ("StreamFunction", "Source", "Zipper")]
 SETUP = ROOT / "scripts" / "setup.sh"
 
@@ -858,6 +859,18 @@ def sdk_series() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
             series |= {prometheus + "_bucket": names | {"le"}, prometheus + "_sum": names, prometheus + "_count": names}
         else:
             series[prometheus] = names
+    # The process's own metrics (registered once per program by bootstrap):
+    # each instrument, with the attribute keys its closure writes.
+    process_text = PROCESS_METRICS.read_text()
+    found = 0
+    for match in re.finditer(r'meter\.(observableGauge|observableCounter)\(\s*"([^"]+)"\s*,\s*unit:\s*"([^"]*)"', process_text):
+        closure = balanced(process_text, process_text.index("{", match.end()))
+        keys = set(re.findall(r'\["([a-z_.]+)":', closure))
+        name = otel_metric_name(match.group(2), match.group(3)) + ("_total" if match.group(1) == "observableCounter" else "")
+        series[name] = {otel_prometheus_name(k) for k in keys} | {"otel_scope_name"} | TARGET_LABELS
+        found += 1
+    if not found:
+        fail(PROCESS_METRICS, "no meter.observableGauge/observableCounter(\"name\", unit: …) calls found")
     # target_info: the resource, for joins by service name.
     series["target_info"] = {"service_name"} | TARGET_LABELS
     for name in SCRAPE_SERIES:

@@ -7,7 +7,8 @@ private let swiftMetricsBootstrapped = Atomic<Bool>(false)
 public import YoMoTracing
 
 /// Sets up metrics for an executable: a meter provider for the process (what
-/// components use when given none), swift-metrics backed by it, and the
+/// components use when given none) with the process's own `process.*`
+/// metrics (`ProcessMetrics`), swift-metrics backed by it, and the
 /// `/metrics` `/healthz` `/readyz` endpoint when `YOMO_METRICS_LISTEN`
 /// (`HOST:PORT`) or `listen` asks for it. Off by default: without an endpoint
 /// the provider is `MeterProvider.noop` and recording costs nothing.
@@ -62,6 +63,7 @@ public enum YoMoMetrics {
                 logger.error("OTLP metrics export is off: \(error)")
             }
         }
+        ProcessMetrics.observe(provider)
         GlobalMeterProvider.set(provider)
         // swift-metrics allows one bootstrap per process (a second traps).
         if !swiftMetricsBootstrapped.exchange(true, ordering: .relaxed) {

@@ -125,6 +125,11 @@ struct LogPipeTests {
         let series = "yomo_sdk_log_records_dropped_total{yomo_log_pipeline=\"writer\",otel_scope_name=\"Zipper\"}"
         let before = await httpGet("http://127.0.0.1:\(metricsPort)/metrics")?.body ?? ""
         #expect(before.contains("\(series) 0"), "\(before)")
+        // The process's own metrics, which bootstrap registers for every program.
+        let resident = before.split(separator: "\n").first { $0.hasPrefix("process_memory_usage_bytes{") }
+        #expect((resident?.split(separator: " ").last.flatMap { Double($0) } ?? 0) > 1_048_576, "\(before)")
+        #expect(before.contains("process_cpu_time_seconds_total{cpu_mode=\"user\""), "\(before)")
+        #expect(before.contains("process_open_file_descriptor_count{"), "\(before)")
         zipper.stopReading()
 
         // Two connections and two disconnections: four lines into a pipe nobody reads.
