@@ -58,7 +58,7 @@ struct Top: AsyncParsableCommand {
         }
     }
 
-    static let header = "component               target                  in/s     out/s   err%    p50 ms    p99 ms  conns  reconn  noroute/s  drop/s  rtt ms  span drops  held%"
+    static let header = "component               target                  in/s     out/s   err%    p50 ms    p99 ms  conns  reconn  noroute/s  drop/s  rtt ms  span drops  held%  rss MiB"
 
     /// Values come from whatever answers at a target: `fixed` prints any
     /// double (NaN, infinities and huge counts too), where `Int(_:)` would trap.
@@ -72,6 +72,7 @@ struct Top: AsyncParsableCommand {
             + padLeft(row.connections.map(count) ?? "-", 7) + padLeft(count(row.reconnects), 8)
             + padLeft(number(row.noRouteRate), 11) + padLeft(number(row.droppedRate), 8)
             + padLeft(milliseconds(row.rtt), 8) + padLeft(count(row.exporterDrops), 12) + padLeft(number(row.heldPercent), 7)
+            + padLeft(row.residentBytes.map { number($0 / 1_048_576) } ?? "-", 9)
     }
 
     /// Each zipper target's clients, one line each, under a header.

@@ -91,6 +91,8 @@ public struct PipelineRow: Sendable, Hashable {
     public var exporterDrops: Double
     /// Function: share of the interval its handlers' limits held reading, 0–100.
     public var heldPercent: Double = 0
+    /// The process's resident memory, bytes (nil: not reported).
+    public var residentBytes: Double?
 
     /// The row for `target` from `previous` and `current` scrapes `seconds` apart.
     public static func compute(target: String, previous: [ScrapedSample], current: [ScrapedSample], seconds: Double) -> PipelineRow {
@@ -123,7 +125,8 @@ public struct PipelineRow: Sendable, Hashable {
                 + rate("yomo_zipper_mesh_dropped_messages_total"),
             rtt: rtts.isEmpty ? nil : rtts.reduce(0) { $0 + $1.value } / Double(rtts.count),
             exporterDrops: total(current, "yomo_sdk_spans_dropped_total"),
-            heldPercent: min(100, rate("yomo_handlers_reading_held_time_seconds_total") * 100))
+            heldPercent: min(100, rate("yomo_handlers_reading_held_time_seconds_total") * 100),
+            residentBytes: current.first { $0.name == "process_memory_usage_bytes" }?.value)
     }
 
     /// p50 and p99 of a histogram over the interval between two scrapes, all

@@ -45,6 +45,11 @@ struct PipelineViewTests {
         #expect(abs(try #require(row.p99) - 0.0991) < 1e-9)
         #expect(row.connections == nil)
         #expect(row.heldPercent == 50, "reading held 1 s of the 2")
+        #expect(row.residentBytes == nil, "no process metrics on the page")
+        let withMemory = PipelineRow.compute(
+            target: "h:1", previous: before, current: after + [ScrapedSample(name: "process_memory_usage_bytes", labels: [:], value: 3_145_728)],
+            seconds: 2)
+        #expect(withMemory.residentBytes == 3_145_728)
         let idle = PipelineRow.compute(target: "h:1", previous: after, current: after, seconds: 1)
         #expect(idle.p50 == nil && idle.inRate == 0)
     }

@@ -414,6 +414,8 @@ struct MetricsEndToEndTests {
         let functionMetrics = MeterProvider(configuration: .init(serviceName: "top-upper", environment: [:]))
         let zipperEndpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: zipperMetrics)
         let functionEndpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: functionMetrics)
+        // As bootstrap does for a program: the process's own metrics, here on the function's page only.
+        ProcessMetrics.observe(functionMetrics)
         // The replies' tag has no observer: dropped at once (no_route), not held in the zipper's first seconds.
         let zipper = Zipper(
             configuration: ZipperConfiguration(host: "127.0.0.1", port: 0, unroutedHold: .off), options: .init(meterProvider: zipperMetrics))
@@ -449,6 +451,8 @@ struct MetricsEndToEndTests {
         #expect((Double(fields(functionLine)[11]) ?? 0) > 0, "an RTT: \(functionLine)")
         #expect(fields(functionLine)[12] == "0", "no span drops: \(functionLine)")
         #expect(fields(functionLine)[13] == "0.0", "no limit held reading: \(functionLine)")
+        #expect((Double(fields(functionLine)[14]) ?? 0) > 1, "this process's resident MiB: \(functionLine)")
+        #expect(fields(zipperLine)[14] == "-", "no process metrics on that page: \(zipperLine)")
         #expect((Double(fields(zipperLine)[2]) ?? 0) > 10, "\(zipperLine)")
         #expect(fields(zipperLine)[7] == "2", "a source and a function connected: \(zipperLine)")
         #expect((Double(fields(zipperLine)[9]) ?? 0) > 10, "replies have no observer: \(zipperLine)")
