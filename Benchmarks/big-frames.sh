@@ -3,8 +3,9 @@
 # `yomo bench` runs at once, each 20 frames of 3 MB with 4 in flight, through
 # `uppercase-sfn`, against `yomo serve` with ROOM_BYTES of room. Prints each
 # bench's summary (lost=N, p99), the wall time, the connections closed for a
-# stalled frame (none expected: honest clients only wait) and the zipper's
-# peak resident memory. Compare a small room with the default (268435456).
+# stalled frame (the zipper's yomo.zipper.incomplete_frames.stalled; none
+# expected: honest clients only wait) and the zipper's peak resident memory.
+# Compare a small room with the default (268435456).
 #
 #   Benchmarks/big-frames.sh [ROOM_BYTES] [BIN]
 #
@@ -12,27 +13,18 @@
 # issue 14 (docs/reliability.md, "Limits before trust").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source Benchmarks/loop-common.sh
 room="${1:-$((16 << 20))}"
 bin="$(cd "${2:-.build/debug}" && pwd)"
 work="$(mktemp -d)"
 port=$((20000 + RANDOM % 20000))
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+metrics=$((port + 1))
+trap 'stop_all; rm -rf "$work"' EXIT
 
-cat > "$work/zipper.yaml" <<YAML
-name: big-frames
-host: 127.0.0.1
-port: $port
-limits:
-  max_incomplete_frame_bytes: $room
-YAML
-"$bin/yomo" serve -c "$work/zipper.yaml" --stateless-reset-key-file none --functions-file none >"$work/zipper.log" 2>&1 &
-zipper=$!
-pids+=("$zipper")
-for _ in $(seq 1 100); do grep -q 'listening' "$work/zipper.log" 2>/dev/null && break; sleep 0.1; done
-"$bin/uppercase-sfn" --zipper "127.0.0.1:$port" >"$work/function.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 1 100); do grep -q 'connected to zipper' "$work/function.log" 2>/dev/null && break; sleep 0.1; done
+printf 'limits:\n  max_incomplete_frame_bytes: %s\n' "$room" >"$work/zipper.yaml"
+environment=(env)
+zipper_args=(-c "$work/zipper.yaml" --stateless-reset-key-file none --functions-file none --metrics "127.0.0.1:$metrics")
+start_zipper_and_function "$bin"
 started=$(date +%s.%N)
 benches=()
 for i in 1 2 3 4; do
@@ -42,4 +34,5 @@ done
 wait "${benches[@]}" || true
 ended=$(date +%s.%N)
 for i in 1 2 3 4; do tail -1 "$work/bench$i.log"; done
-echo "room_bytes=$room seconds=$(echo "$ended - $started" | bc) stalled=$(grep -c 'frame stalled' "$work/zipper.log" || true) peak_rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$zipper/status")"
+stalled=$(curl -s "http://127.0.0.1:$metrics/metrics" | awk '/^yomo_zipper_incomplete_frames_stalled_total/ {print $2}')
+echo "room_bytes=$room seconds=$(echo "$ended - $started" | bc) stalled=${stalled:-0} peak_rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$zipper/status")"

@@ -217,8 +217,6 @@ final class ClientRuntime: Sendable {
     /// A session is up: handshake done, not yet lost.
     var isConnected: Bool { state.withLock { $0.session != nil } }
 
-    var isConnectedForTesting: Bool { isConnected }
-
     var isClosingForTesting: Bool { state.withLock { $0.lifecycle.isClosing } }
 
     /// The current session's connection has ended, and this client has not let go of it yet
@@ -980,7 +978,7 @@ final class ClientRuntime: Sendable {
             self?.state.withLock { $0.session }?.connection.connection.statistics
         }
         metrics.observeOutage { [weak self] in self?.outageStatistics ?? OutageStatistics() }
-        let id = Readiness.shared.register("\(clientType) \(name)") { [weak self] in self?.isConnectedForTesting ?? false }
+        let id = Readiness.shared.register("\(clientType) \(name)") { [weak self] in self?.isConnected ?? false }
         state.withLock { $0.readinessProbe = id }
     }
 

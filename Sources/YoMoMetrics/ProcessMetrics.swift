@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import YoMoTracing
 
 /// The process's own use of memory, CPU, threads and file descriptors, named
 /// as the OpenTelemetry semantic conventions name them (`process.*`), read
@@ -80,20 +81,6 @@ public enum ProcessMetrics {
             if !isDot { count += 1 }
         }
         return max(0, count - 1)
-        #else
-        return nil
-        #endif
-    }
-
-    private static func readSmallFile(_ path: String) -> String? {
-        #if os(Linux)
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { return nil }
-        defer { close(descriptor) }
-        var bytes = [UInt8](repeating: 0, count: 4096)
-        let count = bytes.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-        guard count > 0 else { return nil }
-        return String(decoding: bytes[..<count], as: UTF8.self)
         #else
         return nil
         #endif

@@ -56,6 +56,13 @@ public final class IncompleteFrameBudget: Sendable {
         }
 
         var budgetLeft: Int { limit - held }
+
+        /// Takes `id`'s room back (nil: it had none, or gave it back already).
+        mutating func giveBack(_ id: UInt64) -> Holder? {
+            guard let holder = holders.removeValue(forKey: id) else { return nil }
+            held -= holder.bytes
+            return holder
+        }
     }
 
     private let state: Mutex<State>
@@ -144,8 +151,7 @@ public final class IncompleteFrameBudget: Sendable {
 
     private func release(_ id: UInt64) {
         let admitted = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
-            guard let holder = state.holders.removeValue(forKey: id) else { return [] }
-            state.held -= holder.bytes
+            guard state.giveBack(id) != nil else { return [] }
             return state.admit()
         }
         for waiter in admitted { waiter.resume() }
@@ -171,12 +177,7 @@ public final class IncompleteFrameBudget: Sendable {
                 state.watching = false
                 return ([Holder](), [CheckedContinuation<Void, any Error>](), false)
             }
-            var stalled: [Holder] = []
-            for (id, holder) in state.holders where now - holder.lastProgress >= stallTimeout {
-                stalled.append(holder)
-                state.holders[id] = nil
-                state.held -= holder.bytes
-            }
+            let stalled = state.holders.filter { now - $0.value.lastProgress >= stallTimeout }.keys.compactMap { state.giveBack($0) }
             let admitted = state.admit()
             let goOn = !state.waiters.isEmpty
             if !goOn { state.watching = false }

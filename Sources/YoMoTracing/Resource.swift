@@ -61,19 +61,11 @@ public struct Resource: Sendable, Equatable {
 
     private static func processName() -> String {
         #if os(Linux)
-        if let name = readSmallFile("/proc/self/comm")?.trimmingSpaces().split(separator: "\n").first {
+        if let name = readSmallFile("/proc/self/comm", maximumBytes: 256)?.trimmingSpaces().split(separator: "\n").first {
             return String(name)
         }
         #endif
         return "swift"
-    }
-
-    private static func readSmallFile(_ path: String) -> String? {
-        guard let file = fopen(path, "r") else { return nil }
-        defer { fclose(file) }
-        var buffer = [CChar](repeating: 0, count: 256)
-        guard fgets(&buffer, Int32(buffer.count), file) != nil else { return nil }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 

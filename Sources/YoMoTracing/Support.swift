@@ -105,6 +105,18 @@ extension Duration {
     }
 }
 
+/// The first `maximumBytes` of a small file such as `/proc/self/stat` (one
+/// read: the kernel's pseudo-files answer whole), or nil when it cannot be read.
+package func readSmallFile(_ path: String, maximumBytes: Int = 4096) -> String? {
+    let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+    guard descriptor >= 0 else { return nil }
+    defer { close(descriptor) }
+    var bytes = [UInt8](repeating: 0, count: maximumBytes)
+    let count = bytes.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+    guard count > 0 else { return nil }
+    return String(decoding: bytes[..<count], as: UTF8.self)
+}
+
 @inline(__always) package func wallClockNanoseconds() -> UInt64 {
     var spec = timespec()
     clock_gettime(CLOCK_REALTIME, &spec)

@@ -184,12 +184,12 @@ struct FaultTests {
         let clock = ContinuousClock()
         try zipper.restart()
         let restarted = clock.now
-        #expect(await eventually(within: .seconds(10)) { sink.client.isConnectedForTesting })
+        #expect(await eventually(within: .seconds(10)) { sink.client.isConnected })
         let sinkBack = clock.now - restarted
         // The first redial came 50–250 ms after the loss, later ones at most ~1.2 s apart.
         #expect(sinkBack < .milliseconds(2500), "the sink was back \(sinkBack) after the restart")
 
-        #expect(await eventually { held.client.isConnectedForTesting })
+        #expect(await eventually { held.client.isConnected })
         try await held.write(tag: 0x33, data: Array("after".utf8))
         #expect(await eventually { received.items.contains("after") })
         // The stream is ordered: a duplicate would have come before "after".

@@ -142,7 +142,7 @@ struct HandlerLifecycleTests {
         try zipper.restart()
         // Before, the function reported the loss and redialled only once its handlers had finished.
         #expect(await lost.wait(for: 1, timeout: .seconds(10)), "the loss was reported while the handler waits")
-        #expect(await eventually { sfn.client.isConnectedForTesting && !sfn.client.sessionEndedForTesting }, "redialled")
+        #expect(await eventually { sfn.client.isConnected && !sfn.client.sessionEndedForTesting }, "redialled")
         if pipe {
             for index in 0..<3 { try await source.write(tag: 0x63, data: Array("after-\(index)".utf8)) }
             gate.open()

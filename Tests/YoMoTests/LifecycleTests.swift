@@ -314,8 +314,8 @@ struct LifecycleTests {
                 tasks.addTask { try await group.run() }
                 let clock = ContinuousClock()
                 let deadline = clock.now.advanced(by: .seconds(10))
-                while sfn.client.isConnectedForTesting == false, clock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
-                #expect(sfn.client.isConnectedForTesting)
+                while sfn.client.isConnected == false, clock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+                #expect(sfn.client.isConnected)
                 await group.triggerGracefulShutdown()
                 try await tasks.waitForAll()
             }
