@@ -5,6 +5,7 @@
 //
 //   swift run -c release yomo-fault-bench fanout --observers 300 --frames 1000 --size 64
 //   swift run -c release yomo-fault-bench reconnect --rounds 3
+//   swift run -c release yomo-fault-bench reconnect --graceful --rounds 5 --interval-microseconds 200
 //   swift run -c release yomo-fault-bench idle --connections 500
 //   swift run -c release yomo-fault-bench backlog --frames 4000 --size 65536
 //   swift run -c release yomo-fault-bench function --restart-after-ms 1000 --rounds 3
@@ -41,7 +42,8 @@ final class ZipperProcess: @unchecked Sendable {
         process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"]
             + (options.baseline ? [] : ["--slow-consumer", options.slowConsumer, "--stateless-reset-key-file", keyFile]) + extraArguments
         if let log = ProcessInfo.processInfo.environment["FAULT_BENCH_ZIPPER_LOG"] {
-            FileManager.default.createFile(atPath: log, contents: nil)
+            // Appended to: a restarted zipper's lines follow its predecessor's.
+            if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
             let handle = FileHandle(forWritingAtPath: log)
             handle?.seekToEndOfFile()
             process.standardError = handle
@@ -170,9 +172,11 @@ struct Fanout: AsyncParsableCommand {
 }
 
 struct Reconnect: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "kill -9 and restart the zipper while a source writes every 10 ms: time until frames flow again, frames lost.")
+    static let configuration = CommandConfiguration(abstract: "kill -9 (or SIGTERM, --graceful) and restart the zipper while a source writes (every 10 ms by default): time until frames flow again, frames lost.")
     @OptionGroup var zipperOptions: ZipperOptions
     @Option var rounds = 3
+    @Option(help: "Microseconds between the source's writes.") var intervalMicroseconds = 10_000
+    @Flag(help: "Stop the zipper with SIGTERM (a graceful shutdown, as a rolling restart does) instead of kill -9.") var graceful = false
 
     func run() async throws {
         let key = keyFile()
@@ -202,14 +206,14 @@ struct Reconnect: AsyncParsableCommand {
                 if (try? await source.write(tag: 0x41, data: Array("\(sequence)".utf8))) != nil {
                     written.withLock { $0.append((sequence, clock.now)) }
                 }
-                try? await Task.sleep(for: .milliseconds(10))
+                try? await Task.sleep(for: .microseconds(intervalMicroseconds))
             }
         }
         var silentlyLost = 0
         for round in 1...rounds {
             _ = await waitUntil(.seconds(10)) { lastReceivedAt.withLock { $0 }.map { clock.now - $0 < .milliseconds(50) } ?? false }
             sourceLostAt.withLock { $0 = nil }
-            zipper.kill()
+            if graceful { zipper.stop() } else { zipper.kill() }
             let killedAt = clock.now
             try await Task.sleep(for: .milliseconds(200))
             zipper = try ZipperProcess(zipperOptions, keyFile: key)
@@ -228,9 +232,16 @@ struct Reconnect: AsyncParsableCommand {
         }
         writer.cancel()
         _ = await writer.value
-        try await Task.sleep(for: .seconds(1))
+        // Until everything written arrived, or nothing more did for 2 s.
+        var lastCount = -1
+        while received.withLock({ $0.count }) != lastCount {
+            lastCount = received.withLock { $0.count }
+            _ = await waitUntil(.seconds(2)) { received.withLock { $0.count } >= written.withLock { $0.count } }
+        }
         let reported = written.withLock { $0.count }
-        print("written_ok=\(reported) received=\(received.withLock { $0.count }) silently_lost=\(silentlyLost)")
+        let missing = written.withLock { $0.map(\.sequence) }.filter { !received.withLock { $0 }.contains($0) }
+        print("written_ok=\(reported) received=\(received.withLock { $0.count }) lost=\(missing.count) silently_lost=\(silentlyLost)")
+        if !missing.isEmpty { print("lost sequences: \(missing.prefix(20))\(missing.count > 20 ? " …" : "")") }
         await source.close()
         await sfn.close()
         zipper.stop()

@@ -155,13 +155,16 @@ enum ClientCore {
     }
 
     /// Whether a session that ended with `error` should be dialled again.
-    static func isFinal(_ error: any Error) -> Bool {
+    static func isFinal(_ error: any Error, policy: ReconnectPolicy) -> Bool {
         if let error = error as? YoMoError {
-            return [.rejected, .goaway, .closedByPeer, .listenerShutdown, .closed].contains(error.code)
+            if error.code == .listenerShutdown { return !policy.redialsAfterZipperShutdown }
+            return [.rejected, .goaway, .closedByPeer, .closed].contains(error.code)
         }
         if let error = error as? QUICError {
             // A frame the zipper stopped waiting for: dial again and send it whole.
             if error.reason?.hasPrefix(Zipper.stalledFrameReason) == true { return false }
+            // A zipper that stops is usually restarted (a deploy, a host's reboot).
+            if error.isRemote && error.isListenerShutdown { return !policy.redialsAfterZipperShutdown }
             return error.isRemote && error.applicationErrorCode != nil
         }
         return false

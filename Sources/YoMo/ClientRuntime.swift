@@ -365,7 +365,7 @@ final class ClientRuntime: Sendable {
                 logger.info("connected to zipper", metadata: [YoMoLogField.connectionID: "\(session.clientID)"])
                 return session
             } catch {
-                let action = state.withLock { $0.lifecycle.dialFailed(final: ClientCore.isFinal(error)) }
+                let action = state.withLock { $0.lifecycle.dialFailed(final: ClientCore.isFinal(error, policy: $0.lifecycle.policy)) }
                 if case .end(.closed) = action { throw YoMoError(.closed, "\(name) closed while connecting") }
                 guard case .dialAfter(let delay) = action else { throw ClientCore.describe(error, zipper: setup.settings.zipper, dialling: true) }
                 logger.warning("cannot connect to zipper, retrying", metadata: ["zipper_addr": "\(setup.settings.zipper)", "error": "\(error)", "retry_in": "\(delay)"])
@@ -478,7 +478,7 @@ final class ClientRuntime: Sendable {
                 if state.withLock({ $0.lifecycle.isClosing }) { await drainHandlers(handlers, setup, &group) }
                 state.withLock { if $0.session === current { $0.session = nil } }
                 // A stream the zipper finished without a reason is redialled, as in Go.
-                let action = state.withLock { $0.lifecycle.connectionLost(final: ended.map(ClientCore.isFinal) ?? false) }
+                let action = state.withLock { $0.lifecycle.connectionLost(final: ended.map { ClientCore.isFinal($0, policy: setup.settings.reconnect) } ?? false) }
                 let reason = ClientCore.describe(ended ?? YoMoError(.closedByPeer, "zipper closed the stream"), zipper: current.zipper)
                 switch action {
                 case .end(.closed):
@@ -524,7 +524,7 @@ final class ClientRuntime: Sendable {
                 logger.info("reconnected to zipper", metadata: [YoMoLogField.connectionID: "\(clientID)"])
                 setup.metrics.reconnected()
             } catch {
-                let action = state.withLock { $0.lifecycle.dialFailed(final: ClientCore.isFinal(error)) }
+                let action = state.withLock { $0.lifecycle.dialFailed(final: ClientCore.isFinal(error, policy: $0.lifecycle.policy)) }
                 let reason = ClientCore.describe(error, zipper: setup.settings.zipper, dialling: true)
                 switch action {
                 case .dialAfter(let wait):
@@ -822,8 +822,8 @@ final class ClientRuntime: Sendable {
                 // it was queued before the end, the zipper may get it twice).
                 // A final end (the zipper closed with a reason) is not followed
                 // by a reconnect: holding the frame would only drop it later.
-                let final = ClientCore.isFinal(failure)
                 route = state.withLock { state in
+                    let final = ClientCore.isFinal(failure, policy: state.lifecycle.policy)
                     if state.session === session { state.session = nil }
                     if state.lifecycle.isClosing || state.ended {
                         return .refused(YoMoError(.closed, "\(name) closed while this frame was written"), logBurst: false)

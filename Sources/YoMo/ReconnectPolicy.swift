@@ -18,6 +18,10 @@ public struct ReconnectPolicy: Hashable, Sendable {
     public var jitter: Double
     /// Give up after this many failed attempts in a row; `nil` retries forever.
     public var maximumAttempts: Int?
+    /// Whether a connection the zipper closed because it shuts down (a
+    /// graceful stop or restart: application code 0) is dialled again, as a
+    /// lost one is. `false` ends the client there, as the Go SDK's clients do.
+    public var redialsAfterZipperShutdown: Bool
 
     /// Values that cannot work (a negative delay, a multiplier below 1, a
     /// jitter outside 0…1) are refused by `connect()` with the field named.
@@ -27,7 +31,8 @@ public struct ReconnectPolicy: Hashable, Sendable {
         maximumDelay: Duration = .seconds(1),
         multiplier: Double = 2,
         jitter: Double = 0.2,
-        maximumAttempts: Int? = nil
+        maximumAttempts: Int? = nil,
+        redialsAfterZipperShutdown: Bool = true
     ) {
         self.firstRetryDelay = firstRetryDelay
         self.initialDelay = initialDelay
@@ -35,6 +40,7 @@ public struct ReconnectPolicy: Hashable, Sendable {
         self.multiplier = multiplier
         self.jitter = jitter
         self.maximumAttempts = maximumAttempts
+        self.redialsAfterZipperShutdown = redialsAfterZipperShutdown
     }
 
     public static let `default` = ReconnectPolicy()

@@ -341,7 +341,11 @@ public final class Zipper: Sendable {
             // Closing ends `connections`, which ends the accept loop.
             self.state.withLock { $0.closed = true }
             self.rememberFunctionsBeforeClosing()
-            Task { await server.close(reason: Self.shutdownReason) }
+            let drainDeadline = ContinuousClock.now + self.options.shutdownTimeout / 2
+            Task {
+                await self.drain(server, until: drainDeadline)
+                await server.close(reason: Self.shutdownReason)
+            }
         }
         reportWhatTheCloseLost()
     }
@@ -355,10 +359,87 @@ public final class Zipper: Sendable {
         let deadline = ContinuousClock.now + options.shutdownTimeout
         rememberFunctionsBeforeClosing()
         if let probe = state.withLock({ $0.readinessProbe }) { Readiness.shared.remove(probe) }
+        if let server { await drain(server, until: ContinuousClock.now + options.shutdownTimeout / 2) }
         await server?.close(reason: Self.shutdownReason)
         await task?.value
         reportWhatTheCloseLost()
         await ownedProvider?.shutdown(timeout: max(deadline - ContinuousClock.now, .milliseconds(250)))
+    }
+
+    /// Before a graceful close lets its connections go: what can be kept is
+    /// kept. Connections that only send (sources, upstream zippers) close
+    /// first, with the shutdown signal: what this zipper had not acknowledged
+    /// stays with their clients, which send it again to the zipper that
+    /// replaces this one, and what it had is routed. Then the stream functions
+    /// get until `deadline` to acknowledge everything written to them (their
+    /// own writes still routed), or until nothing moved for `drainStallLimit`
+    /// (a function that froze). Until the thirtieth round of issue 14 every
+    /// connection closed at once and frames inside the zipper were lost.
+    private func drain(_ server: QUICServer, until deadline: ContinuousClock.Instant) async {
+        await server.stopAccepting()
+        let started = ContinuousClock.now
+        let senders = state.withLock { state -> [(connection: QUICFrameConnection, left: Latch)] in
+            state.peers.compactMap { id, peer in
+                guard peer.member.clientType != .streamFunction else { return nil }
+                let left = Latch()
+                state.departureWaiters[id, default: []].append(left)
+                return (peer.connection, left)
+            }
+        }
+        for sender in senders { await sender.connection.close(errorCode: 0, reason: Self.shutdownReason) }
+        // A sender's task may be held routing to a slow function (`block`).
+        let giveUp = Task {
+            try? await Task.sleep(until: deadline)
+            for sender in senders { sender.left.fire() }
+        }
+        for sender in senders { await sender.left.wait() }
+        giveUp.cancel()
+        var progress: [Int] = []
+        var movedAt = ContinuousClock.now
+        while ContinuousClock.now < deadline {
+            let (pending, now) = drainProgress()
+            if pending == 0 {
+                logger.info("closing: every frame taken was delivered", metadata: [
+                    "senders_closed": "\(senders.count)", "took": "\(ContinuousClock.now - started)",
+                ])
+                return
+            }
+            if now != progress {
+                progress = now
+                movedAt = .now
+            } else if ContinuousClock.now - movedAt >= Self.drainStallLimit {
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        logger.info("closing: stream functions or mesh links had not taken everything written to them", metadata: [
+            "senders_closed": "\(senders.count)", "took": "\(ContinuousClock.now - started)",
+        ])
+    }
+
+    /// How long a graceful close waits for stream functions that acknowledge nothing more.
+    static let drainStallLimit: Duration = .seconds(1)
+
+    /// What the stream functions and mesh links have yet to take (0 when
+    /// nothing), and counters that change while they take it.
+    private func drainProgress() -> (pending: Int, progress: [Int]) {
+        var (pending, progress) = state.withLock { state -> (Int, [Int]) in
+            var pending = 0, acknowledged = 0, read = 0
+            for peer in state.peers.values where peer.member.clientType == .streamFunction {
+                let quic = peer.connection.connection
+                // Unread: what a function wrote, not yet routed.
+                pending += quic.unacknowledgedBytes + quic.unreadBytes + peer.unwritten.count
+                acknowledged += quic.acknowledgedBytes
+                read += quic.statistics.bytesReceived
+            }
+            return (pending, [acknowledged, read])
+        }
+        for link in links {
+            let queued = link.health.queuedFrames
+            pending += queued
+            progress.append(queued)
+        }
+        return (pending, progress)
     }
 
     /// What the zipper's close lost: unacknowledged bytes, held frames.
@@ -584,7 +665,9 @@ public final class Zipper: Sendable {
         let forwardsToMesh = !links.isEmpty && MeshForwarding.forwards(from: handshake.clientType)
         var connectionMetadata = Metadata()
         connectionMetadata[Metadata.ReservedKey.wantedTarget] = handshake.wantedTarget
-        let (id, member, held) = state.withLock { state -> (UInt64, RouteMember, [DataFrame]) in
+        let joined = state.withLock { state -> (UInt64, RouteMember, [DataFrame])? in
+            // Closing: its frames would find no one to take them.
+            guard !state.closed else { return nil }
             let id = state.nextConnectionID
             state.nextConnectionID += 1
             let member = RouteMember(
@@ -599,6 +682,11 @@ public final class Zipper: Sendable {
             let held = state.held.take(for: member)
             if held.isEmpty { state.routes.add(member) } else { state.held.beginArriving(member) }
             return (id, member, held)
+        }
+        guard let (id, member, held) = joined else {
+            connectionLogger.info("closing: a client that finished its handshake while the zipper closes is told to dial again")
+            await connection.close(errorCode: 0, reason: Self.shutdownReason)
+            return
         }
         // The frames the connection had not acknowledged when it ended (taken below).
         var unacknowledged: [(frame: DataFrame, target: String?, notAcknowledged: Int)] = []

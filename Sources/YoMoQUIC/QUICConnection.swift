@@ -188,6 +188,10 @@ public final class QUICConnection: Sendable {
     /// the connection dies now.
     public var unacknowledgedBytes: Int { core.unacknowledgedBytes }
 
+    /// Bytes received (and so acknowledged to the peer) that the reader has
+    /// not taken yet.
+    package var unreadBytes: Int { core.unreadBytes }
+
     /// What the peer had not acknowledged when the connection ended, kept for
     /// whoever wants to send it again elsewhere (the zipper, toward a stream
     /// function that comes back); nil while the connection lives, when all was

@@ -99,6 +99,15 @@ public final class QUICServer: Sendable {
     /// Accepted connections, each with its stream open. Ends after `close()`.
     public var connections: Connections { Connections(core: core) }
 
+    /// Takes no new connection from now on (their Initials go unanswered, so
+    /// their clients try again); those already here are served until `close()`.
+    public func stopAccepting() async {
+        let core = self.core
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            if !core.loop.execute({ core.stopAccepting(); c.resume() }) { c.resume() }
+        }
+    }
+
     /// Closes every connection with application code 0 (the YoMo "listener shut
     /// down" signal) and `reason`, stops listening and ends `connections`. When
     /// it returns the port is free: a new server may bind it at once.

@@ -28,6 +28,8 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     private var routes: [ConnectionID: ConnectionCore] = [:]
     private var connections: [ObjectIdentifier: ConnectionCore] = [:]
     private var closed = false
+    /// Cleared when the listener starts to close: new connections are not taken.
+    private var acceptsNew = true
     private var handshaking = 0
     /// Connections holding datagrams the full socket refused.
     private var blocked: [ObjectIdentifier: ConnectionCore] = [:]
@@ -180,7 +182,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             // Beyond the caps, Initials are dropped: a flood of (possibly spoofed)
             // Initials cannot grow state without bound, and a client over the
             // connection cap times out its handshake and retries later.
-            guard !closed, NGPacket.isInitial(datagram), datagram.count >= 1200 else {
+            guard !closed, acceptsNew, NGPacket.isInitial(datagram), datagram.count >= 1200 else {
                 stats.dropped.add(1, ordering: .relaxed)
                 return nil
             }
@@ -306,6 +308,10 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     // MARK: Shutdown
 
     /// Closes every connection with code 0 (listener shut down) and stops listening.
+    /// Answers no new Initial: a client dialling a zipper about to close
+    /// retries later (its Initial again), reaching the one that replaces it.
+    func stopAccepting() { acceptsNew = false }
+
     func shutdown(reason: String) {
         guard !closed else { return }
         closed = true

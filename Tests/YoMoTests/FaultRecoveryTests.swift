@@ -444,6 +444,87 @@ struct FaultRecoveryTests {
         await healthy.close()
     }
 
+    @Test("a zipper restarted gracefully (SIGTERM, then started again) loses no frame: its clients redial, and sources send again what it had not taken")
+    func gracefulRestartLosesNothing() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let arrivals = Inbox<Int>()
+        let sfn = StreamFunction(name: "steady", zipper: zipper.address, options: .init(observedTags: [0x36], retryConnect: true))
+        sfn.setHandler { ctx in
+            if let sequence = Int(String(decoding: ctx.data, as: UTF8.self)) { arrivals.append(sequence) }
+        }
+        try await sfn.connect()
+        let sourceErrors = Inbox<YoMoError>()
+        let source = Source(name: "steady-writer", zipper: zipper.address, options: .init(retryConnect: true))
+        source.setErrorHandler { sourceErrors.append($0) }
+        try await source.connect()
+        let written = Inbox<Int>()
+        let writer = Task {
+            var sequence = 0
+            // Bursts of 5 every millisecond: frames are inside the zipper whenever it is stopped.
+            while !Task.isCancelled {
+                for _ in 0..<5 {
+                    sequence += 1
+                    if (try? await source.write(tag: 0x36, data: Array("\(sequence)".utf8))) != nil { written.append(sequence) }
+                }
+                try? await Task.sleep(for: .milliseconds(1))
+            }
+        }
+        for round in 1...3 {
+            let before = arrivals.count
+            #expect(await arrivals.wait(for: before + 500), "frames flow before restart \(round)")
+            await zipper.terminate()
+            try zipper.restart()
+        }
+        let before = arrivals.count
+        #expect(await arrivals.wait(for: before + 100), "frames flow after the last restart")
+        writer.cancel()
+        _ = await writer.value
+        let all = Set(written.items)
+        _ = await eventually { Set(arrivals.items).isSuperset(of: all) }
+        let missing = all.subtracting(arrivals.items)
+        #expect(missing.isEmpty, "\(missing.count) of \(all.count) frames written never arrived: \(missing.sorted().prefix(20))")
+        #expect(sfn.endReason == nil && source.endReason == nil)
+        #expect(sourceErrors.items.contains { $0.code == .listenerShutdown && $0.message.contains("zipper shutting down") }, "\(sourceErrors.items)")
+        await source.close()
+        await sfn.close()
+        await zipper.kill()
+    }
+
+    @Test("a graceful close waits for stream functions to take what it wrote them: one frozen for a moment loses nothing")
+    func closeWaitsForAFunctionFrozenForAMoment() async throws {
+        let records = Inbox<String>()
+        var options = Zipper.Options(logger: Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) })
+        options.quic.idleTimeout = .seconds(30)
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: options)
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let function = try startFunctionProcess(zipper: address)
+        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+        #expect(await eventually { zipper.connectionCount == 1 })
+        // Once the healthy observer has every frame, the zipper has written them to the frozen one too.
+        let received = Inbox<String>()
+        let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x33]))
+        healthy.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await healthy.connect()
+        try await freeze(function)
+        let source = Source(name: "source", zipper: address)
+        try await source.connect()
+        for index in 0..<20 { try await source.write(tag: 0x33, data: Array("frame \(index)".utf8)) }
+        #expect(await received.wait(for: 20))
+        // The function is stopped for 300 ms of the close, well inside its drain.
+        let thaw = Task {
+            try? await Task.sleep(for: .milliseconds(300))
+            kill(function.processIdentifier, SIGCONT)
+        }
+        await zipper.close()
+        await thaw.value
+        #expect(zipper.statistics.unacknowledgedBytesLost == 0)
+        #expect(!records.items.contains { $0.contains("not acknowledged") }, "\(records.items.filter { $0.contains("not acknowledged") })")
+        #expect(records.items.contains { $0.contains("closing: every frame taken was delivered") }, "\(records.items.filter { $0.contains("closing") })")
+        await source.close()
+        await healthy.close()
+    }
+
     @Test("a zipper restarted with its reset key: an idle function learns of it by a stateless reset and is back fast")
     func restartDetectedByStatelessReset() async throws {
         let key = NSTemporaryDirectory() + "yomo-test-reset-\(UUID().uuidString).key"

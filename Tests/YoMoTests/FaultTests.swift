@@ -47,6 +47,12 @@ final class ZipperProcess {
 
     func restart() throws { process = try Self.launch(port: port, arguments: arguments, environment: environment) }
 
+    /// SIGTERM, as a service manager stops it: a graceful close.
+    func terminate() async {
+        process.terminate()
+        await waitForExit(process)
+    }
+
     deinit { if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) } }
 }
 
@@ -258,7 +264,10 @@ struct FaultTests {
         let address = try #require(zipper.address)
 
         let handled = Inbox<Int>()
-        let sfn = StreamFunction(name: "flushed-sfn", zipper: address, options: .init(observedTags: [0x50]))
+        // Ends with the zipper, as Go's clients do, so that wait() returns.
+        let sfn = StreamFunction(
+            name: "flushed-sfn", zipper: address,
+            options: .init(observedTags: [0x50], reconnect: ReconnectPolicy(redialsAfterZipperShutdown: false)))
         // A provider the function makes itself from the environment (it owns it);
         // the default 5 s schedule delay: nothing is exported before shutdown.
         sfn.setEnvironmentForTesting(["OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint])

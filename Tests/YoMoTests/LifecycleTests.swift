@@ -197,19 +197,49 @@ struct LifecycleTests {
         #expect(source.endReason?.message == error?.message)
     }
 
-    @Test("a zipper that shuts down ends its clients with that reason, without reconnecting")
-    func listenerShutdown() async throws {
+    @Test("with redialsAfterZipperShutdown off, a zipper that shuts down ends its clients with that reason, as Go's do")
+    func listenerShutdownEndsLikeGo() async throws {
         let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
         try await zipper.start()
-        let sfn = StreamFunction(name: "f", zipper: try #require(zipper.address), options: .init(observedTags: [1]))
+        let goLike = ReconnectPolicy(redialsAfterZipperShutdown: false)
+        let sfn = StreamFunction(name: "f", zipper: try #require(zipper.address), options: .init(observedTags: [1], reconnect: goLike))
         sfn.setHandler { _ in }
         try await sfn.connect()
         await zipper.close()
-        let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: .seconds(10))
-        while sfn.endReason == nil, clock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(await eventually(within: .seconds(10)) { sfn.endReason != nil })
         #expect(sfn.endReason?.code == .listenerShutdown, "\(String(describing: sfn.endReason))")
+        #expect(sfn.endReason?.message.contains("zipper shutting down") == true, "\(String(describing: sfn.endReason))")
         await sfn.wait()  // returns at once: the function has ended
+    }
+
+    @Test("a zipper that shuts down and starts again on its port: its function redials and serves, its error handler told why")
+    func listenerShutdownIsRedialled() async throws {
+        let port = try await freePort()
+        let configuration = ZipperConfiguration(host: "127.0.0.1", port: port)
+        let first = Zipper(configuration: configuration)
+        try await first.start()
+        let received = Inbox<String>()
+        let errors = Inbox<YoMoError>()
+        let sfn = StreamFunction(name: "f", zipper: "127.0.0.1:\(port)", options: .init(observedTags: [0x21]))
+        sfn.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        sfn.setErrorHandler { errors.append($0) }
+        try await sfn.connect()
+        await first.close()
+        #expect(await errors.wait(for: 1))
+        #expect(errors.items.first?.code == .listenerShutdown, "\(errors.items)")
+        #expect(sfn.endReason == nil, "\(String(describing: sfn.endReason))")
+
+        let second = Zipper(configuration: configuration)
+        try await second.start()
+        #expect(await eventually { second.connectionCount == 1 }, "the function came back")
+        let source = Source(name: "s", zipper: "127.0.0.1:\(port)")
+        try await source.connect()
+        try await source.write(tag: 0x21, data: Array("after".utf8))
+        #expect(await received.wait(for: 1))
+        #expect(received.items == ["after"])
+        await source.close()
+        await sfn.close()
+        await second.close()
     }
 
     @Test("close lets in-flight handlers finish and their writes reach the zipper")

@@ -531,9 +531,24 @@ struct ClientEndTests {
         let stalled = QUICError.closedByPeer(
             application: QUICError.yomoCloseCode,
             reason: "frame stalled: 10 of 6291461 bytes, nothing more for 10.0 seconds while other connections waited for room")
-        #expect(!ClientCore.isFinal(stalled))
-        #expect(ClientCore.isFinal(QUICError.closedByPeer(application: QUICError.yomoCloseCode, reason: "slow consumer: more than 1 bytes unacknowledged")))
-        #expect(ClientCore.isFinal(QUICError.closedByPeer(application: 0, reason: "zipper shutting down")))
-        #expect(!ClientCore.isFinal(QUICError.statelessReset))
+        #expect(!ClientCore.isFinal(stalled, policy: .default))
+        #expect(ClientCore.isFinal(QUICError.closedByPeer(application: QUICError.yomoCloseCode, reason: "slow consumer: more than 1 bytes unacknowledged"), policy: .default))
+        #expect(!ClientCore.isFinal(QUICError.statelessReset, policy: .default))
+    }
+
+    @Test("a zipper that shuts down (code 0, with or without a reason) is redialled, unless the policy ends the client there as Go's do")
+    func zipperShutdownIsRedialled() throws {
+        let goAway = ReconnectPolicy(redialsAfterZipperShutdown: false)
+        for closed in [QUICError.closedByPeer(application: 0, reason: "zipper shutting down"), QUICError.closedByPeer(application: 0, reason: "")] {
+            #expect(!ClientCore.isFinal(closed, policy: .default))
+            #expect(ClientCore.isFinal(closed, policy: goAway))
+        }
+        let described = ClientCore.describe(QUICError.closedByPeer(application: 0, reason: "zipper shutting down"), zipper: try ZipperAddress("127.0.0.1:9000"))
+        #expect(described.code == .listenerShutdown)
+        #expect(!ClientCore.isFinal(described, policy: .default))
+        #expect(ClientCore.isFinal(described, policy: goAway))
+        // Rejections and goaways stay final whatever the policy says of shutdowns.
+        #expect(ClientCore.isFinal(YoMoError(.rejected, "invalid token"), policy: .default))
+        #expect(ClientCore.isFinal(YoMoError(.goaway, "bye"), policy: .default))
     }
 }
