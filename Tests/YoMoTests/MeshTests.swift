@@ -166,6 +166,45 @@ struct MeshLoopbackTests {
         await b.close()
     }
 
+    @Test("a downstream restarted gracefully: the link redials it and what it forwarded meanwhile arrives, every frame")
+    func downstreamGracefulRestart() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        let a = Self.zipper("a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")])
+        try await a.start()
+        var b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let remote = Inbox<String>()
+        let far = StreamFunction(
+            name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x33], credential: "token:mesh", retryConnect: true))
+        far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await far.connect()
+        #expect(await eventually { a.meshLinkHealth.first?.connected == true })
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        var written: [String] = []
+        func write(_ count: Int) async throws {
+            for _ in 0..<count {
+                let text = "frame \(written.count)"
+                try await source.write(tag: 0x33, data: Array(text.utf8))
+                written.append(text)
+            }
+        }
+        try await write(50)
+        #expect(await remote.wait(for: 50))
+        await b.close()
+        // Forwarded while b is away: held by the link's client, sent once it is back.
+        try await write(50)
+        b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        try await write(50)
+        #expect(await eventually { Set(remote.items).isSuperset(of: written) }, "\(Set(written).subtracting(remote.items).count) of \(written.count) missing")
+        #expect(a.statistics.meshDroppedFrames == 0)
+        await source.close()
+        await far.close()
+        await a.close()
+        await b.close()
+    }
+
     @Test("a mesh entry with this zipper's own address under another name: the link is refused and stopped, frames delivered once")
     func selfLink() async throws {
         let port = try await freePort()
