@@ -13,6 +13,45 @@ import YoMoWire
 @testable import YoMo
 import YoMoZipperYAML
 
+/// A zipper whose log lines go to `records` (a 30 s idle timeout, so that a
+/// stopped function's connection outlives the test), `count` uppercase-sfn
+/// processes connected to it, and a healthy observer of their tag 0x33:
+/// once it has a frame, the zipper has written it to the processes too.
+struct FrozenFunctions {
+    let zipper: Zipper
+    let functions: [Process]
+    let healthy: StreamFunction
+    let received = Inbox<String>()
+
+    init(count: Int, records: Inbox<String>) async throws {
+        var options = Zipper.Options(logger: Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) })
+        options.quic.idleTimeout = .seconds(30)
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: options)
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let functions = try (0..<count).map { _ in try startFunctionProcess(zipper: address) }
+        #expect(await eventually { zipper.connectionCount == count })
+        let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x33]))
+        let received = self.received
+        healthy.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await healthy.connect()
+        (self.zipper, self.functions, self.healthy) = (zipper, functions, healthy)
+    }
+
+    /// A source that wrote 20 frames of tag 0x33, all of them at the healthy observer.
+    func writeTwenty() async throws -> Source {
+        let source = Source(name: "source", zipper: try #require(zipper.address))
+        try await source.connect()
+        for index in 0..<20 { try await source.write(tag: 0x33, data: Array("frame \(index)".utf8)) }
+        #expect(await received.wait(for: 20))
+        return source
+    }
+
+    func killFunctions() {
+        for process in functions where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+}
+
 /// Holds handlers until the test opens it.
 final class Gate: Sendable {
     private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
@@ -414,26 +453,10 @@ struct FaultRecoveryTests {
     @Test("frames unacknowledged by frozen functions when the zipper closes: one line for all of them")
     func frozenFunctionsAtClose() async throws {
         let records = Inbox<String>()
-        var options = Zipper.Options(logger: Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) })
-        options.quic.idleTimeout = .seconds(30)
-        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: options)
-        try await zipper.start()
-        let address = try #require(zipper.address)
-        var frozen: [Process] = []
-        defer { for process in frozen where process.isRunning { kill(process.processIdentifier, SIGKILL) } }
-        for _ in 0..<2 { frozen.append(try startFunctionProcess(zipper: address)) }
-        #expect(await eventually { zipper.connectionCount == 2 })
-        // A healthy observer of the same tag: once it has every frame, the
-        // zipper has written them to the frozen two as well.
-        let received = Inbox<String>()
-        let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x33]))
-        healthy.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await healthy.connect()
-        for process in frozen { kill(process.processIdentifier, SIGSTOP) }
-        let source = Source(name: "source", zipper: address)
-        try await source.connect()
-        for index in 0..<20 { try await source.write(tag: 0x33, data: Array("frame \(index)".utf8)) }
-        #expect(await received.wait(for: 20))
+        let setup = try await FrozenFunctions(count: 2, records: records)
+        defer { setup.killFunctions() }
+        for process in setup.functions { kill(process.processIdentifier, SIGSTOP) }
+        let (zipper, healthy, source) = (setup.zipper, setup.healthy, try await setup.writeTwenty())
         await zipper.close()
         let lines = records.items.filter { $0.contains("not acknowledged") }
         #expect(lines.count == 1, "\(lines)")
@@ -493,24 +516,11 @@ struct FaultRecoveryTests {
     @Test("a graceful close waits for stream functions to take what it wrote them: one frozen for a moment loses nothing")
     func closeWaitsForAFunctionFrozenForAMoment() async throws {
         let records = Inbox<String>()
-        var options = Zipper.Options(logger: Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) })
-        options.quic.idleTimeout = .seconds(30)
-        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: options)
-        try await zipper.start()
-        let address = try #require(zipper.address)
-        let function = try startFunctionProcess(zipper: address)
-        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
-        #expect(await eventually { zipper.connectionCount == 1 })
-        // Once the healthy observer has every frame, the zipper has written them to the frozen one too.
-        let received = Inbox<String>()
-        let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x33]))
-        healthy.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await healthy.connect()
+        let setup = try await FrozenFunctions(count: 1, records: records)
+        defer { setup.killFunctions() }
+        let function = setup.functions[0]
         try await freeze(function)
-        let source = Source(name: "source", zipper: address)
-        try await source.connect()
-        for index in 0..<20 { try await source.write(tag: 0x33, data: Array("frame \(index)".utf8)) }
-        #expect(await received.wait(for: 20))
+        let (zipper, healthy, source) = (setup.zipper, setup.healthy, try await setup.writeTwenty())
         // The function is stopped for 300 ms of the close, well inside its drain.
         let thaw = Task {
             try? await Task.sleep(for: .milliseconds(300))
