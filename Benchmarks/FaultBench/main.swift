@@ -251,12 +251,14 @@ struct Reconnect: AsyncParsableCommand {
 
 struct Function: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "kill -9 a stream function (uppercase-sfn) and start it again while a source writes every 10 ms: frames it never turned into output.")
+        abstract: "kill -9 (or SIGTERM, --graceful) a stream function (uppercase-sfn) and start it again while a source writes (every 10 ms by default): frames it never turned into output.")
     @OptionGroup var zipperOptions: ZipperOptions
     @Option(help: "The uppercase-sfn executable (default: beside this one).") var function: String?
     @Option var rounds = 3
     @Option(help: "How long the function is away before it starts again.") var restartAfterMs = 1000
     @Option(help: "The zipper's unrouted_hold duration (`yomo serve --unrouted-hold`); none: its default.") var hold: String?
+    @Option(help: "Microseconds between the source's writes.") var intervalMicroseconds = 10_000
+    @Flag(help: "Stop the function with SIGTERM (a graceful close, as a rolling restart does) instead of kill -9.") var graceful = false
 
     func run() async throws {
         let key = keyFile()
@@ -289,13 +291,13 @@ struct Function: AsyncParsableCommand {
                 let sequence = written.withLock { $0 } + 1
                 guard (try? await source.write(tag: 0x41, data: Array("\(sequence)".utf8))) != nil else { continue }
                 written.withLock { $0 = sequence }
-                try? await Task.sleep(for: .milliseconds(10))
+                try? await Task.sleep(for: .microseconds(intervalMicroseconds))
             }
         }
         for round in 1...rounds {
             let flowing = await waitUntil(.seconds(10)) { received.withLock { $0.contains(written.withLock { $0 } - 5) } }
             let before = written.withLock { $0 }
-            kill(process.processIdentifier, SIGKILL)
+            kill(process.processIdentifier, graceful ? SIGTERM : SIGKILL)
             process.waitUntilExit()
             try await Task.sleep(for: .milliseconds(restartAfterMs))
             process = try startFunction()
@@ -309,8 +311,8 @@ struct Function: AsyncParsableCommand {
         _ = await writer.value
         let total = written.withLock { $0 }
         _ = await waitUntil(.seconds(5)) { received.withLock { $0.contains(total) } }
-        let missing = received.withLock { got in (1...total).filter { !got.contains($0) }.count }
-        print("written=\(total) missing=\(missing)")
+        let missing = received.withLock { got in (1...total).filter { !got.contains($0) } }
+        print("written=\(total) missing=\(missing.count)\(missing.isEmpty ? "" : " \(missing.prefix(20))")")
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         await source.close()
