@@ -9,6 +9,7 @@
 //   swift run -c release yomo-fault-bench idle --connections 500
 //   swift run -c release yomo-fault-bench backlog --frames 4000 --size 65536
 //   swift run -c release yomo-fault-bench function --restart-after-ms 1000 --rounds 3
+//   swift run -c release yomo-fault-bench function --graceful [--async-handler] --rounds 5 --restart-after-ms 500 --interval-microseconds 500
 import ArgumentParser
 import Foundation
 import Logging
@@ -259,6 +260,7 @@ struct Function: AsyncParsableCommand {
     @Option(help: "The zipper's unrouted_hold duration (`yomo serve --unrouted-hold`); none: its default.") var hold: String?
     @Option(help: "Microseconds between the source's writes.") var intervalMicroseconds = 10_000
     @Flag(help: "Stop the function with SIGTERM (a graceful close, as a rolling restart does) instead of kill -9.") var graceful = false
+    @Flag(help: "Run uppercase-sfn with its async handler instead of its pipe handler.") var asyncHandler = false
 
     func run() async throws {
         let key = keyFile()
@@ -270,7 +272,7 @@ struct Function: AsyncParsableCommand {
         func startFunction() throws -> Process {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = ["--zipper", zipper.address, "--observe", "0x41", "--emit", "0x42", "--pipe"]
+            process.arguments = ["--zipper", zipper.address, "--observe", "0x41", "--emit", "0x42"] + (asyncHandler ? [] : ["--pipe"])
             process.standardError = FileHandle.nullDevice
             process.standardOutput = FileHandle.nullDevice
             try process.run()

@@ -101,6 +101,9 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
         return dropped
     }
 
+    /// Nothing queued, and the consumer waits for the next element.
+    var consumerWaitsOnEmpty: Bool { state.withLock { $0.count == 0 && $0.consumer != nil } }
+
     func next() async -> Element? {
         await withCheckedContinuation { continuation in
             let step: NextStep = state.withLock { state in

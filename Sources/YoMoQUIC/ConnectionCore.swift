@@ -189,6 +189,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// Datagrams big enough to carry data (`dataDatagramSize`): what a
     /// trial of smaller datagrams counts its losses against.
     private var dataDatagramsSent = 0
+    /// Consumed bytes are no longer returned to the peer as window (a closing client).
+    private var receiveWindowFrozen = false
     /// During a stall: how many big datagrams had been sent when the peer was
     /// first heard from (nil: not yet heard), and when the first one after
     /// that went out (0: none yet).
@@ -898,7 +900,22 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             s.consumed = 0
             return n
         }
-        if n > 0, let ng, let streamID, isActive { ng.extendReceiveWindow(stream: streamID, by: n) }
+        if n > 0, !receiveWindowFrozen, let ng, let streamID, isActive { ng.extendReceiveWindow(stream: streamID, by: n) }
+    }
+
+    /// The peer may send only what the window already allows.
+    func freezeReceiveWindow() { receiveWindowFrozen = true }
+
+    /// Closes only at a moment when nothing received is unread, the reader
+    /// waits for more, everything written was acknowledged and `quiet()`
+    /// holds. On the loop, where packets arrive: none is taken (and
+    /// acknowledged) between the check and the close. True if closed now or before.
+    func closeIfQuiet(code: UInt64, reason: String, quiet: () -> Bool) -> Bool {
+        guard isActive else { return true }
+        guard recvShared.withLock({ $0.chunks.isEmpty && $0.waiter != nil }),
+              sendShared.withLock({ $0.buffered == 0 }), quiet() else { return false }
+        closeLocally(code: code, reason: reason)
+        return true
     }
 
     // MARK: Ending

@@ -143,6 +143,30 @@ public final class QUICConnection: Sendable {
         }
     }
 
+    /// From now on the peer may send only what the receive window already
+    /// allows: a client that is closing bounds what it must still take.
+    package func freezeReceiveWindow() async {
+        let core = self.core
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            if !core.loop.execute({ core.freezeReceiveWindow(); c.resume() }) { c.resume() }
+        }
+    }
+
+    /// Closes with `errorCode` and `reason` only if, at that moment, nothing
+    /// received is unread, the reader waits for more, every byte written was
+    /// acknowledged and `quiet()` holds; checked where packets arrive, so no
+    /// byte is acknowledged to the peer after the check and left unread.
+    /// True if it closed (or had ended before).
+    package func closeIfQuiet(errorCode: UInt64, reason: String, quiet: @escaping @Sendable () -> Bool) async -> Bool {
+        let core = self.core
+        return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let queued = core.loop.execute {
+                c.resume(returning: core.closeIfQuiet(code: errorCode, reason: reason, quiet: quiet))
+            }
+            if !queued { c.resume(returning: true) }
+        }
+    }
+
     /// The largest UDP payload the connection sends now: 1200 bytes until Path
     /// MTU Discovery confirms more. (Tests and diagnostics; read on the loop.)
     func currentMaxDatagramSize() async -> Int {

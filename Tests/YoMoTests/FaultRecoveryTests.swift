@@ -535,6 +535,62 @@ struct FaultRecoveryTests {
         await healthy.close()
     }
 
+    @Test("a stream function closed while its zipper sends: every frame is handled by it, or held for the next one of its name", arguments: [false, true])
+    func functionCloseTakesEveryFrame(pipe: Bool) async throws {
+        try await withZipper { address, _ in
+            let handled = Inbox<Int>()
+            let slowStarted = Inbox<Int>()
+            /// A function that records each frame's number; the 300th takes 200 ms,
+            /// so the close below begins while frames keep coming.
+            func function() -> StreamFunction {
+                let sfn = StreamFunction(name: "steady", zipper: address, options: .init(observedTags: [0x37]))
+                @Sendable func handle(_ data: [UInt8]) async {
+                    guard let sequence = Int(String(decoding: data, as: UTF8.self)) else { return }
+                    if sequence == 300 {
+                        slowStarted.append(sequence)
+                        try? await Task.sleep(for: .milliseconds(200))
+                    }
+                    handled.append(sequence)
+                }
+                if pipe {
+                    sfn.setPipeHandler { input, _ in for await frame in input { await handle(frame.data) } }
+                } else {
+                    sfn.setHandler { ctx in await handle(ctx.data) }
+                }
+                return sfn
+            }
+            let first = function()
+            try await first.connect()
+            let source = Source(name: "steady-writer", zipper: address)
+            try await source.connect()
+            let written = Inbox<Int>()
+            let writer = Task {
+                var sequence = 0
+                while !Task.isCancelled {
+                    for _ in 0..<5 {
+                        sequence += 1
+                        if (try? await source.write(tag: 0x37, data: Array("\(sequence)".utf8))) != nil { written.append(sequence) }
+                    }
+                    try? await Task.sleep(for: .milliseconds(1))
+                }
+            }
+            #expect(await slowStarted.wait(for: 1))
+            await first.close()
+            let second = function()
+            try await second.connect()
+            let before = handled.count
+            #expect(await handled.wait(for: before + 200), "the next function takes over")
+            writer.cancel()
+            _ = await writer.value
+            let all = Set(written.items)
+            _ = await eventually { Set(handled.items).isSuperset(of: all) }
+            let missing = all.subtracting(handled.items)
+            #expect(missing.isEmpty, "\(missing.count) of \(all.count) frames never handled: \(missing.sorted().prefix(20))")
+            await source.close()
+            await second.close()
+        }
+    }
+
     @Test("a zipper restarted with its reset key: an idle function learns of it by a stateless reset and is back fast")
     func restartDetectedByStatelessReset() async throws {
         let key = NSTemporaryDirectory() + "yomo-test-reset-\(UUID().uuidString).key"
