@@ -52,6 +52,37 @@ struct FrozenFunctions {
     }
 }
 
+/// A source writing its frames' numbers (1, 2, …) in bursts of 5 every
+/// millisecond, keeping those whose write succeeded.
+final class SteadyWriter: Sendable {
+    private let written = Inbox<Int>()
+    private let task: Task<Void, Never>
+
+    init(_ source: Source, tag: UInt32) {
+        let written = self.written
+        task = Task {
+            var sequence = 0
+            while !Task.isCancelled {
+                for _ in 0..<5 {
+                    sequence += 1
+                    if (try? await source.write(tag: tag, data: Array("\(sequence)".utf8))) != nil { written.append(sequence) }
+                }
+                try? await Task.sleep(for: .milliseconds(1))
+            }
+        }
+    }
+
+    /// Stops writing, waits until every frame written is among `arrived` (or
+    /// 20 s), and returns those that are not, in order, and how many were written.
+    func stop(missingFrom arrived: Inbox<Int>) async -> (missing: [Int], written: Int) {
+        task.cancel()
+        await task.value
+        let all = Set(written.items)
+        _ = await eventually { Set(arrived.items).isSuperset(of: all) }
+        return (all.subtracting(arrived.items).sorted(), all.count)
+    }
+}
+
 /// Holds handlers until the test opens it.
 final class Gate: Sendable {
     private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
@@ -480,18 +511,8 @@ struct FaultRecoveryTests {
         let source = Source(name: "steady-writer", zipper: zipper.address, options: .init(retryConnect: true))
         source.setErrorHandler { sourceErrors.append($0) }
         try await source.connect()
-        let written = Inbox<Int>()
-        let writer = Task {
-            var sequence = 0
-            // Bursts of 5 every millisecond: frames are inside the zipper whenever it is stopped.
-            while !Task.isCancelled {
-                for _ in 0..<5 {
-                    sequence += 1
-                    if (try? await source.write(tag: 0x36, data: Array("\(sequence)".utf8))) != nil { written.append(sequence) }
-                }
-                try? await Task.sleep(for: .milliseconds(1))
-            }
-        }
+        // Frames are inside the zipper whenever it is stopped.
+        let writer = SteadyWriter(source, tag: 0x36)
         for round in 1...3 {
             let before = arrivals.count
             #expect(await arrivals.wait(for: before + 500), "frames flow before restart \(round)")
@@ -500,12 +521,8 @@ struct FaultRecoveryTests {
         }
         let before = arrivals.count
         #expect(await arrivals.wait(for: before + 100), "frames flow after the last restart")
-        writer.cancel()
-        _ = await writer.value
-        let all = Set(written.items)
-        _ = await eventually { Set(arrivals.items).isSuperset(of: all) }
-        let missing = all.subtracting(arrivals.items)
-        #expect(missing.isEmpty, "\(missing.count) of \(all.count) frames written never arrived: \(missing.sorted().prefix(20))")
+        let (missing, written) = await writer.stop(missingFrom: arrivals)
+        #expect(missing.isEmpty, "\(missing.count) of \(written) frames written never arrived: \(missing.prefix(20))")
         #expect(sfn.endReason == nil && source.endReason == nil)
         #expect(sourceErrors.items.contains { $0.code == .listenerShutdown && $0.message.contains("zipper shutting down") }, "\(sourceErrors.items)")
         await source.close()
@@ -563,29 +580,15 @@ struct FaultRecoveryTests {
             try await first.connect()
             let source = Source(name: "steady-writer", zipper: address)
             try await source.connect()
-            let written = Inbox<Int>()
-            let writer = Task {
-                var sequence = 0
-                while !Task.isCancelled {
-                    for _ in 0..<5 {
-                        sequence += 1
-                        if (try? await source.write(tag: 0x37, data: Array("\(sequence)".utf8))) != nil { written.append(sequence) }
-                    }
-                    try? await Task.sleep(for: .milliseconds(1))
-                }
-            }
+            let writer = SteadyWriter(source, tag: 0x37)
             #expect(await slowStarted.wait(for: 1))
             await first.close()
             let second = function()
             try await second.connect()
             let before = handled.count
             #expect(await handled.wait(for: before + 200), "the next function takes over")
-            writer.cancel()
-            _ = await writer.value
-            let all = Set(written.items)
-            _ = await eventually { Set(handled.items).isSuperset(of: all) }
-            let missing = all.subtracting(handled.items)
-            #expect(missing.isEmpty, "\(missing.count) of \(all.count) frames never handled: \(missing.sorted().prefix(20))")
+            let (missing, written) = await writer.stop(missingFrom: handled)
+            #expect(missing.isEmpty, "\(missing.count) of \(written) frames never handled: \(missing.prefix(20))")
             await source.close()
             await second.close()
         }
