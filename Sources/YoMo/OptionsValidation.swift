@@ -47,6 +47,7 @@ extension Zipper {
         let limits = configuration.limits
         for (name, value) in [
             ("maximumConnections", limits.maximumConnections), ("maximumPendingHandshakes", limits.maximumPendingHandshakes),
+            ("maximumConnectionsPerAddress", limits.maximumConnectionsPerAddress),
             ("maximumHandshakeSize", limits.maximumHandshakeSize), ("maximumFrameSize", limits.maximumFrameSize),
             ("maximumIncompleteFrameBytes", limits.maximumIncompleteFrameBytes),
             ("slowConsumer.maximumBufferedBytes", configuration.slowConsumer.maximumBufferedBytes),

@@ -247,6 +247,9 @@ public final class Zipper: Sendable {
         /// was on: no function came within its duration, the hold was full,
         /// or the zipper closed.
         public var heldFramesDropped = 0
+        /// Connections closed as their handshake completed because their IP
+        /// address had `Limits.maximumConnectionsPerAddress` already.
+        public var connectionsRefusedPerAddress = 0
     }
 
     public let configuration: ZipperConfiguration
@@ -317,8 +320,9 @@ public final class Zipper: Sendable {
 
     /// Refusals and drops so far.
     public var statistics: Statistics {
-        var statistics = state.withLock { $0.statistics }
+        var (statistics, server) = state.withLock { ($0.statistics, $0.server) }
         statistics.meshDroppedFrames = links.reduce(0) { $0 + $1.dropped }
+        statistics.connectionsRefusedPerAddress = server?.statistics.refusedPerAddress ?? 0
         return statistics
     }
 
@@ -485,7 +489,8 @@ public final class Zipper: Sendable {
         quic.sendBufferSize = configuration.slowConsumer.maximumBufferedBytes
         let limits = QUICServer.Limits(
             maximumConnections: configuration.limits.maximumConnections,
-            streamOpenTimeout: options.handshakeTimeout)
+            streamOpenTimeout: options.handshakeTimeout,
+            maximumConnectionsPerAddress: configuration.limits.maximumConnectionsPerAddress)
         let server = try await QUICServer.bind(
             host: configuration.host, port: configuration.port, configuration: quic, tls: options.tls,
             limits: limits, statelessResetKey: try configuration.loadStatelessResetKey())

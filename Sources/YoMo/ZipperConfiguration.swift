@@ -63,6 +63,11 @@ public struct ZipperConfiguration: Hashable, Sendable {
         /// Connections that have opened their stream but not finished the YoMo
         /// handshake; beyond this, new ones are closed with a reason.
         public var maximumPendingHandshakes: Int
+        /// QUIC connections from one IP address at once, counted once their
+        /// handshake proved the address; one more is closed with `too many
+        /// connections from <address> (limit N)`, so that one host cannot take
+        /// every connection there is. Raise it for many clients behind one NAT.
+        public var maximumConnectionsPerAddress: Int
         /// The largest first frame (the handshake) a connection may send, in
         /// bytes: bigger ones are refused as soon as their header arrives.
         public var maximumHandshakeSize: Int
@@ -83,9 +88,11 @@ public struct ZipperConfiguration: Hashable, Sendable {
         public init(
             maximumConnections: Int = 16384, maximumPendingHandshakes: Int = 1024,
             maximumHandshakeSize: Int = 64 << 10, maximumFrameSize: Int = 16 << 20,
-            maximumIncompleteFrameBytes: Int = 256 << 20, stalledFrameTimeout: Duration = .seconds(10)
+            maximumIncompleteFrameBytes: Int = 256 << 20, stalledFrameTimeout: Duration = .seconds(10),
+            maximumConnectionsPerAddress: Int = 1024
         ) {
             self.maximumConnections = maximumConnections
+            self.maximumConnectionsPerAddress = maximumConnectionsPerAddress
             self.maximumPendingHandshakes = maximumPendingHandshakes
             self.maximumHandshakeSize = maximumHandshakeSize
             self.maximumFrameSize = maximumFrameSize

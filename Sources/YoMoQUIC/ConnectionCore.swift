@@ -263,6 +263,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     weak var server: ServerCore?
     var routes: Set<ConnectionID> = []
     var countedAsHandshaking = false
+    /// Counted in the server's connections per address.
+    var countedForHost = false
     /// Server: when a connection that has not opened its stream by then is closed
     /// (a peer that completes the QUIC handshake and stays mute is reaped).
     var streamDeadline = UInt64.max
@@ -926,6 +928,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         if traceEnabled { trace("\(isServer ? "server" : "client") connection \(peerDescription) ended: \(error)") }
         terminalError = error
         phase = period
+        // Its address's share is free from now, not after the closing period.
+        server?.releaseHostShare(of: self)
         // Record the error on both sides before waking anyone: a woken reader may write at once.
         let headStart = acknowledgedTotal.load(ordering: .relaxed) - ackedInHead
         let writers = sendShared.withLock { s -> [CheckedContinuation<QUICError?, Never>] in
@@ -994,7 +998,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     func ngHandshakeCompleted() {
         if debugFlush { trace("handshake completed \(isServer ? "S" : "C")") }
         phase = .established
-        server?.handshakeEnded(self)
+        server?.handshakeCompleted(self)
         if !isServer, streamID == nil {
             // Open the stream after the callback returns.
             loop.execute { [self] in openClientStream() }

@@ -30,11 +30,20 @@ public final class QUICServer: Sendable {
         /// A connection that has not opened its stream this long after its first
         /// packet is closed, even if it answers keep-alives.
         public var streamOpenTimeout: Duration
+        /// Connections past their handshake from one IP address at once; one
+        /// more is closed as its handshake completes, with a reason. Counted
+        /// only once the handshake proved the address, so Initials spoofed
+        /// with someone else's cannot use up that host's share.
+        public var maximumConnectionsPerAddress: Int
 
-        public init(maximumConnections: Int = 16384, maximumHandshakes: Int = 4096, streamOpenTimeout: Duration = .seconds(10)) {
+        public init(
+            maximumConnections: Int = 16384, maximumHandshakes: Int = 4096, streamOpenTimeout: Duration = .seconds(10),
+            maximumConnectionsPerAddress: Int = 1024
+        ) {
             self.maximumConnections = maximumConnections
             self.maximumHandshakes = maximumHandshakes
             self.streamOpenTimeout = streamOpenTimeout
+            self.maximumConnectionsPerAddress = maximumConnectionsPerAddress
         }
 
         public static let `default` = Limits()
@@ -150,7 +159,7 @@ public final class QUICServer: Sendable {
             datagrams: s.datagrams.load(ordering: .relaxed), dropped: s.dropped.load(ordering: .relaxed),
             accepted: s.accepted.load(ordering: .relaxed), versionNegotiations: s.versionNegotiations.load(ordering: .relaxed),
             statelessResets: s.statelessResets.load(ordering: .relaxed), streamTimeouts: s.streamTimeouts.load(ordering: .relaxed),
-            refusedOverLimit: s.refusedOverLimit.load(ordering: .relaxed))
+            refusedOverLimit: s.refusedOverLimit.load(ordering: .relaxed), refusedPerAddress: s.refusedPerAddress.load(ordering: .relaxed))
     }
 
     public struct Statistics: Sendable, Hashable {
@@ -163,6 +172,8 @@ public final class QUICServer: Sendable {
         public var streamTimeouts: Int
         /// Initials dropped at `Limits.maximumConnections` or `maximumHandshakes`.
         public var refusedOverLimit: Int
+        /// Connections closed at `Limits.maximumConnectionsPerAddress`.
+        public var refusedPerAddress: Int
     }
 
     public struct Connections: AsyncSequence, Sendable {

@@ -31,6 +31,8 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// Cleared when the listener starts to close: new connections are not taken.
     private var acceptsNew = true
     private var handshaking = 0
+    /// Connections past their handshake, by the peer's IP address.
+    private var establishedByHost: [[UInt8]: Int] = [:]
     /// Connections holding datagrams the full socket refused.
     private var blocked: [ObjectIdentifier: ConnectionCore] = [:]
     /// Test hooks: simulate a full socket on new connections; count held-back sends.
@@ -295,8 +297,35 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         handshaking -= 1
     }
 
+    /// A connection completed its handshake: its address is proven, and
+    /// counted against its share, or the connection is closed, with a reason,
+    /// once the handshake callback has returned.
+    func handshakeCompleted(_ core: ConnectionCore) {
+        handshakeEnded(core)
+        let host = core.remote.hostKey
+        let count = establishedByHost[host, default: 0]
+        guard count < limits.maximumConnectionsPerAddress else {
+            stats.refusedPerAddress.add(1, ordering: .relaxed)
+            let reason = "too many connections from \(core.remote.host) (limit \(limits.maximumConnectionsPerAddress))"
+            loop.execute { core.closeLocally(code: QUICError.yomoCloseCode, reason: reason) }
+            return
+        }
+        establishedByHost[host] = count + 1
+        core.countedForHost = true
+    }
+
+    /// A connection that ended (or is gone) no longer counts for its address.
+    func releaseHostShare(of core: ConnectionCore) {
+        guard core.countedForHost else { return }
+        core.countedForHost = false
+        let host = core.remote.hostKey
+        let left = establishedByHost[host, default: 1] - 1
+        establishedByHost[host] = left > 0 ? left : nil
+    }
+
     func remove(_ core: ConnectionCore) {
         handshakeEnded(core)
+        releaseHostShare(of: core)
         blocked[ObjectIdentifier(core)] = nil
         for cid in core.routes where routes[cid] === core { routes[cid] = nil }
         core.routes = []
@@ -340,4 +369,6 @@ final class ServerStats: Sendable {
     let streamTimeouts = Atomic<Int>(0)
     /// Initials dropped because a connection or handshake cap was reached.
     let refusedOverLimit = Atomic<Int>(0)
+    /// Connections closed because their address had its share already.
+    let refusedPerAddress = Atomic<Int>(0)
 }

@@ -71,6 +71,17 @@ struct UDPAddress: Sendable, CustomStringConvertible {
         }
     }
 
+    /// The family and the address bytes, without the port: a key per host.
+    var hostKey: [UInt8] {
+        withUnsafeBytes(of: storage) { raw in
+            switch family {
+            case AF_INET: return [UInt8(AF_INET)] + raw[4..<8]
+            case AF_INET6: return [UInt8(AF_INET6)] + raw[8..<24]
+            default: return [UInt8(truncatingIfNeeded: family)]
+            }
+        }
+    }
+
     /// Same family and address, whatever the port.
     func isSameHost(as other: UDPAddress) -> Bool {
         guard family == other.family else { return false }

@@ -60,6 +60,7 @@ extension ZipperConfiguration {
                 target = value
             }
             try positive("max_connections", &self.limits.maximumConnections)
+            try positive("max_connections_per_address", &self.limits.maximumConnectionsPerAddress)
             try positive("max_pending_handshakes", &self.limits.maximumPendingHandshakes)
             try positive("max_handshake_size", &self.limits.maximumHandshakeSize)
             try positive("max_frame_size", &self.limits.maximumFrameSize)

@@ -913,6 +913,7 @@ struct FaultRecoveryTests {
             name: z
             limits:
               max_connections: 100
+              max_connections_per_address: 50
               max_pending_handshakes: 7
               max_handshake_size: 4096
               max_frame_size: 1048576
@@ -925,11 +926,12 @@ struct FaultRecoveryTests {
             """)
         #expect(configuration.limits == .init(
             maximumConnections: 100, maximumPendingHandshakes: 7, maximumHandshakeSize: 4096, maximumFrameSize: 1 << 20,
-            maximumIncompleteFrameBytes: 32 << 20, stalledFrameTimeout: .milliseconds(2500)))
+            maximumIncompleteFrameBytes: 32 << 20, stalledFrameTimeout: .milliseconds(2500), maximumConnectionsPerAddress: 50))
         #expect(configuration.slowConsumer == .init(policy: .drop, maximumBufferedBytes: 262_144))
         #expect(configuration.statelessResetKeyFile == "/var/lib/yomo/reset.key")
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "slow_consumer: {policy: shed}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_connections: 0}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_connections_per_address: 0}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_incomplete_frame_bytes: 0}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {stalled_frame_timeout: 0s}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {stalled_frame_timeout: soon}") }

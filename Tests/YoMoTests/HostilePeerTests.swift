@@ -228,6 +228,30 @@ struct HostilePeerTests {
         }
     }
 
+    @Test("one address over its share of connections: the next is closed with a reason its client ends on; a freed slot is taken again")
+    func connectionsPerAddress() async throws {
+        try await withZipper(configure: { $0.limits.maximumConnectionsPerAddress = 2 }) { address, zipper in
+            var sources: [Source] = []
+            for index in 0..<2 {
+                let source = Source(name: "s\(index)", zipper: address)
+                try await source.connect()
+                sources.append(source)
+            }
+            let third = Source(name: "s2", zipper: address)
+            let refused = await #expect(throws: YoMoError.self) { try await third.connect() }
+            #expect(refused?.message.contains("too many connections from 127.0.0.1 (limit 2)") == true, "\(String(describing: refused))")
+            #expect(zipper.statistics.connectionsRefusedPerAddress == 1)
+            // A connection that ends frees its slot.
+            await sources.removeFirst().close()
+            #expect(await eventually { zipper.connectionCount == 1 })
+            let fourth = Source(name: "s3", zipper: address)
+            try await fourth.connect()
+            #expect(zipper.statistics.connectionsRefusedPerAddress == 1)
+            await fourth.close()
+            for source in sources { await source.close() }
+        }
+    }
+
     @Test("over the pending-handshake cap, new connections are closed with a reason")
     func pendingHandshakeCap() async throws {
         try await withStrictZipper({ $0.limits.maximumPendingHandshakes = 2 }, handshakeTimeout: .seconds(3)) { _, zipper in
