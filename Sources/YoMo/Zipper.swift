@@ -260,6 +260,8 @@ public final class Zipper: Sendable {
     private let ownedProvider: TracerProvider?
     private let metrics: DataPathMetrics
     private let state: Mutex<State>
+    /// When the last per-address refusal was said, and how many came since.
+    private let perAddressRefusals = Mutex<(lastSaid: ContinuousClock.Instant?, since: Int)>((nil, 0))
     /// Room for frames still arriving, shared by every connection.
     let incompleteFrames: IncompleteFrameBudget
     /// One per downstream zipper of the mesh (empty without a mesh).
@@ -494,6 +496,7 @@ public final class Zipper: Sendable {
         let server = try await QUICServer.bind(
             host: configuration.host, port: configuration.port, configuration: quic, tls: options.tls,
             limits: limits, statelessResetKey: try configuration.loadStatelessResetKey())
+        await server.onRefusedPerAddress { [weak self] address in self?.refusedPerAddress(address) }
         let expected = rememberedFunctions()
         let probe = Readiness.shared.register("zipper \(configuration.name)") { [weak self] in
             self?.state.withLock { $0.server != nil && !$0.closed } ?? false
@@ -933,6 +936,23 @@ public final class Zipper: Sendable {
     }
 
     /// A connection refused before or at its handshake: `statistics` and the metric.
+    /// A connection closed over its address's share: counted with the other
+    /// refusals; said at once, then at most every 10 s with how many since.
+    private func refusedPerAddress(_ address: String) {
+        countRefusal("connections_per_address")
+        let said = perAddressRefusals.withLock { state -> Int? in
+            state.since += 1
+            let now = ContinuousClock.now
+            if let last = state.lastSaid, now - last < .seconds(10) { return nil }
+            defer { state = (now, 0) }
+            return state.since
+        }
+        guard let said else { return }
+        logger.warning("connection refused: its address has its share of connections", metadata: [
+            "remote": "\(address)", "limit": "\(configuration.limits.maximumConnectionsPerAddress)", "refused": "\(said)",
+        ])
+    }
+
     private func countRefusal(_ reason: String) {
         state.withLock { $0.statistics.rejectedHandshakes += 1 }
         metrics.rejected(reason: reason)

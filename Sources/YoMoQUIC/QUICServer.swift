@@ -108,6 +108,16 @@ public final class QUICServer: Sendable {
     /// Accepted connections, each with its stream open. Ends after `close()`.
     public var connections: Connections { Connections(core: core) }
 
+    /// `handler` is told the address of each connection closed because its
+    /// address had `Limits.maximumConnectionsPerAddress` already (on the
+    /// server's loop thread: keep it short).
+    package func onRefusedPerAddress(_ handler: @escaping @Sendable (String) -> Void) async {
+        let core = self.core
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            if !core.loop.execute({ core.onRefusedPerAddress = handler; c.resume() }) { c.resume() }
+        }
+    }
+
     /// Takes no new connection from now on (their Initials go unanswered, so
     /// their clients try again); those already here are served until `close()`.
     public func stopAccepting() async {

@@ -33,6 +33,8 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     private var handshaking = 0
     /// Connections past their handshake, by the peer's IP address.
     private var establishedByHost: [[UInt8]: Int] = [:]
+    /// Told (on the loop) of each connection closed over its address's share.
+    var onRefusedPerAddress: (@Sendable (String) -> Void)?
     /// Connections holding datagrams the full socket refused.
     private var blocked: [ObjectIdentifier: ConnectionCore] = [:]
     /// Test hooks: simulate a full socket on new connections; count held-back sends.
@@ -306,6 +308,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         let count = establishedByHost[host, default: 0]
         guard count < limits.maximumConnectionsPerAddress else {
             stats.refusedPerAddress.add(1, ordering: .relaxed)
+            onRefusedPerAddress?(core.remote.host)
             let reason = "too many connections from \(core.remote.host) (limit \(limits.maximumConnectionsPerAddress))"
             loop.execute { core.closeLocally(code: QUICError.yomoCloseCode, reason: reason) }
             return

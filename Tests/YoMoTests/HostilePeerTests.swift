@@ -230,7 +230,9 @@ struct HostilePeerTests {
 
     @Test("one address over its share of connections: the next is closed with a reason its client ends on; a freed slot is taken again")
     func connectionsPerAddress() async throws {
-        try await withZipper(configure: { $0.limits.maximumConnectionsPerAddress = 2 }) { address, zipper in
+        let records = Inbox<String>()
+        let logger = Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) }
+        try await withZipper(configure: { $0.limits.maximumConnectionsPerAddress = 2 }, logger: logger) { address, zipper in
             var sources: [Source] = []
             for index in 0..<2 {
                 let source = Source(name: "s\(index)", zipper: address)
@@ -241,6 +243,10 @@ struct HostilePeerTests {
             let refused = await #expect(throws: YoMoError.self) { try await third.connect() }
             #expect(refused?.message.contains("too many connections from 127.0.0.1 (limit 2)") == true, "\(String(describing: refused))")
             #expect(zipper.statistics.connectionsRefusedPerAddress == 1)
+            #expect(zipper.statistics.rejectedHandshakes == 1)
+            let warnings = records.items.filter { $0.contains("its address has its share of connections") }
+            #expect(warnings.count == 1 && warnings.first?.contains("remote=127.0.0.1") == true && warnings.first?.contains("limit=2") == true,
+                    "\(warnings)")
             // A connection that ends frees its slot.
             await sources.removeFirst().close()
             #expect(await eventually { zipper.connectionCount == 1 })
