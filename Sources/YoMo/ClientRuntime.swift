@@ -92,20 +92,17 @@ final class ClientRuntime: Sendable {
     struct ReadingHolds {
         private var since: ContinuousClock.Instant?
         private var total = Duration.zero
-        private var lastSaid: ContinuousClock.Instant?
-        private var heldSinceSaid = 0
+        private var said = SaidAtMostEvery(.seconds(10))
 
         mutating func began(_ logger: Logger, _ message: Logger.Message, _ setup: Setup) {
             let now = ContinuousClock.now
             since = now
-            heldSinceSaid += 1
-            guard lastSaid.map({ now - $0 >= .seconds(10) }) ?? true else { return }
+            guard let times = said.event(at: now) else { return }
             logger.warning(message, metadata: [
                 "max_handler_bytes": "\(setup.maximumHandlerBytes.map { "\($0)" } ?? "none")",
                 "handler_concurrency": "\(setup.handlerConcurrency.map { "\($0)" } ?? "none")",
-                "times_held": "\(heldSinceSaid)",
+                "times_held": "\(times)",
             ])
-            (lastSaid, heldSinceSaid) = (now, 0)
         }
 
         mutating func ended() {
@@ -1198,6 +1195,16 @@ final class Latch: Sendable {
             }
             if done { continuation.resume() }
         }
+    }
+
+    /// Waits until every latch has fired, or `deadline` came (then fires them).
+    static func waitForAll(_ latches: [Latch], until deadline: ContinuousClock.Instant) async {
+        let giveUp = Task {
+            try? await Task.sleep(until: deadline)
+            for latch in latches { latch.fire() }
+        }
+        for latch in latches { await latch.wait() }
+        giveUp.cancel()
     }
 }
 

@@ -120,8 +120,15 @@ public final class Zipper: Sendable {
         /// one just before it left may find its connection ended just after.
         var departed = CircularBuffer<RouteMember>()
         static let departedRemembered = 64
-        /// Told when a connection has left (`supersedeEarlier` waits on them).
+        /// Told when a connection has left (`supersedeEarlier` and `drain` wait on them).
         var departureWaiters: [UInt64: [Latch]] = [:]
+
+        /// A latch fired once connection `id` has left.
+        mutating func departure(of id: UInt64) -> Latch {
+            let latch = Latch()
+            departureWaiters[id, default: []].append(latch)
+            return latch
+        }
 
         /// The connected peers a frame with `tag` (and `target`) goes to.
         func destinations(tag: UInt32, target: String?) -> [(UInt64, QUICFrameConnection)] {
@@ -260,8 +267,8 @@ public final class Zipper: Sendable {
     private let ownedProvider: TracerProvider?
     private let metrics: DataPathMetrics
     private let state: Mutex<State>
-    /// When the last per-address refusal was said, and how many came since.
-    private let perAddressRefusals = Mutex<(lastSaid: ContinuousClock.Instant?, since: Int)>((nil, 0))
+    /// When a refusal over an address's share is said.
+    private let perAddressRefusals = Mutex(SaidAtMostEvery(.seconds(10)))
     /// Room for frames still arriving, shared by every connection.
     let incompleteFrames: IncompleteFrameBudget
     /// One per downstream zipper of the mesh (empty without a mesh).
@@ -347,11 +354,7 @@ public final class Zipper: Sendable {
             // Closing ends `connections`, which ends the accept loop.
             self.state.withLock { $0.closed = true }
             self.rememberFunctionsBeforeClosing()
-            let drainDeadline = ContinuousClock.now + self.options.shutdownTimeout / 2
-            Task {
-                await self.drain(server, until: drainDeadline)
-                await server.close(reason: Self.shutdownReason)
-            }
+            Task { await self.drainAndClose(server) }
         }
         reportWhatTheCloseLost()
     }
@@ -365,11 +368,17 @@ public final class Zipper: Sendable {
         let deadline = ContinuousClock.now + options.shutdownTimeout
         rememberFunctionsBeforeClosing()
         if let probe = state.withLock({ $0.readinessProbe }) { Readiness.shared.remove(probe) }
-        if let server { await drain(server, until: ContinuousClock.now + options.shutdownTimeout / 2) }
-        await server?.close(reason: Self.shutdownReason)
+        if let server { await drainAndClose(server) }
         await task?.value
         reportWhatTheCloseLost()
         await ownedProvider?.shutdown(timeout: max(deadline - ContinuousClock.now, .milliseconds(250)))
+    }
+
+    /// A graceful close's end: the drain, within half of `shutdownTimeout`,
+    /// then every connection closed with the listener-shutdown signal.
+    private func drainAndClose(_ server: QUICServer) async {
+        await drain(server, until: .now + options.shutdownTimeout / 2)
+        await server.close(reason: Self.shutdownReason)
     }
 
     /// Before a graceful close lets its connections go: what can be kept is
@@ -386,32 +395,24 @@ public final class Zipper: Sendable {
         let started = ContinuousClock.now
         let senders = state.withLock { state -> [(connection: QUICFrameConnection, left: Latch)] in
             state.peers.compactMap { id, peer in
-                guard peer.member.clientType != .streamFunction else { return nil }
-                let left = Latch()
-                state.departureWaiters[id, default: []].append(left)
-                return (peer.connection, left)
+                peer.member.clientType == .streamFunction ? nil : (peer.connection, state.departure(of: id))
             }
         }
         for sender in senders { await sender.connection.close(errorCode: 0, reason: Self.shutdownReason) }
         // A sender's task may be held routing to a slow function (`block`).
-        let giveUp = Task {
-            try? await Task.sleep(until: deadline)
-            for sender in senders { sender.left.fire() }
-        }
-        for sender in senders { await sender.left.wait() }
-        giveUp.cancel()
-        var progress: [Int] = []
+        await Latch.waitForAll(senders.map(\.left), until: deadline)
+        var counters: [Int] = []
         var movedAt = ContinuousClock.now
         while ContinuousClock.now < deadline {
-            let (pending, now) = drainProgress()
+            let (pending, progress) = drainProgress()
             if pending == 0 {
                 logger.info("closing: every frame taken was delivered", metadata: [
                     "senders_closed": "\(senders.count)", "took": "\(ContinuousClock.now - started)",
                 ])
                 return
             }
-            if now != progress {
-                progress = now
+            if progress != counters {
+                counters = progress
                 movedAt = .now
             } else if ContinuousClock.now - movedAt >= Self.drainStallLimit {
                 break
@@ -429,17 +430,18 @@ public final class Zipper: Sendable {
     /// What the stream functions and mesh links have yet to take (0 when
     /// nothing), and counters that change while they take it.
     private func drainProgress() -> (pending: Int, progress: [Int]) {
-        var (pending, progress) = state.withLock { state -> (Int, [Int]) in
-            var pending = 0, acknowledged = 0, read = 0
-            for peer in state.peers.values where peer.member.clientType == .streamFunction {
-                let quic = peer.connection.connection
-                // Unread: what a function wrote, not yet routed.
-                pending += quic.unacknowledgedBytes + quic.unreadBytes + peer.unwritten.count
-                acknowledged += quic.acknowledgedBytes
-                read += quic.statistics.bytesReceived
-            }
-            return (pending, [acknowledged, read])
+        let functions = state.withLock { state in
+            state.peers.values.filter { $0.member.clientType == .streamFunction }.map { ($0.connection.connection, $0.unwritten.count) }
         }
+        // Read outside the zipper's lock: each connection's counters have their own.
+        var pending = 0, acknowledged = 0, read = 0
+        for (quic, unwritten) in functions {
+            // Unread: what a function wrote, not yet routed.
+            pending += quic.unacknowledgedBytes + quic.unreadBytes + unwritten
+            acknowledged += quic.acknowledgedBytes
+            read += quic.statistics.bytesReceived
+        }
+        var progress = [acknowledged, read]
         for link in links {
             let queued = link.health.queuedFrames
             pending += queued
@@ -879,9 +881,7 @@ public final class Zipper: Sendable {
             var earlier: [(id: String, connection: QUICFrameConnection, waiter: Latch)] = []
             for (id, peer) in state.peers where peer.member.name == handshake.name && peer.member.clientType == handshake.clientType {
                 guard let previous = Self.reconnection(of: peer.member.clientID), previous.base == base, previous.count < count else { continue }
-                let waiter = Latch()
-                state.departureWaiters[id, default: []].append(waiter)
-                earlier.append((peer.member.clientID, peer.connection, waiter))
+                earlier.append((peer.member.clientID, peer.connection, state.departure(of: id)))
             }
             return earlier
         }
@@ -890,13 +890,7 @@ public final class Zipper: Sendable {
             logger.info("closing the connection this client reconnected from", metadata: ["earlier_conn_id": "\(id.forLog)"])
             await connection.close(reason: "superseded: its client reconnected")
         }
-        let waiters = earlier.map(\.waiter)
-        let deadline = Task { [timeout = supersedeWait] in
-            try? await Task.sleep(for: timeout)
-            for waiter in waiters { waiter.fire() }
-        }
-        for waiter in waiters { await waiter.wait() }
-        deadline.cancel()
+        await Latch.waitForAll(earlier.map(\.waiter), until: .now + supersedeWait)
     }
 
     /// How long a reconnection waits for its earlier connection to leave: a
@@ -935,24 +929,17 @@ public final class Zipper: Sendable {
         return peers.map { ClientConnectionHealth(member: $0.0, statistics: $0.1.statistics, unacknowledgedBytes: $0.1.unacknowledgedBytes) }
     }
 
-    /// A connection refused before or at its handshake: `statistics` and the metric.
     /// A connection closed over its address's share: counted with the other
     /// refusals; said at once, then at most every 10 s with how many since.
     private func refusedPerAddress(_ address: String) {
         countRefusal("connections_per_address")
-        let said = perAddressRefusals.withLock { state -> Int? in
-            state.since += 1
-            let now = ContinuousClock.now
-            if let last = state.lastSaid, now - last < .seconds(10) { return nil }
-            defer { state = (now, 0) }
-            return state.since
-        }
-        guard let said else { return }
+        guard let said = perAddressRefusals.withLock({ $0.event(at: .now) }) else { return }
         logger.warning("connection refused: its address has its share of connections", metadata: [
             "remote": "\(address)", "limit": "\(configuration.limits.maximumConnectionsPerAddress)", "refused": "\(said)",
         ])
     }
 
+    /// A connection refused before or at its handshake: `statistics` and the metric.
     private func countRefusal(_ reason: String) {
         state.withLock { $0.statistics.rejectedHandshakes += 1 }
         metrics.rejected(reason: reason)

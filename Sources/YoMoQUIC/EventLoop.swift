@@ -137,6 +137,14 @@ final class QUICEventLoop: @unchecked Sendable {
         return accepted
     }
 
+    /// Runs `body` on the loop thread and returns what it returned, or
+    /// `ifStopped` when the loop has stopped and will run nothing more.
+    func run<T: Sendable>(orIfStopped ifStopped: T, _ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { (c: CheckedContinuation<T, Never>) in
+            if !execute({ c.resume(returning: body()) }) { c.resume(returning: ifStopped) }
+        }
+    }
+
     /// Stops the thread after the queued tasks ran; waits for it to exit.
     func shutdownAndWait() {
         if execute({ [self] in running = false }) { exited.wait() }

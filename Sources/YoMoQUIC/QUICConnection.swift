@@ -134,22 +134,15 @@ public final class QUICConnection: Sendable {
     /// reason. Unsent data is discarded. Returns once the CONNECTION_CLOSE is sent.
     public func close(errorCode: UInt64 = QUICError.yomoCloseCode, reason: String = "") async {
         let core = self.core
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let queued = core.loop.execute {
-                core.closeLocally(code: errorCode, reason: reason)
-                c.resume()
-            }
-            if !queued { c.resume() }  // the server's loop is gone: nothing left to close
-        }
+        // The server's loop gone: nothing left to close.
+        await core.loop.run(orIfStopped: ()) { core.closeLocally(code: errorCode, reason: reason) }
     }
 
     /// From now on the peer may send only what the receive window already
     /// allows: a client that is closing bounds what it must still take.
     package func freezeReceiveWindow() async {
         let core = self.core
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            if !core.loop.execute({ core.freezeReceiveWindow(); c.resume() }) { c.resume() }
-        }
+        await core.loop.run(orIfStopped: ()) { core.freezeReceiveWindow() }
     }
 
     /// Closes with `errorCode` and `reason` only if, at that moment, nothing
@@ -159,22 +152,14 @@ public final class QUICConnection: Sendable {
     /// True if it closed (or had ended before).
     package func closeIfQuiet(errorCode: UInt64, reason: String, quiet: @escaping @Sendable () -> Bool) async -> Bool {
         let core = self.core
-        return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
-            let queued = core.loop.execute {
-                c.resume(returning: core.closeIfQuiet(code: errorCode, reason: reason, quiet: quiet))
-            }
-            if !queued { c.resume(returning: true) }
-        }
+        return await core.loop.run(orIfStopped: true) { core.closeIfQuiet(code: errorCode, reason: reason, quiet: quiet) }
     }
 
     /// The largest UDP payload the connection sends now: 1200 bytes until Path
     /// MTU Discovery confirms more. (Tests and diagnostics; read on the loop.)
     func currentMaxDatagramSize() async -> Int {
         let core = self.core
-        return await withCheckedContinuation { (c: CheckedContinuation<Int, Never>) in
-            let queued = core.loop.execute { c.resume(returning: core.ng.map(core.datagramSize) ?? 0) }
-            if !queued { c.resume(returning: 0) }
-        }
+        return await core.loop.run(orIfStopped: 0) { core.ng.map(core.datagramSize) ?? 0 }
     }
 
     /// The connection found that the path drops its bigger datagrams (its

@@ -113,18 +113,14 @@ public final class QUICServer: Sendable {
     /// server's loop thread: keep it short).
     package func onRefusedPerAddress(_ handler: @escaping @Sendable (String) -> Void) async {
         let core = self.core
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            if !core.loop.execute({ core.onRefusedPerAddress = handler; c.resume() }) { c.resume() }
-        }
+        await core.loop.run(orIfStopped: ()) { core.onRefusedPerAddress = handler }
     }
 
     /// Takes no new connection from now on (their Initials go unanswered, so
     /// their clients try again); those already here are served until `close()`.
     public func stopAccepting() async {
         let core = self.core
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            if !core.loop.execute({ core.stopAccepting(); c.resume() }) { c.resume() }
-        }
+        await core.loop.run(orIfStopped: ()) { core.stopAccepting() }
     }
 
     /// Closes every connection with application code 0 (the YoMo "listener shut
@@ -132,14 +128,11 @@ public final class QUICServer: Sendable {
     /// it returns the port is free: a new server may bind it at once.
     public func close(reason: String = "") async {
         let core = self.core
-        let running = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
-            let queued = core.loop.execute {
-                core.shutdown(reason: reason)
-                c.resume(returning: true)
-            }
-            if !queued { c.resume(returning: false) }  // closed before
+        let running = await core.loop.run(orIfStopped: false) {
+            core.shutdown(reason: reason)
+            return true
         }
-        guard running else { return }
+        guard running else { return }  // closed before
         // Join the loop thread off the cooperative pool.
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             startLoopThread(stackSize: 1 << 16) {
@@ -157,9 +150,7 @@ public final class QUICServer: Sendable {
     /// Live connections (including those in their closing or draining period).
     public func connectionCount() async -> Int {
         let core = self.core
-        return await withCheckedContinuation { c in
-            if !core.loop.execute({ c.resume(returning: core.connectionCount) }) { c.resume(returning: 0) }
-        }
+        return await core.loop.run(orIfStopped: 0) { core.connectionCount }
     }
 
     /// Datagram counters: received, dropped, stateless resets and version negotiations sent.

@@ -339,11 +339,11 @@ final class ServerCore: LoopSource, @unchecked Sendable {
 
     // MARK: Shutdown
 
-    /// Closes every connection with code 0 (listener shut down) and stops listening.
     /// Answers no new Initial: a client dialling a zipper about to close
     /// retries later (its Initial again), reaching the one that replaces it.
     func stopAccepting() { acceptsNew = false }
 
+    /// Closes every connection with code 0 (listener shut down) and stops listening.
     func shutdown(reason: String) {
         guard !closed else { return }
         closed = true

@@ -524,6 +524,21 @@ struct ZipperRoutingSettingTests {
     }
 }
 
+@Suite("Log lines for events that come in bursts")
+struct SaidAtMostEveryTests {
+    @Test("the first event is said at once; later ones within the interval are counted and said with the next line")
+    func burst() {
+        var said = SaidAtMostEvery(.seconds(10))
+        let start = ContinuousClock.now
+        #expect(said.event(at: start) == 1)
+        #expect(said.event(at: start + .seconds(1)) == nil)
+        #expect(said.event(at: start + .seconds(9)) == nil)
+        #expect(said.event(at: start + .seconds(10)) == 3)
+        #expect(said.event(at: start + .seconds(15)) == nil)
+        #expect(said.event(at: start + .seconds(30)) == 2)
+    }
+}
+
 @Suite("How a client takes the end of its connection")
 struct ClientEndTests {
     @Test("a zipper's close for a stalled frame is redialled (the frame goes again); other closes with a reason are final")
