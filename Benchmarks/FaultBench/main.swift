@@ -21,7 +21,7 @@ struct FaultBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "yomo-fault-bench",
         abstract: "Fault and memory figures of the zipper and its clients.",
-        subcommands: [Fanout.self, Reconnect.self, Idle.self, Backlog.self, Held.self, Function.self])
+        subcommands: [Fanout.self, Fanin.self, Reconnect.self, Idle.self, Backlog.self, Held.self, Function.self])
 }
 
 struct ZipperOptions: ParsableArguments {
@@ -42,6 +42,8 @@ final class ZipperProcess: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: yomo)
         process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"]
             + (options.baseline ? [] : ["--slow-consumer", options.slowConsumer, "--stateless-reset-key-file", keyFile]) + extraArguments
+            // More flags for the zipper, split at spaces: `--congestion-control cubic`.
+            + (ProcessInfo.processInfo.environment["FAULT_BENCH_ZIPPER_ARGS"]?.split(separator: " ").map(String.init) ?? [])
         if let log = ProcessInfo.processInfo.environment["FAULT_BENCH_ZIPPER_LOG"] {
             // Appended to: a restarted zipper's lines follow its predecessor's.
             if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
@@ -169,6 +171,88 @@ struct Fanout: AsyncParsableCommand {
                 round, observers, frames, size, received.load(ordering: .relaxed), expected, complete ? "yes" : "no",
                 Double(received.load(ordering: .relaxed)) / elapsed, peak, after))
         }
+    }
+}
+
+struct Fanin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "N sources write to one stream function whose handlers stall: the zipper's RSS while they wait (what it holds per source), and once they are served.")
+    @OptionGroup var zipperOptions: ZipperOptions
+    @Option var sources = 100
+    @Option var size = 16_384
+    @Option(help: "Milliseconds the function's handlers stall while the sources write.") var stallMilliseconds = 3000
+
+    func run() async throws {
+        let zipper = try ZipperProcess(zipperOptions, keyFile: keyFile())
+        defer { zipper.stop() }
+        try await waitForZipper(zipper.address)
+        let idle = zipper.memory.rss
+        let gate = Gate()
+        let received = Atomic<Int>(0)
+        var options = quietOptions(tags: [0x42])
+        // Small, so that the function stops reading soon and the zipper's own buffers show.
+        options.maximumHandlerBytes = 1 << 20
+        let sfn = StreamFunction(name: "stalled", zipper: zipper.address, options: options)
+        sfn.setHandler { _ in
+            await gate.wait()
+            received.add(1, ordering: .relaxed)
+        }
+        try await sfn.connect()
+        var clients: [Source] = []
+        for index in 0..<sources {
+            let source = Source(name: "fanin-\(index)", zipper: zipper.address, options: quietOptions())
+            try await source.connect()
+            clients.append(source)
+        }
+        final class Writers: Sendable {
+            let written = Atomic<Int>(0)
+            let stop = Atomic<Bool>(false)
+        }
+        let shared = Writers()
+        let payload = [UInt8](repeating: 0x62, count: size)
+        var writers: [Task<Void, Never>] = []
+        for source in clients {
+            writers.append(Task {
+                while !shared.stop.load(ordering: .relaxed) {
+                    guard (try? await source.write(tag: 0x42, data: payload)) != nil else { break }
+                    shared.written.add(1, ordering: .relaxed)
+                }
+            })
+        }
+        // Writes stop returning once every window on the way is full.
+        var stalledFor = 0
+        var lastWritten = -1
+        while stalledFor < stallMilliseconds {
+            try await Task.sleep(for: .milliseconds(100))
+            stalledFor += 100
+            let now = shared.written.load(ordering: .relaxed)
+            if now == lastWritten, stalledFor >= 1000 { break }
+            lastWritten = now
+        }
+        let stalled = zipper.memory.rss
+        let writtenWhileStalled = shared.written.load(ordering: .relaxed)
+        shared.stop.store(true, ordering: .relaxed)
+        let clock = ContinuousClock()
+        let opened = clock.now
+        let timeline = Task {
+            while !Task.isCancelled, ProcessInfo.processInfo.environment["FANIN_TIMELINE"] != nil {
+                FileHandle.standardError.write(Data(String(format: "t=%.2f s rss=%.1f MiB delivered=%d\n", seconds(clock.now - opened), zipper.memory.rss, received.load(ordering: .relaxed)).utf8))
+                try? await Task.sleep(for: .milliseconds(250))
+            }
+        }
+        gate.open()
+        for writer in writers { await writer.value }
+        let expected = shared.written.load(ordering: .relaxed)
+        let complete = await waitUntil(.seconds(120)) { received.load(ordering: .relaxed) >= expected }
+        let drained = seconds(clock.now - opened)
+        timeline.cancel()
+        let peak = zipper.memory.peak
+        for source in clients { await source.close() }
+        await sfn.close()
+        print(String(
+            format: "sources=%d size=%d written_while_stalled=%d (%.1f MiB) delivered=%d/%d complete=%@ rss_idle=%.1f MiB rss_stalled=%.1f MiB per_source=%.2f MiB rss_peak=%.1f MiB drained_in=%.1f s",
+            sources, size, writtenWhileStalled, Double(writtenWhileStalled * size) / 1_048_576, received.load(ordering: .relaxed), expected,
+            complete ? "yes" : "no", idle, stalled, (stalled - idle) / Double(sources), peak, drained))
     }
 }
 

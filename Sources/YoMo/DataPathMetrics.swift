@@ -169,6 +169,16 @@ final class DataPathMetrics: Sendable {
         ) { [(base, Double(read().waiting))] }
     }
 
+    /// What the clients may send ahead of the zipper's reading, read when metrics are collected.
+    func observeReceiveWindows(_ read: @escaping @Sendable () -> Int) {
+        guard enabled else { return }
+        let base = baseAttributes
+        meter.observableGauge(
+            "yomo.zipper.receive_window", unit: "By",
+            description: "Bytes all clients together may send ahead of what the zipper read: their receive windows summed (maximumReceiveWindowBytes)."
+        ) { [(base, Double(read()))] }
+    }
+
     func stalledFrame() { stalledFrames.add(1, attributes: baseAttributes) }
 
     /// Each mesh link's state, per downstream name, read when metrics are

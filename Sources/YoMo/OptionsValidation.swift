@@ -56,6 +56,9 @@ extension Zipper {
         ] where value < 1 {
             throw invalid("\(name) must be positive, not \(value)")
         }
+        if let budget = limits.maximumReceiveWindowBytes, budget < 32 << 10 {
+            throw invalid("maximumReceiveWindowBytes must be at least 32768 (nil: no budget), not \(budget)")
+        }
         guard limits.stalledFrameTimeout > .zero else {
             throw invalid("stalledFrameTimeout must be positive, not \(limits.stalledFrameTimeout)")
         }

@@ -257,6 +257,10 @@ public final class Zipper: Sendable {
         /// Connections closed as their handshake completed because their IP
         /// address had `Limits.maximumConnectionsPerAddress` already.
         public var connectionsRefusedPerAddress = 0
+        /// What the clients may send ahead of the zipper's reading now: their
+        /// receive windows summed, held to `Limits.maximumReceiveWindowBytes`
+        /// (0 without it). A gauge, not a count.
+        public var receiveWindowBytes = 0
     }
 
     public let configuration: ZipperConfiguration
@@ -311,6 +315,9 @@ public final class Zipper: Sendable {
         metrics.observeClientConnections { [weak self] in self?.clientConnections() ?? [] }
         let incompleteFrames = self.incompleteFrames
         metrics.observeIncompleteFrames { (incompleteFrames.heldBytes, incompleteFrames.waitingConnections) }
+        if configuration.limits.maximumReceiveWindowBytes != nil {
+            metrics.observeReceiveWindows { [weak self] in self?.statistics.receiveWindowBytes ?? 0 }
+        }
         if configuration.unroutedHold.isOn {
             metrics.observeHeldFrames { [weak self] in self?.state.withLock { ($0.held.entries.count, $0.held.bytes) } ?? (0, 0) }
         }
@@ -331,7 +338,9 @@ public final class Zipper: Sendable {
     public var statistics: Statistics {
         var (statistics, server) = state.withLock { ($0.statistics, $0.server) }
         statistics.meshDroppedFrames = links.reduce(0) { $0 + $1.dropped }
-        statistics.connectionsRefusedPerAddress = server?.statistics.refusedPerAddress ?? 0
+        let quic = server?.statistics
+        statistics.connectionsRefusedPerAddress = quic?.refusedPerAddress ?? 0
+        statistics.receiveWindowBytes = quic?.receiveWindowBytes ?? 0
         return statistics
     }
 
@@ -494,7 +503,8 @@ public final class Zipper: Sendable {
         let limits = QUICServer.Limits(
             maximumConnections: configuration.limits.maximumConnections,
             streamOpenTimeout: options.handshakeTimeout,
-            maximumConnectionsPerAddress: configuration.limits.maximumConnectionsPerAddress)
+            maximumConnectionsPerAddress: configuration.limits.maximumConnectionsPerAddress,
+            maximumReceiveWindowBytes: configuration.limits.maximumReceiveWindowBytes)
         let server = try await QUICServer.bind(
             host: configuration.host, port: configuration.port, configuration: quic, tls: options.tls,
             limits: limits, statelessResetKey: try configuration.loadStatelessResetKey())

@@ -84,12 +84,22 @@ public struct ZipperConfiguration: Hashable, Sendable {
         /// (`frame stalled: …`): a peer cannot hold the room by sending half a
         /// frame and then only keep-alives.
         public var stalledFrameTimeout: Duration
+        /// Bytes all clients together may send ahead of what the zipper has
+        /// read: their QUIC receive windows summed. A connection the zipper
+        /// does not read (its frames wait for a slow stream function under
+        /// `block`, or for room to be assembled) holds its whole window; each
+        /// window is the connection's share of this (at least 32 KiB, at most
+        /// the QUIC configuration's 2 MiB, growing to 6 MiB on a fast path),
+        /// so the zipper holds at most this, plus 32 KiB per connection,
+        /// however many connections wait. `nil`: every connection gets the
+        /// configuration's windows, as the Go zipper does.
+        public var maximumReceiveWindowBytes: Int?
 
         public init(
             maximumConnections: Int = 16384, maximumPendingHandshakes: Int = 1024,
             maximumHandshakeSize: Int = 64 << 10, maximumFrameSize: Int = 16 << 20,
             maximumIncompleteFrameBytes: Int = 256 << 20, stalledFrameTimeout: Duration = .seconds(10),
-            maximumConnectionsPerAddress: Int = 1024
+            maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20
         ) {
             self.maximumConnections = maximumConnections
             self.maximumConnectionsPerAddress = maximumConnectionsPerAddress
@@ -98,6 +108,7 @@ public struct ZipperConfiguration: Hashable, Sendable {
             self.maximumFrameSize = maximumFrameSize
             self.maximumIncompleteFrameBytes = maximumIncompleteFrameBytes
             self.stalledFrameTimeout = stalledFrameTimeout
+            self.maximumReceiveWindowBytes = maximumReceiveWindowBytes
         }
     }
 

@@ -265,6 +265,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     var countedAsHandshaking = false
     /// Counted in the server's connections per address.
     var countedForHost = false
+    /// Its window under the server's receive budget (nil: none, or released).
+    var managedWindow: ManagedReceiveWindow?
     /// Server: when a connection that has not opened its stream by then is closed
     /// (a peer that completes the QUIC handshake and stays mute is reaped).
     var streamDeadline = UInt64.max
@@ -902,7 +904,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             s.consumed = 0
             return n
         }
-        if n > 0, !receiveWindowFrozen, let ng, let streamID, isActive { ng.extendReceiveWindow(stream: streamID, by: n) }
+        guard n > 0, !receiveWindowFrozen, let ng, let streamID, isActive else { return }
+        let returned = managedWindow == nil ? n : server?.receiveWindowExtension(for: self, consumed: n, ng: ng) ?? n
+        if returned > 0 { ng.extendReceiveWindow(stream: streamID, by: returned) }
     }
 
     /// The peer may send only what the window already allows.
@@ -928,8 +932,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         if traceEnabled { trace("\(isServer ? "server" : "client") connection \(peerDescription) ended: \(error)") }
         terminalError = error
         phase = period
-        // Its address's share is free from now, not after the closing period.
+        // Its address's share and its window are free from now, not after the closing period.
         server?.releaseHostShare(of: self)
+        server?.releaseReceiveWindow(of: self)
         // Record the error on both sides before waking anyone: a woken reader may write at once.
         let headStart = acknowledgedTotal.load(ordering: .relaxed) - ackedInHead
         let writers = sendShared.withLock { s -> [CheckedContinuation<QUICError?, Never>] in

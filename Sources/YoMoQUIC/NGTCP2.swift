@@ -95,6 +95,10 @@ struct NGSettings {
     var quic: QUICConfiguration
     var isServer: Bool
     var debugLog: Bool
+    /// A server under `QUICServer.Limits.maximumReceiveWindowBytes`: the
+    /// window a connection starts with. The server then sizes each window
+    /// itself (`ReceiveWindows`), so ngtcp2's own growth is off.
+    var managedReceiveWindow: Int? = nil
 }
 
 /// Owns one `ngtcp2_conn`, its gnutls session and the C memory they point into.
@@ -224,8 +228,10 @@ final class NGConnection {
         ngtcp2_settings_default_versioned(NGTCP2_SETTINGS_VERSION, &s)
         s.initial_ts = monotonicNow()
         s.handshake_timeout = settings.quic.handshakeTimeout.nanoseconds
-        s.max_stream_window = UInt64(max(settings.quic.maxStreamReceiveWindow, settings.quic.streamReceiveWindow))
-        s.max_window = UInt64(max(settings.quic.maxConnectionReceiveWindow, settings.quic.connectionReceiveWindow))
+        if settings.managedReceiveWindow == nil {
+            s.max_stream_window = UInt64(max(settings.quic.maxStreamReceiveWindow, settings.quic.streamReceiveWindow))
+            s.max_window = UInt64(max(settings.quic.maxConnectionReceiveWindow, settings.quic.connectionReceiveWindow))
+        }
         switch settings.quic.congestionControl.algorithm {
         case .bbr: s.cc_algo = NGTCP2_CC_ALGO_BBR2
         case .cubic: s.cc_algo = NGTCP2_CC_ALGO_CUBIC
@@ -238,11 +244,13 @@ final class NGConnection {
     private func makeParams(_ settings: NGSettings) -> ngtcp2_transport_params {
         var p = ngtcp2_transport_params()
         ngtcp2_transport_params_default_versioned(NGTCP2_TRANSPORT_PARAMS_VERSION, &p)
-        let stream = UInt64(settings.quic.streamReceiveWindow)
+        // A managed window starts small for the stream and the connection
+        // alike (one stream carries all its data) and grows as it is read.
+        let stream = UInt64(settings.managedReceiveWindow ?? settings.quic.streamReceiveWindow)
         p.initial_max_stream_data_bidi_local = stream
         p.initial_max_stream_data_bidi_remote = stream
         p.initial_max_stream_data_uni = 0
-        p.initial_max_data = UInt64(settings.quic.connectionReceiveWindow)
+        p.initial_max_data = UInt64(settings.managedReceiveWindow ?? settings.quic.connectionReceiveWindow)
         // YoMo uses one client-initiated bidirectional stream.
         p.initial_max_streams_bidi = settings.isServer ? 1 : 0
         p.initial_max_streams_uni = 0
@@ -402,6 +410,8 @@ final class NGConnection {
         let pacing = stat.pacing_rate * Double(NGTCP2_SECONDS)
         statistics.pacingRate = pacing.isFinite && pacing > 0 ? Int(min(pacing, 1e15)) : 0
     }
+    /// Smoothed round-trip time, in nanoseconds.
+    var smoothedRTT: UInt64 { connectionStatistics.smoothed_rtt }
     /// Probe timeouts in a row now (reset by an acknowledgement).
     var probeTimeoutsInARow: Int { Int(connectionStatistics.pto_count) }
     private var connectionStatistics: ngtcp2_conn_stat {

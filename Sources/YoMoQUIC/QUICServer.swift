@@ -35,15 +35,23 @@ public final class QUICServer: Sendable {
         /// only once the handshake proved the address, so Initials spoofed
         /// with someone else's cannot use up that host's share.
         public var maximumConnectionsPerAddress: Int
+        /// Bytes all clients together may send ahead of what the server has
+        /// read: the sum of their receive windows. Each connection's window is
+        /// its share of it (at least 32 KiB, at most what the configuration's
+        /// windows allow), so a server whose readers wait holds at most this,
+        /// plus 32 KiB per connection. `nil`: every connection gets the
+        /// configuration's windows whatever their number.
+        public var maximumReceiveWindowBytes: Int?
 
         public init(
             maximumConnections: Int = 16384, maximumHandshakes: Int = 4096, streamOpenTimeout: Duration = .seconds(10),
-            maximumConnectionsPerAddress: Int = 1024
+            maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20
         ) {
             self.maximumConnections = maximumConnections
             self.maximumHandshakes = maximumHandshakes
             self.streamOpenTimeout = streamOpenTimeout
             self.maximumConnectionsPerAddress = maximumConnectionsPerAddress
+            self.maximumReceiveWindowBytes = maximumReceiveWindowBytes
         }
 
         public static let `default` = Limits()
@@ -61,6 +69,9 @@ public final class QUICServer: Sendable {
         try configuration.validate()
         guard limits.maximumConnections > 0, limits.maximumHandshakes > 0, limits.streamOpenTimeout > .zero else {
             throw .invalidConfiguration("server limits must be positive")
+        }
+        if let budget = limits.maximumReceiveWindowBytes, budget < ReceiveWindowBudget.minimum {
+            throw .invalidConfiguration("maximumReceiveWindowBytes must be at least \(ReceiveWindowBudget.minimum), not \(budget)")
         }
         if let statelessResetKey, statelessResetKey.count < 16 {
             throw .invalidConfiguration("the stateless reset key must be at least 16 bytes")
@@ -160,7 +171,8 @@ public final class QUICServer: Sendable {
             datagrams: s.datagrams.load(ordering: .relaxed), dropped: s.dropped.load(ordering: .relaxed),
             accepted: s.accepted.load(ordering: .relaxed), versionNegotiations: s.versionNegotiations.load(ordering: .relaxed),
             statelessResets: s.statelessResets.load(ordering: .relaxed), streamTimeouts: s.streamTimeouts.load(ordering: .relaxed),
-            refusedOverLimit: s.refusedOverLimit.load(ordering: .relaxed), refusedPerAddress: s.refusedPerAddress.load(ordering: .relaxed))
+            refusedOverLimit: s.refusedOverLimit.load(ordering: .relaxed), refusedPerAddress: s.refusedPerAddress.load(ordering: .relaxed),
+            receiveWindowBytes: s.receiveWindowBytes.load(ordering: .relaxed))
     }
 
     public struct Statistics: Sendable, Hashable {
@@ -175,6 +187,9 @@ public final class QUICServer: Sendable {
         public var refusedOverLimit: Int
         /// Connections closed at `Limits.maximumConnectionsPerAddress`.
         public var refusedPerAddress: Int
+        /// What the clients may send ahead of the server's reading now: their
+        /// receive windows summed, under `Limits.maximumReceiveWindowBytes` (0 without it).
+        public var receiveWindowBytes: Int
     }
 
     public struct Connections: AsyncSequence, Sendable {

@@ -31,10 +31,13 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// Cleared when the listener starts to close: new connections are not taken.
     private var acceptsNew = true
     private var handshaking = 0
-    /// Connections past their handshake, by the peer's IP address.
+    /// Connections past their handshake, by the peer's IP address, and in all.
     private var establishedByHost: [[UInt8]: Int] = [:]
+    private var established = 0
     /// Told (on the loop) of each connection closed over its address's share.
     var onRefusedPerAddress: (@Sendable (String) -> Void)?
+    /// The clients' receive windows, held to `Limits.maximumReceiveWindowBytes` (nil: each its own).
+    private var receiveWindows: ReceiveWindowBudget?
     /// Connections holding datagrams the full socket refused.
     private var blocked: [ObjectIdentifier: ConnectionCore] = [:]
     /// Test hooks: simulate a full socket on new connections; count held-back sends.
@@ -59,6 +62,9 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         self.verifyClient = verifyClient
         self.limits = limits
         self.debugLog = debugLog
+        receiveWindows = limits.maximumReceiveWindowBytes.map {
+            ReceiveWindowBudget(bytes: $0, maximum: max(configuration.maxStreamReceiveWindow, configuration.streamReceiveWindow))
+        }
         if let statelessResetKey {
             // The same key after a restart gives the same reset tokens, so clients
             // of the previous run recognise our resets and reconnect at once.
@@ -218,7 +224,9 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         do throws(QUICError) {
             let ng = try NGConnection.server(
                 local: local, remote: address, initial: datagram,
-                settings: NGSettings(quic: configuration, isServer: true, debugLog: debugLog),
+                settings: NGSettings(
+                    quic: configuration, isServer: true, debugLog: debugLog,
+                    managedReceiveWindow: receiveWindows == nil ? nil : ReceiveWindowBudget.minimum),
                 credentials: credentials, verifyClient: verifyClient, resetSecret: resetSecret, scid: scid, delegate: core)
             core.attach(ng)
         } catch {
@@ -226,6 +234,11 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             return nil
         }
         connections[ObjectIdentifier(core)] = core
+        if receiveWindows != nil {
+            core.managedWindow = ManagedReceiveWindow(cap: configuration.streamReceiveWindow)
+            receiveWindows?.opened()
+            stats.receiveWindowBytes.store(receiveWindows?.total ?? 0, ordering: .relaxed)
+        }
         handshaking += 1
         core.countedAsHandshaking = true
         core.routes = [originalDCID, scid]
@@ -314,6 +327,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             return
         }
         establishedByHost[host] = count + 1
+        established += 1
         core.countedForHost = true
     }
 
@@ -321,14 +335,37 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     func releaseHostShare(of core: ConnectionCore) {
         guard core.countedForHost else { return }
         core.countedForHost = false
+        established -= 1
         let host = core.remote.hostKey
         let left = establishedByHost[host, default: 1] - 1
         establishedByHost[host] = left > 0 ? left : nil
     }
 
+    /// The reader took `consumed` bytes of a connection under the budget: the
+    /// window to give back to its peer now.
+    func receiveWindowExtension(for core: ConnectionCore, consumed: Int, ng: NGConnection) -> Int {
+        guard var window = core.managedWindow, var budget = receiveWindows else { return consumed }
+        // Shared among connections past their handshake: Initials spoofed by
+        // the thousand complete none, so they cannot shrink everyone's share.
+        let returned = window.read(
+            consumed, connections: established, budget: &budget, now: monotonicNow(), smoothedRTT: { ng.smoothedRTT })
+        (core.managedWindow, receiveWindows) = (window, budget)
+        stats.receiveWindowBytes.store(budget.total, ordering: .relaxed)
+        return returned
+    }
+
+    /// A connection that ended (or is gone) gives its window back to the budget.
+    func releaseReceiveWindow(of core: ConnectionCore) {
+        guard let window = core.managedWindow else { return }
+        core.managedWindow = nil
+        receiveWindows?.closed(window)
+        stats.receiveWindowBytes.store(receiveWindows?.total ?? 0, ordering: .relaxed)
+    }
+
     func remove(_ core: ConnectionCore) {
         handshakeEnded(core)
         releaseHostShare(of: core)
+        releaseReceiveWindow(of: core)
         blocked[ObjectIdentifier(core)] = nil
         for cid in core.routes where routes[cid] === core { routes[cid] = nil }
         core.routes = []
@@ -374,4 +411,6 @@ final class ServerStats: Sendable {
     let refusedOverLimit = Atomic<Int>(0)
     /// Connections closed because their address had its share already.
     let refusedPerAddress = Atomic<Int>(0)
+    /// The clients' receive windows summed, under a budget (0 without one).
+    let receiveWindowBytes = Atomic<Int>(0)
 }

@@ -65,6 +65,13 @@ extension ZipperConfiguration {
             try positive("max_handshake_size", &self.limits.maximumHandshakeSize)
             try positive("max_frame_size", &self.limits.maximumFrameSize)
             try positive("max_incomplete_frame_bytes", &self.limits.maximumIncompleteFrameBytes)
+            if let raw = limits["max_receive_window_bytes"] {
+                // 0: no budget, each connection its own windows (the Go zipper's way).
+                guard let value = raw.int, value == 0 || value >= 32 << 10 else {
+                    throw YoMoError(.invalidConfiguration, "zipper config: limits.max_receive_window_bytes must be 0 (no budget) or at least 32768")
+                }
+                self.limits.maximumReceiveWindowBytes = value == 0 ? nil : value
+            }
             if let raw = limits["stalled_frame_timeout"] {
                 guard let value = raw.text.flatMap(UnroutedHold.parseDuration), value > .zero else {
                     throw YoMoError(.invalidConfiguration, "zipper config: limits.stalled_frame_timeout must be a positive duration such as 10s")

@@ -117,9 +117,12 @@ struct LoopbackTests {
         await server.stop()
     }
 
-    @Test("a writer waits when the peer does not read, and nothing is lost")
-    func backpressure() async throws {
-        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+    /// Under a receive window budget (the default) a connection that was
+    /// never read has only its first window, 32 KiB; without one, 2 MiB.
+    @Test("a writer waits when the peer does not read, and nothing is lost", arguments: [nil, 64 << 20] as [Int?])
+    func backpressure(budget: Int?) async throws {
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0, limits: .init(maximumReceiveWindowBytes: budget))
+        let window = budget == nil ? 2 << 20 : 32 << 10
         var configuration = QUICConfiguration.default
         configuration.sendBufferSize = 256 << 10
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port, configuration: configuration)
@@ -135,16 +138,16 @@ struct LoopbackTests {
         }
         var iterator = server.connections.makeAsyncIterator()
         let accepted = try #require(await iterator.next())
-        // The peer's 2 MiB stream window fills up...
+        // The peer's stream window fills up...
         let deadline = ContinuousClock.now + .seconds(20)
-        while written.get() < (2 << 20) && ContinuousClock.now < deadline {
+        while written.get() < window && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(10))
         }
-        #expect(written.get() >= 2 << 20, "the peer's 2 MiB window should have been filled")
+        #expect(written.get() >= window, "the peer's window should have been filled")
         // ...and then the writer can get at most its send buffer (plus one write) further.
         try await Task.sleep(for: .milliseconds(300))
         let stalled = written.get()
-        #expect(stalled <= (2 << 20) + (256 << 10) + 65536, "writer should be blocked by flow control, wrote \(stalled)")
+        #expect(stalled <= window + (256 << 10) + 65536, "writer should be blocked by flow control, wrote \(stalled)")
         // Now read everything: the writer completes and the bytes are exact.
         let received = try await Fixture.receive(accepted, total: 8 << 20)
         try await writer.value

@@ -919,6 +919,7 @@ struct FaultRecoveryTests {
               max_frame_size: 1048576
               max_incomplete_frame_bytes: 33554432
               stalled_frame_timeout: 2500ms
+              max_receive_window_bytes: 8388608
             slow_consumer:
               policy: drop
               max_buffered_bytes: 262144
@@ -926,7 +927,10 @@ struct FaultRecoveryTests {
             """)
         #expect(configuration.limits == .init(
             maximumConnections: 100, maximumPendingHandshakes: 7, maximumHandshakeSize: 4096, maximumFrameSize: 1 << 20,
-            maximumIncompleteFrameBytes: 32 << 20, stalledFrameTimeout: .milliseconds(2500), maximumConnectionsPerAddress: 50))
+            maximumIncompleteFrameBytes: 32 << 20, stalledFrameTimeout: .milliseconds(2500), maximumConnectionsPerAddress: 50,
+            maximumReceiveWindowBytes: 8 << 20))
+        #expect(try ZipperConfiguration(yaml: "limits: {max_receive_window_bytes: 0}").limits.maximumReceiveWindowBytes == nil)
+        #expect(ZipperConfiguration.Limits().maximumReceiveWindowBytes == 64 << 20)
         #expect(configuration.slowConsumer == .init(policy: .drop, maximumBufferedBytes: 262_144))
         #expect(configuration.statelessResetKeyFile == "/var/lib/yomo/reset.key")
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "slow_consumer: {policy: shed}") }
@@ -935,6 +939,8 @@ struct FaultRecoveryTests {
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_incomplete_frame_bytes: 0}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {stalled_frame_timeout: 0s}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {stalled_frame_timeout: soon}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_receive_window_bytes: 4096}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_receive_window_bytes: -1}") }
     }
 }
 

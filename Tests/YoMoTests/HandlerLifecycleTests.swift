@@ -287,7 +287,7 @@ struct HandlerLifecycleTests {
     }
 
     enum BadZipperSetting: String, CaseIterable, Sendable {
-        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken
+        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken, receiveWindowBudget
 
         var expected: String {
             switch self {
@@ -296,6 +296,7 @@ struct HandlerLifecycleTests {
             case .meshQueueFrames: "meshQueue.maximumFrames must be positive, not 0"
             case .port: "port must be from 0 to 65535, not 70000"
             case .emptyToken: "token authentication needs a non-empty token"
+            case .receiveWindowBudget: "maximumReceiveWindowBytes must be at least 32768 (nil: no budget), not 1000"
             }
         }
 
@@ -306,6 +307,7 @@ struct HandlerLifecycleTests {
             case .meshQueueFrames: configuration.meshQueue.maximumFrames = 0
             case .port: configuration.port = 70000
             case .emptyToken: configuration.authentication = .token("")
+            case .receiveWindowBudget: configuration.limits.maximumReceiveWindowBytes = 1000
             }
         }
     }

@@ -258,6 +258,58 @@ struct HostilePeerTests {
         }
     }
 
+    @Test("sources of a stream function that stalls: what they may send ahead of the zipper stays within its receive budget, and every frame arrives once the function reads again")
+    func receiveWindowBudget() async throws {
+        let budget = 1 << 20
+        let sourceCount = 6
+        let frames = 200
+        try await withZipper(configure: { $0.limits.maximumReceiveWindowBytes = budget }) { address, zipper in
+            let gate = Gate()
+            let arrived = Inbox<String>()
+            var options = StreamFunction.Options(observedTags: [0x61])
+            // It stops reading soon: the zipper's routing waits, and so its reading of the sources.
+            options.maximumHandlerBytes = 256 << 10
+            let sink = StreamFunction(name: "stalled", zipper: address, options: options)
+            sink.setHandler { context in
+                await gate.wait()
+                arrived.append(String(decoding: context.data.prefix { $0 != 0x7C }, as: UTF8.self))
+            }
+            try await sink.connect()
+            var writers: [Task<Void, any Error>] = []
+            var sources: [Source] = []
+            for index in 0..<sourceCount {
+                let source = Source(name: "s\(index)", zipper: address)
+                try await source.connect()
+                sources.append(source)
+                writers.append(Task {
+                    for sequence in 0..<frames {
+                        var payload = Array("\(index):\(sequence)|".utf8)
+                        payload += [UInt8](repeating: 0x61, count: 16_384 - payload.count)
+                        try await source.write(tag: 0x61, data: payload)
+                    }
+                })
+            }
+            // 6 × 200 frames of 16 KiB: far more than the budget lets ahead of the zipper's reading.
+            var windows: [Int] = []
+            _ = await eventually(within: .seconds(20)) {
+                windows.append(zipper.statistics.receiveWindowBytes)
+                return windows.count > 20 && windows.suffix(20).allSatisfy { $0 == windows.last }
+            }
+            let connections = sourceCount + 1
+            #expect(windows.allSatisfy { $0 <= budget + connections * 32 << 10 }, "\(windows.max() ?? 0)")
+            #expect(windows.contains { $0 > connections * 32 << 10 }, "windows grew past the minimum where the budget allowed")
+            #expect(arrived.items.isEmpty)
+            gate.open()
+            for writer in writers { try await writer.value }
+            let expected = Set((0..<sourceCount).flatMap { index in (0..<frames).map { "\(index):\($0)" } })
+            #expect(await eventually { Set(arrived.items) == expected }, "\(expected.subtracting(arrived.items).count) frames missing")
+            #expect(arrived.items.count == expected.count)
+            for source in sources { await source.close() }
+            await sink.close()
+            #expect(await eventually { zipper.statistics.receiveWindowBytes == 0 }, "closed connections give their windows back")
+        }
+    }
+
     @Test("over the pending-handshake cap, new connections are closed with a reason")
     func pendingHandshakeCap() async throws {
         try await withStrictZipper({ $0.limits.maximumPendingHandshakes = 2 }, handshakeTimeout: .seconds(3)) { _, zipper in
