@@ -412,8 +412,20 @@ public final class Zipper: Sendable {
         await Latch.waitForAll(senders.map(\.left), until: deadline)
         var counters: [Int] = []
         var movedAt = ContinuousClock.now
+        var functionsClosed = false
         while ContinuousClock.now < deadline {
             let (pending, progress) = drainProgress()
+            if pending == 0, !functionsClosed {
+                // Functions write too (a pipeline): closed all at one quiet
+                // moment, a frame one of them writes is either routed already
+                // or kept by its client for the next zipper, never acknowledged
+                // here and left unrouted. The mesh links then send what they hold.
+                let functions = state.withLock { state in
+                    state.peers.values.filter { $0.member.clientType == .streamFunction }.map(\.connection.connection)
+                }
+                functionsClosed = await server.closeAllIfQuiet(functions, errorCode: 0, reason: Self.shutdownReason)
+                continue
+            }
             if pending == 0 {
                 logger.info("closing: every frame taken was delivered", metadata: [
                     "senders_closed": "\(senders.count)", "took": "\(ContinuousClock.now - started)",

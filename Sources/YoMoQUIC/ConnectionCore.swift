@@ -918,10 +918,16 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// acknowledged) between the check and the close. True if closed now or before.
     func closeIfQuiet(code: UInt64, reason: String, quiet: () -> Bool) -> Bool {
         guard isActive else { return true }
-        guard recvShared.withLock({ $0.chunks.isEmpty && $0.waiter != nil }),
-              sendShared.withLock({ $0.buffered == 0 }), quiet() else { return false }
+        guard isQuiet, quiet() else { return false }
         closeLocally(code: code, reason: reason)
         return true
+    }
+
+    /// Nothing received is unread, the reader waits for more, and everything
+    /// written was acknowledged (or the connection has ended). On the loop.
+    var isQuiet: Bool {
+        guard isActive else { return true }
+        return recvShared.withLock({ $0.chunks.isEmpty && $0.waiter != nil }) && sendShared.withLock({ $0.buffered == 0 })
     }
 
     // MARK: Ending

@@ -158,6 +158,22 @@ public final class QUICServer: Sendable {
     /// per-thread arenas otherwise). A server calls it after many connections left.
     public static func releaseFreedMemory() { _ = malloc_trim(0) }
 
+    /// Closes all of `connections` (this server's) at one moment when each is
+    /// quiet: nothing received unread, its reader waiting for more, everything
+    /// written to it acknowledged. Checked and done in one turn of the loop
+    /// where packets arrive, so no byte reaches any of them, acknowledged and
+    /// then left unread, between the check and the close; what their peers
+    /// send after it is not acknowledged, so they keep it. False, and none
+    /// closed, if one is not quiet now.
+    package func closeAllIfQuiet(_ connections: [QUICConnection], errorCode: UInt64, reason: String) async -> Bool {
+        let cores = connections.map(\.core)
+        return await core.loop.run(orIfStopped: true) {
+            guard cores.allSatisfy(\.isQuiet) else { return false }
+            for connection in cores { connection.closeLocally(code: errorCode, reason: reason) }
+            return true
+        }
+    }
+
     /// Live connections (including those in their closing or draining period).
     public func connectionCount() async -> Int {
         let core = self.core

@@ -4,7 +4,7 @@
 /// connection whose reader waits (its frames wait for a slow stream function,
 /// or for room to assemble them) pins its whole window, 2 MiB and up to 6 MiB
 /// after ngtcp2's growth, so a zipper's memory grew with its connection count:
-/// 200 sources of one stalled function held 430 MiB.
+/// 200 sources of one stalled function held 380–450 MiB.
 ///
 /// On the server's loop thread only.
 struct ReceiveWindowBudget {

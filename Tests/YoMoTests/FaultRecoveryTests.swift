@@ -530,6 +530,42 @@ struct FaultRecoveryTests {
         await zipper.kill()
     }
 
+    @Test("a zipper restarted gracefully under a pipeline loses no frame: what a stream function wrote as the zipper closed is sent again")
+    func gracefulRestartUnderAPipeline() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let arrivals = Inbox<Int>()
+        // The first stage answers each frame with one of its own, up to 20 ms
+        // later, so its answers keep coming while the zipper closes; the second records them.
+        let first = StreamFunction(name: "stage-one", zipper: zipper.address, options: .init(observedTags: [0x37], retryConnect: true))
+        first.setHandler { ctx in
+            try await Task.sleep(for: .microseconds(Int.random(in: 0...20_000)))
+            try await ctx.write(tag: 0x38, data: ctx.data)
+        }
+        try await first.connect()
+        let second = StreamFunction(name: "stage-two", zipper: zipper.address, options: .init(observedTags: [0x38], retryConnect: true))
+        second.setHandler { ctx in
+            if let sequence = Int(String(decoding: ctx.data, as: UTF8.self)) { arrivals.append(sequence) }
+        }
+        try await second.connect()
+        let source = Source(name: "pipeline-writer", zipper: zipper.address, options: .init(retryConnect: true))
+        try await source.connect()
+        let writer = SteadyWriter(source, tag: 0x37)
+        for round in 1...5 {
+            let before = arrivals.count
+            #expect(await arrivals.wait(for: before + 500), "frames flow before restart \(round)")
+            await zipper.terminate()
+            try zipper.restart()
+        }
+        let before = arrivals.count
+        #expect(await arrivals.wait(for: before + 100), "frames flow after the last restart")
+        let (missing, written) = await writer.stop(missingFrom: arrivals)
+        #expect(missing.isEmpty, "\(missing.count) of \(written) frames written never arrived: \(missing.prefix(20))")
+        await source.close()
+        await first.close()
+        await second.close()
+        await zipper.kill()
+    }
+
     @Test("a graceful close waits for stream functions to take what it wrote them: one frozen for a moment loses nothing")
     func closeWaitsForAFunctionFrozenForAMoment() async throws {
         let records = Inbox<String>()
