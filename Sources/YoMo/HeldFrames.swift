@@ -299,6 +299,17 @@ struct HeldFrames {
         return dropped
     }
 
+    /// Takes out, in order, the frames still held for someone (a graceful
+    /// close keeps them for the zipper's next start); those every name took are let go.
+    mutating func takeUndelivered() -> [DataFrame] {
+        var frames: [DataFrame] = []
+        while let first = entries.popFirst() {
+            forget(first)
+            if first.missedSomeone { frames.append(first.frame) }
+        }
+        return frames
+    }
+
     /// Counts a frame taken into `entries` (`forget` undoes it).
     private mutating func count(_ entry: Entry) -> HoldResult {
         bytes += entry.bytes

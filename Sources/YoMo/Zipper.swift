@@ -474,7 +474,62 @@ public final class Zipper: Sendable {
     /// What the zipper's close lost: unacknowledged bytes, held frames.
     private func reportWhatTheCloseLost() {
         reportLostAtClose()
+        keepHeldForNextStart()
         dropHeldAtClose()
+    }
+
+    /// What the zipper held for stream functions, kept for its next start
+    /// (`HeldFramesFile`), which holds it again; what cannot be kept is
+    /// dropped and said, as before.
+    private func keepHeldForNextStart() {
+        guard let functionsFile = configuration.functionsFile, configuration.unroutedHold.isOn else { return }
+        let path = HeldFramesFile.path(besides: functionsFile)
+        // The close has ended the routing: nothing comes between the look and the take.
+        let frames = state.withLock { $0.held.entries.filter(\.missedSomeone).map(\.frame) }
+        guard !frames.isEmpty else { return }
+        do throws(YoMoError) {
+            // The frames are the sources' data: readable by the zipper's user alone.
+            try writeFileAtomically(path, HeldFramesFile.encode(frames, closedAt: HeldFramesFile.now()), mode: 0o600, what: "held frames file")
+        } catch {
+            logger.warning("the frames held for stream functions cannot be kept for the next start", metadata: ["error": "\(error.message)"])
+            return
+        }
+        _ = state.withLock { $0.held.takeUndelivered() }
+        logger.info("closing: frames held for stream functions are kept for the next start", metadata: [
+            "frames": "\(frames.count)", "file": "\(path)",
+        ])
+    }
+
+    /// Holds again what the previous run held for stream functions when it
+    /// closed, if it closed within `afterLastObserver`; the file is read once.
+    private func restoreHeldFrames() {
+        guard let functionsFile = configuration.functionsFile, configuration.unroutedHold.isOn else { return }
+        let path = HeldFramesFile.path(besides: functionsFile)
+        let bytes: [UInt8]?
+        do throws(YoMoError) {
+            bytes = try readWholeFile(path, maximumBytes: configuration.unroutedHold.maximumBytes + (1 << 20), what: "held frames file")
+        } catch {
+            HeldFramesFile.remove(path)
+            logger.warning("the frames the previous run held for stream functions cannot be read: they are lost", metadata: ["error": "\(error.message)"])
+            return
+        }
+        guard let bytes else { return }
+        HeldFramesFile.remove(path)
+        guard let (closedAt, frames) = HeldFramesFile.decode(bytes) else {
+            logger.warning("the held frames file of the previous run is not understood: its frames are lost", metadata: ["file": "\(path)"])
+            return
+        }
+        let age = Duration.milliseconds(HeldFramesFile.now() - closedAt)
+        guard age <= configuration.unroutedHold.afterLastObserver else {
+            logger.warning("frames the previous run held for stream functions are dropped: it closed too long ago", metadata: [
+                "frames": "\(frames.count)", "closed_ago": "\(age)", "after_last_observer": "\(configuration.unroutedHold.afterLastObserver)",
+            ])
+            return
+        }
+        let held = frames.filter { hold($0, patch: nil, target: MetadataView($0.metadata)?.string(.target), logger: logger).held }.count
+        logger.info("holding again the frames the previous run held for stream functions", metadata: [
+            "frames": "\(held)", "of": "\(frames.count)", "closed_ago": "\(age)",
+        ])
     }
 
     /// One line for what the connections closed with the zipper had not
@@ -543,6 +598,7 @@ public final class Zipper: Sendable {
                 "functions": "\(Self.names(Set(expected.map(\.name))))", "hold": "\(configuration.unroutedHold.afterLastObserver)",
             ])
         }
+        restoreHeldFrames()
         return server
     }
 

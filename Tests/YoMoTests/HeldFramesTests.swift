@@ -697,6 +697,74 @@ struct HeldFramesTests {
         }
     }
 
+    @Test("a zipper closed gracefully while a function was away keeps what it held for it: the next start holds it again, and the function gets it first, in order")
+    func heldAcrossARestart() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-held-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = directory + "/zipper.functions"
+        let texts = (0..<20).map { "h-\($0)" }
+        let firstLogs = InMemoryLogSink()
+        try await withZipper(configure: { $0.functionsFile = file }, logger: Self.jsonLogger(firstLogs)) { address, zipper in
+            let worker = StreamFunction(name: "worker", zipper: address, options: .init(observedTags: [0x67]))
+            worker.setHandler { _ in }
+            try await worker.connect()
+            await worker.close()
+            #expect(await eventually { zipper.connectionCount == 0 })
+            let source = Source(name: "feed", zipper: address)
+            try await source.connect()
+            for text in texts { try await source.write(tag: 0x67, data: Array(text.utf8)) }
+            #expect(await eventually { zipper.statistics.heldFrames == 20 })
+            await source.close()
+            await zipper.close()
+            let kept = TracingEndToEndTests.records(firstLogs, "closing: frames held for stream functions are kept for the next start")
+            #expect(kept.count == 1 && kept.first?["frames"] as? String == "20", "\(kept)")
+            #expect(zipper.statistics.heldFramesDropped == 0)
+            #expect(TracingEndToEndTests.records(firstLogs, "frames held for stream functions were dropped: the zipper closed").isEmpty)
+        }
+        #expect(FileManager.default.fileExists(atPath: HeldFramesFile.path(besides: file)))
+        let secondLogs = InMemoryLogSink()
+        try await withZipper(configure: { $0.functionsFile = file }, logger: Self.jsonLogger(secondLogs)) { address, zipper in
+            #expect(zipper.statistics.heldFrames == 20)
+            #expect(!FileManager.default.fileExists(atPath: HeldFramesFile.path(besides: file)), "read once")
+            let again = TracingEndToEndTests.records(secondLogs, "holding again the frames the previous run held for stream functions")
+            #expect(again.count == 1 && again.first?["frames"] as? String == "20", "\(again)")
+            let got = Inbox<String>()
+            let worker = StreamFunction(name: "worker", zipper: address, options: .init(observedTags: [0x67]))
+            worker.setPipeHandler { input, _ in
+                for await frame in input { got.append(Self.label(frame.data)) }
+            }
+            try await worker.connect()
+            #expect(await got.wait(for: 20))
+            #expect(got.items == texts, "in the order written")
+            await worker.close()
+        }
+    }
+
+    @Test("held frames kept by a zipper that closed longer than afterLastObserver ago are dropped at the next start, said once; a file that is none is removed")
+    func heldFromLongAgo() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-held-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = directory + "/zipper.functions"
+        let frames = (0..<3).map { DataFrame(tag: 0x68, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: "old-\($0)")) }
+        let twoMinutesAgo = HeldFramesFile.now() - 120_000
+        FileManager.default.createFile(atPath: HeldFramesFile.path(besides: file), contents: Data(HeldFramesFile.encode(frames, closedAt: twoMinutesAgo)))
+        let logs = InMemoryLogSink()
+        try await withZipper(configure: { $0.functionsFile = file }, logger: Self.jsonLogger(logs)) { _, zipper in
+            #expect(zipper.statistics.heldFrames == 0)
+            let dropped = TracingEndToEndTests.records(logs, "frames the previous run held for stream functions are dropped: it closed too long ago")
+            #expect(dropped.count == 1 && dropped.first?["frames"] as? String == "3", "\(dropped)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: HeldFramesFile.path(besides: file)))
+        FileManager.default.createFile(atPath: HeldFramesFile.path(besides: file), contents: Data("not held frames".utf8))
+        let garbled = InMemoryLogSink()
+        try await withZipper(configure: { $0.functionsFile = file }, logger: Self.jsonLogger(garbled)) { _, zipper in
+            #expect(zipper.statistics.heldFrames == 0)
+            #expect(TracingEndToEndTests.records(garbled, "the held frames file of the previous run is not understood: its frames are lost").count == 1)
+        }
+        #expect(!FileManager.default.fileExists(atPath: HeldFramesFile.path(besides: file)))
+    }
+
     @Test("with the hold off, frames with no stream function are dropped at once, as in Go")
     func off() async throws {
         let logs = InMemoryLogSink()

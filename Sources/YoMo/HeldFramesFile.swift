@@ -1,0 +1,54 @@
+internal import Glibc
+internal import NIOCore
+internal import YoMoWire
+
+/// The frames a zipper held for stream functions when it closed gracefully,
+/// kept beside `ZipperConfiguration.functionsFile` (its path with `.held`
+/// added) for its next start, which holds them again for those functions:
+/// a zipper restarted while a function was away (a rolling deploy restarting
+/// both) no longer drops what it held for it. Read once and removed; a start
+/// later than `unrouted_hold.after_last_observer` after the close drops them,
+/// said in one line.
+///
+/// A header line with the close's wall-clock time in milliseconds since
+/// 1970, then the frames as the wire carries them (y3 data frames, back to back):
+///
+///     yomo-zipper-held 1 1764876543210
+enum HeldFramesFile {
+    static let header = "yomo-zipper-held 1 "
+
+    static func path(besides functionsFile: String) -> String { functionsFile + ".held" }
+
+    static func encode(_ frames: [DataFrame], closedAt milliseconds: Int64) -> [UInt8] {
+        var buffer = ByteBuffer()
+        buffer.writeString(header + "\(milliseconds)\n")
+        for frame in frames { frame.encode(into: &buffer) }
+        return Array(buffer.readableBytesView)
+    }
+
+    /// The close's time and the frames; nil for a file that is not one
+    /// (frames after a damaged one are lost with it).
+    static func decode(_ bytes: [UInt8]) -> (closedAt: Int64, frames: [DataFrame])? {
+        guard let newline = bytes.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+        let line = String(decoding: bytes[..<newline], as: UTF8.self)
+        guard line.hasPrefix(header), let closedAt = Int64(line.dropFirst(header.count)) else { return nil }
+        var buffer = ByteBuffer(bytes: bytes[(newline + 1)...])
+        // The zipper wrote these frames whole: any size it let in decodes.
+        var decoder = FrameDecoder(maximumFrameSize: Int(Int32.max))
+        var frames: [DataFrame] = []
+        while let frame = try? decoder.decodeFrame(buffer: &buffer) {
+            if case .data(let data) = frame { frames.append(data) }
+        }
+        return (closedAt, frames)
+    }
+
+    /// Read once: removed as it is read, whatever it held.
+    static func remove(_ path: String) { unlink(path) }
+
+    /// Milliseconds since 1970, by the wall clock (the only one two runs share).
+    static func now() -> Int64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000
+    }
+}
