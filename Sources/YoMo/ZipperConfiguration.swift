@@ -88,7 +88,8 @@ public struct ZipperConfiguration: Hashable, Sendable {
         /// read: their QUIC receive windows summed. A connection the zipper
         /// does not read (its frames wait for a slow stream function under
         /// `block`, or for room to be assembled) holds its whole window; each
-        /// window is the connection's share of this (at least 32 KiB, at most
+        /// window is the connection's share of this (split among the clients'
+        /// addresses, then among each address's connections; at least 32 KiB, at most
         /// the QUIC configuration's 2 MiB, growing to 6 MiB on a fast path),
         /// so the zipper holds at most this, plus 32 KiB per connection,
         /// however many connections wait. `nil`: every connection gets the

@@ -263,8 +263,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     weak var server: ServerCore?
     var routes: Set<ConnectionID> = []
     var countedAsHandshaking = false
-    /// Counted in the server's connections per address.
-    var countedForHost = false
+    /// Counted in the server's connections per address: its address's count.
+    var countedForHost: EstablishedFromHost?
     /// Its window under the server's receive budget (nil: none, or released).
     var managedWindow: ManagedReceiveWindow?
     /// Server: when a connection that has not opened its stream by then is closed

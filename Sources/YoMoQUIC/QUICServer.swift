@@ -37,7 +37,8 @@ public final class QUICServer: Sendable {
         public var maximumConnectionsPerAddress: Int
         /// Bytes all clients together may send ahead of what the server has
         /// read: the sum of their receive windows. Each connection's window is
-        /// its share of it (at least 32 KiB, at most what the configuration's
+        /// its share of it (split among the clients' addresses, then among each
+        /// address's connections; at least 32 KiB, at most what the configuration's
         /// windows allow), so a server whose readers wait holds at most this,
         /// plus 32 KiB per connection. `nil`: every connection gets the
         /// configuration's windows whatever their number.

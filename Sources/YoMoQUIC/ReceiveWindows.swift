@@ -35,12 +35,17 @@ struct ReceiveWindowBudget {
 
     fileprivate mutating func giveBack(_ bytes: Int) { total -= bytes }
 
-    /// A connection's fair share: the budget over the connections, at least the minimum.
-    func share(connections: Int) -> Int { max(Self.minimum, bytes / max(1, connections)) }
+    /// A connection's fair share, at least the minimum: the budget split evenly
+    /// among the addresses clients come from, and each address's part among
+    /// its connections, so that one host opening many connections shrinks
+    /// its own windows, not everyone's.
+    func share(addresses: Int, connectionsFromAddress: Int) -> Int {
+        max(Self.minimum, bytes / max(1, addresses) / max(1, connectionsFromAddress))
+    }
 }
 
 /// One connection's window under a `ReceiveWindowBudget`: its share of the
-/// budget, and no more than it has shown it can use. It starts at
+/// budget (`ReceiveWindowBudget.share`), and no more than it has shown it can use. It starts at
 /// `ReceiveWindowBudget.minimum` (the transport parameter the client sees),
 /// grows to `cap` at the first read when the budget allows, and `cap` doubles
 /// toward the maximum when a whole window is read within two round trips, as
@@ -61,10 +66,10 @@ struct ManagedReceiveWindow {
     /// the peer now (0: not yet; given back once half a window was read, so a
     /// window update goes out about as often as ngtcp2 sends one).
     mutating func read(
-        _ consumed: Int, connections: Int, budget: inout ReceiveWindowBudget, now: UInt64, smoothedRTT: () -> UInt64
+        _ consumed: Int, share: Int, budget: inout ReceiveWindowBudget, now: UInt64, smoothedRTT: () -> UInt64
     ) -> Int {
         unextended += consumed
-        let target = min(cap, budget.share(connections: connections))
+        let target = min(cap, share)
         var grown = 0
         if window > target {
             let shrink = min(window - target, unextended)

@@ -31,9 +31,8 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// Cleared when the listener starts to close: new connections are not taken.
     private var acceptsNew = true
     private var handshaking = 0
-    /// Connections past their handshake, by the peer's IP address, and in all.
-    private var establishedByHost: [[UInt8]: Int] = [:]
-    private var established = 0
+    /// Connections past their handshake, by the peer's IP address.
+    private var establishedByHost: [[UInt8]: EstablishedFromHost] = [:]
     /// Told (on the loop) of each connection closed over its address's share.
     var onRefusedPerAddress: (@Sendable (String) -> Void)?
     /// The clients' receive windows, held to `Limits.maximumReceiveWindowBytes` (nil: each its own).
@@ -318,7 +317,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     func handshakeCompleted(_ core: ConnectionCore) {
         handshakeEnded(core)
         let host = core.remote.hostKey
-        let count = establishedByHost[host, default: 0]
+        let count = establishedByHost[host]?.connections ?? 0
         guard count < limits.maximumConnectionsPerAddress else {
             stats.refusedPerAddress.add(1, ordering: .relaxed)
             onRefusedPerAddress?(core.remote.host)
@@ -326,19 +325,18 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             loop.execute { core.closeLocally(code: QUICError.yomoCloseCode, reason: reason) }
             return
         }
-        establishedByHost[host] = count + 1
-        established += 1
-        core.countedForHost = true
+        let fromHost = establishedByHost[host] ?? EstablishedFromHost()
+        fromHost.connections += 1
+        establishedByHost[host] = fromHost
+        core.countedForHost = fromHost
     }
 
     /// A connection that ended (or is gone) no longer counts for its address.
     func releaseHostShare(of core: ConnectionCore) {
-        guard core.countedForHost else { return }
-        core.countedForHost = false
-        established -= 1
-        let host = core.remote.hostKey
-        let left = establishedByHost[host, default: 1] - 1
-        establishedByHost[host] = left > 0 ? left : nil
+        guard let fromHost = core.countedForHost else { return }
+        core.countedForHost = nil
+        fromHost.connections -= 1
+        if fromHost.connections == 0 { establishedByHost[core.remote.hostKey] = nil }
     }
 
     /// The reader took `consumed` bytes of a connection under the budget: the
@@ -346,9 +344,10 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     func receiveWindowExtension(for core: ConnectionCore, consumed: Int, ng: NGConnection) -> Int {
         guard var window = core.managedWindow, var budget = receiveWindows else { return consumed }
         // Shared among connections past their handshake: Initials spoofed by
-        // the thousand complete none, so they cannot shrink everyone's share.
+        // the thousand complete none, so they cannot shrink anyone's share.
+        let share = budget.share(addresses: establishedByHost.count, connectionsFromAddress: core.countedForHost?.connections ?? 1)
         let returned = window.read(
-            consumed, connections: established, budget: &budget, now: monotonicNow(), smoothedRTT: { ng.smoothedRTT })
+            consumed, share: share, budget: &budget, now: monotonicNow(), smoothedRTT: { ng.smoothedRTT })
         (core.managedWindow, receiveWindows) = (window, budget)
         stats.receiveWindowBytes.store(budget.total, ordering: .relaxed)
         return returned
@@ -397,6 +396,12 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         }
         waiter?.resume(returning: nil)
     }
+}
+
+/// Connections past their handshake from one address (on the server's loop):
+/// each of them holds it, so its share is read without a lookup.
+final class EstablishedFromHost {
+    var connections = 0
 }
 
 final class ServerStats: Sendable {

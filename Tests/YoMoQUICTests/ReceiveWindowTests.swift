@@ -33,7 +33,8 @@ struct ReceiveWindowTests {
             let unread = peer.received - peer.consumed
             let taken = Bool.random(using: &generator) ? unread : Int.random(in: 0...unread, using: &generator)
             peer.consumed += taken
-            let returned = peer.window.read(taken, connections: peers.count, budget: &budget, now: UInt64(step) * 1_000_000) { 100_000 }
+            let share = budget.share(addresses: 1, connectionsFromAddress: peers.count)
+            let returned = peer.window.read(taken, share: share, budget: &budget, now: UInt64(step) * 1_000_000) { 100_000 }
             peer.allowed += returned
             if taken > 0, peer.consumed == peer.received {
                 #expect(peer.allowed > peer.received, "a peer that sent all it may, all of it read, gets more window (step \(step))")
@@ -50,10 +51,11 @@ struct ReceiveWindowTests {
             peer.received = peer.allowed
             let taken = peer.received - peer.consumed
             peer.consumed += taken
-            peer.allowed += peer.window.read(taken, connections: peers.count, budget: &budget, now: 1 << 50) { 100_000 }
+            peer.allowed += peer.window.read(
+                taken, share: budget.share(addresses: 1, connectionsFromAddress: 40), budget: &budget, now: 1 << 50) { 100_000 }
             peers[index] = peer
         }
-        #expect(peers.allSatisfy { $0.window.window <= budget.share(connections: 40) })
+        #expect(peers.allSatisfy { $0.window.window <= budget.share(addresses: 1, connectionsFromAddress: 40) })
     }
 
     @Test("a lone connection read fast grows its window from the minimum to the configured 2 MiB at once, and toward the maximum when each window is read within two round trips")
@@ -61,16 +63,27 @@ struct ReceiveWindowTests {
         var budget = ReceiveWindowBudget(bytes: 64 << 20, maximum: 6 << 20)
         budget.opened()
         var window = ManagedReceiveWindow(cap: 2 << 20)
-        _ = window.read(100, connections: 1, budget: &budget, now: 0) { 1_000_000 }
+        _ = window.read(100, share: budget.share(addresses: 1, connectionsFromAddress: 1), budget: &budget, now: 0) { 1_000_000 }
         #expect(window.window == 2 << 20)
         // Half a window read every 100 µs with a 1 ms round trip: a fast path.
-        for step in 1...10 { _ = window.read(1 << 20, connections: 1, budget: &budget, now: UInt64(step) * 100_000) { 1_000_000 } }
+        for step in 1...10 { _ = window.read(1 << 20, share: 64 << 20, budget: &budget, now: UInt64(step) * 100_000) { 1_000_000 } }
         #expect(window.window == 6 << 20)
         // The same reads a second apart: the window stays where it is.
         var slow = ManagedReceiveWindow(cap: 2 << 20)
         budget.opened()
-        for step in 0...10 { _ = slow.read(1 << 20, connections: 2, budget: &budget, now: UInt64(step) * 1_000_000_000) { 1_000_000 } }
+        for step in 0...10 { _ = slow.read(1 << 20, share: 32 << 20, budget: &budget, now: UInt64(step) * 1_000_000_000) { 1_000_000 } }
         #expect(slow.window == 2 << 20)
+    }
+
+    @Test("shares are split by address first: a host with many connections shrinks its own windows, not a lone client's")
+    func sharesByAddress() {
+        let budget = ReceiveWindowBudget(bytes: 64 << 20, maximum: 6 << 20)
+        // One host with 1,000 connections, another with one.
+        #expect(budget.share(addresses: 2, connectionsFromAddress: 1000) == (32 << 20) / 1000)
+        #expect(budget.share(addresses: 2, connectionsFromAddress: 4000) == ReceiveWindowBudget.minimum)
+        #expect(budget.share(addresses: 2, connectionsFromAddress: 1) == 32 << 20)
+        // Split by connection alone, the lone client would have had 64 MiB / 1,001: 65 KiB.
+        #expect(budget.share(addresses: 1, connectionsFromAddress: 1001) == (64 << 20) / 1001)
     }
 
     /// Opens when told; readers wait until then.
