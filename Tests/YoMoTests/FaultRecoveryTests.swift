@@ -498,6 +498,22 @@ struct FaultRecoveryTests {
         await healthy.close()
     }
 
+    /// Stops `zipper` with SIGTERM and starts it again, `rounds` times, each
+    /// once 500 more frames arrived; then expects every frame `writer` wrote
+    /// among `arrivals`.
+    private func restartGracefully(_ zipper: ZipperProcess, rounds: Int, while writer: SteadyWriter, arrivals: Inbox<Int>) async throws {
+        for round in 1...rounds {
+            let before = arrivals.count
+            #expect(await arrivals.wait(for: before + 500), "frames flow before restart \(round)")
+            await zipper.terminate()
+            try zipper.restart()
+        }
+        let before = arrivals.count
+        #expect(await arrivals.wait(for: before + 100), "frames flow after the last restart")
+        let (missing, written) = await writer.stop(missingFrom: arrivals)
+        #expect(missing.isEmpty, "\(missing.count) of \(written) frames written never arrived: \(missing.prefix(20))")
+    }
+
     @Test("a zipper restarted gracefully (SIGTERM, then started again) loses no frame: its clients redial, and sources send again what it had not taken")
     func gracefulRestartLosesNothing() async throws {
         let zipper = try ZipperProcess(port: try await freePort())
@@ -512,17 +528,7 @@ struct FaultRecoveryTests {
         source.setErrorHandler { sourceErrors.append($0) }
         try await source.connect()
         // Frames are inside the zipper whenever it is stopped.
-        let writer = SteadyWriter(source, tag: 0x36)
-        for round in 1...3 {
-            let before = arrivals.count
-            #expect(await arrivals.wait(for: before + 500), "frames flow before restart \(round)")
-            await zipper.terminate()
-            try zipper.restart()
-        }
-        let before = arrivals.count
-        #expect(await arrivals.wait(for: before + 100), "frames flow after the last restart")
-        let (missing, written) = await writer.stop(missingFrom: arrivals)
-        #expect(missing.isEmpty, "\(missing.count) of \(written) frames written never arrived: \(missing.prefix(20))")
+        try await restartGracefully(zipper, rounds: 3, while: SteadyWriter(source, tag: 0x36), arrivals: arrivals)
         #expect(sfn.endReason == nil && source.endReason == nil)
         #expect(sourceErrors.items.contains { $0.code == .listenerShutdown && $0.message.contains("zipper shutting down") }, "\(sourceErrors.items)")
         await source.close()
@@ -549,17 +555,7 @@ struct FaultRecoveryTests {
         try await second.connect()
         let source = Source(name: "pipeline-writer", zipper: zipper.address, options: .init(retryConnect: true))
         try await source.connect()
-        let writer = SteadyWriter(source, tag: 0x37)
-        for round in 1...5 {
-            let before = arrivals.count
-            #expect(await arrivals.wait(for: before + 500), "frames flow before restart \(round)")
-            await zipper.terminate()
-            try zipper.restart()
-        }
-        let before = arrivals.count
-        #expect(await arrivals.wait(for: before + 100), "frames flow after the last restart")
-        let (missing, written) = await writer.stop(missingFrom: arrivals)
-        #expect(missing.isEmpty, "\(missing.count) of \(written) frames written never arrived: \(missing.prefix(20))")
+        try await restartGracefully(zipper, rounds: 5, while: SteadyWriter(source, tag: 0x37), arrivals: arrivals)
         await source.close()
         await first.close()
         await second.close()
