@@ -397,8 +397,9 @@ public final class Zipper: Sendable {
     /// replaces this one, and what it had is routed. Then the stream functions
     /// get until `deadline` to acknowledge everything written to them (their
     /// own writes still routed), or until nothing moved for `drainStallLimit`
-    /// (a function that froze). Until the thirtieth round of issue 14 every
-    /// connection closed at once and frames inside the zipper were lost.
+    /// (a function that froze), and are closed together at a moment when all
+    /// are quiet. Until the thirtieth round of issue 14 every connection
+    /// closed at once and frames inside the zipper were lost.
     private func drain(_ server: QUICServer, until deadline: ContinuousClock.Instant) async {
         await server.stopAccepting()
         let started = ContinuousClock.now
@@ -424,9 +425,8 @@ public final class Zipper: Sendable {
                     state.peers.values.filter { $0.member.clientType == .streamFunction }.map(\.connection.connection)
                 }
                 functionsClosed = await server.closeAllIfQuiet(functions, errorCode: 0, reason: Self.shutdownReason)
-                continue
-            }
-            if pending == 0 {
+                if functionsClosed { continue }
+            } else if pending == 0 {
                 logger.info("closing: every frame taken was delivered", metadata: [
                     "senders_closed": "\(senders.count)", "took": "\(ContinuousClock.now - started)",
                 ])
@@ -515,7 +515,7 @@ public final class Zipper: Sendable {
         }
         guard let bytes else { return }
         HeldFramesFile.remove(path)
-        guard let (closedAt, frames) = HeldFramesFile.decode(bytes) else {
+        guard let (closedAt, frames) = HeldFramesFile.decode(bytes), !frames.isEmpty else {
             logger.warning("the held frames file of the previous run is not understood: its frames are lost", metadata: ["file": "\(path)"])
             return
         }

@@ -45,11 +45,12 @@ struct ReceiveWindowBudget {
 }
 
 /// One connection's window under a `ReceiveWindowBudget`: its share of the
-/// budget (`ReceiveWindowBudget.share`), and no more than it has shown it can use. It starts at
-/// `ReceiveWindowBudget.minimum` (the transport parameter the client sees),
-/// grows to `cap` at the first read when the budget allows, and `cap` doubles
-/// toward the maximum when a whole window is read within two round trips, as
-/// ngtcp2's own growth does (a fast path far away needs more bytes in flight).
+/// budget (`ReceiveWindowBudget.share`), and no more than it has shown it can
+/// use. It starts at `ReceiveWindowBudget.minimum` (the transport parameter
+/// the client sees), grows to `cap` at the first read when the budget allows,
+/// and `cap` doubles toward the maximum when two window updates come within
+/// two round trips, as ngtcp2's own growth does (a fast path far away needs
+/// more bytes in flight).
 /// A window above its share (more connections came) shrinks as the reader
 /// takes bytes, by not giving them back: a window already granted cannot be
 /// taken back.
@@ -82,7 +83,7 @@ struct ManagedReceiveWindow {
         }
         guard grown > 0 || unextended * 2 >= window, unextended + grown > 0 else { return 0 }
         if unextended * 2 >= window {
-            // A window read within two round trips: the path can carry more.
+            // Half a window read again within two round trips: the path can carry more.
             if let last = lastExtendedAt, now &- last < 2 &* smoothedRTT() { cap = min(cap * 2, budget.maximum) }
             lastExtendedAt = now
         }
