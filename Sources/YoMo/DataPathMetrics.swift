@@ -392,6 +392,9 @@ final class DataPathMetrics: Sendable {
         meter.observableGauge("yomo.zipper.client.unacknowledged", unit: "By", description: "Bytes written to each client that its QUIC stack has not acknowledged.") {
             series { Double($0.unacknowledgedBytes) }
         }
+        meter.observableGauge("yomo.zipper.client.unread", unit: "By", description: "Bytes received from each client that the zipper has not read yet: a source held back by a slow stream function.") {
+            series { Double($0.unreadBytes) }
+        }
     }
 
     func reconnected() { reconnects.add(1, attributes: baseAttributes) }
@@ -437,4 +440,6 @@ struct ClientConnectionHealth: Sendable {
     var member: RouteMember
     var statistics: QUICConnection.Statistics
     var unacknowledgedBytes: Int
+    /// Received from it, not yet read (its frames wait for their destinations).
+    var unreadBytes: Int
 }

@@ -1004,7 +1004,10 @@ public final class Zipper: Sendable {
     func clientConnections() -> [ClientConnectionHealth] {
         // Read outside the zipper's lock: each connection's statistics have their own.
         let peers = state.withLock { $0.peers.values.map { ($0.member, $0.connection.connection) } }
-        return peers.map { ClientConnectionHealth(member: $0.0, statistics: $0.1.statistics, unacknowledgedBytes: $0.1.unacknowledgedBytes) }
+        return peers.map {
+            ClientConnectionHealth(
+                member: $0.0, statistics: $0.1.statistics, unacknowledgedBytes: $0.1.unacknowledgedBytes, unreadBytes: $0.1.unreadBytes)
+        }
     }
 
     /// A connection closed over its address's share: counted with the other

@@ -174,6 +174,7 @@ struct MetricsEndToEndTests {
         #expect((await prometheus.scalar("yomo_zipper_client_pacing_rate_bytes_per_second{yomo_client_name=\"upper-m\"}") ?? 0) > 0, "BBR paces")
         #expect((await prometheus.scalar("yomo_zipper_client_max_datagram_size_bytes{yomo_client_type=\"source\"}") ?? 0) >= 1200)
         #expect(await prometheus.scalar("yomo_zipper_client_unacknowledged_bytes{yomo_client_name=\"upper-m\"}") != nil)
+        #expect(await prometheus.scalar("yomo_zipper_client_unread_bytes{yomo_client_name=\"source-m\"}") == 0, "nothing waits: every frame was routed")
         // What both clients may send ahead of the zipper's reading: each window grown past 32 KiB at its first read, within the 64 MiB budget.
         let windows = await prometheus.scalar("yomo_zipper_receive_window_bytes") ?? 0
         #expect(windows > 2 * 32 * 1024 && windows <= 64 * 1024 * 1024 + 2 * 32 * 1024, "\(windows)")
