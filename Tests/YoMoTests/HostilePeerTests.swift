@@ -298,9 +298,10 @@ struct HostilePeerTests {
             let connections = sourceCount + 1
             #expect(windows.allSatisfy { $0 <= budget + connections * 32 << 10 }, "\(windows.max() ?? 0)")
             #expect(windows.contains { $0 > connections * 32 << 10 }, "windows grew past the minimum where the budget allowed")
-            // What the zipper's QUIC stack took from the sources and nobody read: held back, within the budget.
+            // What the zipper's QUIC stack took from the sources and nobody read: held back, within the budget
+            // (none at all when each reader took the last bytes its window let in before its routing waited).
             let unread = zipper.clientConnections().filter { $0.member.clientType == .source }.reduce(0) { $0 + $1.unreadBytes }
-            #expect(unread > 0 && unread <= budget + connections * 32 << 10, "\(unread)")
+            #expect(unread <= budget + connections * 32 << 10, "\(unread)")
             #expect(arrived.items.isEmpty)
             gate.open()
             for writer in writers { try await writer.value }
