@@ -173,16 +173,24 @@ struct HeldFrames {
     /// buffers of its own, with how many of its bytes were not acknowledged
     /// (a frame its peer acknowledged whole is left out).
     static func dataFrames(in unacknowledged: QUICConnection.Unacknowledged) -> [(frame: DataFrame, target: String?, notAcknowledged: Int)] {
-        var buffer = unacknowledged.bytes
+        dataFramesWritten(in: unacknowledged.bytes).compactMap { data, end in
+            guard end > unacknowledged.acknowledgedPrefix else { return nil }
+            let notAcknowledged = min(data.encodedLength, end - unacknowledged.acknowledgedPrefix)
+            return (owned(data), MetadataView(data.metadata)?.string(.target), notAcknowledged)
+        }
+    }
+
+    /// The data frames in bytes a zipper wrote (to a connection, or to the
+    /// held frames file), each with the offset just past it; other frames are
+    /// skipped, and decoding stops at bytes that are no frame.
+    static func dataFramesWritten(in bytes: ByteBuffer) -> [(frame: DataFrame, end: Int)] {
+        var buffer = bytes
         let start = buffer.readerIndex
         // The zipper wrote these frames whole: any size it let in decodes.
         var decoder = FrameDecoder(maximumFrameSize: Int(Int32.max))
-        var frames: [(DataFrame, String?, Int)] = []
+        var frames: [(DataFrame, Int)] = []
         while let frame = try? decoder.decodeFrame(buffer: &buffer) {
-            let end = buffer.readerIndex - start
-            guard end > unacknowledged.acknowledgedPrefix, case .data(let data) = frame else { continue }
-            let length = data.encodedLength
-            frames.append((owned(data), MetadataView(data.metadata)?.string(.target), min(length, end - unacknowledged.acknowledgedPrefix)))
+            if case .data(let data) = frame { frames.append((data, buffer.readerIndex - start)) }
         }
         return frames
     }

@@ -32,14 +32,7 @@ enum HeldFramesFile {
         guard let newline = bytes.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
         let line = String(decoding: bytes[..<newline], as: UTF8.self)
         guard line.hasPrefix(header), let closedAt = Int64(line.dropFirst(header.count)) else { return nil }
-        var buffer = ByteBuffer(bytes: bytes[(newline + 1)...])
-        // The zipper wrote these frames whole: any size it let in decodes.
-        var decoder = FrameDecoder(maximumFrameSize: Int(Int32.max))
-        var frames: [DataFrame] = []
-        while let frame = try? decoder.decodeFrame(buffer: &buffer) {
-            if case .data(let data) = frame { frames.append(data) }
-        }
-        return (closedAt, frames)
+        return (closedAt, HeldFrames.dataFramesWritten(in: ByteBuffer(bytes: bytes[(newline + 1)...])).map(\.frame))
     }
 
     /// Read once: removed as it is read, whatever it held.

@@ -415,15 +415,12 @@ public final class Zipper: Sendable {
         var movedAt = ContinuousClock.now
         var functionsClosed = false
         while ContinuousClock.now < deadline {
-            let (pending, progress) = drainProgress()
+            let (pending, progress, functions) = drainProgress()
             if pending == 0, !functionsClosed {
                 // Functions write too (a pipeline): closed all at one quiet
                 // moment, a frame one of them writes is either routed already
                 // or kept by its client for the next zipper, never acknowledged
                 // here and left unrouted. The mesh links then send what they hold.
-                let functions = state.withLock { state in
-                    state.peers.values.filter { $0.member.clientType == .streamFunction }.map(\.connection.connection)
-                }
                 functionsClosed = await server.closeAllIfQuiet(functions, errorCode: 0, reason: Self.shutdownReason)
                 if functionsClosed { continue }
             } else if pending == 0 {
@@ -449,8 +446,8 @@ public final class Zipper: Sendable {
     static let drainStallLimit: Duration = .seconds(1)
 
     /// What the stream functions and mesh links have yet to take (0 when
-    /// nothing), and counters that change while they take it.
-    private func drainProgress() -> (pending: Int, progress: [Int]) {
+    /// nothing), counters that change while they take it, and the functions' connections.
+    private func drainProgress() -> (pending: Int, progress: [Int], functions: [QUICConnection]) {
         let functions = state.withLock { state in
             state.peers.values.filter { $0.member.clientType == .streamFunction }.map { ($0.connection.connection, $0.unwritten.count) }
         }
@@ -468,7 +465,7 @@ public final class Zipper: Sendable {
             pending += queued
             progress.append(queued)
         }
-        return (pending, progress)
+        return (pending, progress, functions.map(\.0))
     }
 
     /// What the zipper's close lost: unacknowledged bytes, held frames.

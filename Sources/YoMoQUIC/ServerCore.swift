@@ -35,8 +35,11 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     private var establishedByHost: [[UInt8]: EstablishedFromHost] = [:]
     /// Told (on the loop) of each connection closed over its address's share.
     var onRefusedPerAddress: (@Sendable (String) -> Void)?
-    /// The clients' receive windows, held to `Limits.maximumReceiveWindowBytes` (nil: each its own).
-    private var receiveWindows: ReceiveWindowBudget?
+    /// The clients' receive windows, held to `Limits.maximumReceiveWindowBytes`
+    /// (nil: each its own); their sum is published for `statistics` at each change.
+    private var receiveWindows: ReceiveWindowBudget? {
+        didSet { stats.receiveWindowBytes.store(receiveWindows?.total ?? 0, ordering: .relaxed) }
+    }
     /// Connections holding datagrams the full socket refused.
     private var blocked: [ObjectIdentifier: ConnectionCore] = [:]
     /// Test hooks: simulate a full socket on new connections; count held-back sends.
@@ -236,7 +239,6 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         if receiveWindows != nil {
             core.managedWindow = ManagedReceiveWindow(cap: configuration.streamReceiveWindow)
             receiveWindows?.opened()
-            stats.receiveWindowBytes.store(receiveWindows?.total ?? 0, ordering: .relaxed)
         }
         handshaking += 1
         core.countedAsHandshaking = true
@@ -349,7 +351,6 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         let returned = window.read(
             consumed, share: share, budget: &budget, now: monotonicNow(), smoothedRTT: { ng.smoothedRTT })
         (core.managedWindow, receiveWindows) = (window, budget)
-        stats.receiveWindowBytes.store(budget.total, ordering: .relaxed)
         return returned
     }
 
@@ -358,7 +359,6 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         guard let window = core.managedWindow else { return }
         core.managedWindow = nil
         receiveWindows?.closed(window)
-        stats.receiveWindowBytes.store(receiveWindows?.total ?? 0, ordering: .relaxed)
     }
 
     func remove(_ core: ConnectionCore) {
