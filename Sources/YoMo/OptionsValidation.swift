@@ -56,6 +56,9 @@ extension Zipper {
         ] where value < 1 {
             throw invalid("\(name) must be positive, not \(value)")
         }
+        guard (1...128).contains(limits.ipv6PrefixLength) else {
+            throw invalid("ipv6PrefixLength must be from 1 to 128 (128: each IPv6 address on its own), not \(limits.ipv6PrefixLength)")
+        }
         if let budget = limits.maximumReceiveWindowBytes, budget < 32 << 10 {
             throw invalid("maximumReceiveWindowBytes must be at least 32768 (nil: no budget), not \(budget)")
         }

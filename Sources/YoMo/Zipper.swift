@@ -568,7 +568,8 @@ public final class Zipper: Sendable {
             maximumConnections: configuration.limits.maximumConnections,
             streamOpenTimeout: options.handshakeTimeout,
             maximumConnectionsPerAddress: configuration.limits.maximumConnectionsPerAddress,
-            maximumReceiveWindowBytes: configuration.limits.maximumReceiveWindowBytes)
+            maximumReceiveWindowBytes: configuration.limits.maximumReceiveWindowBytes,
+            ipv6PrefixLength: configuration.limits.ipv6PrefixLength)
         let server = try await QUICServer.bind(
             host: configuration.host, port: configuration.port, configuration: quic, tls: options.tls,
             limits: limits, statelessResetKey: try configuration.loadStatelessResetKey())

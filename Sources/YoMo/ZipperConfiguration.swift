@@ -67,7 +67,16 @@ public struct ZipperConfiguration: Hashable, Sendable {
         /// handshake proved the address; one more is closed with `too many
         /// connections from <address> (limit N)`, so that one host cannot take
         /// every connection there is. Raise it for many clients behind one NAT.
+        /// IPv6 clients count by their network (`ipv6PrefixLength`).
         public var maximumConnectionsPerAddress: Int
+        /// IPv6 clients count as one address per network of this many bits, for
+        /// `maximumConnectionsPerAddress` and the receive windows' shares: an
+        /// IPv6 host has a /64 at least and its temporary addresses rotate
+        /// within it, so counted address by address one host could open
+        /// connections without end. 128: each address on its own. IPv4
+        /// clients (also IPv4-mapped, on a zipper listening on `::`) count by
+        /// their address.
+        public var ipv6PrefixLength: Int
         /// The largest first frame (the handshake) a connection may send, in
         /// bytes: bigger ones are refused as soon as their header arrives.
         public var maximumHandshakeSize: Int
@@ -100,10 +109,11 @@ public struct ZipperConfiguration: Hashable, Sendable {
             maximumConnections: Int = 16384, maximumPendingHandshakes: Int = 1024,
             maximumHandshakeSize: Int = 64 << 10, maximumFrameSize: Int = 16 << 20,
             maximumIncompleteFrameBytes: Int = 256 << 20, stalledFrameTimeout: Duration = .seconds(10),
-            maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20
+            maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20, ipv6PrefixLength: Int = 64
         ) {
             self.maximumConnections = maximumConnections
             self.maximumConnectionsPerAddress = maximumConnectionsPerAddress
+            self.ipv6PrefixLength = ipv6PrefixLength
             self.maximumPendingHandshakes = maximumPendingHandshakes
             self.maximumHandshakeSize = maximumHandshakeSize
             self.maximumFrameSize = maximumFrameSize

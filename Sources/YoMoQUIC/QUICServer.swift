@@ -30,11 +30,18 @@ public final class QUICServer: Sendable {
         /// A connection that has not opened its stream this long after its first
         /// packet is closed, even if it answers keep-alives.
         public var streamOpenTimeout: Duration
-        /// Connections past their handshake from one IP address at once; one
-        /// more is closed as its handshake completes, with a reason. Counted
-        /// only once the handshake proved the address, so Initials spoofed
-        /// with someone else's cannot use up that host's share.
+        /// Connections past their handshake from one IP address at once (an
+        /// IPv6 client: from its network, `ipv6PrefixLength`); one more is
+        /// closed as its handshake completes, with a reason. Counted only once
+        /// the handshake proved the address, so Initials spoofed with someone
+        /// else's cannot use up that host's share.
         public var maximumConnectionsPerAddress: Int
+        /// IPv6 clients count as one address per network of this many bits,
+        /// for `maximumConnectionsPerAddress` and the receive windows' shares:
+        /// one host has a /64 at least, and its temporary addresses rotate
+        /// within it. 128: each address on its own. IPv4 clients, also
+        /// IPv4-mapped on a dual-stack socket, count by their address.
+        public var ipv6PrefixLength: Int
         /// Bytes all clients together may send ahead of what the server has
         /// read: the sum of their receive windows. Each connection's window is
         /// its share of it (split among the clients' addresses, then among each
@@ -46,12 +53,13 @@ public final class QUICServer: Sendable {
 
         public init(
             maximumConnections: Int = 16384, maximumHandshakes: Int = 4096, streamOpenTimeout: Duration = .seconds(10),
-            maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20
+            maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20, ipv6PrefixLength: Int = 64
         ) {
             self.maximumConnections = maximumConnections
             self.maximumHandshakes = maximumHandshakes
             self.streamOpenTimeout = streamOpenTimeout
             self.maximumConnectionsPerAddress = maximumConnectionsPerAddress
+            self.ipv6PrefixLength = ipv6PrefixLength
             self.maximumReceiveWindowBytes = maximumReceiveWindowBytes
         }
 
@@ -70,6 +78,9 @@ public final class QUICServer: Sendable {
         try configuration.validate()
         guard limits.maximumConnections > 0, limits.maximumHandshakes > 0, limits.streamOpenTimeout > .zero else {
             throw .invalidConfiguration("server limits must be positive")
+        }
+        guard (1...128).contains(limits.ipv6PrefixLength) else {
+            throw .invalidConfiguration("ipv6PrefixLength must be from 1 to 128, not \(limits.ipv6PrefixLength)")
         }
         if let budget = limits.maximumReceiveWindowBytes, budget < ReceiveWindowBudget.minimum {
             throw .invalidConfiguration("maximumReceiveWindowBytes must be at least \(ReceiveWindowBudget.minimum), not \(budget)")
@@ -189,7 +200,7 @@ public final class QUICServer: Sendable {
             accepted: s.accepted.load(ordering: .relaxed), versionNegotiations: s.versionNegotiations.load(ordering: .relaxed),
             statelessResets: s.statelessResets.load(ordering: .relaxed), streamTimeouts: s.streamTimeouts.load(ordering: .relaxed),
             refusedOverLimit: s.refusedOverLimit.load(ordering: .relaxed), refusedPerAddress: s.refusedPerAddress.load(ordering: .relaxed),
-            receiveWindowBytes: s.receiveWindowBytes.load(ordering: .relaxed))
+            receiveWindowBytes: s.receiveWindowBytes.load(ordering: .relaxed), clientAddresses: s.clientAddresses.load(ordering: .relaxed))
     }
 
     public struct Statistics: Sendable, Hashable {
@@ -207,6 +218,10 @@ public final class QUICServer: Sendable {
         /// What the clients may send ahead of the server's reading now: their
         /// receive windows summed, under `Limits.maximumReceiveWindowBytes` (0 without it).
         public var receiveWindowBytes: Int
+        /// Addresses (IPv6: networks of `Limits.ipv6PrefixLength` bits) with
+        /// connections past their handshake now: what the receive windows'
+        /// budget is split among first.
+        public var clientAddresses: Int
     }
 
     public struct Connections: AsyncSequence, Sendable {

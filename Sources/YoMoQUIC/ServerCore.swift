@@ -31,8 +31,11 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// Cleared when the listener starts to close: new connections are not taken.
     private var acceptsNew = true
     private var handshaking = 0
-    /// Connections past their handshake, by the peer's IP address.
-    private var establishedByHost: [[UInt8]: EstablishedFromHost] = [:]
+    /// Connections past their handshake, by the peer's address group (its IPv4
+    /// address or its IPv6 network); the count is published for `statistics`.
+    private var establishedByHost: [AddressGroup: EstablishedFromHost] = [:] {
+        didSet { stats.clientAddresses.store(establishedByHost.count, ordering: .relaxed) }
+    }
     /// Told (on the loop) of each connection closed over its address's share.
     var onRefusedPerAddress: (@Sendable (String) -> Void)?
     /// The clients' receive windows, held to `Limits.maximumReceiveWindowBytes`
@@ -318,18 +321,18 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// once the handshake callback has returned.
     func handshakeCompleted(_ core: ConnectionCore) {
         handshakeEnded(core)
-        let host = core.remote.hostKey
-        let count = establishedByHost[host]?.connections ?? 0
+        let group = AddressGroup(core.remote, ipv6PrefixLength: limits.ipv6PrefixLength)
+        let count = establishedByHost[group]?.connections ?? 0
         guard count < limits.maximumConnectionsPerAddress else {
             stats.refusedPerAddress.add(1, ordering: .relaxed)
-            onRefusedPerAddress?(core.remote.host)
-            let reason = "too many connections from \(core.remote.host) (limit \(limits.maximumConnectionsPerAddress))"
+            onRefusedPerAddress?(group.description)
+            let reason = "too many connections from \(group) (limit \(limits.maximumConnectionsPerAddress))"
             loop.execute { core.closeLocally(code: QUICError.yomoCloseCode, reason: reason) }
             return
         }
-        let fromHost = establishedByHost[host] ?? EstablishedFromHost()
+        let fromHost = establishedByHost[group] ?? EstablishedFromHost(group)
         fromHost.connections += 1
-        establishedByHost[host] = fromHost
+        establishedByHost[group] = fromHost
         core.countedForHost = fromHost
     }
 
@@ -338,7 +341,9 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         guard let fromHost = core.countedForHost else { return }
         core.countedForHost = nil
         fromHost.connections -= 1
-        if fromHost.connections == 0 { establishedByHost[core.remote.hostKey] = nil }
+        // By the group it was counted in: a client that migrated since (a NAT
+        // rebinding) has another address now.
+        if fromHost.connections == 0 { establishedByHost[fromHost.group] = nil }
     }
 
     /// The reader took `consumed` bytes of a connection under the budget: the
@@ -401,7 +406,10 @@ final class ServerCore: LoopSource, @unchecked Sendable {
 /// Connections past their handshake from one address (on the server's loop):
 /// each of them holds it, so its share is read without a lookup.
 final class EstablishedFromHost {
+    let group: AddressGroup
     var connections = 0
+
+    init(_ group: AddressGroup) { self.group = group }
 }
 
 final class ServerStats: Sendable {
@@ -416,6 +424,7 @@ final class ServerStats: Sendable {
     let refusedOverLimit = Atomic<Int>(0)
     /// Connections closed because their address had its share already.
     let refusedPerAddress = Atomic<Int>(0)
+    let clientAddresses = Atomic<Int>(0)
     /// The clients' receive windows summed, under a budget (0 without one).
     let receiveWindowBytes = Atomic<Int>(0)
 }

@@ -71,17 +71,6 @@ struct UDPAddress: Sendable, CustomStringConvertible {
         }
     }
 
-    /// The family and the address bytes, without the port: a key per host.
-    var hostKey: [UInt8] {
-        withUnsafeBytes(of: storage) { raw in
-            switch family {
-            case AF_INET: return [UInt8(AF_INET)] + raw[4..<8]
-            case AF_INET6: return [UInt8(AF_INET6)] + raw[8..<24]
-            default: return [UInt8(truncatingIfNeeded: family)]
-            }
-        }
-    }
-
     /// Same family and address, whatever the port.
     func isSameHost(as other: UDPAddress) -> Bool {
         guard family == other.family else { return false }
@@ -232,6 +221,51 @@ extension [UDPAddress] {
     /// tried over a broken IPv6 route first.
     func preferringIPv4() -> [UDPAddress] {
         filter { $0.family == AF_INET } + filter { $0.family != AF_INET }
+    }
+}
+
+/// The clients a server counts together for its per-address limit and its
+/// receive windows' shares: one IPv4 address (also when it arrives IPv4-mapped
+/// on a dual-stack socket), or one IPv6 network of `ipv6PrefixLength` bits,
+/// since one IPv6 host has a /64 at least and its temporary addresses rotate
+/// within it: counted one by one, each address would be a host of its own.
+struct AddressGroup: Hashable, Sendable, CustomStringConvertible {
+    private let isIPv4: Bool
+    /// The address's first and last 64 bits (IPv4: the last 32), the bits past the prefix zero.
+    private let high: UInt64
+    private let low: UInt64
+    private let prefixLength: Int
+
+    init(_ address: UDPAddress, ipv6PrefixLength: Int) {
+        let bytes: [UInt8] = withUnsafeBytes(of: address.storage) { raw in
+            switch address.family {
+            case AF_INET: return Array(raw[4..<8])
+            case AF_INET6: return Array(raw[8..<24])
+            default: return []
+            }
+        }
+        func number(_ slice: ArraySlice<UInt8>) -> UInt64 { slice.reduce(0) { $0 << 8 | UInt64($1) } }
+        let isMapped = bytes.count == 16 && bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xFF && bytes[11] == 0xFF
+        if bytes.count == 4 || isMapped {
+            (isIPv4, high, low, prefixLength) = (true, 0, number(bytes.suffix(4)), 32)
+        } else if bytes.count == 16 {
+            let prefix = min(max(ipv6PrefixLength, 1), 128)
+            let highMask: UInt64 = prefix >= 64 ? .max : .max << (64 - prefix)
+            let lowMask: UInt64 = prefix <= 64 ? 0 : prefix == 128 ? .max : .max << (128 - prefix)
+            (isIPv4, high, low, prefixLength) = (false, number(bytes[0..<8]) & highMask, number(bytes[8..<16]) & lowMask, prefix)
+        } else {
+            (isIPv4, high, low, prefixLength) = (false, 0, 0, 0)
+        }
+    }
+
+    /// `192.0.2.7`, `2001:db8:1:2::/64`, or a whole IPv6 address when the prefix is 128.
+    var description: String {
+        func bigEndianBytes(_ value: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: value >> (56 - 8 * $0)) } }
+        let bytes = isIPv4 ? Array(bigEndianBytes(low).suffix(4)) : bigEndianBytes(high) + bigEndianBytes(low)
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+        guard inet_ntop(isIPv4 ? AF_INET : AF_INET6, bytes, &text, socklen_t(text.count)) != nil else { return "?" }
+        let address = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return isIPv4 || prefixLength == 128 ? address : "\(address)/\(prefixLength)"
     }
 }
 

@@ -61,6 +61,12 @@ extension ZipperConfiguration {
             }
             try positive("max_connections", &self.limits.maximumConnections)
             try positive("max_connections_per_address", &self.limits.maximumConnectionsPerAddress)
+            if let raw = limits["ipv6_prefix_length"] {
+                guard let value = raw.int, (1...128).contains(value) else {
+                    throw YoMoError(.invalidConfiguration, "zipper config: limits.ipv6_prefix_length must be from 1 to 128 (128: each IPv6 address on its own)")
+                }
+                self.limits.ipv6PrefixLength = value
+            }
             try positive("max_pending_handshakes", &self.limits.maximumPendingHandshakes)
             try positive("max_handshake_size", &self.limits.maximumHandshakeSize)
             try positive("max_frame_size", &self.limits.maximumFrameSize)

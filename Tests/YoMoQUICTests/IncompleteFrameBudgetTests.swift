@@ -6,16 +6,6 @@ import Testing
 /// in which order, and who loses it.
 @Suite("Incomplete frame budget")
 struct IncompleteFrameBudgetTests {
-    /// Polls `condition` until it holds; false after `timeout`.
-    private func until(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while !condition() {
-            if ContinuousClock.now >= deadline { return false }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        return true
-    }
-
     private let noStall: @Sendable (Int, Int) -> Void = { _, _ in }
 
     @Test("first come, first served: a small frame does not pass a big one that waits, and both go in when room is given back")

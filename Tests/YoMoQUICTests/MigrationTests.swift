@@ -4,8 +4,9 @@ import Synchronization
 import Testing
 @testable import YoMoQUIC
 
-/// A UDP relay between a client and the server that can switch the source port it
-/// uses towards the server: what a NAT rebinding looks like to the server.
+/// A UDP relay between a client and the server that can switch the source port
+/// (and address, `newHost`) it uses towards the server: what a NAT rebinding
+/// looks like to the server.
 final class RebindingRelay: @unchecked Sendable {
     let front: Int32
     let backs: [Int32]
@@ -18,16 +19,16 @@ final class RebindingRelay: @unchecked Sendable {
     let fromNewPort = Atomic<Int>(0)
     private let done = DispatchSemaphore(value: 0)
 
-    init(serverPort: Int) throws {
-        func socketOn(_ port: Int) throws -> Int32 {
+    init(serverPort: Int, newHost: String = "127.0.0.1") throws {
+        func socketOn(_ host: String, _ port: Int) throws -> Int32 {
             // Plain socket: with GRO the relay would forward coalesced trains as one datagram.
             let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-            let address = try UDPAddress.resolve(host: "127.0.0.1", port: port)[0]
+            let address = try UDPAddress.resolve(host: host, port: port)[0]
             _ = address.withSockaddr { bind(fd, $0, $1) }
             return fd
         }
-        front = try socketOn(0)
-        backs = [try socketOn(0), try socketOn(0)]
+        front = try socketOn("127.0.0.1", 0)
+        backs = [try socketOn("127.0.0.1", 0), try socketOn(newHost, 0)]
         frontPort = try localAddress(of: front).port
         server = try UDPAddress.resolve(host: "127.0.0.1", port: serverPort)[0]
         Thread.detachNewThread { [self] in run() }
@@ -93,6 +94,29 @@ struct MigrationTests {
         #expect(received == total)
         #expect(relay.fromNewPort.load(ordering: .relaxed) > 100, "the server should send to the new address")
         await connection.close()
+        relay.stop()
+        await server.stop()
+    }
+
+    @Test("a client that moved to another address and left no longer counts for the address it came from")
+    func movedAndLeft() async throws {
+        let server = try await EchoServer()
+        let relay = try RebindingRelay(serverPort: server.port, newHost: "127.0.0.2")
+        var configuration = QUICConfiguration.default
+        configuration.idleTimeout = .seconds(5)
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: relay.frontPort, configuration: configuration)
+        #expect(String(buffer: try await echo(connection, ByteBuffer(string: "before"))) == "before")
+        #expect(server.server.statistics.clientAddresses == 1)
+        relay.rebind()
+        #expect(try await Fixture.echo(connection, total: 256 << 10) == 256 << 10)
+        #expect(relay.fromNewPort.load(ordering: .relaxed) > 0, "the server should answer the new address")
+        // Still counted once, for the address its handshake proved.
+        #expect(server.server.statistics.clientAddresses == 1)
+        await connection.close()
+        // Before, its count was looked up by the new address at the end: the
+        // old address's entry stayed, counting among the addresses the
+        // receive windows' budget is shared by, for as long as the server ran.
+        #expect(await until { server.server.statistics.clientAddresses == 0 }, "\(server.server.statistics)")
         relay.stop()
         await server.stop()
     }

@@ -271,3 +271,13 @@ func onLoop<T: Sendable>(_ loop: QUICEventLoop, _ body: @escaping @Sendable () -
         loop.execute { continuation.resume(returning: body()) }
     }
 }
+
+/// Polls `condition` until it holds; false after `timeout`.
+func until(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        if ContinuousClock.now >= deadline { return false }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return true
+}

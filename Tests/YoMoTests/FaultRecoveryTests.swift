@@ -952,6 +952,7 @@ struct FaultRecoveryTests {
               max_incomplete_frame_bytes: 33554432
               stalled_frame_timeout: 2500ms
               max_receive_window_bytes: 8388608
+              ipv6_prefix_length: 56
             slow_consumer:
               policy: drop
               max_buffered_bytes: 262144
@@ -960,9 +961,11 @@ struct FaultRecoveryTests {
         #expect(configuration.limits == .init(
             maximumConnections: 100, maximumPendingHandshakes: 7, maximumHandshakeSize: 4096, maximumFrameSize: 1 << 20,
             maximumIncompleteFrameBytes: 32 << 20, stalledFrameTimeout: .milliseconds(2500), maximumConnectionsPerAddress: 50,
-            maximumReceiveWindowBytes: 8 << 20))
+            maximumReceiveWindowBytes: 8 << 20, ipv6PrefixLength: 56))
         #expect(try ZipperConfiguration(yaml: "limits: {max_receive_window_bytes: 0}").limits.maximumReceiveWindowBytes == nil)
         #expect(ZipperConfiguration.Limits().maximumReceiveWindowBytes == 64 << 20)
+        #expect(ZipperConfiguration.Limits().ipv6PrefixLength == 64)
+        #expect(try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: 128}").limits.ipv6PrefixLength == 128)
         #expect(configuration.slowConsumer == .init(policy: .drop, maximumBufferedBytes: 262_144))
         #expect(configuration.statelessResetKeyFile == "/var/lib/yomo/reset.key")
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "slow_consumer: {policy: shed}") }
@@ -973,6 +976,9 @@ struct FaultRecoveryTests {
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {stalled_frame_timeout: soon}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_receive_window_bytes: 4096}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_receive_window_bytes: -1}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: 0}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: 129}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: /64}") }
     }
 }
 

@@ -287,7 +287,7 @@ struct HandlerLifecycleTests {
     }
 
     enum BadZipperSetting: String, CaseIterable, Sendable {
-        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken, receiveWindowBudget
+        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken, receiveWindowBudget, ipv6Prefix
 
         var expected: String {
             switch self {
@@ -297,6 +297,7 @@ struct HandlerLifecycleTests {
             case .port: "port must be from 0 to 65535, not 70000"
             case .emptyToken: "token authentication needs a non-empty token"
             case .receiveWindowBudget: "maximumReceiveWindowBytes must be at least 32768 (nil: no budget), not 1000"
+            case .ipv6Prefix: "ipv6PrefixLength must be from 1 to 128 (128: each IPv6 address on its own), not 0"
             }
         }
 
@@ -308,6 +309,7 @@ struct HandlerLifecycleTests {
             case .port: configuration.port = 70000
             case .emptyToken: configuration.authentication = .token("")
             case .receiveWindowBudget: configuration.limits.maximumReceiveWindowBytes = 1000
+            case .ipv6Prefix: configuration.limits.ipv6PrefixLength = 0
             }
         }
     }

@@ -246,7 +246,7 @@ struct HeldFramesTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         // Its directory is a regular file for now (root writes anywhere, so no permission would stop it).
         let blocker = directory + "/state"
-        FileManager.default.createFile(atPath: blocker, contents: Data("not a directory".utf8))
+        #expect(FileManager.default.createFile(atPath: blocker, contents: Data("not a directory".utf8)))
         let file = blocker + "/zipper.functions"
         let lines = Inbox<String>()
         let logger = Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: lines) }
@@ -526,7 +526,6 @@ struct HeldFramesTests {
             #expect(recorder.contains(text), "the later function got \(text): \(recorder.suffix(5))")
             #expect(alerter.contains(text), "\(text)")
         }
-        let ticks = recorder.filter { $0.hasPrefix("t-") }
         #expect(recorder.filter { $0.hasPrefix("t-") } == written.filter { $0.hasPrefix("t-") }, "in order, each once")
     }
 
@@ -748,7 +747,7 @@ struct HeldFramesTests {
         let file = directory + "/zipper.functions"
         let frames = (0..<3).map { DataFrame(tag: 0x68, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: "old-\($0)")) }
         let twoMinutesAgo = HeldFramesFile.now() - 120_000
-        FileManager.default.createFile(atPath: HeldFramesFile.path(besides: file), contents: Data(HeldFramesFile.encode(frames, closedAt: twoMinutesAgo)))
+        #expect(FileManager.default.createFile(atPath: HeldFramesFile.path(besides: file), contents: Data(HeldFramesFile.encode(frames, closedAt: twoMinutesAgo))))
         let logs = InMemoryLogSink()
         try await withZipper(configure: { $0.functionsFile = file }, logger: Self.jsonLogger(logs)) { _, zipper in
             #expect(zipper.statistics.heldFrames == 0)
@@ -756,7 +755,7 @@ struct HeldFramesTests {
             #expect(dropped.count == 1 && dropped.first?["frames"] as? String == "3", "\(dropped)")
         }
         #expect(!FileManager.default.fileExists(atPath: HeldFramesFile.path(besides: file)))
-        FileManager.default.createFile(atPath: HeldFramesFile.path(besides: file), contents: Data("not held frames".utf8))
+        #expect(FileManager.default.createFile(atPath: HeldFramesFile.path(besides: file), contents: Data("not held frames".utf8)))
         let garbled = InMemoryLogSink()
         try await withZipper(configure: { $0.functionsFile = file }, logger: Self.jsonLogger(garbled)) { _, zipper in
             #expect(zipper.statistics.heldFrames == 0)

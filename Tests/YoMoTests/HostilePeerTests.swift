@@ -14,9 +14,17 @@ func runHostilePeer(_ mode: String, port: Int, count: Int = 1, wait: Double = 8)
     try await runResourceScript("hostile_peer.py", [mode, "127.0.0.1", "\(port)", "\(count)", "\(wait)"])
 }
 
+/// A Python script of Resources/.
+func resourceScript(_ name: String) -> URL {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Resources/\(name)")
+}
+
+/// The aioquic hostile client, to run in another network namespace.
+let hostilePeerScript = resourceScript("hostile_peer.py")
+
 /// Runs a Python script of Resources/ to its end; returns its output lines.
 func runResourceScript(_ name: String, _ arguments: [String]) async throws -> [String] {
-    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Resources/\(name)")
+    let script = resourceScript(name)
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = ["python3", script.path] + arguments

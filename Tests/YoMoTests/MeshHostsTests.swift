@@ -882,3 +882,49 @@ struct SilentResolverTests {
         #expect(function.process.isRunning && zipper.process.isRunning)
     }
 }
+
+@Suite("Clients of one network with many addresses (network namespaces)", .serialized, .needsNetworkNamespaces)
+struct AddressGroupHostsTests {
+    @Test("an IPv6 host counts by its /64, whatever address it sends from; IPv4 clients of a dual-stack zipper count one by one")
+    func prefixes() async throws {
+        try await MeshHosts.with(scenario)
+    }
+
+    /// The zipper on a listens on `::` (IPv4 arrives IPv4-mapped) with two
+    /// connections per address; a on its link to b also has a second IPv6
+    /// network. From b, aioquic connections that complete their QUIC
+    /// handshake and then wait, each from an address of its own: three from
+    /// b's /64 (one too many: counted address by address, as before, all
+    /// three were let in), one from the other network, three over IPv4 (each
+    /// address its own, not one "::/64" of mapped addresses).
+    private func scenario(_ hosts: MeshHosts) async throws {
+        let config = hosts.directory.appendingPathComponent("zipper.yaml")
+        try "name: grouped\nlimits:\n  max_connections_per_address: 2\n".write(to: config, atomically: true, encoding: .utf8)
+        try await hosts.addAddress("a", towards: "b", "fd00:214::1", prefix: 64)
+        let sameNetwork = ["fd00:213:12::20", "fd00:213:12::21", "fd00:213:12::22"]
+        let ipv4 = ["10.213.12.20", "10.213.12.21", "10.213.12.22"]
+        for address in sameNetwork { try await hosts.addAddress("b", towards: "a", address, prefix: 64) }
+        try await hosts.addAddress("b", towards: "a", "fd00:214::20", prefix: 64)
+        for address in ipv4 { try await hosts.addAddress("b", towards: "a", address, prefix: 24) }
+        let zipper = try await hosts.startZipper(on: "a", listen: "::", ["--config", config.path, "--functions-file", "none"])
+
+        func peers(to host: String, from locals: [String]) throws -> LogFile {
+            try hosts.run(on: "b", log: "peers-\(locals[0])", environment: ["LOCAL_ADDRESSES": locals.joined(separator: ",")], [
+                "python3", hostilePeerScript.path, "mute", host, "9000", "\(locals.count)", "3",
+            ])
+        }
+        let v6 = try peers(to: "fd00:213:12::1", from: sameNetwork)
+        let other = try peers(to: "fd00:214::1", from: ["fd00:214::20"])
+        let v4 = try peers(to: "10.213.12.1", from: ipv4)
+        for peer in [v6, other, v4] { await waitForExit(peer.process) }
+        func lines(_ peer: LogFile) -> [String] { peer.text.split(separator: "\n").map(String.init) }
+
+        let refusedV6 = lines(v6).filter { $0.hasPrefix("CLOSED ") }
+        #expect(lines(v6).count == 3 && refusedV6.count == 1, "\(lines(v6))")
+        #expect(refusedV6.first?.contains("reason=too many connections from fd00:213:12::/64 (limit 2)") == true, "\(refusedV6)")
+        #expect(lines(other).count == 1 && lines(other).allSatisfy { $0.hasPrefix("OPEN ") }, "\(lines(other))")
+        #expect(lines(v4).count == 3 && lines(v4).allSatisfy { $0.hasPrefix("OPEN ") }, "\(lines(v4))")
+        let warnings = zipper.records("connection refused: its address has its share of connections")
+        #expect(warnings.count == 1 && warnings.first?["remote"] as? String == "fd00:213:12::/64", "\(zipper.text.suffix(3000))")
+    }
+}

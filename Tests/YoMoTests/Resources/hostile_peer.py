@@ -29,14 +29,23 @@ Modes:
               the same, the DataFrame's header cut after its first 2 bytes
               and the rest sent 0.3 s later (the zipper reads it in two pieces)
 ALPN "yomo", TLS 1.3, no certificate verification.
+
+LOCAL_ADDRESSES (comma-separated, one per connection, IPv4 or IPv6): the
+address each connection sends from, so that one process looks like several
+hosts (addresses the host has; a zipper on a dual-stack socket sees the IPv4
+ones IPv4-mapped).
 """
 import asyncio
+import contextlib
+import ipaddress
 import os
+import socket
 import ssl
 import sys
 import time
 
 from aioquic.asyncio import QuicConnectionProtocol, connect
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated
 
@@ -106,10 +115,37 @@ class Watch(QuicConnectionProtocol):
             self.terminated.set_result(event)
 
 
-async def one(mode, host, port, wait):
+def as_ipv6(address):
+    """An IPv4 address IPv4-mapped, for a dual-stack socket; IPv6 as it is."""
+    parsed = ipaddress.ip_address(address)
+    return f"::ffff:{parsed}" if parsed.version == 4 else str(parsed)
+
+
+@contextlib.asynccontextmanager
+async def connect_from(local, host, port, configuration):
+    """aioquic's connect, from the address `local` rather than any."""
+    configuration.server_name = configuration.server_name or host
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((as_ipv6(local), 0, 0, 0))
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_datagram_endpoint(lambda: Watch(QuicConnection(configuration=configuration)), sock=sock)
+    try:
+        client.connect((as_ipv6(host), port, 0, 0), transmit=True)
+        await client.wait_connected()
+        yield client
+    finally:
+        client.close()
+        await client.wait_closed()
+        transport.close()
+
+
+async def one(mode, host, port, wait, local=None):
     config = QuicConfiguration(is_client=True, alpn_protocols=["yomo"], verify_mode=ssl.CERT_NONE, idle_timeout=60)
     started = time.monotonic()
-    async with connect(host, port, configuration=config, create_protocol=Watch, wait_connected=True) as client:
+    opened = connect_from(local, host, port, config) if local else \
+        connect(host, port, configuration=config, create_protocol=Watch, wait_connected=True)
+    async with opened as client:
         stream = None
         if mode != "mute":
             stream = client._quic.get_next_available_stream_id()
@@ -146,7 +182,11 @@ async def main():
     mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     count = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     wait = float(sys.argv[5]) if len(sys.argv) > 5 else 10.0
-    results = await asyncio.gather(*(one(mode, host, port, wait) for _ in range(count)), return_exceptions=True)
+    locals_ = [a for a in os.environ.get("LOCAL_ADDRESSES", "").split(",") if a]
+    if locals_ and len(locals_) != count:
+        raise SystemExit(f"LOCAL_ADDRESSES names {len(locals_)} addresses for {count} connections")
+    results = await asyncio.gather(
+        *(one(mode, host, port, wait, locals_[i] if locals_ else None) for i in range(count)), return_exceptions=True)
     for result in results:
         print(result if isinstance(result, str) else f"ERROR {result!r}", flush=True)
 
