@@ -231,6 +231,7 @@ targets += [
         name: "yomo-fault-bench",
         dependencies: [
             "YoMo",
+            "YoMoQUIC",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ],

@@ -10,18 +10,20 @@
 //   swift run -c release yomo-fault-bench backlog --frames 4000 --size 65536
 //   swift run -c release yomo-fault-bench function --restart-after-ms 1000 --rounds 3
 //   swift run -c release yomo-fault-bench function --graceful [--async-handler] --rounds 5 --restart-after-ms 500 --interval-microseconds 500
+//   swift run -c release yomo-fault-bench flood --rate 2000 --duration 10
 import ArgumentParser
 import Foundation
 import Logging
 import Synchronization
 import YoMo
+import YoMoQUIC
 
 @main
 struct FaultBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "yomo-fault-bench",
         abstract: "Fault and memory figures of the zipper and its clients.",
-        subcommands: [Fanout.self, Fanin.self, Reconnect.self, Idle.self, Backlog.self, Held.self, Function.self])
+        subcommands: [Fanout.self, Fanin.self, Reconnect.self, Idle.self, Backlog.self, Held.self, Function.self, Flood.self])
 }
 
 struct ZipperOptions: ParsableArguments {
@@ -571,5 +573,127 @@ struct Held: AsyncParsableCommand {
         print(String(
             format: "frames=%d size=%d zipper rss idle=%.1f MiB after=%.1f MiB (growth %.1f MiB) peak=%.1f MiB cpu=%.2f s",
             frames, size, idle, after.rss, after.rss - idle, after.peak, zipper.cpuSeconds - cpuBefore))
+    }
+}
+
+struct Flood: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "QUIC dials whose answers go nowhere (Initials from spoofed addresses) at a rate: can an honest source still connect, how long does it take, what does the zipper spend?")
+    @OptionGroup var zipperOptions: ZipperOptions
+    @Option(help: "Flood dials started per second.") var rate = 2000
+    @Option(help: "How long the flood lasts, in seconds.") var duration = 10
+    @Option(help: "An honest source dials every this many milliseconds.") var probeIntervalMs = 250
+
+    func run() async throws {
+        let zipper = try ZipperProcess(zipperOptions, keyFile: keyFile())
+        defer { zipper.stop() }
+        try await waitForZipper(zipper.address)
+        let relay = try AnswerDroppingRelay(towards: zipper.port)
+        defer { relay.stop() }
+        let cpuBefore = zipper.cpuSeconds
+        let clock = ContinuousClock()
+        let end = clock.now.advanced(by: .seconds(duration))
+        let dials = Atomic<Int>(0)
+        let port = relay.port
+        // Each dial sends its Initial (and its retransmissions) through the
+        // relay, which drops every answer: to the zipper, a spoofed client.
+        let flood = Task {
+            await withDiscardingTaskGroup { group in
+                let interval = Duration.seconds(1) / rate
+                var next = clock.now
+                while clock.now < end {
+                    group.addTask {
+                        var quic = QUICConfiguration.default
+                        quic.handshakeTimeout = .seconds(1)
+                        _ = try? await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: quic)
+                    }
+                    dials.add(1, ordering: .relaxed)
+                    next = next.advanced(by: interval)
+                    try? await clock.sleep(until: next)
+                }
+            }
+        }
+        var times: [Double] = []
+        var failed = 0
+        var peak = 0.0
+        while clock.now < end {
+            let started = clock.now
+            var options = quietOptions()
+            options.retryConnect = false
+            let probe = Source(name: "honest", zipper: zipper.address, options: options)
+            if (try? await probe.connect()) != nil { times.append(seconds(clock.now - started) * 1000) } else { failed += 1 }
+            await probe.close()
+            peak = max(peak, zipper.memory.rss)
+            try await Task.sleep(until: started.advanced(by: .milliseconds(probeIntervalMs)))
+        }
+        let cpu = zipper.cpuSeconds - cpuBefore
+        await flood.value
+        times.sort()
+        func percentile(_ p: Double) -> Double { times.isEmpty ? 0 : times[min(times.count - 1, Int(Double(times.count) * p))] }
+        print(String(
+            format: "flood: dials=%d in %d s; answers small (Retry, close)=%d big (handshake)=%d; honest: connected=%d failed=%d dial p50=%.1f ms p90=%.1f ms max=%.1f ms; zipper cpu=%.2f s rss peak=%.1f MiB",
+            dials.load(ordering: .relaxed), duration, relay.smallAnswers.load(ordering: .relaxed), relay.bigAnswers.load(ordering: .relaxed),
+            times.count, failed, percentile(0.5), percentile(0.9), times.last ?? 0, cpu, peak))
+    }
+}
+
+/// Passes datagrams from its port to the zipper and drops the answers,
+/// counting them: those under 200 bytes are Retries (or closes), the rest
+/// the zipper's handshake flights.
+final class AnswerDroppingRelay: @unchecked Sendable {
+    let port: Int
+    let smallAnswers = Atomic<Int>(0)
+    let bigAnswers = Atomic<Int>(0)
+    private let front: Int32
+    private let back: Int32
+    private let stopped = Atomic<Bool>(false)
+    private let done = DispatchSemaphore(value: 0)
+
+    init(towards zipperPort: Int) throws {
+        func bound() -> Int32 {
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            return fd
+        }
+        let (front, back) = (bound(), bound())
+        (self.front, self.back) = (front, back)
+        var zipper = sockaddr_in()
+        zipper.sin_family = sa_family_t(AF_INET)
+        zipper.sin_addr.s_addr = inet_addr("127.0.0.1")
+        zipper.sin_port = in_port_t(UInt16(zipperPort).bigEndian)
+        // The back socket sends only to the zipper.
+        _ = withUnsafePointer(to: &zipper) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(back, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var local = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(front, $0, &length) } }
+        port = Int(UInt16(bigEndian: local.sin_port))
+        Thread.detachNewThread { [self] in run() }
+    }
+
+    func stop() {
+        stopped.store(true, ordering: .relaxed)
+        done.wait()
+        close(front)
+        close(back)
+    }
+
+    private func run() {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var fds = [front, back].map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        while !stopped.load(ordering: .relaxed) {
+            if poll(&fds, 2, 50) <= 0 { continue }
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                while case let n = recv(front, &buffer, buffer.count, Int32(MSG_DONTWAIT)), n > 0 { _ = send(back, buffer, n, 0) }
+            }
+            if fds[1].revents & Int16(POLLIN) != 0 {
+                while case let n = recv(back, &buffer, buffer.count, Int32(MSG_DONTWAIT)), n > 0 {
+                    if n < 200 { smallAnswers.add(1, ordering: .relaxed) } else { bigAnswers.add(1, ordering: .relaxed) }
+                }
+            }
+        }
+        done.signal()
     }
 }

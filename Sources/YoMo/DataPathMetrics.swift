@@ -179,6 +179,20 @@ final class DataPathMetrics: Sendable {
         ) { [(base, Double(read()))] }
     }
 
+    /// QUIC Retries the zipper sent, and the tokens it refused, read when metrics are collected.
+    func observeAddressValidation(_ read: @escaping @Sendable () -> (retries: Int, invalidTokens: Int)) {
+        guard enabled else { return }
+        let base = baseAttributes
+        meter.observableCounter(
+            "yomo.zipper.address_validation.retries", unit: "{packet}",
+            description: "New clients answered with a QUIC Retry to prove their address first (maximumUnvalidatedHandshakes reached)."
+        ) { [(base, Double(read().retries))] }
+        meter.observableCounter(
+            "yomo.zipper.address_validation.invalid_tokens", unit: "{packet}",
+            description: "Initials whose Retry token was not this zipper's or too old: closed with INVALID_TOKEN."
+        ) { [(base, Double(read().invalidTokens))] }
+    }
+
     func stalledFrame() { stalledFrames.add(1, attributes: baseAttributes) }
 
     /// Each mesh link's state, per downstream name, read when metrics are

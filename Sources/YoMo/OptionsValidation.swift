@@ -56,6 +56,9 @@ extension Zipper {
         ] where value < 1 {
             throw invalid("\(name) must be positive, not \(value)")
         }
+        guard limits.maximumUnvalidatedHandshakes >= 0 else {
+            throw invalid("maximumUnvalidatedHandshakes must not be negative (0: a QUIC Retry for every client), not \(limits.maximumUnvalidatedHandshakes)")
+        }
         guard (1...128).contains(limits.ipv6PrefixLength) else {
             throw invalid("ipv6PrefixLength must be from 1 to 128 (128: each IPv6 address on its own), not \(limits.ipv6PrefixLength)")
         }

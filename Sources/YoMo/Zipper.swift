@@ -261,6 +261,14 @@ public final class Zipper: Sendable {
         /// receive windows summed, held to `Limits.maximumReceiveWindowBytes`
         /// (0 without it). A gauge, not a count.
         public var receiveWindowBytes = 0
+        /// New clients answered with a QUIC Retry to prove their address
+        /// first, while `Limits.maximumUnvalidatedHandshakes` handshakes of
+        /// unproven addresses were in progress (a flood, or a burst of clients).
+        public var addressValidationRetries = 0
+        /// Initials whose Retry token was not this zipper's or too old (from
+        /// before a restart, forged, replayed from another address): closed
+        /// with INVALID_TOKEN, and the client dials again.
+        public var invalidRetryTokens = 0
     }
 
     public let configuration: ZipperConfiguration
@@ -318,6 +326,9 @@ public final class Zipper: Sendable {
         if configuration.limits.maximumReceiveWindowBytes != nil {
             metrics.observeReceiveWindows { [weak self] in self?.statistics.receiveWindowBytes ?? 0 }
         }
+        metrics.observeAddressValidation { [weak self] in
+            self.map { ($0.statistics.addressValidationRetries, $0.statistics.invalidRetryTokens) } ?? (0, 0)
+        }
         if configuration.unroutedHold.isOn {
             metrics.observeHeldFrames { [weak self] in self?.state.withLock { ($0.held.entries.count, $0.held.bytes) } ?? (0, 0) }
         }
@@ -341,6 +352,8 @@ public final class Zipper: Sendable {
         let quic = server?.statistics
         statistics.connectionsRefusedPerAddress = quic?.refusedPerAddress ?? 0
         statistics.receiveWindowBytes = quic?.receiveWindowBytes ?? 0
+        statistics.addressValidationRetries = quic?.retries ?? 0
+        statistics.invalidRetryTokens = quic?.invalidTokens ?? 0
         return statistics
     }
 
@@ -569,11 +582,13 @@ public final class Zipper: Sendable {
             streamOpenTimeout: options.handshakeTimeout,
             maximumConnectionsPerAddress: configuration.limits.maximumConnectionsPerAddress,
             maximumReceiveWindowBytes: configuration.limits.maximumReceiveWindowBytes,
-            ipv6PrefixLength: configuration.limits.ipv6PrefixLength)
+            ipv6PrefixLength: configuration.limits.ipv6PrefixLength,
+            maximumUnvalidatedHandshakes: configuration.limits.maximumUnvalidatedHandshakes)
         let server = try await QUICServer.bind(
             host: configuration.host, port: configuration.port, configuration: quic, tls: options.tls,
             limits: limits, statelessResetKey: try configuration.loadStatelessResetKey())
         await server.onRefusedPerAddress { [weak self] address in self?.refusedPerAddress(address) }
+        await server.onRetrying { [weak self] retries in self?.askingForRetries(retries) }
         let expected = rememberedFunctions()
         let probe = Readiness.shared.register("zipper \(configuration.name)") { [weak self] in
             self?.state.withLock { $0.server != nil && !$0.closed } ?? false
@@ -1015,6 +1030,14 @@ public final class Zipper: Sendable {
         guard let said = perAddressRefusals.withLock({ $0.event(at: .now) }) else { return }
         logger.warning("connection refused: its address has its share of connections", metadata: [
             "remote": "\(address)", "limit": "\(configuration.limits.maximumConnectionsPerAddress)", "refused": "\(said)",
+        ])
+    }
+
+    /// New clients are asked to prove their address: said when it begins and
+    /// at most every 10 s while it lasts (the server says so no more often).
+    private func askingForRetries(_ retries: Int) {
+        logger.warning("many handshakes from unproven addresses: new clients prove theirs with a QUIC Retry first", metadata: [
+            "limit": "\(configuration.limits.maximumUnvalidatedHandshakes)", "retries": "\(retries)",
         ])
     }
 

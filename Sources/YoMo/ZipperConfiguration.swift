@@ -63,6 +63,14 @@ public struct ZipperConfiguration: Hashable, Sendable {
         /// Connections that have opened their stream but not finished the YoMo
         /// handshake; beyond this, new ones are closed with a reason.
         public var maximumPendingHandshakes: Int
+        /// QUIC handshakes at once of clients whose address is not proven.
+        /// Beyond, a new client is answered with a QUIC Retry and no state is
+        /// kept: it proves it receives at its address by dialling again with
+        /// the Retry's token, one round trip later (every QUIC client does this
+        /// by itself, Go's among them). A flood of Initials from spoofed
+        /// addresses never comes back, so it cannot take the handshake slots
+        /// honest clients need. 0: every client is asked.
+        public var maximumUnvalidatedHandshakes: Int
         /// QUIC connections from one IP address at once, counted once their
         /// handshake proved the address; one more is closed with `too many
         /// connections from <address> (limit N)`, so that one host cannot take
@@ -109,8 +117,10 @@ public struct ZipperConfiguration: Hashable, Sendable {
             maximumConnections: Int = 16384, maximumPendingHandshakes: Int = 1024,
             maximumHandshakeSize: Int = 64 << 10, maximumFrameSize: Int = 16 << 20,
             maximumIncompleteFrameBytes: Int = 256 << 20, stalledFrameTimeout: Duration = .seconds(10),
-            maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20, ipv6PrefixLength: Int = 64
+            maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20, ipv6PrefixLength: Int = 64,
+            maximumUnvalidatedHandshakes: Int = 128
         ) {
+            self.maximumUnvalidatedHandshakes = maximumUnvalidatedHandshakes
             self.maximumConnections = maximumConnections
             self.maximumConnectionsPerAddress = maximumConnectionsPerAddress
             self.ipv6PrefixLength = ipv6PrefixLength

@@ -263,6 +263,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     weak var server: ServerCore?
     var routes: Set<ConnectionID> = []
     var countedAsHandshaking = false
+    /// Counted among the handshakes of addresses no Retry proved.
+    var countedAsUnvalidated = false
     /// Counted in the server's connections per address: its address's count.
     var countedForHost: EstablishedFromHost?
     /// Its window under the server's receive budget (nil: none, or released).

@@ -173,8 +173,15 @@ final class NGConnection {
     }
 
     /// A server connection for a client Initial whose header is `header`.
+    /// A client's Initial that carried a valid Retry token: its address is proven.
+    struct Retried {
+        /// The Destination Connection ID of the client's first Initial, from the token.
+        let originalDCID: ConnectionID
+        let token: [UInt8]
+    }
+
     static func server(
-        local: UDPAddress, remote: UDPAddress, initial: UnsafeRawBufferPointer, settings: NGSettings,
+        local: UDPAddress, remote: UDPAddress, initial: UnsafeRawBufferPointer, retried: Retried?, settings: NGSettings,
         credentials: TLSCredentials, verifyClient: Bool, resetSecret: [UInt8], scid: ConnectionID,
         delegate: any NGConnectionDelegate
     ) throws(QUICError) -> NGConnection {
@@ -187,6 +194,14 @@ final class NGConnection {
         var s = c.makeSettings(settings)
         var params = c.makeParams(settings)
         params.original_dcid = hd.dcid
+        // After a Retry the client's Initial goes to the id the Retry chose;
+        // both ids go into the transport parameters, which the client checks.
+        let retryToken = retried?.token ?? []
+        if let retried {
+            params.original_dcid = retried.originalDCID.ngtcp2
+            params.retry_scid = hd.dcid
+            params.retry_scid_present = 1
+        }
         var scidC = scid.ngtcp2
         var token = [UInt8](repeating: 0, count: Int(NGTCP2_STATELESS_RESET_TOKENLEN))
         if ngtcp2_crypto_generate_stateless_reset_token(&token, resetSecret, resetSecret.count, &scidC) == 0 {
@@ -196,10 +211,14 @@ final class NGConnection {
             params.stateless_reset_token_present = 1
         }
         var conn: OpaquePointer?
-        let rv = ngtcp2_conn_server_new_versioned(
-            &conn, &hd.scid, &scidC, c.path, hd.version, NGTCP2_CALLBACKS_VERSION, &callbacks,
-            NGTCP2_SETTINGS_VERSION, &s, NGTCP2_TRANSPORT_PARAMS_VERSION, &params, nil,
-            Unmanaged.passUnretained(c).toOpaque())
+        // A validated token lifts the anti-amplification limit (ngtcp2 copies it).
+        let rv = retryToken.withUnsafeBufferPointer { tokenBytes in
+            s.token = ngtcp2_vec(base: UnsafeMutablePointer(mutating: tokenBytes.baseAddress), len: tokenBytes.count)
+            return ngtcp2_conn_server_new_versioned(
+                &conn, &hd.scid, &scidC, c.path, hd.version, NGTCP2_CALLBACKS_VERSION, &callbacks,
+                NGTCP2_SETTINGS_VERSION, &s, NGTCP2_TRANSPORT_PARAMS_VERSION, &params, nil,
+                Unmanaged.passUnretained(c).toOpaque())
+        }
         guard rv == 0, let conn else { throw .transport("ngtcp2_conn_server_new: \(errorName(rv))") }
         c.conn = conn
         try c.attachTLS(server: true, credentials: credentials, sni: nil, verifyName: nil, verify: verifyClient, alpn: settings.quic.alpn)
@@ -559,6 +578,44 @@ enum NGPacket {
     static func isInitial(_ data: UnsafeRawBufferPointer) -> Bool {
         // Long header, type bits 00 = Initial (QUIC v1).
         data.count > 0 && data[0] & 0xB0 == 0x80
+    }
+
+    /// What a server decides a client's first Initial on, before it holds any state for it.
+    struct Initial {
+        let version: UInt32
+        let dcid: ConnectionID
+        let scid: ConnectionID
+        /// From a Retry, or from a NEW_TOKEN frame of an earlier connection; empty if none.
+        let token: [UInt8]
+
+        /// Whether the token is one a Retry carried (ngtcp2's tokens start with a magic byte).
+        var hasRetryToken: Bool { token.first == UInt8(NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) }
+    }
+
+    /// The header of a client's Initial, or nil when ngtcp2 would not accept it.
+    static func initial(_ datagram: UnsafeRawBufferPointer) -> Initial? {
+        var hd = ngtcp2_pkt_hd()
+        guard ngtcp2_accept(&hd, datagram.baseAddress!.assumingMemoryBound(to: UInt8.self), datagram.count) == 0 else { return nil }
+        let token = hd.token.len > 0 ? Array(UnsafeBufferPointer(start: hd.token.base, count: hd.token.len)) : []
+        return Initial(version: hd.version, dcid: ConnectionID(hd.dcid), scid: ConnectionID(hd.scid), token: token)
+    }
+
+    /// A Retry answering `initial`: the client is to send its Initial again to
+    /// `scid`, with `token`, from the same address.
+    static func writeRetry(into dest: UnsafeMutableRawBufferPointer, answering initial: Initial, scid: ConnectionID, token: [UInt8]) -> Int {
+        var d = initial.scid.ngtcp2, s = scid.ngtcp2, original = initial.dcid.ngtcp2
+        let n = ngtcp2_crypto_write_retry(
+            dest.baseAddress!.assumingMemoryBound(to: UInt8.self), dest.count, initial.version, &d, &s, &original, token, token.count)
+        return n > 0 ? n : 0
+    }
+
+    /// A CONNECTION_CLOSE with INVALID_TOKEN in an Initial packet, holding no
+    /// state: the client's dial fails at once rather than at its handshake timeout.
+    static func writeInvalidTokenClose(into dest: UnsafeMutableRawBufferPointer, answering initial: Initial) -> Int {
+        var d = initial.scid.ngtcp2, s = initial.dcid.ngtcp2
+        let n = ngtcp2_crypto_write_connection_close(
+            dest.baseAddress!.assumingMemoryBound(to: UInt8.self), dest.count, initial.version, &d, &s, UInt64(NGTCP2_INVALID_TOKEN), nil, 0)
+        return n > 0 ? n : 0
     }
 
     /// Version Negotiation offering v1, echoing the client's ids swapped.

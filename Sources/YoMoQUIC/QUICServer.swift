@@ -27,6 +27,13 @@ public final class QUICServer: Sendable {
         public var maximumConnections: Int
         /// Connections in their QUIC handshake at once; Initials beyond are dropped.
         public var maximumHandshakes: Int
+        /// Handshakes at once of clients whose address is not proven. Beyond,
+        /// a new client is answered with a QUIC Retry, holding no state: it
+        /// proves it receives at its address by sending its Initial again with
+        /// the Retry's token, one round trip later. Initials from spoofed
+        /// addresses (a flood) never come back, so they cannot take every
+        /// handshake slot from honest clients. 0: every client is asked.
+        public var maximumUnvalidatedHandshakes: Int
         /// A connection that has not opened its stream this long after its first
         /// packet is closed, even if it answers keep-alives.
         public var streamOpenTimeout: Duration
@@ -53,8 +60,10 @@ public final class QUICServer: Sendable {
 
         public init(
             maximumConnections: Int = 16384, maximumHandshakes: Int = 4096, streamOpenTimeout: Duration = .seconds(10),
-            maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20, ipv6PrefixLength: Int = 64
+            maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20, ipv6PrefixLength: Int = 64,
+            maximumUnvalidatedHandshakes: Int = 128
         ) {
+            self.maximumUnvalidatedHandshakes = maximumUnvalidatedHandshakes
             self.maximumConnections = maximumConnections
             self.maximumHandshakes = maximumHandshakes
             self.streamOpenTimeout = streamOpenTimeout
@@ -78,6 +87,9 @@ public final class QUICServer: Sendable {
         try configuration.validate()
         guard limits.maximumConnections > 0, limits.maximumHandshakes > 0, limits.streamOpenTimeout > .zero else {
             throw .invalidConfiguration("server limits must be positive")
+        }
+        guard limits.maximumUnvalidatedHandshakes >= 0 else {
+            throw .invalidConfiguration("maximumUnvalidatedHandshakes must not be negative (0: a Retry for every client), not \(limits.maximumUnvalidatedHandshakes)")
         }
         guard (1...128).contains(limits.ipv6PrefixLength) else {
             throw .invalidConfiguration("ipv6PrefixLength must be from 1 to 128, not \(limits.ipv6PrefixLength)")
@@ -137,6 +149,15 @@ public final class QUICServer: Sendable {
     package func onRefusedPerAddress(_ handler: @escaping @Sendable (String) -> Void) async {
         let core = self.core
         await core.loop.run(orIfStopped: ()) { core.onRefusedPerAddress = handler }
+    }
+
+    /// `handler` is told, when new clients begin to be asked for a Retry
+    /// (`Limits.maximumUnvalidatedHandshakes` reached) and then at most every
+    /// 10 s while it lasts, how many were asked since it was last told (on the
+    /// server's loop thread: keep it short).
+    package func onRetrying(_ handler: @escaping @Sendable (Int) -> Void) async {
+        let core = self.core
+        await core.loop.run(orIfStopped: ()) { core.onRetrying = handler }
     }
 
     /// Takes no new connection from now on (their Initials go unanswered, so
@@ -200,7 +221,8 @@ public final class QUICServer: Sendable {
             accepted: s.accepted.load(ordering: .relaxed), versionNegotiations: s.versionNegotiations.load(ordering: .relaxed),
             statelessResets: s.statelessResets.load(ordering: .relaxed), streamTimeouts: s.streamTimeouts.load(ordering: .relaxed),
             refusedOverLimit: s.refusedOverLimit.load(ordering: .relaxed), refusedPerAddress: s.refusedPerAddress.load(ordering: .relaxed),
-            receiveWindowBytes: s.receiveWindowBytes.load(ordering: .relaxed), clientAddresses: s.clientAddresses.load(ordering: .relaxed))
+            receiveWindowBytes: s.receiveWindowBytes.load(ordering: .relaxed), clientAddresses: s.clientAddresses.load(ordering: .relaxed),
+            retries: s.retries.load(ordering: .relaxed), invalidTokens: s.invalidTokens.load(ordering: .relaxed))
     }
 
     public struct Statistics: Sendable, Hashable {
@@ -222,6 +244,11 @@ public final class QUICServer: Sendable {
         /// connections past their handshake now: what the receive windows'
         /// budget is split among first.
         public var clientAddresses: Int
+        /// Initials answered with a Retry (`Limits.maximumUnvalidatedHandshakes`).
+        public var retries: Int
+        /// Initials whose Retry token was not this server's, or too old:
+        /// closed with INVALID_TOKEN (also counted in `dropped`).
+        public var invalidTokens: Int
     }
 
     public struct Connections: AsyncSequence, Sendable {

@@ -31,6 +31,16 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// Cleared when the listener starts to close: new connections are not taken.
     private var acceptsNew = true
     private var handshaking = 0
+    /// Handshakes of clients whose address no Retry proved: past
+    /// `Limits.maximumUnvalidatedHandshakes`, new Initials get a Retry.
+    private var unvalidatedHandshaking = 0
+    private let retryTokens = RetryTokens()
+    /// Told (on the loop), at most every 10 s while it lasts, that new
+    /// connections are asked to prove their address, with the Retries sent
+    /// since it was last told.
+    var onRetrying: (@Sendable (Int) -> Void)?
+    private var retriesSaid = 0
+    private var retryNoticeTick: UInt64 = 0
     /// Connections past their handshake, by the peer's address group (its IPv4
     /// address or its IPv6 network); the count is published for `statistics`.
     private var establishedByHost: [AddressGroup: EstablishedFromHost] = [:] {
@@ -194,19 +204,35 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                 core.receive(datagram, from: address)
                 return core
             }
-            // Beyond the caps, Initials are dropped: a flood of (possibly spoofed)
-            // Initials cannot grow state without bound, and a client over the
-            // connection cap times out its handshake and retries later.
-            guard !closed, acceptsNew, NGPacket.isInitial(datagram), datagram.count >= 1200 else {
+            guard !closed, acceptsNew, NGPacket.isInitial(datagram), datagram.count >= 1200,
+                  let initial = NGPacket.initial(datagram) else {
                 stats.dropped.add(1, ordering: .relaxed)
                 return nil
             }
+            // Handshakes hold state until they time out, and Initials from
+            // spoofed addresses never finish theirs: past a few of those, a
+            // client proves its address with a Retry first (no state held),
+            // so a flood cannot take every handshake slot from honest clients.
+            var retried: NGConnection.Retried?
+            if initial.hasRetryToken {
+                guard let original = retryTokens.originalDCID(of: initial, from: address, now: monotonicNow()) else {
+                    refuseToken(initial, to: address, from: destination)
+                    return nil
+                }
+                retried = NGConnection.Retried(originalDCID: original, token: initial.token)
+            } else if unvalidatedHandshaking >= limits.maximumUnvalidatedHandshakes {
+                sendRetry(answering: initial, to: address, from: destination)
+                return nil
+            }
+            // Beyond the caps, Initials are dropped: state cannot grow without
+            // bound, and a client over the connection cap times out its
+            // handshake and retries later.
             guard handshaking < limits.maximumHandshakes, connections.count < limits.maximumConnections else {
                 stats.dropped.add(1, ordering: .relaxed)
                 stats.refusedOverLimit.add(1, ordering: .relaxed)
                 return nil
             }
-            return accept(datagram, from: address, to: destination, originalDCID: dcid)
+            return accept(datagram, from: address, to: destination, originalDCID: dcid, retried: retried)
         case .short(let dcid):
             if let core = routes[dcid] {
                 core.receive(datagram, from: address)
@@ -217,7 +243,10 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         }
     }
 
-    private func accept(_ datagram: UnsafeRawBufferPointer, from address: UDPAddress, to destination: UDPAddress?, originalDCID: ConnectionID) -> ConnectionCore? {
+    private func accept(
+        _ datagram: UnsafeRawBufferPointer, from address: UDPAddress, to destination: UDPAddress?, originalDCID: ConnectionID,
+        retried: NGConnection.Retried?
+    ) -> ConnectionCore? {
         let core = ConnectionCore(loop: loop, fd: fd, connectedSocket: false, remote: address, isServer: true, configuration: configuration)
         core.server = self
         // On a host with several addresses the kernel would answer from the one
@@ -228,7 +257,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         let scid = ConnectionID.random(length: Self.cidLength)
         do throws(QUICError) {
             let ng = try NGConnection.server(
-                local: local, remote: address, initial: datagram,
+                local: local, remote: address, initial: datagram, retried: retried,
                 settings: NGSettings(
                     quic: configuration, isServer: true, debugLog: debugLog,
                     managedReceiveWindow: receiveWindows == nil ? nil : ReceiveWindowBudget.minimum),
@@ -245,6 +274,10 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         }
         handshaking += 1
         core.countedAsHandshaking = true
+        if retried == nil {
+            unvalidatedHandshaking += 1
+            core.countedAsUnvalidated = true
+        }
         core.routes = [originalDCID, scid]
         routes[originalDCID] = core
         routes[scid] = core
@@ -287,6 +320,35 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         }
     }
 
+    /// Answers `initial` with a Retry: smaller than the Initial, so no
+    /// amplification, and nothing is kept.
+    private func sendRetry(answering initial: NGPacket.Initial, to address: UDPAddress, from source: UDPAddress?) {
+        let now = monotonicNow()
+        let scid = ConnectionID.random(length: Self.cidLength)
+        guard let token = retryTokens.make(answering: initial, from: address, retrySCID: scid, now: now) else { return }
+        let tx = loop.txBuffer
+        let n = NGPacket.writeRetry(into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), answering: initial, scid: scid, token: token)
+        guard n > 0 else { return }
+        stats.retries.add(1, ordering: .relaxed)
+        send(UnsafeRawBufferPointer(rebasing: tx[0..<n]), to: address, from: source)
+        retriesSaid += 1
+        if now &- retryNoticeTick >= 10_000_000_000 || retryNoticeTick == 0 {
+            retryNoticeTick = now
+            onRetrying?(retriesSaid)
+            retriesSaid = 0
+        }
+    }
+
+    /// A Retry token that is not ours, or too old (from before a restart, or
+    /// replayed from another address): closed with INVALID_TOKEN, statelessly.
+    private func refuseToken(_ initial: NGPacket.Initial, to address: UDPAddress, from source: UDPAddress?) {
+        stats.dropped.add(1, ordering: .relaxed)
+        stats.invalidTokens.add(1, ordering: .relaxed)
+        let tx = loop.txBuffer
+        let n = NGPacket.writeInvalidTokenClose(into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), answering: initial)
+        if n > 0 { send(UnsafeRawBufferPointer(rebasing: tx[0..<n]), to: address, from: source) }
+    }
+
     private func send(_ packet: UnsafeRawBufferPointer, to address: UDPAddress, from source: UDPAddress?) {
         _ = address.send(packet, segment: 0, on: fd, from: source)
     }
@@ -314,6 +376,10 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         guard core.countedAsHandshaking else { return }
         core.countedAsHandshaking = false
         handshaking -= 1
+        if core.countedAsUnvalidated {
+            core.countedAsUnvalidated = false
+            unvalidatedHandshaking -= 1
+        }
     }
 
     /// A connection completed its handshake: its address is proven, and
@@ -425,6 +491,8 @@ final class ServerStats: Sendable {
     /// Connections closed because their address had its share already.
     let refusedPerAddress = Atomic<Int>(0)
     let clientAddresses = Atomic<Int>(0)
+    let retries = Atomic<Int>(0)
+    let invalidTokens = Atomic<Int>(0)
     /// The clients' receive windows summed, under a budget (0 without one).
     let receiveWindowBytes = Atomic<Int>(0)
 }

@@ -61,6 +61,12 @@ extension ZipperConfiguration {
             }
             try positive("max_connections", &self.limits.maximumConnections)
             try positive("max_connections_per_address", &self.limits.maximumConnectionsPerAddress)
+            if let raw = limits["max_unvalidated_handshakes"] {
+                guard let value = raw.int, value >= 0 else {
+                    throw YoMoError(.invalidConfiguration, "zipper config: limits.max_unvalidated_handshakes must be 0 (a QUIC Retry for every client) or more")
+                }
+                self.limits.maximumUnvalidatedHandshakes = value
+            }
             if let raw = limits["ipv6_prefix_length"] {
                 guard let value = raw.int, (1...128).contains(value) else {
                     throw YoMoError(.invalidConfiguration, "zipper config: limits.ipv6_prefix_length must be from 1 to 128 (128: each IPv6 address on its own)")

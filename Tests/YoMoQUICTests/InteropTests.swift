@@ -17,9 +17,10 @@ struct InteropTests {
         await connection.close(reason: "done")
     }
 
-    @Test("server echoes for an aioquic client", arguments: [false, true])
-    func serverAgainstAioquic(bigClientHello: Bool) async throws {
-        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+    @Test("server echoes for an aioquic client, also one it asks for a Retry", arguments: [false, true], [false, true])
+    func serverAgainstAioquic(bigClientHello: Bool, retry: Bool) async throws {
+        let server = try await QUICServer.bind(
+            host: "127.0.0.1", port: 0, limits: QUICServer.Limits(maximumUnvalidatedHandshakes: retry ? 0 : 128))
         let echo = Task {
             for await connection in server.connections {
                 Task {
@@ -39,6 +40,9 @@ struct InteropTests {
         let status = await client.waitForExit()
         #expect(line == "OK \(total)")
         #expect(status == 0)
+        // The client's Initials before it took the Retry may be several.
+        #expect(retry ? server.statistics.retries >= 1 : server.statistics.retries == 0)
+        #expect(server.statistics.invalidTokens == 0)
         await server.close()
         echo.cancel()
     }

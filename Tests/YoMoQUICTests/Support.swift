@@ -228,8 +228,11 @@ final class EchoServer: Sendable {
     let server: QUICServer
     private let task: Task<Void, Never>
 
-    init(configuration: QUICConfiguration = .default, tls: ServerTLSConfiguration = .selfSigned, host: String = "127.0.0.1") async throws {
-        let server = try await QUICServer.bind(host: host, port: 0, configuration: configuration, tls: tls)
+    init(
+        configuration: QUICConfiguration = .default, tls: ServerTLSConfiguration = .selfSigned, host: String = "127.0.0.1",
+        limits: QUICServer.Limits = .default
+    ) async throws {
+        let server = try await QUICServer.bind(host: host, port: 0, configuration: configuration, tls: tls, limits: limits)
         self.server = server
         task = Task {
             await withDiscardingTaskGroup { group in

@@ -266,6 +266,30 @@ struct HostilePeerTests {
         }
     }
 
+    @Test("every client asked to prove its address with a QUIC Retry (max_unvalidated_handshakes 0): frames flow, the Retries are counted and said once")
+    func addressValidation() async throws {
+        let records = Inbox<String>()
+        let logger = Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) }
+        try await withZipper(configure: { $0.limits.maximumUnvalidatedHandshakes = 0 }, logger: logger) { address, zipper in
+            let arrived = Inbox<String>()
+            let sink = StreamFunction(name: "validated", zipper: address, options: .init(observedTags: [0x61]))
+            sink.setHandler { context in arrived.append(String(decoding: context.data, as: UTF8.self)) }
+            try await sink.connect()
+            let source = Source(name: "validated-source", zipper: address)
+            try await source.connect()
+            for index in 0..<10 { try await source.write(tag: 0x61, data: Array("frame \(index)".utf8)) }
+            #expect(await eventually { arrived.items.count == 10 }, "\(arrived.items)")
+            #expect(Set(arrived.items) == Set((0..<10).map { "frame \($0)" }))
+            // One Retry per client at least (a client's Initial sent again before the Retry arrived gets another).
+            #expect(zipper.statistics.addressValidationRetries >= 2)
+            #expect(zipper.statistics.invalidRetryTokens == 0)
+            let said = records.items.filter { $0.contains("many handshakes from unproven addresses: new clients prove theirs with a QUIC Retry first") }
+            #expect(said.count == 1 && said.first?.contains("limit=0") == true, "\(said)")
+            await source.close()
+            await sink.close()
+        }
+    }
+
     @Test("sources of a stream function that stalls: what they may send ahead of the zipper stays within its receive budget, and every frame arrives once the function reads again")
     func receiveWindowBudget() async throws {
         let budget = 1 << 20

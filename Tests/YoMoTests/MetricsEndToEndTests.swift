@@ -178,6 +178,9 @@ struct MetricsEndToEndTests {
         // What both clients may send ahead of the zipper's reading: each window grown past 32 KiB at its first read, within the 64 MiB budget.
         let windows = await prometheus.scalar("yomo_zipper_receive_window_bytes") ?? 0
         #expect(windows > 2 * 32 * 1024 && windows <= 64 * 1024 * 1024 + 2 * 32 * 1024, "\(windows)")
+        // Two clients, far from 128 handshakes at once: nobody was asked for a Retry.
+        #expect(await prometheus.scalar("yomo_zipper_address_validation_retries_total") == 0)
+        #expect(await prometheus.scalar("yomo_zipper_address_validation_invalid_tokens_total") == 0)
         var exportedSpans = 0.0
         for _ in 0..<100 where exportedSpans < Double(frames) {
             exportedSpans = await prometheus.scalar("otel_sdk_exporter_span_exported_total{messaging_consumer_group_name=\"upper-m\"}") ?? 0

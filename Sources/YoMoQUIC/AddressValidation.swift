@@ -1,0 +1,49 @@
+import CNGTCP2
+import Glibc
+
+/// The tokens a server's Retry packets carry (RFC 9000 §8.1.2): sealed with a
+/// key only this server holds, bound to the client's address and to both
+/// connection ids, valid for `lifetime`. A client that sends one back proves
+/// it receives at the address it sends from, which a flood of Initials from
+/// spoofed addresses cannot.
+struct RetryTokens {
+    /// Long enough for a client's round trip, short against a replay.
+    static let lifetime: Duration = .seconds(10)
+    /// ngtcp2's largest Retry token: magic, id length, id, timestamp, AEAD tag, random.
+    private static let maximumLength = 1 + 1 + 20 + 8 + 16 + 32
+
+    /// A random key per server: a token from before a restart is refused
+    /// with INVALID_TOKEN, and its client dials again.
+    private let secret: [UInt8]
+
+    init() {
+        var secret = [UInt8](repeating: 0, count: 32)
+        gnutls_rnd(GNUTLS_RND_KEY, &secret, secret.count)
+        self.secret = secret
+    }
+
+    /// A token for a Retry answering `initial` from `remote`, naming `retrySCID`.
+    func make(answering initial: NGPacket.Initial, from remote: UDPAddress, retrySCID: ConnectionID, now: UInt64) -> [UInt8]? {
+        var token = [UInt8](repeating: 0, count: Self.maximumLength)
+        var retry = retrySCID.ngtcp2, original = initial.dcid.ngtcp2
+        let n = remote.withSockaddr { address, length in
+            ngtcp2_crypto_generate_retry_token(&token, secret, secret.count, initial.version, address, length, &retry, &original, now)
+        }
+        guard n > 0 else { return nil }
+        return Array(token.prefix(n))
+    }
+
+    /// The connection id of the client's first Initial if `initial`'s token
+    /// is one of ours, for this address and this connection id, and still
+    /// fresh; nil otherwise.
+    func originalDCID(of initial: NGPacket.Initial, from remote: UDPAddress, now: UInt64) -> ConnectionID? {
+        var original = ngtcp2_cid()
+        var dcid = initial.dcid.ngtcp2
+        let rv = remote.withSockaddr { address, length in
+            ngtcp2_crypto_verify_retry_token(
+                &original, initial.token, initial.token.count, secret, secret.count, initial.version, address, length, &dcid,
+                Self.lifetime.nanoseconds, now)
+        }
+        return rv == 0 ? ConnectionID(original) : nil
+    }
+}

@@ -1,0 +1,158 @@
+import Foundation
+import NIOCore
+import Synchronization
+import Testing
+@testable import YoMoQUIC
+
+/// A UDP relay that passes a client's datagrams to the server and drops every
+/// answer: to the server, its clients are Initials from spoofed addresses,
+/// which never hear back and never finish a handshake. `alterClientDatagram`
+/// may change what passes.
+final class OneWayRelay: @unchecked Sendable {
+    let front: Int32
+    let frontPort: Int
+    private let back: Int32
+    private let server: UDPAddress
+    private let answerBack: Bool
+    private let alter: @Sendable (inout [UInt8], Int) -> Void
+    private let stopped = Atomic<Bool>(false)
+    private let done = DispatchSemaphore(value: 0)
+    /// Datagrams from the server (dropped unless `answerBack`).
+    let fromServer = Atomic<Int>(0)
+
+    init(serverPort: Int, answerBack: Bool = false, alterClientDatagram: @escaping @Sendable (inout [UInt8], Int) -> Void = { _, _ in }) throws {
+        func socketOnLoopback() throws -> Int32 {
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            let address = try UDPAddress.resolve(host: "127.0.0.1", port: 0)[0]
+            _ = address.withSockaddr { bind(fd, $0, $1) }
+            return fd
+        }
+        front = try socketOnLoopback()
+        back = try socketOnLoopback()
+        frontPort = try localAddress(of: front).port
+        server = try UDPAddress.resolve(host: "127.0.0.1", port: serverPort)[0]
+        self.answerBack = answerBack
+        alter = alterClientDatagram
+        Thread.detachNewThread { [self] in run() }
+    }
+
+    func stop() {
+        stopped.store(true, ordering: .sequentiallyConsistent)
+        done.wait()
+        close(front)
+        close(back)
+    }
+
+    private func run() {
+        var client = UDPAddress()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var fds = [front, back].map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        while !stopped.load(ordering: .sequentiallyConsistent) {
+            if poll(&fds, nfds_t(fds.count), 50) <= 0 { continue }
+            for (i, p) in fds.enumerated() where p.revents & Int16(POLLIN) != 0 {
+                while true {
+                    var from = UDPAddress()
+                    from.length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                    let n = withUnsafeMutableBytes(of: &from.storage) { raw in
+                        recvfrom(p.fd, &buffer, buffer.count, Int32(MSG_DONTWAIT), raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &from.length)
+                    }
+                    if n <= 0 { break }
+                    if i == 0 {
+                        client = from
+                        alter(&buffer, n)
+                        _ = server.withSockaddr { sendto(back, buffer, n, 0, $0, $1) }
+                    } else {
+                        fromServer.wrappingAdd(1, ordering: .relaxed)
+                        if answerBack { _ = client.withSockaddr { sendto(front, buffer, n, 0, $0, $1) } }
+                    }
+                }
+            }
+        }
+        done.signal()
+    }
+}
+
+@Suite("Address validation: QUIC Retry under a handshake flood", .serialized)
+struct AddressValidationTests {
+    @Test("a client asked for a Retry (every client, at 0) connects and echoes byte-exact")
+    func retryAlways() async throws {
+        let server = try await EchoServer(limits: QUICServer.Limits(maximumUnvalidatedHandshakes: 0))
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        #expect(try await Fixture.echo(connection, total: 1 << 20) == 1 << 20)
+        #expect(server.server.statistics.retries >= 1)
+        #expect(server.server.statistics.invalidTokens == 0)
+        await connection.close()
+        await server.stop()
+    }
+
+    @Test("Initials that never finish their handshake hold no more than their share of slots: an honest client still connects at once")
+    func floodOfUnfinishedHandshakes() async throws {
+        // Handshake slots held 30 s by each flooder (the server's handshake timeout).
+        var configuration = QUICConfiguration.default
+        configuration.handshakeTimeout = .seconds(30)
+        let flooders = 40
+        let server = try await EchoServer(
+            configuration: configuration, limits: QUICServer.Limits(maximumHandshakes: 16, maximumUnvalidatedHandshakes: 4))
+        let relay = try OneWayRelay(serverPort: server.port)
+        let port = relay.frontPort
+        let flood = (0..<flooders).map { _ in
+            Task {
+                var dialling = QUICConfiguration.default
+                dialling.handshakeTimeout = .seconds(30)
+                return try? await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: dialling)
+            }
+        }
+        // Every flooder's first Initial reached the server: 4 hold a slot, the others were asked to prove their address.
+        #expect(await until(.seconds(20)) { server.server.statistics.retries + server.server.statistics.accepted >= flooders },
+                "\(server.server.statistics)")
+        #expect(server.server.statistics.accepted == 4, "\(server.server.statistics)")
+        #expect(server.server.statistics.refusedOverLimit == 0)
+        // An honest client proves its address and gets a slot, well within its 3 s handshake timeout.
+        let honest = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        #expect(String(buffer: try await echo(honest, ByteBuffer(string: "through"))) == "through")
+        await honest.close()
+        for task in flood { task.cancel() }
+        for task in flood { _ = await task.value }
+        relay.stop()
+        await server.stop()
+    }
+
+    @Test("a Retry token that is not the server's is refused at once with INVALID_TOKEN, and the server keeps no state for it")
+    func forgedToken() async throws {
+        let server = try await EchoServer(limits: QUICServer.Limits(maximumUnvalidatedHandshakes: 0))
+        // Flips a byte of the token in Initials that carry one: it no longer opens with the server's key.
+        let relay = try OneWayRelay(serverPort: server.port, answerBack: true) { datagram, count in
+            guard let offset = retryTokenOffset(datagram, count) else { return }
+            datagram[offset + 10] ^= 0xFF
+        }
+        let clock = ContinuousClock()
+        let started = clock.now
+        let error = await #expect(throws: QUICError.self) {
+            _ = try await QUICConnection.connect(host: "127.0.0.1", port: relay.frontPort)
+        }
+        // Refused, not left to the 3 s handshake timeout.
+        #expect(clock.now - started < .seconds(2), "\(String(describing: error))")
+        #expect(server.server.statistics.invalidTokens >= 1)
+        #expect(server.server.statistics.accepted == 0)
+        #expect(await server.server.connectionCount() == 0)
+        relay.stop()
+        await server.stop()
+    }
+}
+
+/// Where the token of a QUIC v1 Initial starts when it carries a Retry token
+/// (ngtcp2's start with 0xB6), or nil.
+private func retryTokenOffset(_ datagram: [UInt8], _ count: Int) -> Int? {
+    guard count > 7, datagram[0] & 0xB0 == 0x80 else { return nil }
+    var offset = 5
+    offset += 1 + Int(datagram[offset])  // destination id
+    guard offset < count else { return nil }
+    offset += 1 + Int(datagram[offset])  // source id
+    guard offset < count else { return nil }
+    let lengthBytes = 1 << Int(datagram[offset] >> 6)
+    var length = Int(datagram[offset] & 0x3F)
+    for i in 1..<lengthBytes { length = length << 8 | Int(datagram[offset + i]) }
+    offset += lengthBytes
+    guard length > 20, offset + length <= count, datagram[offset] == 0xB6 else { return nil }
+    return offset
+}
