@@ -130,8 +130,11 @@ struct AddressValidationTests {
         let error = await #expect(throws: QUICError.self) {
             _ = try await QUICConnection.connect(host: "127.0.0.1", port: relay.frontPort)
         }
-        // Refused, not left to the 3 s handshake timeout.
+        // Refused, not left to the 3 s handshake timeout: INVALID_TOKEN, a transport
+        // error (which this SDK's clients dial again after).
         #expect(clock.now - started < .seconds(2), "\(String(describing: error))")
+        #expect(error?.isRemote == true && error?.applicationErrorCode == nil, "\(String(describing: error))")
+        #expect(String(describing: error).contains("transport error 0xb"), "\(String(describing: error))")
         #expect(server.server.statistics.invalidTokens >= 1)
         #expect(server.server.statistics.accepted == 0)
         #expect(await server.server.connectionCount() == 0)
