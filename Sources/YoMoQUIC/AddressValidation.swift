@@ -5,21 +5,38 @@ import Glibc
 /// key only this server holds, bound to the client's address and to both
 /// connection ids, valid for `lifetime`. A client that sends one back proves
 /// it receives at the address it sends from, which a flood of Initials from
-/// spoofed addresses cannot.
+/// spoofed addresses cannot. Timestamps are wall-clock time, so that servers
+/// sharing a key (a restart, several behind one address) judge a token's age alike.
 struct RetryTokens {
     /// Long enough for a client's round trip, short against a replay.
     static let lifetime: Duration = .seconds(10)
     /// ngtcp2's largest Retry token: magic, id length, id, timestamp, AEAD tag, random.
     private static let maximumLength = 1 + 1 + 20 + 8 + 16 + 32
 
-    /// A random key per server: a token from before a restart is refused
-    /// with INVALID_TOKEN, and its client dials again.
     private let secret: [UInt8]
 
-    init() {
+    /// Keyed from the server's stateless reset key when it has one (kept
+    /// across restarts, shared by zippers that stand in for each other), so
+    /// a client that was sent a Retry just before a restart is let in by the
+    /// next run; otherwise a random key, and such a client's token is refused
+    /// with INVALID_TOKEN and it dials again.
+    init(statelessResetKey: [UInt8]?) {
         var secret = [UInt8](repeating: 0, count: 32)
-        gnutls_rnd(GNUTLS_RND_KEY, &secret, secret.count)
+        if let statelessResetKey {
+            // Its own key, not the reset key itself: one secret, one use.
+            let input = Array("yomo quic retry token key".utf8) + statelessResetKey
+            gnutls_hash_fast(GNUTLS_DIG_SHA256, input, input.count, &secret)
+        } else {
+            gnutls_rnd(GNUTLS_RND_KEY, &secret, secret.count)
+        }
         self.secret = secret
+    }
+
+    /// Now, for tokens: nanoseconds of wall-clock time.
+    static func now() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_REALTIME, &time)
+        return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
     }
 
     /// A token for a Retry answering `initial` from `remote`, naming `retrySCID`.

@@ -34,7 +34,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// Handshakes of clients whose address no Retry proved: past
     /// `Limits.maximumUnvalidatedHandshakes`, new Initials get a Retry.
     private var unvalidatedHandshaking = 0
-    private let retryTokens = RetryTokens()
+    private let retryTokens: RetryTokens
     /// Told (on the loop), at most every 10 s while it lasts, that new
     /// connections are asked to prove their address, with the Retries sent
     /// since it was last told.
@@ -80,6 +80,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         receiveWindows = limits.maximumReceiveWindowBytes.map {
             ReceiveWindowBudget(bytes: $0, maximum: max(configuration.maxStreamReceiveWindow, configuration.streamReceiveWindow))
         }
+        retryTokens = RetryTokens(statelessResetKey: statelessResetKey)
         if let statelessResetKey {
             // The same key after a restart gives the same reset tokens, so clients
             // of the previous run recognise our resets and reconnect at once.
@@ -215,7 +216,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             // so a flood cannot take every handshake slot from honest clients.
             var retried: NGConnection.Retried?
             if initial.hasRetryToken {
-                guard let original = retryTokens.originalDCID(of: initial, from: address, now: monotonicNow()) else {
+                guard let original = retryTokens.originalDCID(of: initial, from: address, now: RetryTokens.now()) else {
                     refuseToken(initial, to: address, from: destination)
                     return nil
                 }
@@ -325,7 +326,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     private func sendRetry(answering initial: NGPacket.Initial, to address: UDPAddress, from source: UDPAddress?) {
         let now = monotonicNow()
         let scid = ConnectionID.random(length: Self.cidLength)
-        guard let token = retryTokens.make(answering: initial, from: address, retrySCID: scid, now: now) else { return }
+        guard let token = retryTokens.make(answering: initial, from: address, retrySCID: scid, now: RetryTokens.now()) else { return }
         let tx = loop.txBuffer
         let n = NGPacket.writeRetry(into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), answering: initial, scid: scid, token: token)
         guard n > 0 else { return }

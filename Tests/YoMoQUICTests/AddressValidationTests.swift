@@ -143,6 +143,35 @@ struct AddressValidationTests {
     }
 }
 
+extension AddressValidationTests {
+    @Test("a Retry token opens under the same key only, from the same address, for the same id, within 10 s")
+    func tokens() throws {
+        let key = [UInt8](repeating: 7, count: 32)
+        let client = try UDPAddress.resolve(host: "192.0.2.7", port: 4433)[0]
+        let first = NGPacket.Initial(version: 1, dcid: .random(length: 8), scid: .random(length: 8), token: [])
+        let retrySCID = ConnectionID.random(length: 18)
+        let now = RetryTokens.now()
+        let token = try #require(RetryTokens(statelessResetKey: key).make(answering: first, from: client, retrySCID: retrySCID, now: now))
+        // The client's next Initial: to the Retry's id, with the token.
+        let next = NGPacket.Initial(version: 1, dcid: retrySCID, scid: first.scid, token: token)
+        #expect(next.hasRetryToken)
+        // Another run of the server with the same key (a restart) takes it, and learns the first id.
+        #expect(RetryTokens(statelessResetKey: key).originalDCID(of: next, from: client, now: now + 1_000_000_000) == first.dcid)
+        // Not under another key, nor a random one.
+        #expect(RetryTokens(statelessResetKey: [UInt8](repeating: 8, count: 32)).originalDCID(of: next, from: client, now: now) == nil)
+        #expect(RetryTokens(statelessResetKey: nil).originalDCID(of: next, from: client, now: now) == nil)
+        let server = RetryTokens(statelessResetKey: key)
+        // Not from another address or port.
+        #expect(server.originalDCID(of: next, from: try UDPAddress.resolve(host: "192.0.2.8", port: 4433)[0], now: now) == nil)
+        #expect(server.originalDCID(of: next, from: try UDPAddress.resolve(host: "192.0.2.7", port: 4434)[0], now: now) == nil)
+        // Not to another connection id.
+        let elsewhere = NGPacket.Initial(version: 1, dcid: .random(length: 18), scid: first.scid, token: token)
+        #expect(server.originalDCID(of: elsewhere, from: client, now: now) == nil)
+        // Not once 10 s have passed.
+        #expect(server.originalDCID(of: next, from: client, now: now + 11_000_000_000) == nil)
+    }
+}
+
 /// Where the token of a QUIC v1 Initial starts when it carries a Retry token
 /// (ngtcp2's start with 0xB6), or nil.
 private func retryTokenOffset(_ datagram: [UInt8], _ count: Int) -> Int? {
