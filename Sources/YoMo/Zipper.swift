@@ -265,9 +265,10 @@ public final class Zipper: Sendable {
         /// first, while `Limits.maximumUnvalidatedHandshakes` handshakes of
         /// unproven addresses were in progress (a flood, or a burst of clients).
         public var addressValidationRetries = 0
-        /// Initials whose Retry token was not this zipper's or too old (from
-        /// before a restart, forged, replayed from another address): closed
-        /// with INVALID_TOKEN, and the client dials again.
+        /// Initials whose Retry token was not this zipper's (forged, or from
+        /// before a restart that changed the stateless reset key), too old, or
+        /// replayed from another address: closed with INVALID_TOKEN, and the
+        /// client dials again.
         public var invalidRetryTokens = 0
     }
 

@@ -340,8 +340,9 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         }
     }
 
-    /// A Retry token that is not ours, or too old (from before a restart, or
-    /// replayed from another address): closed with INVALID_TOKEN, statelessly.
+    /// A Retry token that is not ours (forged, or from before a restart with
+    /// another key), too old, or replayed from another address: closed with
+    /// INVALID_TOKEN, statelessly.
     private func refuseToken(_ initial: NGPacket.Initial, to address: UDPAddress, from source: UDPAddress?) {
         stats.dropped.add(1, ordering: .relaxed)
         stats.invalidTokens.add(1, ordering: .relaxed)
