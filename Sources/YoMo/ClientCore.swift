@@ -163,6 +163,9 @@ enum ClientCore {
         if let error = error as? QUICError {
             // A frame the zipper stopped waiting for: dial again and send it whole.
             if error.reason?.hasPrefix(Zipper.stalledFrameReason) == true { return false }
+            // A zipper busy with other handshakes (a reconnect storm, a host
+            // holding its share): later, with the backoff, it takes this one.
+            if error.reason?.hasPrefix(Zipper.busyReason) == true { return false }
             // A zipper that stops is usually restarted (a deploy, a host's reboot).
             if error.isRemote && error.isListenerShutdown { return !policy.redialsAfterZipperShutdown }
             return error.isRemote && error.applicationErrorCode != nil

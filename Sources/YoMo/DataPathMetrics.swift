@@ -180,7 +180,7 @@ final class DataPathMetrics: Sendable {
     }
 
     /// QUIC Retries the zipper sent, and the tokens it refused, read when metrics are collected.
-    func observeAddressValidation(_ read: @escaping @Sendable () -> (retries: Int, invalidTokens: Int)) {
+    func observeAddressValidation(_ read: @escaping @Sendable () -> (retries: Int, invalidTokens: Int, refusedPerAddress: Int)) {
         guard enabled else { return }
         let base = baseAttributes
         meter.observableCounter(
@@ -191,6 +191,10 @@ final class DataPathMetrics: Sendable {
             "yomo.zipper.address_validation.invalid_tokens", unit: "{packet}",
             description: "Initials whose Retry token was not this zipper's or too old: closed with INVALID_TOKEN."
         ) { [(base, Double(read().invalidTokens))] }
+        meter.observableCounter(
+            "yomo.zipper.address_validation.refused", unit: "{packet}",
+            description: "QUIC handshakes refused (CONNECTION_REFUSED) because their address, proven by a Retry, had its share in progress (maximumPendingHandshakesPerAddress)."
+        ) { [(base, Double(read().refusedPerAddress))] }
     }
 
     func stalledFrame() { stalledFrames.add(1, attributes: baseAttributes) }

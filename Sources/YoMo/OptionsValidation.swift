@@ -48,6 +48,7 @@ extension Zipper {
         for (name, value) in [
             ("maximumConnections", limits.maximumConnections), ("maximumPendingHandshakes", limits.maximumPendingHandshakes),
             ("maximumConnectionsPerAddress", limits.maximumConnectionsPerAddress),
+            ("maximumPendingHandshakesPerAddress", limits.maximumPendingHandshakesPerAddress),
             ("maximumHandshakeSize", limits.maximumHandshakeSize), ("maximumFrameSize", limits.maximumFrameSize),
             ("maximumIncompleteFrameBytes", limits.maximumIncompleteFrameBytes),
             ("slowConsumer.maximumBufferedBytes", configuration.slowConsumer.maximumBufferedBytes),

@@ -103,6 +103,8 @@ public final class Zipper: Sendable {
         var acceptTask: Task<Void, Never>?
         var closed = false
         var pendingHandshakes = 0
+        /// The pending ones by address group (`QUICConnection.addressGroup`).
+        var pendingHandshakesByAddress: [String: Int] = [:]
         var statistics = Statistics()
         var readinessProbe: Int?
         /// Unacknowledged bytes of the connections that ended with the zipper's
@@ -270,6 +272,10 @@ public final class Zipper: Sendable {
         /// replayed from another address: closed with INVALID_TOKEN, and the
         /// client dials again.
         public var invalidRetryTokens = 0
+        /// QUIC handshakes refused with CONNECTION_REFUSED because their
+        /// address, proven by a Retry, had `maximumPendingHandshakesPerAddress`
+        /// in progress already.
+        public var quicHandshakesRefusedPerAddress = 0
     }
 
     public let configuration: ZipperConfiguration
@@ -328,7 +334,7 @@ public final class Zipper: Sendable {
             metrics.observeReceiveWindows { [weak self] in self?.statistics.receiveWindowBytes ?? 0 }
         }
         metrics.observeAddressValidation { [weak self] in
-            self.map { ($0.statistics.addressValidationRetries, $0.statistics.invalidRetryTokens) } ?? (0, 0)
+            self.map { ($0.statistics.addressValidationRetries, $0.statistics.invalidRetryTokens, $0.statistics.quicHandshakesRefusedPerAddress) } ?? (0, 0, 0)
         }
         if configuration.unroutedHold.isOn {
             metrics.observeHeldFrames { [weak self] in self?.state.withLock { ($0.held.entries.count, $0.held.bytes) } ?? (0, 0) }
@@ -355,6 +361,7 @@ public final class Zipper: Sendable {
         statistics.receiveWindowBytes = quic?.receiveWindowBytes ?? 0
         statistics.addressValidationRetries = quic?.retries ?? 0
         statistics.invalidRetryTokens = quic?.invalidTokens ?? 0
+        statistics.quicHandshakesRefusedPerAddress = quic?.refusedHandshakesPerAddress ?? 0
         return statistics
     }
 
@@ -559,8 +566,12 @@ public final class Zipper: Sendable {
     /// Sent with application code 0, YoMo's "listener shut down".
     static let shutdownReason = "zipper shutting down"
     /// How a close for a stalled frame begins: this SDK's clients redial on
-    /// it and send the frame again (any other close with a reason is final).
+    /// it and send the frame again (any other close with a reason is final,
+    /// but for `busyReason`'s and a shutdown's).
     static let stalledFrameReason = "frame stalled:"
+    /// Opens the reason of a connection refused while the zipper is busy
+    /// with handshakes: a client should dial again later, not give up.
+    static let busyReason = "too many handshakes in progress"
 
 
     /// Returns on SIGINT or SIGTERM, having closed the zipper (or at once if it was closed).
@@ -584,7 +595,8 @@ public final class Zipper: Sendable {
             maximumConnectionsPerAddress: configuration.limits.maximumConnectionsPerAddress,
             maximumReceiveWindowBytes: configuration.limits.maximumReceiveWindowBytes,
             ipv6PrefixLength: configuration.limits.ipv6PrefixLength,
-            maximumUnvalidatedHandshakes: configuration.limits.maximumUnvalidatedHandshakes)
+            maximumUnvalidatedHandshakes: configuration.limits.maximumUnvalidatedHandshakes,
+            maximumHandshakesPerAddress: configuration.limits.maximumPendingHandshakesPerAddress)
         let server = try await QUICServer.bind(
             host: configuration.host, port: configuration.port, configuration: quic, tls: options.tls,
             limits: limits, statelessResetKey: try configuration.loadStatelessResetKey())
@@ -722,20 +734,31 @@ public final class Zipper: Sendable {
 
     private func serve(_ connection: QUICFrameConnection) async {
         let remote = connection.remoteAddress
-        let admitted = state.withLock { state -> Bool in
-            guard state.pendingHandshakes < configuration.limits.maximumPendingHandshakes else { return false }
+        let group = connection.connection.addressGroup ?? remote
+        let limits = configuration.limits
+        let refusal = state.withLock { state -> (reason: String, label: String)? in
+            guard state.pendingHandshakes < limits.maximumPendingHandshakes else {
+                return ("\(Self.busyReason) (\(limits.maximumPendingHandshakes))", "pending_handshakes_limit")
+            }
+            guard state.pendingHandshakesByAddress[group, default: 0] < limits.maximumPendingHandshakesPerAddress else {
+                return ("\(Self.busyReason) from \(group) (\(limits.maximumPendingHandshakesPerAddress))", "pending_handshakes_per_address")
+            }
             state.pendingHandshakes += 1
-            return true
+            state.pendingHandshakesByAddress[group, default: 0] += 1
+            return nil
         }
-        guard admitted else {
-            countRefusal("pending_handshakes_limit")
-            let reason = "too many handshakes in progress (\(configuration.limits.maximumPendingHandshakes))"
-            logger.warning("connection refused", metadata: ["remote": "\(remote)", "reason": "\(reason)"])
-            await connection.close(reason: reason)
+        if let refusal {
+            countRefusal(refusal.label)
+            logger.warning("connection refused", metadata: ["remote": "\(remote)", "reason": "\(refusal.reason)"])
+            await connection.close(reason: refusal.reason)
             return
         }
         let handshake = await readHandshake(connection)
-        state.withLock { $0.pendingHandshakes -= 1 }
+        state.withLock { state in
+            state.pendingHandshakes -= 1
+            state.pendingHandshakesByAddress[group, default: 1] -= 1
+            if state.pendingHandshakesByAddress[group] == 0 { state.pendingHandshakesByAddress[group] = nil }
+        }
         guard let (handshake, frames) = handshake else { return }
         var frameReader = frames
 

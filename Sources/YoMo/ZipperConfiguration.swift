@@ -61,8 +61,16 @@ public struct ZipperConfiguration: Hashable, Sendable {
         /// clients' handshakes time out and they retry).
         public var maximumConnections: Int
         /// Connections that have opened their stream but not finished the YoMo
-        /// handshake; beyond this, new ones are closed with a reason.
+        /// handshake; beyond this, new ones are closed with a reason (which
+        /// this SDK's clients dial again after, with their backoff).
         public var maximumPendingHandshakes: Int
+        /// Of those, from one address at once (an IPv6 client: its network,
+        /// `ipv6PrefixLength`); one more is closed with `too many handshakes in
+        /// progress from <address> (N)`, and its client dials again later. So
+        /// one host cannot take every pending slot and turn honest clients
+        /// away. The same bound holds QUIC handshakes of addresses a Retry
+        /// proved (`maximumUnvalidatedHandshakes`), refused with CONNECTION_REFUSED.
+        public var maximumPendingHandshakesPerAddress: Int
         /// QUIC handshakes at once of clients whose address is not proven.
         /// Beyond, a new client is answered with a QUIC Retry and no state is
         /// kept: it proves it receives at its address by dialling again with
@@ -118,9 +126,10 @@ public struct ZipperConfiguration: Hashable, Sendable {
             maximumHandshakeSize: Int = 64 << 10, maximumFrameSize: Int = 16 << 20,
             maximumIncompleteFrameBytes: Int = 256 << 20, stalledFrameTimeout: Duration = .seconds(10),
             maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20, ipv6PrefixLength: Int = 64,
-            maximumUnvalidatedHandshakes: Int = 128
+            maximumUnvalidatedHandshakes: Int = 128, maximumPendingHandshakesPerAddress: Int = 64
         ) {
             self.maximumUnvalidatedHandshakes = maximumUnvalidatedHandshakes
+            self.maximumPendingHandshakesPerAddress = maximumPendingHandshakesPerAddress
             self.maximumConnections = maximumConnections
             self.maximumConnectionsPerAddress = maximumConnectionsPerAddress
             self.ipv6PrefixLength = ipv6PrefixLength

@@ -265,6 +265,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     var countedAsHandshaking = false
     /// Counted among the handshakes of addresses no Retry proved.
     var countedAsUnvalidated = false
+    /// Counted among the handshakes of this address group, which a Retry proved.
+    var validatedHandshakeGroup: AddressGroup?
     /// Counted in the server's connections per address: its address's count.
     var countedForHost: EstablishedFromHost?
     /// Its window under the server's receive budget (nil: none, or released).

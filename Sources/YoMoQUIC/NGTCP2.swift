@@ -609,12 +609,13 @@ enum NGPacket {
         return n > 0 ? n : 0
     }
 
-    /// A CONNECTION_CLOSE with INVALID_TOKEN in an Initial packet, holding no
-    /// state: the client's dial fails at once rather than at its handshake timeout.
-    static func writeInvalidTokenClose(into dest: UnsafeMutableRawBufferPointer, answering initial: Initial) -> Int {
+    /// A CONNECTION_CLOSE with a transport error (INVALID_TOKEN,
+    /// CONNECTION_REFUSED) in an Initial packet, holding no state: the client's
+    /// dial fails at once rather than at its handshake timeout.
+    static func writeStatelessClose(into dest: UnsafeMutableRawBufferPointer, answering initial: Initial, error: UInt64) -> Int {
         var d = initial.scid.ngtcp2, s = initial.dcid.ngtcp2
         let n = ngtcp2_crypto_write_connection_close(
-            dest.baseAddress!.assumingMemoryBound(to: UInt8.self), dest.count, initial.version, &d, &s, UInt64(NGTCP2_INVALID_TOKEN), nil, 0)
+            dest.baseAddress!.assumingMemoryBound(to: UInt8.self), dest.count, initial.version, &d, &s, error, nil, 0)
         return n > 0 ? n : 0
     }
 

@@ -14,10 +14,16 @@ public final class QUICConnection: Sendable {
 
     /// The peer's address, e.g. `127.0.0.1:9000`.
     public let remoteAddress: String
+    /// On a server: what the peer counts as for the per-address limits, its
+    /// IP address or IPv6 network (`2001:db8:1:2::/64`), as its handshake
+    /// proved it; nil on a client.
+    package let addressGroup: String?
 
+    /// Made on the connection's loop thread (a server's connections once their stream opened).
     init(core: ConnectionCore) {
         self.core = core
         self.remoteAddress = core.peerDescription
+        self.addressGroup = core.countedForHost?.group.description
     }
 
     deinit {

@@ -34,6 +34,13 @@ public final class QUICServer: Sendable {
         /// addresses (a flood) never come back, so they cannot take every
         /// handshake slot from honest clients. 0: every client is asked.
         public var maximumUnvalidatedHandshakes: Int
+        /// Handshakes at once from one address (an IPv6 client: its network,
+        /// `ipv6PrefixLength`) that a Retry proved; one more is closed at once
+        /// with CONNECTION_REFUSED, holding nothing, and its client may dial
+        /// again. So a host that does answer Retries cannot hold every
+        /// handshake slot either. Addresses not proven are not counted here
+        /// (they may be someone else's): `maximumUnvalidatedHandshakes` bounds them.
+        public var maximumHandshakesPerAddress: Int
         /// A connection that has not opened its stream this long after its first
         /// packet is closed, even if it answers keep-alives.
         public var streamOpenTimeout: Duration
@@ -61,9 +68,10 @@ public final class QUICServer: Sendable {
         public init(
             maximumConnections: Int = 16384, maximumHandshakes: Int = 4096, streamOpenTimeout: Duration = .seconds(10),
             maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20, ipv6PrefixLength: Int = 64,
-            maximumUnvalidatedHandshakes: Int = 128
+            maximumUnvalidatedHandshakes: Int = 128, maximumHandshakesPerAddress: Int = 64
         ) {
             self.maximumUnvalidatedHandshakes = maximumUnvalidatedHandshakes
+            self.maximumHandshakesPerAddress = maximumHandshakesPerAddress
             self.maximumConnections = maximumConnections
             self.maximumHandshakes = maximumHandshakes
             self.streamOpenTimeout = streamOpenTimeout
@@ -87,6 +95,9 @@ public final class QUICServer: Sendable {
         try configuration.validate()
         guard limits.maximumConnections > 0, limits.maximumHandshakes > 0, limits.streamOpenTimeout > .zero else {
             throw .invalidConfiguration("server limits must be positive")
+        }
+        guard limits.maximumHandshakesPerAddress > 0 else {
+            throw .invalidConfiguration("maximumHandshakesPerAddress must be positive, not \(limits.maximumHandshakesPerAddress)")
         }
         guard limits.maximumUnvalidatedHandshakes >= 0 else {
             throw .invalidConfiguration("maximumUnvalidatedHandshakes must not be negative (0: a Retry for every client), not \(limits.maximumUnvalidatedHandshakes)")
@@ -222,7 +233,8 @@ public final class QUICServer: Sendable {
             statelessResets: s.statelessResets.load(ordering: .relaxed), streamTimeouts: s.streamTimeouts.load(ordering: .relaxed),
             refusedOverLimit: s.refusedOverLimit.load(ordering: .relaxed), refusedPerAddress: s.refusedPerAddress.load(ordering: .relaxed),
             receiveWindowBytes: s.receiveWindowBytes.load(ordering: .relaxed), clientAddresses: s.clientAddresses.load(ordering: .relaxed),
-            retries: s.retries.load(ordering: .relaxed), invalidTokens: s.invalidTokens.load(ordering: .relaxed))
+            retries: s.retries.load(ordering: .relaxed), invalidTokens: s.invalidTokens.load(ordering: .relaxed),
+            refusedHandshakesPerAddress: s.refusedHandshakesPerAddress.load(ordering: .relaxed))
     }
 
     public struct Statistics: Sendable, Hashable {
@@ -249,6 +261,9 @@ public final class QUICServer: Sendable {
         /// Initials whose Retry token was not this server's, or too old:
         /// closed with INVALID_TOKEN (also counted in `dropped`).
         public var invalidTokens: Int
+        /// Initials of proven addresses over `Limits.maximumHandshakesPerAddress`:
+        /// closed with CONNECTION_REFUSED (also counted in `dropped`).
+        public var refusedHandshakesPerAddress: Int
     }
 
     public struct Connections: AsyncSequence, Sendable {

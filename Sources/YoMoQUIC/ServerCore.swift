@@ -34,6 +34,9 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// Handshakes of clients whose address no Retry proved: past
     /// `Limits.maximumUnvalidatedHandshakes`, new Initials get a Retry.
     private var unvalidatedHandshaking = 0
+    /// Handshakes of addresses a Retry proved, by address group: a proven
+    /// address is its sender's, so one host can be held to its share.
+    private var validatedHandshaking: [AddressGroup: Int] = [:]
     private let retryTokens: RetryTokens
     /// Told (on the loop), at most every 10 s while it lasts, that new
     /// connections are asked to prove their address, with the Retries sent
@@ -217,10 +220,19 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             var retried: NGConnection.Retried?
             if initial.hasRetryToken {
                 guard let original = retryTokens.originalDCID(of: initial, from: address, now: RetryTokens.now()) else {
-                    refuseToken(initial, to: address, from: destination)
+                    stats.dropped.add(1, ordering: .relaxed)
+                    stats.invalidTokens.add(1, ordering: .relaxed)
+                    closeStatelessly(initial, error: UInt64(NGTCP2_INVALID_TOKEN), to: address, from: destination)
                     return nil
                 }
                 retried = NGConnection.Retried(originalDCID: original, token: initial.token)
+                let group = AddressGroup(address, ipv6PrefixLength: limits.ipv6PrefixLength)
+                guard validatedHandshaking[group, default: 0] < limits.maximumHandshakesPerAddress else {
+                    stats.dropped.add(1, ordering: .relaxed)
+                    stats.refusedHandshakesPerAddress.add(1, ordering: .relaxed)
+                    closeStatelessly(initial, error: UInt64(NGTCP2_CONNECTION_REFUSED), to: address, from: destination)
+                    return nil
+                }
             } else if unvalidatedHandshaking >= limits.maximumUnvalidatedHandshakes {
                 sendRetry(answering: initial, to: address, from: destination)
                 return nil
@@ -278,6 +290,10 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         if retried == nil {
             unvalidatedHandshaking += 1
             core.countedAsUnvalidated = true
+        } else {
+            let group = AddressGroup(address, ipv6PrefixLength: limits.ipv6PrefixLength)
+            validatedHandshaking[group, default: 0] += 1
+            core.validatedHandshakeGroup = group
         }
         core.routes = [originalDCID, scid]
         routes[originalDCID] = core
@@ -340,14 +356,13 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         }
     }
 
-    /// A Retry token that is not ours (forged, or from before a restart with
-    /// another key), too old, or replayed from another address: closed with
-    /// INVALID_TOKEN, statelessly.
-    private func refuseToken(_ initial: NGPacket.Initial, to address: UDPAddress, from source: UDPAddress?) {
-        stats.dropped.add(1, ordering: .relaxed)
-        stats.invalidTokens.add(1, ordering: .relaxed)
+    /// Ends `initial`'s dial at once, keeping nothing: INVALID_TOKEN for a
+    /// Retry token that is not ours (forged, or from before a restart with
+    /// another key), too old, or replayed from another address;
+    /// CONNECTION_REFUSED for a proven address over its share of handshakes.
+    private func closeStatelessly(_ initial: NGPacket.Initial, error: UInt64, to address: UDPAddress, from source: UDPAddress?) {
         let tx = loop.txBuffer
-        let n = NGPacket.writeInvalidTokenClose(into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), answering: initial)
+        let n = NGPacket.writeStatelessClose(into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), answering: initial, error: error)
         if n > 0 { send(UnsafeRawBufferPointer(rebasing: tx[0..<n]), to: address, from: source) }
     }
 
@@ -381,6 +396,11 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         if core.countedAsUnvalidated {
             core.countedAsUnvalidated = false
             unvalidatedHandshaking -= 1
+        }
+        if let group = core.validatedHandshakeGroup {
+            core.validatedHandshakeGroup = nil
+            validatedHandshaking[group, default: 1] -= 1
+            if validatedHandshaking[group] == 0 { validatedHandshaking[group] = nil }
         }
     }
 
@@ -495,6 +515,7 @@ final class ServerStats: Sendable {
     let clientAddresses = Atomic<Int>(0)
     let retries = Atomic<Int>(0)
     let invalidTokens = Atomic<Int>(0)
+    let refusedHandshakesPerAddress = Atomic<Int>(0)
     /// The clients' receive windows summed, under a budget (0 without one).
     let receiveWindowBytes = Atomic<Int>(0)
 }

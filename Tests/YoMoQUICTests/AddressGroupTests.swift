@@ -39,8 +39,12 @@ struct AddressGroupTests {
 }
 
 extension AddressGroupTests {
-    @Test("a server refuses a prefix length outside 1 to 128")
+    @Test("a server refuses a prefix length outside 1 to 128, and a share of handshakes per address under 1")
     func prefixOutOfRange() async {
+        let error = await #expect(throws: QUICError.self) {
+            _ = try await QUICServer.bind(host: "127.0.0.1", port: 0, limits: QUICServer.Limits(maximumHandshakesPerAddress: 0))
+        }
+        #expect(error?.description.contains("maximumHandshakesPerAddress must be positive, not 0") == true, "\(String(describing: error))")
         for bad in [0, 129, -64] {
             let error = await #expect(throws: QUICError.self) {
                 _ = try await QUICServer.bind(host: "127.0.0.1", port: 0, limits: QUICServer.Limits(ipv6PrefixLength: bad))

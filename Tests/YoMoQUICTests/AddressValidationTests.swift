@@ -4,34 +4,38 @@ import Synchronization
 import Testing
 @testable import YoMoQUIC
 
-/// A UDP relay that passes a client's datagrams to the server and drops every
-/// answer: to the server, its clients are Initials from spoofed addresses,
-/// which never hear back and never finish a handshake. `alterClientDatagram`
-/// may change what passes.
+/// A UDP relay that passes a client's datagrams to the server (from `backHost`)
+/// and drops the answers `answering` does not pass, by size: passing none, to
+/// the server its clients are Initials from spoofed addresses, which never
+/// hear back and never finish a handshake. `alterClientDatagram` may change
+/// what passes.
 final class OneWayRelay: @unchecked Sendable {
     let front: Int32
     let frontPort: Int
     private let back: Int32
     private let server: UDPAddress
-    private let answerBack: Bool
+    private let answering: @Sendable (Int) -> Bool
     private let alter: @Sendable (inout [UInt8], Int) -> Void
     private let stopped = Atomic<Bool>(false)
     private let done = DispatchSemaphore(value: 0)
     /// Datagrams from the server (dropped unless `answerBack`).
     let fromServer = Atomic<Int>(0)
 
-    init(serverPort: Int, answerBack: Bool = false, alterClientDatagram: @escaping @Sendable (inout [UInt8], Int) -> Void = { _, _ in }) throws {
-        func socketOnLoopback() throws -> Int32 {
+    init(
+        serverPort: Int, backHost: String = "127.0.0.1", answering: @escaping @Sendable (Int) -> Bool = { _ in false },
+        alterClientDatagram: @escaping @Sendable (inout [UInt8], Int) -> Void = { _, _ in }
+    ) throws {
+        func socketOn(_ host: String) throws -> Int32 {
             let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-            let address = try UDPAddress.resolve(host: "127.0.0.1", port: 0)[0]
+            let address = try UDPAddress.resolve(host: host, port: 0)[0]
             _ = address.withSockaddr { bind(fd, $0, $1) }
             return fd
         }
-        front = try socketOnLoopback()
-        back = try socketOnLoopback()
+        front = try socketOn("127.0.0.1")
+        back = try socketOn(backHost)
         frontPort = try localAddress(of: front).port
         server = try UDPAddress.resolve(host: "127.0.0.1", port: serverPort)[0]
-        self.answerBack = answerBack
+        self.answering = answering
         alter = alterClientDatagram
         Thread.detachNewThread { [self] in run() }
     }
@@ -63,7 +67,7 @@ final class OneWayRelay: @unchecked Sendable {
                         _ = server.withSockaddr { sendto(back, buffer, n, 0, $0, $1) }
                     } else {
                         fromServer.wrappingAdd(1, ordering: .relaxed)
-                        if answerBack { _ = client.withSockaddr { sendto(front, buffer, n, 0, $0, $1) } }
+                        if answering(n) { _ = client.withSockaddr { sendto(front, buffer, n, 0, $0, $1) } }
                     }
                 }
             }
@@ -117,11 +121,43 @@ struct AddressValidationTests {
         await server.stop()
     }
 
+    @Test("a host that answers Retries holds at most its share of handshakes: the rest are refused at once, and another host's client gets in")
+    func handshakesPerAddress() async throws {
+        var configuration = QUICConfiguration.default
+        configuration.handshakeTimeout = .seconds(30)
+        let server = try await EchoServer(
+            configuration: configuration,
+            limits: QUICServer.Limits(maximumHandshakes: 16, maximumUnvalidatedHandshakes: 0, maximumHandshakesPerAddress: 4))
+        // From 127.0.0.2, Retries pass back (under 200 bytes) and the server's handshake flight does not:
+        // each dial proves its address, then never finishes, holding its slot 30 s.
+        let relay = try OneWayRelay(serverPort: server.port, backHost: "127.0.0.2", answering: { $0 < 200 })
+        let port = relay.frontPort
+        let flood = (0..<24).map { _ in
+            Task {
+                var dialling = QUICConfiguration.default
+                dialling.handshakeTimeout = .seconds(30)
+                return try? await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: dialling)
+            }
+        }
+        #expect(await until(.seconds(20)) { server.server.statistics.accepted + server.server.statistics.refusedHandshakesPerAddress >= 24 },
+                "\(server.server.statistics)")
+        #expect(server.server.statistics.accepted == 4, "\(server.server.statistics)")
+        #expect(server.server.statistics.refusedOverLimit == 0)
+        // A client from 127.0.0.1 proves its address in turn and finds slots free.
+        let honest = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        #expect(String(buffer: try await echo(honest, ByteBuffer(string: "through"))) == "through")
+        await honest.close()
+        for task in flood { task.cancel() }
+        for task in flood { _ = await task.value }
+        relay.stop()
+        await server.stop()
+    }
+
     @Test("a Retry token that is not the server's is refused at once with INVALID_TOKEN, and the server keeps no state for it")
     func forgedToken() async throws {
         let server = try await EchoServer(limits: QUICServer.Limits(maximumUnvalidatedHandshakes: 0))
         // Flips a byte of the token in Initials that carry one: it no longer opens with the server's key.
-        let relay = try OneWayRelay(serverPort: server.port, answerBack: true) { datagram, count in
+        let relay = try OneWayRelay(serverPort: server.port, answering: { _ in true }) { datagram, count in
             guard let offset = retryTokenOffset(datagram, count) else { return }
             datagram[offset + 10] ^= 0xFF
         }

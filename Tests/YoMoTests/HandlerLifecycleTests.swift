@@ -287,7 +287,7 @@ struct HandlerLifecycleTests {
     }
 
     enum BadZipperSetting: String, CaseIterable, Sendable {
-        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken, receiveWindowBudget, ipv6Prefix, unvalidatedHandshakes
+        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken, receiveWindowBudget, ipv6Prefix, unvalidatedHandshakes, pendingPerAddress
 
         var expected: String {
             switch self {
@@ -299,6 +299,7 @@ struct HandlerLifecycleTests {
             case .receiveWindowBudget: "maximumReceiveWindowBytes must be at least 32768 (nil: no budget), not 1000"
             case .ipv6Prefix: "ipv6PrefixLength must be from 1 to 128 (128: each IPv6 address on its own), not 0"
             case .unvalidatedHandshakes: "maximumUnvalidatedHandshakes must not be negative (0: a QUIC Retry for every client), not -1"
+            case .pendingPerAddress: "maximumPendingHandshakesPerAddress must be positive, not 0"
             }
         }
 
@@ -312,6 +313,7 @@ struct HandlerLifecycleTests {
             case .receiveWindowBudget: configuration.limits.maximumReceiveWindowBytes = 1000
             case .ipv6Prefix: configuration.limits.ipv6PrefixLength = 0
             case .unvalidatedHandshakes: configuration.limits.maximumUnvalidatedHandshakes = -1
+            case .pendingPerAddress: configuration.limits.maximumPendingHandshakesPerAddress = 0
             }
         }
     }

@@ -10,8 +10,10 @@ import YoMoWire
 
 /// The aioquic hostile client (Resources/hostile_peer.py): runs `mode` against
 /// `port` with `count` connections, returns one line per connection.
-func runHostilePeer(_ mode: String, port: Int, count: Int = 1, wait: Double = 8) async throws -> [String] {
-    try await runResourceScript("hostile_peer.py", [mode, "127.0.0.1", "\(port)", "\(count)", "\(wait)"])
+func runHostilePeer(_ mode: String, port: Int, count: Int = 1, wait: Double = 8, from local: String? = nil) async throws -> [String] {
+    try await runResourceScript(
+        "hostile_peer.py", [mode, "127.0.0.1", "\(port)", "\(count)", "\(wait)"],
+        environment: local.map { ["LOCAL_ADDRESSES": Array(repeating: $0, count: count).joined(separator: ",")] } ?? [:])
 }
 
 /// A Python script of Resources/.
@@ -23,11 +25,12 @@ func resourceScript(_ name: String) -> URL {
 let hostilePeerScript = resourceScript("hostile_peer.py")
 
 /// Runs a Python script of Resources/ to its end; returns its output lines.
-func runResourceScript(_ name: String, _ arguments: [String]) async throws -> [String] {
+func runResourceScript(_ name: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> [String] {
     let script = resourceScript(name)
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = ["python3", script.path] + arguments
+    if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new } }
     let output = Pipe()
     process.standardOutput = output
     process.standardError = FileHandle.nullDevice
@@ -346,15 +349,51 @@ struct HostilePeerTests {
         }
     }
 
-    @Test("over the pending-handshake cap, new connections are closed with a reason")
+    @Test("over the pending-handshake cap, new connections are closed with a reason; a client of this SDK turned away dials again and gets in")
     func pendingHandshakeCap() async throws {
-        try await withStrictZipper({ $0.limits.maximumPendingHandshakes = 2 }, handshakeTimeout: .seconds(3)) { _, zipper in
-            let lines = try await runHostilePeer("partial", port: try #require(zipper.port), count: 6)
+        try await withStrictZipper({ $0.limits.maximumPendingHandshakes = 2 }, handshakeTimeout: .seconds(3)) { address, zipper in
+            // From another address than the honest source's, so only the global cap is met.
+            let peers = Task { try await runHostilePeer("partial", port: try #require(zipper.port), count: 6, from: "127.0.0.2") }
+            #expect(await eventually { zipper.statistics.rejectedHandshakes >= 4 }, "\(zipper.statistics)")
+            // Both slots held for 3 s: the source is turned away, dials again with its backoff, and is in once they are free.
+            var options = Source.Options()
+            options.retryConnect = true
+            options.reconnect.initialDelay = .milliseconds(200)
+            let source = Source(name: "honest", zipper: address, options: options)
+            try await source.connect()
+            #expect(zipper.statistics.rejectedHandshakes >= 5, "the source was turned away first: \(zipper.statistics)")
+            await source.close()
+            let lines = try await peers.value
             #expect(lines.count == 6)
             let refused = lines.filter { $0.contains("reason=too many handshakes in progress (2)") }
             let timedOut = lines.filter { $0.contains("reason=no handshake within") }
             #expect(refused.count == 4, "\(lines)")
             #expect(timedOut.count == 2, "\(lines)")
+        }
+    }
+
+    @Test("one address holds at most its share of the pending handshakes: peers of one host are turned away, another host's client gets in")
+    func pendingHandshakesPerAddress() async throws {
+        let records = Inbox<String>()
+        let logger = Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) }
+        try await withStrictZipper({
+            $0.limits.maximumPendingHandshakes = 4
+            $0.limits.maximumPendingHandshakesPerAddress = 2
+        }, handshakeTimeout: .seconds(5), logger: logger) { address, zipper in
+            let clock = ContinuousClock()
+            let started = clock.now
+            let peers = Task { try await runHostilePeer("partial", port: try #require(zipper.port), count: 6, wait: 6, from: "127.0.0.2") }
+            // Without the share, that host's four took every slot, and none was refused for its address.
+            #expect(await eventually { records.items.filter { $0.contains("too many handshakes in progress from 127.0.0.2 (2)") }.count == 4 },
+                    "\(records.items.suffix(10))")
+            // While its two hold their slots (5 s), a client from 127.0.0.1 is let in.
+            let source = Source(name: "honest", zipper: address)
+            try await source.connect()
+            #expect(clock.now - started < .seconds(4), "in before the host's handshakes timed out")
+            await source.close()
+            let lines = try await peers.value
+            let refused = lines.filter { $0.contains("reason=too many handshakes in progress from 127.0.0.2 (2)") }
+            #expect(refused.count == 4 && lines.filter { $0.contains("reason=no handshake within") }.count == 2, "\(lines)")
         }
     }
 }

@@ -181,6 +181,7 @@ struct MetricsEndToEndTests {
         // Two clients, far from 128 handshakes at once: nobody was asked for a Retry.
         #expect(await prometheus.scalar("yomo_zipper_address_validation_retries_total") == 0)
         #expect(await prometheus.scalar("yomo_zipper_address_validation_invalid_tokens_total") == 0)
+        #expect(await prometheus.scalar("yomo_zipper_address_validation_refused_total") == 0)
         var exportedSpans = 0.0
         for _ in 0..<100 where exportedSpans < Double(frames) {
             exportedSpans = await prometheus.scalar("otel_sdk_exporter_span_exported_total{messaging_consumer_group_name=\"upper-m\"}") ?? 0
