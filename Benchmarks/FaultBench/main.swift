@@ -583,11 +583,15 @@ struct Flood: AsyncParsableCommand {
     @Option(help: "Flood dials started per second.") var rate = 2000
     @Option(help: "How long the flood lasts, in seconds.") var duration = 10
     @Option(help: "An honest source dials every this many milliseconds.") var probeIntervalMs = 250
+    @Flag(help: "Also run a source and a stream function through the zipper, as fast as they go, for --duration before the flood and during it: the data path's rate under the flood.")
+    var loop = false
 
     func run() async throws {
         let zipper = try ZipperProcess(zipperOptions, keyFile: keyFile())
         defer { zipper.stop() }
         try await waitForZipper(zipper.address)
+        let dataPath = loop ? try await FloodLoop(zipper: zipper.address) : nil
+        let before = try await dataPath?.rate(for: .seconds(duration))
         let relay = try AnswerDroppingRelay(towards: zipper.port)
         defer { relay.stop() }
         let cpuBefore = zipper.cpuSeconds
@@ -613,6 +617,7 @@ struct Flood: AsyncParsableCommand {
                 }
             }
         }
+        let during = Task { try await dataPath?.rate(for: .seconds(duration)) }
         var times: [Double] = []
         var failed = 0
         var peak = 0.0
@@ -628,6 +633,10 @@ struct Flood: AsyncParsableCommand {
         }
         let cpu = zipper.cpuSeconds - cpuBefore
         await flood.value
+        if let before, let during = try await during.value {
+            print(String(format: "data path: %.0f frames/s before the flood, %.0f during it (%.3f)", before, during, during / before))
+        }
+        await dataPath?.close()
         times.sort()
         func percentile(_ p: Double) -> Double { times.isEmpty ? 0 : times[min(times.count - 1, Int(Double(times.count) * p))] }
         print(String(
@@ -695,5 +704,36 @@ final class AnswerDroppingRelay: @unchecked Sendable {
             }
         }
         done.signal()
+    }
+}
+
+/// A source writing 64-byte frames to a stream function through the zipper,
+/// as fast as backpressure lets it, counting what the function receives.
+final class FloodLoop: Sendable {
+    private let source: Source
+    private let function: StreamFunction
+    private let received = Atomic<Int>(0)
+
+    init(zipper: String) async throws {
+        function = StreamFunction(name: "flood-loop", zipper: zipper, options: quietOptions(tags: [0x33]))
+        source = Source(name: "flood-loop-source", zipper: zipper, options: quietOptions())
+        function.setHandler { [self] _ in received.add(1, ordering: .relaxed) }
+        try await function.connect()
+        try await source.connect()
+    }
+
+    /// Frames per second the function received while the source wrote for `duration`.
+    func rate(for duration: Duration) async throws -> Double {
+        let clock = ContinuousClock()
+        let start = received.load(ordering: .relaxed)
+        let end = clock.now.advanced(by: duration)
+        let payload = [UInt8](repeating: 0x61, count: 64)
+        while clock.now < end { try await source.write(tag: 0x33, data: payload) }
+        return Double(received.load(ordering: .relaxed) - start) / seconds(duration)
+    }
+
+    func close() async {
+        await source.close()
+        await function.close()
     }
 }
