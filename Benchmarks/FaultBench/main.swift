@@ -11,6 +11,7 @@
 //   swift run -c release yomo-fault-bench function --restart-after-ms 1000 --rounds 3
 //   swift run -c release yomo-fault-bench function --graceful [--async-handler] --rounds 5 --restart-after-ms 500 --interval-microseconds 500
 //   swift run -c release yomo-fault-bench flood --rate 2000 --duration 10
+//   swift run -c release yomo-fault-bench storm --clients 1000
 import ArgumentParser
 import Foundation
 import Logging
@@ -23,7 +24,7 @@ struct FaultBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "yomo-fault-bench",
         abstract: "Fault and memory figures of the zipper and its clients.",
-        subcommands: [Fanout.self, Fanin.self, Reconnect.self, Idle.self, Backlog.self, Held.self, Function.self, Flood.self])
+        subcommands: [Fanout.self, Fanin.self, Reconnect.self, Idle.self, Backlog.self, Held.self, Function.self, Flood.self, Storm.self])
 }
 
 struct ZipperOptions: ParsableArguments {
@@ -734,6 +735,64 @@ final class FloodLoop: Sendable {
 
     func close() async {
         await source.close()
+        await function.close()
+    }
+}
+
+struct Storm: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "N sources on one host reconnect at once after a zipper restart (SIGTERM; kill -9 with --kill): how long until each has written through the new zipper, and how many gave up.")
+    @OptionGroup var zipperOptions: ZipperOptions
+    @Option var clients = 1000
+    @Flag(help: "kill -9 the zipper instead of SIGTERM.") var kill = false
+
+    func run() async throws {
+        let key = keyFile()
+        let first = try ZipperProcess(zipperOptions, keyFile: key)
+        // Stopped on every way out, as the one after the restart is.
+        var zipper = first
+        defer { if first.process.isRunning { first.stop() } }
+        try await waitForZipper(zipper.address)
+        let arrived = Mutex<Set<Int>>([])
+        let function = StreamFunction(name: "storm", zipper: zipper.address, options: quietOptions(tags: [0x42]))
+        function.setHandler { context in
+            if let index = Int(String(decoding: context.data, as: UTF8.self)) { _ = arrived.withLock { $0.insert(index) } }
+        }
+        try await function.connect()
+        let sources = (0..<clients).map { Source(name: "storm-\($0)", zipper: zipper.address, options: quietOptions()) }
+        // Fifty at a time: the fleet was up before the restart.
+        for batch in stride(from: 0, to: clients, by: 50) {
+            try await withThrowingDiscardingTaskGroup { group in
+                for source in sources[batch..<min(batch + 50, clients)] { group.addTask { try await source.connect() } }
+            }
+        }
+        if kill { zipper.kill() } else { zipper.stop() }
+        try await Task.sleep(for: .milliseconds(200))
+        zipper = try ZipperProcess(zipperOptions, keyFile: key)
+        defer { zipper.stop() }
+        let clock = ContinuousClock()
+        let restarted = clock.now
+        // Each writes once: held while it redials, delivered once it is back.
+        let refused = await withTaskGroup(of: Bool.self) { group in
+            for (index, source) in sources.enumerated() {
+                group.addTask { (try? await source.write(tag: 0x42, data: Array("\(index)".utf8))) == nil }
+            }
+            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+        var halfBack: Duration?
+        _ = await waitUntil(.seconds(120)) {
+            let count = arrived.withLock { $0.count }
+            if halfBack == nil && count >= clients / 2 { halfBack = clock.now - restarted }
+            return count >= clients
+        }
+        let elapsed = clock.now - restarted
+        let ended = sources.filter { $0.endReason != nil }
+        print(String(
+            format: "storm: clients=%d %@ back=%d in %.2f s (half in %.2f s) ended_for_good=%d writes_refused=%d zipper cpu=%.2f s rss=%.1f MiB",
+            clients, kill ? "kill -9" : "SIGTERM", arrived.withLock { $0.count }, seconds(elapsed),
+            halfBack.map(seconds) ?? -1, ended.count, refused, zipper.cpuSeconds, zipper.memory.rss))
+        if let first = ended.first?.endReason { print("first ended: \(first)") }
+        for source in sources { await source.close() }
         await function.close()
     }
 }

@@ -740,7 +740,9 @@ public final class Zipper: Sendable {
             guard state.pendingHandshakes < limits.maximumPendingHandshakes else {
                 return ("\(Self.busyReason) (\(limits.maximumPendingHandshakes))", "pending_handshakes_limit")
             }
-            guard state.pendingHandshakesByAddress[group, default: 0] < limits.maximumPendingHandshakesPerAddress else {
+            // Held to its share once half the slots are taken (see the limit).
+            guard state.pendingHandshakes < limits.maximumPendingHandshakes / 2
+                    || state.pendingHandshakesByAddress[group, default: 0] < limits.maximumPendingHandshakesPerAddress else {
                 return ("\(Self.busyReason) from \(group) (\(limits.maximumPendingHandshakesPerAddress))", "pending_handshakes_per_address")
             }
             state.pendingHandshakes += 1

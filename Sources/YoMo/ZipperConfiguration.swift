@@ -65,11 +65,14 @@ public struct ZipperConfiguration: Hashable, Sendable {
         /// this SDK's clients dial again after, with their backoff).
         public var maximumPendingHandshakes: Int
         /// Of those, from one address at once (an IPv6 client: its network,
-        /// `ipv6PrefixLength`); one more is closed with `too many handshakes in
+        /// `ipv6PrefixLength`), once half of `maximumPendingHandshakes` are in
+        /// progress; one more is then closed with `too many handshakes in
         /// progress from <address> (N)`, and its client dials again later. So
         /// one host cannot take every pending slot and turn honest clients
-        /// away. The same bound holds QUIC handshakes of addresses a Retry
-        /// proved (`maximumUnvalidatedHandshakes`), refused with CONNECTION_REFUSED.
+        /// away, and a host with many honest clients (a reconnect storm) is
+        /// not slowed while there is room for all. The same bound holds QUIC
+        /// handshakes of addresses a Retry proved (`maximumUnvalidatedHandshakes`)
+        /// once half of the 4,096 QUIC handshake slots are taken, refused with CONNECTION_REFUSED.
         public var maximumPendingHandshakesPerAddress: Int
         /// QUIC handshakes at once of clients whose address is not proven.
         /// Beyond, a new client is answered with a QUIC Retry and no state is

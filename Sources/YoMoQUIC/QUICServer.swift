@@ -35,11 +35,13 @@ public final class QUICServer: Sendable {
         /// handshake slot from honest clients. 0: every client is asked.
         public var maximumUnvalidatedHandshakes: Int
         /// Handshakes at once from one address (an IPv6 client: its network,
-        /// `ipv6PrefixLength`) that a Retry proved; one more is closed at once
+        /// `ipv6PrefixLength`) that a Retry proved, once half of
+        /// `maximumHandshakes` are in progress; one more is then closed at once
         /// with CONNECTION_REFUSED, holding nothing, and its client may dial
         /// again. So a host that does answer Retries cannot hold every
-        /// handshake slot either. Addresses not proven are not counted here
-        /// (they may be someone else's): `maximumUnvalidatedHandshakes` bounds them.
+        /// handshake slot either, and one with many honest clients is not
+        /// slowed while there is room. Addresses not proven are not counted
+        /// here (they may be someone else's): `maximumUnvalidatedHandshakes` bounds them.
         public var maximumHandshakesPerAddress: Int
         /// A connection that has not opened its stream this long after its first
         /// packet is closed, even if it answers keep-alives.

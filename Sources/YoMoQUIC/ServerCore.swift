@@ -226,8 +226,12 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                     return nil
                 }
                 retried = NGConnection.Retried(originalDCID: original, token: initial.token)
+                // Held to its share once half the slots are taken: a host
+                // with many clients (a restart's reconnect storm) is not
+                // slowed while there is room for everyone.
                 let group = AddressGroup(address, ipv6PrefixLength: limits.ipv6PrefixLength)
-                guard validatedHandshaking[group, default: 0] < limits.maximumHandshakesPerAddress else {
+                guard handshaking < limits.maximumHandshakes / 2
+                        || validatedHandshaking[group, default: 0] < limits.maximumHandshakesPerAddress else {
                     stats.dropped.add(1, ordering: .relaxed)
                     stats.refusedHandshakesPerAddress.add(1, ordering: .relaxed)
                     closeStatelessly(initial, error: UInt64(NGTCP2_CONNECTION_REFUSED), to: address, from: destination)
