@@ -217,7 +217,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             // spoofed addresses never finish theirs: past a few of those, a
             // client proves its address with a Retry first (no state held),
             // so a flood cannot take every handshake slot from honest clients.
-            var retried: NGConnection.Retried?
+            var retried: (token: NGConnection.Retried, group: AddressGroup)?
             if initial.hasRetryToken {
                 guard let original = retryTokens.originalDCID(of: initial, from: address, now: RetryTokens.now()) else {
                     stats.dropped.add(1, ordering: .relaxed)
@@ -225,11 +225,11 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                     closeStatelessly(initial, error: UInt64(NGTCP2_INVALID_TOKEN), to: address, from: destination)
                     return nil
                 }
-                retried = NGConnection.Retried(originalDCID: original, token: initial.token)
                 // Held to its share once half the slots are taken: a host
                 // with many clients (a restart's reconnect storm) is not
                 // slowed while there is room for everyone.
                 let group = AddressGroup(address, ipv6PrefixLength: limits.ipv6PrefixLength)
+                retried = (NGConnection.Retried(originalDCID: original, token: initial.token), group)
                 guard handshaking < limits.maximumHandshakes / 2
                         || validatedHandshaking[group, default: 0] < limits.maximumHandshakesPerAddress else {
                     stats.dropped.add(1, ordering: .relaxed)
@@ -262,7 +262,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
 
     private func accept(
         _ datagram: UnsafeRawBufferPointer, from address: UDPAddress, to destination: UDPAddress?, originalDCID: ConnectionID,
-        retried: NGConnection.Retried?
+        retried: (token: NGConnection.Retried, group: AddressGroup)?
     ) -> ConnectionCore? {
         let core = ConnectionCore(loop: loop, fd: fd, connectedSocket: false, remote: address, isServer: true, configuration: configuration)
         core.server = self
@@ -274,7 +274,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         let scid = ConnectionID.random(length: Self.cidLength)
         do throws(QUICError) {
             let ng = try NGConnection.server(
-                local: local, remote: address, initial: datagram, retried: retried,
+                local: local, remote: address, initial: datagram, retried: retried?.token,
                 settings: NGSettings(
                     quic: configuration, isServer: true, debugLog: debugLog,
                     managedReceiveWindow: receiveWindows == nil ? nil : ReceiveWindowBudget.minimum),
@@ -291,13 +291,12 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         }
         handshaking += 1
         core.countedAsHandshaking = true
-        if retried == nil {
-            unvalidatedHandshaking += 1
-            core.countedAsUnvalidated = true
-        } else {
-            let group = AddressGroup(address, ipv6PrefixLength: limits.ipv6PrefixLength)
+        if let group = retried?.group {
             validatedHandshaking[group, default: 0] += 1
             core.validatedHandshakeGroup = group
+        } else {
+            unvalidatedHandshaking += 1
+            core.countedAsUnvalidated = true
         }
         core.routes = [originalDCID, scid]
         routes[originalDCID] = core
@@ -344,7 +343,6 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// Answers `initial` with a Retry: smaller than the Initial, so no
     /// amplification, and nothing is kept.
     private func sendRetry(answering initial: NGPacket.Initial, to address: UDPAddress, from source: UDPAddress?) {
-        let now = monotonicNow()
         let scid = ConnectionID.random(length: Self.cidLength)
         guard let token = retryTokens.make(answering: initial, from: address, retrySCID: scid, now: RetryTokens.now()) else { return }
         let tx = loop.txBuffer
@@ -353,8 +351,9 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         stats.retries.add(1, ordering: .relaxed)
         send(UnsafeRawBufferPointer(rebasing: tx[0..<n]), to: address, from: source)
         retriesSaid += 1
-        if now &- retryNoticeTick >= 10_000_000_000 || retryNoticeTick == 0 {
-            retryNoticeTick = now
+        let tick = monotonicNow()
+        if tick &- retryNoticeTick >= 10_000_000_000 || retryNoticeTick == 0 {
+            retryNoticeTick = tick
             onRetrying?(retriesSaid)
             retriesSaid = 0
         }
