@@ -52,11 +52,7 @@ final class OneWayRelay: @unchecked Sendable {
             if poll(&fds, nfds_t(fds.count), 50) <= 0 { continue }
             for p in fds where p.revents & Int16(POLLIN) != 0 {
                 while true {
-                    var from = UDPAddress()
-                    from.length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-                    let n = withUnsafeMutableBytes(of: &from.storage) { raw in
-                        recvfrom(p.fd, &buffer, buffer.count, Int32(MSG_DONTWAIT), raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &from.length)
-                    }
+                    let (n, from) = receiveDatagram(on: p.fd, into: &buffer)
                     if n <= 0 { break }
                     if p.fd == front {
                         let back = backs[from.port] ?? {
@@ -103,27 +99,14 @@ struct AddressValidationTests {
         let server = try await EchoServer(
             configuration: configuration, limits: QUICServer.Limits(maximumHandshakes: 16, maximumUnvalidatedHandshakes: 4))
         let relay = try OneWayRelay(serverPort: server.port)
-        let port = relay.frontPort
-        let flood = (0..<flooders).map { _ in
-            Task {
-                var dialling = QUICConfiguration.default
-                dialling.handshakeTimeout = .seconds(30)
-                return try? await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: dialling)
-            }
-        }
+        let flood = dials(flooders, through: relay)
         // Every flooder's first Initial reached the server: 4 hold a slot, the others were asked to prove their address.
         #expect(await until(.seconds(20)) { server.server.statistics.retries + server.server.statistics.accepted >= flooders },
                 "\(server.server.statistics)")
         #expect(server.server.statistics.accepted == 4, "\(server.server.statistics)")
         #expect(server.server.statistics.refusedOverLimit == 0)
         // An honest client proves its address and gets a slot, well within its 3 s handshake timeout.
-        let honest = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
-        #expect(String(buffer: try await echo(honest, ByteBuffer(string: "through"))) == "through")
-        await honest.close()
-        for task in flood { task.cancel() }
-        for task in flood { _ = await task.value }
-        relay.stop()
-        await server.stop()
+        try await honestClientGetsIn(server, past: flood, relay: relay)
     }
 
     @Test("a host that answers Retries holds at most its share of handshakes: the rest are refused at once, and another host's client gets in")
@@ -136,27 +119,14 @@ struct AddressValidationTests {
         // From 127.0.0.2, Retries pass back (under 200 bytes) and the server's handshake flight does not:
         // each dial proves its address, then never finishes, holding its slot 30 s.
         let relay = try OneWayRelay(serverPort: server.port, backHost: "127.0.0.2", answering: { $0 < 200 })
-        let port = relay.frontPort
-        let flood = (0..<24).map { _ in
-            Task {
-                var dialling = QUICConfiguration.default
-                dialling.handshakeTimeout = .seconds(30)
-                return try? await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: dialling)
-            }
-        }
+        let flood = dials(24, through: relay)
         #expect(await until(.seconds(20)) { server.server.statistics.accepted + server.server.statistics.refusedHandshakesPerAddress >= 24 },
                 "\(server.server.statistics)")
         // Free while half the 16 slots were free, then held to its share of 4: 8.
         #expect(server.server.statistics.accepted == 8, "\(server.server.statistics)")
         #expect(server.server.statistics.refusedOverLimit == 0)
         // A client from 127.0.0.1 proves its address in turn and finds slots free.
-        let honest = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
-        #expect(String(buffer: try await echo(honest, ByteBuffer(string: "through"))) == "through")
-        await honest.close()
-        for task in flood { task.cancel() }
-        for task in flood { _ = await task.value }
-        relay.stop()
-        await server.stop()
+        try await honestClientGetsIn(server, past: flood, relay: relay)
     }
 
     @Test("a Retry token that is not the server's is refused at once with INVALID_TOKEN, and the server keeps no state for it")
@@ -212,6 +182,30 @@ extension AddressValidationTests {
         // Not once 10 s have passed.
         #expect(server.originalDCID(of: next, from: client, now: now + 11_000_000_000) == nil)
     }
+}
+
+/// `count` dials through `relay`, each waiting up to 30 s for its handshake.
+private func dials(_ count: Int, through relay: OneWayRelay) -> [Task<QUICConnection?, Never>] {
+    let port = relay.frontPort
+    return (0..<count).map { _ in
+        Task {
+            var dialling = QUICConfiguration.default
+            dialling.handshakeTimeout = .seconds(30)
+            return try? await QUICConnection.connect(host: "127.0.0.1", port: port, configuration: dialling)
+        }
+    }
+}
+
+/// A client dials `server` directly (its 3 s handshake timeout) and echoes
+/// through it; then the flood's dials, the relay and the server end.
+private func honestClientGetsIn(_ server: EchoServer, past flood: [Task<QUICConnection?, Never>], relay: OneWayRelay) async throws {
+    let honest = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+    #expect(String(buffer: try await echo(honest, ByteBuffer(string: "through"))) == "through")
+    await honest.close()
+    for task in flood { task.cancel() }
+    for task in flood { _ = await task.value }
+    relay.stop()
+    await server.stop()
 }
 
 /// Where the token of a QUIC v1 Initial starts when it carries a Retry token

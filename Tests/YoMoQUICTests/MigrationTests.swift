@@ -51,11 +51,7 @@ final class RebindingRelay: @unchecked Sendable {
             if poll(&fds, nfds_t(fds.count), 50) <= 0 { continue }
             for (i, p) in fds.enumerated() where p.revents & Int16(POLLIN) != 0 {
                 while true {
-                    var from = UDPAddress()
-                    from.length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-                    let n = withUnsafeMutableBytes(of: &from.storage) { raw in
-                        recvfrom(p.fd, &buffer, buffer.count, Int32(MSG_DONTWAIT), raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &from.length)
-                    }
+                    let (n, from) = receiveDatagram(on: p.fd, into: &buffer)
                     if n <= 0 { break }
                     if i == 0 {
                         client = from

@@ -284,3 +284,14 @@ func until(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) async ->
     }
     return true
 }
+
+/// One datagram from `fd` without waiting, for the tests' UDP relays: its
+/// length (0 or less when none is there) and where it came from.
+func receiveDatagram(on fd: Int32, into buffer: inout [UInt8]) -> (Int, UDPAddress) {
+    var from = UDPAddress()
+    from.length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+    let n = withUnsafeMutableBytes(of: &from.storage) { raw in
+        recvfrom(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT), raw.baseAddress!.assumingMemoryBound(to: sockaddr.self), &from.length)
+    }
+    return (n, from)
+}
