@@ -170,9 +170,10 @@ final class PythonPeer: @unchecked Sendable {
         }
     }
 
-    static func echoServer() async throws -> (PythonPeer, Int) {
+    /// `retry`: the server asks every new connection for a Retry first.
+    static func echoServer(retry: Bool = false) async throws -> (PythonPeer, Int) {
         let certs = Certificates.shared
-        let peer = try PythonPeer(arguments: ["server", certs.serverCert, certs.serverKey])
+        let peer = try PythonPeer(arguments: ["server", certs.serverCert, certs.serverKey] + (retry ? ["retry"] : []))
         guard let line = await peer.line(startingWith: "PORT "), let port = Int(line.dropFirst(5)) else {
             peer.stop()
             throw QUICTestError("aioquic server did not start")

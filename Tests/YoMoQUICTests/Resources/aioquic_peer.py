@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Independent QUIC peer for YoMoQUIC tests (aioquic).
 
-  server: aioquic_peer.py server CERT KEY      -> prints "PORT <n>", echoes every stream
+  server: aioquic_peer.py server CERT KEY [retry] -> prints "PORT <n>", echoes every stream;
+                                                  "retry" answers every new connection with a Retry first
   client: aioquic_peer.py client HOST PORT N [big]  -> sends N bytes on one stream, checks the echo,
                                                   prints "OK <n>" (exit 0) or an error (exit 1);
                                                   "big" pads the ClientHello over two Initial
@@ -29,10 +30,10 @@ def pattern(offset, length):
     return bytes((i * 31 + 7) & 0xFF for i in range(offset, offset + length))
 
 
-async def run_server(cert, key):
+async def run_server(cert, key, retry=False):
     config = QuicConfiguration(is_client=False, alpn_protocols=["yomo"], idle_timeout=30)
     config.load_cert_chain(cert, key)
-    server = await serve("127.0.0.1", 0, configuration=config, create_protocol=Echo)
+    server = await serve("127.0.0.1", 0, configuration=config, create_protocol=Echo, retry=retry)
     port = server._transport.get_extra_info("sockname")[1]
     print(f"PORT {port}", flush=True)
     await asyncio.Future()
@@ -79,6 +80,6 @@ async def run_client(host, port, total, big=False):
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        asyncio.run(run_server(sys.argv[2], sys.argv[3]))
+        asyncio.run(run_server(sys.argv[2], sys.argv[3], len(sys.argv) > 4 and sys.argv[4] == "retry"))
     else:
         asyncio.run(run_client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), len(sys.argv) > 5 and sys.argv[5] == "big"))
