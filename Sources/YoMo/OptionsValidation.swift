@@ -57,6 +57,9 @@ extension Zipper {
         ] where value < 1 {
             throw invalid("\(name) must be positive, not \(value)")
         }
+        if let bad = limits.trustedNetworks.first(where: { IPNetwork($0) == nil }) {
+            throw invalid("trustedNetworks: \"\(bad)\" is not a network such as 10.0.0.0/8 or fd00::/8")
+        }
         guard limits.maximumUnvalidatedHandshakes >= 0 else {
             throw invalid("maximumUnvalidatedHandshakes must not be negative (0: a QUIC Retry for every client), not \(limits.maximumUnvalidatedHandshakes)")
         }

@@ -596,7 +596,8 @@ public final class Zipper: Sendable {
             maximumReceiveWindowBytes: configuration.limits.maximumReceiveWindowBytes,
             ipv6PrefixLength: configuration.limits.ipv6PrefixLength,
             maximumUnvalidatedHandshakes: configuration.limits.maximumUnvalidatedHandshakes,
-            maximumHandshakesPerAddress: configuration.limits.maximumPendingHandshakesPerAddress)
+            maximumHandshakesPerAddress: configuration.limits.maximumPendingHandshakesPerAddress,
+            trustedNetworks: configuration.limits.trustedNetworks)
         let server = try await QUICServer.bind(
             host: configuration.host, port: configuration.port, configuration: quic, tls: options.tls,
             limits: limits, statelessResetKey: try configuration.loadStatelessResetKey())

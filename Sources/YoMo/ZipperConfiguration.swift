@@ -96,6 +96,13 @@ public struct ZipperConfiguration: Hashable, Sendable {
         /// clients (also IPv4-mapped, on a zipper listening on `::`) count by
         /// their address.
         public var ipv6PrefixLength: Int
+        /// Networks whose clients are not held to any per-address share
+        /// (`maximumConnectionsPerAddress`, `maximumPendingHandshakesPerAddress`,
+        /// the receive windows' shares): each of their connections counts as
+        /// an address of its own. For clients you run behind one NAT (a
+        /// cluster's egress, an office), rather than raising the shares for
+        /// everyone. `10.0.0.0/8`, `fd00::/8`, or an address alone.
+        public var trustedNetworks: [String]
         /// The largest first frame (the handshake) a connection may send, in
         /// bytes: bigger ones are refused as soon as their header arrives.
         public var maximumHandshakeSize: Int
@@ -129,8 +136,9 @@ public struct ZipperConfiguration: Hashable, Sendable {
             maximumHandshakeSize: Int = 64 << 10, maximumFrameSize: Int = 16 << 20,
             maximumIncompleteFrameBytes: Int = 256 << 20, stalledFrameTimeout: Duration = .seconds(10),
             maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20, ipv6PrefixLength: Int = 64,
-            maximumUnvalidatedHandshakes: Int = 128, maximumPendingHandshakesPerAddress: Int = 64
+            maximumUnvalidatedHandshakes: Int = 128, maximumPendingHandshakesPerAddress: Int = 64, trustedNetworks: [String] = []
         ) {
+            self.trustedNetworks = trustedNetworks
             self.maximumUnvalidatedHandshakes = maximumUnvalidatedHandshakes
             self.maximumPendingHandshakesPerAddress = maximumPendingHandshakesPerAddress
             self.maximumConnections = maximumConnections

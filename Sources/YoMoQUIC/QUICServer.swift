@@ -58,6 +58,13 @@ public final class QUICServer: Sendable {
         /// within it. 128: each address on its own. IPv4 clients, also
         /// IPv4-mapped on a dual-stack socket, count by their address.
         public var ipv6PrefixLength: Int
+        /// Networks whose clients are not held to any per-address share
+        /// (`maximumConnectionsPerAddress`, `maximumHandshakesPerAddress`, the
+        /// receive windows' shares): each of their connections counts as an
+        /// address of its own. For clients you run behind one NAT (a cluster's
+        /// egress, an office), rather than raising the shares for everyone.
+        /// `10.0.0.0/8`, `fd00::/8`, or an address alone.
+        public var trustedNetworks: [String]
         /// Bytes all clients together may send ahead of what the server has
         /// read: the sum of their receive windows. Each connection's window is
         /// its share of it (split among the clients' addresses, then among each
@@ -70,8 +77,9 @@ public final class QUICServer: Sendable {
         public init(
             maximumConnections: Int = 16384, maximumHandshakes: Int = 4096, streamOpenTimeout: Duration = .seconds(10),
             maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20, ipv6PrefixLength: Int = 64,
-            maximumUnvalidatedHandshakes: Int = 128, maximumHandshakesPerAddress: Int = 64
+            maximumUnvalidatedHandshakes: Int = 128, maximumHandshakesPerAddress: Int = 64, trustedNetworks: [String] = []
         ) {
+            self.trustedNetworks = trustedNetworks
             self.maximumUnvalidatedHandshakes = maximumUnvalidatedHandshakes
             self.maximumHandshakesPerAddress = maximumHandshakesPerAddress
             self.maximumConnections = maximumConnections
@@ -97,6 +105,9 @@ public final class QUICServer: Sendable {
         try configuration.validate()
         guard limits.maximumConnections > 0, limits.maximumHandshakes > 0, limits.streamOpenTimeout > .zero else {
             throw .invalidConfiguration("server limits must be positive")
+        }
+        if let bad = limits.trustedNetworks.first(where: { IPNetwork($0) == nil }) {
+            throw .invalidConfiguration("trustedNetworks: \"\(bad)\" is not a network such as 10.0.0.0/8 or fd00::/8")
         }
         guard limits.maximumHandshakesPerAddress > 0 else {
             throw .invalidConfiguration("maximumHandshakesPerAddress must be positive, not \(limits.maximumHandshakesPerAddress)")

@@ -38,6 +38,8 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// address is its sender's, so one host can be held to its share.
     private var validatedHandshaking: [AddressGroup: Int] = [:]
     private let retryTokens: RetryTokens
+    /// `Limits.trustedNetworks`, parsed (`bind` refused any that does not parse).
+    private let trustedNetworks: [IPNetwork]
     /// Told (on the loop), at most every 10 s while it lasts, that new
     /// connections are asked to prove their address, with the Retries sent
     /// since it was last told.
@@ -84,6 +86,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             ReceiveWindowBudget(bytes: $0, maximum: max(configuration.maxStreamReceiveWindow, configuration.streamReceiveWindow))
         }
         retryTokens = RetryTokens(statelessResetKey: statelessResetKey)
+        trustedNetworks = limits.trustedNetworks.compactMap(IPNetwork.init)
         if let statelessResetKey {
             // The same key after a restart gives the same reset tokens, so clients
             // of the previous run recognise our resets and reconnect at once.
@@ -228,7 +231,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                 // Held to its share once half the slots are taken: a host
                 // with many clients (a restart's reconnect storm) is not
                 // slowed while there is room for everyone.
-                let group = AddressGroup(address, ipv6PrefixLength: limits.ipv6PrefixLength)
+                let group = addressGroup(of: address)
                 retried = (NGConnection.Retried(originalDCID: original, token: initial.token), group)
                 guard handshaking < limits.maximumHandshakes / 2
                         || validatedHandshaking[group, default: 0] < limits.maximumHandshakesPerAddress else {
@@ -412,7 +415,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// once the handshake callback has returned.
     func handshakeCompleted(_ core: ConnectionCore) {
         handshakeEnded(core)
-        let group = AddressGroup(core.remote, ipv6PrefixLength: limits.ipv6PrefixLength)
+        let group = addressGroup(of: core.remote)
         let count = establishedByHost[group]?.connections ?? 0
         guard count < limits.maximumConnectionsPerAddress else {
             stats.refusedPerAddress.add(1, ordering: .relaxed)
@@ -425,6 +428,11 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         fromHost.connections += 1
         establishedByHost[group] = fromHost
         core.countedForHost = fromHost
+    }
+
+    /// What `address` counts as for the per-address shares.
+    private func addressGroup(of address: UDPAddress) -> AddressGroup {
+        AddressGroup(address, ipv6PrefixLength: limits.ipv6PrefixLength, trusted: trustedNetworks)
     }
 
     /// A connection that ended (or is gone) no longer counts for its address.

@@ -230,13 +230,46 @@ extension [UDPAddress] {
 /// since one IPv6 host has a /64 at least and its temporary addresses rotate
 /// within it: counted one by one, each address would be a host of its own.
 struct AddressGroup: Hashable, Sendable, CustomStringConvertible {
-    private let isIPv4: Bool
+    private let network: IPNetwork
+    /// Non-zero for a client of a trusted network: each of its connections is a group of its own.
+    private let port: UInt16
+
+    init(_ address: UDPAddress, ipv6PrefixLength: Int, trusted: [IPNetwork] = []) {
+        let whole = IPNetwork(address)
+        if trusted.contains(where: { $0.contains(whole) }) {
+            (network, port) = (whole, UInt16(truncatingIfNeeded: address.port))
+        } else {
+            (network, port) = (whole.isIPv4 ? whole : whole.prefix(ipv6PrefixLength), 0)
+        }
+    }
+
+    /// `192.0.2.7`, `2001:db8:1:2::/64`, a whole IPv6 address when the
+    /// prefix is 128, or `10.1.2.3 port 40000` in a trusted network.
+    var description: String { port == 0 ? network.description : "\(network.address) port \(port)" }
+}
+
+/// An IPv4 or IPv6 network (an address and a prefix length), IPv4-mapped
+/// IPv6 addresses taken as the IPv4 ones they carry.
+package struct IPNetwork: Hashable, Sendable, CustomStringConvertible {
+    let isIPv4: Bool
     /// The address's first and last 64 bits (IPv4: the last 32), the bits past the prefix zero.
     private let high: UInt64
     private let low: UInt64
-    private let prefixLength: Int
+    let length: Int
 
-    init(_ address: UDPAddress, ipv6PrefixLength: Int) {
+    private init(isIPv4: Bool, high: UInt64, low: UInt64, length: Int) {
+        let (highMask, lowMask): (UInt64, UInt64)
+        if isIPv4 {
+            (highMask, lowMask) = (0, length == 0 ? 0 : UInt64(UInt32.max << (32 - length)))
+        } else {
+            highMask = length >= 64 ? .max : length == 0 ? 0 : .max << (64 - length)
+            lowMask = length <= 64 ? 0 : length == 128 ? .max : .max << (128 - length)
+        }
+        (self.isIPv4, self.high, self.low, self.length) = (isIPv4, high & highMask, low & lowMask, length)
+    }
+
+    /// The whole address of a socket address.
+    init(_ address: UDPAddress) {
         let bytes: [UInt8] = withUnsafeBytes(of: address.storage) { raw in
             switch address.family {
             case AF_INET: return Array(raw[4..<8])
@@ -244,29 +277,58 @@ struct AddressGroup: Hashable, Sendable, CustomStringConvertible {
             default: return []
             }
         }
+        self.init(bytes: bytes, length: nil)!
+    }
+
+    /// `10.0.0.0/8`, `fd00::/8`, or an address alone (the whole of it); nil for anything else.
+    package init?(_ text: String) {
+        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        var bytes = [UInt8](repeating: 0, count: 16)
+        let host = String(parts[0])
+        let family: Int32 = host.contains(":") ? AF_INET6 : AF_INET
+        guard inet_pton(family, host, &bytes) == 1 else { return nil }
+        var length: Int?
+        if parts.count == 2 {
+            guard let value = Int(parts[1]), value >= 0, value <= (family == AF_INET ? 32 : 128) else { return nil }
+            length = value
+        }
+        self.init(bytes: Array(bytes.prefix(family == AF_INET ? 4 : 16)), length: length)
+    }
+
+    private init?(bytes: [UInt8], length: Int?) {
         func number(_ slice: ArraySlice<UInt8>) -> UInt64 { slice.reduce(0) { $0 << 8 | UInt64($1) } }
         let isMapped = bytes.count == 16 && bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xFF && bytes[11] == 0xFF
         if bytes.count == 4 || isMapped {
-            (isIPv4, high, low, prefixLength) = (true, 0, number(bytes.suffix(4)), 32)
+            let length = length.map { isMapped ? max(0, $0 - 96) : $0 } ?? 32
+            self.init(isIPv4: true, high: 0, low: number(bytes.suffix(4)), length: length)
         } else if bytes.count == 16 {
-            let prefix = min(max(ipv6PrefixLength, 1), 128)
-            let highMask: UInt64 = prefix >= 64 ? .max : .max << (64 - prefix)
-            let lowMask: UInt64 = prefix <= 64 ? 0 : prefix == 128 ? .max : .max << (128 - prefix)
-            (isIPv4, high, low, prefixLength) = (false, number(bytes[0..<8]) & highMask, number(bytes[8..<16]) & lowMask, prefix)
+            self.init(isIPv4: false, high: number(bytes[0..<8]), low: number(bytes[8..<16]), length: length ?? 128)
         } else {
-            (isIPv4, high, low, prefixLength) = (false, 0, 0, 0)
+            self.init(isIPv4: false, high: 0, low: 0, length: 0)
         }
     }
 
-    /// `192.0.2.7`, `2001:db8:1:2::/64`, or a whole IPv6 address when the prefix is 128.
-    var description: String {
+    /// The network of this address's first `length` bits.
+    func prefix(_ length: Int) -> IPNetwork {
+        IPNetwork(isIPv4: isIPv4, high: high, low: low, length: min(max(length, 0), isIPv4 ? 32 : 128))
+    }
+
+    /// Whether `other` (an address, or a network) lies within this network.
+    func contains(_ other: IPNetwork) -> Bool {
+        other.isIPv4 == isIPv4 && other.length >= length && other.prefix(length) == self
+    }
+
+    /// The address part, as text.
+    var address: String {
         func bigEndianBytes(_ value: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: value >> (56 - 8 * $0)) } }
         let bytes = isIPv4 ? Array(bigEndianBytes(low).suffix(4)) : bigEndianBytes(high) + bigEndianBytes(low)
         var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
         guard inet_ntop(isIPv4 ? AF_INET : AF_INET6, bytes, &text, socklen_t(text.count)) != nil else { return "?" }
-        let address = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return isIPv4 || prefixLength == 128 ? address : "\(address)/\(prefixLength)"
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
+
+    /// `192.0.2.7`, `10.0.0.0/8`, `2001:db8:1:2::/64`: the length only for less than a whole address.
+    package var description: String { length == (isIPv4 ? 32 : 128) ? address : "\(address)/\(length)" }
 }
 
 /// A non-blocking UDP socket with large buffers and receive coalescing.

@@ -67,6 +67,20 @@ extension ZipperConfiguration {
                 }
                 self.limits.maximumUnvalidatedHandshakes = value
             }
+            if let raw = limits["trusted_networks"] {
+                // A string of one network, or a list of them.
+                let networks: [String]
+                switch raw {
+                case .string(let one): networks = [one]
+                case .sequence(let many) where many.allSatisfy({ $0.text != nil }): networks = many.compactMap(\.text)
+                default:
+                    throw YoMoError(.invalidConfiguration, "zipper config: limits.trusted_networks must be a list of networks such as [10.0.0.0/8, fd00::/8]")
+                }
+                if let bad = networks.first(where: { IPNetwork($0) == nil }) {
+                    throw YoMoError(.invalidConfiguration, "zipper config: limits.trusted_networks: \"\(bad)\" is not a network such as 10.0.0.0/8 or fd00::/8")
+                }
+                self.limits.trustedNetworks = networks
+            }
             if let raw = limits["ipv6_prefix_length"] {
                 guard let value = raw.int, (1...128).contains(value) else {
                     throw YoMoError(.invalidConfiguration, "zipper config: limits.ipv6_prefix_length must be from 1 to 128 (128: each IPv6 address on its own)")

@@ -3,8 +3,40 @@ import Testing
 
 @Suite("Address groups: what a server counts as one client address")
 struct AddressGroupTests {
-    private func group(_ host: String, prefix: Int = 64) throws -> AddressGroup {
-        AddressGroup(try UDPAddress.resolve(host: host, port: 9000)[0], ipv6PrefixLength: prefix)
+    private func group(_ host: String, prefix: Int = 64, port: Int = 9000, trusted: [String] = []) throws -> AddressGroup {
+        AddressGroup(try UDPAddress.resolve(host: host, port: port)[0], ipv6PrefixLength: prefix, trusted: trusted.compactMap(IPNetwork.init))
+    }
+
+    @Test("networks parse as an address and a length, or an address alone; anything else does not")
+    func networks() {
+        #expect(IPNetwork("10.0.0.0/8")?.description == "10.0.0.0/8")
+        #expect(IPNetwork("10.1.2.3/8")?.description == "10.0.0.0/8")
+        #expect(IPNetwork("192.0.2.7")?.description == "192.0.2.7")
+        #expect(IPNetwork("fd00::/8")?.description == "fd00::/8")
+        #expect(IPNetwork("2001:db8::1")?.description == "2001:db8::1")
+        #expect(IPNetwork("0.0.0.0/0")?.description == "0.0.0.0/0")
+        #expect(IPNetwork("::ffff:10.0.0.0/104")?.description == "10.0.0.0/8")
+        for bad in ["", "10.0.0.0/33", "fd00::/129", "10.0.0/8", "10.0.0.0/-1", "10.0.0.0/x", "example.com", "/8", "10.0.0.0/8/8"] {
+            #expect(IPNetwork(bad) == nil, "\(bad)")
+        }
+        #expect(IPNetwork("10.0.0.0/8")!.contains(IPNetwork("10.200.3.4")!))
+        #expect(!IPNetwork("10.0.0.0/8")!.contains(IPNetwork("11.0.0.1")!))
+        #expect(IPNetwork("0.0.0.0/0")!.contains(IPNetwork("203.0.113.9")!))
+        #expect(!IPNetwork("0.0.0.0/0")!.contains(IPNetwork("::1")!), "IPv4 networks hold no IPv6 address")
+        #expect(IPNetwork("fd00::/8")!.contains(IPNetwork("fd12:3456::1")!))
+        #expect(IPNetwork("10.0.0.0/8")!.contains(IPNetwork("::ffff:10.9.9.9")!), "IPv4-mapped, as a dual-stack socket gives it")
+    }
+
+    @Test("a client of a trusted network counts each connection as its own address; others as before")
+    func trustedNetworks() throws {
+        let trusted = ["10.0.0.0/8", "fd00::/8"]
+        #expect(try group("10.1.2.3", port: 1000, trusted: trusted) != group("10.1.2.3", port: 1001, trusted: trusted))
+        #expect(try group("10.1.2.3", port: 1000, trusted: trusted).description == "10.1.2.3 port 1000")
+        #expect(try group("fd00::1", port: 1000, trusted: trusted) != group("fd00::1", port: 1001, trusted: trusted))
+        #expect(try group("::ffff:10.1.2.3", port: 1000, trusted: trusted) == group("10.1.2.3", port: 1000, trusted: trusted))
+        // Outside: one group per address (an IPv6 network), whatever the port.
+        #expect(try group("192.0.2.7", port: 1000, trusted: trusted) == group("192.0.2.7", port: 1001, trusted: trusted))
+        #expect(try group("2001:db8::1", port: 1000, trusted: trusted) == group("2001:db8::2", port: 1001, trusted: trusted))
     }
 
     @Test("IPv6 addresses count by their network: the same /64, one group whatever the rest")
@@ -51,5 +83,9 @@ extension AddressGroupTests {
             }
             #expect(error?.description.contains("ipv6PrefixLength must be from 1 to 128, not \(bad)") == true, "\(String(describing: error))")
         }
+        let network = await #expect(throws: QUICError.self) {
+            _ = try await QUICServer.bind(host: "127.0.0.1", port: 0, limits: QUICServer.Limits(trustedNetworks: ["10.0.0.0/40"]))
+        }
+        #expect(network?.description.contains("trustedNetworks: \"10.0.0.0/40\" is not a network") == true, "\(String(describing: network))")
     }
 }

@@ -955,6 +955,7 @@ struct FaultRecoveryTests {
               ipv6_prefix_length: 56
               max_unvalidated_handshakes: 0
               max_pending_handshakes_per_address: 16
+              trusted_networks: [10.0.0.0/8, "fd00::/8"]
             slow_consumer:
               policy: drop
               max_buffered_bytes: 262144
@@ -964,12 +965,14 @@ struct FaultRecoveryTests {
             maximumConnections: 100, maximumPendingHandshakes: 7, maximumHandshakeSize: 4096, maximumFrameSize: 1 << 20,
             maximumIncompleteFrameBytes: 32 << 20, stalledFrameTimeout: .milliseconds(2500), maximumConnectionsPerAddress: 50,
             maximumReceiveWindowBytes: 8 << 20, ipv6PrefixLength: 56, maximumUnvalidatedHandshakes: 0,
-            maximumPendingHandshakesPerAddress: 16))
+            maximumPendingHandshakesPerAddress: 16, trustedNetworks: ["10.0.0.0/8", "fd00::/8"]))
         #expect(try ZipperConfiguration(yaml: "limits: {max_receive_window_bytes: 0}").limits.maximumReceiveWindowBytes == nil)
         #expect(ZipperConfiguration.Limits().maximumReceiveWindowBytes == 64 << 20)
         #expect(ZipperConfiguration.Limits().ipv6PrefixLength == 64)
         #expect(ZipperConfiguration.Limits().maximumUnvalidatedHandshakes == 128)
         #expect(ZipperConfiguration.Limits().maximumPendingHandshakesPerAddress == 64)
+        #expect(ZipperConfiguration.Limits().trustedNetworks.isEmpty)
+        #expect(try ZipperConfiguration(yaml: "limits: {trusted_networks: 192.168.0.0/16}").limits.trustedNetworks == ["192.168.0.0/16"])
         #expect(try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: 128}").limits.ipv6PrefixLength == 128)
         #expect(configuration.slowConsumer == .init(policy: .drop, maximumBufferedBytes: 262_144))
         #expect(configuration.statelessResetKeyFile == "/var/lib/yomo/reset.key")
@@ -984,6 +987,8 @@ struct FaultRecoveryTests {
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: 0}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_unvalidated_handshakes: -1}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_pending_handshakes_per_address: 0}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {trusted_networks: [10.0.0.0/33]}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {trusted_networks: {a: b}}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: 129}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: /64}") }
     }

@@ -287,7 +287,7 @@ struct HandlerLifecycleTests {
     }
 
     enum BadZipperSetting: String, CaseIterable, Sendable {
-        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken, receiveWindowBudget, ipv6Prefix, unvalidatedHandshakes, pendingPerAddress
+        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken, receiveWindowBudget, ipv6Prefix, unvalidatedHandshakes, pendingPerAddress, trustedNetwork
 
         var expected: String {
             switch self {
@@ -300,6 +300,7 @@ struct HandlerLifecycleTests {
             case .ipv6Prefix: "ipv6PrefixLength must be from 1 to 128 (128: each IPv6 address on its own), not 0"
             case .unvalidatedHandshakes: "maximumUnvalidatedHandshakes must not be negative (0: a QUIC Retry for every client), not -1"
             case .pendingPerAddress: "maximumPendingHandshakesPerAddress must be positive, not 0"
+            case .trustedNetwork: "trustedNetworks: \"office\" is not a network such as 10.0.0.0/8 or fd00::/8"
             }
         }
 
@@ -314,6 +315,7 @@ struct HandlerLifecycleTests {
             case .ipv6Prefix: configuration.limits.ipv6PrefixLength = 0
             case .unvalidatedHandshakes: configuration.limits.maximumUnvalidatedHandshakes = -1
             case .pendingPerAddress: configuration.limits.maximumPendingHandshakesPerAddress = 0
+            case .trustedNetwork: configuration.limits.trustedNetworks = ["10.0.0.0/8", "office"]
             }
         }
     }

@@ -293,6 +293,24 @@ struct HostilePeerTests {
         }
     }
 
+    @Test("clients of a trusted network are not held to the per-address share: a third source of 127.0.0.1 gets in")
+    func trustedNetworkPassesTheShare() async throws {
+        try await withZipper(configure: {
+            $0.limits.maximumConnectionsPerAddress = 2
+            $0.limits.trustedNetworks = ["127.0.0.0/8"]
+        }) { address, zipper in
+            var sources: [Source] = []
+            for index in 0..<4 {
+                let source = Source(name: "s\(index)", zipper: address)
+                try await source.connect()
+                sources.append(source)
+            }
+            #expect(zipper.connectionCount == 4)
+            #expect(zipper.statistics.connectionsRefusedPerAddress == 0)
+            for source in sources { await source.close() }
+        }
+    }
+
     @Test("sources of a stream function that stalls: what they may send ahead of the zipper stays within its receive budget, and every frame arrives once the function reads again")
     func receiveWindowBudget() async throws {
         let budget = 1 << 20
