@@ -612,10 +612,13 @@ enum NGPacket {
     /// A CONNECTION_CLOSE with a transport error (INVALID_TOKEN,
     /// CONNECTION_REFUSED) in an Initial packet, holding no state: the client's
     /// dial fails at once rather than at its handshake timeout.
-    static func writeStatelessClose(into dest: UnsafeMutableRawBufferPointer, answering initial: Initial, error: UInt64) -> Int {
+    static func writeStatelessClose(
+        into dest: UnsafeMutableRawBufferPointer, answering initial: Initial, error: UInt64, reason: String
+    ) -> Int {
         var d = initial.scid.ngtcp2, s = initial.dcid.ngtcp2
+        let reason = Array(reason.utf8)
         let n = ngtcp2_crypto_write_connection_close(
-            dest.baseAddress!.assumingMemoryBound(to: UInt8.self), dest.count, initial.version, &d, &s, error, nil, 0)
+            dest.baseAddress!.assumingMemoryBound(to: UInt8.self), dest.count, initial.version, &d, &s, error, reason, reason.count)
         return n > 0 ? n : 0
     }
 

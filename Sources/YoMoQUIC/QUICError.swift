@@ -144,7 +144,9 @@ public struct QUICError: Error, Sendable, Hashable, CustomStringConvertible {
             if let app = applicationErrorCode {
                 return "QUIC: closed by peer with application error 0x\(String(app, radix: 16)): \(reason ?? "")"
             }
-            return "QUIC: closed by peer with transport error 0x\(String(transportErrorCode ?? 0, radix: 16)): \(reason ?? "")"
+            let code = transportErrorCode ?? 0
+            let name = Self.transportErrorName(code).map { " (\($0))" } ?? ""
+            return "QUIC: closed by peer with transport error 0x\(String(code, radix: 16))\(name): \(reason ?? "")"
         case .closedLocally:
             return "QUIC: connection closed locally (0x\(String(applicationErrorCode ?? 0, radix: 16)) \(reason ?? ""))"
         case .statelessReset: return "QUIC: stateless reset by peer (it lost the connection state)"
@@ -154,6 +156,16 @@ public struct QUICError: Error, Sendable, Hashable, CustomStringConvertible {
         case .streamReset: return "QUIC: stream reset by peer with code 0x\(String(applicationErrorCode ?? 0, radix: 16))"
         case .cancelled: return "QUIC: wait cancelled"
         }
+    }
+
+    /// RFC 9000 §20.1's name of a transport error code, if it has one.
+    static func transportErrorName(_ code: UInt64) -> String? {
+        let names = [
+            "NO_ERROR", "INTERNAL_ERROR", "CONNECTION_REFUSED", "FLOW_CONTROL_ERROR", "STREAM_LIMIT_ERROR", "STREAM_STATE_ERROR",
+            "FINAL_SIZE_ERROR", "FRAME_ENCODING_ERROR", "TRANSPORT_PARAMETER_ERROR", "CONNECTION_ID_LIMIT_ERROR", "PROTOCOL_VIOLATION",
+            "INVALID_TOKEN", "APPLICATION_ERROR", "CRYPTO_BUFFER_EXCEEDED", "KEY_UPDATE_ERROR", "AEAD_LIMIT_REACHED", "NO_VIABLE_PATH",
+        ]
+        return code < UInt64(names.count) ? names[Int(code)] : nil
     }
 
     static func alertName(_ alert: UInt8) -> String {

@@ -225,7 +225,9 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                 guard let original = retryTokens.originalDCID(of: initial, from: address, now: RetryTokens.now()) else {
                     stats.dropped.add(1, ordering: .relaxed)
                     stats.invalidTokens.add(1, ordering: .relaxed)
-                    closeStatelessly(initial, error: UInt64(NGTCP2_INVALID_TOKEN), to: address, from: destination)
+                    closeStatelessly(
+                        initial, error: UInt64(NGTCP2_INVALID_TOKEN),
+                        reason: "Retry token not valid here (another server's, expired, or from another address)", to: address, from: destination)
                     return nil
                 }
                 // Held to its share once half the slots are taken: a host
@@ -237,7 +239,9 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                         || validatedHandshaking[group, default: 0] < limits.maximumHandshakesPerAddress else {
                     stats.dropped.add(1, ordering: .relaxed)
                     stats.refusedHandshakesPerAddress.add(1, ordering: .relaxed)
-                    closeStatelessly(initial, error: UInt64(NGTCP2_CONNECTION_REFUSED), to: address, from: destination)
+                    closeStatelessly(
+                        initial, error: UInt64(NGTCP2_CONNECTION_REFUSED),
+                        reason: "too many handshakes in progress from \(group) (\(limits.maximumHandshakesPerAddress))", to: address, from: destination)
                     return nil
                 }
             } else if unvalidatedHandshaking >= limits.maximumUnvalidatedHandshakes {
@@ -366,9 +370,10 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// Retry token that is not ours (forged, or from before a restart with
     /// another key), too old, or replayed from another address;
     /// CONNECTION_REFUSED for a proven address over its share of handshakes.
-    private func closeStatelessly(_ initial: NGPacket.Initial, error: UInt64, to address: UDPAddress, from source: UDPAddress?) {
+    private func closeStatelessly(_ initial: NGPacket.Initial, error: UInt64, reason: String, to address: UDPAddress, from source: UDPAddress?) {
         let tx = loop.txBuffer
-        let n = NGPacket.writeStatelessClose(into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), answering: initial, error: error)
+        let n = NGPacket.writeStatelessClose(
+            into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), answering: initial, error: error, reason: reason)
         if n > 0 { send(UnsafeRawBufferPointer(rebasing: tx[0..<n]), to: address, from: source) }
     }
 

@@ -125,6 +125,10 @@ struct AddressValidationTests {
         // Free while half the 16 slots were free, then held to its share of 4: 8.
         #expect(server.server.statistics.accepted == 8, "\(server.server.statistics)")
         #expect(server.server.statistics.refusedOverLimit == 0)
+        // One more from that host is told why, at once.
+        let refused = await #expect(throws: QUICError.self) { _ = try await QUICConnection.connect(host: "127.0.0.1", port: relay.frontPort) }
+        #expect(String(describing: refused).contains("transport error 0x2 (CONNECTION_REFUSED): too many handshakes in progress from 127.0.0.2 (4)"),
+                "\(String(describing: refused))")
         // A client from 127.0.0.1 proves its address in turn and finds slots free.
         try await honestClientGetsIn(server, past: flood, relay: relay)
     }
@@ -146,7 +150,7 @@ struct AddressValidationTests {
         // error (which this SDK's clients dial again after).
         #expect(clock.now - started < .seconds(2), "\(String(describing: error))")
         #expect(error?.isRemote == true && error?.applicationErrorCode == nil, "\(String(describing: error))")
-        #expect(String(describing: error).contains("transport error 0xb"), "\(String(describing: error))")
+        #expect(String(describing: error).contains("transport error 0xb (INVALID_TOKEN): Retry token not valid here"), "\(String(describing: error))")
         #expect(server.server.statistics.invalidTokens >= 1)
         #expect(server.server.statistics.accepted == 0)
         #expect(await server.server.connectionCount() == 0)
