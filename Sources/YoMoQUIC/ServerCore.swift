@@ -223,7 +223,6 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             var retried: (token: NGConnection.Retried, group: AddressGroup)?
             if initial.hasRetryToken {
                 guard let original = retryTokens.originalDCID(of: initial, from: address, now: RetryTokens.now()) else {
-                    stats.dropped.add(1, ordering: .relaxed)
                     stats.invalidTokens.add(1, ordering: .relaxed)
                     closeStatelessly(
                         initial, error: UInt64(NGTCP2_INVALID_TOKEN),
@@ -237,7 +236,6 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                 retried = (NGConnection.Retried(originalDCID: original, token: initial.token), group)
                 guard handshaking < limits.maximumHandshakes / 2
                         || validatedHandshaking[group, default: 0] < limits.maximumHandshakesPerAddress else {
-                    stats.dropped.add(1, ordering: .relaxed)
                     stats.refusedHandshakesPerAddress.add(1, ordering: .relaxed)
                     closeStatelessly(
                         initial, error: UInt64(NGTCP2_CONNECTION_REFUSED),
@@ -371,6 +369,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// another key), too old, or replayed from another address;
     /// CONNECTION_REFUSED for a proven address over its share of handshakes.
     private func closeStatelessly(_ initial: NGPacket.Initial, error: UInt64, reason: String, to address: UDPAddress, from source: UDPAddress?) {
+        stats.dropped.add(1, ordering: .relaxed)
         let tx = loop.txBuffer
         let n = NGPacket.writeStatelessClose(
             into: UnsafeMutableRawBufferPointer(rebasing: tx[0..<1500]), answering: initial, error: error, reason: reason)
