@@ -49,6 +49,7 @@ extension Zipper {
             ("maximumConnections", limits.maximumConnections), ("maximumPendingHandshakes", limits.maximumPendingHandshakes),
             ("maximumConnectionsPerAddress", limits.maximumConnectionsPerAddress),
             ("maximumPendingHandshakesPerAddress", limits.maximumPendingHandshakesPerAddress),
+            ("maximumQUICHandshakes", limits.maximumQUICHandshakes),
             ("maximumHandshakeSize", limits.maximumHandshakeSize), ("maximumFrameSize", limits.maximumFrameSize),
             ("maximumIncompleteFrameBytes", limits.maximumIncompleteFrameBytes),
             ("slowConsumer.maximumBufferedBytes", configuration.slowConsumer.maximumBufferedBytes),

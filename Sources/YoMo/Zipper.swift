@@ -288,6 +288,8 @@ public final class Zipper: Sendable {
     private let state: Mutex<State>
     /// When a refusal over an address's share is said.
     private let perAddressRefusals = Mutex(SaidAtMostEvery(.seconds(10)))
+    /// When a QUIC handshake refused over its address's share is said.
+    private let perAddressHandshakeRefusals = Mutex(SaidAtMostEvery(.seconds(10)))
     /// Room for frames still arriving, shared by every connection.
     let incompleteFrames: IncompleteFrameBudget
     /// One per downstream zipper of the mesh (empty without a mesh).
@@ -591,6 +593,7 @@ public final class Zipper: Sendable {
         quic.sendBufferSize = configuration.slowConsumer.maximumBufferedBytes
         let limits = QUICServer.Limits(
             maximumConnections: configuration.limits.maximumConnections,
+            maximumHandshakes: configuration.limits.maximumQUICHandshakes,
             streamOpenTimeout: options.handshakeTimeout,
             maximumConnectionsPerAddress: configuration.limits.maximumConnectionsPerAddress,
             maximumReceiveWindowBytes: configuration.limits.maximumReceiveWindowBytes,
@@ -603,6 +606,7 @@ public final class Zipper: Sendable {
             limits: limits, statelessResetKey: try configuration.loadStatelessResetKey())
         await server.onRefusedPerAddress { [weak self] address in self?.refusedPerAddress(address) }
         await server.onRetrying { [weak self] retries in self?.askingForRetries(retries) }
+        await server.onHandshakeRefusedPerAddress { [weak self] address in self?.handshakeRefusedPerAddress(address) }
         let expected = rememberedFunctions()
         let probe = Readiness.shared.register("zipper \(configuration.name)") { [weak self] in
             self?.state.withLock { $0.server != nil && !$0.closed } ?? false
@@ -1057,6 +1061,16 @@ public final class Zipper: Sendable {
         guard let said = perAddressRefusals.withLock({ $0.event(at: .now) }) else { return }
         logger.warning("connection refused: its address has its share of connections", metadata: [
             "remote": "\(address)", "limit": "\(configuration.limits.maximumConnectionsPerAddress)", "refused": "\(said)",
+        ])
+    }
+
+    /// A proven address's QUIC handshake refused over its share: said at once,
+    /// then at most every 10 s with how many since (counted by the server:
+    /// `yomo.zipper.address_validation.refused`).
+    private func handshakeRefusedPerAddress(_ address: String) {
+        guard let said = perAddressHandshakeRefusals.withLock({ $0.event(at: .now) }) else { return }
+        logger.warning("handshake refused: its address has its share of handshakes in progress", metadata: [
+            "remote": "\(address)", "limit": "\(configuration.limits.maximumPendingHandshakesPerAddress)", "refused": "\(said)",
         ])
     }
 

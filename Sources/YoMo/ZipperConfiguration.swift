@@ -72,8 +72,14 @@ public struct ZipperConfiguration: Hashable, Sendable {
         /// away, and a host with many honest clients (a reconnect storm) is
         /// not slowed while there is room for all. The same bound holds QUIC
         /// handshakes of addresses a Retry proved (`maximumUnvalidatedHandshakes`)
-        /// once half of the 4,096 QUIC handshake slots are taken, refused with CONNECTION_REFUSED.
+        /// once half of `maximumQUICHandshakes` are in progress, refused with CONNECTION_REFUSED.
         public var maximumPendingHandshakesPerAddress: Int
+        /// QUIC handshakes in progress at once; Initials beyond are not
+        /// answered (their clients' handshakes time out and they dial again).
+        /// Each holds about 120 KB until it completes or times out (3 s), so
+        /// this bounds what handshakes can take: 4,096 took 494 MiB under a
+        /// flood. Set it lower on a small device.
+        public var maximumQUICHandshakes: Int
         /// QUIC handshakes at once of clients whose address is not proven.
         /// Beyond, a new client is answered with a QUIC Retry and no state is
         /// kept: it proves it receives at its address by dialling again with
@@ -136,8 +142,10 @@ public struct ZipperConfiguration: Hashable, Sendable {
             maximumHandshakeSize: Int = 64 << 10, maximumFrameSize: Int = 16 << 20,
             maximumIncompleteFrameBytes: Int = 256 << 20, stalledFrameTimeout: Duration = .seconds(10),
             maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20, ipv6PrefixLength: Int = 64,
-            maximumUnvalidatedHandshakes: Int = 128, maximumPendingHandshakesPerAddress: Int = 64, trustedNetworks: [String] = []
+            maximumUnvalidatedHandshakes: Int = 128, maximumPendingHandshakesPerAddress: Int = 64, trustedNetworks: [String] = [],
+            maximumQUICHandshakes: Int = 4096
         ) {
+            self.maximumQUICHandshakes = maximumQUICHandshakes
             self.trustedNetworks = trustedNetworks
             self.maximumUnvalidatedHandshakes = maximumUnvalidatedHandshakes
             self.maximumPendingHandshakesPerAddress = maximumPendingHandshakesPerAddress

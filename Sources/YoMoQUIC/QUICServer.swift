@@ -175,6 +175,15 @@ public final class QUICServer: Sendable {
         await core.loop.run(orIfStopped: ()) { core.onRefusedPerAddress = handler }
     }
 
+    /// `handler` is told the address of each handshake closed with
+    /// CONNECTION_REFUSED because its address, proven by a Retry, had
+    /// `Limits.maximumHandshakesPerAddress` in progress (on the server's loop
+    /// thread: keep it short).
+    package func onHandshakeRefusedPerAddress(_ handler: @escaping @Sendable (String) -> Void) async {
+        let core = self.core
+        await core.loop.run(orIfStopped: ()) { core.onHandshakeRefusedPerAddress = handler }
+    }
+
     /// `handler` is told, when new clients begin to be asked for a Retry
     /// (`Limits.maximumUnvalidatedHandshakes` reached) and then at most every
     /// 10 s while it lasts, how many were asked since it was last told (on the

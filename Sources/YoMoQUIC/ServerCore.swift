@@ -53,6 +53,8 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     }
     /// Told (on the loop) of each connection closed over its address's share.
     var onRefusedPerAddress: (@Sendable (String) -> Void)?
+    /// Told (on the loop) of each proven address's handshake refused over its share.
+    var onHandshakeRefusedPerAddress: (@Sendable (String) -> Void)?
     /// The clients' receive windows, held to `Limits.maximumReceiveWindowBytes`
     /// (nil: each its own); their sum is published for `statistics` at each change.
     private var receiveWindows: ReceiveWindowBudget? {
@@ -237,6 +239,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                 guard handshaking < limits.maximumHandshakes / 2
                         || validatedHandshaking[group, default: 0] < limits.maximumHandshakesPerAddress else {
                     stats.refusedHandshakesPerAddress.add(1, ordering: .relaxed)
+                    onHandshakeRefusedPerAddress?(group.description)
                     closeStatelessly(
                         initial, error: UInt64(NGTCP2_CONNECTION_REFUSED),
                         reason: "too many handshakes in progress from \(group) (\(limits.maximumHandshakesPerAddress))", to: address, from: destination)

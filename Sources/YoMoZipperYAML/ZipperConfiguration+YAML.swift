@@ -89,6 +89,7 @@ extension ZipperConfiguration {
             }
             try positive("max_pending_handshakes", &self.limits.maximumPendingHandshakes)
             try positive("max_pending_handshakes_per_address", &self.limits.maximumPendingHandshakesPerAddress)
+            try positive("max_quic_handshakes", &self.limits.maximumQUICHandshakes)
             try positive("max_handshake_size", &self.limits.maximumHandshakeSize)
             try positive("max_frame_size", &self.limits.maximumFrameSize)
             try positive("max_incomplete_frame_bytes", &self.limits.maximumIncompleteFrameBytes)

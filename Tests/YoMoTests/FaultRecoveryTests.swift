@@ -956,6 +956,7 @@ struct FaultRecoveryTests {
               max_unvalidated_handshakes: 0
               max_pending_handshakes_per_address: 16
               trusted_networks: [10.0.0.0/8, "fd00::/8"]
+              max_quic_handshakes: 512
             slow_consumer:
               policy: drop
               max_buffered_bytes: 262144
@@ -965,13 +966,15 @@ struct FaultRecoveryTests {
             maximumConnections: 100, maximumPendingHandshakes: 7, maximumHandshakeSize: 4096, maximumFrameSize: 1 << 20,
             maximumIncompleteFrameBytes: 32 << 20, stalledFrameTimeout: .milliseconds(2500), maximumConnectionsPerAddress: 50,
             maximumReceiveWindowBytes: 8 << 20, ipv6PrefixLength: 56, maximumUnvalidatedHandshakes: 0,
-            maximumPendingHandshakesPerAddress: 16, trustedNetworks: ["10.0.0.0/8", "fd00::/8"]))
+            maximumPendingHandshakesPerAddress: 16, trustedNetworks: ["10.0.0.0/8", "fd00::/8"],
+            maximumQUICHandshakes: 512))
         #expect(try ZipperConfiguration(yaml: "limits: {max_receive_window_bytes: 0}").limits.maximumReceiveWindowBytes == nil)
         #expect(ZipperConfiguration.Limits().maximumReceiveWindowBytes == 64 << 20)
         #expect(ZipperConfiguration.Limits().ipv6PrefixLength == 64)
         #expect(ZipperConfiguration.Limits().maximumUnvalidatedHandshakes == 128)
         #expect(ZipperConfiguration.Limits().maximumPendingHandshakesPerAddress == 64)
         #expect(ZipperConfiguration.Limits().trustedNetworks.isEmpty)
+        #expect(ZipperConfiguration.Limits().maximumQUICHandshakes == 4096)
         #expect(try ZipperConfiguration(yaml: "limits: {trusted_networks: 192.168.0.0/16}").limits.trustedNetworks == ["192.168.0.0/16"])
         #expect(try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: 128}").limits.ipv6PrefixLength == 128)
         #expect(configuration.slowConsumer == .init(policy: .drop, maximumBufferedBytes: 262_144))
@@ -989,6 +992,7 @@ struct FaultRecoveryTests {
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_pending_handshakes_per_address: 0}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {trusted_networks: [10.0.0.0/33]}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {trusted_networks: {a: b}}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_quic_handshakes: 0}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: 129}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: /64}") }
     }

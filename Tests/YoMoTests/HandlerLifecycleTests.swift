@@ -287,7 +287,7 @@ struct HandlerLifecycleTests {
     }
 
     enum BadZipperSetting: String, CaseIterable, Sendable {
-        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken, receiveWindowBudget, ipv6Prefix, unvalidatedHandshakes, pendingPerAddress, trustedNetwork
+        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken, receiveWindowBudget, ipv6Prefix, unvalidatedHandshakes, pendingPerAddress, trustedNetwork, quicHandshakes
 
         var expected: String {
             switch self {
@@ -301,6 +301,7 @@ struct HandlerLifecycleTests {
             case .unvalidatedHandshakes: "maximumUnvalidatedHandshakes must not be negative (0: a QUIC Retry for every client), not -1"
             case .pendingPerAddress: "maximumPendingHandshakesPerAddress must be positive, not 0"
             case .trustedNetwork: "trustedNetworks: \"office\" is not a network such as 10.0.0.0/8 or fd00::/8"
+            case .quicHandshakes: "maximumQUICHandshakes must be positive, not 0"
             }
         }
 
@@ -316,6 +317,7 @@ struct HandlerLifecycleTests {
             case .unvalidatedHandshakes: configuration.limits.maximumUnvalidatedHandshakes = -1
             case .pendingPerAddress: configuration.limits.maximumPendingHandshakesPerAddress = 0
             case .trustedNetwork: configuration.limits.trustedNetworks = ["10.0.0.0/8", "office"]
+            case .quicHandshakes: configuration.limits.maximumQUICHandshakes = 0
             }
         }
     }

@@ -293,6 +293,30 @@ struct HostilePeerTests {
         }
     }
 
+    @Test("a host that answers Retries but never finishes its QUIC handshakes holds at most its share: the rest are refused, said once, and another host's source gets in")
+    func unfinishedHandshakesPerAddress() async throws {
+        let records = Inbox<String>()
+        let logger = Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) }
+        try await withStrictZipper({
+            $0.limits.maximumQUICHandshakes = 8
+            $0.limits.maximumUnvalidatedHandshakes = 0
+            $0.limits.maximumPendingHandshakesPerAddress = 2
+        }, handshakeTimeout: .seconds(10), logger: logger) { address, zipper in
+            // Free while half of the 8 slots are, then held to 2: 4 held (until the zipper gives up on them), 6 refused.
+            let peers = Task { try await runHostilePeer("unfinished", port: try #require(zipper.port), count: 10, wait: 2, from: "127.0.0.2") }
+            #expect(await eventually { zipper.statistics.quicHandshakesRefusedPerAddress == 6 }, "\(zipper.statistics)")
+            // Without the share all 8 slots were theirs, and this source's handshake found none.
+            let source = Source(name: "honest", zipper: address)
+            try await source.connect()
+            await source.close()
+            let lines = try await peers.value
+            let refused = lines.filter { $0.contains("code=0x2 reason=too many handshakes in progress from 127.0.0.2 (2)") }
+            #expect(refused.count == 6 && lines.filter { $0.hasPrefix("OPEN ") }.count == 4, "\(lines)")
+            let said = records.items.filter { $0.contains("handshake refused: its address has its share of handshakes in progress") }
+            #expect(said.count == 1 && said.first?.contains("remote=127.0.0.2") == true, "\(said)")
+        }
+    }
+
     @Test("clients of a trusted network are not held to the per-address share: a third source of 127.0.0.1 gets in")
     func trustedNetworkPassesTheShare() async throws {
         try await withZipper(configure: {

@@ -28,6 +28,9 @@ Modes:
   big-partial-split
               the same, the DataFrame's header cut after its first 2 bytes
               and the rest sent 0.3 s later (the zipper reads it in two pieces)
+  unfinished  takes a Retry (it proves its address) and then drops every
+              datagram of 200 bytes or more: its QUIC handshake never
+              finishes, and holds its slot until the zipper gives up on it
 ALPN "yomo", TLS 1.3, no certificate verification.
 
 LOCAL_ADDRESSES (comma-separated, one per connection, IPv4 or IPv6): the
@@ -115,6 +118,14 @@ class Watch(QuicConnectionProtocol):
             self.terminated.set_result(event)
 
 
+class Unfinished(Watch):
+    """Hears Retries and closes (small), never the server's handshake flight."""
+
+    def datagram_received(self, data, addr):
+        if len(data) < 200:
+            super().datagram_received(data, addr)
+
+
 def as_ipv6(address):
     """An IPv4 address IPv4-mapped, for a dual-stack socket; IPv6 as it is."""
     parsed = ipaddress.ip_address(address)
@@ -122,17 +133,18 @@ def as_ipv6(address):
 
 
 @contextlib.asynccontextmanager
-async def connect_from(local, host, port, configuration):
+async def connect_from(local, host, port, configuration, protocol=Watch, wait_connected=True):
     """aioquic's connect, from the address `local` rather than any."""
     configuration.server_name = configuration.server_name or host
     sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind((as_ipv6(local), 0, 0, 0))
     loop = asyncio.get_running_loop()
-    transport, client = await loop.create_datagram_endpoint(lambda: Watch(QuicConnection(configuration=configuration)), sock=sock)
+    transport, client = await loop.create_datagram_endpoint(lambda: protocol(QuicConnection(configuration=configuration)), sock=sock)
     try:
         client.connect((as_ipv6(host), port, 0, 0), transmit=True)
-        await client.wait_connected()
+        if wait_connected:
+            await client.wait_connected()
         yield client
     finally:
         client.close()
@@ -143,11 +155,12 @@ async def connect_from(local, host, port, configuration):
 async def one(mode, host, port, wait, local=None):
     config = QuicConfiguration(is_client=True, alpn_protocols=["yomo"], verify_mode=ssl.CERT_NONE, idle_timeout=60)
     started = time.monotonic()
-    opened = connect_from(local, host, port, config) if local else \
-        connect(host, port, configuration=config, create_protocol=Watch, wait_connected=True)
+    protocol, waits = (Unfinished, False) if mode == "unfinished" else (Watch, True)
+    opened = connect_from(local, host, port, config, protocol, waits) if local else \
+        connect(host, port, configuration=config, create_protocol=protocol, wait_connected=waits)
     async with opened as client:
         stream = None
-        if mode != "mute":
+        if mode not in ("mute", "unfinished"):
             stream = client._quic.get_next_available_stream_id()
             data = first_bytes(mode)
             if mode == "big-partial-split":
