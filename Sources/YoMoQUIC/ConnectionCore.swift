@@ -263,9 +263,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     weak var server: ServerCore?
     var routes: Set<ConnectionID> = []
     var countedAsHandshaking = false
-    /// Counted among the handshakes of addresses no Retry proved.
-    var countedAsUnvalidated = false
-    /// Counted among the handshakes of this address group, which a Retry proved.
+    /// While handshaking: the address group a Retry proved, counted among its
+    /// handshakes; nil for a handshake counted among those no Retry proved.
     var validatedHandshakeGroup: AddressGroup?
     /// Counted in the server's connections per address: its address's count.
     var countedForHost: EstablishedFromHost?

@@ -172,7 +172,6 @@ final class NGConnection {
         return c
     }
 
-    /// A server connection for a client Initial whose header is `header`.
     /// A client's Initial that carried a valid Retry token: its address is proven.
     struct Retried {
         /// The Destination Connection ID of the client's first Initial, from the token.
@@ -180,28 +179,28 @@ final class NGConnection {
         let token: [UInt8]
     }
 
+    /// A server connection for a client's Initial, whose header the server
+    /// has read already (`NGPacket.initial`).
     static func server(
-        local: UDPAddress, remote: UDPAddress, initial: UnsafeRawBufferPointer, retried: Retried?, settings: NGSettings,
+        local: UDPAddress, remote: UDPAddress, initial: NGPacket.Initial, retried: Retried?, settings: NGSettings,
         credentials: TLSCredentials, verifyClient: Bool, resetSecret: [UInt8], scid: ConnectionID,
         delegate: any NGConnectionDelegate
     ) throws(QUICError) -> NGConnection {
-        var hd = ngtcp2_pkt_hd()
-        let arv = ngtcp2_accept(&hd, initial.baseAddress!.assumingMemoryBound(to: UInt8.self), initial.count)
-        guard arv == 0 else { throw .transport("not an acceptable Initial: \(errorName(arv))") }
         let c = NGConnection(local: local, remote: remote, resetSecret: resetSecret, description: remote.description)
         c.delegate = delegate
         var callbacks = c.makeCallbacks(server: true)
         var s = c.makeSettings(settings)
         var params = c.makeParams(settings)
-        params.original_dcid = hd.dcid
+        params.original_dcid = initial.dcid.ngtcp2
         // After a Retry the client's Initial goes to the id the Retry chose;
         // both ids go into the transport parameters, which the client checks.
         let retryToken = retried?.token ?? []
         if let retried {
             params.original_dcid = retried.originalDCID.ngtcp2
-            params.retry_scid = hd.dcid
+            params.retry_scid = initial.dcid.ngtcp2
             params.retry_scid_present = 1
         }
+        var clientSCID = initial.scid.ngtcp2
         var scidC = scid.ngtcp2
         var token = [UInt8](repeating: 0, count: Int(NGTCP2_STATELESS_RESET_TOKENLEN))
         if ngtcp2_crypto_generate_stateless_reset_token(&token, resetSecret, resetSecret.count, &scidC) == 0 {
@@ -215,7 +214,7 @@ final class NGConnection {
         let rv = retryToken.withUnsafeBufferPointer { tokenBytes in
             s.token = ngtcp2_vec(base: UnsafeMutablePointer(mutating: tokenBytes.baseAddress), len: tokenBytes.count)
             return ngtcp2_conn_server_new_versioned(
-                &conn, &hd.scid, &scidC, c.path, hd.version, NGTCP2_CALLBACKS_VERSION, &callbacks,
+                &conn, &clientSCID, &scidC, c.path, initial.version, NGTCP2_CALLBACKS_VERSION, &callbacks,
                 NGTCP2_SETTINGS_VERSION, &s, NGTCP2_TRANSPORT_PARAMS_VERSION, &params, nil,
                 Unmanaged.passUnretained(c).toOpaque())
         }

@@ -257,7 +257,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                 stats.refusedOverLimit.add(1, ordering: .relaxed)
                 return nil
             }
-            return accept(datagram, from: address, to: destination, originalDCID: dcid, retried: retried)
+            return accept(datagram, initial, from: address, to: destination, retried: retried)
         case .short(let dcid):
             if let core = routes[dcid] {
                 core.receive(datagram, from: address)
@@ -269,7 +269,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     }
 
     private func accept(
-        _ datagram: UnsafeRawBufferPointer, from address: UDPAddress, to destination: UDPAddress?, originalDCID: ConnectionID,
+        _ datagram: UnsafeRawBufferPointer, _ initial: NGPacket.Initial, from address: UDPAddress, to destination: UDPAddress?,
         retried: (token: NGConnection.Retried, group: AddressGroup)?
     ) -> ConnectionCore? {
         let core = ConnectionCore(loop: loop, fd: fd, connectedSocket: false, remote: address, isServer: true, configuration: configuration)
@@ -282,7 +282,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         let scid = ConnectionID.random(length: Self.cidLength)
         do throws(QUICError) {
             let ng = try NGConnection.server(
-                local: local, remote: address, initial: datagram, retried: retried?.token,
+                local: local, remote: address, initial: initial, retried: retried?.token,
                 settings: NGSettings(
                     quic: configuration, isServer: true, debugLog: debugLog,
                     managedReceiveWindow: receiveWindows == nil ? nil : ReceiveWindowBudget.minimum),
@@ -304,10 +304,10 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             core.validatedHandshakeGroup = group
         } else {
             unvalidatedHandshaking += 1
-            core.countedAsUnvalidated = true
         }
-        core.routes = [originalDCID, scid]
-        routes[originalDCID] = core
+        // The id the client's Initials go to (after a Retry, the one it chose).
+        core.routes = [initial.dcid, scid]
+        routes[initial.dcid] = core
         routes[scid] = core
         core.streamDeadline = monotonicNow() &+ limits.streamOpenTimeout.nanoseconds
         loop.addTimed(core)
@@ -406,14 +406,12 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         guard core.countedAsHandshaking else { return }
         core.countedAsHandshaking = false
         handshaking -= 1
-        if core.countedAsUnvalidated {
-            core.countedAsUnvalidated = false
-            unvalidatedHandshaking -= 1
-        }
         if let group = core.validatedHandshakeGroup {
             core.validatedHandshakeGroup = nil
             validatedHandshaking[group, default: 1] -= 1
             if validatedHandshaking[group] == 0 { validatedHandshaking[group] = nil }
+        } else {
+            unvalidatedHandshaking -= 1
         }
     }
 
