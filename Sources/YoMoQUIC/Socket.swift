@@ -27,17 +27,12 @@ struct UDPAddress: Sendable, CustomStringConvertible {
     }
 
     var host: String {
-        var out = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
-        return withUnsafeBytes(of: storage) { raw -> String in
-            let ok: Bool
+        withUnsafeBytes(of: storage) { raw -> String in
             switch family {
-            case AF_INET:
-                ok = inet_ntop(AF_INET, raw.baseAddress! + 4, &out, socklen_t(out.count)) != nil
-            case AF_INET6:
-                ok = inet_ntop(AF_INET6, raw.baseAddress! + 8, &out, socklen_t(out.count)) != nil
-            default: ok = false
+            case AF_INET: return addressText(AF_INET, raw.baseAddress! + 4)
+            case AF_INET6: return addressText(AF_INET6, raw.baseAddress! + 8)
+            default: return "?"
             }
-            return ok ? String(decoding: out.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : "?"
         }
     }
 
@@ -322,13 +317,19 @@ package struct IPNetwork: Hashable, Sendable, CustomStringConvertible {
     var address: String {
         func bigEndianBytes(_ value: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: value >> (56 - 8 * $0)) } }
         let bytes = isIPv4 ? Array(bigEndianBytes(low).suffix(4)) : bigEndianBytes(high) + bigEndianBytes(low)
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
-        guard inet_ntop(isIPv4 ? AF_INET : AF_INET6, bytes, &text, socklen_t(text.count)) != nil else { return "?" }
-        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return bytes.withUnsafeBytes { addressText(isIPv4 ? AF_INET : AF_INET6, $0.baseAddress!) }
     }
 
     /// `192.0.2.7`, `10.0.0.0/8`, `2001:db8:1:2::/64`: the length only for less than a whole address.
     package var description: String { length == (isIPv4 ? 32 : 128) ? address : "\(address)/\(length)" }
+}
+
+/// An IPv4 (4 bytes) or IPv6 (16 bytes) address in network order at
+/// `bytes`, as text (`inet_ntop`); "?" if it cannot be written.
+private func addressText(_ family: Int32, _ bytes: UnsafeRawPointer) -> String {
+    var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+    guard inet_ntop(family, bytes, &text, socklen_t(text.count)) != nil else { return "?" }
+    return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
 
 /// A non-blocking UDP socket with large buffers and receive coalescing.
