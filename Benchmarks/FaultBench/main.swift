@@ -259,12 +259,27 @@ struct Fanin: AsyncParsableCommand {
     }
 }
 
+/// Ascending sequences as runs: "3-7, 9".
+func ranges(_ sorted: [Int]) -> [String] {
+    var runs: [String] = []
+    var start = sorted.first ?? 0
+    var last = start
+    for value in sorted.dropFirst() + [Int.min] {
+        if value == last + 1 { last = value; continue }
+        runs.append(start == last ? "\(start)" : "\(start)-\(last)")
+        start = value
+        last = value
+    }
+    return sorted.isEmpty ? [] : runs
+}
+
 struct Reconnect: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "kill -9 (or SIGTERM, --graceful) and restart the zipper while a source writes (every 10 ms by default): time until frames flow again, frames lost.")
     @OptionGroup var zipperOptions: ZipperOptions
     @Option var rounds = 3
     @Option(help: "Microseconds between the source's writes.") var intervalMicroseconds = 10_000
     @Flag(help: "Stop the zipper with SIGTERM (a graceful shutdown, as a rolling restart does) instead of kill -9.") var graceful = false
+    @Flag(help: "The source asks for no delivery receipts: it keeps a frame only until the zipper's QUIC stack acknowledged it.") var noReceipts = false
 
     func run() async throws {
         let key = keyFile()
@@ -281,7 +296,9 @@ struct Reconnect: AsyncParsableCommand {
             }
         }
         try await sfn.connect()
-        let source = Source(name: "writer", zipper: zipper.address, options: quietOptions())
+        var sourceOptions = quietOptions()
+        sourceOptions.deliveryReceipts = !noReceipts
+        let source = Source(name: "writer", zipper: zipper.address, options: sourceOptions)
         // When the source learnt that its connection was gone.
         let sourceLostAt = Mutex<ContinuousClock.Instant?>(nil)
         source.setErrorHandler { _ in sourceLostAt.withLock { $0 = clock.now } }
@@ -297,7 +314,7 @@ struct Reconnect: AsyncParsableCommand {
                 try? await Task.sleep(for: .microseconds(intervalMicroseconds))
             }
         }
-        var silentlyLost = 0
+        var blindWrites: [Int] = []
         for round in 1...rounds {
             _ = await waitUntil(.seconds(10)) { lastReceivedAt.withLock { $0 }.map { clock.now - $0 < .milliseconds(50) } ?? false }
             sourceLostAt.withLock { $0 = nil }
@@ -313,10 +330,8 @@ struct Reconnect: AsyncParsableCommand {
             // source noticed: the frames that could be lost without a word.
             let noticed = sourceLostAt.withLock { $0 } ?? backAt
             let blind = written.withLock { $0.filter { $0.at > killedAt && $0.at < noticed }.map(\.sequence) }
-            let got = received.withLock { $0 }
-            let lostHere = blind.filter { !got.contains($0) }.count
-            silentlyLost += lostHere
-            print("round=\(round) back=\(back ? "yes" : "no") frames_again_after_restart_ms=\(ms(backAt - restartedAt)) outage_ms=\(ms(backAt - killedAt)) source_noticed_after_kill_ms=\(ms(noticed - killedAt)) written_ok_unnoticed=\(blind.count) of_them_lost=\(lostHere)")
+            blindWrites += blind
+            print("round=\(round) back=\(back ? "yes" : "no") frames_again_after_restart_ms=\(ms(backAt - restartedAt)) outage_ms=\(ms(backAt - killedAt)) source_noticed_after_kill_ms=\(ms(noticed - killedAt)) written_ok_unnoticed=\(blind.count)")
         }
         writer.cancel()
         _ = await writer.value
@@ -328,8 +343,10 @@ struct Reconnect: AsyncParsableCommand {
         }
         let reported = written.withLock { $0.count }
         let missing = written.withLock { $0.map(\.sequence) }.filter { !received.withLock { $0 }.contains($0) }
-        print("written_ok=\(reported) received=\(received.withLock { $0.count }) lost=\(missing.count) silently_lost=\(silentlyLost)")
-        if !missing.isEmpty { print("lost sequences: \(missing.prefix(20))\(missing.count > 20 ? " …" : "")") }
+        // Of the writes that returned into a dead connection before the source noticed, those that never arrived.
+        let silentlyLost = blindWrites.filter { !received.withLock { $0 }.contains($0) }.count
+        print("written_ok=\(reported) received=\(received.withLock { $0.count }) lost=\(missing.count) silently_lost=\(silentlyLost) receipts=\(noReceipts ? "no" : "yes")")
+        if !missing.isEmpty { print("lost sequences: \(ranges(missing).prefix(20).joined(separator: ", "))") }
         await source.close()
         await sfn.close()
         zipper.stop()

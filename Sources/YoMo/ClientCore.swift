@@ -21,6 +21,7 @@ struct ClientSettings: Sendable {
     var reconnect: ReconnectPolicy
     var retryInitialConnect: Bool
     var handshakeTimeout: Duration
+    var deliveryReceipts: Bool
 }
 
 /// One handshaken connection and the reader of its frames.
@@ -30,43 +31,106 @@ final class ClientSession: @unchecked Sendable {
     var frames: FrameReader
     let clientID: String
     let zipper: ZipperAddress
-    /// DataFrames written on this connection that the zipper's QUIC stack has
-    /// not acknowledged yet, with the stream offset each ends at: what to send
-    /// again on the next connection if this one dies.
-    /// A frame sent with a patch keeps it: applied only if the frame goes out again.
-    private let unacknowledged = Mutex<(frames: CircularBuffer<(end: Int, frame: DataFrame, patch: MetadataPatch?)>, taken: Bool)>(([], false))
+    /// The zipper sends delivery receipts (`ReceiptFrame`): frames are kept
+    /// until it says they are settled, not only until its QUIC stack has them.
+    let receipts: Bool
 
-    init(connection: QUICFrameConnection, frames: FrameReader, clientID: String, zipper: ZipperAddress) {
+    /// DataFrames written on this connection that the zipper has not settled
+    /// (with receipts) or its QUIC stack has not acknowledged (without), with
+    /// the stream offset each ends at: what to send again on the next
+    /// connection if this one dies.
+    private struct Kept {
+        /// A frame sent with a patch keeps it: applied only if the frame goes out again.
+        var frames = CircularBuffer<(end: Int, frame: DataFrame, patch: MetadataPatch?, bytes: Int)>()
+        var bytes = 0
+        var taken = false
+        /// The last receipt's offset.
+        var settled = 0
+        /// Whether the bound was reached (said once per connection).
+        var overBound = false
+
+        /// Drops the frames that end at or before `offset`.
+        mutating func drop(through offset: Int) {
+            while let first = frames.first, first.end <= offset {
+                frames.removeFirst()
+                bytes -= first.bytes
+            }
+        }
+    }
+
+    private let kept: Mutex<Kept>
+
+    /// Past this many bytes of frames kept for want of a receipt (a zipper
+    /// that holds frames for a function on its way back keeps 16 MiB at
+    /// most), the oldest are kept only until acknowledged, as without
+    /// receipts, with a warning: a zipper that announced receipts and sends
+    /// none must not grow its client without bound.
+    static let maximumKeptBytes = 64 << 20
+
+    init(connection: QUICFrameConnection, frames: FrameReader, clientID: String, zipper: ZipperAddress, settled: Int? = nil) {
         self.connection = connection
         self.frames = frames
         self.clientID = clientID
         self.zipper = zipper
+        receipts = settled != nil
+        kept = Mutex(Kept(settled: settled ?? 0))
     }
 
-    /// Remembers a written frame until it is acknowledged (dropping those that
-    /// are). False when the connection's unacknowledged frames were already
-    /// taken (it ended while this frame was written): the caller holds the
-    /// frame for the next connection, or it would be lost without a word.
+    /// Remembers a written frame until it is settled or acknowledged (dropping
+    /// those that are). False when the connection's unacknowledged frames were
+    /// already taken (it ended while this frame was written): the caller holds
+    /// the frame for the next connection, or it would be lost without a word.
+    /// `logger`: where reaching `maximumKeptBytes` is said.
     @discardableResult
-    func recordWrite(_ frame: DataFrame, patch: MetadataPatch? = nil, endingAt end: Int) -> Bool {
+    func recordWrite(_ frame: DataFrame, patch: MetadataPatch? = nil, endingAt end: Int, logger: Logger? = nil) -> Bool {
         let acknowledged = connection.connection.acknowledgedBytes
-        return unacknowledged.withLock { log in
-            guard !log.taken else { return false }
-            while let first = log.frames.first, first.end <= acknowledged { log.frames.removeFirst() }
-            log.frames.append((end, frame, patch))
-            return true
+        let (recorded, reachedBound) = kept.withLock { kept -> (Bool, Bool) in
+            guard !kept.taken else { return (false, false) }
+            kept.drop(through: max(receipts ? 0 : acknowledged, kept.settled))
+            let bytes = frame.encodedLength
+            kept.frames.append((end, frame, patch, bytes))
+            kept.bytes += bytes
+            guard kept.bytes > Self.maximumKeptBytes else { return (true, false) }
+            kept.drop(through: min(acknowledged, kept.frames.first.map { $0.end + (kept.bytes - Self.maximumKeptBytes) } ?? 0))
+            defer { kept.overBound = true }
+            return (true, !kept.overBound)
+        }
+        if reachedBound {
+            logger?.warning("the zipper has not settled \(Self.maximumKeptBytes >> 20) MiB of frames: the oldest are kept only until acknowledged, and a crash of the zipper could lose them", metadata: [
+                YoMoLogField.zipperAddress: "\(zipper)",
+            ])
+        }
+        return recorded
+    }
+
+    /// A receipt: the frames that end at or before `offset` are settled.
+    func settle(through offset: Int) {
+        kept.withLock { kept in
+            guard offset > kept.settled else { return }
+            kept.settled = offset
+            kept.drop(through: offset)
         }
     }
 
-    /// The frames written here that the zipper never acknowledged, in stream
-    /// order. Taken once, after the connection ended; later writes are not
-    /// recorded (`recordWrite` says so).
-    func takeUnacknowledged() -> [DataFrame] {
-        let acknowledged = connection.connection.acknowledgedBytes
-        return unacknowledged.withLock { log in
-            defer { log = ([], true) }
+    /// Frames kept to be sent again if the connection dies: `yomo.client.unsettled.messages`.
+    var keptFrames: Int {
+        let acknowledged = receipts ? 0 : connection.connection.acknowledgedBytes
+        return kept.withLock { kept in kept.frames.count { $0.end > max(acknowledged, kept.settled) } }
+    }
+
+    /// The frames written here that the zipper never settled (with receipts)
+    /// or acknowledged, in stream order. Taken once, after the connection
+    /// ended; later writes are not recorded (`recordWrite` says so).
+    /// `shutdown`: the zipper closed gracefully, and routes everything its
+    /// QUIC stack acknowledged before it goes (sending that again would only
+    /// make copies), so acknowledged counts as settled.
+    func takeUnacknowledged(zipperShutDown shutdown: Bool = false) -> [DataFrame] {
+        let acknowledged = receipts && !shutdown ? 0 : connection.connection.acknowledgedBytes
+        return kept.withLock { kept in
+            let done = max(acknowledged, kept.settled)
+            defer { kept = Kept(taken: true, settled: kept.settled) }
             // Concurrent writers may have logged out of stream order.
-            return log.frames.filter { $0.end > acknowledged }.sorted { $0.end < $1.end }.map { $0.frame.applying($0.patch) }
+            return kept.frames.filter { $0.end > done }.sorted { $0.end < $1.end }.map { $0.frame.applying($0.patch) }
         }
     }
 }
@@ -108,14 +172,24 @@ enum ClientCore {
             do {
                 try await connection.write(.handshake(handshake(settings, clientID: clientID)))
                 var frames = FrameReader(connection)
-                let answer = try await frames.first(
-                    within: settings.handshakeTimeout,
-                    orFail: YoMoError(.notConnected, "zipper \(address) did not answer the handshake within \(settings.handshakeTimeout)"))
-                switch answer {
+                let deadline = ContinuousClock.now + settings.handshakeTimeout
+                func answer() async throws -> Frame? {
+                    try await frames.first(
+                        within: deadline - .now,
+                        orFail: YoMoError(.notConnected, "zipper \(address) did not answer the handshake within \(settings.handshakeTimeout)"))
+                }
+                var answered = try await answer()
+                // A zipper that sends receipts says so first, with the offset they start at.
+                var settled: Int?
+                if settings.deliveryReceipts, case .receipt(let receipt)? = answered {
+                    settled = Int(clamping: receipt.settledThrough)
+                    answered = try await answer()
+                }
+                switch answered {
                 case .handshakeAck?:
                     connection.warnIfPathDropsBigDatagrams(
                         logger: logger, metadata: [YoMoLogField.connectionID: "\(clientID)", YoMoLogField.zipperAddress: "\(address)"])
-                    return ClientSession(connection: connection, frames: frames, clientID: clientID, zipper: address)
+                    return ClientSession(connection: connection, frames: frames, clientID: clientID, zipper: address, settled: settled)
                 case .rejected(let rejected)?:
                     await connection.close(reason: "rejected")
                     throw YoMoError(.rejected, "zipper \(address) rejected the handshake: \(rejected.message.peerText(limit: peerMessageLimit))")
@@ -150,7 +224,8 @@ enum ClientCore {
             authName: settings.credential?.name ?? "",
             authPayload: settings.credential?.payload ?? "",
             version: yomoSpecVersion,
-            wantedTarget: settings.wantedTarget
+            wantedTarget: settings.wantedTarget,
+            wantsReceipts: settings.deliveryReceipts
         )
     }
 

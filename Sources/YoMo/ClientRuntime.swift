@@ -225,6 +225,11 @@ final class ClientRuntime: Sendable {
 
     /// Bytes written on the current session that the zipper has not acknowledged (0 without one).
     var unacknowledgedBytesForTesting: Int { state.withLock { $0.session?.connection.connection.unacknowledgedBytes ?? 0 } }
+    /// Frames of the current session kept to be sent again if it dies (0
+    /// without one): `yomo.client.unsettled.messages`, and tests.
+    var keptFramesForTesting: Int { state.withLock { $0.session?.keptFrames ?? 0 } }
+    /// Whether the current session's zipper sends delivery receipts.
+    var receiptsForTesting: Bool { state.withLock { $0.session?.receipts ?? false } }
 
     var outageStatistics: OutageStatistics { state.withLock { $0.outage.statistics } }
 
@@ -490,7 +495,8 @@ final class ClientRuntime: Sendable {
                     // Frames the dead connection took without the zipper acknowledging
                     // them go out again first on the next one: none is lost silently
                     // (a frame whose acknowledgement alone was lost arrives twice).
-                    let unacknowledged = current.takeUnacknowledged()
+                    let shutDown = ended.map { ClientCore.describe($0, zipper: current.zipper).code == .listenerShutdown } ?? false
+                    let unacknowledged = current.takeUnacknowledged(zipperShutDown: shutDown)
                     if !unacknowledged.isEmpty {
                         state.withLock { $0.outage.resend(unacknowledged) }
                     }
@@ -587,7 +593,7 @@ final class ClientRuntime: Sendable {
             for (index, frame) in frames.enumerated() {
                 do {
                     let end = try await session.connection.write(.data(frame))
-                    session.recordWrite(frame, endingAt: end)
+                    session.recordWrite(frame, endingAt: end, logger: logger)
                 } catch {
                     state.withLock {
                         $0.outage.delivered(index)
@@ -716,6 +722,8 @@ final class ClientRuntime: Sendable {
                         throw YoMoError(.goaway, "zipper went away: \(goaway.message.peerText(limit: ClientCore.peerMessageLimit))")
                     case .rejected(let rejected):
                         throw YoMoError(.rejected, "zipper rejected \(name): \(rejected.message.peerText(limit: ClientCore.peerMessageLimit))")
+                    case .receipt(let receipt):
+                        if session.receipts { session.settle(through: Int(clamping: receipt.settledThrough)) }
                     case .handshake, .handshakeAck, .connectTo:
                         logger.debug("ignoring unexpected frame", metadata: ["frame": "\(frame.type)"])
                     }
@@ -806,7 +814,7 @@ final class ClientRuntime: Sendable {
                         hasAfterWriteHook.store(false, ordering: .relaxed)
                         await hook()
                     }
-                    if session.recordWrite(frame, patch: patch, endingAt: end) {
+                    if session.recordWrite(frame, patch: patch, endingAt: end, logger: logger) {
                         sent()
                         return
                     }
@@ -1012,6 +1020,7 @@ final class ClientRuntime: Sendable {
             self?.state.withLock { $0.session }?.connection.connection.statistics
         }
         metrics.observeOutage { [weak self] in self?.outageStatistics ?? OutageStatistics() }
+        metrics.observeUnsettled { [weak self] in self?.keptFramesForTesting ?? 0 }
         let id = Readiness.shared.register("\(clientType) \(name)") { [weak self] in self?.isConnected ?? false }
         state.withLock { $0.readinessProbe = id }
     }

@@ -309,6 +309,26 @@ final class DataPathMetrics: Sendable {
         ) { [(base, Double(read().resent))] }
     }
 
+    /// Frames a client keeps to send again if its connection dies (its
+    /// zipper has not settled them yet), read when metrics are collected.
+    func observeUnsettled(_ read: @escaping @Sendable () -> Int) {
+        guard enabled else { return }
+        let base = baseAttributes
+        meter.observableGauge(
+            "yomo.client.unsettled.messages", unit: "{message}",
+            description: "Frames written on the current connection that the zipper has not yet settled (delivery receipts) or acknowledged: sent again if the connection dies."
+        ) { [(base, Double(read()))] }
+    }
+
+    /// Delivery receipts the zipper sent, read when metrics are collected.
+    func observeReceipts(_ read: @escaping @Sendable () -> Int) {
+        guard enabled else { return }
+        meter.observableCounter(
+            "yomo.zipper.delivery_receipts", unit: "{message}",
+            description: "Delivery receipts sent to clients that asked: each tells a client which of its frames it may forget."
+        ) { [(self.baseAttributes, Double(read()))] }
+    }
+
     /// The health of a client's connection to its zipper (from ngtcp2's
     /// statistics), read when metrics are collected; nothing while disconnected.
     func observeQUIC(_ read: @escaping @Sendable () -> QUICConnection.Statistics?) {

@@ -12,6 +12,12 @@ struct FrameReader: @unchecked Sendable {
 
     mutating func next() async throws -> Frame? { try await iterator.next() }
 
+    /// The stream offset just past the last frame `next()` returned.
+    var consumedBytes: Int { iterator.consumedBytes }
+
+    /// Whether the next frame is here whole: `next()` returns it without waiting.
+    var hasWholeFrame: Bool { iterator.hasWholeFrame }
+
     mutating func setMaximumFrameSize(_ size: Int) { iterator.setMaximumFrameSize(size) }
 
     mutating func share(_ budget: IncompleteFrameBudget, onStall: @escaping @Sendable (_ received: Int, _ size: Int) -> Void) {

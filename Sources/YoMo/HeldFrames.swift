@@ -87,6 +87,8 @@ struct HeldFrames {
         var deliveredTo: Set<String> = []
         /// Whether other functions received it when it was routed.
         var wasRouted: Bool
+        /// The receipt checkpoint of its sender that waits for it (a client that asked for receipts).
+        var tally: HoldTally?
 
         /// Whether its wait ended short of someone it was held for.
         var missedSomeone: Bool { !owed.isEmpty || (forAnyArrival && deliveredTo.isEmpty) }
@@ -227,11 +229,13 @@ struct HeldFrames {
 
     /// Holds `frame` for `claim` (its buffers should be its own: a slice of a
     /// read buffer would keep all of it).
-    mutating func hold(_ frame: DataFrame, target: String?, bytes: Int, for claim: Claim, routed: Bool, now: Instant) -> HoldResult {
+    mutating func hold(
+        _ frame: DataFrame, target: String?, bytes: Int, for claim: Claim, routed: Bool, now: Instant, tally: @autoclosure () -> HoldTally? = nil
+    ) -> HoldResult {
         guard fits(bytes) else { return .full }
         let entry = Entry(
             frame: frame, target: target, bytes: bytes, deadline: now + settings.duration,
-            owed: claim.owed, forAnyArrival: claim.forAnyArrival, wasRouted: routed)
+            owed: claim.owed, forAnyArrival: claim.forAnyArrival, wasRouted: routed, tally: tally())
         entries.append(entry)
         return count(entry)
     }
@@ -265,20 +269,40 @@ struct HeldFrames {
         return results
     }
 
+    /// A frame taken for a function, with its receipt tally: once written,
+    /// the taker waits for it there, and releases it if `left` (the frame
+    /// left the hold: every function it was held for took it).
+    struct Taken {
+        var frame: DataFrame
+        var tally: HoldTally?
+        var left: Bool
+
+        /// Written to `connection`, ending at `end`.
+        func written(to connection: QUICConnection, endingAt end: Int) {
+            guard let tally else { return }
+            tally.wait(for: connection, written: end)
+            if left { tally.release() }
+        }
+
+        /// Not written (the function's connection ended): its receipt waits no more.
+        func abandoned() { if left { tally?.release() } }
+    }
+
     /// Takes, in the order they were held, the frames held for `member` that
     /// it would have been routed (its tags; a targeted frame only if its
     /// target is the member's).
-    mutating func take(for member: RouteMember) -> [DataFrame] {
+    mutating func take(for member: RouteMember) -> [Taken] {
         guard !entries.isEmpty, member.clientType == .streamFunction else { return [] }
-        var taken: [DataFrame] = []
+        var taken: [Taken] = []
         var kept = CircularBuffer<Entry>(initialCapacity: entries.count)
         for var entry in entries {
             if member.receives(tag: entry.frame.tag, target: entry.target),
                entry.owed.contains(member.name) || (entry.forAnyArrival && !entry.deliveredTo.contains(member.name)) {
-                taken.append(entry.frame)
                 entry.owed.remove(member.name)
                 entry.deliveredTo.insert(member.name)
-                if entry.owed.isEmpty && !entry.forAnyArrival {
+                let left = entry.owed.isEmpty && !entry.forAnyArrival
+                taken.append(Taken(frame: entry.frame, tally: entry.tally, left: left))
+                if left {
                     forget(entry)
                     continue
                 }
@@ -313,6 +337,7 @@ struct HeldFrames {
         var frames: [DataFrame] = []
         while let first = entries.popFirst() {
             forget(first)
+            first.tally?.release()
             if first.missedSomeone { frames.append(first.frame) }
         }
         return frames
@@ -333,6 +358,7 @@ struct HeldFrames {
 
     private mutating func end(_ entry: Entry, into dropped: inout [Dropped]) {
         forget(entry)
+        entry.tally?.release()
         guard entry.missedSomeone else { return }
         let tag = entry.frame.tag
         let index = dropped.firstIndex { $0.tag == tag } ?? {

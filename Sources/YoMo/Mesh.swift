@@ -216,7 +216,9 @@ final class MeshLink: Sendable {
                 credential: peer.credential.map(Credential.init), wantedTarget: "",
                 zipper: address, quic: quic,
                 tls: .fromEnvironment(ProcessInfo.processInfo.environment), reconnect: policy,
-                retryInitialConnect: true, handshakeTimeout: .seconds(3))
+                // No receipts: a link's frames count as settled once queued
+                // here, and a link cut would only send copies again.
+                retryInitialConnect: true, handshakeTimeout: .seconds(3), deliveryReceipts: false)
             // Frames taken while reconnecting wait here, bounded like the queue.
             let limits = state.withLock { $0.backlog.limits }
             let setup = ClientRuntime.Setup(

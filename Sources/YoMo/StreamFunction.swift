@@ -69,6 +69,16 @@ public final class StreamFunction: Sendable {
         /// `nil`: the process's provider (`YoMoMetrics.bootstrap`), which records
         /// nothing unless an executable turned metrics on.
         public var meterProvider: MeterProvider?
+        /// Ask the zipper for delivery receipts: a frame written is kept, to be
+        /// sent again after a reconnect, until the zipper says it reached the
+        /// functions it goes to (or was held or dropped by its rules), not only
+        /// until the zipper's QUIC stack took it: a zipper that crashes then
+        /// loses none of it. Zippers of this SDK send receipts; Go's do not,
+        /// and then a frame is kept until acknowledged, as without them.
+        /// At least once either way: a frame can arrive twice after a crash.
+        /// `nil`: what `YOMO_DELIVERY_RECEIPTS` says (`false`, `0`, `no` or
+        /// `off` ask for none), else on.
+        public var deliveryReceipts: Bool?
 
         /// What ``maximumHandlerBytes`` counts for a running handler besides its
         /// frame: its task and context (measured: `yomo-fault-bench backlog`).
@@ -90,9 +100,11 @@ public final class StreamFunction: Sendable {
             outageBufferFrames: Int = 1000,
             outageBufferBytes: Int = 8 << 20,
             shutdownTimeout: Duration = .seconds(5),
-            meterProvider: MeterProvider? = nil
+            meterProvider: MeterProvider? = nil,
+            deliveryReceipts: Bool? = nil
         ) {
             self.meterProvider = meterProvider
+            self.deliveryReceipts = deliveryReceipts
             self.observedTags = observedTags
             self.credential = credential
             self.wantedTarget = wantedTarget
@@ -258,6 +270,12 @@ public final class StreamFunction: Sendable {
 }
 
 extension ClientSettings {
+    /// `YOMO_DELIVERY_RECEIPTS`: on unless it says `false`, `0`, `no` or `off`.
+    static func deliveryReceipts(_ environment: [String: String]) -> Bool {
+        guard let value = environment["YOMO_DELIVERY_RECEIPTS"]?.lowercased() else { return true }
+        return !["false", "0", "no", "off"].contains(value)
+    }
+
     init(name: String, clientType: ClientType, zipper: String, options: StreamFunction.Options) throws {
         try options.validate("\(clientType) \(name)")
         self.init(
@@ -271,7 +289,8 @@ extension ClientSettings {
             tls: options.tls ?? .fromEnvironment(ProcessInfo.processInfo.environment),
             reconnect: options.reconnect,
             retryInitialConnect: options.retryConnect,
-            handshakeTimeout: options.handshakeTimeout
+            handshakeTimeout: options.handshakeTimeout,
+            deliveryReceipts: options.deliveryReceipts ?? Self.deliveryReceipts(ProcessInfo.processInfo.environment)
         )
     }
 }

@@ -276,6 +276,9 @@ public final class Zipper: Sendable {
         /// address, proven by a Retry, had `maximumPendingHandshakesPerAddress`
         /// in progress already.
         public var quicHandshakesRefusedPerAddress = 0
+        /// Delivery receipts sent to clients that asked for them
+        /// (`ZipperConfiguration.deliveryReceipts`).
+        public var deliveryReceipts = 0
     }
 
     public let configuration: ZipperConfiguration
@@ -294,6 +297,8 @@ public final class Zipper: Sendable {
     let incompleteFrames: IncompleteFrameBudget
     /// One per downstream zipper of the mesh (empty without a mesh).
     private let links: [MeshLink]
+    /// Tells the clients that asked which of their frames are settled.
+    private let receipts = DeliveryReceipts()
     /// Wakes the task that drops held frames at their deadline when the hold
     /// stops being empty.
     private let heldWakeups: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
@@ -338,6 +343,10 @@ public final class Zipper: Sendable {
         metrics.observeAddressValidation { [weak self] in
             self.map { ($0.statistics.addressValidationRetries, $0.statistics.invalidRetryTokens, $0.statistics.quicHandshakesRefusedPerAddress) } ?? (0, 0, 0)
         }
+        if configuration.deliveryReceipts {
+            let receipts = self.receipts
+            metrics.observeReceipts { receipts.receiptsSent }
+        }
         if configuration.unroutedHold.isOn {
             metrics.observeHeldFrames { [weak self] in self?.state.withLock { ($0.held.entries.count, $0.held.bytes) } ?? (0, 0) }
         }
@@ -364,6 +373,7 @@ public final class Zipper: Sendable {
         statistics.addressValidationRetries = quic?.retries ?? 0
         statistics.invalidRetryTokens = quic?.invalidTokens ?? 0
         statistics.quicHandshakesRefusedPerAddress = quic?.refusedHandshakesPerAddress ?? 0
+        statistics.deliveryReceipts = receipts.receiptsSent
         return statistics
     }
 
@@ -546,7 +556,7 @@ public final class Zipper: Sendable {
             ])
             return
         }
-        let held = frames.filter { hold($0, patch: nil, target: MetadataView($0.metadata)?.string(.target), logger: logger).held }.count
+        let held = frames.filter { hold($0, patch: nil, target: MetadataView($0.metadata)?.string(.target), ledger: nil, logger: logger).held }.count
         logger.info("holding again the frames the previous run held for stream functions", metadata: [
             "frames": "\(held)", "of": "\(frames.count)", "closed_ago": "\(age)",
         ])
@@ -705,6 +715,7 @@ public final class Zipper: Sendable {
                 group.addTask { await link.run() }
             }
             group.addTask { await self.expireHeldFrames() }
+            group.addTask { await self.receipts.run() }
             group.addTask { await self.rememberFunctions() }
             group.addTask {
                 // After a wave of clients leaves, hand the memory their buffers
@@ -797,7 +808,7 @@ public final class Zipper: Sendable {
         let forwardsToMesh = !links.isEmpty && MeshForwarding.forwards(from: handshake.clientType)
         var connectionMetadata = Metadata()
         connectionMetadata[Metadata.ReservedKey.wantedTarget] = handshake.wantedTarget
-        let joined = state.withLock { state -> (UInt64, RouteMember, [DataFrame])? in
+        let joined = state.withLock { state -> (UInt64, RouteMember, [HeldFrames.Taken])? in
             // Closing: its frames would find no one to take them.
             guard !state.closed else { return nil }
             let id = state.nextConnectionID
@@ -820,6 +831,10 @@ public final class Zipper: Sendable {
             await connection.close(errorCode: 0, reason: Self.shutdownReason)
             return
         }
+        // A client that asked is told which of its frames are settled (see `ReceiptLedger`).
+        let ledger = configuration.deliveryReceipts && handshake.wantsReceipts
+            ? ReceiptLedger(connection: connection, startingAt: frameReader.consumedBytes) : nil
+        defer { if let ledger { receipts.remove(ledger) } }
         // The frames the connection had not acknowledged when it ended (taken below).
         var unacknowledged: [(frame: DataFrame, target: String?, notAcknowledged: Int)] = []
         defer {
@@ -834,7 +849,10 @@ public final class Zipper: Sendable {
                 state.peers[id] = nil
                 waiters = state.departureWaiters.removeValue(forKey: id) ?? []
                 let wasEmpty = state.held.isEmpty
-                var left = UnacknowledgedAtEnd(bytes: connection.connection.unacknowledgedBytes)
+                // Receipts written to a client are not data: with them, only data frames count.
+                let unacknowledgedBytes = ledger == nil
+                    ? connection.connection.unacknowledgedBytes : unacknowledged.reduce(0) { $0 + $1.notAcknowledged }
+                var left = UnacknowledgedAtEnd(bytes: unacknowledgedBytes)
                 if member.clientType == .streamFunction {
                     let stillObserved = state.routes.tagsObserved(byName: member.name)
                     state.held.observerLeft(member, stillObserved: stillObserved, now: .now)
@@ -842,9 +860,9 @@ public final class Zipper: Sendable {
                     if let unwritten, !state.closed {
                         if state.departed.count >= State.departedRemembered { state.departed.removeFirst() }
                         state.departed.append(member)
-                        let frames = unacknowledged + unwritten.map { ($0.frame, $0.target, 0) }
+                        let frames = (configuration.unroutedHold.isOn ? unacknowledged : []) + unwritten.map { ($0.frame, $0.target, 0) }
                         left = state.holdForReturn(frames, of: member, stillObserved: stillObserved)
-                        left.lostBytes = max(0, connection.connection.unacknowledgedBytes - left.heldUnacknowledgedBytes)
+                        left.lostBytes = max(0, unacknowledgedBytes - left.heldUnacknowledgedBytes)
                     }
                 }
                 state.statistics.unacknowledgedBytesLost += left.lostBytes
@@ -873,6 +891,10 @@ public final class Zipper: Sendable {
         var closeReason = ""
         do {
             do {
+                // The first receipt, before the acknowledgement, tells the client receipts will come.
+                if ledger != nil {
+                    try await connection.write(.receipt(ReceiptFrame(settledThrough: UInt64(frameReader.consumedBytes))))
+                }
                 try await connection.write(.handshakeAck)
             } catch {
                 if !held.isEmpty { abandonArrival(of: member, delivered: 0, unwritten: held) }
@@ -888,6 +910,9 @@ public final class Zipper: Sendable {
             // `bytesRoutedPerYield` queued, the task steps aside for the loop.
             let yieldsToLoop = options.routing == .loop
             var routedSinceYield = 0
+            // The function connections each frame was written to, for its receipt.
+            var written: [QUICConnection]? = ledger != nil ? [] : nil
+            var routedSinceTold = ReceiptLedger.Batch()
             while let frame = try await frameReader.next() {
                 guard case .data(let data) = frame else { continue }
                 guard !RouteTable.isReserved(data.tag) else {
@@ -898,7 +923,16 @@ public final class Zipper: Sendable {
                 }
                 let queued = try await route(
                     data, from: id, connectionMetadata: connectionMetadata, forwardsToMesh: forwardsToMesh,
-                    taskContext: taskContext, logger: connectionLogger)
+                    taskContext: taskContext, logger: connectionLogger, ledger: ledger, written: &written)
+                if let ledger, let destinations = written {
+                    routedSinceTold.add(destinations)
+                    written?.removeAll(keepingCapacity: true)
+                    // Told once per burst the reader took in, not per frame: the
+                    // ledger's lock is not on the data path.
+                    if !frameReader.hasWholeFrame, ledger.routed(through: frameReader.consumedBytes, &routedSinceTold) {
+                        receipts.wake(ledger)
+                    }
+                }
                 if yieldsToLoop {
                     routedSinceYield += queued
                     if routedSinceYield >= Self.bytesRoutedPerYield {
@@ -921,7 +955,8 @@ public final class Zipper: Sendable {
         // defer above); until the twenty-sixth round of issue 14 they went with
         // the connection, as in Go.
         // Decoded here, not under the lock the defer takes.
-        if member.clientType == .streamFunction, configuration.unroutedHold.isOn, let taken = connection.connection.takeUnacknowledged() {
+        if member.clientType == .streamFunction, configuration.unroutedHold.isOn || ledger != nil,
+           let taken = connection.connection.takeUnacknowledged() {
             unacknowledged = HeldFrames.dataFrames(in: taken)
         }
     }
@@ -1141,7 +1176,7 @@ public final class Zipper: Sendable {
     /// Returns the bytes it queued (the frame's size times its destinations).
     private func route(
         _ data: DataFrame, from id: UInt64, connectionMetadata: Metadata, forwardsToMesh: Bool, taskContext: ServiceContext,
-        logger: Logger
+        logger: Logger, ledger: ReceiptLedger?, written: inout [QUICConnection]?
     ) async throws -> Int {
         guard let (metadata, span) = outgoingMetadata(
             of: data, connectionMetadata: connectionMetadata, taskContext: taskContext, logger: logger) else { return 0 }
@@ -1162,7 +1197,7 @@ public final class Zipper: Sendable {
         var held = false
         switch decision {
         case .none: break
-        case .hold: (held, destinations) = hold(frame, patch: patch, target: target, logger: logger)
+        case .hold: (held, destinations) = hold(frame, patch: patch, target: target, ledger: ledger, logger: logger)
         case .refused(let level): logHoldFull(level, tag: frame.tag, logger: logger)
         }
         // no_route: no observer here, none held for (the mesh may still take the frame).
@@ -1185,8 +1220,10 @@ public final class Zipper: Sendable {
                     // A throw: not queued (one queued as its connection ended
                     // is among what it had not acknowledged).
                     try await destination.write(frame, patch: patch, endingAfterQueueingThrows: false)
+                    written?.append(destination.connection)
                     router?.delivered.add()
                 } else if try destination.tryWrite(frame, limit: slow.maximumBufferedBytes, patch: patch) {
+                    written?.append(destination.connection)
                     router?.delivered.add()
                     resumed(destinationID, logger: logger)
                 } else if slow.policy == .drop {
@@ -1267,7 +1304,7 @@ public final class Zipper: Sendable {
     /// logs the first of a tag's burst, and the first frame the full hold
     /// refused. Returns whether it was held, and the functions to route it to now.
     private func hold(
-        _ frame: DataFrame, patch: MetadataPatch?, target: String?, logger: Logger
+        _ frame: DataFrame, patch: MetadataPatch?, target: String?, ledger: ReceiptLedger?, logger: Logger
     ) -> (held: Bool, destinations: [(UInt64, QUICFrameConnection)]) {
         let owned = HeldFrames.owned(frame, patch: patch)
         typealias Outcome = (held: Bool, destinations: [(UInt64, QUICFrameConnection)], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?)
@@ -1279,7 +1316,8 @@ public final class Zipper: Sendable {
                 return (false, destinations, false, nil, nil)
             }
             let wasEmpty = state.held.isEmpty
-            switch state.held.hold(owned, target: target, bytes: HeldFrames.bytes(of: frame), for: claim, routed: routed, now: .now) {
+            switch state.held.hold(
+                owned, target: target, bytes: HeldFrames.bytes(of: frame), for: claim, routed: routed, now: .now, tally: ledger?.heldFrame()) {
             case .held(let first):
                 state.statistics.heldFrames += 1
                 state.heldFull = (false, false)
@@ -1325,16 +1363,18 @@ public final class Zipper: Sendable {
     /// Writes the frames held for a stream function that arrived, then any held
     /// while they were written, and only then lets routing send it new ones, so
     /// that it receives them in order.
-    private func deliverHeld(_ first: [DataFrame], to member: RouteMember, _ connection: QUICFrameConnection, logger: Logger) async throws {
+    private func deliverHeld(_ first: [HeldFrames.Taken], to member: RouteMember, _ connection: QUICFrameConnection, logger: Logger) async throws {
         var batch = first
         var delivered = 0, writtenOfBatch = 0
         do {
             while !batch.isEmpty {
                 writtenOfBatch = 0
-                for frame in batch {
+                for taken in batch {
+                    let frame = taken.frame
                     // Queued counts as delivered: if the connection ends
                     // unacknowledged, the frame is held for the function again.
-                    _ = try await connection.write(frame, patch: nil, endingAfterQueueingThrows: false)
+                    let end = try await connection.write(frame, patch: nil, endingAfterQueueingThrows: false)
+                    taken.written(to: connection.connection, endingAt: end)
                     delivered += 1
                     writtenOfBatch += 1
                     if metrics.isEnabled { metrics.router(tag: frame.tag).delivered.add() }
@@ -1360,7 +1400,10 @@ public final class Zipper: Sendable {
     /// written are held for it again when it leaves, after what it had not
     /// acknowledged and ahead of what was held for it meanwhile (in order);
     /// until the twenty-sixth round of issue 14 they were dropped.
-    private func abandonArrival(of member: RouteMember, delivered: Int, unwritten: [DataFrame]) {
+    private func abandonArrival(of member: RouteMember, delivered: Int, unwritten taken: [HeldFrames.Taken]) {
+        // Held again for the function below, now in memory only: their receipts wait no more.
+        for frame in taken { frame.abandoned() }
+        let unwritten = taken.map(\.frame)
         state.withLock { state in
             state.held.endArriving(member)
             state.statistics.heldFramesDelivered += delivered

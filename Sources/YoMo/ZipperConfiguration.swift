@@ -52,6 +52,13 @@ public struct ZipperConfiguration: Hashable, Sendable {
     /// Frames with no stream function to go to, held for one that is on its
     /// way back (`.off`: dropped at once, as the Go zipper does).
     public var unroutedHold: UnroutedHold
+    /// Delivery receipts for the clients of this SDK that ask for them (Go's
+    /// never do): each is told which of its frames are settled (reached the
+    /// QUIC stacks of the functions they go to, or were held or dropped by
+    /// the rules above), and keeps the rest to send again if this zipper
+    /// crashes. `false`: none sent, and clients keep a frame only until this
+    /// zipper's QUIC stack acknowledged it, as with Go's zipper.
+    public var deliveryReceipts: Bool
 
     public static let specVersion = "2024-01-03"
 
@@ -258,8 +265,10 @@ public struct ZipperConfiguration: Hashable, Sendable {
         functionsFile: String? = nil,
         mesh: [MeshPeer] = [],
         meshQueue: MeshQueue = MeshQueue(),
-        unroutedHold: UnroutedHold = UnroutedHold()
+        unroutedHold: UnroutedHold = UnroutedHold(),
+        deliveryReceipts: Bool = true
     ) {
+        self.deliveryReceipts = deliveryReceipts
         self.mesh = mesh.sorted { $0.name < $1.name }
         self.meshQueue = meshQueue
         self.unroutedHold = unroutedHold

@@ -282,6 +282,13 @@ public final class QUICConnection: Sendable {
         public init() {}
     }
 
+    /// The stream offset after the last byte written, and whether the
+    /// connection ended, read together: what a write made so far must wait
+    /// for (`acknowledgedBytes` reaching the offset) or never will.
+    package var sendProgress: (written: Int, ended: Bool) {
+        core.sendShared.withLock { ($0.enqueuedTotal, $0.error != nil) }
+    }
+
     /// Why the connection ended, once it has.
     public var closeReason: QUICError? {
         core.sendShared.withLock { $0.error }

@@ -67,6 +67,14 @@ public final class QUICFrameConnection: Sendable {
         try tryWrite(data, limit: limit, patch: nil)
     }
 
+    /// Queues a control frame only if at most `limit` bytes are waiting for
+    /// the peer; never waits. False: not queued (a zipper's receipt, which a
+    /// later one replaces, is not worth waiting for a client that stopped reading).
+    package func tryWrite(control frame: Frame, limit: Int) throws(QUICError) -> Bool {
+        let bytes = frame.encoded()
+        return try connection.core.tryWrite(length: bytes.readableBytes, limit: limit) { $0.writeImmutableBuffer(bytes) }
+    }
+
     /// `tryWrite(_:limit:)` with `patch` written over the frame's metadata.
     package func tryWrite(_ data: DataFrame, limit: Int, patch: MetadataPatch?) throws(QUICError) -> Bool {
         try connection.core.tryWrite(length: data.encodedLength, limit: limit) { data.encode(into: &$0, patch: patch) }
@@ -106,6 +114,18 @@ public final class QUICFrameConnection: Sendable {
             var reservation: IncompleteFrameBudget.Reservation?
             /// A frame of this size waits for room before its bytes are copied.
             var waitsForRoom: Int?
+            /// Bytes taken from the stream so far.
+            var received = 0
+
+            /// The stream offset just past the last frame returned: what a
+            /// zipper's receipt names.
+            package var consumedBytes: Int { received - chunk.readableBytes - partial.readableBytes }
+
+            /// Whether the next frame is here whole: `next()` returns it without waiting.
+            package var hasWholeFrame: Bool {
+                guard partial.readableBytes == 0, let size = FrameDecoder.frameSize(chunk) else { return false }
+                return size >= 0 && size <= chunk.readableBytes
+            }
 
             init(inner: QUICConnection.Inbound.AsyncIterator, decoder: FrameDecoder) {
                 self.inner = inner
@@ -146,6 +166,7 @@ public final class QUICFrameConnection: Sendable {
                         return try decoder.decodeLast(buffer: &chunk, seenEOF: true)
                     }
                     chunk = next
+                    received += next.readableBytes
                     reservation?.progress(received: partial.readableBytes + chunk.readableBytes)
                 }
             }

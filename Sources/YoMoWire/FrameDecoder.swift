@@ -87,7 +87,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
             // Go ignores the node bit of the first byte; so do we.
             let type = FrameType(rawValue: first & ~Y3.nodeBit)
             switch type {
-            case .data, .handshake, .handshakeAck, .rejected, .goaway, .connectTo: break
+            case .data, .handshake, .handshakeAck, .rejected, .goaway, .connectTo, .receipt: break
             default:
                 throw WireError(.unknownFrameType, "first byte 0x\(Y3.hex(first)) is not a YoMo frame type")
             }

@@ -11,6 +11,9 @@ public struct FrameType: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let rejected = FrameType(rawValue: 0x39)
     public static let goaway = FrameType(rawValue: 0x2E)
     public static let connectTo = FrameType(rawValue: 0x3E)
+    /// This SDK's delivery receipt (not a Go frame: sent only to clients that
+    /// asked for receipts in their handshake).
+    public static let receipt = FrameType(rawValue: 0x3A)
 
     public var description: String {
         switch self {
@@ -20,6 +23,7 @@ public struct FrameType: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .rejected: "RejectedFrame"
         case .goaway: "GoawayFrame"
         case .connectTo: "ConnectToFrame"
+        case .receipt: "ReceiptFrame"
         default: "frame type 0x\(Y3.hex(rawValue))"
         }
     }
@@ -80,6 +84,10 @@ public struct HandshakeFrame: Hashable, Sendable {
     /// JSON bytes of an LLM function definition; usually empty.
     public var functionDefinition: [UInt8]
     public var wantedTarget: String
+    /// The client asks for delivery receipts (``ReceiptFrame``): a field of
+    /// this SDK's (sequence id 0x0A), sent only when true, so a Go zipper,
+    /// whose decoder ignores unknown fields, sees Go's bytes plus one it skips.
+    public var wantsReceipts: Bool
 
     public init(
         name: String,
@@ -90,7 +98,8 @@ public struct HandshakeFrame: Hashable, Sendable {
         authPayload: String = "",
         version: String = "",
         functionDefinition: [UInt8] = [],
-        wantedTarget: String = ""
+        wantedTarget: String = "",
+        wantsReceipts: Bool = false
     ) {
         self.name = name
         self.id = id
@@ -101,7 +110,21 @@ public struct HandshakeFrame: Hashable, Sendable {
         self.version = version
         self.functionDefinition = functionDefinition
         self.wantedTarget = wantedTarget
+        self.wantsReceipts = wantsReceipts
     }
+}
+
+/// A zipper's delivery receipt (this SDK's; not in Go's protocol): every
+/// DataFrame that ends at or before `settledThrough`, a byte offset of the
+/// client's stream, is settled: delivered to the QUIC stacks of the functions
+/// it went to, or held or dropped by the zipper's rules. Until then a client
+/// keeps a frame to send again if the connection dies, even one the zipper's
+/// QUIC stack acknowledged, so a zipper that crashes loses none of them.
+/// Sent only to a client that asked in its handshake, first just before the
+/// HandshakeAck (which tells the client that receipts will come).
+public struct ReceiptFrame: Hashable, Sendable {
+    public var settledThrough: UInt64
+    public init(settledThrough: UInt64) { self.settledThrough = settledThrough }
 }
 
 /// The zipper refused the handshake (or the connection) and says why.
@@ -130,6 +153,7 @@ public enum Frame: Hashable, Sendable {
     case rejected(RejectedFrame)
     case goaway(GoawayFrame)
     case connectTo(ConnectToFrame)
+    case receipt(ReceiptFrame)
 
     public var type: FrameType {
         switch self {
@@ -139,6 +163,7 @@ public enum Frame: Hashable, Sendable {
         case .rejected: .rejected
         case .goaway: .goaway
         case .connectTo: .connectTo
+        case .receipt: .receipt
         }
     }
 }
@@ -241,9 +266,11 @@ extension HandshakeFrame {
             + childSize(observedTags.count * 4) + childSize(authName.utf8.count)
             + childSize(authPayload.utf8.count) + childSize(version.utf8.count)
             + childSize(functionDefinition.count) + childSize(wantedTarget.utf8.count)
+            + (wantsReceipts ? childSize(1) : 0)
     }
 
-    /// Writes every field, in the Go encoder's order (01 03 02 06 04 05 07 09 08).
+    /// Writes every field, in the Go encoder's order (01 03 02 06 04 05 07 09 08),
+    /// then this SDK's 0x0A when the client wants receipts.
     public func encode(into buffer: inout ByteBuffer) {
         let body = bodyLength
         buffer.reserveCapacity(minimumWritableBytes: 1 + Y3.encodedSize(ofLength: body) + body)
@@ -262,6 +289,10 @@ extension HandshakeFrame {
         buffer.writeChildHeader(0x09, length: functionDefinition.count)
         buffer.writeBytes(functionDefinition)
         buffer.writeStringChild(0x08, wantedTarget)
+        if wantsReceipts {
+            buffer.writeChildHeader(0x0A, length: 1)
+            buffer.writeInteger(UInt8(1))
+        }
     }
 }
 
@@ -284,6 +315,10 @@ extension Frame {
         case .rejected(let frame): buffer.writeMessageFrame(.rejected, frame.message)
         case .goaway(let frame): buffer.writeMessageFrame(.goaway, frame.message)
         case .connectTo(let frame): buffer.writeMessageFrame(.connectTo, frame.endpoint)
+        case .receipt(let frame):
+            buffer.writeNodeHeader(.receipt, bodyLength: childSize(8))
+            buffer.writeChildHeader(0x01, length: 8)
+            buffer.writeInteger(frame.settledThrough)
         }
     }
 
@@ -320,6 +355,7 @@ extension Frame {
         case .rejected: return .rejected(RejectedFrame(message: try body.messageChild(type)))
         case .goaway: return .goaway(GoawayFrame(message: try body.messageChild(type)))
         case .connectTo: return .connectTo(ConnectToFrame(endpoint: try body.messageChild(type)))
+        case .receipt: return .receipt(try ReceiptFrame(body: body))
         default: throw WireError(.unknownFrameType, "\(type) is not a YoMo frame")
         }
     }
@@ -387,6 +423,7 @@ extension HandshakeFrame {
                 case 0x07: frame.version = try decodeString(value, field: "handshake version")
                 case 0x09: frame.functionDefinition = Array(value)
                 case 0x08: frame.wantedTarget = try decodeString(value, field: "handshake wanted target")
+                case 0x0A: frame.wantsReceipts = value.contains { $0 != 0 }
                 default: break
                 }
             }
@@ -395,6 +432,23 @@ extension HandshakeFrame {
             throw WireError(.emptyValue, "handshake has no client type field (0x02)")
         }
         self = frame
+    }
+}
+
+extension ReceiptFrame {
+    init(body: ByteBuffer) throws(WireError) {
+        var settled: UInt64?
+        try body.withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
+            try Y3.forEachChild(of: bytes) { (sequenceID, start, length) throws(WireError) in
+                guard sequenceID == 0x01 else { return }
+                guard length == 8 else {
+                    throw WireError(.invalidValue, "ReceiptFrame offset has \(length) bytes, not 8")
+                }
+                settled = UInt64(bigEndian: UnsafeRawBufferPointer(rebasing: bytes[start..<start + 8]).loadUnaligned(as: UInt64.self))
+            }
+        }
+        guard let settled else { throw WireError(.emptyValue, "ReceiptFrame has no offset field (0x01)") }
+        settledThrough = settled
     }
 }
 

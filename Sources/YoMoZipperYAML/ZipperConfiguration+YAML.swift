@@ -130,6 +130,12 @@ extension ZipperConfiguration {
             }
             statelessResetKeyFile = file
         }
+        if let raw = map["delivery_receipts"] {
+            guard case .bool(let on) = raw else {
+                throw YoMoError(.invalidConfiguration, "zipper config: delivery_receipts must be true or false")
+            }
+            deliveryReceipts = on
+        }
         if let file = map["functions_file"] {
             guard let file = file.string, !file.isEmpty else {
                 throw YoMoError(.invalidConfiguration, "zipper config: functions_file must be a path")

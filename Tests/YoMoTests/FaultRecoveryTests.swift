@@ -673,8 +673,9 @@ struct FaultRecoveryTests {
         try await source.connect()
         #expect(try await writeUntilReceived(source, tag: 0x35, "before", received))
         // A later "before" may still be unacknowledged when an earlier one arrived,
-        // and would be resent too (21, in a parallel run): freeze once all are acknowledged.
-        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
+        // and would be resent too (21, in a parallel run): freeze once all are
+        // acknowledged, and the zipper said (a receipt) that the sink has them.
+        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 && source.client.keptFramesForTesting == 0 })
 
         // Frozen: it takes no packets and acknowledges nothing, so every write
         // below returns (queued) but none is acknowledged.
@@ -1050,7 +1051,7 @@ private func connectUppercaseSink(zipper: String) async throws -> (StreamFunctio
 }
 
 /// The items in the order each first arrived (a frame delivered twice, at least once, counts once).
-private func firstArrivals(_ items: [String]) -> [String] {
+func firstArrivals(_ items: [String]) -> [String] {
     var seen: Set<String> = []
     return items.filter { seen.insert($0).inserted }
 }

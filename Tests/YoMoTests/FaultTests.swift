@@ -158,8 +158,9 @@ struct FaultTests {
         #expect(try await writeUntilReceived(held, tag: 0x33, "before", received))
         // A later "before" may still be in flight when an earlier one arrived: the
         // source would then resend it after the restart (at least once), which the
-        // counts below do not expect. The loss comes once the zipper has them all.
-        #expect(await eventually { held.client.unacknowledgedBytesForTesting == 0 })
+        // counts below do not expect. The loss comes once the zipper has them all,
+        // and has said (a delivery receipt) that the function has them.
+        #expect(await eventually { held.client.unacknowledgedBytesForTesting == 0 && held.client.keptFramesForTesting == 0 })
 
         await zipper.kill()
         for lost in [sinkLost, heldLost, unbufferedLost, smallLost] {

@@ -137,6 +137,8 @@ struct HandlerLifecycleTests {
         try await source.connect()
         try await source.write(tag: 0x63, data: Array("stall".utf8))
         #expect(await received.wait(for: 1))
+        // Settled (its receipt came): else the source sends it again after the kill, at least once.
+        #expect(await eventually { source.client.keptFramesForTesting == 0 })
 
         await zipper.kill()
         try zipper.restart()

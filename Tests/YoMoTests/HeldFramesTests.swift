@@ -45,6 +45,37 @@ struct HeldFramesLogicTests {
         #expect(off.claim(tag: 0x33, target: nil, routed: false, now: start) == nil)
     }
 
+    @Test("a held frame keeps its receipt tally until it leaves the hold: taken by the last name it was held for, expired, or kept for the next start")
+    func receiptTallies() {
+        var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
+        let (f, g) = (function([0x33], name: "f", id: 1), function([0x33], name: "g", id: 2))
+        let shared = HoldTally()
+        shared.add()
+        #expect(held.hold(frame(0x33, "both"), target: nil, bytes: 10, for: .init(owed: ["f", "g"]), routed: false, now: start, tally: shared) != .full)
+        let byF = held.take(for: f)
+        #expect(byF.map(\.left) == [false], "still held for g")
+        byF.forEach { $0.abandoned() }
+        #expect(!shared.isSettled, "g has not taken it")
+        let byG = held.take(for: g)
+        #expect(byG.map(\.left) == [true])
+        #expect(!shared.isSettled, "taken, but its write not yet made")
+        byG.forEach { $0.abandoned() }
+        #expect(shared.isSettled)
+
+        let expiring = HoldTally()
+        expiring.add()
+        _ = held.hold(frame(0x33, "late"), target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start, tally: expiring)
+        #expect(!expiring.isSettled)
+        #expect(!held.expire(now: start + .seconds(5)).isEmpty)
+        #expect(expiring.isSettled, "dropped and counted: nothing left to wait for")
+
+        let kept = HoldTally()
+        kept.add()
+        _ = held.hold(frame(0x33, "kept"), target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start, tally: kept)
+        #expect(held.takeUndelivered().count == 1)
+        #expect(kept.isSettled, "kept in the held frames file by a graceful close")
+    }
+
     @Test("frames a function lacked are held ahead of the newer ones held for it, with their deadline; else at the end, for the whole duration")
     func heldAhead() {
         var held = HeldFrames(settings: Hold(duration: .seconds(5), maximumBytes: 600 * 4 + 1, afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
@@ -61,7 +92,7 @@ struct HeldFramesLogicTests {
         #expect(held.entries.map(\.deadline) == held.entries.map(\.deadline).sorted(), "deadlines in order")
         #expect(held.entries.map { String(buffer: $0.frame.payload) } == ["other", "unrelated", "old-1", "new-1", "new-2"])
         #expect(held.entries.map(\.deadline)[2] == start + .seconds(6), "new-1's deadline")
-        #expect(held.take(for: f).map { String(buffer: $0.payload) } == ["old-1", "new-1", "new-2"])
+        #expect(held.take(for: f).map { String(buffer: $0.frame.payload) } == ["old-1", "new-1", "new-2"])
         #expect(held.expire(now: start + .seconds(6)).isEmpty == false, "g's frame expires")
         let late = held.holdAhead([(frame(0x33, "old-3"), nil, 600)], for: f, now: start + .seconds(7))
         #expect(late == [.held(first: true)])
@@ -105,10 +136,10 @@ struct HeldFramesLogicTests {
         #expect(held.count(tag: 0x33) == 4)
         let source = RouteMember(connectionID: 1, name: "s", clientID: "s", clientType: .source, observedTags: [0x33], wantedTarget: "")
         #expect(held.take(for: source).isEmpty, "sources receive nothing")
-        let taken = held.take(for: function([0x33], target: "t1")).map { String(buffer: $0.payload) }
+        let taken = held.take(for: function([0x33], target: "t1")).map { String(buffer: $0.frame.payload) }
         #expect(taken == ["a", "c", "e"])
         #expect(held.take(for: function([0x33], target: "t1", id: 10)).isEmpty, "each name once: the same function reconnecting")
-        #expect(held.take(for: function([0x34, 0x33], target: "t2", name: "other")).map { String(buffer: $0.payload) } == ["a", "b", "d", "e"],
+        #expect(held.take(for: function([0x34, 0x33], target: "t2", name: "other")).map { String(buffer: $0.frame.payload) } == ["a", "b", "d", "e"],
                 "another function arriving before the deadline gets what it would have been routed")
         #expect(held.count(tag: 0x33) == 4 && held.bytes == 50, "held for any arrival: kept until the deadline")
         #expect(held.expire(now: start + .seconds(5)).isEmpty, "delivered: no loss")
@@ -123,7 +154,7 @@ struct HeldFramesLogicTests {
         let claim = held.claim(tag: 0x33, target: nil, routed: true, now: start)
         #expect(claim == .init(owed: ["a", "b"]))
         #expect(held.hold(frame(0x33, "x"), target: nil, bytes: 10, for: claim!, routed: true, now: start) == .held(first: true))
-        #expect(held.take(for: function([0x33], name: "a")).map { String(buffer: $0.payload) } == ["x"])
+        #expect(held.take(for: function([0x33], name: "a")).map { String(buffer: $0.frame.payload) } == ["x"])
         #expect(held.take(for: function([0x33], name: "a")).isEmpty)
         #expect(held.count(tag: 0x33) == 1, "still held for b")
         #expect(held.expire(now: start + .seconds(5)) == [

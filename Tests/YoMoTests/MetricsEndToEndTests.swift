@@ -182,6 +182,16 @@ struct MetricsEndToEndTests {
         #expect(await prometheus.scalar("yomo_zipper_address_validation_retries_total") == 0)
         #expect(await prometheus.scalar("yomo_zipper_address_validation_invalid_tokens_total") == 0)
         #expect(await prometheus.scalar("yomo_zipper_address_validation_refused_total") == 0)
+        // Delivery receipts: the zipper told its writers what was settled, and the
+        // function keeps none of its replies (no route: settled at once).
+        #expect((await prometheus.scalar("yomo_zipper_delivery_receipts_total") ?? 0) > 0)
+        let unsettled = "yomo_client_unsettled_messages{messaging_consumer_group_name=\"upper-m\"}"
+        var unsettledValue: Double?
+        for _ in 0..<100 where unsettledValue != 0 {
+            unsettledValue = await prometheus.scalar(unsettled)
+            if unsettledValue != 0 { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(unsettledValue == 0)
         var exportedSpans = 0.0
         for _ in 0..<100 where exportedSpans < Double(frames) {
             exportedSpans = await prometheus.scalar("otel_sdk_exporter_span_exported_total{messaging_consumer_group_name=\"upper-m\"}") ?? 0

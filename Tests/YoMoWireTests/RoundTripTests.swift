@@ -61,10 +61,11 @@ enum RandomFrames {
                     authPayload: string(&rng, maxLength: 70),
                     version: "2024-01-03",
                     functionDefinition: Array(bytes(&rng, length: Int.random(in: 0...100, using: &rng)).readableBytesView),
-                    wantedTarget: string(&rng, maxLength: 10)
+                    wantedTarget: string(&rng, maxLength: 10),
+                    wantsReceipts: Bool.random(using: &rng)
                 )
             )
-        case 7: return .handshakeAck
+        case 7: return Bool.random(using: &rng) ? .handshakeAck : .receipt(ReceiptFrame(settledThrough: rng.next()))
         case 8: return .rejected(RejectedFrame(message: string(&rng, maxLength: 100)))
         default:
             return Bool.random(using: &rng)

@@ -1,0 +1,152 @@
+import Foundation
+import Logging
+import NIOCore
+import Testing
+import YoMoQUIC
+import YoMoWire
+import YoMoZipperYAML
+
+@testable import YoMo
+
+@Suite("Delivery receipts", .serialized)
+struct DeliveryReceiptTests {
+    @Test("a zipper killed while it held frames its QUIC stack had acknowledged: with receipts the source sends them again and a function gets every one; without, they went with the zipper",
+          arguments: [true, false])
+    func killedZipperLosesNothingHeld(receipts: Bool) async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true, deliveryReceipts: receipts))
+        try await source.connect()
+        #expect(source.client.receiptsForTesting == receipts, "a zipper of this SDK sends receipts to a client that asks")
+        // No function observes the tag: the zipper holds its frames (in its
+        // first minute, for any function that comes) in memory only.
+        let texts = (0..<20).map { "held-\($0)" }
+        for text in texts { try await source.write(tag: 0x35, data: Array(text.utf8)) }
+        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 }, "the zipper's QUIC stack has them all")
+        // With receipts they are kept until a function has them; without, the acknowledgement let them go.
+        #expect(await eventually { source.client.keptFramesForTesting == (receipts ? 20 : 0) },
+                "kept: \(source.client.keptFramesForTesting)")
+
+        await zipper.kill()
+        try zipper.restart()
+        let received = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x35], retryConnect: true))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        #expect(try await writeUntilReceived(source, tag: 0x35, "after", received))
+        if receipts {
+            #expect(await eventually { texts.allSatisfy(received.items.contains) }, "\(received.items)")
+            #expect(firstArrivals(received.items.filter { $0.hasPrefix("held-") }) == texts, "in the order written")
+            // And any "after" written into the dead connection before the source noticed.
+            #expect(source.outageStatistics.resent >= 20)
+        } else {
+            #expect(!texts.contains(where: received.items.contains), "\(received.items)")
+        }
+        await source.close()
+        await sink.close()
+        await zipper.kill()
+    }
+
+    @Test("receipts let a source forget what functions acknowledged; a zipper with receipts off sends none, and its clients keep frames until acknowledged",
+          arguments: [true, false])
+    func receiptsSettle(zipperSendsReceipts: Bool) async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0, deliveryReceipts: zipperSendsReceipts))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let received = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x33]))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        let source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        #expect(source.client.receiptsForTesting == zipperSendsReceipts)
+        for index in 0..<50 { try await source.write(tag: 0x33, data: Array("frame-\(index)".utf8)) }
+        #expect(await received.wait(for: 50))
+        #expect(await eventually { source.client.keptFramesForTesting == 0 }, "kept: \(source.client.keptFramesForTesting)")
+        if zipperSendsReceipts {
+            #expect(zipper.statistics.deliveryReceipts > 0)
+        } else {
+            #expect(zipper.statistics.deliveryReceipts == 0)
+        }
+        await source.close()
+        await sink.close()
+        await zipper.close()
+    }
+
+    @Test("a zipper that announces receipts and sends none: its client keeps at most 64 MiB unsettled, older frames only until acknowledged, and says so once")
+    func keptBound() async throws {
+        var answer = Frame.receipt(ReceiptFrame(settledThrough: 0)).encoded()
+        answer.writeImmutableBuffer(Frame.handshakeAck.encoded())
+        let zipper = try await HostileZipper(answer: answer)
+        let records = Inbox<String>()
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(logger: Logger(label: "test") { _ in CapturingLogHandler(lines: records) }))
+        try await source.connect()
+        #expect(source.client.receiptsForTesting)
+        let payload = [UInt8](repeating: 0x61, count: 1 << 20)
+        for _ in 0..<72 { try await source.write(tag: 0x33, data: payload) }
+        #expect(await eventually { zipper.received.count == 72 && source.client.unacknowledgedBytesForTesting == 0 })
+        let kept = source.client.keptFramesForTesting
+        #expect(kept < 72 && kept >= 48, "kept \(kept) of 72 frames of 1 MiB")
+        #expect(records.items.filter { $0.contains("has not settled 64 MiB of frames") }.count == 1, "\(records.items)")
+        await source.close()
+    }
+
+    @Test("YOMO_DELIVERY_RECEIPTS: a client asks for receipts unless it says false, 0, no or off")
+    func environment() {
+        #expect(ClientSettings.deliveryReceipts([:]))
+        for off in ["false", "FALSE", "0", "no", "off"] { #expect(!ClientSettings.deliveryReceipts(["YOMO_DELIVERY_RECEIPTS": off]), "\(off)") }
+        for on in ["true", "1", "yes", "on"] { #expect(ClientSettings.deliveryReceipts(["YOMO_DELIVERY_RECEIPTS": on]), "\(on)") }
+    }
+
+    @Test("delivery_receipts in a zipper's YAML: on by default, false turns them off, anything else is refused")
+    func yaml() throws {
+        #expect(try ZipperConfiguration(yaml: "name: z").deliveryReceipts)
+        #expect(try !ZipperConfiguration(yaml: "delivery_receipts: false").deliveryReceipts)
+        #expect(try ZipperConfiguration(yaml: "delivery_receipts: yes").deliveryReceipts)
+        let error = try #require(throws: YoMoError.self) { try ZipperConfiguration(yaml: "delivery_receipts: 10ms") }
+        #expect(error.message.contains("delivery_receipts must be true or false"), "\(error)")
+    }
+
+    @Test("on the wire: the first receipt precedes the acknowledgement and names the handshake's end; later ones fall on frame ends; a client that does not ask (Go's) gets Go's bytes")
+    func wire() async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let port = try #require(zipper.address.flatMap { $0.split(separator: ":").last.flatMap { Int($0) } })
+        let received = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: "127.0.0.1:\(port)", options: .init(observedTags: [0x33]))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+
+        // Go's way first: no field, no receipt.
+        let plain = try await QUICFrameConnection.connect(host: "127.0.0.1", port: port)
+        try await plain.write(.handshake(HandshakeFrame(name: "go", id: "go-0", clientType: .source, version: yomoSpecVersion)))
+        var plainFrames = plain.frames.makeAsyncIterator()
+        #expect(try await plainFrames.next() == .handshakeAck)
+        try await plain.write(.data(DataFrame(tag: 0x33, payload: ByteBuffer(string: "go"))))
+        #expect(await received.wait(for: 1))
+
+        let asking = try await QUICFrameConnection.connect(host: "127.0.0.1", port: port)
+        let handshakeEnd = try await asking.write(.handshake(HandshakeFrame(
+            name: "swift", id: "swift-0", clientType: .source, version: yomoSpecVersion, wantsReceipts: true)))
+        var frames = asking.frames.makeAsyncIterator()
+        #expect(try await frames.next() == .receipt(ReceiptFrame(settledThrough: UInt64(handshakeEnd))))
+        #expect(try await frames.next() == .handshakeAck)
+        var ends: [Int] = []
+        for index in 0..<3 {
+            ends.append(try await asking.write(.data(DataFrame(tag: 0x33, payload: ByteBuffer(string: "swift-\(index)")))))
+        }
+        var receipts: [UInt64] = []
+        while receipts.last != UInt64(ends[2]) {
+            guard case .receipt(let receipt)? = try await frames.next() else { Issue.record("not a receipt"); break }
+            receipts.append(receipt.settledThrough)
+        }
+        #expect(receipts.allSatisfy { ends.map(UInt64.init).contains($0) }, "\(receipts) against frame ends \(ends)")
+        #expect(receipts == receipts.sorted() && Set(receipts).count == receipts.count, "\(receipts)")
+        #expect(await received.wait(for: 4))
+        // Every receipt the zipper sent went to the client that asked.
+        #expect(zipper.statistics.deliveryReceipts == receipts.count, "the first, before the acknowledgement, is not counted")
+        await plain.close()
+        await asking.close()
+        await sink.close()
+        await zipper.close()
+    }
+}

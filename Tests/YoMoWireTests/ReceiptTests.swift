@@ -1,0 +1,56 @@
+import NIOCore
+import Testing
+
+@testable import YoMoWire
+
+@Suite("Delivery receipts on the wire")
+struct ReceiptTests {
+    // Short enough that the body's length takes one byte with the field or without.
+    let handshake = HandshakeFrame(name: "w", id: "a-0", clientType: .source, observedTags: [0x33], version: "2024-01-03", wantedTarget: "t")
+
+    @Test("a handshake asking for receipts is Go's bytes plus one field (0x0A) that a decoder keying by id skips")
+    func handshakeField() throws {
+        let plain = Frame.handshake(handshake).encoded()
+        var asking = handshake
+        asking.wantsReceipts = true
+        let bytes = Frame.handshake(asking).encoded()
+        // Go's header and body, the body three bytes longer, then 0A 01 01.
+        let plainBody = Array(plain.readableBytesView.dropFirst(2))
+        #expect(Array(bytes.readableBytesView) == [0xB1, UInt8(plainBody.count + 3)] + plainBody + [0x0A, 0x01, 0x01])
+        #expect(try Frame(decoding: bytes) == .handshake(asking))
+        #expect(try Frame(decoding: plain) == .handshake(handshake), "Go's handshake asks for none")
+        #expect(!handshake.wantsReceipts)
+    }
+
+    @Test("a receipt is one 8-byte big-endian offset under sequence id 1")
+    func receiptBytes() throws {
+        let frame = Frame.receipt(ReceiptFrame(settledThrough: 0x0102_0304_0506_0708))
+        let bytes = frame.encoded()
+        #expect(Array(bytes.readableBytesView) == [0xBA, 0x0A, 0x01, 0x08, 1, 2, 3, 4, 5, 6, 7, 8])
+        #expect(try Frame(decoding: bytes) == frame)
+        #expect(frame.type.description == "ReceiptFrame")
+    }
+
+    @Test("a receipt whose offset is not 8 bytes, or missing, is a bad frame")
+    func malformedReceipts() throws {
+        let short = ByteBuffer(bytes: [0xBA, 0x09, 0x01, 0x07, 1, 2, 3, 4, 5, 6, 7])
+        let error = try #require(throws: WireError.self) { try Frame(decoding: short) }
+        #expect(error.code == .invalidValue && error.message.contains("not 8"), "\(error)")
+        let empty = ByteBuffer(bytes: [0xBA, 0x00])
+        #expect(throws: WireError.self) { try Frame(decoding: empty) }
+    }
+
+    @Test("a stream of data frames and receipts decodes in order")
+    func streamed() throws {
+        let frames: [Frame] = [
+            .receipt(ReceiptFrame(settledThrough: 40)), .handshakeAck,
+            .data(DataFrame(tag: 0x33, payload: ByteBuffer(string: "a"))), .receipt(ReceiptFrame(settledThrough: .max)),
+        ]
+        var all = ByteBuffer()
+        for frame in frames { frame.encode(into: &all) }
+        var decoder = FrameDecoder()
+        var decoded: [Frame] = []
+        while let frame = try decoder.decodeFrame(buffer: &all) { decoded.append(frame) }
+        #expect(decoded == frames)
+    }
+}
