@@ -169,24 +169,14 @@ final class DataPathMetrics: Sendable {
         ) { [(base, Double(read().waiting))] }
     }
 
-    private enum ObservedKind { case gauge, counter }
-
-    /// One series of this component's, `read` when metrics are collected.
-    private func observeOne(
-        _ kind: ObservedKind, _ name: String, unit: String, description: String, _ read: @escaping @Sendable () -> Int
-    ) {
+    /// What the clients may send ahead of the zipper's reading, read when metrics are collected.
+    func observeReceiveWindows(_ read: @escaping @Sendable () -> Int) {
         guard enabled else { return }
         let base = baseAttributes
-        switch kind {
-        case .gauge: meter.observableGauge(name, unit: unit, description: description) { [(base, Double(read()))] }
-        case .counter: meter.observableCounter(name, unit: unit, description: description) { [(base, Double(read()))] }
-        }
-    }
-
-    /// What the clients may send ahead of the zipper's reading.
-    func observeReceiveWindows(_ read: @escaping @Sendable () -> Int) {
-        observeOne(.gauge, "yomo.zipper.receive_window", unit: "By",
-                   description: "Bytes all clients together may send ahead of what the zipper read: their receive windows summed (maximumReceiveWindowBytes).", read)
+        meter.observableGauge(
+            "yomo.zipper.receive_window", unit: "By",
+            description: "Bytes all clients together may send ahead of what the zipper read: their receive windows summed (maximumReceiveWindowBytes)."
+        ) { [(base, Double(read()))] }
     }
 
     /// QUIC Retries the zipper sent, and the tokens it refused, read when metrics are collected.
@@ -319,16 +309,24 @@ final class DataPathMetrics: Sendable {
         ) { [(base, Double(read().resent))] }
     }
 
-    /// Frames a client keeps to send again if its connection dies (its zipper has not settled them yet).
+    /// Frames a client keeps to send again if its connection dies (its
+    /// zipper has not settled them yet), read when metrics are collected.
     func observeUnsettled(_ read: @escaping @Sendable () -> Int) {
-        observeOne(.gauge, "yomo.client.unsettled.messages", unit: "{message}",
-                   description: "Frames written on the current connection that the zipper has not yet settled (delivery receipts) or acknowledged: sent again if the connection dies.", read)
+        guard enabled else { return }
+        let base = baseAttributes
+        meter.observableGauge(
+            "yomo.client.unsettled.messages", unit: "{message}",
+            description: "Frames written on the current connection that the zipper has not yet settled (delivery receipts) or acknowledged: sent again if the connection dies."
+        ) { [(base, Double(read()))] }
     }
 
-    /// Delivery receipts the zipper sent.
+    /// Delivery receipts the zipper sent, read when metrics are collected.
     func observeReceipts(_ read: @escaping @Sendable () -> Int) {
-        observeOne(.counter, "yomo.zipper.delivery_receipts", unit: "{message}",
-                   description: "Delivery receipts sent to clients that asked: each tells a client which of its frames it may forget.", read)
+        guard enabled else { return }
+        meter.observableCounter(
+            "yomo.zipper.delivery_receipts", unit: "{message}",
+            description: "Delivery receipts sent to clients that asked: each tells a client which of its frames it may forget."
+        ) { [(self.baseAttributes, Double(read()))] }
     }
 
     /// The health of a client's connection to its zipper (from ngtcp2's
