@@ -34,6 +34,12 @@ final class ClientSession: @unchecked Sendable {
     /// The zipper sends delivery receipts (`ReceiptFrame`): frames are kept
     /// until it says they are settled, not only until its QUIC stack has them.
     let receipts: Bool
+    /// The stream offset after the handshake: where frames carried over from
+    /// the previous connection count as ending (`inherit`).
+    let start: Int
+    /// How far the zipper had routed the previous connection's frames, when
+    /// this connection resumes one it still knew (`HandshakeFrame.resumes`).
+    let previousRoutedThrough: Int?
 
     /// DataFrames written on this connection that the zipper has not settled
     /// (with receipts) or its QUIC stack has not acknowledged (without), with
@@ -67,13 +73,33 @@ final class ClientSession: @unchecked Sendable {
     /// none must not grow its client without bound.
     static let maximumKeptBytes = 64 << 20
 
-    init(connection: QUICFrameConnection, frames: FrameReader, clientID: String, zipper: ZipperAddress, settled: Int? = nil) {
+    init(
+        connection: QUICFrameConnection, frames: FrameReader, clientID: String, zipper: ZipperAddress,
+        settled: Int? = nil, start: Int = 0, previousRoutedThrough: Int? = nil
+    ) {
         self.connection = connection
         self.frames = frames
         self.clientID = clientID
         self.zipper = zipper
         receipts = settled != nil
+        self.start = start
+        self.previousRoutedThrough = previousRoutedThrough
         kept = Mutex(Kept(settled: settled ?? 0))
+    }
+
+    /// Frames of the previous connection that the zipper had routed but not
+    /// settled: not sent again, but kept, as ending at `start`, until a
+    /// receipt covers them (the zipper's first checkpoint waits for them).
+    func inherit(_ frames: [DataFrame]) {
+        kept.withLock { kept in
+            // Settled already: the zipper waits for nothing of them.
+            guard kept.settled < start else { return }
+            for frame in frames.reversed() {
+                let bytes = frame.encodedLength
+                kept.frames.prepend((start, frame, nil, bytes))
+                kept.bytes += bytes
+            }
+        }
     }
 
     /// Remembers a written frame until it is settled or acknowledged (dropping
@@ -124,13 +150,13 @@ final class ClientSession: @unchecked Sendable {
     /// `shutdown`: the zipper closed gracefully, and routes everything its
     /// QUIC stack acknowledged before it goes (sending that again would only
     /// make copies), so acknowledged counts as settled.
-    func takeUnacknowledged(zipperShutDown shutdown: Bool = false) -> [DataFrame] {
+    func takeUnacknowledged(zipperShutDown shutdown: Bool = false) -> [(end: Int, frame: DataFrame)] {
         let acknowledged = receipts && !shutdown ? 0 : connection.connection.acknowledgedBytes
         return kept.withLock { kept in
             let done = max(acknowledged, kept.settled)
             defer { kept = Kept(taken: true, settled: kept.settled) }
             // Concurrent writers may have logged out of stream order.
-            return kept.frames.filter { $0.end > done }.sorted { $0.end < $1.end }.map { $0.frame.applying($0.patch) }
+            return kept.frames.filter { $0.end > done }.sorted { $0.end < $1.end }.map { ($0.end, $0.frame.applying($0.patch)) }
         }
     }
 }
@@ -164,13 +190,15 @@ enum ClientCore {
     /// The frames may hold 16 MiB.
     static let peerMessageLimit = 512
 
-    static func dial(_ settings: ClientSettings, clientID: String, logger: Logger) async throws -> ClientSession {
+    /// `resuming`: the id of the client's previous connection, whose
+    /// unsettled frames it holds to send again (see `HandshakeFrame.resumes`).
+    static func dial(_ settings: ClientSettings, clientID: String, resuming: String? = nil, logger: Logger) async throws -> ClientSession {
         var address = settings.zipper
         for _ in 0...maximumRedirects {
             let connection = try await QUICFrameConnection.connect(
                 host: address.host, port: address.port, configuration: settings.quic, tls: settings.tls)
             do {
-                try await connection.write(.handshake(handshake(settings, clientID: clientID)))
+                let start = try await connection.write(.handshake(handshake(settings, clientID: clientID, resuming: resuming)))
                 var frames = FrameReader(connection)
                 let deadline = ContinuousClock.now + settings.handshakeTimeout
                 func answer() async throws -> Frame? {
@@ -181,15 +209,19 @@ enum ClientCore {
                 var answered = try await answer()
                 // A zipper that sends receipts says so first, with the offset they start at.
                 var settled: Int?
+                var previousRoutedThrough: Int?
                 if settings.deliveryReceipts, case .receipt(let receipt)? = answered {
                     settled = Int(clamping: receipt.settledThrough)
+                    previousRoutedThrough = receipt.previousRoutedThrough.map { Int(clamping: $0) }
                     answered = try await answer()
                 }
                 switch answered {
                 case .handshakeAck?:
                     connection.warnIfPathDropsBigDatagrams(
                         logger: logger, metadata: [YoMoLogField.connectionID: "\(clientID)", YoMoLogField.zipperAddress: "\(address)"])
-                    return ClientSession(connection: connection, frames: frames, clientID: clientID, zipper: address, settled: settled)
+                    return ClientSession(
+                        connection: connection, frames: frames, clientID: clientID, zipper: address,
+                        settled: settled, start: start, previousRoutedThrough: previousRoutedThrough)
                 case .rejected(let rejected)?:
                     await connection.close(reason: "rejected")
                     throw YoMoError(.rejected, "zipper \(address) rejected the handshake: \(rejected.message.peerText(limit: peerMessageLimit))")
@@ -215,7 +247,7 @@ enum ClientCore {
         throw YoMoError(.protocolViolation, "zipper redirected more than \(maximumRedirects) times")
     }
 
-    static func handshake(_ settings: ClientSettings, clientID: String) -> HandshakeFrame {
+    static func handshake(_ settings: ClientSettings, clientID: String, resuming: String? = nil) -> HandshakeFrame {
         HandshakeFrame(
             name: settings.name,
             id: clientID,
@@ -225,7 +257,8 @@ enum ClientCore {
             authPayload: settings.credential?.payload ?? "",
             version: yomoSpecVersion,
             wantedTarget: settings.wantedTarget,
-            wantsReceipts: settings.deliveryReceipts
+            wantsReceipts: settings.deliveryReceipts,
+            resumes: settings.deliveryReceipts ? resuming ?? "" : ""
         )
     }
 

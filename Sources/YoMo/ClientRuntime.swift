@@ -140,6 +140,10 @@ final class ClientRuntime: Sendable {
         var ended = false
         var session: ClientSession?
         var reconnectCount = 0
+        /// The connection whose unsettled frames head the outage buffer (its
+        /// client id, and each frame's end offset there), for the next
+        /// handshake: a zipper that still knows it says how far it had routed.
+        var resumable: (previousID: String, ends: [Int])?
         /// `<base>-<reconnectCount>`, kept rather than built for every frame written.
         var clientID = ""
         var endReason: YoMoError?
@@ -232,6 +236,12 @@ final class ClientRuntime: Sendable {
     var receiptsForTesting: Bool { state.withLock { $0.session?.receipts ?? false } }
 
     var outageStatistics: OutageStatistics { state.withLock { $0.outage.statistics } }
+
+    /// Closes the current connection as a lost one (tests: a path that broke
+    /// while the zipper lives on).
+    func dropConnectionForTesting() async {
+        await state.withLock { $0.session }?.connection.close(reason: "dropped by a test")
+    }
 
     /// Connections lost and redialled so far.
     var reconnectCountForTesting: Int { state.withLock { $0.reconnectCount } }
@@ -496,9 +506,11 @@ final class ClientRuntime: Sendable {
                     // them go out again first on the next one: none is lost silently
                     // (a frame whose acknowledgement alone was lost arrives twice).
                     let shutDown = ended.map { ClientCore.describe($0, zipper: current.zipper).code == .listenerShutdown } ?? false
-                    let unacknowledged = current.takeUnacknowledged(zipperShutDown: shutDown)
-                    if !unacknowledged.isEmpty {
-                        state.withLock { $0.outage.resend(unacknowledged) }
+                    let taken = current.takeUnacknowledged(zipperShutDown: shutDown)
+                    let unacknowledged = taken.map(\.frame)
+                    state.withLock {
+                        if !unacknowledged.isEmpty { $0.outage.resend(unacknowledged) }
+                        $0.resumable = current.receipts && !shutDown && !taken.isEmpty ? (current.clientID, taken.map(\.end)) : nil
                     }
                     logger.warning("connection to zipper lost, reconnecting", metadata: [
                         "zipper_addr": "\(current.zipper)", "error": "\(reason)", "retry_in": "\(wait)",
@@ -524,6 +536,7 @@ final class ClientRuntime: Sendable {
                     end(YoMoError(.closed, "\(name) closed"))
                     return
                 }
+                carryOver(to: redialled)
                 session = redialled
                 // .serve, or .drain when close() came meanwhile: publish() tells them apart.
                 _ = state.withLock { $0.lifecycle.dialSucceeded() }
@@ -554,7 +567,23 @@ final class ClientRuntime: Sendable {
         return try await dialCancelledByClose { [self] () async throws -> ClientSession? in
             try? await Task.sleep(for: delay)
             if case .end = state.withLock({ $0.lifecycle.waitEnded() }) { return nil }
-            return try await ClientCore.dial(setup.settings, clientID: clientID, logger: logger)
+            let resuming = state.withLock { $0.resumable?.previousID }
+            return try await ClientCore.dial(setup.settings, clientID: clientID, resuming: resuming, logger: logger)
+        }
+    }
+
+    /// A new connection: what the zipper had routed of the previous one's
+    /// unsettled frames (it still knew that connection) is not sent again,
+    /// but kept until the zipper settles it.
+    private func carryOver(to session: ClientSession) {
+        let routed = state.withLock { state -> [DataFrame] in
+            defer { state.resumable = nil }
+            guard let resumable = state.resumable, let through = session.previousRoutedThrough else { return [] }
+            return state.outage.takeRouted(resumable.ends.prefix { $0 <= through }.count)
+        }
+        if !routed.isEmpty {
+            session.inherit(routed)
+            logger.info("the zipper had these frames of the lost connection already: not sent again", metadata: ["frames": "\(routed.count)"])
         }
     }
 

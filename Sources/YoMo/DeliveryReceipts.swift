@@ -16,15 +16,15 @@ internal import YoMoWire
 final class ReceiptLedger: Sendable {
     let connection: QUICFrameConnection
 
-    private struct Checkpoint {
+    fileprivate struct Checkpoint {
         /// The sender's stream offset after the last frame it covers.
         var through: Int
         /// Each connection written to, and its stream offset then.
         var waits: [(destination: QUICConnection, written: Int)]
         /// Its frames that the zipper held for functions on their way back.
-        var held: HoldTally?
+        var held: [HoldTally]
 
-        var isSettled: Bool { HoldTally.reached(waits) && held?.isSettled != false }
+        var isSettled: Bool { HoldTally.reached(waits) && held.allSatisfy(\.isSettled) }
     }
 
     private struct State {
@@ -47,11 +47,60 @@ final class ReceiptLedger: Sendable {
 
     private let state: Mutex<State>
 
+    /// How far the connection this one resumes had routed (its stream's
+    /// offset), when this ledger took over what that one had not settled.
+    let previousRoutedThrough: Int?
+
     /// `offset`: where the sender's frames begin (after its handshake), said
-    /// in the receipt that announces receipts.
-    init(connection: QUICFrameConnection, startingAt offset: Int) {
+    /// in the receipt that announces receipts. `taken`: what the sender's
+    /// earlier connection had routed and not settled (`handOver`), whose
+    /// client is about to send again what it had not settled: what that one
+    /// had routed is not sent again, and its wait becomes this one's first
+    /// checkpoint, at `offset` (the client keeps those frames as ending
+    /// there), so it is announced settled only through `offset - 1`.
+    init(connection: QUICFrameConnection, startingAt offset: Int, resuming taken: Handover? = nil) {
         self.connection = connection
-        state = Mutex(State(routedThrough: offset, settled: offset, told: offset))
+        var state = State(routedThrough: offset, settled: offset, told: offset)
+        previousRoutedThrough = taken?.routedThrough
+        if let taken, !taken.pending.waits.isEmpty || !taken.pending.held.isEmpty {
+            state.checkpoints.append(Checkpoint(through: offset, waits: taken.pending.waits, held: taken.pending.held))
+            state.settled = offset - 1
+            state.told = offset - 1
+            state.active = true
+        }
+        self.state = Mutex(state)
+    }
+
+    /// The offset the first receipt announces.
+    var announced: Int { state.withLock { $0.told } }
+
+    /// Whether it waits for something already (what a resumed connection had not settled).
+    var isWaiting: Bool { state.withLock { !$0.checkpoints.isEmpty } }
+
+    /// What an ended connection had routed and not settled, kept for the
+    /// sender's next connection (not the ledger: it would keep the ended
+    /// connection alive).
+    struct Handover {
+        fileprivate let routedThrough: Int
+        fileprivate let pending: Checkpoint
+    }
+
+    /// What this ledger's connection routed and had not settled, for the
+    /// ledger of the sender's next connection; this one waits for nothing more.
+    func handOver() -> Handover {
+        state.withLock { state in
+            var pending = Checkpoint(through: state.routedThrough, waits: state.touched.map { ($0, $0.sendProgress.written) }, held: state.held.map { [$0] } ?? [])
+            for checkpoint in state.checkpoints {
+                pending.waits += checkpoint.waits
+                pending.held += checkpoint.held
+            }
+            state.checkpoints.removeAll()
+            state.touched.removeAll()
+            state.touchedIDs.removeAll()
+            state.held = nil
+            state.settled = state.routedThrough
+            return Handover(routedThrough: state.routedThrough, pending: pending)
+        }
     }
 
     /// The connections a sender's frames were written to since it last told
@@ -98,7 +147,7 @@ final class ReceiptLedger: Sendable {
                 let waits = state.touched.map { ($0, $0.sendProgress.written) }
                 state.touched.removeAll(keepingCapacity: true)
                 state.touchedIDs.removeAll(keepingCapacity: true)
-                state.checkpoints.append(Checkpoint(through: state.routedThrough, waits: waits, held: state.held))
+                state.checkpoints.append(Checkpoint(through: state.routedThrough, waits: waits, held: state.held.map { [$0] } ?? []))
                 state.held = nil
             }
             while let first = state.checkpoints.first, first.isSettled {
@@ -183,6 +232,8 @@ final class DeliveryReceipts: Sendable {
     private let active = Mutex<[ObjectIdentifier: ReceiptLedger]>([:])
     private let wakeups: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
     private let sent = Atomic<Int>(0)
+    /// Tests hold receipts back, as a path that lost them would.
+    let pausedForTesting = Atomic<Bool>(false)
 
     init() {
         wakeups = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
@@ -212,6 +263,7 @@ final class DeliveryReceipts: Sendable {
 
     /// One round: each ledger's checkpoint, and its receipt if it moved.
     func round() {
+        guard !pausedForTesting.load(ordering: .relaxed) else { return }
         for ledger in active.withLock({ Array($0.values) }) {
             let (tell, waiting) = ledger.advance()
             if let tell {

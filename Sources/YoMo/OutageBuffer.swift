@@ -103,6 +103,18 @@ struct OutageBuffer {
         statistics.resent += unacknowledged.count
     }
 
+    /// The first `count` frames, put there by `resend`, that the zipper says it
+    /// had routed already (a reconnection to the same zipper): not sent
+    /// again, and not counted as resent.
+    mutating func takeRouted(_ count: Int) -> [DataFrame] {
+        let routed = Array(frames.prefix(count))
+        frames.removeFirst(routed.count)
+        statistics.pendingFrames -= routed.count
+        statistics.pendingBytes -= routed.reduce(0) { $0 + $1.encodedLength }
+        statistics.resent -= routed.count
+        return routed
+    }
+
     /// `count` taken frames reached a connection.
     mutating func delivered(_ count: Int) { statistics.delivered += count }
 

@@ -122,6 +122,11 @@ public final class Zipper: Sendable {
         /// one just before it left may find its connection ended just after.
         var departed = CircularBuffer<RouteMember>()
         static let departedRemembered = 64
+        /// Receipt ledgers of ended connections, by client id, for a reconnection.
+        var endedLedgers: [String: ReceiptLedger.Handover] = [:]
+        var endedLedgerOrder: [String] = []
+        /// How many: a reconnection comes within seconds, and a ledger holds little.
+        static let endedLedgersKept = 1024
         /// Told when a connection has left (`supersedeEarlier` and `drain` wait on them).
         var departureWaiters: [UInt64: [Latch]] = [:]
 
@@ -376,6 +381,9 @@ public final class Zipper: Sendable {
         statistics.deliveryReceipts = receipts.receiptsSent
         return statistics
     }
+
+    /// Holds receipts back (tests: a path that lost them).
+    func pauseReceiptsForTesting(_ paused: Bool) { receipts.pausedForTesting.store(paused, ordering: .relaxed) }
 
     /// QUIC connections the listener holds, including those that never handshake.
     public func quicConnectionCount() async -> Int { await state.withLock { $0.server }?.connectionCount() ?? 0 }
@@ -831,10 +839,11 @@ public final class Zipper: Sendable {
             await connection.close(errorCode: 0, reason: Self.shutdownReason)
             return
         }
-        // A client that asked is told which of its frames are settled (see `ReceiptLedger`).
+        // A client that asked is told which of its frames are settled (see `ReceiptLedger`);
+        // one that resumes its previous connection takes over that one's ledger.
         let ledger = configuration.deliveryReceipts && handshake.wantsReceipts
-            ? ReceiptLedger(connection: connection, startingAt: frameReader.consumedBytes) : nil
-        defer { if let ledger { receipts.remove(ledger) } }
+            ? ReceiptLedger(connection: connection, startingAt: frameReader.consumedBytes, resuming: endedLedger(resumedBy: handshake)) : nil
+        if let ledger, ledger.isWaiting { receipts.wake(ledger) }
         // The frames the connection had not acknowledged when it ended (taken below).
         var unacknowledged: [(frame: DataFrame, target: String?, notAcknowledged: Int)] = []
         defer {
@@ -876,6 +885,14 @@ public final class Zipper: Sendable {
             report(left, wasEmpty: wasEmpty, clientType: handshake.clientType, logger: connectionLogger)
             for waiter in waiters { waiter.fire() }
         }
+        // Runs before the defer above: the ledger is kept for the client's next
+        // connection before this one counts as gone (a reconnection waits for that).
+        defer {
+            if let ledger {
+                receipts.remove(ledger)
+                rememberEnded(ledger, of: handshake.id)
+            }
+        }
         if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
         metrics.connection(handshake.clientType, delta: 1)
         defer { metrics.connection(handshake.clientType, delta: -1) }
@@ -892,8 +909,9 @@ public final class Zipper: Sendable {
         do {
             do {
                 // The first receipt, before the acknowledgement, tells the client receipts will come.
-                if ledger != nil {
-                    try await connection.write(.receipt(ReceiptFrame(settledThrough: UInt64(frameReader.consumedBytes))))
+                if let ledger {
+                    try await connection.write(.receipt(ReceiptFrame(
+                        settledThrough: UInt64(ledger.announced), previousRoutedThrough: ledger.previousRoutedThrough.map(UInt64.init))))
                 }
                 try await connection.write(.handshakeAck)
             } catch {
@@ -913,6 +931,10 @@ public final class Zipper: Sendable {
             // The function connections each frame was written to, for its receipt.
             var written: [QUICConnection]? = ledger != nil ? [] : nil
             var routedSinceTold = ReceiptLedger.Batch()
+            // The stream offset after the last frame routed, and the ledger told
+            // of it all when the connection ends: a reconnection learns how far.
+            var routedThrough = frameReader.consumedBytes
+            defer { if let ledger { _ = ledger.routed(through: routedThrough, &routedSinceTold) } }
             while let frame = try await frameReader.next() {
                 guard case .data(let data) = frame else { continue }
                 guard !RouteTable.isReserved(data.tag) else {
@@ -927,9 +949,10 @@ public final class Zipper: Sendable {
                 if let ledger, let destinations = written {
                     routedSinceTold.add(destinations)
                     written?.removeAll(keepingCapacity: true)
+                    routedThrough = frameReader.consumedBytes
                     // Told once per burst the reader took in, not per frame: the
                     // ledger's lock is not on the data path.
-                    if !frameReader.hasWholeFrame, ledger.routed(through: frameReader.consumedBytes, &routedSinceTold) {
+                    if !frameReader.hasWholeFrame, ledger.routed(through: routedThrough, &routedSinceTold) {
                         receipts.wake(ledger)
                     }
                 }
@@ -959,6 +982,27 @@ public final class Zipper: Sendable {
            let taken = connection.connection.takeUnacknowledged() {
             unacknowledged = HeldFrames.dataFrames(in: taken)
         }
+    }
+
+    /// The ledgers of connections that ended, by client id, for the client's
+    /// next connection (the newest `endedLedgersKept`).
+    private func rememberEnded(_ ledger: ReceiptLedger, of clientID: String) {
+        let handover = ledger.handOver()
+        state.withLock { state in
+            if state.endedLedgers.updateValue(handover, forKey: clientID) == nil { state.endedLedgerOrder.append(clientID) }
+            while state.endedLedgerOrder.count > State.endedLedgersKept {
+                state.endedLedgers[state.endedLedgerOrder.removeFirst()] = nil
+            }
+        }
+    }
+
+    /// The ledger of the connection `handshake` says it resumes: the same
+    /// client (its id's part before `-<reconnect count>`), taken once.
+    private func endedLedger(resumedBy handshake: HandshakeFrame) -> ReceiptLedger.Handover? {
+        guard !handshake.resumes.isEmpty,
+              let resumed = Self.reconnection(of: handshake.resumes), let current = Self.reconnection(of: handshake.id),
+              resumed.base == current.base else { return nil }
+        return state.withLock { $0.endedLedgers.removeValue(forKey: handshake.resumes) }
     }
 
     /// A frame whose write found a stream function's connection ended: held

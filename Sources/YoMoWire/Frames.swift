@@ -88,6 +88,12 @@ public struct HandshakeFrame: Hashable, Sendable {
     /// this SDK's (sequence id 0x0A), sent only when true, so a Go zipper,
     /// whose decoder ignores unknown fields, sees Go's bytes plus one it skips.
     public var wantsReceipts: Bool
+    /// The id of the client's previous connection, whose frames it is about
+    /// to send again (this SDK's, sequence id 0x0B, sent only when not empty):
+    /// a zipper that still knows that connection says how far it had routed
+    /// them (``ReceiptFrame/previousRoutedThrough``), and the client sends
+    /// only the rest.
+    public var resumes: String
 
     public init(
         name: String,
@@ -99,7 +105,8 @@ public struct HandshakeFrame: Hashable, Sendable {
         version: String = "",
         functionDefinition: [UInt8] = [],
         wantedTarget: String = "",
-        wantsReceipts: Bool = false
+        wantsReceipts: Bool = false,
+        resumes: String = ""
     ) {
         self.name = name
         self.id = id
@@ -111,6 +118,7 @@ public struct HandshakeFrame: Hashable, Sendable {
         self.functionDefinition = functionDefinition
         self.wantedTarget = wantedTarget
         self.wantsReceipts = wantsReceipts
+        self.resumes = resumes
     }
 }
 
@@ -124,7 +132,15 @@ public struct HandshakeFrame: Hashable, Sendable {
 /// HandshakeAck (which tells the client that receipts will come).
 public struct ReceiptFrame: Hashable, Sendable {
     public var settledThrough: UInt64
-    public init(settledThrough: UInt64) { self.settledThrough = settledThrough }
+    /// In the first receipt only, for a client that resumes a connection the
+    /// zipper still knows: the offset of that connection's stream through
+    /// which the zipper had routed its frames (sequence id 0x02).
+    public var previousRoutedThrough: UInt64?
+
+    public init(settledThrough: UInt64, previousRoutedThrough: UInt64? = nil) {
+        self.settledThrough = settledThrough
+        self.previousRoutedThrough = previousRoutedThrough
+    }
 }
 
 /// The zipper refused the handshake (or the connection) and says why.
@@ -266,7 +282,7 @@ extension HandshakeFrame {
             + childSize(observedTags.count * 4) + childSize(authName.utf8.count)
             + childSize(authPayload.utf8.count) + childSize(version.utf8.count)
             + childSize(functionDefinition.count) + childSize(wantedTarget.utf8.count)
-            + (wantsReceipts ? childSize(1) : 0)
+            + (wantsReceipts ? childSize(1) : 0) + (resumes.isEmpty ? 0 : childSize(resumes.utf8.count))
     }
 
     /// Writes every field, in the Go encoder's order (01 03 02 06 04 05 07 09 08),
@@ -293,6 +309,7 @@ extension HandshakeFrame {
             buffer.writeChildHeader(0x0A, length: 1)
             buffer.writeInteger(UInt8(1))
         }
+        if !resumes.isEmpty { buffer.writeStringChild(0x0B, resumes) }
     }
 }
 
@@ -316,9 +333,13 @@ extension Frame {
         case .goaway(let frame): buffer.writeMessageFrame(.goaway, frame.message)
         case .connectTo(let frame): buffer.writeMessageFrame(.connectTo, frame.endpoint)
         case .receipt(let frame):
-            buffer.writeNodeHeader(.receipt, bodyLength: childSize(8))
+            buffer.writeNodeHeader(.receipt, bodyLength: childSize(8) + (frame.previousRoutedThrough == nil ? 0 : childSize(8)))
             buffer.writeChildHeader(0x01, length: 8)
             buffer.writeInteger(frame.settledThrough)
+            if let previous = frame.previousRoutedThrough {
+                buffer.writeChildHeader(0x02, length: 8)
+                buffer.writeInteger(previous)
+            }
         }
     }
 
@@ -424,6 +445,7 @@ extension HandshakeFrame {
                 case 0x09: frame.functionDefinition = Array(value)
                 case 0x08: frame.wantedTarget = try decodeString(value, field: "handshake wanted target")
                 case 0x0A: frame.wantsReceipts = value.contains { $0 != 0 }
+                case 0x0B: frame.resumes = try decodeString(value, field: "handshake resumed connection")
                 default: break
                 }
             }
@@ -438,17 +460,20 @@ extension HandshakeFrame {
 extension ReceiptFrame {
     init(body: ByteBuffer) throws(WireError) {
         var settled: UInt64?
+        var previous: UInt64?
         try body.withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
             try Y3.forEachChild(of: bytes) { (sequenceID, start, length) throws(WireError) in
-                guard sequenceID == 0x01 else { return }
+                guard sequenceID == 0x01 || sequenceID == 0x02 else { return }
                 guard length == 8 else {
                     throw WireError(.invalidValue, "ReceiptFrame offset has \(length) bytes, not 8")
                 }
-                settled = UInt64(bigEndian: UnsafeRawBufferPointer(rebasing: bytes[start..<start + 8]).loadUnaligned(as: UInt64.self))
+                let value = UInt64(bigEndian: UnsafeRawBufferPointer(rebasing: bytes[start..<start + 8]).loadUnaligned(as: UInt64.self))
+                if sequenceID == 0x01 { settled = value } else { previous = value }
             }
         }
         guard let settled else { throw WireError(.emptyValue, "ReceiptFrame has no offset field (0x01)") }
         settledThrough = settled
+        previousRoutedThrough = previous
     }
 }
 

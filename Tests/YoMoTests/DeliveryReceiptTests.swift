@@ -29,7 +29,8 @@ struct DeliveryReceiptTests {
         await zipper.kill()
         try zipper.restart()
         let received = Inbox<String>()
-        let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x35], retryConnect: true))
+        // One handler at a time: the frames are recorded in the order they arrive.
+        let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x35], retryConnect: true, handlerConcurrency: 1))
         sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
         try await sink.connect()
         #expect(try await writeUntilReceived(source, tag: 0x35, "after", received))
@@ -44,6 +45,40 @@ struct DeliveryReceiptTests {
         await source.close()
         await sink.close()
         await zipper.kill()
+    }
+
+    @Test("a connection lost while its zipper lives on: the zipper knows the reconnection, and what it had routed of the lost connection is not sent again, but kept until settled",
+          arguments: [true, false])
+    func reconnectionToALiveZipper(receipts: Bool) async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let received = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x33]))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        let fast = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100))
+        let source = Source(name: "writer", zipper: address, options: .init(reconnect: fast, deliveryReceipts: receipts))
+        try await source.connect()
+        // The receipts are lost on the way, as a path that breaks loses them.
+        zipper.pauseReceiptsForTesting(true)
+        let texts = (0..<20).map { "frame-\($0)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+        #expect(await received.wait(for: 20))
+        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
+        #expect(source.client.keptFramesForTesting == (receipts ? 20 : 0))
+        await source.client.dropConnectionForTesting()
+        #expect(await eventually { source.client.reconnectCountForTesting == 1 && source.client.isConnected })
+        // The resumed connection keeps them until a receipt says they are settled.
+        #expect(source.client.keptFramesForTesting == (receipts ? 20 : 0))
+        zipper.pauseReceiptsForTesting(false)
+        #expect(try await writeUntilReceived(source, tag: 0x33, "after", received))
+        #expect(await eventually { source.client.keptFramesForTesting == 0 })
+        for text in texts { #expect(received.items.filter { $0 == text }.count == 1, "\(text) once") }
+        #expect(source.outageStatistics.resent == 0)
+        await source.close()
+        await sink.close()
+        await zipper.close()
     }
 
     @Test("receipts let a source forget what functions acknowledged; a zipper with receipts off sends none, and its clients keep frames until acknowledged",

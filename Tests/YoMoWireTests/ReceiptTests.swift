@@ -31,6 +31,20 @@ struct ReceiptTests {
         #expect(frame.type.description == "ReceiptFrame")
     }
 
+    @Test("a handshake that resumes a connection names it (0x0B); the first receipt answers how far that one was routed (0x02)")
+    func resumption() throws {
+        var resuming = handshake
+        resuming.wantsReceipts = true
+        resuming.resumes = "a-0"
+        resuming.id = "a-1"
+        let bytes = Frame.handshake(resuming).encoded()
+        #expect(Array(bytes.readableBytesView.suffix(8)) == [0x0A, 0x01, 0x01, 0x0B, 0x03] + Array("a-0".utf8))
+        #expect(try Frame(decoding: bytes) == .handshake(resuming))
+        let receipt = Frame.receipt(ReceiptFrame(settledThrough: 39, previousRoutedThrough: 0x0102))
+        #expect(Array(receipt.encoded().readableBytesView) == [0xBA, 0x14, 0x01, 0x08, 0, 0, 0, 0, 0, 0, 0, 39, 0x02, 0x08, 0, 0, 0, 0, 0, 0, 1, 2])
+        #expect(try Frame(decoding: receipt.encoded()) == receipt)
+    }
+
     @Test("a receipt whose offset is not 8 bytes, or missing, is a bad frame")
     func malformedReceipts() throws {
         let short = ByteBuffer(bytes: [0xBA, 0x09, 0x01, 0x07, 1, 2, 3, 4, 5, 6, 7])

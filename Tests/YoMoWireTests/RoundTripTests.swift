@@ -62,10 +62,11 @@ enum RandomFrames {
                     version: "2024-01-03",
                     functionDefinition: Array(bytes(&rng, length: Int.random(in: 0...100, using: &rng)).readableBytesView),
                     wantedTarget: string(&rng, maxLength: 10),
-                    wantsReceipts: Bool.random(using: &rng)
+                    wantsReceipts: Bool.random(using: &rng),
+                    resumes: Bool.random(using: &rng) ? "" : string(&rng, maxLength: 24)
                 )
             )
-        case 7: return Bool.random(using: &rng) ? .handshakeAck : .receipt(ReceiptFrame(settledThrough: rng.next()))
+        case 7: return Bool.random(using: &rng) ? .handshakeAck : .receipt(ReceiptFrame(settledThrough: rng.next(), previousRoutedThrough: Bool.random(using: &rng) ? rng.next() : nil))
         case 8: return .rejected(RejectedFrame(message: string(&rng, maxLength: 100)))
         default:
             return Bool.random(using: &rng)
