@@ -10,6 +10,18 @@ import YoMoZipperYAML
 
 @Suite("Delivery receipts", .serialized)
 struct DeliveryReceiptTests {
+    /// A zipper in this process and a function recording the text of every frame of tag 0x33.
+    func zipperWithSink(receipts: Bool = true) async throws -> (Zipper, String, StreamFunction, Inbox<String>) {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0, deliveryReceipts: receipts))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let received = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x33]))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        return (zipper, address, sink, received)
+    }
+
     @Test("a zipper killed while it held frames its QUIC stack had acknowledged: with receipts the source sends them again and a function gets every one; without, they went with the zipper",
           arguments: [true, false])
     func killedZipperLosesNothingHeld(receipts: Bool) async throws {
@@ -50,13 +62,7 @@ struct DeliveryReceiptTests {
     @Test("a connection lost while its zipper lives on: the zipper knows the reconnection, and what it had routed of the lost connection is not sent again, but kept until settled",
           arguments: [true, false])
     func reconnectionToALiveZipper(receipts: Bool) async throws {
-        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
-        try await zipper.start()
-        let address = try #require(zipper.address)
-        let received = Inbox<String>()
-        let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x33]))
-        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await sink.connect()
+        let (zipper, address, sink, received) = try await zipperWithSink()
         let fast = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100))
         let source = Source(name: "writer", zipper: address, options: .init(reconnect: fast, deliveryReceipts: receipts))
         try await source.connect()
@@ -84,13 +90,7 @@ struct DeliveryReceiptTests {
     @Test("receipts let a source forget what functions acknowledged; a zipper with receipts off sends none, and its clients keep frames until acknowledged",
           arguments: [true, false])
     func receiptsSettle(zipperSendsReceipts: Bool) async throws {
-        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0, deliveryReceipts: zipperSendsReceipts))
-        try await zipper.start()
-        let address = try #require(zipper.address)
-        let received = Inbox<String>()
-        let sink = StreamFunction(name: "sink", zipper: address, options: .init(observedTags: [0x33]))
-        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await sink.connect()
+        let (zipper, address, sink, received) = try await zipperWithSink(receipts: zipperSendsReceipts)
         let source = Source(name: "writer", zipper: address)
         try await source.connect()
         #expect(source.client.receiptsForTesting == zipperSendsReceipts)
@@ -143,13 +143,8 @@ struct DeliveryReceiptTests {
 
     @Test("on the wire: the first receipt precedes the acknowledgement and names the handshake's end; later ones fall on frame ends; a client that does not ask (Go's) gets Go's bytes")
     func wire() async throws {
-        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
-        try await zipper.start()
-        let port = try #require(zipper.address.flatMap { $0.split(separator: ":").last.flatMap { Int($0) } })
-        let received = Inbox<String>()
-        let sink = StreamFunction(name: "sink", zipper: "127.0.0.1:\(port)", options: .init(observedTags: [0x33]))
-        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await sink.connect()
+        let (zipper, _, sink, received) = try await zipperWithSink()
+        let port = try #require(zipper.port)
 
         // Go's way first: no field, no receipt.
         let plain = try await QUICFrameConnection.connect(host: "127.0.0.1", port: port)
