@@ -30,10 +30,8 @@ final class ReceiptLedger: Sendable {
     private struct State {
         /// The sender's stream offset after the last frame routed.
         var routedThrough: Int
-        /// Connections written to since the last checkpoint (and a set of
-        /// them: a fan-out to hundreds of functions looks each up per frame).
-        var touched: [QUICConnection] = []
-        var touchedIDs: Set<ObjectIdentifier> = []
+        /// Connections written to since the last checkpoint.
+        var touched = Batch()
         /// Frames held since the last checkpoint.
         var held: HoldTally?
         var checkpoints = CircularBuffer<Checkpoint>()
@@ -43,6 +41,16 @@ final class ReceiptLedger: Sendable {
         var told: Int
         /// In `DeliveryReceipts`' set of ledgers with something to tell.
         var active = false
+
+        /// What was routed since the last checkpoint, as one: each connection
+        /// written to, at its stream offset now, and the frames held.
+        mutating func checkpointSinceLast() -> Checkpoint {
+            defer {
+                touched.removeAll()
+                held = nil
+            }
+            return Checkpoint(through: routedThrough, waits: touched.destinations.map { ($0, $0.sendProgress.written) }, held: held.map { [$0] } ?? [])
+        }
     }
 
     private let state: Mutex<State>
@@ -89,32 +97,29 @@ final class ReceiptLedger: Sendable {
     /// ledger of the sender's next connection; this one waits for nothing more.
     func handOver() -> Handover {
         state.withLock { state in
-            var pending = Checkpoint(through: state.routedThrough, waits: state.touched.map { ($0, $0.sendProgress.written) }, held: state.held.map { [$0] } ?? [])
+            var pending = state.checkpointSinceLast()
             for checkpoint in state.checkpoints {
                 pending.waits += checkpoint.waits
                 pending.held += checkpoint.held
             }
             state.checkpoints.removeAll()
-            state.touched.removeAll()
-            state.touchedIDs.removeAll()
-            state.held = nil
             state.settled = state.routedThrough
             return Handover(routedThrough: state.routedThrough, pending: pending)
         }
     }
 
-    /// The connections a sender's frames were written to since it last told
-    /// the ledger, gathered by its serving task alone (no lock per frame).
+    /// Connections frames were written to, each once, in the order first
+    /// written: gathered by a sender's serving task alone (no lock per
+    /// frame), and in the ledger since its last checkpoint.
     struct Batch {
         fileprivate var destinations: [QUICConnection] = []
+        // A fan-out to hundreds of functions looks each up per frame.
         private var seen: Set<ObjectIdentifier> = []
 
-        mutating func add(_ written: [QUICConnection]) {
+        mutating func add(_ destination: QUICConnection) {
             // The usual case: one function, the same as the frame before.
-            if written.count == 1, destinations.last === written[0] { return }
-            for destination in written where seen.insert(ObjectIdentifier(destination)).inserted {
-                destinations.append(destination)
-            }
+            if destinations.last === destination { return }
+            if seen.insert(ObjectIdentifier(destination)).inserted { destinations.append(destination) }
         }
 
         fileprivate mutating func removeAll() {
@@ -126,13 +131,11 @@ final class ReceiptLedger: Sendable {
     /// The frames through `offset` were routed, written to `batch`'s
     /// connections (taken, leaving it empty). True: the ledger has something
     /// to tell now and had not (wake the ticker).
-    func routed(through offset: Int, _ batch: inout Batch) -> Bool {
+    func routed(through offset: Int, _ batch: inout Batch?) -> Bool {
         state.withLock { state in
             state.routedThrough = offset
-            for destination in batch.destinations where state.touchedIDs.insert(ObjectIdentifier(destination)).inserted {
-                state.touched.append(destination)
-            }
-            batch.removeAll()
+            for destination in batch?.destinations ?? [] { state.touched.add(destination) }
+            batch?.removeAll()
             defer { state.active = true }
             return !state.active
         }
@@ -144,11 +147,7 @@ final class ReceiptLedger: Sendable {
     func advance() -> (tell: Int?, waiting: Bool) {
         state.withLock { state in
             if state.routedThrough > (state.checkpoints.last?.through ?? state.settled) {
-                let waits = state.touched.map { ($0, $0.sendProgress.written) }
-                state.touched.removeAll(keepingCapacity: true)
-                state.touchedIDs.removeAll(keepingCapacity: true)
-                state.checkpoints.append(Checkpoint(through: state.routedThrough, waits: waits, held: state.held.map { [$0] } ?? []))
-                state.held = nil
+                state.checkpoints.append(state.checkpointSinceLast())
             }
             while let first = state.checkpoints.first, first.isSettled {
                 state.settled = first.through

@@ -928,9 +928,8 @@ public final class Zipper: Sendable {
             // `bytesRoutedPerYield` queued, the task steps aside for the loop.
             let yieldsToLoop = options.routing == .loop
             var routedSinceYield = 0
-            // The function connections each frame was written to, for its receipt.
-            var written: [QUICConnection]? = ledger != nil ? [] : nil
-            var routedSinceTold = ReceiptLedger.Batch()
+            // The function connections the frames were written to since the ledger was last told.
+            var routedSinceTold: ReceiptLedger.Batch? = ledger != nil ? ReceiptLedger.Batch() : nil
             // The stream offset after the last frame routed, and the ledger told
             // of it all when the connection ends: a reconnection learns how far.
             var routedThrough = frameReader.consumedBytes
@@ -945,10 +944,8 @@ public final class Zipper: Sendable {
                 }
                 let queued = try await route(
                     data, from: id, connectionMetadata: connectionMetadata, forwardsToMesh: forwardsToMesh,
-                    taskContext: taskContext, logger: connectionLogger, ledger: ledger, written: &written)
-                if let ledger, let destinations = written {
-                    routedSinceTold.add(destinations)
-                    written?.removeAll(keepingCapacity: true)
+                    taskContext: taskContext, logger: connectionLogger, ledger: ledger, written: &routedSinceTold)
+                if let ledger {
                     routedThrough = frameReader.consumedBytes
                     // Told once per burst the reader took in, not per frame: the
                     // ledger's lock is not on the data path.
@@ -1220,7 +1217,7 @@ public final class Zipper: Sendable {
     /// Returns the bytes it queued (the frame's size times its destinations).
     private func route(
         _ data: DataFrame, from id: UInt64, connectionMetadata: Metadata, forwardsToMesh: Bool, taskContext: ServiceContext,
-        logger: Logger, ledger: ReceiptLedger?, written: inout [QUICConnection]?
+        logger: Logger, ledger: ReceiptLedger?, written: inout ReceiptLedger.Batch?
     ) async throws -> Int {
         guard let (metadata, span) = outgoingMetadata(
             of: data, connectionMetadata: connectionMetadata, taskContext: taskContext, logger: logger) else { return 0 }
@@ -1264,10 +1261,10 @@ public final class Zipper: Sendable {
                     // A throw: not queued (one queued as its connection ended
                     // is among what it had not acknowledged).
                     try await destination.write(frame, patch: patch, endingAfterQueueingThrows: false)
-                    written?.append(destination.connection)
+                    written?.add(destination.connection)
                     router?.delivered.add()
                 } else if try destination.tryWrite(frame, limit: slow.maximumBufferedBytes, patch: patch) {
-                    written?.append(destination.connection)
+                    written?.add(destination.connection)
                     router?.delivered.add()
                     resumed(destinationID, logger: logger)
                 } else if slow.policy == .drop {
