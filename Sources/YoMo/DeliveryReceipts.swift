@@ -5,10 +5,10 @@ internal import YoMoWire
 
 /// What a zipper has settled of one sender's frames (a client that asked for
 /// delivery receipts): a frame is settled once every function connection it
-/// was written to has acknowledged it (or ended: what it had not acknowledged
-/// is then held for its return, or counted lost); a frame held for a function
-/// on its way back, once it left the hold (`HoldTally`); and at once when a
-/// rule dropped it or it had nowhere to go. Frames are not followed one by
+/// was written to has acknowledged it, or ended and what it had not
+/// acknowledged left the zipper's hold (`DeliveryDestination`); a frame held
+/// for a function on its way back, once it left the hold (`HoldTally`); and
+/// at once when a rule dropped it or it had nowhere to go. Frames are not followed one by
 /// one: every `DeliveryReceipts.interval` the frames routed since the last
 /// checkpoint become one, waiting for each connection they were written to to
 /// acknowledge what had been written to it by then. That may wait for other
@@ -20,7 +20,7 @@ final class ReceiptLedger: Sendable {
         /// The sender's stream offset after the last frame it covers.
         var through: Int
         /// Each connection written to, and its stream offset then.
-        var waits: [(destination: QUICConnection, written: Int)]
+        var waits: [DeliveryDestination.Wait]
         /// Its frames that the zipper held for functions on their way back.
         var held: [HoldTally]
 
@@ -49,7 +49,7 @@ final class ReceiptLedger: Sendable {
                 touched.removeAll()
                 held = nil
             }
-            return Checkpoint(through: routedThrough, waits: touched.destinations.map { ($0, $0.sendProgress.written) }, held: held.map { [$0] } ?? [])
+            return Checkpoint(through: routedThrough, waits: touched.destinations.map { ($0, $0.connection.sendProgress.written) }, held: held.map { [$0] } ?? [])
         }
     }
 
@@ -112,11 +112,11 @@ final class ReceiptLedger: Sendable {
     /// written: gathered by a sender's serving task alone (no lock per
     /// frame), and in the ledger since its last checkpoint.
     struct Batch {
-        fileprivate var destinations: [QUICConnection] = []
+        fileprivate var destinations: [DeliveryDestination] = []
         // A fan-out to hundreds of functions looks each up per frame.
         private var seen: Set<ObjectIdentifier> = []
 
-        mutating func add(_ destination: QUICConnection) {
+        mutating func add(_ destination: DeliveryDestination) {
             // The usual case: one function, the same as the frame before.
             if destinations.last === destination { return }
             if seen.insert(ObjectIdentifier(destination)).inserted { destinations.append(destination) }
@@ -187,7 +187,7 @@ final class ReceiptLedger: Sendable {
 /// is waited for here before it is released, so the count never reaches
 /// zero between the two.
 final class HoldTally: Sendable {
-    private let state = Mutex<(held: Int, waits: [(destination: QUICConnection, written: Int)])>((0, []))
+    private let state = Mutex<(held: Int, waits: [DeliveryDestination.Wait])>((0, []))
 
     func add() { state.withLock { $0.held += 1 } }
 
@@ -195,7 +195,7 @@ final class HoldTally: Sendable {
     func release() { state.withLock { $0.held -= 1 } }
 
     /// A frame of it was written to `destination`, ending at `written`.
-    func wait(for destination: QUICConnection, written: Int) {
+    func wait(for destination: DeliveryDestination, written: Int) {
         state.withLock { state in
             if let index = state.waits.firstIndex(where: { $0.destination === destination }) {
                 state.waits[index].written = max(state.waits[index].written, written)
@@ -206,12 +206,51 @@ final class HoldTally: Sendable {
     }
 
     var isSettled: Bool {
-        state.withLock { state in state.held == 0 && Self.reached(state.waits) }
+        // Not under this lock: a destination that ended asks its own tally.
+        let (held, waits) = state.withLock { ($0.held, $0.waits) }
+        return held == 0 && Self.reached(waits)
     }
 
-    /// Whether every connection acknowledged what was written to it by then, or ended.
-    static func reached(_ waits: [(destination: QUICConnection, written: Int)]) -> Bool {
-        waits.allSatisfy { $0.destination.acknowledgedBytes >= $0.written || $0.destination.sendProgress.ended }
+    /// Whether every connection acknowledged what was written to it by then,
+    /// or ended and what it had not acknowledged left the hold.
+    static func reached(_ waits: [DeliveryDestination.Wait]) -> Bool {
+        waits.allSatisfy { $0.destination.reached($0.written) }
+    }
+}
+
+/// A connection the zipper writes frames to, as receipts wait for it. What it
+/// had not acknowledged when it ended is taken back from the QUIC layer and
+/// held for the function's return, in the zipper's memory only: a frame
+/// written there is settled once acknowledged, or once the connection's end
+/// was dealt with and every frame held at it left the hold. Until the
+/// thirty-fourth round of issue 14 the end alone settled them, and a zipper
+/// that crashed while it held them lost them.
+final class DeliveryDestination: Sendable {
+    typealias Wait = (destination: DeliveryDestination, written: Int)
+
+    let connection: any DeliveryProgress
+    /// Set when the zipper dealt with the connection's end: the frames it held then.
+    private let leftovers = Mutex<HoldTally?>(nil)
+
+    init(_ connection: any DeliveryProgress) { self.connection = connection }
+
+    /// Whether what was written to it through stream offset `written` is settled.
+    func reached(_ written: Int) -> Bool {
+        if connection.acknowledgedBytes >= written { return true }
+        guard connection.sendProgress.ended, let leftovers = leftovers.withLock({ $0 }) else { return false }
+        return leftovers.isSettled
+    }
+
+    /// The connection ended and what it had not acknowledged is dealt with:
+    /// the frames held then, and any held later for a write that found it
+    /// ended, are added to the tally returned (each released as it leaves the hold).
+    func ended() -> HoldTally {
+        leftovers.withLock { leftovers in
+            if let leftovers { return leftovers }
+            let tally = HoldTally()
+            leftovers = tally
+            return tally
+        }
     }
 }
 
@@ -288,3 +327,14 @@ final class DeliveryReceipts: Sendable {
         _ = active.withLock { $0.removeValue(forKey: ObjectIdentifier(ledger)) }
     }
 }
+
+/// What receipts read of a connection frames are written to: a QUIC
+/// connection (unit tests of the logic give their own).
+protocol DeliveryProgress: AnyObject, Sendable {
+    /// Bytes of its stream the peer acknowledged.
+    var acknowledgedBytes: Int { get }
+    /// Bytes written to its stream so far, and whether it ended.
+    var sendProgress: (written: Int, ended: Bool) { get }
+}
+
+extension QUICConnection: DeliveryProgress {}

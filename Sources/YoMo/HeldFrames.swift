@@ -244,9 +244,11 @@ struct HeldFrames {
     /// any frame already held that it would take: those are newer (held while
     /// it was taking these, in a connection that then ended). Ahead of them,
     /// they share the first one's deadline, so that deadlines stay in order;
-    /// else they wait the whole duration. Frames beyond `maximumBytes` are refused.
+    /// else they wait the whole duration. Frames beyond `maximumBytes` are
+    /// refused. Each one held is added to `tally` (its connection's end, for
+    /// the receipts of the frames written to it).
     mutating func holdAhead(
-        _ frames: [(frame: DataFrame, target: String?, bytes: Int)], for function: RouteMember, now: Instant
+        _ frames: [(frame: DataFrame, target: String?, bytes: Int)], for function: RouteMember, now: Instant, tally: HoldTally? = nil
     ) -> [HoldResult] {
         let name = function.name
         let newer = entries.firstIndex { entry in
@@ -261,7 +263,8 @@ struct HeldFrames {
                 results.append(.full)
                 continue
             }
-            let entry = Entry(frame: frame, target: target, bytes: bytes, deadline: deadline, owed: [name], forAnyArrival: false, wasRouted: true)
+            tally?.add()
+            let entry = Entry(frame: frame, target: target, bytes: bytes, deadline: deadline, owed: [name], forAnyArrival: false, wasRouted: true, tally: tally)
             ahead.append(entry)
             results.append(count(entry))
         }
@@ -277,15 +280,20 @@ struct HeldFrames {
         var tally: HoldTally?
         var left: Bool
 
-        /// Written to `connection`, ending at `end`.
-        func written(to connection: QUICConnection, endingAt end: Int) {
+        /// Written to `destination`, ending at `end`.
+        func written(to destination: DeliveryDestination, endingAt end: Int) {
             guard let tally else { return }
-            tally.wait(for: connection, written: end)
+            tally.wait(for: destination, written: end)
             if left { tally.release() }
         }
 
-        /// Not written (the function's connection ended): its receipt waits no more.
-        func abandoned() { if left { tally?.release() } }
+        /// Not written: `destination`'s connection ended first, and the frame
+        /// is held again at its end, where its receipt waits for it.
+        func abandoned(at destination: DeliveryDestination) {
+            guard let tally else { return }
+            tally.wait(for: destination, written: .max)
+            if left { tally.release() }
+        }
     }
 
     /// Takes, in the order they were held, the frames held for `member` that

@@ -85,6 +85,8 @@ public final class Zipper: Sendable {
 
     private struct Peer: Sendable {
         var connection: QUICFrameConnection
+        /// Its connection as the receipts of what is written to it see it.
+        var delivery: DeliveryDestination
         var member: RouteMember
         /// Merged into every frame this peer writes (its wanted target).
         var metadata: Metadata
@@ -94,6 +96,9 @@ public final class Zipper: Sendable {
         /// routes: held with what it had not acknowledged when it leaves.
         var unwritten: [(frame: DataFrame, target: String?)] = []
     }
+
+    /// A peer a frame goes to: its id, its connection, and that as receipts see it.
+    private typealias Destination = (id: UInt64, connection: QUICFrameConnection, delivery: DeliveryDestination)
 
     private struct State {
         var server: QUICServer?
@@ -138,8 +143,8 @@ public final class Zipper: Sendable {
         }
 
         /// The connected peers a frame with `tag` (and `target`) goes to.
-        func destinations(tag: UInt32, target: String?) -> [(UInt64, QUICFrameConnection)] {
-            routes.destinations(tag: tag, target: target).compactMap { id in peers[id].map { (id, $0.connection) } }
+        func destinations(tag: UInt32, target: String?) -> [Destination] {
+            routes.destinations(tag: tag, target: target).compactMap { id in peers[id].map { (id, $0.connection, $0.delivery) } }
         }
 
         /// Whether the stream functions to remember changed since the file was written.
@@ -196,12 +201,14 @@ public final class Zipper: Sendable {
         /// acknowledged (or never took), each with its unacknowledged bytes,
         /// for the tags no namesake still observes (one that does received
         /// every frame since: the held ones would come after newer ones).
+        /// Each held is added to `tally`, its connection's end.
         mutating func holdForReturn(
-            _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int)], of function: RouteMember, stillObserved: Set<UInt32>
+            _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int)], of function: RouteMember, stillObserved: Set<UInt32>,
+            tally: HoldTally
         ) -> UnacknowledgedAtEnd {
             var outcome = UnacknowledgedAtEnd(bytes: 0)
             let kept = frames.filter { !stillObserved.contains($0.frame.tag) && function.receives(tag: $0.frame.tag, target: $0.target) }
-            let results = held.holdAhead(kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame)) }, for: function, now: .now)
+            let results = held.holdAhead(kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame)) }, for: function, now: .now, tally: tally)
             for ((frame, _, notAcknowledged), result) in zip(kept, results) {
                 switch result {
                 case .held:
@@ -816,6 +823,7 @@ public final class Zipper: Sendable {
         let forwardsToMesh = !links.isEmpty && MeshForwarding.forwards(from: handshake.clientType)
         var connectionMetadata = Metadata()
         connectionMetadata[Metadata.ReservedKey.wantedTarget] = handshake.wantedTarget
+        let delivery = DeliveryDestination(connection.connection)
         let joined = state.withLock { state -> (UInt64, RouteMember, [HeldFrames.Taken])? in
             // Closing: its frames would find no one to take them.
             guard !state.closed else { return nil }
@@ -824,7 +832,7 @@ public final class Zipper: Sendable {
             let member = RouteMember(
                 connectionID: id, name: handshake.name, clientID: handshake.id, clientType: handshake.clientType,
                 observedTags: Set(handshake.observedTags), wantedTarget: handshake.wantedTarget)
-            state.peers[id] = Peer(connection: connection, member: member, metadata: connectionMetadata)
+            state.peers[id] = Peer(connection: connection, delivery: delivery, member: member, metadata: connectionMetadata)
             // Frames held for this function go first: it joins the routes once they are written.
             if member.clientType == .streamFunction {
                 state.held.arrived(member)
@@ -854,6 +862,8 @@ public final class Zipper: Sendable {
             let (left, wasEmpty) = state.withLock { state -> (UnacknowledgedAtEnd, Bool) in
                 // Gone already: closed as a slow consumer, whose backlog is not kept.
                 let unwritten = state.peers[id]?.unwritten
+                // What it had not acknowledged is dealt with here: receipts waiting for it wait for what is held now.
+                let leftovers = delivery.ended()
                 state.routes.remove(id)
                 state.peers[id] = nil
                 waiters = state.departureWaiters.removeValue(forKey: id) ?? []
@@ -870,7 +880,7 @@ public final class Zipper: Sendable {
                         if state.departed.count >= State.departedRemembered { state.departed.removeFirst() }
                         state.departed.append(member)
                         let frames = (configuration.unroutedHold.isOn ? unacknowledged : []) + unwritten.map { ($0.frame, $0.target, 0) }
-                        left = state.holdForReturn(frames, of: member, stillObserved: stillObserved)
+                        left = state.holdForReturn(frames, of: member, stillObserved: stillObserved, tally: leftovers)
                         left.lostBytes = max(0, unacknowledgedBytes - left.heldUnacknowledgedBytes)
                     }
                 }
@@ -915,10 +925,10 @@ public final class Zipper: Sendable {
                 }
                 try await connection.write(.handshakeAck)
             } catch {
-                if !held.isEmpty { abandonArrival(of: member, delivered: 0, unwritten: held) }
+                if !held.isEmpty { abandonArrival(of: member, at: delivery, delivered: 0, unwritten: held) }
                 throw error
             }
-            if !held.isEmpty { try await deliverHeld(held, to: member, connection, logger: connectionLogger) }
+            if !held.isEmpty { try await deliverHeld(held, to: member, connection, delivery, logger: connectionLogger) }
             // The task's context is the same for every frame: read once, not per span.
             let taskContext = ServiceContext.current ?? .topLevel
             // Routed on the loop thread, a burst of received frames would hold
@@ -1005,11 +1015,14 @@ public final class Zipper: Sendable {
     /// A frame whose write found a stream function's connection ended: held
     /// for its return after what it had not acknowledged (with it, if it has
     /// not left the routes yet), as a frame routed after it left would be.
-    private func holdUnwritten(_ frame: DataFrame, patch: MetadataPatch?, target: String?, for id: UInt64, logger: Logger) {
+    private func holdUnwritten(
+        _ frame: DataFrame, patch: MetadataPatch?, target: String?, for id: UInt64, at delivery: DeliveryDestination, logger: Logger
+    ) {
         let owned = HeldFrames.owned(frame, patch: patch)
         let (left, wasEmpty) = state.withLock { state -> (UnacknowledgedAtEnd, Bool) in
             var left = UnacknowledgedAtEnd(bytes: 0)
             guard !state.closed else { return (left, false) }
+            // Before it leaves: held with what it had not acknowledged, at its end.
             if var peer = state.peers[id] {
                 if peer.member.clientType == .streamFunction, state.held.fits(HeldFrames.bytes(of: owned)) {
                     peer.unwritten.append((owned, target))
@@ -1019,7 +1032,9 @@ public final class Zipper: Sendable {
             }
             guard let function = state.departed.first(where: { $0.connectionID == id }) else { return (left, false) }
             let wasEmpty = state.held.isEmpty
-            left = state.holdForReturn([(owned, target, 0)], of: function, stillObserved: state.routes.tagsObserved(byName: function.name))
+            // After: its end's tally waits for this one too.
+            left = state.holdForReturn(
+                [(owned, target, 0)], of: function, stillObserved: state.routes.tagsObserved(byName: function.name), tally: delivery.ended())
             return (left, wasEmpty)
         }
         // No line per frame: these are few, and the connection's end says what it held.
@@ -1255,16 +1270,16 @@ public final class Zipper: Sendable {
             for link in links { link.forward(whole) }
         }
         let slow = configuration.slowConsumer
-        for (destinationID, destination) in destinations {
+        for (destinationID, destination, delivery) in destinations {
             do {
                 if slow.policy == .block {
                     // A throw: not queued (one queued as its connection ended
                     // is among what it had not acknowledged).
                     try await destination.write(frame, patch: patch, endingAfterQueueingThrows: false)
-                    written?.add(destination.connection)
+                    written?.add(delivery)
                     router?.delivered.add()
                 } else if try destination.tryWrite(frame, limit: slow.maximumBufferedBytes, patch: patch) {
-                    written?.add(destination.connection)
+                    written?.add(delivery)
                     router?.delivered.add()
                     resumed(destinationID, logger: logger)
                 } else if slow.policy == .drop {
@@ -1276,7 +1291,11 @@ public final class Zipper: Sendable {
                 }
             } catch {
                 router?.failed.add()
-                if configuration.unroutedHold.isOn { holdUnwritten(frame, patch: patch, target: target, for: destinationID, logger: logger) }
+                // Its receipt waits for the connection's end to be dealt with (held there, or lost).
+                written?.add(delivery)
+                if configuration.unroutedHold.isOn {
+                    holdUnwritten(frame, patch: patch, target: target, for: destinationID, at: delivery, logger: logger)
+                }
                 tracing.debug(logger, under: span, in: taskContext, "destination gone",
                               metadata: ["remote": "\(destination.remoteAddress)", "error": "\(error)"])
             }
@@ -1346,9 +1365,9 @@ public final class Zipper: Sendable {
     /// refused. Returns whether it was held, and the functions to route it to now.
     private func hold(
         _ frame: DataFrame, patch: MetadataPatch?, target: String?, ledger: ReceiptLedger?, logger: Logger
-    ) -> (held: Bool, destinations: [(UInt64, QUICFrameConnection)]) {
+    ) -> (held: Bool, destinations: [Destination]) {
         let owned = HeldFrames.owned(frame, patch: patch)
-        typealias Outcome = (held: Bool, destinations: [(UInt64, QUICFrameConnection)], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?)
+        typealias Outcome = (held: Bool, destinations: [Destination], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?)
         let outcome = state.withLock { state -> Outcome in
             let destinations = state.destinations(tag: frame.tag, target: target)
             let routed = !destinations.isEmpty
@@ -1404,7 +1423,9 @@ public final class Zipper: Sendable {
     /// Writes the frames held for a stream function that arrived, then any held
     /// while they were written, and only then lets routing send it new ones, so
     /// that it receives them in order.
-    private func deliverHeld(_ first: [HeldFrames.Taken], to member: RouteMember, _ connection: QUICFrameConnection, logger: Logger) async throws {
+    private func deliverHeld(
+        _ first: [HeldFrames.Taken], to member: RouteMember, _ connection: QUICFrameConnection, _ delivery: DeliveryDestination, logger: Logger
+    ) async throws {
         var batch = first
         var delivered = 0, writtenOfBatch = 0
         do {
@@ -1415,7 +1436,7 @@ public final class Zipper: Sendable {
                     // Queued counts as delivered: if the connection ends
                     // unacknowledged, the frame is held for the function again.
                     let end = try await connection.write(frame, patch: nil, endingAfterQueueingThrows: false)
-                    taken.written(to: connection.connection, endingAt: end)
+                    taken.written(to: delivery, endingAt: end)
                     delivered += 1
                     writtenOfBatch += 1
                     if metrics.isEnabled { metrics.router(tag: frame.tag).delivered.add() }
@@ -1430,7 +1451,7 @@ public final class Zipper: Sendable {
                 }
             }
         } catch {
-            abandonArrival(of: member, delivered: delivered, unwritten: Array(batch[writtenOfBatch...]))
+            abandonArrival(of: member, at: delivery, delivered: delivered, unwritten: Array(batch[writtenOfBatch...]))
             throw error
         }
         state.withLock { $0.statistics.heldFramesDelivered += delivered }
@@ -1441,9 +1462,9 @@ public final class Zipper: Sendable {
     /// written are held for it again when it leaves, after what it had not
     /// acknowledged and ahead of what was held for it meanwhile (in order);
     /// until the twenty-sixth round of issue 14 they were dropped.
-    private func abandonArrival(of member: RouteMember, delivered: Int, unwritten taken: [HeldFrames.Taken]) {
-        // Held again for the function below, now in memory only: their receipts wait no more.
-        for frame in taken { frame.abandoned() }
+    private func abandonArrival(of member: RouteMember, at delivery: DeliveryDestination, delivered: Int, unwritten taken: [HeldFrames.Taken]) {
+        // Held again for the function at its connection's end: their receipts wait for that.
+        for frame in taken { frame.abandoned(at: delivery) }
         let unwritten = taken.map(\.frame)
         state.withLock { state in
             state.held.endArriving(member)

@@ -59,6 +59,53 @@ struct DeliveryReceiptTests {
         await zipper.kill()
     }
 
+    @Test("a function killed with frames on their way to it, then its zipper: what the zipper took back from the function's connection and held for its return is sent again by the source, and reaches the function that comes back")
+    func killedZipperLosesNothingTakenBack() async throws {
+        let metricsPort = try await freeTCPPort()
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        var function = try startPipeFunctionProcess(zipper: zipper.address)
+        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+        let (sink, received) = try await connectUppercaseSink(zipper: zipper.address, retryConnect: true)
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
+        try await source.connect()
+        var written: [String] = []
+        func write() async throws {
+            let text = "frame-\(written.count)"
+            written.append(text.uppercased())
+            try await source.write(tag: 0x33, data: Array((text + ":").utf8))
+        }
+        for _ in 0..<10 { try await write() }
+        #expect(await received.wait(for: 10))
+        kill(function.processIdentifier, SIGKILL)
+        await waitForExit(function)
+        // Written to the dead function until the zipper hears its ICMP, ends
+        // its connection and holds what it had not acknowledged for its return.
+        func heldAtItsEnd() async -> Int {
+            let page = await httpGet("http://127.0.0.1:\(metricsPort)/metrics")?.body ?? ""
+            let line = page.split(separator: "\n").first { $0.hasPrefix("yomo_zipper_unacknowledged_held_messages_total") }
+            return line.flatMap { $0.split(separator: " ").last.flatMap { Double($0) } }.map { Int($0) } ?? 0
+        }
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(20)
+        while await heldAtItsEnd() == 0, clock.now < deadline {
+            try await write()
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(await heldAtItsEnd() > 0, "nothing held after \(written.count) frames to a killed function")
+        // Each of the frames since the kill is in the zipper's memory only: the source keeps all of them.
+        #expect(await eventually { source.client.keptFramesForTesting == written.count - 10 },
+                "kept \(source.client.keptFramesForTesting) of the \(written.count - 10) written since the kill")
+
+        await zipper.kill()
+        try zipper.restart()
+        function = try startPipeFunctionProcess(zipper: zipper.address)
+        #expect(await eventually(within: .seconds(30)) { Set(received.items).isSuperset(of: written) },
+                "missing \(Set(written).subtracting(received.items).sorted())")
+        await source.close()
+        await sink.close()
+        await zipper.kill()
+    }
+
     @Test("a connection lost while its zipper lives on: the zipper knows the reconnection, and what it had routed of the lost connection is not sent again, but kept until settled",
           arguments: [true, false])
     func reconnectionToALiveZipper(receipts: Bool) async throws {

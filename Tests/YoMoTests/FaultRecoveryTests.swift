@@ -1030,7 +1030,7 @@ final class SilentUDPPeer: Sendable {
 
 /// `uppercase-sfn --pipe` as a process: 0x33 upper-cased into 0x34, in the
 /// order received (a pipe handler), so that it can be frozen or killed.
-private func startPipeFunctionProcess(zipper: String) throws -> Process {
+func startPipeFunctionProcess(zipper: String) throws -> Process {
     let function = Process()
     function.executableURL = try builtExecutable("uppercase-sfn")
     function.arguments = ["--zipper", zipper, "--pipe"]
@@ -1039,10 +1039,10 @@ private func startPipeFunctionProcess(zipper: String) throws -> Process {
     return function
 }
 
-/// A function of 0x34 that records each frame's text up to its first `:`, in order.
-private func connectUppercaseSink(zipper: String) async throws -> (StreamFunction, Inbox<String>) {
+/// A function of 0x34 (`retryConnect`: to a zipper still starting) that records each frame's text up to its first `:`, in order.
+func connectUppercaseSink(zipper: String, retryConnect: Bool = false) async throws -> (StreamFunction, Inbox<String>) {
     let received = Inbox<String>()
-    let sink = StreamFunction(name: "sink", zipper: zipper, options: .init(observedTags: [0x34]))
+    let sink = StreamFunction(name: "sink", zipper: zipper, options: .init(observedTags: [0x34], retryConnect: retryConnect))
     sink.setPipeHandler { input, _ in
         for await frame in input { received.append(String(decoding: frame.data.prefix { $0 != UInt8(ascii: ":") }, as: UTF8.self)) }
     }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import Synchronization
 import Testing
 import YoMoLogging
 import YoMoMetrics
@@ -52,15 +53,26 @@ struct HeldFramesLogicTests {
         let shared = HoldTally()
         shared.add()
         #expect(held.hold(frame(0x33, "both"), target: nil, bytes: 10, for: .init(owed: ["f", "g"]), routed: false, now: start, tally: shared) != .full)
+        let (toF, toG) = (DeliveryDestination(ConnectionProgress()), DeliveryDestination(ConnectionProgress()))
         let byF = held.take(for: f)
         #expect(byF.map(\.left) == [false], "still held for g")
-        byF.forEach { $0.abandoned() }
+        // f's connection ended before the write: the frame is held again at its end.
+        byF.forEach { $0.abandoned(at: toF) }
         #expect(!shared.isSettled, "g has not taken it")
         let byG = held.take(for: g)
         #expect(byG.map(\.left) == [true])
         #expect(!shared.isSettled, "taken, but its write not yet made")
-        byG.forEach { $0.abandoned() }
-        #expect(shared.isSettled)
+        byG.forEach { $0.written(to: toG, endingAt: 100) }
+        #expect(!shared.isSettled, "written to g, not acknowledged; f's end not dealt with")
+        (toG.connection as! ConnectionProgress).acknowledge(100)
+        #expect(!shared.isSettled, "f's connection has not ended yet")
+        (toF.connection as! ConnectionProgress).end()
+        #expect(!shared.isSettled, "ended, but what it lacked not yet held at its end")
+        let leftovers = toF.ended()
+        leftovers.add()
+        #expect(!shared.isSettled, "held again for f, in memory only")
+        leftovers.release()
+        #expect(shared.isSettled, "it left the hold at f's end too")
 
         let expiring = HoldTally()
         expiring.add()
@@ -808,4 +820,15 @@ struct HeldFramesTests {
             await source.close()
         }
     }
+}
+
+/// A connection's send progress, moved by hand.
+final class ConnectionProgress: DeliveryProgress {
+    private let state = Mutex<(acknowledged: Int, written: Int, ended: Bool)>((0, 0, false))
+
+    var acknowledgedBytes: Int { state.withLock { $0.acknowledged } }
+    var sendProgress: (written: Int, ended: Bool) { state.withLock { ($0.written, $0.ended) } }
+
+    func acknowledge(_ bytes: Int) { state.withLock { $0.acknowledged = bytes; $0.written = max($0.written, bytes) } }
+    func end() { state.withLock { $0.ended = true } }
 }
