@@ -20,6 +20,8 @@ struct MeshBacklog {
     private(set) var frames = CircularBuffer<DataFrame>()
     private(set) var bytes = 0
     private(set) var dropped = 0
+    /// Frames the link's client took.
+    private(set) var sent = 0
     /// Frames dropped since one was last accepted.
     private(set) var droppedInBurst = 0
 
@@ -45,6 +47,7 @@ struct MeshBacklog {
     /// if any: a burst ends only once the queue is down to half, so a link that
     /// keeps up just barely logs one burst, not one per frame.
     mutating func delivered() -> Int? {
+        sent += 1
         guard droppedInBurst > 0, frames.count <= limits.maximumFrames / 2 else { return nil }
         defer { droppedInBurst = 0 }
         return droppedInBurst
@@ -71,6 +74,11 @@ struct MeshLinkHealth: Sendable {
     var connected: Bool
     var queuedFrames: Int
     var queuedBytes: Int
+    /// Taken by the link's client.
+    var sentFrames = 0
+    /// Sent, and kept by the link's client until the downstream's receipt
+    /// (without receipts: until its acknowledgement).
+    var unsettledFrames = 0
 }
 
 /// One downstream of the mesh: the routing path queues frames for it without
@@ -86,12 +94,17 @@ final class MeshLink: Sendable {
 
     let peer: ZipperConfiguration.MeshPeer
     private let zipperName: String
+    /// Whether the link asks the downstream for delivery receipts.
+    private let deliveryReceipts: Bool
     private let logger: Logger
     private let state: Mutex<State>
 
-    init(peer: ZipperConfiguration.MeshPeer, zipperName: String, limits: ZipperConfiguration.MeshQueue, logger: Logger) {
+    init(
+        peer: ZipperConfiguration.MeshPeer, zipperName: String, limits: ZipperConfiguration.MeshQueue, deliveryReceipts: Bool, logger: Logger
+    ) {
         self.peer = peer
         self.zipperName = zipperName
+        self.deliveryReceipts = deliveryReceipts
         var logger = logger
         logger[metadataKey: "mesh_downstream"] = "\(peer.name)"
         logger[metadataKey: "mesh_downstream_addr"] = "\(peer.address)"
@@ -110,7 +123,8 @@ final class MeshLink: Sendable {
         let held = client?.outageStatistics
         return MeshLinkHealth(
             downstream: peer.name, dropped: backlog.dropped, connected: client?.isConnected ?? false,
-            queuedFrames: backlog.frames.count + (held?.pendingFrames ?? 0), queuedBytes: backlog.bytes + (held?.pendingBytes ?? 0))
+            queuedFrames: backlog.frames.count + (held?.pendingFrames ?? 0), queuedBytes: backlog.bytes + (held?.pendingBytes ?? 0),
+            sentFrames: backlog.sent, unsettledFrames: client?.keptFramesForTesting ?? 0)
     }
 
     /// Whether `clientID` is the id this link's client is dialling with: a
@@ -216,9 +230,11 @@ final class MeshLink: Sendable {
                 credential: peer.credential.map(Credential.init), wantedTarget: "",
                 zipper: address, quic: quic,
                 tls: .fromEnvironment(ProcessInfo.processInfo.environment), reconnect: policy,
-                // No receipts: a link's frames count as settled once queued
-                // here, and a link cut would only send copies again.
-                retryInitialConnect: true, handshakeTimeout: .seconds(3), deliveryReceipts: false)
+                // With receipts the link's client keeps what it sent until the
+                // downstream's functions have it, and sends it again to a
+                // downstream that crashed and came back (since the
+                // thirty-fourth round of issue 14; before, those were lost).
+                retryInitialConnect: true, handshakeTimeout: .seconds(3), deliveryReceipts: deliveryReceipts)
             // Frames taken while reconnecting wait here, bounded like the queue.
             let limits = state.withLock { $0.backlog.limits }
             let setup = ClientRuntime.Setup(

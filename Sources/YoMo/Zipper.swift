@@ -336,7 +336,9 @@ public final class Zipper: Sendable {
         metrics = DataPathMetrics(
             provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "Zipper", component: ["yomo.zipper.name": configuration.name])
         links = configuration.downstreams.map { peer in
-            MeshLink(peer: peer, zipperName: configuration.name, limits: configuration.meshQueue, logger: logger)
+            MeshLink(
+                peer: peer, zipperName: configuration.name, limits: configuration.meshQueue,
+                deliveryReceipts: configuration.deliveryReceipts, logger: logger)
         }
         metrics.observeTracing(options.tracerProvider ?? ownedProvider)
         if let value = options.ignoredRoutingSetting {

@@ -115,10 +115,10 @@ struct MeshLogicTests {
 @Suite("Mesh on loopback", .serialized)
 struct MeshLoopbackTests {
     static func zipper(_ name: String, port: Int, mesh: [ZipperConfiguration.MeshPeer], queue: ZipperConfiguration.MeshQueue = .init(),
-                       tracerProvider: TracerProvider? = nil, meterProvider: MeterProvider? = nil) -> Zipper {
+                       deliveryReceipts: Bool = true, tracerProvider: TracerProvider? = nil, meterProvider: MeterProvider? = nil) -> Zipper {
         Zipper(
             configuration: ZipperConfiguration(name: name, host: "127.0.0.1", port: port, authentication: .token("mesh"),
-                                               mesh: mesh, meshQueue: queue),
+                                               mesh: mesh, meshQueue: queue, deliveryReceipts: deliveryReceipts),
             options: .init(logger: Logger(label: "test.\(name)"), tracerProvider: tracerProvider, meterProvider: meterProvider))
     }
 
@@ -203,6 +203,47 @@ struct MeshLoopbackTests {
         await far.close()
         await a.close()
         await b.close()
+    }
+
+    @Test("a downstream killed while it held frames a link had sent it: with receipts the link sends them again and a function there gets every one; without, they went with it",
+          arguments: [true, false])
+    func downstreamKilled(receipts: Bool) async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        let b = try ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
+        let a = Self.zipper("a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")],
+                            deliveryReceipts: receipts)
+        try await a.start()
+        #expect(await eventually { a.meshLinkHealth.first?.connected == true })
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        // No function at b yet: b holds what the link sends (in its first
+        // minute, for any function that comes), in memory only.
+        let texts = (0..<20).map { "held-\($0)" }
+        for text in texts { try await source.write(tag: 0x35, data: Array(text.utf8)) }
+        // With receipts the link keeps them until b's functions have them; without, b's acknowledgement let them go.
+        #expect(await eventually { a.meshLinkHealth.first.map { $0.sentFrames == 20 && $0.unsettledFrames == (receipts ? 20 : 0) } == true },
+                "\(String(describing: a.meshLinkHealth.first))")
+
+        await b.kill()
+        try b.restart()
+        let remote = Inbox<String>()
+        let far = StreamFunction(
+            name: "far", zipper: "127.0.0.1:\(portB)",
+            options: .init(observedTags: [0x35], credential: "token:mesh", retryConnect: true, handlerConcurrency: 1))
+        far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await far.connect()
+        #expect(try await writeUntilReceived(source, tag: 0x35, "after", remote))
+        if receipts {
+            #expect(await eventually { texts.allSatisfy(remote.items.contains) }, "\(remote.items)")
+            #expect(firstArrivals(remote.items.filter { $0.hasPrefix("held-") }) == texts, "in the order written")
+        } else {
+            #expect(!texts.contains(where: remote.items.contains), "\(remote.items)")
+        }
+        #expect(a.statistics.meshDroppedFrames == 0)
+        await source.close()
+        await far.close()
+        await a.close()
+        await b.kill()
     }
 
     @Test("a mesh entry with this zipper's own address under another name: the link is refused and stopped, frames delivered once")
