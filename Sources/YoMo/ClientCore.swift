@@ -138,6 +138,13 @@ final class ClientSession: @unchecked Sendable {
         }
     }
 
+    /// Whether the frames ending at or before `end` are settled (without
+    /// receipts: acknowledged).
+    func isSettled(through end: Int) -> Bool {
+        if !receipts, connection.connection.acknowledgedBytes >= end { return true }
+        return kept.withLock { $0.settled } >= end
+    }
+
     /// Frames kept to be sent again if the connection dies: `yomo.client.unsettled.messages`.
     var keptFrames: Int {
         let acknowledged = receipts ? 0 : connection.connection.acknowledgedBytes

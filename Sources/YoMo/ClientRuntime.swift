@@ -158,6 +158,12 @@ final class ClientRuntime: Sendable {
         var readinessProbe: Int?
         /// Writes made while there is no connection, delivered first after a reconnect.
         var outage = OutageBuffer(maximumFrames: 0, maximumBytes: 0)
+        /// Connections that took writes so far (`DeliveryMark`).
+        var generation = 0
+        /// The newest of them, and the stream offset through which it carries
+        /// everything earlier ones did not settle: its outage frames (the
+        /// unsettled ones among them) and what it inherited.
+        var carried: (session: ClientSession, through: Int)?
         /// Ended, and the owned tracer provider flushed and shut down: `wait()` may return.
         var finished = false
         /// Set while serving, so that close() stops them taking frames.
@@ -173,6 +179,15 @@ final class ClientRuntime: Sendable {
             closeDeadline = deadline
             return deadline
         }
+    }
+
+    /// Where a frame went (`sendMarked`): the connection it was written to
+    /// and where it ends there, or none (held in the outage buffer), and how
+    /// many connections had taken writes by then.
+    struct DeliveryMark: Sendable {
+        fileprivate let session: ClientSession?
+        fileprivate let end: Int
+        fileprivate let generation: Int
     }
 
     /// Where one write goes.
@@ -603,11 +618,14 @@ final class ClientRuntime: Sendable {
     /// no session yet), so they follow in order; the loop ends when none are left.
     private func publish(_ session: ClientSession) async -> Published {
         var delivered = 0
+        var carriedThrough = 0
         while true {
             let (frames, closing, summary) = state.withLock { state -> ([DataFrame], Bool, (buffered: Int, dropped: Int)?) in
                 let closing = state.lifecycle.isClosing || state.ended
                 let frames = state.outage.takeAll()
                 guard frames.isEmpty else { return (frames, closing, nil) }
+                state.generation += 1
+                state.carried = (session, max(session.start, carriedThrough))
                 if !closing { state.session = session }
                 return ([], closing, state.outage.endOutage())
             }
@@ -623,6 +641,7 @@ final class ClientRuntime: Sendable {
                 do {
                     let end = try await session.connection.write(.data(frame))
                     session.recordWrite(frame, endingAt: end, logger: logger)
+                    carriedThrough = end
                 } catch {
                     state.withLock {
                         $0.outage.delivered(index)
@@ -815,6 +834,12 @@ final class ClientRuntime: Sendable {
     /// outage buffer, or fails when that is full or disabled. `patch` is written
     /// over the frame's metadata as it is encoded (or, for a frame held, first).
     func send(_ frame: DataFrame, patch: MetadataPatch? = nil) async throws {
+        _ = try await sendMarked(frame, patch: patch)
+    }
+
+    /// `send`, saying where the frame went, so that its delivery can be
+    /// followed (`isSettled`): a mesh link's receipts wait for it.
+    func sendMarked(_ frame: DataFrame, patch: MetadataPatch? = nil) async throws -> DeliveryMark {
         // A zipper closes the connection on a frame past its limit, and the
         // client ends (redialling would send it again): refused here instead.
         guard frame.encodedLength <= FrameDecoder.defaultMaximumFrameSize else {
@@ -823,8 +848,8 @@ final class ClientRuntime: Sendable {
                 is larger than \(FrameDecoder.defaultMaximumFrameSize) bytes, the largest a zipper takes: not sent
                 """)
         }
-        let (firstRoute, metrics) = state.withLock { (routeWrite(frame, patch, &$0), $0.metrics) }
-        var route = firstRoute
+        let (firstRoute, metrics, firstGeneration) = state.withLock { (routeWrite(frame, patch, &$0), $0.metrics, $0.generation) }
+        var (route, generation) = (firstRoute, firstGeneration)
         let started = metrics.isEnabled ? ContinuousClock.now : nil
         func sent() {
             guard let started else { return }
@@ -845,7 +870,7 @@ final class ClientRuntime: Sendable {
                     }
                     if session.recordWrite(frame, patch: patch, endingAt: end, logger: logger) {
                         sent()
-                        return
+                        return DeliveryMark(session: session, end: end, generation: generation)
                     }
                     // Queued, but the serving loop had already taken the ended
                     // connection's unacknowledged frames: this one was not among
@@ -866,6 +891,7 @@ final class ClientRuntime: Sendable {
                         return .refused(YoMoError(.closed, "\(name) closed while this frame was written"), logBurst: false)
                     }
                     if final { return .refused(ClientCore.describe(failure, zipper: session.zipper), logBurst: false) }
+                    generation = state.generation
                     return self.routeWrite(frame, patch, &state)
                 }
             case .buffered(let first):
@@ -875,12 +901,26 @@ final class ClientRuntime: Sendable {
                         "max_frames": "\(limits.0)", "max_bytes": "\(limits.1)",
                     ])
                 }
-                return
+                return DeliveryMark(session: nil, end: 0, generation: generation)
             case .refused(let error, let logBurst):
                 if logBurst { logger.warning("dropping writes while reconnecting", metadata: ["error": "\(error)"]) }
                 throw error
             }
         }
+    }
+
+    /// Whether the frame `mark` follows is settled: its connection's zipper
+    /// settled it (with receipts; else acknowledged it), or it was carried to
+    /// a newer connection that settled all it carried. True once the client
+    /// ended: what it still held is dropped, and said.
+    func isSettled(_ mark: DeliveryMark) -> Bool {
+        if let session = mark.session, session.isSettled(through: mark.end) { return true }
+        let (ended, generation, carried) = state.withLock { ($0.ended, $0.generation, $0.carried) }
+        if ended { return true }
+        // Not settled where it was written: anything not settled there is
+        // carried to the next connection, whose own wait covers it.
+        guard generation > mark.generation, let carried else { return false }
+        return carried.session.isSettled(through: carried.through)
     }
 
     private func routeWrite(_ frame: DataFrame, _ patch: MetadataPatch?, _ state: inout State) -> WriteRoute {

@@ -90,6 +90,11 @@ final class MeshLink: Sendable {
         var waiter: CheckedContinuation<Void, Never>?
         var client: ClientRuntime?
         var closed = false
+        /// Frames the queue accepted, and of those the client took or the link dropped.
+        var accepted = 0
+        var passed = 0
+        /// Frames the client took and has not settled, by their place among the accepted.
+        var unsettled = CircularBuffer<(index: Int, client: ClientRuntime, mark: ClientRuntime.DeliveryMark)>()
     }
 
     let peer: ZipperConfiguration.MeshPeer
@@ -138,6 +143,7 @@ final class MeshLink: Sendable {
         let (admission, waiter) = state.withLock { state -> (MeshBacklog.Admission, CheckedContinuation<Void, Never>?) in
             guard !state.closed else { return (.queued, nil) }
             let admission = state.backlog.offer(frame)
+            if admission == .queued { state.accepted += 1 }
             defer { state.waiter = nil }
             return (admission, state.waiter)
         }
@@ -153,6 +159,14 @@ final class MeshLink: Sendable {
             logger.warning("mesh downstream is slow or unreachable: dropping frames for it until it catches up", metadata: [
                 "max_frames": "\(limits.maximumFrames)", "max_bytes": "\(limits.maximumBytes)",
             ])
+        }
+    }
+
+    /// A frame taken from the queue is dropped (counted): nothing to wait for.
+    private func dropTaken() -> MeshBacklog.Admission {
+        state.withLock { state in
+            state.passed += 1
+            return state.backlog.drop(count: 1)
         }
     }
 
@@ -187,16 +201,20 @@ final class MeshLink: Sendable {
             group.addTask { await self.keepConnected() }
             while let frame = await next() {
                 guard let client = state.withLock({ $0.client }) else {
-                    report(state.withLock { $0.backlog.drop(count: 1) })
+                    report(dropTaken())
                     continue
                 }
                 do {
                     // Awaits only this link: a slow downstream fills its own queue.
-                    try await client.send(frame)
+                    let mark = try await client.sendMarked(frame)
+                    state.withLock { state in
+                        state.passed += 1
+                        state.unsettled.append((state.passed, client, mark))
+                    }
                     delivered()
                 } catch {
                     // Reconnecting with a full outage buffer, or the client ended.
-                    report(state.withLock { $0.backlog.drop(count: 1) })
+                    report(dropTaken())
                 }
             }
         }
@@ -270,4 +288,26 @@ final class MeshLink: Sendable {
         waiter?.resume()
         await client?.close()
     }
+}
+
+/// A mesh link as the receipts of the frames it forwards see it: the frames
+/// a sender's checkpoint waits for are those the link's queue had accepted
+/// by then, settled in the order accepted once the downstream settled them
+/// (its receipts; a downstream without them, its acknowledgement) or the link
+/// dropped them (counted). Until the thirty-fourth round of issue 14 a frame
+/// counted as settled once queued, and a zipper that crashed lost what its
+/// links had not yet delivered.
+extension MeshLink: DeliveryProgress {
+    /// Accepted frames settled, all of them before too.
+    var acknowledgedBytes: Int {
+        // The client's lock, not under the link's.
+        while let first = state.withLock({ $0.unsettled.first }), first.client.isSettled(first.mark) {
+            state.withLock { state in
+                if state.unsettled.first?.index == first.index { state.unsettled.removeFirst() }
+            }
+        }
+        return state.withLock { state in (state.unsettled.first?.index).map { $0 - 1 } ?? state.passed }
+    }
+
+    var sendProgress: (written: Int, ended: Bool) { state.withLock { ($0.accepted, false) } }
 }

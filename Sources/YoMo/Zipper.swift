@@ -309,6 +309,8 @@ public final class Zipper: Sendable {
     let incompleteFrames: IncompleteFrameBudget
     /// One per downstream zipper of the mesh (empty without a mesh).
     private let links: [MeshLink]
+    /// The links as receipts wait for them.
+    private let linkDeliveries: [DeliveryDestination]
     /// Tells the clients that asked which of their frames are settled.
     private let receipts = DeliveryReceipts()
     /// Wakes the task that drops held frames at their deadline when the hold
@@ -340,6 +342,7 @@ public final class Zipper: Sendable {
                 peer: peer, zipperName: configuration.name, limits: configuration.meshQueue,
                 deliveryReceipts: configuration.deliveryReceipts, logger: logger)
         }
+        linkDeliveries = links.map { DeliveryDestination($0) }
         metrics.observeTracing(options.tracerProvider ?? ownedProvider)
         if let value = options.ignoredRoutingSetting {
             logger.warning("YOMO_ZIPPER_ROUTING is neither loop nor pool: ignored", metadata: ["value": "\(value)", "routing": "\(options.routing)"])
@@ -1270,6 +1273,8 @@ public final class Zipper: Sendable {
             // The mesh queues frames: they leave with the patch already written.
             let whole = frame.applying(patch)
             for link in links { link.forward(whole) }
+            // A sender's receipt waits for its links' downstreams too.
+            if written != nil { for delivery in linkDeliveries { written?.add(delivery) } }
         }
         let slow = configuration.slowConsumer
         for (destinationID, destination, delivery) in destinations {

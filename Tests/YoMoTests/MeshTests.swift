@@ -115,10 +115,10 @@ struct MeshLogicTests {
 @Suite("Mesh on loopback", .serialized)
 struct MeshLoopbackTests {
     static func zipper(_ name: String, port: Int, mesh: [ZipperConfiguration.MeshPeer], queue: ZipperConfiguration.MeshQueue = .init(),
-                       deliveryReceipts: Bool = true, tracerProvider: TracerProvider? = nil, meterProvider: MeterProvider? = nil) -> Zipper {
+                       tracerProvider: TracerProvider? = nil, meterProvider: MeterProvider? = nil) -> Zipper {
         Zipper(
             configuration: ZipperConfiguration(name: name, host: "127.0.0.1", port: port, authentication: .token("mesh"),
-                                               mesh: mesh, meshQueue: queue, deliveryReceipts: deliveryReceipts),
+                                               mesh: mesh, meshQueue: queue),
             options: .init(logger: Logger(label: "test.\(name)"), tracerProvider: tracerProvider, meterProvider: meterProvider))
     }
 
@@ -210,8 +210,12 @@ struct MeshLoopbackTests {
     func downstreamKilled(receipts: Bool) async throws {
         let portA = try await freePort(), portB = try await freePort()
         let b = try ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
-        let a = Self.zipper("a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")],
-                            deliveryReceipts: receipts)
+        // No hold at a: what it forwards is only in its link.
+        var configuration = ZipperConfiguration(
+            name: "a", host: "127.0.0.1", port: portA, authentication: .token("mesh"),
+            mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")], deliveryReceipts: receipts)
+        configuration.unroutedHold = .off
+        let a = Zipper(configuration: configuration, options: .init(logger: Logger(label: "test.a")))
         try await a.start()
         #expect(await eventually { a.meshLinkHealth.first?.connected == true })
         let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
@@ -223,6 +227,8 @@ struct MeshLoopbackTests {
         // With receipts the link keeps them until b's functions have them; without, b's acknowledgement let them go.
         #expect(await eventually { a.meshLinkHealth.first.map { $0.sentFrames == 20 && $0.unsettledFrames == (receipts ? 20 : 0) } == true },
                 "\(String(describing: a.meshLinkHealth.first))")
+        // And a's source keeps them too: a's receipts wait for its link's.
+        #expect(source.client.keptFramesForTesting == (receipts ? 20 : 0), "kept: \(source.client.keptFramesForTesting)")
 
         await b.kill()
         try b.restart()
@@ -236,6 +242,8 @@ struct MeshLoopbackTests {
         if receipts {
             #expect(await eventually { texts.allSatisfy(remote.items.contains) }, "\(remote.items)")
             #expect(firstArrivals(remote.items.filter { $0.hasPrefix("held-") }) == texts, "in the order written")
+            // Carried to the link's next connection, settled there.
+            #expect(await eventually { source.client.keptFramesForTesting == 0 }, "kept: \(source.client.keptFramesForTesting)")
         } else {
             #expect(!texts.contains(where: remote.items.contains), "\(remote.items)")
         }
@@ -244,6 +252,46 @@ struct MeshLoopbackTests {
         await far.close()
         await a.close()
         await b.kill()
+    }
+
+    @Test("a zipper killed while its link held frames for a downstream that is down: with receipts its source keeps them and sends them again, and a function at the downstream gets every one; without, they went with the zipper",
+          arguments: [true, false])
+    func upstreamKilledWithLinkBacklog(receipts: Bool) async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        // No hold at a: what it forwards is only in its link.
+        let a = try ZipperProcess(port: portA, arguments: [
+            "--name", "a", "--token", "mesh", "--unrouted-hold", "0", "--mesh", "b=127.0.0.1:\(portB)", "--mesh-credential", "token:mesh",
+        ])
+        let source = Source(name: "source", zipper: a.address, options: .init(credential: "token:mesh", retryConnect: true, deliveryReceipts: receipts))
+        try await source.connect()
+        // b is not up: the link holds what a forwards, in a's memory only.
+        let texts = (0..<20).map { "linked-\($0)" }
+        for text in texts { try await source.write(tag: 0x35, data: Array(text.utf8)) }
+        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 }, "a's QUIC stack has them all")
+        #expect(await eventually { source.client.keptFramesForTesting == (receipts ? 20 : 0) }, "kept: \(source.client.keptFramesForTesting)")
+
+        await a.kill()
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let remote = Inbox<String>()
+        let far = StreamFunction(
+            name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x35], credential: "token:mesh", handlerConcurrency: 1))
+        far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await far.connect()
+        try a.restart()
+        #expect(try await writeUntilReceived(source, tag: 0x35, "after", remote))
+        if receipts {
+            #expect(await eventually { texts.allSatisfy(remote.items.contains) }, "\(remote.items)")
+            #expect(firstArrivals(remote.items.filter { $0.hasPrefix("linked-") }) == texts, "in the order written")
+            // Settled once b's function has them, through a's link and b's receipts.
+            #expect(await eventually { source.client.keptFramesForTesting == 0 }, "kept: \(source.client.keptFramesForTesting)")
+        } else {
+            #expect(!texts.contains(where: remote.items.contains), "\(remote.items)")
+        }
+        await source.close()
+        await far.close()
+        await b.close()
+        await a.kill()
     }
 
     @Test("a mesh entry with this zipper's own address under another name: the link is refused and stopped, frames delivered once")
