@@ -201,7 +201,8 @@ final class DataPathMetrics: Sendable {
 
     /// Each mesh link's state, per downstream name, read when metrics are
     /// collected: what it dropped because its downstream did not keep up,
-    /// whether it is connected, and what waits to be forwarded.
+    /// whether it is connected, what waits to be forwarded, what it sent, and
+    /// what it keeps until the downstream's receipt.
     func observeMeshLinks(_ read: @escaping @Sendable () -> [MeshLinkHealth]) {
         guard enabled else { return }
         let base = baseAttributes
@@ -222,6 +223,13 @@ final class DataPathMetrics: Sendable {
         meter.observableGauge(
             "yomo.zipper.mesh.queued.size", unit: "By", description: "Bytes of the frames waiting to be forwarded to a mesh downstream."
         ) { series { Double($0.queuedBytes) } }
+        meter.observableCounter(
+            "yomo.zipper.mesh.sent.messages", unit: "{message}", description: "Frames a mesh link sent to its downstream."
+        ) { series { Double($0.sentFrames) } }
+        meter.observableGauge(
+            "yomo.zipper.mesh.unsettled.messages", unit: "{message}",
+            description: "Frames sent to a mesh downstream and kept until its receipt says its functions have them (sent again if it crashes)."
+        ) { series { Double($0.unsettledFrames) } }
     }
 
     /// Frames the zipper holds for a stream function on its way back, and

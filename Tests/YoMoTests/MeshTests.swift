@@ -122,7 +122,7 @@ struct MeshLoopbackTests {
             options: .init(logger: Logger(label: "test.\(name)"), tracerProvider: tracerProvider, meterProvider: meterProvider))
     }
 
-    @Test("each link's state on /metrics: not connected with frames waiting while its downstream is down; connected and drained once it is up")
+    @Test("each link's state on /metrics: not connected with frames waiting while its downstream is down; connected, drained and the frames unsettled while the downstream holds them; settled once a function there has them")
     func linkStateOnMetrics() async throws {
         let meters = MeterProvider(configuration: .init(serviceName: "mesh-a", environment: [:]))
         let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: meters)
@@ -149,6 +149,10 @@ struct MeshLoopbackTests {
 
         let b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
+        // b holds them for a function (its first minute): the link keeps them until b's receipt says one has them.
+        #expect(await eventually { a.meshLinkHealth.first.map { $0.sentFrames == 10 && $0.unsettledFrames == 10 } == true })
+        #expect(await gauge("yomo_zipper_mesh_unsettled_messages") == 10)
+        #expect(await gauge("yomo_zipper_mesh_sent_messages_total") == 10)
         let remote = Inbox<String>()
         let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x33], credential: "token:mesh"))
         far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
@@ -159,6 +163,10 @@ struct MeshLoopbackTests {
         // What waited reached b (held there for its function, in its first minute), then what came after.
         try await source.write(tag: 0x33, data: Array("after".utf8))
         #expect(await remote.wait(for: 11))
+        #expect(await gauge("yomo_zipper_mesh_sent_messages_total") == 11)
+        // b's function has them all: b's receipts settle them.
+        #expect(await eventually { a.meshLinkHealth.first?.unsettledFrames == 0 })
+        #expect(await gauge("yomo_zipper_mesh_unsettled_messages") == 0)
         #expect(Set(remote.items) == Set((0..<10).map { "frame \($0)" } + ["after"]), "async handlers: any order")
         await source.close()
         await far.close()
