@@ -913,14 +913,43 @@ final class ClientRuntime: Sendable {
     /// settled it (with receipts; else acknowledged it), or it was carried to
     /// a newer connection that settled all it carried. True once the client
     /// ended: what it still held is dropped, and said.
-    func isSettled(_ mark: DeliveryMark) -> Bool {
+    func isSettled(_ mark: DeliveryMark, endedSettles: Bool = true) -> Bool {
         if let session = mark.session, session.isSettled(through: mark.end) { return true }
         let (ended, generation, carried) = state.withLock { ($0.ended, $0.generation, $0.carried) }
-        if ended { return true }
+        if ended { return endedSettles }
         // Not settled where it was written: anything not settled there is
         // carried to the next connection, whose own wait covers it.
         guard generation > mark.generation, let carried else { return false }
         return carried.session.isSettled(through: carried.through)
+    }
+
+    /// Waits until every frame written before the call is settled (see
+    /// `isSettled`); frames written meanwhile are not waited for. Polls every
+    /// millisecond: receipts come every 2 ms while frames flow.
+    func flush(timeout: Duration) async throws {
+        let clock = ContinuousClock()
+        let deadline = clock.now + timeout
+        let mark = try state.withLock { state throws(YoMoError) -> DeliveryMark in
+            if state.ended { throw YoMoError(.closed, "\(name) is closed") }
+            if state.lifecycle.state == .idle {
+                throw YoMoError(.notConnected, "\(name) is not connected to a zipper: call connect() first")
+            }
+            // Everything written on the connection so far, or, with none, what the next one carries.
+            let session = state.session
+            return DeliveryMark(session: session, end: session?.connection.connection.sendProgress.written ?? 0, generation: state.generation)
+        }
+        while !isSettled(mark, endedSettles: false) {
+            if state.withLock({ $0.ended }) {
+                throw YoMoError(.closed, "\(name) ended before every frame written was settled")
+            }
+            guard clock.now < deadline else {
+                throw YoMoError(.timedOut, """
+                    \(name): the frames written are not all settled after \(timeout) \
+                    (\(keptFramesForTesting) kept on the connection, \(outageStatistics.pendingFrames) waiting to be sent again)
+                    """)
+            }
+            try await Task.sleep(for: .milliseconds(1))
+        }
     }
 
     private func routeWrite(_ frame: DataFrame, _ patch: MetadataPatch?, _ state: inout State) -> WriteRoute {

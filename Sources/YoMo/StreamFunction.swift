@@ -213,6 +213,19 @@ public final class StreamFunction: Sendable {
         try await client.writeFresh(tag: tag, payload: ByteBuffer(bytes: data), target: target)
     }
 
+    /// Waits until every frame written before the call has reached the stream
+    /// functions it goes to: settled by the zipper's delivery receipts (their
+    /// QUIC stacks have it, or the zipper's rules dropped it), or, from a
+    /// zipper without receipts (Go's, `delivery_receipts: false`),
+    /// acknowledged by the zipper. Across a reconnection it waits for the
+    /// frames sent again. A zipper that crashes after this returns has lost
+    /// none of them. Throws `.timedOut` after `timeout` (the frames are still
+    /// kept and sent again if needed), `.closed` if the client ended first,
+    /// `.notConnected` before `connect()`.
+    public func flush(timeout: Duration = .seconds(10)) async throws {
+        try await client.flush(timeout: timeout)
+    }
+
     /// Why the function ended, once it has.
     public var endReason: YoMoError? { client.endReason }
 

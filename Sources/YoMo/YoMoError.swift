@@ -8,7 +8,7 @@ public struct YoMoError: Error, Hashable, Sendable, CustomStringConvertible {
             case rejected, goaway, closedByPeer, listenerShutdown, closed, notConnected
             case invalidAddress, invalidConfiguration, invalidSchedule, reservedTag
             case handlerFailed, initializerFailed, invalidMetadata, protocolViolation
-            case outageBufferFull, frameTooLarge
+            case outageBufferFull, frameTooLarge, timedOut
         }
 
         private let value: Value
@@ -35,6 +35,10 @@ public struct YoMoError: Error, Hashable, Sendable, CustomStringConvertible {
         /// zipper takes by default (it closes the connection on a bigger one):
         /// the frame was not sent, and the connection serves on.
         public static let frameTooLarge = Code(.frameTooLarge)
+        /// `flush(timeout:)` gave up waiting: frames written before it are not
+        /// all settled yet. They are still kept, and sent again if the
+        /// connection is lost.
+        public static let timedOut = Code(.timedOut)
         /// A `host:port` could not be parsed.
         public static let invalidAddress = Code(.invalidAddress)
         /// A configuration value (file, option) is not usable.

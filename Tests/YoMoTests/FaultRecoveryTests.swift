@@ -119,7 +119,7 @@ func freeze(_ process: Process) async throws {
               let close = stat.lastIndex(of: ")") else { return false }
         return stat[stat.index(close, offsetBy: 2)] == "T"
     }
-    #expect(stopped, "the zipper stopped")
+    #expect(stopped, "the process stopped")
 }
 
 /// Options of a stream function that stops reading after its first frame: one
