@@ -15,4 +15,15 @@ func sample_docs_api_2() async throws {
     // stops (flushing its spans) after the function has finished.
     let group = ServiceGroup(services: [provider, sfn], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
     try await group.run()
+
+    // docs/api.md, sample 2, continued (2)
+    let batch = Source(name: "nightly-export", zipper: "localhost:9000")
+    try await batch.connect()
+    for line in ["a", "b", "c"] { try await batch.write(tag: 0x33, data: Array(line.utf8)) }
+    do {
+        try await batch.flush(timeout: .seconds(30))
+    } catch let error as YoMoError where error.code == .timedOut {
+        print("not all delivered yet: \(error)")
+    }
+    await batch.close()
 }
