@@ -280,15 +280,39 @@ struct Reconnect: AsyncParsableCommand {
     @Option(help: "Microseconds between the source's writes.") var intervalMicroseconds = 10_000
     @Flag(help: "Stop the zipper with SIGTERM (a graceful shutdown, as a rolling restart does) instead of kill -9.") var graceful = false
     @Flag(help: "The source asks for no delivery receipts: it keeps a frame only until the zipper's QUIC stack acknowledged it.") var noReceipts = false
+    @Option(help: ArgumentHelp(
+        "Run a mesh of two zippers, the source on one, the function on the other, and kill the upstream (the source's) or the downstream (the function's); the other, on the next port, lives on.",
+        valueName: "upstream|downstream")) var mesh: MeshRole?
+
+    enum MeshRole: String, ExpressibleByArgument { case upstream, downstream }
 
     func run() async throws {
         let key = keyFile()
-        var zipper = try ZipperProcess(zipperOptions, keyFile: key)
+        // With --mesh: the zipper that lives on, on the next port; the killed one forwards to it or is forwarded to.
+        var stableOptions = zipperOptions
+        stableOptions.port = zipperOptions.port + 1
+        let killedArguments: [String]
+        var stable: ZipperProcess?
+        switch mesh {
+        case nil: killedArguments = []
+        case .upstream:
+            killedArguments = ["--name", "a", "--mesh", "b=127.0.0.1:\(stableOptions.port)"]
+            stable = try ZipperProcess(stableOptions, keyFile: key + ".b", extraArguments: ["--name", "b"])
+        case .downstream:
+            killedArguments = ["--name", "b"]
+            stable = try ZipperProcess(stableOptions, keyFile: key + ".a", extraArguments: ["--name", "a", "--mesh", "b=127.0.0.1:\(zipperOptions.port)"])
+        }
+        defer { stable?.stop() }
+        if let stable { try await waitForZipper(stable.address) }
+        var zipper = try ZipperProcess(zipperOptions, keyFile: key, extraArguments: killedArguments)
         try await waitForZipper(zipper.address)
+        // Where each client connects: with a mesh, the source upstream and the function downstream.
+        let sourceZipper = mesh == .downstream ? stable!.address : zipper.address
+        let functionZipper = mesh == .upstream ? stable!.address : zipper.address
         let received = Mutex<Set<Int>>([])
         let lastReceivedAt = Mutex<ContinuousClock.Instant?>(nil)
         let clock = ContinuousClock()
-        let sfn = StreamFunction(name: "survivor", zipper: zipper.address, options: quietOptions(tags: [0x41]))
+        let sfn = StreamFunction(name: "survivor", zipper: functionZipper, options: quietOptions(tags: [0x41]))
         sfn.setHandler { ctx in
             if let sequence = Int(String(decoding: ctx.data, as: UTF8.self)) {
                 _ = received.withLock { $0.insert(sequence) }
@@ -298,7 +322,7 @@ struct Reconnect: AsyncParsableCommand {
         try await sfn.connect()
         var sourceOptions = quietOptions()
         sourceOptions.deliveryReceipts = !noReceipts
-        let source = Source(name: "writer", zipper: zipper.address, options: sourceOptions)
+        let source = Source(name: "writer", zipper: sourceZipper, options: sourceOptions)
         // When the source learnt that its connection was gone.
         let sourceLostAt = Mutex<ContinuousClock.Instant?>(nil)
         source.setErrorHandler { _ in sourceLostAt.withLock { $0 = clock.now } }
@@ -321,7 +345,7 @@ struct Reconnect: AsyncParsableCommand {
             if graceful { zipper.stop() } else { zipper.kill() }
             let killedAt = clock.now
             try await Task.sleep(for: .milliseconds(200))
-            zipper = try ZipperProcess(zipperOptions, keyFile: key)
+            zipper = try ZipperProcess(zipperOptions, keyFile: key, extraArguments: killedArguments)
             let restartedAt = clock.now
             let back = await waitUntil(.seconds(30)) { lastReceivedAt.withLock { $0 }.map { $0 > restartedAt } ?? false }
             let backAt = lastReceivedAt.withLock { $0 } ?? clock.now
@@ -345,12 +369,12 @@ struct Reconnect: AsyncParsableCommand {
         let missing = written.withLock { $0.map(\.sequence) }.filter { !received.withLock { $0 }.contains($0) }
         // Of the writes that returned into a dead connection before the source noticed, those that never arrived.
         let silentlyLost = blindWrites.filter { !received.withLock { $0 }.contains($0) }.count
-        print("written_ok=\(reported) received=\(received.withLock { $0.count }) lost=\(missing.count) silently_lost=\(silentlyLost) receipts=\(noReceipts ? "no" : "yes")")
+        print("written_ok=\(reported) received=\(received.withLock { $0.count }) lost=\(missing.count) silently_lost=\(silentlyLost) receipts=\(noReceipts ? "no" : "yes")\(mesh.map { " mesh_killed=\($0)" } ?? "")")
         if !missing.isEmpty { print("lost sequences: \(ranges(missing).prefix(20).joined(separator: ", "))") }
         await source.close()
         await sfn.close()
         zipper.stop()
-        try? FileManager.default.removeItem(atPath: key)
+        for file in [key, key + ".a", key + ".b"] { try? FileManager.default.removeItem(atPath: file) }
     }
 }
 
