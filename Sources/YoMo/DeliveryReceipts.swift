@@ -242,16 +242,15 @@ final class DeliveryDestination: Sendable {
     }
 
     /// The connection ended and what it had not acknowledged is dealt with:
-    /// the frames held then, and any held later for a write that found it
-    /// ended, are added to the tally returned (each released as it leaves the hold).
-    func ended() -> HoldTally {
-        leftovers.withLock { leftovers in
-            if let leftovers { return leftovers }
-            let tally = HoldTally()
-            leftovers = tally
-            return tally
-        }
+    /// `tally` counts the frames held then (each released as it leaves the
+    /// hold). Set once they are all in it: a receipt that saw it earlier
+    /// would settle what is still being held.
+    func ended(leaving tally: HoldTally) {
+        leftovers.withLock { $0 = tally }
     }
+
+    /// The tally of its end, for a frame held after it (a write that found it ended).
+    var leftoversOfEnd: HoldTally? { leftovers.withLock { $0 } }
 }
 
 /// The zipper's receipts: one task wakes every `interval` while some sender

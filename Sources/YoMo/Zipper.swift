@@ -867,8 +867,10 @@ public final class Zipper: Sendable {
             let (left, wasEmpty) = state.withLock { state -> (UnacknowledgedAtEnd, Bool) in
                 // Gone already: closed as a slow consumer, whose backlog is not kept.
                 let unwritten = state.peers[id]?.unwritten
-                // What it had not acknowledged is dealt with here: receipts waiting for it wait for what is held now.
-                let leftovers = delivery.ended()
+                // What it had not acknowledged is dealt with here: receipts waiting
+                // for it wait for what is held now, once all of it is counted.
+                let leftovers = HoldTally()
+                defer { delivery.ended(leaving: leftovers) }
                 state.routes.remove(id)
                 state.peers[id] = nil
                 waiters = state.departureWaiters.removeValue(forKey: id) ?? []
@@ -1037,9 +1039,10 @@ public final class Zipper: Sendable {
             }
             guard let function = state.departed.first(where: { $0.connectionID == id }) else { return (left, false) }
             let wasEmpty = state.held.isEmpty
-            // After: its end's tally waits for this one too.
+            // After: its end's tally (set in the lock that made it departed) waits for this one too.
             left = state.holdForReturn(
-                [(owned, target, 0)], of: function, stillObserved: state.routes.tagsObserved(byName: function.name), tally: delivery.ended())
+                [(owned, target, 0)], of: function, stillObserved: state.routes.tagsObserved(byName: function.name),
+                tally: delivery.leftoversOfEnd ?? HoldTally())
             return (left, wasEmpty)
         }
         // No line per frame: these are few, and the connection's end says what it held.
