@@ -128,6 +128,8 @@ final class ClientRuntime: Sendable {
         /// Limits of the outage buffer (0: writes fail while reconnecting).
         var outageBufferFrames = 0
         var outageBufferBytes = 0
+        /// See `OutageBuffer.admitsBesidesPutBack` (a mesh link's client).
+        var outageAdmitsBesidesPutBack = false
         /// The whole close: queued frames delivered, owned provider flushed.
         var shutdownTimeout: Duration = .seconds(5)
         var metrics = DataPathMetrics.disabled
@@ -359,7 +361,9 @@ final class ClientRuntime: Sendable {
                 random: SystemRandomNumberGenerator())
             _ = state.lifecycle.start()
             state.tracing = setup.tracing
-            state.outage = OutageBuffer(maximumFrames: setup.outageBufferFrames, maximumBytes: setup.outageBufferBytes)
+            state.outage = OutageBuffer(
+                maximumFrames: setup.outageBufferFrames, maximumBytes: setup.outageBufferBytes,
+                admitsBesidesPutBack: setup.outageAdmitsBesidesPutBack)
             state.shutdownTimeout = setup.shutdownTimeout
             state.metrics = setup.metrics
         }

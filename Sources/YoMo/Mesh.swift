@@ -256,7 +256,8 @@ final class MeshLink: Sendable {
             // Frames taken while reconnecting wait here, bounded like the queue.
             let limits = state.withLock { $0.backlog.limits }
             let setup = ClientRuntime.Setup(
-                settings: settings, outageBufferFrames: limits.maximumFrames, outageBufferBytes: limits.maximumBytes)
+                settings: settings, outageBufferFrames: limits.maximumFrames, outageBufferBytes: limits.maximumBytes,
+                outageAdmitsBesidesPutBack: true)
             logger.info("mesh link starting")
             do {
                 try client.launch(setup)

@@ -26,7 +26,15 @@ public struct OutageStatistics: Sendable, Hashable {
 struct OutageBuffer {
     let maximumFrames: Int
     let maximumBytes: Int
+    /// New writes are admitted as if the frames put back (sent again after a
+    /// lost connection, or taken and not written) were not there: a mesh
+    /// link's, whose refusal is a drop, and whose frames sent again were in
+    /// memory before the outage anyway (kept for want of a receipt). A
+    /// client's refusals push back on its writer instead.
+    let admitsBesidesPutBack: Bool
     private(set) var frames: [DataFrame] = []
+    /// Of `frames`, those put back, and their bytes.
+    private var putBackHeld = (frames: 0, bytes: 0)
     private(set) var statistics = OutageStatistics()
     /// Frames held and refused during the current outage (reset by `endOutage`).
     private var outageBuffered = 0
@@ -34,9 +42,10 @@ struct OutageBuffer {
     /// Whether the last write was refused: a burst of refusals logs once.
     private var inDropBurst = false
 
-    init(maximumFrames: Int, maximumBytes: Int) {
+    init(maximumFrames: Int, maximumBytes: Int, admitsBesidesPutBack: Bool = false) {
         self.maximumFrames = max(0, maximumFrames)
         self.maximumBytes = max(0, maximumBytes)
+        self.admitsBesidesPutBack = admitsBesidesPutBack
     }
 
     var isEnabled: Bool { maximumFrames > 0 && maximumBytes > 0 }
@@ -62,7 +71,9 @@ struct OutageBuffer {
             return .disabled(firstOfBurst: !inDropBurst)
         }
         let size = frame.encodedLength
-        guard frames.count < maximumFrames, statistics.pendingBytes + size <= maximumBytes else {
+        let (heldFrames, heldBytes) = admitsBesidesPutBack
+            ? (frames.count - putBackHeld.frames, statistics.pendingBytes - putBackHeld.bytes) : (frames.count, statistics.pendingBytes)
+        guard heldFrames < maximumFrames, heldBytes + size <= maximumBytes else {
             statistics.dropped += 1
             outageDropped += 1
             defer { inDropBurst = true }
@@ -83,6 +94,7 @@ struct OutageBuffer {
             frames = []
             statistics.pendingFrames = 0
             statistics.pendingBytes = 0
+            putBackHeld = (0, 0)
         }
         return frames
     }
@@ -91,9 +103,12 @@ struct OutageBuffer {
     /// they go back in front of anything held since, keeping the write order.
     /// They are held beyond the limits rather than dropped: they were accepted.
     mutating func putBack(_ unsent: some Collection<DataFrame>) {
+        let bytes = unsent.reduce(0) { $0 + $1.encodedLength }
         frames.insert(contentsOf: unsent, at: 0)
         statistics.pendingFrames += unsent.count
-        statistics.pendingBytes += unsent.reduce(0) { $0 + $1.encodedLength }
+        statistics.pendingBytes += bytes
+        putBackHeld.frames += unsent.count
+        putBackHeld.bytes += bytes
     }
 
     /// Frames a lost connection never had acknowledged: they go first, whatever
@@ -108,9 +123,12 @@ struct OutageBuffer {
     /// again, and not counted as resent.
     mutating func takeRouted(_ count: Int) -> [DataFrame] {
         let routed = Array(frames.prefix(count))
+        let bytes = routed.reduce(0) { $0 + $1.encodedLength }
         frames.removeFirst(routed.count)
         statistics.pendingFrames -= routed.count
-        statistics.pendingBytes -= routed.reduce(0) { $0 + $1.encodedLength }
+        statistics.pendingBytes -= bytes
+        putBackHeld.frames -= routed.count
+        putBackHeld.bytes -= bytes
         statistics.resent -= routed.count
         return routed
     }

@@ -334,6 +334,23 @@ struct OutageBufferTests {
         #expect(buffer.statistics.dropped == 3)
     }
 
+    @Test("a mesh link's buffer admits new frames beside those put back (sent again after a lost connection), up to its limits: a refusal there is a drop; a client's counts them, pushing back on its writer")
+    func admitsBesidesPutBack() {
+        for besides in [true, false] {
+            var buffer = OutageBuffer(maximumFrames: 2, maximumBytes: 1 << 20, admitsBesidesPutBack: besides)
+            buffer.resend([frame(0), frame(1), frame(2)])
+            #expect(buffer.admit(frame(3)) == (besides ? .buffered(firstOfOutage: true) : .full(firstOfBurst: true)), "\(besides)")
+            #expect(buffer.admit(frame(4)) == (besides ? .buffered(firstOfOutage: false) : .full(firstOfBurst: false)), "\(besides)")
+            #expect(buffer.admit(frame(5)) == .full(firstOfBurst: besides), "new frames held to the limit: \(besides)")
+            // The zipper had routed the first already: not sent again, and no room made for new frames.
+            #expect(buffer.takeRouted(1).count == 1)
+            #expect(buffer.admit(frame(6)) == .full(firstOfBurst: false))
+            let taken = buffer.takeAll().map { $0.payload.getInteger(at: 0, as: UInt8.self) }
+            #expect(taken == (besides ? [1, 2, 3, 4] : [1, 2]), "\(besides)")
+            #expect(buffer.admit(frame(7)) == .buffered(firstOfOutage: !besides), "room again once taken: \(besides)")
+        }
+    }
+
     @Test("the byte limit holds; a limit of 0 disables holding")
     func byteLimitAndDisabled() {
         let size = frame(0, size: 100).encodedLength
