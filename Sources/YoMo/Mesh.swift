@@ -93,23 +93,36 @@ final class MeshLink: Sendable {
         /// Frames the queue accepted, and of those the client took or the link dropped.
         var accepted = 0
         var passed = 0
-        /// Frames the client took and has not settled, by their place among the accepted.
-        var unsettled = CircularBuffer<(index: Int, client: ClientRuntime, mark: ClientRuntime.DeliveryMark)>()
+        /// Frames the client took and has not settled, by their place among the accepted, and when.
+        var unsettled = CircularBuffer<(index: Int, client: ClientRuntime, mark: ClientRuntime.DeliveryMark, sentAt: ContinuousClock.Instant)>()
     }
 
     let peer: ZipperConfiguration.MeshPeer
     private let zipperName: String
     /// Whether the link asks the downstream for delivery receipts.
     private let deliveryReceipts: Bool
+    /// How long a frame the downstream has not settled holds back the
+    /// receipts of its sender (`receiptPatience`).
+    private let receiptPatience: Duration
+
+    /// A downstream that is down for long must not hold back every sender's
+    /// receipts (all their frames are forwarded to it) until each keeps
+    /// `ClientSession.maximumKeptBytes`: past this, a frame it has not settled
+    /// counts as settled for its sender, as a held frame does once the hold
+    /// (`unrouted_hold`, 5 s) drops it. The link still delivers it if the
+    /// downstream comes back; a crash of this zipper after then loses it.
+    static let receiptPatience: Duration = .seconds(5)
     private let logger: Logger
     private let state: Mutex<State>
 
     init(
-        peer: ZipperConfiguration.MeshPeer, zipperName: String, limits: ZipperConfiguration.MeshQueue, deliveryReceipts: Bool, logger: Logger
+        peer: ZipperConfiguration.MeshPeer, zipperName: String, limits: ZipperConfiguration.MeshQueue, deliveryReceipts: Bool,
+        receiptPatience: Duration = MeshLink.receiptPatience, logger: Logger
     ) {
         self.peer = peer
         self.zipperName = zipperName
         self.deliveryReceipts = deliveryReceipts
+        self.receiptPatience = receiptPatience
         var logger = logger
         logger[metadataKey: "mesh_downstream"] = "\(peer.name)"
         logger[metadataKey: "mesh_downstream_addr"] = "\(peer.address)"
@@ -207,9 +220,10 @@ final class MeshLink: Sendable {
                 do {
                     // Awaits only this link: a slow downstream fills its own queue.
                     let mark = try await client.sendMarked(frame)
+                    let sentAt = ContinuousClock.now
                     state.withLock { state in
                         state.passed += 1
-                        state.unsettled.append((state.passed, client, mark))
+                        state.unsettled.append((state.passed, client, mark, sentAt))
                     }
                     delivered()
                 } catch {
@@ -299,10 +313,11 @@ final class MeshLink: Sendable {
 /// counted as settled once queued, and a zipper that crashed lost what its
 /// links had not yet delivered.
 extension MeshLink: DeliveryProgress {
-    /// Accepted frames settled, all of them before too.
+    /// Accepted frames settled, all of them before too (or sent longer ago than `receiptPatience`).
     var acknowledgedBytes: Int {
+        let patientSince = ContinuousClock.now - receiptPatience
         // The client's lock, not under the link's.
-        while let first = state.withLock({ $0.unsettled.first }), first.client.isSettled(first.mark) {
+        while let first = state.withLock({ $0.unsettled.first }), first.sentAt < patientSince || first.client.isSettled(first.mark) {
             state.withLock { state in
                 if state.unsettled.first?.index == first.index { state.unsettled.removeFirst() }
             }

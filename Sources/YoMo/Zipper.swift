@@ -34,6 +34,8 @@ public final class Zipper: Sendable {
         /// A `YOMO_ZIPPER_ROUTING` value that is neither `loop` nor `pool`, when
         /// `routing` came from the environment: the zipper warns about it.
         var ignoredRoutingSetting: String?
+        /// `MeshLink.receiptPatience`; tests shorten it.
+        var meshReceiptPatience = MeshLink.receiptPatience
 
         public init(
             logger: Logger = Logger(label: "yomo.zipper"),
@@ -340,7 +342,7 @@ public final class Zipper: Sendable {
         links = configuration.downstreams.map { peer in
             MeshLink(
                 peer: peer, zipperName: configuration.name, limits: configuration.meshQueue,
-                deliveryReceipts: configuration.deliveryReceipts, logger: logger)
+                deliveryReceipts: configuration.deliveryReceipts, receiptPatience: options.meshReceiptPatience, logger: logger)
         }
         linkDeliveries = links.map { DeliveryDestination($0) }
         metrics.observeTracing(options.tracerProvider ?? ownedProvider)

@@ -302,6 +302,45 @@ struct MeshLoopbackTests {
         await a.kill()
     }
 
+    @Test("a downstream that stays down holds back its senders' receipts only for the link's patience: then the source forgets what the local function has, while the link keeps it for the downstream and delivers it once it is up")
+    func downstreamDownForLong() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        var configuration = ZipperConfiguration(
+            name: "a", host: "127.0.0.1", port: portA, authentication: .token("mesh"),
+            mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")])
+        configuration.unroutedHold = .off
+        var options = Zipper.Options(logger: Logger(label: "test.a"))
+        options.meshReceiptPatience = .milliseconds(300)
+        let a = Zipper(configuration: configuration, options: options)
+        try await a.start()
+        let local = Inbox<String>()
+        let near = StreamFunction(name: "near", zipper: "127.0.0.1:\(portA)", options: .init(observedTags: [0x35], credential: "token:mesh"))
+        near.setHandler { ctx in local.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await near.connect()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        let texts = (0..<20).map { "waiting-\($0)" }
+        for text in texts { try await source.write(tag: 0x35, data: Array(text.utf8)) }
+        #expect(await local.wait(for: 20))
+        // b is down: the link holds them, and the source's receipts wait for it, for a while.
+        #expect(source.client.keptFramesForTesting == 20, "kept: \(source.client.keptFramesForTesting)")
+        #expect(await eventually { source.client.keptFramesForTesting == 0 }, "kept: \(source.client.keptFramesForTesting)")
+        #expect(a.meshLinkHealth.first?.queuedFrames == 20, "the link still holds them for b")
+
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let remote = Inbox<String>()
+        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x35], credential: "token:mesh"))
+        far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await far.connect()
+        #expect(await eventually { Set(remote.items).isSuperset(of: texts) }, "\(remote.items)")
+        await source.close()
+        await near.close()
+        await far.close()
+        await a.close()
+        await b.close()
+    }
+
     @Test("a mesh entry with this zipper's own address under another name: the link is refused and stopped, frames delivered once")
     func selfLink() async throws {
         let port = try await freePort()
