@@ -248,7 +248,7 @@ final class ClientRuntime: Sendable {
     var unacknowledgedBytesForTesting: Int { state.withLock { $0.session?.connection.connection.unacknowledgedBytes ?? 0 } }
     /// Frames of the current session kept to be sent again if it dies (0
     /// without one): `yomo.client.unsettled.messages`, and tests.
-    var keptFramesForTesting: Int { state.withLock { $0.session?.keptFrames ?? 0 } }
+    var keptFrames: Int { state.withLock { $0.session?.keptFrames ?? 0 } }
     /// Whether the current session's zipper sends delivery receipts.
     var receiptsForTesting: Bool { state.withLock { $0.session?.receipts ?? false } }
 
@@ -949,7 +949,7 @@ final class ClientRuntime: Sendable {
             guard clock.now < deadline else {
                 throw YoMoError(.timedOut, """
                     \(name): the frames written are not all settled after \(timeout) \
-                    (\(keptFramesForTesting) kept on the connection, \(outageStatistics.pendingFrames) waiting to be sent again)
+                    (\(keptFrames) kept on the connection, \(outageStatistics.pendingFrames) waiting to be sent again)
                     """)
             }
             try await Task.sleep(for: .milliseconds(1))
@@ -1122,7 +1122,7 @@ final class ClientRuntime: Sendable {
             self?.state.withLock { $0.session }?.connection.connection.statistics
         }
         metrics.observeOutage { [weak self] in self?.outageStatistics ?? OutageStatistics() }
-        metrics.observeUnsettled { [weak self] in self?.keptFramesForTesting ?? 0 }
+        metrics.observeUnsettled { [weak self] in self?.keptFrames ?? 0 }
         let id = Readiness.shared.register("\(clientType) \(name)") { [weak self] in self?.isConnected ?? false }
         state.withLock { $0.readinessProbe = id }
     }

@@ -142,7 +142,7 @@ final class MeshLink: Sendable {
         return MeshLinkHealth(
             downstream: peer.name, dropped: backlog.dropped, connected: client?.isConnected ?? false,
             queuedFrames: backlog.frames.count + (held?.pendingFrames ?? 0), queuedBytes: backlog.bytes + (held?.pendingBytes ?? 0),
-            sentFrames: backlog.sent, unsettledFrames: client?.keptFramesForTesting ?? 0)
+            sentFrames: backlog.sent, unsettledFrames: client?.keptFrames ?? 0)
     }
 
     /// Whether `clientID` is the id this link's client is dialling with: a

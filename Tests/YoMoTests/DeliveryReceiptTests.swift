@@ -35,8 +35,8 @@ struct DeliveryReceiptTests {
         for text in texts { try await source.write(tag: 0x35, data: Array(text.utf8)) }
         #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 }, "the zipper's QUIC stack has them all")
         // With receipts they are kept until a function has them; without, the acknowledgement let them go.
-        #expect(await eventually { source.client.keptFramesForTesting == (receipts ? 20 : 0) },
-                "kept: \(source.client.keptFramesForTesting)")
+        #expect(await eventually { source.client.keptFrames == (receipts ? 20 : 0) },
+                "kept: \(source.client.keptFrames)")
 
         await zipper.kill()
         try zipper.restart()
@@ -83,35 +83,24 @@ struct DeliveryReceiptTests {
         #expect(await received.wait(for: 10))
         /// The sum of `name`'s series on the zipper's /metrics whose lines contain each of `labels`.
         func metric(_ name: String, _ labels: String...) async -> Double {
-            let page = await httpGet("http://127.0.0.1:\(metricsPort)/metrics")?.body ?? ""
-            return page.split(separator: "\n").filter { line in line.hasPrefix(name) && labels.allSatisfy { line.contains($0) } }
-                .compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
-        }
-        func eventuallyOnMetrics(_ condition: () async -> Bool) async -> Bool {
-            let clock = ContinuousClock()
-            let deadline = clock.now + .seconds(20)
-            while clock.now < deadline {
-                if await condition() { return true }
-                try? await Task.sleep(for: .milliseconds(20))
-            }
-            return false
+            seriesValue(await httpGet("http://127.0.0.1:\(metricsPort)/metrics")?.body ?? "", name, labels: labels) ?? 0
         }
         // Frozen first, so that what the zipper writes to it now stays unacknowledged.
         try await freeze(function)
         for _ in 0..<5 { try await write() }
         // All five written to it (and, the function stopped, not acknowledged).
-        #expect(await eventuallyOnMetrics { await metric("yomo_zipper_routed_messages_total", "outcome=\"delivered\"", "\"0x33\"") == 15 })
+        #expect(await eventuallyAsync { await metric("yomo_zipper_routed_messages_total", "outcome=\"delivered\"", "\"0x33\"") == 15 })
         kill(function.processIdentifier, SIGKILL)
         await waitForExit(function)
         // The zipper's retransmissions to it draw ICMP port unreachables: its
         // connection ends, and the five frames it had not acknowledged are held for its return.
-        let heldAtItsEnd = await eventuallyOnMetrics { await metric("yomo_zipper_unacknowledged_held_messages_total") >= 5 }
+        let heldAtItsEnd = await eventuallyAsync { await metric("yomo_zipper_unacknowledged_held_messages_total") >= 5 }
         let held = await metric("yomo_zipper_unacknowledged_held_messages_total")
         #expect(heldAtItsEnd, "held at its end: \(held)")
         // They are in the zipper's memory only: the source still keeps them
         // (and maybe earlier ones, whose checkpoint waits for the function's
         // connection too), well within the hold's 5 s.
-        let kept = source.client.keptFramesForTesting
+        let kept = source.client.keptFrames
         #expect(kept >= 5, "kept \(kept) frames, with 5 held at the function's end")
 
         await zipper.kill()
@@ -137,14 +126,14 @@ struct DeliveryReceiptTests {
         for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
         #expect(await received.wait(for: 20))
         #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
-        #expect(source.client.keptFramesForTesting == (receipts ? 20 : 0))
+        #expect(source.client.keptFrames == (receipts ? 20 : 0))
         await source.client.dropConnectionForTesting()
         #expect(await eventually { source.client.reconnectCountForTesting == 1 && source.client.isConnected })
         // The resumed connection keeps them until a receipt says they are settled.
-        #expect(source.client.keptFramesForTesting == (receipts ? 20 : 0))
+        #expect(source.client.keptFrames == (receipts ? 20 : 0))
         zipper.pauseReceiptsForTesting(false)
         #expect(try await writeUntilReceived(source, tag: 0x33, "after", received))
-        #expect(await eventually { source.client.keptFramesForTesting == 0 })
+        #expect(await eventually { source.client.keptFrames == 0 })
         for text in texts { #expect(received.items.filter { $0 == text }.count == 1, "\(text) once") }
         #expect(source.outageStatistics.resent == 0)
         await source.close()
@@ -161,7 +150,7 @@ struct DeliveryReceiptTests {
         #expect(source.client.receiptsForTesting == zipperSendsReceipts)
         for index in 0..<50 { try await source.write(tag: 0x33, data: Array("frame-\(index)".utf8)) }
         #expect(await received.wait(for: 50))
-        #expect(await eventually { source.client.keptFramesForTesting == 0 }, "kept: \(source.client.keptFramesForTesting)")
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept: \(source.client.keptFrames)")
         if zipperSendsReceipts {
             #expect(zipper.statistics.deliveryReceipts > 0)
         } else {
@@ -205,7 +194,7 @@ struct DeliveryReceiptTests {
         }
         let sink = try await connectSink()
         try await source.flush()
-        #expect(source.client.keptFramesForTesting == 0)
+        #expect(source.client.keptFrames == 0)
         #expect(await received.wait(for: 20))
         await source.close()
         let closed = await #expect(throws: YoMoError.self) { try await source.flush() }
@@ -226,7 +215,7 @@ struct DeliveryReceiptTests {
         let payload = [UInt8](repeating: 0x61, count: 1 << 20)
         for _ in 0..<72 { try await source.write(tag: 0x33, data: payload) }
         #expect(await eventually { zipper.received.count == 72 && source.client.unacknowledgedBytesForTesting == 0 })
-        let kept = source.client.keptFramesForTesting
+        let kept = source.client.keptFrames
         #expect(kept < 72 && kept >= 48, "kept \(kept) of 72 frames of 1 MiB")
         #expect(records.items.filter { $0.contains("has not settled 64 MiB of frames") }.count == 1, "\(records.items)")
         await source.close()

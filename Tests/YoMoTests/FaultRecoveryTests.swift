@@ -675,7 +675,7 @@ struct FaultRecoveryTests {
         // A later "before" may still be unacknowledged when an earlier one arrived,
         // and would be resent too (21, in a parallel run): freeze once all are
         // acknowledged, and the zipper said (a receipt) that the sink has them.
-        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 && source.client.keptFramesForTesting == 0 })
+        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 && source.client.keptFrames == 0 })
 
         // Frozen: it takes no packets and acknowledges nothing, so every write
         // below returns (queued) but none is acknowledged.

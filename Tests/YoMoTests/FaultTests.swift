@@ -108,6 +108,18 @@ func eventually(within timeout: Duration = .seconds(20), _ condition: () -> Bool
     return condition()
 }
 
+/// `eventually` for a condition that waits itself (a scrape of /metrics):
+/// checked every 20 ms.
+func eventuallyAsync(within timeout: Duration = .seconds(20), _ condition: () async -> Bool) async -> Bool {
+    let clock = ContinuousClock()
+    let deadline = clock.now.advanced(by: timeout)
+    while clock.now < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return await condition()
+}
+
 @Suite("Faults: zipper loss, restart and shutdown", .serialized)
 struct FaultTests {
     @Test("frames written while the zipper is away arrive once, in order, after it returns; a full or disabled buffer throws")
@@ -137,8 +149,7 @@ struct FaultTests {
         defer { Task { await endpoint.close() } }
         func metric(_ name: String, source: String) async -> Double? {
             let page = await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body ?? ""
-            let line = page.split(separator: "\n").first { $0.hasPrefix(name + "{") && $0.contains("yomo_source_name=\"\(source)\"") }
-            return line?.split(separator: " ").last.flatMap { Double($0) }
+            return seriesValue(page, name, labels: ["yomo_source_name=\"\(source)\""])
         }
         func source(_ name: String, frames: Int = 1000) -> (Source, Inbox<YoMoError>) {
             let lost = Inbox<YoMoError>()
@@ -160,7 +171,7 @@ struct FaultTests {
         // source would then resend it after the restart (at least once), which the
         // counts below do not expect. The loss comes once the zipper has them all,
         // and has said (a delivery receipt) that the function has them.
-        #expect(await eventually { held.client.unacknowledgedBytesForTesting == 0 && held.client.keptFramesForTesting == 0 })
+        #expect(await eventually { held.client.unacknowledgedBytesForTesting == 0 && held.client.keptFrames == 0 })
 
         await zipper.kill()
         for lost in [sinkLost, heldLost, unbufferedLost, smallLost] {

@@ -138,7 +138,7 @@ struct HandlerLifecycleTests {
         try await source.write(tag: 0x63, data: Array("stall".utf8))
         #expect(await received.wait(for: 1))
         // Settled (its receipt came): else the source sends it again after the kill, at least once.
-        #expect(await eventually { source.client.keptFramesForTesting == 0 })
+        #expect(await eventually { source.client.keptFrames == 0 })
 
         await zipper.kill()
         try zipper.restart()

@@ -134,8 +134,7 @@ struct MeshLoopbackTests {
         /// The value of `name`'s series for downstream b on a's /metrics.
         func gauge(_ name: String) async -> Double? {
             let page = await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body ?? ""
-            let line = page.split(separator: "\n").first { $0.hasPrefix(name + "{") && $0.contains("yomo_mesh_downstream=\"b\"") }
-            return line?.split(separator: " ").last.flatMap { Double($0) }
+            return seriesValue(page, name, labels: ["yomo_mesh_downstream=\"b\""])
         }
         let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
         try await source.connect()
@@ -236,7 +235,7 @@ struct MeshLoopbackTests {
         #expect(await eventually { a.meshLinkHealth.first.map { $0.sentFrames == 20 && $0.unsettledFrames == (receipts ? 20 : 0) } == true },
                 "\(String(describing: a.meshLinkHealth.first))")
         // And a's source keeps them too: a's receipts wait for its link's.
-        #expect(source.client.keptFramesForTesting == (receipts ? 20 : 0), "kept: \(source.client.keptFramesForTesting)")
+        #expect(source.client.keptFrames == (receipts ? 20 : 0), "kept: \(source.client.keptFrames)")
 
         await b.kill()
         try b.restart()
@@ -251,7 +250,7 @@ struct MeshLoopbackTests {
             #expect(await eventually { texts.allSatisfy(remote.items.contains) }, "\(remote.items)")
             #expect(firstArrivals(remote.items.filter { $0.hasPrefix("held-") }) == texts, "in the order written")
             // Carried to the link's next connection, settled there.
-            #expect(await eventually { source.client.keptFramesForTesting == 0 }, "kept: \(source.client.keptFramesForTesting)")
+            #expect(await eventually { source.client.keptFrames == 0 }, "kept: \(source.client.keptFrames)")
         } else {
             #expect(!texts.contains(where: remote.items.contains), "\(remote.items)")
         }
@@ -276,7 +275,7 @@ struct MeshLoopbackTests {
         let texts = (0..<20).map { "linked-\($0)" }
         for text in texts { try await source.write(tag: 0x35, data: Array(text.utf8)) }
         #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 }, "a's QUIC stack has them all")
-        #expect(await eventually { source.client.keptFramesForTesting == (receipts ? 20 : 0) }, "kept: \(source.client.keptFramesForTesting)")
+        #expect(await eventually { source.client.keptFrames == (receipts ? 20 : 0) }, "kept: \(source.client.keptFrames)")
 
         await a.kill()
         let b = Self.zipper("b", port: portB, mesh: [])
@@ -292,7 +291,7 @@ struct MeshLoopbackTests {
             #expect(await eventually { texts.allSatisfy(remote.items.contains) }, "\(remote.items)")
             #expect(firstArrivals(remote.items.filter { $0.hasPrefix("linked-") }) == texts, "in the order written")
             // Settled once b's function has them, through a's link and b's receipts.
-            #expect(await eventually { source.client.keptFramesForTesting == 0 }, "kept: \(source.client.keptFramesForTesting)")
+            #expect(await eventually { source.client.keptFrames == 0 }, "kept: \(source.client.keptFrames)")
         } else {
             #expect(!texts.contains(where: remote.items.contains), "\(remote.items)")
         }
@@ -323,8 +322,8 @@ struct MeshLoopbackTests {
         for text in texts { try await source.write(tag: 0x35, data: Array(text.utf8)) }
         #expect(await local.wait(for: 20))
         // b is down: the link holds them, and the source's receipts wait for it, for a while.
-        #expect(source.client.keptFramesForTesting == 20, "kept: \(source.client.keptFramesForTesting)")
-        #expect(await eventually { source.client.keptFramesForTesting == 0 }, "kept: \(source.client.keptFramesForTesting)")
+        #expect(source.client.keptFrames == 20, "kept: \(source.client.keptFrames)")
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept: \(source.client.keptFrames)")
         #expect(a.meshLinkHealth.first?.queuedFrames == 20, "the link still holds them for b")
 
         let b = Self.zipper("b", port: portB, mesh: [])

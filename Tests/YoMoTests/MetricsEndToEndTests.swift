@@ -80,6 +80,15 @@ func freeTCPPort() async throws -> Int {
     return port
 }
 
+/// The sum of the values of `name`'s series on a Prometheus text page whose
+/// lines contain each of `labels`; nil when there is none.
+func seriesValue(_ page: String, _ name: String, labels: [String] = []) -> Double? {
+    let values = page.split(separator: "\n")
+        .filter { line in line.hasPrefix(name + "{") && labels.allSatisfy { line.contains($0) } }
+        .compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }
+    return values.isEmpty ? nil : values.reduce(0, +)
+}
+
 /// A GET on a plain thread (URLSession is not on every Linux machine here).
 func httpGet(_ url: String, accept: String? = nil) async -> (status: Int, body: String)? {
     await withCheckedContinuation { continuation in
