@@ -2,6 +2,7 @@
 // payload (length kept) and writes the result with the emit tag.
 //
 //   uppercase-sfn [--zipper HOST:PORT] [--name upper] [--observe 0x33] [--emit 0x34] [--pipe] [--credential C]
+//                 [--handler-delay-ms N]
 import ArgumentParser
 import Logging
 import YoMo
@@ -23,6 +24,7 @@ struct UppercaseSFN: AsyncParsableCommand {
     @Option(transform: tag) var emit: UInt32 = 0x34
     @Flag(help: "Use the pipe handler (frames in order) instead of the async handler.") var pipe = false
     @Option var credential: String?
+    @Option(help: "Each handler waits this long before it answers: a slow handler, for fault drills.") var handlerDelayMs = 0
     @Option(help: "Serve /metrics, /healthz and /readyz on HOST:PORT (default: YOMO_METRICS_LISTEN, else off).") var metrics: String?
 
     func run() async throws {
@@ -34,14 +36,17 @@ struct UppercaseSFN: AsyncParsableCommand {
             name: name, zipper: zipper,
             options: .init(observedTags: [observe], credential: credential, retryConnect: true))
         let emit = self.emit
+        let delay = Duration.milliseconds(handlerDelayMs)
         if pipe {
             sfn.setPipeHandler { input, output in
                 for await frame in input {
+                    if delay > .zero { try await Task.sleep(for: delay) }
                     try await output.write(tag: emit, data: uppercased(frame.data))
                 }
             }
         } else {
             sfn.setHandler { ctx in
+                if delay > .zero { try await Task.sleep(for: delay) }
                 try await ctx.write(tag: emit, data: uppercased(ctx.data))
             }
         }

@@ -22,6 +22,9 @@ struct ClientSettings: Sendable {
     var retryInitialConnect: Bool
     var handshakeTimeout: Duration
     var deliveryReceipts: Bool
+
+    /// A stream function with receipts says which frames its handlers finished.
+    var acknowledgesHandling: Bool { deliveryReceipts && clientType == .streamFunction }
 }
 
 /// One handshaken connection and the reader of its frames.
@@ -40,6 +43,9 @@ final class ClientSession: @unchecked Sendable {
     /// How far the zipper had routed the previous connection's frames, when
     /// this connection resumes one it still knew (`HandshakeFrame.resumes`).
     let previousRoutedThrough: Int?
+    /// What the handlers finished of this connection's frames, for a zipper
+    /// that welcomes a stream function's receipts (`HandlingLedger`).
+    let handling: HandlingLedger?
 
     /// DataFrames written on this connection that the zipper has not settled
     /// (with receipts) or its QUIC stack has not acknowledged (without), with
@@ -75,8 +81,9 @@ final class ClientSession: @unchecked Sendable {
 
     init(
         connection: QUICFrameConnection, frames: FrameReader, clientID: String, zipper: ZipperAddress,
-        settled: Int? = nil, start: Int = 0, previousRoutedThrough: Int? = nil
+        settled: Int? = nil, start: Int = 0, previousRoutedThrough: Int? = nil, handling: HandlingLedger? = nil
     ) {
+        self.handling = handling
         self.connection = connection
         self.frames = frames
         self.clientID = clientID
@@ -217,10 +224,14 @@ enum ClientCore {
                 // A zipper that sends receipts says so first, with the offset they start at.
                 var settled: Int?
                 var previousRoutedThrough: Int?
+                var handling: HandlingLedger?
                 if settings.deliveryReceipts, case .receipt(let receipt)? = answered {
                     settled = Int(clamping: receipt.settledThrough)
                     previousRoutedThrough = receipt.previousRoutedThrough.map { Int(clamping: $0) }
                     answered = try await answer()
+                    if receipt.welcomesHandling, settings.acknowledgesHandling {
+                        handling = HandlingLedger(startingAt: frames.consumedBytes)
+                    }
                 }
                 switch answered {
                 case .handshakeAck?:
@@ -228,7 +239,7 @@ enum ClientCore {
                         logger: logger, metadata: [YoMoLogField.connectionID: "\(clientID)", YoMoLogField.zipperAddress: "\(address)"])
                     return ClientSession(
                         connection: connection, frames: frames, clientID: clientID, zipper: address,
-                        settled: settled, start: start, previousRoutedThrough: previousRoutedThrough)
+                        settled: settled, start: start, previousRoutedThrough: previousRoutedThrough, handling: handling)
                 case .rejected(let rejected)?:
                     await connection.close(reason: "rejected")
                     throw YoMoError(.rejected, "zipper \(address) rejected the handshake: \(rejected.message.peerText(limit: peerMessageLimit))")
@@ -265,7 +276,8 @@ enum ClientCore {
             version: yomoSpecVersion,
             wantedTarget: settings.wantedTarget,
             wantsReceipts: settings.deliveryReceipts,
-            resumes: settings.deliveryReceipts ? resuming ?? "" : ""
+            resumes: settings.deliveryReceipts ? resuming ?? "" : "",
+            acknowledgesHandling: settings.acknowledgesHandling
         )
     }
 

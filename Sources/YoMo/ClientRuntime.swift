@@ -173,6 +173,10 @@ final class ClientRuntime: Sendable {
         /// Cancels the dial under way (the first connect's, with its retries, or
         /// a redial's wait and dial): close() calls it.
         var cancelDial: (@Sendable () -> Void)?
+        /// Frames of the previous connection not yet told handled, by
+        /// transaction id: the zipper, or a source after a zipper's crash,
+        /// sends them again, and a copy is not handled twice.
+        var mayComeAgain: [String: HandlingLedger.Token] = [:]
 
         /// The close deadline, set by the first close request (or the first close).
         mutating func startCloseClock() -> ContinuousClock.Instant {
@@ -432,7 +436,7 @@ final class ClientRuntime: Sendable {
                 group.addTask {
                     defer { handlers.inFlight.leave() }
                     do {
-                        let current = PipeCursor()
+                        let current = PipeCursor { [self] in currentMark() }
                         try await pipe(PipeInput(queue: queue, cursor: current), PipeOutput(writer: handlers.writer, cursor: current))
                         current.finish()
                     } catch {
@@ -668,15 +672,33 @@ final class ClientRuntime: Sendable {
         let (writer, inFlight, handling, queue, handlerLimits) =
             (handlers.writer, handlers.inFlight, handlers.support, handlers.pipeQueue, handlers.limits)
         var ended: (any Error)?
-        // The cron loop is this session's: it stops when the session ends.
+        let handlingLedger = session.handling
+        var mayComeAgain = handlingLedger == nil ? [:] : state.withLock { $0.mayComeAgain }
+        // The cron loop and the receipts of what was handled are this session's: they stop when it ends.
         await withDiscardingTaskGroup { sessionTasks in
             if let (schedule, handler) = setup.cron {
                 sessionTasks.addTask { await self.runCron(schedule, handler, writer: writer, setup: setup) }
+            }
+            if let handlingLedger {
+                sessionTasks.addTask { await self.tellHandled(handlingLedger, on: session) }
             }
             do {
                 reading: while let frame = try await session.frames.next() {
                     switch frame {
                     case .data(let data):
+                        var token: HandlingLedger.Token?
+                        if let handlingLedger {
+                            token = handlingLedger.received(end: session.frames.consumedBytes, metadata: data.metadata)
+                            // The zipper (or a source, after the zipper crashed) sent again a frame the
+                            // previous connection brought: finished when that one's handler is.
+                            if !mayComeAgain.isEmpty, let tid = MetadataView(data.metadata)?.string(.tid),
+                               let original = mayComeAgain.removeValue(forKey: tid), let token {
+                                original.forward(to: token)
+                                logger.debug("frame already taken on the previous connection: not handled again", metadata: YoMoLogField.frame(
+                                    tid: tid, tag: data.tag, dataLength: data.payload.readableBytes))
+                                continue
+                            }
+                        }
                         // An async handler's metadata is read in place (decoded
                         // only if the handler reads it); a pipe handler's, or
                         // metadata the view cannot read, is decoded here.
@@ -687,6 +709,7 @@ final class ClientRuntime: Sendable {
                                 metadata = try Metadata(decoding: data.metadata)
                             } catch {
                                 report(YoMoError(.invalidMetadata, "frame with tag 0x\(String(data.tag, radix: 16)) skipped: \(error)"), setup)
+                                token?.finished(written: nil)
                                 continue
                             }
                         }
@@ -702,7 +725,7 @@ final class ClientRuntime: Sendable {
                                 name: name, handlerType: "pipe_handler", tag: data.tag, length: length, metadata: &metadata)
                             logReceived(span, tid: metadata[Metadata.ReservedKey.tid])
                             if setup.metrics.isEnabled { setup.metrics.consumer(tag: data.tag, handlerType: "pipe_handler").consumed.add() }
-                            let pipeFrame = PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span)
+                            let pipeFrame = PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span, handled: token)
                             var waited = false
                             let taken = await queue.send(pipeFrame, weight: length + data.metadata.readableBytes) {
                                 waited = true
@@ -746,8 +769,11 @@ final class ClientRuntime: Sendable {
                                 tag: data.tag, data: data.payload, metadata: metadata, writer: writer, resendable: resendable)
                             let consumer = setup.metrics.isEnabled ? setup.metrics.consumer(tag: data.tag, handlerType: "async_handler") : nil
                             let tag = data.tag
+                            let handled = token
                             group.addTask {
                                 defer { inFlight.leave(bytes: held) }
+                                // After the error handler: its writes count as the frame's.
+                                defer { handled?.finished(written: self.currentMark()) }
                                 let started = ContinuousClock.now
                                 do {
                                     try await handling.tracing.run(span) { try await handler(context) }
@@ -769,6 +795,8 @@ final class ClientRuntime: Sendable {
                                     }
                                 }
                             }
+                        } else {
+                            token?.finished(written: nil)
                         }
                     case .goaway(let goaway):
                         throw YoMoError(.goaway, "zipper went away: \(goaway.message.peerText(limit: ClientCore.peerMessageLimit))")
@@ -776,16 +804,45 @@ final class ClientRuntime: Sendable {
                         throw YoMoError(.rejected, "zipper rejected \(name): \(rejected.message.peerText(limit: ClientCore.peerMessageLimit))")
                     case .receipt(let receipt):
                         if session.receipts { session.settle(through: Int(clamping: receipt.settledThrough)) }
+                        handlingLedger?.passed(end: session.frames.consumedBytes)
                     case .handshake, .handshakeAck, .connectTo:
                         logger.debug("ignoring unexpected frame", metadata: ["frame": "\(frame.type)"])
+                        handlingLedger?.passed(end: session.frames.consumedBytes)
                     }
                 }
             } catch {
                 ended = error
             }
-            sessionTasks.cancelAll()  // the cron loop
+            sessionTasks.cancelAll()  // the cron loop, the receipts of what was handled
+        }
+        if let handlingLedger {
+            let untold = handlingLedger.untold()
+            state.withLock { $0.mayComeAgain = untold }
         }
         return ended
+    }
+
+    /// Tells the zipper, every `DeliveryReceipts.interval` while frames are
+    /// being handled, through where its frames are handled (`HandlingLedger`).
+    private func tellHandled(_ handling: HandlingLedger, on session: ClientSession) async {
+        for await _ in handling.wakeups {
+            repeat {
+                do { try await Task.sleep(for: DeliveryReceipts.interval) } catch { return }
+            } while tellHandledOnce(handling, on: session)
+        }
+    }
+
+    /// A receipt if the frames handled in order moved; false when nothing is
+    /// left to wait for. Receipts are cumulative: one that cannot be queued
+    /// now (a zipper that stopped reading) is replaced by the next.
+    @discardableResult
+    private func tellHandledOnce(_ handling: HandlingLedger, on session: ClientSession) -> Bool {
+        let (tell, waiting) = handling.advance(settledTest())
+        if let tell,
+           (try? session.connection.tryWrite(control: .receipt(ReceiptFrame(settledThrough: UInt64(tell))), limit: DeliveryReceipts.queueLimit)) == true {
+            handling.told(tell)
+        }
+        return waiting
     }
 
     /// close() came while a frame waited for the handlers' limits: it is not
@@ -927,21 +984,41 @@ final class ClientRuntime: Sendable {
         return carried.session.isSettled(through: carried.through)
     }
 
+    /// Where what was written so far ends: on the current connection, or,
+    /// with none, what the next one carries.
+    func currentMark() -> DeliveryMark {
+        state.withLock { state in
+            let session = state.session
+            return DeliveryMark(session: session, end: session?.connection.connection.sendProgress.written ?? 0, generation: state.generation)
+        }
+    }
+
+    /// `isSettled` for many marks in a row: one written on the same
+    /// connection no further than one found settled is settled too.
+    func settledTest() -> (DeliveryMark) -> Bool {
+        var known: (session: ClientSession, end: Int)?
+        return { [self] mark in
+            if let session = mark.session, let known, known.session === session, mark.end <= known.end { return true }
+            guard isSettled(mark) else { return false }
+            if let session = mark.session { known = (session, mark.end) }
+            return true
+        }
+    }
+
     /// Waits until every frame written before the call is settled (see
     /// `isSettled`); frames written meanwhile are not waited for. Polls every
     /// millisecond: receipts come every 2 ms while frames flow.
     func flush(timeout: Duration) async throws {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
-        let mark = try state.withLock { state throws(YoMoError) -> DeliveryMark in
+        try state.withLock { state throws(YoMoError) in
             if state.ended { throw YoMoError(.closed, "\(name) is closed") }
             if state.lifecycle.state == .idle {
                 throw YoMoError(.notConnected, "\(name) is not connected to a zipper: call connect() first")
             }
-            // Everything written on the connection so far, or, with none, what the next one carries.
-            let session = state.session
-            return DeliveryMark(session: session, end: session?.connection.connection.sendProgress.written ?? 0, generation: state.generation)
         }
+        // Everything written on the connection so far, or, with none, what the next one carries.
+        let mark = currentMark()
         while !isSettled(mark, endedSettles: false) {
             if state.withLock({ $0.ended }) {
                 throw YoMoError(.closed, "\(name) ended before every frame written was settled")
@@ -1067,13 +1144,16 @@ final class ClientRuntime: Sendable {
         let inFlight = handlers.inFlight
         // Quiet: no async handler running; the pipe handler (counted for the
         // client's life) waiting for its next frame with none queued.
+        // And the zipper told that every frame was handled: else it gives them to the function's next instance.
+        let handling = session.handling
         let quiet: @Sendable () -> Bool = if let queue = handlers.pipeQueue {
-            { queue.consumerWaitsOnEmpty && inFlight.counted.handlers <= 1 }
+            { queue.consumerWaitsOnEmpty && inFlight.counted.handlers <= 1 && handling?.isQuiet ?? true }
         } else {
-            { inFlight.counted.handlers == 0 }
+            { inFlight.counted.handlers == 0 && handling?.isQuiet ?? true }
         }
         while ContinuousClock.now < deadline {
             if handlers.pipeQueue == nil { _ = await inFlight.waitUntilEmpty(until: deadline) }
+            if let handling { tellHandledOnce(handling, on: session) }
             let closed = await connection.closeIfQuiet(errorCode: QUICError.yomoCloseCode, reason: "\(clientType) closed", quiet: quiet)
             if closed { return }
             try? await Task.sleep(for: .milliseconds(1))

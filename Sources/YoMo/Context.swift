@@ -95,12 +95,18 @@ public struct PipeFrame: Sendable {
     public var data: [UInt8] { Array(dataBuffer.readableBytesView) }
     /// This frame's stream-function span: ends when the handler asks for the next frame.
     let span: YoMoSpan?
+    /// Told handled when the handler asks for the next frame (`HandlingLedger`).
+    var handled: HandlingLedger.Token? = nil
 }
 
 /// The frame a pipe handler works on: its span ends when the handler moves on,
 /// and results written meanwhile carry its metadata (tid, trace context).
 final class PipeCursor: Sendable {
     private let current = Mutex<PipeFrame?>(nil)
+    /// What the function has written so far: a frame counts as handled once that is settled.
+    private let written: @Sendable () -> ClientRuntime.DeliveryMark?
+
+    init(written: @escaping @Sendable () -> ClientRuntime.DeliveryMark? = { nil }) { self.written = written }
 
     func advance(to frame: PipeFrame?) {
         let previous = current.withLock { state -> PipeFrame? in
@@ -108,6 +114,7 @@ final class PipeCursor: Sendable {
             return state
         }
         previous?.span?.end()
+        if let handled = previous?.handled { handled.finished(written: written()) }
     }
 
     func finish() { advance(to: nil) }

@@ -236,7 +236,7 @@ final class DeliveryDestination: Sendable {
 
     /// Whether what was written to it through stream offset `written` is settled.
     func reached(_ written: Int) -> Bool {
-        if connection.acknowledgedBytes >= written { return true }
+        if connection.deliveredBytes >= written { return true }
         guard connection.sendProgress.ended, let leftovers = leftovers.withLock({ $0 }) else { return false }
         return leftovers.isSettled
     }
@@ -330,8 +330,9 @@ final class DeliveryReceipts: Sendable {
 /// What receipts read of a connection frames are written to: a QUIC
 /// connection (unit tests of the logic give their own).
 protocol DeliveryProgress: AnyObject, Sendable {
-    /// Bytes of its stream the peer acknowledged.
-    var acknowledgedBytes: Int { get }
+    /// Bytes of its stream the peer is done with: acknowledged, or for a
+    /// stream function that acknowledges handling, handled.
+    var deliveredBytes: Int { get }
     /// Bytes written to its stream so far, and whether it ended.
     var sendProgress: (written: Int, ended: Bool) { get }
 }

@@ -36,6 +36,11 @@ public final class Zipper: Sendable {
         var ignoredRoutingSetting: String?
         /// `MeshLink.receiptPatience`; tests shorten it.
         var meshReceiptPatience = MeshLink.receiptPatience
+        /// The most a stream function that acknowledges handling may leave
+        /// unfinished at the zipper (its handlers take up to 64 MiB by default,
+        /// `StreamFunction.Options.maximumHandlerBytes`): past it, the oldest
+        /// count as delivered once acknowledged, as without. Tests lower it.
+        var unhandledRetentionLimit = 96 << 20
 
         public init(
             logger: Logger = Logger(label: "yomo.zipper"),
@@ -399,6 +404,14 @@ public final class Zipper: Sendable {
     /// Holds receipts back (tests: a path that lost them).
     func pauseReceiptsForTesting(_ paused: Bool) { receipts.pausedForTesting.store(paused, ordering: .relaxed) }
 
+    /// The stream functions named `name`: bytes written to each that its QUIC
+    /// stack has not acknowledged, and acknowledged bytes kept until its handlers finish them.
+    func functionBytesForTesting(name: String) -> [(unacknowledged: Int, retained: Int)] {
+        state.withLock { state in
+            state.peers.values.filter { $0.member.clientType == .streamFunction && $0.member.name == name }.map { $0.connection.connection }
+        }.map { ($0.unacknowledgedBytes, $0.retainedBytes) }
+    }
+
     /// QUIC connections the listener holds, including those that never handshake.
     public func quicConnectionCount() async -> Int { await state.withLock { $0.server }?.connectionCount() ?? 0 }
 
@@ -510,8 +523,8 @@ public final class Zipper: Sendable {
         var pending = 0, acknowledged = 0, read = 0
         for (quic, unwritten) in functions {
             // Unread: what a function wrote, not yet routed.
-            pending += quic.unacknowledgedBytes + quic.unreadBytes + unwritten
-            acknowledged += quic.acknowledgedBytes
+            pending += quic.unacknowledgedBytes + quic.unreadBytes + unwritten + quic.retainedBytes
+            acknowledged += quic.acknowledgedBytes + quic.deliveredBytes
             read += quic.statistics.bytesReceived
         }
         var progress = [acknowledged, read]
@@ -859,6 +872,13 @@ public final class Zipper: Sendable {
         let ledger = configuration.deliveryReceipts && handshake.wantsReceipts
             ? ReceiptLedger(connection: connection, startingAt: frameReader.consumedBytes, resuming: endedLedger(resumedBy: handshake)) : nil
         if let ledger, ledger.isWaiting { receipts.wake(ledger) }
+        // A stream function that says which frames its handlers finished: what
+        // was written to it is kept until then, so that a crash of the function
+        // gives the hold what its handlers had not finished, not only what its
+        // QUIC stack had not acknowledged (see `HandshakeFrame.acknowledgesHandling`).
+        let welcomesHandling = ledger != nil && handshake.clientType == .streamFunction
+            && handshake.acknowledgesHandling && configuration.unroutedHold.isOn
+        if welcomesHandling { connection.connection.retainAcknowledged(limit: options.unhandledRetentionLimit) }
         // The frames the connection had not acknowledged when it ended (taken below).
         var unacknowledged: [(frame: DataFrame, target: String?, notAcknowledged: Int)] = []
         defer {
@@ -930,7 +950,8 @@ public final class Zipper: Sendable {
                 // The first receipt, before the acknowledgement, tells the client receipts will come.
                 if let ledger {
                     try await connection.write(.receipt(ReceiptFrame(
-                        settledThrough: UInt64(ledger.announced), previousRoutedThrough: ledger.previousRoutedThrough.map(UInt64.init))))
+                        settledThrough: UInt64(ledger.announced), previousRoutedThrough: ledger.previousRoutedThrough.map(UInt64.init),
+                        welcomesHandling: welcomesHandling)))
                 }
                 try await connection.write(.handshakeAck)
             } catch {
@@ -954,7 +975,15 @@ public final class Zipper: Sendable {
             var routedThrough = frameReader.consumedBytes
             defer { if let ledger { _ = ledger.routed(through: routedThrough, &routedSinceTold) } }
             while let frame = try await frameReader.next() {
-                guard case .data(let data) = frame else { continue }
+                guard case .data(let data) = frame else {
+                    // A function's receipt: its handlers finished the frames before this offset
+                    // (never past what was written to it: those would count as delivered).
+                    if welcomesHandling, case .receipt(let handled) = frame {
+                        let quic = connection.connection
+                        quic.releaseRetained(through: min(Int(clamping: handled.settledThrough), quic.sendProgress.written))
+                    }
+                    continue
+                }
                 guard !RouteTable.isReserved(data.tag) else {
                     closeReason = "tag 0x\(String(data.tag, radix: 16)) is reserved (0xF000-0xFFFF)"
                     state.withLock { $0.statistics.protocolViolations += 1 }

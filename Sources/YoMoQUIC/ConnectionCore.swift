@@ -29,6 +29,45 @@ struct SendShared {
     /// What the peer had not acknowledged when the connection ended, from the
     /// start of a write (`takeUnacknowledged`).
     var unacknowledgedAtEnd: QUICConnection.Unacknowledged?
+    /// Acknowledged bytes kept until the peer's application says it is done
+    /// with them (`retainAcknowledged`): nil when acknowledged bytes go at once.
+    var retention: Retention?
+    /// The stream offset `unacknowledgedAtEnd` begins at.
+    var unacknowledgedStart = 0
+
+    /// What the peer's QUIC stack acknowledged and its application has not
+    /// released yet: whole buffers, in stream order, the first beginning at
+    /// or before `settled`.
+    struct Retention {
+        var buffers = CircularBuffer<(start: Int, bytes: ByteBuffer)>()
+        var bytes = 0
+        let limit: Int
+        /// The application released everything before this offset.
+        var released: Int
+        /// Past `limit`, the oldest buffers went as if released: through here.
+        var overflowedThrough = 0
+
+        /// Where what the peer is done with ends.
+        var settled: Int { max(released, overflowedThrough) }
+
+        mutating func keep(_ buffer: ByteBuffer, at start: Int) {
+            guard start + buffer.readableBytes > released else { return }
+            buffers.append((start, buffer))
+            bytes += buffer.readableBytes
+            while bytes > limit, let first = buffers.popFirst() {
+                bytes -= first.bytes.readableBytes
+                overflowedThrough = first.start + first.bytes.readableBytes
+            }
+        }
+
+        mutating func release(through offset: Int) {
+            released = max(released, offset)
+            while let first = buffers.first, first.start + first.bytes.readableBytes <= released {
+                bytes -= first.bytes.readableBytes
+                buffers.removeFirst()
+            }
+        }
+    }
 
     /// Small writes are copied together so one packet carries many of them;
     /// big ones are queued as they are (no copy).
@@ -228,6 +267,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     var keepsUnacknowledgedAtEnd: Bool
     private var finSent = false
     private var finSentShared = false
+    /// Loop thread's copy of whether `SendShared.retention` is on (set once, before it matters).
+    private var retaining = false
     private let vecs = UnsafeMutablePointer<ngtcp2_vec>.allocate(capacity: 32)
     private var readerNeedsWake = false
     /// Datagram trains the kernel refused with EAGAIN, oldest first.
@@ -977,17 +1018,27 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// themselves, no copy.
     private func keepUnacknowledged(_ s: inout SendShared, headStart: Int) {
         defer { s.splitWrites.removeAll() }
-        guard keepsUnacknowledgedAtEnd, s.buffered > 0 else { return }
+        guard keepsUnacknowledgedAtEnd, s.buffered > 0 || s.retention?.bytes ?? 0 > 0 else { return }
         var parts: [ByteBuffer] = []
-        var acknowledged = ackedInHead
-        if let split = s.splitWrites.first(where: { $0.secondStart == headStart }) {
-            // The head is a write's second part; its first part was acknowledged and freed.
-            parts.append(split.first)
-            acknowledged += split.first.readableBytes
+        var firstStart = headStart
+        if let retention = s.retention, let first = retention.buffers.first {
+            firstStart = first.start
+            parts.append(contentsOf: retention.buffers.lazy.map(\.bytes))
+        }
+        if let split = s.splitWrites.first(where: { $0.secondStart == firstStart }) {
+            // The first part is a write's second part; its first part was acknowledged and freed.
+            parts.insert(split.first, at: 0)
+            firstStart -= split.first.readableBytes
         }
         parts.append(contentsOf: inflight)
         parts.append(contentsOf: s.pending)
-        s.unacknowledgedAtEnd = QUICConnection.Unacknowledged(parts: parts, acknowledgedPrefix: acknowledged)
+        // What the peer is done with: acknowledged, or, when retained, released
+        // (its application's last word may still be read: see `takeUnacknowledged`).
+        let done = s.retention?.settled ?? (headStart + ackedInHead)
+        s.retention?.buffers.removeAll()
+        s.retention?.bytes = 0
+        s.unacknowledgedStart = firstStart
+        s.unacknowledgedAtEnd = QUICConnection.Unacknowledged(parts: parts, acknowledgedPrefix: max(0, done - firstStart))
     }
 
     /// Frees the ngtcp2 connection, TLS session and socket registration.
@@ -1088,10 +1139,15 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         guard id == streamID else { return }
         acknowledgedSinceFlush = true
         var remaining = Int(length)
+        // Whole buffers acknowledged now, each with its stream offset, for a retention.
+        var headStart = acknowledgedTotal.load(ordering: .relaxed) - ackedInHead
+        var acknowledgedWhole: [(start: Int, bytes: ByteBuffer)] = []
         while remaining > 0, let head = inflight.first {
             let available = head.readableBytes - ackedInHead
             if remaining >= available {
                 remaining -= available
+                if retaining { acknowledgedWhole.append((headStart, head)) }
+                headStart += head.readableBytes
                 inflight.removeFirst()
                 ackedInHead = 0
                 sendIndex -= 1
@@ -1104,7 +1160,10 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         let acknowledged = acknowledgedTotal.add(Int(length), ordering: .relaxed).newValue
         let waiters = sendShared.withLock { s -> [CheckedContinuation<QUICError?, Never>] in
             s.buffered -= Int(length)
-            while let split = s.splitWrites.first, split.end <= acknowledged { s.splitWrites.removeFirst() }
+            for (start, bytes) in acknowledgedWhole { s.retention?.keep(bytes, at: start) }
+            // A retained second part needs its first part until released.
+            let done = min(acknowledged, s.retention?.settled ?? acknowledged)
+            while let split = s.splitWrites.first, split.end <= done { s.splitWrites.removeFirst() }
             var w = s.takeDrainedWaiters()
             guard s.buffered <= limit, !s.waiters.isEmpty else { return w }
             w += s.takeAllWaiters()
@@ -1236,9 +1295,36 @@ extension ConnectionCore {
 
     var unreadBytes: Int { recvShared.withLock { $0.chunks.reduce(0) { $0 + $1.readableBytes } } }
 
+    /// From now on, acknowledged bytes are kept until `releaseRetained`
+    /// passes them (or more than `limit` bytes are kept: the oldest then go),
+    /// and what is taken at the end begins after what was released.
+    func retainAcknowledged(limit: Int) {
+        let begun = sendShared.withLock { s -> Bool in
+            guard s.retention == nil, s.error == nil else { return false }
+            s.retention = SendShared.Retention(limit: limit, released: s.enqueuedTotal)
+            return true
+        }
+        if begun { loop.execute { [self] in retaining = true } }
+    }
+
+    /// The peer's application is done with the stream's bytes before `offset`.
+    func releaseRetained(through offset: Int) {
+        sendShared.withLock { $0.retention?.release(through: offset) }
+    }
+
+    /// With a retention: (where what the peer released ends, bytes kept).
+    var retentionProgress: (settled: Int, bytes: Int)? {
+        sendShared.withLock { s in s.retention.map { ($0.settled, $0.bytes) } }
+    }
+
     func takeUnacknowledged() -> QUICConnection.Unacknowledged? {
         sendShared.withLock { s in
             defer { s.unacknowledgedAtEnd = nil }
+            // A release read after the end (the peer's last receipt before its close) still counts.
+            if var taken = s.unacknowledgedAtEnd, let retention = s.retention {
+                taken.acknowledgedPrefix = max(taken.acknowledgedPrefix, retention.settled - s.unacknowledgedStart)
+                return taken
+            }
             return s.unacknowledgedAtEnd
         }
     }

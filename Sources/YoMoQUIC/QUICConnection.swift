@@ -214,6 +214,25 @@ public final class QUICConnection: Sendable {
     /// server's connections only.
     package func takeUnacknowledged() -> Unacknowledged? { core.takeUnacknowledged() }
 
+    /// From now on, bytes the peer acknowledged stay here until its
+    /// application releases them (`releaseRetained(through:)`), and what
+    /// `takeUnacknowledged()` gives at the end begins after what was released:
+    /// a stream function that says which frames its handlers finished. Past
+    /// `limit` bytes kept, the oldest go as if released (a peer that says it
+    /// releases and does not costs no more).
+    package func retainAcknowledged(limit: Int) { core.retainAcknowledged(limit: limit) }
+
+    /// The peer's application is done with the stream's bytes before `offset`.
+    package func releaseRetained(through offset: Int) { core.releaseRetained(through: offset) }
+
+    /// The stream offset before which the peer is done with every byte: what
+    /// its application released, with a retention (or what went past its
+    /// limit); else what its QUIC stack acknowledged.
+    package var deliveredBytes: Int { core.retentionProgress?.settled ?? acknowledgedBytes }
+
+    /// Bytes acknowledged and kept for the peer's application to release (0 without a retention).
+    package var retainedBytes: Int { core.retentionProgress?.bytes ?? 0 }
+
     /// Stream bytes the peer had not acknowledged when the connection ended.
     package struct Unacknowledged: Sendable {
         /// The bytes, from the start of the write the first unacknowledged byte

@@ -94,6 +94,12 @@ public struct HandshakeFrame: Hashable, Sendable {
     /// them (``ReceiptFrame/previousRoutedThrough``), and the client sends
     /// only the rest.
     public var resumes: String
+    /// A stream function that says, in ``ReceiptFrame``s of its own, which
+    /// frames its handlers finished (this SDK's, sequence id 0x0C, sent only
+    /// when true): a zipper that welcomes them (``ReceiptFrame/welcomesHandling``)
+    /// keeps what it wrote to the function until then, not only until the
+    /// function's QUIC stack acknowledged it.
+    public var acknowledgesHandling: Bool
 
     public init(
         name: String,
@@ -106,7 +112,8 @@ public struct HandshakeFrame: Hashable, Sendable {
         functionDefinition: [UInt8] = [],
         wantedTarget: String = "",
         wantsReceipts: Bool = false,
-        resumes: String = ""
+        resumes: String = "",
+        acknowledgesHandling: Bool = false
     ) {
         self.name = name
         self.id = id
@@ -119,6 +126,7 @@ public struct HandshakeFrame: Hashable, Sendable {
         self.wantedTarget = wantedTarget
         self.wantsReceipts = wantsReceipts
         self.resumes = resumes
+        self.acknowledgesHandling = acknowledgesHandling
     }
 }
 
@@ -136,10 +144,18 @@ public struct ReceiptFrame: Hashable, Sendable {
     /// zipper still knows: the offset of that connection's stream through
     /// which the zipper had routed its frames (sequence id 0x02).
     public var previousRoutedThrough: UInt64?
+    /// In the first receipt only, to a stream function that acknowledges
+    /// handling (``HandshakeFrame/acknowledgesHandling``): the zipper welcomes
+    /// its receipts (sequence id 0x03). The function's receipts are this
+    /// frame too, going the other way: `settledThrough` is then an offset of
+    /// the zipper's stream to the function, the end of the frames whose
+    /// handlers finished.
+    public var welcomesHandling: Bool
 
-    public init(settledThrough: UInt64, previousRoutedThrough: UInt64? = nil) {
+    public init(settledThrough: UInt64, previousRoutedThrough: UInt64? = nil, welcomesHandling: Bool = false) {
         self.settledThrough = settledThrough
         self.previousRoutedThrough = previousRoutedThrough
+        self.welcomesHandling = welcomesHandling
     }
 }
 
@@ -283,10 +299,11 @@ extension HandshakeFrame {
             + childSize(authPayload.utf8.count) + childSize(version.utf8.count)
             + childSize(functionDefinition.count) + childSize(wantedTarget.utf8.count)
             + (wantsReceipts ? childSize(1) : 0) + (resumes.isEmpty ? 0 : childSize(resumes.utf8.count))
+            + (acknowledgesHandling ? childSize(1) : 0)
     }
 
     /// Writes every field, in the Go encoder's order (01 03 02 06 04 05 07 09 08),
-    /// then this SDK's 0x0A when the client wants receipts.
+    /// then this SDK's 0x0A, 0x0B and 0x0C when they say something.
     public func encode(into buffer: inout ByteBuffer) {
         let body = bodyLength
         buffer.reserveCapacity(minimumWritableBytes: 1 + Y3.encodedSize(ofLength: body) + body)
@@ -310,6 +327,10 @@ extension HandshakeFrame {
             buffer.writeInteger(UInt8(1))
         }
         if !resumes.isEmpty { buffer.writeStringChild(0x0B, resumes) }
+        if acknowledgesHandling {
+            buffer.writeChildHeader(0x0C, length: 1)
+            buffer.writeInteger(UInt8(1))
+        }
     }
 }
 
@@ -333,12 +354,18 @@ extension Frame {
         case .goaway(let frame): buffer.writeMessageFrame(.goaway, frame.message)
         case .connectTo(let frame): buffer.writeMessageFrame(.connectTo, frame.endpoint)
         case .receipt(let frame):
-            buffer.writeNodeHeader(.receipt, bodyLength: childSize(8) + (frame.previousRoutedThrough == nil ? 0 : childSize(8)))
+            buffer.writeNodeHeader(
+                .receipt,
+                bodyLength: childSize(8) + (frame.previousRoutedThrough == nil ? 0 : childSize(8)) + (frame.welcomesHandling ? childSize(1) : 0))
             buffer.writeChildHeader(0x01, length: 8)
             buffer.writeInteger(frame.settledThrough)
             if let previous = frame.previousRoutedThrough {
                 buffer.writeChildHeader(0x02, length: 8)
                 buffer.writeInteger(previous)
+            }
+            if frame.welcomesHandling {
+                buffer.writeChildHeader(0x03, length: 1)
+                buffer.writeInteger(UInt8(1))
             }
         }
     }
@@ -446,6 +473,7 @@ extension HandshakeFrame {
                 case 0x08: frame.wantedTarget = try decodeString(value, field: "handshake wanted target")
                 case 0x0A: frame.wantsReceipts = value.contains { $0 != 0 }
                 case 0x0B: frame.resumes = try decodeString(value, field: "handshake resumed connection")
+                case 0x0C: frame.acknowledgesHandling = value.contains { $0 != 0 }
                 default: break
                 }
             }
@@ -461,8 +489,13 @@ extension ReceiptFrame {
     init(body: ByteBuffer) throws(WireError) {
         var settled: UInt64?
         var previous: UInt64?
+        var welcomes = false
         try body.withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
             try Y3.forEachChild(of: bytes) { (sequenceID, start, length) throws(WireError) in
+                if sequenceID == 0x03 {
+                    welcomes = bytes[start..<start + length].contains { $0 != 0 }
+                    return
+                }
                 guard sequenceID == 0x01 || sequenceID == 0x02 else { return }
                 guard length == 8 else {
                     throw WireError(.invalidValue, "ReceiptFrame offset has \(length) bytes, not 8")
@@ -474,6 +507,7 @@ extension ReceiptFrame {
         guard let settled else { throw WireError(.emptyValue, "ReceiptFrame has no offset field (0x01)") }
         settledThrough = settled
         previousRoutedThrough = previous
+        welcomesHandling = welcomes
     }
 }
 

@@ -1,0 +1,173 @@
+import Synchronization
+internal import NIOCore
+internal import YoMoWire
+
+/// What a stream function's handlers finished of the frames one connection
+/// brought, for a zipper that welcomes its receipts
+/// (`ReceiptFrame.welcomesHandling`): that zipper keeps what it wrote to the
+/// function until told, and takes back what was not finished if the
+/// connection ends (a crash of the function included), where a zipper
+/// without them has only what the function's QUIC stack had not acknowledged.
+/// Until the thirty-fifth round of issue 14 a frame acknowledged and not yet
+/// handled was lost with a function that crashed.
+///
+/// A frame counts as handled once its handler returned (or threw: the error
+/// handler has it) and what the function had written by then is settled, so
+/// that a handler's answers are not lost with the function either; a pipe
+/// handler's frame, once the handler asked for the next one. Receipts say the
+/// end of the frames handled in order: one slow handler holds back the
+/// receipts of those after it.
+final class HandlingLedger: Sendable {
+    /// One frame given to a handler, for `finished`.
+    struct Token: Sendable {
+        let ledger: HandlingLedger
+        fileprivate let index: Int
+
+        /// Its handler finished; `written`: what the function had written by then.
+        func finished(written: ClientRuntime.DeliveryMark?) { ledger.finished(index, written: written) }
+
+        /// The same frame came again on a later connection as `copy`.
+        func forward(to copy: Token) { ledger.forward(index, to: copy) }
+    }
+
+    private struct Entry {
+        /// The stream offset just past the frame.
+        var end: Int
+        var done = false
+        var written: ClientRuntime.DeliveryMark?
+        /// Its metadata, read only if the connection ends before it is told.
+        var metadata: ByteBuffer?
+        /// The same frame sent again on a later connection, finished with this one.
+        var copy: Token?
+    }
+
+    /// Frames read, kept until the zipper was sent a receipt past them: until
+    /// then the zipper may send them again, and a copy is recognized.
+    private struct State {
+        var entries = CircularBuffer<Entry>()
+        /// The index `entries.first` has.
+        var firstIndex = 0
+        /// How many of `entries`, from the first, are handled.
+        var handledCount = 0
+        /// The offset after the last frame handled in order.
+        var handled: Int
+        var told: Int
+        /// The ticker waits for a frame (`wakeups`).
+        var idle = true
+
+        /// The entry with `index`, if still kept.
+        func position(of index: Int) -> CircularBuffer<Entry>.Index? {
+            let offset = index - firstIndex
+            guard offset >= 0, offset < entries.count else { return nil }
+            return entries.index(entries.startIndex, offsetBy: offset)
+        }
+
+        mutating func append(_ entry: Entry) -> (index: Int, wake: Bool) {
+            entries.append(entry)
+            defer { idle = false }
+            return (firstIndex + entries.count - 1, idle)
+        }
+    }
+
+    private let state: Mutex<State>
+    /// Yielded when the first frame arrives after the ticker went idle.
+    let wakeups: AsyncStream<Void>
+    private let wake: AsyncStream<Void>.Continuation
+
+    /// `offset`: the stream offset after the handshake's answer.
+    init(startingAt offset: Int) {
+        state = Mutex(State(handled: offset, told: offset))
+        (wakeups, wake) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// A frame ending at `end` was read and goes to a handler.
+    func received(end: Int, metadata: ByteBuffer?) -> Token {
+        let (index, wakes) = state.withLock { $0.append(Entry(end: end, metadata: metadata)) }
+        if wakes { wake.yield() }
+        return Token(ledger: self, index: index)
+    }
+
+    /// A frame ending at `end` that no handler gets (not data, or skipped and
+    /// reported): handled once those before it are.
+    func passed(end: Int) {
+        let wakes = state.withLock { state -> Bool in
+            if state.handledCount == state.entries.count {
+                state.handled = max(state.handled, end)
+                defer { state.idle = false }
+                return state.idle && state.handled > state.told
+            }
+            return state.append(Entry(end: end, done: true)).wake
+        }
+        if wakes { wake.yield() }
+    }
+
+    /// A frame arrived again on a later connection as `copy` (the zipper or a
+    /// source sent it again after this connection ended): finished when this
+    /// one is, at once if it was.
+    func forward(_ index: Int, to copy: Token) {
+        let finishedAlready = state.withLock { state -> ClientRuntime.DeliveryMark?? in
+            guard let position = state.position(of: index) else { return .some(nil) }
+            if state.entries[position].done { return .some(state.entries[position].written) }
+            state.entries[position].copy = copy
+            return .none
+        }
+        if let written = finishedAlready { copy.finished(written: written) }
+    }
+
+    private func finished(_ index: Int, written: ClientRuntime.DeliveryMark?) {
+        let copy = state.withLock { state -> Token? in
+            guard let position = state.position(of: index) else { return nil }
+            var entry = state.entries[position]
+            entry.done = true
+            entry.written = written
+            state.entries[position] = entry
+            return entry.copy
+        }
+        copy?.finished(written: written)
+    }
+
+    /// Moves past the frames handled in order (`isSettled` saying whether what
+    /// was written by then is settled): the offset to tell the zipper if it
+    /// moved, and whether anything is left to wait for (false: idle until woken).
+    func advance(_ isSettled: (ClientRuntime.DeliveryMark) -> Bool) -> (tell: Int?, waiting: Bool) {
+        state.withLock { state in
+            while let first = state.entries.first, first.end <= state.told, state.handledCount > 0 {
+                state.entries.removeFirst()
+                state.firstIndex += 1
+                state.handledCount -= 1
+            }
+            var position = state.entries.index(state.entries.startIndex, offsetBy: state.handledCount)
+            while position != state.entries.endIndex, state.entries[position].done,
+                  state.entries[position].written.map(isSettled) ?? true {
+                state.handled = state.entries[position].end
+                state.handledCount += 1
+                position = state.entries.index(after: position)
+            }
+            let untold = state.handled > state.told
+            let waiting = untold || state.handledCount < state.entries.count
+            if !waiting { state.idle = true }
+            return (untold ? state.handled : nil, waiting)
+        }
+    }
+
+    /// The zipper was sent `offset`.
+    func told(_ offset: Int) { state.withLock { $0.told = max($0.told, offset) } }
+
+    /// Whether every frame read was handled and told.
+    var isQuiet: Bool { state.withLock { $0.handledCount == $0.entries.count && $0.handled <= $0.told } }
+
+    /// The connection ended: the frames not told handled, by transaction id,
+    /// which the zipper (or a source, if the zipper crashed) may send again.
+    func untold() -> [String: Token] {
+        let entries = state.withLock { state in
+            // Handled or not: those after the last receipt may come again.
+            state.entries.enumerated().filter { $0.element.end > state.told }.map { ($0.offset + state.firstIndex, $0.element.metadata) }
+        }
+        var byTid: [String: Token] = [:]
+        for (index, metadata) in entries {
+            guard let metadata, let tid = MetadataView(metadata)?.string(.tid), !tid.isEmpty else { continue }
+            byTid[tid] = Token(ledger: self, index: index)
+        }
+        return byTid
+    }
+}

@@ -1,0 +1,156 @@
+import Foundation
+import Glibc
+import NIOCore
+import Synchronization
+import Testing
+import YoMoWire
+
+@testable import YoMo
+
+@Suite("A stream function's handling receipts", .serialized)
+struct HandlingReceiptTests {
+    @Test("a function killed while its handlers held frames its QUIC stack had acknowledged: the zipper kept them and gives them to its next instance",
+          arguments: [false, true])
+    func killedInItsHandlers(pipe: Bool) async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let (sink, received) = try await connectUppercaseSink(zipper: address)
+        // Its handlers wait ten minutes before they answer: killed before any does.
+        var function = try startUppercaseProcess(zipper: address, pipe: pipe, handlerDelay: "600000")
+        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+        #expect(await eventually(within: .seconds(20)) { zipper.functionBytesForTesting(name: "upper").count == 1 })
+        let source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        let texts = (0..<5).map { "frame-\($0)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
+        // All five reached the function's QUIC stack, which acknowledged them,
+        // and the zipper keeps them for want of its handlers' word.
+        let kept = await eventually {
+            guard let bytes = zipper.functionBytesForTesting(name: "upper").first else { return false }
+            return bytes.unacknowledged == 0 && bytes.retained >= 5 * 30
+        }
+        #expect(kept, "\(zipper.functionBytesForTesting(name: "upper"))")
+        // The source's receipts wait for the handlers too.
+        #expect(source.client.keptFrames == 5)
+        kill(function.processIdentifier, SIGKILL)
+        await waitForExit(function)
+        // Its next instance once the zipper noticed (an instance that came
+        // sooner would find the frames routed to the dead one's namesake).
+        #expect(await eventually(within: .seconds(30)) { zipper.functionBytesForTesting(name: "upper").isEmpty })
+        #expect(zipper.statistics.unacknowledgedFramesHeld == 5, "\(zipper.statistics)")
+        function = try startUppercaseProcess(zipper: address, pipe: pipe)
+        #expect(await eventually(within: .seconds(20)) { Set(received.items).isSuperset(of: texts.map { $0.uppercased() }) },
+                "missing \(Set(texts.map { $0.uppercased() }).subtracting(received.items).sorted())")
+        #expect(await eventually { source.client.keptFrames == 0 }, "settled once the new instance handled them")
+        #expect(received.items.sorted() == texts.map { $0.uppercased() }, "each once: \(received.items)")
+        #expect(zipper.statistics.unacknowledgedBytesLost == 0)
+        await source.close()
+        await sink.close()
+        await zipper.close()
+    }
+
+    @Test("a function whose connection is cut while its handlers run: the zipper sends again what they had not finished, and the function does not handle it twice")
+    func cutWhileHandling() async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let handled = Inbox<String>()
+        let gate = Gate()
+        let fast = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100))
+        let function = StreamFunction(name: "slow", zipper: address, options: .init(observedTags: [0x33], reconnect: fast))
+        function.setHandler { ctx in
+            await gate.wait()
+            handled.append(String(decoding: ctx.data, as: UTF8.self))
+        }
+        try await function.connect()
+        let source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        let texts = (0..<8).map { "frame-\($0)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+        let kept = await eventually {
+            guard let bytes = zipper.functionBytesForTesting(name: "slow").first else { return false }
+            return bytes.unacknowledged == 0 && bytes.retained >= 8 * 30
+        }
+        #expect(kept, "\(zipper.functionBytesForTesting(name: "slow"))")
+        await function.client.dropConnectionForTesting()
+        // The zipper took back the eight and gives them to the function's next connection.
+        #expect(await eventually { function.client.reconnectCountForTesting == 1 && zipper.statistics.heldFramesDelivered >= 8 },
+                "\(zipper.statistics)")
+        gate.open()
+        #expect(await handled.wait(for: 8))
+        #expect(await eventually { source.client.keptFrames == 0 }, "settled once handled")
+        // Nothing more comes: each handled once.
+        try await source.write(tag: 0x33, data: Array("last".utf8))
+        #expect(await handled.wait(for: 9))
+        #expect(handled.items.sorted() == (texts + ["last"]).sorted(), "\(handled.items)")
+        await source.close()
+        await function.close()
+        await zipper.close()
+    }
+
+    @Test("the ledger tells the end of the frames handled in order, waits for what a handler wrote, and knows a frame that comes again")
+    func ledger() {
+        let ledger = HandlingLedger(startingAt: 10)
+        func metadata(_ tid: String) -> ByteBuffer {
+            var metadata = Metadata()
+            metadata[Metadata.ReservedKey.tid] = tid
+            return metadata.encoded()
+        }
+        let first = ledger.received(end: 20, metadata: metadata("a"))
+        let second = ledger.received(end: 30, metadata: metadata("b"))
+        ledger.passed(end: 35)
+        let third = ledger.received(end: 40, metadata: metadata("c"))
+        let never: (ClientRuntime.DeliveryMark) -> Bool = { _ in Issue.record("no mark to settle"); return true }
+        #expect(ledger.advance(never) == (nil, true))
+        second.finished(written: nil)
+        #expect(ledger.advance(never) == (nil, true), "the first still runs")
+        first.finished(written: nil)
+        #expect(ledger.advance(never) == (35, true), "through the frame passed after the second")
+        ledger.told(35)
+        #expect(!ledger.isQuiet)
+        // Ends while the third runs: it may come again, and the first two were told already.
+        #expect(ledger.untold().keys.sorted() == ["c"])
+        let next = HandlingLedger(startingAt: 0)
+        let copy = next.received(end: 50, metadata: metadata("c"))
+        ledger.untold()["c"]?.forward(to: copy)
+        #expect(next.advance(never) == (nil, true), "the copy waits for the original")
+        third.finished(written: nil)
+        #expect(ledger.advance(never) == (40, true))
+        #expect(next.advance(never) == (50, true), "finished with the original")
+        next.told(50)
+        #expect(next.isQuiet)
+        #expect(next.advance(never) == (nil, false), "nothing left: idle until the next frame")
+    }
+
+    @Test("handshake field 0C and receipt field 03 round-trip, and a decoder that knows neither skips them")
+    func wire() throws {
+        let handshake = HandshakeFrame(name: "f", id: "id", clientType: .streamFunction, wantsReceipts: true, acknowledgesHandling: true)
+        var decoder = FrameDecoder()
+        var bytes = Frame.handshake(handshake).encoded()
+        #expect(try decoder.decodeFrame(buffer: &bytes) == .handshake(handshake))
+        var plain = HandshakeFrame(name: "f", id: "id", clientType: .streamFunction, wantsReceipts: true)
+        #expect(Frame.handshake(handshake).encoded().readableBytes == Frame.handshake(plain).encoded().readableBytes + 3)
+        plain.acknowledgesHandling = true
+        #expect(plain == handshake)
+        let receipt = ReceiptFrame(settledThrough: 77, welcomesHandling: true)
+        var receiptBytes = Frame.receipt(receipt).encoded()
+        #expect(try decoder.decodeFrame(buffer: &receiptBytes) == .receipt(receipt))
+        var unwelcoming = Frame.receipt(ReceiptFrame(settledThrough: 77)).encoded()
+        guard case .receipt(let decoded)? = try decoder.decodeFrame(buffer: &unwelcoming) else {
+            Issue.record("not a receipt")
+            return
+        }
+        #expect(!decoded.welcomesHandling)
+    }
+}
+
+/// `uppercase-sfn` (observes 0x33, answers on 0x34) in its own process.
+func startUppercaseProcess(zipper: String, pipe: Bool, handlerDelay: String? = nil) throws -> Process {
+    let function = Process()
+    function.executableURL = try builtExecutable("uppercase-sfn")
+    function.arguments = ["--zipper", zipper] + (pipe ? ["--pipe"] : []) + (handlerDelay.map { ["--handler-delay-ms", $0] } ?? [])
+    function.standardError = FileHandle.nullDevice
+    try function.run()
+    return function
+}
