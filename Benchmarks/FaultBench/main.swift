@@ -389,6 +389,7 @@ struct Function: AsyncParsableCommand {
     @Option(help: "Microseconds between the source's writes.") var intervalMicroseconds = 10_000
     @Flag(help: "Stop the function with SIGTERM (a graceful close, as a rolling restart does) instead of kill -9.") var graceful = false
     @Flag(help: "Run uppercase-sfn with its async handler instead of its pipe handler.") var asyncHandler = false
+    @Option(help: "Each of the function's handlers waits this long before it answers (uppercase-sfn --handler-delay-ms): frames in its handlers when it is killed.") var handlerDelayMs = 0
 
     func run() async throws {
         let key = keyFile()
@@ -401,6 +402,7 @@ struct Function: AsyncParsableCommand {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: executable)
             process.arguments = ["--zipper", zipper.address, "--observe", "0x41", "--emit", "0x42"] + (asyncHandler ? [] : ["--pipe"])
+                + (handlerDelayMs > 0 ? ["--handler-delay-ms", "\(handlerDelayMs)"] : [])
             process.standardError = FileHandle.nullDevice
             process.standardOutput = FileHandle.nullDevice
             try process.run()
@@ -408,9 +410,13 @@ struct Function: AsyncParsableCommand {
         }
         var process = try startFunction()
         let received = Mutex<Set<Int>>([])
+        // Answers that came more than once: a frame the function handled twice.
+        let duplicates = Mutex(0)
         let sink = StreamFunction(name: "sink", zipper: zipper.address, options: quietOptions(tags: [0x42]))
         sink.setHandler { ctx in
-            if let sequence = Int(String(decoding: ctx.data, as: UTF8.self)) { _ = received.withLock { $0.insert(sequence) } }
+            if let sequence = Int(String(decoding: ctx.data, as: UTF8.self)), !received.withLock({ $0.insert(sequence).inserted }) {
+                duplicates.withLock { $0 += 1 }
+            }
         }
         try await sink.connect()
         let source = Source(name: "writer", zipper: zipper.address, options: quietOptions())
@@ -442,7 +448,7 @@ struct Function: AsyncParsableCommand {
         let total = written.withLock { $0 }
         _ = await waitUntil(.seconds(5)) { received.withLock { $0.contains(total) } }
         let missing = received.withLock { got in (1...total).filter { !got.contains($0) } }
-        print("written=\(total) missing=\(missing.count)\(missing.isEmpty ? "" : " \(missing.prefix(20))")")
+        print("written=\(total) missing=\(missing.count)\(missing.isEmpty ? "" : " \(missing.prefix(20))") duplicates=\(duplicates.withLock { $0 })")
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         await source.close()

@@ -60,6 +60,9 @@ final class ClientSession: @unchecked Sendable {
         var settled = 0
         /// Whether the bound was reached (said once per connection).
         var overBound = false
+        /// Where the last data frame written ends (a function's own receipts,
+        /// written between frames, are nothing to settle).
+        var dataWrittenThrough = 0
 
         /// Drops the frames that end at or before `offset`.
         mutating func drop(through offset: Int) {
@@ -123,6 +126,7 @@ final class ClientSession: @unchecked Sendable {
             let bytes = frame.encodedLength
             kept.frames.append((end, frame, patch, bytes))
             kept.bytes += bytes
+            kept.dataWrittenThrough = max(kept.dataWrittenThrough, end)
             guard kept.bytes > Self.maximumKeptBytes else { return (true, false) }
             kept.drop(through: min(acknowledged, kept.frames.first.map { $0.end + (kept.bytes - Self.maximumKeptBytes) } ?? 0))
             defer { kept.overBound = true }
@@ -135,6 +139,9 @@ final class ClientSession: @unchecked Sendable {
         }
         return recorded
     }
+
+    /// Where the last data frame recorded here ends (0: none).
+    var dataWrittenThrough: Int { kept.withLock { $0.dataWrittenThrough } }
 
     /// A receipt: the frames that end at or before `offset` are settled.
     func settle(through offset: Int) {

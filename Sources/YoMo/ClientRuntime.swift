@@ -984,12 +984,12 @@ final class ClientRuntime: Sendable {
         return carried.session.isSettled(through: carried.through)
     }
 
-    /// Where what was written so far ends: on the current connection, or,
+    /// Where the frames written so far end: on the current connection, or,
     /// with none, what the next one carries.
     func currentMark() -> DeliveryMark {
         state.withLock { state in
             let session = state.session
-            return DeliveryMark(session: session, end: session?.connection.connection.sendProgress.written ?? 0, generation: state.generation)
+            return DeliveryMark(session: session, end: session?.dataWrittenThrough ?? 0, generation: state.generation)
         }
     }
 
