@@ -837,7 +837,7 @@ final class ClientRuntime: Sendable {
     /// now (a zipper that stopped reading) is replaced by the next.
     @discardableResult
     private func tellHandledOnce(_ handling: HandlingLedger, on session: ClientSession) -> Bool {
-        let (tell, waiting) = handling.advance(settledTest())
+        let (tell, waiting) = handling.advance(isAcknowledged)
         if let tell,
            (try? session.connection.tryWrite(control: .receipt(ReceiptFrame(settledThrough: UInt64(tell))), limit: DeliveryReceipts.queueLimit)) == true {
             handling.told(tell)
@@ -993,16 +993,18 @@ final class ClientRuntime: Sendable {
         }
     }
 
-    /// `isSettled` for many marks in a row: one written on the same
-    /// connection no further than one found settled is settled too.
-    func settledTest() -> (DeliveryMark) -> Bool {
-        var known: (session: ClientSession, end: Int)?
-        return { [self] mark in
-            if let session = mark.session, let known, known.session === session, mark.end <= known.end { return true }
-            guard isSettled(mark) else { return false }
-            if let session = mark.session { known = (session, mark.end) }
-            return true
-        }
+    /// Whether the zipper's QUIC stack has the frame `mark` follows (or the
+    /// connection that carried it on, everything it carried): from then on
+    /// the zipper routes it, and this client keeps it until settled. What a
+    /// handler wrote must get this far before its frame counts as handled: a
+    /// settlement could wait for the zipper's hold (an answer no function
+    /// observes yet), and the zipper would keep the function's frames as long.
+    func isAcknowledged(_ mark: DeliveryMark) -> Bool {
+        if let session = mark.session, session.connection.connection.acknowledgedBytes >= mark.end { return true }
+        let (ended, generation, carried) = state.withLock { ($0.ended, $0.generation, $0.carried) }
+        if ended { return true }
+        guard generation > mark.generation, let carried else { return false }
+        return carried.session.connection.connection.acknowledgedBytes >= carried.through
     }
 
     /// Waits until every frame written before the call is settled (see

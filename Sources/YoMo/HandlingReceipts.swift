@@ -12,9 +12,10 @@ internal import YoMoWire
 /// handled was lost with a function that crashed.
 ///
 /// A frame counts as handled once its handler returned (or threw: the error
-/// handler has it) and what the function had written by then is settled, so
-/// that a handler's answers are not lost with the function either; a pipe
-/// handler's frame, once the handler asked for the next one. Receipts say the
+/// handler has it) and what the function had written by then reached the
+/// zipper's QUIC stack (`ClientRuntime.isAcknowledged`), so that a handler's
+/// answers are not lost with the function either; a pipe handler's frame,
+/// once the handler asked for the next one. Receipts say the
 /// end of the frames handled in order: one slow handler holds back the
 /// receipts of those after it.
 final class HandlingLedger: Sendable {
@@ -126,10 +127,10 @@ final class HandlingLedger: Sendable {
         copy?.finished(written: written)
     }
 
-    /// Moves past the frames handled in order (`isSettled` saying whether what
-    /// was written by then is settled): the offset to tell the zipper if it
+    /// Moves past the frames handled in order (`isAcknowledged` saying whether
+    /// what was written by then reached the zipper): the offset to tell the zipper if it
     /// moved, and whether anything is left to wait for (false: idle until woken).
-    func advance(_ isSettled: (ClientRuntime.DeliveryMark) -> Bool) -> (tell: Int?, waiting: Bool) {
+    func advance(_ isAcknowledged: (ClientRuntime.DeliveryMark) -> Bool) -> (tell: Int?, waiting: Bool) {
         state.withLock { state in
             while let first = state.entries.first, first.end <= state.told, state.handledCount > 0 {
                 state.entries.removeFirst()
@@ -138,7 +139,7 @@ final class HandlingLedger: Sendable {
             }
             var position = state.entries.index(state.entries.startIndex, offsetBy: state.handledCount)
             while position != state.entries.endIndex, state.entries[position].done,
-                  state.entries[position].written.map(isSettled) ?? true {
+                  state.entries[position].written.map(isAcknowledged) ?? true {
                 state.handled = state.entries[position].end
                 state.handledCount += 1
                 position = state.entries.index(after: position)

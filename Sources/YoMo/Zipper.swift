@@ -878,7 +878,6 @@ public final class Zipper: Sendable {
         // QUIC stack had not acknowledged (see `HandshakeFrame.acknowledgesHandling`).
         let welcomesHandling = ledger != nil && handshake.clientType == .streamFunction
             && handshake.acknowledgesHandling && configuration.unroutedHold.isOn
-        if welcomesHandling { connection.connection.retainAcknowledged(limit: options.unhandledRetentionLimit) }
         // The frames the connection had not acknowledged when it ended (taken below).
         var unacknowledged: [(frame: DataFrame, target: String?, notAcknowledged: Int)] = []
         defer {
@@ -954,6 +953,8 @@ public final class Zipper: Sendable {
                         welcomesHandling: welcomesHandling)))
                 }
                 try await connection.write(.handshakeAck)
+                // From the function's first frame on, where its receipts begin.
+                if welcomesHandling { connection.connection.retainAcknowledged(limit: options.unhandledRetentionLimit) }
             } catch {
                 if !held.isEmpty { abandonArrival(of: member, at: delivery, delivered: 0, unwritten: held) }
                 throw error

@@ -536,6 +536,53 @@ struct LoopbackTests {
         #expect(keptWhole == lacking, "every frame the peer lacked, whole and in order")
     }
 
+    @Test("a retention keeps what the peer acknowledged until its application releases it, no more than its limit, and what is taken at the end begins after the last release, even one read after the end")
+    func retentionUntilReleased() async throws {
+        let (peer, quic) = try await connectToFreezablePeer()
+        defer { peer.thawAndStop() }
+        let connection = QUICFrameConnection(quic)
+        let core = connection.connection.core
+        await onLoop(core.loop) { core.keepsUnacknowledgedAtEnd = true }
+        let limit = 256 << 10
+        connection.connection.retainAcknowledged(limit: limit)
+        let reader = Task { for try await _ in connection.connection.inbound {} }
+        defer { reader.cancel() }
+        // Big payloads go out as a header and the caller's buffer (two parts), small ones coalesced.
+        var ends: [Int] = []
+        for index in 0..<200 {
+            var payload = ByteBuffer(string: "\(index):")
+            payload.writeRepeatingByte(UInt8(ascii: "x"), count: index % 3 == 2 ? 16 : 5000)
+            ends.append(try await connection.write(DataFrame(tag: 0x33, payload: payload), patch: nil))
+        }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while connection.connection.unacknowledgedBytes > 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(connection.connection.unacknowledgedBytes == 0, "the peer acknowledged everything")
+        let retained = connection.connection.retainedBytes
+        #expect(retained > 0 && retained <= limit, "kept \(retained) of \(ends.last!) acknowledged bytes")
+        // Past the limit the oldest went as if released.
+        let overflowed = connection.connection.deliveredBytes
+        #expect(overflowed > 0 && overflowed <= ends.last! - retained, "delivered through \(overflowed)")
+        connection.connection.releaseRetained(through: ends[150])
+        #expect(connection.connection.deliveredBytes == ends[150])
+        #expect(connection.connection.retainedBytes < retained)
+        #expect(connection.connection.takeUnacknowledged() == nil, "nothing while it lives")
+        await connection.connection.close(reason: "done")
+        // The peer's last word, read after the end, still counts.
+        connection.connection.releaseRetained(through: ends[170])
+        let kept = try #require(connection.connection.takeUnacknowledged())
+        var bytes = kept.bytes
+        var decoder = FrameDecoder()
+        var recovered: [(index: Int, end: Int)] = []
+        let start = bytes.readerIndex
+        while let frame = try decoder.decodeFrame(buffer: &bytes) {
+            guard case .data(let data) = frame else { continue }
+            let label = String(decoding: data.payload.readableBytesView.prefix { $0 != UInt8(ascii: ":") }, as: UTF8.self)
+            recovered.append((try #require(Int(label)), bytes.readerIndex - start))
+        }
+        #expect(bytes.readableBytes == 0, "ends at a frame's end")
+        #expect(recovered.filter { $0.end > kept.acknowledgedPrefix }.map(\.index) == Array(171..<200), "what was not released, whole and in order")
+    }
+
     @Test("peer frozen mid-stream (no packets, no ICMP): idle timeout within the configured time")
     func idleTimeoutAfterPeerFreezes() async throws {
         let (peer, connection) = try await connectToFreezablePeer()
