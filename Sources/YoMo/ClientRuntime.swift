@@ -436,7 +436,7 @@ final class ClientRuntime: Sendable {
                 group.addTask {
                     defer { handlers.inFlight.leave() }
                     do {
-                        let current = PipeCursor { [self] in currentMark() }
+                        let current = PipeCursor()
                         try await pipe(PipeInput(queue: queue, cursor: current), PipeOutput(writer: handlers.writer, cursor: current))
                         current.finish()
                     } catch {
@@ -709,7 +709,7 @@ final class ClientRuntime: Sendable {
                                 metadata = try Metadata(decoding: data.metadata)
                             } catch {
                                 report(YoMoError(.invalidMetadata, "frame with tag 0x\(String(data.tag, radix: 16)) skipped: \(error)"), setup)
-                                token?.finished(written: nil)
+                                token?.finished()
                                 continue
                             }
                         }
@@ -772,8 +772,9 @@ final class ClientRuntime: Sendable {
                             let handled = token
                             group.addTask {
                                 defer { inFlight.leave(bytes: held) }
-                                // After the error handler: its writes count as the frame's.
-                                defer { handled?.finished(written: self.currentMark()) }
+                                // After the error handler, and after the handler's writes were queued:
+                                // the receipt that covers the frame follows them on the stream.
+                                defer { handled?.finished() }
                                 let started = ContinuousClock.now
                                 do {
                                     try await handling.tracing.run(span) { try await handler(context) }
@@ -796,7 +797,7 @@ final class ClientRuntime: Sendable {
                                 }
                             }
                         } else {
-                            token?.finished(written: nil)
+                            token?.finished()
                         }
                     case .goaway(let goaway):
                         throw YoMoError(.goaway, "zipper went away: \(goaway.message.peerText(limit: ClientCore.peerMessageLimit))")
@@ -837,7 +838,7 @@ final class ClientRuntime: Sendable {
     /// now (a zipper that stopped reading) is replaced by the next.
     @discardableResult
     private func tellHandledOnce(_ handling: HandlingLedger, on session: ClientSession) -> Bool {
-        let (tell, waiting) = handling.advance(isAcknowledged)
+        let (tell, waiting) = handling.advance()
         if let tell,
            (try? session.connection.tryWrite(control: .receipt(ReceiptFrame(settledThrough: UInt64(tell))), limit: DeliveryReceipts.queueLimit)) == true {
             handling.told(tell)
@@ -993,19 +994,6 @@ final class ClientRuntime: Sendable {
         }
     }
 
-    /// Whether the zipper's QUIC stack has the frame `mark` follows (or the
-    /// connection that carried it on, everything it carried): from then on
-    /// the zipper routes it, and this client keeps it until settled. What a
-    /// handler wrote must get this far before its frame counts as handled: a
-    /// settlement could wait for the zipper's hold (an answer no function
-    /// observes yet), and the zipper would keep the function's frames as long.
-    func isAcknowledged(_ mark: DeliveryMark) -> Bool {
-        if let session = mark.session, session.connection.connection.acknowledgedBytes >= mark.end { return true }
-        let (ended, generation, carried) = state.withLock { ($0.ended, $0.generation, $0.carried) }
-        if ended { return true }
-        guard generation > mark.generation, let carried else { return false }
-        return carried.session.connection.connection.acknowledgedBytes >= carried.through
-    }
 
     /// Waits until every frame written before the call is settled (see
     /// `isSettled`); frames written meanwhile are not waited for. Polls every

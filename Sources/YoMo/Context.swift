@@ -103,10 +103,6 @@ public struct PipeFrame: Sendable {
 /// and results written meanwhile carry its metadata (tid, trace context).
 final class PipeCursor: Sendable {
     private let current = Mutex<PipeFrame?>(nil)
-    /// What the function has written so far: a frame counts as handled once that is settled.
-    private let written: @Sendable () -> ClientRuntime.DeliveryMark?
-
-    init(written: @escaping @Sendable () -> ClientRuntime.DeliveryMark? = { nil }) { self.written = written }
 
     func advance(to frame: PipeFrame?) {
         let previous = current.withLock { state -> PipeFrame? in
@@ -114,7 +110,7 @@ final class PipeCursor: Sendable {
             return state
         }
         previous?.span?.end()
-        if let handled = previous?.handled { handled.finished(written: written()) }
+        previous?.handled?.finished()
     }
 
     func finish() { advance(to: nil) }

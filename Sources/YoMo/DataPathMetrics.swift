@@ -438,6 +438,9 @@ final class DataPathMetrics: Sendable {
         meter.observableGauge("yomo.zipper.client.unacknowledged", unit: "By", description: "Bytes written to each client that its QUIC stack has not acknowledged.") {
             series { Double($0.unacknowledgedBytes) }
         }
+        meter.observableGauge("yomo.zipper.client.unhandled", unit: "By", description: "Bytes a stream function acknowledged and its handlers have not finished, kept to give its next instance if it crashes.") {
+            series { Double($0.retainedBytes) }
+        }
         meter.observableGauge("yomo.zipper.client.unread", unit: "By", description: "Bytes received from each client that the zipper has not read yet: a source held back by a slow stream function.") {
             series { Double($0.unreadBytes) }
         }
@@ -486,6 +489,8 @@ struct ClientConnectionHealth: Sendable {
     var member: RouteMember
     var statistics: QUICConnection.Statistics
     var unacknowledgedBytes: Int
+    /// Acknowledged and kept until its handlers finish (a stream function that acknowledges handling).
+    var retainedBytes = 0
     /// Received from it, not yet read (its frames wait for their destinations).
     var unreadBytes: Int
 }

@@ -12,10 +12,10 @@ internal import YoMoWire
 /// handled was lost with a function that crashed.
 ///
 /// A frame counts as handled once its handler returned (or threw: the error
-/// handler has it) and what the function had written by then reached the
-/// zipper's QUIC stack (`ClientRuntime.isAcknowledged`), so that a handler's
-/// answers are not lost with the function either; a pipe handler's frame,
-/// once the handler asked for the next one. Receipts say the
+/// handler has it); a pipe handler's frame, once the handler asked for the
+/// next one. What the handler wrote was queued on the same stream before the
+/// receipt that covers its frame, so the zipper reads the answers first: a
+/// crash that loses them loses the receipt too. Receipts say the
 /// end of the frames handled in order: one slow handler holds back the
 /// receipts of those after it.
 final class HandlingLedger: Sendable {
@@ -24,8 +24,8 @@ final class HandlingLedger: Sendable {
         let ledger: HandlingLedger
         fileprivate let index: Int
 
-        /// Its handler finished; `written`: what the function had written by then.
-        func finished(written: ClientRuntime.DeliveryMark?) { ledger.finished(index, written: written) }
+        /// Its handler finished.
+        func finished() { ledger.finished(index) }
 
         /// The same frame came again on a later connection as `copy`.
         func forward(to copy: Token) { ledger.forward(index, to: copy) }
@@ -35,7 +35,6 @@ final class HandlingLedger: Sendable {
         /// The stream offset just past the frame.
         var end: Int
         var done = false
-        var written: ClientRuntime.DeliveryMark?
         /// Its metadata, read only if the connection ends before it is told.
         var metadata: ByteBuffer?
         /// The same frame sent again on a later connection, finished with this one.
@@ -106,31 +105,29 @@ final class HandlingLedger: Sendable {
     /// source sent it again after this connection ended): finished when this
     /// one is, at once if it was.
     func forward(_ index: Int, to copy: Token) {
-        let finishedAlready = state.withLock { state -> ClientRuntime.DeliveryMark?? in
-            guard let position = state.position(of: index) else { return .some(nil) }
-            if state.entries[position].done { return .some(state.entries[position].written) }
+        let finishedAlready = state.withLock { state -> Bool in
+            guard let position = state.position(of: index) else { return true }
+            if state.entries[position].done { return true }
             state.entries[position].copy = copy
-            return .none
+            return false
         }
-        if let written = finishedAlready { copy.finished(written: written) }
+        if finishedAlready { copy.finished() }
     }
 
-    private func finished(_ index: Int, written: ClientRuntime.DeliveryMark?) {
+    private func finished(_ index: Int) {
         let copy = state.withLock { state -> Token? in
             guard let position = state.position(of: index) else { return nil }
             var entry = state.entries[position]
             entry.done = true
-            entry.written = written
             state.entries[position] = entry
             return entry.copy
         }
-        copy?.finished(written: written)
+        copy?.finished()
     }
 
-    /// Moves past the frames handled in order (`isAcknowledged` saying whether
-    /// what was written by then reached the zipper): the offset to tell the zipper if it
-    /// moved, and whether anything is left to wait for (false: idle until woken).
-    func advance(_ isAcknowledged: (ClientRuntime.DeliveryMark) -> Bool) -> (tell: Int?, waiting: Bool) {
+    /// Moves past the frames handled in order: the offset to tell the zipper
+    /// if it moved, and whether anything is left to wait for (false: idle until woken).
+    func advance() -> (tell: Int?, waiting: Bool) {
         state.withLock { state in
             while let first = state.entries.first, first.end <= state.told, state.handledCount > 0 {
                 state.entries.removeFirst()
@@ -138,8 +135,7 @@ final class HandlingLedger: Sendable {
                 state.handledCount -= 1
             }
             var position = state.entries.index(state.entries.startIndex, offsetBy: state.handledCount)
-            while position != state.entries.endIndex, state.entries[position].done,
-                  state.entries[position].written.map(isAcknowledged) ?? true {
+            while position != state.entries.endIndex, state.entries[position].done {
                 state.handled = state.entries[position].end
                 state.handledCount += 1
                 position = state.entries.index(after: position)

@@ -1181,7 +1181,8 @@ public final class Zipper: Sendable {
         let peers = state.withLock { $0.peers.values.map { ($0.member, $0.connection.connection) } }
         return peers.map {
             ClientConnectionHealth(
-                member: $0.0, statistics: $0.1.statistics, unacknowledgedBytes: $0.1.unacknowledgedBytes, unreadBytes: $0.1.unreadBytes)
+                member: $0.0, statistics: $0.1.statistics, unacknowledgedBytes: $0.1.unacknowledgedBytes,
+                retainedBytes: $0.1.retainedBytes, unreadBytes: $0.1.unreadBytes)
         }
     }
 
