@@ -236,7 +236,7 @@ final class DeliveryDestination: Sendable {
 
     /// Whether what was written to it through stream offset `written` is settled.
     func reached(_ written: Int) -> Bool {
-        if connection.deliveredBytes >= written { return true }
+        if connection.acknowledgedBytes >= written { return true }
         guard connection.sendProgress.ended, let leftovers = leftovers.withLock({ $0 }) else { return false }
         return leftovers.isSettled
     }
@@ -330,9 +330,12 @@ final class DeliveryReceipts: Sendable {
 /// What receipts read of a connection frames are written to: a QUIC
 /// connection (unit tests of the logic give their own).
 protocol DeliveryProgress: AnyObject, Sendable {
-    /// Bytes of its stream the peer is done with: acknowledged, or for a
-    /// stream function that acknowledges handling, handled.
-    var deliveredBytes: Int { get }
+    /// Bytes of its stream the peer acknowledged. A stream function that
+    /// acknowledges handling is not waited for beyond this: while it lives,
+    /// it and the zipper (which keeps what its handlers have not finished)
+    /// both have the frame, and when it ends, what was not finished is held
+    /// and waited for as its connection's leftovers.
+    var acknowledgedBytes: Int { get }
     /// Bytes written to its stream so far, and whether it ended.
     var sendProgress: (written: Int, ended: Bool) { get }
 }

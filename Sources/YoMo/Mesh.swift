@@ -314,7 +314,7 @@ final class MeshLink: Sendable {
 /// links had not yet delivered.
 extension MeshLink: DeliveryProgress {
     /// Accepted frames settled, all of them before too (or sent longer ago than `receiptPatience`).
-    var deliveredBytes: Int {
+    var acknowledgedBytes: Int {
         let patientSince = ContinuousClock.now - receiptPatience
         // The client's lock, not under the link's.
         while let first = state.withLock({ $0.unsettled.first }), first.sentAt < patientSince || first.client.isSettled(first.mark) {

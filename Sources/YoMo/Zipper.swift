@@ -524,7 +524,7 @@ public final class Zipper: Sendable {
         for (quic, unwritten) in functions {
             // Unread: what a function wrote, not yet routed.
             pending += quic.unacknowledgedBytes + quic.unreadBytes + unwritten + quic.retainedBytes
-            acknowledged += quic.acknowledgedBytes + quic.deliveredBytes
+            acknowledged += quic.acknowledgedBytes + quic.releasedBytes
             read += quic.statistics.bytesReceived
         }
         var progress = [acknowledged, read]

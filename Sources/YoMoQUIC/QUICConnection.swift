@@ -228,7 +228,7 @@ public final class QUICConnection: Sendable {
     /// The stream offset before which the peer is done with every byte: what
     /// its application released, with a retention (or what went past its
     /// limit); else what its QUIC stack acknowledged.
-    package var deliveredBytes: Int { core.retentionProgress?.settled ?? acknowledgedBytes }
+    package var releasedBytes: Int { core.retentionProgress?.settled ?? acknowledgedBytes }
 
     /// Bytes acknowledged and kept for the peer's application to release (0 without a retention).
     package var retainedBytes: Int { core.retentionProgress?.bytes ?? 0 }

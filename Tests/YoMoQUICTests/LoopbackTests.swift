@@ -560,10 +560,10 @@ struct LoopbackTests {
         let retained = connection.connection.retainedBytes
         #expect(retained > 0 && retained <= limit, "kept \(retained) of \(ends.last!) acknowledged bytes")
         // Past the limit the oldest went as if released.
-        let overflowed = connection.connection.deliveredBytes
+        let overflowed = connection.connection.releasedBytes
         #expect(overflowed > 0 && overflowed <= ends.last! - retained, "delivered through \(overflowed)")
         connection.connection.releaseRetained(through: ends[150])
-        #expect(connection.connection.deliveredBytes == ends[150])
+        #expect(connection.connection.releasedBytes == ends[150])
         #expect(connection.connection.retainedBytes < retained)
         #expect(connection.connection.takeUnacknowledged() == nil, "nothing while it lives")
         await connection.connection.close(reason: "done")

@@ -137,11 +137,8 @@ struct HandlerLifecycleTests {
         try await source.connect()
         try await source.write(tag: 0x63, data: Array("stall".utf8))
         #expect(await received.wait(for: 1))
-        // Not settled while its handler runs (the function's handling receipt
-        // waits for it): the source sends it again after the kill, and the
-        // function knows the copy.
-        let unsettled = await #expect(throws: YoMoError.self) { try await source.flush(timeout: .milliseconds(200)) }
-        #expect(unsettled?.code == .timedOut)
+        // Settled (its receipt came): else the source sends it again after the kill, at least once.
+        #expect(await eventually { source.client.keptFrames == 0 })
 
         await zipper.kill()
         try zipper.restart()
@@ -160,9 +157,6 @@ struct HandlerLifecycleTests {
             #expect(try await writeUntilReceived(source, tag: 0x63, "after", received))
             gate.open()
         }
-        // Settled once the first handler finished; handled once, its copy not at all.
-        #expect(await eventually { source.client.keptFrames == 0 })
-        #expect(received.items.filter { $0 == "stall" }.count == 1, "\(received.items)")
         await source.close()
         await sfn.close()
         await zipper.kill()

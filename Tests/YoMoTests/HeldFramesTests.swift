@@ -827,7 +827,7 @@ struct HeldFramesTests {
 final class ConnectionProgress: DeliveryProgress {
     private let state = Mutex<(acknowledged: Int, written: Int, ended: Bool)>((0, 0, false))
 
-    var deliveredBytes: Int { state.withLock { $0.acknowledged } }
+    var acknowledgedBytes: Int { state.withLock { $0.acknowledged } }
     var sendProgress: (written: Int, ended: Bool) { state.withLock { ($0.written, $0.ended) } }
 
     func acknowledge(_ bytes: Int) { state.withLock { $0.acknowledged = bytes; $0.written = max($0.written, bytes) } }
