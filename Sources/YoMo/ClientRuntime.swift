@@ -823,12 +823,12 @@ final class ClientRuntime: Sendable {
         return ended
     }
 
-    /// Tells the zipper, every `DeliveryReceipts.interval` while frames are
-    /// being handled, through where its frames are handled (`HandlingLedger`).
+    /// Tells the zipper, every `HandlingLedger.interval` while frames are
+    /// being handled, through where its frames are handled.
     private func tellHandled(_ handling: HandlingLedger, on session: ClientSession) async {
         for await _ in handling.wakeups {
             repeat {
-                do { try await Task.sleep(for: DeliveryReceipts.interval) } catch { return }
+                do { try await Task.sleep(for: HandlingLedger.interval) } catch { return }
             } while tellHandledOnce(handling, on: session)
         }
     }
