@@ -23,7 +23,7 @@ final class HandlingLedger: Sendable {
     /// the zipper waits for it (to let go of what it keeps; sources' receipts
     /// do not), so it is less often than the zipper's receipts: each one is
     /// a packet of its own, and every 2 ms cost the loop 0.95 of its rate.
-    static let interval: Duration = .milliseconds(20)
+    static let interval: Duration = .milliseconds(5)
     /// One frame given to a handler, for `finished`.
     struct Token: Sendable {
         let ledger: HandlingLedger
