@@ -522,16 +522,7 @@ struct LoopbackTests {
         #expect(!lacking.isEmpty, "the frozen peer acknowledged everything")
         let kept = try #require(connection.connection.takeUnacknowledged())
         #expect(connection.connection.takeUnacknowledged() == nil, "taken once")
-        var bytes = kept.bytes
-        var decoder = FrameDecoder()
-        var recovered: [(index: Int, end: Int)] = []
-        let start = bytes.readerIndex
-        while let frame = try decoder.decodeFrame(buffer: &bytes) {
-            guard case .data(let data) = frame else { continue }
-            let label = String(decoding: data.payload.readableBytesView.prefix { $0 != UInt8(ascii: ":") }, as: UTF8.self)
-            recovered.append((try #require(Int(label)), bytes.readerIndex - start))
-        }
-        #expect(bytes.readableBytes == 0, "ends at a frame's end")
+        let recovered = try labelledFrames(in: kept)
         let keptWhole = recovered.filter { $0.end > kept.acknowledgedPrefix }.map(\.index)
         #expect(keptWhole == lacking, "every frame the peer lacked, whole and in order")
     }
@@ -570,16 +561,7 @@ struct LoopbackTests {
         // The peer's last word, read after the end, still counts.
         connection.connection.releaseRetained(through: ends[170])
         let kept = try #require(connection.connection.takeUnacknowledged())
-        var bytes = kept.bytes
-        var decoder = FrameDecoder()
-        var recovered: [(index: Int, end: Int)] = []
-        let start = bytes.readerIndex
-        while let frame = try decoder.decodeFrame(buffer: &bytes) {
-            guard case .data(let data) = frame else { continue }
-            let label = String(decoding: data.payload.readableBytesView.prefix { $0 != UInt8(ascii: ":") }, as: UTF8.self)
-            recovered.append((try #require(Int(label)), bytes.readerIndex - start))
-        }
-        #expect(bytes.readableBytes == 0, "ends at a frame's end")
+        let recovered = try labelledFrames(in: kept)
         #expect(recovered.filter { $0.end > kept.acknowledgedPrefix }.map(\.index) == Array(171..<200), "what was not released, whole and in order")
     }
 
@@ -607,6 +589,22 @@ struct LoopbackTests {
 
 /// An aioquic echo peer to freeze with SIGSTOP (no packets, no ICMP), and a
 /// connection to it that notices within its 1 s idle timeout.
+/// The data frames in what a connection kept at its end, each by the number
+/// its payload starts with (`"<n>:"`) and the offset just past it.
+private func labelledFrames(in kept: QUICConnection.Unacknowledged) throws -> [(index: Int, end: Int)] {
+    var bytes = kept.bytes
+    var decoder = FrameDecoder()
+    var recovered: [(index: Int, end: Int)] = []
+    let start = bytes.readerIndex
+    while let frame = try decoder.decodeFrame(buffer: &bytes) {
+        guard case .data(let data) = frame else { continue }
+        let label = String(decoding: data.payload.readableBytesView.prefix { $0 != UInt8(ascii: ":") }, as: UTF8.self)
+        recovered.append((try #require(Int(label)), bytes.readerIndex - start))
+    }
+    #expect(bytes.readableBytes == 0, "ends at a frame's end")
+    return recovered
+}
+
 private func connectToFreezablePeer() async throws -> (PythonPeer, QUICConnection) {
     let (peer, port) = try await PythonPeer.echoServer()
     var configuration = QUICConfiguration.default
