@@ -174,11 +174,12 @@ struct HeldFrames {
     /// The data frames in what a connection had not acknowledged, each in
     /// buffers of its own, with how many of its bytes were not acknowledged
     /// (a frame its peer acknowledged whole is left out).
-    static func dataFrames(in unacknowledged: QUICConnection.Unacknowledged) -> [(frame: DataFrame, target: String?, notAcknowledged: Int)] {
+    /// `end`: the stream offset just past the frame.
+    static func dataFrames(in unacknowledged: QUICConnection.Unacknowledged) -> [(frame: DataFrame, target: String?, notAcknowledged: Int, end: Int)] {
         dataFramesWritten(in: unacknowledged.bytes).compactMap { data, end in
             guard end > unacknowledged.acknowledgedPrefix else { return nil }
             let notAcknowledged = min(data.encodedLength, end - unacknowledged.acknowledgedPrefix)
-            return (owned(data), MetadataView(data.metadata)?.string(.target), notAcknowledged)
+            return (owned(data), MetadataView(data.metadata)?.string(.target), notAcknowledged, unacknowledged.streamOffset + end)
         }
     }
 

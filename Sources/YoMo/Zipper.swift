@@ -102,6 +102,10 @@ public final class Zipper: Sendable {
         /// Frames whose write found its connection ended, before it left the
         /// routes: held with what it had not acknowledged when it leaves.
         var unwritten: [(frame: DataFrame, target: String?)] = []
+        /// For each stream function of its name that joined the routes after
+        /// it (a restart, another instance), its stream offset then: frames
+        /// written to it before that offset, that one lacks (`catchUp`).
+        var writtenWhenNamesakeJoined: [UInt64: Int] = [:]
     }
 
     /// A peer a frame goes to: its id, its connection, and that as receipts see it.
@@ -111,6 +115,41 @@ public final class Zipper: Sendable {
         var server: QUICServer?
         var routes = RouteTable()
         var peers: [UInt64: Peer] = [:]
+
+        /// Adds a client to the routes; a stream function's namesakes there
+        /// note how far they had been written to (`Peer.writtenWhenNamesakeJoined`).
+        mutating func joinRoutes(_ member: RouteMember) {
+            if member.clientType == .streamFunction {
+                for (id, peer) in peers
+                where id != member.connectionID && peer.member.clientType == .streamFunction && peer.member.name == member.name {
+                    peers[id]?.writtenWhenNamesakeJoined[member.connectionID] = peer.connection.connection.sendProgress.written
+                }
+            }
+            routes.add(member)
+        }
+
+        /// What a stream function's ended connection had not acknowledged (or
+        /// its handlers not finished) in tags another instance of its name
+        /// observes: each goes to those of them that joined after it was
+        /// written, and so lack it (counted in `tally` until written there and
+        /// acknowledged). Until the thirty-fifth round of issue 14 they were
+        /// counted lost: a function restarted before the zipper noticed its
+        /// predecessor's end (a crash while no frame was flowing to it) is
+        /// such a namesake.
+        mutating func catchUp(
+            _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int, end: Int)], leftBy peer: Peer, stillObserved: Set<UInt32>,
+            tally: HoldTally
+        ) -> [(frame: DataFrame, to: Destination)] {
+            var deliveries: [(frame: DataFrame, to: Destination)] = []
+            for (frame, target, _, end) in frames where stillObserved.contains(frame.tag) {
+                for (id, joinedAt) in peer.writtenWhenNamesakeJoined where end <= joinedAt {
+                    guard let namesake = peers[id], namesake.member.receives(tag: frame.tag, target: target) else { continue }
+                    tally.add()
+                    deliveries.append((frame, (id, namesake.connection, namesake.delivery)))
+                }
+            }
+            return deliveries
+        }
         var nextConnectionID: UInt64 = 1
         var acceptTask: Task<Void, Never>?
         var closed = false
@@ -268,6 +307,11 @@ public final class Zipper: Sendable {
         public var pathMTUBlackHoles = 0
         /// Held frames a stream function then received.
         public var heldFramesDelivered = 0
+        /// Frames a stream function's ended connection had not acknowledged
+        /// (or its handlers not finished) that went to another instance of its
+        /// name, one that joined after they were written (a restart the zipper
+        /// saw before the predecessor's end).
+        public var framesGivenToNamesakes = 0
         /// Connections closed because a frame they were sending stalled while
         /// others waited for room (`Limits.stalledFrameTimeout`).
         public var stalledFrames = 0
@@ -859,7 +903,7 @@ public final class Zipper: Sendable {
                 if !state.closed { state.functionsChanged = true }
             }
             let held = state.held.take(for: member)
-            if held.isEmpty { state.routes.add(member) } else { state.held.beginArriving(member) }
+            if held.isEmpty { state.joinRoutes(member) } else { state.held.beginArriving(member) }
             return (id, member, held)
         }
         guard let (id, member, held) = joined else {
@@ -879,18 +923,20 @@ public final class Zipper: Sendable {
         let welcomesHandling = ledger != nil && handshake.clientType == .streamFunction
             && handshake.acknowledgesHandling && configuration.unroutedHold.isOn
         // The frames the connection had not acknowledged when it ended (taken below).
-        var unacknowledged: [(frame: DataFrame, target: String?, notAcknowledged: Int)] = []
+        var unacknowledged: [(frame: DataFrame, target: String?, notAcknowledged: Int, end: Int)] = []
         defer {
             // One lock for the leaving and the hold of what it had not
             // acknowledged: a frame routed meanwhile, held for its name as one
             // away, would overtake them.
             var waiters: [Latch] = []
+            var catchUps: [(frame: DataFrame, to: Destination)] = []
+            let leftovers = HoldTally()
             let (left, wasEmpty) = state.withLock { state -> (UnacknowledgedAtEnd, Bool) in
                 // Gone already: closed as a slow consumer, whose backlog is not kept.
                 let unwritten = state.peers[id]?.unwritten
+                let leaving = state.peers[id]
                 // What it had not acknowledged is dealt with here: receipts waiting
                 // for it wait for what is held now, once all of it is counted.
-                let leftovers = HoldTally()
                 defer { delivery.ended(leaving: leftovers) }
                 state.routes.remove(id)
                 state.peers[id] = nil
@@ -907,9 +953,13 @@ public final class Zipper: Sendable {
                     if let unwritten, !state.closed {
                         if state.departed.count >= State.departedRemembered { state.departed.removeFirst() }
                         state.departed.append(member)
-                        let frames = (configuration.unroutedHold.isOn ? unacknowledged : []) + unwritten.map { ($0.frame, $0.target, 0) }
+                        let taken = configuration.unroutedHold.isOn ? unacknowledged : []
+                        let frames = taken.map { ($0.frame, $0.target, $0.notAcknowledged) } + unwritten.map { ($0.frame, $0.target, 0) }
                         left = state.holdForReturn(frames, of: member, stillObserved: stillObserved, tally: leftovers)
-                        left.lostBytes = max(0, unacknowledgedBytes - left.heldUnacknowledgedBytes)
+                        if let leaving { catchUps = state.catchUp(taken, leftBy: leaving, stillObserved: stillObserved, tally: leftovers) }
+                        // A namesake has the rest of the frames in tags it observes, or gets them now.
+                        let withNamesakes = taken.reduce(0) { $0 + (stillObserved.contains($1.frame.tag) ? $1.notAcknowledged : 0) }
+                        left.lostBytes = max(0, unacknowledgedBytes - left.heldUnacknowledgedBytes - withNamesakes)
                     }
                 }
                 state.statistics.unacknowledgedBytesLost += left.lostBytes
@@ -921,6 +971,7 @@ public final class Zipper: Sendable {
             }
             if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
             report(left, wasEmpty: wasEmpty, clientType: handshake.clientType, logger: connectionLogger)
+            if !catchUps.isEmpty { giveToNamesakes(catchUps, tally: leftovers, logger: connectionLogger) }
             for waiter in waiters { waiter.fire() }
         }
         // Runs before the defer above: the ledger is kept for the client's next
@@ -1079,6 +1130,27 @@ public final class Zipper: Sendable {
         }
         // No line per frame: these are few, and the connection's end says what it held.
         report(left, wasEmpty: wasEmpty, clientType: .streamFunction, logger: logger, says: false)
+    }
+
+    /// Writes what a stream function's ended connection left to the
+    /// namesakes that lack it (`State.catchUp`), in order, after what they
+    /// got since they joined; each frame leaves `tally` once written (and
+    /// waits there for its acknowledgement).
+    private func giveToNamesakes(_ deliveries: [(frame: DataFrame, to: Destination)], tally: HoldTally, logger: Logger) {
+        Task {
+            var given = 0
+            for (frame, namesake) in deliveries {
+                defer { tally.release() }
+                guard let end = try? await namesake.connection.write(frame, patch: nil, endingAfterQueueingThrows: false) else { continue }
+                tally.wait(for: namesake.delivery, written: end)
+                given += 1
+            }
+            state.withLock { $0.statistics.framesGivenToNamesakes += given }
+            if metrics.isEnabled { for (frame, _) in deliveries.prefix(given) { metrics.router(tag: frame.tag).delivered.add() } }
+            logger.info("frames this stream function had not acknowledged or handled went to another instance of its name that lacked them", metadata: [
+                "frames": "\(given)", "of": "\(deliveries.count)",
+            ])
+        }
     }
 
     /// What a connection had not acknowledged when it ended: held for its
@@ -1487,7 +1559,7 @@ public final class Zipper: Sendable {
                 batch = state.withLock { state in
                     let more = state.held.take(for: member)
                     if more.isEmpty {
-                        state.routes.add(member)
+                        state.joinRoutes(member)
                         state.held.endArriving(member)
                     }
                     return more

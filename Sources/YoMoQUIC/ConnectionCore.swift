@@ -1038,7 +1038,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         s.retention?.buffers.removeAll()
         s.retention?.bytes = 0
         s.unacknowledgedStart = firstStart
-        s.unacknowledgedAtEnd = QUICConnection.Unacknowledged(parts: parts, acknowledgedPrefix: max(0, done - firstStart))
+        s.unacknowledgedAtEnd = QUICConnection.Unacknowledged(parts: parts, acknowledgedPrefix: max(0, done - firstStart), streamOffset: firstStart)
     }
 
     /// Frees the ngtcp2 connection, TLS session and socket registration.

@@ -241,10 +241,13 @@ public final class QUICConnection: Sendable {
         /// How many leading bytes of `parts` the peer did acknowledge (a write
         /// that ends within them reached it whole).
         package var acknowledgedPrefix: Int
+        /// The stream offset `parts` begin at.
+        package var streamOffset: Int
 
-        package init(parts: [ByteBuffer], acknowledgedPrefix: Int) {
+        package init(parts: [ByteBuffer], acknowledgedPrefix: Int, streamOffset: Int = 0) {
             self.parts = parts
             self.acknowledgedPrefix = acknowledgedPrefix
+            self.streamOffset = streamOffset
         }
 
         /// The bytes in one buffer.

@@ -52,6 +52,39 @@ struct HandlingReceiptTests {
         await zipper.close()
     }
 
+    @Test("a function killed and started again at once, before the zipper noticed: what its handlers had not finished goes to the new instance, which joined after it was written")
+    func restartedBeforeTheZipperNoticed() async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let (sink, received) = try await connectUppercaseSink(zipper: address)
+        var function = try startUppercaseProcess(zipper: address, pipe: false, handlerDelay: "600000")
+        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+        #expect(await eventually(within: .seconds(20)) { zipper.functionBytesForTesting(name: "upper").count == 1 })
+        let source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        let texts = (0..<5).map { "frame-\($0)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
+        #expect(await eventually {
+            guard let bytes = zipper.functionBytesForTesting(name: "upper").first else { return false }
+            return bytes.unacknowledged == 0 && bytes.retained >= 5 * 30
+        })
+        kill(function.processIdentifier, SIGKILL)
+        await waitForExit(function)
+        // At once: the zipper still counts the dead one among the functions named "upper".
+        function = try startUppercaseProcess(zipper: address, pipe: false)
+        #expect(await eventually(within: .seconds(20)) { zipper.functionBytesForTesting(name: "upper").count == 2 },
+                "the new instance joined while the zipper still knew the old one")
+        #expect(await eventually(within: .seconds(30)) { Set(received.items).isSuperset(of: texts.map { $0.uppercased() }) },
+                "missing \(Set(texts.map { $0.uppercased() }).subtracting(received.items).sorted())")
+        #expect(zipper.statistics.framesGivenToNamesakes == 5, "\(zipper.statistics)")
+        #expect(zipper.statistics.unacknowledgedBytesLost == 0)
+        #expect(received.items.sorted() == texts.map { $0.uppercased() }, "each once: \(received.items)")
+        await source.close()
+        await sink.close()
+        await zipper.close()
+    }
+
     @Test("a function whose connection is cut while its handlers run: the zipper sends again what they had not finished, and the function does not handle it twice")
     func cutWhileHandling() async throws {
         let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
