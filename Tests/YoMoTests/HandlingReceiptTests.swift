@@ -12,77 +12,36 @@ struct HandlingReceiptTests {
     @Test("a function killed while its handlers held frames its QUIC stack had acknowledged: the zipper kept them and gives them to its next instance",
           arguments: [false, true])
     func killedInItsHandlers(pipe: Bool) async throws {
-        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
-        try await zipper.start()
-        let address = try #require(zipper.address)
-        let (sink, received) = try await connectUppercaseSink(zipper: address)
-        // Its handlers wait ten minutes before they answer: killed before any does.
-        var function = try startUppercaseProcess(zipper: address, pipe: pipe, handlerDelay: "600000")
-        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
-        #expect(await eventually(within: .seconds(20)) { zipper.functionBytesForTesting(name: "upper").count == 1 })
-        let source = Source(name: "writer", zipper: address)
-        try await source.connect()
-        let texts = (0..<5).map { "frame-\($0)" }
-        for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
-        // All five reached the function's QUIC stack, which acknowledged them,
-        // and the zipper keeps them for want of its handlers' word.
-        let kept = await eventually {
-            guard let bytes = zipper.functionBytesForTesting(name: "upper").first else { return false }
-            return bytes.unacknowledged == 0 && bytes.retained >= 5 * 30
-        }
-        #expect(kept, "\(zipper.functionBytesForTesting(name: "upper"))")
+        let stuck = try await FunctionStuckInItsHandlers(pipe: pipe)
+        defer { stuck.killFunctionNow() }
+        let zipper = stuck.zipper
         // What `yomo.zipper.client.unhandled` shows.
         #expect(zipper.clientConnections().first { $0.member.name == "upper" }.map(\.retainedBytes) ?? 0 >= 5 * 30)
         // The source's receipts do not wait for the handlers: the function and
         // the zipper both have each frame, and one crash leaves the other.
-        #expect(await eventually { source.client.keptFrames == 0 })
-        kill(function.processIdentifier, SIGKILL)
-        await waitForExit(function)
-        // Its next instance once the zipper noticed (an instance that came
-        // sooner would find the frames routed to the dead one's namesake).
+        #expect(await eventually { stuck.source.client.keptFrames == 0 })
+        await stuck.killFunction()
+        // Its next instance once the zipper noticed (one that comes sooner is
+        // a namesake: `restartedBeforeTheZipperNoticed`).
         #expect(await eventually(within: .seconds(30)) { zipper.functionBytesForTesting(name: "upper").isEmpty })
         #expect(zipper.statistics.unacknowledgedFramesHeld == 5, "\(zipper.statistics)")
-        function = try startUppercaseProcess(zipper: address, pipe: pipe)
-        #expect(await eventually(within: .seconds(20)) { Set(received.items).isSuperset(of: texts.map { $0.uppercased() }) },
-                "missing \(Set(texts.map { $0.uppercased() }).subtracting(received.items).sorted())")
-        #expect(received.items.sorted() == texts.map { $0.uppercased() }, "each once: \(received.items)")
-        #expect(zipper.statistics.unacknowledgedBytesLost == 0)
-        await source.close()
-        await sink.close()
-        await zipper.close()
+        try stuck.startFunction(pipe: pipe)
+        await stuck.expectEachAnsweredOnce()
+        await stuck.close()
     }
 
     @Test("a function killed and started again at once, before the zipper noticed: what its handlers had not finished goes to the new instance, which joined after it was written")
     func restartedBeforeTheZipperNoticed() async throws {
-        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
-        try await zipper.start()
-        let address = try #require(zipper.address)
-        let (sink, received) = try await connectUppercaseSink(zipper: address)
-        var function = try startUppercaseProcess(zipper: address, pipe: false, handlerDelay: "600000")
-        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
-        #expect(await eventually(within: .seconds(20)) { zipper.functionBytesForTesting(name: "upper").count == 1 })
-        let source = Source(name: "writer", zipper: address)
-        try await source.connect()
-        let texts = (0..<5).map { "frame-\($0)" }
-        for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
-        #expect(await eventually {
-            guard let bytes = zipper.functionBytesForTesting(name: "upper").first else { return false }
-            return bytes.unacknowledged == 0 && bytes.retained >= 5 * 30
-        })
-        kill(function.processIdentifier, SIGKILL)
-        await waitForExit(function)
-        // At once: the zipper still counts the dead one among the functions named "upper".
-        function = try startUppercaseProcess(zipper: address, pipe: false)
+        let stuck = try await FunctionStuckInItsHandlers(pipe: false)
+        defer { stuck.killFunctionNow() }
+        let zipper = stuck.zipper
+        await stuck.killFunction()
+        try stuck.startFunction(pipe: false)
         #expect(await eventually(within: .seconds(20)) { zipper.functionBytesForTesting(name: "upper").count == 2 },
                 "the new instance joined while the zipper still knew the old one")
-        #expect(await eventually(within: .seconds(30)) { Set(received.items).isSuperset(of: texts.map { $0.uppercased() }) },
-                "missing \(Set(texts.map { $0.uppercased() }).subtracting(received.items).sorted())")
+        await stuck.expectEachAnsweredOnce()
         #expect(zipper.statistics.framesGivenToNamesakes == 5, "\(zipper.statistics)")
-        #expect(zipper.statistics.unacknowledgedBytesLost == 0)
-        #expect(received.items.sorted() == texts.map { $0.uppercased() }, "each once: \(received.items)")
-        await source.close()
-        await sink.close()
-        await zipper.close()
+        await stuck.close()
     }
 
     @Test("a function whose connection is cut while its handlers run: the zipper sends again what they had not finished, and the function does not handle it twice")
@@ -175,6 +134,72 @@ struct HandlingReceiptTests {
             return
         }
         #expect(!decoded.welcomesHandling)
+    }
+}
+
+/// A zipper in this process, a sink of 0x34, and `uppercase-sfn` in its own
+/// process holding five frames of a source in handlers that wait ten minutes:
+/// its QUIC stack acknowledged them, and the zipper keeps them for want of
+/// its handlers' word.
+final class FunctionStuckInItsHandlers: Sendable {
+    let zipper: Zipper
+    let sink: StreamFunction
+    let received: Inbox<String>
+    let source: Source
+    let texts = (0..<5).map { "frame-\($0)" }
+    private let function: Mutex<Process>
+
+    init(pipe: Bool) async throws {
+        zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        (sink, received) = try await connectUppercaseSink(zipper: address)
+        function = Mutex(try startUppercaseProcess(zipper: address, pipe: pipe, handlerDelay: "600000"))
+        let zipper = self.zipper
+        #expect(await eventually(within: .seconds(20)) { zipper.functionBytesForTesting(name: "upper").count == 1 })
+        source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
+        let kept = await eventually {
+            guard let bytes = zipper.functionBytesForTesting(name: "upper").first else { return false }
+            return bytes.unacknowledged == 0 && bytes.retained >= 5 * 30
+        }
+        #expect(kept, "\(zipper.functionBytesForTesting(name: "upper"))")
+    }
+
+    /// kill -9, and returns once it exited.
+    func killFunction() async {
+        let process = function.withLock { $0 }
+        killFunctionNow()
+        await waitForExit(process)
+    }
+
+    /// kill -9, not waiting (a test's `defer`).
+    func killFunctionNow() {
+        let process = function.withLock { $0 }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+
+    /// Its next instance, whose handlers answer at once.
+    func startFunction(pipe: Bool) throws {
+        let address = try #require(zipper.address)
+        let process = try startUppercaseProcess(zipper: address, pipe: pipe)
+        function.withLock { $0 = process }
+    }
+
+    func expectEachAnsweredOnce() async {
+        let (texts, received) = (texts.map { $0.uppercased() }, received)
+        #expect(await eventually(within: .seconds(30)) { Set(received.items).isSuperset(of: texts) },
+                "missing \(Set(texts).subtracting(received.items).sorted())")
+        #expect(received.items.sorted() == texts, "each once: \(received.items)")
+        #expect(zipper.statistics.unacknowledgedBytesLost == 0)
+    }
+
+    func close() async {
+        killFunctionNow()
+        await source.close()
+        await sink.close()
+        await zipper.close()
     }
 }
 
