@@ -122,7 +122,10 @@ public final class Zipper: Sendable {
             if member.clientType == .streamFunction {
                 for (id, peer) in peers
                 where id != member.connectionID && peer.member.clientType == .streamFunction && peer.member.name == member.name {
-                    peers[id]?.writtenWhenNamesakeJoined[member.connectionID] = peer.connection.connection.sendProgress.written
+                    // Namesakes that left since are forgotten: one that restarts often adds one a restart.
+                    var joined = peer.writtenWhenNamesakeJoined.filter { peers[$0.key] != nil }
+                    joined[member.connectionID] = peer.connection.connection.sendProgress.written
+                    peers[id]?.writtenWhenNamesakeJoined = joined
                 }
             }
             routes.add(member)
