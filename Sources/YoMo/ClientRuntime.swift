@@ -694,6 +694,7 @@ final class ClientRuntime: Sendable {
                             if !mayComeAgain.isEmpty, let tid = MetadataView(data.metadata)?.string(.tid),
                                let original = mayComeAgain.removeValue(forKey: tid), let token {
                                 original.forward(to: token)
+                                if setup.metrics.isEnabled { setup.metrics.skippedCopy() }
                                 logger.debug("frame already taken on the previous connection: not handled again", metadata: YoMoLogField.frame(
                                     tid: tid, tag: data.tag, dataLength: data.payload.readableBytes))
                                 continue

@@ -20,6 +20,7 @@ final class DataPathMetrics: Sendable {
     private let sent: Counter
     private let operationDuration: Histogram
     private let reconnects: Counter
+    private let copiesSkipped: Counter
     private let routed: Counter
     private let routingDuration: Histogram
     let connections: UpDownCounter
@@ -77,6 +78,9 @@ final class DataPathMetrics: Sendable {
             "messaging.client.operation.duration", unit: "s", description: "Time a write took until the frame was queued.",
             boundaries: Histogram.durationBoundaries)
         reconnects = meter.counter("yomo.client.reconnects", unit: "{reconnect}", description: "Connections to the zipper made again after one was lost.")
+        copiesSkipped = meter.counter(
+            "yomo.handlers.copies.skipped", unit: "{message}",
+            description: "Frames sent again after a reconnection that the stream function had taken already: not handled twice.")
         routed = meter.counter(
             "yomo.zipper.routed.messages", unit: "{message}",
             description: "Deliveries by outcome: a frame sent to two observers counts two; no_route counts the frame once.")
@@ -447,6 +451,8 @@ final class DataPathMetrics: Sendable {
     }
 
     func reconnected() { reconnects.add(1, attributes: baseAttributes) }
+
+    func skippedCopy() { copiesSkipped.add(1, attributes: baseAttributes) }
 
     func connection(_ clientType: ClientType, delta: Double) {
         connections.add(delta, attributes: baseAttributes.with("yomo.client.type", Self.clientTypeName(clientType)))

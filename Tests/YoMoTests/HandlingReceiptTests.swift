@@ -3,6 +3,7 @@ import Glibc
 import NIOCore
 import Synchronization
 import Testing
+import YoMoMetrics
 import YoMoWire
 
 @testable import YoMo
@@ -52,7 +53,9 @@ struct HandlingReceiptTests {
         let handled = Inbox<String>()
         let gate = Gate()
         let fast = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100))
-        let function = StreamFunction(name: "slow", zipper: address, options: .init(observedTags: [0x33], reconnect: fast))
+        let meters = MeterProvider(configuration: .init(serviceName: "slow", environment: [:]))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: meters)
+        let function = StreamFunction(name: "slow", zipper: address, options: .init(observedTags: [0x33], reconnect: fast, meterProvider: meters))
         function.setHandler { ctx in
             await gate.wait()
             handled.append(String(decoding: ctx.data, as: UTF8.self))
@@ -77,6 +80,9 @@ struct HandlingReceiptTests {
         try await source.write(tag: 0x33, data: Array("last".utf8))
         #expect(await handled.wait(for: 9))
         #expect(handled.items.sorted() == (texts + ["last"]).sorted(), "\(handled.items)")
+        let page = await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body ?? ""
+        #expect(seriesValue(page, "yomo_handlers_copies_skipped_total", labels: ["messaging_consumer_group_name=\"slow\""]) == 8)
+        await endpoint.close()
         await source.close()
         await function.close()
         await zipper.close()
