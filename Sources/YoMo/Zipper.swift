@@ -936,8 +936,8 @@ public final class Zipper: Sendable {
             let leftovers = HoldTally()
             let (left, wasEmpty) = state.withLock { state -> (UnacknowledgedAtEnd, Bool) in
                 // Gone already: closed as a slow consumer, whose backlog is not kept.
-                let unwritten = state.peers[id]?.unwritten
                 let leaving = state.peers[id]
+                let unwritten = leaving?.unwritten
                 // What it had not acknowledged is dealt with here: receipts waiting
                 // for it wait for what is held now, once all of it is counted.
                 defer { delivery.ended(leaving: leftovers) }
@@ -1147,9 +1147,9 @@ public final class Zipper: Sendable {
                 guard let end = try? await namesake.connection.write(frame, patch: nil, endingAfterQueueingThrows: false) else { continue }
                 tally.wait(for: namesake.delivery, written: end)
                 given += 1
+                if metrics.isEnabled { metrics.router(tag: frame.tag).delivered.add() }
             }
             state.withLock { $0.statistics.framesGivenToNamesakes += given }
-            if metrics.isEnabled { for (frame, _) in deliveries.prefix(given) { metrics.router(tag: frame.tag).delivered.add() } }
             logger.info("frames this stream function had not acknowledged or handled went to another instance of its name that lacked them", metadata: [
                 "frames": "\(given)", "of": "\(deliveries.count)",
             ])

@@ -32,8 +32,6 @@ struct SendShared {
     /// Acknowledged bytes kept until the peer's application says it is done
     /// with them (`retainAcknowledged`): nil when acknowledged bytes go at once.
     var retention: Retention?
-    /// The stream offset `unacknowledgedAtEnd` begins at.
-    var unacknowledgedStart = 0
 
     /// What the peer's QUIC stack acknowledged and its application has not
     /// released yet: whole buffers, in stream order, the first beginning at
@@ -1037,7 +1035,6 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         let done = s.retention?.settled ?? (headStart + ackedInHead)
         s.retention?.buffers.removeAll()
         s.retention?.bytes = 0
-        s.unacknowledgedStart = firstStart
         s.unacknowledgedAtEnd = QUICConnection.Unacknowledged(parts: parts, acknowledgedPrefix: max(0, done - firstStart), streamOffset: firstStart)
     }
 
@@ -1322,7 +1319,7 @@ extension ConnectionCore {
             defer { s.unacknowledgedAtEnd = nil }
             // A release read after the end (the peer's last receipt before its close) still counts.
             if var taken = s.unacknowledgedAtEnd, let retention = s.retention {
-                taken.acknowledgedPrefix = max(taken.acknowledgedPrefix, retention.settled - s.unacknowledgedStart)
+                taken.acknowledgedPrefix = max(taken.acknowledgedPrefix, retention.settled - taken.streamOffset)
                 return taken
             }
             return s.unacknowledgedAtEnd
