@@ -451,14 +451,6 @@ public final class Zipper: Sendable {
     /// Holds receipts back (tests: a path that lost them).
     func pauseReceiptsForTesting(_ paused: Bool) { receipts.pausedForTesting.store(paused, ordering: .relaxed) }
 
-    /// The stream functions named `name`: bytes written to each that its QUIC
-    /// stack has not acknowledged, and acknowledged bytes kept until its handlers finish them.
-    func functionBytesForTesting(name: String) -> [(unacknowledged: Int, retained: Int)] {
-        state.withLock { state in
-            state.peers.values.filter { $0.member.clientType == .streamFunction && $0.member.name == name }.map { $0.connection.connection }
-        }.map { ($0.unacknowledgedBytes, $0.retainedBytes) }
-    }
-
     /// QUIC connections the listener holds, including those that never handshake.
     public func quicConnectionCount() async -> Int { await state.withLock { $0.server }?.connectionCount() ?? 0 }
 

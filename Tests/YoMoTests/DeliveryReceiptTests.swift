@@ -68,7 +68,7 @@ struct DeliveryReceiptTests {
     func killedZipperLosesNothingTakenBack() async throws {
         let metricsPort = try await freeTCPPort()
         let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
-        var function = try startPipeFunctionProcess(zipper: zipper.address)
+        var function = try startFunctionProcess(zipper: zipper.address, pipe: true)
         defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
         let (sink, received) = try await connectUppercaseSink(zipper: zipper.address, retryConnect: true)
         let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
@@ -105,7 +105,7 @@ struct DeliveryReceiptTests {
 
         await zipper.kill()
         try zipper.restart()
-        function = try startPipeFunctionProcess(zipper: zipper.address)
+        function = try startFunctionProcess(zipper: zipper.address, pipe: true)
         #expect(await eventually(within: .seconds(30)) { Set(received.items).isSuperset(of: written) },
                 "missing \(Set(written).subtracting(received.items).sorted())")
         await source.close()

@@ -388,7 +388,7 @@ struct FaultRecoveryTests {
         let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: options)
         try await zipper.start()
         let address = try #require(zipper.address)
-        let function = try startPipeFunctionProcess(zipper: address)
+        let function = try startFunctionProcess(zipper: address, pipe: true)
         defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
         let (sink, received) = try await connectUppercaseSink(zipper: address)
         #expect(await eventually { zipper.connectionCount == 2 })
@@ -444,7 +444,7 @@ struct FaultRecoveryTests {
         let zipper = Zipper(configuration: ZipperConfiguration(host: host, port: 0), options: options)
         try await zipper.start()
         let address = try #require(zipper.address)
-        var function = try startPipeFunctionProcess(zipper: address)
+        var function = try startFunctionProcess(zipper: address, pipe: true)
         defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
         let (sink, received) = try await connectUppercaseSink(zipper: address)
         #expect(await eventually { zipper.connectionCount == 2 })
@@ -468,7 +468,7 @@ struct FaultRecoveryTests {
         }
         #expect(zipper.connectionCount == 2, "the killed function's connection is still there")
         for _ in 0..<20 { try await write() }
-        function = try startPipeFunctionProcess(zipper: address)
+        function = try startFunctionProcess(zipper: address, pipe: true)
         for _ in 0..<20 { try await write() }
         #expect(await eventually(within: .seconds(20)) { Set(received.items).isSuperset(of: written) },
                 "missing \(Set(written).subtracting(received.items).count) of \(written.count)")
@@ -1026,17 +1026,6 @@ final class SilentUDPPeer: Sendable {
         var buffer = [UInt8](repeating: 0, count: 2048)
         while recv(descriptor, &buffer, buffer.count, 0) <= 0 { try? await Task.sleep(for: .milliseconds(5)) }
     }
-}
-
-/// `uppercase-sfn --pipe` as a process: 0x33 upper-cased into 0x34, in the
-/// order received (a pipe handler), so that it can be frozen or killed.
-func startPipeFunctionProcess(zipper: String) throws -> Process {
-    let function = Process()
-    function.executableURL = try builtExecutable("uppercase-sfn")
-    function.arguments = ["--zipper", zipper, "--pipe"]
-    function.standardError = FileHandle.nullDevice
-    try function.run()
-    return function
 }
 
 /// A function of 0x34 (`retryConnect`: to a zipper still starting) that records each frame's text up to its first `:`, in order.

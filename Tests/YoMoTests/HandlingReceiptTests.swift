@@ -17,14 +17,14 @@ struct HandlingReceiptTests {
         defer { stuck.killFunctionNow() }
         let zipper = stuck.zipper
         // What `yomo.zipper.client.unhandled` shows.
-        #expect(zipper.clientConnections().first { $0.member.name == "upper" }.map(\.retainedBytes) ?? 0 >= 5 * 30)
+        #expect(functionConnections(zipper, named: "upper").first?.retainedBytes ?? 0 >= 5 * 30)
         // The source's receipts do not wait for the handlers: the function and
         // the zipper both have each frame, and one crash leaves the other.
         #expect(await eventually { stuck.source.client.keptFrames == 0 })
         await stuck.killFunction()
         // Its next instance once the zipper noticed (one that comes sooner is
         // a namesake: `restartedBeforeTheZipperNoticed`).
-        #expect(await eventually(within: .seconds(30)) { zipper.functionBytesForTesting(name: "upper").isEmpty })
+        #expect(await eventually(within: .seconds(30)) { functionConnections(zipper, named: "upper").isEmpty })
         #expect(zipper.statistics.unacknowledgedFramesHeld == 5, "\(zipper.statistics)")
         try stuck.startFunction(pipe: pipe)
         await stuck.expectEachAnsweredOnce()
@@ -38,7 +38,7 @@ struct HandlingReceiptTests {
         let zipper = stuck.zipper
         await stuck.killFunction()
         try stuck.startFunction(pipe: false)
-        #expect(await eventually(within: .seconds(20)) { zipper.functionBytesForTesting(name: "upper").count == 2 },
+        #expect(await eventually(within: .seconds(20)) { functionConnections(zipper, named: "upper").count == 2 },
                 "the new instance joined while the zipper still knew the old one")
         await stuck.expectEachAnsweredOnce()
         #expect(zipper.statistics.framesGivenToNamesakes == 5, "\(zipper.statistics)")
@@ -66,10 +66,10 @@ struct HandlingReceiptTests {
         let texts = (0..<8).map { "frame-\($0)" }
         for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
         let kept = await eventually {
-            guard let bytes = zipper.functionBytesForTesting(name: "slow").first else { return false }
-            return bytes.unacknowledged == 0 && bytes.retained >= 8 * 30
+            guard let bytes = functionConnections(zipper, named: "slow").first else { return false }
+            return bytes.unacknowledgedBytes == 0 && bytes.retainedBytes >= 8 * 30
         }
-        #expect(kept, "\(zipper.functionBytesForTesting(name: "slow"))")
+        #expect(kept, "\(functionConnections(zipper, named: "slow"))")
         await function.client.dropConnectionForTesting()
         // The zipper took back the eight and gives them to the function's next connection.
         #expect(await eventually { function.client.reconnectCountForTesting == 1 && zipper.statistics.heldFramesDelivered >= 8 },
@@ -160,17 +160,17 @@ final class FunctionStuckInItsHandlers: Sendable {
         try await zipper.start()
         let address = try #require(zipper.address)
         (sink, received) = try await connectUppercaseSink(zipper: address)
-        function = Mutex(try startUppercaseProcess(zipper: address, pipe: pipe, handlerDelay: "600000"))
+        function = Mutex(try startFunctionProcess(zipper: address, pipe: pipe, handlerDelayMs: 600_000))
         let zipper = self.zipper
-        #expect(await eventually(within: .seconds(20)) { zipper.functionBytesForTesting(name: "upper").count == 1 })
+        #expect(await eventually(within: .seconds(20)) { functionConnections(zipper, named: "upper").count == 1 })
         source = Source(name: "writer", zipper: address)
         try await source.connect()
         for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
         let kept = await eventually {
-            guard let bytes = zipper.functionBytesForTesting(name: "upper").first else { return false }
-            return bytes.unacknowledged == 0 && bytes.retained >= 5 * 30
+            guard let bytes = functionConnections(zipper, named: "upper").first else { return false }
+            return bytes.unacknowledgedBytes == 0 && bytes.retainedBytes >= 5 * 30
         }
-        #expect(kept, "\(zipper.functionBytesForTesting(name: "upper"))")
+        #expect(kept, "\(functionConnections(zipper, named: "upper"))")
     }
 
     /// kill -9, and returns once it exited.
@@ -189,7 +189,7 @@ final class FunctionStuckInItsHandlers: Sendable {
     /// Its next instance, whose handlers answer at once.
     func startFunction(pipe: Bool) throws {
         let address = try #require(zipper.address)
-        let process = try startUppercaseProcess(zipper: address, pipe: pipe)
+        let process = try startFunctionProcess(zipper: address, pipe: pipe)
         function.withLock { $0 = process }
     }
 
@@ -209,12 +209,8 @@ final class FunctionStuckInItsHandlers: Sendable {
     }
 }
 
-/// `uppercase-sfn` (observes 0x33, answers on 0x34) in its own process.
-func startUppercaseProcess(zipper: String, pipe: Bool, handlerDelay: String? = nil) throws -> Process {
-    let function = Process()
-    function.executableURL = try builtExecutable("uppercase-sfn")
-    function.arguments = ["--zipper", zipper] + (pipe ? ["--pipe"] : []) + (handlerDelay.map { ["--handler-delay-ms", $0] } ?? [])
-    function.standardError = FileHandle.nullDevice
-    try function.run()
-    return function
+/// The zipper's connections to the stream functions named `name` (what
+/// `yomo.zipper.client.*` shows of them).
+func functionConnections(_ zipper: Zipper, named name: String) -> [ClientConnectionHealth] {
+    zipper.clientConnections().filter { $0.member.clientType == .streamFunction && $0.member.name == name }
 }

@@ -76,12 +76,14 @@ func startServe(_ arguments: [String], environment: [String: String] = [:]) thro
     return (process, Task.detached { await readToEnd(errors) })
 }
 
-/// A stream function in a process of its own (the `uppercase-sfn` example,
-/// observing 0x33), so that a test can freeze or kill it.
-func startFunctionProcess(zipper: String) throws -> Process {
+/// A stream function in a process of its own (the `uppercase-sfn` example:
+/// 0x33 upper-cased into 0x34), so that a test can freeze or kill it.
+/// `pipe`: its pipe handler (in the order received) instead of its async
+/// handler; `handlerDelayMs`: each handler waits that long before it answers.
+func startFunctionProcess(zipper: String, pipe: Bool = false, handlerDelayMs: Int? = nil) throws -> Process {
     let process = Process()
     process.executableURL = try builtExecutable("uppercase-sfn")
-    process.arguments = ["--zipper", zipper]
+    process.arguments = ["--zipper", zipper] + (pipe ? ["--pipe"] : []) + (handlerDelayMs.map { ["--handler-delay-ms", "\($0)"] } ?? [])
     process.standardError = FileHandle.nullDevice
     try process.run()
     return process
