@@ -530,37 +530,29 @@ struct Backlog: AsyncParsableCommand {
     @Option var size = 65536
     @Option(help: "The function's maximumHandlerBytes in bytes; 0: unbounded.") var maximumHandlerBytes = -1
     @Flag(help: "A pipe handler that waits on its first frame, instead of async handlers that each wait.") var pipe = false
+    @Option(help: "Stalled functions of different names, each observing every frame (the zipper's memory under a stalled fan-out).")
+    var functions = 1
 
     func run() async throws {
         let zipper = try ZipperProcess(zipperOptions, keyFile: keyFile())
         defer { zipper.stop() }
         try await waitForZipper(zipper.address)
         let gate = Gate()
-        let entered = Atomic<Int>(0)
-        let finished = Atomic<Int>(0)
+        let counts = HandlerCounts()
         var options = quietOptions(tags: [0x40])
         if maximumHandlerBytes >= 0 { options.maximumHandlerBytes = maximumHandlerBytes == 0 ? nil : maximumHandlerBytes }
-        let sfn = StreamFunction(name: "stalled", zipper: zipper.address, options: options)
-        if pipe {
-            sfn.setPipeHandler { input, _ in
-                for await _ in input {
-                    entered.add(1, ordering: .relaxed)
-                    await gate.wait()
-                    finished.add(1, ordering: .relaxed)
-                }
-            }
-        } else {
-            sfn.setHandler { _ in
-                entered.add(1, ordering: .relaxed)
-                await gate.wait()
-                finished.add(1, ordering: .relaxed)
-            }
+        var sfns: [StreamFunction] = []
+        for index in 0..<functions {
+            let sfn = StreamFunction(name: index == 0 ? "stalled" : "stalled-\(index)", zipper: zipper.address, options: options)
+            stall(sfn, gate: gate, counts: counts)
+            try await sfn.connect()
+            sfns.append(sfn)
         }
-        try await sfn.connect()
         let source = Source(name: "backlog-source", zipper: zipper.address, options: quietOptions())
         try await source.connect()
         try await Task.sleep(for: .milliseconds(500))
         let before = ownRSS()
+        let zipperBefore = zipper.memory.rss
         let payload = [UInt8](repeating: 0x61, count: size)
         let written = Atomic<Int>(0)
         let writer = Task {
@@ -569,31 +561,57 @@ struct Backlog: AsyncParsableCommand {
                 written.add(1, ordering: .relaxed)
             }
         }
-        // Until every frame is in a handler, or nothing moved for 2 s (the function stopped reading).
+        // Until every frame is in a handler, or nothing moved for 2 s (the functions stopped reading).
+        let deliveries = frames * functions
         var peak = before
         var last = -1
         var still = ContinuousClock.now
-        while entered.load(ordering: .relaxed) < frames {
+        while counts.entered.load(ordering: .relaxed) < deliveries {
             peak = max(peak, ownRSS())
-            let now = entered.load(ordering: .relaxed) + written.load(ordering: .relaxed)
+            let now = counts.entered.load(ordering: .relaxed) + written.load(ordering: .relaxed)
             if now != last { (last, still) = (now, .now) } else if ContinuousClock.now - still > .seconds(2) { break }
             try await Task.sleep(for: .milliseconds(20))
         }
         peak = max(peak, ownRSS())
+        let zipperMemory = zipper.memory
         print(String(
-            format: "frames=%d size=%d maximum_handler_bytes=%@ %@ stalled: handlers=%d written=%d rss_before=%.1f MiB rss_peak=%.1f MiB held=%.1f MiB",
-            frames, size, options.maximumHandlerBytes.map { "\($0)" } ?? "none", pipe ? "pipe" : "async", entered.load(ordering: .relaxed),
-            written.load(ordering: .relaxed), before, peak, peak - before))
+            format: "frames=%d size=%d functions=%d maximum_handler_bytes=%@ %@ stalled: handlers=%d written=%d rss_before=%.1f MiB rss_peak=%.1f MiB held=%.1f MiB zipper_rss_before=%.1f MiB zipper_rss=%.1f MiB zipper_peak=%.1f MiB",
+            frames, size, functions, options.maximumHandlerBytes.map { "\($0)" } ?? "none", pipe ? "pipe" : "async", counts.entered.load(ordering: .relaxed),
+            written.load(ordering: .relaxed), before, peak, peak - before, zipperBefore, zipperMemory.rss, zipperMemory.peak))
         let clock = ContinuousClock()
         let released = clock.now
         gate.open()
         try await writer.value
-        let complete = await waitUntil(.seconds(120)) { finished.load(ordering: .relaxed) >= frames }
-        print(String(format: "released: handled=%d/%d complete=%@ in %.2f s", finished.load(ordering: .relaxed), frames,
+        let complete = await waitUntil(.seconds(120)) { counts.finished.load(ordering: .relaxed) >= deliveries }
+        print(String(format: "released: handled=%d/%d complete=%@ in %.2f s", counts.finished.load(ordering: .relaxed), deliveries,
                      complete ? "yes" : "no", seconds(clock.now - released)))
         await source.close()
-        await sfn.close()
+        for sfn in sfns { await sfn.close() }
     }
+
+    private func stall(_ sfn: StreamFunction, gate: Gate, counts: HandlerCounts) {
+        if pipe {
+            sfn.setPipeHandler { input, _ in
+                for await _ in input {
+                    counts.entered.add(1, ordering: .relaxed)
+                    await gate.wait()
+                    counts.finished.add(1, ordering: .relaxed)
+                }
+            }
+        } else {
+            sfn.setHandler { _ in
+                counts.entered.add(1, ordering: .relaxed)
+                await gate.wait()
+                counts.finished.add(1, ordering: .relaxed)
+            }
+        }
+    }
+}
+
+/// Handlers entered and finished, across functions.
+final class HandlerCounts: Sendable {
+    let entered = Atomic<Int>(0)
+    let finished = Atomic<Int>(0)
 }
 
 struct Held: AsyncParsableCommand {

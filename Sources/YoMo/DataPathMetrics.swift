@@ -26,6 +26,7 @@ final class DataPathMetrics: Sendable {
     let connections: UpDownCounter
     let rejectedHandshakes: Counter
     private let unacknowledgedLost: Counter
+    private let unhandledLost: Counter
     private let unacknowledgedHeld: Counter
     private let pathMTUBlackHoles: Counter
     private let stalledFrames: Counter
@@ -93,6 +94,9 @@ final class DataPathMetrics: Sendable {
         unacknowledgedLost = meter.counter(
             "yomo.zipper.unacknowledged.lost", unit: "By",
             description: "Bytes written to clients whose connections ended before they acknowledged them: lost with the connection.")
+        unhandledLost = meter.counter(
+            "yomo.zipper.unhandled.lost", unit: "By",
+            description: "Bytes stream functions acknowledged and had not handled when their connections ended, past their share of the zipper's retention (limits.max_unhandled_bytes): lost unless the function handled them.")
         unacknowledgedHeld = meter.counter(
             "yomo.zipper.unacknowledged.held.messages", unit: "{message}",
             description: "Frames written to stream functions whose connections ended before they acknowledged them, held for their return.")
@@ -464,6 +468,10 @@ final class DataPathMetrics: Sendable {
 
     func lostUnacknowledged(_ bytes: Int, clientType: ClientType) {
         unacknowledgedLost.add(Double(bytes), attributes: baseAttributes.with("yomo.client.type", Self.clientTypeName(clientType)))
+    }
+
+    func lostUnhandled(_ bytes: Int) {
+        unhandledLost.add(Double(bytes), attributes: baseAttributes)
     }
 
     func heldUnacknowledged(_ frames: Int) {

@@ -67,6 +67,9 @@ extension Zipper {
         guard (1...128).contains(limits.ipv6PrefixLength) else {
             throw invalid("ipv6PrefixLength must be from 1 to 128 (128: each IPv6 address on its own), not \(limits.ipv6PrefixLength)")
         }
+        guard limits.maximumUnhandledBytes >= 0 else {
+            throw invalid("maximumUnhandledBytes must not be negative (0: keep nothing a function acknowledged), not \(limits.maximumUnhandledBytes)")
+        }
         if let budget = limits.maximumReceiveWindowBytes, budget < 32 << 10 {
             throw invalid("maximumReceiveWindowBytes must be at least 32768 (nil: no budget), not \(budget)")
         }

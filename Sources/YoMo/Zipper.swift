@@ -36,11 +36,6 @@ public final class Zipper: Sendable {
         var ignoredRoutingSetting: String?
         /// `MeshLink.receiptPatience`; tests shorten it.
         var meshReceiptPatience = MeshLink.receiptPatience
-        /// The most a stream function that acknowledges handling may leave
-        /// unfinished at the zipper (its handlers take up to 64 MiB by default,
-        /// `StreamFunction.Options.maximumHandlerBytes`): past it, the oldest
-        /// count as delivered once acknowledged, as without. Tests lower it.
-        var unhandledRetentionLimit = 96 << 20
 
         public init(
             logger: Logger = Logger(label: "yomo.zipper"),
@@ -297,6 +292,12 @@ public final class Zipper: Sendable {
         /// acknowledged them (a function frozen, killed or cut off): the
         /// frames in them were lost with the connection.
         public var unacknowledgedBytesLost = 0
+        /// Bytes stream functions that acknowledge handling acknowledged and
+        /// had not handled when their connections ended, past their share of
+        /// `Limits.maximumUnhandledBytes` (so not kept for their next
+        /// instance): lost if the function ended without handling them (a
+        /// crash), an upper bound (a cut connection's live function handles them).
+        public var unhandledBytesLost = 0
         /// Frames written to stream functions whose connections ended before
         /// they acknowledged them (frozen, killed, cut off), held for their
         /// return rather than lost (also counted in `heldFrames`).
@@ -361,6 +362,9 @@ public final class Zipper: Sendable {
     private let perAddressHandshakeRefusals = Mutex(SaidAtMostEvery(.seconds(10)))
     /// Room for frames still arriving, shared by every connection.
     let incompleteFrames: IncompleteFrameBudget
+    /// What stream functions acknowledged and had not handled, kept for their
+    /// crash: shared by their connections (`Limits.maximumUnhandledBytes`).
+    private let unhandledBudget: RetentionBudget
     /// One per downstream zipper of the mesh (empty without a mesh).
     private let links: [MeshLink]
     /// The links as receipts wait for them.
@@ -383,6 +387,7 @@ public final class Zipper: Sendable {
         incompleteFrames = IncompleteFrameBudget(
             bytes: max(1, configuration.limits.maximumIncompleteFrameBytes),
             stallTimeout: max(.nanoseconds(1), configuration.limits.stalledFrameTimeout))
+        unhandledBudget = RetentionBudget(bytes: configuration.limits.maximumUnhandledBytes)
         heldWakeups = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         functionsChanges = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         let logger = options.logger.yomoZipper(address: ZipperAddress.format(host: configuration.host, port: configuration.port))
@@ -916,9 +921,11 @@ public final class Zipper: Sendable {
         // gives the hold what its handlers had not finished, not only what its
         // QUIC stack had not acknowledged (see `HandshakeFrame.acknowledgesHandling`).
         let welcomesHandling = ledger != nil && handshake.clientType == .streamFunction
-            && handshake.acknowledgesHandling && configuration.unroutedHold.isOn
+            && handshake.acknowledgesHandling && configuration.unroutedHold.isOn && unhandledBudget.bytes > 0
         // The frames the connection had not acknowledged when it ended (taken below).
         var unacknowledged: [(frame: DataFrame, target: String?, notAcknowledged: Int, end: Int)] = []
+        // What it had acknowledged and not handled past its share of the budget (taken below).
+        var unhandledGivenUp = 0
         defer {
             // One lock for the leaving and the hold of what it had not
             // acknowledged: a frame routed meanwhile, held for its name as one
@@ -941,6 +948,7 @@ public final class Zipper: Sendable {
                 let unacknowledgedBytes = ledger == nil
                     ? connection.connection.unacknowledgedBytes : unacknowledged.reduce(0) { $0 + $1.notAcknowledged }
                 var left = UnacknowledgedAtEnd(bytes: unacknowledgedBytes)
+                left.handlingAcknowledged = welcomesHandling
                 if member.clientType == .streamFunction {
                     let stillObserved = state.routes.tagsObserved(byName: member.name)
                     state.held.observerLeft(member, stillObserved: stillObserved, now: .now)
@@ -957,10 +965,12 @@ public final class Zipper: Sendable {
                         left.lostBytes = max(0, unacknowledgedBytes - left.heldUnacknowledgedBytes - withNamesakes)
                     }
                 }
+                left.unhandledLostBytes = unhandledGivenUp
                 state.statistics.unacknowledgedBytesLost += left.lostBytes
-                if left.lostBytes > 0, state.closed {
+                state.statistics.unhandledBytesLost += unhandledGivenUp
+                if left.lostBytes + unhandledGivenUp > 0, state.closed {
                     state.lostAtClose.clients += 1
-                    state.lostAtClose.bytes += left.lostBytes
+                    state.lostAtClose.bytes += left.lostBytes + unhandledGivenUp
                 }
                 return (left, wasEmpty)
             }
@@ -1000,7 +1010,7 @@ public final class Zipper: Sendable {
                 }
                 try await connection.write(.handshakeAck)
                 // From the function's first frame on, where its receipts begin.
-                if welcomesHandling { connection.connection.retainAcknowledged(limit: options.unhandledRetentionLimit) }
+                if welcomesHandling { connection.connection.retainAcknowledged(budget: unhandledBudget) }
             } catch {
                 if !held.isEmpty { abandonArrival(of: member, at: delivery, delivered: 0, unwritten: held) }
                 throw error
@@ -1074,6 +1084,7 @@ public final class Zipper: Sendable {
            let taken = connection.connection.takeUnacknowledged() {
             unacknowledged = HeldFrames.dataFrames(in: taken)
         }
+        if welcomesHandling { unhandledGivenUp = connection.connection.givenUpBytes }
     }
 
     /// The ledgers of connections that ended, by client id, for the client's
@@ -1159,6 +1170,12 @@ public final class Zipper: Sendable {
         /// The hold was full for some.
         var refusedLevel: Logger.Level?
         var refusedTag: UInt32 = 0
+        /// A stream function that said which frames its handlers finished: what
+        /// it had not acknowledged includes what it had not handled.
+        var handlingAcknowledged = false
+        /// Bytes it acknowledged and had not handled, past its share of
+        /// `Limits.maximumUnhandledBytes`: not kept, so not held.
+        var unhandledLostBytes = 0
 
         init(bytes: Int) { lostBytes = bytes }
     }
@@ -1168,11 +1185,23 @@ public final class Zipper: Sendable {
         if left.heldFrames > 0 {
             if wasEmpty { heldWakeups.continuation.yield() }
             metrics.heldUnacknowledged(left.heldFrames)
-            if says { logger.info("frames written to this stream function were not acknowledged before its connection ended: held for its return", metadata: [
-                "frames": "\(left.heldFrames)", "hold": "\(configuration.unroutedHold.duration)",
-            ]) }
+            if says {
+                logger.info(left.handlingAcknowledged
+                    ? "frames written to this stream function were not acknowledged or not handled before its connection ended: held for its return"
+                    : "frames written to this stream function were not acknowledged before its connection ended: held for its return", metadata: [
+                    "frames": "\(left.heldFrames)", "hold": "\(configuration.unroutedHold.duration)",
+                ])
+            }
         }
         logHoldFull(left.refusedLevel, tag: left.refusedTag, logger: logger)
+        if left.unhandledLostBytes > 0 {
+            metrics.lostUnhandled(left.unhandledLostBytes)
+            if !state.withLock({ $0.closed }) {
+                logger.warning(
+                    "frames this stream function acknowledged and had not handled were past its share of limits.max_unhandled_bytes: lost with it unless it handled them",
+                    metadata: ["unhandled_bytes": "\(left.unhandledLostBytes)", "retaining_functions": "\(unhandledBudget.retainingConnections + 1)"])
+            }
+        }
         guard left.lostBytes > 0 else { return }
         metrics.lostUnacknowledged(left.lostBytes, clientType: clientType)
         // At the zipper's close, one line for every client (reportLostAtClose).

@@ -143,6 +143,17 @@ public struct ZipperConfiguration: Hashable, Sendable {
         /// however many connections wait. `nil`: every connection gets the
         /// configuration's windows, as the Go zipper does.
         public var maximumReceiveWindowBytes: Int?
+        /// Bytes the zipper keeps, across all stream functions that say which
+        /// frames their handlers finished (this SDK's, with delivery receipts),
+        /// of what they acknowledged and have not handled yet, so that a
+        /// function that crashes gives its next instance what its handlers had
+        /// not finished. Each function connection keeps an even share (all of
+        /// it when alone); past its share its oldest frames count as delivered
+        /// once acknowledged, as with a function that does not say (Go's), and
+        /// a crash then loses them (counted in `Zipper.Statistics.unhandledBytesLost`).
+        /// 0: keep nothing past the acknowledgement, and do not ask the
+        /// functions to say.
+        public var maximumUnhandledBytes: Int
 
         public init(
             maximumConnections: Int = 16384, maximumPendingHandshakes: Int = 1024,
@@ -150,8 +161,9 @@ public struct ZipperConfiguration: Hashable, Sendable {
             maximumIncompleteFrameBytes: Int = 256 << 20, stalledFrameTimeout: Duration = .seconds(10),
             maximumConnectionsPerAddress: Int = 1024, maximumReceiveWindowBytes: Int? = 64 << 20, ipv6PrefixLength: Int = 64,
             maximumUnvalidatedHandshakes: Int = 128, maximumPendingHandshakesPerAddress: Int = 64, trustedNetworks: [String] = [],
-            maximumQUICHandshakes: Int = 4096
+            maximumQUICHandshakes: Int = 4096, maximumUnhandledBytes: Int = 64 << 20
         ) {
+            self.maximumUnhandledBytes = maximumUnhandledBytes
             self.maximumQUICHandshakes = maximumQUICHandshakes
             self.trustedNetworks = trustedNetworks
             self.maximumUnvalidatedHandshakes = maximumUnvalidatedHandshakes

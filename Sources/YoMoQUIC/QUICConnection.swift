@@ -218,9 +218,9 @@ public final class QUICConnection: Sendable {
     /// application releases them (`releaseRetained(through:)`), and what
     /// `takeUnacknowledged()` gives at the end begins after what was released:
     /// a stream function that says which frames its handlers finished. Past
-    /// `limit` bytes kept, the oldest go as if released (a peer that says it
-    /// releases and does not costs no more).
-    package func retainAcknowledged(limit: Int) { core.retainAcknowledged(limit: limit) }
+    /// its share of `budget`, the oldest go as if released (a peer that says
+    /// it releases and does not costs no more, and neither do many peers).
+    package func retainAcknowledged(budget: RetentionBudget) { core.retainAcknowledged(budget: budget) }
 
     /// The peer's application is done with the stream's bytes before `offset`.
     package func releaseRetained(through offset: Int) { core.releaseRetained(through: offset) }
@@ -232,6 +232,11 @@ public final class QUICConnection: Sendable {
 
     /// Bytes acknowledged and kept for the peer's application to release (0 without a retention).
     package var retainedBytes: Int { core.retentionProgress?.bytes ?? 0 }
+
+    /// Bytes the peer acknowledged and its application had not released that
+    /// went past the retention's share: not taken at the end, so a peer that
+    /// ended without handling them lost them. Still readable after the end.
+    package var givenUpBytes: Int { core.retentionProgress?.givenUp ?? 0 }
 
     /// Stream bytes the peer had not acknowledged when the connection ended.
     package struct Unacknowledged: Sendable {

@@ -100,6 +100,12 @@ extension ZipperConfiguration {
                 }
                 self.limits.maximumReceiveWindowBytes = value == 0 ? nil : value
             }
+            if let raw = limits["max_unhandled_bytes"] {
+                guard let value = raw.int, value >= 0 else {
+                    throw YoMoError(.invalidConfiguration, "zipper config: limits.max_unhandled_bytes must be 0 (keep nothing a function acknowledged) or more")
+                }
+                self.limits.maximumUnhandledBytes = value
+            }
             if let raw = limits["stalled_frame_timeout"] {
                 guard let value = raw.text.flatMap(UnroutedHold.parseDuration), value > .zero else {
                     throw YoMoError(.invalidConfiguration, "zipper config: limits.stalled_frame_timeout must be a positive duration such as 10s")

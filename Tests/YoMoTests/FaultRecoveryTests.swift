@@ -958,6 +958,7 @@ struct FaultRecoveryTests {
               max_pending_handshakes_per_address: 16
               trusted_networks: [10.0.0.0/8, "fd00::/8"]
               max_quic_handshakes: 512
+              max_unhandled_bytes: 1048576
             slow_consumer:
               policy: drop
               max_buffered_bytes: 262144
@@ -968,7 +969,7 @@ struct FaultRecoveryTests {
             maximumIncompleteFrameBytes: 32 << 20, stalledFrameTimeout: .milliseconds(2500), maximumConnectionsPerAddress: 50,
             maximumReceiveWindowBytes: 8 << 20, ipv6PrefixLength: 56, maximumUnvalidatedHandshakes: 0,
             maximumPendingHandshakesPerAddress: 16, trustedNetworks: ["10.0.0.0/8", "fd00::/8"],
-            maximumQUICHandshakes: 512))
+            maximumQUICHandshakes: 512, maximumUnhandledBytes: 1 << 20))
         #expect(try ZipperConfiguration(yaml: "limits: {max_receive_window_bytes: 0}").limits.maximumReceiveWindowBytes == nil)
         #expect(ZipperConfiguration.Limits().maximumReceiveWindowBytes == 64 << 20)
         #expect(ZipperConfiguration.Limits().ipv6PrefixLength == 64)
@@ -976,6 +977,8 @@ struct FaultRecoveryTests {
         #expect(ZipperConfiguration.Limits().maximumPendingHandshakesPerAddress == 64)
         #expect(ZipperConfiguration.Limits().trustedNetworks.isEmpty)
         #expect(ZipperConfiguration.Limits().maximumQUICHandshakes == 4096)
+        #expect(ZipperConfiguration.Limits().maximumUnhandledBytes == 64 << 20)
+        #expect(try ZipperConfiguration(yaml: "limits: {max_unhandled_bytes: 0}").limits.maximumUnhandledBytes == 0)
         #expect(try ZipperConfiguration(yaml: "limits: {trusted_networks: 192.168.0.0/16}").limits.trustedNetworks == ["192.168.0.0/16"])
         #expect(try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: 128}").limits.ipv6PrefixLength == 128)
         #expect(configuration.slowConsumer == .init(policy: .drop, maximumBufferedBytes: 262_144))
@@ -994,6 +997,7 @@ struct FaultRecoveryTests {
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {trusted_networks: [10.0.0.0/33]}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {trusted_networks: {a: b}}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_quic_handshakes: 0}") }
+        #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {max_unhandled_bytes: -1}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: 129}") }
         #expect(throws: YoMoError.self) { try ZipperConfiguration(yaml: "limits: {ipv6_prefix_length: /64}") }
     }

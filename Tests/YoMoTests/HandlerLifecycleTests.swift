@@ -289,7 +289,7 @@ struct HandlerLifecycleTests {
     }
 
     enum BadZipperSetting: String, CaseIterable, Sendable {
-        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken, receiveWindowBudget, ipv6Prefix, unvalidatedHandshakes, pendingPerAddress, trustedNetwork, quicHandshakes
+        case slowConsumerBytes, frameSize, meshQueueFrames, port, emptyToken, receiveWindowBudget, ipv6Prefix, unvalidatedHandshakes, pendingPerAddress, trustedNetwork, quicHandshakes, unhandledBytes
 
         var expected: String {
             switch self {
@@ -304,6 +304,7 @@ struct HandlerLifecycleTests {
             case .pendingPerAddress: "maximumPendingHandshakesPerAddress must be positive, not 0"
             case .trustedNetwork: "trustedNetworks: \"office\" is not a network such as 10.0.0.0/8 or fd00::/8"
             case .quicHandshakes: "maximumQUICHandshakes must be positive, not 0"
+            case .unhandledBytes: "maximumUnhandledBytes must not be negative (0: keep nothing a function acknowledged), not -1"
             }
         }
 
@@ -320,6 +321,7 @@ struct HandlerLifecycleTests {
             case .pendingPerAddress: configuration.limits.maximumPendingHandshakesPerAddress = 0
             case .trustedNetwork: configuration.limits.trustedNetworks = ["10.0.0.0/8", "office"]
             case .quicHandshakes: configuration.limits.maximumQUICHandshakes = 0
+            case .unhandledBytes: configuration.limits.maximumUnhandledBytes = -1
             }
         }
     }

@@ -88,6 +88,98 @@ struct HandlingReceiptTests {
         await zipper.close()
     }
 
+    @Test("stream functions whose handlers stall keep no more at the zipper than limits.max_unhandled_bytes together, and what one had not handled past its share is counted at its end")
+    func retentionBudget() async throws {
+        var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
+        let budget = 96 << 10
+        configuration.limits.maximumUnhandledBytes = budget
+        let zipper = Zipper(configuration: configuration)
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let gate = Gate()
+        let entered = Inbox<String>()
+        let handled = Inbox<String>()
+        let fast = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100))
+        let names = ["a", "b", "c"]
+        var functions: [StreamFunction] = []
+        for name in names {
+            let function = StreamFunction(name: name, zipper: address, options: .init(observedTags: [0x33], reconnect: fast))
+            function.setHandler { ctx in
+                let label = "\(name):\(String(decoding: ctx.data.prefix(while: { $0 != UInt8(ascii: " ") }), as: UTF8.self))"
+                entered.append(label)
+                await gate.wait()
+                handled.append(label)
+            }
+            try await function.connect()
+            functions.append(function)
+        }
+        let source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        // Frames over 4 KiB are sent as their own buffers, the unit a retention keeps.
+        let frames = 60
+        for index in 0..<frames {
+            try await source.write(tag: 0x33, data: Array("frame-\(index) ".utf8) + [UInt8](repeating: 0x78, count: 5000))
+        }
+        let connections = { names.flatMap { functionConnections(zipper, named: $0) } }
+        let stalled = await eventually {
+            entered.items.count == names.count * frames && connections().count == names.count
+                && connections().allSatisfy { $0.unacknowledgedBytes == 0 }
+        }
+        #expect(stalled, "\(entered.items.count) in handlers; \(connections())")
+        // Each 300 KB acknowledged and in its handlers; the three keep a third of the budget each.
+        let retained = connections().map(\.retainedBytes)
+        #expect(retained.allSatisfy { $0 > 0 && $0 <= budget / names.count }, "\(retained)")
+        #expect(retained.reduce(0, +) <= budget, "\(retained)")
+        #expect(zipper.statistics.unhandledBytesLost == 0)
+        // Cut: what "a" kept is taken back and sent again (its copies skipped);
+        // the rest it had acknowledged is counted, an upper bound: "a" lives and handles it.
+        await functions[0].client.dropConnectionForTesting()
+        #expect(await eventually { functions[0].client.reconnectCountForTesting == 1 && zipper.statistics.unhandledBytesLost > 0 })
+        let lost = zipper.statistics.unhandledBytesLost
+        #expect(lost >= frames * 5000 - budget / names.count && lost <= frames * 5100, "\(lost)")
+        gate.open()
+        let expected = names.flatMap { name in (0..<frames).map { "\(name):frame-\($0)" } }.sorted()
+        #expect(await handled.wait(for: expected.count))
+        try await source.write(tag: 0x33, data: Array("last ".utf8))
+        #expect(await handled.wait(for: expected.count + names.count))
+        #expect(handled.items.filter { !$0.hasSuffix(":last") }.sorted() == expected, "each handled once")
+        await source.close()
+        for function in functions { await function.close() }
+        await zipper.close()
+    }
+
+    @Test("with limits.max_unhandled_bytes 0 the zipper keeps nothing a function acknowledged: its handling receipts are not asked for")
+    func retentionOff() async throws {
+        var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
+        configuration.limits.maximumUnhandledBytes = 0
+        let zipper = Zipper(configuration: configuration)
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let gate = Gate()
+        let entered = Inbox<String>()
+        let function = StreamFunction(name: "slow", zipper: address, options: .init(observedTags: [0x33]))
+        function.setHandler { ctx in
+            entered.append(String(decoding: ctx.data, as: UTF8.self))
+            await gate.wait()
+        }
+        try await function.connect()
+        let source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        for index in 0..<5 { try await source.write(tag: 0x33, data: Array("frame-\(index)".utf8)) }
+        let acknowledged = await eventually {
+            entered.count == 5 && functionConnections(zipper, named: "slow").first?.unacknowledgedBytes == 0
+        }
+        #expect(acknowledged)
+        #expect(functionConnections(zipper, named: "slow").first?.retainedBytes == 0)
+        await function.client.dropConnectionForTesting()
+        #expect(await eventually { function.client.reconnectCountForTesting == 1 })
+        #expect(zipper.statistics.unacknowledgedFramesHeld == 0 && zipper.statistics.unhandledBytesLost == 0, "\(zipper.statistics)")
+        gate.open()
+        await source.close()
+        await function.close()
+        await zipper.close()
+    }
+
     @Test("the ledger tells the end of the frames handled in order and knows a frame that comes again")
     func ledger() {
         let ledger = HandlingLedger(startingAt: 10)
