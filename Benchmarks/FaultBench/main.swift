@@ -369,7 +369,7 @@ struct Reconnect: AsyncParsableCommand {
         let missing = written.withLock { $0.map(\.sequence) }.filter { !received.withLock { $0 }.contains($0) }
         // Of the writes that returned into a dead connection before the source noticed, those that never arrived.
         let silentlyLost = blindWrites.filter { !received.withLock { $0 }.contains($0) }.count
-        print("written_ok=\(reported) received=\(received.withLock { $0.count }) lost=\(missing.count) silently_lost=\(silentlyLost) receipts=\(noReceipts ? "no" : "yes")\(mesh.map { " mesh_killed=\($0)" } ?? "")")
+        print("written_ok=\(reported) received=\(received.withLock { $0.count }) lost=\(missing.count) silently_lost=\(silentlyLost) receipts=\(noReceipts ? "no" : "yes")\(mesh.map { " mesh_killed=\($0)" } ?? "")\(stable.map { String(format: " surviving_zipper_peak_rss=%.1f MiB", $0.memory.peak) } ?? "")")
         if !missing.isEmpty { print("lost sequences: \(ranges(missing).prefix(20).joined(separator: ", "))") }
         await source.close()
         await sfn.close()

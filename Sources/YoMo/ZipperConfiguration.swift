@@ -250,12 +250,15 @@ public struct ZipperConfiguration: Hashable, Sendable {
 
     /// Frames queued for one downstream zipper that has not taken them yet;
     /// beyond either bound new frames for it are dropped (and counted), so a
-    /// slow or unreachable downstream never holds up local routing.
+    /// slow or unreachable downstream never holds up local routing. The
+    /// defaults ride out a downstream's restart (about 0.7 s) at 5,000 small
+    /// frames a second; 1,024 frames and 4 MiB, before the thirty-sixth round
+    /// of issue 14, dropped about half of them.
     public struct MeshQueue: Hashable, Sendable {
         public var maximumFrames: Int
         public var maximumBytes: Int
 
-        public init(maximumFrames: Int = 1024, maximumBytes: Int = 4 << 20) {
+        public init(maximumFrames: Int = 16384, maximumBytes: Int = 16 << 20) {
             self.maximumFrames = maximumFrames
             self.maximumBytes = maximumBytes
         }

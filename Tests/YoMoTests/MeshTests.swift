@@ -37,6 +37,7 @@ struct MeshLogicTests {
         #expect(config.downstreams[1].credential == nil && config.downstreams[1].port == 9100)
         #expect(config.downstreams[2].address == "[fd00::4]:9000", "port 9000 when left out; empty credential: none")
         #expect(config.meshQueue == .init(maximumFrames: 10, maximumBytes: 2048))
+        #expect(ZipperConfiguration.MeshQueue() == .init(maximumFrames: 16384, maximumBytes: 16 << 20), "the defaults")
 
         // The same file serves every zipper of the mesh.
         let asB = try ZipperConfiguration(yaml: yaml.replacingOccurrences(of: "name: zipper-a", with: "name: zipper-b"))
@@ -335,6 +336,33 @@ struct MeshLoopbackTests {
         #expect(await eventually { Set(remote.items).isSuperset(of: texts) }, "\(remote.items)")
         await source.close()
         await near.close()
+        await far.close()
+        await a.close()
+        await b.close()
+    }
+
+    @Test("a downstream away while 5,000 frames are forwarded to it (a second of a busy source): the default queue and the link's buffer keep every one, and a function there gets them all")
+    func downstreamAwayUnderTraffic() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        let a = Self.zipper("a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")])
+        try await a.start()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        let texts = (0..<5000).map { "busy-\($0)" }
+        for text in texts { try await source.write(tag: 0x36, data: Array(text.utf8)) }
+        #expect(await eventually { a.meshLinkHealth.first?.queuedFrames == texts.count }, "\(String(describing: a.meshLinkHealth.first))")
+        #expect(a.statistics.meshDroppedFrames == 0, "\(a.statistics)")
+
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let remote = Inbox<String>()
+        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x36], credential: "token:mesh"))
+        far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await far.connect()
+        #expect(await eventually(within: .seconds(30)) { remote.count >= texts.count }, "\(remote.count) of \(texts.count)")
+        let missing = Set(texts).subtracting(remote.items).count
+        #expect(missing == 0)
+        await source.close()
         await far.close()
         await a.close()
         await b.close()
