@@ -818,7 +818,7 @@ final class ClientRuntime: Sendable {
             sessionTasks.cancelAll()  // the cron loop, the receipts of what was handled
         }
         if let handlingLedger {
-            let untold = handlingLedger.untold()
+            let untold = handlingLedger.untold(acknowledged: session.connection.connection.acknowledgedBytes)
             state.withLock { $0.mayComeAgain = untold }
         }
         return ended
@@ -839,10 +839,12 @@ final class ClientRuntime: Sendable {
     /// now (a zipper that stopped reading) is replaced by the next.
     @discardableResult
     private func tellHandledOnce(_ handling: HandlingLedger, on session: ClientSession) -> Bool {
-        let (tell, waiting) = handling.advance()
+        let quic = session.connection.connection
+        let (tell, waiting) = handling.advance(acknowledged: quic.acknowledgedBytes)
         if let tell,
            (try? session.connection.tryWrite(control: .receipt(ReceiptFrame(settledThrough: UInt64(tell))), limit: DeliveryReceipts.queueLimit)) == true {
-            handling.told(tell)
+            // Read after the write: at or past the receipt's end (a handler's write may follow it).
+            handling.told(tell, receiptEnd: quic.sendProgress.written)
         }
         return waiting
     }

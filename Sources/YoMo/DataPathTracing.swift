@@ -97,6 +97,27 @@ struct DataPathTracer: Sendable {
             fixedAttributes: FixedAttributes(.init("routing_data_tag", .int64(Int64(tag))), .init("routing_data_len", .int64(Int64(length)))))
     }
 
+    /// A held frame as it goes to `function`: its wait, from when it was held
+    /// (`waited` ago) until now, recorded as a span ("zipper hold", with the
+    /// reason) under the frame's parent, the zipper's span, and the frame's
+    /// trace context moved to that span, so that the function's span follows
+    /// it and a trace shows where a delayed frame's time went. Under a parent
+    /// not sampled, or with tracing off, the frame as it is.
+    func heldFrame(_ frame: DataFrame, waited: Duration, reason: StaticString, function: String) -> DataFrame {
+        guard tracer.isEnabled, var metadata = try? Metadata(decoding: frame.metadata),
+              let parent = extractParent(from: metadata), parent.isSampled else { return frame }
+        let now = DefaultTracerClock.now.nanosecondsSinceEpoch
+        let nanoseconds = UInt64(clamping: waited.components.seconds) &* 1_000_000_000 &+ UInt64(clamping: waited.components.attoseconds / 1_000_000_000)
+        let span = tracer.startSpan(
+            "zipper hold", parent: parent, context: .topLevel, ofKind: .internal,
+            at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: now - min(now, nanoseconds)),
+            attributes: [ListedAttribute(key: "messaging.consumer.group.name", value: .string(function))],
+            fixedAttributes: FixedAttributes(.init("yomo.hold.reason", .string(reason)), .init("routing_data_tag", .int64(Int64(frame.tag)))))
+        inject(span, into: &metadata)
+        span.end(at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: now))
+        return DataFrame(tag: frame.tag, metadata: metadata.encoded(), payload: frame.payload)
+    }
+
     /// The zipper's span for metadata read in place whose trace values are all
     /// canonical (`MetadataView.canonicalTrace`), and the digits to write over
     /// them: what `zipperSpan(metadata:)` does with `traceMetadata`, without

@@ -57,6 +57,14 @@ final class HandlingLedger: Sendable {
         /// The offset after the last frame handled in order.
         var handled: Int
         var told: Int
+        /// Receipts queued and not yet acknowledged by the zipper's QUIC
+        /// stack: where each ends in this side's stream, and what it told.
+        var receipts = CircularBuffer<(end: Int, told: Int)>()
+        /// What a receipt the zipper's QUIC stack acknowledged told: frames
+        /// before it will not come again. A receipt only queued may be lost
+        /// with the connection, and then the zipper sends those frames again
+        /// (a cut seconds after they were handled, and they were handled twice).
+        var confirmed: Int
         /// The ticker waits for a frame (`wakeups`).
         var idle = true
 
@@ -88,7 +96,7 @@ final class HandlingLedger: Sendable {
 
     /// `offset`: the stream offset after the handshake's answer.
     init(startingAt offset: Int) {
-        state = Mutex(State(handled: offset, told: offset))
+        state = Mutex(State(handled: offset, told: offset, confirmed: offset))
         (wakeups, wake) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -153,11 +161,14 @@ final class HandlingLedger: Sendable {
     }
 
     /// Moves past the frames handled in order: the offset to tell the zipper
-    /// if it moved, and whether anything is left to wait for (false: idle until woken).
-    func advance() -> (tell: Int?, waiting: Bool) {
+    /// if it moved, and whether anything is left to wait for (false: idle
+    /// until woken). `acknowledged`: this side's stream offset the zipper's
+    /// QUIC stack acknowledged (its receipts before it arrived).
+    func advance(acknowledged: Int) -> (tell: Int?, waiting: Bool) {
         let (result, copies) = state.withLock { state -> ((tell: Int?, waiting: Bool), [Token]) in
             let copies = markCompletions(&state)
-            while let first = state.entries.first, first.end <= state.told, state.handledCount > 0 {
+            Self.confirm(&state, acknowledged: acknowledged)
+            while let first = state.entries.first, first.end <= state.confirmed, state.handledCount > 0 {
                 state.entries.removeFirst()
                 state.firstIndex += 1
                 state.handledCount -= 1
@@ -169,7 +180,8 @@ final class HandlingLedger: Sendable {
                 position = state.entries.index(after: position)
             }
             let untold = state.handled > state.told
-            let waiting = untold || state.handledCount < state.entries.count
+            // A receipt not yet acknowledged: its frames are forgotten once it is.
+            let waiting = untold || state.handledCount < state.entries.count || !state.receipts.isEmpty
             if !waiting { state.idle = true }
             return ((untold ? state.handled : nil, waiting), copies)
         }
@@ -177,19 +189,34 @@ final class HandlingLedger: Sendable {
         return result
     }
 
-    /// The zipper was sent `offset`.
-    func told(_ offset: Int) { state.withLock { $0.told = max($0.told, offset) } }
+    /// The zipper was sent `offset`, in a receipt ending at `receiptEnd` in this side's stream.
+    func told(_ offset: Int, receiptEnd: Int) {
+        state.withLock { state in
+            guard offset > state.told else { return }
+            state.told = offset
+            state.receipts.append((receiptEnd, offset))
+        }
+    }
+
+    private static func confirm(_ state: inout State, acknowledged: Int) {
+        while let first = state.receipts.first, first.end <= acknowledged {
+            state.confirmed = max(state.confirmed, first.told)
+            state.receipts.removeFirst()
+        }
+    }
 
     /// Whether every frame read was handled and told.
     /// (As of the last `advance`, which marks what finished.)
     var isQuiet: Bool { state.withLock { $0.handledCount == $0.entries.count && $0.handled <= $0.told } }
 
-    /// The connection ended: the frames not told handled, by transaction id,
-    /// which the zipper (or a source, if the zipper crashed) may send again.
-    func untold() -> [String: Token] {
+    /// The connection ended: the frames no acknowledged receipt covered, by
+    /// transaction id, which the zipper (or a source, if the zipper crashed)
+    /// may send again. `acknowledged`: as for `advance`, at the end.
+    func untold(acknowledged: Int) -> [String: Token] {
         let entries = state.withLock { state in
-            // Handled or not: those after the last receipt may come again.
-            state.entries.enumerated().filter { $0.element.end > state.told }.map { ($0.offset + state.firstIndex, $0.element.metadata) }
+            Self.confirm(&state, acknowledged: acknowledged)
+            // Handled or not: those after the last receipt the zipper had may come again.
+            return state.entries.enumerated().filter { $0.element.end > state.confirmed }.map { ($0.offset + state.firstIndex, $0.element.metadata) }
         }
         var byTid: [String: Token] = [:]
         for (index, metadata) in entries {

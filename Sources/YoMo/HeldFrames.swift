@@ -76,11 +76,37 @@ struct HeldFrames {
         var forAnyArrival = false
     }
 
+    /// Why a frame waits here: said on the span of its wait ("zipper hold"),
+    /// so that a trace shows where its time went.
+    enum Reason: Equatable {
+        /// No stream function observed its tag when it was routed.
+        case noFunction
+        /// Held by name for a function that left (others may have received it).
+        case functionAway
+        /// Taken back from a function's connection that ended before its QUIC
+        /// stack acknowledged it (or before it was written).
+        case notAcknowledged
+        /// Taken back from a function's connection that ended before its
+        /// handlers finished it (handling receipts).
+        case notHandled
+
+        var attribute: StaticString {
+            switch self {
+            case .noFunction: "no_function"
+            case .functionAway: "function_away"
+            case .notAcknowledged: "not_acknowledged"
+            case .notHandled: "not_handled"
+            }
+        }
+    }
+
     struct Entry {
         var frame: DataFrame
         var target: String?
         var bytes: Int
         var deadline: Instant
+        var heldAt: Instant
+        var reason: Reason
         var owed: Set<String>
         var forAnyArrival: Bool
         /// Names that took it.
@@ -235,7 +261,8 @@ struct HeldFrames {
     ) -> HoldResult {
         guard fits(bytes) else { return .full }
         let entry = Entry(
-            frame: frame, target: target, bytes: bytes, deadline: now + settings.duration,
+            frame: frame, target: target, bytes: bytes, deadline: now + settings.duration, heldAt: now,
+            reason: claim.owed.isEmpty ? .noFunction : .functionAway,
             owed: claim.owed, forAnyArrival: claim.forAnyArrival, wasRouted: routed, tally: tally())
         entries.append(entry)
         return count(entry)
@@ -249,7 +276,8 @@ struct HeldFrames {
     /// refused. Each one held is added to `tally` (its connection's end, for
     /// the receipts of the frames written to it).
     mutating func holdAhead(
-        _ frames: [(frame: DataFrame, target: String?, bytes: Int)], for function: RouteMember, now: Instant, tally: HoldTally? = nil
+        _ frames: [(frame: DataFrame, target: String?, bytes: Int, reason: Reason)], for function: RouteMember, now: Instant,
+        tally: HoldTally? = nil
     ) -> [HoldResult] {
         let name = function.name
         let newer = entries.firstIndex { entry in
@@ -259,13 +287,15 @@ struct HeldFrames {
         let deadline = newer.map { entries[$0].deadline } ?? now + settings.duration
         var results: [HoldResult] = []
         var ahead: [Entry] = []
-        for (frame, target, bytes) in frames {
+        for (frame, target, bytes, reason) in frames {
             guard fits(bytes) else {
                 results.append(.full)
                 continue
             }
             tally?.add()
-            let entry = Entry(frame: frame, target: target, bytes: bytes, deadline: deadline, owed: [name], forAnyArrival: false, wasRouted: true, tally: tally)
+            let entry = Entry(
+                frame: frame, target: target, bytes: bytes, deadline: deadline, heldAt: now, reason: reason, owed: [name],
+                forAnyArrival: false, wasRouted: true, tally: tally)
             ahead.append(entry)
             results.append(count(entry))
         }
@@ -280,6 +310,8 @@ struct HeldFrames {
         var frame: DataFrame
         var tally: HoldTally?
         var left: Bool
+        var heldAt: Instant
+        var reason: Reason
 
         /// Written to `destination`, ending at `end`.
         func written(to destination: DeliveryDestination, endingAt end: Int) {
@@ -310,7 +342,7 @@ struct HeldFrames {
                 entry.owed.remove(member.name)
                 entry.deliveredTo.insert(member.name)
                 let left = entry.owed.isEmpty && !entry.forAnyArrival
-                taken.append(Taken(frame: entry.frame, tally: entry.tally, left: left))
+                taken.append(Taken(frame: entry.frame, tally: entry.tally, left: left, heldAt: entry.heldAt, reason: entry.reason))
                 if left {
                     forget(entry)
                     continue

@@ -247,13 +247,14 @@ public final class Zipper: Sendable {
         /// every frame since: the held ones would come after newer ones).
         /// Each held is added to `tally`, its connection's end.
         mutating func holdForReturn(
-            _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int)], of function: RouteMember, stillObserved: Set<UInt32>,
-            tally: HoldTally
+            _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int, reason: HeldFrames.Reason)], of function: RouteMember,
+            stillObserved: Set<UInt32>, tally: HoldTally
         ) -> UnacknowledgedAtEnd {
             var outcome = UnacknowledgedAtEnd(bytes: 0)
             let kept = frames.filter { !stillObserved.contains($0.frame.tag) && function.receives(tag: $0.frame.tag, target: $0.target) }
-            let results = held.holdAhead(kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame)) }, for: function, now: .now, tally: tally)
-            for ((frame, _, notAcknowledged), result) in zip(kept, results) {
+            let results = held.holdAhead(
+                kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame), $0.reason) }, for: function, now: .now, tally: tally)
+            for ((frame, _, notAcknowledged, _), result) in zip(kept, results) {
                 switch result {
                 case .held:
                     statistics.heldFrames += 1
@@ -926,6 +927,8 @@ public final class Zipper: Sendable {
         var unacknowledged: [(frame: DataFrame, target: String?, notAcknowledged: Int, end: Int)] = []
         // What it had acknowledged and not handled past its share of the budget (taken below).
         var unhandledGivenUp = 0
+        // The stream offset its QUIC stack acknowledged: frames before it were kept for their handlers.
+        var acknowledgedThrough = 0
         defer {
             // One lock for the leaving and the hold of what it had not
             // acknowledged: a frame routed meanwhile, held for its name as one
@@ -957,7 +960,11 @@ public final class Zipper: Sendable {
                         if state.departed.count >= State.departedRemembered { state.departed.removeFirst() }
                         state.departed.append(member)
                         let taken = configuration.unroutedHold.isOn ? unacknowledged : []
-                        let frames = taken.map { ($0.frame, $0.target, $0.notAcknowledged) } + unwritten.map { ($0.frame, $0.target, 0) }
+                        // A frame acknowledged whole was kept because its handlers had not finished it.
+                        let frames = taken.map {
+                            ($0.frame, $0.target, $0.notAcknowledged, $0.end <= acknowledgedThrough ? HeldFrames.Reason.notHandled : .notAcknowledged)
+                        }
+                            + unwritten.map { ($0.frame, $0.target, 0, HeldFrames.Reason.notAcknowledged) }
                         left = state.holdForReturn(frames, of: member, stillObserved: stillObserved, tally: leftovers)
                         if let leaving { catchUps = state.catchUp(taken, leftBy: leaving, stillObserved: stillObserved, tally: leftovers) }
                         // A namesake has the rest of the frames in tags it observes, or gets them now.
@@ -1084,7 +1091,7 @@ public final class Zipper: Sendable {
            let taken = connection.connection.takeUnacknowledged() {
             unacknowledged = HeldFrames.dataFrames(in: taken)
         }
-        if welcomesHandling { unhandledGivenUp = connection.connection.givenUpBytes }
+        if welcomesHandling { (unhandledGivenUp, acknowledgedThrough) = (connection.connection.givenUpBytes, connection.connection.acknowledgedBytes) }
     }
 
     /// The ledgers of connections that ended, by client id, for the client's
@@ -1130,7 +1137,7 @@ public final class Zipper: Sendable {
             let wasEmpty = state.held.isEmpty
             // After: its end's tally (set in the lock that made it departed) waits for this one too.
             left = state.holdForReturn(
-                [(owned, target, 0)], of: function, stillObserved: state.routes.tagsObserved(byName: function.name),
+                [(owned, target, 0, .notAcknowledged)], of: function, stillObserved: state.routes.tagsObserved(byName: function.name),
                 tally: delivery.leftoversOfEnd ?? HoldTally())
             return (left, wasEmpty)
         }
@@ -1571,7 +1578,8 @@ public final class Zipper: Sendable {
             while !batch.isEmpty {
                 writtenOfBatch = 0
                 for taken in batch {
-                    let frame = taken.frame
+                    // Its wait, on a span of its own between the zipper's span and the function's.
+                    let frame = tracing.heldFrame(taken.frame, waited: .now - taken.heldAt, reason: taken.reason.attribute, function: member.name)
                     // Queued counts as delivered: if the connection ends
                     // unacknowledged, the frame is held for the function again.
                     let end = try await connection.write(frame, patch: nil, endingAfterQueueingThrows: false)

@@ -100,14 +100,20 @@ struct HeldFramesLogicTests {
         for (index, text) in ["new-1", "new-2"].enumerated() {
             #expect(held.hold(frame(0x33, text), target: nil, bytes: 600, for: .init(owed: ["f"]), routed: true, now: start + .seconds(index + 1)) == .held(first: false))
         }
-        let results = held.holdAhead([(frame(0x33, "old-1"), nil, 600), (frame(0x33, "old-2"), nil, 600)], for: f, now: start + .seconds(3))
+        let results = held.holdAhead(
+            [(frame(0x33, "old-1"), nil, 600, .notHandled), (frame(0x33, "old-2"), nil, 600, .notAcknowledged)], for: f, now: start + .seconds(3))
         #expect(results == [.held(first: false), .full], "the byte limit still counts")
         #expect(held.entries.map(\.deadline) == held.entries.map(\.deadline).sorted(), "deadlines in order")
         #expect(held.entries.map { String(buffer: $0.frame.payload) } == ["other", "unrelated", "old-1", "new-1", "new-2"])
         #expect(held.entries.map(\.deadline)[2] == start + .seconds(6), "new-1's deadline")
-        #expect(held.take(for: f).map { String(buffer: $0.frame.payload) } == ["old-1", "new-1", "new-2"])
+        // Why each waits, and since when: what its span ("zipper hold") says.
+        #expect(held.entries.map(\.reason) == [.functionAway, .noFunction, .notHandled, .functionAway, .functionAway])
+        let taken = held.take(for: f)
+        #expect(taken.map { String(buffer: $0.frame.payload) } == ["old-1", "new-1", "new-2"])
+        #expect(taken.map(\.reason) == [.notHandled, .functionAway, .functionAway])
+        #expect(taken.map(\.heldAt) == [start + .seconds(3), start + .seconds(1), start + .seconds(2)])
         #expect(held.expire(now: start + .seconds(6)).isEmpty == false, "g's frame expires")
-        let late = held.holdAhead([(frame(0x33, "old-3"), nil, 600)], for: f, now: start + .seconds(7))
+        let late = held.holdAhead([(frame(0x33, "old-3"), nil, 600, .notAcknowledged)], for: f, now: start + .seconds(7))
         #expect(late == [.held(first: true)])
         #expect(held.nextDeadline == start + .seconds(12), "nothing newer for it: the whole duration")
     }

@@ -216,6 +216,77 @@ struct TracingEndToEndTests {
         #expect(service(functionSpan) == "test-sfn")
     }
 
+    @Test("a frame that waited in the zipper's hold shows its wait in the trace: a span from its hold to its delivery, between the zipper's span and the function's, with the reason (a function away; one cut off inside its handlers)")
+    func heldFrameTrace() async throws {
+        let receiver = try await SpanReceiver.start()
+        let providers = ["zipper", "worker", "source"].map { receiver.provider(service: "test-\($0)") }
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: .init(tracerProvider: providers[0]))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let entered = Inbox<String>()
+        let handled = Inbox<String>()
+        let gate = Gate()
+        let fast = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100))
+        func worker() -> StreamFunction {
+            let function = StreamFunction(
+                name: "worker", zipper: address, options: .init(observedTags: [0x61], reconnect: fast, tracerProvider: providers[1]))
+            function.setHandler { ctx in
+                let text = String(decoding: ctx.data, as: UTF8.self)
+                entered.append(text)
+                if text == "stuck" { await gate.wait() }
+                handled.append(text)
+            }
+            return function
+        }
+        let first = worker()
+        try await first.connect()
+        let source = Source(name: "feeder", zipper: address, options: .init(tracerProvider: providers[2]))
+        try await source.connect()
+        // Away: the frame is held for the function's return.
+        await first.close()
+        #expect(await eventually { zipper.connectionCount == 1 })
+        try await source.write(tag: 0x61, data: Array("away".utf8))
+        #expect(await eventually { zipper.statistics.heldFrames == 1 })
+        let second = worker()
+        try await second.connect()
+        #expect(await handled.wait(for: 1))
+        // Cut off while its handler holds a frame its QUIC stack acknowledged:
+        // taken back unhandled and sent again, and not handled twice.
+        try await source.write(tag: 0x61, data: Array("stuck".utf8))
+        #expect(await eventually { entered.count == 2 && functionConnections(zipper, named: "worker").first?.unacknowledgedBytes == 0 })
+        await second.client.dropConnectionForTesting()
+        // "away" too, if the receipt that it was handled was cut off with the connection.
+        #expect(await eventually { zipper.statistics.heldFramesDelivered >= 2 }, "\(zipper.statistics)")
+        gate.open()
+        #expect(await handled.wait(for: 2))
+        await source.close()
+        await second.close()
+        await zipper.close()
+        for provider in providers { await provider.shutdown() }
+        #expect(handled.items.sorted() == ["away", "stuck"], "each handled once")
+
+        let spans = receiver.spans()
+        func attributes(_ span: [String: Any]) -> [String: Any] { span["attributes"] as? [String: Any] ?? [:] }
+        func number(_ span: [String: Any], _ key: String) -> Int { (span[key] as? Int) ?? Int((span[key] as? String) ?? "") ?? 0 }
+        for (text, reason) in [("away", "function_away"), ("stuck", "not_handled")] {
+            let length = text.utf8.count
+            let zipperSpan = try #require(spans.first { $0["name"] as? String == "zipper endpoint" && attributes($0)["routing_data_len"] as? Int == length })
+            let trace = spans.filter { $0["trace_id"] as? String == zipperSpan["trace_id"] as? String }
+            let holds = trace.filter { $0["name"] as? String == "zipper hold" && $0["parent_span_id"] as? String == zipperSpan["span_id"] as? String }
+            #expect(holds.map { attributes($0)["yomo.hold.reason"] as? String } == [reason], "\(text): \(trace.map { "\($0["name"] ?? "?") \(attributes($0))" })")
+            guard let hold = holds.first else { continue }
+            #expect(attributes(hold)["messaging.consumer.group.name"] as? String == "worker")
+            #expect(attributes(hold)["routing_data_tag"] as? Int == 0x61)
+            #expect(number(hold, "start") >= number(zipperSpan, "start") && number(hold, "end") > number(hold, "start"), "\(text): \(hold)")
+            // One handling each: "away" after its wait, "stuck" before its (its copy skipped).
+            let functionSpans = trace.filter { $0["name"] as? String == "worker" }
+            #expect(functionSpans.count == 1, "\(text)")
+            let parent = text == "away" ? hold : zipperSpan
+            #expect(functionSpans.first?["parent_span_id"] as? String == parent["span_id"] as? String, "\(text)")
+            if text == "away", let span = functionSpans.first { #expect(number(span, "start") >= number(hold, "end")) }
+        }
+    }
+
     @Test("a function's replies are children of its span, frame after frame (its writes reuse the received metadata bytes)")
     func repliesStayInTheirFramesTraces() async throws {
         let receiver = try await SpanReceiver.start()
