@@ -625,12 +625,13 @@ final class ClientRuntime: Sendable {
     /// makes it the one writes go to. Writes made meanwhile are held too (there is
     /// no session yet), so they follow in order; the loop ends when none are left.
     private func publish(_ session: ClientSession) async -> Published {
+        let tracing = state.withLock { $0.tracing }
         var delivered = 0
         var carriedThrough = 0
         while true {
-            let (frames, closing, summary) = state.withLock { state -> ([DataFrame], Bool, (buffered: Int, dropped: Int)?) in
+            let (frames, closing, summary) = state.withLock { state -> ([OutageBuffer.Waiting], Bool, (buffered: Int, dropped: Int)?) in
                 let closing = state.lifecycle.isClosing || state.ended
-                let frames = state.outage.takeAll()
+                let frames = state.outage.takeWaiting()
                 guard frames.isEmpty else { return (frames, closing, nil) }
                 state.generation += 1
                 state.carried = (session, max(session.start, carriedThrough))
@@ -645,15 +646,17 @@ final class ClientRuntime: Sendable {
                 }
                 return closing ? .closing : .serving
             }
-            for (index, frame) in frames.enumerated() {
+            for (index, waiting) in frames.enumerated() {
                 do {
+                    // Its wait, on a span of its own after the writer's (a frame sent again: another).
+                    let frame = tracing.outageFrame(waiting.frame, waited: .now - waiting.since, resent: waiting.resent)
                     let end = try await session.connection.write(.data(frame))
                     session.recordWrite(frame, endingAt: end, logger: logger)
                     carriedThrough = end
                 } catch {
                     state.withLock {
                         $0.outage.delivered(index)
-                        $0.outage.putBack(frames[index...])
+                        $0.outage.putBack(waiting: frames[index...])
                     }
                     return .failed(error)
                 }

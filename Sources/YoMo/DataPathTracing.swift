@@ -104,15 +104,39 @@ struct DataPathTracer: Sendable {
     /// it and a trace shows where a delayed frame's time went. Under a parent
     /// not sampled, or with tracing off, the frame as it is.
     func heldFrame(_ frame: DataFrame, waited: Duration, reason: StaticString, function: String) -> DataFrame {
+        waitedFrame(
+            frame, span: "zipper hold", waited: waited,
+            attributes: FixedAttributes(.init("yomo.hold.reason", .string(reason)), .init("routing_data_tag", .int64(Int64(frame.tag)))),
+            listed: [ListedAttribute(key: "messaging.consumer.group.name", value: .string(function))])
+    }
+
+    /// A frame a client held while it reconnected, as it goes to the new
+    /// connection: its wait, recorded as a span ("client outage") under the
+    /// frame's parent (the writer's span), as `heldFrame` does at the zipper.
+    /// `resent`: it was written to the lost connection, which the zipper had
+    /// not acknowledged (or settled, with receipts); else written meanwhile.
+    func outageFrame(_ frame: DataFrame, waited: Duration, resent: Bool) -> DataFrame {
+        waitedFrame(
+            frame, span: "client outage", waited: waited,
+            attributes: FixedAttributes(
+                .init("yomo.outage.reason", .string(resent ? "resent" : "buffered")), .init("send_data_tag", .int64(Int64(frame.tag)))))
+    }
+
+    /// `frame` with its trace context moved to a new span, `span`, that began
+    /// `waited` ago and ends now, a child of the frame's parent; the frame as
+    /// it is with tracing off or under a parent not sampled (its wait is then
+    /// recorded nowhere, as the hops around it).
+    private func waitedFrame(
+        _ frame: DataFrame, span name: String, waited: Duration, attributes: FixedAttributes, listed: [ListedAttribute] = []
+    ) -> DataFrame {
         guard tracer.isEnabled, var metadata = try? Metadata(decoding: frame.metadata),
               let parent = extractParent(from: metadata), parent.isSampled else { return frame }
         let now = DefaultTracerClock.now.nanosecondsSinceEpoch
         let nanoseconds = UInt64(clamping: waited.components.seconds) &* 1_000_000_000 &+ UInt64(clamping: waited.components.attoseconds / 1_000_000_000)
         let span = tracer.startSpan(
-            "zipper hold", parent: parent, context: .topLevel, ofKind: .internal,
+            name, parent: parent, context: .topLevel, ofKind: .internal,
             at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: now - min(now, nanoseconds)),
-            attributes: [ListedAttribute(key: "messaging.consumer.group.name", value: .string(function))],
-            fixedAttributes: FixedAttributes(.init("yomo.hold.reason", .string(reason)), .init("routing_data_tag", .int64(Int64(frame.tag)))))
+            attributes: listed, fixedAttributes: attributes)
         inject(span, into: &metadata)
         span.end(at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: now))
         return DataFrame(tag: frame.tag, metadata: metadata.encoded(), payload: frame.payload)

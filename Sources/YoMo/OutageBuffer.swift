@@ -32,8 +32,15 @@ struct OutageBuffer {
     /// memory before the outage anyway (kept for want of a receipt). A
     /// client's refusals push back on its writer instead.
     let admitsBesidesPutBack: Bool
-    private(set) var frames: [DataFrame] = []
-    /// Of `frames`, those put back, and their bytes.
+    /// A frame held, since when, and whether the lost connection had it
+    /// (sent again) or it was written meanwhile: what its span says.
+    struct Waiting {
+        var frame: DataFrame
+        var since: ContinuousClock.Instant
+        var resent: Bool
+    }
+    private(set) var waiting: [Waiting] = []
+    /// Of `waiting`, those put back, and their bytes.
     private var putBackHeld = (frames: 0, bytes: 0)
     private(set) var statistics = OutageStatistics()
     /// Frames held and refused during the current outage (reset by `endOutage`).
@@ -49,8 +56,8 @@ struct OutageBuffer {
     }
 
     var isEnabled: Bool { maximumFrames > 0 && maximumBytes > 0 }
-    var isEmpty: Bool { frames.isEmpty }
-    var count: Int { frames.count }
+    var isEmpty: Bool { waiting.isEmpty }
+    var count: Int { waiting.count }
 
     enum Admission: Equatable {
         /// Held; `firstOfOutage`: the first held frame since the last connection (log it).
@@ -63,7 +70,7 @@ struct OutageBuffer {
     }
 
     /// Holds `frame` if it fits.
-    mutating func admit(_ frame: DataFrame) -> Admission {
+    mutating func admit(_ frame: DataFrame, now: ContinuousClock.Instant = .now) -> Admission {
         guard isEnabled else {
             statistics.dropped += 1
             outageDropped += 1
@@ -72,7 +79,7 @@ struct OutageBuffer {
         }
         let size = frame.encodedLength
         let (heldFrames, heldBytes) = admitsBesidesPutBack
-            ? (frames.count - putBackHeld.frames, statistics.pendingBytes - putBackHeld.bytes) : (frames.count, statistics.pendingBytes)
+            ? (waiting.count - putBackHeld.frames, statistics.pendingBytes - putBackHeld.bytes) : (waiting.count, statistics.pendingBytes)
         guard heldFrames < maximumFrames, heldBytes + size <= maximumBytes else {
             statistics.dropped += 1
             outageDropped += 1
@@ -80,7 +87,7 @@ struct OutageBuffer {
             return .full(firstOfBurst: !inDropBurst)
         }
         inDropBurst = false
-        frames.append(frame)
+        waiting.append(Waiting(frame: frame, since: now, resent: false))
         statistics.buffered += 1
         statistics.pendingFrames += 1
         statistics.pendingBytes += size
@@ -89,22 +96,30 @@ struct OutageBuffer {
     }
 
     /// Hands over every held frame, oldest first, to be written to a new connection.
-    mutating func takeAll() -> [DataFrame] {
+    mutating func takeAll() -> [DataFrame] { takeWaiting().map(\.frame) }
+
+    /// `takeAll`, with how long and why each waited.
+    mutating func takeWaiting() -> [Waiting] {
         defer {
-            frames = []
+            waiting = []
             statistics.pendingFrames = 0
             statistics.pendingBytes = 0
             putBackHeld = (0, 0)
         }
-        return frames
+        return waiting
     }
 
     /// Frames taken that could not be written (the new connection failed too):
     /// they go back in front of anything held since, keeping the write order.
     /// They are held beyond the limits rather than dropped: they were accepted.
     mutating func putBack(_ unsent: some Collection<DataFrame>) {
-        let bytes = unsent.reduce(0) { $0 + $1.encodedLength }
-        frames.insert(contentsOf: unsent, at: 0)
+        putBack(waiting: unsent.map { Waiting(frame: $0, since: .now, resent: true) })
+    }
+
+    /// `putBack`, keeping when and why each began to wait.
+    mutating func putBack(waiting unsent: some Collection<Waiting>) {
+        let bytes = unsent.reduce(0) { $0 + $1.frame.encodedLength }
+        waiting.insert(contentsOf: unsent, at: 0)
         statistics.pendingFrames += unsent.count
         statistics.pendingBytes += bytes
         putBackHeld.frames += unsent.count
@@ -122,9 +137,9 @@ struct OutageBuffer {
     /// had routed already (a reconnection to the same zipper): not sent
     /// again, and not counted as resent.
     mutating func takeRouted(_ count: Int) -> [DataFrame] {
-        let routed = Array(frames.prefix(count))
+        let routed = waiting.prefix(count).map(\.frame)
         let bytes = routed.reduce(0) { $0 + $1.encodedLength }
-        frames.removeFirst(routed.count)
+        waiting.removeFirst(routed.count)
         statistics.pendingFrames -= routed.count
         statistics.pendingBytes -= bytes
         putBackHeld.frames -= routed.count

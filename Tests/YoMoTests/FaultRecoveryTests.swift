@@ -745,7 +745,7 @@ struct FaultRecoveryTests {
         case heldWhileReconnecting
     }
 
-    @Test("a traced function's replies that miss a restarting zipper reach it later with the function's span ids", arguments: ReplyFault.allCases)
+    @Test("a traced function's replies that miss a restarting zipper reach it later in the function's trace: each under its handler's span, or under the span of its wait in the outage buffer, a child of that", arguments: ReplyFault.allCases)
     func repliesKeepTheirSpanIDsAcrossARestart(_ fault: ReplyFault) async throws {
         // The zipper traces nothing, so what the sink sees is what the function wrote.
         let zipper = try ZipperProcess(port: try await freePort(), environment: ["OTEL_SDK_DISABLED": "true"])
@@ -757,7 +757,8 @@ struct FaultRecoveryTests {
         try await sink.connect()
         // The function redials late, so the sink is back first and the replies have a route.
         let slow = ReconnectPolicy.redialsLate
-        let tracing = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: InMemorySpanExporter())])
+        let relaySpans = InMemorySpanExporter()
+        let tracing = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: relaySpans)])
         let gate = Gate()
         let handled = Inbox<(text: String, spanID: String)>()
         let wrote = Inbox<String>()
@@ -812,11 +813,20 @@ struct FaultRecoveryTests {
         case .heldWhileReconnecting: #expect(relay.outageStatistics.delivered == texts.count, "\(relay.outageStatistics)")
         }
         let written = Dictionary(handled.items.map { ($0.text, $0.spanID) }) { first, _ in first }
+        // A reply that waited has a span for the wait ("client outage"), a child of its handler's.
+        let waits = relaySpans.spans.filter { $0.name == "client outage" }
+        var waited = 0
         for reply in received.items {
             let spanID = try #require(written[reply.text])
-            #expect(reply.spanID == spanID, "\(reply.text): yomo-span-id")
-            #expect(reply.traceparent?.split(separator: "-").dropFirst(2).first.map(String.init) == spanID, "\(reply.text): traceparent")
+            let parent = try #require(reply.spanID, "\(reply.text): yomo-span-id")
+            #expect(reply.traceparent?.split(separator: "-").dropFirst(2).first.map(String.init) == parent, "\(reply.text): traceparent")
+            if parent != spanID {
+                let wait = try #require(waits.first { $0.context.spanID.description == parent }, "\(reply.text): no span \(parent)")
+                #expect(wait.parentSpanID?.description == spanID, "\(reply.text): the wait follows the handler's span")
+                waited += 1
+            }
         }
+        #expect(waited >= texts.count, "the replies that waited: \(waited)")
         await relay.close()
         await sink.close()
     }

@@ -345,8 +345,11 @@ struct OutageBufferTests {
             // The zipper had routed the first already: not sent again, and no room made for new frames.
             #expect(buffer.takeRouted(1).count == 1)
             #expect(buffer.admit(frame(6)) == .full(firstOfBurst: false))
-            let taken = buffer.takeAll().map { $0.payload.getInteger(at: 0, as: UInt8.self) }
+            let waiting = buffer.takeWaiting()
+            let taken = waiting.map { $0.frame.payload.getInteger(at: 0, as: UInt8.self) }
             #expect(taken == (besides ? [1, 2, 3, 4] : [1, 2]), "\(besides)")
+            // What each frame's span ("client outage") says: sent again, or written meanwhile.
+            #expect(waiting.map(\.resent) == (besides ? [true, true, false, false] : [true, true]), "\(besides)")
             #expect(buffer.admit(frame(7)) == .buffered(firstOfOutage: !besides), "room again once taken: \(besides)")
         }
     }

@@ -287,6 +287,56 @@ struct TracingEndToEndTests {
         }
     }
 
+    @Test("a frame a source wrote while it reconnected shows its wait in the trace: a span from the write to the new connection, between the source's span and the zipper's")
+    func outageFrameTrace() async throws {
+        let receiver = try await SpanReceiver.start()
+        let providers = ["zipper", "sink", "source"].map { receiver.provider(service: "test-\($0)") }
+        let port = try await freePort()
+        func zipper() -> Zipper {
+            Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: port), options: .init(tracerProvider: providers[0]))
+        }
+        let before = zipper()
+        try await before.start()
+        let fast = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100))
+        let received = Inbox<String>()
+        let sink = StreamFunction(
+            name: "sink", zipper: "127.0.0.1:\(port)", options: .init(observedTags: [0x62], reconnect: fast, tracerProvider: providers[1]))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        let source = Source(name: "feeder", zipper: "127.0.0.1:\(port)", options: .init(reconnect: fast, tracerProvider: providers[2]))
+        try await source.connect()
+        await before.close()
+        #expect(await eventually { !source.client.isConnected })
+        try await source.write(tag: 0x62, data: Array("during".utf8))
+        #expect(source.outageStatistics.buffered == 1)
+        let after = zipper()
+        try await after.start()
+        #expect(await received.wait(for: 1))
+        await source.close()
+        await sink.close()
+        await after.close()
+        for provider in providers { await provider.shutdown() }
+
+        let spans = receiver.spans()
+        func attributes(_ span: [String: Any]) -> [String: Any] { span["attributes"] as? [String: Any] ?? [:] }
+        func number(_ span: [String: Any], _ key: String) -> Int { (span[key] as? Int) ?? Int((span[key] as? String) ?? "") ?? 0 }
+        let sourceSpan = try #require(spans.first { $0["name"] as? String == "feeder" })
+        let trace = spans.filter { $0["trace_id"] as? String == sourceSpan["trace_id"] as? String }
+        let outage = try #require(trace.first { $0["name"] as? String == "client outage" }, "\(trace.map { $0["name"] ?? "?" })")
+        #expect(outage["parent_span_id"] as? String == sourceSpan["span_id"] as? String)
+        #expect(attributes(outage)["yomo.outage.reason"] as? String == "buffered")
+        #expect(attributes(outage)["send_data_tag"] as? Int == 0x62)
+        #expect((outage["scope"] as? [String: Any])?["name"] as? String == "Source")
+        #expect(number(outage, "start") >= number(sourceSpan, "start") && number(outage, "end") > number(outage, "start"))
+        let zipperSpan = try #require(trace.first { $0["name"] as? String == "zipper endpoint" })
+        #expect(zipperSpan["parent_span_id"] as? String == outage["span_id"] as? String, "the zipper's span follows the wait")
+        let sinkSpan = try #require(trace.first { $0["name"] as? String == "sink" })
+        // The new zipper held it if the sink came back after the source: then its wait there follows.
+        let hold = trace.first { $0["name"] as? String == "zipper hold" }
+        #expect(hold == nil || hold?["parent_span_id"] as? String == zipperSpan["span_id"] as? String)
+        #expect(sinkSpan["parent_span_id"] as? String == (hold ?? zipperSpan)["span_id"] as? String)
+    }
+
     @Test("a function's replies are children of its span, frame after frame (its writes reuse the received metadata bytes)")
     func repliesStayInTheirFramesTraces() async throws {
         let receiver = try await SpanReceiver.start()
