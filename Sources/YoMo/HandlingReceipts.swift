@@ -63,7 +63,7 @@ final class HandlingLedger: Sendable {
         /// What a receipt the zipper's QUIC stack acknowledged told: frames
         /// before it will not come again. A receipt only queued may be lost
         /// with the connection, and then the zipper sends those frames again
-        /// (a cut seconds after they were handled, and they were handled twice).
+        /// (a cut just after they were handled, and they were handled twice).
         var confirmed: Int
         /// The ticker waits for a frame (`wakeups`).
         var idle = true

@@ -961,10 +961,10 @@ public final class Zipper: Sendable {
                         state.departed.append(member)
                         let taken = configuration.unroutedHold.isOn ? unacknowledged : []
                         // A frame acknowledged whole was kept because its handlers had not finished it.
-                        let frames = taken.map {
+                        let takenBack = taken.map {
                             ($0.frame, $0.target, $0.notAcknowledged, $0.end <= acknowledgedThrough ? HeldFrames.Reason.notHandled : .notAcknowledged)
                         }
-                            + unwritten.map { ($0.frame, $0.target, 0, HeldFrames.Reason.notAcknowledged) }
+                        let frames = takenBack + unwritten.map { ($0.frame, $0.target, 0, HeldFrames.Reason.notAcknowledged) }
                         left = state.holdForReturn(frames, of: member, stillObserved: stillObserved, tally: leftovers)
                         if let leaving { catchUps = state.catchUp(taken, leftBy: leaving, stillObserved: stillObserved, tally: leftovers) }
                         // A namesake has the rest of the frames in tags it observes, or gets them now.
