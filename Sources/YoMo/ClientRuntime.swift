@@ -649,7 +649,8 @@ final class ClientRuntime: Sendable {
             for (index, waiting) in frames.enumerated() {
                 do {
                     // Its wait, on a span of its own after the writer's (a frame sent again: another).
-                    let frame = tracing.outageFrame(waiting.frame, waited: .now - waiting.since, resent: waiting.resent)
+                    let frame = tracing.outageFrame(
+                        waiting.frame, waited: .now - waiting.since, resent: waiting.resent, meshLink: clientType == .upstreamZipper)
                     let end = try await session.connection.write(.data(frame))
                     session.recordWrite(frame, endingAt: end, logger: logger)
                     carriedThrough = end

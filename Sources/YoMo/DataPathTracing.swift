@@ -115,9 +115,10 @@ struct DataPathTracer: Sendable {
     /// frame's parent (the writer's span), as `heldFrame` does at the zipper.
     /// `resent`: it was written to the lost connection, which the zipper had
     /// not acknowledged (or settled, with receipts); else written meanwhile.
-    func outageFrame(_ frame: DataFrame, waited: Duration, resent: Bool) -> DataFrame {
+    /// `meshLink`: the client is a zipper's link to a downstream zipper.
+    func outageFrame(_ frame: DataFrame, waited: Duration, resent: Bool, meshLink: Bool = false) -> DataFrame {
         waitedFrame(
-            frame, span: "client outage", waited: waited,
+            frame, span: meshLink ? "mesh link outage" : "client outage", waited: waited,
             attributes: FixedAttributes(
                 .init("yomo.outage.reason", .string(resent ? "resent" : "buffered")), .init("send_data_tag", .int64(Int64(frame.tag)))))
     }

@@ -114,12 +114,15 @@ final class MeshLink: Sendable {
     static let receiptPatience: Duration = .seconds(5)
     private let logger: Logger
     private let state: Mutex<State>
+    /// The zipper's: a frame that waited for the link to reconnect gets a span for the wait.
+    private let tracing: DataPathTracer
 
     init(
         peer: ZipperConfiguration.MeshPeer, zipperName: String, limits: ZipperConfiguration.MeshQueue, deliveryReceipts: Bool,
-        receiptPatience: Duration = MeshLink.receiptPatience, logger: Logger
+        receiptPatience: Duration = MeshLink.receiptPatience, tracing: DataPathTracer = .disabled, logger: Logger
     ) {
         self.peer = peer
+        self.tracing = tracing
         self.zipperName = zipperName
         self.deliveryReceipts = deliveryReceipts
         self.receiptPatience = receiptPatience
@@ -269,9 +272,10 @@ final class MeshLink: Sendable {
                 retryInitialConnect: true, handshakeTimeout: .seconds(3), deliveryReceipts: deliveryReceipts)
             // Frames taken while reconnecting wait here, bounded like the queue.
             let limits = state.withLock { $0.backlog.limits }
-            let setup = ClientRuntime.Setup(
+            var setup = ClientRuntime.Setup(
                 settings: settings, outageBufferFrames: limits.maximumFrames, outageBufferBytes: limits.maximumBytes,
                 outageAdmitsBesidesPutBack: true)
+            setup.tracing = tracing
             logger.info("mesh link starting")
             do {
                 try client.launch(setup)

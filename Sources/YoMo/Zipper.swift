@@ -394,13 +394,15 @@ public final class Zipper: Sendable {
         let logger = options.logger.yomoZipper(address: ZipperAddress.format(host: configuration.host, port: configuration.port))
         self.logger = logger
         self.authority = HandshakeAuthority(version: configuration.version, authentication: configuration.authentication)
-        (tracing, ownedProvider) = DataPathTracer.resolve(options.tracerProvider, serviceName: configuration.name, scope: "Zipper")
+        let resolved = DataPathTracer.resolve(options.tracerProvider, serviceName: configuration.name, scope: "Zipper")
+        (tracing, ownedProvider) = resolved
         metrics = DataPathMetrics(
             provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "Zipper", component: ["yomo.zipper.name": configuration.name])
         links = configuration.downstreams.map { peer in
             MeshLink(
                 peer: peer, zipperName: configuration.name, limits: configuration.meshQueue,
-                deliveryReceipts: configuration.deliveryReceipts, receiptPatience: options.meshReceiptPatience, logger: logger)
+                deliveryReceipts: configuration.deliveryReceipts, receiptPatience: options.meshReceiptPatience, tracing: resolved.0,
+                logger: logger)
         }
         linkDeliveries = links.map { DeliveryDestination($0) }
         metrics.observeTracing(options.tracerProvider ?? ownedProvider)

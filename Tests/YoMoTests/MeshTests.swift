@@ -494,6 +494,36 @@ struct MeshLoopbackTests {
         await server.close(reason: "")
     }
 
+    @Test("a frame that waited for its mesh link to reach the downstream shows the wait in its trace: a span under the upstream zipper's, which the downstream's hops follow")
+    func linkOutageTrace() async throws {
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let portA = try await freePort(), portB = try await freePort()
+        let a = Self.zipper("a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")], tracerProvider: provider)
+        try await a.start()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        try await source.write(tag: 0x37, data: Array("waited".utf8))
+        #expect(await eventually { a.meshLinkHealth.first?.queuedFrames == 1 })
+        // b untraced: the function sees the parent the link wrote.
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let parents = Inbox<String>()
+        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x37], credential: "token:mesh"))
+        far.setHandler { ctx in parents.append(ctx.metadata(Metadata.ReservedKey.spanID) ?? "") }
+        try await far.connect()
+        #expect(await parents.wait(for: 1, timeout: .seconds(30)))
+        await source.close()
+        await far.close()
+        await a.close()
+        await b.close()
+        let zipperSpan = try #require(exporter.spans.first { $0.name == "zipper endpoint" })
+        let wait = try #require(exporter.spans.first { $0.name == "mesh link outage" }, "\(exporter.spans.map(\.name))")
+        #expect(wait.parentSpanID == zipperSpan.context.spanID && wait.context.traceID == zipperSpan.context.traceID)
+        #expect(wait.endTimeNanoseconds > wait.startTimeNanoseconds && wait.startTimeNanoseconds >= zipperSpan.startTimeNanoseconds)
+        #expect(parents.items.first == wait.context.spanID.description, "b's hops follow the wait")
+    }
+
     @Test("a downstream that never answers slows nothing: frames for it are dropped and counted")
     func blackhole() async throws {
         // A UDP port that takes packets and never answers.
