@@ -110,6 +110,20 @@ struct DataPathTracer: Sendable {
             listed: [ListedAttribute(key: "messaging.consumer.group.name", value: .string(function))])
     }
 
+    /// A held frame whose wait ended with nobody taking it for `missing` (the
+    /// names it was held for, or none: any function that came): the span of
+    /// its wait ("zipper hold"), ended now with an error status, so that the
+    /// frame's trace says it was dropped and why rather than simply ending at
+    /// the zipper.
+    func droppedHeldFrame(_ frame: DataFrame, waited: Duration, reason: StaticString, missing: Set<String>, cause: String) {
+        let names = missing.sorted().joined(separator: ",")
+        _ = waitedFrame(
+            frame, span: "zipper hold", waited: waited,
+            attributes: FixedAttributes(.init("yomo.hold.reason", .string(reason)), .init("routing_data_tag", .int64(Int64(frame.tag)))),
+            listed: names.isEmpty ? [] : [ListedAttribute(key: "messaging.consumer.group.name", value: .string(names))],
+            status: SpanStatus(code: .error, message: cause))
+    }
+
     /// A frame a client held while it reconnected, as it goes to the new
     /// connection: its wait, recorded as a span ("client outage") under the
     /// frame's parent (the writer's span), as `heldFrame` does at the zipper.
@@ -128,7 +142,8 @@ struct DataPathTracer: Sendable {
     /// it is with tracing off or under a parent not sampled (its wait is then
     /// recorded nowhere, as the hops around it).
     private func waitedFrame(
-        _ frame: DataFrame, span name: String, waited: Duration, attributes: FixedAttributes, listed: [ListedAttribute] = []
+        _ frame: DataFrame, span name: String, waited: Duration, attributes: FixedAttributes, listed: [ListedAttribute] = [],
+        status: SpanStatus? = nil
     ) -> DataFrame {
         guard tracer.isEnabled, var metadata = try? Metadata(decoding: frame.metadata),
               let parent = extractParent(from: metadata), parent.isSampled else { return frame }
@@ -138,8 +153,10 @@ struct DataPathTracer: Sendable {
             name, parent: parent, context: .topLevel, ofKind: .internal,
             at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: now - min(now, nanoseconds)),
             attributes: listed, fixedAttributes: attributes)
-        inject(span, into: &metadata)
+        if let status { span.setStatus(status) }
         span.end(at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: now))
+        guard status == nil else { return frame }
+        inject(span, into: &metadata)
         return DataFrame(tag: frame.tag, metadata: metadata.encoded(), payload: frame.payload)
     }
 

@@ -152,6 +152,11 @@ struct HeldFrames {
 
     let settings: ZipperConfiguration.UnroutedHold
     let startedAt: Instant
+    /// Keep the frames whose wait ended short of someone (`takeDropped`):
+    /// with tracing on, each gets a span saying so.
+    var keepsDropped = false
+    /// The frames dropped since `takeDropped`, while `keepsDropped`.
+    private var dropped: [Entry] = []
     private(set) var entries = CircularBuffer<Entry>()
     private(set) var bytes = 0
     /// Frames held per tag (a burst of a tag starts when its count leaves zero).
@@ -397,10 +402,18 @@ struct HeldFrames {
         heldPerTag[entry.frame.tag] = left > 0 ? left : nil
     }
 
+    /// The frames whose wait ended short of someone since the last call
+    /// (only while `keepsDropped`), in the order they were dropped.
+    mutating func takeDropped() -> [Entry] {
+        defer { dropped = [] }
+        return dropped
+    }
+
     private mutating func end(_ entry: Entry, into dropped: inout [Dropped]) {
         forget(entry)
         entry.tally?.release()
         guard entry.missedSomeone else { return }
+        if keepsDropped { self.dropped.append(entry) }
         let tag = entry.frame.tag
         let index = dropped.firstIndex { $0.tag == tag } ?? {
             dropped.append(Dropped(tag: tag, wasObserved: wasObserved(tag: tag)))

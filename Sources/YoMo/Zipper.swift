@@ -384,6 +384,7 @@ public final class Zipper: Sendable {
     public init(configuration: ZipperConfiguration = ZipperConfiguration(), options: Options = Options()) {
         self.configuration = configuration
         self.options = options
+        let resolved = DataPathTracer.resolve(options.tracerProvider, serviceName: configuration.name, scope: "Zipper")
         state = Mutex(State(held: HeldFrames(settings: configuration.unroutedHold, startedAt: .now)))
         incompleteFrames = IncompleteFrameBudget(
             bytes: max(1, configuration.limits.maximumIncompleteFrameBytes),
@@ -394,7 +395,6 @@ public final class Zipper: Sendable {
         let logger = options.logger.yomoZipper(address: ZipperAddress.format(host: configuration.host, port: configuration.port))
         self.logger = logger
         self.authority = HandshakeAuthority(version: configuration.version, authentication: configuration.authentication)
-        let resolved = DataPathTracer.resolve(options.tracerProvider, serviceName: configuration.name, scope: "Zipper")
         (tracing, ownedProvider) = resolved
         metrics = DataPathMetrics(
             provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "Zipper", component: ["yomo.zipper.name": configuration.name])
@@ -708,6 +708,7 @@ public final class Zipper: Sendable {
             $0.readinessProbe = probe
             // Every tag is held in the first `afterLastObserver` after the start: the functions of a previous run are on their way.
             $0.held = HeldFrames(settings: configuration.unroutedHold, startedAt: .now)
+            $0.held.keepsDropped = tracing.tracer.isEnabled
             // And those it remembers are owed their tags' frames by name.
             $0.held.expectBack(expected, now: $0.held.startedAt)
         }
@@ -1643,14 +1644,23 @@ public final class Zipper: Sendable {
                     return
                 }
                 lastRound = .now
-                let (dropped, report) = state.withLock { state in
+                let (dropped, report, frames) = state.withLock { state in
                     let dropped = state.held.expire(now: lastRound)
                     state.countHeldDropped(dropped)
-                    return (dropped, state.heldDropReports.add(dropped, now: lastRound) + state.heldDropReports.due(now: lastRound))
+                    return (dropped, state.heldDropReports.add(dropped, now: lastRound) + state.heldDropReports.due(now: lastRound), state.held.takeDropped())
                 }
+                traceDropped(frames, cause: "dropped: no stream function it was held for came within \(configuration.unroutedHold.duration)")
                 countNoRoute(dropped)
                 for tag in report { logDropped(tag) }
             }
+        }
+    }
+
+    /// Each held frame dropped ends its trace with a span that says so.
+    private func traceDropped(_ frames: [HeldFrames.Entry], cause: String) {
+        let now = ContinuousClock.now
+        for entry in frames {
+            tracing.droppedHeldFrame(entry.frame, waited: now - entry.heldAt, reason: entry.reason.attribute, missing: entry.owed, cause: cause)
         }
     }
 
@@ -1693,11 +1703,12 @@ public final class Zipper: Sendable {
     /// The frames still held when the zipper closes: dropped, in one line
     /// (with the drops not yet reported).
     private func dropHeldAtClose() {
-        let (dropped, unreported) = state.withLock { state in
+        let (dropped, unreported, frames) = state.withLock { state in
             let dropped = state.held.removeAll()
             state.countHeldDropped(dropped)
-            return (dropped, state.heldDropReports.removeAll())
+            return (dropped, state.heldDropReports.removeAll(), state.held.takeDropped())
         }
+        traceDropped(frames, cause: "dropped: the zipper closed")
         for tag in unreported { logDropped(tag) }
         guard !dropped.isEmpty else { return }
         countNoRoute(dropped)
