@@ -1401,7 +1401,9 @@ public final class Zipper: Sendable {
         switch decision {
         case .none: break
         case .hold: (held, destinations) = hold(frame, patch: patch, target: target, ledger: ledger, logger: logger)
-        case .refused(let level): logHoldFull(level, tag: frame.tag, logger: logger)
+        case .refused(let level):
+            logHoldFull(level, tag: frame.tag, logger: logger)
+            if tracing.tracer.isEnabled { traceRefusedByFullHold(frame.applying(patch), awayFunctions: destinations.isEmpty ? [] : nil) }
         }
         // no_route: no observer here, none held for (the mesh may still take the frame).
         if !held && destinations.isEmpty { router?.noRoute.add() }
@@ -1516,13 +1518,15 @@ public final class Zipper: Sendable {
         _ frame: DataFrame, patch: MetadataPatch?, target: String?, ledger: ReceiptLedger?, logger: Logger
     ) -> (held: Bool, destinations: [Destination]) {
         let owned = HeldFrames.owned(frame, patch: patch)
-        typealias Outcome = (held: Bool, destinations: [Destination], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?)
+        typealias Outcome = (
+            held: Bool, destinations: [Destination], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?, refused: HeldFrames.Claim?
+        )
         let outcome = state.withLock { state -> Outcome in
             let destinations = state.destinations(tag: frame.tag, target: target)
             let routed = !destinations.isEmpty
             // Checked again: a function may have arrived or left since the caller looked.
             guard let claim = state.held.claim(tag: frame.tag, target: target, routed: routed, now: .now) else {
-                return (false, destinations, false, nil, nil)
+                return (false, destinations, false, nil, nil, nil)
             }
             let wasEmpty = state.held.isEmpty
             switch state.held.hold(
@@ -1530,11 +1534,12 @@ public final class Zipper: Sendable {
             case .held(let first):
                 state.statistics.heldFrames += 1
                 state.heldFull = (false, false)
-                return (true, destinations, wasEmpty, first ? claim : nil, nil)
+                return (true, destinations, wasEmpty, first ? claim : nil, nil, nil)
             case .full:
-                return (false, destinations, false, nil, state.refuseHeld(tag: frame.tag))
+                return (false, destinations, false, nil, state.refuseHeld(tag: frame.tag), claim)
             }
         }
+        if let claim = outcome.refused, tracing.tracer.isEnabled { traceRefusedByFullHold(owned, awayFunctions: claim.owed) }
         if outcome.wasEmpty { heldWakeups.continuation.yield() }
         if let claim = outcome.firstFor, mayLogAboutHeldFrames() {
             let duration = configuration.unroutedHold.duration
@@ -1654,6 +1659,15 @@ public final class Zipper: Sendable {
                 for tag in report { logDropped(tag) }
             }
         }
+    }
+
+    /// A frame the full hold refused ends its trace with a span that says so.
+    /// `awayFunctions`: the names it was to be held for ([] : any that came; nil: some, unknown here).
+    private func traceRefusedByFullHold(_ frame: DataFrame, awayFunctions: Set<String>?) {
+        let reason = awayFunctions?.isEmpty == true ? HeldFrames.Reason.noFunction : .functionAway
+        tracing.droppedHeldFrame(
+            frame, waited: .zero, reason: reason.attribute, missing: awayFunctions ?? [],
+            cause: "dropped: the hold was full (unrouted_hold.max_bytes \(configuration.unroutedHold.maximumBytes))")
     }
 
     /// Each held frame dropped ends its trace with a span that says so.

@@ -287,34 +287,41 @@ struct TracingEndToEndTests {
         }
     }
 
-    @Test("a held frame that no function came for ends its trace with the span of its wait, in error, saying it was dropped")
+    @Test("a held frame that no function came for, or that a full hold refused, ends its trace with a span in error saying it was dropped and why")
     func droppedHeldFrameTrace() async throws {
         let receiver = try await SpanReceiver.start()
         let providers = ["zipper", "source"].map { receiver.provider(service: "test-\($0)") }
         var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
-        configuration.unroutedHold = .init(duration: .milliseconds(200))
+        // Room for one of the two frames (each counts its bytes and HeldFrames.entryOverhead).
+        configuration.unroutedHold = .init(duration: .milliseconds(200), maximumBytes: 600 + 400 + HeldFrames.entryOverhead)
         let zipper = Zipper(configuration: configuration, options: .init(tracerProvider: providers[0]))
         try await zipper.start()
         let address = try #require(zipper.address)
         let source = Source(name: "feeder", zipper: address, options: .init(tracerProvider: providers[1]))
         try await source.connect()
-        try await source.write(tag: 0x63, data: Array("nobody".utf8))
-        #expect(await eventually { zipper.statistics.heldFramesDropped == 1 }, "\(zipper.statistics)")
+        for text in ["held", "refused"] {
+            try await source.write(tag: 0x63, data: Array(text.utf8) + [UInt8](repeating: 0x20, count: 600))
+        }
+        #expect(await eventually { zipper.statistics.heldFramesDropped == 2 }, "\(zipper.statistics)")
         await source.close()
         await zipper.close()
         for provider in providers { await provider.shutdown() }
 
         let spans = receiver.spans()
         func attributes(_ span: [String: Any]) -> [String: Any] { span["attributes"] as? [String: Any] ?? [:] }
-        let zipperSpan = try #require(spans.first { $0["name"] as? String == "zipper endpoint" })
-        let hold = try #require(spans.first { $0["name"] as? String == "zipper hold" }, "\(spans.map { $0["name"] ?? "?" })")
-        #expect(hold["parent_span_id"] as? String == zipperSpan["span_id"] as? String)
-        #expect(attributes(hold)["yomo.hold.reason"] as? String == "no_function")
-        let status = hold["status"] as? [String: Any]
-        #expect(status?["code"] as? Int == 2, "error: \(String(describing: status))")
-        #expect((status?["message"] as? String)?.hasPrefix("dropped: no stream function") == true, "\(String(describing: status))")
-        let waited = ((hold["end"] as? Int) ?? 0) - ((hold["start"] as? Int) ?? 0)
-        #expect(waited >= 200_000_000, "it waited the hold's duration: \(waited) ns")
+        for cause in ["dropped: no stream function", "dropped: the hold was full"] {
+            let holds = spans.filter { ((($0["status"] as? [String: Any])?["message"]) as? String)?.hasPrefix(cause) == true }
+            #expect(holds.count == 1, "\(cause): \(spans.map { "\($0["name"] ?? "?") \(String(describing: $0["status"]))" })")
+            guard let hold = holds.first else { continue }
+            #expect(hold["name"] as? String == "zipper hold")
+            #expect((hold["status"] as? [String: Any])?["code"] as? Int == 2, "error")
+            #expect(attributes(hold)["yomo.hold.reason"] as? String == "no_function")
+            let zipperSpan = try #require(spans.first { $0["span_id"] as? String == hold["parent_span_id"] as? String }, "its parent")
+            #expect(zipperSpan["name"] as? String == "zipper endpoint" && zipperSpan["trace_id"] as? String == hold["trace_id"] as? String)
+            let waited = ((hold["end"] as? Int) ?? 0) - ((hold["start"] as? Int) ?? 0)
+            // The expired one waited the hold's duration; the refused one not at all.
+            #expect(cause.hasSuffix("full") ? waited < 200_000_000 : waited >= 200_000_000, "\(cause): waited \(waited) ns")
+        }
     }
 
     @Test("a frame a source wrote while it reconnected shows its wait in the trace: a span from the write to the new connection, between the source's span and the zipper's")
