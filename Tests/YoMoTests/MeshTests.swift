@@ -123,6 +123,16 @@ struct MeshLoopbackTests {
             options: .init(logger: Logger(label: "test.\(name)"), tracerProvider: tracerProvider, meterProvider: meterProvider))
     }
 
+    /// A stream function "far" at the zipper on `port`, collecting the text of each frame of `tag`.
+    static func farFunction(port: Int, tag: UInt32, retryConnect: Bool = false, handlerConcurrency: Int? = nil) async throws -> (StreamFunction, Inbox<String>) {
+        let received = Inbox<String>()
+        let function = StreamFunction(name: "far", zipper: "127.0.0.1:\(port)", options: .init(
+            observedTags: [tag], credential: "token:mesh", retryConnect: retryConnect, handlerConcurrency: handlerConcurrency))
+        function.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await function.connect()
+        return (function, received)
+    }
+
     @Test("each link's state on /metrics: not connected with frames waiting while its downstream is down; connected, drained and the frames unsettled while the downstream holds them; settled once a function there has them")
     func linkStateOnMetrics() async throws {
         let meters = MeterProvider(configuration: .init(serviceName: "mesh-a", environment: [:]))
@@ -153,10 +163,7 @@ struct MeshLoopbackTests {
         #expect(await eventually { a.meshLinkHealth.first.map { $0.sentFrames == 10 && $0.unsettledFrames == 10 } == true })
         #expect(await gauge("yomo_zipper_mesh_unsettled_messages") == 10)
         #expect(await gauge("yomo_zipper_mesh_sent_messages_total") == 10)
-        let remote = Inbox<String>()
-        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x33], credential: "token:mesh"))
-        far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await far.connect()
+        let (far, remote) = try await Self.farFunction(port: portB, tag: 0x33)
         #expect(await eventually { a.meshLinkHealth.first?.connected == true && a.meshLinkHealth.first?.queuedFrames == 0 })
         #expect(await gauge("yomo_zipper_mesh_connected") == 1)
         #expect(await gauge("yomo_zipper_mesh_queued_messages") == 0)
@@ -181,11 +188,7 @@ struct MeshLoopbackTests {
         try await a.start()
         var b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
-        let remote = Inbox<String>()
-        let far = StreamFunction(
-            name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x33], credential: "token:mesh", retryConnect: true))
-        far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await far.connect()
+        let (far, remote) = try await Self.farFunction(port: portB, tag: 0x33, retryConnect: true)
         #expect(await eventually { a.meshLinkHealth.first?.connected == true })
         let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
         try await source.connect()
@@ -240,12 +243,7 @@ struct MeshLoopbackTests {
 
         await b.kill()
         try b.restart()
-        let remote = Inbox<String>()
-        let far = StreamFunction(
-            name: "far", zipper: "127.0.0.1:\(portB)",
-            options: .init(observedTags: [0x35], credential: "token:mesh", retryConnect: true, handlerConcurrency: 1))
-        far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await far.connect()
+        let (far, remote) = try await Self.farFunction(port: portB, tag: 0x35, retryConnect: true, handlerConcurrency: 1)
         #expect(try await writeUntilReceived(source, tag: 0x35, "after", remote))
         if receipts {
             #expect(await eventually { texts.allSatisfy(remote.items.contains) }, "\(remote.items)")
@@ -281,11 +279,7 @@ struct MeshLoopbackTests {
         await a.kill()
         let b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
-        let remote = Inbox<String>()
-        let far = StreamFunction(
-            name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x35], credential: "token:mesh", handlerConcurrency: 1))
-        far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await far.connect()
+        let (far, remote) = try await Self.farFunction(port: portB, tag: 0x35, handlerConcurrency: 1)
         try a.restart()
         #expect(try await writeUntilReceived(source, tag: 0x35, "after", remote))
         if receipts {
@@ -329,10 +323,7 @@ struct MeshLoopbackTests {
 
         let b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
-        let remote = Inbox<String>()
-        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x35], credential: "token:mesh"))
-        far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await far.connect()
+        let (far, remote) = try await Self.farFunction(port: portB, tag: 0x35)
         #expect(await eventually { Set(remote.items).isSuperset(of: texts) }, "\(remote.items)")
         await source.close()
         await near.close()
@@ -355,10 +346,7 @@ struct MeshLoopbackTests {
 
         let b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
-        let remote = Inbox<String>()
-        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x36], credential: "token:mesh"))
-        far.setHandler { ctx in remote.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await far.connect()
+        let (far, remote) = try await Self.farFunction(port: portB, tag: 0x36)
         #expect(await eventually(within: .seconds(30)) { remote.count >= texts.count }, "\(remote.count) of \(texts.count)")
         let missing = Set(texts).subtracting(remote.items).count
         #expect(missing == 0)
