@@ -48,8 +48,6 @@ struct SendShared {
         var released: Int
         /// Past the share, the oldest buffers went as if released: through here.
         var overflowedThrough = 0
-        /// Counted in the budget's connections (until the connection ends).
-        var joined = true
 
         /// Where what the peer is done with ends.
         var settled: Int { max(released, overflowedThrough) }
@@ -999,10 +997,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             s.error = error
             keepUnacknowledged(&s, headStart: headStart)
             // What it kept is taken now (or freed): its share goes to the others.
-            if let retention = s.retention, retention.joined {
-                retention.budget.leave()
-                s.retention?.joined = false
-            }
+            // Once: `terminate` runs once, and no retention begins after it (`s.error`).
+            s.retention?.budget.leave()
             let w = s.takeAllWaiters() + s.drainWaiters
             s.drainWaiters = []
             return w
