@@ -657,7 +657,7 @@ final class ClientRuntime: Sendable {
                 } catch {
                     state.withLock {
                         $0.outage.delivered(index)
-                        $0.outage.putBack(waiting: frames[index...])
+                        $0.outage.putBack(frames[index...])
                     }
                     return .failed(error)
                 }
@@ -1000,7 +1000,6 @@ final class ClientRuntime: Sendable {
             return DeliveryMark(session: session, end: session?.dataWrittenThrough ?? 0, generation: state.generation)
         }
     }
-
 
     /// Waits until every frame written before the call is settled (see
     /// `isSettled`); frames written meanwhile are not waited for. Polls every

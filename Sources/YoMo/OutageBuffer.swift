@@ -110,14 +110,10 @@ struct OutageBuffer {
     }
 
     /// Frames taken that could not be written (the new connection failed too):
-    /// they go back in front of anything held since, keeping the write order.
-    /// They are held beyond the limits rather than dropped: they were accepted.
-    mutating func putBack(_ unsent: some Collection<DataFrame>) {
-        putBack(waiting: unsent.map { Waiting(frame: $0, since: .now, resent: true) })
-    }
-
-    /// `putBack`, keeping when and why each began to wait.
-    mutating func putBack(waiting unsent: some Collection<Waiting>) {
+    /// they go back in front of anything held since, keeping the write order
+    /// and when and why each began to wait. They are held beyond the limits
+    /// rather than dropped: they were accepted.
+    mutating func putBack(_ unsent: some Collection<Waiting>) {
         let bytes = unsent.reduce(0) { $0 + $1.frame.encodedLength }
         waiting.insert(contentsOf: unsent, at: 0)
         statistics.pendingFrames += unsent.count
@@ -129,7 +125,7 @@ struct OutageBuffer {
     /// Frames a lost connection never had acknowledged: they go first, whatever
     /// the limits (they were accepted before the outage began).
     mutating func resend(_ unacknowledged: [DataFrame]) {
-        putBack(unacknowledged)
+        putBack(unacknowledged.map { Waiting(frame: $0, since: .now, resent: true) })
         statistics.resent += unacknowledged.count
     }
 

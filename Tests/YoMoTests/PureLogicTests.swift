@@ -317,15 +317,17 @@ struct OutageBufferTests {
         #expect(buffer.statistics.pendingFrames == 3)
         #expect(buffer.statistics.dropped == 2)
 
-        let taken = buffer.takeAll()
-        #expect(taken.map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [0, 1, 2])
+        let taken = buffer.takeWaiting()
+        #expect(taken.map { $0.frame.payload.getInteger(at: 0, as: UInt8.self) } == [0, 1, 2])
         #expect(buffer.statistics.pendingFrames == 0 && buffer.statistics.pendingBytes == 0)
         // A new connection failed after the first was written: the rest go back in
         // front of a write made meanwhile.
         #expect(buffer.admit(frame(5)) == .buffered(firstOfOutage: false))
         buffer.delivered(1)
         buffer.putBack(taken[1...])
-        #expect(buffer.takeAll().map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [1, 2, 5])
+        let again = buffer.takeWaiting()
+        #expect(again.map { $0.frame.payload.getInteger(at: 0, as: UInt8.self) } == [1, 2, 5])
+        #expect(again.prefix(2).map(\.since) == taken[1...].map(\.since), "put back as they waited")
         buffer.delivered(3)
         #expect(buffer.endOutage() == (buffered: 4, dropped: 2))
         #expect(buffer.admit(frame(6)) == .buffered(firstOfOutage: true), "a new outage logs again")
