@@ -90,6 +90,9 @@ struct HeldFrames {
         /// handlers finished it (handling receipts).
         case notHandled
 
+        /// Why a frame routed now is held for `claim`.
+        init(_ claim: Claim) { self = claim.owed.isEmpty ? .noFunction : .functionAway }
+
         var attribute: StaticString {
             switch self {
             case .noFunction: "no_function"
@@ -267,7 +270,7 @@ struct HeldFrames {
         guard fits(bytes) else { return .full }
         let entry = Entry(
             frame: frame, target: target, bytes: bytes, deadline: now + settings.duration, heldAt: now,
-            reason: claim.owed.isEmpty ? .noFunction : .functionAway,
+            reason: Reason(claim),
             owed: claim.owed, forAnyArrival: claim.forAnyArrival, wasRouted: routed, tally: tally())
         entries.append(entry)
         return count(entry)

@@ -212,9 +212,9 @@ public final class Zipper: Sendable {
             case none
             /// Held for someone, and it fits: copy it and hold it.
             case hold
-            /// Held for someone, but the hold is full: refused (counted), with
-            /// the level of the line to write about it.
-            case refused(Logger.Level?)
+            /// Held for someone (`claim`), but the hold is full: refused
+            /// (counted), with the level of the line to write about it.
+            case refused(Logger.Level?, HeldFrames.Claim)
         }
 
         /// Whether `frame` is to be held. A full hold refuses it here, before
@@ -222,8 +222,8 @@ public final class Zipper: Sendable {
         /// would otherwise have each frame copied in vain. The data path's
         /// case (functions connected, none away) reads no clock.
         mutating func holdDecision(for frame: DataFrame, target: String?, routed: Bool) -> HoldDecision {
-            guard held.claim(tag: frame.tag, target: target, routed: routed, now: .now) != nil else { return .none }
-            guard held.fits(HeldFrames.bytes(of: frame)) else { return .refused(refuseHeld(tag: frame.tag)) }
+            guard let claim = held.claim(tag: frame.tag, target: target, routed: routed, now: .now) else { return .none }
+            guard held.fits(HeldFrames.bytes(of: frame)) else { return .refused(refuseHeld(tag: frame.tag), claim) }
             return .hold
         }
 
@@ -1401,9 +1401,9 @@ public final class Zipper: Sendable {
         switch decision {
         case .none: break
         case .hold: (held, destinations) = hold(frame, patch: patch, target: target, ledger: ledger, logger: logger)
-        case .refused(let level):
+        case .refused(let level, let claim):
             logHoldFull(level, tag: frame.tag, logger: logger)
-            if tracing.tracer.isEnabled { traceRefusedByFullHold(frame.applying(patch), awayFunctions: destinations.isEmpty ? [] : nil) }
+            if tracing.tracer.isEnabled { traceRefusedByFullHold(frame.applying(patch), for: claim) }
         }
         // no_route: no observer here, none held for (the mesh may still take the frame).
         if !held && destinations.isEmpty { router?.noRoute.add() }
@@ -1539,7 +1539,7 @@ public final class Zipper: Sendable {
                 return (false, destinations, false, nil, state.refuseHeld(tag: frame.tag), claim)
             }
         }
-        if let claim = outcome.refused, tracing.tracer.isEnabled { traceRefusedByFullHold(owned, awayFunctions: claim.owed) }
+        if let claim = outcome.refused, tracing.tracer.isEnabled { traceRefusedByFullHold(owned, for: claim) }
         if outcome.wasEmpty { heldWakeups.continuation.yield() }
         if let claim = outcome.firstFor, mayLogAboutHeldFrames() {
             let duration = configuration.unroutedHold.duration
@@ -1661,12 +1661,11 @@ public final class Zipper: Sendable {
         }
     }
 
-    /// A frame the full hold refused ends its trace with a span that says so.
-    /// `awayFunctions`: the names it was to be held for ([] : any that came; nil: some, unknown here).
-    private func traceRefusedByFullHold(_ frame: DataFrame, awayFunctions: Set<String>?) {
-        let reason = awayFunctions?.isEmpty == true ? HeldFrames.Reason.noFunction : .functionAway
+    /// A frame the full hold refused (it was to be held for `claim`) ends its
+    /// trace with a span that says so.
+    private func traceRefusedByFullHold(_ frame: DataFrame, for claim: HeldFrames.Claim) {
         tracing.droppedHeldFrame(
-            frame, waited: .zero, reason: reason.attribute, missing: awayFunctions ?? [],
+            frame, waited: .zero, reason: HeldFrames.Reason(claim).attribute, missing: claim.owed,
             cause: "dropped: the hold was full (unrouted_hold.max_bytes \(configuration.unroutedHold.maximumBytes))")
     }
 
