@@ -77,6 +77,12 @@ struct TracingEndToEndTests {
         }
     }
 
+    /// A received span's attributes.
+    static func attributes(_ span: [String: Any]) -> [String: Any] { span["attributes"] as? [String: Any] ?? [:] }
+
+    /// A received span's time field (`start`, `end`), in nanoseconds since the epoch.
+    static func nanoseconds(_ span: [String: Any], _ key: String) -> Int { (span[key] as? Int) ?? Int((span[key] as? String) ?? "") ?? 0 }
+
     /// The JSON records in `sink` whose message is `message`.
     static func records(_ sink: InMemoryLogSink, _ message: String) -> [[String: Any]] {
         sink.lines.compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
@@ -195,14 +201,13 @@ struct TracingEndToEndTests {
         let errorHandlerRecord = try #require(records.first { ($0["msg"] ?? $0["message"]) as? String == "error handler saw it" })
         #expect(errorHandlerRecord["trace_id"] as? String == failedSpan["trace_id"] as? String)
 
-        func attributes(_ span: [String: Any]) -> [String: Any] { span["attributes"] as? [String: Any] ?? [:] }
-        #expect(attributes(sourceSpan)["send_data_tag"] as? Int == 0x33)
-        #expect(attributes(sourceSpan)["send_data_len"] as? Int == 5)
-        #expect(attributes(zipperSpan)["routing_data_tag"] as? Int == 0x33)
-        #expect(attributes(zipperSpan)["routing_data_len"] as? Int == 5)
-        #expect(attributes(functionSpan)["sfn_handler_type"] as? String == "async_handler")
-        #expect(attributes(functionSpan)["recv_data_tag"] as? Int == 0x33)
-        #expect(attributes(functionSpan)["recv_data_len"] as? Int == 5)
+        #expect(Self.attributes(sourceSpan)["send_data_tag"] as? Int == 0x33)
+        #expect(Self.attributes(sourceSpan)["send_data_len"] as? Int == 5)
+        #expect(Self.attributes(zipperSpan)["routing_data_tag"] as? Int == 0x33)
+        #expect(Self.attributes(zipperSpan)["routing_data_len"] as? Int == 5)
+        #expect(Self.attributes(functionSpan)["sfn_handler_type"] as? String == "async_handler")
+        #expect(Self.attributes(functionSpan)["recv_data_tag"] as? Int == 0x33)
+        #expect(Self.attributes(functionSpan)["recv_data_len"] as? Int == 5)
         // OTLP span kinds: 4 producer, 5 consumer.
         #expect(sourceSpan["kind"] as? Int == 4)
         #expect(functionSpan["kind"] as? Int == 5)
@@ -266,24 +271,22 @@ struct TracingEndToEndTests {
         #expect(handled.items.sorted() == ["away", "stuck"], "each handled once")
 
         let spans = receiver.spans()
-        func attributes(_ span: [String: Any]) -> [String: Any] { span["attributes"] as? [String: Any] ?? [:] }
-        func number(_ span: [String: Any], _ key: String) -> Int { (span[key] as? Int) ?? Int((span[key] as? String) ?? "") ?? 0 }
         for (text, reason) in [("away", "function_away"), ("stuck", "not_handled")] {
             let length = text.utf8.count
-            let zipperSpan = try #require(spans.first { $0["name"] as? String == "zipper endpoint" && attributes($0)["routing_data_len"] as? Int == length })
+            let zipperSpan = try #require(spans.first { $0["name"] as? String == "zipper endpoint" && Self.attributes($0)["routing_data_len"] as? Int == length })
             let trace = spans.filter { $0["trace_id"] as? String == zipperSpan["trace_id"] as? String }
             let holds = trace.filter { $0["name"] as? String == "zipper hold" && $0["parent_span_id"] as? String == zipperSpan["span_id"] as? String }
-            #expect(holds.map { attributes($0)["yomo.hold.reason"] as? String } == [reason], "\(text): \(trace.map { "\($0["name"] ?? "?") \(attributes($0))" })")
+            #expect(holds.map { Self.attributes($0)["yomo.hold.reason"] as? String } == [reason], "\(text): \(trace.map { "\($0["name"] ?? "?") \(Self.attributes($0))" })")
             guard let hold = holds.first else { continue }
-            #expect(attributes(hold)["messaging.consumer.group.name"] as? String == "worker")
-            #expect(attributes(hold)["routing_data_tag"] as? Int == 0x61)
-            #expect(number(hold, "start") >= number(zipperSpan, "start") && number(hold, "end") > number(hold, "start"), "\(text): \(hold)")
+            #expect(Self.attributes(hold)["messaging.consumer.group.name"] as? String == "worker")
+            #expect(Self.attributes(hold)["routing_data_tag"] as? Int == 0x61)
+            #expect(Self.nanoseconds(hold, "start") >= Self.nanoseconds(zipperSpan, "start") && Self.nanoseconds(hold, "end") > Self.nanoseconds(hold, "start"), "\(text): \(hold)")
             // One handling each: "away" after its wait, "stuck" before its (its copy skipped).
             let functionSpans = trace.filter { $0["name"] as? String == "worker" }
             #expect(functionSpans.count == 1, "\(text)")
             let parent = text == "away" ? hold : zipperSpan
             #expect(functionSpans.first?["parent_span_id"] as? String == parent["span_id"] as? String, "\(text)")
-            if text == "away", let span = functionSpans.first { #expect(number(span, "start") >= number(hold, "end")) }
+            if text == "away", let span = functionSpans.first { #expect(Self.nanoseconds(span, "start") >= Self.nanoseconds(hold, "end")) }
         }
     }
 
@@ -308,17 +311,16 @@ struct TracingEndToEndTests {
         for provider in providers { await provider.shutdown() }
 
         let spans = receiver.spans()
-        func attributes(_ span: [String: Any]) -> [String: Any] { span["attributes"] as? [String: Any] ?? [:] }
         for cause in ["dropped: no stream function", "dropped: the hold was full"] {
             let holds = spans.filter { ((($0["status"] as? [String: Any])?["message"]) as? String)?.hasPrefix(cause) == true }
             #expect(holds.count == 1, "\(cause): \(spans.map { "\($0["name"] ?? "?") \(String(describing: $0["status"]))" })")
             guard let hold = holds.first else { continue }
             #expect(hold["name"] as? String == "zipper hold")
             #expect((hold["status"] as? [String: Any])?["code"] as? Int == 2, "error")
-            #expect(attributes(hold)["yomo.hold.reason"] as? String == "no_function")
+            #expect(Self.attributes(hold)["yomo.hold.reason"] as? String == "no_function")
             let zipperSpan = try #require(spans.first { $0["span_id"] as? String == hold["parent_span_id"] as? String }, "its parent")
             #expect(zipperSpan["name"] as? String == "zipper endpoint" && zipperSpan["trace_id"] as? String == hold["trace_id"] as? String)
-            let waited = ((hold["end"] as? Int) ?? 0) - ((hold["start"] as? Int) ?? 0)
+            let waited = Self.nanoseconds(hold, "end") - Self.nanoseconds(hold, "start")
             // The expired one waited the hold's duration; the refused one not at all.
             #expect(cause.hasSuffix("full") ? waited < 200_000_000 : waited >= 200_000_000, "\(cause): waited \(waited) ns")
         }
@@ -355,16 +357,14 @@ struct TracingEndToEndTests {
         for provider in providers { await provider.shutdown() }
 
         let spans = receiver.spans()
-        func attributes(_ span: [String: Any]) -> [String: Any] { span["attributes"] as? [String: Any] ?? [:] }
-        func number(_ span: [String: Any], _ key: String) -> Int { (span[key] as? Int) ?? Int((span[key] as? String) ?? "") ?? 0 }
         let sourceSpan = try #require(spans.first { $0["name"] as? String == "feeder" })
         let trace = spans.filter { $0["trace_id"] as? String == sourceSpan["trace_id"] as? String }
         let outage = try #require(trace.first { $0["name"] as? String == "client outage" }, "\(trace.map { $0["name"] ?? "?" })")
         #expect(outage["parent_span_id"] as? String == sourceSpan["span_id"] as? String)
-        #expect(attributes(outage)["yomo.outage.reason"] as? String == "buffered")
-        #expect(attributes(outage)["send_data_tag"] as? Int == 0x62)
+        #expect(Self.attributes(outage)["yomo.outage.reason"] as? String == "buffered")
+        #expect(Self.attributes(outage)["send_data_tag"] as? Int == 0x62)
         #expect((outage["scope"] as? [String: Any])?["name"] as? String == "Source")
-        #expect(number(outage, "start") >= number(sourceSpan, "start") && number(outage, "end") > number(outage, "start"))
+        #expect(Self.nanoseconds(outage, "start") >= Self.nanoseconds(sourceSpan, "start") && Self.nanoseconds(outage, "end") > Self.nanoseconds(outage, "start"))
         let zipperSpan = try #require(trace.first { $0["name"] as? String == "zipper endpoint" })
         #expect(zipperSpan["parent_span_id"] as? String == outage["span_id"] as? String, "the zipper's span follows the wait")
         let sinkSpan = try #require(trace.first { $0["name"] as? String == "sink" })
