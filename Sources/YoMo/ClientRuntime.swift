@@ -1177,15 +1177,23 @@ final class ClientRuntime: Sendable {
     /// The client is over: writes fail with `.closed` from now on. Waiters wake in
     /// `finish()`, once the owned tracer provider has been flushed.
     private func end(_ reason: YoMoError) {
-        let discarded = state.withLock { state -> Int in
+        let (discarded, tracing) = state.withLock { state -> ([OutageBuffer.Waiting], DataPathTracer) in
             state.ended = true
             state.lifecycle.ended()
             if state.endReason == nil { state.endReason = reason }
-            return state.outage.discardAll()
+            return (state.outage.discardAll(), state.tracing)
         }
-        if discarded > 0 {
+        guard !discarded.isEmpty else { return }
+        // Each ends its trace with its wait, in error; the line carries the first one's trace id.
+        let now = ContinuousClock.now
+        let spans = discarded.map { waiting in
+            tracing.droppedOutageFrame(
+                waiting.frame, waited: now - waiting.since, resent: waiting.resent, meshLink: clientType == .upstreamZipper,
+                cause: "dropped: the client ended before it reconnected: \(reason.message)")
+        }
+        tracing.withCurrent(spans.lazy.compactMap { $0 }.first) {
             logger.warning("dropped the frames written while disconnected: the client ended before it reconnected", metadata: [
-                "dropped": "\(discarded)", "error": "\(reason)",
+                "dropped": "\(discarded.count)", "error": "\(reason)",
             ])
         }
     }

@@ -117,11 +117,58 @@ struct DataPathTracer: Sendable {
     /// the zipper.
     func droppedHeldFrame(_ frame: DataFrame, waited: Duration, reason: StaticString, missing: Set<String>, cause: String) {
         let names = missing.sorted().joined(separator: ",")
-        _ = waitedFrame(
-            frame, span: "zipper hold", waited: waited,
+        _ = waitSpan(
+            of: frame, name: "zipper hold", waited: waited,
             attributes: FixedAttributes(.init("yomo.hold.reason", .string(reason)), .init("routing_data_tag", .int64(Int64(frame.tag)))),
             listed: names.isEmpty ? [] : [ListedAttribute(key: "messaging.consumer.group.name", value: .string(names))],
             status: SpanStatus(code: .error, message: cause))
+    }
+
+    /// A frame the zipper did not send on to `destination` (a function's name,
+    /// or a mesh downstream's): a span ("zipper drop") under `parent`, the
+    /// zipper's span for the frame, ended at once in error status with `cause`
+    /// and `yomo.drop.reason`, so that the frame's trace says where and why it
+    /// ended instead of simply stopping at the zipper. Nil, and nothing
+    /// recorded, with tracing off or under a parent not sampled; else the span,
+    /// for a log line that should carry the frame's trace id.
+    @discardableResult
+    func droppedFrame(under parent: SpanContext?, tag: UInt32, reason: StaticString, destination: DropDestination, cause: String) -> YoMoSpan? {
+        guard tracer.isEnabled, let parent, parent.isSampled else { return nil }
+        let now = DefaultTracerClock.now
+        let span = tracer.startSpan(
+            "zipper drop", parent: parent, context: .topLevel, ofKind: .internal, at: now,
+            attributes: [ListedAttribute(key: destination.attributeKey, value: .string(destination.name))],
+            fixedAttributes: FixedAttributes(.init("yomo.drop.reason", .string(reason)), .init("routing_data_tag", .int64(Int64(tag)))))
+        span.setStatus(SpanStatus(code: .error, message: cause))
+        span.end(at: now)
+        return span
+    }
+
+    /// `droppedFrame(under:...)` for a frame whose zipper span is known only
+    /// from its metadata (a frame a mesh link had queued): decoded only here.
+    @discardableResult
+    func droppedFrame(_ frame: DataFrame, reason: StaticString, destination: DropDestination, cause: String) -> YoMoSpan? {
+        guard tracer.isEnabled, let metadata = try? Metadata(decoding: frame.metadata) else { return nil }
+        return droppedFrame(under: extractParent(from: metadata), tag: frame.tag, reason: reason, destination: destination, cause: cause)
+    }
+
+    /// Where a dropped frame was going, as its drop span names it.
+    enum DropDestination {
+        case function(String)
+        case meshDownstream(String)
+
+        var attributeKey: String {
+            switch self {
+            case .function: "messaging.consumer.group.name"
+            case .meshDownstream: "yomo.mesh.downstream"
+            }
+        }
+
+        var name: String {
+            switch self {
+            case .function(let name), .meshDownstream(let name): name
+            }
+        }
     }
 
     /// A frame a client held while it reconnected, as it goes to the new
@@ -137,16 +184,41 @@ struct DataPathTracer: Sendable {
                 .init("yomo.outage.reason", .string(resent ? "resent" : "buffered")), .init("send_data_tag", .int64(Int64(frame.tag)))))
     }
 
+    /// A frame a client held while it reconnected, dropped (`cause`): the span
+    /// of its wait, as `outageFrame` records it, ended now in error status, so
+    /// that the frame's trace says it went no further and why. The span, for a
+    /// log line that should carry its trace id; nil when nothing was recorded.
+    func droppedOutageFrame(_ frame: DataFrame, waited: Duration, resent: Bool, meshLink: Bool, cause: String) -> YoMoSpan? {
+        waitSpan(
+            of: frame, name: meshLink ? "mesh link outage" : "client outage", waited: waited,
+            attributes: FixedAttributes(
+                .init("yomo.outage.reason", .string(resent ? "resent" : "buffered")), .init("send_data_tag", .int64(Int64(frame.tag)))),
+            status: SpanStatus(code: .error, message: cause))?.span
+    }
+
     /// `frame` with its trace context moved to a new span, `span`, that began
     /// `waited` ago and ends now, a child of the frame's parent; the frame as
     /// it is with tracing off or under a parent not sampled (its wait is then
     /// recorded nowhere, as the hops around it).
     private func waitedFrame(
-        _ frame: DataFrame, span name: String, waited: Duration, attributes: FixedAttributes, listed: [ListedAttribute] = [],
-        status: SpanStatus? = nil
+        _ frame: DataFrame, span name: String, waited: Duration, attributes: FixedAttributes, listed: [ListedAttribute] = []
     ) -> DataFrame {
-        guard tracer.isEnabled, var metadata = try? Metadata(decoding: frame.metadata),
-              let parent = extractParent(from: metadata), parent.isSampled else { return frame }
+        guard let (span, metadata) = waitSpan(of: frame, name: name, waited: waited, attributes: attributes, listed: listed) else { return frame }
+        var moved = metadata
+        inject(span, into: &moved)
+        return DataFrame(tag: frame.tag, metadata: moved.encoded(), payload: frame.payload)
+    }
+
+    /// The span of `frame`'s wait, `name`, begun `waited` ago and ended now
+    /// (in error status with `status`), a child of the frame's parent, with
+    /// the frame's metadata as decoded; nil, and nothing recorded, with
+    /// tracing off or under a parent not sampled.
+    private func waitSpan(
+        of frame: DataFrame, name: String, waited: Duration, attributes: FixedAttributes, listed: [ListedAttribute] = [],
+        status: SpanStatus? = nil
+    ) -> (span: YoMoSpan, metadata: Metadata)? {
+        guard tracer.isEnabled, let metadata = try? Metadata(decoding: frame.metadata),
+              let parent = extractParent(from: metadata), parent.isSampled else { return nil }
         let now = DefaultTracerClock.now.nanosecondsSinceEpoch
         let nanoseconds = UInt64(clamping: waited.components.seconds) &* 1_000_000_000 &+ UInt64(clamping: waited.components.attoseconds / 1_000_000_000)
         let span = tracer.startSpan(
@@ -155,9 +227,7 @@ struct DataPathTracer: Sendable {
             attributes: listed, fixedAttributes: attributes)
         if let status { span.setStatus(status) }
         span.end(at: DefaultTracerClock.Instant(nanosecondsSinceEpoch: now))
-        guard status == nil else { return frame }
-        inject(span, into: &metadata)
-        return DataFrame(tag: frame.tag, metadata: metadata.encoded(), payload: frame.payload)
+        return (span, metadata)
     }
 
     /// The zipper's span for metadata read in place whose trace values are all

@@ -1,6 +1,8 @@
 import FoundationEssentials
 import Synchronization
 internal import Logging
+internal import Tracing
+internal import YoMoTracing
 internal import NIOCore
 internal import YoMoQUIC
 internal import YoMoWire
@@ -154,8 +156,9 @@ final class MeshLink: Sendable {
         state.withLock { $0.client?.clientID == clientID }
     }
 
-    /// Queues a frame for the downstream; never waits.
-    func forward(_ frame: DataFrame) {
+    /// Queues a frame for the downstream; never waits. `parent`: the
+    /// zipper's span for the frame, under which a drop is traced.
+    func forward(_ frame: DataFrame, tracedUnder parent: SpanContext? = nil) {
         let (admission, waiter) = state.withLock { state -> (MeshBacklog.Admission, CheckedContinuation<Void, Never>?) in
             guard !state.closed else { return (.queued, nil) }
             let admission = state.backlog.offer(frame)
@@ -164,26 +167,39 @@ final class MeshLink: Sendable {
             return (admission, state.waiter)
         }
         waiter?.resume()
-        report(admission)
+        guard case .dropped = admission else { return }
+        let limits = state.withLock { $0.backlog.limits }
+        let span = tracing.droppedFrame(
+            under: parent, tag: frame.tag, reason: "mesh_queue_full", destination: .meshDownstream(peer.name),
+            cause: "dropped: the queue for mesh downstream \(peer.name) was full (mesh_queue max_frames \(limits.maximumFrames), max_bytes \(limits.maximumBytes))")
+        report(admission, tracedBy: span)
     }
 
-    private func report(_ admission: MeshBacklog.Admission) {
+    /// The first drop of a burst said, in a line with that frame's trace id.
+    private func report(_ admission: MeshBacklog.Admission, tracedBy span: YoMoSpan?) {
         switch admission {
         case .queued, .dropped(firstOfBurst: false): break
         case .dropped(firstOfBurst: true):
             let limits = state.withLock { $0.backlog.limits }
-            logger.warning("mesh downstream is slow or unreachable: dropping frames for it until it catches up", metadata: [
-                "max_frames": "\(limits.maximumFrames)", "max_bytes": "\(limits.maximumBytes)",
-            ])
+            tracing.withCurrent(span) {
+                logger.warning("mesh downstream is slow or unreachable: dropping frames for it until it catches up", metadata: [
+                    "max_frames": "\(limits.maximumFrames)", "max_bytes": "\(limits.maximumBytes)",
+                ])
+            }
         }
     }
 
-    /// A frame taken from the queue is dropped (counted): nothing to wait for.
-    private func dropTaken() -> MeshBacklog.Admission {
-        state.withLock { state in
+    /// A frame taken from the queue is dropped (counted, and its trace
+    /// ended with a span that says `why`): nothing to wait for.
+    private func dropTaken(_ frame: DataFrame, why: String) {
+        let admission = state.withLock { state in
             state.passed += 1
             return state.backlog.drop(count: 1)
         }
+        let span = tracing.droppedFrame(
+            frame, reason: "mesh_link_down", destination: .meshDownstream(peer.name),
+            cause: "dropped: the link to mesh downstream \(peer.name) could not take it: \(why)")
+        report(admission, tracedBy: span)
     }
 
     private func delivered() {
@@ -217,7 +233,7 @@ final class MeshLink: Sendable {
             group.addTask { await self.keepConnected() }
             while let frame = await next() {
                 guard let client = state.withLock({ $0.client }) else {
-                    report(dropTaken())
+                    dropTaken(frame, why: "no client")
                     continue
                 }
                 do {
@@ -231,7 +247,7 @@ final class MeshLink: Sendable {
                     delivered()
                 } catch {
                     // Reconnecting with a full outage buffer, or the client ended.
-                    report(dropTaken())
+                    dropTaken(frame, why: "\(error)")
                 }
             }
         }

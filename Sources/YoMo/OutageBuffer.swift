@@ -159,9 +159,10 @@ struct OutageBuffer {
     }
 
     /// The client ended without reconnecting: the held frames will never be sent.
-    mutating func discardAll() -> Int {
-        let count = takeAll().count
-        statistics.dropped += count
-        return count
+    /// Drops all it holds (counted), and returns them.
+    mutating func discardAll() -> [Waiting] {
+        let discarded = takeWaiting()
+        statistics.dropped += discarded.count
+        return discarded
     }
 }

@@ -939,7 +939,7 @@ public final class Zipper: Sendable {
             var waiters: [Latch] = []
             var catchUps: [(frame: DataFrame, to: Destination)] = []
             let leftovers = HoldTally()
-            let (left, wasEmpty) = state.withLock { state -> (UnacknowledgedAtEnd, Bool) in
+            let (left, wasEmpty, slowConsumerClosed) = state.withLock { state -> (UnacknowledgedAtEnd, Bool, Bool) in
                 // Gone already: closed as a slow consumer, whose backlog is not kept.
                 let leaving = state.peers[id]
                 let unwritten = leaving?.unwritten
@@ -982,7 +982,15 @@ public final class Zipper: Sendable {
                     state.lostAtClose.clients += 1
                     state.lostAtClose.bytes += left.lostBytes + unhandledGivenUp
                 }
-                return (left, wasEmpty)
+                return (left, wasEmpty, leaving == nil)
+            }
+            // Its backlog is not kept: each frame its QUIC stack had not acknowledged
+            // ends its trace here (those acknowledged, its handlers may still finish).
+            if slowConsumerClosed, tracing.tracer.isEnabled {
+                let cause = "dropped: slow consumer \(member.name) was disconnected before acknowledging it (slow_consumer policy disconnect)"
+                for (frame, _, _, end) in unacknowledged where end > acknowledgedThrough {
+                    tracing.droppedFrame(frame, reason: "slow_consumer_disconnected", destination: .function(member.name), cause: cause)
+                }
             }
             if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
             report(left, wasEmpty: wasEmpty, clientType: handshake.clientType, logger: connectionLogger)
@@ -1416,7 +1424,7 @@ public final class Zipper: Sendable {
         if forwardsToMesh, !links.isEmpty {
             // The mesh queues frames: they leave with the patch already written.
             let whole = frame.applying(patch)
-            for link in links { link.forward(whole) }
+            for link in links { link.forward(whole, tracedUnder: span?.spanContext) }
             // A sender's receipt waits for its links' downstreams too.
             if written != nil { for delivery in linkDeliveries { written?.add(delivery) } }
         }
@@ -1435,10 +1443,10 @@ public final class Zipper: Sendable {
                     resumed(destinationID, logger: logger)
                 } else if slow.policy == .drop {
                     router?.dropped.add()
-                    dropped(destinationID, logger: logger)
+                    dropped(destinationID, tag: frame.tag, tracedUnder: span?.spanContext, logger: logger)
                 } else {
                     router?.dropped.add()
-                    await disconnect(destinationID, destination, logger: logger)
+                    await disconnect(destinationID, destination, tag: frame.tag, tracedUnder: span?.spanContext, logger: logger)
                 }
             } catch {
                 router?.failed.add()
@@ -1731,18 +1739,27 @@ public final class Zipper: Sendable {
     }
 
     /// Counts a frame dropped for a slow consumer; logs the first of a burst.
-    private func dropped(_ id: UInt64, logger: Logger) {
-        let first = state.withLock { state -> RouteMember? in
+    /// A frame not sent to a slow consumer (the `drop` policy): counted, its
+    /// trace ended with a span that says so, and the first of a burst said
+    /// in a line that carries that frame's trace id.
+    private func dropped(_ id: UInt64, tag: UInt32, tracedUnder parent: SpanContext?, logger: Logger) {
+        let (member, first) = state.withLock { state -> (RouteMember?, Bool) in
             state.statistics.droppedFrames += 1
-            guard var peer = state.peers[id] else { return nil }
+            guard var peer = state.peers[id] else { return (nil, false) }
             peer.droppedInBurst += 1
             state.peers[id] = peer
-            return peer.droppedInBurst == 1 ? peer.member : nil
+            return (peer.member, peer.droppedInBurst == 1)
         }
-        if let first {
+        guard let member else { return }
+        let limit = configuration.slowConsumer.maximumBufferedBytes
+        let span = tracing.droppedFrame(
+            under: parent, tag: tag, reason: "slow_consumer", destination: .function(member.name),
+            cause: "dropped: slow consumer: more than \(limit) bytes unacknowledged by \(member.name) (slow_consumer policy drop)")
+        guard first else { return }
+        tracing.withCurrent(span) {
             logger.warning("slow consumer: dropping frames for it until it catches up", metadata: [
-                YoMoLogField.toID: "\(first.clientID.forLog)", YoMoLogField.toName: "\(first.name.forLog)",
-                "max_buffered_bytes": "\(configuration.slowConsumer.maximumBufferedBytes)",
+                YoMoLogField.toID: "\(member.clientID.forLog)", YoMoLogField.toName: "\(member.name.forLog)",
+                "max_buffered_bytes": "\(limit)",
             ])
         }
     }
@@ -1762,7 +1779,10 @@ public final class Zipper: Sendable {
         }
     }
 
-    private func disconnect(_ id: UInt64, _ destination: QUICFrameConnection, logger: Logger) async {
+    /// Closes a slow consumer (the `disconnect` policy). The frame that found
+    /// it slow ends its trace with a span that says so, and the line that
+    /// says it carries that frame's trace id.
+    private func disconnect(_ id: UInt64, _ destination: QUICFrameConnection, tag: UInt32, tracedUnder parent: SpanContext?, logger: Logger) async {
         let member = state.withLock { state -> RouteMember? in
             guard let peer = state.peers.removeValue(forKey: id) else { return nil }
             state.routes.remove(id)
@@ -1771,9 +1791,14 @@ public final class Zipper: Sendable {
         }
         guard let member else { return }
         let reason = "slow consumer: more than \(configuration.slowConsumer.maximumBufferedBytes) bytes unacknowledged"
-        logger.warning("disconnecting slow consumer", metadata: [
-            YoMoLogField.toID: "\(member.clientID.forLog)", YoMoLogField.toName: "\(member.name.forLog)", "reason": "\(reason)",
-        ])
+        let span = tracing.droppedFrame(
+            under: parent, tag: tag, reason: "slow_consumer_disconnected", destination: .function(member.name),
+            cause: "dropped: \(reason) by \(member.name), disconnected (slow_consumer policy disconnect)")
+        tracing.withCurrent(span) {
+            logger.warning("disconnecting slow consumer", metadata: [
+                YoMoLogField.toID: "\(member.clientID.forLog)", YoMoLogField.toName: "\(member.name.forLog)", "reason": "\(reason)",
+            ])
+        }
         await destination.close(reason: reason)
     }
 }

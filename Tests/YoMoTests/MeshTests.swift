@@ -6,6 +6,7 @@ import Testing
 import YoMoMetrics
 import YoMoQUIC
 import YoMoTracing
+import YoMoLogging
 import YoMoWire
 
 @testable import YoMo
@@ -116,11 +117,11 @@ struct MeshLogicTests {
 @Suite("Mesh on loopback", .serialized)
 struct MeshLoopbackTests {
     static func zipper(_ name: String, port: Int, mesh: [ZipperConfiguration.MeshPeer], queue: ZipperConfiguration.MeshQueue = .init(),
-                       tracerProvider: TracerProvider? = nil, meterProvider: MeterProvider? = nil) -> Zipper {
+                       tracerProvider: TracerProvider? = nil, meterProvider: MeterProvider? = nil, logger: Logger? = nil) -> Zipper {
         Zipper(
             configuration: ZipperConfiguration(name: name, host: "127.0.0.1", port: port, authentication: .token("mesh"),
                                                mesh: mesh, meshQueue: queue),
-            options: .init(logger: Logger(label: "test.\(name)"), tracerProvider: tracerProvider, meterProvider: meterProvider))
+            options: .init(logger: logger ?? Logger(label: "test.\(name)"), tracerProvider: tracerProvider, meterProvider: meterProvider))
     }
 
     /// A stream function "far" at the zipper on `port`, collecting the text of each frame of `tag`.
@@ -515,6 +516,72 @@ struct MeshLoopbackTests {
         #expect(wait.parentSpanID == zipperSpan.context.spanID && wait.context.traceID == zipperSpan.context.traceID)
         #expect(wait.endTimeNanoseconds > wait.startTimeNanoseconds && wait.startTimeNanoseconds >= zipperSpan.startTimeNanoseconds)
         #expect(parents.items.first == wait.context.spanID.description, "b's hops follow the wait")
+    }
+
+    @Test("frames a mesh link could not take end their traces with a span that says so, and the line that says so carries one's trace id")
+    func linkDropTrace() async throws {
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let logs = InMemoryLogSink()
+        let portA = try await freePort(), portB = try await freePort()
+        // b never starts: the link's client holds 8 frames while it dials, and drops what its queue hands it after.
+        let a = Self.zipper(
+            "a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")],
+            queue: .init(maximumFrames: 8, maximumBytes: 1 << 20), tracerProvider: provider, logger: TracingEndToEndTests.debugLogger("a", logs))
+        try await a.start()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        let count = 24
+        for index in 0..<count {
+            try await source.write(tag: 0x38, data: Array("frame \(index)".utf8))
+            // One at a time: the link takes each from its queue before the next comes, so none finds the queue full.
+            #expect(await eventually { a.statistics.meshDroppedFrames + (a.meshLinkHealth.first?.queuedFrames ?? 0) == index + 1 })
+        }
+        let dropped = a.statistics.meshDroppedFrames
+        #expect(dropped == count - 8, "\(a.statistics)")
+        await source.close()
+        await a.close()
+        let zipperSpans = Dictionary(exporter.spans.filter { $0.name == "zipper endpoint" }.map { ($0.context.spanID, $0) }) { first, _ in first }
+        let drops = exporter.spans.filter { $0.name == "zipper drop" }
+        #expect(drops.count == dropped, "\(exporter.spans.map(\.name))")
+        for drop in drops {
+            #expect(drop.status?.code == .error)
+            #expect(drop.status?.message?.hasPrefix("dropped: the link to mesh downstream b could not take it") == true, "\(String(describing: drop.status))")
+            #expect(drop.attributes.get("yomo.drop.reason") == .string("mesh_link_down"))
+            #expect(drop.attributes.get("yomo.mesh.downstream") == .string("b"))
+            let parent = try #require(zipperSpans[drop.parentSpanID ?? .random()], "under the zipper's span for the frame")
+            #expect(parent.context.traceID == drop.context.traceID)
+        }
+        let warnings = TracingEndToEndTests.records(logs, "mesh downstream is slow or unreachable: dropping frames for it until it catches up")
+        #expect(warnings.count == 1, "one line a burst")
+        let warned = warnings.first?["trace_id"] as? String ?? "-"
+        #expect(drops.contains { $0.context.traceID.description == warned }, "\(warnings)")
+    }
+
+    @Test("a frame a full mesh queue refuses ends its trace with a span under the zipper's, which says so")
+    func queueFullDropTrace() async throws {
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let tracing = DataPathTracer(tracer: provider.tracer("Zipper"))
+        // Never run: nothing takes frames from its queue.
+        let link = MeshLink(
+            peer: .init(name: "b", host: "127.0.0.1", port: 9), zipperName: "a", limits: .init(maximumFrames: 2, maximumBytes: 1 << 20),
+            deliveryReceipts: true, tracing: tracing, logger: Logger(label: "test.link"))
+        let parents = (0..<5).map { _ in SpanContext(traceID: .random(), spanID: .random()) }
+        for (index, parent) in parents.enumerated() {
+            link.forward(DataFrame(tag: 0x39, metadata: Metadata().encoded(), payload: ByteBuffer(string: "frame \(index)")), tracedUnder: parent)
+        }
+        link.forward(DataFrame(tag: 0x39, metadata: Metadata().encoded(), payload: ByteBuffer(string: "unsampled")),
+                     tracedUnder: SpanContext(traceID: .random(), spanID: .random(), traceFlags: []))
+        #expect(link.dropped == 4)
+        await provider.shutdown()
+        let drops = exporter.spans.filter { $0.name == "zipper drop" }
+        #expect(drops.map(\.parentSpanID) == parents[2...].map(\.spanID), "the three sampled frames past the two queued; the unsampled one records nothing")
+        for drop in drops {
+            #expect(drop.attributes.get("yomo.drop.reason") == .string("mesh_queue_full"))
+            #expect(drop.attributes.get("yomo.mesh.downstream") == .string("b"))
+            #expect(drop.status?.message == "dropped: the queue for mesh downstream b was full (mesh_queue max_frames 2, max_bytes 1048576)")
+        }
     }
 
     @Test("a downstream that never answers slows nothing: frames for it are dropped and counted")

@@ -326,6 +326,76 @@ struct TracingEndToEndTests {
         }
     }
 
+    @Test(
+        "a frame the zipper did not send to a slow consumer ends its trace with a span that says why, and the line that says so carries a dropped frame's trace id",
+        arguments: [ZipperConfiguration.SlowConsumer.Policy.drop, .disconnect])
+    func slowConsumerDropTrace(policy: ZipperConfiguration.SlowConsumer.Policy) async throws {
+        let receiver = try await SpanReceiver.start()
+        let providers = ["zipper", "source"].map { receiver.provider(service: "test-\($0)") }
+        let logs = InMemoryLogSink()
+        var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
+        configuration.slowConsumer = .init(policy: policy, maximumBufferedBytes: 64 << 10)
+        let zipper = Zipper(configuration: configuration, options: .init(logger: Self.debugLogger("zipper", logs), tracerProvider: providers[0]))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let gate = Gate()
+        let stalled = StreamFunction(name: "stalled", zipper: address, options: stalledOptions(tags: [0x64]))
+        stalled.setHandler { _ in await gate.wait() }
+        try await stalled.connect()
+        // Paces the source, so that every frame was routed once it has them all.
+        let fast = Inbox<Int>()
+        let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x64]))
+        healthy.setHandler { ctx in fast.append(ctx.data.count) }
+        try await healthy.connect()
+        let source = Source(name: "firehose", zipper: address, options: .init(tracerProvider: providers[1]))
+        try await source.connect()
+        let count = 400
+        // In batches well under the limit: a source that floods makes the healthy function slow too.
+        for batch in 1...(count / 20) {
+            for _ in 0..<20 { try await source.write(tag: 0x64, data: [UInt8](repeating: 0x61, count: 1024)) }
+            #expect(await fast.wait(for: batch * 20, timeout: .seconds(20)))
+        }
+        let dropped = policy == .drop ? zipper.statistics.droppedFrames : zipper.statistics.slowConsumerDisconnects
+        #expect(dropped > 0, "\(zipper.statistics)")
+        gate.open()
+        await source.close()
+        await healthy.close()
+        await stalled.close()
+        await zipper.close()
+        for provider in providers { await provider.shutdown() }
+
+        let spans = receiver.spans()
+        let drops = spans.filter { $0["name"] as? String == "zipper drop" }
+        func message(_ span: [String: Any]) -> String { ((span["status"] as? [String: Any])?["message"] as? String) ?? "" }
+        // Every frame was sampled: each one dropped has its span (the disconnect: the frame that found it slow) ...
+        #expect(drops.filter { message($0).hasPrefix("dropped: slow consumer: more than") }.count == dropped, "\(drops.map(message))")
+        // ... and, disconnected, each frame its backlog had and it had not acknowledged.
+        let backlog = drops.filter { message($0).hasPrefix("dropped: slow consumer stalled was disconnected before acknowledging it") }
+        #expect(policy == .drop ? backlog.isEmpty : !backlog.isEmpty && backlog.count < count, "\(backlog.count)")
+        #expect(drops.count == dropped + backlog.count, "\(drops.map(message))")
+        let reason = policy == .drop ? "slow_consumer" : "slow_consumer_disconnected"
+        let zipperSpans = Dictionary(spans.filter { $0["name"] as? String == "zipper endpoint" }.map { ($0["span_id"] as? String ?? "", $0) }) { first, _ in first }
+        for drop in drops {
+            let status = drop["status"] as? [String: Any]
+            #expect(status?["code"] as? Int == 2, "error")
+            #expect(message(drop).hasPrefix("dropped: slow consumer"), "\(String(describing: status))")
+            let attributes = Self.attributes(drop)
+            #expect(attributes["yomo.drop.reason"] as? String == reason)
+            #expect(attributes["messaging.consumer.group.name"] as? String == "stalled")
+            #expect(attributes["routing_data_tag"] as? Int == 0x64)
+            let parent = zipperSpans[drop["parent_span_id"] as? String ?? ""]
+            #expect(parent?["trace_id"] as? String == drop["trace_id"] as? String, "under the zipper's span for the frame")
+        }
+        #expect(Set(drops.compactMap { $0["trace_id"] as? String }).count == drops.count, "one frame each")
+        let message = policy == .drop ? "slow consumer: dropping frames for it until it catches up" : "disconnecting slow consumer"
+        let warnings = Self.records(logs, message)
+        #expect(warnings.count == (policy == .drop ? 1 : dropped), "one line a burst (one burst here), or a disconnect")
+        let dropTraces = Set(drops.compactMap { $0["trace_id"] as? String })
+        for warning in warnings {
+            #expect(dropTraces.contains(warning["trace_id"] as? String ?? "-"), "\(warning)")
+        }
+    }
+
     @Test("a frame a source wrote while it reconnected shows its wait in the trace: a span from the write to the new connection, between the source's span and the zipper's")
     func outageFrameTrace() async throws {
         let receiver = try await SpanReceiver.start()
@@ -372,6 +442,46 @@ struct TracingEndToEndTests {
         let hold = trace.first { $0["name"] as? String == "zipper hold" }
         #expect(hold == nil || hold?["parent_span_id"] as? String == zipperSpan["span_id"] as? String)
         #expect(sinkSpan["parent_span_id"] as? String == (hold ?? zipperSpan)["span_id"] as? String)
+    }
+
+    @Test("frames a source held while it reconnected and dropped when it ended end their traces with their wait, in error, and the line that says so carries one's trace id")
+    func droppedOutageFrameTrace() async throws {
+        let receiver = try await SpanReceiver.start()
+        let providers = ["zipper", "source"].map { receiver.provider(service: "test-\($0)") }
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: .init(tracerProvider: providers[0]))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let logs = InMemoryLogSink()
+        var options = Source.Options(
+            logger: Self.debugLogger("source", logs), reconnect: ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100)),
+            tracerProvider: providers[1])
+        options.shutdownTimeout = .milliseconds(300)
+        let source = Source(name: "feeder", zipper: address, options: options)
+        try await source.connect()
+        await zipper.close()
+        #expect(await eventually { !source.client.isConnected })
+        for index in 0..<3 { try await source.write(tag: 0x65, data: Array("lost \(index)".utf8)) }
+        #expect(source.outageStatistics.buffered == 3)
+        // No zipper comes back: the close deadline passes and the client ends with them.
+        await source.close()
+        for provider in providers { await provider.shutdown() }
+
+        let spans = receiver.spans()
+        let sourceSpans = spans.filter { $0["name"] as? String == "feeder" }
+        let waits = spans.filter { $0["name"] as? String == "client outage" }
+        #expect(waits.count == 3, "\(spans.map { $0["name"] ?? "?" })")
+        for wait in waits {
+            let status = wait["status"] as? [String: Any]
+            #expect(status?["code"] as? Int == 2, "error")
+            #expect((status?["message"] as? String)?.hasPrefix("dropped: the client ended before it reconnected") == true, "\(String(describing: status))")
+            #expect(Self.attributes(wait)["yomo.outage.reason"] as? String == "buffered")
+            let writer = sourceSpans.first { $0["span_id"] as? String == wait["parent_span_id"] as? String }
+            #expect(writer?["trace_id"] as? String == wait["trace_id"] as? String, "under the writer's span")
+            #expect(Self.nanoseconds(wait, "end") - Self.nanoseconds(wait, "start") >= 300_000_000, "it waited for the close deadline")
+        }
+        let warning = try #require(Self.records(logs, "dropped the frames written while disconnected: the client ended before it reconnected").first)
+        #expect(warning["dropped"] as? String == "3")
+        #expect(waits.contains { $0["trace_id"] as? String == warning["trace_id"] as? String }, "\(warning)")
     }
 
     @Test("a function's replies are children of its span, frame after frame (its writes reuse the received metadata bytes)")
