@@ -3,6 +3,7 @@
 
 // docs/metrics.md, sample 2
 import YoMoMetrics
+import YoMoTracing
 
 func instrumentMyApp() {
     let meter = GlobalMeterProvider.provider.meter("my-app")
@@ -11,4 +12,9 @@ func instrumentMyApp() {
     let latency = meter.histogram("app.lookup.duration", unit: "s", boundaries: Histogram.durationBoundaries).bind()
     latency.record(0.012)   // under a sampled span, its bucket keeps the span's ids as the exemplar
     meter.observableGauge("app.queue.depth", unit: "{item}") { [(MetricAttributes.empty, 3)] }
+}
+
+/// A counter of rare events, each worth a trace: the count links to the last one.
+func countFailedLookup(_ failures: BoundCounter, under span: SpanContext?) {
+    failures.add(exemplar: span)   // sampled: its ids become the series' exemplar, beside `_total` in OpenMetrics
 }

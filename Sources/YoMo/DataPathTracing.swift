@@ -115,13 +115,14 @@ struct DataPathTracer: Sendable {
     /// its wait ("zipper hold"), ended now with an error status, so that the
     /// frame's trace says it was dropped and why rather than simply ending at
     /// the zipper.
-    func droppedHeldFrame(_ frame: DataFrame, waited: Duration, reason: StaticString, missing: Set<String>, cause: String) {
+    @discardableResult
+    func droppedHeldFrame(_ frame: DataFrame, waited: Duration, reason: StaticString, missing: Set<String>, cause: String) -> YoMoSpan? {
         let names = missing.sorted().joined(separator: ",")
-        _ = waitSpan(
+        return waitSpan(
             of: frame, name: "zipper hold", waited: waited,
             attributes: FixedAttributes(.init("yomo.hold.reason", .string(reason)), .init("routing_data_tag", .int64(Int64(frame.tag)))),
             listed: names.isEmpty ? [] : [ListedAttribute(key: "messaging.consumer.group.name", value: .string(names))],
-            status: SpanStatus(code: .error, message: cause))
+            status: SpanStatus(code: .error, message: cause))?.span
     }
 
     /// A frame the zipper did not send on to `destination` (a function's name,

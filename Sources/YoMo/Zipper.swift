@@ -1406,15 +1406,16 @@ public final class Zipper: Sendable {
             return (destinations, state.holdDecision(for: frame, target: target, routed: !destinations.isEmpty))
         }
         var held = false
+        var refusal: SpanContext?
         switch decision {
         case .none: break
         case .hold: (held, destinations) = hold(frame, patch: patch, target: target, ledger: ledger, logger: logger)
         case .refused(let level, let claim):
             logHoldFull(level, tag: frame.tag, logger: logger)
-            if tracing.tracer.isEnabled { traceRefusedByFullHold(frame.applying(patch), for: claim) }
+            if tracing.tracer.isEnabled { refusal = traceRefusedByFullHold(frame.applying(patch), for: claim) }
         }
         // no_route: no observer here, none held for (the mesh may still take the frame).
-        if !held && destinations.isEmpty { router?.noRoute.add() }
+        if !held && destinations.isEmpty { router?.noRoute.add(exemplar: refusal) }
         tracing.debug(logger, under: span, in: taskContext, "routing frame", metadata: YoMoLogField.frame(
             tid: metadata.value(.tid, connectionMetadata) ?? "", tag: data.tag, dataLength: data.payload.readableBytes
         ).merging([
@@ -1442,11 +1443,11 @@ public final class Zipper: Sendable {
                     router?.delivered.add()
                     resumed(destinationID, logger: logger)
                 } else if slow.policy == .drop {
-                    router?.dropped.add()
-                    dropped(destinationID, tag: frame.tag, tracedUnder: span?.spanContext, logger: logger)
+                    let drop = dropped(destinationID, tag: frame.tag, tracedUnder: span?.spanContext, logger: logger)
+                    router?.dropped.add(exemplar: drop)
                 } else {
-                    router?.dropped.add()
-                    await disconnect(destinationID, destination, tag: frame.tag, tracedUnder: span?.spanContext, logger: logger)
+                    let drop = await disconnect(destinationID, destination, tag: frame.tag, tracedUnder: span?.spanContext, logger: logger)
+                    router?.dropped.add(exemplar: drop)
                 }
             } catch {
                 router?.failed.add()
@@ -1662,8 +1663,8 @@ public final class Zipper: Sendable {
                     state.countHeldDropped(dropped)
                     return (dropped, state.heldDropReports.add(dropped, now: lastRound) + state.heldDropReports.due(now: lastRound), state.held.takeDropped())
                 }
-                traceDropped(frames, cause: "dropped: no stream function it was held for came within \(configuration.unroutedHold.duration)")
-                countNoRoute(dropped)
+                let spans = traceDropped(frames, cause: "dropped: no stream function it was held for came within \(configuration.unroutedHold.duration)")
+                countNoRoute(dropped, exemplars: spans)
                 for tag in report { logDropped(tag) }
             }
         }
@@ -1671,24 +1672,33 @@ public final class Zipper: Sendable {
 
     /// A frame the full hold refused (it was to be held for `claim`) ends its
     /// trace with a span that says so.
-    private func traceRefusedByFullHold(_ frame: DataFrame, for claim: HeldFrames.Claim) {
+    @discardableResult
+    private func traceRefusedByFullHold(_ frame: DataFrame, for claim: HeldFrames.Claim) -> SpanContext? {
         tracing.droppedHeldFrame(
             frame, waited: .zero, reason: HeldFrames.Reason(claim).attribute, missing: claim.owed,
-            cause: "dropped: the hold was full (unrouted_hold.max_bytes \(configuration.unroutedHold.maximumBytes))")
+            cause: "dropped: the hold was full (unrouted_hold.max_bytes \(configuration.unroutedHold.maximumBytes))")?.context.spanContext
     }
 
     /// Each held frame dropped ends its trace with a span that says so.
-    private func traceDropped(_ frames: [HeldFrames.Entry], cause: String) {
+    /// Returns, by tag, the span of the last one recorded (an exemplar).
+    private func traceDropped(_ frames: [HeldFrames.Entry], cause: String) -> [UInt32: SpanContext] {
         let now = ContinuousClock.now
+        var last: [UInt32: SpanContext] = [:]
         for entry in frames {
-            tracing.droppedHeldFrame(entry.frame, waited: now - entry.heldAt, reason: entry.reason.attribute, missing: entry.owed, cause: cause)
+            let span = tracing.droppedHeldFrame(
+                entry.frame, waited: now - entry.heldAt, reason: entry.reason.attribute, missing: entry.owed, cause: cause)
+            if let spanContext = span?.context.spanContext { last[entry.frame.tag] = spanContext }
         }
+        return last
     }
 
-    /// Held frames finally dropped that no stream function received: `no_route`.
-    private func countNoRoute(_ dropped: [HeldFrames.Dropped]) {
+    /// Held frames finally dropped that no stream function received: `no_route`,
+    /// with a dropped frame's span of the tag as the exemplar.
+    private func countNoRoute(_ dropped: [HeldFrames.Dropped], exemplars: [UInt32: SpanContext]) {
         guard metrics.isEnabled else { return }
-        for tag in dropped where tag.unrouted > 0 { metrics.router(tag: tag.tag).noRoute.add(Double(tag.unrouted)) }
+        for tag in dropped where tag.unrouted > 0 {
+            metrics.router(tag: tag.tag).noRoute.add(Double(tag.unrouted), exemplar: exemplars[tag.tag])
+        }
     }
 
     /// Whether a per-tag line about held frames is within its budget; says
@@ -1729,10 +1739,10 @@ public final class Zipper: Sendable {
             state.countHeldDropped(dropped)
             return (dropped, state.heldDropReports.removeAll(), state.held.takeDropped())
         }
-        traceDropped(frames, cause: "dropped: the zipper closed")
+        let spans = traceDropped(frames, cause: "dropped: the zipper closed")
         for tag in unreported { logDropped(tag) }
         guard !dropped.isEmpty else { return }
-        countNoRoute(dropped)
+        countNoRoute(dropped, exemplars: spans)
         logger.warning("frames held for stream functions were dropped: the zipper closed", metadata: [
             "frames": "\(dropped.reduce(0) { $0 + $1.frames })", "tags": "\(dropped.map { DataPathMetrics.tagName($0.tag) })",
         ])
@@ -1742,7 +1752,8 @@ public final class Zipper: Sendable {
     /// A frame not sent to a slow consumer (the `drop` policy): counted, its
     /// trace ended with a span that says so, and the first of a burst said
     /// in a line that carries that frame's trace id.
-    private func dropped(_ id: UInt64, tag: UInt32, tracedUnder parent: SpanContext?, logger: Logger) {
+    /// Returns the span's ids (an exemplar for the count).
+    private func dropped(_ id: UInt64, tag: UInt32, tracedUnder parent: SpanContext?, logger: Logger) -> SpanContext? {
         let (member, first) = state.withLock { state -> (RouteMember?, Bool) in
             state.statistics.droppedFrames += 1
             guard var peer = state.peers[id] else { return (nil, false) }
@@ -1750,18 +1761,20 @@ public final class Zipper: Sendable {
             state.peers[id] = peer
             return (peer.member, peer.droppedInBurst == 1)
         }
-        guard let member else { return }
+        guard let member else { return nil }
         let limit = configuration.slowConsumer.maximumBufferedBytes
         let span = tracing.droppedFrame(
             under: parent, tag: tag, reason: "slow_consumer", destination: .function(member.name),
             cause: "dropped: slow consumer: more than \(limit) bytes unacknowledged by \(member.name) (slow_consumer policy drop)")
-        guard first else { return }
-        tracing.withCurrent(span) {
-            logger.warning("slow consumer: dropping frames for it until it catches up", metadata: [
-                YoMoLogField.toID: "\(member.clientID.forLog)", YoMoLogField.toName: "\(member.name.forLog)",
-                "max_buffered_bytes": "\(limit)",
-            ])
+        if first {
+            tracing.withCurrent(span) {
+                logger.warning("slow consumer: dropping frames for it until it catches up", metadata: [
+                    YoMoLogField.toID: "\(member.clientID.forLog)", YoMoLogField.toName: "\(member.name.forLog)",
+                    "max_buffered_bytes": "\(limit)",
+                ])
+            }
         }
+        return span?.context.spanContext
     }
 
     /// Ends a burst of drops: one line with how many frames it missed.
@@ -1782,14 +1795,17 @@ public final class Zipper: Sendable {
     /// Closes a slow consumer (the `disconnect` policy). The frame that found
     /// it slow ends its trace with a span that says so, and the line that
     /// says it carries that frame's trace id.
-    private func disconnect(_ id: UInt64, _ destination: QUICFrameConnection, tag: UInt32, tracedUnder parent: SpanContext?, logger: Logger) async {
+    /// Returns the span's ids (an exemplar for the count).
+    private func disconnect(
+        _ id: UInt64, _ destination: QUICFrameConnection, tag: UInt32, tracedUnder parent: SpanContext?, logger: Logger
+    ) async -> SpanContext? {
         let member = state.withLock { state -> RouteMember? in
             guard let peer = state.peers.removeValue(forKey: id) else { return nil }
             state.routes.remove(id)
             state.statistics.slowConsumerDisconnects += 1
             return peer.member
         }
-        guard let member else { return }
+        guard let member else { return nil }
         let reason = "slow consumer: more than \(configuration.slowConsumer.maximumBufferedBytes) bytes unacknowledged"
         let span = tracing.droppedFrame(
             under: parent, tag: tag, reason: "slow_consumer_disconnected", destination: .function(member.name),
@@ -1800,6 +1816,7 @@ public final class Zipper: Sendable {
             ])
         }
         await destination.close(reason: reason)
+        return span?.context.spanContext
     }
 }
 

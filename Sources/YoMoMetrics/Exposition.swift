@@ -150,6 +150,11 @@ public enum PrometheusExposition {
         return out
     }
 
+    /// An OpenMetrics exemplar, as it follows a sample.
+    private static func exemplarSuffix(_ exemplar: Exemplar) -> String {
+        " # {trace_id=\"\(exemplar.traceID)\",span_id=\"\(exemplar.spanID)\"} \(number(exemplar.value)) \(exemplar.timestamp)"
+    }
+
     private static func renderTargetInfo(_ resource: Resource, format: Format, into out: inout String) {
         var pairs: [(String, String)] = []
         resource.attributes.forEach { key, attribute in pairs.append((key, text(attribute))) }
@@ -195,6 +200,8 @@ public enum PrometheusExposition {
                     out += pointLabels
                     out += " "
                     out += number(value)
+                    // OpenMetrics allows exemplars on a counter's `_total` and a histogram's buckets only.
+                    if format == .openMetrics, isCounter, let exemplar = point.exemplar { out += exemplarSuffix(exemplar) }
                     out += "\n"
                 case .histogram(let histogram):
                     // The bucket labels are the point's with `le` added: built once.
@@ -209,9 +216,7 @@ public enum PrometheusExposition {
                         out += bound
                         out += "\"} "
                         out += String(cumulative)
-                        if format == .openMetrics, let exemplar = histogram.exemplars[index] {
-                            out += " # {trace_id=\"\(exemplar.traceID)\",span_id=\"\(exemplar.spanID)\"} \(number(exemplar.value)) \(exemplar.timestamp)"
-                        }
+                        if format == .openMetrics, let exemplar = histogram.exemplars[index] { out += exemplarSuffix(exemplar) }
                         out += "\n"
                     }
                     out += "\(name)_sum\(pointLabels) \(number(histogram.sum))\n"

@@ -73,9 +73,13 @@ public struct Exemplar: Hashable, Sendable {
     public var spanID: String { span.description }
 }
 
-/// A value that is added to atomically (a compare-and-swap loop on the bits).
-final class AtomicDouble: Sendable {
+/// A value that is added to atomically (a compare-and-swap loop on the bits),
+/// and, for a counter, the exemplar of its last sampled addition.
+final class ScalarCell: Sendable {
     private let bits = Atomic<UInt64>(0)
+    /// Taken only by additions that carry a sampled span: a counter of rare
+    /// events (drops) links to one of them; the hot paths never touch it.
+    let exemplar = Mutex<Exemplar?>(nil)
 
     func add(_ value: Double) {
         var current = bits.load(ordering: .relaxed)
@@ -85,6 +89,13 @@ final class AtomicDouble: Sendable {
             if exchanged { return }
             current = original
         }
+    }
+
+    func add(_ value: Double, exemplar spanContext: SpanContext?) {
+        add(value)
+        guard let spanContext, spanContext.isSampled else { return }
+        let exemplar = Exemplar(value: value, trace: spanContext.traceID, span: spanContext.spanID, timeUnixNanoseconds: wallClockNanoseconds())
+        self.exemplar.withLock { $0 = exemplar }
     }
 
     func store(_ value: Double) { bits.store(value.bitPattern, ordering: .relaxed) }
@@ -176,7 +187,7 @@ final class InstrumentStorage: Sendable {
     let descriptor: InstrumentDescriptor
     /// Series per instrument, the overflow series included (at least 2).
     let cardinalityLimit: Int
-    private let scalars = Mutex(SeriesTable<AtomicDouble>())
+    private let scalars = Mutex(SeriesTable<ScalarCell>())
     private let histograms = Mutex(SeriesTable<HistogramCell>())
     private let callbacks = Mutex<[@Sendable () -> [(MetricAttributes, Double)]]>([])
     private let observedOverLimitSaid = Atomic<Bool>(false)
@@ -186,8 +197,8 @@ final class InstrumentStorage: Sendable {
         self.cardinalityLimit = max(2, cardinalityLimit)
     }
 
-    func scalar(_ attributes: MetricAttributes) -> AtomicDouble {
-        let (cell, reachedLimit) = scalars.withLock { $0.cell(attributes, limit: cardinalityLimit, make: AtomicDouble.init) }
+    func scalar(_ attributes: MetricAttributes) -> ScalarCell {
+        let (cell, reachedLimit) = scalars.withLock { $0.cell(attributes, limit: cardinalityLimit, make: ScalarCell.init) }
         if reachedLimit { warnOverflow() }
         return cell
     }
@@ -215,7 +226,7 @@ final class InstrumentStorage: Sendable {
     func snapshot() -> MetricSnapshot {
         var points: [MetricSnapshot.Point] = []
         for (attributes, cell) in scalars.withLock({ $0.all }) {
-            points.append(.init(attributes: attributes, value: .scalar(cell.value)))
+            points.append(.init(attributes: attributes, value: .scalar(cell.value), exemplar: cell.exemplar.withLock { $0 }))
         }
         // Two callbacks naming the same series would make a page Prometheus
         // rejects (duplicate series): the later one wins.
@@ -270,6 +281,8 @@ public struct MetricSnapshot: Sendable {
     public struct Point: Sendable {
         public var attributes: MetricAttributes
         public var value: Value
+        /// A counter's last sampled addition (histograms keep theirs per bucket).
+        public var exemplar: Exemplar? = nil
     }
 
     public var descriptor: InstrumentDescriptor
@@ -284,15 +297,29 @@ public struct Counter: Sendable {
     public func bind(_ attributes: MetricAttributes = .empty) -> BoundCounter { BoundCounter(cell: storage?.scalar(attributes)) }
 
     public func add(_ value: Double = 1, attributes: MetricAttributes = .empty) { bind(attributes).add(value) }
+
+    /// `add`, keeping `spanContext` (if sampled) as the series' exemplar:
+    /// OpenMetrics shows it beside the `_total` sample, OTLP with the point.
+    public func add(_ value: Double = 1, attributes: MetricAttributes = .empty, exemplar spanContext: SpanContext?) {
+        bind(attributes).add(value, exemplar: spanContext)
+    }
 }
 
 public struct BoundCounter: Sendable {
-    let cell: AtomicDouble?
+    let cell: ScalarCell?
 
     /// Adds `value` (negative values are ignored: a counter only grows).
     public func add(_ value: Double = 1) {
         guard value >= 0 else { return }
         cell?.add(value)
+    }
+
+    /// `add`, keeping `spanContext` (if sampled) as the series' exemplar, the
+    /// last one replacing the one before: for counters of events worth a
+    /// trace (a dropped frame), not for every frame of a hot path.
+    public func add(_ value: Double = 1, exemplar spanContext: SpanContext?) {
+        guard value >= 0 else { return }
+        cell?.add(value, exemplar: spanContext)
     }
 }
 
@@ -305,7 +332,7 @@ public struct UpDownCounter: Sendable {
 }
 
 public struct BoundUpDownCounter: Sendable {
-    let cell: AtomicDouble?
+    let cell: ScalarCell?
     public func add(_ value: Double) { cell?.add(value) }
 }
 
@@ -318,7 +345,7 @@ public struct Gauge: Sendable {
 }
 
 public struct BoundGauge: Sendable {
-    let cell: AtomicDouble?
+    let cell: ScalarCell?
     public func set(_ value: Double) { cell?.store(value) }
     public func add(_ value: Double) { cell?.add(value) }
 }

@@ -147,6 +147,9 @@ enum OTLPMetricEncoding {
                 message.pointee.value_case = OPENTELEMETRY__PROTO__METRICS__V1__NUMBER_DATA_POINT__VALUE_AS_DOUBLE
                 message.pointee.as_double = value
             }
+            if let exemplar = point.exemplar {
+                (message.pointee.n_exemplars, message.pointee.exemplars) = exemplars([exemplar], arena: arena)
+            }
             array[index] = message
         }
         return (points.count, points.isEmpty ? nil : array)
@@ -179,23 +182,25 @@ enum OTLPMetricEncoding {
             message.pointee.max_present_case = OPENTELEMETRY__PROTO__METRICS__V1__HISTOGRAM_DATA_POINT__MAX_PRESENT_MAX
             message.pointee.max = maximum
         }
-        let exemplars = data.exemplars.compactMap { $0 }
-        if !exemplars.isEmpty {
-            let array = arena.allocate(UnsafeMutablePointer<PBExemplar>?.self, count: exemplars.count)
-            for (index, exemplar) in exemplars.enumerated() {
-                let entry = arena.allocate(PBExemplar.self)
-                opentelemetry__proto__metrics__v1__exemplar__init(entry)
-                entry.pointee.time_unix_nano = exemplar.timeUnixNanoseconds
-                entry.pointee.value_case = OPENTELEMETRY__PROTO__METRICS__V1__EXEMPLAR__VALUE_AS_DOUBLE
-                entry.pointee.as_double = exemplar.value
-                entry.pointee.trace_id = arena.bytes(exemplar.trace)
-                entry.pointee.span_id = arena.bytes(exemplar.span)
-                array[index] = entry
-            }
-            message.pointee.n_exemplars = exemplars.count
-            message.pointee.exemplars = array
-        }
+        (message.pointee.n_exemplars, message.pointee.exemplars) = exemplars(data.exemplars.compactMap { $0 }, arena: arena)
         return message
+    }
+
+    private static func exemplars(_ exemplars: [Exemplar], arena: ProtobufArena)
+        -> (Int, UnsafeMutablePointer<UnsafeMutablePointer<PBExemplar>?>?) {
+        guard !exemplars.isEmpty else { return (0, nil) }
+        let array = arena.allocate(UnsafeMutablePointer<PBExemplar>?.self, count: exemplars.count)
+        for (index, exemplar) in exemplars.enumerated() {
+            let entry = arena.allocate(PBExemplar.self)
+            opentelemetry__proto__metrics__v1__exemplar__init(entry)
+            entry.pointee.time_unix_nano = exemplar.timeUnixNanoseconds
+            entry.pointee.value_case = OPENTELEMETRY__PROTO__METRICS__V1__EXEMPLAR__VALUE_AS_DOUBLE
+            entry.pointee.as_double = exemplar.value
+            entry.pointee.trace_id = arena.bytes(exemplar.trace)
+            entry.pointee.span_id = arena.bytes(exemplar.span)
+            array[index] = entry
+        }
+        return (exemplars.count, array)
     }
 }
 

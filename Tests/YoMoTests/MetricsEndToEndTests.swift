@@ -235,6 +235,66 @@ struct MetricsEndToEndTests {
         #expect(exemplarTraceIDs.isSubset(of: exported), "\(exemplarTraceIDs.subtracting(exported))")
     }
 
+    @Test("frames dropped for a slow consumer: Prometheus counts them, and the count's exemplar opens a dropped frame's trace, whose zipper drop span says why")
+    func droppedFramesExemplar() async throws {
+        let receiver = try await SpanReceiver.start()
+        let zipperMetrics = MeterProvider(configuration: .init(serviceName: "zipper-d", environment: [:]))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: zipperMetrics)
+        defer { Task { await endpoint.close() } }
+        let prometheus = try await PrometheusServer(targets: ["127.0.0.1:\(endpoint.port)"])
+        var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
+        configuration.slowConsumer = .init(policy: .drop, maximumBufferedBytes: 64 << 10)
+        let tracing = ["zipper-d", "source-d"].map { receiver.provider(service: $0) }
+        let zipper = Zipper(configuration: configuration, options: .init(tracerProvider: tracing[0], meterProvider: zipperMetrics))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let gate = Gate()
+        let stalled = StreamFunction(name: "stalled", zipper: address, options: stalledOptions(tags: [0x66]))
+        stalled.setHandler { _ in await gate.wait() }
+        try await stalled.connect()
+        let fast = Inbox<Int>()
+        let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x66]))
+        healthy.setHandler { ctx in fast.append(ctx.data.count) }
+        try await healthy.connect()
+        let source = Source(name: "source-d", zipper: address, options: .init(tracerProvider: tracing[1]))
+        try await source.connect()
+        for batch in 1...20 {
+            for _ in 0..<20 { try await source.write(tag: 0x66, data: [UInt8](repeating: 0x61, count: 1024)) }
+            #expect(await fast.wait(for: batch * 20, timeout: .seconds(20)))
+        }
+        let dropped = zipper.statistics.droppedFrames
+        #expect(dropped > 0, "\(zipper.statistics)")
+        let query = "yomo_zipper_routed_messages_total{outcome=\"dropped\"}"
+        var counted = 0.0
+        for _ in 0..<100 where counted < Double(dropped) {
+            counted = await prometheus.scalar("sum(\(query))") ?? 0
+            if counted < Double(dropped) { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(counted == Double(dropped), "Prometheus counted every drop")
+        let now = Date().timeIntervalSince1970
+        var exemplarTraceIDs: Set<String> = []
+        for _ in 0..<100 where exemplarTraceIDs.isEmpty {
+            let answer = await prometheus.api("query_exemplars", ["query": query, "start": "\(now - 120)", "end": "\(now + 10)"])
+            for series in (answer?["data"] as? [[String: Any]]) ?? [] {
+                for exemplar in (series["exemplars"] as? [[String: Any]]) ?? [] {
+                    if let labels = exemplar["labels"] as? [String: String], let id = labels["trace_id"] { exemplarTraceIDs.insert(id) }
+                }
+            }
+            if exemplarTraceIDs.isEmpty { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        gate.open()
+        await source.close()
+        await healthy.close()
+        await stalled.close()
+        await zipper.close()
+        for provider in tracing { await provider.shutdown() }
+        #expect(!exemplarTraceIDs.isEmpty, "Prometheus stored the counter's exemplars")
+        let drops = receiver.spans().filter { $0["name"] as? String == "zipper drop" }
+        #expect(drops.count == dropped)
+        let dropTraces = Set(drops.compactMap { $0["trace_id"] as? String })
+        #expect(exemplarTraceIDs.isSubset(of: dropTraces), "each exemplar is a dropped frame's trace: \(exemplarTraceIDs.subtracting(dropTraces))")
+    }
+
     @Test("the shipped alert rules on a real Prometheus: a healthy zipper fires none, peers whose frames stall fire YoMoStalledFrames")
     func shippedAlertsFire() async throws {
         let rules = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../deploy/prometheus/alerts.yml").standardized.path
@@ -372,7 +432,8 @@ struct MetricsEndToEndTests {
             let histogram = meter.histogram("messaging.process.duration", unit: "s", boundaries: [0.01, 0.1]).bind(["messaging.destination.name": "0x33"])
             meter.upDownCounter("yomo.zipper.connections", unit: "{connection}").add(2, attributes: ["yomo.client.type": "source"])
             let span = SpanContext(traceID: .random(), spanID: .random(), traceFlags: .sampled)
-            counter.add(3)
+            counter.add(2)
+            counter.add(1, exemplar: span)
             histogram.record(0.005, spanContext: span)
             histogram.record(0.05, spanContext: nil)
             let exporter = try OTLPHTTPMetricExporter(
@@ -397,6 +458,10 @@ struct MetricsEndToEndTests {
             let attributes = (sums.first?["points"] as? [[String: Any]])?.first?["attributes"] as? [String: String]
             #expect(attributes == ["messaging.destination.name": "0x33"])
             #expect((sums.first?["resource"] as? [String: Any])?["service.name"] as? String == "otlp-m")
+            let counterExemplars = (sums.first?["points"] as? [[String: Any]])?.first?["exemplars"] as? [[String: Any]]
+            #expect(counterExemplars?.count == 1 && counterExemplars?.first?["trace_id"] as? String == span.traceID.description
+                && counterExemplars?.first?["span_id"] as? String == span.spanID.description && counterExemplars?.first?["value"] as? Double == 1,
+                "\(String(describing: counterExemplars))")
 
             let histograms = records.filter { $0["name"] as? String == "messaging.process.duration" }
             let first = try #require((histograms.first?["points"] as? [[String: Any]])?.first)

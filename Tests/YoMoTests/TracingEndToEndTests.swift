@@ -297,7 +297,8 @@ struct TracingEndToEndTests {
         var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
         // Room for one of the two frames (each counts its bytes and HeldFrames.entryOverhead).
         configuration.unroutedHold = .init(duration: .milliseconds(200), maximumBytes: 600 + 400 + HeldFrames.entryOverhead)
-        let zipper = Zipper(configuration: configuration, options: .init(tracerProvider: providers[0]))
+        let metrics = MeterProvider(configuration: .init(serviceName: "test-zipper", environment: [:]))
+        let zipper = Zipper(configuration: configuration, options: .init(tracerProvider: providers[0], meterProvider: metrics))
         try await zipper.start()
         let address = try #require(zipper.address)
         let source = Source(name: "feeder", zipper: address, options: .init(tracerProvider: providers[1]))
@@ -324,6 +325,12 @@ struct TracingEndToEndTests {
             // The expired one waited the hold's duration; the refused one not at all.
             #expect(cause.hasSuffix("full") ? waited < 200_000_000 : waited >= 200_000_000, "\(cause): waited \(waited) ns")
         }
+        // Counted as no_route, with a dropped frame's span as the count's exemplar.
+        let routed = try #require(metrics.collect().first { $0.descriptor.name == "yomo.zipper.routed.messages" })
+        let noRoute = try #require(routed.points.first { $0.attributes.pairs.contains { $0.key == "outcome" && $0.value == "no_route" } })
+        #expect(noRoute.value == .scalar(2))
+        let holdSpans = spans.filter { $0["name"] as? String == "zipper hold" }
+        #expect(holdSpans.contains { $0["span_id"] as? String == noRoute.exemplar?.spanID }, "\(String(describing: noRoute.exemplar))")
     }
 
     @Test(

@@ -192,6 +192,11 @@ def make_handler(state):
     return Handler
 
 
+def exemplars(point):
+    return [{"trace_id": e.trace_id.hex(), "span_id": e.span_id.hex(), "value": e.as_double, "time": e.time_unix_nano}
+            for e in point.exemplars]
+
+
 def metric_record(metric):
     kind = metric.WhichOneof("data")
     record = {"name": metric.name, "unit": metric.unit, "description": metric.description, "kind": kind, "points": []}
@@ -203,7 +208,8 @@ def metric_record(metric):
         for point in data.data_points:
             value = point.as_double if point.WhichOneof("value") == "as_double" else point.as_int
             record["points"].append({"attributes": attributes(point.attributes), "value": value,
-                                     "start": point.start_time_unix_nano, "time": point.time_unix_nano})
+                                     "start": point.start_time_unix_nano, "time": point.time_unix_nano,
+                                     "exemplars": exemplars(point)})
     elif kind == "histogram":
         record["temporality"] = metric.histogram.aggregation_temporality
         for point in metric.histogram.data_points:
@@ -213,8 +219,7 @@ def metric_record(metric):
                 "min": point.min if point.HasField("min") else None,
                 "max": point.max if point.HasField("max") else None,
                 "bucket_counts": list(point.bucket_counts), "explicit_bounds": list(point.explicit_bounds),
-                "exemplars": [{"trace_id": e.trace_id.hex(), "span_id": e.span_id.hex(), "value": e.as_double,
-                               "time": e.time_unix_nano} for e in point.exemplars],
+                "exemplars": exemplars(point),
                 "start": point.start_time_unix_nano, "time": point.time_unix_nano,
             })
     return record
