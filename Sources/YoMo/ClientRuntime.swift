@@ -908,7 +908,9 @@ final class ClientRuntime: Sendable {
 
     /// `send`, saying where the frame went, so that its delivery can be
     /// followed (`isSettled`): a mesh link's receipts wait for it.
-    func sendMarked(_ frame: DataFrame, patch: MetadataPatch? = nil) async throws -> DeliveryMark {
+    /// `waitingSince`: when the frame began to wait before this call (a mesh
+    /// link's queue); a frame held for the next connection waits from then.
+    func sendMarked(_ frame: DataFrame, patch: MetadataPatch? = nil, waitingSince: ContinuousClock.Instant? = nil) async throws -> DeliveryMark {
         // A zipper closes the connection on a frame past its limit, and the
         // client ends (redialling would send it again): refused here instead.
         guard frame.encodedLength <= FrameDecoder.defaultMaximumFrameSize else {
@@ -917,7 +919,9 @@ final class ClientRuntime: Sendable {
                 is larger than \(FrameDecoder.defaultMaximumFrameSize) bytes, the largest a zipper takes: not sent
                 """)
         }
-        let (firstRoute, metrics, firstGeneration) = state.withLock { (routeWrite(frame, patch, &$0), $0.metrics, $0.generation) }
+        let (firstRoute, metrics, firstGeneration) = state.withLock {
+            (routeWrite(frame, patch, waitingSince: waitingSince, &$0), $0.metrics, $0.generation)
+        }
         var (route, generation) = (firstRoute, firstGeneration)
         let started = metrics.isEnabled ? ContinuousClock.now : nil
         func sent() {
@@ -961,7 +965,7 @@ final class ClientRuntime: Sendable {
                     }
                     if final { return .refused(ClientCore.describe(failure, zipper: session.zipper), logBurst: false) }
                     generation = state.generation
-                    return self.routeWrite(frame, patch, &state)
+                    return self.routeWrite(frame, patch, waitingSince: waitingSince, &state)
                 }
             case .buffered(let first):
                 if first {
@@ -1029,7 +1033,7 @@ final class ClientRuntime: Sendable {
         }
     }
 
-    private func routeWrite(_ frame: DataFrame, _ patch: MetadataPatch?, _ state: inout State) -> WriteRoute {
+    private func routeWrite(_ frame: DataFrame, _ patch: MetadataPatch?, waitingSince: ContinuousClock.Instant?, _ state: inout State) -> WriteRoute {
         if state.ended || state.lifecycle.state == .closed {
             return .refused(YoMoError(.closed, "\(name) is closed"), logBurst: false)
         }
@@ -1042,7 +1046,7 @@ final class ClientRuntime: Sendable {
         case .connecting, .serving, .reconnecting, .delivering, .closed:
             // While delivering before the close, a running handler's writes join the held frames.
             if let session = state.session { return .session(session) }
-            switch state.outage.admit(frame.applying(patch)) {
+            switch state.outage.admit(frame.applying(patch), now: waitingSince ?? .now) {
             case .buffered(let first):
                 return .buffered(firstOfOutage: first)
             case .full(let first):

@@ -18,8 +18,14 @@ enum MeshForwarding {
 /// with the drop count and the once-per-burst log decision. Pure: the link's
 /// lock guards it, so it is tested without sockets.
 struct MeshBacklog {
+    /// A frame and when it was queued: a wait for the link to reconnect starts there.
+    struct Queued {
+        var frame: DataFrame
+        var queuedAt: ContinuousClock.Instant
+    }
+
     let limits: ZipperConfiguration.MeshQueue
-    private(set) var frames = CircularBuffer<DataFrame>()
+    private(set) var frames = CircularBuffer<Queued>()
     private(set) var bytes = 0
     private(set) var dropped = 0
     /// Frames the link's client took.
@@ -35,12 +41,12 @@ struct MeshBacklog {
         case dropped(firstOfBurst: Bool)
     }
 
-    mutating func offer(_ frame: DataFrame) -> Admission {
+    mutating func offer(_ frame: DataFrame, at now: ContinuousClock.Instant) -> Admission {
         let size = frame.encodedLength
         guard frames.count < limits.maximumFrames, bytes + size <= limits.maximumBytes else {
             return drop(count: 1)
         }
-        frames.append(frame)
+        frames.append(Queued(frame: frame, queuedAt: now))
         bytes += size
         return .queued
     }
@@ -62,10 +68,10 @@ struct MeshBacklog {
         return .dropped(firstOfBurst: droppedInBurst == count)
     }
 
-    mutating func take() -> DataFrame? {
-        guard let frame = frames.popFirst() else { return nil }
-        bytes -= frame.encodedLength
-        return frame
+    mutating func take() -> Queued? {
+        guard let queued = frames.popFirst() else { return nil }
+        bytes -= queued.frame.encodedLength
+        return queued
     }
 }
 
@@ -159,9 +165,10 @@ final class MeshLink: Sendable {
     /// Queues a frame for the downstream; never waits. `parent`: the
     /// zipper's span for the frame, under which a drop is traced.
     func forward(_ frame: DataFrame, tracedUnder parent: SpanContext? = nil) {
+        let now = ContinuousClock.now
         let (admission, waiter) = state.withLock { state -> (MeshBacklog.Admission, CheckedContinuation<Void, Never>?) in
             guard !state.closed else { return (.queued, nil) }
-            let admission = state.backlog.offer(frame)
+            let admission = state.backlog.offer(frame, at: now)
             if admission == .queued { state.accepted += 1 }
             defer { state.waiter = nil }
             return (admission, state.waiter)
@@ -209,9 +216,9 @@ final class MeshLink: Sendable {
     }
 
     /// The next queued frame; nil once closed.
-    private func next() async -> DataFrame? {
+    private func next() async -> MeshBacklog.Queued? {
         while true {
-            let frame = state.withLock { state -> DataFrame?? in
+            let frame = state.withLock { state -> MeshBacklog.Queued?? in
                 if let frame = state.backlog.take() { return .some(frame) }
                 return state.closed ? .some(nil) : nil
             }
@@ -231,14 +238,16 @@ final class MeshLink: Sendable {
     func run() async {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.keepConnected() }
-            while let frame = await next() {
+            while let queued = await next() {
+                let frame = queued.frame
                 guard let client = state.withLock({ $0.client }) else {
                     dropTaken(frame, why: "no client")
                     continue
                 }
                 do {
                     // Awaits only this link: a slow downstream fills its own queue.
-                    let mark = try await client.sendMarked(frame)
+                    // Held while the link reconnects, it waits from when it was queued.
+                    let mark = try await client.sendMarked(frame, waitingSince: queued.queuedAt)
                     let sentAt = ContinuousClock.now
                     state.withLock { state in
                         state.passed += 1

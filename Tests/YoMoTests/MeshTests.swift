@@ -86,13 +86,13 @@ struct MeshLogicTests {
     func backlog() {
         var backlog = MeshBacklog(limits: .init(maximumFrames: 4, maximumBytes: 1 << 20))
         let frame = DataFrame(tag: 0x33, payload: ByteBuffer(bytes: Array(repeating: 1, count: 100)))
-        for _ in 0..<4 { #expect(backlog.offer(frame) == .queued) }
-        #expect(backlog.offer(frame) == .dropped(firstOfBurst: true))
-        #expect(backlog.offer(frame) == .dropped(firstOfBurst: false))
+        for _ in 0..<4 { #expect(backlog.offer(frame, at: .now) == .queued) }
+        #expect(backlog.offer(frame, at: .now) == .dropped(firstOfBurst: true))
+        #expect(backlog.offer(frame, at: .now) == .dropped(firstOfBurst: false))
         // The link takes one: still 3 of 4 queued, so the burst goes on, unlogged.
         #expect(backlog.take() != nil)
         #expect(backlog.delivered() == nil)
-        #expect(backlog.offer(frame) == .queued)
+        #expect(backlog.offer(frame, at: .now) == .queued)
         #expect(backlog.drop(count: 1) == .dropped(firstOfBurst: false), "the link refused one: same burst")
         // Down to half: the burst ends with its count.
         _ = backlog.take(); _ = backlog.take()
@@ -100,13 +100,13 @@ struct MeshLogicTests {
         #expect(backlog.delivered() == nil)
         #expect(backlog.dropped == 3)
         _ = backlog.take(); _ = backlog.take()
-        for _ in 0..<4 { _ = backlog.offer(frame) }
-        #expect(backlog.offer(frame) == .dropped(firstOfBurst: true), "a new burst is logged again")
+        for _ in 0..<4 { _ = backlog.offer(frame, at: .now) }
+        #expect(backlog.offer(frame, at: .now) == .dropped(firstOfBurst: true), "a new burst is logged again")
 
         var bytes = MeshBacklog(limits: .init(maximumFrames: 100, maximumBytes: frame.encodedLength * 2))
-        #expect(bytes.offer(frame) == .queued)
-        #expect(bytes.offer(frame) == .queued)
-        #expect(bytes.offer(frame) == .dropped(firstOfBurst: true))
+        #expect(bytes.offer(frame, at: .now) == .queued)
+        #expect(bytes.offer(frame, at: .now) == .queued)
+        #expect(bytes.offer(frame, at: .now) == .dropped(firstOfBurst: true))
         _ = bytes.take()
         _ = bytes.take()
         #expect(bytes.take() == nil && bytes.bytes == 0)
@@ -516,6 +516,61 @@ struct MeshLoopbackTests {
         #expect(wait.parentSpanID == zipperSpan.context.spanID && wait.context.traceID == zipperSpan.context.traceID)
         #expect(wait.endTimeNanoseconds > wait.startTimeNanoseconds && wait.startTimeNanoseconds >= zipperSpan.startTimeNanoseconds)
         #expect(parents.items.first == wait.context.spanID.description, "b's hops follow the wait")
+    }
+
+    @Test("a frame that waited in a mesh link's queue behind a stuck write and then for the link to reconnect: its mesh link outage span starts when it was queued")
+    func linkOutageFromQueueEntry() async throws {
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let portA = try await freePort(), portB = try await freePort()
+        let a = Self.zipper("a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")], tracerProvider: provider)
+        try await a.start()
+        func zipperB() -> Zipper {
+            Zipper(
+                configuration: ZipperConfiguration(name: "b", host: "127.0.0.1", port: portB, authentication: .token("mesh")),
+                options: .init(logger: Logger(label: "test.b"), shutdownTimeout: .seconds(1)))
+        }
+        let b = zipperB()
+        try await b.start()
+        // b's only function stops reading, so b stops reading the link, and a's link stops writing.
+        let gate = Gate()
+        var options = stalledOptions(tags: [0x3a])
+        options.credential = "token:mesh"
+        let stalled = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: options)
+        stalled.setHandler { _ in await gate.wait() }
+        try await stalled.connect()
+        #expect(await eventually { a.meshLinkHealth.first?.connected == true })
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        var written = 0
+        // Health is read between batches: it counts the link client's kept frames one by one.
+        while (a.meshLinkHealth.first?.queuedFrames ?? 0) < 500, written < 12_000 {
+            for _ in 0..<100 { try await source.write(tag: 0x3a, data: [UInt8](repeating: 0x62, count: 1024)) }
+            written += 100
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let queued = try #require(a.meshLinkHealth.first?.queuedFrames)
+        #expect(queued >= 500, "the link's queue holds frames behind its stuck write (\(written) written)")
+        let cutAt = wallClockNanoseconds()
+        // b closes: its upstream links first, so a's link loses its connection with frames in its queue.
+        let closing = Task { await b.close() }
+        #expect(await eventually { a.meshLinkHealth.first?.connected == false })
+        gate.open()
+        await closing.value
+        await stalled.close()
+        let again = zipperB()
+        try await again.start()
+        let (far, received) = try await Self.farFunction(port: portB, tag: 0x3a)
+        #expect(await eventually(within: .seconds(30)) { a.meshLinkHealth.first?.queuedFrames == 0 && received.count > 0 })
+        await source.close()
+        await far.close()
+        await a.close()
+        await again.close()
+        let waits = exporter.spans.filter { $0.name == "mesh link outage" }
+        #expect(!waits.isEmpty)
+        // Queued before the cut, each of those waits from then; taken from the queue only after it.
+        #expect(waits.contains { $0.startTimeNanoseconds < cutAt }, "\(waits.count) waits, none begun before the cut; \(written) written, \(queued) queued, starts after the cut (ms): \(waits.prefix(5).map { (Double($0.startTimeNanoseconds) - Double(cutAt)) / 1e6 }), received \(received.count)")
+        #expect(waits.allSatisfy { $0.endTimeNanoseconds > cutAt })
     }
 
     @Test("frames a mesh link could not take end their traces with a span that says so, and the line that says so carries one's trace id")
