@@ -188,7 +188,9 @@ final class DataPathMetrics: Sendable {
     }
 
     /// QUIC Retries the zipper sent, and the tokens it refused, read when metrics are collected.
-    func observeAddressValidation(_ read: @escaping @Sendable () -> (retries: Int, invalidTokens: Int, refusedPerAddress: Int)) {
+    func observeAddressValidation(
+        _ read: @escaping @Sendable () -> (retries: Int, invalidTokens: Int, refusedPerAddress: Int, tokensAccepted: Int)
+    ) {
         guard enabled else { return }
         let base = baseAttributes
         meter.observableCounter(
@@ -203,6 +205,10 @@ final class DataPathMetrics: Sendable {
             "yomo.zipper.address_validation.refused", unit: "{packet}",
             description: "QUIC handshakes refused (CONNECTION_REFUSED) because their address, proven by a Retry, had its share in progress (maximumPendingHandshakesPerAddress)."
         ) { [(base, Double(read().refusedPerAddress))] }
+        meter.observableCounter(
+            "yomo.zipper.address_validation.tokens_accepted", unit: "{connection}",
+            description: "Clients whose address a token from an earlier connection (a QUIC NEW_TOKEN this zipper sent) proved: no Retry for them."
+        ) { [(base, Double(read().tokensAccepted))] }
     }
 
     func stalledFrame() { stalledFrames.add(1, attributes: baseAttributes) }

@@ -344,6 +344,9 @@ public final class Zipper: Sendable {
         /// address, proven by a Retry, had `maximumPendingHandshakesPerAddress`
         /// in progress already.
         public var quicHandshakesRefusedPerAddress = 0
+        /// Clients whose address a token from an earlier connection proved
+        /// (a QUIC NEW_TOKEN this zipper sent): no Retry, and no round trip for one.
+        public var addressTokensAccepted = 0
         /// Delivery receipts sent to clients that asked for them
         /// (`ZipperConfiguration.deliveryReceipts`).
         public var deliveryReceipts = 0
@@ -420,7 +423,11 @@ public final class Zipper: Sendable {
             metrics.observeReceiveWindows { [weak self] in self?.statistics.receiveWindowBytes ?? 0 }
         }
         metrics.observeAddressValidation { [weak self] in
-            self.map { ($0.statistics.addressValidationRetries, $0.statistics.invalidRetryTokens, $0.statistics.quicHandshakesRefusedPerAddress) } ?? (0, 0, 0)
+            self.map {
+                let statistics = $0.statistics
+                return (statistics.addressValidationRetries, statistics.invalidRetryTokens, statistics.quicHandshakesRefusedPerAddress,
+                        statistics.addressTokensAccepted)
+            } ?? (0, 0, 0, 0)
         }
         if configuration.deliveryReceipts {
             let receipts = self.receipts
@@ -452,6 +459,7 @@ public final class Zipper: Sendable {
         statistics.addressValidationRetries = quic?.retries ?? 0
         statistics.invalidRetryTokens = quic?.invalidTokens ?? 0
         statistics.quicHandshakesRefusedPerAddress = quic?.refusedHandshakesPerAddress ?? 0
+        statistics.addressTokensAccepted = quic?.newTokensAccepted ?? 0
         statistics.deliveryReceipts = receipts.receiptsSent
         return statistics
     }

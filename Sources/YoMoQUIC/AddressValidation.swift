@@ -1,5 +1,6 @@
 import CNGTCP2
 import Glibc
+import Synchronization
 
 /// The tokens a server's Retry packets carry (RFC 9000 §8.1.2): sealed with a
 /// key only this server holds, bound to the client's address and to both
@@ -32,6 +33,31 @@ struct RetryTokens {
         self.secret = secret
     }
 
+    /// How long a NEW_TOKEN token lets a client that reconnects from the
+    /// same address skip the Retry (RFC 9000 §8.1.3): a restart or a
+    /// redial under a flood of Initials, within the hour.
+    static let regularLifetime: Duration = .seconds(3600)
+    /// ngtcp2's regular token: magic, timestamp, AEAD tag, random.
+    private static let maximumRegularLength = 1 + 8 + 16 + 32
+
+    /// A token for a NEW_TOKEN frame to a client at `remote`; bound to its
+    /// address, not its port, which a client's next connection changes.
+    func makeRegular(for remote: UDPAddress, now: UInt64) -> [UInt8]? {
+        var token = [UInt8](repeating: 0, count: Self.maximumRegularLength)
+        let n = remote.withSockaddr { address, length in
+            ngtcp2_crypto_generate_regular_token(&token, secret, secret.count, address, length, now)
+        }
+        return n > 0 ? Array(token.prefix(n)) : nil
+    }
+
+    /// Whether `token`, from a client's Initial, is a NEW_TOKEN token of ours
+    /// for its address, and still fresh.
+    func isValidRegular(_ token: [UInt8], from remote: UDPAddress, now: UInt64) -> Bool {
+        remote.withSockaddr { address, length in
+            ngtcp2_crypto_verify_regular_token(token, token.count, secret, secret.count, address, length, Self.regularLifetime.nanoseconds, now)
+        } == 0
+    }
+
     /// Now, for tokens: nanoseconds of wall-clock time.
     static func now() -> UInt64 {
         var time = timespec()
@@ -62,5 +88,36 @@ struct RetryTokens {
                 Self.lifetime.nanoseconds, now)
         }
         return rv == 0 ? ConnectionID(original) : nil
+    }
+}
+
+/// The tokens servers gave this process's clients in NEW_TOKEN frames, by
+/// server address (as text: the address and port dialled). Each is used
+/// once, by the next connection to that server (RFC 9000 §8.1.3: a token
+/// used again would link the connections), and the newest replaces the one
+/// before. Bounded: a client that dials many servers forgets the oldest.
+enum NewTokens {
+    static let maximumServers = 256
+    private static let store = Mutex<(tokens: [String: [UInt8]], order: [String])>(([:], []))
+
+    static func keep(_ token: [UInt8], for server: UDPAddress) {
+        let key = server.description
+        store.withLock { store in
+            if store.tokens.updateValue(token, forKey: key) == nil { store.order.append(key) }
+            while store.order.count > maximumServers { store.tokens[store.order.removeFirst()] = nil }
+        }
+    }
+
+    /// Whether a token for `server` is kept (tests).
+    static func has(for server: UDPAddress) -> Bool { store.withLock { $0.tokens[server.description] != nil } }
+
+    /// The token for a connection to `server` (empty: none), no longer kept.
+    static func take(for server: UDPAddress) -> [UInt8] {
+        let key = server.description
+        return store.withLock { store in
+            guard let token = store.tokens.removeValue(forKey: key) else { return [] }
+            store.order.removeAll { $0 == key }
+            return token
+        }
     }
 }

@@ -1202,6 +1202,11 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         server?.addRoute(cid, self)
     }
 
+    func ngNewToken(_ token: [UInt8]) {
+        guard !isServer else { return }
+        NewTokens.keep(token, for: remote)
+    }
+
     func ngRemoveConnectionID(_ cid: ConnectionID) {
         guard isServer else { return }
         routes.remove(cid)

@@ -66,6 +66,8 @@ protocol NGConnectionDelegate: AnyObject {
     /// A new source connection id was issued (server: add a route).
     func ngNewConnectionID(_ cid: ConnectionID)
     func ngRemoveConnectionID(_ cid: ConnectionID)
+    /// A NEW_TOKEN frame's token (client): for its next connection to this server.
+    func ngNewToken(_ token: [UInt8])
 }
 
 /// How a read or timer outcome should be handled.
@@ -99,6 +101,9 @@ struct NGSettings {
     /// window a connection starts with. The server then sizes each window
     /// itself (`ReceiveWindows`), so ngtcp2's own growth is off.
     var managedReceiveWindow: Int? = nil
+    /// A client's token for its Initial: one a NEW_TOKEN frame of an earlier
+    /// connection to this server gave it (empty: none).
+    var token: [UInt8] = []
 }
 
 /// Owns one `ngtcp2_conn`, its gnutls session and the C memory they point into.
@@ -162,10 +167,14 @@ final class NGConnection {
         var s = c.makeSettings(settings)
         var params = c.makeParams(settings)
         var conn: OpaquePointer?
-        let rv = ngtcp2_conn_client_new_versioned(
-            &conn, &dcid, &scid, c.path, UInt32(NGTCP2_PROTO_VER_V1), NGTCP2_CALLBACKS_VERSION, &callbacks,
-            NGTCP2_SETTINGS_VERSION, &s, NGTCP2_TRANSPORT_PARAMS_VERSION, &params, nil,
-            Unmanaged.passUnretained(c).toOpaque())
+        // ngtcp2 copies the token.
+        let rv = settings.token.withUnsafeBufferPointer { token in
+            s.token = ngtcp2_vec(base: UnsafeMutablePointer(mutating: token.baseAddress), len: token.count)
+            return ngtcp2_conn_client_new_versioned(
+                &conn, &dcid, &scid, c.path, UInt32(NGTCP2_PROTO_VER_V1), NGTCP2_CALLBACKS_VERSION, &callbacks,
+                NGTCP2_SETTINGS_VERSION, &s, NGTCP2_TRANSPORT_PARAMS_VERSION, &params, nil,
+                Unmanaged.passUnretained(c).toOpaque())
+        }
         guard rv == 0, let conn else { throw .transport("ngtcp2_conn_client_new: \(errorName(rv))") }
         c.conn = conn
         try c.attachTLS(server: false, credentials: credentials, sni: sni, verifyName: verifyName, verify: verify, alpn: settings.quic.alpn)
@@ -181,8 +190,10 @@ final class NGConnection {
 
     /// A server connection for a client's Initial, whose header the server
     /// has read already (`NGPacket.initial`).
+    /// `newToken`: the client's Initial carried a NEW_TOKEN token of this
+    /// server, valid: its address is proven as by a Retry, without one.
     static func server(
-        local: UDPAddress, remote: UDPAddress, initial: NGPacket.Initial, retried: Retried?, settings: NGSettings,
+        local: UDPAddress, remote: UDPAddress, initial: NGPacket.Initial, retried: Retried?, newToken: [UInt8]? = nil, settings: NGSettings,
         credentials: TLSCredentials, verifyClient: Bool, resetSecret: [UInt8], scid: ConnectionID,
         delegate: any NGConnectionDelegate
     ) throws(QUICError) -> NGConnection {
@@ -194,7 +205,7 @@ final class NGConnection {
         params.original_dcid = initial.dcid.ngtcp2
         // After a Retry the client's Initial goes to the id the Retry chose;
         // both ids go into the transport parameters, which the client checks.
-        let retryToken = retried?.token ?? []
+        let retryToken = retried?.token ?? newToken ?? []
         if let retried {
             params.original_dcid = retried.originalDCID.ngtcp2
             params.retry_scid = initial.dcid.ngtcp2
@@ -284,6 +295,11 @@ final class NGConnection {
         } else {
             cb.client_initial = ngtcp2_crypto_client_initial_cb
             cb.recv_retry = ngtcp2_crypto_recv_retry_cb
+            cb.recv_new_token = { _, token, user in
+                guard let token, token.pointee.len > 0 else { return 0 }
+                NGConnection.from(user).delegate?.ngNewToken(Array(UnsafeBufferPointer(start: token.pointee.base, count: token.pointee.len)))
+                return 0
+            }
         }
         cb.recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb
         cb.encrypt = ngtcp2_crypto_encrypt_cb
@@ -447,6 +463,13 @@ final class NGConnection {
     var sendQuantum: Int { ngtcp2_conn_get_send_quantum(conn) }
     var isHandshakeCompleted: Bool { ngtcp2_conn_get_handshake_completed(conn) != 0 }
 
+    /// Sends the client a token for its next connection (server; a NEW_TOKEN frame).
+    @discardableResult
+    func submitNewToken(_ token: [UInt8]) -> Bool {
+        guard !token.isEmpty else { return false }
+        return ngtcp2_conn_submit_new_token(conn, token, token.count) == 0
+    }
+
     func setKeepAlive(_ interval: UInt64) { ngtcp2_conn_set_keep_alive_timeout(conn, interval) }
 
     func openBidiStream() -> Int64? {
@@ -589,6 +612,8 @@ enum NGPacket {
 
         /// Whether the token is one a Retry carried (ngtcp2's tokens start with a magic byte).
         var hasRetryToken: Bool { token.first == UInt8(NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY) }
+        /// Whether the token is one a NEW_TOKEN frame carried (ngtcp2's regular token).
+        var hasNewToken: Bool { token.first == UInt8(NGTCP2_CRYPTO_TOKEN_MAGIC_REGULAR) }
     }
 
     /// The header of a client's Initial, or nil when ngtcp2 would not accept it.

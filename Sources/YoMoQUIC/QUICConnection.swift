@@ -96,8 +96,11 @@ public final class QUICConnection: Sendable {
                         return
                     }
                     do throws(QUICError) {
+                        // A token the server gave an earlier connection: no Retry for this one.
+                        var settings = NGSettings(quic: configuration, isServer: false, debugLog: debug)
+                        settings.token = NewTokens.take(for: address)
                         let ng = try NGConnection.client(
-                            local: local, remote: address, settings: NGSettings(quic: configuration, isServer: false, debugLog: debug),
+                            local: local, remote: address, settings: settings,
                             credentials: credentials, sni: sni, verifyName: verifyName, verify: tls.verifyPeer, delegate: core)
                         core.attach(ng)
                     } catch {

@@ -256,7 +256,8 @@ public final class QUICServer: Sendable {
             refusedOverLimit: s.refusedOverLimit.load(ordering: .relaxed), refusedPerAddress: s.refusedPerAddress.load(ordering: .relaxed),
             receiveWindowBytes: s.receiveWindowBytes.load(ordering: .relaxed), clientAddresses: s.clientAddresses.load(ordering: .relaxed),
             retries: s.retries.load(ordering: .relaxed), invalidTokens: s.invalidTokens.load(ordering: .relaxed),
-            refusedHandshakesPerAddress: s.refusedHandshakesPerAddress.load(ordering: .relaxed))
+            refusedHandshakesPerAddress: s.refusedHandshakesPerAddress.load(ordering: .relaxed),
+            newTokensAccepted: s.newTokensAccepted.load(ordering: .relaxed))
     }
 
     public struct Statistics: Sendable, Hashable {
@@ -286,6 +287,9 @@ public final class QUICServer: Sendable {
         /// Initials of proven addresses over `Limits.maximumHandshakesPerAddress`:
         /// closed with CONNECTION_REFUSED (also counted in `dropped`).
         public var refusedHandshakesPerAddress: Int
+        /// Initials whose token, from a NEW_TOKEN frame this server sent on an
+        /// earlier connection, proved their address: no Retry needed.
+        public var newTokensAccepted: Int = 0
     }
 
     public struct Connections: AsyncSequence, Sendable {

@@ -223,7 +223,22 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             // client proves its address with a Retry first (no state held),
             // so a flood cannot take every handshake slot from honest clients.
             var retried: (token: NGConnection.Retried, group: AddressGroup)?
-            if initial.hasRetryToken {
+            // A NEW_TOKEN token of an earlier connection proves the address as a Retry would.
+            var newToken: (token: [UInt8], group: AddressGroup)?
+            if initial.hasNewToken, retryTokens.isValidRegular(initial.token, from: address, now: RetryTokens.now()) {
+                let group = addressGroup(of: address)
+                guard handshaking < limits.maximumHandshakes / 2
+                        || validatedHandshaking[group, default: 0] < limits.maximumHandshakesPerAddress else {
+                    stats.refusedHandshakesPerAddress.add(1, ordering: .relaxed)
+                    onHandshakeRefusedPerAddress?(group.description)
+                    closeStatelessly(
+                        initial, error: UInt64(NGTCP2_CONNECTION_REFUSED),
+                        reason: "too many handshakes in progress from \(group) (\(limits.maximumHandshakesPerAddress))", to: address, from: destination)
+                    return nil
+                }
+                stats.newTokensAccepted.add(1, ordering: .relaxed)
+                newToken = (initial.token, group)
+            } else if initial.hasRetryToken {
                 guard let original = retryTokens.originalDCID(of: initial, from: address, now: RetryTokens.now()) else {
                     stats.invalidTokens.add(1, ordering: .relaxed)
                     closeStatelessly(
@@ -257,7 +272,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                 stats.refusedOverLimit.add(1, ordering: .relaxed)
                 return nil
             }
-            return accept(datagram, initial, from: address, to: destination, retried: retried)
+            return accept(datagram, initial, from: address, to: destination, retried: retried, newToken: newToken)
         case .short(let dcid):
             if let core = routes[dcid] {
                 core.receive(datagram, from: address)
@@ -270,7 +285,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
 
     private func accept(
         _ datagram: UnsafeRawBufferPointer, _ initial: NGPacket.Initial, from address: UDPAddress, to destination: UDPAddress?,
-        retried: (token: NGConnection.Retried, group: AddressGroup)?
+        retried: (token: NGConnection.Retried, group: AddressGroup)?, newToken: (token: [UInt8], group: AddressGroup)?
     ) -> ConnectionCore? {
         let core = ConnectionCore(loop: loop, fd: fd, connectedSocket: false, remote: address, isServer: true, configuration: configuration)
         core.server = self
@@ -282,7 +297,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         let scid = ConnectionID.random(length: Self.cidLength)
         do throws(QUICError) {
             let ng = try NGConnection.server(
-                local: local, remote: address, initial: initial, retried: retried?.token,
+                local: local, remote: address, initial: initial, retried: retried?.token, newToken: newToken?.token,
                 settings: NGSettings(
                     quic: configuration, isServer: true, debugLog: debugLog,
                     managedReceiveWindow: receiveWindows == nil ? nil : ReceiveWindowBudget.minimum),
@@ -299,7 +314,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
         }
         handshaking += 1
         core.countedAsHandshaking = true
-        if let group = retried?.group {
+        if let group = retried?.group ?? newToken?.group {
             validatedHandshaking[group, default: 0] += 1
             core.validatedHandshakeGroup = group
         } else {
@@ -420,6 +435,8 @@ final class ServerCore: LoopSource, @unchecked Sendable {
     /// once the handshake callback has returned.
     func handshakeCompleted(_ core: ConnectionCore) {
         handshakeEnded(core)
+        // Its next connection from this address skips the Retry (under a flood, a round trip).
+        if let token = retryTokens.makeRegular(for: core.remote, now: RetryTokens.now()) { core.ng?.submitNewToken(token) }
         let group = addressGroup(of: core.remote)
         let count = establishedByHost[group]?.connections ?? 0
         guard count < limits.maximumConnectionsPerAddress else {
@@ -531,6 +548,7 @@ final class ServerStats: Sendable {
     let clientAddresses = Atomic<Int>(0)
     let retries = Atomic<Int>(0)
     let invalidTokens = Atomic<Int>(0)
+    let newTokensAccepted = Atomic<Int>(0)
     let refusedHandshakesPerAddress = Atomic<Int>(0)
     /// The clients' receive windows summed, under a budget (0 without one).
     let receiveWindowBytes = Atomic<Int>(0)

@@ -90,6 +90,31 @@ struct AddressValidationTests {
         await server.stop()
     }
 
+    @Test("a client that connected once skips the Retry on its next connection: the server's NEW_TOKEN proves its address, once")
+    func newTokenSkipsRetry() async throws {
+        let server = try await EchoServer(limits: QUICServer.Limits(maximumUnvalidatedHandshakes: 0))
+        let address = try UDPAddress.resolve(host: "127.0.0.1", port: server.port)[0]
+        _ = NewTokens.take(for: address)
+        let first = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        #expect(try await Fixture.echo(first, total: 1 << 16) == 1 << 16)
+        #expect(server.server.statistics.retries == 1)
+        #expect(await until { NewTokens.has(for: address) }, "the server sent a NEW_TOKEN after the handshake")
+        await first.close()
+        // A new connection, from another port: its Initial carries the token.
+        let second = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        #expect(try await Fixture.echo(second, total: 1 << 16) == 1 << 16)
+        #expect(server.server.statistics.retries == 1, "no Retry for the second")
+        #expect(server.server.statistics.newTokensAccepted == 1)
+        await second.close()
+        // A token is used once: the one the second connection was sent is for the third.
+        #expect(await until { NewTokens.has(for: address) })
+        _ = NewTokens.take(for: address)
+        let third = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
+        #expect(server.server.statistics.retries == 2, "without a token, a Retry again")
+        await third.close()
+        await server.stop()
+    }
+
     @Test("Initials that never finish their handshake hold no more than their share of slots: an honest client still connects at once")
     func floodOfUnfinishedHandshakes() async throws {
         // Handshake slots held 30 s by each flooder (the server's handshake timeout).
@@ -160,6 +185,26 @@ struct AddressValidationTests {
 }
 
 extension AddressValidationTests {
+    @Test("a NEW_TOKEN token opens under the same key only, from the same address on any port, within the hour; it is no Retry token")
+    func newTokens() throws {
+        let key = [UInt8](repeating: 9, count: 32)
+        let client = try UDPAddress.resolve(host: "192.0.2.7", port: 4433)[0]
+        let now = RetryTokens.now()
+        let token = try #require(RetryTokens(statelessResetKey: key).makeRegular(for: client, now: now))
+        let initial = NGPacket.Initial(version: 1, dcid: .random(length: 8), scid: .random(length: 8), token: token)
+        #expect(initial.hasNewToken && !initial.hasRetryToken)
+        let later = now + 60_000_000_000
+        #expect(RetryTokens(statelessResetKey: key).isValidRegular(token, from: client, now: later), "a restart with the same key")
+        #expect(RetryTokens(statelessResetKey: key).isValidRegular(token, from: try UDPAddress.resolve(host: "192.0.2.7", port: 50_000)[0], now: later),
+                "another port of the same host: a client's next connection")
+        #expect(!RetryTokens(statelessResetKey: key).isValidRegular(token, from: try UDPAddress.resolve(host: "192.0.2.8", port: 4433)[0], now: later))
+        #expect(!RetryTokens(statelessResetKey: [UInt8](repeating: 8, count: 32)).isValidRegular(token, from: client, now: later))
+        #expect(!RetryTokens(statelessResetKey: key).isValidRegular(token, from: client, now: now + RetryTokens.regularLifetime.nanoseconds + 1_000_000_000))
+        // A Retry token is not taken for one.
+        let retry = try #require(RetryTokens(statelessResetKey: key).make(answering: initial, from: client, retrySCID: .random(length: 18), now: now))
+        #expect(!RetryTokens(statelessResetKey: key).isValidRegular(retry, from: client, now: later))
+    }
+
     @Test("a Retry token opens under the same key only, from the same address, for the same id, within 10 s")
     func tokens() throws {
         let key = [UInt8](repeating: 7, count: 32)
