@@ -11,6 +11,7 @@
 //   swift run -c release yomo-fault-bench function --restart-after-ms 1000 --rounds 3
 //   swift run -c release yomo-fault-bench function --graceful [--async-handler] --rounds 5 --restart-after-ms 500 --interval-microseconds 500
 //   swift run -c release yomo-fault-bench flood --rate 2000 --duration 10
+//   swift run -c release yomo-fault-bench flood --rate 2000 --duration 10 --probe-delay-ms 10
 //   swift run -c release yomo-fault-bench storm --clients 1000
 import ArgumentParser
 import Foundation
@@ -649,6 +650,8 @@ struct Flood: AsyncParsableCommand {
     @Option(help: "Flood dials started per second.") var rate = 2000
     @Option(help: "How long the flood lasts, in seconds.") var duration = 10
     @Option(help: "An honest source dials every this many milliseconds.") var probeIntervalMs = 250
+    @Option(help: "The honest source's path delays each datagram this many milliseconds each way (a round trip of twice as much), through a relay: what a Retry's extra round trip costs a dial.")
+    var probeDelayMs = 0
     @Flag(help: "Also run a source and a stream function through the zipper, as fast as they go, for --duration before the flood and during it: the data path's rate under the flood.")
     var loop = false
 
@@ -660,6 +663,9 @@ struct Flood: AsyncParsableCommand {
         let before = try await dataPath?.rate(for: .seconds(duration))
         let relay = try AnswerDroppingRelay(towards: zipper.port)
         defer { relay.stop() }
+        let delayed = probeDelayMs > 0 ? try DelayRelay(towards: zipper.port, delay: .milliseconds(probeDelayMs)) : nil
+        defer { delayed?.stop() }
+        let probeAddress = delayed.map { "127.0.0.1:\($0.port)" } ?? zipper.address
         let cpuBefore = zipper.cpuSeconds
         let clock = ContinuousClock()
         let end = clock.now.advanced(by: .seconds(duration))
@@ -691,7 +697,7 @@ struct Flood: AsyncParsableCommand {
             let started = clock.now
             var options = quietOptions()
             options.retryConnect = false
-            let probe = Source(name: "honest", zipper: zipper.address, options: options)
+            let probe = Source(name: "honest", zipper: probeAddress, options: options)
             if (try? await probe.connect()) != nil { times.append(seconds(clock.now - started) * 1000) } else { failed += 1 }
             await probe.close()
             peak = max(peak, zipper.memory.rss)
@@ -712,6 +718,101 @@ struct Flood: AsyncParsableCommand {
     }
 }
 
+/// A UDP socket bound to a free port of 127.0.0.1.
+private func boundLoopbackSocket() -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    var address = loopbackAddress(port: 0)
+    _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    return fd
+}
+
+private func loopbackAddress(port: Int) -> sockaddr_in {
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    return address
+}
+
+private func localPort(of fd: Int32) -> Int {
+    var local = sockaddr_in()
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+    return Int(UInt16(bigEndian: local.sin_port))
+}
+
+/// Passes datagrams between its clients and the zipper, each way `delay`
+/// later, each client from a back socket of its own (as a NAT does): a path
+/// with a round trip of twice `delay` on loopback.
+final class DelayRelay: @unchecked Sendable {
+    let port: Int
+    private let front: Int32
+    private let zipper: sockaddr_in
+    private let delay: Duration
+    private let stopped = Atomic<Bool>(false)
+    private let done = DispatchSemaphore(value: 0)
+
+    init(towards zipperPort: Int, delay: Duration) throws {
+        front = boundLoopbackSocket()
+        zipper = loopbackAddress(port: zipperPort)
+        self.delay = delay
+        port = localPort(of: front)
+        Thread.detachNewThread { [self] in run() }
+    }
+
+    func stop() {
+        stopped.store(true, ordering: .relaxed)
+        done.wait()
+        close(front)
+    }
+
+    private func run() {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var backs: [UInt16: Int32] = [:]
+        var clientOf: [Int32: sockaddr_in] = [:]
+        // Datagrams waiting out their delay, in arrival order (one delay for all: also in due order).
+        var due: [(at: ContinuousClock.Instant, from: Int32, to: sockaddr_in, bytes: [UInt8])] = []
+        let clock = ContinuousClock()
+        while !stopped.load(ordering: .relaxed) {
+            let now = clock.now
+            while let first = due.first, first.at <= now {
+                var to = first.to
+                _ = withUnsafePointer(to: &to) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(first.from, first.bytes, first.bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+                due.removeFirst()
+            }
+            var fds = [pollfd(fd: front, events: Int16(POLLIN), revents: 0)] + backs.values.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            let wait = due.first.map { max(0, Int32(($0.at - clock.now).components.attoseconds / 1_000_000_000_000_000) + 1) } ?? 50
+            if poll(&fds, nfds_t(fds.count), min(wait, 50)) <= 0 { continue }
+            for entry in fds where entry.revents & Int16(POLLIN) != 0 {
+                while true {
+                    var from = sockaddr_in()
+                    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                    let n = withUnsafeMutablePointer(to: &from) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(entry.fd, &buffer, buffer.count, Int32(MSG_DONTWAIT), $0, &length) }
+                    }
+                    if n <= 0 { break }
+                    let at = clock.now.advanced(by: delay)
+                    if entry.fd == front {
+                        let back = backs[from.sin_port] ?? {
+                            let fd = boundLoopbackSocket()
+                            backs[from.sin_port] = fd
+                            clientOf[fd] = from
+                            return fd
+                        }()
+                        due.append((at, back, zipper, Array(buffer[0..<n])))
+                    } else if let client = clientOf[entry.fd] {
+                        due.append((at, front, client, Array(buffer[0..<n])))
+                    }
+                }
+            }
+        }
+        for fd in backs.values { close(fd) }
+        done.signal()
+    }
+}
+
 /// Passes datagrams from its port to the zipper and drops the answers,
 /// counting them: those under 200 bytes are Retries (or closes), the rest
 /// the zipper's handshake flights.
@@ -725,26 +826,12 @@ final class AnswerDroppingRelay: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
 
     init(towards zipperPort: Int) throws {
-        func bound() -> Int32 {
-            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            return fd
-        }
-        let (front, back) = (bound(), bound())
+        let (front, back) = (boundLoopbackSocket(), boundLoopbackSocket())
         (self.front, self.back) = (front, back)
-        var zipper = sockaddr_in()
-        zipper.sin_family = sa_family_t(AF_INET)
-        zipper.sin_addr.s_addr = inet_addr("127.0.0.1")
-        zipper.sin_port = in_port_t(UInt16(zipperPort).bigEndian)
+        var zipper = loopbackAddress(port: zipperPort)
         // The back socket sends only to the zipper.
         _ = withUnsafePointer(to: &zipper) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(back, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        var local = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(front, $0, &length) } }
-        port = Int(UInt16(bigEndian: local.sin_port))
+        port = localPort(of: front)
         Thread.detachNewThread { [self] in run() }
     }
 
