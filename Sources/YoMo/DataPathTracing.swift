@@ -105,9 +105,12 @@ struct DataPathTracer: Sendable {
     /// not sampled, or with tracing off, the frame as it is.
     func heldFrame(_ frame: DataFrame, waited: Duration, reason: StaticString, function: String) -> DataFrame {
         waitedFrame(
-            frame, span: "zipper hold", waited: waited,
-            attributes: FixedAttributes(.init("yomo.hold.reason", .string(reason)), .init("routing_data_tag", .int64(Int64(frame.tag)))),
+            frame, span: "zipper hold", waited: waited, attributes: Self.holdAttributes(frame, reason: reason),
             listed: [ListedAttribute(key: "messaging.consumer.group.name", value: .string(function))])
+    }
+
+    private static func holdAttributes(_ frame: DataFrame, reason: StaticString) -> FixedAttributes {
+        FixedAttributes(.init("yomo.hold.reason", .string(reason)), .init("routing_data_tag", .int64(Int64(frame.tag))))
     }
 
     /// A held frame whose wait ended with nobody taking it for `missing` (the
@@ -119,8 +122,7 @@ struct DataPathTracer: Sendable {
     func droppedHeldFrame(_ frame: DataFrame, waited: Duration, reason: StaticString, missing: Set<String>, cause: String) -> YoMoSpan? {
         let names = missing.sorted().joined(separator: ",")
         return waitSpan(
-            of: frame, name: "zipper hold", waited: waited,
-            attributes: FixedAttributes(.init("yomo.hold.reason", .string(reason)), .init("routing_data_tag", .int64(Int64(frame.tag)))),
+            of: frame, name: "zipper hold", waited: waited, attributes: Self.holdAttributes(frame, reason: reason),
             listed: names.isEmpty ? [] : [ListedAttribute(key: "messaging.consumer.group.name", value: .string(names))],
             status: SpanStatus(code: .error, message: cause))?.span
     }
@@ -179,10 +181,13 @@ struct DataPathTracer: Sendable {
     /// not acknowledged (or settled, with receipts); else written meanwhile.
     /// `meshLink`: the client is a zipper's link to a downstream zipper.
     func outageFrame(_ frame: DataFrame, waited: Duration, resent: Bool, meshLink: Bool = false) -> DataFrame {
-        waitedFrame(
-            frame, span: meshLink ? "mesh link outage" : "client outage", waited: waited,
-            attributes: FixedAttributes(
-                .init("yomo.outage.reason", .string(resent ? "resent" : "buffered")), .init("send_data_tag", .int64(Int64(frame.tag)))))
+        waitedFrame(frame, span: Self.outageSpanName(meshLink), waited: waited, attributes: Self.outageAttributes(frame, resent: resent))
+    }
+
+    private static func outageSpanName(_ meshLink: Bool) -> String { meshLink ? "mesh link outage" : "client outage" }
+
+    private static func outageAttributes(_ frame: DataFrame, resent: Bool) -> FixedAttributes {
+        FixedAttributes(.init("yomo.outage.reason", .string(resent ? "resent" : "buffered")), .init("send_data_tag", .int64(Int64(frame.tag))))
     }
 
     /// A frame a client held while it reconnected, dropped (`cause`): the span
@@ -191,9 +196,7 @@ struct DataPathTracer: Sendable {
     /// log line that should carry its trace id; nil when nothing was recorded.
     func droppedOutageFrame(_ frame: DataFrame, waited: Duration, resent: Bool, meshLink: Bool, cause: String) -> YoMoSpan? {
         waitSpan(
-            of: frame, name: meshLink ? "mesh link outage" : "client outage", waited: waited,
-            attributes: FixedAttributes(
-                .init("yomo.outage.reason", .string(resent ? "resent" : "buffered")), .init("send_data_tag", .int64(Int64(frame.tag)))),
+            of: frame, name: Self.outageSpanName(meshLink), waited: waited, attributes: Self.outageAttributes(frame, resent: resent),
             status: SpanStatus(code: .error, message: cause))?.span
     }
 

@@ -124,6 +124,8 @@ final class MeshLink: Sendable {
     private let state: Mutex<State>
     /// The zipper's: a frame that waited for the link to reconnect gets a span for the wait.
     private let tracing: DataPathTracer
+    /// The queue's bounds (`mesh_queue`), which the link's client holds to as well.
+    private let limits: ZipperConfiguration.MeshQueue
 
     init(
         peer: ZipperConfiguration.MeshPeer, zipperName: String, limits: ZipperConfiguration.MeshQueue, deliveryReceipts: Bool,
@@ -138,6 +140,7 @@ final class MeshLink: Sendable {
         logger[metadataKey: "mesh_downstream"] = "\(peer.name)"
         logger[metadataKey: "mesh_downstream_addr"] = "\(peer.address)"
         self.logger = logger
+        self.limits = limits
         self.state = Mutex(State(backlog: MeshBacklog(limits: limits)))
     }
 
@@ -175,7 +178,6 @@ final class MeshLink: Sendable {
         }
         waiter?.resume()
         guard case .dropped = admission else { return }
-        let limits = state.withLock { $0.backlog.limits }
         let span = tracing.droppedFrame(
             under: parent, tag: frame.tag, reason: "mesh_queue_full", destination: .meshDownstream(peer.name),
             cause: "dropped: the queue for mesh downstream \(peer.name) was full (mesh_queue max_frames \(limits.maximumFrames), max_bytes \(limits.maximumBytes))")
@@ -187,7 +189,6 @@ final class MeshLink: Sendable {
         switch admission {
         case .queued, .dropped(firstOfBurst: false): break
         case .dropped(firstOfBurst: true):
-            let limits = state.withLock { $0.backlog.limits }
             tracing.withCurrent(span) {
                 logger.warning("mesh downstream is slow or unreachable: dropping frames for it until it catches up", metadata: [
                     "max_frames": "\(limits.maximumFrames)", "max_bytes": "\(limits.maximumBytes)",
@@ -296,7 +297,6 @@ final class MeshLink: Sendable {
                 // thirty-fourth round of issue 14; before, those were lost).
                 retryInitialConnect: true, handshakeTimeout: .seconds(3), deliveryReceipts: deliveryReceipts)
             // Frames taken while reconnecting wait here, bounded like the queue.
-            let limits = state.withLock { $0.backlog.limits }
             var setup = ClientRuntime.Setup(
                 settings: settings, outageBufferFrames: limits.maximumFrames, outageBufferBytes: limits.maximumBytes,
                 outageAdmitsBesidesPutBack: true)

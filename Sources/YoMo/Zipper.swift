@@ -1756,7 +1756,6 @@ public final class Zipper: Sendable {
         ])
     }
 
-    /// Counts a frame dropped for a slow consumer; logs the first of a burst.
     /// A frame not sent to a slow consumer (the `drop` policy): counted, its
     /// trace ended with a span that says so, and the first of a burst said
     /// in a line that carries that frame's trace id.

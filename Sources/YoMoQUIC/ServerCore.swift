@@ -227,15 +227,7 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             var newToken: (token: [UInt8], group: AddressGroup)?
             if initial.hasNewToken, retryTokens.isValidRegular(initial.token, from: address, now: RetryTokens.now()) {
                 let group = addressGroup(of: address)
-                guard handshaking < limits.maximumHandshakes / 2
-                        || validatedHandshaking[group, default: 0] < limits.maximumHandshakesPerAddress else {
-                    stats.refusedHandshakesPerAddress.add(1, ordering: .relaxed)
-                    onHandshakeRefusedPerAddress?(group.description)
-                    closeStatelessly(
-                        initial, error: UInt64(NGTCP2_CONNECTION_REFUSED),
-                        reason: "too many handshakes in progress from \(group) (\(limits.maximumHandshakesPerAddress))", to: address, from: destination)
-                    return nil
-                }
+                guard hasRoomForProven(group, initial, from: address, to: destination) else { return nil }
                 stats.newTokensAccepted.add(1, ordering: .relaxed)
                 newToken = (initial.token, group)
             } else if initial.hasRetryToken {
@@ -246,20 +238,9 @@ final class ServerCore: LoopSource, @unchecked Sendable {
                         reason: "Retry token not valid here (another server's, expired, or from another address)", to: address, from: destination)
                     return nil
                 }
-                // Held to its share once half the slots are taken: a host
-                // with many clients (a restart's reconnect storm) is not
-                // slowed while there is room for everyone.
                 let group = addressGroup(of: address)
                 retried = (NGConnection.Retried(originalDCID: original, token: initial.token), group)
-                guard handshaking < limits.maximumHandshakes / 2
-                        || validatedHandshaking[group, default: 0] < limits.maximumHandshakesPerAddress else {
-                    stats.refusedHandshakesPerAddress.add(1, ordering: .relaxed)
-                    onHandshakeRefusedPerAddress?(group.description)
-                    closeStatelessly(
-                        initial, error: UInt64(NGTCP2_CONNECTION_REFUSED),
-                        reason: "too many handshakes in progress from \(group) (\(limits.maximumHandshakesPerAddress))", to: address, from: destination)
-                    return nil
-                }
+                guard hasRoomForProven(group, initial, from: address, to: destination) else { return nil }
             } else if unvalidatedHandshaking >= limits.maximumUnvalidatedHandshakes {
                 sendRetry(answering: initial, to: address, from: destination)
                 return nil
@@ -281,6 +262,24 @@ final class ServerCore: LoopSource, @unchecked Sendable {
             sendStatelessReset(for: dcid, triggerLength: datagram.count, to: address, from: destination)
             return nil
         }
+    }
+
+    /// Whether a handshake from a proven address (a Retry's token, or a
+    /// NEW_TOKEN's) fits its address's share; if not, it is refused at once.
+    /// Held to the share only once half the slots are taken: a host with many
+    /// clients (a restart's reconnect storm) is not slowed while there is
+    /// room for everyone.
+    private func hasRoomForProven(
+        _ group: AddressGroup, _ initial: NGPacket.Initial, from address: UDPAddress, to destination: UDPAddress?
+    ) -> Bool {
+        guard handshaking >= limits.maximumHandshakes / 2,
+              validatedHandshaking[group, default: 0] >= limits.maximumHandshakesPerAddress else { return true }
+        stats.refusedHandshakesPerAddress.add(1, ordering: .relaxed)
+        onHandshakeRefusedPerAddress?(group.description)
+        closeStatelessly(
+            initial, error: UInt64(NGTCP2_CONNECTION_REFUSED),
+            reason: "too many handshakes in progress from \(group) (\(limits.maximumHandshakesPerAddress))", to: address, from: destination)
+        return false
     }
 
     private func accept(

@@ -124,6 +124,20 @@ struct MeshLoopbackTests {
             options: .init(logger: logger ?? Logger(label: "test.\(name)"), tracerProvider: tracerProvider, meterProvider: meterProvider))
     }
 
+    /// Zipper "a" on `port`, started, with a mesh link to "b" on
+    /// `downstreamPort`, its spans kept in the exporter returned.
+    static func tracedUpstream(
+        port: Int, downstreamPort: Int, queue: ZipperConfiguration.MeshQueue = .init(), logger: Logger? = nil
+    ) async throws -> (Zipper, InMemorySpanExporter) {
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let zipper = Self.zipper(
+            "a", port: port, mesh: [.init(name: "b", host: "127.0.0.1", port: downstreamPort, credential: "token:mesh")], queue: queue,
+            tracerProvider: provider, logger: logger)
+        try await zipper.start()
+        return (zipper, exporter)
+    }
+
     /// A stream function "far" at the zipper on `port`, collecting the text of each frame of `tag`.
     static func farFunction(port: Int, tag: UInt32, retryConnect: Bool = false, handlerConcurrency: Int? = nil) async throws -> (StreamFunction, Inbox<String>) {
         let received = Inbox<String>()
@@ -490,11 +504,8 @@ struct MeshLoopbackTests {
 
     @Test("a frame that waited for its mesh link to reach the downstream shows the wait in its trace: a span under the upstream zipper's, which the downstream's hops follow")
     func linkOutageTrace() async throws {
-        let exporter = InMemorySpanExporter()
-        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
         let portA = try await freePort(), portB = try await freePort()
-        let a = Self.zipper("a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")], tracerProvider: provider)
-        try await a.start()
+        let (a, exporter) = try await Self.tracedUpstream(port: portA, downstreamPort: portB)
         let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
         try await source.connect()
         try await source.write(tag: 0x37, data: Array("waited".utf8))
@@ -520,11 +531,8 @@ struct MeshLoopbackTests {
 
     @Test("a frame that waited in a mesh link's queue behind a stuck write and then for the link to reconnect: its mesh link outage span starts when it was queued")
     func linkOutageFromQueueEntry() async throws {
-        let exporter = InMemorySpanExporter()
-        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
         let portA = try await freePort(), portB = try await freePort()
-        let a = Self.zipper("a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")], tracerProvider: provider)
-        try await a.start()
+        let (a, exporter) = try await Self.tracedUpstream(port: portA, downstreamPort: portB)
         func zipperB() -> Zipper {
             Zipper(
                 configuration: ZipperConfiguration(name: "b", host: "127.0.0.1", port: portB, authentication: .token("mesh")),
@@ -575,15 +583,11 @@ struct MeshLoopbackTests {
 
     @Test("frames a mesh link could not take end their traces with a span that says so, and the line that says so carries one's trace id")
     func linkDropTrace() async throws {
-        let exporter = InMemorySpanExporter()
-        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
         let logs = InMemoryLogSink()
         let portA = try await freePort(), portB = try await freePort()
         // b never starts: the link's client holds 8 frames while it dials, and drops what its queue hands it after.
-        let a = Self.zipper(
-            "a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")],
-            queue: .init(maximumFrames: 8, maximumBytes: 1 << 20), tracerProvider: provider, logger: TracingEndToEndTests.debugLogger("a", logs))
-        try await a.start()
+        let (a, exporter) = try await Self.tracedUpstream(
+            port: portA, downstreamPort: portB, queue: .init(maximumFrames: 8, maximumBytes: 1 << 20), logger: TracingEndToEndTests.debugLogger("a", logs))
         let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
         try await source.connect()
         let count = 24

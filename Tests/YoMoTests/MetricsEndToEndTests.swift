@@ -249,19 +249,8 @@ struct MetricsEndToEndTests {
         try await zipper.start()
         let address = try #require(zipper.address)
         let gate = Gate()
-        let stalled = StreamFunction(name: "stalled", zipper: address, options: stalledOptions(tags: [0x66]))
-        stalled.setHandler { _ in await gate.wait() }
-        try await stalled.connect()
-        let fast = Inbox<Int>()
-        let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x66]))
-        healthy.setHandler { ctx in fast.append(ctx.data.count) }
-        try await healthy.connect()
         let source = Source(name: "source-d", zipper: address, options: .init(tracerProvider: tracing[1]))
-        try await source.connect()
-        for batch in 1...20 {
-            for _ in 0..<20 { try await source.write(tag: 0x66, data: [UInt8](repeating: 0x61, count: 1024)) }
-            #expect(await fast.wait(for: batch * 20, timeout: .seconds(20)))
-        }
+        let (stalled, healthy) = try await TracingEndToEndTests.stalledBesideHealthy(zipper: address, tag: 0x66, gate: gate, source: source, frames: 400)
         let dropped = zipper.statistics.droppedFrames
         #expect(dropped > 0, "\(zipper.statistics)")
         let query = "yomo_zipper_routed_messages_total{outcome=\"dropped\"}"

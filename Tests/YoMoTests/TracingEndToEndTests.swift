@@ -346,22 +346,9 @@ struct TracingEndToEndTests {
         try await zipper.start()
         let address = try #require(zipper.address)
         let gate = Gate()
-        let stalled = StreamFunction(name: "stalled", zipper: address, options: stalledOptions(tags: [0x64]))
-        stalled.setHandler { _ in await gate.wait() }
-        try await stalled.connect()
-        // Paces the source, so that every frame was routed once it has them all.
-        let fast = Inbox<Int>()
-        let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [0x64]))
-        healthy.setHandler { ctx in fast.append(ctx.data.count) }
-        try await healthy.connect()
         let source = Source(name: "firehose", zipper: address, options: .init(tracerProvider: providers[1]))
-        try await source.connect()
         let count = 400
-        // In batches well under the limit: a source that floods makes the healthy function slow too.
-        for batch in 1...(count / 20) {
-            for _ in 0..<20 { try await source.write(tag: 0x64, data: [UInt8](repeating: 0x61, count: 1024)) }
-            #expect(await fast.wait(for: batch * 20, timeout: .seconds(20)))
-        }
+        let (stalled, healthy) = try await Self.stalledBesideHealthy(zipper: address, tag: 0x64, gate: gate, source: source, frames: count)
         let dropped = policy == .drop ? zipper.statistics.droppedFrames : zipper.statistics.slowConsumerDisconnects
         #expect(dropped > 0, "\(zipper.statistics)")
         gate.open()
@@ -401,6 +388,29 @@ struct TracingEndToEndTests {
         for warning in warnings {
             #expect(dropTraces.contains(warning["trace_id"] as? String ?? "-"), "\(warning)")
         }
+    }
+
+    /// A function that stalls until `gate` opens ("stalled") and one that
+    /// keeps up ("healthy"), both of `tag`, and `frames` frames of 1 KiB from
+    /// `source` (connected here) in batches the healthy one paces: only the
+    /// stalled one falls behind, and every frame was routed on return.
+    static func stalledBesideHealthy(
+        zipper address: String, tag: UInt32, gate: Gate, source: Source, frames: Int
+    ) async throws -> (stalled: StreamFunction, healthy: StreamFunction) {
+        let stalled = StreamFunction(name: "stalled", zipper: address, options: stalledOptions(tags: [tag]))
+        stalled.setHandler { _ in await gate.wait() }
+        try await stalled.connect()
+        let fast = Inbox<Int>()
+        let healthy = StreamFunction(name: "healthy", zipper: address, options: .init(observedTags: [tag]))
+        healthy.setHandler { ctx in fast.append(ctx.data.count) }
+        try await healthy.connect()
+        try await source.connect()
+        // In batches well under a 64 KiB limit: a source that floods makes the healthy function slow too.
+        for batch in 1...(frames / 20) {
+            for _ in 0..<20 { try await source.write(tag: tag, data: [UInt8](repeating: 0x61, count: 1024)) }
+            #expect(await fast.wait(for: batch * 20, timeout: .seconds(20)))
+        }
+        return (stalled, healthy)
     }
 
     @Test("a frame a source wrote while it reconnected shows its wait in the trace: a span from the write to the new connection, between the source's span and the zipper's")
