@@ -160,9 +160,17 @@ final class ClientSession: @unchecked Sendable {
     }
 
     /// Frames kept to be sent again if the connection dies: `yomo.client.unsettled.messages`.
+    /// Drops what the next write would drop, then counts the rest without
+    /// reading each (under the lock writes take: counted one by one, 64 MiB of
+    /// small frames held writers up for each read of the gauge); a frame a
+    /// concurrent writer recorded out of stream order behind an unsettled one
+    /// may count until that one goes.
     var keptFrames: Int {
         let acknowledged = receipts ? 0 : connection.connection.acknowledgedBytes
-        return kept.withLock { kept in kept.frames.count { $0.end > max(acknowledged, kept.settled) } }
+        return kept.withLock { kept in
+            kept.drop(through: max(acknowledged, kept.settled))
+            return kept.frames.count
+        }
     }
 
     /// The frames written here that the zipper never settled (with receipts)

@@ -551,7 +551,7 @@ struct MeshLoopbackTests {
         let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
         try await source.connect()
         var written = 0
-        // Health is read between batches: it counts the link client's kept frames one by one.
+        // In batches, the link's queue read between them.
         while (a.meshLinkHealth.first?.queuedFrames ?? 0) < 500, written < 12_000 {
             for _ in 0..<100 { try await source.write(tag: 0x3a, data: [UInt8](repeating: 0x62, count: 1024)) }
             written += 100
