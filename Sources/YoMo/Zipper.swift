@@ -106,6 +106,14 @@ public final class Zipper: Sendable {
     /// A peer a frame goes to: its id, its connection, and that as receipts see it.
     private typealias Destination = (id: UInt64, connection: QUICFrameConnection, delivery: DeliveryDestination)
 
+    /// A frame an ended stream function's connection left, for another
+    /// instance of its name that lacks it (`State.catchUp`), and why it waited.
+    private struct CatchUp {
+        var frame: DataFrame
+        var reason: HeldFrames.Reason
+        var to: Destination
+    }
+
     private struct State {
         var server: QUICServer?
         var routes = RouteTable()
@@ -134,16 +142,20 @@ public final class Zipper: Sendable {
         /// counted lost: a function restarted before the zipper noticed its
         /// predecessor's end (a crash while no frame was flowing to it) is
         /// such a namesake.
+        /// `acknowledgedThrough`: what the ended connection's QUIC stack had
+        /// acknowledged (frames before it were kept for its handlers): why each waited.
         mutating func catchUp(
-            _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int, end: Int)], leftBy peer: Peer, stillObserved: Set<UInt32>,
-            tally: HoldTally
-        ) -> [(frame: DataFrame, to: Destination)] {
-            var deliveries: [(frame: DataFrame, to: Destination)] = []
+            _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int, end: Int)], acknowledgedThrough: Int, leftBy peer: Peer,
+            stillObserved: Set<UInt32>, tally: HoldTally
+        ) -> [CatchUp] {
+            var deliveries: [CatchUp] = []
             for (frame, target, _, end) in frames where stillObserved.contains(frame.tag) {
                 for (id, joinedAt) in peer.writtenWhenNamesakeJoined where end <= joinedAt {
                     guard let namesake = peers[id], namesake.member.receives(tag: frame.tag, target: target) else { continue }
                     tally.add()
-                    deliveries.append((frame, (id, namesake.connection, namesake.delivery)))
+                    deliveries.append(CatchUp(
+                        frame: frame, reason: end <= acknowledgedThrough ? .notHandled : .notAcknowledged,
+                        to: (id, namesake.connection, namesake.delivery)))
                 }
             }
             return deliveries
@@ -945,7 +957,8 @@ public final class Zipper: Sendable {
             // acknowledged: a frame routed meanwhile, held for its name as one
             // away, would overtake them.
             var waiters: [Latch] = []
-            var catchUps: [(frame: DataFrame, to: Destination)] = []
+            var catchUps: [CatchUp] = []
+            let endedAt = ContinuousClock.now
             let leftovers = HoldTally()
             let (left, wasEmpty, slowConsumerClosed) = state.withLock { state -> (UnacknowledgedAtEnd, Bool, Bool) in
                 // Gone already: closed as a slow consumer, whose backlog is not kept.
@@ -977,7 +990,10 @@ public final class Zipper: Sendable {
                         }
                         let frames = takenBack + unwritten.map { ($0.frame, $0.target, 0, HeldFrames.Reason.notAcknowledged) }
                         left = state.holdForReturn(frames, of: member, stillObserved: stillObserved, tally: leftovers)
-                        if let leaving { catchUps = state.catchUp(taken, leftBy: leaving, stillObserved: stillObserved, tally: leftovers) }
+                        if let leaving {
+                            catchUps = state.catchUp(
+                                taken, acknowledgedThrough: acknowledgedThrough, leftBy: leaving, stillObserved: stillObserved, tally: leftovers)
+                        }
                         // A namesake has the rest of the frames in tags it observes, or gets them now.
                         let withNamesakes = taken.reduce(0) { $0 + (stillObserved.contains($1.frame.tag) ? $1.notAcknowledged : 0) }
                         left.lostBytes = max(0, unacknowledgedBytes - left.heldUnacknowledgedBytes - withNamesakes)
@@ -1002,7 +1018,7 @@ public final class Zipper: Sendable {
             }
             if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
             report(left, wasEmpty: wasEmpty, clientType: handshake.clientType, logger: connectionLogger)
-            if !catchUps.isEmpty { giveToNamesakes(catchUps, tally: leftovers, logger: connectionLogger) }
+            if !catchUps.isEmpty { giveToNamesakes(catchUps, name: member.name, since: endedAt, tally: leftovers, logger: connectionLogger) }
             for waiter in waiters { waiter.fire() }
         }
         // Runs before the defer above: the ledger is kept for the client's next
@@ -1168,13 +1184,16 @@ public final class Zipper: Sendable {
     /// namesakes that lack it (`State.catchUp`), in order, after what they
     /// got since they joined; each frame leaves `tally` once written (and
     /// waits there for its acknowledgement).
-    private func giveToNamesakes(_ deliveries: [(frame: DataFrame, to: Destination)], tally: HoldTally, logger: Logger) {
+    /// Each one's wait, from the connection's end (`since`), is a `zipper hold`
+    /// span between the zipper's span and the namesake's, as for a frame held.
+    private func giveToNamesakes(_ deliveries: [CatchUp], name: String, since: ContinuousClock.Instant, tally: HoldTally, logger: Logger) {
         Task {
             var given = 0
-            for (frame, namesake) in deliveries {
+            for delivery in deliveries {
                 defer { tally.release() }
-                guard let end = try? await namesake.connection.write(frame, patch: nil, endingAfterQueueingThrows: false) else { continue }
-                tally.wait(for: namesake.delivery, written: end)
+                let frame = tracing.heldFrame(delivery.frame, waited: .now - since, reason: delivery.reason.attribute, function: name)
+                guard let end = try? await delivery.to.connection.write(frame, patch: nil, endingAfterQueueingThrows: false) else { continue }
+                tally.wait(for: delivery.to.delivery, written: end)
                 given += 1
                 if metrics.isEnabled { metrics.router(tag: frame.tag).delivered.add() }
             }

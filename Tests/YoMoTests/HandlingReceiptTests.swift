@@ -4,6 +4,7 @@ import NIOCore
 import Synchronization
 import Testing
 import YoMoMetrics
+import YoMoTracing
 import YoMoWire
 
 @testable import YoMo
@@ -33,7 +34,9 @@ struct HandlingReceiptTests {
 
     @Test("a function killed and started again at once, before the zipper noticed: what its handlers had not finished goes to the new instance, which joined after it was written")
     func restartedBeforeTheZipperNoticed() async throws {
-        let stuck = try await FunctionStuckInItsHandlers(pipe: false)
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let stuck = try await FunctionStuckInItsHandlers(pipe: false, tracerProvider: provider)
         defer { stuck.killFunctionNow() }
         let zipper = stuck.zipper
         await stuck.killFunction()
@@ -43,6 +46,15 @@ struct HandlingReceiptTests {
         await stuck.expectEachAnsweredOnce()
         #expect(zipper.statistics.framesGivenToNamesakes == 5, "\(zipper.statistics)")
         await stuck.close()
+        // Each one's wait for the new instance, in its trace: under the zipper's span, why it waited, for whom.
+        let zipperSpans = Set(exporter.spans.filter { $0.name == "zipper endpoint" }.map(\.context.spanID))
+        let holds = exporter.spans.filter { $0.name == "zipper hold" }
+        #expect(holds.count == 5, "\(exporter.spans.map(\.name))")
+        for hold in holds {
+            #expect(hold.attributes.get("yomo.hold.reason") == .string("not_handled"))
+            #expect(hold.attributes.get("messaging.consumer.group.name") == .string("upper"))
+            #expect(hold.parentSpanID.map(zipperSpans.contains) == true)
+        }
     }
 
     @Test("a function whose connection is cut while its handlers run: the zipper sends again what they had not finished, and the function does not handle it twice")
@@ -251,8 +263,8 @@ final class FunctionStuckInItsHandlers: Sendable {
     let texts = (0..<5).map { "frame-\($0)" }
     private let function: Mutex<Process>
 
-    init(pipe: Bool) async throws {
-        zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+    init(pipe: Bool, tracerProvider: TracerProvider? = nil) async throws {
+        zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: .init(tracerProvider: tracerProvider))
         try await zipper.start()
         let address = try #require(zipper.address)
         (sink, received) = try await connectUppercaseSink(zipper: address)
