@@ -18,3 +18,11 @@ func instrumentMyApp() {
 func countFailedLookup(_ failures: BoundCounter, under span: SpanContext?) {
     failures.add(exemplar: span)   // sampled: its ids become the series' exemplar, beside `_total` in OpenMetrics
 }
+
+/// The same for a count read when metrics are collected: the last traced event rides along.
+func observeEvictions(_ meter: Meter, read: @escaping @Sendable () -> (count: Int, lastTraced: Exemplar?)) {
+    meter.observableCounter("app.cache.evictions", unit: "{eviction}") {
+        let (count, lastTraced) = read()
+        return [Observation(attributes: .empty, value: Double(count), exemplar: lastTraced)]
+    }
+}

@@ -225,8 +225,13 @@ final class DataPathMetrics: Sendable {
         }
         meter.observableCounter(
             "yomo.zipper.mesh.dropped.messages", unit: "{message}",
-            description: "Frames not forwarded to a mesh downstream because its queue was full."
-        ) { series { Double($0.dropped) } }
+            description: "Frames not forwarded to a mesh downstream because its queue was full or its link could not take them."
+        ) {
+            // With the last traced drop as the exemplar.
+            read().map {
+                Observation(attributes: base.with("yomo.mesh.downstream", $0.downstream), value: Double($0.dropped), exemplar: $0.lastDropTraced)
+            }
+        }
         meter.observableGauge(
             "yomo.zipper.mesh.connected", unit: "{link}", description: "1 while the link to a mesh downstream is connected, 0 while it dials."
         ) { series { $0.connected ? 1 : 0 } }

@@ -3,6 +3,7 @@ import Synchronization
 internal import Logging
 internal import Tracing
 internal import YoMoTracing
+internal import YoMoMetrics
 internal import NIOCore
 internal import YoMoQUIC
 internal import YoMoWire
@@ -79,6 +80,8 @@ struct MeshBacklog {
 struct MeshLinkHealth: Sendable {
     var downstream: String
     var dropped: Int
+    /// The last dropped frame that was traced: the drop count's exemplar.
+    var lastDropTraced: Exemplar? = nil
     var connected: Bool
     var queuedFrames: Int
     var queuedBytes: Int
@@ -101,6 +104,8 @@ final class MeshLink: Sendable {
         /// Frames the queue accepted, and of those the client took or the link dropped.
         var accepted = 0
         var passed = 0
+        /// The last dropped frame whose drop has a span.
+        var lastDropTraced: Exemplar?
         /// Frames the client took and has not settled, by their place among the accepted, and when.
         var unsettled = CircularBuffer<(index: Int, client: ClientRuntime, mark: ClientRuntime.DeliveryMark, sentAt: ContinuousClock.Instant)>()
     }
@@ -153,8 +158,9 @@ final class MeshLink: Sendable {
         let (client, backlog) = state.withLock { ($0.client, $0.backlog) }
         // The client's own lock, outside the link's.
         let held = client?.outageStatistics
+        let lastDropTraced = state.withLock { $0.lastDropTraced }
         return MeshLinkHealth(
-            downstream: peer.name, dropped: backlog.dropped, connected: client?.isConnected ?? false,
+            downstream: peer.name, dropped: backlog.dropped, lastDropTraced: lastDropTraced, connected: client?.isConnected ?? false,
             queuedFrames: backlog.frames.count + (held?.pendingFrames ?? 0), queuedBytes: backlog.bytes + (held?.pendingBytes ?? 0),
             sentFrames: backlog.sent, unsettledFrames: client?.keptFrames ?? 0)
     }
@@ -184,8 +190,10 @@ final class MeshLink: Sendable {
         report(admission, tracedBy: span)
     }
 
-    /// The first drop of a burst said, in a line with that frame's trace id.
+    /// The first drop of a burst said, in a line with that frame's trace id;
+    /// a traced one kept as the drop count's exemplar.
     private func report(_ admission: MeshBacklog.Admission, tracedBy span: YoMoSpan?) {
+        if let spanContext = span?.context.spanContext, let exemplar = Exemplar(spanContext: spanContext) { state.withLock { $0.lastDropTraced = exemplar } }
         switch admission {
         case .queued, .dropped(firstOfBurst: false): break
         case .dropped(firstOfBurst: true):

@@ -73,6 +73,29 @@ public struct Exemplar: Hashable, Sendable {
     public var spanID: String { span.description }
 }
 
+/// One series of an observable instrument as read at collection.
+public struct Observation: Sendable {
+    public var attributes: MetricAttributes
+    public var value: Double
+    /// A counter's: the last event it counted that was traced, if any.
+    public var exemplar: Exemplar?
+
+    public init(attributes: MetricAttributes, value: Double, exemplar: Exemplar? = nil) {
+        self.attributes = attributes
+        self.value = value
+        self.exemplar = exemplar
+    }
+}
+
+extension Exemplar {
+    /// `value` recorded under `spanContext` now (nil unless it is sampled): a
+    /// traced event an observable counter will show when it is next read.
+    public init?(value: Double = 1, spanContext: SpanContext) {
+        guard spanContext.isSampled else { return nil }
+        self.init(value: value, trace: spanContext.traceID, span: spanContext.spanID, timeUnixNanoseconds: wallClockNanoseconds())
+    }
+}
+
 /// A value that is added to atomically (a compare-and-swap loop on the bits),
 /// and, for a counter, the exemplar of its last sampled addition.
 final class ScalarCell: Sendable {
@@ -93,8 +116,7 @@ final class ScalarCell: Sendable {
 
     func add(_ value: Double, exemplar spanContext: SpanContext?) {
         add(value)
-        guard let spanContext, spanContext.isSampled else { return }
-        let exemplar = Exemplar(value: value, trace: spanContext.traceID, span: spanContext.spanID, timeUnixNanoseconds: wallClockNanoseconds())
+        guard let spanContext, let exemplar = Exemplar(value: value, spanContext: spanContext) else { return }
         self.exemplar.withLock { $0 = exemplar }
     }
 
@@ -189,7 +211,7 @@ final class InstrumentStorage: Sendable {
     let cardinalityLimit: Int
     private let scalars = Mutex(SeriesTable<ScalarCell>())
     private let histograms = Mutex(SeriesTable<HistogramCell>())
-    private let callbacks = Mutex<[@Sendable () -> [(MetricAttributes, Double)]]>([])
+    private let callbacks = Mutex<[@Sendable () -> [Observation]]>([])
     private let observedOverLimitSaid = Atomic<Bool>(false)
 
     init(_ descriptor: InstrumentDescriptor, cardinalityLimit: Int = MeterProvider.Configuration.defaultCardinalityLimit) {
@@ -220,6 +242,10 @@ final class InstrumentStorage: Sendable {
     }
 
     func addCallback(_ callback: @escaping @Sendable () -> [(MetricAttributes, Double)]) {
+        callbacks.withLock { $0.append { callback().map { Observation(attributes: $0.0, value: $0.1) } } }
+    }
+
+    func addCallback(observing callback: @escaping @Sendable () -> [Observation]) {
         callbacks.withLock { $0.append(callback) }
     }
 
@@ -230,9 +256,9 @@ final class InstrumentStorage: Sendable {
         }
         // Two callbacks naming the same series would make a page Prometheus
         // rejects (duplicate series): the later one wins.
-        var observed: [MetricAttributes: Double] = [:]
+        var observed: [MetricAttributes: Observation] = [:]
         for callback in callbacks.withLock({ $0 }) {
-            for (attributes, value) in callback() { observed[attributes] = value }
+            for observation in callback() { observed[observation.attributes] = observation }
         }
         if observed.count > cardinalityLimit {
             // One series per connection, say, on a zipper with thousands: the
@@ -246,7 +272,9 @@ final class InstrumentStorage: Sendable {
                     metadata: ["metric": "\(descriptor.name)", "limit": "\(cardinalityLimit)"])
             }
         }
-        for (attributes, value) in observed { points.append(.init(attributes: attributes, value: .scalar(value))) }
+        for (attributes, observation) in observed {
+            points.append(.init(attributes: attributes, value: .scalar(observation.value), exemplar: observation.exemplar))
+        }
         for (attributes, cell) in histograms.withLock({ $0.all }) {
             let state = cell.state.withLock { $0 }
             points.append(.init(attributes: attributes, value: .histogram(.init(
@@ -410,6 +438,15 @@ public struct Meter: Sendable {
         _ observe: @escaping @Sendable () -> [(MetricAttributes, Double)]
     ) {
         provider.storage(name, unit: unit, description: description, kind: .counter, boundaries: [], scope: scope)?.addCallback(observe)
+    }
+
+    /// `observableCounter`, each series read with the exemplar of the last
+    /// event it counted that was traced (the span of a dropped frame, say).
+    public func observableCounter(
+        _ name: String, unit: String = "", description: String = "",
+        observing observe: @escaping @Sendable () -> [Observation]
+    ) {
+        provider.storage(name, unit: unit, description: description, kind: .counter, boundaries: [], scope: scope)?.addCallback(observing: observe)
     }
 
     public func histogram(

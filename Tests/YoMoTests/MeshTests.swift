@@ -127,13 +127,13 @@ struct MeshLoopbackTests {
     /// Zipper "a" on `port`, started, with a mesh link to "b" on
     /// `downstreamPort`, its spans kept in the exporter returned.
     static func tracedUpstream(
-        port: Int, downstreamPort: Int, queue: ZipperConfiguration.MeshQueue = .init(), logger: Logger? = nil
+        port: Int, downstreamPort: Int, queue: ZipperConfiguration.MeshQueue = .init(), meterProvider: MeterProvider? = nil, logger: Logger? = nil
     ) async throws -> (Zipper, InMemorySpanExporter) {
         let exporter = InMemorySpanExporter()
         let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
         let zipper = Self.zipper(
             "a", port: port, mesh: [.init(name: "b", host: "127.0.0.1", port: downstreamPort, credential: "token:mesh")], queue: queue,
-            tracerProvider: provider, logger: logger)
+            tracerProvider: provider, meterProvider: meterProvider, logger: logger)
         try await zipper.start()
         return (zipper, exporter)
     }
@@ -586,8 +586,10 @@ struct MeshLoopbackTests {
         let logs = InMemoryLogSink()
         let portA = try await freePort(), portB = try await freePort()
         // b never starts: the link's client holds 8 frames while it dials, and drops what its queue hands it after.
+        let meters = MeterProvider(configuration: .init(serviceName: "a", environment: [:]))
         let (a, exporter) = try await Self.tracedUpstream(
-            port: portA, downstreamPort: portB, queue: .init(maximumFrames: 8, maximumBytes: 1 << 20), logger: TracingEndToEndTests.debugLogger("a", logs))
+            port: portA, downstreamPort: portB, queue: .init(maximumFrames: 8, maximumBytes: 1 << 20), meterProvider: meters,
+            logger: TracingEndToEndTests.debugLogger("a", logs))
         let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
         try await source.connect()
         let count = 24
@@ -598,6 +600,7 @@ struct MeshLoopbackTests {
         }
         let dropped = a.statistics.meshDroppedFrames
         #expect(dropped == count - 8, "\(a.statistics)")
+        let meshDrops = try #require(meters.collect().first { $0.descriptor.name == "yomo.zipper.mesh.dropped.messages" }?.points.first)
         await source.close()
         await a.close()
         let zipperSpans = Dictionary(exporter.spans.filter { $0.name == "zipper endpoint" }.map { ($0.context.spanID, $0) }) { first, _ in first }
@@ -613,6 +616,9 @@ struct MeshLoopbackTests {
         }
         let warnings = TracingEndToEndTests.records(logs, "mesh downstream is slow or unreachable: dropping frames for it until it catches up")
         #expect(warnings.count == 1, "one line a burst")
+        // The drop count's exemplar is the last dropped frame's span.
+        #expect(meshDrops.value == .scalar(Double(dropped)))
+        #expect(drops.last.map { $0.context.spanID.description } == meshDrops.exemplar?.spanID, "\(String(describing: meshDrops.exemplar))")
         let warned = warnings.first?["trace_id"] as? String ?? "-"
         #expect(drops.contains { $0.context.traceID.description == warned }, "\(warnings)")
     }
