@@ -552,6 +552,7 @@ struct Backlog: AsyncParsableCommand {
         let source = Source(name: "backlog-source", zipper: zipper.address, options: quietOptions())
         try await source.connect()
         try await Task.sleep(for: .milliseconds(500))
+        let zipperCPUBefore = zipper.cpuSeconds
         let before = ownRSS()
         let zipperBefore = zipper.memory.rss
         let payload = [UInt8](repeating: 0x61, count: size)
@@ -575,10 +576,12 @@ struct Backlog: AsyncParsableCommand {
         }
         peak = max(peak, ownRSS())
         let zipperMemory = zipper.memory
+        // Under `--slow-consumer drop`, most of it is spent on frames dropped for the stalled functions.
+        let zipperCPU = zipper.cpuSeconds - zipperCPUBefore
         print(String(
-            format: "frames=%d size=%d functions=%d maximum_handler_bytes=%@ %@ stalled: handlers=%d written=%d rss_before=%.1f MiB rss_peak=%.1f MiB held=%.1f MiB zipper_rss_before=%.1f MiB zipper_rss=%.1f MiB zipper_peak=%.1f MiB",
+            format: "frames=%d size=%d functions=%d maximum_handler_bytes=%@ %@ stalled: handlers=%d written=%d rss_before=%.1f MiB rss_peak=%.1f MiB held=%.1f MiB zipper_rss_before=%.1f MiB zipper_rss=%.1f MiB zipper_peak=%.1f MiB zipper_cpu=%.2f s",
             frames, size, functions, options.maximumHandlerBytes.map { "\($0)" } ?? "none", pipe ? "pipe" : "async", counts.entered.load(ordering: .relaxed),
-            written.load(ordering: .relaxed), before, peak, peak - before, zipperBefore, zipperMemory.rss, zipperMemory.peak))
+            written.load(ordering: .relaxed), before, peak, peak - before, zipperBefore, zipperMemory.rss, zipperMemory.peak, zipperCPU))
         let clock = ContinuousClock()
         let released = clock.now
         gate.open()
