@@ -10,6 +10,7 @@ internal import YoMoQUIC
 internal import YoMoWire
 internal import YoMoTracing
 internal import Tracing
+internal import YoMoMetrics
 
 /// The connection life of a client: dial, serve frames, reconnect, close. Shared by
 /// stream functions (which handle frames) and sources (which only write).
@@ -160,6 +161,10 @@ final class ClientRuntime: Sendable {
         var readinessProbe: Int?
         /// Writes made while there is no connection, delivered first after a reconnect.
         var outage = OutageBuffer(maximumFrames: 0, maximumBytes: 0)
+        /// The last frame the outage dropped whose drop was traced (a write
+        /// refused with the buffer full, a held frame discarded at the end):
+        /// the drop count's exemplar.
+        var lastOutageDropTraced: Exemplar?
         /// Connections that took writes so far (`DeliveryMark`).
         var generation = 0
         /// The newest of them, and the stream offset through which it carries
@@ -1089,6 +1094,10 @@ final class ClientRuntime: Sendable {
             tracing.endSourceSpan(span, name: name, tag: tag, length: payload.readableBytes)
         } catch {
             tracing.endSourceSpan(span, name: name, tag: tag, length: payload.readableBytes, failing: error)
+            // A write the outage buffer refused: its failed span is the drop count's exemplar.
+            if (error as? YoMoError)?.code == .outageBufferFull, let spanContext = span?.spanContext, let exemplar = Exemplar(spanContext: spanContext) {
+                state.withLock { $0.lastOutageDropTraced = exemplar }
+            }
             throw error
         }
     }
@@ -1195,6 +1204,9 @@ final class ClientRuntime: Sendable {
                 waiting.frame, waited: now - waiting.since, resent: waiting.resent, meshLink: clientType == .upstreamZipper,
                 cause: "dropped: the client ended before it reconnected: \(reason.message)")
         }
+        if let spanContext = spans.last??.context.spanContext, let exemplar = Exemplar(spanContext: spanContext) {
+            state.withLock { $0.lastOutageDropTraced = exemplar }
+        }
         tracing.withCurrent(spans.lazy.compactMap { $0 }.first) {
             logger.warning("dropped the frames written while disconnected: the client ended before it reconnected", metadata: [
                 "dropped": "\(discarded.count)", "error": "\(reason)",
@@ -1209,7 +1221,9 @@ final class ClientRuntime: Sendable {
         metrics.observeQUIC { [weak self] in
             self?.state.withLock { $0.session }?.connection.connection.statistics
         }
-        metrics.observeOutage { [weak self] in self?.outageStatistics ?? OutageStatistics() }
+        metrics.observeOutage { [weak self] in
+            self?.state.withLock { ($0.outage.statistics, $0.lastOutageDropTraced) } ?? (OutageStatistics(), nil)
+        }
         metrics.observeUnsettled { [weak self] in self?.keptFrames ?? 0 }
         let id = Readiness.shared.register("\(clientType) \(name)") { [weak self] in self?.isConnected ?? false }
         state.withLock { $0.readinessProbe = id }

@@ -316,24 +316,28 @@ final class DataPathMetrics: Sendable {
     /// What a client's outage buffer holds while it reconnects, what it could
     /// not hold (lost), and what it sent again after a reconnect, read when
     /// metrics are collected.
-    func observeOutage(_ read: @escaping @Sendable () -> OutageStatistics) {
+    /// `read`: the outage buffer's counts, and the last traced drop (the drop count's exemplar).
+    func observeOutage(_ read: @escaping @Sendable () -> (OutageStatistics, lastDropTraced: Exemplar?)) {
         guard enabled else { return }
         let base = baseAttributes
         meter.observableGauge(
             "yomo.client.outage.held.messages", unit: "{message}",
             description: "Frames written while disconnected, held for the next connection."
-        ) { [(base, Double(read().pendingFrames))] }
+        ) { [(base, Double(read().0.pendingFrames))] }
         meter.observableGauge(
             "yomo.client.outage.held.size", unit: "By", description: "Bytes of the frames held for the next connection."
-        ) { [(base, Double(read().pendingBytes))] }
+        ) { [(base, Double(read().0.pendingBytes))] }
         meter.observableCounter(
             "yomo.client.outage.dropped.messages", unit: "{message}",
             description: "Frames lost while reconnecting: writes refused with the outage buffer full or off, and held frames discarded when the client ended."
-        ) { [(base, Double(read().dropped))] }
+        ) {
+            let (statistics, lastDropTraced) = read()
+            return [Observation(attributes: base, value: Double(statistics.dropped), exemplar: lastDropTraced)]
+        }
         meter.observableCounter(
             "yomo.client.outage.resent.messages", unit: "{message}",
             description: "Frames a lost connection had not had acknowledged, sent again on the next one (the zipper may see them twice)."
-        ) { [(base, Double(read().resent))] }
+        ) { [(base, Double(read().0.resent))] }
     }
 
     /// Frames a client keeps to send again if its connection dies (its

@@ -501,6 +501,37 @@ struct TracingEndToEndTests {
         #expect(waits.contains { $0["trace_id"] as? String == warning["trace_id"] as? String }, "\(warning)")
     }
 
+    @Test("a client's outage drop count links to its last traced drop: a write the full buffer refused (its failed span), then a held frame dropped at the end (its wait's span)")
+    func outageDropExemplar() async throws {
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let meters = MeterProvider(configuration: .init(serviceName: "feeder", environment: [:]))
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        var options = Source.Options(
+            reconnect: ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100)), tracerProvider: provider, meterProvider: meters)
+        options.outageBufferFrames = 1
+        options.shutdownTimeout = .milliseconds(200)
+        let source = Source(name: "feeder", zipper: try #require(zipper.address), options: options)
+        try await source.connect()
+        await zipper.close()
+        #expect(await eventually { !source.client.isConnected })
+        try await source.write(tag: 0x67, data: Array("held".utf8))
+        let refused = await #expect(throws: YoMoError.self) { try await source.write(tag: 0x67, data: Array("refused".utf8)) }
+        #expect(refused?.code == .outageBufferFull)
+        func dropCount() throws -> MetricSnapshot.Point {
+            try #require(meters.collect().first { $0.descriptor.name == "yomo.client.outage.dropped.messages" }?.points.first)
+        }
+        let failed = try #require(exporter.spans.first { $0.name == "feeder" && $0.status?.code == .error })
+        #expect(try dropCount().value == .scalar(1))
+        #expect(try dropCount().exemplar?.spanID == failed.context.spanID.description, "the refused write's span")
+        // The close deadline passes with the held frame: dropped, its wait's span the exemplar now.
+        await source.close()
+        let wait = try #require(exporter.spans.first { $0.name == "client outage" && $0.status?.code == .error })
+        #expect(try dropCount().value == .scalar(2))
+        #expect(try dropCount().exemplar?.spanID == wait.context.spanID.description, "the dropped held frame's wait")
+    }
+
     @Test("a function's replies are children of its span, frame after frame (its writes reuse the received metadata bytes)")
     func repliesStayInTheirFramesTraces() async throws {
         let receiver = try await SpanReceiver.start()
