@@ -317,16 +317,16 @@ final class DataPathMetrics: Sendable {
     /// not hold (lost), and what it sent again after a reconnect, read when
     /// metrics are collected.
     /// `read`: the outage buffer's counts, and the last traced drop (the drop count's exemplar).
-    func observeOutage(_ read: @escaping @Sendable () -> (OutageStatistics, lastDropTraced: Exemplar?)) {
+    func observeOutage(_ read: @escaping @Sendable () -> (statistics: OutageStatistics, lastDropTraced: Exemplar?)) {
         guard enabled else { return }
         let base = baseAttributes
         meter.observableGauge(
             "yomo.client.outage.held.messages", unit: "{message}",
             description: "Frames written while disconnected, held for the next connection."
-        ) { [(base, Double(read().0.pendingFrames))] }
+        ) { [(base, Double(read().statistics.pendingFrames))] }
         meter.observableGauge(
             "yomo.client.outage.held.size", unit: "By", description: "Bytes of the frames held for the next connection."
-        ) { [(base, Double(read().0.pendingBytes))] }
+        ) { [(base, Double(read().statistics.pendingBytes))] }
         meter.observableCounter(
             "yomo.client.outage.dropped.messages", unit: "{message}",
             description: "Frames lost while reconnecting: writes refused with the outage buffer full or off, and held frames discarded when the client ended."
@@ -337,7 +337,7 @@ final class DataPathMetrics: Sendable {
         meter.observableCounter(
             "yomo.client.outage.resent.messages", unit: "{message}",
             description: "Frames a lost connection had not had acknowledged, sent again on the next one (the zipper may see them twice)."
-        ) { [(base, Double(read().0.resent))] }
+        ) { [(base, Double(read().statistics.resent))] }
     }
 
     /// Frames a client keeps to send again if its connection dies (its
