@@ -155,10 +155,9 @@ final class MeshLink: Sendable {
     /// What the link dropped, whether it is connected now, and the frames
     /// waiting for it: in its queue, and held by its client while it reconnects.
     var health: MeshLinkHealth {
-        let (client, backlog) = state.withLock { ($0.client, $0.backlog) }
+        let (client, backlog, lastDropTraced) = state.withLock { ($0.client, $0.backlog, $0.lastDropTraced) }
         // The client's own lock, outside the link's.
         let held = client?.outageStatistics
-        let lastDropTraced = state.withLock { $0.lastDropTraced }
         return MeshLinkHealth(
             downstream: peer.name, dropped: backlog.dropped, lastDropTraced: lastDropTraced, connected: client?.isConnected ?? false,
             queuedFrames: backlog.frames.count + (held?.pendingFrames ?? 0), queuedBytes: backlog.bytes + (held?.pendingBytes ?? 0),

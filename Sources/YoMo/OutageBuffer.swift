@@ -95,10 +95,8 @@ struct OutageBuffer {
         return .buffered(firstOfOutage: outageBuffered == 1)
     }
 
-    /// Hands over every held frame, oldest first, to be written to a new connection.
-    mutating func takeAll() -> [DataFrame] { takeWaiting().map(\.frame) }
-
-    /// `takeAll`, with how long and why each waited.
+    /// Hands over every held frame, oldest first, with how long and why each
+    /// waited, to be written to a new connection.
     mutating func takeWaiting() -> [Waiting] {
         defer {
             waiting = []

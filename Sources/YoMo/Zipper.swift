@@ -399,7 +399,6 @@ public final class Zipper: Sendable {
     public init(configuration: ZipperConfiguration = ZipperConfiguration(), options: Options = Options()) {
         self.configuration = configuration
         self.options = options
-        let resolved = DataPathTracer.resolve(options.tracerProvider, serviceName: configuration.name, scope: "Zipper")
         state = Mutex(State(held: HeldFrames(settings: configuration.unroutedHold, startedAt: .now)))
         incompleteFrames = IncompleteFrameBudget(
             bytes: max(1, configuration.limits.maximumIncompleteFrameBytes),
@@ -410,13 +409,15 @@ public final class Zipper: Sendable {
         let logger = options.logger.yomoZipper(address: ZipperAddress.format(host: configuration.host, port: configuration.port))
         self.logger = logger
         self.authority = HandshakeAuthority(version: configuration.version, authentication: configuration.authentication)
-        (tracing, ownedProvider) = resolved
+        // A local too: the mesh links below take it in a closure, before `self` is whole.
+        let (tracing, ownedProvider) = DataPathTracer.resolve(options.tracerProvider, serviceName: configuration.name, scope: "Zipper")
+        (self.tracing, self.ownedProvider) = (tracing, ownedProvider)
         metrics = DataPathMetrics(
             provider: options.meterProvider ?? GlobalMeterProvider.provider, scope: "Zipper", component: ["yomo.zipper.name": configuration.name])
         links = configuration.downstreams.map { peer in
             MeshLink(
                 peer: peer, zipperName: configuration.name, limits: configuration.meshQueue,
-                deliveryReceipts: configuration.deliveryReceipts, receiptPatience: options.meshReceiptPatience, tracing: resolved.0,
+                deliveryReceipts: configuration.deliveryReceipts, receiptPatience: options.meshReceiptPatience, tracing: tracing,
                 logger: logger)
         }
         linkDeliveries = links.map { DeliveryDestination($0) }
