@@ -103,7 +103,9 @@ enum NewTokens {
     static func keep(_ token: [UInt8], for server: UDPAddress) {
         let key = server.description
         store.withLock { store in
-            if store.tokens.updateValue(token, forKey: key) == nil { store.order.append(key) }
+            // The newest server last: the one forgotten is the one dialled least recently.
+            if store.tokens.updateValue(token, forKey: key) != nil { store.order.removeAll { $0 == key } }
+            store.order.append(key)
             while store.order.count > maximumServers { store.tokens[store.order.removeFirst()] = nil }
         }
     }

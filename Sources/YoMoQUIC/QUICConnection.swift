@@ -63,8 +63,26 @@ public final class QUICConnection: Sendable {
         throw lastError ?? .addressResolution(host, "no addresses")
     }
 
+    /// Dials `address` with the token its server gave an earlier connection
+    /// (no Retry for this one), if one is kept. A server that does not know
+    /// the token (it restarted with another key, or another server took its
+    /// port) should ignore it (RFC 9000 §8.1.3), but some (aioquic) refuse
+    /// the connection with INVALID_TOKEN: then it is dialled again at once
+    /// without one, so a stale token never costs a dial.
     private static func connect(
         to address: UDPAddress, host: String, configuration: QUICConfiguration, tls: TLSConfiguration, credentials: TLSCredentials
+    ) async throws(QUICError) -> QUICConnection {
+        let token = NewTokens.take(for: address)
+        do throws(QUICError) {
+            return try await dial(address, token: token, host: host, configuration: configuration, tls: tls, credentials: credentials)
+        } catch where !token.isEmpty && error.kind == .closedByPeer && error.transportErrorCode == UInt64(NGTCP2_INVALID_TOKEN) {
+            return try await dial(address, token: [], host: host, configuration: configuration, tls: tls, credentials: credentials)
+        }
+    }
+
+    private static func dial(
+        _ address: UDPAddress, token: [UInt8], host: String, configuration: QUICConfiguration, tls: TLSConfiguration,
+        credentials: TLSCredentials
     ) async throws(QUICError) -> QUICConnection {
         let fd = try makeUDPSocket(family: address.family)
         // A datagram too big for the path is reported in the error queue with the path's MTU (ConnectionCore.loopError).
@@ -96,9 +114,8 @@ public final class QUICConnection: Sendable {
                         return
                     }
                     do throws(QUICError) {
-                        // A token the server gave an earlier connection: no Retry for this one.
                         var settings = NGSettings(quic: configuration, isServer: false, debugLog: debug)
-                        settings.token = NewTokens.take(for: address)
+                        settings.token = token
                         let ng = try NGConnection.client(
                             local: local, remote: address, settings: settings,
                             credentials: credentials, sni: sni, verifyName: verifyName, verify: tls.verifyPeer, delegate: core)

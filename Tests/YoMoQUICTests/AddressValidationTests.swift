@@ -97,20 +97,22 @@ struct AddressValidationTests {
         _ = NewTokens.take(for: address)
         let first = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
         #expect(try await Fixture.echo(first, total: 1 << 16) == 1 << 16)
-        #expect(server.server.statistics.retries == 1)
+        // One Retry at least (an Initial sent again before the Retry came gets one too).
+        let retries = server.server.statistics.retries
+        #expect(retries >= 1)
         #expect(await until { NewTokens.has(for: address) }, "the server sent a NEW_TOKEN after the handshake")
         await first.close()
         // A new connection, from another port: its Initial carries the token.
         let second = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
         #expect(try await Fixture.echo(second, total: 1 << 16) == 1 << 16)
-        #expect(server.server.statistics.retries == 1, "no Retry for the second")
+        #expect(server.server.statistics.retries == retries, "no Retry for the second")
         #expect(server.server.statistics.newTokensAccepted == 1)
         await second.close()
         // A token is used once: the one the second connection was sent is for the third.
         #expect(await until { NewTokens.has(for: address) })
         _ = NewTokens.take(for: address)
         let third = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
-        #expect(server.server.statistics.retries == 2, "without a token, a Retry again")
+        #expect(server.server.statistics.retries > retries, "without a token, a Retry again")
         await third.close()
         await server.stop()
     }
