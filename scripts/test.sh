@@ -22,6 +22,13 @@ scripts/check-doc-samples.py
 # every async test to about 2 s). But several tests bound wall-clock times
 # (a 2 s handshake timeout, a loopback RTT under 100 ms) that 333 tests
 # sharing two cores can still miss.
-swift test --skip-build --no-parallel
+# What failed is repeated at the end: a CI log is often read from its tail.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! swift test --skip-build --no-parallel 2>&1 | tee "$log"; then
+    echo "=== the tests that failed, and why ==="
+    grep -E "^✘ Test .*(recorded an issue|failed after)" "$log" | cut -c1-1500 | tail -n 40
+    exit 1
+fi
 # The demo on the debug build just made: one whole trace, nothing left running.
 scripts/check-demo.sh

@@ -1204,7 +1204,8 @@ final class ClientRuntime: Sendable {
                 waiting.frame, waited: now - waiting.since, resent: waiting.resent, meshLink: clientType == .upstreamZipper,
                 cause: "dropped: the client ended before it reconnected: \(reason.message)")
         }
-        if let spanContext = spans.last??.context.spanContext, let exemplar = Exemplar(spanContext: spanContext) {
+        // The last one recorded: frames not sampled have no span.
+        if let exemplar = spans.lazy.compactMap({ $0?.context.spanContext.flatMap { Exemplar(spanContext: $0) } }).last {
             state.withLock { $0.lastOutageDropTraced = exemplar }
         }
         tracing.withCurrent(spans.lazy.compactMap { $0 }.first) {

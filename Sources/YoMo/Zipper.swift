@@ -1437,7 +1437,7 @@ public final class Zipper: Sendable {
         var refusal: SpanContext?
         switch decision {
         case .none: break
-        case .hold: (held, destinations) = hold(frame, patch: patch, target: target, ledger: ledger, logger: logger)
+        case .hold: (held, destinations, refusal) = hold(frame, patch: patch, target: target, ledger: ledger, logger: logger)
         case .refused(let level, let claim):
             logHoldFull(level, tag: frame.tag, logger: logger)
             if tracing.tracer.isEnabled { refusal = traceRefusedByFullHold(frame.applying(patch), for: claim) }
@@ -1553,7 +1553,7 @@ public final class Zipper: Sendable {
     /// refused. Returns whether it was held, and the functions to route it to now.
     private func hold(
         _ frame: DataFrame, patch: MetadataPatch?, target: String?, ledger: ReceiptLedger?, logger: Logger
-    ) -> (held: Bool, destinations: [Destination]) {
+    ) -> (held: Bool, destinations: [Destination], refusal: SpanContext?) {
         let owned = HeldFrames.owned(frame, patch: patch)
         typealias Outcome = (
             held: Bool, destinations: [Destination], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?, refused: HeldFrames.Claim?
@@ -1576,7 +1576,9 @@ public final class Zipper: Sendable {
                 return (false, destinations, false, nil, state.refuseHeld(tag: frame.tag), claim)
             }
         }
-        if let claim = outcome.refused, tracing.tracer.isEnabled { traceRefusedByFullHold(owned, for: claim) }
+        // The hold filled since the caller looked: refused all the same, its span the no_route count's exemplar.
+        var refusal: SpanContext?
+        if let claim = outcome.refused, tracing.tracer.isEnabled { refusal = traceRefusedByFullHold(owned, for: claim) }
         if outcome.wasEmpty { heldWakeups.continuation.yield() }
         if let claim = outcome.firstFor, mayLogAboutHeldFrames() {
             let duration = configuration.unroutedHold.duration
@@ -1592,7 +1594,7 @@ public final class Zipper: Sendable {
             }
         }
         logHoldFull(outcome.firstRefused, tag: frame.tag, logger: logger)
-        return (outcome.held, outcome.destinations)
+        return (outcome.held, outcome.destinations, refusal)
     }
 
     /// The line for the first frame a full hold refused (`level` nil: one was
@@ -1700,7 +1702,6 @@ public final class Zipper: Sendable {
 
     /// A frame the full hold refused (it was to be held for `claim`) ends its
     /// trace with a span that says so.
-    @discardableResult
     private func traceRefusedByFullHold(_ frame: DataFrame, for claim: HeldFrames.Claim) -> SpanContext? {
         tracing.droppedHeldFrame(
             frame, waited: .zero, reason: HeldFrames.Reason(claim).attribute, missing: claim.owed,

@@ -532,6 +532,36 @@ struct TracingEndToEndTests {
         #expect(try dropCount().exemplar?.spanID == wait.context.spanID.description, "the dropped held frame's wait")
     }
 
+    @Test("a client's outage drop count links to the last drop that was traced, though frames not sampled were dropped after it")
+    func outageDropExemplarSkipsUnsampled() async throws {
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let meters = MeterProvider(configuration: .init(serviceName: "feeder", environment: [:]))
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        var options = Source.Options(
+            reconnect: ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100)), tracerProvider: provider, meterProvider: meters)
+        options.shutdownTimeout = .milliseconds(200)
+        let source = Source(name: "feeder", zipper: try #require(zipper.address), options: options)
+        try await source.connect()
+        await zipper.close()
+        #expect(await eventually { !source.client.isConnected })
+        try await source.write(tag: 0x67, data: Array("traced".utf8))
+        // Then two under a caller's span that was not sampled: nothing recorded for them.
+        var unsampled = ServiceContext.topLevel
+        unsampled.spanContext = SpanContext(traceID: .random(), spanID: .random(), traceFlags: [])
+        try await ServiceContext.withValue(unsampled) {
+            for _ in 0..<2 { try await source.write(tag: 0x67, data: Array("not sampled".utf8)) }
+        }
+        #expect(source.outageStatistics.buffered == 3)
+        await source.close()
+        let waits = exporter.spans.filter { $0.name == "client outage" }
+        #expect(waits.count == 1, "only the traced frame's wait: \(waits.map(\.name))")
+        let point = try #require(meters.collect().first { $0.descriptor.name == "yomo.client.outage.dropped.messages" }?.points.first)
+        #expect(point.value == .scalar(3))
+        #expect(point.exemplar?.spanID == waits.first?.context.spanID.description, "the traced frame's wait: \(String(describing: point.exemplar))")
+    }
+
     @Test("a function's replies are children of its span, frame after frame (its writes reuse the received metadata bytes)")
     func repliesStayInTheirFramesTraces() async throws {
         let receiver = try await SpanReceiver.start()
