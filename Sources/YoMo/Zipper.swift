@@ -1550,7 +1550,8 @@ public final class Zipper: Sendable {
     /// Holds a frame `State.holdDecision` found room for, for the stream
     /// functions on their way back that it is held for (see `HeldFrames`);
     /// logs the first of a tag's burst, and the first frame the full hold
-    /// refused. Returns whether it was held, and the functions to route it to now.
+    /// refused. Returns whether it was held, the functions to route it to now,
+    /// and the span that says it was refused (a full hold), if one was recorded.
     private func hold(
         _ frame: DataFrame, patch: MetadataPatch?, target: String?, ledger: ReceiptLedger?, logger: Logger
     ) -> (held: Bool, destinations: [Destination], refusal: SpanContext?) {

@@ -103,7 +103,7 @@ enum NewTokens {
     static func keep(_ token: [UInt8], for server: UDPAddress) {
         let key = server.description
         store.withLock { store in
-            // The newest server last: the one forgotten is the one dialled least recently.
+            // Renewed tokens move last: the one forgotten is the one kept longest ago.
             if store.tokens.updateValue(token, forKey: key) != nil { store.order.removeAll { $0 == key } }
             store.order.append(key)
             while store.order.count > maximumServers { store.tokens[store.order.removeFirst()] = nil }

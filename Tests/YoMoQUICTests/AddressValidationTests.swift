@@ -90,13 +90,16 @@ struct AddressValidationTests {
         await server.stop()
     }
 
-    @Test("a client that connected once skips the Retry on its next connection: the server's NEW_TOKEN proves its address, once")
+    @Test("a client that connected once skips the Retry on its next connection: the server's NEW_TOKEN proves its address, once; another server's token is ignored")
     func newTokenSkipsRetry() async throws {
         let server = try await EchoServer(limits: QUICServer.Limits(maximumUnvalidatedHandshakes: 0))
         let address = try UDPAddress.resolve(host: "127.0.0.1", port: server.port)[0]
-        _ = NewTokens.take(for: address)
+        // A token of another server that had this port (another key): ignored, as if there were none.
+        let stale = RetryTokens(statelessResetKey: [UInt8](repeating: 3, count: 32))
+        NewTokens.keep(try #require(stale.makeRegular(for: address, now: RetryTokens.now())), for: address)
         let first = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
         #expect(try await Fixture.echo(first, total: 1 << 16) == 1 << 16)
+        #expect(server.server.statistics.newTokensAccepted == 0 && server.server.statistics.invalidTokens == 0)
         // One Retry at least (an Initial sent again before the Retry came gets one too).
         let retries = server.server.statistics.retries
         #expect(retries >= 1)

@@ -503,19 +503,7 @@ struct TracingEndToEndTests {
 
     @Test("a client's outage drop count links to its last traced drop: a write the full buffer refused (its failed span), then a held frame dropped at the end (its wait's span)")
     func outageDropExemplar() async throws {
-        let exporter = InMemorySpanExporter()
-        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
-        let meters = MeterProvider(configuration: .init(serviceName: "feeder", environment: [:]))
-        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
-        try await zipper.start()
-        var options = Source.Options(
-            reconnect: ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100)), tracerProvider: provider, meterProvider: meters)
-        options.outageBufferFrames = 1
-        options.shutdownTimeout = .milliseconds(200)
-        let source = Source(name: "feeder", zipper: try #require(zipper.address), options: options)
-        try await source.connect()
-        await zipper.close()
-        #expect(await eventually { !source.client.isConnected })
+        let (source, exporter, meters) = try await Self.sourceWhoseZipperClosed(outageBufferFrames: 1)
         try await source.write(tag: 0x67, data: Array("held".utf8))
         let refused = await #expect(throws: YoMoError.self) { try await source.write(tag: 0x67, data: Array("refused".utf8)) }
         #expect(refused?.code == .outageBufferFull)
@@ -534,18 +522,7 @@ struct TracingEndToEndTests {
 
     @Test("a client's outage drop count links to the last drop that was traced, though frames not sampled were dropped after it")
     func outageDropExemplarSkipsUnsampled() async throws {
-        let exporter = InMemorySpanExporter()
-        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
-        let meters = MeterProvider(configuration: .init(serviceName: "feeder", environment: [:]))
-        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
-        try await zipper.start()
-        var options = Source.Options(
-            reconnect: ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100)), tracerProvider: provider, meterProvider: meters)
-        options.shutdownTimeout = .milliseconds(200)
-        let source = Source(name: "feeder", zipper: try #require(zipper.address), options: options)
-        try await source.connect()
-        await zipper.close()
-        #expect(await eventually { !source.client.isConnected })
+        let (source, exporter, meters) = try await Self.sourceWhoseZipperClosed()
         try await source.write(tag: 0x67, data: Array("traced".utf8))
         // Then two under a caller's span that was not sampled: nothing recorded for them.
         var unsampled = ServiceContext.topLevel
@@ -560,6 +537,28 @@ struct TracingEndToEndTests {
         let point = try #require(meters.collect().first { $0.descriptor.name == "yomo.client.outage.dropped.messages" }?.points.first)
         #expect(point.value == .scalar(3))
         #expect(point.exemplar?.spanID == waits.first?.context.spanID.description, "the traced frame's wait: \(String(describing: point.exemplar))")
+    }
+
+    /// A source "feeder" (every span kept in the exporter, its metrics in the
+    /// provider, a close deadline of 200 ms) whose zipper closed for good: it
+    /// is reconnecting, and holds what it is given to write.
+    static func sourceWhoseZipperClosed(
+        outageBufferFrames: Int? = nil
+    ) async throws -> (Source, InMemorySpanExporter, MeterProvider) {
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let meters = MeterProvider(configuration: .init(serviceName: "feeder", environment: [:]))
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        var options = Source.Options(
+            reconnect: ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100)), tracerProvider: provider, meterProvider: meters)
+        if let outageBufferFrames { options.outageBufferFrames = outageBufferFrames }
+        options.shutdownTimeout = .milliseconds(200)
+        let source = Source(name: "feeder", zipper: try #require(zipper.address), options: options)
+        try await source.connect()
+        await zipper.close()
+        #expect(await eventually { !source.client.isConnected })
+        return (source, exporter, meters)
     }
 
     @Test("a function's replies are children of its span, frame after frame (its writes reuse the received metadata bytes)")
