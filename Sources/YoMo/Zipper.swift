@@ -379,7 +379,7 @@ public final class Zipper: Sendable {
     /// Room for frames still arriving, shared by every connection.
     let incompleteFrames: IncompleteFrameBudget
     /// What stream functions acknowledged and had not handled, kept for their
-    /// crash: shared by their connections (`Limits.maximumUnhandledBytes`).
+    /// crash: shared by their hosts, then their connections (`Limits.maximumUnhandledBytes`).
     private let unhandledBudget: RetentionBudget
     /// One per downstream zipper of the mesh (empty without a mesh).
     private let links: [MeshLink]

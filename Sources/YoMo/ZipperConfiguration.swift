@@ -147,10 +147,13 @@ public struct ZipperConfiguration: Hashable, Sendable {
         /// frames their handlers finished (this SDK's, with delivery receipts),
         /// of what they acknowledged and have not handled yet, so that a
         /// function that crashes gives its next instance what its handlers had
-        /// not finished. Each function connection keeps an even share (all of
-        /// it when alone); past its share its oldest frames count as delivered
-        /// once acknowledged, as with a function that does not say (Go's), and
-        /// a crash then loses them (counted in `Zipper.Statistics.unhandledBytesLost`).
+        /// not finished. Split evenly among the hosts (address groups) the
+        /// functions connect from, then each host's part among its function
+        /// connections (all of it for a function alone), so a host with many
+        /// functions does not shrink the others'; past its share a function's
+        /// oldest frames count as delivered once acknowledged, as with a
+        /// function that does not say (Go's), and a crash then loses them
+        /// (counted in `Zipper.Statistics.unhandledBytesLost`).
         /// 0: keep nothing past the acknowledgement, and do not ask the
         /// functions to say.
         public var maximumUnhandledBytes: Int

@@ -42,8 +42,10 @@ struct SendShared {
         /// that gathered small writes may be half empty; counted by content,
         /// a 64 MiB budget took the zipper 110 MiB over its idle size).
         var bytes = 0
-        /// Shared with the other connections that retain: this one keeps its share.
+        /// Shared with the other connections that retain: this one keeps its
+        /// share, its address group's part split among that group's connections.
         let budget: RetentionBudget
+        let group: RetentionBudget.Group
         /// The application released everything before this offset.
         var released: Int
         /// Past the share, the oldest buffers went as if released: through here.
@@ -59,7 +61,7 @@ struct SendShared {
             guard start + buffer.readableBytes > released else { return }
             buffers.append((start, buffer))
             bytes += buffer.capacity
-            let limit = budget.share
+            let limit = budget.share(of: group)
             while bytes > limit, let first = buffers.popFirst() {
                 bytes -= first.bytes.capacity
                 overflowedThrough = first.start + first.bytes.readableBytes
@@ -998,7 +1000,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             keepUnacknowledged(&s, headStart: headStart)
             // What it kept is taken now (or freed): its share goes to the others.
             // Once: `terminate` runs once, and no retention begins after it (`s.error`).
-            s.retention?.budget.leave()
+            if let retention = s.retention { retention.budget.leave(retention.group) }
             let w = s.takeAllWaiters() + s.drainWaiters
             s.drainWaiters = []
             return w
@@ -1311,11 +1313,11 @@ extension ConnectionCore {
     /// From now on, acknowledged bytes are kept until `releaseRetained`
     /// passes them (or more than the budget's share are kept: the oldest then
     /// go), and what is taken at the end begins after what was released.
-    func retainAcknowledged(budget: RetentionBudget) {
+    /// `group`: the address group's text the connection's share is counted under.
+    func retainAcknowledged(budget: RetentionBudget, group: String) {
         let begun = sendShared.withLock { s -> Bool in
             guard s.retention == nil, s.error == nil else { return false }
-            budget.join()
-            s.retention = SendShared.Retention(budget: budget, released: s.enqueuedTotal)
+            s.retention = SendShared.Retention(budget: budget, group: budget.join(group: group), released: s.enqueuedTotal)
             return true
         }
         if begun { loop.execute { [self] in retaining = true } }

@@ -239,8 +239,12 @@ public final class QUICConnection: Sendable {
     /// `takeUnacknowledged()` gives at the end begins after what was released:
     /// a stream function that says which frames its handlers finished. Past
     /// its share of `budget`, the oldest go as if released (a peer that says
-    /// it releases and does not costs no more, and neither do many peers).
-    package func retainAcknowledged(budget: RetentionBudget) { core.retainAcknowledged(budget: budget) }
+    /// it releases and does not costs no more, and neither do many peers, nor
+    /// many connections from one host: the share is its address group's part).
+    package func retainAcknowledged(budget: RetentionBudget) {
+        // A connection no address group counts (a client's own) is a group of its own.
+        core.retainAcknowledged(budget: budget, group: addressGroup ?? "connection \(ObjectIdentifier(core).hashValue)")
+    }
 
     /// The peer's application is done with the stream's bytes before `offset`.
     package func releaseRetained(through offset: Int) { core.releaseRetained(through: offset) }

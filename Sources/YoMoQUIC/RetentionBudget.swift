@@ -1,24 +1,63 @@
 import Synchronization
 
 /// Bytes that several connections together keep after their peers'
-/// acknowledgement (`QUICConnection.retainAcknowledged(budget:)`): each keeps
-/// an even share, so the sum stays within the budget however many connections
-/// retain, and a connection alone may keep all of it.
+/// acknowledgement (`QUICConnection.retainAcknowledged(budget:)`), split as
+/// the receive windows are: evenly among the addresses (`AddressGroup`s) the
+/// retaining connections come from, and each address's part evenly among its
+/// connections. So the sum stays within the budget however many connections
+/// retain, a connection alone may keep all of it, and one host that opens
+/// many connections shrinks its own shares, not everyone's.
 package final class RetentionBudget: Sendable {
     package let bytes: Int
     private let connections = Atomic<Int>(0)
+    /// Retaining connections by their address group; `groupCount` mirrors its size
+    /// for `share`, read for every buffer kept.
+    private let groups = Mutex<[String: Group]>([:])
+    private let groupCount = Atomic<Int>(0)
+
+    /// The retaining connections of one address group.
+    package final class Group: Sendable {
+        fileprivate let key: String
+        fileprivate let connections = Atomic<Int>(0)
+
+        fileprivate init(key: String) { self.key = key }
+    }
 
     package init(bytes: Int) {
         self.bytes = bytes
     }
 
-    /// What one connection may keep now (shrinks as others join; a connection
-    /// above it gives up its oldest bytes as it keeps new ones).
-    package var share: Int { bytes / max(1, connections.load(ordering: .relaxed)) }
+    /// What one connection of `group` may keep now (shrinks as others join; a
+    /// connection above it gives up its oldest bytes as it keeps new ones).
+    func share(of group: Group) -> Int {
+        bytes / max(1, groupCount.load(ordering: .relaxed)) / max(1, group.connections.load(ordering: .relaxed))
+    }
 
     package var retainingConnections: Int { connections.load(ordering: .relaxed) }
 
-    func join() { connections.add(1, ordering: .relaxed) }
+    /// Retaining address groups (tests, diagnostics).
+    package var retainingGroups: Int { groupCount.load(ordering: .relaxed) }
 
-    func leave() { connections.subtract(1, ordering: .relaxed) }
+    /// A connection from `key` (an address group's text) begins to retain.
+    func join(group key: String) -> Group {
+        connections.add(1, ordering: .relaxed)
+        return groups.withLock { groups in
+            let group = groups[key] ?? Group(key: key)
+            if groups[key] == nil {
+                groups[key] = group
+                groupCount.store(groups.count, ordering: .relaxed)
+            }
+            group.connections.add(1, ordering: .relaxed)
+            return group
+        }
+    }
+
+    func leave(_ group: Group) {
+        connections.subtract(1, ordering: .relaxed)
+        groups.withLock { groups in
+            guard group.connections.subtract(1, ordering: .relaxed).newValue == 0, groups[group.key] === group else { return }
+            groups[group.key] = nil
+            groupCount.store(groups.count, ordering: .relaxed)
+        }
+    }
 }

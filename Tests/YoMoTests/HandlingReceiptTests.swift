@@ -160,6 +160,54 @@ struct HandlingReceiptTests {
         await zipper.close()
     }
 
+    @Test("limits.max_unhandled_bytes is split among the hosts functions come from, then among each host's connections: three functions of one host do not shrink another's share")
+    func retentionSharesByAddress() async throws {
+        // On "::" a client of 127.0.0.1 (IPv4-mapped) and one of ::1 are two hosts.
+        var configuration = ZipperConfiguration(host: "::", port: 0)
+        let budget = 96 << 10
+        configuration.limits.maximumUnhandledBytes = budget
+        let zipper = Zipper(configuration: configuration)
+        try await zipper.start()
+        let port = try #require(zipper.port)
+        let gate = Gate()
+        let entered = Inbox<String>()
+        let hosts = ["a1": "127.0.0.1", "a2": "127.0.0.1", "a3": "127.0.0.1", "b": "[::1]"]
+        var functions: [StreamFunction] = []
+        for (name, host) in hosts.sorted(by: { $0.key < $1.key }) {
+            let function = StreamFunction(name: name, zipper: "\(host):\(port)", options: .init(observedTags: [0x33]))
+            function.setHandler { _ in
+                entered.append(name)
+                await gate.wait()
+            }
+            try await function.connect()
+            functions.append(function)
+        }
+        let source = Source(name: "writer", zipper: "127.0.0.1:\(port)")
+        try await source.connect()
+        // Frames over 4 KiB are sent as their own buffers, the unit a retention keeps.
+        let frames = 40
+        for index in 0..<frames {
+            try await source.write(tag: 0x33, data: Array("frame-\(index) ".utf8) + [UInt8](repeating: 0x78, count: 5000))
+        }
+        let connections = { hosts.keys.flatMap { functionConnections(zipper, named: $0) } }
+        let stalled = await eventually {
+            entered.items.count == hosts.count * frames && connections().count == hosts.count
+                && connections().allSatisfy { $0.unacknowledgedBytes == 0 }
+        }
+        #expect(stalled, "\(entered.items.count) in handlers; \(connections())")
+        // Each was sent 200 KB and keeps what its share allows: b half the budget, a1-a3 a sixth each.
+        func retained(_ name: String) -> Int { functionConnections(zipper, named: name).first?.retainedBytes ?? -1 }
+        #expect(retained("b") > budget / 4 && retained("b") <= budget / 2, "b: \(retained("b")), past a quarter (a share per connection)")
+        for name in ["a1", "a2", "a3"] {
+            #expect(retained(name) > 0 && retained(name) <= budget / 6, "\(name): \(retained(name))")
+        }
+        #expect(connections().map(\.retainedBytes).reduce(0, +) <= budget)
+        gate.open()
+        await source.close()
+        for function in functions { await function.close() }
+        await zipper.close()
+    }
+
     @Test("with limits.max_unhandled_bytes 0 the zipper keeps nothing a function acknowledged: its handling receipts are not asked for")
     func retentionOff() async throws {
         var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
