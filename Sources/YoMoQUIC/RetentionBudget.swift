@@ -35,9 +35,6 @@ package final class RetentionBudget: Sendable {
 
     package var retainingConnections: Int { connections.load(ordering: .relaxed) }
 
-    /// Retaining address groups (tests, diagnostics).
-    package var retainingGroups: Int { groupCount.load(ordering: .relaxed) }
-
     /// A connection from `key` (an address group's text) begins to retain.
     func join(group key: String) -> Group {
         connections.add(1, ordering: .relaxed)
