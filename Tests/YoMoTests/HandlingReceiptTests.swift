@@ -102,44 +102,13 @@ struct HandlingReceiptTests {
 
     @Test("stream functions whose handlers stall keep no more at the zipper than limits.max_unhandled_bytes together, and what one had not handled past its share is counted at its end")
     func retentionBudget() async throws {
-        var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
         let budget = 96 << 10
-        configuration.limits.maximumUnhandledBytes = budget
-        let zipper = Zipper(configuration: configuration)
-        try await zipper.start()
-        let address = try #require(zipper.address)
-        let gate = Gate()
-        let entered = Inbox<String>()
-        let handled = Inbox<String>()
-        let fast = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100))
         let names = ["a", "b", "c"]
-        var functions: [StreamFunction] = []
-        for name in names {
-            let function = StreamFunction(name: name, zipper: address, options: .init(observedTags: [0x33], reconnect: fast))
-            function.setHandler { ctx in
-                let label = "\(name):\(String(decoding: ctx.data.prefix(while: { $0 != UInt8(ascii: " ") }), as: UTF8.self))"
-                entered.append(label)
-                await gate.wait()
-                handled.append(label)
-            }
-            try await function.connect()
-            functions.append(function)
-        }
-        let source = Source(name: "writer", zipper: address)
-        try await source.connect()
-        // Frames over 4 KiB are sent as their own buffers, the unit a retention keeps.
         let frames = 60
-        for index in 0..<frames {
-            try await source.write(tag: 0x33, data: Array("frame-\(index) ".utf8) + [UInt8](repeating: 0x78, count: 5000))
-        }
-        let connections = { names.flatMap { functionConnections(zipper, named: $0) } }
-        let stalled = await eventually {
-            entered.items.count == names.count * frames && connections().count == names.count
-                && connections().allSatisfy { $0.unacknowledgedBytes == 0 }
-        }
-        #expect(stalled, "\(entered.items.count) in handlers; \(connections())")
+        let stalled = try await StalledHandlers(budget: budget, functions: names.map { ($0, "127.0.0.1") }, frames: frames)
+        let (zipper, functions) = (stalled.zipper, stalled.functions)
         // Each 300 KB acknowledged and in its handlers; the three keep a third of the budget each.
-        let retained = connections().map(\.retainedBytes)
+        let retained = stalled.connections().map(\.retainedBytes)
         #expect(retained.allSatisfy { $0 > 0 && $0 <= budget / names.count }, "\(retained)")
         #expect(retained.reduce(0, +) <= budget, "\(retained)")
         #expect(zipper.statistics.unhandledBytesLost == 0)
@@ -149,63 +118,30 @@ struct HandlingReceiptTests {
         #expect(await eventually { functions[0].client.reconnectCountForTesting == 1 && zipper.statistics.unhandledBytesLost > 0 })
         let lost = zipper.statistics.unhandledBytesLost
         #expect(lost >= frames * 5000 - budget / names.count && lost <= frames * 5100, "\(lost)")
-        gate.open()
+        stalled.gate.open()
         let expected = names.flatMap { name in (0..<frames).map { "\(name):frame-\($0)" } }.sorted()
-        #expect(await handled.wait(for: expected.count))
-        try await source.write(tag: 0x33, data: Array("last ".utf8))
-        #expect(await handled.wait(for: expected.count + names.count))
-        #expect(handled.items.filter { !$0.hasSuffix(":last") }.sorted() == expected, "each handled once")
-        await source.close()
-        for function in functions { await function.close() }
-        await zipper.close()
+        #expect(await stalled.handled.wait(for: expected.count))
+        try await stalled.source.write(tag: 0x33, data: Array("last ".utf8))
+        #expect(await stalled.handled.wait(for: expected.count + names.count))
+        #expect(stalled.handled.items.filter { !$0.hasSuffix(":last") }.sorted() == expected, "each handled once")
+        await stalled.close()
     }
 
     @Test("limits.max_unhandled_bytes is split among the hosts functions come from, then among each host's connections: three functions of one host do not shrink another's share")
     func retentionSharesByAddress() async throws {
-        // On "::" a client of 127.0.0.1 (IPv4-mapped) and one of ::1 are two hosts.
-        var configuration = ZipperConfiguration(host: "::", port: 0)
         let budget = 96 << 10
-        configuration.limits.maximumUnhandledBytes = budget
-        let zipper = Zipper(configuration: configuration)
-        try await zipper.start()
-        let port = try #require(zipper.port)
-        let gate = Gate()
-        let entered = Inbox<String>()
-        let hosts = ["a1": "127.0.0.1", "a2": "127.0.0.1", "a3": "127.0.0.1", "b": "[::1]"]
-        var functions: [StreamFunction] = []
-        for (name, host) in hosts.sorted(by: { $0.key < $1.key }) {
-            let function = StreamFunction(name: name, zipper: "\(host):\(port)", options: .init(observedTags: [0x33]))
-            function.setHandler { _ in
-                entered.append(name)
-                await gate.wait()
-            }
-            try await function.connect()
-            functions.append(function)
-        }
-        let source = Source(name: "writer", zipper: "127.0.0.1:\(port)")
-        try await source.connect()
-        // Frames over 4 KiB are sent as their own buffers, the unit a retention keeps.
-        let frames = 40
-        for index in 0..<frames {
-            try await source.write(tag: 0x33, data: Array("frame-\(index) ".utf8) + [UInt8](repeating: 0x78, count: 5000))
-        }
-        let connections = { hosts.keys.flatMap { functionConnections(zipper, named: $0) } }
-        let stalled = await eventually {
-            entered.items.count == hosts.count * frames && connections().count == hosts.count
-                && connections().allSatisfy { $0.unacknowledgedBytes == 0 }
-        }
-        #expect(stalled, "\(entered.items.count) in handlers; \(connections())")
+        // On "::" a client of 127.0.0.1 (IPv4-mapped) and one of ::1 are two hosts.
+        let stalled = try await StalledHandlers(
+            host: "::", budget: budget, functions: [("a1", "127.0.0.1"), ("a2", "127.0.0.1"), ("a3", "127.0.0.1"), ("b", "[::1]")], frames: 40)
         // Each was sent 200 KB and keeps what its share allows: b half the budget, a1-a3 a sixth each.
-        func retained(_ name: String) -> Int { functionConnections(zipper, named: name).first?.retainedBytes ?? -1 }
+        func retained(_ name: String) -> Int { functionConnections(stalled.zipper, named: name).first?.retainedBytes ?? -1 }
         #expect(retained("b") > budget / 4 && retained("b") <= budget / 2, "b: \(retained("b")), past a quarter (a share per connection)")
         for name in ["a1", "a2", "a3"] {
             #expect(retained(name) > 0 && retained(name) <= budget / 6, "\(name): \(retained(name))")
         }
-        #expect(connections().map(\.retainedBytes).reduce(0, +) <= budget)
-        gate.open()
-        await source.close()
-        for function in functions { await function.close() }
-        await zipper.close()
+        #expect(stalled.connections().map(\.retainedBytes).reduce(0, +) <= budget)
+        stalled.gate.open()
+        await stalled.close()
     }
 
     @Test("with limits.max_unhandled_bytes 0 the zipper keeps nothing a function acknowledged: its handling receipts are not asked for")
@@ -367,6 +303,66 @@ final class FunctionStuckInItsHandlers: Sendable {
 
 /// The zipper's connections to the stream functions named `name` (what
 /// `yomo.zipper.client.*` shows of them).
+/// Stream functions of tag 0x33, each dialling the zipper on its own host
+/// (the zipper listens on `host` and keeps `budget` bytes of what they have
+/// not handled), whose handlers wait for `gate`, and a source that wrote
+/// `frames` frames of 5 KB to them: made once every frame is in a handler
+/// and acknowledged. Handlers record "name:frame-N" as they enter and end.
+final class StalledHandlers: Sendable {
+    let zipper: Zipper
+    let functions: [StreamFunction]
+    let source: Source
+    let gate = Gate()
+    let entered = Inbox<String>()
+    let handled = Inbox<String>()
+
+    init(host: String = "127.0.0.1", budget: Int, functions dialling: [(name: String, host: String)], frames: Int) async throws {
+        var configuration = ZipperConfiguration(host: host, port: 0)
+        configuration.limits.maximumUnhandledBytes = budget
+        zipper = Zipper(configuration: configuration)
+        try await zipper.start()
+        let port = try #require(zipper.port)
+        let fast = ReconnectPolicy(initialDelay: .milliseconds(50), maximumDelay: .milliseconds(100))
+        var functions: [StreamFunction] = []
+        for (name, functionHost) in dialling {
+            let function = StreamFunction(name: name, zipper: "\(functionHost):\(port)", options: .init(observedTags: [0x33], reconnect: fast))
+            function.setHandler { [entered, gate, handled] ctx in
+                let label = "\(name):\(String(decoding: ctx.data.prefix(while: { $0 != UInt8(ascii: " ") }), as: UTF8.self))"
+                entered.append(label)
+                await gate.wait()
+                handled.append(label)
+            }
+            try await function.connect()
+            functions.append(function)
+        }
+        self.functions = functions
+        source = Source(name: "writer", zipper: "127.0.0.1:\(port)")
+        try await source.connect()
+        // Frames over 4 KiB are sent as their own buffers, the unit a retention keeps.
+        for index in 0..<frames {
+            try await source.write(tag: 0x33, data: Array("frame-\(index) ".utf8) + [UInt8](repeating: 0x78, count: 5000))
+        }
+        let stalled = await eventually { [self] in
+            entered.items.count == dialling.count * frames && connections().count == dialling.count
+                && connections().allSatisfy { $0.unacknowledgedBytes == 0 }
+        }
+        #expect(stalled, "\(entered.items.count) in handlers; \(connections())")
+    }
+
+    /// The functions' connections at the zipper.
+    func connections() -> [ClientConnectionHealth] {
+        zipper.clientConnections().filter { connection in
+            connection.member.clientType == .streamFunction && functions.contains { $0.name == connection.member.name }
+        }
+    }
+
+    func close() async {
+        await source.close()
+        for function in functions { await function.close() }
+        await zipper.close()
+    }
+}
+
 func functionConnections(_ zipper: Zipper, named name: String) -> [ClientConnectionHealth] {
     zipper.clientConnections().filter { $0.member.clientType == .streamFunction && $0.member.name == name }
 }
