@@ -1204,11 +1204,12 @@ final class ClientRuntime: Sendable {
                 waiting.frame, waited: now - waiting.since, resent: waiting.resent, meshLink: clientType == .upstreamZipper,
                 cause: "dropped: the client ended before it reconnected: \(reason.message)")
         }
-        // The last one recorded: frames not sampled have no span.
-        if let exemplar = spans.lazy.compactMap({ $0?.context.spanContext.flatMap { Exemplar(spanContext: $0) } }).last {
+        // Frames not sampled have no span: the exemplar is the last recorded one.
+        let recorded = spans.compactMap { $0 }
+        if let exemplar = recorded.lazy.compactMap({ $0.context.spanContext.flatMap { Exemplar(spanContext: $0) } }).last {
             state.withLock { $0.lastOutageDropTraced = exemplar }
         }
-        tracing.withCurrent(spans.lazy.compactMap { $0 }.first) {
+        tracing.withCurrent(recorded.first) {
             logger.warning("dropped the frames written while disconnected: the client ended before it reconnected", metadata: [
                 "dropped": "\(discarded.count)", "error": "\(reason)",
             ])

@@ -9,7 +9,6 @@ import Synchronization
 /// many connections shrinks its own shares, not everyone's.
 package final class RetentionBudget: Sendable {
     package let bytes: Int
-    private let connections = Atomic<Int>(0)
     /// Retaining connections by their address group; `groupCount` mirrors its size
     /// for `share`, read for every buffer kept.
     private let groups = Mutex<[String: Group]>([:])
@@ -33,14 +32,16 @@ package final class RetentionBudget: Sendable {
         bytes / max(1, groupCount.load(ordering: .relaxed)) / max(1, group.connections.load(ordering: .relaxed))
     }
 
-    package var retainingConnections: Int { connections.load(ordering: .relaxed) }
+    package var retainingConnections: Int { groups.withLock { $0.values.reduce(0) { $0 + $1.connections.load(ordering: .relaxed) } } }
 
     /// A connection from `key` (an address group's text) begins to retain.
     func join(group key: String) -> Group {
-        connections.add(1, ordering: .relaxed)
-        return groups.withLock { groups in
-            let group = groups[key] ?? Group(key: key)
-            if groups[key] == nil {
+        groups.withLock { groups in
+            let group: Group
+            if let known = groups[key] {
+                group = known
+            } else {
+                group = Group(key: key)
                 groups[key] = group
                 groupCount.store(groups.count, ordering: .relaxed)
             }
@@ -50,9 +51,9 @@ package final class RetentionBudget: Sendable {
     }
 
     func leave(_ group: Group) {
-        connections.subtract(1, ordering: .relaxed)
         groups.withLock { groups in
-            guard group.connections.subtract(1, ordering: .relaxed).newValue == 0, groups[group.key] === group else { return }
+            // Counted under this lock: a group whose last connection left is in the table, and goes.
+            guard group.connections.subtract(1, ordering: .relaxed).newValue == 0 else { return }
             groups[group.key] = nil
             groupCount.store(groups.count, ordering: .relaxed)
         }
