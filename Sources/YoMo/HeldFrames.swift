@@ -312,12 +312,13 @@ struct HeldFrames {
     }
 
     /// A frame taken for a function, with its receipt tally: once written,
-    /// the taker waits for it there, and releases it if `left` (the frame
-    /// left the hold: every function it was held for took it).
+    /// the taker waits for it there, and releases it if `settles` (every
+    /// function it was held for by name took it, and one took it if it was
+    /// held for any that arrives).
     struct Taken {
         var frame: DataFrame
         var tally: HoldTally?
-        var left: Bool
+        var settles: Bool
         var heldAt: Instant
         var reason: Reason
 
@@ -325,7 +326,7 @@ struct HeldFrames {
         func written(to destination: DeliveryDestination, endingAt end: Int) {
             guard let tally else { return }
             tally.wait(for: destination, written: end)
-            if left { tally.release() }
+            if settles { tally.release() }
         }
 
         /// Not written: `destination`'s connection ended first, and the frame
@@ -333,7 +334,7 @@ struct HeldFrames {
         func abandoned(at destination: DeliveryDestination) {
             guard let tally else { return }
             tally.wait(for: destination, written: .max)
-            if left { tally.release() }
+            if settles { tally.release() }
         }
     }
 
@@ -350,11 +351,16 @@ struct HeldFrames {
                 entry.owed.remove(member.name)
                 entry.deliveredTo.insert(member.name)
                 let left = entry.owed.isEmpty && !entry.forAnyArrival
-                taken.append(Taken(frame: entry.frame, tally: entry.tally, left: left, heldAt: entry.heldAt, reason: entry.reason))
+                // Its sender's receipt waits for the names it was held for, not
+                // for the deadline of a hold for any that arrives: one function
+                // has it, and the sender's later frames are not kept that long.
+                let settles = entry.owed.isEmpty
+                taken.append(Taken(frame: entry.frame, tally: entry.tally, settles: settles, heldAt: entry.heldAt, reason: entry.reason))
                 if left {
                     forget(entry)
                     continue
                 }
+                if settles { entry.tally = nil }
             }
             kept.append(entry)
         }

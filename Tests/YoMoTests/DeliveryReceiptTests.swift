@@ -203,6 +203,33 @@ struct DeliveryReceiptTests {
         await zipper.close()
     }
 
+    @Test("a frame held for any function that comes (the zipper's first minute) is settled once one has it: the source does not keep it, and every frame after it, until the hold's deadline")
+    func heldForAnyArrivalSettlesWhenTaken() async throws {
+        var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
+        // A deadline no test waits out: settled by then would prove nothing.
+        configuration.unroutedHold = .init(duration: .seconds(120))
+        let zipper = Zipper(configuration: configuration)
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        // No function observes the tag yet: held for whichever comes.
+        try await source.write(tag: 0x36, data: Array("first".utf8))
+        #expect(await eventually { zipper.statistics.heldFrames == 1 })
+        let received = Inbox<String>()
+        let function = StreamFunction(name: "late", zipper: address, options: .init(observedTags: [0x36]))
+        function.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await function.connect()
+        let texts = (1...20).map { "after-\($0)" }
+        for text in texts { try await source.write(tag: 0x36, data: Array(text.utf8)) }
+        #expect(await received.wait(for: 21))
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept: \(source.client.keptFrames)")
+        try await source.flush(timeout: .seconds(5))
+        await source.close()
+        await function.close()
+        await zipper.close()
+    }
+
     @Test("a zipper that announces receipts and sends none: its client keeps at most 64 MiB unsettled, older frames only until acknowledged, and says so once")
     func keptBound() async throws {
         var answer = Frame.receipt(ReceiptFrame(settledThrough: 0)).encoded()

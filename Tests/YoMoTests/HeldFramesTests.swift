@@ -55,12 +55,12 @@ struct HeldFramesLogicTests {
         #expect(held.hold(frame(0x33, "both"), target: nil, bytes: 10, for: .init(owed: ["f", "g"]), routed: false, now: start, tally: shared) != .full)
         let (toF, toG) = (DeliveryDestination(ConnectionProgress()), DeliveryDestination(ConnectionProgress()))
         let byF = held.take(for: f)
-        #expect(byF.map(\.left) == [false], "still held for g")
+        #expect(byF.map(\.settles) == [false], "still held for g")
         // f's connection ended before the write: the frame is held again at its end.
         byF.forEach { $0.abandoned(at: toF) }
         #expect(!shared.isSettled, "g has not taken it")
         let byG = held.take(for: g)
-        #expect(byG.map(\.left) == [true])
+        #expect(byG.map(\.settles) == [true])
         #expect(!shared.isSettled, "taken, but its write not yet made")
         byG.forEach { $0.written(to: toG, endingAt: 100) }
         #expect(!shared.isSettled, "written to g, not acknowledged; f's end not dealt with")
@@ -87,6 +87,24 @@ struct HeldFramesLogicTests {
         _ = held.hold(frame(0x33, "kept"), target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start, tally: kept)
         #expect(held.takeUndelivered().count == 1)
         #expect(kept.isSettled, "kept in the held frames file by a graceful close")
+
+        // Held for any function that arrives: its sender waits for the first
+        // to take it, not for the deadline that keeps it for later arrivals.
+        let forAny = HoldTally()
+        forAny.add()
+        _ = held.hold(frame(0x33, "any"), target: nil, bytes: 10, for: anyArrival, routed: false, now: start, tally: forAny)
+        let first = held.take(for: f)
+        #expect(first.map(\.settles) == [true])
+        let toFirst = DeliveryDestination(ConnectionProgress())
+        first.forEach { $0.written(to: toFirst, endingAt: 50) }
+        #expect(!forAny.isSettled, "written, not acknowledged")
+        (toFirst.connection as! ConnectionProgress).acknowledge(50)
+        #expect(forAny.isSettled, "one function has it, though the hold keeps it for others until its deadline")
+        let second = held.take(for: g)
+        #expect(second.count == 1, "still held for a later arrival of another name")
+        second.forEach { $0.written(to: DeliveryDestination(ConnectionProgress()), endingAt: 10) }
+        _ = held.expire(now: start + .seconds(5))
+        #expect(forAny.isSettled, "a later taker and its deadline leave the sender's tally alone")
     }
 
     @Test("frames a function lacked are held ahead of the newer ones held for it, with their deadline; else at the end, for the whole duration")
