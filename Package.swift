@@ -243,6 +243,7 @@ targets += [
         dependencies: [
             "YoMoWire",
             "YoMoQUIC",
+            "CNGTCP2",
             "YoMoTracing",
             "YoMoLogging",
             "YoMoMetrics",

@@ -2,6 +2,7 @@
 #include "cngtcp2.h"
 
 #include <errno.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -338,4 +339,27 @@ int cngtcp2_epoll_wait(int epfd, struct epoll_event *events, int maxevents,
 
 void cngtcp2_settings_enable_log(ngtcp2_settings *settings) {
   settings->log_printf = log_printf;
+}
+
+/* The pipe that cngtcp2_relay_signal's handler writes to. */
+static volatile sig_atomic_t relay_fd = -1;
+
+static void relay_signal_handler(int signo) {
+  int saved = errno;
+  unsigned char byte = (unsigned char)signo;
+  if (relay_fd >= 0) {
+    ssize_t written = write(relay_fd, &byte, 1);
+    (void)written;
+  }
+  errno = saved;
+}
+
+int cngtcp2_relay_signal(int signo, int write_fd, struct sigaction *previous) {
+  relay_fd = write_fd;
+  struct sigaction action;
+  memset(&action, 0, sizeof action);
+  action.sa_handler = relay_signal_handler;
+  action.sa_flags = SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  return sigaction(signo, &action, previous);
 }

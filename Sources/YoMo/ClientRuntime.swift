@@ -1423,29 +1423,3 @@ final class Latch: Sendable {
     }
 }
 
-/// SIGINT and SIGTERM, for `wait()`. The dispatch sources are set up in `init`
-/// and only cancelled afterwards, which Dispatch allows from any thread.
-final class SignalWatcher: @unchecked Sendable {
-    private let sources: [any DispatchSourceSignal]
-    private let latch = Latch()
-
-    init() {
-        var sources: [any DispatchSourceSignal] = []
-        for number in [SIGINT, SIGTERM] {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { [latch] in latch.fire() }
-            source.resume()
-            sources.append(source)
-        }
-        self.sources = sources
-    }
-
-    func wait() async { await latch.wait() }
-
-    func cancel() {
-        for source in sources { source.cancel() }
-        for number in [SIGINT, SIGTERM] { signal(number, SIG_DFL) }
-        latch.fire()
-    }
-}

@@ -3,6 +3,7 @@ import Dispatch
 import FoundationEssentials
 import Glibc
 import Synchronization
+import YoMo
 import YoMoMetrics
 import YoMoTraceView
 
@@ -42,12 +43,11 @@ struct TraceView: AsyncParsableCommand {
         let deadline = seconds.map { clock.now.advanced(by: .milliseconds(Int64($0 * 1000))) }
         var printed = 0
         let stopped = StopFlag()
-        for number in [SIGINT, SIGTERM] {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { stopped.set() }
-            source.resume()
-            SignalSources.keep(source)
+        let signals = SignalWatcher()
+        defer { signals.cancel() }
+        Task {
+            await signals.wait()
+            stopped.set()
         }
         while !stopped.isSet {
             if deadline.map({ clock.now >= $0 }) == true { break }
@@ -74,10 +74,4 @@ final class StopFlag: Sendable {
     private let flag = Mutex(false)
     func set() { flag.withLock { $0 = true } }
     var isSet: Bool { flag.withLock { $0 } }
-}
-
-/// Keeps signal sources alive for the life of the process.
-enum SignalSources {
-    nonisolated(unsafe) private static var sources: [any DispatchSourceSignal] = []
-    static func keep(_ source: any DispatchSourceSignal) { sources.append(source) }
 }

@@ -11,6 +11,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <malloc.h>
+#include <signal.h>
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
@@ -90,5 +91,11 @@ int cngtcp2_epoll_wait(int epfd, struct epoll_event *events, int maxevents,
 /// Sets `settings.log_printf` to a printer of ngtcp2's debug trace to stderr
 /// (Swift cannot implement a variadic callback).
 void cngtcp2_settings_enable_log(ngtcp2_settings *settings);
+
+/// Catches `signo` with a handler that writes its number, one byte, to
+/// `write_fd` and does nothing else (async-signal-safe; the fd should not
+/// block). The disposition it replaces goes to `previous`. Every signal so
+/// caught shares the last `write_fd` given. Returns sigaction's result.
+int cngtcp2_relay_signal(int signo, int write_fd, struct sigaction *previous);
 
 #endif
