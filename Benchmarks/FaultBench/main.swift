@@ -25,7 +25,7 @@ struct FaultBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "yomo-fault-bench",
         abstract: "Fault and memory figures of the zipper and its clients.",
-        subcommands: [Fanout.self, Fanin.self, Reconnect.self, Idle.self, Backlog.self, Held.self, Function.self, Flood.self, Storm.self])
+        subcommands: [Fanout.self, Fanin.self, Reconnect.self, Idle.self, Backlog.self, Held.self, Function.self, Flood.self, Storm.self, Chaos.self])
 }
 
 struct ZipperOptions: ParsableArguments {
@@ -50,7 +50,7 @@ final class ZipperProcess: @unchecked Sendable {
             + (ProcessInfo.processInfo.environment["FAULT_BENCH_ZIPPER_ARGS"]?.split(separator: " ").map(String.init) ?? [])
         if let log = ProcessInfo.processInfo.environment["FAULT_BENCH_ZIPPER_LOG"] {
             // Appended to: a restarted zipper's lines follow its predecessor's.
-            if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
+            if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
             let handle = FileHandle(forWritingAtPath: log)
             handle?.seekToEndOfFile()
             process.standardError = handle
@@ -949,5 +949,199 @@ struct Storm: AsyncParsableCommand {
         if let first = ended.first?.endReason { print("first ended: \(first)") }
         for source in sources { await source.close() }
         await function.close()
+    }
+}
+
+struct Chaos: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Faults at random and overlapping (kill -9, SIGTERM and SIGSTOP of the zipper and of a stream function, uppercase-sfn) while a source writes through the function to a sink; once they stop: the frames the sink never received, and those it received twice.")
+    @OptionGroup var zipperOptions: ZipperOptions
+    @Option(help: "The uppercase-sfn executable (default: beside this one).") var function: String?
+    @Option(help: "How long faults go on.") var seconds = 60
+    @Option(help: "The random generator's seed (default: from the clock); the same seed draws the same faults at the same moments.") var seed: UInt64?
+    @Option(help: "The faults to draw from, comma-separated.") var faults = Fault.allCases.map(\.rawValue).joined(separator: ",")
+    @Option(help: "Microseconds between the source's writes.") var intervalMicroseconds = 10_000
+    @Option(help: "After the faults, how long the source's flush and the sink may take.") var settleSeconds = 60
+    @Flag(help: "Run uppercase-sfn with its async handler instead of its pipe handler.") var asyncHandler = false
+    @Flag(help: "The sink observes the source's tag itself: uppercase-sfn (still faulted) is off the path.") var direct = false
+
+    enum Fault: String, CaseIterable {
+        case zipperKill = "zipper-kill", zipperTerm = "zipper-term", zipperStop = "zipper-stop"
+        case functionKill = "function-kill", functionTerm = "function-term", functionStop = "function-stop"
+        var onZipper: Bool { rawValue.hasPrefix("zipper") }
+    }
+
+    /// SplitMix64: a seeded generator, so that a run that lost frames can be drawn again.
+    struct SeededGenerator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    /// A child process that a fault may replace: the one running now.
+    final class Child: @unchecked Sendable {
+        private let current: Mutex<Process>
+        private let start: @Sendable () throws -> Process
+        init(_ start: @escaping @Sendable () throws -> Process) throws {
+            self.start = start
+            current = Mutex(try start())
+        }
+        var pid: Int32 { current.withLock { $0.processIdentifier } }
+        func signal(_ signal: Int32) { kill(pid, signal) }
+        /// Waits for the exit without blocking a cooperative thread; kill -9 after `limit`.
+        func waitForExit(limit: Duration = .seconds(30)) async {
+            let process = current.withLock { $0 }
+            if !(await waitUntil(limit) { !process.isRunning }) {
+                print("pid \(process.processIdentifier) still running \(limit) after its signal: killed")
+                if let file = ProcessInfo.processInfo.environment["FAULT_BENCH_STACKS"] {
+                    // What it was doing: every thread's stack, appended to FILE (gdb in batch mode).
+                    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(process.processIdentifier)/task")) ?? []
+                    var signals = "pid \(process.processIdentifier)\n"
+                    for task in tasks.sorted() {
+                        let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/task/\(task)/status", encoding: .utf8)) ?? ""
+                        signals += "task \(task): " + status.split(separator: "\n").filter { $0.hasPrefix("Sig") || $0.hasPrefix("ShdPnd") || $0.hasPrefix("State") || $0.hasPrefix("Name") }.joined(separator: " | ") + "\n"
+                    }
+                    try? signals.write(toFile: file + ".signals.\(process.processIdentifier)", atomically: true, encoding: .utf8)
+                    let gdb = Process()
+                    gdb.executableURL = URL(fileURLWithPath: "/usr/bin/gdb")
+                    gdb.arguments = ["-p", "\(process.processIdentifier)", "-batch", "-ex", "thread apply all bt"]
+                    if !FileManager.default.fileExists(atPath: file) { _ = FileManager.default.createFile(atPath: file, contents: nil) }
+                    let handle = FileHandle(forWritingAtPath: file)
+                    handle?.seekToEndOfFile()
+                    gdb.standardOutput = handle
+                    gdb.standardError = handle
+                    if (try? gdb.run()) != nil { _ = await waitUntil(.seconds(60)) { !gdb.isRunning } }
+                }
+                kill(process.processIdentifier, SIGKILL)
+                _ = await waitUntil(.seconds(5)) { !process.isRunning }
+            }
+        }
+        func restart() throws { let next = try start(); current.withLock { $0 = next } }
+    }
+
+    func run() async throws {
+        let chosen = try faults.split(separator: ",").map { name in
+            guard let fault = Fault(rawValue: String(name)) else { throw ValidationError("no fault \(name); one of \(Fault.allCases.map(\.rawValue))") }
+            return fault
+        }
+        let seed = seed ?? UInt64(Date().timeIntervalSince1970 * 1000)
+        var random = SeededGenerator(state: seed)
+        let key = keyFile()
+        let functionsFile = NSTemporaryDirectory() + "yomo-fault-bench-\(getpid()).functions"
+        defer { for file in [key, functionsFile, functionsFile + ".held"] { try? FileManager.default.removeItem(atPath: file) } }
+        let options = zipperOptions
+        let zipper = try Child {
+            try ZipperProcess(options, keyFile: key, extraArguments: ["--functions-file", functionsFile]).process
+        }
+        let address = "127.0.0.1:\(zipperOptions.port)"
+        try await waitForZipper(address)
+        let executable = function ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("uppercase-sfn").path
+        let pipe = !asyncHandler
+        let observed = direct ? "0x4f" : "0x41"
+        let upper = try Child {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = ["--zipper", address, "--observe", observed, "--emit", "0x42"] + (pipe ? ["--pipe"] : [])
+                + (ProcessInfo.processInfo.environment["FAULT_BENCH_FUNCTION_ARGS"]?.split(separator: " ").map(String.init) ?? [])
+            if let log = ProcessInfo.processInfo.environment["FAULT_BENCH_FUNCTION_LOG"] {
+                if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
+                let handle = FileHandle(forWritingAtPath: log)
+                handle?.seekToEndOfFile()
+                process.standardError = handle
+            } else {
+                process.standardError = FileHandle.nullDevice
+            }
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+        let received = Mutex<Set<Int>>([])
+        let duplicates = Mutex<[Int]>([])
+        let sink = StreamFunction(name: "sink", zipper: address, options: quietOptions(tags: [direct ? 0x41 : 0x42]))
+        sink.setHandler { ctx in
+            if let sequence = Int(String(decoding: ctx.data, as: UTF8.self)), !received.withLock({ $0.insert(sequence).inserted }) {
+                duplicates.withLock { $0.append(sequence) }
+            }
+        }
+        try await sink.connect()
+        let source = Source(name: "writer", zipper: address, options: quietOptions())
+        try await source.connect()
+        // Before the faults: the whole path answers.
+        try await source.write(tag: 0x41, data: Array("0".utf8))
+        guard await waitUntil(.seconds(30), { received.withLock { $0.contains(0) } }) else { throw ValidationError("the path did not answer before the faults") }
+        let written = Mutex(0)
+        let refused = Mutex<[Int]>([])
+        let writer = Task {
+            var sequence = 0
+            while !Task.isCancelled {
+                sequence += 1
+                do {
+                    try await source.write(tag: 0x41, data: Array("\(sequence)".utf8))
+                    written.withLock { $0 = sequence }
+                } catch {
+                    refused.withLock { $0.append(sequence) }
+                }
+                try? await Task.sleep(for: .microseconds(intervalMicroseconds))
+            }
+        }
+        let clock = ContinuousClock()
+        let started = clock.now
+        var applied: [String: Int] = [:]
+        // At most one fault at a time on each process; the two may overlap.
+        var running: [Bool: Task<Void, Never>] = [:]
+        while clock.now - started < .seconds(seconds) {
+            try await Task.sleep(for: .milliseconds(Int.random(in: 100...2500, using: &random)))
+            let fault = chosen.randomElement(using: &random)!
+            if let task = running[fault.onZipper] { await task.value }
+            let child = fault.onZipper ? zipper : upper
+            let away = Duration.milliseconds(Int.random(in: 0...1500, using: &random))
+            let at = clock.now - started
+            print(String(format: "%7.2f s %@ for %d ms (written %d, pid %d)", Double(at.components.seconds) + Double(at.components.attoseconds) / 1e18,
+                         fault.rawValue, Int(away.components.seconds * 1000 + away.components.attoseconds / 1_000_000_000_000_000), written.withLock { $0 }, child.pid))
+            applied[fault.rawValue, default: 0] += 1
+            running[fault.onZipper] = Task {
+                switch fault {
+                case .zipperStop, .functionStop:
+                    child.signal(SIGSTOP)
+                    try? await Task.sleep(for: away)
+                    child.signal(SIGCONT)
+                case .zipperKill, .functionKill, .zipperTerm, .functionTerm:
+                    let isKill = fault == .zipperKill || fault == .functionKill
+                    child.signal(isKill ? SIGKILL : SIGTERM)
+                    await child.waitForExit()
+                    try? await Task.sleep(for: away)
+                    do { try child.restart() } catch { print("restart failed: \(error)") }
+                }
+            }
+        }
+        for task in running.values { await task.value }
+        writer.cancel()
+        _ = await writer.value
+        let total = written.withLock { $0 }
+        let settleStart = clock.now
+        var flushed = "yes"
+        do { try await source.flush(timeout: .seconds(settleSeconds)) } catch { flushed = "no (\(error))" }
+        let all = await waitUntil(.seconds(settleSeconds)) {
+            received.withLock { got in (1...total).allSatisfy { got.contains($0) || refused.withLock { $0 }.contains($0) } }
+        }
+        let settled = clock.now - settleStart
+        let refusedSet = Set(refused.withLock { $0 })
+        let missing = received.withLock { got in (1...total).filter { !got.contains($0) && !refusedSet.contains($0) } }
+        let twice = duplicates.withLock { $0 }.sorted()
+        print("seed=\(seed) faults=\(applied.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ","))")
+        print("written_ok=\(total - refusedSet.count) refused=\(refusedSet.count) received=\(received.withLock { $0.count } - 1) missing=\(missing.count) duplicates=\(twice.count) flushed=\(flushed) all_arrived=\(all ? "yes" : "no") settle_ms=\(settled.components.seconds * 1000 + settled.components.attoseconds / 1_000_000_000_000_000)")
+        if !missing.isEmpty { print("missing sequences: \(ranges(missing).prefix(30).joined(separator: ", "))") }
+        if !twice.isEmpty { print("received twice: \(ranges(twice).prefix(30).joined(separator: ", "))") }
+        await source.close()
+        await sink.close()
+        upper.signal(SIGKILL)
+        zipper.signal(SIGTERM)
+        await zipper.waitForExit(limit: .seconds(10))
+        await upper.waitForExit(limit: .seconds(5))
     }
 }
