@@ -962,6 +962,7 @@ struct Chaos: AsyncParsableCommand {
     @Option(help: "The faults to draw from, comma-separated.") var faults = Fault.allCases.map(\.rawValue).joined(separator: ",")
     @Option(help: "Microseconds between the source's writes.") var intervalMicroseconds = 10_000
     @Option(help: "After the faults, how long the source's flush and the sink may take.") var settleSeconds = 60
+    @Option(help: "The longest a process stays down (killed, stopped) or stopped before it is back; over the idle timeout (5 s), a stopped one loses its connections.") var maxAwayMs = 1500
     @Flag(help: "Run uppercase-sfn with its async handler instead of its pipe handler.") var asyncHandler = false
     @Flag(help: "The sink observes the source's tag itself: uppercase-sfn (still faulted) is off the path.") var direct = false
 
@@ -1033,6 +1034,9 @@ struct Chaos: AsyncParsableCommand {
         var random = SeededGenerator(state: seed)
         let key = keyFile()
         let functionsFile = NSTemporaryDirectory() + "yomo-fault-bench-\(getpid()).functions"
+        // The zipper's log, for the drops it announced (its own, when none is asked for).
+        let zipperLog = ProcessInfo.processInfo.environment["FAULT_BENCH_ZIPPER_LOG"] ?? NSTemporaryDirectory() + "yomo-fault-bench-\(getpid()).zipper.log"
+        setenv("FAULT_BENCH_ZIPPER_LOG", zipperLog, 1)
         defer { for file in [key, functionsFile, functionsFile + ".held"] { try? FileManager.default.removeItem(atPath: file) } }
         let options = zipperOptions
         let zipper = try Child {
@@ -1099,7 +1103,7 @@ struct Chaos: AsyncParsableCommand {
             let fault = chosen.randomElement(using: &random)!
             if let task = running[fault.onZipper] { await task.value }
             let child = fault.onZipper ? zipper : upper
-            let away = Duration.milliseconds(Int.random(in: 0...1500, using: &random))
+            let away = Duration.milliseconds(Int.random(in: 0...maxAwayMs, using: &random))
             let at = clock.now - started
             print(String(format: "%7.2f s %@ for %d ms (written %d, pid %d)", Double(at.components.seconds) + Double(at.components.attoseconds) / 1e18,
                          fault.rawValue, Int(away.components.seconds * 1000 + away.components.attoseconds / 1_000_000_000_000_000), written.withLock { $0 }, child.pid))
@@ -1135,13 +1139,27 @@ struct Chaos: AsyncParsableCommand {
         let twice = duplicates.withLock { $0 }.sorted()
         print("seed=\(seed) faults=\(applied.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ","))")
         print("written_ok=\(total - refusedSet.count) refused=\(refusedSet.count) received=\(received.withLock { $0.count } - 1) missing=\(missing.count) duplicates=\(twice.count) flushed=\(flushed) all_arrived=\(all ? "yes" : "no") settle_ms=\(settled.components.seconds * 1000 + settled.components.attoseconds / 1_000_000_000_000_000)")
-        if !missing.isEmpty { print("missing sequences: \(ranges(missing).prefix(30).joined(separator: ", "))") }
-        if !twice.isEmpty { print("received twice: \(ranges(twice).prefix(30).joined(separator: ", "))") }
+        if !missing.isEmpty {
+            print("missing sequences: \(ranges(missing).prefix(30).joined(separator: ", "))")
+            // A function away longer than the hold (`--max-away-ms` over 5 s) loses frames by rule: the
+            // zipper says so (a killed zipper may die before it said the last of them).
+            print("dropped_by_zipper_said=\(framesDroppedSaid(in: zipperLog)) (frames its warnings say it dropped, answers too; in \(zipperLog))")
+        }
+        if !twice.isEmpty { print("received more than once: \(ranges(Array(Set(twice)).sorted()).prefix(30).joined(separator: ", "))") }
         await source.close()
         await sink.close()
         upper.signal(SIGKILL)
         zipper.signal(SIGTERM)
         await zipper.waitForExit(limit: .seconds(10))
         await upper.waitForExit(limit: .seconds(5))
+    }
+}
+
+/// The frames a zipper's warnings say it dropped (`frames=N` of each WARN line about a drop).
+func framesDroppedSaid(in log: String) -> Int {
+    guard let text = try? String(contentsOfFile: log, encoding: .utf8) else { return 0 }
+    return text.split(separator: "\n").filter { $0.contains("WARN") && $0.contains("dropped") }.reduce(0) { total, line in
+        guard let field = line.split(separator: " ").first(where: { $0.hasPrefix("frames=") }) else { return total }
+        return total + (Int(field.dropFirst("frames=".count)) ?? 0)
     }
 }
