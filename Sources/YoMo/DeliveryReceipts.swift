@@ -191,6 +191,12 @@ final class HoldTally: Sendable {
 
     func add() { state.withLock { $0.held += 1 } }
 
+    /// One frame more: itself, for the hold.
+    func adding() -> HoldTally {
+        add()
+        return self
+    }
+
     /// One frame left the hold.
     func release() { state.withLock { $0.held -= 1 } }
 

@@ -6,9 +6,10 @@ internal import YoMoWire
 /// kept beside `ZipperConfiguration.functionsFile` (its path with `.held`
 /// added) for its next start, which holds them again for those functions:
 /// a zipper restarted while a function was away (a rolling deploy restarting
-/// both) no longer drops what it held for it. Read once and removed; a start
-/// later than `unrouted_hold.after_last_observer` after the close drops them,
-/// said in one line.
+/// both) no longer drops what it held for it. Removed once the frames it held
+/// left the next run's hold (a crash before finds it again); a start later
+/// than `unrouted_hold.after_last_observer` after the close drops them, said
+/// in one line.
 ///
 /// A header line with the close's wall-clock time in milliseconds since
 /// 1970, then the frames as the wire carries them (y3 data frames, back to back):
@@ -35,7 +36,6 @@ enum HeldFramesFile {
         return (closedAt, HeldFrames.dataFramesWritten(in: ByteBuffer(bytes: bytes[(newline + 1)...])).map(\.frame))
     }
 
-    /// Read once: removed as it is read, whatever it held.
     static func remove(_ path: String) { unlink(path) }
 
     /// Milliseconds since 1970, by the wall clock (the only one two runs share).

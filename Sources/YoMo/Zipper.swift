@@ -179,6 +179,8 @@ public final class Zipper: Sendable {
         var heldFull = (observed: false, unobserved: false)
         var heldDropReports = HeldDropReports()
         var heldLines = HeldLineBudget()
+        /// The held frames file this run restored is still there, kept until its frames left the hold.
+        var restoredFileKept = false
         /// The last stream functions to leave, by connection: a frame routed to
         /// one just before it left may find its connection ended just after.
         var departed = CircularBuffer<RouteMember>()
@@ -619,7 +621,14 @@ public final class Zipper: Sendable {
         let path = HeldFramesFile.path(besides: functionsFile)
         // The close has ended the routing: nothing comes between the look and the take.
         let frames = state.withLock { $0.held.entries.filter(\.missedSomeone).map(\.frame) }
-        guard !frames.isEmpty else { return }
+        guard !frames.isEmpty else {
+            // A file this run restored and still keeps: what it held has left
+            // the hold, and the drain saw it acknowledged.
+            if state.withLock({ state in defer { state.restoredFileKept = false }; return state.restoredFileKept }) {
+                HeldFramesFile.remove(path)
+            }
+            return
+        }
         do throws(YoMoError) {
             // The frames are the sources' data: readable by the zipper's user alone.
             try writeFileAtomically(path, HeldFramesFile.encode(frames, closedAt: HeldFramesFile.now()), mode: 0o600, what: "held frames file")
@@ -627,7 +636,10 @@ public final class Zipper: Sendable {
             logger.warning("the frames held for stream functions cannot be kept for the next start", metadata: ["error": "\(error.message)"])
             return
         }
-        _ = state.withLock { $0.held.takeUndelivered() }
+        _ = state.withLock { state in
+            state.restoredFileKept = false
+            return state.held.takeUndelivered()
+        }
         logger.info("closing: frames held for stream functions are kept for the next start", metadata: [
             "frames": "\(frames.count)", "file": "\(path)",
         ])
@@ -647,22 +659,53 @@ public final class Zipper: Sendable {
             return
         }
         guard let bytes else { return }
-        HeldFramesFile.remove(path)
         guard let (closedAt, frames) = HeldFramesFile.decode(bytes), !frames.isEmpty else {
+            HeldFramesFile.remove(path)
             logger.warning("the held frames file of the previous run is not understood: its frames are lost", metadata: ["file": "\(path)"])
             return
         }
         let age = Duration.milliseconds(HeldFramesFile.now() - closedAt)
         guard age <= configuration.unroutedHold.afterLastObserver else {
+            HeldFramesFile.remove(path)
             logger.warning("frames the previous run held for stream functions are dropped: it closed too long ago", metadata: [
                 "frames": "\(frames.count)", "closed_ago": "\(age)", "after_last_observer": "\(configuration.unroutedHold.afterLastObserver)",
             ])
             return
         }
-        let held = frames.filter { hold($0, patch: nil, target: MetadataView($0.metadata)?.string(.target), ledger: nil, logger: logger).held }.count
+        let restored = HoldTally()
+        let held = frames.filter {
+            hold($0, patch: nil, target: MetadataView($0.metadata)?.string(.target), ledger: nil, restored: restored, logger: logger).held
+        }.count
         logger.info("holding again the frames the previous run held for stream functions", metadata: [
             "frames": "\(held)", "of": "\(frames.count)", "closed_ago": "\(age)",
         ])
+        state.withLock { $0.restoredFileKept = true }
+        removeWhenSettled(path, restored)
+    }
+
+    /// Removes the held frames file once every frame restored from it left
+    /// the hold (taken and acknowledged by the functions it was held for, or
+    /// dropped by the hold's rules): until then a crash of this run finds it
+    /// again at the next start. The sources forgot these frames when the
+    /// file kept them; until the thirty-ninth round of issue 14 it was removed
+    /// as it was read, and a zipper killed before it delivered them lost them.
+    /// A close writes the file anew (or removes it) itself.
+    private func removeWhenSettled(_ path: String, _ restored: HoldTally) {
+        Task { [weak self] in
+            while let zipper = self {
+                // Read outside the zipper's lock: a destination asks its own.
+                if restored.isSettled {
+                    zipper.state.withLock { state in
+                        guard !state.closed, state.restoredFileKept else { return }
+                        state.restoredFileKept = false
+                        HeldFramesFile.remove(path)
+                    }
+                    return
+                }
+                if zipper.state.withLock({ $0.closed }) { return }
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
     }
 
     /// One line for what the connections closed with the zipper had not
@@ -1552,8 +1595,9 @@ public final class Zipper: Sendable {
     /// logs the first of a tag's burst, and the first frame the full hold
     /// refused. Returns whether it was held, the functions to route it to now,
     /// and the span that says it was refused (a full hold), if one was recorded.
+    /// `restored`: the tally of the frames of the held frames file, when it is one of them.
     private func hold(
-        _ frame: DataFrame, patch: MetadataPatch?, target: String?, ledger: ReceiptLedger?, logger: Logger
+        _ frame: DataFrame, patch: MetadataPatch?, target: String?, ledger: ReceiptLedger?, restored: HoldTally? = nil, logger: Logger
     ) -> (held: Bool, destinations: [Destination], refusal: SpanContext?) {
         let owned = HeldFrames.owned(frame, patch: patch)
         typealias Outcome = (
@@ -1568,7 +1612,8 @@ public final class Zipper: Sendable {
             }
             let wasEmpty = state.held.isEmpty
             switch state.held.hold(
-                owned, target: target, bytes: HeldFrames.bytes(of: frame), for: claim, routed: routed, now: .now, tally: ledger?.heldFrame()) {
+                owned, target: target, bytes: HeldFrames.bytes(of: frame), for: claim, routed: routed, now: .now,
+                tally: ledger?.heldFrame() ?? restored?.adding()) {
             case .held(let first):
                 state.statistics.heldFrames += 1
                 state.heldFull = (false, false)

@@ -792,7 +792,7 @@ struct HeldFramesTests {
         let secondLogs = InMemoryLogSink()
         try await withZipper(configure: { $0.functionsFile = file }, logger: Self.jsonLogger(secondLogs)) { address, zipper in
             #expect(zipper.statistics.heldFrames == 20)
-            #expect(!FileManager.default.fileExists(atPath: HeldFramesFile.path(besides: file)), "read once")
+            #expect(FileManager.default.fileExists(atPath: HeldFramesFile.path(besides: file)), "kept while its frames are held: a crash now finds them again")
             let again = TracingEndToEndTests.records(secondLogs, "holding again the frames the previous run held for stream functions")
             #expect(again.count == 1 && again.first?["frames"] as? String == "20", "\(again)")
             let got = Inbox<String>()
@@ -803,8 +803,39 @@ struct HeldFramesTests {
             try await worker.connect()
             #expect(await got.wait(for: 20))
             #expect(got.items == texts, "in the order written")
+            #expect(await eventually { !FileManager.default.fileExists(atPath: HeldFramesFile.path(besides: file)) }, "removed once the function has them")
             await worker.close()
         }
+    }
+
+    @Test("a zipper killed after it held again what the previous run kept, before any function took it: the next start holds it again, and the function gets it")
+    func restoredThenKilled() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-held-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = directory + "/zipper.functions"
+        let held = HeldFramesFile.path(besides: file)
+        // What a zipper closed gracefully a moment ago kept: its sources forgot these frames.
+        let texts = (0..<5).map { "kept-\($0)" }
+        let frames = texts.map { DataFrame(tag: 0x69, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
+        #expect(FileManager.default.createFile(atPath: held, contents: Data(HeldFramesFile.encode(frames, closedAt: HeldFramesFile.now()))))
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", file])
+        // Up once a source can connect; it held the frames again before it listened.
+        let probe = Source(name: "probe", zipper: zipper.address, options: .init(retryConnect: true))
+        try await probe.connect()
+        await probe.close()
+        #expect(FileManager.default.fileExists(atPath: held), "kept while its frames are held")
+        await zipper.kill()
+        try zipper.restart()
+        let got = Inbox<String>()
+        let worker = StreamFunction(name: "worker", zipper: zipper.address, options: .init(observedTags: [0x69], retryConnect: true, handlerConcurrency: 1))
+        worker.setHandler { ctx in got.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await worker.connect()
+        #expect(await got.wait(for: 5), "\(got.items)")
+        #expect(got.items == texts, "in the order kept")
+        #expect(await eventually { !FileManager.default.fileExists(atPath: held) }, "removed once the function has them")
+        await worker.close()
+        await zipper.terminate()
     }
 
     @Test("held frames kept by a zipper that closed longer than afterLastObserver ago are dropped at the next start, said once; a file that is none is removed")
