@@ -48,15 +48,7 @@ final class ZipperProcess: @unchecked Sendable {
             + (options.baseline ? [] : ["--slow-consumer", options.slowConsumer, "--stateless-reset-key-file", keyFile]) + extraArguments
             // More flags for the zipper, split at spaces: `--congestion-control cubic`.
             + (ProcessInfo.processInfo.environment["FAULT_BENCH_ZIPPER_ARGS"]?.split(separator: " ").map(String.init) ?? [])
-        if let log = ProcessInfo.processInfo.environment["FAULT_BENCH_ZIPPER_LOG"] {
-            // Appended to: a restarted zipper's lines follow its predecessor's.
-            if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
-            let handle = FileHandle(forWritingAtPath: log)
-            handle?.seekToEndOfFile()
-            process.standardError = handle
-        } else {
-            process.standardError = FileHandle.nullDevice
-        }
+        process.standardError = appendingLog(named: "FAULT_BENCH_ZIPPER_LOG")
         process.standardOutput = FileHandle.nullDevice
         try process.run()
     }
@@ -88,6 +80,17 @@ final class ZipperProcess: @unchecked Sendable {
         process.terminate()
         process.waitUntilExit()
     }
+}
+
+/// The file the environment variable `variable` names, for a child's
+/// stderr, appended to: a restarted process's lines follow its
+/// predecessor's. Without the variable, nowhere.
+func appendingLog(named variable: String) -> FileHandle? {
+    guard let log = ProcessInfo.processInfo.environment[variable] else { return FileHandle.nullDevice }
+    if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
+    let handle = FileHandle(forWritingAtPath: log)
+    handle?.seekToEndOfFile()
+    return handle
 }
 
 /// Waits until `condition` holds, polling; false after `timeout`.
@@ -1052,14 +1055,7 @@ struct Chaos: AsyncParsableCommand {
             process.executableURL = URL(fileURLWithPath: executable)
             process.arguments = ["--zipper", address, "--observe", observed, "--emit", "0x42"] + (pipe ? ["--pipe"] : [])
                 + (ProcessInfo.processInfo.environment["FAULT_BENCH_FUNCTION_ARGS"]?.split(separator: " ").map(String.init) ?? [])
-            if let log = ProcessInfo.processInfo.environment["FAULT_BENCH_FUNCTION_LOG"] {
-                if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
-                let handle = FileHandle(forWritingAtPath: log)
-                handle?.seekToEndOfFile()
-                process.standardError = handle
-            } else {
-                process.standardError = FileHandle.nullDevice
-            }
+            process.standardError = appendingLog(named: "FAULT_BENCH_FUNCTION_LOG")
             process.standardOutput = FileHandle.nullDevice
             try process.run()
             return process

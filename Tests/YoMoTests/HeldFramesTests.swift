@@ -305,12 +305,18 @@ struct HeldFramesLogicTests {
     }
 }
 
+/// A new directory under the temporary one, named `prefix` and a UUID; the caller removes it.
+func makeTemporaryDirectory(_ prefix: String) throws -> String {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent(prefix + UUID().uuidString).path
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    return directory
+}
+
 @Suite("Frames with no stream function wait for one on its way back", .serialized)
 struct HeldFramesTests {
     @Test("a functions file that cannot be written is tried again each second, not only at the next change: written once it can be")
     func functionsFileRetried() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-functions-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try makeTemporaryDirectory("yomo-functions-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         // Its directory is a regular file for now (root writes anywhere, so no permission would stop it).
         let blocker = directory + "/state"
@@ -810,8 +816,7 @@ struct HeldFramesTests {
 
     @Test("a zipper killed after it held again what the previous run kept, before any function took it: the next start holds it again, and the function gets it")
     func restoredThenKilled() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-held-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try makeTemporaryDirectory("yomo-held-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let file = directory + "/zipper.functions"
         let held = HeldFramesFile.path(besides: file)
@@ -840,8 +845,7 @@ struct HeldFramesTests {
 
     @Test("held frames kept by a zipper that closed longer than afterLastObserver ago are dropped at the next start, said once; a file that is none is removed")
     func heldFromLongAgo() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("yomo-held-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = try makeTemporaryDirectory("yomo-held-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let file = directory + "/zipper.functions"
         let frames = (0..<3).map { DataFrame(tag: 0x68, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: "old-\($0)")) }
