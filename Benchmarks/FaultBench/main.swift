@@ -964,7 +964,7 @@ struct Chaos: AsyncParsableCommand {
     @Option(help: "The random generator's seed (default: from the clock); the same seed draws the same faults at the same moments.") var seed: UInt64?
     @Option(help: "The faults to draw from, comma-separated.") var faults = Fault.allCases.map(\.rawValue).joined(separator: ",")
     @Option(help: "Microseconds between the source's writes.") var intervalMicroseconds = 10_000
-    @Option(help: "After the faults, how long the source's flush and the sink may take.") var settleSeconds = 60
+    @Option(help: "After the faults, how long the source's flush may take, and how long the sink may go without a new frame before the missing ones count as lost (a slow function drains its backlog meanwhile).") var settleSeconds = 60
     @Option(help: "The longest a process stays down (killed, stopped) or stopped before it is back; over the idle timeout (5 s), a stopped one loses its connections.") var maxAwayMs = 1500
     @Flag(help: "Run uppercase-sfn with its async handler instead of its pipe handler.") var asyncHandler = false
     @Flag(help: "The sink observes the source's tag itself: uppercase-sfn (still faulted) is off the path.") var direct = false
@@ -1126,8 +1126,15 @@ struct Chaos: AsyncParsableCommand {
         let settleStart = clock.now
         var flushed = "yes"
         do { try await source.flush(timeout: .seconds(settleSeconds)) } catch { flushed = "no (\(error))" }
-        let all = await waitUntil(.seconds(settleSeconds)) {
-            received.withLock { got in (1...total).allSatisfy { got.contains($0) || refused.withLock { $0 }.contains($0) } }
+        // Until every frame arrived, or none more did for settleSeconds: a function
+        // slower than the source still drains its backlog after the faults.
+        var all = false
+        var lastCount = -1
+        while !all, received.withLock({ $0.count }) != lastCount {
+            lastCount = received.withLock { $0.count }
+            all = await waitUntil(.seconds(settleSeconds)) {
+                received.withLock { got in (1...total).allSatisfy { got.contains($0) || refused.withLock { $0 }.contains($0) } }
+            }
         }
         let settled = clock.now - settleStart
         let refusedSet = Set(refused.withLock { $0 })
