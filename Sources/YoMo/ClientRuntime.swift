@@ -1,4 +1,3 @@
-@preconcurrency import Dispatch
 import FoundationEssentials
 import Glibc
 import Synchronization

@@ -301,8 +301,6 @@ final class FunctionStuckInItsHandlers: Sendable {
     }
 }
 
-/// The zipper's connections to the stream functions named `name` (what
-/// `yomo.zipper.client.*` shows of them).
 /// Stream functions of tag 0x33, each dialling the zipper on its own host
 /// (the zipper listens on `host` and keeps `budget` bytes of what they have
 /// not handled), whose handlers wait for `gate`, and a source that wrote
@@ -351,9 +349,7 @@ final class StalledHandlers: Sendable {
 
     /// The functions' connections at the zipper.
     func connections() -> [ClientConnectionHealth] {
-        zipper.clientConnections().filter { connection in
-            connection.member.clientType == .streamFunction && functions.contains { $0.name == connection.member.name }
-        }
+        functions.flatMap { functionConnections(zipper, named: $0.name) }
     }
 
     func close() async {
@@ -363,6 +359,8 @@ final class StalledHandlers: Sendable {
     }
 }
 
+/// The zipper's connections to the stream functions named `name` (what
+/// `yomo.zipper.client.*` shows of them).
 func functionConnections(_ zipper: Zipper, named name: String) -> [ClientConnectionHealth] {
     zipper.clientConnections().filter { $0.member.clientType == .streamFunction && $0.member.name == name }
 }
