@@ -1094,6 +1094,8 @@ struct Chaos: AsyncParsableCommand {
         var applied: [String: Int] = [:]
         // At most one fault at a time on each process; the two may overlap.
         var running: [Bool: Task<Void, Never>] = [:]
+        // How long each SIGTERM took to end its process, by whether it was the zipper's.
+        let termExits = Locked<[Bool: [Duration]]>([:])
         while clock.now - started < .seconds(seconds) {
             try await Task.sleep(for: .milliseconds(Int.random(in: 100...2500, using: &random)))
             let fault = chosen.randomElement(using: &random)!
@@ -1112,8 +1114,10 @@ struct Chaos: AsyncParsableCommand {
                     child.signal(SIGCONT)
                 case .zipperKill, .functionKill, .zipperTerm, .functionTerm:
                     let isKill = fault == .zipperKill || fault == .functionKill
+                    let signalled = clock.now
                     child.signal(isKill ? SIGKILL : SIGTERM)
                     await child.waitForExit()
+                    if !isKill { termExits.update { $0[fault.onZipper, default: []].append(clock.now - signalled) } }
                     try? await Task.sleep(for: away)
                     do { try child.restart() } catch { print("restart failed: \(error)") }
                 }
@@ -1149,6 +1153,11 @@ struct Chaos: AsyncParsableCommand {
             print("dropped_by_zipper_said=\(framesDroppedSaid(in: zipperLog)) (frames its warnings say it dropped, answers too; in \(zipperLog))")
         }
         if !twice.isEmpty { print("received more than once: \(ranges(Array(Set(twice)).sorted()).prefix(30).joined(separator: ", "))") }
+        // A graceful close that waits out its deadline shows here (5 s: shutdownTimeout).
+        for (onZipper, times) in termExits.update({ $0 }).sorted(by: { !$0.key && $1.key }) {
+            let ms = times.map { Double($0.components.seconds) * 1000 + Double($0.components.attoseconds) / 1e15 }.sorted()
+            print(String(format: "sigterm_to_exit_ms %@: median %.0f, max %.0f (%d)", onZipper ? "zipper" : "function", ms[ms.count / 2], ms.last!, ms.count))
+        }
         await source.close()
         await sink.close()
         upper.signal(SIGKILL)
@@ -1156,6 +1165,13 @@ struct Chaos: AsyncParsableCommand {
         await zipper.waitForExit(limit: .seconds(10))
         await upper.waitForExit(limit: .seconds(5))
     }
+}
+
+/// A value shared with tasks that outlive the statement that made them.
+final class Locked<Value: Sendable>: Sendable {
+    private let value: Mutex<Value>
+    init(_ value: Value) { self.value = Mutex(value) }
+    func update<T: Sendable>(_ body: (inout Value) -> T) -> T { value.withLock { body(&$0) } }
 }
 
 /// The frames a zipper's warnings say it dropped (`frames=N` of each WARN line about a drop).

@@ -85,14 +85,16 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
         for producer in producers { producer.resume() }
     }
 
+    var isEmpty: Bool { state.withLock { $0.count == 0 } }
+
     /// What the queued elements weigh together.
     var queuedWeight: Int { state.withLock { $0.weight } }
 
-    /// Finishes the queue and drops what it holds; returns how many.
-    func discardQueued() -> Int {
+    /// Finishes the queue and drops what it holds; returns what it held.
+    func discardQueued() -> [Element] {
         let (dropped, producers) = state.withLock { state in
             state.finished = true
-            let dropped = state.count
+            let dropped = state.items[state.head...].map(\.element)
             (state.items, state.head, state.weight) = ([], 0, 0)
             defer { state.producers.removeAll() }
             return (dropped, state.producers)

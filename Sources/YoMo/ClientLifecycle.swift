@@ -70,7 +70,14 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
         self.random = random
     }
 
-    /// Draining or closed (or delivering before closing): no new work, writes fail.
+    /// Redialling after close() to deliver what is held.
+    var isDelivering: Bool {
+        if case .delivering = state { return true }
+        return false
+    }
+
+    /// Draining or closed (or delivering before closing): no new work; writes
+    /// fail, but for a running handler's while delivering.
     var isClosing: Bool {
         if case .delivering = state { return true }
         return state == .draining || state == .closed
@@ -161,8 +168,9 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
     }
 
     /// `holdingFrames`: writes are held for the next connection (the outage
-    /// buffer, frames to send again): a reconnect is then pursued until the
-    /// close deadline to deliver them, rather than dropping them at once.
+    /// buffer, frames to send again), or handlers still at work will write
+    /// some: a reconnect is then pursued until the close deadline to deliver
+    /// them, rather than dropping them at once.
     mutating func closeRequested(holdingFrames: Bool = false) -> Action {
         switch state {
         case .idle:
@@ -182,8 +190,9 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
         }
     }
 
-    /// The close deadline came while still redialling to deliver held frames.
-    mutating func closeDeadlinePassed() -> Action {
+    /// The close deadline came while still redialling to deliver held frames,
+    /// or nothing is left to deliver (the handlers that were at work wrote nothing).
+    mutating func stopDelivering() -> Action {
         guard case .delivering = state else { return .none }
         state = .draining
         return .cancelWait

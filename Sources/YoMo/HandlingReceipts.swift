@@ -205,6 +205,9 @@ final class HandlingLedger: Sendable {
         }
     }
 
+    /// The end of the frames the zipper was last told handled.
+    var toldThrough: Int { state.withLock { $0.told } }
+
     /// Whether every frame read was handled and told.
     /// (As of the last `advance`, which marks what finished.)
     var isQuiet: Bool { state.withLock { $0.handledCount == $0.entries.count && $0.handled <= $0.told } }

@@ -479,6 +479,9 @@ public final class Zipper: Sendable {
         return statistics
     }
 
+    /// The connections a frame of `tag` is routed to now (tests).
+    func routesForTesting(tag: UInt32) -> [UInt64] { state.withLock { $0.routes.destinations(tag: tag, target: nil) } }
+
     /// Holds receipts back (tests: a path that lost them).
     func pauseReceiptsForTesting(_ paused: Bool) { receipts.pausedForTesting.store(paused, ordering: .relaxed) }
 
@@ -1124,6 +1127,7 @@ public final class Zipper: Sendable {
                     if welcomesHandling, case .receipt(let handled) = frame {
                         let quic = connection.connection
                         quic.releaseRetained(through: min(Int(clamping: handled.settledThrough), quic.sendProgress.written))
+                        if handled.closing { stopRouting(to: member, logger: connectionLogger) }
                     }
                     continue
                 }
@@ -1192,6 +1196,22 @@ public final class Zipper: Sendable {
               let resumed = Self.reconnection(of: handshake.resumes), let current = Self.reconnection(of: handshake.id),
               resumed.base == current.base else { return nil }
         return state.withLock { $0.endedLedgers.removeValue(forKey: handshake.resumes) }
+    }
+
+    /// A stream function said it is closing (`ReceiptFrame.closing`): nothing
+    /// more is routed to it. Its tags' frames go to its namesakes, or are held
+    /// for its return, as after its end; it finishes the frames on their way
+    /// and closes at a quiet moment, which a steady source never gave while
+    /// frames kept coming (every such close took its whole shutdownTimeout;
+    /// fortieth round of issue 14). Its end does the rest.
+    private func stopRouting(to member: RouteMember, logger: Logger) {
+        let stopped = state.withLock { state -> Bool in
+            guard state.routes.members[member.connectionID] != nil else { return false }
+            state.routes.remove(member.connectionID)
+            state.held.observerLeft(member, stillObserved: state.routes.tagsObserved(byName: member.name), now: .now)
+            return true
+        }
+        if stopped { logger.info("stream function closing: no more frames are routed to it") }
     }
 
     /// A frame whose write found a stream function's connection ended: held

@@ -151,11 +151,17 @@ public struct ReceiptFrame: Hashable, Sendable {
     /// the zipper's stream to the function, the end of the frames whose
     /// handlers finished.
     public var welcomesHandling: Bool
+    /// In a stream function's receipt: it is closing, and asks the zipper to
+    /// route nothing more to it (sequence id 0x04): it finishes what it has,
+    /// and the zipper gives the rest to its namesakes or holds it for its
+    /// return. A zipper that does not know the field reads a plain receipt.
+    public var closing: Bool
 
-    public init(settledThrough: UInt64, previousRoutedThrough: UInt64? = nil, welcomesHandling: Bool = false) {
+    public init(settledThrough: UInt64, previousRoutedThrough: UInt64? = nil, welcomesHandling: Bool = false, closing: Bool = false) {
         self.settledThrough = settledThrough
         self.previousRoutedThrough = previousRoutedThrough
         self.welcomesHandling = welcomesHandling
+        self.closing = closing
     }
 }
 
@@ -356,7 +362,8 @@ extension Frame {
         case .receipt(let frame):
             buffer.writeNodeHeader(
                 .receipt,
-                bodyLength: childSize(8) + (frame.previousRoutedThrough == nil ? 0 : childSize(8)) + (frame.welcomesHandling ? childSize(1) : 0))
+                bodyLength: childSize(8) + (frame.previousRoutedThrough == nil ? 0 : childSize(8)) + (frame.welcomesHandling ? childSize(1) : 0)
+                    + (frame.closing ? childSize(1) : 0))
             buffer.writeChildHeader(0x01, length: 8)
             buffer.writeInteger(frame.settledThrough)
             if let previous = frame.previousRoutedThrough {
@@ -365,6 +372,10 @@ extension Frame {
             }
             if frame.welcomesHandling {
                 buffer.writeChildHeader(0x03, length: 1)
+                buffer.writeInteger(UInt8(1))
+            }
+            if frame.closing {
+                buffer.writeChildHeader(0x04, length: 1)
                 buffer.writeInteger(UInt8(1))
             }
         }
@@ -490,10 +501,12 @@ extension ReceiptFrame {
         var settled: UInt64?
         var previous: UInt64?
         var welcomes = false
+        var closes = false
         try body.withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
             try Y3.forEachChild(of: bytes) { (sequenceID, start, length) throws(WireError) in
-                if sequenceID == 0x03 {
-                    welcomes = bytes[start..<start + length].contains { $0 != 0 }
+                if sequenceID == 0x03 || sequenceID == 0x04 {
+                    let set = bytes[start..<start + length].contains { $0 != 0 }
+                    if sequenceID == 0x03 { welcomes = set } else { closes = set }
                     return
                 }
                 guard sequenceID == 0x01 || sequenceID == 0x02 else { return }
@@ -508,6 +521,7 @@ extension ReceiptFrame {
         settledThrough = settled
         previousRoutedThrough = previous
         welcomesHandling = welcomes
+        closing = closes
     }
 }
 

@@ -204,6 +204,62 @@ struct HandlerLifecycleTests {
         await closing.value
     }
 
+    @Test("close() while redialling a dead zipper, handlers still at work: their answers are held and reach the zipper that comes back before the close deadline",
+          arguments: [false, true])
+    func closeWhileRedialingDeliversAnswers(pipe: Bool) async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let gate = Gate()
+        let entered = Inbox<String>()
+        let lines = Inbox<String>()
+        var logger = Logger(label: "test.function") { _ in CapturingLogHandler(lines: lines) }
+        logger.logLevel = .info
+        let quick = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .milliseconds(200))
+        let sfn = StreamFunction(name: "upper", zipper: zipper.address, options: .init(
+            observedTags: [0x66], logger: logger, reconnect: quick, shutdownTimeout: .seconds(20)))
+        @Sendable func upper(_ data: [UInt8]) -> [UInt8] { Array(String(decoding: data, as: UTF8.self).uppercased().utf8) }
+        if pipe {
+            sfn.setPipeHandler { input, output in
+                for await frame in input {
+                    entered.append(String(decoding: frame.data, as: UTF8.self))
+                    await gate.wait()
+                    try await output.write(tag: 0x67, data: upper(Array(frame.data)))
+                }
+            }
+        } else {
+            sfn.setHandler { ctx in
+                entered.append(String(decoding: ctx.data, as: UTF8.self))
+                await gate.wait()
+                try await ctx.write(tag: 0x67, data: upper(Array(ctx.data)))
+            }
+        }
+        let source = Source(name: "asker", zipper: zipper.address, options: .init(retryConnect: true))
+        try await source.connect()
+        try await sfn.connect()
+        try await source.write(tag: 0x66, data: Array("answer me".utf8))
+        #expect(await entered.wait(for: 1))
+        // The zipper dies with the frame in the handler; the function redials in vain.
+        await zipper.kill()
+        await source.close()
+        await sfn.client.dropConnectionForTesting()
+        #expect(await eventually { lines.items.contains { $0.contains("reconnect failed") } }, "\(lines.items)")
+        let closing = Task { await sfn.close() }
+        #expect(await eventually { lines.items.contains { $0.contains("deliver what the handlers still running write") } }, "\(lines.items)")
+        gate.open()
+        // The answer waits for the next connection; before, it failed ("closed while this frame was written").
+        #expect(await eventually { sfn.client.outageStatistics.pendingFrames == 1 }, "\(sfn.client.outageStatistics)")
+        try zipper.restart()
+        let (sink, received) = (StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x67], retryConnect: true)), Inbox<String>())
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        #expect(await received.wait(for: 1, timeout: .seconds(20)))
+        #expect(received.items == ["ANSWER ME"], "\(received.items)")
+        await closing.value
+        #expect(sfn.client.endReason?.code == .closed)
+        #expect(!lines.items.contains { $0.contains("dropped the frames") || $0.contains("closed while this frame was written") }, "\(lines.items)")
+        await sink.close()
+        await zipper.kill()
+    }
+
     @Test("a write larger than a zipper takes is refused before it is sent; the source and the handler's connection serve on")
     func oversizedWritesRefused() async throws {
         try await withZipper { address, _ in

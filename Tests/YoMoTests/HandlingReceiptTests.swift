@@ -100,6 +100,93 @@ struct HandlingReceiptTests {
         await zipper.close()
     }
 
+    /// The handlers of a function being closed, and what waits for them.
+    enum ClosingWith: String, CaseIterable, Sendable {
+        /// Five async handlers running, nothing else taken.
+        case asyncHandlers
+        /// The pipe handler inside a frame, nothing queued.
+        case pipeHandler
+        /// The pipe handler inside a frame, four queued behind it.
+        case pipeBacklog
+    }
+
+    @Test("a closing function with nothing waiting beyond its handlers asks the zipper to route nothing more to it: it handles what it has, the zipper holds what comes after for its next instance; with a backlog it takes frames on; each frame handled once",
+          arguments: ClosingWith.allCases)
+    func closeLeavesTheRestToTheNextInstance(_ closingWith: ClosingWith) async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let pipe = closingWith != .asyncHandlers
+        let gate = Gate()
+        let entered = Inbox<String>()
+        let handled = Inbox<String>()
+        @Sendable func worker(_ label: String, waits: Bool) -> StreamFunction {
+            let function = StreamFunction(name: "worker", zipper: address, options: .init(observedTags: [0x33], shutdownTimeout: .seconds(30)))
+            @Sendable func handle(_ data: [UInt8]) async {
+                let text = String(decoding: data, as: UTF8.self)
+                entered.append("\(label):\(text)")
+                if waits { await gate.wait() }
+                handled.append(text)
+            }
+            if pipe {
+                function.setPipeHandler { input, _ in for await frame in input { await handle(frame.data) } }
+            } else {
+                function.setHandler { ctx in await handle(Array(ctx.data)) }
+            }
+            return function
+        }
+        let first = worker("first", waits: true)
+        try await first.connect()
+        let source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        let texts = (0..<10).map { "frame-\($0)" }
+        let before = closingWith == .pipeHandler ? 1 : 5
+        for text in texts.prefix(before) { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+        #expect(await entered.wait(for: pipe ? 1 : 5))
+        #expect(await eventually {
+            guard let bytes = functionConnections(zipper, named: "worker").first else { return false }
+            return bytes.unacknowledgedBytes == 0 && bytes.retainedBytes >= before * 30
+        }, "\(functionConnections(zipper, named: "worker"))")
+        let closing = Task { await first.close() }
+        #expect(await eventually { first.client.isClosingForTesting })
+        if closingWith == .pipeBacklog {
+            // Frames wait for its pipe handler: the zipper is not asked, and
+            // what comes next still reaches it, to be worked off before the deadline.
+            for text in texts.dropFirst(before) { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+            #expect(await eventually {
+                guard let bytes = functionConnections(zipper, named: "worker").first else { return false }
+                return bytes.unacknowledgedBytes == 0 && bytes.retainedBytes >= 10 * 30
+            }, "\(functionConnections(zipper, named: "worker"))")
+            #expect(zipper.statistics.heldFrames == 0 && zipper.routesForTesting(tag: 0x33).count == 1)
+        } else {
+            #expect(await eventually { zipper.routesForTesting(tag: 0x33).isEmpty }, "the closing function left the routes")
+            #expect(zipper.clientConnections().contains { $0.member.name == "worker" }, "and is still connected")
+            for text in texts.dropFirst(before) { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+            // Held for the function's next instance; before, routed to the closing one,
+            // which took them until a quiet moment that a steady source never gives.
+            #expect(await eventually { zipper.statistics.heldFrames == 10 - before }, "\(zipper.statistics)")
+            #expect(entered.items.count == before, "\(entered.items)")
+        }
+        gate.open()
+        await closing.value
+        #expect(first.client.endReason?.code == .closed)
+        let firstTook = closingWith == .pipeBacklog ? texts : Array(texts.prefix(before))
+        #expect(Set(entered.items) == Set(firstTook.map { "first:\($0)" }), "\(entered.items)")
+
+        let second = worker("second", waits: false)
+        try await second.connect()
+        #expect(await handled.wait(for: 10), "\(handled.items)")
+        // Nothing more comes: each handled once, by one of the two.
+        try await source.write(tag: 0x33, data: Array("last".utf8))
+        #expect(await handled.wait(for: 11), "\(handled.items)")
+        #expect(handled.items.sorted() == (texts + ["last"]).sorted(), "\(handled.items)")
+        if pipe { #expect(handled.items == texts + ["last"], "a pipe handler's frames in order across the two") }
+        #expect(Set(entered.items.filter { $0.hasPrefix("second:") }) == Set((texts.dropFirst(firstTook.count) + ["last"]).map { "second:\($0)" }))
+        await source.close()
+        await second.close()
+        await zipper.close()
+    }
+
     @Test("stream functions whose handlers stall keep no more at the zipper than limits.max_unhandled_bytes together, and what one had not handled past its share is counted at its end")
     func retentionBudget() async throws {
         let budget = 96 << 10
@@ -213,7 +300,7 @@ struct HandlingReceiptTests {
         #expect(next.advance(acknowledged: 20) == (nil, false), "nothing left: idle until the next frame")
     }
 
-    @Test("handshake field 0C and receipt field 03 round-trip, and a decoder that knows neither skips them")
+    @Test("handshake field 0C and receipt fields 03 and 04 round-trip, and a decoder that does not know a field skips it")
     func wire() throws {
         let handshake = HandshakeFrame(name: "f", id: "id", clientType: .streamFunction, wantsReceipts: true, acknowledgesHandling: true)
         var decoder = FrameDecoder()
@@ -232,6 +319,17 @@ struct HandlingReceiptTests {
             return
         }
         #expect(!decoded.welcomesHandling)
+        // A closing function's notice: field 04, three bytes more; a decoder
+        // that does not know a field (04 made 06 here) reads a plain receipt.
+        let notice = ReceiptFrame(settledThrough: 77, closing: true)
+        var noticeBytes = Frame.receipt(notice).encoded()
+        #expect(noticeBytes.readableBytes == Frame.receipt(ReceiptFrame(settledThrough: 77)).encoded().readableBytes + 3)
+        var unknown = noticeBytes
+        let fieldAt = unknown.writerIndex - 3
+        let field = try #require(unknown.getInteger(at: fieldAt, as: UInt8.self))
+        unknown.setInteger(field ^ 0x04 ^ 0x06, at: fieldAt)
+        #expect(try decoder.decodeFrame(buffer: &noticeBytes) == .receipt(notice))
+        #expect(try decoder.decodeFrame(buffer: &unknown) == .receipt(ReceiptFrame(settledThrough: 77)))
     }
 }
 

@@ -496,19 +496,19 @@ struct ClientLifecycleTests {
         }
         var delivered = reconnecting()
         #expect(delivered.closeRequested(holdingFrames: true) == .deliverBeforeClosing)
-        #expect(delivered.state == .delivering(attempt: 1) && delivered.isClosing && !delivered.cancelsDials, "writes fail, dials go on")
+        #expect(delivered.state == .delivering(attempt: 1) && delivered.isClosing && !delivered.cancelsDials, "no new work, dials go on")
         #expect(delivered.closeRequested(holdingFrames: true) == .none, "closing twice is harmless")
         #expect(delivered.waitEnded() == .dial)
         if case .dialAfter = delivered.dialFailed(final: false) {} else { Issue.record("a failed dial is retried: \(delivered.state)") }
         #expect(delivered.state == .delivering(attempt: 2))
         #expect(delivered.dialSucceeded() == .drain, "connected: deliver, then close")
         #expect(delivered.state == .draining && delivered.cancelsDials)
-        #expect(delivered.closeDeadlinePassed() == .none, "the deadline after the reconnect changes nothing here")
+        #expect(delivered.stopDelivering() == .none, "the deadline after the reconnect changes nothing here")
         #expect(delivered.drained() == .end(.closed))
 
         var late = reconnecting()
         _ = late.closeRequested(holdingFrames: true)
-        #expect(late.closeDeadlinePassed() == .cancelWait, "at the deadline the dial is cancelled")
+        #expect(late.stopDelivering() == .cancelWait, "at the deadline the dial is cancelled")
         #expect(late.state == .draining)
         #expect(late.dialFailed(final: false) == .end(.closed), "the cancelled dial ends the client")
 
