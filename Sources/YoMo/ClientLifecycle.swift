@@ -149,9 +149,27 @@ struct ClientLifecycle<Random: RandomNumberGenerator & Sendable>: Sendable {
         case .draining:
             state = .closed
             return .end(.closed)
-        case .idle, .connecting, .reconnecting, .delivering, .closed:
+        case .delivering(let attempt):
+            // Lost under a close (`lostWhileDraining`): redial to deliver.
+            guard !final else {
+                state = .closed
+                return .end(.closed)
+            }
+            state = .delivering(attempt: attempt + 1)
+            return .dialAfter(policy.delay(beforeAttempt: attempt + 1, using: &random))
+        case .idle, .connecting, .reconnecting, .closed:
             return .none
         }
+    }
+
+    /// The connection was lost (not closed by this side, not by the zipper's
+    /// word) while draining: what the handlers still write, and what the
+    /// zipper had not settled, is delivered on a new connection until the
+    /// close deadline, as when `close()` came while reconnecting.
+    mutating func lostWhileDraining() -> Action {
+        guard state == .draining else { return .none }
+        state = .delivering(attempt: 0)
+        return .deliverBeforeClosing
     }
 
     /// A `dialAfter` wait is over (or was cancelled).

@@ -547,7 +547,14 @@ final class ClientRuntime: Sendable {
                 // Closing: the handlers' last writes go out on this connection,
                 // and then the word of what they handled: the zipper holds the rest
                 // for this function's next instance, and would send it the handled ones too.
-                if state.withLock({ $0.lifecycle.isClosing }) {
+                // Unless the connection was lost under the close (a zipper killed
+                // meanwhile): then they go out on the next one, as below.
+                let closing = state.withLock { $0.lifecycle.isClosing }
+                if closing, let ended, Self.isLoss(ended), !ClientCore.isFinal(ended, policy: setup.settings.reconnect),
+                   handlers.areWorking || current.keptFrames > 0 || state.withLock({ $0.outage.count > 0 }) {
+                    // The handlers run on; their writes wait for the next connection.
+                    deliverAfterLossUnderClose()
+                } else if closing {
                     await drainHandlers(handlers, setup, &group)
                     if let handling = current.handling { tellHandledOnce(handling, on: current) }
                 }
@@ -576,6 +583,11 @@ final class ClientRuntime: Sendable {
                         "zipper_addr": "\(current.zipper)", "error": "\(reason)", "retry_in": "\(wait)",
                         "unacknowledged_frames_to_resend": "\(unacknowledged.count)",
                     ])
+                    // Lost under a close: watched from now, with what it kept held to be sent again.
+                    let (lostUnderClose, deadline) = state.withLock {
+                        ($0.lifecycle.state == .delivering(attempt: 1), $0.closeDeadline)
+                    }
+                    if lostUnderClose, let deadline { Task { await self.stopDelivering(at: deadline, handlers) } }
                     setup.errorHandler?(reason)
                     await current.connection.close(reason: ClientCore.closeReason(after: ended, otherwise: "reconnecting"))
                     session = nil
@@ -619,6 +631,23 @@ final class ClientRuntime: Sendable {
                 }
             }
         }
+    }
+
+    /// The connection was lost while draining for a close, with something
+    /// left to deliver: what the handlers still write, what the zipper had
+    /// not settled. The serving loop redials for it until the close deadline
+    /// (and watches that deadline once it has taken back what the lost
+    /// connection kept).
+    private func deliverAfterLossUnderClose() {
+        if state.withLock({ $0.lifecycle.lostWhileDraining() }) == .deliverBeforeClosing {
+            logger.info("closing: the connection was lost under the close; reconnecting until the close deadline to deliver what is left")
+        }
+    }
+
+    /// The connection ended by a loss, not by this side's close.
+    private static func isLoss(_ error: any Error) -> Bool {
+        guard let quic = error as? QUICError else { return true }
+        return quic.kind != .closedLocally
     }
 
     /// Waits `delay`, then dials; nil when close() came first.
@@ -1006,6 +1035,13 @@ final class ClientRuntime: Sendable {
                 // it was queued before the end, the zipper may get it twice).
                 // A final end (the zipper closed with a reason) is not followed
                 // by a reconnect: holding the frame would only drop it later.
+                // Lost under a close: the serving loop may not have seen it yet.
+                if Self.isLoss(failure), state.withLock({ state in
+                    state.lifecycle.state == .draining && state.session === session
+                        && !ClientCore.isFinal(failure, policy: state.lifecycle.policy)
+                }) {
+                    deliverAfterLossUnderClose()
+                }
                 route = state.withLock { state in
                     let final = ClientCore.isFinal(failure, policy: state.lifecycle.policy)
                     if state.session === session { state.session = nil }

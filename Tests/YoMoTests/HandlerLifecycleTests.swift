@@ -260,6 +260,47 @@ struct HandlerLifecycleTests {
         await zipper.kill()
     }
 
+    @Test("a zipper killed while a function closes, a handler still at work: the function redials until its close deadline, and the answer reaches the zipper that comes back")
+    func zipperKilledUnderTheClose() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let gate = Gate()
+        let entered = Inbox<String>()
+        let lines = Inbox<String>()
+        var logger = Logger(label: "test.function") { _ in CapturingLogHandler(lines: lines) }
+        logger.logLevel = .info
+        let quick = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .milliseconds(200))
+        let sfn = StreamFunction(name: "upper", zipper: zipper.address, options: .init(
+            observedTags: [0x68], logger: logger, reconnect: quick, shutdownTimeout: .seconds(20)))
+        sfn.setHandler { ctx in
+            entered.append(String(decoding: ctx.data, as: UTF8.self))
+            await gate.wait()
+            try await ctx.write(tag: 0x69, data: Array(String(decoding: ctx.data, as: UTF8.self).uppercased().utf8))
+        }
+        let source = Source(name: "asker", zipper: zipper.address, options: .init(retryConnect: true))
+        try await source.connect()
+        try await sfn.connect()
+        try await source.write(tag: 0x68, data: Array("answer me".utf8))
+        #expect(await entered.wait(for: 1))
+        await source.close()
+        let closing = Task { await sfn.close() }
+        #expect(await eventually { sfn.client.isClosingForTesting })
+        await zipper.kill()
+        // The answer is written after the zipper died: before, it was lost with the close.
+        gate.open()
+        #expect(await eventually { lines.items.contains { $0.contains("lost under the close") } }, "\(lines.items)")
+        try zipper.restart()
+        let (sink, received) = (StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x69], retryConnect: true)), Inbox<String>())
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        #expect(await received.wait(for: 1, timeout: .seconds(20)))
+        #expect(received.items == ["ANSWER ME"], "\(received.items)")
+        await closing.value
+        #expect(sfn.client.endReason?.code == .closed)
+        #expect(!lines.items.contains { $0.contains("dropped the frames") || $0.contains("closed while this frame was written") }, "\(lines.items)")
+        await sink.close()
+        await zipper.kill()
+    }
+
     @Test("a write larger than a zipper takes is refused before it is sent; the source and the handler's connection serve on")
     func oversizedWritesRefused() async throws {
         try await withZipper { address, _ in

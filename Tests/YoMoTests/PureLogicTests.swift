@@ -518,6 +518,22 @@ struct ClientLifecycleTests {
 
         var nothingHeld = reconnecting()
         #expect(nothingHeld.closeRequested(holdingFrames: false) == .cancelWait)
+
+        // Lost under a close (draining): redialled to deliver, until a final end.
+        var lost = reconnecting()
+        _ = lost.dialSucceeded()
+        #expect(lost.lostWhileDraining() == .none, "serving, not closing")
+        #expect(lost.closeRequested() == .stopReading)
+        #expect(lost.lostWhileDraining() == .deliverBeforeClosing)
+        #expect(lost.state == .delivering(attempt: 0) && lost.lostWhileDraining() == .none)
+        if case .dialAfter = lost.connectionLost(final: false) {} else { Issue.record("redialled: \(lost.state)") }
+        #expect(lost.state == .delivering(attempt: 1))
+        #expect(lost.dialSucceeded() == .drain)
+        var refusedAfterLoss = reconnecting()
+        _ = refusedAfterLoss.dialSucceeded()
+        _ = refusedAfterLoss.closeRequested()
+        _ = refusedAfterLoss.lostWhileDraining()
+        #expect(refusedAfterLoss.connectionLost(final: true) == .end(.closed))
     }
 }
 
