@@ -208,97 +208,32 @@ struct HandlerLifecycleTests {
           arguments: [false, true])
     func closeWhileRedialingDeliversAnswers(pipe: Bool) async throws {
         let zipper = try ZipperProcess(port: try await freePort())
-        let gate = Gate()
-        let entered = Inbox<String>()
-        let lines = Inbox<String>()
-        var logger = Logger(label: "test.function") { _ in CapturingLogHandler(lines: lines) }
-        logger.logLevel = .info
-        let quick = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .milliseconds(200))
-        let sfn = StreamFunction(name: "upper", zipper: zipper.address, options: .init(
-            observedTags: [0x66], logger: logger, reconnect: quick, shutdownTimeout: .seconds(20)))
-        @Sendable func upper(_ data: [UInt8]) -> [UInt8] { Array(String(decoding: data, as: UTF8.self).uppercased().utf8) }
-        if pipe {
-            sfn.setPipeHandler { input, output in
-                for await frame in input {
-                    entered.append(String(decoding: frame.data, as: UTF8.self))
-                    await gate.wait()
-                    try await output.write(tag: 0x67, data: upper(Array(frame.data)))
-                }
-            }
-        } else {
-            sfn.setHandler { ctx in
-                entered.append(String(decoding: ctx.data, as: UTF8.self))
-                await gate.wait()
-                try await ctx.write(tag: 0x67, data: upper(Array(ctx.data)))
-            }
-        }
-        let source = Source(name: "asker", zipper: zipper.address, options: .init(retryConnect: true))
-        try await source.connect()
-        try await sfn.connect()
-        try await source.write(tag: 0x66, data: Array("answer me".utf8))
-        #expect(await entered.wait(for: 1))
+        let asked = try await AnswerInAHandler(pipe: pipe, zipper: zipper.address)
+        let function = asked.function
         // The zipper dies with the frame in the handler; the function redials in vain.
         await zipper.kill()
-        await source.close()
-        await sfn.client.dropConnectionForTesting()
-        #expect(await eventually { lines.items.contains { $0.contains("reconnect failed") } }, "\(lines.items)")
-        let closing = Task { await sfn.close() }
-        #expect(await eventually { lines.items.contains { $0.contains("deliver what the handlers still running write") } }, "\(lines.items)")
-        gate.open()
+        await function.client.dropConnectionForTesting()
+        #expect(await eventually { asked.logged("reconnect failed") }, "\(asked.lines.items)")
+        let closing = Task { await function.close() }
+        #expect(await eventually { asked.logged("deliver what the handlers still running write") }, "\(asked.lines.items)")
+        asked.gate.open()
         // The answer waits for the next connection; before, it failed ("closed while this frame was written").
-        #expect(await eventually { sfn.client.outageStatistics.pendingFrames == 1 }, "\(sfn.client.outageStatistics)")
-        try zipper.restart()
-        let (sink, received) = (StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x67], retryConnect: true)), Inbox<String>())
-        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await sink.connect()
-        #expect(await received.wait(for: 1, timeout: .seconds(20)))
-        #expect(received.items == ["ANSWER ME"], "\(received.items)")
-        await closing.value
-        #expect(sfn.client.endReason?.code == .closed)
-        #expect(!lines.items.contains { $0.contains("dropped the frames") || $0.contains("closed while this frame was written") }, "\(lines.items)")
-        await sink.close()
-        await zipper.kill()
+        #expect(await eventually { function.client.outageStatistics.pendingFrames == 1 }, "\(function.client.outageStatistics)")
+        try await asked.expectAnswer(afterRestarting: zipper, closing)
     }
 
     @Test("a zipper killed while a function closes, a handler still at work: the function redials until its close deadline, and the answer reaches the zipper that comes back")
     func zipperKilledUnderTheClose() async throws {
         let zipper = try ZipperProcess(port: try await freePort())
-        let gate = Gate()
-        let entered = Inbox<String>()
-        let lines = Inbox<String>()
-        var logger = Logger(label: "test.function") { _ in CapturingLogHandler(lines: lines) }
-        logger.logLevel = .info
-        let quick = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .milliseconds(200))
-        let sfn = StreamFunction(name: "upper", zipper: zipper.address, options: .init(
-            observedTags: [0x68], logger: logger, reconnect: quick, shutdownTimeout: .seconds(20)))
-        sfn.setHandler { ctx in
-            entered.append(String(decoding: ctx.data, as: UTF8.self))
-            await gate.wait()
-            try await ctx.write(tag: 0x69, data: Array(String(decoding: ctx.data, as: UTF8.self).uppercased().utf8))
-        }
-        let source = Source(name: "asker", zipper: zipper.address, options: .init(retryConnect: true))
-        try await source.connect()
-        try await sfn.connect()
-        try await source.write(tag: 0x68, data: Array("answer me".utf8))
-        #expect(await entered.wait(for: 1))
-        await source.close()
-        let closing = Task { await sfn.close() }
-        #expect(await eventually { sfn.client.isClosingForTesting })
+        let asked = try await AnswerInAHandler(pipe: false, zipper: zipper.address)
+        let function = asked.function
+        let closing = Task { await function.close() }
+        #expect(await eventually { function.client.isClosingForTesting })
         await zipper.kill()
         // The answer is written after the zipper died: before, it was lost with the close.
-        gate.open()
-        #expect(await eventually { lines.items.contains { $0.contains("lost under the close") } }, "\(lines.items)")
-        try zipper.restart()
-        let (sink, received) = (StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x69], retryConnect: true)), Inbox<String>())
-        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
-        try await sink.connect()
-        #expect(await received.wait(for: 1, timeout: .seconds(20)))
-        #expect(received.items == ["ANSWER ME"], "\(received.items)")
-        await closing.value
-        #expect(sfn.client.endReason?.code == .closed)
-        #expect(!lines.items.contains { $0.contains("dropped the frames") || $0.contains("closed while this frame was written") }, "\(lines.items)")
-        await sink.close()
-        await zipper.kill()
+        asked.gate.open()
+        #expect(await eventually { asked.logged("lost under the close") }, "\(asked.lines.items)")
+        try await asked.expectAnswer(afterRestarting: zipper, closing)
     }
 
     @Test("a write larger than a zipper takes is refused before it is sent; the source and the handler's connection serve on")
@@ -431,5 +366,60 @@ struct HandlerLifecycleTests {
         let error = await #expect(throws: YoMoError.self) { try await zipper.start() }
         #expect(error?.code == .invalidConfiguration)
         #expect(error?.message == "zipper odd: \(bad.expected)", "\(String(describing: error))")
+    }
+}
+
+/// A stream function "upper" of `zipper` (its log captured) whose handler
+/// took "answer me" on 0x66 and waits for `gate` before it writes
+/// "ANSWER ME" on 0x67; the source that wrote it has closed.
+struct AnswerInAHandler: Sendable {
+    let function: StreamFunction
+    let gate = Gate()
+    let lines = Inbox<String>()
+
+    init(pipe: Bool, zipper: String) async throws {
+        var logger = Logger(label: "test.function") { [lines] _ in CapturingLogHandler(lines: lines) }
+        logger.logLevel = .info
+        let quick = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .milliseconds(200))
+        function = StreamFunction(name: "upper", zipper: zipper, options: .init(
+            observedTags: [0x66], logger: logger, reconnect: quick, shutdownTimeout: .seconds(20)))
+        let (entered, gate) = (Inbox<String>(), gate)
+        @Sendable func answer(_ data: [UInt8]) async -> [UInt8] {
+            let text = String(decoding: data, as: UTF8.self)
+            entered.append(text)
+            await gate.wait()
+            return Array(text.uppercased().utf8)
+        }
+        if pipe {
+            function.setPipeHandler { input, output in
+                for await frame in input { try await output.write(tag: 0x67, data: await answer(frame.data)) }
+            }
+        } else {
+            function.setHandler { ctx in try await ctx.write(tag: 0x67, data: await answer(Array(ctx.data))) }
+        }
+        let source = Source(name: "asker", zipper: zipper, options: .init(retryConnect: true))
+        try await source.connect()
+        try await function.connect()
+        try await source.write(tag: 0x66, data: Array("answer me".utf8))
+        #expect(await entered.wait(for: 1))
+        await source.close()
+    }
+
+    func logged(_ text: String) -> Bool { lines.items.contains { $0.contains(text) } }
+
+    /// `zipper` started again and a sink of 0x67 on it: the answer arrives
+    /// once, the close ends, and nothing was dropped or refused.
+    func expectAnswer(afterRestarting zipper: ZipperProcess, _ closing: Task<Void, Never>) async throws {
+        try zipper.restart()
+        let (sink, received) = (StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x67], retryConnect: true)), Inbox<String>())
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        #expect(await received.wait(for: 1, timeout: .seconds(20)))
+        #expect(received.items == ["ANSWER ME"], "\(received.items)")
+        await closing.value
+        #expect(function.client.endReason?.code == .closed)
+        #expect(!logged("dropped the frames") && !logged("closed while this frame was written"), "\(lines.items)")
+        await sink.close()
+        await zipper.kill()
     }
 }
