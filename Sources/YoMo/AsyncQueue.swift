@@ -85,6 +85,7 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
         for producer in producers { producer.resume() }
     }
 
+    /// Nothing is queued (the consumer may be inside an element).
     var isEmpty: Bool { state.withLock { $0.count == 0 } }
 
     /// What the queued elements weigh together.
