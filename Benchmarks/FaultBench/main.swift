@@ -962,17 +962,31 @@ struct Chaos: AsyncParsableCommand {
     @Option(help: "The uppercase-sfn executable (default: beside this one).") var function: String?
     @Option(help: "How long faults go on.") var seconds = 60
     @Option(help: "The random generator's seed (default: from the clock); the same seed draws the same faults at the same moments.") var seed: UInt64?
-    @Option(help: "The faults to draw from, comma-separated.") var faults = Fault.allCases.map(\.rawValue).joined(separator: ",")
+    @Option(help: "The faults to draw from, comma-separated (default: all; the mesh-* ones with --mesh only).") var faults: String?
     @Option(help: "Microseconds between the source's writes.") var intervalMicroseconds = 10_000
     @Option(help: "After the faults, how long the source's flush may take, and how long the sink may go without a new frame before the missing ones count as lost (a slow function drains its backlog meanwhile).") var settleSeconds = 60
     @Option(help: "The longest a process stays down (killed, stopped) or stopped before it is back; over the idle timeout (5 s), a stopped one loses its connections.") var maxAwayMs = 1500
     @Flag(help: "Run uppercase-sfn with its async handler instead of its pipe handler.") var asyncHandler = false
     @Flag(help: "The sink observes the source's tag itself: uppercase-sfn (still faulted) is off the path.") var direct = false
+    @Flag(help: "A mesh of two zippers: the source's (the zipper-* faults) forwards to a second one on the next port (the mesh-* faults), where the function and the sink are.") var mesh = false
 
     enum Fault: String, CaseIterable {
         case zipperKill = "zipper-kill", zipperTerm = "zipper-term", zipperStop = "zipper-stop"
         case functionKill = "function-kill", functionTerm = "function-term", functionStop = "function-stop"
-        var onZipper: Bool { rawValue.hasPrefix("zipper") }
+        case meshKill = "mesh-kill", meshTerm = "mesh-term", meshStop = "mesh-stop"
+        var target: Target {
+            if rawValue.hasPrefix("zipper") { return .zipper }
+            return rawValue.hasPrefix("function") ? .function : .downstream
+        }
+        var isKill: Bool { [.zipperKill, .functionKill, .meshKill].contains(self) }
+        var isStop: Bool { [.zipperStop, .functionStop, .meshStop].contains(self) }
+    }
+
+    /// The processes faults hit: the source's zipper, the function, and with
+    /// `--mesh` the zipper the source's forwards to.
+    enum Target: String, Comparable {
+        case zipper, function, downstream = "mesh downstream"
+        static func < (a: Target, b: Target) -> Bool { a.rawValue < b.rawValue }
     }
 
     /// SplitMix64: a seeded generator, so that a run that lost frames can be drawn again.
@@ -1029,8 +1043,11 @@ struct Chaos: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let chosen = try faults.split(separator: ",").map { name in
-            guard let fault = Fault(rawValue: String(name)) else { throw ValidationError("no fault \(name); one of \(Fault.allCases.map(\.rawValue))") }
+        let drawable = Fault.allCases.filter { mesh || $0.target != .downstream }
+        let chosen = try (faults ?? drawable.map(\.rawValue).joined(separator: ",")).split(separator: ",").map { name in
+            guard let fault = Fault(rawValue: String(name)), drawable.contains(fault) else {
+                throw ValidationError("no fault \(name); one of \(drawable.map(\.rawValue))")
+            }
             return fault
         }
         let seed = seed ?? UInt64(Date().timeIntervalSince1970 * 1000)
@@ -1040,20 +1057,37 @@ struct Chaos: AsyncParsableCommand {
         // The zipper's log, for the drops it announced (its own, when none is asked for).
         let zipperLog = ProcessInfo.processInfo.environment["FAULT_BENCH_ZIPPER_LOG"] ?? NSTemporaryDirectory() + "yomo-fault-bench-\(getpid()).zipper.log"
         setenv("FAULT_BENCH_ZIPPER_LOG", zipperLog, 1)
-        defer { for file in [key, functionsFile, functionsFile + ".held"] { try? FileManager.default.removeItem(atPath: file) } }
-        let options = zipperOptions
-        let zipper = try Child {
-            try ZipperProcess(options, keyFile: key, extraArguments: ["--functions-file", functionsFile]).process
+        defer {
+            for file in [key, functionsFile, functionsFile + ".held", key + ".b", functionsFile + ".b", functionsFile + ".b.held"] {
+                try? FileManager.default.removeItem(atPath: file)
+            }
         }
+        let options = zipperOptions
+        let downstreamOptions = {
+            var next = zipperOptions
+            next.port += 1
+            return next
+        }()
+        let downstreamAddress = "127.0.0.1:\(downstreamOptions.port)"
+        let meshArguments = mesh ? ["--name", "a", "--mesh", "b=\(downstreamAddress)"] : []
+        let zipper = try Child {
+            try ZipperProcess(options, keyFile: key, extraArguments: ["--functions-file", functionsFile] + meshArguments).process
+        }
+        let downstream = mesh ? try Child {
+            try ZipperProcess(downstreamOptions, keyFile: key + ".b", extraArguments: ["--name", "b", "--functions-file", functionsFile + ".b"]).process
+        } : nil
         let address = "127.0.0.1:\(zipperOptions.port)"
         try await waitForZipper(address)
+        if mesh { try await waitForZipper(downstreamAddress) }
+        // The function and the sink: on the zipper the source's forwards to, with --mesh.
+        let functionAddress = mesh ? downstreamAddress : address
         let executable = function ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("uppercase-sfn").path
         let pipe = !asyncHandler
         let observed = direct ? "0x4f" : "0x41"
         let upper = try Child {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = ["--zipper", address, "--observe", observed, "--emit", "0x42"] + (pipe ? ["--pipe"] : [])
+            process.arguments = ["--zipper", functionAddress, "--observe", observed, "--emit", "0x42"] + (pipe ? ["--pipe"] : [])
                 + (ProcessInfo.processInfo.environment["FAULT_BENCH_FUNCTION_ARGS"]?.split(separator: " ").map(String.init) ?? [])
             process.standardError = appendingLog(named: "FAULT_BENCH_FUNCTION_LOG")
             process.standardOutput = FileHandle.nullDevice
@@ -1062,7 +1096,7 @@ struct Chaos: AsyncParsableCommand {
         }
         let received = Mutex<Set<Int>>([])
         let duplicates = Mutex<[Int]>([])
-        let sink = StreamFunction(name: "sink", zipper: address, options: quietOptions(tags: [direct ? 0x41 : 0x42]))
+        let sink = StreamFunction(name: "sink", zipper: functionAddress, options: quietOptions(tags: [direct ? 0x41 : 0x42]))
         sink.setHandler { ctx in
             if let sequence = Int(String(decoding: ctx.data, as: UTF8.self)), !received.withLock({ $0.insert(sequence).inserted }) {
                 duplicates.withLock { $0.append(sequence) }
@@ -1092,32 +1126,34 @@ struct Chaos: AsyncParsableCommand {
         let clock = ContinuousClock()
         let started = clock.now
         var applied: [String: Int] = [:]
-        // At most one fault at a time on each process; the two may overlap.
-        var running: [Bool: Task<Void, Never>] = [:]
-        // How long each SIGTERM took to end its process, by whether it was the zipper's.
-        let termExits = Locked<[Bool: [Duration]]>([:])
+        // At most one fault at a time on each process; those of different processes may overlap.
+        var running: [Target: Task<Void, Never>] = [:]
+        // How long each SIGTERM took to end its process.
+        let termExits = Locked<[Target: [Duration]]>([:])
         while clock.now - started < .seconds(seconds) {
             try await Task.sleep(for: .milliseconds(Int.random(in: 100...2500, using: &random)))
             let fault = chosen.randomElement(using: &random)!
-            if let task = running[fault.onZipper] { await task.value }
-            let child = fault.onZipper ? zipper : upper
+            if let task = running[fault.target] { await task.value }
+            let child = switch fault.target {
+            case .zipper: zipper
+            case .function: upper
+            case .downstream: downstream!
+            }
             let away = Duration.milliseconds(Int.random(in: 0...maxAwayMs, using: &random))
             let at = clock.now - started
             print(String(format: "%7.2f s %@ for %d ms (written %d, pid %d)", Double(at.components.seconds) + Double(at.components.attoseconds) / 1e18,
                          fault.rawValue, Int(away.components.seconds * 1000 + away.components.attoseconds / 1_000_000_000_000_000), written.withLock { $0 }, child.pid))
             applied[fault.rawValue, default: 0] += 1
-            running[fault.onZipper] = Task {
-                switch fault {
-                case .zipperStop, .functionStop:
+            running[fault.target] = Task {
+                if fault.isStop {
                     child.signal(SIGSTOP)
                     try? await Task.sleep(for: away)
                     child.signal(SIGCONT)
-                case .zipperKill, .functionKill, .zipperTerm, .functionTerm:
-                    let isKill = fault == .zipperKill || fault == .functionKill
+                } else {
                     let signalled = clock.now
-                    child.signal(isKill ? SIGKILL : SIGTERM)
+                    child.signal(fault.isKill ? SIGKILL : SIGTERM)
                     await child.waitForExit()
-                    if !isKill { termExits.update { $0[fault.onZipper, default: []].append(clock.now - signalled) } }
+                    if !fault.isKill { termExits.update { $0[fault.target, default: []].append(clock.now - signalled) } }
                     try? await Task.sleep(for: away)
                     do { try child.restart() } catch { print("restart failed: \(error)") }
                 }
@@ -1154,15 +1190,17 @@ struct Chaos: AsyncParsableCommand {
         }
         if !twice.isEmpty { print("received more than once: \(ranges(Array(Set(twice)).sorted()).prefix(30).joined(separator: ", "))") }
         // A graceful close that waits out its deadline shows here (5 s: shutdownTimeout).
-        for (onZipper, times) in termExits.update({ $0 }).sorted(by: { !$0.key && $1.key }) {
+        for (target, times) in termExits.update({ $0 }).sorted(by: { $0.key < $1.key }) {
             let ms = times.map { Double($0.components.seconds) * 1000 + Double($0.components.attoseconds) / 1e15 }.sorted()
-            print(String(format: "sigterm_to_exit_ms %@: median %.0f, max %.0f (%d)", onZipper ? "zipper" : "function", ms[ms.count / 2], ms.last!, ms.count))
+            print(String(format: "sigterm_to_exit_ms %@: median %.0f, max %.0f (%d)", target.rawValue, ms[ms.count / 2], ms.last!, ms.count))
         }
         await source.close()
         await sink.close()
         upper.signal(SIGKILL)
         zipper.signal(SIGTERM)
+        downstream?.signal(SIGTERM)
         await zipper.waitForExit(limit: .seconds(10))
+        await downstream?.waitForExit(limit: .seconds(10))
         await upper.waitForExit(limit: .seconds(5))
     }
 }

@@ -1500,7 +1500,9 @@ public final class Zipper: Sendable {
         var refusal: SpanContext?
         switch decision {
         case .none: break
-        case .hold: (held, destinations, refusal) = hold(frame, patch: patch, target: target, ledger: ledger, logger: logger)
+        case .hold:
+            (held, destinations, refusal) = hold(
+                frame, patch: patch, target: target, ledger: ledger, forwarded: forwardsToMesh && !links.isEmpty, logger: logger)
         case .refused(let level, let claim):
             logHoldFull(level, tag: frame.tag, logger: logger)
             if tracing.tracer.isEnabled { refusal = traceRefusedByFullHold(frame.applying(patch), for: claim) }
@@ -1616,8 +1618,15 @@ public final class Zipper: Sendable {
     /// refused. Returns whether it was held, the functions to route it to now,
     /// and the span that says it was refused (a full hold), if one was recorded.
     /// `restored`: the tally of the frames of the held frames file, when it is one of them.
+    /// `forwarded`: the frame goes to mesh links too, whose settling its sender's
+    /// receipt waits for; a hold for whichever function comes (no name owed) is
+    /// then not waited for as well. It was: in a zipper's first minute every
+    /// frame it forwarded was held so, and its sender kept it for the hold's
+    /// 5 s, sent those 5 s again after this zipper's crash, and filled its
+    /// outage buffer (`yomo-fault-bench chaos --mesh`, fortieth round of issue 14).
     private func hold(
-        _ frame: DataFrame, patch: MetadataPatch?, target: String?, ledger: ReceiptLedger?, restored: HoldTally? = nil, logger: Logger
+        _ frame: DataFrame, patch: MetadataPatch?, target: String?, ledger: ReceiptLedger?, restored: HoldTally? = nil,
+        forwarded: Bool = false, logger: Logger
     ) -> (held: Bool, destinations: [Destination], refusal: SpanContext?) {
         let owned = HeldFrames.owned(frame, patch: patch)
         typealias Outcome = (
@@ -1631,9 +1640,10 @@ public final class Zipper: Sendable {
                 return (false, destinations, false, nil, nil, nil)
             }
             let wasEmpty = state.held.isEmpty
+            let waitedFor = !(forwarded && claim.owed.isEmpty)
             switch state.held.hold(
                 owned, target: target, bytes: HeldFrames.bytes(of: frame), for: claim, routed: routed, now: .now,
-                tally: ledger?.heldFrame() ?? restored?.adding()) {
+                tally: waitedFor ? ledger?.heldFrame() ?? restored?.adding() : nil) {
             case .held(let first):
                 state.statistics.heldFrames += 1
                 state.heldFull = (false, false)

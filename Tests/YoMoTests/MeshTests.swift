@@ -275,6 +275,36 @@ struct MeshLoopbackTests {
         await b.kill()
     }
 
+    @Test("a zipper in its first minute forwards a frame to its mesh and holds it for any local function that comes: its sender's receipt waits for the mesh's downstream, not for that hold")
+    func forwardedFramesSettleThroughTheMesh() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        var configuration = ZipperConfiguration(
+            name: "a", host: "127.0.0.1", port: portA, authentication: .token("mesh"),
+            mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")])
+        // A hold far longer than the wait below: a receipt that waited for it would not come.
+        configuration.unroutedHold = .init(duration: .seconds(120))
+        let a = Zipper(configuration: configuration, options: .init(logger: Logger(label: "test.a")))
+        try await a.start()
+        #expect(await eventually { a.meshLinkHealth.first?.connected == true })
+        let (far, remote) = try await Self.farFunction(port: portB, tag: 0x35)
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        let texts = (0..<20).map { "forwarded-\($0)" }
+        for text in texts { try await source.write(tag: 0x35, data: Array(text.utf8)) }
+        #expect(await remote.wait(for: 20))
+        // Held at a all the same, for a function of its own that may come.
+        #expect(a.statistics.heldFrames == 20, "\(a.statistics)")
+        // Before, the source kept them for a's hold (120 s here, 5 s by default).
+        #expect(await eventually(within: .seconds(10)) { source.client.keptFrames == 0 }, "kept: \(source.client.keptFrames)")
+        try await source.flush(timeout: .seconds(10))
+        await source.close()
+        await far.close()
+        await a.close()
+        await b.close()
+    }
+
     @Test("a zipper killed while its link held frames for a downstream that is down: with receipts its source keeps them and sends them again, and a function at the downstream gets every one; without, they went with the zipper",
           arguments: [true, false])
     func upstreamKilledWithLinkBacklog(receipts: Bool) async throws {
