@@ -70,11 +70,12 @@ final class ClientRuntime: Sendable {
         }
 
         /// Ends the pipe handler's input after the frame it has: those queued
-        /// behind it are not handled (their spans end in error, and nothing
-        /// tells them handled, so a zipper that keeps what was not handled
-        /// holds them for this function's next instance). Returns how many.
-        func returnQueuedPipeFrames(_ reason: String) -> Int {
-            guard let queue = pipeQueue else { return 0 }
+        /// behind it are dropped, not handled (their spans end in error, and
+        /// nothing tells them handled, so a zipper that keeps what was not
+        /// handled holds them for this function's next instance). How many;
+        /// nil without a pipe handler.
+        func dropQueuedPipeFrames(_ reason: String) -> Int? {
+            guard let queue = pipeQueue else { return nil }
             let frames = queue.discardQueued()
             for frame in frames {
                 frame.span?.setStatus(SpanStatus(code: .error, message: reason))
@@ -504,7 +505,7 @@ final class ClientRuntime: Sendable {
         let deadline = state.withLock { $0.startCloseClock() }
         guard !(await handlers.inFlight.waitUntilEmpty(until: deadline)) else { return }
         var metadata: Logger.Metadata = ["handlers": "\(handlers.inFlight.counted.handlers)", "shutdown_timeout": "\(setup.shutdownTimeout)"]
-        if handlers.pipeQueue != nil { metadata["pipe_frames_dropped"] = "\(handlers.returnQueuedPipeFrames("not handled: the close deadline came"))" }
+        if let dropped = handlers.dropQueuedPipeFrames("not handled: the close deadline came") { metadata["pipe_frames_dropped"] = "\(dropped)" }
         logger.warning("handlers still running at the close deadline: cancelled, and closing without them", metadata: metadata)
         group.cancelAll()
     }

@@ -71,12 +71,12 @@ final class PrometheusServer {
         return Double(text)
     }
 
-    /// `query`'s value once it is `expected`, or the last one read in 30 s:
-    /// each target is scraped at its own moment, so a second target's counter
-    /// may lag what the first one showed.
-    func scalar(_ query: String, becomes expected: Double) async -> Double? {
+    /// `query`'s value once it is `expected`, or the last one read in
+    /// `tries` reads 100 ms apart: each target is scraped at its own moment,
+    /// so a second target's counter may lag what the first one showed.
+    func scalar(_ query: String, becomes expected: Double, tries: Int = 300) async -> Double? {
         var value: Double?
-        for _ in 0..<300 {
+        for _ in 0..<tries {
             value = await scalar(query)
             if value == expected { break }
             try? await Task.sleep(for: .milliseconds(100))
@@ -173,12 +173,7 @@ struct MetricsEndToEndTests {
         // Every frame handled, counted at the function; at the zipper, 0x33 delivered
         // once each and the 0x34 replies with no observer.
         let consumed = "sum(messaging_client_consumed_messages_total{messaging_destination_name=\"0x33\"})"
-        var consumedValue: Double?
-        for _ in 0..<300 where consumedValue != Double(frames) {
-            consumedValue = await prometheus.scalar(consumed)
-            if consumedValue != Double(frames) { try await Task.sleep(for: .milliseconds(100)) }
-        }
-        #expect(consumedValue == Double(frames))
+        #expect(await prometheus.scalar(consumed, becomes: Double(frames)) == Double(frames))
         // The zipper's target is scraped at its own moment (a full suite here once read it one scrape behind).
         #expect(await prometheus.scalar("sum(yomo_zipper_routed_messages_total{messaging_destination_name=\"0x33\",outcome=\"delivered\"})", becomes: Double(frames)) == Double(frames))
         #expect(await prometheus.scalar("sum(yomo_zipper_routed_messages_total{messaging_destination_name=\"0x34\",outcome=\"no_route\"})", becomes: Double(frames)) == Double(frames))
@@ -209,12 +204,7 @@ struct MetricsEndToEndTests {
         // function keeps none of its replies (no route: settled at once).
         #expect((await prometheus.scalar("yomo_zipper_delivery_receipts_total") ?? 0) > 0)
         let unsettled = "yomo_client_unsettled_messages{messaging_consumer_group_name=\"upper-m\"}"
-        var unsettledValue: Double?
-        for _ in 0..<100 where unsettledValue != 0 {
-            unsettledValue = await prometheus.scalar(unsettled)
-            if unsettledValue != 0 { try await Task.sleep(for: .milliseconds(100)) }
-        }
-        #expect(unsettledValue == 0)
+        #expect(await prometheus.scalar(unsettled, becomes: 0, tries: 100) == 0)
         var exportedSpans = 0.0
         for _ in 0..<100 where exportedSpans < Double(frames) {
             exportedSpans = await prometheus.scalar("otel_sdk_exporter_span_exported_total{messaging_consumer_group_name=\"upper-m\"}") ?? 0
