@@ -286,6 +286,8 @@ final class ClientRuntime: Sendable {
     /// Frames of the current session kept to be sent again if it dies (0
     /// without one): `yomo.client.unsettled.messages`, and tests.
     var keptFrames: Int { state.withLock { $0.session?.keptFrames ?? 0 } }
+    /// Data frames the current connection read (zero without handling receipts).
+    var framesReceivedForTesting: Int { state.withLock { $0.session?.handling?.framesReceived ?? 0 } }
     /// Whether the current session's zipper sends delivery receipts.
     var receiptsForTesting: Bool { state.withLock { $0.session?.receipts ?? false } }
 

@@ -67,6 +67,8 @@ final class HandlingLedger: Sendable {
         var confirmed: Int
         /// The ticker waits for a frame (`wakeups`).
         var idle = true
+        /// Data frames read on this connection (for tests: what reached the function).
+        var received = 0
 
         /// The entry with `index`, if still kept.
         func position(of index: Int) -> CircularBuffer<Entry>.Index? {
@@ -102,7 +104,10 @@ final class HandlingLedger: Sendable {
 
     /// A frame ending at `end` was read and goes to a handler.
     func received(end: Int, metadata: ByteBuffer?) -> Token {
-        let (index, wakes) = state.withLock { $0.append(Entry(end: end, metadata: metadata)) }
+        let (index, wakes) = state.withLock { state in
+            state.received += 1
+            return state.append(Entry(end: end, metadata: metadata))
+        }
         if wakes { wake.yield() }
         return Token(ledger: self, index: index)
     }
@@ -204,6 +209,9 @@ final class HandlingLedger: Sendable {
             state.receipts.removeFirst()
         }
     }
+
+    /// Data frames read on this connection.
+    var framesReceived: Int { state.withLock { $0.received } }
 
     /// The end of the frames the zipper was last told handled.
     var toldThrough: Int { state.withLock { $0.told } }
