@@ -250,6 +250,9 @@ enum ClientCore {
                 }
                 switch answered {
                 case .handshakeAck?:
+                    // Says at once that its receipts tell what its handlers took, so
+                    // that a backlog from the first frame on is kept by its sources.
+                    if let handling { _ = try? connection.tryWrite(control: handling.toldSoFar.receipt(), limit: DeliveryReceipts.queueLimit) }
                     connection.warnIfPathDropsBigDatagrams(
                         logger: logger, metadata: [YoMoLogField.connectionID: "\(clientID)", YoMoLogField.zipperAddress: "\(address)"])
                     return ClientSession(

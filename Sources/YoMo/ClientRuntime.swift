@@ -747,6 +747,10 @@ final class ClientRuntime: Sendable {
         var ended: (any Error)?
         let handlingLedger = session.handling
         var mayComeAgain = handlingLedger == nil ? [:] : state.withLock { $0.mayComeAgain }
+        // A frame no handler gets counts as taken once nothing read before it waits for the pipe handler.
+        func passedOver() {
+            if let handlingLedger, queue?.isEmpty ?? true { handlingLedger.took(through: session.frames.consumedBytes) }
+        }
         // The cron loop and the receipts of what was handled are this session's: they stop when it ends.
         await withDiscardingTaskGroup { sessionTasks in
             if let (schedule, handler) = setup.cron {
@@ -770,6 +774,7 @@ final class ClientRuntime: Sendable {
                                 if setup.metrics.isEnabled { setup.metrics.skippedCopy() }
                                 logger.debug("frame already taken on the previous connection: not handled again", metadata: YoMoLogField.frame(
                                     tid: tid, tag: data.tag, dataLength: data.payload.readableBytes))
+                                passedOver()
                                 continue
                             }
                         }
@@ -784,6 +789,7 @@ final class ClientRuntime: Sendable {
                             } catch {
                                 report(YoMoError(.invalidMetadata, "frame with tag 0x\(String(data.tag, radix: 16)) skipped: \(error)"), setup)
                                 token?.finished()
+                                passedOver()
                                 continue
                             }
                         }
@@ -823,6 +829,7 @@ final class ClientRuntime: Sendable {
                                     break reading
                                 }
                             }
+                            token?.taken()
                             // The trace values as numbers, read once for the parent and the patch.
                             let trace = setup.tracing.tracer.isEnabled ? view?.canonicalTrace : nil
                             let span = if let view {
@@ -872,6 +879,7 @@ final class ClientRuntime: Sendable {
                             }
                         } else {
                             token?.finished()
+                            passedOver()
                         }
                     case .goaway(let goaway):
                         throw YoMoError(.goaway, "zipper went away: \(goaway.message.peerText(limit: ClientCore.peerMessageLimit))")
@@ -880,9 +888,11 @@ final class ClientRuntime: Sendable {
                     case .receipt(let receipt):
                         if session.receipts { session.settle(through: Int(clamping: receipt.settledThrough)) }
                         handlingLedger?.passed(end: session.frames.consumedBytes)
+                        passedOver()
                     case .handshake, .handshakeAck, .connectTo:
                         logger.debug("ignoring unexpected frame", metadata: ["frame": "\(frame.type)"])
                         handlingLedger?.passed(end: session.frames.consumedBytes)
+                        passedOver()
                     }
                 }
             } catch {
@@ -915,7 +925,7 @@ final class ClientRuntime: Sendable {
         let quic = session.connection.connection
         let (tell, waiting) = handling.advance(acknowledged: quic.acknowledgedBytes)
         if let tell,
-           (try? session.connection.tryWrite(control: .receipt(ReceiptFrame(settledThrough: UInt64(tell))), limit: DeliveryReceipts.queueLimit)) == true {
+           (try? session.connection.tryWrite(control: tell.receipt(), limit: DeliveryReceipts.queueLimit)) == true {
             // Read after the write: at or past the receipt's end (a handler's write may follow it).
             handling.told(tell, receiptEnd: quic.sendProgress.written)
         }
@@ -928,8 +938,8 @@ final class ClientRuntime: Sendable {
     private func tellClosing(_ handling: HandlingLedger, on session: ClientSession) -> Bool {
         let quic = session.connection.connection
         let tell = handling.advance(acknowledged: quic.acknowledgedBytes).tell
-        let notice = ReceiptFrame(settledThrough: UInt64(tell ?? handling.toldThrough), closing: true)
-        guard (try? session.connection.tryWrite(control: .receipt(notice), limit: DeliveryReceipts.queueLimit)) == true else { return false }
+        let notice = (tell ?? handling.toldSoFar).receipt(closing: true)
+        guard (try? session.connection.tryWrite(control: notice, limit: DeliveryReceipts.queueLimit)) == true else { return false }
         if let tell { handling.told(tell, receiptEnd: quic.sendProgress.written) }
         return true
     }

@@ -109,6 +109,7 @@ final class PipeCursor: Sendable {
             defer { state = frame }
             return state
         }
+        frame?.handled?.taken()
         previous?.span?.end()
         previous?.handled?.finished()
     }

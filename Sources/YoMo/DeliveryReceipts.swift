@@ -237,12 +237,17 @@ final class DeliveryDestination: Sendable {
     let connection: any DeliveryProgress
     /// Set when the zipper dealt with the connection's end: the frames it held then.
     private let leftovers = Mutex<HoldTally?>(nil)
+    /// How far an acknowledgement settles: everything (`Int.max`), or, for
+    /// a function that says what its handlers took, what they took plus its
+    /// recent pace's worth (`TakingPace`).
+    private let settlesAtAcknowledgement = Atomic<Int>(.max)
+    private let pace = Mutex(TakingPace())
 
     init(_ connection: any DeliveryProgress) { self.connection = connection }
 
     /// Whether what was written to it through stream offset `written` is settled.
     func reached(_ written: Int) -> Bool {
-        if connection.acknowledgedBytes >= written { return true }
+        if connection.acknowledgedBytes >= written, settlesAtAcknowledgement.load(ordering: .relaxed) >= written { return true }
         guard connection.sendProgress.ended, let leftovers = leftovers.withLock({ $0 }) else { return false }
         return leftovers.isSettled
     }
@@ -257,6 +262,53 @@ final class DeliveryDestination: Sendable {
 
     /// The tally of its end, for a frame held after it (a write that found it ended).
     var leftoversOfEnd: HoldTally? { leftovers.withLock { $0 } }
+
+    /// The function's handlers took the frames through `taken` (its receipt,
+    /// `ReceiptFrame.takenThrough`): from now on an acknowledgement settles
+    /// only that far and the pace's allowance beyond.
+    func took(through taken: Int, at now: ContinuousClock.Instant = .now) {
+        let through = pace.withLock { $0.settleable(taken: taken, at: now) }
+        settlesAtAcknowledgement.store(through, ordering: .relaxed)
+    }
+
+    /// Where an acknowledgement stops settling (`Int.max`: nowhere), for tests.
+    var settleableThrough: Int { settlesAtAcknowledgement.load(ordering: .relaxed) }
+}
+
+/// A stream function's pace of taking frames, as its receipts tell it: a
+/// frame acknowledged by a function that keeps up is settled for its source at
+/// once (it would be taken within milliseconds, and waiting for the word
+/// would keep every source's frames a receipt's interval longer: 0.95 of the
+/// loop's rate at 10 ms), while a backlog waits until taken. Until the
+/// forty-first round of issue 14 all was settled at acknowledgement, and a
+/// zipper's crash followed by the function's lost the backlog the function
+/// had acknowledged (`yomo-fault-bench chaos --seed 32`).
+struct TakingPace {
+    /// How much of the function's pace an acknowledgement settles ahead of
+    /// what it took: what a double fault (its zipper, then it) may lose.
+    static let allowance: Duration = .milliseconds(50)
+    /// Samples are kept this far apart at least.
+    static let spacing: Duration = .milliseconds(10)
+
+    /// Earlier receipts: the oldest is the newest at least `allowance` old, if any is.
+    private var samples: [(at: ContinuousClock.Instant, taken: Int)] = []
+
+    /// The end of what an acknowledgement settles now: `taken`, and what the
+    /// function took in the last `allowance` (its pace over a longer span
+    /// when samples are older, scaled to `allowance`).
+    mutating func settleable(taken: Int, at now: ContinuousClock.Instant) -> Int {
+        if let last = samples.last, now - last.at < Self.spacing {
+            // Not a sample of its own; the window is measured from the samples kept.
+        } else {
+            samples.append((now, taken))
+        }
+        while samples.count > 1, now - samples[1].at >= Self.allowance { samples.removeFirst() }
+        guard let oldest = samples.first, taken > oldest.taken else { return taken }
+        let span = now - oldest.at
+        let sinceOldest = taken - oldest.taken
+        guard span > Self.allowance else { return taken + sinceOldest }
+        return taken + Int(Double(sinceOldest) * (Self.allowance / span))
+    }
 }
 
 /// The zipper's receipts: one task wakes every `interval` while some sender

@@ -28,9 +28,14 @@ final class HandlingLedger: Sendable {
     struct Token: Sendable {
         let ledger: HandlingLedger
         fileprivate let index: Int
+        /// The stream offset just past the frame.
+        fileprivate let end: Int
 
         /// Its handler finished.
         func finished() { ledger.finished(index) }
+
+        /// A handler took it (the pipe handler, from its queue).
+        func taken() { ledger.took(through: end) }
 
         /// The same frame came again on a later connection as `copy`.
         func forward(to copy: Token) { ledger.forward(index, to: copy) }
@@ -69,6 +74,8 @@ final class HandlingLedger: Sendable {
         var idle = true
         /// Data frames read on this connection (for tests: what reached the function).
         var received = 0
+        /// The taken offset last told (`ReceiptFrame.takenThrough`).
+        var toldTaken: Int
 
         /// The entry with `index`, if still kept.
         func position(of index: Int) -> CircularBuffer<Entry>.Index? {
@@ -92,13 +99,19 @@ final class HandlingLedger: Sendable {
     /// Set once a copy waits for a frame here: completions are then marked at
     /// once (this connection ended, and its ticker no longer marks them).
     private let forwarding = Atomic<Bool>(false)
+    /// The end of the frames handlers took, in order, running or finished
+    /// (`ReceiptFrame.takenThrough`): what waits after it (a pipe handler's
+    /// queue) is kept by its sources too. Moved by the reading task and the
+    /// pipe handler, so apart from `state`'s lock.
+    private let taken: Atomic<Int>
     /// Yielded when the first frame arrives after the ticker went idle.
     let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
 
     /// `offset`: the stream offset after the handshake's answer.
     init(startingAt offset: Int) {
-        state = Mutex(State(handled: offset, told: offset, confirmed: offset))
+        state = Mutex(State(handled: offset, told: offset, confirmed: offset, toldTaken: offset))
+        taken = Atomic(offset)
         (wakeups, wake) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -109,7 +122,27 @@ final class HandlingLedger: Sendable {
             return state.append(Entry(end: end, metadata: metadata))
         }
         if wakes { wake.yield() }
-        return Token(ledger: self, index: index)
+        return Token(ledger: self, index: index, end: end)
+    }
+
+    /// Handlers took the frames through `end` (never moves back).
+    func took(through end: Int) {
+        var current = taken.load(ordering: .relaxed)
+        while current < end {
+            let (exchanged, original) = taken.compareExchange(expected: current, desired: end, ordering: .relaxed)
+            if exchanged { return }
+            current = original
+        }
+    }
+
+    /// What a receipt tells: the end of the frames handled in order, and of those taken.
+    struct Tell: Equatable {
+        var handled: Int
+        var taken: Int
+
+        func receipt(closing: Bool = false) -> Frame {
+            .receipt(ReceiptFrame(settledThrough: UInt64(handled), closing: closing, takenThrough: UInt64(taken)))
+        }
     }
 
     /// A frame ending at `end` that no handler gets (not data, or skipped and
@@ -169,8 +202,9 @@ final class HandlingLedger: Sendable {
     /// if it moved, and whether anything is left to wait for (false: idle
     /// until woken). `acknowledged`: this side's stream offset the zipper's
     /// QUIC stack acknowledged (its receipts before it arrived).
-    func advance(acknowledged: Int) -> (tell: Int?, waiting: Bool) {
-        let (result, copies) = state.withLock { state -> ((tell: Int?, waiting: Bool), [Token]) in
+    func advance(acknowledged: Int) -> (tell: Tell?, waiting: Bool) {
+        let taken = self.taken.load(ordering: .relaxed)
+        let (result, copies) = state.withLock { state -> ((tell: Tell?, waiting: Bool), [Token]) in
             let copies = markCompletions(&state)
             Self.confirm(&state, acknowledged: acknowledged)
             while let first = state.entries.first, first.end <= state.confirmed, state.handledCount > 0 {
@@ -184,22 +218,25 @@ final class HandlingLedger: Sendable {
                 state.handledCount += 1
                 position = state.entries.index(after: position)
             }
-            let untold = state.handled > state.told
+            // Frames no handler gets may be handled before the pipe handler took those before them.
+            let tell = Tell(handled: state.handled, taken: max(taken, state.handled))
+            let untold = tell.handled > state.told || tell.taken > state.toldTaken
             // A receipt not yet acknowledged: its frames are forgotten once it is.
             let waiting = untold || state.handledCount < state.entries.count || !state.receipts.isEmpty
             if !waiting { state.idle = true }
-            return ((untold ? state.handled : nil, waiting), copies)
+            return ((untold ? tell : nil, waiting), copies)
         }
         for copy in copies { copy.finished() }
         return result
     }
 
-    /// The zipper was sent `offset`, in a receipt ending at `receiptEnd` in this side's stream.
-    func told(_ offset: Int, receiptEnd: Int) {
+    /// The zipper was sent `tell`, in a receipt ending at `receiptEnd` in this side's stream.
+    func told(_ tell: Tell, receiptEnd: Int) {
         state.withLock { state in
-            guard offset > state.told else { return }
-            state.told = offset
-            state.receipts.append((receiptEnd, offset))
+            state.toldTaken = max(state.toldTaken, tell.taken)
+            guard tell.handled > state.told else { return }
+            state.told = tell.handled
+            state.receipts.append((receiptEnd, tell.handled))
         }
     }
 
@@ -213,8 +250,8 @@ final class HandlingLedger: Sendable {
     /// Data frames read on this connection.
     var framesReceived: Int { state.withLock { $0.received } }
 
-    /// The end of the frames the zipper was last told handled.
-    var toldThrough: Int { state.withLock { $0.told } }
+    /// What the zipper was last told.
+    var toldSoFar: Tell { state.withLock { Tell(handled: $0.told, taken: $0.toldTaken) } }
 
     /// Whether every frame read was handled and told.
     /// (As of the last `advance`, which marks what finished.)
@@ -227,12 +264,12 @@ final class HandlingLedger: Sendable {
         let entries = state.withLock { state in
             Self.confirm(&state, acknowledged: acknowledged)
             // Handled or not: those after the last receipt the zipper had may come again.
-            return state.entries.enumerated().filter { $0.element.end > state.confirmed }.map { ($0.offset + state.firstIndex, $0.element.metadata) }
+            return state.entries.enumerated().filter { $0.element.end > state.confirmed }.map { ($0.offset + state.firstIndex, $0.element.end, $0.element.metadata) }
         }
         var byTid: [String: Token] = [:]
-        for (index, metadata) in entries {
+        for (index, end, metadata) in entries {
             guard let metadata, let tid = MetadataView(metadata)?.string(.tid), !tid.isEmpty else { continue }
-            byTid[tid] = Token(ledger: self, index: index)
+            byTid[tid] = Token(ledger: self, index: index, end: end)
         }
         return byTid
     }

@@ -1126,7 +1126,9 @@ public final class Zipper: Sendable {
                     // (never past what was written to it: those would count as delivered).
                     if welcomesHandling, case .receipt(let handled) = frame {
                         let quic = connection.connection
-                        quic.releaseRetained(through: min(Int(clamping: handled.settledThrough), quic.sendProgress.written))
+                        let written = quic.sendProgress.written
+                        quic.releaseRetained(through: min(Int(clamping: handled.settledThrough), written))
+                        if let taken = handled.takenThrough { delivery.took(through: min(Int(clamping: taken), written)) }
                         if handled.closing { stopRouting(to: member, logger: connectionLogger) }
                     }
                     continue

@@ -156,12 +156,23 @@ public struct ReceiptFrame: Hashable, Sendable {
     /// and the zipper gives the rest to its namesakes or holds it for its
     /// return. A zipper that does not know the field reads a plain receipt.
     public var closing: Bool
+    /// In a stream function's receipt: the end of the frames its handlers
+    /// took, in order, running or finished (sequence id 0x05); frames after
+    /// it wait in the function (a pipe handler's queue, unread). The zipper
+    /// settles a source's frames past it only within the function's recent
+    /// pace, so that a backlog is kept by its sources until taken. A zipper
+    /// that does not know the field settles at acknowledgement.
+    public var takenThrough: UInt64?
 
-    public init(settledThrough: UInt64, previousRoutedThrough: UInt64? = nil, welcomesHandling: Bool = false, closing: Bool = false) {
+    public init(
+        settledThrough: UInt64, previousRoutedThrough: UInt64? = nil, welcomesHandling: Bool = false, closing: Bool = false,
+        takenThrough: UInt64? = nil
+    ) {
         self.settledThrough = settledThrough
         self.previousRoutedThrough = previousRoutedThrough
         self.welcomesHandling = welcomesHandling
         self.closing = closing
+        self.takenThrough = takenThrough
     }
 }
 
@@ -363,7 +374,7 @@ extension Frame {
             buffer.writeNodeHeader(
                 .receipt,
                 bodyLength: childSize(8) + (frame.previousRoutedThrough == nil ? 0 : childSize(8)) + (frame.welcomesHandling ? childSize(1) : 0)
-                    + (frame.closing ? childSize(1) : 0))
+                    + (frame.closing ? childSize(1) : 0) + (frame.takenThrough == nil ? 0 : childSize(8)))
             buffer.writeChildHeader(0x01, length: 8)
             buffer.writeInteger(frame.settledThrough)
             if let previous = frame.previousRoutedThrough {
@@ -377,6 +388,10 @@ extension Frame {
             if frame.closing {
                 buffer.writeChildHeader(0x04, length: 1)
                 buffer.writeInteger(UInt8(1))
+            }
+            if let taken = frame.takenThrough {
+                buffer.writeChildHeader(0x05, length: 8)
+                buffer.writeInteger(taken)
             }
         }
     }
@@ -502,6 +517,7 @@ extension ReceiptFrame {
         var previous: UInt64?
         var welcomes = false
         var closes = false
+        var taken: UInt64?
         try body.withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
             try Y3.forEachChild(of: bytes) { (sequenceID, start, length) throws(WireError) in
                 if sequenceID == 0x03 || sequenceID == 0x04 {
@@ -509,12 +525,16 @@ extension ReceiptFrame {
                     if sequenceID == 0x03 { welcomes = set } else { closes = set }
                     return
                 }
-                guard sequenceID == 0x01 || sequenceID == 0x02 else { return }
+                guard sequenceID == 0x01 || sequenceID == 0x02 || sequenceID == 0x05 else { return }
                 guard length == 8 else {
                     throw WireError(.invalidValue, "ReceiptFrame offset has \(length) bytes, not 8")
                 }
                 let value = UInt64(bigEndian: UnsafeRawBufferPointer(rebasing: bytes[start..<start + 8]).loadUnaligned(as: UInt64.self))
-                if sequenceID == 0x01 { settled = value } else { previous = value }
+                switch sequenceID {
+                case 0x01: settled = value
+                case 0x02: previous = value
+                default: taken = value
+                }
             }
         }
         guard let settled else { throw WireError(.emptyValue, "ReceiptFrame has no offset field (0x01)") }
@@ -522,6 +542,7 @@ extension ReceiptFrame {
         previousRoutedThrough = previous
         welcomesHandling = welcomes
         closing = closes
+        takenThrough = taken
     }
 }
 

@@ -113,6 +113,71 @@ struct DeliveryReceiptTests {
         await zipper.kill()
     }
 
+    @Test("a zipper killed, then its stream function, whose pipe handler had a backlog: its source kept what the function had not taken, and the function's next instance answers every frame the source kept")
+    func doubleFaultWithABacklog() async throws {
+        let metricsPort = try await freeTCPPort()
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        var function = try startFunctionProcess(zipper: zipper.address, pipe: true, handlerDelayMs: 600_000)
+        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+        let (sink, received) = try await connectUppercaseSink(zipper: zipper.address, retryConnect: true)
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
+        try await source.connect()
+        let texts = (0..<10).map { "frame-\($0)" }
+        func metric(_ name: String, _ labels: String...) async -> Double {
+            seriesValue(await httpGet("http://127.0.0.1:\(metricsPort)/metrics")?.body ?? "", name, labels: labels) ?? 0
+        }
+        // The pipe handler takes the first and waits ten minutes: taken, so settled.
+        try await source.write(tag: 0x33, data: Array((texts[0] + ":").utf8))
+        #expect(await eventually(within: .seconds(20)) { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
+        // The rest queue behind it, acknowledged by the function's QUIC stack.
+        for text in texts.dropFirst() { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
+        let atTheFunction = await eventuallyAsync {
+            let routed = await metric("yomo_zipper_routed_messages_total", "outcome=\"delivered\"", "\"0x33\"")
+            let unacknowledged = await metric("yomo_zipper_client_unacknowledged_bytes", "yomo_client_name=\"upper\"")
+            return routed == 10 && unacknowledged == 0
+        }
+        #expect(atTheFunction)
+        // They stay with the source: settled only within the function's pace
+        // (a frame at most here) past what it took. Before, all were settled once
+        // the function acknowledged them, and a double fault lost them.
+        let kept = source.client.keptFrames
+        #expect((8...9).contains(kept), "kept \(kept)")
+
+        await zipper.kill()
+        try zipper.restart()
+        // The source sends what it kept again; the function, back on the new
+        // zipper, has them queued already (not handled twice) and acknowledges
+        // them: the zipper keeps them for want of its handlers' word.
+        let unhandled = await eventuallyAsync(within: .seconds(30)) {
+            await metric("yomo_zipper_client_unhandled_bytes", "yomo_client_name=\"upper\"") > 0
+        }
+        #expect(unhandled, "the new zipper keeps what the function acknowledged and has not handled")
+        kill(function.processIdentifier, SIGKILL)
+        await waitForExit(function)
+        function = try startFunctionProcess(zipper: zipper.address, pipe: true)
+        // At least the last eight, whatever the pace let go.
+        let backlog = texts.suffix(8).map { $0.uppercased() }
+        #expect(await eventually(within: .seconds(30)) { Set(received.items).isSuperset(of: backlog) },
+                "missing \(Set(backlog).subtracting(received.items).sorted())")
+        try await source.flush(timeout: .seconds(20))
+        await source.close()
+        await sink.close()
+        await zipper.kill()
+    }
+
+    @Test("an acknowledgement settles what a function took and its last 50 ms of pace beyond: nothing beyond while it takes nothing, its pace over a longer span scaled to 50 ms")
+    func takingPace() {
+        var pace = TakingPace()
+        let start = ContinuousClock.now
+        func at(_ milliseconds: Int) -> ContinuousClock.Instant { start + .milliseconds(milliseconds) }
+        #expect(pace.settleable(taken: 100, at: at(0)) == 100, "no pace yet")
+        #expect(pace.settleable(taken: 300, at: at(5)) == 500, "young: all it took so far")
+        #expect(pace.settleable(taken: 500, at: at(20)) == 900)
+        #expect(pace.settleable(taken: 500, at: at(100)) == 500, "took nothing in the last 50 ms")
+        #expect(pace.settleable(taken: 600, at: at(1100)) == 605, "100 bytes in a second: 5 in 50 ms")
+        #expect(pace.settleable(taken: 600, at: at(1105)) == 604, "not a sample of its own: the same bytes over 1,005 ms")
+    }
+
     @Test("a connection lost while its zipper lives on: the zipper knows the reconnection, and what it had routed of the lost connection is not sent again, but kept until settled",
           arguments: [true, false])
     func reconnectionToALiveZipper(receipts: Bool) async throws {
