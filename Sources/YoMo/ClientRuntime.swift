@@ -206,10 +206,11 @@ final class ClientRuntime: Sendable {
         /// Cancels the dial under way (the first connect's, with its retries, or
         /// a redial's wait and dial): close() calls it.
         var cancelDial: (@Sendable () -> Void)?
-        /// Frames of the previous connection not yet told handled, by
-        /// transaction id: the zipper, or a source after a zipper's crash,
-        /// sends them again, and a copy is not handled twice.
-        var mayComeAgain: [String: HandlingLedger.Token] = [:]
+        /// Frames of earlier connections not told handled (or told a zipper
+        /// that died), by transaction id, and when their connection ended: the
+        /// zipper, or a source after a zipper's crash, sends them again, and a
+        /// copy is not handled twice.
+        var mayComeAgain: [String: (token: HandlingLedger.Token, since: ContinuousClock.Instant)] = [:]
 
         /// The close deadline, set by the first close request (or the first close).
         mutating func startCloseClock() -> ContinuousClock.Instant {
@@ -739,6 +740,11 @@ final class ClientRuntime: Sendable {
     /// Reads frames until the session ends; returns why (nil: the stream ended).
     /// The handlers it starts go into `group` and may outlive it: a lost
     /// connection is redialled at once, not after the slowest handler.
+    /// How long a stream function recognizes a frame it finished on a
+    /// connection that ended, if it comes again: longer than a source's
+    /// redial takes after its zipper's crash.
+    static let copiesWindow: Duration = .seconds(60)
+
     private func serveSession(
         _ session: ClientSession, _ setup: Setup, _ handlers: Handlers, _ group: inout DiscardingTaskGroup
     ) async -> (any Error)? {
@@ -769,7 +775,7 @@ final class ClientRuntime: Sendable {
                             // The zipper (or a source, after the zipper crashed) sent again a frame the
                             // previous connection brought: finished when that one's handler is.
                             if !mayComeAgain.isEmpty, let tid = MetadataView(data.metadata)?.string(.tid),
-                               let original = mayComeAgain.removeValue(forKey: tid), let token {
+                               let original = mayComeAgain.removeValue(forKey: tid)?.token, let token {
                                 original.forward(to: token)
                                 if setup.metrics.isEnabled { setup.metrics.skippedCopy() }
                                 logger.debug("frame already taken on the previous connection: not handled again", metadata: YoMoLogField.frame(
@@ -902,7 +908,16 @@ final class ClientRuntime: Sendable {
         }
         if let handlingLedger {
             let untold = handlingLedger.untold(acknowledged: session.connection.connection.acknowledgedBytes)
-            state.withLock { $0.mayComeAgain = untold }
+            // What an earlier connection brought and did not come again on this
+            // one stays known while a handler has yet to finish it, and for
+            // `copiesWindow` after: a source whose zipper died redials after
+            // its own delay, maybe past the next zipper's death too (two kills
+            // in a row handled 316 frames of a backlog twice,
+            // `yomo-fault-bench chaos --seed 32`). Before, only the last
+            // connection's were known.
+            let now = ContinuousClock.now
+            let earlier = mayComeAgain.filter { now - $0.value.since < Self.copiesWindow || !$0.value.token.isFinished }
+            state.withLock { $0.mayComeAgain = earlier.merging(untold.mapValues { ($0, now) }) { _, latest in latest } }
         }
         return ended
     }

@@ -39,6 +39,9 @@ final class HandlingLedger: Sendable {
 
         /// The same frame came again on a later connection as `copy`.
         func forward(to copy: Token) { ledger.forward(index, to: copy) }
+
+        /// Its handler finished (or the ledger let go of it).
+        var isFinished: Bool { ledger.isFinished(index) }
     }
 
     private struct Entry {
@@ -173,6 +176,16 @@ final class HandlingLedger: Sendable {
         }
         for other in copies { other.finished() }
         if finishedAlready { copy.finished() }
+    }
+
+    fileprivate func isFinished(_ index: Int) -> Bool {
+        let (done, copies) = state.withLock { state -> (Bool, [Token]) in
+            let copies = markCompletions(&state)
+            guard let position = state.position(of: index) else { return (true, copies) }
+            return (state.entries[position].done, copies)
+        }
+        for copy in copies { copy.finished() }
+        return done
     }
 
     private func finished(_ index: Int) {

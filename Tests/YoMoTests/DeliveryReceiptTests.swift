@@ -165,6 +165,50 @@ struct DeliveryReceiptTests {
         await zipper.kill()
     }
 
+    @Test("a zipper killed twice in a row while a stream function works off a backlog: the source's copies reach the function only on its third connection, and each frame is answered once")
+    func copiesAfterTwoZipperKills() async throws {
+        let metricsPort = try await freeTCPPort()
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let function = try startFunctionProcess(zipper: zipper.address, pipe: true, handlerDelayMs: 500)
+        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+        let (sink, received) = try await connectUppercaseSink(zipper: zipper.address, retryConnect: true)
+        // The source redials 3 s after it notices: the function is back on each zipper first.
+        let late = ReconnectPolicy(firstRetryDelay: .seconds(3) ... .seconds(3), initialDelay: .seconds(3), maximumDelay: .seconds(3))
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: late, retryConnect: true))
+        try await source.connect()
+        func metric(_ name: String, _ labels: String...) async -> Double? {
+            seriesValue(await httpGet("http://127.0.0.1:\(metricsPort)/metrics")?.body ?? "", name, labels: labels)
+        }
+        let texts = (0..<10).map { "frame-\($0)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
+        // All ten at the function, the first in its handler: five seconds of work.
+        let atTheFunction = await eventuallyAsync {
+            let routed = await metric("yomo_zipper_routed_messages_total", "outcome=\"delivered\"", "\"0x33\"")
+            let unacknowledged = await metric("yomo_zipper_client_unacknowledged_bytes", "yomo_client_name=\"upper\"")
+            return routed == 10 && unacknowledged == 0
+        }
+        #expect(atTheFunction)
+        for _ in 0..<2 {
+            await zipper.kill()
+            try zipper.restart()
+            // The function, back on it before the source; the second kill ends
+            // a connection that brought no copies.
+            #expect(await eventuallyAsync { await metric("yomo_zipper_client_unacknowledged_bytes", "yomo_client_name=\"upper\"") != nil })
+        }
+        // The source sends again what the function had not taken at the first
+        // kill (all ten: they were one checkpoint); by then the function handled
+        // most of them from its queue. Before, it knew only its last
+        // connection's frames and handled each again.
+        try await source.flush(timeout: .seconds(30))
+        try await source.write(tag: 0x33, data: Array("last:".utf8))
+        #expect(await eventually(within: .seconds(30)) { received.items.contains("LAST") }, "\(received.items)")
+        let answers = received.items.filter { $0 != "LAST" }
+        #expect(answers.sorted() == texts.map { $0.uppercased() }.sorted(), "\(answers)")
+        await source.close()
+        await sink.close()
+        await zipper.kill()
+    }
+
     @Test("an acknowledgement settles what a function took and its last 50 ms of pace beyond: nothing beyond while it takes nothing, its pace over a longer span scaled to 50 ms")
     func takingPace() {
         var pace = TakingPace()
