@@ -236,7 +236,7 @@ final class DeliveryDestination: Sendable {
 
     let connection: any DeliveryProgress
     /// Set when the zipper dealt with the connection's end: the frames it held then.
-    private let leftovers = Mutex<HoldTally?>(nil)
+    private let leftovers = Mutex<Leftovers?>(nil)
     /// How far an acknowledgement settles: everything (`Int.max`), or, for
     /// a function that says what its handlers took, what they took plus its
     /// recent pace's worth (`TakingPace`).
@@ -249,19 +249,19 @@ final class DeliveryDestination: Sendable {
     func reached(_ written: Int) -> Bool {
         if connection.acknowledgedBytes >= written, settlesAtAcknowledgement.load(ordering: .relaxed) >= written { return true }
         guard connection.sendProgress.ended, let leftovers = leftovers.withLock({ $0 }) else { return false }
-        return leftovers.isSettled
+        return leftovers.settled(through: written)
     }
 
     /// The connection ended and what it had not acknowledged is dealt with:
-    /// `tally` counts the frames held then (each released as it leaves the
+    /// `left` has the frames held then (each released as it leaves the
     /// hold). Set once they are all in it: a receipt that saw it earlier
     /// would settle what is still being held.
-    func ended(leaving tally: HoldTally) {
-        leftovers.withLock { $0 = tally }
+    func ended(leaving left: Leftovers) {
+        leftovers.withLock { $0 = left }
     }
 
-    /// The tally of its end, for a frame held after it (a write that found it ended).
-    var leftoversOfEnd: HoldTally? { leftovers.withLock { $0 } }
+    /// What its end left, for a frame held after it (a write that found it ended).
+    var leftoversOfEnd: Leftovers? { leftovers.withLock { $0 } }
 
     /// The function's handlers took the frames through `taken` (its receipt,
     /// `ReceiptFrame.takenThrough`): from now on an acknowledgement settles
@@ -273,6 +273,52 @@ final class DeliveryDestination: Sendable {
 
     /// Where an acknowledgement stops settling (`Int.max`: nowhere), for tests.
     var settleableThrough: Int { settlesAtAcknowledgement.load(ordering: .relaxed) }
+}
+
+/// What a connection's end left held, frame by frame, by where each ended in
+/// its stream: a checkpoint that waited for the connection through an offset
+/// waits only for the frames up to it. Until the forty-first round of issue
+/// 14 one tally stood for all of them, and a source kept every frame a
+/// function's end left (hundreds, behind a slow function) until its next
+/// instance had taken the last; when that one died halfway and then the
+/// zipper, the frames it had handled came again to a third that never saw
+/// them (`yomo-fault-bench chaos --seed 32`: 315 frames handled twice).
+final class Leftovers: Sendable {
+    private struct State {
+        /// In order of `end`; 0: a frame never written there, which every wait includes.
+        var frames: [(end: Int, tally: HoldTally)] = []
+        /// How many of `frames`, from the first, were seen settled.
+        var settled = 0
+    }
+
+    private let state = Mutex(State())
+
+    /// The tally of the frame that ended at `end` in the connection's stream
+    /// (0 for frames never written there: they share one).
+    func tally(endingAt end: Int) -> HoldTally {
+        state.withLock { state in
+            // Frames come in stream order: the place is found from the back.
+            let index = state.frames.lastIndex { $0.end < end }.map { $0 + 1 } ?? 0
+            if index < state.frames.count, state.frames[index].end == end { return state.frames[index].tally }
+            let tally = HoldTally()
+            state.frames.insert((end, tally), at: index)
+            state.settled = min(state.settled, index)
+            return tally
+        }
+    }
+
+    /// Whether every frame left that ended at or before `written` has
+    /// settled: left the hold and reached wherever it went.
+    func settled(through written: Int) -> Bool {
+        // Asked outside the lock: a tally asks the destinations it went to,
+        // which may ask leftovers of their own.
+        let (start, pending) = state.withLock { state in
+            (state.settled, state.frames[state.settled...].prefix { $0.end <= written }.map(\.tally))
+        }
+        let newlySettled = pending.prefix { $0.isSettled }.count
+        if newlySettled > 0 { state.withLock { $0.settled = max($0.settled, start + newlySettled) } }
+        return newlySettled == pending.count
+    }
 }
 
 /// A stream function's pace of taking frames, as its receipts tell it: a

@@ -284,8 +284,7 @@ struct HeldFrames {
     /// refused. Each one held is added to `tally` (its connection's end, for
     /// the receipts of the frames written to it).
     mutating func holdAhead(
-        _ frames: [(frame: DataFrame, target: String?, bytes: Int, reason: Reason)], for function: RouteMember, now: Instant,
-        tally: HoldTally? = nil
+        _ frames: [(frame: DataFrame, target: String?, bytes: Int, reason: Reason, tally: HoldTally?)], for function: RouteMember, now: Instant
     ) -> [HoldResult] {
         let name = function.name
         let newer = entries.firstIndex { entry in
@@ -295,7 +294,7 @@ struct HeldFrames {
         let deadline = newer.map { entries[$0].deadline } ?? now + settings.duration
         var results: [HoldResult] = []
         var ahead: [Entry] = []
-        for (frame, target, bytes, reason) in frames {
+        for (frame, target, bytes, reason, tally) in frames {
             guard fits(bytes) else {
                 results.append(.full)
                 continue

@@ -112,6 +112,8 @@ public final class Zipper: Sendable {
         var frame: DataFrame
         var reason: HeldFrames.Reason
         var to: Destination
+        /// Its receipt tally at the ended connection's end.
+        var tally: HoldTally
     }
 
     private struct State {
@@ -146,16 +148,17 @@ public final class Zipper: Sendable {
         /// acknowledged (frames before it were kept for its handlers): why each waited.
         mutating func catchUp(
             _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int, end: Int)], acknowledgedThrough: Int, leftBy peer: Peer,
-            stillObserved: Set<UInt32>, tally: HoldTally
+            stillObserved: Set<UInt32>, leftovers: Leftovers
         ) -> [CatchUp] {
             var deliveries: [CatchUp] = []
             for (frame, target, _, end) in frames where stillObserved.contains(frame.tag) {
                 for (id, joinedAt) in peer.writtenWhenNamesakeJoined where end <= joinedAt {
                     guard let namesake = peers[id], namesake.member.receives(tag: frame.tag, target: target) else { continue }
+                    let tally = leftovers.tally(endingAt: end)
                     tally.add()
                     deliveries.append(CatchUp(
                         frame: frame, reason: end <= acknowledgedThrough ? .notHandled : .notAcknowledged,
-                        to: (id, namesake.connection, namesake.delivery)))
+                        to: (id, namesake.connection, namesake.delivery), tally: tally))
                 }
             }
             return deliveries
@@ -259,16 +262,16 @@ public final class Zipper: Sendable {
         /// acknowledged (or never took), each with its unacknowledged bytes,
         /// for the tags no namesake still observes (one that does received
         /// every frame since: the held ones would come after newer ones).
-        /// Each held is added to `tally`, its connection's end.
+        /// Each held is added to its tally at its connection's end.
         mutating func holdForReturn(
-            _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int, reason: HeldFrames.Reason)], of function: RouteMember,
-            stillObserved: Set<UInt32>, tally: HoldTally
+            _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int, reason: HeldFrames.Reason, tally: HoldTally)],
+            of function: RouteMember, stillObserved: Set<UInt32>
         ) -> UnacknowledgedAtEnd {
             var outcome = UnacknowledgedAtEnd(bytes: 0)
             let kept = frames.filter { !stillObserved.contains($0.frame.tag) && function.receives(tag: $0.frame.tag, target: $0.target) }
             let results = held.holdAhead(
-                kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame), $0.reason) }, for: function, now: .now, tally: tally)
-            for ((frame, _, notAcknowledged, _), result) in zip(kept, results) {
+                kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame), $0.reason, $0.tally) }, for: function, now: .now)
+            for ((frame, _, notAcknowledged, _, _), result) in zip(kept, results) {
                 switch result {
                 case .held:
                     statistics.heldFrames += 1
@@ -1006,7 +1009,7 @@ public final class Zipper: Sendable {
             var waiters: [Latch] = []
             var catchUps: [CatchUp] = []
             let endedAt = ContinuousClock.now
-            let leftovers = HoldTally()
+            let leftovers = Leftovers()
             let (left, wasEmpty, slowConsumerClosed) = state.withLock { state -> (UnacknowledgedAtEnd, Bool, Bool) in
                 // Gone already: closed as a slow consumer, whose backlog is not kept.
                 let leaving = state.peers[id]
@@ -1033,13 +1036,16 @@ public final class Zipper: Sendable {
                         let taken = configuration.unroutedHold.isOn ? unacknowledged : []
                         // A frame acknowledged whole was kept because its handlers had not finished it.
                         let takenBack = taken.map {
-                            ($0.frame, $0.target, $0.notAcknowledged, $0.end <= acknowledgedThrough ? HeldFrames.Reason.notHandled : .notAcknowledged)
+                            ($0.frame, $0.target, $0.notAcknowledged, $0.end <= acknowledgedThrough ? HeldFrames.Reason.notHandled : .notAcknowledged,
+                             leftovers.tally(endingAt: $0.end))
                         }
-                        let frames = takenBack + unwritten.map { ($0.frame, $0.target, 0, HeldFrames.Reason.notAcknowledged) }
-                        left = state.holdForReturn(frames, of: member, stillObserved: stillObserved, tally: leftovers)
+                        let frames = takenBack + unwritten.map {
+                            ($0.frame, $0.target, 0, HeldFrames.Reason.notAcknowledged, leftovers.tally(endingAt: 0))
+                        }
+                        left = state.holdForReturn(frames, of: member, stillObserved: stillObserved)
                         if let leaving {
                             catchUps = state.catchUp(
-                                taken, acknowledgedThrough: acknowledgedThrough, leftBy: leaving, stillObserved: stillObserved, tally: leftovers)
+                                taken, acknowledgedThrough: acknowledgedThrough, leftBy: leaving, stillObserved: stillObserved, leftovers: leftovers)
                         }
                         // A namesake has the rest of the frames in tags it observes, or gets them now.
                         let withNamesakes = taken.reduce(0) { $0 + (stillObserved.contains($1.frame.tag) ? $1.notAcknowledged : 0) }
@@ -1065,7 +1071,7 @@ public final class Zipper: Sendable {
             }
             if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
             report(left, wasEmpty: wasEmpty, clientType: handshake.clientType, logger: connectionLogger)
-            if !catchUps.isEmpty { giveToNamesakes(catchUps, name: member.name, since: endedAt, tally: leftovers, logger: connectionLogger) }
+            if !catchUps.isEmpty { giveToNamesakes(catchUps, name: member.name, since: endedAt, logger: connectionLogger) }
             for waiter in waiters { waiter.fire() }
         }
         // Runs before the defer above: the ledger is kept for the client's next
@@ -1238,8 +1244,8 @@ public final class Zipper: Sendable {
             let wasEmpty = state.held.isEmpty
             // After: its end's tally (set in the lock that made it departed) waits for this one too.
             left = state.holdForReturn(
-                [(owned, target, 0, .notAcknowledged)], of: function, stillObserved: state.routes.tagsObserved(byName: function.name),
-                tally: delivery.leftoversOfEnd ?? HoldTally())
+                [(owned, target, 0, .notAcknowledged, delivery.leftoversOfEnd?.tally(endingAt: 0) ?? HoldTally())], of: function,
+                stillObserved: state.routes.tagsObserved(byName: function.name))
             return (left, wasEmpty)
         }
         // No line per frame: these are few, and the connection's end says what it held.
@@ -1248,14 +1254,15 @@ public final class Zipper: Sendable {
 
     /// Writes what a stream function's ended connection left to the
     /// namesakes that lack it (`State.catchUp`), in order, after what they
-    /// got since they joined; each frame leaves `tally` once written (and
+    /// got since they joined; each frame leaves its tally once written (and
     /// waits there for its acknowledgement).
     /// Each one's wait, from the connection's end (`since`), is a `zipper hold`
     /// span between the zipper's span and the namesake's, as for a frame held.
-    private func giveToNamesakes(_ deliveries: [CatchUp], name: String, since: ContinuousClock.Instant, tally: HoldTally, logger: Logger) {
+    private func giveToNamesakes(_ deliveries: [CatchUp], name: String, since: ContinuousClock.Instant, logger: Logger) {
         Task {
             var given = 0
             for delivery in deliveries {
+                let tally = delivery.tally
                 defer { tally.release() }
                 let frame = tracing.heldFrame(delivery.frame, waited: .now - since, reason: delivery.reason.attribute, function: name)
                 guard let end = try? await delivery.to.connection.write(frame, patch: nil, endingAfterQueueingThrows: false) else { continue }
@@ -1381,6 +1388,10 @@ public final class Zipper: Sendable {
 
     /// Each mesh link's state (empty without a mesh).
     var meshLinkHealth: [MeshLinkHealth] { links.map(\.health) }
+
+    /// One round of delivery receipts now: what was routed since the last
+    /// becomes a checkpoint of its own (tests).
+    func receiptRoundForTesting() { receipts.round() }
 
     /// Each connected client's connection, as the zipper sees it.
     func clientConnections() -> [ClientConnectionHealth] {

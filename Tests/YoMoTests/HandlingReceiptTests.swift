@@ -39,6 +39,62 @@ struct HandlingReceiptTests {
         await stuck.close()
     }
 
+    @Test("what a killed function's end left is settled for its source frame by frame as its next instance takes them, not once it took the last")
+    func leftoversSettleAsTaken() async throws {
+        let meters = MeterProvider(configuration: .init(serviceName: "zipper", environment: [:]))
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: .init(meterProvider: meters))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let stuck = try startFunctionProcess(zipper: address, pipe: true, handlerDelayMs: 600_000)
+        defer { if stuck.isRunning { kill(stuck.processIdentifier, SIGKILL) } }
+        #expect(await eventually(within: .seconds(20)) { functionConnections(zipper, named: "upper").count == 1 })
+        let source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        let delivered = { () -> Double? in
+            guard let routed = meters.collect().first(where: { $0.descriptor.name == "yomo.zipper.routed.messages" }),
+                  let point = routed.points.first(where: { $0.attributes.pairs.contains { $0.key == "outcome" && $0.value == "delivered" } }),
+                  case .scalar(let value) = point.value else { return nil }
+            return value
+        }
+        // One receipt checkpoint a frame: each written to the function before the next.
+        let texts = (0..<10).map { "frame-\($0)" }
+        for (index, text) in texts.enumerated() {
+            try await source.write(tag: 0x33, data: Array((text + ":").utf8))
+            #expect(await eventually { delivered() == Double(index + 1) })
+            zipper.receiptRoundForTesting()
+        }
+        #expect(await eventually { functionConnections(zipper, named: "upper").first?.unacknowledgedBytes == 0 })
+        // Its handler has the first; the rest wait in its queue, and with the
+        // source (all but its pace's worth: a frame).
+        #expect(await eventually { (8...9).contains(source.client.keptFrames) }, "kept \(source.client.keptFrames)")
+        kill(stuck.processIdentifier, SIGKILL)
+        await waitForExit(stuck)
+        #expect(await eventually(within: .seconds(30)) { functionConnections(zipper, named: "upper").isEmpty })
+        #expect(zipper.statistics.unacknowledgedFramesHeld == 10, "\(zipper.statistics)")
+        // Its next instance takes three and stops at the third.
+        let gate = Gate()
+        let taken = Inbox<String>()
+        let next = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33]))
+        next.setPipeHandler { input, _ in
+            for await frame in input {
+                taken.append(String(decoding: frame.data, as: UTF8.self))
+                if taken.items.count == 3 { await gate.wait() }
+            }
+        }
+        try await next.connect()
+        #expect(await taken.wait(for: 3))
+        // The three and its pace's worth (three more: a young connection's is
+        // all it took so far) are settled; before, the source kept all eight
+        // until the last was taken.
+        #expect(await eventually { source.client.keptFrames <= 6 }, "kept \(source.client.keptFrames)")
+        gate.open()
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
+        #expect(taken.items == texts.map { $0 + ":" })
+        await source.close()
+        await next.close()
+        await zipper.close()
+    }
+
     @Test("a function killed and started again at once, before the zipper noticed: what its handlers had not finished goes to the new instance, which joined after it was written")
     func restartedBeforeTheZipperNoticed() async throws {
         let exporter = InMemorySpanExporter()

@@ -68,11 +68,12 @@ struct HeldFramesLogicTests {
         #expect(!shared.isSettled, "f's connection has not ended yet")
         (toF.connection as! ConnectionProgress).end()
         #expect(!shared.isSettled, "ended, but what it lacked not yet held at its end")
-        let leftovers = HoldTally()
-        leftovers.add()
+        let leftovers = Leftovers()
+        let heldAtEnd = leftovers.tally(endingAt: 0)
+        heldAtEnd.add()
         toF.ended(leaving: leftovers)
         #expect(!shared.isSettled, "held again for f, in memory only")
-        leftovers.release()
+        heldAtEnd.release()
         #expect(shared.isSettled, "it left the hold at f's end too")
 
         let expiring = HoldTally()
@@ -107,6 +108,39 @@ struct HeldFramesLogicTests {
         #expect(forAny.isSettled, "a later taker and its deadline leave the sender's tally alone")
     }
 
+    @Test("what a connection's end left is waited for frame by frame: a receipt waits only for the frames up to where it waited, and a frame never written there is waited for by every one")
+    func leftoversFrameByFrame() {
+        let progress = ConnectionProgress()
+        let ended = DeliveryDestination(progress)
+        progress.end()
+        let leftovers = Leftovers()
+        let tallies = [100, 200, 300].map { leftovers.tally(endingAt: $0) }
+        tallies.forEach { $0.add() }
+        #expect(!ended.reached(50), "its end not yet dealt with")
+        ended.ended(leaving: leftovers)
+        #expect(ended.reached(50), "nothing before 50 was left")
+        #expect(!ended.reached(100))
+        tallies[0].release()
+        #expect(ended.reached(150), "the first left the hold (expired, or kept in the file)")
+        #expect(!ended.reached(200), "before, the receipt waited for all three")
+        // The third taken by the function's next connection: waited for there.
+        let next = ConnectionProgress()
+        tallies[2].wait(for: DeliveryDestination(next), written: 40)
+        tallies[2].release()
+        tallies[1].release()
+        #expect(ended.reached(200))
+        #expect(!ended.reached(300), "written where it went, not acknowledged")
+        next.acknowledge(40)
+        #expect(ended.reached(300))
+        // A frame held after the end (a write that found it ended): every receipt waits for it.
+        let late = leftovers.tally(endingAt: 0)
+        late.add()
+        #expect(leftovers.tally(endingAt: 0) === late, "never-written frames share one")
+        #expect(!ended.reached(100))
+        late.release()
+        #expect(ended.reached(.max))
+    }
+
     @Test("frames a function lacked are held ahead of the newer ones held for it, with their deadline; else at the end, for the whole duration")
     func heldAhead() {
         var held = HeldFrames(settings: Hold(duration: .seconds(5), maximumBytes: 600 * 4 + 1, afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
@@ -119,7 +153,7 @@ struct HeldFramesLogicTests {
             #expect(held.hold(frame(0x33, text), target: nil, bytes: 600, for: .init(owed: ["f"]), routed: true, now: start + .seconds(index + 1)) == .held(first: false))
         }
         let results = held.holdAhead(
-            [(frame(0x33, "old-1"), nil, 600, .notHandled), (frame(0x33, "old-2"), nil, 600, .notAcknowledged)], for: f, now: start + .seconds(3))
+            [(frame(0x33, "old-1"), nil, 600, .notHandled, nil), (frame(0x33, "old-2"), nil, 600, .notAcknowledged, nil)], for: f, now: start + .seconds(3))
         #expect(results == [.held(first: false), .full], "the byte limit still counts")
         #expect(held.entries.map(\.deadline) == held.entries.map(\.deadline).sorted(), "deadlines in order")
         #expect(held.entries.map { String(buffer: $0.frame.payload) } == ["other", "unrelated", "old-1", "new-1", "new-2"])
@@ -131,7 +165,7 @@ struct HeldFramesLogicTests {
         #expect(taken.map(\.reason) == [.notHandled, .functionAway, .functionAway])
         #expect(taken.map(\.heldAt) == [start + .seconds(3), start + .seconds(1), start + .seconds(2)])
         #expect(held.expire(now: start + .seconds(6)).isEmpty == false, "g's frame expires")
-        let late = held.holdAhead([(frame(0x33, "old-3"), nil, 600, .notAcknowledged)], for: f, now: start + .seconds(7))
+        let late = held.holdAhead([(frame(0x33, "old-3"), nil, 600, .notAcknowledged, nil)], for: f, now: start + .seconds(7))
         #expect(late == [.held(first: true)])
         #expect(held.nextDeadline == start + .seconds(12), "nothing newer for it: the whole duration")
     }
