@@ -737,14 +737,14 @@ final class ClientRuntime: Sendable {
         }
     }
 
-    /// Reads frames until the session ends; returns why (nil: the stream ended).
-    /// The handlers it starts go into `group` and may outlive it: a lost
-    /// connection is redialled at once, not after the slowest handler.
     /// How long a stream function recognizes a frame it finished on a
     /// connection that ended, if it comes again: longer than a source's
     /// redial takes after its zipper's crash.
     static let copiesWindow: Duration = .seconds(60)
 
+    /// Reads frames until the session ends; returns why (nil: the stream ended).
+    /// The handlers it starts go into `group` and may outlive it: a lost
+    /// connection is redialled at once, not after the slowest handler.
     private func serveSession(
         _ session: ClientSession, _ setup: Setup, _ handlers: Handlers, _ group: inout DiscardingTaskGroup
     ) async -> (any Error)? {

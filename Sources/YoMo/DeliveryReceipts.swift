@@ -270,9 +270,6 @@ final class DeliveryDestination: Sendable {
         let through = pace.withLock { $0.settleable(taken: taken, at: now) }
         settlesAtAcknowledgement.store(through, ordering: .relaxed)
     }
-
-    /// Where an acknowledgement stops settling (`Int.max`: nowhere), for tests.
-    var settleableThrough: Int { settlesAtAcknowledgement.load(ordering: .relaxed) }
 }
 
 /// What a connection's end left held, frame by frame, by where each ended in
@@ -343,11 +340,8 @@ struct TakingPace {
     /// function took in the last `allowance` (its pace over a longer span
     /// when samples are older, scaled to `allowance`).
     mutating func settleable(taken: Int, at now: ContinuousClock.Instant) -> Int {
-        if let last = samples.last, now - last.at < Self.spacing {
-            // Not a sample of its own; the window is measured from the samples kept.
-        } else {
-            samples.append((now, taken))
-        }
+        // A receipt sooner than `spacing` after the last sample is measured against those kept.
+        if samples.last.map({ now - $0.at >= Self.spacing }) ?? true { samples.append((now, taken)) }
         while samples.count > 1, now - samples[1].at >= Self.allowance { samples.removeFirst() }
         guard let oldest = samples.first, taken > oldest.taken else { return taken }
         let span = now - oldest.at

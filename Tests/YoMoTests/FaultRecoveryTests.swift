@@ -498,6 +498,53 @@ struct FaultRecoveryTests {
         await healthy.close()
     }
 
+    @Test("a graceful close that a stream function cannot drain in time keeps what it had not acknowledged in the held frames file: the function's next instance gets it from the next start")
+    func closeKeepsWhatAFunctionHadNotTaken() async throws {
+        let directory = NSTemporaryDirectory() + "yomo-test-close-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let port = try await freePort()
+        let configuration = ZipperConfiguration(host: "127.0.0.1", port: port, functionsFile: directory + "/functions.yaml")
+        let meters = MeterProvider(configuration: .init(serviceName: "zipper", environment: [:]))
+        let first = Zipper(configuration: configuration, options: .init(meterProvider: meters))
+        try await first.start()
+        let address = "127.0.0.1:\(port)"
+        var function = try startFunctionProcess(zipper: address, pipe: true)
+        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+        #expect(await eventually(within: .seconds(20)) { functionConnections(first, named: "upper").count == 1 })
+        // Frozen: what the zipper writes it now stays unacknowledged through the drain.
+        try await freeze(function)
+        let source = Source(name: "writer", zipper: address, options: .init(retryConnect: true))
+        try await source.connect()
+        let texts = (0..<10).map { "frame-\($0)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
+        let delivered = { () -> Double? in
+            guard let routed = meters.collect().first(where: { $0.descriptor.name == "yomo.zipper.routed.messages" }),
+                  let point = routed.points.first(where: { $0.attributes.pairs.contains { $0.key == "outcome" && $0.value == "delivered" } }),
+                  case .scalar(let value) = point.value else { return nil }
+            return value
+        }
+        #expect(await eventually { delivered() == 10 }, "all ten written to the frozen function")
+        // The drain gives up once nothing moved for a second; the sources were
+        // told it shut down, and let go of what it had acknowledged.
+        await first.close()
+        #expect(first.statistics.unacknowledgedBytesLost == 0, "\(first.statistics)")
+        #expect(FileManager.default.fileExists(atPath: directory + "/functions.yaml.held"))
+        // The function dies before it ever reads them.
+        kill(function.processIdentifier, SIGKILL)
+        await waitForExit(function)
+        let second = Zipper(configuration: configuration)
+        try await second.start()
+        let (sink, received) = try await connectUppercaseSink(zipper: address)
+        function = try startFunctionProcess(zipper: address, pipe: true)
+        let answers = texts.map { $0.uppercased() }
+        #expect(await eventually(within: .seconds(30)) { Set(received.items).isSuperset(of: answers) },
+                "missing \(Set(answers).subtracting(received.items).sorted())")
+        await source.close()
+        await sink.close()
+        await second.close()
+    }
+
     /// Stops `zipper` with SIGTERM and starts it again, `rounds` times, each
     /// once 500 more frames arrived; then expects every frame `writer` wrote
     /// among `arrivals`.
