@@ -518,12 +518,7 @@ struct FaultRecoveryTests {
         try await source.connect()
         let texts = (0..<10).map { "frame-\($0)" }
         for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
-        let delivered = { () -> Double? in
-            guard let routed = meters.collect().first(where: { $0.descriptor.name == "yomo.zipper.routed.messages" }),
-                  let point = routed.points.first(where: { $0.attributes.pairs.contains { $0.key == "outcome" && $0.value == "delivered" } }),
-                  case .scalar(let value) = point.value else { return nil }
-            return value
-        }
+        let delivered = { routedToDestinations(meters) }
         #expect(await eventually { delivered() == 10 }, "all ten written to the frozen function")
         // The drain gives up once nothing moved for a second; the sources were
         // told it shut down, and let go of what it had acknowledged.

@@ -50,12 +50,7 @@ struct HandlingReceiptTests {
         #expect(await eventually(within: .seconds(20)) { functionConnections(zipper, named: "upper").count == 1 })
         let source = Source(name: "writer", zipper: address)
         try await source.connect()
-        let delivered = { () -> Double? in
-            guard let routed = meters.collect().first(where: { $0.descriptor.name == "yomo.zipper.routed.messages" }),
-                  let point = routed.points.first(where: { $0.attributes.pairs.contains { $0.key == "outcome" && $0.value == "delivered" } }),
-                  case .scalar(let value) = point.value else { return nil }
-            return value
-        }
+        let delivered = { routedToDestinations(meters) }
         // One receipt checkpoint a frame: each written to the function before the next.
         let texts = (0..<10).map { "frame-\($0)" }
         for (index, text) in texts.enumerated() {
@@ -444,12 +439,7 @@ final class FunctionStuckInItsHandlers: Sendable {
         for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
         // All five written to the function and acknowledged by its QUIC stack
         // (counted: a guess at their bytes let one still on its way pass).
-        let delivered = { () -> Double? in
-            guard let routed = meters.collect().first(where: { $0.descriptor.name == "yomo.zipper.routed.messages" }),
-                  let point = routed.points.first(where: { $0.attributes.pairs.contains { $0.key == "outcome" && $0.value == "delivered" } }),
-                  case .scalar(let value) = point.value else { return nil }
-            return value
-        }
+        let delivered = { routedToDestinations(meters) }
         let kept = await eventually {
             guard let bytes = functionConnections(zipper, named: "upper").first else { return false }
             return delivered() == 5 && bytes.unacknowledgedBytes == 0
@@ -553,6 +543,15 @@ final class StalledHandlers: Sendable {
 
 /// The zipper's connections to the stream functions named `name` (what
 /// `yomo.zipper.client.*` shows of them).
+/// The zipper's count of frames it wrote to their destinations
+/// (`yomo.zipper.routed.messages`, outcome `delivered`), nil before the first.
+func routedToDestinations(_ meters: MeterProvider) -> Double? {
+    guard let routed = meters.collect().first(where: { $0.descriptor.name == "yomo.zipper.routed.messages" }),
+          let point = routed.points.first(where: { $0.attributes.pairs.contains { $0.key == "outcome" && $0.value == "delivered" } }),
+          case .scalar(let value) = point.value else { return nil }
+    return value
+}
+
 func functionConnections(_ zipper: Zipper, named name: String) -> [ClientConnectionHealth] {
     zipper.clientConnections().filter { $0.member.clientType == .streamFunction && $0.member.name == name }
 }
