@@ -1030,11 +1030,23 @@ public final class Zipper: Sendable {
                     let stillObserved = state.routes.tagsObserved(byName: member.name)
                     state.held.observerLeft(member, stillObserved: stillObserved, now: .now)
                     if !state.closed { state.functionsChanged = true }
-                    if let unwritten, !state.closed {
-                        if state.departed.count >= State.departedRemembered { state.departed.removeFirst() }
-                        state.departed.append(member)
-                        let taken = configuration.unroutedHold.isOn ? unacknowledged : []
-                        // A frame acknowledged whole was kept because its handlers had not finished it.
+                    // At the zipper's own close (its drain out of time: a function
+                    // slower than its sources), only if the held frames file keeps
+                    // what is held, for the next start to give the function. Before
+                    // the forty-first round of issue 14 that was lost (said), while
+                    // the sources, told the zipper shut down, had let it go.
+                    let keptAtClose = configuration.functionsFile != nil && configuration.unroutedHold.isOn
+                    if let unwritten, !state.closed || keptAtClose {
+                        let closing = state.closed
+                        if !closing {
+                            if state.departed.count >= State.departedRemembered { state.departed.removeFirst() }
+                            state.departed.append(member)
+                        }
+                        // A frame acknowledged whole was kept because its handlers had not
+                        // finished it; at the close they finish it: only what the
+                        // function's QUIC stack had not acknowledged is held then.
+                        let taken = !configuration.unroutedHold.isOn ? []
+                            : closing ? unacknowledged.filter { $0.end > acknowledgedThrough } : unacknowledged
                         let takenBack = taken.map {
                             ($0.frame, $0.target, $0.notAcknowledged, $0.end <= acknowledgedThrough ? HeldFrames.Reason.notHandled : .notAcknowledged,
                              leftovers.tally(endingAt: $0.end))
@@ -1043,29 +1055,13 @@ public final class Zipper: Sendable {
                             ($0.frame, $0.target, 0, HeldFrames.Reason.notAcknowledged, leftovers.tally(endingAt: 0))
                         }
                         left = state.holdForReturn(frames, of: member, stillObserved: stillObserved)
-                        if let leaving {
+                        if let leaving, !closing {
                             catchUps = state.catchUp(
                                 taken, acknowledgedThrough: acknowledgedThrough, leftBy: leaving, stillObserved: stillObserved, leftovers: leftovers)
                         }
-                        // A namesake has the rest of the frames in tags it observes, or gets them now.
-                        let withNamesakes = taken.reduce(0) { $0 + (stillObserved.contains($1.frame.tag) ? $1.notAcknowledged : 0) }
+                        // A namesake has the rest of the frames in tags it observes, or gets them now (not at the close).
+                        let withNamesakes = closing ? 0 : taken.reduce(0) { $0 + (stillObserved.contains($1.frame.tag) ? $1.notAcknowledged : 0) }
                         left.lostBytes = max(0, unacknowledgedBytes - left.heldUnacknowledgedBytes - withNamesakes)
-                    } else if let unwritten, state.closed, configuration.functionsFile != nil, configuration.unroutedHold.isOn {
-                        // The zipper's own close, its drain out of time (a function
-                        // slower than its sources): what the function's QUIC stack had
-                        // not acknowledged goes into the held frames file with the rest
-                        // of the hold, for the next start to give it. What it
-                        // acknowledged its handlers have. Before the forty-first
-                        // round of issue 14 it was lost (said), while the sources,
-                        // told the zipper shut down, had let it go.
-                        let notTaken = unacknowledged.filter { $0.end > acknowledgedThrough }.map {
-                            ($0.frame, $0.target, $0.notAcknowledged, HeldFrames.Reason.notAcknowledged, leftovers.tally(endingAt: $0.end))
-                        }
-                        let frames = notTaken + unwritten.map {
-                            ($0.frame, $0.target, 0, HeldFrames.Reason.notAcknowledged, leftovers.tally(endingAt: 0))
-                        }
-                        left = state.holdForReturn(frames, of: member, stillObserved: stillObserved)
-                        left.lostBytes = max(0, unacknowledgedBytes - left.heldUnacknowledgedBytes)
                     }
                 }
                 left.unhandledLostBytes = unhandledGivenUp
