@@ -83,7 +83,7 @@ struct DeliveryReceiptTests {
         #expect(await received.wait(for: 10))
         /// The sum of `name`'s series on the zipper's /metrics whose lines contain each of `labels`.
         func metric(_ name: String, _ labels: String...) async -> Double {
-            seriesValue(await httpGet("http://127.0.0.1:\(metricsPort)/metrics")?.body ?? "", name, labels: labels) ?? 0
+            await scrapedMetric(port: metricsPort, name, labels: labels) ?? 0
         }
         // Frozen first, so that what the zipper writes to it now stays unacknowledged.
         try await freeze(function)
@@ -124,19 +124,14 @@ struct DeliveryReceiptTests {
         try await source.connect()
         let texts = (0..<10).map { "frame-\($0)" }
         func metric(_ name: String, _ labels: String...) async -> Double {
-            seriesValue(await httpGet("http://127.0.0.1:\(metricsPort)/metrics")?.body ?? "", name, labels: labels) ?? 0
+            await scrapedMetric(port: metricsPort, name, labels: labels) ?? 0
         }
         // The pipe handler takes the first and waits ten minutes: taken, so settled.
         try await source.write(tag: 0x33, data: Array((texts[0] + ":").utf8))
         #expect(await eventually(within: .seconds(20)) { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
         // The rest queue behind it, acknowledged by the function's QUIC stack.
         for text in texts.dropFirst() { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
-        let atTheFunction = await eventuallyAsync {
-            let routed = await metric("yomo_zipper_routed_messages_total", "outcome=\"delivered\"", "\"0x33\"")
-            let unacknowledged = await metric("yomo_zipper_client_unacknowledged_bytes", "yomo_client_name=\"upper\"")
-            return routed == 10 && unacknowledged == 0
-        }
-        #expect(atTheFunction)
+        #expect(await eventuallyAsync { await wroteToUpper(10, metricsPort: metricsPort) })
         // They stay with the source: settled only within the function's pace
         // (a frame at most here) past what it took. Before, all were settled once
         // the function acknowledged them, and a double fault lost them.
@@ -177,17 +172,12 @@ struct DeliveryReceiptTests {
         let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: late, retryConnect: true))
         try await source.connect()
         func metric(_ name: String, _ labels: String...) async -> Double? {
-            seriesValue(await httpGet("http://127.0.0.1:\(metricsPort)/metrics")?.body ?? "", name, labels: labels)
+            await scrapedMetric(port: metricsPort, name, labels: labels)
         }
         let texts = (0..<10).map { "frame-\($0)" }
         for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
         // All ten at the function, the first in its handler: five seconds of work.
-        let atTheFunction = await eventuallyAsync {
-            let routed = await metric("yomo_zipper_routed_messages_total", "outcome=\"delivered\"", "\"0x33\"")
-            let unacknowledged = await metric("yomo_zipper_client_unacknowledged_bytes", "yomo_client_name=\"upper\"")
-            return routed == 10 && unacknowledged == 0
-        }
-        #expect(atTheFunction)
+        #expect(await eventuallyAsync { await wroteToUpper(10, metricsPort: metricsPort) })
         for _ in 0..<2 {
             await zipper.kill()
             try zipper.restart()
@@ -413,4 +403,18 @@ struct DeliveryReceiptTests {
         await sink.close()
         await zipper.close()
     }
+}
+
+/// The sum of `name`'s series on the /metrics page at `port` whose lines
+/// contain each of `labels`; nil when none does.
+func scrapedMetric(port: Int, _ name: String, labels: [String]) async -> Double? {
+    seriesValue(await httpGet("http://127.0.0.1:\(port)/metrics")?.body ?? "", name, labels: labels)
+}
+
+/// Whether a zipper serving metrics on `port` wrote `count` frames of tag
+/// 0x33 to the stream function `upper`, and its QUIC stack acknowledged them all.
+func wroteToUpper(_ count: Int, metricsPort port: Int) async -> Bool {
+    let routed = await scrapedMetric(port: port, "yomo_zipper_routed_messages_total", labels: ["outcome=\"delivered\"", "\"0x33\""])
+    let unacknowledged = await scrapedMetric(port: port, "yomo_zipper_client_unacknowledged_bytes", labels: ["yomo_client_name=\"upper\""])
+    return routed == Double(count) && unacknowledged == 0
 }
