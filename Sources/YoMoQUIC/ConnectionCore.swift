@@ -1294,15 +1294,16 @@ extension ConnectionCore {
     /// Queues a frame unless more than `limit` bytes are already buffered: the
     /// zipper's non-blocking write for its drop and disconnect policies.
     /// Returns false (and queues nothing) when over the limit.
-    func tryWrite(length: Int, limit: Int, _ encode: (inout ByteBuffer) -> Void) throws(QUICError) -> Bool {
-        let wake = try sendShared.withLock { s throws(QUICError) -> Bool? in
+    func tryWrite(length: Int, limit: Int, _ encode: (inout ByteBuffer) -> Void) throws(QUICError) -> Int? {
+        let accepted = try sendShared.withLock { s throws(QUICError) -> (wake: Bool, end: Int)? in
             // Errors first, as for any write; then the limit (an idle connection takes any frame).
             if s.error == nil, !s.finRequested, s.buffered + length > limit, s.buffered > 0 { return nil }
-            return try s.accept(length) { $0.appendEncoded(length: length, encode) }
+            let wake = try s.accept(length) { $0.appendEncoded(length: length, encode) }
+            return (wake, s.enqueuedTotal)
         }
-        guard let wake else { return false }
-        if wake { loop.execute { [self] in flushFromApplication() } }
-        return true
+        guard let accepted else { return nil }
+        if accepted.wake { loop.execute { [self] in flushFromApplication() } }
+        return accepted.end
     }
 
     /// Bytes written but not yet acknowledged by the peer.

@@ -64,7 +64,7 @@ public final class QUICFrameConnection: Sendable {
     /// (an idle connection takes any frame); never waits. False: not queued.
     /// The zipper's write for its `drop` and `disconnect` slow-consumer policies.
     public func tryWrite(_ data: DataFrame, limit: Int) throws(QUICError) -> Bool {
-        try tryWrite(data, limit: limit, patch: nil)
+        try tryWrite(data, limit: limit, patch: nil) != nil
     }
 
     /// Queues a control frame only if at most `limit` bytes are waiting for
@@ -72,11 +72,12 @@ public final class QUICFrameConnection: Sendable {
     /// later one replaces, is not worth waiting for a client that stopped reading).
     package func tryWrite(control frame: Frame, limit: Int) throws(QUICError) -> Bool {
         let bytes = frame.encoded()
-        return try connection.core.tryWrite(length: bytes.readableBytes, limit: limit) { $0.writeImmutableBuffer(bytes) }
+        return try connection.core.tryWrite(length: bytes.readableBytes, limit: limit) { $0.writeImmutableBuffer(bytes) } != nil
     }
 
-    /// `tryWrite(_:limit:)` with `patch` written over the frame's metadata.
-    package func tryWrite(_ data: DataFrame, limit: Int, patch: MetadataPatch?) throws(QUICError) -> Bool {
+    /// `tryWrite(_:limit:)` with `patch` written over the frame's metadata:
+    /// the stream offset just past the frame, nil if not queued.
+    package func tryWrite(_ data: DataFrame, limit: Int, patch: MetadataPatch?) throws(QUICError) -> Int? {
         try connection.core.tryWrite(length: data.encodedLength, limit: limit) { data.encode(into: &$0, patch: patch) }
     }
 

@@ -199,6 +199,41 @@ struct DeliveryReceiptTests {
         await zipper.kill()
     }
 
+    @Test("a backlog a source sends again in one burst after its zipper's crash is settled frame by frame as the function works it off: a second crash brings back only what it had not handled, and each frame is answered once")
+    func burstSettlesFrameByFrame() async throws {
+        let metricsPort = try await freeTCPPort()
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let function = try startFunctionProcess(zipper: zipper.address, pipe: true, handlerDelayMs: 700)
+        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+        let (sink, received) = try await connectUppercaseSink(zipper: zipper.address, retryConnect: true)
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
+        try await source.connect()
+        let texts = (0..<10).map { "frame-\($0)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
+        // The first in the pipe handler, the rest queued: the source keeps those.
+        #expect(await eventuallyAsync { await wroteToUpper(10, metricsPort: metricsPort) })
+        #expect(await eventually(within: .seconds(20)) { (8...9).contains(source.client.keptFrames) }, "kept \(source.client.keptFrames)")
+        await zipper.kill()
+        try zipper.restart()
+        // The source sends what it kept again, at once: copies of what the
+        // function has queued, finished as it handles those. Before, they
+        // were settled as one, when the last was handled.
+        #expect(await eventually(within: .seconds(30)) { received.items.contains("FRAME-4") }, "\(received.items)")
+        let kept = await eventually(within: .seconds(5)) { source.client.keptFrames <= 5 }
+        #expect(kept, "kept \(source.client.keptFrames) of the nine sent again, with five handled")
+        await zipper.kill()
+        try zipper.restart()
+        // What the function handled and forgot stays settled: nothing answered twice.
+        try await source.flush(timeout: .seconds(30))
+        try await source.write(tag: 0x33, data: Array("last:".utf8))
+        #expect(await eventually(within: .seconds(30)) { received.items.contains("LAST") }, "\(received.items)")
+        let answers = received.items.filter { $0 != "LAST" }
+        #expect(answers.sorted() == texts.map { $0.uppercased() }.sorted(), "\(answers)")
+        await source.close()
+        await sink.close()
+        await zipper.kill()
+    }
+
     @Test("an acknowledgement settles what a function took and its last 50 ms of pace beyond: nothing beyond while it takes nothing, its pace over a longer span scaled to 50 ms")
     func takingPace() {
         var pace = TakingPace()
@@ -210,6 +245,25 @@ struct DeliveryReceiptTests {
         #expect(pace.settleable(taken: 500, at: at(100)) == 500, "took nothing in the last 50 ms")
         #expect(pace.settleable(taken: 600, at: at(1100)) == 605, "100 bytes in a second: 5 in 50 ms")
         #expect(pace.settleable(taken: 600, at: at(1105)) == 604, "not a sample of its own: the same bytes over 1,005 ms")
+    }
+
+    @Test("a function that may say what it took settles nothing at acknowledgement before its first receipt (held frames written at its join, before the zipper reads it); one whose receipts say nothing of it, at acknowledgement")
+    func settlesAtAcknowledgementOnlyOnceTold() {
+        let progress = ConnectionProgress()
+        let reporting = DeliveryDestination(progress, reportsTaking: true)
+        let older = DeliveryDestination(progress)
+        progress.acknowledge(300)
+        #expect(!reporting.reached(300), "acknowledged, and nothing told yet")
+        #expect(older.reached(300))
+        reporting.took(through: 100)
+        #expect(reporting.reached(100) && !reporting.reached(300))
+        reporting.tellsNothingTaken()
+        #expect(reporting.reached(300), "its receipts do not say what it took: acknowledgement settles")
+        var batch = ReceiptLedger.Batch()
+        batch.add(older, endingAt: 300)
+        #expect(!batch.endsCheckpoint, "settled at acknowledgement: one checkpoint a burst")
+        batch.add(DeliveryDestination(progress, reportsTaking: true), endingAt: 300)
+        #expect(batch.endsCheckpoint, "waits for the function to take it: a checkpoint of its own")
     }
 
     @Test("a connection lost while its zipper lives on: the zipper knows the reconnection, and what it had routed of the lost connection is not sent again, but kept until settled",

@@ -498,8 +498,18 @@ struct FaultRecoveryTests {
         await healthy.close()
     }
 
-    @Test("a graceful close that a stream function cannot drain in time keeps what it had not acknowledged in the held frames file: the function's next instance gets it from the next start")
-    func closeKeepsWhatAFunctionHadNotTaken() async throws {
+    /// How a stream function keeps a zipper's graceful close from seeing its frames through.
+    enum Stuck: String, CaseIterable, CustomTestStringConvertible {
+        /// Frozen (SIGSTOP): its QUIC stack acknowledges nothing.
+        case frozen
+        /// Its pipe handler busy for ten minutes: the frames acknowledged and queued.
+        case inItsHandler
+        var testDescription: String { rawValue }
+    }
+
+    @Test("a graceful close that a stream function cannot see through keeps what it had not acknowledged, or not handled, in the held frames file: the function's next instance gets it from the next start",
+          arguments: Stuck.allCases)
+    func closeKeepsWhatAFunctionHadNotTaken(_ stuck: Stuck) async throws {
         let directory = NSTemporaryDirectory() + "yomo-test-close-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -509,17 +519,22 @@ struct FaultRecoveryTests {
         let first = Zipper(configuration: configuration, options: .init(meterProvider: meters))
         try await first.start()
         let address = "127.0.0.1:\(port)"
-        var function = try startFunctionProcess(zipper: address, pipe: true)
+        var function = try startFunctionProcess(zipper: address, pipe: true, handlerDelayMs: stuck == .inItsHandler ? 600_000 : nil)
         defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
         #expect(await eventually(within: .seconds(20)) { functionConnections(first, named: "upper").count == 1 })
         // Frozen: what the zipper writes it now stays unacknowledged through the drain.
-        try await freeze(function)
+        if stuck == .frozen { try await freeze(function) }
         let source = Source(name: "writer", zipper: address, options: .init(retryConnect: true))
         try await source.connect()
         let texts = (0..<10).map { "frame-\($0)" }
         for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
         let delivered = { routedToDestinations(meters) }
-        #expect(await eventually { delivered() == 10 }, "all ten written to the frozen function")
+        #expect(await eventually { delivered() == 10 }, "all ten written to the function")
+        if stuck == .inItsHandler {
+            // Acknowledged: before the forty-second round of issue 14 the close
+            // trusted the function to handle them, and they were lost with it.
+            #expect(await eventually { functionConnections(first, named: "upper").first?.unacknowledgedBytes == 0 })
+        }
         // The drain gives up once nothing moved for a second; the sources were
         // told it shut down, and let go of what it had acknowledged.
         await first.close()
