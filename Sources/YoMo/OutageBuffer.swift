@@ -70,7 +70,10 @@ struct OutageBuffer {
     }
 
     /// Holds `frame` if it fits.
-    mutating func admit(_ frame: DataFrame, now: ContinuousClock.Instant = .now) -> Admission {
+    /// `pastLimit`: a frame queued on a connection that ended under its
+    /// write, which may have reached the zipper: held even over the limits,
+    /// since refusing it would tell its writer it was not sent.
+    mutating func admit(_ frame: DataFrame, now: ContinuousClock.Instant = .now, pastLimit: Bool = false) -> Admission {
         guard isEnabled else {
             statistics.dropped += 1
             outageDropped += 1
@@ -80,7 +83,7 @@ struct OutageBuffer {
         let size = frame.encodedLength
         let (heldFrames, heldBytes) = admitsBesidesPutBack
             ? (waiting.count - putBackHeld.frames, statistics.pendingBytes - putBackHeld.bytes) : (waiting.count, statistics.pendingBytes)
-        guard heldFrames < maximumFrames, heldBytes + size <= maximumBytes else {
+        guard pastLimit || (heldFrames < maximumFrames && heldBytes + size <= maximumBytes) else {
             statistics.dropped += 1
             outageDropped += 1
             defer { inDropBurst = true }

@@ -268,6 +268,42 @@ struct FaultTests {
         await zipper.kill()
     }
 
+    @Test("a frame queued on a connection that ended under its write is not refused by a full outage buffer: it may have reached the zipper, and it arrives")
+    func queuedWriteIsNotRefused() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let received = Inbox<String>()
+        let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x35], retryConnect: true))
+        sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await sink.connect()
+        let source = Source(
+            name: "writer", zipper: zipper.address, options: .init(reconnect: .redialsAtOnce, retryConnect: true, outageBufferFrames: 1))
+        try await source.connect()
+        #expect(try await writeUntilReceived(source, tag: 0x35, "before", received))
+        // Between the next write's return and its record: the zipper dies, the
+        // source takes what its connection left, and other writes fill the
+        // outage buffer (what the connection left may have filled it already).
+        let pid = zipper.process.processIdentifier
+        let fillers = Inbox<String>()
+        source.client.setAfterWriteHookForTesting {
+            kill(pid, SIGKILL)
+            _ = await eventually { source.client.reconnectCountForTesting > 0 }
+            for index in 0..<5 {
+                guard (try? await source.write(tag: 0x35, data: Array("filler-\(index)".utf8))) != nil else { return }
+                fillers.append("filler-\(index)")
+            }
+        }
+        // Before, it was refused (`outageBufferFull`) though queued.
+        await #expect(throws: Never.self) { try await source.write(tag: 0x35, data: Array("raced".utf8)) }
+        #expect(fillers.count < 5, "the outage buffer was full")
+        #expect(source.outageStatistics.pendingFrames == 2, "held past the limit of one: \(source.outageStatistics)")
+        await waitForExit(zipper.process)
+        try zipper.restart()
+        #expect(await eventually { Set(received.items).isSuperset(of: fillers.items + ["raced"]) }, "\(received.items)")
+        await source.close()
+        await sink.close()
+        await zipper.kill()
+    }
+
     @Test("a zipper that shuts down first: wait() returns after the function's own tracer provider exported every span")
     func spansFlushedBeforeWaitReturns() async throws {
         let receiver = try await SpanReceiver.start()
