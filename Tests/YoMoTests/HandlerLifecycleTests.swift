@@ -236,6 +236,42 @@ struct HandlerLifecycleTests {
         try await asked.expectAnswer(afterRestarting: zipper, closing)
     }
 
+    @Test("a connection lost while a function closes, with frames it received and had not read: close() returns at its deadline, not once its pipe handler worked through them")
+    func lostUnderTheCloseWithUnreadFrames() async throws {
+        let metricsPort = try await freeTCPPort()
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let taken = Inbox<String>()
+        // A queue of 2 KiB: most of what arrives waits unread in the QUIC stack.
+        let function = StreamFunction(name: "upper", zipper: zipper.address, options: .init(
+            observedTags: [0x33], retryConnect: true, maximumHandlerBytes: 2048, shutdownTimeout: .seconds(1)))
+        function.setPipeHandler { input, output in
+            for await frame in input {
+                taken.append(String(decoding: frame.data, as: UTF8.self))
+                try? await Task.sleep(for: .milliseconds(100))
+                try? await output.write(tag: 0x34, data: frame.data)
+            }
+        }
+        try await function.connect()
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
+        try await source.connect()
+        let padding = String(repeating: "x", count: 100)
+        for index in 0..<200 { try await source.write(tag: 0x33, data: Array("\(index) \(padding)".utf8)) }
+        #expect(await eventuallyAsync { await wroteToUpper(200, metricsPort: metricsPort) })
+        let closed = Mutex(false)
+        let closing = Task {
+            await function.close()
+            closed.withLock { $0 = true }
+        }
+        #expect(await eventually { function.client.isClosingForTesting })
+        // The next answer finds the zipper gone: the connection is lost under the close.
+        await zipper.kill()
+        // Before, it read on through what it had received, 100 ms a frame: about 20 s.
+        #expect(await eventually(within: .seconds(10)) { closed.withLock { $0 } }, "close() returned at its deadline; \(taken.count) frames taken")
+        #expect(taken.count < 100, "\(taken.count) frames taken")
+        await closing.value
+        await source.close()
+    }
+
     @Test("a write larger than a zipper takes is refused before it is sent; the source and the handler's connection serve on")
     func oversizedWritesRefused() async throws {
         try await withZipper { address, _ in
