@@ -88,6 +88,9 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
     /// Nothing is queued (the consumer may be inside an element).
     var isEmpty: Bool { state.withLock { $0.count == 0 } }
 
+    /// `finish()` was called: nothing more is taken.
+    var isFinished: Bool { state.withLock { $0.finished } }
+
     /// What the queued elements weigh together.
     var queuedWeight: Int { state.withLock { $0.weight } }
 

@@ -471,12 +471,26 @@ final class ClientRuntime: Sendable {
                 handlers.inFlight.enter()
                 group.addTask {
                     defer { handlers.inFlight.leave() }
-                    do {
+                    // One that throws is started again on the frames after the one it
+                    // held (handled: the error handler has it), so the function keeps
+                    // serving. Until the forty-second round of issue 14 it ended, the
+                    // queue filled, and reading stopped for good while the function
+                    // stayed connected (`uppercase-sfn`'s handler threw on a write
+                    // the outage buffer refused).
+                    while true {
                         let current = PipeCursor()
-                        try await pipe(PipeInput(queue: queue, cursor: current), PipeOutput(writer: handlers.writer, cursor: current))
-                        current.finish()
-                    } catch {
-                        self.report(YoMoError(.handlerFailed, "pipe handler of \(self.name) threw: \(error)"), setup)
+                        do {
+                            try await pipe(PipeInput(queue: queue, cursor: current), PipeOutput(writer: handlers.writer, cursor: current))
+                            current.finish()
+                            return
+                        } catch {
+                            current.finish()
+                            let restarts = !queue.isFinished && !Task.isCancelled
+                            self.report(YoMoError(.handlerFailed, "pipe handler of \(self.name) threw: \(error)\(restarts ? "; started again" : "")"), setup)
+                            guard restarts else { return }
+                            // One that throws before taking a frame is not spun on.
+                            if !current.hasTakenAFrame { try? await Task.sleep(for: Self.pipeHandlerRestartDelay) }
+                        }
                     }
                 }
             }
@@ -736,6 +750,9 @@ final class ClientRuntime: Sendable {
             delivered += frames.count
         }
     }
+
+    /// How long a pipe handler that threw without taking a frame waits before it is started again.
+    static let pipeHandlerRestartDelay: Duration = .seconds(1)
 
     /// How long a stream function recognizes a frame it finished on a
     /// connection that ended, if it comes again: longer than a source's

@@ -103,8 +103,13 @@ public struct PipeFrame: Sendable {
 /// and results written meanwhile carry its metadata (tid, trace context).
 final class PipeCursor: Sendable {
     private let current = Mutex<PipeFrame?>(nil)
+    private let tookAFrame = Atomic(false)
+
+    /// The handler asked for a frame and got one.
+    var hasTakenAFrame: Bool { tookAFrame.load(ordering: .relaxed) }
 
     func advance(to frame: PipeFrame?) {
+        if frame != nil { tookAFrame.store(true, ordering: .relaxed) }
         let previous = current.withLock { state -> PipeFrame? in
             defer { state = frame }
             return state

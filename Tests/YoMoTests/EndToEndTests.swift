@@ -199,16 +199,27 @@ struct EndToEndTests {
         }
     }
 
-    @Test("a throwing handler reaches the error handler and the function keeps serving")
-    func throwingHandler() async throws {
+    @Test("a throwing handler reaches the error handler and the function keeps serving: a pipe handler is started again on the frames after",
+          arguments: [false, true])
+    func throwingHandler(pipe: Bool) async throws {
         struct Boom: Error {}
         try await withZipper { address, _ in
             let errors = Inbox<YoMoError>()
             let served = Inbox<Int>()
             let sfn = StreamFunction(name: "flaky", zipper: address, options: .init(observedTags: [0x60]))
-            sfn.setHandler { ctx in
-                if ctx.data.first == 0 { throw Boom() }
-                served.append(Int(ctx.data.first!))
+            if pipe {
+                // Before the forty-second round of issue 14 it ended at the first throw, and nothing after was handled.
+                sfn.setPipeHandler { input, _ in
+                    for await frame in input {
+                        if frame.data.first == 0 { throw Boom() }
+                        served.append(Int(frame.data.first!))
+                    }
+                }
+            } else {
+                sfn.setHandler { ctx in
+                    if ctx.data.first == 0 { throw Boom() }
+                    served.append(Int(ctx.data.first!))
+                }
             }
             sfn.setErrorHandler { errors.append($0) }
             try await sfn.connect()
