@@ -102,6 +102,13 @@ final class ReceiptLedger: Sendable {
                 pending.waits += checkpoint.waits
                 pending.held += checkpoint.held
             }
+            // A connection waited for through its furthest offset covers the
+            // rest (a function behind its sources has a checkpoint a frame).
+            var furthest: [ObjectIdentifier: DeliveryDestination.Wait] = [:]
+            for wait in pending.waits where (furthest[ObjectIdentifier(wait.destination)]?.written ?? -1) < wait.written {
+                furthest[ObjectIdentifier(wait.destination)] = wait
+            }
+            pending.waits = Array(furthest.values)
             state.checkpoints.removeAll()
             state.settled = state.routedThrough
             return Handover(routedThrough: state.routedThrough, pending: pending)
