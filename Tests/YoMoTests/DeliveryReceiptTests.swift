@@ -115,23 +115,15 @@ struct DeliveryReceiptTests {
 
     @Test("a zipper killed, then its stream function, whose pipe handler had a backlog: its source kept what the function had not taken, and the function's next instance answers every frame the source kept")
     func doubleFaultWithABacklog() async throws {
-        let metricsPort = try await freeTCPPort()
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
-        var function = try startFunctionProcess(zipper: zipper.address, pipe: true, handlerDelayMs: 600_000)
-        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
-        let (sink, received) = try await connectUppercaseSink(zipper: zipper.address, retryConnect: true)
-        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
-        try await source.connect()
-        let texts = (0..<10).map { "frame-\($0)" }
-        func metric(_ name: String, _ labels: String...) async -> Double {
-            await scrapedMetric(port: metricsPort, name, labels: labels) ?? 0
-        }
+        let path = try await BacklogPath(handlerDelayMs: 600_000)
+        defer { path.killFunction() }
+        let (zipper, source, received, texts) = (path.zipper, path.source, path.received, path.texts)
         // The pipe handler takes the first and waits ten minutes: taken, so settled.
-        try await source.write(tag: 0x33, data: Array((texts[0] + ":").utf8))
+        try await path.write(texts.prefix(1))
         #expect(await eventually(within: .seconds(20)) { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
         // The rest queue behind it, acknowledged by the function's QUIC stack.
-        for text in texts.dropFirst() { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
-        #expect(await eventuallyAsync { await wroteToUpper(10, metricsPort: metricsPort) })
+        try await path.write(texts.dropFirst())
+        #expect(await eventuallyAsync { await wroteToUpper(10, metricsPort: path.metricsPort) })
         // They stay with the source: settled only within the function's pace
         // (a frame at most here) past what it took. Before, all were settled once
         // the function acknowledged them, and a double fault lost them.
@@ -144,49 +136,37 @@ struct DeliveryReceiptTests {
         // zipper, has them queued already (not handled twice) and acknowledges
         // them: the zipper keeps them for want of its handlers' word.
         let unhandled = await eventuallyAsync(within: .seconds(30)) {
-            await metric("yomo_zipper_client_unhandled_bytes", "yomo_client_name=\"upper\"") > 0
+            (await path.metric("yomo_zipper_client_unhandled_bytes", "yomo_client_name=\"upper\"") ?? 0) > 0
         }
         #expect(unhandled, "the new zipper keeps what the function acknowledged and has not handled")
-        kill(function.processIdentifier, SIGKILL)
-        await waitForExit(function)
-        function = try startFunctionProcess(zipper: zipper.address, pipe: true)
+        try await path.restartFunction()
         // At least the last eight, whatever the pace let go.
         let backlog = texts.suffix(8).map { $0.uppercased() }
         #expect(await eventually(within: .seconds(30)) { Set(received.items).isSuperset(of: backlog) },
                 "missing \(Set(backlog).subtracting(received.items).sorted())")
         try await source.flush(timeout: .seconds(20))
-        await source.close()
-        await sink.close()
-        await zipper.kill()
+        await path.close()
     }
 
     @Test("a zipper killed twice in a row while a stream function works off a backlog: the source's copies reach the function only on its third connection, and each frame is answered once")
     func copiesAfterTwoZipperKills() async throws {
-        let metricsPort = try await freeTCPPort()
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
-        let function = try startFunctionProcess(zipper: zipper.address, pipe: true, handlerDelayMs: 500)
-        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
-        let (sink, received) = try await connectUppercaseSink(zipper: zipper.address, retryConnect: true)
         // The source redials 3 s after it notices: the function is back on each zipper first.
         let late = ReconnectPolicy(firstRetryDelay: .seconds(3) ... .seconds(3), initialDelay: .seconds(3), maximumDelay: .seconds(3))
-        let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: late, retryConnect: true))
-        try await source.connect()
-        func metric(_ name: String, _ labels: String...) async -> Double? {
-            await scrapedMetric(port: metricsPort, name, labels: labels)
-        }
-        let texts = (0..<10).map { "frame-\($0)" }
-        for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
+        let path = try await BacklogPath(handlerDelayMs: 500, sourceReconnect: late)
+        defer { path.killFunction() }
+        let (zipper, source, received, texts) = (path.zipper, path.source, path.received, path.texts)
+        try await path.write(texts)
         // All ten at the function, the first in its handler: five seconds of work.
-        #expect(await eventuallyAsync { await wroteToUpper(10, metricsPort: metricsPort) })
+        #expect(await eventuallyAsync { await wroteToUpper(10, metricsPort: path.metricsPort) })
         for _ in 0..<2 {
             await zipper.kill()
             try zipper.restart()
             // The function, back on it before the source; the second kill ends
             // a connection that brought no copies.
-            #expect(await eventuallyAsync { await metric("yomo_zipper_client_unacknowledged_bytes", "yomo_client_name=\"upper\"") != nil })
+            #expect(await eventuallyAsync { await path.metric("yomo_zipper_client_unacknowledged_bytes", "yomo_client_name=\"upper\"") != nil })
         }
         // The source sends again what the function had not taken at the first
-        // kill (all ten: they were one checkpoint); by then the function handled
+        // kill (nine: each its own checkpoint); by then the function handled
         // most of them from its queue. Before, it knew only its last
         // connection's frames and handled each again.
         try await source.flush(timeout: .seconds(30))
@@ -194,24 +174,17 @@ struct DeliveryReceiptTests {
         #expect(await eventually(within: .seconds(30)) { received.items.contains("LAST") }, "\(received.items)")
         let answers = received.items.filter { $0 != "LAST" }
         #expect(answers.sorted() == texts.map { $0.uppercased() }.sorted(), "\(answers)")
-        await source.close()
-        await sink.close()
-        await zipper.kill()
+        await path.close()
     }
 
     @Test("a backlog a source sends again in one burst after its zipper's crash is settled frame by frame as the function works it off: a second crash brings back only what it had not handled, and each frame is answered once")
     func burstSettlesFrameByFrame() async throws {
-        let metricsPort = try await freeTCPPort()
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
-        let function = try startFunctionProcess(zipper: zipper.address, pipe: true, handlerDelayMs: 700)
-        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
-        let (sink, received) = try await connectUppercaseSink(zipper: zipper.address, retryConnect: true)
-        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
-        try await source.connect()
-        let texts = (0..<10).map { "frame-\($0)" }
-        for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
+        let path = try await BacklogPath(handlerDelayMs: 700)
+        defer { path.killFunction() }
+        let (zipper, source, received, texts) = (path.zipper, path.source, path.received, path.texts)
+        try await path.write(texts)
         // The first in the pipe handler, the rest queued: the source keeps those.
-        #expect(await eventuallyAsync { await wroteToUpper(10, metricsPort: metricsPort) })
+        #expect(await eventuallyAsync { await wroteToUpper(10, metricsPort: path.metricsPort) })
         #expect(await eventually(within: .seconds(20)) { (8...9).contains(source.client.keptFrames) }, "kept \(source.client.keptFrames)")
         await zipper.kill()
         try zipper.restart()
@@ -229,9 +202,7 @@ struct DeliveryReceiptTests {
         #expect(await eventually(within: .seconds(30)) { received.items.contains("LAST") }, "\(received.items)")
         let answers = received.items.filter { $0 != "LAST" }
         #expect(answers.sorted() == texts.map { $0.uppercased() }.sorted(), "\(answers)")
-        await source.close()
-        await sink.close()
-        await zipper.kill()
+        await path.close()
     }
 
     @Test("an acknowledgement settles what a function took and its last 50 ms of pace beyond: nothing beyond while it takes nothing, its pace over a longer span scaled to 50 ms")
@@ -456,6 +427,52 @@ struct DeliveryReceiptTests {
         await asking.close()
         await sink.close()
         await zipper.close()
+    }
+}
+
+/// The tests of a function's backlog: a `yomo serve` with /metrics,
+/// `uppercase-sfn` with a pipe handler that takes `handlerDelayMs` a frame,
+/// the uppercase sink and a source, all of them redialling; ten texts to write.
+final class BacklogPath {
+    let metricsPort: Int
+    let zipper: ZipperProcess
+    private(set) var function: Process
+    let sink: StreamFunction
+    let received: Inbox<String>
+    let source: Source
+    let texts = (0..<10).map { "frame-\($0)" }
+
+    init(handlerDelayMs: Int, sourceReconnect: ReconnectPolicy = .default) async throws {
+        metricsPort = try await freeTCPPort()
+        zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        function = try startFunctionProcess(zipper: zipper.address, pipe: true, handlerDelayMs: handlerDelayMs)
+        (sink, received) = try await connectUppercaseSink(zipper: zipper.address, retryConnect: true)
+        source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: sourceReconnect, retryConnect: true))
+        try await source.connect()
+    }
+
+    /// Writes each text, with the ":" the sink cuts at.
+    func write(_ texts: some Sequence<String>) async throws {
+        for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
+    }
+
+    func metric(_ name: String, _ labels: String...) async -> Double? {
+        await scrapedMetric(port: metricsPort, name, labels: labels)
+    }
+
+    /// Kills the function and starts a new instance, whose handler does not wait.
+    func restartFunction() async throws {
+        killFunction()
+        await waitForExit(function)
+        function = try startFunctionProcess(zipper: zipper.address, pipe: true)
+    }
+
+    func killFunction() { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+
+    func close() async {
+        await source.close()
+        await sink.close()
+        await zipper.kill()
     }
 }
 
