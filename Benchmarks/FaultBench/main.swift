@@ -1097,8 +1097,12 @@ struct Chaos: AsyncParsableCommand {
         let received = Mutex<Set<Int>>([])
         let duplicates = Mutex<[Int]>([])
         let sink = StreamFunction(name: "sink", zipper: functionAddress, options: quietOptions(tags: [direct ? 0x41 : 0x42]))
+        // FAULT_BENCH_SINK_LOG=FILE: a line a frame the sink gets (time, sequence, tid), to follow a copy through the function's debug log.
+        let sinkLog = ProcessInfo.processInfo.environment["FAULT_BENCH_SINK_LOG"] != nil ? appendingLog(named: "FAULT_BENCH_SINK_LOG") : nil
         sink.setHandler { ctx in
-            if let sequence = Int(String(decoding: ctx.data, as: UTF8.self)), !received.withLock({ $0.insert(sequence).inserted }) {
+            let text = String(decoding: ctx.data, as: UTF8.self)
+            sinkLog?.write(Data("\(Date().timeIntervalSince1970) \(text) \(ctx.tid ?? "-")\n".utf8))
+            if let sequence = Int(text), !received.withLock({ $0.insert(sequence).inserted }) {
                 duplicates.withLock { $0.append(sequence) }
             }
         }
