@@ -484,8 +484,11 @@ final class ClientRuntime: Sendable {
                             current.finish()
                             return
                         } catch {
-                            current.finish()
-                            let restarts = !queue.isFinished && !Task.isCancelled
+                            // Cancelled at the close deadline: its frame was not handled, and
+                            // the zipper gives it to the next instance (counted handled, it was lost).
+                            let cancelled = Task.isCancelled || error is CancellationError
+                            if !cancelled { current.finish() }
+                            let restarts = !queue.isFinished && !cancelled
                             self.report(YoMoError(.handlerFailed, "pipe handler of \(self.name) threw: \(error)\(restarts ? "; started again" : "")"), setup)
                             guard restarts else { return }
                             // One that throws before taking a frame is not spun on.

@@ -555,8 +555,9 @@ struct FaultRecoveryTests {
         await second.close()
     }
 
-    @Test("a function closing with a backlog across its zipper's graceful restart: the next zipper gives it the frames it kept for it, it finishes those it handled, and its next instance gets none of them again")
-    func closingFunctionTakesItsCopies() async throws {
+    @Test("a function closing with a backlog across its zipper's graceful restart: the next zipper gives it the frames it kept for it, it finishes those it handled, and its next instance gets the rest, each frame handled once",
+          arguments: [20, 1])
+    func closingFunctionTakesItsCopies(shutdownSeconds: Int) async throws {
         let directory = NSTemporaryDirectory() + "yomo-test-copies-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -568,7 +569,7 @@ struct FaultRecoveryTests {
         let handled = Inbox<String>()
         func upper(delay: Duration) -> StreamFunction {
             let function = StreamFunction(name: "upper", zipper: address, options: .init(
-                observedTags: [0x33], reconnect: .redialsAtOnce, retryConnect: true, shutdownTimeout: .seconds(20)))
+                observedTags: [0x33], reconnect: .redialsAtOnce, retryConnect: true, shutdownTimeout: .seconds(shutdownSeconds)))
             function.setPipeHandler { input, output in
                 for await frame in input {
                     try? await Task.sleep(for: delay)
@@ -583,9 +584,9 @@ struct FaultRecoveryTests {
         try await function.connect()
         let source = Source(name: "writer", zipper: address, options: .init(retryConnect: true))
         try await source.connect()
-        let texts = (0..<10).map { "frame-\($0)" }
+        let texts = (0..<30).map { "frame-\($0)" }
         for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
-        // All ten with the function, acknowledged, one in its handler.
+        // All thirty with the function, acknowledged, one in its handler.
         #expect(await eventually {
             let connection = functionConnections(first, named: "upper").first
             return connection?.unacknowledgedBytes == 0 && (connection?.retainedBytes ?? 0) > 0 && handled.count < 5
@@ -599,13 +600,26 @@ struct FaultRecoveryTests {
         let second = Zipper(configuration: configuration)
         try await second.start()
         await closing.value
-        #expect(Set(handled.items) == Set(texts), "it handled its backlog while it closed: \(handled.items)")
+        if shutdownSeconds > 1 {
+            #expect(Set(handled.items) == Set(texts), "it handled its backlog while it closed: \(handled.items)")
+        } else {
+            // Its deadline came with a frame in the handler: cancelled, so not
+            // handled, and left to the next instance with the rest.
+            #expect(handled.count < texts.count, "\(handled.items)")
+        }
         // Its next instance: nothing it handled comes again (before, what it handled after its redial did: frames 8 and 9 in a run).
         let next = upper(delay: .zero)
         try await next.connect()
         try await source.write(tag: 0x33, data: Array("last".utf8))
         #expect(await eventually { handled.items.contains("last") }, "\(handled.items)")
-        #expect(handled.items.filter { $0 != "last" }.sorted() == texts.sorted(), "\(handled.items)")
+        let answered = handled.items.filter { $0 != "last" }
+        if shutdownSeconds > 1 {
+            #expect(answered.sorted() == texts.sorted(), "\(handled.items)")
+        } else {
+            // Nothing lost; what it handled after its deadline's last receipt (it may
+            // not have redialled by then) comes again: at least once.
+            #expect(Set(answered) == Set(texts), "\(handled.items)")
+        }
         await source.close()
         await next.close()
         await second.close()

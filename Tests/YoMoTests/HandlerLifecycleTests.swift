@@ -236,6 +236,37 @@ struct HandlerLifecycleTests {
         try await asked.expectAnswer(afterRestarting: zipper, closing)
     }
 
+    @Test("a pipe handler cancelled at the close deadline leaves its frame to the function's next instance: it is not counted handled")
+    func pipeFrameCancelledAtTheDeadline() async throws {
+        try await withZipper { address, _ in
+            let took = Inbox<String>()
+            let first = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33], shutdownTimeout: .milliseconds(300)))
+            first.setPipeHandler { input, _ in
+                for await frame in input {
+                    took.append(String(decoding: frame.data, as: UTF8.self))
+                    try await Task.sleep(for: .seconds(600))
+                }
+            }
+            try await first.connect()
+            let source = Source(name: "writer", zipper: address)
+            try await source.connect()
+            try await source.write(tag: 0x33, data: Array("stuck".utf8))
+            #expect(await took.wait(for: 1))
+            await first.close()
+            // Before, the cancelled handler's frame counted as handled, and the zipper let it go.
+            let handled = Inbox<String>()
+            let next = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33]))
+            next.setPipeHandler { input, _ in
+                for await frame in input { handled.append(String(decoding: frame.data, as: UTF8.self)) }
+            }
+            try await next.connect()
+            #expect(await handled.wait(for: 1), "the next instance got the frame")
+            #expect(handled.items == ["stuck"])
+            await source.close()
+            await next.close()
+        }
+    }
+
     @Test("a connection lost while a function closes, with frames it received and had not read: close() returns at its deadline, not once its pipe handler worked through them")
     func lostUnderTheCloseWithUnreadFrames() async throws {
         let metricsPort = try await freeTCPPort()
