@@ -887,7 +887,9 @@ final class ClientRuntime: Sendable {
                                 defer { inFlight.leave(bytes: held) }
                                 // After the error handler, and after the handler's writes were queued:
                                 // the receipt that covers the frame follows them on the stream.
-                                defer { handled?.finished() }
+                                // Not when cancelled at the close deadline: the zipper gives that
+                                // frame to the next instance (as a pipe handler's, forty-second round).
+                                defer { if !Task.isCancelled { handled?.finished() } }
                                 let started = ContinuousClock.now
                                 do {
                                     try await handling.tracing.run(span) { try await handler(context) }

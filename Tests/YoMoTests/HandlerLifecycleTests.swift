@@ -236,14 +236,22 @@ struct HandlerLifecycleTests {
         try await asked.expectAnswer(afterRestarting: zipper, closing)
     }
 
-    @Test("a pipe handler cancelled at the close deadline leaves its frame to the function's next instance: it is not counted handled")
-    func pipeFrameCancelledAtTheDeadline() async throws {
+    @Test("a handler cancelled at the close deadline leaves its frame to the function's next instance: it is not counted handled",
+          arguments: [true, false])
+    func frameCancelledAtTheDeadline(pipe: Bool) async throws {
         try await withZipper { address, _ in
             let took = Inbox<String>()
             let first = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33], shutdownTimeout: .milliseconds(300)))
-            first.setPipeHandler { input, _ in
-                for await frame in input {
-                    took.append(String(decoding: frame.data, as: UTF8.self))
+            if pipe {
+                first.setPipeHandler { input, _ in
+                    for await frame in input {
+                        took.append(String(decoding: frame.data, as: UTF8.self))
+                        try await Task.sleep(for: .seconds(600))
+                    }
+                }
+            } else {
+                first.setHandler { ctx in
+                    took.append(String(decoding: ctx.data, as: UTF8.self))
                     try await Task.sleep(for: .seconds(600))
                 }
             }
