@@ -554,12 +554,12 @@ final class ClientRuntime: Sendable {
                     // close() came while dialling: deliver what was held and written, and
                     // what handlers still running from the last connection write, then close.
                     state.withLock { $0.session = current }
-                    let copies = current.handling.map { handling in Task { await self.takeCopiesOnly(current, handling) } }
+                    let copies = current.handling.map { handling in (handling, Task { await self.takeCopiesOnly(current, handling, setup) }) }
                     await drainHandlers(handlers, setup, &group)
-                    if let copies {
+                    if let (handling, reading) = copies {
                         current.connection.stopReading()
-                        await copies.value
-                        if let handling = current.handling { tellHandledOnce(handling, on: current) }
+                        await reading.value
+                        tellHandledOnce(handling, on: current)
                     }
                     state.withLock { $0.session = nil }
                     await closeDelivering(current, reason: "\(clientType) closed", setup)
@@ -797,15 +797,9 @@ final class ClientRuntime: Sendable {
                     case .data(let data):
                         var token: HandlingLedger.Token?
                         if let handlingLedger {
-                            token = handlingLedger.received(end: session.frames.consumedBytes, metadata: data.metadata)
-                            // The zipper (or a source, after the zipper crashed) sent again a frame the
-                            // previous connection brought: finished when that one's handler is.
-                            if !mayComeAgain.isEmpty, let tid = MetadataView(data.metadata)?.string(.tid),
-                               let original = mayComeAgain.removeValue(forKey: tid)?.token, let token {
-                                original.forward(to: token)
-                                if setup.metrics.isEnabled { setup.metrics.skippedCopy() }
-                                logger.debug("frame already taken on the previous connection: not handled again", metadata: YoMoLogField.frame(
-                                    tid: tid, tag: data.tag, dataLength: data.payload.readableBytes))
+                            let received = handlingLedger.received(end: session.frames.consumedBytes, metadata: data.metadata)
+                            token = received
+                            if forwardIfCopy(data, as: received, from: &mayComeAgain, setup) {
                                 passedOver()
                                 continue
                             }
@@ -997,7 +991,7 @@ final class ClientRuntime: Sendable {
     /// nothing, and the next instance handled again what this one had
     /// handled during its close (`yomo-fault-bench chaos --seed 32`, 60 s:
     /// all of its 473 frames handled twice). Ends when reading stops.
-    private func takeCopiesOnly(_ session: ClientSession, _ handling: HandlingLedger) async {
+    private func takeCopiesOnly(_ session: ClientSession, _ handling: HandlingLedger, _ setup: Setup) async {
         var mayComeAgain = state.withLock { $0.mayComeAgain }
         _ = tellClosing(handling, on: session)
         do {
@@ -1005,10 +999,7 @@ final class ClientRuntime: Sendable {
                 let end = session.frames.consumedBytes
                 switch frame {
                 case .data(let data):
-                    let token = handling.received(end: end, metadata: data.metadata)
-                    if let tid = MetadataView(data.metadata)?.string(.tid), let original = mayComeAgain.removeValue(forKey: tid)?.token {
-                        original.forward(to: token)
-                    }
+                    _ = forwardIfCopy(data, as: handling.received(end: end, metadata: data.metadata), from: &mayComeAgain, setup)
                 case .receipt(let receipt):
                     if session.receipts { session.settle(through: Int(clamping: receipt.settledThrough)) }
                     handling.passed(end: end)
@@ -1022,6 +1013,22 @@ final class ClientRuntime: Sendable {
         }
         // What came again and was not taken stays known, as after any connection.
         state.withLock { $0.mayComeAgain = mayComeAgain }
+    }
+
+    /// Whether `data` came again: the zipper (or a source, after the zipper
+    /// crashed) sent a frame an earlier connection brought, which is then
+    /// finished as `copy` when that one's handler is, not handled again.
+    private func forwardIfCopy(
+        _ data: DataFrame, as copy: HandlingLedger.Token,
+        from mayComeAgain: inout [String: (token: HandlingLedger.Token, since: ContinuousClock.Instant)], _ setup: Setup
+    ) -> Bool {
+        guard !mayComeAgain.isEmpty, let tid = MetadataView(data.metadata)?.string(.tid),
+              let original = mayComeAgain.removeValue(forKey: tid)?.token else { return false }
+        original.forward(to: copy)
+        if setup.metrics.isEnabled { setup.metrics.skippedCopy() }
+        logger.debug("frame already taken on the previous connection: not handled again", metadata: YoMoLogField.frame(
+            tid: tid, tag: data.tag, dataLength: data.payload.readableBytes))
+        return true
     }
 
     /// close() came while a frame waited for the handlers' limits: it is not

@@ -1298,7 +1298,8 @@ extension ConnectionCore {
 
     /// Queues a frame unless more than `limit` bytes are already buffered: the
     /// zipper's non-blocking write for its drop and disconnect policies.
-    /// Returns false (and queues nothing) when over the limit.
+    /// Returns the stream offset just past the frame, or nil (and queues
+    /// nothing) when over the limit.
     func tryWrite(length: Int, limit: Int, _ encode: (inout ByteBuffer) -> Void) throws(QUICError) -> Int? {
         let accepted = try sendShared.withLock { s throws(QUICError) -> (wake: Bool, end: Int)? in
             // Errors first, as for any write; then the limit (an idle connection takes any frame).
