@@ -520,6 +520,11 @@ struct ClientConnectionHealth: Sendable {
     var unacknowledgedBytes: Int
     /// Acknowledged and kept until its handlers finish (a stream function that acknowledges handling).
     var retainedBytes = 0
+    /// Written to it past what its handlers finished in order, that they
+    /// finished out of order (`ReceiptFrame.handledAhead`).
+    var finishedAheadBytes = 0
+    /// Written to it and not finished, as its handling receipts tell (0 without them).
+    var unfinishedBytes = 0
     /// Received from it, not yet read (its frames wait for their destinations).
     var unreadBytes: Int
 }

@@ -271,6 +271,8 @@ final class DeliveryDestination: Sendable {
     /// recent pace's worth (`TakingPace`).
     private let settlesAtAcknowledgement: Atomic<Int>
     private let pace = Mutex(TakingPace())
+    /// What its handlers finished out of order, past what they settled in order.
+    private let handledAhead = Mutex(HandledAhead())
 
     /// `reportsTaking`: a stream function that may say what its handlers
     /// took: nothing settles at acknowledgement until its first receipt says
@@ -320,6 +322,22 @@ final class DeliveryDestination: Sendable {
     func tellsNothingTaken() {
         settlesAtAcknowledgement.store(.max, ordering: .relaxed)
     }
+
+    /// The function's receipt: its handlers finished every frame before
+    /// `settled` and those in `ranges` (`ReceiptFrame.handledAhead`), kept
+    /// only within what was written to it (`written`).
+    func handled(through settled: Int, ahead ranges: [Range<UInt64>], written: Int) {
+        handledAhead.withLock { kept in
+            kept.settled(through: settled)
+            for range in ranges {
+                let (lower, upper) = (max(Int(clamping: range.lowerBound), settled), min(Int(clamping: range.upperBound), written))
+                if lower < upper { kept.add(lower..<upper) }
+            }
+        }
+    }
+
+    /// What its handlers finished out of order, as its receipts told so far.
+    var finishedAhead: HandledAhead { handledAhead.withLock { $0 } }
 }
 
 /// What a connection's end left held, frame by frame, by where each ended in

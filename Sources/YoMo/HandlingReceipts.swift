@@ -16,9 +16,13 @@ internal import YoMoWire
 /// next one. What the handler wrote was queued on the same stream before the
 /// receipt that covers its frame, so the zipper reads the answers first: a
 /// crash that loses them loses the receipt too. Receipts say the
-/// end of the frames handled in order: one slow handler holds back the
-/// receipts of those after it.
+/// end of the frames handled in order, and the ranges past it whose frames
+/// were handled out of order (one slow handler held back the word on every
+/// frame after it until the forty-third round).
 final class HandlingLedger: Sendable {
+    /// Ranges of frames handled out of order one receipt names at most; the
+    /// rest wait for the next.
+    static let rangesPerReceipt = 32
     /// How often a function tells what was handled while frames flow. Only
     /// the zipper waits for it (to let go of what it keeps; sources' receipts
     /// do not), so it is less often than the zipper's receipts: each one is
@@ -79,6 +83,9 @@ final class HandlingLedger: Sendable {
         var received = 0
         /// The taken offset last told (`ReceiptFrame.takenThrough`).
         var toldTaken: Int
+        /// Indexes of frames marked handled whose range, if they are past
+        /// those handled in order, the zipper has not been told yet.
+        var handledUntold: [Int] = []
 
         /// The entry with `index`, if still kept.
         func position(of index: Int) -> CircularBuffer<Entry>.Index? {
@@ -138,13 +145,23 @@ final class HandlingLedger: Sendable {
         }
     }
 
-    /// What a receipt tells: the end of the frames handled in order, and of those taken.
+    /// What a receipt tells: the end of the frames handled in order, and of
+    /// those taken; the ranges past them handled out of order.
     struct Tell: Equatable {
         var handled: Int
         var taken: Int
+        var handledAhead: [Range<Int>] = []
+        /// The entries `handledAhead` covers, by index: told once it is queued.
+        var aheadIndexes: [ClosedRange<Int>] = []
 
         func receipt(closing: Bool = false) -> Frame {
-            .receipt(ReceiptFrame(settledThrough: UInt64(handled), closing: closing, takenThrough: UInt64(taken)))
+            .receipt(ReceiptFrame(
+                settledThrough: UInt64(handled), closing: closing, takenThrough: UInt64(taken),
+                handledAhead: handledAhead.map { UInt64($0.lowerBound)..<UInt64($0.upperBound) }))
+        }
+
+        static func == (lhs: Tell, rhs: Tell) -> Bool {
+            lhs.handled == rhs.handled && lhs.taken == rhs.taken && lhs.handledAhead == rhs.handledAhead
         }
     }
 
@@ -206,9 +223,33 @@ final class HandlingLedger: Sendable {
             var entry = state.entries[position]
             entry.done = true
             state.entries[position] = entry
+            state.handledUntold.append(index)
             if let copy = entry.copy { copies.append(copy) }
         }
         return copies
+    }
+
+    /// The runs of frames handled past those handled in order that the
+    /// zipper was not told of (at most `rangesPerReceipt`), each from the end
+    /// of the unhandled frame before it: as stream ranges and entry indexes.
+    private static func handledAhead(_ state: inout State) -> (ranges: [Range<Int>], indexes: [ClosedRange<Int>]) {
+        let boundary = state.firstIndex + state.handledCount
+        let endIndex = state.firstIndex + state.entries.count
+        state.handledUntold.removeAll { $0 < boundary || $0 >= endIndex }
+        guard !state.handledUntold.isEmpty else { return ([], []) }
+        state.handledUntold.sort()
+        var ranges: [Range<Int>] = []
+        var indexes: [ClosedRange<Int>] = []
+        for index in state.handledUntold where ranges.count < rangesPerReceipt {
+            if let last = indexes.last, last.contains(index) { continue }
+            // The entry at `boundary` is not handled (else it would be in order), so a run starts after it.
+            var (first, final) = (index, index)
+            while first - 1 > boundary, state.entries[state.position(of: first - 1)!].done { first -= 1 }
+            while final + 1 < endIndex, state.entries[state.position(of: final + 1)!].done { final += 1 }
+            ranges.append(state.entries[state.position(of: first - 1)!].end..<state.entries[state.position(of: final)!].end)
+            indexes.append(first...final)
+        }
+        return (ranges, indexes)
     }
 
     /// Moves past the frames handled in order: the offset to tell the zipper
@@ -232,8 +273,9 @@ final class HandlingLedger: Sendable {
                 position = state.entries.index(after: position)
             }
             // Frames no handler gets may be handled before the pipe handler took those before them.
-            let tell = Tell(handled: state.handled, taken: max(taken, state.handled))
-            let untold = tell.handled > state.told || tell.taken > state.toldTaken
+            let ahead = Self.handledAhead(&state)
+            let tell = Tell(handled: state.handled, taken: max(taken, state.handled), handledAhead: ahead.ranges, aheadIndexes: ahead.indexes)
+            let untold = tell.handled > state.told || tell.taken > state.toldTaken || !ahead.ranges.isEmpty
             // A receipt not yet acknowledged: its frames are forgotten once it is.
             let waiting = untold || state.handledCount < state.entries.count || !state.receipts.isEmpty
             if !waiting { state.idle = true }
@@ -247,6 +289,9 @@ final class HandlingLedger: Sendable {
     func told(_ tell: Tell, receiptEnd: Int) {
         state.withLock { state in
             state.toldTaken = max(state.toldTaken, tell.taken)
+            if !tell.aheadIndexes.isEmpty {
+                state.handledUntold.removeAll { index in tell.aheadIndexes.contains { $0.contains(index) } }
+            }
             guard tell.handled > state.told else { return }
             state.told = tell.handled
             state.receipts.append((receiptEnd, tell.handled))

@@ -1148,7 +1148,9 @@ public final class Zipper: Sendable {
                     if welcomesHandling, case .receipt(let handled) = frame {
                         let quic = connection.connection
                         let written = quic.sendProgress.written
-                        quic.releaseRetained(through: min(Int(clamping: handled.settledThrough), written))
+                        let settled = min(Int(clamping: handled.settledThrough), written)
+                        quic.releaseRetained(through: settled)
+                        delivery.handled(through: settled, ahead: handled.handledAhead, written: written)
                         if let taken = handled.takenThrough {
                             delivery.took(through: min(Int(clamping: taken), written))
                         } else {
@@ -1201,6 +1203,15 @@ public final class Zipper: Sendable {
         if member.clientType == .streamFunction, configuration.unroutedHold.isOn || ledger != nil,
            let taken = connection.connection.takeUnacknowledged() {
             unacknowledged = HeldFrames.dataFrames(in: taken)
+            // Finished out of order: not for its next instance (nor lost).
+            let finishedAhead = delivery.finishedAhead
+            if finishedAhead.bytes > 0 {
+                let before = unacknowledged.count
+                unacknowledged.removeAll { finishedAhead.contains(($0.end - $0.frame.encodedLength)..<$0.end) }
+                connectionLogger.debug("frames its handlers finished out of order are not taken back", metadata: [
+                    "frames": "\(before - unacknowledged.count)", "kept": "\(unacknowledged.count)",
+                ])
+            }
         }
         if welcomesHandling { (unhandledGivenUp, acknowledgedThrough) = (connection.connection.givenUpBytes, connection.connection.acknowledgedBytes) }
     }
@@ -1416,11 +1427,14 @@ public final class Zipper: Sendable {
     /// Each connected client's connection, as the zipper sees it.
     func clientConnections() -> [ClientConnectionHealth] {
         // Read outside the zipper's lock: each connection's statistics have their own.
-        let peers = state.withLock { $0.peers.values.map { ($0.member, $0.connection.connection) } }
-        return peers.map {
-            ClientConnectionHealth(
-                member: $0.0, statistics: $0.1.statistics, unacknowledgedBytes: $0.1.unacknowledgedBytes,
-                retainedBytes: $0.1.retainedBytes, unreadBytes: $0.1.unreadBytes)
+        let peers = state.withLock { $0.peers.values.map { ($0.member, $0.connection.connection, $0.delivery) } }
+        return peers.map { member, quic, delivery in
+            let ahead = delivery.finishedAhead.bytes
+            let retains = quic.retainedBytes > 0
+            return ClientConnectionHealth(
+                member: member, statistics: quic.statistics, unacknowledgedBytes: quic.unacknowledgedBytes,
+                retainedBytes: quic.retainedBytes, finishedAheadBytes: ahead,
+                unfinishedBytes: retains ? max(0, quic.sendProgress.written - quic.releasedBytes - ahead) : 0, unreadBytes: quic.unreadBytes)
         }
     }
 

@@ -163,16 +163,25 @@ public struct ReceiptFrame: Hashable, Sendable {
     /// pace, so that a backlog is kept by its sources until taken. A zipper
     /// that does not know the field settles at acknowledgement.
     public var takenThrough: UInt64?
+    /// In a stream function's receipt: ranges of the zipper's stream past
+    /// `settledThrough` whose frames' handlers finished too, out of order
+    /// (sequence id 0x06, each range two 8-byte offsets, start then end): a
+    /// frame wholly inside one is not given to the function's next instance
+    /// if this connection ends. Each receipt names ranges finished since the
+    /// last; the zipper keeps their union. A zipper that does not know the
+    /// field takes back every frame past `settledThrough`.
+    public var handledAhead: [Range<UInt64>]
 
     public init(
         settledThrough: UInt64, previousRoutedThrough: UInt64? = nil, welcomesHandling: Bool = false, closing: Bool = false,
-        takenThrough: UInt64? = nil
+        takenThrough: UInt64? = nil, handledAhead: [Range<UInt64>] = []
     ) {
         self.settledThrough = settledThrough
         self.previousRoutedThrough = previousRoutedThrough
         self.welcomesHandling = welcomesHandling
         self.closing = closing
         self.takenThrough = takenThrough
+        self.handledAhead = handledAhead
     }
 }
 
@@ -374,7 +383,8 @@ extension Frame {
             buffer.writeNodeHeader(
                 .receipt,
                 bodyLength: childSize(8) + (frame.previousRoutedThrough == nil ? 0 : childSize(8)) + (frame.welcomesHandling ? childSize(1) : 0)
-                    + (frame.closing ? childSize(1) : 0) + (frame.takenThrough == nil ? 0 : childSize(8)))
+                    + (frame.closing ? childSize(1) : 0) + (frame.takenThrough == nil ? 0 : childSize(8))
+                    + (frame.handledAhead.isEmpty ? 0 : childSize(16 * frame.handledAhead.count)))
             buffer.writeChildHeader(0x01, length: 8)
             buffer.writeInteger(frame.settledThrough)
             if let previous = frame.previousRoutedThrough {
@@ -392,6 +402,13 @@ extension Frame {
             if let taken = frame.takenThrough {
                 buffer.writeChildHeader(0x05, length: 8)
                 buffer.writeInteger(taken)
+            }
+            if !frame.handledAhead.isEmpty {
+                buffer.writeChildHeader(0x06, length: 16 * frame.handledAhead.count)
+                for range in frame.handledAhead {
+                    buffer.writeInteger(range.lowerBound)
+                    buffer.writeInteger(range.upperBound)
+                }
             }
         }
     }
@@ -518,8 +535,25 @@ extension ReceiptFrame {
         var welcomes = false
         var closes = false
         var taken: UInt64?
+        var ahead: [Range<UInt64>] = []
         try body.withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
+            func offset(at index: Int) -> UInt64 {
+                UInt64(bigEndian: UnsafeRawBufferPointer(rebasing: bytes[index..<index + 8]).loadUnaligned(as: UInt64.self))
+            }
             try Y3.forEachChild(of: bytes) { (sequenceID, start, length) throws(WireError) in
+                if sequenceID == 0x06 {
+                    guard length > 0, length % 16 == 0 else {
+                        throw WireError(.invalidValue, "ReceiptFrame ranges have \(length) bytes, not a multiple of 16")
+                    }
+                    for at in stride(from: start, to: start + length, by: 16) {
+                        let (lower, upper) = (offset(at: at), offset(at: at + 8))
+                        guard lower < upper else {
+                            throw WireError(.invalidValue, "ReceiptFrame range \(lower)..<\(upper) is empty or reversed")
+                        }
+                        ahead.append(lower..<upper)
+                    }
+                    return
+                }
                 if sequenceID == 0x03 || sequenceID == 0x04 {
                     let set = bytes[start..<start + length].contains { $0 != 0 }
                     if sequenceID == 0x03 { welcomes = set } else { closes = set }
@@ -529,7 +563,7 @@ extension ReceiptFrame {
                 guard length == 8 else {
                     throw WireError(.invalidValue, "ReceiptFrame offset has \(length) bytes, not 8")
                 }
-                let value = UInt64(bigEndian: UnsafeRawBufferPointer(rebasing: bytes[start..<start + 8]).loadUnaligned(as: UInt64.self))
+                let value = offset(at: start)
                 switch sequenceID {
                 case 0x01: settled = value
                 case 0x02: previous = value
@@ -543,6 +577,7 @@ extension ReceiptFrame {
         welcomesHandling = welcomes
         closing = closes
         takenThrough = taken
+        handledAhead = ahead
     }
 }
 

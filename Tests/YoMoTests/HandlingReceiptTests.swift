@@ -326,8 +326,46 @@ struct HandlingReceiptTests {
         await zipper.close()
     }
 
+    @Test("a function whose handlers finished frames out of order says so, and its connection's end gives back only the frame they had not finished")
+    func finishedOutOfOrder() async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let gate = Gate()
+        let handled = Inbox<String>()
+        let function = StreamFunction(name: "ahead", zipper: address, options: .init(observedTags: [0x33], handlerConcurrency: 8))
+        function.setHandler { ctx in
+            let text = String(decoding: ctx.data, as: UTF8.self)
+            if text == "frame-0" { await gate.wait() }
+            handled.append(text)
+        }
+        try await function.connect()
+        let source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        for index in 0..<5 { try await source.write(tag: 0x33, data: Array("frame-\(index)".utf8)) }
+        #expect(await handled.wait(for: 4))
+        // Told: what the zipper counts unfinished shrinks to the first of five frames of one size.
+        let told = await eventually {
+            guard let health = functionConnections(zipper, named: "ahead").first else { return false }
+            return health.finishedAheadBytes > 0 && health.unfinishedBytes * 4 <= health.finishedAheadBytes
+        }
+        #expect(told, "\(functionConnections(zipper, named: "ahead").map { ($0.unfinishedBytes, $0.finishedAheadBytes) })")
+        await function.client.dropConnectionForTesting()
+        #expect(await eventually { zipper.statistics.unacknowledgedFramesHeld > 0 })
+        // Before, all five went back: the first unfinished one held back the word on the rest.
+        #expect(zipper.statistics.unacknowledgedFramesHeld == 1, "\(zipper.statistics)")
+        #expect(await eventually { function.client.reconnectCountForTesting == 1 })
+        gate.open()
+        try await source.write(tag: 0x33, data: Array("last".utf8))
+        #expect(await handled.wait(for: 6))
+        #expect(handled.items.sorted() == (0..<5).map { "frame-\($0)" } + ["last"], "each handled once")
+        await source.close()
+        await function.close()
+        await zipper.close()
+    }
+
     @Test("the ledger tells the end of the frames handled in order and of those taken, and knows a frame that comes again")
-    func ledger() {
+    func ledger() throws {
         let ledger = HandlingLedger(startingAt: 10)
         func metadata(_ tid: String) -> ByteBuffer {
             var metadata = Metadata()
@@ -348,7 +386,10 @@ struct HandlingReceiptTests {
         ledger.took(through: 25)
         #expect(ledger.advance(acknowledged: 0) == (nil, true), "told, and taken never moves back")
         second.finished()
-        #expect(ledger.advance(acknowledged: 0) == (nil, true), "the first still runs")
+        let ahead = ledger.advance(acknowledged: 0)
+        #expect(ahead == (Tell(handled: 10, taken: 30, handledAhead: [20..<35]), true), "the first still runs: the second (and what passed after it) told as a range")
+        ledger.told(try #require(ahead.tell), receiptEnd: 95)
+        #expect(ledger.advance(acknowledged: 0) == (nil, true))
         first.finished()
         #expect(ledger.advance(acknowledged: 0) == (Tell(handled: 35, taken: 35), true),
                 "through the frame passed after the second, taken or not")
@@ -372,7 +413,7 @@ struct HandlingReceiptTests {
         #expect(next.advance(acknowledged: 20) == (nil, false), "nothing left: idle until the next frame")
     }
 
-    @Test("handshake field 0C and receipt fields 03, 04 and 05 round-trip, and a decoder that does not know a field skips it")
+    @Test("handshake field 0C and receipt fields 03, 04, 05 and 06 round-trip, and a decoder that does not know a field skips it")
     func wire() throws {
         let handshake = HandshakeFrame(name: "f", id: "id", clientType: .streamFunction, wantsReceipts: true, acknowledgesHandling: true)
         var decoder = FrameDecoder()
@@ -392,14 +433,14 @@ struct HandlingReceiptTests {
         }
         #expect(!decoded.welcomesHandling)
         // A closing function's notice: field 04, three bytes more; a decoder
-        // that does not know a field (04 made 06 here) reads a plain receipt.
+        // that does not know a field (04 made 0E here) reads a plain receipt.
         let notice = ReceiptFrame(settledThrough: 77, closing: true)
         var noticeBytes = Frame.receipt(notice).encoded()
         #expect(noticeBytes.readableBytes == Frame.receipt(ReceiptFrame(settledThrough: 77)).encoded().readableBytes + 3)
         var unknown = noticeBytes
         let fieldAt = unknown.writerIndex - 3
         let field = try #require(unknown.getInteger(at: fieldAt, as: UInt8.self))
-        unknown.setInteger(field ^ 0x04 ^ 0x06, at: fieldAt)
+        unknown.setInteger(field ^ 0x04 ^ 0x0E, at: fieldAt)
         #expect(try decoder.decodeFrame(buffer: &noticeBytes) == .receipt(notice))
         #expect(try decoder.decodeFrame(buffer: &unknown) == .receipt(ReceiptFrame(settledThrough: 77)))
         // What the function's handlers took: field 05, an offset of 8 bytes
@@ -413,6 +454,71 @@ struct HandlingReceiptTests {
         short.setInteger(try #require(short.getInteger(at: 1, as: UInt8.self)) - 4, at: 1)
         #expect(try decoder.decodeFrame(buffer: &takenBytes) == .receipt(taken))
         #expect(throws: WireError.self) { try decoder.decodeFrame(buffer: &short) }
+        // Ranges handled out of order: field 06, 16 bytes a range (start, end).
+        let ahead = ReceiptFrame(settledThrough: 77, takenThrough: 90, handledAhead: [100..<130, 1 << 33..<(1 << 33 | 7)])
+        var aheadBytes = Frame.receipt(ahead).encoded()
+        #expect(aheadBytes.readableBytes == Frame.receipt(ReceiptFrame(settledThrough: 77, takenThrough: 90)).encoded().readableBytes + 2 + 32)
+        #expect(Array(aheadBytes.readableBytesView.suffix(34).prefix(10)) == [0x06, 0x20, 0, 0, 0, 0, 0, 0, 0, 100])
+        #expect(try decoder.decodeFrame(buffer: &aheadBytes) == .receipt(ahead))
+        // A field that is not whole ranges, or a range that ends where it starts, is refused.
+        for bad: [UInt8] in [[0x06, 0x08, 0, 0, 0, 0, 0, 0, 0, 1], [0x06, 0x10] + [UInt8](repeating: 0, count: 7) + [5] + [UInt8](repeating: 0, count: 7) + [5]] {
+            var bytes = Frame.receipt(ReceiptFrame(settledThrough: 77)).encoded()
+            bytes.writeBytes(bad)
+            bytes.setInteger(try #require(bytes.getInteger(at: 1, as: UInt8.self)) + UInt8(bad.count), at: 1)
+            let error = try #require(throws: WireError.self) { try decoder.decodeFrame(buffer: &bytes) }
+            #expect(error.message.contains("range"), "\(error)")
+        }
+        // A zipper from before reads the receipt without them.
+        var older = Frame.receipt(ahead).encoded()
+        older.setInteger(UInt8(0x0E), at: older.writerIndex - 34)
+        #expect(try decoder.decodeFrame(buffer: &older) == .receipt(ReceiptFrame(settledThrough: 77, takenThrough: 90)))
+    }
+
+    @Test("the zipper keeps a function's ranges handled out of order merged, past what it settled in order, and at most maximumRanges of them")
+    func handledAheadRanges() {
+        var ahead = HandledAhead()
+        ahead.add(100..<130)
+        ahead.add(200..<210)
+        ahead.add(130..<150)
+        #expect(ahead.ranges == [100..<150, 200..<210] && ahead.bytes == 60, "touching ranges merge")
+        ahead.add(140..<205)
+        #expect(ahead.ranges == [100..<210] && ahead.bytes == 110, "one that overlaps two joins them")
+        ahead.add(300..<320)
+        #expect(ahead.contains(100..<140) && ahead.contains(300..<320))
+        #expect(!ahead.contains(90..<110) && !ahead.contains(200..<230) && !ahead.contains(250..<260), "only a frame wholly inside")
+        ahead.settled(through: 120)
+        #expect(ahead.ranges == [120..<210, 300..<320] && ahead.bytes == 110)
+        ahead.settled(through: 250)
+        #expect(ahead.ranges == [300..<320] && ahead.bytes == 20)
+        for start in stride(from: 1000, to: 1000 + 3 * HandledAhead.maximumRanges, by: 3) { ahead.add(start..<start + 1) }
+        #expect(ahead.ranges.count == HandledAhead.maximumRanges, "past the limit a new range is not kept")
+        #expect(ahead.ranges.last == (1000 + 3 * (HandledAhead.maximumRanges - 2))..<(1001 + 3 * (HandledAhead.maximumRanges - 2)))
+        ahead.add(1001..<1003)
+        #expect(ahead.contains(1000..<1004), "one that merges with a kept range still is")
+    }
+
+    @Test("the ledger names the ranges handled past those handled in order, each once told")
+    func ledgerRangesAhead() throws {
+        let ledger = HandlingLedger(startingAt: 0)
+        let frames = (1...6).map { ledger.received(end: $0 * 10, metadata: nil) }
+        typealias Tell = HandlingLedger.Tell
+        frames[2].finished()
+        frames[3].finished()
+        let first = ledger.advance(acknowledged: 0)
+        #expect(first.tell == Tell(handled: 0, taken: 0, handledAhead: [20..<40]), "the third and fourth, after the second's end")
+        // Not queued (a zipper that stopped reading): named again.
+        #expect(ledger.advance(acknowledged: 0).tell == first.tell)
+        ledger.told(try #require(first.tell), receiptEnd: 5)
+        #expect(ledger.advance(acknowledged: 0).tell == nil, "told")
+        ledger.passed(end: 65)
+        frames[5].finished()
+        let second = ledger.advance(acknowledged: 0).tell
+        #expect(second == Tell(handled: 0, taken: 0, handledAhead: [50..<65]), "with the frame passed after it")
+        ledger.told(try #require(second), receiptEnd: 6)
+        frames[1].finished()
+        #expect(ledger.advance(acknowledged: 0).tell == Tell(handled: 0, taken: 0, handledAhead: [10..<40]), "a run grows back to what it joins")
+        frames[0].finished()
+        #expect(ledger.advance(acknowledged: 0).tell == Tell(handled: 40, taken: 40), "in order now: no range")
     }
 }
 
