@@ -21,18 +21,20 @@
 #                random (the uplink of a radio link), e.g. oneway40
 #   downN        the router drops everything for N seconds, then nothing
 #                (a link that flapped), e.g. down3
+#   A+B          both at once, e.g. mtu-silent+loss3 (a black hole on a
+#                path that also loses packets at random)
 # BIN is the directory of `yomo` and `uppercase-sfn` (default .build/debug).
 # YOMO_QUIC_CONGESTION_CONTROL (bbr, cubic, reno) reaches every program.
 # Measured in the twenty-seventh round of issue 14 (docs/quic.md, "A path
 # whose MTU shrinks"; docs/reliability.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-fault="${1:?usage: $0 mtu|mtu-silent|mtu-local|mtu6|readdress|second|lossN|onewayN|downN [BIN]}"
+fault="${1:?usage: $0 mtu|mtu-silent|mtu-local|mtu6|readdress|second|lossN|onewayN|downN|A+B [BIN]}"
 bin="$(cd "${2:-.build/debug}" && pwd)"
 prefix="pf$$"
 work="$(mktemp -d)"
 ipv6=false
-[[ "$fault" == mtu6 ]] && ipv6=true
+[[ "+$fault+" == *+mtu6+* ]] && ipv6=true
 
 cleanup() {
     for host in c r z; do
@@ -66,7 +68,7 @@ ip -n "${prefix}z" -6 route add default via fd99:2::1
 
 listen=10.99.2.2 dial=10.99.2.2:9000
 if $ipv6; then listen=fd99:2::2 dial="[fd99:2::2]:9000"; fi
-if [[ "$fault" == second ]]; then
+if [[ "+$fault+" == *+second+* ]]; then
     ip -n "${prefix}z" addr add 10.99.2.3/24 dev "${prefix}zr"
     listen=0.0.0.0 dial=10.99.2.3:9000
 fi
@@ -86,7 +88,9 @@ router_drops() {
     ip netns exec "${prefix}r" nft add chain inet fault "$hook" "{ type filter hook $hook priority 0; }"
     ip netns exec "${prefix}r" nft add rule inet fault "$hook" "$@"
 }
-case "$fault" in
+IFS=+ read -ra parts <<<"$fault"
+for part in "${parts[@]}"; do
+case "$part" in
     mtu|mtu6) ip -n "${prefix}r" link set "${prefix}rc" mtu 1280; ip -n "${prefix}r" link set "${prefix}rz" mtu 1280 ;;
     mtu-silent)
         router_drops output icmp type destination-unreachable drop
@@ -98,15 +102,16 @@ case "$fault" in
         ip -n "${prefix}c" route add default via 10.99.1.1 ;;
     second) ;;
     oneway[0-9]*)
-        router_drops forward iifname "${prefix}rc" numgen random mod 100 "<" "${fault#oneway}" drop ;;
+        router_drops forward iifname "${prefix}rc" numgen random mod 100 "<" "${part#oneway}" drop ;;
     down[0-9]*)
         router_drops forward drop
-        sleep "${fault#down}"
-        ip netns exec "${prefix}r" nft delete table inet fault ;;
+        sleep "${part#down}"
+        ip netns exec "${prefix}r" nft delete chain inet fault forward ;;
     loss[0-9]*)
-        router_drops forward numgen random mod 100 "<" "${fault#loss}" drop ;;
-    *) echo "unknown fault $fault" >&2; exit 2 ;;
+        router_drops forward numgen random mod 100 "<" "${part#loss}" drop ;;
+    *) echo "unknown fault $part" >&2; exit 2 ;;
 esac
+done
 wait "$bench" || true
 echo "fault=$fault congestion_control=${YOMO_QUIC_CONGESTION_CONTROL:-bbr} $(tail -n 1 "$work/bench.log")"
 grep -h 'path drops big datagrams\|reconnected from\|reconnecting' "$work"/*.log | cut -c1-300 || true

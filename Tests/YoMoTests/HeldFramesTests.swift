@@ -877,6 +877,53 @@ struct HeldFramesTests {
         await zipper.terminate()
     }
 
+    @Test("a restored held frames file is written anew without the frames that left the hold: a zipper killed after a function handled its part gives that part to nobody again")
+    func restoredFileShrinks() async throws {
+        let directory = try makeTemporaryDirectory("yomo-held-")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = directory + "/zipper.functions"
+        let held = HeldFramesFile.path(besides: file)
+        // Five frames for a function that comes, five for one that does not (yet).
+        let forX = (0..<5).map { "x-\($0)" }, forY = (0..<5).map { "y-\($0)" }
+        let frames = forX.map { DataFrame(tag: 0x69, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
+            + forY.map { DataFrame(tag: 0x6A, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
+        #expect(FileManager.default.createFile(atPath: held, contents: Data(HeldFramesFile.encode(frames, closedAt: HeldFramesFile.now()))))
+        func kept() -> [String] {
+            guard let bytes = FileManager.default.contents(atPath: held), let decoded = HeldFramesFile.decode(Array(bytes)) else { return [] }
+            return decoded.frames.map { String(buffer: $0.payload) }
+        }
+        // y's frames stay held for the test's length, not the default 5 s.
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", file, "--unrouted-hold", "60s"])
+        let got = Inbox<String>()
+        func worker(_ name: String, _ tag: UInt32) -> StreamFunction {
+            let worker = StreamFunction(name: name, zipper: zipper.address, options: .init(observedTags: [tag], retryConnect: true))
+            worker.setHandler { ctx in got.append(String(decoding: ctx.data, as: UTF8.self)) }
+            return worker
+        }
+        let x = worker("x", 0x69)
+        try await x.connect()
+        #expect(await got.wait(for: 5), "\(got.items)")
+        // Before, the file kept all ten until the last left the hold (y's: 60 s).
+        #expect(await eventually { kept() == forY }, "\(kept())")
+        await x.close()
+        await zipper.kill()
+        try zipper.restart()
+        let again = worker("x", 0x69), y = worker("y", 0x6A)
+        try await again.connect()
+        try await y.connect()
+        #expect(await got.wait(for: 10), "\(got.items)")
+        // Behind anything held for x: whatever the restart gave it has come once this has.
+        let source = Source(name: "feed", zipper: zipper.address)
+        try await source.connect()
+        try await source.write(tag: 0x69, data: Array("x-last".utf8))
+        #expect(await got.wait(for: 11), "\(got.items)")
+        #expect(got.items.sorted() == (forX + forY + ["x-last"]).sorted(), "each once")
+        await source.close()
+        await again.close()
+        await y.close()
+        await zipper.terminate()
+    }
+
     @Test("held frames kept by a zipper that closed longer than afterLastObserver ago are dropped at the next start, said once; a file that is none is removed")
     func heldFromLongAgo() async throws {
         let directory = try makeTemporaryDirectory("yomo-held-")
