@@ -6,8 +6,9 @@ internal import YoMoWire
 /// kept beside `ZipperConfiguration.functionsFile` (its path with `.held`
 /// added) for its next start, which holds them again for those functions:
 /// a zipper restarted while a function was away (a rolling deploy restarting
-/// both) no longer drops what it held for it. Removed once the frames it held
-/// left the next run's hold (a crash before finds it again); a start later
+/// both) no longer drops what it held for it. Written anew without the
+/// frames that left the next run's hold as they leave, and removed once all
+/// have (a crash before finds what is left); a start later
 /// than `unrouted_hold.after_last_observer` after the close drops them, said
 /// in one line.
 ///
