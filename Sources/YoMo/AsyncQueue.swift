@@ -13,6 +13,8 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
         var head = 0
         var weight = 0
         var finished = false
+        /// Every element is let in, full or not (`letAllIn`).
+        var unbounded = false
         var consumer: CheckedContinuation<Element?, Never>?
         var producers: [CheckedContinuation<Void, Never>] = []
         var count: Int { items.count - head }
@@ -31,7 +33,22 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
         self.maximumWeight = maximumWeight ?? .max
     }
 
-    private func isFull(_ state: State) -> Bool { state.count >= capacity || state.weight >= maximumWeight }
+    private func isFull(_ state: State) -> Bool { !state.unbounded && (state.count >= capacity || state.weight >= maximumWeight) }
+
+    /// Lets every element in, full or not, waiting senders too, until
+    /// `limitAgain()`: elements that are in memory already (a pipe handler's
+    /// frames that an ended connection still held unread).
+    func letAllIn() {
+        let producers = state.withLock { state in
+            state.unbounded = true
+            defer { state.producers = [] }
+            return state.producers
+        }
+        for producer in producers { producer.resume() }
+    }
+
+    /// Full again at `capacity` or `maximumWeight`.
+    func limitAgain() { state.withLock { $0.unbounded = false } }
 
     /// Enqueues `element`, waiting while the queue is full; `whenFull` runs
     /// before the first wait. Returns `false` if the queue was finished (the

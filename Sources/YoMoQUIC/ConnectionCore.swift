@@ -13,6 +13,8 @@ struct SendShared {
     /// Writers waiting for room, by ticket (a cancelled writer removes its own).
     var waiters: [(ticket: UInt64, continuation: CheckedContinuation<QUICError?, Never>)] = []
     var nextTicket: UInt64 = 0
+    /// Waiting in `waitUntilEnded`, by ticket.
+    var endWaiters: [(ticket: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
     /// Bytes ever queued: the stream offset after the last write.
     var enqueuedTotal = 0
     var flushScheduled = false
@@ -1010,6 +1012,11 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             s.drainWaiters = []
             return w
         }
+        let ended = sendShared.withLock { s in
+            defer { s.endWaiters = [] }
+            return s.endWaiters.map(\.continuation)
+        }
+        for waiter in ended { waiter.resume() }
         let (readerWaiter, readerResult) = recvShared.withLock { s -> (CheckedContinuation<Result<ByteBuffer?, QUICError>, Never>?, Result<ByteBuffer?, QUICError>) in
             if s.error == nil { s.error = error }
             let w = s.waiter
@@ -1350,6 +1357,30 @@ extension ConnectionCore {
                 return taken
             }
             return s.unacknowledgedAtEnd
+        }
+    }
+
+    /// Returns once the connection has ended, or the task is cancelled.
+    func waitUntilEnded() async {
+        let ticket = sendShared.withLock { s -> UInt64 in
+            s.nextTicket += 1
+            return s.nextTicket
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let now = sendShared.withLock { s -> Bool in
+                    if s.error != nil || Task.isCancelled { return true }
+                    s.endWaiters.append((ticket, c))
+                    return false
+                }
+                if now { c.resume() }
+            }
+        } onCancel: {
+            let waiter = sendShared.withLock { s -> CheckedContinuation<Void, Never>? in
+                guard let index = s.endWaiters.firstIndex(where: { $0.ticket == ticket }) else { return nil }
+                return s.endWaiters.remove(at: index).continuation
+            }
+            waiter?.resume()
         }
     }
 

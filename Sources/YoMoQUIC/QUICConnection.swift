@@ -234,6 +234,10 @@ public final class QUICConnection: Sendable {
     /// server's connections only.
     package func takeUnacknowledged() -> Unacknowledged? { core.takeUnacknowledged() }
 
+    /// Returns once the connection has ended (closed by either side, lost,
+    /// timed out), or the task is cancelled.
+    package func waitUntilEnded() async { await core.waitUntilEnded() }
+
     /// From now on, bytes the peer acknowledged stay here until its
     /// application releases them (`releaseRetained(through:)`), and what
     /// `takeUnacknowledged()` gives at the end begins after what was released:

@@ -311,6 +311,43 @@ struct HandlerLifecycleTests {
         await source.close()
     }
 
+    @Test("a connection lost while the pipe handler's queue is full, with frames received and not read: the function redials at once, not once its handler worked through them, and handles each frame once")
+    func lostWithUnreadFramesRedialsAtOnce() async throws {
+        let metricsPort = try await freeTCPPort()
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let taken = Inbox<String>()
+        // A queue of 2 KiB: most of what arrives waits unread in the QUIC stack.
+        let function = StreamFunction(name: "upper", zipper: zipper.address, options: .init(
+            observedTags: [0x33], retryConnect: true, maximumHandlerBytes: 2048))
+        function.setPipeHandler { input, _ in
+            for await frame in input {
+                taken.append(String(decoding: frame.data, as: UTF8.self))
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        try await function.connect()
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
+        try await source.connect()
+        let padding = String(repeating: "x", count: 100)
+        let texts = (0..<400).map { "\($0) \(padding)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+        #expect(await eventuallyAsync { await wroteToUpper(400, metricsPort: metricsPort) })
+        await zipper.kill()
+        try zipper.restart()
+        // Before, it read on through what it had received, 20 ms a frame (about 8 s), and only then redialled.
+        #expect(await eventually(within: .seconds(20)) { function.client.reconnectCountForTesting == 1 })
+        let takenAtRedial = taken.count
+        #expect(takenAtRedial < 300, "\(takenAtRedial) frames taken when it redialled")
+        #expect(await taken.wait(for: 400, timeout: .seconds(30)), "\(taken.count)")
+        // Behind whatever came again after the restart: once it is taken, the rest has come.
+        try await source.write(tag: 0x33, data: Array("last".utf8))
+        #expect(await taken.wait(for: 401, timeout: .seconds(30)), "\(taken.count)")
+        #expect(taken.items.sorted() == (texts + ["last"]).sorted(), "each once")
+        await source.close()
+        await function.close()
+        await zipper.terminate()
+    }
+
     @Test("a write larger than a zipper takes is refused before it is sent; the source and the handler's connection serve on")
     func oversizedWritesRefused() async throws {
         try await withZipper { address, _ in
