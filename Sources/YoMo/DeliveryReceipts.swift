@@ -246,6 +246,15 @@ final class HoldTally: Sendable {
         return held == 0 && Self.reached(waits)
     }
 
+    /// Whether a stream function it was written to said its handlers
+    /// finished it (its handling receipts), not only that they took it.
+    var wasHandled: Bool {
+        state.withLock { $0.waits }.contains { $0.destination.hasHandled(frameEndingAt: $0.written) }
+    }
+
+    /// Whether it was written to some connection (else it left the hold by its rules: dropped).
+    var wasWritten: Bool { state.withLock { !$0.waits.isEmpty } }
+
     /// Whether every connection acknowledged what was written to it by then,
     /// or ended and what it had not acknowledged left the hold.
     static func reached(_ waits: [DeliveryDestination.Wait]) -> Bool {
@@ -273,6 +282,8 @@ final class DeliveryDestination: Sendable {
     private let pace = Mutex(TakingPace())
     /// What its handlers finished out of order, past what they settled in order.
     private let handledAhead = Mutex(HandledAhead())
+    /// The end of what its handlers finished in order, as its receipts said.
+    private let handledInOrder = Atomic(0)
 
     /// `reportsTaking`: a stream function that may say what its handlers
     /// took: nothing settles at acknowledgement until its first receipt says
@@ -327,6 +338,12 @@ final class DeliveryDestination: Sendable {
     /// `settled` and those in `ranges` (`ReceiptFrame.handledAhead`), kept
     /// only within what was written to it (`written`).
     func handled(through settled: Int, ahead ranges: [Range<UInt64>], written: Int) {
+        var current = handledInOrder.load(ordering: .relaxed)
+        while current < settled {
+            let (exchanged, original) = handledInOrder.compareExchange(expected: current, desired: settled, ordering: .relaxed)
+            if exchanged { break }
+            current = original
+        }
         handledAhead.withLock { kept in
             kept.settled(through: settled)
             for range in ranges {
@@ -338,6 +355,14 @@ final class DeliveryDestination: Sendable {
 
     /// What its handlers finished out of order, as its receipts told so far.
     var finishedAhead: HandledAhead { handledAhead.withLock { $0 } }
+
+    /// Whether its handlers finished the frame written ending at `end`, as
+    /// its receipts said (never, for a connection without them). A range
+    /// handled out of order that holds the frame's last byte holds the frame:
+    /// ranges start where a frame ends.
+    func hasHandled(frameEndingAt end: Int) -> Bool {
+        end <= handledInOrder.load(ordering: .relaxed) || handledAhead.withLock { $0.contains(end - 1..<end) }
+    }
 }
 
 /// What a connection's end left held, frame by frame, by where each ended in

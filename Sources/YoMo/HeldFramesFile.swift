@@ -7,8 +7,8 @@ internal import YoMoWire
 /// added) for its next start, which holds them again for those functions:
 /// a zipper restarted while a function was away (a rolling deploy restarting
 /// both) no longer drops what it held for it. Written anew without the
-/// frames that left the next run's hold as they leave, and removed once all
-/// have (a crash before finds what is left); a start later
+/// frames a function of the next run said it handled, and removed once all
+/// left that run's hold (a crash before finds what is left); a start later
 /// than `unrouted_hold.after_last_observer` after the close drops them, said
 /// in one line.
 ///

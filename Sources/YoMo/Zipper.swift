@@ -717,7 +717,8 @@ public final class Zipper: Sendable {
     /// thirty-ninth round of issue 14 it was removed as it was read, and a
     /// zipper killed before it delivered them lost them. Meanwhile it is
     /// written anew, at most every `restoredFileTrimInterval`, without those
-    /// that left: until the forty-third round it kept all of them until the
+    /// a function said it handled (or the hold dropped): until the
+    /// forty-third round it kept all of them until the
     /// last left, and a crash then gave the next start frames the functions
     /// had handled (`yomo-fault-bench chaos --seed 32 --seconds 60`: 753
     /// restored, 176 handled, the zipper killed; handled again after).
@@ -728,7 +729,13 @@ public final class Zipper: Sendable {
             var written = ContinuousClock.now
             while let zipper = self {
                 // Read outside the zipper's lock: a destination asks its own.
-                let unsettled = kept.filter { !$0.tally.isSettled }
+                // The file goes once all have settled (as before); a frame leaves it
+                // before only once a function said it was handled, or the hold
+                // dropped it: settled at a function's taking, a frame is at that
+                // function alone, and a crash of the zipper and then of that function
+                // before it delivered the answers lost it (14 frames in a run).
+                let unsettled = kept.allSatisfy(\.tally.isSettled)
+                    ? [] : kept.filter { !$0.tally.wasHandled && !($0.tally.isSettled && !$0.tally.wasWritten) }
                 if unsettled.count < kept.count, unsettled.isEmpty || .now - written >= Self.restoredFileTrimInterval {
                     let bytes = unsettled.isEmpty ? nil : HeldFramesFile.encode(unsettled.map(\.frame), closedAt: closedAt)
                     let stands = zipper.heldFileWrites.withLock { _ -> Bool in
