@@ -246,10 +246,12 @@ final class HoldTally: Sendable {
         return held == 0 && Self.reached(waits)
     }
 
-    /// Whether a stream function it was written to said its handlers
-    /// finished it (its handling receipts), not only that they took it.
+    /// Whether it left the hold and every stream function it was written to
+    /// said its handlers finished it (their handling receipts), not only that
+    /// they took it. A frame held for two names and taken by one is not.
     var wasHandled: Bool {
-        state.withLock { $0.waits }.contains { $0.destination.hasHandled(frameEndingAt: $0.written) }
+        let (held, waits) = state.withLock { ($0.held, $0.waits) }
+        return held == 0 && !waits.isEmpty && waits.allSatisfy { $0.destination.hasHandled(frameEndingAt: $0.written) }
     }
 
     /// Whether it was written to some connection (else it left the hold by its rules: dropped).
