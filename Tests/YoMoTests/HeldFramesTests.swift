@@ -944,6 +944,49 @@ struct HeldFramesTests {
         await zipper.terminate()
     }
 
+    @Test("a restored frame held for two functions of a fan-out stays in the held frames file once one handled it: a zipper killed then still gives it to the other")
+    func restoredFanOutKeptForTheOther() async throws {
+        let directory = try makeTemporaryDirectory("yomo-held-")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = directory + "/zipper.functions"
+        let held = HeldFramesFile.path(besides: file)
+        // The previous run knew v and w on tag 0x6C, and x on 0x6D.
+        #expect(FileManager.default.createFile(atPath: file, contents: Data("yomo-zipper-functions 1\nv\t\t0x6c\nw\t\t0x6c\nx\t\t0x6d\n".utf8)))
+        let fanOut = ["f-0", "f-1"], forX = ["x-0"]
+        let frames = fanOut.map { DataFrame(tag: 0x6C, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
+            + forX.map { DataFrame(tag: 0x6D, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
+        #expect(FileManager.default.createFile(atPath: held, contents: Data(HeldFramesFile.encode(frames, closedAt: HeldFramesFile.now()))))
+        func kept() -> [String] {
+            guard let bytes = FileManager.default.contents(atPath: held), let decoded = HeldFramesFile.decode(Array(bytes)) else { return [] }
+            return decoded.frames.map { String(buffer: $0.payload) }
+        }
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", file, "--unrouted-hold", "60s"])
+        let got = Inbox<String>()
+        func worker(_ name: String, _ tag: UInt32) -> StreamFunction {
+            let worker = StreamFunction(name: name, zipper: zipper.address, options: .init(observedTags: [tag], retryConnect: true))
+            worker.setHandler { ctx in got.append("\(name):" + String(decoding: ctx.data, as: UTF8.self)) }
+            return worker
+        }
+        let v = worker("v", 0x6C)
+        try await v.connect()
+        #expect(await got.wait(for: 2), "\(got.items)")
+        // x's frame leaves the file once handled; the fan-out's stay, held for w.
+        let x = worker("x", 0x6D)
+        try await x.connect()
+        #expect(await got.wait(for: 3), "\(got.items)")
+        #expect(await eventually { kept() == fanOut }, "\(kept())")
+        await x.close()
+        await v.close()
+        await zipper.kill()
+        try zipper.restart()
+        let w = worker("w", 0x6C)
+        try await w.connect()
+        #expect(await got.wait(for: 5), "\(got.items)")
+        #expect(got.items.filter { $0.hasPrefix("w:") }.sorted() == ["w:f-0", "w:f-1"], "\(got.items)")
+        await w.close()
+        await zipper.terminate()
+    }
+
     @Test("held frames kept by a zipper that closed longer than afterLastObserver ago are dropped at the next start, said once; a file that is none is removed")
     func heldFromLongAgo() async throws {
         let directory = try makeTemporaryDirectory("yomo-held-")
