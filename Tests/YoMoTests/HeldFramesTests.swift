@@ -346,6 +346,38 @@ func makeTemporaryDirectory(_ prefix: String) throws -> String {
     return directory
 }
 
+/// A temporary directory for a zipper's functions file, and the held frames
+/// file beside it that a previous run's close kept.
+struct PreviousRunFiles {
+    let directory: String
+    /// The zipper's `functionsFile`.
+    let functions: String
+    var held: String { HeldFramesFile.path(besides: functions) }
+
+    init() throws {
+        directory = try makeTemporaryDirectory("yomo-held-")
+        functions = directory + "/zipper.functions"
+    }
+
+    /// Writes the held frames file: each text a frame of its tag, as a close at `closedAt` kept them.
+    func keep(_ frames: [(tag: UInt32, texts: [String])], closedAt: Int64 = HeldFramesFile.now()) throws {
+        let frames = frames.flatMap { tag, texts in
+            texts.map { DataFrame(tag: tag, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
+        }
+        guard FileManager.default.createFile(atPath: held, contents: Data(HeldFramesFile.encode(frames, closedAt: closedAt))) else {
+            throw CocoaError(.fileWriteUnknown)
+        }
+    }
+
+    /// The payloads the held frames file holds now, in order ([] without one).
+    func kept() -> [String] {
+        guard let bytes = FileManager.default.contents(atPath: held), let decoded = HeldFramesFile.decode(Array(bytes)) else { return [] }
+        return decoded.frames.map { String(buffer: $0.payload) }
+    }
+
+    func remove() { try? FileManager.default.removeItem(atPath: directory) }
+}
+
 @Suite("Frames with no stream function wait for one on its way back", .serialized)
 struct HeldFramesTests {
     @Test("a functions file that cannot be written is tried again each second, not only at the next change: written once it can be")
@@ -850,15 +882,13 @@ struct HeldFramesTests {
 
     @Test("a zipper killed after it held again what the previous run kept, before any function took it: the next start holds it again, and the function gets it")
     func restoredThenKilled() async throws {
-        let directory = try makeTemporaryDirectory("yomo-held-")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let file = directory + "/zipper.functions"
-        let held = HeldFramesFile.path(besides: file)
+        let files = try PreviousRunFiles()
+        defer { files.remove() }
+        let held = files.held
         // What a zipper closed gracefully a moment ago kept: its sources forgot these frames.
         let texts = (0..<5).map { "kept-\($0)" }
-        let frames = texts.map { DataFrame(tag: 0x69, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
-        #expect(FileManager.default.createFile(atPath: held, contents: Data(HeldFramesFile.encode(frames, closedAt: HeldFramesFile.now()))))
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", file])
+        try files.keep([(0x69, texts)])
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions])
         // Up once a source can connect; it held the frames again before it listened.
         let probe = Source(name: "probe", zipper: zipper.address, options: .init(retryConnect: true))
         try await probe.connect()
@@ -879,23 +909,14 @@ struct HeldFramesTests {
 
     @Test("a restored held frames file is written anew without the frames a function handled: a zipper killed then gives those to nobody again, and those only taken to the next instance")
     func restoredFileShrinks() async throws {
-        let directory = try makeTemporaryDirectory("yomo-held-")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let file = directory + "/zipper.functions"
-        let held = HeldFramesFile.path(besides: file)
+        let files = try PreviousRunFiles()
+        defer { files.remove() }
         // Five frames for a function that comes, five for one that does not (yet),
         // two for one whose handlers take them and do not finish.
         let forX = (0..<5).map { "x-\($0)" }, forY = (0..<5).map { "y-\($0)" }, forZ = ["z-0", "z-1"]
-        let frames = forX.map { DataFrame(tag: 0x69, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
-            + forY.map { DataFrame(tag: 0x6A, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
-            + forZ.map { DataFrame(tag: 0x6B, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
-        #expect(FileManager.default.createFile(atPath: held, contents: Data(HeldFramesFile.encode(frames, closedAt: HeldFramesFile.now()))))
-        func kept() -> [String] {
-            guard let bytes = FileManager.default.contents(atPath: held), let decoded = HeldFramesFile.decode(Array(bytes)) else { return [] }
-            return decoded.frames.map { String(buffer: $0.payload) }
-        }
+        try files.keep([(0x69, forX), (0x6A, forY), (0x6B, forZ)])
         // y's frames stay held for the test's length, not the default 5 s.
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", file, "--unrouted-hold", "60s"])
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
         let got = Inbox<String>()
         let gate = Gate()
         let entered = Inbox<String>()
@@ -920,7 +941,7 @@ struct HeldFramesTests {
         #expect(await entered.wait(for: 2), "\(entered.items)")
         // Before, the file kept all twelve until the last left the hold (y's: 60 s).
         // z's two were taken, not handled: kept.
-        #expect(await eventually { kept() == forY + forZ }, "\(kept())")
+        #expect(await eventually { files.kept() == forY + forZ }, "\(files.kept())")
         await x.close()
         await zipper.kill()
         await z.close()
@@ -946,21 +967,13 @@ struct HeldFramesTests {
 
     @Test("a restored frame held for two functions of a fan-out stays in the held frames file once one handled it: a zipper killed then still gives it to the other")
     func restoredFanOutKeptForTheOther() async throws {
-        let directory = try makeTemporaryDirectory("yomo-held-")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let file = directory + "/zipper.functions"
-        let held = HeldFramesFile.path(besides: file)
+        let files = try PreviousRunFiles()
+        defer { files.remove() }
         // The previous run knew v and w on tag 0x6C, and x on 0x6D.
-        #expect(FileManager.default.createFile(atPath: file, contents: Data("yomo-zipper-functions 1\nv\t\t0x6c\nw\t\t0x6c\nx\t\t0x6d\n".utf8)))
+        #expect(FileManager.default.createFile(atPath: files.functions, contents: Data("yomo-zipper-functions 1\nv\t\t0x6c\nw\t\t0x6c\nx\t\t0x6d\n".utf8)))
         let fanOut = ["f-0", "f-1"], forX = ["x-0"]
-        let frames = fanOut.map { DataFrame(tag: 0x6C, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
-            + forX.map { DataFrame(tag: 0x6D, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
-        #expect(FileManager.default.createFile(atPath: held, contents: Data(HeldFramesFile.encode(frames, closedAt: HeldFramesFile.now()))))
-        func kept() -> [String] {
-            guard let bytes = FileManager.default.contents(atPath: held), let decoded = HeldFramesFile.decode(Array(bytes)) else { return [] }
-            return decoded.frames.map { String(buffer: $0.payload) }
-        }
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", file, "--unrouted-hold", "60s"])
+        try files.keep([(0x6C, fanOut), (0x6D, forX)])
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
         let got = Inbox<String>()
         func worker(_ name: String, _ tag: UInt32) -> StreamFunction {
             let worker = StreamFunction(name: name, zipper: zipper.address, options: .init(observedTags: [tag], retryConnect: true))
@@ -974,7 +987,7 @@ struct HeldFramesTests {
         let x = worker("x", 0x6D)
         try await x.connect()
         #expect(await got.wait(for: 3), "\(got.items)")
-        #expect(await eventually { kept() == fanOut }, "\(kept())")
+        #expect(await eventually { files.kept() == fanOut }, "\(files.kept())")
         await x.close()
         await v.close()
         await zipper.kill()
@@ -989,12 +1002,11 @@ struct HeldFramesTests {
 
     @Test("held frames kept by a zipper that closed longer than afterLastObserver ago are dropped at the next start, said once; a file that is none is removed")
     func heldFromLongAgo() async throws {
-        let directory = try makeTemporaryDirectory("yomo-held-")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let file = directory + "/zipper.functions"
-        let frames = (0..<3).map { DataFrame(tag: 0x68, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: "old-\($0)")) }
+        let files = try PreviousRunFiles()
+        defer { files.remove() }
+        let file = files.functions
         let twoMinutesAgo = HeldFramesFile.now() - 120_000
-        #expect(FileManager.default.createFile(atPath: HeldFramesFile.path(besides: file), contents: Data(HeldFramesFile.encode(frames, closedAt: twoMinutesAgo))))
+        try files.keep([(0x68, (0..<3).map { "old-\($0)" })], closedAt: twoMinutesAgo)
         let logs = InMemoryLogSink()
         try await withZipper(configure: { $0.functionsFile = file }, logger: Self.jsonLogger(logs)) { _, zipper in
             #expect(zipper.statistics.heldFrames == 0)
