@@ -358,6 +358,9 @@ final class DeliveryDestination: Sendable {
     /// What its handlers finished out of order, as its receipts told so far.
     var finishedAhead: HandledAhead { handledAhead.withLock { $0 } }
 
+    /// The bytes those ranges cover (without copying them).
+    var finishedAheadBytes: Int { handledAhead.withLock { $0.bytes } }
+
     /// Whether its handlers finished the frame written ending at `end`, as
     /// its receipts said (never, for a connection without them). A range
     /// handled out of order that holds the frame's last byte holds the frame:

@@ -734,8 +734,10 @@ public final class Zipper: Sendable {
                 // dropped it: settled at a function's taking, a frame is at that
                 // function alone, and a crash of the zipper and then of that function
                 // before it delivered the answers lost it (14 frames in a run).
-                let unsettled = kept.allSatisfy(\.tally.isSettled)
-                    ? [] : kept.filter { !$0.tally.wasHandled && !($0.tally.isSettled && !$0.tally.wasWritten) }
+                // Each tally asked once a pass: it asks the destinations it went to, and their leftovers.
+                let settled = kept.map(\.tally.isSettled)
+                let unsettled = settled.allSatisfy { $0 }
+                    ? [] : zip(kept, settled).filter { frame, settled in !frame.tally.wasHandled && !(settled && !frame.tally.wasWritten) }.map(\.0)
                 if unsettled.count < kept.count, unsettled.isEmpty || .now - written >= Self.restoredFileTrimInterval {
                     let bytes = unsettled.isEmpty ? nil : HeldFramesFile.encode(unsettled.map(\.frame), closedAt: closedAt)
                     let stands = zipper.heldFileWrites.withLock { _ -> Bool in
@@ -1477,7 +1479,7 @@ public final class Zipper: Sendable {
         // Read outside the zipper's lock: each connection's statistics have their own.
         let peers = state.withLock { $0.peers.values.map { ($0.member, $0.connection.connection, $0.delivery) } }
         return peers.map { member, quic, delivery in
-            let ahead = delivery.finishedAhead.bytes
+            let ahead = delivery.finishedAheadBytes
             let retains = quic.retainedBytes > 0
             return ClientConnectionHealth(
                 member: member, statistics: quic.statistics, unacknowledgedBytes: quic.unacknowledgedBytes,
