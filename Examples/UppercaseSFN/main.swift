@@ -2,7 +2,7 @@
 // payload (length kept) and writes the result with the emit tag.
 //
 //   uppercase-sfn [--zipper HOST:PORT] [--name upper] [--observe 0x33] [--emit 0x34] [--pipe] [--credential C]
-//                 [--handler-delay-ms N]
+//                 [--handler-delay-ms N] [--handler-concurrency N]
 import ArgumentParser
 import Logging
 import YoMo
@@ -25,6 +25,7 @@ struct UppercaseSFN: AsyncParsableCommand {
     @Flag(help: "Use the pipe handler (frames in order) instead of the async handler.") var pipe = false
     @Option var credential: String?
     @Option(help: "Each handler waits this long before it answers: a slow handler, for fault drills.") var handlerDelayMs = 0
+    @Option(help: "At most this many async handlers at once (default: no limit).") var handlerConcurrency: Int?
     @Option(help: "Serve /metrics, /healthz and /readyz on HOST:PORT (default: YOMO_METRICS_LISTEN, else off).") var metrics: String?
 
     func run() async throws {
@@ -34,7 +35,7 @@ struct UppercaseSFN: AsyncParsableCommand {
         let metricsInstallation = try await YoMoMetrics.bootstrap(serviceName: name, listen: metrics)
         let sfn = StreamFunction(
             name: name, zipper: zipper,
-            options: .init(observedTags: [observe], credential: credential, retryConnect: true))
+            options: .init(observedTags: [observe], credential: credential, retryConnect: true, handlerConcurrency: handlerConcurrency))
         let emit = self.emit
         let delay = Duration.milliseconds(handlerDelayMs)
         if pipe {

@@ -45,6 +45,10 @@ final class ClientRuntime: Sendable {
         private let draining = Atomic(false)
         /// When and how long the limits held reading: for the log and the metrics.
         private let holds = Mutex(ReadingHolds())
+        /// Frames an ended connection brought that waited for the async
+        /// handlers' limits, oldest first, and their bytes: the next
+        /// connection's reading starts them before its own frames.
+        private let unstarted = Mutex((frames: CircularBuffer<UnstartedFrame>(), bytes: 0))
 
         init(_ setup: Setup, writer: FrameWriter) {
             self.writer = writer
@@ -55,11 +59,44 @@ final class ClientRuntime: Sendable {
         }
 
         /// No more frames are taken: one waiting for the limits is turned away,
-        /// and the pipe handler's input ends after the frames queued.
-        func stopTaking() {
+        /// and so are those an ended connection left for the async handlers;
+        /// the pipe handler's input ends after the frames queued.
+        func stopTaking(_ logger: Logger) {
             inFlight.stopAdmitting()
             pipeQueue?.finish()
+            let dropped = unstarted.withLock { unstarted in
+                defer { unstarted = ([], 0) }
+                return unstarted.frames.count
+            }
+            if dropped > 0 {
+                // Not told handled: a zipper that keeps what was not handled holds them for the next instance.
+                logger.info("closing: frames a lost connection brought that waited for the handlers' limits are not handled", metadata: [
+                    "frames": "\(dropped)",
+                ])
+            }
         }
+
+        /// Keeps a frame of an ended connection for the next one's reading.
+        func keepUnstarted(_ frame: UnstartedFrame) {
+            unstarted.withLock { unstarted in
+                unstarted.frames.append(frame)
+                unstarted.bytes += frame.held
+            }
+        }
+
+        /// The oldest frame kept by `keepUnstarted`.
+        var firstUnstarted: UnstartedFrame? { unstarted.withLock { $0.frames.first } }
+
+        /// Removes the oldest frame kept (`firstUnstarted`); false if a close dropped it meanwhile.
+        func removeFirstUnstarted() -> Bool {
+            unstarted.withLock { unstarted in
+                guard let first = unstarted.frames.popFirst() else { return false }
+                unstarted.bytes -= first.held
+                return true
+            }
+        }
+
+        var hasUnstarted: Bool { unstarted.withLock { !$0.frames.isEmpty } }
 
         /// Handlers are at work on frames and may write more: an async handler
         /// running, or the pipe handler inside a frame or with frames queued.
@@ -86,11 +123,11 @@ final class ClientRuntime: Sendable {
 
         /// Frames taken that wait for a handler: queued for the pipe
         /// handler, or read and held back by the handlers' limits.
-        var haveBacklog: Bool { pipeQueue?.isEmpty == false || holds.withLock { $0.isHolding } }
+        var haveBacklog: Bool { pipeQueue?.isEmpty == false || holds.withLock { $0.isHolding } || hasUnstarted }
 
         /// True the first time only: that caller waits for the handlers.
-        func beginDrain() -> Bool {
-            stopTaking()
+        func beginDrain(_ logger: Logger) -> Bool {
+            stopTaking(logger)
             return !draining.exchange(true, ordering: .relaxed)
         }
 
@@ -108,9 +145,19 @@ final class ClientRuntime: Sendable {
         var statistics: DataPathMetrics.HandlerStatistics {
             let counted = inFlight.counted
             return DataPathMetrics.HandlerStatistics(
-                running: counted.handlers, heldBytes: counted.bytes + (pipeQueue?.queuedWeight ?? 0),
+                running: counted.handlers,
+                heldBytes: counted.bytes + (pipeQueue?.queuedWeight ?? 0) + unstarted.withLock { $0.bytes },
                 readingHeldSeconds: holds.withLock { $0.heldTime(at: .now) }.seconds)
         }
+    }
+
+    /// A frame read on a connection that ended while it waited for the async
+    /// handlers' limits.
+    struct UnstartedFrame: Sendable {
+        var data: DataFrame
+        var token: HandlingLedger.Token?
+        /// What its handler will hold (its bytes and its task's).
+        var held: Int
     }
 
     /// The times the handlers' limits held reading: how long in all, for the
@@ -521,7 +568,7 @@ final class ClientRuntime: Sendable {
     /// queued, until the close deadline; then cancels those left, says how
     /// many, and stops waiting for them.
     private func drainHandlers(_ handlers: Handlers, _ setup: Setup, _ group: inout DiscardingTaskGroup) async {
-        guard handlers.beginDrain() else { return }  // drained already
+        guard handlers.beginDrain(logger) else { return }  // drained already
         let deadline = state.withLock { $0.startCloseClock() }
         guard !(await handlers.inFlight.waitUntilEmpty(until: deadline)) else { return }
         var metadata: Logger.Metadata = ["handlers": "\(handlers.inFlight.counted.handlers)", "shutdown_timeout": "\(setup.shutdownTimeout)"]
@@ -779,6 +826,10 @@ final class ClientRuntime: Sendable {
         var ended: (any Error)?
         let handlingLedger = session.handling
         var mayComeAgain = handlingLedger == nil ? [:] : state.withLock { $0.mayComeAgain }
+        // Admissions this connection's end turns away; once one is, every
+        // frame read after it waits for the next connection too (in order).
+        let scope = inFlight.newScope()
+        var carrying = false
         // A frame no handler gets counts as taken once nothing read before it waits for the pipe handler.
         func passedOver() {
             if let handlingLedger, queue?.isEmpty ?? true { handlingLedger.took(through: session.frames.consumedBytes) }
@@ -803,6 +854,39 @@ final class ClientRuntime: Sendable {
                     // meanwhile lost them (`yomo-fault-bench chaos --seed 32`).
                     await session.connection.connection.waitUntilEnded()
                     if !Task.isCancelled { queue.letAllIn() }
+                }
+            } else if setup.handler != nil {
+                sessionTasks.addTask {
+                    // The same for async handlers at their limits: what the
+                    // ended connection holds is kept for the next one, not
+                    // read at the handlers' pace before the redial (they may
+                    // not run more at once than `handlerConcurrency`). Until
+                    // the forty-fourth round of issue 14 their answers waited
+                    // for that redial.
+                    await session.connection.connection.waitUntilEnded()
+                    if !Task.isCancelled { inFlight.interruptAdmissions(scope: scope) }
+                }
+            }
+            // First what an earlier connection left waiting for the async handlers.
+            if let handler = setup.handler, queue == nil {
+                starting: while let next = handlers.firstUnstarted {
+                    if !inFlight.tryEnter(bytes: next.held, within: handlerLimits) {
+                        handlers.readingHeld(logger, "async handlers are at their limit: reading no frames until one finishes", setup)
+                        let admission = await inFlight.enter(bytes: next.held, within: handlerLimits, scope: scope)
+                        handlers.readingResumed()
+                        guard admission == .admitted else {
+                            carrying = admission == .connectionEnded
+                            break starting
+                        }
+                    }
+                    guard handlers.removeFirstUnstarted() else {
+                        inFlight.leave(bytes: next.held)  // a close dropped it meanwhile
+                        break starting
+                    }
+                    // Decoded once already, when it was read.
+                    let view = MetadataView(next.data.metadata)
+                    let metadata = view == nil ? (try? Metadata(decoding: next.data.metadata)) ?? Metadata() : Metadata()
+                    startAsyncHandler(handler, next.data, view: view, metadata: metadata, held: next.held, token: next.token, setup, handlers, &group)
                 }
             }
             do {
@@ -860,65 +944,25 @@ final class ClientRuntime: Sendable {
                         } else if let handler = setup.handler {
                             // What the handler holds until it returns: its frame and its task.
                             let held = length + data.metadata.readableBytes + StreamFunction.Options.handlerOverheadBytes
-                            if !inFlight.tryEnter(bytes: held, within: handlerLimits) {
+                            if !carrying, !inFlight.tryEnter(bytes: held, within: handlerLimits) {
                                 handlers.readingHeld(logger, "async handlers are at their limit: reading no frames until one finishes", setup)
-                                let admitted = await inFlight.enter(bytes: held, within: handlerLimits)
+                                let admission = await inFlight.enter(bytes: held, within: handlerLimits, scope: scope)
                                 handlers.readingResumed()
-                                guard admitted else {
+                                switch admission {
+                                case .admitted: break
+                                case .closing:
                                     notHandledWhileClosing(tag: data.tag)
                                     break reading
+                                case .connectionEnded:
+                                    carrying = true
+                                    logger.info("the connection ended while frames waited for the async handlers' limits: they wait for the next connection, dialled now")
                                 }
                             }
-                            token?.taken()
-                            // The trace values as numbers, read once for the parent and the patch.
-                            let trace = setup.tracing.tracer.isEnabled ? view?.canonicalTrace : nil
-                            let span = if let view {
-                                setup.tracing.functionSpan(
-                                    name: name, handlerType: "async_handler", tag: data.tag, length: length, view: view, trace: trace)
-                            } else {
-                                setup.tracing.functionSpan(name: name, handlerType: "async_handler", tag: data.tag, length: length, received: metadata)
+                            if carrying {
+                                handlers.keepUnstarted(UnstartedFrame(data: data, token: token, held: held))
+                                continue
                             }
-                            logReceived(span, tid: view.map { $0.string(.tid) } ?? metadata[Metadata.ReservedKey.tid])
-                            // The span's ids go into the decoded metadata only if the
-                            // handler reads it, unless the received bytes cannot carry them.
-                            let resendable = setup.tracing.resendable(view, after: span, over: trace)
-                            if resendable == nil {
-                                if let view { metadata = view.decoded }
-                                setup.tracing.inject(span, into: &metadata)
-                            }
-                            let context = Context(
-                                tag: data.tag, data: data.payload, metadata: metadata, writer: writer, resendable: resendable)
-                            let consumer = setup.metrics.isEnabled ? setup.metrics.consumer(tag: data.tag, handlerType: "async_handler") : nil
-                            let tag = data.tag
-                            let handled = token
-                            group.addTask {
-                                defer { inFlight.leave(bytes: held) }
-                                // After the error handler, and after the handler's writes were queued:
-                                // the receipt that covers the frame follows them on the stream.
-                                // Not when cancelled at the close deadline: the zipper gives that
-                                // frame to the next instance (as a pipe handler's, forty-second round).
-                                defer { if !Task.isCancelled { handled?.finished() } }
-                                let started = ContinuousClock.now
-                                do {
-                                    try await handling.tracing.run(span) { try await handler(context) }
-                                    if let consumer {
-                                        consumer.consumed.add()
-                                        consumer.duration.record(secondsSince(started), spanContext: span?.spanContext)
-                                    }
-                                } catch {
-                                    if let consumer {
-                                        consumer.consumed.add()
-                                        handling.metrics.recordFailure(
-                                            tag: tag, handlerType: "async_handler", seconds: secondsSince(started), error: error,
-                                            spanContext: span?.spanContext)
-                                    }
-                                    // Under the frame's span: the error line and the error
-                                    // handler's own logs carry the frame's trace id.
-                                    handling.tracing.withCurrent(span) {
-                                        self.report(YoMoError(.handlerFailed, "handler of \(self.name) threw on tag 0x\(String(tag, radix: 16)): \(error)"), handling.errorHandler)
-                                    }
-                                }
-                            }
+                            startAsyncHandler(handler, data, view: view, metadata: metadata, held: held, token: token, setup, handlers, &group)
                         } else {
                             token?.finished()
                             passedOver()
@@ -957,6 +1001,67 @@ final class ClientRuntime: Sendable {
             state.withLock { $0.mayComeAgain = earlier.merging(untold.mapValues { ($0, now) }) { _, latest in latest } }
         }
         return ended
+    }
+
+    /// Starts an async handler on a frame the limits let in.
+    private func startAsyncHandler(
+        _ handler: @escaping StreamFunction.Handler, _ data: DataFrame, view: MetadataView?, metadata: Metadata, held: Int,
+        token: HandlingLedger.Token?, _ setup: Setup, _ handlers: Handlers, _ group: inout DiscardingTaskGroup
+    ) {
+        let (writer, inFlight, handling) = (handlers.writer, handlers.inFlight, handlers.support)
+        var metadata = metadata
+        let length = data.payload.readableBytes
+        token?.taken()
+        // The trace values as numbers, read once for the parent and the patch.
+        let trace = setup.tracing.tracer.isEnabled ? view?.canonicalTrace : nil
+        let span = if let view {
+            setup.tracing.functionSpan(
+                name: name, handlerType: "async_handler", tag: data.tag, length: length, view: view, trace: trace)
+        } else {
+            setup.tracing.functionSpan(name: name, handlerType: "async_handler", tag: data.tag, length: length, received: metadata)
+        }
+        setup.tracing.debug(logger, under: span, "frame received", metadata: YoMoLogField.frame(
+            tid: (view.map { $0.string(.tid) } ?? metadata[Metadata.ReservedKey.tid]) ?? "", tag: data.tag, dataLength: length))
+        // The span's ids go into the decoded metadata only if the
+        // handler reads it, unless the received bytes cannot carry them.
+        let resendable = setup.tracing.resendable(view, after: span, over: trace)
+        if resendable == nil {
+            if let view { metadata = view.decoded }
+            setup.tracing.inject(span, into: &metadata)
+        }
+        let context = Context(
+            tag: data.tag, data: data.payload, metadata: metadata, writer: writer, resendable: resendable)
+        let consumer = setup.metrics.isEnabled ? setup.metrics.consumer(tag: data.tag, handlerType: "async_handler") : nil
+        let tag = data.tag
+        let handled = token
+        group.addTask {
+            defer { inFlight.leave(bytes: held) }
+            // After the error handler, and after the handler's writes were queued:
+            // the receipt that covers the frame follows them on the stream.
+            // Not when cancelled at the close deadline: the zipper gives that
+            // frame to the next instance (as a pipe handler's, forty-second round).
+            defer { if !Task.isCancelled { handled?.finished() } }
+            let started = ContinuousClock.now
+            do {
+                try await handling.tracing.run(span) { try await handler(context) }
+                if let consumer {
+                    consumer.consumed.add()
+                    consumer.duration.record(secondsSince(started), spanContext: span?.spanContext)
+                }
+            } catch {
+                if let consumer {
+                    consumer.consumed.add()
+                    handling.metrics.recordFailure(
+                        tag: tag, handlerType: "async_handler", seconds: secondsSince(started), error: error,
+                        spanContext: span?.spanContext)
+                }
+                // Under the frame's span: the error line and the error
+                // handler's own logs carry the frame's trace id.
+                handling.tracing.withCurrent(span) {
+                    self.report(YoMoError(.handlerFailed, "handler of \(self.name) threw on tag 0x\(String(tag, radix: 16)): \(error)"), handling.errorHandler)
+                }
+            }
+        }
     }
 
     /// Tells the zipper, every `HandlingLedger.interval` while frames are
@@ -1328,7 +1433,7 @@ final class ClientRuntime: Sendable {
             return
         }
         // Reading may be held by the handlers' limits rather than waiting for a frame.
-        handlers?.stopTaking()
+        handlers?.stopTaking(logger)
         switch action {
         case .stopReading: session?.connection.stopReading()
         case .cancelWait: cancelWaitForClose()
@@ -1390,7 +1495,7 @@ final class ClientRuntime: Sendable {
         let quiet: @Sendable () -> Bool = if let queue = handlers.pipeQueue {
             { queue.consumerWaitsOnEmpty && inFlight.counted.handlers <= 1 && handling?.isQuiet ?? true }
         } else {
-            { inFlight.counted.handlers == 0 && handling?.isQuiet ?? true }
+            { inFlight.counted.handlers == 0 && !handlers.hasUnstarted && handling?.isQuiet ?? true }
         }
         // A zipper that welcomed handling receipts is asked to route nothing
         // more here, so the quiet moment comes once the frames on their way
@@ -1424,7 +1529,7 @@ final class ClientRuntime: Sendable {
             }
             try? await Task.sleep(for: .milliseconds(1))
         }
-        handlers.stopTaking()
+        handlers.stopTaking(logger)
         session.connection.stopReading()
     }
 
@@ -1546,6 +1651,8 @@ final class InFlightCounter: Sendable {
         var limits: Limits
         /// A frame waiting to be let in, which `stopAdmitting()` turns away.
         var admission: Bool
+        /// The reading it waits for (`newScope()`), which `interruptAdmissions` turns away.
+        var scope: Int?
         var continuation: CheckedContinuation<Bool, Never>
     }
 
@@ -1555,6 +1662,19 @@ final class InFlightCounter: Sendable {
         var admitting = true
         var nextWaiterID = 0
         var waiters: [Waiter] = []
+        var nextScope = 0
+        /// Scopes up to this one are interrupted (each connection's reading
+        /// has a newer one than those before it).
+        var interruptedScope = -1
+    }
+
+    /// Why `enter(bytes:within:scope:)` returned.
+    enum Admission {
+        case admitted
+        /// `stopAdmitting()`: the client is closing.
+        case closing
+        /// `interruptAdmissions(scope:)`: that reading's connection ended.
+        case connectionEnded
     }
 
     private let state = Mutex(State())
@@ -1572,13 +1692,35 @@ final class InFlightCounter: Sendable {
         }
     }
 
-    /// Counts one more holding `bytes`, once `limits` let it in; false when
-    /// `stopAdmitting()` came first.
-    func enter(bytes: Int, within limits: Limits) async -> Bool {
-        while !tryEnter(bytes: bytes, within: limits) {
-            guard await waitUntil(limits, admission: true, deadline: nil) else { return false }
+    /// A scope for one connection's reading, for `interruptAdmissions`.
+    func newScope() -> Int {
+        state.withLock { state in
+            defer { state.nextScope += 1 }
+            return state.nextScope
         }
-        return true
+    }
+
+    /// Counts one more holding `bytes`, once `limits` let it in; not when
+    /// `stopAdmitting()` came first, nor `interruptAdmissions(scope:)`.
+    func enter(bytes: Int, within limits: Limits, scope: Int? = nil) async -> Admission {
+        while !tryEnter(bytes: bytes, within: limits) {
+            guard await waitUntil(limits, admission: true, scope: scope, deadline: nil) else {
+                return state.withLock { $0.admitting } ? .connectionEnded : .closing
+            }
+        }
+        return .admitted
+    }
+
+    /// Turns away the frames of `scope` waiting to be let in, now and from
+    /// now on: their connection ended. Others go on waiting.
+    func interruptAdmissions(scope: Int) {
+        let turnedAway = state.withLock { state -> [CheckedContinuation<Bool, Never>] in
+            state.interruptedScope = max(state.interruptedScope, scope)
+            let turnedAway = state.waiters.filter { $0.scope == scope }.map(\.continuation)
+            state.waiters.removeAll { $0.scope == scope }
+            return turnedAway
+        }
+        for waiter in turnedAway { waiter.resume(returning: false) }
     }
 
     func leave(bytes: Int = 0) {
@@ -1610,10 +1752,10 @@ final class InFlightCounter: Sendable {
 
     /// True once nothing is counted; false if `deadline` comes first.
     func waitUntilEmpty(until deadline: ContinuousClock.Instant) async -> Bool {
-        await waitUntil(Limits(count: 1, bytes: nil), admission: false, deadline: deadline)
+        await waitUntil(Limits(count: 1, bytes: nil), admission: false, scope: nil, deadline: deadline)
     }
 
-    private func waitUntil(_ limits: Limits, admission: Bool, deadline: ContinuousClock.Instant?) async -> Bool {
+    private func waitUntil(_ limits: Limits, admission: Bool, scope: Int?, deadline: ContinuousClock.Instant?) async -> Bool {
         let id = state.withLock { state in
             defer { state.nextWaiterID += 1 }
             return state.nextWaiterID
@@ -1633,10 +1775,11 @@ final class InFlightCounter: Sendable {
         return await withCheckedContinuation { continuation in
             let now = state.withLock { state -> Bool? in
                 if admission && !state.admitting { return false }
+                if let scope, scope <= state.interruptedScope { return false }
                 if limits.admit(count: state.count, bytes: state.bytes) { return true }
                 // Past the deadline the timer has looked already (or is about to find nothing).
                 if let deadline, ContinuousClock.now >= deadline { return false }
-                state.waiters.append(Waiter(id: id, limits: limits, admission: admission, continuation: continuation))
+                state.waiters.append(Waiter(id: id, limits: limits, admission: admission, scope: scope, continuation: continuation))
                 return nil
             }
             if let now { continuation.resume(returning: now) }

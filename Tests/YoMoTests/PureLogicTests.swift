@@ -607,3 +607,35 @@ struct ClientEndTests {
         #expect(ClientCore.isFinal(YoMoError(.goaway, "bye"), policy: .default))
     }
 }
+
+@Suite("Handlers' admission")
+struct HandlerAdmissionTests {
+    let one = InFlightCounter.Limits(count: 1, bytes: nil)
+
+    @Test("a frame waiting for the limits is turned away when its connection ends, and so is one that comes to wait after; another connection's frames wait on")
+    func connectionEndTurnsAwayItsOwn() async {
+        let counter = InFlightCounter()
+        let (ended, next) = (counter.newScope(), counter.newScope())
+        #expect(await counter.enter(bytes: 0, within: one, scope: ended) == .admitted)
+        let waiting = Task { await counter.enter(bytes: 0, within: one, scope: ended) }
+        let other = Task { await counter.enter(bytes: 0, within: one, scope: next) }
+        counter.interruptAdmissions(scope: ended)
+        #expect(await waiting.value == .connectionEnded)
+        #expect(await counter.enter(bytes: 0, within: one, scope: ended) == .connectionEnded)
+        counter.leave()
+        #expect(await other.value == .admitted, "the next connection's frame is let in once a handler leaves")
+        #expect(counter.counted.handlers == 1)
+    }
+
+    @Test("a close turns a waiting frame away as closing, its connection ended or not")
+    func closeComesFirst() async {
+        let counter = InFlightCounter()
+        let scope = counter.newScope()
+        #expect(await counter.enter(bytes: 0, within: one, scope: scope) == .admitted)
+        let waiting = Task { await counter.enter(bytes: 0, within: one, scope: scope) }
+        counter.stopAdmitting()
+        #expect(await waiting.value == .closing)
+        counter.interruptAdmissions(scope: scope)
+        #expect(await counter.enter(bytes: 0, within: one, scope: scope) == .closing)
+    }
+}
