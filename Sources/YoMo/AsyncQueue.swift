@@ -15,6 +15,8 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
         var finished = false
         /// Every element is let in, full or not (`letAllIn`).
         var unbounded = false
+        /// Full at these limits instead (`allowReadAhead`).
+        var readAhead: (count: Int, weight: Int)?
         var consumer: CheckedContinuation<Element?, Never>?
         var producers: [CheckedContinuation<Void, Never>] = []
         var count: Int { items.count - head }
@@ -33,7 +35,11 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
         self.maximumWeight = maximumWeight ?? .max
     }
 
-    private func isFull(_ state: State) -> Bool { !state.unbounded && (state.count >= capacity || state.weight >= maximumWeight) }
+    private func isFull(_ state: State) -> Bool {
+        guard !state.unbounded else { return false }
+        let (count, weight) = state.readAhead ?? (capacity, maximumWeight)
+        return state.count >= count || state.weight >= weight
+    }
 
     /// Lets every element in, full or not, waiting senders too, until
     /// `limitAgain()`: elements that are in memory already (a pipe handler's
@@ -48,7 +54,22 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
     }
 
     /// Full again at `capacity` or `maximumWeight`.
-    func limitAgain() { state.withLock { $0.unbounded = false } }
+    func limitAgain() { state.withLock { $0.unbounded = false; $0.readAhead = nil } }
+
+    /// Full only once one more `capacity` or `maximumWeight` is queued
+    /// beyond what is now (or beyond the limits, if less is), until
+    /// `endReadAhead()` or `limitAgain()`.
+    func allowReadAhead() {
+        let producers = state.withLock { state in
+            let (count, weight) = (Swift.max(state.count, capacity), Swift.max(state.weight, maximumWeight))
+            state.readAhead = (count + capacity, weight.addingReportingOverflow(maximumWeight).overflow ? .max : weight + maximumWeight)
+            defer { state.producers = [] }
+            return state.producers
+        }
+        for producer in producers { producer.resume() }
+    }
+
+    func endReadAhead() { state.withLock { $0.readAhead = nil } }
 
     /// Enqueues `element`, waiting while the queue is full; `whenFull` runs
     /// before the first wait. Returns `false` if the queue was finished (the

@@ -348,6 +348,52 @@ struct HandlerLifecycleTests {
         await zipper.terminate()
     }
 
+    @Test("a function redialled with its pipe queue full of what the lost connection brought reads on past it for copies: frames sent again behind new ones are recognized at once, not after the backlog")
+    func readsAheadForCopies() async throws {
+        let metricsPort = try await freeTCPPort()
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let taken = Inbox<String>()
+        let function = StreamFunction(name: "upper", zipper: zipper.address, options: .init(
+            observedTags: [0x33], retryConnect: true, maximumHandlerBytes: 2048))
+        function.setPipeHandler { input, _ in
+            for await frame in input {
+                taken.append(String(decoding: frame.data, as: UTF8.self))
+                try? await Task.sleep(for: .milliseconds(30))
+            }
+        }
+        try await function.connect()
+        // It redials after the function and a second source: what it sends again comes behind that source's frames.
+        let late = ReconnectPolicy(firstRetryDelay: .seconds(3) ... .seconds(3), initialDelay: .seconds(3), maximumDelay: .seconds(3), jitter: 0)
+        let first = Source(name: "first", zipper: zipper.address, options: .init(reconnect: late, retryConnect: true))
+        try await first.connect()
+        let padding = String(repeating: "x", count: 100)
+        let texts = (0..<400).map { "\($0) \(padding)" }
+        for text in texts { try await first.write(tag: 0x33, data: Array(text.utf8)) }
+        #expect(await eventuallyAsync { await wroteToUpper(400, metricsPort: metricsPort) })
+        await zipper.kill()
+        try zipper.restart()
+        #expect(await eventually(within: .seconds(20)) { function.client.reconnectCountForTesting == 1 })
+        let second = Source(name: "second", zipper: zipper.address, options: .init(retryConnect: true))
+        try await second.connect()
+        let news = (0..<5).map { "new \($0)" }
+        for text in news { try await second.write(tag: 0x33, data: Array(text.utf8)) }
+        #expect(await eventuallyAsync { await wroteToUpper(5, metricsPort: metricsPort) })
+        #expect(await eventually(within: .seconds(20)) { first.client.reconnectCountForTesting == 1 })
+        // The first source sends again what the killed zipper had not settled: most of the 400.
+        #expect(await eventually(within: .seconds(10)) { function.client.framesReceivedForTesting > 5 + 100 },
+                "\(function.client.framesReceivedForTesting) read on the new connection")
+        // Before, nothing behind the first new frame was read until the handler had worked off the backlog.
+        let takenThen = taken.count
+        #expect(takenThen < 300, "\(takenThen) taken when the copies were read")
+        try await second.write(tag: 0x33, data: Array("last".utf8))
+        #expect(await taken.wait(for: 406, timeout: .seconds(40)), "\(taken.count)")
+        #expect(taken.items.sorted() == (texts + news + ["last"]).sorted(), "each once")
+        await first.close()
+        await second.close()
+        await function.close()
+        await zipper.terminate()
+    }
+
     @Test("a connection lost while async handlers are at their limit, with frames received and not read: the function redials at once, not once its handlers worked through them, and handles each frame once")
     func lostAtHandlerLimitRedialsAtOnce() async throws {
         let metricsPort = try await freeTCPPort()
