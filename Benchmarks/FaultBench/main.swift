@@ -732,6 +732,14 @@ private func boundLoopbackSocket() -> Int32 {
     return fd
 }
 
+/// Whether nothing holds UDP `port` of 127.0.0.1 now.
+func loopbackPortIsFree(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    defer { close(fd) }
+    var address = loopbackAddress(port: port)
+    return withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+}
+
 private func loopbackAddress(port: Int) -> sockaddr_in {
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
@@ -1070,6 +1078,12 @@ struct Chaos: AsyncParsableCommand {
         }()
         let downstreamAddress = "127.0.0.1:\(downstreamOptions.port)"
         let meshArguments = mesh ? ["--name", "a", "--mesh", "b=\(downstreamAddress)"] : []
+        // A zipper left on the port (a previous run's) answered this run's
+        // probes in place of its own, which could not bind, and the zipper
+        // faults hit nothing (forty-fourth round).
+        for port in [options.port] + (mesh ? [downstreamOptions.port] : []) where !loopbackPortIsFree(port) {
+            throw ValidationError("UDP port \(port) of 127.0.0.1 is taken (a zipper a previous run left?): --port another, or stop it")
+        }
         let zipper = try Child {
             try ZipperProcess(options, keyFile: key, extraArguments: ["--functions-file", functionsFile] + meshArguments).process
         }
@@ -1077,11 +1091,18 @@ struct Chaos: AsyncParsableCommand {
             try ZipperProcess(downstreamOptions, keyFile: key + ".b", extraArguments: ["--name", "b", "--functions-file", functionsFile + ".b"]).process
         } : nil
         let address = "127.0.0.1:\(zipperOptions.port)"
+        // Nothing of this run is left behind when it cannot start.
+        func abandon(_ reason: String) -> ValidationError {
+            zipper.signal(SIGKILL)
+            downstream?.signal(SIGKILL)
+            return ValidationError(reason)
+        }
         try await waitForZipper(address)
         if mesh { try await waitForZipper(downstreamAddress) }
         // The function and the sink: on the zipper the source's forwards to, with --mesh.
         let functionAddress = mesh ? downstreamAddress : address
         let executable = function ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("uppercase-sfn").path
+        guard FileManager.default.isExecutableFile(atPath: executable) else { throw abandon("no executable at \(executable)") }
         let pipe = !asyncHandler
         let observed = direct ? "0x4f" : "0x41"
         let upper = try Child {
@@ -1111,7 +1132,10 @@ struct Chaos: AsyncParsableCommand {
         try await source.connect()
         // Before the faults: the whole path answers.
         try await source.write(tag: 0x41, data: Array("0".utf8))
-        guard await waitUntil(.seconds(30), { received.withLock { $0.contains(0) } }) else { throw ValidationError("the path did not answer before the faults") }
+        guard await waitUntil(.seconds(30), { received.withLock { $0.contains(0) } }) else {
+            upper.signal(SIGKILL)
+            throw abandon("the path did not answer before the faults")
+        }
         let written = Mutex(0)
         let refused = Mutex<[Int]>([])
         let writer = Task {

@@ -525,6 +525,8 @@ struct ClientConnectionHealth: Sendable {
     var finishedAheadBytes = 0
     /// Written to it and not finished, as its handling receipts tell (0 without them).
     var unfinishedBytes = 0
+    /// Transaction ids it named as handled on an earlier connection (`ReceiptFrame.handledBefore`).
+    var handledBeforeCount = 0
     /// Received from it, not yet read (its frames wait for their destinations).
     var unreadBytes: Int
 }

@@ -23,6 +23,11 @@ final class HandlingLedger: Sendable {
     /// Ranges of frames handled out of order one receipt names at most; the
     /// rest wait for the next.
     static let rangesPerReceipt = 32
+    /// Transaction ids of frames finished on earlier connections that one
+    /// receipt names at most (`ReceiptFrame.handledBefore`, about 23 bytes
+    /// each), and that a connection's first receipts name in all, newest first.
+    static let idsPerReceipt = 128
+    static let idsToldOnReconnect = 1024
     /// How often a function tells what was handled while frames flow. Only
     /// the zipper waits for it (to let go of what it keeps; sources' receipts
     /// do not), so it is less often than the zipper's receipts: each one is
@@ -154,10 +159,10 @@ final class HandlingLedger: Sendable {
         /// The entries `handledAhead` covers, by index: told once it is queued.
         var aheadIndexes: [ClosedRange<Int>] = []
 
-        func receipt(closing: Bool = false) -> Frame {
+        func receipt(closing: Bool = false, handledBefore: [String] = []) -> Frame {
             .receipt(ReceiptFrame(
                 settledThrough: UInt64(handled), closing: closing, takenThrough: UInt64(taken),
-                handledAhead: handledAhead.map { UInt64($0.lowerBound)..<UInt64($0.upperBound) }))
+                handledAhead: handledAhead.map { UInt64($0.lowerBound)..<UInt64($0.upperBound) }, handledBefore: handledBefore))
         }
 
         static func == (lhs: Tell, rhs: Tell) -> Bool {

@@ -1201,6 +1201,7 @@ public final class Zipper: Sendable {
                         let settled = min(Int(clamping: handled.settledThrough), written)
                         quic.releaseRetained(through: settled)
                         delivery.handled(through: settled, ahead: handled.handledAhead, written: written)
+                        if !handled.handledBefore.isEmpty { delivery.handledBefore(handled.handledBefore) }
                         if let taken = handled.takenThrough {
                             delivery.took(through: min(Int(clamping: taken), written))
                         } else {
@@ -1253,6 +1254,11 @@ public final class Zipper: Sendable {
         if member.clientType == .streamFunction, configuration.unroutedHold.isOn || ledger != nil,
            let taken = connection.connection.takeUnacknowledged() {
             unacknowledged = HeldFrames.dataFrames(in: taken)
+            // Copies of frames it had finished on an earlier connection, not yet read here.
+            let copies = delivery.finishedBefore(among: unacknowledged, written: connection.connection.sendProgress.written)
+            if copies > 0 {
+                connectionLogger.debug("frames it had finished on an earlier connection are not taken back", metadata: ["frames": "\(copies)"])
+            }
             // Finished out of order: not for its next instance (nor lost).
             let finishedAhead = delivery.finishedAhead
             if finishedAhead.bytes > 0 {
@@ -1484,7 +1490,8 @@ public final class Zipper: Sendable {
             return ClientConnectionHealth(
                 member: member, statistics: quic.statistics, unacknowledgedBytes: quic.unacknowledgedBytes,
                 retainedBytes: quic.retainedBytes, finishedAheadBytes: ahead,
-                unfinishedBytes: retains ? max(0, quic.sendProgress.written - quic.releasedBytes - ahead) : 0, unreadBytes: quic.unreadBytes)
+                unfinishedBytes: retains ? max(0, quic.sendProgress.written - quic.releasedBytes - ahead) : 0,
+                handledBeforeCount: delivery.handledBeforeCount, unreadBytes: quic.unreadBytes)
         }
     }
 

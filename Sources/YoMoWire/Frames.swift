@@ -171,10 +171,18 @@ public struct ReceiptFrame: Hashable, Sendable {
     /// last; the zipper keeps their union. A zipper that does not know the
     /// field takes back every frame past `settledThrough`.
     public var handledAhead: [Range<UInt64>]
+    /// In a stream function's receipt: transaction ids of frames its handlers
+    /// finished on an earlier connection (sequence id 0x07, each one length
+    /// byte and 1–255 bytes of id), which the zipper (or a source, after the
+    /// zipper's crash) may send on this one again. If this connection ends
+    /// before the function reads such a copy, the zipper does not give it to
+    /// the function's next instance. A zipper that does not know the field
+    /// gives it.
+    public var handledBefore: [String]
 
     public init(
         settledThrough: UInt64, previousRoutedThrough: UInt64? = nil, welcomesHandling: Bool = false, closing: Bool = false,
-        takenThrough: UInt64? = nil, handledAhead: [Range<UInt64>] = []
+        takenThrough: UInt64? = nil, handledAhead: [Range<UInt64>] = [], handledBefore: [String] = []
     ) {
         self.settledThrough = settledThrough
         self.previousRoutedThrough = previousRoutedThrough
@@ -182,6 +190,7 @@ public struct ReceiptFrame: Hashable, Sendable {
         self.closing = closing
         self.takenThrough = takenThrough
         self.handledAhead = handledAhead
+        self.handledBefore = handledBefore
     }
 }
 
@@ -384,7 +393,8 @@ extension Frame {
                 .receipt,
                 bodyLength: childSize(8) + (frame.previousRoutedThrough == nil ? 0 : childSize(8)) + (frame.welcomesHandling ? childSize(1) : 0)
                     + (frame.closing ? childSize(1) : 0) + (frame.takenThrough == nil ? 0 : childSize(8))
-                    + (frame.handledAhead.isEmpty ? 0 : childSize(16 * frame.handledAhead.count)))
+                    + (frame.handledAhead.isEmpty ? 0 : childSize(16 * frame.handledAhead.count))
+                    + (frame.handledBefore.isEmpty ? 0 : childSize(frame.handledBeforeLength)))
             buffer.writeChildHeader(0x01, length: 8)
             buffer.writeInteger(frame.settledThrough)
             if let previous = frame.previousRoutedThrough {
@@ -408,6 +418,14 @@ extension Frame {
                 for range in frame.handledAhead {
                     buffer.writeInteger(range.lowerBound)
                     buffer.writeInteger(range.upperBound)
+                }
+            }
+            if !frame.handledBefore.isEmpty {
+                buffer.writeChildHeader(0x07, length: frame.handledBeforeLength)
+                for tid in frame.handledBefore {
+                    let bytes = tid.utf8.prefix(255)
+                    buffer.writeInteger(UInt8(bytes.count))
+                    buffer.writeBytes(bytes)
                 }
             }
         }
@@ -529,6 +547,9 @@ extension HandshakeFrame {
 }
 
 extension ReceiptFrame {
+    /// The bytes of child 0x07's value (ids longer than 255 bytes are cut: none is).
+    var handledBeforeLength: Int { handledBefore.reduce(0) { $0 + 1 + min($1.utf8.count, 255) } }
+
     init(body: ByteBuffer) throws(WireError) {
         var settled: UInt64?
         var previous: UInt64?
@@ -536,6 +557,7 @@ extension ReceiptFrame {
         var closes = false
         var taken: UInt64?
         var ahead: [Range<UInt64>] = []
+        var before: [String] = []
         try body.withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
             func offset(at index: Int) -> UInt64 {
                 UInt64(bigEndian: UnsafeRawBufferPointer(rebasing: bytes[index..<index + 8]).loadUnaligned(as: UInt64.self))
@@ -551,6 +573,18 @@ extension ReceiptFrame {
                             throw WireError(.invalidValue, "ReceiptFrame range \(lower)..<\(upper) is empty or reversed")
                         }
                         ahead.append(lower..<upper)
+                    }
+                    return
+                }
+                if sequenceID == 0x07 {
+                    var at = start
+                    while at < start + length {
+                        let count = Int(bytes[at])
+                        guard count > 0, at + 1 + count <= start + length else {
+                            throw WireError(.invalidValue, "ReceiptFrame transaction ids: an id of \(count) bytes at \(at - start) of \(length)")
+                        }
+                        before.append(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[at + 1..<at + 1 + count]), as: UTF8.self))
+                        at += 1 + count
                     }
                     return
                 }
@@ -578,6 +612,7 @@ extension ReceiptFrame {
         closing = closes
         takenThrough = taken
         handledAhead = ahead
+        handledBefore = before
     }
 }
 

@@ -364,6 +364,54 @@ struct HandlingReceiptTests {
         await zipper.close()
     }
 
+    @Test("a function redialled after its handlers finished frames of the lost connection names them, and if its new connection ends before it reads their copies, the zipper does not give those to its next connection")
+    func handledBeforeNotGivenAgain() async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let (first, rest) = (Gate(), Gate())
+        let handled = Inbox<String>()
+        // A second between a lost connection and the redial: time for the running handlers to finish.
+        let slow = ReconnectPolicy(firstRetryDelay: .seconds(1) ... .seconds(1), initialDelay: .seconds(1), maximumDelay: .seconds(1), jitter: 0)
+        let function = StreamFunction(name: "before", zipper: address, options: .init(observedTags: [0x33], reconnect: slow, handlerConcurrency: 2))
+        function.setHandler { ctx in
+            let text = String(decoding: ctx.data, as: UTF8.self)
+            await (text == "frame-0" || text == "frame-1" ? first : rest).wait()
+            handled.append(text)
+        }
+        try await function.connect()
+        let source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        for index in 0..<5 { try await source.write(tag: 0x33, data: Array("frame-\(index)".utf8)) }
+        // Two in the handlers, the third waiting for them, all acknowledged.
+        #expect(await eventually {
+            function.client.framesReceivedForTesting == 3 && functionConnections(zipper, named: "before").first?.unacknowledgedBytes == 0
+        })
+        await function.client.dropConnectionForTesting()
+        #expect(await eventually { zipper.statistics.unacknowledgedFramesHeld == 5 }, "\(zipper.statistics)")
+        // Finished while it waits to redial: the zipper is not told on the lost connection.
+        first.open()
+        #expect(await handled.wait(for: 2))
+        #expect(await eventually(within: .seconds(10)) { function.client.reconnectCountForTesting == 1 })
+        // The zipper gave the five again; the function names the two, and does not read on: its handlers are full.
+        #expect(await eventually {
+            guard let health = functionConnections(zipper, named: "before").first else { return false }
+            return health.handledBeforeCount == 2 && health.unacknowledgedBytes == 0 && zipper.statistics.heldFramesDelivered == 5
+        }, "\(functionConnections(zipper, named: "before").map(\.handledBeforeCount)) \(zipper.statistics)")
+        await function.client.dropConnectionForTesting()
+        // Before, all five went back again, and a next instance would have handled the two again.
+        #expect(await eventually { zipper.statistics.unacknowledgedFramesHeld > 5 })
+        #expect(zipper.statistics.unacknowledgedFramesHeld == 8, "\(zipper.statistics)")
+        rest.open()
+        #expect(await eventually(within: .seconds(10)) { function.client.reconnectCountForTesting == 2 })
+        try await source.write(tag: 0x33, data: Array("last".utf8))
+        #expect(await handled.wait(for: 6))
+        #expect(handled.items.sorted() == (0..<5).map { "frame-\($0)" } + ["last"], "each handled once")
+        await source.close()
+        await function.close()
+        await zipper.close()
+    }
+
     @Test("the ledger tells the end of the frames handled in order and of those taken, and knows a frame that comes again")
     func ledger() throws {
         let ledger = HandlingLedger(startingAt: 10)
@@ -413,7 +461,7 @@ struct HandlingReceiptTests {
         #expect(next.advance(acknowledged: 20) == (nil, false), "nothing left: idle until the next frame")
     }
 
-    @Test("handshake field 0C and receipt fields 03, 04, 05 and 06 round-trip, and a decoder that does not know a field skips it")
+    @Test("handshake field 0C and receipt fields 03, 04, 05, 06 and 07 round-trip, and a decoder that does not know a field skips it")
     func wire() throws {
         let handshake = HandshakeFrame(name: "f", id: "id", clientType: .streamFunction, wantsReceipts: true, acknowledgesHandling: true)
         var decoder = FrameDecoder()
@@ -472,6 +520,20 @@ struct HandlingReceiptTests {
         var older = Frame.receipt(ahead).encoded()
         older.setInteger(UInt8(0x0E), at: older.writerIndex - 34)
         #expect(try decoder.decodeFrame(buffer: &older) == .receipt(ReceiptFrame(settledThrough: 77, takenThrough: 90)))
+        // Transaction ids handled on an earlier connection: field 07, each a length byte and its bytes.
+        let before = ReceiptFrame(settledThrough: 77, takenThrough: 90, handledBefore: ["abc", String(repeating: "t", count: 21)])
+        var beforeBytes = Frame.receipt(before).encoded()
+        #expect(beforeBytes.readableBytes == Frame.receipt(ReceiptFrame(settledThrough: 77, takenThrough: 90)).encoded().readableBytes + 2 + 4 + 22)
+        #expect(Array(beforeBytes.readableBytesView.suffix(28).prefix(6)) == [0x07, 26, 3, 0x61, 0x62, 0x63])
+        #expect(try decoder.decodeFrame(buffer: &beforeBytes) == .receipt(before))
+        // An empty id, or one that runs past the field, is refused.
+        for bad: [UInt8] in [[0x07, 0x02, 0x00, 0x61], [0x07, 0x03, 0x01, 0x61, 0x05]] {
+            var bytes = Frame.receipt(ReceiptFrame(settledThrough: 77)).encoded()
+            bytes.writeBytes(bad)
+            bytes.setInteger(try #require(bytes.getInteger(at: 1, as: UInt8.self)) + UInt8(bad.count), at: 1)
+            let error = try #require(throws: WireError.self) { try decoder.decodeFrame(buffer: &bytes) }
+            #expect(error.message.contains("transaction ids"), "\(error)")
+        }
     }
 
     @Test("the zipper keeps a function's ranges handled out of order merged, past what it settled in order, and at most maximumRanges of them")
