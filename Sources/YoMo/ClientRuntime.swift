@@ -857,8 +857,7 @@ final class ClientRuntime: Sendable {
     private func serveSession(
         _ session: ClientSession, _ setup: Setup, _ handlers: Handlers, _ group: inout DiscardingTaskGroup
     ) async -> (any Error)? {
-        let (writer, inFlight, handling, queue, handlerLimits) =
-            (handlers.writer, handlers.inFlight, handlers.support, handlers.pipeQueue, handlers.limits)
+        let (writer, inFlight, queue, handlerLimits) = (handlers.writer, handlers.inFlight, handlers.pipeQueue, handlers.limits)
         var ended: (any Error)?
         let handlingLedger = session.handling
         var mayComeAgain = handlingLedger == nil ? [:] : state.withLock { $0.mayComeAgain }
