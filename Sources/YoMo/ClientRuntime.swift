@@ -1597,7 +1597,6 @@ final class ClientRuntime: Sendable {
             if let handling { tellHandledOnce(handling, on: session) }
             if !isSettledForClose(session) {
                 try? await Task.sleep(for: .milliseconds(1))
-                if ContinuousClock.now >= deadline { warnUnsettledAtClose(session) }
                 continue
             }
             let closed = await connection.closeIfQuiet(errorCode: QUICError.yomoCloseCode, reason: "\(clientType) closed", quiet: quiet)
@@ -1613,6 +1612,7 @@ final class ClientRuntime: Sendable {
             }
             try? await Task.sleep(for: .milliseconds(1))
         }
+        if !isSettledForClose(session) { warnUnsettledAtClose(session) }
         handlers.stopTaking(logger)
         session.connection.stopReading()
     }
