@@ -434,6 +434,36 @@ struct HandlerLifecycleTests {
         await zipper.terminate()
     }
 
+    @Test("a function closed while it redials, with frames of the lost connection waiting for its async handlers' limits: the close handles them before it ends")
+    func closeWhileRedialingHandlesWhatWaited() async throws {
+        let metricsPort = try await freeTCPPort()
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let taken = Inbox<String>()
+        let function = StreamFunction(name: "upper", zipper: zipper.address, options: .init(
+            observedTags: [0x33], retryConnect: true, handlerConcurrency: 1, shutdownTimeout: .seconds(30)))
+        function.setHandler { ctx in
+            taken.append(String(decoding: ctx.data, as: UTF8.self))
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        try await function.connect()
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
+        try await source.connect()
+        let texts = (0..<200).map { "\($0)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+        #expect(await eventuallyAsync { await wroteToUpper(200, metricsPort: metricsPort) })
+        await zipper.kill()
+        // The frames read wait for the next connection; the close comes while it redials.
+        #expect(await eventually { taken.count < 200 && function.client.reconnectCountForTesting == 0 })
+        let closing = Task { await function.close() }
+        try zipper.restart()
+        await closing.value
+        // Before, the close dropped them: nothing else had them once their zipper died.
+        let missing = Set(texts).subtracting(taken.items)
+        #expect(missing.isEmpty, "\(missing.count) of 200 not handled")
+        await source.close()
+        await zipper.terminate()
+    }
+
     @Test("a write larger than a zipper takes is refused before it is sent; the source and the handler's connection serve on")
     func oversizedWritesRefused() async throws {
         try await withZipper { address, _ in
