@@ -614,40 +614,6 @@ final class ClientRuntime: Sendable {
         }
     }
 
-    /// Whether a close may end `session`: its zipper settled every frame
-    /// written on it (its delivery receipts), or gives no receipts. An
-    /// acknowledged frame is not yet safe: a zipper that holds it for a
-    /// destination that is away, and then crashes, loses it, and the closed
-    /// client no longer has it to send again. Until the forty-fourth round of
-    /// issue 14 a close waited only for acknowledgement, and a function
-    /// SIGTERMed just after its redial delivered 92 answers to a zipper that
-    /// held them for the absent sink and was killed a moment later
-    /// (`yomo-fault-bench chaos --seed 32`). A mesh link's close is its
-    /// zipper's to decide.
-    private func isSettledForClose(_ session: ClientSession) -> Bool {
-        guard session.receipts, clientType != .upstreamZipper else { return true }
-        return session.isSettled(through: session.dataWrittenThrough)
-    }
-
-    /// Waits, while the zipper's receipts are read, until `isSettledForClose`
-    /// or the close deadline.
-    private func waitUntilSettledForClose(_ session: ClientSession) async {
-        let deadline = state.withLock { $0.startCloseClock() }
-        while !isSettledForClose(session), session.connection.connection.closeReason == nil {
-            guard ContinuousClock.now < deadline else {
-                warnUnsettledAtClose(session)
-                return
-            }
-            try? await Task.sleep(for: .milliseconds(1))
-        }
-    }
-
-    private func warnUnsettledAtClose(_ session: ClientSession) {
-        logger.warning("close deadline reached before the zipper settled every frame written: if it crashes now, they are lost", metadata: [
-            "unsettled_frames": "\(session.keptFrames)", "shutdown_timeout": "\(state.withLock { $0.shutdownTimeout })",
-        ])
-    }
-
     private func serveUntilEnd(_ setup: Setup, first: ClientSession, _ handlers: Handlers, _ group: inout DiscardingTaskGroup) async {
         var session: ClientSession? = first
         var delay = Duration.zero
@@ -662,8 +628,6 @@ final class ClientRuntime: Sendable {
                     let copies = current.handling.map { handling in (handling, Task { await self.takeCopiesOnly(current, handling, setup) }) }
                     await drainHandlers(handlers, setup, &group)
                     if let (handling, reading) = copies {
-                        // Reading the zipper's receipts meanwhile: what was delivered is settled first.
-                        await waitUntilSettledForClose(current)
                         current.connection.stopReading()
                         await reading.value
                         tellHandledOnce(handling, on: current)
@@ -1627,10 +1591,6 @@ final class ClientRuntime: Sendable {
                 _ = await inFlight.waitUntilEmpty(until: closingSaid ? deadline : min(deadline, .now + .milliseconds(5)))
             }
             if let handling { tellHandledOnce(handling, on: session) }
-            if !isSettledForClose(session) {
-                try? await Task.sleep(for: .milliseconds(1))
-                continue
-            }
             let closed = await connection.closeIfQuiet(errorCode: QUICError.yomoCloseCode, reason: "\(clientType) closed", quiet: quiet)
             if closed {
                 guard let lost = connection.closeReason, lost.kind != .closedLocally else { return }
@@ -1644,7 +1604,6 @@ final class ClientRuntime: Sendable {
             }
             try? await Task.sleep(for: .milliseconds(1))
         }
-        if !isSettledForClose(session) { warnUnsettledAtClose(session) }
         handlers.stopTaking(logger)
         session.connection.stopReading()
     }

@@ -907,55 +907,6 @@ struct HeldFramesTests {
         await zipper.terminate()
     }
 
-    @Test("a function closed while the zipper holds its answer for a destination that is away waits for the zipper to settle it: the zipper killed meanwhile gets it again from the function, and the destination back gets it")
-    func closeWaitsForSettlement() async throws {
-        let files = try PreviousRunFiles()
-        defer { files.remove() }
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
-        let fast = ReconnectPolicy.redialsAtOnce
-        let got = Inbox<String>()
-        func sink() -> StreamFunction {
-            let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x6D], reconnect: fast, retryConnect: true))
-            sink.setHandler { ctx in got.append(String(decoding: ctx.data, as: UTF8.self)) }
-            return sink
-        }
-        let first = sink()
-        try await first.connect()
-        let upper = StreamFunction(name: "upper", zipper: zipper.address, options: .init(
-            observedTags: [0x6C], reconnect: fast, retryConnect: true, shutdownTimeout: .seconds(20)))
-        upper.setHandler { ctx in try await ctx.write(tag: 0x6D, data: ctx.data) }
-        try await upper.connect()
-        let source = Source(name: "feed", zipper: zipper.address, options: .init(reconnect: fast, retryConnect: true))
-        try await source.connect()
-        try await source.write(tag: 0x6C, data: Array("before".utf8))
-        #expect(await got.wait(for: 1))
-        // The functions file names the sink: the next run holds its frames for it.
-        #expect(await eventually { ((try? String(contentsOfFile: files.functions, encoding: .utf8)) ?? "").contains("sink\t") })
-        await first.close()
-        try await source.write(tag: 0x6C, data: Array("answer".utf8))
-        // Held for the sink: acknowledged, not settled.
-        #expect(await eventually { upper.client.keptFrames == 1 && upper.client.unacknowledgedBytesForTesting == 0 })
-        let closed = Atomic(false)
-        let closing = Task {
-            await upper.close()
-            closed.store(true, ordering: .relaxed)
-        }
-        // Before, the close returned here, and the kill below lost the answer.
-        _ = await eventually(within: .seconds(1)) { closed.load(ordering: .relaxed) }
-        let closedBeforeTheKill = closed.load(ordering: .relaxed)
-        #expect(!closedBeforeTheKill, "the close waits for the zipper to settle the answer")
-        await zipper.kill()
-        try zipper.restart()
-        let second = sink()
-        try await second.connect()
-        #expect(await got.wait(for: 2, timeout: .seconds(20)), "\(got.items)")
-        await closing.value
-        #expect(got.items == ["before", "answer"])
-        await second.close()
-        await source.close()
-        await zipper.terminate()
-    }
-
     @Test("a restored held frames file is written anew without the frames a function handled: a zipper killed then gives those to nobody again, and those only taken to the next instance")
     func restoredFileShrinks() async throws {
         let files = try PreviousRunFiles()
