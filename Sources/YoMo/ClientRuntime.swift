@@ -93,7 +93,7 @@ final class ClientRuntime: Sendable {
         /// The oldest frame kept by `keepUnstarted`.
         var firstUnstarted: UnstartedFrame? { unstarted.withLock { $0.frames.first } }
 
-        /// Removes the oldest frame kept (`firstUnstarted`); false if a close dropped it meanwhile.
+        /// Removes the oldest frame kept (`firstUnstarted`); false if a close's drain took it (or dropped it) meanwhile.
         func removeFirstUnstarted() -> Bool {
             unstarted.withLock { unstarted in
                 guard let first = unstarted.frames.popFirst() else { return false }
@@ -917,7 +917,7 @@ final class ClientRuntime: Sendable {
                         }
                     }
                     guard handlers.removeFirstUnstarted() else {
-                        inFlight.leave(bytes: next.held)  // a close dropped it meanwhile
+                        inFlight.leave(bytes: next.held)  // a close's drain took it meanwhile
                         break starting
                     }
                     startUnstarted(handler, next, setup, handlers, &group)
@@ -1758,9 +1758,10 @@ final class InFlightCounter: Sendable {
     func enter() { state.withLock { $0.count += 1 } }
 
     /// Counts one more holding `bytes` if `limits` let it in now.
-    func tryEnter(bytes: Int, within limits: Limits) -> Bool {
+    /// `whileClosing`: after `stopAdmitting()` too.
+    func tryEnter(bytes: Int, within limits: Limits, whileClosing: Bool = false) -> Bool {
         state.withLock { state in
-            guard state.admitting, limits.admit(count: state.count, bytes: state.bytes) else { return false }
+            guard state.admitting || whileClosing, limits.admit(count: state.count, bytes: state.bytes) else { return false }
             state.count += 1
             state.bytes += bytes
             return true
@@ -1790,16 +1791,10 @@ final class InFlightCounter: Sendable {
     /// `stopAdmitting()` too (a frame already read that a close still
     /// handles); false if `deadline` comes first.
     func enterWhileClosing(bytes: Int, within limits: Limits, until deadline: ContinuousClock.Instant) async -> Bool {
-        while true {
-            let entered = state.withLock { state -> Bool in
-                guard limits.admit(count: state.count, bytes: state.bytes) else { return false }
-                state.count += 1
-                state.bytes += bytes
-                return true
-            }
-            if entered { return true }
+        while !tryEnter(bytes: bytes, within: limits, whileClosing: true) {
             guard await waitUntil(limits, admission: false, scope: nil, deadline: deadline) else { return false }
         }
+        return true
     }
 
     /// Turns away the frames of `scope` waiting to be let in, now and from
