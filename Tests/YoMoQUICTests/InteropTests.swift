@@ -23,7 +23,7 @@ struct InteropTests {
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: port)
         #expect(!NewTokens.has(for: address), "a token is used once")
         // Through a Retry the client had to send its Initial again with the token, or never be let in.
-        let total = retry ? 4 << 20 : 64 << 20
+        let total = retry ? 4 << 20 : 16 << 20
         let received = try await Fixture.echo(connection, total: total)
         #expect(received == total)
         await connection.close(reason: "done")

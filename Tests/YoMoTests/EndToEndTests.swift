@@ -169,10 +169,10 @@ struct EndToEndTests {
         }
     }
 
-    @Test("the pipe handler keeps the order of 100,000 frames")
+    @Test("the pipe handler keeps the order of 30,000 frames")
     func pipeOrder() async throws {
         try await withZipper { address, _ in
-            let count = 100_000
+            let count = 30_000
             let echo = StreamFunction(name: "echo", zipper: address, options: .init(observedTags: [0x50]))
             echo.setPipeHandler { input, output in
                 for await frame in input { try await output.write(tag: 0x51, buffer: frame.dataBuffer) }
