@@ -633,7 +633,7 @@ final class ClientRuntime: Sendable {
                         tellHandledOnce(handling, on: current)
                     }
                     state.withLock { $0.session = nil }
-                    await closeDelivering(current, reason: "\(clientType) closed", setup)
+                    await closeDelivering(current, reason: ClientCore.finalCloseReason(of: clientType), setup)
                     _ = state.withLock { $0.lifecycle.drained() }
                     end(YoMoError(.closed, "\(name) closed"))
                     return
@@ -663,7 +663,7 @@ final class ClientRuntime: Sendable {
                 switch action {
                 case .end(.closed):
                     // The handlers' last writes are queued: deliver them before closing.
-                    await closeDelivering(current, reason: "\(clientType) closed", setup)
+                    await closeDelivering(current, reason: ClientCore.finalCloseReason(of: clientType), setup)
                     end(YoMoError(.closed, "\(name) closed"))
                     return
                 case .dialAfter(let wait):
@@ -1591,7 +1591,7 @@ final class ClientRuntime: Sendable {
                 _ = await inFlight.waitUntilEmpty(until: closingSaid ? deadline : min(deadline, .now + .milliseconds(5)))
             }
             if let handling { tellHandledOnce(handling, on: session) }
-            let closed = await connection.closeIfQuiet(errorCode: QUICError.yomoCloseCode, reason: "\(clientType) closed", quiet: quiet)
+            let closed = await connection.closeIfQuiet(errorCode: QUICError.yomoCloseCode, reason: ClientCore.finalCloseReason(of: clientType), quiet: quiet)
             if closed {
                 guard let lost = connection.closeReason, lost.kind != .closedLocally else { return }
                 // Lost under the close: what it had received is still read and

@@ -91,6 +91,9 @@ final class ReceiptLedger: Sendable {
     struct Handover {
         fileprivate let routedThrough: Int
         fileprivate let pending: Checkpoint
+
+        /// What the hold's frames of the connection report to: those still held are its.
+        var heldTallies: Set<ObjectIdentifier> { Set(pending.held.map(ObjectIdentifier.init)) }
     }
 
     /// What this ledger's connection routed and had not settled, for the

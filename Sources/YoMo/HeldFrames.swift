@@ -387,6 +387,23 @@ struct HeldFrames {
 
     /// Takes out, in order, the frames still held for someone (a graceful
     /// close keeps them for the zipper's next start); those every name took are let go.
+    /// The frames still held for someone that a sender's receipt checkpoints
+    /// (`tallies`) wait for, taken over when that sender closed for good:
+    /// no one will send them again, so each gets a tally of its own, returned
+    /// with it for the held frames file to follow until it leaves the hold
+    /// (`Zipper.keepLeftInHold`); the sender's are released.
+    mutating func adopt(tallies: Set<ObjectIdentifier>) -> [(frame: DataFrame, tally: HoldTally)] {
+        var adopted: [(frame: DataFrame, tally: HoldTally)] = []
+        for index in entries.indices {
+            guard entries[index].missedSomeone, let sender = entries[index].tally, tallies.contains(ObjectIdentifier(sender)) else { continue }
+            let own = HoldTally().adding()
+            entries[index].tally = own
+            sender.release()
+            adopted.append((entries[index].frame, own))
+        }
+        return adopted
+    }
+
     mutating func takeUndelivered() -> [DataFrame] {
         var frames: [DataFrame] = []
         while let first = entries.popFirst() {

@@ -182,8 +182,10 @@ public final class Zipper: Sendable {
         var heldFull = (observed: false, unobserved: false)
         var heldDropReports = HeldDropReports()
         var heldLines = HeldLineBudget()
-        /// The held frames file this run restored is still there, kept until its frames left the hold.
-        var restoredFileKept = false
+        /// What the held frames file keeps while this run goes on (restored
+        /// from it, or left in the hold by clients that closed for good), until
+        /// those frames left the hold; nil: no file of this run's stands.
+        var heldFile: HeldFileKept?
         /// The last stream functions to leave, by connection: a frame routed to
         /// one just before it left may find its connection ended just after.
         var departed = CircularBuffer<RouteMember>()
@@ -634,7 +636,7 @@ public final class Zipper: Sendable {
         guard !frames.isEmpty else {
             // A file this run restored and still keeps: what it held has left
             // the hold, and the drain saw it acknowledged.
-            if state.withLock({ state in defer { state.restoredFileKept = false }; return state.restoredFileKept }) {
+            if state.withLock({ state in defer { state.heldFile = nil }; return state.heldFile != nil }) {
                 heldFileWrites.withLock { _ in HeldFramesFile.remove(path) }
             }
             return
@@ -649,7 +651,7 @@ public final class Zipper: Sendable {
             return
         }
         _ = state.withLock { state in
-            state.restoredFileKept = false
+            state.heldFile = nil
             return state.held.takeUndelivered()
         }
         logger.info("closing: frames held for stream functions are kept for the next start", metadata: [
@@ -694,8 +696,55 @@ public final class Zipper: Sendable {
         logger.info("holding again the frames the previous run held for stream functions", metadata: [
             "frames": "\(restored.count)", "of": "\(frames.count)", "closed_ago": "\(age)",
         ])
-        state.withLock { $0.restoredFileKept = true }
-        keepUntilSettled(path, closedAt: closedAt, restored)
+        guard !restored.isEmpty else {
+            HeldFramesFile.remove(path)
+            return
+        }
+        state.withLock { $0.heldFile = HeldFileKept(frames: restored, closedAt: closedAt) }
+        keepUntilSettled(path)
+    }
+
+    /// A client of this SDK closed for good (`ClientCore.finalCloseReason`)
+    /// while frames it wrote were held for stream functions on their way
+    /// back: it no longer keeps them to send again, so the held frames file
+    /// keeps them from now on, for the next start if this run crashes, until
+    /// they leave the hold. Until the forty-fifth round of issue 14 they were
+    /// in the zipper's memory alone: a stream function SIGTERMed just after
+    /// delivering 92 answers for a sink that was away, and its zipper killed
+    /// a moment later, lost them (`yomo-fault-bench chaos --seed 32`). The
+    /// file's time becomes now: these frames were held until now.
+    private func keepLeftInHold(by handover: ReceiptLedger.Handover, logger: Logger) {
+        guard let functionsFile = configuration.functionsFile, configuration.unroutedHold.isOn else { return }
+        let tallies = handover.heldTallies
+        guard !tallies.isEmpty else { return }
+        let path = HeldFramesFile.path(besides: functionsFile)
+        let (adopted, trimming) = heldFileWrites.withLock { _ -> ([RestoredFrame], Bool) in
+            let (adopted, kept, trimming) = state.withLock { state -> ([RestoredFrame], HeldFileKept?, Bool) in
+                guard !state.closed else { return ([], nil, true) }
+                let adopted = state.held.adopt(tallies: tallies).map { RestoredFrame(frame: $0.frame, tally: $0.tally) }
+                guard !adopted.isEmpty else { return ([], nil, true) }
+                let trimming = state.heldFile != nil
+                var kept = state.heldFile ?? HeldFileKept(frames: [], closedAt: 0)
+                kept.frames += adopted
+                kept.closedAt = HeldFramesFile.now()
+                state.heldFile = kept
+                return (adopted, kept, trimming)
+            }
+            guard let kept else { return (adopted, trimming) }
+            do throws(YoMoError) {
+                try writeFileAtomically(path, HeldFramesFile.encode(kept.frames.map(\.frame), closedAt: kept.closedAt), mode: 0o600, what: "held frames file")
+            } catch {
+                logger.warning("frames a client that closed left in the hold cannot be kept in the held frames file: a crash of the zipper would lose them", metadata: [
+                    "frames": "\(adopted.count)", "error": "\(error.message)",
+                ])
+            }
+            return (adopted, trimming)
+        }
+        guard !adopted.isEmpty else { return }
+        logger.info("the client closed with frames of its held for stream functions: kept in the held frames file until they leave the hold", metadata: [
+            "frames": "\(adopted.count)", "file": "\(path)",
+        ])
+        if !trimming { keepUntilSettled(path) }
     }
 
     /// A frame of the held frames file, held again, and the tally that says
@@ -703,6 +752,13 @@ public final class Zipper: Sendable {
     private struct RestoredFrame: Sendable {
         var frame: DataFrame
         var tally: HoldTally
+    }
+
+    /// The frames the held frames file keeps while the zipper runs, and the
+    /// time it says they were last held.
+    private struct HeldFileKept: Sendable {
+        var frames: [RestoredFrame]
+        var closedAt: Int64
     }
 
     /// How often at most a restored held frames file is written anew without
@@ -723,11 +779,15 @@ public final class Zipper: Sendable {
     /// had handled (`yomo-fault-bench chaos --seed 32 --seconds 60`: 753
     /// restored, 176 handled, the zipper killed; handled again after).
     /// A close writes the file anew (or removes it) itself.
-    private func keepUntilSettled(_ path: String, closedAt: Int64, _ restored: [RestoredFrame]) {
+    ///
+    /// Runs while `State.heldFile` is set: the frames it keeps are those of a
+    /// restored file and those clients that closed left in the hold
+    /// (`keepLeftInHold`), which may come while it runs.
+    private func keepUntilSettled(_ path: String) {
         Task { [weak self] in
-            var kept = restored
             var written = ContinuousClock.now
             while let zipper = self {
+                guard let kept = zipper.state.withLock({ $0.closed ? nil : $0.heldFile?.frames }) else { return }
                 // Read outside the zipper's lock: a destination asks its own.
                 // The file goes once all have settled (as before); a frame leaves it
                 // before only once a function said it was handled, or the hold
@@ -736,29 +796,35 @@ public final class Zipper: Sendable {
                 // before it delivered the answers lost it (14 frames in a run).
                 // Each tally asked once a pass: it asks the destinations it went to, and their leftovers.
                 let settled = kept.map(\.tally.isSettled)
-                let unsettled = settled.allSatisfy { $0 }
-                    ? [] : zip(kept, settled).filter { frame, settled in !frame.tally.wasHandled && !(settled && !frame.tally.wasWritten) }.map(\.0)
-                if unsettled.count < kept.count, unsettled.isEmpty || .now - written >= Self.restoredFileTrimInterval {
-                    let bytes = unsettled.isEmpty ? nil : HeldFramesFile.encode(unsettled.map(\.frame), closedAt: closedAt)
+                let allSettled = settled.allSatisfy { $0 }
+                let leaving = Set(zip(kept, settled).filter { frame, settled in
+                    allSettled || frame.tally.wasHandled || (settled && !frame.tally.wasWritten)
+                }.map { ObjectIdentifier($0.0.tally) })
+                if !leaving.isEmpty, allSettled || .now - written >= Self.restoredFileTrimInterval {
                     let stands = zipper.heldFileWrites.withLock { _ -> Bool in
-                        guard zipper.state.withLock({ !$0.closed && $0.restoredFileKept }) else { return false }
-                        guard let bytes else {
-                            zipper.state.withLock { $0.restoredFileKept = false }
+                        // Frames kept meanwhile stay.
+                        let remaining = zipper.state.withLock { state -> HeldFileKept? in
+                            guard !state.closed, var file = state.heldFile else { return nil }
+                            file.frames.removeAll { leaving.contains(ObjectIdentifier($0.tally)) }
+                            state.heldFile = file.frames.isEmpty ? nil : file
+                            return file
+                        }
+                        guard let remaining else { return false }
+                        guard !remaining.frames.isEmpty else {
                             HeldFramesFile.remove(path)
                             return false
                         }
                         do throws(YoMoError) {
-                            try writeFileAtomically(path, bytes, mode: 0o600, what: "held frames file")
+                            try writeFileAtomically(
+                                path, HeldFramesFile.encode(remaining.frames.map(\.frame), closedAt: remaining.closedAt), mode: 0o600, what: "held frames file")
                         } catch {
                             zipper.logger.warning("the held frames file cannot be written anew without the frames that left the hold", metadata: ["error": "\(error.message)"])
                         }
                         return true
                     }
                     guard stands else { return }
-                    kept = unsettled
                     written = .now
                 }
-                if zipper.state.withLock({ $0.closed }) { return }
                 try? await Task.sleep(for: .milliseconds(100))
             }
         }
@@ -1139,12 +1205,15 @@ public final class Zipper: Sendable {
             if !catchUps.isEmpty { giveToNamesakes(catchUps, name: member.name, since: endedAt, logger: connectionLogger) }
             for waiter in waiters { waiter.fire() }
         }
+        // Whether the client closed for good: what it left in the hold is the zipper's alone.
+        var closedForGood = false
         // Runs before the defer above: the ledger is kept for the client's next
         // connection before this one counts as gone (a reconnection waits for that).
         defer {
             if let ledger {
                 receipts.remove(ledger)
-                rememberEnded(ledger, of: handshake.id)
+                let handover = rememberEnded(ledger, of: handshake.id)
+                if closedForGood { keepLeftInHold(by: handover, logger: connectionLogger) }
             }
         }
         if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
@@ -1237,13 +1306,18 @@ public final class Zipper: Sendable {
                     }
                 }
             }
-            if closeReason.isEmpty { connectionLogger.info("client disconnected") }
+            if closeReason.isEmpty {
+                connectionLogger.info("client disconnected")
+                // Its stream's end (a close that delivers first), or its close.
+                closedForGood = Self.closedForGood(connection.connection.closeReason, handshake.clientType)
+            }
         } catch let error as WireError {
             closeReason = "bad frame: \(error.message)"
             state.withLock { $0.statistics.protocolViolations += 1 }
             connectionLogger.warning("closing client that sent a bad frame", metadata: ["error": "\(error)", "remote": "\(remote)"])
         } catch {
             connectionLogger.info("client disconnected", metadata: ["error": "\(error)"])
+            closedForGood = (error as? QUICError).map { Self.closedForGood($0, handshake.clientType) } ?? false
         }
         await connection.close(reason: closeReason)
         // Frames written to a stream function and never acknowledged (it froze,
@@ -1274,7 +1348,18 @@ public final class Zipper: Sendable {
 
     /// The ledgers of connections that ended, by client id, for the client's
     /// next connection (the newest `endedLedgersKept`).
-    private func rememberEnded(_ ledger: ReceiptLedger, of clientID: String) {
+    /// Whether a connection ended as a client of this SDK that closes for
+    /// good ends it: its stream's end (a close that delivers first, `peer`
+    /// nil) or its close with `ClientCore.finalCloseReason`; not a redial's
+    /// close, nor a mesh link's (its zipper keeps what it forwards).
+    private static func closedForGood(_ peer: QUICError?, _ clientType: ClientType) -> Bool {
+        guard clientType != .upstreamZipper else { return false }
+        guard let peer else { return true }
+        return peer.isRemote && peer.applicationErrorCode == QUICError.yomoCloseCode && peer.reason == ClientCore.finalCloseReason(of: clientType)
+    }
+
+    @discardableResult
+    private func rememberEnded(_ ledger: ReceiptLedger, of clientID: String) -> ReceiptLedger.Handover {
         let handover = ledger.handOver()
         state.withLock { state in
             if state.endedLedgers.updateValue(handover, forKey: clientID) == nil { state.endedLedgerOrder.append(clientID) }
@@ -1282,6 +1367,7 @@ public final class Zipper: Sendable {
                 state.endedLedgers[state.endedLedgerOrder.removeFirst()] = nil
             }
         }
+        return handover
     }
 
     /// The ledger of the connection `handshake` says it resumes: the same

@@ -907,6 +907,53 @@ struct HeldFramesTests {
         await zipper.terminate()
     }
 
+    @Test("a client that closed for good, its frames held for a function that is away: the held frames file keeps them, and a zipper killed after the close gives them to the function back",
+          arguments: [true, false])
+    func closedClientsHeldFramesSurviveACrash(byFunction: Bool) async throws {
+        let files = try PreviousRunFiles()
+        defer { files.remove() }
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
+        let fast = ReconnectPolicy.redialsAtOnce
+        let got = Inbox<String>()
+        func sink() -> StreamFunction {
+            let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x6D], reconnect: fast, retryConnect: true))
+            sink.setHandler { ctx in got.append(String(decoding: ctx.data, as: UTF8.self)) }
+            return sink
+        }
+        let first = sink()
+        try await first.connect()
+        let source = Source(name: "feed", zipper: zipper.address, options: .init(reconnect: fast, retryConnect: true))
+        try await source.connect()
+        // byFunction: a function answers the source's frames for the sink; else the source writes for it.
+        let upper = StreamFunction(name: "upper", zipper: zipper.address, options: .init(observedTags: [0x6C], reconnect: fast, retryConnect: true))
+        upper.setHandler { ctx in try await ctx.write(tag: 0x6D, data: ctx.data) }
+        if byFunction { try await upper.connect() }
+        let tag: UInt32 = byFunction ? 0x6C : 0x6D
+        try await source.write(tag: tag, data: Array("before".utf8))
+        #expect(await got.wait(for: 1))
+        // The functions file names the sink: the zipper holds its frames for its return.
+        #expect(await eventually { ((try? String(contentsOfFile: files.functions, encoding: .utf8)) ?? "").contains("sink\t") })
+        await first.close()
+        try await source.write(tag: tag, data: Array("held".utf8))
+        // Held for the sink: acknowledged by the zipper, not settled.
+        let client = byFunction ? upper.client : source.client
+        #expect(await eventually { client.keptFrames == 1 && client.unacknowledgedBytesForTesting == 0 })
+        if byFunction { await upper.close() } else { await source.close() }
+        // Before the forty-fifth round of issue 14 the frame was in the zipper's memory alone.
+        #expect(await eventually { FileManager.default.fileExists(atPath: files.held) }, "the held frames file keeps it")
+        await zipper.kill()
+        try zipper.restart()
+        let second = sink()
+        try await second.connect()
+        #expect(await got.wait(for: 2, timeout: .seconds(20)), "\(got.items)")
+        #expect(got.items == ["before", "held"])
+        // Once the sink took it, the file goes.
+        #expect(await eventually { !FileManager.default.fileExists(atPath: files.held) })
+        await second.close()
+        if byFunction { await source.close() }
+        await zipper.terminate()
+    }
+
     @Test("a restored held frames file is written anew without the frames a function handled: a zipper killed then gives those to nobody again, and those only taken to the next instance")
     func restoredFileShrinks() async throws {
         let files = try PreviousRunFiles()
