@@ -1012,6 +1012,49 @@ struct HeldFramesTests {
         await zipper.terminate()
     }
 
+    @Test("a restored frame a closing instance dropped unhandled, and its next instance handled, leaves the held frames file: a zipper killed then gives it to no one again")
+    func restoredFileDropsWhatTheNextInstanceHandled() async throws {
+        let files = try PreviousRunFiles()
+        defer { files.remove() }
+        // Five for x; one for y, which never comes: the file stays for it.
+        let forX = (0..<5).map { "x-\($0)" }, forY = ["y-0"]
+        try files.keep([(0x6E, forX), (0x6F, forY)])
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
+        // The first instance's pipe handler never finishes its first frame; its close drops the rest unhandled.
+        let stuck = Inbox<String>()
+        let first = StreamFunction(name: "x", zipper: zipper.address, options: .init(
+            observedTags: [0x6E], retryConnect: true, shutdownTimeout: .milliseconds(300)))
+        first.setPipeHandler { input, _ in
+            for await frame in input {
+                stuck.append(String(decoding: frame.data, as: UTF8.self))
+                try? await Task.sleep(for: .seconds(60))
+                return
+            }
+        }
+        try await first.connect()
+        #expect(await stuck.wait(for: 1))
+        await first.close()
+        let got = Inbox<String>()
+        let next = StreamFunction(name: "x", zipper: zipper.address, options: .init(
+            observedTags: [0x6E], reconnect: .redialsAtOnce, retryConnect: true))
+        next.setHandler { ctx in got.append(String(decoding: ctx.data, as: UTF8.self)) }
+        try await next.connect()
+        // Before the forty-fifth round of issue 14 the first instance had to have handled them too: all stayed.
+        #expect(await eventually { files.kept() == forY }, "\(files.kept())")
+        await zipper.kill()
+        try zipper.restart()
+        // Behind anything held for x: whatever the restart gave it has come once this has.
+        let source = Source(name: "feed", zipper: zipper.address, options: .init(retryConnect: true))
+        try await source.connect()
+        try await source.write(tag: 0x6E, data: Array("x-last".utf8))
+        #expect(await eventually { got.items.contains("x-last") }, "\(got.items)")
+        #expect(Set(got.items).count == got.items.count, "each once: \(got.items)")
+        #expect(Set(got.items + stuck.items) == Set(forX + ["x-last"]), "\(got.items) \(stuck.items)")
+        await source.close()
+        await next.close()
+        await zipper.terminate()
+    }
+
     @Test("a restored frame held for two functions of a fan-out stays in the held frames file once one handled it: a zipper killed then still gives it to the other")
     func restoredFanOutKeptForTheOther() async throws {
         let files = try PreviousRunFiles()
