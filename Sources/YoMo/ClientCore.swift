@@ -318,13 +318,13 @@ enum ClientCore {
         return false
     }
 
-    /// What a client tells the zipper when it closes after `error`: a bad frame
-    /// is named, as the zipper names one to its clients; else `reason`.
     /// What a client of this SDK says when it closes for good, not to redial:
     /// a zipper then keeps what the client left in its hold in the held frames
     /// file (`Zipper.keepLeftInHold`), since no one will send those again.
     static func finalCloseReason(of clientType: ClientType) -> String { "\(clientType) closed" }
 
+    /// What a client tells the zipper when it closes after `error`: a bad frame
+    /// is named, as the zipper names one to its clients; else `reason`.
     static func closeReason(after error: (any Error)?, otherwise reason: String) -> String {
         guard let error = error as? WireError else { return reason }
         return "bad frame: \(error.message.peerText(limit: peerMessageLimit))"

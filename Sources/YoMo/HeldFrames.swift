@@ -385,8 +385,6 @@ struct HeldFrames {
         return dropped
     }
 
-    /// Takes out, in order, the frames still held for someone (a graceful
-    /// close keeps them for the zipper's next start); those every name took are let go.
     /// The frames still held for someone that a sender's receipt checkpoints
     /// (`tallies`) wait for, taken over when that sender closed for good:
     /// no one will send them again, so each gets a tally of its own, returned
@@ -404,6 +402,8 @@ struct HeldFrames {
         return adopted
     }
 
+    /// Takes out, in order, the frames still held for someone (a graceful
+    /// close keeps them for the zipper's next start); those every name took are let go.
     mutating func takeUndelivered() -> [DataFrame] {
         var frames: [DataFrame] = []
         while let first = entries.popFirst() {

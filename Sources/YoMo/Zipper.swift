@@ -1346,8 +1346,6 @@ public final class Zipper: Sendable {
         if welcomesHandling { (unhandledGivenUp, acknowledgedThrough) = (connection.connection.givenUpBytes, connection.connection.acknowledgedBytes) }
     }
 
-    /// The ledgers of connections that ended, by client id, for the client's
-    /// next connection (the newest `endedLedgersKept`).
     /// Whether a connection ended as a client of this SDK that closes for
     /// good ends it: its stream's end (a close that delivers first, `peer`
     /// nil) or its close with `ClientCore.finalCloseReason`; not a redial's
@@ -1358,7 +1356,8 @@ public final class Zipper: Sendable {
         return peer.isRemote && peer.applicationErrorCode == QUICError.yomoCloseCode && peer.reason == ClientCore.finalCloseReason(of: clientType)
     }
 
-    @discardableResult
+    /// The ledgers of connections that ended, by client id, for the client's
+    /// next connection (the newest `endedLedgersKept`).
     private func rememberEnded(_ ledger: ReceiptLedger, of clientID: String) -> ReceiptLedger.Handover {
         let handover = ledger.handOver()
         state.withLock { state in
