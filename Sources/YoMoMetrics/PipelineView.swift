@@ -11,59 +11,88 @@ public struct ScrapedSample: Sendable, Hashable {
 /// `Accept` header): comments skipped, label values unescaped.
 public enum PrometheusTextParser {
     public static func parse(_ text: String) -> [ScrapedSample] {
+        // Bytes, not Characters: a page at the cardinality limit has tens of
+        // thousands of lines, and reading it Character by Character took seconds.
+        let bytes = Array(text.utf8)
         var samples: [ScrapedSample] = []
-        for rawLine in text.split(separator: "\n") {
-            let line = rawLine.trimming(\.isHorizontalSpace)
-            guard !line.isEmpty, !line.hasPrefix("#") else { continue }
-            var name = ""
-            var labels: [String: String] = [:]
-            var rest = Substring(line)
-            if let brace = line.firstIndex(of: "{") {
-                name = String(line[..<brace])
-                rest = line[line.index(after: brace)...]
-                // key="value",… until the closing brace, values with \\ \" \n escapes.
-                while let equals = rest.firstIndex(of: "=") {
-                    let key = rest[..<equals].trimming { $0 == "," || $0 == " " }
-                    rest = rest[rest.index(after: equals)...]
-                    guard rest.first == "\"" else { break }
-                    rest = rest.dropFirst()
-                    var value = ""
-                    var escaped = false
-                    while let character = rest.first {
-                        rest = rest.dropFirst()
-                        if escaped {
-                            value.append(character == "n" ? "\n" : character)
-                            escaped = false
-                        } else if character == "\\" {
-                            escaped = true
-                        } else if character == "\"" {
-                            break
-                        } else {
-                            value.append(character)
-                        }
-                    }
-                    labels[key] = value
-                    if rest.first == "," { rest = rest.dropFirst() }
-                    if rest.first == "}" {
-                        rest = rest.dropFirst()
-                        break
-                    }
-                }
-            } else if let space = line.firstIndex(of: " ") {
-                name = String(line[..<space])
-                rest = line[space...]
-            }
-            let fields = rest.split(separator: " ", omittingEmptySubsequences: true)
-            guard let first = fields.first else { continue }
-            let value: Double? = switch first {
-            case "+Inf": .infinity
-            case "-Inf": -.infinity
-            case "NaN": .nan
-            default: Double(first)
-            }
-            if let value { samples.append(ScrapedSample(name: name, labels: labels, value: value)) }
+        var lineStart = 0
+        while lineStart < bytes.count {
+            let lineEnd = bytes[lineStart...].firstIndex(of: newline) ?? bytes.count
+            if let sample = sample(bytes, from: lineStart, to: lineEnd) { samples.append(sample) }
+            lineStart = lineEnd + 1
         }
         return samples
+    }
+
+    private static let newline = UInt8(ascii: "\n")
+    private static let space = UInt8(ascii: " ")
+    private static let quote = UInt8(ascii: "\"")
+    private static let backslash = UInt8(ascii: "\\")
+    private static let comma = UInt8(ascii: ",")
+    private static let closingBrace = UInt8(ascii: "}")
+
+    /// The sample on the line `bytes[from..<to]`, nil for a blank line, a
+    /// comment or a line with no value.
+    private static func sample(_ bytes: [UInt8], from: Int, to: Int) -> ScrapedSample? {
+        func isBlank(_ byte: UInt8) -> Bool { byte == space || byte == UInt8(ascii: "\t") || byte == UInt8(ascii: "\r") }
+        var start = from
+        var end = to
+        while start < end, isBlank(bytes[start]) { start += 1 }
+        while end > start, isBlank(bytes[end - 1]) { end -= 1 }
+        guard start < end, bytes[start] != UInt8(ascii: "#") else { return nil }
+        var name = ""
+        var labels: [String: String] = [:]
+        var index = start
+        if let brace = bytes[start..<end].firstIndex(of: UInt8(ascii: "{")) {
+            name = String(decoding: bytes[start..<brace], as: UTF8.self)
+            index = brace + 1
+            // key="value",… until the closing brace, values with \\ \" \n escapes.
+            while index < end, bytes[index] != closingBrace {
+                guard let equals = bytes[index..<end].firstIndex(of: UInt8(ascii: "=")) else { break }
+                var keyStart = index
+                var keyEnd = equals
+                while keyStart < keyEnd, bytes[keyStart] == comma || bytes[keyStart] == space { keyStart += 1 }
+                while keyEnd > keyStart, bytes[keyEnd - 1] == comma || bytes[keyEnd - 1] == space { keyEnd -= 1 }
+                index = equals + 1
+                guard index < end, bytes[index] == quote else { break }
+                index += 1
+                var value: [UInt8] = []
+                var escaped = false
+                while index < end {
+                    let byte = bytes[index]
+                    index += 1
+                    if escaped {
+                        value.append(byte == UInt8(ascii: "n") ? newline : byte)
+                        escaped = false
+                    } else if byte == backslash {
+                        escaped = true
+                    } else if byte == quote {
+                        break
+                    } else {
+                        value.append(byte)
+                    }
+                }
+                labels[String(decoding: bytes[keyStart..<keyEnd], as: UTF8.self)] = String(decoding: value, as: UTF8.self)
+                if index < end, bytes[index] == comma { index += 1 }
+            }
+            if index < end, bytes[index] == closingBrace { index += 1 }
+        } else if let firstSpace = bytes[start..<end].firstIndex(of: space) {
+            name = String(decoding: bytes[start..<firstSpace], as: UTF8.self)
+            index = firstSpace
+        }
+        // The value is the first field after the name and labels (a timestamp may follow).
+        while index < end, bytes[index] == space { index += 1 }
+        var fieldEnd = index
+        while fieldEnd < end, bytes[fieldEnd] != space { fieldEnd += 1 }
+        guard index < fieldEnd else { return nil }
+        let field = String(decoding: bytes[index..<fieldEnd], as: UTF8.self)
+        let value: Double? = switch field {
+        case "+Inf": .infinity
+        case "-Inf": -.infinity
+        case "NaN": .nan
+        default: Double(field)
+        }
+        return value.map { ScrapedSample(name: name, labels: labels, value: $0) }
     }
 }
 

@@ -17,6 +17,20 @@ struct PipelineViewTests {
         #expect(samples.contains { $0.name == "target_info" && $0.labels["service_name"] == "svc" })
     }
 
+    @Test("odd lines: blank or commented, CRLF, empty braces, spaces and a timestamp, escapes around UTF-8, no value")
+    func oddLines() {
+        let text = "\n  # HELP x y\r\na 1\r\nb{} 2\n\tc{ k=\"v\", l=\"é\\\"\\é\\n\"} 3 1700000000000\nd{k=\"v\"}\ne +Inf\nf{k=\"}\"} -Inf\n42\n"
+        let samples = PrometheusTextParser.parse(text)
+        #expect(samples.map(\.name) == ["a", "b", "c", "e", "f", ""], "\(samples)")
+        #expect(samples.first { $0.name == "a" }?.value == 1, "a CRLF line ends before its CR")
+        #expect(samples.first { $0.name == "b" }.map { $0.labels.isEmpty && $0.value == 2 } == true)
+        let c = samples.first { $0.name == "c" }
+        #expect(c?.labels == ["k": "v", "l": "é\"é\n"] && c?.value == 3, "\(String(describing: c))")
+        #expect(samples.first { $0.name == "e" }?.value == .infinity)
+        #expect(samples.first { $0.name == "f" }.map { $0.labels == ["k": "}"] && $0.value == -.infinity } == true)
+        #expect(samples.last?.value == 42, "a bare number: a sample with no name, as before")
+    }
+
     @Test("rates, error share and interval quantiles from two scrapes")
     func rows() throws {
         func page(consumed: Double, sent: Double, failed: Double, buckets: [Double], held: Double) -> [ScrapedSample] {

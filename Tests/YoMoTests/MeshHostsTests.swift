@@ -664,7 +664,7 @@ struct ShrinkingPathMTUTests {
         let frames = 1000
         let bench = try hosts.run(on: "a", log: "bench", [
             try yomoExecutable().path, "bench", "--zipper", zipperAddress, "--frames", "\(frames)", "--size", "1300",
-            "--rate", "100", "--inflight", "64", "--timeout", "40", "--metrics", "127.0.0.1:9465",
+            "--rate", "200", "--inflight", "64", "--timeout", "40", "--metrics", "127.0.0.1:9465",
         ])
         // Each 1,300-byte frame fits one datagram once discovery is done.
         let discovered = try await hosts.pathMTUDiscovered(by: bench, metricsURL: "http://127.0.0.1:9465/metrics", on: "a")
@@ -748,7 +748,7 @@ struct LossyPathTests {
         let frames = 800
         let bench = try hosts.run(on: "a", log: "bench", environment: chosen, [
             try yomoExecutable().path, "bench", "--zipper", zipperAddress, "--frames", "\(frames)", "--size", "1300",
-            "--rate", "100", "--inflight", "64", "--timeout", "60", "--metrics", "127.0.0.1:9465",
+            "--rate", "200", "--inflight", "64", "--timeout", "60", "--metrics", "127.0.0.1:9465",
         ])
         let discovered = try await hosts.pathMTUDiscovered(by: bench, metricsURL: "http://127.0.0.1:9465/metrics", on: "a")
         #expect(discovered, "no datagram size over 1200 confirmed: \(bench.text.suffix(2000))")

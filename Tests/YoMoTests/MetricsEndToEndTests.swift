@@ -564,7 +564,10 @@ struct MetricsEndToEndTests {
         let limit = MeterProvider.Configuration.defaultCardinalityLimit
         let metrics = MeterProvider(configuration: .init(serviceName: "zipper-tags", environment: [:]))
         let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: metrics)
-        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0), options: .init(meterProvider: metrics))
+        // No hold: each frame is counted no_route at once, not after the 5 s hold.
+        var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
+        configuration.unroutedHold = .off
+        let zipper = Zipper(configuration: configuration, options: .init(meterProvider: metrics))
         try await zipper.start()
         let source = Source(name: "many-tags", zipper: try #require(zipper.address), options: .init(tracerProvider: TracerProvider.noop))
         try await source.connect()

@@ -26,8 +26,11 @@ class Echo(QuicConnectionProtocol):
 
 
 def pattern(offset, length):
-    # Position-dependent bytes so a reordering or a gap is detected.
-    return bytes((i * 31 + 7) & 0xFF for i in range(offset, offset + length))
+    # Position-dependent bytes so a reordering or a gap is detected. They repeat
+    # every 256, so one period is built and copied (byte by byte took ~1.5 s for 16 MiB).
+    period = bytes((i * 31 + 7) & 0xFF for i in range(256))
+    start = offset % 256
+    return (period * (length // 256 + 2))[start:start + length]
 
 
 async def run_server(cert, key, retry=False):
