@@ -144,50 +144,10 @@ struct Top: AsyncParsableCommand {
     }
 
     static func httpGet(host: String, port: Int, path: String) -> Result<String, ScrapeFailure> {
-        let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: scrapeDeadline)
-        let unreachable = Result<String, ScrapeFailure>.failure(ScrapeFailure(description: "unreachable"))
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var info: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host == "0.0.0.0" ? "127.0.0.1" : host, String(port), &hints, &info) == 0, let first = info else { return unreachable }
-        defer { freeaddrinfo(info) }
-        let fd = socket(first.pointee.ai_family, first.pointee.ai_socktype, first.pointee.ai_protocol)
-        guard fd >= 0 else { return unreachable }
-        defer { close(fd) }
-        // Bounds the connect and the send; the reads are bounded by the deadline below.
-        var timeout = timeval(tv_sec: Int(scrapeDeadline.components.seconds), tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        guard connect(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0 else { return unreachable }
-        let request = "GET \(path) HTTP/1.0\r\nHost: \(host)\r\n\r\n"
-        guard request.withCString({ send(fd, $0, strlen($0), 0) }) > 0 else { return unreachable }
-        var data = [UInt8]()
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let left = clock.now.duration(to: deadline)
-            guard left > .zero else {
-                return .failure(ScrapeFailure(description: "no whole answer within \(scrapeDeadline.components.seconds) s"))
-            }
-            var ready = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let milliseconds = Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
-            guard poll(&ready, 1, milliseconds) >= 0 || errno == EINTR else { return unreachable }
-            guard ready.revents != 0 else { continue }
-            let n = recv(fd, &buffer, buffer.count, 0)
-            if n <= 0 { break }
-            guard data.count + n <= maximumAnswerBytes else {
-                return .failure(ScrapeFailure(description: "answer over \(maximumAnswerBytes >> 20) MiB"))
-            }
-            data.append(contentsOf: buffer[0..<n])
+        switch plainHTTPGet(host: host, port: port, path: path, deadline: scrapeDeadline, maximumBytes: maximumAnswerBytes) {
+        case .failure(let failure): .failure(ScrapeFailure(description: failure.description))
+        case .success(let answer) where answer.status != 200: .failure(ScrapeFailure(description: "HTTP \(answer.status)"))
+        case .success(let answer): .success(answer.body)
         }
-        let text = String(decoding: data, as: UTF8.self)
-        guard text.hasPrefix("HTTP/1."), let bodyStart = text.firstRange(of: "\r\n\r\n") else {
-            return .failure(ScrapeFailure(description: data.isEmpty ? "closed without an answer" : "not an HTTP answer"))
-        }
-        let status = text.split(separator: " ", maxSplits: 2).dropFirst().first.map(String.init) ?? ""
-        guard status.count == 3, status.allSatisfy(\.isASCII), status.allSatisfy(\.isNumber) else {
-            return .failure(ScrapeFailure(description: "not an HTTP answer"))
-        }
-        guard status == "200" else { return .failure(ScrapeFailure(description: "HTTP \(status)")) }
-        return .success(String(text[bodyStart.upperBound...]))
     }
 }

@@ -102,41 +102,18 @@ func seriesValue(_ page: String, _ name: String, labels: [String] = []) -> Doubl
     return values.isEmpty ? nil : values.reduce(0, +)
 }
 
-/// A GET on a plain thread (URLSession is not on every Linux machine here).
+/// A GET on a plain thread (URLSession is not on every Linux machine here),
+/// with the client `yomo top` scrapes with; nil when there is no whole answer.
 func httpGet(_ url: String, accept: String? = nil) async -> (status: Int, body: String)? {
-    await withCheckedContinuation { continuation in
+    guard let components = URLComponents(string: url), let host = components.host, let port = components.port else { return nil }
+    let path = (components.percentEncodedPath.isEmpty ? "/" : components.percentEncodedPath)
+        + (components.percentEncodedQuery.map { "?" + $0 } ?? "")
+    return await withCheckedContinuation { continuation in
         Thread.detachNewThread {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["python3", "-c", """
-                import sys, urllib.request, urllib.error
-                req = urllib.request.Request(sys.argv[1], headers={"Accept": sys.argv[2]} if sys.argv[2] else {})
-                try:
-                    r = urllib.request.urlopen(req, timeout=5); print(r.status); sys.stdout.write(r.read().decode())
-                except urllib.error.HTTPError as e:
-                    print(e.code); sys.stdout.write(e.read().decode())
-                except Exception:
-                    sys.exit(1)
-                """, url, accept ?? ""]
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = FileHandle.nullDevice
-            do { try process.run() } catch {
-                continuation.resume(returning: nil)
-                return
-            }
-            let data = output.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            guard process.terminationStatus == 0 else {
-                continuation.resume(returning: nil)
-                return
-            }
-            let text = String(decoding: data, as: UTF8.self)
-            guard let newline = text.firstIndex(of: "\n"), let status = Int(text[..<newline]) else {
-                continuation.resume(returning: nil)
-                return
-            }
-            continuation.resume(returning: (status, String(text[text.index(after: newline)...])))
+            let answer = try? plainHTTPGet(
+                host: host, port: port, path: path, accept: accept, deadline: .seconds(5), maximumBytes: 64 << 20
+            ).get()
+            continuation.resume(returning: answer.map { ($0.status, $0.body) })
         }
     }
 }
