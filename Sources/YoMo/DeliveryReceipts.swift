@@ -456,7 +456,15 @@ final class Leftovers: Sendable {
 
     /// Whether the frame left that ended at `end` was handled where it went.
     func handled(endingAt end: Int) -> Bool {
-        let tally = state.withLock { state in state.frames.last { $0.end == end }?.tally }
+        // A binary search: a restored held frames file asks for each of its frames every 100 ms.
+        let tally = state.withLock { state -> HoldTally? in
+            var (low, high) = (0, state.frames.count)
+            while low < high {
+                let middle = (low + high) / 2
+                if state.frames[middle].end < end { low = middle + 1 } else { high = middle }
+            }
+            return low < state.frames.count && state.frames[low].end == end ? state.frames[low].tally : nil
+        }
         // Asked outside the lock, as below.
         return tally?.wasHandled ?? false
     }

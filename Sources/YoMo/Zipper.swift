@@ -718,33 +718,34 @@ public final class Zipper: Sendable {
         let tallies = handover.heldTallies
         guard !tallies.isEmpty else { return }
         let path = HeldFramesFile.path(besides: functionsFile)
-        let (adopted, trimming) = heldFileWrites.withLock { _ -> ([RestoredFrame], Bool) in
-            let (adopted, kept, trimming) = state.withLock { state -> ([RestoredFrame], HeldFileKept?, Bool) in
-                guard !state.closed else { return ([], nil, true) }
+        // The frames adopted, and whether `keepUntilSettled` runs already (a file was kept before).
+        let adoption = heldFileWrites.withLock { _ -> (frames: [RestoredFrame], trimRuns: Bool)? in
+            let adoption = state.withLock { state -> (frames: [RestoredFrame], kept: HeldFileKept, trimRuns: Bool)? in
+                guard !state.closed else { return nil }
                 let adopted = state.held.adopt(tallies: tallies).map { RestoredFrame(frame: $0.frame, tally: $0.tally) }
-                guard !adopted.isEmpty else { return ([], nil, true) }
-                let trimming = state.heldFile != nil
+                guard !adopted.isEmpty else { return nil }
+                let trimRuns = state.heldFile != nil
                 var kept = state.heldFile ?? HeldFileKept(frames: [], closedAt: 0)
                 kept.frames += adopted
                 kept.closedAt = HeldFramesFile.now()
                 state.heldFile = kept
-                return (adopted, kept, trimming)
+                return (adopted, kept, trimRuns)
             }
-            guard let kept else { return (adopted, trimming) }
+            guard let adoption else { return nil }
             do throws(YoMoError) {
-                try writeFileAtomically(path, HeldFramesFile.encode(kept.frames.map(\.frame), closedAt: kept.closedAt), mode: 0o600, what: "held frames file")
+                try adoption.kept.write(to: path)
             } catch {
                 logger.warning("frames a client that closed left in the hold cannot be kept in the held frames file: a crash of the zipper would lose them", metadata: [
-                    "frames": "\(adopted.count)", "error": "\(error.message)",
+                    "frames": "\(adoption.frames.count)", "error": "\(error.message)",
                 ])
             }
-            return (adopted, trimming)
+            return (adoption.frames, adoption.trimRuns)
         }
-        guard !adopted.isEmpty else { return }
+        guard let adoption else { return }
         logger.info("the client closed with frames of its held for stream functions: kept in the held frames file until they leave the hold", metadata: [
-            "frames": "\(adopted.count)", "file": "\(path)",
+            "frames": "\(adoption.frames.count)", "file": "\(path)",
         ])
-        if !trimming { keepUntilSettled(path) }
+        if !adoption.trimRuns { keepUntilSettled(path) }
     }
 
     /// A frame of the held frames file, held again, and the tally that says
@@ -759,6 +760,11 @@ public final class Zipper: Sendable {
     private struct HeldFileKept: Sendable {
         var frames: [RestoredFrame]
         var closedAt: Int64
+
+        /// Writes them as the held frames file at `path`, in place of what it had.
+        func write(to path: String) throws(YoMoError) {
+            try writeFileAtomically(path, HeldFramesFile.encode(frames.map(\.frame), closedAt: closedAt), mode: 0o600, what: "held frames file")
+        }
     }
 
     /// How often at most a restored held frames file is written anew without
@@ -815,8 +821,7 @@ public final class Zipper: Sendable {
                             return false
                         }
                         do throws(YoMoError) {
-                            try writeFileAtomically(
-                                path, HeldFramesFile.encode(remaining.frames.map(\.frame), closedAt: remaining.closedAt), mode: 0o600, what: "held frames file")
+                            try remaining.write(to: path)
                         } catch {
                             zipper.logger.warning("the held frames file cannot be written anew without the frames that left the hold", metadata: ["error": "\(error.message)"])
                         }

@@ -101,8 +101,10 @@ struct TraceViewTests {
         ]
         #expect(Self.shape(odd) == ["root", "+child", "again", "own", "cycle-a", "+cycle-b"])
 
-        // A chain deeper than any stack: every link once, in order, indentation bounded.
-        let depth = 200_000
+        // A chain deeper than a recursive walk's stack would take (as in the
+        // trace-view test against hostile senders): every link once, in order,
+        // indentation bounded.
+        let depth = 50_000
         let chain = (0..<depth).map { Self.span("l\($0)", id: "\($0)", parent: $0 == 0 ? "" : "\($0 - 1)", start: UInt64($0), end: UInt64($0) + 1) }
         let rows = WaterfallRenderer.treeRows(chain)
         #expect(rows.count == depth)
