@@ -584,13 +584,8 @@ final class ClientRuntime: Sendable {
         // while redialling lost 10 frames (`yomo-fault-bench chaos --seed 33
         // --async-handler`, `--handler-concurrency 3`).
         if let handler = setup.handler, handlers.pipeQueue == nil {
-            while let next = handlers.firstUnstarted,
-                  await handlers.inFlight.enterWhileClosing(bytes: next.held, within: handlers.limits, until: deadline) {
-                guard handlers.removeFirstUnstarted() else {
-                    handlers.inFlight.leave(bytes: next.held)
-                    break
-                }
-                startUnstarted(handler, next, setup, handlers, &group)
+            await startUnstarted(handler, setup, handlers, &group) { next in
+                await handlers.inFlight.enterWhileClosing(bytes: next.held, within: handlers.limits, until: deadline)
             }
             handlers.dropUnstarted(logger)
         }
@@ -906,21 +901,13 @@ final class ClientRuntime: Sendable {
             }
             // First what an earlier connection left waiting for the async handlers.
             if let handler = setup.handler, queue == nil {
-                starting: while let next = handlers.firstUnstarted {
-                    if !inFlight.tryEnter(bytes: next.held, within: handlerLimits) {
-                        handlers.readingHeld(logger, "async handlers are at their limit: reading no frames until one finishes", setup)
-                        let admission = await inFlight.enter(bytes: next.held, within: handlerLimits, scope: scope)
-                        handlers.readingResumed()
-                        guard admission == .admitted else {
-                            carrying = admission == .connectionEnded
-                            break starting
-                        }
-                    }
-                    guard handlers.removeFirstUnstarted() else {
-                        inFlight.leave(bytes: next.held)  // a close's drain took it meanwhile
-                        break starting
-                    }
-                    startUnstarted(handler, next, setup, handlers, &group)
+                await startUnstarted(handler, setup, handlers, &group) { next in
+                    if inFlight.tryEnter(bytes: next.held, within: handlerLimits) { return true }
+                    handlers.readingHeld(logger, "async handlers are at their limit: reading no frames until one finishes", setup)
+                    let admission = await inFlight.enter(bytes: next.held, within: handlerLimits, scope: scope)
+                    handlers.readingResumed()
+                    carrying = admission == .connectionEnded
+                    return admission == .admitted
                 }
             }
             do {
@@ -1039,6 +1026,23 @@ final class ClientRuntime: Sendable {
             state.withLock { $0.mayComeAgain = earlier.merging(untold.mapValues { ($0, now) }) { _, latest in latest } }
         }
         return ended
+    }
+
+    /// Starts async handlers on the frames an ended connection left, oldest
+    /// first, each once `admit` let it in by the limits (entered them); stops
+    /// at the first it does not. The serving loop and a close's drain admit
+    /// each their own way.
+    private func startUnstarted(
+        _ handler: @escaping StreamFunction.Handler, _ setup: Setup, _ handlers: Handlers, _ group: inout DiscardingTaskGroup,
+        admit: (UnstartedFrame) async -> Bool
+    ) async {
+        while let next = handlers.firstUnstarted, await admit(next) {
+            guard handlers.removeFirstUnstarted() else {
+                handlers.inFlight.leave(bytes: next.held)  // a close's drain took it meanwhile
+                return
+            }
+            startUnstarted(handler, next, setup, handlers, &group)
+        }
     }
 
     /// Starts an async handler on a frame an ended connection left, let in by the limits.
