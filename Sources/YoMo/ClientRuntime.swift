@@ -1038,7 +1038,7 @@ final class ClientRuntime: Sendable {
     ) async {
         while let next = handlers.firstUnstarted, await admit(next) {
             guard handlers.removeFirstUnstarted() else {
-                handlers.inFlight.leave(bytes: next.held)  // a close's drain took it meanwhile
+                handlers.inFlight.leave(bytes: next.held)  // taken meanwhile: by a close's drain, or the serving loop
                 return
             }
             startUnstarted(handler, next, setup, handlers, &group)
