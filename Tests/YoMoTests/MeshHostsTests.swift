@@ -752,7 +752,7 @@ struct LossyPathTests {
             // its frames are not counted, so the bench need not wait a minute for them.
             // 100 frames/s: at 200 a CI run once took the 3 s outage for a smaller MTU
             // (the zipper's connection to the function; not traced, left).
-            "--rate", "100", "--inflight", "64", "--timeout", everyFrame ? "60" : "20", "--metrics", "127.0.0.1:9465",
+            "--rate", "100", "--inflight", "64", "--timeout", everyFrame ? "60" : "12", "--metrics", "127.0.0.1:9465",
         ])
         let discovered = try await hosts.pathMTUDiscovered(by: bench, metricsURL: "http://127.0.0.1:9465/metrics", on: "a")
         #expect(discovered, "no datagram size over 1200 confirmed: \(bench.text.suffix(2000))")
