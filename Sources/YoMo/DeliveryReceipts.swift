@@ -436,6 +436,18 @@ final class Leftovers: Sendable {
         var frames: [(end: Int, tally: HoldTally)] = []
         /// How many of `frames`, from the first, were seen settled.
         var settled = 0
+
+        /// Where the frame ending at `end` is, or would go, in `frames`: a
+        /// binary search (a restored held frames file asks for each of its
+        /// frames every 100 ms).
+        func place(of end: Int) -> Int {
+            var (low, high) = (0, frames.count)
+            while low < high {
+                let middle = (low + high) / 2
+                if frames[middle].end < end { low = middle + 1 } else { high = middle }
+            }
+            return low
+        }
     }
 
     private let state = Mutex(State())
@@ -444,8 +456,7 @@ final class Leftovers: Sendable {
     /// (0 for frames never written there: they share one).
     func tally(endingAt end: Int) -> HoldTally {
         state.withLock { state in
-            // Frames come in stream order: the place is found from the back.
-            let index = state.frames.lastIndex { $0.end < end }.map { $0 + 1 } ?? 0
+            let index = state.place(of: end)
             if index < state.frames.count, state.frames[index].end == end { return state.frames[index].tally }
             let tally = HoldTally()
             state.frames.insert((end, tally), at: index)
@@ -456,14 +467,9 @@ final class Leftovers: Sendable {
 
     /// Whether the frame left that ended at `end` was handled where it went.
     func handled(endingAt end: Int) -> Bool {
-        // A binary search: a restored held frames file asks for each of its frames every 100 ms.
         let tally = state.withLock { state -> HoldTally? in
-            var (low, high) = (0, state.frames.count)
-            while low < high {
-                let middle = (low + high) / 2
-                if state.frames[middle].end < end { low = middle + 1 } else { high = middle }
-            }
-            return low < state.frames.count && state.frames[low].end == end ? state.frames[low].tally : nil
+            let index = state.place(of: end)
+            return index < state.frames.count && state.frames[index].end == end ? state.frames[index].tally : nil
         }
         // Asked outside the lock, as below.
         return tally?.wasHandled ?? false

@@ -542,9 +542,7 @@ struct MetricsEndToEndTests {
         let metrics = MeterProvider(configuration: .init(serviceName: "zipper-tags", environment: [:]))
         let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: metrics)
         // No hold: each frame is counted no_route at once, not after the 5 s hold.
-        var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
-        configuration.unroutedHold = .off
-        let zipper = Zipper(configuration: configuration, options: .init(meterProvider: metrics))
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0, unroutedHold: .off), options: .init(meterProvider: metrics))
         try await zipper.start()
         let source = Source(name: "many-tags", zipper: try #require(zipper.address), options: .init(tracerProvider: TracerProvider.noop))
         try await source.connect()
