@@ -542,6 +542,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
                 if packets == 0 { segment = length }
                 if length > Self.minimumDatagramSize { bigDatagramsSent &+= 1 }
                 if length >= Self.dataDatagramSize { dataDatagramsSent &+= 1 }
+                if smallerDatagramTrial?.firstDataSentAt == 0, length >= Self.dataDatagramSize || consumed > 0 {
+                    smallerDatagramTrial?.firstDataSentAt = now
+                }
                 batchLength += length
                 packets += 1
                 if length < segment || packets >= maxPackets || batchLength + room > tx.count {
@@ -606,11 +609,15 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             acknowledgedSinceFlush = false
             restartStall(at: 0)
             if let trial = smallerDatagramTrial, trial.stalled != nil, trial.lostBefore == nil, let streamID {
-                // The acknowledgement that ended the stall also declared the
-                // big datagrams before it lost: the trial counts from here.
-                smallerDatagramTrial?.lostBefore = ng.lossCount(stream: streamID)
-                smallerDatagramTrial?.sentBefore = dataDatagramsSent
-                smallerDatagramTrial?.probeTimeoutsInARow = ng.probeTimeoutsInARow
+                if trial.smallerDatagramsGotThrough(pto: ng.pto) {
+                    // The acknowledgement that ended the stall also declared the
+                    // big datagrams before it lost: the trial counts from here.
+                    smallerDatagramTrial?.lostBefore = ng.lossCount(stream: streamID)
+                    smallerDatagramTrial?.sentBefore = dataDatagramsSent
+                    smallerDatagramTrial?.probeTimeoutsInARow = ng.probeTimeoutsInARow
+                } else {
+                    endTrial(trial, ng, "the first \(Self.minimumDatagramSize)-byte datagrams lost as well: the path was down")
+                }
             }
         }
         if smallerDatagramTrial?.lostBefore != nil { judgeSmallerDatagrams(ng) }
@@ -680,12 +687,17 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         if lost * 20 < sent {
             announceLowered(from: trial.from, to: datagramLimit, because: .unacknowledged(for: stalled))
         } else {
-            datagramLimit = trial.limitBefore
-            server?.smallerDatagramsOnTrial(by: self, ended: true)
-            if traceEnabled {
-                trace("\(peerDescription): \(lost) of \(sent) datagrams of \(Self.minimumDatagramSize) bytes lost after a stall: a lossy path, not a smaller MTU; back to \(datagramSize(ng)) bytes")
-            }
+            endTrial(trial, ng, "\(lost) of \(sent) datagrams of \(Self.minimumDatagramSize) bytes lost after a stall: a lossy path")
         }
+    }
+
+    /// Not a smaller MTU after all: back to the size before the trial, and
+    /// the connections that followed it too.
+    private func endTrial(_ trial: SmallerDatagramTrial, _ ng: NGConnection, _ why: @autoclosure () -> String) {
+        smallerDatagramTrial = nil
+        datagramLimit = trial.limitBefore
+        server?.smallerDatagramsOnTrial(by: self, ended: true)
+        if traceEnabled { trace("\(peerDescription): \(why()), not a smaller MTU; back to \(datagramSize(ng)) bytes") }
     }
 
     private func restartStall(at now: UInt64) {
@@ -1160,6 +1172,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     func ngStreamAcked(_ id: Int64, length: UInt64) {
         guard id == streamID else { return }
         acknowledgedSinceFlush = true
+        if smallerDatagramTrial?.acknowledgedAt == 0 { smallerDatagramTrial?.acknowledgedAt = lastReceivedAt }
         var remaining = Int(length)
         // Whole buffers acknowledged now, each with its stream offset, for a retention.
         var headStart = acknowledgedTotal.load(ordering: .relaxed) - ackedInHead
@@ -1487,4 +1500,22 @@ struct SmallerDatagramTrial {
     /// Probe timeouts since, and ngtcp2's count of those in a row when last read.
     var probeTimeouts = 0
     var probeTimeoutsInARow = 0
+    /// When the first datagram with stream data went out at the trial's size
+    /// (0: none yet).
+    var firstDataSentAt: UInt64 = 0
+    /// When the first acknowledgement of stream data came (0: not yet).
+    var acknowledgedAt: UInt64 = 0
+
+    /// Whether the acknowledgement that ended the stall says the smaller
+    /// datagrams get through: it came within 3 PTO of the first one sent, as
+    /// behind a black hole (measured: 1–7 ms). Later, they were lost like the
+    /// big ones, and it acknowledged what went out after them; before any went
+    /// out, it acknowledged what was sent before the trial. Either way the path
+    /// was down both ways and is back (an outage that began just after the
+    /// stall did, with the peer heard in between), not narrowed. (Behind a
+    /// black hole, small data sent just before the trial can be acknowledged
+    /// first: that costs another stall, then another trial.)
+    func smallerDatagramsGotThrough(pto: UInt64) -> Bool {
+        firstDataSentAt != 0 && firstDataSentAt <= acknowledgedAt && acknowledgedAt - firstDataSentAt <= 3 &* pto
+    }
 }
