@@ -1,5 +1,4 @@
 import ArgumentParser
-import Dispatch
 import FoundationEssentials
 import Glibc
 import YoMoMetrics
@@ -130,21 +129,16 @@ struct Top: AsyncParsableCommand {
         }
     }
 
-    /// `GET /metrics` over a plain socket (HTTP/1.0, so the server closes), off the cooperative pool.
+    /// `GET /metrics` over a plain socket (HTTP/1.0, so the server closes).
     static func scrape(_ target: String) async -> Result<[ScrapedSample], ScrapeFailure> {
         guard let (host, port) = try? YoMoMetrics.parseListen(target) else {
             return .failure(ScrapeFailure(description: "not HOST:PORT"))
         }
-        return await withCheckedContinuation { continuation in
-            // Blocking socket I/O: a Dispatch worker, not the cooperative pool.
-            DispatchQueue.global().async {
-                continuation.resume(returning: httpGet(host: host, port: port, path: "/metrics").map(PrometheusTextParser.parse))
-            }
-        }
+        return await httpGet(host: host, port: port, path: "/metrics").map(PrometheusTextParser.parse)
     }
 
-    static func httpGet(host: String, port: Int, path: String) -> Result<String, ScrapeFailure> {
-        switch plainHTTPGet(host: host, port: port, path: path, deadline: scrapeDeadline, maximumBytes: maximumAnswerBytes) {
+    static func httpGet(host: String, port: Int, path: String) async -> Result<String, ScrapeFailure> {
+        switch await plainHTTPGet(host: host, port: port, path: path, deadline: scrapeDeadline, maximumBytes: maximumAnswerBytes) {
         case .failure(let failure): .failure(ScrapeFailure(description: failure.description))
         case .success(let answer) where answer.status != 200: .failure(ScrapeFailure(description: "HTTP \(answer.status)"))
         case .success(let answer): .success(answer.body)

@@ -1,3 +1,4 @@
+import Dispatch
 import FoundationEssentials
 import Glibc
 
@@ -12,10 +13,23 @@ package struct PlainHTTPFailure: Error, CustomStringConvertible, Sendable {
     package let description: String
 }
 
+/// `plainHTTPGet` for async callers (`yomo top`, the tests): its blocking
+/// socket I/O runs on a Dispatch worker, not a thread of the cooperative pool.
+package func plainHTTPGet(
+    host: String, port: Int, path: String, accept: String? = nil, deadline: Duration, maximumBytes: Int
+) async -> Result<PlainHTTPAnswer, PlainHTTPFailure> {
+    await withCheckedContinuation { continuation in
+        DispatchQueue.global().async {
+            continuation.resume(
+                returning: plainHTTPGet(host: host, port: port, path: path, accept: accept, deadline: deadline, maximumBytes: maximumBytes))
+        }
+    }
+}
+
 /// `GET path` over a blocking socket with HTTP/1.0, so the server closes at
 /// the answer's end: what `yomo top` scrapes with, and the tests' client
 /// (a Python process per request took 0.1–0.4 s each). Blocks the calling
-/// thread: keep it off the cooperative pool.
+/// thread: async callers take the overload above.
 package func plainHTTPGet(
     host: String, port: Int, path: String, accept: String? = nil, deadline: Duration, maximumBytes: Int
 ) -> Result<PlainHTTPAnswer, PlainHTTPFailure> {

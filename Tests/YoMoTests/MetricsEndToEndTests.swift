@@ -102,20 +102,14 @@ func seriesValue(_ page: String, _ name: String, labels: [String] = []) -> Doubl
     return values.isEmpty ? nil : values.reduce(0, +)
 }
 
-/// A GET on a plain thread (URLSession is not on every Linux machine here),
-/// with the client `yomo top` scrapes with; nil when there is no whole answer.
+/// A GET with the client `yomo top` scrapes with (URLSession is not on every
+/// Linux machine here); nil when there is no whole answer.
 func httpGet(_ url: String, accept: String? = nil) async -> (status: Int, body: String)? {
     guard let components = URLComponents(string: url), let host = components.host, let port = components.port else { return nil }
     let path = (components.percentEncodedPath.isEmpty ? "/" : components.percentEncodedPath)
         + (components.percentEncodedQuery.map { "?" + $0 } ?? "")
-    return await withCheckedContinuation { continuation in
-        Thread.detachNewThread {
-            let answer = try? plainHTTPGet(
-                host: host, port: port, path: path, accept: accept, deadline: .seconds(5), maximumBytes: 64 << 20
-            ).get()
-            continuation.resume(returning: answer.map { ($0.status, $0.body) })
-        }
-    }
+    let answer = try? await plainHTTPGet(host: host, port: port, path: path, accept: accept, deadline: .seconds(5), maximumBytes: 64 << 20).get()
+    return answer.map { ($0.status, $0.body) }
 }
 
 @Suite("Metrics on the data path, scraped by a real Prometheus", .serialized)
