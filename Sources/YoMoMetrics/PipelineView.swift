@@ -29,31 +29,38 @@ public enum PrometheusTextParser {
     private static let quote = UInt8(ascii: "\"")
     private static let backslash = UInt8(ascii: "\\")
     private static let comma = UInt8(ascii: ",")
+    private static let openingBrace = UInt8(ascii: "{")
     private static let closingBrace = UInt8(ascii: "}")
+    private static let equals = UInt8(ascii: "=")
+    private static let hash = UInt8(ascii: "#")
+    private static let tab = UInt8(ascii: "\t")
+    private static let carriageReturn = UInt8(ascii: "\r")
+    /// `\n` in a label value: the n of the escape.
+    private static let letterN = UInt8(ascii: "n")
 
     /// The sample on the line `bytes[from..<to]`, nil for a blank line, a
     /// comment or a line with no value.
     private static func sample(_ bytes: [UInt8], from: Int, to: Int) -> ScrapedSample? {
-        func isBlank(_ byte: UInt8) -> Bool { byte == space || byte == UInt8(ascii: "\t") || byte == UInt8(ascii: "\r") }
+        func isBlank(_ byte: UInt8) -> Bool { byte == space || byte == tab || byte == carriageReturn }
         var start = from
         var end = to
         while start < end, isBlank(bytes[start]) { start += 1 }
         while end > start, isBlank(bytes[end - 1]) { end -= 1 }
-        guard start < end, bytes[start] != UInt8(ascii: "#") else { return nil }
+        guard start < end, bytes[start] != hash else { return nil }
         var name = ""
         var labels: [String: String] = [:]
         var index = start
-        if let brace = bytes[start..<end].firstIndex(of: UInt8(ascii: "{")) {
+        if let brace = bytes[start..<end].firstIndex(of: openingBrace) {
             name = String(decoding: bytes[start..<brace], as: UTF8.self)
             index = brace + 1
             // key="value",… until the closing brace, values with \\ \" \n escapes.
             while index < end, bytes[index] != closingBrace {
-                guard let equals = bytes[index..<end].firstIndex(of: UInt8(ascii: "=")) else { break }
+                guard let equalsSign = bytes[index..<end].firstIndex(of: equals) else { break }
                 var keyStart = index
-                var keyEnd = equals
+                var keyEnd = equalsSign
                 while keyStart < keyEnd, bytes[keyStart] == comma || bytes[keyStart] == space { keyStart += 1 }
                 while keyEnd > keyStart, bytes[keyEnd - 1] == comma || bytes[keyEnd - 1] == space { keyEnd -= 1 }
-                index = equals + 1
+                index = equalsSign + 1
                 guard index < end, bytes[index] == quote else { break }
                 index += 1
                 var value: [UInt8] = []
@@ -62,7 +69,7 @@ public enum PrometheusTextParser {
                     let byte = bytes[index]
                     index += 1
                     if escaped {
-                        value.append(byte == UInt8(ascii: "n") ? newline : byte)
+                        value.append(byte == letterN ? newline : byte)
                         escaped = false
                     } else if byte == backslash {
                         escaped = true
