@@ -255,7 +255,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// A stall lowered `datagramLimit` on trial: whether the smaller datagrams
     /// get through tells a path that drops big ones from one that loses
     /// packets of any size (`judgeSmallerDatagrams`).
-    private var smallerDatagramTrial: SmallerDatagramTrial?
+    private(set) var smallerDatagramTrial: SmallerDatagramTrial?
     /// Told on the loop when `datagramLimit` is lowered.
     var onDatagramLimitLowered: (@Sendable (QUICConnection.DatagramSizeLowered) -> Void)?
     private var closePacket: [UInt8] = []
@@ -290,6 +290,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// Test hook: silently drop every n-th datagram train, as a lossy path would (0 = off).
     var simulateLossEvery = 0
     private var simulatedLossSends = 0
+    /// Test hook: drop every datagram received, as a path down toward us would
+    /// (with `simulateLossEvery = 1`, a path down both ways).
+    var simulateDeafness = false
 
     let sendShared = Mutex(SendShared())
     /// Health for metrics: ngtcp2's statistics copied out by the loop now and
@@ -392,6 +395,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
 
     /// One datagram for this connection.
     func receive(_ datagram: UnsafeRawBufferPointer, from address: UDPAddress) {
+        if simulateDeafness { return }
         switch phase {
         case .closing:
             // Answer a few more packets with the CONNECTION_CLOSE, then only every 8th.
@@ -640,6 +644,12 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     private func startTrial(_ ng: NGConnection, stalled: Duration?) {
         smallerDatagramTrial = SmallerDatagramTrial(from: datagramSize(ng), limitBefore: datagramLimit, stalled: stalled)
         datagramLimit = Self.minimumDatagramSize
+    }
+
+    /// Test hook: the trial a stall of 1 s would start now.
+    func startTrialForTesting() {
+        guard isActive, let ng else { return }
+        startTrial(ng, stalled: .seconds(1))
     }
 
     /// Another connection to the same host tries smaller datagrams: this one
