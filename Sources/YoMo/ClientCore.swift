@@ -194,8 +194,19 @@ extension QUICFrameConnection {
     /// Warns once if the connection finds that the path drops its bigger
     /// datagrams (the path's MTU shrank after Path MTU Discovery): until it
     /// did, nothing written got through, though the connection lived on.
-    /// `noticed` runs after the warning, on the connection's loop thread.
+    /// `noticed` runs after the warning, on the connection's loop thread. A
+    /// stall tried with smaller datagrams that found no smaller MTU (a lossy
+    /// path, or one that was down) is said at debug level.
     func warnIfPathDropsBigDatagrams(logger: Logger, metadata: Logger.Metadata, noticed: (@Sendable () -> Void)? = nil) {
+        connection.onSmallerDatagramsTried { tried in
+            var metadata = metadata
+            metadata["size"] = "\(tried.size)"
+            switch tried.cause {
+            case .lossyPath(let lost, let sent): metadata["found_by"] = "\(lost) of \(sent) smaller datagrams lost too: a lossy path"
+            case .pathWasDown: metadata["found_by"] = "the smaller datagrams lost too, acknowledged once the path was back: it was down"
+            }
+            logger.debug("a stall was not a smaller MTU: bigger datagrams again", metadata: metadata)
+        }
         connection.onDatagramSizeLowered { lowered in
             var metadata = metadata
             metadata["lost_size"] = "\(lowered.from)"

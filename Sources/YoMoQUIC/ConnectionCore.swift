@@ -258,6 +258,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     private(set) var smallerDatagramTrial: SmallerDatagramTrial?
     /// Told on the loop when `datagramLimit` is lowered.
     var onDatagramLimitLowered: (@Sendable (QUICConnection.DatagramSizeLowered) -> Void)?
+    /// Told on the loop when a stall's trial ends without a smaller MTU.
+    var onSmallerDatagramsTried: (@Sendable (QUICConnection.SmallerDatagramsTried) -> Void)?
     private var closePacket: [UInt8] = []
     private var packetsInClosing = 0
     private(set) var terminalError: QUICError?
@@ -620,7 +622,7 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
                     smallerDatagramTrial?.sentBefore = dataDatagramsSent
                     smallerDatagramTrial?.probeTimeoutsInARow = ng.probeTimeoutsInARow
                 } else {
-                    endTrial(trial, ng, "the first \(Self.minimumDatagramSize)-byte datagrams lost as well: the path was down")
+                    endTrial(trial, ng, .pathWasDown)
                 }
             }
         }
@@ -697,17 +699,18 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
         if lost * 20 < sent {
             announceLowered(from: trial.from, to: datagramLimit, because: .unacknowledged(for: stalled))
         } else {
-            endTrial(trial, ng, "\(lost) of \(sent) datagrams of \(Self.minimumDatagramSize) bytes lost after a stall: a lossy path")
+            endTrial(trial, ng, .lossyPath(lost: lost, sent: sent))
         }
     }
 
     /// Not a smaller MTU after all: back to the size before the trial, and
     /// the connections that followed it too.
-    private func endTrial(_ trial: SmallerDatagramTrial, _ ng: NGConnection, _ why: @autoclosure () -> String) {
+    private func endTrial(_ trial: SmallerDatagramTrial, _ ng: NGConnection, _ cause: QUICConnection.SmallerDatagramsTried.Cause) {
         smallerDatagramTrial = nil
         datagramLimit = trial.limitBefore
         server?.smallerDatagramsOnTrial(by: self, ended: true)
-        if traceEnabled { trace("\(peerDescription): \(why()), not a smaller MTU; back to \(datagramSize(ng)) bytes") }
+        onSmallerDatagramsTried?(.init(size: datagramSize(ng), cause: cause))
+        if traceEnabled { trace("\(peerDescription): a stall's smaller datagrams found no smaller MTU (\(cause)); back to \(datagramSize(ng)) bytes") }
     }
 
     private func restartStall(at now: UInt64) {

@@ -203,8 +203,8 @@ public final class QUICConnection: Sendable {
             /// Nothing sent was acknowledged for this long while the peer was
             /// still heard from (no ICMP came), and then 1200-byte datagrams,
             /// which every QUIC path carries, got through with little loss:
-            /// `to` is 1200 bytes. (Small ones lost as often mean a lossy
-            /// path: the size goes back, and nothing is told.)
+            /// `to` is 1200 bytes. (Small ones lost as well mean a lossy path,
+            /// or a path that was down: `SmallerDatagramsTried`.)
             case unacknowledged(for: Duration)
             /// Another connection of the server to the same host found it.
             case sameHost
@@ -217,6 +217,28 @@ public final class QUICConnection: Sendable {
     package func onDatagramSizeLowered(_ handler: @escaping @Sendable (DatagramSizeLowered) -> Void) {
         let core = self.core
         _ = core.loop.execute { core.onDatagramLimitLowered = handler }
+    }
+
+    /// A stall was tried with smaller datagrams and was not a smaller MTU:
+    /// the size went back to `size`.
+    package struct SmallerDatagramsTried: Sendable, Hashable {
+        package var size: Int
+        package var cause: Cause
+
+        package enum Cause: Sendable, Hashable {
+            /// A twentieth or more of the smaller datagrams were lost too.
+            case lossyPath(lost: Int, sent: Int)
+            /// The first acknowledgement came long after the first smaller
+            /// datagram, or before any: the path was down both ways and is back.
+            case pathWasDown
+        }
+    }
+
+    /// Calls `handler` on the connection's loop thread (keep it short) when a
+    /// stall's trial of smaller datagrams ends without finding a smaller MTU.
+    package func onSmallerDatagramsTried(_ handler: @escaping @Sendable (SmallerDatagramsTried) -> Void) {
+        let core = self.core
+        _ = core.loop.execute { core.onSmallerDatagramsTried = handler }
     }
 
     /// Bytes written but not yet acknowledged by the peer: what may be lost if

@@ -52,6 +52,8 @@ struct SmallerDatagramTrialTests {
         let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port)
         let lowered = Mutex<[QUICConnection.DatagramSizeLowered]>([])
         connection.onDatagramSizeLowered { event in lowered.withLock { $0.append(event) } }
+        let tried = Mutex<[QUICConnection.SmallerDatagramsTried]>([])
+        connection.onSmallerDatagramsTried { event in tried.withLock { $0.append(event) } }
         let core = connection.core
         #expect(try await Fixture.echo(connection, total: 1 << 20) == 1 << 20)
         #expect(await until { connection.statistics.maximumDatagramSize > ConnectionCore.minimumDatagramSize }, "Path MTU Discovery on loopback")
@@ -79,6 +81,8 @@ struct SmallerDatagramTrialTests {
         #expect(!onTrial)
         #expect(limit == .max, "back to what Path MTU Discovery confirmed")
         #expect(lowered.withLock { $0 }.isEmpty)
+        let told = tried.withLock { $0 }
+        #expect(told.count == 1 && told.first?.cause == .pathWasDown && (told.first?.size ?? 0) > ConnectionCore.minimumDatagramSize, "\(told)")
         await connection.close()
         await server.stop()
     }
