@@ -191,13 +191,14 @@ final class ClientSession: @unchecked Sendable {
 }
 
 extension QUICFrameConnection {
-    /// Warns once if the connection finds that the path drops its bigger
-    /// datagrams (the path's MTU shrank after Path MTU Discovery): until it
-    /// did, nothing written got through, though the connection lived on.
+    /// Logs what the connection finds about its path's MTU: a warning, once,
+    /// if the path drops its bigger datagrams (the MTU shrank after Path MTU
+    /// Discovery): until it found out, nothing written got through, though
+    /// the connection lived on.
     /// `noticed` runs after the warning, on the connection's loop thread. A
     /// stall tried with smaller datagrams that found no smaller MTU (a lossy
     /// path, or one that was down) is said at debug level.
-    func warnIfPathDropsBigDatagrams(logger: Logger, metadata: Logger.Metadata, noticed: (@Sendable () -> Void)? = nil) {
+    func logPathMTUFindings(logger: Logger, metadata: Logger.Metadata, noticed: (@Sendable () -> Void)? = nil) {
         connection.onSmallerDatagramsTried { tried in
             var metadata = metadata
             metadata["size"] = "\(tried.size)"
@@ -264,7 +265,7 @@ enum ClientCore {
                     // Says at once that its receipts tell what its handlers took, so
                     // that a backlog from the first frame on is kept by its sources.
                     if let handling { _ = try? connection.tryWrite(control: handling.toldSoFar.receipt(), limit: DeliveryReceipts.queueLimit) }
-                    connection.warnIfPathDropsBigDatagrams(
+                    connection.logPathMTUFindings(
                         logger: logger, metadata: [YoMoLogField.connectionID: "\(clientID)", YoMoLogField.zipperAddress: "\(address)"])
                     return ClientSession(
                         connection: connection, frames: frames, clientID: clientID, zipper: address,

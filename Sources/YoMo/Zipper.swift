@@ -1228,7 +1228,7 @@ public final class Zipper: Sendable {
             "client_type": "\(handshake.clientType)", "remote": "\(remote)",
             "observed_tags": "\(handshake.observedTags.map { "0x" + String($0, radix: 16) })",
         ])
-        connection.warnIfPathDropsBigDatagrams(logger: connectionLogger, metadata: ["remote": "\(remote)"]) { [self] in
+        connection.logPathMTUFindings(logger: connectionLogger, metadata: ["remote": "\(remote)"]) { [self] in
             state.withLock { $0.statistics.pathMTUBlackHoles += 1 }
             metrics.pathMTUBlackHole()
         }

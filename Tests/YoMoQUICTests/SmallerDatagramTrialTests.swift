@@ -64,10 +64,8 @@ struct SmallerDatagramTrialTests {
             core.startTrialForTesting()
         }
         let echoing = Task { try await Fixture.echo(connection, total: 1 << 20) }
-        var intoTheOutage = false
-        for _ in 0..<400 where !intoTheOutage {
-            intoTheOutage = await onLoop(core.loop) { (core.smallerDatagramTrial?.firstDataSentAt ?? 0) != 0 }
-            if !intoTheOutage { try await Task.sleep(for: .milliseconds(5)) }
+        let intoTheOutage = await until(.seconds(2)) {
+            await onLoop(core.loop) { (core.smallerDatagramTrial?.firstDataSentAt ?? 0) != 0 }
         }
         #expect(intoTheOutage, "the trial's first datagram with data went out")
         // The outage: far longer than 3 PTO on loopback (about 25 ms each).

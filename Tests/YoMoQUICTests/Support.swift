@@ -276,10 +276,10 @@ func onLoop<T: Sendable>(_ loop: QUICEventLoop, _ body: @escaping @Sendable () -
     }
 }
 
-/// Polls `condition` until it holds; false after `timeout`.
-func until(_ timeout: Duration = .seconds(10), _ condition: () -> Bool) async -> Bool {
+/// Polls `condition` (which may ask a loop thread) until it holds; false after `timeout`.
+func until(_ timeout: Duration = .seconds(10), _ condition: () async -> Bool) async -> Bool {
     let deadline = ContinuousClock.now + timeout
-    while !condition() {
+    while !(await condition()) {
         if ContinuousClock.now >= deadline { return false }
         try? await Task.sleep(for: .milliseconds(5))
     }
