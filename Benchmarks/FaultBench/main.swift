@@ -94,6 +94,14 @@ func appendingLog(named variable: String) -> FileHandle? {
 }
 
 /// Waits until `condition` holds, polling; false after `timeout`.
+/// Whether `pid` is a zombie (exited, not yet reaped) or gone.
+func hasExited(_ pid: Int32) -> Bool {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return true }
+    // pid (comm) state ...: comm may hold spaces and parentheses, so read after the last ')'.
+    guard let close = stat.lastIndex(of: ")") else { return false }
+    return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
+}
+
 func waitUntil(_ timeout: Duration, _ condition: () -> Bool) async -> Bool {
     let clock = ContinuousClock()
     let deadline = clock.now.advanced(by: timeout)
@@ -1022,7 +1030,9 @@ struct Chaos: AsyncParsableCommand {
         /// Waits for the exit without blocking a cooperative thread; kill -9 after `limit`.
         func waitForExit(limit: Duration = .seconds(30)) async {
             let process = current.withLock { $0 }
-            if !(await waitUntil(limit) { !process.isRunning }) {
+            // A zombie has exited: Foundation may reap it late (seen over 30 s
+            // in a busy run, which the bench took for a process that ignored its SIGTERM).
+            if !(await waitUntil(limit) { !process.isRunning || hasExited(process.processIdentifier) }) {
                 print("pid \(process.processIdentifier) still running \(limit) after its signal: killed")
                 if let file = ProcessInfo.processInfo.environment["FAULT_BENCH_STACKS"] {
                     // What it was doing: every thread's stack, appended to FILE (gdb in batch mode).
@@ -1209,7 +1219,9 @@ struct Chaos: AsyncParsableCommand {
         let missing = received.withLock { got in (1...total).filter { !got.contains($0) && !refusedSet.contains($0) } }
         let twice = duplicates.withLock { $0 }.sorted()
         print("seed=\(seed) faults=\(applied.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ","))")
-        print("written_ok=\(total - refusedSet.count) refused=\(refusedSet.count) received=\(received.withLock { $0.count } - 1) missing=\(missing.count) duplicates=\(twice.count) flushed=\(flushed) all_arrived=\(all ? "yes" : "no") settle_ms=\(settled.components.seconds * 1000 + settled.components.attoseconds / 1_000_000_000_000_000)")
+        // Writes refused after the last that returned are not among the `total` written.
+        let refusedWritten = refusedSet.filter { $0 <= total }.count
+        print("written_ok=\(total - refusedWritten) refused=\(refusedWritten) refused_after_the_last=\(refusedSet.count - refusedWritten) received=\(received.withLock { $0.count } - 1) missing=\(missing.count) duplicates=\(twice.count) flushed=\(flushed) all_arrived=\(all ? "yes" : "no") settle_ms=\(settled.components.seconds * 1000 + settled.components.attoseconds / 1_000_000_000_000_000)")
         if !missing.isEmpty {
             print("missing sequences: \(ranges(missing).prefix(30).joined(separator: ", "))")
             // A function away longer than the hold (`--max-away-ms` over 5 s) loses frames by rule: the
@@ -1243,8 +1255,10 @@ final class Locked<Value: Sendable>: Sendable {
 /// The frames a zipper's warnings say it dropped (`frames=N` of each WARN line about a drop).
 func framesDroppedSaid(in log: String) -> Int {
     guard let text = try? String(contentsOfFile: log, encoding: .utf8) else { return 0 }
+    // The count is `frames=` in most warnings, `dropped=` in a client's (a mesh link's) at its end.
     return text.split(separator: "\n").filter { $0.contains("WARN") && $0.contains("dropped") }.reduce(0) { total, line in
-        guard let field = line.split(separator: " ").first(where: { $0.hasPrefix("frames=") }) else { return total }
-        return total + (Int(field.dropFirst("frames=".count)) ?? 0)
+        let fields = line.split(separator: " ")
+        guard let field = fields.first(where: { $0.hasPrefix("frames=") }) ?? fields.first(where: { $0.hasPrefix("dropped=") }) else { return total }
+        return total + (Int(field.drop { $0 != "=" }.dropFirst()) ?? 0)
     }
 }

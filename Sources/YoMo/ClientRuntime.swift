@@ -215,6 +215,10 @@ final class ClientRuntime: Sendable {
         /// The whole close: queued frames delivered, owned provider flushed.
         var shutdownTimeout: Duration = .seconds(5)
         var metrics = DataPathMetrics.disabled
+        /// Offered what the outage buffer still holds when the client ends;
+        /// true when it keeps them (a mesh link at its zipper's graceful
+        /// close), and they are then not dropped (`MeshLink`).
+        var keepsUndelivered: (@Sendable ([DataFrame]) -> Bool)? = nil
     }
 
     private struct State {
@@ -246,6 +250,8 @@ final class ClientRuntime: Sendable {
         /// refused with the buffer full, a held frame discarded at the end):
         /// the drop count's exemplar.
         var lastOutageDropTraced: Exemplar?
+        /// `Setup.keepsUndelivered`.
+        var keepsUndelivered: (@Sendable ([DataFrame]) -> Bool)?
         /// Connections that took writes so far (`DeliveryMark`).
         var generation = 0
         /// The newest of them, and the stream offset through which it carries
@@ -459,6 +465,7 @@ final class ClientRuntime: Sendable {
                 admitsBesidesPutBack: setup.outageAdmitsBesidesPutBack)
             state.shutdownTimeout = setup.shutdownTimeout
             state.metrics = setup.metrics
+            state.keepsUndelivered = setup.keepsUndelivered
         }
     }
 
@@ -1631,13 +1638,19 @@ final class ClientRuntime: Sendable {
     /// The client is over: writes fail with `.closed` from now on. Waiters wake in
     /// `finish()`, once the owned tracer provider has been flushed.
     private func end(_ reason: YoMoError) {
-        let (discarded, tracing) = state.withLock { state -> ([OutageBuffer.Waiting], DataPathTracer) in
+        let (held, keep) = state.withLock { state -> ([OutageBuffer.Waiting], (@Sendable ([DataFrame]) -> Bool)?) in
             state.ended = true
             state.lifecycle.ended()
             if state.endReason == nil { state.endReason = reason }
-            return (state.outage.discardAll(), state.tracing)
+            return (state.outage.handOverAll(), state.keepsUndelivered)
         }
-        guard !discarded.isEmpty else { return }
+        guard !held.isEmpty else { return }
+        // Called outside the client's lock: the keeper takes its own.
+        if let keep, keep(held.map(\.frame)) { return }
+        let (discarded, tracing) = state.withLock { state in
+            state.outage.countDropped(held.count)
+            return (held, state.tracing)
+        }
         // Each ends its trace with its wait, in error; the line carries the first one's trace id.
         let now = ContinuousClock.now
         let spans = discarded.map { waiting in

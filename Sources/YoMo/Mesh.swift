@@ -74,6 +74,23 @@ struct MeshBacklog {
         bytes -= queued.frame.encodedLength
         return queued
     }
+
+    /// Every queued frame, in order, leaving the queue empty (a close keeps them).
+    mutating func takeAll() -> [DataFrame] {
+        defer {
+            frames.removeAll()
+            bytes = 0
+        }
+        return frames.map(\.frame)
+    }
+
+    /// A frame the previous run kept (`MeshKeptFile`): queued whatever the
+    /// limits, since it was accepted within them (by the queue or the link's
+    /// client, so at most twice them in all).
+    mutating func restore(_ frame: DataFrame, at now: ContinuousClock.Instant) {
+        frames.append(Queued(frame: frame, queuedAt: now))
+        bytes += frame.encodedLength
+    }
 }
 
 /// A mesh link as `/metrics` shows it.
@@ -108,6 +125,13 @@ final class MeshLink: Sendable {
         var lastDropTraced: Exemplar?
         /// Frames the client took and has not settled, by their place among the accepted, and when.
         var unsettled = CircularBuffer<(index: Int, client: ClientRuntime, mark: ClientRuntime.DeliveryMark, sentAt: ContinuousClock.Instant)>()
+        /// What the close keeps for the next start (with `keptFile`), oldest first.
+        var keptAtClose: [DataFrame] = []
+        /// The frames restored from `keptFile` are the first this many accepted.
+        var restoredThrough = 0
+        /// Of those, the ones the client took and the downstream has not yet
+        /// settled (not patience: the file goes once they are settled indeed).
+        var restoredUnsettled: [(client: ClientRuntime, mark: ClientRuntime.DeliveryMark)] = []
     }
 
     let peer: ZipperConfiguration.MeshPeer
@@ -125,18 +149,26 @@ final class MeshLink: Sendable {
     /// (`unrouted_hold`, 5 s) drops it. The link still delivers it if the
     /// downstream comes back; a crash of this zipper after then loses it.
     static let receiptPatience: Duration = .seconds(5)
-    private let logger: Logger
+    /// The zipper's, with the downstream's name and address.
+    let logger: Logger
     private let state: Mutex<State>
     /// The zipper's: a frame that waited for the link to reconnect gets a span for the wait.
     private let tracing: DataPathTracer
     /// The queue's bounds (`mesh_queue`), which the link's client holds to as well.
     private let limits: ZipperConfiguration.MeshQueue
+    /// Where a graceful close keeps what the link could not deliver, for the
+    /// next start (`MeshKeptFile`); nil: dropped at the close, and said.
+    private let keptFile: String?
+    /// Taken while `keptFile` is written or removed: the close's writing and
+    /// the removal once restored frames are settled do not cross.
+    private let keptFileWrites = Mutex(())
 
     init(
         peer: ZipperConfiguration.MeshPeer, zipperName: String, limits: ZipperConfiguration.MeshQueue, deliveryReceipts: Bool,
-        receiptPatience: Duration = MeshLink.receiptPatience, tracing: DataPathTracer = .disabled, logger: Logger
+        receiptPatience: Duration = MeshLink.receiptPatience, keptFile: String? = nil, tracing: DataPathTracer = .disabled, logger: Logger
     ) {
         self.peer = peer
+        self.keptFile = keptFile
         self.tracing = tracing
         self.zipperName = zipperName
         self.deliveryReceipts = deliveryReceipts
@@ -242,14 +274,32 @@ final class MeshLink: Sendable {
         }
     }
 
+    /// The client the queue goes to; between two (the first not yet made, or
+    /// the last ended and the next waiting out its delay) the frame in hand
+    /// waits for the next, rather than be dropped: a restored queue is fed
+    /// from the start. Nil once the link closed.
+    private func nextClient() async -> ClientRuntime? {
+        while true {
+            let (client, closed) = state.withLock { ($0.client, $0.closed) }
+            if let client { return client }
+            if closed || Task.isCancelled { return nil }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
     /// Keeps a client to the downstream and feeds it the queue, until `close()`.
     func run() async {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.keepConnected() }
+            group.addTask { await self.removeKeptFileOnceSettled() }
             while let queued = await next() {
                 let frame = queued.frame
-                guard let client = state.withLock({ $0.client }) else {
-                    dropTaken(frame, why: "no client")
+                guard let client = await nextClient() else {
+                    if keepAtClose([frame]) {
+                        state.withLock { $0.passed += 1 }
+                    } else {
+                        dropTaken(frame, why: "the link closed")
+                    }
                     continue
                 }
                 do {
@@ -260,13 +310,31 @@ final class MeshLink: Sendable {
                     state.withLock { state in
                         state.passed += 1
                         state.unsettled.append((state.passed, client, mark, sentAt))
+                        if state.passed <= state.restoredThrough { state.restoredUnsettled.append((client, mark)) }
                     }
                     delivered()
                 } catch {
-                    // Reconnecting with a full outage buffer, or the client ended.
-                    dropTaken(frame, why: "\(error)")
+                    // Reconnecting with a full outage buffer, or the client ended
+                    // (at the close, kept for the next start when it can be).
+                    if keepAtClose([frame]) {
+                        state.withLock { $0.passed += 1 }
+                    } else {
+                        dropTaken(frame, why: "\(error)")
+                    }
                 }
             }
+        }
+    }
+
+    /// At the zipper's graceful close, with `keptFile`: frames the link could
+    /// not deliver are kept (in front of those kept already, which are newer)
+    /// instead of dropped. False otherwise: the caller drops them.
+    private func keepAtClose(_ frames: [DataFrame]) -> Bool {
+        guard keptFile != nil else { return false }
+        return state.withLock { state in
+            guard state.closed else { return false }
+            state.keptAtClose.insert(contentsOf: frames, at: 0)
+            return true
         }
     }
 
@@ -308,6 +376,8 @@ final class MeshLink: Sendable {
                 settings: settings, outageBufferFrames: limits.maximumFrames, outageBufferBytes: limits.maximumBytes,
                 outageAdmitsBesidesPutBack: true)
             setup.tracing = tracing
+            // What it still holds when the zipper's close ends it goes to the next start.
+            setup.keepsUndelivered = { [weak self] frames in self?.keepAtClose(frames) ?? false }
             logger.info("mesh link starting")
             do {
                 try client.launch(setup)
@@ -329,15 +399,102 @@ final class MeshLink: Sendable {
         }
     }
 
-    /// Stops the link: the client closes (delivering what it has) and `run` returns.
+    /// Stops the link: the client closes (delivering what it has) and `run`
+    /// returns. With `keptFile`, what is still queued is kept for the next
+    /// start, and so is what the client could not deliver by its close deadline.
     func close() async {
         let (client, waiter) = state.withLock { state -> (ClientRuntime?, CheckedContinuation<Void, Never>?) in
             state.closed = true
+            if keptFile != nil { state.keptAtClose = state.backlog.takeAll() }
             defer { state.waiter = nil }
             return (state.client, state.waiter)
         }
         waiter?.resume()
         await client?.close()
+    }
+
+    /// After `close()`: writes what the link kept to `keptFile`, or removes
+    /// the file when it kept nothing (what an earlier run kept was
+    /// delivered, or is among what is kept now). Returns the frames kept.
+    func keepForNextStart() throws(YoMoError) -> Int {
+        guard let keptFile else { return 0 }
+        let frames = state.withLock { state in
+            defer { state.keptAtClose = [] }
+            return state.keptAtClose
+        }
+        try keptFileWrites.withLock { (_: inout ()) throws(YoMoError) in
+            if frames.isEmpty {
+                MeshKeptFile.remove(keptFile)
+            } else {
+                // The frames are the sources' data: readable by the zipper's user alone.
+                try writeFileAtomically(keptFile, MeshKeptFile.encode(frames, closedAt: HeldFramesFile.now()), mode: 0o600, what: "mesh kept frames file")
+            }
+        }
+        return frames.count
+    }
+
+    /// At the start, before `run()`: queues what the previous run kept in
+    /// `keptFile` ahead of everything else. The file stays until the
+    /// downstream settled them (a crash before finds them again; the
+    /// downstream may then get some twice). Returns the frames and the
+    /// close's time, or nil with no file; throws for a file that cannot be
+    /// read or understood (removed: its frames are lost).
+    func restoreKept() throws(YoMoError) -> (frames: Int, closedAt: Int64)? {
+        guard let keptFile else { return nil }
+        let bytes: [UInt8]?
+        do throws(YoMoError) {
+            bytes = try readWholeFile(keptFile, maximumBytes: 2 * limits.maximumBytes + (1 << 20), what: "mesh kept frames file")
+        } catch {
+            MeshKeptFile.remove(keptFile)
+            throw error
+        }
+        guard let bytes else { return nil }
+        guard let (closedAt, frames) = MeshKeptFile.decode(bytes) else {
+            MeshKeptFile.remove(keptFile)
+            throw YoMoError(.invalidConfiguration, "mesh kept frames file \(keptFile) is not understood")
+        }
+        guard !frames.isEmpty else {
+            MeshKeptFile.remove(keptFile)
+            return nil
+        }
+        let now = ContinuousClock.now
+        state.withLock { state in
+            for frame in frames { state.backlog.restore(frame, at: now) }
+            state.accepted += frames.count
+            state.restoredThrough = state.accepted
+        }
+        return (frames.count, closedAt)
+    }
+
+    /// How often the link looks whether the frames it restored are settled.
+    static let restoredSettledPoll: Duration = .milliseconds(100)
+
+    /// Removes `keptFile` once the downstream settled every frame restored
+    /// from it (its receipts; without them, its acknowledgement), unless the
+    /// link closed first (the close writes the file anew or removes it).
+    private func removeKeptFileOnceSettled() async {
+        guard let keptFile, state.withLock({ $0.restoredThrough > 0 }) else { return }
+        while !Task.isCancelled {
+            let pending = state.withLock { state -> [(client: ClientRuntime, mark: ClientRuntime.DeliveryMark)]? in
+                state.passed < state.restoredThrough ? nil : state.restoredUnsettled
+            }
+            if let pending {
+                // The client's lock, not under the link's.
+                let settled = pending.prefix { $0.client.isSettled($0.mark, endedSettles: false) }.count
+                let done = state.withLock { state in
+                    state.restoredUnsettled.removeFirst(settled)
+                    return state.restoredUnsettled.isEmpty
+                }
+                if done {
+                    keptFileWrites.withLock { _ in
+                        if !state.withLock({ $0.closed }) { MeshKeptFile.remove(keptFile) }
+                    }
+                    return
+                }
+            }
+            if state.withLock({ $0.closed }) { return }
+            try? await Task.sleep(for: Self.restoredSettledPoll)
+        }
     }
 }
 

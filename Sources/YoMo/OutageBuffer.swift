@@ -159,11 +159,11 @@ struct OutageBuffer {
         return (outageBuffered, outageDropped)
     }
 
-    /// The client ended without reconnecting: the held frames will never be sent.
-    /// Drops all it holds (counted), and returns them.
-    mutating func discardAll() -> [Waiting] {
-        let discarded = takeWaiting()
-        statistics.dropped += discarded.count
-        return discarded
-    }
+    /// The client ended without reconnecting: the held frames will never be
+    /// sent by it. Returns them, not yet counted: `countDropped` once nobody
+    /// keeps them (a mesh link keeps them for its zipper's next start).
+    mutating func handOverAll() -> [Waiting] { takeWaiting() }
+
+    /// Frames handed over and dropped.
+    mutating func countDropped(_ count: Int) { statistics.dropped += count }
 }

@@ -428,7 +428,8 @@ public final class Zipper: Sendable {
         links = configuration.downstreams.map { peer in
             MeshLink(
                 peer: peer, zipperName: configuration.name, limits: configuration.meshQueue,
-                deliveryReceipts: configuration.deliveryReceipts, receiptPatience: options.meshReceiptPatience, tracing: tracing,
+                deliveryReceipts: configuration.deliveryReceipts, receiptPatience: options.meshReceiptPatience,
+                keptFile: configuration.functionsFile.map { MeshKeptFile.path(besides: $0, downstream: peer.name) }, tracing: tracing,
                 logger: logger)
         }
         linkDeliveries = links.map { DeliveryDestination($0) }
@@ -621,6 +622,7 @@ public final class Zipper: Sendable {
     /// What the zipper's close lost: unacknowledged bytes, held frames.
     private func reportWhatTheCloseLost() {
         reportLostAtClose()
+        keepMeshForNextStart()
         keepHeldForNextStart()
         dropHeldAtClose()
     }
@@ -914,7 +916,60 @@ public final class Zipper: Sendable {
             ])
         }
         restoreHeldFrames()
+        restoreMeshKept()
         return server
+    }
+
+    /// Queues for each mesh link what the previous run's close kept for it
+    /// (`MeshKeptFile`), ahead of anything new. A file for a downstream no
+    /// longer in the mesh is removed, and what it kept said lost.
+    private func restoreMeshKept() {
+        guard let functionsFile = configuration.functionsFile else { return }
+        for link in links {
+            do throws(YoMoError) {
+                guard let (frames, closedAt) = try link.restoreKept() else { continue }
+                link.logger.info("delivering to the mesh downstream first what the previous run had not", metadata: [
+                    "frames": "\(frames)", "closed_ago": "\(Duration.milliseconds(HeldFramesFile.now() - closedAt))",
+                ])
+            } catch {
+                link.logger.warning("the frames the previous run kept for the mesh downstream cannot be read: they are lost", metadata: [
+                    "error": "\(error.message)",
+                ])
+            }
+        }
+        let directory = functionsFile.lastIndex(of: "/").map { String(functionsFile[..<$0]) } ?? "."
+        let prefix = String(functionsFile.split(separator: "/", omittingEmptySubsequences: false).last ?? "") + MeshKeptFile.infix
+        let configured = Set(links.map { MeshKeptFile.fileName($0.peer.name) })
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.isEmpty ? "/" : directory)) ?? []
+        for name in names where name.hasPrefix(prefix) && !configured.contains(String(name.dropFirst(prefix.count))) {
+            let path = (directory.isEmpty ? "" : directory) + "/" + name
+            let frames = (try? readWholeFile(path, maximumBytes: 2 * configuration.meshQueue.maximumBytes + (1 << 20), what: "mesh kept frames file")).flatMap { $0.flatMap(MeshKeptFile.decode) }?.frames.count
+            MeshKeptFile.remove(path)
+            logger.warning("frames the previous run kept for a mesh downstream no longer in the mesh are dropped", metadata: [
+                "file": "\(path)", "frames": "\(frames.map { "\($0)" } ?? "unknown")",
+            ])
+        }
+    }
+
+    /// What the mesh links could not deliver by the close's end, kept for the
+    /// next start (with `functionsFile`). Until the forty-eighth round of
+    /// issue 14 it was dropped (said), though its sources had let go of it: a
+    /// zipper stopped while its downstream was away for longer than the
+    /// link's receipt patience lost what it had taken meanwhile
+    /// (`yomo-fault-bench chaos --mesh`, 510 frames over a lossy loopback).
+    private func keepMeshForNextStart() {
+        for link in links {
+            do throws(YoMoError) {
+                let kept = try link.keepForNextStart()
+                if kept > 0 {
+                    link.logger.info("closing: frames the mesh downstream had not taken are kept for the next start", metadata: ["frames": "\(kept)"])
+                }
+            } catch {
+                link.logger.warning("the frames the mesh downstream had not taken cannot be kept for the next start: they are lost", metadata: [
+                    "error": "\(error.message)",
+                ])
+            }
+        }
     }
 
     /// The stream functions `functionsFile` remembers from the previous run

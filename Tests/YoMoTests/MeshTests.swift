@@ -377,6 +377,56 @@ struct MeshLoopbackTests {
         await b.close()
     }
 
+    @Test("a zipper stopped while its downstream stays down, its sources let go: with a functions file the link's frames are kept, its next start delivers every one once the downstream is up and removes the file once they are settled; without, they are dropped and said",
+          arguments: [true, false])
+    func closeKeepsWhatTheLinkHeld(functionsFile: Bool) async throws {
+        let directory = try makeTemporaryDirectory("yomo-test-mesh-kept-")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let portA = try await freePort(), portB = try await freePort()
+        var configuration = ZipperConfiguration(
+            name: "a", host: "127.0.0.1", port: portA, authentication: .token("mesh"),
+            functionsFile: functionsFile ? directory + "/functions.yaml" : nil,
+            mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")])
+        configuration.unroutedHold = .off
+        var options = Zipper.Options(logger: Logger(label: "test.a"))
+        options.meshReceiptPatience = .milliseconds(300)
+        options.shutdownTimeout = .seconds(1)
+        let a = Zipper(configuration: configuration, options: options)
+        try await a.start()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        let texts = (0..<20).map { "kept-\($0)" }
+        for text in texts { try await source.write(tag: 0x37, data: Array(text.utf8)) }
+        // Past the link's patience the source forgets them: only the link has them now.
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept: \(source.client.keptFrames)")
+        #expect(a.meshLinkHealth.first?.queuedFrames == 20)
+        await source.close()
+        await a.close()
+        let file = MeshKeptFile.path(besides: directory + "/functions.yaml", downstream: "b")
+        #expect(FileManager.default.fileExists(atPath: file) == functionsFile)
+        #expect(a.statistics.meshDroppedFrames == 0, "\(a.statistics)")
+
+        let restarted = Zipper(configuration: configuration, options: options)
+        try await restarted.start()
+        #expect(restarted.meshLinkHealth.first?.queuedFrames == (functionsFile ? 20 : 0))
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let (far, remote) = try await Self.farFunction(port: portB, tag: 0x37)
+        if functionsFile {
+            #expect(await eventually { Set(remote.items).isSuperset(of: texts) }, "\(remote.items)")
+            #expect(await eventually { !FileManager.default.fileExists(atPath: file) }, "removed once b settled them")
+            #expect(remote.count == texts.count, "each once: \(remote.items)")
+        } else {
+            // Nothing comes: the link starts empty.
+            #expect(await eventually { restarted.meshLinkHealth.first?.connected == true })
+            #expect(remote.count == 0)
+        }
+        await far.close()
+        await restarted.close()
+        await b.close()
+        #expect(!FileManager.default.fileExists(atPath: file), "the close had nothing to keep")
+    }
+
     @Test("a downstream away while 5,000 frames are forwarded to it (a second of a busy source): the default queue and the link's buffer keep every one, and a function there gets them all")
     func downstreamAwayUnderTraffic() async throws {
         let portA = try await freePort(), portB = try await freePort()
