@@ -82,6 +82,19 @@ struct MeshLogicTests {
         #expect(routes.destinations(tag: 0x33, target: nil).isEmpty)
     }
 
+    @Test("a mesh kept frames file is named after its downstream, bytes a file name cannot hold escaped, and reads back as written")
+    func keptFile() {
+        #expect(MeshKeptFile.path(besides: "/var/lib/yomo/functions.yaml", downstream: "zipper-b.eu_1") == "/var/lib/yomo/functions.yaml.mesh-zipper-b.eu_1")
+        #expect(MeshKeptFile.fileName("a/b c%é") == "a%2Fb%20c%25%C3%A9")
+        let frames = (0..<3).map { DataFrame(tag: 0x40 + UInt32($0), metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: "frame-\($0)")) }
+        let decoded = MeshKeptFile.decode(MeshKeptFile.encode(frames, closedAt: 1_764_876_543_210))
+        #expect(decoded?.closedAt == 1_764_876_543_210)
+        #expect(decoded?.frames.map { String(buffer: $0.payload) } == ["frame-0", "frame-1", "frame-2"])
+        #expect(decoded?.frames.map(\.tag) == [0x40, 0x41, 0x42])
+        // The held frames file's header is not this one's: neither is taken for the other.
+        #expect(HeldFramesFile.decode(MeshKeptFile.encode(frames, closedAt: 1)) == nil)
+    }
+
     @Test("the per-downstream queue is bounded in frames and bytes; drops counted, logged once per burst")
     func backlog() {
         var backlog = MeshBacklog(limits: .init(maximumFrames: 4, maximumBytes: 1 << 20))
@@ -406,9 +419,16 @@ struct MeshLoopbackTests {
         #expect(FileManager.default.fileExists(atPath: file) == functionsFile)
         #expect(a.statistics.meshDroppedFrames == 0, "\(a.statistics)")
 
+        // What a run kept for a downstream since taken out of the mesh is dropped, not left behind.
+        let gone = MeshKeptFile.path(besides: directory + "/functions.yaml", downstream: "gone")
+        if functionsFile {
+            let frame = DataFrame(tag: 0x37, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: "for-gone"))
+            #expect(FileManager.default.createFile(atPath: gone, contents: Data(MeshKeptFile.encode([frame], closedAt: HeldFramesFile.now()))))
+        }
         let restarted = Zipper(configuration: configuration, options: options)
         try await restarted.start()
         #expect(restarted.meshLinkHealth.first?.queuedFrames == (functionsFile ? 20 : 0))
+        #expect(!FileManager.default.fileExists(atPath: gone))
         let b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
         let (far, remote) = try await Self.farFunction(port: portB, tag: 0x37)
