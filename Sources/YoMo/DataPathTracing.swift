@@ -186,6 +186,15 @@ struct DataPathTracer: Sendable {
 
     private static func outageSpanName(_ meshLink: Bool) -> String { meshLink ? "mesh link outage" : "client outage" }
 
+    /// A frame a zipper's previous run kept for a mesh downstream at its
+    /// close (`MeshKeptFile`), as this run's link takes it: its wait since
+    /// that close, recorded as a `mesh link outage` span (reason
+    /// `kept_at_close`) under the frame's parent, the previous run's span.
+    func keptFrame(_ frame: DataFrame, waited: Duration) -> DataFrame {
+        waitedFrame(frame, span: Self.outageSpanName(true), waited: waited, attributes: FixedAttributes(
+            .init("yomo.outage.reason", .string("kept_at_close")), .init("send_data_tag", .int64(Int64(frame.tag)))))
+    }
+
     private static func outageAttributes(_ frame: DataFrame, resent: Bool) -> FixedAttributes {
         FixedAttributes(.init("yomo.outage.reason", .string(resent ? "resent" : "buffered")), .init("send_data_tag", .int64(Int64(frame.tag))))
     }

@@ -23,6 +23,8 @@ struct MeshBacklog {
     struct Queued {
         var frame: DataFrame
         var queuedAt: ContinuousClock.Instant
+        /// Kept by the previous run's close (`queuedAt`: that close's time).
+        var restored = false
     }
 
     let limits: ZipperConfiguration.MeshQueue
@@ -84,11 +86,11 @@ struct MeshBacklog {
         return frames.map(\.frame)
     }
 
-    /// A frame the previous run kept (`MeshKeptFile`): queued whatever the
-    /// limits, since it was accepted within them (by the queue or the link's
-    /// client, so at most twice them in all).
-    mutating func restore(_ frame: DataFrame, at now: ContinuousClock.Instant) {
-        frames.append(Queued(frame: frame, queuedAt: now))
+    /// A frame the previous run kept (`MeshKeptFile`), which closed at
+    /// `closedAt`: queued whatever the limits, since it was accepted within
+    /// them (by the queue or the link's client, so at most twice them in all).
+    mutating func restore(_ frame: DataFrame, closedAt: ContinuousClock.Instant) {
+        frames.append(Queued(frame: frame, queuedAt: closedAt, restored: true))
         bytes += frame.encodedLength
     }
 }
@@ -293,7 +295,13 @@ final class MeshLink: Sendable {
             group.addTask { await self.keepConnected() }
             group.addTask { await self.removeKeptFileOnceSettled() }
             while let queued = await next() {
-                let frame = queued.frame
+                var frame = queued.frame
+                var waitingSince = queued.queuedAt
+                if queued.restored {
+                    // Its wait across the restart in its trace; a wait for the link after that is its own.
+                    frame = tracing.keptFrame(frame, waited: .now - queued.queuedAt)
+                    waitingSince = .now
+                }
                 guard let client = await nextClient() else {
                     if keepAtClose([frame]) {
                         state.withLock { $0.passed += 1 }
@@ -305,7 +313,7 @@ final class MeshLink: Sendable {
                 do {
                     // Awaits only this link: a slow downstream fills its own queue.
                     // Held while the link reconnects, it waits from when it was queued.
-                    let mark = try await client.sendMarked(frame, waitingSince: queued.queuedAt)
+                    let mark = try await client.sendMarked(frame, waitingSince: waitingSince)
                     let sentAt = ContinuousClock.now
                     state.withLock { state in
                         state.passed += 1
@@ -457,9 +465,10 @@ final class MeshLink: Sendable {
             MeshKeptFile.remove(keptFile)
             return nil
         }
-        let now = ContinuousClock.now
+        // The wall clock is the only one two runs share: the close's time on this run's clock.
+        let closed = ContinuousClock.now - .milliseconds(max(0, HeldFramesFile.now() - closedAt))
         state.withLock { state in
-            for frame in frames { state.backlog.restore(frame, at: now) }
+            for frame in frames { state.backlog.restore(frame, closedAt: closed) }
             state.accepted += frames.count
             state.restoredThrough = state.accepted
         }

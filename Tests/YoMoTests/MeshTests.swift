@@ -630,6 +630,51 @@ struct MeshLoopbackTests {
         #expect(parents.items.first == wait.context.spanID.description, "b's hops follow the wait")
     }
 
+    @Test("a frame an upstream's close kept for its downstream shows the wait across the restart in its trace: a mesh link outage span (kept_at_close) under the previous run's zipper span, from the close, which the downstream's hops follow")
+    func keptFrameTrace() async throws {
+        let directory = try makeTemporaryDirectory("yomo-test-mesh-kept-trace-")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let portA = try await freePort(), portB = try await freePort()
+        let configuration = ZipperConfiguration(
+            name: "a", host: "127.0.0.1", port: portA, authentication: .token("mesh"), functionsFile: directory + "/functions.yaml",
+            mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")], unroutedHold: .off)
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        var options = Zipper.Options(logger: Logger(label: "test.a"), tracerProvider: provider)
+        options.shutdownTimeout = .milliseconds(500)
+        let a = Zipper(configuration: configuration, options: options)
+        try await a.start()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        try await source.write(tag: 0x37, data: Array("kept".utf8))
+        #expect(await eventually { a.meshLinkHealth.first?.queuedFrames == 1 })
+        await source.close()
+        await a.close()
+        let closedAt = wallClockNanoseconds()
+
+        let restarted = Zipper(configuration: configuration, options: options)
+        try await restarted.start()
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let parents = Inbox<String>()
+        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x37], credential: "token:mesh"))
+        far.setHandler { ctx in parents.append(ctx.metadata(Metadata.ReservedKey.spanID) ?? "") }
+        try await far.connect()
+        #expect(await parents.wait(for: 1, timeout: .seconds(30)))
+        await far.close()
+        await restarted.close()
+        await b.close()
+        let zipperSpan = try #require(exporter.spans.first { $0.name == "zipper endpoint" })
+        let kept = try #require(exporter.spans.first { $0.name == "mesh link outage" && $0.attributes.get("yomo.outage.reason") == .string("kept_at_close") },
+                                "\(exporter.spans.map(\.name))")
+        #expect(kept.parentSpanID == zipperSpan.context.spanID && kept.context.traceID == zipperSpan.context.traceID)
+        #expect(kept.startTimeNanoseconds <= closedAt && kept.startTimeNanoseconds >= zipperSpan.startTimeNanoseconds, "from the close")
+        #expect(kept.endTimeNanoseconds > closedAt)
+        // b's hops follow it, or a wait for the link that came after it.
+        let waitAfter = exporter.spans.first { $0.name == "mesh link outage" && $0.parentSpanID == kept.context.spanID }
+        #expect(parents.items.first == (waitAfter ?? kept).context.spanID.description)
+    }
+
     @Test("a frame that waited in a mesh link's queue behind a stuck write and then for the link to reconnect: its mesh link outage span starts when it was queued")
     func linkOutageFromQueueEntry() async throws {
         let portA = try await freePort(), portB = try await freePort()
