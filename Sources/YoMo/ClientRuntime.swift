@@ -1397,6 +1397,15 @@ final class ClientRuntime: Sendable {
         return carried.session.isSettled(through: carried.through)
     }
 
+    /// Whether the zipper's QUIC stack acknowledged the frame `mark` follows
+    /// on the connection it was written to, and that connection is still up:
+    /// the zipper has it, and its receipt waits on the zipper's own rules (a
+    /// function's pace, its hold), not on the path.
+    func isAcknowledgedOnLiveConnection(_ mark: DeliveryMark) -> Bool {
+        guard let connection = mark.session?.connection.connection, connection.closeReason == nil else { return false }
+        return connection.acknowledgedBytes >= mark.end
+    }
+
     /// Where the frames written so far end: on the current connection, or,
     /// with none, what the next one carries.
     func currentMark() -> DeliveryMark {

@@ -515,11 +515,21 @@ final class MeshLink: Sendable {
 /// counted as settled once queued, and a zipper that crashed lost what its
 /// links had not yet delivered.
 extension MeshLink: DeliveryProgress {
-    /// Accepted frames settled, all of them before too (or sent longer ago than `receiptPatience`).
+    /// Accepted frames settled, all of them before too (or sent longer ago
+    /// than `receiptPatience` and not acknowledged by the downstream on a
+    /// connection still up: a downstream that has a frame settles it by its
+    /// own rules, its functions' pace or its hold, and the sender keeps it
+    /// meanwhile, as it keeps a local function's backlog). Until the
+    /// forty-eighth round of issue 14 the patience let go of those too: the
+    /// senders of a downstream whose function worked off seconds of backlog
+    /// forgot its frames after 5 s, and a crash of this zipper and then of
+    /// the downstream lost them.
     var acknowledgedBytes: Int {
         let patientSince = ContinuousClock.now - receiptPatience
         // The client's lock, not under the link's.
-        while let first = state.withLock({ $0.unsettled.first }), first.sentAt < patientSince || first.client.isSettled(first.mark) {
+        while let first = state.withLock({ $0.unsettled.first }),
+              first.client.isSettled(first.mark)
+                || (first.sentAt < patientSince && !first.client.isAcknowledgedOnLiveConnection(first.mark)) {
             state.withLock { state in
                 if state.unsettled.first?.index == first.index { state.unsettled.removeFirst() }
             }

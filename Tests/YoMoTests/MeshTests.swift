@@ -448,6 +448,48 @@ struct MeshLoopbackTests {
         #expect(!FileManager.default.fileExists(atPath: file), "the close had nothing to keep")
     }
 
+    @Test("a downstream that is up and has the frames, its function behind: the link's patience does not let its senders forget them; they do once the function takes them")
+    func patienceSparesWhatTheDownstreamHas() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let gate = Atomic<Bool>(false)
+        let handled = Inbox<String>()
+        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(
+            observedTags: [0x38], credential: "token:mesh", handlerConcurrency: 1))
+        far.setHandler { ctx in
+            while !gate.load(ordering: .relaxed) { try? await Task.sleep(for: .milliseconds(5)) }
+            handled.append(String(decoding: ctx.data, as: UTF8.self))
+        }
+        try await far.connect()
+        var configuration = ZipperConfiguration(
+            name: "a", host: "127.0.0.1", port: portA, authentication: .token("mesh"),
+            mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")])
+        configuration.unroutedHold = .off
+        var options = Zipper.Options(logger: Logger(label: "test.a"))
+        let patience = Duration.milliseconds(300)
+        options.meshReceiptPatience = patience
+        let a = Zipper(configuration: configuration, options: options)
+        try await a.start()
+        #expect(await eventually { a.meshLinkHealth.first?.connected == true })
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        let texts = (0..<10).map { "behind-\($0)" }
+        for text in texts { try await source.write(tag: 0x38, data: Array(text.utf8)) }
+        // b has them all (the link sent and b acknowledged them); its function holds the first.
+        #expect(await eventually { a.meshLinkHealth.first.map { $0.sentFrames == 10 && $0.queuedFrames == 0 } == true })
+        let sent = ContinuousClock.now
+        try await Task.sleep(until: sent + patience * 3, clock: .continuous)
+        #expect(source.client.keptFrames >= 8, "the source forgot what b's function had not taken: kept \(source.client.keptFrames)")
+        gate.store(true, ordering: .relaxed)
+        #expect(await handled.wait(for: 10, timeout: .seconds(20)))
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept: \(source.client.keptFrames)")
+        await source.close()
+        await far.close()
+        await a.close()
+        await b.close()
+    }
+
     @Test("a downstream away while 5,000 frames are forwarded to it (a second of a busy source): the default queue and the link's buffer keep every one, and a function there gets them all")
     func downstreamAwayUnderTraffic() async throws {
         let portA = try await freePort(), portB = try await freePort()
