@@ -425,7 +425,8 @@ final class MeshLink: Sendable {
     /// the file when it kept nothing (what an earlier run kept was
     /// delivered, or is among what is kept now). Returns the frames kept.
     func keepForNextStart() throws(YoMoError) -> Int {
-        guard let keptFile else { return 0 }
+        // A zipper closed without having served (its bind failed) leaves the file as it found it.
+        guard let keptFile, state.withLock({ $0.closed }) else { return 0 }
         let frames = state.withLock { state in
             defer { state.keptAtClose = [] }
             return state.keptAtClose

@@ -151,6 +151,16 @@ struct MeshLoopbackTests {
         return (zipper, exporter)
     }
 
+    /// A stream function "far" at the zipper on `port`, collecting the span id
+    /// each frame of `tag` names as its parent (the hop before it).
+    static func parentRecordingFunction(port: Int, tag: UInt32) async throws -> (StreamFunction, Inbox<String>) {
+        let parents = Inbox<String>()
+        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(port)", options: .init(observedTags: [tag], credential: "token:mesh"))
+        far.setHandler { ctx in parents.append(ctx.metadata(Metadata.ReservedKey.spanID) ?? "") }
+        try await far.connect()
+        return (far, parents)
+    }
+
     /// A stream function "far" at the zipper on `port`, collecting the text of each frame of `tag`.
     static func farFunction(port: Int, tag: UInt32, retryConnect: Bool = false, handlerConcurrency: Int? = nil) async throws -> (StreamFunction, Inbox<String>) {
         let received = Inbox<String>()
@@ -448,6 +458,26 @@ struct MeshLoopbackTests {
         #expect(!FileManager.default.fileExists(atPath: file), "the close had nothing to keep")
     }
 
+    @Test("a zipper whose start failed (its port taken) and that is closed leaves the previous run's mesh kept frames file for the next start")
+    func failedStartKeepsTheFile() async throws {
+        let directory = try makeTemporaryDirectory("yomo-test-mesh-kept-failed-")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let occupant = Self.zipper("occupant", port: 0, mesh: [])
+        try await occupant.start()
+        let port = try #require(occupant.port)
+        let configuration = ZipperConfiguration(
+            name: "a", host: "127.0.0.1", port: port, authentication: .token("mesh"), functionsFile: directory + "/functions.yaml",
+            mesh: [.init(name: "b", host: "127.0.0.1", port: try await freePort(), credential: "token:mesh")])
+        let file = MeshKeptFile.path(besides: directory + "/functions.yaml", downstream: "b")
+        let frame = DataFrame(tag: 0x37, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: "kept"))
+        #expect(FileManager.default.createFile(atPath: file, contents: Data(MeshKeptFile.encode([frame], closedAt: HeldFramesFile.now()))))
+        let a = Zipper(configuration: configuration, options: .init(logger: Logger(label: "test.a")))
+        await #expect(throws: (any Error).self) { try await a.start() }
+        await a.close()
+        #expect(FileManager.default.fileExists(atPath: file))
+        await occupant.close()
+    }
+
     @Test("a downstream that is up and has the frames, its function behind: the link's patience does not let its senders forget them; they do once the function takes them")
     func patienceSparesWhatTheDownstreamHas() async throws {
         let portA = try await freePort(), portB = try await freePort()
@@ -656,10 +686,7 @@ struct MeshLoopbackTests {
         // b untraced: the function sees the parent the link wrote.
         let b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
-        let parents = Inbox<String>()
-        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x37], credential: "token:mesh"))
-        far.setHandler { ctx in parents.append(ctx.metadata(Metadata.ReservedKey.spanID) ?? "") }
-        try await far.connect()
+        let (far, parents) = try await Self.parentRecordingFunction(port: portB, tag: 0x37)
         #expect(await parents.wait(for: 1, timeout: .seconds(30)))
         await source.close()
         await far.close()
@@ -698,10 +725,7 @@ struct MeshLoopbackTests {
         try await restarted.start()
         let b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
-        let parents = Inbox<String>()
-        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x37], credential: "token:mesh"))
-        far.setHandler { ctx in parents.append(ctx.metadata(Metadata.ReservedKey.spanID) ?? "") }
-        try await far.connect()
+        let (far, parents) = try await Self.parentRecordingFunction(port: portB, tag: 0x37)
         #expect(await parents.wait(for: 1, timeout: .seconds(30)))
         await far.close()
         await restarted.close()
