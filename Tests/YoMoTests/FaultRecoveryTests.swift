@@ -769,13 +769,26 @@ struct FaultRecoveryTests {
         try await sfn.connect()
         #expect(FileManager.default.fileExists(atPath: key), "the key file was made")
 
-        await zipper.kill()
-        try zipper.restart()
         // The function sends nothing but keep-alives (every 1 s): the restarted
-        // zipper answers one with a reset the function recognises.
-        #expect(await errors.wait(for: 1, timeout: .seconds(4)), "lost connection noticed well inside the 5 s idle timeout")
-        let lost = try #require(errors.items.first)
-        #expect(lost.message.contains("stateless reset"), "\(lost)")
+        // zipper answers one with a reset the function recognises. One sent
+        // between the kill and the restart's bind meets a closed port instead
+        // (ICMP: connection refused; one CI run in the forty-eighth round):
+        // also noticed at once, and the function redials; the kill and
+        // restart are then done again, at most three times in all.
+        var byReset = false
+        for _ in 0..<3 where !byReset {
+            let before = errors.count
+            await zipper.kill()
+            try zipper.restart()
+            #expect(await errors.wait(for: before + 1, timeout: .seconds(4)), "lost connection noticed well inside the 5 s idle timeout")
+            let lost = try #require(errors.items.dropFirst(before).first)
+            byReset = lost.message.contains("stateless reset")
+            if !byReset {
+                #expect(lost.message.contains("Connection refused"), "\(lost)")
+                #expect(await eventually(within: .seconds(10)) { sfn.client.isConnected }, "back on the restarted zipper")
+            }
+        }
+        #expect(byReset, "\(errors.items)")
 
         let source = Source(name: "after-restart", zipper: address, options: .init(reconnect: reconnectFast, retryConnect: true))
         try await source.connect()
