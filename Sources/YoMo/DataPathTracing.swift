@@ -191,12 +191,15 @@ struct DataPathTracer: Sendable {
     /// that close, recorded as a `mesh link outage` span (reason
     /// `kept_at_close`) under the frame's parent, the previous run's span.
     func keptFrame(_ frame: DataFrame, waited: Duration) -> DataFrame {
-        waitedFrame(frame, span: Self.outageSpanName(true), waited: waited, attributes: FixedAttributes(
-            .init("yomo.outage.reason", .string("kept_at_close")), .init("send_data_tag", .int64(Int64(frame.tag)))))
+        waitedFrame(frame, span: Self.outageSpanName(true), waited: waited, attributes: Self.outageAttributes(frame, reason: "kept_at_close"))
     }
 
     private static func outageAttributes(_ frame: DataFrame, resent: Bool) -> FixedAttributes {
-        FixedAttributes(.init("yomo.outage.reason", .string(resent ? "resent" : "buffered")), .init("send_data_tag", .int64(Int64(frame.tag))))
+        outageAttributes(frame, reason: resent ? "resent" : "buffered")
+    }
+
+    private static func outageAttributes(_ frame: DataFrame, reason: StaticString) -> FixedAttributes {
+        FixedAttributes(.init("yomo.outage.reason", .string(reason)), .init("send_data_tag", .int64(Int64(frame.tag))))
     }
 
     /// A frame a client held while it reconnected, dropped (`cause`): the span

@@ -303,11 +303,7 @@ final class MeshLink: Sendable {
                     waitingSince = .now
                 }
                 guard let client = await nextClient() else {
-                    if keepAtClose([frame]) {
-                        state.withLock { $0.passed += 1 }
-                    } else {
-                        dropTaken(frame, why: "the link closed")
-                    }
+                    keepOrDrop(frame, why: "the link closed")
                     continue
                 }
                 do {
@@ -322,15 +318,21 @@ final class MeshLink: Sendable {
                     }
                     delivered()
                 } catch {
-                    // Reconnecting with a full outage buffer, or the client ended
-                    // (at the close, kept for the next start when it can be).
-                    if keepAtClose([frame]) {
-                        state.withLock { $0.passed += 1 }
-                    } else {
-                        dropTaken(frame, why: "\(error)")
-                    }
+                    // Reconnecting with a full outage buffer, or the client ended.
+                    keepOrDrop(frame, why: "\(error)")
                 }
             }
+        }
+    }
+
+    /// A frame taken from the queue that no client sent: kept for the next
+    /// start at the close (`keepAtClose`), else dropped (counted, its trace
+    /// ended). Either way it has passed the queue.
+    private func keepOrDrop(_ frame: DataFrame, why: String) {
+        if keepAtClose([frame]) {
+            state.withLock { $0.passed += 1 }
+        } else {
+            dropTaken(frame, why: why)
         }
     }
 

@@ -937,12 +937,14 @@ public final class Zipper: Sendable {
                 ])
             }
         }
-        let directory = functionsFile.lastIndex(of: "/").map { String(functionsFile[..<$0]) } ?? "."
-        let prefix = String(functionsFile.split(separator: "/", omittingEmptySubsequences: false).last ?? "") + MeshKeptFile.infix
+        // The functions file's directory, with its slash, and its name: the kept files' prefix.
+        let slash = functionsFile.lastIndex(of: "/")
+        let directory = slash.map { String(functionsFile[...$0]) } ?? "./"
+        let prefix = String(functionsFile[(slash.map(functionsFile.index(after:)) ?? functionsFile.startIndex)...]) + MeshKeptFile.infix
         let configured = Set(links.map { MeshKeptFile.fileName($0.peer.name) })
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.isEmpty ? "/" : directory)) ?? []
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         for name in names where name.hasPrefix(prefix) && !configured.contains(String(name.dropFirst(prefix.count))) {
-            let path = (directory.isEmpty ? "" : directory) + "/" + name
+            let path = directory + name
             let frames = (try? readWholeFile(path, maximumBytes: 2 * configuration.meshQueue.maximumBytes + (1 << 20), what: "mesh kept frames file")).flatMap { $0.flatMap(MeshKeptFile.decode) }?.frames.count
             MeshKeptFile.remove(path)
             logger.warning("frames the previous run kept for a mesh downstream no longer in the mesh are dropped", metadata: [

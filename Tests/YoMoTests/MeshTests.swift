@@ -137,6 +137,19 @@ struct MeshLoopbackTests {
             options: .init(logger: logger ?? Logger(label: "test.\(name)"), tracerProvider: tracerProvider, meterProvider: meterProvider))
     }
 
+    /// Zipper "a" on `port` with a mesh link to "b" on `downstreamPort`.
+    static func upstreamConfiguration(port: Int, downstreamPort: Int, functionsFile: String? = nil) -> ZipperConfiguration {
+        ZipperConfiguration(
+            name: "a", host: "127.0.0.1", port: port, authentication: .token("mesh"), functionsFile: functionsFile,
+            mesh: [.init(name: "b", host: "127.0.0.1", port: downstreamPort, credential: "token:mesh")])
+    }
+
+    /// A mesh kept frames file at `path`, as a close would have written it: one frame of tag 0x37.
+    static func writeKeptFile(_ path: String, payload: String) -> Bool {
+        let frame = DataFrame(tag: 0x37, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: payload))
+        return FileManager.default.createFile(atPath: path, contents: Data(MeshKeptFile.encode([frame], closedAt: HeldFramesFile.now())))
+    }
+
     /// Zipper "a" on `port`, started, with a mesh link to "b" on
     /// `downstreamPort`, its spans kept in the exporter returned.
     static func tracedUpstream(
@@ -260,9 +273,8 @@ struct MeshLoopbackTests {
         let portA = try await freePort(), portB = try await freePort()
         let b = try ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
         // No hold at a: what it forwards is only in its link.
-        var configuration = ZipperConfiguration(
-            name: "a", host: "127.0.0.1", port: portA, authentication: .token("mesh"),
-            mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")], deliveryReceipts: receipts)
+        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB)
+        configuration.deliveryReceipts = receipts
         configuration.unroutedHold = .off
         let a = Zipper(configuration: configuration, options: .init(logger: Logger(label: "test.a")))
         try await a.start()
@@ -303,9 +315,7 @@ struct MeshLoopbackTests {
         let portA = try await freePort(), portB = try await freePort()
         let b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
-        var configuration = ZipperConfiguration(
-            name: "a", host: "127.0.0.1", port: portA, authentication: .token("mesh"),
-            mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")])
+        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB)
         // A hold far longer than the wait below: a receipt that waited for it would not come.
         configuration.unroutedHold = .init(duration: .seconds(120))
         let a = Zipper(configuration: configuration, options: .init(logger: Logger(label: "test.a")))
@@ -367,9 +377,7 @@ struct MeshLoopbackTests {
     @Test("a downstream that stays down holds back its senders' receipts only for the link's patience: then the source forgets what the local function has, while the link keeps it for the downstream and delivers it once it is up")
     func downstreamDownForLong() async throws {
         let portA = try await freePort(), portB = try await freePort()
-        var configuration = ZipperConfiguration(
-            name: "a", host: "127.0.0.1", port: portA, authentication: .token("mesh"),
-            mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")])
+        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB)
         configuration.unroutedHold = .off
         var options = Zipper.Options(logger: Logger(label: "test.a"))
         options.meshReceiptPatience = .milliseconds(300)
@@ -406,10 +414,8 @@ struct MeshLoopbackTests {
         let directory = try makeTemporaryDirectory("yomo-test-mesh-kept-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let portA = try await freePort(), portB = try await freePort()
-        var configuration = ZipperConfiguration(
-            name: "a", host: "127.0.0.1", port: portA, authentication: .token("mesh"),
-            functionsFile: functionsFile ? directory + "/functions.yaml" : nil,
-            mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")])
+        var configuration = Self.upstreamConfiguration(
+            port: portA, downstreamPort: portB, functionsFile: functionsFile ? directory + "/functions.yaml" : nil)
         configuration.unroutedHold = .off
         var options = Zipper.Options(logger: Logger(label: "test.a"))
         options.meshReceiptPatience = .milliseconds(300)
@@ -432,8 +438,7 @@ struct MeshLoopbackTests {
         // What a run kept for a downstream since taken out of the mesh is dropped, not left behind.
         let gone = MeshKeptFile.path(besides: directory + "/functions.yaml", downstream: "gone")
         if functionsFile {
-            let frame = DataFrame(tag: 0x37, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: "for-gone"))
-            #expect(FileManager.default.createFile(atPath: gone, contents: Data(MeshKeptFile.encode([frame], closedAt: HeldFramesFile.now()))))
+            #expect(Self.writeKeptFile(gone, payload: "for-gone"))
         }
         let restarted = Zipper(configuration: configuration, options: options)
         try await restarted.start()
@@ -465,12 +470,9 @@ struct MeshLoopbackTests {
         let occupant = Self.zipper("occupant", port: 0, mesh: [])
         try await occupant.start()
         let port = try #require(occupant.port)
-        let configuration = ZipperConfiguration(
-            name: "a", host: "127.0.0.1", port: port, authentication: .token("mesh"), functionsFile: directory + "/functions.yaml",
-            mesh: [.init(name: "b", host: "127.0.0.1", port: try await freePort(), credential: "token:mesh")])
+        let configuration = Self.upstreamConfiguration(port: port, downstreamPort: try await freePort(), functionsFile: directory + "/functions.yaml")
         let file = MeshKeptFile.path(besides: directory + "/functions.yaml", downstream: "b")
-        let frame = DataFrame(tag: 0x37, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: "kept"))
-        #expect(FileManager.default.createFile(atPath: file, contents: Data(MeshKeptFile.encode([frame], closedAt: HeldFramesFile.now()))))
+        #expect(Self.writeKeptFile(file, payload: "kept"))
         let a = Zipper(configuration: configuration, options: .init(logger: Logger(label: "test.a")))
         await #expect(throws: (any Error).self) { try await a.start() }
         await a.close()
@@ -492,9 +494,7 @@ struct MeshLoopbackTests {
             handled.append(String(decoding: ctx.data, as: UTF8.self))
         }
         try await far.connect()
-        var configuration = ZipperConfiguration(
-            name: "a", host: "127.0.0.1", port: portA, authentication: .token("mesh"),
-            mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")])
+        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB)
         configuration.unroutedHold = .off
         var options = Zipper.Options(logger: Logger(label: "test.a"))
         let patience = Duration.milliseconds(300)
@@ -704,9 +704,8 @@ struct MeshLoopbackTests {
         let directory = try makeTemporaryDirectory("yomo-test-mesh-kept-trace-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let portA = try await freePort(), portB = try await freePort()
-        let configuration = ZipperConfiguration(
-            name: "a", host: "127.0.0.1", port: portA, authentication: .token("mesh"), functionsFile: directory + "/functions.yaml",
-            mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")], unroutedHold: .off)
+        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB, functionsFile: directory + "/functions.yaml")
+        configuration.unroutedHold = .off
         let exporter = InMemorySpanExporter()
         let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
         var options = Zipper.Options(logger: Logger(label: "test.a"), tracerProvider: provider)
