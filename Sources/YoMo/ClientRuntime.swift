@@ -1397,13 +1397,20 @@ final class ClientRuntime: Sendable {
         return carried.session.isSettled(through: carried.through)
     }
 
-    /// Whether the zipper's QUIC stack acknowledged the frame `mark` follows
-    /// on the connection it was written to, and that connection is still up:
-    /// the zipper has it, and its receipt waits on the zipper's own rules (a
-    /// function's pace, its hold), not on the path.
-    func isAcknowledgedOnLiveConnection(_ mark: DeliveryMark) -> Bool {
-        guard let connection = mark.session?.connection.connection, connection.closeReason == nil else { return false }
-        return connection.acknowledgedBytes >= mark.end
+    /// Whether the frame `mark` follows was written to a connection that is
+    /// still up: the one it was written to, or, that one gone, the newer one
+    /// that carried it. The zipper has it, or will once it reads it, and its
+    /// receipt waits on the zipper's own pace and rules (a function's pace,
+    /// its hold), as a local function's backlog does, not on the path.
+    /// Until the forty-eighth round of issue 14 a mesh link's receipt
+    /// patience let its senders go of such frames too, and until the
+    /// forty-ninth of those written to a connection that carried them or
+    /// not yet acknowledged (a downstream that reads slowly).
+    func isOnLiveConnection(_ mark: DeliveryMark) -> Bool {
+        if let connection = mark.session?.connection.connection, connection.closeReason == nil { return true }
+        let (generation, carried) = state.withLock { ($0.generation, $0.carried) }
+        guard generation > mark.generation, let carried else { return false }
+        return carried.session.connection.connection.closeReason == nil
     }
 
     /// Where the frames written so far end: on the current connection, or,

@@ -190,8 +190,12 @@ struct DataPathTracer: Sendable {
     /// close (`MeshKeptFile`), as this run's link takes it: its wait since
     /// that close, recorded as a `mesh link outage` span (reason
     /// `kept_at_close`) under the frame's parent, the previous run's span.
-    func keptFrame(_ frame: DataFrame, waited: Duration) -> DataFrame {
-        waitedFrame(frame, span: Self.outageSpanName(true), waited: waited, attributes: Self.outageAttributes(frame, reason: "kept_at_close"))
+    /// `spooled`: the previous run ended without closing and the frame is
+    /// one its link's spool kept (reason `spooled`, its wait since the spool began).
+    func keptFrame(_ frame: DataFrame, waited: Duration, spooled: Bool = false) -> DataFrame {
+        waitedFrame(
+            frame, span: Self.outageSpanName(true), waited: waited,
+            attributes: Self.outageAttributes(frame, reason: spooled ? "spooled" : "kept_at_close"))
     }
 
     private static func outageAttributes(_ frame: DataFrame, resent: Bool) -> FixedAttributes {

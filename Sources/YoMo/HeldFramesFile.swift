@@ -21,20 +21,28 @@ enum HeldFramesFile {
 
     static func path(besides functionsFile: String) -> String { functionsFile + ".held" }
 
-    static func encode(_ frames: [DataFrame], closedAt milliseconds: Int64, header: String = header) -> [UInt8] {
+    static func encode(_ frames: [DataFrame], closedAt milliseconds: Int64, header: String = header, note: String = "") -> [UInt8] {
         var buffer = ByteBuffer()
-        buffer.writeString(header + "\(milliseconds)\n")
+        buffer.writeString(header + "\(milliseconds)\(note.isEmpty ? "" : " " + note)\n")
         for frame in frames { frame.encode(into: &buffer) }
         return Array(buffer.readableBytesView)
     }
 
     /// The close's time and the frames; nil for a file that is not one
-    /// (frames after a damaged one are lost with it).
+    /// (frames after a damaged one, or a torn last one, are lost with it).
     static func decode(_ bytes: [UInt8], header: String = header) -> (closedAt: Int64, frames: [DataFrame])? {
+        decodeNoted(bytes, header: header).map { ($0.closedAt, $0.frames) }
+    }
+
+    /// `decode`, with the word the header line may carry after the time.
+    static func decodeNoted(_ bytes: [UInt8], header: String) -> (closedAt: Int64, note: String, frames: [DataFrame])? {
         guard let newline = bytes.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
         let line = String(decoding: bytes[..<newline], as: UTF8.self)
-        guard line.hasPrefix(header), let closedAt = Int64(line.dropFirst(header.count)) else { return nil }
-        return (closedAt, HeldFrames.dataFramesWritten(in: ByteBuffer(bytes: bytes[(newline + 1)...])).map(\.frame))
+        guard line.hasPrefix(header) else { return nil }
+        let words = line.dropFirst(header.count).split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let closedAt = words.first.flatMap({ Int64($0) }) else { return nil }
+        let note = words.count > 1 ? String(words[1]) : ""
+        return (closedAt, note, HeldFrames.dataFramesWritten(in: ByteBuffer(bytes: bytes[(newline + 1)...])).map(\.frame))
     }
 
     static func remove(_ path: String) { unlink(path) }
@@ -56,8 +64,21 @@ enum HeldFramesFile {
 /// header line:
 ///
 ///     yomo-zipper-mesh 1 1764876543210
+///
+/// While the zipper runs, the link appends to it each frame whose senders
+/// its receipt patience lets go of (the spool), so that a crash before the
+/// downstream settles them does not lose them; a file the spool began says
+/// so after its time, which is when it began, and then how many of its
+/// first frames the downstream settled (rewritten in place as they are, so
+/// that a start after a crash does not send them again):
+///
+///     yomo-zipper-mesh 1 1764876543210 spooled 0000000042
 enum MeshKeptFile {
     static let header = "yomo-zipper-mesh 1 "
+    /// The word after the time in a file the spool began.
+    static let spooledNote = "spooled"
+    /// The settled count's digits, the header line's last before its newline.
+    static let settledDigits = 10
     static let infix = ".mesh-"
 
     /// `functionsFile` with `.mesh-` and the downstream's name added, its
@@ -84,8 +105,32 @@ enum MeshKeptFile {
         HeldFramesFile.encode(frames, closedAt: milliseconds, header: header)
     }
 
-    static func decode(_ bytes: [UInt8]) -> (closedAt: Int64, frames: [DataFrame])? {
-        HeldFramesFile.decode(bytes, header: header)
+    /// The header line of a file the spool begins, none of its frames settled.
+    static func spoolHeader(startedAt milliseconds: Int64) -> [UInt8] {
+        encode([], closedAt: milliseconds, note: spooledNote + " " + settledField(0))
+    }
+
+    /// `count` as the header's settled count: `settledDigits` digits, zeros first.
+    static func settledField(_ count: Int) -> String {
+        let digits = String(count)
+        return String(repeating: "0", count: max(0, settledDigits - digits.count)) + digits
+    }
+
+    static func encode(_ frames: [DataFrame], closedAt milliseconds: Int64, note: String) -> [UInt8] {
+        HeldFramesFile.encode(frames, closedAt: milliseconds, header: header, note: note)
+    }
+
+    /// The time of the close (or of the spool's beginning), whether the
+    /// spool began the file, how many of its first frames the downstream
+    /// settled, and the frames (all of them); nil for a file that is not one.
+    static func decode(_ bytes: [UInt8]) -> (closedAt: Int64, spooled: Bool, settled: Int, frames: [DataFrame])? {
+        guard let (closedAt, note, frames) = HeldFramesFile.decodeNoted(bytes, header: header) else { return nil }
+        if note.isEmpty { return (closedAt, false, 0, frames) }
+        let words = note.split(separator: " ")
+        guard words.count == 2, words[0] == spooledNote, words[1].count == settledDigits, let settled = Int(words[1]), settled >= 0 else {
+            return nil
+        }
+        return (closedAt, true, min(settled, frames.count), frames)
     }
 
     static func remove(_ path: String) { unlink(path) }

@@ -159,6 +159,42 @@ func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t, what: S
     }
 }
 
+/// Appends `bytes` to `path`, creating it (and the directories leading to
+/// it) with `header` first; returns the file's size after. Not synced: what
+/// it guards against is the process's end, not the machine's.
+func appendToFile(_ path: String, header: [UInt8], _ bytes: [UInt8], mode: mode_t, what: String) throws(YoMoError) -> Int {
+    func failure(_ action: String) -> YoMoError {
+        YoMoError(.invalidConfiguration, "cannot \(action) \(what) \(path): \(String(cString: strerror(errno)))")
+    }
+    try makeDirectories(leadingTo: path) { failure("create the directory of the") }
+    let descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, mode)
+    guard descriptor >= 0 else { throw failure("open") }
+    defer { close(descriptor) }
+    var status = stat()
+    guard fstat(descriptor, &status) == 0 else { throw failure("examine") }
+    let whole = status.st_size == 0 ? header + bytes : bytes
+    do {
+        try whole.withUnsafeBytes { try writeAll(descriptor, $0) }
+    } catch {
+        let error = failure("append to")
+        // A torn frame would hide every frame appended after it.
+        _ = ftruncate(descriptor, status.st_size)
+        throw error
+    }
+    return Int(status.st_size) + whole.count
+}
+
+/// Writes `bytes` over those at `offset` in the file at `path`, which must exist.
+func overwriteInFile(_ path: String, at offset: Int, _ bytes: [UInt8], what: String) throws(YoMoError) {
+    let descriptor = open(path, O_WRONLY | O_CLOEXEC)
+    guard descriptor >= 0 else { throw YoMoError(.invalidConfiguration, "cannot open \(what) \(path): \(String(cString: strerror(errno)))") }
+    defer { close(descriptor) }
+    let written = bytes.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, off_t(offset)) }
+    guard written == bytes.count else {
+        throw YoMoError(.invalidConfiguration, "cannot write \(what) \(path): \(written < 0 ? String(cString: strerror(errno)) : "short write")")
+    }
+}
+
 /// `mkdir -p` of the directory holding `path`.
 func makeDirectories(leadingTo path: String, _ failure: () -> YoMoError) throws(YoMoError) {
     var directory = ""

@@ -927,10 +927,16 @@ public final class Zipper: Sendable {
         guard let functionsFile = configuration.functionsFile else { return }
         for link in links {
             do throws(YoMoError) {
-                guard let (frames, closedAt) = try link.restoreKept() else { continue }
-                link.logger.info("delivering to the mesh downstream first what the previous run had not", metadata: [
-                    "frames": "\(frames)", "closed_ago": "\(Duration.milliseconds(HeldFramesFile.now() - closedAt))",
-                ])
+                guard let (frames, closedAt, spooled) = try link.restoreKept() else { continue }
+                if spooled {
+                    link.logger.info("delivering to the mesh downstream first what the previous run, which ended without closing, had kept on disk", metadata: [
+                        "frames": "\(frames)", "kept_since": "\(Duration.milliseconds(HeldFramesFile.now() - closedAt))",
+                    ])
+                } else {
+                    link.logger.info("delivering to the mesh downstream first what the previous run had not", metadata: [
+                        "frames": "\(frames)", "closed_ago": "\(Duration.milliseconds(HeldFramesFile.now() - closedAt))",
+                    ])
+                }
             } catch {
                 link.logger.warning("the frames the previous run kept for the mesh downstream cannot be read: they are lost", metadata: [
                     "error": "\(error.message)",
@@ -1622,6 +1628,15 @@ public final class Zipper: Sendable {
 
     /// Each mesh link's state (empty without a mesh).
     var meshLinkHealth: [MeshLinkHealth] { links.map(\.health) }
+
+    func dropMeshLinkConnectionsForTesting() async {
+        for link in links { await link.dropConnectionForTesting() }
+    }
+
+    var meshLinkReconnectsForTesting: [Int] { links.map(\.reconnectsForTesting) }
+
+    /// Each link's records of frames sent and not yet known settled (tests).
+    var meshLinkUnsettledRecords: [Int] { links.map(\.unsettledRecords) }
 
     /// One round of delivery receipts now: what was routed since the last
     /// becomes a checkpoint of its own (tests).

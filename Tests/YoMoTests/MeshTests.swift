@@ -93,6 +93,18 @@ struct MeshLogicTests {
         #expect(decoded?.frames.map(\.tag) == [0x40, 0x41, 0x42])
         // The held frames file's header is not this one's: neither is taken for the other.
         #expect(HeldFramesFile.decode(MeshKeptFile.encode(frames, closedAt: 1)) == nil)
+        #expect(decoded?.spooled == false && decoded?.settled == 0)
+        // A file the spool began: its header's settled count, fixed in width, written over in place.
+        var spooled = MeshKeptFile.spoolHeader(startedAt: 1_764_876_543_210)
+        #expect(String(decoding: spooled, as: UTF8.self) == "yomo-zipper-mesh 1 1764876543210 spooled 0000000000\n")
+        spooled += MeshKeptFile.encode(frames, closedAt: 0).drop { $0 != UInt8(ascii: "\n") }.dropFirst()
+        let count = Array(MeshKeptFile.settledField(2).utf8)
+        spooled.replaceSubrange((spooled.firstIndex(of: UInt8(ascii: "\n"))! - count.count)..., with: count + spooled[spooled.firstIndex(of: UInt8(ascii: "\n"))!...])
+        let counted = MeshKeptFile.decode(spooled)
+        #expect(counted?.spooled == true && counted?.settled == 2 && counted?.closedAt == 1_764_876_543_210)
+        #expect(counted?.frames.map { String(buffer: $0.payload) } == ["frame-0", "frame-1", "frame-2"])
+        #expect(MeshKeptFile.decode(Array("yomo-zipper-mesh 1 5 spooled 12\n".utf8)) == nil, "a count not of its width")
+        #expect(MeshKeptFile.decode(Array("yomo-zipper-mesh 1 5 kept\n".utf8)) == nil, "a note not known")
     }
 
     @Test("the per-downstream queue is bounded in frames and bytes; drops counted, logged once per burst")
@@ -480,8 +492,9 @@ struct MeshLoopbackTests {
         await occupant.close()
     }
 
-    @Test("a downstream that is up and has the frames, its function behind: the link's patience does not let its senders forget them; they do once the function takes them")
-    func patienceSparesWhatTheDownstreamHas() async throws {
+    @Test("a downstream that is up and has the frames, its function behind: the link's patience does not let its senders forget them, nor after the link's connection was cut for a moment and the next one carried them; they do once the function takes them",
+          arguments: [false, true])
+    func patienceSparesWhatTheDownstreamHas(cut: Bool) async throws {
         let portA = try await freePort(), portB = try await freePort()
         let b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
@@ -508,6 +521,12 @@ struct MeshLoopbackTests {
         for text in texts { try await source.write(tag: 0x38, data: Array(text.utf8)) }
         // b has them all (the link sent and b acknowledged them); its function holds the first.
         #expect(await eventually { a.meshLinkHealth.first.map { $0.sentFrames == 10 && $0.queuedFrames == 0 } == true })
+        if cut {
+            // Older than the patience when the link loses its connection for a moment (its redial's delay).
+            try await Task.sleep(for: patience * 2)
+            await a.dropMeshLinkConnectionsForTesting()
+            #expect(await eventually { a.meshLinkReconnectsForTesting == [1] && a.meshLinkHealth.first?.connected == true })
+        }
         let sent = ContinuousClock.now
         try await Task.sleep(until: sent + patience * 3, clock: .continuous)
         #expect(source.client.keptFrames >= 8, "the source forgot what b's function had not taken: kept \(source.client.keptFrames)")
@@ -739,6 +758,160 @@ struct MeshLoopbackTests {
         // b's hops follow it, or a wait for the link that came after it.
         let waitAfter = exporter.spans.first { $0.name == "mesh link outage" && $0.parentSpanID == kept.context.spanID }
         #expect(parents.items.first == (waitAfter ?? kept).context.spanID.description)
+    }
+
+    @Test("what the link's patience lets its sources forget is on disk first (the spool): a zipper that ends without closing (its files as they were then) leaves them to its next start, which delivers each once, traced as spooled, and removes the file once settled")
+    func spoolKeepsWhatPatienceLetsGo() async throws {
+        let directory = try makeTemporaryDirectory("yomo-test-mesh-spool-")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let portA = try await freePort(), portB = try await freePort()
+        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB, functionsFile: directory + "/run1/functions.yaml")
+        configuration.unroutedHold = .off
+        let exporter = InMemorySpanExporter()
+        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        var options = Zipper.Options(logger: Logger(label: "test.a"), tracerProvider: provider)
+        options.meshReceiptPatience = .milliseconds(300)
+        options.shutdownTimeout = .milliseconds(500)
+        let a = Zipper(configuration: configuration, options: options)
+        try await a.start()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        let texts = (0..<20).map { "spooled-\($0)" }
+        for text in texts { try await source.write(tag: 0x3b, data: Array(text.utf8)) }
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept: \(source.client.keptFrames)")
+        // The source forgot them: the file has every one, as a kill -9 now would leave it.
+        let file = MeshKeptFile.path(besides: directory + "/run1/functions.yaml", downstream: "b")
+        let spool = try #require(FileManager.default.contents(atPath: file).flatMap { MeshKeptFile.decode(Array($0)) })
+        #expect(spool.spooled)
+        #expect(spool.frames.map { String(buffer: $0.payload) } == texts)
+        let crashed = directory + "/run2/functions.yaml"
+        try FileManager.default.createDirectory(atPath: directory + "/run2", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: file, toPath: MeshKeptFile.path(besides: crashed, downstream: "b"))
+        await source.close()
+        // The first run goes (its close keeps its frames in its own file): only the second delivers.
+        await a.close()
+
+        configuration.functionsFile = crashed
+        configuration.port = try await freePort()
+        let restarted = Zipper(configuration: configuration, options: options)
+        try await restarted.start()
+        #expect(await eventually { restarted.meshLinkHealth.first?.queuedFrames == texts.count })
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let (far, remote) = try await Self.farFunction(port: portB, tag: 0x3b)
+        #expect(await eventually { Set(remote.items).isSuperset(of: texts) }, "\(remote.items)")
+        #expect(await eventually { !FileManager.default.fileExists(atPath: MeshKeptFile.path(besides: crashed, downstream: "b")) },
+                "removed once b settled them")
+        #expect(remote.count == texts.count, "each once: \(remote.items)")
+        await far.close()
+        await restarted.close()
+        await b.close()
+        let firstRun = Set(exporter.spans.filter { $0.name == "zipper endpoint" }.map(\.context.spanID))
+        let spooled = exporter.spans.filter { $0.name == "mesh link outage" && $0.attributes.get("yomo.outage.reason") == .string("spooled") }
+        #expect(spooled.count == texts.count, "\(exporter.spans.map(\.name))")
+        #expect(spooled.allSatisfy { $0.parentSpanID.map(firstRun.contains) == true }, "under the first run's zipper spans")
+    }
+
+    @Test("a spool file counts in its header the frames from its start the downstream settled: after a crash, a start sends the rest, and a start after another crash only what is still not settled")
+    func spoolCountsWhatTheDownstreamSettled() async throws {
+        let directory = try makeTemporaryDirectory("yomo-test-mesh-spool-count-")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let portA = try await freePort(), portB = try await freePort()
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let (far, remote) = try await Self.farFunction(port: portB, tag: 0x3b)
+        let gate = Gate()
+        var stalled = stalledOptions(tags: [0x3e])
+        stalled.credential = "token:mesh"
+        let stuck = StreamFunction(name: "stuck", zipper: "127.0.0.1:\(portB)", options: stalled)
+        stuck.setHandler { _ in await gate.wait() }
+        try await stuck.connect()
+        // As a crash leaves it: ten frames for the function at b, then ten for one there that takes the first and then nothing.
+        let first = (0..<10).map { "first-\($0)" }, second = (0..<10).map { "second-\($0)" }
+        let frames = first.map { DataFrame(tag: 0x3b, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
+            + second.map { DataFrame(tag: 0x3e, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
+        let file = MeshKeptFile.path(besides: directory + "/run1/functions.yaml", downstream: "b")
+        try FileManager.default.createDirectory(atPath: directory + "/run1", withIntermediateDirectories: true)
+        let header = MeshKeptFile.spoolHeader(startedAt: HeldFramesFile.now())
+        #expect(FileManager.default.createFile(atPath: file, contents: Data(header + MeshKeptFile.encode(frames, closedAt: 0, note: "").drop { $0 != 10 }.dropFirst())))
+        func spool(_ path: String) -> (settled: Int, frames: Int)? {
+            FileManager.default.contents(atPath: path).flatMap { MeshKeptFile.decode(Array($0)) }.map { ($0.settled, $0.frames.count) }
+        }
+        #expect(spool(file).map { $0 == (0, 20) } == true, "\(String(describing: spool(file)))")
+        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB, functionsFile: directory + "/run1/functions.yaml")
+        configuration.unroutedHold = .off
+        var options = Zipper.Options(logger: Logger(label: "test.a"))
+        options.shutdownTimeout = .milliseconds(500)
+        let a = Zipper(configuration: configuration, options: options)
+        try await a.start()
+        #expect(await eventually { Set(remote.items) == Set(first) }, "\(remote.items)")
+        #expect(await eventually { spool(file).map { $0.settled >= 10 } == true }, "\(String(describing: spool(file)))")
+        // A crash now leaves the file as it is.
+        let crashed = directory + "/run2/functions.yaml"
+        try FileManager.default.createDirectory(atPath: directory + "/run2", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: file, toPath: MeshKeptFile.path(besides: crashed, downstream: "b"))
+        let settled = try #require(spool(MeshKeptFile.path(besides: crashed, downstream: "b"))?.settled)
+        #expect(settled < 20, "the stuck function's frames are not all settled")
+        await a.close()
+
+        configuration.functionsFile = crashed
+        let restarted = Zipper(configuration: configuration, options: options)
+        try await restarted.start()
+        // The rest only (b has them from the first run, and gets them again: at least once).
+        #expect(await eventually { restarted.meshLinkHealth.first.map { $0.sentFrames == 20 - settled } == true },
+                "\(String(describing: restarted.meshLinkHealth.first))")
+        #expect(remote.count == first.count, "none of the first sent again: \(remote.items)")
+        gate.open()
+        await stuck.close()
+        await far.close()
+        await restarted.close()
+        await b.close()
+    }
+
+    @Test("a link whose senders ask for no receipts (as Go's sources) forgets each frame once the downstream settled it: its records do not grow with the traffic")
+    func linkForgetsWithoutReceipts() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let (far, remote) = try await Self.farFunction(port: portB, tag: 0x3d)
+        let a = Self.zipper("a", port: portA, mesh: [.init(name: "b", host: "127.0.0.1", port: portB, credential: "token:mesh")])
+        try await a.start()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh", deliveryReceipts: false))
+        try await source.connect()
+        for index in 0..<50 { try await source.write(tag: 0x3d, data: Array("plain-\(index)".utf8)) }
+        #expect(await eventually { remote.count == 50 }, "\(remote.count)")
+        #expect(await eventually { a.meshLinkUnsettledRecords == [0] }, "\(a.meshLinkUnsettledRecords)")
+        await source.close()
+        await far.close()
+        await a.close()
+        await b.close()
+    }
+
+    @Test("a spool that cannot write (its file's path is a directory): said once, and the patience lets the sources go as it did before the spool")
+    func spoolThatCannotWrite() async throws {
+        let directory = try makeTemporaryDirectory("yomo-test-mesh-spool-failed-")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let portA = try await freePort(), portB = try await freePort()
+        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB, functionsFile: directory + "/functions.yaml")
+        configuration.unroutedHold = .off
+        try FileManager.default.createDirectory(atPath: MeshKeptFile.path(besides: directory + "/functions.yaml", downstream: "b"), withIntermediateDirectories: true)
+        let records = Inbox<String>()
+        var options = Zipper.Options(logger: Logger(label: "test.a") { _ in CapturingLogHandler(lines: records) })
+        options.meshReceiptPatience = .milliseconds(300)
+        options.shutdownTimeout = .milliseconds(200)
+        let a = Zipper(configuration: configuration, options: options)
+        try await a.start()
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        for index in 0..<10 { try await source.write(tag: 0x3c, data: Array("unspooled-\(index)".utf8)) }
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept: \(source.client.keptFrames)")
+        let said = "the mesh link cannot keep on disk what its receipt patience lets go"
+        #expect(records.items.filter { $0.contains(said) }.count == 1, "\(records.items)")
+        for index in 10..<20 { try await source.write(tag: 0x3c, data: Array("unspooled-\(index)".utf8)) }
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept: \(source.client.keptFrames)")
+        #expect(records.items.filter { $0.contains(said) }.count == 1, "once: \(records.items)")
+        await source.close()
+        await a.close()
     }
 
     @Test("a frame that waited in a mesh link's queue behind a stuck write and then for the link to reconnect: its mesh link outage span starts when it was queued")
