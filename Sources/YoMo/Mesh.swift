@@ -140,7 +140,12 @@ final class MeshLink: Sendable {
         var closed = false
         /// Frames the queue accepted, and of those the client took or the link dropped.
         var accepted = 0
-        var passed = 0
+        var passed = 0 {
+            didSet { inHandBytes = nil }
+        }
+        /// The bytes of the frame taken from the queue and not yet passed (a
+        /// restored one waits for the link to connect): still waiting, for `health`.
+        var inHandBytes: Int?
         /// The last dropped frame whose drop has a span.
         var lastDropTraced: Exemplar?
         /// Frames the client took and has not settled, in the order taken.
@@ -252,12 +257,13 @@ final class MeshLink: Sendable {
     /// What the link dropped, whether it is connected now, and the frames
     /// waiting for it: in its queue, and held by its client while it reconnects.
     var health: MeshLinkHealth {
-        let (client, backlog, lastDropTraced) = state.withLock { ($0.client, $0.backlog, $0.lastDropTraced) }
+        let (client, backlog, lastDropTraced, inHand) = state.withLock { ($0.client, $0.backlog, $0.lastDropTraced, $0.inHandBytes) }
         // The client's own lock, outside the link's.
         let held = client?.outageStatistics
         return MeshLinkHealth(
             downstream: peer.name, dropped: backlog.dropped, lastDropTraced: lastDropTraced, connected: client?.isConnected ?? false,
-            queuedFrames: backlog.frames.count + (held?.pendingFrames ?? 0), queuedBytes: backlog.bytes + (held?.pendingBytes ?? 0),
+            queuedFrames: backlog.frames.count + (inHand == nil ? 0 : 1) + (held?.pendingFrames ?? 0),
+            queuedBytes: backlog.bytes + (inHand ?? 0) + (held?.pendingBytes ?? 0),
             sentFrames: backlog.sent, unsettledFrames: client?.keptFrames ?? 0)
     }
 
@@ -324,7 +330,10 @@ final class MeshLink: Sendable {
     private func next() async -> MeshBacklog.Queued? {
         while true {
             let frame = state.withLock { state -> MeshBacklog.Queued?? in
-                if let frame = state.backlog.take() { return .some(frame) }
+                if let frame = state.backlog.take() {
+                    state.inHandBytes = frame.frame.encodedLength
+                    return .some(frame)
+                }
                 return state.closed ? .some(nil) : nil
             }
             if let frame { return frame }

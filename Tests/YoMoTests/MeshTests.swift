@@ -454,7 +454,7 @@ struct MeshLoopbackTests {
         }
         let restarted = Zipper(configuration: configuration, options: options)
         try await restarted.start()
-        // Queued, or held by the link's client while it dials (one may be between the two for a moment).
+        // Queued: restored frames wait for the link to connect (the one taken from the queue counts as queued).
         #expect(await eventually { restarted.meshLinkHealth.first?.queuedFrames == (functionsFile ? 20 : 0) })
         #expect(!FileManager.default.fileExists(atPath: gone))
         let b = Self.zipper("b", port: portB, mesh: [])
