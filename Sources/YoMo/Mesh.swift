@@ -602,10 +602,10 @@ final class MeshLink: Sendable {
     }
 
     /// Appends to `keptFile` the frames the receipt patience is to let their
-    /// senders go of (sent longer ago than `receiptPatience`, neither settled
-    /// by the downstream nor on a connection still up), before
-    /// it does: a crash of this zipper before the downstream settles them
-    /// finds them there. Until the forty-ninth round of issue 14 nothing
+    /// senders go of (the link without a connection for `receiptPatience`,
+    /// and they sent longer ago, neither settled by the downstream nor on a
+    /// connection still up), before it does: a crash of this zipper before
+    /// the downstream settles them finds them there. Until the forty-ninth round of issue 14 nothing
     /// had them but this process (`yomo-fault-bench chaos --mesh --seed 13`
     /// with a 20 ms handler: a downstream away for over 5 s, then this
     /// zipper killed, lost 93 frames in each of eight runs).
@@ -633,12 +633,16 @@ final class MeshLink: Sendable {
             coveredThrough = sent.index
         }
         guard let coveredThrough else { return }
+        guard frames.readableBytes > 0 else {
+            // Settled meanwhile, or in the file already.
+            state.withLock { $0.spooledThrough = max($0.spooledThrough, coveredThrough) }
+            return
+        }
         let header = MeshKeptFile.spoolHeader(startedAt: HeldFramesFile.now())
         let outcome = keptFileWrites.withLock { _ -> Result<Int, YoMoError>? in
             let (closed, size) = state.withLock { ($0.closed, $0.keptFileBytes) }
             // The close writes the file.
             guard !closed else { return nil }
-            guard frames.readableBytes > 0 else { return .success(size) }
             guard size + frames.readableBytes <= keptFileLimit else {
                 return .failure(YoMoError(.outageBufferFull, "mesh kept frames file \(keptFile) would be over \(keptFileLimit) bytes (twice mesh_queue max_bytes)"))
             }
