@@ -101,23 +101,30 @@ enum MeshKeptFile {
         return name
     }
 
-    static func encode(_ frames: [DataFrame], closedAt milliseconds: Int64) -> [UInt8] {
-        HeldFramesFile.encode(frames, closedAt: milliseconds, header: header)
-    }
-
     /// The header line of a file the spool begins, none of its frames settled.
     static func spoolHeader(startedAt milliseconds: Int64) -> [UInt8] {
-        encode([], closedAt: milliseconds, note: spooledNote + " " + settledField(0))
+        encode([], closedAt: milliseconds, note: spoolNote(settled: 0))
     }
+
+    /// What follows the time in a file the spool began, `settled` of its first frames settled.
+    static func spoolNote(settled: Int) -> String { spooledNote + " " + settledField(settled) }
 
     /// `count` as the header's settled count: `settledDigits` digits, zeros first.
-    static func settledField(_ count: Int) -> String {
-        let digits = String(count)
-        return String(repeating: "0", count: max(0, settledDigits - digits.count)) + digits
+    static func settledField(_ count: Int) -> String { String(count).leftPadded(to: settledDigits) }
+
+    /// `note`: what follows the time in a file the spool began (`spoolHeader`).
+    static func encode(_ frames: [DataFrame], closedAt milliseconds: Int64, note: String = "") -> [UInt8] {
+        HeldFramesFile.encode(frames, closedAt: milliseconds, header: header, note: note)
     }
 
-    static func encode(_ frames: [DataFrame], closedAt milliseconds: Int64, note: String) -> [UInt8] {
-        HeldFramesFile.encode(frames, closedAt: milliseconds, header: header, note: note)
+    /// The most a link's file holds: what a close may write (its queue, and
+    /// its client's outage buffer, each bounded by `mesh_queue max_bytes`).
+    static func maximumBytes(_ queue: ZipperConfiguration.MeshQueue) -> Int { 2 * queue.maximumBytes }
+
+    /// The file at `path` whole, or nil if there is none; one larger than
+    /// `maximumBytes` and its header line is refused.
+    static func read(_ path: String, queue: ZipperConfiguration.MeshQueue) throws(YoMoError) -> [UInt8]? {
+        try readWholeFile(path, maximumBytes: maximumBytes(queue) + (1 << 20), what: "mesh kept frames file")
     }
 
     /// The time of the close (or of the spool's beginning), whether the

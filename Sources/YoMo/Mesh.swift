@@ -165,11 +165,10 @@ final class MeshLink: Sendable {
         /// Since when the link has had no connection to the downstream (as
         /// `tend` last looked); nil while it has one.
         var offlineSince: ContinuousClock.Instant? = .now
-        /// The spool takes no more (the file at its bound, or a write
-        /// failed): the patience lets go without it until the file goes,
-        /// or for `spoolRetry`.
-        var spoolRefused = false
-        var spoolRefusedAt = ContinuousClock.Instant.now
+        /// When the spool took no more (the file at its bound, or a write
+        /// failed): the patience lets go without it until the file goes, or
+        /// for `spoolRetry`; nil while it takes frames.
+        var spoolRefusedAt: ContinuousClock.Instant?
         /// Frames in `keptFile` (restored or spooled) that the client took
         /// and the downstream has not yet settled (not patience: the file
         /// goes once they are settled indeed), with their places in it.
@@ -533,7 +532,7 @@ final class MeshLink: Sendable {
         guard let keptFile else { return nil }
         let bytes: [UInt8]?
         do throws(YoMoError) {
-            bytes = try readWholeFile(keptFile, maximumBytes: 2 * limits.maximumBytes + (1 << 20), what: "mesh kept frames file")
+            bytes = try MeshKeptFile.read(keptFile, queue: limits)
         } catch {
             MeshKeptFile.remove(keptFile)
             throw error
@@ -573,10 +572,6 @@ final class MeshLink: Sendable {
     /// How long the spool rests after it could not write, before it tries again.
     static let spoolRetry: Duration = .seconds(30)
 
-    /// The most `keptFile` holds: what the close may write (the queue, and
-    /// the client's outage buffer, each bounded by `mesh_queue max_bytes`).
-    private var keptFileLimit: Int { 2 * limits.maximumBytes }
-
     /// Until the close: forgets the frames settled (or let go by the
     /// patience), which only senders with receipts ask about otherwise:
     /// until the forty-ninth round of issue 14 a link whose senders had
@@ -612,8 +607,8 @@ final class MeshLink: Sendable {
     private func spool(into keptFile: String) {
         let patientSince = ContinuousClock.now - receiptPatience
         let (candidates, restoredThrough) = state.withLock { state -> ([Sent], Int) in
-            if state.spoolRefused, ContinuousClock.now - state.spoolRefusedAt >= Self.spoolRetry { state.spoolRefused = false }
-            guard !state.spoolRefused, state.isOffline(since: patientSince) else { return ([], 0) }
+            if let refusedAt = state.spoolRefusedAt, ContinuousClock.now - refusedAt >= Self.spoolRetry { state.spoolRefusedAt = nil }
+            guard state.spoolRefusedAt == nil, state.isOffline(since: patientSince) else { return ([], 0) }
             let spooledThrough = state.spooledThrough
             return (Array(state.unsettled.lazy.drop { $0.index <= spooledThrough }.prefix { $0.sentAt < patientSince }), state.restoredThrough)
         }
@@ -643,8 +638,9 @@ final class MeshLink: Sendable {
             let (closed, size) = state.withLock { ($0.closed, $0.keptFileBytes) }
             // The close writes the file.
             guard !closed else { return nil }
-            guard size + frames.readableBytes <= keptFileLimit else {
-                return .failure(YoMoError(.outageBufferFull, "mesh kept frames file \(keptFile) would be over \(keptFileLimit) bytes (twice mesh_queue max_bytes)"))
+            let limit = MeshKeptFile.maximumBytes(limits)
+            guard size + frames.readableBytes <= limit else {
+                return .failure(YoMoError(.outageBufferFull, "mesh kept frames file \(keptFile) would be over \(limit) bytes (twice mesh_queue max_bytes)"))
             }
             return Result { () throws(YoMoError) in
                 try appendToFile(keptFile, header: header, Array(frames.readableBytesView), mode: 0o600, what: "mesh kept frames file")
@@ -666,10 +662,7 @@ final class MeshLink: Sendable {
                 state.fileFrames += spooled.count
             }
         case .failure(let error):
-            state.withLock { state in
-                state.spoolRefused = true
-                state.spoolRefusedAt = .now
-            }
+            state.withLock { $0.spoolRefusedAt = .now }
             // Said once until the file goes, or the spool tries again: the patience goes on, as it did before the spool.
             logger.warning("the mesh link cannot keep on disk what its receipt patience lets go: a crash of this zipper before the downstream has those frames loses them", metadata: [
                 "error": "\(error.message)", "frames": "\(spooled.count)",
@@ -699,7 +692,7 @@ final class MeshLink: Sendable {
                     state.keptFileBytes = 0
                     state.fileFrames = 0
                     state.settledCount = nil
-                    state.spoolRefused = false
+                    state.spoolRefusedAt = nil
                     return .remove
                 }
                 guard let settledCount = state.settledCount, first.place > settledCount.written else { return nil }
@@ -740,7 +733,7 @@ extension MeshLink: DeliveryProgress {
         // The client's lock, not under the link's.
         while let (first, patient) = state.withLock({ state in
             state.unsettled.first.map {
-                ($0, state.isOffline(since: patientSince) && (!spools || $0.index <= state.spooledThrough || state.spoolRefused))
+                ($0, state.isOffline(since: patientSince) && (!spools || $0.index <= state.spooledThrough || state.spoolRefusedAt != nil))
             }
         }),
             first.client.isSettled(first.mark)

@@ -106,7 +106,8 @@ enum RememberedFunctions {
 }
 
 extension String {
-    fileprivate func leftPadded(to width: Int) -> String {
+    /// With zeros in front, to `width` characters at least.
+    func leftPadded(to width: Int) -> String {
         count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }
@@ -117,7 +118,7 @@ func readWholeFile(_ path: String, maximumBytes: Int, what: String) throws(YoMoE
     let descriptor = open(path, O_RDONLY | O_CLOEXEC)
     guard descriptor >= 0 else {
         if errno == ENOENT { return nil }
-        throw YoMoError(.invalidConfiguration, "cannot read \(what) \(path): \(String(cString: strerror(errno)))")
+        throw fileFailure("read", what, path)
     }
     defer { close(descriptor) }
     var bytes: [UInt8] = []
@@ -125,7 +126,7 @@ func readWholeFile(_ path: String, maximumBytes: Int, what: String) throws(YoMoE
     while true {
         let count = chunk.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress, $0.count) }
         if count < 0, errno == EINTR { continue }
-        guard count >= 0 else { throw YoMoError(.invalidConfiguration, "cannot read \(what) \(path): \(String(cString: strerror(errno)))") }
+        guard count >= 0 else { throw fileFailure("read", what, path) }
         if count == 0 { return bytes }
         bytes += chunk[0..<count]
         guard bytes.count <= maximumBytes else {
@@ -136,10 +137,13 @@ func readWholeFile(_ path: String, maximumBytes: Int, what: String) throws(YoMoE
 
 /// Writes `bytes` to `path` under another name and renames it, so that a
 /// crash never leaves a part of it behind; makes the directories leading to it.
+/// "cannot `action` `what` `path`: " and what `errno` says.
+private func fileFailure(_ action: String, _ what: String, _ path: String) -> YoMoError {
+    YoMoError(.invalidConfiguration, "cannot \(action) \(what) \(path): \(String(cString: strerror(errno)))")
+}
+
 func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t, what: String) throws(YoMoError) {
-    func failure(_ action: String) -> YoMoError {
-        YoMoError(.invalidConfiguration, "cannot \(action) \(what) \(path): \(String(cString: strerror(errno)))")
-    }
+    func failure(_ action: String) -> YoMoError { fileFailure(action, what, path) }
     try makeDirectories(leadingTo: path) { failure("create the directory of the") }
     let temporary = "\(path).\(getpid()).tmp"
     let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
@@ -163,9 +167,7 @@ func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t, what: S
 /// it) with `header` first; returns the file's size after. Not synced: what
 /// it guards against is the process's end, not the machine's.
 func appendToFile(_ path: String, header: [UInt8], _ bytes: [UInt8], mode: mode_t, what: String) throws(YoMoError) -> Int {
-    func failure(_ action: String) -> YoMoError {
-        YoMoError(.invalidConfiguration, "cannot \(action) \(what) \(path): \(String(cString: strerror(errno)))")
-    }
+    func failure(_ action: String) -> YoMoError { fileFailure(action, what, path) }
     try makeDirectories(leadingTo: path) { failure("create the directory of the") }
     let descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, mode)
     guard descriptor >= 0 else { throw failure("open") }
@@ -187,12 +189,11 @@ func appendToFile(_ path: String, header: [UInt8], _ bytes: [UInt8], mode: mode_
 /// Writes `bytes` over those at `offset` in the file at `path`, which must exist.
 func overwriteInFile(_ path: String, at offset: Int, _ bytes: [UInt8], what: String) throws(YoMoError) {
     let descriptor = open(path, O_WRONLY | O_CLOEXEC)
-    guard descriptor >= 0 else { throw YoMoError(.invalidConfiguration, "cannot open \(what) \(path): \(String(cString: strerror(errno)))") }
+    guard descriptor >= 0 else { throw fileFailure("open", what, path) }
     defer { close(descriptor) }
     let written = bytes.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, off_t(offset)) }
-    guard written == bytes.count else {
-        throw YoMoError(.invalidConfiguration, "cannot write \(what) \(path): \(written < 0 ? String(cString: strerror(errno)) : "short write")")
-    }
+    guard written >= 0 else { throw fileFailure("write", what, path) }
+    guard written == bytes.count else { throw YoMoError(.invalidConfiguration, "cannot write \(what) \(path): short write") }
 }
 
 /// `mkdir -p` of the directory holding `path`.

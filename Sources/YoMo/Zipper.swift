@@ -951,7 +951,7 @@ public final class Zipper: Sendable {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         for name in names where name.hasPrefix(prefix) && !configured.contains(String(name.dropFirst(prefix.count))) {
             let path = directory + name
-            let frames = (try? readWholeFile(path, maximumBytes: 2 * configuration.meshQueue.maximumBytes + (1 << 20), what: "mesh kept frames file")).flatMap { $0.flatMap(MeshKeptFile.decode) }?.frames.count
+            let frames = (try? MeshKeptFile.read(path, queue: configuration.meshQueue)).flatMap { $0.flatMap(MeshKeptFile.decode) }?.frames.count
             MeshKeptFile.remove(path)
             logger.warning("frames the previous run kept for a mesh downstream no longer in the mesh are dropped", metadata: [
                 "file": "\(path)", "frames": "\(frames.map { "\($0)" } ?? "unknown")",

@@ -95,11 +95,11 @@ struct MeshLogicTests {
         #expect(HeldFramesFile.decode(MeshKeptFile.encode(frames, closedAt: 1)) == nil)
         #expect(decoded?.spooled == false && decoded?.settled == 0)
         // A file the spool began: its header's settled count, fixed in width, written over in place.
-        var spooled = MeshKeptFile.spoolHeader(startedAt: 1_764_876_543_210)
-        #expect(String(decoding: spooled, as: UTF8.self) == "yomo-zipper-mesh 1 1764876543210 spooled 0000000000\n")
-        spooled += MeshKeptFile.encode(frames, closedAt: 0).drop { $0 != UInt8(ascii: "\n") }.dropFirst()
-        let count = Array(MeshKeptFile.settledField(2).utf8)
-        spooled.replaceSubrange((spooled.firstIndex(of: UInt8(ascii: "\n"))! - count.count)..., with: count + spooled[spooled.firstIndex(of: UInt8(ascii: "\n"))!...])
+        #expect(String(decoding: MeshKeptFile.spoolHeader(startedAt: 1_764_876_543_210), as: UTF8.self)
+                == "yomo-zipper-mesh 1 1764876543210 spooled 0000000000\n")
+        var spooled = MeshKeptFile.encode(frames, closedAt: 1_764_876_543_210, note: MeshKeptFile.spoolNote(settled: 0))
+        let count = spooled.firstIndex(of: UInt8(ascii: "\n"))! - MeshKeptFile.settledDigits
+        spooled.replaceSubrange(count..<count + MeshKeptFile.settledDigits, with: Array(MeshKeptFile.settledField(2).utf8))
         let counted = MeshKeptFile.decode(spooled)
         #expect(counted?.spooled == true && counted?.settled == 2 && counted?.closedAt == 1_764_876_543_210)
         #expect(counted?.frames.map { String(buffer: $0.payload) } == ["frame-0", "frame-1", "frame-2"])
@@ -150,10 +150,29 @@ struct MeshLoopbackTests {
     }
 
     /// Zipper "a" on `port` with a mesh link to "b" on `downstreamPort`.
-    static func upstreamConfiguration(port: Int, downstreamPort: Int, functionsFile: String? = nil) -> ZipperConfiguration {
+    static func upstreamConfiguration(
+        port: Int, downstreamPort: Int, functionsFile: String? = nil, unroutedHold: ZipperConfiguration.UnroutedHold = .init()
+    ) -> ZipperConfiguration {
         ZipperConfiguration(
             name: "a", host: "127.0.0.1", port: port, authentication: .token("mesh"), functionsFile: functionsFile,
-            mesh: [.init(name: "b", host: "127.0.0.1", port: downstreamPort, credential: "token:mesh")])
+            mesh: [.init(name: "b", host: "127.0.0.1", port: downstreamPort, credential: "token:mesh")], unroutedHold: unroutedHold)
+    }
+
+    /// Options of zipper "a": the link's patience and the close's deadline
+    /// shortened where given; spans in `tracerProvider`.
+    static func upstreamOptions(
+        patience: Duration? = nil, shutdownTimeout: Duration? = nil, tracerProvider: TracerProvider? = nil, logger: Logger = Logger(label: "test.a")
+    ) -> Zipper.Options {
+        var options = Zipper.Options(logger: logger, tracerProvider: tracerProvider)
+        if let patience { options.meshReceiptPatience = patience }
+        if let shutdownTimeout { options.shutdownTimeout = shutdownTimeout }
+        return options
+    }
+
+    /// A tracer provider whose spans end up in the exporter returned.
+    static func recordingTracer() -> (TracerProvider, InMemorySpanExporter) {
+        let exporter = InMemorySpanExporter()
+        return (TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)]), exporter)
     }
 
     /// A mesh kept frames file at `path`, as a close would have written it: one frame of tag 0x37.
@@ -167,8 +186,7 @@ struct MeshLoopbackTests {
     static func tracedUpstream(
         port: Int, downstreamPort: Int, queue: ZipperConfiguration.MeshQueue = .init(), meterProvider: MeterProvider? = nil, logger: Logger? = nil
     ) async throws -> (Zipper, InMemorySpanExporter) {
-        let exporter = InMemorySpanExporter()
-        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let (provider, exporter) = Self.recordingTracer()
         let zipper = Self.zipper(
             "a", port: port, mesh: [.init(name: "b", host: "127.0.0.1", port: downstreamPort, credential: "token:mesh")], queue: queue,
             tracerProvider: provider, meterProvider: meterProvider, logger: logger)
@@ -389,11 +407,9 @@ struct MeshLoopbackTests {
     @Test("a downstream that stays down holds back its senders' receipts only for the link's patience: then the source forgets what the local function has, while the link keeps it for the downstream and delivers it once it is up")
     func downstreamDownForLong() async throws {
         let portA = try await freePort(), portB = try await freePort()
-        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB)
-        configuration.unroutedHold = .off
-        var options = Zipper.Options(logger: Logger(label: "test.a"))
-        options.meshReceiptPatience = .milliseconds(300)
-        let a = Zipper(configuration: configuration, options: options)
+        let a = Zipper(
+            configuration: Self.upstreamConfiguration(port: portA, downstreamPort: portB, unroutedHold: .off),
+            options: Self.upstreamOptions(patience: .milliseconds(300)))
         try await a.start()
         let local = Inbox<String>()
         let near = StreamFunction(name: "near", zipper: "127.0.0.1:\(portA)", options: .init(observedTags: [0x35], credential: "token:mesh"))
@@ -426,12 +442,9 @@ struct MeshLoopbackTests {
         let directory = try makeTemporaryDirectory("yomo-test-mesh-kept-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let portA = try await freePort(), portB = try await freePort()
-        var configuration = Self.upstreamConfiguration(
-            port: portA, downstreamPort: portB, functionsFile: functionsFile ? directory + "/functions.yaml" : nil)
-        configuration.unroutedHold = .off
-        var options = Zipper.Options(logger: Logger(label: "test.a"))
-        options.meshReceiptPatience = .milliseconds(300)
-        options.shutdownTimeout = .seconds(1)
+        let configuration = Self.upstreamConfiguration(
+            port: portA, downstreamPort: portB, functionsFile: functionsFile ? directory + "/functions.yaml" : nil, unroutedHold: .off)
+        let options = Self.upstreamOptions(patience: .milliseconds(300), shutdownTimeout: .seconds(1))
         let a = Zipper(configuration: configuration, options: options)
         try await a.start()
         let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
@@ -507,12 +520,10 @@ struct MeshLoopbackTests {
             handled.append(String(decoding: ctx.data, as: UTF8.self))
         }
         try await far.connect()
-        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB)
-        configuration.unroutedHold = .off
-        var options = Zipper.Options(logger: Logger(label: "test.a"))
         let patience = Duration.milliseconds(300)
-        options.meshReceiptPatience = patience
-        let a = Zipper(configuration: configuration, options: options)
+        let a = Zipper(
+            configuration: Self.upstreamConfiguration(port: portA, downstreamPort: portB, unroutedHold: .off),
+            options: Self.upstreamOptions(patience: patience))
         try await a.start()
         #expect(await eventually { a.meshLinkHealth.first?.connected == true })
         let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
@@ -658,8 +669,7 @@ struct MeshLoopbackTests {
                 while case .data(let frame)? = try? await reader.next() { frames.append(frame) }
             }
         }
-        let exporter = InMemorySpanExporter()
-        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let (provider, exporter) = Self.recordingTracer()
         let port = try await freePort()
         let zipper = Self.zipper("zipper-a", port: port, mesh: [.init(name: "zipper-b", host: "127.0.0.1", port: server.port, credential: "token:b-secret")],
                                  tracerProvider: provider)
@@ -723,12 +733,10 @@ struct MeshLoopbackTests {
         let directory = try makeTemporaryDirectory("yomo-test-mesh-kept-trace-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let portA = try await freePort(), portB = try await freePort()
-        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB, functionsFile: directory + "/functions.yaml")
-        configuration.unroutedHold = .off
-        let exporter = InMemorySpanExporter()
-        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
-        var options = Zipper.Options(logger: Logger(label: "test.a"), tracerProvider: provider)
-        options.shutdownTimeout = .milliseconds(500)
+        let configuration = Self.upstreamConfiguration(
+            port: portA, downstreamPort: portB, functionsFile: directory + "/functions.yaml", unroutedHold: .off)
+        let (provider, exporter) = Self.recordingTracer()
+        let options = Self.upstreamOptions(shutdownTimeout: .milliseconds(500), tracerProvider: provider)
         let a = Zipper(configuration: configuration, options: options)
         try await a.start()
         let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
@@ -765,13 +773,10 @@ struct MeshLoopbackTests {
         let directory = try makeTemporaryDirectory("yomo-test-mesh-spool-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let portA = try await freePort(), portB = try await freePort()
-        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB, functionsFile: directory + "/run1/functions.yaml")
-        configuration.unroutedHold = .off
-        let exporter = InMemorySpanExporter()
-        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
-        var options = Zipper.Options(logger: Logger(label: "test.a"), tracerProvider: provider)
-        options.meshReceiptPatience = .milliseconds(300)
-        options.shutdownTimeout = .milliseconds(500)
+        var configuration = Self.upstreamConfiguration(
+            port: portA, downstreamPort: portB, functionsFile: directory + "/run1/functions.yaml", unroutedHold: .off)
+        let (provider, exporter) = Self.recordingTracer()
+        let options = Self.upstreamOptions(patience: .milliseconds(300), shutdownTimeout: .milliseconds(500), tracerProvider: provider)
         let a = Zipper(configuration: configuration, options: options)
         try await a.start()
         let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
@@ -832,16 +837,15 @@ struct MeshLoopbackTests {
             + second.map { DataFrame(tag: 0x3e, metadata: ByteBuffer(bytes: [0x80]), payload: ByteBuffer(string: $0)) }
         let file = MeshKeptFile.path(besides: directory + "/run1/functions.yaml", downstream: "b")
         try FileManager.default.createDirectory(atPath: directory + "/run1", withIntermediateDirectories: true)
-        let header = MeshKeptFile.spoolHeader(startedAt: HeldFramesFile.now())
-        #expect(FileManager.default.createFile(atPath: file, contents: Data(header + MeshKeptFile.encode(frames, closedAt: 0, note: "").drop { $0 != 10 }.dropFirst())))
+        #expect(FileManager.default.createFile(
+            atPath: file, contents: Data(MeshKeptFile.encode(frames, closedAt: HeldFramesFile.now(), note: MeshKeptFile.spoolNote(settled: 0)))))
         func spool(_ path: String) -> (settled: Int, frames: Int)? {
             FileManager.default.contents(atPath: path).flatMap { MeshKeptFile.decode(Array($0)) }.map { ($0.settled, $0.frames.count) }
         }
         #expect(spool(file).map { $0 == (0, 20) } == true, "\(String(describing: spool(file)))")
-        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB, functionsFile: directory + "/run1/functions.yaml")
-        configuration.unroutedHold = .off
-        var options = Zipper.Options(logger: Logger(label: "test.a"))
-        options.shutdownTimeout = .milliseconds(500)
+        var configuration = Self.upstreamConfiguration(
+            port: portA, downstreamPort: portB, functionsFile: directory + "/run1/functions.yaml", unroutedHold: .off)
+        let options = Self.upstreamOptions(shutdownTimeout: .milliseconds(500))
         let a = Zipper(configuration: configuration, options: options)
         try await a.start()
         #expect(await eventually { Set(remote.items) == Set(first) }, "\(remote.items)")
@@ -892,14 +896,14 @@ struct MeshLoopbackTests {
         let directory = try makeTemporaryDirectory("yomo-test-mesh-spool-failed-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let portA = try await freePort(), portB = try await freePort()
-        var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB, functionsFile: directory + "/functions.yaml")
-        configuration.unroutedHold = .off
         try FileManager.default.createDirectory(atPath: MeshKeptFile.path(besides: directory + "/functions.yaml", downstream: "b"), withIntermediateDirectories: true)
         let records = Inbox<String>()
-        var options = Zipper.Options(logger: Logger(label: "test.a") { _ in CapturingLogHandler(lines: records) })
-        options.meshReceiptPatience = .milliseconds(300)
-        options.shutdownTimeout = .milliseconds(200)
-        let a = Zipper(configuration: configuration, options: options)
+        let a = Zipper(
+            configuration: Self.upstreamConfiguration(
+                port: portA, downstreamPort: portB, functionsFile: directory + "/functions.yaml", unroutedHold: .off),
+            options: Self.upstreamOptions(
+                patience: .milliseconds(300), shutdownTimeout: .milliseconds(200),
+                logger: Logger(label: "test.a") { _ in CapturingLogHandler(lines: records) }))
         try await a.start()
         let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
         try await source.connect()
@@ -1011,8 +1015,7 @@ struct MeshLoopbackTests {
 
     @Test("a frame a full mesh queue refuses ends its trace with a span under the zipper's, which says so")
     func queueFullDropTrace() async throws {
-        let exporter = InMemorySpanExporter()
-        let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
+        let (provider, exporter) = Self.recordingTracer()
         let tracing = DataPathTracer(tracer: provider.tracer("Zipper"))
         // Never run: nothing takes frames from its queue.
         let link = MeshLink(
