@@ -320,9 +320,10 @@ final class HandlingLedger: Sendable {
     /// (As of the last `advance`, which marks what finished.)
     var isQuiet: Bool { state.withLock { $0.handledCount == $0.entries.count && $0.handled <= $0.told } }
 
-    /// The connection ended: the frames no acknowledged receipt covered, by
-    /// transaction id, which the zipper (or a source, if the zipper crashed)
-    /// may send again. `acknowledged`: as for `advance`, at the end.
+    /// The frames no acknowledged receipt covered, by transaction id, which
+    /// the zipper (or a source, if the zipper crashed) may send again: asked
+    /// when the connection ended, or when the zipper says copies may follow.
+    /// `acknowledged`: as for `advance`, then.
     func untold(acknowledged: Int) -> [String: Token] {
         let entries = state.withLock { state in
             Self.confirm(&state, acknowledged: acknowledged)

@@ -101,6 +101,17 @@ public final class Zipper: Sendable {
         /// it (a restart, another instance), its stream offset then: frames
         /// written to it before that offset, that one lacks (`catchUp`).
         var writtenWhenNamesakeJoined: [UInt64: Int] = [:]
+        /// A stream function that acknowledges handling, past its handshake's
+        /// answer: it may be told that copies may follow (`announceCopies`).
+        var recognizesCopies = false
+        /// Its stream's offset after the handshake's answer, where its frames begin.
+        var framesFrom = 0
+
+        /// Whether frames written to it wait for its handlers (as far as its receipts said).
+        var hasBacklog: Bool {
+            let written = connection.connection.sendProgress.written
+            return written > framesFrom && !delivery.hasHandled(frameEndingAt: written)
+        }
     }
 
     /// A peer a frame goes to: its id, its connection, and that as receipts see it.
@@ -195,8 +206,36 @@ public final class Zipper: Sendable {
         var endedLedgerOrder: [String] = []
         /// How many: a reconnection comes within seconds, and a ledger holds little.
         static let endedLedgersKept = 1024
+        /// Names of upstream zippers of the mesh that connected: one that
+        /// connects again (after a crash, its sources sending again what it
+        /// had not settled) makes the stream functions expect copies.
+        var upstreamNamesSeen: Set<String> = []
+        static let upstreamNamesRemembered = 1024
         /// Told when a connection has left (`supersedeEarlier` and `drain` wait on them).
         var departureWaiters: [UInt64: [Latch]] = [:]
+
+        /// An upstream zipper named `name` connected: the stream functions to
+        /// tell that copies may follow. All, if one of that name connected
+        /// before; else those with frames written and not yet handled (this
+        /// zipper may have restarted since that one's earlier run forwarded
+        /// them: its hold, or its held frames file, gave them again).
+        mutating func upstreamConnected(_ name: String) -> [QUICFrameConnection] {
+            let first = upstreamNamesSeen.count < Self.upstreamNamesRemembered && upstreamNamesSeen.insert(name).inserted
+            return peers.values.filter { peer in
+                peer.recognizesCopies && (!first || peer.hasBacklog)
+            }.map(\.connection)
+        }
+
+        /// The connection of an upstream zipper named `name` ended: the stream
+        /// functions to tell that copies may follow, if another of that name
+        /// is connected (its predecessor may have routed originals of its
+        /// copies up to now).
+        func upstreamLeft(_ name: String) -> [QUICFrameConnection] {
+            let successor = peers.values.contains { $0.member.clientType == .upstreamZipper && $0.member.name == name }
+            return successor ? functionsRecognizingCopies : []
+        }
+
+        private var functionsRecognizingCopies: [QUICFrameConnection] { peers.values.filter(\.recognizesCopies).map(\.connection) }
 
         /// A latch fired once connection `id` has left.
         mutating func departure(of id: UInt64) -> Latch {
@@ -369,6 +408,11 @@ public final class Zipper: Sendable {
         /// Delivery receipts sent to clients that asked for them
         /// (`ZipperConfiguration.deliveryReceipts`).
         public var deliveryReceipts = 0
+        /// Words to stream functions that frames written to them may come
+        /// again, by transaction id (`ReceiptFrame.copiesMayFollow`): an
+        /// upstream zipper of the mesh connected anew, or its earlier
+        /// connection ended after that. One per function told.
+        public var copiesAnnounced = 0
     }
 
     public let configuration: ZipperConfiguration
@@ -1152,7 +1196,7 @@ public final class Zipper: Sendable {
         let welcomesHandling = configuration.deliveryReceipts && handshake.wantsReceipts && handshake.clientType == .streamFunction
             && handshake.acknowledgesHandling && configuration.unroutedHold.isOn && unhandledBudget.bytes > 0
         let delivery = DeliveryDestination(connection.connection, reportsTaking: welcomesHandling)
-        let joined = state.withLock { state -> (UInt64, RouteMember, [HeldFrames.Taken])? in
+        let joined = state.withLock { state -> (UInt64, RouteMember, [HeldFrames.Taken], [QUICFrameConnection])? in
             // Closing: its frames would find no one to take them.
             guard !state.closed else { return nil }
             let id = state.nextConnectionID
@@ -1168,13 +1212,15 @@ public final class Zipper: Sendable {
             }
             let held = state.held.take(for: member)
             if held.isEmpty { state.joinRoutes(member) } else { state.held.beginArriving(member) }
-            return (id, member, held)
+            return (id, member, held, member.clientType == .upstreamZipper ? state.upstreamConnected(member.name) : [])
         }
-        guard let (id, member, held) = joined else {
+        guard let (id, member, held, expectingCopies) = joined else {
             connectionLogger.info("closing: a client that finished its handshake while the zipper closes is told to dial again")
             await connection.close(errorCode: 0, reason: Self.shutdownReason)
             return
         }
+        // Before any frame of this connection is routed to them.
+        announceCopies(to: expectingCopies, because: "an upstream zipper connected", logger: connectionLogger)
         // A client that asked is told which of its frames are settled (see `ReceiptLedger`);
         // one that resumes its previous connection takes over that one's ledger.
         let ledger = configuration.deliveryReceipts && handshake.wantsReceipts
@@ -1192,6 +1238,7 @@ public final class Zipper: Sendable {
             // away, would overtake them.
             var waiters: [Latch] = []
             var catchUps: [CatchUp] = []
+            var expectingCopies: [QUICFrameConnection] = []
             let endedAt = ContinuousClock.now
             let leftovers = Leftovers()
             let (left, wasEmpty, slowConsumerClosed) = state.withLock { state -> (UnacknowledgedAtEnd, Bool, Bool) in
@@ -1203,6 +1250,7 @@ public final class Zipper: Sendable {
                 defer { delivery.ended(leaving: leftovers) }
                 state.routes.remove(id)
                 state.peers[id] = nil
+                if member.clientType == .upstreamZipper { expectingCopies = state.upstreamLeft(member.name) }
                 waiters = state.departureWaiters.removeValue(forKey: id) ?? []
                 let wasEmpty = state.held.isEmpty
                 // Receipts written to a client are not data: with them, only data frames count.
@@ -1271,6 +1319,7 @@ public final class Zipper: Sendable {
             if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
             report(left, wasEmpty: wasEmpty, clientType: handshake.clientType, logger: connectionLogger)
             if !catchUps.isEmpty { giveToNamesakes(catchUps, name: member.name, since: endedAt, logger: connectionLogger) }
+            announceCopies(to: expectingCopies, because: "the earlier connection of an upstream zipper that connected again ended", logger: connectionLogger)
             for waiter in waiters { waiter.fire() }
         }
         // Whether the client closed for good: what it left in the hold is the zipper's alone.
@@ -1307,12 +1356,25 @@ public final class Zipper: Sendable {
                 }
                 try await connection.write(.handshakeAck)
                 // From the function's first frame on, where its receipts begin.
-                if welcomesHandling { connection.connection.retainAcknowledged(budget: unhandledBudget) }
+                if welcomesHandling {
+                    connection.connection.retainAcknowledged(budget: unhandledBudget)
+                    // Not before: its dial reads the first receipt as where receipts begin.
+                    let framesFrom = connection.connection.sendProgress.written
+                    state.withLock { state in
+                        state.peers[id]?.recognizesCopies = true
+                        state.peers[id]?.framesFrom = framesFrom
+                    }
+                }
             } catch {
                 if !held.isEmpty { abandonArrival(of: member, at: delivery, delivered: 0, unwritten: held) }
                 throw error
             }
-            if !held.isEmpty { try await deliverHeld(held, to: member, connection, delivery, logger: connectionLogger) }
+            if !held.isEmpty {
+                // What was held for it may be held twice (a sender sent again what
+                // the hold had, after a crash upstream): it recognizes the second.
+                if welcomesHandling { announceCopies(to: [connection], because: nil, logger: connectionLogger) }
+                try await deliverHeld(held, to: member, connection, delivery, logger: connectionLogger)
+            }
             // The task's context is the same for every frame: read once, not per span.
             let taskContext = ServiceContext.current ?? .topLevel
             // Routed on the loop thread, a burst of received frames would hold
@@ -1598,6 +1660,25 @@ public final class Zipper: Sendable {
             await connection.close(reason: "superseded: its client reconnected")
         }
         await Latch.waitForAll(earlier.map(\.waiter), until: .now + supersedeWait)
+    }
+
+    /// Tells stream functions that frames written to them may come again
+    /// (`ReceiptFrame.copiesMayFollow`): an upstream zipper of the mesh that
+    /// crashed and started again connects anew, and its sources send it what
+    /// it had not settled, which this zipper may have written to a function
+    /// that has not handled it yet (a backlog). The function recognizes
+    /// them by transaction id. Queued past any limit: a word of 15 bytes,
+    /// once per such connection, and it must go before the copies. `reason`:
+    /// for the info line (none: the caller says it otherwise).
+    private func announceCopies(to functions: [QUICFrameConnection], because reason: String?, logger: Logger) {
+        guard !functions.isEmpty else { return }
+        let word = Frame.receipt(ReceiptFrame(settledThrough: 0, copiesMayFollow: true))
+        let told = functions.reduce(0) { told, function in told + ((try? function.tryWrite(control: word, limit: .max)) == true ? 1 : 0) }
+        state.withLock { $0.statistics.copiesAnnounced += told }
+        guard let reason else { return }
+        logger.info("\(reason): the stream functions are told that frames written to them may come again, so that they handle each once", metadata: [
+            "functions": "\(told)",
+        ])
     }
 
     /// How long a reconnection waits for its earlier connection to leave: a

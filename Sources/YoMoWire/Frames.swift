@@ -179,10 +179,17 @@ public struct ReceiptFrame: Hashable, Sendable {
     /// the function's next instance. A zipper that does not know the field
     /// gives it.
     public var handledBefore: [String]
+    /// In a zipper's receipt to a stream function that acknowledges
+    /// handling: a sender whose frames it wrote there may send them again
+    /// (an upstream zipper of the mesh connected anew, after a crash), so
+    /// the function recognizes by transaction id the frames it still has
+    /// (sequence id 0x08). Its offset repeats nothing new (0). A function
+    /// that does not know the field handles such copies again.
+    public var copiesMayFollow: Bool
 
     public init(
         settledThrough: UInt64, previousRoutedThrough: UInt64? = nil, welcomesHandling: Bool = false, closing: Bool = false,
-        takenThrough: UInt64? = nil, handledAhead: [Range<UInt64>] = [], handledBefore: [String] = []
+        takenThrough: UInt64? = nil, handledAhead: [Range<UInt64>] = [], handledBefore: [String] = [], copiesMayFollow: Bool = false
     ) {
         self.settledThrough = settledThrough
         self.previousRoutedThrough = previousRoutedThrough
@@ -191,6 +198,7 @@ public struct ReceiptFrame: Hashable, Sendable {
         self.takenThrough = takenThrough
         self.handledAhead = handledAhead
         self.handledBefore = handledBefore
+        self.copiesMayFollow = copiesMayFollow
     }
 }
 
@@ -394,7 +402,7 @@ extension Frame {
                 bodyLength: childSize(8) + (frame.previousRoutedThrough == nil ? 0 : childSize(8)) + (frame.welcomesHandling ? childSize(1) : 0)
                     + (frame.closing ? childSize(1) : 0) + (frame.takenThrough == nil ? 0 : childSize(8))
                     + (frame.handledAhead.isEmpty ? 0 : childSize(16 * frame.handledAhead.count))
-                    + (frame.handledBefore.isEmpty ? 0 : childSize(frame.handledBeforeLength)))
+                    + (frame.handledBefore.isEmpty ? 0 : childSize(frame.handledBeforeLength)) + (frame.copiesMayFollow ? childSize(1) : 0))
             buffer.writeChildHeader(0x01, length: 8)
             buffer.writeInteger(frame.settledThrough)
             if let previous = frame.previousRoutedThrough {
@@ -427,6 +435,10 @@ extension Frame {
                     buffer.writeInteger(UInt8(bytes.count))
                     buffer.writeBytes(bytes)
                 }
+            }
+            if frame.copiesMayFollow {
+                buffer.writeChildHeader(0x08, length: 1)
+                buffer.writeInteger(UInt8(1))
             }
         }
     }
@@ -555,6 +567,7 @@ extension ReceiptFrame {
         var previous: UInt64?
         var welcomes = false
         var closes = false
+        var copies = false
         var taken: UInt64?
         var ahead: [Range<UInt64>] = []
         var before: [String] = []
@@ -588,9 +601,13 @@ extension ReceiptFrame {
                     }
                     return
                 }
-                if sequenceID == 0x03 || sequenceID == 0x04 {
+                if sequenceID == 0x03 || sequenceID == 0x04 || sequenceID == 0x08 {
                     let set = bytes[start..<start + length].contains { $0 != 0 }
-                    if sequenceID == 0x03 { welcomes = set } else { closes = set }
+                    switch sequenceID {
+                    case 0x03: welcomes = set
+                    case 0x04: closes = set
+                    default: copies = set
+                    }
                     return
                 }
                 guard sequenceID == 0x01 || sequenceID == 0x02 || sequenceID == 0x05 else { return }
@@ -613,6 +630,7 @@ extension ReceiptFrame {
         takenThrough = taken
         handledAhead = ahead
         handledBefore = before
+        copiesMayFollow = copies
     }
 }
 

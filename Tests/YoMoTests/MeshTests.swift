@@ -550,6 +550,81 @@ struct MeshLoopbackTests {
         await b.close()
     }
 
+    @Test("an upstream zipper killed and started again while the downstream's function still has the frames it forwarded, unhandled: its source sends them again through the next run, and the function, told that copies may follow, handles each once; the source's frames settle")
+    func upstreamCrashCopiesHandledOnce() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let gate = Gate()
+        let handled = Inbox<String>()
+        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x39], credential: "token:mesh"))
+        far.setPipeHandler { input, _ in
+            for await frame in input {
+                await gate.wait()
+                handled.append(String(decoding: frame.data, as: UTF8.self))
+            }
+        }
+        try await far.connect()
+        let a = try ZipperProcess(port: portA, arguments: [
+            "--name", "a", "--token", "mesh", "--unrouted-hold", "0", "--mesh", "b=127.0.0.1:\(portB)", "--mesh-credential", "token:mesh",
+        ])
+        let source = Source(name: "source", zipper: a.address, options: .init(credential: "token:mesh", retryConnect: true))
+        try await source.connect()
+        let texts = (0..<10).map { "again-\($0)" }
+        for text in texts { try await source.write(tag: 0x39, data: Array(text.utf8)) }
+        // b's function read them all; its handler holds the first, so the source keeps most.
+        #expect(await eventually { far.client.framesReceivedForTesting == 10 }, "\(far.client.framesReceivedForTesting) read")
+        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
+        let kept = source.client.keptFrames
+        #expect(kept >= 5, "kept \(kept)")
+
+        await a.kill()
+        try a.restart()
+        // The source sends them again through a's next run, whose link b takes as the same upstream's.
+        #expect(await eventually { far.client.framesReceivedForTesting == 10 + kept }, "\(far.client.framesReceivedForTesting) read")
+        #expect(b.statistics.copiesAnnounced >= 1)
+        gate.open()
+        // Copies settle when their originals are handled, so by then any copy handled again was.
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
+        #expect(await handled.wait(for: 10))
+        #expect(handled.items == texts, "each once, in order: \(handled.items)")
+        await source.close()
+        await far.close()
+        await b.close()
+        await a.kill()
+    }
+
+    @Test("a downstream that holds what an upstream forwarded for a function not there yet, and then the copies the upstream's next run brings after its crash: the function, told as the held frames come that copies may follow, handles each once")
+    func heldCopiesHandledOnce() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        // In its first minute b holds frames for any function that comes.
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let a = try ZipperProcess(port: portA, arguments: [
+            "--name", "a", "--token", "mesh", "--unrouted-hold", "0", "--mesh", "b=127.0.0.1:\(portB)", "--mesh-credential", "token:mesh",
+        ])
+        let source = Source(name: "source", zipper: a.address, options: .init(credential: "token:mesh", retryConnect: true))
+        try await source.connect()
+        let texts = (0..<10).map { "held-\($0)" }
+        for text in texts { try await source.write(tag: 0x3A, data: Array(text.utf8)) }
+        #expect(await eventually { b.statistics.heldFrames == 10 }, "held \(b.statistics.heldFrames)")
+        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
+        #expect(source.client.keptFrames == 10, "kept until they leave b's hold")
+
+        await a.kill()
+        try a.restart()
+        // The source sends them again through a's next run: b holds them twice.
+        #expect(await eventually { b.statistics.heldFrames == 20 }, "held \(b.statistics.heldFrames)")
+        let (far, handled) = try await Self.farFunction(port: portB, tag: 0x3A)
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
+        #expect(await handled.wait(for: 10))
+        #expect(handled.items == texts, "each once, in order: \(handled.items)")
+        await source.close()
+        await far.close()
+        await b.close()
+        await a.kill()
+    }
+
     @Test("a downstream away while 5,000 frames are forwarded to it (a second of a busy source): the default queue and the link's buffer keep every one, and a function there gets them all")
     func downstreamAwayUnderTraffic() async throws {
         let portA = try await freePort(), portB = try await freePort()

@@ -45,6 +45,24 @@ struct ReceiptTests {
         #expect(try Frame(decoding: receipt.encoded()) == receipt)
     }
 
+    @Test("a zipper's word that copies may follow is one byte under sequence id 8; a child a decoder does not know is skipped, as one from before skips this")
+    func copiesMayFollow() throws {
+        let hint = Frame.receipt(ReceiptFrame(settledThrough: 0, copiesMayFollow: true))
+        let bytes = hint.encoded()
+        #expect(Array(bytes.readableBytesView) == [0xBA, 0x0D, 0x01, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x01, 0x01])
+        #expect(try Frame(decoding: bytes) == hint)
+        // Zero is not set, as for the other flags; a plain receipt has none.
+        let zero = ByteBuffer(bytes: [0xBA, 0x0D, 0x01, 0x08, 0, 0, 0, 0, 0, 0, 0, 7, 0x08, 0x01, 0x00])
+        #expect(try Frame(decoding: zero) == .receipt(ReceiptFrame(settledThrough: 7)))
+        guard case .receipt(let plain) = try Frame(decoding: Frame.receipt(ReceiptFrame(settledThrough: 7)).encoded()) else {
+            Issue.record("not a receipt")
+            return
+        }
+        #expect(!plain.copiesMayFollow)
+        let unknown = ByteBuffer(bytes: [0xBA, 0x0D, 0x01, 0x08, 0, 0, 0, 0, 0, 0, 0, 7, 0x09, 0x01, 0x01])
+        #expect(try Frame(decoding: unknown) == .receipt(ReceiptFrame(settledThrough: 7)))
+    }
+
     @Test("a receipt whose offset is not 8 bytes, or missing, is a bad frame")
     func malformedReceipts() throws {
         let short = ByteBuffer(bytes: [0xBA, 0x09, 0x01, 0x07, 1, 2, 3, 4, 5, 6, 7])
