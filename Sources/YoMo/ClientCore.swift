@@ -53,7 +53,7 @@ final class ClientSession: @unchecked Sendable {
     /// connection if this one dies.
     private struct Kept {
         /// A frame sent with a patch keeps it: applied only if the frame goes out again.
-        var frames = CircularBuffer<(end: Int, frame: DataFrame, patch: MetadataPatch?, bytes: Int)>()
+        var frames = CircularBuffer<(end: Int, frame: DataFrame, patch: MetadataPatch?, bytes: Int, sequence: Int)>()
         var bytes = 0
         var taken = false
         /// The last receipt's offset.
@@ -106,7 +106,7 @@ final class ClientSession: @unchecked Sendable {
             guard kept.settled < start else { return }
             for frame in frames.reversed() {
                 let bytes = frame.encodedLength
-                kept.frames.prepend((start, frame, nil, bytes))
+                kept.frames.prepend((start, frame, nil, bytes, -1))
                 kept.bytes += bytes
             }
         }
@@ -118,13 +118,13 @@ final class ClientSession: @unchecked Sendable {
     /// the frame for the next connection, or it would be lost without a word.
     /// `logger`: where reaching `maximumKeptBytes` is said.
     @discardableResult
-    func recordWrite(_ frame: DataFrame, patch: MetadataPatch? = nil, endingAt end: Int, logger: Logger? = nil) -> Bool {
+    func recordWrite(_ frame: DataFrame, patch: MetadataPatch? = nil, endingAt end: Int, sequence: Int = -1, logger: Logger? = nil) -> Bool {
         let acknowledged = connection.connection.acknowledgedBytes
         let (recorded, reachedBound) = kept.withLock { kept -> (Bool, Bool) in
             guard !kept.taken else { return (false, false) }
             kept.drop(through: max(receipts ? 0 : acknowledged, kept.settled))
             let bytes = frame.encodedLength
-            kept.frames.append((end, frame, patch, bytes))
+            kept.frames.append((end, frame, patch, bytes, sequence))
             kept.bytes += bytes
             kept.dataWrittenThrough = max(kept.dataWrittenThrough, end)
             guard kept.bytes > Self.maximumKeptBytes else { return (true, false) }
@@ -179,13 +179,13 @@ final class ClientSession: @unchecked Sendable {
     /// `shutdown`: the zipper closed gracefully, and routes everything its
     /// QUIC stack acknowledged before it goes (sending that again would only
     /// make copies), so acknowledged counts as settled.
-    func takeUnacknowledged(zipperShutDown shutdown: Bool = false) -> [(end: Int, frame: DataFrame)] {
+    func takeUnacknowledged(zipperShutDown shutdown: Bool = false) -> [(end: Int, frame: DataFrame, sequence: Int)] {
         let acknowledged = receipts && !shutdown ? 0 : connection.connection.acknowledgedBytes
         return kept.withLock { kept in
             let done = max(acknowledged, kept.settled)
             defer { kept = Kept(taken: true, settled: kept.settled) }
             // Concurrent writers may have logged out of stream order.
-            return kept.frames.filter { $0.end > done }.sorted { $0.end < $1.end }.map { ($0.end, $0.frame.applying($0.patch)) }
+            return kept.frames.filter { $0.end > done }.sorted { $0.end < $1.end }.map { ($0.end, $0.frame.applying($0.patch), $0.sequence) }
         }
     }
 }

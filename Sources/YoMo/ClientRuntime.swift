@@ -258,6 +258,18 @@ final class ClientRuntime: Sendable {
         /// everything earlier ones did not settle: its outage frames (the
         /// unsettled ones among them) and what it inherited.
         var carried: (session: ClientSession, through: Int)?
+        /// Writes numbered as they come (`DeliveryMark.sequence`).
+        var writeSequence = 0
+        /// Where each numbered frame a newer connection carried (sent again, or
+        /// kept as its zipper had it) ends there: a frame settles when that
+        /// connection settles it, not when it settled all it carried. Until
+        /// the fiftieth round of issue 14 only the second: a mesh link that
+        /// carried a backlog to its downstream's next run kept its senders'
+        /// frames until the downstream's function had handled the last, and
+        /// an upstream crash meanwhile brought them all again
+        /// (`yomo-fault-bench chaos --mesh --seed 13`). Entries of a
+        /// connection that ended go at the next connection's carrying.
+        var carriedAt: [Int: (session: ClientSession, end: Int)] = [:]
         /// Ended, and the owned tracer provider flushed and shut down: `wait()` may return.
         var finished = false
         /// Set while serving, so that close() stops them taking frames.
@@ -272,6 +284,11 @@ final class ClientRuntime: Sendable {
         var mayComeAgain: [String: (token: HandlingLedger.Token, since: ContinuousClock.Instant)] = [:]
 
         /// The close deadline, set by the first close request (or the first close).
+        /// Numbered frames `session` carried, each ending at its offset there.
+        mutating func carry(_ frames: [(sequence: Int, end: Int)], to session: ClientSession) {
+            for (sequence, end) in frames where sequence >= 0 { carriedAt[sequence] = (session, end) }
+        }
+
         mutating func startCloseClock() -> ContinuousClock.Instant {
             if let closeDeadline { return closeDeadline }
             let deadline = ContinuousClock.now + shutdownTimeout
@@ -282,11 +299,14 @@ final class ClientRuntime: Sendable {
 
     /// Where a frame went (`sendMarked`): the connection it was written to
     /// and where it ends there, or none (held in the outage buffer), and how
-    /// many connections had taken writes by then.
+    /// many connections had taken writes by then; and the client's number
+    /// for the write, by which a newer connection that carried it says where
+    /// (`State.carriedAt`; -1: none).
     struct DeliveryMark: Sendable {
         fileprivate let session: ClientSession?
         fileprivate let end: Int
         fileprivate let generation: Int
+        fileprivate var sequence = -1
     }
 
     /// Where one write goes.
@@ -674,7 +694,7 @@ final class ClientRuntime: Sendable {
                     // (a frame whose acknowledgement alone was lost arrives twice).
                     let shutDown = ended.map { ClientCore.describe($0, zipper: current.zipper).code == .listenerShutdown } ?? false
                     let taken = current.takeUnacknowledged(zipperShutDown: shutDown)
-                    let unacknowledged = taken.map(\.frame)
+                    let unacknowledged = taken.map { ($0.frame, $0.sequence) }
                     state.withLock {
                         if !unacknowledged.isEmpty { $0.outage.resend(unacknowledged) }
                         $0.resumable = current.receipts && !shutDown && !taken.isEmpty ? (current.clientID, taken.map(\.end)) : nil
@@ -768,7 +788,10 @@ final class ClientRuntime: Sendable {
         let routed = state.withLock { state -> [DataFrame] in
             defer { state.resumable = nil }
             guard let resumable = state.resumable, let through = session.previousRoutedThrough else { return [] }
-            return state.outage.takeRouted(resumable.ends.prefix { $0 <= through }.count)
+            let routed = state.outage.takeRouted(resumable.ends.prefix { $0 <= through }.count)
+            // Kept as ending where the new connection's frames begin.
+            state.carry(routed.map { ($0.sequence, session.start) }, to: session)
+            return routed.map(\.frame)
         }
         if !routed.isEmpty {
             session.inherit(routed)
@@ -794,6 +817,8 @@ final class ClientRuntime: Sendable {
         let tracing = state.withLock { $0.tracing }
         var delivered = 0
         var carriedThrough = 0
+        // Entries of connections that ended: their frames are carried here, if anywhere.
+        state.withLock { state in state.carriedAt = state.carriedAt.filter { $0.value.session.connection.connection.closeReason == nil } }
         while true {
             let (frames, closing, summary) = state.withLock { state -> ([OutageBuffer.Waiting], Bool, (buffered: Int, dropped: Int)?) in
                 let closing = state.lifecycle.isClosing || state.ended
@@ -812,23 +837,29 @@ final class ClientRuntime: Sendable {
                 }
                 return closing ? .closing : .serving
             }
+            var carried: [(sequence: Int, end: Int)] = []
             for (index, waiting) in frames.enumerated() {
                 do {
                     // Its wait, on a span of its own after the writer's (a frame sent again: another).
                     let frame = tracing.outageFrame(
                         waiting.frame, waited: .now - waiting.since, resent: waiting.resent, meshLink: clientType == .upstreamZipper)
                     let end = try await session.connection.write(.data(frame))
-                    session.recordWrite(frame, endingAt: end, logger: logger)
+                    session.recordWrite(frame, endingAt: end, sequence: waiting.sequence, logger: logger)
+                    carried.append((waiting.sequence, end))
                     carriedThrough = end
                 } catch {
                     state.withLock {
                         $0.outage.delivered(index)
                         $0.outage.putBack(frames[index...])
+                        $0.carry(carried, to: session)
                     }
                     return .failed(error)
                 }
             }
-            state.withLock { $0.outage.delivered(frames.count) }
+            state.withLock {
+                $0.outage.delivered(frames.count)
+                $0.carry(carried, to: session)
+            }
             delivered += frames.count
         }
     }
@@ -1379,8 +1410,10 @@ final class ClientRuntime: Sendable {
                 is larger than \(FrameDecoder.defaultMaximumFrameSize) bytes, the largest a zipper takes: not sent
                 """)
         }
-        let (firstRoute, metrics, firstGeneration) = state.withLock {
-            (routeWrite(frame, patch, waitingSince: waitingSince, &$0), $0.metrics, $0.generation)
+        let (firstRoute, metrics, firstGeneration, sequence) = state.withLock { state in
+            let sequence = state.writeSequence
+            state.writeSequence += 1
+            return (routeWrite(frame, patch, waitingSince: waitingSince, sequence: sequence, &state), state.metrics, state.generation, sequence)
         }
         var (route, generation) = (firstRoute, firstGeneration)
         let started = metrics.isEnabled ? ContinuousClock.now : nil
@@ -1410,9 +1443,9 @@ final class ClientRuntime: Sendable {
                         hasAfterWriteHook.store(false, ordering: .relaxed)
                         await hook()
                     }
-                    if session.recordWrite(frame, patch: patch, endingAt: end, logger: logger) {
+                    if session.recordWrite(frame, patch: patch, endingAt: end, sequence: sequence, logger: logger) {
                         sent()
-                        return DeliveryMark(session: session, end: end, generation: generation)
+                        return DeliveryMark(session: session, end: end, generation: generation, sequence: sequence)
                     }
                     // Queued, but the serving loop had already taken the ended
                     // connection's unacknowledged frames: this one was not among
@@ -1442,7 +1475,7 @@ final class ClientRuntime: Sendable {
                     }
                     if final { return .refused(ClientCore.describe(failure, zipper: session.zipper), logBurst: false) }
                     generation = state.generation
-                    return self.routeWrite(frame, patch, waitingSince: waitingSince, pastLimit: queued, &state)
+                    return self.routeWrite(frame, patch, waitingSince: waitingSince, pastLimit: queued, sequence: sequence, &state)
                 }
             case .buffered(let first):
                 if first {
@@ -1451,7 +1484,7 @@ final class ClientRuntime: Sendable {
                         "max_frames": "\(limits.0)", "max_bytes": "\(limits.1)",
                     ])
                 }
-                return DeliveryMark(session: nil, end: 0, generation: generation)
+                return DeliveryMark(session: nil, end: 0, generation: generation, sequence: sequence)
             case .refused(let error, let logBurst):
                 if logBurst { logger.warning("dropping writes while reconnecting", metadata: ["error": "\(error)"]) }
                 throw error
@@ -1460,16 +1493,23 @@ final class ClientRuntime: Sendable {
     }
 
     /// Whether the frame `mark` follows is settled: its connection's zipper
-    /// settled it (with receipts; else acknowledged it), or it was carried to
-    /// a newer connection that settled all it carried. True once the client
-    /// ended: what it still held is dropped, and said.
+    /// settled it (with receipts; else acknowledged it), or a newer
+    /// connection that carried it settled it there, or settled all it
+    /// carried (a frame whose place there is not known). True once the
+    /// client ended: what it still held is dropped, and said.
     func isSettled(_ mark: DeliveryMark, endedSettles: Bool = true) -> Bool {
         if let session = mark.session, session.isSettled(through: mark.end) { return true }
-        let (ended, generation, carried) = state.withLock { ($0.ended, $0.generation, $0.carried) }
+        let (ended, generation, carried, carriedAt) = state.withLock {
+            ($0.ended, $0.generation, $0.carried, mark.sequence >= 0 ? $0.carriedAt[mark.sequence] : nil)
+        }
         if ended { return endedSettles }
         // Not settled where it was written: anything not settled there is
         // carried to the next connection, whose own wait covers it.
         guard generation > mark.generation, let carried else { return false }
+        if let carriedAt {
+            if carriedAt.session.isSettled(through: carriedAt.end) { return true }
+            if carriedAt.session.connection.connection.closeReason == nil { return false }
+        }
         return carried.session.isSettled(through: carried.through)
     }
 
@@ -1527,7 +1567,8 @@ final class ClientRuntime: Sendable {
     }
 
     private func routeWrite(
-        _ frame: DataFrame, _ patch: MetadataPatch?, waitingSince: ContinuousClock.Instant?, pastLimit: Bool = false, _ state: inout State
+        _ frame: DataFrame, _ patch: MetadataPatch?, waitingSince: ContinuousClock.Instant?, pastLimit: Bool = false, sequence: Int,
+        _ state: inout State
     ) -> WriteRoute {
         if state.ended || state.lifecycle.state == .closed {
             return .refused(YoMoError(.closed, "\(name) is closed"), logBurst: false)
@@ -1541,7 +1582,7 @@ final class ClientRuntime: Sendable {
         case .connecting, .serving, .reconnecting, .delivering, .closed:
             // While delivering before the close, a running handler's writes join the held frames.
             if let session = state.session { return .session(session) }
-            switch state.outage.admit(frame.applying(patch), now: waitingSince ?? .now, pastLimit: pastLimit) {
+            switch state.outage.admit(frame.applying(patch), now: waitingSince ?? .now, pastLimit: pastLimit, sequence: sequence) {
             case .buffered(let first):
                 return .buffered(firstOfOutage: first)
             case .full(let first):

@@ -38,6 +38,8 @@ struct OutageBuffer {
         var frame: DataFrame
         var since: ContinuousClock.Instant
         var resent: Bool
+        /// The client's number for the write (`ClientRuntime.DeliveryMark`), -1 for none.
+        var sequence = -1
     }
     private(set) var waiting: [Waiting] = []
     /// Of `waiting`, those put back, and their bytes.
@@ -73,7 +75,7 @@ struct OutageBuffer {
     /// `pastLimit`: a frame queued on a connection that ended under its
     /// write, which may have reached the zipper: held even over the limits,
     /// since refusing it would tell its writer it was not sent.
-    mutating func admit(_ frame: DataFrame, now: ContinuousClock.Instant = .now, pastLimit: Bool = false) -> Admission {
+    mutating func admit(_ frame: DataFrame, now: ContinuousClock.Instant = .now, pastLimit: Bool = false, sequence: Int = -1) -> Admission {
         guard isEnabled else {
             statistics.dropped += 1
             outageDropped += 1
@@ -90,7 +92,7 @@ struct OutageBuffer {
             return .full(firstOfBurst: !inDropBurst)
         }
         inDropBurst = false
-        waiting.append(Waiting(frame: frame, since: now, resent: false))
+        waiting.append(Waiting(frame: frame, since: now, resent: false, sequence: sequence))
         statistics.buffered += 1
         statistics.pendingFrames += 1
         statistics.pendingBytes += size
@@ -125,17 +127,17 @@ struct OutageBuffer {
 
     /// Frames a lost connection never had acknowledged: they go first, whatever
     /// the limits (they were accepted before the outage began).
-    mutating func resend(_ unacknowledged: [DataFrame]) {
-        putBack(unacknowledged.map { Waiting(frame: $0, since: .now, resent: true) })
+    mutating func resend(_ unacknowledged: [(frame: DataFrame, sequence: Int)]) {
+        putBack(unacknowledged.map { Waiting(frame: $0.frame, since: .now, resent: true, sequence: $0.sequence) })
         statistics.resent += unacknowledged.count
     }
 
     /// The first `count` frames, put there by `resend`, that the zipper says it
     /// had routed already (a reconnection to the same zipper): not sent
     /// again, and not counted as resent.
-    mutating func takeRouted(_ count: Int) -> [DataFrame] {
-        let routed = waiting.prefix(count).map(\.frame)
-        let bytes = routed.reduce(0) { $0 + $1.encodedLength }
+    mutating func takeRouted(_ count: Int) -> [(frame: DataFrame, sequence: Int)] {
+        let routed = waiting.prefix(count).map { (frame: $0.frame, sequence: $0.sequence) }
+        let bytes = routed.reduce(0) { $0 + $1.frame.encodedLength }
         waiting.removeFirst(routed.count)
         statistics.pendingFrames -= routed.count
         statistics.pendingBytes -= bytes

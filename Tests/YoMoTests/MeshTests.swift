@@ -625,6 +625,49 @@ struct MeshLoopbackTests {
         await a.kill()
     }
 
+    @Test("frames a link carried to its downstream's next run settle one by one as the function there handles them: the source forgets each as it is handled, not all once the last is")
+    func carriedFramesSettleOneByOne() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        // In its first minute b holds frames for any function that comes.
+        let b = try ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
+        let a = Zipper(configuration: Self.upstreamConfiguration(port: portA, downstreamPort: portB, unroutedHold: .off), options: Self.upstreamOptions())
+        try await a.start()
+        #expect(await eventually { a.meshLinkHealth.first?.connected == true })
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        let texts = (0..<10).map { "carried-\($0)" }
+        // One at a time, as a source that writes now and then: each in a receipt of a's of its own.
+        for (index, text) in texts.enumerated() {
+            try await source.write(tag: 0x3B, data: Array(text.utf8))
+            #expect(await eventually { a.meshLinkHealth.first.map { $0.sentFrames == index + 1 && $0.queuedFrames == 0 } == true })
+        }
+
+        // b's next run has none of them: the link sends them all again, on its next connection.
+        await b.kill()
+        try b.restart()
+        #expect(await eventually { a.meshLinkReconnectsForTesting == [1] && a.meshLinkHealth.first?.connected == true })
+        #expect(source.client.keptFrames == 10)
+        let allowed = Atomic<Int>(0)
+        let handled = Inbox<String>()
+        let far = StreamFunction(name: "far", zipper: b.address, options: .init(observedTags: [0x3B], credential: "token:mesh", handlerConcurrency: 1))
+        far.setHandler { ctx in
+            while handled.items.count >= allowed.load(ordering: .relaxed) { try? await Task.sleep(for: .milliseconds(5)) }
+            handled.append(String(decoding: ctx.data, as: UTF8.self))
+        }
+        try await far.connect()
+        allowed.store(2, ordering: .relaxed)
+        #expect(await handled.wait(for: 2))
+        // Before, the source kept all ten until the last was handled.
+        #expect(await eventually { source.client.keptFrames <= 8 }, "kept \(source.client.keptFrames)")
+        allowed.store(10, ordering: .relaxed)
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
+        #expect(handled.items == texts, "each once, in order: \(handled.items)")
+        await source.close()
+        await far.close()
+        await a.close()
+        await b.kill()
+    }
+
     @Test("a downstream away while 5,000 frames are forwarded to it (a second of a busy source): the default queue and the link's buffer keep every one, and a function there gets them all")
     func downstreamAwayUnderTraffic() async throws {
         let portA = try await freePort(), portB = try await freePort()

@@ -343,18 +343,20 @@ struct OutageBufferTests {
     func admitsBesidesPutBack() {
         for besides in [true, false] {
             var buffer = OutageBuffer(maximumFrames: 2, maximumBytes: 1 << 20, admitsBesidesPutBack: besides)
-            buffer.resend([frame(0), frame(1), frame(2)])
-            #expect(buffer.admit(frame(3)) == (besides ? .buffered(firstOfOutage: true) : .full(firstOfBurst: true)), "\(besides)")
-            #expect(buffer.admit(frame(4)) == (besides ? .buffered(firstOfOutage: false) : .full(firstOfBurst: false)), "\(besides)")
+            // Each with its write's number, which a connection that carries it records.
+            buffer.resend([(frame(0), 10), (frame(1), 11), (frame(2), 12)])
+            #expect(buffer.admit(frame(3), sequence: 13) == (besides ? .buffered(firstOfOutage: true) : .full(firstOfBurst: true)), "\(besides)")
+            #expect(buffer.admit(frame(4), sequence: 14) == (besides ? .buffered(firstOfOutage: false) : .full(firstOfBurst: false)), "\(besides)")
             #expect(buffer.admit(frame(5)) == .full(firstOfBurst: besides), "new frames held to the limit: \(besides)")
             // The zipper had routed the first already: not sent again, and no room made for new frames.
-            #expect(buffer.takeRouted(1).count == 1)
+            #expect(buffer.takeRouted(1).map(\.sequence) == [10])
             #expect(buffer.admit(frame(6)) == .full(firstOfBurst: false))
             let waiting = buffer.takeWaiting()
             let taken = waiting.map { $0.frame.payload.getInteger(at: 0, as: UInt8.self) }
             #expect(taken == (besides ? [1, 2, 3, 4] : [1, 2]), "\(besides)")
             // What each frame's span ("client outage") says: sent again, or written meanwhile.
             #expect(waiting.map(\.resent) == (besides ? [true, true, false, false] : [true, true]), "\(besides)")
+            #expect(waiting.map(\.sequence) == (besides ? [11, 12, 13, 14] : [11, 12]), "\(besides)")
             #expect(buffer.admit(frame(7)) == .buffered(firstOfOutage: !besides), "room again once taken: \(besides)")
         }
     }
