@@ -169,6 +169,19 @@ struct MeshLoopbackTests {
         return options
     }
 
+    /// `yomo serve` as zipper "a" on `port` (no hold of its own: what it
+    /// forwards is only in its link to "b" on `downstreamPort`), and a
+    /// source connected to it that redials (and, with receipts, sends again
+    /// what a crash of "a" left unsettled).
+    static func upstreamProcessWithSource(port: Int, downstreamPort: Int, receipts: Bool = true) async throws -> (ZipperProcess, Source) {
+        let a = try ZipperProcess(port: port, arguments: [
+            "--name", "a", "--token", "mesh", "--unrouted-hold", "0", "--mesh", "b=127.0.0.1:\(downstreamPort)", "--mesh-credential", "token:mesh",
+        ])
+        let source = Source(name: "source", zipper: a.address, options: .init(credential: "token:mesh", retryConnect: true, deliveryReceipts: receipts))
+        try await source.connect()
+        return (a, source)
+    }
+
     /// A tracer provider whose spans end up in the exporter returned.
     static func recordingTracer() -> (TracerProvider, InMemorySpanExporter) {
         let exporter = InMemorySpanExporter()
@@ -372,12 +385,7 @@ struct MeshLoopbackTests {
           arguments: [true, false])
     func upstreamKilledWithLinkBacklog(receipts: Bool) async throws {
         let portA = try await freePort(), portB = try await freePort()
-        // No hold at a: what it forwards is only in its link.
-        let a = try ZipperProcess(port: portA, arguments: [
-            "--name", "a", "--token", "mesh", "--unrouted-hold", "0", "--mesh", "b=127.0.0.1:\(portB)", "--mesh-credential", "token:mesh",
-        ])
-        let source = Source(name: "source", zipper: a.address, options: .init(credential: "token:mesh", retryConnect: true, deliveryReceipts: receipts))
-        try await source.connect()
+        let (a, source) = try await Self.upstreamProcessWithSource(port: portA, downstreamPort: portB, receipts: receipts)
         // b is not up: the link holds what a forwards, in a's memory only.
         let texts = (0..<20).map { "linked-\($0)" }
         for text in texts { try await source.write(tag: 0x35, data: Array(text.utf8)) }
@@ -565,11 +573,7 @@ struct MeshLoopbackTests {
             }
         }
         try await far.connect()
-        let a = try ZipperProcess(port: portA, arguments: [
-            "--name", "a", "--token", "mesh", "--unrouted-hold", "0", "--mesh", "b=127.0.0.1:\(portB)", "--mesh-credential", "token:mesh",
-        ])
-        let source = Source(name: "source", zipper: a.address, options: .init(credential: "token:mesh", retryConnect: true))
-        try await source.connect()
+        let (a, source) = try await Self.upstreamProcessWithSource(port: portA, downstreamPort: portB)
         let texts = (0..<10).map { "again-\($0)" }
         for text in texts { try await source.write(tag: 0x39, data: Array(text.utf8)) }
         // b's function read them all; its handler holds the first, so the source keeps most.
@@ -600,11 +604,7 @@ struct MeshLoopbackTests {
         // In its first minute b holds frames for any function that comes.
         let b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
-        let a = try ZipperProcess(port: portA, arguments: [
-            "--name", "a", "--token", "mesh", "--unrouted-hold", "0", "--mesh", "b=127.0.0.1:\(portB)", "--mesh-credential", "token:mesh",
-        ])
-        let source = Source(name: "source", zipper: a.address, options: .init(credential: "token:mesh", retryConnect: true))
-        try await source.connect()
+        let (a, source) = try await Self.upstreamProcessWithSource(port: portA, downstreamPort: portB)
         let texts = (0..<10).map { "held-\($0)" }
         for text in texts { try await source.write(tag: 0x3A, data: Array(text.utf8)) }
         #expect(await eventually { b.statistics.heldFrames == 10 }, "held \(b.statistics.heldFrames)")
@@ -662,6 +662,46 @@ struct MeshLoopbackTests {
         allowed.store(10, ordering: .relaxed)
         #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
         #expect(handled.items == texts, "each once, in order: \(handled.items)")
+        await source.close()
+        await far.close()
+        await a.close()
+        await b.kill()
+    }
+
+    @Test("frames a downstream acknowledged before its graceful close count as settled for the link's senders, as they are not sent again: they do not wait for what the link carries to the downstream's next run")
+    func acknowledgedAtCloseSettles() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        let b = try ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
+        let allowed = Atomic<Int>(0)
+        let handled = Inbox<String>()
+        let far = StreamFunction(name: "far", zipper: b.address, options: .init(
+            observedTags: [0x3C], credential: "token:mesh", retryConnect: true, handlerConcurrency: 1))
+        far.setHandler { ctx in
+            while handled.items.count >= allowed.load(ordering: .relaxed) { try? await Task.sleep(for: .milliseconds(5)) }
+            handled.append(String(decoding: ctx.data, as: UTF8.self))
+        }
+        try await far.connect()
+        let a = Zipper(configuration: Self.upstreamConfiguration(port: portA, downstreamPort: portB, unroutedHold: .off), options: Self.upstreamOptions())
+        try await a.start()
+        #expect(await eventually { a.meshLinkHealth.first?.connected == true })
+        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        let texts = (0..<10).map { "closed-\($0)" }
+        for text in texts.prefix(5) { try await source.write(tag: 0x3C, data: Array(text.utf8)) }
+        #expect(await eventually { a.meshLinkHealth.first.map { $0.sentFrames == 5 && $0.queuedFrames == 0 } == true })
+        #expect(source.client.keptFrames == 5, "b's function has not handled them")
+
+        // b keeps what its function had not handled for its next start; the link does not send it again.
+        await b.terminate()
+        for text in texts.suffix(5) { try await source.write(tag: 0x3C, data: Array(text.utf8)) }
+        try b.restart()
+        #expect(await eventually { a.meshLinkHealth.first.map { $0.connected && $0.sentFrames == 10 && $0.queuedFrames == 0 } == true })
+        // The five b took before its close are settled; the five carried to its next run wait for its function.
+        #expect(await eventually { source.client.keptFrames == 5 }, "kept \(source.client.keptFrames)")
+        allowed.store(10, ordering: .relaxed)
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
+        #expect(await handled.wait(for: 10))
+        #expect(Set(handled.items) == Set(texts), "\(handled.items)")
         await source.close()
         await far.close()
         await a.close()
