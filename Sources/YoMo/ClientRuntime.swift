@@ -283,12 +283,12 @@ final class ClientRuntime: Sendable {
         /// copy is not handled twice.
         var mayComeAgain: [String: (token: HandlingLedger.Token, since: ContinuousClock.Instant)] = [:]
 
-        /// The close deadline, set by the first close request (or the first close).
         /// Numbered frames `session` carried, each ending at its offset there.
         mutating func carry(_ frames: [(sequence: Int, end: Int)], to session: ClientSession) {
             for (sequence, end) in frames where sequence >= 0 { carriedAt[sequence] = (session, end) }
         }
 
+        /// The close deadline, set by the first close request (or the first close).
         mutating func startCloseClock() -> ContinuousClock.Instant {
             if let closeDeadline { return closeDeadline }
             let deadline = ContinuousClock.now + shutdownTimeout

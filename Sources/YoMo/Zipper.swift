@@ -410,8 +410,9 @@ public final class Zipper: Sendable {
         public var deliveryReceipts = 0
         /// Words to stream functions that frames written to them may come
         /// again, by transaction id (`ReceiptFrame.copiesMayFollow`): an
-        /// upstream zipper of the mesh connected anew, or its earlier
-        /// connection ended after that. One per function told.
+        /// upstream zipper of the mesh connected, or its earlier connection
+        /// ended after that, or frames held for the function went to it.
+        /// One per function told.
         public var copiesAnnounced = 0
     }
 
@@ -1666,8 +1667,9 @@ public final class Zipper: Sendable {
     /// (`ReceiptFrame.copiesMayFollow`): an upstream zipper of the mesh that
     /// crashed and started again connects anew, and its sources send it what
     /// it had not settled, which this zipper may have written to a function
-    /// that has not handled it yet (a backlog). The function recognizes
-    /// them by transaction id. Queued past any limit: a word of 15 bytes,
+    /// that has not handled it yet (a backlog), or held for it, beside the
+    /// originals it held already. The function recognizes them by
+    /// transaction id. Queued past any limit: a word of 15 bytes,
     /// once per such connection, and it must go before the copies. `reason`:
     /// for the info line (none: the caller says it otherwise).
     private func announceCopies(to functions: [QUICFrameConnection], because reason: String?, logger: Logger) {
