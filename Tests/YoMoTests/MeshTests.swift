@@ -182,6 +182,41 @@ struct MeshLoopbackTests {
         return (a, source)
     }
 
+    /// Zipper "a" on `port`, started, in this process (no hold of its own),
+    /// its link to "b" on `downstreamPort` connected, and a source connected to it.
+    static func upstreamWithSource(port: Int, downstreamPort: Int) async throws -> (Zipper, Source) {
+        let a = Zipper(configuration: Self.upstreamConfiguration(port: port, downstreamPort: downstreamPort, unroutedHold: .off), options: Self.upstreamOptions())
+        try await a.start()
+        #expect(await eventually { a.meshLinkHealth.first?.connected == true })
+        let source = Source(name: "source", zipper: "127.0.0.1:\(port)", options: .init(credential: "token:mesh"))
+        try await source.connect()
+        return (a, source)
+    }
+
+    /// A stream function "far" at `zipper` whose one handler at a time
+    /// handles a frame of `tag` only while fewer than `allow`ed were.
+    final class MeteredFunction: Sendable {
+        let function: StreamFunction
+        let handled = Inbox<String>()
+        private let allowed = Allowance()
+
+        /// Held apart from the function: its handler holds it, not the function.
+        private final class Allowance: Sendable {
+            let count = Atomic<Int>(0)
+        }
+
+        init(zipper: String, tag: UInt32, retryConnect: Bool = false) {
+            function = StreamFunction(name: "far", zipper: zipper, options: .init(
+                observedTags: [tag], credential: "token:mesh", retryConnect: retryConnect, handlerConcurrency: 1))
+            function.setHandler { [handled, allowed] ctx in
+                while handled.items.count >= allowed.count.load(ordering: .relaxed) { try? await Task.sleep(for: .milliseconds(5)) }
+                handled.append(String(decoding: ctx.data, as: UTF8.self))
+            }
+        }
+
+        func allow(_ count: Int) { allowed.count.store(count, ordering: .relaxed) }
+    }
+
     /// A tracer provider whose spans end up in the exporter returned.
     static func recordingTracer() -> (TracerProvider, InMemorySpanExporter) {
         let exporter = InMemorySpanExporter()
@@ -630,11 +665,7 @@ struct MeshLoopbackTests {
         let portA = try await freePort(), portB = try await freePort()
         // In its first minute b holds frames for any function that comes.
         let b = try ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
-        let a = Zipper(configuration: Self.upstreamConfiguration(port: portA, downstreamPort: portB, unroutedHold: .off), options: Self.upstreamOptions())
-        try await a.start()
-        #expect(await eventually { a.meshLinkHealth.first?.connected == true })
-        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
-        try await source.connect()
+        let (a, source) = try await Self.upstreamWithSource(port: portA, downstreamPort: portB)
         let texts = (0..<10).map { "carried-\($0)" }
         // One at a time, as a source that writes now and then: each in a receipt of a's of its own.
         for (index, text) in texts.enumerated() {
@@ -647,23 +678,17 @@ struct MeshLoopbackTests {
         try b.restart()
         #expect(await eventually { a.meshLinkReconnectsForTesting == [1] && a.meshLinkHealth.first?.connected == true })
         #expect(source.client.keptFrames == 10)
-        let allowed = Atomic<Int>(0)
-        let handled = Inbox<String>()
-        let far = StreamFunction(name: "far", zipper: b.address, options: .init(observedTags: [0x3B], credential: "token:mesh", handlerConcurrency: 1))
-        far.setHandler { ctx in
-            while handled.items.count >= allowed.load(ordering: .relaxed) { try? await Task.sleep(for: .milliseconds(5)) }
-            handled.append(String(decoding: ctx.data, as: UTF8.self))
-        }
-        try await far.connect()
-        allowed.store(2, ordering: .relaxed)
-        #expect(await handled.wait(for: 2))
+        let far = MeteredFunction(zipper: b.address, tag: 0x3B)
+        try await far.function.connect()
+        far.allow(2)
+        #expect(await far.handled.wait(for: 2))
         // Before, the source kept all ten until the last was handled.
         #expect(await eventually { source.client.keptFrames <= 8 }, "kept \(source.client.keptFrames)")
-        allowed.store(10, ordering: .relaxed)
+        far.allow(10)
         #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
-        #expect(handled.items == texts, "each once, in order: \(handled.items)")
+        #expect(far.handled.items == texts, "each once, in order: \(far.handled.items)")
         await source.close()
-        await far.close()
+        await far.function.close()
         await a.close()
         await b.kill()
     }
@@ -672,20 +697,9 @@ struct MeshLoopbackTests {
     func acknowledgedAtCloseSettles() async throws {
         let portA = try await freePort(), portB = try await freePort()
         let b = try ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
-        let allowed = Atomic<Int>(0)
-        let handled = Inbox<String>()
-        let far = StreamFunction(name: "far", zipper: b.address, options: .init(
-            observedTags: [0x3C], credential: "token:mesh", retryConnect: true, handlerConcurrency: 1))
-        far.setHandler { ctx in
-            while handled.items.count >= allowed.load(ordering: .relaxed) { try? await Task.sleep(for: .milliseconds(5)) }
-            handled.append(String(decoding: ctx.data, as: UTF8.self))
-        }
-        try await far.connect()
-        let a = Zipper(configuration: Self.upstreamConfiguration(port: portA, downstreamPort: portB, unroutedHold: .off), options: Self.upstreamOptions())
-        try await a.start()
-        #expect(await eventually { a.meshLinkHealth.first?.connected == true })
-        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
-        try await source.connect()
+        let far = MeteredFunction(zipper: b.address, tag: 0x3C, retryConnect: true)
+        try await far.function.connect()
+        let (a, source) = try await Self.upstreamWithSource(port: portA, downstreamPort: portB)
         let texts = (0..<10).map { "closed-\($0)" }
         for text in texts.prefix(5) { try await source.write(tag: 0x3C, data: Array(text.utf8)) }
         #expect(await eventually { a.meshLinkHealth.first.map { $0.sentFrames == 5 && $0.queuedFrames == 0 } == true })
@@ -698,12 +712,12 @@ struct MeshLoopbackTests {
         #expect(await eventually { a.meshLinkHealth.first.map { $0.connected && $0.sentFrames == 10 && $0.queuedFrames == 0 } == true })
         // The five b took before its close are settled; the five carried to its next run wait for its function.
         #expect(await eventually { source.client.keptFrames == 5 }, "kept \(source.client.keptFrames)")
-        allowed.store(10, ordering: .relaxed)
+        far.allow(10)
         #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
-        #expect(await handled.wait(for: 10))
-        #expect(Set(handled.items) == Set(texts), "\(handled.items)")
+        #expect(await far.handled.wait(for: 10))
+        #expect(Set(far.handled.items) == Set(texts), "\(far.handled.items)")
         await source.close()
-        await far.close()
+        await far.function.close()
         await a.close()
         await b.kill()
     }
