@@ -135,13 +135,13 @@ func readWholeFile(_ path: String, maximumBytes: Int, what: String) throws(YoMoE
     }
 }
 
-/// Writes `bytes` to `path` under another name and renames it, so that a
-/// crash never leaves a part of it behind; makes the directories leading to it.
 /// "cannot `action` `what` `path`: " and what `errno` says.
 private func fileFailure(_ action: String, _ what: String, _ path: String) -> YoMoError {
     YoMoError(.invalidConfiguration, "cannot \(action) \(what) \(path): \(String(cString: strerror(errno)))")
 }
 
+/// Writes `bytes` to `path` under another name and renames it, so that a
+/// crash never leaves a part of it behind; makes the directories leading to it.
 func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t, what: String) throws(YoMoError) {
     func failure(_ action: String) -> YoMoError { fileFailure(action, what, path) }
     try makeDirectories(leadingTo: path) { failure("create the directory of the") }

@@ -101,16 +101,15 @@ public final class Zipper: Sendable {
         /// it (a restart, another instance), its stream offset then: frames
         /// written to it before that offset, that one lacks (`catchUp`).
         var writtenWhenNamesakeJoined: [UInt64: Int] = [:]
-        /// A stream function that acknowledges handling, past its handshake's
-        /// answer: it may be told that copies may follow (`announceCopies`).
-        var recognizesCopies = false
-        /// Its stream's offset after the handshake's answer, where its frames begin.
-        var framesFrom = 0
+        /// Set for a stream function that acknowledges handling, past its
+        /// handshake's answer (it may be told that copies may follow,
+        /// `announceCopies`): its stream's offset then, where its frames begin.
+        var recognizesCopiesFrom: Int?
 
         /// Whether frames written to it wait for its handlers (as far as its receipts said).
         var hasBacklog: Bool {
             let written = connection.connection.sendProgress.written
-            return written > framesFrom && !delivery.hasHandled(frameEndingAt: written)
+            return written > (recognizesCopiesFrom ?? written) && !delivery.hasHandled(frameEndingAt: written)
         }
     }
 
@@ -221,9 +220,7 @@ public final class Zipper: Sendable {
         /// them: its hold, or its held frames file, gave them again).
         mutating func upstreamConnected(_ name: String) -> [QUICFrameConnection] {
             let first = upstreamNamesSeen.count < Self.upstreamNamesRemembered && upstreamNamesSeen.insert(name).inserted
-            return peers.values.filter { peer in
-                peer.recognizesCopies && (!first || peer.hasBacklog)
-            }.map(\.connection)
+            return functionsRecognizingCopies { !first || $0.hasBacklog }
         }
 
         /// The connection of an upstream zipper named `name` ended: the stream
@@ -232,10 +229,12 @@ public final class Zipper: Sendable {
         /// copies up to now).
         func upstreamLeft(_ name: String) -> [QUICFrameConnection] {
             let successor = peers.values.contains { $0.member.clientType == .upstreamZipper && $0.member.name == name }
-            return successor ? functionsRecognizingCopies : []
+            return successor ? functionsRecognizingCopies { _ in true } : []
         }
 
-        private var functionsRecognizingCopies: [QUICFrameConnection] { peers.values.filter(\.recognizesCopies).map(\.connection) }
+        private func functionsRecognizingCopies(where chosen: (Peer) -> Bool) -> [QUICFrameConnection] {
+            peers.values.filter { $0.recognizesCopiesFrom != nil && chosen($0) }.map(\.connection)
+        }
 
         /// A latch fired once connection `id` has left.
         mutating func departure(of id: UInt64) -> Latch {
@@ -1361,10 +1360,7 @@ public final class Zipper: Sendable {
                     connection.connection.retainAcknowledged(budget: unhandledBudget)
                     // Not before: its dial reads the first receipt as where receipts begin.
                     let framesFrom = connection.connection.sendProgress.written
-                    state.withLock { state in
-                        state.peers[id]?.recognizesCopies = true
-                        state.peers[id]?.framesFrom = framesFrom
-                    }
+                    state.withLock { $0.peers[id]?.recognizesCopiesFrom = framesFrom }
                 }
             } catch {
                 if !held.isEmpty { abandonArrival(of: member, at: delivery, delivered: 0, unwritten: held) }
