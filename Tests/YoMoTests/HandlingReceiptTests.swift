@@ -162,6 +162,40 @@ struct HandlingReceiptTests {
         await zipper.close()
     }
 
+    @Test("a frame that comes three times after the zipper's word that copies may follow (its hold, then a source's resend) is handled once: the second copy is finished with the first, as the first with the original")
+    func thirdCopyHandledOnce() async throws {
+        func frame(_ text: String, tid: String) -> ByteBuffer {
+            Frame.data(DataFrame(tag: 0x33, metadata: Metadata([Metadata.ReservedKey.tid: tid]).encoded(), payload: ByteBuffer(string: text))).encoded()
+        }
+        // A zipper that welcomes handling receipts, sends a frame, says copies
+        // may follow, sends it twice more, then another frame.
+        var answer = Frame.receipt(ReceiptFrame(settledThrough: 0, welcomesHandling: true)).encoded()
+        answer.writeImmutableBuffer(Frame.handshakeAck.encoded())
+        let script = [
+            frame("original", tid: "t-1"), Frame.receipt(ReceiptFrame(settledThrough: 0, copiesMayFollow: true)).encoded(),
+            frame("copy", tid: "t-1"), frame("second copy", tid: "t-1"), frame("next", tid: "t-2"),
+        ]
+        let zipper = try await HostileZipper(answer: answer) { connection in connection == 0 ? script : [] }
+        let handled = Inbox<String>()
+        let gate = Gate()
+        let function = StreamFunction(name: "once", zipper: zipper.address, options: .init(observedTags: [0x33]))
+        // In order, one at a time: once "next" is handled, every frame before it was.
+        function.setPipeHandler { input, _ in
+            for await frame in input {
+                await gate.wait()
+                handled.append(String(decoding: frame.data, as: UTF8.self))
+            }
+        }
+        try await function.connect()
+        #expect(await eventually { function.client.framesReceivedForTesting == 4 }, "\(function.client.framesReceivedForTesting) read")
+        gate.open()
+        #expect(await handled.wait(for: 2))
+        #expect(await eventually { handled.items.last == "next" })
+        #expect(handled.items == ["original", "next"], "\(handled.items)")
+        await function.close()
+        await zipper.close()
+    }
+
     /// The handlers of a function being closed, and what waits for them.
     enum ClosingWith: String, CaseIterable, Sendable {
         /// Five async handlers running, nothing else taken.
