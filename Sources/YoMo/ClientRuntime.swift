@@ -975,7 +975,7 @@ final class ClientRuntime: Sendable {
                     case .data(let data):
                         var token: HandlingLedger.Token?
                         if let handlingLedger {
-                            let received = handlingLedger.received(end: session.frames.consumedBytes, metadata: data.metadata)
+                            let received = handlingLedger.received(end: session.frames.consumedBytes, length: data.encodedLength, metadata: data.metadata)
                             token = received
                             if forwardIfCopy(data, as: received, from: &mayComeAgain, &copyWatch, setup) {
                                 passedOver()
@@ -1262,7 +1262,7 @@ final class ClientRuntime: Sendable {
                 switch frame {
                 case .data(let data):
                     _ = forwardIfCopy(
-                        data, as: handling.received(end: end, metadata: data.metadata), from: &mayComeAgain, &copyWatch, setup)
+                        data, as: handling.received(end: end, length: data.encodedLength, metadata: data.metadata), from: &mayComeAgain, &copyWatch, setup)
                 case .receipt(let receipt):
                     if session.receipts { session.settle(through: Int(clamping: receipt.settledThrough)) }
                     if receipt.copiesMayFollow { expectCopies(of: handling, on: session, into: &mayComeAgain, &copyWatch) }

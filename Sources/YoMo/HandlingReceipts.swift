@@ -39,12 +39,14 @@ final class HandlingLedger: Sendable {
         fileprivate let index: Int
         /// The stream offset just past the frame.
         fileprivate let end: Int
+        /// Its bytes in the stream.
+        fileprivate let length: Int
 
         /// Its handler finished.
         func finished() { ledger.finished(index) }
 
         /// A handler took it (the pipe handler, from its queue).
-        func taken() { ledger.took(through: end) }
+        func taken() { ledger.took(through: end, bytes: length) }
 
         /// The same frame came again on a later connection as `copy`.
         func forward(to copy: Token) { ledger.forward(index, to: copy) }
@@ -119,6 +121,10 @@ final class HandlingLedger: Sendable {
     /// queue) is kept by its sources too. Moved by the reading task and the
     /// pipe handler, so apart from `state`'s lock.
     private let taken: Atomic<Int>
+    /// The bytes of the frames handlers took (`ReceiptFrame.takenBytes`):
+    /// `taken` also moves past frames no handler took (copies finished as
+    /// they were read), and the zipper measures the pace on this.
+    private let bytesTaken = Atomic<Int>(0)
     /// Yielded when the first frame arrives after the ticker went idle.
     let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
@@ -130,18 +136,20 @@ final class HandlingLedger: Sendable {
         (wakeups, wake) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
-    /// A frame ending at `end` was read and goes to a handler.
-    func received(end: Int, metadata: ByteBuffer?) -> Token {
+    /// A frame of `length` bytes ending at `end` was read and goes to a handler.
+    func received(end: Int, length: Int = 0, metadata: ByteBuffer?) -> Token {
         let (index, wakes) = state.withLock { state in
             state.received += 1
             return state.append(Entry(end: end, metadata: metadata))
         }
         if wakes { wake.yield() }
-        return Token(ledger: self, index: index, end: end)
+        return Token(ledger: self, index: index, end: end, length: length)
     }
 
-    /// Handlers took the frames through `end` (never moves back).
-    func took(through end: Int) {
+    /// Handlers took the frames through `end` (never moves back), the last
+    /// of them `bytes` long (0: no handler took it, as a copy).
+    func took(through end: Int, bytes: Int = 0) {
+        if bytes > 0 { bytesTaken.add(bytes, ordering: .relaxed) }
         var current = taken.load(ordering: .relaxed)
         while current < end {
             let (exchanged, original) = taken.compareExchange(expected: current, desired: end, ordering: .relaxed)
@@ -158,11 +166,14 @@ final class HandlingLedger: Sendable {
         var handledAhead: [Range<Int>] = []
         /// The entries `handledAhead` covers, by index: told once it is queued.
         var aheadIndexes: [ClosedRange<Int>] = []
+        /// The bytes handlers took so far (not compared: it moves with `taken`).
+        var takenBytes: Int?
 
         func receipt(closing: Bool = false, handledBefore: [String] = []) -> Frame {
             .receipt(ReceiptFrame(
                 settledThrough: UInt64(handled), closing: closing, takenThrough: UInt64(taken),
-                handledAhead: handledAhead.map { UInt64($0.lowerBound)..<UInt64($0.upperBound) }, handledBefore: handledBefore))
+                handledAhead: handledAhead.map { UInt64($0.lowerBound)..<UInt64($0.upperBound) }, handledBefore: handledBefore,
+                takenBytes: takenBytes.map { UInt64($0) }))
         }
 
         static func == (lhs: Tell, rhs: Tell) -> Bool {
@@ -263,6 +274,7 @@ final class HandlingLedger: Sendable {
     /// QUIC stack acknowledged (its receipts before it arrived).
     func advance(acknowledged: Int) -> (tell: Tell?, waiting: Bool) {
         let taken = self.taken.load(ordering: .relaxed)
+        let takenBytes = bytesTaken.load(ordering: .relaxed)
         let (result, copies) = state.withLock { state -> ((tell: Tell?, waiting: Bool), [Token]) in
             let copies = markCompletions(&state)
             Self.confirm(&state, acknowledged: acknowledged)
@@ -279,7 +291,9 @@ final class HandlingLedger: Sendable {
             }
             // Frames no handler gets may be handled before the pipe handler took those before them.
             let ahead = Self.handledAhead(&state)
-            let tell = Tell(handled: state.handled, taken: max(taken, state.handled), handledAhead: ahead.ranges, aheadIndexes: ahead.indexes)
+            let tell = Tell(
+                handled: state.handled, taken: max(taken, state.handled), handledAhead: ahead.ranges, aheadIndexes: ahead.indexes,
+                takenBytes: takenBytes)
             let untold = tell.handled > state.told || tell.taken > state.toldTaken || !ahead.ranges.isEmpty
             // A receipt not yet acknowledged: its frames are forgotten once it is.
             let waiting = untold || state.handledCount < state.entries.count || !state.receipts.isEmpty
@@ -314,7 +328,10 @@ final class HandlingLedger: Sendable {
     var framesReceived: Int { state.withLock { $0.received } }
 
     /// What the zipper was last told.
-    var toldSoFar: Tell { state.withLock { Tell(handled: $0.told, taken: $0.toldTaken) } }
+    var toldSoFar: Tell {
+        let takenBytes = bytesTaken.load(ordering: .relaxed)
+        return state.withLock { Tell(handled: $0.told, taken: $0.toldTaken, takenBytes: takenBytes) }
+    }
 
     /// Whether every frame read was handled and told.
     /// (As of the last `advance`, which marks what finished.)
@@ -333,7 +350,7 @@ final class HandlingLedger: Sendable {
         var byTid: [String: Token] = [:]
         for (index, end, metadata) in entries {
             guard let metadata, let tid = MetadataView(metadata)?.string(.tid), !tid.isEmpty else { continue }
-            byTid[tid] = Token(ledger: self, index: index, end: end)
+            byTid[tid] = Token(ledger: self, index: index, end: end, length: 0)
         }
         return byTid
     }

@@ -1399,7 +1399,7 @@ public final class Zipper: Sendable {
                         delivery.handled(through: settled, ahead: handled.handledAhead, written: written)
                         if !handled.handledBefore.isEmpty { delivery.handledBefore(handled.handledBefore) }
                         if let taken = handled.takenThrough {
-                            delivery.took(through: min(Int(clamping: taken), written))
+                            delivery.took(through: min(Int(clamping: taken), written), bytes: handled.takenBytes.map { Int(clamping: $0) })
                         } else {
                             delivery.tellsNothingTaken()
                         }

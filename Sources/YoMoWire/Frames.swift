@@ -186,10 +186,18 @@ public struct ReceiptFrame: Hashable, Sendable {
     /// (sequence id 0x08). Its offset repeats nothing new (0). A function
     /// that does not know the field handles such copies again.
     public var copiesMayFollow: Bool
+    /// In a stream function's receipt: how many bytes of frames its handlers
+    /// took on this connection so far (sequence id 0x09), cumulative. The
+    /// zipper measures the function's pace on it: `takenThrough` also moves
+    /// past frames no handler took (copies of frames it had handled,
+    /// finished as they were read), and a burst of those is no pace. A
+    /// zipper that does not know the field measures on `takenThrough`.
+    public var takenBytes: UInt64?
 
     public init(
         settledThrough: UInt64, previousRoutedThrough: UInt64? = nil, welcomesHandling: Bool = false, closing: Bool = false,
-        takenThrough: UInt64? = nil, handledAhead: [Range<UInt64>] = [], handledBefore: [String] = [], copiesMayFollow: Bool = false
+        takenThrough: UInt64? = nil, handledAhead: [Range<UInt64>] = [], handledBefore: [String] = [], copiesMayFollow: Bool = false,
+        takenBytes: UInt64? = nil
     ) {
         self.settledThrough = settledThrough
         self.previousRoutedThrough = previousRoutedThrough
@@ -199,6 +207,7 @@ public struct ReceiptFrame: Hashable, Sendable {
         self.handledAhead = handledAhead
         self.handledBefore = handledBefore
         self.copiesMayFollow = copiesMayFollow
+        self.takenBytes = takenBytes
     }
 }
 
@@ -402,7 +411,8 @@ extension Frame {
                 bodyLength: childSize(8) + (frame.previousRoutedThrough == nil ? 0 : childSize(8)) + (frame.welcomesHandling ? childSize(1) : 0)
                     + (frame.closing ? childSize(1) : 0) + (frame.takenThrough == nil ? 0 : childSize(8))
                     + (frame.handledAhead.isEmpty ? 0 : childSize(16 * frame.handledAhead.count))
-                    + (frame.handledBefore.isEmpty ? 0 : childSize(frame.handledBeforeLength)) + (frame.copiesMayFollow ? childSize(1) : 0))
+                    + (frame.handledBefore.isEmpty ? 0 : childSize(frame.handledBeforeLength)) + (frame.copiesMayFollow ? childSize(1) : 0)
+                    + (frame.takenBytes == nil ? 0 : childSize(8)))
             buffer.writeChildHeader(0x01, length: 8)
             buffer.writeInteger(frame.settledThrough)
             if let previous = frame.previousRoutedThrough {
@@ -439,6 +449,10 @@ extension Frame {
             if frame.copiesMayFollow {
                 buffer.writeChildHeader(0x08, length: 1)
                 buffer.writeInteger(UInt8(1))
+            }
+            if let bytes = frame.takenBytes {
+                buffer.writeChildHeader(0x09, length: 8)
+                buffer.writeInteger(bytes)
             }
         }
     }
@@ -569,6 +583,7 @@ extension ReceiptFrame {
         var closes = false
         var copies = false
         var taken: UInt64?
+        var bytesTaken: UInt64?
         var ahead: [Range<UInt64>] = []
         var before: [String] = []
         try body.withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
@@ -610,7 +625,7 @@ extension ReceiptFrame {
                     }
                     return
                 }
-                guard sequenceID == 0x01 || sequenceID == 0x02 || sequenceID == 0x05 else { return }
+                guard sequenceID == 0x01 || sequenceID == 0x02 || sequenceID == 0x05 || sequenceID == 0x09 else { return }
                 guard length == 8 else {
                     throw WireError(.invalidValue, "ReceiptFrame offset has \(length) bytes, not 8")
                 }
@@ -618,7 +633,8 @@ extension ReceiptFrame {
                 switch sequenceID {
                 case 0x01: settled = value
                 case 0x02: previous = value
-                default: taken = value
+                case 0x05: taken = value
+                default: bytesTaken = value
                 }
             }
         }
@@ -631,6 +647,7 @@ extension ReceiptFrame {
         handledAhead = ahead
         handledBefore = before
         copiesMayFollow = copies
+        takenBytes = bytesTaken
     }
 }
 

@@ -217,12 +217,60 @@ struct DeliveryReceiptTests {
         var pace = TakingPace()
         let start = ContinuousClock.now
         func at(_ milliseconds: Int) -> ContinuousClock.Instant { start + .milliseconds(milliseconds) }
-        #expect(pace.settleable(taken: 100, at: at(0)) == 100, "no pace yet")
-        #expect(pace.settleable(taken: 300, at: at(5)) == 500, "young: all it took so far")
-        #expect(pace.settleable(taken: 500, at: at(20)) == 900)
-        #expect(pace.settleable(taken: 500, at: at(100)) == 500, "took nothing in the last 50 ms")
-        #expect(pace.settleable(taken: 600, at: at(1100)) == 605, "100 bytes in a second: 5 in 50 ms")
-        #expect(pace.settleable(taken: 600, at: at(1105)) == 604, "not a sample of its own: the same bytes over 1,005 ms")
+        #expect(pace.settleable(taken: 100, progress: 100, at: at(0)) == 100, "no pace yet")
+        #expect(pace.settleable(taken: 300, progress: 300, at: at(5)) == 500, "young: all it took so far")
+        #expect(pace.settleable(taken: 500, progress: 500, at: at(20)) == 900)
+        #expect(pace.settleable(taken: 500, progress: 500, at: at(100)) == 500, "took nothing in the last 50 ms")
+        #expect(pace.settleable(taken: 600, progress: 600, at: at(1100)) == 605, "100 bytes in a second: 5 in 50 ms")
+        #expect(pace.settleable(taken: 600, progress: 600, at: at(1105)) == 604, "not a sample of its own: the same bytes over 1,005 ms")
+        // Measured on the bytes handlers took: the end of what was taken
+        // jumping past frames none took (copies finished at once) is no pace.
+        var counted = TakingPace()
+        #expect(counted.settleable(taken: 100, progress: 50, at: at(0)) == 100)
+        #expect(counted.settleable(taken: 2_100, progress: 50, at: at(5)) == 2_100, "copies: nothing beyond")
+        #expect(counted.settleable(taken: 2_200, progress: 150, at: at(20)) == 2_300, "one frame of 100 bytes taken: 100 beyond")
+    }
+
+    @Test("a zipper measures a function's pace on the bytes its handlers took: a receipt whose end of what was taken jumps past frames no handler took (copies finished as they were read) settles nothing beyond that end for the source")
+    func paceOnTakenBytes() async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let port = try #require(zipper.port)
+        // A stream function of the tests' own: it reads, and says what it likes.
+        let function = try await QUICFrameConnection.connect(host: "127.0.0.1", port: port)
+        try await function.write(.handshake(HandshakeFrame(
+            name: "raw", id: "raw-0", clientType: .streamFunction, observedTags: [0x33], version: yomoSpecVersion,
+            wantsReceipts: true, acknowledgesHandling: true)))
+        var frames = function.frames.makeAsyncIterator()
+        guard case .receipt(let welcome)? = try await frames.next(), welcome.welcomesHandling else {
+            Issue.record("no welcome for handling receipts")
+            return
+        }
+        #expect(try await frames.next() == .handshakeAck)
+        let source = Source(name: "writer", zipper: "127.0.0.1:\(port)")
+        try await source.connect()
+        for index in 0..<20 { try await source.write(tag: 0x33, data: Array("frame-\(index)".utf8)) }
+        var ends: [Int] = []
+        var firstLength = 0
+        while ends.count < 20, let frame = try await frames.next() {
+            guard case .data(let data) = frame else { continue }
+            if ends.isEmpty { firstLength = data.encodedLength }
+            ends.append(frames.consumedBytes)
+        }
+        // A handler took the first frame; the next nine were copies of frames
+        // handled before, finished as they were read: taken through the tenth,
+        // the bytes taken still the first frame's.
+        try await function.write(.receipt(ReceiptFrame(
+            settledThrough: UInt64(ends[0]), takenThrough: UInt64(ends[0]), takenBytes: UInt64(firstLength))))
+        try await function.write(.receipt(ReceiptFrame(
+            settledThrough: UInt64(ends[9]), takenThrough: UInt64(ends[9]), takenBytes: UInt64(firstLength))))
+        // The ten after are kept by the source: measured on the end of what
+        // was taken, the jump read as a pace of nine frames and settled them.
+        #expect(await eventually { source.client.keptFrames <= 10 }, "kept \(source.client.keptFrames)")
+        #expect(source.client.keptFrames == 10, "kept \(source.client.keptFrames)")
+        await source.close()
+        await function.close()
+        await zipper.close()
     }
 
     @Test("a function that may say what it took settles nothing at acknowledgement before its first receipt (held frames written at its join, before the zipper reads it); one whose receipts say nothing of it, at acknowledgement")

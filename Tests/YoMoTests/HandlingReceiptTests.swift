@@ -196,6 +196,49 @@ struct HandlingReceiptTests {
         await zipper.close()
     }
 
+    @Test("a function's receipts count the bytes its handlers took, not the copies it finished as it read them, though the end of what it took moves past those")
+    func takenBytesLeaveCopiesOut() async throws {
+        func frame(_ text: String, tid: String) -> ByteBuffer {
+            Frame.data(DataFrame(tag: 0x33, metadata: Metadata([Metadata.ReservedKey.tid: tid]).encoded(), payload: ByteBuffer(string: text))).encoded()
+        }
+        // The word that copies may follow, ten frames, then (once they are
+        // handled) their copies and one more, which the handler holds.
+        var answer = Frame.receipt(ReceiptFrame(settledThrough: 0, welcomesHandling: true)).encoded()
+        answer.writeImmutableBuffer(Frame.handshakeAck.encoded())
+        let originals = (0..<10).map { frame("frame-\($0)", tid: "t-\($0)") }
+        let zipper = try await HostileZipper(answer: answer) { connection in
+            connection == 0 ? [Frame.receipt(ReceiptFrame(settledThrough: 0, copiesMayFollow: true)).encoded()] + originals : []
+        }
+        let handled = Inbox<String>()
+        let gate = Gate()
+        let function = StreamFunction(name: "counted", zipper: zipper.address, options: .init(observedTags: [0x33]))
+        function.setPipeHandler { input, _ in
+            for await frame in input {
+                let text = String(decoding: frame.data, as: UTF8.self)
+                if text == "held" { await gate.wait() }
+                handled.append(text)
+            }
+        }
+        try await function.connect()
+        #expect(await handled.wait(for: 10))
+        let originalBytes = originals.reduce(0) { $0 + $1.readableBytes }
+        #expect(await eventually { zipper.receipts.items.last?.takenBytes == UInt64(originalBytes) },
+                "\(zipper.receipts.items.last.map { "\($0)" } ?? "none")")
+        let copiesEnd = try #require(zipper.receipts.items.last?.takenThrough) + UInt64(originalBytes)
+        let held = frame("held", tid: "t-held")
+        try await zipper.send(originals + [held])
+        // The copies are finished at once, the held frame taken: the end of
+        // what was taken is past all of them, the bytes only one frame more.
+        #expect(await eventually { (zipper.receipts.items.last?.takenThrough ?? 0) >= copiesEnd + UInt64(held.readableBytes) },
+                "\(zipper.receipts.items.last.map { "\($0)" } ?? "none")")
+        #expect(zipper.receipts.items.last?.takenBytes == UInt64(originalBytes + held.readableBytes))
+        #expect(handled.items == (0..<10).map { "frame-\($0)" }, "the copies were not handled")
+        gate.open()
+        #expect(await handled.wait(for: 11))
+        await function.close()
+        await zipper.close()
+    }
+
     /// The handlers of a function being closed, and what waits for them.
     enum ClosingWith: String, CaseIterable, Sendable {
         /// Five async handlers running, nothing else taken.
@@ -495,7 +538,7 @@ struct HandlingReceiptTests {
         #expect(next.advance(acknowledged: 20) == (nil, false), "nothing left: idle until the next frame")
     }
 
-    @Test("handshake field 0C and receipt fields 03, 04, 05, 06 and 07 round-trip, and a decoder that does not know a field skips it")
+    @Test("handshake field 0C and receipt fields 03, 04, 05, 06, 07 and 09 round-trip, and a decoder that does not know a field skips it")
     func wire() throws {
         let handshake = HandshakeFrame(name: "f", id: "id", clientType: .streamFunction, wantsReceipts: true, acknowledgesHandling: true)
         var decoder = FrameDecoder()
@@ -568,6 +611,14 @@ struct HandlingReceiptTests {
             let error = try #require(throws: WireError.self) { try decoder.decodeFrame(buffer: &bytes) }
             #expect(error.message.contains("transaction ids"), "\(error)")
         }
+        // The bytes the handlers took: field 09, 8 bytes, last; a zipper from before reads the receipt without it.
+        let counted = ReceiptFrame(settledThrough: 77, takenThrough: 90, takenBytes: 1 << 35 | 9)
+        var countedBytes = Frame.receipt(counted).encoded()
+        #expect(Array(countedBytes.readableBytesView.suffix(10)) == [0x09, 0x08, 0, 0, 0, 0x08, 0, 0, 0, 9])
+        var uncounted = countedBytes
+        uncounted.setInteger(UInt8(0x0E), at: uncounted.writerIndex - 10)
+        #expect(try decoder.decodeFrame(buffer: &countedBytes) == .receipt(counted))
+        #expect(try decoder.decodeFrame(buffer: &uncounted) == .receipt(ReceiptFrame(settledThrough: 77, takenThrough: 90)))
     }
 
     @Test("the zipper keeps a function's ranges handled out of order merged, past what it settled in order, and at most maximumRanges of them")

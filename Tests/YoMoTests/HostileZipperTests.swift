@@ -19,6 +19,10 @@ final class HostileZipper: Sendable {
     let handshakes = Inbox<HandshakeFrame>()
     /// The data frames clients wrote to it.
     let received = Inbox<DataFrame>()
+    /// The receipts clients wrote to it (a stream function's handling receipts).
+    let receipts = Inbox<ReceiptFrame>()
+    /// The latest connection, for `send`.
+    private let latest = Inbox<QUICConnection>()
     private let holder: Task<Void, Never>
 
     var address: String { "127.0.0.1:\(server.port)" }
@@ -32,7 +36,7 @@ final class HostileZipper: Sendable {
     ) async throws {
         let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
         self.server = server
-        let (closes, handshakes, received) = (closes, handshakes, received)
+        let (closes, handshakes, received, receipts, latest) = (closes, handshakes, received, receipts, latest)
         holder = Task {
             await withDiscardingTaskGroup { group in
                 var index = 0
@@ -47,9 +51,14 @@ final class HostileZipper: Sendable {
                             handshakes.append(handshake)
                             _ = try await connection.write(answer)
                             for bytes in send(number) { _ = try await connection.write(bytes) }
+                            latest.append(connection)
                             if let reason { await connection.close(reason: reason) }
                             while let frame = try await reader.next() {
-                                if case .data(let data) = frame { received.append(data) }
+                                switch frame {
+                                case .data(let data): received.append(data)
+                                case .receipt(let receipt): receipts.append(receipt)
+                                default: break
+                                }
                             }
                         } catch {}
                         // The frames may end (the peer's FIN) before its CONNECTION_CLOSE.
@@ -59,6 +68,12 @@ final class HostileZipper: Sendable {
                 }
             }
         }
+    }
+
+    /// Writes `bytes` to the latest connection.
+    func send(_ bytes: [ByteBuffer]) async throws {
+        let connection = try #require(latest.items.last)
+        for buffer in bytes { _ = try await connection.write(buffer) }
     }
 
     func close() async {
