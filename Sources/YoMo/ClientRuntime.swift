@@ -1314,7 +1314,8 @@ final class ClientRuntime: Sendable {
         // finished with it. Until the fifty-first round of issue 14 the entry
         // went with the first copy, and a later one, read while the function
         // noted frames after the zipper's word, was handled again
-        // (`yomo-fault-bench chaos --mesh --seed 3`: 934 frames in 30 s).
+        // (`yomo-fault-bench chaos --mesh --seed 3`: 709 frames answered twice by
+        // one process in 30 s).
         mayComeAgain[tid] = (copy, ContinuousClock.now)
         if setup.metrics.isEnabled { setup.metrics.skippedCopy() }
         logger.debug("frame already taken: not handled again", metadata: YoMoLogField.frame(
