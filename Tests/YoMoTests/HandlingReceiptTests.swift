@@ -162,20 +162,27 @@ struct HandlingReceiptTests {
         await zipper.close()
     }
 
-    @Test("a frame that comes three times after the zipper's word that copies may follow (its hold, then a source's resend) is handled once: the second copy is finished with the first, as the first with the original")
-    func thirdCopyHandledOnce() async throws {
-        func frame(_ text: String, tid: String) -> ByteBuffer {
-            Frame.data(DataFrame(tag: 0x33, metadata: Metadata([Metadata.ReservedKey.tid: tid]).encoded(), payload: ByteBuffer(string: text))).encoded()
-        }
-        // A zipper that welcomes handling receipts, sends a frame, says copies
-        // may follow, sends it twice more, then another frame.
+    /// A HostileZipper's answer to the handshake that welcomes handling receipts.
+    static var welcomingHandling: ByteBuffer {
         var answer = Frame.receipt(ReceiptFrame(settledThrough: 0, welcomesHandling: true)).encoded()
         answer.writeImmutableBuffer(Frame.handshakeAck.encoded())
+        return answer
+    }
+
+    /// A data frame of tag 0x33 with transaction id `tid`, encoded.
+    static func frame(_ text: String, tid: String) -> ByteBuffer {
+        Frame.data(DataFrame(tag: 0x33, metadata: Metadata([Metadata.ReservedKey.tid: tid]).encoded(), payload: ByteBuffer(string: text))).encoded()
+    }
+
+    @Test("a frame that comes three times after the zipper's word that copies may follow (its hold, then a source's resend) is handled once: the second copy is finished with the first, as the first with the original")
+    func thirdCopyHandledOnce() async throws {
+        // A zipper that welcomes handling receipts, sends a frame, says copies
+        // may follow, sends it twice more, then another frame.
         let script = [
-            frame("original", tid: "t-1"), Frame.receipt(ReceiptFrame(settledThrough: 0, copiesMayFollow: true)).encoded(),
-            frame("copy", tid: "t-1"), frame("second copy", tid: "t-1"), frame("next", tid: "t-2"),
+            Self.frame("original", tid: "t-1"), Frame.receipt(ReceiptFrame(settledThrough: 0, copiesMayFollow: true)).encoded(),
+            Self.frame("copy", tid: "t-1"), Self.frame("second copy", tid: "t-1"), Self.frame("next", tid: "t-2"),
         ]
-        let zipper = try await HostileZipper(answer: answer) { connection in connection == 0 ? script : [] }
+        let zipper = try await HostileZipper(answer: Self.welcomingHandling) { connection in connection == 0 ? script : [] }
         let handled = Inbox<String>()
         let gate = Gate()
         let function = StreamFunction(name: "once", zipper: zipper.address, options: .init(observedTags: [0x33]))
@@ -198,15 +205,10 @@ struct HandlingReceiptTests {
 
     @Test("a function's receipts count the bytes its handlers took, not the copies it finished as it read them, though the end of what it took moves past those")
     func takenBytesLeaveCopiesOut() async throws {
-        func frame(_ text: String, tid: String) -> ByteBuffer {
-            Frame.data(DataFrame(tag: 0x33, metadata: Metadata([Metadata.ReservedKey.tid: tid]).encoded(), payload: ByteBuffer(string: text))).encoded()
-        }
         // The word that copies may follow, ten frames, then (once they are
         // handled) their copies and one more, which the handler holds.
-        var answer = Frame.receipt(ReceiptFrame(settledThrough: 0, welcomesHandling: true)).encoded()
-        answer.writeImmutableBuffer(Frame.handshakeAck.encoded())
-        let originals = (0..<10).map { frame("frame-\($0)", tid: "t-\($0)") }
-        let zipper = try await HostileZipper(answer: answer) { connection in
+        let originals = (0..<10).map { Self.frame("frame-\($0)", tid: "t-\($0)") }
+        let zipper = try await HostileZipper(answer: Self.welcomingHandling) { connection in
             connection == 0 ? [Frame.receipt(ReceiptFrame(settledThrough: 0, copiesMayFollow: true)).encoded()] + originals : []
         }
         let handled = Inbox<String>()
@@ -225,7 +227,7 @@ struct HandlingReceiptTests {
         #expect(await eventually { zipper.receipts.items.last?.takenBytes == UInt64(originalBytes) },
                 "\(zipper.receipts.items.last.map { "\($0)" } ?? "none")")
         let copiesEnd = try #require(zipper.receipts.items.last?.takenThrough) + UInt64(originalBytes)
-        let held = frame("held", tid: "t-held")
+        let held = Self.frame("held", tid: "t-held")
         try await zipper.send(originals + [held])
         // The copies are finished at once, the held frame taken: the end of
         // what was taken is past all of them, the bytes only one frame more.
