@@ -59,7 +59,7 @@ struct ReceiptTests {
             return
         }
         #expect(!plain.copiesMayFollow)
-        let unknown = ByteBuffer(bytes: [0xBA, 0x0D, 0x01, 0x08, 0, 0, 0, 0, 0, 0, 0, 7, 0x09, 0x01, 0x01])
+        let unknown = ByteBuffer(bytes: [0xBA, 0x0D, 0x01, 0x08, 0, 0, 0, 0, 0, 0, 0, 7, 0x0E, 0x01, 0x01])
         #expect(try Frame(decoding: unknown) == .receipt(ReceiptFrame(settledThrough: 7)))
     }
 
