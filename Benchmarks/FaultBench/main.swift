@@ -87,10 +87,13 @@ final class ZipperProcess: @unchecked Sendable {
 /// predecessor's. Without the variable, nowhere.
 func appendingLog(named variable: String) -> FileHandle? {
     guard let log = ProcessInfo.processInfo.environment[variable] else { return FileHandle.nullDevice }
-    if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
-    let handle = FileHandle(forWritingAtPath: log)
-    handle?.seekToEndOfFile()
-    return handle
+    // O_APPEND: every process started on the file writes at its end. Until
+    // the fifty-first round of issue 14 each wrote from where the end was
+    // when it started, over the others' lines: the zippers' log was garbled
+    // and lost lines (a downstream's whole close, in one run).
+    let descriptor = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+    guard descriptor >= 0 else { return nil }
+    return FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
 }
 
 /// Waits until `condition` holds, polling; false after `timeout`.
