@@ -40,7 +40,7 @@ swift test --skip-build --no-parallel --skip "$namespaces" 2>&1 | tee "$log" || 
 wait "$namespaces_pid" || status=1
 echo "=== the suites between network namespaces ==="
 cat "$namespaces_log"
-# Each half must have run: a filter that matched nothing would pass empty.
+# The second half must have run: a filter that matched nothing would pass empty.
 grep -qE "Test run with [0-9]+ tests? in [0-9]+ suites? passed" "$namespaces_log" || status=1
 if [ "$status" -ne 0 ]; then
     echo "=== the tests that failed, and why ==="

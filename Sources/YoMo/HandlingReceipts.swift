@@ -137,7 +137,7 @@ final class HandlingLedger: Sendable {
     }
 
     /// A frame of `length` bytes ending at `end` was read and goes to a handler.
-    func received(end: Int, length: Int = 0, metadata: ByteBuffer?) -> Token {
+    func received(end: Int, length: Int, metadata: ByteBuffer?) -> Token {
         let (index, wakes) = state.withLock { state in
             state.received += 1
             return state.append(Entry(end: end, metadata: metadata))

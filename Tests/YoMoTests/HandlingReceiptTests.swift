@@ -499,10 +499,10 @@ struct HandlingReceiptTests {
             metadata[Metadata.ReservedKey.tid] = tid
             return metadata.encoded()
         }
-        let first = ledger.received(end: 20, metadata: metadata("a"))
-        let second = ledger.received(end: 30, metadata: metadata("b"))
+        let first = ledger.received(end: 20, length: 10, metadata: metadata("a"))
+        let second = ledger.received(end: 30, length: 10, metadata: metadata("b"))
         ledger.passed(end: 35)
-        let third = ledger.received(end: 40, metadata: metadata("c"))
+        let third = ledger.received(end: 40, length: 5, metadata: metadata("c"))
         typealias Tell = HandlingLedger.Tell
         #expect(ledger.advance(acknowledged: 0) == (nil, true))
         // Handlers took the first two: told, though none finished.
@@ -528,7 +528,7 @@ struct HandlingReceiptTests {
         // Once the receipt is acknowledged only the third may: the first two were told.
         #expect(ledger.untold(acknowledged: 100).keys.sorted() == ["c"])
         let next = HandlingLedger(startingAt: 0)
-        let copy = next.received(end: 50, metadata: metadata("c"))
+        let copy = next.received(end: 50, length: 10, metadata: metadata("c"))
         ledger.untold(acknowledged: 100)["c"]?.forward(to: copy)
         #expect(next.advance(acknowledged: 0) == (nil, true), "the copy waits for the original")
         third.finished()
@@ -649,7 +649,7 @@ struct HandlingReceiptTests {
     @Test("the ledger names the ranges handled past those handled in order, each once told")
     func ledgerRangesAhead() throws {
         let ledger = HandlingLedger(startingAt: 0)
-        let frames = (1...6).map { ledger.received(end: $0 * 10, metadata: nil) }
+        let frames = (1...6).map { ledger.received(end: $0 * 10, length: 10, metadata: nil) }
         typealias Tell = HandlingLedger.Tell
         frames[2].finished()
         frames[3].finished()

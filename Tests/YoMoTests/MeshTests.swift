@@ -184,8 +184,11 @@ struct MeshLoopbackTests {
 
     /// Zipper "a" on `port`, started, in this process (no hold of its own),
     /// its link to "b" on `downstreamPort` connected, and a source connected to it.
-    static func upstreamWithSource(port: Int, downstreamPort: Int) async throws -> (Zipper, Source) {
-        let a = Zipper(configuration: Self.upstreamConfiguration(port: port, downstreamPort: downstreamPort, unroutedHold: .off), options: Self.upstreamOptions())
+    static func upstreamWithSource(
+        port: Int, downstreamPort: Int, functionsFile: String? = nil, options: Zipper.Options = MeshLoopbackTests.upstreamOptions()
+    ) async throws -> (Zipper, Source) {
+        let configuration = Self.upstreamConfiguration(port: port, downstreamPort: downstreamPort, functionsFile: functionsFile, unroutedHold: .off)
+        let a = Zipper(configuration: configuration, options: options)
         try await a.start()
         #expect(await eventually { a.meshLinkHealth.first?.connected == true })
         let source = Source(name: "source", zipper: "127.0.0.1:\(port)", options: .init(credential: "token:mesh"))
@@ -564,13 +567,7 @@ struct MeshLoopbackTests {
         }
         try await far.connect()
         let patience = Duration.milliseconds(300)
-        let a = Zipper(
-            configuration: Self.upstreamConfiguration(port: portA, downstreamPort: portB, unroutedHold: .off),
-            options: Self.upstreamOptions(patience: patience))
-        try await a.start()
-        #expect(await eventually { a.meshLinkHealth.first?.connected == true })
-        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
-        try await source.connect()
+        let (a, source) = try await Self.upstreamWithSource(port: portA, downstreamPort: portB, options: Self.upstreamOptions(patience: patience))
         let texts = (0..<10).map { "behind-\($0)" }
         for text in texts { try await source.write(tag: 0x38, data: Array(text.utf8)) }
         // b has them all (the link sent and b acknowledged them); its function holds the first.
@@ -731,13 +728,8 @@ struct MeshLoopbackTests {
         let b = try ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
         let far = MeteredFunction(zipper: b.address, tag: 0x3E, retryConnect: true)
         try await far.function.connect()
-        let configuration = Self.upstreamConfiguration(
-            port: portA, downstreamPort: portB, functionsFile: directory + "/functions.yaml", unroutedHold: .off)
-        let a = Zipper(configuration: configuration, options: Self.upstreamOptions(shutdownTimeout: .seconds(1)))
-        try await a.start()
-        #expect(await eventually { a.meshLinkHealth.first?.connected == true })
-        let source = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
-        try await source.connect()
+        let (a, source) = try await Self.upstreamWithSource(
+            port: portA, downstreamPort: portB, functionsFile: directory + "/functions.yaml", options: Self.upstreamOptions(shutdownTimeout: .seconds(1)))
         let texts = (0..<5).map { "unsettled-\($0)" }
         for text in texts { try await source.write(tag: 0x3E, data: Array(text.utf8)) }
         // b acknowledged them all; its function handles none yet.
@@ -749,7 +741,7 @@ struct MeshLoopbackTests {
         // b crashes with them: what its function had not read is gone from it.
         await b.kill()
         try b.restart()
-        let restarted = Zipper(configuration: configuration, options: Self.upstreamOptions())
+        let restarted = Zipper(configuration: a.configuration, options: Self.upstreamOptions())
         try await restarted.start()
         far.allow(10)
         #expect(await eventually { Set(far.handled.items) == Set(texts) }, "\(far.handled.items)")
