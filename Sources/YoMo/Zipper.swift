@@ -1248,6 +1248,8 @@ public final class Zipper: Sendable {
                 // What it had not acknowledged is dealt with here: receipts waiting
                 // for it wait for what is held now, once all of it is counted.
                 defer { delivery.ended(leaving: leftovers) }
+                // Out of the routes before its end: it said it was closing (or was closed as a slow consumer).
+                let leftRoutesBefore = state.routes.members[id] == nil
                 state.routes.remove(id)
                 state.peers[id] = nil
                 if member.clientType == .upstreamZipper { expectingCopies = state.upstreamLeft(member.name) }
@@ -1261,6 +1263,8 @@ public final class Zipper: Sendable {
                 if member.clientType == .streamFunction {
                     let stillObserved = state.routes.tagsObserved(byName: member.name)
                     state.held.observerLeft(member, stillObserved: stillObserved, now: .now)
+                    // Frames were held for its name while it finished: their wait starts now.
+                    if leftRoutesBefore { state.held.restartClock(for: member, now: .now) }
                     if !state.closed { state.functionsChanged = true }
                     // At the zipper's own close (its drain out of time: a function
                     // slower than its sources), only if the held frames file keeps

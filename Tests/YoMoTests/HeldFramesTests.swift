@@ -46,6 +46,24 @@ struct HeldFramesLogicTests {
         #expect(off.claim(tag: 0x33, target: nil, routed: false, now: start) == nil)
     }
 
+    @Test("a function's end restarts the hold's clock for what is held for its name (a closing function asked for nothing more long before), in order, behind frames held for others that wait less")
+    func restartClockAtTheEnd() {
+        var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
+        let (f, g) = (function([0x33], name: "f", id: 1), function([0x34], name: "g", id: 2))
+        // f asked to be routed nothing more at 0 s; its frames are held for it from then on.
+        _ = held.hold(frame(0x33, "f-1"), target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start)
+        _ = held.hold(frame(0x34, "g-1"), target: nil, bytes: 10, for: .init(owed: ["g"]), routed: false, now: start + .seconds(2))
+        _ = held.hold(frame(0x33, "f-2"), target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start + .seconds(3))
+        // Its close took 4 s: the clock starts again for f's frames alone.
+        held.restartClock(for: f, now: start + .seconds(4))
+        #expect(held.entries.map { String(buffer: $0.frame.payload) } == ["g-1", "f-1", "f-2"])
+        #expect(held.expire(now: start + .seconds(7)).map(\.tag) == [0x34], "g's frame: 5 s after it was held")
+        #expect(held.expire(now: start + .seconds(8.9)).isEmpty, "before, f-1 expired at 5 s, 0.1 s before f's next instance came")
+        #expect(held.take(for: f).map { String(buffer: $0.frame.payload) } == ["f-1", "f-2"])
+        held.restartClock(for: g, now: start + .seconds(9))
+        #expect(held.isEmpty)
+    }
+
     @Test("a held frame keeps its receipt tally until it leaves the hold: taken by the last name it was held for, expired, or kept for the next start")
     func receiptTallies() {
         var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
