@@ -1294,6 +1294,7 @@ public final class Zipper: Sendable {
                             ($0.frame, $0.target, 0, HeldFrames.Reason.notAcknowledged, leftovers.tally(endingAt: 0))
                         }
                         left = state.holdForReturn(frames, of: member, stillObserved: stillObserved)
+                        left.handlingAcknowledged = welcomesHandling
                         if let leaving, !closing {
                             catchUps = state.catchUp(
                                 taken, acknowledgedThrough: acknowledgedThrough, leftBy: leaving, stillObserved: stillObserved, leftovers: leftovers)
