@@ -502,6 +502,13 @@ final class BacklogPath {
         zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
         function = try startFunctionProcess(zipper: zipper.address, pipe: true, handlerDelayMs: handlerDelayMs)
         (sink, received) = try await connectUppercaseSink(zipper: zipper.address, retryConnect: true)
+        // The function connected before the source writes: else the zipper holds the first frames
+        // for it and settles them otherwise (once seen here: every frame settled, none kept).
+        let port = metricsPort
+        let connected = await eventuallyAsync {
+            await scrapedMetric(port: port, "yomo_zipper_client_unacknowledged_bytes", labels: ["yomo_client_name=\"upper\""]) != nil
+        }
+        #expect(connected, "the function never connected")
         source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: sourceReconnect, retryConnect: true))
         try await source.connect()
     }
