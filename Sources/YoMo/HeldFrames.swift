@@ -121,6 +121,13 @@ struct HeldFrames {
 
         /// Whether its wait ended short of someone it was held for.
         var missedSomeone: Bool { !owed.isEmpty || (forAnyArrival && deliveredTo.isEmpty) }
+
+        /// Whether it waits for `function`: one of its tags (and target), held
+        /// for its name or for any function that arrives, and not yet taken by it.
+        func waits(for function: RouteMember) -> Bool {
+            function.receives(tag: frame.tag, target: target)
+                && (owed.contains(function.name) || (forAnyArrival && !deliveredTo.contains(function.name)))
+        }
     }
 
     /// Frames of one tag whose wait ended short of someone they were held for
@@ -287,10 +294,7 @@ struct HeldFrames {
         _ frames: [(frame: DataFrame, target: String?, bytes: Int, reason: Reason, tally: HoldTally?)], for function: RouteMember, now: Instant
     ) -> [HoldResult] {
         let name = function.name
-        let newer = entries.firstIndex { entry in
-            function.receives(tag: entry.frame.tag, target: entry.target)
-                && (entry.owed.contains(name) || (entry.forAnyArrival && !entry.deliveredTo.contains(name)))
-        }
+        let newer = entries.firstIndex { $0.waits(for: function) }
         let deadline = newer.map { entries[$0].deadline } ?? now + settings.duration
         var results: [HoldResult] = []
         var ahead: [Entry] = []
@@ -321,11 +325,7 @@ struct HeldFrames {
     mutating func restartClock(for function: RouteMember, now: Instant) {
         let deadline = now + settings.duration
         var moved = false
-        for index in entries.indices where entries[index].deadline < deadline {
-            let entry = entries[index]
-            guard function.receives(tag: entry.frame.tag, target: entry.target),
-                  entry.owed.contains(function.name) || (entry.forAnyArrival && !entry.deliveredTo.contains(function.name))
-            else { continue }
+        for index in entries.indices where entries[index].deadline < deadline && entries[index].waits(for: function) {
             entries[index].deadline = deadline
             moved = true
         }
@@ -370,8 +370,7 @@ struct HeldFrames {
         var taken: [Taken] = []
         var kept = CircularBuffer<Entry>(initialCapacity: entries.count)
         for var entry in entries {
-            if member.receives(tag: entry.frame.tag, target: entry.target),
-               entry.owed.contains(member.name) || (entry.forAnyArrival && !entry.deliveredTo.contains(member.name)) {
+            if entry.waits(for: member) {
                 entry.owed.remove(member.name)
                 entry.deliveredTo.insert(member.name)
                 let left = entry.owed.isEmpty && !entry.forAnyArrival
