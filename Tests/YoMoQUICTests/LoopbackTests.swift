@@ -529,15 +529,13 @@ struct LoopbackTests {
 
     @Test("a retention keeps what the peer acknowledged until its application releases it, no more than its limit, and what is taken at the end begins after the last release, even one read after the end")
     func retentionUntilReleased() async throws {
-        let (peer, quic) = try await connectToFreezablePeer()
-        defer { peer.thawAndStop() }
-        let connection = QUICFrameConnection(quic)
-        let core = connection.connection.core
-        await onLoop(core.loop) { core.keepsUnacknowledgedAtEnd = true }
+        let (peer, connection, reader) = try await connectKeepingAtEnd()
+        defer {
+            reader.cancel()
+            peer.thawAndStop()
+        }
         let limit = 256 << 10
         connection.connection.retainAcknowledged(budget: RetentionBudget(bytes: limit))
-        let reader = Task { for try await _ in connection.connection.inbound {} }
-        defer { reader.cancel() }
         // Big payloads go out as a header and the caller's buffer (two parts), small ones coalesced.
         var ends: [Int] = []
         for index in 0..<200 {
@@ -545,9 +543,7 @@ struct LoopbackTests {
             payload.writeRepeatingByte(UInt8(ascii: "x"), count: index % 3 == 2 ? 16 : 5000)
             ends.append(try await connection.write(DataFrame(tag: 0x33, payload: payload), patch: nil))
         }
-        let deadline = ContinuousClock.now + .seconds(10)
-        while connection.connection.unacknowledgedBytes > 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
-        #expect(connection.connection.unacknowledgedBytes == 0, "the peer acknowledged everything")
+        #expect(await until { connection.connection.unacknowledgedBytes == 0 }, "the peer acknowledged everything")
         let retained = connection.connection.retainedBytes
         #expect(retained > 0 && retained <= limit, "kept \(retained) of \(ends.last!) acknowledged bytes")
         // Past the limit the oldest went as if released.
@@ -571,13 +567,12 @@ struct LoopbackTests {
 
     @Test("a retention begun on the connection's own loop (where a zipper's connection task runs) keeps every buffer the peer acknowledges after it, the first ones of a burst too")
     func retentionBegunOnTheLoop() async throws {
-        let (peer, quic) = try await connectToFreezablePeer()
-        defer { peer.thawAndStop() }
-        let connection = QUICFrameConnection(quic)
+        let (peer, connection, reader) = try await connectKeepingAtEnd()
+        defer {
+            reader.cancel()
+            peer.thawAndStop()
+        }
         let core = connection.connection.core
-        await onLoop(core.loop) { core.keepsUnacknowledgedAtEnd = true }
-        let reader = Task { for try await _ in connection.connection.inbound {} }
-        defer { reader.cancel() }
         // As the zipper does for a stream function, on the loop: retain, then a
         // burst (the frames it held for the function), sent at once; the peer's
         // acknowledgements are waiting when the loop next reads its socket.
@@ -592,9 +587,7 @@ struct LoopbackTests {
             return ends
         }
         #expect(ends.count == frames)
-        let deadline = ContinuousClock.now + .seconds(10)
-        while connection.connection.unacknowledgedBytes > 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
-        #expect(connection.connection.unacknowledgedBytes == 0, "the peer acknowledged everything")
+        #expect(await until { connection.connection.unacknowledgedBytes == 0 }, "the peer acknowledged everything")
         await connection.connection.close(reason: "done")
         let kept = try #require(connection.connection.takeUnacknowledged())
         let recovered = try labelledFrames(in: kept).filter { $0.end > kept.acknowledgedPrefix }
@@ -656,6 +649,18 @@ private func connectToFreezablePeer() async throws -> (PythonPeer, QUICConnectio
         peer.stop()
         throw error
     }
+}
+
+/// A connection to a freezable peer that keeps at its end what the peer had
+/// not acknowledged (a server's connections do), and a task reading what the
+/// peer echoes back.
+private func connectKeepingAtEnd() async throws -> (peer: PythonPeer, connection: QUICFrameConnection, reader: Task<Void, any Error>) {
+    let (peer, quic) = try await connectToFreezablePeer()
+    let connection = QUICFrameConnection(quic)
+    let core = connection.connection.core
+    await onLoop(core.loop) { core.keepsUnacknowledgedAtEnd = true }
+    let reader = Task { for try await _ in connection.connection.inbound {} }
+    return (peer, connection, reader)
 }
 
 extension PythonPeer {

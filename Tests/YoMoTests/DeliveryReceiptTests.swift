@@ -163,7 +163,7 @@ struct DeliveryReceiptTests {
             try zipper.restart()
             // The function, back on it before the source; the second kill ends
             // a connection that brought no copies.
-            #expect(await eventuallyAsync { await path.metric("yomo_zipper_client_unacknowledged_bytes", "yomo_client_name=\"upper\"") != nil })
+            #expect(await eventuallyAsync { await upperConnected(metricsPort: path.metricsPort) })
         }
         // The source sends again what the function had not taken at the first
         // kill (nine: each its own checkpoint); by then the function handled
@@ -505,10 +505,7 @@ final class BacklogPath {
         // The function connected before the source writes: else the zipper holds the first frames
         // for it and settles them otherwise (once seen here: every frame settled, none kept).
         let port = metricsPort
-        let connected = await eventuallyAsync {
-            await scrapedMetric(port: port, "yomo_zipper_client_unacknowledged_bytes", labels: ["yomo_client_name=\"upper\""]) != nil
-        }
-        #expect(connected, "the function never connected")
+        #expect(await eventuallyAsync { await upperConnected(metricsPort: port) }, "the function never connected")
         source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: sourceReconnect, retryConnect: true))
         try await source.connect()
     }
@@ -542,6 +539,11 @@ final class BacklogPath {
 /// contain each of `labels`; nil when none does.
 func scrapedMetric(port: Int, _ name: String, labels: [String]) async -> Double? {
     seriesValue(await httpGet("http://127.0.0.1:\(port)/metrics")?.body ?? "", name, labels: labels)
+}
+
+/// Whether the stream function `upper` is connected to the zipper serving metrics on `port`.
+func upperConnected(metricsPort port: Int) async -> Bool {
+    await scrapedMetric(port: port, "yomo_zipper_client_unacknowledged_bytes", labels: ["yomo_client_name=\"upper\""]) != nil
 }
 
 /// Whether a zipper serving metrics on `port` wrote `count` frames of tag
