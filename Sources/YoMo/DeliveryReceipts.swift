@@ -287,6 +287,8 @@ final class DeliveryDestination: Sendable {
     /// recent pace's worth (`TakingPace`).
     private let settlesAtAcknowledgement: Atomic<Int>
     private let pace = Mutex(TakingPace())
+    /// The function said it is closing (`settleOnlyWhatIsTaken`).
+    private let settlesOnlyTaken = Atomic(false)
     /// What its handlers finished out of order, past what they settled in order.
     private let handledAhead = Mutex(HandledAhead())
     /// The end of what its handlers finished in order, as its receipts said.
@@ -344,7 +346,17 @@ final class DeliveryDestination: Sendable {
     /// `bytes` (else on `taken`).
     func took(through taken: Int, bytes: Int? = nil, at now: ContinuousClock.Instant = .now) {
         let through = pace.withLock { $0.settleable(taken: taken, progress: bytes ?? taken, at: now) }
-        settlesAtAcknowledgement.store(through, ordering: .relaxed)
+        settlesAtAcknowledgement.store(settlesOnlyTaken.load(ordering: .relaxed) ? taken : through, ordering: .relaxed)
+    }
+
+    /// The function said it is closing: from its next receipt on an
+    /// acknowledgement settles only what it took, nothing of its pace
+    /// beyond. It may give back what waits in it, from past the furthest
+    /// the pace settled before (`SettleableBound`), while its handlers still
+    /// take what comes before that: the pace they keep must not settle the
+    /// frames given back, which only the zipper has then.
+    func settleOnlyWhatIsTaken() {
+        settlesOnlyTaken.store(true, ordering: .relaxed)
     }
 
     /// The function's receipts do not say what its handlers took (it is from

@@ -1357,7 +1357,7 @@ public final class Zipper: Sendable {
                 if let ledger {
                     try await connection.write(.receipt(ReceiptFrame(
                         settledThrough: UInt64(ledger.announced), previousRoutedThrough: ledger.previousRoutedThrough.map(UInt64.init),
-                        welcomesHandling: welcomesHandling)))
+                        welcomesHandling: welcomesHandling, unkeptThrough: welcomesHandling ? 0 : nil)))
                 }
                 try await connection.write(.handshakeAck)
                 // From the function's first frame on, where its receipts begin.
@@ -1408,7 +1408,11 @@ public final class Zipper: Sendable {
                         } else {
                             delivery.tellsNothingTaken()
                         }
-                        if handled.closing { stopRouting(to: member, logger: connectionLogger) }
+                        if handled.closing {
+                            delivery.settleOnlyWhatIsTaken()
+                            stopRouting(to: member, logger: connectionLogger)
+                            answerClosing(connection, logger: connectionLogger)
+                        }
                     }
                     continue
                 }
@@ -1524,6 +1528,26 @@ public final class Zipper: Sendable {
             return true
         }
         if stopped { logger.info("stream function closing: no more frames are routed to it") }
+    }
+
+    /// Answers a closing function's word (`ReceiptFrame.unkeptThrough`): what
+    /// it acknowledged and has not finished is kept from now on past its
+    /// share of `limits.max_unhandled_bytes`, and given to its next instance
+    /// when its connection ends, except what went past the share before. So
+    /// it may give back the frames it queued instead of working them off: a
+    /// pipe handler slower than its source took the whole shutdownTimeout at
+    /// every SIGTERM until the fifty-third round of issue 14. Queued past any
+    /// limit (25 bytes): it must reach the function after what was written
+    /// before, which its window now lets through.
+    private func answerClosing(_ connection: QUICFrameConnection, logger: Logger) {
+        guard let unkept = connection.connection.pinRetention() else { return }
+        let answer = Frame.receipt(ReceiptFrame(settledThrough: 0, closing: true, unkeptThrough: UInt64(unkept)))
+        _ = try? connection.tryWrite(control: answer, limit: .max)
+        if connection.connection.givenUpBytes > 0 {
+            logger.info("stream function closing: frames it acknowledged went past its share of the unhandled budget before, and it is told to handle them", metadata: [
+                "unkept_through": "\(unkept)",
+            ])
+        }
     }
 
     /// A frame whose write found a stream function's connection ended: held

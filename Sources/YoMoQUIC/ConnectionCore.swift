@@ -52,6 +52,8 @@ struct SendShared {
         var released: Int
         /// Past the share, the oldest buffers went as if released: through here.
         var overflowedThrough = 0
+        /// Nothing more goes past the share (`pinRetention`).
+        var pinned = false
 
         /// Where what the peer is done with ends.
         var settled: Int { max(released, overflowedThrough) }
@@ -63,7 +65,7 @@ struct SendShared {
             guard start + buffer.readableBytes > released else { return }
             buffers.append((start, buffer))
             bytes += buffer.capacity
-            let limit = budget.share(of: group)
+            let limit = pinned ? .max : budget.share(of: group)
             while bytes > limit, let first = buffers.popFirst() {
                 bytes -= first.bytes.capacity
                 overflowedThrough = first.start + first.bytes.readableBytes
@@ -240,6 +242,8 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     private var dataDatagramsSent = 0
     /// Consumed bytes are no longer returned to the peer as window (a closing client).
     private var receiveWindowFrozen = false
+    /// Consumed while frozen: returned if the window thaws.
+    private var consumedWhileFrozen = 0
     /// During a stall: how many big datagrams had been sent when the peer was
     /// first heard from (nil: not yet heard), and when the first one after
     /// that went out (0: none yet).
@@ -994,13 +998,27 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
             s.consumed = 0
             return n
         }
-        guard n > 0, !receiveWindowFrozen, let ng, let streamID, isActive else { return }
+        guard n > 0 else { return }
+        guard !receiveWindowFrozen else {
+            consumedWhileFrozen += n
+            return
+        }
+        guard let ng, let streamID, isActive else { return }
         let returned = managedWindow == nil ? n : server?.receiveWindowExtension(for: self, consumed: n, ng: ng) ?? n
         if returned > 0 { ng.extendReceiveWindow(stream: streamID, by: returned) }
     }
 
     /// The peer may send only what the window already allows.
     func freezeReceiveWindow() { receiveWindowFrozen = true }
+
+    /// The window moves again, by what was consumed while it was frozen too.
+    func thawReceiveWindow() {
+        guard receiveWindowFrozen else { return }
+        receiveWindowFrozen = false
+        recvShared.withLock { $0.consumed += consumedWhileFrozen }
+        consumedWhileFrozen = 0
+        applyExtend()
+    }
 
     /// Closes only at a moment when nothing received is unread, the reader
     /// waits for more, everything written was acknowledged and `quiet()`
@@ -1374,6 +1392,16 @@ extension ConnectionCore {
     /// The peer's application is done with the stream's bytes before `offset`.
     func releaseRetained(through offset: Int) {
         sendShared.withLock { $0.retention?.release(through: offset) }
+    }
+
+    /// From now on nothing kept goes past the share (a closing peer was told
+    /// what is kept; nothing more is written to it beyond what was). Where what
+    /// went past it ends (0: nothing did); nil without a retention.
+    func pinRetention() -> Int? {
+        sendShared.withLock { s in
+            s.retention?.pinned = true
+            return s.retention?.overflowedThrough
+        }
     }
 
     /// With a retention: (where what the peer released ends, bytes kept,

@@ -171,6 +171,13 @@ public final class QUICConnection: Sendable {
         await core.loop.run(orIfStopped: ()) { core.freezeReceiveWindow() }
     }
 
+    /// The receive window moves again after `freezeReceiveWindow()`: a closing
+    /// client whose peer routes nothing more to it reads what is on its way.
+    package func thawReceiveWindow() async {
+        let core = self.core
+        await core.loop.run(orIfStopped: ()) { core.thawReceiveWindow() }
+    }
+
     /// Closes with `errorCode` and `reason` only if, at that moment, nothing
     /// received is unread, the reader waits for more, every byte written was
     /// acknowledged and `quiet()` holds; checked where packets arrive, so no
@@ -279,6 +286,12 @@ public final class QUICConnection: Sendable {
     /// its application released, with a retention (or what went past its
     /// limit); else what its QUIC stack acknowledged.
     package var releasedBytes: Int { core.retentionProgress?.settled ?? acknowledgedBytes }
+
+    /// A peer that is closing is told what is kept of what it acknowledged:
+    /// from now on nothing more of it goes past the retention's share (the
+    /// caller writes nothing more beyond what it had). Where what went past the
+    /// share before ends (0: nothing did); nil without a retention.
+    package func pinRetention() -> Int? { core.pinRetention() }
 
     /// Bytes acknowledged and kept for the peer's application to release (0 without a retention).
     package var retainedBytes: Int { core.retentionProgress?.bytes ?? 0 }

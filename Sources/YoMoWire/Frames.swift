@@ -193,11 +193,23 @@ public struct ReceiptFrame: Hashable, Sendable {
     /// finished as they were read), and a burst of those is no pace. A
     /// zipper that does not know the field measures on `takenThrough`.
     public var takenBytes: UInt64?
+    /// In a zipper's receipt to a stream function that acknowledges handling
+    /// (sequence id 0x0A). In the first receipt (0): the zipper answers the
+    /// function's `closing`. In that answer (with `closing` set): from then on
+    /// it keeps every frame it wrote to the function that starts at or after
+    /// this offset and that the function has not finished, until the
+    /// connection ends, and gives those to the function's next instance;
+    /// frames before it that the function has not finished it no longer has
+    /// (they went past the function's share of `limits.max_unhandled_bytes`).
+    /// So the closing function may give back the frames it queued past the
+    /// offset instead of handling them. A function that does not know the
+    /// field handles everything it has before it closes.
+    public var unkeptThrough: UInt64?
 
     public init(
         settledThrough: UInt64, previousRoutedThrough: UInt64? = nil, welcomesHandling: Bool = false, closing: Bool = false,
         takenThrough: UInt64? = nil, handledAhead: [Range<UInt64>] = [], handledBefore: [String] = [], copiesMayFollow: Bool = false,
-        takenBytes: UInt64? = nil
+        takenBytes: UInt64? = nil, unkeptThrough: UInt64? = nil
     ) {
         self.settledThrough = settledThrough
         self.previousRoutedThrough = previousRoutedThrough
@@ -208,6 +220,7 @@ public struct ReceiptFrame: Hashable, Sendable {
         self.handledBefore = handledBefore
         self.copiesMayFollow = copiesMayFollow
         self.takenBytes = takenBytes
+        self.unkeptThrough = unkeptThrough
     }
 }
 
@@ -412,7 +425,7 @@ extension Frame {
                     + (frame.closing ? childSize(1) : 0) + (frame.takenThrough == nil ? 0 : childSize(8))
                     + (frame.handledAhead.isEmpty ? 0 : childSize(16 * frame.handledAhead.count))
                     + (frame.handledBefore.isEmpty ? 0 : childSize(frame.handledBeforeLength)) + (frame.copiesMayFollow ? childSize(1) : 0)
-                    + (frame.takenBytes == nil ? 0 : childSize(8)))
+                    + (frame.takenBytes == nil ? 0 : childSize(8)) + (frame.unkeptThrough == nil ? 0 : childSize(8)))
             buffer.writeChildHeader(0x01, length: 8)
             buffer.writeInteger(frame.settledThrough)
             if let previous = frame.previousRoutedThrough {
@@ -453,6 +466,10 @@ extension Frame {
             if let bytes = frame.takenBytes {
                 buffer.writeChildHeader(0x09, length: 8)
                 buffer.writeInteger(bytes)
+            }
+            if let unkept = frame.unkeptThrough {
+                buffer.writeChildHeader(0x0A, length: 8)
+                buffer.writeInteger(unkept)
             }
         }
     }
@@ -584,6 +601,7 @@ extension ReceiptFrame {
         var copies = false
         var taken: UInt64?
         var bytesTaken: UInt64?
+        var unkept: UInt64?
         var ahead: [Range<UInt64>] = []
         var before: [String] = []
         try body.withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
@@ -625,7 +643,7 @@ extension ReceiptFrame {
                     }
                     return
                 }
-                guard sequenceID == 0x01 || sequenceID == 0x02 || sequenceID == 0x05 || sequenceID == 0x09 else { return }
+                guard [0x01, 0x02, 0x05, 0x09, 0x0A].contains(sequenceID) else { return }
                 guard length == 8 else {
                     throw WireError(.invalidValue, "ReceiptFrame offset has \(length) bytes, not 8")
                 }
@@ -634,7 +652,8 @@ extension ReceiptFrame {
                 case 0x01: settled = value
                 case 0x02: previous = value
                 case 0x05: taken = value
-                default: bytesTaken = value
+                case 0x09: bytesTaken = value
+                default: unkept = value
                 }
             }
         }
@@ -648,6 +667,7 @@ extension ReceiptFrame {
         handledBefore = before
         copiesMayFollow = copies
         takenBytes = bytesTaken
+        unkeptThrough = unkept
     }
 }
 

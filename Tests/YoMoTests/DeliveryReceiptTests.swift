@@ -285,6 +285,15 @@ struct DeliveryReceiptTests {
         #expect(reporting.reached(100) && !reporting.reached(300))
         reporting.tellsNothingTaken()
         #expect(reporting.reached(300), "its receipts do not say what it took: acknowledgement settles")
+        // A closing function's receipts settle only what it took, its pace aside.
+        let start = ContinuousClock.now
+        let closing = DeliveryDestination(progress, reportsTaking: true)
+        closing.took(through: 100, bytes: 100, at: start)
+        closing.took(through: 150, bytes: 150, at: start + .milliseconds(20))
+        #expect(closing.reached(200), "50 bytes taken in 20 ms: that much beyond")
+        closing.settleOnlyWhatIsTaken()
+        closing.took(through: 160, bytes: 160, at: start + .milliseconds(40))
+        #expect(closing.reached(160) && !closing.reached(161), "closing: only what it took")
         var batch = ReceiptLedger.Batch()
         batch.add(older, endingAt: 300)
         #expect(!batch.endsCheckpoint, "settled at acknowledgement: one checkpoint a burst")

@@ -63,6 +63,24 @@ struct ReceiptTests {
         #expect(try Frame(decoding: unknown) == .receipt(ReceiptFrame(settledThrough: 7)))
     }
 
+    @Test("a zipper's answer to a closing function says what it no longer keeps under sequence id 0x0A, an 8-byte offset beside the closing flag")
+    func unkeptThrough() throws {
+        let answer = Frame.receipt(ReceiptFrame(settledThrough: 0, closing: true, unkeptThrough: 0x0102))
+        let bytes = answer.encoded()
+        #expect(Array(bytes.readableBytesView) == [0xBA, 0x17, 0x01, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0x04, 0x01, 0x01, 0x0A, 0x08, 0, 0, 0, 0, 0, 0, 1, 2])
+        #expect(try Frame(decoding: bytes) == answer)
+        // The first receipt's word that the zipper answers: the field, at zero.
+        let first = Frame.receipt(ReceiptFrame(settledThrough: 9, welcomesHandling: true, unkeptThrough: 0))
+        guard case .receipt(let decoded) = try Frame(decoding: first.encoded()) else {
+            Issue.record("not a receipt")
+            return
+        }
+        #expect(decoded.unkeptThrough == 0 && decoded.welcomesHandling)
+        #expect(try Frame(decoding: Frame.receipt(ReceiptFrame(settledThrough: 9)).encoded()) == .receipt(ReceiptFrame(settledThrough: 9)))
+        let short = ByteBuffer(bytes: [0xBA, 0x0E, 0x01, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0x0A, 0x02, 1, 2])
+        #expect(throws: WireError.self) { try Frame(decoding: short) }
+    }
+
     @Test("a receipt whose offset is not 8 bytes, or missing, is a bad frame")
     func malformedReceipts() throws {
         let short = ByteBuffer(bytes: [0xBA, 0x09, 0x01, 0x07, 1, 2, 3, 4, 5, 6, 7])
