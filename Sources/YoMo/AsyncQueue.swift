@@ -126,6 +126,9 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
     /// Nothing is queued (the consumer may be inside an element).
     var isEmpty: Bool { state.withLock { $0.count == 0 } }
 
+    /// Elements queued.
+    var count: Int { state.withLock { $0.count } }
+
     /// `finish()` was called: nothing more is taken.
     var isFinished: Bool { state.withLock { $0.finished } }
 
@@ -143,6 +146,21 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
         }
         for producer in producers { producer.resume() }
         return dropped
+    }
+
+    /// Removes the queued elements from the first that `from` picks on,
+    /// oldest first, without finishing the queue; returns them.
+    func removeQueued(from: (Element) -> Bool) -> [Element] {
+        let (removed, producers) = state.withLock { state -> ([Element], [CheckedContinuation<Void, Never>]) in
+            guard let first = state.items[state.head...].firstIndex(where: { from($0.element) }) else { return ([], []) }
+            let removed = state.items[first...]
+            state.weight -= removed.reduce(0) { $0 + $1.weight }
+            state.items.removeSubrange(first...)
+            defer { state.producers.removeAll() }
+            return (removed.map(\.element), state.producers)
+        }
+        for producer in producers { producer.resume() }
+        return removed
     }
 
     /// Nothing queued, and the consumer waits for the next element.

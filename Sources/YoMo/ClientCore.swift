@@ -263,14 +263,14 @@ enum ClientCore {
                     previousRoutedThrough = receipt.previousRoutedThrough.map { Int(clamping: $0) }
                     answered = try await answer()
                     if receipt.welcomesHandling, settings.acknowledgesHandling {
-                        handling = HandlingLedger(startingAt: frames.consumedBytes)
+                        handling = HandlingLedger(startingAt: frames.consumedBytes, zipperAnswersClosing: receipt.unkeptThrough != nil)
                     }
                 }
                 switch answered {
                 case .handshakeAck?:
                     // Says at once that its receipts tell what its handlers took, so
                     // that a backlog from the first frame on is kept by its sources.
-                    if let handling { _ = try? connection.tryWrite(control: handling.toldSoFar.receipt(), limit: DeliveryReceipts.queueLimit) }
+                    if let handling { _ = try? connection.tryWrite(control: handling.receipt(handling.toldSoFar), limit: DeliveryReceipts.queueLimit) }
                     connection.logPathMTUFindings(
                         logger: logger, metadata: [YoMoLogField.connectionID: "\(clientID)", YoMoLogField.zipperAddress: "\(address)"])
                     return ClientSession(

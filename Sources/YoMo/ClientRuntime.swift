@@ -368,6 +368,9 @@ final class ClientRuntime: Sendable {
     var keptFrames: Int { state.withLock { $0.session?.keptFrames ?? 0 } }
     /// Data frames the current connection read (zero without handling receipts).
     var framesReceivedForTesting: Int { state.withLock { $0.session?.handling?.framesReceived ?? 0 } }
+    /// Frames a closing pipe handler's queue gave back to the zipper (`giveBack`).
+    var framesGivenBackForTesting: Int { framesGivenBack.load(ordering: .relaxed) }
+    private let framesGivenBack = Atomic(0)
     /// Whether the current session's zipper sends delivery receipts.
     var receiptsForTesting: Bool { state.withLock { $0.session?.receipts ?? false } }
 
@@ -908,6 +911,8 @@ final class ClientRuntime: Sendable {
         let scope = inFlight.newScope()
         var carrying = false
         var readingAhead = false
+        // A closing pipe handler's frames read after its word, until the zipper's answer.
+        var awaitingAnswer: [(frame: PipeFrame, weight: Int)] = []
         // A frame no handler gets counts as taken once nothing read before it waits for the pipe handler.
         func passedOver() {
             if let handlingLedger, queue?.isEmpty ?? true { handlingLedger.took(through: session.frames.consumedBytes) }
@@ -1010,6 +1015,17 @@ final class ClientRuntime: Sendable {
                             logReceived(span, tid: metadata[Metadata.ReservedKey.tid])
                             if setup.metrics.isEnabled { setup.metrics.consumer(tag: data.tag, handlerType: "pipe_handler").consumed.add() }
                             let pipeFrame = PipeFrame(tag: data.tag, dataBuffer: data.payload, metadata: metadata, span: span, handled: token)
+                            if let handlingLedger, handlingLedger.zipperAnswersClosing {
+                                switch handlingLedger.closingState {
+                                case .no: break
+                                case .awaitingAnswer:
+                                    awaitingAnswer.append((pipeFrame, length + data.metadata.readableBytes))
+                                    continue
+                                case .givingBack:
+                                    givenBack([pipeFrame])
+                                    continue
+                                }
+                            }
                             if readingAhead, mayComeAgain.isEmpty || queue.isEmpty {
                                 queue.endReadAhead()  // no copy to look for, or the earlier frames are taken
                                 readingAhead = false
@@ -1060,6 +1076,13 @@ final class ClientRuntime: Sendable {
                         if receipt.copiesMayFollow, let handlingLedger {
                             expectCopies(of: handlingLedger, on: session, into: &mayComeAgain, &copyWatch)
                         }
+                        if receipt.closing, let unkept = receipt.unkeptThrough, let handlingLedger, let queue,
+                           handlingLedger.closingState == .awaitingAnswer {
+                            await giveBack(
+                                keeping: Int(clamping: unkept), queue, handlingLedger, readSince: awaitingAnswer,
+                                answerEnd: session.frames.consumedBytes)
+                            awaitingAnswer = []
+                        }
                         handlingLedger?.passed(end: session.frames.consumedBytes)
                         passedOver()
                     case .handshake, .handshakeAck, .connectTo:
@@ -1072,6 +1095,14 @@ final class ClientRuntime: Sendable {
                 ended = error
             }
             sessionTasks.cancelAll()  // the cron loop, the receipts of what was handled
+        }
+        if let queue, !awaitingAnswer.isEmpty {
+            // No answer came (the connection ended under the close): handled, as before giving back.
+            queue.letAllIn()
+            for (frame, weight) in awaitingAnswer where !(await queue.send(frame, weight: weight)) {
+                frame.span?.end()
+                notHandledWhileClosing(tag: frame.tag)
+            }
         }
         queue?.limitAgain()
         if let handlingLedger {
@@ -1209,7 +1240,7 @@ final class ClientRuntime: Sendable {
         var named = 0
         for start in stride(from: 0, to: finished.count, by: HandlingLedger.idsPerReceipt) {
             let ids = Array(finished[start..<min(start + HandlingLedger.idsPerReceipt, finished.count)])
-            guard (try? session.connection.tryWrite(control: told.receipt(handledBefore: ids), limit: DeliveryReceipts.queueLimit)) == true else { break }
+            guard (try? session.connection.tryWrite(control: handling.receipt(told, handledBefore: ids), limit: DeliveryReceipts.queueLimit)) == true else { break }
             named += ids.count
         }
         logger.debug("told the zipper the frames of earlier connections already handled", metadata: ["frames": "\(named)"])
@@ -1223,7 +1254,7 @@ final class ClientRuntime: Sendable {
         let quic = session.connection.connection
         let (tell, waiting) = handling.advance(acknowledged: quic.acknowledgedBytes)
         if let tell,
-           (try? session.connection.tryWrite(control: tell.receipt(), limit: DeliveryReceipts.queueLimit)) == true {
+           (try? session.connection.tryWrite(control: handling.receipt(tell), limit: DeliveryReceipts.queueLimit)) == true {
             // Read after the write: at or past the receipt's end (a handler's write may follow it).
             handling.told(tell, receiptEnd: quic.sendProgress.written)
         }
@@ -1236,7 +1267,7 @@ final class ClientRuntime: Sendable {
     private func tellClosing(_ handling: HandlingLedger, on session: ClientSession) -> Bool {
         let quic = session.connection.connection
         let tell = handling.advance(acknowledged: quic.acknowledgedBytes).tell
-        let notice = (tell ?? handling.toldSoFar).receipt(closing: true)
+        let notice = handling.receipt(tell ?? handling.toldSoFar, closing: true)
         guard (try? session.connection.tryWrite(control: notice, limit: DeliveryReceipts.queueLimit)) == true else { return false }
         if let tell { handling.told(tell, receiptEnd: quic.sendProgress.written) }
         return true
@@ -1350,6 +1381,49 @@ final class ClientRuntime: Sendable {
         logger.info("the zipper says frames written here may come again: copies of those this connection brought are not handled twice", metadata: [
             "frames": "\(noted)",
         ])
+    }
+
+    /// The zipper answered this closing function's word with what it no
+    /// longer keeps (`unkept`): the frames this connection brought that wait
+    /// for the pipe handler go back to the zipper unhandled, from the first
+    /// that starts past `unkept` and past what the zipper may have settled
+    /// for its sender (those its next instance gets, as if this one had
+    /// crashed, but without waiting for them), and so does every frame read
+    /// from now on. `readSince`: the frames read since the word, after those
+    /// queued. Until the fifty-third round of issue 14 a pipe handler slower
+    /// than its source worked off its queue until the close deadline
+    /// (`yomo-fault-bench chaos --mesh --seed 1`: every SIGTERM took 5 s).
+    private func giveBack(
+        keeping unkept: Int, _ queue: AsyncQueue<PipeFrame>, _ ledger: HandlingLedger,
+        readSince: [(frame: PipeFrame, weight: Int)], answerEnd: Int
+    ) async {
+        let settleable = ledger.furthestSettleable
+        // Past the first frame that goes back, every later one does too: both bounds are offsets.
+        func goesBack(_ frame: PipeFrame) -> Bool {
+            guard let token = frame.handled, token.ledger === ledger else { return false }
+            return !token.mustBeHandled(unkept: unkept, settleable: settleable)
+        }
+        var back = queue.removeQueued(from: goesBack)
+        let handled = back.isEmpty ? readSince.prefix { !goesBack($0.frame) } : []
+        back += readSince.dropFirst(handled.count).map(\.frame)
+        ledger.giveBack(from: back.first?.handled?.start ?? answerEnd)
+        for (frame, weight) in handled where !(await queue.send(frame, weight: weight)) {
+            frame.span?.end()
+            notHandledWhileClosing(tag: frame.tag)
+        }
+        givenBack(back)
+        logger.info("closing: the frames queued for the pipe handler go back to the zipper, for this function's next instance", metadata: [
+            "frames": "\(back.count)", "handled_first": "\(queue.count)",
+        ])
+    }
+
+    /// Ends the spans of frames given back to the zipper unhandled.
+    private func givenBack(_ frames: [PipeFrame]) {
+        framesGivenBack.add(frames.count, ordering: .relaxed)
+        for frame in frames {
+            frame.span?.setAttribute("yomo.given_back", true)
+            frame.span?.end()
+        }
     }
 
     /// close() came while a frame waited for the handlers' limits: it is not
@@ -1735,9 +1809,17 @@ final class ClientRuntime: Sendable {
         // than its source lost 1,772 of 4,002 frames so). Zippers that do not
         // know the request read a plain receipt.
         var closingSaid = handling == nil
+        // A zipper that answers the word keeps what this function's pipe
+        // handler has queued for its next instance: said at once, and the
+        // window thawed, so that the answer comes through behind what the
+        // zipper had written (read meanwhile, then given back, as is the
+        // queue: `giveBack`).
+        let givesBack = handling?.zipperAnswersClosing == true && handlers.pipeQueue != nil
         while ContinuousClock.now < deadline {
-            if let handling, !closingSaid, !handlers.haveBacklog, connection.unreadBytes == 0 {
+            if let handling, !closingSaid, givesBack || (!handlers.haveBacklog && connection.unreadBytes == 0) {
+                if givesBack { handling.awaitAnswer() }
                 closingSaid = tellClosing(handling, on: session)
+                if closingSaid, givesBack { await connection.thawReceiveWindow() }
             }
             if handlers.pipeQueue == nil {
                 _ = await inFlight.waitUntilEmpty(until: closingSaid ? deadline : min(deadline, .now + .milliseconds(5)))

@@ -53,6 +53,28 @@ final class HandlingLedger: Sendable {
 
         /// Its handler finished (or the ledger let go of it).
         var isFinished: Bool { ledger.isFinished(index) }
+
+        /// Where the frame starts in the stream.
+        var start: Int { end - length }
+
+        /// Whether a closing function must handle the frame rather than give
+        /// it back: the zipper no longer keeps what starts before `unkept`
+        /// (`ReceiptFrame.unkeptThrough`), and may have settled for its
+        /// sender what ends within `settleable` (`furthestSettleable`).
+        func mustBeHandled(unkept: Int, settleable: Int) -> Bool {
+            start < unkept || end <= settleable
+        }
+    }
+
+    /// Where a closing function stands with a zipper that answers its
+    /// closing word (`ReceiptFrame.unkeptThrough`).
+    enum Closing: Int {
+        /// Not closing, or not with such a zipper.
+        case no
+        /// It said it is closing: frames read now wait for the answer.
+        case awaitingAnswer
+        /// Answered: frames read now go back to the zipper unhandled.
+        case givingBack
     }
 
     private struct Entry {
@@ -93,6 +115,8 @@ final class HandlingLedger: Sendable {
         /// Indexes of frames marked handled whose range, if they are past
         /// those handled in order, the zipper has not been told yet.
         var handledUntold: [Int] = []
+        /// What the zipper may have settled for senders, as receipts said.
+        var settleable: SettleableBound
 
         /// The entry with `index`, if still kept.
         func position(of index: Int) -> CircularBuffer<Entry>.Index? {
@@ -128,12 +152,48 @@ final class HandlingLedger: Sendable {
     /// Yielded when the first frame arrives after the ticker went idle.
     let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
+    /// The zipper answers a closing word with what it keeps (its first
+    /// receipt had `ReceiptFrame.unkeptThrough`): a closing pipe handler
+    /// may give back its queue.
+    let zipperAnswersClosing: Bool
+    private let closing = Atomic(Closing.no.rawValue)
+    /// Where the first frame given back starts (`Int.max`: none is): taken
+    /// and handled are never told past it, or the zipper would settle
+    /// frames it will give to the function's next instance.
+    private let givenBackFrom = Atomic(Int.max)
 
     /// `offset`: the stream offset after the handshake's answer.
-    init(startingAt offset: Int) {
-        state = Mutex(State(handled: offset, told: offset, confirmed: offset, toldTaken: offset))
+    init(startingAt offset: Int, zipperAnswersClosing: Bool = false, at now: ContinuousClock.Instant = .now) {
+        var settleable = SettleableBound(from: offset)
+        // The dial's first receipt says nothing taken yet: the zipper's first sample.
+        settleable.note(taken: offset, progress: 0, at: now)
+        state = Mutex(State(handled: offset, told: offset, confirmed: offset, toldTaken: offset, settleable: settleable))
         taken = Atomic(offset)
+        self.zipperAnswersClosing = zipperAnswersClosing
         (wakeups, wake) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    var closingState: Closing { Closing(rawValue: closing.load(ordering: .relaxed)) ?? .no }
+
+    /// It says it is closing to a zipper that answers: frames read from now
+    /// on wait for the answer.
+    func awaitAnswer() { closing.store(Closing.awaitingAnswer.rawValue, ordering: .relaxed) }
+
+    /// The zipper answered: the frames from `start` on (those queued and
+    /// not yet taken, and every one read from now) go back to it unhandled.
+    func giveBack(from start: Int) {
+        givenBackFrom.store(start, ordering: .relaxed)
+        closing.store(Closing.givingBack.rawValue, ordering: .relaxed)
+    }
+
+    /// The furthest the zipper may have settled of this connection's
+    /// frames for their senders, by the pace it reckoned from the receipts.
+    var furthestSettleable: Int { state.withLock { $0.settleable.furthest } }
+
+    /// `tell` as a receipt to send; the pace it tells is noted.
+    func receipt(_ tell: Tell, closing: Bool = false, handledBefore: [String] = [], at now: ContinuousClock.Instant = .now) -> Frame {
+        state.withLock { $0.settleable.note(taken: tell.taken, progress: tell.takenBytes ?? tell.taken, at: now) }
+        return tell.receipt(closing: closing, handledBefore: handledBefore)
     }
 
     /// A frame of `length` bytes ending at `end` was read and goes to a handler.
@@ -150,6 +210,7 @@ final class HandlingLedger: Sendable {
     /// of them `bytes` long (0: no handler took it, as a copy).
     func took(through end: Int, bytes: Int = 0) {
         if bytes > 0 { bytesTaken.add(bytes, ordering: .relaxed) }
+        let end = min(end, givenBackFrom.load(ordering: .relaxed))
         var current = taken.load(ordering: .relaxed)
         while current < end {
             let (exchanged, original) = taken.compareExchange(expected: current, desired: end, ordering: .relaxed)
@@ -292,7 +353,7 @@ final class HandlingLedger: Sendable {
             // Frames no handler gets may be handled before the pipe handler took those before them.
             let ahead = Self.handledAhead(&state)
             let tell = Tell(
-                handled: state.handled, taken: max(taken, state.handled), handledAhead: ahead.ranges, aheadIndexes: ahead.indexes,
+                handled: state.handled, taken: min(max(taken, state.handled), givenBackFrom.load(ordering: .relaxed)), handledAhead: ahead.ranges, aheadIndexes: ahead.indexes,
                 takenBytes: takenBytes)
             let untold = tell.handled > state.told || tell.taken > state.toldTaken || !ahead.ranges.isEmpty
             // A receipt not yet acknowledged: its frames are forgotten once it is.
@@ -333,9 +394,12 @@ final class HandlingLedger: Sendable {
         return state.withLock { Tell(handled: $0.told, taken: $0.toldTaken, takenBytes: takenBytes) }
     }
 
-    /// Whether every frame read was handled and told.
+    /// Whether every frame read was handled (or given back) and told.
     /// (As of the last `advance`, which marks what finished.)
-    var isQuiet: Bool { state.withLock { $0.handledCount == $0.entries.count && $0.handled <= $0.told } }
+    var isQuiet: Bool {
+        let givenBackFrom = givenBackFrom.load(ordering: .relaxed)
+        return state.withLock { ($0.handledCount == $0.entries.count || $0.handled >= givenBackFrom) && $0.handled <= $0.told }
+    }
 
     /// The frames no acknowledged receipt covered, by transaction id, which
     /// the zipper (or a source, if the zipper crashed) may send again: asked
@@ -353,5 +417,41 @@ final class HandlingLedger: Sendable {
             byTid[tid] = Token(ledger: self, index: index, end: end, length: 0)
         }
         return byTid
+    }
+}
+
+/// How far a zipper may have settled a function's frames for their senders:
+/// it settles, at acknowledgement, what the function took and its pace's
+/// worth beyond (`TakingPace`), reckoned from each receipt it reads, and what
+/// it settled stays settled. A closing function that gives back its queue
+/// handles the frames within it: the zipper keeps those for the function's
+/// next instance, but if it then crashed, their senders would not send them
+/// again. Never short of the zipper's reckoning: the zipper's pace counts
+/// from one of its samples (the newest `TakingPace.allowance` old, samples
+/// `TakingPace.spacing` apart); this counts, unscaled, from a receipt sent no
+/// later than that one arrived, however far apart receipts went and however
+/// long each was on its way (within `wayThere`).
+struct SettleableBound {
+    /// What a receipt's way to the zipper may take beyond another's.
+    static let wayThere: Duration = .milliseconds(20)
+    private static let lead = TakingPace.allowance + TakingPace.spacing + wayThere
+    private static let back = TakingPace.spacing + wayThere
+    /// Every receipt's sample from the one counted from last on.
+    private var samples: [(at: ContinuousClock.Instant, progress: Int)] = []
+    private(set) var furthest: Int
+
+    init(from offset: Int) { furthest = offset }
+
+    /// A receipt says `taken` (`ReceiptFrame.takenThrough`) and `progress`
+    /// (what the zipper measures the pace on), sent at `now`.
+    mutating func note(taken: Int, progress: Int, at now: ContinuousClock.Instant) {
+        samples.append((now, progress))
+        // The zipper counts from no earlier than `lead` old less `back`: any
+        // receipt that old it kept, or one at most `spacing` before it.
+        if let recent = samples.lastIndex(where: { now - $0.at >= Self.lead }),
+           let counted = samples[...recent].lastIndex(where: { samples[recent].at - $0.at >= Self.back }) {
+            samples.removeFirst(counted)
+        }
+        furthest = max(furthest, taken + max(0, progress - samples[0].progress))
     }
 }
