@@ -1351,6 +1351,9 @@ public final class Zipper: Sendable {
         }
         // Why this side closes, sent to the peer in the CONNECTION_CLOSE.
         var closeReason = ""
+        // A closing word is answered once: a function that repeats it without
+        // reading would otherwise grow what waits for it without bound.
+        var closingAnswered = false
         do {
             do {
                 // The first receipt, before the acknowledgement, tells the client receipts will come.
@@ -1411,7 +1414,8 @@ public final class Zipper: Sendable {
                         if handled.closing {
                             delivery.settleOnlyWhatIsTaken()
                             stopRouting(to: member, logger: connectionLogger)
-                            answerClosing(connection, logger: connectionLogger)
+                            if !closingAnswered { answerClosing(connection, logger: connectionLogger) }
+                            closingAnswered = true
                         }
                     }
                     continue
