@@ -1022,7 +1022,7 @@ final class ClientRuntime: Sendable {
                                     awaitingAnswer.append((pipeFrame, length + data.metadata.readableBytes))
                                     continue
                                 case .givingBack:
-                                    givenBack([pipeFrame])
+                                    givenBack([pipeFrame], setup)
                                     continue
                                 }
                             }
@@ -1080,7 +1080,7 @@ final class ClientRuntime: Sendable {
                            handlingLedger.closingState == .awaitingAnswer {
                             await giveBack(
                                 keeping: Int(clamping: unkept), queue, handlingLedger, readSince: awaitingAnswer,
-                                answerEnd: session.frames.consumedBytes)
+                                answerEnd: session.frames.consumedBytes, setup)
                             awaitingAnswer = []
                         }
                         handlingLedger?.passed(end: session.frames.consumedBytes)
@@ -1395,7 +1395,7 @@ final class ClientRuntime: Sendable {
     /// (`yomo-fault-bench chaos --mesh --seed 1`: every SIGTERM took 5 s).
     private func giveBack(
         keeping unkept: Int, _ queue: AsyncQueue<PipeFrame>, _ ledger: HandlingLedger,
-        readSince: [(frame: PipeFrame, weight: Int)], answerEnd: Int
+        readSince: [(frame: PipeFrame, weight: Int)], answerEnd: Int, _ setup: Setup
     ) async {
         let settleable = ledger.furthestSettleable
         // Past the first frame that goes back, every later one does too: both bounds are offsets.
@@ -1411,15 +1411,16 @@ final class ClientRuntime: Sendable {
             frame.span?.end()
             notHandledWhileClosing(tag: frame.tag)
         }
-        givenBack(back)
+        givenBack(back, setup)
         logger.info("closing: the frames queued for the pipe handler go back to the zipper, for this function's next instance", metadata: [
             "frames": "\(back.count)", "handled_first": "\(queue.count)",
         ])
     }
 
-    /// Ends the spans of frames given back to the zipper unhandled.
-    private func givenBack(_ frames: [PipeFrame]) {
+    /// Ends the spans of frames given back to the zipper unhandled, and counts them.
+    private func givenBack(_ frames: [PipeFrame], _ setup: Setup) {
         framesGivenBack.add(frames.count, ordering: .relaxed)
+        if setup.metrics.isEnabled, !frames.isEmpty { setup.metrics.gaveBack(frames.count) }
         for frame in frames {
             frame.span?.setAttribute("yomo.given_back", true)
             frame.span?.end()

@@ -21,6 +21,7 @@ final class DataPathMetrics: Sendable {
     private let operationDuration: Histogram
     private let reconnects: Counter
     private let copiesSkipped: Counter
+    private let givenBack: Counter
     private let routed: Counter
     private let routingDuration: Histogram
     let connections: UpDownCounter
@@ -82,6 +83,9 @@ final class DataPathMetrics: Sendable {
         copiesSkipped = meter.counter(
             "yomo.handlers.copies.skipped", unit: "{message}",
             description: "Frames sent again after a reconnection that the stream function had taken already: not handled twice.")
+        givenBack = meter.counter(
+            "yomo.handlers.given_back", unit: "{message}",
+            description: "Frames a closing stream function gave back to its zipper unhandled, for its next instance.")
         routed = meter.counter(
             "yomo.zipper.routed.messages", unit: "{message}",
             description: "Deliveries by outcome: a frame sent to two observers counts two; no_route counts the frame once.")
@@ -472,6 +476,8 @@ final class DataPathMetrics: Sendable {
     func reconnected() { reconnects.add(1, attributes: baseAttributes) }
 
     func skippedCopy() { copiesSkipped.add(1, attributes: baseAttributes) }
+
+    func gaveBack(_ frames: Int) { givenBack.add(Double(frames), attributes: baseAttributes) }
 
     func connection(_ clientType: ClientType, delta: Double) {
         connections.add(delta, attributes: baseAttributes.with("yomo.client.type", Self.clientTypeName(clientType)))

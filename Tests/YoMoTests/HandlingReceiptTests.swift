@@ -337,9 +337,11 @@ struct HandlingReceiptTests {
 
     /// A pipe function `worker` on `zipper` whose handler waits at `gate`
     /// before each frame it handles, and notes what it handles.
-    static func gatedPipeWorker(_ zipper: String, gate: Gate?, handled: Inbox<String>, tracerProvider: TracerProvider? = nil) -> StreamFunction {
+    static func gatedPipeWorker(
+        _ zipper: String, gate: Gate?, handled: Inbox<String>, tracerProvider: TracerProvider? = nil, meterProvider: MeterProvider? = nil
+    ) -> StreamFunction {
         let function = StreamFunction(name: "worker", zipper: zipper, options: .init(
-            observedTags: [0x33], retryConnect: true, tracerProvider: tracerProvider, shutdownTimeout: .seconds(30)))
+            observedTags: [0x33], retryConnect: true, tracerProvider: tracerProvider, shutdownTimeout: .seconds(30), meterProvider: meterProvider))
         function.setPipeHandler { input, _ in
             for await frame in input {
                 await gate?.wait()
@@ -400,7 +402,9 @@ struct HandlingReceiptTests {
         let address = try #require(zipper.address)
         let gate = Gate()
         let handled = Inbox<String>()
-        let first = Self.gatedPipeWorker(address, gate: gate, handled: handled)
+        let meters = MeterProvider(configuration: .init(serviceName: "worker", environment: [:]))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: meters)
+        let first = Self.gatedPipeWorker(address, gate: gate, handled: handled, meterProvider: meters)
         try await first.connect()
         let source = Source(name: "writer", zipper: address)
         try await source.connect()
@@ -420,6 +424,10 @@ struct HandlingReceiptTests {
         // About 48 KB went past the share: a dozen frames the function handled.
         #expect(firstTook >= 8 && firstTook + first.client.framesGivenBackForTesting == 20,
                 "handled \(firstTook), gave back \(first.client.framesGivenBackForTesting)")
+        let page = await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body ?? ""
+        #expect(seriesValue(page, "yomo_handlers_given_back_total", labels: ["messaging_consumer_group_name=\"worker\""])
+                == Double(20 - firstTook), "\(page.split(separator: "\n").filter { $0.contains("given_back") })")
+        await endpoint.close()
         let second = Self.gatedPipeWorker(address, gate: nil, handled: handled)
         try await second.connect()
         #expect(await handled.wait(for: 20), "\(handled.items.map { $0.prefix(8) })")
