@@ -237,16 +237,7 @@ struct DeliveryReceiptTests {
         try await zipper.start()
         let port = try #require(zipper.port)
         // A stream function of the tests' own: it reads, and says what it likes.
-        let function = try await QUICFrameConnection.connect(host: "127.0.0.1", port: port)
-        try await function.write(.handshake(HandshakeFrame(
-            name: "raw", id: "raw-0", clientType: .streamFunction, observedTags: [0x33], version: yomoSpecVersion,
-            wantsReceipts: true, acknowledgesHandling: true)))
-        var frames = function.frames.makeAsyncIterator()
-        guard case .receipt(let welcome)? = try await frames.next(), welcome.welcomesHandling else {
-            Issue.record("no welcome for handling receipts")
-            return
-        }
-        #expect(try await frames.next() == .handshakeAck)
+        var (function, frames, _) = try await rawHandlingFunction(port: port)
         let source = Source(name: "writer", zipper: "127.0.0.1:\(port)")
         try await source.connect()
         for index in 0..<20 { try await source.write(tag: 0x33, data: Array("frame-\(index)".utf8)) }
@@ -548,6 +539,22 @@ final class BacklogPath {
 /// contain each of `labels`; nil when none does.
 func scrapedMetric(port: Int, _ name: String, labels: [String]) async -> Double? {
     seriesValue(await httpGet("http://127.0.0.1:\(port)/metrics")?.body ?? "", name, labels: labels)
+}
+
+/// A stream function of a test's own, `raw` observing 0x33, connected to the
+/// zipper on `port` with handling receipts welcomed: its frames after the
+/// handshake's answer, and the zipper's first receipt.
+func rawHandlingFunction(port: Int) async throws -> (QUICFrameConnection, QUICFrameConnection.Frames.AsyncIterator, welcome: ReceiptFrame) {
+    let function = try await QUICFrameConnection.connect(host: "127.0.0.1", port: port)
+    try await function.write(.handshake(HandshakeFrame(
+        name: "raw", id: "raw-0", clientType: .streamFunction, observedTags: [0x33], version: yomoSpecVersion,
+        wantsReceipts: true, acknowledgesHandling: true)))
+    var frames = function.frames.makeAsyncIterator()
+    guard case .receipt(let welcome)? = try await frames.next(), welcome.welcomesHandling else {
+        throw YoMoError(.rejected, "no welcome for handling receipts")
+    }
+    guard try await frames.next() == .handshakeAck else { throw YoMoError(.rejected, "no handshake acknowledgement") }
+    return (function, frames, welcome)
 }
 
 /// Whether the stream function `upper` is connected to the zipper serving metrics on `port`.
