@@ -1099,10 +1099,7 @@ final class ClientRuntime: Sendable {
         if let queue, !awaitingAnswer.isEmpty {
             // No answer came (the connection ended under the close): handled, as before giving back.
             queue.letAllIn()
-            for (frame, weight) in awaitingAnswer where !(await queue.send(frame, weight: weight)) {
-                frame.span?.end()
-                notHandledWhileClosing(tag: frame.tag)
-            }
+            await queueForPipeHandler(awaitingAnswer, queue)
         }
         queue?.limitAgain()
         if let handlingLedger {
@@ -1407,14 +1404,20 @@ final class ClientRuntime: Sendable {
         let handled = back.isEmpty ? readSince.prefix { !goesBack($0.frame) } : []
         back += readSince.dropFirst(handled.count).map(\.frame)
         ledger.giveBack(from: back.first?.handled?.start ?? answerEnd)
-        for (frame, weight) in handled where !(await queue.send(frame, weight: weight)) {
-            frame.span?.end()
-            notHandledWhileClosing(tag: frame.tag)
-        }
+        await queueForPipeHandler(handled, queue)
         givenBack(back, setup)
         logger.info("closing: the frames queued for the pipe handler go back to the zipper, for this function's next instance", metadata: [
             "frames": "\(back.count)", "handled_first": "\(queue.count)",
         ])
+    }
+
+    /// Queues frames read while closing for the pipe handler, in order; one
+    /// a finished queue turns away (the close deadline came) is not handled.
+    private func queueForPipeHandler(_ frames: some Sequence<(frame: PipeFrame, weight: Int)>, _ queue: AsyncQueue<PipeFrame>) async {
+        for (frame, weight) in frames where !(await queue.send(frame, weight: weight)) {
+            frame.span?.end()
+            notHandledWhileClosing(tag: frame.tag)
+        }
     }
 
     /// Ends the spans of frames given back to the zipper unhandled, and counts them.

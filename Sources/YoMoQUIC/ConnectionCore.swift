@@ -240,10 +240,9 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// Datagrams big enough to carry data (`dataDatagramSize`): what a
     /// trial of smaller datagrams counts its losses against.
     private var dataDatagramsSent = 0
-    /// Consumed bytes are no longer returned to the peer as window (a closing client).
+    /// Consumed bytes are no longer returned to the peer as window (a closing
+    /// client); they stay counted in `RecvShared.consumed`, for a thaw.
     private var receiveWindowFrozen = false
-    /// Consumed while frozen: returned if the window thaws.
-    private var consumedWhileFrozen = 0
     /// During a stall: how many big datagrams had been sent when the peer was
     /// first heard from (nil: not yet heard), and when the first one after
     /// that went out (0: none yet).
@@ -992,18 +991,14 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     }
 
     func applyExtend() {
+        let frozen = receiveWindowFrozen
         let n = recvShared.withLock { s -> Int in
             s.extendScheduled = false
-            let n = s.consumed
-            s.consumed = 0
-            return n
+            guard !frozen else { return 0 }
+            defer { s.consumed = 0 }
+            return s.consumed
         }
-        guard n > 0 else { return }
-        guard !receiveWindowFrozen else {
-            consumedWhileFrozen += n
-            return
-        }
-        guard let ng, let streamID, isActive else { return }
+        guard n > 0, let ng, let streamID, isActive else { return }
         let returned = managedWindow == nil ? n : server?.receiveWindowExtension(for: self, consumed: n, ng: ng) ?? n
         if returned > 0 { ng.extendReceiveWindow(stream: streamID, by: returned) }
     }
@@ -1015,8 +1010,6 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     func thawReceiveWindow() {
         guard receiveWindowFrozen else { return }
         receiveWindowFrozen = false
-        recvShared.withLock { $0.consumed += consumedWhileFrozen }
-        consumedWhileFrozen = 0
         applyExtend()
     }
 
