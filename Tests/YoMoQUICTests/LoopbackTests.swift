@@ -156,6 +156,33 @@ struct LoopbackTests {
         await server.close()
     }
 
+    @Test("a frozen receive window lets the peer send only what it already allowed, however much is read; thawed, it returns what was read meanwhile and the rest comes")
+    func frozenWindowThaws() async throws {
+        let window = 64 << 10
+        var configuration = QUICConfiguration.default
+        configuration.streamReceiveWindow = window
+        let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
+        let connection = try await QUICConnection.connect(host: "127.0.0.1", port: server.port, configuration: configuration)
+        try await connection.write(ByteBuffer(string: "x"))
+        var iterator = server.connections.makeAsyncIterator()
+        let accepted = try #require(await iterator.next())
+        await connection.freezeReceiveWindow()
+        let received = Atomic(0)
+        let reader = Task { for try await chunk in connection.inbound { received.add(chunk.readableBytes, ordering: .relaxed) } }
+        let total = 4 * window
+        let writer = Task { try await accepted.write(ByteBuffer(repeating: 0x61, count: total)) }
+        // All the window allowed arrives and is read; the window does not move.
+        #expect(await until { received.load(ordering: .relaxed) == window }, "\(received.load(ordering: .relaxed))")
+        #expect(accepted.unacknowledgedBytes > 0)
+        await connection.thawReceiveWindow()
+        // Without what was read while frozen, nothing more would be read to return: it would stall here.
+        #expect(await until { received.load(ordering: .relaxed) == total }, "\(received.load(ordering: .relaxed))")
+        try await writer.value
+        reader.cancel()
+        await connection.close()
+        await server.close()
+    }
+
     @Test("close with 0x13 and a reason reaches the peer")
     func closeWithReason() async throws {
         let server = try await QUICServer.bind(host: "127.0.0.1", port: 0)
