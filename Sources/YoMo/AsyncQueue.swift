@@ -148,11 +148,14 @@ final class AsyncQueue<Element: Sendable>: Sendable, AsyncSequence {
         return dropped
     }
 
-    /// Removes the queued elements from the first that `from` picks on,
-    /// oldest first, without finishing the queue; returns them.
-    func removeQueued(from: (Element) -> Bool) -> [Element] {
+    /// Removes the queued elements at the end that `picked` picks, back to
+    /// the first one it does not (what the consumer gets stays in order),
+    /// without finishing the queue; returns them, oldest first.
+    func removeTrailing(where picked: (Element) -> Bool) -> [Element] {
         let (removed, producers) = state.withLock { state -> ([Element], [CheckedContinuation<Void, Never>]) in
-            guard let first = state.items[state.head...].firstIndex(where: { from($0.element) }) else { return ([], []) }
+            let queued = state.items[state.head...]
+            let first = (queued.lastIndex { !picked($0.element) } ?? state.head - 1) + 1
+            guard first < state.items.endIndex else { return ([], []) }
             let removed = state.items[first...]
             state.weight -= removed.reduce(0) { $0 + $1.weight }
             state.items.removeSubrange(first...)

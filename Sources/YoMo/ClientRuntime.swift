@@ -650,7 +650,7 @@ final class ClientRuntime: Sendable {
                     // close() came while dialling: deliver what was held and written, and
                     // what handlers still running from the last connection write, then close.
                     state.withLock { $0.session = current }
-                    let copies = current.handling.map { handling in (handling, Task { await self.takeCopiesOnly(current, handling, setup) }) }
+                    let copies = current.handling.map { handling in (handling, Task { await self.takeCopiesOnly(current, handling, handlers.pipeQueue, setup) }) }
                     await drainHandlers(handlers, setup, &group)
                     if let (handling, reading) = copies {
                         current.connection.stopReading()
@@ -1279,10 +1279,14 @@ final class ClientRuntime: Sendable {
     /// nothing new here. Until the forty-second round of issue 14 it read
     /// nothing, and the next instance handled again what this one had
     /// handled during its close (`yomo-fault-bench chaos --seed 32`, 60 s:
-    /// all of its 473 frames handled twice). Ends when reading stops.
-    private func takeCopiesOnly(_ session: ClientSession, _ handling: HandlingLedger, _ setup: Setup) async {
+    /// all of its 473 frames handled twice). A zipper that answers the word
+    /// takes back the pipe handler's queue too, as far as copies of it came
+    /// (`giveBack`). Ends when reading stops.
+    private func takeCopiesOnly(_ session: ClientSession, _ handling: HandlingLedger, _ queue: AsyncQueue<PipeFrame>?, _ setup: Setup) async {
         var mayComeAgain = state.withLock { $0.mayComeAgain }
         var copyWatch = CopyWatch()
+        let givesBack = handling.zipperAnswersClosing && queue != nil
+        if givesBack { handling.awaitAnswer() }
         _ = tellClosing(handling, on: session)
         do {
             while let frame = try await session.frames.next() {
@@ -1294,6 +1298,9 @@ final class ClientRuntime: Sendable {
                 case .receipt(let receipt):
                     if session.receipts { session.settle(through: Int(clamping: receipt.settledThrough)) }
                     if receipt.copiesMayFollow { expectCopies(of: handling, on: session, into: &mayComeAgain, &copyWatch) }
+                    if receipt.closing, let unkept = receipt.unkeptThrough, let queue, handling.closingState == .awaitingAnswer {
+                        await giveBack(keeping: Int(clamping: unkept), queue, handling, readSince: [], answerEnd: end, setup)
+                    }
                     handling.passed(end: end)
                 default:
                     handling.passed(end: end)
@@ -1381,29 +1388,42 @@ final class ClientRuntime: Sendable {
     }
 
     /// The zipper answered this closing function's word with what it no
-    /// longer keeps (`unkept`): the frames this connection brought that wait
-    /// for the pipe handler go back to the zipper unhandled, from the first
-    /// that starts past `unkept` and past what the zipper may have settled
-    /// for its sender (those its next instance gets, as if this one had
-    /// crashed, but without waiting for them), and so does every frame read
-    /// from now on. `readSince`: the frames read since the word, after those
-    /// queued. Until the fifty-third round of issue 14 a pipe handler slower
-    /// than its source worked off its queue until the close deadline
-    /// (`yomo-fault-bench chaos --mesh --seed 1`: every SIGTERM took 5 s).
+    /// longer keeps (`unkept`): the frames that wait for the pipe handler go
+    /// back to the zipper unhandled, from the first of those at the queue's
+    /// end that this connection brought (or an earlier one, whose copy this
+    /// one read) starting past `unkept` and past what the zipper may have
+    /// settled for its sender (those its next instance gets, as if this one
+    /// had crashed, but without waiting for them), and so does every frame
+    /// read from now on. `readSince`: the frames read since the word, after
+    /// those queued. Until the fifty-third round of issue 14 a pipe handler
+    /// slower than its source worked off its queue until the close deadline
+    /// (`yomo-fault-bench chaos --mesh --seed 1`: every SIGTERM took 5 s), and
+    /// until the fifty-fourth the frames an earlier connection brought too
+    /// (`--mesh --seed 3`: 908 of them queued when a SIGTERM came 1.6 s after
+    /// the zipper's graceful restart, and it took 5 s).
     private func giveBack(
         keeping unkept: Int, _ queue: AsyncQueue<PipeFrame>, _ ledger: HandlingLedger,
         readSince: [(frame: PipeFrame, weight: Int)], answerEnd: Int, _ setup: Setup
     ) async {
         let settleable = ledger.furthestSettleable
-        // Past the first frame that goes back, every later one does too: both bounds are offsets.
-        func goesBack(_ frame: PipeFrame) -> Bool {
-            guard let token = frame.handled, token.ledger === ledger else { return false }
-            return !token.mustBeHandled(unkept: unkept, settleable: settleable)
+        // The frame as this connection brought it: itself, or the first copy of
+        // it read here (what the zipper keeps, and takes back unfinished). Later
+        // copies start further on, so they go back if it does.
+        func here(_ frame: PipeFrame) -> HandlingLedger.Token? {
+            var token = frame.handled
+            while let current = token, current.ledger !== ledger { token = current.copy }
+            return token
         }
-        var back = queue.removeQueued(from: goesBack)
+        func goesBack(_ frame: PipeFrame) -> Bool {
+            here(frame).map { !$0.mustBeHandled(unkept: unkept, settleable: settleable) } ?? false
+        }
+        var back = queue.removeTrailing(where: goesBack)
+        // Frames read since the word come after those queued, in order: past the
+        // first that goes back, every later one does too (both bounds are offsets).
         let handled = back.isEmpty ? readSince.prefix { !goesBack($0.frame) } : []
         back += readSince.dropFirst(handled.count).map(\.frame)
-        ledger.giveBack(from: back.first?.handled?.start ?? answerEnd)
+        // A copy of a frame the function keeps may come after the first given back.
+        ledger.giveBack(from: back.compactMap { here($0)?.start }.min() ?? answerEnd)
         await queueForPipeHandler(handled, queue)
         givenBack(back, setup)
         logger.info("closing: the frames queued for the pipe handler go back to the zipper, for this function's next instance", metadata: [

@@ -54,6 +54,10 @@ final class HandlingLedger: Sendable {
         /// Its handler finished (or the ledger let go of it).
         var isFinished: Bool { ledger.isFinished(index) }
 
+        /// The same frame read again on a later connection, waiting for this
+        /// one to finish (`forward(to:)`); nil once it finished.
+        var copy: Token? { ledger.copy(of: index) }
+
         /// Where the frame starts in the stream.
         var start: Int { end - length }
 
@@ -272,6 +276,10 @@ final class HandlingLedger: Sendable {
         if finishedAlready { copy.finished() }
     }
 
+    fileprivate func copy(of index: Int) -> Token? {
+        state.withLock { state in state.position(of: index).flatMap { state.entries[$0].done ? nil : state.entries[$0].copy } }
+    }
+
     fileprivate func isFinished(_ index: Int) -> Bool {
         let (done, copies) = state.withLock { state -> (Bool, [Token]) in
             let copies = markCompletions(&state)
@@ -394,11 +402,21 @@ final class HandlingLedger: Sendable {
         return state.withLock { Tell(handled: $0.told, taken: $0.toldTaken, takenBytes: takenBytes) }
     }
 
-    /// Whether every frame read was handled (or given back) and told.
-    /// (As of the last `advance`, which marks what finished.)
+    /// Whether every frame read was handled (or given back) and told. Past
+    /// the first frame given back, a frame may still be handled (the copy of
+    /// one an earlier connection brought and the function keeps): one
+    /// finished since the last `advance` is marked here, so it counts as
+    /// not yet told.
     var isQuiet: Bool {
         let givenBackFrom = givenBackFrom.load(ordering: .relaxed)
-        return state.withLock { ($0.handledCount == $0.entries.count || $0.handled >= givenBackFrom) && $0.handled <= $0.told }
+        let (quiet, copies) = state.withLock { state -> (Bool, [Token]) in
+            let copies = markCompletions(&state)
+            let boundary = state.firstIndex + state.handledCount
+            let aheadUntold = state.handledUntold.contains { $0 >= boundary }
+            return ((state.handledCount == state.entries.count || state.handled >= givenBackFrom) && state.handled <= state.told && !aheadUntold, copies)
+        }
+        for copy in copies { copy.finished() }
+        return quiet
     }
 
     /// The frames no acknowledged receipt covered, by transaction id, which

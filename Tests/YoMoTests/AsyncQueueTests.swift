@@ -4,15 +4,16 @@ import Testing
 
 @Suite("A pipe handler's queue")
 struct AsyncQueueTests {
-    @Test("removeQueued takes the queued elements from the first one picked on, weight and all: the consumer gets those before it, and a sender waiting on the full queue is let in")
-    func removeQueued() async {
+    @Test("removeTrailing takes the queued elements at the end that are all picked, weight and all: the consumer gets those before them, one picked among them included, and a sender waiting on the full queue is let in")
+    func removeTrailing() async {
         let queue = AsyncQueue<Int>(capacity: 4, maximumWeight: 100)
         for value in 1...4 { #expect(await queue.send(value, weight: 10)) }
         // Full: the fifth waits.
         let fifth = Task { await queue.send(5, weight: 10) }
-        #expect(queue.removeQueued { $0 == 9 } == [], "none picked: nothing removed")
+        #expect(queue.removeTrailing { $0 == 9 } == [], "none picked: nothing removed")
+        #expect(queue.removeTrailing { $0 < 4 } == [], "the last not picked: nothing removed")
         #expect(queue.count == 4 && queue.queuedWeight == 40)
-        #expect(queue.removeQueued { $0 >= 3 } == [3, 4])
+        #expect(queue.removeTrailing { $0 != 2 } == [3, 4], "1 is picked, but 2 after it is not")
         #expect(queue.queuedWeight == 20)
         #expect(await fifth.value, "let in once there was room")
         #expect(await queue.next() == 1)

@@ -557,7 +557,7 @@ struct FaultRecoveryTests {
         await second.close()
     }
 
-    @Test("a function closing with a backlog across its zipper's graceful restart: the next zipper gives it the frames it kept for it, it finishes those it handled, and its next instance gets the rest, each frame handled once",
+    @Test("a function closing with a backlog across its zipper's graceful restart: the next zipper gives it the frames it kept for it, it finishes those it handled, gives back what still waits in its queue, and its next instance gets the rest, each frame handled once",
           arguments: [20, 1])
     func closingFunctionTakesItsCopies(shutdownSeconds: Int) async throws {
         let directory = NSTemporaryDirectory() + "yomo-test-copies-\(UUID().uuidString)"
@@ -603,7 +603,11 @@ struct FaultRecoveryTests {
         try await second.start()
         await closing.value
         if shutdownSeconds > 1 {
-            #expect(Set(handled.items) == Set(texts), "it handled its backlog while it closed: \(handled.items)")
+            // The next zipper's copies of its queue came: it gave that back, and
+            // handled the rest, in order. Until the fifty-fourth round of issue
+            // 14 it worked off its whole backlog while it closed.
+            let givenBack = function.client.framesGivenBackForTesting
+            #expect(givenBack > 0 && handled.items == Array(texts.prefix(texts.count - givenBack)), "gave back \(givenBack), handled \(handled.items)")
         } else {
             // Its deadline came with a frame in the handler: cancelled, so not
             // handled, and left to the next instance with the rest.

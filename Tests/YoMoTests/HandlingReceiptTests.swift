@@ -393,6 +393,45 @@ struct HandlingReceiptTests {
         await zipper.kill()
     }
 
+    @Test("a closing function gives back what an earlier connection queued for its pipe handler as far as copies of it came on this one: its zipper killed and back, the source's copies read, the close ends without working off the queue; the next instance gets every frame once, in order")
+    func closeGivesBackAnEarlierConnectionsQueue() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let gate = Gate()
+        let handled = Inbox<String>()
+        let first = Self.gatedPipeWorker(zipper.address, gate: gate, handled: handled)
+        try await first.connect()
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
+        try await source.connect()
+        let texts = (0..<10).map { "frame-\($0)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+        #expect(await eventually { first.client.framesReceivedForTesting == 10 }, "\(first.client.framesReceivedForTesting)")
+        // The handler holds the first frame, the rest queue; the source keeps
+        // what the zipper did not settle within the function's pace.
+        #expect(await eventually { source.client.keptFrames == 8 || source.client.keptFrames == 9 }, "kept \(source.client.keptFrames)")
+        let kept = source.client.keptFrames
+        await zipper.kill()
+        try zipper.restart()
+        // Both redial; the source sends again what it kept, and the function
+        // reads those as copies of what it has queued.
+        #expect(await eventually { first.client.isConnected && first.client.framesReceivedForTesting == kept },
+                "\(first.client.framesReceivedForTesting) of \(kept)")
+        let closing = Task { await first.close() }
+        // Until the fifty-fourth round only this connection's own frames went
+        // back: these were worked off once the handler went on.
+        #expect(await eventually { first.client.framesGivenBackForTesting == kept }, "gave back \(first.client.framesGivenBackForTesting) of \(kept)")
+        gate.open()
+        await closing.value
+        #expect(handled.items == Array(texts.prefix(10 - kept)), "\(handled.items)")
+        let second = Self.gatedPipeWorker(zipper.address, gate: nil, handled: handled)
+        try await second.connect()
+        #expect(await handled.wait(for: 10), "\(handled.items)")
+        try await source.flush(timeout: .seconds(20))
+        #expect(handled.items == texts, "each once, in order: \(handled.items)")
+        await source.close()
+        await second.close()
+        await zipper.kill()
+    }
+
     @Test("a closing function handles the frames of its queue that went past its share of limits.max_unhandled_bytes, which the zipper no longer keeps, and gives back the rest: each frame handled once, none lost")
     func closeHandlesWhatTheZipperNoLongerKeeps() async throws {
         var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
@@ -818,6 +857,30 @@ struct HandlingReceiptTests {
         first.finished()
         plain.told(try #require(plain.advance(acknowledged: 0).tell), receiptEnd: 30)
         #expect(!plain.isQuiet)
+    }
+
+    @Test("a frame an earlier connection brought goes back as its copy read on this one: a kept frame's copy past the first given back is waited for until told handled, and a token knows its copy until it finishes")
+    func ledgerGivesBackCopies() throws {
+        let earlier = HandlingLedger(startingAt: 0)
+        let originals = (0..<3).map { earlier.received(end: ($0 + 1) * 10, length: 10, metadata: nil) }
+        // Copies came on the next connection in another order: the third's first, then the first's, then the second's.
+        let ledger = HandlingLedger(startingAt: 0, zipperAnswersClosing: true)
+        let copies = (0..<3).map { ledger.received(end: ($0 + 1) * 10, length: 10, metadata: nil) }
+        for (original, copy) in zip(originals, [copies[1], copies[2], copies[0]]) { original.forward(to: copy) }
+        #expect(originals.map { $0.copy?.start } == [10, 20, 0])
+        #expect(copies.allSatisfy { $0.copy == nil }, "no copy of the copies")
+        typealias Tell = HandlingLedger.Tell
+        // The first is kept (the zipper may have settled it), the second and third go back.
+        ledger.awaitAnswer()
+        ledger.giveBack(from: 0)
+        // (Until the first is handled, the pipe handler's queue says the function is not quiet.)
+        originals[0].finished()
+        #expect(originals[0].copy == nil, "finished, and its copy with it")
+        #expect(!ledger.isQuiet, "its copy is handled, not yet told")
+        let tell = try #require(ledger.advance(acknowledged: 0).tell)
+        #expect(tell == Tell(handled: 0, taken: 0, handledAhead: [10..<20]), "told as a range: nothing given back is covered")
+        ledger.told(tell, receiptEnd: 10)
+        #expect(ledger.isQuiet, "the frames given back are not waited for")
     }
 
     @Test("what a closing function reckons the zipper may have settled is never short of what the zipper's pace settles at any receipt it read, whatever the receipts' spacing, pace and way there")
