@@ -104,6 +104,21 @@ final class ClientRuntime: Sendable {
 
         var hasUnstarted: Bool { unstarted.withLock { !$0.frames.isEmpty } }
 
+        var unstartedCount: Int { unstarted.withLock { $0.frames.count } }
+
+        /// Removes the frames kept by `keepUnstarted` at the end that
+        /// `picked` picks, back to the first it does not; returns them, oldest first.
+        func removeTrailingUnstarted(where picked: (UnstartedFrame) -> Bool) -> [UnstartedFrame] {
+            unstarted.withLock { unstarted in
+                var removed: [UnstartedFrame] = []
+                while let last = unstarted.frames.last, picked(last) {
+                    removed.append(unstarted.frames.removeLast())
+                    unstarted.bytes -= last.held
+                }
+                return removed.reversed()
+            }
+        }
+
         /// Handlers are at work on frames and may write more: an async handler
         /// running, or the pipe handler inside a frame or with frames queued.
         var areWorking: Bool {
@@ -650,7 +665,7 @@ final class ClientRuntime: Sendable {
                     // close() came while dialling: deliver what was held and written, and
                     // what handlers still running from the last connection write, then close.
                     state.withLock { $0.session = current }
-                    let copies = current.handling.map { handling in (handling, Task { await self.takeCopiesOnly(current, handling, handlers.pipeQueue, setup) }) }
+                    let copies = current.handling.map { handling in (handling, Task { await self.takeCopiesOnly(current, handling, handlers, setup) }) }
                     await drainHandlers(handlers, setup, &group)
                     if let (handling, reading) = copies {
                         current.connection.stopReading()
@@ -913,6 +928,8 @@ final class ClientRuntime: Sendable {
         var readingAhead = false
         // A closing pipe handler's frames read after its word, until the zipper's answer.
         var awaitingAnswer: [(frame: PipeFrame, weight: Int)] = []
+        // The same for async handlers.
+        var parked: [UnstartedFrame] = []
         // A frame no handler gets counts as taken once nothing read before it waits for the pipe handler.
         func passedOver() {
             if let handlingLedger, queue?.isEmpty ?? true { handlingLedger.took(through: session.frames.consumedBytes) }
@@ -964,15 +981,16 @@ final class ClientRuntime: Sendable {
                 readingAhead = true
             }
             // First what an earlier connection left waiting for the async handlers.
+            func admitUnstarted(_ next: UnstartedFrame) async -> Bool {
+                if inFlight.tryEnter(bytes: next.held, within: handlerLimits) { return true }
+                handlers.readingHeld(logger, "async handlers are at their limit: reading no frames until one finishes", setup)
+                let admission = await inFlight.enter(bytes: next.held, within: handlerLimits, scope: scope)
+                handlers.readingResumed()
+                carrying = admission == .connectionEnded
+                return admission == .admitted
+            }
             if let handler = setup.handler, queue == nil {
-                await startUnstarted(handler, setup, handlers, &group) { next in
-                    if inFlight.tryEnter(bytes: next.held, within: handlerLimits) { return true }
-                    handlers.readingHeld(logger, "async handlers are at their limit: reading no frames until one finishes", setup)
-                    let admission = await inFlight.enter(bytes: next.held, within: handlerLimits, scope: scope)
-                    handlers.readingResumed()
-                    carrying = admission == .connectionEnded
-                    return admission == .admitted
-                }
+                await startUnstarted(handler, setup, handlers, &group, admit: admitUnstarted)
             }
             do {
                 reading: while let frame = try await session.frames.next() {
@@ -1022,7 +1040,7 @@ final class ClientRuntime: Sendable {
                                     awaitingAnswer.append((pipeFrame, length + data.metadata.readableBytes))
                                     continue
                                 case .givingBack:
-                                    givenBack([pipeFrame], setup)
+                                    givenBack(count: 1, spans: span.map { [$0] } ?? [], setup)
                                     continue
                                 }
                             }
@@ -1044,6 +1062,17 @@ final class ClientRuntime: Sendable {
                         } else if let handler = setup.handler {
                             // What the handler holds until it returns: its frame and its task.
                             let held = length + data.metadata.readableBytes + StreamFunction.Options.handlerOverheadBytes
+                            if !carrying, let handlingLedger, handlingLedger.zipperAnswersClosing {
+                                switch handlingLedger.closingState {
+                                case .no: break
+                                case .awaitingAnswer:
+                                    parked.append(UnstartedFrame(data: data, token: token, held: held))
+                                    continue
+                                case .givingBack:
+                                    givenBack(count: 1, setup)
+                                    continue
+                                }
+                            }
                             if !carrying, !inFlight.tryEnter(bytes: held, within: handlerLimits) {
                                 handlers.readingHeld(logger, "async handlers are at their limit: reading no frames until one finishes", setup)
                                 let admission = await inFlight.enter(bytes: held, within: handlerLimits, scope: scope)
@@ -1056,6 +1085,10 @@ final class ClientRuntime: Sendable {
                                 case .connectionEnded:
                                     carrying = true
                                     logger.info("the connection ended while frames waited for the async handlers' limits: they wait for the next connection, dialled now")
+                                case .woken:
+                                    // The closing word was said: it waits for the zipper's answer with what follows.
+                                    parked.append(UnstartedFrame(data: data, token: token, held: held))
+                                    continue
                                 }
                             }
                             if carrying {
@@ -1076,12 +1109,17 @@ final class ClientRuntime: Sendable {
                         if receipt.copiesMayFollow, let handlingLedger {
                             expectCopies(of: handlingLedger, on: session, into: &mayComeAgain, &copyWatch)
                         }
-                        if receipt.closing, let unkept = receipt.unkeptThrough, let handlingLedger, let queue,
+                        if receipt.closing, let unkept = receipt.unkeptThrough, let handlingLedger,
                            handlingLedger.closingState == .awaitingAnswer {
-                            await giveBack(
-                                keeping: Int(clamping: unkept), queue, handlingLedger, readSince: awaitingAnswer,
-                                answerEnd: session.frames.consumedBytes, setup)
-                            awaitingAnswer = []
+                            let bounds = GivingBack(handlingLedger, unkept: Int(clamping: unkept))
+                            if let queue {
+                                await giveBack(bounds, queue, readSince: awaitingAnswer, answerEnd: session.frames.consumedBytes, setup)
+                                awaitingAnswer = []
+                            } else if let handler = setup.handler {
+                                giveBack(bounds, parked: parked, answerEnd: session.frames.consumedBytes, handlers, setup)
+                                parked = []
+                                await startUnstarted(handler, setup, handlers, &group, admit: admitUnstarted)
+                            }
                         }
                         handlingLedger?.passed(end: session.frames.consumedBytes)
                         passedOver()
@@ -1101,6 +1139,8 @@ final class ClientRuntime: Sendable {
             queue.letAllIn()
             await queueForPipeHandler(awaitingAnswer, queue)
         }
+        // The same for async handlers: as a frame that waited for their limits.
+        for frame in parked { handlers.keepUnstarted(frame) }
         queue?.limitAgain()
         if let handlingLedger {
             let untold = handlingLedger.untold(acknowledged: session.connection.connection.acknowledgedBytes)
@@ -1280,13 +1320,13 @@ final class ClientRuntime: Sendable {
     /// nothing, and the next instance handled again what this one had
     /// handled during its close (`yomo-fault-bench chaos --seed 32`, 60 s:
     /// all of its 473 frames handled twice). A zipper that answers the word
-    /// takes back the pipe handler's queue too, as far as copies of it came
-    /// (`giveBack`). Ends when reading stops.
-    private func takeCopiesOnly(_ session: ClientSession, _ handling: HandlingLedger, _ queue: AsyncQueue<PipeFrame>?, _ setup: Setup) async {
+    /// takes back what waits for the handlers too, as far as copies of it
+    /// came (`giveBack`, `giveBackUnstarted`). Ends when reading stops.
+    private func takeCopiesOnly(_ session: ClientSession, _ handling: HandlingLedger, _ handlers: Handlers, _ setup: Setup) async {
+        let queue = handlers.pipeQueue
         var mayComeAgain = state.withLock { $0.mayComeAgain }
         var copyWatch = CopyWatch()
-        let givesBack = handling.zipperAnswersClosing && queue != nil
-        if givesBack { handling.awaitAnswer() }
+        if handling.zipperAnswersClosing { handling.awaitAnswer() }
         _ = tellClosing(handling, on: session)
         do {
             while let frame = try await session.frames.next() {
@@ -1298,8 +1338,13 @@ final class ClientRuntime: Sendable {
                 case .receipt(let receipt):
                     if session.receipts { session.settle(through: Int(clamping: receipt.settledThrough)) }
                     if receipt.copiesMayFollow { expectCopies(of: handling, on: session, into: &mayComeAgain, &copyWatch) }
-                    if receipt.closing, let unkept = receipt.unkeptThrough, let queue, handling.closingState == .awaitingAnswer {
-                        await giveBack(keeping: Int(clamping: unkept), queue, handling, readSince: [], answerEnd: end, setup)
+                    if receipt.closing, let unkept = receipt.unkeptThrough, handling.closingState == .awaitingAnswer {
+                        let bounds = GivingBack(handling, unkept: Int(clamping: unkept))
+                        if let queue {
+                            await giveBack(bounds, queue, readSince: [], answerEnd: end, setup)
+                        } else {
+                            giveBackUnstarted(bounds, answerEnd: end, handlers, setup)
+                        }
                     }
                     handling.passed(end: end)
                 default:
@@ -1402,32 +1447,55 @@ final class ClientRuntime: Sendable {
     /// (`--mesh --seed 3`: 908 of them queued when a SIGTERM came 1.6 s after
     /// the zipper's graceful restart, and it took 5 s).
     private func giveBack(
-        keeping unkept: Int, _ queue: AsyncQueue<PipeFrame>, _ ledger: HandlingLedger,
-        readSince: [(frame: PipeFrame, weight: Int)], answerEnd: Int, _ setup: Setup
+        _ bounds: GivingBack, _ queue: AsyncQueue<PipeFrame>, readSince: [(frame: PipeFrame, weight: Int)], answerEnd: Int, _ setup: Setup
     ) async {
-        let settleable = ledger.furthestSettleable
-        // The frame as this connection brought it: itself, or the first copy of
-        // it read here (what the zipper keeps, and takes back unfinished). Later
-        // copies start further on, so they go back if it does.
-        func here(_ frame: PipeFrame) -> HandlingLedger.Token? {
-            var token = frame.handled
-            while let current = token, current.ledger !== ledger { token = current.copy }
-            return token
-        }
-        func goesBack(_ frame: PipeFrame) -> Bool {
-            here(frame).map { !$0.mustBeHandled(unkept: unkept, settleable: settleable) } ?? false
-        }
-        var back = queue.removeTrailing(where: goesBack)
+        var back = queue.removeTrailing { bounds.goesBack($0.handled) }
         // Frames read since the word come after those queued, in order: past the
         // first that goes back, every later one does too (both bounds are offsets).
-        let handled = back.isEmpty ? readSince.prefix { !goesBack($0.frame) } : []
+        let handled = back.isEmpty ? readSince.prefix { !bounds.goesBack($0.frame.handled) } : []
         back += readSince.dropFirst(handled.count).map(\.frame)
-        // A copy of a frame the function keeps may come after the first given back.
-        ledger.giveBack(from: back.compactMap { here($0)?.start }.min() ?? answerEnd)
+        bounds.ledger.giveBack(from: bounds.start(of: back.map(\.handled)) ?? answerEnd)
         await queueForPipeHandler(handled, queue)
-        givenBack(back, setup)
+        givenBack(count: back.count, spans: back.compactMap(\.span), setup)
         logger.info("closing: the frames queued for the pipe handler go back to the zipper, for this function's next instance", metadata: [
             "frames": "\(back.count)", "handled_first": "\(queue.count)",
+        ])
+    }
+
+    /// The same for async handlers: of the frames read since the word
+    /// (`parked`, in order), those from the first that goes back on return
+    /// to the zipper unhandled; those before it wait for the handlers as
+    /// frames an ended connection left (`Handlers.keepUnstarted`), and if
+    /// there are none, such frames go back from their tail too. Until the
+    /// fifty-fourth round of issue 14 a function whose async handlers were at
+    /// their limits (`handlerConcurrency`) worked off what its connection had
+    /// brought until the close deadline, and cancelled the handlers still
+    /// running there (`yomo-fault-bench chaos --mesh --seed 1 --async-handler`,
+    /// `--handler-concurrency 2`, a 20 ms handler: each of three SIGTERMs 5 s).
+    private func giveBack(_ bounds: GivingBack, parked: [UnstartedFrame], answerEnd: Int, _ handlers: Handlers, _ setup: Setup) {
+        let kept = parked.prefix { !bounds.goesBack($0.token) }
+        var back = kept.isEmpty ? handlers.removeTrailingUnstarted { bounds.goesBack($0.token) } : []
+        for frame in kept { handlers.keepUnstarted(frame) }
+        back += parked.dropFirst(kept.count)
+        bounds.ledger.giveBack(from: bounds.start(of: back.map(\.token)) ?? answerEnd)
+        givenBack(count: back.count, setup)
+        // Said when there were any: every async function's close comes here.
+        guard !back.isEmpty else { return }
+        logger.info("closing: the frames waiting for the async handlers go back to the zipper, for this function's next instance", metadata: [
+            "frames": "\(back.count)", "handled_first": "\(handlers.unstartedCount)",
+        ])
+    }
+
+    /// What an ended connection left for the async handlers goes back from
+    /// its tail, as far as copies of it came on this connection: a function
+    /// that closes while it redials (`takeCopiesOnly`).
+    private func giveBackUnstarted(_ bounds: GivingBack, answerEnd: Int, _ handlers: Handlers, _ setup: Setup) {
+        let back = handlers.removeTrailingUnstarted { bounds.goesBack($0.token) }
+        bounds.ledger.giveBack(from: bounds.start(of: back.map(\.token)) ?? answerEnd)
+        givenBack(count: back.count, setup)
+        guard !back.isEmpty else { return }
+        logger.info("closing: the frames waiting for the async handlers go back to the zipper, for this function's next instance", metadata: [
+            "frames": "\(back.count)", "handled_first": "\(handlers.unstartedCount)",
         ])
     }
 
@@ -1440,13 +1508,52 @@ final class ClientRuntime: Sendable {
         }
     }
 
-    /// Ends the spans of frames given back to the zipper unhandled, and counts them.
-    private func givenBack(_ frames: [PipeFrame], _ setup: Setup) {
-        framesGivenBack.add(frames.count, ordering: .relaxed)
-        if setup.metrics.isEnabled, !frames.isEmpty { setup.metrics.gaveBack(frames.count) }
-        for frame in frames {
-            frame.span?.setAttribute("yomo.given_back", true)
-            frame.span?.end()
+    /// Counts frames given back to the zipper unhandled, and ends their
+    /// spans (a pipe handler's frame has one from its reading; an async
+    /// handler's begins with its handler).
+    private func givenBack(count: Int, spans: [YoMoSpan] = [], _ setup: Setup) {
+        framesGivenBack.add(count, ordering: .relaxed)
+        if setup.metrics.isEnabled, count > 0 { setup.metrics.gaveBack(count) }
+        for span in spans {
+            span.setAttribute("yomo.given_back", true)
+            span.end()
+        }
+    }
+
+    /// What a closing function gives back at its zipper's answer: a frame
+    /// that starts past what the zipper no longer keeps (`unkept`,
+    /// `ReceiptFrame.unkeptThrough`) and ends past what it may have settled
+    /// for its sender (`HandlingLedger.furthestSettleable`), as this
+    /// connection (`ledger`) brought it.
+    struct GivingBack {
+        let ledger: HandlingLedger
+        let unkept: Int
+        let settleable: Int
+
+        init(_ ledger: HandlingLedger, unkept: Int) {
+            self.ledger = ledger
+            self.unkept = unkept
+            settleable = ledger.furthestSettleable
+        }
+
+        /// The frame as this connection brought it: itself, or the first copy
+        /// of it read here, for one an earlier connection brought (what the
+        /// zipper keeps, and takes back unfinished); nil if none came. Later
+        /// copies start further on, so they go back if it does.
+        func here(_ token: HandlingLedger.Token?) -> HandlingLedger.Token? {
+            var token = token
+            while let current = token, current.ledger !== ledger { token = current.copy }
+            return token
+        }
+
+        func goesBack(_ token: HandlingLedger.Token?) -> Bool {
+            here(token).map { !$0.mustBeHandled(unkept: unkept, settleable: settleable) } ?? false
+        }
+
+        /// Where the first of `tokens` starts here: nothing is told taken or
+        /// handled past it. (A copy of a frame the function keeps may come after it.)
+        func start(of tokens: [HandlingLedger.Token?]) -> Int? {
+            tokens.compactMap { here($0)?.start }.min()
         }
     }
 
@@ -1833,17 +1940,22 @@ final class ClientRuntime: Sendable {
         // than its source lost 1,772 of 4,002 frames so). Zippers that do not
         // know the request read a plain receipt.
         var closingSaid = handling == nil
-        // A zipper that answers the word keeps what this function's pipe
-        // handler has queued for its next instance: said at once, and the
-        // window thawed, so that the answer comes through behind what the
-        // zipper had written (read meanwhile, then given back, as is the
-        // queue: `giveBack`).
-        let givesBack = handling?.zipperAnswersClosing == true && handlers.pipeQueue != nil
+        // A zipper that answers the word keeps what waits here for the
+        // handlers (a pipe handler's queue; what async handlers at their
+        // limits have yet to read) for this function's next instance: said
+        // at once, and the window thawed, so that the answer comes through
+        // behind what the zipper had written (read meanwhile, then given
+        // back, as is the queue: `giveBack`).
+        let givesBack = handling?.zipperAnswersClosing == true
         while ContinuousClock.now < deadline {
             if let handling, !closingSaid, givesBack || (!handlers.haveBacklog && connection.unreadBytes == 0) {
                 if givesBack { handling.awaitAnswer() }
                 closingSaid = tellClosing(handling, on: session)
-                if closingSaid, givesBack { await connection.thawReceiveWindow() }
+                if closingSaid, givesBack {
+                    await connection.thawReceiveWindow()
+                    // A frame waiting for the async handlers' limits waits for the answer: the reading goes on to it.
+                    if handlers.pipeQueue == nil { inFlight.wakeAdmissions() }
+                }
             }
             if handlers.pipeQueue == nil {
                 _ = await inFlight.waitUntilEmpty(until: closingSaid ? deadline : min(deadline, .now + .milliseconds(5)))
@@ -2014,6 +2126,9 @@ final class InFlightCounter: Sendable {
         case closing
         /// `interruptAdmissions(scope:)`: that reading's connection ended.
         case connectionEnded
+        /// `wakeAdmissions()`: a closing function said its word, and the
+        /// frame waits for its zipper's answer instead.
+        case woken
     }
 
     private let state = Mutex(State())
@@ -2045,7 +2160,11 @@ final class InFlightCounter: Sendable {
     func enter(bytes: Int, within limits: Limits, scope: Int? = nil) async -> Admission {
         while !tryEnter(bytes: bytes, within: limits) {
             guard await waitUntil(limits, admission: true, scope: scope, deadline: nil) else {
-                return state.withLock { $0.admitting } ? .connectionEnded : .closing
+                return state.withLock { state in
+                    if !state.admitting { return .closing }
+                    if let scope, scope <= state.interruptedScope { return .connectionEnded }
+                    return .woken
+                }
             }
         }
         return .admitted
@@ -2084,6 +2203,17 @@ final class InFlightCounter: Sendable {
             return ready
         }
         for waiter in ready { waiter.resume(returning: true) }
+    }
+
+    /// Turns away the frames waiting to be let in now, which wait for a
+    /// closing function's answer instead (`Admission.woken`).
+    func wakeAdmissions() {
+        let woken = state.withLock { state -> [CheckedContinuation<Bool, Never>] in
+            let woken = state.waiters.filter(\.admission).map(\.continuation)
+            state.waiters.removeAll(where: \.admission)
+            return woken
+        }
+        for waiter in woken { waiter.resume(returning: false) }
     }
 
     /// Lets nothing more in: a frame waiting for the limits is turned away (the client is closing).

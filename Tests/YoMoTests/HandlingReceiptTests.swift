@@ -432,6 +432,59 @@ struct HandlingReceiptTests {
         await zipper.kill()
     }
 
+    @Test("a closing function whose async handlers are at their limit gives back what it has yet to start, the frame waiting for the limit included, but for what the zipper may have settled: its next instance gets the rest, each frame handled once, in order")
+    func closeGivesBackWhatAsyncHandlersHaveYetToStart() async throws {
+        let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let gate = Gate()
+        let handled = Inbox<String>()
+        let meters = MeterProvider(configuration: .init(serviceName: "worker", environment: [:]))
+        let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: meters)
+        // One handler at a time: the frames are handled in order.
+        func worker(gate: Gate?, meterProvider: MeterProvider? = nil) -> StreamFunction {
+            let function = StreamFunction(name: "worker", zipper: address, options: .init(
+                observedTags: [0x33], handlerConcurrency: 1, shutdownTimeout: .seconds(30), meterProvider: meterProvider))
+            function.setHandler { ctx in
+                await gate?.wait()
+                handled.append(String(decoding: ctx.data, as: UTF8.self))
+            }
+            return function
+        }
+        let first = worker(gate: gate, meterProvider: meters)
+        try await first.connect()
+        let source = Source(name: "writer", zipper: address)
+        try await source.connect()
+        let texts = (0..<10).map { "frame-\($0)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+        // The first frame in the handler, the second read and waiting for the
+        // limit, the rest acknowledged and not yet read.
+        #expect(await eventually {
+            first.client.framesReceivedForTesting == 2 && functionConnections(zipper, named: "worker").first?.unacknowledgedBytes == 0
+        }, "\(first.client.framesReceivedForTesting)")
+        let closing = Task { await first.close() }
+        // Until the fifty-fourth round the close waited for the handler, then
+        // worked off the rest until the deadline.
+        #expect(await eventually { first.client.framesGivenBackForTesting > 0 }, "nothing went back")
+        gate.open()
+        await closing.value
+        let firstTook = handled.items
+        // Those within the pace the zipper reckoned (the handler took one frame): the first one or two.
+        #expect(firstTook == Array(texts.prefix(firstTook.count)) && (1...2).contains(firstTook.count), "\(firstTook)")
+        #expect(firstTook.count + first.client.framesGivenBackForTesting == 10, "gave back \(first.client.framesGivenBackForTesting)")
+        let page = await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body ?? ""
+        #expect(seriesValue(page, "yomo_handlers_given_back_total", labels: ["messaging_consumer_group_name=\"worker\""])
+                == Double(10 - firstTook.count), "\(page.split(separator: "\n").filter { $0.contains("given_back") })")
+        await endpoint.close()
+        let second = worker(gate: nil)
+        try await second.connect()
+        #expect(await handled.wait(for: 10), "\(handled.items)")
+        #expect(handled.items == texts, "each once, in order")
+        await source.close()
+        await second.close()
+        await zipper.close()
+    }
+
     @Test("a closing function handles the frames of its queue that went past its share of limits.max_unhandled_bytes, which the zipper no longer keeps, and gives back the rest: each frame handled once, none lost")
     func closeHandlesWhatTheZipperNoLongerKeeps() async throws {
         var configuration = ZipperConfiguration(host: "127.0.0.1", port: 0)
