@@ -879,7 +879,7 @@ struct HandlingReceiptTests {
         await zipper.close()
     }
 
-    @Test("a closing function's ledger gives back frames: nothing is told taken or handled past the first given back, and it is quiet once those before it are handled and told")
+    @Test("a closing function's ledger gives back frames: nothing is told taken or handled past the first given back, nor past frames waiting for the zipper's answer, and it is quiet once those before it are handled and told")
     func ledgerGivesBack() throws {
         let ledger = HandlingLedger(startingAt: 0, zipperAnswersClosing: true)
         let frames = (1...5).map { ledger.received(end: $0 * 10, length: 10, metadata: nil) }
@@ -890,6 +890,9 @@ struct HandlingReceiptTests {
         #expect(ledger.closingState == .no)
         ledger.awaitAnswer()
         #expect(ledger.closingState == .awaitingAnswer)
+        // A frame passed over (a receipt) after those read since the word, which wait for the answer untaken.
+        ledger.took(through: 40)
+        #expect(ledger.advance(acknowledged: 0).tell?.taken == 10, "not taken past the frames awaiting the answer")
         ledger.giveBack(from: 10)
         #expect(ledger.closingState == .givingBack)
         // A receipt read with the pipe handler's queue empty moves what was taken past the frames read.
