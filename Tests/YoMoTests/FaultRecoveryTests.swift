@@ -980,7 +980,9 @@ struct FaultRecoveryTests {
     @Test("close() against a frozen zipper returns at its shutdown deadline, not after the idle timeout")
     func boundedCloseAgainstFrozenZipper() async throws {
         let zipper = try ZipperProcess(port: try await freePort())
-        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true, shutdownTimeout: .seconds(1)))
+        let logs = InMemoryLogSink()
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(
+            logger: TracingEndToEndTests.debugLogger("yomo", logs), retryConnect: true, shutdownTimeout: .seconds(1)))
         try await source.connect()
         try await freeze(zipper.process)
         defer { kill(zipper.process.processIdentifier, SIGCONT) }
@@ -991,6 +993,8 @@ struct FaultRecoveryTests {
         let took = clock.now - started
         #expect(took >= .milliseconds(900), "it waited for the acknowledgements first: \(took)")
         #expect(took < .seconds(3), "bounded by the 1 s shutdown timeout, not the zipper's 5 s idle timeout: \(took)")
+        let warnings = TracingEndToEndTests.records(logs, "close deadline reached before the zipper acknowledged every frame")
+        #expect(warnings.count == 1 && Int(warnings.first?["unacknowledged_bytes"] as? String ?? "") ?? 0 > 0, "\(warnings)")
         await zipper.kill()
     }
 

@@ -87,6 +87,8 @@ struct HandlerLifecycleTests {
             #expect(warnings.count == 1)
             // The pipe handler is one handler, whatever it holds.
             #expect(warnings.first?["handlers"] as? String == "\(stuck.running)")
+            // The zipper acknowledged everything the function wrote: no word of frames it did not.
+            #expect(TracingEndToEndTests.records(logs, "close deadline reached before the zipper acknowledged every frame").isEmpty)
             #expect(sfn.endReason?.code == .closed)
             if stuck == .cancellable {
                 // Cancelled, each sleeping handler threw, and the error handler heard of it.
