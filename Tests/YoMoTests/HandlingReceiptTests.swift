@@ -353,25 +353,11 @@ struct HandlingReceiptTests {
 
     @Test("a closing function's queue given back to its zipper is kept by the source until the zipper's hold lets go of it: the zipper killed then, the function's next instance gets every frame once, in order")
     func givenBackBacklogOutlivesAZipperCrash() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
-        let gate = Gate()
-        let handled = Inbox<String>()
         let exporter = InMemorySpanExporter()
         let provider = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
-        let first = Self.gatedPipeWorker(zipper.address, gate: gate, handled: handled, tracerProvider: provider)
-        try await first.connect()
-        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
-        try await source.connect()
-        let texts = (0..<10).map { "frame-\($0)" }
-        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
-        #expect(await eventually { first.client.framesReceivedForTesting == 10 }, "\(first.client.framesReceivedForTesting)")
-        let closing = Task { await first.close() }
-        #expect(await eventually { first.client.framesGivenBackForTesting > 0 }, "the queue went back")
-        gate.open()
-        await closing.value
-        let firstTook = handled.items
-        #expect(firstTook == Array(texts.prefix(firstTook.count)) && (1...2).contains(firstTook.count), "\(firstTook)")
-        #expect(firstTook.count + first.client.framesGivenBackForTesting == 10, "\(first.client.framesGivenBackForTesting)")
+        let backlog = try await GatedBacklog(tracerProvider: provider)
+        let (zipper, gate, handled, first, source, texts) = (backlog.zipper, backlog.gate, backlog.handled, backlog.first, backlog.source, backlog.texts)
+        let firstTook = await Self.closeGivingBack(first, gate: gate, handled: handled, texts: texts)
         // Each frame's span ends: those given back say so.
         let spans = exporter.spans.filter { $0.name == "worker" }
         #expect(spans.count == 10, "\(exporter.spans.map(\.name))")
@@ -383,28 +369,65 @@ struct HandlingReceiptTests {
         #expect(await eventually { source.client.keptFrames == 10 - firstTook.count }, "kept \(source.client.keptFrames)")
         await zipper.kill()
         try zipper.restart()
-        let second = Self.gatedPipeWorker(zipper.address, gate: nil, handled: handled)
-        try await second.connect()
-        #expect(await handled.wait(for: 10), "\(handled.items)")
-        try await source.flush(timeout: .seconds(20))
-        #expect(handled.items == texts, "each once, in order: \(handled.items)")
-        await source.close()
-        await second.close()
-        await zipper.kill()
+        try await backlog.nextInstanceFinishes()
+    }
+
+    /// Closes `function`, its handler held at `gate` on the first of `texts`:
+    /// frames go back before the gate opens, and once closed it handled the
+    /// first one or two (those within the pace the zipper reckoned, the
+    /// handler having taken one frame) and gave back the rest. Returns what
+    /// it handled.
+    static func closeGivingBack(_ function: StreamFunction, gate: Gate, handled: Inbox<String>, texts: [String]) async -> [String] {
+        let closing = Task { await function.close() }
+        #expect(await eventually { function.client.framesGivenBackForTesting > 0 }, "nothing went back")
+        gate.open()
+        await closing.value
+        let took = handled.items
+        #expect(took == Array(texts.prefix(took.count)) && (1...2).contains(took.count), "\(took)")
+        #expect(took.count + function.client.framesGivenBackForTesting == texts.count, "gave back \(function.client.framesGivenBackForTesting)")
+        return took
+    }
+
+    /// A `yomo serve` process, a pipe function `worker` on it whose handler
+    /// waits at `gate` (`gatedPipeWorker`), and a source that wrote it ten
+    /// frames, all read: the first in the handler, the rest queued.
+    struct GatedBacklog {
+        let zipper: ZipperProcess
+        let gate = Gate()
+        let handled = Inbox<String>()
+        let first: StreamFunction
+        let source: Source
+        let texts = (0..<10).map { "frame-\($0)" }
+
+        init(tracerProvider: TracerProvider? = nil) async throws {
+            zipper = try ZipperProcess(port: try await freePort())
+            first = HandlingReceiptTests.gatedPipeWorker(zipper.address, gate: gate, handled: handled, tracerProvider: tracerProvider)
+            try await first.connect()
+            source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
+            try await source.connect()
+            for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+            let first = first
+            #expect(await eventually { first.client.framesReceivedForTesting == 10 }, "\(first.client.framesReceivedForTesting)")
+        }
+
+        /// The function's next instance handles what the first one left:
+        /// every frame once, in order, all settled for the source. Then all ends.
+        func nextInstanceFinishes() async throws {
+            let second = HandlingReceiptTests.gatedPipeWorker(zipper.address, gate: nil, handled: handled)
+            try await second.connect()
+            #expect(await handled.wait(for: 10), "\(handled.items)")
+            try await source.flush(timeout: .seconds(20))
+            #expect(handled.items == texts, "each once, in order: \(handled.items)")
+            await source.close()
+            await second.close()
+            await zipper.kill()
+        }
     }
 
     @Test("a closing function gives back what an earlier connection queued for its pipe handler as far as copies of it came on this one: its zipper killed and back, the source's copies read, the close ends without working off the queue; the next instance gets every frame once, in order")
     func closeGivesBackAnEarlierConnectionsQueue() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
-        let gate = Gate()
-        let handled = Inbox<String>()
-        let first = Self.gatedPipeWorker(zipper.address, gate: gate, handled: handled)
-        try await first.connect()
-        let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
-        try await source.connect()
-        let texts = (0..<10).map { "frame-\($0)" }
-        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
-        #expect(await eventually { first.client.framesReceivedForTesting == 10 }, "\(first.client.framesReceivedForTesting)")
+        let backlog = try await GatedBacklog()
+        let (zipper, gate, handled, first, source, texts) = (backlog.zipper, backlog.gate, backlog.handled, backlog.first, backlog.source, backlog.texts)
         // The handler holds the first frame, the rest queue; the source keeps
         // what the zipper did not settle within the function's pace.
         #expect(await eventually { source.client.keptFrames == 8 || source.client.keptFrames == 9 }, "kept \(source.client.keptFrames)")
@@ -422,14 +445,7 @@ struct HandlingReceiptTests {
         gate.open()
         await closing.value
         #expect(handled.items == Array(texts.prefix(10 - kept)), "\(handled.items)")
-        let second = Self.gatedPipeWorker(zipper.address, gate: nil, handled: handled)
-        try await second.connect()
-        #expect(await handled.wait(for: 10), "\(handled.items)")
-        try await source.flush(timeout: .seconds(20))
-        #expect(handled.items == texts, "each once, in order: \(handled.items)")
-        await source.close()
-        await second.close()
-        await zipper.kill()
+        try await backlog.nextInstanceFinishes()
     }
 
     @Test("a closing function whose async handlers are at their limit gives back what it has yet to start, the frame waiting for the limit included, but for what the zipper may have settled: its next instance gets the rest, each frame handled once, in order")
@@ -462,16 +478,9 @@ struct HandlingReceiptTests {
         #expect(await eventually {
             first.client.framesReceivedForTesting == 2 && functionConnections(zipper, named: "worker").first?.unacknowledgedBytes == 0
         }, "\(first.client.framesReceivedForTesting)")
-        let closing = Task { await first.close() }
         // Until the fifty-fourth round the close waited for the handler, then
         // worked off the rest until the deadline.
-        #expect(await eventually { first.client.framesGivenBackForTesting > 0 }, "nothing went back")
-        gate.open()
-        await closing.value
-        let firstTook = handled.items
-        // Those within the pace the zipper reckoned (the handler took one frame): the first one or two.
-        #expect(firstTook == Array(texts.prefix(firstTook.count)) && (1...2).contains(firstTook.count), "\(firstTook)")
-        #expect(firstTook.count + first.client.framesGivenBackForTesting == 10, "gave back \(first.client.framesGivenBackForTesting)")
+        let firstTook = await Self.closeGivingBack(first, gate: gate, handled: handled, texts: texts)
         let page = await httpGet("http://127.0.0.1:\(endpoint.port)/metrics")?.body ?? ""
         #expect(seriesValue(page, "yomo_handlers_given_back_total", labels: ["messaging_consumer_group_name=\"worker\""])
                 == Double(10 - firstTook.count), "\(page.split(separator: "\n").filter { $0.contains("given_back") })")
