@@ -1951,10 +1951,15 @@ final class ClientRuntime: Sendable {
         // limits have yet to read) for this function's next instance: said
         // at once, and the window thawed, so that the answer comes through
         // behind what the zipper had written (read meanwhile, then given
-        // back, as is the queue: `giveBack`).
-        let givesBack = handling?.zipperAnswersClosing == true
+        // back, as is the queue: `giveBack`). Async handlers with nothing
+        // waiting handle what is on its way, as before: were no instance to
+        // come back, the zipper's hold would drop what they gave back.
+        let answers = handling?.zipperAnswersClosing == true
         while ContinuousClock.now < deadline {
-            if let handling, !closingSaid, givesBack || (!handlers.haveBacklog && connection.unreadBytes == 0) {
+            let waiting = handlers.haveBacklog || connection.unreadBytes > 0
+            // (Once frames wait for the answer, so is the word said again if it could not be queued.)
+            let givesBack = answers && (handlers.pipeQueue != nil || waiting || handling?.closingState != .no)
+            if let handling, !closingSaid, givesBack || !waiting {
                 if givesBack { handling.awaitAnswer() }
                 closingSaid = tellClosing(handling, on: session)
                 if closingSaid, givesBack {
