@@ -1463,6 +1463,8 @@ final class ClientRuntime: Sendable {
         bounds.ledger.giveBack(from: bounds.start(of: back.map(\.handled)) ?? answerEnd)
         await queueForPipeHandler(handled, queue)
         givenBack(count: back.count, spans: back.compactMap(\.span), setup)
+        // Said when there were any: every close of a pipe function whose zipper answers comes here.
+        guard !back.isEmpty else { return }
         logger.info("closing: the frames queued for the pipe handler go back to the zipper, for this function's next instance", metadata: [
             "frames": "\(back.count)", "handled_first": "\(queue.count)",
         ])
@@ -1485,7 +1487,6 @@ final class ClientRuntime: Sendable {
         back += parked.dropFirst(kept.count)
         bounds.ledger.giveBack(from: bounds.start(of: back.map(\.token)) ?? answerEnd)
         givenBack(count: back.count, setup)
-        // Said when there were any: every async function's close comes here.
         guard !back.isEmpty else { return }
         logger.info("closing: the frames waiting for the async handlers go back to the zipper, for this function's next instance", metadata: [
             "frames": "\(back.count)", "handled_first": "\(handlers.unstartedCount)",
