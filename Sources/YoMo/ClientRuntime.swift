@@ -296,7 +296,7 @@ final class ClientRuntime: Sendable {
         /// that died), by transaction id, and when their connection ended: the
         /// zipper, or a source after a zipper's crash, sends them again, and a
         /// copy is not handled twice.
-        var mayComeAgain: [String: (token: HandlingLedger.Token, since: ContinuousClock.Instant)] = [:]
+        var mayComeAgain: MayComeAgain = [:]
 
         /// Numbered frames `session` carried, each ending at its offset there.
         mutating func carry(_ frames: [(sequence: Int, end: Int)], to session: ClientSession) {
@@ -904,6 +904,16 @@ final class ClientRuntime: Sendable {
     /// `copiesWindow` ago are forgotten: the lookups end with them.
     static let copiesPrunedEvery = 4096
 
+    /// The frames that may come again, by transaction id: the token a copy
+    /// finishes with, and since when it is known.
+    typealias MayComeAgain = [String: (token: HandlingLedger.Token, since: ContinuousClock.Instant)]
+
+    /// What `mayComeAgain` still needs at `now`: a frame a handler has yet
+    /// to finish, and one finished within `copiesWindow`.
+    static func stillToRecognize(_ mayComeAgain: MayComeAgain, at now: ContinuousClock.Instant) -> MayComeAgain {
+        mayComeAgain.filter { now - $0.value.since < copiesWindow || !$0.value.token.isFinished }
+    }
+
     /// What a connection's reading does about copies besides looking each
     /// frame up in `mayComeAgain`.
     struct CopyWatch {
@@ -1158,7 +1168,7 @@ final class ClientRuntime: Sendable {
             // `yomo-fault-bench chaos --seed 32`). Before, only the last
             // connection's were known.
             let now = ContinuousClock.now
-            let earlier = mayComeAgain.filter { now - $0.value.since < Self.copiesWindow || !$0.value.token.isFinished }
+            let earlier = Self.stillToRecognize(mayComeAgain, at: now)
             state.withLock { $0.mayComeAgain = earlier.merging(untold.mapValues { ($0, now) }) { _, latest in latest } }
         }
         return ended
@@ -1272,7 +1282,7 @@ final class ClientRuntime: Sendable {
     /// read told it, and a function killed (or frozen) just after its redial
     /// left hundreds to be handled again (`yomo-fault-bench chaos --seed 32`).
     private func tellHandledBefore(
-        _ handling: HandlingLedger, _ mayComeAgain: [String: (token: HandlingLedger.Token, since: ContinuousClock.Instant)],
+        _ handling: HandlingLedger, _ mayComeAgain: MayComeAgain,
         on session: ClientSession
     ) {
         let finished = mayComeAgain.filter { $0.value.token.isFinished }
@@ -1373,7 +1383,7 @@ final class ClientRuntime: Sendable {
     /// one that may come again.
     private func forwardIfCopy(
         _ data: DataFrame, as copy: HandlingLedger.Token,
-        from mayComeAgain: inout [String: (token: HandlingLedger.Token, since: ContinuousClock.Instant)],
+        from mayComeAgain: inout MayComeAgain,
         _ watch: inout CopyWatch, _ setup: Setup
     ) -> Bool {
         guard !mayComeAgain.isEmpty || watch.notingUntil != nil, let tid = MetadataView(data.metadata)?.string(.tid), !tid.isEmpty else { return false }
@@ -1381,7 +1391,7 @@ final class ClientRuntime: Sendable {
         if watch.lookupsSincePrune >= Self.copiesPrunedEvery {
             watch.lookupsSincePrune = 0
             let now = ContinuousClock.now
-            mayComeAgain = mayComeAgain.filter { now - $0.value.since < Self.copiesWindow || !$0.value.token.isFinished }
+            mayComeAgain = Self.stillToRecognize(mayComeAgain, at: now)
         }
         guard let original = mayComeAgain[tid]?.token else {
             if let until = watch.notingUntil {
@@ -1422,7 +1432,7 @@ final class ClientRuntime: Sendable {
     /// 13`, a 20 ms pipe handler: 4,094 copies of 2,773 frames in 30 s).
     private func expectCopies(
         of handling: HandlingLedger, on session: ClientSession,
-        into mayComeAgain: inout [String: (token: HandlingLedger.Token, since: ContinuousClock.Instant)],
+        into mayComeAgain: inout MayComeAgain,
         _ watch: inout CopyWatch
     ) {
         let now = ContinuousClock.now

@@ -701,6 +701,21 @@ struct HandlingReceiptTests {
         await zipper.close()
     }
 
+    @Test("what a function remembers of frames that may come again keeps a frame its handlers have yet to finish, however long ago it came, and a finished one for copiesWindow, no longer")
+    func copiesRememberedWhileNeeded() {
+        let ledger = HandlingLedger(startingAt: 0)
+        let finished = ledger.received(end: 10, length: 10, metadata: nil)
+        let running = ledger.received(end: 20, length: 10, metadata: nil)
+        finished.finished()
+        let now = ContinuousClock.now
+        let old = now - ClientRuntime.copiesWindow - .seconds(1)
+        let recent = now - ClientRuntime.copiesWindow + .seconds(1)
+        let noted: ClientRuntime.MayComeAgain = ["finished-old": (finished, old), "finished-recent": (finished, recent), "running-old": (running, old)]
+        #expect(ClientRuntime.stillToRecognize(noted, at: now).keys.sorted() == ["finished-recent", "running-old"])
+        running.finished()
+        #expect(ClientRuntime.stillToRecognize(noted, at: now).keys.sorted() == ["finished-recent"], "once finished, forgotten when old")
+    }
+
     @Test("the ledger tells the end of the frames handled in order and of those taken, and knows a frame that comes again")
     func ledger() throws {
         let ledger = HandlingLedger(startingAt: 10)
