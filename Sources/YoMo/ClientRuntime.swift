@@ -383,7 +383,7 @@ final class ClientRuntime: Sendable {
     var keptFrames: Int { state.withLock { $0.session?.keptFrames ?? 0 } }
     /// Data frames the current connection read (zero without handling receipts).
     var framesReceivedForTesting: Int { state.withLock { $0.session?.handling?.framesReceived ?? 0 } }
-    /// Frames a closing pipe handler's queue gave back to the zipper (`giveBack`).
+    /// Frames a closing function gave back to the zipper (`giveBack`).
     var framesGivenBackForTesting: Int { framesGivenBack.load(ordering: .relaxed) }
     private let framesGivenBack = Atomic(0)
     /// Whether the current session's zipper sends delivery receipts.
@@ -1337,7 +1337,7 @@ final class ClientRuntime: Sendable {
     /// handled during its close (`yomo-fault-bench chaos --seed 32`, 60 s:
     /// all of its 473 frames handled twice). A zipper that answers the word
     /// takes back what waits for the handlers too, as far as copies of it
-    /// came (`giveBack`, `giveBackUnstarted`). Ends when reading stops.
+    /// came (`giveBack`). Ends when reading stops.
     private func takeCopiesOnly(_ session: ClientSession, _ handling: HandlingLedger, _ handlers: Handlers, _ setup: Setup) async {
         let queue = handlers.pipeQueue
         var mayComeAgain = state.withLock { $0.mayComeAgain }
@@ -1359,7 +1359,8 @@ final class ClientRuntime: Sendable {
                         if let queue {
                             await giveBack(bounds, queue, readSince: [], answerEnd: end, setup)
                         } else {
-                            giveBackUnstarted(bounds, answerEnd: end, handlers, setup)
+                            // Nothing read here waits: what an ended connection left goes back from its tail.
+                            giveBack(bounds, parked: [], answerEnd: end, handlers, setup)
                         }
                     }
                     handling.passed(end: end)
@@ -1495,19 +1496,6 @@ final class ClientRuntime: Sendable {
         var back = kept.isEmpty ? handlers.removeTrailingUnstarted { bounds.goesBack($0.token) } : []
         for frame in kept { handlers.keepUnstarted(frame) }
         back += parked.dropFirst(kept.count)
-        bounds.ledger.giveBack(from: bounds.start(of: back.map(\.token)) ?? answerEnd)
-        givenBack(count: back.count, setup)
-        guard !back.isEmpty else { return }
-        logger.info("closing: the frames waiting for the async handlers go back to the zipper, for this function's next instance", metadata: [
-            "frames": "\(back.count)", "handled_first": "\(handlers.unstartedCount)",
-        ])
-    }
-
-    /// What an ended connection left for the async handlers goes back from
-    /// its tail, as far as copies of it came on this connection: a function
-    /// that closes while it redials (`takeCopiesOnly`).
-    private func giveBackUnstarted(_ bounds: GivingBack, answerEnd: Int, _ handlers: Handlers, _ setup: Setup) {
-        let back = handlers.removeTrailingUnstarted { bounds.goesBack($0.token) }
         bounds.ledger.giveBack(from: bounds.start(of: back.map(\.token)) ?? answerEnd)
         givenBack(count: back.count, setup)
         guard !back.isEmpty else { return }
@@ -2229,19 +2217,16 @@ final class InFlightCounter: Sendable {
 
     /// Turns away the frames waiting to be let in now, which wait for a
     /// closing function's answer instead (`Admission.woken`).
-    func wakeAdmissions() {
-        let woken = state.withLock { state -> [CheckedContinuation<Bool, Never>] in
-            let woken = state.waiters.filter(\.admission).map(\.continuation)
-            state.waiters.removeAll(where: \.admission)
-            return woken
-        }
-        for waiter in woken { waiter.resume(returning: false) }
-    }
+    func wakeAdmissions() { turnAwayAdmissions(stopping: false) }
 
     /// Lets nothing more in: a frame waiting for the limits is turned away (the client is closing).
-    func stopAdmitting() {
+    func stopAdmitting() { turnAwayAdmissions(stopping: true) }
+
+    /// Resumes every frame waiting to be let in with a refusal; `enter` says
+    /// why (`stopping`: `.closing` from now on, else `.woken`).
+    private func turnAwayAdmissions(stopping: Bool) {
         let turnedAway = state.withLock { state -> [CheckedContinuation<Bool, Never>] in
-            state.admitting = false
+            if stopping { state.admitting = false }
             let turnedAway = state.waiters.filter(\.admission).map(\.continuation)
             state.waiters.removeAll(where: \.admission)
             return turnedAway
