@@ -557,9 +557,9 @@ struct FaultRecoveryTests {
         await second.close()
     }
 
-    @Test("a function closing with a backlog across its zipper's graceful restart: the next zipper gives it the frames it kept for it, it finishes those it handled, gives back what still waits in its queue, and its next instance gets the rest, each frame handled once",
-          arguments: [20, 1])
-    func closingFunctionTakesItsCopies(shutdownSeconds: Int) async throws {
+    @Test("a function closing with a backlog across its zipper's graceful restart: the next zipper gives it the frames it kept for it, it finishes those it handled, gives back what still waits for its handlers (a pipe queue; what async handlers at their limit had yet to start), and its next instance gets the rest, each frame handled once",
+          arguments: zip([20, 1, 20], [false, false, true]))
+    func closingFunctionTakesItsCopies(shutdownSeconds: Int, asyncHandler: Bool) async throws {
         let directory = NSTemporaryDirectory() + "yomo-test-copies-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -570,14 +570,21 @@ struct FaultRecoveryTests {
         let address = "127.0.0.1:\(port)"
         let handled = Inbox<String>()
         func upper(delay: Duration) -> StreamFunction {
+            // Async: one handler at a time, so that the frames are handled in order.
             let function = StreamFunction(name: "upper", zipper: address, options: .init(
-                observedTags: [0x33], reconnect: .redialsAtOnce, retryConnect: true, shutdownTimeout: .seconds(shutdownSeconds)))
-            function.setPipeHandler { input, output in
-                for await frame in input {
-                    try? await Task.sleep(for: delay)
-                    let text = String(decoding: frame.data, as: UTF8.self)
-                    handled.append(text)
-                    try await output.write(tag: 0x34, data: Array(text.uppercased().utf8))
+                observedTags: [0x33], reconnect: .redialsAtOnce, retryConnect: true, handlerConcurrency: asyncHandler ? 1 : nil,
+                shutdownTimeout: .seconds(shutdownSeconds)))
+            @Sendable func handle(_ data: [UInt8], _ write: ([UInt8]) async throws -> Void) async throws {
+                try? await Task.sleep(for: delay)
+                let text = String(decoding: data, as: UTF8.self)
+                handled.append(text)
+                try await write(Array(text.uppercased().utf8))
+            }
+            if asyncHandler {
+                function.setHandler { ctx in try await handle(Array(ctx.data)) { try await ctx.write(tag: 0x34, data: $0) } }
+            } else {
+                function.setPipeHandler { input, output in
+                    for await frame in input { try await handle(frame.data) { try await output.write(tag: 0x34, data: $0) } }
                 }
             }
             return function
