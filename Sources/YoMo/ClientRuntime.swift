@@ -1085,7 +1085,7 @@ final class ClientRuntime: Sendable {
                                     parked.append(UnstartedFrame(data: data, token: token, held: held))
                                     continue
                                 case .givingBack:
-                                    givenBack(count: 1, setup)
+                                    givenBack(count: 1, spans: givenBackSpans([data], setup), setup)
                                     continue
                                 }
                             }
@@ -1497,7 +1497,7 @@ final class ClientRuntime: Sendable {
         for frame in kept { handlers.keepUnstarted(frame) }
         back += parked.dropFirst(kept.count)
         bounds.ledger.giveBack(from: bounds.start(of: back.map(\.token)) ?? answerEnd)
-        givenBack(count: back.count, setup)
+        givenBack(count: back.count, spans: givenBackSpans(back.map(\.data), setup), setup)
         guard !back.isEmpty else { return }
         logger.info("closing: the frames waiting for the async handlers go back to the zipper, for this function's next instance", metadata: [
             "frames": "\(back.count)", "handled_first": "\(handlers.unstartedCount)",
@@ -1515,13 +1515,32 @@ final class ClientRuntime: Sendable {
 
     /// Counts frames given back to the zipper unhandled, and ends their
     /// spans (a pipe handler's frame has one from its reading; an async
-    /// handler's begins with its handler).
+    /// handler's, which would have begun with its handler, from
+    /// `givenBackSpans`).
     private func givenBack(count: Int, spans: [YoMoSpan] = [], _ setup: Setup) {
         framesGivenBack.add(count, ordering: .relaxed)
         if setup.metrics.isEnabled, count > 0 { setup.metrics.gaveBack(count) }
         for span in spans {
             span.setAttribute("yomo.given_back", true)
             span.end()
+        }
+    }
+
+    /// Function spans for async handlers' frames given back before a handler
+    /// began on them: the trace shows this instance had each frame and gave
+    /// it back, then the zipper's hold, then the next instance. Until the
+    /// fifty-fifth round of issue 14 it went from the zipper to the hold as
+    /// if this instance had never had it.
+    private func givenBackSpans(_ frames: [DataFrame], _ setup: Setup) -> [YoMoSpan] {
+        guard setup.tracing.tracer.isEnabled else { return [] }
+        return frames.compactMap { data in
+            let length = data.payload.readableBytes
+            if let view = MetadataView(data.metadata) {
+                return setup.tracing.functionSpan(
+                    name: name, handlerType: "async_handler", tag: data.tag, length: length, view: view, trace: view.canonicalTrace)
+            }
+            let metadata = (try? Metadata(decoding: data.metadata)) ?? Metadata()
+            return setup.tracing.functionSpan(name: name, handlerType: "async_handler", tag: data.tag, length: length, received: metadata)
         }
     }
 

@@ -448,7 +448,7 @@ struct HandlingReceiptTests {
         try await backlog.nextInstanceFinishes()
     }
 
-    @Test("a closing function whose async handlers are at their limit gives back what it has yet to start, the frame waiting for the limit included, but for what the zipper may have settled: its next instance gets the rest, each frame handled once, in order")
+    @Test("a closing function whose async handlers are at their limit gives back what it has yet to start, the frame waiting for the limit included, but for what the zipper may have settled: its next instance gets the rest, each frame handled once, in order, its trace through the closing instance's span")
     func closeGivesBackWhatAsyncHandlersHaveYetToStart() async throws {
         let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))
         try await zipper.start()
@@ -457,10 +457,13 @@ struct HandlingReceiptTests {
         let handled = Inbox<String>()
         let meters = MeterProvider(configuration: .init(serviceName: "worker", environment: [:]))
         let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: meters)
+        let exporter = InMemorySpanExporter()
+        let tracer = TracerProvider(configuration: .init(environment: [:]), processors: [SimpleSpanProcessor(exporter: exporter)])
         // One handler at a time: the frames are handled in order.
         func worker(gate: Gate?, meterProvider: MeterProvider? = nil) -> StreamFunction {
             let function = StreamFunction(name: "worker", zipper: address, options: .init(
-                observedTags: [0x33], handlerConcurrency: 1, shutdownTimeout: .seconds(30), meterProvider: meterProvider))
+                observedTags: [0x33], handlerConcurrency: 1, tracerProvider: tracer, shutdownTimeout: .seconds(30),
+                meterProvider: meterProvider))
             function.setHandler { ctx in
                 await gate?.wait()
                 handled.append(String(decoding: ctx.data, as: UTF8.self))
@@ -469,7 +472,7 @@ struct HandlingReceiptTests {
         }
         let first = worker(gate: gate, meterProvider: meters)
         try await first.connect()
-        let source = Source(name: "writer", zipper: address)
+        let source = Source(name: "writer", zipper: address, options: .init(tracerProvider: tracer))
         try await source.connect()
         let texts = (0..<10).map { "frame-\($0)" }
         for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
@@ -489,6 +492,16 @@ struct HandlingReceiptTests {
         try await second.connect()
         #expect(await handled.wait(for: 10), "\(handled.items)")
         #expect(handled.items == texts, "each once, in order")
+        // Each frame given back has the closing instance's span, ended at
+        // once, in the trace its next instance's span continues (until the
+        // fifty-fifth round that trace went from the zipper to the next
+        // instance).
+        let spans = exporter.spans.filter { $0.name == "worker" }
+        let givenBack = spans.filter { $0.attributes.get("yomo.given_back") == .bool(true) }
+        let handledTraces = Set(spans.filter { $0.attributes.get("yomo.given_back") == nil }.map(\.context.traceID))
+        #expect(givenBack.count == 10 - firstTook.count, "\(spans.count) spans")
+        #expect(givenBack.allSatisfy { handledTraces.contains($0.context.traceID) && $0.parentSpanID != nil })
+        #expect(Set(givenBack.map(\.context.traceID)).count == givenBack.count, "one a frame")
         await source.close()
         await second.close()
         await zipper.close()
