@@ -1027,8 +1027,14 @@ final class ConnectionCore: LoopSource, NGConnectionDelegate, @unchecked Sendabl
     /// Nothing received is unread, the reader waits for more, and everything
     /// written was acknowledged (or the connection has ended). On the loop.
     var isQuiet: Bool {
+        isQuietReceiving && (!isActive || sendShared.withLock({ $0.buffered == 0 }))
+    }
+
+    /// Nothing received is unread and the reader waits for more (or the
+    /// connection has ended), whatever it has yet to send. On the loop.
+    var isQuietReceiving: Bool {
         guard isActive else { return true }
-        return recvShared.withLock({ $0.chunks.isEmpty && $0.waiter != nil }) && sendShared.withLock({ $0.buffered == 0 })
+        return recvShared.withLock({ $0.chunks.isEmpty && $0.waiter != nil })
     }
 
     // MARK: Ending

@@ -230,11 +230,12 @@ public final class QUICServer: Sendable {
     /// where packets arrive, so no byte reaches any of them, acknowledged and
     /// then left unread, between the check and the close; what their peers
     /// send after it is not acknowledged, so they keep it. False, and none
-    /// closed, if one is not quiet now.
-    package func closeAllIfQuiet(_ connections: [QUICConnection], errorCode: UInt64, reason: String) async -> Bool {
+    /// closed, if one is not quiet now. `receivingOnly`: what they have yet
+    /// to send does not matter (the caller keeps it elsewhere).
+    package func closeAllIfQuiet(_ connections: [QUICConnection], errorCode: UInt64, reason: String, receivingOnly: Bool = false) async -> Bool {
         let cores = connections.map(\.core)
         return await core.loop.run(orIfStopped: true) {
-            guard cores.allSatisfy(\.isQuiet) else { return false }
+            guard cores.allSatisfy({ receivingOnly ? $0.isQuietReceiving : $0.isQuiet }) else { return false }
             for connection in cores { connection.closeLocally(code: errorCode, reason: reason) }
             return true
         }

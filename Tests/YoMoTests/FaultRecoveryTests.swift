@@ -557,6 +557,55 @@ struct FaultRecoveryTests {
         await second.close()
     }
 
+    @Test("a graceful close with a held frames file does not wait for a stream function slower than its source to work off its backlog: it closes the function at a quiet moment and keeps the rest for the next start, and the function handles each frame once")
+    func closeKeepsABacklogWithoutWaitingForIt() async throws {
+        let directory = NSTemporaryDirectory() + "yomo-test-backlog-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let port = try await freePort()
+        let configuration = ZipperConfiguration(host: "127.0.0.1", port: port, functionsFile: directory + "/functions.yaml")
+        let records = Inbox<String>()
+        // A drain that could wait until the backlog is worked off (30 s), and is moving all along.
+        var options = Zipper.Options(logger: Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) })
+        options.shutdownTimeout = .seconds(60)
+        let first = Zipper(configuration: configuration, options: options)
+        try await first.start()
+        let address = "127.0.0.1:\(port)"
+        let handled = Inbox<String>()
+        let function = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33], retryConnect: true))
+        function.setPipeHandler { input, _ in
+            for await frame in input {
+                try? await Task.sleep(for: .milliseconds(5))
+                handled.append(String(decoding: frame.data, as: UTF8.self))
+            }
+        }
+        try await function.connect()
+        let source = Source(name: "writer", zipper: address, options: .init(retryConnect: true))
+        try await source.connect()
+        let texts = (0..<400).map { "frame-\($0)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+        #expect(await eventually { handled.items.count >= 5 }, "the backlog is being worked off")
+        await first.close()
+        // Until the fifty-fifth round the drain ended only once the function
+        // had handled all 400 (2 s of them), then closed it whatever it wrote.
+        let handledAtClose = handled.items.count
+        #expect(handledAtClose < texts.count, "the close waited for the whole backlog")
+        let lines = records.items.filter { $0.contains("closing:") }
+        #expect(lines.contains { $0.contains("kept for the stream functions that had yet to take it") }, "\(lines)")
+        #expect(!lines.contains { $0.contains("had not taken everything") }, "\(lines)")
+        #expect(first.statistics.unacknowledgedBytesLost == 0 && first.statistics.unhandledBytesLost == 0, "\(first.statistics)")
+        let second = Zipper(configuration: configuration)
+        try await second.start()
+        #expect(await handled.wait(for: texts.count, timeout: .seconds(30)), "\(handled.items.count)")
+        // Nothing more comes: the copies (the file's, the source's) came before this.
+        try await source.write(tag: 0x33, data: Array("last".utf8))
+        #expect(await handled.wait(for: texts.count + 1, timeout: .seconds(30)), "\(handled.items.count)")
+        #expect(handled.items == texts + ["last"], "each once, in order: \(handled.items.count) handled")
+        await source.close()
+        await function.close()
+        await second.close()
+    }
+
     @Test("a function closing with a backlog across its zipper's graceful restart: the next zipper gives it the frames it kept for it, it finishes those it handled, gives back what still waits for its handlers (a pipe queue; what async handlers at their limit had yet to start), and its next instance gets the rest, each frame handled once",
           arguments: zip([20, 1, 20], [false, false, true]))
     func closingFunctionTakesItsCopies(shutdownSeconds: Int, asyncHandler: Bool) async throws {
