@@ -23,8 +23,27 @@ final class ReceiptLedger: Sendable {
         var waits: [DeliveryDestination.Wait]
         /// Its frames that the zipper held for functions on their way back.
         var held: [HoldTally]
+        /// The frame that ended it by waiting for more than an acknowledgement
+        /// (`Batch.endsCheckpoint`): where it ended in each stream it was
+        /// written to.
+        var ending: [DeliveryDestination.Wait] = []
 
-        var isSettled: Bool { HoldTally.reached(waits) && held.allSatisfy(\.isSettled) }
+        /// Each connection reached what was written to it by then, or its
+        /// function's receipts say it finished the frame that ended the
+        /// checkpoint (the frames before that one settled at acknowledgement).
+        /// Until the fifty-fifth round of issue 14 only the first counted: a
+        /// copy a function recognized and finished at once, behind its backlog
+        /// in the stream, waited until its handlers took the whole backlog,
+        /// and the sender sent it again after the next crash
+        /// (`yomo-fault-bench chaos --mesh --seed 8`: frames 100–215, sent again
+        /// through an upstream's restart, kept by it for 4 s and then handled
+        /// again by the function's next instances).
+        var isSettled: Bool {
+            waits.allSatisfy { wait in
+                wait.destination.reached(wait.written)
+                    || ending.contains { $0.destination === wait.destination && wait.destination.finishedWhole(endingAt: $0.written) }
+            } && held.allSatisfy(\.isSettled)
+        }
     }
 
     private struct State {
@@ -49,7 +68,9 @@ final class ReceiptLedger: Sendable {
                 touched.removeAll()
                 held = nil
             }
-            return Checkpoint(through: routedThrough, waits: touched.destinations.map { ($0, $0.connection.sendProgress.written) }, held: held.map { [$0] } ?? [])
+            return Checkpoint(
+                through: routedThrough, waits: touched.destinations.map { ($0, $0.connection.sendProgress.written) },
+                held: held.map { [$0] } ?? [], ending: touched.ending)
         }
     }
 
@@ -84,6 +105,9 @@ final class ReceiptLedger: Sendable {
 
     /// Whether it waits for something already (what a resumed connection had not settled).
     var isWaiting: Bool { state.withLock { !$0.checkpoints.isEmpty } }
+
+    /// The most frames forwarded to mesh links in one checkpoint (`Batch.forwardedToMesh`).
+    static let framesPerLinkCheckpoint = 16
 
     /// What an ended connection had routed and not settled, kept for the
     /// sender's next connection (not the ledger: it would keep the ended
@@ -129,6 +153,9 @@ final class ReceiptLedger: Sendable {
         /// backlog, or the hold): it ends a checkpoint of its own, so that the
         /// frames before it are not kept until it is taken.
         private(set) var endsCheckpoint = false
+        /// Where that frame ended in each stream it was written to.
+        fileprivate var ending: [DeliveryDestination.Wait] = []
+        fileprivate var linkFrames = 0
 
         mutating func add(_ destination: DeliveryDestination) {
             // The usual case: one function, the same as the frame before.
@@ -138,17 +165,33 @@ final class ReceiptLedger: Sendable {
 
         /// A frame was written to `destination`, ending at `end` in its stream.
         mutating func add(_ destination: DeliveryDestination, endingAt end: Int) {
-            if !destination.settlesAtAcknowledgement(through: end) { endsCheckpoint = true }
+            if !destination.settlesAtAcknowledgement(through: end) {
+                endsCheckpoint = true
+                ending.append((destination, end))
+            }
             add(destination)
         }
 
         /// A frame was held for a function on its way back.
         mutating func held() { endsCheckpoint = true }
 
+        /// A frame went to the mesh links: at most `framesPerLinkCheckpoint`
+        /// such frames make a checkpoint. A link settles what its downstream
+        /// settled, in order, and a downstream's function finishes copies of
+        /// frames it handled as they come, behind its backlog; a burst (a
+        /// source sending its backlog again through an upstream's next run)
+        /// routed as one checkpoint settled only once the backlog was taken.
+        mutating func forwardedToMesh() {
+            linkFrames += 1
+            if linkFrames >= ReceiptLedger.framesPerLinkCheckpoint { endsCheckpoint = true }
+        }
+
         fileprivate mutating func removeAll() {
             destinations.removeAll(keepingCapacity: true)
             seen.removeAll(keepingCapacity: true)
             endsCheckpoint = false
+            ending.removeAll()
+            linkFrames = 0
         }
     }
 
@@ -159,6 +202,8 @@ final class ReceiptLedger: Sendable {
         state.withLock { state in
             state.routedThrough = offset
             for destination in batch?.destinations ?? [] { state.touched.add(destination) }
+            state.touched.ending += batch?.ending ?? []
+            state.touched.linkFrames += batch?.linkFrames ?? 0
             // Its own checkpoint: a burst routed within one receipt interval
             // (a source sending its backlog again after a zipper's crash) was
             // settled as one, when its last frame was taken, while the
@@ -166,7 +211,9 @@ final class ReceiptLedger: Sendable {
             // brought those to it again (`yomo-fault-bench chaos --faults
             // zipper-kill`, a 20 ms pipe handler: 92 of 1,143 frames handled
             // twice in 10 s; forty-second round of issue 14).
-            if batch?.endsCheckpoint == true { state.checkpoints.append(state.checkpointSinceLast()) }
+            if batch?.endsCheckpoint == true || state.touched.linkFrames >= Self.framesPerLinkCheckpoint {
+                state.checkpoints.append(state.checkpointSinceLast())
+            }
             batch?.removeAll()
             defer { state.active = true }
             return !state.active
@@ -413,6 +460,13 @@ final class DeliveryDestination: Sendable {
 
     /// The bytes those ranges cover (without copying them).
     var finishedAheadBytes: Int { handledAhead.withLock { $0.bytes } }
+
+    /// Whether its handlers finished the frame written ending at `end`, and
+    /// everything written before it was acknowledged (what a checkpoint
+    /// holds beside that frame settled at acknowledgement).
+    func finishedWhole(endingAt end: Int) -> Bool {
+        connection.acknowledgedBytes >= end && hasHandled(frameEndingAt: end)
+    }
 
     /// Whether its handlers finished the frame written ending at `end`, as
     /// its receipts said (never, for a connection without them). A range

@@ -1921,7 +1921,10 @@ public final class Zipper: Sendable {
             let whole = frame.applying(patch)
             for link in links { link.forward(whole, tracedUnder: span?.spanContext) }
             // A sender's receipt waits for its links' downstreams too.
-            if written != nil { for delivery in linkDeliveries { written?.add(delivery) } }
+            if written != nil {
+                for delivery in linkDeliveries { written?.add(delivery) }
+                written?.forwardedToMesh()
+            }
         }
         let slow = configuration.slowConsumer
         for (destinationID, destination, delivery) in destinations {

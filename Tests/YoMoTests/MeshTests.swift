@@ -630,6 +630,55 @@ struct MeshLoopbackTests {
         await a.kill()
     }
 
+    @Test("copies an upstream's next run brings, which the downstream's function finishes with their originals ahead of its backlog, settle for the source then: the source keeps only what waits for the handler")
+    func copiesSettleAheadOfABacklog() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        // The first 40 wait at one gate, the rest at another.
+        let (first, rest) = (Gate(), Gate())
+        let handled = Inbox<String>()
+        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x39], credential: "token:mesh"))
+        far.setPipeHandler { input, _ in
+            for await frame in input {
+                let text = String(decoding: frame.data, as: UTF8.self)
+                await (Int(text.split(separator: "-").last ?? "") ?? 0 < 40 ? first : rest).wait()
+                handled.append(text)
+            }
+        }
+        try await far.connect()
+        let (a, source) = try await Self.upstreamProcessWithSource(port: portA, downstreamPort: portB)
+        let texts = (0..<60).map { "again-\($0)" }
+        for text in texts { try await source.write(tag: 0x39, data: Array(text.utf8)) }
+        #expect(await eventually { far.client.framesReceivedForTesting == 60 }, "\(far.client.framesReceivedForTesting) read")
+        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
+        let kept = source.client.keptFrames
+        #expect(kept >= 58, "kept \(kept)")
+        await a.kill()
+        try a.restart()
+        // The source sends again what it kept: copies, behind the 59 queued originals.
+        #expect(await eventually { far.client.framesReceivedForTesting == 60 + kept }, "\(far.client.framesReceivedForTesting) read")
+        // The first 40 handled, the next taken: their copies are finished
+        // with them, and settle, `framesPerLinkCheckpoint` at a time through
+        // the upstream. Until the fifty-fifth round such copies waited until
+        // the handler took every frame before them in the stream (the 19
+        // queued originals), and the upstream settled the source's burst as
+        // one, so the source kept all it sent again.
+        first.open()
+        #expect(await handled.wait(for: 40))
+        let settledAtMost = 40 / ReceiptLedger.framesPerLinkCheckpoint * ReceiptLedger.framesPerLinkCheckpoint
+        #expect(await eventually { source.client.keptFrames <= 60 - settledAtMost }, "kept \(source.client.keptFrames)")
+        #expect(source.client.keptFrames >= 20, "kept \(source.client.keptFrames): only what the handler finished settles")
+        rest.open()
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
+        #expect(await handled.wait(for: 60))
+        #expect(handled.items == texts, "each once, in order: \(handled.items.count)")
+        await source.close()
+        await far.close()
+        await b.close()
+        await a.kill()
+    }
+
     @Test("a downstream that holds what an upstream forwarded for a function not there yet, and then the copies the upstream's next run brings after its crash: the function, told as the held frames come that copies may follow, handles each once")
     func heldCopiesHandledOnce() async throws {
         let portA = try await freePort(), portB = try await freePort()
