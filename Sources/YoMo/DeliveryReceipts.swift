@@ -24,9 +24,9 @@ final class ReceiptLedger: Sendable {
         /// Its frames that the zipper held for functions on their way back.
         var held: [HoldTally]
         /// The frame that ended it by waiting for more than an acknowledgement
-        /// (`Batch.endsCheckpoint`): where it ended in each stream it was
-        /// written to.
-        var ending: [DeliveryDestination.Wait] = []
+        /// (`Batch.endsCheckpoint`): where it ended in the stream it was
+        /// written to (none if several: a fan-out).
+        var ending: DeliveryDestination.Wait?
 
         /// Each connection reached what was written to it by then, or its
         /// function's receipts say it finished the frame that ended the
@@ -41,7 +41,7 @@ final class ReceiptLedger: Sendable {
         var isSettled: Bool {
             waits.allSatisfy { wait in
                 wait.destination.reached(wait.written)
-                    || ending.contains { $0.destination === wait.destination && wait.destination.finishedWhole(endingAt: $0.written) }
+                    || (ending.map { $0.destination === wait.destination && wait.destination.finishedWhole(endingAt: $0.written) } ?? false)
             } && held.allSatisfy(\.isSettled)
         }
     }
@@ -153,8 +153,10 @@ final class ReceiptLedger: Sendable {
         /// backlog, or the hold): it ends a checkpoint of its own, so that the
         /// frames before it are not kept until it is taken.
         private(set) var endsCheckpoint = false
-        /// Where that frame ended in each stream it was written to.
-        fileprivate var ending: [DeliveryDestination.Wait] = []
+        /// Where that frame ended in the stream it was written to (none if
+        /// written to several).
+        fileprivate var ending: DeliveryDestination.Wait?
+        private var endingCount = 0
         fileprivate var linkFrames = 0
 
         mutating func add(_ destination: DeliveryDestination) {
@@ -167,7 +169,8 @@ final class ReceiptLedger: Sendable {
         mutating func add(_ destination: DeliveryDestination, endingAt end: Int) {
             if !destination.settlesAtAcknowledgement(through: end) {
                 endsCheckpoint = true
-                ending.append((destination, end))
+                endingCount += 1
+                ending = endingCount == 1 ? (destination, end) : nil
             }
             add(destination)
         }
@@ -190,7 +193,8 @@ final class ReceiptLedger: Sendable {
             destinations.removeAll(keepingCapacity: true)
             seen.removeAll(keepingCapacity: true)
             endsCheckpoint = false
-            ending.removeAll()
+            ending = nil
+            endingCount = 0
             linkFrames = 0
         }
     }
@@ -202,7 +206,7 @@ final class ReceiptLedger: Sendable {
         state.withLock { state in
             state.routedThrough = offset
             for destination in batch?.destinations ?? [] { state.touched.add(destination) }
-            state.touched.ending += batch?.ending ?? []
+            if let ending = batch?.ending { state.touched.ending = ending }
             state.touched.linkFrames += batch?.linkFrames ?? 0
             // Its own checkpoint: a burst routed within one receipt interval
             // (a source sending its backlog again after a zipper's crash) was
