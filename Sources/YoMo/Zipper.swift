@@ -224,12 +224,18 @@ public final class Zipper: Sendable {
         }
 
         /// The connection of an upstream zipper named `name` ended: the stream
-        /// functions to tell that copies may follow, if another of that name
-        /// is connected (its predecessor may have routed originals of its
-        /// copies up to now).
-        func upstreamLeft(_ name: String) -> [QUICFrameConnection] {
+        /// functions to tell that copies may follow, and whether another of
+        /// that name is connected already (its predecessor may have routed
+        /// originals of its copies up to now). Without one, the upstream may
+        /// come back (a crash, a restart) and its sources send again what it
+        /// had not settled, which the functions may handle meanwhile: told
+        /// only once it came back, a function knew only what it had not
+        /// reported handled by then, and handled again the copies of frames
+        /// it finished while the upstream was away (until the fifty-fifth
+        /// round of issue 14).
+        func upstreamLeft(_ name: String) -> (functions: [QUICFrameConnection], successor: Bool) {
             let successor = peers.values.contains { $0.member.clientType == .upstreamZipper && $0.member.name == name }
-            return successor ? functionsRecognizingCopies { _ in true } : []
+            return (functionsRecognizingCopies { _ in true }, successor)
         }
 
         private func functionsRecognizingCopies(where chosen: (Peer) -> Bool) -> [QUICFrameConnection] {
@@ -1260,7 +1266,7 @@ public final class Zipper: Sendable {
             // away, would overtake them.
             var waiters: [Latch] = []
             var catchUps: [CatchUp] = []
-            var expectingCopies: [QUICFrameConnection] = []
+            var expectingCopies: (functions: [QUICFrameConnection], successor: Bool) = ([], false)
             let endedAt = ContinuousClock.now
             let leftovers = Leftovers()
             let (left, wasEmpty, slowConsumerClosed) = state.withLock { state -> (UnacknowledgedAtEnd, Bool, Bool) in
@@ -1346,7 +1352,11 @@ public final class Zipper: Sendable {
             if member.clientType == .streamFunction { functionsChanges.continuation.yield() }
             report(left, wasEmpty: wasEmpty, clientType: handshake.clientType, logger: connectionLogger)
             if !catchUps.isEmpty { giveToNamesakes(catchUps, name: member.name, since: endedAt, logger: connectionLogger) }
-            announceCopies(to: expectingCopies, because: "the earlier connection of an upstream zipper that connected again ended", logger: connectionLogger)
+            announceCopies(
+                to: expectingCopies.functions,
+                because: expectingCopies.successor ? "the earlier connection of an upstream zipper that connected again ended"
+                    : "an upstream zipper's connection ended; its sources may send again through its next run what it had not settled",
+                logger: connectionLogger)
             for waiter in waiters { waiter.fire() }
         }
         // Whether the client closed for good: what it left in the hold is the zipper's alone.

@@ -679,6 +679,51 @@ struct MeshLoopbackTests {
         await a.kill()
     }
 
+    @Test("frames the downstream's function handles while an upstream zipper is down are not handled again when their copies come through its next run: the downstream says copies may follow as the upstream's connection ends")
+    func copiesOfWhatWasHandledWhileTheUpstreamWasAway() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let (first, rest) = (Gate(), Gate())
+        let handled = Inbox<String>()
+        // A function that writes nothing: what it handles is reported at once.
+        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x39], credential: "token:mesh"))
+        far.setPipeHandler { input, _ in
+            for await frame in input {
+                let text = String(decoding: frame.data, as: UTF8.self)
+                await (Int(text.split(separator: "-").last ?? "") ?? 0 < 5 ? first : rest).wait()
+                handled.append(text)
+            }
+        }
+        try await far.connect()
+        let (a, source) = try await Self.upstreamProcessWithSource(port: portA, downstreamPort: portB)
+        let texts = (0..<10).map { "again-\($0)" }
+        for text in texts { try await source.write(tag: 0x39, data: Array(text.utf8)) }
+        #expect(await eventually { far.client.framesReceivedForTesting == 10 }, "\(far.client.framesReceivedForTesting) read")
+        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
+        let kept = source.client.keptFrames
+        #expect(kept >= 8, "kept \(kept)")
+        await a.kill()
+        #expect(await eventually { b.statistics.copiesAnnounced >= 1 }, "told as the upstream's connection ended")
+        // While a is down the function handles the first five and reports them.
+        first.open()
+        #expect(await handled.wait(for: 5))
+        try a.restart()
+        #expect(await eventually { far.client.framesReceivedForTesting == 10 + kept }, "\(far.client.framesReceivedForTesting) read")
+        rest.open()
+        #expect(await handled.wait(for: 10))
+        // Nothing more comes: every copy came before this.
+        try await source.write(tag: 0x39, data: Array("again-last".utf8))
+        #expect(await handled.wait(for: 11))
+        // Until the fifty-fifth round the copies of the first five were handled again.
+        #expect(handled.items == texts + ["again-last"], "each once, in order: \(handled.items)")
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
+        await source.close()
+        await far.close()
+        await b.close()
+        await a.kill()
+    }
+
     @Test("a downstream that holds what an upstream forwarded for a function not there yet, and then the copies the upstream's next run brings after its crash: the function, told as the held frames come that copies may follow, handles each once")
     func heldCopiesHandledOnce() async throws {
         let portA = try await freePort(), portB = try await freePort()
