@@ -630,28 +630,50 @@ struct MeshLoopbackTests {
         await a.kill()
     }
 
+    /// Downstream "b" with a pipe function "far" that handles frames
+    /// `again-0`… in order, those numbered below `firstGated` once `first`
+    /// opens and the rest once `rest` does, and upstream "a" (a process)
+    /// with a source that wrote `count` frames, all read by "far".
+    struct GatedFar {
+        let b: Zipper, far: StreamFunction, a: ZipperProcess, source: Source
+        let first = Gate(), rest = Gate()
+        let handled = Inbox<String>()
+        let texts: [String]
+
+        init(count: Int, firstGated: Int) async throws {
+            let portA = try await freePort(), portB = try await freePort()
+            b = MeshLoopbackTests.zipper("b", port: portB, mesh: [])
+            try await b.start()
+            far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x39], credential: "token:mesh"))
+            let (first, rest, handled) = (first, rest, handled)
+            far.setPipeHandler { input, _ in
+                for await frame in input {
+                    let text = String(decoding: frame.data, as: UTF8.self)
+                    await (Int(text.split(separator: "-").last ?? "") ?? 0 < firstGated ? first : rest).wait()
+                    handled.append(text)
+                }
+            }
+            try await far.connect()
+            (a, source) = try await MeshLoopbackTests.upstreamProcessWithSource(port: portA, downstreamPort: portB)
+            texts = (0..<count).map { "again-\($0)" }
+            for text in texts { try await source.write(tag: 0x39, data: Array(text.utf8)) }
+            let far = far
+            #expect(await eventually { far.client.framesReceivedForTesting == count }, "\(far.client.framesReceivedForTesting) read")
+            #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
+        }
+
+        func close() async {
+            await source.close()
+            await far.close()
+            await b.close()
+            await a.kill()
+        }
+    }
+
     @Test("copies an upstream's next run brings, which the downstream's function finishes with their originals ahead of its backlog, settle for the source then: the source keeps only what waits for the handler")
     func copiesSettleAheadOfABacklog() async throws {
-        let portA = try await freePort(), portB = try await freePort()
-        let b = Self.zipper("b", port: portB, mesh: [])
-        try await b.start()
-        // The first 40 wait at one gate, the rest at another.
-        let (first, rest) = (Gate(), Gate())
-        let handled = Inbox<String>()
-        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x39], credential: "token:mesh"))
-        far.setPipeHandler { input, _ in
-            for await frame in input {
-                let text = String(decoding: frame.data, as: UTF8.self)
-                await (Int(text.split(separator: "-").last ?? "") ?? 0 < 40 ? first : rest).wait()
-                handled.append(text)
-            }
-        }
-        try await far.connect()
-        let (a, source) = try await Self.upstreamProcessWithSource(port: portA, downstreamPort: portB)
-        let texts = (0..<60).map { "again-\($0)" }
-        for text in texts { try await source.write(tag: 0x39, data: Array(text.utf8)) }
-        #expect(await eventually { far.client.framesReceivedForTesting == 60 }, "\(far.client.framesReceivedForTesting) read")
-        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
+        let setup = try await GatedFar(count: 60, firstGated: 40)
+        let (far, a, source, handled) = (setup.far, setup.a, setup.source, setup.handled)
         let kept = source.client.keptFrames
         #expect(kept >= 58, "kept \(kept)")
         await a.kill()
@@ -664,64 +686,41 @@ struct MeshLoopbackTests {
         // the handler took every frame before them in the stream (the 19
         // queued originals), and the upstream settled the source's burst as
         // one, so the source kept all it sent again.
-        first.open()
+        setup.first.open()
         #expect(await handled.wait(for: 40))
         let settledAtMost = 40 / ReceiptLedger.framesPerLinkCheckpoint * ReceiptLedger.framesPerLinkCheckpoint
         #expect(await eventually { source.client.keptFrames <= 60 - settledAtMost }, "kept \(source.client.keptFrames)")
         #expect(source.client.keptFrames >= 20, "kept \(source.client.keptFrames): only what the handler finished settles")
-        rest.open()
+        setup.rest.open()
         #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
         #expect(await handled.wait(for: 60))
-        #expect(handled.items == texts, "each once, in order: \(handled.items.count)")
-        await source.close()
-        await far.close()
-        await b.close()
-        await a.kill()
+        #expect(handled.items == setup.texts, "each once, in order: \(handled.items.count)")
+        await setup.close()
     }
 
     @Test("frames the downstream's function handles while an upstream zipper is down are not handled again when their copies come through its next run: the downstream says copies may follow as the upstream's connection ends")
     func copiesOfWhatWasHandledWhileTheUpstreamWasAway() async throws {
-        let portA = try await freePort(), portB = try await freePort()
-        let b = Self.zipper("b", port: portB, mesh: [])
-        try await b.start()
-        let (first, rest) = (Gate(), Gate())
-        let handled = Inbox<String>()
         // A function that writes nothing: what it handles is reported at once.
-        let far = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(observedTags: [0x39], credential: "token:mesh"))
-        far.setPipeHandler { input, _ in
-            for await frame in input {
-                let text = String(decoding: frame.data, as: UTF8.self)
-                await (Int(text.split(separator: "-").last ?? "") ?? 0 < 5 ? first : rest).wait()
-                handled.append(text)
-            }
-        }
-        try await far.connect()
-        let (a, source) = try await Self.upstreamProcessWithSource(port: portA, downstreamPort: portB)
-        let texts = (0..<10).map { "again-\($0)" }
-        for text in texts { try await source.write(tag: 0x39, data: Array(text.utf8)) }
-        #expect(await eventually { far.client.framesReceivedForTesting == 10 }, "\(far.client.framesReceivedForTesting) read")
-        #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
+        let setup = try await GatedFar(count: 10, firstGated: 5)
+        let (b, far, a, source, handled) = (setup.b, setup.far, setup.a, setup.source, setup.handled)
         let kept = source.client.keptFrames
         #expect(kept >= 8, "kept \(kept)")
         await a.kill()
         #expect(await eventually { b.statistics.copiesAnnounced >= 1 }, "told as the upstream's connection ended")
         // While a is down the function handles the first five and reports them.
-        first.open()
+        setup.first.open()
         #expect(await handled.wait(for: 5))
         try a.restart()
         #expect(await eventually { far.client.framesReceivedForTesting == 10 + kept }, "\(far.client.framesReceivedForTesting) read")
-        rest.open()
+        setup.rest.open()
         #expect(await handled.wait(for: 10))
         // Nothing more comes: every copy came before this.
         try await source.write(tag: 0x39, data: Array("again-last".utf8))
         #expect(await handled.wait(for: 11))
         // Until the fifty-fifth round the copies of the first five were handled again.
-        #expect(handled.items == texts + ["again-last"], "each once, in order: \(handled.items)")
+        #expect(handled.items == setup.texts + ["again-last"], "each once, in order: \(handled.items)")
         #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
-        await source.close()
-        await far.close()
-        await b.close()
-        await a.kill()
+        await setup.close()
     }
 
     @Test("a downstream that holds what an upstream forwarded for a function not there yet, and then the copies the upstream's next run brings after its crash: the function, told as the held frames come that copies may follow, handles each once")
