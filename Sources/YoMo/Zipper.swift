@@ -602,8 +602,10 @@ public final class Zipper: Sendable {
     /// are quiet. Until the thirtieth round of issue 14 every connection
     /// closed at once and frames inside the zipper were lost. With a held
     /// frames file (`keepsHoldAtClose`) what the functions have yet to take
-    /// or handle goes into it, for the next start to give them, so they are
-    /// closed at the first moment when nothing they wrote is unread: until
+    /// or handle goes into it, for the next start to give them, so past
+    /// `backlogGrace` (a function that keeps up finishes what is on its way
+    /// within it, and leaves nothing to give again) they are closed at the
+    /// first moment when nothing they wrote is unread: until
     /// the fifty-fifth round of issue 14 a function slower than its sources
     /// held every such close to `deadline` (`yomo-fault-bench chaos --mesh
     /// --seed 8`: each SIGTERM of the downstream 2.5 s, its function's
@@ -612,7 +614,6 @@ public final class Zipper: Sendable {
     private func drain(_ server: QUICServer, until deadline: ContinuousClock.Instant) async {
         await server.stopAccepting()
         let started = ContinuousClock.now
-        let keeps = keepsHoldAtClose
         let senders = state.withLock { state -> [(connection: QUICFrameConnection, left: Latch)] in
             state.peers.compactMap { id, peer in
                 peer.member.clientType == .streamFunction ? nil : (peer.connection, state.departure(of: id))
@@ -626,6 +627,7 @@ public final class Zipper: Sendable {
         var functionsClosed = false
         var keptForFunctions = 0
         while ContinuousClock.now < deadline {
+            let keeps = keepsHoldAtClose && ContinuousClock.now - started >= Self.backlogGrace
             let (pending, kept, progress, functions) = drainProgress(keepingFunctionsBacklog: keeps)
             if pending == 0, !functionsClosed {
                 // Functions write too (a pipeline): closed all at one quiet
@@ -658,6 +660,11 @@ public final class Zipper: Sendable {
 
     /// How long a graceful close waits for stream functions that acknowledge nothing more.
     static let drainStallLimit: Duration = .seconds(1)
+
+    /// How long a graceful close with a held frames file waits for its
+    /// stream functions to take and handle what it wrote them before it
+    /// keeps the rest in the file.
+    static let backlogGrace: Duration = .milliseconds(250)
 
     /// Whether the close keeps what the stream functions had yet to take or
     /// handle, with the hold, in the held frames file for the next start.

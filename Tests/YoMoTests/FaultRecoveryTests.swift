@@ -606,6 +606,41 @@ struct FaultRecoveryTests {
         await second.close()
     }
 
+    @Test("a graceful close with a held frames file lets a stream function that keeps up finish what is on its way: nothing is kept for the next start")
+    func closeLetsAFunctionThatKeepsUpFinish() async throws {
+        let directory = NSTemporaryDirectory() + "yomo-test-keeps-up-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let records = Inbox<String>()
+        let zipper = Zipper(
+            configuration: ZipperConfiguration(host: "127.0.0.1", port: 0, functionsFile: directory + "/functions.yaml"),
+            options: Zipper.Options(logger: Logger(label: "test.zipper") { _ in CapturingLogHandler(lines: records) }))
+        try await zipper.start()
+        let address = try #require(zipper.address)
+        let handled = Inbox<String>()
+        let function = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33], retryConnect: true))
+        function.setPipeHandler { input, _ in
+            for await frame in input {
+                try? await Task.sleep(for: .milliseconds(2))
+                handled.append(String(decoding: frame.data, as: UTF8.self))
+            }
+        }
+        try await function.connect()
+        let source = Source(name: "writer", zipper: address, options: .init(retryConnect: true))
+        try await source.connect()
+        // 20 frames on their way, about 40 ms of handling, as the close begins.
+        for index in 0..<20 { try await source.write(tag: 0x33, data: Array("frame-\(index)".utf8)) }
+        #expect(await eventually { function.client.framesReceivedForTesting >= 1 })
+        await zipper.close()
+        let lines = records.items.filter { $0.contains("closing:") }
+        // Without `backlogGrace` the close kept the frames still on their way in the file.
+        #expect(lines.contains { $0.contains("closing: every frame taken was delivered") && !$0.contains("or kept") }, "\(lines)")
+        #expect(!FileManager.default.fileExists(atPath: directory + "/functions.yaml.held"))
+        #expect(handled.items.count == 20, "\(handled.items.count)")
+        await source.close()
+        await function.close()
+    }
+
     @Test("a function closing with a backlog across its zipper's graceful restart: the next zipper gives it the frames it kept for it, it finishes those it handled, gives back what still waits for its handlers (a pipe queue; what async handlers at their limit had yet to start), and its next instance gets the rest, each frame handled once",
           arguments: zip([20, 1, 20], [false, false, true]))
     func closingFunctionTakesItsCopies(shutdownSeconds: Int, asyncHandler: Bool) async throws {
