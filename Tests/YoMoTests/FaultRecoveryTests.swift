@@ -621,14 +621,14 @@ struct FaultRecoveryTests {
         let function = StreamFunction(name: "upper", zipper: address, options: .init(observedTags: [0x33], retryConnect: true))
         function.setPipeHandler { input, _ in
             for await frame in input {
-                try? await Task.sleep(for: .milliseconds(2))
+                try? await Task.sleep(for: .milliseconds(1))
                 handled.append(String(decoding: frame.data, as: UTF8.self))
             }
         }
         try await function.connect()
         let source = Source(name: "writer", zipper: address, options: .init(retryConnect: true))
         try await source.connect()
-        // 20 frames on their way, about 40 ms of handling, as the close begins.
+        // 20 frames on their way, about 20 ms of handling, as the close begins.
         for index in 0..<20 { try await source.write(tag: 0x33, data: Array("frame-\(index)".utf8)) }
         #expect(await eventually { function.client.framesReceivedForTesting >= 1 })
         await zipper.close()
