@@ -1197,9 +1197,27 @@ final class ClientRuntime: Sendable {
         _ group: inout DiscardingTaskGroup
     ) {
         // Decoded once already, when it was read.
-        let view = MetadataView(frame.data.metadata)
-        let metadata = view == nil ? (try? Metadata(decoding: frame.data.metadata)) ?? Metadata() : Metadata()
+        let (view, metadata) = Self.readMetadata(of: frame.data)
         startAsyncHandler(handler, frame.data, view: view, metadata: metadata, held: frame.held, token: frame.token, setup, handlers, &group)
+    }
+
+    /// An unstarted frame's metadata as the serving loop read it: in place,
+    /// or decoded where the view cannot read it.
+    private static func readMetadata(of data: DataFrame) -> (view: MetadataView?, decoded: Metadata) {
+        let view = MetadataView(data.metadata)
+        return (view, view == nil ? (try? Metadata(decoding: data.metadata)) ?? Metadata() : Metadata())
+    }
+
+    /// An async handler's function span: from the metadata read in place
+    /// (`trace`, its canonical values, when read), or from the decoded one.
+    private func asyncHandlerSpan(
+        _ data: DataFrame, view: MetadataView?, trace: MetadataView.CanonicalTrace?, decoded metadata: Metadata, _ setup: Setup
+    ) -> YoMoSpan? {
+        let length = data.payload.readableBytes
+        if let view {
+            return setup.tracing.functionSpan(name: name, handlerType: "async_handler", tag: data.tag, length: length, view: view, trace: trace)
+        }
+        return setup.tracing.functionSpan(name: name, handlerType: "async_handler", tag: data.tag, length: length, received: metadata)
     }
 
     /// Starts an async handler on a frame the limits let in.
@@ -1213,12 +1231,7 @@ final class ClientRuntime: Sendable {
         token?.taken()
         // The trace values as numbers, read once for the parent and the patch.
         let trace = setup.tracing.tracer.isEnabled ? view?.canonicalTrace : nil
-        let span = if let view {
-            setup.tracing.functionSpan(
-                name: name, handlerType: "async_handler", tag: data.tag, length: length, view: view, trace: trace)
-        } else {
-            setup.tracing.functionSpan(name: name, handlerType: "async_handler", tag: data.tag, length: length, received: metadata)
-        }
+        let span = asyncHandlerSpan(data, view: view, trace: trace, decoded: metadata, setup)
         setup.tracing.debug(logger, under: span, "frame received", metadata: YoMoLogField.frame(
             tid: (view.map { $0.string(.tid) } ?? metadata[Metadata.ReservedKey.tid]) ?? "", tag: data.tag, dataLength: length))
         // The span's ids go into the decoded metadata only if the
@@ -1534,13 +1547,8 @@ final class ClientRuntime: Sendable {
     private func givenBackSpans(_ frames: [DataFrame], _ setup: Setup) -> [YoMoSpan] {
         guard setup.tracing.tracer.isEnabled else { return [] }
         return frames.compactMap { data in
-            let length = data.payload.readableBytes
-            if let view = MetadataView(data.metadata) {
-                return setup.tracing.functionSpan(
-                    name: name, handlerType: "async_handler", tag: data.tag, length: length, view: view, trace: view.canonicalTrace)
-            }
-            let metadata = (try? Metadata(decoding: data.metadata)) ?? Metadata()
-            return setup.tracing.functionSpan(name: name, handlerType: "async_handler", tag: data.tag, length: length, received: metadata)
+            let (view, metadata) = Self.readMetadata(of: data)
+            return asyncHandlerSpan(data, view: view, trace: view?.canonicalTrace, decoded: metadata, setup)
         }
     }
 
