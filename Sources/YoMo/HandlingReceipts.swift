@@ -408,6 +408,51 @@ final class HandlingLedger: Sendable {
     var framesReceived: Int { state.withLock { $0.received } }
 
     /// What the zipper was last told.
+    /// Frames earlier connections brought that were not finished when this
+    /// one began, in the order the handlers take them, and the ids of those
+    /// finished since that no receipt could name yet (`earlierFinished`).
+    private let earlier = Mutex<(waiting: ArraySlice<(tid: String, token: Token)>, unnamed: [String])>(([], []))
+    /// Of `earlier`'s frames, how many from the first are looked at each
+    /// time: the handlers take them in order, and async ones finish out of
+    /// order only within their concurrency.
+    static let earlierLookedAtOnce = 64
+
+    /// This connection names the frames `unfinished` as they finish
+    /// (`ReceiptFrame.handledBefore`), oldest first.
+    func nameWhenFinished(_ unfinished: [(tid: String, token: Token)]) {
+        earlier.withLock { $0.waiting = unfinished[...] }
+    }
+
+    /// The ids of earlier connections' frames finished since the last call
+    /// (and of those a receipt could not name before: see `unnamed`), and
+    /// whether some are still to finish.
+    func earlierFinished() -> (tids: [String], waiting: Bool) {
+        let window = earlier.withLock { $0.waiting.prefix(Self.earlierLookedAtOnce) }
+        // Asked outside the lock: a token asks its own ledger.
+        let finished = Set(window.filter { $0.token.isFinished }.map(\.tid))
+        return earlier.withLock { earlier in
+            if !finished.isEmpty {
+                let rest = earlier.waiting.prefix(Self.earlierLookedAtOnce).filter { !finished.contains($0.tid) }
+                earlier.waiting = (rest + earlier.waiting.dropFirst(Self.earlierLookedAtOnce))[...]
+            }
+            let tids = earlier.unnamed + window.map(\.tid).filter(finished.contains)
+            earlier.unnamed = []
+            return (tids, !earlier.waiting.isEmpty)
+        }
+    }
+
+    /// Whether no frame of `earlier` finished without being named yet: a
+    /// closing function's quiet moment waits for that.
+    var earlierNamed: Bool {
+        let (window, unnamed) = earlier.withLock { ($0.waiting.prefix(Self.earlierLookedAtOnce), $0.unnamed) }
+        return unnamed.isEmpty && !window.contains { $0.token.isFinished }
+    }
+
+    /// A receipt could not take these ids now: the next call returns them first.
+    func unnamed(_ tids: [String]) {
+        earlier.withLock { $0.unnamed = tids + $0.unnamed }
+    }
+
     var toldSoFar: Tell {
         let takenBytes = bytesTaken.load(ordering: .relaxed)
         return state.withLock { Tell(handled: $0.told, taken: $0.toldTaken, takenBytes: takenBytes) }

@@ -74,6 +74,9 @@ struct HeldFrames {
         var owed: Set<String> = []
         /// Any stream function that arrives before the deadline, each name once.
         var forAnyArrival = false
+        /// Names it was owed that finished a copy of it before (`handledBefore`):
+        /// as if they had taken it.
+        var handledBy: Set<String> = []
     }
 
     /// Why a frame waits here: said on the span of its wait ("zipper hold"),
@@ -181,6 +184,13 @@ struct HeldFrames {
     /// Functions taking their held frames: what is routed meanwhile is held
     /// for them too, so nothing overtakes what they take.
     private var arriving: [UInt64: RouteMember] = [:]
+    /// By transaction id, the names that finished a frame on a connection
+    /// that ended, as their later connections said (`handledBefore`); the
+    /// oldest pairs forgotten past `maximumHandledCopies` (ids come from
+    /// peers: at most about 2 MiB).
+    private var handledCopies: [String: Set<String>] = [:]
+    private var handledCopiesOrder = CircularBuffer<(tid: String, name: String)>()
+    static let maximumHandledCopies = 16_384
 
     init(settings: ZipperConfiguration.UnroutedHold, startedAt: Instant) {
         self.settings = settings
@@ -264,6 +274,8 @@ struct HeldFrames {
         case held(first: Bool)
         /// Not held: `maximumBytes` is reached.
         case full
+        /// Not held: every name it was held for finished a copy of it before.
+        case handledBefore
     }
 
     /// Whether a frame counted as `bytes` fits within `maximumBytes` now.
@@ -274,13 +286,71 @@ struct HeldFrames {
     mutating func hold(
         _ frame: DataFrame, target: String?, bytes: Int, for claim: Claim, routed: Bool, now: Instant, tally: @autoclosure () -> HoldTally? = nil
     ) -> HoldResult {
+        let claim = lessCopiesHandled(claim, of: frame)
+        if claim.owed.isEmpty && !claim.forAnyArrival { return .handledBefore }
         guard fits(bytes) else { return .full }
+        // As `take` does: its sender's receipt waits for the names it is owed, not for any arrival.
+        let waitedFor = claim.handledBy.isEmpty || !claim.owed.isEmpty
         let entry = Entry(
             frame: frame, target: target, bytes: bytes, deadline: now + settings.duration, heldAt: now,
             reason: Reason(claim),
-            owed: claim.owed, forAnyArrival: claim.forAnyArrival, wasRouted: routed, tally: tally())
+            owed: claim.owed, forAnyArrival: claim.forAnyArrival, deliveredTo: claim.handledBy, wasRouted: routed,
+            tally: waitedFor ? tally() : nil)
         entries.append(entry)
         return count(entry)
+    }
+
+    /// `claim` without the names it owes `frame` that finished a copy of it before.
+    func lessCopiesHandled(_ claim: Claim, of frame: DataFrame) -> Claim {
+        guard !handledCopies.isEmpty, !claim.owed.isEmpty, let tid = MetadataView(frame.metadata)?.string(.tid),
+              let names = handledCopies[tid] else { return claim }
+        var less = claim
+        less.handledBy = claim.owed.intersection(names)
+        less.owed.subtract(names)
+        return less
+    }
+
+    /// `function`'s receipt says its handlers finished the frames `tids` on
+    /// a connection of its that ended (`ReceiptFrame.handledBefore`): what is
+    /// held for it of those is its no longer, as if it took it, and a copy
+    /// held for its name later will not be. The zipper (an upstream's, a
+    /// source's resend) may hold such copies while it is closing and has
+    /// asked for nothing more: until the fifty-sixth round of issue 14 its
+    /// next instance handled again what it finished of its earlier
+    /// connection's queue (`yomo-fault-bench chaos --mesh --seed 9`, 287
+    /// frames). Returns how many held frames it settled.
+    mutating func handledBefore(_ tids: [String], by function: RouteMember) -> Int {
+        var named: Set<String> = []
+        for tid in tids where !tid.isEmpty && tid.utf8.count <= DeliveryDestination.maximumIDLength {
+            named.insert(tid)
+            guard handledCopies[tid, default: []].insert(function.name).inserted else { continue }
+            handledCopiesOrder.append((tid, function.name))
+            if handledCopiesOrder.count > Self.maximumHandledCopies, let oldest = handledCopiesOrder.popFirst() {
+                handledCopies[oldest.tid]?.remove(oldest.name)
+                if handledCopies[oldest.tid]?.isEmpty == true { handledCopies[oldest.tid] = nil }
+            }
+        }
+        guard !named.isEmpty, !entries.isEmpty else { return 0 }
+        var settled = 0
+        var kept = CircularBuffer<Entry>(initialCapacity: entries.count)
+        for var entry in entries {
+            if entry.waits(for: function), let tid = MetadataView(entry.frame.metadata)?.string(.tid), named.contains(tid) {
+                entry.owed.remove(function.name)
+                entry.deliveredTo.insert(function.name)
+                settled += 1
+                if entry.owed.isEmpty {
+                    entry.tally?.release()
+                    entry.tally = nil
+                    if !entry.forAnyArrival {
+                        forget(entry)
+                        continue
+                    }
+                }
+            }
+            kept.append(entry)
+        }
+        if settled > 0 { entries = kept }
+        return settled
     }
 
     /// Holds `frames`, which `function` lacks, for its name alone and ahead of
@@ -299,6 +369,10 @@ struct HeldFrames {
         var results: [HoldResult] = []
         var ahead: [Entry] = []
         for (frame, target, bytes, reason, tally) in frames {
+            if lessCopiesHandled(Claim(owed: [name]), of: frame).owed.isEmpty {
+                results.append(.handledBefore)
+                continue
+            }
             guard fits(bytes) else {
                 results.append(.full)
                 continue

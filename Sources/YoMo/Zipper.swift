@@ -327,6 +327,8 @@ public final class Zipper: Sendable {
                     heldFull = (false, false)
                 case .full:
                     if let level = refuseHeld(tag: frame.tag) { (outcome.refusedLevel, outcome.refusedTag) = (level, frame.tag) }
+                case .handledBefore:
+                    statistics.heldCopiesSettled += 1
                 }
             }
             return outcome
@@ -375,6 +377,10 @@ public final class Zipper: Sendable {
         public var pathMTUBlackHoles = 0
         /// Held frames a stream function then received.
         public var heldFramesDelivered = 0
+        /// Frames not held, or let go from the hold, because the stream
+        /// functions they were held for said they finished a copy of each
+        /// on an earlier connection (`ReceiptFrame.handledBefore`).
+        public var heldCopiesSettled = 0
         /// Frames a stream function's ended connection had not acknowledged
         /// (or its handlers not finished) that went to another instance of its
         /// name, one that joined after they were written (a restart the zipper
@@ -1444,7 +1450,10 @@ public final class Zipper: Sendable {
                         let settled = min(Int(clamping: handled.settledThrough), written)
                         quic.releaseRetained(through: settled)
                         delivery.handled(through: settled, ahead: handled.handledAhead, written: written)
-                        if !handled.handledBefore.isEmpty { delivery.handledBefore(handled.handledBefore) }
+                        if !handled.handledBefore.isEmpty {
+                            delivery.handledBefore(handled.handledBefore)
+                            settleCopiesHeld(handled.handledBefore, handledBy: member, logger: connectionLogger)
+                        }
                         if let taken = handled.takenThrough {
                             delivery.took(through: min(Int(clamping: taken), written), bytes: handled.takenBytes.map { Int(clamping: $0) })
                         } else {
@@ -1563,6 +1572,20 @@ public final class Zipper: Sendable {
     /// and closes at a quiet moment, which a steady source never gave while
     /// frames kept coming (every such close took its whole shutdownTimeout;
     /// fortieth round of issue 14). Its end does the rest.
+    /// A function named frames it finished on an earlier connection: the
+    /// copies held for its name are settled (see `HeldFrames.handledBefore`).
+    private func settleCopiesHeld(_ tids: [String], handledBy member: RouteMember, logger: Logger) {
+        let settled = state.withLock { state in
+            let settled = state.held.handledBefore(tids, by: member)
+            state.statistics.heldCopiesSettled += settled
+            return settled
+        }
+        guard settled > 0 else { return }
+        logger.debug("frames held for this stream function's name were handled before: let go, not given to it again", metadata: [
+            "frames": "\(settled)",
+        ])
+    }
+
     private func stopRouting(to member: RouteMember, logger: Logger) {
         let stopped = state.withLock { state -> Bool in
             guard state.routes.members[member.connectionID] != nil else { return false }
@@ -2071,6 +2094,10 @@ public final class Zipper: Sendable {
                 return (true, destinations, wasEmpty, first ? claim : nil, nil, nil)
             case .full:
                 return (false, destinations, false, nil, state.refuseHeld(tag: frame.tag), claim)
+            case .handledBefore:
+                // Its functions have it: nothing waits, and it is no frame without a route.
+                state.statistics.heldCopiesSettled += 1
+                return (true, destinations, false, nil, nil, nil)
             }
         }
         // The hold filled since the caller looked: refused all the same, its span the no_route count's exemplar.

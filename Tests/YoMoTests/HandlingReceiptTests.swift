@@ -448,6 +448,47 @@ struct HandlingReceiptTests {
         try await backlog.nextInstanceFinishes()
     }
 
+    @Test("a closing function works off what an earlier connection queued for its pipe handler while its zipper, killed and back, gets the copies the source sends again: it names each frame as it finishes it, and the zipper lets go of the copies it holds for the function's next instance, or holds none that come after, which gets none of them again",
+          arguments: [true, false])
+    func closingNamesWhatItFinishesOfAnEarlierQueue(copiesComeFirst: Bool) async throws {
+        // Held past the test's waits: the copies leave the hold only if the function names them.
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--unrouted-hold", "60s"])
+        let (gate, handled) = (Gate(), Inbox<String>())
+        let texts = (0..<10).map { "frame-\($0)" }
+        let first = Self.gatedPipeWorker(zipper.address, gate: gate, handled: handled)
+        try await first.connect()
+        // The source redials after the function: the function says it is closing before the copies come.
+        let late = ReconnectPolicy(firstRetryDelay: .seconds(3) ... .seconds(3), initialDelay: .seconds(1), maximumDelay: .seconds(1), jitter: 0)
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: late, retryConnect: true))
+        try await source.connect()
+        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+        #expect(await eventually { first.client.framesReceivedForTesting == 10 }, "\(first.client.framesReceivedForTesting)")
+        #expect(await eventually { source.client.keptFrames == 8 || source.client.keptFrames == 9 }, "kept \(source.client.keptFrames)")
+        await zipper.kill()
+        try zipper.restart()
+        #expect(await eventually(within: .seconds(10)) { first.client.reconnectCountForTesting == 1 && first.client.isConnected })
+        let closing = Task { await first.close() }
+        #expect(await eventually { first.client.isClosingForTesting })
+        // The queue is handled, the first frame's among it, once the source's
+        // copies are held for the function's name, or before they come.
+        if copiesComeFirst { #expect(await eventually(within: .seconds(10)) { source.client.isConnected }) }
+        gate.open()
+        await closing.value
+        #expect(handled.items == texts, "\(handled.items)")
+        // Named as handled, the copies are settled: before, they waited in the
+        // hold for the next instance, which handled them again.
+        #expect(await eventually(within: .seconds(10)) { source.client.isConnected && source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
+        let second = Self.gatedPipeWorker(zipper.address, gate: nil, handled: handled)
+        try await second.connect()
+        try await source.write(tag: 0x33, data: Array("last".utf8))
+        #expect(await handled.wait(for: 11), "\(handled.items)")
+        try await source.flush(timeout: .seconds(20))
+        #expect(handled.items == texts + ["last"], "each once, in order: \(handled.items)")
+        await source.close()
+        await second.close()
+        await zipper.kill()
+    }
+
     @Test("a closing function whose async handlers are at their limit gives back what it has yet to start, the frame waiting for the limit included, but for what the zipper may have settled: its next instance gets the rest, each frame handled once, in order, its trace through the closing instance's span")
     func closeGivesBackWhatAsyncHandlersHaveYetToStart() async throws {
         let zipper = Zipper(configuration: ZipperConfiguration(host: "127.0.0.1", port: 0))

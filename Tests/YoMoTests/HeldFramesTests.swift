@@ -126,6 +126,39 @@ struct HeldFramesLogicTests {
         #expect(forAny.isSettled, "a later taker and its deadline leave the sender's tally alone")
     }
 
+    @Test("a function that names frames it finished on an earlier connection settles the copies held for its name, and a copy held after is not held for it: other names, other tags and a hold for later arrivals are kept")
+    func copiesHandledBefore() {
+        var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
+        func copy(_ tag: UInt32, _ tid: String) -> DataFrame {
+            DataFrame(tag: tag, metadata: Metadata([Metadata.ReservedKey.tid: tid]), payload: ByteBuffer(string: tid))
+        }
+        let f = function([0x33], name: "f", id: 1)
+        let tallies = (0..<4).map { _ in HoldTally().adding() }
+        _ = held.hold(copy(0x33, "a"), target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start, tally: tallies[0])
+        _ = held.hold(copy(0x33, "b"), target: nil, bytes: 10, for: .init(owed: ["f", "g"]), routed: false, now: start, tally: tallies[1])
+        _ = held.hold(copy(0x33, "c"), target: nil, bytes: 10, for: .init(owed: ["f"], forAnyArrival: true), routed: false, now: start, tally: tallies[2])
+        // Its answer: the same transaction id, a tag f does not observe.
+        _ = held.hold(copy(0x34, "a"), target: nil, bytes: 10, for: anyArrival, routed: false, now: start, tally: tallies[3])
+        _ = held.hold(copy(0x33, "d"), target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start)
+        #expect(held.handledBefore(["a", "b", "c", "z"], by: f) == 3)
+        #expect(tallies[0].isSettled && !tallies[1].isSettled && tallies[2].isSettled && !tallies[3].isSettled,
+                "f's own settled; g is still owed b; the answer waits for its function")
+        #expect(held.entries.map { String(buffer: $0.frame.payload) } == ["b", "c", "a", "d"])
+        #expect(held.take(for: f).map { String(buffer: $0.frame.payload) } == ["d"], "f's next instance gets what it did not name")
+        let g = function([0x33], name: "g", id: 2)
+        #expect(held.take(for: g).map { String(buffer: $0.frame.payload) } == ["b", "c"], "another name still gets them")
+        // Copies that come after the names: not held for f; for g, and for later arrivals, as before.
+        #expect(held.hold(copy(0x33, "a"), target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start) == .handledBefore)
+        let late = HoldTally().adding()
+        #expect(held.hold(copy(0x33, "b"), target: nil, bytes: 10, for: .init(owed: ["f", "g"]), routed: false, now: start, tally: late) == .held(first: false))
+        let forAny = HoldTally().adding()
+        #expect(held.hold(copy(0x33, "c"), target: nil, bytes: 10, for: .init(owed: ["f"], forAnyArrival: true), routed: false, now: start, tally: forAny) == .held(first: false))
+        #expect(late.isSettled == false && held.take(for: f).isEmpty)
+        #expect(held.take(for: g).map { String(buffer: $0.frame.payload) } == ["b", "c"])
+        #expect(held.holdAhead([(copy(0x33, "a"), nil, 10, .notHandled, nil), (copy(0x33, "e"), nil, 10, .notHandled, nil)], for: f, now: start)
+                == [.handledBefore, .held(first: false)])
+    }
+
     @Test("what a connection's end left is waited for frame by frame: a receipt waits only for the frames up to where it waited, and a frame never written there is waited for by every one")
     func leftoversFrameByFrame() {
         let progress = ConnectionProgress()
