@@ -98,6 +98,8 @@ final class Gate: Sendable {
         }
     }
 
+    var isOpen: Bool { state.withLock { $0.open } }
+
     func open() {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.open = true
@@ -971,6 +973,52 @@ struct FaultRecoveryTests {
             #expect(source.endReason?.code == .closed)
         }
         await sink.close()
+        await zipper.kill()
+    }
+
+    @Test("a function closed while it redials, its handler writing all along: the writes made while the next connection takes the held ones join them, none refused")
+    func closeWhileRediallingTakesEveryWrite() async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let (stop, refused) = (Gate(), Inbox<String>())
+        let writes = Inbox<Int>()
+        let function = StreamFunction(name: "answers", zipper: zipper.address, options: .init(
+            observedTags: [0x37], retryConnect: true, outageBufferFrames: 100_000, shutdownTimeout: .seconds(30)))
+        // One frame's handler writes an answer a millisecond until told to stop.
+        function.setHandler { ctx in
+            var count = 0
+            while !stop.isOpen {
+                do {
+                    try await ctx.write(tag: 0x38, data: Array("answer-\(count)".utf8))
+                    count += 1
+                    writes.append(count)
+                } catch {
+                    refused.append("\(error)")
+                }
+                try? await Task.sleep(for: .milliseconds(1))
+            }
+        }
+        try await function.connect()
+        let source = Source(name: "once", zipper: zipper.address)
+        try await source.connect()
+        try await source.write(tag: 0x37, data: Array("go".utf8))
+        #expect(await writes.wait(for: 10))
+        await source.close()
+        await zipper.kill()
+        #expect(await eventually { function.outageStatistics.buffered >= 100 }, "\(function.outageStatistics)")
+        // Closed while it redials, it redials on to deliver what the handler writes.
+        let closing = Task { await function.close() }
+        #expect(await eventually { function.client.isClosingForTesting })
+        try zipper.restart()
+        // The held answers went out, and more were written on the connection after them.
+        #expect(await eventually(within: .seconds(10)) { function.outageStatistics.delivered > 0 }, "\(function.outageStatistics)")
+        let delivered = writes.items.count
+        #expect(await writes.wait(for: delivered + 50))
+        stop.open()
+        await closing.value
+        // Before, a write made while the connection took the held ones found
+        // the client closing with no connection, and was refused.
+        #expect(refused.items.isEmpty, "\(refused.items.prefix(3)) (\(refused.items.count))")
+        #expect(function.outageStatistics.dropped == 0, "\(function.outageStatistics)")
         await zipper.kill()
     }
 
