@@ -407,7 +407,6 @@ final class HandlingLedger: Sendable {
     /// Data frames read on this connection.
     var framesReceived: Int { state.withLock { $0.received } }
 
-    /// What the zipper was last told.
     /// Frames earlier connections brought that were not finished when this
     /// one began, in the order the handlers take them, and the ids of those
     /// finished since that no receipt could name yet (`earlierFinished`).
@@ -453,6 +452,7 @@ final class HandlingLedger: Sendable {
         earlier.withLock { $0.unnamed = tids + $0.unnamed }
     }
 
+    /// What the zipper was last told.
     var toldSoFar: Tell {
         let takenBytes = bytesTaken.load(ordering: .relaxed)
         return state.withLock { Tell(handled: $0.told, taken: $0.toldTaken, takenBytes: takenBytes) }
