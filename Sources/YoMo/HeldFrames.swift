@@ -353,6 +353,11 @@ struct HeldFrames {
         return settled
     }
 
+    /// The transaction ids of the frames held that `function` would take, in order.
+    func tids(waitingFor function: RouteMember) -> [String] {
+        entries.compactMap { entry in entry.waits(for: function) ? MetadataView(entry.frame.metadata)?.string(.tid) : nil }
+    }
+
     /// Holds `frames`, which `function` lacks, for its name alone and ahead of
     /// any frame already held that it would take: those are newer (held while
     /// it was taking these, in a connection that then ended). Ahead of them,

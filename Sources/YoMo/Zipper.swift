@@ -130,6 +130,10 @@ public final class Zipper: Sendable {
         var server: QUICServer?
         var routes = RouteTable()
         var peers: [UInt64: Peer] = [:]
+        /// By name, the connections of stream functions that said they are
+        /// closing to a zipper that answers: told the ids of the frames held
+        /// for their name (`tellHeldCopies`).
+        var closingNames: [String: Set<UInt64>] = [:]
 
         /// Adds a client to the routes; a stream function's namesakes there
         /// note how far they had been written to (`Peer.writtenWhenNamesakeJoined`).
@@ -1293,6 +1297,9 @@ public final class Zipper: Sendable {
                 let leftRoutesBefore = state.routes.members[id] == nil
                 state.routes.remove(id)
                 state.peers[id] = nil
+                if state.closingNames[member.name]?.remove(id) != nil, state.closingNames[member.name]?.isEmpty == true {
+                    state.closingNames[member.name] = nil
+                }
                 if member.clientType == .upstreamZipper { expectingCopies = state.upstreamLeft(member.name) }
                 waiters = state.departureWaiters.removeValue(forKey: id) ?? []
                 let wasEmpty = state.held.isEmpty
@@ -1462,7 +1469,9 @@ public final class Zipper: Sendable {
                         if handled.closing {
                             delivery.settleOnlyWhatIsTaken()
                             stopRouting(to: member, logger: connectionLogger)
-                            if !closingAnswered { answerClosing(connection, logger: connectionLogger) }
+                            if !closingAnswered, answerClosing(connection, logger: connectionLogger) {
+                                tellHeldCopies(to: member, connection)
+                            }
                             closingAnswered = true
                         }
                     }
@@ -1566,12 +1575,6 @@ public final class Zipper: Sendable {
         return state.withLock { $0.endedLedgers.removeValue(forKey: handshake.resumes) }
     }
 
-    /// A stream function said it is closing (`ReceiptFrame.closing`): nothing
-    /// more is routed to it. Its tags' frames go to its namesakes, or are held
-    /// for its return, as after its end; it finishes the frames on their way
-    /// and closes at a quiet moment, which a steady source never gave while
-    /// frames kept coming (every such close took its whole shutdownTimeout;
-    /// fortieth round of issue 14). Its end does the rest.
     /// A function named frames it finished on an earlier connection: the
     /// copies held for its name are settled (see `HeldFrames.handledBefore`).
     private func settleCopiesHeld(_ tids: [String], handledBy member: RouteMember, logger: Logger) {
@@ -1586,6 +1589,12 @@ public final class Zipper: Sendable {
         ])
     }
 
+    /// A stream function said it is closing (`ReceiptFrame.closing`): nothing
+    /// more is routed to it. Its tags' frames go to its namesakes, or are held
+    /// for its return, as after its end; it finishes the frames on their way
+    /// and closes at a quiet moment, which a steady source never gave while
+    /// frames kept coming (every such close took its whole shutdownTimeout;
+    /// fortieth round of issue 14). Its end does the rest.
     private func stopRouting(to member: RouteMember, logger: Logger) {
         let stopped = state.withLock { state -> Bool in
             guard state.routes.members[member.connectionID] != nil else { return false }
@@ -1605,8 +1614,9 @@ public final class Zipper: Sendable {
     /// every SIGTERM until the fifty-third round of issue 14. Queued past any
     /// limit (25 bytes): it must reach the function after what was written
     /// before, which its window now lets through.
-    private func answerClosing(_ connection: QUICFrameConnection, logger: Logger) {
-        guard let unkept = connection.connection.pinRetention() else { return }
+    @discardableResult
+    private func answerClosing(_ connection: QUICFrameConnection, logger: Logger) -> Bool {
+        guard let unkept = connection.connection.pinRetention() else { return false }
         let answer = Frame.receipt(ReceiptFrame(settledThrough: 0, closing: true, unkeptThrough: UInt64(unkept)))
         _ = try? connection.tryWrite(control: answer, limit: .max)
         if connection.connection.givenUpBytes > 0 {
@@ -1614,7 +1624,32 @@ public final class Zipper: Sendable {
                 "unkept_through": "\(unkept)",
             ])
         }
+        return true
     }
+
+    /// Tells a closing function the ids of the frames held for its name
+    /// (`ReceiptFrame.heldCopies`), now and as more are held: copies an
+    /// upstream zipper or a source sends again of what an earlier connection
+    /// of its brought, which it has queued and may give back instead of
+    /// handling. Until the fifty-sixth round of issue 14 a function closed
+    /// while it redialled worked off that queue until its deadline, 5 s
+    /// (`yomo-fault-bench chaos --mesh --seed 9`).
+    private func tellHeldCopies(to member: RouteMember, _ connection: QUICFrameConnection) {
+        let tids = state.withLock { state -> [String] in
+            state.closingNames[member.name, default: []].insert(member.connectionID)
+            return state.held.tids(waitingFor: member)
+        }
+        tellHeldCopies(tids, to: connection)
+    }
+
+    private func tellHeldCopies(_ tids: [String], to connection: QUICFrameConnection) {
+        for start in stride(from: 0, to: tids.count, by: Self.heldCopiesPerReceipt) {
+            let ids = Array(tids[start..<min(start + Self.heldCopiesPerReceipt, tids.count)])
+            _ = try? connection.tryWrite(control: .receipt(ReceiptFrame(settledThrough: 0, heldCopies: ids)), limit: .max)
+        }
+    }
+
+    static let heldCopiesPerReceipt = 128
 
     /// A frame whose write found a stream function's connection ended: held
     /// for its return after what it had not acknowledged (with it, if it has
@@ -2073,6 +2108,8 @@ public final class Zipper: Sendable {
         forwarded: Bool = false, logger: Logger
     ) -> (held: Bool, destinations: [Destination], refusal: SpanContext?) {
         let owned = HeldFrames.owned(frame, patch: patch)
+        // Closing functions of the names it is held for: told its id.
+        var closing: [QUICFrameConnection] = []
         typealias Outcome = (
             held: Bool, destinations: [Destination], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?, refused: HeldFrames.Claim?
         )
@@ -2091,6 +2128,9 @@ public final class Zipper: Sendable {
             case .held(let first):
                 state.statistics.heldFrames += 1
                 state.heldFull = (false, false)
+                if !state.closingNames.isEmpty {
+                    closing = claim.owed.flatMap { state.closingNames[$0] ?? [] }.compactMap { state.peers[$0]?.connection }
+                }
                 return (true, destinations, wasEmpty, first ? claim : nil, nil, nil)
             case .full:
                 return (false, destinations, false, nil, state.refuseHeld(tag: frame.tag), claim)
@@ -2104,6 +2144,9 @@ public final class Zipper: Sendable {
         var refusal: SpanContext?
         if let claim = outcome.refused, tracing.tracer.isEnabled { refusal = traceRefusedByFullHold(owned, for: claim) }
         if outcome.wasEmpty { heldWakeups.continuation.yield() }
+        if !closing.isEmpty, let tid = MetadataView(owned.metadata)?.string(.tid) {
+            for connection in closing { tellHeldCopies([tid], to: connection) }
+        }
         if let claim = outcome.firstFor, mayLogAboutHeldFrames() {
             let duration = configuration.unroutedHold.duration
             if claim.owed.isEmpty || outcome.destinations.isEmpty {

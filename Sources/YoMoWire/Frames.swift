@@ -205,11 +205,19 @@ public struct ReceiptFrame: Hashable, Sendable {
     /// offset instead of handling them. A function that does not know the
     /// field handles everything it has before it closes.
     public var unkeptThrough: UInt64?
+    /// In a zipper's receipt to a closing stream function that acknowledges
+    /// handling: transaction ids of frames it holds for the function's name
+    /// (sequence id 0x0B, encoded as 0x07 is): copies an upstream zipper or a
+    /// source sent again while the function closes, routed nothing. The
+    /// function may give back the frames of earlier connections it still
+    /// has with these ids, unhandled: the zipper gives the copies to its
+    /// next instance. A function that does not know the field handles them.
+    public var heldCopies: [String]
 
     public init(
         settledThrough: UInt64, previousRoutedThrough: UInt64? = nil, welcomesHandling: Bool = false, closing: Bool = false,
         takenThrough: UInt64? = nil, handledAhead: [Range<UInt64>] = [], handledBefore: [String] = [], copiesMayFollow: Bool = false,
-        takenBytes: UInt64? = nil, unkeptThrough: UInt64? = nil
+        takenBytes: UInt64? = nil, unkeptThrough: UInt64? = nil, heldCopies: [String] = []
     ) {
         self.settledThrough = settledThrough
         self.previousRoutedThrough = previousRoutedThrough
@@ -221,6 +229,7 @@ public struct ReceiptFrame: Hashable, Sendable {
         self.copiesMayFollow = copiesMayFollow
         self.takenBytes = takenBytes
         self.unkeptThrough = unkeptThrough
+        self.heldCopies = heldCopies
     }
 }
 
@@ -282,6 +291,16 @@ extension ByteBuffer {
     mutating func writeChildHeader(_ sequenceID: UInt8, length: Int) {
         writeInteger(sequenceID)
         Y3.writeLength(length, into: &self)
+    }
+
+    /// Transaction ids as a receipt's child: each one length byte and that many bytes of id.
+    mutating func writeIDs(_ sequenceID: UInt8, _ ids: [String]) {
+        writeChildHeader(sequenceID, length: ReceiptFrame.idsLength(ids))
+        for tid in ids {
+            let bytes = tid.utf8.prefix(255)
+            writeInteger(UInt8(bytes.count))
+            writeBytes(bytes)
+        }
     }
 
     @inlinable
@@ -425,7 +444,8 @@ extension Frame {
                     + (frame.closing ? childSize(1) : 0) + (frame.takenThrough == nil ? 0 : childSize(8))
                     + (frame.handledAhead.isEmpty ? 0 : childSize(16 * frame.handledAhead.count))
                     + (frame.handledBefore.isEmpty ? 0 : childSize(frame.handledBeforeLength)) + (frame.copiesMayFollow ? childSize(1) : 0)
-                    + (frame.takenBytes == nil ? 0 : childSize(8)) + (frame.unkeptThrough == nil ? 0 : childSize(8)))
+                    + (frame.takenBytes == nil ? 0 : childSize(8)) + (frame.unkeptThrough == nil ? 0 : childSize(8))
+                    + (frame.heldCopies.isEmpty ? 0 : childSize(ReceiptFrame.idsLength(frame.heldCopies))))
             buffer.writeChildHeader(0x01, length: 8)
             buffer.writeInteger(frame.settledThrough)
             if let previous = frame.previousRoutedThrough {
@@ -451,14 +471,7 @@ extension Frame {
                     buffer.writeInteger(range.upperBound)
                 }
             }
-            if !frame.handledBefore.isEmpty {
-                buffer.writeChildHeader(0x07, length: frame.handledBeforeLength)
-                for tid in frame.handledBefore {
-                    let bytes = tid.utf8.prefix(255)
-                    buffer.writeInteger(UInt8(bytes.count))
-                    buffer.writeBytes(bytes)
-                }
-            }
+            if !frame.handledBefore.isEmpty { buffer.writeIDs(0x07, frame.handledBefore) }
             if frame.copiesMayFollow {
                 buffer.writeChildHeader(0x08, length: 1)
                 buffer.writeInteger(UInt8(1))
@@ -471,6 +484,7 @@ extension Frame {
                 buffer.writeChildHeader(0x0A, length: 8)
                 buffer.writeInteger(unkept)
             }
+            if !frame.heldCopies.isEmpty { buffer.writeIDs(0x0B, frame.heldCopies) }
         }
     }
 
@@ -590,8 +604,11 @@ extension HandshakeFrame {
 }
 
 extension ReceiptFrame {
-    /// The bytes of child 0x07's value (ids longer than 255 bytes are cut: none is).
-    var handledBeforeLength: Int { handledBefore.reduce(0) { $0 + 1 + min($1.utf8.count, 255) } }
+    /// The bytes of a list of ids as children 0x07 and 0x0B write them (ids
+    /// longer than 255 bytes are cut: none is).
+    static func idsLength(_ ids: [String]) -> Int { ids.reduce(0) { $0 + 1 + min($1.utf8.count, 255) } }
+
+    var handledBeforeLength: Int { Self.idsLength(handledBefore) }
 
     init(body: ByteBuffer) throws(WireError) {
         var settled: UInt64?
@@ -604,6 +621,7 @@ extension ReceiptFrame {
         var unkept: UInt64?
         var ahead: [Range<UInt64>] = []
         var before: [String] = []
+        var held: [String] = []
         try body.withUnsafeReadableBytesTyped { (bytes) throws(WireError) in
             func offset(at index: Int) -> UInt64 {
                 UInt64(bigEndian: UnsafeRawBufferPointer(rebasing: bytes[index..<index + 8]).loadUnaligned(as: UInt64.self))
@@ -622,14 +640,15 @@ extension ReceiptFrame {
                     }
                     return
                 }
-                if sequenceID == 0x07 {
+                if sequenceID == 0x07 || sequenceID == 0x0B {
                     var at = start
                     while at < start + length {
                         let count = Int(bytes[at])
                         guard count > 0, at + 1 + count <= start + length else {
                             throw WireError(.invalidValue, "ReceiptFrame transaction ids: an id of \(count) bytes at \(at - start) of \(length)")
                         }
-                        before.append(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[at + 1..<at + 1 + count]), as: UTF8.self))
+                        let tid = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[at + 1..<at + 1 + count]), as: UTF8.self)
+                        if sequenceID == 0x07 { before.append(tid) } else { held.append(tid) }
                         at += 1 + count
                     }
                     return
@@ -668,6 +687,7 @@ extension ReceiptFrame {
         copiesMayFollow = copies
         takenBytes = bytesTaken
         unkeptThrough = unkept
+        heldCopies = held
     }
 }
 

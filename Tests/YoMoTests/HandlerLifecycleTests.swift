@@ -224,6 +224,27 @@ struct HandlerLifecycleTests {
         try await asked.expectAnswer(afterRestarting: zipper, closing)
     }
 
+    @Test("close() while redialling a dead zipper, which comes back and dies again as the function delivers, a handler still at work: the function redials again, and the answer reaches the zipper that comes back",
+          arguments: [false, true])
+    func closeWhileRedialingSurvivesASecondLoss(pipe: Bool) async throws {
+        let zipper = try ZipperProcess(port: try await freePort())
+        let asked = try await AnswerInAHandler(pipe: pipe, zipper: zipper.address)
+        let function = asked.function
+        await zipper.kill()
+        await function.client.dropConnectionForTesting()
+        #expect(await eventually { asked.logged("reconnect failed") }, "\(asked.lines.items)")
+        let closing = Task { await function.close() }
+        #expect(await eventually { asked.logged("deliver what the handlers still running write") }, "\(asked.lines.items)")
+        // Back to deliver, it waits for its handler; the zipper dies under it.
+        try zipper.restart()
+        #expect(await eventually(within: .seconds(10)) { function.client.isConnected })
+        await zipper.kill()
+        asked.gate.open()
+        // Before, the close ended once the handler did, and dropped the answer.
+        #expect(await eventually { asked.logged("lost under the close") }, "\(asked.lines.items)")
+        try await asked.expectAnswer(afterRestarting: zipper, closing)
+    }
+
     @Test("a zipper killed while a function closes, a handler still at work: the function redials until its close deadline, and the answer reaches the zipper that comes back")
     func zipperKilledUnderTheClose() async throws {
         let zipper = try ZipperProcess(port: try await freePort())

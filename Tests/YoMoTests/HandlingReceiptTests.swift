@@ -448,9 +448,8 @@ struct HandlingReceiptTests {
         try await backlog.nextInstanceFinishes()
     }
 
-    @Test("a closing function works off what an earlier connection queued for its pipe handler while its zipper, killed and back, gets the copies the source sends again: it names each frame as it finishes it, and the zipper lets go of the copies it holds for the function's next instance, or holds none that come after, which gets none of them again",
-          arguments: [true, false])
-    func closingNamesWhatItFinishesOfAnEarlierQueue(copiesComeFirst: Bool) async throws {
+    @Test("a closing function works off what an earlier connection queued for its pipe handler before its zipper, killed and back, gets the copies the source sends again: it names each frame as it finishes it, and the zipper holds none of the copies for the function's next instance, which gets none of them again")
+    func closingNamesWhatItFinishesOfAnEarlierQueue() async throws {
         // Held past the test's waits: the copies leave the hold only if the function names them.
         let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--unrouted-hold", "60s"])
         let (gate, handled) = (Gate(), Inbox<String>())
@@ -458,7 +457,7 @@ struct HandlingReceiptTests {
         let first = Self.gatedPipeWorker(zipper.address, gate: gate, handled: handled)
         try await first.connect()
         // The source redials after the function: the function says it is closing before the copies come.
-        let late = ReconnectPolicy(firstRetryDelay: .seconds(3) ... .seconds(3), initialDelay: .seconds(1), maximumDelay: .seconds(1), jitter: 0)
+        let late = ReconnectPolicy(firstRetryDelay: .seconds(6) ... .seconds(6), initialDelay: .seconds(1), maximumDelay: .seconds(1), jitter: 0)
         let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: late, retryConnect: true))
         try await source.connect()
         for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
@@ -469,14 +468,14 @@ struct HandlingReceiptTests {
         #expect(await eventually(within: .seconds(10)) { first.client.reconnectCountForTesting == 1 && first.client.isConnected })
         let closing = Task { await first.close() }
         #expect(await eventually { first.client.isClosingForTesting })
-        // The queue is handled, the first frame's among it, once the source's
-        // copies are held for the function's name, or before they come.
-        if copiesComeFirst { #expect(await eventually(within: .seconds(10)) { source.client.isConnected }) }
+        #expect(!source.client.isConnected, "the source came back before the function said it is closing: the test's order did not hold")
+        // The queue is handled, the first frame's among it, before the source's copies come
+        // (copies held first go back: `closeGivesBackWhatTheZipperHoldsCopiesOf`).
         gate.open()
         await closing.value
         #expect(handled.items == texts, "\(handled.items)")
-        // Named as handled, the copies are settled: before, they waited in the
-        // hold for the next instance, which handled them again.
+        // Named as handled, the copies are settled as they come: before, they
+        // waited in the hold for the next instance, which handled them again.
         #expect(await eventually(within: .seconds(10)) { source.client.isConnected && source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
         let second = Self.gatedPipeWorker(zipper.address, gate: nil, handled: handled)
         try await second.connect()
@@ -484,6 +483,79 @@ struct HandlingReceiptTests {
         #expect(await handled.wait(for: 11), "\(handled.items)")
         try await source.flush(timeout: .seconds(20))
         #expect(handled.items == texts + ["last"], "each once, in order: \(handled.items)")
+        await source.close()
+        await second.close()
+        await zipper.kill()
+    }
+
+    /// How a function with frames of a lost connection comes to close.
+    enum CloseAfterLoss: String, CaseIterable, Sendable {
+        /// A pipe handler's, closed once it redialled.
+        case pipeRedialled
+        /// A pipe handler's, closed while it redials (it comes back to deliver what its handler writes).
+        case pipeWhileRedialling
+        /// Async handlers', at their limit, closed while it redials.
+        case asyncWhileRedialling
+    }
+
+    @Test("a closing function gives back what its lost connection left for its pipe handler, or its async handlers at their limit, once its zipper, killed and back, holds the source's copies for its name and says so: the close ends without working them off; the next instance gets every frame once, in order",
+          arguments: CloseAfterLoss.allCases)
+    func closeGivesBackWhatTheZipperHoldsCopiesOf(_ way: CloseAfterLoss) async throws {
+        let async = way == .asyncWhileRedialling
+        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--unrouted-hold", "60s"])
+        let (gate, handled) = (Gate(), Inbox<String>())
+        let texts = (0..<10).map { "frame-\($0)" }
+        // One async handler at a time: the frames are handled in order.
+        func worker(gate: Gate?) -> StreamFunction {
+            guard async else { return Self.gatedPipeWorker(zipper.address, gate: gate, handled: handled) }
+            let function = StreamFunction(name: "worker", zipper: zipper.address, options: .init(
+                observedTags: [0x33], retryConnect: true, handlerConcurrency: 1, shutdownTimeout: .seconds(30)))
+            function.setHandler { ctx in
+                await gate?.wait()
+                handled.append(String(decoding: ctx.data, as: UTF8.self))
+            }
+            return function
+        }
+        let first = worker(gate: gate)
+        try await first.connect()
+        // The source redials after the function: the function says it is closing before the copies come.
+        let late = ReconnectPolicy(firstRetryDelay: .seconds(6) ... .seconds(6), initialDelay: .seconds(1), maximumDelay: .seconds(1), jitter: 0)
+        let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: late, retryConnect: true))
+        try await source.connect()
+        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+        // A pipe handler's queue takes all ten; async handlers read two (one
+        // waits for the limit) and the rest wait in the connection, all acknowledged.
+        #expect(await eventually { first.client.framesReceivedForTesting == (async ? 2 : 10) }, "\(first.client.framesReceivedForTesting)")
+        #expect(await eventually { source.client.keptFrames == 8 || source.client.keptFrames == 9 }, "kept \(source.client.keptFrames)")
+        let kept = source.client.keptFrames
+        await zipper.kill()
+        let closing: Task<Void, Never>
+        if way == .pipeRedialled {
+            try zipper.restart()
+            #expect(await eventually(within: .seconds(10)) { first.client.reconnectCountForTesting == 1 && first.client.isConnected })
+            closing = Task { await first.close() }
+            #expect(await eventually { first.client.isClosingForTesting })
+            #expect(!source.client.isConnected, "the source came back before the function said it is closing: the test's order did not hold")
+        } else {
+            // Its handler at work, it redials to deliver what that writes.
+            #expect(await eventually(within: .seconds(10)) { !first.client.isConnected })
+            closing = Task { await first.close() }
+            #expect(await eventually { first.client.isClosingForTesting })
+            try zipper.restart()
+        }
+        // The source's copies are held for the function's name, and the zipper
+        // says which: the frames they cover go back, the handler still held
+        // at the first. Before, the close worked them all off.
+        #expect(await eventually(within: .seconds(10)) { first.client.framesGivenBackForTesting == kept },
+                "gave back \(first.client.framesGivenBackForTesting) of \(kept)")
+        gate.open()
+        await closing.value
+        #expect(handled.items == Array(texts.prefix(10 - kept)), "\(handled.items)")
+        let second = worker(gate: nil)
+        try await second.connect()
+        #expect(await handled.wait(for: 10), "\(handled.items)")
+        try await source.flush(timeout: .seconds(20))
+        #expect(handled.items == texts, "each once, in order: \(handled.items)")
         await source.close()
         await second.close()
         await zipper.kill()
@@ -819,7 +891,7 @@ struct HandlingReceiptTests {
         #expect(next.advance(acknowledged: 20) == (nil, false), "nothing left: idle until the next frame")
     }
 
-    @Test("handshake field 0C and receipt fields 03, 04, 05, 06, 07 and 09 round-trip, and a decoder that does not know a field skips it")
+    @Test("handshake field 0C and receipt fields 03, 04, 05, 06, 07, 09 and 0B round-trip, and a decoder that does not know a field skips it")
     func wire() throws {
         let handshake = HandshakeFrame(name: "f", id: "id", clientType: .streamFunction, wantsReceipts: true, acknowledgesHandling: true)
         var decoder = FrameDecoder()
@@ -884,8 +956,16 @@ struct HandlingReceiptTests {
         #expect(beforeBytes.readableBytes == Frame.receipt(ReceiptFrame(settledThrough: 77, takenThrough: 90)).encoded().readableBytes + 2 + 4 + 22)
         #expect(Array(beforeBytes.readableBytesView.suffix(28).prefix(6)) == [0x07, 26, 3, 0x61, 0x62, 0x63])
         #expect(try decoder.decodeFrame(buffer: &beforeBytes) == .receipt(before))
+        // Transaction ids of copies a zipper holds for a closing function's name: field 0B, last, the same way.
+        let held = ReceiptFrame(settledThrough: 0, heldCopies: ["abc", "de"])
+        var heldBytes = Frame.receipt(held).encoded()
+        #expect(Array(heldBytes.readableBytesView.suffix(9)) == [0x0B, 7, 3, 0x61, 0x62, 0x63, 2, 0x64, 0x65])
+        var unknownHeld = heldBytes
+        unknownHeld.setInteger(UInt8(0x0E), at: unknownHeld.writerIndex - 9)
+        #expect(try decoder.decodeFrame(buffer: &heldBytes) == .receipt(held))
+        #expect(try decoder.decodeFrame(buffer: &unknownHeld) == .receipt(ReceiptFrame(settledThrough: 0)), "a function from before reads a plain receipt")
         // An empty id, or one that runs past the field, is refused.
-        for bad: [UInt8] in [[0x07, 0x02, 0x00, 0x61], [0x07, 0x03, 0x01, 0x61, 0x05]] {
+        for bad: [UInt8] in [[0x07, 0x02, 0x00, 0x61], [0x07, 0x03, 0x01, 0x61, 0x05], [0x0B, 0x02, 0x00, 0x61]] {
             var bytes = Frame.receipt(ReceiptFrame(settledThrough: 77)).encoded()
             bytes.writeBytes(bad)
             bytes.setInteger(try #require(bytes.getInteger(at: 1, as: UInt8.self)) + UInt8(bad.count), at: 1)
