@@ -34,9 +34,7 @@ final class ZipperProcess {
         process.executableURL = try yomoExecutable()
         process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"] + arguments
         process.environment = zipperEnvironment(environment)
-        FileManager.default.createFile(atPath: "/tmp/zlog-\(port)-\(Date().timeIntervalSince1970)", contents: nil)
         process.standardError = FileHandle.nullDevice
-        if let path = try? FileManager.default.contentsOfDirectory(atPath: "/tmp").filter({ $0.hasPrefix("zlog-\(port)-") }).sorted().last { process.standardError = FileHandle(forWritingAtPath: "/tmp/" + path) }
         try process.run()
         return process
     }
