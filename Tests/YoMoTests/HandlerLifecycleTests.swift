@@ -212,12 +212,7 @@ struct HandlerLifecycleTests {
         let zipper = try ZipperProcess(port: try await freePort())
         let asked = try await AnswerInAHandler(pipe: pipe, zipper: zipper.address)
         let function = asked.function
-        // The zipper dies with the frame in the handler; the function redials in vain.
-        await zipper.kill()
-        await function.client.dropConnectionForTesting()
-        #expect(await eventually { asked.logged("reconnect failed") }, "\(asked.lines.items)")
-        let closing = Task { await function.close() }
-        #expect(await eventually { asked.logged("deliver what the handlers still running write") }, "\(asked.lines.items)")
+        let closing = await asked.closeWhileRedialling(killing: zipper)
         asked.gate.open()
         // The answer waits for the next connection; before, it failed ("closed while this frame was written").
         #expect(await eventually { function.client.outageStatistics.pendingFrames == 1 }, "\(function.client.outageStatistics)")
@@ -230,11 +225,7 @@ struct HandlerLifecycleTests {
         let zipper = try ZipperProcess(port: try await freePort())
         let asked = try await AnswerInAHandler(pipe: pipe, zipper: zipper.address)
         let function = asked.function
-        await zipper.kill()
-        await function.client.dropConnectionForTesting()
-        #expect(await eventually { asked.logged("reconnect failed") }, "\(asked.lines.items)")
-        let closing = Task { await function.close() }
-        #expect(await eventually { asked.logged("deliver what the handlers still running write") }, "\(asked.lines.items)")
+        let closing = await asked.closeWhileRedialling(killing: zipper)
         // Back to deliver, it waits for its handler; the zipper dies under it.
         try zipper.restart()
         #expect(await eventually(within: .seconds(10)) { function.client.isConnected })
@@ -647,6 +638,19 @@ struct AnswerInAHandler: Sendable {
     }
 
     func logged(_ text: String) -> Bool { lines.items.contains { $0.contains(text) } }
+
+    /// `zipper` killed with the frame in the handler, the function redialling
+    /// in vain, then closed: it redials on to deliver what the handler writes.
+    /// The close's task.
+    func closeWhileRedialling(killing zipper: ZipperProcess) async -> Task<Void, Never> {
+        await zipper.kill()
+        await function.client.dropConnectionForTesting()
+        #expect(await eventually { logged("reconnect failed") }, "\(lines.items)")
+        let function = function
+        let closing = Task { await function.close() }
+        #expect(await eventually { logged("deliver what the handlers still running write") }, "\(lines.items)")
+        return closing
+    }
 
     /// `zipper` started again and a sink of 0x67 on it: the answer arrives
     /// once, the close ends, and nothing was dropped or refused.
