@@ -708,9 +708,8 @@ final class ClientRuntime: Sendable {
                     // issue 14 the close ended here and dropped them, though the
                     // frames they answered were told handled (`yomo-fault-bench
                     // chaos --mesh --seed 9`: 3 frames lost).
-                    if let lost = current.connection.connection.closeReason, Self.isLoss(lost),
-                       !ClientCore.isFinal(lost, policy: setup.settings.reconnect),
-                       current.keptFrames > 0 || state.withLock({ $0.outage.count > 0 }) {
+                    if let lost = current.connection.connection.closeReason,
+                       redialsToDeliver(after: lost, current, handlersWorking: false, setup) {
                         ended = lost
                     } else {
                         _ = state.withLock { $0.lifecycle.drained() }
@@ -728,8 +727,7 @@ final class ClientRuntime: Sendable {
                 // Unless the connection was lost under the close (a zipper killed
                 // meanwhile): then they go out on the next one, as below.
                 let closing = state.withLock { $0.lifecycle.isClosing }
-                if closing, let ended, Self.isLoss(ended), !ClientCore.isFinal(ended, policy: setup.settings.reconnect),
-                   handlers.areWorking || current.keptFrames > 0 || state.withLock({ $0.outage.count > 0 }) {
+                if closing, let ended, redialsToDeliver(after: ended, current, handlersWorking: handlers.areWorking, setup) {
                     // The handlers run on; their writes wait for the next connection.
                     deliverAfterLossUnderClose()
                 } else if closing {
@@ -824,6 +822,14 @@ final class ClientRuntime: Sendable {
         if state.withLock({ $0.lifecycle.lostWhileDraining() }) == .deliverBeforeClosing {
             logger.info("closing: the connection was lost under the close; reconnecting until the close deadline to deliver what is left")
         }
+    }
+
+    /// Whether a closing client whose connection `ended` so redials to
+    /// deliver what is left: a loss the policy redials after, with handlers
+    /// that may still write, frames kept unsettled, or frames held.
+    private func redialsToDeliver(after ended: any Error, _ session: ClientSession, handlersWorking: Bool, _ setup: Setup) -> Bool {
+        Self.isLoss(ended) && !ClientCore.isFinal(ended, policy: setup.settings.reconnect)
+            && (handlersWorking || session.keptFrames > 0 || state.withLock { $0.outage.count > 0 })
     }
 
     /// The connection ended by a loss, not by this side's close.
@@ -1353,15 +1359,22 @@ final class ClientRuntime: Sendable {
         let finished = mayComeAgain.filter { $0.value.token.isFinished }
             .sorted { $0.value.since > $1.value.since }.prefix(HandlingLedger.idsToldOnReconnect).map(\.key)
         guard !finished.isEmpty else { return }
-        // Nothing more handled or taken than the zipper was told: these receipts only name ids.
+        let named = writeHandledBefore(Array(finished), handling, on: session)
+        logger.debug("told the zipper the frames of earlier connections already handled", metadata: ["frames": "\(named)"])
+    }
+
+    /// Names `tids` in receipts of at most `HandlingLedger.idsPerReceipt`
+    /// ids, as many as can be queued; how many were. Nothing more handled or
+    /// taken than the zipper was told: these receipts only name ids.
+    private func writeHandledBefore(_ tids: [String], _ handling: HandlingLedger, on session: ClientSession) -> Int {
         let told = handling.toldSoFar
         var named = 0
-        for start in stride(from: 0, to: finished.count, by: HandlingLedger.idsPerReceipt) {
-            let ids = Array(finished[start..<min(start + HandlingLedger.idsPerReceipt, finished.count)])
+        while named < tids.count {
+            let ids = Array(tids[named..<min(named + HandlingLedger.idsPerReceipt, tids.count)])
             guard (try? session.connection.tryWrite(control: handling.receipt(told, handledBefore: ids), limit: DeliveryReceipts.queueLimit)) == true else { break }
             named += ids.count
         }
-        logger.debug("told the zipper the frames of earlier connections already handled", metadata: ["frames": "\(named)"])
+        return named
     }
 
     /// Names to the zipper the frames of earlier connections its handlers
@@ -1392,15 +1405,11 @@ final class ClientRuntime: Sendable {
     /// (`HandlingLedger.earlierFinished`); whether some are left to name.
     private func nameHandledBefore(_ handling: HandlingLedger, on session: ClientSession) -> Bool {
         let (finished, waiting) = handling.earlierFinished()
-        var named = 0
-        while named < finished.count {
-            let ids = Array(finished[named..<min(named + HandlingLedger.idsPerReceipt, finished.count)])
-            guard (try? session.connection.tryWrite(control: handling.receipt(handling.toldSoFar, handledBefore: ids), limit: DeliveryReceipts.queueLimit)) == true else {
-                // A zipper that stopped reading: the next round names them.
-                handling.unnamed(Array(finished[named...]))
-                return true
-            }
-            named += ids.count
+        let named = writeHandledBefore(finished, handling, on: session)
+        guard named == finished.count else {
+            // A zipper that stopped reading: the next round names them.
+            handling.unnamed(Array(finished[named...]))
+            return true
         }
         return waiting
     }
@@ -1960,12 +1969,11 @@ final class ClientRuntime: Sendable {
         case .draining where state.session == nil && !state.publishing:
             return .refused(YoMoError(.closed, "\(name) is closing and has no connection to write on"), logBurst: false)
         case .draining, .connecting, .serving, .reconnecting, .delivering, .closed:
-            // Closing, a connection that takes the held frames takes this
-            // one after them: until the fifty-sixth round of issue 14 it was
-            // refused there, and the handler that wrote it threw, its frame
-            // counted handled (`yomo-fault-bench chaos --mesh --seed 10`: one
-            // frame lost).
-            // While delivering before the close, a running handler's writes join the held frames.
+            // While delivering before the close, a running handler's writes
+            // join the held frames, and so do those while the connection that
+            // came back takes them (until the fifty-sixth round of issue 14
+            // refused: the handler threw, its frame counted handled;
+            // `yomo-fault-bench chaos --mesh --seed 10`: one frame lost).
             if let session = state.session { return .session(session) }
             switch state.outage.admit(frame.applying(patch), now: waitingSince ?? .now, pastLimit: pastLimit, sequence: sequence) {
             case .buffered(let first):

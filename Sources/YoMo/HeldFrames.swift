@@ -122,6 +122,16 @@ struct HeldFrames {
         /// The receipt checkpoint of its sender that waits for it (a client that asked for receipts).
         var tally: HoldTally?
 
+        /// `name` has it (took it, or finished a copy of it): whether it
+        /// settles for its sender (every name it was owed has it; its
+        /// receipt does not wait for a hold for any that arrives) and whether
+        /// it leaves the hold.
+        mutating func taken(by name: String) -> (settles: Bool, leaves: Bool) {
+            owed.remove(name)
+            deliveredTo.insert(name)
+            return (owed.isEmpty, owed.isEmpty && !forAnyArrival)
+        }
+
         /// Whether its wait ended short of someone it was held for.
         var missedSomeone: Bool { !owed.isEmpty || (forAnyArrival && deliveredTo.isEmpty) }
 
@@ -335,16 +345,15 @@ struct HeldFrames {
         var kept = CircularBuffer<Entry>(initialCapacity: entries.count)
         for var entry in entries {
             if entry.waits(for: function), let tid = MetadataView(entry.frame.metadata)?.string(.tid), named.contains(tid) {
-                entry.owed.remove(function.name)
-                entry.deliveredTo.insert(function.name)
                 settled += 1
-                if entry.owed.isEmpty {
+                let (settles, left) = entry.taken(by: function.name)
+                if settles {
                     entry.tally?.release()
                     entry.tally = nil
-                    if !entry.forAnyArrival {
-                        forget(entry)
-                        continue
-                    }
+                }
+                if left {
+                    forget(entry)
+                    continue
                 }
             }
             kept.append(entry)
@@ -450,13 +459,10 @@ struct HeldFrames {
         var kept = CircularBuffer<Entry>(initialCapacity: entries.count)
         for var entry in entries {
             if entry.waits(for: member) {
-                entry.owed.remove(member.name)
-                entry.deliveredTo.insert(member.name)
-                let left = entry.owed.isEmpty && !entry.forAnyArrival
                 // Its sender's receipt waits for the names it was held for, not
                 // for the deadline of a hold for any that arrives: one function
                 // has it, and the sender's later frames are not kept that long.
-                let settles = entry.owed.isEmpty
+                let (settles, left) = entry.taken(by: member.name)
                 taken.append(Taken(frame: entry.frame, tally: entry.tally, settles: settles, heldAt: entry.heldAt, reason: entry.reason))
                 if left {
                     forget(entry)
