@@ -424,6 +424,65 @@ struct HandlingReceiptTests {
         }
     }
 
+    /// A `yomo serve` process holding frames past the tests' waits, a
+    /// function `worker` whose handler waits at `gate` (a pipe handler, or
+    /// one async handler at a time), and a source that wrote it ten frames
+    /// and kept eight or nine unsettled, which redials 6 s after its loss:
+    /// the function, which redials at once, says it is closing before the
+    /// source's copies come.
+    struct LateCopies {
+        let zipper: ZipperProcess
+        let gate = Gate()
+        let handled = Inbox<String>()
+        let texts = (0..<10).map { "frame-\($0)" }
+        let async: Bool
+        let first: StreamFunction
+        let source: Source
+
+        init(async: Bool) async throws {
+            self.async = async
+            let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--unrouted-hold", "60s"])
+            self.zipper = zipper
+            first = Self.worker(zipper, async: async, gate: gate, handled: handled)
+            try await first.connect()
+            let late = ReconnectPolicy(firstRetryDelay: .seconds(6) ... .seconds(6), initialDelay: .seconds(1), maximumDelay: .seconds(1), jitter: 0)
+            source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: late, retryConnect: true))
+            try await source.connect()
+            for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
+            // A pipe handler's queue takes all ten; async handlers read two (one
+            // waits for the limit) and the rest wait in the connection, all acknowledged.
+            let (first, source) = (first, source)
+            #expect(await eventually { first.client.framesReceivedForTesting == (async ? 2 : 10) }, "\(first.client.framesReceivedForTesting)")
+            #expect(await eventually { source.client.keptFrames == 8 || source.client.keptFrames == 9 }, "kept \(source.client.keptFrames)")
+        }
+
+        /// A function of the name, its handler waiting at `gate` if given.
+        func worker(gate: Gate?) -> StreamFunction { Self.worker(zipper, async: async, gate: gate, handled: handled) }
+
+        private static func worker(_ zipper: ZipperProcess, async: Bool, gate: Gate?, handled: Inbox<String>) -> StreamFunction {
+            guard async else { return HandlingReceiptTests.gatedPipeWorker(zipper.address, gate: gate, handled: handled) }
+            let function = StreamFunction(name: "worker", zipper: zipper.address, options: .init(
+                observedTags: [0x33], retryConnect: true, handlerConcurrency: 1, shutdownTimeout: .seconds(30)))
+            function.setHandler { ctx in
+                await gate?.wait()
+                handled.append(String(decoding: ctx.data, as: UTF8.self))
+            }
+            return function
+        }
+
+        /// The zipper (killed) started again, the function closed once it
+        /// redialled, before the source came back: the close's task.
+        func closeOnceRedialled() async throws -> Task<Void, Never> {
+            try zipper.restart()
+            let (first, source) = (first, source)
+            #expect(await eventually(within: .seconds(10)) { first.client.reconnectCountForTesting == 1 && first.client.isConnected })
+            let closing = Task { await first.close() }
+            #expect(await eventually { first.client.isClosingForTesting })
+            #expect(!source.client.isConnected, "the source came back before the function said it is closing: the test's order did not hold")
+            return closing
+        }
+    }
+
     @Test("a closing function gives back what an earlier connection queued for its pipe handler as far as copies of it came on this one: its zipper killed and back, the source's copies read, the close ends without working off the queue; the next instance gets every frame once, in order")
     func closeGivesBackAnEarlierConnectionsQueue() async throws {
         let backlog = try await GatedBacklog()
@@ -451,24 +510,10 @@ struct HandlingReceiptTests {
     @Test("a closing function works off what an earlier connection queued for its pipe handler before its zipper, killed and back, gets the copies the source sends again: it names each frame as it finishes it, and the zipper holds none of the copies for the function's next instance, which gets none of them again")
     func closingNamesWhatItFinishesOfAnEarlierQueue() async throws {
         // Held past the test's waits: the copies leave the hold only if the function names them.
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--unrouted-hold", "60s"])
-        let (gate, handled) = (Gate(), Inbox<String>())
-        let texts = (0..<10).map { "frame-\($0)" }
-        let first = Self.gatedPipeWorker(zipper.address, gate: gate, handled: handled)
-        try await first.connect()
-        // The source redials after the function: the function says it is closing before the copies come.
-        let late = ReconnectPolicy(firstRetryDelay: .seconds(6) ... .seconds(6), initialDelay: .seconds(1), maximumDelay: .seconds(1), jitter: 0)
-        let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: late, retryConnect: true))
-        try await source.connect()
-        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
-        #expect(await eventually { first.client.framesReceivedForTesting == 10 }, "\(first.client.framesReceivedForTesting)")
-        #expect(await eventually { source.client.keptFrames == 8 || source.client.keptFrames == 9 }, "kept \(source.client.keptFrames)")
+        let copies = try await LateCopies(async: false)
+        let (zipper, gate, handled, texts, source) = (copies.zipper, copies.gate, copies.handled, copies.texts, copies.source)
         await zipper.kill()
-        try zipper.restart()
-        #expect(await eventually(within: .seconds(10)) { first.client.reconnectCountForTesting == 1 && first.client.isConnected })
-        let closing = Task { await first.close() }
-        #expect(await eventually { first.client.isClosingForTesting })
-        #expect(!source.client.isConnected, "the source came back before the function said it is closing: the test's order did not hold")
+        let closing = try await copies.closeOnceRedialled()
         // The queue is handled, the first frame's among it, before the source's copies come
         // (copies held first go back: `closeGivesBackWhatTheZipperHoldsCopiesOf`).
         gate.open()
@@ -477,7 +522,7 @@ struct HandlingReceiptTests {
         // Named as handled, the copies are settled as they come: before, they
         // waited in the hold for the next instance, which handled them again.
         #expect(await eventually(within: .seconds(10)) { source.client.isConnected && source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
-        let second = Self.gatedPipeWorker(zipper.address, gate: nil, handled: handled)
+        let second = copies.worker(gate: nil)
         try await second.connect()
         try await source.write(tag: 0x33, data: Array("last".utf8))
         #expect(await handled.wait(for: 11), "\(handled.items)")
@@ -501,41 +546,13 @@ struct HandlingReceiptTests {
     @Test("a closing function gives back what its lost connection left for its pipe handler, or its async handlers at their limit, once its zipper, killed and back, holds the source's copies for its name and says so: the close ends without working them off; the next instance gets every frame once, in order",
           arguments: CloseAfterLoss.allCases)
     func closeGivesBackWhatTheZipperHoldsCopiesOf(_ way: CloseAfterLoss) async throws {
-        let async = way == .asyncWhileRedialling
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--unrouted-hold", "60s"])
-        let (gate, handled) = (Gate(), Inbox<String>())
-        let texts = (0..<10).map { "frame-\($0)" }
-        // One async handler at a time: the frames are handled in order.
-        func worker(gate: Gate?) -> StreamFunction {
-            guard async else { return Self.gatedPipeWorker(zipper.address, gate: gate, handled: handled) }
-            let function = StreamFunction(name: "worker", zipper: zipper.address, options: .init(
-                observedTags: [0x33], retryConnect: true, handlerConcurrency: 1, shutdownTimeout: .seconds(30)))
-            function.setHandler { ctx in
-                await gate?.wait()
-                handled.append(String(decoding: ctx.data, as: UTF8.self))
-            }
-            return function
-        }
-        let first = worker(gate: gate)
-        try await first.connect()
-        // The source redials after the function: the function says it is closing before the copies come.
-        let late = ReconnectPolicy(firstRetryDelay: .seconds(6) ... .seconds(6), initialDelay: .seconds(1), maximumDelay: .seconds(1), jitter: 0)
-        let source = Source(name: "writer", zipper: zipper.address, options: .init(reconnect: late, retryConnect: true))
-        try await source.connect()
-        for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
-        // A pipe handler's queue takes all ten; async handlers read two (one
-        // waits for the limit) and the rest wait in the connection, all acknowledged.
-        #expect(await eventually { first.client.framesReceivedForTesting == (async ? 2 : 10) }, "\(first.client.framesReceivedForTesting)")
-        #expect(await eventually { source.client.keptFrames == 8 || source.client.keptFrames == 9 }, "kept \(source.client.keptFrames)")
+        let copies = try await LateCopies(async: way == .asyncWhileRedialling)
+        let (zipper, gate, handled, texts, first, source) = (copies.zipper, copies.gate, copies.handled, copies.texts, copies.first, copies.source)
         let kept = source.client.keptFrames
         await zipper.kill()
         let closing: Task<Void, Never>
         if way == .pipeRedialled {
-            try zipper.restart()
-            #expect(await eventually(within: .seconds(10)) { first.client.reconnectCountForTesting == 1 && first.client.isConnected })
-            closing = Task { await first.close() }
-            #expect(await eventually { first.client.isClosingForTesting })
-            #expect(!source.client.isConnected, "the source came back before the function said it is closing: the test's order did not hold")
+            closing = try await copies.closeOnceRedialled()
         } else {
             // Its handler at work, it redials to deliver what that writes.
             #expect(await eventually(within: .seconds(10)) { !first.client.isConnected })
@@ -551,7 +568,7 @@ struct HandlingReceiptTests {
         gate.open()
         await closing.value
         #expect(handled.items == Array(texts.prefix(10 - kept)), "\(handled.items)")
-        let second = worker(gate: nil)
+        let second = copies.worker(gate: nil)
         try await second.connect()
         #expect(await handled.wait(for: 10), "\(handled.items)")
         try await source.flush(timeout: .seconds(20))
