@@ -81,7 +81,7 @@ final class HandlingLedger: Sendable {
         case givingBack
     }
 
-    private struct Entry {
+    fileprivate struct Entry {
         /// The stream offset just past the frame.
         var end: Int
         var done = false
@@ -122,9 +122,8 @@ final class HandlingLedger: Sendable {
         var handledUntold: [Int] = []
         /// What the zipper may have settled for senders, as receipts said.
         var settleable: SettleableBound
-        /// Frames let go of from `entries` and not yet in `recent`: keyed
-        /// outside this lock, which the reading task takes per frame.
-        var letGo: [(index: Int, end: Int, frame: DataFrame)] = []
+        /// The newest frames let go of from `entries`.
+        var recent = Recent()
 
         /// The entry with `index`, if still kept.
         func position(of index: Int) -> CircularBuffer<Entry>.Index? {
@@ -141,8 +140,6 @@ final class HandlingLedger: Sendable {
     }
 
     private let state: Mutex<State>
-    /// The newest frames let go of, as keys (`Recent`).
-    private let recent = Mutex(Recent())
     /// Indexes of frames whose handlers finished, not yet marked in `state`:
     /// handlers do not take the lock the reading task takes per frame (under
     /// load the two contended, and the loop ran at 0.95 of its rate).
@@ -365,7 +362,7 @@ final class HandlingLedger: Sendable {
             let copies = markCompletions(&state)
             Self.confirm(&state, acknowledged: acknowledged)
             while let first = state.entries.first, first.end <= state.confirmed, state.handledCount > 0 {
-                if let frame = state.entries.removeFirst().frame { state.letGo.append((state.firstIndex, first.end, frame)) }
+                state.recent.keep(state.entries.removeFirst(), index: state.firstIndex)
                 state.firstIndex += 1
                 state.handledCount -= 1
             }
@@ -387,19 +384,7 @@ final class HandlingLedger: Sendable {
             return ((untold ? tell : nil, waiting), copies)
         }
         for copy in copies { copy.finished() }
-        keepLetGo()
         return result
-    }
-
-    /// Moves the frames let go of into `recent`, as keys.
-    private func keepLetGo() {
-        recent.withLock { recent in
-            let letGo = state.withLock { state in
-                defer { state.letGo.removeAll(keepingCapacity: true) }
-                return state.letGo
-            }
-            recent.keep(letGo)
-        }
     }
 
     /// The zipper was sent `tell`, in a receipt ending at `receiptEnd` in this side's stream.
@@ -505,23 +490,17 @@ final class HandlingLedger: Sendable {
     /// handled twice: the likeliest reading of frame "0" handled twice in a
     /// fresh-clone `.ci/run` (`HandlerLifecycleTests.lostAtHandlerLimitRedialsAtOnce`).
     func untold(acknowledged: Int) -> [CopyKey: Token] {
-        // `recent`'s lock first, as `keepLetGo` takes them: a frame let go of
-        // is in `letGo` or in `recent`, never on its way between.
-        let (kept, letGo, recent) = recent.withLock { recent in
-            let (kept, letGo) = state.withLock { state in
-                Self.confirm(&state, acknowledged: acknowledged)
-                return (state.entries.enumerated().map { ($0.offset + state.firstIndex, $0.element.end, $0.element.frame) }, state.letGo)
-            }
-            return (kept, letGo, recent.frames)
+        let (kept, recent) = state.withLock { state in
+            Self.confirm(&state, acknowledged: acknowledged)
+            return (state.entries.enumerated().map { ($0.offset + state.firstIndex, $0.element.end, $0.element.frame) }, state.recent.frames)
         }
         var byKey: [CopyKey: Token] = [:]
         for (index, end, key) in recent {
             // Let go of: finished, and a token the ledger no longer has says so.
             byKey[key] = Token(ledger: self, index: index, end: end, length: 0)
         }
-        let frames = letGo + kept.compactMap { index, end, frame in frame.map { (index: index, end: end, frame: $0) } }
-        for (index, end, frame) in frames {
-            guard let key = CopyKey(frame) else { continue }
+        for (index, end, frame) in kept {
+            guard let frame, let key = CopyKey(frame) else { continue }
             byKey[key] = Token(ledger: self, index: index, end: end, length: 0)
         }
         return byKey
@@ -538,12 +517,10 @@ final class HandlingLedger: Sendable {
         static let kept = 2048
         private(set) var frames = CircularBuffer<(index: Int, end: Int, key: CopyKey)>()
 
-        mutating func keep(_ letGo: [(index: Int, end: Int, frame: DataFrame)]) {
-            for (index, end, frame) in letGo.suffix(Self.kept) {
-                guard let key = CopyKey(frame) else { continue }
-                if frames.count == Self.kept { frames.removeFirst() }
-                frames.append((index, end, key))
-            }
+        fileprivate mutating func keep(_ entry: Entry, index: Int) {
+            guard let frame = entry.frame, let key = CopyKey(frame) else { return }
+            if frames.count == Self.kept { frames.removeFirst() }
+            frames.append((index, entry.end, key))
         }
     }
 }
