@@ -410,18 +410,27 @@ struct HandlingReceiptTests {
             #expect(await eventually { first.client.framesReceivedForTesting == 10 }, "\(first.client.framesReceivedForTesting)")
         }
 
-        /// The function's next instance handles what the first one left:
-        /// every frame once, in order, all settled for the source. Then all ends.
+        /// The function's next instance finishes what the first one left
+        /// (`HandlingReceiptTests.nextInstanceFinishes`).
         func nextInstanceFinishes() async throws {
-            let second = HandlingReceiptTests.gatedPipeWorker(zipper.address, gate: nil, handled: handled)
-            try await second.connect()
-            #expect(await handled.wait(for: 10), "\(handled.items)")
-            try await source.flush(timeout: .seconds(20))
-            #expect(handled.items == texts, "each once, in order: \(handled.items)")
-            await source.close()
-            await second.close()
-            await zipper.kill()
+            try await HandlingReceiptTests.nextInstanceFinishes(
+                HandlingReceiptTests.gatedPipeWorker(zipper.address, gate: nil, handled: handled), handled, texts, source, zipper)
         }
+    }
+
+    /// The function's next instance, `second`, handles what the first one
+    /// left: every frame once, in order, all settled for the source. Then
+    /// all ends.
+    static func nextInstanceFinishes(
+        _ second: StreamFunction, _ handled: Inbox<String>, _ texts: [String], _ source: Source, _ zipper: ZipperProcess
+    ) async throws {
+        try await second.connect()
+        #expect(await handled.wait(for: 10), "\(handled.items)")
+        try await source.flush(timeout: .seconds(20))
+        #expect(handled.items == texts, "each once, in order: \(handled.items)")
+        await source.close()
+        await second.close()
+        await zipper.kill()
     }
 
     /// A `yomo serve` process holding frames past the tests' waits, a
@@ -458,6 +467,12 @@ struct HandlingReceiptTests {
 
         /// A function of the name, its handler waiting at `gate` if given.
         func worker(gate: Gate?) -> StreamFunction { Self.worker(zipper, async: async, gate: gate, handled: handled) }
+
+        /// The function's next instance finishes what the first one left
+        /// (`HandlingReceiptTests.nextInstanceFinishes`).
+        func nextInstanceFinishes() async throws {
+            try await HandlingReceiptTests.nextInstanceFinishes(worker(gate: nil), handled, texts, source, zipper)
+        }
 
         private static func worker(_ zipper: ZipperProcess, async: Bool, gate: Gate?, handled: Inbox<String>) -> StreamFunction {
             guard async else { return HandlingReceiptTests.gatedPipeWorker(zipper.address, gate: gate, handled: handled) }
@@ -568,14 +583,7 @@ struct HandlingReceiptTests {
         gate.open()
         await closing.value
         #expect(handled.items == Array(texts.prefix(10 - kept)), "\(handled.items)")
-        let second = copies.worker(gate: nil)
-        try await second.connect()
-        #expect(await handled.wait(for: 10), "\(handled.items)")
-        try await source.flush(timeout: .seconds(20))
-        #expect(handled.items == texts, "each once, in order: \(handled.items)")
-        await source.close()
-        await second.close()
-        await zipper.kill()
+        try await copies.nextInstanceFinishes()
     }
 
     @Test("a closing function whose async handlers are at their limit gives back what it has yet to start, the frame waiting for the limit included, but for what the zipper may have settled: its next instance gets the rest, each frame handled once, in order, its trace through the closing instance's span")
