@@ -1614,7 +1614,6 @@ public final class Zipper: Sendable {
     /// every SIGTERM until the fifty-third round of issue 14. Queued past any
     /// limit (25 bytes): it must reach the function after what was written
     /// before, which its window now lets through.
-    @discardableResult
     private func answerClosing(_ connection: QUICFrameConnection, logger: Logger) -> Bool {
         guard let unkept = connection.connection.pinRetention() else { return false }
         let answer = Frame.receipt(ReceiptFrame(settledThrough: 0, closing: true, unkeptThrough: UInt64(unkept)))
