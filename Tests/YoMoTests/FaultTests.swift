@@ -17,14 +17,19 @@ final class ZipperProcess {
     /// Flags beyond host and port, kept for a restart.
     let arguments: [String]
     let environment: [String: String]
+    /// Its `XDG_STATE_HOME`, its own and kept across restarts (`zipperStateDirectory`).
+    let stateDirectory: String
+    private let ownsStateDirectory: Bool
     private(set) var process: Process
 
     /// `environment`: variables set for the zipper on top of the test's own.
     init(port: Int, arguments: [String] = [], environment: [String: String] = [:]) throws {
         self.port = port
         self.arguments = arguments
-        self.environment = environment
-        process = try Self.launch(port: port, arguments: arguments, environment: environment)
+        ownsStateDirectory = environment["XDG_STATE_HOME"] == nil
+        stateDirectory = environment["XDG_STATE_HOME"] ?? zipperStateDirectory()
+        self.environment = environment.merging(["XDG_STATE_HOME": stateDirectory]) { $1 }
+        process = try Self.launch(port: port, arguments: arguments, environment: self.environment)
     }
 
     var address: String { "127.0.0.1:\(port)" }
@@ -53,7 +58,10 @@ final class ZipperProcess {
         await waitForExit(process)
     }
 
-    deinit { if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) } }
+    deinit {
+        if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+        if ownsStateDirectory { try? FileManager.default.removeItem(atPath: stateDirectory) }
+    }
 }
 
 /// Log records as text lines, for asserting what a client logged.

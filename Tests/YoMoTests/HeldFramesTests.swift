@@ -723,9 +723,7 @@ struct HeldFramesTests {
     @Test("yomo serve remembers its stream functions beside its default stateless reset key")
     func defaultFunctionsFile() async throws {
         let zipper = try ZipperProcess(port: try await freePort())
-        let file = NSTemporaryDirectory() + "swift-yomo-tests-state/yomo/zipper-\(zipper.port).functions"
-        unlink(file)
-        defer { unlink(file) }
+        let file = zipper.stateDirectory + "/yomo/zipper-\(zipper.port).functions"
         let function = StreamFunction(name: "remembered", zipper: zipper.address, options: .init(observedTags: [0x68], retryConnect: true))
         function.setHandler { _ in }
         try await function.connect()
@@ -734,6 +732,13 @@ struct HeldFramesTests {
         }, "\(file)")
         await function.close()
         await zipper.kill()
+        // The tests' next zipper on the port remembers nothing of this one
+        // (`zipperStateDirectory`); this one's restart does.
+        let next = try ZipperProcess(port: zipper.port)
+        let nextFile = next.stateDirectory + "/yomo/zipper-\(zipper.port).functions"
+        #expect(nextFile != file && !FileManager.default.fileExists(atPath: nextFile))
+        await next.kill()
+        #expect(((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").contains("remembered"))
     }
 
     @Test("a functions file that cannot be read or written costs a warning, not the start")

@@ -53,12 +53,27 @@ func readToEnd(_ pipe: Pipe) async -> String {
 }
 
 /// The environment of a `yomo serve` the tests start: its default stateless
-/// reset key goes under a temporary directory, not into the user's
-/// `~/.local/state` (one file per random port otherwise).
-func zipperEnvironment(_ extra: [String: String] = [:]) -> [String: String] {
+/// reset key and functions file go under `stateDirectory`, not into the
+/// user's `~/.local/state` (one file per random port otherwise).
+func zipperEnvironment(_ extra: [String: String] = [:], stateDirectory: String = zipperStateDirectory()) -> [String: String] {
     ProcessInfo.processInfo.environment
-        .merging(["XDG_STATE_HOME": NSTemporaryDirectory() + "swift-yomo-tests-state"]) { $1 }
+        .merging(["XDG_STATE_HOME": stateDirectory]) { $1 }
         .merging(extra) { $1 }
+}
+
+/// A state directory no other zipper of the tests has. `yomo serve` keeps
+/// its functions file and held frames file by port there (`zipper-<port>.functions`),
+/// and a random port is sometimes one an earlier test's zipper had: shared,
+/// the next zipper on it held frames for that test's functions, and gave it
+/// that test's held frames. Until the fifty-eighth round of issue 14 the
+/// tests shared one: the source's frames were held for a function of an
+/// earlier test too, and a test waiting for the source to keep fewer waited
+/// in vain (`closeGivesBackWhatTheZipperHoldsCopiesOf`), or past the hold's
+/// 5 s, which then dropped what a closing function gave back
+/// (`givenBackBacklogOutlivesAZipperCrash`): a few times in ten runs of
+/// their suites side by side.
+func zipperStateDirectory() -> String {
+    NSTemporaryDirectory() + "swift-yomo-tests-state/zipper-" + UUID().uuidString
 }
 
 /// Starts `yomo serve --host 127.0.0.1` with `arguments` and `environment`
