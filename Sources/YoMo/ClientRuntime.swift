@@ -955,9 +955,9 @@ final class ClientRuntime: Sendable {
     /// `copiesWindow` ago are forgotten: the lookups end with them.
     static let copiesPrunedEvery = 4096
 
-    /// The frames that may come again, by transaction id: the token a copy
+    /// The frames that may come again, by `CopyKey`: the token a copy
     /// finishes with, and since when it is known.
-    typealias MayComeAgain = [String: (token: HandlingLedger.Token, since: ContinuousClock.Instant)]
+    typealias MayComeAgain = [CopyKey: (token: HandlingLedger.Token, since: ContinuousClock.Instant)]
 
     /// What `mayComeAgain` still needs at `now`: a frame a handler has yet
     /// to finish, and one finished within `copiesWindow`.
@@ -1069,7 +1069,7 @@ final class ClientRuntime: Sendable {
                     case .data(let data):
                         var token: HandlingLedger.Token?
                         if let handlingLedger {
-                            let received = handlingLedger.received(end: session.frames.consumedBytes, length: data.encodedLength, metadata: data.metadata)
+                            let received = handlingLedger.received(end: session.frames.consumedBytes, length: data.encodedLength, frame: data)
                             token = received
                             if forwardIfCopy(data, as: received, from: &mayComeAgain, &copyWatch, setup) {
                                 passedOver()
@@ -1357,22 +1357,23 @@ final class ClientRuntime: Sendable {
         on session: ClientSession
     ) {
         let finished = mayComeAgain.filter { $0.value.token.isFinished }
-            .sorted { $0.value.since > $1.value.since }.prefix(HandlingLedger.idsToldOnReconnect).map(\.key)
+            .sorted { $0.value.since > $1.value.since }.prefix(HandlingLedger.idsToldOnReconnect).map(\.key.name)
         guard !finished.isEmpty else { return }
         let named = writeHandledBefore(Array(finished), handling, on: session)
         logger.debug("told the zipper the frames of earlier connections already handled", metadata: ["frames": "\(named)"])
     }
 
-    /// Names `tids` in receipts of at most `HandlingLedger.idsPerReceipt`
-    /// ids, as many as can be queued; how many were. Nothing more handled or
-    /// taken than the zipper was told: these receipts only name ids.
-    private func writeHandledBefore(_ tids: [String], _ handling: HandlingLedger, on session: ClientSession) -> Int {
+    /// Names the frames `names` (`CopyKey.name`) in receipts of at most
+    /// `HandlingLedger.idsPerReceipt` names, as many as can be queued; how
+    /// many were. Nothing more handled or taken than the zipper was told:
+    /// these receipts only name frames.
+    private func writeHandledBefore(_ names: [String], _ handling: HandlingLedger, on session: ClientSession) -> Int {
         let told = handling.toldSoFar
         var named = 0
-        while named < tids.count {
-            let ids = Array(tids[named..<min(named + HandlingLedger.idsPerReceipt, tids.count)])
-            guard (try? session.connection.tryWrite(control: handling.receipt(told, handledBefore: ids), limit: DeliveryReceipts.queueLimit)) == true else { break }
-            named += ids.count
+        while named < names.count {
+            let batch = Array(names[named..<min(named + HandlingLedger.idsPerReceipt, names.count)])
+            guard (try? session.connection.tryWrite(control: handling.receipt(told, handledBefore: batch), limit: DeliveryReceipts.queueLimit)) == true else { break }
+            named += batch.count
         }
         return named
     }
@@ -1390,7 +1391,7 @@ final class ClientRuntime: Sendable {
         // In the order the handlers take them: each connection's, the oldest first.
         let unfinished = mayComeAgain.filter { !$0.value.token.isFinished }
             .sorted { ($0.value.since, $0.value.token.start) < ($1.value.since, $1.value.token.start) }
-        handling.nameWhenFinished(unfinished.map { (tid: $0.key, token: $0.value.token) })
+        handling.nameWhenFinished(unfinished.map { (name: $0.key.name, token: $0.value.token) })
         return !unfinished.isEmpty
     }
 
@@ -1466,7 +1467,7 @@ final class ClientRuntime: Sendable {
                 switch frame {
                 case .data(let data):
                     _ = forwardIfCopy(
-                        data, as: handling.received(end: end, length: data.encodedLength, metadata: data.metadata), from: &mayComeAgain, &copyWatch, setup)
+                        data, as: handling.received(end: end, length: data.encodedLength, frame: data), from: &mayComeAgain, &copyWatch, setup)
                 case .receipt(let receipt):
                     if session.receipts { session.settle(through: Int(clamping: receipt.settledThrough)) }
                     if receipt.copiesMayFollow { expectCopies(of: handling, on: session, into: &mayComeAgain, &copyWatch) }
@@ -1504,20 +1505,20 @@ final class ClientRuntime: Sendable {
         from mayComeAgain: inout MayComeAgain,
         _ watch: inout CopyWatch, _ setup: Setup
     ) -> Bool {
-        guard !mayComeAgain.isEmpty || watch.notingUntil != nil, let tid = MetadataView(data.metadata)?.string(.tid), !tid.isEmpty else { return false }
+        guard !mayComeAgain.isEmpty || watch.notingUntil != nil, let key = CopyKey(data) else { return false }
         watch.lookupsSincePrune += 1
         if watch.lookupsSincePrune >= Self.copiesPrunedEvery {
             watch.lookupsSincePrune = 0
             let now = ContinuousClock.now
             mayComeAgain = Self.stillToRecognize(mayComeAgain, at: now)
         }
-        guard let original = mayComeAgain[tid]?.token else {
+        guard let original = mayComeAgain[key]?.token else {
             if let until = watch.notingUntil {
                 let now = ContinuousClock.now
                 if now >= until {
                     watch.notingUntil = nil
                 } else if mayComeAgain.count < Self.copiesNotedAtMost {
-                    mayComeAgain[tid] = (copy, now)
+                    mayComeAgain[key] = (copy, now)
                 }
             }
             return false
@@ -1530,10 +1531,10 @@ final class ClientRuntime: Sendable {
         // noted frames after the zipper's word, was handled again
         // (`yomo-fault-bench chaos --mesh --seed 3`: 709 frames answered twice by
         // one process in 30 s).
-        mayComeAgain[tid] = (copy, ContinuousClock.now)
+        mayComeAgain[key] = (copy, ContinuousClock.now)
         if setup.metrics.isEnabled { setup.metrics.skippedCopy() }
         logger.debug("frame already taken: not handled again", metadata: YoMoLogField.frame(
-            tid: tid, tag: data.tag, dataLength: data.payload.readableBytes))
+            tid: key.tid, tag: data.tag, dataLength: data.payload.readableBytes))
         return true
     }
 
@@ -1541,7 +1542,8 @@ final class ClientRuntime: Sendable {
     /// again (`ReceiptFrame.copiesMayFollow`: an upstream zipper of the mesh
     /// connected anew, after a crash, and its source sends what it had not
     /// settled). The frames this connection brought that the zipper was not
-    /// told of (handled or not) are noted by transaction id, and so is every
+    /// told of, or told of last (`HandlingLedger.untold`), are noted
+    /// (`CopyKey`), and so is every
     /// frame read for `copiesWindow`: a copy of one is finished
     /// with it, not handled again. Until the fiftieth round of issue 14 only
     /// copies on a later connection were recognized, and a downstream's
@@ -1555,9 +1557,9 @@ final class ClientRuntime: Sendable {
     ) {
         let now = ContinuousClock.now
         var noted = 0
-        for (tid, token) in handling.untold(acknowledged: session.connection.connection.acknowledgedBytes)
-        where mayComeAgain.count < Self.copiesNotedAtMost && mayComeAgain[tid] == nil {
-            mayComeAgain[tid] = (token, now)
+        for (key, token) in handling.untold(acknowledged: session.connection.connection.acknowledgedBytes)
+        where mayComeAgain.count < Self.copiesNotedAtMost && mayComeAgain[key] == nil {
+            mayComeAgain[key] = (token, now)
             noted += 1
         }
         watch.notingUntil = now + Self.copiesWindow
@@ -1621,9 +1623,9 @@ final class ClientRuntime: Sendable {
         ])
     }
 
-    /// The zipper holds, for this closing function's name, frames with the
-    /// ids `told` (`ReceiptFrame.heldCopies`, with those it told before,
-    /// `held`): copies an upstream zipper or a source sent again of what an
+    /// The zipper holds, for this closing function's name, the frames `told`
+    /// names (`ReceiptFrame.heldCopies`, with those it told before, `held`;
+    /// `CopyKey.name`, or an id alone from a zipper from before): copies an upstream zipper or a source sent again of what an
     /// earlier connection brought, routed nothing here. Such frames still
     /// waiting for the handlers go back unhandled, from the tail of what
     /// waits, as far as every one has its copy there (its next instance gets
@@ -1636,20 +1638,20 @@ final class ClientRuntime: Sendable {
     ) {
         // Closing (async handlers with nothing unread say so without waiting for an answer).
         guard handling.closingState != .no || state.withLock({ $0.lifecycle.isClosing }) else { return }
-        for tid in told where held.count < Self.heldCopiesKept { held.insert(tid) }
-        let ids = held
+        for name in told where held.count < Self.heldCopiesKept { held.insert(name) }
+        let names = held
         // Of an earlier connection (this one's own go back by `giveBack`), with its copy held.
-        func goesBack(_ token: HandlingLedger.Token?, _ tid: String?) -> Bool {
-            guard let token, token.ledger !== handling, let tid else { return false }
-            return ids.contains(tid)
+        func goesBack(_ token: HandlingLedger.Token?, _ key: @autoclosure () -> CopyKey?) -> Bool {
+            guard let token, token.ledger !== handling, let key = key() else { return false }
+            return key.isNamed(in: names)
         }
         let count: Int
         if let queue = handlers.pipeQueue {
-            let back = queue.removeTrailing { goesBack($0.handled, $0.metadata[Metadata.ReservedKey.tid]) }
+            let back = queue.removeTrailing { goesBack($0.handled, CopyKey($0)) }
             givenBack(count: back.count, spans: back.compactMap(\.span), setup)
             count = back.count
         } else {
-            let back = handlers.removeTrailingUnstarted { goesBack($0.token, MetadataView($0.data.metadata)?.string(.tid)) }
+            let back = handlers.removeTrailingUnstarted { goesBack($0.token, CopyKey($0.data)) }
             givenBack(count: back.count, spans: givenBackSpans(back.map(\.data), setup), setup)
             count = back.count
         }
@@ -1659,7 +1661,7 @@ final class ClientRuntime: Sendable {
         ])
     }
 
-    /// Ids of held copies a closing function keeps at most (about 23 bytes each).
+    /// Names of held copies a closing function keeps at most (`CopyKey.name`, about 50 bytes each).
     static let heldCopiesKept = 65_536
 
     /// Queues frames read while closing for the pipe handler, in order; one

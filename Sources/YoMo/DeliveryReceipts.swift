@@ -344,14 +344,15 @@ final class DeliveryDestination: Sendable {
     private let handledAhead = Mutex(HandledAhead())
     /// The end of what its handlers finished in order, as its receipts said.
     private let handledInOrder = Atomic(0)
-    /// Transaction ids of frames its handlers finished on an earlier
-    /// connection (`ReceiptFrame.handledBefore`): copies of them written here
-    /// are not taken back at the end.
+    /// Names (`CopyKey.name`, or ids alone from a function from before) of
+    /// frames its handlers finished on an earlier connection
+    /// (`ReceiptFrame.handledBefore`): copies of them written here are not
+    /// taken back at the end.
     private let handledBefore = Mutex<Set<String>>([])
-    /// Past this many ids a new one is not kept (its copy may go to the next
-    /// instance: at least once), nor one longer than `maximumIDLength` (this
-    /// SDK's and Go's are 21 bytes), so a function that names ids without
-    /// end costs the zipper at most 128 KiB.
+    /// Past this many names a new one is not kept (its copy may go to the
+    /// next instance: at least once), nor one longer than `maximumIDLength`
+    /// (this SDK's and Go's ids are 21 bytes, a name at most 26 more), so a
+    /// function that names frames without end costs the zipper at most 128 KiB.
     static let maximumHandledBefore = 2048
     static let maximumIDLength = 64
 
@@ -436,9 +437,9 @@ final class DeliveryDestination: Sendable {
     }
 
     /// The function's receipt named frames its handlers finished on an earlier connection.
-    func handledBefore(_ tids: [String]) {
+    func handledBefore(_ names: [String]) {
         handledBefore.withLock { kept in
-            for tid in tids where kept.count < Self.maximumHandledBefore && tid.utf8.count <= Self.maximumIDLength { kept.insert(tid) }
+            for name in names where kept.count < Self.maximumHandledBefore && name.utf8.count <= Self.maximumIDLength { kept.insert(name) }
         }
     }
 
@@ -449,10 +450,10 @@ final class DeliveryDestination: Sendable {
     /// added to what it finished (the zipper or a source sent them again,
     /// and the function had not read them yet). How many.
     func finishedBefore(among frames: [(frame: DataFrame, target: String?, notAcknowledged: Int, end: Int)], written: Int) -> Int {
-        let tids = handledBefore.withLock { $0 }
-        guard !tids.isEmpty else { return 0 }
+        let names = handledBefore.withLock { $0 }
+        guard !names.isEmpty else { return 0 }
         let ranges = frames.compactMap { frame -> Range<UInt64>? in
-            guard let tid = MetadataView(frame.frame.metadata)?.string(.tid), tids.contains(tid) else { return nil }
+            guard CopyKey(frame.frame)?.isNamed(in: names) == true else { return nil }
             return UInt64(frame.end - frame.frame.encodedLength)..<UInt64(frame.end)
         }
         if !ranges.isEmpty { handled(through: 0, ahead: ranges, written: written) }

@@ -23,8 +23,8 @@ final class HandlingLedger: Sendable {
     /// Ranges of frames handled out of order one receipt names at most; the
     /// rest wait for the next.
     static let rangesPerReceipt = 32
-    /// Transaction ids of frames finished on earlier connections that one
-    /// receipt names at most (`ReceiptFrame.handledBefore`, about 23 bytes
+    /// Frames finished on earlier connections that one receipt names at
+    /// most (`ReceiptFrame.handledBefore`, `CopyKey.name`: about 50 bytes
     /// each), and that a connection's first receipts name in all, newest first.
     static let idsPerReceipt = 128
     static let idsToldOnReconnect = 1024
@@ -85,8 +85,9 @@ final class HandlingLedger: Sendable {
         /// The stream offset just past the frame.
         var end: Int
         var done = false
-        /// Its metadata, read only if the connection ends before it is told.
-        var metadata: ByteBuffer?
+        /// The frame, read only if the connection ends (`untold`) or the
+        /// entry is let go of (`Recent`): nil if not data.
+        var frame: DataFrame?
         /// The same frame sent again on a later connection, finished with this one.
         var copy: Token?
     }
@@ -121,6 +122,9 @@ final class HandlingLedger: Sendable {
         var handledUntold: [Int] = []
         /// What the zipper may have settled for senders, as receipts said.
         var settleable: SettleableBound
+        /// Frames let go of from `entries` and not yet in `recent`: keyed
+        /// outside this lock, which the reading task takes per frame.
+        var letGo: [(index: Int, end: Int, frame: DataFrame)] = []
 
         /// The entry with `index`, if still kept.
         func position(of index: Int) -> CircularBuffer<Entry>.Index? {
@@ -137,6 +141,8 @@ final class HandlingLedger: Sendable {
     }
 
     private let state: Mutex<State>
+    /// The newest frames let go of, as keys (`Recent`).
+    private let recent = Mutex(Recent())
     /// Indexes of frames whose handlers finished, not yet marked in `state`:
     /// handlers do not take the lock the reading task takes per frame (under
     /// load the two contended, and the loop ran at 0.95 of its rate).
@@ -201,10 +207,10 @@ final class HandlingLedger: Sendable {
     }
 
     /// A frame of `length` bytes ending at `end` was read and goes to a handler.
-    func received(end: Int, length: Int, metadata: ByteBuffer?) -> Token {
+    func received(end: Int, length: Int, frame: DataFrame?) -> Token {
         let (index, wakes) = state.withLock { state in
             state.received += 1
-            return state.append(Entry(end: end, metadata: metadata))
+            return state.append(Entry(end: end, frame: frame))
         }
         if wakes { wake.yield() }
         return Token(ledger: self, index: index, end: end, length: length)
@@ -359,7 +365,7 @@ final class HandlingLedger: Sendable {
             let copies = markCompletions(&state)
             Self.confirm(&state, acknowledged: acknowledged)
             while let first = state.entries.first, first.end <= state.confirmed, state.handledCount > 0 {
-                state.entries.removeFirst()
+                if let frame = state.entries.removeFirst().frame { state.letGo.append((state.firstIndex, first.end, frame)) }
                 state.firstIndex += 1
                 state.handledCount -= 1
             }
@@ -381,7 +387,19 @@ final class HandlingLedger: Sendable {
             return ((untold ? tell : nil, waiting), copies)
         }
         for copy in copies { copy.finished() }
+        keepLetGo()
         return result
+    }
+
+    /// Moves the frames let go of into `recent`, as keys.
+    private func keepLetGo() {
+        recent.withLock { recent in
+            let letGo = state.withLock { state in
+                defer { state.letGo.removeAll(keepingCapacity: true) }
+                return state.letGo
+            }
+            recent.keep(letGo)
+        }
     }
 
     /// The zipper was sent `tell`, in a receipt ending at `receiptEnd` in this side's stream.
@@ -410,7 +428,7 @@ final class HandlingLedger: Sendable {
     /// Frames earlier connections brought that were not finished when this
     /// one began, in the order the handlers take them, and the ids of those
     /// finished since that no receipt could name yet (`earlierFinished`).
-    private let earlier = Mutex<(waiting: ArraySlice<(tid: String, token: Token)>, unnamed: [String])>(([], []))
+    private let earlier = Mutex<(waiting: ArraySlice<(name: String, token: Token)>, unnamed: [String])>(([], []))
     /// Of `earlier`'s frames, how many from the first are looked at each
     /// time: the handlers take them in order, and async ones finish out of
     /// order only within their concurrency.
@@ -418,25 +436,25 @@ final class HandlingLedger: Sendable {
 
     /// This connection names the frames `unfinished` as they finish
     /// (`ReceiptFrame.handledBefore`), oldest first.
-    func nameWhenFinished(_ unfinished: [(tid: String, token: Token)]) {
+    func nameWhenFinished(_ unfinished: [(name: String, token: Token)]) {
         earlier.withLock { $0.waiting = unfinished[...] }
     }
 
     /// The ids of earlier connections' frames finished since the last call
     /// (and of those a receipt could not name before: see `unnamed`), and
     /// whether some are still to finish.
-    func earlierFinished() -> (tids: [String], waiting: Bool) {
+    func earlierFinished() -> (names: [String], waiting: Bool) {
         let window = earlier.withLock { $0.waiting.prefix(Self.earlierLookedAtOnce) }
         // Asked outside the lock: a token asks its own ledger.
-        let finished = Set(window.filter { $0.token.isFinished }.map(\.tid))
+        let finished = Set(window.filter { $0.token.isFinished }.map(\.name))
         return earlier.withLock { earlier in
             if !finished.isEmpty {
-                let rest = earlier.waiting.prefix(Self.earlierLookedAtOnce).filter { !finished.contains($0.tid) }
+                let rest = earlier.waiting.prefix(Self.earlierLookedAtOnce).filter { !finished.contains($0.name) }
                 earlier.waiting = (rest + earlier.waiting.dropFirst(Self.earlierLookedAtOnce))[...]
             }
-            let tids = earlier.unnamed + window.map(\.tid).filter(finished.contains)
+            let names = earlier.unnamed + window.map(\.name).filter(finished.contains)
             earlier.unnamed = []
-            return (tids, !earlier.waiting.isEmpty)
+            return (names, !earlier.waiting.isEmpty)
         }
     }
 
@@ -448,8 +466,8 @@ final class HandlingLedger: Sendable {
     }
 
     /// A receipt could not take these ids now: the next call returns them first.
-    func unnamed(_ tids: [String]) {
-        earlier.withLock { $0.unnamed = tids + $0.unnamed }
+    func unnamed(_ names: [String]) {
+        earlier.withLock { $0.unnamed = names + $0.unnamed }
     }
 
     /// What the zipper was last told.
@@ -475,22 +493,121 @@ final class HandlingLedger: Sendable {
         return quiet
     }
 
-    /// The frames no acknowledged receipt covered, by transaction id, which
-    /// the zipper (or a source, if the zipper crashed) may send again: asked
-    /// when the connection ended, or when the zipper says copies may follow.
-    /// `acknowledged`: as for `advance`, then.
-    func untold(acknowledged: Int) -> [String: Token] {
-        let entries = state.withLock { state in
-            Self.confirm(&state, acknowledged: acknowledged)
-            // Handled or not: those after the last receipt the zipper had may come again.
-            return state.entries.enumerated().filter { $0.element.end > state.confirmed }.map { ($0.offset + state.firstIndex, $0.element.end, $0.element.metadata) }
+    /// The frames that may come again, by `CopyKey`: those the zipper (or a
+    /// source, if the zipper crashed) may send again. Asked when the
+    /// connection ended, or when the zipper says copies may follow.
+    /// `acknowledged`: as for `advance`, then. Every frame still kept counts,
+    /// and the newest let go of (`Recent`): the zipper's QUIC stack
+    /// acknowledged the receipt that told them handled, but a zipper that
+    /// died then may not yet have settled them for their senders, who send
+    /// them again. Until the fifty-seventh round of issue 14 only frames
+    /// past the last receipt acknowledged counted, and such a frame was
+    /// handled twice: the likeliest reading of frame "0" handled twice in a
+    /// fresh-clone `.ci/run` (`HandlerLifecycleTests.lostAtHandlerLimitRedialsAtOnce`).
+    func untold(acknowledged: Int) -> [CopyKey: Token] {
+        // `recent`'s lock first, as `keepLetGo` takes them: a frame let go of
+        // is in `letGo` or in `recent`, never on its way between.
+        let (kept, letGo, recent) = recent.withLock { recent in
+            let (kept, letGo) = state.withLock { state in
+                Self.confirm(&state, acknowledged: acknowledged)
+                return (state.entries.enumerated().map { ($0.offset + state.firstIndex, $0.element.end, $0.element.frame) }, state.letGo)
+            }
+            return (kept, letGo, recent.frames)
         }
-        var byTid: [String: Token] = [:]
-        for (index, end, metadata) in entries {
-            guard let metadata, let tid = MetadataView(metadata)?.string(.tid), !tid.isEmpty else { continue }
-            byTid[tid] = Token(ledger: self, index: index, end: end, length: 0)
+        var byKey: [CopyKey: Token] = [:]
+        for (index, end, key) in recent {
+            // Let go of: finished, and a token the ledger no longer has says so.
+            byKey[key] = Token(ledger: self, index: index, end: end, length: 0)
         }
-        return byTid
+        let frames = letGo + kept.compactMap { index, end, frame in frame.map { (index: index, end: end, frame: $0) } }
+        for (index, end, frame) in frames {
+            guard let key = CopyKey(frame) else { continue }
+            byKey[key] = Token(ledger: self, index: index, end: end, length: 0)
+        }
+        return byKey
+    }
+
+    /// The newest frames handled and told whose receipt the zipper's QUIC
+    /// stack acknowledged (`untold`), at most `kept`: a zipper settles
+    /// frames for their senders within its receipts' interval (2 ms) and a
+    /// round trip after it read a function's receipt, and 2,048 frames are
+    /// 20 ms at 100,000 a second. Each is kept as its key (about 100 bytes
+    /// with a 21-byte id), not as the slices of the bytes it arrived in,
+    /// which would keep the whole read.
+    struct Recent {
+        static let kept = 2048
+        private(set) var frames = CircularBuffer<(index: Int, end: Int, key: CopyKey)>()
+
+        mutating func keep(_ letGo: [(index: Int, end: Int, frame: DataFrame)]) {
+            for (index, end, frame) in letGo.suffix(Self.kept) {
+                guard let key = CopyKey(frame) else { continue }
+                if frames.count == Self.kept { frames.removeFirst() }
+                frames.append((index, end, key))
+            }
+        }
+    }
+}
+
+/// What a frame that came again is recognized by: its transaction id, tag
+/// and payload's shape. The id alone does not tell a copy from another
+/// frame of the transaction: a stream function's answers carry the id of
+/// the frame they answer, so a function observing both tags, or the answers
+/// of one that splits a frame in several, reads one id on several frames.
+/// Until the fifty-seventh round of issue 14 copies were recognized by id
+/// alone, and after the zipper's word that copies may follow, such a frame
+/// was taken for a copy of the one before it and not handled.
+struct CopyKey: Hashable, Sendable {
+    let tid: String
+    let tag: UInt32
+    /// The payload's length and its first and last bytes (`shape(of:)`):
+    /// two answers of one transaction with the same tag and shape are
+    /// taken for one frame.
+    let shape: UInt64
+
+    init(tid: String, tag: UInt32, shape: UInt64) {
+        self.tid = tid
+        self.tag = tag
+        self.shape = shape
+    }
+
+    /// The key of `frame`; nil without a transaction id.
+    init?(_ frame: DataFrame) {
+        guard let tid = MetadataView(frame.metadata)?.string(.tid), !tid.isEmpty else { return nil }
+        self.init(tid: tid, tag: frame.tag, shape: Self.shape(of: frame.payload))
+    }
+
+    /// The key of a frame queued for a pipe handler; nil without a transaction id.
+    init?(_ frame: PipeFrame) {
+        guard let tid = frame.metadata[Metadata.ReservedKey.tid], !tid.isEmpty else { return nil }
+        self.init(tid: tid, tag: frame.tag, shape: Self.shape(of: frame.dataBuffer))
+    }
+
+    /// How receipts name the frame (`ReceiptFrame.handledBefore`,
+    /// `heldCopies`): its id, tag and shape, joined by U+001F. A peer from
+    /// before the fifty-seventh round of issue 14 names a frame by its id
+    /// alone, which `isNamed(in:)` still takes; such a peer finds no frame
+    /// by this name, and so at worst handles a copy twice, as before.
+    var name: String { "\(tid)\u{1F}\(String(tag, radix: 16))\u{1F}\(String(shape, radix: 16))" }
+
+    /// Whether `names` name the frame: by `name`, or by its id alone (a peer from before).
+    func isNamed(in names: Set<String>) -> Bool { names.contains(name) || names.contains(tid) }
+
+    /// How many bytes from each end of a payload its shape reads: a lookup
+    /// costs the same for any payload.
+    static let endBytes = 32
+
+    /// The payload's length and up to `endBytes` from each end, hashed
+    /// (FNV-1a: the same in every process).
+    static func shape(of payload: ByteBuffer) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        let length = payload.readableBytes
+        withUnsafeBytes(of: UInt64(length).littleEndian) { for byte in $0 { mix(byte) } }
+        payload.withUnsafeReadableBytes { bytes in
+            for byte in bytes.prefix(endBytes) { mix(byte) }
+            for byte in bytes.suffix(Swift.min(endBytes, Swift.max(length - endBytes, 0))) { mix(byte) }
+        }
+        return hash
     }
 }
 

@@ -194,12 +194,13 @@ struct HeldFrames {
     /// Functions taking their held frames: what is routed meanwhile is held
     /// for them too, so nothing overtakes what they take.
     private var arriving: [UInt64: RouteMember] = [:]
-    /// By transaction id, the names that finished a frame on a connection
-    /// that ended, as their later connections said (`handledBefore`); the
-    /// oldest pairs forgotten past `maximumHandledCopies` (ids come from
-    /// peers: at most about 2 MiB).
+    /// By the frame's name (`CopyKey.name`, or a transaction id alone from a
+    /// function from before), the functions that finished it on a
+    /// connection that ended, as their later connections said
+    /// (`handledBefore`); the oldest pairs forgotten past
+    /// `maximumHandledCopies` (names come from peers: at most about 4 MiB).
     private var handledCopies: [String: Set<String>] = [:]
-    private var handledCopiesOrder = CircularBuffer<(tid: String, name: String)>()
+    private var handledCopiesOrder = CircularBuffer<(frame: String, function: String)>()
     static let maximumHandledCopies = 16_384
 
     init(settings: ZipperConfiguration.UnroutedHold, startedAt: Instant) {
@@ -312,16 +313,18 @@ struct HeldFrames {
 
     /// `claim` without the names it owes `frame` that finished a copy of it before.
     func lessCopiesHandled(_ claim: Claim, of frame: DataFrame) -> Claim {
-        guard !handledCopies.isEmpty, !claim.owed.isEmpty, let tid = MetadataView(frame.metadata)?.string(.tid),
-              let names = handledCopies[tid] else { return claim }
+        guard !handledCopies.isEmpty, !claim.owed.isEmpty, let key = CopyKey(frame) else { return claim }
+        let names = (handledCopies[key.name] ?? []).union(handledCopies[key.tid] ?? [])
+        guard !names.isEmpty else { return claim }
         var less = claim
         less.handledBy = claim.owed.intersection(names)
         less.owed.subtract(names)
         return less
     }
 
-    /// `function`'s receipt says its handlers finished the frames `tids` on
-    /// a connection of its that ended (`ReceiptFrame.handledBefore`): what is
+    /// `function`'s receipt says its handlers finished the frames `names`
+    /// (`CopyKey.name`, or ids alone from a function from before) on a
+    /// connection of its that ended (`ReceiptFrame.handledBefore`): what is
     /// held for it of those is its no longer, as if it took it, and a copy
     /// held for its name later will not be. The zipper (an upstream's, a
     /// source's resend) may hold such copies while it is closing and has
@@ -329,22 +332,22 @@ struct HeldFrames {
     /// next instance handled again what it finished of its earlier
     /// connection's queue (`yomo-fault-bench chaos --mesh --seed 9`, 287
     /// frames). Returns how many held frames it settled.
-    mutating func handledBefore(_ tids: [String], by function: RouteMember) -> Int {
+    mutating func handledBefore(_ names: [String], by function: RouteMember) -> Int {
         var named: Set<String> = []
-        for tid in tids where !tid.isEmpty && tid.utf8.count <= DeliveryDestination.maximumIDLength {
-            named.insert(tid)
-            guard handledCopies[tid, default: []].insert(function.name).inserted else { continue }
-            handledCopiesOrder.append((tid, function.name))
+        for name in names where !name.isEmpty && name.utf8.count <= DeliveryDestination.maximumIDLength {
+            named.insert(name)
+            guard handledCopies[name, default: []].insert(function.name).inserted else { continue }
+            handledCopiesOrder.append((name, function.name))
             if handledCopiesOrder.count > Self.maximumHandledCopies, let oldest = handledCopiesOrder.popFirst() {
-                handledCopies[oldest.tid]?.remove(oldest.name)
-                if handledCopies[oldest.tid]?.isEmpty == true { handledCopies[oldest.tid] = nil }
+                handledCopies[oldest.frame]?.remove(oldest.function)
+                if handledCopies[oldest.frame]?.isEmpty == true { handledCopies[oldest.frame] = nil }
             }
         }
         guard !named.isEmpty, !entries.isEmpty else { return 0 }
         var settled = 0
         var kept = CircularBuffer<Entry>(initialCapacity: entries.count)
         for var entry in entries {
-            if entry.waits(for: function), let tid = MetadataView(entry.frame.metadata)?.string(.tid), named.contains(tid) {
+            if entry.waits(for: function), CopyKey(entry.frame)?.isNamed(in: named) == true {
                 settled += 1
                 let (settles, left) = entry.taken(by: function.name)
                 if settles {
@@ -362,9 +365,9 @@ struct HeldFrames {
         return settled
     }
 
-    /// The transaction ids of the frames held that `function` would take, in order.
-    func tids(waitingFor function: RouteMember) -> [String] {
-        entries.compactMap { entry in entry.waits(for: function) ? MetadataView(entry.frame.metadata)?.string(.tid) : nil }
+    /// The names (`CopyKey.name`) of the frames held that `function` would take, in order.
+    func names(waitingFor function: RouteMember) -> [String] {
+        entries.compactMap { entry in entry.waits(for: function) ? CopyKey(entry.frame)?.name : nil }
     }
 
     /// Holds `frames`, which `function` lacks, for its name alone and ahead of

@@ -1577,9 +1577,9 @@ public final class Zipper: Sendable {
 
     /// A function named frames it finished on an earlier connection: the
     /// copies held for its name are settled (see `HeldFrames.handledBefore`).
-    private func settleCopiesHeld(_ tids: [String], handledBy member: RouteMember, logger: Logger) {
+    private func settleCopiesHeld(_ names: [String], handledBy member: RouteMember, logger: Logger) {
         let settled = state.withLock { state in
-            let settled = state.held.handledBefore(tids, by: member)
+            let settled = state.held.handledBefore(names, by: member)
             state.statistics.heldCopiesSettled += settled
             return settled
         }
@@ -1626,25 +1626,25 @@ public final class Zipper: Sendable {
         return true
     }
 
-    /// Tells a closing function the ids of the frames held for its name
-    /// (`ReceiptFrame.heldCopies`), now and as more are held: copies an
+    /// Tells a closing function the names (`CopyKey.name`) of the frames held
+    /// for its name (`ReceiptFrame.heldCopies`), now and as more are held: copies an
     /// upstream zipper or a source sends again of what an earlier connection
     /// of its brought, which it has queued and may give back instead of
     /// handling. Until the fifty-sixth round of issue 14 a function closed
     /// while it redialled worked off that queue until its deadline, 5 s
     /// (`yomo-fault-bench chaos --mesh --seed 9`).
     private func tellHeldCopies(to member: RouteMember, _ connection: QUICFrameConnection) {
-        let tids = state.withLock { state -> [String] in
+        let names = state.withLock { state -> [String] in
             state.closingNames[member.name, default: []].insert(member.connectionID)
-            return state.held.tids(waitingFor: member)
+            return state.held.names(waitingFor: member)
         }
-        tellHeldCopies(tids, to: connection)
+        tellHeldCopies(names, to: connection)
     }
 
-    private func tellHeldCopies(_ tids: [String], to connection: QUICFrameConnection) {
-        for start in stride(from: 0, to: tids.count, by: Self.heldCopiesPerReceipt) {
-            let ids = Array(tids[start..<min(start + Self.heldCopiesPerReceipt, tids.count)])
-            _ = try? connection.tryWrite(control: .receipt(ReceiptFrame(settledThrough: 0, heldCopies: ids)), limit: .max)
+    private func tellHeldCopies(_ names: [String], to connection: QUICFrameConnection) {
+        for start in stride(from: 0, to: names.count, by: Self.heldCopiesPerReceipt) {
+            let batch = Array(names[start..<min(start + Self.heldCopiesPerReceipt, names.count)])
+            _ = try? connection.tryWrite(control: .receipt(ReceiptFrame(settledThrough: 0, heldCopies: batch)), limit: .max)
         }
     }
 
@@ -2143,8 +2143,8 @@ public final class Zipper: Sendable {
         var refusal: SpanContext?
         if let claim = outcome.refused, tracing.tracer.isEnabled { refusal = traceRefusedByFullHold(owned, for: claim) }
         if outcome.wasEmpty { heldWakeups.continuation.yield() }
-        if !closing.isEmpty, let tid = MetadataView(owned.metadata)?.string(.tid) {
-            for connection in closing { tellHeldCopies([tid], to: connection) }
+        if !closing.isEmpty, let name = CopyKey(owned)?.name {
+            for connection in closing { tellHeldCopies([name], to: connection) }
         }
         if let claim = outcome.firstFor, mayLogAboutHeldFrames() {
             let duration = configuration.unroutedHold.duration

@@ -169,9 +169,53 @@ struct HandlingReceiptTests {
         return answer
     }
 
-    /// A data frame of tag 0x33 with transaction id `tid`, encoded.
-    static func frame(_ text: String, tid: String) -> ByteBuffer {
-        Frame.data(DataFrame(tag: 0x33, metadata: Metadata([Metadata.ReservedKey.tid: tid]).encoded(), payload: ByteBuffer(string: text))).encoded()
+    /// A data frame with transaction id `tid`.
+    static func dataFrame(tid: String, tag: UInt32 = 0x33, _ text: String = "") -> DataFrame {
+        DataFrame(tag: tag, metadata: Metadata([Metadata.ReservedKey.tid: tid]), payload: ByteBuffer(string: text))
+    }
+
+    @Test("a frame the ledger let go of (handled, told, the receipt acknowledged) still counts as one that may come again, finished, among the newest HandlingLedger.Recent.kept")
+    func letGoOfStillRecognized() throws {
+        let ledger = HandlingLedger(startingAt: 0)
+        let count = 2100
+        var read = ByteBuffer()
+        for index in 0..<count { read.writeImmutableBuffer(Frame.data(Self.dataFrame(tid: "t-\(index)", "frame-\(index)")).encoded()) }
+        var decoder = FrameDecoder()
+        for index in 0..<count {
+            guard case .data(let data)? = try decoder.decodeFrame(buffer: &read) else { Issue.record("not data"); return }
+            ledger.received(end: (index + 1) * 10, length: 10, frame: data).finished()
+        }
+        let tell = try #require(ledger.advance(acknowledged: 0).tell)
+        #expect(tell.handled == count * 10)
+        ledger.told(tell, receiptEnd: 100)
+        #expect(ledger.advance(acknowledged: 100) == (nil, false), "acknowledged: let go of, nothing left")
+        let untold = ledger.untold(acknowledged: 100)
+        let tids = Set(untold.keys.map(\.tid))
+        #expect(untold.count == HandlingLedger.Recent.kept)
+        #expect(tids.contains("t-\(count - 1)") && tids.contains("t-\(count - HandlingLedger.Recent.kept)") && !tids.contains("t-\(count - HandlingLedger.Recent.kept - 1)"), "the newest")
+        #expect(untold.keys.allSatisfy { $0.tag == 0x33 && $0.shape == CopyKey.shape(of: ByteBuffer(string: "frame-\($0.tid.dropFirst(2))")) })
+        let next = HandlingLedger(startingAt: 0)
+        let copy = next.received(end: 10, length: 10, frame: Self.dataFrame(tid: "t-\(count - 1)"))
+        try #require(untold.first { $0.key.tid == "t-\(count - 1)" }).value.forward(to: copy)
+        #expect(next.advance(acknowledged: 0).tell?.handled == 10, "finished at once: its original was")
+    }
+
+    @Test("a copy is known by transaction id, tag and payload's shape: frames of one transaction with other tags, lengths or ends are other frames")
+    func copyKeys() throws {
+        func key(_ tag: UInt32, _ text: String, tid: String = "t") -> CopyKey? { CopyKey(Self.dataFrame(tid: tid, tag: tag, text)) }
+        let long = String(repeating: "x", count: 100)
+        #expect(key(0x33, "a") == key(0x33, "a"))
+        #expect(key(0x33, "a") != key(0x34, "a"), "another tag")
+        #expect(key(0x33, "a") != key(0x33, "b") && key(0x33, "a") != key(0x33, "aa"), "another payload")
+        #expect(key(0x33, "a") != key(0x33, "a", tid: "u"))
+        #expect(key(0x33, "1" + long) != key(0x33, "2" + long) && key(0x33, long + "1") != key(0x33, long + "2"), "its ends")
+        #expect(key(0x33, long + "1" + long) == key(0x33, long + "2" + long), "its middle is not read: one shape")
+        #expect(CopyKey(DataFrame(tag: 0x33, payload: ByteBuffer(string: "no id"))) == nil)
+    }
+
+    /// A data frame with transaction id `tid`, encoded.
+    static func frame(_ text: String, tid: String, tag: UInt32 = 0x33) -> ByteBuffer {
+        Frame.data(dataFrame(tid: tid, tag: tag, text)).encoded()
     }
 
     @Test("a frame that comes three times after the zipper's word that copies may follow (its hold, then a source's resend) is handled once: the second copy is finished with the first, as the first with the original")
@@ -180,7 +224,7 @@ struct HandlingReceiptTests {
         // may follow, sends it twice more, then another frame.
         let script = [
             Self.frame("original", tid: "t-1"), Frame.receipt(ReceiptFrame(settledThrough: 0, copiesMayFollow: true)).encoded(),
-            Self.frame("copy", tid: "t-1"), Self.frame("second copy", tid: "t-1"), Self.frame("next", tid: "t-2"),
+            Self.frame("original", tid: "t-1"), Self.frame("original", tid: "t-1"), Self.frame("next", tid: "t-2"),
         ]
         let zipper = try await HostileZipper(answer: Self.welcomingHandling) { connection in connection == 0 ? script : [] }
         let handled = Inbox<String>()
@@ -199,6 +243,59 @@ struct HandlingReceiptTests {
         #expect(await handled.wait(for: 2))
         #expect(await eventually { handled.items.last == "next" })
         #expect(handled.items == ["original", "next"], "\(handled.items)")
+        await function.close()
+        await zipper.close()
+    }
+
+    @Test("frames of one transaction with another tag or payload, read after the zipper's word that copies may follow, are handled: only a copy of a frame is not")
+    func framesOfOneTransactionAreNotCopies() async throws {
+        // A function that observes a source's tag and a second function's
+        // answers (which carry the id of the frame they answer), one of
+        // which split its frame in two.
+        let script = [
+            Frame.receipt(ReceiptFrame(settledThrough: 0, copiesMayFollow: true)).encoded(),
+            Self.frame("raw", tid: "t-1"), Self.frame("RAW", tid: "t-1", tag: 0x34),
+            Self.frame("part 1", tid: "t-2", tag: 0x34), Self.frame("part 2", tid: "t-2", tag: 0x34),
+            Self.frame("again", tid: "t-3"), Self.frame("again", tid: "t-3"), Self.frame("end", tid: "t-4"),
+        ]
+        let zipper = try await HostileZipper(answer: Self.welcomingHandling) { connection in connection == 0 ? script : [] }
+        let handled = Inbox<String>()
+        let function = StreamFunction(name: "both", zipper: zipper.address, options: .init(observedTags: [0x33, 0x34]))
+        // In order: once "end" is handled, every frame before it was read.
+        function.setPipeHandler { input, _ in
+            for await frame in input { handled.append(String(decoding: frame.data, as: UTF8.self)) }
+        }
+        try await function.connect()
+        #expect(await eventually { handled.items.last == "end" })
+        // Before, a frame with the id of one before it was taken for its copy: "RAW" and "part 2" were not handled.
+        #expect(handled.items == ["raw", "RAW", "part 1", "part 2", "again", "end"], "\(handled.items)")
+        await function.close()
+        await zipper.close()
+    }
+
+    @Test("frames handled and told, the receipt that told them acknowledged by the zipper's QUIC stack, are still known when the connection ends: sent again on the next one (a zipper that died before settling them for their source, which sends them again), each is handled once")
+    func toldAndAcknowledgedHandledOnce() async throws {
+        let originals = (0..<10).map { Self.frame("frame-\($0)", tid: "t-\($0)") }
+        let zipper = try await HostileZipper(answer: Self.welcomingHandling) { connection in
+            connection == 0 ? originals : originals + [Self.frame("last", tid: "t-last")]
+        }
+        let handled = Inbox<String>()
+        let redial = ReconnectPolicy(firstRetryDelay: .milliseconds(10) ... .milliseconds(20), initialDelay: .milliseconds(20), maximumDelay: .milliseconds(50))
+        let function = StreamFunction(name: "once", zipper: zipper.address, options: .init(observedTags: [0x33], reconnect: redial))
+        function.setPipeHandler { input, _ in
+            for await frame in input { handled.append(String(decoding: frame.data, as: UTF8.self)) }
+        }
+        try await function.connect()
+        #expect(await handled.wait(for: 10))
+        // Told: a receipt settles all ten, and the zipper's QUIC stack acknowledged it.
+        let through = UInt64(originals.reduce(Self.welcomingHandling.readableBytes) { $0 + $1.readableBytes })
+        #expect(await eventually { zipper.receipts.items.last?.settledThrough == through }, "\(zipper.receipts.items.last.map { "\($0)" } ?? "none")")
+        #expect(await eventually { function.client.unacknowledgedBytesForTesting == 0 })
+        await function.client.dropConnectionForTesting()
+        // In order: once "last" is handled, the copies before it were read.
+        #expect(await eventually(within: .seconds(10)) { handled.items.last == "last" })
+        // Before, the ledger forgot frames once that receipt was acknowledged, and all ten were handled again.
+        #expect(handled.items == (0..<10).map { "frame-\($0)" } + ["last"], "\(handled.items)")
         await function.close()
         await zipper.close()
     }
@@ -855,30 +952,26 @@ struct HandlingReceiptTests {
     @Test("what a function remembers of frames that may come again keeps a frame its handlers have yet to finish, however long ago it came, and a finished one for copiesWindow, no longer")
     func copiesRememberedWhileNeeded() {
         let ledger = HandlingLedger(startingAt: 0)
-        let finished = ledger.received(end: 10, length: 10, metadata: nil)
-        let running = ledger.received(end: 20, length: 10, metadata: nil)
+        let finished = ledger.received(end: 10, length: 10, frame: nil)
+        let running = ledger.received(end: 20, length: 10, frame: nil)
         finished.finished()
         let now = ContinuousClock.now
         let old = now - ClientRuntime.copiesWindow - .seconds(1)
         let recent = now - ClientRuntime.copiesWindow + .seconds(1)
-        let noted: ClientRuntime.MayComeAgain = ["finished-old": (finished, old), "finished-recent": (finished, recent), "running-old": (running, old)]
-        #expect(ClientRuntime.stillToRecognize(noted, at: now).keys.sorted() == ["finished-recent", "running-old"])
+        func key(_ tid: String) -> CopyKey { CopyKey(tid: tid, tag: 0x33, shape: 0) }
+        let noted: ClientRuntime.MayComeAgain = [key("finished-old"): (finished, old), key("finished-recent"): (finished, recent), key("running-old"): (running, old)]
+        #expect(ClientRuntime.stillToRecognize(noted, at: now).keys.map(\.tid).sorted() == ["finished-recent", "running-old"])
         running.finished()
-        #expect(ClientRuntime.stillToRecognize(noted, at: now).keys.sorted() == ["finished-recent"], "once finished, forgotten when old")
+        #expect(ClientRuntime.stillToRecognize(noted, at: now).keys.map(\.tid).sorted() == ["finished-recent"], "once finished, forgotten when old")
     }
 
     @Test("the ledger tells the end of the frames handled in order and of those taken, and knows a frame that comes again")
     func ledger() throws {
         let ledger = HandlingLedger(startingAt: 10)
-        func metadata(_ tid: String) -> ByteBuffer {
-            var metadata = Metadata()
-            metadata[Metadata.ReservedKey.tid] = tid
-            return metadata.encoded()
-        }
-        let first = ledger.received(end: 20, length: 10, metadata: metadata("a"))
-        let second = ledger.received(end: 30, length: 10, metadata: metadata("b"))
+        let first = ledger.received(end: 20, length: 10, frame: Self.dataFrame(tid: "a"))
+        let second = ledger.received(end: 30, length: 10, frame: Self.dataFrame(tid: "b"))
         ledger.passed(end: 35)
-        let third = ledger.received(end: 40, length: 5, metadata: metadata("c"))
+        let third = ledger.received(end: 40, length: 5, frame: Self.dataFrame(tid: "c"))
         typealias Tell = HandlingLedger.Tell
         #expect(ledger.advance(acknowledged: 0) == (nil, true))
         // Handlers took the first two: told, though none finished.
@@ -900,12 +993,13 @@ struct HandlingReceiptTests {
         #expect(!ledger.isQuiet)
         // Ends while the third runs, before the zipper acknowledged the receipt:
         // it may have been lost with the connection, so all three may come again.
-        #expect(ledger.untold(acknowledged: 99).keys.sorted() == ["a", "b", "c"])
-        // Once the receipt is acknowledged only the third may: the first two were told.
-        #expect(ledger.untold(acknowledged: 100).keys.sorted() == ["c"])
+        #expect(ledger.untold(acknowledged: 99).keys.map(\.tid).sorted() == ["a", "b", "c"])
+        // Once the receipt is acknowledged, still all three: the first two were
+        // told, but a zipper that died then may not have settled them for their senders.
+        #expect(ledger.untold(acknowledged: 100).keys.map(\.tid).sorted() == ["a", "b", "c"])
         let next = HandlingLedger(startingAt: 0)
-        let copy = next.received(end: 50, length: 10, metadata: metadata("c"))
-        ledger.untold(acknowledged: 100)["c"]?.forward(to: copy)
+        let copy = next.received(end: 50, length: 10, frame: Self.dataFrame(tid: "c"))
+        ledger.untold(acknowledged: 100).first { $0.key.tid == "c" }?.value.forward(to: copy)
         #expect(next.advance(acknowledged: 0) == (nil, true), "the copy waits for the original")
         third.finished()
         #expect(ledger.advance(acknowledged: 100) == (Tell(handled: 40, taken: 40), true))
@@ -1065,7 +1159,7 @@ struct HandlingReceiptTests {
     @Test("a closing function's ledger gives back frames: nothing is told taken or handled past the first given back, nor past frames waiting for the zipper's answer, and it is quiet once those before it are handled and told")
     func ledgerGivesBack() throws {
         let ledger = HandlingLedger(startingAt: 0, zipperAnswersClosing: true)
-        let frames = (1...5).map { ledger.received(end: $0 * 10, length: 10, metadata: nil) }
+        let frames = (1...5).map { ledger.received(end: $0 * 10, length: 10, frame: nil) }
         typealias Tell = HandlingLedger.Tell
         frames[0].taken()
         #expect(frames[1].start == 10 && frames[1].mustBeHandled(unkept: 11, settleable: 0) && frames[1].mustBeHandled(unkept: 0, settleable: 20))
@@ -1091,8 +1185,8 @@ struct HandlingReceiptTests {
         #expect(ledger.isQuiet, "the frames given back are not waited for")
         // Without giving back, those frames are.
         let plain = HandlingLedger(startingAt: 0)
-        let first = plain.received(end: 10, length: 10, metadata: nil)
-        _ = plain.received(end: 20, length: 10, metadata: nil)
+        let first = plain.received(end: 10, length: 10, frame: nil)
+        _ = plain.received(end: 20, length: 10, frame: nil)
         first.finished()
         plain.told(try #require(plain.advance(acknowledged: 0).tell), receiptEnd: 30)
         #expect(!plain.isQuiet)
@@ -1101,10 +1195,10 @@ struct HandlingReceiptTests {
     @Test("a frame an earlier connection brought goes back as its copy read on this one: a kept frame's copy past the first given back is waited for until told handled, and a token knows its copy until it finishes")
     func ledgerGivesBackCopies() throws {
         let earlier = HandlingLedger(startingAt: 0)
-        let originals = (0..<3).map { earlier.received(end: ($0 + 1) * 10, length: 10, metadata: nil) }
+        let originals = (0..<3).map { earlier.received(end: ($0 + 1) * 10, length: 10, frame: nil) }
         // Copies came on the next connection in another order: the third's first, then the first's, then the second's.
         let ledger = HandlingLedger(startingAt: 0, zipperAnswersClosing: true)
-        let copies = (0..<3).map { ledger.received(end: ($0 + 1) * 10, length: 10, metadata: nil) }
+        let copies = (0..<3).map { ledger.received(end: ($0 + 1) * 10, length: 10, frame: nil) }
         for (original, copy) in zip(originals, [copies[1], copies[2], copies[0]]) { original.forward(to: copy) }
         #expect(originals.map { $0.copy?.start } == [10, 20, 0])
         #expect(copies.allSatisfy { $0.copy == nil }, "no copy of the copies")
@@ -1159,7 +1253,7 @@ struct HandlingReceiptTests {
     @Test("the ledger names the ranges handled past those handled in order, each once told")
     func ledgerRangesAhead() throws {
         let ledger = HandlingLedger(startingAt: 0)
-        let frames = (1...6).map { ledger.received(end: $0 * 10, length: 10, metadata: nil) }
+        let frames = (1...6).map { ledger.received(end: $0 * 10, length: 10, frame: nil) }
         typealias Tell = HandlingLedger.Tell
         frames[2].finished()
         frames[3].finished()

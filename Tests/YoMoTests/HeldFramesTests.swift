@@ -159,6 +159,31 @@ struct HeldFramesLogicTests {
                 == [.handledBefore, .held(first: false)])
     }
 
+    @Test("a function that names frames by transaction id, tag and payload's shape (CopyKey.name) settles only those frames held for it: another frame of the transaction (its answer, another part), which the function also observes, is kept, and held for it after the names too; the names the hold tells a closing function are the same")
+    func copiesNamedByKey() {
+        var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
+        func frame(_ tag: UInt32, _ tid: String, _ text: String) -> DataFrame {
+            DataFrame(tag: tag, metadata: Metadata([Metadata.ReservedKey.tid: tid]), payload: ByteBuffer(string: text))
+        }
+        let f = function([0x33, 0x34], name: "f", id: 1)
+        let raw = frame(0x33, "t", "raw"), answer = frame(0x34, "t", "RAW"), part = frame(0x34, "t", "part 2")
+        for held_ in [raw, answer, part] {
+            _ = held.hold(held_, target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start)
+        }
+        let names = [raw, answer, part].map { CopyKey($0)!.name }
+        #expect(Set(names).count == 3 && names.allSatisfy { $0.hasPrefix("t\u{1F}") })
+        #expect(held.names(waitingFor: f) == names)
+        // f finished the raw frame on an earlier connection; the answer and the other part are still its to take.
+        #expect(held.handledBefore([names[0]], by: f) == 1)
+        #expect(held.names(waitingFor: f) == Array(names.dropFirst()))
+        #expect(held.hold(raw, target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start) == .handledBefore, "a later copy of what it named")
+        #expect(held.hold(answer, target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start) == .held(first: false), "not of another frame of the transaction")
+        #expect(held.take(for: f).map { String(buffer: $0.frame.payload) } == ["RAW", "part 2", "RAW"])
+        // A function from before names the id alone: every frame of the transaction, as then.
+        _ = held.hold(answer, target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start)
+        #expect(held.handledBefore(["t"], by: f) == 1 && held.take(for: f).isEmpty)
+    }
+
     @Test("what a connection's end left is waited for frame by frame: a receipt waits only for the frames up to where it waited, and a frame never written there is waited for by every one")
     func leftoversFrameByFrame() {
         let progress = ConnectionProgress()
