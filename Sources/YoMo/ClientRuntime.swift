@@ -386,6 +386,8 @@ final class ClientRuntime: Sendable {
     var keptFrames: Int { state.withLock { $0.session?.keptFrames ?? 0 } }
     /// Data frames the current connection read (zero without handling receipts).
     var framesReceivedForTesting: Int { state.withLock { $0.session?.handling?.framesReceived ?? 0 } }
+    /// Whether the zipper was told, and its QUIC stack acknowledged, that every frame read was handled.
+    var handlingToldForTesting: Bool { state.withLock { $0.session?.handling }?.allHandledAndConfirmed ?? false }
     /// Frames a closing function gave back to the zipper (`giveBack`).
     var framesGivenBackForTesting: Int { framesGivenBack.load(ordering: .relaxed) }
     private let framesGivenBack = Atomic(0)

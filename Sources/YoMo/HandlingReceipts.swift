@@ -425,6 +425,12 @@ final class HandlingLedger: Sendable {
     /// Data frames read on this connection.
     var framesReceived: Int { state.withLock { $0.received } }
 
+    /// Whether every frame read was handled and a receipt the zipper's QUIC
+    /// stack acknowledged told so (for tests).
+    var allHandledAndConfirmed: Bool {
+        state.withLock { $0.handledCount == $0.entries.count && $0.handledUntold.isEmpty && $0.confirmed >= $0.handled }
+    }
+
     /// Frames earlier connections brought that were not finished when this
     /// one began, in the order the handlers take them, and the ids of those
     /// finished since that no receipt could name yet (`earlierFinished`).

@@ -311,6 +311,12 @@ struct HeldFrames {
         return count(entry)
     }
 
+    /// Whether the stream functions named `function` finished a frame
+    /// named `name` (`CopyKey.name`): a copy of it is not theirs to handle.
+    func handled(_ name: String, byFunctionNamed function: String) -> Bool {
+        !handledCopies.isEmpty && handledCopies[name]?.contains(function) == true
+    }
+
     /// `claim` without the names it owes `frame` that finished a copy of it before.
     func lessCopiesHandled(_ claim: Claim, of frame: DataFrame) -> Claim {
         guard !handledCopies.isEmpty, !claim.owed.isEmpty, let key = CopyKey(frame) else { return claim }

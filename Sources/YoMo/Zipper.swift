@@ -258,6 +258,17 @@ public final class Zipper: Sendable {
             routes.destinations(tag: tag, target: target).compactMap { id in peers[id].map { (id, $0.connection, $0.delivery) } }
         }
 
+        /// `destinations(tag:target:)` less the functions whose name finished
+        /// a frame named `copy` (`CopyKey.name`, of a frame from an upstream
+        /// zipper; see `route`), and whether there were such.
+        func destinations(tag: UInt32, target: String?, passingOver copy: String?) -> (destinations: [Destination], passedOver: Bool) {
+            var destinations = destinations(tag: tag, target: target)
+            guard let copy, !destinations.isEmpty else { return (destinations, false) }
+            let count = destinations.count
+            destinations.removeAll { peers[$0.id].map { held.handled(copy, byFunctionNamed: $0.member.name) } ?? false }
+            return (destinations, destinations.count < count)
+        }
+
         /// Whether the stream functions to remember changed since the file was written.
         var functionsChanged = false
 
@@ -385,6 +396,11 @@ public final class Zipper: Sendable {
         /// functions they were held for said they finished a copy of each
         /// on an earlier connection (`ReceiptFrame.handledBefore`).
         public var heldCopiesSettled = 0
+        /// Frames an upstream zipper of the mesh forwarded that were not
+        /// written to a stream function because an instance of its name had
+        /// finished a frame by that name (`CopyKey`): a copy, sent again
+        /// through the upstream's next run. Counted once per frame.
+        public var handledCopiesNotRouted = 0
         /// Frames a stream function's ended connection had not acknowledged
         /// (or its handlers not finished) that went to another instance of its
         /// name, one that joined after they were written (a restart the zipper
@@ -1232,6 +1248,7 @@ public final class Zipper: Sendable {
             Task { await connection.close(reason: reason) }
         }
         let forwardsToMesh = !links.isEmpty && MeshForwarding.forwards(from: handshake.clientType)
+        let fromUpstream = handshake.clientType == .upstreamZipper
         var connectionMetadata = Metadata()
         connectionMetadata[Metadata.ReservedKey.wantedTarget] = handshake.wantedTarget
         // A stream function that says which frames its handlers finished: what
@@ -1461,6 +1478,9 @@ public final class Zipper: Sendable {
                             delivery.handledBefore(handled.handledBefore)
                             settleCopiesHeld(handled.handledBefore, handledBy: member, logger: connectionLogger)
                         }
+                        // What it finished of the mesh's frames, remembered for its name (see `route`).
+                        let finishedFromLinks = delivery.finishedLinkFrames(through: settled, ahead: handled.handledAhead)
+                        if !finishedFromLinks.isEmpty { settleCopiesHeld(finishedFromLinks, handledBy: member, logger: connectionLogger) }
                         if let taken = handled.takenThrough {
                             delivery.took(through: min(Int(clamping: taken), written), bytes: handled.takenBytes.map { Int(clamping: $0) })
                         } else {
@@ -1484,7 +1504,7 @@ public final class Zipper: Sendable {
                     break
                 }
                 let queued = try await route(
-                    data, from: id, connectionMetadata: connectionMetadata, forwardsToMesh: forwardsToMesh,
+                    data, from: id, connectionMetadata: connectionMetadata, forwardsToMesh: forwardsToMesh, fromUpstream: fromUpstream,
                     taskContext: taskContext, logger: connectionLogger, ledger: ledger, written: &routedSinceTold)
                 if let ledger {
                     routedThrough = frameReader.consumedBytes
@@ -1950,9 +1970,19 @@ public final class Zipper: Sendable {
     /// With `forwardsToMesh`, the frame is also queued (never awaited) for every
     /// mesh downstream, carrying this zipper's span ids.
     /// Returns the bytes it queued (the frame's size times its destinations).
+    ///
+    /// A frame from an upstream zipper (`fromUpstream`) is named
+    /// (`CopyKey.name`) where it is written, and the function's receipts
+    /// that say it finished it have the zipper remember that name for the
+    /// function's name; a copy of it the mesh brings later (an upstream's
+    /// next run, its source sending again what it had not settled) is not
+    /// written to a function of that name, nor held for it. Until the
+    /// fifty-eighth round of issue 14 only the instance that handled a frame
+    /// knew it, and the next one, after it died, handled the copy again
+    /// (`yomo-fault-bench chaos --mesh`, blocks of 100–330 frames).
     private func route(
-        _ data: DataFrame, from id: UInt64, connectionMetadata: Metadata, forwardsToMesh: Bool, taskContext: ServiceContext,
-        logger: Logger, ledger: ReceiptLedger?, written: inout ReceiptLedger.Batch?
+        _ data: DataFrame, from id: UInt64, connectionMetadata: Metadata, forwardsToMesh: Bool, fromUpstream: Bool = false,
+        taskContext: ServiceContext, logger: Logger, ledger: ReceiptLedger?, written: inout ReceiptLedger.Batch?
     ) async throws -> Int {
         guard let (metadata, span) = outgoingMetadata(
             of: data, connectionMetadata: connectionMetadata, taskContext: taskContext, logger: logger) else { return 0 }
@@ -1966,9 +1996,11 @@ public final class Zipper: Sendable {
         // Metadata made once for every destination (or patched as each copy is
         // encoded); the payload is never copied.
         let (frame, patch) = metadata.frame(tag: data.tag, payload: data.payload)
-        var (destinations, decision) = state.withLock { state in
-            let destinations = state.destinations(tag: data.tag, target: target)
-            return (destinations, state.holdDecision(for: frame, target: target, routed: !destinations.isEmpty))
+        let linkName = fromUpstream ? CopyKey(data)?.name : nil
+        var (destinations, decision, passedOver) = state.withLock { state in
+            let (destinations, passedOver) = state.destinations(tag: data.tag, target: target, passingOver: linkName)
+            if passedOver { state.statistics.handledCopiesNotRouted += 1 }
+            return (destinations, state.holdDecision(for: frame, target: target, routed: !destinations.isEmpty || passedOver), passedOver)
         }
         var held = false
         var refusal: SpanContext?
@@ -1976,14 +2008,14 @@ public final class Zipper: Sendable {
         case .none: break
         case .hold:
             (held, destinations, refusal) = hold(
-                frame, patch: patch, target: target, ledger: ledger, forwarded: forwardsToMesh && !links.isEmpty, logger: logger)
+                frame, patch: patch, target: target, ledger: ledger, forwarded: forwardsToMesh && !links.isEmpty, copyName: linkName, logger: logger)
             if held { written?.held() }
         case .refused(let level, let claim):
             logHoldFull(level, tag: frame.tag, logger: logger)
             if tracing.tracer.isEnabled { refusal = traceRefusedByFullHold(frame.applying(patch), for: claim) }
         }
         // no_route: no observer here, none held for (the mesh may still take the frame).
-        if !held && destinations.isEmpty { router?.noRoute.add(exemplar: refusal) }
+        if !held && destinations.isEmpty && !passedOver { router?.noRoute.add(exemplar: refusal) }
         tracing.debug(logger, under: span, in: taskContext, "routing frame", metadata: YoMoLogField.frame(
             tid: metadata.value(.tid, connectionMetadata) ?? "", tag: data.tag, dataLength: data.payload.readableBytes
         ).merging([
@@ -2008,9 +2040,11 @@ public final class Zipper: Sendable {
                     // is among what it had not acknowledged).
                     let end = try await destination.write(frame, patch: patch, endingAfterQueueingThrows: false)
                     written?.add(delivery, endingAt: end)
+                    if let linkName { delivery.wroteLinkFrame(endingAt: end, name: linkName) }
                     router?.delivered.add()
                 } else if let end = try destination.tryWrite(frame, limit: slow.maximumBufferedBytes, patch: patch) {
                     written?.add(delivery, endingAt: end)
+                    if let linkName { delivery.wroteLinkFrame(endingAt: end, name: linkName) }
                     router?.delivered.add()
                     resumed(destinationID, logger: logger)
                 } else if slow.policy == .drop {
@@ -2104,7 +2138,7 @@ public final class Zipper: Sendable {
     /// outage buffer (`yomo-fault-bench chaos --mesh`, fortieth round of issue 14).
     private func hold(
         _ frame: DataFrame, patch: MetadataPatch?, target: String?, ledger: ReceiptLedger?, restored: HoldTally? = nil,
-        forwarded: Bool = false, logger: Logger
+        forwarded: Bool = false, copyName: String? = nil, logger: Logger
     ) -> (held: Bool, destinations: [Destination], refusal: SpanContext?) {
         let owned = HeldFrames.owned(frame, patch: patch)
         // Closing functions of the names it is held for: told its id.
@@ -2113,8 +2147,8 @@ public final class Zipper: Sendable {
             held: Bool, destinations: [Destination], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?, refused: HeldFrames.Claim?
         )
         let outcome = state.withLock { state -> Outcome in
-            let destinations = state.destinations(tag: frame.tag, target: target)
-            let routed = !destinations.isEmpty
+            let (destinations, passedOver) = state.destinations(tag: frame.tag, target: target, passingOver: copyName)
+            let routed = !destinations.isEmpty || passedOver
             // Checked again: a function may have arrived or left since the caller looked.
             guard let claim = state.held.claim(tag: frame.tag, target: target, routed: routed, now: .now) else {
                 return (false, destinations, false, nil, nil, nil)

@@ -292,6 +292,19 @@ struct DeliveryReceiptTests {
         #expect(batch.endsCheckpoint, "waits for the function to take it: a checkpoint of its own")
     }
 
+    @Test("frames from upstream zippers written to a function are named until its receipts say it finished them: in order, or in ranges handled ahead; named once")
+    func finishedLinkFrames() {
+        let function = DeliveryDestination(ConnectionProgress(), reportsTaking: true)
+        #expect(function.finishedLinkFrames(through: 1_000, ahead: []).isEmpty, "none written")
+        for (end, name) in [(100, "a"), (200, "b"), (300, "c"), (400, "d"), (500, "e")] { function.wroteLinkFrame(endingAt: end, name: name) }
+        #expect(function.finishedLinkFrames(through: 99, ahead: []).isEmpty)
+        #expect(function.finishedLinkFrames(through: 200, ahead: []) == ["a", "b"])
+        // A range runs from the end of the frame before its first to the end of its last: d alone.
+        #expect(function.finishedLinkFrames(through: 200, ahead: [300..<400]) == ["d"])
+        #expect(function.finishedLinkFrames(through: 200, ahead: [300..<400]).isEmpty, "told once")
+        #expect(function.finishedLinkFrames(through: 500, ahead: []) == ["c", "e"])
+    }
+
     @Test("a connection lost while its zipper lives on: the zipper knows the reconnection, and what it had routed of the lost connection is not sent again, but kept until settled",
           arguments: [true, false])
     func reconnectionToALiveZipper(receipts: Bool) async throws {

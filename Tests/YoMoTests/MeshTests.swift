@@ -713,7 +713,11 @@ struct MeshLoopbackTests {
         setup.first.open()
         #expect(await handled.wait(for: 5))
         try a.restart()
-        #expect(await eventually { far.client.framesReceivedForTesting == 10 + kept }, "\(far.client.framesReceivedForTesting) read")
+        // The copies of the five b was told the function finished are not
+        // written to it (since the fifty-eighth round); the rest are, and
+        // it knows them.
+        #expect(await eventually { far.client.framesReceivedForTesting + b.statistics.handledCopiesNotRouted == 10 + kept },
+                "\(far.client.framesReceivedForTesting) read, \(b.statistics.handledCopiesNotRouted) passed over")
         setup.rest.open()
         #expect(await handled.wait(for: 10))
         // Nothing more comes: every copy came before this.
@@ -723,6 +727,39 @@ struct MeshLoopbackTests {
         #expect(handled.items == setup.texts + ["again-last"], "each once, in order: \(handled.items)")
         #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
         await setup.close()
+    }
+
+    @Test("copies an upstream's next run brings of frames one instance of a function handled do not go to its next instance: the downstream remembers, for the function's name, what it finished of what the mesh brought")
+    func copiesOfWhatAnEarlierInstanceHandled() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let (first, handled) = try await Self.farFunction(port: portB, tag: 0x3B)
+        let (a, source) = try await Self.upstreamProcessWithSource(port: portA, downstreamPort: portB)
+        // b's receipts held back: a settles nothing, and the source keeps all it wrote.
+        b.pauseReceiptsForTesting(true)
+        let texts = (0..<10).map { "once-\($0)" }
+        for text in texts { try await source.write(tag: 0x3B, data: Array(text.utf8)) }
+        #expect(await handled.wait(for: 10))
+        #expect(source.client.keptFrames == 10)
+        // That instance goes, its receipts read; the next comes.
+        #expect(await eventually { first.client.handlingToldForTesting })
+        await first.close()
+        let (second, handledAgain) = try await Self.farFunction(port: portB, tag: 0x3B)
+        await a.kill()
+        b.pauseReceiptsForTesting(false)
+        try a.restart()
+        // The source sends the ten again through a's next run: settled, not routed.
+        #expect(await eventually { b.statistics.handledCopiesNotRouted == 10 }, "\(b.statistics.handledCopiesNotRouted)")
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
+        try await source.write(tag: 0x3B, data: Array("last".utf8))
+        #expect(await handledAgain.wait(for: 1))
+        // Until the fifty-eighth round the next instance handled the ten again.
+        #expect(handledAgain.items == ["last"], "\(handledAgain.items)")
+        await source.close()
+        await second.close()
+        await b.close()
+        await a.kill()
     }
 
     @Test("a downstream that holds what an upstream forwarded for a function not there yet, and then the copies the upstream's next run brings after its crash: the function, told as the held frames come that copies may follow, handles each once")
