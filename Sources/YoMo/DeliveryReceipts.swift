@@ -446,44 +446,44 @@ final class DeliveryDestination: Sendable {
     var handledBeforeCount: Int { handledBefore.withLock { $0.count } }
 
     /// Frames an upstream zipper of the mesh forwarded that were written
-    /// here, by where each ends and its `CopyKey.name`, until the function's
+    /// here, by where each ends and its key (`CopyKey.digest`), until the function's
     /// receipts say its handlers finished them (`finishedLinkFrames`); the
     /// oldest forgotten past `maximumLinkFramesNamed`.
-    private let linkFrames = Mutex(CircularBuffer<(end: Int, name: String)>())
+    private let linkFrames = Mutex(CircularBuffer<(end: Int, digest: CopyDigest)>())
     static let maximumLinkFramesNamed = 16_384
 
-    /// A frame an upstream zipper forwarded, named `name`, was written here ending at `end`.
-    func wroteLinkFrame(endingAt end: Int, name: String) {
+    /// A frame an upstream zipper forwarded, keyed `digest`, was written here ending at `end`.
+    func wroteLinkFrame(endingAt end: Int, digest: CopyDigest) {
         linkFrames.withLock { frames in
             if frames.count == Self.maximumLinkFramesNamed { frames.removeFirst() }
-            frames.append((end, name))
+            frames.append((end, digest))
         }
     }
 
-    /// The names of the frames from upstream zippers that the function's
+    /// The keys of the frames from upstream zippers that the function's
     /// handlers finished, as its receipt says (`settled`, and the ranges
     /// `ahead`), forgotten here: the zipper remembers them for the
-    /// function's name (`HeldFrames.handledBefore`).
-    func finishedLinkFrames(through settled: Int, ahead ranges: [Range<UInt64>]) -> [String] {
+    /// function's name (`HeldFrames.remember`).
+    func finishedLinkFrames(through settled: Int, ahead ranges: [Range<UInt64>]) -> [CopyDigest] {
         linkFrames.withLock { frames in
             guard let first = frames.first, first.end <= settled || !ranges.isEmpty else { return [] }
-            var names: [String] = []
+            var finished: [CopyDigest] = []
             while let first = frames.first, first.end <= settled {
-                names.append(first.name)
+                finished.append(first.digest)
                 frames.removeFirst()
             }
-            guard !ranges.isEmpty, !frames.isEmpty else { return names }
+            guard !ranges.isEmpty, !frames.isEmpty else { return finished }
             // A range runs from the end of the frame before its first to the end of its last.
-            var rest = CircularBuffer<(end: Int, name: String)>(initialCapacity: frames.count)
+            var rest = CircularBuffer<(end: Int, digest: CopyDigest)>(initialCapacity: frames.count)
             for frame in frames {
                 if ranges.contains(where: { Int(clamping: $0.lowerBound) < frame.end && frame.end <= Int(clamping: $0.upperBound) }) {
-                    names.append(frame.name)
+                    finished.append(frame.digest)
                 } else {
                     rest.append(frame)
                 }
             }
             frames = rest
-            return names
+            return finished
         }
     }
 

@@ -598,6 +598,27 @@ struct CopyKey: Hashable, Sendable {
     /// Whether `names` name the frame: by `name`, or by its id alone (a peer from before).
     func isNamed(in names: Set<String>) -> Bool { names.contains(name) || names.contains(tid) }
 
+    /// `frame`'s key as two 64-bit hashes of its id's bytes, tag and shape
+    /// (FNV-1a and a multiply-rotate mix), made without a string: what a
+    /// zipper remembers per frame the mesh brought (`HeldFrames.remember`).
+    /// Nil without a transaction id.
+    static func digest(of frame: DataFrame) -> CopyDigest? {
+        let shape = shape(of: frame.payload)
+        return MetadataView(frame.metadata)?.withValueBytes(.tid) { tid -> CopyDigest? in
+            guard !tid.isEmpty else { return nil }
+            var fnv: UInt64 = 0xcbf2_9ce4_8422_2325
+            var mix: UInt64 = 0x9e37_79b9_7f4a_7c15
+            func add(_ byte: UInt8) {
+                fnv = (fnv ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+                mix = ((mix ^ UInt64(byte)) &* 0xff51_afd7_ed55_8ccd).rotated(by: 29)
+            }
+            for byte in tid { add(byte) }
+            withUnsafeBytes(of: frame.tag.littleEndian) { for byte in $0 { add(byte) } }
+            withUnsafeBytes(of: shape.littleEndian) { for byte in $0 { add(byte) } }
+            return CopyDigest(fnv: fnv, mix: mix)
+        } ?? nil
+    }
+
     /// How many bytes from each end of a payload its shape reads: a lookup
     /// costs the same for any payload.
     static let endBytes = 32
@@ -651,4 +672,16 @@ struct SettleableBound {
         }
         furthest = max(furthest, taken + max(0, progress - samples[0].progress))
     }
+}
+
+/// A frame's `CopyKey` hashed to 128 bits (`CopyKey.digest(of:)`): two
+/// frames with one digest are taken for copies, which a pair of distinct
+/// frames is with odds of about 2^-128.
+struct CopyDigest: Hashable, Sendable {
+    let fnv: UInt64
+    let mix: UInt64
+}
+
+extension UInt64 {
+    fileprivate func rotated(by count: UInt64) -> UInt64 { (self << count) | (self >> (64 - count)) }
 }

@@ -202,6 +202,17 @@ struct HeldFrames {
     private var handledCopies: [String: Set<String>] = [:]
     private var handledCopiesOrder = CircularBuffer<(frame: String, function: String)>()
     static let maximumHandledCopies = 16_384
+    /// Frames upstream zippers forwarded that functions of a name finished,
+    /// as their receipts said (`remember`, `Zipper.route`), by key
+    /// (`CopyKey.digest`): the newest `maximumHandledCopies`. A digest, not a
+    /// name: a zipper notes one per frame the mesh brings.
+    private var handledFromLinks = Set<LinkFrameHandled>()
+    private var handledFromLinksOrder = CircularBuffer<LinkFrameHandled>()
+
+    private struct LinkFrameHandled: Hashable {
+        let digest: CopyDigest
+        let function: String
+    }
 
     init(settings: ZipperConfiguration.UnroutedHold, startedAt: Instant) {
         self.settings = settings
@@ -311,16 +322,39 @@ struct HeldFrames {
         return count(entry)
     }
 
-    /// Whether the stream functions named `function` finished a frame
-    /// named `name` (`CopyKey.name`): a copy of it is not theirs to handle.
-    func handled(_ name: String, byFunctionNamed function: String) -> Bool {
-        !handledCopies.isEmpty && handledCopies[name]?.contains(function) == true
+    /// Whether the stream functions named `function` finished a frame an
+    /// upstream zipper forwarded with the key `digest`: a copy of it is not
+    /// theirs to handle.
+    func handled(_ digest: CopyDigest, byFunctionNamed function: String) -> Bool {
+        !handledFromLinks.isEmpty && handledFromLinks.contains(LinkFrameHandled(digest: digest, function: function))
+    }
+
+    /// The functions named `function` finished the frames upstream zippers
+    /// forwarded with the keys `digests`: copies that come later are not
+    /// theirs (`handled`, `lessCopiesHandled`). What is held is not looked
+    /// at: a zipper whose connected function finishes what the mesh brings
+    /// tells this per receipt, and the hold may have thousands of frames
+    /// (`Benchmarks/mesh-loop.sh`, a zipper in its first minute: 0.5 of the
+    /// rate through two zippers with the look).
+    mutating func remember(_ digests: [CopyDigest], handledBy function: String) {
+        for digest in digests {
+            let handled = LinkFrameHandled(digest: digest, function: function)
+            guard handledFromLinks.insert(handled).inserted else { continue }
+            handledFromLinksOrder.append(handled)
+            if handledFromLinksOrder.count > Self.maximumHandledCopies, let oldest = handledFromLinksOrder.popFirst() {
+                handledFromLinks.remove(oldest)
+            }
+        }
     }
 
     /// `claim` without the names it owes `frame` that finished a copy of it before.
     func lessCopiesHandled(_ claim: Claim, of frame: DataFrame) -> Claim {
-        guard !handledCopies.isEmpty, !claim.owed.isEmpty, let key = CopyKey(frame) else { return claim }
-        let names = (handledCopies[key.name] ?? []).union(handledCopies[key.tid] ?? [])
+        guard !claim.owed.isEmpty, !handledCopies.isEmpty || !handledFromLinks.isEmpty else { return claim }
+        var names: Set<String> = []
+        if !handledCopies.isEmpty, let key = CopyKey(frame) { names = (handledCopies[key.name] ?? []).union(handledCopies[key.tid] ?? []) }
+        if !handledFromLinks.isEmpty, let digest = CopyKey.digest(of: frame) {
+            for name in claim.owed where handled(digest, byFunctionNamed: name) { names.insert(name) }
+        }
         guard !names.isEmpty else { return claim }
         var less = claim
         less.handledBy = claim.owed.intersection(names)

@@ -259,9 +259,9 @@ public final class Zipper: Sendable {
         }
 
         /// `destinations(tag:target:)` less the functions whose name finished
-        /// a frame named `copy` (`CopyKey.name`, of a frame from an upstream
+        /// a frame keyed `copy` (`CopyKey.digest`, of a frame from an upstream
         /// zipper; see `route`), and whether there were such.
-        func destinations(tag: UInt32, target: String?, passingOver copy: String?) -> (destinations: [Destination], passedOver: Bool) {
+        func destinations(tag: UInt32, target: String?, passingOver copy: CopyDigest?) -> (destinations: [Destination], passedOver: Bool) {
             var destinations = destinations(tag: tag, target: target)
             guard let copy, !destinations.isEmpty else { return (destinations, false) }
             let count = destinations.count
@@ -1480,7 +1480,7 @@ public final class Zipper: Sendable {
                         }
                         // What it finished of the mesh's frames, remembered for its name (see `route`).
                         let finishedFromLinks = delivery.finishedLinkFrames(through: settled, ahead: handled.handledAhead)
-                        if !finishedFromLinks.isEmpty { settleCopiesHeld(finishedFromLinks, handledBy: member, logger: connectionLogger) }
+                        if !finishedFromLinks.isEmpty { state.withLock { $0.held.remember(finishedFromLinks, handledBy: member.name) } }
                         if let taken = handled.takenThrough {
                             delivery.took(through: min(Int(clamping: taken), written), bytes: handled.takenBytes.map { Int(clamping: $0) })
                         } else {
@@ -1971,9 +1971,9 @@ public final class Zipper: Sendable {
     /// mesh downstream, carrying this zipper's span ids.
     /// Returns the bytes it queued (the frame's size times its destinations).
     ///
-    /// A frame from an upstream zipper (`fromUpstream`) is named
-    /// (`CopyKey.name`) where it is written, and the function's receipts
-    /// that say it finished it have the zipper remember that name for the
+    /// A frame from an upstream zipper (`fromUpstream`) is keyed
+    /// (`CopyKey.digest`) where it is written, and the function's receipts
+    /// that say it finished it have the zipper remember that key for the
     /// function's name; a copy of it the mesh brings later (an upstream's
     /// next run, its source sending again what it had not settled) is not
     /// written to a function of that name, nor held for it. Until the
@@ -1996,9 +1996,9 @@ public final class Zipper: Sendable {
         // Metadata made once for every destination (or patched as each copy is
         // encoded); the payload is never copied.
         let (frame, patch) = metadata.frame(tag: data.tag, payload: data.payload)
-        let linkName = fromUpstream ? CopyKey(data)?.name : nil
+        let linkKey = fromUpstream ? CopyKey.digest(of: data) : nil
         var (destinations, decision, passedOver) = state.withLock { state in
-            let (destinations, passedOver) = state.destinations(tag: data.tag, target: target, passingOver: linkName)
+            let (destinations, passedOver) = state.destinations(tag: data.tag, target: target, passingOver: linkKey)
             if passedOver { state.statistics.handledCopiesNotRouted += 1 }
             return (destinations, state.holdDecision(for: frame, target: target, routed: !destinations.isEmpty || passedOver), passedOver)
         }
@@ -2008,7 +2008,7 @@ public final class Zipper: Sendable {
         case .none: break
         case .hold:
             (held, destinations, refusal) = hold(
-                frame, patch: patch, target: target, ledger: ledger, forwarded: forwardsToMesh && !links.isEmpty, copyName: linkName, logger: logger)
+                frame, patch: patch, target: target, ledger: ledger, forwarded: forwardsToMesh && !links.isEmpty, copyKey: linkKey, logger: logger)
             if held { written?.held() }
         case .refused(let level, let claim):
             logHoldFull(level, tag: frame.tag, logger: logger)
@@ -2040,11 +2040,11 @@ public final class Zipper: Sendable {
                     // is among what it had not acknowledged).
                     let end = try await destination.write(frame, patch: patch, endingAfterQueueingThrows: false)
                     written?.add(delivery, endingAt: end)
-                    if let linkName { delivery.wroteLinkFrame(endingAt: end, name: linkName) }
+                    if let linkKey { delivery.wroteLinkFrame(endingAt: end, digest: linkKey) }
                     router?.delivered.add()
                 } else if let end = try destination.tryWrite(frame, limit: slow.maximumBufferedBytes, patch: patch) {
                     written?.add(delivery, endingAt: end)
-                    if let linkName { delivery.wroteLinkFrame(endingAt: end, name: linkName) }
+                    if let linkKey { delivery.wroteLinkFrame(endingAt: end, digest: linkKey) }
                     router?.delivered.add()
                     resumed(destinationID, logger: logger)
                 } else if slow.policy == .drop {
@@ -2138,7 +2138,7 @@ public final class Zipper: Sendable {
     /// outage buffer (`yomo-fault-bench chaos --mesh`, fortieth round of issue 14).
     private func hold(
         _ frame: DataFrame, patch: MetadataPatch?, target: String?, ledger: ReceiptLedger?, restored: HoldTally? = nil,
-        forwarded: Bool = false, copyName: String? = nil, logger: Logger
+        forwarded: Bool = false, copyKey: CopyDigest? = nil, logger: Logger
     ) -> (held: Bool, destinations: [Destination], refusal: SpanContext?) {
         let owned = HeldFrames.owned(frame, patch: patch)
         // Closing functions of the names it is held for: told its id.
@@ -2147,7 +2147,7 @@ public final class Zipper: Sendable {
             held: Bool, destinations: [Destination], wasEmpty: Bool, firstFor: HeldFrames.Claim?, firstRefused: Logger.Level?, refused: HeldFrames.Claim?
         )
         let outcome = state.withLock { state -> Outcome in
-            let (destinations, passedOver) = state.destinations(tag: frame.tag, target: target, passingOver: copyName)
+            let (destinations, passedOver) = state.destinations(tag: frame.tag, target: target, passingOver: copyKey)
             let routed = !destinations.isEmpty || passedOver
             // Checked again: a function may have arrived or left since the caller looked.
             guard let claim = state.held.claim(tag: frame.tag, target: target, routed: routed, now: .now) else {

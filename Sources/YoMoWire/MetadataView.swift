@@ -248,6 +248,12 @@ package struct MetadataView {
         values[key].map { text(at: $0.content) }
     }
 
+    /// `body` over the bytes of `key`'s value (no string made); nil without it.
+    package func withValueBytes<Result>(_ key: Key, _ body: (UnsafeRawBufferPointer) -> Result) -> Result? {
+        guard let content = values[key]?.content else { return nil }
+        return bytes.withUnsafeReadableBytes { body(UnsafeRawBufferPointer(rebasing: $0[content])) }
+    }
+
     /// The value of any key, as decoding gives it (the last of a key written
     /// twice), found by walking the map: no map is built.
     package func string(forKey key: String) -> String? {

@@ -292,17 +292,28 @@ struct DeliveryReceiptTests {
         #expect(batch.endsCheckpoint, "waits for the function to take it: a checkpoint of its own")
     }
 
-    @Test("frames from upstream zippers written to a function are named until its receipts say it finished them: in order, or in ranges handled ahead; named once")
+    @Test("frames from upstream zippers written to a function are keyed until its receipts say it finished them: in order, or in ranges handled ahead; told once. A key is the frame's id, tag and payload's shape")
     func finishedLinkFrames() {
         let function = DeliveryDestination(ConnectionProgress(), reportsTaking: true)
         #expect(function.finishedLinkFrames(through: 1_000, ahead: []).isEmpty, "none written")
-        for (end, name) in [(100, "a"), (200, "b"), (300, "c"), (400, "d"), (500, "e")] { function.wroteLinkFrame(endingAt: end, name: name) }
+        let key = { (n: UInt64) in CopyDigest(fnv: n, mix: n) }
+        for end in stride(from: 100, through: 500, by: 100) { function.wroteLinkFrame(endingAt: end, digest: key(UInt64(end))) }
         #expect(function.finishedLinkFrames(through: 99, ahead: []).isEmpty)
-        #expect(function.finishedLinkFrames(through: 200, ahead: []) == ["a", "b"])
-        // A range runs from the end of the frame before its first to the end of its last: d alone.
-        #expect(function.finishedLinkFrames(through: 200, ahead: [300..<400]) == ["d"])
+        #expect(function.finishedLinkFrames(through: 200, ahead: []) == [key(100), key(200)])
+        // A range runs from the end of the frame before its first to the end of its last: 400 alone.
+        #expect(function.finishedLinkFrames(through: 200, ahead: [300..<400]) == [key(400)])
         #expect(function.finishedLinkFrames(through: 200, ahead: [300..<400]).isEmpty, "told once")
-        #expect(function.finishedLinkFrames(through: 500, ahead: []) == ["c", "e"])
+        #expect(function.finishedLinkFrames(through: 500, ahead: []) == [key(300), key(500)])
+
+        func frame(_ tid: String?, tag: UInt32 = 0x33, _ payload: String) -> DataFrame {
+            tid.map { HandlingReceiptTests.dataFrame(tid: $0, tag: tag, payload) } ?? DataFrame(tag: tag, payload: ByteBuffer(string: payload))
+        }
+        let digest = CopyKey.digest(of: frame("tid-1", "payload"))
+        #expect(digest != nil && digest == CopyKey.digest(of: frame("tid-1", "payload")), "a copy")
+        #expect(digest != CopyKey.digest(of: frame("tid-2", "payload")))
+        #expect(digest != CopyKey.digest(of: frame("tid-1", tag: 0x34, "payload")), "an answer of the transaction")
+        #expect(digest != CopyKey.digest(of: frame("tid-1", "payload, second part")))
+        #expect(CopyKey.digest(of: frame(nil, "payload")) == nil, "no id: nothing to know it by")
     }
 
     @Test("a connection lost while its zipper lives on: the zipper knows the reconnection, and what it had routed of the lost connection is not sent again, but kept until settled",

@@ -184,6 +184,23 @@ struct HeldFramesLogicTests {
         #expect(held.handledBefore(["t"], by: f) == 1 && held.take(for: f).isEmpty)
     }
 
+    @Test("a frame the mesh brought that a function of a name finished, as its receipts said: a copy of it is not held for that name, and is for another; another frame of the transaction is held")
+    func meshCopiesOfWhatANameFinished() {
+        var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
+        func frame(_ tag: UInt32, _ text: String) -> DataFrame {
+            DataFrame(tag: tag, metadata: Metadata([Metadata.ReservedKey.tid: "t"]), payload: ByteBuffer(string: text))
+        }
+        let raw = frame(0x33, "raw"), answer = frame(0x34, "RAW")
+        let digest = CopyKey.digest(of: raw)!
+        #expect(!held.handled(digest, byFunctionNamed: "f"))
+        held.remember([digest], handledBy: "f")
+        #expect(held.handled(digest, byFunctionNamed: "f") && !held.handled(digest, byFunctionNamed: "g"))
+        #expect(held.hold(raw, target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start) == .handledBefore)
+        #expect(held.hold(raw, target: nil, bytes: 10, for: .init(owed: ["f", "g"]), routed: false, now: start) == .held(first: true), "g's still")
+        let outcome = held.hold(answer, target: nil, bytes: 10, for: .init(owed: ["f"]), routed: false, now: start)
+        #expect(outcome != .handledBefore && outcome != .full, "\(outcome)")
+    }
+
     @Test("what a connection's end left is waited for frame by frame: a receipt waits only for the frames up to where it waited, and a frame never written there is waited for by every one")
     func leftoversFrameByFrame() {
         let progress = ConnectionProgress()
