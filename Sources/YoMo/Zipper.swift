@@ -398,8 +398,8 @@ public final class Zipper: Sendable {
         public var heldCopiesSettled = 0
         /// Frames an upstream zipper of the mesh forwarded that were not
         /// written to a stream function because an instance of its name had
-        /// finished a frame by that name (`CopyKey`): a copy, sent again
-        /// through the upstream's next run. Counted once per frame.
+        /// finished a frame with the same key (`CopyKey.digest`): a copy,
+        /// sent again through the upstream's next run. Counted once per frame.
         public var handledCopiesNotRouted = 0
         /// Frames a stream function's ended connection had not acknowledged
         /// (or its handlers not finished) that went to another instance of its
