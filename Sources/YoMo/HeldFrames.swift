@@ -194,20 +194,23 @@ struct HeldFrames {
     /// Functions taking their held frames: what is routed meanwhile is held
     /// for them too, so nothing overtakes what they take.
     private var arriving: [UInt64: RouteMember] = [:]
-    /// By the frame's name (`CopyKey.name`, or a transaction id alone from a
-    /// function from before), the functions that finished it on a
-    /// connection that ended, as their later connections said
-    /// (`handledBefore`); the oldest pairs forgotten past
-    /// `maximumHandledCopies` (names come from peers: at most about 4 MiB).
-    private var handledCopies: [String: Set<String>] = [:]
-    private var handledCopiesOrder = CircularBuffer<(frame: String, function: String)>()
+    /// Frames by name (`CopyKey.name`, or a transaction id alone from a
+    /// function from before), each with a function name that finished it
+    /// on a connection that ended, as its later connection said
+    /// (`handledBefore`): the newest `maximumHandledCopies` pairs (names
+    /// come from peers: at most about 4 MiB).
+    private var handledCopies = NewestSet<NamedFrameHandled>(capacity: maximumHandledCopies)
     static let maximumHandledCopies = 16_384
     /// Frames upstream zippers forwarded that functions of a name finished,
     /// as their receipts said (`remember`, `Zipper.route`), by key
     /// (`CopyKey.digest`): the newest `maximumHandledCopies`. A digest, not a
     /// name: a zipper notes one per frame the mesh brings.
-    private var handledFromLinks = Set<LinkFrameHandled>()
-    private var handledFromLinksOrder = CircularBuffer<LinkFrameHandled>()
+    private var handledFromLinks = NewestSet<LinkFrameHandled>(capacity: maximumHandledCopies)
+
+    private struct NamedFrameHandled: Hashable {
+        let frame: String
+        let function: String
+    }
 
     private struct LinkFrameHandled: Hashable {
         let digest: CopyDigest
@@ -337,21 +340,21 @@ struct HeldFrames {
     /// (`Benchmarks/mesh-loop.sh`, a zipper in its first minute: 0.5 of the
     /// rate through two zippers with the look).
     mutating func remember(_ digests: [CopyDigest], handledBy function: String) {
-        for digest in digests {
-            let handled = LinkFrameHandled(digest: digest, function: function)
-            guard handledFromLinks.insert(handled).inserted else { continue }
-            handledFromLinksOrder.append(handled)
-            if handledFromLinksOrder.count > Self.maximumHandledCopies, let oldest = handledFromLinksOrder.popFirst() {
-                handledFromLinks.remove(oldest)
-            }
-        }
+        for digest in digests { handledFromLinks.insert(LinkFrameHandled(digest: digest, function: function)) }
     }
 
     /// `claim` without the names it owes `frame` that finished a copy of it before.
     func lessCopiesHandled(_ claim: Claim, of frame: DataFrame) -> Claim {
         guard !claim.owed.isEmpty, !handledCopies.isEmpty || !handledFromLinks.isEmpty else { return claim }
         var names: Set<String> = []
-        if !handledCopies.isEmpty, let key = CopyKey(frame) { names = (handledCopies[key.name] ?? []).union(handledCopies[key.tid] ?? []) }
+        if !handledCopies.isEmpty, let key = CopyKey(frame) {
+            let (name, tid) = (key.name, key.tid)
+            for function in claim.owed
+            where handledCopies.contains(NamedFrameHandled(frame: name, function: function))
+                || handledCopies.contains(NamedFrameHandled(frame: tid, function: function)) {
+                names.insert(function)
+            }
+        }
         if !handledFromLinks.isEmpty, let digest = CopyKey.digest(of: frame) {
             for name in claim.owed where handled(digest, byFunctionNamed: name) { names.insert(name) }
         }
@@ -376,12 +379,7 @@ struct HeldFrames {
         var named: Set<String> = []
         for name in names where !name.isEmpty && name.utf8.count <= DeliveryDestination.maximumIDLength {
             named.insert(name)
-            guard handledCopies[name, default: []].insert(function.name).inserted else { continue }
-            handledCopiesOrder.append((name, function.name))
-            if handledCopiesOrder.count > Self.maximumHandledCopies, let oldest = handledCopiesOrder.popFirst() {
-                handledCopies[oldest.frame]?.remove(oldest.function)
-                if handledCopies[oldest.frame]?.isEmpty == true { handledCopies[oldest.frame] = nil }
-            }
+            handledCopies.insert(NamedFrameHandled(frame: name, function: function.name))
         }
         guard !named.isEmpty, !entries.isEmpty else { return 0 }
         var settled = 0
@@ -770,5 +768,25 @@ struct HeldLineBudget {
         }
         used += 1
         return (true, suppressedBefore)
+    }
+}
+
+/// The newest `capacity` distinct elements inserted: past it, the oldest is
+/// forgotten first.
+struct NewestSet<Element: Hashable> {
+    let capacity: Int
+    private var members = Set<Element>()
+    private var order = CircularBuffer<Element>()
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    var isEmpty: Bool { members.isEmpty }
+
+    func contains(_ element: Element) -> Bool { members.contains(element) }
+
+    mutating func insert(_ element: Element) {
+        guard members.insert(element).inserted else { return }
+        order.append(element)
+        if order.count > capacity, let oldest = order.popFirst() { members.remove(oldest) }
     }
 }

@@ -184,6 +184,16 @@ struct HeldFramesLogicTests {
         #expect(held.handledBefore(["t"], by: f) == 1 && held.take(for: f).isEmpty)
     }
 
+    @Test("the newest distinct elements, the oldest forgotten first; one inserted again keeps its place")
+    func newestSet() {
+        var set = NewestSet<Int>(capacity: 3)
+        #expect(set.isEmpty)
+        for element in [1, 2, 3, 1] { set.insert(element) }
+        #expect([1, 2, 3].allSatisfy(set.contains))
+        set.insert(4)
+        #expect(!set.contains(1) && [2, 3, 4].allSatisfy(set.contains), "1 was the oldest, though inserted again")
+    }
+
     @Test("a frame the mesh brought that a function of a name finished, as its receipts said: a copy of it is not held for that name, and is for another; another frame of the transaction is held")
     func meshCopiesOfWhatANameFinished() {
         var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
