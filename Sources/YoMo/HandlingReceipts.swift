@@ -606,16 +606,16 @@ struct CopyKey: Hashable, Sendable {
         let shape = shape(of: frame.payload)
         return MetadataView(frame.metadata)?.withValueBytes(.tid) { tid -> CopyDigest? in
             guard !tid.isEmpty else { return nil }
-            var fnv: UInt64 = 0xcbf2_9ce4_8422_2325
+            var fnv = FNV1a()
             var mix: UInt64 = 0x9e37_79b9_7f4a_7c15
             func add(_ byte: UInt8) {
-                fnv = (fnv ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+                fnv.add(byte)
                 mix = ((mix ^ UInt64(byte)) &* 0xff51_afd7_ed55_8ccd).rotated(by: 29)
             }
             for byte in tid { add(byte) }
             withUnsafeBytes(of: frame.tag.littleEndian) { for byte in $0 { add(byte) } }
             withUnsafeBytes(of: shape.littleEndian) { for byte in $0 { add(byte) } }
-            return CopyDigest(fnv: fnv, mix: mix)
+            return CopyDigest(fnv: fnv.hash, mix: mix)
         } ?? nil
     }
 
@@ -626,15 +626,14 @@ struct CopyKey: Hashable, Sendable {
     /// The payload's length and up to `endBytes` from each end, hashed
     /// (FNV-1a: the same in every process).
     static func shape(of payload: ByteBuffer) -> UInt64 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        func mix(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        var hash = FNV1a()
         let length = payload.readableBytes
-        withUnsafeBytes(of: UInt64(length).littleEndian) { for byte in $0 { mix(byte) } }
+        withUnsafeBytes(of: UInt64(length).littleEndian) { for byte in $0 { hash.add(byte) } }
         payload.withUnsafeReadableBytes { bytes in
-            for byte in bytes.prefix(endBytes) { mix(byte) }
-            for byte in bytes.suffix(Swift.min(endBytes, Swift.max(length - endBytes, 0))) { mix(byte) }
+            for byte in bytes.prefix(endBytes) { hash.add(byte) }
+            for byte in bytes.suffix(Swift.min(endBytes, Swift.max(length - endBytes, 0))) { hash.add(byte) }
         }
-        return hash
+        return hash.hash
     }
 }
 
@@ -680,6 +679,13 @@ struct SettleableBound {
 struct CopyDigest: Hashable, Sendable {
     let fnv: UInt64
     let mix: UInt64
+}
+
+/// FNV-1a, 64 bits: the same in every process, as keys sent in receipts must be.
+struct FNV1a {
+    private(set) var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+
+    mutating func add(_ byte: UInt8) { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
 }
 
 extension UInt64 {
