@@ -25,7 +25,7 @@ struct DeliveryReceiptTests {
     @Test("a zipper killed while it held frames its QUIC stack had acknowledged: with receipts the source sends them again and a function gets every one; without, they went with the zipper",
           arguments: [true, false])
     func killedZipperLosesNothingHeld(receipts: Bool) async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true, deliveryReceipts: receipts))
         try await source.connect()
         #expect(source.client.receiptsForTesting == receipts, "a zipper of this SDK sends receipts to a client that asks")
@@ -39,7 +39,7 @@ struct DeliveryReceiptTests {
                 "kept: \(source.client.keptFrames)")
 
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         let received = Inbox<String>()
         // One handler at a time: the frames are recorded in the order they arrive.
         let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x35], retryConnect: true, handlerConcurrency: 1))
@@ -67,7 +67,7 @@ struct DeliveryReceiptTests {
     @Test("a function killed with frames on their way to it, then its zipper: what the zipper took back from the function's connection and held for its return is sent again by the source, and reaches the function that comes back")
     func killedZipperLosesNothingTakenBack() async throws {
         let metricsPort = try await freeTCPPort()
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
         var function = try startFunctionProcess(zipper: zipper.address, pipe: true)
         defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
         let (sink, received) = try await connectUppercaseSink(zipper: zipper.address, retryConnect: true)
@@ -104,7 +104,7 @@ struct DeliveryReceiptTests {
         #expect(kept >= 5, "kept \(kept) frames, with 5 held at the function's end")
 
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         function = try startFunctionProcess(zipper: zipper.address, pipe: true)
         #expect(await eventually(within: .seconds(30)) { Set(received.items).isSuperset(of: written) },
                 "missing \(Set(written).subtracting(received.items).sorted())")
@@ -131,7 +131,7 @@ struct DeliveryReceiptTests {
         #expect((8...9).contains(kept), "kept \(kept)")
 
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         // The source sends what it kept again; the function, back on the new
         // zipper, has them queued already (not handled twice) and acknowledges
         // them: the zipper keeps them for want of its handlers' word.
@@ -160,7 +160,7 @@ struct DeliveryReceiptTests {
         #expect(await eventuallyAsync { await wroteToUpper(10, metricsPort: path.metricsPort) })
         for _ in 0..<2 {
             await zipper.kill()
-            try zipper.restart()
+            try await zipper.restart()
             // The function, back on it before the source; the second kill ends
             // a connection that brought no copies.
             #expect(await eventuallyAsync { await upperConnected(metricsPort: path.metricsPort) })
@@ -187,7 +187,7 @@ struct DeliveryReceiptTests {
         #expect(await eventuallyAsync { await wroteToUpper(10, metricsPort: path.metricsPort) })
         #expect(await eventually(within: .seconds(20)) { (8...9).contains(source.client.keptFrames) }, "kept \(source.client.keptFrames)")
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         // The source sends what it kept again, at once: copies of what the
         // function has queued, finished as it handles those. Before, they
         // were settled as one, when the last was handled.
@@ -199,7 +199,7 @@ struct DeliveryReceiptTests {
         // sink, done with it, takes it twice. At least once, by design.
         let lastBeforeTheCrash = received.items.last
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         // What the function handled and forgot stays settled: nothing else answered twice
         // (before, the four it had handled of the nine).
         try await source.flush(timeout: .seconds(30))
@@ -523,7 +523,7 @@ final class BacklogPath {
 
     init(handlerDelayMs: Int, sourceReconnect: ReconnectPolicy = .default) async throws {
         metricsPort = try await freeTCPPort()
-        zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
         function = try startFunctionProcess(zipper: zipper.address, pipe: true, handlerDelayMs: handlerDelayMs)
         (sink, received) = try await connectUppercaseSink(zipper: zipper.address, retryConnect: true)
         // The function connected before the source writes: else the zipper holds the first frames

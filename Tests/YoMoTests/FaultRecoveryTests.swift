@@ -732,7 +732,7 @@ struct FaultRecoveryTests {
             let before = arrivals.count
             #expect(await arrivals.wait(for: before + 500), "frames flow before restart \(round)")
             await zipper.terminate()
-            try zipper.restart()
+            try await zipper.restart()
         }
         let before = arrivals.count
         #expect(await arrivals.wait(for: before + 100), "frames flow after the last restart")
@@ -742,7 +742,7 @@ struct FaultRecoveryTests {
 
     @Test("a zipper restarted gracefully (SIGTERM, then started again) loses no frame: its clients redial, and sources send again what it had not taken")
     func gracefulRestartLosesNothing() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let arrivals = Inbox<Int>()
         let sfn = StreamFunction(name: "steady", zipper: zipper.address, options: .init(observedTags: [0x36], retryConnect: true))
         sfn.setHandler { ctx in
@@ -764,7 +764,7 @@ struct FaultRecoveryTests {
 
     @Test("a zipper restarted gracefully under a pipeline loses no frame: what a stream function wrote as the zipper closed is sent again")
     func gracefulRestartUnderAPipeline() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let arrivals = Inbox<Int>()
         // The first stage answers each frame with one of its own, up to 20 ms
         // later, so its answers keep coming while the zipper closes; the second records them.
@@ -856,7 +856,7 @@ struct FaultRecoveryTests {
     func restartDetectedByStatelessReset() async throws {
         let key = NSTemporaryDirectory() + "yomo-test-reset-\(UUID().uuidString).key"
         defer { try? FileManager.default.removeItem(atPath: key) }
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--stateless-reset-key-file", key])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--stateless-reset-key-file", key])
         let address = zipper.address
         let errors = Inbox<YoMoError>()
         let received = Inbox<String>()
@@ -878,7 +878,7 @@ struct FaultRecoveryTests {
         for _ in 0..<3 where !byReset {
             let before = errors.count
             await zipper.kill()
-            try zipper.restart()
+            try await zipper.restart()
             #expect(await errors.wait(for: before + 1, timeout: .seconds(4)), "lost connection noticed well inside the 5 s idle timeout")
             let lost = try #require(errors.items.dropFirst(before).first)
             byReset = lost.message.contains("stateless reset")
@@ -899,7 +899,7 @@ struct FaultRecoveryTests {
 
     @Test("frames written to a zipper that froze and died are sent again after the reconnect, none lost")
     func unacknowledgedFramesAreResent() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let received = Inbox<String>()
         let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x35], retryConnect: true))
         sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
@@ -922,7 +922,7 @@ struct FaultRecoveryTests {
         let texts = (0..<20).map { "frame-\($0)" }
         for text in texts { try await source.write(tag: 0x35, data: Array(text.utf8)) }
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
 
         #expect(await lost.wait(for: 1, timeout: .seconds(10)), "the source noticed the loss")
         #expect(await eventually(within: .seconds(20)) { texts.allSatisfy(received.items.contains) }, "\(received.items)")
@@ -935,7 +935,7 @@ struct FaultRecoveryTests {
     @Test("close() while reconnecting with frames held redials until the close deadline to deliver them; past it they are dropped, said once",
           arguments: [true, false])
     func closeDeliversHeldFrames(zipperComesBack: Bool) async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let received = Inbox<String>()
         let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x37], retryConnect: true))
         sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
@@ -960,7 +960,7 @@ struct FaultRecoveryTests {
         let started = ContinuousClock.now
         let closing = Task { await source.close() }
         #expect(await eventually { lines.items.contains { $0.contains("reconnecting until the close deadline to deliver the frames held") } })
-        if zipperComesBack { try zipper.restart() }
+        if zipperComesBack { try await zipper.restart() }
         await closing.value
         let took = ContinuousClock.now - started
         #expect(took < .seconds(6), "close() returned within its 3 s deadline (and a margin): \(took)")
@@ -978,7 +978,7 @@ struct FaultRecoveryTests {
 
     @Test("a function closed while it redials, its handler writing all along: the writes made while the next connection takes the held ones join them, none refused")
     func closeWhileRediallingTakesEveryWrite() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let (stop, refused) = (Gate(), Inbox<String>())
         let writes = Inbox<Int>()
         let function = StreamFunction(name: "answers", zipper: zipper.address, options: .init(
@@ -1008,7 +1008,7 @@ struct FaultRecoveryTests {
         // Closed while it redials, it redials on to deliver what the handler writes.
         let closing = Task { await function.close() }
         #expect(await eventually { function.client.isClosingForTesting })
-        try zipper.restart()
+        try await zipper.restart()
         // The held answers went out, and more were written on the connection after them.
         #expect(await eventually(within: .seconds(10)) { function.outageStatistics.delivered > 0 }, "\(function.outageStatistics)")
         let delivered = writes.items.count
@@ -1033,7 +1033,7 @@ struct FaultRecoveryTests {
     @Test("a traced function's replies that miss a restarting zipper reach it later in the function's trace: each under its handler's span, or under the span of its wait in the outage buffer, a child of that", arguments: ReplyFault.allCases)
     func repliesKeepTheirSpanIDsAcrossARestart(_ fault: ReplyFault) async throws {
         // The zipper traces nothing, so what the sink sees is what the function wrote.
-        let zipper = try ZipperProcess(port: try await freePort(), environment: ["OTEL_SDK_DISABLED": "true"])
+        let zipper = try await ZipperProcess(port: try await freePort(), environment: ["OTEL_SDK_DISABLED": "true"])
         let received = Inbox<(text: String, spanID: String?, traceparent: String?)>()
         let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x38], retryConnect: true))
         sink.setHandler { ctx in
@@ -1079,13 +1079,13 @@ struct FaultRecoveryTests {
             gate.open()
             #expect(await wrote.wait(for: texts.count + 1), "the writes are queued, not acknowledged")
             await zipper.kill()
-            try zipper.restart()
+            try await zipper.restart()
         case .heldWhileReconnecting:
             // Restarted, the zipper resets the function's old connection. The
             // function reports the loss without waiting for its handlers, whose
             // writes then wait in the outage buffer until it has redialled.
             await zipper.kill()
-            try zipper.restart()
+            try await zipper.restart()
             #expect(await lost.wait(for: 1, timeout: .seconds(10)), "the function reported the loss")
             gate.open()
             #expect(await wrote.wait(for: texts.count + 1))
@@ -1121,7 +1121,7 @@ struct FaultRecoveryTests {
 
     @Test("close() against a frozen zipper returns at its shutdown deadline, not after the idle timeout")
     func boundedCloseAgainstFrozenZipper() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let logs = InMemoryLogSink()
         let source = Source(name: "writer", zipper: zipper.address, options: .init(
             logger: TracingEndToEndTests.debugLogger("yomo", logs), retryConnect: true, shutdownTimeout: .seconds(1)))

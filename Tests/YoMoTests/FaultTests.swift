@@ -11,7 +11,9 @@ import YoMoWire
 @testable import YoMo
 
 /// A `yomo serve` child process on a fixed port, so that it can be killed and
-/// started again where its clients look for it.
+/// started again where its clients look for it. Its start and each restart
+/// return once it listens, or throw with what it last logged: a zipper that
+/// never came up left its tests' clients redialling until CI's limit.
 final class ZipperProcess {
     let port: Int
     /// Flags beyond host and port, kept for a restart.
@@ -21,39 +23,81 @@ final class ZipperProcess {
     let stateDirectory: String
     private let ownsStateDirectory: Bool
     private(set) var process: Process
+    /// What the running process logged, read as it comes (a full pipe would stop it).
+    private var log: OutputTail
+    /// Whether the running process was told to stop (it may exit 0 after SIGTERM).
+    private var stopAsked = false
 
     /// `environment`: variables set for the zipper on top of the test's own.
-    init(port: Int, arguments: [String] = [], environment: [String: String] = [:]) throws {
+    init(port: Int, arguments: [String] = [], environment: [String: String] = [:]) async throws {
         self.port = port
         self.arguments = arguments
         ownsStateDirectory = environment["XDG_STATE_HOME"] == nil
         stateDirectory = environment["XDG_STATE_HOME"] ?? zipperStateDirectory()
-        self.environment = environment.merging(["XDG_STATE_HOME": stateDirectory]) { $1 }
-        process = try Self.launch(port: port, arguments: arguments, environment: self.environment)
+        // Its "zipper listening" line is how a start is known to have worked.
+        let quiet = ["warning", "error", "critical"].contains(environment["YOMO_LOG_LEVEL"] ?? ProcessInfo.processInfo.environment["YOMO_LOG_LEVEL"] ?? "")
+        self.environment = environment.merging(["XDG_STATE_HOME": stateDirectory].merging(quiet ? ["YOMO_LOG_LEVEL": "info"] : [:]) { $1 }) { $1 }
+        (process, log) = try Self.launch(port: port, arguments: arguments, environment: self.environment)
+        try await untilListening()
     }
 
     var address: String { "127.0.0.1:\(port)" }
 
-    private static func launch(port: Int, arguments: [String], environment: [String: String]) throws -> Process {
+    private static func launch(port: Int, arguments: [String], environment: [String: String]) throws -> (Process, OutputTail) {
         let process = Process()
         process.executableURL = try yomoExecutable()
         process.arguments = ["serve", "--host", "127.0.0.1", "--port", "\(port)"] + arguments
         process.environment = zipperEnvironment(environment)
-        process.standardError = FileHandle.nullDevice
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
         try process.run()
-        return process
+        return (process, OutputTail(reading: errors, marker: "zipper listening"))
+    }
+
+    private func untilListening() async throws {
+        _ = await eventually(within: .seconds(30)) { log.sawMarker || !process.isRunning }
+        guard !log.sawMarker else { return }
+        let ended = process.isRunning ? "did not listen within 30 s" : "exited (\(exitDescription))"
+        if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+        throw YoMoError(.invalidConfiguration, "yomo serve on port \(port) \(ended); its last lines:\n\(log.lines.joined(separator: "\n"))")
+    }
+
+    private var exitDescription: String {
+        process.terminationReason == .exit ? "status \(process.terminationStatus)" : "signal \(process.terminationStatus)"
+    }
+
+    /// A zipper that ended on its own (a crash, a fatal error) fails its test
+    /// with what it said, rather than being taken for one the test stopped.
+    private func expectNotEndedOnItsOwn(_ sourceLocation: SourceLocation) {
+        // A test may also signal its pid itself.
+        guard !process.isRunning, !stopAsked else { return }
+        let signalled = process.terminationReason == .uncaughtSignal && [SIGKILL, SIGTERM, SIGINT].contains(process.terminationStatus)
+        if !signalled {
+            Issue.record("yomo serve on port \(port) ended on its own (\(exitDescription)); its last lines:\n\(log.lines.joined(separator: "\n"))",
+                         sourceLocation: sourceLocation)
+        }
     }
 
     /// A hard kill: no CONNECTION_CLOSE, as when a machine dies.
-    func kill() async {
+    func kill(sourceLocation: SourceLocation = #_sourceLocation) async {
+        expectNotEndedOnItsOwn(sourceLocation)
+        stopAsked = true
         Foundation.kill(process.processIdentifier, SIGKILL)
         await waitForExit(process)
     }
 
-    func restart() throws { process = try Self.launch(port: port, arguments: arguments, environment: environment) }
+    func restart(sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        expectNotEndedOnItsOwn(sourceLocation)
+        (process, log) = try Self.launch(port: port, arguments: arguments, environment: environment)
+        stopAsked = false
+        try await untilListening()
+    }
 
     /// SIGTERM, as a service manager stops it: a graceful close.
-    func terminate() async {
+    func terminate(sourceLocation: SourceLocation = #_sourceLocation) async {
+        expectNotEndedOnItsOwn(sourceLocation)
+        stopAsked = true
         process.terminate()
         await waitForExit(process)
     }
@@ -62,6 +106,40 @@ final class ZipperProcess {
         if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
         if ownsStateDirectory { try? FileManager.default.removeItem(atPath: stateDirectory) }
     }
+}
+
+/// What a child process writes to a pipe, read on a plain thread as it comes
+/// so that the child never blocks on a full pipe: its last 60 lines, and
+/// whether a line with `marker` came.
+final class OutputTail: Sendable {
+    private struct State {
+        var lines: [String] = []
+        var sawMarker = false
+    }
+    private let state = Mutex(State())
+
+    init(reading pipe: Pipe, marker: String) {
+        let handle = pipe.fileHandleForReading
+        // Kept alive by its reader until the child's end closes the pipe.
+        Thread.detachNewThread { [self] in
+            var pending = Data()
+            while case let chunk = handle.availableData, !chunk.isEmpty {
+                pending.append(chunk)
+                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    let line = String(decoding: pending[pending.startIndex..<newline], as: UTF8.self)
+                    pending = Data(pending[(newline + 1)...])
+                    state.withLock {
+                        if line.contains(marker) { $0.sawMarker = true }
+                        $0.lines.append(line)
+                        if $0.lines.count > 60 { $0.lines.removeFirst() }
+                    }
+                }
+            }
+        }
+    }
+
+    var sawMarker: Bool { state.withLock { $0.sawMarker } }
+    var lines: [String] { state.withLock { $0.lines } }
 }
 
 /// Log records as text lines, for asserting what a client logged.
@@ -132,7 +210,7 @@ func eventuallyAsync(within timeout: Duration = .seconds(20), _ condition: () as
 struct FaultTests {
     @Test("frames written while the zipper is away arrive once, in order, after it returns; a full or disabled buffer throws")
     func outageBuffer() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         var quic = QUICConfiguration.default
         quic.idleTimeout = .seconds(3)
 
@@ -208,7 +286,7 @@ struct FaultTests {
         #expect(await metric("yomo_client_outage_dropped_messages_total", source: "unbuffered") == 1)
 
         let clock = ContinuousClock()
-        try zipper.restart()
+        try await zipper.restart()
         let restarted = clock.now
         #expect(await eventually(within: .seconds(10)) { sink.client.isConnected })
         let sinkBack = clock.now - restarted
@@ -250,7 +328,7 @@ struct FaultTests {
 
     @Test("a frame whose write returns just after the client took its dead connection's unacknowledged frames is sent again, not lost")
     func writeRacingTheConnectionsEnd() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let received = Inbox<String>()
         let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x35], retryConnect: true))
         sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
@@ -269,7 +347,7 @@ struct FaultTests {
         try await source.write(tag: 0x35, data: Array("raced".utf8))
         #expect(source.client.reconnectCountForTesting > 0, "the connection ended inside the write")
         await waitForExit(zipper.process)
-        try zipper.restart()
+        try await zipper.restart()
         #expect(await eventually { received.items.contains("raced") }, "\(received.items)")
         await source.close()
         await sink.close()
@@ -278,7 +356,7 @@ struct FaultTests {
 
     @Test("a frame queued on a connection that ended under its write is not refused by a full outage buffer: it may have reached the zipper, and it arrives")
     func queuedWriteIsNotRefused() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let received = Inbox<String>()
         let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x35], retryConnect: true))
         sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
@@ -305,7 +383,7 @@ struct FaultTests {
         #expect(fillers.count < 5, "the outage buffer was full")
         #expect(source.outageStatistics.pendingFrames == 2, "held past the limit of one: \(source.outageStatistics)")
         await waitForExit(zipper.process)
-        try zipper.restart()
+        try await zipper.restart()
         #expect(await eventually { Set(received.items).isSuperset(of: fillers.items + ["raced"]) }, "\(received.items)")
         await source.close()
         await sink.close()

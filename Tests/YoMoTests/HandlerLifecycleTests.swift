@@ -110,7 +110,7 @@ struct HandlerLifecycleTests {
     func redialWhileHandlersRun(pipe: Bool) async throws {
         let key = NSTemporaryDirectory() + "yomo-test-reset-\(UUID().uuidString).key"
         defer { try? FileManager.default.removeItem(atPath: key) }
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--stateless-reset-key-file", key])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--stateless-reset-key-file", key])
         let fast = ReconnectPolicy(initialDelay: .milliseconds(100), maximumDelay: .milliseconds(500))
         let gate = Gate()
         let received = Inbox<String>()
@@ -143,7 +143,7 @@ struct HandlerLifecycleTests {
         #expect(await eventually { source.client.keptFrames == 0 })
 
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         // Before, the function reported the loss and redialled only once its handlers had finished.
         #expect(await lost.wait(for: 1, timeout: .seconds(10)), "the loss was reported while the handler waits")
         #expect(await eventually { sfn.client.isConnected && !sfn.client.sessionEndedForTesting }, "redialled")
@@ -166,7 +166,7 @@ struct HandlerLifecycleTests {
 
     @Test("close() while waiting to redial lets the last connection's handlers finish, without waiting out the redial delay")
     func closeWhileWaitingToRedial() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let lazy = ReconnectPolicy(firstRetryDelay: .seconds(60) ... .seconds(60))
         let gate = Gate()
         let entered = Inbox<Int>()
@@ -209,7 +209,7 @@ struct HandlerLifecycleTests {
     @Test("close() while redialling a dead zipper, handlers still at work: their answers are held and reach the zipper that comes back before the close deadline",
           arguments: [false, true])
     func closeWhileRedialingDeliversAnswers(pipe: Bool) async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let asked = try await AnswerInAHandler(pipe: pipe, zipper: zipper.address)
         let function = asked.function
         let closing = await asked.closeWhileRedialling(killing: zipper)
@@ -222,12 +222,12 @@ struct HandlerLifecycleTests {
     @Test("close() while redialling a dead zipper, which comes back and dies again as the function delivers, a handler still at work: the function redials again, and the answer reaches the zipper that comes back",
           arguments: [false, true])
     func closeWhileRedialingSurvivesASecondLoss(pipe: Bool) async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let asked = try await AnswerInAHandler(pipe: pipe, zipper: zipper.address)
         let function = asked.function
         let closing = await asked.closeWhileRedialling(killing: zipper)
         // Back to deliver, it waits for its handler; the zipper dies under it.
-        try zipper.restart()
+        try await zipper.restart()
         #expect(await eventually(within: .seconds(10)) { function.client.isConnected })
         await zipper.kill()
         asked.gate.open()
@@ -238,7 +238,7 @@ struct HandlerLifecycleTests {
 
     @Test("a zipper killed while a function closes, a handler still at work: the function redials until its close deadline, and the answer reaches the zipper that comes back")
     func zipperKilledUnderTheClose() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let asked = try await AnswerInAHandler(pipe: false, zipper: zipper.address)
         let function = asked.function
         let closing = Task { await function.close() }
@@ -292,7 +292,7 @@ struct HandlerLifecycleTests {
     @Test("a connection lost while a function closes, with frames it received and had not read: close() returns at its deadline, not once its pipe handler worked through them")
     func lostUnderTheCloseWithUnreadFrames() async throws {
         let metricsPort = try await freeTCPPort()
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
         let taken = Inbox<String>()
         // A queue of 2 KiB: most of what arrives waits unread in the QUIC stack.
         let function = StreamFunction(name: "upper", zipper: zipper.address, options: .init(
@@ -348,7 +348,7 @@ struct HandlerLifecycleTests {
     /// frame once. `function` makes it, its handler appending to `taken`.
     private func redialsAtOnceAfterKill(_ function: (_ zipper: String, _ taken: Inbox<String>) -> StreamFunction) async throws {
         let metricsPort = try await freeTCPPort()
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
         let taken = Inbox<String>()
         let function = function(zipper.address, taken)
         try await function.connect()
@@ -359,7 +359,7 @@ struct HandlerLifecycleTests {
         for text in texts { try await source.write(tag: 0x33, data: Array(text.utf8)) }
         #expect(await eventuallyAsync { await wroteToUpper(400, metricsPort: metricsPort) })
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         #expect(await eventually(within: .seconds(20)) { function.client.reconnectCountForTesting == 1 })
         let takenAtRedial = taken.count
         #expect(takenAtRedial < 300, "\(takenAtRedial) frames taken when it redialled")
@@ -376,7 +376,7 @@ struct HandlerLifecycleTests {
     @Test("a function redialled with its pipe queue full of what the lost connection brought reads on past it for copies: frames sent again behind new ones are recognized at once, not after the backlog")
     func readsAheadForCopies() async throws {
         let metricsPort = try await freeTCPPort()
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
         let taken = Inbox<String>()
         let function = StreamFunction(name: "upper", zipper: zipper.address, options: .init(
             observedTags: [0x33], retryConnect: true, maximumHandlerBytes: 2048))
@@ -396,7 +396,7 @@ struct HandlerLifecycleTests {
         for text in texts { try await first.write(tag: 0x33, data: Array(text.utf8)) }
         #expect(await eventuallyAsync { await wroteToUpper(400, metricsPort: metricsPort) })
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         #expect(await eventually(within: .seconds(20)) { function.client.reconnectCountForTesting == 1 })
         let second = Source(name: "second", zipper: zipper.address, options: .init(retryConnect: true))
         try await second.connect()
@@ -441,7 +441,7 @@ struct HandlerLifecycleTests {
     @Test("a function closed while it redials, with frames of the lost connection waiting for its async handlers' limits: the close handles them before it ends")
     func closeWhileRedialingHandlesWhatWaited() async throws {
         let metricsPort = try await freeTCPPort()
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
         let taken = Inbox<String>()
         let function = StreamFunction(name: "upper", zipper: zipper.address, options: .init(
             observedTags: [0x33], retryConnect: true, handlerConcurrency: 1, shutdownTimeout: .seconds(30)))
@@ -459,7 +459,7 @@ struct HandlerLifecycleTests {
         // The frames read wait for the next connection; the close comes while it redials.
         #expect(await eventually { taken.count < 200 && function.client.reconnectCountForTesting == 0 })
         let closing = Task { await function.close() }
-        try zipper.restart()
+        try await zipper.restart()
         await closing.value
         // Before, the close dropped them: nothing else had them once their zipper died.
         let missing = Set(texts).subtracting(taken.items)
@@ -655,7 +655,7 @@ struct AnswerInAHandler: Sendable {
     /// `zipper` started again and a sink of 0x67 on it: the answer arrives
     /// once, the close ends, and nothing was dropped or refused.
     func expectAnswer(afterRestarting zipper: ZipperProcess, _ closing: Task<Void, Never>) async throws {
-        try zipper.restart()
+        try await zipper.restart()
         let (sink, received) = (StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x67], retryConnect: true)), Inbox<String>())
         sink.setHandler { ctx in received.append(String(decoding: ctx.data, as: UTF8.self)) }
         try await sink.connect()

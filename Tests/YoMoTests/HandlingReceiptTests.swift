@@ -465,7 +465,7 @@ struct HandlingReceiptTests {
         // at acknowledgement, which is why it was not given back).
         #expect(await eventually { source.client.keptFrames == 10 - firstTook.count }, "kept \(source.client.keptFrames)")
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         try await backlog.nextInstanceFinishes()
     }
 
@@ -497,7 +497,7 @@ struct HandlingReceiptTests {
         let texts = (0..<10).map { "frame-\($0)" }
 
         init(tracerProvider: TracerProvider? = nil) async throws {
-            zipper = try ZipperProcess(port: try await freePort())
+            zipper = try await ZipperProcess(port: try await freePort())
             first = HandlingReceiptTests.gatedPipeWorker(zipper.address, gate: gate, handled: handled, tracerProvider: tracerProvider)
             try await first.connect()
             source = Source(name: "writer", zipper: zipper.address, options: .init(retryConnect: true))
@@ -547,7 +547,7 @@ struct HandlingReceiptTests {
 
         init(async: Bool) async throws {
             self.async = async
-            let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--unrouted-hold", "60s"])
+            let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--unrouted-hold", "60s"])
             self.zipper = zipper
             first = Self.worker(zipper, async: async, gate: gate, handled: handled)
             try await first.connect()
@@ -585,7 +585,7 @@ struct HandlingReceiptTests {
         /// The zipper (killed) started again, the function closed once it
         /// redialled, before the source came back: the close's task.
         func closeOnceRedialled() async throws -> Task<Void, Never> {
-            try zipper.restart()
+            try await zipper.restart()
             let (first, source) = (first, source)
             #expect(await eventually(within: .seconds(10)) { first.client.reconnectCountForTesting == 1 && first.client.isConnected })
             let closing = Task { await first.close() }
@@ -604,7 +604,7 @@ struct HandlingReceiptTests {
         #expect(await eventually { source.client.keptFrames == 8 || source.client.keptFrames == 9 }, "kept \(source.client.keptFrames)")
         let kept = source.client.keptFrames
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         // Both redial; the source sends again what it kept, and the function
         // reads those as copies of what it has queued.
         #expect(await eventually { first.client.isConnected && first.client.framesReceivedForTesting == kept },
@@ -670,7 +670,7 @@ struct HandlingReceiptTests {
             #expect(await eventually(within: .seconds(10)) { !first.client.isConnected })
             closing = Task { await first.close() }
             #expect(await eventually { first.client.isClosingForTesting })
-            try zipper.restart()
+            try await zipper.restart()
         }
         // The source's copies are held for the function's name, and the zipper
         // says which: the frames they cover go back, the handler still held

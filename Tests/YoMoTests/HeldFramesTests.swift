@@ -703,7 +703,7 @@ struct HeldFramesTests {
     /// once, "recorder" 2 s later, while a source writes every 20 ms. Returns
     /// what was written after the kill, and what each function received.
     private func fanOutAcrossRestart(functionsFile: String) async throws -> (written: [String], alerter: [String], recorder: [String]) {
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", functionsFile, "--unrouted-hold", "30s"])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--functions-file", functionsFile, "--unrouted-hold", "30s"])
         let fast = ReconnectPolicy.redialsAtOnce
         let late = ReconnectPolicy.redialsLate
         var inboxes: [Inbox<String>] = []
@@ -735,7 +735,7 @@ struct HeldFramesTests {
         }
 
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         var written: [String] = []
         // Until the recorder, back last, receives what is written now, and some more.
         var index = 0
@@ -774,7 +774,7 @@ struct HeldFramesTests {
 
     @Test("yomo serve remembers its stream functions beside its default stateless reset key")
     func defaultFunctionsFile() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let file = zipper.stateDirectory + "/yomo/zipper-\(zipper.port).functions"
         let function = StreamFunction(name: "remembered", zipper: zipper.address, options: .init(observedTags: [0x68], retryConnect: true))
         function.setHandler { _ in }
@@ -786,7 +786,7 @@ struct HeldFramesTests {
         await zipper.kill()
         // The tests' next zipper on the port remembers nothing of this one
         // (`zipperStateDirectory`); this one's restart does.
-        let next = try ZipperProcess(port: zipper.port)
+        let next = try await ZipperProcess(port: zipper.port)
         let nextFile = next.stateDirectory + "/yomo/zipper-\(zipper.port).functions"
         #expect(nextFile != file && !FileManager.default.fileExists(atPath: nextFile))
         await next.kill()
@@ -822,7 +822,7 @@ struct HeldFramesTests {
     /// redials `functionDelay` after it noticed, long after the source, which
     /// delivers what it held at once.
     private func restartWithFunctionBackLast(holdArguments: [String]) async throws -> (written: [String], received: [String]) {
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: holdArguments)
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: holdArguments)
         let received = Inbox<String>()
         let late = ReconnectPolicy.redialsLate
         let sink = StreamFunction(name: "sink", zipper: zipper.address, options: .init(observedTags: [0x62], reconnect: late, retryConnect: true))
@@ -835,7 +835,7 @@ struct HeldFramesTests {
         #expect(await eventually { source.client.unacknowledgedBytesForTesting == 0 })
 
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         let texts = (0..<20).map { "outage-\($0)" }
         // Written while the source notices and redials: held in its outage
         // buffer or sent again unacknowledged, then delivered on its new connection.
@@ -996,14 +996,14 @@ struct HeldFramesTests {
         // What a zipper closed gracefully a moment ago kept: its sources forgot these frames.
         let texts = (0..<5).map { "kept-\($0)" }
         try files.keep([(0x69, texts)])
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions])
         // Up once a source can connect; it held the frames again before it listened.
         let probe = Source(name: "probe", zipper: zipper.address, options: .init(retryConnect: true))
         try await probe.connect()
         await probe.close()
         #expect(FileManager.default.fileExists(atPath: held), "kept while its frames are held")
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         let got = Inbox<String>()
         let worker = StreamFunction(name: "worker", zipper: zipper.address, options: .init(observedTags: [0x69], retryConnect: true, handlerConcurrency: 1))
         worker.setHandler { ctx in got.append(String(decoding: ctx.data, as: UTF8.self)) }
@@ -1020,7 +1020,7 @@ struct HeldFramesTests {
     func closedClientsHeldFramesSurviveACrash(byFunction: Bool) async throws {
         let files = try PreviousRunFiles()
         defer { files.remove() }
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
         let fast = ReconnectPolicy.redialsAtOnce
         let got = Inbox<String>()
         func sink() -> StreamFunction {
@@ -1054,7 +1054,7 @@ struct HeldFramesTests {
         // Before the forty-fifth round of issue 14 the frame was in the zipper's memory alone.
         #expect(await eventually { FileManager.default.fileExists(atPath: files.held) }, "the held frames file keeps it")
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         let second = sink()
         try await second.connect()
         #expect(await got.wait(for: 2, timeout: .seconds(20)), "\(got.items)")
@@ -1075,7 +1075,7 @@ struct HeldFramesTests {
         let forX = (0..<5).map { "x-\($0)" }, forY = (0..<5).map { "y-\($0)" }, forZ = ["z-0", "z-1"]
         try files.keep([(0x69, forX), (0x6A, forY), (0x6B, forZ)])
         // y's frames stay held for the test's length, not the default 5 s.
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
         let got = Inbox<String>()
         let gate = Gate()
         let entered = Inbox<String>()
@@ -1104,7 +1104,7 @@ struct HeldFramesTests {
         await x.close()
         await zipper.kill()
         await z.close()
-        try zipper.restart()
+        try await zipper.restart()
         let again = worker("x", 0x69), y = worker("y", 0x6A), zAgain = worker("z", 0x6B)
         try await again.connect()
         try await y.connect()
@@ -1131,7 +1131,7 @@ struct HeldFramesTests {
         // Five for x; one for y, which never comes: the file stays for it.
         let forX = (0..<5).map { "x-\($0)" }, forY = ["y-0"]
         try files.keep([(0x6E, forX), (0x6F, forY)])
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
         // The first instance's pipe handler never finishes its first frame; its close drops the rest unhandled.
         let stuck = Inbox<String>()
         let first = StreamFunction(name: "x", zipper: zipper.address, options: .init(
@@ -1154,7 +1154,7 @@ struct HeldFramesTests {
         // Before the forty-fifth round of issue 14 the first instance had to have handled them too: all stayed.
         #expect(await eventually { files.kept() == forY }, "\(files.kept())")
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         // Behind anything held for x: whatever the restart gave it has come once this has.
         let source = Source(name: "feed", zipper: zipper.address, options: .init(retryConnect: true))
         try await source.connect()
@@ -1175,7 +1175,7 @@ struct HeldFramesTests {
         #expect(FileManager.default.createFile(atPath: files.functions, contents: Data("yomo-zipper-functions 1\nv\t\t0x6c\nw\t\t0x6c\nx\t\t0x6d\n".utf8)))
         let fanOut = ["f-0", "f-1"], forX = ["x-0"]
         try files.keep([(0x6C, fanOut), (0x6D, forX)])
-        let zipper = try ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--functions-file", files.functions, "--unrouted-hold", "60s"])
         let got = Inbox<String>()
         func worker(_ name: String, _ tag: UInt32) -> StreamFunction {
             let worker = StreamFunction(name: name, zipper: zipper.address, options: .init(observedTags: [tag], retryConnect: true))
@@ -1193,7 +1193,7 @@ struct HeldFramesTests {
         await x.close()
         await v.close()
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         let w = worker("w", 0x6C)
         try await w.connect()
         #expect(await got.wait(for: 5), "\(got.items)")

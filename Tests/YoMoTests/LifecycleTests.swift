@@ -104,19 +104,50 @@ func startFunctionProcess(zipper: String, pipe: Bool = false, handlerDelayMs: In
     return process
 }
 
-/// A UDP port that was free a moment ago.
+/// A port for a server a test starts later (a `yomo serve`, or a zipper
+/// given its peer's port first): free now, and no other socket of these tests
+/// is given it. It is below the kernel's ephemeral range, from which every
+/// client's socket and every server on port 0 takes its port: a port from
+/// there, free a moment ago, was once a source's by the time the zipper bound
+/// it ("Address already in use"), or a killed zipper's by its restart. Each
+/// test process walks the range from its own start, one port after another.
 func freePort() async throws -> Int {
-    let probe = try await QUICServer.bind(host: "127.0.0.1", port: 0)
-    let port = probe.port
-    await probe.close()
-    return port
+    for _ in 0..<1000 {
+        let port = TestPorts.next()
+        if let probe = try? await QUICServer.bind(host: "127.0.0.1", port: port) {
+            await probe.close()
+            return port
+        }
+    }
+    throw YoMoError(.invalidConfiguration, "no free UDP port below the ephemeral range in 1,000 tries")
+}
+
+enum TestPorts {
+    /// The kernel's lowest ephemeral port (`ip_local_port_range`); 32768 if unread.
+    static let ephemeralLow: Int = {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        return text.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
+    }()
+    /// Ports from 20000 (fewer if the ephemeral range starts lower) up to it.
+    static let range: Range<Int> = {
+        let low = min(20000, max(1024, ephemeralLow - 4096))
+        return low..<ephemeralLow
+    }()
+    /// Where this process starts: another test process starts elsewhere.
+    private static let start = Int(getpid()) &* 2_654_435_761 % range.count
+    private static let taken = Atomic<Int>(0)
+
+    static func next() -> Int {
+        let index = taken.add(1, ordering: .relaxed).oldValue
+        return range.lowerBound + (start + index) % range.count
+    }
 }
 
 @Suite("Connection life", .serialized)
 struct LifecycleTests {
     @Test("a killed and restarted zipper: the stream function reconnects and serves again")
     func reconnect() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let address = zipper.address
 
         var quic = QUICConfiguration.default
@@ -149,7 +180,7 @@ struct LifecycleTests {
         #expect(try await sendUntilReceived("before"))
         // A hard kill: no CONNECTION_CLOSE, as when a machine dies.
         await zipper.kill()
-        try zipper.restart()
+        try await zipper.restart()
         #expect(try await sendUntilReceived("after"))
         #expect(lost.items.contains { $0.code == .notConnected }, "the lost connection is reported: \(lost.items)")
         #expect(sfn.endReason == nil, "still serving")
@@ -159,7 +190,7 @@ struct LifecycleTests {
 
     @Test("a second zipper on a port in use exits saying so, and the first keeps its clients")
     func portInUse() async throws {
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let received = Inbox<String>()
         let lost = Inbox<YoMoError>()
         let sfn = StreamFunction(name: "first", zipper: zipper.address, options: .init(observedTags: [0x33], retryConnect: true))
@@ -185,6 +216,18 @@ struct LifecycleTests {
         await source.close()
         await sfn.close()
         await zipper.kill()
+    }
+
+    @Test("the tests' zipper processes: a start that cannot listen throws what the zipper said, rather than leaving clients to redial; ports for them come from below the ephemeral range, never twice")
+    func zipperProcessStartFails() async throws {
+        let busy = try await QUICServer.bind(host: "127.0.0.1", port: try await freePort())
+        let error = await #expect(throws: YoMoError.self) { try await ZipperProcess(port: busy.port) }
+        #expect(error?.message.contains("bind 127.0.0.1:\(busy.port): Address already in use") == true, "\(String(describing: error))")
+        await busy.close()
+        var ports: [Int] = []
+        for _ in 0..<20 { ports.append(try await freePort()) }
+        #expect(Set(ports).count == ports.count)
+        #expect(ports.allSatisfy { $0 < TestPorts.ephemeralLow })
     }
 
     @Test("a zipper on an IPv6 address writes it in brackets, in its address and its log lines, and serves clients there")

@@ -174,7 +174,7 @@ struct MeshLoopbackTests {
     /// source connected to it that redials (and, with receipts, sends again
     /// what a crash of "a" left unsettled).
     static func upstreamProcessWithSource(port: Int, downstreamPort: Int, receipts: Bool = true) async throws -> (ZipperProcess, Source) {
-        let a = try ZipperProcess(port: port, arguments: [
+        let a = try await ZipperProcess(port: port, arguments: [
             "--name", "a", "--token", "mesh", "--unrouted-hold", "0", "--mesh", "b=127.0.0.1:\(downstreamPort)", "--mesh-credential", "token:mesh",
         ])
         let source = Source(name: "source", zipper: a.address, options: .init(credential: "token:mesh", retryConnect: true, deliveryReceipts: receipts))
@@ -352,7 +352,7 @@ struct MeshLoopbackTests {
           arguments: [true, false])
     func downstreamKilled(receipts: Bool) async throws {
         let portA = try await freePort(), portB = try await freePort()
-        let b = try ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
+        let b = try await ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
         // No hold at a: what it forwards is only in its link.
         var configuration = Self.upstreamConfiguration(port: portA, downstreamPort: portB)
         configuration.deliveryReceipts = receipts
@@ -375,7 +375,7 @@ struct MeshLoopbackTests {
         #expect(await eventually { source.client.keptFrames == (receipts ? 20 : 0) }, "kept: \(source.client.keptFrames)")
 
         await b.kill()
-        try b.restart()
+        try await b.restart()
         let (far, remote) = try await Self.farFunction(port: portB, tag: 0x35, retryConnect: true, handlerConcurrency: 1)
         #expect(try await writeUntilReceived(source, tag: 0x35, "after", remote))
         if receipts {
@@ -436,7 +436,7 @@ struct MeshLoopbackTests {
         let b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
         let (far, remote) = try await Self.farFunction(port: portB, tag: 0x35, handlerConcurrency: 1)
-        try a.restart()
+        try await a.restart()
         #expect(try await writeUntilReceived(source, tag: 0x35, "after", remote))
         if receipts {
             #expect(await eventually { texts.allSatisfy(remote.items.contains) }, "\(remote.items)")
@@ -617,7 +617,7 @@ struct MeshLoopbackTests {
         #expect(kept >= 5, "kept \(kept)")
 
         await a.kill()
-        try a.restart()
+        try await a.restart()
         // The source sends them again through a's next run, whose link b takes as the same upstream's.
         #expect(await eventually { far.client.framesReceivedForTesting == 10 + kept }, "\(far.client.framesReceivedForTesting) read")
         #expect(b.statistics.copiesAnnounced >= 1)
@@ -679,7 +679,7 @@ struct MeshLoopbackTests {
         let kept = source.client.keptFrames
         #expect(kept >= 58, "kept \(kept)")
         await a.kill()
-        try a.restart()
+        try await a.restart()
         // The source sends again what it kept: copies, behind the 59 queued originals.
         #expect(await eventually { far.client.framesReceivedForTesting == 60 + kept }, "\(far.client.framesReceivedForTesting) read")
         // The first 40 handled, the next taken: their copies are finished
@@ -718,7 +718,7 @@ struct MeshLoopbackTests {
         // While a is down the function handles the first five and reports them.
         setup.first.open()
         #expect(await handled.wait(for: 5))
-        try a.restart()
+        try await a.restart()
         // The copies of the five b was told the function finished are not
         // written to it (since the fifty-eighth round); the rest are, and
         // it knows them.
@@ -754,7 +754,7 @@ struct MeshLoopbackTests {
         let (second, handledAgain) = try await Self.farFunction(port: portB, tag: 0x3B)
         await a.kill()
         b.pauseReceiptsForTesting(false)
-        try a.restart()
+        try await a.restart()
         // The source sends the ten again through a's next run: settled, not routed.
         #expect(await eventually { b.statistics.handledCopiesNotRouted == 10 }, "\(b.statistics.handledCopiesNotRouted)")
         #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
@@ -782,7 +782,7 @@ struct MeshLoopbackTests {
         #expect(source.client.keptFrames == 10, "kept until they leave b's hold")
 
         await a.kill()
-        try a.restart()
+        try await a.restart()
         // The source sends them again through a's next run: b holds them twice.
         #expect(await eventually { b.statistics.heldFrames == 20 }, "held \(b.statistics.heldFrames)")
         let (far, handled) = try await Self.farFunction(port: portB, tag: 0x3A)
@@ -800,7 +800,7 @@ struct MeshLoopbackTests {
     func carriedFramesSettleOneByOne() async throws {
         let portA = try await freePort(), portB = try await freePort()
         // In its first minute b holds frames for any function that comes.
-        let b = try ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
+        let b = try await ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
         let (a, source) = try await Self.upstreamWithSource(port: portA, downstreamPort: portB)
         let texts = (0..<10).map { "carried-\($0)" }
         // One at a time, as a source that writes now and then: each in a receipt of a's of its own.
@@ -811,7 +811,7 @@ struct MeshLoopbackTests {
 
         // b's next run has none of them: the link sends them all again, on its next connection.
         await b.kill()
-        try b.restart()
+        try await b.restart()
         #expect(await eventually { a.meshLinkReconnectsForTesting == [1] && a.meshLinkHealth.first?.connected == true })
         #expect(source.client.keptFrames == 10)
         let far = MeteredFunction(zipper: b.address, tag: 0x3B)
@@ -832,7 +832,7 @@ struct MeshLoopbackTests {
     @Test("frames a downstream acknowledged before its graceful close count as settled for the link's senders, as they are not sent again: they do not wait for what the link carries to the downstream's next run")
     func acknowledgedAtCloseSettles() async throws {
         let portA = try await freePort(), portB = try await freePort()
-        let b = try ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
+        let b = try await ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
         let far = MeteredFunction(zipper: b.address, tag: 0x3C, retryConnect: true)
         try await far.function.connect()
         let (a, source) = try await Self.upstreamWithSource(port: portA, downstreamPort: portB)
@@ -844,7 +844,7 @@ struct MeshLoopbackTests {
         // b keeps what its function had not handled for its next start; the link does not send it again.
         await b.terminate()
         for text in texts.suffix(5) { try await source.write(tag: 0x3C, data: Array(text.utf8)) }
-        try b.restart()
+        try await b.restart()
         #expect(await eventually { a.meshLinkHealth.first.map { $0.connected && $0.sentFrames == 10 && $0.queuedFrames == 0 } == true })
         // The five b took before its close are settled; the five carried to its next run wait for its function.
         #expect(await eventually { source.client.keptFrames == 5 }, "kept \(source.client.keptFrames)")
@@ -863,7 +863,7 @@ struct MeshLoopbackTests {
         let directory = try makeTemporaryDirectory("yomo-test-mesh-unsettled-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let portA = try await freePort(), portB = try await freePort()
-        let b = try ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
+        let b = try await ZipperProcess(port: portB, arguments: ["--name", "b", "--token", "mesh"])
         let far = MeteredFunction(zipper: b.address, tag: 0x3E, retryConnect: true)
         try await far.function.connect()
         let (a, source) = try await Self.upstreamWithSource(
@@ -878,7 +878,7 @@ struct MeshLoopbackTests {
 
         // b crashes with them: what its function had not read is gone from it.
         await b.kill()
-        try b.restart()
+        try await b.restart()
         let restarted = Zipper(configuration: a.configuration, options: Self.upstreamOptions())
         try await restarted.start()
         far.allow(10)

@@ -327,7 +327,7 @@ struct MetricsEndToEndTests {
     func readiness() async throws {
         let endpoint = try await MetricsEndpoint.start(host: "127.0.0.1", port: 0, provider: .noop)
         defer { Task { await endpoint.close() } }
-        let zipper = try ZipperProcess(port: try await freePort())
+        let zipper = try await ZipperProcess(port: try await freePort())
         let sfn = StreamFunction(name: "ready-check", zipper: zipper.address, options: .init(observedTags: [0x33], retryConnect: true))
         sfn.setHandler { _ in }
         try await sfn.connect()
@@ -356,7 +356,7 @@ struct MetricsEndToEndTests {
         }
         #expect(now?.ready == false && now?.status == 503, "not ready while reconnecting: \(String(describing: now))")
 
-        try zipper.restart()
+        try await zipper.restart()
         for _ in 0..<200 where now?.ready != true {
             try await Task.sleep(for: .milliseconds(50))
             now = await state()
