@@ -460,6 +460,19 @@ final class DeliveryDestination: Sendable {
         }
     }
 
+    /// The keys of the frames from upstream zippers written here that end at
+    /// `ends`, by end: what a connection that ended had not finished of the
+    /// mesh's frames (once per connection's end).
+    func linkDigests(endingAt ends: [Int]) -> [Int: CopyDigest] {
+        guard !ends.isEmpty else { return [:] }
+        let wanted = Set(ends)
+        return linkFrames.withLock { frames in
+            var digests: [Int: CopyDigest] = [:]
+            for frame in frames where wanted.contains(frame.end) { digests[frame.end] = frame.digest }
+            return digests
+        }
+    }
+
     /// The keys of the frames from upstream zippers that the function's
     /// handlers finished, as its receipt says (`settled`, and the ranges
     /// `ahead`), forgotten here: the zipper remembers them for the

@@ -121,6 +121,9 @@ struct HeldFrames {
         var wasRouted: Bool
         /// The receipt checkpoint of its sender that waits for it (a client that asked for receipts).
         var tally: HoldTally?
+        /// Its key, if an upstream zipper forwarded it (`CopyKey.digest`):
+        /// a function it is delivered to adds it to what its name finished.
+        var linkDigest: CopyDigest? = nil
 
         /// `name` has it (took it, or finished a copy of it): whether it
         /// settles for its sender (every name it was owed has it; its
@@ -309,7 +312,8 @@ struct HeldFrames {
     /// Holds `frame` for `claim` (its buffers should be its own: a slice of a
     /// read buffer would keep all of it).
     mutating func hold(
-        _ frame: DataFrame, target: String?, bytes: Int, for claim: Claim, routed: Bool, now: Instant, tally: @autoclosure () -> HoldTally? = nil
+        _ frame: DataFrame, target: String?, bytes: Int, for claim: Claim, routed: Bool, now: Instant, linkDigest: CopyDigest? = nil,
+        tally: @autoclosure () -> HoldTally? = nil
     ) -> HoldResult {
         let claim = lessCopiesHandled(claim, of: frame)
         if claim.owed.isEmpty && !claim.forAnyArrival { return .handledBefore }
@@ -320,7 +324,7 @@ struct HeldFrames {
             frame: frame, target: target, bytes: bytes, deadline: now + settings.duration, heldAt: now,
             reason: Reason(claim),
             owed: claim.owed, forAnyArrival: claim.forAnyArrival, deliveredTo: claim.handledBy, wasRouted: routed,
-            tally: waitedFor ? tally() : nil)
+            tally: waitedFor ? tally() : nil, linkDigest: linkDigest)
         entries.append(entry)
         return count(entry)
     }
@@ -416,14 +420,15 @@ struct HeldFrames {
     /// refused. Each one held is added to `tally` (its connection's end, for
     /// the receipts of the frames written to it).
     mutating func holdAhead(
-        _ frames: [(frame: DataFrame, target: String?, bytes: Int, reason: Reason, tally: HoldTally?)], for function: RouteMember, now: Instant
+        _ frames: [(frame: DataFrame, target: String?, bytes: Int, reason: Reason, tally: HoldTally?, linkDigest: CopyDigest?)],
+        for function: RouteMember, now: Instant
     ) -> [HoldResult] {
         let name = function.name
         let newer = entries.firstIndex { $0.waits(for: function) }
         let deadline = newer.map { entries[$0].deadline } ?? now + settings.duration
         var results: [HoldResult] = []
         var ahead: [Entry] = []
-        for (frame, target, bytes, reason, tally) in frames {
+        for (frame, target, bytes, reason, tally, linkDigest) in frames {
             if lessCopiesHandled(Claim(owed: [name]), of: frame).owed.isEmpty {
                 results.append(.handledBefore)
                 continue
@@ -435,7 +440,7 @@ struct HeldFrames {
             tally?.add()
             let entry = Entry(
                 frame: frame, target: target, bytes: bytes, deadline: deadline, heldAt: now, reason: reason, owed: [name],
-                forAnyArrival: false, wasRouted: true, tally: tally)
+                forAnyArrival: false, wasRouted: true, tally: tally, linkDigest: linkDigest)
             ahead.append(entry)
             results.append(count(entry))
         }
@@ -474,9 +479,12 @@ struct HeldFrames {
         var settles: Bool
         var heldAt: Instant
         var reason: Reason
+        var linkDigest: CopyDigest?
 
         /// Written to `destination`, ending at `end`.
         func written(to destination: DeliveryDestination, endingAt end: Int) {
+            // A frame of the mesh's, routed or held: what the function finishes of it is remembered.
+            if let linkDigest { destination.wroteLinkFrame(endingAt: end, digest: linkDigest) }
             guard let tally else { return }
             tally.wait(for: destination, written: end)
             if settles { tally.release() }
@@ -504,7 +512,8 @@ struct HeldFrames {
                 // for the deadline of a hold for any that arrives: one function
                 // has it, and the sender's later frames are not kept that long.
                 let (settles, left) = entry.taken(by: member.name)
-                taken.append(Taken(frame: entry.frame, tally: entry.tally, settles: settles, heldAt: entry.heldAt, reason: entry.reason))
+                taken.append(Taken(
+                    frame: entry.frame, tally: entry.tally, settles: settles, heldAt: entry.heldAt, reason: entry.reason, linkDigest: entry.linkDigest))
                 if left {
                     forget(entry)
                     continue

@@ -96,7 +96,7 @@ public final class Zipper: Sendable {
         var droppedInBurst = 0
         /// Frames whose write found its connection ended, before it left the
         /// routes: held with what it had not acknowledged when it leaves.
-        var unwritten: [(frame: DataFrame, target: String?)] = []
+        var unwritten: [(frame: DataFrame, target: String?, linkDigest: CopyDigest?)] = []
         /// For each stream function of its name that joined the routes after
         /// it (a restart, another instance), its stream offset then: frames
         /// written to it before that offset, that one lacks (`catchUp`).
@@ -124,6 +124,8 @@ public final class Zipper: Sendable {
         var to: Destination
         /// Its receipt tally at the ended connection's end.
         var tally: HoldTally
+        /// Its key, if an upstream zipper forwarded it.
+        var linkDigest: CopyDigest?
     }
 
     private struct State {
@@ -162,7 +164,7 @@ public final class Zipper: Sendable {
         /// acknowledged (frames before it were kept for its handlers): why each waited.
         mutating func catchUp(
             _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int, end: Int)], acknowledgedThrough: Int, leftBy peer: Peer,
-            stillObserved: Set<UInt32>, leftovers: Leftovers
+            stillObserved: Set<UInt32>, leftovers: Leftovers, linkDigests: [Int: CopyDigest]
         ) -> [CatchUp] {
             var deliveries: [CatchUp] = []
             for (frame, target, _, end) in frames where stillObserved.contains(frame.tag) {
@@ -172,7 +174,7 @@ public final class Zipper: Sendable {
                     tally.add()
                     deliveries.append(CatchUp(
                         frame: frame, reason: end <= acknowledgedThrough ? .notHandled : .notAcknowledged,
-                        to: (id, namesake.connection, namesake.delivery), tally: tally))
+                        to: (id, namesake.connection, namesake.delivery), tally: tally, linkDigest: linkDigests[end]))
                 }
             }
             return deliveries
@@ -325,14 +327,14 @@ public final class Zipper: Sendable {
         /// every frame since: the held ones would come after newer ones).
         /// Each held is added to its tally at its connection's end.
         mutating func holdForReturn(
-            _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int, reason: HeldFrames.Reason, tally: HoldTally)],
+            _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int, reason: HeldFrames.Reason, tally: HoldTally, linkDigest: CopyDigest?)],
             of function: RouteMember, stillObserved: Set<UInt32>
         ) -> UnacknowledgedAtEnd {
             var outcome = UnacknowledgedAtEnd(bytes: 0)
             let kept = frames.filter { !stillObserved.contains($0.frame.tag) && function.receives(tag: $0.frame.tag, target: $0.target) }
             let results = held.holdAhead(
-                kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame), $0.reason, $0.tally) }, for: function, now: .now)
-            for ((frame, _, notAcknowledged, _, _), result) in zip(kept, results) {
+                kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame), $0.reason, $0.tally, $0.linkDigest) }, for: function, now: .now)
+            for ((frame, _, notAcknowledged, _, _, _), result) in zip(kept, results) {
                 switch result {
                 case .held:
                     statistics.heldFrames += 1
@@ -1351,18 +1353,21 @@ public final class Zipper: Sendable {
                         // its sources let go, and a backlog of hundreds was lost when
                         // the function then stopped (`yomo-fault-bench chaos --seed 32`).
                         let taken = configuration.unroutedHold.isOn ? unacknowledged : []
+                        // The mesh's frames among them stay the mesh's: what a next instance finishes of them is remembered.
+                        let linkDigests = delivery.linkDigests(endingAt: taken.map(\.end))
                         let takenBack = taken.map {
                             ($0.frame, $0.target, $0.notAcknowledged, $0.end <= acknowledgedThrough ? HeldFrames.Reason.notHandled : .notAcknowledged,
-                             leftovers.tally(endingAt: $0.end))
+                             leftovers.tally(endingAt: $0.end), linkDigests[$0.end])
                         }
                         let frames = takenBack + unwritten.map {
-                            ($0.frame, $0.target, 0, HeldFrames.Reason.notAcknowledged, leftovers.tally(endingAt: 0))
+                            ($0.frame, $0.target, 0, HeldFrames.Reason.notAcknowledged, leftovers.tally(endingAt: 0), $0.linkDigest)
                         }
                         left = state.holdForReturn(frames, of: member, stillObserved: stillObserved)
                         left.handlingAcknowledged = welcomesHandling
                         if let leaving, !closing {
                             catchUps = state.catchUp(
-                                taken, acknowledgedThrough: acknowledgedThrough, leftBy: leaving, stillObserved: stillObserved, leftovers: leftovers)
+                                taken, acknowledgedThrough: acknowledgedThrough, leftBy: leaving, stillObserved: stillObserved, leftovers: leftovers,
+                                linkDigests: linkDigests)
                         }
                         // A namesake has the rest of the frames in tags it observes, or gets them now (not at the close).
                         let withNamesakes = closing ? 0 : taken.reduce(0) { $0 + (stillObserved.contains($1.frame.tag) ? $1.notAcknowledged : 0) }
@@ -1674,7 +1679,8 @@ public final class Zipper: Sendable {
     /// for its return after what it had not acknowledged (with it, if it has
     /// not left the routes yet), as a frame routed after it left would be.
     private func holdUnwritten(
-        _ frame: DataFrame, patch: MetadataPatch?, target: String?, for id: UInt64, at delivery: DeliveryDestination, logger: Logger
+        _ frame: DataFrame, patch: MetadataPatch?, target: String?, linkDigest: CopyDigest?, for id: UInt64, at delivery: DeliveryDestination,
+        logger: Logger
     ) {
         let owned = HeldFrames.owned(frame, patch: patch)
         let (left, wasEmpty) = state.withLock { state -> (UnacknowledgedAtEnd, Bool) in
@@ -1683,7 +1689,7 @@ public final class Zipper: Sendable {
             // Before it leaves: held with what it had not acknowledged, at its end.
             if var peer = state.peers[id] {
                 if peer.member.clientType == .streamFunction, state.held.fits(HeldFrames.bytes(of: owned)) {
-                    peer.unwritten.append((owned, target))
+                    peer.unwritten.append((owned, target, linkDigest))
                     state.peers[id] = peer
                 }
                 return (left, false)
@@ -1692,7 +1698,7 @@ public final class Zipper: Sendable {
             let wasEmpty = state.held.isEmpty
             // After: its end's tally (set in the lock that made it departed) waits for this one too.
             left = state.holdForReturn(
-                [(owned, target, 0, .notAcknowledged, delivery.leftoversOfEnd?.tally(endingAt: 0) ?? HoldTally())], of: function,
+                [(owned, target, 0, .notAcknowledged, delivery.leftoversOfEnd?.tally(endingAt: 0) ?? HoldTally(), linkDigest)], of: function,
                 stillObserved: state.routes.tagsObserved(byName: function.name))
             return (left, wasEmpty)
         }
@@ -1714,6 +1720,7 @@ public final class Zipper: Sendable {
                 defer { tally.release() }
                 let frame = tracing.heldFrame(delivery.frame, waited: .now - since, reason: delivery.reason.attribute, function: name)
                 guard let end = try? await delivery.to.connection.write(frame, patch: nil, endingAfterQueueingThrows: false) else { continue }
+                if let digest = delivery.linkDigest { delivery.to.delivery.wroteLinkFrame(endingAt: end, digest: digest) }
                 tally.wait(for: delivery.to.delivery, written: end)
                 given += 1
                 if metrics.isEnabled { metrics.router(tag: frame.tag).delivered.add() }
@@ -2059,7 +2066,7 @@ public final class Zipper: Sendable {
                 // Its receipt waits for the connection's end to be dealt with (held there, or lost).
                 written?.add(delivery)
                 if configuration.unroutedHold.isOn {
-                    holdUnwritten(frame, patch: patch, target: target, for: destinationID, at: delivery, logger: logger)
+                    holdUnwritten(frame, patch: patch, target: target, linkDigest: linkKey, for: destinationID, at: delivery, logger: logger)
                 }
                 tracing.debug(logger, under: span, in: taskContext, "destination gone",
                               metadata: ["remote": "\(destination.remoteAddress)", "error": "\(error)"])
@@ -2156,7 +2163,7 @@ public final class Zipper: Sendable {
             let wasEmpty = state.held.isEmpty
             let waitedFor = !(forwarded && claim.owed.isEmpty)
             switch state.held.hold(
-                owned, target: target, bytes: HeldFrames.bytes(of: frame), for: claim, routed: routed, now: .now,
+                owned, target: target, bytes: HeldFrames.bytes(of: frame), for: claim, routed: routed, now: .now, linkDigest: copyKey,
                 tally: waitedFor ? ledger?.heldFrame() ?? restored?.adding() : nil) {
             case .held(let first):
                 state.statistics.heldFrames += 1
@@ -2264,7 +2271,7 @@ public final class Zipper: Sendable {
             state.held.endArriving(member)
             state.statistics.heldFramesDelivered += delivered
             if !state.closed, var peer = state.peers[member.connectionID] {
-                peer.unwritten += unwritten.map { ($0, MetadataView($0.metadata)?.string(.target)) }
+                peer.unwritten += taken.map { ($0.frame, MetadataView($0.frame.metadata)?.string(.target), $0.linkDigest) }
                 state.peers[member.connectionID] = peer
             } else {
                 state.statistics.heldFramesDropped += unwritten.count

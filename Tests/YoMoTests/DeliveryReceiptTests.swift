@@ -304,6 +304,10 @@ struct DeliveryReceiptTests {
         #expect(function.finishedLinkFrames(through: 200, ahead: [300..<400]) == [key(400)])
         #expect(function.finishedLinkFrames(through: 200, ahead: [300..<400]).isEmpty, "told once")
         #expect(function.finishedLinkFrames(through: 500, ahead: []) == [key(300), key(500)])
+        // A connection's end takes back what was not finished: the mesh's frames among them keep their keys.
+        for end in [600, 700, 800] { function.wroteLinkFrame(endingAt: end, digest: key(UInt64(end))) }
+        #expect(function.linkDigests(endingAt: [550, 600, 800, 900]) == [600: key(600), 800: key(800)])
+        #expect(function.linkDigests(endingAt: []).isEmpty)
 
         func frame(_ tid: String?, tag: UInt32 = 0x33, _ payload: String) -> DataFrame {
             tid.map { HandlingReceiptTests.dataFrame(tid: $0, tag: tag, payload) } ?? DataFrame(tag: tag, payload: ByteBuffer(string: payload))

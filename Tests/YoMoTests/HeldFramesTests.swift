@@ -155,7 +155,7 @@ struct HeldFramesLogicTests {
         #expect(held.hold(copy(0x33, "c"), target: nil, bytes: 10, for: .init(owed: ["f"], forAnyArrival: true), routed: false, now: start, tally: forAny) == .held(first: false))
         #expect(late.isSettled == false && held.take(for: f).isEmpty)
         #expect(held.take(for: g).map { String(buffer: $0.frame.payload) } == ["b", "c"])
-        #expect(held.holdAhead([(copy(0x33, "a"), nil, 10, .notHandled, nil), (copy(0x33, "e"), nil, 10, .notHandled, nil)], for: f, now: start)
+        #expect(held.holdAhead([(copy(0x33, "a"), nil, 10, .notHandled, nil, nil), (copy(0x33, "e"), nil, 10, .notHandled, nil, nil)], for: f, now: start)
                 == [.handledBefore, .held(first: false)])
     }
 
@@ -256,7 +256,7 @@ struct HeldFramesLogicTests {
             #expect(held.hold(frame(0x33, text), target: nil, bytes: 600, for: .init(owed: ["f"]), routed: true, now: start + .seconds(index + 1)) == .held(first: false))
         }
         let results = held.holdAhead(
-            [(frame(0x33, "old-1"), nil, 600, .notHandled, nil), (frame(0x33, "old-2"), nil, 600, .notAcknowledged, nil)], for: f, now: start + .seconds(3))
+            [(frame(0x33, "old-1"), nil, 600, .notHandled, nil, nil), (frame(0x33, "old-2"), nil, 600, .notAcknowledged, nil, nil)], for: f, now: start + .seconds(3))
         #expect(results == [.held(first: false), .full], "the byte limit still counts")
         #expect(held.entries.map(\.deadline) == held.entries.map(\.deadline).sorted(), "deadlines in order")
         #expect(held.entries.map { String(buffer: $0.frame.payload) } == ["other", "unrelated", "old-1", "new-1", "new-2"])
@@ -268,7 +268,7 @@ struct HeldFramesLogicTests {
         #expect(taken.map(\.reason) == [.notHandled, .functionAway, .functionAway])
         #expect(taken.map(\.heldAt) == [start + .seconds(3), start + .seconds(1), start + .seconds(2)])
         #expect(held.expire(now: start + .seconds(6)).isEmpty == false, "g's frame expires")
-        let late = held.holdAhead([(frame(0x33, "old-3"), nil, 600, .notAcknowledged, nil)], for: f, now: start + .seconds(7))
+        let late = held.holdAhead([(frame(0x33, "old-3"), nil, 600, .notAcknowledged, nil, nil)], for: f, now: start + .seconds(7))
         #expect(late == [.held(first: true)])
         #expect(held.nextDeadline == start + .seconds(12), "nothing newer for it: the whole duration")
     }

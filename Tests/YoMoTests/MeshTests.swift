@@ -768,6 +768,39 @@ struct MeshLoopbackTests {
         await a.kill()
     }
 
+    @Test("copies an upstream's next run brings of frames an instance of a function was given from the downstream's hold (not routed to it) do not go to its next instance either")
+    func copiesOfWhatAnInstanceTookFromTheHold() async throws {
+        let portA = try await freePort(), portB = try await freePort()
+        // In its first minute b holds frames for any function that comes.
+        let b = Self.zipper("b", port: portB, mesh: [])
+        try await b.start()
+        let (a, source) = try await Self.upstreamProcessWithSource(port: portA, downstreamPort: portB)
+        // b's receipts held back: a settles nothing, and the source keeps all it wrote.
+        b.pauseReceiptsForTesting(true)
+        let texts = (0..<10).map { "held-once-\($0)" }
+        for text in texts { try await source.write(tag: 0x39, data: Array(text.utf8)) }
+        #expect(await eventually { b.statistics.heldFrames == 10 }, "held \(b.statistics.heldFrames)")
+        let (first, handled) = try await Self.farFunction(port: portB, tag: 0x39)
+        #expect(await handled.wait(for: 10))
+        #expect(await eventually { first.client.handlingToldForTesting })
+        await first.close()
+        let (second, handledAgain) = try await Self.farFunction(port: portB, tag: 0x39)
+        await a.kill()
+        b.pauseReceiptsForTesting(false)
+        try await a.restart()
+        // Until the fifty-ninth round only frames routed to a function were
+        // remembered: these, given from the hold, went to the next instance again.
+        #expect(await eventually { b.statistics.handledCopiesNotRouted == 10 }, "\(b.statistics.handledCopiesNotRouted)")
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
+        try await source.write(tag: 0x39, data: Array("last".utf8))
+        #expect(await handledAgain.wait(for: 1))
+        #expect(handledAgain.items == ["last"], "\(handledAgain.items)")
+        await source.close()
+        await second.close()
+        await b.close()
+        await a.kill()
+    }
+
     @Test("a downstream that holds what an upstream forwarded for a function not there yet, and then the copies the upstream's next run brings after its crash: the function, told as the held frames come that copies may follow, handles each once")
     func heldCopiesHandledOnce() async throws {
         let portA = try await freePort(), portB = try await freePort()
