@@ -347,6 +347,14 @@ struct HeldFrames {
         for digest in digests { handledFromLinks.insert(LinkFrameHandled(digest: digest, function: function)) }
     }
 
+    /// What `remember` was told, oldest first (`FinishedFramesFile`).
+    var finishedFromLinks: [(digest: CopyDigest, function: String)] { handledFromLinks.elements.map { ($0.digest, $0.function) } }
+
+    /// What a previous run was told (`finishedFromLinks`), oldest first.
+    mutating func remember(_ finished: [(digest: CopyDigest, function: String)]) {
+        for (digest, function) in finished { handledFromLinks.insert(LinkFrameHandled(digest: digest, function: function)) }
+    }
+
     /// `claim` without the names it owes `frame` that finished a copy of it before.
     func lessCopiesHandled(_ claim: Claim, of frame: DataFrame) -> Claim {
         guard !claim.owed.isEmpty, !handledCopies.isEmpty || !handledFromLinks.isEmpty else { return claim }
@@ -792,6 +800,9 @@ struct NewestSet<Element: Hashable> {
     var isEmpty: Bool { members.isEmpty }
 
     func contains(_ element: Element) -> Bool { members.contains(element) }
+
+    /// Oldest first.
+    var elements: CircularBuffer<Element> { order }
 
     mutating func insert(_ element: Element) {
         guard members.insert(element).inserted else { return }

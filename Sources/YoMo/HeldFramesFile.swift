@@ -55,6 +55,52 @@ enum HeldFramesFile {
     }
 }
 
+/// What the stream functions of each name finished of the frames upstream
+/// zippers forwarded (`HeldFrames.remember`), kept at a graceful close
+/// beside `ZipperConfiguration.functionsFile` (its path with `.finished`
+/// added) for the next start: copies an upstream sends after the restart
+/// (its own restart's, or what its link had not seen settled) are not given
+/// to the name's next instance. Until the fifty-ninth round of issue 14 the
+/// memory ended with the run. Read once at the next start, if the close was
+/// within `unrouted_hold.after_last_observer`, and removed. A header line
+/// as the held frames file's, then a line per frame and name, oldest first:
+///
+///     yomo-zipper-finished 1 1764876543210
+///     0123456789abcdef0123456789abcdef upper
+enum FinishedFramesFile {
+    static let header = "yomo-zipper-finished 1 "
+
+    static func path(besides functionsFile: String) -> String { functionsFile + ".finished" }
+
+    static func encode(_ finished: [(digest: CopyDigest, function: String)], closedAt milliseconds: Int64) -> [UInt8] {
+        var text = header + "\(milliseconds)\n"
+        for (digest, function) in finished where !function.contains("\n") {
+            text += hex(digest.fnv) + hex(digest.mix) + " " + function + "\n"
+        }
+        return Array(text.utf8)
+    }
+
+    /// The close's time and what was finished; nil for a file that is not one
+    /// (a damaged line is skipped).
+    static func decode(_ bytes: [UInt8]) -> (closedAt: Int64, finished: [(digest: CopyDigest, function: String)])? {
+        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true)
+        guard let first = lines.first, first.hasPrefix(header), let closedAt = Int64(first.dropFirst(header.count)) else { return nil }
+        let finished = lines.dropFirst().compactMap { line -> (digest: CopyDigest, function: String)? in
+            let utf8 = line.utf8
+            guard utf8.count > 33, utf8[utf8.index(utf8.startIndex, offsetBy: 32)] == UInt8(ascii: " "),
+                  let fnv = UInt64(line.prefix(16), radix: 16), let mix = UInt64(line.dropFirst(16).prefix(16), radix: 16)
+            else { return nil }
+            return (CopyDigest(fnv: fnv, mix: mix), String(line.dropFirst(33)))
+        }
+        return (closedAt, finished)
+    }
+
+    private static func hex(_ value: UInt64) -> String {
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
+    }
+}
+
 /// The frames a zipper's mesh link had not delivered to its downstream when
 /// the zipper closed gracefully (the downstream down or slow), kept beside
 /// `ZipperConfiguration.functionsFile` for the next start, whose link

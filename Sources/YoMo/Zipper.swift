@@ -731,7 +731,46 @@ public final class Zipper: Sendable {
         reportLostAtClose()
         keepMeshForNextStart()
         keepHeldForNextStart()
+        keepFinishedForNextStart()
         dropHeldAtClose()
+    }
+
+    /// What this run's functions finished of the mesh's frames, for the next
+    /// start (`FinishedFramesFile`); a file an earlier run left goes.
+    private func keepFinishedForNextStart() {
+        guard let functionsFile = configuration.functionsFile else { return }
+        let path = FinishedFramesFile.path(besides: functionsFile)
+        let finished = state.withLock { $0.held.finishedFromLinks }
+        guard !finished.isEmpty else {
+            HeldFramesFile.remove(path)
+            return
+        }
+        do throws(YoMoError) {
+            try writeFileAtomically(path, FinishedFramesFile.encode(finished, closedAt: HeldFramesFile.now()), mode: 0o600, what: "finished frames file")
+        } catch {
+            logger.warning("what the stream functions finished of the mesh's frames cannot be kept for the next start: copies may reach them again",
+                           metadata: ["error": "\(error.message)"])
+        }
+    }
+
+    /// Remembers again what the previous run's functions finished of the
+    /// mesh's frames, if it closed within `afterLastObserver`; before the
+    /// held frames come back, which then leave out those. Read once.
+    private func restoreFinished() {
+        guard let functionsFile = configuration.functionsFile else { return }
+        let path = FinishedFramesFile.path(besides: functionsFile)
+        defer { HeldFramesFile.remove(path) }
+        let bytes: [UInt8]?
+        do throws(YoMoError) {
+            bytes = try readWholeFile(path, maximumBytes: 8 << 20, what: "finished frames file")
+        } catch {
+            logger.warning("what the previous run's stream functions finished of the mesh's frames cannot be read: copies may reach them again",
+                           metadata: ["error": "\(error.message)"])
+            return
+        }
+        guard let bytes, let (closedAt, finished) = FinishedFramesFile.decode(bytes) else { return }
+        guard Duration.milliseconds(HeldFramesFile.now() - closedAt) <= configuration.unroutedHold.afterLastObserver else { return }
+        state.withLock { $0.held.remember(finished) }
     }
 
     /// What the zipper held for stream functions, kept for its next start
@@ -1022,6 +1061,7 @@ public final class Zipper: Sendable {
                 "functions": "\(Self.names(Set(expected.map(\.name))))", "hold": "\(configuration.unroutedHold.afterLastObserver)",
             ])
         }
+        restoreFinished()
         restoreHeldFrames()
         restoreMeshKept()
         return server

@@ -184,6 +184,27 @@ struct HeldFramesLogicTests {
         #expect(held.handledBefore(["t"], by: f) == 1 && held.take(for: f).isEmpty)
     }
 
+    @Test("what functions finished of the mesh's frames, kept in a file for the next start: read back in order, names with spaces whole, a damaged line skipped, another file refused")
+    func finishedFramesFile() {
+        let finished = [
+            (digest: CopyDigest(fnv: 1, mix: .max), function: "upper"),
+            (digest: CopyDigest(fnv: 0xdead_beef, mix: 42), function: "a name with spaces"),
+        ]
+        let bytes = FinishedFramesFile.encode(finished, closedAt: 1_764_876_543_210)
+        let decoded = FinishedFramesFile.decode(bytes)
+        #expect(decoded?.closedAt == 1_764_876_543_210)
+        #expect(decoded?.finished.map(\.digest) == finished.map(\.digest))
+        #expect(decoded?.finished.map(\.function) == finished.map(\.function))
+        let damaged = Array(String(decoding: bytes, as: UTF8.self).replacingOccurrences(of: "0000000000000001", with: "zz").utf8)
+        #expect(FinishedFramesFile.decode(damaged)?.finished.map(\.function) == ["a name with spaces"])
+        #expect(FinishedFramesFile.decode(HeldFramesFile.encode([], closedAt: 1)) == nil, "a held frames file")
+        var held = HeldFrames(settings: .init(), startedAt: .now)
+        held.remember(decoded?.finished ?? [])
+        #expect(held.handled(finished[1].digest, byFunctionNamed: "a name with spaces"))
+        #expect(!held.handled(finished[1].digest, byFunctionNamed: "upper"))
+        #expect(held.finishedFromLinks.map(\.function) == ["upper", "a name with spaces"])
+    }
+
     @Test("the newest distinct elements, the oldest forgotten first; one inserted again keeps its place")
     func newestSet() {
         var set = NewestSet<Int>(capacity: 3)

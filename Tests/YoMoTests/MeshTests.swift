@@ -801,6 +801,50 @@ struct MeshLoopbackTests {
         await a.kill()
     }
 
+    @Test("what a downstream's functions finished of the mesh's frames outlives its graceful restart: copies an upstream's next run brings after it do not go to the name's next instance")
+    func copiesAfterTheDownstreamRestarted() async throws {
+        let directory = try makeTemporaryDirectory("yomo-test-mesh-finished-")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let portA = try await freePort(), portB = try await freePort()
+        let configuration = ZipperConfiguration(
+            name: "b", host: "127.0.0.1", port: portB, authentication: .token("mesh"), functionsFile: directory + "/b.yaml")
+        let finishedFile = FinishedFramesFile.path(besides: directory + "/b.yaml")
+        let b = Zipper(configuration: configuration)
+        try await b.start()
+        let (first, handled) = try await Self.farFunction(port: portB, tag: 0x3B)
+        let (a, source) = try await Self.upstreamWithSource(
+            port: portA, downstreamPort: portB, functionsFile: directory + "/a.yaml", options: Self.upstreamOptions(shutdownTimeout: .seconds(1)))
+        // b's receipts held back: a's close keeps the ten for its next start, as not settled.
+        b.pauseReceiptsForTesting(true)
+        let texts = (0..<10).map { "restarted-\($0)" }
+        for text in texts { try await source.write(tag: 0x3B, data: Array(text.utf8)) }
+        #expect(await handled.wait(for: 10))
+        #expect(await eventually { first.client.handlingToldForTesting })
+        await source.close()
+        await a.close()
+        await first.close()
+        await b.close()
+        #expect(FileManager.default.fileExists(atPath: finishedFile))
+        let next = Zipper(configuration: configuration)
+        try await next.start()
+        #expect(!FileManager.default.fileExists(atPath: finishedFile), "read once")
+        let (second, handledAgain) = try await Self.farFunction(port: portB, tag: 0x3B)
+        // a's next start sends b the ten again.
+        let restarted = Zipper(configuration: a.configuration, options: Self.upstreamOptions())
+        try await restarted.start()
+        // Until the fifty-ninth round the memory ended with b's run: the next instance handled the ten again.
+        #expect(await eventually { next.statistics.handledCopiesNotRouted == 10 }, "\(next.statistics)")
+        let writer = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
+        try await writer.connect()
+        try await writer.write(tag: 0x3B, data: Array("last".utf8))
+        #expect(await handledAgain.wait(for: 1))
+        #expect(handledAgain.items == ["last"], "\(handledAgain.items)")
+        await writer.close()
+        await second.close()
+        await restarted.close()
+        await next.close()
+    }
+
     @Test("a downstream that holds what an upstream forwarded for a function not there yet, and then the copies the upstream's next run brings after its crash: the function, told as the held frames come that copies may follow, handles each once")
     func heldCopiesHandledOnce() async throws {
         let portA = try await freePort(), portB = try await freePort()
