@@ -557,14 +557,14 @@ struct HeldFrames {
     /// no one will send them again, so each gets a tally of its own, returned
     /// with it for the held frames file to follow until it leaves the hold
     /// (`Zipper.keepLeftInHold`); the sender's are released.
-    mutating func adopt(tallies: Set<ObjectIdentifier>) -> [(frame: DataFrame, tally: HoldTally)] {
-        var adopted: [(frame: DataFrame, tally: HoldTally)] = []
+    mutating func adopt(tallies: Set<ObjectIdentifier>) -> [(frame: DataFrame, tally: HoldTally, fromLink: Bool)] {
+        var adopted: [(frame: DataFrame, tally: HoldTally, fromLink: Bool)] = []
         for index in entries.indices {
             guard entries[index].missedSomeone, let sender = entries[index].tally, tallies.contains(ObjectIdentifier(sender)) else { continue }
             let own = HoldTally().adding()
             entries[index].tally = own
             sender.release()
-            adopted.append((entries[index].frame, own))
+            adopted.append((entries[index].frame, own, entries[index].linkDigest != nil))
         }
         return adopted
     }

@@ -16,8 +16,17 @@ internal import YoMoWire
 /// 1970, then the frames as the wire carries them (y3 data frames, back to back):
 ///
 ///     yomo-zipper-held 1 1764876543210
+///
+/// The frames upstream zippers forwarded are named by index after the time
+/// (since the fifty-ninth round of issue 14), so that what a function of
+/// the next start finishes of them is remembered as this run's was
+/// (`HeldFrames.remember`):
+///
+///     yomo-zipper-held 1 1764876543210 links 0-40,45
 enum HeldFramesFile {
     static let header = "yomo-zipper-held 1 "
+    /// The word after the time before the ranges of the mesh's frames.
+    static let linksNote = "links"
 
     static func path(besides functionsFile: String) -> String { functionsFile + ".held" }
 
@@ -43,6 +52,39 @@ enum HeldFramesFile {
         guard let closedAt = words.first.flatMap({ Int64($0) }) else { return nil }
         let note = words.count > 1 ? String(words[1]) : ""
         return (closedAt, note, HeldFrames.dataFramesWritten(in: ByteBuffer(bytes: bytes[(newline + 1)...])).map(\.frame))
+    }
+
+    /// `encode`, the frames an upstream zipper forwarded named in the header line.
+    static func encode(_ frames: [(frame: DataFrame, fromLink: Bool)], closedAt milliseconds: Int64) -> [UInt8] {
+        var ranges: [String] = []
+        var index = 0
+        while index < frames.count {
+            guard frames[index].fromLink else {
+                index += 1
+                continue
+            }
+            let first = index
+            while index + 1 < frames.count, frames[index + 1].fromLink { index += 1 }
+            ranges.append(first == index ? "\(first)" : "\(first)-\(index)")
+            index += 1
+        }
+        return encode(frames.map(\.frame), closedAt: milliseconds, note: ranges.isEmpty ? "" : linksNote + " " + ranges.joined(separator: ","))
+    }
+
+    /// `decode`, with whether an upstream zipper forwarded each frame (none
+    /// in a file from before, or one whose note is not understood).
+    static func decodeLinks(_ bytes: [UInt8]) -> (closedAt: Int64, frames: [(frame: DataFrame, fromLink: Bool)])? {
+        guard let (closedAt, note, frames) = decodeNoted(bytes, header: header) else { return nil }
+        var fromLinks = Set<Int>()
+        let words = note.split(separator: " ")
+        if words.count == 2, words[0] == linksNote {
+            for range in words[1].split(separator: ",") {
+                let bounds = range.split(separator: "-", maxSplits: 1).map { Int($0) }
+                guard let low = bounds.first ?? nil, let high = bounds.last ?? nil, 0 <= low, low <= high, high < frames.count else { continue }
+                fromLinks.formUnion(low...high)
+            }
+        }
+        return (closedAt, frames.enumerated().map { ($1, fromLinks.contains($0)) })
     }
 
     static func remove(_ path: String) { unlink(path) }

@@ -780,7 +780,7 @@ public final class Zipper: Sendable {
         guard let functionsFile = configuration.functionsFile, configuration.unroutedHold.isOn else { return }
         let path = HeldFramesFile.path(besides: functionsFile)
         // The close has ended the routing: nothing comes between the look and the take.
-        let frames = state.withLock { $0.held.entries.filter(\.missedSomeone).map(\.frame) }
+        let frames = state.withLock { $0.held.entries.filter(\.missedSomeone).map { ($0.frame, $0.linkDigest != nil) } }
         guard !frames.isEmpty else {
             // A file this run restored and still keeps: what it held has left
             // the hold, and the drain saw it acknowledged.
@@ -821,7 +821,7 @@ public final class Zipper: Sendable {
             return
         }
         guard let bytes else { return }
-        guard let (closedAt, frames) = HeldFramesFile.decode(bytes), !frames.isEmpty else {
+        guard let (closedAt, frames) = HeldFramesFile.decodeLinks(bytes), !frames.isEmpty else {
             HeldFramesFile.remove(path)
             logger.warning("the held frames file of the previous run is not understood: its frames are lost", metadata: ["file": "\(path)"])
             return
@@ -835,10 +835,12 @@ public final class Zipper: Sendable {
             return
         }
         var restored: [RestoredFrame] = []
-        for frame in frames {
+        for (frame, fromLink) in frames {
             let tally = HoldTally()
-            if hold(frame, patch: nil, target: MetadataView(frame.metadata)?.string(.target), ledger: nil, restored: tally, logger: logger).held {
-                restored.append(RestoredFrame(frame: frame, tally: tally))
+            // The mesh's frames keep their keys: what a function finishes of them is remembered.
+            let linkKey = fromLink ? CopyKey.digest(of: frame) : nil
+            if hold(frame, patch: nil, target: MetadataView(frame.metadata)?.string(.target), ledger: nil, restored: tally, copyKey: linkKey, logger: logger).held {
+                restored.append(RestoredFrame(frame: frame, tally: tally, fromLink: linkKey != nil))
             }
         }
         logger.info("holding again the frames the previous run held for stream functions", metadata: [
@@ -870,7 +872,7 @@ public final class Zipper: Sendable {
         let adoption = heldFileWrites.withLock { _ -> (frames: [RestoredFrame], trimRuns: Bool)? in
             let adoption = state.withLock { state -> (frames: [RestoredFrame], kept: HeldFileKept, trimRuns: Bool)? in
                 guard !state.closed else { return nil }
-                let adopted = state.held.adopt(tallies: tallies).map { RestoredFrame(frame: $0.frame, tally: $0.tally) }
+                let adopted = state.held.adopt(tallies: tallies).map { RestoredFrame(frame: $0.frame, tally: $0.tally, fromLink: $0.fromLink) }
                 guard !adopted.isEmpty else { return nil }
                 let trimRuns = state.heldFile != nil
                 var kept = state.heldFile ?? HeldFileKept(frames: [], closedAt: 0)
@@ -901,6 +903,8 @@ public final class Zipper: Sendable {
     private struct RestoredFrame: Sendable {
         var frame: DataFrame
         var tally: HoldTally
+        /// An upstream zipper forwarded it.
+        var fromLink: Bool
     }
 
     /// The frames the held frames file keeps while the zipper runs, and the
@@ -911,7 +915,7 @@ public final class Zipper: Sendable {
 
         /// Writes them as the held frames file at `path`, in place of what it had.
         func write(to path: String) throws(YoMoError) {
-            try writeFileAtomically(path, HeldFramesFile.encode(frames.map(\.frame), closedAt: closedAt), mode: 0o600, what: "held frames file")
+            try writeFileAtomically(path, HeldFramesFile.encode(frames.map { ($0.frame, $0.fromLink) }, closedAt: closedAt), mode: 0o600, what: "held frames file")
         }
     }
 

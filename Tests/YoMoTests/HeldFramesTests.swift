@@ -197,12 +197,28 @@ struct HeldFramesLogicTests {
         #expect(decoded?.finished.map(\.function) == finished.map(\.function))
         let damaged = Array(String(decoding: bytes, as: UTF8.self).replacingOccurrences(of: "0000000000000001", with: "zz").utf8)
         #expect(FinishedFramesFile.decode(damaged)?.finished.map(\.function) == ["a name with spaces"])
-        #expect(FinishedFramesFile.decode(HeldFramesFile.encode([], closedAt: 1)) == nil, "a held frames file")
+        #expect(FinishedFramesFile.decode(HeldFramesFile.encode([DataFrame](), closedAt: 1)) == nil, "a held frames file")
         var held = HeldFrames(settings: .init(), startedAt: .now)
         held.remember(decoded?.finished ?? [])
         #expect(held.handled(finished[1].digest, byFunctionNamed: "a name with spaces"))
         #expect(!held.handled(finished[1].digest, byFunctionNamed: "upper"))
         #expect(held.finishedFromLinks.map(\.function) == ["upper", "a name with spaces"])
+    }
+
+    @Test("the held frames file names the frames upstream zippers forwarded by index ranges in its header line; a file from before, or a note not understood, names none")
+    func heldFramesFileNamesTheMeshsFrames() {
+        let flags = [true, true, false, true, false, false, true, true, true]
+        let frames = flags.enumerated().map { (DataFrame(tag: 0x33, payload: ByteBuffer(string: "frame \($0.offset)")), $0.element) }
+        let bytes = HeldFramesFile.encode(frames, closedAt: 7)
+        #expect(String(decoding: bytes.prefix(while: { $0 != UInt8(ascii: "\n") }), as: UTF8.self) == "yomo-zipper-held 1 7 links 0-1,3,6-8")
+        let decoded = HeldFramesFile.decodeLinks(bytes)
+        #expect(decoded?.frames.map(\.fromLink) == flags)
+        #expect(decoded?.frames.map { String(buffer: $0.frame.payload) } == frames.map { String(buffer: $0.0.payload) })
+        #expect(HeldFramesFile.decode(bytes)?.frames.count == flags.count, "read as before")
+        let before = HeldFramesFile.decodeLinks(HeldFramesFile.encode(frames.map(\.0), closedAt: 7))
+        #expect(before?.frames.map(\.fromLink) == Array(repeating: false, count: flags.count))
+        let odd = HeldFramesFile.decodeLinks(HeldFramesFile.encode(frames.map(\.0), closedAt: 7, note: "links 2-x,8-20,5-3,4"))
+        #expect(odd?.frames.map(\.fromLink) == flags.indices.map { $0 == 4 }, "only what names frames of the file")
     }
 
     @Test("the newest distinct elements, the oldest forgotten first; one inserted again keeps its place")
