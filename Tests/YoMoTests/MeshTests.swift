@@ -735,32 +735,41 @@ struct MeshLoopbackTests {
         await setup.close()
     }
 
-    @Test("copies an upstream's next run brings of frames one instance of a function handled do not go to its next instance: the downstream remembers, for the function's name, what it finished of what the mesh brought")
-    func copiesOfWhatAnEarlierInstanceHandled() async throws {
+    @Test("copies an upstream's next run brings of frames one instance of a function handled do not go to its next instance: the downstream remembers, for the function's name, what it finished of what the mesh brought, whether routed to it or given from the hold",
+          arguments: [false, true])
+    func copiesOfWhatAnEarlierInstanceHandled(fromTheHold: Bool) async throws {
         let portA = try await freePort(), portB = try await freePort()
+        // In its first minute b holds frames for any function that comes.
         let b = Self.zipper("b", port: portB, mesh: [])
         try await b.start()
-        let (first, handled) = try await Self.farFunction(port: portB, tag: 0x3B)
+        var first: (function: StreamFunction, handled: Inbox<String>)?
+        if !fromTheHold { first = try await Self.farFunction(port: portB, tag: 0x3B) }
         let (a, source) = try await Self.upstreamProcessWithSource(port: portA, downstreamPort: portB)
         // b's receipts held back: a settles nothing, and the source keeps all it wrote.
         b.pauseReceiptsForTesting(true)
         let texts = (0..<10).map { "once-\($0)" }
         for text in texts { try await source.write(tag: 0x3B, data: Array(text.utf8)) }
+        if fromTheHold {
+            #expect(await eventually { b.statistics.heldFrames == 10 }, "held \(b.statistics.heldFrames)")
+            first = try await Self.farFunction(port: portB, tag: 0x3B)
+        }
+        let (function, handled) = try #require(first)
         #expect(await handled.wait(for: 10))
         #expect(source.client.keptFrames == 10)
         // That instance goes, its receipts read; the next comes.
-        #expect(await eventually { first.client.handlingToldForTesting })
-        await first.close()
+        #expect(await eventually { function.client.handlingToldForTesting })
+        await function.close()
         let (second, handledAgain) = try await Self.farFunction(port: portB, tag: 0x3B)
         await a.kill()
         b.pauseReceiptsForTesting(false)
         try await a.restart()
         // The source sends the ten again through a's next run: settled, not routed.
+        // Until the fifty-eighth round the next instance handled them again;
+        // until the fifty-ninth, those given from the hold.
         #expect(await eventually { b.statistics.handledCopiesNotRouted == 10 }, "\(b.statistics.handledCopiesNotRouted)")
         #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
         try await source.write(tag: 0x3B, data: Array("last".utf8))
         #expect(await handledAgain.wait(for: 1))
-        // Until the fifty-eighth round the next instance handled the ten again.
         #expect(handledAgain.items == ["last"], "\(handledAgain.items)")
         await source.close()
         await second.close()
@@ -768,37 +777,21 @@ struct MeshLoopbackTests {
         await a.kill()
     }
 
-    @Test("copies an upstream's next run brings of frames an instance of a function was given from the downstream's hold (not routed to it) do not go to its next instance either")
-    func copiesOfWhatAnInstanceTookFromTheHold() async throws {
-        let portA = try await freePort(), portB = try await freePort()
-        // In its first minute b holds frames for any function that comes.
-        let b = Self.zipper("b", port: portB, mesh: [])
-        try await b.start()
-        let (a, source) = try await Self.upstreamProcessWithSource(port: portA, downstreamPort: portB)
-        // b's receipts held back: a settles nothing, and the source keeps all it wrote.
-        b.pauseReceiptsForTesting(true)
-        let texts = (0..<10).map { "held-once-\($0)" }
-        for text in texts { try await source.write(tag: 0x39, data: Array(text.utf8)) }
-        #expect(await eventually { b.statistics.heldFrames == 10 }, "held \(b.statistics.heldFrames)")
-        let (first, handled) = try await Self.farFunction(port: portB, tag: 0x39)
-        #expect(await handled.wait(for: 10))
-        #expect(await eventually { first.client.handlingToldForTesting })
-        await first.close()
-        let (second, handledAgain) = try await Self.farFunction(port: portB, tag: 0x39)
-        await a.kill()
-        b.pauseReceiptsForTesting(false)
-        try await a.restart()
-        // Until the fifty-ninth round only frames routed to a function were
-        // remembered: these, given from the hold, went to the next instance again.
-        #expect(await eventually { b.statistics.handledCopiesNotRouted == 10 }, "\(b.statistics.handledCopiesNotRouted)")
-        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
-        try await source.write(tag: 0x39, data: Array("last".utf8))
-        #expect(await handledAgain.wait(for: 1))
-        #expect(handledAgain.items == ["last"], "\(handledAgain.items)")
-        await source.close()
-        await second.close()
-        await b.close()
-        await a.kill()
+    /// `upstream`'s next run, started here, sends `next` the ten frames again:
+    /// each passed over, and `handledAgain` gets only a frame written after.
+    static func expectNextRunsCopiesPassedOver(
+        upstream: Zipper, next: Zipper, handledAgain: Inbox<String>, sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws {
+        let restarted = Zipper(configuration: upstream.configuration, options: Self.upstreamOptions())
+        try await restarted.start()
+        #expect(await eventually { next.statistics.handledCopiesNotRouted == 10 }, "\(next.statistics)", sourceLocation: sourceLocation)
+        let writer = Source(name: "source", zipper: "127.0.0.1:\(upstream.configuration.port)", options: .init(credential: "token:mesh"))
+        try await writer.connect()
+        try await writer.write(tag: 0x3B, data: Array("last".utf8))
+        #expect(await handledAgain.wait(for: 1), sourceLocation: sourceLocation)
+        #expect(handledAgain.items == ["last"], "\(handledAgain.items)", sourceLocation: sourceLocation)
+        await writer.close()
+        await restarted.close()
     }
 
     @Test("what a downstream's functions finished of the mesh's frames outlives its graceful restart: copies an upstream's next run brings after it do not go to the name's next instance")
@@ -829,19 +822,9 @@ struct MeshLoopbackTests {
         try await next.start()
         #expect(!FileManager.default.fileExists(atPath: finishedFile), "read once")
         let (second, handledAgain) = try await Self.farFunction(port: portB, tag: 0x3B)
-        // a's next start sends b the ten again.
-        let restarted = Zipper(configuration: a.configuration, options: Self.upstreamOptions())
-        try await restarted.start()
         // Until the fifty-ninth round the memory ended with b's run: the next instance handled the ten again.
-        #expect(await eventually { next.statistics.handledCopiesNotRouted == 10 }, "\(next.statistics)")
-        let writer = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
-        try await writer.connect()
-        try await writer.write(tag: 0x3B, data: Array("last".utf8))
-        #expect(await handledAgain.wait(for: 1))
-        #expect(handledAgain.items == ["last"], "\(handledAgain.items)")
-        await writer.close()
+        try await Self.expectNextRunsCopiesPassedOver(upstream: a, next: next, handledAgain: handledAgain)
         await second.close()
-        await restarted.close()
         await next.close()
     }
 
@@ -874,18 +857,9 @@ struct MeshLoopbackTests {
         #expect(await eventually { first.client.handlingToldForTesting })
         await first.close()
         let (second, handledAgain) = try await Self.farFunction(port: portB, tag: 0x3B)
-        let restarted = Zipper(configuration: a.configuration, options: Self.upstreamOptions())
-        try await restarted.start()
         // Until the fifty-ninth round the held frames file did not say which were the mesh's: the next instance handled the ten again.
-        #expect(await eventually { next.statistics.handledCopiesNotRouted == 10 }, "\(next.statistics)")
-        let writer = Source(name: "source", zipper: "127.0.0.1:\(portA)", options: .init(credential: "token:mesh"))
-        try await writer.connect()
-        try await writer.write(tag: 0x3B, data: Array("last".utf8))
-        #expect(await handledAgain.wait(for: 1))
-        #expect(handledAgain.items == ["last"], "\(handledAgain.items)")
-        await writer.close()
+        try await Self.expectNextRunsCopiesPassedOver(upstream: a, next: next, handledAgain: handledAgain)
         await second.close()
-        await restarted.close()
         await next.close()
     }
 
