@@ -117,7 +117,7 @@ enum FinishedFramesFile {
     static func encode(_ finished: [(digest: CopyDigest, function: String)], closedAt milliseconds: Int64) -> [UInt8] {
         var text = header + "\(milliseconds)\n"
         for (digest, function) in finished where !function.contains("\n") {
-            text += hex(digest.fnv) + hex(digest.mix) + " " + function + "\n"
+            text += String(digest.fnv, radix: 16).leftPadded(to: 16) + String(digest.mix, radix: 16).leftPadded(to: 16) + " " + function + "\n"
         }
         return Array(text.utf8)
     }
@@ -135,11 +135,6 @@ enum FinishedFramesFile {
             return (CopyDigest(fnv: fnv, mix: mix), String(line.dropFirst(33)))
         }
         return (closedAt, finished)
-    }
-
-    private static func hex(_ value: UInt64) -> String {
-        let digits = String(value, radix: 16)
-        return String(repeating: "0", count: 16 - digits.count) + digits
     }
 }
 
@@ -183,7 +178,7 @@ enum MeshKeptFile {
                  UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "-"):
                 name.unicodeScalars.append(Unicode.Scalar(byte))
             default:
-                name += "%" + (byte < 16 ? "0" : "") + String(byte, radix: 16, uppercase: true)
+                name += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
             }
         }
         return name

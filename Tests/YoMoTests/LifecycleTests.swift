@@ -78,17 +78,24 @@ func zipperStateDirectory() -> String {
 
 /// Starts `yomo serve --host 127.0.0.1` with `arguments` and `environment`
 /// (over `zipperEnvironment()`); the task returns what it wrote to stderr (its
-/// log, or why it stopped) once it ends.
+/// log, or why it stopped) once it ends, and removes the state directory
+/// it had unless `environment` named one.
 func startServe(_ arguments: [String], environment: [String: String] = [:]) throws -> (process: Process, errors: Task<String, Never>) {
     let process = Process()
     process.executableURL = try yomoExecutable()
     process.arguments = ["serve", "--host", "127.0.0.1"] + arguments
-    process.environment = zipperEnvironment(environment)
+    let stateDirectory = zipperStateDirectory()
+    process.environment = zipperEnvironment(environment, stateDirectory: stateDirectory)
     let errors = Pipe()
     process.standardError = errors
     process.standardOutput = FileHandle.nullDevice
     try process.run()
-    return (process, Task.detached { await readToEnd(errors) })
+    let ownsState = environment["XDG_STATE_HOME"] == nil
+    return (process, Task.detached {
+        let said = await readToEnd(errors)
+        if ownsState { try? FileManager.default.removeItem(atPath: stateDirectory) }
+        return said
+    })
 }
 
 /// A stream function in a process of its own (the `uppercase-sfn` example:
