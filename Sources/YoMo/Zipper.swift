@@ -334,7 +334,7 @@ public final class Zipper: Sendable {
             let kept = frames.filter { !stillObserved.contains($0.frame.tag) && function.receives(tag: $0.frame.tag, target: $0.target) }
             let results = held.holdAhead(
                 kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame), $0.reason, $0.tally, $0.linkDigest) }, for: function, now: .now)
-            for ((frame, _, notAcknowledged, _, _, _), result) in zip(kept, results) {
+            for ((frame, _, notAcknowledged, _, tally, _), result) in zip(kept, results) {
                 switch result {
                 case .held:
                     statistics.heldFrames += 1
@@ -346,6 +346,7 @@ public final class Zipper: Sendable {
                     if let level = refuseHeld(tag: frame.tag) { (outcome.refusedLevel, outcome.refusedTag) = (level, frame.tag) }
                 case .handledBefore:
                     statistics.heldCopiesSettled += 1
+                    tally.finishedBefore()
                 }
             }
             return outcome

@@ -126,6 +126,34 @@ struct HeldFramesLogicTests {
         #expect(forAny.isSettled, "a later taker and its deadline leave the sender's tally alone")
     }
 
+    @Test("a frame a connection's end took back and did not hold again, because its name had finished it (a copy read after the original), counts as handled: a restored frame that led there leaves the held frames file")
+    func leftoverCopyFinishedBefore() {
+        // A restored frame, written to f's connection ending at 100.
+        let restored = HoldTally().adding()
+        let toF = DeliveryDestination(ConnectionProgress(), reportsTaking: true)
+        restored.wait(for: toF, written: 100)
+        restored.release()
+        #expect(!restored.wasHandled)
+        (toF.connection as! ConnectionProgress).end()
+        let leftovers = Leftovers()
+        let copy = leftovers.tally(endingAt: 100)
+        toF.ended(leaving: leftovers)
+        #expect(!restored.wasHandled, "taken back at f's end, not yet dealt with")
+        copy.finishedBefore()
+        // Until the fifty-ninth round it never was, and a crash gave it to the next instance again.
+        #expect(restored.wasHandled, "its name had finished it: not held again, and handled")
+        // The tally of the frames an end had not written: one finished before, one held and written to g.
+        let unwritten = HoldTally()
+        unwritten.finishedBefore()
+        unwritten.add()
+        let toG = DeliveryDestination(ConnectionProgress(), reportsTaking: true)
+        unwritten.wait(for: toG, written: 50)
+        unwritten.release()
+        #expect(!unwritten.wasHandled, "g has not handled the other")
+        toG.handled(through: 50, ahead: [], written: 50)
+        #expect(unwritten.wasHandled)
+    }
+
     @Test("a function that names frames it finished on an earlier connection settles the copies held for its name, and a copy held after is not held for it: other names, other tags and a hold for later arrivals are kept")
     func copiesHandledBefore() {
         var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start - .seconds(100))
