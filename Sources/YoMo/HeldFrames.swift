@@ -426,7 +426,8 @@ struct HeldFrames {
     /// they share the first one's deadline, so that deadlines stay in order;
     /// else they wait the whole duration. Frames beyond `maximumBytes` are
     /// refused. Each one held is added to `tally` (its connection's end, for
-    /// the receipts of the frames written to it).
+    /// the receipts of the frames written to it); one the name finished
+    /// before (a copy) is not held, and its tally counts it finished.
     mutating func holdAhead(
         _ frames: [(frame: DataFrame, target: String?, bytes: Int, reason: Reason, tally: HoldTally?, linkDigest: CopyDigest?)],
         for function: RouteMember, now: Instant
@@ -438,6 +439,8 @@ struct HeldFrames {
         var ahead: [Entry] = []
         for (frame, target, bytes, reason, tally, linkDigest) in frames {
             if lessCopiesHandled(Claim(owed: [name]), of: frame).owed.isEmpty {
+                // Not held again: what waits on it counts it handled (`HoldTally.finishedBefore`).
+                tally?.finishedBefore()
                 results.append(.handledBefore)
                 continue
             }

@@ -334,7 +334,7 @@ public final class Zipper: Sendable {
             let kept = frames.filter { !stillObserved.contains($0.frame.tag) && function.receives(tag: $0.frame.tag, target: $0.target) }
             let results = held.holdAhead(
                 kept.map { ($0.frame, $0.target, HeldFrames.bytes(of: $0.frame), $0.reason, $0.tally, $0.linkDigest) }, for: function, now: .now)
-            for ((frame, _, notAcknowledged, _, tally, _), result) in zip(kept, results) {
+            for ((frame, _, notAcknowledged, _, _, _), result) in zip(kept, results) {
                 switch result {
                 case .held:
                     statistics.heldFrames += 1
@@ -346,7 +346,6 @@ public final class Zipper: Sendable {
                     if let level = refuseHeld(tag: frame.tag) { (outcome.refusedLevel, outcome.refusedTag) = (level, frame.tag) }
                 case .handledBefore:
                     statistics.heldCopiesSettled += 1
-                    tally.finishedBefore()
                 }
             }
             return outcome
@@ -2311,7 +2310,6 @@ public final class Zipper: Sendable {
     private func abandonArrival(of member: RouteMember, at delivery: DeliveryDestination, delivered: Int, unwritten taken: [HeldFrames.Taken]) {
         // Held again for the function at its connection's end: their receipts wait for that.
         for frame in taken { frame.abandoned(at: delivery) }
-        let unwritten = taken.map(\.frame)
         state.withLock { state in
             state.held.endArriving(member)
             state.statistics.heldFramesDelivered += delivered
@@ -2319,7 +2317,7 @@ public final class Zipper: Sendable {
                 peer.unwritten += taken.map { ($0.frame, MetadataView($0.frame.metadata)?.string(.target), $0.linkDigest) }
                 state.peers[member.connectionID] = peer
             } else {
-                state.statistics.heldFramesDropped += unwritten.count
+                state.statistics.heldFramesDropped += taken.count
             }
         }
     }

@@ -125,15 +125,18 @@ final class OutputTail: Sendable {
             var pending = Data()
             while case let chunk = handle.availableData, !chunk.isEmpty {
                 pending.append(chunk)
-                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    let line = String(decoding: pending[pending.startIndex..<newline], as: UTF8.self)
-                    pending = Data(pending[(newline + 1)...])
+                // The whole lines of what came, then what is left of the last one.
+                var lineStart = pending.startIndex
+                while let newline = pending[lineStart...].firstIndex(of: UInt8(ascii: "\n")) {
+                    let line = String(decoding: pending[lineStart..<newline], as: UTF8.self)
+                    lineStart = newline + 1
                     state.withLock {
                         if line.contains(marker) { $0.sawMarker = true }
                         $0.lines.append(line)
                         if $0.lines.count > 60 { $0.lines.removeFirst() }
                     }
                 }
+                pending = Data(pending[lineStart...])
             }
         }
     }

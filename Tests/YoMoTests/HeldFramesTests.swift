@@ -127,7 +127,7 @@ struct HeldFramesLogicTests {
     }
 
     @Test("a frame a connection's end took back and did not hold again, because its name had finished it (a copy read after the original), counts as handled: a restored frame that led there leaves the held frames file")
-    func leftoverCopyFinishedBefore() {
+    func leftoverCopyFinishedBefore() throws {
         // A restored frame, written to f's connection ending at 100.
         let restored = HoldTally().adding()
         let toF = DeliveryDestination(ConnectionProgress(), reportsTaking: true)
@@ -139,7 +139,11 @@ struct HeldFramesLogicTests {
         let copy = leftovers.tally(endingAt: 100)
         toF.ended(leaving: leftovers)
         #expect(!restored.wasHandled, "taken back at f's end, not yet dealt with")
-        copy.finishedBefore()
+        // f's name finished a frame with its key (the mesh brought it twice): not held again.
+        var held = HeldFrames(settings: Hold(duration: .seconds(5), afterLastObserver: .seconds(60)), startedAt: start)
+        let copied = HandlingReceiptTests.dataFrame(tid: "copied", tag: 0x33, "payload")
+        held.remember([try #require(CopyKey.digest(of: copied))], handledBy: "f")
+        #expect(held.holdAhead([(copied, nil, 10, .notHandled, copy, nil)], for: function([0x33]), now: start) == [.handledBefore])
         // Until the fifty-ninth round it never was, and a crash gave it to the next instance again.
         #expect(restored.wasHandled, "its name had finished it: not held again, and handled")
         // The tally of the frames an end had not written: one finished before, one held and written to g.
