@@ -162,12 +162,21 @@ public final class Zipper: Sendable {
         /// such a namesake.
         /// `acknowledgedThrough`: what the ended connection's QUIC stack had
         /// acknowledged (frames before it were kept for its handlers): why each waited.
+        /// A frame of the mesh that the name finished (a copy read after its
+        /// original, as `holdAhead` passes over) goes to none of them, and
+        /// counts as handled: until the sixtieth round of issue 14 the
+        /// namesake that finished it handled it again.
         mutating func catchUp(
             _ frames: [(frame: DataFrame, target: String?, notAcknowledged: Int, end: Int)], acknowledgedThrough: Int, leftBy peer: Peer,
             stillObserved: Set<UInt32>, leftovers: Leftovers, linkDigests: [Int: CopyDigest]
         ) -> [CatchUp] {
             var deliveries: [CatchUp] = []
             for (frame, target, _, end) in frames where stillObserved.contains(frame.tag) {
+                if let digest = linkDigests[end], held.handled(digest, byFunctionNamed: peer.member.name) {
+                    leftovers.tally(endingAt: end).finishedBefore()
+                    if peer.writtenWhenNamesakeJoined.contains(where: { end <= $0.value && peers[$0.key] != nil }) { statistics.handledCopiesNotRouted += 1 }
+                    continue
+                }
                 for (id, joinedAt) in peer.writtenWhenNamesakeJoined where end <= joinedAt {
                     guard let namesake = peers[id], namesake.member.receives(tag: frame.tag, target: target) else { continue }
                     let tally = leftovers.tally(endingAt: end)
@@ -346,6 +355,7 @@ public final class Zipper: Sendable {
                     if let level = refuseHeld(tag: frame.tag) { (outcome.refusedLevel, outcome.refusedTag) = (level, frame.tag) }
                 case .handledBefore:
                     statistics.heldCopiesSettled += 1
+                    outcome.finishedBeforeUnacknowledgedBytes += notAcknowledged
                 }
             }
             return outcome
@@ -401,7 +411,8 @@ public final class Zipper: Sendable {
         /// Frames an upstream zipper of the mesh forwarded that were not
         /// written to a stream function because an instance of its name had
         /// finished a frame with the same key (`CopyKey.digest`): a copy,
-        /// sent again through the upstream's next run. Counted once per frame.
+        /// sent again through the upstream's next run, or one a function's
+        /// ended connection left that its namesakes lacked. Counted once per frame.
         public var handledCopiesNotRouted = 0
         /// Frames a stream function's ended connection had not acknowledged
         /// (or its handlers not finished) that went to another instance of its
@@ -1415,7 +1426,7 @@ public final class Zipper: Sendable {
                         }
                         // A namesake has the rest of the frames in tags it observes, or gets them now (not at the close).
                         let withNamesakes = closing ? 0 : taken.reduce(0) { $0 + (stillObserved.contains($1.frame.tag) ? $1.notAcknowledged : 0) }
-                        left.lostBytes = max(0, unacknowledgedBytes - left.heldUnacknowledgedBytes - withNamesakes)
+                        left.lostBytes = max(0, unacknowledgedBytes - left.heldUnacknowledgedBytes - left.finishedBeforeUnacknowledgedBytes - withNamesakes)
                     }
                 }
                 left.unhandledLostBytes = unhandledGivenUp
@@ -1784,6 +1795,10 @@ public final class Zipper: Sendable {
         var heldFrames = 0
         /// Of the frames held, the bytes the peer had not acknowledged.
         var heldUnacknowledgedBytes = 0
+        /// Of the frames not held because their function's name had finished
+        /// them (copies), the bytes the peer had not acknowledged: not lost.
+        /// Until the sixtieth round of issue 14 they were counted and said lost.
+        var finishedBeforeUnacknowledgedBytes = 0
         /// The hold was full for some.
         var refusedLevel: Logger.Level?
         var refusedTag: UInt32 = 0

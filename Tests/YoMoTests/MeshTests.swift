@@ -863,6 +863,66 @@ struct MeshLoopbackTests {
         await next.close()
     }
 
+    @Test(
+        "restored frames of the mesh that a closing instance left unread, after another instance of its name finished their copies, count as handled and leave the held frames file: with that instance still there (not given to it again) or gone (not held again)",
+        arguments: [true, false])
+    func leftoverCopiesLeaveTheRestoredFile(namesakeStays: Bool) async throws {
+        let directory = try makeTemporaryDirectory("yomo-test-mesh-leftover-")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let portA = try await freePort(), portB = try await freePort()
+        let configuration = ZipperConfiguration(
+            name: "b", host: "127.0.0.1", port: portB, authentication: .token("mesh"), functionsFile: directory + "/b.yaml")
+        let heldFile = HeldFramesFile.path(besides: directory + "/b.yaml")
+        let b = Zipper(configuration: configuration)
+        try await b.start()
+        let (a, source) = try await Self.upstreamWithSource(
+            port: portA, downstreamPort: portB, functionsFile: directory + "/a.yaml", options: Self.upstreamOptions(shutdownTimeout: .seconds(1)))
+        b.pauseReceiptsForTesting(true)
+        let texts = (0..<10).map { "leftover-\($0)" }
+        for text in texts { try await source.write(tag: 0x3B, data: Array(text.utf8)) }
+        // A frame no function observes stays held (5 s): the file is trimmed of the rest meanwhile, not removed.
+        try await source.write(tag: 0x3C, data: Array("unobserved".utf8))
+        #expect(await eventually { b.statistics.heldFrames == 11 }, "held \(b.statistics.heldFrames)")
+        await source.close()
+        await a.close()
+        await b.close()
+        let next = Zipper(configuration: configuration)
+        try await next.start()
+        // The first instance takes the ten restored frames and handles none of them.
+        let stuck = StreamFunction(name: "far", zipper: "127.0.0.1:\(portB)", options: .init(
+            observedTags: [0x3B], credential: "token:mesh", handlerConcurrency: 1, shutdownTimeout: .milliseconds(200)))
+        stuck.setHandler { _ in try await Task.sleep(for: .seconds(60)) }
+        try await stuck.connect()
+        #expect(await eventually { next.statistics.heldFramesDelivered == 10 }, "\(next.statistics)")
+        // A second instance of the name handles the copies the upstream's next run brings.
+        let (second, handled) = try await Self.farFunction(port: portB, tag: 0x3B)
+        let restarted = Zipper(configuration: a.configuration, options: Self.upstreamOptions())
+        try await restarted.start()
+        #expect(await handled.wait(for: 10))
+        #expect(await eventually { second.client.handlingToldForTesting })
+        if !namesakeStays { await second.close() }
+        // The zipper takes back what the first left; its name had finished each.
+        await stuck.close()
+        // Until the sixtieth round, with the second still there, it was given them and handled them again;
+        // until the fifty-ninth, gone, they stayed in the file, and a crash gave them to the next instance again.
+        #expect(await eventually { (try? Self.heldFileFrames(heldFile)) == ["unobserved"] }, "\((try? Self.heldFileFrames(heldFile)) ?? [])")
+        #expect(handled.items.sorted() == texts.sorted(), "each once: \(handled.items)")
+        // Not given to the namesake, or not held again: neither lost.
+        #expect(next.statistics.handledCopiesNotRouted == (namesakeStays ? 10 : 0), "\(next.statistics)")
+        #expect(namesakeStays || next.statistics.heldCopiesSettled >= 10, "\(next.statistics)")
+        #expect(next.statistics.unacknowledgedBytesLost == 0, "\(next.statistics)")
+        if namesakeStays { await second.close() }
+        await restarted.close()
+        await next.close()
+    }
+
+    /// The payloads of the frames in the held frames file at `path`.
+    static func heldFileFrames(_ path: String) throws -> [String] {
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        let frames = try #require(HeldFramesFile.decodeLinks(Array(bytes))).1
+        return frames.map { String(buffer: $0.0.payload) }
+    }
+
     @Test("a downstream that holds what an upstream forwarded for a function not there yet, and then the copies the upstream's next run brings after its crash: the function, told as the held frames come that copies may follow, handles each once")
     func heldCopiesHandledOnce() async throws {
         let portA = try await freePort(), portB = try await freePort()
