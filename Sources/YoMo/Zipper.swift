@@ -495,6 +495,11 @@ public final class Zipper: Sendable {
     /// One writer of `functionsFile` at a time (the task, or the close), so the
     /// last snapshot taken is the last one written.
     private let functionsFileWriter = Mutex(false)
+    /// Wakes the task that writes the finished frames file when functions
+    /// finished more of the mesh's frames.
+    private let finishedChanges: (stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation)
+    /// One writer of the finished frames file at a time, as for `functionsFileWriter`.
+    private let finishedFileWriter = Mutex(false)
 
     public init(configuration: ZipperConfiguration = ZipperConfiguration(), options: Options = Options()) {
         self.configuration = configuration
@@ -506,6 +511,7 @@ public final class Zipper: Sendable {
         unhandledBudget = RetentionBudget(bytes: configuration.limits.maximumUnhandledBytes)
         heldWakeups = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         functionsChanges = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+        finishedChanges = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         let logger = options.logger.yomoZipper(address: ZipperAddress.format(host: configuration.host, port: configuration.port))
         self.logger = logger
         self.authority = HandshakeAuthority(version: configuration.version, authentication: configuration.authentication)
@@ -742,46 +748,79 @@ public final class Zipper: Sendable {
         reportLostAtClose()
         keepMeshForNextStart()
         keepHeldForNextStart()
-        keepFinishedForNextStart()
+        writeFinishedFile(atClose: true)
         dropHeldAtClose()
     }
 
     /// What this run's functions finished of the mesh's frames, for the next
-    /// start (`FinishedFramesFile`); a file an earlier run left goes.
-    private func keepFinishedForNextStart() {
+    /// start (`FinishedFramesFile`): written while the zipper runs, at most
+    /// once a second after they finished more (`keepFinishedWhileRunning`),
+    /// and at the close, which removes the file if there is nothing to keep.
+    /// Until the sixtieth round of issue 14 only the close wrote it, and a
+    /// crash of the zipper lost it: its upstream's next run, killed while the
+    /// zipper held frames for a function away, sent them again after the
+    /// zipper's own kill, and the function's next instance handled them twice
+    /// (`yomo-fault-bench chaos --mesh --async-handler --seed 10`: 41 frames).
+    private func writeFinishedFile(atClose: Bool) {
         guard let functionsFile = configuration.functionsFile else { return }
         let path = FinishedFramesFile.path(besides: functionsFile)
-        let finished = state.withLock { $0.held.finishedFromLinks }
-        guard !finished.isEmpty else {
-            HeldFramesFile.remove(path)
-            return
+        finishedFileWriter.withLock { failed in
+            // The close writes the last: a running write after it would bring back an older one.
+            guard let finished = state.withLock({ state in atClose || !state.closed ? state.held.finishedFromLinks : nil }) else { return }
+            guard !finished.isEmpty else {
+                if atClose { HeldFramesFile.remove(path) }
+                return
+            }
+            do throws(YoMoError) {
+                try writeFileAtomically(path, FinishedFramesFile.encode(finished, closedAt: HeldFramesFile.now()), mode: 0o600, what: "finished frames file")
+                failed = false
+            } catch {
+                if !failed {
+                    logger.warning("what the stream functions finished of the mesh's frames cannot be kept for the next start: copies may reach them again",
+                                   metadata: ["error": "\(error.message)"])
+                }
+                failed = !atClose
+            }
         }
-        do throws(YoMoError) {
-            try writeFileAtomically(path, FinishedFramesFile.encode(finished, closedAt: HeldFramesFile.now()), mode: 0o600, what: "finished frames file")
-        } catch {
-            logger.warning("what the stream functions finished of the mesh's frames cannot be kept for the next start: copies may reach them again",
-                           metadata: ["error": "\(error.message)"])
+    }
+
+    /// Writes the finished frames file while the zipper runs, at most once a
+    /// second after its functions finished more of the mesh's frames; ends
+    /// when the zipper closes (cancelled).
+    private func keepFinishedWhileRunning() async {
+        guard configuration.functionsFile != nil else { return }
+        for await _ in finishedChanges.stream {
+            writeFinishedFile(atClose: false)
+            try? await Task.sleep(for: .seconds(1))
         }
     }
 
     /// Remembers again what the previous run's functions finished of the
-    /// mesh's frames, if it closed within `afterLastObserver`; before the
-    /// held frames come back, which then leave out those. Read once.
+    /// mesh's frames, if it closed (or last wrote them) within
+    /// `afterLastObserver`; before the held frames come back, which then
+    /// leave out those. A file too old or not understood goes; one used is
+    /// written anew at once, with this run's time.
     private func restoreFinished() {
         guard let functionsFile = configuration.functionsFile else { return }
         let path = FinishedFramesFile.path(besides: functionsFile)
-        defer { HeldFramesFile.remove(path) }
         let bytes: [UInt8]?
         do throws(YoMoError) {
             bytes = try readWholeFile(path, maximumBytes: 8 << 20, what: "finished frames file")
         } catch {
+            HeldFramesFile.remove(path)
             logger.warning("what the previous run's stream functions finished of the mesh's frames cannot be read: copies may reach them again",
                            metadata: ["error": "\(error.message)"])
             return
         }
-        guard let bytes, let (closedAt, finished) = FinishedFramesFile.decode(bytes) else { return }
-        guard Duration.milliseconds(HeldFramesFile.now() - closedAt) <= configuration.unroutedHold.afterLastObserver else { return }
+        guard let bytes else { return }
+        guard let (closedAt, finished) = FinishedFramesFile.decode(bytes), !finished.isEmpty,
+              Duration.milliseconds(HeldFramesFile.now() - closedAt) <= configuration.unroutedHold.afterLastObserver
+        else {
+            HeldFramesFile.remove(path)
+            return
+        }
         state.withLock { $0.held.remember(finished) }
+        finishedChanges.continuation.yield()
     }
 
     /// What the zipper held for stream functions, kept for its next start
@@ -1216,6 +1255,7 @@ public final class Zipper: Sendable {
             group.addTask { await self.expireHeldFrames() }
             group.addTask { await self.receipts.run() }
             group.addTask { await self.rememberFunctions() }
+            group.addTask { await self.keepFinishedWhileRunning() }
             group.addTask {
                 // After a wave of clients leaves, hand the memory their buffers
                 // used back to the system: glibc keeps freed heap in its per-thread
@@ -1540,7 +1580,10 @@ public final class Zipper: Sendable {
                         }
                         // What it finished of the mesh's frames, remembered for its name (see `route`).
                         let finishedFromLinks = delivery.finishedLinkFrames(through: settled, ahead: handled.handledAhead)
-                        if !finishedFromLinks.isEmpty { state.withLock { $0.held.remember(finishedFromLinks, handledBy: member.name) } }
+                        if !finishedFromLinks.isEmpty {
+                            state.withLock { $0.held.remember(finishedFromLinks, handledBy: member.name) }
+                            finishedChanges.continuation.yield()
+                        }
                         if let taken = handled.takenThrough {
                             delivery.took(through: min(Int(clamping: taken), written), bytes: handled.takenBytes.map { Int(clamping: $0) })
                         } else {

@@ -817,10 +817,16 @@ struct MeshLoopbackTests {
         await a.close()
         await first.close()
         await b.close()
-        #expect(FileManager.default.fileExists(atPath: finishedFile))
+        /// The time the finished frames file says it was written, and its keys.
+        func finishedFileSays() -> (Int64, Int)? {
+            (try? Data(contentsOf: URL(fileURLWithPath: finishedFile))).flatMap { FinishedFramesFile.decode(Array($0)) }.map { ($0.closedAt, $0.finished.count) }
+        }
+        let closed = try #require(finishedFileSays())
+        #expect(closed.1 == 10)
         let next = Zipper(configuration: configuration)
         try await next.start()
-        #expect(!FileManager.default.fileExists(atPath: finishedFile), "read once")
+        // Kept by the next run from its start, in case it crashes: written anew with its time.
+        #expect(await eventually { finishedFileSays().map { $0.0 > closed.0 && $0.1 == 10 } == true }, "\(String(describing: finishedFileSays()))")
         let (second, handledAgain) = try await Self.farFunction(port: portB, tag: 0x3B)
         // Until the fifty-ninth round the memory ended with b's run: the next instance handled the ten again.
         try await Self.expectNextRunsCopiesPassedOver(upstream: a, next: next, handledAgain: handledAgain)
@@ -828,19 +834,52 @@ struct MeshLoopbackTests {
         await next.close()
     }
 
+    @Test("what a downstream's functions finished of the mesh's frames outlives its crash: copies an upstream's next run brings after it do not go to the name's next instance")
+    func copiesAfterTheDownstreamCrashed() async throws {
+        let directory = try makeTemporaryDirectory("yomo-test-mesh-crashed-")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let portA = try await freePort(), portB = try await freePort(), metricsPort = try await freePort()
+        let functionsFile = directory + "/b.functions"
+        // In its first minute b holds frames for any function that comes.
+        let b = try await ZipperProcess(port: portB, arguments: [
+            "--name", "b", "--token", "mesh", "--functions-file", functionsFile, "--metrics", "127.0.0.1:\(metricsPort)",
+        ])
+        let (a, source) = try await Self.upstreamProcessWithSource(port: portA, downstreamPort: portB)
+        let texts = (0..<10).map { "crashed-\($0)" }
+        for text in texts { try await source.write(tag: 0x3B, data: Array(text.utf8)) }
+        #expect(await eventuallyAsync { await scrapedMetric(port: metricsPort, "yomo_zipper_held_messages", labels: []) == 10 })
+        // a dies with them unsettled: the source keeps them for a's next run.
+        await a.kill()
+        let (first, handled) = try await Self.farFunction(port: portB, tag: 0x3B)
+        #expect(await handled.wait(for: 10))
+        // b keeps what its functions finished while it runs, not only at a graceful close.
+        let finishedFile = FinishedFramesFile.path(besides: functionsFile)
+        #expect(await eventually {
+            (try? Data(contentsOf: URL(fileURLWithPath: finishedFile))).flatMap { FinishedFramesFile.decode(Array($0)) }?.finished.count == 10
+        })
+        await first.close()
+        await b.kill()
+        try await b.restart()
+        let (second, handledAgain) = try await Self.farFunction(port: portB, tag: 0x3B)
+        // Until the sixtieth round the memory died with b: the next instance handled the ten again.
+        try await a.restart()
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
+        try await source.write(tag: 0x3B, data: Array("last".utf8))
+        #expect(await handledAgain.wait(for: 1))
+        #expect(handledAgain.items == ["last"], "\(handledAgain.items)")
+        await source.close()
+        await second.close()
+        await a.kill()
+        await b.kill()
+    }
+
     @Test("the mesh's frames a downstream held at its graceful close stay the mesh's in its next start's hold: copies an upstream's next run brings of those an instance took from there do not go to the name's next instance")
     func copiesOfWhatTheRestoredHoldGave() async throws {
         let directory = try makeTemporaryDirectory("yomo-test-mesh-restored-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let portA = try await freePort(), portB = try await freePort()
-        let configuration = ZipperConfiguration(
-            name: "b", host: "127.0.0.1", port: portB, authentication: .token("mesh"), functionsFile: directory + "/b.yaml")
         // In its first minute b holds frames for any function that comes.
-        let b = Zipper(configuration: configuration)
-        try await b.start()
-        let (a, source) = try await Self.upstreamWithSource(
-            port: portA, downstreamPort: portB, functionsFile: directory + "/a.yaml", options: Self.upstreamOptions(shutdownTimeout: .seconds(1)))
-        b.pauseReceiptsForTesting(true)
+        let (configuration, b, a, source) = try await Self.heldByTheDownstream(directory)
+        let portB = configuration.port
         let texts = (0..<10).map { "restored-\($0)" }
         for text in texts { try await source.write(tag: 0x3B, data: Array(text.utf8)) }
         #expect(await eventually { b.statistics.heldFrames == 10 }, "held \(b.statistics.heldFrames)")
@@ -869,15 +908,9 @@ struct MeshLoopbackTests {
     func leftoverCopiesLeaveTheRestoredFile(namesakeStays: Bool) async throws {
         let directory = try makeTemporaryDirectory("yomo-test-mesh-leftover-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let portA = try await freePort(), portB = try await freePort()
-        let configuration = ZipperConfiguration(
-            name: "b", host: "127.0.0.1", port: portB, authentication: .token("mesh"), functionsFile: directory + "/b.yaml")
+        let (configuration, b, a, source) = try await Self.heldByTheDownstream(directory)
+        let portB = configuration.port
         let heldFile = HeldFramesFile.path(besides: directory + "/b.yaml")
-        let b = Zipper(configuration: configuration)
-        try await b.start()
-        let (a, source) = try await Self.upstreamWithSource(
-            port: portA, downstreamPort: portB, functionsFile: directory + "/a.yaml", options: Self.upstreamOptions(shutdownTimeout: .seconds(1)))
-        b.pauseReceiptsForTesting(true)
         let texts = (0..<10).map { "leftover-\($0)" }
         for text in texts { try await source.write(tag: 0x3B, data: Array(text.utf8)) }
         // A frame no function observes stays held (5 s): the file is trimmed of the rest meanwhile, not removed.
@@ -914,6 +947,22 @@ struct MeshLoopbackTests {
         if namesakeStays { await second.close() }
         await restarted.close()
         await next.close()
+    }
+
+    /// Downstream "b" and upstream "a" in this process, their functions
+    /// files in `directory`, a source at a, and b's receipts held back: what
+    /// the source writes stays unsettled, so a's close (1 s) keeps it for its
+    /// next start, while b holds it.
+    static func heldByTheDownstream(_ directory: String) async throws -> (configuration: ZipperConfiguration, b: Zipper, a: Zipper, source: Source) {
+        let portA = try await freePort(), portB = try await freePort()
+        let configuration = ZipperConfiguration(
+            name: "b", host: "127.0.0.1", port: portB, authentication: .token("mesh"), functionsFile: directory + "/b.yaml")
+        let b = Zipper(configuration: configuration)
+        try await b.start()
+        let (a, source) = try await Self.upstreamWithSource(
+            port: portA, downstreamPort: portB, functionsFile: directory + "/a.yaml", options: Self.upstreamOptions(shutdownTimeout: .seconds(1)))
+        b.pauseReceiptsForTesting(true)
+        return (configuration, b, a, source)
     }
 
     /// The payloads of the frames in the held frames file at `path`.
