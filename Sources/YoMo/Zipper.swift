@@ -1582,7 +1582,7 @@ public final class Zipper: Sendable {
                         let finishedFromLinks = delivery.finishedLinkFrames(through: settled, ahead: handled.handledAhead)
                         if !finishedFromLinks.isEmpty {
                             state.withLock { $0.held.remember(finishedFromLinks, handledBy: member.name) }
-                            finishedChanges.continuation.yield()
+                            if configuration.functionsFile != nil { finishedChanges.continuation.yield() }
                         }
                         if let taken = handled.takenThrough {
                             delivery.took(through: min(Int(clamping: taken), written), bytes: handled.takenBytes.map { Int(clamping: $0) })
