@@ -174,7 +174,9 @@ public final class Zipper: Sendable {
             for (frame, target, _, end) in frames where stillObserved.contains(frame.tag) {
                 if let digest = linkDigests[end], held.handled(digest, byFunctionNamed: peer.member.name) {
                     leftovers.tally(endingAt: end).finishedBefore()
-                    if peer.writtenWhenNamesakeJoined.contains(where: { end <= $0.value && peers[$0.key] != nil }) { statistics.handledCopiesNotRouted += 1 }
+                    // Counted where a namesake lacked it, as a copy routed is where one was there.
+                    let lacked = peer.writtenWhenNamesakeJoined.contains { id, joinedAt in end <= joinedAt && peers[id] != nil }
+                    if lacked { statistics.handledCopiesNotRouted += 1 }
                     continue
                 }
                 for (id, joinedAt) in peer.writtenWhenNamesakeJoined where end <= joinedAt {
@@ -779,7 +781,7 @@ public final class Zipper: Sendable {
                     logger.warning("what the stream functions finished of the mesh's frames cannot be kept for the next start: copies may reach them again",
                                    metadata: ["error": "\(error.message)"])
                 }
-                failed = !atClose
+                failed = true
             }
         }
     }
