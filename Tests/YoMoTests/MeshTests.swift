@@ -767,10 +767,7 @@ struct MeshLoopbackTests {
         // Until the fifty-eighth round the next instance handled them again;
         // until the fifty-ninth, those given from the hold.
         #expect(await eventually { b.statistics.handledCopiesNotRouted == 10 }, "\(b.statistics.handledCopiesNotRouted)")
-        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
-        try await source.write(tag: 0x3B, data: Array("last".utf8))
-        #expect(await handledAgain.wait(for: 1))
-        #expect(handledAgain.items == ["last"], "\(handledAgain.items)")
+        try await Self.expectOnlyALaterFrameHandled(source: source, handledAgain: handledAgain)
         await source.close()
         await second.close()
         await b.close()
@@ -779,6 +776,17 @@ struct MeshLoopbackTests {
 
     /// `upstream`'s next run, started here, sends `next` the ten frames again:
     /// each passed over, and `handledAgain` gets only a frame written after.
+    /// Once `source` has nothing kept (its copies settled), a frame it
+    /// writes is the only one `handledAgain` gets: the copies went to no one.
+    static func expectOnlyALaterFrameHandled(
+        source: Source, handledAgain: Inbox<String>, sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws {
+        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)", sourceLocation: sourceLocation)
+        try await source.write(tag: 0x3B, data: Array("last".utf8))
+        #expect(await handledAgain.wait(for: 1), sourceLocation: sourceLocation)
+        #expect(handledAgain.items == ["last"], "\(handledAgain.items)", sourceLocation: sourceLocation)
+    }
+
     static func expectNextRunsCopiesPassedOver(
         upstream: Zipper, next: Zipper, handledAgain: Inbox<String>, sourceLocation: SourceLocation = #_sourceLocation
     ) async throws {
@@ -863,10 +871,7 @@ struct MeshLoopbackTests {
         let (second, handledAgain) = try await Self.farFunction(port: portB, tag: 0x3B)
         // Until the sixtieth round the memory died with b: the next instance handled the ten again.
         try await a.restart()
-        #expect(await eventually { source.client.keptFrames == 0 }, "kept \(source.client.keptFrames)")
-        try await source.write(tag: 0x3B, data: Array("last".utf8))
-        #expect(await handledAgain.wait(for: 1))
-        #expect(handledAgain.items == ["last"], "\(handledAgain.items)")
+        try await Self.expectOnlyALaterFrameHandled(source: source, handledAgain: handledAgain)
         await source.close()
         await second.close()
         await a.kill()
