@@ -54,8 +54,18 @@ enum HeldFramesFile {
         return (closedAt, note, HeldFrames.dataFramesWritten(in: ByteBuffer(bytes: bytes[(newline + 1)...])).map(\.frame))
     }
 
-    /// `encode`, the frames an upstream zipper forwarded named in the header line.
+    /// `encode`, the frames an upstream zipper forwarded named in the header
+    /// line, each once: the hold keeps every copy the mesh brought
+    /// (`CopyKey.digest`, whose copies a function recognizes and a zipper's
+    /// memory leaves out alike), and the next start would hold each again.
+    /// Until the sixtieth round of issue 14 a frame was in the file once per
+    /// copy held (four times in a `chaos --mesh --seed 12` run).
     static func encode(_ frames: [(frame: DataFrame, fromLink: Bool)], closedAt milliseconds: Int64) -> [UInt8] {
+        var keys = Set<CopyDigest>()
+        let frames = frames.filter { frame, fromLink in
+            guard fromLink, let key = CopyKey.digest(of: frame) else { return true }
+            return keys.insert(key).inserted
+        }
         var ranges: [String] = []
         var index = 0
         while index < frames.count {

@@ -253,6 +253,22 @@ struct HeldFramesLogicTests {
         #expect(odd?.frames.map(\.fromLink) == flags.indices.map { $0 == 4 }, "only what names frames of the file")
     }
 
+    @Test("the held frames file keeps a frame of the mesh once however many of its copies were held; a frame of the same transaction that is not a copy, and a copy not from the mesh, stay")
+    func heldFramesFileKeepsTheMeshsCopiesOnce() throws {
+        func frame(_ tid: String, _ tag: UInt32, _ text: String) -> DataFrame {
+            DataFrame(tag: tag, metadata: Metadata([Metadata.ReservedKey.tid: tid]), payload: ByteBuffer(string: text))
+        }
+        let frames: [(frame: DataFrame, fromLink: Bool)] = [
+            (frame("a", 0x33, "one"), true), (frame("b", 0x33, "two"), true), (frame("a", 0x33, "one"), true),
+            (frame("a", 0x34, "one"), true), (frame("c", 0x33, "three"), false), (frame("c", 0x33, "three"), false),
+            (frame("b", 0x33, "two"), true), (frame("d", 0x33, "four"), true),
+        ]
+        let decoded = try #require(HeldFramesFile.decodeLinks(HeldFramesFile.encode(frames, closedAt: 7)))
+        // Until the sixtieth round all eight were written.
+        #expect(decoded.frames.map { "\(MetadataView($0.frame.metadata)?.string(.tid) ?? "")\($0.frame.tag)" } == ["a51", "b51", "a52", "c51", "c51", "d51"])
+        #expect(decoded.frames.map(\.fromLink) == [true, true, true, false, false, true])
+    }
+
     @Test("the newest distinct elements, the oldest forgotten first; one inserted again keeps its place")
     func newestSet() {
         var set = NewestSet<Int>(capacity: 3)
