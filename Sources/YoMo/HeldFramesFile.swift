@@ -108,14 +108,17 @@ enum HeldFramesFile {
 }
 
 /// What the stream functions of each name finished of the frames upstream
-/// zippers forwarded (`HeldFrames.remember`), kept at a graceful close
-/// beside `ZipperConfiguration.functionsFile` (its path with `.finished`
-/// added) for the next start: copies an upstream sends after the restart
+/// zippers forwarded (`HeldFrames.remember`), kept beside
+/// `ZipperConfiguration.functionsFile` (its path with `.finished` added)
+/// for the next start: copies an upstream sends after a restart or a crash
 /// (its own restart's, or what its link had not seen settled) are not given
 /// to the name's next instance. Until the fifty-ninth round of issue 14 the
-/// memory ended with the run. Read once at the next start, if the close was
-/// within `unrouted_hold.after_last_observer`, and removed. A header line
-/// as the held frames file's, then a line per frame and name, oldest first:
+/// memory ended with the run; until the sixtieth only a graceful close
+/// wrote it, now the zipper also writes it at most once a second while it
+/// grows (`Zipper.writeFinishedFile`). Read at the next start, if written
+/// within `unrouted_hold.after_last_observer`, and written anew with that
+/// run's time. A header line as the held frames file's (its time: when it
+/// was written), then a line per frame and name, oldest first:
 ///
 ///     yomo-zipper-finished 1 1764876543210
 ///     0123456789abcdef0123456789abcdef upper
@@ -132,7 +135,7 @@ enum FinishedFramesFile {
         return Array(text.utf8)
     }
 
-    /// The close's time and what was finished; nil for a file that is not one
+    /// When it was written and what was finished; nil for a file that is not one
     /// (a damaged line is skipped).
     static func decode(_ bytes: [UInt8]) -> (closedAt: Int64, finished: [(digest: CopyDigest, function: String)])? {
         let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true)
