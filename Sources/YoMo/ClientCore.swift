@@ -95,6 +95,7 @@ final class ClientSession: @unchecked Sendable {
         self.start = start
         self.previousRoutedThrough = previousRoutedThrough
         kept = Mutex(Kept(settled: settled ?? 0))
+        handling?.writesSettled(through: settled ?? 0)
     }
 
     /// Frames of the previous connection that the zipper had routed but not
@@ -127,6 +128,7 @@ final class ClientSession: @unchecked Sendable {
             kept.frames.append((end, frame, patch, bytes, sequence))
             kept.bytes += bytes
             kept.dataWrittenThrough = max(kept.dataWrittenThrough, end)
+            handling?.wrote(through: kept.dataWrittenThrough)
             guard kept.bytes > Self.maximumKeptBytes else { return (true, false) }
             kept.drop(through: min(acknowledged, kept.frames.first.map { $0.end + (kept.bytes - Self.maximumKeptBytes) } ?? 0))
             defer { kept.overBound = true }
@@ -149,6 +151,7 @@ final class ClientSession: @unchecked Sendable {
             guard offset > kept.settled else { return }
             kept.settled = offset
             kept.drop(through: offset)
+            handling?.writesSettled(through: offset)
         }
     }
 

@@ -19,6 +19,17 @@ internal import YoMoWire
 /// end of the frames handled in order, and the ranges past it whose frames
 /// were handled out of order (one slow handler held back the word on every
 /// frame after it until the forty-third round).
+///
+/// A frame is told handled only once the zipper settled what the function
+/// wrote before its handler finished (its answers, and anything written
+/// before them): until then the zipper, or the file of frames it held, is
+/// where the frame is kept, and a zipper killed with the answers in its hold
+/// (for a sink that was away), followed by the function while it redialled
+/// with them, lost both frame and answers; now the frame is still kept and
+/// its next taker answers it again (`yomo-fault-bench chaos --async-handler
+/// --seed 32`: 70 frames restored from a held frames file lost so in one
+/// run, sixty-first round of issue 14). At a close the word is no longer
+/// held back: the zipper keeps a closing client's answers in its hold.
 final class HandlingLedger: Sendable {
     /// Ranges of frames handled out of order one receipt names at most; the
     /// rest wait for the next.
@@ -33,6 +44,11 @@ final class HandlingLedger: Sendable {
     /// do not), so it is less often than the zipper's receipts: each one is
     /// a packet of its own, and every 2 ms cost the loop 0.95 of its rate.
     static let interval: Duration = .milliseconds(5)
+    /// Frames past those told handled in order that may wait for their
+    /// answers to be settled: past this many (a sink away for long), the
+    /// oldest are told anyway, or the function would keep every frame read
+    /// meanwhile and the zipper its share of `limits.max_unhandled_bytes`.
+    static let maximumAwaitingAnswers = 4096
     /// One frame given to a handler, for `finished`.
     struct Token: Sendable {
         let ledger: HandlingLedger
@@ -85,6 +101,9 @@ final class HandlingLedger: Sendable {
         /// The stream offset just past the frame.
         var end: Int
         var done = false
+        /// Where what the function wrote before the frame's handler finished
+        /// ends, in this side's stream: told handled once the zipper settled it.
+        var answersEnd = 0
         /// The frame, read only if the connection ends (`untold`) or the
         /// entry is let go of (`Recent`): nil if not data.
         var frame: DataFrame?
@@ -133,6 +152,13 @@ final class HandlingLedger: Sendable {
             return entries.index(entries.startIndex, offsetBy: offset)
         }
 
+        /// Whether the zipper may be told `entry` is handled: its handler
+        /// finished and the zipper settled what was written before (or too
+        /// many wait for that).
+        func tellable(_ entry: Entry, settledWrites: Int) -> Bool {
+            entry.done && (entry.answersEnd <= settledWrites || entries.count - handledCount > HandlingLedger.maximumAwaitingAnswers)
+        }
+
         mutating func append(_ entry: Entry) -> (index: Int, wake: Bool) {
             entries.append(entry)
             defer { idle = false }
@@ -143,10 +169,17 @@ final class HandlingLedger: Sendable {
     private let state: Mutex<State>
     /// The newest frames let go of, as keys (`Recent`).
     private let recent = Mutex(Recent())
-    /// Indexes of frames whose handlers finished, not yet marked in `state`:
-    /// handlers do not take the lock the reading task takes per frame (under
-    /// load the two contended, and the loop ran at 0.95 of its rate).
-    private let completions = Mutex<[Int]>([])
+    /// Indexes of frames whose handlers finished, not yet marked in `state`,
+    /// with where the function's writes ended then: handlers do not take the
+    /// lock the reading task takes per frame (under load the two contended,
+    /// and the loop ran at 0.95 of its rate).
+    private let completions = Mutex<[(index: Int, answersEnd: Int)]>([])
+    /// Where the data frames written on this connection end, and how far
+    /// the zipper settled them (this side's stream offsets).
+    private let written = Atomic<Int>(0)
+    private let settledWrites = Atomic<Int>(0)
+    /// Set at a close: frames are told handled without waiting for what was written.
+    private let answersAwaited = Atomic<Bool>(true)
     /// Set once a copy waits for a frame here: completions are then marked at
     /// once (this connection ended, and its ticker no longer marks them).
     private let forwarding = Atomic<Bool>(false)
@@ -184,6 +217,19 @@ final class HandlingLedger: Sendable {
     }
 
     var closingState: Closing { Closing(rawValue: closing.load(ordering: .relaxed)) ?? .no }
+
+    /// The function's data frames written on this connection end at `end`
+    /// (called in stream order, under the session's lock).
+    func wrote(through end: Int) { written.store(end, ordering: .relaxed) }
+
+    /// The zipper settled this side's frames through `offset` (in order).
+    func writesSettled(through offset: Int) { settledWrites.store(offset, ordering: .relaxed) }
+
+    /// The function closes: a frame is told handled once its handler
+    /// finished, whatever it wrote (the zipper keeps a closing client's
+    /// answers in its hold, and a close that waited for them waited for a
+    /// sink that may be away: `shutdownTimeout`, then frames dropped).
+    func stopAwaitingAnswers() { answersAwaited.store(false, ordering: .relaxed) }
 
     /// It says it is closing to a zipper that answers: frames read from now
     /// on wait for the answer.
@@ -308,22 +354,24 @@ final class HandlingLedger: Sendable {
     }
 
     private func finished(_ index: Int) {
-        completions.withLock { $0.append(index) }
+        let answersEnd = written.load(ordering: .relaxed)
+        completions.withLock { $0.append((index, answersEnd)) }
         guard forwarding.load(ordering: .sequentiallyConsistent) else { return }
         for copy in state.withLock({ markCompletions(&$0) }) { copy.finished() }
     }
 
     /// Marks the frames whose handlers finished: the copies that waited for them.
     private func markCompletions(_ state: inout State) -> [Token] {
-        let finished = completions.withLock { completions -> [Int] in
+        let finished = completions.withLock { completions -> [(index: Int, answersEnd: Int)] in
             defer { completions.removeAll(keepingCapacity: true) }
             return completions
         }
         var copies: [Token] = []
-        for index in finished {
+        for (index, answersEnd) in finished {
             guard let position = state.position(of: index) else { continue }
             var entry = state.entries[position]
             entry.done = true
+            entry.answersEnd = answersEnd
             state.entries[position] = entry
             state.handledUntold.append(index)
             if let copy = entry.copy { copies.append(copy) }
@@ -334,7 +382,7 @@ final class HandlingLedger: Sendable {
     /// The runs of frames handled past those handled in order that the
     /// zipper was not told of (at most `rangesPerReceipt`), each from the end
     /// of the unhandled frame before it: as stream ranges and entry indexes.
-    private static func handledAhead(_ state: inout State) -> (ranges: [Range<Int>], indexes: [ClosedRange<Int>]) {
+    private static func handledAhead(_ state: inout State, settledWrites: Int) -> (ranges: [Range<Int>], indexes: [ClosedRange<Int>]) {
         let boundary = state.firstIndex + state.handledCount
         let endIndex = state.firstIndex + state.entries.count
         state.handledUntold.removeAll { $0 < boundary || $0 >= endIndex }
@@ -342,12 +390,15 @@ final class HandlingLedger: Sendable {
         state.handledUntold.sort()
         var ranges: [Range<Int>] = []
         var indexes: [ClosedRange<Int>] = []
+        func tellable(_ index: Int) -> Bool { state.tellable(state.entries[state.position(of: index)!], settledWrites: settledWrites) }
         for index in state.handledUntold where ranges.count < rangesPerReceipt {
             if let last = indexes.last, last.contains(index) { continue }
-            // The entry at `boundary` is not handled (else it would be in order), so a run starts after it.
+            // Finished, its answers not yet settled: it stays in `handledUntold`.
+            guard tellable(index) else { continue }
+            // The entry at `boundary` is not told handled (else it would be in order), so a run starts after it.
             var (first, final) = (index, index)
-            while first - 1 > boundary, state.entries[state.position(of: first - 1)!].done { first -= 1 }
-            while final + 1 < endIndex, state.entries[state.position(of: final + 1)!].done { final += 1 }
+            while first - 1 > boundary, tellable(first - 1) { first -= 1 }
+            while final + 1 < endIndex, tellable(final + 1) { final += 1 }
             ranges.append(state.entries[state.position(of: first - 1)!].end..<state.entries[state.position(of: final)!].end)
             indexes.append(first...final)
         }
@@ -361,6 +412,7 @@ final class HandlingLedger: Sendable {
     func advance(acknowledged: Int) -> (tell: Tell?, waiting: Bool) {
         let taken = self.taken.load(ordering: .relaxed)
         let takenBytes = bytesTaken.load(ordering: .relaxed)
+        let settledWrites = answersAwaited.load(ordering: .relaxed) ? self.settledWrites.load(ordering: .relaxed) : Int.max
         let (result, copies) = state.withLock { state -> ((tell: Tell?, waiting: Bool), [Token]) in
             let copies = markCompletions(&state)
             Self.confirm(&state, acknowledged: acknowledged)
@@ -370,13 +422,13 @@ final class HandlingLedger: Sendable {
                 state.handledCount -= 1
             }
             var position = state.entries.index(state.entries.startIndex, offsetBy: state.handledCount)
-            while position != state.entries.endIndex, state.entries[position].done {
+            while position != state.entries.endIndex, state.tellable(state.entries[position], settledWrites: settledWrites) {
                 state.handled = state.entries[position].end
                 state.handledCount += 1
                 position = state.entries.index(after: position)
             }
             // Frames no handler gets may be handled before the pipe handler took those before them.
-            let ahead = Self.handledAhead(&state)
+            let ahead = Self.handledAhead(&state, settledWrites: settledWrites)
             let tell = Tell(
                 handled: state.handled, taken: min(max(taken, state.handled), givenBackFrom.load(ordering: .relaxed)), handledAhead: ahead.ranges, aheadIndexes: ahead.indexes,
                 takenBytes: takenBytes)

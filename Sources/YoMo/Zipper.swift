@@ -667,6 +667,7 @@ public final class Zipper: Sendable {
             }
         }
         for sender in senders { await sender.connection.close(errorCode: 0, reason: Self.shutdownReason) }
+        tellFunctionsOfTheClose()
         // A sender's task may be held routing to a slow function (`block`).
         await Latch.waitForAll(senders.map(\.left), until: deadline)
         var counters: [Int] = []
@@ -703,6 +704,21 @@ public final class Zipper: Sendable {
         logger.info("closing: stream functions or mesh links had not taken everything written to them", metadata: [
             "senders_closed": "\(senders.count)", "took": "\(ContinuousClock.now - started)",
         ])
+    }
+
+    /// Tells the stream functions that say what their handlers finished that
+    /// this zipper closes (a receipt with `closing` and no `unkeptThrough`):
+    /// they no longer wait for their answers to be settled before saying a
+    /// frame is handled. Else a function whose answers this zipper held for
+    /// a sink that was away never said so, and the close waited for it until
+    /// the stall limit and counted what it kept of them as lost.
+    private func tellFunctionsOfTheClose() {
+        let functions = state.withLock { state in
+            state.peers.values.filter { $0.member.clientType == .streamFunction && $0.recognizesCopiesFrom != nil }.map(\.connection)
+        }
+        for function in functions {
+            _ = try? function.tryWrite(control: .receipt(ReceiptFrame(settledThrough: 0, closing: true)), limit: .max)
+        }
     }
 
     /// How long a graceful close waits for stream functions that acknowledge nothing more.

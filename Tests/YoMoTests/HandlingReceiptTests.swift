@@ -39,6 +39,50 @@ struct HandlingReceiptTests {
         await stuck.close()
     }
 
+    @Test("a frame is told handled only once the zipper settled what its handler wrote: frames a zipper restored from its held frames file stay there while their answers wait for a sink that is away, so the zipper killed, then the function, and the next instance still answers each")
+    func handledOnceItsAnswersAreSettled() async throws {
+        let metricsPort = try await freePort()
+        // `yomo serve` keeps a functions file, and beside it the frames it held at a graceful close.
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let metric = { (name: String, labels: [String]) in await scrapedMetric(port: metricsPort, name, labels: labels) }
+        // The sink came and went: the zipper holds its tag's frames for its return.
+        let (away, _) = try await connectUppercaseSink(zipper: zipper.address)
+        await away.close()
+        let source = Source(name: "writer", zipper: zipper.address)
+        try await source.connect()
+        let texts = (0..<10).map { "frame-\($0)" }
+        for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
+        #expect(await eventuallyAsync { await metric("yomo_zipper_held_messages", []) == 10 })
+        // A graceful restart: the ten are now only in the held frames file, and the next start holds them.
+        await source.close()
+        await zipper.terminate()
+        try await zipper.restart()
+        var function = try startFunctionProcess(zipper: zipper.address)
+        defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
+        // Handled at once, their answers held for the sink: the zipper still
+        // keeps the ten for want of the function's word, which waits for the
+        // answers to be settled.
+        let keptWhileAnswersHeld = await eventuallyAsync {
+            let held = await metric("yomo_zipper_held_messages", [])
+            let unhandled = await metric("yomo_zipper_client_unhandled_bytes", ["yomo_client_name=\"upper\""])
+            return held == 20 && (unhandled ?? 0) > 0
+        }
+        #expect(keptWhileAnswersHeld)
+        await zipper.kill()
+        kill(function.processIdentifier, SIGKILL)
+        await waitForExit(function)
+        try await zipper.restart()
+        let (sink, received) = try await connectUppercaseSink(zipper: zipper.address)
+        function = try startFunctionProcess(zipper: zipper.address)
+        let answers = texts.map { $0.uppercased() }
+        // Until the sixty-first round the function said they were handled
+        // while their answers were only held, and the zipper let them go.
+        #expect(await eventually(within: .seconds(30)) { Set(received.items).isSuperset(of: answers) },
+                "missing \(Set(answers).subtracting(received.items).sorted())")
+        await sink.close()
+        await zipper.kill()
+    }
+
     @Test("what a killed function's end left is settled for its source frame by frame as its next instance takes them, not once it took the last")
     func leftoversSettleAsTaken() async throws {
         let meters = MeterProvider(configuration: .init(serviceName: "zipper", environment: [:]))
@@ -1248,6 +1292,36 @@ struct HandlingReceiptTests {
             }
             #expect(bound.furthest <= taken + progress, "at most all it took again beyond")
         }
+    }
+
+    @Test("the ledger tells a frame handled once the zipper settled what the function wrote before its handler finished, at once from a close on, and past its bound the oldest anyway")
+    func ledgerAwaitsAnswers() throws {
+        let ledger = HandlingLedger(startingAt: 0)
+        let frames = (1...4).map { ledger.received(end: $0 * 10, length: 10, frame: nil) }
+        typealias Tell = HandlingLedger.Tell
+        ledger.wrote(through: 100)
+        frames[0].finished()
+        ledger.wrote(through: 200)
+        frames[1].finished()
+        frames[3].finished()
+        #expect(ledger.advance(acknowledged: 0).tell == nil, "their answers are not settled")
+        ledger.writesSettled(through: 150)
+        #expect(ledger.advance(acknowledged: 0).tell == Tell(handled: 10, taken: 10), "the first's answer is")
+        ledger.writesSettled(through: 200)
+        let both = try #require(ledger.advance(acknowledged: 0).tell)
+        #expect(both == Tell(handled: 20, taken: 20, handledAhead: [30..<40]))
+        ledger.told(both, receiptEnd: 1)
+        ledger.wrote(through: 300)
+        frames[2].finished()
+        #expect(ledger.advance(acknowledged: 0).tell == nil)
+        ledger.stopAwaitingAnswers()
+        #expect(ledger.advance(acknowledged: 0).tell == Tell(handled: 40, taken: 40), "closing: told as finished")
+
+        let busy = HandlingLedger(startingAt: 0)
+        let many = (1...(HandlingLedger.maximumAwaitingAnswers + 4)).map { busy.received(end: $0, length: 1, frame: nil) }
+        busy.wrote(through: 1 << 20)
+        for frame in many { frame.finished() }
+        #expect(busy.advance(acknowledged: 0).tell?.handled == 4, "the oldest past the bound are told")
     }
 
     @Test("the ledger names the ranges handled past those handled in order, each once told")
