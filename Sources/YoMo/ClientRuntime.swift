@@ -693,7 +693,6 @@ final class ClientRuntime: Sendable {
                     // what handlers still running from the last connection write, then close.
                     state.withLock { $0.session = current }
                     if let handling = current.handling {
-                        handling.stopAwaitingAnswers()
                         _ = beginNamingHandledBefore(handling, state.withLock { $0.mayComeAgain }, on: current)
                     }
                     let copies = current.handling.map { handling in (handling, Task { await self.takeCopiesOnly(current, handling, handlers, setup) }) }
@@ -1186,8 +1185,6 @@ final class ClientRuntime: Sendable {
                         if !receipt.heldCopies.isEmpty, let handlingLedger {
                             giveBackHeldCopies(receipt.heldCopies, handlingLedger, &heldAtZipper, handlers, setup)
                         }
-                        // The zipper closes: what its hold keeps of the answers is kept by its close.
-                        if receipt.closing, receipt.unkeptThrough == nil { handlingLedger?.stopAwaitingAnswers() }
                         if receipt.closing, let unkept = receipt.unkeptThrough, let handlingLedger,
                            handlingLedger.closingState == .awaitingAnswer {
                             let bounds = GivingBack(handlingLedger, unkept: Int(clamping: unkept))
@@ -1477,7 +1474,6 @@ final class ClientRuntime: Sendable {
                     if session.receipts { session.settle(through: Int(clamping: receipt.settledThrough)) }
                     if receipt.copiesMayFollow { expectCopies(of: handling, on: session, into: &mayComeAgain, &copyWatch) }
                     if !receipt.heldCopies.isEmpty { giveBackHeldCopies(receipt.heldCopies, handling, &heldAtZipper, handlers, setup) }
-                    if receipt.closing, receipt.unkeptThrough == nil { handling.stopAwaitingAnswers() }
                     if receipt.closing, let unkept = receipt.unkeptThrough, handling.closingState == .awaitingAnswer {
                         let bounds = GivingBack(handling, unkept: Int(clamping: unkept))
                         if let queue {
@@ -2107,7 +2103,6 @@ final class ClientRuntime: Sendable {
     private func closeWhenQuiet(_ session: ClientSession, _ handlers: Handlers, deadline: ContinuousClock.Instant) async {
         let connection = session.connection.connection
         await connection.freezeReceiveWindow()
-        session.handling?.stopAwaitingAnswers()
         let inFlight = handlers.inFlight
         // Quiet: no async handler running; the pipe handler (counted for the
         // client's life) waiting for its next frame with none queued.

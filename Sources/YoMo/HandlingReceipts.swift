@@ -20,16 +20,15 @@ internal import YoMoWire
 /// were handled out of order (one slow handler held back the word on every
 /// frame after it until the forty-third round).
 ///
-/// A frame is told handled only once the zipper settled what the function
-/// wrote before its handler finished (its answers, and anything written
-/// before them): until then the zipper, or the file of frames it held, is
-/// where the frame is kept, and a zipper killed with the answers in its hold
-/// (for a sink that was away), followed by the function while it redialled
-/// with them, lost both frame and answers; now the frame is still kept and
-/// its next taker answers it again (`yomo-fault-bench chaos --async-handler
-/// --seed 32`: 70 frames restored from a held frames file lost so in one
-/// run, sixty-first round of issue 14). At a close the word is no longer
-/// held back: the zipper keeps a closing client's answers in its hold.
+/// Receipts also say the end of the frames handled in order whose answers
+/// are settled (`ReceiptFrame.answeredThrough`): the zipper settled what the
+/// function wrote before each one's handler finished (its answers, and
+/// whatever came before them). A zipper keeps a frame restored from its held
+/// frames file there until then: a frame whose answers it held for a sink
+/// that was away, let go of at the word handled, was lost with them when the
+/// zipper was killed and then the function while it redialled
+/// (`yomo-fault-bench chaos --async-handler --seed 32`: 70 frames in one
+/// run, sixty-first round of issue 14).
 final class HandlingLedger: Sendable {
     /// Ranges of frames handled out of order one receipt names at most; the
     /// rest wait for the next.
@@ -44,10 +43,9 @@ final class HandlingLedger: Sendable {
     /// do not), so it is less often than the zipper's receipts: each one is
     /// a packet of its own, and every 2 ms cost the loop 0.95 of its rate.
     static let interval: Duration = .milliseconds(5)
-    /// Frames past those told handled in order that may wait for their
-    /// answers to be settled: past this many (a sink away for long), the
-    /// oldest are told anyway, or the function would keep every frame read
-    /// meanwhile and the zipper its share of `limits.max_unhandled_bytes`.
+    /// Frames handled in order that wait for their answers to be settled
+    /// (`answeredThrough`): past this many (a sink away for long), the oldest
+    /// are said answered anyway, so a long outage costs no more.
     static let maximumAwaitingAnswers = 4096
     /// One frame given to a handler, for `finished`.
     struct Token: Sendable {
@@ -102,7 +100,7 @@ final class HandlingLedger: Sendable {
         var end: Int
         var done = false
         /// Where what the function wrote before the frame's handler finished
-        /// ends, in this side's stream: told handled once the zipper settled it.
+        /// ends, in this side's stream: answered once the zipper settled it.
         var answersEnd = 0
         /// The frame, read only if the connection ends (`untold`) or the
         /// entry is let go of (`Recent`): nil if not data.
@@ -125,6 +123,11 @@ final class HandlingLedger: Sendable {
         /// Receipts queued and not yet acknowledged by the zipper's QUIC
         /// stack: where each ends in this side's stream, and what it told.
         var receipts = CircularBuffer<(end: Int, told: Int)>()
+        /// Frames handled in order whose answers are not yet settled: where
+        /// each starts, and where its answers end (this side's stream).
+        var answerWaits = CircularBuffer<(start: Int, answersEnd: Int)>()
+        /// The answered end last told (`ReceiptFrame.answeredThrough`).
+        var toldAnswered: Int
         /// What a receipt the zipper's QUIC stack acknowledged told: frames
         /// before it will not come again. A receipt only queued may be lost
         /// with the connection, and then the zipper sends those frames again
@@ -152,13 +155,6 @@ final class HandlingLedger: Sendable {
             return entries.index(entries.startIndex, offsetBy: offset)
         }
 
-        /// Whether the zipper may be told `entry` is handled: its handler
-        /// finished and the zipper settled what was written before (or too
-        /// many wait for that).
-        func tellable(_ entry: Entry, settledWrites: Int) -> Bool {
-            entry.done && (entry.answersEnd <= settledWrites || entries.count - handledCount > HandlingLedger.maximumAwaitingAnswers)
-        }
-
         mutating func append(_ entry: Entry) -> (index: Int, wake: Bool) {
             entries.append(entry)
             defer { idle = false }
@@ -178,8 +174,6 @@ final class HandlingLedger: Sendable {
     /// the zipper settled them (this side's stream offsets).
     private let written = Atomic<Int>(0)
     private let settledWrites = Atomic<Int>(0)
-    /// Set at a close: frames are told handled without waiting for what was written.
-    private let answersAwaited = Atomic<Bool>(true)
     /// Set once a copy waits for a frame here: completions are then marked at
     /// once (this connection ended, and its ticker no longer marks them).
     private let forwarding = Atomic<Bool>(false)
@@ -210,7 +204,7 @@ final class HandlingLedger: Sendable {
         var settleable = SettleableBound(from: offset)
         // The dial's first receipt says nothing taken yet: the zipper's first sample.
         settleable.note(taken: offset, progress: 0, at: now)
-        state = Mutex(State(handled: offset, told: offset, confirmed: offset, toldTaken: offset, settleable: settleable))
+        state = Mutex(State(handled: offset, told: offset, toldAnswered: offset, confirmed: offset, toldTaken: offset, settleable: settleable))
         taken = Atomic(offset)
         self.zipperAnswersClosing = zipperAnswersClosing
         (wakeups, wake) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
@@ -224,12 +218,6 @@ final class HandlingLedger: Sendable {
 
     /// The zipper settled this side's frames through `offset` (in order).
     func writesSettled(through offset: Int) { settledWrites.store(offset, ordering: .relaxed) }
-
-    /// The function closes: a frame is told handled once its handler
-    /// finished, whatever it wrote (the zipper keeps a closing client's
-    /// answers in its hold, and a close that waited for them waited for a
-    /// sink that may be away: `shutdownTimeout`, then frames dropped).
-    func stopAwaitingAnswers() { answersAwaited.store(false, ordering: .relaxed) }
 
     /// It says it is closing to a zipper that answers: frames read from now
     /// on wait for the answer.
@@ -291,6 +279,9 @@ final class HandlingLedger: Sendable {
     struct Tell: Equatable {
         var handled: Int
         var taken: Int
+        /// The end of the frames handled in order whose answers are settled
+        /// (nil: as `handled`).
+        var answered: Int?
         var handledAhead: [Range<Int>] = []
         /// The entries `handledAhead` covers, by index: told once it is queued.
         var aheadIndexes: [ClosedRange<Int>] = []
@@ -301,11 +292,12 @@ final class HandlingLedger: Sendable {
             .receipt(ReceiptFrame(
                 settledThrough: UInt64(handled), closing: closing, takenThrough: UInt64(taken),
                 handledAhead: handledAhead.map { UInt64($0.lowerBound)..<UInt64($0.upperBound) }, handledBefore: handledBefore,
-                takenBytes: takenBytes.map { UInt64($0) }))
+                takenBytes: takenBytes.map { UInt64($0) }, answeredThrough: UInt64(answered ?? handled)))
         }
 
         static func == (lhs: Tell, rhs: Tell) -> Bool {
             lhs.handled == rhs.handled && lhs.taken == rhs.taken && lhs.handledAhead == rhs.handledAhead
+                && (lhs.answered ?? lhs.handled) == (rhs.answered ?? rhs.handled)
         }
     }
 
@@ -382,7 +374,7 @@ final class HandlingLedger: Sendable {
     /// The runs of frames handled past those handled in order that the
     /// zipper was not told of (at most `rangesPerReceipt`), each from the end
     /// of the unhandled frame before it: as stream ranges and entry indexes.
-    private static func handledAhead(_ state: inout State, settledWrites: Int) -> (ranges: [Range<Int>], indexes: [ClosedRange<Int>]) {
+    private static func handledAhead(_ state: inout State) -> (ranges: [Range<Int>], indexes: [ClosedRange<Int>]) {
         let boundary = state.firstIndex + state.handledCount
         let endIndex = state.firstIndex + state.entries.count
         state.handledUntold.removeAll { $0 < boundary || $0 >= endIndex }
@@ -390,15 +382,12 @@ final class HandlingLedger: Sendable {
         state.handledUntold.sort()
         var ranges: [Range<Int>] = []
         var indexes: [ClosedRange<Int>] = []
-        func tellable(_ index: Int) -> Bool { state.tellable(state.entries[state.position(of: index)!], settledWrites: settledWrites) }
         for index in state.handledUntold where ranges.count < rangesPerReceipt {
             if let last = indexes.last, last.contains(index) { continue }
-            // Finished, its answers not yet settled: it stays in `handledUntold`.
-            guard tellable(index) else { continue }
-            // The entry at `boundary` is not told handled (else it would be in order), so a run starts after it.
+            // The entry at `boundary` is not handled (else it would be in order), so a run starts after it.
             var (first, final) = (index, index)
-            while first - 1 > boundary, tellable(first - 1) { first -= 1 }
-            while final + 1 < endIndex, tellable(final + 1) { final += 1 }
+            while first - 1 > boundary, state.entries[state.position(of: first - 1)!].done { first -= 1 }
+            while final + 1 < endIndex, state.entries[state.position(of: final + 1)!].done { final += 1 }
             ranges.append(state.entries[state.position(of: first - 1)!].end..<state.entries[state.position(of: final)!].end)
             indexes.append(first...final)
         }
@@ -412,7 +401,7 @@ final class HandlingLedger: Sendable {
     func advance(acknowledged: Int) -> (tell: Tell?, waiting: Bool) {
         let taken = self.taken.load(ordering: .relaxed)
         let takenBytes = bytesTaken.load(ordering: .relaxed)
-        let settledWrites = answersAwaited.load(ordering: .relaxed) ? self.settledWrites.load(ordering: .relaxed) : Int.max
+        let settledWrites = self.settledWrites.load(ordering: .relaxed)
         let (result, copies) = state.withLock { state -> ((tell: Tell?, waiting: Bool), [Token]) in
             let copies = markCompletions(&state)
             Self.confirm(&state, acknowledged: acknowledged)
@@ -422,19 +411,27 @@ final class HandlingLedger: Sendable {
                 state.handledCount -= 1
             }
             var position = state.entries.index(state.entries.startIndex, offsetBy: state.handledCount)
-            while position != state.entries.endIndex, state.tellable(state.entries[position], settledWrites: settledWrites) {
+            while position != state.entries.endIndex, state.entries[position].done {
+                if state.entries[position].answersEnd > settledWrites {
+                    state.answerWaits.append((state.handled, state.entries[position].answersEnd))
+                }
                 state.handled = state.entries[position].end
                 state.handledCount += 1
                 position = state.entries.index(after: position)
             }
             // Frames no handler gets may be handled before the pipe handler took those before them.
-            let ahead = Self.handledAhead(&state, settledWrites: settledWrites)
+            let ahead = Self.handledAhead(&state)
+            while let first = state.answerWaits.first,
+                  first.answersEnd <= settledWrites || state.answerWaits.count > Self.maximumAwaitingAnswers {
+                state.answerWaits.removeFirst()
+            }
+            let answered = state.answerWaits.first?.start ?? state.handled
             let tell = Tell(
-                handled: state.handled, taken: min(max(taken, state.handled), givenBackFrom.load(ordering: .relaxed)), handledAhead: ahead.ranges, aheadIndexes: ahead.indexes,
-                takenBytes: takenBytes)
-            let untold = tell.handled > state.told || tell.taken > state.toldTaken || !ahead.ranges.isEmpty
+                handled: state.handled, taken: min(max(taken, state.handled), givenBackFrom.load(ordering: .relaxed)), answered: answered,
+                handledAhead: ahead.ranges, aheadIndexes: ahead.indexes, takenBytes: takenBytes)
+            let untold = tell.handled > state.told || tell.taken > state.toldTaken || answered > state.toldAnswered || !ahead.ranges.isEmpty
             // A receipt not yet acknowledged: its frames are forgotten once it is.
-            let waiting = untold || state.handledCount < state.entries.count || !state.receipts.isEmpty
+            let waiting = untold || state.handledCount < state.entries.count || !state.receipts.isEmpty || !state.answerWaits.isEmpty
             if !waiting { state.idle = true }
             return ((untold ? tell : nil, waiting), copies)
         }
@@ -458,6 +455,7 @@ final class HandlingLedger: Sendable {
     func told(_ tell: Tell, receiptEnd: Int) {
         state.withLock { state in
             state.toldTaken = max(state.toldTaken, tell.taken)
+            state.toldAnswered = max(state.toldAnswered, tell.answered ?? tell.handled)
             if !tell.aheadIndexes.isEmpty {
                 state.handledUntold.removeAll { index in tell.aheadIndexes.contains { $0.contains(index) } }
             }
@@ -531,7 +529,7 @@ final class HandlingLedger: Sendable {
     /// What the zipper was last told.
     var toldSoFar: Tell {
         let takenBytes = bytesTaken.load(ordering: .relaxed)
-        return state.withLock { Tell(handled: $0.told, taken: $0.toldTaken, takenBytes: takenBytes) }
+        return state.withLock { Tell(handled: $0.told, taken: $0.toldTaken, answered: $0.toldAnswered, takenBytes: takenBytes) }
     }
 
     /// Whether every frame read was handled (or given back) and told. Past

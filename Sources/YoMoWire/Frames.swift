@@ -213,11 +213,18 @@ public struct ReceiptFrame: Hashable, Sendable {
     /// has with these ids, unhandled: the zipper gives the copies to its
     /// next instance. A function that does not know the field handles them.
     public var heldCopies: [String]
+    /// In a stream function's receipt: the end of the frames its handlers
+    /// finished in order whose answers the zipper settled (sequence id
+    /// 0x0C): what the function wrote before each one's handler finished.
+    /// A zipper keeps a frame it restored from its held frames file there
+    /// until then (its answers may be only in its memory and the function's).
+    /// A zipper that does not know the field takes `settledThrough`.
+    public var answeredThrough: UInt64?
 
     public init(
         settledThrough: UInt64, previousRoutedThrough: UInt64? = nil, welcomesHandling: Bool = false, closing: Bool = false,
         takenThrough: UInt64? = nil, handledAhead: [Range<UInt64>] = [], handledBefore: [String] = [], copiesMayFollow: Bool = false,
-        takenBytes: UInt64? = nil, unkeptThrough: UInt64? = nil, heldCopies: [String] = []
+        takenBytes: UInt64? = nil, unkeptThrough: UInt64? = nil, heldCopies: [String] = [], answeredThrough: UInt64? = nil
     ) {
         self.settledThrough = settledThrough
         self.previousRoutedThrough = previousRoutedThrough
@@ -230,6 +237,7 @@ public struct ReceiptFrame: Hashable, Sendable {
         self.takenBytes = takenBytes
         self.unkeptThrough = unkeptThrough
         self.heldCopies = heldCopies
+        self.answeredThrough = answeredThrough
     }
 }
 
@@ -445,7 +453,8 @@ extension Frame {
                     + (frame.handledAhead.isEmpty ? 0 : childSize(16 * frame.handledAhead.count))
                     + (frame.handledBefore.isEmpty ? 0 : childSize(frame.handledBeforeLength)) + (frame.copiesMayFollow ? childSize(1) : 0)
                     + (frame.takenBytes == nil ? 0 : childSize(8)) + (frame.unkeptThrough == nil ? 0 : childSize(8))
-                    + (frame.heldCopies.isEmpty ? 0 : childSize(ReceiptFrame.idsLength(frame.heldCopies))))
+                    + (frame.heldCopies.isEmpty ? 0 : childSize(ReceiptFrame.idsLength(frame.heldCopies)))
+                    + (frame.answeredThrough == nil ? 0 : childSize(8)))
             buffer.writeChildHeader(0x01, length: 8)
             buffer.writeInteger(frame.settledThrough)
             if let previous = frame.previousRoutedThrough {
@@ -485,6 +494,10 @@ extension Frame {
                 buffer.writeInteger(unkept)
             }
             if !frame.heldCopies.isEmpty { buffer.writeIDs(0x0B, frame.heldCopies) }
+            if let answered = frame.answeredThrough {
+                buffer.writeChildHeader(0x0C, length: 8)
+                buffer.writeInteger(answered)
+            }
         }
     }
 
@@ -619,6 +632,7 @@ extension ReceiptFrame {
         var taken: UInt64?
         var bytesTaken: UInt64?
         var unkept: UInt64?
+        var answered: UInt64?
         var ahead: [Range<UInt64>] = []
         var before: [String] = []
         var held: [String] = []
@@ -662,7 +676,7 @@ extension ReceiptFrame {
                     }
                     return
                 }
-                guard [0x01, 0x02, 0x05, 0x09, 0x0A].contains(sequenceID) else { return }
+                guard [0x01, 0x02, 0x05, 0x09, 0x0A, 0x0C].contains(sequenceID) else { return }
                 guard length == 8 else {
                     throw WireError(.invalidValue, "ReceiptFrame offset has \(length) bytes, not 8")
                 }
@@ -672,7 +686,8 @@ extension ReceiptFrame {
                 case 0x02: previous = value
                 case 0x05: taken = value
                 case 0x09: bytesTaken = value
-                default: unkept = value
+                case 0x0A: unkept = value
+                default: answered = value
                 }
             }
         }
@@ -688,6 +703,7 @@ extension ReceiptFrame {
         takenBytes = bytesTaken
         unkeptThrough = unkept
         heldCopies = held
+        answeredThrough = answered
     }
 }
 

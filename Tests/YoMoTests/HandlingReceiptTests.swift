@@ -39,35 +39,55 @@ struct HandlingReceiptTests {
         await stuck.close()
     }
 
-    @Test("a frame is told handled only once the zipper settled what its handler wrote: frames a zipper restored from its held frames file stay there while their answers wait for a sink that is away, so the zipper killed, then the function, and the next instance still answers each")
-    func handledOnceItsAnswersAreSettled() async throws {
+    @Test("a frame a zipper restored from its held frames file stays in it until the function says its answers are settled: the zipper killed with them held for a sink that is away, then the function, and the next instance still answers each")
+    func restoredFrameKeptUntilAnswered() async throws {
+        let directory = try makeTemporaryDirectory("yomo-test-answered-")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let functionsFile = directory + "/zipper.functions"
         let metricsPort = try await freePort()
-        // `yomo serve` keeps a functions file, and beside it the frames it held at a graceful close.
-        let zipper = try await ZipperProcess(port: try await freePort(), arguments: ["--metrics", "127.0.0.1:\(metricsPort)"])
+        let zipper = try await ZipperProcess(port: try await freePort(), arguments: [
+            "--functions-file", functionsFile, "--metrics", "127.0.0.1:\(metricsPort)",
+        ])
         let metric = { (name: String, labels: [String]) in await scrapedMetric(port: metricsPort, name, labels: labels) }
-        // The sink came and went: the zipper holds its tag's frames for its return.
+        let heldFile = { HeldFramesFile.decode(Array((try? Data(contentsOf: URL(fileURLWithPath: HeldFramesFile.path(besides: functionsFile)))) ?? Data()))?.frames ?? [] }
+        // The sink, the function and one that answers nothing came and went:
+        // the zipper holds their tags' frames for each by name.
         let (away, _) = try await connectUppercaseSink(zipper: zipper.address)
         await away.close()
+        for (name, tag) in [("upper", UInt32(0x33)), ("quiet", UInt32(0x35))] {
+            let once = StreamFunction(name: name, zipper: zipper.address, options: .init(observedTags: [tag]))
+            once.setHandler { _ in }
+            try await once.connect()
+            await once.close()
+        }
         let source = Source(name: "writer", zipper: zipper.address)
         try await source.connect()
         let texts = (0..<10).map { "frame-\($0)" }
         for text in texts { try await source.write(tag: 0x33, data: Array((text + ":").utf8)) }
-        #expect(await eventuallyAsync { await metric("yomo_zipper_held_messages", []) == 10 })
-        // A graceful restart: the ten are now only in the held frames file, and the next start holds them.
+        // The quiet one's frame: its leaving the file marks a rewrite.
+        try await source.write(tag: 0x35, data: Array("quiet".utf8))
+        #expect(await eventuallyAsync { await metric("yomo_zipper_held_messages", []) == 11 })
+        // A graceful restart: the eleven are only in the held frames file now, and the next start holds them.
         await source.close()
         await zipper.terminate()
         try await zipper.restart()
         var function = try startFunctionProcess(zipper: zipper.address)
         defer { if function.isRunning { kill(function.processIdentifier, SIGKILL) } }
-        // Handled at once, their answers held for the sink: the zipper still
-        // keeps the ten for want of the function's word, which waits for the
-        // answers to be settled.
-        let keptWhileAnswersHeld = await eventuallyAsync {
+        // The ten handled, their answers held for the sink (the eleven stay
+        // held for any function that comes, until the hold's 5 s are over).
+        let answersHeld = await eventuallyAsync {
+            let delivered = await metric("yomo_zipper_routed_messages_total", ["outcome=\"delivered\"", "\"0x33\""])
             let held = await metric("yomo_zipper_held_messages", [])
-            let unhandled = await metric("yomo_zipper_client_unhandled_bytes", ["yomo_client_name=\"upper\""])
-            return held == 20 && (unhandled ?? 0) > 0
+            return delivered == 10 && held == 21
         }
-        #expect(keptWhileAnswersHeld)
+        #expect(answersHeld)
+        let quiet = StreamFunction(name: "quiet", zipper: zipper.address, options: .init(observedTags: [0x35]))
+        quiet.setHandler { _ in }
+        try await quiet.connect()
+        #expect(await eventually { !heldFile().contains { $0.tag == 0x35 } }, "the quiet frame stays in \(heldFile().map(\.tag))")
+        // Until the sixty-first round the same rewrite let go of the ten: handled, though their answers were held.
+        #expect(heldFile().filter { $0.tag == 0x33 }.count == 10, "\(heldFile().map(\.tag))")
+        await quiet.close()
         await zipper.kill()
         kill(function.processIdentifier, SIGKILL)
         await waitForExit(function)
@@ -75,8 +95,6 @@ struct HandlingReceiptTests {
         let (sink, received) = try await connectUppercaseSink(zipper: zipper.address)
         function = try startFunctionProcess(zipper: zipper.address)
         let answers = texts.map { $0.uppercased() }
-        // Until the sixty-first round the function said they were handled
-        // while their answers were only held, and the zipper let them go.
         #expect(await eventually(within: .seconds(30)) { Set(received.items).isSuperset(of: answers) },
                 "missing \(Set(answers).subtracting(received.items).sorted())")
         await sink.close()
@@ -1294,8 +1312,8 @@ struct HandlingReceiptTests {
         }
     }
 
-    @Test("the ledger tells a frame handled once the zipper settled what the function wrote before its handler finished, at once from a close on, and past its bound the oldest anyway")
-    func ledgerAwaitsAnswers() throws {
+    @Test("the ledger says the end of the frames handled in order whose answers the zipper settled (what the function wrote before each one's handler finished), past its bound the oldest anyway")
+    func ledgerSaysWhatIsAnswered() throws {
         let ledger = HandlingLedger(startingAt: 0)
         let frames = (1...4).map { ledger.received(end: $0 * 10, length: 10, frame: nil) }
         typealias Tell = HandlingLedger.Tell
@@ -1304,24 +1322,29 @@ struct HandlingReceiptTests {
         ledger.wrote(through: 200)
         frames[1].finished()
         frames[3].finished()
-        #expect(ledger.advance(acknowledged: 0).tell == nil, "their answers are not settled")
+        let first = try #require(ledger.advance(acknowledged: 0).tell)
+        #expect(first == Tell(handled: 20, taken: 20, answered: 0, handledAhead: [30..<40]), "handled; their answers are not settled")
+        ledger.told(first, receiptEnd: 1)
+        #expect(ledger.advance(acknowledged: 0).tell == nil)
         ledger.writesSettled(through: 150)
-        #expect(ledger.advance(acknowledged: 0).tell == Tell(handled: 10, taken: 10), "the first's answer is")
-        ledger.writesSettled(through: 200)
-        let both = try #require(ledger.advance(acknowledged: 0).tell)
-        #expect(both == Tell(handled: 20, taken: 20, handledAhead: [30..<40]))
-        ledger.told(both, receiptEnd: 1)
+        let second = try #require(ledger.advance(acknowledged: 0).tell)
+        #expect(second == Tell(handled: 20, taken: 20, answered: 10), "the first's answer is")
+        ledger.told(second, receiptEnd: 2)
         ledger.wrote(through: 300)
         frames[2].finished()
-        #expect(ledger.advance(acknowledged: 0).tell == nil)
-        ledger.stopAwaitingAnswers()
-        #expect(ledger.advance(acknowledged: 0).tell == Tell(handled: 40, taken: 40), "closing: told as finished")
+        ledger.writesSettled(through: 200)
+        let third = try #require(ledger.advance(acknowledged: 0).tell)
+        #expect(third == Tell(handled: 40, taken: 40, answered: 20), "the third's answer is not, though the fourth's, written before, is")
+        ledger.told(third, receiptEnd: 3)
+        ledger.writesSettled(through: 300)
+        #expect(ledger.advance(acknowledged: 0).tell == Tell(handled: 40, taken: 40, answered: 40))
 
         let busy = HandlingLedger(startingAt: 0)
         let many = (1...(HandlingLedger.maximumAwaitingAnswers + 4)).map { busy.received(end: $0, length: 1, frame: nil) }
         busy.wrote(through: 1 << 20)
         for frame in many { frame.finished() }
-        #expect(busy.advance(acknowledged: 0).tell?.handled == 4, "the oldest past the bound are told")
+        let tell = try #require(busy.advance(acknowledged: 0).tell)
+        #expect(tell.handled == many.count && tell.answered == 4, "the oldest past the bound are said answered: \(tell)")
     }
 
     @Test("the ledger names the ranges handled past those handled in order, each once told")

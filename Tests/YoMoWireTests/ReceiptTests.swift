@@ -81,6 +81,21 @@ struct ReceiptTests {
         #expect(throws: WireError.self) { try Frame(decoding: short) }
     }
 
+    @Test("a stream function's receipt says the end of what it handled whose answers are settled under sequence id 0x0C, an 8-byte offset")
+    func answeredThrough() throws {
+        let receipt = Frame.receipt(ReceiptFrame(settledThrough: 0x20, answeredThrough: 0x10))
+        let bytes = receipt.encoded()
+        #expect(Array(bytes.readableBytesView) == [0xBA, 0x14, 0x01, 0x08, 0, 0, 0, 0, 0, 0, 0, 0x20, 0x0C, 0x08, 0, 0, 0, 0, 0, 0, 0, 0x10])
+        #expect(try Frame(decoding: bytes) == receipt)
+        guard case .receipt(let plain) = try Frame(decoding: Frame.receipt(ReceiptFrame(settledThrough: 7)).encoded()) else {
+            Issue.record("not a receipt")
+            return
+        }
+        #expect(plain.answeredThrough == nil, "a function from before says nothing")
+        let short = ByteBuffer(bytes: [0xBA, 0x0E, 0x01, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0x0C, 0x02, 1, 2])
+        #expect(throws: WireError.self) { try Frame(decoding: short) }
+    }
+
     @Test("a receipt whose offset is not 8 bytes, or missing, is a bad frame")
     func malformedReceipts() throws {
         let short = ByteBuffer(bytes: [0xBA, 0x09, 0x01, 0x07, 1, 2, 3, 4, 5, 6, 7])
