@@ -975,9 +975,9 @@ public final class Zipper: Sendable {
     /// the frames that left the hold since.
     static let restoredFileTrimInterval: Duration = .milliseconds(500)
 
-    /// Keeps the held frames file as long as a frame restored from it has
-    /// not left the hold (taken and acknowledged or handled by the functions
-    /// it was held for, or dropped by the hold's rules), then removes it:
+    /// Keeps the held frames file as long as a frame restored from it is not
+    /// handled, its answers settled, by the functions it went to (nor
+    /// dropped by the hold's rules), then removes it:
     /// until then a crash of this run finds it again at the next start. The
     /// sources forgot these frames when the file kept them; until the
     /// thirty-ninth round of issue 14 it was removed as it was read, and a
