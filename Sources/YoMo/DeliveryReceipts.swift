@@ -360,6 +360,8 @@ final class DeliveryDestination: Sendable {
     /// A stream function that says what its handlers finished: else a frame
     /// is finished once it reached the connection (`reached`).
     private let reportsHandling: Bool
+    /// Its connection ended as its client closed for good (`Zipper.closedForGood`).
+    private let endedForGood = Atomic(false)
     /// Names (`CopyKey.name`, or ids alone from a function from before) of
     /// frames its handlers finished on an earlier connection
     /// (`ReceiptFrame.handledBefore`): copies of them written here are not
@@ -452,6 +454,10 @@ final class DeliveryDestination: Sendable {
             }
         }
     }
+
+    /// Its client closed for good: its answers are with the zipper's held
+    /// frames file or on their way, no longer with it.
+    func closedForGood() { endedForGood.store(true, ordering: .relaxed) }
 
     /// The function's receipt: what its handlers finished in order through
     /// `end` has its answers settled.
@@ -580,10 +586,15 @@ final class DeliveryDestination: Sendable {
         guard reportsHandling else { return reached(end) }
         let answered = answeredInOrder.load(ordering: .relaxed)
         if answered < 0 ? hasHandled(frameEndingAt: end) : end <= answered { return true }
-        guard connection.sendProgress.ended, let leftovers = leftovers.withLock({ $0 }) else { return false }
+        guard connection.sendProgress.ended else { return false }
         // Handled here, its answers unsettled when the connection ended: not
-        // left for another instance, so not finished by one.
-        if answered >= 0, hasHandled(frameEndingAt: end) { return false }
+        // left for another instance. A function that closed for good ended
+        // once its writes were acknowledged, and what of them the hold kept went
+        // to the held frames file at its end: finished. One that died may have
+        // left its answers in this zipper's memory alone: not finished, so a
+        // crash of this zipper gives the frame to the next instance again.
+        if answered >= 0, hasHandled(frameEndingAt: end) { return endedForGood.load(ordering: .relaxed) }
+        guard let leftovers = leftovers.withLock({ $0 }) else { return false }
         return leftovers.handled(endingAt: end)
     }
 }

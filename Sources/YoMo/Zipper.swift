@@ -1644,6 +1644,7 @@ public final class Zipper: Sendable {
             connectionLogger.info("client disconnected", metadata: ["error": "\(error)"])
             closedForGood = (error as? QUICError).map { Self.closedForGood($0, handshake.clientType) } ?? false
         }
+        if closedForGood { delivery.closedForGood() }
         await connection.close(reason: closeReason)
         // Frames written to a stream function and never acknowledged (it froze,
         // crashed or was cut off) are held for its return when it leaves (the

@@ -39,8 +39,9 @@ struct HandlingReceiptTests {
         await stuck.close()
     }
 
-    @Test("a frame a zipper restored from its held frames file stays in it until the function says its answers are settled: the zipper killed with them held for a sink that is away, then the function, and the next instance still answers each")
-    func restoredFrameKeptUntilAnswered() async throws {
+    @Test("a frame a zipper restored from its held frames file stays in it until the function says its answers are settled: the zipper killed with them held for a sink that is away, then the function, and the next instance still answers each; a function that closes for good leaves its answers in the file instead, and the frames leave it",
+          arguments: [false, true])
+    func restoredFrameKeptUntilAnswered(functionCloses: Bool) async throws {
         let directory = try makeTemporaryDirectory("yomo-test-answered-")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let functionsFile = directory + "/zipper.functions"
@@ -88,15 +89,24 @@ struct HandlingReceiptTests {
         // Until the sixty-first round the same rewrite let go of the ten: handled, though their answers were held.
         #expect(heldFile().filter { $0.tag == 0x33 }.count == 10, "\(heldFile().map(\.tag))")
         await quiet.close()
-        await zipper.kill()
-        kill(function.processIdentifier, SIGKILL)
-        await waitForExit(function)
+        if functionCloses {
+            // Its answers go into the file at its end, and the frames it handled leave.
+            kill(function.processIdentifier, SIGTERM)
+            await waitForExit(function)
+            #expect(await eventually { heldFile().map(\.tag).sorted() == Array(repeating: 0x34, count: 10) }, "\(heldFile().map(\.tag))")
+            await zipper.kill()
+        } else {
+            await zipper.kill()
+            kill(function.processIdentifier, SIGKILL)
+            await waitForExit(function)
+        }
         try await zipper.restart()
         let (sink, received) = try await connectUppercaseSink(zipper: zipper.address)
         function = try startFunctionProcess(zipper: zipper.address)
         let answers = texts.map { $0.uppercased() }
         #expect(await eventually(within: .seconds(30)) { Set(received.items).isSuperset(of: answers) },
                 "missing \(Set(answers).subtracting(received.items).sorted())")
+        if functionCloses { #expect(received.items.sorted() == answers, "each once: \(received.items)") }
         await sink.close()
         await zipper.kill()
     }
