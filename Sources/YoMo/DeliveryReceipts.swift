@@ -440,12 +440,7 @@ final class DeliveryDestination: Sendable {
     /// `settled` and those in `ranges` (`ReceiptFrame.handledAhead`), kept
     /// only within what was written to it (`written`).
     func handled(through settled: Int, ahead ranges: [Range<UInt64>], written: Int) {
-        var current = handledInOrder.load(ordering: .relaxed)
-        while current < settled {
-            let (exchanged, original) = handledInOrder.compareExchange(expected: current, desired: settled, ordering: .relaxed)
-            if exchanged { break }
-            current = original
-        }
+        handledInOrder.max(settled, ordering: .relaxed)
         handledAhead.withLock { kept in
             kept.settled(through: settled)
             for range in ranges {
@@ -461,14 +456,7 @@ final class DeliveryDestination: Sendable {
 
     /// The function's receipt: what its handlers finished in order through
     /// `end` has its answers settled.
-    func answered(through end: Int) {
-        var current = answeredInOrder.load(ordering: .relaxed)
-        while current < end {
-            let (exchanged, original) = answeredInOrder.compareExchange(expected: current, desired: end, ordering: .relaxed)
-            if exchanged { break }
-            current = original
-        }
-    }
+    func answered(through end: Int) { answeredInOrder.max(end, ordering: .relaxed) }
 
     /// The function's receipt named frames its handlers finished on an earlier connection.
     func handledBefore(_ names: [String]) {

@@ -265,13 +265,7 @@ final class HandlingLedger: Sendable {
             // --async-handler`, 372 frames worked off for 3.8 s).
             return
         }
-        let end = min(end, givenBackFrom.load(ordering: .relaxed))
-        var current = taken.load(ordering: .relaxed)
-        while current < end {
-            let (exchanged, original) = taken.compareExchange(expected: current, desired: end, ordering: .relaxed)
-            if exchanged { return }
-            current = original
-        }
+        taken.max(min(end, givenBackFrom.load(ordering: .relaxed)), ordering: .relaxed)
     }
 
     /// What a receipt tells: the end of the frames handled in order, and of
@@ -280,7 +274,7 @@ final class HandlingLedger: Sendable {
         var handled: Int
         var taken: Int
         /// The end of the frames handled in order whose answers are settled
-        /// (nil: as `handled`).
+        /// (nil: as `handled`; `answeredEnd`).
         var answered: Int?
         var handledAhead: [Range<Int>] = []
         /// The entries `handledAhead` covers, by index: told once it is queued.
@@ -292,12 +286,14 @@ final class HandlingLedger: Sendable {
             .receipt(ReceiptFrame(
                 settledThrough: UInt64(handled), closing: closing, takenThrough: UInt64(taken),
                 handledAhead: handledAhead.map { UInt64($0.lowerBound)..<UInt64($0.upperBound) }, handledBefore: handledBefore,
-                takenBytes: takenBytes.map { UInt64($0) }, answeredThrough: UInt64(answered ?? handled)))
+                takenBytes: takenBytes.map { UInt64($0) }, answeredThrough: UInt64(answeredEnd)))
         }
+
+        var answeredEnd: Int { answered ?? handled }
 
         static func == (lhs: Tell, rhs: Tell) -> Bool {
             lhs.handled == rhs.handled && lhs.taken == rhs.taken && lhs.handledAhead == rhs.handledAhead
-                && (lhs.answered ?? lhs.handled) == (rhs.answered ?? rhs.handled)
+                && lhs.answeredEnd == rhs.answeredEnd
         }
     }
 
@@ -455,7 +451,7 @@ final class HandlingLedger: Sendable {
     func told(_ tell: Tell, receiptEnd: Int) {
         state.withLock { state in
             state.toldTaken = max(state.toldTaken, tell.taken)
-            state.toldAnswered = max(state.toldAnswered, tell.answered ?? tell.handled)
+            state.toldAnswered = max(state.toldAnswered, tell.answeredEnd)
             if !tell.aheadIndexes.isEmpty {
                 state.handledUntold.removeAll { index in tell.aheadIndexes.contains { $0.contains(index) } }
             }
